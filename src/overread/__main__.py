@@ -1,0 +1,5 @@
+"""``python -m overread`` runs the CLI."""
+
+from overread.cli import run
+
+run()

@@ -1,0 +1,119 @@
+"""One typed settings object for the whole application.
+
+Values come, in increasing order of precedence, from the defaults below, an
+``overread.toml`` file (the working directory's, or the one named by
+``OVERREAD_CONFIG``), and ``OVERREAD_*`` environment variables (nested fields use
+``__``, e.g. ``OVERREAD_DICOM__PORT=11112``). Nothing reads settings at import
+time: call :func:`load_settings` where they are needed.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any
+
+from pydantic import BaseModel, Field, ValidationError
+from pydantic_settings import (
+    BaseSettings,
+    PydanticBaseSettingsSource,
+    SettingsConfigDict,
+    TomlConfigSettingsSource,
+)
+
+from overread.errors import ConfigError
+
+
+class DicomSettings(BaseModel):
+    """DICOM network settings of the gateway."""
+
+    ae_title: str = Field(default="OVERREAD", min_length=1, max_length=16)
+    port: int = Field(default=11112, ge=0, le=65535)
+    allow_ae: list[str] = Field(default_factory=list)
+    stable_seconds: float = Field(default=60.0, ge=0)
+
+
+class HttpSettings(BaseModel):
+    """HTTP (REST, DICOMweb, web UI) settings."""
+
+    host: str = "127.0.0.1"
+    port: int = Field(default=8042, ge=0, le=65535)
+
+
+class ImagingSettings(BaseModel):
+    """How strictly the imaging core treats questionable input.
+
+    ``strictness`` follows pydicom's IGNORE/WARN/RAISE model: ``warn`` records
+    a warning on the image and carries on; ``raise`` refuses the file.
+    """
+
+    strictness: str = Field(default="warn", pattern="^(ignore|warn|raise)$")
+    max_frames: int = Field(default=10_000, ge=1)
+    max_pixels: int = Field(default=2_000_000_000, ge=1)
+
+
+class Settings(BaseSettings):
+    """All of overread's settings."""
+
+    model_config = SettingsConfigDict(
+        env_prefix="OVERREAD_",
+        env_nested_delimiter="__",
+        extra="forbid",
+    )
+
+    data_dir: Path = Path("overread-data")
+    database_url: str | None = None
+    model_registry: Path | None = None
+    default_model: str = "cxr-default"
+    log_level: str = Field(default="INFO", pattern="^(DEBUG|INFO|WARNING|ERROR)$")
+    dicom: DicomSettings = Field(default_factory=DicomSettings)
+    http: HttpSettings = Field(default_factory=HttpSettings)
+    imaging: ImagingSettings = Field(default_factory=ImagingSettings)
+
+    @classmethod
+    def settings_customise_sources(
+        cls,
+        settings_cls: type[BaseSettings],
+        init_settings: PydanticBaseSettingsSource,
+        env_settings: PydanticBaseSettingsSource,
+        dotenv_settings: PydanticBaseSettingsSource,
+        file_secret_settings: PydanticBaseSettingsSource,
+    ) -> tuple[PydanticBaseSettingsSource, ...]:
+        toml_path = Path(os.environ.get("OVERREAD_CONFIG", "overread.toml"))
+        return (
+            init_settings,
+            env_settings,
+            TomlConfigSettingsSource(settings_cls, toml_file=toml_path),
+        )
+
+    @property
+    def resolved_database_url(self) -> str:
+        """The database URL, defaulting to SQLite inside ``data_dir``."""
+        if self.database_url:
+            return self.database_url
+        return f"sqlite:///{(self.data_dir / 'overread.db').resolve()}"
+
+
+def load_settings(**overrides: Any) -> Settings:
+    """Load settings from file and environment, with explicit overrides on top.
+
+    Raises
+    ------
+    ConfigError
+        If the file cannot be parsed or a value is invalid; the message names the
+        offending field.
+    """
+    config_env = os.environ.get("OVERREAD_CONFIG")
+    if config_env and not Path(config_env).is_file():
+        raise ConfigError(f"{config_env}: configuration file named by OVERREAD_CONFIG not found")
+    try:
+        return Settings(**overrides)
+    except ValidationError as exc:
+        first = exc.errors()[0]
+        where = ".".join(str(p) for p in first["loc"]) or "settings"
+        raise ConfigError(f"invalid setting {where}: {first['msg']}") from None
+    except ValueError as exc:  # TOML syntax errors surface as ValueError subclasses
+        raise ConfigError(f"cannot read configuration: {exc}") from None
+
+
+__all__ = ["DicomSettings", "HttpSettings", "ImagingSettings", "Settings", "load_settings"]

@@ -1,0 +1,76 @@
+"""The error hierarchy.
+
+Every error that overread raises on purpose derives from :class:`OverreadError`.
+The CLI turns these into a single line on stderr and a non-zero exit status; a
+traceback is only shown with ``--debug``. Messages name the file, UID or setting
+at fault and, where possible, what to do about it.
+
+Each subclass also derives from the nearest built-in exception (as pydicom does),
+so ``except ValueError`` keeps working for callers who do not know our types.
+"""
+
+from __future__ import annotations
+
+
+class OverreadError(Exception):
+    """Base class for all errors raised deliberately by overread."""
+
+
+class ConfigError(OverreadError, ValueError):
+    """A setting, a configuration file or a routing rule is invalid."""
+
+
+class InvalidDicomError(OverreadError, ValueError):
+    """A file is not DICOM, or is DICOM that cannot be used as it is."""
+
+
+class UnsupportedTransferSyntaxError(InvalidDicomError):
+    """Pixel data is encoded in a transfer syntax no installed decoder handles."""
+
+
+class ImageReadError(OverreadError, ValueError):
+    """A non-DICOM image (PNG, JPEG, NIfTI) could not be read."""
+
+
+class SeriesError(OverreadError, ValueError):
+    """Instances cannot be assembled into a consistent volume."""
+
+
+class DatasetError(OverreadError, ValueError):
+    """A dataset's label file or folder layout is invalid."""
+
+
+class ModelPackageError(OverreadError, ValueError):
+    """A model package is missing, malformed, or fails verification."""
+
+
+class InferenceError(OverreadError, RuntimeError):
+    """A model could not be run on an input."""
+
+
+class EvaluationError(OverreadError, ValueError):
+    """Metrics cannot be computed from the given predictions and labels."""
+
+
+class ServiceError(OverreadError, RuntimeError):
+    """The DICOM/HTTP service or one of its peers failed."""
+
+
+class AuditError(OverreadError, RuntimeError):
+    """The audit trail is broken or cannot be written."""
+
+
+__all__ = [
+    "AuditError",
+    "ConfigError",
+    "DatasetError",
+    "EvaluationError",
+    "ImageReadError",
+    "InferenceError",
+    "InvalidDicomError",
+    "ModelPackageError",
+    "OverreadError",
+    "SeriesError",
+    "ServiceError",
+    "UnsupportedTransferSyntaxError",
+]
