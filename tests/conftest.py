@@ -10,7 +10,7 @@ from overread.cli import main
 
 
 @pytest.fixture
-def run_cli(capsys: pytest.CaptureFixture[str]):  # type: ignore[no-untyped-def]
+def run_cli(capsys: pytest.CaptureFixture[str]):
     """Run ``overread ARGS`` in-process; return (exit status, stdout, stderr)."""
 
     def _run(*args: str | Path) -> tuple[int, str, str]:

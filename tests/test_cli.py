@@ -8,14 +8,16 @@ from pathlib import Path
 import pytest
 
 
-def test_version_lists_libraries(run_cli) -> None:  # type: ignore[no-untyped-def]
+def test_version_lists_libraries(run_cli) -> None:
     status, out, _ = run_cli("version")
     assert status == 0
     assert out.startswith("overread ")
     assert "torch 2.13.0" in out
 
 
-def test_config_reads_toml_and_env(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, run_cli) -> None:  # type: ignore[no-untyped-def]
+def test_config_reads_toml_and_env(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, run_cli
+) -> None:
     (tmp_path / "overread.toml").write_text('default_model = "cxr-test"\n[dicom]\nport = 4242\n')
     monkeypatch.chdir(tmp_path)
     monkeypatch.setenv("OVERREAD_DICOM__AE_TITLE", "FROMENV")
@@ -27,7 +29,9 @@ def test_config_reads_toml_and_env(tmp_path: Path, monkeypatch: pytest.MonkeyPat
     assert data["dicom"]["ae_title"] == "FROMENV"
 
 
-def test_invalid_setting_is_one_line_error(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, run_cli) -> None:  # type: ignore[no-untyped-def]
+def test_invalid_setting_is_one_line_error(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, run_cli
+) -> None:
     (tmp_path / "overread.toml").write_text("[dicom]\nport = 99999\n")
     monkeypatch.chdir(tmp_path)
     status, out, err = run_cli("config")

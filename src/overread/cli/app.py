@@ -46,4 +46,6 @@ def version() -> None:
     from overread import __version__
 
     typer.echo(f"overread {__version__}")
-    typer.echo(f"pydicom {pydicom.__version__}, numpy {numpy.__version__}, torch {torch.__version__}")
+    typer.echo(
+        f"pydicom {pydicom.__version__}, numpy {numpy.__version__}, torch {torch.__version__}"
+    )
