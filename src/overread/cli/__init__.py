@@ -18,7 +18,10 @@ from overread.cli.app import app, state
 from overread.errors import OverreadError
 
 # Command modules, imported for their registrations on ``app``.
-COMMAND_MODULES: tuple[str, ...] = ("overread.cli.config_cmd",)
+COMMAND_MODULES: tuple[str, ...] = (
+    "overread.cli.config_cmd",
+    # One line per command module; keep sorted.
+)
 
 
 def _load_commands() -> None:
