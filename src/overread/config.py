@@ -69,6 +69,8 @@ class Settings(BaseSettings):
     dicom: DicomSettings = Field(default_factory=DicomSettings)
     http: HttpSettings = Field(default_factory=HttpSettings)
     imaging: ImagingSettings = Field(default_factory=ImagingSettings)
+    # The [service] table (routes, destinations, workers); validated by overread.service.config.
+    service: dict[str, Any] = Field(default_factory=dict)
 
     @classmethod
     def settings_customise_sources(
