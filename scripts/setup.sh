@@ -38,3 +38,4 @@ if [[ ! -f "$stamp" || pyproject.toml -nt "$stamp" ]]; then
   "$VENV/bin/python" -m pip install -q -e ".[dev]"
   touch "$stamp"
 fi
+scripts/fetch_test_data.sh || echo "setup: warning: real test label files not fetched" >&2
