@@ -20,6 +20,8 @@ from overread.errors import OverreadError
 # Command modules, imported for their registrations on ``app``.
 COMMAND_MODULES: tuple[str, ...] = (
     "overread.cli.config_cmd",
+    "overread.cli.inspect",
+    "overread.cli.labels",
     # One line per command module; keep sorted.
 )
 

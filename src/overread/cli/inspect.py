@@ -1,0 +1,68 @@
+"""``overread inspect``: read image files and report what they hold and what is wrong."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import typer
+from pydicom.uid import UID
+
+from overread.cli.app import app
+from overread.config import load_settings
+from overread.imaging.inspection import Inspection, inspect, iter_files
+
+
+def _describe(result: Inspection) -> list[str]:
+    meta = result.metadata
+    assert meta is not None
+    ts = UID(meta.transfer_syntax).name if meta.transfer_syntax else meta.source_format
+    lines = [
+        result.path,
+        f"  {meta.modality or '-'}  {meta.rows}x{meta.columns}  frames {meta.frames}  "
+        f"{meta.photometric_interpretation or '-'}  {ts}",
+    ]
+    if meta.sop_instance_uid:
+        lines.append(f"  SOP Instance UID {meta.sop_instance_uid}")
+    if meta.patient_id or meta.study_date:
+        lines.append(f"  patient {meta.patient_id or '-'}  study date {meta.study_date or '-'}")
+    if meta.pixel_spacing:
+        lines.append(f"  pixel spacing {meta.pixel_spacing[0]:g} x {meta.pixel_spacing[1]:g} mm")
+    if meta.window_center and meta.window_width:
+        lines.append(
+            f"  window C={meta.window_center[0]:g} W={meta.window_width[0]:g}"
+            f" {meta.voi_lut_function or 'LINEAR'}"
+        )
+    if result.pixel_min is not None:
+        unit = " (after Modality LUT)" if meta.modality_lut_applied else ""
+        lines.append(
+            f"  pixels min {result.pixel_min:g}  max {result.pixel_max:g}  "
+            f"mean {result.pixel_mean:.4g}{unit}"
+        )
+    lines.extend(f"  warning: {w}" for w in result.warnings)
+    return lines
+
+
+@app.command("inspect")
+def inspect_command(
+    paths: list[Path] = typer.Argument(..., help="Files or directories (walked recursively)."),
+    as_json: bool = typer.Option(False, "--json", help="One JSON object per file, per line."),
+) -> None:
+    """Read DICOM / NIfTI / PNG / JPEG files: metadata, pixel statistics, warnings.
+
+    Exit status 0 when every file was read; 1 when some could not be (each gets
+    one line 'path: what is wrong' on stderr and the others are still read).
+    """
+    settings = load_settings().imaging
+    failures = 0
+    for file in iter_files(paths):
+        result = inspect(file, settings=settings)
+        if as_json:
+            typer.echo(json.dumps(result.to_json(), sort_keys=True, default=str))
+        elif result.ok:
+            typer.echo("\n".join(_describe(result)))
+        if not result.ok:
+            failures += 1
+            typer.echo(result.error, err=True)
+    if failures:
+        raise typer.Exit(1)

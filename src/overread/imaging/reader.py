@@ -1,0 +1,73 @@
+"""The one entry point: :func:`read`, whatever the file format."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+from overread.config import ImagingSettings, load_settings
+from overread.errors import ImageReadError, InvalidDicomError, OverreadError
+from overread.imaging.dicom import read_dicom
+from overread.imaging.files import read_nifti, read_picture, sniff_format
+from overread.imaging.image import Image
+
+
+def read(
+    path: str | os.PathLike[str],
+    *,
+    settings: ImagingSettings | None = None,
+    strictness: str | None = None,
+) -> Image:
+    """Read a DICOM (Part 10 or raw), NIfTI, PNG or JPEG file into an :class:`Image`.
+
+    The Modality LUT is applied to DICOM grey images (so CT pixels are in HU);
+    nothing else is: windowing, inversion and resizing are transforms
+    (:mod:`overread.imaging.transforms`), so the same chain can be recorded in a
+    model package and replayed.
+
+    Parameters
+    ----------
+    path
+        The file.
+    settings
+        Imaging settings (limits, strictness); loaded from configuration if omitted.
+    strictness
+        Overrides ``settings.strictness``: ``"warn"`` keeps problems as
+        :attr:`Image.warnings`, ``"raise"`` refuses a file with any, ``"ignore"``
+        drops them.
+
+    Raises
+    ------
+    OverreadError
+        ``InvalidDicomError``, ``UnsupportedTransferSyntaxError`` or
+        ``ImageReadError``, with a one-line message naming the file.
+    """
+    config = settings if settings is not None else load_settings().imaging
+    mode = strictness or config.strictness
+    file = Path(path)
+    if not file.exists():
+        raise ImageReadError(f"{file}: no such file")
+    if not file.is_file():
+        raise ImageReadError(f"{file}: not a regular file")
+    kind = sniff_format(file)
+    try:
+        if kind in ("png", "jpeg"):
+            image = read_picture(file, max_pixels=config.max_pixels)
+        elif kind == "nifti":
+            image = read_nifti(file, max_pixels=config.max_pixels, max_frames=config.max_frames)
+        else:
+            image = read_dicom(file, max_pixels=config.max_pixels, max_frames=config.max_frames)
+    except OverreadError:
+        raise
+    except (RecursionError, MemoryError) as exc:
+        raise InvalidDicomError(
+            f"{file}: too deeply nested or too large ({type(exc).__name__})"
+        ) from None
+    if mode == "raise" and image.warnings:
+        raise InvalidDicomError(f"{file}: {image.warnings[0]} (strictness=raise)")
+    if mode == "ignore":
+        image.warnings.clear()
+    return image
+
+
+__all__ = ["read"]
