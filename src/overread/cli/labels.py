@@ -1,0 +1,95 @@
+"""``overread labels``: inspect dataset label files.
+
+``overread labels stats --dataset chexpert --csv train.csv --policy u-ones``
+prints, per label, how many images are positive, negative, uncertain and blank
+in the file, and what the label policy turns them into; with ``--json``, one
+JSON object. Rows that could not be read are listed on stderr and make the
+command exit 1 after printing the counts of the rest.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import typer
+
+from overread.cli.app import app
+
+labels_app = typer.Typer(help="Inspect dataset label files.", no_args_is_help=True)
+app.add_typer(labels_app, name="labels")
+
+_MAX_SKIPPED_SHOWN = 20
+
+
+def _print_table(stats: dict[str, Any]) -> None:
+    from rich.console import Console
+    from rich.table import Table
+
+    table = Table(
+        title=(
+            f"{stats['dataset']}: {stats['images']} images, {stats['studies']} studies, "
+            f"{stats['patients']} patients; policy {stats['policy']}"
+        )
+    )
+    for column in ("label", "pos", "neg", "unc", "blank", "→ pos", "→ neg", "→ soft", "→ ignored"):
+        table.add_column(column, justify="left" if column == "label" else "right")
+    for name, counts in stats["labels"].items():
+        after = counts["after"]
+        table.add_row(
+            name,
+            *(str(counts[k]) for k in ("positive", "negative", "uncertain", "blank")),
+            *(str(after[k]) for k in ("positive", "negative", "soft", "ignored")),
+        )
+    Console(width=140).print(table)
+
+
+@labels_app.command("stats")
+def stats_command(
+    dataset: str = typer.Option(
+        ..., "--dataset", "-d", help="chexpert, nih, mimic, siim, folder, phantom or phantom-truth."
+    ),
+    csv: Path = typer.Option(..., "--csv", help="The dataset's label CSV (gzip is fine)."),
+    policy: str = typer.Option(
+        "u-ignore",
+        "--policy",
+        "-p",
+        help="u-ones, u-zeros, u-ignore, u-lsr, or a full policy such as "
+        "'u-ignore;Atelectasis=u-ones;blank=zero'.",
+    ),
+    root: Path | None = typer.Option(
+        None, "--root", help="Image folder; rows whose image is missing are skipped."
+    ),
+    label_set: str | None = typer.Option(
+        None, "--label-set", help="NIH only: 'nih' (its own 15 labels, default) or 'overread'."
+    ),
+    as_json: bool = typer.Option(False, "--json", help="Print one JSON object."),
+) -> None:
+    """Count labels per value, before and after an uncertainty policy."""
+    from overread.data import LabelPolicy, label_stats, read_labels
+
+    parsed = LabelPolicy.parse(policy)
+    options: dict[str, Any] = {}
+    if label_set is not None:
+        options["label_set"] = label_set
+    table = read_labels(dataset, csv, root=root, **options)
+    stats = label_stats(table, parsed)
+    if as_json:
+        typer.echo(json.dumps(stats, indent=2))
+    else:
+        _print_table(stats)
+        for warning in table.warnings:
+            typer.echo(f"warning: {warning}", err=True)
+    if table.skipped:
+        for row in table.skipped[:_MAX_SKIPPED_SHOWN]:
+            typer.echo(f"skipped: {csv}: {row}", err=True)
+        more = len(table.skipped) - _MAX_SKIPPED_SHOWN
+        if more > 0:
+            typer.echo(f"skipped: ... and {more} more", err=True)
+        typer.echo(
+            f"warning: {len(table.skipped)} row(s) of {csv} skipped; counts cover the "
+            f"{len(table)} rows read",
+            err=True,
+        )
+        raise typer.Exit(1)
