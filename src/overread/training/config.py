@@ -1,0 +1,311 @@
+"""The typed training configuration, read from TOML.
+
+A run is fully described by one :class:`TrainConfig`; the trainer writes the
+resolved version (defaults filled in, paths made absolute) next to its outputs
+so that a model can be reproduced from its package alone.
+"""
+
+from __future__ import annotations
+
+import tomllib
+from importlib import resources
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+from overread.errors import ConfigError
+
+
+class _Section(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class PhantomSource(_Section):
+    """A phantom cohort to generate (or reuse when it already exists)."""
+
+    n: int = Field(default=2000, ge=4)
+    seed: int = 0
+    out: Path | None = None  # default: <output>/../phantoms/<name>-n<n>-s<seed>
+
+
+class DataConfig(_Section):
+    """Where the images and labels come from and how they are split."""
+
+    format: Literal["phantom", "chexpert", "nih", "mimic", "folder"] = "phantom"
+    labels_csv: Path | None = None
+    root: Path | None = None
+    phantom: PhantomSource | None = None
+    # Held-out test cohort: other patients AND another generator seed.
+    test_phantom: PhantomSource | None = None
+    policy: str = "u-ignore"
+    split: tuple[float, float, float] = (0.7, 0.1, 0.2)
+    split_seed: int = 0
+    size: int = Field(default=224, ge=16, le=2048)
+    channels: Literal[1, 3] = 1
+    cache: bool = True
+    num_workers: int = Field(default=0, ge=0)
+
+    @model_validator(mode="after")
+    def _source_given(self) -> DataConfig:
+        if self.phantom is None and self.labels_csv is None:
+            raise ValueError("give either [data.phantom] or data.labels_csv")
+        if abs(sum(self.split) - 1.0) > 1e-6 or min(self.split) < 0:
+            raise ValueError(f"split fractions must be >= 0 and sum to 1, got {self.split}")
+        return self
+
+
+class ModelConfig(_Section):
+    """The network: an architecture name known to ``overread.models.build_network``."""
+
+    architecture: str = "densenet121"
+    kwargs: dict[str, Any] = Field(default_factory=dict)
+    init: Path | None = None  # a checkpoint or model package to fine-tune from
+    sync_batchnorm: bool = False
+
+    @model_validator(mode="after")
+    def _known(self) -> ModelConfig:
+        from overread.models import ARCHITECTURES
+
+        if self.architecture not in ARCHITECTURES:
+            known = ", ".join(sorted(ARCHITECTURES))
+            raise ValueError(f"unknown architecture {self.architecture!r}; known: {known}")
+        return self
+
+
+class OptimConfig(_Section):
+    """Optimiser and the two fine-tuning phases."""
+
+    optimizer: Literal["adamw", "sgd"] = "adamw"
+    lr: float = Field(default=1e-3, gt=0)
+    weight_decay: float = Field(default=1e-4, ge=0)
+    momentum: float = Field(default=0.9, ge=0, lt=1)
+    batch_size: int = Field(default=32, ge=1)  # global batch, split over DDP ranks
+    epochs: int = Field(default=10, ge=1)
+    head_epochs: int = Field(default=0, ge=0)  # phase 1: train the classifier head only
+    body_lr_factor: float = Field(default=0.1, gt=0, le=1)  # phase 2 LR relative to lr
+    layer_decay: float = Field(default=0.7, gt=0, le=1)  # per-block LR multiplier towards input
+    schedule: Literal["cosine", "onecycle", "constant"] = "cosine"
+    warmup_epochs: float = Field(default=1.0, ge=0)
+    grad_clip: float | None = Field(default=1.0, gt=0)
+    amp: Literal["auto", "off", "bf16", "fp16"] = "auto"
+
+    @model_validator(mode="after")
+    def _phases(self) -> OptimConfig:
+        if self.head_epochs >= self.epochs:
+            raise ValueError(
+                f"head_epochs ({self.head_epochs}) must be smaller than epochs ({self.epochs})"
+            )
+        return self
+
+
+class LossConfig(_Section):
+    """Loss against class imbalance."""
+
+    kind: Literal["bce", "focal"] = "bce"
+    pos_weight: bool = True  # per-class n_neg / n_pos from the training split
+    pos_weight_max: float = Field(default=50.0, gt=0)
+    focal_gamma: float = Field(default=2.0, ge=0)
+    sampler: Literal["shuffle", "class-balanced"] = "shuffle"
+
+
+class AugmentConfig(_Section):
+    """Light geometric and intensity augmentation on batches (seeded per step)."""
+
+    enabled: bool = True
+    max_shift: float = Field(default=0.05, ge=0, le=0.5)
+    max_rotate_deg: float = Field(default=5.0, ge=0, le=45)
+    max_scale: float = Field(default=0.05, ge=0, le=0.5)
+    max_gamma: float = Field(default=0.15, ge=0, le=1)
+
+
+class EarlyStopConfig(_Section):
+    """Stop when mean validation AUC has not improved for ``patience`` epochs."""
+
+    patience: int = Field(default=5, ge=1)
+    min_delta: float = Field(default=1e-3, ge=0)
+
+
+class DistillConfig(_Section):
+    """Knowledge distillation from a teacher checkpoint or package."""
+
+    teacher: Path
+    alpha: float = Field(default=0.5, ge=0, le=1)  # weight of the hard-label loss
+    temperature: float = Field(default=2.0, gt=0)
+
+
+class PruneConfig(_Section):
+    """Global magnitude pruning after training, optionally fine-tuned."""
+
+    amounts: list[float] = Field(default_factory=lambda: [0.3, 0.5, 0.7])
+    finetune_epochs: int = Field(default=0, ge=0)
+    apply: float | None = None  # amount to keep in the shipped model (None: keep dense)
+
+    @model_validator(mode="after")
+    def _fractions(self) -> PruneConfig:
+        for a in [*self.amounts, *([self.apply] if self.apply is not None else [])]:
+            if not 0.0 < a < 1.0:
+                raise ValueError(f"pruning amounts must be in (0, 1), got {a}")
+        return self
+
+
+class PackageConfig(_Section):
+    """The model package written at the end."""
+
+    name: str = "cxr-model"
+    version: str = "1.0.0"
+    intended_use: str = "Research and demonstration only; not for clinical use."
+    export_onnx: bool = True
+
+
+class TrainConfig(_Section):
+    """Everything a training run needs; see docs/training.md for the choices."""
+
+    name: str = "run"
+    output: Path = Path("runs/run")
+    seed: int = 0
+    device: str = "auto"  # auto | cpu | cuda | cuda:N
+    threads: int | None = Field(default=None, ge=1)
+    checkpoint_every: int = Field(default=0, ge=0)  # steps; 0 = only at epoch ends
+    log_every: int = Field(default=20, ge=1)
+    progress: bool = True
+    data: DataConfig
+    model: ModelConfig = Field(default_factory=ModelConfig)
+    optim: OptimConfig = Field(default_factory=OptimConfig)
+    loss: LossConfig = Field(default_factory=LossConfig)
+    augment: AugmentConfig = Field(default_factory=AugmentConfig)
+    early_stop: EarlyStopConfig = Field(default_factory=EarlyStopConfig)
+    distill: DistillConfig | None = None
+    prune: PruneConfig | None = None
+    package: PackageConfig = Field(default_factory=PackageConfig)
+
+
+def _format_errors(exc: ValidationError) -> str:
+    parts = []
+    for err in exc.errors():
+        where = ".".join(str(p) for p in err["loc"]) or "(top level)"
+        parts.append(f"{where}: {err['msg']}")
+    return "; ".join(parts)
+
+
+def parse_config(data: dict[str, Any], *, source: str = "<config>") -> TrainConfig:
+    """Validate a configuration mapping.
+
+    Raises
+    ------
+    ConfigError
+        Naming ``source`` and every invalid field.
+    """
+    try:
+        return TrainConfig.model_validate(data)
+    except ValidationError as exc:
+        raise ConfigError(f"{source}: invalid training config: {_format_errors(exc)}") from None
+
+
+def preset_names() -> list[str]:
+    """Names of the presets shipped inside the package."""
+    folder = resources.files("overread.training").joinpath("presets")
+    return sorted(
+        p.name.removesuffix(".toml") for p in folder.iterdir() if p.name.endswith(".toml")
+    )
+
+
+def preset_text(name: str) -> str:
+    """The TOML text of a shipped preset."""
+    res = resources.files("overread.training").joinpath("presets", f"{name}.toml")
+    if not res.is_file():
+        raise ConfigError(f"unknown preset {name!r}; known: {', '.join(preset_names())}")
+    return res.read_text(encoding="utf-8")
+
+
+def load_config(
+    path: str | Path | None = None,
+    *,
+    preset: str | None = None,
+    overrides: dict[str, Any] | None = None,
+) -> TrainConfig:
+    """Read a TOML file or a shipped preset, apply dotted ``overrides``, validate.
+
+    Parameters
+    ----------
+    path
+        A TOML file (relative paths inside it are resolved against its folder).
+    preset
+        A preset name (see :func:`preset_names`); paths resolve against the
+        working directory.
+    overrides
+        ``{"optim.epochs": 2, "data.phantom.n": 40}``: applied after reading, so a
+        preset can be shrunk for a smoke run without editing it.
+    """
+    if (path is None) == (preset is None):
+        raise ConfigError("give exactly one of a config file or a preset")
+    if path is not None:
+        file = Path(path)
+        try:
+            text = file.read_text(encoding="utf-8")
+        except OSError as exc:
+            raise ConfigError(f"{file}: cannot read config: {exc.strerror}") from None
+        source, base = str(file), file.resolve().parent
+    else:
+        assert preset is not None
+        text, source, base = preset_text(preset), f"preset {preset}", Path.cwd()
+    try:
+        data = tomllib.loads(text)
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(f"{source}: not valid TOML: {exc}") from None
+    for key, value in (overrides or {}).items():
+        _set_dotted(data, key, value)
+    config = parse_config(data, source=source)
+    return resolve_paths(config, base)
+
+
+def _set_dotted(data: dict[str, Any], key: str, value: Any) -> None:
+    node = data
+    parts = key.split(".")
+    for part in parts[:-1]:
+        child = node.setdefault(part, {})
+        if not isinstance(child, dict):
+            raise ConfigError(f"override {key!r}: {part!r} is not a table")
+        node = child
+    node[parts[-1]] = value
+
+
+def resolve_paths(config: TrainConfig, base: Path) -> TrainConfig:
+    """Make every relative path absolute against ``base``."""
+
+    def fix(p: Path | None) -> Path | None:
+        if p is None:
+            return None
+        return p if p.is_absolute() else (base / p).resolve()
+
+    out = config.model_copy(deep=True)
+    out.output = fix(out.output) or out.output
+    out.data.labels_csv = fix(out.data.labels_csv)
+    out.data.root = fix(out.data.root)
+    for src in (out.data.phantom, out.data.test_phantom):
+        if src is not None:
+            src.out = fix(src.out)
+    out.model.init = fix(out.model.init)
+    if out.distill is not None:
+        out.distill.teacher = fix(out.distill.teacher) or out.distill.teacher
+    return out
+
+
+__all__ = [
+    "AugmentConfig",
+    "DataConfig",
+    "DistillConfig",
+    "EarlyStopConfig",
+    "LossConfig",
+    "ModelConfig",
+    "OptimConfig",
+    "PackageConfig",
+    "PhantomSource",
+    "PruneConfig",
+    "TrainConfig",
+    "load_config",
+    "parse_config",
+    "preset_names",
+    "preset_text",
+    "resolve_paths",
+]
