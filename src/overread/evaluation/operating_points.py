@@ -1,0 +1,189 @@
+"""Operating points: choosing a threshold, and what the model does there.
+
+A threshold is chosen on validation data (for a target sensitivity or
+specificity, or Youden's J) and then applied unchanged to test data; choosing
+it on the test set would flatter the result. The rule everywhere is "positive
+when score >= threshold".
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from enum import StrEnum
+
+import numpy as np
+from numpy.typing import ArrayLike
+from scipy.stats import norm
+
+from overread.errors import EvaluationError
+from overread.evaluation._validation import binary_truth_and_score
+from overread.evaluation.roc import roc_curve
+
+
+class ThresholdRule(StrEnum):
+    """How a threshold is chosen on validation data."""
+
+    SPECIFICITY = "specificity"
+    SENSITIVITY = "sensitivity"
+    YOUDEN = "youden"
+
+
+def wilson_interval(successes: int, trials: int, confidence: float = 0.95) -> tuple[float, float]:
+    """Wilson score interval for a proportion (Wilson 1927); NaN when trials is 0.
+
+    Unlike the Wald interval it stays inside [0, 1] and keeps its coverage for
+    proportions near 0 or 1, which is where sensitivity and specificity live.
+    """
+    if trials == 0:
+        return (float("nan"), float("nan"))
+    z = float(norm.ppf(0.5 + confidence / 2.0))
+    p = successes / trials
+    denom = 1.0 + z * z / trials
+    centre = (p + z * z / (2 * trials)) / denom
+    half = z * np.sqrt(p * (1 - p) / trials + z * z / (4 * trials * trials)) / denom
+    return (float(max(0.0, centre - half)), float(min(1.0, centre + half)))
+
+
+def threshold_for_specificity(y_true: ArrayLike, y_score: ArrayLike, target: float) -> float:
+    """The lowest threshold whose specificity is at least ``target``.
+
+    The lowest such threshold gives the highest sensitivity at that specificity.
+    """
+    curve = roc_curve(y_true, y_score)
+    ok = (1.0 - curve.fpr) >= target - 1e-12
+    return float(curve.thresholds[np.nonzero(ok)[0][-1]])
+
+
+def threshold_for_sensitivity(y_true: ArrayLike, y_score: ArrayLike, target: float) -> float:
+    """The highest threshold whose sensitivity is at least ``target``."""
+    curve = roc_curve(y_true, y_score)
+    ok = curve.tpr >= target - 1e-12
+    return float(curve.thresholds[np.nonzero(ok)[0][0]])
+
+
+def youden_threshold(y_true: ArrayLike, y_score: ArrayLike) -> float:
+    """The threshold maximising Youden's J = sensitivity + specificity - 1."""
+    curve = roc_curve(y_true, y_score)
+    j = curve.tpr - curve.fpr
+    return float(curve.thresholds[int(np.argmax(j))])
+
+
+def choose_threshold(
+    y_true: ArrayLike, y_score: ArrayLike, rule: ThresholdRule | str, target: float = 0.9
+) -> float:
+    """Choose a threshold on validation data by ``rule`` (target ignored for Youden)."""
+    rule = ThresholdRule(rule)
+    if rule is ThresholdRule.SPECIFICITY:
+        return threshold_for_specificity(y_true, y_score, target)
+    if rule is ThresholdRule.SENSITIVITY:
+        return threshold_for_sensitivity(y_true, y_score, target)
+    return youden_threshold(y_true, y_score)
+
+
+@dataclass(frozen=True)
+class Proportion:
+    """A proportion k/n with its Wilson interval."""
+
+    value: float
+    ci: tuple[float, float]
+    successes: int
+    trials: int
+
+    @classmethod
+    def of(cls, successes: int, trials: int, confidence: float = 0.95) -> Proportion:
+        value = successes / trials if trials else float("nan")
+        return cls(value, wilson_interval(successes, trials, confidence), successes, trials)
+
+
+@dataclass(frozen=True)
+class OperatingPoint:
+    """Counts and rates at one threshold."""
+
+    threshold: float
+    tp: int
+    fp: int
+    tn: int
+    fn: int
+    sensitivity: Proportion
+    specificity: Proportion
+    ppv: Proportion
+    npv: Proportion
+    f1: float
+
+    def at_prevalence(self, prevalence: float) -> tuple[float, float]:
+        """(PPV, NPV) this sensitivity and specificity would give at ``prevalence``."""
+        return predictive_values(self.sensitivity.value, self.specificity.value, prevalence)
+
+    def as_dict(self) -> dict[str, object]:
+        """JSON-ready summary."""
+        out: dict[str, object] = {
+            "threshold": self.threshold,
+            "tp": self.tp,
+            "fp": self.fp,
+            "tn": self.tn,
+            "fn": self.fn,
+            "f1": self.f1,
+        }
+        for name in ("sensitivity", "specificity", "ppv", "npv"):
+            prop: Proportion = getattr(self, name)
+            out[name] = prop.value
+            out[f"{name}_ci"] = list(prop.ci)
+        return out
+
+
+def operating_point(
+    y_true: ArrayLike, y_score: ArrayLike, threshold: float, confidence: float = 0.95
+) -> OperatingPoint:
+    """Confusion counts, sensitivity, specificity, PPV, NPV (Wilson CIs) and F1."""
+    positive, score = binary_truth_and_score(y_true, y_score, need_both_classes=False)
+    called = score >= threshold
+    tp = int((called & positive).sum())
+    fp = int((called & ~positive).sum())
+    tn = int((~called & ~positive).sum())
+    fn = int((~called & positive).sum())
+    f1 = 2 * tp / (2 * tp + fp + fn) if (2 * tp + fp + fn) else float("nan")
+    return OperatingPoint(
+        threshold=float(threshold),
+        tp=tp,
+        fp=fp,
+        tn=tn,
+        fn=fn,
+        sensitivity=Proportion.of(tp, tp + fn, confidence),
+        specificity=Proportion.of(tn, tn + fp, confidence),
+        ppv=Proportion.of(tp, tp + fp, confidence),
+        npv=Proportion.of(tn, tn + fn, confidence),
+        f1=f1,
+    )
+
+
+def predictive_values(
+    sensitivity: float, specificity: float, prevalence: float
+) -> tuple[float, float]:
+    """PPV and NPV by Bayes' theorem at a deployment prevalence.
+
+    A study enriched with positives overstates PPV; this recomputes it for the
+    prevalence the model will meet.
+    """
+    if not 0.0 <= prevalence <= 1.0:
+        raise EvaluationError(f"prevalence {prevalence} is not a proportion")
+    tp = sensitivity * prevalence
+    fp = (1.0 - specificity) * (1.0 - prevalence)
+    tn = specificity * (1.0 - prevalence)
+    fn = (1.0 - sensitivity) * prevalence
+    ppv = tp / (tp + fp) if tp + fp > 0 else float("nan")
+    npv = tn / (tn + fn) if tn + fn > 0 else float("nan")
+    return float(ppv), float(npv)
+
+
+__all__ = [
+    "OperatingPoint",
+    "Proportion",
+    "ThresholdRule",
+    "choose_threshold",
+    "operating_point",
+    "predictive_values",
+    "threshold_for_sensitivity",
+    "threshold_for_specificity",
+    "wilson_interval",
+    "youden_threshold",
+]
