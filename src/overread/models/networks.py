@@ -86,11 +86,109 @@ class _ViTClassifier(nn.Module):
         return logits
 
 
+class ConvBnRelu(nn.Sequential):
+    """A 3x3 (or 1x1) convolution, batch norm and ReLU: the unit INT8 runtimes fuse best."""
+
+    def __init__(
+        self, in_channels: int, out_channels: int, *, stride: int = 1, kernel: int = 3
+    ) -> None:
+        super().__init__(
+            nn.Conv2d(
+                in_channels, out_channels, kernel, stride=stride, padding=kernel // 2, bias=False
+            ),
+            nn.BatchNorm2d(out_channels),
+            nn.ReLU(inplace=True),
+        )
+
+
+class ResidualBlock(nn.Module):
+    """Two conv-BN units with an identity (or strided 1x1) shortcut, ReLU after the sum."""
+
+    def __init__(self, in_channels: int, out_channels: int, *, stride: int = 1) -> None:
+        super().__init__()
+        self.conv1 = ConvBnRelu(in_channels, out_channels, stride=stride)
+        self.conv2 = nn.Sequential(
+            nn.Conv2d(out_channels, out_channels, 3, padding=1, bias=False),
+            nn.BatchNorm2d(out_channels),
+        )
+        self.shortcut: nn.Module = nn.Identity()
+        if stride != 1 or in_channels != out_channels:
+            self.shortcut = nn.Sequential(
+                nn.Conv2d(in_channels, out_channels, 1, stride=stride, bias=False),
+                nn.BatchNorm2d(out_channels),
+            )
+        self.relu = nn.ReLU(inplace=True)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        out: torch.Tensor = self.relu(self.conv2(self.conv1(x)) + self.shortcut(x))
+        return out
+
+
+class CxrConvNet(nn.Module):
+    """A small ResNet-style classifier built for fast INT8 inference on CPUs.
+
+    Only convolutions, batch norms (folded into the convolutions on export), ReLUs,
+    residual additions, one global average pool and one linear layer: every op has
+    an integer kernel in ONNX Runtime, and there are no concatenations whose inputs
+    would need a shared quantisation scale (the reason DenseNets gain little from
+    INT8). The last convolutional feature map feeds the classifier through a global
+    average pool only, so class activation maps are exact (Zhou et al., 2016).
+
+    ``features(x)`` gives that map; ``classifier`` is the linear layer.
+    """
+
+    def __init__(
+        self,
+        in_channels: int = 1,
+        num_classes: int = 14,
+        widths: tuple[int, ...] = (32, 64, 128, 256),
+        blocks: tuple[int, ...] = (1, 1, 2, 1),
+        stem_width: int = 24,
+        dropout_prob: float = 0.0,
+    ) -> None:
+        super().__init__()
+        if len(widths) != len(blocks):
+            raise TypeError("widths and blocks must have the same length")
+        layers: list[nn.Module] = [
+            ConvBnRelu(in_channels, stem_width, stride=2),
+            ConvBnRelu(stem_width, stem_width),
+        ]
+        channels = stem_width
+        for width, count in zip(widths, blocks, strict=True):
+            for index in range(count):
+                layers.append(ResidualBlock(channels, width, stride=2 if index == 0 else 1))
+                channels = width
+        self.features = nn.Sequential(*layers)
+        self.pool = nn.AdaptiveAvgPool2d(1)
+        self.dropout = nn.Dropout(dropout_prob)
+        self.classifier = nn.Linear(channels, num_classes)
+        for module in self.modules():
+            if isinstance(module, nn.Conv2d):
+                nn.init.kaiming_normal_(module.weight, mode="fan_out", nonlinearity="relu")
+            elif isinstance(module, nn.BatchNorm2d):
+                nn.init.ones_(module.weight)
+                nn.init.zeros_(module.bias)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        pooled = torch.flatten(self.pool(self.features(x)), 1)
+        logits: torch.Tensor = self.classifier(self.dropout(pooled))
+        return logits
+
+
+def _cxr_convnet(in_channels: int, num_classes: int, **kwargs: Any) -> nn.Module:
+    for key in ("widths", "blocks"):
+        if key in kwargs:
+            kwargs[key] = tuple(kwargs[key])
+    return CxrConvNet(in_channels=in_channels, num_classes=num_classes, **kwargs)
+
+
 ARCHITECTURES: dict[str, Callable[..., nn.Module]] = {
     "densenet121": _densenet((6, 12, 24, 16)),
     "densenet169": _densenet((6, 12, 32, 32)),
     # A narrow, shallow DenseNet that trains on a CPU in minutes: the default phantom model.
     "densenet-tiny": _densenet((4, 6, 8), init_features=32, growth_rate=16),
+    # A small residual conv-BN-ReLU net that quantises well: the default CXR model.
+    "cxr-convnet": _cxr_convnet,
     "efficientnet-b0": _efficientnet("efficientnet-b0"),
     "efficientnet-b1": _efficientnet("efficientnet-b1"),
     "efficientnet-b2": _efficientnet("efficientnet-b2"),
@@ -121,4 +219,4 @@ def build_network(
         raise ModelPackageError(f"invalid arguments for {architecture}: {exc}") from None
 
 
-__all__ = ["ARCHITECTURES", "build_network"]
+__all__ = ["ARCHITECTURES", "ConvBnRelu", "CxrConvNet", "ResidualBlock", "build_network"]

@@ -1,0 +1,23 @@
+"""Explanations: class activation maps (CAM, Grad-CAM, Grad-CAM++) and overlays."""
+
+from overread.explain.cam import (
+    CamMethod,
+    GradCam,
+    cam_to_heatmaps,
+    default_target_layer,
+    normalise_maps,
+    upsample_maps,
+)
+from overread.explain.overlay import blend_overlay, colourise, save_overlay
+
+__all__ = [
+    "CamMethod",
+    "GradCam",
+    "blend_overlay",
+    "cam_to_heatmaps",
+    "colourise",
+    "default_target_layer",
+    "normalise_maps",
+    "save_overlay",
+    "upsample_maps",
+]

@@ -1,0 +1,127 @@
+"""Class activation maps: exact CAM from the forward pass, Grad-CAM and Grad-CAM++.
+
+CAM needs no gradients: the exported network returns, next to the logits, the
+classifier applied at every position of the last feature map (see
+:mod:`overread.models.export`), so the ONNX runtime explains with the same pass it
+predicts with. Grad-CAM (Selvaraju et al., ICCV 2017) and Grad-CAM++ (Chattopadhay
+et al., WACV 2018) work for any torch network with a convolutional layer, using
+forward and backward hooks on that layer.
+"""
+
+from __future__ import annotations
+
+from typing import Literal
+
+import numpy as np
+import torch
+from torch import nn
+
+CamMethod = Literal["cam", "gradcam", "gradcam++"]
+
+
+def normalise_maps(maps: np.ndarray) -> np.ndarray:
+    """Clip negative evidence and scale each map (last two axes) to [0, 1]."""
+    positive = np.maximum(np.asarray(maps, dtype=np.float32), 0.0)
+    peak = positive.max(axis=(-2, -1), keepdims=True)
+    result: np.ndarray = np.divide(positive, peak, out=np.zeros_like(positive), where=peak > 0)
+    return result
+
+
+def upsample_maps(maps: np.ndarray, size: tuple[int, int]) -> np.ndarray:
+    """Bilinear resize of ``(..., h, w)`` maps to ``(..., size[0], size[1])``."""
+    array = np.asarray(maps, dtype=np.float32)
+    lead = array.shape[:-2]
+    flat = torch.from_numpy(np.ascontiguousarray(array.reshape(-1, 1, *array.shape[-2:])))
+    resized = nn.functional.interpolate(flat, size=size, mode="bilinear", align_corners=False)
+    return resized.numpy().reshape(*lead, *size)
+
+
+def cam_to_heatmaps(cam: np.ndarray, size: tuple[int, int]) -> np.ndarray:
+    """Per-label CAM output ``(N, L, h, w)`` -> heatmaps ``(N, L, H, W)`` in [0, 1]."""
+    return normalise_maps(upsample_maps(cam, size))
+
+
+def default_target_layer(network: nn.Module) -> nn.Module:
+    """The layer Grad-CAM hooks by default: the last feature block, else the last conv."""
+    from overread.models.export import cam_parts
+
+    parts = cam_parts(network)
+    if parts is not None:
+        return parts[0]
+    convs = [m for m in network.modules() if isinstance(m, nn.Conv2d)]
+    if not convs:
+        raise ValueError(f"{type(network).__name__} has no convolutional layer to explain")
+    return convs[-1]
+
+
+class GradCam:
+    """Grad-CAM / Grad-CAM++ for a torch classifier via hooks on one layer.
+
+    Parameters
+    ----------
+    network
+        A module mapping ``(N, C, H, W)`` to ``(N, L)`` logits.
+    target_layer
+        The layer whose activations are weighted; default :func:`default_target_layer`.
+    plus_plus
+        Use Grad-CAM++ weights instead of Grad-CAM's mean gradients.
+    """
+
+    def __init__(
+        self, network: nn.Module, target_layer: nn.Module | None = None, *, plus_plus: bool = False
+    ) -> None:
+        self.network = network
+        self.target_layer = target_layer or default_target_layer(network)
+        self.plus_plus = plus_plus
+
+    def __call__(self, x: torch.Tensor, label_indices: list[int] | None = None) -> np.ndarray:
+        """Maps ``(N, len(label_indices), H, W)`` in [0, 1] at the input resolution."""
+        activations: list[torch.Tensor] = []
+        gradients: list[torch.Tensor] = []
+
+        def keep_activation(_m: nn.Module, _i: object, output: torch.Tensor) -> None:
+            activations.append(output)
+            output.register_hook(gradients.append)  # type: ignore[no-untyped-call]
+
+        handle = self.target_layer.register_forward_hook(keep_activation)
+        was_training = self.network.training
+        self.network.eval()
+        try:
+            with torch.enable_grad():
+                inputs = x.detach().clone().requires_grad_(True)
+                logits = self.network(inputs)
+                indices = (
+                    label_indices if label_indices is not None else list(range(logits.shape[1]))
+                )
+                maps = []
+                for index in indices:
+                    gradients.clear()
+                    self.network.zero_grad(set_to_none=True)
+                    logits[:, index].sum().backward(retain_graph=True)
+                    maps.append(self._weighted(activations[-1].detach(), gradients[-1].detach()))
+        finally:
+            handle.remove()
+            self.network.train(was_training)
+        stacked = torch.stack(maps, dim=1).numpy()
+        return normalise_maps(upsample_maps(stacked, (x.shape[-2], x.shape[-1])))
+
+    def _weighted(self, activation: torch.Tensor, gradient: torch.Tensor) -> torch.Tensor:
+        if self.plus_plus:
+            g2, g3 = gradient.pow(2), gradient.pow(3)
+            summed = activation.sum(dim=(2, 3), keepdim=True)
+            denominator = 2 * g2 + summed * g3
+            alpha = torch.where(gradient != 0, g2 / (denominator + 1e-7), torch.zeros_like(g2))
+            weights = (alpha * torch.relu(gradient)).sum(dim=(2, 3), keepdim=True)
+        else:
+            weights = gradient.mean(dim=(2, 3), keepdim=True)
+        return torch.relu((weights * activation).sum(dim=1))
+
+
+__all__ = [
+    "CamMethod",
+    "GradCam",
+    "cam_to_heatmaps",
+    "default_target_layer",
+    "normalise_maps",
+    "upsample_maps",
+]

@@ -1,0 +1,61 @@
+"""From logits to decisions: calibration, thresholds, uncertainty and referral.
+
+Uncertainty here is about the *decision*: how close the calibrated probability
+lies to the operating point's threshold, scaled so 0 is as far as possible on
+that side and 1 is on the threshold. A finding whose uncertainty exceeds the
+package's ``refer_uncertainty`` is decided ``refer``: the software declines to
+call it and a reader must look.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from overread.models.manifest import Calibration
+
+
+def sigmoid(x: np.ndarray) -> np.ndarray:
+    """Numerically stable logistic function."""
+    x = np.asarray(x, dtype=np.float64)
+    out = np.empty_like(x)
+    positive = x >= 0
+    out[positive] = 1.0 / (1.0 + np.exp(-x[positive]))
+    exp = np.exp(x[~positive])
+    out[~positive] = exp / (1.0 + exp)
+    return out.astype(np.float32)
+
+
+def calibrate(logits: np.ndarray, calibration: Calibration, labels: list[str]) -> np.ndarray:
+    """Calibrated probabilities ``(N, L)`` from logits ``(N, L)``."""
+    scaled = np.asarray(logits, dtype=np.float64).copy()
+    for index, label in enumerate(labels):
+        params = calibration.parameters.get(label)
+        if not params or calibration.method == "none":
+            continue
+        if calibration.method == "temperature":
+            scaled[:, index] /= max(params.get("temperature", 1.0), 1e-6)
+        else:  # platt
+            scaled[:, index] = params.get("a", 1.0) * scaled[:, index] + params.get("b", 0.0)
+    return sigmoid(scaled)
+
+
+def decision_uncertainty(probabilities: np.ndarray, thresholds: np.ndarray) -> np.ndarray:
+    """1 at the threshold, falling linearly to 0 at probability 0 or 1."""
+    p = np.asarray(probabilities, dtype=np.float64)
+    t = np.clip(np.asarray(thresholds, dtype=np.float64), 1e-6, 1 - 1e-6)
+    span = np.where(p >= t, 1.0 - t, t)
+    return np.clip(1.0 - np.abs(p - t) / span, 0.0, 1.0).astype(np.float32)
+
+
+def decide(
+    probabilities: np.ndarray, thresholds: np.ndarray, refer_uncertainty: float
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Positive flags, uncertainties and decisions (``positive``/``negative``/``refer``)."""
+    positive = probabilities >= thresholds
+    uncertainty = decision_uncertainty(probabilities, thresholds)
+    decisions = np.where(positive, "positive", "negative").astype(object)
+    decisions[uncertainty > refer_uncertainty] = "refer"
+    return positive, uncertainty, decisions
+
+
+__all__ = ["calibrate", "decide", "decision_uncertainty", "sigmoid"]

@@ -1,0 +1,200 @@
+"""Model runtimes: ONNX Runtime (serving default) and torch (training, gradient CAMs).
+
+Both take preprocessed float32 ``(N, C, H, W)`` batches and return logits ``(N, L)``
+and, when the network supports it, class activation maps ``(N, L, h, w)`` from the
+same forward pass. Like pydicom's pixel decoders, each runtime can say whether it is
+usable here and why not (:func:`runtime_unavailable_reason`).
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import threading
+from collections import OrderedDict
+from pathlib import Path
+from typing import Any, Protocol
+
+import numpy as np
+import torch
+
+from overread.errors import InferenceError, ModelPackageError
+from overread.models.export import CAM_NAME, INPUT_NAME, LOGITS_NAME, CamClassifier, cam_parts
+from overread.models.package import ModelPackage
+
+logger = logging.getLogger(__name__)
+
+#: Threads per inference: the target node has 2 cores.
+DEFAULT_THREADS = 2
+_MAX_SESSIONS = 8
+
+
+def default_threads() -> int:
+    """``DEFAULT_THREADS``, or fewer on a smaller machine."""
+    return max(1, min(DEFAULT_THREADS, os.cpu_count() or 1))
+
+
+def runtime_unavailable_reason(name: str) -> str | None:
+    """None when runtime ``name`` can be used here, else why not."""
+    if name == "onnx":
+        try:
+            import onnxruntime as ort
+        except ImportError as exc:  # pragma: no cover - installed with overread
+            return f"onnxruntime is not installed ({exc})"
+        if "CPUExecutionProvider" not in ort.get_available_providers():
+            return "onnxruntime has no CPU execution provider"
+        return None
+    if name == "torch":
+        return None
+    return f"unknown runtime {name!r} (known: onnx, torch)"
+
+
+class Runtime(Protocol):
+    """What the pipeline needs from a runtime."""
+
+    name: str
+    precision: str
+    has_cam: bool
+
+    def run(self, x: np.ndarray, *, with_cam: bool = False) -> tuple[np.ndarray, np.ndarray | None]:
+        """Logits ``(N, L)`` and, if asked and available, CAMs ``(N, L, h, w)``."""
+        ...
+
+
+class OnnxRuntime:
+    """ONNX Runtime on CPU with one session per fixed batch size.
+
+    Each session is created with the batch dimension pinned
+    (``add_free_dimension_override_by_name``), so ONNX Runtime plans memory and
+    kernels for a fixed input shape; sessions are created lazily and kept (up to
+    eight shapes).
+    """
+
+    name = "onnx"
+
+    def __init__(
+        self, model_path: Path, *, precision: str = "fp32", threads: int | None = None
+    ) -> None:
+        import onnxruntime as ort
+
+        self.model_path = Path(model_path)
+        self.precision = precision
+        self.threads = threads or default_threads()
+        self._ort = ort
+        self._sessions: OrderedDict[int, Any] = OrderedDict()
+        self._lock = threading.Lock()
+        probe = self._session(1)
+        self.output_names = [o.name for o in probe.get_outputs()]
+        self.has_cam = CAM_NAME in self.output_names
+        self.input_shape = tuple(probe.get_inputs()[0].shape)
+
+    def _options(self, batch: int) -> Any:
+        options = self._ort.SessionOptions()
+        options.intra_op_num_threads = self.threads
+        options.inter_op_num_threads = 1
+        options.execution_mode = self._ort.ExecutionMode.ORT_SEQUENTIAL
+        options.graph_optimization_level = self._ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+        options.add_free_dimension_override_by_name("batch", batch)
+        options.log_severity_level = 3
+        return options
+
+    def _session(self, batch: int) -> Any:
+        with self._lock:
+            session = self._sessions.get(batch)
+            if session is not None:
+                self._sessions.move_to_end(batch)
+                return session
+            try:
+                session = self._ort.InferenceSession(
+                    str(self.model_path), self._options(batch), providers=["CPUExecutionProvider"]
+                )
+            except Exception as exc:
+                raise ModelPackageError(
+                    f"{self.model_path}: ONNX Runtime cannot load it: {exc}"
+                ) from None
+            self._sessions[batch] = session
+            while len(self._sessions) > _MAX_SESSIONS:
+                self._sessions.popitem(last=False)
+            return session
+
+    def warmup(self, batch_sizes: tuple[int, ...] = (1,)) -> None:
+        """Create the sessions for ``batch_sizes`` and run each once."""
+        shape = [d if isinstance(d, int) else 1 for d in self.input_shape[1:]]
+        for batch in batch_sizes:
+            self.run(np.zeros((batch, *shape), dtype=np.float32), with_cam=self.has_cam)
+
+    def run(self, x: np.ndarray, *, with_cam: bool = False) -> tuple[np.ndarray, np.ndarray | None]:
+        batch = np.ascontiguousarray(x, dtype=np.float32)
+        outputs = [LOGITS_NAME, CAM_NAME] if with_cam and self.has_cam else [LOGITS_NAME]
+        try:
+            result = self._session(len(batch)).run(outputs, {INPUT_NAME: batch})
+        except ModelPackageError:
+            raise
+        except Exception as exc:
+            raise InferenceError(f"{self.model_path.name}: inference failed: {exc}") from None
+        logits = np.asarray(result[0], dtype=np.float32)
+        cam = np.asarray(result[1], dtype=np.float32) if len(result) > 1 else None
+        return logits, cam
+
+
+class TorchRuntime:
+    """The package's torch network in eval mode; CAM through the same wrapper as ONNX."""
+
+    name = "torch"
+    precision = "fp32"
+
+    def __init__(self, package: ModelPackage, *, threads: int | None = None) -> None:
+        if threads:
+            torch.set_num_threads(threads)
+        self.network = package.build_network()
+        self.has_cam = cam_parts(self.network) is not None
+        self._cam_model = CamClassifier(self.network).eval() if self.has_cam else None
+
+    def warmup(self, batch_sizes: tuple[int, ...] = (1,)) -> None:
+        """No sessions to build; nothing to do beyond what loading did."""
+
+    def run(self, x: np.ndarray, *, with_cam: bool = False) -> tuple[np.ndarray, np.ndarray | None]:
+        tensor = torch.from_numpy(np.ascontiguousarray(x, dtype=np.float32))
+        with torch.inference_mode():
+            if with_cam and self._cam_model is not None:
+                logits, cam = self._cam_model(tensor)
+                return logits.numpy(), cam.numpy()
+            return self.network(tensor).numpy(), None
+
+
+def open_runtime(
+    package: ModelPackage,
+    runtime: str = "onnx",
+    *,
+    precision: str = "auto",
+    threads: int | None = None,
+) -> OnnxRuntime | TorchRuntime:
+    """Open the runtime ``runtime`` for a package.
+
+    ``precision`` ``auto`` uses the INT8 model when the package has one, else FP32.
+    """
+    reason = runtime_unavailable_reason(runtime)
+    if reason:
+        raise InferenceError(reason)
+    if runtime == "torch":
+        return TorchRuntime(package, threads=threads)
+    if precision not in ("auto", "fp32", "int8"):
+        raise InferenceError(f"unknown precision {precision!r} (auto, fp32, int8)")
+    chosen = precision
+    if precision == "auto":
+        chosen = "int8" if package.runtime_file("int8") is not None else "fp32"
+    path = package.runtime_file(chosen)
+    if path is None:
+        raise ModelPackageError(f"{package.name} {package.version} has no {chosen} ONNX model")
+    return OnnxRuntime(path, precision=chosen, threads=threads)
+
+
+__all__ = [
+    "DEFAULT_THREADS",
+    "OnnxRuntime",
+    "Runtime",
+    "TorchRuntime",
+    "default_threads",
+    "open_runtime",
+    "runtime_unavailable_reason",
+]

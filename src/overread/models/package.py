@@ -1,0 +1,408 @@
+"""Model packages: a directory (or .zip) with ``manifest.json`` and checksummed files.
+
+A package is the unit that travels from training to evaluation to serving. Loading
+one verifies everything it contains (manifest schema, manifest hash, optional HMAC,
+the SHA-256 and size of every file, no unlisted files), so what was validated is
+byte for byte what is served; any mismatch refuses the package with the reason.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+import shutil
+import tempfile
+import zipfile
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from pydantic import ValidationError
+from torch import nn
+
+from overread.errors import ModelPackageError
+from overread.models.codes import FINDING_CODES
+from overread.models.manifest import (
+    MANIFEST_NAME,
+    Accepts,
+    Calibration,
+    Code,
+    FileEntry,
+    InputSpec,
+    LabelSpec,
+    Manifest,
+    RuntimeFiles,
+    Task,
+)
+from overread.models.networks import build_network
+
+logger = logging.getLogger(__name__)
+
+STATE_DICT_NAME = "model.pt"
+ONNX_FP32_NAME = "model.onnx"
+ONNX_INT8_NAME = "model.int8.onnx"
+
+
+def file_sha256(path: Path) -> str:
+    """SHA-256 of a file's bytes, read in 1 MiB blocks."""
+    digest = hashlib.sha256()
+    with path.open("rb") as handle:
+        for block in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+@dataclass(frozen=True)
+class ModelPackage:
+    """A verified model package on disk.
+
+    Attributes
+    ----------
+    path
+        The package directory (a .zip is unpacked to a private directory first).
+    manifest
+        The validated manifest.
+    """
+
+    path: Path
+    manifest: Manifest
+
+    @property
+    def name(self) -> str:
+        """The model's name, e.g. ``cxr-default``."""
+        return self.manifest.name
+
+    @property
+    def version(self) -> str:
+        """The model's version string."""
+        return self.manifest.version
+
+    @property
+    def sha256(self) -> str:
+        """The hash of the canonical manifest, which covers every file's hash."""
+        return self.manifest.content_sha256()
+
+    @property
+    def labels(self) -> list[str]:
+        """Output label names in output order."""
+        return self.manifest.label_names
+
+    def file(self, relative: str) -> Path:
+        """Absolute path of a file listed in the manifest."""
+        if relative not in self.manifest.files:
+            raise ModelPackageError(f"{self.path}: {relative!r} is not part of the package")
+        return self.path / relative
+
+    def runtime_file(self, kind: str) -> Path | None:
+        """The file for ``torch``, ``fp32`` or ``int8``, or None if the package lacks it."""
+        runtime = self.manifest.runtime
+        relative = {
+            "torch": runtime.torch_state_dict,
+            "fp32": runtime.onnx_fp32,
+            "int8": runtime.onnx_int8,
+        }[kind]
+        return None if relative is None else self.file(relative)
+
+    def build_network(self) -> nn.Module:
+        """The torch network with the package's weights, in eval mode."""
+        state_path = self.runtime_file("torch")
+        if state_path is None:
+            raise ModelPackageError(f"{self.path}: package has no torch state dict")
+        net = build_network(
+            self.manifest.architecture,
+            in_channels=self.manifest.input.channels,
+            num_classes=len(self.labels),
+            **dict(self.manifest.arch_kwargs),
+        )
+        state = torch.load(state_path, map_location="cpu", weights_only=True)
+        try:
+            net.load_state_dict(state)
+        except RuntimeError as exc:
+            raise ModelPackageError(
+                f"{state_path}: weights do not fit the architecture: {exc}"
+            ) from None
+        return net.eval()
+
+    def thresholds(self, operating_point: str | None = None) -> np.ndarray:
+        """Per-label decision thresholds at an operating point (0.5 where none is set)."""
+        point = operating_point or self.manifest.default_operating_point
+        values = []
+        for label in self.labels:
+            points = self.manifest.operating_points.get(label, {})
+            if operating_point is not None and points and point not in points:
+                raise ModelPackageError(
+                    f"{self.name} {self.version}: label {label!r} has no operating point {point!r}"
+                    f" (has: {', '.join(sorted(points))})"
+                )
+            values.append(points.get(point, 0.5))
+        return np.asarray(values, dtype=np.float32)
+
+
+def _parse_manifest(path: Path) -> Manifest:
+    manifest_path = path / MANIFEST_NAME
+    if not manifest_path.is_file():
+        raise ModelPackageError(f"{path}: not a model package (no {MANIFEST_NAME})")
+    try:
+        data = json.loads(manifest_path.read_text(encoding="utf-8"))
+    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise ModelPackageError(f"{manifest_path}: not valid JSON: {exc}") from None
+    try:
+        return Manifest.model_validate(data)
+    except ValidationError as exc:
+        first = exc.errors()[0]
+        where = ".".join(str(p) for p in first["loc"]) or "manifest"
+        raise ModelPackageError(
+            f"{manifest_path}: invalid manifest: {where}: {first['msg']}"
+        ) from None
+
+
+def verify_package(path: Path | str, *, key: bytes | None = None) -> list[str]:
+    """Check a package directory and return every problem found (empty when it verifies).
+
+    The manifest must parse and validate, its signature must match its content (and
+    the HMAC when ``key`` is given), and every file must match its recorded size and
+    SHA-256 with no unlisted files present.
+    """
+    root = Path(path)
+    try:
+        manifest = _parse_manifest(root)
+    except ModelPackageError as exc:
+        return [str(exc)]
+    problems: list[str] = []
+    if manifest.signature is None:
+        problems.append(f"{root}: manifest is not signed")
+    elif manifest.signature.manifest_sha256 != manifest.content_sha256():
+        problems.append(f"{root}: manifest hash mismatch (manifest changed after signing)")
+    if key is not None and manifest.signature is not None:
+        if manifest.signature.hmac_sha256 is None:
+            problems.append(f"{root}: package carries no HMAC but a signing key is configured")
+        elif manifest.signature.hmac_sha256 != manifest.hmac_sha256(key):
+            problems.append(f"{root}: HMAC mismatch (wrong key or altered manifest)")
+    for relative, entry in sorted(manifest.files.items()):
+        file_path = root / relative
+        if not file_path.is_file():
+            problems.append(f"{file_path}: missing")
+            continue
+        size = file_path.stat().st_size
+        if size != entry.size:
+            problems.append(f"{file_path}: size {size} != recorded {entry.size}")
+        elif file_sha256(file_path) != entry.sha256:
+            problems.append(f"{file_path}: sha256 mismatch")
+    listed = set(manifest.files) | {MANIFEST_NAME}
+    for file_path in sorted(p for p in root.rglob("*") if p.is_file()):
+        relative = file_path.relative_to(root).as_posix()
+        if relative not in listed and relative.split("/")[-1] != ".DS_Store":
+            problems.append(f"{file_path}: not listed in the manifest")
+    return problems
+
+
+def _unpack_zip(path: Path) -> Path:
+    target = Path(tempfile.mkdtemp(prefix="overread-package-"))
+    try:
+        with zipfile.ZipFile(path) as archive:
+            for member in archive.namelist():
+                parts = Path(member).parts
+                if member.startswith(("/", "\\")) or ".." in parts:
+                    raise ModelPackageError(f"{path}: unsafe member name {member!r}")
+            archive.extractall(target)
+    except zipfile.BadZipFile as exc:
+        shutil.rmtree(target, ignore_errors=True)
+        raise ModelPackageError(f"{path}: not a valid zip file: {exc}") from None
+    # A zip may hold the package at its root or inside one top-level folder.
+    if not (target / MANIFEST_NAME).is_file():
+        children = [c for c in target.iterdir() if c.is_dir()]
+        if len(children) == 1 and (children[0] / MANIFEST_NAME).is_file():
+            return children[0]
+    return target
+
+
+def load_package(path: Path | str, *, key: bytes | None = None) -> ModelPackage:
+    """Load and verify a package directory or .zip.
+
+    Raises
+    ------
+    ModelPackageError
+        If the path is not a package, the manifest is invalid, or verification fails;
+        the message lists the mismatches.
+    """
+    root = Path(path)
+    if root.is_file() and zipfile.is_zipfile(root):
+        root = _unpack_zip(root)
+    elif not root.is_dir():
+        raise ModelPackageError(f"{path}: no such model package")
+    problems = verify_package(root, key=key)
+    if problems:
+        more = f" (and {len(problems) - 1} more)" if len(problems) > 1 else ""
+        raise ModelPackageError(f"package refused: {problems[0]}{more}")
+    return ModelPackage(path=root.resolve(), manifest=_parse_manifest(root))
+
+
+def _label_specs(labels: Sequence[str | LabelSpec]) -> list[LabelSpec]:
+    specs = []
+    for label in labels:
+        if isinstance(label, LabelSpec):
+            specs.append(label)
+            continue
+        code = FINDING_CODES.get(label)
+        codes = [Code(scheme=code[0], value=code[1], meaning=code[2])] if code else []
+        specs.append(LabelSpec(name=label, codes=codes))
+    return specs
+
+
+def write_package(
+    out_dir: Path | str,
+    *,
+    network: nn.Module,
+    architecture: str,
+    labels: Sequence[str | LabelSpec],
+    input_spec: InputSpec | Mapping[str, Any],
+    name: str,
+    version: str,
+    intended_use: str,
+    arch_kwargs: Mapping[str, Any] | None = None,
+    operating_points: Mapping[str, Mapping[str, float]] | None = None,
+    default_operating_point: str = "balanced",
+    calibration: Calibration | Mapping[str, Any] | None = None,
+    metrics: Mapping[str, Any] | None = None,
+    training: Mapping[str, Any] | None = None,
+    accepts: Accepts | Mapping[str, Any] | None = None,
+    task: Task | str = Task.MULTI_LABEL_CLASSIFICATION,
+    trained: bool = True,
+    refer_uncertainty: float = 0.8,
+    export_onnx: bool = True,
+    int8_calibration: np.ndarray | None = None,
+    key: bytes | None = None,
+    overwrite: bool = False,
+) -> Path:
+    """Write a verified model package from a torch network and its metadata.
+
+    The state dict is always written; with ``export_onnx`` an FP32 ONNX model with a
+    class-activation-map output is exported (and checked against torch), and with
+    ``int8_calibration`` (float32 ``(N, C, H, W)`` preprocessed images) a static INT8
+    model is added. The package is assembled in a temporary directory and renamed into
+    place, so a reader never sees a half-written package.
+
+    Returns
+    -------
+    Path
+        The package directory.
+    """
+    from overread.models.export import export_onnx as _export_onnx
+    from overread.models.export import quantize_int8
+
+    out = Path(out_dir)
+    if out.exists() and not overwrite:
+        raise ModelPackageError(f"{out}: already exists (pass overwrite=True to replace it)")
+    out.parent.mkdir(parents=True, exist_ok=True)
+    spec = (
+        input_spec
+        if isinstance(input_spec, InputSpec)
+        else InputSpec.model_validate(dict(input_spec))
+    )
+    label_specs = _label_specs(labels)
+    names = [label.name for label in label_specs]
+    points = {
+        label: dict(operating_points.get(label, {}))
+        if operating_points
+        else {default_operating_point: 0.5}
+        for label in names
+    }
+    staging = Path(tempfile.mkdtemp(prefix=f".{out.name}-", dir=out.parent))
+    try:
+        network = network.eval()
+        torch.save(network.state_dict(), staging / STATE_DICT_NAME)
+        runtime = {"torch_state_dict": STATE_DICT_NAME}
+        cam = "none"
+        if export_onnx:
+            example = torch.zeros(1, spec.channels, spec.size, spec.size)
+            report = _export_onnx(network, staging / ONNX_FP32_NAME, example)
+            runtime["onnx_fp32"] = ONNX_FP32_NAME
+            cam = "onnx-output" if report.has_cam else "none"
+            logger.info("exported %s: max |onnx - torch| = %.2e", name, report.max_abs_diff)
+            if int8_calibration is not None:
+                quantize_int8(staging / ONNX_FP32_NAME, staging / ONNX_INT8_NAME, int8_calibration)
+                runtime["onnx_int8"] = ONNX_INT8_NAME
+        files = {
+            p.relative_to(staging).as_posix(): FileEntry(
+                sha256=file_sha256(p), size=p.stat().st_size
+            )
+            for p in sorted(staging.rglob("*"))
+            if p.is_file()
+        }
+        manifest = Manifest(
+            name=name,
+            version=version,
+            task=Task(task),
+            trained=trained,
+            architecture=architecture,
+            arch_kwargs=dict(arch_kwargs or {}),
+            accepts=accepts
+            if isinstance(accepts, Accepts)
+            else Accepts.model_validate(dict(accepts or {})),
+            input=spec,
+            labels=label_specs,
+            operating_points=points,
+            default_operating_point=default_operating_point,
+            refer_uncertainty=refer_uncertainty,
+            calibration=calibration
+            if isinstance(calibration, Calibration)
+            else Calibration.model_validate(dict(calibration or {})),
+            cam=cam,
+            intended_use=intended_use,
+            training=dict(training or {}),
+            metrics=dict(metrics or {}),
+            runtime=RuntimeFiles(**runtime),
+            files=files,
+            created=datetime.now(UTC).isoformat(timespec="seconds"),
+        ).signed(key)
+        (staging / MANIFEST_NAME).write_text(manifest.to_json(), encoding="utf-8")
+        staging.chmod(0o755)
+        if out.exists():
+            shutil.rmtree(out)
+        os.replace(staging, out)
+    except BaseException:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise
+    return out
+
+
+def resign_package(path: Path | str, *, key: bytes | None = None, **updates: Any) -> Manifest:
+    """Recompute file hashes and the signature of a package directory in place.
+
+    Used by ``overread export`` after adding runtime files; ``updates`` replace
+    manifest fields (e.g. ``runtime``). The package is verified again afterwards.
+    """
+    root = Path(path)
+    manifest = _parse_manifest(root)
+    files = {
+        p.relative_to(root).as_posix(): FileEntry(sha256=file_sha256(p), size=p.stat().st_size)
+        for p in sorted(root.rglob("*"))
+        if p.is_file() and p.name != MANIFEST_NAME
+    }
+    data = manifest.model_dump(mode="python", exclude={"signature"})
+    data.update(updates)
+    data["files"] = files
+    new = Manifest.model_validate(data).signed(key)
+    tmp = root / f".{MANIFEST_NAME}.tmp"
+    tmp.write_text(new.to_json(), encoding="utf-8")
+    os.replace(tmp, root / MANIFEST_NAME)
+    return new
+
+
+__all__ = [
+    "ONNX_FP32_NAME",
+    "ONNX_INT8_NAME",
+    "STATE_DICT_NAME",
+    "ModelPackage",
+    "file_sha256",
+    "load_package",
+    "resign_package",
+    "verify_package",
+    "write_package",
+]
