@@ -1,0 +1,297 @@
+"""Typed configuration of the gateway: destinations, routing rules, workers.
+
+The application-wide :class:`overread.config.Settings` keeps the ``[service]`` table of
+``overread.toml`` as plain data; :func:`service_config` validates it here, merges the
+``[dicom]``/``[http]`` settings and any command-line overrides on top, and raises
+:class:`~overread.errors.ConfigError` naming the offending rule or field, so a bad
+routing rule stops the service at start rather than misrouting studies later.
+
+Example ``overread.toml``::
+
+    [dicom]
+    ae_title = "OVERREAD"
+    port = 11112
+    allow_ae = ["MODALITY@127.0.0.1", "CR01"]
+    stable_seconds = 30
+
+    [service]
+    workers = 2
+    destinations = ["PACS=PACSAE@10.0.0.5:104"]
+
+    [[service.routes]]
+    name = "chest-xray"
+    modality = ["CR", "DX"]
+    body_part = ["CHEST"]
+    models = ["cxr-default"]
+    destinations = ["PACS"]
+    complete_on_release = true
+"""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+from overread.config import Settings
+from overread.errors import ConfigError
+
+_AE_RE = re.compile(r"^[ -~]{1,16}$")
+
+
+def _check_ae_title(value: str) -> str:
+    """Return a valid AE title (1-16 printable ASCII characters, no backslash)."""
+    stripped = value.strip()
+    if not stripped or not _AE_RE.match(stripped) or "\\" in stripped:
+        raise ValueError(f"{value!r} is not a valid AE title (1-16 printable ASCII characters)")
+    return stripped
+
+
+class Destination(BaseModel):
+    """A DICOM node that results are sent to (C-STORE SCP)."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    name: str = Field(min_length=1, pattern=r"^[A-Za-z0-9_.-]+$")
+    ae_title: str
+    host: str = Field(min_length=1)
+    port: int = Field(ge=1, le=65535)
+
+    @field_validator("ae_title")
+    @classmethod
+    def _valid_ae_title(cls, value: str) -> str:
+        return _check_ae_title(value)
+
+    @classmethod
+    def parse(cls, text: str) -> Destination:
+        """Parse ``NAME=AE@host:port`` (or ``AE@host:port``, named after its AE title)."""
+        name, sep, address = text.partition("=")
+        if not sep:
+            address, name = text, ""
+        ae_title, at, hostport = address.partition("@")
+        host, colon, port = hostport.rpartition(":")
+        if not at or not colon or not host or not port.isdigit():
+            raise ConfigError(
+                f"destination {text!r}: expected NAME=AE@host:port, e.g. PACS=PACSAE@10.0.0.5:104"
+            )
+        try:
+            return cls(name=name or ae_title.strip(), ae_title=ae_title, host=host, port=int(port))
+        except ValidationError as exc:
+            raise ConfigError(f"destination {text!r}: {exc.errors()[0]['msg']}") from None
+
+    def __str__(self) -> str:
+        return f"{self.name}={self.ae_title}@{self.host}:{self.port}"
+
+
+class AllowedPeer(BaseModel):
+    """A calling AE title allowed to send, optionally only from one host."""
+
+    model_config = ConfigDict(frozen=True)
+
+    ae_title: str
+    host: str | None = None
+
+    @classmethod
+    def parse(cls, text: str) -> AllowedPeer:
+        """Parse ``AET`` or ``AET@host``."""
+        ae_title, _, host = text.partition("@")
+        try:
+            return cls(ae_title=_check_ae_title(ae_title), host=host.strip() or None)
+        except ValueError as exc:
+            raise ConfigError(f"--allow-ae {text!r}: {exc}") from None
+
+    def admits(self, ae_title: str, host: str) -> bool:
+        """Whether a peer calling as ``ae_title`` from ``host`` is this one."""
+        return ae_title.strip() == self.ae_title and (self.host is None or self.host == host)
+
+
+class Route(BaseModel):
+    """One routing rule: which studies go to which models, and where results go.
+
+    Every condition is optional; a study matches when at least one of its instances
+    satisfies all the conditions given. List conditions match case-insensitively;
+    the empty string in a list matches an instance where the attribute is absent.
+    """
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    name: str = Field(min_length=1)
+    modality: list[str] | None = None
+    body_part: list[str] | None = None
+    view_position: list[str] | None = None
+    sop_class_uid: list[str] | None = None
+    calling_ae: list[str] | None = None
+    institution: list[str] | None = None
+    series_description: str | None = Field(default=None, description="regular expression, searched")
+    models: list[str] = Field(min_length=1)
+    priority: int = 0
+    destinations: list[str] | None = Field(
+        default=None, description="destination names; None means every configured destination"
+    )
+    complete_on_release: bool = False
+
+    @field_validator("series_description")
+    @classmethod
+    def _valid_regex(cls, value: str | None) -> str | None:
+        if value is not None:
+            try:
+                re.compile(value)
+            except re.error as exc:
+                raise ValueError(
+                    f"series_description is not a valid regular expression: {exc}"
+                ) from None
+        return value
+
+    @field_validator("models")
+    @classmethod
+    def _non_empty_models(cls, value: list[str]) -> list[str]:
+        if any(not m.strip() for m in value):
+            raise ValueError("model aliases must not be empty")
+        return value
+
+
+DEFAULT_ROUTES: tuple[Route, ...] = (
+    Route(
+        name="chest-xray",
+        modality=["CR", "DX"],
+        body_part=["CHEST"],
+        models=["cxr-default"],
+        complete_on_release=True,
+    ),
+)
+
+
+class ServiceConfig(BaseModel):
+    """Everything ``overread serve`` needs, validated as a whole."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    data_dir: Path
+    database_url: str
+    ae_title: str = "OVERREAD"
+    dicom_host: str = "0.0.0.0"
+    dicom_port: int = Field(default=11112, ge=0, le=65535)
+    http_host: str = "127.0.0.1"
+    http_port: int | None = Field(default=8042, ge=0, le=65535)
+    allow_ae: list[AllowedPeer] = Field(default_factory=list)
+    sop_classes: list[str] | None = Field(
+        default=None,
+        description="accepted storage SOP class UIDs; None accepts every storage class",
+    )
+    transfer_syntaxes: list[str] | None = Field(
+        default=None,
+        description="accepted transfer syntax UIDs; None accepts every one pynetdicom knows",
+    )
+    stable_seconds: float = Field(default=60.0, ge=0)
+    destinations: list[Destination] = Field(default_factory=list)
+    routes: list[Route] = Field(default_factory=lambda: list(DEFAULT_ROUTES))
+    workers: int = Field(default=2, ge=0, le=64)
+    max_attempts: int = Field(default=5, ge=1)
+    retry_base_seconds: float = Field(default=2.0, gt=0)
+    retry_max_seconds: float = Field(default=600.0, gt=0)
+    lease_seconds: float = Field(default=60.0, gt=0)
+    poll_seconds: float = Field(default=1.0, gt=0)
+    explain: bool = False
+    fsync: bool = True
+
+    @field_validator("ae_title")
+    @classmethod
+    def _valid_ae_title(cls, value: str) -> str:
+        return _check_ae_title(value)
+
+    @model_validator(mode="after")
+    def _routes_reference_known_destinations(self) -> ServiceConfig:
+        known = {d.name for d in self.destinations}
+        if len(known) != len(self.destinations):
+            raise ValueError("destination names must be unique")
+        names = [r.name for r in self.routes]
+        if len(set(names)) != len(names):
+            raise ValueError("route names must be unique")
+        for route in self.routes:
+            for dest in route.destinations or []:
+                if dest not in known:
+                    raise ValueError(
+                        f"route {route.name!r} sends to unknown destination {dest!r} "
+                        f"(configured: {', '.join(sorted(known)) or 'none'})"
+                    )
+        return self
+
+    def destination(self, name: str) -> Destination:
+        """The destination called ``name``."""
+        for dest in self.destinations:
+            if dest.name == name:
+                return dest
+        raise ConfigError(f"unknown destination {name!r}")
+
+
+def _coerce_list(value: Any) -> list[Any]:
+    if value is None:
+        return []
+    if isinstance(value, str):
+        return [v for v in (p.strip() for p in value.split(",")) if v]
+    return list(value)
+
+
+def service_config(settings: Settings, **overrides: Any) -> ServiceConfig:
+    """Build the validated :class:`ServiceConfig` from settings plus overrides.
+
+    ``overrides`` are command-line values; ``None`` means "not given". ``destinations``
+    and ``allow_ae`` may be given as strings (``NAME=AE@host:port``, ``AET@host``).
+
+    Raises
+    ------
+    ConfigError
+        If a destination, peer, route or value is invalid; the message names it.
+    """
+    section: dict[str, Any] = dict(settings.service)
+    data: dict[str, Any] = {
+        "data_dir": settings.data_dir,
+        "database_url": settings.resolved_database_url,
+        "ae_title": settings.dicom.ae_title,
+        "dicom_port": settings.dicom.port,
+        "http_host": settings.http.host,
+        "http_port": settings.http.port,
+        "stable_seconds": settings.dicom.stable_seconds,
+        "allow_ae": settings.dicom.allow_ae,
+    }
+    data.update(section)
+    data.update({k: v for k, v in overrides.items() if v is not None and v != []})
+    data["destinations"] = [
+        d if isinstance(d, Destination) else Destination.parse(d) if isinstance(d, str) else d
+        for d in _coerce_list(data.get("destinations"))
+    ]
+    data["allow_ae"] = [
+        p if isinstance(p, AllowedPeer) else AllowedPeer.parse(p) if isinstance(p, str) else p
+        for p in _coerce_list(data.get("allow_ae"))
+    ]
+    try:
+        return ServiceConfig(**data)
+    except ValidationError as exc:
+        first = exc.errors()[0]
+        loc = first["loc"]
+        where = ".".join(str(p) for p in loc) or "service"
+        if loc and loc[0] == "routes" and len(loc) > 1 and isinstance(loc[1], int):
+            raw = data.get("routes") or []
+            idx = loc[1]
+            rname = (
+                raw[idx].get("name", f"#{idx + 1}")
+                if idx < len(raw) and isinstance(raw[idx], dict)
+                else f"#{idx + 1}"
+            )
+            where = f"route {rname!r}" + (
+                f" field {'.'.join(str(p) for p in loc[2:])}" if len(loc) > 2 else ""
+            )
+        msg = str(first["msg"]).removeprefix("Value error, ")
+        raise ConfigError(f"invalid service configuration: {where}: {msg}") from None
+
+
+__all__ = [
+    "DEFAULT_ROUTES",
+    "AllowedPeer",
+    "Destination",
+    "Route",
+    "ServiceConfig",
+    "service_config",
+]

@@ -1,0 +1,399 @@
+"""The job queue: the ``jobs`` table with leases, retries and a dead-letter state.
+
+Claiming is a compare-and-set ``UPDATE ... WHERE id = ? AND <still claimable>``: of
+several workers (threads or processes, on SQLite or PostgreSQL) that pick the same
+candidate, exactly one sees ``rowcount == 1``. A claim carries a lease; the worker
+renews it while it works. A worker that dies stops renewing, its lease expires, and
+the job becomes claimable again (its attempt counted). Finishing is fenced by the
+lease: a worker whose lease was taken over cannot mark the job done, and the
+finishing transaction (result row, follow-up jobs, state change) rolls back whole.
+
+States: ``queued -> running -> succeeded``; ``running -> failed`` (retryable, with
+exponential backoff in ``next_attempt_at``) ``-> running`` again; after
+``max_attempts`` the job is ``dead_lettered`` and stays visible until someone
+requeues it.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Sequence
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+from typing import Any
+
+from sqlalchemy import and_, func, or_, select, update
+from sqlalchemy.exc import IntegrityError
+from sqlalchemy.orm import Session
+from sqlalchemy.sql.elements import ColumnElement
+
+from overread.errors import ServiceError
+from overread.service.db import Database, Job, JobKind, JobState, utcnow
+
+logger = logging.getLogger(__name__)
+
+
+class LeaseLostError(ServiceError):
+    """The worker's lease on a job expired and another worker may own it now."""
+
+
+@dataclass(frozen=True)
+class RetryPolicy:
+    """Exponential backoff: ``base * 2**(attempt-1)`` seconds, capped at ``maximum``."""
+
+    base_seconds: float = 2.0
+    maximum_seconds: float = 600.0
+
+    def delay(self, attempt: int) -> float:
+        """Seconds to wait after the ``attempt``-th failure (1-based)."""
+        return float(min(self.maximum_seconds, self.base_seconds * 2 ** max(0, attempt - 1)))
+
+
+def _claimable(now: datetime) -> ColumnElement[bool]:
+    return or_(
+        and_(
+            Job.state.in_([JobState.QUEUED.value, JobState.FAILED.value]),
+            Job.next_attempt_at <= now,
+        ),
+        and_(
+            Job.state == JobState.RUNNING.value,
+            Job.lease_expires_at < now,
+            Job.attempts < Job.max_attempts,
+        ),
+    )
+
+
+class JobQueue:
+    """Operations on the ``jobs`` table.
+
+    Parameters
+    ----------
+    database
+        Where the jobs live.
+    retry
+        The backoff between attempts.
+    max_attempts
+        Attempts before a job is dead-lettered (per job, stored at enqueue).
+    """
+
+    def __init__(
+        self,
+        database: Database,
+        *,
+        retry: RetryPolicy | None = None,
+        max_attempts: int = 5,
+    ) -> None:
+        self.database = database
+        self.retry = retry or RetryPolicy()
+        self.max_attempts = max_attempts
+
+    # -- creating ---------------------------------------------------------------------
+    def enqueue(
+        self,
+        session: Session | None = None,
+        *,
+        study_instance_uid: str,
+        model_name: str,
+        model_version: str,
+        kind: JobKind,
+        destination: str = "",
+        route: str = "",
+        priority: int = 0,
+        payload: dict[str, Any] | None = None,
+    ) -> tuple[int, bool]:
+        """Add a job unless an identical one exists; return ``(job id, created)``.
+
+        With ``session`` the insert joins the caller's transaction (then a duplicate
+        is detected by a look-up first, and the unique constraint still guards races).
+        """
+        values = {
+            "study_instance_uid": study_instance_uid,
+            "model_name": model_name,
+            "model_version": model_version,
+            "kind": kind.value,
+            "destination": destination,
+        }
+        if session is not None:
+            return self._enqueue_in(session, values, route, priority, payload)
+        try:
+            with self.database.session() as own:
+                return self._enqueue_in(own, values, route, priority, payload)
+        except IntegrityError:
+            with self.database.session() as own:
+                existing = own.scalar(select(Job.id).filter_by(**values))
+            if existing is None:
+                raise
+            return existing, False
+
+    def _enqueue_in(
+        self,
+        session: Session,
+        values: dict[str, str],
+        route: str,
+        priority: int,
+        payload: dict[str, Any] | None,
+    ) -> tuple[int, bool]:
+        existing = session.scalar(select(Job.id).filter_by(**values))
+        if existing is not None:
+            return existing, False
+        now = utcnow()
+        job = Job(
+            **values,
+            route=route,
+            priority=priority,
+            state=JobState.QUEUED.value,
+            attempts=0,
+            max_attempts=self.max_attempts,
+            next_attempt_at=now,
+            payload=payload or {},
+            created_at=now,
+            updated_at=now,
+        )
+        session.add(job)
+        session.flush()
+        logger.info(
+            "queued %s job %d: study %s, model %s %s%s",
+            values["kind"],
+            job.id,
+            values["study_instance_uid"],
+            values["model_name"],
+            values["model_version"],
+            f", destination {values['destination']}" if values["destination"] else "",
+        )
+        return job.id, True
+
+    # -- claiming ---------------------------------------------------------------------
+    def claim(
+        self, owner: str, *, lease_seconds: float, kinds: Sequence[JobKind] | None = None
+    ) -> Job | None:
+        """Atomically take the most urgent claimable job, or return ``None``."""
+        now = utcnow()
+        self._dead_letter_lost(now)
+        condition = _claimable(now)
+        if kinds:
+            condition = and_(condition, Job.kind.in_([k.value for k in kinds]))
+        with self.database.session() as session:
+            candidates = session.scalars(
+                select(Job.id)
+                .where(condition)
+                .order_by(Job.priority.desc(), Job.next_attempt_at, Job.id)
+                .limit(8)
+            ).all()
+        for job_id in candidates:
+            with self.database.session() as session:
+                claimed = session.execute(
+                    update(Job)
+                    .where(Job.id == job_id, _claimable(now))
+                    .values(
+                        state=JobState.RUNNING.value,
+                        lease_owner=owner,
+                        lease_expires_at=now + timedelta(seconds=lease_seconds),
+                        attempts=Job.attempts + 1,
+                        started_at=now,
+                        updated_at=now,
+                    )
+                    .execution_options(synchronize_session=False)
+                )
+                if claimed.rowcount == 1:  # type: ignore[attr-defined]
+                    job = session.get(Job, job_id)
+                    assert job is not None
+                    session.expunge(job)
+                    logger.info(
+                        "%s claimed %s job %d (attempt %d/%d)",
+                        owner,
+                        job.kind,
+                        job.id,
+                        job.attempts,
+                        job.max_attempts,
+                    )
+                    return job
+        return None
+
+    def _dead_letter_lost(self, now: datetime) -> None:
+        """Dead-letter running jobs whose worker died on their last attempt."""
+        with self.database.session() as session:
+            result = session.execute(
+                update(Job)
+                .where(
+                    Job.state == JobState.RUNNING.value,
+                    Job.lease_expires_at < now,
+                    Job.attempts >= Job.max_attempts,
+                )
+                .values(
+                    state=JobState.DEAD_LETTERED.value,
+                    lease_owner=None,
+                    error="worker lost on the last attempt (lease expired)",
+                    finished_at=now,
+                    updated_at=now,
+                )
+                .execution_options(synchronize_session=False)
+            )
+            if result.rowcount:  # type: ignore[attr-defined]
+                logger.error("dead-lettered %d job(s) whose worker was lost", result.rowcount)  # type: ignore[attr-defined]
+
+    def renew(self, job_id: int, owner: str, *, lease_seconds: float) -> bool:
+        """Extend ``owner``'s lease on a running job; ``False`` if it was lost."""
+        now = utcnow()
+        with self.database.session() as session:
+            result = session.execute(
+                update(Job)
+                .where(
+                    Job.id == job_id,
+                    Job.lease_owner == owner,
+                    Job.state == JobState.RUNNING.value,
+                )
+                .values(lease_expires_at=now + timedelta(seconds=lease_seconds), updated_at=now)
+                .execution_options(synchronize_session=False)
+            )
+            return bool(result.rowcount == 1)  # type: ignore[attr-defined]
+
+    # -- finishing --------------------------------------------------------------------
+    def mark_succeeded(self, session: Session, job_id: int, owner: str) -> None:
+        """Mark a job done inside the caller's transaction, fenced by the lease.
+
+        Raises
+        ------
+        LeaseLostError
+            If ``owner`` no longer holds the job; the caller's transaction must roll
+            back (raising does that inside :meth:`Database.session`).
+        """
+        now = utcnow()
+        result = session.execute(
+            update(Job)
+            .where(
+                Job.id == job_id,
+                Job.lease_owner == owner,
+                Job.state == JobState.RUNNING.value,
+            )
+            .values(
+                state=JobState.SUCCEEDED.value,
+                lease_owner=None,
+                lease_expires_at=None,
+                error=None,
+                finished_at=now,
+                updated_at=now,
+            )
+            .execution_options(synchronize_session=False)
+        )
+        if result.rowcount != 1:  # type: ignore[attr-defined]
+            raise LeaseLostError(f"job {job_id}: lease lost by {owner}; result discarded")
+
+    def mark_failed(self, job_id: int, owner: str, error: str, *, retryable: bool = True) -> str:
+        """Record a failed attempt; return the new state (``failed`` or ``dead_lettered``)."""
+        now = utcnow()
+        with self.database.session() as session:
+            job = session.get(Job, job_id)
+            if job is None or job.lease_owner != owner or job.state != JobState.RUNNING.value:
+                logger.warning("job %d: failure from %s ignored (lease lost)", job_id, owner)
+                return job.state if job is not None else JobState.DEAD_LETTERED.value
+            job.error = error[:4000]
+            job.lease_owner = None
+            job.lease_expires_at = None
+            job.updated_at = now
+            if retryable and job.attempts < job.max_attempts:
+                delay = self.retry.delay(job.attempts)
+                job.state = JobState.FAILED.value
+                job.next_attempt_at = now + timedelta(seconds=delay)
+                logger.warning(
+                    "job %d failed (attempt %d/%d), retry in %.1f s: %s",
+                    job_id,
+                    job.attempts,
+                    job.max_attempts,
+                    delay,
+                    error,
+                )
+            else:
+                job.state = JobState.DEAD_LETTERED.value
+                job.finished_at = now
+                logger.error(
+                    "job %d dead-lettered after %d attempt(s): %s", job_id, job.attempts, error
+                )
+            return job.state
+
+    def requeue(self, job_id: int) -> bool:
+        """Put a dead-lettered or failed job back in the queue with fresh attempts."""
+        now = utcnow()
+        with self.database.session() as session:
+            result = session.execute(
+                update(Job)
+                .where(
+                    Job.id == job_id,
+                    Job.state.in_([JobState.DEAD_LETTERED.value, JobState.FAILED.value]),
+                )
+                .values(
+                    state=JobState.QUEUED.value,
+                    attempts=0,
+                    next_attempt_at=now,
+                    finished_at=None,
+                    updated_at=now,
+                )
+                .execution_options(synchronize_session=False)
+            )
+            return bool(result.rowcount == 1)  # type: ignore[attr-defined]
+
+    # -- looking ----------------------------------------------------------------------
+    def get(self, job_id: int) -> Job | None:
+        """One job, detached from any session."""
+        with self.database.session() as session:
+            return session.get(Job, job_id)
+
+    def list(
+        self,
+        *,
+        state: str | None = None,
+        study_instance_uid: str | None = None,
+        limit: int = 200,
+    ) -> list[Job]:
+        """Jobs, newest first."""
+        query = select(Job).order_by(Job.id.desc()).limit(limit)
+        if state:
+            query = query.where(Job.state == state)
+        if study_instance_uid:
+            query = query.where(Job.study_instance_uid == study_instance_uid)
+        with self.database.session() as session:
+            return list(session.scalars(query).all())
+
+    def counts(self) -> dict[str, int]:
+        """Number of jobs in each state."""
+        with self.database.session() as session:
+            rows = session.execute(select(Job.state, func.count()).group_by(Job.state)).all()
+        return {str(state): int(n) for state, n in rows}
+
+    def pending(self) -> int:
+        """Jobs not yet finished (queued, running, or waiting to retry)."""
+        counts = self.counts()
+        return sum(
+            counts.get(s.value, 0) for s in (JobState.QUEUED, JobState.RUNNING, JobState.FAILED)
+        )
+
+
+def job_to_dict(job: Job) -> dict[str, Any]:
+    """A JSON-ready view of a job (for the API and the CLI)."""
+
+    def iso(value: datetime | None) -> str | None:
+        return value.isoformat() if value is not None else None
+
+    return {
+        "id": job.id,
+        "study_instance_uid": job.study_instance_uid,
+        "model_name": job.model_name,
+        "model_version": job.model_version,
+        "kind": job.kind,
+        "destination": job.destination,
+        "route": job.route,
+        "state": job.state,
+        "priority": job.priority,
+        "attempts": job.attempts,
+        "max_attempts": job.max_attempts,
+        "next_attempt_at": iso(job.next_attempt_at),
+        "lease_owner": job.lease_owner,
+        "lease_expires_at": iso(job.lease_expires_at),
+        "error": job.error,
+        "created_at": iso(job.created_at),
+        "updated_at": iso(job.updated_at),
+        "started_at": iso(job.started_at),
+        "finished_at": iso(job.finished_at),
+    }
+
+
+__all__ = ["JobQueue", "LeaseLostError", "RetryPolicy", "job_to_dict"]

@@ -1,0 +1,159 @@
+"""The job queue on SQLite and PostgreSQL: idempotency, exclusive claims, leases, retries."""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections import Counter
+
+import pytest
+from sqlalchemy import update
+
+from overread.service.db import Database, Job, JobKind, JobState, Result, utcnow
+from overread.service.jobs import JobQueue, LeaseLostError, RetryPolicy
+
+
+def _queue(url: str, **kwargs: object) -> JobQueue:
+    return JobQueue(Database(url), **kwargs)  # type: ignore[arg-type]
+
+
+def _enqueue(queue: JobQueue, study: str, kind: JobKind = JobKind.INFER, dest: str = "") -> int:
+    job_id, _ = queue.enqueue(
+        study_instance_uid=study,
+        model_name="cxr-default",
+        model_version="1.0.0",
+        kind=kind,
+        destination=dest,
+    )
+    return job_id
+
+
+def test_enqueue_is_idempotent_per_study_model_kind_destination(database_url: str) -> None:
+    queue = _queue(database_url)
+    first, created = queue.enqueue(
+        study_instance_uid="1.2.3", model_name="m", model_version="1", kind=JobKind.INFER
+    )
+    again, created_again = queue.enqueue(
+        study_instance_uid="1.2.3", model_name="m", model_version="1", kind=JobKind.INFER
+    )
+    other_version, _ = queue.enqueue(
+        study_instance_uid="1.2.3", model_name="m", model_version="2", kind=JobKind.INFER
+    )
+    export_a = _enqueue(queue, "1.2.3", JobKind.EXPORT, "PACS")
+    export_b = _enqueue(queue, "1.2.3", JobKind.EXPORT, "ARCHIVE")
+    assert created and not created_again and first == again
+    assert len({first, other_version, export_a, export_b}) == 4
+    assert queue.counts() == {"queued": 4}
+
+
+def test_concurrent_workers_claim_each_job_exactly_once(database_url: str) -> None:
+    queue = _queue(database_url)
+    ids = {_enqueue(queue, f"1.2.{i}") for i in range(30)}
+    claimed: list[int] = []
+    lock = threading.Lock()
+
+    def work(name: str) -> None:
+        while True:
+            job = queue.claim(name, lease_seconds=60)
+            if job is None:
+                return
+            with lock:
+                claimed.append(job.id)
+
+    threads = [threading.Thread(target=work, args=(f"w{i}",)) for i in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert Counter(claimed) == Counter(ids)  # every job once, none twice
+    assert queue.counts() == {"running": 30}
+
+
+def test_expired_lease_of_a_dead_worker_is_reclaimed_and_fenced(database_url: str) -> None:
+    queue = _queue(database_url)
+    job_id = _enqueue(queue, "1.2.9")
+    dead = queue.claim("dead-worker", lease_seconds=0.2)
+    assert dead is not None and dead.id == job_id
+    assert queue.claim("live-worker", lease_seconds=60) is None  # lease still valid
+    time.sleep(0.4)
+    live = queue.claim("live-worker", lease_seconds=60)
+    assert live is not None and live.id == job_id and live.attempts == 2
+    # The dead worker comes back: its lease is gone, it cannot complete the job.
+    with pytest.raises(LeaseLostError), queue.database.session() as session:
+        session.add(
+            Result(
+                job_id=job_id,
+                study_instance_uid="1.2.9",
+                model_name="cxr-default",
+                model_version="1.0.0",
+            )
+        )
+        queue.mark_succeeded(session, job_id, "dead-worker")
+    assert not queue.renew(job_id, "dead-worker", lease_seconds=60)
+    with queue.database.session() as session:
+        queue.mark_succeeded(session, job_id, "live-worker")
+    job = queue.get(job_id)
+    assert job is not None and job.state == JobState.SUCCEEDED.value
+    with queue.database.session() as session:  # the fenced transaction left no result
+        assert session.query(Result).count() == 0
+
+
+def test_failures_back_off_exponentially_then_dead_letter(database_url: str) -> None:
+    queue = _queue(
+        database_url, retry=RetryPolicy(base_seconds=10, maximum_seconds=25), max_attempts=3
+    )
+    job_id = _enqueue(queue, "1.2.10", JobKind.EXPORT, "PACS")
+    delays = []
+    for attempt in range(1, 4):
+        job = queue.claim("w", lease_seconds=60)
+        assert job is not None and job.attempts == attempt
+        before = utcnow()
+        state = queue.mark_failed(job_id, "w", "peer refused")
+        failed = queue.get(job_id)
+        assert failed is not None
+        if attempt < 3:
+            assert state == JobState.FAILED.value
+            delays.append((failed.next_attempt_at - before).total_seconds())
+            assert queue.claim("w", lease_seconds=60) is None  # not before the backoff
+            with queue.database.session() as session:  # fast-forward the clock
+                session.execute(
+                    update(Job).where(Job.id == job_id).values(next_attempt_at=utcnow())
+                )
+        else:
+            assert state == JobState.DEAD_LETTERED.value
+    assert delays[0] == pytest.approx(10, abs=1) and delays[1] == pytest.approx(20, abs=1)
+    dead = queue.get(job_id)
+    assert dead is not None and dead.error == "peer refused"
+    assert queue.claim("w", lease_seconds=60) is None  # dead letters stay put ...
+    assert queue.requeue(job_id)  # ... until someone requeues them
+    again = queue.claim("w", lease_seconds=60)
+    assert again is not None and again.attempts == 1
+
+
+def test_worker_lost_on_last_attempt_is_dead_lettered(database_url: str) -> None:
+    queue = _queue(database_url, max_attempts=1)
+    job_id = _enqueue(queue, "1.2.11")
+    assert queue.claim("doomed", lease_seconds=0.1) is not None
+    time.sleep(0.3)
+    assert queue.claim("other", lease_seconds=60) is None
+    job = queue.get(job_id)
+    assert job is not None and job.state == JobState.DEAD_LETTERED.value
+    assert "lease expired" in (job.error or "")
+
+
+def test_queue_survives_a_restart(database_url: str) -> None:
+    queue = _queue(database_url)
+    ids = {_enqueue(queue, f"1.3.{i}") for i in range(5)}
+    queue.database.dispose()
+    reopened = _queue(database_url)
+    seen = set()
+    while (job := reopened.claim("after-restart", lease_seconds=60)) is not None:
+        seen.add(job.id)
+    assert seen == ids
+
+
+def test_sqlite_runs_in_wal_mode(tmp_path) -> None:
+    db = Database(f"sqlite:///{tmp_path / 'x.db'}")
+    with db.engine.connect() as conn:
+        assert conn.exec_driver_sql("PRAGMA journal_mode").scalar() == "wal"
+        assert conn.exec_driver_sql("PRAGMA synchronous").scalar() == 2  # FULL
