@@ -69,7 +69,7 @@ def lut_from_item(item: Any, what: str) -> LookupTable:
     if len(descriptor) != 3:
         raise InvalidDicomError(f"{what}: LUT Descriptor must have 3 values, has {len(descriptor)}")
     entries, first, bits = descriptor
-    entries = entries or 65536  # C.11.1.1.1: 0 means 2^16 entries
+    entries = (entries % 65536) or 65536  # C.11.1.1.1: 0 means 2^16; SS reads wrap
     if first > 32767:  # the descriptor's 2nd value is US or SS; US read of a negative SS
         first -= 65536
     if bits not in (8, 16):
@@ -107,6 +107,7 @@ def window(
     *,
     y_min: float = 0.0,
     y_max: float = 1.0,
+    inplace: bool = False,
 ) -> npt.NDArray[np.float32]:
     """Apply a VOI window per PS3.3 C.11.2.1.2 (LINEAR), C.11.2.1.3.2 (LINEAR_EXACT)
     and C.11.2.1.3.1 (SIGMOID).
@@ -121,7 +122,7 @@ def window(
         ``y = (y_max - y_min) / (1 + exp(-4 (x - c) / w)) + y_min``.
 
     The piecewise LINEAR forms equal a clipped straight line, which is how they
-    are computed here (one pass, float32).
+    are computed here (float32). With ``inplace`` a float32 input is overwritten.
 
     Raises
     ------
@@ -139,11 +140,11 @@ def window(
             return np.where(x > center - 0.5, np.float32(y_max), np.float32(y_min)).astype(
                 np.float32
             )
-        out = (x - np.float32(center - 0.5)) * np.float32(1.0 / (width - 1)) + np.float32(0.5)
+        out = _affine(x, center - 0.5, 1.0 / (width - 1), inplace and x is values)
     elif function == "LINEAR_EXACT":
         if width <= 0:
             raise InvalidDicomError(f"window width {width} <= 0 is not allowed for LINEAR_EXACT")
-        out = (x - np.float32(center)) * np.float32(1.0 / width) + np.float32(0.5)
+        out = _affine(x, center, 1.0 / width, inplace and x is values)
     elif function == "SIGMOID":
         if width <= 0:
             raise InvalidDicomError(f"window width {width} <= 0 is not allowed for SIGMOID")
@@ -160,6 +161,17 @@ def window(
     if span != 1 or y_min != 0:
         out = out * span + np.float32(y_min)
     return out.astype(np.float32, copy=False)
+
+
+def _affine(
+    x: npt.NDArray[np.float32], offset: float, scale: float, inplace: bool
+) -> npt.NDArray[np.float32]:
+    """``(x - offset) * scale + 0.5`` in float32, reusing ``x`` when allowed."""
+    out = x if inplace else np.empty_like(x)
+    np.subtract(x, np.float32(offset), out=out)
+    out *= np.float32(scale)
+    out += np.float32(0.5)
+    return out
 
 
 def apply_voi_lut_table(values: npt.NDArray[Any], lut: LookupTable) -> npt.NDArray[np.float32]:

@@ -55,6 +55,15 @@ class Transform:
             _REGISTRY[cls.name] = cls
 
     def __call__(self, image: Image) -> Image:
+        return self.apply(image, inplace=False)
+
+    def apply(self, image: Image, inplace: bool = False) -> Image:
+        """Transform ``image``; with ``inplace`` the step may overwrite its pixel buffer.
+
+        :class:`Compose` passes ``inplace=True`` only for intermediate images it
+        created itself (never the caller's), which saves a full-size copy per
+        point-wise step on large films.
+        """
         raise NotImplementedError
 
     def params(self) -> dict[str, Any]:
@@ -101,13 +110,18 @@ def _finite_range(values: FloatArray, lower: float, upper: float) -> tuple[float
     return float(lo), float(hi)
 
 
-def _scale(values: FloatArray, lo: float, hi: float) -> FloatArray:
+def _scale(values: FloatArray, lo: float, hi: float, inplace: bool = False) -> FloatArray:
     """Map [lo, hi] linearly to [0, 1], clipping outside."""
     if not hi > lo:
         return np.zeros_like(values, dtype=np.float32)
-    out = (values - np.float32(lo)) * np.float32(1.0 / (hi - lo))
+    if inplace and values.dtype == np.float32:
+        out = values
+        out -= np.float32(lo)
+    else:
+        out = (values - np.float32(lo)).astype(np.float32, copy=False)
+    out *= np.float32(1.0 / (hi - lo))
     np.clip(out, 0.0, 1.0, out=out)
-    return out.astype(np.float32, copy=False)
+    return out
 
 
 class SelectFrame(Transform):
@@ -121,7 +135,7 @@ class SelectFrame(Transform):
     def params(self) -> dict[str, Any]:
         return {"index": self.index}
 
-    def __call__(self, image: Image) -> Image:
+    def apply(self, image: Image, inplace: bool = False) -> Image:
         frames = _spatial_frames(image)
         if frames == 0:
             return image
@@ -142,7 +156,7 @@ class ToGrayscale(Transform):
 
     name = "to_grayscale"
 
-    def __call__(self, image: Image) -> Image:
+    def apply(self, image: Image, inplace: bool = False) -> Image:
         if not image.is_color:
             return image
         grey = np.tensordot(image.pixels, LUMA, axes=([-1], [0])).astype(np.float32)
@@ -209,7 +223,7 @@ class VoiWindow(Transform):
             "use_file": self.use_file,
         }
 
-    def __call__(self, image: Image) -> Image:
+    def apply(self, image: Image, inplace: bool = False) -> Image:
         meta = image.metadata
         if image.is_color:
             bits = meta.bits_stored or meta.bits_allocated or 8
@@ -222,9 +236,9 @@ class VoiWindow(Transform):
         function = (self.function or "LINEAR").upper()
         if self.preset is not None:
             center, width = WINDOW_PRESETS[self.preset]
-            return self._window(image, center, width, function, f"preset {self.preset}")
+            return self._window(image, center, width, function, f"preset {self.preset}", inplace)
         if self.center is not None and self.width is not None:
-            return self._window(image, self.center, self.width, function, "explicit")
+            return self._window(image, self.center, self.width, function, "explicit", inplace)
         if self.use_file:
             ds = image.dataset
             seq = ds.get("VOILUTSequence") if ds is not None else None
@@ -244,7 +258,7 @@ class VoiWindow(Transform):
                 valid = widths[i] >= 1 if file_function == "LINEAR" else widths[i] > 0
                 if valid and file_function in ("LINEAR", "LINEAR_EXACT", "SIGMOID"):
                     label = f"file window {i + 1} of {len(centers)}"
-                    return self._window(image, centers[i], widths[i], file_function, label)
+                    return self._window(image, centers[i], widths[i], file_function, label, inplace)
                 image = image.evolve(
                     image.pixels,
                     f"file window C={centers[i]:g} W={widths[i]:g} {file_function} unusable; "
@@ -261,15 +275,17 @@ class VoiWindow(Transform):
             else "min-max"
         )
         return image.evolve(
-            _scale(image.pixels, lo, hi),
+            _scale(image.pixels, lo, hi, inplace),
             f"VOI window from {how}: [{lo:g}, {hi:g}] -> [0, 1]",
             value_range=(0.0, 1.0),
         )
 
     @staticmethod
-    def _window(image: Image, center: float, width: float, function: str, label: str) -> Image:
+    def _window(
+        image: Image, center: float, width: float, function: str, label: str, inplace: bool
+    ) -> Image:
         return image.evolve(
-            window(image.pixels, center, width, function),
+            window(image.pixels, center, width, function, inplace=inplace),
             f"VOI window ({label}): C={center:g} W={width:g} {function} -> [0, 1]",
             value_range=(0.0, 1.0),
         )
@@ -284,14 +300,17 @@ class InvertMonochrome1(Transform):
 
     name = "invert_monochrome1"
 
-    def __call__(self, image: Image) -> Image:
+    def apply(self, image: Image, inplace: bool = False) -> Image:
         if image.metadata.photometric_interpretation != "MONOCHROME1":
             return image
         if image.value_range is not None:
             lo, hi = image.value_range
         else:
             lo, hi = _finite_range(image.pixels, 0.0, 100.0)
-        inverted = (np.float32(lo + hi) - image.pixels).astype(np.float32)
+        if inplace:
+            inverted = np.subtract(np.float32(lo + hi), image.pixels, out=image.pixels)
+        else:
+            inverted = (np.float32(lo + hi) - image.pixels).astype(np.float32)
         return image.evolve(
             inverted,
             f"MONOCHROME1 inverted around [{lo:g}, {hi:g}] -> MONOCHROME2",
@@ -315,10 +334,12 @@ class Normalize(Transform):
     def params(self) -> dict[str, Any]:
         return {"mode": self.mode, "lower": self.lower, "upper": self.upper}
 
-    def __call__(self, image: Image) -> Image:
+    def apply(self, image: Image, inplace: bool = False) -> Image:
         if self.mode == "clip":
-            out = np.clip(image.pixels, 0.0, 1.0).astype(np.float32, copy=False)
-            out = np.nan_to_num(out, nan=0.0)
+            out = np.clip(image.pixels, 0.0, 1.0, out=image.pixels if inplace else None)
+            nan = np.isnan(out)
+            if nan.any():
+                out[nan] = 0.0
             return image.evolve(out, "clip to [0, 1]", value_range=(0.0, 1.0))
         if self.mode == "minmax":
             lo, hi = _finite_range(image.pixels, 0.0, 100.0)
@@ -326,7 +347,10 @@ class Normalize(Transform):
         else:
             lo, hi = _finite_range(image.pixels, self.lower, self.upper)
             how = f"percentiles {self.lower:g}-{self.upper:g}"
-        out = np.nan_to_num(_scale(image.pixels, lo, hi), nan=0.0)
+        out = _scale(image.pixels, lo, hi, inplace)
+        nan = np.isnan(out)
+        if nan.any():
+            out[nan] = 0.0
         return image.evolve(
             out, f"normalise {how}: [{lo:g}, {hi:g}] -> [0, 1]", value_range=(0.0, 1.0)
         )
@@ -441,7 +465,7 @@ class Resize(Transform):
         """The :class:`Letterbox` this transform uses for a ``rows x cols`` image."""
         return Letterbox.fit(rows, cols, self.size[0], self.size[1], self.keep_aspect)
 
-    def __call__(self, image: Image) -> Image:
+    def apply(self, image: Image, inplace: bool = False) -> Image:
         pixels = image.pixels
         color = image.is_color
         if color:
@@ -497,7 +521,7 @@ class Resample(Transform):
     def params(self) -> dict[str, Any]:
         return {"spacing": list(self.spacing), "mode": self.mode}
 
-    def __call__(self, image: Image) -> Image:
+    def apply(self, image: Image, inplace: bool = False) -> Image:
         import torch
         import torch.nn.functional as F
 
@@ -577,8 +601,15 @@ class Compose(Transform):
             from overread.imaging.reader import read
 
             image = read(image)
+        return self.apply(image, inplace=False)
+
+    def apply(self, image: Image, inplace: bool = False) -> Image:
+        original = image.pixels
         for transform in self.transforms:
-            image = transform(image)
+            owned = inplace or (
+                image.pixels is not original and not np.may_share_memory(image.pixels, original)
+            )
+            image = transform.apply(image, inplace=owned)
         return image
 
     def __len__(self) -> int:

@@ -1,0 +1,70 @@
+"""``overread inspect``: output, exit status, one line per bad file."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pydicom.data
+
+PYDICOM_FILES = Path(pydicom.data.__file__).parent / "test_files"
+EXAMPLES = Path(__file__).resolve().parents[2] / "src" / "overread" / "examples"
+
+
+def test_demo_examples_directory_reads_cleanly(run_cli):
+    status, out, err = run_cli("inspect", EXAMPLES)
+    assert status == 0, err
+    assert "CT_small.dcm" in out
+    assert "CT  128x128" in out
+    assert "min -896  max 1167" in out
+    assert err == ""
+
+
+def test_json_lines_and_failures_carry_on(run_cli, tmp_path):
+    shutil.copy(PYDICOM_FILES / "CT_small.dcm", tmp_path / "a.dcm")
+    (tmp_path / "b.dcm").write_bytes(b"\x00" * 10)
+    shutil.copy(PYDICOM_FILES / "MR_truncated.dcm", tmp_path / "c.dcm")
+    sub = tmp_path / "deeper"
+    sub.mkdir()
+    shutil.copy(PYDICOM_FILES / "MR_small_RLE.dcm", sub / "d")
+    status, out, err = run_cli("inspect", "--json", tmp_path)
+    assert status == 1
+    rows = [json.loads(line) for line in out.splitlines()]
+    assert [Path(r["path"]).name for r in rows] == ["a.dcm", "b.dcm", "c.dcm", "d"]
+    required = {"path", "ok", "error", "sop_instance_uid", "modality", "rows", "columns"}
+    required |= {"frames", "transfer_syntax"}
+    assert all(required <= set(r) for r in rows)
+    ok = {Path(r["path"]).name: r["ok"] for r in rows}
+    assert ok == {"a.dcm": True, "b.dcm": False, "c.dcm": False, "d": True}
+    assert rows[3]["transfer_syntax"] == "1.2.840.10008.1.2.5"
+    assert rows[0]["modality"] == "CT" and rows[0]["min"] == -896.0
+    lines = err.strip().splitlines()
+    assert len(lines) == 2
+    assert lines[0].startswith(str(tmp_path / "b.dcm") + ": ")
+    assert lines[1].startswith(str(tmp_path / "c.dcm") + ": Pixel Data holds")
+
+
+def test_whole_pydicom_corpus_never_crashes(run_cli):
+    status, out, err = run_cli("inspect", "--json", PYDICOM_FILES)
+    assert status == 1  # the corpus holds broken files on purpose
+    rows = [json.loads(line) for line in out.splitlines()]
+    failures = [r for r in rows if not r["ok"]]
+    assert len(err.strip().splitlines()) == len(failures)
+    assert sum(r["ok"] for r in rows) >= 70
+    assert all("Traceback" not in line for line in err.splitlines())
+
+
+def test_over_limit_frames_refused_before_decoding(run_cli, tmp_path, monkeypatch, write_dicom):
+    path = write_dicom(np.zeros((3, 4, 4), np.uint16), name="multi.dcm")
+    monkeypatch.setenv("OVERREAD_IMAGING__MAX_FRAMES", "2")
+    status, _, err = run_cli("inspect", path)
+    assert status == 1
+    assert "declares 3 frames, more than the limit of 2" in err
+
+
+def test_missing_path(run_cli, tmp_path):
+    status, _, err = run_cli("inspect", tmp_path / "nope.dcm")
+    assert status == 1
+    assert err.strip() == f"{tmp_path / 'nope.dcm'}: no such file"
