@@ -1,0 +1,56 @@
+"""Results out: what goes back to where radiologists work.
+
+* :func:`build_sr` - a DICOM Comprehensive SR (TID 1500 Measurement Report) with one
+  measurement group per finding (probability, threshold, present/absent, model,
+  source image references) and a plain-language summary;
+* :func:`build_overlay` - a Secondary Capture of a finding's heatmap on the windowed
+  image, with "FOR RESEARCH USE - NOT FOR DIAGNOSIS" burned in;
+* :func:`build_seg` - a DICOM Segmentation from a segmentation model's mask;
+* :func:`build_fhir_report` - a FHIR R4 Bundle: DiagnosticReport, one Observation per
+  finding, and the model as a Device;
+* senders: :func:`send_datasets` (DICOM C-STORE), :func:`stow_rs` (DICOMweb),
+  :func:`post_fhir`, and the :class:`RetryPolicy` the job system uses between attempts.
+"""
+
+from overread.service.outputs.codes import Concept, finding_concept
+from overread.service.outputs.dicom_send import (
+    DeliveryError,
+    DicomDestination,
+    SendResult,
+    send_datasets,
+)
+from overread.service.outputs.fhir import build_fhir_report
+from overread.service.outputs.http_send import HttpResult, post_fhir, stow_rs
+from overread.service.outputs.overlay import RESEARCH_BANNER, build_overlay
+from overread.service.outputs.prediction import (
+    FindingLike,
+    ModelIdentity,
+    PredictionLike,
+    model_identity,
+)
+from overread.service.outputs.retry import RetryPolicy
+from overread.service.outputs.seg import build_seg
+from overread.service.outputs.sr import build_sr, summary_text
+
+__all__ = [
+    "RESEARCH_BANNER",
+    "Concept",
+    "DeliveryError",
+    "DicomDestination",
+    "FindingLike",
+    "HttpResult",
+    "ModelIdentity",
+    "PredictionLike",
+    "RetryPolicy",
+    "SendResult",
+    "build_fhir_report",
+    "build_overlay",
+    "build_seg",
+    "build_sr",
+    "finding_concept",
+    "model_identity",
+    "post_fhir",
+    "send_datasets",
+    "stow_rs",
+    "summary_text",
+]

@@ -1,0 +1,211 @@
+"""Coded concepts used in the results, each traceable to its source.
+
+A structured report is only useful to a PACS or a registry if its codes mean what
+they say, so every standard code here was checked against a published source (see
+``docs/outputs.md`` for the list and where each was verified):
+
+* DICOM (``DCM``) and SNOMED CT (``SCT``) codes that DICOM PS3.16 uses are taken from
+  :data:`pydicom.sr.codedict.codes`, which is generated from the standard;
+* SNOMED CT disorder codes for the CheXpert findings that PS3.16 does not list were
+  checked against several public terminology mappings;
+* LOINC codes for the DiagnosticReport follow the IHE Radiology *Imaging Diagnostic
+  Report* implementation guide's chest X-ray examples.
+
+Concepts with no standard code (for example CheXpert's "Enlarged Cardiomediastinum",
+"Pleural Other", "Support Devices", "No Finding", and our operating-point threshold)
+use the private coding scheme :data:`LOCAL_SCHEME` (``99OVERREAD``) rather than a
+guessed code; the SR declares that scheme in its Coding Scheme Identification
+Sequence.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from typing import Any
+
+import highdicom as hd
+from pydicom.dataset import Dataset
+from pydicom.sr.codedict import codes
+
+from overread.findings import Finding
+
+#: Private coding scheme designator for concepts without a standard code
+#: (PS3.3 8.2: designators beginning with "99" are private).
+LOCAL_SCHEME = "99OVERREAD"
+#: FHIR ``system`` for the same local concepts.
+LOCAL_FHIR_SYSTEM = "urn:overread:codes"
+
+#: FHIR code system URIs for the coding schemes used here.
+FHIR_SYSTEMS: dict[str, str] = {
+    "SCT": "http://snomed.info/sct",
+    "DCM": "http://dicom.nema.org/resources/ontology/DCM",
+    "LN": "http://loinc.org",
+    "UCUM": "http://unitsofmeasure.org",
+    LOCAL_SCHEME: LOCAL_FHIR_SYSTEM,
+}
+
+
+@dataclass(frozen=True)
+class Concept:
+    """A coded concept: value, coding scheme designator and meaning."""
+
+    value: str
+    scheme: str
+    meaning: str
+
+    def to_dicom(self) -> hd.sr.CodedConcept:
+        """Return the concept as a highdicom :class:`~highdicom.sr.CodedConcept`."""
+        return hd.sr.CodedConcept(
+            value=self.value, scheme_designator=self.scheme, meaning=self.meaning
+        )
+
+    def to_fhir(self) -> dict[str, Any]:
+        """Return the concept as a FHIR ``Coding``."""
+        return {"system": FHIR_SYSTEMS[self.scheme], "code": self.value, "display": self.meaning}
+
+    @property
+    def is_local(self) -> bool:
+        """Whether the concept uses the private ``99OVERREAD`` scheme."""
+        return self.scheme == LOCAL_SCHEME
+
+
+def _from_pydicom(code: Any) -> Concept:
+    return Concept(
+        value=str(code.value), scheme=str(code.scheme_designator), meaning=str(code.meaning)
+    )
+
+
+# ---- Findings -----------------------------------------------------------------------------
+
+#: The concept for each CheXpert finding. Standard codes where one exists with the same
+#: meaning; the local scheme otherwise.
+FINDING_CONCEPTS: dict[str, Concept] = {
+    Finding.NO_FINDING.value: Concept("NOFINDING", LOCAL_SCHEME, "No finding"),
+    Finding.ENLARGED_CARDIOMEDIASTINUM.value: Concept(
+        "ENLCARDIOMED", LOCAL_SCHEME, "Enlarged cardiomediastinum"
+    ),
+    Finding.CARDIOMEGALY.value: Concept("8186001", "SCT", "Cardiomegaly"),
+    # DCM 112001 "Opacity" is PS3.16 CID 6102/6104's radiographic opacity finding.
+    Finding.LUNG_OPACITY.value: _from_pydicom(codes.DCM.Opacity),
+    Finding.LUNG_LESION.value: Concept("LUNGLESION", LOCAL_SCHEME, "Lung lesion"),
+    Finding.EDEMA.value: _from_pydicom(codes.SCT.PulmonaryEdema),
+    Finding.CONSOLIDATION.value: Concept("95436008", "SCT", "Lung consolidation"),
+    Finding.PNEUMONIA.value: Concept("233604007", "SCT", "Pneumonia"),
+    Finding.ATELECTASIS.value: Concept("46621007", "SCT", "Atelectasis"),
+    Finding.PNEUMOTHORAX.value: _from_pydicom(codes.SCT.Pneumothorax),
+    Finding.PLEURAL_EFFUSION.value: _from_pydicom(codes.SCT.PleuralEffusion),
+    Finding.PLEURAL_OTHER.value: Concept("PLEURALOTHER", LOCAL_SCHEME, "Pleural other"),
+    Finding.FRACTURE.value: Concept("125605004", "SCT", "Fracture of bone"),
+    Finding.SUPPORT_DEVICES.value: Concept("SUPPORTDEVICES", LOCAL_SCHEME, "Support devices"),
+}
+
+_NOT_CODE_CHARS = re.compile(r"[^A-Z0-9]+")
+
+
+def finding_concept(label: str) -> Concept:
+    """Return the coded concept of a finding label.
+
+    Labels outside the CheXpert vocabulary (models with other heads) get a local
+    code derived from the label, so every finding stays codable without inventing a
+    standard code. The code value is at most 16 characters (VR SH).
+    """
+    known = FINDING_CONCEPTS.get(label)
+    if known is not None:
+        return known
+    value = _NOT_CODE_CHARS.sub("", label.upper())[:16] or "FINDING"
+    return Concept(value, LOCAL_SCHEME, label)
+
+
+# ---- Report structure ---------------------------------------------------------------------
+
+#: Procedure reported (TID 1500 row 4): SNOMED CT "Plain X-ray of chest".
+PROCEDURE_CHEST_XRAY = Concept("399208008", "SCT", "Plain chest X-ray")
+#: Body site of every finding: SCT "Chest" (as in PS3.16 CID 4031).
+BODY_SITE_CHEST = _from_pydicom(codes.SCT.Chest)
+#: DCM 122157 "Probability": the numeric measurement of each finding.
+PROBABILITY = _from_pydicom(codes.DCM.Probability)
+#: UCUM "{ratio}": a probability in [0, 1] is a dimensionless ratio.
+UNIT_RATIO = _from_pydicom(codes.UCUM.Ratio)
+#: CID 240 "Present-Absent": the decision at the operating point.
+PRESENT = _from_pydicom(codes.SCT.Present)
+ABSENT = _from_pydicom(codes.SCT.Absent)
+#: TID 1500 "Qualitative Evaluations" container (UMLS C0034375).
+QUALITATIVE_EVALUATIONS = Concept("C0034375", "UMLS", "Qualitative Evaluations")
+#: DCM 121111 "Summary": the plain-language summary text item.
+SUMMARY = _from_pydicom(codes.DCM.Summary)
+#: Local: the probability threshold of the operating point the decision used.
+OPERATING_THRESHOLD = Concept("OPTHRESHOLD", LOCAL_SCHEME, "Operating point threshold")
+#: Local: the model's uncertainty estimate for the probability.
+UNCERTAINTY = Concept("UNCERTAINTY", LOCAL_SCHEME, "Prediction uncertainty")
+
+#: Everything in :data:`LOCAL_SCHEME`, for the SR's Coding Scheme Identification.
+LOCAL_SCHEME_NAME = "overread local concepts"
+LOCAL_SCHEME_ORGANIZATION = "overread project"
+
+
+def declare_local_scheme(dataset: Dataset) -> None:
+    """Add :data:`LOCAL_SCHEME` to ``dataset``'s Coding Scheme Identification Sequence.
+
+    PS3.3 C.12.1.1.5 asks instances that use a private coding scheme to identify it
+    there; receivers then know the codes are local, not a typo of a standard scheme.
+    """
+    existing = list(getattr(dataset, "CodingSchemeIdentificationSequence", []))
+    if any(getattr(e, "CodingSchemeDesignator", None) == LOCAL_SCHEME for e in existing):
+        return
+    item = Dataset()
+    item.CodingSchemeDesignator = LOCAL_SCHEME
+    item.CodingSchemeName = LOCAL_SCHEME_NAME
+    item.CodingSchemeResponsibleOrganization = LOCAL_SCHEME_ORGANIZATION
+    existing.append(item)
+    dataset.CodingSchemeIdentificationSequence = existing
+
+
+# ---- FHIR ---------------------------------------------------------------------------------
+
+#: DiagnosticReport.code: LOINC "XR Chest Single view" (one frontal image reported).
+LOINC_XR_CHEST_SINGLE_VIEW = Concept("36554-4", "LN", "XR Chest Single view")
+#: LOINC "XR Chest 2 Views", used when two or more images were read.
+LOINC_XR_CHEST_2_VIEWS = Concept("36643-5", "LN", "XR Chest 2 Views")
+#: HL7 v2 table 0074 "Diagnostic Service Section ID": RAD = Radiology.
+FHIR_CATEGORY_RAD = {
+    "system": "http://terminology.hl7.org/CodeSystem/v2-0074",
+    "code": "RAD",
+    "display": "Radiology",
+}
+#: Observation category "imaging".
+FHIR_OBSERVATION_IMAGING = {
+    "system": "http://terminology.hl7.org/CodeSystem/observation-category",
+    "code": "imaging",
+    "display": "Imaging",
+}
+#: v3 ObservationInterpretation: POS / NEG.
+FHIR_INTERPRETATION_SYSTEM = "http://terminology.hl7.org/CodeSystem/v3-ObservationInterpretation"
+FHIR_POSITIVE = {"system": FHIR_INTERPRETATION_SYSTEM, "code": "POS", "display": "Positive"}
+FHIR_NEGATIVE = {"system": FHIR_INTERPRETATION_SYSTEM, "code": "NEG", "display": "Negative"}
+
+__all__ = [
+    "ABSENT",
+    "BODY_SITE_CHEST",
+    "FHIR_CATEGORY_RAD",
+    "FHIR_NEGATIVE",
+    "FHIR_OBSERVATION_IMAGING",
+    "FHIR_POSITIVE",
+    "FHIR_SYSTEMS",
+    "FINDING_CONCEPTS",
+    "LOCAL_FHIR_SYSTEM",
+    "LOCAL_SCHEME",
+    "LOINC_XR_CHEST_2_VIEWS",
+    "LOINC_XR_CHEST_SINGLE_VIEW",
+    "OPERATING_THRESHOLD",
+    "PRESENT",
+    "PROBABILITY",
+    "PROCEDURE_CHEST_XRAY",
+    "QUALITATIVE_EVALUATIONS",
+    "SUMMARY",
+    "UNCERTAINTY",
+    "UNIT_RATIO",
+    "Concept",
+    "declare_local_scheme",
+    "finding_concept",
+]

@@ -1,0 +1,238 @@
+"""The AI second read as a FHIR R4 transaction Bundle.
+
+Electronic health records and RIS take results over FHIR, not DICOM. The bundle
+holds:
+
+* a ``Device`` for the model (name, version, manufacturer "overread", package
+  sha256 as an identifier), so every observation says which model produced it;
+* one ``Observation`` per finding: the finding's code (SNOMED CT where one exists),
+  the probability as ``valueQuantity`` (UCUM "1"), interpretation ``POS``/``NEG`` at
+  the operating point, the threshold and uncertainty as components, ``device`` =
+  the model, ``derivedFrom`` = the imaging study;
+* a ``DiagnosticReport`` (status ``preliminary``, category ``RAD``, LOINC code for
+  the chest X-ray examination, the plain-language ``conclusion``, coded positive
+  findings in ``conclusionCode``, ``imagingStudy`` referencing the study by its
+  Study Instance UID) whose ``result`` lists the observations.
+
+The resources use only elements whose shape is identical in FHIR R4 (4.0.1) and
+R4B (4.3.0); the test-suite validates the output with ``fhir.resources.R4B``.
+The bundle is a ``transaction`` so a FHIR server creates all resources at once.
+Patient and study are referenced by identifier (logical references), because the
+service knows the DICOM identifiers, not the server's resource ids.
+"""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Sequence
+from datetime import UTC, datetime
+from typing import Any
+
+from pydicom.dataset import Dataset
+
+from overread.errors import ServiceError
+from overread.findings import Finding
+from overread.service.outputs import codes as oc
+from overread.service.outputs.prediction import PredictionLike, checked_findings, model_identity
+from overread.service.outputs.sr import MANUFACTURER, RESEARCH_CAVEAT, summary_text
+
+#: FHIR identifier system for DICOM UIDs (values are ``urn:oid:<uid>``).
+DICOM_UID_SYSTEM = "urn:dicom:uid"
+#: Identifier system for a model package's sha256.
+MODEL_SHA256_SYSTEM = "urn:overread:model-package-sha256"
+UCUM_SYSTEM = oc.FHIR_SYSTEMS["UCUM"]
+
+
+def _urn() -> str:
+    return f"urn:uuid:{uuid.uuid4()}"
+
+
+def _study_date(ds: Dataset) -> str | None:
+    """Return the study date as a FHIR ``dateTime`` (date only: DICOM times lack a zone)."""
+    raw = str(getattr(ds, "StudyDate", "") or getattr(ds, "ContentDate", "") or "")
+    if len(raw) == 8 and raw.isdigit():
+        return f"{raw[:4]}-{raw[4:6]}-{raw[6:]}"
+    return None
+
+
+def _probability(value: float) -> dict[str, Any]:
+    return {
+        "value": round(float(value), 6),
+        "unit": "probability",
+        "system": UCUM_SYSTEM,
+        "code": "1",
+    }
+
+
+def _subject(ds: Dataset) -> dict[str, Any]:
+    patient_id = str(getattr(ds, "PatientID", "") or "")
+    if not patient_id:
+        raise ServiceError("source dataset has no Patient ID; the FHIR report needs a subject")
+    reference: dict[str, Any] = {"type": "Patient", "identifier": {"value": patient_id}}
+    issuer = str(getattr(ds, "IssuerOfPatientID", "") or "")
+    if issuer:
+        reference["identifier"]["assigner"] = {"display": issuer}
+    name = str(getattr(ds, "PatientName", "") or "")
+    if name:
+        reference["display"] = name.replace("^", " ").strip()
+    return reference
+
+
+def build_fhir_report(
+    prediction: PredictionLike,
+    source_dataset: Dataset,
+    *,
+    additional_sources: Sequence[Dataset] = (),
+    sr_sop_instance_uid: str | None = None,
+) -> dict[str, Any]:
+    """Build the FHIR R4 transaction Bundle of a prediction.
+
+    Parameters
+    ----------
+    prediction
+        The prediction to report.
+    source_dataset
+        The image (header) the prediction was made on: patient, study and dates.
+    additional_sources
+        Other images of the same examination that were read (e.g. the lateral
+        view); with any, the report's code is "XR Chest 2 Views".
+    sr_sop_instance_uid
+        SOP Instance UID of the DICOM SR built from the same prediction, recorded
+        as an identifier of the DiagnosticReport so both can be matched.
+
+    Returns
+    -------
+    dict
+        A JSON-serialisable FHIR Bundle (``resourceType`` "Bundle").
+
+    Raises
+    ------
+    ServiceError
+        If the prediction is unusable or the source lacks patient or study UIDs.
+    """
+    model = model_identity(prediction)
+    findings = checked_findings(prediction)
+    study_uid = str(getattr(source_dataset, "StudyInstanceUID", "") or "")
+    if not study_uid:
+        raise ServiceError("source dataset has no Study Instance UID; cannot reference the study")
+    subject = _subject(source_dataset)
+    effective = _study_date(source_dataset)
+    issued = datetime.now(UTC).isoformat(timespec="milliseconds")
+    study_ref = {
+        "type": "ImagingStudy",
+        "identifier": {"system": DICOM_UID_SYSTEM, "value": f"urn:oid:{study_uid}"},
+    }
+    body_site = {"coding": [oc.BODY_SITE_CHEST.to_fhir()]}
+
+    device_url = _urn()
+    device: dict[str, Any] = {
+        "resourceType": "Device",
+        "status": "active",
+        "manufacturer": MANUFACTURER,
+        "deviceName": [{"name": model.name, "type": "model-name"}],
+        "version": [{"value": model.version}],
+        "note": [{"text": f"AI second reader model. {RESEARCH_CAVEAT}"}],
+    }
+    if model.sha256:
+        device["identifier"] = [{"system": MODEL_SHA256_SYSTEM, "value": model.sha256}]
+    entries: list[dict[str, Any]] = [
+        {"fullUrl": device_url, "resource": device, "request": {"method": "POST", "url": "Device"}}
+    ]
+
+    observation_urls: list[str] = []
+    conclusion_codes: list[dict[str, Any]] = []
+    for finding in findings:
+        concept = oc.finding_concept(finding.label)
+        components: list[dict[str, Any]] = [
+            {
+                "code": {"coding": [oc.OPERATING_THRESHOLD.to_fhir()]},
+                "valueQuantity": _probability(float(finding.threshold)),
+            }
+        ]
+        if finding.uncertainty is not None:
+            components.append(
+                {
+                    "code": {"coding": [oc.UNCERTAINTY.to_fhir()]},
+                    "valueQuantity": _probability(float(finding.uncertainty)),
+                }
+            )
+        observation: dict[str, Any] = {
+            "resourceType": "Observation",
+            "status": "preliminary",
+            "category": [{"coding": [dict(oc.FHIR_OBSERVATION_IMAGING)]}],
+            "code": {"coding": [concept.to_fhir()], "text": finding.label},
+            "subject": subject,
+            "issued": issued,
+            "valueQuantity": _probability(float(finding.probability)),
+            "interpretation": [
+                {"coding": [dict(oc.FHIR_POSITIVE if finding.positive else oc.FHIR_NEGATIVE)]}
+            ],
+            "bodySite": body_site,
+            "device": {"reference": device_url, "display": f"{model.name} {model.version}"},
+            "derivedFrom": [study_ref],
+            "component": components,
+            "note": [
+                {
+                    "text": (
+                        f"Probability {float(finding.probability):.3f} against operating-point "
+                        f"threshold {float(finding.threshold):.3f}. {RESEARCH_CAVEAT}"
+                    )
+                }
+            ],
+        }
+        if effective:
+            observation["effectiveDateTime"] = effective
+        url = _urn()
+        observation_urls.append(url)
+        entries.append(
+            {
+                "fullUrl": url,
+                "resource": observation,
+                "request": {"method": "POST", "url": "Observation"},
+            }
+        )
+        if finding.positive and finding.label != Finding.NO_FINDING.value and not concept.is_local:
+            conclusion_codes.append({"coding": [concept.to_fhir()], "text": finding.label})
+
+    code = oc.LOINC_XR_CHEST_2_VIEWS if additional_sources else oc.LOINC_XR_CHEST_SINGLE_VIEW
+    report: dict[str, Any] = {
+        "resourceType": "DiagnosticReport",
+        "status": "preliminary",
+        "category": [{"coding": [dict(oc.FHIR_CATEGORY_RAD)]}],
+        "code": {"coding": [code.to_fhir()], "text": code.meaning},
+        "subject": subject,
+        "issued": issued,
+        "imagingStudy": [study_ref],
+        "result": [{"reference": url} for url in observation_urls],
+        "conclusion": summary_text(prediction),
+    }
+    if effective:
+        report["effectiveDateTime"] = effective
+    if conclusion_codes:
+        report["conclusionCode"] = conclusion_codes
+    accession = str(getattr(source_dataset, "AccessionNumber", "") or "")
+    identifiers: list[dict[str, Any]] = []
+    if sr_sop_instance_uid:
+        identifiers.append({"system": DICOM_UID_SYSTEM, "value": f"urn:oid:{sr_sop_instance_uid}"})
+    if identifiers:
+        report["identifier"] = identifiers
+    if accession:
+        report["basedOn"] = [
+            {"type": "ServiceRequest", "identifier": {"value": accession}, "display": "Accession"}
+        ]
+    entries.append(
+        {
+            "fullUrl": _urn(),
+            "resource": report,
+            "request": {"method": "POST", "url": "DiagnosticReport"},
+        }
+    )
+    return {
+        "resourceType": "Bundle",
+        "type": "transaction",
+        "timestamp": issued,
+        "entry": entries,
+    }
+
+
+__all__ = ["DICOM_UID_SYSTEM", "MODEL_SHA256_SYSTEM", "build_fhir_report"]

@@ -1,0 +1,301 @@
+"""A heatmap overlay as a DICOM Secondary Capture image, for any PACS viewer.
+
+Every PACS can display a Secondary Capture, whereas few render SR or parametric
+maps, so the explanation a radiologist actually sees is this: the source image,
+windowed as the modality intended, with the model's heatmap for one finding
+blended on top and the caveat "FOR RESEARCH USE - NOT FOR DIAGNOSIS" burned into
+the pixels (so it survives screenshots, exports and viewers that hide overlays).
+The instance is in the source's study, in a new series, with Burned In Annotation
+YES and a Source Image Sequence pointing at the image it was derived from.
+
+The heatmap is taken to cover the whole source image (any resolution; it is
+resampled bilinearly). Pass ``heatmap_space="letterbox"`` when the heatmap covers
+the square, centre-padded model input instead, and the padding is cut away first.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Sequence
+from typing import Any, Literal, cast
+
+import highdicom as hd
+import numpy as np
+from PIL import Image, ImageDraw, ImageFont
+from pydicom.dataset import Dataset
+from pydicom.pixels.processing import apply_modality_lut, apply_voi_lut
+from pydicom.uid import generate_uid
+
+from overread.errors import ServiceError
+from overread.service.outputs.prediction import PredictionLike, checked_findings, model_identity
+from overread.service.outputs.sr import MANUFACTURER
+
+logger = logging.getLogger(__name__)
+
+#: The caveat burned into every overlay.
+RESEARCH_BANNER = "FOR RESEARCH USE - NOT FOR DIAGNOSIS"
+
+HeatmapSpace = Literal["image", "letterbox"]
+
+
+def windowed_grey(source: Dataset) -> np.ndarray:
+    """Return the source image as uint8 grey, displayed as its modality intended.
+
+    Applies the modality LUT/rescale, then the file's VOI LUT or window (the first
+    one if several), else a 1st-99th percentile window; MONOCHROME1 is inverted so
+    that bone is bright, as on a reading screen.
+
+    Raises
+    ------
+    ServiceError
+        If the dataset has no decodable single-frame greyscale pixel data.
+    """
+    try:
+        pixels = source.pixel_array
+    except Exception as exc:
+        raise ServiceError(
+            f"source image {getattr(source, 'SOPInstanceUID', '?')}: pixel data cannot be "
+            f"decoded ({exc})"
+        ) from exc
+    if int(getattr(source, "SamplesPerPixel", 1)) != 1:
+        raise ServiceError("overlay needs a greyscale source image (Samples per Pixel 1)")
+    if pixels.ndim == 3:
+        pixels = pixels[0]
+    if pixels.ndim != 2:
+        raise ServiceError(f"overlay needs a 2D source image; pixel array is {pixels.shape}")
+    values = apply_modality_lut(pixels, source).astype(np.float64)
+    if "VOILUTSequence" in source:
+        windowed = apply_voi_lut(values, source, index=0).astype(np.float64)
+        low, high = float(windowed.min()), float(windowed.max())
+    elif "WindowCenter" in source and "WindowWidth" in source:
+        windowed = values
+        center = float(np.ravel([source.WindowCenter])[0])
+        width = float(np.ravel([source.WindowWidth])[0])
+        low, high = center - width / 2.0, center + width / 2.0
+    else:
+        windowed = values
+        low, high = (float(v) for v in np.percentile(values, [1.0, 99.0]))
+    if high <= low:
+        high = low + 1.0
+    grey = np.clip((windowed - low) / (high - low), 0.0, 1.0)
+    if str(getattr(source, "PhotometricInterpretation", "")) == "MONOCHROME1":
+        grey = 1.0 - grey
+    return np.asarray(np.round(grey * 255.0), dtype=np.uint8)
+
+
+def _heatmap_on_image(heatmap: np.ndarray, rows: int, cols: int, space: HeatmapSpace) -> np.ndarray:
+    """Resample a heatmap to (rows, cols), normalised to [0, 1]."""
+    heat = np.asarray(heatmap, dtype=np.float32)
+    heat = np.squeeze(heat)
+    if heat.ndim != 2 or min(heat.shape) < 1:
+        raise ServiceError(f"heatmap must be 2D; got shape {np.shape(heatmap)}")
+    if not np.all(np.isfinite(heat)):
+        raise ServiceError("heatmap contains NaN or infinite values")
+    if space == "letterbox":
+        # The model input was the image scaled to fit a square and centre-padded.
+        side_r, side_c = heat.shape
+        scale = min(side_r / rows, side_c / cols)
+        used_r, used_c = round(rows * scale), round(cols * scale)
+        top, left = (side_r - used_r) // 2, (side_c - used_c) // 2
+        heat = heat[top : top + max(used_r, 1), left : left + max(used_c, 1)]
+    heat = np.clip(heat, 0.0, None)
+    peak = float(heat.max())
+    if peak > 0:
+        heat = heat / peak
+    resized = Image.fromarray(heat, mode="F").resize((cols, rows), Image.Resampling.BILINEAR)
+    return np.clip(np.asarray(resized, dtype=np.float32), 0.0, 1.0)
+
+
+def _jet(values: np.ndarray) -> np.ndarray:
+    """Map [0, 1] to RGB in [0, 1] with the familiar 'jet' ramp (blue to red)."""
+    v = values[..., None]
+    red = np.clip(1.5 - np.abs(4.0 * v - 3.0), 0.0, 1.0)
+    green = np.clip(1.5 - np.abs(4.0 * v - 2.0), 0.0, 1.0)
+    blue = np.clip(1.5 - np.abs(4.0 * v - 1.0), 0.0, 1.0)
+    return np.concatenate([red, green, blue], axis=-1)
+
+
+def _font(size: int) -> ImageFont.FreeTypeFont | ImageFont.ImageFont:
+    for name in ("DejaVuSans-Bold.ttf", "DejaVuSans.ttf", "LiberationSans-Bold.ttf"):
+        try:
+            return ImageFont.truetype(name, size)
+        except OSError:
+            continue
+    return ImageFont.load_default(size=size)
+
+
+def burn_in_text(rgb: np.ndarray, lines: Sequence[str]) -> np.ndarray:
+    """Return ``rgb`` with ``lines`` drawn top-left in white on a dark band.
+
+    The text is scaled to the image (about 1/28 of its smaller side, never below
+    10 pixels) and drawn on an opaque band, so it stays readable on any image.
+    """
+    image = Image.fromarray(rgb, mode="RGB")
+    draw = ImageDraw.Draw(image)
+    rows, cols = rgb.shape[:2]
+    size = max(10, min(rows, cols) // 28)
+    font = _font(size)
+    margin = max(2, size // 3)
+    y = margin
+    for line in lines:
+        box = draw.textbbox((margin, y), line, font=font)
+        draw.rectangle(
+            (
+                box[0] - margin // 2,
+                box[1] - margin // 2,
+                box[2] + margin // 2,
+                box[3] + margin // 2,
+            ),
+            fill=(0, 0, 0),
+        )
+        draw.text((margin, y), line, font=font, fill=(255, 255, 255))
+        y = box[3] + margin
+    return np.asarray(image, dtype=np.uint8)
+
+
+def _patient_orientation(source: Dataset) -> tuple[str, str] | None:
+    value = getattr(source, "PatientOrientation", None)
+    if value is None or len(value) != 2:
+        return None
+    row, col = str(value[0]), str(value[1])
+    try:
+        hd.PatientOrientationValuesBiped(row)
+        hd.PatientOrientationValuesBiped(col)
+    except ValueError:
+        return None
+    return (row, col)
+
+
+def build_overlay(
+    prediction: PredictionLike,
+    source_dataset: Dataset,
+    label: str,
+    *,
+    series_number: int = 9902,
+    instance_number: int = 1,
+    series_instance_uid: str | None = None,
+    sop_instance_uid: str | None = None,
+    max_dimension: int | None = 1024,
+    alpha: float = 0.45,
+    heatmap_space: HeatmapSpace = "image",
+) -> hd.sc.SCImage:
+    """Build a Secondary Capture of ``label``'s heatmap blended on the source image.
+
+    Parameters
+    ----------
+    prediction
+        A prediction whose ``heatmaps`` holds a 2D map for ``label``.
+    source_dataset
+        The image (with pixel data) the prediction was made on.
+    label
+        Which finding's heatmap to show; also written in the burned-in caption with
+        its probability, threshold and decision.
+    series_number, instance_number, series_instance_uid, sop_instance_uid
+        Identity of the new instance (same study, new series).
+    max_dimension
+        Longest side of the overlay in pixels (the image is shrunk, never enlarged,
+        keeping its aspect ratio); ``None`` keeps the source's size. A capture is
+        for looking, not measuring: 1024 keeps it sharp at a tenth of the bytes.
+    alpha
+        Opacity of the heatmap where it is strongest; weak areas stay grey.
+    heatmap_space
+        ``"image"`` if the heatmap spans the source image, ``"letterbox"`` if it
+        spans the centre-padded square model input.
+
+    Raises
+    ------
+    ServiceError
+        If there is no heatmap for ``label``, the finding is unknown, or the source
+        has no usable pixel data.
+    """
+    model = model_identity(prediction)
+    findings = {f.label: f for f in checked_findings(prediction)}
+    if label not in findings:
+        raise ServiceError(f"prediction has no finding {label!r}; known: {', '.join(findings)}")
+    heatmaps = getattr(prediction, "heatmaps", None) or {}
+    if label not in heatmaps:
+        raise ServiceError(
+            f"prediction has no heatmap for {label!r} (was it run with explain=True?)"
+        )
+    if not 0.0 < alpha <= 1.0:
+        raise ServiceError(f"alpha must be in (0, 1]; got {alpha}")
+
+    grey = windowed_grey(source_dataset)
+    rows, cols = grey.shape
+    scale = 1.0
+    if max_dimension is not None and max(rows, cols) > max_dimension:
+        scale = max_dimension / max(rows, cols)
+        rows, cols = max(1, round(rows * scale)), max(1, round(cols * scale))
+        grey = np.asarray(
+            Image.fromarray(grey).resize((cols, rows), Image.Resampling.LANCZOS), dtype=np.uint8
+        )
+    heat = _heatmap_on_image(heatmaps[label], grey.shape[0], grey.shape[1], heatmap_space)
+
+    base = np.repeat(grey[..., None].astype(np.float32) / 255.0, 3, axis=-1)
+    weight = (alpha * heat)[..., None]
+    blended = base * (1.0 - weight) + _jet(heat) * weight
+    rgb = np.asarray(np.round(np.clip(blended, 0.0, 1.0) * 255.0), dtype=np.uint8)
+
+    finding = findings[label]
+    decision = "POSITIVE" if finding.positive else "negative"
+    caption = (
+        f"{label}: p={float(finding.probability):.2f} "
+        f"(threshold {float(finding.threshold):.2f}) {decision}"
+    )
+    rgb = burn_in_text(
+        rgb, [RESEARCH_BANNER, caption, f"AI heatmap - {model.name} {model.version}"]
+    )
+
+    spacing = getattr(source_dataset, "PixelSpacing", None)
+    pixel_spacing = (
+        (float(spacing[0]) / scale, float(spacing[1]) / scale)
+        if spacing is not None and len(spacing) == 2
+        else None
+    )
+    orientation = _patient_orientation(source_dataset)
+    sc = hd.sc.SCImage.from_ref_dataset(
+        ref_dataset=source_dataset,
+        pixel_array=rgb,
+        photometric_interpretation=hd.PhotometricInterpretationValues.RGB,
+        bits_allocated=8,
+        coordinate_system=hd.CoordinateSystemNames.PATIENT,
+        series_instance_uid=series_instance_uid or generate_uid(),
+        series_number=series_number,
+        sop_instance_uid=sop_instance_uid or generate_uid(),
+        instance_number=instance_number,
+        manufacturer=MANUFACTURER,
+        # highdicom annotates this as ints; DICOM pixel spacing is decimal (DS).
+        pixel_spacing=cast(Any, pixel_spacing),
+        patient_orientation=orientation or ("L", "F"),
+        transfer_syntax_uid="1.2.840.10008.1.2.1",
+    )
+    if orientation is None:
+        # Unknown orientation: Patient Orientation is Type 2, so leave it empty
+        # rather than state a direction we do not know.
+        sc.PatientOrientation = []
+    # Laterality is Type 2C in General Series: the source's R/L if it states one,
+    # else present and empty (a chest, or "both").
+    side = str(getattr(source_dataset, "Laterality", "") or "")
+    if side not in ("R", "L"):
+        side = str(getattr(source_dataset, "ImageLaterality", "") or "")
+    sc.Laterality = side if side in ("R", "L") else ""
+    sc.BurnedInAnnotation = "YES"
+    sc.SeriesDescription = f"overread heatmap {label} (research use)"[:64]
+    sc.DerivationDescription = (
+        f"{label} heatmap from {model.name} {model.version} blended on the source image"
+    )[:1024]
+    sc.ImageComments = f"{RESEARCH_BANNER}. {caption}"[:10240]
+    sc.ManufacturerModelName = model.name[:64]
+    sc.SoftwareVersions = model.version[:64]
+    reference = Dataset()
+    reference.ReferencedSOPClassUID = source_dataset.SOPClassUID
+    reference.ReferencedSOPInstanceUID = source_dataset.SOPInstanceUID
+    sc.SourceImageSequence = [reference]
+    logger.info(
+        "built overlay",
+        extra={"sop_instance_uid": str(sc.SOPInstanceUID), "label": label, "rows": rows},
+    )
+    return sc
+
+
+__all__ = ["RESEARCH_BANNER", "build_overlay", "burn_in_text", "windowed_grey"]

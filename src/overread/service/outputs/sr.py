@@ -1,0 +1,262 @@
+"""The AI second read as a DICOM Comprehensive SR (TID 1500 Measurement Report).
+
+Why TID 1500: it is the template PACS viewers, DICOMweb archives and research
+tooling (highdicom, dcmjs, OHIF, dcmqi) already parse, and it carries exactly what a
+radiologist needs to judge an AI result: who produced it (a *device* observer with
+the model's name, version and checksum), about which image (references to the
+source SOP instances), and for each finding a probability, the operating-point
+threshold and the resulting present/absent decision.
+
+Content tree (one measurement group per finding)::
+
+    CONTAINER Imaging Measurement Report (TID 1500)
+      Language, Observer context (device: overread model), Procedure reported
+      Image Library (source images)
+      CONTAINER Imaging Measurements
+        CONTAINER Measurement Group (TID 1501)      -- one per finding
+          Tracking identifier / UID, Finding (coded), Algorithm (TID 4019: name,
+          version, sha256 + threshold parameters), Source image reference,
+          NUM Probability [{ratio}], NUM Operating point threshold [{ratio}],
+          NUM Prediction uncertainty [{ratio}] (when known),
+          CODE <finding> = Present | Absent
+      CONTAINER Qualitative Evaluations
+        TEXT Summary = "AI second read: possible pneumothorax (p=0.93) ..."
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Sequence
+
+import highdicom as hd
+from pydicom.dataset import Dataset
+from pydicom.sr.codedict import codes
+from pydicom.uid import generate_uid
+
+from overread.errors import ServiceError
+from overread.findings import Finding
+from overread.service.outputs import codes as oc
+from overread.service.outputs.prediction import (
+    FindingLike,
+    ModelIdentity,
+    PredictionLike,
+    checked_findings,
+    model_identity,
+)
+
+logger = logging.getLogger(__name__)
+
+#: Manufacturer written into every object overread creates.
+MANUFACTURER = "overread"
+#: The caveat every human-readable result carries.
+RESEARCH_CAVEAT = "For research use only; not for diagnosis."
+
+
+def device_uid(model: ModelIdentity) -> str:
+    """Return a stable UID for the model as an SR device observer.
+
+    Derived from the model's name, version and checksum, so the same model package
+    always appears as the same device in every report, and a retrained model
+    (new checksum) as a different one.
+    """
+    return str(
+        generate_uid(entropy_srcs=["overread-device", model.name, model.version, model.sha256])
+    )
+
+
+def summary_text(prediction: PredictionLike) -> str:
+    """Return the one-paragraph, plain-language summary of a prediction.
+
+    Positive findings are listed by decreasing probability; "No Finding" is never
+    listed as a "possible" finding.
+    """
+    model = model_identity(prediction)
+    findings = checked_findings(prediction)
+    positives = sorted(
+        (f for f in findings if f.positive and f.label != Finding.NO_FINDING.value),
+        key=lambda f: -float(f.probability),
+    )
+    head = f"AI second read ({model.name} {model.version})"
+    if positives:
+        items = ", ".join(
+            f"possible {f.label.lower()} (p={float(f.probability):.2f})" for f in positives
+        )
+        body = f"{head}: {items}. Other findings assessed are below their operating points."
+    else:
+        body = (
+            f"{head}: no finding above its operating point "
+            f"({len(findings)} finding{'s' if len(findings) != 1 else ''} assessed)."
+        )
+    return f"{body} {RESEARCH_CAVEAT}"
+
+
+def _measurement_group(
+    finding: FindingLike,
+    model: ModelIdentity,
+    sources: Sequence[Dataset],
+) -> hd.sr.MeasurementsAndQualitativeEvaluations:
+    concept = oc.finding_concept(finding.label).to_dicom()
+    ratio = oc.UNIT_RATIO.to_dicom()
+    parameters = [f"threshold={float(finding.threshold):.6g}"]
+    if model.sha256:
+        parameters.append(f"sha256={model.sha256}")
+    algorithm = hd.sr.AlgorithmIdentification(
+        name=model.name, version=model.version, parameters=parameters
+    )
+    measurements = [
+        hd.sr.Measurement(
+            name=oc.PROBABILITY.to_dicom(),
+            value=float(finding.probability),
+            unit=ratio,
+        ),
+        hd.sr.Measurement(
+            name=oc.OPERATING_THRESHOLD.to_dicom(), value=float(finding.threshold), unit=ratio
+        ),
+    ]
+    if finding.uncertainty is not None:
+        measurements.append(
+            hd.sr.Measurement(
+                name=oc.UNCERTAINTY.to_dicom(), value=float(finding.uncertainty), unit=ratio
+            )
+        )
+    decision = oc.PRESENT if finding.positive else oc.ABSENT
+    return hd.sr.MeasurementsAndQualitativeEvaluations(
+        tracking_identifier=hd.sr.TrackingIdentifier(
+            uid=generate_uid(), identifier=f"{model.name} {finding.label}"[:64]
+        ),
+        finding_type=concept,
+        algorithm_id=algorithm,
+        measurements=measurements,
+        qualitative_evaluations=[
+            hd.sr.QualitativeEvaluation(name=concept, value=decision.to_dicom())
+        ],
+        source_images=[
+            hd.sr.SourceImageForMeasurementGroup.from_source_image(ds) for ds in sources
+        ],
+    )
+
+
+def _check_sources(source_datasets: Sequence[Dataset]) -> list[Dataset]:
+    sources = list(source_datasets)
+    if not sources:
+        raise ServiceError("build_sr needs at least one source image dataset")
+    for ds in sources:
+        for keyword in ("SOPClassUID", "SOPInstanceUID", "StudyInstanceUID"):
+            if not getattr(ds, keyword, None):
+                raise ServiceError(f"source dataset lacks {keyword}; cannot reference it in the SR")
+    studies = {str(ds.StudyInstanceUID) for ds in sources}
+    if len(studies) != 1:
+        raise ServiceError(
+            f"source images belong to {len(studies)} studies ({', '.join(sorted(studies))}); "
+            "one SR reports on one study"
+        )
+    return sources
+
+
+def build_sr(
+    prediction: PredictionLike,
+    source_datasets: Sequence[Dataset],
+    *,
+    series_number: int = 9901,
+    instance_number: int = 1,
+    series_instance_uid: str | None = None,
+    sop_instance_uid: str | None = None,
+    institution_name: str | None = None,
+    institutional_department_name: str | None = None,
+    series_description: str = "overread AI second read (research use)",
+) -> hd.sr.ComprehensiveSR:
+    """Build the TID 1500 Comprehensive SR of a prediction on its source image(s).
+
+    Parameters
+    ----------
+    prediction
+        A prediction (see :class:`~overread.service.outputs.prediction.PredictionLike`);
+        every finding becomes one measurement group.
+    source_datasets
+        The image(s) the prediction was made on (headers suffice); they supply the
+        patient and study, and are referenced from each measurement group.
+    series_number, instance_number, series_instance_uid, sop_instance_uid
+        Identity of the new SR instance; UIDs are generated when not given.
+    institution_name, institutional_department_name
+        Written to the General Equipment module.
+    series_description
+        Shown in PACS series lists; says this is an AI result for research use.
+
+    Returns
+    -------
+    highdicom.sr.ComprehensiveSR
+        A pydicom :class:`~pydicom.dataset.Dataset` subclass, ready to save or send.
+
+    Raises
+    ------
+    ServiceError
+        If the prediction failed or has invalid values, or the sources cannot be
+        referenced (missing UIDs, several studies).
+    """
+    sources = _check_sources(source_datasets)
+    model = model_identity(prediction)
+    findings = checked_findings(prediction)
+
+    observer = hd.sr.ObserverContext(
+        observer_type=codes.DCM.Device,
+        observer_identifying_attributes=hd.sr.DeviceObserverIdentifyingAttributes(
+            uid=device_uid(model),
+            name=model.name,
+            manufacturer_name=MANUFACTURER,
+            model_name=f"{model.name} {model.version}"[:64],
+            serial_number=model.short_hash or None,
+        ),
+    )
+    report = hd.sr.MeasurementReport(
+        observation_context=hd.sr.ObservationContext(observer_device_context=observer),
+        procedure_reported=oc.PROCEDURE_CHEST_XRAY.to_dicom(),
+        imaging_measurements=[_measurement_group(f, model, sources) for f in findings],
+        referenced_images=sources,
+    )
+    evaluations = hd.sr.ContainerContentItem(
+        name=oc.QUALITATIVE_EVALUATIONS.to_dicom(),
+        relationship_type=hd.sr.RelationshipTypeValues.CONTAINS,
+    )
+    evaluations.ContentSequence = hd.sr.ContentSequence(
+        [
+            hd.sr.TextContentItem(
+                name=oc.SUMMARY.to_dicom(),
+                value=summary_text(prediction),
+                relationship_type=hd.sr.RelationshipTypeValues.CONTAINS,
+            )
+        ]
+    )
+    report[0].ContentSequence.append(evaluations)
+
+    sr = hd.sr.ComprehensiveSR(
+        evidence=sources,
+        content=report[0],
+        series_instance_uid=series_instance_uid or generate_uid(),
+        series_number=series_number,
+        sop_instance_uid=sop_instance_uid or generate_uid(),
+        instance_number=instance_number,
+        manufacturer=MANUFACTURER,
+        is_complete=True,
+        is_final=False,
+        is_verified=False,
+        institution_name=institution_name,
+        institutional_department_name=institutional_department_name,
+    )
+    sr.SeriesDescription = series_description[:64]
+    sr.ManufacturerModelName = f"{model.name}"[:64]
+    sr.SoftwareVersions = model.version[:64]
+    # The threshold concept is always local, so the scheme is always declared.
+    oc.declare_local_scheme(sr)
+    logger.info(
+        "built SR",
+        extra={
+            "sop_instance_uid": str(sr.SOPInstanceUID),
+            "study_instance_uid": str(sr.StudyInstanceUID),
+            "model": f"{model.name} {model.version}",
+            "findings": len(findings),
+        },
+    )
+    return sr
+
+
+__all__ = ["MANUFACTURER", "RESEARCH_CAVEAT", "build_sr", "device_uid", "summary_text"]
