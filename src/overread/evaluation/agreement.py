@@ -56,9 +56,10 @@ def mcnemar(table: ArrayLike, *, exact: bool = True, correction: bool = True) ->
         p = 1.0 if n == 0 else float(min(1.0, 2.0 * binom.cdf(min(b, c), n, 0.5)))
         return McNemarResult(float(min(b, c)), p, b, c, "exact binomial")
     if n == 0:
-        return McNemarResult(0.0, 1.0, b, c, "chi-square")
+        # No discordant pairs: no evidence of a difference (the chi-square is 0/0).
+        return McNemarResult(0.0, 1.0, b, c, "chi-square, no discordant pairs")
     diff = abs(b - c) - (1.0 if correction else 0.0)
-    stat = max(diff, 0.0) ** 2 / n
+    stat = diff**2 / n  # as R's mcnemar.test and statsmodels, even when b == c
     method = "chi-square, continuity corrected" if correction else "chi-square"
     return McNemarResult(stat, float(chi2.sf(stat, 1)), b, c, method)
 
