@@ -84,7 +84,7 @@ def patient_split(
     # Carry rounding remainders from stratum to stratum so totals match fractions.
     carry = np.zeros(len(shares))
     for _name, members in strata.groupby(strata, sort=True):
-        patients = members.index.to_numpy()
+        patients = members.index.to_numpy().copy()
         rng.shuffle(patients)
         wanted = shares * len(patients) + carry
         counts = np.floor(wanted).astype(int)

@@ -1,0 +1,83 @@
+"""Small label files written by hand in each dataset's published format."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from overread.findings import CHEXPERT_LABELS
+
+
+def chexpert_row(path: str, values: dict[str, str], sex: str = "Female", age: str = "60") -> str:
+    cells = [path, sex, age, "Frontal" if "frontal" in path else "Lateral", "AP"]
+    cells += [values.get(label, "") for label in CHEXPERT_LABELS]
+    return ",".join(cells)
+
+
+CHEXPERT_HEADER = "Path,Sex,Age,Frontal/Lateral,AP/PA," + ",".join(CHEXPERT_LABELS)
+
+PHANTOM_EXTRA = [
+    "PatientID",
+    "StudyInstanceUID",
+    "SeriesInstanceUID",
+    "SOPInstanceUID",
+    "StudyDate",
+    "AccessionNumber",
+    "Site",
+    "Station",
+    "Manufacturer",
+    "Department",
+    "Group",
+]
+
+
+def write_phantom_cohort(
+    root: Path, patients: int = 6, studies: int = 2, with_images: bool = False
+) -> Path:
+    """A cohort folder in the phantom contract's CSV format, written by hand.
+
+    Labels cycle through 1/0/-1/blank; truth.csv holds the exact 0/1 labels.
+    With ``with_images``, each row's image is a small 16-bit PNG.
+    """
+    import numpy as np
+    from PIL import Image as PILImage
+
+    root.mkdir(parents=True, exist_ok=True)
+    header = "Path,Sex,Age,Frontal/Lateral,AP/PA," + ",".join(CHEXPERT_LABELS)
+    header += "," + ",".join(PHANTOM_EXTRA)
+    truth_header = "Path," + ",".join(PHANTOM_EXTRA) + ",Sex,Age," + ",".join(CHEXPERT_LABELS)
+    noisy_values = ["1.0", "0.0", "-1.0", ""]
+    labels_lines = [header]
+    truth_lines = [truth_header]
+    row = 0
+    for p in range(patients):
+        for s in range(studies):
+            rel = f"images/patient{p:05d}/study{s + 1}/view1_frontal.png"
+            sex = "F" if p % 2 else "M"
+            site = f"site-{'ABC'[p % 3]}"
+            extra = [
+                f"PAT{p:05d}",
+                f"1.2.826.0.1.{p}.{s}",
+                f"1.2.826.0.1.{p}.{s}.1",
+                f"1.2.826.0.1.{p}.{s}.1.1",
+                "20240101",
+                f"ACC{p}{s}",
+                site,
+                "ST1",
+                "ACME",
+                "ED",
+                "group-a" if p % 2 else "group-b",
+            ]
+            noisy = [noisy_values[(row + j) % 4] for j in range(len(CHEXPERT_LABELS))]
+            truth = ["1" if (row + j) % 4 in (0, 2) else "0" for j in range(len(CHEXPERT_LABELS))]
+            labels_lines.append(",".join([rel, sex, str(40 + p), "Frontal", "PA", *noisy, *extra]))
+            truth_lines.append(",".join([rel, *extra, sex, str(40 + p), *truth]))
+            if with_images:
+                image = root / rel
+                image.parent.mkdir(parents=True, exist_ok=True)
+                rng = np.random.default_rng(row)
+                pixels = rng.integers(0, 4000, size=(40, 32)).astype(np.uint16)
+                PILImage.fromarray(pixels).save(image)
+            row += 1
+    (root / "labels.csv").write_text("\n".join(labels_lines) + "\n")
+    (root / "truth.csv").write_text("\n".join(truth_lines) + "\n")
+    return root
