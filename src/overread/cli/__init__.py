@@ -19,9 +19,15 @@ from overread.errors import OverreadError
 
 # Command modules, imported for their registrations on ``app``.
 COMMAND_MODULES: tuple[str, ...] = (
+    "overread.cli.bench",
     "overread.cli.config_cmd",
+    "overread.cli.export",
     "overread.cli.inspect",
     "overread.cli.labels",
+    "overread.cli.models",
+    "overread.cli.predict",
+    "overread.cli.send",
+    "overread.cli.serve",
     # One line per command module; keep sorted.
 )
 

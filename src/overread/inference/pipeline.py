@@ -90,7 +90,7 @@ class Pipeline:
         )
         self._lock = threading.Lock()
         if not manifest.trained:
-            logger.warning(
+            logger.info(
                 "model %s %s is an untrained placeholder: its findings carry no meaning",
                 package.name,
                 package.version,

@@ -1,0 +1,105 @@
+"""``overread export``: (re)build a package's ONNX FP32 and INT8 models from its weights."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import numpy as np
+import torch
+import typer
+
+from overread.cli.app import app
+from overread.errors import ModelPackageError
+from overread.models.calibration import calibration_images
+from overread.models.export import export_onnx, quantize_int8
+from overread.models.package import ONNX_FP32_NAME, ONNX_INT8_NAME, load_package, resign_package
+from overread.models.registry import Registry, bundled_dir
+
+
+def _max_prob_diff(fp32: Path, int8: Path, images: np.ndarray) -> float:
+    from overread.inference.postprocess import sigmoid
+    from overread.inference.runtimes import OnnxRuntime
+
+    a, _ = OnnxRuntime(fp32).run(images)
+    b, _ = OnnxRuntime(int8).run(images)
+    return float(np.max(np.abs(sigmoid(a) - sigmoid(b))))
+
+
+@app.command("export")
+def export_command(
+    package_ref: str = typer.Argument(
+        ..., metavar="PACKAGE", help="Alias, name@version or package path."
+    ),
+    onnx: bool = typer.Option(
+        False, "--onnx", help="Export the FP32 ONNX model (with CAM output)."
+    ),
+    int8: bool = typer.Option(False, "--int8", help="Also write a static INT8 model."),
+    out: Path | None = typer.Option(
+        None, "--out", help="Write a new package here instead of in place."
+    ),
+    calibration: int = typer.Option(
+        64, "--calibration-images", min=1, help="INT8 calibration images."
+    ),
+    method: str = typer.Option("minmax", "--calibration", help="minmax, entropy or percentile."),
+    as_json: bool = typer.Option(False, "--json", help="Print the report as JSON."),
+) -> None:
+    """Export ONNX from the package's torch weights and re-sign the package.
+
+    Checks that ONNX Runtime FP32 agrees with torch (max |logit difference|) and,
+    with --int8, reports how far INT8 probabilities move from FP32 on the
+    calibration images (phantoms when the generator is available, else synthetic
+    chest images).
+    """
+    if not onnx:
+        raise typer.BadParameter(
+            "nothing to do: pass --onnx (and optionally --int8)", param_hint="--onnx"
+        )
+    registry = Registry.from_settings()
+    source = load_package(registry.resolve(package_ref), key=registry.key)
+    if out is not None:
+        if out.exists():
+            raise ModelPackageError(f"{out}: already exists")
+        shutil.copytree(source.path, out)
+        target = out
+    else:
+        if bundled_dir() in source.path.parents:
+            raise ModelPackageError(f"{source.path}: bundled packages are read-only; use --out DIR")
+        target = source.path
+    spec = source.manifest.input
+    network = source.build_network()
+    example = torch.from_numpy(
+        calibration_images(1, spec.size, spec.chain, spec.channels, seed=123)[0]
+    )
+    report = export_onnx(network, target / ONNX_FP32_NAME, example)
+    result: dict[str, object] = {
+        "package": str(target),
+        "onnx_fp32": str(target / ONNX_FP32_NAME),
+        "cam_output": report.has_cam,
+        "fp32_vs_torch_max_abs_diff": report.max_abs_diff,
+    }
+    runtime = {
+        "torch_state_dict": source.manifest.runtime.torch_state_dict,
+        "onnx_fp32": ONNX_FP32_NAME,
+    }
+    if int8:
+        images, origin = calibration_images(calibration, spec.size, spec.chain, spec.channels)
+        quantize_int8(target / ONNX_FP32_NAME, target / ONNX_INT8_NAME, images, method=method)
+        runtime["onnx_int8"] = ONNX_INT8_NAME
+        result["onnx_int8"] = str(target / ONNX_INT8_NAME)
+        result["calibration"] = origin
+        result["int8_vs_fp32_max_prob_diff"] = _max_prob_diff(
+            target / ONNX_FP32_NAME, target / ONNX_INT8_NAME, images
+        )
+    elif source.manifest.runtime.onnx_int8:
+        (target / source.manifest.runtime.onnx_int8).unlink(missing_ok=True)  # stale now
+    cam = "onnx-output" if report.has_cam else "none"
+    manifest = resign_package(target, key=registry.key, runtime=runtime, cam=cam)
+    load_package(target, key=registry.key)  # verify what was written
+    result["sha256"] = manifest.content_sha256()
+    if as_json:
+        typer.echo(json.dumps(result, indent=2))
+        return
+    for key, value in result.items():
+        typer.echo(f"{key}: {value}")

@@ -1,0 +1,145 @@
+"""``overread models``: list, show, verify and import model packages; manage aliases."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import typer
+
+from overread.cli.app import app
+from overread.models.package import verify_package
+from overread.models.registry import Registry, manifest_of
+
+models_app = typer.Typer(help="Model packages and the registry.", no_args_is_help=True)
+app.add_typer(models_app, name="models")
+
+
+def _registry() -> Registry:
+    return Registry.from_settings()
+
+
+@models_app.command("list")
+def list_models(as_json: bool = typer.Option(False, "--json", help="Print JSON.")) -> None:
+    """List imported and bundled packages and the aliases pointing at them."""
+    registry = _registry()
+    aliases = registry.aliases()
+    rows = []
+    for entry in registry.entries():
+        ref = f"{entry.name}@{entry.version}"
+        rows.append(
+            {
+                "name": entry.name,
+                "version": entry.version,
+                "source": entry.source,
+                "trained": entry.trained,
+                "path": str(entry.path),
+                "aliases": sorted(a for a, target in aliases.items() if target == ref),
+            }
+        )
+    if as_json:
+        typer.echo(json.dumps({"models": rows, "aliases": aliases}, indent=2))
+        return
+    if not rows:
+        typer.echo("no model packages found")
+    for row in rows:
+        flags = [str(row["source"])]
+        if not row["trained"]:
+            flags.append("UNTRAINED")
+        names = [str(a) for a in row["aliases"]]  # type: ignore[attr-defined]
+        alias_text = f"  aliases: {', '.join(names)}" if names else ""
+        typer.echo(
+            f"{row['name']} {row['version']}  [{', '.join(flags)}]  {row['path']}{alias_text}"
+        )
+
+
+@models_app.command("show")
+def show_model(
+    ref: str = typer.Argument(..., help="Alias, name, name@version or package path."),
+    as_json: bool = typer.Option(False, "--json", help="Print the manifest (plus 'path') as JSON."),
+) -> None:
+    """Show a package's manifest (without loading its weights)."""
+    registry = _registry()
+    path = registry.resolve(ref)
+    manifest = manifest_of(path) if path.is_dir() else registry.load(ref).manifest
+    if as_json:
+        data = manifest.model_dump(mode="json")
+        data["path"] = str(path.resolve())
+        data["sha256"] = manifest.content_sha256()
+        typer.echo(json.dumps(data, indent=2, ensure_ascii=False))
+        return
+    typer.echo(f"{manifest.name} {manifest.version}  ({manifest.task.value})")
+    typer.echo(f"  path: {path.resolve()}")
+    typer.echo(f"  sha256: {manifest.content_sha256()}")
+    if not manifest.trained:
+        typer.echo("  UNTRAINED placeholder: findings carry no meaning")
+    typer.echo(f"  intended use: {manifest.intended_use}")
+    typer.echo(
+        f"  architecture: {manifest.architecture}  input {manifest.input.size}px x {manifest.input.channels}"
+    )
+    accepts = manifest.accepts
+    typer.echo(
+        f"  accepts: modality {', '.join(accepts.modalities) or 'any'}; "
+        f"view {', '.join(accepts.view_positions) or 'any'}"
+    )
+    runtime = manifest.runtime
+    files = [f for f in (runtime.torch_state_dict, runtime.onnx_fp32, runtime.onnx_int8) if f]
+    typer.echo(f"  runtime files: {', '.join(files)}")
+    typer.echo(f"  labels ({len(manifest.labels)}):")
+    for label in manifest.labels:
+        points = manifest.operating_points.get(label.name, {})
+        point_text = ", ".join(f"{k} {v:g}" for k, v in sorted(points.items()))
+        code_text = "; ".join(f"{c.scheme} {c.value}" for c in label.codes)
+        typer.echo(f"    {label.name}: {point_text}" + (f"  [{code_text}]" if code_text else ""))
+
+
+@models_app.command("verify")
+def verify_model(
+    ref: str = typer.Argument(..., help="Alias, name, name@version or package path."),
+) -> None:
+    """Verify every checksum and the signature; exit 1 on any mismatch."""
+    registry = _registry()
+    path = registry.resolve(ref)
+    if path.is_file():
+        try:
+            package = registry.load(ref)
+        except Exception as exc:
+            typer.echo(f"{path}: {exc}", err=True)
+            raise typer.Exit(1) from None
+        path = package.path
+    problems = verify_package(path, key=registry.key)
+    if problems:
+        for problem in problems:
+            typer.echo(problem, err=True)
+        raise typer.Exit(1)
+    manifest = manifest_of(path)
+    typer.echo(
+        f"{manifest.name} {manifest.version}: ok ({len(manifest.files)} files, sha256 {manifest.content_sha256()})"
+    )
+
+
+@models_app.command("import")
+def import_model(source: Path = typer.Argument(..., help="Package directory or .zip.")) -> None:
+    """Verify a package and copy it into the registry as <name>/<version>."""
+    target = _registry().import_package(source)
+    manifest = manifest_of(target)
+    typer.echo(f"imported {manifest.name} {manifest.version} -> {target}")
+
+
+@models_app.command("alias")
+def set_alias(
+    alias: str = typer.Argument(..., help="Alias name, e.g. cxr-default or cxr-shadow."),
+    ref: str = typer.Argument(..., help="Target: name@version or name."),
+) -> None:
+    """Point an alias at a package version (a running service follows without restart)."""
+    target = _registry().set_alias(alias, ref)
+    typer.echo(f"{alias} -> {target}")
+
+
+@models_app.command("rollback")
+def rollback_alias(
+    alias: str = typer.Argument(..., help="Alias to point back at its previous target."),
+) -> None:
+    """Point an alias back at the version it named before."""
+    target = _registry().rollback(alias)
+    typer.echo(f"{alias} -> {target}")

@@ -1,0 +1,120 @@
+"""``overread predict``: findings (and overlays) for DICOM, PNG or NIfTI files."""
+
+from __future__ import annotations
+
+import json
+import re
+from pathlib import Path
+
+import typer
+
+from overread.cli.app import app
+from overread.explain.overlay import save_overlay
+from overread.imaging.inspection import iter_files
+from overread.inference.pipeline import Pipeline
+from overread.inference.result import Prediction
+
+
+def _slug(text: str) -> str:
+    return re.sub(r"[^A-Za-z0-9]+", "_", text).strip("_").lower()
+
+
+def _overlay_labels(prediction: Prediction) -> list[str]:
+    """Labels worth an overlay: the positive ones, else the most probable one."""
+    chosen = [f.label for f in prediction.findings if f.positive]
+    if not chosen and prediction.findings:
+        chosen = [max(prediction.findings, key=lambda f: f.probability).label]
+    return chosen
+
+
+def _write_overlays(prediction: Prediction, out: Path, index: int) -> list[str]:
+    if prediction.heatmaps is None or prediction.model_input is None:
+        return []
+    stem = _slug(Path(prediction.path or "image").stem) or "image"
+    written = []
+    for label in _overlay_labels(prediction):
+        target = out / f"{index:04d}_{stem}_{_slug(label)}.png"
+        save_overlay(target, prediction.model_input, prediction.heatmaps[label])
+        written.append(str(target))
+    return written
+
+
+@app.command("predict")
+def predict_command(
+    paths: list[Path] = typer.Argument(
+        ..., help="DICOM/PNG/NIfTI files or folders (walked recursively)."
+    ),
+    model: str | None = typer.Option(
+        None, "--model", "-m", help="Alias, name@version or package path."
+    ),
+    explain: bool = typer.Option(False, "--explain", help="Compute heatmaps (implied by --out)."),
+    out: Path | None = typer.Option(
+        None, "--out", help="Write results.json and PNG overlays here."
+    ),
+    as_json: bool = typer.Option(False, "--json", help="One JSON object per input, per line."),
+    runtime: str = typer.Option("onnx", "--runtime", help="onnx or torch."),
+    precision: str = typer.Option(
+        "auto", "--precision", help="auto (int8 if present), fp32 or int8."
+    ),
+    operating_point: str | None = typer.Option(
+        None, "--operating-point", help="e.g. 'high sensitivity'."
+    ),
+    cam: str = typer.Option("cam", "--cam", help="cam, gradcam or gradcam++."),
+) -> None:
+    """Run a model on images and print findings.
+
+    Exit status 0 when every input was processed; 1 when some failed (each gets one
+    line 'path: problem' on stderr, the others are still processed).
+    """
+    if cam not in ("cam", "gradcam", "gradcam++"):
+        raise typer.BadParameter(f"unknown CAM method {cam!r}", param_hint="--cam")
+    pipeline = Pipeline.from_name(model, runtime=runtime, precision=precision)
+    if not pipeline.package.manifest.trained:
+        typer.echo(
+            f"warning: model {pipeline.model.name} {pipeline.model.version} is an untrained "
+            "placeholder; its findings carry no meaning",
+            err=True,
+        )
+    files = list(iter_files(paths))
+    predictions = pipeline.predict(
+        files,
+        explain=explain or out is not None,
+        cam_method=cam,  # type: ignore[arg-type]
+        operating_point=operating_point,
+    )
+    failures = 0
+    results = []
+    for index, prediction in enumerate(predictions):
+        record = prediction.to_dict()
+        if out is not None and prediction.ok:
+            record["overlays"] = _write_overlays(prediction, out, index)
+        results.append(record)
+        if not prediction.ok:
+            failures += 1
+            typer.echo(f"{prediction.path}: {prediction.error}", err=True)
+        if as_json:
+            typer.echo(json.dumps(record, ensure_ascii=False))
+        elif prediction.ok:
+            _print_findings(prediction, record.get("overlays", []))
+    if out is not None:
+        out.mkdir(parents=True, exist_ok=True)
+        (out / "results.json").write_text(json.dumps(results, indent=2, ensure_ascii=False) + "\n")
+    if failures:
+        raise typer.Exit(1)
+
+
+def _print_findings(prediction: Prediction, overlays: list[str]) -> None:
+    model = prediction.model
+    positives = [f.label for f in prediction.findings if f.decision == "positive"]
+    refer = [f.label for f in prediction.findings if f.decision == "refer"]
+    typer.echo(
+        f"{prediction.path}  [{model.name} {model.version} {model.runtime}/{model.precision}]"
+    )
+    typer.echo(f"  positive: {', '.join(positives) or 'none'}; refer: {', '.join(refer) or 'none'}")
+    for finding in prediction.findings:
+        typer.echo(
+            f"  {finding.label:<28} p={finding.probability:.3f}  t={finding.threshold:.2f}  "
+            f"{finding.decision:<8} uncertainty {finding.uncertainty:.2f}"
+        )
+    for overlay in overlays:
+        typer.echo(f"  overlay: {overlay}")

@@ -1,0 +1,239 @@
+"""Inference benchmark: torch eager vs ONNX Runtime FP32 vs INT8, side by side in one run.
+
+Measured in one process on the same inputs, one runtime after another, so the
+figures are comparable; targets are judged from these numbers, never from timed
+tests. Everything here is CPU-bound and sized to finish in about a minute on 2
+cores.
+"""
+
+from __future__ import annotations
+
+import os
+import platform
+import tempfile
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from overread.inference.postprocess import sigmoid
+from overread.inference.runtimes import OnnxRuntime, TorchRuntime, default_threads
+from overread.models.calibration import synthetic_batch, synthetic_chest
+from overread.models.package import ModelPackage
+
+
+def machine_description() -> dict[str, Any]:
+    """CPU model name and core count (as lscpu reports them) and library versions."""
+    model = platform.processor() or "unknown"
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                model = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    import onnxruntime
+
+    return {
+        "cpu": model,
+        "cores": os.cpu_count(),
+        "python": platform.python_version(),
+        "torch": torch.__version__,
+        "onnxruntime": onnxruntime.__version__,
+    }
+
+
+def _latencies(call: Callable[[], object], repeats: int, warmup: int = 5) -> np.ndarray:
+    for _ in range(warmup):
+        call()
+    times = []
+    for _ in range(repeats):
+        started = time.perf_counter()
+        call()
+        times.append(time.perf_counter() - started)
+    return np.asarray(times) * 1000.0
+
+
+def _runtime_row(
+    name: str,
+    run: Callable[[np.ndarray], np.ndarray],
+    one: np.ndarray,
+    eight: np.ndarray,
+    repeats: int,
+) -> dict[str, Any]:
+    single = _latencies(lambda: run(one), repeats)
+    batched = _latencies(lambda: run(eight), max(5, repeats // 4), warmup=2)
+    return {
+        "runtime": name,
+        "batch1_p50_ms": float(np.percentile(single, 50)),
+        "batch1_p95_ms": float(np.percentile(single, 95)),
+        "batch8_images_per_s": float(len(eight) / (np.median(batched) / 1000.0)),
+    }
+
+
+def _logits_of(runtime: OnnxRuntime | TorchRuntime) -> Callable[[np.ndarray], np.ndarray]:
+    def run(x: np.ndarray) -> np.ndarray:
+        return runtime.run(x)[0]
+
+    return run
+
+
+def write_large_cr(path: Path, size: int = 3000, seed: int = 0) -> Path:
+    """A ``size x size`` 12-bit CR DICOM (about 18 MB) for preprocessing timings."""
+    from pydicom.dataset import Dataset, FileMetaDataset
+    from pydicom.uid import UID, ExplicitVRLittleEndian, generate_uid
+
+    pixels = (synthetic_chest(size, np.random.default_rng(seed)) * 4000).astype(np.uint16)
+    meta = FileMetaDataset()
+    meta.MediaStorageSOPClassUID = UID("1.2.840.10008.5.1.4.1.1.1")
+    meta.MediaStorageSOPInstanceUID = generate_uid()
+    meta.TransferSyntaxUID = ExplicitVRLittleEndian
+    ds = Dataset()
+    ds.file_meta = meta
+    ds.SOPClassUID = meta.MediaStorageSOPClassUID
+    ds.SOPInstanceUID = meta.MediaStorageSOPInstanceUID
+    ds.StudyInstanceUID, ds.SeriesInstanceUID = generate_uid(), generate_uid()
+    ds.Modality, ds.BodyPartExamined, ds.ViewPosition = "CR", "CHEST", "PA"
+    ds.PatientID = "BENCH"
+    ds.Rows, ds.Columns = size, size
+    ds.SamplesPerPixel, ds.PhotometricInterpretation = 1, "MONOCHROME2"
+    ds.BitsAllocated, ds.BitsStored, ds.HighBit, ds.PixelRepresentation = 16, 12, 11, 0
+    ds.PixelData = pixels.tobytes()
+    ds.save_as(path, enforce_file_format=True)
+    return path
+
+
+def preprocessing_cost(package: ModelPackage, repeats: int = 5, size: int = 3000) -> dict[str, Any]:
+    """Read and chain cost per image for a ``size x size`` CR, plus the whole pipeline."""
+    from overread.imaging import read
+    from overread.imaging.transforms import build_chain
+    from overread.inference.pipeline import Pipeline
+
+    chain = build_chain(package.manifest.input.chain)
+    with tempfile.TemporaryDirectory(prefix="overread-bench-") as tmp:
+        path = write_large_cr(Path(tmp) / "cr.dcm", size)
+        read_ms = _latencies(lambda: read(path), repeats, warmup=1)
+        image = read(path)
+        chain_ms = _latencies(lambda: chain(image), repeats, warmup=1)
+        pipeline = Pipeline(package, precision="int8" if package.runtime_file("int8") else "fp32")
+        end_to_end = _latencies(lambda: pipeline.predict([path]), repeats, warmup=1)
+        explained = _latencies(lambda: pipeline.predict([path], explain=True), repeats, warmup=1)
+    return {
+        "image": f"{size}x{size} CR, 12-bit, uncompressed",
+        "read_ms": float(np.median(read_ms)),
+        "chain_ms": float(np.median(chain_ms)),
+        "preprocess_ms": float(np.median(read_ms) + np.median(chain_ms)),
+        "pipeline_ms": float(np.median(end_to_end)),
+        "pipeline_explain_ms": float(np.median(explained)),
+        "pipeline_precision": pipeline.model.precision,
+    }
+
+
+def phantom_auc(package: ModelPackage, n: int = 200) -> dict[str, Any]:
+    """Macro AUC of FP32 and INT8 on a phantom cohort, or the reason it cannot be measured."""
+    if not package.manifest.trained:
+        return {"available": False, "reason": "the default model is an untrained placeholder"}
+    if package.runtime_file("int8") is None or package.runtime_file("fp32") is None:
+        return {"available": False, "reason": "the package lacks an FP32 or INT8 ONNX model"}
+    from overread.cli import COMMAND_MODULES
+    from overread.cli import main as cli_main
+
+    if not any(m.rsplit(".", 1)[-1].startswith("phantom") for m in COMMAND_MODULES):
+        return {"available": False, "reason": "the phantom generator is not available"}
+    import pandas as pd
+    from sklearn.metrics import roc_auc_score
+
+    from overread.imaging import read
+    from overread.imaging.transforms import build_chain
+
+    chain = build_chain(package.manifest.input.chain)
+    with tempfile.TemporaryDirectory(prefix="overread-bench-phantom-") as tmp:
+        status = cli_main(["phantom", "cxr", "--n", str(n), "--out", tmp, "--seed", "20240"])
+        truth_path = Path(tmp) / "truth.csv"
+        if status != 0 or not truth_path.is_file():
+            return {"available": False, "reason": f"phantom generation failed (exit {status})"}
+        truth = pd.read_csv(truth_path)
+        x = np.stack([chain(read(Path(tmp) / p)).pixels for p in truth["Path"]])[:, None]
+    x = np.repeat(x.astype(np.float32), package.manifest.input.channels, axis=1)
+    scores = {}
+    for precision in ("fp32", "int8"):
+        runtime_path = package.runtime_file(precision)
+        assert runtime_path is not None
+        runtime = OnnxRuntime(runtime_path, precision=precision)
+        logits = np.concatenate([runtime.run(x[i : i + 8])[0] for i in range(0, len(x), 8)])
+        probabilities = sigmoid(logits)
+        aucs = []
+        for index, label in enumerate(package.labels):
+            if label in truth and truth[label].nunique() == 2:
+                aucs.append(roc_auc_score(truth[label].to_numpy(), probabilities[:, index]))
+        scores[precision] = float(np.mean(aucs)) if aucs else float("nan")
+    return {
+        "available": True,
+        "images": len(x),
+        "fp32_auc": scores["fp32"],
+        "int8_auc": scores["int8"],
+        "int8_auc_loss": scores["fp32"] - scores["int8"],
+    }
+
+
+def benchmark_inference(
+    package: ModelPackage, *, repeats: int = 50, threads: int | None = None
+) -> dict[str, Any]:
+    """The whole inference benchmark as a JSON-able dictionary."""
+    threads = threads or default_threads()
+    torch.set_num_threads(threads)
+    spec = package.manifest.input
+    eight = synthetic_batch(8, spec.size, spec.channels, seed=7)
+    one = eight[:1].copy()
+    rows = []
+    torch_runtime = TorchRuntime(package)
+    rows.append(_runtime_row("torch eager fp32", _logits_of(torch_runtime), one, eight, repeats))
+    outputs: dict[str, np.ndarray] = {}
+    for precision in ("fp32", "int8"):
+        path = package.runtime_file(precision)
+        if path is None:
+            continue
+        runtime = OnnxRuntime(path, precision=precision, threads=threads)
+        rows.append(
+            _runtime_row(f"onnxruntime {precision}", _logits_of(runtime), one, eight, repeats)
+        )
+        outputs[precision] = sigmoid(runtime.run(eight)[0])
+    by_name = {row["runtime"]: row for row in rows}
+    fp32 = by_name.get("onnxruntime fp32")
+    int8 = by_name.get("onnxruntime int8")
+    speedup = fp32["batch1_p50_ms"] / int8["batch1_p50_ms"] if fp32 and int8 else None
+    agreement = (
+        float(np.max(np.abs(outputs["fp32"] - outputs["int8"]))) if len(outputs) == 2 else None
+    )
+    auc = phantom_auc(package)
+    return {
+        "model": {
+            "name": package.name,
+            "version": package.version,
+            "sha256": package.sha256,
+            "architecture": package.manifest.architecture,
+            "trained": package.manifest.trained,
+            "input": f"{spec.channels}x{spec.size}x{spec.size}",
+        },
+        "machine": machine_description(),
+        "threads": threads,
+        "repeats": repeats,
+        "runtimes": rows,
+        "int8_speedup": speedup,
+        "int8_max_prob_diff": agreement,
+        "preprocessing": preprocessing_cost(package),
+        "phantom_auc": auc,
+        "int8_auc_loss": auc.get("int8_auc_loss"),
+    }
+
+
+__all__ = [
+    "benchmark_inference",
+    "machine_description",
+    "phantom_auc",
+    "preprocessing_cost",
+    "write_large_cr",
+]
