@@ -176,6 +176,7 @@ class ServiceConfig(BaseModel):
     http_host: str = "127.0.0.1"
     http_port: int | None = Field(default=8042, ge=0, le=65535)
     allow_ae: list[AllowedPeer] = Field(default_factory=list)
+    max_associations: int = Field(default=32, ge=1, le=1024)
     sop_classes: list[str] | None = Field(
         default=None,
         description="accepted storage SOP class UIDs; None accepts every storage class",

@@ -1,0 +1,135 @@
+"""``overread serve`` (the gateway) and ``overread worker`` (extra job workers)."""
+
+from __future__ import annotations
+
+import logging
+import signal
+from pathlib import Path
+from types import FrameType
+
+import typer
+
+from overread.cli.app import app
+from overread.config import load_settings
+from overread.service.config import ServiceConfig, service_config
+
+logger = logging.getLogger(__name__)
+
+
+def _config(
+    data_dir: Path | None,
+    database_url: str | None,
+    **overrides: object,
+) -> ServiceConfig:
+    settings_overrides: dict[str, object] = {}
+    if data_dir is not None:
+        settings_overrides["data_dir"] = data_dir
+    if database_url is not None:
+        settings_overrides["database_url"] = database_url
+    settings = load_settings(**settings_overrides)
+    return service_config(settings, **overrides)
+
+
+def _run_until_signalled(config: ServiceConfig, *, worker_only: bool) -> None:
+    from overread.service.server import Service
+
+    service = Service(
+        config,
+        with_scp=not worker_only,
+        with_http=not worker_only,
+        with_assembler=not worker_only,
+    )
+
+    def _stop(signum: int, frame: FrameType | None) -> None:
+        logger.info("signal %d: shutting down", signum)
+        service.request_stop()
+
+    previous = {s: signal.signal(s, _stop) for s in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        service.start()
+        if worker_only:
+            typer.echo(f"overread worker: {config.workers} worker(s) on {service.database!r}")
+        else:
+            typer.echo(
+                f"overread serve: DICOM {config.ae_title} on port {service.dicom_port}, "
+                f"HTTP on port {service.http_port}, {config.workers} worker(s), "
+                f"data in {config.data_dir}"
+            )
+        service.wait()
+    finally:
+        service.stop()
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+    typer.echo("stopped")
+
+
+@app.command("serve")
+def serve(
+    data_dir: Path | None = typer.Option(
+        None, "--data-dir", help="Where objects and the database live."
+    ),
+    database_url: str | None = typer.Option(
+        None, "--database-url", help="SQLAlchemy URL (default: SQLite in the data dir)."
+    ),
+    ae_title: str | None = typer.Option(None, "--ae-title", help="Our AE title."),
+    dicom_port: int | None = typer.Option(None, "--dicom-port", help="DICOM port (0: any free)."),
+    http_port: int | None = typer.Option(None, "--http-port", help="HTTP port (0: any free)."),
+    http_host: str | None = typer.Option(None, "--http-host", help="HTTP bind address."),
+    destination: list[str] = typer.Option(
+        [], "--destination", help="NAME=AE@host:port to send results to (repeatable)."
+    ),
+    allow_ae: list[str] = typer.Option(
+        [], "--allow-ae", help="Calling AE allowed to send, AET or AET@host (repeatable)."
+    ),
+    stable_seconds: float | None = typer.Option(
+        None, "--stable-seconds", help="A study is complete after this long without new instances."
+    ),
+    workers: int | None = typer.Option(None, "--workers", help="Worker threads."),
+    max_attempts: int | None = typer.Option(
+        None, "--max-attempts", help="Attempts before dead-lettering."
+    ),
+    lease_seconds: float | None = typer.Option(None, "--lease-seconds", help="Job lease length."),
+    retry_base_seconds: float | None = typer.Option(
+        None, "--retry-base-seconds", help="First retry delay; doubles each attempt."
+    ),
+    explain: bool | None = typer.Option(None, "--explain/--no-explain", help="Compute heatmaps."),
+) -> None:
+    """Run the gateway: DICOM SCP, study assembly, routing, workers and the HTTP API."""
+    config = _config(
+        data_dir,
+        database_url,
+        ae_title=ae_title,
+        dicom_port=dicom_port,
+        http_port=http_port,
+        http_host=http_host,
+        destinations=destination,
+        allow_ae=allow_ae,
+        stable_seconds=stable_seconds,
+        workers=workers,
+        max_attempts=max_attempts,
+        lease_seconds=lease_seconds,
+        retry_base_seconds=retry_base_seconds,
+        explain=explain,
+    )
+    _run_until_signalled(config, worker_only=False)
+
+
+@app.command("worker")
+def worker(
+    data_dir: Path | None = typer.Option(None, "--data-dir", help="The gateway's data dir."),
+    database_url: str | None = typer.Option(None, "--database-url", help="SQLAlchemy URL."),
+    workers: int | None = typer.Option(None, "--workers", help="Worker threads."),
+    lease_seconds: float | None = typer.Option(None, "--lease-seconds", help="Job lease length."),
+    retry_base_seconds: float | None = typer.Option(
+        None, "--retry-base-seconds", help="First retry delay; doubles each attempt."
+    ),
+) -> None:
+    """Run job workers only, against the same database and data dir as ``overread serve``."""
+    config = _config(
+        data_dir,
+        database_url,
+        workers=workers,
+        lease_seconds=lease_seconds,
+        retry_base_seconds=retry_base_seconds,
+    )
+    _run_until_signalled(config, worker_only=True)

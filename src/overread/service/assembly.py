@@ -1,0 +1,192 @@
+"""Study assembly: deciding that a study is complete, then routing it into jobs.
+
+DICOM has no "end of study" message, so a study is complete when one of these
+happens first:
+
+* no instance has arrived for ``stable_seconds`` (the stable-age rule);
+* the association that brought it was released and a matching route says
+  ``complete_on_release`` (a chest X-ray need not wait out the stable time);
+* someone calls :meth:`StudyAssembler.complete_study` (the explicit trigger, also
+  behind ``POST /api/studies/{uid}/complete``).
+
+Completing is a compare-and-set on the study's state, so of several processes only
+one routes a study; routing and job creation are one transaction.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from collections.abc import Callable, Iterable
+from datetime import timedelta
+
+from sqlalchemy import select, update
+
+from overread.errors import OverreadError
+from overread.service.config import ServiceConfig
+from overread.service.db import Database, Instance, JobKind, Study, StudyState, utcnow
+from overread.service.jobs import JobQueue
+from overread.service.routing import InstanceFacts, Router
+from overread.service.runtime import ModelIdentity, PipelineProvider
+
+logger = logging.getLogger(__name__)
+
+
+class StudyAssembler:
+    """Completes studies and turns them into jobs.
+
+    Parameters
+    ----------
+    config
+        Stable time, routes and destinations.
+    database, queue
+        Where studies and jobs live.
+    models
+        Resolves a route's model alias to the name and version the job is keyed on.
+    """
+
+    def __init__(
+        self,
+        config: ServiceConfig,
+        database: Database,
+        queue: JobQueue,
+        models: PipelineProvider,
+    ) -> None:
+        self.config = config
+        self.database = database
+        self.queue = queue
+        self.models = models
+        self.router = Router(config.routes)
+        self._wake = threading.Event()
+
+    def _facts(self, study_instance_uid: str) -> list[InstanceFacts]:
+        with self.database.session() as session:
+            rows = session.scalars(
+                select(Instance).where(Instance.study_instance_uid == study_instance_uid)
+            ).all()
+            return [InstanceFacts.of(r) for r in rows]
+
+    def _identify(self, alias: str) -> ModelIdentity:
+        try:
+            return self.models.identify(alias)
+        except (OverreadError, OSError, ImportError) as exc:
+            logger.error("model %r cannot be resolved (%s); job keyed on the alias", alias, exc)
+            return ModelIdentity(alias, "unresolved")
+
+    def complete_study(self, study_instance_uid: str, reason: str = "explicit") -> list[int]:
+        """Mark a receiving study complete and queue its jobs; return the job ids.
+
+        A study that is not receiving (unknown, or already completed) returns ``[]``.
+        """
+        now = utcnow()
+        with self.database.session() as session:
+            won = session.execute(
+                update(Study)
+                .where(
+                    Study.study_instance_uid == study_instance_uid,
+                    Study.state == StudyState.RECEIVING.value,
+                )
+                .values(state=StudyState.COMPLETE.value, completed_at=now, complete_reason=reason)
+                .execution_options(synchronize_session=False)
+            )
+            if won.rowcount != 1:  # type: ignore[attr-defined]
+                return []
+        return self._route(study_instance_uid, reason)
+
+    def _route(self, study_instance_uid: str, reason: str) -> list[int]:
+        """Queue the jobs of a complete study and mark it routed (one transaction)."""
+        facts = self._facts(study_instance_uid)
+        plan = self.router.plan(facts)
+        identities = {p.model: self._identify(p.model) for p in plan}
+        job_ids: list[int] = []
+        with self.database.session() as session:
+            for planned in plan:
+                names = (
+                    [d.name for d in self.config.destinations]
+                    if planned.destinations is None
+                    else sorted(planned.destinations)
+                )
+                destinations = [self.config.destination(n).model_dump() for n in names]
+                identity = identities[planned.model]
+                job_id, _ = self.queue.enqueue(
+                    session,
+                    study_instance_uid=study_instance_uid,
+                    model_name=identity.name,
+                    model_version=identity.version,
+                    kind=JobKind.INFER,
+                    route=",".join(planned.routes),
+                    priority=planned.priority,
+                    payload={"alias": planned.model, "destinations": destinations},
+                )
+                job_ids.append(job_id)
+            session.execute(
+                update(Study)
+                .where(Study.study_instance_uid == study_instance_uid)
+                .values(state=StudyState.ROUTED.value)
+                .execution_options(synchronize_session=False)
+            )
+        if plan:
+            logger.info(
+                "study %s complete (%s): %d job(s) for %s",
+                study_instance_uid,
+                reason,
+                len(job_ids),
+                ", ".join(p.model for p in plan),
+            )
+        else:
+            logger.info("study %s complete (%s): no route matches", study_instance_uid, reason)
+        return job_ids
+
+    def association_released(self, study_instance_uids: Iterable[str]) -> list[int]:
+        """Complete the studies an association brought whose route asks for it."""
+        job_ids: list[int] = []
+        for uid in set(study_instance_uids):
+            if self.router.completes_on_release(self._facts(uid)):
+                job_ids.extend(self.complete_study(uid, reason="association-released"))
+        return job_ids
+
+    def sweep(self) -> list[int]:
+        """Complete every study that has been stable for ``stable_seconds``."""
+        cutoff = utcnow() - timedelta(seconds=self.config.stable_seconds)
+        with self.database.session() as session:
+            uids = session.scalars(
+                select(Study.study_instance_uid).where(
+                    Study.state == StudyState.RECEIVING.value, Study.last_instance_at <= cutoff
+                )
+            ).all()
+            # Complete but never routed: a process died between the two steps.
+            orphans = session.scalars(
+                select(Study.study_instance_uid).where(Study.state == StudyState.COMPLETE.value)
+            ).all()
+        job_ids: list[int] = []
+        for uid in orphans:
+            job_ids.extend(self._route(uid, reason="recovered"))
+        for uid in uids:
+            job_ids.extend(self.complete_study(uid, reason="stable"))
+        return job_ids
+
+    def wake(self) -> None:
+        """Ask the loop to look again now (an instance arrived)."""
+        self._wake.set()
+
+    def run(
+        self,
+        stop: threading.Event,
+        *,
+        on_jobs: Callable[[list[int]], None] | None = None,
+        interval: float = 0.5,
+    ) -> None:
+        """Sweep until ``stop`` is set; errors are logged and the loop carries on."""
+        pause = min(interval, max(0.05, self.config.stable_seconds / 4))
+        while not stop.is_set():
+            try:
+                job_ids = self.sweep()
+                if job_ids and on_jobs is not None:
+                    on_jobs(job_ids)
+            except Exception:
+                logger.exception("study assembly sweep failed; retrying")
+            self._wake.wait(pause)
+            self._wake.clear()
+
+
+__all__ = ["StudyAssembler"]

@@ -1,0 +1,265 @@
+"""Persist a received instance: bytes to the object store, a row to the database.
+
+This is the one place every ingest path (C-STORE, STOW-RS, files) goes through, and
+it enforces the gateway's first promise: an instance is fsync'd on disk *and*
+committed in the database before :meth:`Ingestor.ingest` returns, so a caller may
+acknowledge only after that. A SOP Instance UID seen before is answered as a
+duplicate without storing a second copy.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+from dataclasses import dataclass
+from io import BytesIO
+from pathlib import Path
+
+import pydicom
+from pydicom.errors import InvalidDicomError as PydicomInvalidDicomError
+from sqlalchemy import select, update
+from sqlalchemy.exc import IntegrityError
+
+from overread.errors import InvalidDicomError
+from overread.service.db import Database, Instance, Study, StudyState, utcnow
+from overread.service.store import ObjectStore
+
+logger = logging.getLogger(__name__)
+
+_REQUIRED = ("SOPInstanceUID", "SOPClassUID", "StudyInstanceUID", "SeriesInstanceUID")
+
+
+@dataclass(frozen=True)
+class InstanceHeader:
+    """What ingest and routing need from an instance's header."""
+
+    sop_instance_uid: str
+    sop_class_uid: str
+    study_instance_uid: str
+    series_instance_uid: str
+    transfer_syntax_uid: str
+    modality: str
+    body_part: str
+    view_position: str
+    institution: str
+    series_description: str
+
+
+def _text(ds: pydicom.Dataset, keyword: str, limit: int) -> str:
+    value = ds.get(keyword, "")
+    return str(value if value is not None else "").strip()[:limit]
+
+
+def read_header(data: bytes, *, source: str = "payload") -> InstanceHeader:
+    """Parse a DICOM Part 10 byte string fully and return its routing header.
+
+    The whole data set is parsed (not just the header) so a truncated or corrupt
+    payload is refused here rather than discovered by a worker later.
+
+    Raises
+    ------
+    InvalidDicomError
+        If the bytes are not a readable DICOM data set or lack a required UID.
+    """
+    try:
+        ds = pydicom.dcmread(BytesIO(data))
+        for element in ds.iterall():  # force every element to decode
+            _ = element.value
+    except (PydicomInvalidDicomError, EOFError, ValueError, TypeError, KeyError) as exc:
+        raise InvalidDicomError(f"{source}: not a readable DICOM data set ({exc})") from None
+    except Exception as exc:  # pydicom raises assorted types on corrupt input
+        raise InvalidDicomError(f"{source}: not a readable DICOM data set ({exc!r})") from None
+    missing = [k for k in _REQUIRED if not str(ds.get(k, "") or "").strip()]
+    if missing:
+        raise InvalidDicomError(f"{source}: missing required attribute(s) {', '.join(missing)}")
+    short = _native_pixel_shortfall(ds)
+    if short:
+        raise InvalidDicomError(f"{source}: Pixel Data is truncated ({short} bytes missing)")
+    meta = getattr(ds, "file_meta", None)
+    return InstanceHeader(
+        sop_instance_uid=_text(ds, "SOPInstanceUID", 64),
+        sop_class_uid=_text(ds, "SOPClassUID", 64),
+        study_instance_uid=_text(ds, "StudyInstanceUID", 64),
+        series_instance_uid=_text(ds, "SeriesInstanceUID", 64),
+        transfer_syntax_uid=str(getattr(meta, "TransferSyntaxUID", "") or ""),
+        modality=_text(ds, "Modality", 16).upper(),
+        body_part=_text(ds, "BodyPartExamined", 64).upper(),
+        view_position=_text(ds, "ViewPosition", 16).upper(),
+        institution=_text(ds, "InstitutionName", 128),
+        series_description=_text(ds, "SeriesDescription", 256),
+    )
+
+
+def _native_pixel_shortfall(ds: pydicom.Dataset) -> int:
+    """Bytes missing from uncompressed Pixel Data (pydicom reads a cut-off value silently)."""
+    if "PixelData" not in ds:
+        return 0
+    syntax = getattr(getattr(ds, "file_meta", None), "TransferSyntaxUID", None)
+    if syntax is None or syntax.is_compressed:
+        return 0  # encapsulated: pydicom itself fails on a missing delimiter
+    try:
+        expected = (
+            int(ds.Rows)
+            * int(ds.Columns)
+            * int(ds.get("SamplesPerPixel", 1) or 1)
+            * int(ds.get("NumberOfFrames", 1) or 1)
+            * int(ds.BitsAllocated)
+            + 7
+        ) // 8
+    except (AttributeError, TypeError, ValueError):
+        return 0
+    return max(0, expected - len(ds.PixelData))
+
+
+@dataclass(frozen=True)
+class IngestOutcome:
+    """What happened to one received instance."""
+
+    sop_instance_uid: str
+    study_instance_uid: str
+    object_key: str
+    duplicate: bool
+
+
+class Ingestor:
+    """Stores instances and records them, one transaction per instance.
+
+    Parameters
+    ----------
+    database, store
+        Where rows and bytes go.
+    on_stored
+        Called with the outcome after each *new* instance is committed (the study
+        assembler uses it to notice arrivals without polling).
+    """
+
+    def __init__(
+        self,
+        database: Database,
+        store: ObjectStore,
+        *,
+        on_stored: Callable[[IngestOutcome], None] | None = None,
+    ) -> None:
+        self.database = database
+        self.store = store
+        self.on_stored = on_stored
+
+    def ingest(
+        self, data: bytes, *, calling_ae: str, peer_host: str = "", source: str = "payload"
+    ) -> IngestOutcome:
+        """Persist ``data`` (a DICOM Part 10 byte string) durably.
+
+        Raises
+        ------
+        InvalidDicomError
+            If ``data`` is not usable DICOM; nothing is stored.
+        OSError, sqlalchemy.exc.SQLAlchemyError
+            If the disk or the database fails; the caller must not acknowledge.
+        """
+        header = read_header(data, source=source)
+        existing = self._find(header.sop_instance_uid)
+        if existing is not None:
+            logger.info(
+                "duplicate instance %s from %s: already stored",
+                header.sop_instance_uid,
+                calling_ae,
+            )
+            return IngestOutcome(
+                header.sop_instance_uid, existing.study_instance_uid, existing.object_key, True
+            )
+        stored = self.store.put(data)
+        for attempt in range(3):
+            try:
+                self._record(header, stored.key, stored.sha256, stored.size, calling_ae, peer_host)
+                break
+            except IntegrityError:
+                # Either the same instance arrived concurrently (a duplicate), or two
+                # associations created the same study at once (retry the upsert).
+                existing = self._find(header.sop_instance_uid)
+                if existing is not None:
+                    return IngestOutcome(
+                        header.sop_instance_uid,
+                        existing.study_instance_uid,
+                        existing.object_key,
+                        True,
+                    )
+                if attempt == 2:
+                    raise
+        outcome = IngestOutcome(
+            header.sop_instance_uid, header.study_instance_uid, stored.key, False
+        )
+        logger.info(
+            "stored instance %s of study %s from %s (%d bytes)",
+            header.sop_instance_uid,
+            header.study_instance_uid,
+            calling_ae,
+            stored.size,
+        )
+        if self.on_stored is not None:
+            self.on_stored(outcome)
+        return outcome
+
+    def ingest_file(self, path: Path, *, calling_ae: str = "FILE") -> IngestOutcome:
+        """Persist a DICOM file from disk (the ``files / CLI`` ingest path)."""
+        return self.ingest(Path(path).read_bytes(), calling_ae=calling_ae, source=str(path))
+
+    def _find(self, sop_instance_uid: str) -> Instance | None:
+        with self.database.session() as session:
+            return session.scalar(
+                select(Instance).where(Instance.sop_instance_uid == sop_instance_uid)
+            )
+
+    def _record(
+        self,
+        header: InstanceHeader,
+        key: str,
+        sha256: str,
+        size: int,
+        calling_ae: str,
+        peer_host: str,
+    ) -> None:
+        now = utcnow()
+        with self.database.session() as session:
+            session.add(
+                Instance(
+                    sop_instance_uid=header.sop_instance_uid,
+                    study_instance_uid=header.study_instance_uid,
+                    series_instance_uid=header.series_instance_uid,
+                    sop_class_uid=header.sop_class_uid,
+                    transfer_syntax_uid=header.transfer_syntax_uid,
+                    modality=header.modality,
+                    body_part=header.body_part,
+                    view_position=header.view_position,
+                    institution=header.institution,
+                    series_description=header.series_description,
+                    calling_ae=calling_ae.strip(),
+                    peer_host=peer_host,
+                    object_key=key,
+                    sha256=sha256,
+                    size=size,
+                    received_at=now,
+                )
+            )
+            session.flush()
+            updated = session.execute(
+                update(Study)
+                .where(Study.study_instance_uid == header.study_instance_uid)
+                .values(
+                    instance_count=Study.instance_count + 1,
+                    last_instance_at=now,
+                    state=StudyState.RECEIVING.value,
+                )
+            )
+            if updated.rowcount == 0:  # type: ignore[attr-defined]
+                session.add(
+                    Study(
+                        study_instance_uid=header.study_instance_uid,
+                        state=StudyState.RECEIVING.value,
+                        instance_count=1,
+                        first_instance_at=now,
+                        last_instance_at=now,
+                    )
+                )
+
+
+__all__ = ["IngestOutcome", "Ingestor", "InstanceHeader", "read_header"]

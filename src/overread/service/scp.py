@@ -1,0 +1,218 @@
+"""The DICOM C-STORE / C-ECHO SCP: receive, persist, then acknowledge.
+
+The handler does as little as it can and nothing after it answers: it takes the
+bytes exactly as the peer encoded them (``event.encoded_dataset()``, no decode and
+re-encode), hands them to :class:`~overread.service.ingest.Ingestor` which fsyncs
+the file and commits the row, and only then returns ``0x0000``. Failures map to
+DICOM statuses, never to a false success:
+
+* not DICOM, truncated or missing UIDs: ``0xC000`` (cannot understand), with an
+  Error Comment; the payload is kept under ``rejected/`` for inspection;
+* disk full, database down, anything unexpected: ``0xA700`` (out of resources);
+* a SOP Instance UID already stored: ``0x0000`` and no second copy.
+
+Calling AE titles (and optionally hosts) are checked when the association is
+requested; an unknown peer gets A-ASSOCIATE-RJ "calling AE title not recognised"
+and the attempt is logged.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from pydicom import Dataset
+from pynetdicom import AE, ALL_TRANSFER_SYNTAXES, AllStoragePresentationContexts, evt
+
+from overread.errors import InvalidDicomError, ServiceError
+from overread.service.config import AllowedPeer, ServiceConfig
+from overread.service.ingest import Ingestor
+
+logger = logging.getLogger(__name__)
+
+VERIFICATION_SOP_CLASS = "1.2.840.10008.1.1"
+STATUS_SUCCESS = 0x0000
+STATUS_OUT_OF_RESOURCES = 0xA700
+STATUS_CANNOT_UNDERSTAND = 0xC000
+
+
+def _status(code: int, comment: str) -> Dataset:
+    status = Dataset()
+    status.Status = code
+    status.ErrorComment = comment[:64]
+    return status
+
+
+class StorageSCP:
+    """A pynetdicom Storage SCP bound to an :class:`Ingestor`.
+
+    Parameters
+    ----------
+    config
+        AE title, port, peers, SOP classes and transfer syntaxes.
+    ingestor
+        Persists each instance before the handler answers.
+    on_released
+        Called with the Study Instance UIDs an association brought, when the peer
+        releases it normally (the study assembler completes chest X-rays on this).
+    rejected_dir
+        Where refused payloads are kept (``None``: not kept).
+    """
+
+    def __init__(
+        self,
+        config: ServiceConfig,
+        ingestor: Ingestor,
+        *,
+        on_released: Callable[[set[str]], None] | None = None,
+        rejected_dir: Path | None = None,
+    ) -> None:
+        self.config = config
+        self.ingestor = ingestor
+        self.on_released = on_released
+        self.rejected_dir = rejected_dir
+        self._studies: dict[int, set[str]] = {}
+        self._lock = threading.Lock()
+        self._server: Any = None
+        self.ae = self._build_ae()
+
+    def _build_ae(self) -> AE:
+        ae = AE(ae_title=self.config.ae_title)
+        ae.maximum_associations = self.config.max_associations
+        ae.maximum_pdu_size = 0  # no limit: fewer, larger PDUs on fast links
+        ae.network_timeout = 60
+        ae.acse_timeout = 30
+        ae.dimse_timeout = 60
+        syntaxes = self.config.transfer_syntaxes or list(ALL_TRANSFER_SYNTAXES)
+        if self.config.sop_classes:
+            for uid in self.config.sop_classes:
+                ae.add_supported_context(uid, syntaxes)
+        else:
+            for context in AllStoragePresentationContexts:
+                ae.add_supported_context(str(context.abstract_syntax), syntaxes)
+        ae.add_supported_context(VERIFICATION_SOP_CLASS)
+        return ae
+
+    # -- lifecycle --------------------------------------------------------------------
+    def start(self) -> int:
+        """Listen (non-blocking) and return the bound port (useful with port 0)."""
+        if not self.config.allow_ae:
+            logger.warning(
+                "no --allow-ae given: associations from ANY calling AE title are accepted"
+            )
+        handlers: list[Any] = [
+            (evt.EVT_REQUESTED, self._on_requested),
+            (evt.EVT_C_STORE, self._on_c_store),
+            (evt.EVT_C_ECHO, self._on_c_echo),
+            (evt.EVT_RELEASED, self._on_released),
+            (evt.EVT_ABORTED, self._on_aborted),
+        ]
+        try:
+            self._server = self.ae.start_server(
+                (self.config.dicom_host, self.config.dicom_port),
+                block=False,
+                evt_handlers=handlers,
+            )
+        except OSError as exc:
+            raise ServiceError(
+                f"cannot listen for DICOM on {self.config.dicom_host}:{self.config.dicom_port}: {exc}"
+            ) from None
+        port = int(self._server.server_address[1])
+        logger.info("DICOM SCP %s listening on port %d", self.config.ae_title, port)
+        return port
+
+    @property
+    def port(self) -> int:
+        """The port the server is bound to."""
+        if self._server is None:
+            raise ServiceError("the SCP is not started")
+        return int(self._server.server_address[1])
+
+    def stop(self) -> None:
+        """Stop accepting associations and close the listening socket."""
+        if self._server is not None:
+            self._server.shutdown()
+            self._server = None
+
+    # -- handlers ---------------------------------------------------------------------
+    def _admitted(self, ae_title: str, host: str) -> bool:
+        peers: list[AllowedPeer] = self.config.allow_ae
+        return not peers or any(p.admits(ae_title, host) for p in peers)
+
+    def _on_requested(self, event: evt.Event) -> None:
+        primitive = event.assoc.requestor.primitive
+        calling = str(getattr(primitive, "calling_ae_title", "") or "").strip()
+        host = str(event.assoc.requestor.address)
+        if self._admitted(calling, host):
+            return
+        logger.warning(
+            "association refused: calling AE %r from %s is not allowed (see --allow-ae)",
+            calling,
+            host,
+        )
+        # A-ASSOCIATE-RJ: rejected-permanent, service-user, calling AE not recognised
+        event.assoc.acse.send_reject(0x01, 0x01, 0x03)
+        event.assoc.kill()  # waits until the DUL has sent the A-ASSOCIATE-RJ
+
+    def _on_c_echo(self, event: evt.Event) -> int:
+        return STATUS_SUCCESS
+
+    def _on_c_store(self, event: evt.Event) -> int | Dataset:
+        calling = str(event.assoc.requestor.ae_title).strip()
+        host = str(event.assoc.requestor.address)
+        try:
+            data = event.encoded_dataset()
+        except Exception as exc:  # malformed request: nothing to store
+            logger.error("C-STORE from %s: unreadable request (%s)", calling, exc)
+            return _status(STATUS_CANNOT_UNDERSTAND, "unreadable request")
+        try:
+            outcome = self.ingestor.ingest(
+                data, calling_ae=calling, peer_host=host, source=f"C-STORE from {calling}@{host}"
+            )
+        except InvalidDicomError as exc:
+            logger.error("%s", exc)
+            self._keep_rejected(data, calling)
+            return _status(STATUS_CANNOT_UNDERSTAND, "not a readable DICOM data set")
+        except Exception as exc:  # disk full, database down: never report success
+            logger.exception("C-STORE from %s: cannot persist (%s)", calling, exc)
+            return _status(STATUS_OUT_OF_RESOURCES, "cannot persist the instance")
+        with self._lock:
+            self._studies.setdefault(id(event.assoc), set()).add(outcome.study_instance_uid)
+        return STATUS_SUCCESS
+
+    def _on_released(self, event: evt.Event) -> None:
+        with self._lock:
+            studies = self._studies.pop(id(event.assoc), set())
+        if studies and self.on_released is not None:
+            try:
+                self.on_released(studies)
+            except Exception:
+                logger.exception("study completion on association release failed")
+
+    def _on_aborted(self, event: evt.Event) -> None:
+        with self._lock:
+            self._studies.pop(id(event.assoc), None)
+
+    def _keep_rejected(self, data: bytes, calling: str) -> None:
+        if self.rejected_dir is None:
+            return
+        try:
+            self.rejected_dir.mkdir(parents=True, exist_ok=True)
+            name = (
+                f"{time.strftime('%Y%m%dT%H%M%S')}-{time.monotonic_ns()}-{calling or 'UNKNOWN'}.bin"
+            )
+            (self.rejected_dir / name).write_bytes(data)
+        except OSError as exc:
+            logger.warning("could not keep the rejected payload: %s", exc)
+
+
+__all__ = [
+    "STATUS_CANNOT_UNDERSTAND",
+    "STATUS_OUT_OF_RESOURCES",
+    "STATUS_SUCCESS",
+    "StorageSCP",
+]

@@ -1,0 +1,180 @@
+"""The gateway as one object: SCP, study assembler, workers and HTTP API.
+
+:class:`Service` wires the parts together and owns their lifecycle; ``overread
+serve`` is a thin command around it, and tests start it in-process on free ports.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from pathlib import Path
+
+from overread.service.assembly import StudyAssembler
+from overread.service.config import ServiceConfig
+from overread.service.db import Database
+from overread.service.ingest import Ingestor, IngestOutcome
+from overread.service.jobs import JobQueue, RetryPolicy
+from overread.service.runtime import (
+    ArtifactBuilder,
+    PipelineProvider,
+    RegistryPipelineProvider,
+    default_artifact_builder,
+)
+from overread.service.scp import StorageSCP
+from overread.service.store import ObjectStore
+from overread.service.worker import Worker, WorkerPool, worker_identity
+
+logger = logging.getLogger(__name__)
+
+
+def open_queue(config: ServiceConfig) -> tuple[Database, ObjectStore, JobQueue]:
+    """The database (tables created), object store and job queue of ``config``."""
+    database = Database(config.database_url)
+    store = ObjectStore(Path(config.data_dir) / "objects", fsync=config.fsync)
+    queue = JobQueue(
+        database,
+        retry=RetryPolicy(config.retry_base_seconds, config.retry_max_seconds),
+        max_attempts=config.max_attempts,
+    )
+    return database, store, queue
+
+
+class Service:
+    """The running gateway.
+
+    Parameters
+    ----------
+    config
+        The validated service configuration.
+    models
+        Model resolver (default: the model registry through ``overread.inference``).
+    artifacts
+        Result object builder (default: the SR builder of ``overread.service.outputs``,
+        or none when it is unavailable). Pass ``False`` to build nothing.
+    with_scp, with_http
+        Start the DICOM listener / the HTTP API (``overread worker`` starts neither).
+    """
+
+    def __init__(
+        self,
+        config: ServiceConfig,
+        *,
+        models: PipelineProvider | None = None,
+        artifacts: ArtifactBuilder | bool | None = True,
+        with_scp: bool = True,
+        with_http: bool = True,
+        with_assembler: bool = True,
+    ) -> None:
+        self.config = config
+        Path(config.data_dir).mkdir(parents=True, exist_ok=True)
+        self.database, self.store, self.queue = open_queue(config)
+        self.models: PipelineProvider = models or RegistryPipelineProvider()
+        if artifacts is True:
+            self.artifacts: ArtifactBuilder | None = default_artifact_builder()
+        elif artifacts is False:
+            self.artifacts = None
+        else:
+            self.artifacts = artifacts
+        self.assembler = StudyAssembler(config, self.database, self.queue, self.models)
+        self.ingestor = Ingestor(self.database, self.store, on_stored=self._on_stored)
+        self.scp: StorageSCP | None = (
+            StorageSCP(
+                config,
+                self.ingestor,
+                on_released=self._on_released,
+                rejected_dir=Path(config.data_dir) / "rejected",
+            )
+            if with_scp
+            else None
+        )
+        self.with_http = with_http
+        self.with_assembler = with_assembler
+        prefix = worker_identity()
+        self.pool = WorkerPool(
+            config.workers,
+            lambda i: Worker(
+                config,
+                self.database,
+                self.store,
+                self.queue,
+                self.models,
+                self.artifacts,
+                name=f"{prefix}/{i}",
+            ),
+        )
+        self._stop = threading.Event()
+        self._assembler_thread: threading.Thread | None = None
+        self._http: object | None = None
+        self.dicom_port: int | None = None
+        self.http_port: int | None = None
+
+    # -- events -----------------------------------------------------------------------
+    def _on_stored(self, outcome: IngestOutcome) -> None:
+        self.assembler.wake()
+
+    def _on_released(self, studies: set[str]) -> None:
+        if self.assembler.association_released(studies):
+            self.pool.wake()
+
+    def complete_study(self, study_instance_uid: str) -> list[int]:
+        """The explicit "study complete" trigger."""
+        job_ids = self.assembler.complete_study(study_instance_uid)
+        if job_ids:
+            self.pool.wake()
+        return job_ids
+
+    def wake_workers(self) -> None:
+        """Tell idle workers to look for jobs now."""
+        self.pool.wake()
+
+    # -- lifecycle --------------------------------------------------------------------
+    def start(self) -> None:
+        """Start every part; return once the listeners are bound."""
+        if self.with_assembler:
+            self._assembler_thread = threading.Thread(
+                target=self._assemble, name="overread-assembler", daemon=True
+            )
+            self._assembler_thread.start()
+        self.pool.start()
+        if self.scp is not None:
+            self.dicom_port = self.scp.start()
+        if self.with_http and self.config.http_port is not None:
+            from overread.service.http import HttpServer, create_app
+
+            http = HttpServer(create_app(self), self.config.http_host, self.config.http_port)
+            self.http_port = http.start()
+            self._http = http
+            logger.info("HTTP API on http://%s:%d", self.config.http_host, self.http_port)
+
+    def _assemble(self) -> None:
+        self.assembler.run(self._stop, on_jobs=lambda _ids: self.pool.wake())
+
+    def stop(self, timeout: float = 30.0) -> None:
+        """Stop listening, let running jobs finish (up to ``timeout``), close the database."""
+        self._stop.set()
+        if self.scp is not None:
+            self.scp.stop()
+        if self._http is not None:
+            from overread.service.http import HttpServer
+
+            assert isinstance(self._http, HttpServer)
+            self._http.stop()
+        self.assembler.wake()
+        if self._assembler_thread is not None:
+            self._assembler_thread.join(5)
+        self.pool.stop(timeout)
+        self.database.dispose()
+        logger.info("service stopped")
+
+    def wait(self) -> None:
+        """Block until :meth:`request_stop` is called."""
+        self._stop.wait()
+
+    def request_stop(self) -> None:
+        """Ask :meth:`wait` to return (safe from a signal handler)."""
+        self._stop.set()
+        self.assembler.wake()
+
+
+__all__ = ["Service", "open_queue"]

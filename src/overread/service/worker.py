@@ -1,0 +1,344 @@
+"""Workers: claim a job, do it, record the outcome in one fenced transaction.
+
+An *infer* job runs the routed model on the study's stored instances, stores the
+result row and the derived DICOM objects (SR) in the object store, and queues one
+*export* job per destination, all in the transaction that marks it succeeded. An
+*export* job C-STOREs those stored objects to its destination; a refusal or a
+network error is retried with exponential backoff until ``max_attempts``, then the
+job is dead-lettered (visible in ``/api/jobs``).
+
+Workers are threads of ``overread serve`` or of a separate ``overread worker``
+process; they coordinate only through the database, so any number may run against
+one database.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import socket
+import threading
+import uuid
+from collections.abc import Callable
+from io import BytesIO
+from pathlib import Path
+from typing import Any
+
+import pydicom
+from sqlalchemy import select
+
+from overread.errors import InferenceError, InvalidDicomError, ModelPackageError
+from overread.service.config import Destination, ServiceConfig
+from overread.service.db import Database, Instance, Job, JobKind, Result, utcnow
+from overread.service.jobs import JobQueue, LeaseLostError
+from overread.service.routing import InstanceFacts, route_matches
+from overread.service.runtime import (
+    ArtifactBuilder,
+    PipelineProvider,
+    prediction_summary,
+    require_ok,
+)
+from overread.service.scu import send_files
+from overread.service.store import ObjectStore
+
+logger = logging.getLogger(__name__)
+
+# Failures that will not go away by trying again: dead-letter at once.
+PERMANENT_ERRORS: tuple[type[BaseException], ...] = (
+    InferenceError,
+    InvalidDicomError,
+    ModelPackageError,
+)
+
+
+def worker_identity() -> str:
+    """A unique lease-owner name: host, process and a random suffix."""
+    return f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
+
+
+class _Heartbeat:
+    """Renews a job's lease in the background while the job runs."""
+
+    def __init__(self, queue: JobQueue, job_id: int, owner: str, lease_seconds: float) -> None:
+        self.queue, self.job_id, self.owner, self.lease = queue, job_id, owner, lease_seconds
+        self.stop = threading.Event()
+        self.lost = False
+        self.thread = threading.Thread(target=self._run, name=f"lease-{job_id}", daemon=True)
+
+    def _run(self) -> None:
+        while not self.stop.wait(self.lease / 3):
+            try:
+                if not self.queue.renew(self.job_id, self.owner, lease_seconds=self.lease):
+                    self.lost = True
+                    return
+            except Exception:
+                logger.exception("job %d: lease renewal failed", self.job_id)
+
+    def __enter__(self) -> _Heartbeat:
+        self.thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop.set()
+        self.thread.join()
+
+
+class Worker:
+    """Runs jobs one at a time.
+
+    Parameters
+    ----------
+    config
+        Lease length, routes, explain flag.
+    database, store, queue
+        Where instances, objects and jobs are.
+    models
+        Resolves model aliases to pipelines.
+    artifacts
+        Builds the DICOM objects to send (``None``: results are stored, nothing is sent).
+    """
+
+    def __init__(
+        self,
+        config: ServiceConfig,
+        database: Database,
+        store: ObjectStore,
+        queue: JobQueue,
+        models: PipelineProvider,
+        artifacts: ArtifactBuilder | None,
+        *,
+        name: str | None = None,
+    ) -> None:
+        self.config = config
+        self.database = database
+        self.store = store
+        self.queue = queue
+        self.models = models
+        self.artifacts = artifacts
+        self.name = name or worker_identity()
+
+    def run_once(self) -> Job | None:
+        """Claim and run one job; return it (as claimed), or ``None`` if none was ready."""
+        job = self.queue.claim(self.name, lease_seconds=self.config.lease_seconds)
+        if job is None:
+            return None
+        with _Heartbeat(self.queue, job.id, self.name, self.config.lease_seconds) as beat:
+            try:
+                if job.kind == JobKind.INFER.value:
+                    self._infer(job)
+                elif job.kind == JobKind.EXPORT.value:
+                    self._export(job)
+                else:
+                    raise InferenceError(f"unknown job kind {job.kind!r}")
+            except LeaseLostError as exc:
+                logger.warning("%s", exc)
+            except PERMANENT_ERRORS as exc:
+                self.queue.mark_failed(job.id, self.name, str(exc), retryable=False)
+            except Exception as exc:
+                logger.debug("job %d failed", job.id, exc_info=True)
+                self.queue.mark_failed(job.id, self.name, f"{type(exc).__name__}: {exc}")
+            if beat.lost:
+                logger.warning("job %d: lease was lost while running", job.id)
+        return job
+
+    def run(self, stop: threading.Event, wake: threading.Event | None = None) -> None:
+        """Work until ``stop`` is set, sleeping ``poll_seconds`` (or until woken) when idle."""
+        while not stop.is_set():
+            try:
+                ran = self.run_once()
+            except Exception:
+                logger.exception("%s: error while claiming a job; backing off", self.name)
+                ran = None
+            if ran is None and not stop.is_set():
+                if wake is not None:
+                    wake.wait(self.config.poll_seconds)
+                    wake.clear()
+                else:
+                    stop.wait(self.config.poll_seconds)
+
+    # -- infer ------------------------------------------------------------------------
+    def _study_paths(self, job: Job) -> list[tuple[Path, Instance]]:
+        with self.database.session() as session:
+            rows = list(
+                session.scalars(
+                    select(Instance)
+                    .where(Instance.study_instance_uid == job.study_instance_uid)
+                    .order_by(Instance.series_instance_uid, Instance.id)
+                ).all()
+            )
+        routes = [r for r in self.config.routes if r.name in set(job.route.split(","))]
+        if routes:
+            matched = [
+                r for r in rows if any(route_matches(rt, InstanceFacts.of(r)) for rt in routes)
+            ]
+            rows = matched or rows
+        return [(self.store.path(r.object_key), r) for r in rows]
+
+    def _infer(self, job: Job) -> None:
+        alias = str(job.payload.get("alias") or job.model_name)
+        with self.database.session() as session:
+            existing = session.scalar(
+                select(Result).where(
+                    Result.study_instance_uid == job.study_instance_uid,
+                    Result.model_name == job.model_name,
+                    Result.model_version == job.model_version,
+                )
+            )
+        if existing is not None:
+            logger.info("job %d: result %d already stored; not run again", job.id, existing.id)
+            self._finish_infer(job, existing.id, None, [])
+            return
+        items = self._study_paths(job)
+        if not items:
+            raise InferenceError(f"study {job.study_instance_uid} has no stored instances")
+        paths = [p for p, _ in items]
+        pipeline = self.models.get(alias)
+        predictions = list(pipeline.predict(paths, explain=self.config.explain))
+        require_ok(predictions, paths)
+        artifacts: list[dict[str, Any]] = []
+        if self.artifacts is not None:
+            for prediction, (path, _row) in zip(predictions, items, strict=False):
+                if not getattr(prediction, "ok", False):
+                    continue
+                source = pydicom.dcmread(path)
+                for dataset in self.artifacts.build(prediction, [source]):
+                    artifacts.append(self._store_dataset(dataset))
+        summary = {
+            "alias": alias,
+            "instances": [prediction_summary(p) for p in predictions],
+            "sop_instance_uids": [row.sop_instance_uid for _, row in items],
+        }
+        self._finish_infer(job, None, summary, artifacts)
+        logger.info(
+            "job %d: %s %s on study %s: %d prediction(s), %d object(s) to send",
+            job.id,
+            job.model_name,
+            job.model_version,
+            job.study_instance_uid,
+            len(predictions),
+            len(artifacts),
+        )
+
+    def _store_dataset(self, dataset: Any) -> dict[str, Any]:
+        buffer = BytesIO()
+        pydicom.dcmwrite(buffer, dataset, enforce_file_format=True)
+        stored = self.store.put(buffer.getvalue())
+        return {
+            "key": stored.key,
+            "sop_class_uid": str(dataset.SOPClassUID),
+            "sop_instance_uid": str(dataset.SOPInstanceUID),
+            "modality": str(dataset.get("Modality", "")),
+        }
+
+    def _finish_infer(
+        self,
+        job: Job,
+        result_id: int | None,
+        summary: dict[str, Any] | None,
+        artifacts: list[dict[str, Any]],
+    ) -> None:
+        destinations = [Destination(**d) for d in job.payload.get("destinations", [])]
+        with self.database.session() as session:
+            if result_id is None:
+                result = Result(
+                    job_id=job.id,
+                    study_instance_uid=job.study_instance_uid,
+                    model_name=job.model_name,
+                    model_version=job.model_version,
+                    summary=summary or {},
+                    artifacts=artifacts,
+                    created_at=utcnow(),
+                )
+                session.add(result)
+                session.flush()
+                result_id = result.id
+                has_artifacts = bool(artifacts)
+            else:
+                stored = session.get(Result, result_id)
+                has_artifacts = bool(stored is not None and stored.artifacts)
+            if has_artifacts:
+                for dest in destinations:
+                    self.queue.enqueue(
+                        session,
+                        study_instance_uid=job.study_instance_uid,
+                        model_name=job.model_name,
+                        model_version=job.model_version,
+                        kind=JobKind.EXPORT,
+                        destination=dest.name,
+                        route=job.route,
+                        priority=job.priority,
+                        payload={"destination": dest.model_dump(), "result_id": result_id},
+                    )
+            self.queue.mark_succeeded(session, job.id, self.name)
+
+    # -- export -----------------------------------------------------------------------
+    def _export(self, job: Job) -> None:
+        dest = Destination(**job.payload["destination"])
+        with self.database.session() as session:
+            result = session.get(Result, int(job.payload["result_id"]))
+            if result is None:
+                raise InferenceError(f"result {job.payload['result_id']} no longer exists")
+            keys = [str(a["key"]) for a in result.artifacts]
+        paths = [self.store.path(k) for k in keys]
+        missing = [str(p) for p in paths if not p.is_file()]
+        if missing:
+            raise InferenceError(f"stored result object(s) missing: {', '.join(missing)}")
+        statuses = send_files(
+            paths,
+            ae_title=dest.ae_title,
+            host=dest.host,
+            port=dest.port,
+            calling_ae=self.config.ae_title,
+        )
+        failed = [s for s in statuses if not s.ok]
+        if failed:
+            raise ConnectionError(
+                f"{len(failed)}/{len(statuses)} object(s) not accepted by {dest}: {failed[0].error}"
+            )
+        with self.database.session() as session:
+            self.queue.mark_succeeded(session, job.id, self.name)
+        logger.info("job %d: sent %d object(s) to %s", job.id, len(statuses), dest)
+
+
+class WorkerPool:
+    """``size`` worker threads sharing one wake-up event."""
+
+    def __init__(self, size: int, make_worker: Callable[[int], Worker]) -> None:
+        self.size = size
+        self.make_worker = make_worker
+        self.stop_event = threading.Event()
+        self.wake_event = threading.Event()
+        self.threads: list[threading.Thread] = []
+        self.workers: list[Worker] = []
+
+    def start(self) -> None:
+        """Start the threads."""
+        for index in range(self.size):
+            worker = self.make_worker(index)
+            thread = threading.Thread(
+                target=worker.run,
+                args=(self.stop_event, self.wake_event),
+                name=f"overread-worker-{index}",
+                daemon=True,
+            )
+            self.workers.append(worker)
+            self.threads.append(thread)
+            thread.start()
+        logger.info("started %d worker thread(s)", self.size)
+
+    def wake(self) -> None:
+        """Tell idle workers there may be work."""
+        self.wake_event.set()
+
+    def stop(self, timeout: float = 30.0) -> None:
+        """Stop claiming; wait up to ``timeout`` s for running jobs (leases cover the rest)."""
+        self.stop_event.set()
+        self.wake_event.set()
+        for thread in self.threads:
+            thread.join(timeout)
+        alive = [t.name for t in self.threads if t.is_alive()]
+        if alive:
+            logger.warning("worker(s) %s still busy at shutdown; their leases will expire", alive)
+
+
+__all__ = ["PERMANENT_ERRORS", "Worker", "WorkerPool", "worker_identity"]

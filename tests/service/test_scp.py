@@ -1,0 +1,260 @@
+"""The Storage SCP against real DCMTK and pynetdicom peers."""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import subprocess
+import threading
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import pynetdicom
+import pytest
+from pydicom.uid import generate_uid
+from pynetdicom import AE
+from sqlalchemy import select
+
+from overread.config import Settings
+from overread.service.config import service_config
+from overread.service.db import Database, Instance, Study
+from overread.service.ingest import Ingestor, IngestOutcome
+from overread.service.scp import StorageSCP
+from overread.service.store import ObjectStore
+
+from .conftest import needs_dcmtk
+
+pytestmark = [pytest.mark.service, needs_dcmtk]
+
+
+@dataclass
+class Gateway:
+    scp: StorageSCP
+    database: Database
+    store: ObjectStore
+    port: int
+    released: list[set[str]]
+    stored_seen: list[tuple[IngestOutcome, bool, bool]]
+
+
+@pytest.fixture
+def make_gateway(tmp_path: Path) -> Iterator[Callable[..., Gateway]]:
+    started: list[Gateway] = []
+
+    def _make(**overrides: object) -> Gateway:
+        settings = Settings(data_dir=tmp_path / "data")
+        config = service_config(settings, dicom_port=0, dicom_host="127.0.0.1", **overrides)
+        database = Database(config.database_url)
+        store = ObjectStore(tmp_path / "data" / "objects")
+        released: list[set[str]] = []
+        seen: list[tuple[IngestOutcome, bool, bool]] = []
+
+        def on_stored(outcome: IngestOutcome) -> None:
+            # Called after commit, before the SCP answers: the file and row must exist.
+            with database.session() as session:
+                row = session.scalar(
+                    select(Instance).where(Instance.sop_instance_uid == outcome.sop_instance_uid)
+                )
+            seen.append((outcome, store.exists(outcome.object_key), row is not None))
+
+        scp = StorageSCP(
+            config,
+            Ingestor(database, store, on_stored=on_stored),
+            on_released=released.append,
+            rejected_dir=tmp_path / "data" / "rejected",
+        )
+        gateway = Gateway(scp, database, store, scp.start(), released, seen)
+        started.append(gateway)
+        return gateway
+
+    yield _make
+    for gateway in started:
+        gateway.scp.stop()
+        gateway.database.dispose()
+
+
+def _storescu(
+    port: int, *files: Path, calling: str = "MODALITY"
+) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        ["storescu", "-aet", calling, "-aec", "OVERREAD", "127.0.0.1", str(port), *map(str, files)],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+
+
+def _instances(db: Database) -> list[Instance]:
+    with db.session() as session:
+        return list(session.scalars(select(Instance)).all())
+
+
+def test_echoscu_is_answered(make_gateway: Callable[..., Gateway]) -> None:
+    gw = make_gateway()
+    done = subprocess.run(
+        ["echoscu", "-aet", "MODALITY", "-aec", "OVERREAD", "127.0.0.1", str(gw.port)],
+        capture_output=True,
+        text=True,
+        timeout=30,
+    )
+    assert done.returncode == 0, done.stderr
+
+
+def test_unknown_calling_ae_is_refused_and_logged(
+    make_gateway: Callable[..., Gateway],
+    dx_factory: Callable[..., Path],
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    gw = make_gateway(allow_ae=["MODALITY@127.0.0.1", "OTHERHOST@10.9.9.9"])
+    with caplog.at_level(logging.WARNING, logger="overread.service.scp"):
+        refused = subprocess.run(
+            ["echoscu", "-aet", "STRANGER", "-aec", "OVERREAD", "127.0.0.1", str(gw.port)],
+            capture_output=True,
+            text=True,
+            timeout=30,
+        )
+        wrong_host = _storescu(gw.port, dx_factory(), calling="OTHERHOST")
+    assert refused.returncode != 0
+    assert "Rejected" in refused.stderr or "reject" in refused.stderr.lower()
+    assert wrong_host.returncode != 0
+    assert "'STRANGER'" in caplog.text and "not allowed" in caplog.text
+    assert _instances(gw.database) == []
+    allowed = _storescu(gw.port, dx_factory(), calling="MODALITY")
+    assert allowed.returncode == 0, allowed.stderr
+    assert len(_instances(gw.database)) == 1
+
+
+def test_stored_instance_is_on_disk_and_in_the_database_before_success(
+    make_gateway: Callable[..., Gateway], dx_factory: Callable[..., Path]
+) -> None:
+    gw = make_gateway()
+    path = dx_factory()
+    done = _storescu(gw.port, path)
+    assert done.returncode == 0, done.stderr
+    assert len(gw.stored_seen) == 1
+    outcome, file_there, row_there = gw.stored_seen[0]
+    assert file_there and row_there and not outcome.duplicate
+    [row] = _instances(gw.database)
+    stored = gw.store.path(row.object_key).read_bytes()
+    assert row.sha256 == hashlib.sha256(stored).hexdigest() and row.size == len(stored)
+    assert row.calling_ae == "MODALITY" and row.modality == "DX" and row.body_part == "CHEST"
+    # The raw bytes were kept as sent: the data set after the file meta is identical.
+    original = path.read_bytes()
+    assert stored[-2000:] == original[-2000:]
+    with gw.database.session() as session:
+        study = session.scalar(select(Study))
+        assert study is not None and study.instance_count == 1 and study.state == "receiving"
+    assert gw.released == [{row.study_instance_uid}]
+
+
+def test_duplicate_instance_is_acknowledged_without_a_second_copy(
+    make_gateway: Callable[..., Gateway], dx_factory: Callable[..., Path]
+) -> None:
+    gw = make_gateway()
+    path = dx_factory()
+    assert _storescu(gw.port, path).returncode == 0
+    again = _storescu(gw.port, path)
+    assert again.returncode == 0, again.stderr
+    assert len(_instances(gw.database)) == 1
+    objects = [p for p in gw.store.root.rglob("*") if p.is_file()]
+    assert len(objects) == 1
+    with gw.database.session() as session:
+        study = session.scalar(select(Study))
+        assert study is not None and study.instance_count == 1
+
+
+def _corrupt_part10(tmp_path: Path, good: Path) -> Path:
+    """A file whose meta says DX but whose data set is cut off in the middle."""
+    data = good.read_bytes()
+    bad = tmp_path / "truncated.dcm"
+    bad.write_bytes(data[: len(data) // 3])
+    return bad
+
+
+def test_corrupt_payload_is_refused_and_nothing_is_lost(
+    make_gateway: Callable[..., Gateway],
+    dx_factory: Callable[..., Path],
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # Send files byte for byte (pynetdicom's documented option), so the peer sees the
+    # corrupt data set exactly as written.
+    monkeypatch.setattr(pynetdicom._config, "STORE_SEND_CHUNKED_DATASET", True)
+    gw = make_gateway()
+    good = dx_factory()
+    assert _storescu(gw.port, good).returncode == 0
+    garbage = tmp_path / "garbage.dcm"
+    raw = good.read_bytes()
+    meta_end = 132 + 12 + int.from_bytes(raw[140:144], "little")  # preamble, group length
+    garbage.write_bytes(good.read_bytes()[:meta_end] + b"\xff\xfe\x00\x01not dicom at all" * 10)
+    ae = AE(ae_title="MODALITY")
+    ae.add_requested_context("1.2.840.10008.5.1.4.1.1.1.1", "1.2.840.10008.1.2.1")
+    assoc = ae.associate("127.0.0.1", gw.port, ae_title="OVERREAD")
+    assert assoc.is_established
+    statuses = [
+        int(assoc.send_c_store(p).Status) for p in (garbage, _corrupt_part10(tmp_path, good))
+    ]
+    assoc.release()
+    assert statuses == [0xC000, 0xC000]
+    rows = _instances(gw.database)
+    assert len(rows) == 1 and gw.store.exists(rows[0].object_key)
+    assert len(list((tmp_path / "data" / "rejected").iterdir())) == 2  # kept for inspection
+    assert _storescu(gw.port, dx_factory()).returncode == 0  # and the SCP carries on
+
+
+def test_disk_failure_answers_out_of_resources(
+    make_gateway: Callable[..., Gateway], dx_factory: Callable[..., Path], tmp_path: Path
+) -> None:
+    gw = make_gateway()
+    # The store's directory is replaced by a plain file: every write fails with an
+    # OSError (as on a full or read-only disk), even for root.
+    gw.store.root.rmdir()
+    gw.store.root.write_bytes(b"")
+    ae = AE(ae_title="MODALITY")
+    ae.add_requested_context("1.2.840.10008.5.1.4.1.1.1.1", "1.2.840.10008.1.2.1")
+    assoc = ae.associate("127.0.0.1", gw.port, ae_title="OVERREAD")
+    status = int(assoc.send_c_store(dx_factory()).Status)
+    assoc.release()
+    assert status == 0xA700
+    assert _instances(gw.database) == []
+
+
+def test_database_down_answers_out_of_resources(
+    make_gateway: Callable[..., Gateway], dx_factory: Callable[..., Path], tmp_path: Path
+) -> None:
+    gw = make_gateway()
+    gw.scp.ingestor.database = Database(
+        "sqlite:////nonexistent-dir/for/sure/overread.db", create=False
+    )
+    ae = AE(ae_title="MODALITY")
+    ae.add_requested_context("1.2.840.10008.5.1.4.1.1.1.1", "1.2.840.10008.1.2.1")
+    assoc = ae.associate("127.0.0.1", gw.port, ae_title="OVERREAD")
+    status = int(assoc.send_c_store(dx_factory()).Status)
+    assoc.release()
+    assert status == 0xA700
+
+
+def test_ten_concurrent_associations_are_all_stored(
+    make_gateway: Callable[..., Gateway], dx_factory: Callable[..., Path]
+) -> None:
+    gw = make_gateway()
+    study = generate_uid()
+    batches = [[dx_factory(study_uid=study) for _ in range(3)] for _ in range(10)]
+    results: list[int] = []
+
+    def send(files: list[Path]) -> None:
+        results.append(_storescu(gw.port, *files).returncode)
+
+    threads = [threading.Thread(target=send, args=(b,)) for b in batches]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert results == [0] * 10
+    rows = _instances(gw.database)
+    assert len(rows) == 30 and len({r.sop_instance_uid for r in rows}) == 30
+    assert all(gw.store.exists(r.object_key) for r in rows)
+    with gw.database.session() as session:
+        study_row = session.scalar(select(Study))
+        assert study_row is not None and study_row.instance_count == 30
