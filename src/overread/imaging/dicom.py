@@ -249,7 +249,24 @@ def read_header(path: Path) -> Dataset:
         raise InvalidDicomError(f"{path}: cannot parse DICOM header ({one_line(exc)})") from None
     if not part10:
         _check_raw_dataset(ds, path)
+    _convert_elements(ds, path)
     return ds
+
+
+def _convert_elements(ds: Dataset, path: Path) -> None:
+    """Parse every top-level element now, so a malformed one fails here, named.
+
+    pydicom converts raw bytes lazily; without this a wrong VR or length would
+    surface later as an arbitrary exception deep inside pixel handling.
+    """
+    for tag in list(ds.keys()):
+        try:
+            ds[tag]
+        except Exception as exc:
+            name = pydicom.datadict.keyword_for_tag(tag) or "private or unknown"
+            raise InvalidDicomError(
+                f"{path}: malformed element {tag} {name}: {one_line(exc)}"
+            ) from None
 
 
 def _check_raw_dataset(ds: Dataset, path: Path) -> None:

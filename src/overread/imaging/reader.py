@@ -2,14 +2,17 @@
 
 from __future__ import annotations
 
+import logging
 import os
 from pathlib import Path
 
 from overread.config import ImagingSettings, load_settings
 from overread.errors import ImageReadError, InvalidDicomError, OverreadError
-from overread.imaging.dicom import read_dicom
+from overread.imaging.dicom import one_line, read_dicom
 from overread.imaging.files import read_nifti, read_picture, sniff_format
 from overread.imaging.image import Image
+
+logger = logging.getLogger(__name__)
 
 
 def read(
@@ -62,6 +65,11 @@ def read(
     except (RecursionError, MemoryError) as exc:
         raise InvalidDicomError(
             f"{file}: too deeply nested or too large ({type(exc).__name__})"
+        ) from None
+    except Exception as exc:  # last line of defence: one line, never a traceback
+        logger.debug("unexpected error reading %s", file, exc_info=True)
+        raise InvalidDicomError(
+            f"{file}: unexpected {type(exc).__name__} while reading: {one_line(exc)}"
         ) from None
     if mode == "raise" and image.warnings:
         raise InvalidDicomError(f"{file}: {image.warnings[0]} (strictness=raise)")
