@@ -25,6 +25,7 @@ COMMAND_MODULES: tuple[str, ...] = (
     "overread.cli.inspect",
     "overread.cli.labels",
     "overread.cli.models",
+    "overread.cli.phantom",
     "overread.cli.predict",
     "overread.cli.send",
     "overread.cli.serve",
