@@ -21,6 +21,7 @@ from overread.errors import OverreadError
 COMMAND_MODULES: tuple[str, ...] = (
     "overread.cli.bench",
     "overread.cli.config_cmd",
+    "overread.cli.evaluate",
     "overread.cli.export",
     "overread.cli.inspect",
     "overread.cli.labels",
@@ -29,6 +30,8 @@ COMMAND_MODULES: tuple[str, ...] = (
     "overread.cli.predict",
     "overread.cli.send",
     "overread.cli.serve",
+    "overread.cli.stats",
+    "overread.cli.train",
     # One line per command module; keep sorted.
 )
 

@@ -1,0 +1,130 @@
+"""The model card (MODEL_CARD.md) written into every trained package.
+
+After Mitchell et al., "Model Cards for Model Reporting" (FAT* 2019): intended
+use, training data, evaluation data, per-label metrics with uncertainty, and
+known failure modes, in plain words next to the weights they describe.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from overread.training.config import TrainConfig
+
+#: Why each label is easy or hard for a classifier; used in the card's per-label table.
+LABEL_NOTES: dict[str, str] = {
+    "No Finding": "defined by absence of all others: inherits every other label's errors",
+    "Enlarged Cardiomediastinum": "subtle widening, overlaps with Cardiomegaly",
+    "Cardiomegaly": "large, global shape change: easiest",
+    "Lung Opacity": "umbrella label over several findings of different look",
+    "Lung Lesion": "small focal nodules, few pixels at low resolution",
+    "Edema": "diffuse, bilateral, low-contrast texture",
+    "Consolidation": "dense focal opacity, overlaps Pneumonia/Opacity",
+    "Pneumonia": "clinical diagnosis; looks like Consolidation on the image",
+    "Atelectasis": "small volume loss, thin linear opacities",
+    "Pneumothorax": "thin pleural line, often at the apex: few pixels",
+    "Pleural Effusion": "blunted costophrenic angle, usually visible",
+    "Pleural Other": "rare, heterogeneous",
+    "Fracture": "thin cortical breaks; lost when downsampled",
+    "Support Devices": "high-contrast lines and tubes: easy",
+}
+
+
+def _fmt(x: Any) -> str:
+    return f"{x:.3f}" if isinstance(x, float) else "n/a"
+
+
+def model_card(config: TrainConfig, labels: list[str], record: dict[str, Any]) -> str:
+    """Markdown model card from a finished run's record."""
+    metrics = record["metrics"]
+    evals = metrics.get("evaluations", {})
+    timings = record.get("timings_seconds", {})
+    counts = record.get("counts", {})
+    lines = [
+        f"# Model card: {config.package.name} {config.package.version}",
+        "",
+        "## Intended use",
+        "",
+        config.package.intended_use,
+        "",
+        "Research and demonstration: this model was trained on synthetic phantoms, "
+        "**not for clinical use**. It exists so that the whole overread pipeline "
+        "(DICOM in, findings, explanations and structured reports out) runs offline on a "
+        "fresh install. Its outputs on real radiographs are meaningless.",
+        "",
+        "## Model",
+        "",
+        f"- Architecture: `{config.model.architecture}` (MONAI, via "
+        "`overread.models.build_network`), trained from scratch (no pre-trained weights).",
+        f"- Input: {config.data.channels} channel(s), {config.data.size} x {config.data.size}, "
+        "through the standard chest X-ray chain (`cxr_chain`, recorded in the manifest), "
+        "values in [0, 1].",
+        f"- Output: {len(labels)} independent sigmoid probabilities (CheXpert label order), "
+        "Platt-calibrated on validation; three operating points per label (balanced, "
+        "high sensitivity, high specificity) chosen on validation.",
+        "",
+        "## Training data",
+        "",
+    ]
+    data = config.data
+    if data.phantom is not None:
+        lines.append(
+            f"- Phantom cohort: `overread phantom cxr --n {data.phantom.n} --seed "
+            f"{data.phantom.seed}`; labels as a report labeller would give them (uncertain, "
+            f"noisy), label policy `{data.policy}`."
+        )
+    lines += [
+        f"- Patient-level split {tuple(data.split)} (seed {data.split_seed}): "
+        f"{counts.get('train', '?')} training images ({counts.get('patients_train', '?')} "
+        f"patients), {counts.get('val', '?')} validation images.",
+        f"- Loss `{config.loss.kind}` with per-class pos_weight={config.loss.pos_weight}, "
+        f"sampler `{config.loss.sampler}`, {config.optim.optimizer} lr {config.optim.lr}, "
+        f"{config.optim.schedule} schedule, batch {config.optim.batch_size}, "
+        f"{metrics.get('epochs_run')} epochs (best {int(metrics.get('best_epoch', -1)) + 1}).",
+        f"- Trained on `{record.get('device')}` with {record.get('world_size')} process(es) "
+        f"and {record.get('threads')} thread(s): preprocessing "
+        f"{timings.get('preprocess')} s, training {timings.get('train')} s.",
+        f"- Source commit `{record.get('git', {}).get('commit')}`, seed {record.get('seed')}; "
+        "data hashes in the manifest's training record.",
+        "",
+        "## Evaluation",
+        "",
+    ]
+    for block in evals.values():
+        lines += [
+            f"### {block['description']}",
+            "",
+            f"{block['n_images']} images of {block['n_patients']} patients, exact ground truth "
+            f"(truth.csv). Mean AUC **{_fmt(block['mean_auc'])}**. 95% CIs: percentile "
+            "bootstrap resampling patients.",
+            "",
+            "| label | positives | AUC | 95% CI | why it is easy or hard |",
+            "| --- | ---: | ---: | --- | --- |",
+        ]
+        for label, item in block["per_label"].items():
+            ci = item.get("ci95")
+            ci_text = f"{ci[0]:.3f} - {ci[1]:.3f}" if ci else "n/a"
+            lines.append(
+                f"| {label} | {item['n_positive']} | {_fmt(item['auc'])} | {ci_text} | "
+                f"{LABEL_NOTES.get(label, '')} |"
+            )
+        lines.append("")
+    lines += [
+        "## Known failure modes",
+        "",
+        "- Real radiographs: the phantoms' anatomy, noise and findings are simplified; "
+        "expect near-chance performance and confident errors on real images.",
+        "- Small, thin findings (fracture, pneumothorax line, small lesions) lose detail at "
+        f"{config.data.size} px; they are the weakest labels.",
+        "- Co-occurring labels (Consolidation / Pneumonia / Lung Opacity) are entangled: the "
+        "model cannot tell a clinical diagnosis from its image appearance.",
+        "- Labels trained with uncertain or blank report labels inherit the labeller's noise; "
+        "thresholds were set on noisy validation labels.",
+        "- Site and scanner shift: calibration holds only for acquisition like the training "
+        "cohort's; monitor drift before trusting probabilities.",
+        "",
+    ]
+    return "\n".join(lines)
+
+
+__all__ = ["LABEL_NOTES", "model_card"]

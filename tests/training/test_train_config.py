@@ -1,0 +1,79 @@
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from overread.errors import ConfigError
+from overread.training import load_config, parse_config, preset_names
+
+
+def test_shipped_preset_loads_and_resolves_paths(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.chdir(tmp_path)
+    assert "cxr-phantom" in preset_names()
+    cfg = load_config(preset="cxr-phantom")
+    assert cfg.model.architecture == "cxr-convnet"
+    assert cfg.data.size == 224 and cfg.data.channels == 1
+    assert cfg.output == tmp_path / "runs" / "cxr-phantom"
+
+
+def test_configs_folder_matches_shipped_preset() -> None:
+    repo = Path(__file__).resolve().parents[2]
+    shipped = repo / "src" / "overread" / "training" / "presets" / "cxr-phantom.toml"
+    assert (repo / "configs" / "cxr-phantom.toml").read_text() == shipped.read_text()
+
+
+def test_overrides_shrink_a_preset() -> None:
+    cfg = load_config(preset="cxr-phantom", overrides={"optim.epochs": 2, "data.phantom.n": 40})
+    assert cfg.optim.epochs == 2 and cfg.data.phantom is not None and cfg.data.phantom.n == 40
+
+
+def test_file_paths_resolve_against_the_file(tmp_path: Path) -> None:
+    path = tmp_path / "sub" / "run.toml"
+    path.parent.mkdir()
+    path.write_text('output = "out"\n[data]\nlabels_csv = "labels.csv"\nformat = "folder"\n')
+    cfg = load_config(path)
+    assert cfg.output == tmp_path / "sub" / "out"
+    assert cfg.data.labels_csv == tmp_path / "sub" / "labels.csv"
+
+
+@pytest.mark.parametrize(
+    ("data", "message"),
+    [
+        ({}, "data: Field required"),
+        ({"data": {"labels_csv": "x.csv"}, "optim": {"lr": -1}}, "optim.lr"),
+        (
+            {"data": {"labels_csv": "x.csv"}, "optim": {"epochs": 2, "head_epochs": 2}},
+            "head_epochs",
+        ),
+        (
+            {"data": {"labels_csv": "x.csv"}, "model": {"architecture": "resnet9000"}},
+            "unknown architecture",
+        ),
+        ({"data": {"labels_csv": "x.csv", "split": [0.5, 0.2, 0.2]}}, "sum to 1"),
+        ({"data": {}}, "give either"),
+        ({"data": {"labels_csv": "x.csv"}, "optim": {"warmup": 1}}, "optim.warmup: Extra inputs"),
+        ({"data": {"labels_csv": "x.csv"}, "loss": {"kind": "hinge"}}, "loss.kind"),
+        ({"data": {"labels_csv": "x.csv"}, "prune": {"amounts": [1.5]}}, "pruning amounts"),
+    ],
+)
+def test_invalid_configs_name_the_field(data: dict[str, object], message: str) -> None:
+    with pytest.raises(ConfigError, match="invalid training config") as info:
+        parse_config(data, source="bad.toml")
+    assert message in str(info.value)
+    assert str(info.value).startswith("bad.toml:")
+
+
+def test_unreadable_and_malformed_files(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match="cannot read config"):
+        load_config(tmp_path / "missing.toml")
+    bad = tmp_path / "bad.toml"
+    bad.write_text("[data\n")
+    with pytest.raises(ConfigError, match="not valid TOML"):
+        load_config(bad)
+    with pytest.raises(ConfigError, match="unknown preset"):
+        load_config(preset="nope")
+    with pytest.raises(ConfigError, match="exactly one"):
+        load_config()
