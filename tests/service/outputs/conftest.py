@@ -225,7 +225,7 @@ class OrthancPeer:
         return f"{self.url}/dicom-web"
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture(scope="session")
 def orthanc(tmp_path_factory: pytest.TempPathFactory) -> Iterator[OrthancPeer]:
     """A private Orthanc with DICOMweb, checking called AE titles, on free ports."""
     binary = shutil.which("Orthanc") or shutil.which("orthanc")

@@ -135,6 +135,10 @@ def build_seg(
         omit_empty_frames=False,
     )
     seg.SeriesDescription = "overread AI segmentation (research use)"
+    if "PatientOrientation" not in seg and "ImageOrientationPatient" not in source:
+        # Projection images have no patient frame of reference; General Image then
+        # needs the source's Patient Orientation (Type 2C, empty if unknown).
+        seg.PatientOrientation = list(getattr(source, "PatientOrientation", None) or [])
     if any(oc.finding_concept(label).is_local for label in masks):
         oc.declare_local_scheme(seg)
     logger.info(

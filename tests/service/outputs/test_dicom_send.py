@@ -1,0 +1,117 @@
+"""C-STORE to real DCMTK and Orthanc peers: delivery, statuses, and clear refusals."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import httpx
+import pydicom
+import pytest
+from pydicom.dataset import Dataset
+
+from overread.errors import ServiceError
+from overread.service.outputs import (
+    DeliveryError,
+    DicomDestination,
+    build_overlay,
+    build_sr,
+    send_datasets,
+)
+
+from .conftest import OrthancPeer, PredictionStandIn, StoreSCP, free_port, run_storescp
+
+
+def test_destination_parses_ae_host_port() -> None:
+    assert DicomDestination.parse("PACSAE@10.0.0.5:104") == DicomDestination(
+        "PACSAE", "10.0.0.5", 104
+    )
+    assert DicomDestination.parse("PACS@[::1]:11112").host == "::1"
+    assert str(DicomDestination.parse("PACS@[::1]:11112")) == "PACS@[::1]:11112"
+    for bad in ("PACSAE@host", "@host:104", "AE_TITLE_TOO_LONG_X@h:1", "PACS@h:0", "PACS@h:70000"):
+        with pytest.raises(ServiceError):
+            DicomDestination.parse(bad)
+
+
+@pytest.mark.service
+def test_sr_and_overlay_arrive_at_storescp_and_parse(
+    storescp: StoreSCP, prediction: PredictionStandIn, dx_chest: Dataset
+) -> None:
+    sr = build_sr(prediction, [dx_chest])
+    sc = build_overlay(prediction, dx_chest, "Pneumothorax")
+    destination = DicomDestination("PACSAE", "127.0.0.1", storescp.port)
+    results = send_datasets([sr, sc], destination, calling_ae="OVERREAD")
+
+    assert [r.status for r in results] == [0x0000, 0x0000]
+    assert all(r.ok for r in results)
+    assert [r.sop_instance_uid for r in results] == [sr.SOPInstanceUID, sc.SOPInstanceUID]
+    received = {
+        pydicom.dcmread(p).SOPInstanceUID: pydicom.dcmread(p) for p in storescp.out_dir.iterdir()
+    }
+    assert set(received) == {sr.SOPInstanceUID, sc.SOPInstanceUID}
+    stored_sr = received[sr.SOPInstanceUID]
+    assert stored_sr.SOPClassUID == "1.2.840.10008.5.1.4.1.1.88.33"
+    assert stored_sr.ContentSequence[-1].ContentSequence[0].TextValue.startswith("AI second read")
+    assert received[sc.SOPInstanceUID].BurnedInAnnotation == "YES"
+
+
+@pytest.mark.service
+def test_files_on_disk_can_be_sent(
+    tmp_path: Path, storescp: StoreSCP, prediction: PredictionStandIn, dx_chest_header: Dataset
+) -> None:
+    path = tmp_path / "sr.dcm"
+    build_sr(prediction, [dx_chest_header]).save_as(path, enforce_file_format=True)
+    (result,) = send_datasets([path], f"PACSAE@127.0.0.1:{storescp.port}")
+    assert result.ok
+    with pytest.raises(ServiceError, match="cannot be read as DICOM"):
+        send_datasets([tmp_path / "missing.dcm"], f"PACSAE@127.0.0.1:{storescp.port}")
+
+
+@pytest.mark.service
+def test_refused_association_names_peer_and_reason(
+    tmp_path: Path, prediction: PredictionStandIn, dx_chest_header: Dataset
+) -> None:
+    sr = build_sr(prediction, [dx_chest_header])
+    with (
+        run_storescp(tmp_path / "refusing", "--refuse") as peer,
+        pytest.raises(DeliveryError) as caught,
+    ):
+        send_datasets([sr], DicomDestination("PACSAE", "127.0.0.1", peer.port))
+    message = str(caught.value)
+    assert f"PACSAE@127.0.0.1:{peer.port} rejected the association from OVERREAD" in message
+    assert "reason" in message
+    assert caught.value.peer == f"PACSAE@127.0.0.1:{peer.port}"
+
+
+@pytest.mark.service
+def test_nothing_listening_is_a_clear_retryable_error(
+    prediction: PredictionStandIn, dx_chest_header: Dataset
+) -> None:
+    port = free_port()
+    sr = build_sr(prediction, [dx_chest_header])
+    with pytest.raises(
+        DeliveryError, match=rf"PACSAE@127.0.0.1:{port} could not be reached"
+    ) as caught:
+        send_datasets(
+            [sr], DicomDestination("PACSAE", "127.0.0.1", port), acse_timeout=5, network_timeout=5
+        )
+    assert caught.value.retryable
+
+
+@pytest.mark.service
+def test_orthanc_rejects_a_wrong_called_ae_and_stores_with_the_right_one(
+    orthanc: OrthancPeer, prediction: PredictionStandIn, dx_chest_header: Dataset
+) -> None:
+    sr = build_sr(prediction, [dx_chest_header])
+    with pytest.raises(DeliveryError, match="rejected the association") as caught:
+        send_datasets([sr], DicomDestination("NOTORTHANC", "127.0.0.1", orthanc.dicom_port))
+    assert "Called AE title not recognised" in str(caught.value)
+    assert caught.value.retryable is False
+
+    (result,) = send_datasets(
+        [sr], DicomDestination(orthanc.ae_title, "127.0.0.1", orthanc.dicom_port)
+    )
+    assert result.status == 0x0000
+    found = httpx.post(
+        f"{orthanc.url}/tools/lookup", content=str(sr.SOPInstanceUID), timeout=10
+    ).json()
+    assert [item["Type"] for item in found] == ["Instance"]
