@@ -213,6 +213,66 @@ def bootstrap_statistic(
     return _percentile_result(estimate, replicates, confidence)
 
 
+@dataclass(frozen=True)
+class RocBand:
+    """Pointwise percentile band of the TPR at fixed FPR values."""
+
+    fpr: FloatArray
+    tpr: FloatArray
+    tpr_low: FloatArray
+    tpr_high: FloatArray
+
+
+def bootstrap_roc_band(
+    truth: ArrayLike,
+    score: ArrayLike,
+    patient_ids: ArrayLike | None = None,
+    *,
+    n_resamples: int = 200,
+    confidence: float = 0.95,
+    n_points: int = 101,
+    seed: int = 0,
+) -> RocBand:
+    """Patient-level bootstrap band for one ROC curve (vertical averaging).
+
+    Each resample's curve is read at ``n_points`` FPR values by linear
+    interpolation; the band is the pointwise percentile interval.
+    """
+    y = np.asarray(truth, dtype=np.float64).ravel()
+    s = np.asarray(score, dtype=np.float64).ravel()
+    known = ~np.isnan(y)
+    patient, n_patients = patient_index(
+        None if patient_ids is None else np.asarray(patient_ids)[known], int(known.sum())
+    )
+    y, s = y[known], s[known]
+    if y.size == 0 or y.min() == y.max():
+        raise EvaluationError("ROC band needs both positive and negative cases")
+    order = np.argsort(-s, kind="mergesort")
+    ends = np.r_[np.nonzero(np.diff(s[order]))[0], order.size - 1]
+    positive = y[order] == 1.0
+    grid = np.linspace(0.0, 1.0, n_points)
+
+    def curve(weights: NDArray[np.int32]) -> FloatArray:
+        w = weights.astype(np.float64)
+        tp = np.cumsum(w * positive[:, None], axis=0)[ends]
+        fp = np.cumsum(w * ~positive[:, None], axis=0)[ends]
+        out = np.full((grid.size, w.shape[1]), np.nan)
+        for b in range(w.shape[1]):
+            if tp[-1, b] > 0 and fp[-1, b] > 0:
+                fpr = np.r_[0.0, fp[:, b] / fp[-1, b]]
+                tpr = np.r_[0.0, tp[:, b] / tp[-1, b]]
+                out[:, b] = np.interp(grid, fpr, tpr)
+        return out
+
+    point = curve(np.ones((y.size, 1), dtype=np.int32))[:, 0]
+    rng = np.random.default_rng(seed)
+    counts = resample_counts(n_patients, n_resamples, rng)
+    curves = curve(counts[patient[order]])
+    alpha = 1.0 - confidence
+    lo, hi = np.nanquantile(curves, [alpha / 2.0, 1.0 - alpha / 2.0], axis=1)
+    return RocBand(grid, point, lo, hi)
+
+
 def benchmark_bootstrap(
     n_predictions: int = 100_000,
     n_labels: int = 14,
@@ -244,8 +304,10 @@ def benchmark_bootstrap(
 
 __all__ = [
     "BootstrapResult",
+    "RocBand",
     "benchmark_bootstrap",
     "bootstrap_auc",
+    "bootstrap_roc_band",
     "bootstrap_statistic",
     "patient_index",
     "resample_counts",

@@ -1,0 +1,125 @@
+"""``overread evaluate``: clinical metrics, ``metrics.json`` and ``report.html``.
+
+Two ways in: a model package run on a phantom cohort (``--model PACKAGE
+--data COHORT``), or prediction and label CSVs (``--predictions``,
+``--labels``, optional ``--groups``). Both write the same outputs; the run
+exits 1 when some images could not be evaluated (after writing the rest).
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import typer
+
+from overread.cli.app import app
+from overread.errors import EvaluationError
+
+
+@app.command("evaluate")
+def evaluate_command(
+    out: Path = typer.Option(
+        ..., "--out", "-o", help="Directory for report.html and metrics.json."
+    ),
+    model: str | None = typer.Option(None, "--model", help="Model package (alias, name or path)."),
+    data: Path | None = typer.Option(
+        None, "--data", help="Phantom cohort directory (with truth.csv)."
+    ),
+    predictions: Path | None = typer.Option(
+        None, "--predictions", help="CSV: id column + one score column per label."
+    ),
+    labels: Path | None = typer.Option(
+        None, "--labels", help="CSV: id column + one 0/1 column per label (blank = missing)."
+    ),
+    groups: Path | None = typer.Option(
+        None, "--groups", help="CSV: id column + subgroup columns (and patient id)."
+    ),
+    id_column: str = typer.Option("id", "--id-column", help="Name of the id column in the CSVs."),
+    patient_column: str = typer.Option(
+        "patient_id", "--patient-column", help="Patient id column (bootstrap clusters)."
+    ),
+    subgroups: str = typer.Option(
+        "", "--subgroups", help="Comma-separated subgroup columns, e.g. sex,age,site."
+    ),
+    resamples: int = typer.Option(
+        2000, "--resamples", help="Patient-level bootstrap resamples for AUC CIs."
+    ),
+    subgroup_resamples: int = typer.Option(
+        200, "--subgroup-resamples", help="Bootstrap resamples for fairness gaps."
+    ),
+    rule: str = typer.Option(
+        "specificity",
+        "--rule",
+        help="Threshold rule when none is given: specificity, sensitivity, youden.",
+    ),
+    target: float = typer.Option(
+        0.9, "--target", help="Target specificity or sensitivity for --rule."
+    ),
+    thresholds: Path | None = typer.Option(
+        None, "--thresholds", help='JSON {"label": threshold} chosen on validation data.'
+    ),
+    prevalence: float | None = typer.Option(
+        None, "--deployment-prevalence", help="Recompute PPV/NPV at this prevalence."
+    ),
+    seed: int = typer.Option(0, "--seed", help="Bootstrap seed."),
+    as_json: bool = typer.Option(False, "--json", help="Print metrics.json to stdout as well."),
+) -> None:
+    """Evaluate a model or a predictions file: AUC with CIs, operating points, calibration, subgroups."""
+    from overread.evaluation.report import json_safe, write_report
+    from overread.evaluation.study import cohort_inputs, evaluate, read_prediction_files
+
+    if model is not None or data is not None:
+        if model is None or data is None:
+            raise EvaluationError("--model and --data go together")
+        if predictions is not None or labels is not None:
+            raise EvaluationError("use either --model/--data or --predictions/--labels, not both")
+        inputs = cohort_inputs(model, data)
+    elif predictions is not None and labels is not None:
+        inputs = read_prediction_files(
+            predictions, labels, groups, id_column=id_column, patient_column=patient_column
+        )
+    else:
+        raise EvaluationError("give --model and --data, or --predictions and --labels")
+    if thresholds is not None:
+        try:
+            given = json.loads(thresholds.read_text())
+        except (OSError, json.JSONDecodeError) as exc:
+            raise EvaluationError(f"{thresholds}: cannot read thresholds JSON ({exc})") from None
+        if not isinstance(given, dict):
+            raise EvaluationError(f'{thresholds}: expected {{"label": threshold, ...}}')
+        inputs.thresholds.update({str(k): float(v) for k, v in given.items()})
+    names = [s.strip() for s in subgroups.split(",") if s.strip()]
+    metrics = evaluate(
+        inputs,
+        subgroups=names,
+        n_resamples=resamples,
+        subgroup_resamples=subgroup_resamples,
+        rule=rule,
+        target=target,
+        deployment_prevalence={label: prevalence for label in inputs.labels}
+        if prevalence is not None
+        else None,
+        seed=seed,
+    )
+    metrics_path, report_path = write_report(metrics, inputs, out)
+    if as_json:
+        typer.echo(json.dumps(json_safe(metrics), indent=2))
+    else:
+        mean = metrics["mean_auc"]
+        typer.echo(
+            f"{metrics['n_cases']} cases, {metrics['n_labels']} labels: mean AUC "
+            f"{'undefined' if mean is None else f'{mean:.4f}'}"
+        )
+        for name, entry in metrics["labels"].items():
+            if entry.get("auc") is None:
+                typer.echo(f"  {name}: {entry.get('reason')}")
+            else:
+                lo, hi = entry["auc_ci"]
+                typer.echo(f"  {name}: AUC {entry['auc']:.4f} ({lo:.4f}-{hi:.4f})")
+        typer.echo(f"wrote {report_path} and {metrics_path}")
+    for warning in metrics["warnings"]:
+        typer.echo(f"warning: {warning}", err=True)
+    if inputs.failed:
+        typer.echo(f"{inputs.failed} image(s) could not be evaluated", err=True)
+        raise typer.Exit(1)

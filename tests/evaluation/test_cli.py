@@ -1,0 +1,228 @@
+"""``overread evaluate`` (file path) and ``overread stats`` end to end, in-process."""
+
+from __future__ import annotations
+
+import base64
+import json
+import re
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+from sklearn.metrics import roc_auc_score
+
+from overread.evaluation import delong_test
+
+LABELS = ["Cardiomegaly", "Edema", "Pneumothorax"]
+
+
+@pytest.fixture
+def prediction_files(tmp_path: Path) -> tuple[Path, Path, Path]:
+    rng = np.random.default_rng(0)
+    n = 400
+    ids = [f"img{i:04d}" for i in range(n)]
+    patients = [f"p{i // 2:04d}" for i in range(n)]
+    truth = (rng.random((n, 3)) < [0.3, 0.2, 0.1]).astype(float)
+    scores = 1 / (1 + np.exp(-(rng.normal(size=truth.shape) + 2 * truth - 1)))
+    labels = pd.DataFrame(truth, columns=LABELS).astype("Int64")
+    labels.loc[:9, "Edema"] = pd.NA  # blank = missing
+    labels.insert(0, "id", ids)
+    labels.to_csv(tmp_path / "labels.csv", index=False)
+    preds = pd.DataFrame(scores, columns=LABELS)
+    preds.insert(0, "id", ids)
+    preds.to_csv(tmp_path / "pred.csv", index=False)
+    groups = pd.DataFrame(
+        {
+            "id": ids,
+            "patient_id": patients,
+            "sex": rng.choice(["F", "M"], n),
+            "age": rng.integers(20, 90, n),
+            "site": rng.choice(["A", "B", "C"], n),
+        }
+    )
+    groups.to_csv(tmp_path / "groups.csv", index=False)
+    return tmp_path / "pred.csv", tmp_path / "labels.csv", tmp_path / "groups.csv"
+
+
+def test_evaluate_from_files_writes_metrics_and_report(run_cli, prediction_files, tmp_path) -> None:
+    pred, labels, groups = prediction_files
+    out = tmp_path / "out"
+    status, stdout, stderr = run_cli(
+        "evaluate",
+        "--predictions",
+        pred,
+        "--labels",
+        labels,
+        "--groups",
+        groups,
+        "--subgroups",
+        "sex,age,site",
+        "--resamples",
+        "300",
+        "--subgroup-resamples",
+        "50",
+        "--out",
+        out,
+    )
+    assert status == 0, stderr
+    metrics = json.loads((out / "metrics.json").read_text())
+    truth = pd.read_csv(labels)
+    scores = pd.read_csv(pred)
+    for name in LABELS:
+        entry = metrics["labels"][name]
+        known = truth[name].notna()
+        assert entry["auc"] == pytest.approx(
+            roc_auc_score(truth.loc[known, name], scores.loc[known, name])
+        )
+        lo, hi = entry["auc_ci"]
+        assert lo < entry["auc"] < hi
+        assert entry["n_positive"] + entry["n_negative"] == int(known.sum())
+        for key in ("threshold", "sensitivity", "specificity", "ece"):
+            assert isinstance(entry[key], float)
+        assert entry["specificity"] >= 0.9  # default rule: 90% specificity
+    assert metrics["labels"]["Edema"]["n_missing"] == 10
+    assert metrics["mean_auc"] == pytest.approx(
+        np.mean([metrics["labels"][n]["auc"] for n in LABELS])
+    )
+    assert metrics["n_patients"] == 200
+    assert set(metrics["subgroups"]) == {"sex", "age", "site"}
+    ages = {m["group"] for m in metrics["subgroups"]["age"]["Edema"]["metrics"]}
+    assert ages <= {"0-39", "40-59", "60-79", "80+"}
+    html = (out / "report.html").read_text()
+    images = re.findall(r'src="data:image/png;base64,([^"]+)"', html)
+    assert len(images) >= 7  # ROC, PR, reliability, confusion, and a forest plot per attribute
+    assert all(base64.b64decode(i)[:8] == b"\x89PNG\r\n\x1a\n" for i in images)
+    assert "http://" not in html and "https://" not in html
+    assert "AUC" in stdout
+
+
+def test_label_with_one_class_is_null_with_reason(run_cli, prediction_files, tmp_path) -> None:
+    pred, labels, _ = prediction_files
+    frame = pd.read_csv(labels)
+    frame["Pneumothorax"] = 0
+    frame.to_csv(labels, index=False)
+    status, _, stderr = run_cli(
+        "evaluate",
+        "--predictions",
+        pred,
+        "--labels",
+        labels,
+        "--resamples",
+        "50",
+        "--out",
+        tmp_path / "o",
+    )
+    assert status == 0
+    entry = json.loads((tmp_path / "o" / "metrics.json").read_text())["labels"]["Pneumothorax"]
+    assert entry["auc"] is None and entry["auc_ci"] == [None, None]
+    assert "no positive" in entry["reason"]
+    assert "Pneumothorax" in stderr and "each row is treated as its own patient" in stderr
+
+
+def test_bad_label_value_is_a_one_line_error(run_cli, prediction_files, tmp_path) -> None:
+    pred, labels, _ = prediction_files
+    frame = pd.read_csv(labels)
+    frame["Edema"] = frame["Edema"].astype(object)
+    frame.loc[20, "Edema"] = "-1"
+    frame.to_csv(labels, index=False)
+    status, _, stderr = run_cli(
+        "evaluate", "--predictions", pred, "--labels", labels, "--out", tmp_path / "o"
+    )
+    assert status == 2
+    assert stderr.startswith("error: ") and "labels.csv" in stderr and "'Edema'" in stderr
+    status, _, stderr = run_cli("evaluate", "--predictions", pred, "--out", tmp_path / "o")
+    assert status == 2 and "--labels" in stderr
+
+
+def test_given_thresholds_are_applied(run_cli, prediction_files, tmp_path) -> None:
+    pred, labels, _ = prediction_files
+    (tmp_path / "t.json").write_text(json.dumps({"Edema": 0.5}))
+    status, _, _ = run_cli(
+        "evaluate",
+        "--predictions",
+        pred,
+        "--labels",
+        labels,
+        "--thresholds",
+        tmp_path / "t.json",
+        "--resamples",
+        "50",
+        "--deployment-prevalence",
+        "0.02",
+        "--out",
+        tmp_path / "o",
+    )
+    assert status == 0
+    entry = json.loads((tmp_path / "o" / "metrics.json").read_text())["labels"]["Edema"]
+    assert entry["threshold"] == 0.5 and "given" in entry["threshold_source"]
+    assert entry["deployment"]["prevalence"] == 0.02 and entry["deployment"]["ppv"] < entry["ppv"]
+
+
+@pytest.fixture
+def asah_csv(asah, tmp_path) -> Path:
+    frame = asah.assign(poor=(asah["outcome"] == "Poor").astype(int))
+    path = tmp_path / "asah.csv"
+    frame.to_csv(path, index=False)
+    return path
+
+
+def test_stats_delong_json(run_cli, asah_csv, asah) -> None:
+    status, stdout, _ = run_cli(
+        "stats",
+        "delong",
+        "--csv",
+        asah_csv,
+        "--truth",
+        "poor",
+        "--a",
+        "s100b",
+        "--b",
+        "wfns",
+        "--json",
+    )
+    assert status == 0
+    result = json.loads(stdout)
+    assert {"auc_a", "auc_b", "difference", "ci", "z", "p"} <= set(result)
+    ref = delong_test((asah["outcome"] == "Poor").astype(int), asah["s100b"], asah["wfns"])
+    assert result["p"] == pytest.approx(ref.p) and round(result["p"], 5) == 0.02718
+
+
+def test_stats_errors_name_the_column(run_cli, asah_csv) -> None:
+    status, _, stderr = run_cli(
+        "stats", "delong", "--csv", asah_csv, "--truth", "nope", "--a", "s100b", "--b", "wfns"
+    )
+    assert status == 2 and "'nope'" in stderr and str(asah_csv) in stderr
+
+
+def test_stats_mcnemar_kappa_icc_sample_size(run_cli, tmp_path) -> None:
+    from statsmodels.stats.contingency_tables import mcnemar as sm_mcnemar
+
+    rng = np.random.default_rng(2)
+    frame = pd.DataFrame(
+        {"a": rng.integers(0, 2, 80), "b": rng.integers(0, 2, 80), "c": rng.integers(0, 2, 80)}
+    )
+    frame.to_csv(tmp_path / "r.csv", index=False)
+    status, stdout, _ = run_cli(
+        "stats", "mcnemar", "--csv", tmp_path / "r.csv", "--a", "a", "--b", "b", "--chi2", "--json"
+    )
+    assert status == 0
+    result = json.loads(stdout)
+    assert result["p"] == pytest.approx(sm_mcnemar(np.array(result["table"]), exact=False).pvalue)
+    status, stdout, _ = run_cli(
+        "stats", "kappa", "--csv", tmp_path / "r.csv", "--raters", "a,b,c", "--json"
+    )
+    assert status == 0 and json.loads(stdout)["method"] == "Fleiss"
+    sf = pd.DataFrame(
+        [[9, 2, 5, 8], [6, 1, 3, 2], [8, 4, 6, 8], [7, 1, 2, 6], [10, 5, 6, 9], [6, 2, 4, 7]],
+        columns=list("ABCD"),
+    )
+    sf.to_csv(tmp_path / "sf.csv", index=False)
+    status, stdout, _ = run_cli(
+        "stats", "icc", "--csv", tmp_path / "sf.csv", "--raters", "A,B,C,D", "--json"
+    )
+    assert round(json.loads(stdout)["ICC(3,1)"]["icc"], 2) == 0.71
+    status, stdout, _ = run_cli(
+        "stats", "sample-size", "two-proportions", "--p1", "0.85", "--p2", "0.75", "--json"
+    )
+    assert json.loads(stdout)["n1"] == 250
