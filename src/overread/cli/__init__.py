@@ -26,10 +26,12 @@ COMMAND_MODULES: tuple[str, ...] = (
     "overread.cli.inspect",
     "overread.cli.labels",
     "overread.cli.models",
+    "overread.cli.phantom",
     "overread.cli.predict",
     "overread.cli.send",
     "overread.cli.serve",
     "overread.cli.stats",
+    "overread.cli.train",
     # One line per command module; keep sorted.
 )
 
