@@ -83,6 +83,7 @@ def make_dx(
     ds.Modality = modality
     ds.BodyPartExamined = body_part
     ds.ViewPosition = "PA"
+    ds.PatientOrientation = ["L", "F"]
     ds.PresentationIntentType = "FOR PRESENTATION"
     ds.ImageType = ["ORIGINAL", "PRIMARY"]
     ds.Rows = size
@@ -155,10 +156,10 @@ def database_url(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str
 class Storescp:
     """A DCMTK storescp acting as the PACS; files land in ``out``."""
 
-    def __init__(self, out: Path, ae_title: str = "PACSAE") -> None:
+    def __init__(self, out: Path, ae_title: str = "PACSAE", port: int | None = None) -> None:
         self.out = out
         self.ae_title = ae_title
-        self.port = free_port()
+        self.port = port or free_port()
         out.mkdir(parents=True, exist_ok=True)
         self.process = subprocess.Popen(
             ["storescp", "-aet", ae_title, "-od", str(out), str(self.port)],

@@ -200,7 +200,7 @@ class Worker:
             for prediction, (path, _row) in zip(predictions, items, strict=False):
                 if not getattr(prediction, "ok", False):
                     continue
-                source = pydicom.dcmread(path)
+                source = pydicom.dcmread(path, stop_before_pixels=True)
                 for dataset in self.artifacts.build(prediction, [source]):
                     artifacts.append(self._store_dataset(dataset))
         summary = {

@@ -1,0 +1,198 @@
+"""The whole gateway in-process: DCMTK storescu -> Service -> model -> SR -> DCMTK storescp."""
+
+from __future__ import annotations
+
+import subprocess
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import httpx
+import pydicom
+import pytest
+from pydicom.uid import generate_uid
+from sqlalchemy import select
+
+from overread.config import Settings
+from overread.service.config import service_config
+from overread.service.db import Job, JobState, Result, Study
+from overread.service.server import Service
+
+from .conftest import Storescp, free_port, needs_dcmtk
+
+pytestmark = [pytest.mark.service, needs_dcmtk]
+
+pytest.importorskip("overread.inference", reason="the inference pipeline is not importable")
+pytest.importorskip("overread.service.outputs", reason="the result builders are not importable")
+
+COMPREHENSIVE_SR = "1.2.840.10008.5.1.4.1.1.88.33"
+
+
+@pytest.fixture
+def make_service(tmp_path: Path) -> Iterator[Callable[..., Service]]:
+    services: list[Service] = []
+
+    def _make(**overrides: object) -> Service:
+        settings = Settings(data_dir=tmp_path / "data")
+        values: dict[str, object] = {
+            "dicom_port": 0,
+            "dicom_host": "127.0.0.1",
+            "http_port": 0,
+            "workers": 1,
+            "stable_seconds": 60,
+            "poll_seconds": 0.2,
+            "retry_base_seconds": 0.2,
+        }
+        values.update(overrides)
+        service = Service(service_config(settings, **values))
+        service.start()
+        services.append(service)
+        return service
+
+    yield _make
+    for service in services:
+        service.stop(timeout=10)
+
+
+def _storescu(port: int, *files: Path) -> None:
+    done = subprocess.run(
+        [
+            "storescu",
+            "-aet",
+            "MODALITY",
+            "-aec",
+            "OVERREAD",
+            "127.0.0.1",
+            str(port),
+            *map(str, files),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert done.returncode == 0, done.stderr
+
+
+def _wait(predicate: Callable[[], bool], timeout: float = 90.0) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if predicate():
+            return
+        time.sleep(0.1)
+    raise AssertionError("condition not reached in time")
+
+
+def _jobs(service: Service) -> list[Job]:
+    with service.database.session() as session:
+        return list(session.scalars(select(Job).order_by(Job.id)).all())
+
+
+def test_chest_xray_is_read_and_its_sr_reaches_the_pacs(
+    make_service: Callable[..., Service], storescp: Storescp, dx_factory: Callable[..., Path]
+) -> None:
+    service = make_service(destinations=[f"PACS=PACSAE@127.0.0.1:{storescp.port}"])
+    image = dx_factory(size=256)
+    _storescu(service.dicom_port or 0, image)
+    # The default chest route completes on association release: no 60 s wait.
+    _wait(lambda: [j.state for j in _jobs(service)] == ["succeeded", "succeeded"])
+    [sr_file] = storescp.files()
+    sr = pydicom.dcmread(sr_file)
+    source = pydicom.dcmread(image, stop_before_pixels=True)
+    assert sr.SOPClassUID == COMPREHENSIVE_SR
+    assert sr.StudyInstanceUID == source.StudyInstanceUID
+    jobs = _jobs(service)
+    assert [(j.kind, j.state, j.destination) for j in jobs] == [
+        ("infer", "succeeded", ""),
+        ("export", "succeeded", "PACS"),
+    ]
+    with service.database.session() as session:
+        study = session.scalar(select(Study))
+        assert study is not None and study.complete_reason == "association-released"
+        [result] = session.scalars(select(Result)).all()
+        assert result.model_name == "cxr-default"
+        assert result.summary["instances"][0]["ok"] is True
+        assert len(result.summary["instances"][0]["findings"]) == 14
+        assert result.artifacts[0]["sop_instance_uid"] == sr.SOPInstanceUID
+    # The same study again: stored idempotently, routed again, but not read twice.
+    _storescu(service.dicom_port or 0, image)
+    time.sleep(1.0)
+    assert len(_jobs(service)) == 2 and len(storescp.files()) == 1
+
+
+def test_stable_time_and_explicit_trigger_complete_studies(
+    make_service: Callable[..., Service], dx_factory: Callable[..., Path]
+) -> None:
+    routes = [
+        {
+            "name": "any-dx",
+            "modality": ["DX"],
+            "models": ["cxr-default"],
+            "complete_on_release": False,
+        }
+    ]
+    service = make_service(routes=routes, stable_seconds=1.5)
+    study_a, study_b = generate_uid(), generate_uid()
+    _storescu(service.dicom_port or 0, dx_factory(study_uid=study_a), dx_factory(study_uid=study_a))
+    with service.database.session() as session:
+        state = session.scalar(select(Study.state).where(Study.study_instance_uid == study_a))
+    assert state == "receiving"  # released, but this route waits for the stable time
+    _wait(lambda: any(j.state == "succeeded" for j in _jobs(service)), timeout=60)
+    with service.database.session() as session:
+        study = session.scalar(select(Study).where(Study.study_instance_uid == study_a))
+        assert study is not None and study.complete_reason == "stable" and study.instance_count == 2
+
+    # The explicit trigger through the HTTP API, before the stable time runs out.
+    service.config.stable_seconds = 3600
+    service.assembler.config.stable_seconds = 3600
+    _storescu(service.dicom_port or 0, dx_factory(study_uid=study_b))
+    base = f"http://127.0.0.1:{service.http_port}"
+    reply = httpx.post(f"{base}/api/studies/{study_b}/complete", timeout=10)
+    assert reply.status_code == 200 and len(reply.json()["jobs"]) == 1
+    _wait(lambda: sum(j.state == "succeeded" for j in _jobs(service)) == 2, timeout=60)
+    health = httpx.get(f"{base}/health", timeout=10).json()
+    assert health["status"] == "ok" and health["jobs"] == {"succeeded": 2}
+    listed = httpx.get(f"{base}/api/jobs", params={"study": study_b}, timeout=10).json()
+    assert [(j["kind"], j["state"], j["model_name"]) for j in listed] == [
+        ("infer", "succeeded", "cxr-default")
+    ]
+
+
+def test_unreachable_destination_is_retried_then_dead_lettered_then_requeued(
+    make_service: Callable[..., Service], dx_factory: Callable[..., Path], tmp_path: Path
+) -> None:
+    port = free_port()  # nobody listens here yet
+    service = make_service(destinations=[f"PACS=PACSAE@127.0.0.1:{port}"], max_attempts=3)
+    _storescu(service.dicom_port or 0, dx_factory(size=256))
+
+    def export() -> Job | None:
+        return next((j for j in _jobs(service) if j.kind == "export"), None)
+
+    _wait(lambda: (e := export()) is not None and e.state == JobState.DEAD_LETTERED.value)
+    dead = export()
+    assert dead is not None and dead.attempts == 3 and "association failed" in (dead.error or "")
+    # The PACS comes back; an operator requeues the dead letter through the API.
+    pacs = Storescp(tmp_path / "late-pacs", port=port)
+    try:
+        reply = httpx.post(
+            f"http://127.0.0.1:{service.http_port}/api/jobs/{dead.id}/requeue", timeout=10
+        )
+        assert reply.status_code == 200
+        _wait(lambda: (e := export()) is not None and e.state == "succeeded", timeout=60)
+        assert len(pacs.files()) == 1
+    finally:
+        pacs.stop()
+
+
+def test_unreadable_study_is_dead_lettered_at_once(
+    make_service: Callable[..., Service], tmp_path: Path
+) -> None:
+    ct = Path(pydicom.data.get_testdata_file("CT_small.dcm"))  # bundled with pydicom
+    routes = [
+        {"name": "ct", "modality": ["CT"], "models": ["cxr-default"], "complete_on_release": True}
+    ]
+    service = make_service(routes=routes, max_attempts=5)
+    _storescu(service.dicom_port or 0, ct)
+    _wait(lambda: any(j.state == JobState.DEAD_LETTERED.value for j in _jobs(service)), timeout=60)
+    [job] = _jobs(service)
+    assert job.attempts == 1  # a model that cannot read the input will not on retry either
+    assert job.error
