@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import logging
 import math
+import threading
 import warnings
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -69,12 +70,50 @@ def is_part10(path: Path) -> bool:
     return len(head) == 132 and head[128:132] == b"DICM"
 
 
+_quiet = threading.local()
+
+
+class _QuietDuringRead(logging.Filter):
+    """Drop pydicom's log records emitted by a thread that is inside a read."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not getattr(_quiet, "active", 0)
+
+
+_QUIET_LOGGERS = ("pydicom", "pylibjpeg", "openjpeg", "libjpeg", "jpeg_ls", "rle")
+
+
+def _install_log_filter() -> None:
+    """Attach the filter to pydicom's and the decoders' loggers (children included:
+    a filter on a parent logger does not see records of its children)."""
+    names = [
+        name
+        for name in list(logging.Logger.manager.loggerDict)
+        if name.split(".")[0] in _QUIET_LOGGERS
+    ]
+    for name in {"pydicom", *names}:
+        target = logging.getLogger(name)
+        if not any(isinstance(f, _QuietDuringRead) for f in target.filters):
+            target.addFilter(_QuietDuringRead())
+
+
 @contextmanager
-def _collect_warnings(sink: list[str]) -> Iterator[None]:
-    """Turn Python warnings raised by pydicom/decoders into image warnings."""
-    with warnings.catch_warnings(record=True) as caught:
-        warnings.simplefilter("always")
-        yield
+def collect_warnings(sink: list[str]) -> Iterator[None]:
+    """Turn Python warnings raised by pydicom/decoders into image warnings.
+
+    pydicom also *logs* each warning, and logs decoder failures with a
+    traceback; while a read is in progress on this thread those records are
+    held back (the warnings and our one-line error carry the content), so a
+    command-line user sees one line per bad file.
+    """
+    _install_log_filter()
+    _quiet.active = getattr(_quiet, "active", 0) + 1
+    try:
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            yield
+    finally:
+        _quiet.active -= 1
     for w in caught:
         text = " ".join(str(w.message).split())
         if text not in sink:
@@ -472,7 +511,7 @@ def read_dicom(path: Path, *, max_pixels: int, max_frames: int) -> Image:
         No installed decoder handles the transfer syntax.
     """
     image_warnings: list[str] = []
-    with _collect_warnings(image_warnings):
+    with collect_warnings(image_warnings):
         ds = read_header(path)
         keyword = pixel_keyword(ds)
         if keyword is None:
@@ -565,6 +604,7 @@ def _replace(meta: ImageMetadata, **changes: Any) -> ImageMetadata:
 __all__ = [
     "check_budget",
     "codec_availability",
+    "collect_warnings",
     "declared_geometry",
     "is_part10",
     "metadata_from_dataset",

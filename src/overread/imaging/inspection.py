@@ -18,7 +18,13 @@ from pydicom.uid import UID
 
 from overread.config import ImagingSettings, load_settings
 from overread.errors import OverreadError
-from overread.imaging.dicom import is_part10, metadata_from_dataset, one_line, read_header
+from overread.imaging.dicom import (
+    collect_warnings,
+    is_part10,
+    metadata_from_dataset,
+    one_line,
+    read_header,
+)
 from overread.imaging.image import ImageMetadata
 from overread.imaging.reader import read
 
@@ -117,7 +123,8 @@ def _header_metadata(path: Path) -> ImageMetadata | None:
     if not is_part10(path):
         return None
     try:
-        return metadata_from_dataset(read_header(path), path)
+        with collect_warnings([]):
+            return metadata_from_dataset(read_header(path), path)
     except Exception:  # a file that failed to read may fail here too; metadata is optional
         return None
 
