@@ -9,6 +9,8 @@ folder + CSV and overread's phantom cohorts all return a :class:`LabelTable`;
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING, Any
+
 from overread.data.policy import (
     BlankMode,
     LabelPolicy,
@@ -42,11 +44,34 @@ from overread.data.splits import (
 from overread.data.stats import label_stats
 from overread.data.table import LabelTable, SkippedRow
 
+if TYPE_CHECKING:
+    from overread.data.cache import ImageCache
+    from overread.data.dataset import CxrDataset, make_loader
+
+# The PyTorch dataset is imported on first use, so that reading label files
+# (``overread labels stats``) does not pay for importing torch.
+_LAZY = {
+    "CxrDataset": "overread.data.dataset",
+    "make_loader": "overread.data.dataset",
+    "ImageCache": "overread.data.cache",
+}
+
+
+def __getattr__(name: str) -> Any:
+    if name in _LAZY:
+        import importlib
+
+        return getattr(importlib.import_module(_LAZY[name]), name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
 __all__ = [
     "DATASETS",
     "NIH_LABELS",
     "NIH_TO_OVERREAD",
     "BlankMode",
+    "CxrDataset",
+    "ImageCache",
     "LabelPolicy",
     "LabelTable",
     "PatientLeakageError",
@@ -58,6 +83,7 @@ __all__ = [
     "decode_rle",
     "encode_rle",
     "label_stats",
+    "make_loader",
     "patient_kfold",
     "patient_split",
     "patient_strata",
