@@ -54,7 +54,7 @@ def model_card(config: TrainConfig, labels: list[str], record: dict[str, Any]) -
         "",
         "## Model",
         "",
-        f"- Architecture: `{config.model.architecture}` (MONAI, via "
+        f"- Architecture: `{config.model.architecture}` (built by "
         "`overread.models.build_network`), trained from scratch (no pre-trained weights).",
         f"- Input: {config.data.channels} channel(s), {config.data.size} x {config.data.size}, "
         "through the standard chest X-ray chain (`cxr_chain`, recorded in the manifest), "

@@ -26,6 +26,8 @@ class PhantomSource(_Section):
 
     n: int = Field(default=2000, ge=4)
     seed: int = 0
+    size: int = Field(default=1024, ge=64, le=3000)  # stored image rows/columns
+    workers: int = Field(default=2, ge=1)
     out: Path | None = None  # default: <output>/../phantoms/<name>-n<n>-s<seed>
 
 

@@ -30,6 +30,7 @@ import torch.distributed as dist
 from torch import nn
 
 from overread.errors import ConfigError, DatasetError
+from overread.training.card import model_card
 from overread.training.compression import ModelCost, magnitude_prune, measure, sparsity
 from overread.training.config import PhantomSource, TrainConfig
 from overread.training.data import TensorDataset, array_sha256, file_sha256, preprocess_images
@@ -111,9 +112,12 @@ def _matches(info: dict[str, Any], source: PhantomSource) -> bool:
                 return value[key]
         return None
 
-    seed = find("seed")
-    n = find("n") or find("n_patients") or find("n_studies")
-    return (seed is None or int(seed) == source.seed) and (n is None or int(n) == source.n)
+    seed, n, rows = find("seed"), find("n"), find("rows")
+    return (
+        (seed is None or int(seed) == source.seed)
+        and (n is None or int(n) == source.n)
+        and (rows is None or int(rows) == source.size)
+    )
 
 
 # ---------------------------------------------------------------- datasets
@@ -586,7 +590,6 @@ def write_model_package(
         return None
     from overread.models import resign_package
     from overread.models.default import CXR_ACCEPTS, cxr_input_spec
-    from overread.training.card import model_card
 
     input_spec = cxr_input_spec(config.data.size)
     input_spec["channels"] = config.data.channels
