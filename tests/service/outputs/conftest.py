@@ -65,6 +65,8 @@ class FakeFinding:
     positive: bool
     uncertainty: float | None
     threshold: float
+    decision: str = ""
+    codes: tuple[tuple[str, str, str], ...] = ()
 
 
 @dataclass(frozen=True)

@@ -105,3 +105,18 @@ def test_missing_identifiers_are_refused(
     del no_study.StudyInstanceUID
     with pytest.raises(ServiceError, match="Study Instance UID"):
         build_fhir_report(prediction, no_study)
+
+
+def test_referred_finding_is_indeterminate(
+    prediction: PredictionStandIn, dx_chest_header: Dataset
+) -> None:
+    prediction.findings = [
+        f.__class__(f.label, 0.51, True, 0.97, 0.5, "refer") if f.label == "Pneumothorax" else f
+        for f in prediction.findings
+    ]
+    bundle = build_fhir_report(prediction, dx_chest_header)
+    Bundle.model_validate(bundle)
+    by_label = {o["code"]["text"]: o for o in _resources(bundle, "Observation")}
+    assert by_label["Pneumothorax"]["interpretation"][0]["coding"][0]["code"] == "IND"
+    (report,) = _resources(bundle, "DiagnosticReport")
+    assert "36118008" not in {c["coding"][0]["code"] for c in report["conclusionCode"]}

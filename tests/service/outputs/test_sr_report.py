@@ -149,3 +149,40 @@ def test_two_views_are_both_referenced(
     groups = hd.sr.ComprehensiveSR.from_dataset(sr).content.get_image_measurement_groups()
     referenced = {s.referenced_sop_instance_uid for s in groups[0].source_images}
     assert referenced == {dx_chest_header.SOPInstanceUID, lateral.SOPInstanceUID}
+
+
+def test_referred_findings_are_undetermined_and_called_out(dx_chest_header: Dataset) -> None:
+    prediction = make_prediction(with_heatmaps=False)
+    prediction.findings = [
+        f.__class__(f.label, 0.49, False, 0.98, 0.5, "refer") if f.label == "Atelectasis" else f
+        for f in prediction.findings
+    ]
+    sr = hd.sr.ComprehensiveSR.from_dataset(build_sr(prediction, [dx_chest_header]))
+    groups = {g.finding_type.meaning: g for g in sr.content.get_image_measurement_groups()}
+    (decision,) = groups["Atelectasis"].get_qualitative_evaluations()
+    assert (decision.value.value, decision.value.meaning) == ("373068000", "Undetermined")
+    text = summary_text(prediction)
+    assert (
+        "Too close to call, for a radiologist to judge: atelectasis (p=0.49, threshold 0.50)."
+        in text
+    )
+
+
+def test_labels_outside_chexpert_use_the_model_packages_code_or_a_local_one(
+    dx_chest_header: Dataset,
+) -> None:
+    prediction = make_prediction(with_heatmaps=False)
+    finding_class = prediction.findings[0].__class__
+    prediction.findings = [
+        finding_class("Nodule", 0.7, True, 0.1, 0.5, codes=(("SCT", "27925004", "Nodule"),)),
+        finding_class("Tube malposition", 0.2, False, 0.1, 0.5),
+    ]
+    sr = hd.sr.ComprehensiveSR.from_dataset(build_sr(prediction, [dx_chest_header]))
+    found = {
+        (g.finding_type.value, g.finding_type.scheme_designator, g.finding_type.meaning)
+        for g in sr.content.get_image_measurement_groups()
+    }
+    assert found == {
+        ("27925004", "SCT", "Nodule"),
+        ("TUBEMALPOSITION", LOCAL_SCHEME, "Tube malposition"),
+    }

@@ -21,6 +21,7 @@ Sequence.
 from __future__ import annotations
 
 import re
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -103,16 +104,21 @@ FINDING_CONCEPTS: dict[str, Concept] = {
 _NOT_CODE_CHARS = re.compile(r"[^A-Z0-9]+")
 
 
-def finding_concept(label: str) -> Concept:
+def finding_concept(label: str, model_codes: Sequence[Sequence[str]] = ()) -> Concept:
     """Return the coded concept of a finding label.
 
-    Labels outside the CheXpert vocabulary (models with other heads) get a local
-    code derived from the label, so every finding stays codable without inventing a
-    standard code. The code value is at most 16 characters (VR SH).
+    CheXpert labels use the verified table :data:`FINDING_CONCEPTS`. Other labels
+    (models with other heads) use the first ``(scheme, value, meaning)`` code their
+    model package declares, else a local code derived from the label (at most 16
+    characters, VR SH), so every finding stays codable without inventing a
+    standard code.
     """
     known = FINDING_CONCEPTS.get(label)
     if known is not None:
         return known
+    for code in model_codes:
+        if len(code) == 3 and all(code) and str(code[0]) in FHIR_SYSTEMS:
+            return Concept(value=str(code[1]), scheme=str(code[0]), meaning=str(code[2]))
     value = _NOT_CODE_CHARS.sub("", label.upper())[:16] or "FINDING"
     return Concept(value, LOCAL_SCHEME, label)
 
@@ -130,6 +136,8 @@ UNIT_RATIO = _from_pydicom(codes.UCUM.Ratio)
 #: CID 240 "Present-Absent": the decision at the operating point.
 PRESENT = _from_pydicom(codes.SCT.Present)
 ABSENT = _from_pydicom(codes.SCT.Absent)
+#: CID 240's third value, for findings the model refers to a human (too close to call).
+UNDETERMINED = Concept("373068000", "SCT", "Undetermined")
 #: TID 1500 "Qualitative Evaluations" container (UMLS C0034375).
 QUALITATIVE_EVALUATIONS = Concept("C0034375", "UMLS", "Qualitative Evaluations")
 #: DCM 121111 "Summary": the plain-language summary text item.
@@ -183,11 +191,17 @@ FHIR_OBSERVATION_IMAGING = {
 FHIR_INTERPRETATION_SYSTEM = "http://terminology.hl7.org/CodeSystem/v3-ObservationInterpretation"
 FHIR_POSITIVE = {"system": FHIR_INTERPRETATION_SYSTEM, "code": "POS", "display": "Positive"}
 FHIR_NEGATIVE = {"system": FHIR_INTERPRETATION_SYSTEM, "code": "NEG", "display": "Negative"}
+FHIR_INDETERMINATE = {
+    "system": FHIR_INTERPRETATION_SYSTEM,
+    "code": "IND",
+    "display": "Indeterminate",
+}
 
 __all__ = [
     "ABSENT",
     "BODY_SITE_CHEST",
     "FHIR_CATEGORY_RAD",
+    "FHIR_INDETERMINATE",
     "FHIR_NEGATIVE",
     "FHIR_OBSERVATION_IMAGING",
     "FHIR_POSITIVE",
@@ -204,6 +218,7 @@ __all__ = [
     "QUALITATIVE_EVALUATIONS",
     "SUMMARY",
     "UNCERTAINTY",
+    "UNDETERMINED",
     "UNIT_RATIO",
     "Concept",
     "declare_local_scheme",

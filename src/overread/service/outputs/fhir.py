@@ -33,7 +33,13 @@ from pydicom.dataset import Dataset
 from overread.errors import ServiceError
 from overread.findings import Finding
 from overread.service.outputs import codes as oc
-from overread.service.outputs.prediction import PredictionLike, checked_findings, model_identity
+from overread.service.outputs.prediction import (
+    PredictionLike,
+    checked_findings,
+    concept_of,
+    decision_of,
+    model_identity,
+)
 from overread.service.outputs.sr import MANUFACTURER, RESEARCH_CAVEAT, summary_text
 
 #: FHIR identifier system for DICOM UIDs (values are ``urn:oid:<uid>``).
@@ -41,6 +47,11 @@ DICOM_UID_SYSTEM = "urn:dicom:uid"
 #: Identifier system for a model package's sha256.
 MODEL_SHA256_SYSTEM = "urn:overread:model-package-sha256"
 UCUM_SYSTEM = oc.FHIR_SYSTEMS["UCUM"]
+_INTERPRETATION = {
+    "positive": oc.FHIR_POSITIVE,
+    "negative": oc.FHIR_NEGATIVE,
+    "refer": oc.FHIR_INDETERMINATE,
+}
 
 
 def _urn() -> str:
@@ -142,7 +153,8 @@ def build_fhir_report(
     observation_urls: list[str] = []
     conclusion_codes: list[dict[str, Any]] = []
     for finding in findings:
-        concept = oc.finding_concept(finding.label)
+        concept = concept_of(finding)
+        decision = decision_of(finding)
         components: list[dict[str, Any]] = [
             {
                 "code": {"coding": [oc.OPERATING_THRESHOLD.to_fhir()]},
@@ -164,9 +176,7 @@ def build_fhir_report(
             "subject": subject,
             "issued": issued,
             "valueQuantity": _probability(float(finding.probability)),
-            "interpretation": [
-                {"coding": [dict(oc.FHIR_POSITIVE if finding.positive else oc.FHIR_NEGATIVE)]}
-            ],
+            "interpretation": [{"coding": [dict(_INTERPRETATION[decision])]}],
             "bodySite": body_site,
             "device": {"reference": device_url, "display": f"{model.name} {model.version}"},
             "derivedFrom": [study_ref],
@@ -191,7 +201,11 @@ def build_fhir_report(
                 "request": {"method": "POST", "url": "Observation"},
             }
         )
-        if finding.positive and finding.label != Finding.NO_FINDING.value and not concept.is_local:
+        if (
+            decision == "positive"
+            and finding.label != Finding.NO_FINDING.value
+            and not concept.is_local
+        ):
             conclusion_codes.append({"coding": [concept.to_fhir()], "text": finding.label})
 
     code = oc.LOINC_XR_CHEST_2_VIEWS if additional_sources else oc.LOINC_XR_CHEST_SINGLE_VIEW

@@ -8,9 +8,10 @@ the pixels (so it survives screenshots, exports and viewers that hide overlays).
 The instance is in the source's study, in a new series, with Burned In Annotation
 YES and a Source Image Sequence pointing at the image it was derived from.
 
-The heatmap is taken to cover the whole source image (any resolution; it is
-resampled bilinearly). Pass ``heatmap_space="letterbox"`` when the heatmap covers
-the square, centre-padded model input instead, and the padding is cut away first.
+Heatmaps come at the model-input resolution. When the prediction records where
+the image sat in the padded model input (``prediction.letterbox``, as
+:class:`overread.inference.Prediction` does), the padding is cut away first; the
+rest is resampled bilinearly onto the image.
 """
 
 from __future__ import annotations
@@ -27,7 +28,12 @@ from pydicom.pixels.processing import apply_modality_lut, apply_voi_lut
 from pydicom.uid import generate_uid
 
 from overread.errors import ServiceError
-from overread.service.outputs.prediction import PredictionLike, checked_findings, model_identity
+from overread.service.outputs.prediction import (
+    PredictionLike,
+    checked_findings,
+    decision_of,
+    model_identity,
+)
 from overread.service.outputs.sr import MANUFACTURER
 
 logger = logging.getLogger(__name__)
@@ -35,7 +41,7 @@ logger = logging.getLogger(__name__)
 #: The caveat burned into every overlay.
 RESEARCH_BANNER = "FOR RESEARCH USE - NOT FOR DIAGNOSIS"
 
-HeatmapSpace = Literal["image", "letterbox"]
+HeatmapSpace = Literal["auto", "image", "letterbox"]
 
 
 def windowed_grey(source: Dataset) -> np.ndarray:
@@ -83,25 +89,53 @@ def windowed_grey(source: Dataset) -> np.ndarray:
     return np.asarray(np.round(grey * 255.0), dtype=np.uint8)
 
 
-def _heatmap_on_image(heatmap: np.ndarray, rows: int, cols: int, space: HeatmapSpace) -> np.ndarray:
-    """Resample a heatmap to (rows, cols), normalised to [0, 1]."""
-    heat = np.asarray(heatmap, dtype=np.float32)
-    heat = np.squeeze(heat)
+def _crop_box(
+    heat_shape: tuple[int, int], rows: int, cols: int, geometry: Any
+) -> tuple[int, int, int, int]:
+    """Return (top, left, height, width) of the image inside a letterboxed heatmap."""
+    if geometry is not None:
+        return (
+            int(geometry.top),
+            int(geometry.left),
+            int(geometry.new_rows),
+            int(geometry.new_cols),
+        )
+    # No recorded geometry: the image was scaled to fit and centre-padded.
+    side_r, side_c = heat_shape
+    scale = min(side_r / rows, side_c / cols)
+    used_r, used_c = max(1, round(rows * scale)), max(1, round(cols * scale))
+    return (side_r - used_r) // 2, (side_c - used_c) // 2, used_r, used_c
+
+
+def _heatmap_on_image(
+    heatmap: np.ndarray,
+    source_shape: tuple[int, int],
+    out_shape: tuple[int, int],
+    space: HeatmapSpace,
+    geometry: Any = None,
+) -> np.ndarray:
+    """Resample a heatmap onto the output image, normalised to [0, 1].
+
+    ``source_shape`` is the stored image's (rows, cols), which a letterboxed
+    heatmap's padding is computed from; ``out_shape`` is the overlay's size.
+    """
+    heat = np.squeeze(np.asarray(heatmap, dtype=np.float32))
     if heat.ndim != 2 or min(heat.shape) < 1:
         raise ServiceError(f"heatmap must be 2D; got shape {np.shape(heatmap)}")
     if not np.all(np.isfinite(heat)):
         raise ServiceError("heatmap contains NaN or infinite values")
-    if space == "letterbox":
-        # The model input was the image scaled to fit a square and centre-padded.
-        side_r, side_c = heat.shape
-        scale = min(side_r / rows, side_c / cols)
-        used_r, used_c = round(rows * scale), round(cols * scale)
-        top, left = (side_r - used_r) // 2, (side_c - used_c) // 2
-        heat = heat[top : top + max(used_r, 1), left : left + max(used_c, 1)]
+    if space == "letterbox" or (space == "auto" and geometry is not None):
+        top, left, height, width = _crop_box(
+            (heat.shape[0], heat.shape[1]), source_shape[0], source_shape[1], geometry
+        )
+        heat = heat[top : top + max(height, 1), left : left + max(width, 1)]
+        if heat.size == 0:
+            raise ServiceError("letterbox geometry lies outside the heatmap")
     heat = np.clip(heat, 0.0, None)
     peak = float(heat.max())
     if peak > 0:
         heat = heat / peak
+    rows, cols = out_shape
     resized = Image.fromarray(heat, mode="F").resize((cols, rows), Image.Resampling.BILINEAR)
     return np.clip(np.asarray(resized, dtype=np.float32), 0.0, 1.0)
 
@@ -177,7 +211,7 @@ def build_overlay(
     sop_instance_uid: str | None = None,
     max_dimension: int | None = 1024,
     alpha: float = 0.45,
-    heatmap_space: HeatmapSpace = "image",
+    heatmap_space: HeatmapSpace = "auto",
 ) -> hd.sc.SCImage:
     """Build a Secondary Capture of ``label``'s heatmap blended on the source image.
 
@@ -199,8 +233,11 @@ def build_overlay(
     alpha
         Opacity of the heatmap where it is strongest; weak areas stay grey.
     heatmap_space
-        ``"image"`` if the heatmap spans the source image, ``"letterbox"`` if it
-        spans the centre-padded square model input.
+        ``"auto"`` (default): crop the padding recorded in the prediction's
+        ``letterbox`` geometry when it has one, else treat the heatmap as spanning
+        the image; ``"image"``: the heatmap spans the source image;
+        ``"letterbox"``: it spans the padded model input (the recorded geometry,
+        else a centred fit).
 
     Raises
     ------
@@ -222,6 +259,7 @@ def build_overlay(
 
     grey = windowed_grey(source_dataset)
     rows, cols = grey.shape
+    source_shape = (rows, cols)
     scale = 1.0
     if max_dimension is not None and max(rows, cols) > max_dimension:
         scale = max_dimension / max(rows, cols)
@@ -229,7 +267,13 @@ def build_overlay(
         grey = np.asarray(
             Image.fromarray(grey).resize((cols, rows), Image.Resampling.LANCZOS), dtype=np.uint8
         )
-    heat = _heatmap_on_image(heatmaps[label], grey.shape[0], grey.shape[1], heatmap_space)
+    heat = _heatmap_on_image(
+        heatmaps[label],
+        source_shape,
+        (grey.shape[0], grey.shape[1]),
+        heatmap_space,
+        getattr(prediction, "letterbox", None),
+    )
 
     base = np.repeat(grey[..., None].astype(np.float32) / 255.0, 3, axis=-1)
     weight = (alpha * heat)[..., None]
@@ -237,7 +281,9 @@ def build_overlay(
     rgb = np.asarray(np.round(np.clip(blended, 0.0, 1.0) * 255.0), dtype=np.uint8)
 
     finding = findings[label]
-    decision = "POSITIVE" if finding.positive else "negative"
+    decision = {"positive": "POSITIVE", "negative": "negative", "refer": "REFER"}[
+        decision_of(finding)
+    ]
     caption = (
         f"{label}: p={float(finding.probability):.2f} "
         f"(threshold {float(finding.threshold):.2f}) {decision}"

@@ -7,6 +7,11 @@ version and sha256, optional heatmaps). They are written against these
 exporters depend on the *shape* of a prediction, not on import order, and tests can
 build a realistic prediction without loading a model.
 
+Two optional finding attributes are honoured when present: ``decision``
+(``"positive"``, ``"negative"`` or ``"refer"`` - too close to call, a human must
+read it) and ``codes`` (``(scheme, value, meaning)`` triples from the model
+package, used for labels outside the built-in vocabulary).
+
 The model identity is accepted either as an object with ``name``/``version``/
 ``sha256`` attributes, a mapping with those keys, or a ``(name, version, sha256)``
 tuple; :func:`model_identity` normalises the three.
@@ -21,6 +26,7 @@ from typing import Any, Protocol, runtime_checkable
 import numpy as np
 
 from overread.errors import ServiceError
+from overread.service.outputs.codes import Concept, finding_concept
 
 
 @runtime_checkable
@@ -98,6 +104,23 @@ def model_identity(prediction: PredictionLike) -> ModelIdentity:
     return ModelIdentity(name=str(name), version=str(version), sha256=str(sha or ""))
 
 
+def decision_of(finding: FindingLike) -> str:
+    """Return ``"positive"``, ``"negative"`` or ``"refer"`` for a finding.
+
+    Uses the finding's ``decision`` attribute when it has a recognised value, else
+    its ``positive`` flag.
+    """
+    decision = str(getattr(finding, "decision", "") or "").lower()
+    if decision in ("positive", "negative", "refer"):
+        return decision
+    return "positive" if finding.positive else "negative"
+
+
+def concept_of(finding: FindingLike) -> Concept:
+    """Return the coded concept of a finding (see :func:`~.codes.finding_concept`)."""
+    return finding_concept(finding.label, getattr(finding, "codes", ()) or ())
+
+
 def checked_findings(prediction: PredictionLike) -> list[FindingLike]:
     """Return the prediction's findings after checking each value is usable.
 
@@ -132,5 +155,7 @@ __all__ = [
     "ModelIdentity",
     "PredictionLike",
     "checked_findings",
+    "concept_of",
+    "decision_of",
     "model_identity",
 ]

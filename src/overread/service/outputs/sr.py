@@ -41,6 +41,8 @@ from overread.service.outputs.prediction import (
     ModelIdentity,
     PredictionLike,
     checked_findings,
+    concept_of,
+    decision_of,
     model_identity,
 )
 
@@ -72,22 +74,34 @@ def summary_text(prediction: PredictionLike) -> str:
     """
     model = model_identity(prediction)
     findings = checked_findings(prediction)
-    positives = sorted(
-        (f for f in findings if f.positive and f.label != Finding.NO_FINDING.value),
-        key=lambda f: -float(f.probability),
-    )
+    ranked = sorted(findings, key=lambda f: -float(f.probability))
+    positives = [
+        f for f in ranked if decision_of(f) == "positive" and f.label != Finding.NO_FINDING.value
+    ]
+    referred = [f for f in ranked if decision_of(f) == "refer"]
     head = f"AI second read ({model.name} {model.version})"
+    sentences = []
     if positives:
         items = ", ".join(
             f"possible {f.label.lower()} (p={float(f.probability):.2f})" for f in positives
         )
-        body = f"{head}: {items}. Other findings assessed are below their operating points."
+        sentences.append(f"{head}: {items}.")
+    if referred:
+        items = ", ".join(
+            f"{f.label.lower()} (p={float(f.probability):.2f}, threshold {float(f.threshold):.2f})"
+            for f in referred
+        )
+        lead = "Too close to call" if positives else f"{head}: too close to call"
+        sentences.append(f"{lead}, for a radiologist to judge: {items}.")
+    if positives or referred:
+        sentences.append("Other findings assessed are below their operating points.")
     else:
-        body = (
+        sentences.append(
             f"{head}: no finding above its operating point "
             f"({len(findings)} finding{'s' if len(findings) != 1 else ''} assessed)."
         )
-    return f"{body} {RESEARCH_CAVEAT}"
+    sentences.append(RESEARCH_CAVEAT)
+    return " ".join(sentences)
 
 
 def _measurement_group(
@@ -95,7 +109,7 @@ def _measurement_group(
     model: ModelIdentity,
     sources: Sequence[Dataset],
 ) -> hd.sr.MeasurementsAndQualitativeEvaluations:
-    concept = oc.finding_concept(finding.label).to_dicom()
+    concept = concept_of(finding).to_dicom()
     ratio = oc.UNIT_RATIO.to_dicom()
     parameters = [f"threshold={float(finding.threshold):.6g}"]
     if model.sha256:
@@ -119,7 +133,9 @@ def _measurement_group(
                 name=oc.UNCERTAINTY.to_dicom(), value=float(finding.uncertainty), unit=ratio
             )
         )
-    decision = oc.PRESENT if finding.positive else oc.ABSENT
+    decision = {"positive": oc.PRESENT, "negative": oc.ABSENT, "refer": oc.UNDETERMINED}[
+        decision_of(finding)
+    ]
     return hd.sr.MeasurementsAndQualitativeEvaluations(
         tracking_identifier=hd.sr.TrackingIdentifier(
             uid=generate_uid(), identifier=f"{model.name} {finding.label}"[:64]
