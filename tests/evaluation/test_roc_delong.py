@@ -145,3 +145,11 @@ def test_multiplicity_matches_statsmodels(ours: str, theirs: str) -> None:
     got = adjust_p_values(p, ours)
     assert np.isnan(got[3])
     np.testing.assert_allclose(np.delete(got, 3), multipletests(np.delete(p, 3), method=theirs)[1])
+
+
+def test_single_positive_gives_auc_but_no_interval() -> None:
+    est = delong_ci([1, 0, 0, 0], [0.9, 0.1, 0.5, 0.95])
+    assert est.auc == pytest.approx(2 / 3)
+    assert np.isnan(est.se) and np.isnan(est.ci[0])
+    result = delong_test([1, 0, 0, 0], [0.9, 0.1, 0.5, 0.95], [0.2, 0.1, 0.5, 0.3])
+    assert np.isnan(result.p) and "not estimable" in result.method

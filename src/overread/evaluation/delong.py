@@ -93,12 +93,19 @@ def structural_components(
 
 
 def delong_covariance(y_true: ArrayLike, scores: ArrayLike) -> tuple[FloatArray, FloatArray]:
-    """AUCs (k,) and their DeLong covariance matrix (k, k)."""
+    """AUCs (k,) and their DeLong covariance matrix (k, k).
+
+    The covariance is NaN when there are fewer than two positives or two
+    negatives: it cannot be estimated, and zero would claim certainty.
+    """
     aucs, v10, v01 = structural_components(y_true, scores)
     m = v10.shape[1]
     n = v01.shape[1]
-    s10 = np.atleast_2d(np.cov(v10)) if m > 1 else np.zeros((aucs.size, aucs.size))
-    s01 = np.atleast_2d(np.cov(v01)) if n > 1 else np.zeros((aucs.size, aucs.size))
+    if m < 2 or n < 2:
+        # The sample covariances need two cases of each class; report "unknown".
+        return aucs, np.full((aucs.size, aucs.size), np.nan)
+    s10 = np.atleast_2d(np.cov(v10))
+    s01 = np.atleast_2d(np.cov(v01))
     return aucs, s10 / m + s01 / n
 
 
@@ -110,9 +117,12 @@ def delong_ci(y_true: ArrayLike, y_score: ArrayLike, confidence: float = 0.95) -
     positive, _ = binary_truth_and_score(y_true, y_score)
     aucs, cov = delong_covariance(y_true, y_score)
     auc = float(aucs[0])
-    se = float(np.sqrt(max(cov[0, 0], 0.0)))
+    se = float(np.sqrt(max(cov[0, 0], 0.0))) if np.isfinite(cov[0, 0]) else float("nan")
     z = float(norm.ppf(0.5 + confidence / 2.0))
-    lo, hi = max(0.0, auc - z * se), min(1.0, auc + z * se)
+    if np.isnan(se):
+        lo = hi = float("nan")
+    else:
+        lo, hi = max(0.0, auc - z * se), min(1.0, auc + z * se)
     return AucEstimate(auc, se, (lo, hi), int(positive.sum()), int((~positive).sum()))
 
 
@@ -120,8 +130,20 @@ def _comparison(
     auc_a: float, auc_b: float, variance: float, confidence: float, method: str
 ) -> AucComparison:
     diff = auc_a - auc_b
-    se = float(np.sqrt(max(variance, 0.0)))
     zq = float(norm.ppf(0.5 + confidence / 2.0))
+    if not np.isfinite(variance):
+        nan = float("nan")
+        return AucComparison(
+            auc_a,
+            auc_b,
+            diff,
+            nan,
+            (nan, nan),
+            nan,
+            nan,
+            method + " (variance not estimable: fewer than 2 cases of a class)",
+        )
+    se = float(np.sqrt(max(variance, 0.0)))
     if se == 0.0:
         # Identical score orderings: no evidence of any difference.
         z, p = (0.0, 1.0) if diff == 0.0 else (float(np.sign(diff) * np.inf), 0.0)

@@ -34,7 +34,9 @@ def _png(fig: Any) -> bytes:
 def _grid(n: int, size: float = 2.6) -> tuple[Any, list[Any]]:
     cols = min(4, max(1, n))
     rows = math.ceil(n / cols)
-    fig, axes = plt.subplots(rows, cols, figsize=(size * cols, size * rows), squeeze=False)
+    fig, axes = plt.subplots(
+        rows, cols, figsize=(size * cols, size * rows), squeeze=False, layout="constrained"
+    )
     flat = list(axes.ravel())
     for ax in flat[n:]:
         ax.axis("off")

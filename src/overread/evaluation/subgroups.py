@@ -154,7 +154,8 @@ def group_metrics(
             continue
         if 0 < n_pos < n:
             est = delong_ci(yy, ss)
-            add("auc", est.auc, est.ci)
+            no_ci = "" if np.isfinite(est.se) else "fewer than 2 cases of a class: no interval"
+            add("auc", est.auc, est.ci, no_ci)
         else:
             add("auc", np.nan, nan2, "one class only in this group")
         called = ss >= threshold
