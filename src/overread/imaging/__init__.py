@@ -5,13 +5,30 @@ it returns an :class:`Image` with float32 pixels (Modality LUT applied),
 typed :class:`ImageMetadata`, provenance and warnings. Everything after that
 is a transform from :mod:`overread.imaging.transforms`, composed into chains
 that training and serving share. Series assembly lives in
-:mod:`overread.imaging.series`, de-identification in :mod:`overread.imaging.deid`.
+:mod:`overread.imaging.series`, de-identification in :mod:`overread.imaging.deid`,
+the per-file report behind ``overread inspect`` in :mod:`overread.imaging.inspection`.
 """
 
 from __future__ import annotations
 
+from overread.imaging.deid import Deidentifier, deidentify_file
 from overread.imaging.dicom import codec_availability
 from overread.imaging.image import Image, ImageMetadata
+from overread.imaging.inspection import Inspection, inspect
 from overread.imaging.reader import read
+from overread.imaging.series import SeriesLoad, Volume, assemble_volume, load_series
 
-__all__ = ["Image", "ImageMetadata", "codec_availability", "read"]
+__all__ = [
+    "Deidentifier",
+    "Image",
+    "ImageMetadata",
+    "Inspection",
+    "SeriesLoad",
+    "Volume",
+    "assemble_volume",
+    "codec_availability",
+    "deidentify_file",
+    "inspect",
+    "load_series",
+    "read",
+]
