@@ -236,9 +236,9 @@ def test_database_down_answers_out_of_resources(
 
 
 def test_ten_concurrent_associations_are_all_stored(
-    make_gateway: Callable[..., Gateway], dx_factory: Callable[..., Path]
+    make_gateway: Callable[..., Gateway], dx_factory: Callable[..., Path], database_url: str
 ) -> None:
-    gw = make_gateway()
+    gw = make_gateway(database_url=database_url)
     study = generate_uid()
     batches = [[dx_factory(study_uid=study) for _ in range(3)] for _ in range(10)]
     results: list[int] = []
@@ -258,3 +258,24 @@ def test_ten_concurrent_associations_are_all_stored(
     with gw.database.session() as session:
         study_row = session.scalar(select(Study))
         assert study_row is not None and study_row.instance_count == 30
+
+
+def test_the_same_instance_sent_concurrently_is_stored_once(
+    make_gateway: Callable[..., Gateway], dx_factory: Callable[..., Path], database_url: str
+) -> None:
+    gw = make_gateway(database_url=database_url)
+    path = dx_factory()
+    codes: list[int] = []
+    threads = [
+        threading.Thread(target=lambda: codes.append(_storescu(gw.port, path).returncode))
+        for _ in range(5)
+    ]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert codes == [0] * 5
+    assert len(_instances(gw.database)) == 1
+    with gw.database.session() as session:
+        study = session.scalar(select(Study))
+        assert study is not None and study.instance_count == 1

@@ -1,0 +1,159 @@
+"""Service configuration, routing rules and the object store."""
+
+from __future__ import annotations
+
+import hashlib
+from pathlib import Path
+
+import pytest
+
+from overread.config import Settings, load_settings
+from overread.errors import ConfigError, ServiceError
+from overread.service.config import AllowedPeer, Destination, service_config
+from overread.service.routing import InstanceFacts, Router
+from overread.service.store import ObjectStore
+
+
+def _config(tmp_path: Path, **overrides: object):
+    return service_config(Settings(data_dir=tmp_path), **overrides)
+
+
+def test_destination_and_peer_parsing() -> None:
+    dest = Destination.parse("PACS=PACSAE@10.0.0.5:104")
+    assert (dest.name, dest.ae_title, dest.host, dest.port) == ("PACS", "PACSAE", "10.0.0.5", 104)
+    assert Destination.parse("ARCHIVE@host:11113").name == "ARCHIVE"
+    for bad in (
+        "PACS",
+        "PACS=AE@host",
+        "PACS=AE@host:port",
+        "PACS=@host:104",
+        "P=WAYTOOLONGAETITLE17@h:1",
+    ):
+        with pytest.raises(ConfigError, match="destination"):
+            Destination.parse(bad)
+    peer = AllowedPeer.parse("CR01@10.1.1.1")
+    assert peer.admits("CR01", "10.1.1.1") and not peer.admits("CR01", "10.1.1.2")
+    assert AllowedPeer.parse("ANY").admits("ANY", "anywhere")
+    assert not AllowedPeer.parse("ANY").admits("OTHER", "anywhere")
+
+
+def test_default_route_sends_chest_cr_and_dx_to_cxr_default(tmp_path: Path) -> None:
+    config = _config(tmp_path)
+    router = Router(config.routes)
+    chest = InstanceFacts(modality="DX", body_part="CHEST")
+    assert [p.model for p in router.plan([chest])] == ["cxr-default"]
+    assert [p.model for p in router.plan([InstanceFacts(modality="cr", body_part="chest")])] == [
+        "cxr-default"
+    ]
+    assert router.plan([InstanceFacts(modality="CT", body_part="CHEST")]) == []
+    assert router.plan([InstanceFacts(modality="DX", body_part="HAND")]) == []
+    assert router.completes_on_release([chest])
+
+
+def test_rules_combine_by_priority_and_destinations(tmp_path: Path) -> None:
+    config = _config(
+        tmp_path,
+        destinations=["PACS=PACSAE@127.0.0.1:104", "ARCH=ARCHAE@127.0.0.1:105"],
+        routes=[
+            {
+                "name": "chest",
+                "modality": ["DX"],
+                "models": ["cxr-default"],
+                "destinations": ["PACS"],
+            },
+            {
+                "name": "er-chest",
+                "calling_ae": ["ER_DX"],
+                "series_description": r"(?i)portable",
+                "models": ["cxr-default", "cxr-triage"],
+                "priority": 10,
+                "destinations": ["ARCH"],
+            },
+            {"name": "sr", "sop_class_uid": ["1.2.840.10008.5.1.4.1.1.88.33"], "models": ["noop"]},
+        ],
+    )
+    router = Router(config.routes)
+    er = InstanceFacts(modality="DX", calling_ae="ER_DX", series_description="Chest PORTABLE AP")
+    plan = {p.model: p for p in router.plan([er])}
+    assert set(plan) == {"cxr-default", "cxr-triage"}
+    assert plan["cxr-default"].priority == 10
+    assert plan["cxr-default"].destinations == {"PACS", "ARCH"}
+    assert plan["cxr-triage"].routes == ["er-chest"]
+    not_portable = InstanceFacts(modality="DX", calling_ae="ER_DX", series_description="PA")
+    assert [p.model for p in router.plan([not_portable])] == ["cxr-default"]
+    # A study matches when any of its instances matches.
+    sr = InstanceFacts(modality="SR", sop_class_uid="1.2.840.10008.5.1.4.1.1.88.33")
+    assert {p.model for p in router.plan([sr, not_portable])} == {"cxr-default", "noop"}
+
+
+@pytest.mark.parametrize(
+    ("routes", "message"),
+    [
+        ([{"name": "x", "models": []}], "route 'x' field models"),
+        (
+            [{"name": "x", "models": ["m"], "series_description": "("}],
+            "not a valid regular expression",
+        ),
+        (
+            [{"name": "x", "models": ["m"], "destinations": ["NOWHERE"]}],
+            "unknown destination 'NOWHERE'",
+        ),
+        ([{"name": "x", "models": ["m"], "modalty": ["DX"]}], "route 'x' field modalty"),
+        (
+            [{"name": "x", "models": ["m"]}, {"name": "x", "models": ["n"]}],
+            "route names must be unique",
+        ),
+    ],
+)
+def test_invalid_rules_are_refused_at_start(
+    tmp_path: Path, routes: list[dict[str, object]], message: str
+) -> None:
+    with pytest.raises(ConfigError, match=message):
+        _config(tmp_path, routes=routes)
+
+
+def test_service_table_comes_from_overread_toml_and_cli_overrides_it(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    (tmp_path / "overread.toml").write_text(
+        """
+[dicom]
+ae_title = "GATEWAY"
+allow_ae = ["CR01@127.0.0.1"]
+
+[service]
+workers = 3
+destinations = ["PACS=PACSAE@127.0.0.1:11113"]
+
+[[service.routes]]
+name = "all-dx"
+modality = ["DX"]
+models = ["cxr-default"]
+complete_on_release = true
+"""
+    )
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.delenv("OVERREAD_CONFIG", raising=False)
+    config = service_config(load_settings(), workers=1)
+    assert config.ae_title == "GATEWAY" and config.workers == 1
+    assert config.allow_ae == [AllowedPeer(ae_title="CR01", host="127.0.0.1")]
+    assert [r.name for r in config.routes] == ["all-dx"]
+    assert config.destination("PACS").port == 11113
+    assert config.database_url.startswith("sqlite:///")
+
+
+def test_object_store_is_content_addressed_and_atomic(tmp_path: Path) -> None:
+    store = ObjectStore(tmp_path / "objects")
+    data = b"DICM" * 1000
+    first = store.put(data)
+    second = store.put(data)
+    digest = hashlib.sha256(data).hexdigest()
+    assert first.key == f"{digest[:2]}/{digest[2:]}" and first.created and not second.created
+    assert store.read(first.key) == data and first.size == len(data)
+    assert [p.name for p in (tmp_path / "objects" / digest[:2]).iterdir()] == [
+        digest[2:]
+    ]  # no temp files
+    with pytest.raises(ServiceError, match="invalid object key"):
+        store.path("../../etc/passwd")
+    with pytest.raises(ServiceError, match="missing"):
+        store.read("00/" + "0" * 62)
