@@ -26,13 +26,13 @@ from scipy import ndimage
 Field = npt.NDArray[Any]
 
 #: Soft-tissue attenuation at the thickest part of an average chest.
-SOFT_TISSUE = 2.55
+SOFT_TISSUE = 2.3
 #: How much attenuation the air in a full-depth lung removes.
-LUNG_AIR = 1.55
+LUNG_AIR = 1.3
 #: Extra attenuation of the heart over the surrounding mediastinal soft tissue.
-HEART_EXTRA = 0.28
+HEART_EXTRA = 0.2
 #: Cortical bone of a rib seen edge-on.
-RIB_BONE = 0.32
+RIB_BONE = 0.42
 
 
 @dataclass(frozen=True)
@@ -254,7 +254,7 @@ def chest_fields(grid: Grid, shape: ChestShape) -> ChestFields:
     dome = dome_height(shape, grid)
     hemithorax = (adx < lateral) & (v > lung_top(shape, adx)) & (v < dome)
     hr = heart_field(shape, grid)
-    heart = (hr < 1.0) & (v < dome + 0.03)
+    heart = (hr < 1.0) & (v < dome)
     medi = (adx < mediastinum_half(shape, v, grid.side)) & (v < shape.heart_centre_v)
     lungs = hemithorax & ~heart & ~medi
     sigma = 0.022 * grid.scale

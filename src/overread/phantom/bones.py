@@ -111,9 +111,10 @@ def render_bones(
             gap_keep = np.where(on_side & gap, 0.0, gap_keep)
             if fx.callus > 0:
                 cu, cv = rib_point(fields, index, fx.side, fx.position)
-                d2 = ((grid.u[rows] - cu) / (3.2 * half)) ** 2 + ((v - cv) / (2.2 * half)) ** 2
+                d2 = ((grid.u[rows] - cu) / (4.0 * half)) ** 2 + ((v - cv) / (2.6 * half)) ** 2
                 callus += fx.callus * 0.6 * np.exp(-d2) * on_side
-        profile = _tube(v - centre, half) * within * gap_keep
+        medial = 0.35 + 0.65 * np.clip((t - 0.12) / 0.2, 0.0, 1.0)
+        profile = _tube(v - centre, half) * within * gap_keep * medial
         out[rows] += RIB_BONE * (profile + callus)
         if anterior and index < 7:
             # Anterior rib: from the lateral end of the posterior rib, down and medially;

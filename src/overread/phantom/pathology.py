@@ -124,7 +124,7 @@ def render_consolidation(spec: FindingSpec, fields: ChestFields) -> FindingLayer
     for k in range(4):
         a = base + rng.uniform(-0.35, 0.35) + 0.05 * k
         bronch = np.maximum(bronch, np.exp(-(((theta - a) * r / 0.0045) ** 2)))
-    fill = blob * (0.72 + 0.26 * s) * (1.0 - 0.45 * bronch * (blob > 0.8))
+    fill = blob * (0.72 + 0.26 * s) * (1.0 - 0.3 * bronch * (blob > 0.8))
     return FindingLayer(mask=(blob > 0.35) & fields.lungs, fill=fill, attributes={"side": side})
 
 
@@ -285,13 +285,13 @@ def render_effusion(spec: FindingSpec, fields: ChestFields) -> FindingLayer:
         height = (0.03 + 0.26 * s) * rng.uniform(0.8, 1.1)
         heights.append(height)
         lateral = fields.lateral
-        meniscus = 0.05 * (1.0 - np.clip(grid.adx / lateral, 0, 1) ** 2)
+        meniscus = 0.1 * (1.0 - np.clip(grid.adx / lateral, 0, 1)) ** 1.5
         level = cpa - height + meniscus
         region = (
             (grid.side == side) & (grid.adx < lateral) & (grid.v > level) & (grid.v < cpa + 0.01)
         )
         region &= ~fields.heart | (grid.v > dome - 0.02)
-        f = np.clip((grid.v - level) / 0.025, 0.0, 1.0) * region
+        f = np.clip((grid.v - level) / 0.04, 0.0, 1.0) * region
         fill = np.maximum(fill, f * (0.88 + 0.12 * s))
         mask |= region & (f > 0.2)
     above_dome = grid.v < fields.dome

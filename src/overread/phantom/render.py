@@ -21,6 +21,7 @@ from overread.phantom.anatomy import (
     chest_fields,
     chest_shape,
     lung_markings,
+    smooth_noise,
     with_ctr,
 )
 from overread.phantom.bones import RibFracture, render_bones, rib_point
@@ -65,17 +66,17 @@ def _fractures(spec: FindingSpec, fields: ChestFields) -> tuple[tuple[RibFractur
     rng = np.random.default_rng(spec.seed)
     s = spec.severity
     side = spec.side if spec.side in (-1, 1) else int(rng.choice([-1, 1]))
-    count = 1 + int(rng.random() < 0.3 + 0.5 * s) + int(rng.random() < 0.5 * s)
+    count = 1 + int(rng.random() < 0.5 + 0.4 * s) + int(rng.random() < 0.6 * s)
     first = int(rng.integers(2, 8 - count + 1))
     position = rng.uniform(0.6, 0.95)
-    callus = float(rng.uniform(0.6, 1.2)) if rng.random() < 0.45 else 0.0
+    callus = float(rng.uniform(1.0, 1.6)) if rng.random() < 0.7 else 0.0
     fractures = tuple(
         RibFracture(
             side=side,
             rib=first + k,
             position=float(position + rng.normal(0, 0.03)),
-            step=float((0.35 + 0.75 * s) * rng.choice([-1, 1])),
-            gap=0.004 + 0.006 * s,
+            step=float((0.9 + 1.1 * s) * rng.choice([-1, 1])),
+            gap=0.008 + 0.01 * s,
             callus=callus,
         )
         for k in range(count)
@@ -111,6 +112,8 @@ def _base_attenuation(fields: ChestFields, spec: StudySpec) -> tuple[Field, Fiel
             r = ((grid.u - (0.5 + side * 0.24)) / 0.17) ** 2 + ((grid.v - 0.74) / 0.12) ** 2
             a = a + 0.25 * anatomy.breast * np.sqrt(np.clip(1.0 - r, 0.0, 1.0))
     markings = lung_markings(fields, anatomy.seed)
+    texture = smooth_noise(np.random.default_rng(anatomy.seed + 1), grid.rows, grid.cols, 48)
+    markings = markings + 0.25 * (texture + 0.6) * fields.lung_depth
     return a.astype(np.float32), markings
 
 
