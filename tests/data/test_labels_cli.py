@@ -170,3 +170,42 @@ def test_table_output_and_errors(run_cli, tmp_path: Path) -> None:  # type: igno
         "u-sometimes",
     )
     assert status == 2 and "u-sometimes" in err
+
+
+def test_mimic_and_siim_through_the_cli(run_cli, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    labels = sorted(CHEXPERT_LABELS)
+    rows = ["subject_id,study_id," + ",".join(labels)]
+    for subject, study, edema in (
+        ("10000032", "50414267", "1.0"),
+        ("10000032", "53189527", "-1.0"),
+    ):
+        cells = [subject, study] + ["" for _ in labels]
+        cells[2 + labels.index("Edema")] = edema
+        rows.append(",".join(cells))
+    chexpert = tmp_path / "mimic-cxr-2.0.0-chexpert.csv"
+    chexpert.write_text("\n".join(rows) + "\n")
+    metadata = tmp_path / "mimic-cxr-2.0.0-metadata.csv"
+    metadata.write_text(
+        "dicom_id,subject_id,study_id,ViewPosition\n"
+        "a1,10000032,50414267,PA\na2,10000032,50414267,LATERAL\nb1,10000032,53189527,AP\n"
+    )
+    studies = _stats(run_cli, "-d", "mimic", "--csv", chexpert, "-p", "u-zeros")
+    assert (studies["patients"], studies["studies"], studies["images"]) == (1, 2, 2)
+    images = _stats(
+        run_cli, "-d", "mimic", "--csv", chexpert, "--metadata", metadata, "-p", "u-ones"
+    )
+    assert (images["studies"], images["images"]) == (2, 3)
+    assert (
+        images["labels"]["Edema"]["positive"] == 2 and images["labels"]["Edema"]["uncertain"] == 1
+    )
+    assert images["labels"]["Edema"]["after"]["positive"] == 3
+
+    siim = tmp_path / "train-rle.csv"
+    siim.write_text(
+        "ImageId, EncodedPixels\nimg1,-1\nimg2,5 3 10 2\nimg2,100 4\nimg3,7 x\nimg4,-1\n"
+    )
+    status, out, err = run_cli("labels", "stats", "-d", "siim", "--csv", siim, "--json")
+    assert status == 1
+    stats = json.loads(out)
+    assert stats["images"] == 3 and stats["labels"]["Pneumothorax"]["positive"] == 1
+    assert "line 5 (img3)" in err and "not a list of integers" in err

@@ -64,6 +64,12 @@ def stats_command(
     label_set: str | None = typer.Option(
         None, "--label-set", help="NIH only: 'nih' (its own 15 labels, default) or 'overread'."
     ),
+    metadata: Path | None = typer.Option(
+        None, "--metadata", help="MIMIC only: mimic-cxr-2.0.0-metadata.csv (one row per image)."
+    ),
+    split: Path | None = typer.Option(
+        None, "--split", help="MIMIC only: mimic-cxr-2.0.0-split.csv (adds the official split)."
+    ),
     as_json: bool = typer.Option(False, "--json", help="Print one JSON object."),
 ) -> None:
     """Count labels per value, before and after an uncertainty policy."""
@@ -71,8 +77,9 @@ def stats_command(
 
     parsed = LabelPolicy.parse(policy)
     options: dict[str, Any] = {}
-    if label_set is not None:
-        options["label_set"] = label_set
+    for name, value in (("label_set", label_set), ("metadata", metadata), ("split", split)):
+        if value is not None:
+            options[name] = value
     table = read_labels(dataset, csv, root=root, **options)
     stats = label_stats(table, parsed)
     if as_json:
