@@ -10,7 +10,6 @@ imported lazily so the service starts (and reports clearly) without them.
 from __future__ import annotations
 
 import logging
-import threading
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -87,25 +86,20 @@ def identity_of(pipeline: Any, alias: str) -> ModelIdentity:
 
 
 class RegistryPipelineProvider:
-    """Pipelines from :meth:`overread.inference.Pipeline.from_name` (the configured
-    model registry, bundled packages included), cached per alias."""
+    """Pipelines from :meth:`overread.inference.Pipeline.from_name`.
 
-    def __init__(self) -> None:
-        self._cache: dict[str, PipelineLike] = {}
-        self._lock = threading.Lock()
+    Every call asks the registry again (the pipeline caches loaded models per package
+    hash), so an alias switched in the registry applies to the next study routed,
+    without a restart.
+    """
 
     def get(self, alias: str) -> PipelineLike:
-        with self._lock:
-            cached = self._cache.get(alias)
-            if cached is not None:
-                return cached
-            try:
-                from overread.inference import Pipeline
-            except ImportError as exc:
-                raise ServiceError(f"the inference pipeline is not available: {exc}") from None
-            pipeline: PipelineLike = Pipeline.from_name(alias)
-            self._cache[alias] = pipeline
-            return pipeline
+        try:
+            from overread.inference import Pipeline
+        except ImportError as exc:
+            raise ServiceError(f"the inference pipeline is not available: {exc}") from None
+        pipeline: PipelineLike = Pipeline.from_name(alias)
+        return pipeline
 
     def identify(self, alias: str) -> ModelIdentity:
         return identity_of(self.get(alias), alias)
