@@ -226,3 +226,33 @@ def test_stats_mcnemar_kappa_icc_sample_size(run_cli, tmp_path) -> None:
         "stats", "sample-size", "two-proportions", "--p1", "0.85", "--p2", "0.75", "--json"
     )
     assert json.loads(stdout)["n1"] == 250
+
+
+def test_stats_mrmc_long_format(run_cli, tmp_path) -> None:
+    from overread.evaluation import obuchowski_rockette
+
+    rng = np.random.default_rng(4)
+    truth = (rng.random(50) < 0.4).astype(int)
+    scores = rng.normal(size=(2, 3, 50)) + truth
+    rows = [
+        {
+            "reader": f"R{r}",
+            "modality": f"M{t}",
+            "case": f"c{c:02d}",
+            "truth": truth[c],
+            "score": scores[t, r, c],
+        }
+        for t in range(2)
+        for r in range(3)
+        for c in range(50)
+    ]
+    pd.DataFrame(rows).sample(frac=1.0, random_state=0).to_csv(tmp_path / "mrmc.csv", index=False)
+    status, stdout, err = run_cli("stats", "mrmc", "--csv", tmp_path / "mrmc.csv", "--json")
+    assert status == 0, err
+    result = json.loads(stdout)
+    expected = obuchowski_rockette(truth, scores)
+    assert result["p"] == pytest.approx(expected.p)
+    assert result["auc"] == pytest.approx(expected.auc.tolist())
+    pd.DataFrame(rows[:-1]).to_csv(tmp_path / "bad.csv", index=False)
+    status, _, err = run_cli("stats", "mrmc", "--csv", tmp_path / "bad.csv")
+    assert status == 2 and "fully crossed" in err

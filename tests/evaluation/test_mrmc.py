@@ -73,3 +73,22 @@ def test_type_one_error_is_near_nominal() -> None:
 def test_bad_shape_is_refused() -> None:
     with pytest.raises(EvaluationError, match="modalities"):
         obuchowski_rockette([0, 1], np.zeros((1, 2, 2)))
+
+
+def test_jackknife_covariance_equals_leave_one_out_refits() -> None:
+    from sklearn.metrics import roc_auc_score
+
+    from overread.evaluation.mrmc import jackknife_covariance
+
+    y, scores = _study(seed=5, n=60, readers=2)
+    flat = scores.reshape(4, 60)
+    aucs, cov = jackknife_covariance(y, flat)
+    loo = np.array(
+        [[roc_auc_score(np.delete(y, k), np.delete(row, k)) for k in range(60)] for row in flat]
+    )
+    centred = loo - loo.mean(axis=1, keepdims=True)
+    np.testing.assert_allclose(cov, 59 / 60 * centred @ centred.T, atol=1e-14)
+    result = obuchowski_rockette(y, scores, covariance="jackknife")
+    assert result.auc == pytest.approx(aucs.reshape(2, 2).mean(axis=1))
+    with pytest.raises(EvaluationError, match="covariance"):
+        obuchowski_rockette(y, scores, covariance="bootstrap")

@@ -19,7 +19,7 @@ from overread.cli.app import app
 from overread.errors import EvaluationError
 
 stats_app = typer.Typer(
-    help="Statistical tests: DeLong, McNemar, kappa, ICC, sample size.", no_args_is_help=True
+    help="Statistical tests: DeLong, McNemar, kappa, ICC, MRMC, sample size.", no_args_is_help=True
 )
 app.add_typer(stats_app, name="stats")
 sample_app = typer.Typer(help="Sample size for accuracy studies.", no_args_is_help=True)
@@ -199,6 +199,48 @@ def icc_command(
     matrix = np.column_stack([_numeric(frame, c, csv) for c in columns])
     result = icc(matrix)
     _emit({str(form): {"icc": r.value, "ci": list(r.ci)} for form, r in result.items()}, as_json)
+
+
+@stats_app.command("mrmc")
+def mrmc_command(
+    csv: Path = _CSV,
+    reader: str = typer.Option("reader", "--reader", help="Reader column."),
+    modality: str = typer.Option("modality", "--modality", help="Modality (treatment) column."),
+    case: str = typer.Option("case", "--case", help="Case id column."),
+    truth: str = typer.Option("truth", "--truth", help="0/1 truth column (per case)."),
+    score: str = typer.Option("score", "--score", help="Rating or score column."),
+    covariance: str = typer.Option("delong", "--covariance", help="delong or jackknife."),
+    as_json: bool = _JSON,
+) -> None:
+    """Obuchowski-Rockette MRMC test of equal reader-averaged AUCs (long-format CSV)."""
+    from overread.evaluation.mrmc import obuchowski_rockette
+
+    frame = _frame(csv, [reader, modality, case, truth, score])
+    modalities = sorted(frame[modality].astype(str).unique())
+    readers = sorted(frame[reader].astype(str).unique())
+    cases = sorted(frame[case].astype(str).unique())
+    frame = frame.assign(
+        _m=frame[modality].astype(str), _r=frame[reader].astype(str), _c=frame[case].astype(str)
+    )
+    if frame.duplicated(["_m", "_r", "_c"]).any():
+        raise EvaluationError(f"{csv}: a (modality, reader, case) appears more than once")
+    full = pd.MultiIndex.from_product([modalities, readers, cases])
+    cube = frame.set_index(["_m", "_r", "_c"])[score].reindex(full)
+    if cube.isna().any():
+        raise EvaluationError(
+            f"{csv}: every reader must score every case in every modality (fully crossed)"
+        )
+    per_case = frame.groupby("_c")[truth].agg(["min", "max"]).reindex(cases)
+    if (per_case["min"] != per_case["max"]).any():
+        raise EvaluationError(f"{csv}: a case has different truth values on different rows")
+    scores = cube.to_numpy(dtype=np.float64).reshape(len(modalities), len(readers), len(cases))
+    result = obuchowski_rockette(
+        per_case["min"].to_numpy(dtype=np.float64), scores, covariance=covariance
+    )
+    out = result.as_dict()
+    out["modalities"] = modalities
+    out["readers"] = readers
+    _emit(out, as_json)
 
 
 @sample_app.command("two-proportions")

@@ -50,7 +50,7 @@ from overread.evaluation.delong import (
     unpaired_auc_test,
 )
 from overread.evaluation.froc import CPM_FP_RATES, FrocCurve, Mark, cpm_score, froc_curve
-from overread.evaluation.mrmc import MrmcResult, obuchowski_rockette
+from overread.evaluation.mrmc import MrmcResult, jackknife_covariance, obuchowski_rockette
 from overread.evaluation.multiplicity import Correction, adjust_p_values
 from overread.evaluation.operating_points import (
     OperatingPoint,
@@ -155,6 +155,7 @@ __all__ = [
     "hausdorff_distance",
     "icc",
     "iou",
+    "jackknife_covariance",
     "macro_auc",
     "make_recalibrator",
     "mcnemar",

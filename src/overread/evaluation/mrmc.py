@@ -18,7 +18,7 @@ from scipy.stats import t as t_dist
 
 from overread.errors import EvaluationError
 from overread.evaluation._validation import FloatArray
-from overread.evaluation.delong import delong_covariance
+from overread.evaluation.delong import delong_covariance, structural_components
 
 
 @dataclass(frozen=True)
@@ -63,6 +63,24 @@ class MrmcResult:
         }
 
 
+def jackknife_covariance(y_true: ArrayLike, scores: ArrayLike) -> tuple[FloatArray, FloatArray]:
+    """AUCs and their case-jackknife covariance matrix.
+
+    Leaving out positive i gives (m AUC - V10_i) / (m - 1), leaving out
+    negative j gives (n AUC - V01_j) / (n - 1), so all N = m + n
+    leave-one-out AUCs come from DeLong's structural components without
+    refitting; Cov = (N - 1) / N * sum (theta_(k) - mean)(theta'_(k) - mean').
+    """
+    aucs, v10, v01 = structural_components(y_true, scores)
+    m, n = v10.shape[1], v01.shape[1]
+    if m < 2 or n < 2:
+        return aucs, np.full((aucs.size, aucs.size), np.nan)
+    left_out = np.hstack([(m * aucs[:, None] - v10) / (m - 1), (n * aucs[:, None] - v01) / (n - 1)])
+    total = m + n
+    centred = left_out - left_out.mean(axis=1, keepdims=True)
+    return aucs, (total - 1) / total * (centred @ centred.T)
+
+
 def or_covariances(cov: FloatArray, n_modalities: int, n_readers: int) -> OrCovariances:
     """Average the (T*R x T*R) covariance matrix, ordered modality-major, into OR's terms."""
     t_idx = np.repeat(np.arange(n_modalities), n_readers)
@@ -82,7 +100,7 @@ def or_covariances(cov: FloatArray, n_modalities: int, n_readers: int) -> OrCova
 
 
 def obuchowski_rockette(
-    y_true: ArrayLike, scores: ArrayLike, confidence: float = 0.95
+    y_true: ArrayLike, scores: ArrayLike, confidence: float = 0.95, covariance: str = "delong"
 ) -> MrmcResult:
     """Obuchowski-Rockette test of equal AUCs across modalities (Hillis df).
 
@@ -92,6 +110,9 @@ def obuchowski_rockette(
         0/1 truth for the n cases.
     scores
         (T modalities, R readers, n cases) ratings.
+    covariance
+        ``"delong"`` or ``"jackknife"`` (case jackknife, as Hillis' OR-DBM
+        MRMC software uses by default).
 
     Returns
     -------
@@ -103,7 +124,12 @@ def obuchowski_rockette(
     if s.ndim != 3 or s.shape[0] < 2 or s.shape[1] < 2:
         raise EvaluationError("MRMC needs scores shaped (modalities >= 2, readers >= 2, cases)")
     n_t, n_r, n = s.shape
-    aucs, cov = delong_covariance(y_true, s.reshape(n_t * n_r, n))
+    if covariance not in ("delong", "jackknife"):
+        raise EvaluationError(f"unknown covariance method {covariance!r}: use delong or jackknife")
+    estimator = delong_covariance if covariance == "delong" else jackknife_covariance
+    aucs, cov = estimator(y_true, s.reshape(n_t * n_r, n))
+    if not np.isfinite(cov).all():
+        raise EvaluationError("MRMC needs at least two positive and two negative cases")
     theta = aucs.reshape(n_t, n_r)
     c = or_covariances(cov, n_t, n_r)
     grand = theta.mean()
@@ -135,4 +161,10 @@ def obuchowski_rockette(
     )
 
 
-__all__ = ["MrmcResult", "OrCovariances", "obuchowski_rockette", "or_covariances"]
+__all__ = [
+    "MrmcResult",
+    "OrCovariances",
+    "jackknife_covariance",
+    "obuchowski_rockette",
+    "or_covariances",
+]
