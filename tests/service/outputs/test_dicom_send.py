@@ -115,3 +115,32 @@ def test_orthanc_rejects_a_wrong_called_ae_and_stores_with_the_right_one(
         f"{orthanc.url}/tools/lookup", content=str(sr.SOPInstanceUID), timeout=10
     ).json()
     assert [item["Type"] for item in found] == ["Instance"]
+
+
+@pytest.mark.service
+def test_abort_mid_transfer_is_a_retryable_error(
+    tmp_path: Path, prediction: PredictionStandIn, dx_chest_header: Dataset
+) -> None:
+    sr = build_sr(prediction, [dx_chest_header])
+    with (
+        run_storescp(tmp_path / "aborting", "--abort-during") as peer,
+        pytest.raises(
+            DeliveryError, match="aborted the association or closed the connection while storing"
+        ) as caught,
+    ):
+        send_datasets([sr], DicomDestination("PACSAE", "127.0.0.1", peer.port))
+    assert caught.value.retryable
+    assert caught.value.results == []
+
+
+@pytest.mark.service
+def test_a_peer_too_slow_to_answer_is_a_timeout_error(
+    tmp_path: Path, prediction: PredictionStandIn, dx_chest_header: Dataset
+) -> None:
+    sr = build_sr(prediction, [dx_chest_header])
+    with (
+        run_storescp(tmp_path / "slow", "--sleep-during", "4") as peer,
+        pytest.raises(DeliveryError, match="did not answer within 1 s") as caught,
+    ):
+        send_datasets([sr], DicomDestination("PACSAE", "127.0.0.1", peer.port), dimse_timeout=1)
+    assert caught.value.retryable

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import logging
 import re
+import time
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from os import PathLike
@@ -235,6 +236,7 @@ def send_datasets(
     try:
         for ds in items:
             sop_uid, sop_class = str(ds.SOPInstanceUID), str(ds.SOPClassUID)
+            started = time.monotonic()
             try:
                 response = assoc.send_c_store(ds)
             except (ValueError, RuntimeError) as exc:
@@ -243,15 +245,21 @@ def send_datasets(
                 continue
             status = getattr(response, "Status", None)
             if status is None:
-                if assoc.is_aborted or not assoc.is_established:
-                    raise DeliveryError(
-                        f"{peer} aborted the association while storing {sop_uid} "
-                        f"({len(results)} of {len(items)} datasets answered)",
-                        peer=str(peer),
-                        results=results,
-                    )
-                results.append(SendResult(sop_uid, sop_class, None, "no response (DIMSE timeout)"))
-                continue
+                # No C-STORE response: the peer aborted or dropped the connection,
+                # or did not answer within the DIMSE timeout (pynetdicom then aborts
+                # the association). Either way nothing more can be sent on it.
+                elapsed = time.monotonic() - started
+                what = (
+                    f"did not answer within {dimse_timeout:g} s"
+                    if elapsed >= dimse_timeout * 0.95
+                    else "aborted the association or closed the connection"
+                )
+                raise DeliveryError(
+                    f"{peer} {what} while storing {sop_uid} "
+                    f"({len(results)} of {len(items)} datasets answered)",
+                    peer=str(peer),
+                    results=results,
+                )
             comment = str(getattr(response, "ErrorComment", "") or "")
             result = SendResult(sop_uid, sop_class, int(status), comment)
             results.append(result)
