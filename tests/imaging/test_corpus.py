@@ -113,3 +113,20 @@ def test_lossy_pairs_are_close(encoded, reference, mean_error, corpus):
     b = read(corpus(reference))
     assert a.pixels.shape == b.pixels.shape
     assert float(np.abs(a.pixels - b.pixels).mean()) <= mean_error
+
+
+def test_docs_transfer_syntax_table_matches_what_decodes():
+    """docs/imaging.md lists a syntax as decoded from the corpus only if a file of it reads."""
+    docs = Path(__file__).resolve().parents[2] / "docs" / "imaging.md"
+    claimed = set()
+    for line in docs.read_text().splitlines():
+        cells = [c.strip() for c in line.strip().strip("|").split("|")]
+        if len(cells) == 4 and cells[1].startswith("1.2.840.10008.1.2") and "corpus" in cells[3]:
+            claimed.add(cells[1])
+    assert len(claimed) >= 10
+    decoded = set()
+    for path in ALL_FILES:
+        result = inspect(path)
+        if result.ok and result.metadata and result.metadata.transfer_syntax:
+            decoded.add(result.metadata.transfer_syntax)
+    assert claimed <= decoded, claimed - decoded

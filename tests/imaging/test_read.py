@@ -115,3 +115,30 @@ def test_strictness_raise_refuses_warned_files(corpus):
     with pytest.raises(OverreadError, match="strictness=raise"):
         read(corpus("MR_small_padded.dcm"), strictness="raise")
     assert read(corpus("MR_small_padded.dcm"), strictness="ignore").warnings == []
+
+
+def test_dx_for_presentation_metadata(write_dicom):
+    from pydicom.uid import DigitalXRayImageStorageForPresentation
+
+    stored = np.arange(12 * 10, dtype=np.uint16).reshape(12, 10)
+    path = write_dicom(
+        stored,
+        SOPClassUID=DigitalXRayImageStorageForPresentation,
+        Modality="DX",
+        PhotometricInterpretation="MONOCHROME1",
+        ViewPosition="PA",
+        BodyPartExamined="CHEST",
+        ImagerPixelSpacing=[0.139, 0.139],
+        WindowCenter=60,
+        WindowWidth=120,
+        PatientSex="F",
+        PatientAge="054Y",
+    )
+    image = read(path)
+    meta = image.metadata
+    assert (meta.modality, meta.view_position, meta.body_part) == ("DX", "PA", "CHEST")
+    assert meta.photometric_interpretation == "MONOCHROME1"
+    assert meta.pixel_spacing == pytest.approx((0.139, 0.139))
+    assert meta.window_center == (60.0,) and meta.window_width == (120.0,)
+    assert (meta.patient_sex, meta.patient_age) == ("F", "054Y")
+    np.testing.assert_array_equal(image.pixels, stored)

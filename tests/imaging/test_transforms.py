@@ -177,3 +177,13 @@ def test_compose_never_modifies_caller_image():
     chain = Compose([VoiWindow(center=0, width=2), InvertMonochrome1(), Normalize("clip")])
     chain(image)
     np.testing.assert_array_equal(image.pixels, pixels)
+
+
+def test_real_monochrome1_cr_is_inverted(corpus):
+    image = read(corpus("dicomdirtests/77654033/CR1/6154"))
+    assert image.metadata.photometric_interpretation == "MONOCHROME1"
+    out = cxr_chain(image.metadata.rows)(image)
+    darkest_stored = np.unravel_index(np.argmin(image.pixels), image.pixels.shape)
+    brightest_stored = np.unravel_index(np.argmax(image.pixels), image.pixels.shape)
+    assert out.pixels[darkest_stored] == out.pixels.max()
+    assert out.pixels[brightest_stored] == out.pixels.min()
