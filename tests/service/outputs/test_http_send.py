@@ -141,3 +141,25 @@ def test_post_fhir_server_trouble_is_retryable(
         post_fhir(bundle, f"http://127.0.0.1:{fhir_endpoint.server_port}/busy")
     assert caught.value.retryable
     assert "transient" in str(caught.value)
+
+
+@pytest.mark.service
+def test_stow_rs_reports_which_instances_were_refused(
+    orthanc: OrthancPeer, prediction: PredictionStandIn, dx_chest_header: Dataset, cr_small: Dataset
+) -> None:
+    # STOW-RS to one study's URL with an instance of another study: Orthanc stores
+    # the first and refuses the second, answering 409 with both lists.
+    mine = build_sr(prediction, [dx_chest_header])
+    other = build_sr(prediction, [cr_small])
+    url = f"{orthanc.dicomweb}/studies/{mine.StudyInstanceUID}"
+    with pytest.raises(DeliveryError, match=f"refused: {other.SOPInstanceUID}") as caught:
+        stow_rs([mine, other], url)
+    response = caught.value.response
+    assert response.status_code == 409
+    assert response.stored == [mine.SOPInstanceUID]
+    assert list(response.failed) == [other.SOPInstanceUID]
+    assert caught.value.retryable is False
+    found = httpx.post(
+        f"{orthanc.url}/tools/lookup", content=str(mine.SOPInstanceUID), timeout=10
+    ).json()
+    assert len(found) == 1

@@ -51,6 +51,9 @@ class DeliveryError(ServiceError):
         Whether trying again later may succeed (a transient refusal, an abort, a
         peer that is down); ``False`` for permanent refusals such as an unknown
         called AE title.
+    response
+        For HTTP deliveries, the :class:`~.http_send.HttpResult` parsed from the
+        server's answer (which instances it stored and which it refused), if any.
     """
 
     def __init__(
@@ -60,11 +63,13 @@ class DeliveryError(ServiceError):
         peer: str,
         results: Sequence[SendResult] = (),
         retryable: bool = True,
+        response: Any = None,
     ) -> None:
         super().__init__(message)
         self.peer = peer
         self.results = list(results)
         self.retryable = retryable
+        self.response = response
 
 
 def _check_ae_title(value: str, what: str) -> str:

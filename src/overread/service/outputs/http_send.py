@@ -119,8 +119,10 @@ def stow_rs(
     Raises
     ------
     DeliveryError
-        On connection failure or an HTTP error status (``409`` - nothing stored -
-        included); ``retryable`` is true for timeouts, 429 and 5xx.
+        On connection failure or an HTTP error status, ``409 Conflict`` included
+        (some servers, Orthanc among them, answer 409 when any instance was
+        refused even though others were stored: ``error.response`` has both
+        lists); ``retryable`` is true for timeouts, 429 and 5xx.
     """
     items = [load_dataset(item) for item in datasets]
     target = _studies_url(url)
@@ -160,11 +162,13 @@ def stow_rs(
         result.stored = list(_sequence_uids(body, _REFERENCED_SOP_SEQUENCE))
         result.failed = _sequence_uids(body, _FAILED_SOP_SEQUENCE)
     if response.status_code >= 400:
+        refused = ", ".join(f"{uid} (reason {reason})" for uid, reason in result.failed.items())
         raise DeliveryError(
             f"STOW-RS to {target} failed: HTTP {response.status_code} "
-            f"{response.reason_phrase}; {str(body)[:300]}",
+            f"{response.reason_phrase}; " + (f"refused: {refused}" if refused else str(body)[:300]),
             peer=target,
             retryable=response.status_code in RETRYABLE_HTTP,
+            response=result,
         )
     logger.info(
         "STOW-RS to %s: HTTP %d, %d stored, %d failed",
