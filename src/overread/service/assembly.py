@@ -19,12 +19,22 @@ import logging
 import threading
 from collections.abc import Callable, Iterable
 from datetime import timedelta
+from typing import Any
 
-from sqlalchemy import select, update
+from sqlalchemy import delete, select, update
 
 from overread.errors import OverreadError
 from overread.service.config import ServiceConfig
-from overread.service.db import Database, Instance, JobKind, Study, StudyState, utcnow
+from overread.service.db import (
+    Database,
+    Instance,
+    Job,
+    JobKind,
+    JobState,
+    Study,
+    StudyState,
+    utcnow,
+)
 from overread.service.jobs import JobQueue
 from overread.service.routing import InstanceFacts, Router
 from overread.service.runtime import ModelIdentity, PipelineProvider
@@ -93,48 +103,93 @@ class StudyAssembler:
                 return []
         return self._route(study_instance_uid, reason)
 
+    def _plan_jobs(self, study_instance_uid: str) -> list[dict[str, Any]]:
+        """The infer jobs the study's instances call for, as ``enqueue`` arguments.
+
+        Computed outside any transaction: resolving a model may load it, which must
+        not hold the database's write lock (the SCP would wait).
+        """
+        jobs: list[dict[str, Any]] = []
+        for planned in self.router.plan(self._facts(study_instance_uid)):
+            names = (
+                [d.name for d in self.config.destinations]
+                if planned.destinations is None
+                else sorted(planned.destinations)
+            )
+            destinations = [self.config.destination(n).model_dump() for n in names]
+            identity = self._identify(planned.model)
+            jobs.append(
+                {
+                    "study_instance_uid": study_instance_uid,
+                    "model_name": identity.name,
+                    "model_version": identity.version,
+                    "kind": JobKind.INFER,
+                    "route": ",".join(planned.routes),
+                    "priority": planned.priority,
+                    "payload": {"alias": planned.model, "destinations": destinations},
+                }
+            )
+        return jobs
+
     def _route(self, study_instance_uid: str, reason: str) -> list[int]:
-        """Queue the jobs of a complete study and mark it routed (one transaction)."""
-        facts = self._facts(study_instance_uid)
-        plan = self.router.plan(facts)
-        identities = {p.model: self._identify(p.model) for p in plan}
-        job_ids: list[int] = []
+        """Queue the jobs of a complete study and mark it routed (one transaction).
+
+        Jobs announced as ``received`` while the study arrived are promoted to
+        ``queued``; announced jobs the complete study no longer matches are dropped.
+        """
+        planned = self._plan_jobs(study_instance_uid)
+        models = [str(p["payload"]["alias"]) for p in planned]
         with self.database.session() as session:
-            for planned in plan:
-                names = (
-                    [d.name for d in self.config.destinations]
-                    if planned.destinations is None
-                    else sorted(planned.destinations)
+            job_ids = [self.queue.enqueue(session, state=JobState.QUEUED, **p)[0] for p in planned]
+            session.execute(
+                delete(Job)
+                .where(
+                    Job.study_instance_uid == study_instance_uid,
+                    Job.state == JobState.RECEIVED.value,
+                    Job.id.not_in(job_ids or [-1]),
                 )
-                destinations = [self.config.destination(n).model_dump() for n in names]
-                identity = identities[planned.model]
-                job_id, _ = self.queue.enqueue(
-                    session,
-                    study_instance_uid=study_instance_uid,
-                    model_name=identity.name,
-                    model_version=identity.version,
-                    kind=JobKind.INFER,
-                    route=",".join(planned.routes),
-                    priority=planned.priority,
-                    payload={"alias": planned.model, "destinations": destinations},
-                )
-                job_ids.append(job_id)
+                .execution_options(synchronize_session=False)
+            )
             session.execute(
                 update(Study)
                 .where(Study.study_instance_uid == study_instance_uid)
                 .values(state=StudyState.ROUTED.value)
                 .execution_options(synchronize_session=False)
             )
-        if plan:
+        if models:
             logger.info(
                 "study %s complete (%s): %d job(s) for %s",
                 study_instance_uid,
                 reason,
                 len(job_ids),
-                ", ".join(p.model for p in plan),
+                ", ".join(models),
             )
         else:
             logger.info("study %s complete (%s): no route matches", study_instance_uid, reason)
+        return job_ids
+
+    def announce(self) -> list[int]:
+        """Create ``received`` jobs for studies still arriving that have none yet.
+
+        They show in the job list what will run once the study is complete; they are
+        never claimed in that state.
+        """
+        with self.database.session() as session:
+            uids = session.scalars(
+                select(Study.study_instance_uid).where(
+                    Study.state == StudyState.RECEIVING.value,
+                    ~select(Job.id)
+                    .where(Job.study_instance_uid == Study.study_instance_uid)
+                    .exists(),
+                )
+            ).all()
+        job_ids: list[int] = []
+        for uid in uids:
+            planned = self._plan_jobs(uid)
+            with self.database.session() as session:
+                job_ids.extend(
+                    self.queue.enqueue(session, state=JobState.RECEIVED, **p)[0] for p in planned
+                )
         return job_ids
 
     def association_released(self, study_instance_uids: Iterable[str]) -> list[int]:
@@ -163,6 +218,7 @@ class StudyAssembler:
             job_ids.extend(self._route(uid, reason="recovered"))
         for uid in uids:
             job_ids.extend(self.complete_study(uid, reason="stable"))
+        self.announce()
         return job_ids
 
     def wake(self) -> None:

@@ -8,7 +8,8 @@ the job becomes claimable again (its attempt counted). Finishing is fenced by th
 lease: a worker whose lease was taken over cannot mark the job done, and the
 finishing transaction (result row, follow-up jobs, state change) rolls back whole.
 
-States: ``queued -> running -> succeeded``; ``running -> failed`` (retryable, with
+States: ``received`` (announced while the study is still arriving; never claimed)
+``-> queued -> running -> succeeded``; ``running -> failed`` (retryable, with
 exponential backoff in ``next_attempt_at``) ``-> running`` again; after
 ``max_attempts`` the job is ``dead_lettered`` and stays visible until someone
 requeues it.
@@ -100,9 +101,13 @@ class JobQueue:
         route: str = "",
         priority: int = 0,
         payload: dict[str, Any] | None = None,
+        state: JobState = JobState.QUEUED,
     ) -> tuple[int, bool]:
         """Add a job unless an identical one exists; return ``(job id, created)``.
 
+        ``state`` is ``queued`` (ready to run) or ``received`` (announced while its
+        study is still arriving). Enqueuing as ``queued`` a job that exists as
+        ``received`` promotes it, taking the new route, priority and payload.
         With ``session`` the insert joins the caller's transaction (then a duplicate
         is detected by a look-up first, and the unique constraint still guards races).
         """
@@ -114,10 +119,10 @@ class JobQueue:
             "destination": destination,
         }
         if session is not None:
-            return self._enqueue_in(session, values, route, priority, payload)
+            return self._enqueue_in(session, values, route, priority, payload, state)
         try:
             with self.database.session() as own:
-                return self._enqueue_in(own, values, route, priority, payload)
+                return self._enqueue_in(own, values, route, priority, payload, state)
         except IntegrityError:
             with self.database.session() as own:
                 existing = own.scalar(select(Job.id).filter_by(**values))
@@ -132,16 +137,31 @@ class JobQueue:
         route: str,
         priority: int,
         payload: dict[str, Any] | None,
+        state: JobState,
     ) -> tuple[int, bool]:
+        now = utcnow()
         existing = session.scalar(select(Job.id).filter_by(**values))
         if existing is not None:
+            if state == JobState.QUEUED:
+                session.execute(
+                    update(Job)
+                    .where(Job.id == existing, Job.state == JobState.RECEIVED.value)
+                    .values(
+                        state=JobState.QUEUED.value,
+                        route=route,
+                        priority=priority,
+                        payload=payload or {},
+                        next_attempt_at=now,
+                        updated_at=now,
+                    )
+                    .execution_options(synchronize_session=False)
+                )
             return existing, False
-        now = utcnow()
         job = Job(
             **values,
             route=route,
             priority=priority,
-            state=JobState.QUEUED.value,
+            state=state.value,
             attempts=0,
             max_attempts=self.max_attempts,
             next_attempt_at=now,
@@ -152,7 +172,8 @@ class JobQueue:
         session.add(job)
         session.flush()
         logger.info(
-            "queued %s job %d: study %s, model %s %s%s",
+            "%s %s job %d: study %s, model %s %s%s",
+            state.value,
             values["kind"],
             job.id,
             values["study_instance_uid"],

@@ -1,0 +1,100 @@
+"""Study assembly and routing into jobs, driven directly (no network)."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from pathlib import Path
+
+import pytest
+from pydicom.uid import generate_uid
+from sqlalchemy import select, update
+
+from overread.config import Settings
+from overread.service.assembly import StudyAssembler
+from overread.service.config import service_config
+from overread.service.db import Database, Job, Study, StudyState
+from overread.service.ingest import Ingestor
+from overread.service.jobs import JobQueue
+from overread.service.runtime import RegistryPipelineProvider
+from overread.service.store import ObjectStore
+
+pytest.importorskip("overread.inference", reason="the inference pipeline is not importable")
+
+
+@pytest.fixture
+def parts(tmp_path: Path, database_url: str) -> tuple[StudyAssembler, Ingestor, JobQueue]:
+    config = service_config(
+        Settings(data_dir=tmp_path),
+        database_url=database_url,
+        stable_seconds=3600,
+        destinations=["PACS=PACSAE@127.0.0.1:11113"],
+    )
+    database = Database(config.database_url)
+    queue = JobQueue(database)
+    assembler = StudyAssembler(config, database, queue, RegistryPipelineProvider())
+    return assembler, Ingestor(database, ObjectStore(tmp_path / "objects")), queue
+
+
+def _states(queue: JobQueue) -> list[str]:
+    return [j.state for j in reversed(queue.list())]
+
+
+def test_jobs_are_announced_while_receiving_then_queued_on_completion(
+    parts: tuple[StudyAssembler, Ingestor, JobQueue], dx_factory: Callable[..., Path]
+) -> None:
+    assembler, ingestor, queue = parts
+    study = generate_uid()
+    ingestor.ingest_file(dx_factory(study_uid=study))
+    assert assembler.sweep() == []  # not stable yet
+    [job] = queue.list()
+    assert job.state == "received" and job.model_name == "cxr-default"
+    assert job.payload["destinations"][0]["ae_title"] == "PACSAE"
+    assert queue.claim("w", lease_seconds=60) is None  # announced jobs never run
+    assert assembler.complete_study(study) == [job.id]
+    assert _states(queue) == ["queued"]
+    assert assembler.complete_study(study) == []  # already complete: nothing happens
+    claimed = queue.claim("w", lease_seconds=60)
+    assert claimed is not None and claimed.id == job.id
+
+
+def test_stable_time_completes_and_a_late_instance_does_not_duplicate_work(
+    parts: tuple[StudyAssembler, Ingestor, JobQueue], dx_factory: Callable[..., Path]
+) -> None:
+    assembler, ingestor, queue = parts
+    study = generate_uid()
+    ingestor.ingest_file(dx_factory(study_uid=study))
+    assembler.config.stable_seconds = 0  # every study is now past its stable time
+    ids = assembler.sweep()
+    assert len(ids) == 1 and _states(queue) == ["queued"]
+    ingestor.ingest_file(dx_factory(study_uid=study))  # a late instance reopens the study
+    with assembler.database.session() as session:
+        assert session.scalar(select(Study.state)) == StudyState.RECEIVING.value
+    assert assembler.sweep() == ids  # routed again: the same job, not a new one
+    assert len(queue.list()) == 1
+
+
+def test_a_study_matching_no_route_gets_no_job(
+    parts: tuple[StudyAssembler, Ingestor, JobQueue], dx_factory: Callable[..., Path]
+) -> None:
+    assembler, ingestor, queue = parts
+    study = generate_uid()
+    ingestor.ingest_file(dx_factory(study_uid=study, body_part="HAND"))
+    assert assembler.association_released({study}) == []  # no route: no early completion
+    assert assembler.complete_study(study) == []
+    with assembler.database.session() as session:
+        assert session.scalar(select(Study.state)) == StudyState.ROUTED.value
+    assert queue.list() == []
+
+
+def test_a_study_completed_but_never_routed_is_recovered(
+    parts: tuple[StudyAssembler, Ingestor, JobQueue], dx_factory: Callable[..., Path]
+) -> None:
+    assembler, ingestor, queue = parts
+    study = generate_uid()
+    ingestor.ingest_file(dx_factory(study_uid=study))
+    with assembler.database.session() as session:  # as if the process died mid-way
+        session.execute(update(Study).values(state=StudyState.COMPLETE.value))
+    assert len(assembler.sweep()) == 1
+    assert _states(queue) == ["queued"]
+    with assembler.database.session() as session:
+        assert session.scalar(select(Job.route)) == "chest-xray"
