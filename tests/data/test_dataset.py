@@ -129,6 +129,7 @@ def test_bad_images_are_reported_and_skipped(cohort: LabelTable, tmp_path: Path)
     assert ds[3][3]["row"] == 4
     assert [row.path for row in ds.skipped] == [str(cohort.frame["path"].iat[3])]
     assert str(broken) in ds.skipped[0].reason
+    assert ds.skipped[0].line == 5  # the row's line in labels.csv
     dropped = ds.prepare()
     assert [row.path for row in dropped] == [str(cohort.frame["path"].iat[6])]
     assert len(ds) == 8 and 3 not in ds.rows and 6 not in ds.rows

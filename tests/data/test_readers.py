@@ -115,7 +115,7 @@ def test_root_checks_files_and_skips_missing_ones(tmp_path: Path) -> None:
     assert table.skipped[0].line == 3
     assert "image file not found" in table.skipped[0].reason
     assert table.image_path(0) == tmp_path / present
-    assert "_line" not in table.frame.columns
+    assert table.frame["source_line"].tolist() == [2]
 
 
 NIH_HEADER = (

@@ -7,6 +7,8 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from overread.data import (
     LabelTable,
@@ -124,3 +126,34 @@ def test_real_chexpert_split_has_no_leakage(txv_dir: Path) -> None:
     naive_train, naive_test = table.take(order[:178_000]), table.take(order[178_000:])
     with pytest.raises(PatientLeakageError):
         check_leakage(naive_train, naive_test, names=["train", "test"])
+
+
+@settings(max_examples=40, deadline=None)
+@given(
+    images_per_patient=st.lists(st.integers(1, 6), min_size=3, max_size=60),
+    fractions=st.lists(st.floats(0.05, 1.0), min_size=2, max_size=4),
+    seed=st.integers(0, 2**31),
+)
+def test_split_properties(images_per_patient: list[int], fractions: list[float], seed: int) -> None:
+    rows = []
+    for p, count in enumerate(images_per_patient):
+        for i in range(count):
+            rows.append(
+                {
+                    "path": f"{p}/{i}",
+                    "patient_id": f"P{p}",
+                    "study_id": f"P{p}/{i}",
+                    "A": float((p * 7 + i) % 5 == 0),
+                    "B": float(p % 9 == 0),
+                }
+            )
+    table = LabelTable(pd.DataFrame(rows), ["A", "B"])
+    parts = patient_split(table, fractions, seed=seed)
+    assert len(parts) == len(fractions)
+    assert sorted(path for s in parts for path in s.frame["path"]) == sorted(table.frame["path"])
+    check_leakage(*parts)
+    n = len(images_per_patient)
+    shares = np.asarray(fractions) / sum(fractions)
+    counts = np.array([s.n_patients if len(s) else 0 for s in parts])
+    # Largest-remainder rounding per stratum, carried over: within a few patients of the target.
+    assert np.all(np.abs(counts - shares * n) <= 3)

@@ -30,6 +30,7 @@ from typing import Any, Literal
 
 import numpy as np
 import numpy.typing as npt
+import pandas as pd
 import torch
 from torch.utils.data import DataLoader, Dataset
 
@@ -222,10 +223,21 @@ class CxrDataset(Dataset[tuple[Any, ...]]):
 
     def _record_failure(self, row: int, message: str) -> None:
         self._bad[row] = message
-        self.skipped.append(SkippedRow(0, str(self.table.frame["path"].iat[row]), message))
+        self.skipped.append(
+            SkippedRow(self._line(row), str(self.table.frame["path"].iat[row]), message)
+        )
         log.warning("skipping unreadable image: %s", message)
         if self._cache is not None and self._slots is not None:
             self._cache.put_error(int(self._slots[row]), message)
+
+    def _line(self, row: int) -> int:
+        """The label file line of a table row (0 if the table does not know it)."""
+        if "source_line" not in self.table.frame.columns:
+            return 0
+        lines = pd.to_numeric(self.table.frame["source_line"], errors="coerce").to_numpy(
+            dtype=np.float64, na_value=0.0
+        )
+        return int(lines[row])
 
     def _to_tensor(self, pixels: FloatArray) -> torch.Tensor:
         x = torch.from_numpy(np.array(pixels, dtype=np.float32, copy=True))
@@ -316,7 +328,11 @@ class CxrDataset(Dataset[tuple[Any, ...]]):
                 assert self._cache is not None and self._slots is not None
                 self._bad[int(row)] = self._cache.error(int(self._slots[int(row)]))
                 self.skipped.append(
-                    SkippedRow(0, str(self.table.frame["path"].iat[int(row)]), self._bad[int(row)])
+                    SkippedRow(
+                        self._line(int(row)),
+                        str(self.table.frame["path"].iat[int(row)]),
+                        self._bad[int(row)],
+                    )
                 )
         self._rows = np.array(good, dtype=np.int64)
         return self.skipped[before:]

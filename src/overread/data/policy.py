@@ -15,8 +15,9 @@ Consolidation; hence per-label overrides. **U-LSR** (label smoothing
 regularisation, Pham et al., 2021, "Interpreting chest X-rays via CNNs that
 exploit hierarchical disease dependencies and uncertainty labels") replaces each
 uncertain label by a draw from U(a, b), e.g. U(0.55, 0.85) for the U-Ones flavour
-or U(0, 0.3) for U-Zeros; draws are seeded, so the same policy on the same table
-gives the same targets.
+or U(0, 0.3) for U-Zeros. Draws are seeded; for a LabelTable each draw depends only
+on the image's path, the label and the seed, so an image keeps its soft target in
+whichever split it lands.
 
 Blanks are "not mentioned", which for most findings means negative (CheXpert's
 own training treats them as 0); ``blank=ignore`` masks them instead.
@@ -193,6 +194,37 @@ class LabelPolicy:
         return self.spec()
 
 
+def _splitmix64(values: npt.NDArray[np.uint64]) -> npt.NDArray[np.uint64]:
+    """SplitMix64's finaliser: a fast, well-mixed 64-bit hash, vectorised."""
+    z = values + np.uint64(0x9E3779B97F4A7C15)
+    z = (z ^ (z >> np.uint64(30))) * np.uint64(0xBF58476D1CE4E5B9)
+    z = (z ^ (z >> np.uint64(27))) * np.uint64(0x94D049BB133111EB)
+    out: npt.NDArray[np.uint64] = z ^ (z >> np.uint64(31))
+    return out
+
+
+def _lsr_draws(
+    shape: tuple[int, ...], seed: int, row_keys: npt.NDArray[np.uint64] | None
+) -> npt.NDArray[np.float64]:
+    """Uniform [0, 1) draws for U-LSR, one per cell.
+
+    With row keys (a hash of each image's path, when a LabelTable is given) a
+    cell's draw depends only on (image, label, seed): an image keeps its soft
+    target whichever split or subset it is in. Without them, draws come from
+    ``default_rng(seed)`` over the whole array.
+    """
+    if row_keys is None:
+        return np.random.default_rng(seed).random(shape, dtype=np.float64)
+    n_labels = shape[1]
+    with np.errstate(over="ignore"):
+        base = _splitmix64(row_keys ^ _splitmix64(np.array([seed], dtype=np.uint64)))
+        cells = base[:, None] + np.arange(1, n_labels + 1, dtype=np.uint64)[None, :] * np.uint64(
+            0xD1B54A32D192ED03
+        )
+        mixed = _splitmix64(cells)
+    return (mixed >> np.uint64(11)).astype(np.float64) / float(1 << 53)
+
+
 def apply_policy(
     raw_labels: npt.ArrayLike | pd.DataFrame | LabelTable,
     policy: LabelPolicy | str,
@@ -224,9 +256,12 @@ def apply_policy(
     """
     if isinstance(policy, str):
         policy = LabelPolicy.parse(policy)
+    row_keys: npt.NDArray[np.uint64] | None = None
     if isinstance(raw_labels, LabelTable):
         labels = labels or raw_labels.labels
         raw = raw_labels.raw
+        hashed = pd.util.hash_pandas_object(raw_labels.frame["path"], index=False)
+        row_keys = np.asarray(hashed, dtype=np.uint64)
     elif isinstance(raw_labels, pd.DataFrame):
         labels = labels or [str(c) for c in raw_labels.columns]
         raw = raw_labels.to_numpy(dtype=np.float32, na_value=np.nan)
@@ -261,8 +296,7 @@ def apply_policy(
     if policy.blank is BlankMode.IGNORE:
         mask[blank] = 0.0
     uncertain = raw == -1.0
-    rng = np.random.default_rng(policy.seed)
-    draws = rng.random(raw.shape, dtype=np.float64)
+    draws = _lsr_draws(raw.shape, policy.seed, row_keys)
     for col in range(n_labels):
         rule = policy.rule_for(labels[col]) if labels is not None else policy.uncertain
         rows = uncertain[:, col]

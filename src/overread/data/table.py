@@ -69,7 +69,8 @@ class LabelTable:
         One row per image (per study for label files without image lists):
         ``path`` (relative to :attr:`root`), ``patient_id``, ``study_id``, one
         column per name in :attr:`labels` holding 1/0/-1/NaN, then metadata
-        columns such as ``sex``, ``age``, ``view``, ``site``, ``group``.
+        columns such as ``sex``, ``age``, ``view``, ``site``, ``group``, and
+        ``source_line``, the row's line in the label file (header = 1).
     labels
         The label names this table carries, in column order. CheXpert, MIMIC
         and the phantoms use :data:`overread.findings.CHEXPERT_LABELS`; NIH keeps

@@ -128,7 +128,7 @@ def check_files(table: LabelTable) -> LabelTable:
     if exists.all():
         return table
     missing = np.flatnonzero(~exists)
-    line = table.frame["_line"] if "_line" in table.frame.columns else None
+    line = table.frame["source_line"] if "source_line" in table.frame.columns else None
     new = [
         SkippedRow(
             int(str(line.iat[pos])) if line is not None else 0,
@@ -159,11 +159,9 @@ def locate_by_name(root: Path, names: Iterable[str]) -> dict[str, str]:
 
 
 def finish(table: LabelTable, check: bool) -> LabelTable:
-    """Common last step: optional file check, then drop the helper line column."""
+    """Common last step: the optional file check, and a log line if rows were skipped."""
     if check:
         table = check_files(table)
-    if "_line" in table.frame.columns:
-        table.frame = table.frame.drop(columns="_line")
     if table.skipped:
         log.warning(
             "%s: %d row(s) skipped, first: %s", table.source, len(table.skipped), table.skipped[0]

@@ -93,7 +93,7 @@ def read_chexpert(
         meta["age"] = pd.to_numeric(meta["age"], errors="coerce")
     split = paths.str.extract(r"(?:^|/)(train|valid|test)/")[0]
     meta["split"] = split
-    meta["_line"] = lines
+    meta["source_line"] = lines
     frame = drop_rows(assemble(keys, values, meta, CHEXPERT_LABELS), bad)
     skipped.sort(key=lambda row: row.line)
     table = LabelTable(

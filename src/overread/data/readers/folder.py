@@ -107,7 +107,7 @@ def read_folder(
     keys = pd.DataFrame({"path": paths, "patient_id": patient, "study_id": study})
     meta = raw[[c for c in raw.columns if c not in keys_used and c not in labels]].copy()
     meta.columns = [str(c).lower().replace(" ", "_") for c in meta.columns]
-    meta["_line"] = line_numbers(raw)
+    meta["source_line"] = line_numbers(raw)
     empty = (paths == "").to_numpy()
     lines = line_numbers(raw)
     for pos in np.flatnonzero(empty & ~bad).tolist():

@@ -78,7 +78,7 @@ def read_mimic(
                     "path": folders,
                     "patient_id": subject,
                     "study_id": study,
-                    "_line": lines,
+                    "source_line": lines,
                 }
             ),
             values,
@@ -103,7 +103,7 @@ def read_mimic(
         for _, row in merged.loc[lonely].iterrows():
             skipped.append(
                 SkippedRow(
-                    int(row["_line"]),
+                    int(row["source_line"]),
                     "",
                     f"study {row['study_id']} of subject {row['patient_id']} has no image "
                     "in the metadata file",

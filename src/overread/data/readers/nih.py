@@ -192,7 +192,7 @@ def read_nih(
     for name in ("age", "follow_up"):
         if name in meta.columns:
             meta[name] = pd.to_numeric(meta[name], errors="coerce")
-    meta["_line"] = lines
+    meta["source_line"] = lines
     frame = pd.concat([keys[list(KEY_COLUMNS)], values[labels], meta], axis=1)
     frame = drop_rows(frame, bad)
     if root is not None:

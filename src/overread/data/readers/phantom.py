@@ -103,7 +103,7 @@ def read_phantom(
             meta[name] = raw[column]
     if "age" in meta.columns:
         meta["age"] = pd.to_numeric(meta["age"], errors="coerce")
-    meta["_line"] = lines
+    meta["source_line"] = lines
     frame = drop_rows(assemble(keys, values, meta, CHEXPERT_LABELS), bad)
     skipped.sort(key=lambda row: row.line)
     table = LabelTable(

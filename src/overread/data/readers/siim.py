@@ -60,7 +60,7 @@ def read_siim(
     for pos in np.flatnonzero(empty_id & good).tolist():
         skipped.append(SkippedRow(int(lines[pos]), "", "ImageId is empty"))
     good &= ~empty_id
-    rows = pd.DataFrame({"image": ids, "rle": rle, "_line": lines}).loc[good]
+    rows = pd.DataFrame({"image": ids, "rle": rle, "source_line": lines}).loc[good]
     rows["positive"] = rows["rle"] != "-1"
     grouped = rows.groupby("image", sort=False)
     images = pd.DataFrame(
@@ -69,13 +69,15 @@ def read_siim(
             "encoded_pixels": grouped["rle"].agg(
                 lambda values: "|".join(v for v in values if v != "-1")
             ),
-            "_line": grouped["_line"].min(),
+            "source_line": grouped["source_line"].min(),
         }
     ).reset_index()
     images["path"] = images["image"] + ".dcm"
     images["patient_id"] = images["image"]
     images["study_id"] = images["image"]
-    frame = images[["path", "patient_id", "study_id", LABEL, "encoded_pixels", "image", "_line"]]
+    frame = images[
+        ["path", "patient_id", "study_id", LABEL, "encoded_pixels", "image", "source_line"]
+    ]
     frame = frame.rename(columns={"image": "image_id"})
     if root is not None:
         located = locate_by_name(Path(root), frame["path"])
