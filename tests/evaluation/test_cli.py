@@ -159,6 +159,42 @@ def test_given_thresholds_are_applied(run_cli, prediction_files, tmp_path) -> No
     assert entry["deployment"]["prevalence"] == 0.02 and entry["deployment"]["ppv"] < entry["ppv"]
 
 
+def test_thresholds_chosen_on_validation_are_reused_on_test(
+    run_cli, prediction_files, tmp_path
+) -> None:
+    pred, labels, _ = prediction_files
+    status, _, _ = run_cli(
+        "evaluate",
+        "--predictions",
+        pred,
+        "--labels",
+        labels,
+        "--resamples",
+        "50",
+        "--out",
+        tmp_path / "val",
+    )
+    assert status == 0
+    chosen = json.loads((tmp_path / "val" / "thresholds.json").read_text())
+    assert set(chosen) == set(LABELS)
+    status, _, _ = run_cli(
+        "evaluate",
+        "--predictions",
+        pred,
+        "--labels",
+        labels,
+        "--thresholds",
+        tmp_path / "val" / "thresholds.json",
+        "--resamples",
+        "50",
+        "--out",
+        tmp_path / "test",
+    )
+    assert status == 0
+    test_metrics = json.loads((tmp_path / "test" / "metrics.json").read_text())["labels"]
+    assert {k: v["threshold"] for k, v in test_metrics.items()} == chosen
+
+
 @pytest.fixture
 def asah_csv(asah, tmp_path) -> Path:
     frame = asah.assign(poor=(asah["outcome"] == "Poor").astype(int))

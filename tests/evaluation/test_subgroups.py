@@ -101,3 +101,25 @@ def test_age_bands() -> None:
         "80+",
         "unknown",
     ]
+
+
+def test_any_metric_by_group_matches_fairlearn() -> None:
+    from sklearn.metrics import brier_score_loss
+
+    from overread.evaluation import metric_by_group
+
+    y, p, group, patients = _cohort(2)
+    rows = metric_by_group(
+        "sex", brier_score_loss, y, p, group, patient_ids=patients, n_resamples=100
+    )
+    frame = MetricFrame(metrics=brier_score_loss, y_true=y, y_pred=p, sensitive_features=group)
+    for row in rows:
+        assert row.value == pytest.approx(frame.by_group[row.group])
+        assert row.ci[0] < row.value < row.ci[1]
+        assert row.metric == "brier_score_loss"
+    y1 = y.copy()
+    y1[group == "X"] = 0
+    auc_rows = {
+        r.group: r for r in metric_by_group("sex", roc_auc_score, y1, p, group, n_resamples=20)
+    }
+    assert np.isnan(auc_rows["X"].value) and "undefined" in auc_rows["X"].reason

@@ -95,6 +95,7 @@ from overread.evaluation.subgroups import (
     age_band,
     fairness_report,
     group_metrics,
+    metric_by_group,
 )
 
 __all__ = [
@@ -159,6 +160,7 @@ __all__ = [
     "macro_auc",
     "make_recalibrator",
     "mcnemar",
+    "metric_by_group",
     "micro_auc",
     "non_inferiority_proportions",
     "normalized_surface_dice",

@@ -196,16 +196,13 @@ def bootstrap_statistic(
     meant for the smaller subgroup and operating-point analyses.
     """
     patient, n_patients = patient_index(patient_ids, n_rows)
-    order = np.argsort(patient, kind="mergesort")
-    starts = np.searchsorted(patient[order], np.arange(n_patients))
-    ends = np.r_[starts[1:], n_rows]
-    rows_of = [order[a:b] for a, b in zip(starts, ends, strict=True)]
     estimate = np.atleast_1d(np.asarray(statistic(np.arange(n_rows)), dtype=np.float64))
     rng = np.random.default_rng(seed)
     replicates = np.full((n_resamples, estimate.size), np.nan)
+    all_rows = np.arange(n_rows)
     for b in range(n_resamples):
-        drawn = rng.integers(0, n_patients, n_patients)
-        rows = np.concatenate([rows_of[p] for p in drawn])
+        drawn = np.bincount(rng.integers(0, n_patients, n_patients), minlength=n_patients)
+        rows = np.repeat(all_rows, drawn[patient])
         try:
             replicates[b] = statistic(rows)
         except EvaluationError:

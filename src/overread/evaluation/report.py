@@ -101,10 +101,20 @@ def _gap_table(attribute: str, per_label: dict[str, Any]) -> str:
 def write_report(
     metrics: dict[str, Any], inputs: EvaluationInputs, out_dir: Path, *, band_resamples: int = 200
 ) -> tuple[Path, Path]:
-    """Write ``metrics.json`` and ``report.html`` into ``out_dir``; return both paths."""
+    """Write ``metrics.json``, ``thresholds.json`` and ``report.html`` into ``out_dir``.
+
+    Returns the paths of ``metrics.json`` and ``report.html``.
+    """
     out_dir.mkdir(parents=True, exist_ok=True)
     metrics_path = out_dir / "metrics.json"
     metrics_path.write_text(json.dumps(json_safe(metrics), indent=2, allow_nan=False) + "\n")
+    # The operating points, ready for --thresholds when these data were the validation set.
+    thresholds = {
+        name: entry["threshold"]
+        for name, entry in metrics["labels"].items()
+        if entry.get("threshold") is not None
+    }
+    (out_dir / "thresholds.json").write_text(json.dumps(json_safe(thresholds), indent=2) + "\n")
     labels = inputs.labels
     parts = [
         "<!doctype html><html><head><meta charset='utf-8'><title>overread evaluation</title>",

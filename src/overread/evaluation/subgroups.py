@@ -11,7 +11,8 @@ when its patient-level bootstrap interval excludes zero.
 from __future__ import annotations
 
 import itertools
-from collections.abc import Sequence
+import warnings
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -174,6 +175,70 @@ def group_metrics(
     return out
 
 
+def metric_by_group(
+    attribute: str,
+    metric: Callable[[FloatArray, FloatArray], float],
+    y_true: ArrayLike,
+    y_score: ArrayLike,
+    groups: ArrayLike,
+    *,
+    name: str | None = None,
+    patient_ids: ArrayLike | None = None,
+    n_resamples: int = 500,
+    confidence: float = 0.95,
+    seed: int = 0,
+) -> list[GroupMetric]:
+    """Any metric ``metric(y_true, y_score) -> float`` per group, with a
+    patient-level bootstrap percentile CI.
+
+    A group where the metric raises (one class only, no cases) gets NaN and
+    the error message as its reason; a resample where it raises is skipped.
+    """
+    y = np.asarray(y_true, dtype=np.float64)
+    s = np.asarray(y_score, dtype=np.float64)
+    g = np.asarray(groups).astype(str)
+    if not (y.shape == s.shape == g.shape):
+        raise EvaluationError("truth, scores and groups must have one value per case")
+    pids = None if patient_ids is None else np.asarray(patient_ids)
+    label: str = name or str(getattr(metric, "__name__", "metric"))
+    keep = ~np.isnan(y) & ~np.isnan(s)
+    out: list[GroupMetric] = []
+    for group in sorted(np.unique(g[keep]).tolist()):
+        rows = np.nonzero(keep & (g == group))[0]
+        yy, ss = y[rows], s[rows]
+        n, n_pos = int(rows.size), int((yy == 1).sum())
+
+        def value(idx: NDArray[np.intp], yy: FloatArray = yy, ss: FloatArray = ss) -> float:
+            try:
+                with warnings.catch_warnings():
+                    warnings.simplefilter("ignore")
+                    result = float(metric(yy[idx], ss[idx]))
+            except (EvaluationError, ValueError) as exc:
+                raise EvaluationError(str(exc)) from None
+            if not np.isfinite(result):
+                raise EvaluationError("the metric is undefined here (it returned NaN)")
+            return result
+
+        try:
+            point = value(np.arange(n))
+        except EvaluationError as exc:
+            nan = float("nan")
+            out.append(GroupMetric(attribute, group, label, nan, (nan, nan), n, n_pos, str(exc)))
+            continue
+        boot = bootstrap_statistic(
+            value,
+            n,
+            None if pids is None else pids[rows],
+            n_resamples=n_resamples,
+            confidence=confidence,
+            seed=seed,
+        )
+        ci = (float(boot.ci_low[0]), float(boot.ci_high[0]))
+        reason = "" if boot.n_valid[0] else "no valid bootstrap resample"
+        out.append(GroupMetric(attribute, group, label, point, ci, n, n_pos, reason))
+    return out
+
+
 def fairness_report(
     attribute: str,
     y_true: ArrayLike,
@@ -273,4 +338,5 @@ __all__ = [
     "age_band",
     "fairness_report",
     "group_metrics",
+    "metric_by_group",
 ]
