@@ -189,3 +189,17 @@ def test_bits_stored_larger_than_allocated(write_dicom):
     path = write_dicom(np.zeros((8, 8), np.uint16), BitsStored=20)
     with pytest.raises(OverreadError, match="Bits Stored"):
         read(path)
+
+
+def test_large_file_over_the_budget_is_refused_without_loading_it(write_dicom):
+    path = write_dicom(np.zeros((40, 512, 512), np.uint16))  # 21 MB of pixel data
+    tracemalloc.start()
+    try:
+        with pytest.raises(OverreadError, match="max_pixels"):
+            read(path, settings=ImagingSettings(max_pixels=1_000_000))
+        _, peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    assert peak < 8 * 1024 * 1024
+    image = read(path)  # within the default limits the deferred pixels load normally
+    assert image.pixels.shape == (40, 512, 512)

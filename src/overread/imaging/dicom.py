@@ -24,6 +24,7 @@ from typing import Any, TypeVar
 import numpy as np
 import numpy.typing as npt
 import pydicom
+from pydicom.dataelem import RawDataElement
 from pydicom.dataset import Dataset, FileMetaDataset
 from pydicom.errors import InvalidDicomError as PydicomInvalidDicomError
 from pydicom.pixels.decoders.base import get_decoder
@@ -44,6 +45,9 @@ logger = logging.getLogger(__name__)
 T = TypeVar("T")
 
 PIXEL_KEYWORDS = ("PixelData", "FloatPixelData", "DoubleFloatPixelData")
+PIXEL_TAGS = frozenset({0x7FE00010, 0x7FE00008, 0x7FE00009})
+DEFER_BYTES = 4 * 1024 * 1024
+UNDEFINED_LENGTH = 0xFFFFFFFF
 NATIVE_SYNTAXES = {
     ImplicitVRLittleEndian,
     ExplicitVRLittleEndian,
@@ -51,6 +55,7 @@ NATIVE_SYNTAXES = {
     UID("1.2.840.10008.1.2.1.99"),  # Deflated Explicit VR Little Endian
     UID("1.2.840.10008.1.2.1.98"),  # Encapsulated Uncompressed Explicit VR Little Endian
 }
+DEFLATED = UID("1.2.840.10008.1.2.1.99")
 COLOR_SPACES = ("RGB", "YBR_FULL", "YBR_FULL_422", "YBR_ICT", "YBR_RCT", "YBR_PARTIAL_420")
 
 
@@ -279,7 +284,9 @@ def read_header(path: Path) -> Dataset:
     """
     part10 = is_part10(path)
     try:
-        ds = pydicom.dcmread(path, force=not part10)
+        # Large values (pixel data) stay on disk until asked for, so the budget
+        # checks run before a multi-gigabyte file is pulled into memory.
+        ds = pydicom.dcmread(path, force=not part10, defer_size=DEFER_BYTES)
     except PydicomInvalidDicomError as exc:
         raise InvalidDicomError(f"{path}: not a DICOM file ({one_line(exc)})") from None
     except MemoryError:
@@ -299,6 +306,8 @@ def _convert_elements(ds: Dataset, path: Path) -> None:
     surface later as an arbitrary exception deep inside pixel handling.
     """
     for tag in list(ds.keys()):
+        if tag in PIXEL_TAGS:
+            continue  # checked against the declared geometry, decoded later
         try:
             ds[tag]
         except Exception as exc:
@@ -400,14 +409,13 @@ def check_budget(
             f"values, more than the limit of {max_pixels} (imaging.max_pixels)"
         )
     keyword = pixel_keyword(ds)
-    elem = ds[keyword] if keyword else None
-    if elem is not None and (tsuid is None or tsuid in NATIVE_SYNTAXES):
-        if getattr(elem, "is_undefined_length", False) and tsuid in NATIVE_SYNTAXES:
+    actual = _stored_length(ds, keyword, path) if keyword else None
+    if actual is not None and (tsuid is None or tsuid in NATIVE_SYNTAXES):
+        if actual == UNDEFINED_LENGTH:
+            name = tsuid.name if tsuid else "unknown"
             raise InvalidDicomError(
-                f"{path}: pixel data is encapsulated but the transfer syntax {tsuid.name if tsuid else '?'} is not"
+                f"{path}: pixel data is encapsulated but the transfer syntax ({name}) is native"
             )
-        value = elem.value
-        actual = len(value) if isinstance(value, bytes | bytearray) else None
         expected = math.ceil(total * bits / 8)
         if samples == 3 and _get(ds, "PhotometricInterpretation", _text, "") == "YBR_FULL_422":
             expected = expected * 2 // 3  # chroma subsampled 2:1 horizontally (C.7.6.3.1.2)
@@ -417,6 +425,37 @@ def check_budget(
                 f"{frames} frames x {samples} samples x {bits} bits need {expected}"
             )
     return rows, columns, frames, samples, bits
+
+
+def _stored_length(ds: Dataset, keyword: str, path: Path | str) -> int | None:
+    """Bytes of a pixel data element actually present, without loading a deferred value.
+
+    A deferred element's declared length can exceed what a truncated file holds,
+    so the length is capped by the bytes left in the file after the value starts.
+    """
+    tag = pydicom.datadict.tag_for_keyword(keyword)
+    if tag is None:
+        return None
+    raw = ds.get_item(tag)
+    if raw is None:
+        return None
+    if isinstance(raw, RawDataElement):
+        if raw.length == UNDEFINED_LENGTH:
+            return UNDEFINED_LENGTH
+        if raw.value is not None:
+            return len(raw.value)
+        if transfer_syntax_of(ds) == DEFLATED or raw.value_tell is None:
+            value = ds[tag].value  # inflated in memory: positions are not file offsets
+            return len(value) if isinstance(value, bytes | bytearray) else None
+        try:
+            left = Path(path).stat().st_size - int(raw.value_tell)
+        except OSError:
+            return int(raw.length)
+        return max(0, min(int(raw.length), left))
+    if getattr(raw, "is_undefined_length", False):
+        return UNDEFINED_LENGTH
+    value = raw.value
+    return len(value) if isinstance(value, bytes | bytearray) else None
 
 
 def codec_availability() -> dict[str, str]:
