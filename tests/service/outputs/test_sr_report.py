@@ -72,7 +72,10 @@ def test_dsrdump_shows_the_tree_with_codes_model_and_summary(sr_file: Path) -> N
     if shutil.which("dsrdump") is None:
         pytest.skip("DCMTK dsrdump is not installed")
     done = tool_output("dsrdump", "+Pc", sr_file)
+    # dsrdump checks the Comprehensive SR relationship constraints while reading
+    # and warns about (or refuses) invalid content items.
     assert done.returncode == 0, done.stderr
+    assert done.stderr.strip() == ""
     text = done.stdout
     assert '<has obs context CODE:(121005,DCM,"Observer Type")=(121007,DCM,"Device")>' in text
     assert 'CODE:(121058,DCM,"Procedure reported")=(399208008,SCT,"Plain chest X-ray")' in text
