@@ -121,6 +121,8 @@ def test_bad_images_are_reported_and_skipped(cohort: LabelTable, tmp_path: Path)
     broken = cohort.image_path(3)
     broken.write_bytes(b"DICM? no, just some bytes that are not an image" * 4)
     cohort.image_path(6).unlink()
+    truncated = cohort.image_path(8)
+    truncated.write_bytes(truncated.read_bytes()[:-1500])  # pixel data cut short
     reader = CountingReader()
     ds = CxrDataset(
         cohort, cxr_chain(16), cache=tmp_path / "cache", return_metadata=True, reader=reader
@@ -131,19 +133,20 @@ def test_bad_images_are_reported_and_skipped(cohort: LabelTable, tmp_path: Path)
     assert str(broken) in ds.skipped[0].reason
     assert ds.skipped[0].line == 5  # the row's line in labels.csv
     dropped = ds.prepare()
-    assert [row.path for row in dropped] == [str(cohort.frame["path"].iat[6])]
-    assert len(ds) == 8 and 3 not in ds.rows and 6 not in ds.rows
+    assert [row.path for row in dropped] == [str(cohort.frame["path"].iat[i]) for i in (6, 8)]
+    for row, i in zip(dropped, (6, 8), strict=True):
+        assert row.reason.startswith(str(cohort.image_path(i)))
+    assert len(ds) == 7 and not {3, 6, 8} & set(ds.rows.tolist())
     # The failures are remembered by the cache: a new dataset does not decode them again.
     reader2 = CountingReader()
     again = CxrDataset(cohort, cxr_chain(16), cache=tmp_path / "cache", reader=reader2)
     skipped = again.prepare()
     assert reader2.calls == []
-    assert sorted(r.path for r in skipped) == sorted(
-        str(cohort.frame["path"].iat[i]) for i in (3, 6)
-    )
-    assert len(again) == 8
+    expected = sorted(str(cohort.frame["path"].iat[i]) for i in (3, 6, 8))
+    assert sorted(r.path for r in skipped) == expected
+    assert len(again) == 7
     batches = list(make_loader(again, batch_size=3))
-    assert sum(len(b[0]) for b in batches) == 8
+    assert sum(len(b[0]) for b in batches) == 7
 
 
 def test_workers_fill_the_shared_cache(cohort: LabelTable, tmp_path: Path) -> None:

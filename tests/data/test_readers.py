@@ -247,6 +247,8 @@ def test_mimic_studies_images_and_split(tmp_path: Path) -> None:
             "2a2277a9,53189527,10000032,test",
         ],
     )
+    with pytest.raises(DatasetError, match="metadata"):
+        read_labels("mimic", chexpert, split=split)
     images = read_labels("mimic", chexpert, metadata=metadata, split=split)
     assert images.frame["path"].tolist() == [
         "files/p10/p10000032/s50414267/02aa804e.jpg",

@@ -77,7 +77,9 @@ class CxrDataset(Dataset[tuple[Any, ...]]):
         Number of channels of ``x``; a grey image is repeated (3 for ImageNet
         weights).
     cache
-        None, ``"memory"``, or a folder for a memory-mapped :class:`ImageCache`.
+        None, ``"memory"`` (a dict in each process: with DataLoader workers,
+        each worker decodes its own share again), or a folder for a
+        memory-mapped :class:`ImageCache` shared by all processes.
     cache_dtype
         ``"float16"`` or ``"uint8"`` (folder caches).
     images
@@ -167,7 +169,7 @@ class CxrDataset(Dataset[tuple[Any, ...]]):
             try:
                 rows, cols = self._decode(row).shape[-2:]
                 return int(rows), int(cols)
-            except (OverreadError, OSError, ValueError):
+            except Exception:
                 continue
         raise DatasetError("no image of the table could be read to learn the chain's output shape")
 
@@ -211,10 +213,10 @@ class CxrDataset(Dataset[tuple[Any, ...]]):
             pixels = self._decode(row)
             if self._cache is not None and self._slots is not None:
                 self._cache.put(int(self._slots[row]), pixels)
-        except (OverreadError, OSError, ValueError) as exc:
-            message = f"{self.table.image_path(row)}: {exc}"
-            if not isinstance(exc, OverreadError):
-                message = f"{self.table.image_path(row)}: {type(exc).__name__}: {exc}"
+        except Exception as exc:
+            # Any failure on one file (a decoder's own exception types included)
+            # is that file's problem, not the epoch's.
+            message = _failure_message(self.table.image_path(row), exc)
             self._record_failure(row, message)
             raise DatasetError(message) from exc
         if self._memory is not None:
@@ -352,6 +354,12 @@ class CxrDataset(Dataset[tuple[Any, ...]]):
         return False
 
 
+def _failure_message(path: Path, exc: Exception) -> str:
+    """One line naming the file and the error (with its type unless it is ours)."""
+    text = str(exc) if str(path) in str(exc) else f"{path}: {exc}"
+    return text if isinstance(exc, OverreadError) else f"{path}: {type(exc).__name__}: {exc}"
+
+
 def _as_is(item: Any) -> Any:
     """Collate function that leaves decoded arrays as they are."""
     return item
@@ -371,8 +379,8 @@ class _Decoder(Dataset[tuple[int, FloatArray | None, str | None]]):
         row = self.rows[index]
         try:
             return row, self.dataset._decode(row), None
-        except (OverreadError, OSError, ValueError) as exc:
-            return row, None, f"{self.dataset.table.image_path(row)}: {exc}"
+        except Exception as exc:
+            return row, None, _failure_message(self.dataset.table.image_path(row), exc)
 
 
 def make_loader(

@@ -159,7 +159,9 @@ def site_split(
         )
     held_patients = set(table.frame.loc[sites.isin(list(holdout_sites)), "patient_id"])
     external = table.frame["patient_id"].isin(held_patients).to_numpy()
-    return table.take(np.flatnonzero(~external)), table.take(np.flatnonzero(external))
+    parts = table.take(np.flatnonzero(~external)), table.take(np.flatnonzero(external))
+    check_leakage(*parts, names=("internal", "external"))
+    return parts
 
 
 def check_leakage(*splits: LabelTable, names: Sequence[str] | None = None) -> None:

@@ -29,6 +29,7 @@ from overread.data.readers.base import (
     require_columns,
 )
 from overread.data.table import KEY_COLUMNS, LabelTable, SkippedRow
+from overread.errors import DatasetError
 from overread.findings import CHEXPERT_LABELS
 
 
@@ -88,6 +89,11 @@ def read_mimic(
     studies = drop_rows(studies, bad)
     warnings: list[str] = []
     if metadata is None:
+        if split is not None:
+            raise DatasetError(
+                f"{split}: the MIMIC split file lists images (dicom_id); give the metadata "
+                "file too so studies can be expanded into images"
+            )
         frame = studies
     else:
         meta_source = Path(metadata)
