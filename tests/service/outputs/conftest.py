@@ -227,9 +227,9 @@ class OrthancPeer:
         return f"{self.url}/dicom-web"
 
 
-@pytest.fixture(scope="session")
-def orthanc(tmp_path_factory: pytest.TempPathFactory) -> Iterator[OrthancPeer]:
-    """A private Orthanc with DICOMweb, checking called AE titles, on free ports."""
+@contextlib.contextmanager
+def run_orthanc(root: Path, **overrides: object) -> Iterator[OrthancPeer]:
+    """A private Orthanc with DICOMweb on free ports, stopped on exit."""
     binary = shutil.which("Orthanc") or shutil.which("orthanc")
     plugin = next(
         (
@@ -241,9 +241,8 @@ def orthanc(tmp_path_factory: pytest.TempPathFactory) -> Iterator[OrthancPeer]:
     )
     if binary is None or plugin is None:
         pytest.skip("Orthanc with the DICOMweb plugin is not installed")
-    root = tmp_path_factory.mktemp("orthanc")
     peer = OrthancPeer(free_port(), free_port(), "ORTHANC")
-    config = {
+    config: dict[str, object] = {
         "Name": "overread-test-pacs",
         "StorageDirectory": str(root / "storage"),
         "IndexDirectory": str(root / "index"),
@@ -255,6 +254,7 @@ def orthanc(tmp_path_factory: pytest.TempPathFactory) -> Iterator[OrthancPeer]:
         "DicomCheckCalledAet": True,
         "Plugins": [str(plugin)],
         "DicomWeb": {"Enable": True, "Root": "/dicom-web/"},
+        **overrides,
     }
     config_path = root / "orthanc.json"
     config_path.write_text(json.dumps(config))
@@ -266,10 +266,18 @@ def orthanc(tmp_path_factory: pytest.TempPathFactory) -> Iterator[OrthancPeer]:
         deadline = time.monotonic() + 30
         while time.monotonic() < deadline:  # the plugin registers its routes last
             with contextlib.suppress(httpx.HTTPError):
-                if httpx.get(f"{peer.dicomweb}/studies", timeout=2).status_code == 200:
+                status = httpx.get(f"{peer.dicomweb}/studies", timeout=2).status_code
+                if status in (200, 401):
                     break
             time.sleep(0.1)
         yield peer
     finally:
         stop(process)
         log.close()
+
+
+@pytest.fixture(scope="session")
+def orthanc(tmp_path_factory: pytest.TempPathFactory) -> Iterator[OrthancPeer]:
+    """A private Orthanc with DICOMweb, checking called AE titles, on free ports."""
+    with run_orthanc(tmp_path_factory.mktemp("orthanc")) as peer:
+        yield peer

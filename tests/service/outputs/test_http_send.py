@@ -6,6 +6,7 @@ import json
 import threading
 from collections.abc import Iterator
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
 from typing import Any
 
 import httpx
@@ -21,7 +22,7 @@ from overread.service.outputs import (
     stow_rs,
 )
 
-from .conftest import OrthancPeer, PredictionStandIn, free_port
+from .conftest import OrthancPeer, PredictionStandIn, free_port, run_orthanc
 
 
 @pytest.mark.service
@@ -163,3 +164,18 @@ def test_stow_rs_reports_which_instances_were_refused(
         f"{orthanc.url}/tools/lookup", content=str(mine.SOPInstanceUID), timeout=10
     ).json()
     assert len(found) == 1
+
+
+@pytest.mark.service
+def test_stow_rs_authenticates_with_basic_auth(
+    tmp_path: Path, prediction: PredictionStandIn, dx_chest_header: Dataset
+) -> None:
+    sr = build_sr(prediction, [dx_chest_header])
+    with run_orthanc(
+        tmp_path, AuthenticationEnabled=True, RegisteredUsers={"overread": "s3cret"}
+    ) as secured:
+        with pytest.raises(DeliveryError, match="HTTP 401") as caught:
+            stow_rs([sr], secured.dicomweb, auth=("overread", "wrong"))
+        assert caught.value.retryable is False
+        result = stow_rs([sr], secured.dicomweb, auth=("overread", "s3cret"))
+        assert result.stored == [sr.SOPInstanceUID]
