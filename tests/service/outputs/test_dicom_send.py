@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import shutil
+import ssl
+import subprocess
 from pathlib import Path
 
 import httpx
@@ -144,3 +147,50 @@ def test_a_peer_too_slow_to_answer_is_a_timeout_error(
     ):
         send_datasets([sr], DicomDestination("PACSAE", "127.0.0.1", peer.port), dimse_timeout=1)
     assert caught.value.retryable
+
+
+@pytest.fixture
+def tls_pair(tmp_path: Path) -> tuple[Path, Path]:
+    """A throw-away self-signed key and certificate for 127.0.0.1 / localhost."""
+    if shutil.which("openssl") is None:
+        pytest.skip("openssl is not installed")
+    key, cert = tmp_path / "key.pem", tmp_path / "cert.pem"
+    done = subprocess.run(
+        [
+            "openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1",
+            "-keyout", str(key), "-out", str(cert), "-subj", "/CN=localhost",
+            "-addext", "subjectAltName=DNS:localhost,IP:127.0.0.1",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    return key, cert
+
+
+@pytest.mark.service
+def test_dicom_tls_delivers_and_untrusted_peers_are_refused(
+    tmp_path: Path,
+    tls_pair: tuple[Path, Path],
+    prediction: PredictionStandIn,
+    dx_chest_header: Dataset,
+) -> None:
+    key, cert = tls_pair
+    sr = build_sr(prediction, [dx_chest_header])
+    # storescp over TLS with our certificate; it does not ask the client for one (-ic).
+    with run_storescp(tmp_path / "tls", "+tls", str(key), str(cert), "-ic") as peer:
+        destination = DicomDestination("PACSAE", "127.0.0.1", peer.port)
+        trusting = ssl.create_default_context(cafile=str(cert))
+        (result,) = send_datasets([sr], destination, tls=trusting)
+        assert result.ok
+        assert [pydicom.dcmread(p).SOPInstanceUID for p in peer.out_dir.iterdir()] == [
+            sr.SOPInstanceUID
+        ]
+
+        # The system trust store does not know the self-signed certificate.
+        with pytest.raises(DeliveryError, match="could not be reached over TLS"):
+            send_datasets([sr], destination, tls=ssl.create_default_context(), acse_timeout=5)
+        # Nor can a plain-TCP client talk to a TLS port.
+        with pytest.raises(DeliveryError, match="could not be reached"):
+            send_datasets([sr], destination, acse_timeout=5, network_timeout=5)

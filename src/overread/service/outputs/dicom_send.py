@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import logging
 import re
+import ssl
 import time
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
@@ -164,6 +165,8 @@ def send_datasets(
     acse_timeout: float = 30.0,
     dimse_timeout: float = 60.0,
     network_timeout: float = 60.0,
+    tls: ssl.SSLContext | None = None,
+    tls_server_hostname: str | None = None,
 ) -> list[SendResult]:
     """C-STORE ``datasets`` to ``destination`` over one association.
 
@@ -178,6 +181,11 @@ def send_datasets(
     acse_timeout, dimse_timeout, network_timeout
         Seconds to wait for association negotiation, for each C-STORE response, and
         on an idle connection.
+    tls
+        A client :class:`ssl.SSLContext` to send over DICOM TLS (PS3.15 Annex B);
+        it decides which CAs are trusted and whether we present a certificate.
+    tls_server_hostname
+        Name to check the peer's certificate against; defaults to the host.
 
     Returns
     -------
@@ -220,7 +228,8 @@ def send_datasets(
     for sop_class, transfer_syntaxes in syntaxes.items():
         ae.add_requested_context(sop_class, transfer_syntaxes)
 
-    assoc = ae.associate(peer.host, peer.port, ae_title=peer.ae_title)
+    tls_args = (tls, tls_server_hostname or peer.host) if tls is not None else None
+    assoc = ae.associate(peer.host, peer.port, ae_title=peer.ae_title, tls_args=tls_args)
     if assoc.is_rejected:
         reason, transient = _describe_rejection(assoc)
         raise DeliveryError(
@@ -230,11 +239,15 @@ def send_datasets(
         )
     if not assoc.is_established:
         connected = getattr(getattr(assoc, "acceptor", None), "primitive", None) is not None
-        what = (
-            "accepted none of the proposed SOP classes / transfer syntaxes"
-            if connected
-            else "could not be reached (connection refused, timed out, or aborted by the peer)"
-        )
+        if connected:
+            what = "accepted none of the proposed SOP classes / transfer syntaxes"
+        elif tls is not None:
+            what = (
+                "could not be reached over TLS (connection refused, timed out, TLS "
+                "handshake or certificate verification failed, or aborted by the peer)"
+            )
+        else:
+            what = "could not be reached (connection refused, timed out, or aborted by the peer)"
         raise DeliveryError(f"{peer} {what}", peer=str(peer))
 
     results: list[SendResult] = []
