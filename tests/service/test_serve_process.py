@@ -184,20 +184,48 @@ def test_kill_9_mid_job_then_restart_completes_the_job_exactly_once(
     assert restarted.terminate() == 0
 
 
-def test_restart_with_jobs_queued_loses_none(
+class WorkerProcess:
+    """``overread worker`` in a subprocess."""
+
+    def __init__(self, data_dir: Path, *extra: str) -> None:
+        env = {k: v for k, v in os.environ.items() if not k.startswith("OVERREAD_")}
+        self.process = subprocess.Popen(
+            [sys.executable, "-m", "overread", "worker", "--data-dir", str(data_dir), *extra],
+            cwd=data_dir.parent,
+            env=env,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            text=True,
+        )
+
+    def terminate(self) -> tuple[int, str]:
+        self.process.send_signal(signal.SIGTERM)
+        out, _ = self.process.communicate(timeout=60)
+        return self.process.returncode, out
+
+
+def test_restart_with_jobs_queued_loses_none_and_a_worker_process_runs_them(
     serve: Callable[..., ServeProcess],
     storescp: Storescp,
     dx_factory: Callable[..., Path],
     tmp_path: Path,
+    database_url: str,
 ) -> None:
-    receiver = serve(storescp, workers=0)  # receive and route, run nothing
-    db = Database(f"sqlite:///{tmp_path / 'data' / 'overread.db'}", create=False)
+    url = ["--database-url", database_url]
+    receiver = serve(storescp, *url, workers=0)  # receive and route, run nothing
+    db = Database(database_url, create=False)
     for _ in range(3):
         _storescu(receiver.dicom_port, dx_factory(size=256))
-    _wait(lambda: len(_jobs(db)) == 3)
-    assert {j.state for j in _jobs(db)} == {"queued"}
+    _wait(lambda: len(_jobs(db)) == 3 and {j.state for j in _jobs(db)} == {"queued"})
     assert receiver.terminate() == 0
-    worker = serve(storescp)
-    _wait(lambda: len(_jobs(db)) == 6 and {j.state for j in _jobs(db)} == {"succeeded"})
+    assert {j.state for j in _jobs(db)} == {"queued"}  # nothing lost, nothing started
+    receiver = serve(storescp, *url, workers=0)
+    worker = WorkerProcess(tmp_path / "data", *url, "--workers", "2")
+    try:
+        _wait(lambda: len(_jobs(db)) == 6 and {j.state for j in _jobs(db)} == {"succeeded"})
+    finally:
+        status, output = worker.terminate()
+    assert status == 0, output
+    assert "overread worker: 2 worker(s)" in output
     assert len(set(_sr_uids(storescp))) == 3
-    assert worker.terminate() == 0
+    assert receiver.terminate() == 0
