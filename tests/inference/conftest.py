@@ -63,6 +63,7 @@ def cxr_dicom(tmp_path: Path) -> Callable[..., Path]:
 
     def make(name: str | None = None, **kwargs: object) -> Path:
         index = next(counter)
-        return write_cxr(tmp_path / (name or f"cxr{index}.dcm"), seed=index, **kwargs)  # type: ignore[arg-type]
+        kwargs.setdefault("seed", index)
+        return write_cxr(tmp_path / (name or f"cxr{index}.dcm"), **kwargs)  # type: ignore[arg-type]
 
     return make

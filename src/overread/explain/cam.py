@@ -42,12 +42,13 @@ def cam_to_heatmaps(cam: np.ndarray, size: tuple[int, int]) -> np.ndarray:
 
 
 def default_target_layer(network: nn.Module) -> nn.Module:
-    """The layer Grad-CAM hooks by default: the last feature block, else the last conv."""
-    from overread.models.export import cam_parts
+    """The layer Grad-CAM hooks by default: ``features``, else the last conv.
 
-    parts = cam_parts(network)
-    if parts is not None:
-        return parts[0]
+    It must be a module that the network's forward calls, or the hooks never fire.
+    """
+    features = getattr(network, "features", None)
+    if isinstance(features, nn.Module):  # CxrConvNet, MONAI DenseNet: the last feature block
+        return features
     convs = [m for m in network.modules() if isinstance(m, nn.Conv2d)]
     if not convs:
         raise ValueError(f"{type(network).__name__} has no convolutional layer to explain")
@@ -77,28 +78,29 @@ class GradCam:
     def __call__(self, x: torch.Tensor, label_indices: list[int] | None = None) -> np.ndarray:
         """Maps ``(N, len(label_indices), H, W)`` in [0, 1] at the input resolution."""
         activations: list[torch.Tensor] = []
-        gradients: list[torch.Tensor] = []
 
         def keep_activation(_m: nn.Module, _i: object, output: torch.Tensor) -> None:
             activations.append(output)
-            output.register_hook(gradients.append)  # type: ignore[no-untyped-call]
 
         handle = self.target_layer.register_forward_hook(keep_activation)
         was_training = self.network.training
         self.network.eval()
         try:
             with torch.enable_grad():
-                inputs = x.detach().clone().requires_grad_(True)
-                logits = self.network(inputs)
+                logits = self.network(x.detach().clone().requires_grad_(True))
+                if not activations:
+                    raise ValueError("the target layer was not called by the network's forward")
+                activation = activations[-1]
                 indices = (
                     label_indices if label_indices is not None else list(range(logits.shape[1]))
                 )
                 maps = []
                 for index in indices:
-                    gradients.clear()
-                    self.network.zero_grad(set_to_none=True)
-                    logits[:, index].sum().backward(retain_graph=True)
-                    maps.append(self._weighted(activations[-1].detach(), gradients[-1].detach()))
+                    # Gradients w.r.t. the activation only: parameters' .grad stay untouched.
+                    (gradient,) = torch.autograd.grad(
+                        logits[:, index].sum(), activation, retain_graph=True
+                    )
+                    maps.append(self._weighted(activation.detach(), gradient.detach()))
         finally:
             handle.remove()
             self.network.train(was_training)

@@ -21,7 +21,7 @@ import torch
 
 from overread.inference.postprocess import sigmoid
 from overread.inference.runtimes import OnnxRuntime, TorchRuntime, default_threads
-from overread.models.calibration import synthetic_batch, synthetic_chest
+from overread.models.calibration import PHANTOM_SIZE, synthetic_batch, synthetic_chest
 from overread.models.package import ModelPackage
 
 
@@ -138,10 +138,9 @@ def phantom_auc(package: ModelPackage, n: int = 200) -> dict[str, Any]:
         return {"available": False, "reason": "the default model is an untrained placeholder"}
     if package.runtime_file("int8") is None or package.runtime_file("fp32") is None:
         return {"available": False, "reason": "the package lacks an FP32 or INT8 ONNX model"}
-    from overread.cli import COMMAND_MODULES
-    from overread.cli import main as cli_main
-
-    if not any(m.rsplit(".", 1)[-1].startswith("phantom") for m in COMMAND_MODULES):
+    try:
+        from overread.phantom import generate_cohort
+    except ImportError:
         return {"available": False, "reason": "the phantom generator is not available"}
     import pandas as pd
     from sklearn.metrics import roc_auc_score
@@ -151,11 +150,8 @@ def phantom_auc(package: ModelPackage, n: int = 200) -> dict[str, Any]:
 
     chain = build_chain(package.manifest.input.chain)
     with tempfile.TemporaryDirectory(prefix="overread-bench-phantom-") as tmp:
-        status = cli_main(["phantom", "cxr", "--n", str(n), "--out", tmp, "--seed", "20240"])
-        truth_path = Path(tmp) / "truth.csv"
-        if status != 0 or not truth_path.is_file():
-            return {"available": False, "reason": f"phantom generation failed (exit {status})"}
-        truth = pd.read_csv(truth_path)
+        generate_cohort(tmp, n, 20240, rows=PHANTOM_SIZE, cols=PHANTOM_SIZE)
+        truth = pd.read_csv(Path(tmp) / "truth.csv")
         x = np.stack([chain(read(Path(tmp) / p)).pixels for p in truth["Path"]])[:, None]
     x = np.repeat(x.astype(np.float32), package.manifest.input.channels, axis=1)
     scores = {}

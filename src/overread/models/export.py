@@ -22,6 +22,7 @@ from __future__ import annotations
 import copy
 import itertools
 import logging
+import warnings
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -128,7 +129,8 @@ def export_onnx(network: nn.Module, path: Path | str, example: torch.Tensor) -> 
     module: nn.Module = CamClassifier(folded) if has_cam else folded
     outputs = [LOGITS_NAME, CAM_NAME] if has_cam else [LOGITS_NAME]
     axes = {name: {0: "batch"} for name in [INPUT_NAME, *outputs]}
-    with torch.no_grad():
+    with torch.no_grad(), warnings.catch_warnings():
+        warnings.simplefilter("ignore", DeprecationWarning)
         torch.onnx.export(
             module,
             (example,),
@@ -182,6 +184,17 @@ def onnx_torch_max_abs_diff(network: nn.Module, onnx_path: Path, x: torch.Tensor
         expected = network.eval()(x).numpy()
     got = session.run([LOGITS_NAME], {INPUT_NAME: x.numpy().astype(np.float32)})[0]
     return float(np.max(np.abs(np.asarray(got) - expected)))
+
+
+class _DropMessages(logging.Filter):
+    """Drops the quantiser's advice to run its optional pre-processing (we fold BN ourselves)."""
+
+    def __init__(self, fragment: str) -> None:
+        super().__init__()
+        self.fragment = fragment
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return self.fragment not in record.getMessage()
 
 
 class _ArrayReader:
@@ -245,16 +258,21 @@ def quantize_int8(
         def get_next(self) -> dict[str, np.ndarray] | None:
             return self._inner.get_next()
 
-    quantize_static(
-        str(fp32_path),
-        str(int8_path),
-        Reader(),
-        quant_format=formats[quant_format],
-        activation_type=QuantType.QUInt8,
-        weight_type=QuantType.QInt8,
-        per_channel=per_channel,
-        calibrate_method=methods[method],
-    )
+    quiet = _DropMessages("pre-process")
+    logging.getLogger().addFilter(quiet)
+    try:
+        quantize_static(
+            str(fp32_path),
+            str(int8_path),
+            Reader(),
+            quant_format=formats[quant_format],
+            activation_type=QuantType.QUInt8,
+            weight_type=QuantType.QInt8,
+            per_channel=per_channel,
+            calibrate_method=methods[method],
+        )
+    finally:
+        logging.getLogger().removeFilter(quiet)
     return Path(int8_path)
 
 

@@ -93,7 +93,7 @@ class Registry:
         self.include_bundled = include_bundled
         self.key = key
         self._lock = threading.Lock()
-        self._aliases_stamp: tuple[int, int] | None = None
+        self._aliases_stamp: tuple[int, int, int] | None = None
         self._aliases: dict[str, str] = {}
         self._history: dict[str, list[str]] = {}
         self._loaded: dict[tuple[Path, str], ModelPackage] = {}
@@ -218,7 +218,7 @@ class Registry:
         except FileNotFoundError:
             self._aliases, self._history, self._aliases_stamp = {}, {}, None
             return
-        stamp = (stat.st_mtime_ns, stat.st_size)
+        stamp = (stat.st_ino, stat.st_mtime_ns, stat.st_size)
         if stamp == self._aliases_stamp:
             return
         try:

@@ -1,0 +1,101 @@
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from overread.explain import GradCam, blend_overlay, cam_to_heatmaps, colourise, normalise_maps
+from overread.models import CamClassifier, build_network
+
+SIZE = 48
+SQUARE = 12
+
+
+def _square_batch(
+    n: int, rng: np.random.Generator
+) -> tuple[torch.Tensor, torch.Tensor, np.ndarray]:
+    """Noise images; half carry a bright square (label 1). Returns images, labels, square corners."""
+    images = rng.normal(0.3, 0.08, (n, 1, SIZE, SIZE)).astype(np.float32)
+    labels = np.zeros((n, 1), dtype=np.float32)
+    corners = np.full((n, 2), -1)
+    for i in range(n):
+        if i % 2 == 0:
+            r, c = rng.integers(0, SIZE - SQUARE, size=2)
+            images[i, 0, r : r + SQUARE, c : c + SQUARE] += 0.6
+            labels[i] = 1
+            corners[i] = (r, c)
+    return torch.from_numpy(images), torch.from_numpy(labels), corners
+
+
+@pytest.fixture(scope="module")
+def square_net() -> torch.nn.Module:
+    """A tiny cxr-convnet trained for a few steps to detect a bright square."""
+    torch.manual_seed(0)
+    rng = np.random.default_rng(0)
+    net = build_network("cxr-convnet", num_classes=1, widths=[8, 16], blocks=[1, 1], stem_width=8)
+    optimiser = torch.optim.Adam(net.parameters(), lr=1e-2)
+    loss_fn = torch.nn.BCEWithLogitsLoss()
+    net.train()
+    for _ in range(40):
+        x, y, _ = _square_batch(24, rng)
+        optimiser.zero_grad()
+        loss_fn(net(x), y).backward()
+        optimiser.step()
+    return net.eval()
+
+
+def _peaks_in_square(maps: np.ndarray, corners: np.ndarray, margin: int = 3) -> float:
+    hits = []
+    for i, (r, c) in enumerate(corners):
+        if r < 0:
+            continue
+        pr, pc = np.unravel_index(np.argmax(maps[i, 0]), maps[i, 0].shape)
+        inside = r - margin <= pr < r + SQUARE + margin and c - margin <= pc < c + SQUARE + margin
+        hits.append(inside)
+    return float(np.mean(hits))
+
+
+def test_trained_net_detects_the_square(square_net: torch.nn.Module) -> None:
+    x, y, _ = _square_batch(64, np.random.default_rng(1))
+    with torch.no_grad():
+        predicted = (square_net(x) > 0).float()
+    assert (predicted == y).float().mean() > 0.9
+
+
+def test_cam_peak_lies_in_the_square(square_net: torch.nn.Module) -> None:
+    x, _, corners = _square_batch(32, np.random.default_rng(2))
+    with torch.no_grad():
+        _, cam = CamClassifier(square_net)(x)
+    maps = cam_to_heatmaps(cam.numpy(), (SIZE, SIZE))
+    assert maps.shape == (32, 1, SIZE, SIZE)
+    assert maps.min() >= 0 and maps.max() <= 1
+    assert _peaks_in_square(maps, corners) >= 0.9
+
+
+@pytest.mark.parametrize("plus_plus", [False, True])
+def test_grad_cam_peak_lies_in_the_square(square_net: torch.nn.Module, plus_plus: bool) -> None:
+    x, _, corners = _square_batch(16, np.random.default_rng(3))
+    square_net.zero_grad(set_to_none=True)
+    maps = GradCam(square_net, plus_plus=plus_plus)(x)
+    assert maps.shape == (16, 1, SIZE, SIZE)
+    assert _peaks_in_square(maps, corners) >= 0.85
+    assert square_net.training is False
+    assert all(p.grad is None for p in square_net.parameters())
+
+
+def test_grad_cam_shapes_for_several_labels() -> None:
+    torch.manual_seed(0)
+    net = build_network("densenet-tiny", num_classes=3).eval()
+    maps = GradCam(net)(torch.rand(2, 1, 64, 64), label_indices=[0, 2])
+    assert maps.shape == (2, 2, 64, 64)
+
+
+def test_normalise_and_overlay() -> None:
+    maps = normalise_maps(np.array([[[-1.0, 0.0], [1.0, 3.0]], [[0.0, 0.0], [0.0, 0.0]]]))
+    assert maps[0].max() == 1.0 and maps[0, 0, 0] == 0.0
+    assert not maps[1].any()  # an all-zero map stays zero instead of dividing by zero
+    colours = colourise(np.array([[0.0, 1.0]]))
+    assert colours[0, 0, 2] > colours[0, 0, 0]  # low = blue
+    assert colours[0, 1, 0] > colours[0, 1, 2]  # high = red
+    rgb = blend_overlay(np.full((4, 4), 0.5), np.zeros((4, 4)))
+    assert rgb.shape == (4, 4, 3) and (rgb == 127).all()  # no evidence: image unchanged

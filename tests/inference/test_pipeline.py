@@ -1,0 +1,139 @@
+from __future__ import annotations
+
+from collections.abc import Callable
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from overread.findings import CHEXPERT_LABELS
+from overread.imaging import read
+from overread.inference import MicroBatcher, Pipeline
+from overread.models import Registry
+from overread.models.calibration import synthetic_batch
+
+
+@pytest.fixture(scope="module")
+def bundled(tmp_path_factory: pytest.TempPathFactory) -> Registry:
+    return Registry(tmp_path_factory.mktemp("registry"))
+
+
+@pytest.fixture(scope="module")
+def pipeline(bundled: Registry) -> Pipeline:
+    return Pipeline(bundled.load("cxr-default"))
+
+
+def test_dicom_to_findings_through_onnx_runtime(
+    pipeline: Pipeline, cxr_dicom: Callable[..., Path]
+) -> None:
+    path = cxr_dicom(rows=400, cols=300)
+    (prediction,) = pipeline.predict([path])
+    assert prediction.ok, prediction.error
+    assert [f.label for f in prediction.findings] == list(CHEXPERT_LABELS)
+    assert all(0.0 <= f.probability <= 1.0 for f in prediction.findings)
+    assert all(f.positive == (f.probability >= f.threshold) for f in prediction.findings)
+    assert prediction.model.name == "cxr-default" and len(prediction.model.sha256) == 64
+    assert prediction.model.runtime == "onnx" and prediction.model.precision == "int8"
+    assert prediction.model.trained is False
+    assert any("untrained placeholder" in w for w in prediction.warnings)
+    assert prediction.metadata is not None and prediction.metadata.modality == "CR"
+    assert {"read", "preprocess", "inference", "postprocess"} <= set(prediction.timings)
+    assert prediction.heatmaps is None
+    codes = {f.label: f.codes for f in prediction.findings}
+    assert codes["Pleural Effusion"] == (("SCT", "60046008", "Pleural effusion"),)
+
+
+def test_explain_gives_heatmaps_aligned_with_the_model_input(
+    pipeline: Pipeline, cxr_dicom: Callable[..., Path]
+) -> None:
+    (prediction,) = pipeline.predict([cxr_dicom(rows=400, cols=300)], explain=True)
+    assert prediction.heatmaps is not None
+    assert set(prediction.heatmaps) == set(CHEXPERT_LABELS)
+    for heatmap in prediction.heatmaps.values():
+        assert heatmap.shape == (224, 224)
+        assert heatmap.min() >= 0.0 and heatmap.max() <= 1.0
+    assert prediction.model_input is not None and prediction.model_input.shape == (224, 224)
+    box = prediction.letterbox
+    assert box is not None and (box.new_rows, box.new_cols) == (224, 168) and box.left == 28
+
+
+def test_bad_inputs_are_reported_and_the_batch_carries_on(
+    pipeline: Pipeline, cxr_dicom: Callable[..., Path], tmp_path: Path
+) -> None:
+    text = tmp_path / "notes.txt"
+    text.write_text("not an image")
+    truncated = tmp_path / "truncated.dcm"
+    truncated.write_bytes(cxr_dicom().read_bytes()[:600])
+    good = cxr_dicom()
+    lateral = cxr_dicom(view="LL")
+    ct = Path(__file__).parents[2] / "src" / "overread" / "examples" / "CT_small.dcm"
+    results = pipeline.predict([text, good, tmp_path / "absent.dcm", truncated, lateral, ct])
+    assert [r.ok for r in results] == [False, True, False, False, False, False]
+    assert results[2].error == "no such file"
+    assert "view position LL is not accepted" in (results[4].error or "")
+    assert "modality CT is not accepted" in (results[5].error or "")
+    assert all(r.error and "\n" not in r.error for r in results if not r.ok)
+    assert all(r.findings == [] for r in results if not r.ok)
+
+
+def test_image_objects_and_monochrome1(pipeline: Pipeline, cxr_dicom: Callable[..., Path]) -> None:
+    normal = cxr_dicom("m2.dcm")
+    image = read(normal)
+    (from_image,) = pipeline.predict([image])
+    (from_path,) = pipeline.predict([normal])
+    assert from_image.ok and from_image.path == str(normal)
+    assert [f.probability for f in from_image.findings] == [
+        f.probability for f in from_path.findings
+    ]
+    # The same anatomy stored MONOCHROME1 gives the same model input after inversion.
+    inverted = cxr_dicom("m1.dcm", photometric="MONOCHROME1", seed=5)
+    a = pipeline.preprocess(read(inverted))[0]
+    b = pipeline.preprocess(read(cxr_dicom("m2b.dcm", seed=5)))[0]
+    assert a.shape == b.shape == (1, 224, 224)
+    assert np.abs(a - b).max() < 0.02
+
+
+def test_torch_and_onnx_fp32_agree(bundled: Registry, cxr_dicom: Callable[..., Path]) -> None:
+    package = bundled.load("cxr-default")
+    path = cxr_dicom()
+    onnx = Pipeline(package, precision="fp32").predict([path])[0]
+    torch_ = Pipeline(package, runtime="torch").predict([path])[0]
+    a = np.array([f.probability for f in onnx.findings])
+    b = np.array([f.probability for f in torch_.findings])
+    assert np.abs(a - b).max() < 1e-4
+    x = synthetic_batch(3, 224)
+    fp32 = Pipeline(package, precision="fp32")
+    int8 = Pipeline(package, precision="int8")
+    assert np.abs(fp32.predict_batch(x) - int8.predict_batch(x)).max() < 0.05
+    assert fp32.predict_batch(x).shape == (3, 14)
+
+
+def test_gradient_cams_through_the_pipeline(
+    pipeline: Pipeline, cxr_dicom: Callable[..., Path]
+) -> None:
+    (prediction,) = pipeline.predict([cxr_dicom()], explain=True, cam_method="gradcam++")
+    assert prediction.heatmaps is not None
+    assert prediction.heatmaps["Cardiomegaly"].shape == (224, 224)
+
+
+def test_operating_points(pipeline: Pipeline, cxr_dicom: Callable[..., Path]) -> None:
+    (prediction,) = pipeline.predict([cxr_dicom()], operating_point="high sensitivity")
+    assert [f.threshold for f in prediction.findings] == pytest.approx([0.3] * 14)
+    assert {f.operating_point for f in prediction.findings} == {"high sensitivity"}
+    with pytest.raises(Exception, match="no operating point 'nonsense'"):
+        pipeline.predict([cxr_dicom()], operating_point="nonsense")
+
+
+def test_from_name_caches_and_follows_aliases(bundled: Registry) -> None:
+    first = Pipeline.from_name("cxr-default", registry=bundled)
+    assert Pipeline.from_name("cxr-default", registry=bundled) is first
+    bundled.set_alias("cxr-live", "cxr-default@0.1.0")
+    assert Pipeline.from_name("cxr-live", registry=bundled) is first
+
+
+def test_micro_batcher_over_the_pipeline(pipeline: Pipeline) -> None:
+    x = synthetic_batch(5, 224)
+    expected = pipeline.predict_batch(x)
+    with MicroBatcher(pipeline.predict_batch, max_batch=4, max_wait_ms=20) as batcher:
+        rows = [f.result(timeout=30) for f in [batcher.submit(image) for image in x]]
+    assert np.abs(np.stack(rows) - expected).max() < 1e-4
