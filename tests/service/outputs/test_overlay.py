@@ -134,3 +134,29 @@ def test_missing_heatmap_or_label_is_a_clear_error(
     header_only = pydicom.dcmread(Path(dx_chest.filename), stop_before_pixels=True)
     with pytest.raises(ServiceError, match="pixel data cannot be decoded"):
         build_overlay(prediction, header_only, "Pneumothorax")
+
+
+def test_voi_lut_and_percentile_window_are_used(cr_small: Dataset) -> None:
+    raw = cr_small.pixel_array.astype(float)
+    # A VOI LUT that reverses the stored range: the display must follow the LUT.
+    with_lut = Dataset()
+    with_lut.update(cr_small)
+    with_lut.file_meta = cr_small.file_meta
+    bits = int(cr_small.BitsStored)
+    item = Dataset()
+    item.LUTDescriptor = [2**bits if bits < 16 else 0, 0, 16]
+    item.LUTData = list(range(2**bits - 1, -1, -1))
+    with_lut.VOILUTSequence = [item]
+    for keyword in ("WindowCenter", "WindowWidth"):
+        if keyword in with_lut:
+            delattr(with_lut, keyword)
+    plain = Dataset()
+    plain.update(with_lut)
+    plain.file_meta = cr_small.file_meta
+    del plain.VOILUTSequence
+    lut_grey = windowed_grey(with_lut).astype(float)
+    plain_grey = windowed_grey(plain).astype(float)
+    assert np.corrcoef(lut_grey.ravel(), plain_grey.ravel())[0, 1] < -0.9
+    # Without any window the 1st-99th percentile range fills the display range.
+    assert plain_grey.min() == 0 and plain_grey.max() == 255
+    assert np.corrcoef(plain_grey.ravel(), raw.ravel())[0, 1] < -0.9  # MONOCHROME1

@@ -71,7 +71,9 @@ def windowed_grey(source: Dataset) -> np.ndarray:
         raise ServiceError(f"overlay needs a 2D source image; pixel array is {pixels.shape}")
     values = apply_modality_lut(pixels, source).astype(np.float64)
     if "VOILUTSequence" in source:
-        windowed = apply_voi_lut(values, source, index=0).astype(np.float64)
+        # A VOI LUT is indexed by integer values (the modality LUT's output).
+        indices = np.rint(values).astype(np.int64)
+        windowed = apply_voi_lut(indices, source, index=0).astype(np.float64)
         low, high = float(windowed.min()), float(windowed.max())
     elif "WindowCenter" in source and "WindowWidth" in source:
         windowed = values
