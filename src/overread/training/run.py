@@ -96,6 +96,11 @@ def ensure_phantom(source: PhantomSource, folder: Path, echo: Echo) -> Path:
         str(folder),
         "--seed",
         str(source.seed),
+        "--size",
+        str(source.size),
+        "--workers",
+        str(source.workers),
+        "--quiet",
     ]
     status = cli_main(argv)
     if status != 0 or not (folder / "labels.csv").is_file():
