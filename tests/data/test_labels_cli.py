@@ -209,3 +209,37 @@ def test_mimic_and_siim_through_the_cli(run_cli, tmp_path: Path) -> None:  # typ
     stats = json.loads(out)
     assert stats["images"] == 3 and stats["labels"]["Pneumothorax"]["positive"] == 1
     assert "line 5 (img3)" in err and "not a list of integers" in err
+
+
+def test_split_command_writes_disjoint_csvs(run_cli, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    import pandas as pd
+
+    cohort = write_phantom_cohort(tmp_path / "cohort", patients=12, studies=2, with_images=True)
+    out = tmp_path / "splits"
+    status, stdout, err = run_cli(
+        "labels",
+        "split",
+        "-d",
+        "phantom",
+        "--csv",
+        cohort / "labels.csv",
+        "--out",
+        out,
+        "--fractions",
+        "0.5,0.25,0.25",
+        "--holdout-site",
+        "site-C",
+    )
+    assert status == 0, err
+    frames = {
+        name: pd.read_csv(out / f"{name}.csv") for name in ("train", "val", "test", "external")
+    }
+    assert set(frames["external"]["site"]) == {"site-C"}
+    patients = [set(f["patient_id"]) for f in frames.values()]
+    assert sum(len(p) for p in patients) == len(set().union(*patients)) == 12
+    assert sum(len(f) for f in frames.values()) == 24
+    assert "external: 4 patients, 8 studies, 8 images" in stdout
+    status, _, err = run_cli(
+        "labels", "split", "-d", "phantom", "--csv", cohort, "--out", out, "--fractions", "a,b"
+    )
+    assert status == 2 and "--fractions" in err

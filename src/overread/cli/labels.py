@@ -100,3 +100,54 @@ def stats_command(
             err=True,
         )
         raise typer.Exit(1)
+
+
+@labels_app.command("split")
+def split_command(
+    dataset: str = typer.Option(..., "--dataset", "-d", help="Dataset name, as for 'stats'."),
+    csv: Path = typer.Option(..., "--csv", help="The dataset's label CSV."),
+    out: Path = typer.Option(..., "--out", help="Folder for train.csv, val.csv, test.csv."),
+    fractions: str = typer.Option(
+        "0.7,0.1,0.2", "--fractions", help="Patient fractions, comma-separated."
+    ),
+    seed: int = typer.Option(0, "--seed", help="Shuffle seed."),
+    holdout_site: list[str] = typer.Option(
+        [], "--holdout-site", help="Hold this site out as external.csv (repeatable)."
+    ),
+    root: Path | None = typer.Option(
+        None, "--root", help="Image folder (rows without images are skipped)."
+    ),
+) -> None:
+    """Split a label file by patient (stratified by label) into CSVs, checked for leakage."""
+    from overread.data import patient_split, read_labels, site_split
+    from overread.errors import ConfigError
+
+    try:
+        shares = [float(v) for v in fractions.split(",") if v.strip()]
+    except ValueError:
+        raise ConfigError(
+            f"--fractions must be numbers separated by commas, not {fractions!r}"
+        ) from None
+    names = (
+        ["train", "val", "test"] if len(shares) == 3 else [f"split{i}" for i in range(len(shares))]
+    )
+    table = read_labels(dataset, csv, root=root)
+    parts = {}
+    if holdout_site:
+        table, external = site_split(table, holdout_site)
+        parts["external"] = external
+    for name, part in zip(names, patient_split(table, shares, seed=seed), strict=True):
+        parts[name] = part
+    out.mkdir(parents=True, exist_ok=True)
+    for name, part in parts.items():
+        part.frame.to_csv(out / f"{name}.csv", index=False)
+        typer.echo(
+            f"{name}: {part.n_patients} patients, {part.n_studies} studies, {len(part)} images "
+            f"-> {out / f'{name}.csv'}"
+        )
+    if table.skipped:
+        typer.echo(
+            f"warning: {len(table.skipped)} row(s) of {csv} skipped, first: {table.skipped[0]}",
+            err=True,
+        )
+        raise typer.Exit(1)
