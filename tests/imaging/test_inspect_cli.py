@@ -68,3 +68,29 @@ def test_missing_path(run_cli, tmp_path):
     status, _, err = run_cli("inspect", tmp_path / "nope.dcm")
     assert status == 1
     assert err.strip() == f"{tmp_path / 'nope.dcm'}: no such file"
+
+
+def test_codecs_listing(run_cli):
+    status, out, _ = run_cli("inspect", "--codecs")
+    assert status == 0
+    assert "RLE Lossless" in out and "available" in out
+    status, _, err = run_cli("inspect")
+    assert status == 2 and "at least one file" in err
+
+
+def test_human_output_shows_window_and_warnings(run_cli):
+    status, out, _ = run_cli(
+        "inspect", PYDICOM_FILES / "MR_small_padded.dcm", PYDICOM_FILES / "JPEG2000.dcm"
+    )
+    assert status == 0
+    assert "warning: The pixel data is 8320 bytes long" in out
+    assert "JPEG 2000 Image Compression" in out
+
+
+def test_inspect_function_reports_metadata_of_refused_part10_files():
+    from overread.imaging import inspect
+
+    result = inspect(PYDICOM_FILES / "MR_truncated.dcm")
+    assert not result.ok
+    assert result.metadata is not None and result.metadata.modality == "MR"
+    assert result.to_json()["rows"] == 64

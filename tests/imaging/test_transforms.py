@@ -187,3 +187,12 @@ def test_real_monochrome1_cr_is_inverted(corpus):
     brightest_stored = np.unravel_index(np.argmax(image.pixels), image.pixels.shape)
     assert out.pixels[darkest_stored] == out.pixels.max()
     assert out.pixels[brightest_stored] == out.pixels.min()
+
+
+def test_palette_colour_scaled_by_the_lut_depth(corpus):
+    image = read(corpus("examples_palette.dcm"))
+    assert image.metadata.stored_photometric_interpretation == "PALETTE COLOR"
+    assert image.metadata.bits_stored == 16 and image.pixels.max() > 255
+    out = VoiWindow()(image)
+    assert out.pixels.max() <= 1.0
+    assert out.pixels.max() == pytest.approx(image.pixels.max() / 65535)

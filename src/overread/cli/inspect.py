@@ -10,6 +10,8 @@ from pydicom.uid import UID
 
 from overread.cli.app import app
 from overread.config import load_settings
+from overread.errors import ConfigError
+from overread.imaging.dicom import codec_availability
 from overread.imaging.inspection import Inspection, inspect, iter_files
 
 
@@ -17,10 +19,14 @@ def _describe(result: Inspection) -> list[str]:
     meta = result.metadata
     assert meta is not None
     ts = UID(meta.transfer_syntax).name if meta.transfer_syntax else meta.source_format
+    photometric = meta.photometric_interpretation or "-"
+    stored = meta.stored_photometric_interpretation
+    if stored and stored != photometric:
+        photometric = f"{stored} (as {photometric})"
     lines = [
         result.path,
         f"  {meta.modality or '-'}  {meta.rows}x{meta.columns}  frames {meta.frames}  "
-        f"{meta.photometric_interpretation or '-'}  {ts}",
+        f"{photometric}  {ts}",
     ]
     if meta.sop_instance_uid:
         lines.append(f"  SOP Instance UID {meta.sop_instance_uid}")
@@ -34,7 +40,8 @@ def _describe(result: Inspection) -> list[str]:
             f" {meta.voi_lut_function or 'LINEAR'}"
         )
     if result.pixel_min is not None:
-        unit = " (after Modality LUT)" if meta.modality_lut_applied else ""
+        applied = meta.modality_lut_applied or ""
+        unit = " (after Modality LUT)" if applied and "identity" not in applied else ""
         lines.append(
             f"  pixels min {result.pixel_min:g}  max {result.pixel_max:g}  "
             f"mean {result.pixel_mean:.4g}{unit}"
@@ -45,14 +52,31 @@ def _describe(result: Inspection) -> list[str]:
 
 @app.command("inspect")
 def inspect_command(
-    paths: list[Path] = typer.Argument(..., help="Files or directories (walked recursively)."),
+    paths: list[Path] | None = typer.Argument(
+        None, help="Files or directories (walked recursively)."
+    ),
     as_json: bool = typer.Option(False, "--json", help="One JSON object per file, per line."),
+    codecs: bool = typer.Option(
+        False, "--codecs", help="List the compressed transfer syntaxes this install can decode."
+    ),
 ) -> None:
     """Read DICOM / NIfTI / PNG / JPEG files: metadata, pixel statistics, warnings.
 
     Exit status 0 when every file was read; 1 when some could not be (each gets
     one line 'path: what is wrong' on stderr and the others are still read).
     """
+    if codecs:
+        report = codec_availability()
+        if as_json:
+            typer.echo(json.dumps(report, sort_keys=True))
+        else:
+            width = max(len(name) for name in report)
+            for name, status in report.items():
+                typer.echo(f"{name:<{width}}  {status}")
+        if not paths:
+            return
+    if not paths:
+        raise ConfigError("inspect needs at least one file or directory (or --codecs)")
     settings = load_settings().imaging
     failures = 0
     for file in iter_files(paths):

@@ -245,6 +245,7 @@ def metadata_from_dataset(ds: Dataset, path: Path | str | None = None) -> ImageM
         series_number=_get(ds, "SeriesNumber", int, None),
         instance_number=_get(ds, "InstanceNumber", int, None),
         photometric_interpretation=_get(ds, "PhotometricInterpretation", _text, None),
+        stored_photometric_interpretation=_get(ds, "PhotometricInterpretation", _text, None),
         samples_per_pixel=_get(ds, "SamplesPerPixel", int, 1),
         bits_allocated=_get(ds, "BitsAllocated", int, None),
         bits_stored=_get(ds, "BitsStored", int, None),
@@ -586,6 +587,7 @@ def read_dicom(path: Path, *, max_pixels: int, max_frames: int) -> Image:
                 f"{path}: pixel data cannot be decoded ({tsuid.name}): {one_line(exc)}"
             ) from None
         steps = [f"read DICOM {tsuid.name}: {rows}x{columns}, {frames} frame(s), {photometric}"]
+        lut_bits: int | None = None
         if photometric == "PALETTE COLOR":
             try:
                 raw = apply_color_lut(raw, ds)
@@ -594,7 +596,8 @@ def read_dicom(path: Path, *, max_pixels: int, max_frames: int) -> Image:
                     f"{path}: Palette Color LUT cannot be applied: {one_line(exc)}"
                 ) from None
             samples = 3
-            steps.append("Palette Color LUT -> RGB")
+            lut_bits = 16 if raw.dtype.itemsize > 1 else 8
+            steps.append(f"Palette Color LUT -> {lut_bits}-bit RGB")
             pixels = raw.astype(np.float32)
             new_photometric = "RGB"
         elif samples == 3:
@@ -612,9 +615,11 @@ def read_dicom(path: Path, *, max_pixels: int, max_frames: int) -> Image:
                 f"{path}: decoded pixel array has shape {pixels.shape}, header declares "
                 f"{frames} frame(s) of {rows}x{columns}x{samples}"
             )
-        if not np.all(np.isfinite(pixels)):
+        if raw.dtype.kind == "f" and not np.all(np.isfinite(pixels)):
             image_warnings.append("pixel data contains NaN or infinite values")
         meta = metadata_from_dataset(ds, path)
+        if lut_bits is not None:  # RGB values now have the LUT's depth, not the indices'
+            meta = _replace(meta, bits_allocated=lut_bits, bits_stored=lut_bits)
         meta = _replace(
             meta,
             photometric_interpretation=new_photometric,

@@ -26,10 +26,11 @@ class ImageMetadata:
     """Typed header values that the pipeline and the service rely on.
 
     Missing values are ``None`` (or empty tuples) rather than guessed. Values
-    that describe the *stored* pixels (``photometric_interpretation``,
-    ``samples_per_pixel``) are updated by transforms that change them, so a
-    transform can tell, for example, whether MONOCHROME1 inversion has already
-    been done.
+    that describe the pixels as they are now (``photometric_interpretation``,
+    ``samples_per_pixel``) are updated by the reader (YBR and palette colour
+    become RGB) and by transforms that change them, so a transform can tell,
+    for example, whether MONOCHROME1 inversion has already been done;
+    ``stored_photometric_interpretation`` keeps what the file says.
     """
 
     source_path: str | None = None
@@ -51,6 +52,7 @@ class ImageMetadata:
     series_number: int | None = None
     instance_number: int | None = None
     photometric_interpretation: str | None = None
+    stored_photometric_interpretation: str | None = None
     samples_per_pixel: int = 1
     bits_allocated: int | None = None
     bits_stored: int | None = None

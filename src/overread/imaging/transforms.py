@@ -227,7 +227,7 @@ class VoiWindow(Transform):
         meta = image.metadata
         if image.is_color:
             bits = meta.bits_stored or meta.bits_allocated or 8
-            top = float(2 ** min(bits, 16) - 1)
+            top = float(2**bits - 1)
             return image.evolve(
                 np.clip(image.pixels / np.float32(top), 0.0, 1.0).astype(np.float32),
                 f"colour image: no VOI window, scaled by 1/{top:g}",
