@@ -263,8 +263,11 @@ def bootstrap_roc_band(
 
     point = curve(np.ones((y.size, 1), dtype=np.int32))[:, 0]
     rng = np.random.default_rng(seed)
-    counts = resample_counts(n_patients, n_resamples, rng)
-    curves = curve(counts[patient[order]])
+    blocks = []
+    for start in range(0, n_resamples, 50):  # bounded memory: 50 curves at a time
+        counts = resample_counts(n_patients, min(50, n_resamples - start), rng)
+        blocks.append(curve(counts[patient[order]]))
+    curves = np.hstack(blocks)
     alpha = 1.0 - confidence
     lo, hi = np.nanquantile(curves, [alpha / 2.0, 1.0 - alpha / 2.0], axis=1)
     return RocBand(grid, point, lo, hi)
