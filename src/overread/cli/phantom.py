@@ -102,3 +102,16 @@ def phantom_cxr(
         f"in {summary.seconds:.1f} s ({summary.studies_per_minute:.0f} studies/min)"
     )
     typer.echo("sites: " + json.dumps(summary.per_site, sort_keys=True))
+
+
+@phantom_app.command("previews")
+def phantom_previews(
+    out: str = typer.Option("docs/img", "--out", help="Folder for the PNG previews."),
+    size: int = typer.Option(512, "--size", help="Rendered image size."),
+    seed: int = typer.Option(3, "--seed", help="Patient seed."),
+) -> None:
+    """Write PNG previews of every finding (with its mask outlined) and of each site."""
+    from overread.phantom.previews import write_previews
+
+    for path in write_previews(out, size=size, seed=seed):
+        typer.echo(str(path))

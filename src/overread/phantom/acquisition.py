@@ -38,7 +38,7 @@ class AcquisitionProfile:
     electronic_noise: float = 0.006  # std, attenuation units
     blur: float = 0.9  # Gaussian sigma in stored pixels at 1024 x 1024
     gamma: float = 1.0
-    window_low: float = 0.55  # attenuation shown as black
+    window_low: float = 0.1  # attenuation shown as black
     window_high: float = 3.45  # attenuation shown as white
     pedestal: float = 0.02  # fraction of the range below black
     bits_stored: int = 12
@@ -58,7 +58,7 @@ class AcquisitionProfile:
             electronic_noise=self.electronic_noise * 1.8,
             blur=self.blur + 0.8,
             gamma=self.gamma * 0.72,
-            window_low=self.window_low - 0.25,
+            window_low=self.window_low - 0.2,
             window_high=self.window_high + 0.35,
             pedestal=self.pedestal + 0.06,
             bits_stored=14 if self.bits_stored != 14 else 12,
@@ -120,25 +120,28 @@ def expose(
     smooth = attenuation
     if sigma_internal > 0.25:
         smooth = ndimage.gaussian_filter(attenuation, sigma_internal, truncate=2.5)
-    a = _resize(smooth, rows, cols)
-    a += (np.linspace(-0.5, 0.5, rows, dtype=np.float32) * profile.heel)[:, None]
-    # Quantum noise: per-pixel photon count scales with pixel area.
-    photons = profile.photons / (scale * scale)
-    coarse_r = max(8, int(rows / (1.0 + profile.blur)))
-    coarse_c = max(8, int(cols / (1.0 + profile.blur)))
+    heel = np.linspace(-0.5, 0.5, smooth.shape[0], dtype=np.float32) * profile.heel
+    smooth = smooth + heel[:, None]
+    # Noise standard deviation is a smooth function of attenuation: compute it on
+    # the internal grid and upsample, instead of exponentiating every stored pixel.
+    photons = profile.photons / (scale * scale)  # per stored pixel: scales with its area
+    std = np.sqrt(np.exp(np.minimum(smooth, 4.5)) / photons + profile.electronic_noise**2)
+    levels = 4096
+    gain = (levels - 1) / (profile.window_high - profile.window_low)
+    index_smooth = _resize((smooth - profile.window_low) * gain, rows, cols)
+    index_std = _resize(std * gain, rows, cols)
+    # Detector spread correlates the noise: draw it coarser for blurrier detectors.
+    coarse_r = max(8, int(rows / (1.0 + 0.5 * profile.blur)))
+    coarse_c = max(8, int(cols / (1.0 + 0.5 * profile.blur)))
     coarse = rng.standard_normal((coarse_r, coarse_c), dtype=np.float32)
-    corr = (1.0 + profile.blur) ** 0.5  # keep the per-pixel std after upsampling
-    quantum = _resize(coarse, rows, cols) * np.float32(corr * 1.25)
-    std = np.exp(np.minimum(a, 4.5) * np.float32(0.5)) * np.float32(1.0 / np.sqrt(photons))
-    a += std * quantum
-    a += rng.standard_normal((rows, cols), dtype=np.float32) * np.float32(profile.electronic_noise)
+    coarse *= np.float32((1.0 + 0.5 * profile.blur) ** 0.6)  # keep the per-pixel std
+    index_std *= _resize(coarse, rows, cols)
+    index_smooth += index_std
+    x = index_smooth
     r0, r1, c0, c1 = collimation_box(rows, cols, profile.collimation, rng)
     # Map through the site's processing curve with a lookup table.
-    levels = 4096
-    x = (a - profile.window_low) * np.float32(
-        (levels - 1) / (profile.window_high - profile.window_low)
-    )
-    index = np.clip(x, 0, levels - 1).astype(np.int16)
+    np.clip(x, 0, levels - 1, out=x)
+    index = x.astype(np.int16)
     max_value = (1 << profile.bits_stored) - 1
     curve = np.linspace(0.0, 1.0, levels) ** profile.gamma
     lut = profile.pedestal + (1.0 - profile.pedestal) * curve

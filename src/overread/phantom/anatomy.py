@@ -21,6 +21,7 @@ from typing import Any
 
 import numpy as np
 import numpy.typing as npt
+from PIL import Image
 from scipy import ndimage
 
 Field = npt.NDArray[Any]
@@ -28,7 +29,7 @@ Field = npt.NDArray[Any]
 #: Soft-tissue attenuation at the thickest part of an average chest.
 SOFT_TISSUE = 2.3
 #: How much attenuation the air in a full-depth lung removes.
-LUNG_AIR = 1.3
+LUNG_AIR = 1.2
 #: Extra attenuation of the heart over the surrounding mediastinal soft tissue.
 HEART_EXTRA = 0.2
 #: Cortical bone of a rib seen edge-on.
@@ -282,13 +283,10 @@ def chest_fields(grid: Grid, shape: ChestShape) -> ChestFields:
 
 
 def smooth_noise(rng: np.random.Generator, rows: int, cols: int, cells: int) -> Field:
-    """Smooth random field in [-1, 1] with about ``cells`` blobs across the image."""
-    coarse = rng.uniform(-1.0, 1.0, size=(cells + 3, cells + 3)).astype(np.float32)
-    zoom = (rows / cells, cols / cells)
-    fine = ndimage.zoom(coarse, zoom, order=3, mode="reflect", grid_mode=True)
-    off_r = (fine.shape[0] - rows) // 2
-    off_c = (fine.shape[1] - cols) // 2
-    out: Field = fine[off_r : off_r + rows, off_c : off_c + cols]
+    """Smooth random field in about [-1, 1] with about ``cells`` blobs across the image."""
+    coarse = rng.uniform(-1.0, 1.0, size=(cells + 1, cells + 1)).astype(np.float32)
+    img = Image.fromarray(coarse, mode="F").resize((cols, rows), Image.Resampling.BICUBIC)
+    out: Field = np.asarray(img, dtype=np.float32)
     return out
 
 

@@ -13,6 +13,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import numpy as np
+from scipy import ndimage
 
 from overread.phantom.anatomy import RIB_BONE, ChestFields, Field
 
@@ -88,6 +89,9 @@ def render_bones(
     grid = fields.grid
     out = np.zeros_like(grid.u)
     lw = fields.shape.lung_half_width
+    # Image processing equalises the dense mediastinum: ribs show less through it.
+    behind = (fields.heart | fields.mediastinum).astype(np.float32)
+    see_through = 1.0 - 0.55 * ndimage.gaussian_filter(behind, 0.01 * grid.scale)
     half = 0.0105
     n_ribs = 10
     for index in range(n_ribs):
@@ -115,7 +119,7 @@ def render_bones(
                 callus += fx.callus * 0.6 * np.exp(-d2) * on_side
         medial = 0.35 + 0.65 * np.clip((t - 0.12) / 0.2, 0.0, 1.0)
         profile = _tube(v - centre, half) * within * gap_keep * medial
-        out[rows] += RIB_BONE * (profile + callus)
+        out[rows] += RIB_BONE * (profile * see_through[rows] + callus)
         if anterior and index < 7:
             # Anterior rib: from the lateral end of the posterior rib, down and medially;
             # fainter, and invisible medially where it becomes cartilage.
@@ -125,7 +129,9 @@ def render_bones(
             ta = (grid.adx[arow] - 0.03) / lw
             a_centre = lateral_v + 0.17 * np.clip(1.08 - ta, 0.0, None) ** 1.3
             fade = np.clip((ta - 0.3) / 0.35, 0.0, 1.0) * (ta < 1.1)
-            out[arow] += 0.55 * RIB_BONE * _tube(va - a_centre, 0.85 * half) * fade
+            out[arow] += (
+                0.55 * RIB_BONE * _tube(va - a_centre, 0.85 * half) * fade * see_through[arow]
+            )
     # Clavicles: from the sternal notch out and slightly up to the shoulder.
     crow = _rows_for(fields, 0.05, 0.2)
     v = grid.v[crow]

@@ -112,9 +112,11 @@ def render_consolidation(spec: FindingSpec, fields: ChestFields) -> FindingLayer
     side = _side(spec, rng)
     grid = fields.grid
     u, v = lung_point(fields, rng, side, (0.35, fields.shape.dome_right - 0.06), (0.2, 0.75))
-    radius = 0.045 + 0.075 * s
-    rough = smooth_noise(rng, grid.rows, grid.cols, 14)
-    blob = _blob(fields, u, v, radius, rough, 0.3)
+    radius = 0.045 + 0.07 * s
+    rough = smooth_noise(rng, grid.rows, grid.cols, 16)
+    aspect = rng.uniform(0.75, 1.3)
+    d = np.sqrt(((grid.u - u) / (radius * aspect)) ** 2 + ((grid.v - v) * aspect / radius) ** 2)
+    blob = np.clip((1.0 + 0.55 * rough - d) / 0.45, 0.0, 1.0) ** 0.8
     # Air bronchograms: dark branching tubes inside the opacity.
     du, dv = grid.u - (0.5 + side * 0.08), grid.v - 0.42
     r = np.sqrt(du * du + dv * dv)
@@ -285,20 +287,23 @@ def render_effusion(spec: FindingSpec, fields: ChestFields) -> FindingLayer:
         height = (0.03 + 0.26 * s) * rng.uniform(0.8, 1.1)
         heights.append(height)
         lateral = fields.lateral
-        meniscus = 0.1 * (1.0 - np.clip(grid.adx / lateral, 0, 1)) ** 1.5
+        # Meniscus: highest against the chest wall, curving down medially.
+        meniscus = 0.09 * (1.0 - np.exp(-np.clip(lateral - grid.adx, 0.0, None) / 0.045))
         level = cpa - height + meniscus
         region = (
-            (grid.side == side) & (grid.adx < lateral) & (grid.v > level) & (grid.v < cpa + 0.01)
+            (grid.side == side)
+            & (grid.adx < lateral)
+            & (grid.adx > 0.04)
+            & (grid.v > level)
+            & (grid.v < fields.dome + 0.004)
         )
-        region &= ~fields.heart | (grid.v > dome - 0.02)
-        f = np.clip((grid.v - level) / 0.04, 0.0, 1.0) * region
+        f = np.clip((grid.v - level) / 0.035, 0.0, 1.0) * region
         fill = np.maximum(fill, f * (0.88 + 0.12 * s))
-        mask |= region & (f > 0.2)
-    above_dome = grid.v < fields.dome
+        mask |= region & (f > 0.2) & ~fields.heart & ~fields.mediastinum
     return FindingLayer(
         mask=mask,
         fill=fill,
-        add=0.18 * fill * above_dome,
+        add=0.15 * ndimage.gaussian_filter(fill, 0.004 * grid.scale),
         attributes={"sides": list(sides), "height": round(max(heights), 4)},
     )
 
