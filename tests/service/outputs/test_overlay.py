@@ -10,7 +10,7 @@ import pytest
 from pydicom.dataset import Dataset
 
 from overread.errors import ServiceError
-from overread.service.outputs import RESEARCH_BANNER, build_overlay
+from overread.service.outputs import RESEARCH_BANNER, build_overlay, build_overlays
 from overread.service.outputs.overlay import burn_in_text, windowed_grey
 
 from .conftest import PredictionStandIn, dciodvfy_errors, gaussian_heatmap
@@ -160,3 +160,21 @@ def test_voi_lut_and_percentile_window_are_used(cr_small: Dataset) -> None:
     # Without any window the 1st-99th percentile range fills the display range.
     assert plain_grey.min() == 0 and plain_grey.max() == 255
     assert np.corrcoef(plain_grey.ravel(), raw.ravel())[0, 1] < -0.9  # MONOCHROME1
+
+
+def test_overlays_for_positive_findings_share_one_series(
+    dx_chest: Dataset, prediction: PredictionStandIn
+) -> None:
+    # Heatmaps exist for Pneumothorax (positive, p=0.93) and Cardiomegaly (positive,
+    # p=0.62); Pleural Effusion is positive but has no heatmap.
+    overlays = build_overlays(prediction, dx_chest, max_dimension=256)
+    assert [o.SeriesDescription for o in overlays] == [
+        "overread heatmap Pneumothorax (research use)",
+        "overread heatmap Cardiomegaly (research use)",
+    ]
+    assert len({o.SeriesInstanceUID for o in overlays}) == 1
+    assert [o.InstanceNumber for o in overlays] == [1, 2]
+    assert (
+        build_overlays(prediction, dx_chest, ["Cardiomegaly"], max_dimension=256)[0].InstanceNumber
+        == 1
+    )

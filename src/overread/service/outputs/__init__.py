@@ -21,7 +21,7 @@ from overread.service.outputs.dicom_send import (
 )
 from overread.service.outputs.fhir import build_fhir_report
 from overread.service.outputs.http_send import HttpResult, post_fhir, stow_rs
-from overread.service.outputs.overlay import RESEARCH_BANNER, build_overlay
+from overread.service.outputs.overlay import RESEARCH_BANNER, build_overlay, build_overlays
 from overread.service.outputs.prediction import (
     FindingLike,
     ModelIdentity,
@@ -45,6 +45,7 @@ __all__ = [
     "SendResult",
     "build_fhir_report",
     "build_overlay",
+    "build_overlays",
     "build_seg",
     "build_sr",
     "finding_concept",

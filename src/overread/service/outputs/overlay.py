@@ -28,6 +28,7 @@ from pydicom.pixels.processing import apply_modality_lut, apply_voi_lut
 from pydicom.uid import generate_uid
 
 from overread.errors import ServiceError
+from overread.findings import Finding
 from overread.service.outputs.prediction import (
     PredictionLike,
     checked_findings,
@@ -346,4 +347,52 @@ def build_overlay(
     return sc
 
 
-__all__ = ["RESEARCH_BANNER", "build_overlay", "burn_in_text", "windowed_grey"]
+def build_overlays(
+    prediction: PredictionLike,
+    source_dataset: Dataset,
+    labels: Sequence[str] | None = None,
+    *,
+    series_number: int = 9902,
+    series_instance_uid: str | None = None,
+    max_dimension: int | None = 1024,
+) -> list[hd.sc.SCImage]:
+    """Build one overlay per finding, all in one new series.
+
+    Parameters
+    ----------
+    labels
+        Which findings to show; by default every finding decided positive or
+        referred ("too close to call") that has a heatmap, most probable first.
+        "No Finding" is never shown.
+
+    Returns
+    -------
+    list[highdicom.sc.SCImage]
+        Instances numbered 1, 2, ... in a shared series (empty if nothing to show).
+    """
+    heatmaps = getattr(prediction, "heatmaps", None) or {}
+    if labels is None:
+        ranked = sorted(checked_findings(prediction), key=lambda f: -float(f.probability))
+        labels = [
+            f.label
+            for f in ranked
+            if decision_of(f) in ("positive", "refer")
+            and f.label in heatmaps
+            and f.label != Finding.NO_FINDING.value
+        ]
+    series_uid = series_instance_uid or str(generate_uid())
+    return [
+        build_overlay(
+            prediction,
+            source_dataset,
+            label,
+            series_number=series_number,
+            series_instance_uid=series_uid,
+            instance_number=number,
+            max_dimension=max_dimension,
+        )
+        for number, label in enumerate(labels, start=1)
+    ]
+
+
+__all__ = ["RESEARCH_BANNER", "build_overlay", "build_overlays", "burn_in_text", "windowed_grey"]
