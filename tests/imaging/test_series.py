@@ -176,3 +176,10 @@ def test_volume_to_image_resamples(write_dicom):
     assert image.pixels.shape == (4, 8, 6)
     out = Resample((1.25, 0.7, 0.5))(image)
     assert out.pixels.shape == (8, 8, 6)
+
+
+def test_load_series_walks_directories(write_dicom, tmp_path):
+    paths = write_ct_series(write_dicom, [0.0, 2.0, 4.0])
+    assert all(p.parent == tmp_path for p in paths)
+    result = load_series([tmp_path])
+    assert result.errors == [] and result.volumes[0].pixels.shape[0] == 3

@@ -28,6 +28,7 @@ import numpy.typing as npt
 from overread.config import ImagingSettings, load_settings
 from overread.errors import OverreadError, SeriesError
 from overread.imaging.image import FloatArray, Image, ImageMetadata
+from overread.imaging.inspection import iter_files
 from overread.imaging.reader import read
 
 logger = logging.getLogger(__name__)
@@ -308,7 +309,7 @@ def load_series(
     settings: ImagingSettings | None = None,
     strict: bool = False,
 ) -> SeriesLoad:
-    """Read files, group them by Series Instance UID and assemble each group.
+    """Read files (directories are walked), group by Series Instance UID, assemble each.
 
     A file that cannot be read, or a series that cannot be assembled, is
     reported in :attr:`SeriesLoad.errors` (one line each) and the rest carry on.
@@ -316,7 +317,7 @@ def load_series(
     config = settings if settings is not None else load_settings().imaging
     groups: dict[str, list[Image]] = defaultdict(list)
     errors: list[str] = []
-    for path in paths:
+    for path in iter_files(paths):
         try:
             image = read(path, settings=config)
         except OverreadError as exc:
