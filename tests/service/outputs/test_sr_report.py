@@ -189,3 +189,14 @@ def test_labels_outside_chexpert_use_the_model_packages_code_or_a_local_one(
         ("27925004", "SCT", "Nodule"),
         ("TUBEMALPOSITION", LOCAL_SCHEME, "Tube malposition"),
     }
+
+
+def test_sr_over_a_real_cr_image_is_valid_too(
+    tmp_path: Path, prediction: PredictionStandIn, cr_small: Dataset
+) -> None:
+    sr = build_sr(prediction, [cr_small])
+    path = tmp_path / "sr_cr.dcm"
+    sr.save_as(path, enforce_file_format=True)
+    assert dciodvfy_errors(path) == []
+    groups = hd.sr.srread(path).content.get_image_measurement_groups()
+    assert groups[0].source_images[0].referenced_sop_class_uid == "1.2.840.10008.5.1.4.1.1.1"
