@@ -203,3 +203,37 @@ def test_large_file_over_the_budget_is_refused_without_loading_it(write_dicom):
     assert peak < 8 * 1024 * 1024
     image = read(path)  # within the default limits the deferred pixels load normally
     assert image.pixels.shape == (40, 512, 512)
+
+
+def _png_bytes(tmp_path: Path) -> bytes:
+    from PIL import Image as PILImage
+
+    path = tmp_path / "seed.png"
+    PILImage.fromarray(np.arange(64 * 64, dtype=np.uint16).reshape(64, 64)).save(path)
+    return path.read_bytes()
+
+
+def _nifti_bytes(tmp_path: Path) -> bytes:
+    import nibabel as nib
+
+    path = tmp_path / "seed.nii"
+    nib.save(nib.Nifti1Image(np.zeros((8, 8, 4), np.int16), np.eye(4)), path)
+    return path.read_bytes()
+
+
+@pytest.mark.parametrize("kind", ["png", "nii"])
+@pytest.mark.parametrize("cut", [0.05, 0.3, 0.6, 0.95])
+def test_truncated_png_and_nifti(tmp_path, kind, cut):
+    data = _png_bytes(tmp_path) if kind == "png" else _nifti_bytes(tmp_path)
+    path = tmp_path / f"cut.{kind}"
+    path.write_bytes(data[: max(1, int(len(data) * cut))])
+    _read_or_refuse(path)
+
+
+def test_png_decompression_bomb_is_refused(tmp_path):
+    from PIL import Image as PILImage
+
+    path = tmp_path / "wide.png"
+    PILImage.new("L", (5_000, 5_000)).save(path)  # 25 M pixels in a few kB
+    with pytest.raises(OverreadError, match="max_pixels"):
+        read(path, settings=ImagingSettings(max_pixels=10_000_000))

@@ -142,3 +142,17 @@ def test_dx_for_presentation_metadata(write_dicom):
     assert meta.window_center == (60.0,) and meta.window_width == (120.0,)
     assert (meta.patient_sex, meta.patient_age) == ("F", "054Y")
     np.testing.assert_array_equal(image.pixels, stored)
+
+
+@pytest.mark.parametrize("mode", ["RGB", "P", "LA", "1"])
+def test_png_modes(tmp_path, mode):
+    from PIL import Image as PILImage
+
+    rgb = np.zeros((10, 12, 3), dtype=np.uint8)
+    rgb[..., 0] = 200
+    picture = PILImage.fromarray(rgb).convert(mode)
+    path = tmp_path / f"{mode}.png"
+    picture.save(path)
+    image = read(path)
+    assert image.pixels.shape[:2] == (10, 12)
+    assert image.is_color == (mode in ("RGB", "P"))
