@@ -18,6 +18,7 @@ from overread.service.outputs import (
     DicomDestination,
     build_overlay,
     build_sr,
+    echo,
     send_datasets,
 )
 
@@ -194,3 +195,15 @@ def test_dicom_tls_delivers_and_untrusted_peers_are_refused(
         # Nor can a plain-TCP client talk to a TLS port.
         with pytest.raises(DeliveryError, match="could not be reached"):
             send_datasets([sr], destination, acse_timeout=5, network_timeout=5)
+
+
+@pytest.mark.service
+def test_echo_checks_a_destination(storescp: StoreSCP, tmp_path: Path) -> None:
+    assert echo(f"PACSAE@127.0.0.1:{storescp.port}") > 0.0
+    with (
+        run_storescp(tmp_path / "refusing", "--refuse") as peer,
+        pytest.raises(DeliveryError, match="rejected the association"),
+    ):
+        echo(DicomDestination("PACSAE", "127.0.0.1", peer.port))
+    with pytest.raises(DeliveryError, match="could not be reached for C-ECHO"):
+        echo(DicomDestination("PACSAE", "127.0.0.1", free_port()), timeout=5)

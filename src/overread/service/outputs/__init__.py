@@ -17,6 +17,7 @@ from overread.service.outputs.dicom_send import (
     DeliveryError,
     DicomDestination,
     SendResult,
+    echo,
     send_datasets,
 )
 from overread.service.outputs.fhir import build_fhir_report
@@ -48,6 +49,7 @@ __all__ = [
     "build_overlays",
     "build_seg",
     "build_sr",
+    "echo",
     "finding_concept",
     "model_identity",
     "post_fhir",

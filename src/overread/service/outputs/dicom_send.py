@@ -25,6 +25,7 @@ from pydicom import dcmread
 from pydicom.dataset import Dataset
 from pydicom.uid import ExplicitVRLittleEndian, ImplicitVRLittleEndian
 from pynetdicom import AE
+from pynetdicom.sop_class import Verification  # type: ignore[attr-defined]
 
 from overread.errors import ServiceError
 
@@ -295,4 +296,59 @@ def send_datasets(
     return results
 
 
-__all__ = ["STORED_STATUSES", "DeliveryError", "DicomDestination", "SendResult", "send_datasets"]
+def echo(
+    destination: DicomDestination | str,
+    *,
+    calling_ae: str = "OVERREAD",
+    timeout: float = 10.0,
+    tls: ssl.SSLContext | None = None,
+) -> float:
+    """Check a destination with C-ECHO (Verification); return the round trip in seconds.
+
+    Lets the service check its configured PACS at start-up, and an operator test a
+    destination, before any result depends on it.
+
+    Raises
+    ------
+    DeliveryError
+        If the association is refused or fails, or the echo does not succeed.
+    """
+    peer = (
+        destination
+        if isinstance(destination, DicomDestination)
+        else DicomDestination.parse(destination)
+    )
+    ae = AE(ae_title=_check_ae_title(calling_ae, "calling AE title"))
+    ae.acse_timeout = ae.dimse_timeout = ae.network_timeout = timeout
+    ae.add_requested_context(Verification)
+    started = time.monotonic()
+    tls_args = (tls, peer.host) if tls is not None else None
+    assoc = ae.associate(peer.host, peer.port, ae_title=peer.ae_title, tls_args=tls_args)
+    if assoc.is_rejected:
+        reason, transient = _describe_rejection(assoc)
+        raise DeliveryError(
+            f"{peer} rejected the association from {calling_ae}: {reason}",
+            peer=str(peer),
+            retryable=transient,
+        )
+    if not assoc.is_established:
+        raise DeliveryError(f"{peer} could not be reached for C-ECHO", peer=str(peer))
+    try:
+        status = getattr(assoc.send_c_echo(), "Status", None)
+    finally:
+        if assoc.is_established:
+            assoc.release()
+    if status != 0x0000:
+        shown = "no response" if status is None else f"status 0x{int(status):04X}"
+        raise DeliveryError(f"{peer} answered C-ECHO with {shown}", peer=str(peer))
+    return time.monotonic() - started
+
+
+__all__ = [
+    "STORED_STATUSES",
+    "DeliveryError",
+    "DicomDestination",
+    "SendResult",
+    "echo",
+    "send_datasets",
+]
