@@ -4,12 +4,14 @@
   measurement group per finding (probability, threshold, present/absent, model,
   source image references) and a plain-language summary;
 * :func:`build_overlay` - a Secondary Capture of a finding's heatmap on the windowed
-  image, with "FOR RESEARCH USE - NOT FOR DIAGNOSIS" burned in;
+  image, with "FOR RESEARCH USE - NOT FOR DIAGNOSIS" burned in (:func:`build_overlays`:
+  one per positive or referred finding, in one series);
 * :func:`build_seg` - a DICOM Segmentation from a segmentation model's mask;
 * :func:`build_fhir_report` - a FHIR R4 Bundle: DiagnosticReport, one Observation per
   finding, and the model as a Device;
-* senders: :func:`send_datasets` (DICOM C-STORE), :func:`stow_rs` (DICOMweb),
-  :func:`post_fhir`, and the :class:`RetryPolicy` the job system uses between attempts.
+* senders: :func:`send_datasets` (DICOM C-STORE, optionally over TLS), :func:`echo`
+  (C-ECHO), :func:`stow_rs` (DICOMweb), :func:`post_fhir`, and the
+  :class:`RetryPolicy` the job system uses between attempts.
 """
 
 from overread.service.outputs.codes import Concept, finding_concept
