@@ -22,6 +22,7 @@ from datetime import timedelta
 from typing import Any
 
 from sqlalchemy import delete, select, update
+from sqlalchemy.exc import IntegrityError
 
 from overread.errors import OverreadError
 from overread.service.config import ServiceConfig
@@ -138,7 +139,29 @@ class StudyAssembler:
         ``queued``; announced jobs the complete study no longer matches are dropped.
         """
         planned = self._plan_jobs(study_instance_uid)
+        for attempt in range(3):
+            try:
+                job_ids = self._commit_route(study_instance_uid, planned)
+                break
+            except IntegrityError:
+                # The sweep announced the same jobs concurrently: they exist now and
+                # the next attempt promotes them.
+                if attempt == 2:
+                    raise
         models = [str(p["payload"]["alias"]) for p in planned]
+        if models:
+            logger.info(
+                "study %s complete (%s): %d job(s) for %s",
+                study_instance_uid,
+                reason,
+                len(job_ids),
+                ", ".join(models),
+            )
+        else:
+            logger.info("study %s complete (%s): no route matches", study_instance_uid, reason)
+        return job_ids
+
+    def _commit_route(self, study_instance_uid: str, planned: list[dict[str, Any]]) -> list[int]:
         with self.database.session() as session:
             job_ids = [self.queue.enqueue(session, state=JobState.QUEUED, **p)[0] for p in planned]
             session.execute(
@@ -156,16 +179,6 @@ class StudyAssembler:
                 .values(state=StudyState.ROUTED.value)
                 .execution_options(synchronize_session=False)
             )
-        if models:
-            logger.info(
-                "study %s complete (%s): %d job(s) for %s",
-                study_instance_uid,
-                reason,
-                len(job_ids),
-                ", ".join(models),
-            )
-        else:
-            logger.info("study %s complete (%s): no route matches", study_instance_uid, reason)
         return job_ids
 
     def announce(self) -> list[int]:
@@ -186,10 +199,14 @@ class StudyAssembler:
         job_ids: list[int] = []
         for uid in uids:
             planned = self._plan_jobs(uid)
-            with self.database.session() as session:
-                job_ids.extend(
-                    self.queue.enqueue(session, state=JobState.RECEIVED, **p)[0] for p in planned
-                )
+            try:
+                with self.database.session() as session:
+                    job_ids.extend(
+                        self.queue.enqueue(session, state=JobState.RECEIVED, **p)[0]
+                        for p in planned
+                    )
+            except IntegrityError:
+                continue  # routed meanwhile: its jobs exist already
         return job_ids
 
     def association_released(self, study_instance_uids: Iterable[str]) -> list[int]:
