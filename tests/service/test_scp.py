@@ -10,6 +10,7 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
+import pydicom.data
 import pynetdicom
 import pytest
 from pydicom.uid import generate_uid
@@ -279,3 +280,36 @@ def test_the_same_instance_sent_concurrently_is_stored_once(
     with gw.database.session() as session:
         study = session.scalar(select(Study))
         assert study is not None and study.instance_count == 1
+
+
+def test_only_configured_sop_classes_and_transfer_syntaxes_are_accepted(
+    make_gateway: Callable[..., Gateway], dx_factory: Callable[..., Path]
+) -> None:
+    gw = make_gateway(
+        sop_classes=["1.2.840.10008.5.1.4.1.1.1.1"],  # DX for presentation only
+        transfer_syntaxes=["1.2.840.10008.1.2.1"],  # Explicit VR Little Endian only
+    )
+    ct = Path(pydicom.data.get_testdata_file("CT_small.dcm"))
+    refused = _storescu(gw.port, ct)
+    assert refused.returncode != 0  # no presentation context for CT Image Storage
+    implicit = subprocess.run(
+        [
+            "storescu",
+            "-xi",
+            "-aet",
+            "MODALITY",
+            "-aec",
+            "OVERREAD",
+            "127.0.0.1",
+            str(gw.port),
+            str(dx_factory()),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert implicit.returncode != 0  # proposes Implicit VR Little Endian only
+    assert _instances(gw.database) == []
+    assert _storescu(gw.port, dx_factory()).returncode == 0
+    [row] = _instances(gw.database)
+    assert row.transfer_syntax_uid == "1.2.840.10008.1.2.1"
