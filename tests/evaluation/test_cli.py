@@ -292,3 +292,47 @@ def test_stats_mrmc_long_format(run_cli, tmp_path) -> None:
     pd.DataFrame(rows[:-1]).to_csv(tmp_path / "bad.csv", index=False)
     status, _, err = run_cli("stats", "mrmc", "--csv", tmp_path / "bad.csv")
     assert status == 2 and "fully crossed" in err
+
+
+def test_compare_two_prediction_files(run_cli, prediction_files, tmp_path) -> None:
+    from statsmodels.stats.multitest import multipletests
+
+    pred, labels, groups = prediction_files
+    rng = np.random.default_rng(9)
+    a = pd.read_csv(pred)
+    b = a.copy()
+    b[LABELS] = np.clip(a[LABELS].to_numpy() + rng.normal(scale=0.3, size=(len(a), 3)), 0, 1)
+    b = b.sample(frac=1.0, random_state=1)  # row order must not matter
+    b.to_csv(tmp_path / "pred_b.csv", index=False)
+    status, stdout, err = run_cli(
+        "evaluate",
+        "--predictions",
+        pred,
+        "--labels",
+        labels,
+        "--groups",
+        groups,
+        "--compare",
+        tmp_path / "pred_b.csv",
+        "--resamples",
+        "50",
+        "--out",
+        tmp_path / "o",
+    )
+    assert status == 0, err
+    comparison = json.loads((tmp_path / "o" / "metrics.json").read_text())["comparison"]
+    truth = pd.read_csv(labels)
+    b = b.set_index("id").loc[a["id"]]
+    p_values = []
+    for name in LABELS:
+        known = truth[name].notna().to_numpy()
+        ref = delong_test(truth.loc[known, name], a.loc[known, name], b.loc[known, name].to_numpy())
+        entry = comparison["labels"][name]
+        assert entry["p"] == pytest.approx(ref.p) and entry["difference"] == pytest.approx(
+            ref.difference
+        )
+        p_values.append(ref.p)
+    holm = multipletests(p_values, method="holm")[1]
+    assert [comparison["labels"][n]["p_adjusted"] for n in LABELS] == pytest.approx(list(holm))
+    assert "Comparison" in (tmp_path / "o" / "report.html").read_text()
+    assert "AUC difference" in stdout

@@ -63,11 +63,24 @@ def evaluate_command(
         None, "--deployment-prevalence", help="Recompute PPV/NPV at this prevalence."
     ),
     seed: int = typer.Option(0, "--seed", help="Bootstrap seed."),
+    compare: Path | None = typer.Option(
+        None,
+        "--compare",
+        help="Second predictions CSV (same ids and labels): paired DeLong and McNemar tests.",
+    ),
+    compare_model: str | None = typer.Option(
+        None, "--compare-model", help="Second model package, run on the same --data cohort."
+    ),
     as_json: bool = typer.Option(False, "--json", help="Print metrics.json to stdout as well."),
 ) -> None:
     """Evaluate a model or a predictions file: AUC with CIs, operating points, calibration, subgroups."""
     from overread.evaluation.report import json_safe, write_report
-    from overread.evaluation.study import cohort_inputs, evaluate, read_prediction_files
+    from overread.evaluation.study import (
+        cohort_inputs,
+        compare_models,
+        evaluate,
+        read_prediction_files,
+    )
 
     if model is not None or data is not None:
         if model is None or data is None:
@@ -102,6 +115,25 @@ def evaluate_command(
         else None,
         seed=seed,
     )
+    other = None
+    if compare is not None:
+        if labels is None:
+            raise EvaluationError(
+                "--compare works with --predictions/--labels; use --compare-model with --data"
+            )
+        other = read_prediction_files(
+            compare, labels, groups, id_column=id_column, patient_column=patient_column
+        )
+        compare_names = (predictions.name if predictions else "A", compare.name)
+    elif compare_model is not None:
+        if data is None or model is None:
+            raise EvaluationError("--compare-model needs --model and --data")
+        other = cohort_inputs(compare_model, data)
+        compare_names = (model, compare_model)
+    if other is not None:
+        metrics["comparison"] = compare_models(
+            inputs, other, metrics, names=compare_names, rule=rule, target=target
+        )
     metrics_path, report_path = write_report(metrics, inputs, out)
     if as_json:
         typer.echo(json.dumps(json_safe(metrics), indent=2))
@@ -118,6 +150,13 @@ def evaluate_command(
                 lo, hi = entry["auc_ci"]
                 typer.echo(f"  {name}: AUC {entry['auc']:.4f} ({lo:.4f}-{hi:.4f})")
         typer.echo(f"wrote {report_path} and {metrics_path}")
+    if other is not None and not as_json:
+        for name, entry in metrics["comparison"]["labels"].items():
+            if "p" in entry:
+                typer.echo(
+                    f"  {name}: AUC difference {entry['difference']:+.4f} "
+                    f"(p {entry['p']:.4g}, Holm {entry['p_adjusted']:.4g})"
+                )
     for warning in metrics["warnings"]:
         typer.echo(f"warning: {warning}", err=True)
     if inputs.failed:

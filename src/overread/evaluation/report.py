@@ -98,6 +98,34 @@ def _gap_table(attribute: str, per_label: dict[str, Any]) -> str:
     return f"<h3>Fairness gaps by {html.escape(attribute)}</h3><table>{head}{''.join(rows)}</table>"
 
 
+def _comparison_table(comparison: dict[str, Any]) -> str:
+    a, b = (html.escape(n) for n in comparison["names"])
+    head = (
+        f"<tr><th>label</th><th>AUC {a}</th><th>AUC {b}</th><th>difference (95% CI)</th>"
+        f"<th>DeLong p</th><th>adjusted p</th><th>McNemar b/c</th><th>McNemar p</th><th>adjusted p</th></tr>"
+    )
+    rows = []
+    for name, e in comparison["labels"].items():
+        if "p" not in e:
+            rows.append(
+                f"<tr><td>{html.escape(name)}</td><td colspan='8'>{html.escape(e.get('reason', ''))}</td></tr>"
+            )
+            continue
+        m = e["mcnemar"]
+        rows.append(
+            f"<tr><td>{html.escape(name)}</td><td>{_fmt(e['auc_a'])}</td><td>{_fmt(e['auc_b'])}</td>"
+            f"<td>{_fmt(e['difference'])} ({_ci(e['ci'])})</td><td>{_fmt(e['p'], 4)}</td>"
+            f"<td>{_fmt(e['p_adjusted'], 4)}</td><td>{m['b']}/{m['c']}</td><td>{_fmt(m['p'], 4)}</td>"
+            f"<td>{_fmt(m.get('p_adjusted'), 4)}</td></tr>"
+        )
+    note = (
+        f"<p class='note'>Paired tests on {comparison['n_cases']} shared cases: DeLong for AUC, exact "
+        f"McNemar on correctness at each operating point (b: only {a} right, c: only {b} right); "
+        f"p-values adjusted across labels ({html.escape(comparison['correction'])}).</p>"
+    )
+    return f"<h2>Comparison: {a} vs {b}</h2><table>{head}{''.join(rows)}</table>{note}"
+
+
 def write_report(
     metrics: dict[str, Any], inputs: EvaluationInputs, out_dir: Path, *, band_resamples: int = 200
 ) -> tuple[Path, Path]:
@@ -163,6 +191,8 @@ def write_report(
         "<h2>Confusion at the operating point</h2>"
         + _img(confusion_figure(labels, metrics), "Confusion matrices")
     )
+    if "comparison" in metrics:
+        parts.append(_comparison_table(metrics["comparison"]))
     for attribute, per_label in metrics.get("subgroups", {}).items():
         parts.append(f"<h2>Subgroups: {html.escape(attribute)}</h2>")
         if per_label:

@@ -20,9 +20,11 @@ import pandas as pd
 
 from overread.errors import EvaluationError
 from overread.evaluation._validation import FloatArray
+from overread.evaluation.agreement import mcnemar, paired_table
 from overread.evaluation.bootstrap import bootstrap_auc, patient_index
 from overread.evaluation.calibration import brier_score, calibration_error
-from overread.evaluation.delong import delong_ci
+from overread.evaluation.delong import delong_ci, delong_test
+from overread.evaluation.multiplicity import Correction, adjust_p_values
 from overread.evaluation.operating_points import ThresholdRule, choose_threshold, operating_point
 from overread.evaluation.roc import average_precision, micro_auc
 from overread.evaluation.subgroups import age_band, fairness_report
@@ -311,6 +313,87 @@ def _safe_micro(truth: FloatArray, scores: FloatArray) -> float:
         return micro_auc(truth, scores)
     except EvaluationError:
         return float("nan")
+
+
+def compare_models(
+    inputs: EvaluationInputs,
+    other: EvaluationInputs,
+    metrics: Mapping[str, Any],
+    *,
+    names: tuple[str, str] = ("A", "B"),
+    rule: ThresholdRule | str = ThresholdRule.SPECIFICITY,
+    target: float = 0.9,
+    correction: Correction | str = Correction.HOLM,
+) -> dict[str, Any]:
+    """Paired comparison of two models (or readers) on the same cases, per label.
+
+    DeLong's test for the AUC difference, and McNemar's exact test on
+    correctness at each one's operating point (A's threshold from ``metrics``,
+    B's from ``other.thresholds`` or chosen by the same rule); p-values are
+    adjusted across labels (Holm by default).
+    """
+    position = {case: i for i, case in enumerate(other.ids)}
+    shared = [i for i, case in enumerate(inputs.ids) if case in position]
+    if not shared:
+        raise EvaluationError("the two prediction sets share no case ids")
+    rows_b = np.array([position[inputs.ids[i]] for i in shared])
+    rows_a = np.array(shared)
+    labels_b = {name: j for j, name in enumerate(other.labels)}
+    out: dict[str, Any] = {
+        "names": list(names),
+        "n_cases": len(shared),
+        "correction": str(Correction(correction)),
+        "labels": {},
+    }
+    p_auc: list[float] = []
+    p_mcnemar: list[float] = []
+    for j, name in enumerate(inputs.labels):
+        entry: dict[str, Any] = {}
+        out["labels"][name] = entry
+        if name not in labels_b:
+            entry["reason"] = f"no {name!r} column for {names[1]}"
+            p_auc.append(float("nan"))
+            p_mcnemar.append(float("nan"))
+            continue
+        y = inputs.truth[rows_a, j]
+        known = ~np.isnan(y)
+        y = y[known]
+        sa = inputs.scores[rows_a, j][known]
+        sb = other.scores[rows_b, labels_b[name]][known]
+        try:
+            test = delong_test(y, sa, sb)
+        except EvaluationError as exc:
+            entry["reason"] = str(exc)
+            p_auc.append(float("nan"))
+            p_mcnemar.append(float("nan"))
+            continue
+        entry.update(
+            {k: (_clean(v) if isinstance(v, float) else v) for k, v in test.as_dict().items()}
+        )
+        entry["ci"] = _ci(test.ci)
+        threshold_a = metrics["labels"][name].get("threshold")
+        threshold_b = other.thresholds.get(name)
+        if threshold_b is None:
+            threshold_b = choose_threshold(y, sb, rule, target)
+        correct_a = (
+            (sa >= (threshold_a if threshold_a is not None else np.inf)) == (y == 1)
+        ).astype(float)
+        correct_b = ((sb >= threshold_b) == (y == 1)).astype(float)
+        result = mcnemar(paired_table(correct_a, correct_b), exact=True)
+        entry["mcnemar"] = result.as_dict() | {
+            "threshold_a": _clean(float(threshold_a)) if threshold_a is not None else None,
+            "threshold_b": _clean(float(threshold_b)),
+        }
+        p_auc.append(test.p)
+        p_mcnemar.append(result.p)
+    adjusted_auc = adjust_p_values(p_auc, correction)
+    adjusted_mcnemar = adjust_p_values(p_mcnemar, correction)
+    for k, name in enumerate(inputs.labels):
+        entry = out["labels"][name]
+        if "p" in entry:
+            entry["p_adjusted"] = _clean(float(adjusted_auc[k]))
+            entry["mcnemar"]["p_adjusted"] = _clean(float(adjusted_mcnemar[k]))
+    return out
 
 
 def cohort_inputs(package: str, cohort: Path, *, batch_size: int = 16) -> EvaluationInputs:
