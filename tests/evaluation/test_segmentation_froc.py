@@ -92,3 +92,20 @@ def test_froc_and_cpm_by_hand() -> None:
 def test_froc_refuses_unknown_lesion() -> None:
     with pytest.raises(EvaluationError, match="unknown lesion"):
         froc_curve([[Mark(0.5, "X")]], [["L1"]])
+
+
+def test_match_detections_by_centre_and_iou() -> None:
+    from overread.evaluation import match_detections
+
+    lesions = {"a": [10, 10, 30, 30], "b": [50, 50, 60, 60]}
+    boxes = [[12, 12, 28, 28], [0, 0, 8, 8], [45, 45, 58, 58], [25, 25, 55, 55]]
+    marks = match_detections(boxes, [0.9, 0.8, 0.7, 0.6], lesions)
+    # Centres (20,20) in a; (4,4) nowhere; (51.5,51.5) in b; (40,40) in neither box.
+    assert [m.lesion for m in marks] == ["a", None, "b", None]
+    marks = match_detections(
+        boxes, [0.9, 0.8, 0.7, 0.6], lesions, criterion="iou", iou_threshold=0.5
+    )
+    # IoU with a: 256/400 = 0.64; with b: 64/(169+100-64) = 0.31.
+    assert [m.lesion for m in marks] == ["a", None, None, None]
+    curve = froc_curve([marks], [list(lesions)])
+    assert curve.sensitivity.max() == 0.5

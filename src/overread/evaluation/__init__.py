@@ -49,7 +49,14 @@ from overread.evaluation.delong import (
     delong_test,
     unpaired_auc_test,
 )
-from overread.evaluation.froc import CPM_FP_RATES, FrocCurve, Mark, cpm_score, froc_curve
+from overread.evaluation.froc import (
+    CPM_FP_RATES,
+    FrocCurve,
+    Mark,
+    cpm_score,
+    froc_curve,
+    match_detections,
+)
 from overread.evaluation.mrmc import MrmcResult, jackknife_covariance, obuchowski_rockette
 from overread.evaluation.multiplicity import Correction, adjust_p_values
 from overread.evaluation.operating_points import (
@@ -159,6 +166,7 @@ __all__ = [
     "jackknife_covariance",
     "macro_auc",
     "make_recalibrator",
+    "match_detections",
     "mcnemar",
     "metric_by_group",
     "micro_auc",

@@ -10,7 +10,7 @@ sensitivity at 1/8, 1/4, 1/2, 1, 2, 4 and 8 false positives per image.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -43,6 +43,49 @@ class FrocCurve:
         """Highest sensitivity reached with at most ``fp_rate`` false positives per image."""
         ok = self.fp_per_image <= fp_rate + 1e-12
         return float(self.sensitivity[ok].max()) if ok.any() else 0.0
+
+
+def match_detections(
+    boxes: Sequence[Sequence[float]],
+    scores: Sequence[float],
+    lesions: Mapping[str, Sequence[float]],
+    *,
+    criterion: str = "center",
+    iou_threshold: float = 0.3,
+) -> list[Mark]:
+    """Turn one image's detections into :class:`Mark`\\ s against its true lesions.
+
+    Boxes are ``[x0, y0, x1, y1]`` in pixels (as in a phantom's
+    ``ground_truth.json``). With ``criterion="center"`` a detection hits a
+    lesion when its centre lies inside the lesion's box (the usual FROC rule
+    for nodules); with ``"iou"`` when their IoU reaches ``iou_threshold``.
+    A detection hitting several lesions is credited to the one with the
+    highest IoU.
+    """
+    if len(boxes) != len(scores):
+        raise EvaluationError(f"{len(boxes)} boxes but {len(scores)} scores")
+    if criterion not in ("center", "iou"):
+        raise EvaluationError(f"unknown hit criterion {criterion!r}: use center or iou")
+    marks = []
+    for box, score in zip(boxes, scores, strict=True):
+        x0, y0, x1, y1 = (float(v) for v in box)
+        best, best_iou = None, -1.0
+        for lesion_id, lesion in lesions.items():
+            lx0, ly0, lx1, ly1 = (float(v) for v in lesion)
+            iw = max(0.0, min(x1, lx1) - max(x0, lx0))
+            ih = max(0.0, min(y1, ly1) - max(y0, ly0))
+            inter = iw * ih
+            union = (x1 - x0) * (y1 - y0) + (lx1 - lx0) * (ly1 - ly0) - inter
+            overlap = inter / union if union > 0 else 0.0
+            if criterion == "center":
+                cx, cy = (x0 + x1) / 2, (y0 + y1) / 2
+                hit = lx0 <= cx <= lx1 and ly0 <= cy <= ly1
+            else:
+                hit = overlap >= iou_threshold
+            if hit and overlap > best_iou:
+                best, best_iou = lesion_id, overlap
+        marks.append(Mark(float(score), best))
+    return marks
 
 
 def froc_curve(marks: Sequence[Sequence[Mark]], lesions: Sequence[Sequence[str]]) -> FrocCurve:
@@ -95,4 +138,11 @@ def cpm_score(
     return float(np.mean(list(at.values()))), at
 
 
-__all__ = ["CPM_FP_RATES", "FrocCurve", "Mark", "cpm_score", "froc_curve"]
+__all__ = [
+    "CPM_FP_RATES",
+    "FrocCurve",
+    "Mark",
+    "cpm_score",
+    "froc_curve",
+    "match_detections",
+]
