@@ -120,3 +120,16 @@ def test_referred_finding_is_indeterminate(
     assert by_label["Pneumothorax"]["interpretation"][0]["coding"][0]["code"] == "IND"
     (report,) = _resources(bundle, "DiagnosticReport")
     assert "36118008" not in {c["coding"][0]["code"] for c in report["conclusionCode"]}
+
+
+def test_patient_display_uses_the_alphabetic_name(
+    prediction: PredictionStandIn, dx_chest_header: Dataset
+) -> None:
+    multilingual = Dataset()
+    multilingual.update(dx_chest_header)
+    multilingual.SpecificCharacterSet = "ISO_IR 192"
+    multilingual.PatientName = "Müller^Jürgen=山田^太郎"
+    bundle = build_fhir_report(prediction, multilingual)
+    (report,) = _resources(bundle, "DiagnosticReport")
+    assert report["subject"]["display"] == "Jürgen Müller"
+    Bundle.model_validate(bundle)

@@ -83,9 +83,12 @@ def _subject(ds: Dataset) -> dict[str, Any]:
     issuer = str(getattr(ds, "IssuerOfPatientID", "") or "")
     if issuer:
         reference["identifier"]["assigner"] = {"display": issuer}
-    name = str(getattr(ds, "PatientName", "") or "")
+    name = getattr(ds, "PatientName", None)
     if name:
-        reference["display"] = name.replace("^", " ").strip()
+        # The alphabetic group only (not ideographic/phonetic), as "Given Family".
+        parts = [name.name_prefix, name.given_name, name.middle_name, name.family_name]
+        display = " ".join(str(p) for p in parts if p) or str(name).split("=")[0]
+        reference["display"] = display.replace("^", " ").strip()
     return reference
 
 
