@@ -14,6 +14,9 @@ from __future__ import annotations
 
 import logging
 import math
+import shutil
+import subprocess
+import tempfile
 import threading
 import warnings
 from collections.abc import Callable, Iterator
@@ -496,6 +499,61 @@ def _require_decoder(tsuid: UID, path: Path | str) -> None:
         )
 
 
+# DCMTK command-line decompressors: an independent decoder used only when every
+# pydicom plugin fails (for example 12-bit lossy JPEG streams that libjpeg refuses).
+DCMTK_DECODERS: dict[str, str] = {
+    "1.2.840.10008.1.2.4.50": "dcmdjpeg",
+    "1.2.840.10008.1.2.4.51": "dcmdjpeg",
+    "1.2.840.10008.1.2.4.57": "dcmdjpeg",
+    "1.2.840.10008.1.2.4.70": "dcmdjpeg",
+    "1.2.840.10008.1.2.4.80": "dcmdjpls",
+    "1.2.840.10008.1.2.4.81": "dcmdjpls",
+    "1.2.840.10008.1.2.5": "dcmdrle",
+}
+DCMTK_TIMEOUT_S = 60
+
+
+def decode_with_dcmtk(path: Path, tsuid: UID, why: str) -> tuple[npt.NDArray[Any], str]:
+    """Decompress with DCMTK into a temporary native file and decode that.
+
+    Returns the stored pixel array and a note for the provenance and warnings.
+
+    Raises
+    ------
+    InvalidDicomError
+        Naming pydicom's failure (``why``) and DCMTK's, when no DCMTK tool is
+        installed for the syntax or it fails too.
+    """
+    message = f"{path}: pixel data cannot be decoded ({tsuid.name}): {why}"
+    tool = DCMTK_DECODERS.get(str(tsuid))
+    executable = shutil.which(tool) if tool else None
+    if tool is None or executable is None or not is_part10(path):
+        raise InvalidDicomError(message)
+    with tempfile.TemporaryDirectory(prefix="overread-dcmtk-") as tmp:
+        target = Path(tmp) / "native.dcm"
+        try:
+            done = subprocess.run(
+                [executable, str(path), str(target)],
+                capture_output=True,
+                text=True,
+                timeout=DCMTK_TIMEOUT_S,
+                check=False,
+            )
+        except (OSError, subprocess.TimeoutExpired) as exc:
+            raise InvalidDicomError(f"{message}; DCMTK {tool}: {one_line(exc)}") from None
+        if done.returncode != 0 or not target.is_file():
+            detail = " ".join(done.stderr.split())[:200] or f"exit status {done.returncode}"
+            raise InvalidDicomError(f"{message}; DCMTK {tool}: {detail}")
+        try:
+            native = pydicom.dcmread(target)
+            raw = native.pixel_array
+        except Exception as exc:
+            raise InvalidDicomError(
+                f"{message}; DCMTK output unreadable: {one_line(exc)}"
+            ) from None
+    return raw, f"decoded by DCMTK {tool} (pydicom plugins failed: {why[:120]})"
+
+
 def _modality_lut(
     ds: Dataset, pixels: npt.NDArray[Any], frames: int, path: Path | str
 ) -> tuple[npt.NDArray[np.float32], str]:
@@ -578,15 +636,17 @@ def read_dicom(path: Path, *, max_pixels: int, max_frames: int) -> Image:
             image_warnings.append("Photometric Interpretation missing; assumed MONOCHROME2")
             ds.PhotometricInterpretation = "MONOCHROME2" if samples == 1 else "RGB"
             photometric = str(ds.PhotometricInterpretation)
+        fallback: str | None = None
         try:
             raw = ds.pixel_array
         except MemoryError:
             raise InvalidDicomError(f"{path}: pixel data too large to decode") from None
         except Exception as exc:  # decoders raise ValueError, RuntimeError, OSError...
-            raise InvalidDicomError(
-                f"{path}: pixel data cannot be decoded ({tsuid.name}): {one_line(exc)}"
-            ) from None
+            raw, fallback = decode_with_dcmtk(path, tsuid, one_line(exc))
+            image_warnings.append(fallback)
         steps = [f"read DICOM {tsuid.name}: {rows}x{columns}, {frames} frame(s), {photometric}"]
+        if fallback:
+            steps.append(fallback)
         lut_bits: int | None = None
         if photometric == "PALETTE COLOR":
             try:
