@@ -150,3 +150,23 @@ def test_profile_table_covers_the_key_attributes():
 def test_empty_salt_is_refused():
     with pytest.raises(ConfigError, match="salt"):
         Deidentifier("")
+
+
+@pytest.mark.parametrize("path", [CT_BRAIN[0], CAT, COOKIES[0]], ids=lambda p: p.name)
+def test_dciodvfy_finds_no_new_errors(path, tmp_path):
+    import shutil
+    import subprocess
+
+    if shutil.which("dciodvfy") is None:
+        pytest.skip("dicom3tools dciodvfy not installed")
+
+    def errors(file: Path) -> set[str]:
+        done = subprocess.run(
+            ["dciodvfy", str(file)], capture_output=True, text=True, errors="replace", timeout=60
+        )
+        lines = (done.stdout + done.stderr).splitlines()
+        return {line.split(" - ", 1)[-1] for line in lines if line.startswith("Error")}
+
+    out = tmp_path / "deid.dcm"
+    deidentify_file(path, out, Deidentifier("s"))
+    assert errors(out) - errors(path) == set()

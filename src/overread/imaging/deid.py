@@ -89,8 +89,8 @@ PROFILE: dict[str, Action] = {
     "SmokingStatus": X,
     "Allergies": X,
     "MedicalAlerts": X,
-    "ResponsibleOrganization": X,
-    "ResponsiblePerson": X,
+    "ResponsibleOrganization": Z,  # Type 2C for animals: emptied, not removed
+    "ResponsiblePerson": Z,
     "PatientInsurancePlanCodeSequence": X,
     "PatientPrimaryLanguageCodeSequence": X,
     "AdmissionID": X,
