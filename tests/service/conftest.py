@@ -9,11 +9,15 @@ import time
 import uuid
 from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import pytest
 from pydicom.dataset import Dataset, FileMetaDataset
 from pydicom.uid import DigitalXRayImageStorageForPresentation, ExplicitVRLittleEndian, generate_uid
+
+if TYPE_CHECKING:
+    from overread.service.server import Service
 
 POSTGRES_URL = "postgresql+psycopg://postgres@127.0.0.1:5432/"
 
@@ -187,3 +191,34 @@ def storescp(tmp_path: Path) -> Iterator[Storescp]:
     pacs = Storescp(tmp_path / "pacs")
     yield pacs
     pacs.stop()
+
+
+@pytest.fixture
+def make_service(tmp_path: Path) -> Iterator[Callable[..., Any]]:
+    """Start gateways in-process on free ports (stopped after the test)."""
+    from overread.config import Settings
+    from overread.service.config import service_config
+    from overread.service.server import Service
+
+    services: list[Service] = []
+
+    def _make(**overrides: object) -> Service:
+        settings = Settings(data_dir=tmp_path / "data")
+        values: dict[str, object] = {
+            "dicom_port": 0,
+            "dicom_host": "127.0.0.1",
+            "http_port": 0,
+            "workers": 1,
+            "stable_seconds": 60,
+            "poll_seconds": 0.2,
+            "retry_base_seconds": 0.2,
+        }
+        values.update(overrides)
+        service = Service(service_config(settings, **values))
+        service.start()
+        services.append(service)
+        return service
+
+    yield _make
+    for service in services:
+        service.stop(timeout=10)

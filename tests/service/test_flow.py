@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import subprocess
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 
 import httpx
@@ -13,8 +13,6 @@ import pytest
 from pydicom.uid import generate_uid
 from sqlalchemy import select
 
-from overread.config import Settings
-from overread.service.config import service_config
 from overread.service.db import Job, JobState, Result, Study
 from overread.service.server import Service
 
@@ -26,32 +24,6 @@ pytest.importorskip("overread.inference", reason="the inference pipeline is not 
 pytest.importorskip("overread.service.outputs", reason="the result builders are not importable")
 
 COMPREHENSIVE_SR = "1.2.840.10008.5.1.4.1.1.88.33"
-
-
-@pytest.fixture
-def make_service(tmp_path: Path) -> Iterator[Callable[..., Service]]:
-    services: list[Service] = []
-
-    def _make(**overrides: object) -> Service:
-        settings = Settings(data_dir=tmp_path / "data")
-        values: dict[str, object] = {
-            "dicom_port": 0,
-            "dicom_host": "127.0.0.1",
-            "http_port": 0,
-            "workers": 1,
-            "stable_seconds": 60,
-            "poll_seconds": 0.2,
-            "retry_base_seconds": 0.2,
-        }
-        values.update(overrides)
-        service = Service(service_config(settings, **values))
-        service.start()
-        services.append(service)
-        return service
-
-    yield _make
-    for service in services:
-        service.stop(timeout=10)
 
 
 def _storescu(port: int, *files: Path) -> None:

@@ -1,4 +1,4 @@
-"""The gateway's minimal HTTP API: health, jobs, and the explicit study trigger.
+"""The gateway's HTTP API: health, jobs, the explicit study trigger, and STOW-RS.
 
 This API is unauthenticated until the access-control work lands; bind it to
 loopback (the default ``127.0.0.1``) or put it behind an authenticating proxy.
@@ -11,11 +11,14 @@ import threading
 from typing import TYPE_CHECKING, Any
 
 import uvicorn
-from fastapi import FastAPI, HTTPException, Query
+from fastapi import FastAPI, HTTPException, Query, Request
+from fastapi.responses import JSONResponse
+from starlette.concurrency import run_in_threadpool
 
 from overread import __version__
 from overread.errors import ServiceError
 from overread.service.jobs import job_to_dict
+from overread.service.stow import StowRequestError, store_instances
 
 if TYPE_CHECKING:
     from overread.service.server import Service
@@ -67,6 +70,38 @@ def create_app(service: Service) -> FastAPI:
         """Declare a study complete now instead of waiting for the stable time."""
         job_ids = service.complete_study(study_instance_uid)
         return {"study_instance_uid": study_instance_uid, "jobs": job_ids}
+
+    async def _stow(request: Request, study_instance_uid: str | None) -> JSONResponse:
+        body = await request.body()
+        client = request.client.host if request.client else ""
+        try:
+            result = await run_in_threadpool(
+                store_instances,
+                service.ingestor,
+                request.headers.get("content-type", ""),
+                body,
+                client=client,
+                study_instance_uid=study_instance_uid,
+            )
+        except StowRequestError as exc:
+            raise HTTPException(status_code=415, detail=str(exc)) from None
+        if result.studies:
+            await run_in_threadpool(service.request_released, result.studies)
+        return JSONResponse(
+            result.to_dicom_json(),
+            status_code=result.http_status,
+            media_type="application/dicom+json",
+        )
+
+    @app.post("/dicom-web/studies")
+    async def stow(request: Request) -> JSONResponse:
+        """STOW-RS: store instances (multipart/related; type=application/dicom)."""
+        return await _stow(request, None)
+
+    @app.post("/dicom-web/studies/{study_instance_uid}")
+    async def stow_study(study_instance_uid: str, request: Request) -> JSONResponse:
+        """STOW-RS into one study: parts of another study are refused (0xA900)."""
+        return await _stow(request, study_instance_uid)
 
     return app
 

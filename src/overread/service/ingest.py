@@ -119,6 +119,7 @@ class IngestOutcome:
     study_instance_uid: str
     object_key: str
     duplicate: bool
+    sop_class_uid: str = ""
 
 
 class Ingestor:
@@ -165,7 +166,11 @@ class Ingestor:
                 calling_ae,
             )
             return IngestOutcome(
-                header.sop_instance_uid, existing.study_instance_uid, existing.object_key, True
+                header.sop_instance_uid,
+                existing.study_instance_uid,
+                existing.object_key,
+                True,
+                existing.sop_class_uid,
             )
         stored = self.store.put(data)
         for attempt in range(3):
@@ -182,11 +187,16 @@ class Ingestor:
                         existing.study_instance_uid,
                         existing.object_key,
                         True,
+                        existing.sop_class_uid,
                     )
                 if attempt == 2:
                     raise
         outcome = IngestOutcome(
-            header.sop_instance_uid, header.study_instance_uid, stored.key, False
+            header.sop_instance_uid,
+            header.study_instance_uid,
+            stored.key,
+            False,
+            header.sop_class_uid,
         )
         logger.info(
             "stored instance %s of study %s from %s (%d bytes)",

@@ -117,6 +117,10 @@ class Service:
         if self.assembler.association_released(studies):
             self.pool.wake()
 
+    def request_released(self, studies: set[str]) -> None:
+        """A STOW-RS request ended: treat it like a released association."""
+        self._on_released(studies)
+
     def complete_study(self, study_instance_uid: str) -> list[int]:
         """The explicit "study complete" trigger."""
         job_ids = self.assembler.complete_study(study_instance_uid)

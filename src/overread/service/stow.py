@@ -1,0 +1,143 @@
+"""STOW-RS ingest (DICOMweb Store, PS3.18 §10.5) through the same durable path as C-STORE.
+
+``POST /dicom-web/studies`` with a ``multipart/related; type="application/dicom"``
+body. Each part goes through :class:`~overread.service.ingest.Ingestor` (fsync'd and
+committed before the response), and the response is the standard DICOM JSON with a
+Referenced SOP Sequence for the stored instances and a Failed SOP Sequence for the
+others: HTTP 200 when all were stored, 202 when some failed, 409 when none was stored.
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+from dataclasses import dataclass, field
+from typing import Any
+
+from overread.errors import InvalidDicomError
+from overread.service.ingest import Ingestor, IngestOutcome, read_header
+
+logger = logging.getLogger(__name__)
+
+STATUS_CANNOT_UNDERSTAND = 0xC000
+STATUS_OUT_OF_RESOURCES = 0xA700
+STATUS_STUDY_MISMATCH = 0xA900
+
+_BOUNDARY = re.compile(r'boundary="?([^";]+)"?', re.IGNORECASE)
+
+
+class StowRequestError(ValueError):
+    """The request is not a multipart/related DICOM body (HTTP 415/400)."""
+
+
+def split_multipart(content_type: str, body: bytes) -> list[tuple[str, bytes]]:
+    """The ``(content type, bytes)`` of each part of a ``multipart/related`` body."""
+    if not content_type.lower().startswith("multipart/related"):
+        raise StowRequestError("expected Content-Type multipart/related; type=application/dicom")
+    match = _BOUNDARY.search(content_type)
+    if match is None:
+        raise StowRequestError("multipart/related without a boundary")
+    delimiter = b"--" + match.group(1).strip().encode("ascii")
+    parts: list[tuple[str, bytes]] = []
+    for chunk in body.split(delimiter)[1:]:
+        if chunk.startswith(b"--"):
+            break  # the close delimiter
+        chunk = chunk.removeprefix(b"\r\n")
+        head, sep, content = chunk.partition(b"\r\n\r\n")
+        if not sep:
+            continue
+        part_type = "application/dicom"
+        for line in head.decode("latin-1").split("\r\n"):
+            name, _, value = line.partition(":")
+            if name.strip().lower() == "content-type":
+                part_type = value.strip()
+        parts.append((part_type, content.removesuffix(b"\r\n")))
+    return parts
+
+
+@dataclass
+class StowResult:
+    """What a STOW-RS request stored and refused."""
+
+    stored: list[IngestOutcome] = field(default_factory=list)
+    failed: list[tuple[str, str, int]] = field(default_factory=list)
+    """(SOP class UID, SOP instance UID, failure reason) of refused parts."""
+
+    @property
+    def http_status(self) -> int:
+        """200 all stored, 202 some failed, 409 none stored."""
+        if not self.failed:
+            return 200
+        return 202 if self.stored else 409
+
+    @property
+    def studies(self) -> set[str]:
+        """Study Instance UIDs the request brought."""
+        return {o.study_instance_uid for o in self.stored}
+
+    def to_dicom_json(self) -> dict[str, Any]:
+        """The response body (PS3.18 Store Instances Response Module, DICOM JSON)."""
+
+        def ref(sop_class: str, sop_instance: str) -> dict[str, Any]:
+            item: dict[str, Any] = {}
+            if sop_class:
+                item["00081150"] = {"vr": "UI", "Value": [sop_class]}
+            if sop_instance:
+                item["00081155"] = {"vr": "UI", "Value": [sop_instance]}
+            return item
+
+        body: dict[str, Any] = {}
+        if self.stored:
+            body["00081199"] = {
+                "vr": "SQ",
+                "Value": [ref(o.sop_class_uid, o.sop_instance_uid) for o in self.stored],
+            }
+        if self.failed:
+            body["00081198"] = {
+                "vr": "SQ",
+                "Value": [
+                    {**ref(c, i), "00081197": {"vr": "US", "Value": [reason]}}
+                    for c, i, reason in self.failed
+                ],
+            }
+        return body
+
+
+def store_instances(
+    ingestor: Ingestor,
+    content_type: str,
+    body: bytes,
+    *,
+    client: str = "",
+    study_instance_uid: str | None = None,
+) -> StowResult:
+    """Ingest every ``application/dicom`` part; a bad part does not stop the others."""
+    result = StowResult()
+    for index, (part_type, data) in enumerate(split_multipart(content_type, body), start=1):
+        source = f"STOW-RS part {index} from {client or 'unknown client'}"
+        if not part_type.lower().startswith("application/dicom"):
+            logger.error("%s: unsupported part type %s", source, part_type)
+            result.failed.append(("", "", STATUS_CANNOT_UNDERSTAND))
+            continue
+        try:
+            if study_instance_uid is not None:
+                header = read_header(data, source=source)
+                if header.study_instance_uid != study_instance_uid:
+                    logger.error("%s: belongs to study %s", source, header.study_instance_uid)
+                    result.failed.append(
+                        (header.sop_class_uid, header.sop_instance_uid, STATUS_STUDY_MISMATCH)
+                    )
+                    continue
+            result.stored.append(
+                ingestor.ingest(data, calling_ae="STOW-RS", peer_host=client, source=source)
+            )
+        except InvalidDicomError as exc:
+            logger.error("%s", exc)
+            result.failed.append(("", "", STATUS_CANNOT_UNDERSTAND))
+        except Exception as exc:  # disk full, database down: never report success
+            logger.exception("%s: cannot persist (%s)", source, exc)
+            result.failed.append(("", "", STATUS_OUT_OF_RESOURCES))
+    return result
+
+
+__all__ = ["StowRequestError", "StowResult", "split_multipart", "store_instances"]

@@ -1,0 +1,82 @@
+"""STOW-RS ingest over HTTP into the same durable store as C-STORE."""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Callable
+from pathlib import Path
+
+import httpx
+import pydicom
+import pytest
+from pydicom.uid import generate_uid
+from sqlalchemy import select
+
+from overread.service.db import Instance, Study
+from overread.service.server import Service
+from overread.service.stow import split_multipart
+
+pytestmark = pytest.mark.service
+
+
+def _multipart(parts: list[tuple[str, bytes]]) -> tuple[str, bytes]:
+    boundary = uuid.uuid4().hex
+    body = b"".join(
+        b"--"
+        + boundary.encode()
+        + b"\r\nContent-Type: "
+        + ctype.encode()
+        + b"\r\n\r\n"
+        + data
+        + b"\r\n"
+        for ctype, data in parts
+    )
+    body += b"--" + boundary.encode() + b"--\r\n"
+    return f'multipart/related; type="application/dicom"; boundary={boundary}', body
+
+
+def test_split_multipart_keeps_binary_parts_intact() -> None:
+    payload = bytes(range(256)) * 10 + b"\r\n\r\n--not-the-boundary\r\n"
+    content_type, body = _multipart([("application/dicom", payload), ("text/plain", b"x")])
+    assert split_multipart(content_type, body) == [
+        ("application/dicom", payload),
+        ("text/plain", b"x"),
+    ]
+
+
+def test_stow_rs_stores_good_parts_and_reports_bad_ones(
+    make_service: Callable[..., Service], dx_factory: Callable[..., Path]
+) -> None:
+    service = make_service(workers=0)
+    study = generate_uid()
+    good = [dx_factory(study_uid=study) for _ in range(2)]
+    content_type, body = _multipart(
+        [("application/dicom", p.read_bytes()) for p in good] + [("application/dicom", b"garbage")]
+    )
+    base = f"http://127.0.0.1:{service.http_port}/dicom-web"
+    reply = httpx.post(
+        f"{base}/studies", content=body, headers={"Content-Type": content_type}, timeout=30
+    )
+    assert reply.status_code == 202  # some stored, some failed
+    data = reply.json()
+    stored = {item["00081155"]["Value"][0] for item in data["00081199"]["Value"]}
+    assert stored == {str(pydicom.dcmread(p).SOPInstanceUID) for p in good}
+    assert [item["00081197"]["Value"][0] for item in data["00081198"]["Value"]] == [0xC000]
+    with service.database.session() as session:
+        rows = session.scalars(select(Instance)).all()
+        assert {r.calling_ae for r in rows} == {"STOW-RS"} and len(rows) == 2
+        # The request's end counts as a release: the chest study completes at once.
+        assert session.scalar(select(Study.complete_reason)) == "association-released"
+
+    other = dx_factory()  # another study, posted to this study's URL
+    content_type, body = _multipart([("application/dicom", other.read_bytes())])
+    reply = httpx.post(
+        f"{base}/studies/{study}", content=body, headers={"Content-Type": content_type}, timeout=30
+    )
+    assert reply.status_code == 409
+    assert reply.json()["00081198"]["Value"][0]["00081197"]["Value"] == [0xA900]
+
+    reply = httpx.post(
+        f"{base}/studies", content=b"{}", headers={"Content-Type": "application/json"}, timeout=30
+    )
+    assert reply.status_code == 415
