@@ -20,6 +20,7 @@ Sequence.
 
 from __future__ import annotations
 
+import hashlib
 import re
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -110,8 +111,9 @@ def finding_concept(label: str, model_codes: Sequence[Sequence[str]] = ()) -> Co
     CheXpert labels use the verified table :data:`FINDING_CONCEPTS`. Other labels
     (models with other heads) use the first ``(scheme, value, meaning)`` code their
     model package declares, else a local code derived from the label (at most 16
-    characters, VR SH), so every finding stays codable without inventing a
-    standard code.
+    characters, VR SH; a digest of the label is added when it had to be shortened or
+    changed, so distinct labels never share a code), so every finding stays codable
+    without inventing a standard code.
     """
     known = FINDING_CONCEPTS.get(label)
     if known is not None:
@@ -119,7 +121,12 @@ def finding_concept(label: str, model_codes: Sequence[Sequence[str]] = ()) -> Co
     for code in model_codes:
         if len(code) == 3 and all(code) and str(code[0]) in FHIR_SYSTEMS:
             return Concept(value=str(code[1]), scheme=str(code[0]), meaning=str(code[2]))
-    value = _NOT_CODE_CHARS.sub("", label.upper())[:16] or "FINDING"
+    value = _NOT_CODE_CHARS.sub("", label.upper()) or "FINDING"
+    if len(value) > 16 or value != label.upper().replace(" ", ""):
+        # Shortened or altered: add a digest of the label so that two labels
+        # never share a code ("PLEURALTHICK" + left/right would otherwise collide).
+        digest = hashlib.sha1(label.encode("utf-8")).hexdigest()[:5].upper()
+        value = f"{value[:10]}_{digest}"
     return Concept(value, LOCAL_SCHEME, label)
 
 
