@@ -109,3 +109,25 @@ def test_match_detections_by_centre_and_iou() -> None:
     assert [m.lesion for m in marks] == ["a", None, None, None]
     curve = froc_curve([marks], [list(lesions)])
     assert curve.sensitivity.max() == 0.5
+
+
+@pytest.mark.filterwarnings("ignore::FutureWarning")
+def test_surface_metrics_match_monai() -> None:
+    import torch
+    from monai.metrics import (
+        compute_average_surface_distance,
+        compute_hausdorff_distance,
+        compute_surface_dice,
+    )
+
+    a = _ball((24, 30, 30), (12, 14, 15), 7)
+    b = _ball((24, 30, 30), (11, 16, 13), 6)
+    spacing = (2.5, 0.7, 0.7)
+    ta = torch.from_numpy(a[None, None].astype(np.float32))
+    tb = torch.from_numpy(b[None, None].astype(np.float32))
+    hd95 = compute_hausdorff_distance(ta, tb, percentile=95, spacing=spacing).item()
+    assert hausdorff_distance(a, b, spacing) == pytest.approx(hd95, rel=1e-6)
+    assd = compute_average_surface_distance(ta, tb, symmetric=True, spacing=spacing).item()
+    assert average_surface_distance(a, b, spacing) == pytest.approx(assd, rel=1e-6)
+    nsd = compute_surface_dice(ta, tb, class_thresholds=[1.5], spacing=spacing).item()
+    assert normalized_surface_dice(a, b, 1.5, spacing) == pytest.approx(nsd, rel=1e-6)

@@ -82,8 +82,8 @@ def hausdorff_distance(
 ) -> float:
     """Symmetric percentile Hausdorff distance (HD95 by default; 100 is the classic HD).
 
-    The percentile is taken over both directed distance sets pooled, as in
-    MONAI's and the Medical Segmentation Decathlon's HD95.
+    The larger of the two directed percentiles, as MONAI's
+    ``compute_hausdorff_distance`` defines it.
     """
     d_ab, d_ba = surface_distances(prediction, reference, spacing)
     return float(max(np.percentile(d_ab, percentile), np.percentile(d_ba, percentile)))
