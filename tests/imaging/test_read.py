@@ -156,3 +156,13 @@ def test_png_modes(tmp_path, mode):
     image = read(path)
     assert image.pixels.shape[:2] == (10, 12)
     assert image.is_color == (mode in ("RGB", "P"))
+
+
+def test_default_settings_follow_the_environment(write_dicom, monkeypatch):
+    path = write_dicom(np.zeros((3, 4, 4), np.uint16))
+    assert read(path).pixels.shape == (3, 4, 4)
+    monkeypatch.setenv("OVERREAD_IMAGING__MAX_FRAMES", "2")
+    with pytest.raises(OverreadError, match="limit of 2"):
+        read(path)
+    monkeypatch.delenv("OVERREAD_IMAGING__MAX_FRAMES")
+    assert read(path).pixels.shape == (3, 4, 4)

@@ -15,6 +15,32 @@ from overread.imaging.image import Image
 logger = logging.getLogger(__name__)
 
 
+_settings_cache: dict[tuple[object, ...], ImagingSettings] = {}
+
+
+def default_imaging_settings() -> ImagingSettings:
+    """The configured imaging settings, re-loaded only when their sources change.
+
+    Loading settings parses the TOML file and environment (about 1 ms), which
+    would double the cost of reading a small PNG; the cache key is every
+    ``OVERREAD_*`` variable plus the configuration file's path and mtime, so a
+    changed environment or file is always seen.
+    """
+    config = Path(os.environ.get("OVERREAD_CONFIG", "overread.toml"))
+    try:
+        stamp: object = config.resolve().stat().st_mtime_ns
+    except OSError:
+        stamp = None
+    env = tuple(sorted((k, v) for k, v in os.environ.items() if k.startswith("OVERREAD_")))
+    key = (str(config), stamp, env)
+    cached = _settings_cache.get(key)
+    if cached is None:
+        cached = load_settings().imaging
+        _settings_cache.clear()
+        _settings_cache[key] = cached
+    return cached
+
+
 def read(
     path: str | os.PathLike[str],
     *,
@@ -45,7 +71,7 @@ def read(
         ``InvalidDicomError``, ``UnsupportedTransferSyntaxError`` or
         ``ImageReadError``, with a one-line message naming the file.
     """
-    config = settings if settings is not None else load_settings().imaging
+    config = settings if settings is not None else default_imaging_settings()
     mode = strictness or config.strictness
     file = Path(path)
     if not file.exists():
@@ -78,4 +104,4 @@ def read(
     return image
 
 
-__all__ = ["read"]
+__all__ = ["default_imaging_settings", "read"]
