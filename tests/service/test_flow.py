@@ -168,3 +168,23 @@ def test_unreadable_study_is_dead_lettered_at_once(
     [job] = _jobs(service)
     assert job.attempts == 1  # a model that cannot read the input will not on retry either
     assert job.error
+
+
+def test_with_explain_the_pacs_also_gets_heatmap_overlays(
+    make_service: Callable[..., Service], storescp: Storescp, dx_factory: Callable[..., Path]
+) -> None:
+    service = make_service(destinations=[f"PACS=PACSAE@127.0.0.1:{storescp.port}"], explain=True)
+    _storescu(service.dicom_port or 0, dx_factory(size=256))
+    _wait(lambda: [j.state for j in _jobs(service)] == ["succeeded", "succeeded"])
+    classes = [
+        str(pydicom.dcmread(p, stop_before_pixels=True).SOPClassUID) for p in storescp.files()
+    ]
+    assert classes.count(COMPREHENSIVE_SR) == 1
+    overlays = [c for c in classes if c != COMPREHENSIVE_SR]
+    assert overlays and set(overlays) <= {
+        "1.2.840.10008.5.1.4.1.1.7",  # Secondary Capture
+        "1.2.840.10008.5.1.4.1.1.7.4",  # Multi-frame True Color SC
+    }
+    with service.database.session() as session:
+        [result] = session.scalars(select(Result)).all()
+        assert len(result.artifacts) == len(classes)

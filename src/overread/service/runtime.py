@@ -106,7 +106,10 @@ class RegistryPipelineProvider:
 
 
 class OutputsArtifactBuilder:
-    """Builds a TID 1500 Structured Report with :func:`overread.service.outputs.build_sr`."""
+    """Builds a TID 1500 Structured Report per image with :func:`~overread.service.outputs.build_sr`,
+    and, when the prediction carries heatmaps (``--explain``), one Secondary Capture overlay
+    per positive or referred finding with :func:`~overread.service.outputs.build_overlays`.
+    """
 
     def __init__(self) -> None:
         try:
@@ -116,7 +119,10 @@ class OutputsArtifactBuilder:
         self._outputs = outputs
 
     def build(self, prediction: Any, source_datasets: Sequence[Any]) -> list[Any]:
-        return [self._outputs.build_sr(prediction, list(source_datasets))]
+        built: list[Any] = [self._outputs.build_sr(prediction, list(source_datasets))]
+        if getattr(prediction, "heatmaps", None) and source_datasets:
+            built.extend(self._outputs.build_overlays(prediction, source_datasets[0]))
+        return built
 
 
 def default_artifact_builder() -> ArtifactBuilder | None:

@@ -200,7 +200,8 @@ class Worker:
             for prediction, (path, _row) in zip(predictions, items, strict=False):
                 if not getattr(prediction, "ok", False):
                     continue
-                source = pydicom.dcmread(path, stop_before_pixels=True)
+                # Headers suffice for the SR; overlays need the pixels.
+                source = pydicom.dcmread(path, stop_before_pixels=not self.config.explain)
                 for dataset in self.artifacts.build(prediction, [source]):
                     artifacts.append(self._store_dataset(dataset))
         summary = {
