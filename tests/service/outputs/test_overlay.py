@@ -178,3 +178,11 @@ def test_overlays_for_positive_findings_share_one_series(
         build_overlays(prediction, dx_chest, ["Cardiomegaly"], max_dimension=256)[0].InstanceNumber
         == 1
     )
+
+
+def test_colour_scale_legend_is_drawn_bottom_right(overlay_file: Path) -> None:
+    rgb = pydicom.dcmread(overlay_file).pixel_array.astype(int)
+    corner = rgb[-rgb.shape[0] // 12 :, -rgb.shape[1] // 3 :]
+    blue = (corner[..., 2] > 200) & (corner[..., 0] < 60)
+    red = (corner[..., 0] > 200) & (corner[..., 2] < 60)
+    assert blue.sum() > 20 and red.sum() > 20

@@ -190,6 +190,42 @@ def burn_in_text(rgb: np.ndarray, lines: Sequence[str]) -> np.ndarray:
     return np.asarray(image, dtype=np.uint8)
 
 
+def draw_legend(rgb: np.ndarray) -> np.ndarray:
+    """Return ``rgb`` with the colour scale ("low" to "high" attention) bottom right.
+
+    A heatmap without its scale invites over-reading faint colour; the legend says
+    that colour is relative model attention, not a measurement.
+    """
+    image = Image.fromarray(rgb, mode="RGB")
+    draw = ImageDraw.Draw(image)
+    rows, cols = rgb.shape[:2]
+    size = max(10, min(rows, cols) // 40)
+    font = _font(size)
+    margin = max(2, size // 3)
+    bar_width, bar_height = max(20, cols // 6), max(4, size // 2)
+    low_box = draw.textbbox((0, 0), "low", font=font)
+    high_box = draw.textbbox((0, 0), "high", font=font)
+    text_height = max(low_box[3], high_box[3])
+    right = cols - margin
+    left = right - (high_box[2] + margin + bar_width + margin + low_box[2])
+    bottom = rows - margin
+    top = bottom - max(text_height, bar_height)
+    if left < 0 or top < 0:
+        return rgb
+    draw.rectangle((left - margin, top - margin, right + margin // 2, bottom), fill=(0, 0, 0))
+    draw.text((left, top), "low", font=font, fill=(255, 255, 255))
+    bar_left = left + low_box[2] + margin
+    ramp = (_jet(np.linspace(0.0, 1.0, bar_width, dtype=np.float32)) * 255).astype(np.uint8)
+    bar_top = top + (max(text_height, bar_height) - bar_height) // 2
+    out = np.asarray(image, dtype=np.uint8).copy()
+    out[bar_top : bar_top + bar_height, bar_left : bar_left + bar_width] = ramp[None, :, :]
+    image = Image.fromarray(out, mode="RGB")
+    ImageDraw.Draw(image).text(
+        (bar_left + bar_width + margin, top), "high", font=font, fill=(255, 255, 255)
+    )
+    return np.asarray(image, dtype=np.uint8)
+
+
 def _patient_orientation(source: Dataset) -> tuple[str, str] | None:
     value = getattr(source, "PatientOrientation", None)
     if value is None or len(value) != 2:
@@ -294,6 +330,7 @@ def build_overlay(
     rgb = burn_in_text(
         rgb, [RESEARCH_BANNER, caption, f"AI heatmap - {model.name} {model.version}"]
     )
+    rgb = draw_legend(rgb)
 
     spacing = getattr(source_dataset, "PixelSpacing", None)
     pixel_spacing = (
@@ -395,4 +432,11 @@ def build_overlays(
     ]
 
 
-__all__ = ["RESEARCH_BANNER", "build_overlay", "build_overlays", "burn_in_text", "windowed_grey"]
+__all__ = [
+    "RESEARCH_BANNER",
+    "build_overlay",
+    "build_overlays",
+    "burn_in_text",
+    "draw_legend",
+    "windowed_grey",
+]
