@@ -33,7 +33,7 @@ SEEDS = {
 }
 LIMITS = ImagingSettings(max_pixels=50_000_000, max_frames=1000)
 FUZZ = settings(
-    max_examples=80,
+    max_examples=60,
     deadline=None,
     derandomize=True,
     suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow],
@@ -237,3 +237,11 @@ def test_png_decompression_bomb_is_refused(tmp_path):
     PILImage.new("L", (5_000, 5_000)).save(path)  # 25 M pixels in a few kB
     with pytest.raises(OverreadError, match="max_pixels"):
         read(path, settings=ImagingSettings(max_pixels=10_000_000))
+
+
+@FUZZ
+@given(data=st.binary(min_size=0, max_size=4096), preamble=st.booleans())
+def test_random_bytes(tmp_path_factory, data, preamble):
+    path = tmp_path_factory.mktemp("rand") / "r.dcm"
+    path.write_bytes((b"\x00" * 128 + b"DICM" if preamble else b"") + data)
+    _read_or_refuse(path)

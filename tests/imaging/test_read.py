@@ -166,3 +166,18 @@ def test_default_settings_follow_the_environment(write_dicom, monkeypatch):
         read(path)
     monkeypatch.delenv("OVERREAD_IMAGING__MAX_FRAMES")
     assert read(path).pixels.shape == (3, 4, 4)
+
+
+def test_float_pixel_data_with_nan_is_read_and_flagged(write_dicom, tmp_path):
+    values = np.array([[0.5, np.nan], [1.5, -2.0]], dtype=np.float32)
+    ds = pydicom.dcmread(write_dicom(np.zeros((2, 2), np.uint16)))
+    del ds.PixelData
+    del ds.PixelRepresentation
+    ds.BitsAllocated = ds.BitsStored = 32
+    ds.HighBit = 31
+    ds.FloatPixelData = values.tobytes()
+    path = tmp_path / "float.dcm"
+    ds.save_as(path, enforce_file_format=True)
+    image = read(path)
+    np.testing.assert_array_equal(image.pixels, values)
+    assert "pixel data contains NaN or infinite values" in image.warnings
