@@ -153,3 +153,51 @@ def test_single_positive_gives_auc_but_no_interval() -> None:
     assert np.isnan(est.se) and np.isnan(est.ci[0])
     result = delong_test([1, 0, 0, 0], [0.9, 0.1, 0.5, 0.95], [0.2, 0.1, 0.5, 0.3])
     assert np.isnan(result.p) and "not estimable" in result.method
+
+
+def _obuchowski_by_definition(y, s, clusters):
+    """Obuchowski (1997) written as loops over clusters with the m x n comparison matrix."""
+    y = np.asarray(y)
+    s = np.asarray(s, dtype=float)
+    pos, neg = s[y == 1], s[y == 0]
+    psi = (pos[:, None] > neg[None, :]) + 0.5 * (pos[:, None] == neg[None, :])
+    big_m, big_n = psi.shape
+    auc = psi.mean()
+    c_pos, c_neg = np.asarray(clusters)[y == 1], np.asarray(clusters)[y == 0]
+    ids = np.unique(clusters)
+    v10 = {c: psi[c_pos == c].sum() / big_n for c in ids}
+    v01 = {c: psi[:, c_neg == c].sum() / big_m for c in ids}
+    m = {c: (c_pos == c).sum() for c in ids}
+    n = {c: (c_neg == c).sum() for c in ids}
+    i10 = sum(m[c] > 0 for c in ids)
+    i01 = sum(n[c] > 0 for c in ids)
+    s10 = i10 / ((i10 - 1) * big_m) * sum((v10[c] - m[c] * auc) ** 2 for c in ids)
+    s01 = i01 / ((i01 - 1) * big_n) * sum((v01[c] - n[c] * auc) ** 2 for c in ids)
+    s11 = (
+        len(ids) / (len(ids) - 1) * sum((v10[c] - m[c] * auc) * (v01[c] - n[c] * auc) for c in ids)
+    )
+    return auc, s10 / big_m + s01 / big_n + 2 * s11 / (big_m * big_n)
+
+
+def test_clustered_delong_matches_definition_and_reduces_to_delong() -> None:
+    from overread.evaluation import clustered_delong_ci
+
+    y, s = _tied_data(11, 300)
+    clusters = np.arange(300) // 3
+    est = clustered_delong_ci(y, s, clusters)
+    auc, var = _obuchowski_by_definition(y, s, clusters)
+    assert est.auc == pytest.approx(auc) and est.se == pytest.approx(np.sqrt(var), rel=1e-10)
+    single = clustered_delong_ci(y, s, np.arange(300))
+    assert single.se == pytest.approx(delong_ci(y, s).se, rel=1e-12)
+
+
+def test_clustered_delong_widens_for_duplicated_images() -> None:
+    from overread.evaluation import clustered_delong_ci
+
+    y, s = _tied_data(12, 200)
+    y4, s4 = np.repeat(y, 4), np.repeat(s, 4)
+    naive = delong_ci(y4, s4)
+    clustered = clustered_delong_ci(y4, s4, np.repeat(np.arange(200), 4))
+    # Four copies carry the information of one: the honest SE is about twice the naive one.
+    assert clustered.se == pytest.approx(delong_ci(y, s).se, rel=0.02)
+    assert clustered.se > 1.8 * naive.se

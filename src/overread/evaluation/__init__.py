@@ -44,6 +44,7 @@ from overread.evaluation.calibration import (
 from overread.evaluation.delong import (
     AucComparison,
     AucEstimate,
+    clustered_delong_ci,
     delong_ci,
     delong_covariance,
     delong_test,
@@ -148,6 +149,7 @@ __all__ = [
     "brier_score",
     "calibration_error",
     "choose_threshold",
+    "clustered_delong_ci",
     "cohens_kappa",
     "cohens_kappa_table",
     "cpm_score",

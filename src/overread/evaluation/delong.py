@@ -126,6 +126,46 @@ def delong_ci(y_true: ArrayLike, y_score: ArrayLike, confidence: float = 0.95) -
     return AucEstimate(auc, se, (lo, hi), int(positive.sum()), int((~positive).sum()))
 
 
+def clustered_delong_ci(
+    y_true: ArrayLike, y_score: ArrayLike, cluster_ids: ArrayLike, confidence: float = 0.95
+) -> AucEstimate:
+    """AUC CI when cases come in clusters (several images per patient).
+
+    Obuchowski (Biometrics 1997) sums DeLong's structural components within
+    each cluster and takes their between-cluster variances and covariance:
+    Var = S10/M + S01/N + 2 S11/(M N), with M positives and N negatives in all.
+    With one case per cluster it is exactly DeLong's variance.
+    """
+    positive, _ = binary_truth_and_score(y_true, y_score)
+    clusters = np.asarray(cluster_ids)
+    if clusters.shape != positive.shape:
+        raise EvaluationError(f"{clusters.size} cluster ids for {positive.size} cases")
+    _, cluster = np.unique(clusters.astype(str), return_inverse=True)
+    n_clusters = int(cluster.max()) + 1
+    aucs, v10, v01 = structural_components(positive, y_score)
+    auc = float(aucs[0])
+    big_m, big_n = int(positive.sum()), int((~positive).sum())
+    m_i = np.bincount(cluster[positive], minlength=n_clusters).astype(np.float64)
+    n_i = np.bincount(cluster[~positive], minlength=n_clusters).astype(np.float64)
+    # Sum of components within each cluster, scaled back to U-statistic counts per case.
+    v10_i = np.bincount(cluster[positive], weights=v10[0], minlength=n_clusters)
+    v01_i = np.bincount(cluster[~positive], weights=v01[0], minlength=n_clusters)
+    i10 = int((m_i > 0).sum())
+    i01 = int((n_i > 0).sum())
+    if i10 < 2 or i01 < 2:
+        nan = float("nan")
+        return AucEstimate(auc, nan, (nan, nan), big_m, big_n)
+    d10 = v10_i - m_i * auc
+    d01 = v01_i - n_i * auc
+    s10 = i10 / ((i10 - 1) * big_m) * float(np.sum(d10**2))
+    s01 = i01 / ((i01 - 1) * big_n) * float(np.sum(d01**2))
+    s11 = n_clusters / (n_clusters - 1) * float(np.sum(d10 * d01))
+    var = s10 / big_m + s01 / big_n + 2.0 * s11 / (big_m * big_n)
+    se = float(np.sqrt(max(var, 0.0)))
+    z = float(norm.ppf(0.5 + confidence / 2.0))
+    return AucEstimate(auc, se, (max(0.0, auc - z * se), min(1.0, auc + z * se)), big_m, big_n)
+
+
 def _comparison(
     auc_a: float, auc_b: float, variance: float, confidence: float, method: str
 ) -> AucComparison:
@@ -189,6 +229,7 @@ def unpaired_auc_test(
 __all__ = [
     "AucComparison",
     "AucEstimate",
+    "clustered_delong_ci",
     "delong_ci",
     "delong_covariance",
     "delong_test",

@@ -23,7 +23,7 @@ from overread.evaluation._validation import FloatArray
 from overread.evaluation.agreement import mcnemar, paired_table
 from overread.evaluation.bootstrap import bootstrap_auc, patient_index
 from overread.evaluation.calibration import brier_score, calibration_error
-from overread.evaluation.delong import delong_ci, delong_test
+from overread.evaluation.delong import clustered_delong_ci, delong_ci, delong_test
 from overread.evaluation.multiplicity import Correction, adjust_p_values
 from overread.evaluation.operating_points import ThresholdRule, choose_threshold, operating_point
 from overread.evaluation.roc import average_precision, micro_auc
@@ -215,13 +215,19 @@ def evaluate(
             )
             warnings.append(f"{name}: {entry['reason']}")
             continue
-        delong = delong_ci(y, s)
+        if inputs.patient_ids is not None:
+            delong = clustered_delong_ci(y, s, inputs.patient_ids[known])
+            delong_method = "DeLong, clustered by patient (Obuchowski 1997)"
+        else:
+            delong = delong_ci(y, s)
+            delong_method = "DeLong"
         entry.update(
             {
                 "auc": delong.auc,
                 "auc_ci": _ci((boot.ci_low[j], boot.ci_high[j])),
                 "auc_ci_method": "patient-level percentile bootstrap",
                 "auc_ci_delong": _ci(delong.ci),
+                "auc_ci_delong_method": delong_method,
                 "auc_se_delong": delong.se,
                 "average_precision": average_precision(y, s),
                 "prevalence": n_pos / (n_pos + n_neg),
