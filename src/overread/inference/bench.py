@@ -13,6 +13,7 @@ import platform
 import tempfile
 import time
 from collections.abc import Callable
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -43,6 +44,7 @@ def machine_description() -> dict[str, Any]:
         "python": platform.python_version(),
         "torch": torch.__version__,
         "onnxruntime": onnxruntime.__version__,
+        "load_average_1min": round(os.getloadavg()[0], 2),
     }
 
 
@@ -57,21 +59,44 @@ def _latencies(call: Callable[[], object], repeats: int, warmup: int = 5) -> np.
     return np.asarray(times) * 1000.0
 
 
-def _runtime_row(
-    name: str,
-    run: Callable[[np.ndarray], np.ndarray],
+def _interleaved(
+    calls: dict[str, Callable[[], object]], repeats: int, warmup: int = 5
+) -> dict[str, np.ndarray]:
+    """Latencies (ms) of several calls measured in alternation.
+
+    Round-robin timing means a burst of load from other processes on a shared
+    machine hits every runtime alike, so their ratio stays meaningful.
+    """
+    for call in calls.values():
+        for _ in range(warmup):
+            call()
+    times: dict[str, list[float]] = {name: [] for name in calls}
+    for _ in range(repeats):
+        for name, call in calls.items():
+            started = time.perf_counter()
+            call()
+            times[name].append(time.perf_counter() - started)
+    return {name: np.asarray(values) * 1000.0 for name, values in times.items()}
+
+
+def _runtime_rows(
+    runs: dict[str, Callable[[np.ndarray], np.ndarray]],
     one: np.ndarray,
     eight: np.ndarray,
     repeats: int,
-) -> dict[str, Any]:
-    single = _latencies(lambda: run(one), repeats)
-    batched = _latencies(lambda: run(eight), max(5, repeats // 4), warmup=2)
-    return {
-        "runtime": name,
-        "batch1_p50_ms": float(np.percentile(single, 50)),
-        "batch1_p95_ms": float(np.percentile(single, 95)),
-        "batch8_images_per_s": float(len(eight) / (np.median(batched) / 1000.0)),
-    }
+) -> list[dict[str, Any]]:
+    single = _interleaved({n: partial(r, one) for n, r in runs.items()}, repeats)
+    batched = _interleaved({n: partial(r, eight) for n, r in runs.items()}, max(5, repeats // 4), 2)
+    return [
+        {
+            "runtime": name,
+            "batch1_p50_ms": float(np.percentile(single[name], 50)),
+            "batch1_p95_ms": float(np.percentile(single[name], 95)),
+            "batch1_min_ms": float(np.min(single[name])),
+            "batch8_images_per_s": float(len(eight) / (np.median(batched[name]) / 1000.0)),
+        }
+        for name in runs
+    ]
 
 
 def _logits_of(runtime: OnnxRuntime | TorchRuntime) -> Callable[[np.ndarray], np.ndarray]:
@@ -175,8 +200,90 @@ def phantom_auc(package: ModelPackage, n: int = 200) -> dict[str, Any]:
     }
 
 
-def benchmark_inference(
+def quantisation_study(
     package: ModelPackage, *, repeats: int = 50, threads: int | None = None
+) -> list[dict[str, Any]]:
+    """Quantisation variants of the package's network (and of a DenseNet), timed side by side.
+
+    Every variant is exported from the same weights and calibrated on the same
+    images, then all are timed in alternation at batch 1. Rows give the latency and
+    the largest probability change against FP32 of the same network.
+    """
+    from overread.models.calibration import calibration_images
+    from overread.models.export import export_onnx, quantize_int8
+    from overread.models.networks import build_network
+
+    threads = threads or default_threads()
+    spec = package.manifest.input
+    images, _ = calibration_images(32, spec.size, spec.chain, spec.channels, seed=11)
+    test = synthetic_batch(8, spec.size, spec.channels, seed=12)
+    example = torch.from_numpy(images[:1])
+    torch.manual_seed(0)
+    densenet = build_network(
+        "densenet-tiny", in_channels=spec.channels, num_classes=len(package.labels)
+    ).eval()
+    variants: list[tuple[str, str, str, dict[str, Any]]] = [
+        # (label, network, base fp32 file, quantisation options or {"fp32": True})
+        ("fp32, BN folded", "package", "fold", {"fp32": True}),
+        ("int8 QDQ per-channel minmax (default)", "package", "fold", {}),
+        ("int8 QDQ per-tensor minmax", "package", "fold", {"per_channel": False}),
+        ("int8 QOperator per-channel minmax", "package", "fold", {"quant_format": "qoperator"}),
+        ("int8 QDQ per-channel percentile", "package", "fold", {"method": "percentile"}),
+        ("int8 QDQ per-channel, BN not folded", "package", "nofold", {}),
+        ("int8 QDQ per-channel, basic graph opt", "package", "fold", {"optimization": "basic"}),
+        ("densenet-tiny fp32", "densenet", "fold", {"fp32": True}),
+        ("densenet-tiny int8 QDQ per-channel", "densenet", "fold", {}),
+    ]
+    networks = {"package": package.build_network(), "densenet": densenet}
+    runtimes: dict[str, OnnxRuntime] = {}
+    with tempfile.TemporaryDirectory(prefix="overread-quant-") as tmp:
+        bases: dict[tuple[str, str], Path] = {}
+        for net_name, network in networks.items():
+            for base in ("fold", "nofold"):
+                if net_name == "densenet" and base == "nofold":
+                    continue
+                path = Path(tmp) / f"{net_name}-{base}.onnx"
+                export_onnx(network, path, example, fold=base == "fold")
+                bases[(net_name, base)] = path
+        for index, (label, net_name, base, options) in enumerate(variants):
+            options = dict(options)
+            optimization = options.pop("optimization", "all")
+            model_path = bases[(net_name, base)]
+            if not options.pop("fp32", False):
+                model_path = quantize_int8(
+                    model_path, Path(tmp) / f"v{index}.onnx", images, **options
+                )
+            runtimes[label] = OnnxRuntime(model_path, threads=threads, optimization=optimization)
+        reference = {
+            "package": sigmoid(runtimes["fp32, BN folded"].run(test)[0]),
+            "densenet": sigmoid(runtimes["densenet-tiny fp32"].run(test)[0]),
+        }
+        one = test[:1].copy()
+        times = _interleaved({k: partial(_logits_of(r), one) for k, r in runtimes.items()}, repeats)
+        rows = []
+        for label, net_name, _, _ in variants:
+            drift = np.abs(sigmoid(runtimes[label].run(test)[0]) - reference[net_name]).max()
+            fp32_label = "fp32, BN folded" if net_name == "package" else "densenet-tiny fp32"
+            rows.append(
+                {
+                    "variant": label,
+                    "batch1_p50_ms": float(np.median(times[label])),
+                    "batch1_min_ms": float(np.min(times[label])),
+                    "speedup_vs_fp32": float(
+                        np.median(times[fp32_label]) / np.median(times[label])
+                    ),
+                    "max_prob_diff_vs_fp32": float(drift),
+                }
+            )
+    return rows
+
+
+def benchmark_inference(
+    package: ModelPackage,
+    *,
+    repeats: int = 50,
+    threads: int | None = None,
+    quantisation: bool = False,
 ) -> dict[str, Any]:
     """The whole inference benchmark as a JSON-able dictionary."""
     threads = threads or default_threads()
@@ -184,23 +291,23 @@ def benchmark_inference(
     spec = package.manifest.input
     eight = synthetic_batch(8, spec.size, spec.channels, seed=7)
     one = eight[:1].copy()
-    rows = []
-    torch_runtime = TorchRuntime(package)
-    rows.append(_runtime_row("torch eager fp32", _logits_of(torch_runtime), one, eight, repeats))
+    runs: dict[str, Callable[[np.ndarray], np.ndarray]] = {
+        "torch eager fp32": _logits_of(TorchRuntime(package))
+    }
     outputs: dict[str, np.ndarray] = {}
     for precision in ("fp32", "int8"):
         path = package.runtime_file(precision)
         if path is None:
             continue
         runtime = OnnxRuntime(path, precision=precision, threads=threads)
-        rows.append(
-            _runtime_row(f"onnxruntime {precision}", _logits_of(runtime), one, eight, repeats)
-        )
+        runs[f"onnxruntime {precision}"] = _logits_of(runtime)
         outputs[precision] = sigmoid(runtime.run(eight)[0])
+    rows = _runtime_rows(runs, one, eight, repeats)
     by_name = {row["runtime"]: row for row in rows}
     fp32 = by_name.get("onnxruntime fp32")
     int8 = by_name.get("onnxruntime int8")
     speedup = fp32["batch1_p50_ms"] / int8["batch1_p50_ms"] if fp32 and int8 else None
+    speedup_min = fp32["batch1_min_ms"] / int8["batch1_min_ms"] if fp32 and int8 else None
     agreement = (
         float(np.max(np.abs(outputs["fp32"] - outputs["int8"]))) if len(outputs) == 2 else None
     )
@@ -219,10 +326,14 @@ def benchmark_inference(
         "repeats": repeats,
         "runtimes": rows,
         "int8_speedup": speedup,
+        "int8_speedup_best": speedup_min,
         "int8_max_prob_diff": agreement,
         "preprocessing": preprocessing_cost(package),
         "phantom_auc": auc,
         "int8_auc_loss": auc.get("int8_auc_loss"),
+        "quantisation_study": quantisation_study(package, repeats=repeats, threads=threads)
+        if quantisation
+        else None,
     }
 
 
@@ -231,5 +342,6 @@ __all__ = [
     "machine_description",
     "phantom_auc",
     "preprocessing_cost",
+    "quantisation_study",
     "write_large_cr",
 ]

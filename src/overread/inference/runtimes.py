@@ -73,7 +73,12 @@ class OnnxRuntime:
     name = "onnx"
 
     def __init__(
-        self, model_path: Path, *, precision: str = "fp32", threads: int | None = None
+        self,
+        model_path: Path,
+        *,
+        precision: str = "fp32",
+        threads: int | None = None,
+        optimization: str = "all",
     ) -> None:
         import onnxruntime as ort
 
@@ -81,6 +86,15 @@ class OnnxRuntime:
         self.precision = precision
         self.threads = threads or default_threads()
         self._ort = ort
+        levels = {
+            "all": ort.GraphOptimizationLevel.ORT_ENABLE_ALL,
+            "extended": ort.GraphOptimizationLevel.ORT_ENABLE_EXTENDED,
+            "basic": ort.GraphOptimizationLevel.ORT_ENABLE_BASIC,
+            "disabled": ort.GraphOptimizationLevel.ORT_DISABLE_ALL,
+        }
+        if optimization not in levels:
+            raise InferenceError(f"unknown graph optimisation level {optimization!r}")
+        self._level = levels[optimization]
         self._sessions: OrderedDict[int, Any] = OrderedDict()
         self._lock = threading.Lock()
         probe = self._session(1)
@@ -93,7 +107,7 @@ class OnnxRuntime:
         options.intra_op_num_threads = self.threads
         options.inter_op_num_threads = 1
         options.execution_mode = self._ort.ExecutionMode.ORT_SEQUENTIAL
-        options.graph_optimization_level = self._ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+        options.graph_optimization_level = self._level
         options.add_free_dimension_override_by_name("batch", batch)
         options.log_severity_level = 3
         return options

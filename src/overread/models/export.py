@@ -19,7 +19,9 @@ in INT8 (see docs/models.md).
 
 from __future__ import annotations
 
+import contextlib
 import copy
+import io
 import itertools
 import logging
 import warnings
@@ -115,16 +117,19 @@ class ExportReport:
     max_abs_diff: float
 
 
-def export_onnx(network: nn.Module, path: Path | str, example: torch.Tensor) -> ExportReport:
+def export_onnx(
+    network: nn.Module, path: Path | str, example: torch.Tensor, *, fold: bool = True
+) -> ExportReport:
     """Export ``network`` to ONNX (opset 17, dynamic batch) and check it against torch.
 
     The graph has input ``image`` and outputs ``logits`` and, where the architecture
     allows exact CAM, ``cam`` ``(N, labels, h, w)``. The check runs the example
     through torch and ONNX Runtime and reports the largest absolute logit difference.
+    ``fold=False`` keeps batch norms as separate nodes (for comparison only).
     """
     out = Path(path)
     network = network.eval()
-    folded = fold_batchnorm(network)
+    folded = fold_batchnorm(network) if fold else network
     has_cam = cam_parts(folded) is not None
     module: nn.Module = CamClassifier(folded) if has_cam else folded
     outputs = [LOGITS_NAME, CAM_NAME] if has_cam else [LOGITS_NAME]
@@ -187,14 +192,15 @@ def onnx_torch_max_abs_diff(network: nn.Module, onnx_path: Path, x: torch.Tensor
 
 
 class _DropMessages(logging.Filter):
-    """Drops the quantiser's advice to run its optional pre-processing (we fold BN ourselves)."""
+    """Drops log records containing any of the given fragments."""
 
-    def __init__(self, fragment: str) -> None:
+    def __init__(self, *fragments: str) -> None:
         super().__init__()
-        self.fragment = fragment
+        self.fragments = fragments
 
     def filter(self, record: logging.LogRecord) -> bool:
-        return self.fragment not in record.getMessage()
+        message = record.getMessage()
+        return not any(fragment in message for fragment in self.fragments)
 
 
 class _ArrayReader:
@@ -258,19 +264,23 @@ def quantize_int8(
         def get_next(self) -> dict[str, np.ndarray] | None:
             return self._inner.get_next()
 
-    quiet = _DropMessages("pre-process")
+    # The quantiser advises optional pre-processing (BN is folded already), warns about
+    # per-channel axes of 1-D tensors it then quantises per tensor, and prints calibration
+    # progress to stdout; none of it is for our users.
+    quiet = _DropMessages("pre-process", "out-of-range for weight")
     logging.getLogger().addFilter(quiet)
     try:
-        quantize_static(
-            str(fp32_path),
-            str(int8_path),
-            Reader(),
-            quant_format=formats[quant_format],
-            activation_type=QuantType.QUInt8,
-            weight_type=QuantType.QInt8,
-            per_channel=per_channel,
-            calibrate_method=methods[method],
-        )
+        with contextlib.redirect_stdout(io.StringIO()):
+            quantize_static(
+                str(fp32_path),
+                str(int8_path),
+                Reader(),
+                quant_format=formats[quant_format],
+                activation_type=QuantType.QUInt8,
+                weight_type=QuantType.QInt8,
+                per_channel=per_channel,
+                calibrate_method=methods[method],
+            )
     finally:
         logging.getLogger().removeFilter(quiet)
     return Path(int8_path)
