@@ -336,3 +336,24 @@ def test_compare_two_prediction_files(run_cli, prediction_files, tmp_path) -> No
     assert [comparison["labels"][n]["p_adjusted"] for n in LABELS] == pytest.approx(list(holm))
     assert "Comparison" in (tmp_path / "o" / "report.html").read_text()
     assert "AUC difference" in stdout
+
+
+def test_label_without_prediction_is_reported(run_cli, prediction_files, tmp_path) -> None:
+    pred, labels, _ = prediction_files
+    frame = pd.read_csv(labels)
+    frame["Fracture"] = 0
+    frame.to_csv(labels, index=False)
+    status, _, stderr = run_cli(
+        "evaluate",
+        "--predictions",
+        pred,
+        "--labels",
+        labels,
+        "--resamples",
+        "20",
+        "--out",
+        tmp_path / "o",
+    )
+    assert status == 0
+    assert "Fracture" in stderr and "no prediction column" in stderr
+    assert "Fracture" not in json.loads((tmp_path / "o" / "metrics.json").read_text())["labels"]

@@ -97,6 +97,11 @@ def read_prediction_files(
             f"(labels has {', '.join(map(str, lab.columns))})"
         )
     warnings: list[str] = []
+    unscored = [c for c in lab.columns if c not in reserved and c not in pred.columns]
+    if unscored:
+        warnings.append(
+            f"{labels}: column(s) {', '.join(map(str, unscored))} have no prediction column and are not evaluated"
+        )
     merged = lab.merge(pred, on=id_column, how="inner", suffixes=("", "__score"))
     missing_pred = len(lab) - len(merged)
     if missing_pred:

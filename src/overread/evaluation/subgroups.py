@@ -22,7 +22,7 @@ from overread.errors import EvaluationError
 from overread.evaluation._validation import FloatArray
 from overread.evaluation.bootstrap import bootstrap_statistic
 from overread.evaluation.calibration import calibration_error
-from overread.evaluation.delong import delong_ci
+from overread.evaluation.delong import clustered_delong_ci, delong_ci
 from overread.evaluation.operating_points import wilson_interval
 
 GAP_METRICS: tuple[str, ...] = ("tpr", "fpr", "selection_rate", "ece")
@@ -124,8 +124,13 @@ def group_metrics(
     *,
     n_bins: int = 10,
     min_group: int = 1,
+    patient_ids: ArrayLike | None = None,
 ) -> list[GroupMetric]:
-    """AUC (DeLong CI), TPR, FPR, selection rate (Wilson CIs) and ECE for each group."""
+    """AUC (DeLong CI), TPR, FPR, selection rate (Wilson CIs) and ECE for each group.
+
+    With ``patient_ids`` the AUC interval is the patient-clustered DeLong one.
+    """
+    pids = None if patient_ids is None else np.asarray(patient_ids)
     y = np.asarray(y_true, dtype=np.float64)
     s = np.asarray(y_score, dtype=np.float64)
     g = np.asarray(groups).astype(str)
@@ -154,7 +159,7 @@ def group_metrics(
                 add(metric, np.nan, nan2, f"only {n} case(s); need {min_group}")
             continue
         if 0 < n_pos < n:
-            est = delong_ci(yy, ss)
+            est = delong_ci(yy, ss) if pids is None else clustered_delong_ci(yy, ss, pids[rows])
             no_ci = "" if np.isfinite(est.se) else "fewer than 2 cases of a class: no interval"
             add("auc", est.auc, est.ci, no_ci)
         else:
@@ -270,7 +275,7 @@ def fairness_report(
     y, s, g = y[keep] == 1.0, s[keep], g[keep]
     if y.size == 0:
         raise EvaluationError(f"{attribute}: no labelled cases")
-    metrics = group_metrics(attribute, y, s, g, threshold, n_bins=n_bins)
+    metrics = group_metrics(attribute, y, s, g, threshold, n_bins=n_bins, patient_ids=pids)
     names, sizes = np.unique(g, return_counts=True)
     ref = reference if reference is not None else str(names[int(np.argmax(sizes))])
     if ref not in names:
