@@ -207,3 +207,24 @@ def test_echo_checks_a_destination(storescp: StoreSCP, tmp_path: Path) -> None:
         echo(DicomDestination("PACSAE", "127.0.0.1", peer.port))
     with pytest.raises(DeliveryError, match="could not be reached for C-ECHO"):
         echo(DicomDestination("PACSAE", "127.0.0.1", free_port()), timeout=5)
+
+
+@pytest.mark.service
+def test_a_sop_class_the_peer_does_not_accept_fails_alone(
+    storescp: StoreSCP, prediction: PredictionStandIn, dx_chest_header: Dataset
+) -> None:
+    sr = build_sr(prediction, [dx_chest_header])
+    odd = build_sr(prediction, [dx_chest_header])
+    odd.SOPClassUID = "1.2.826.0.1.3680043.8.498.12345"  # no storage SOP class storescp knows
+    odd.file_meta.MediaStorageSOPClassUID = odd.SOPClassUID
+    destination = DicomDestination("PACSAE", "127.0.0.1", storescp.port)
+
+    first, second = send_datasets([odd, sr], destination)
+    assert not first.ok and first.status is None
+    assert "presentation context" in first.message
+    assert second.ok
+    received = [pydicom.dcmread(p).SOPInstanceUID for p in storescp.out_dir.iterdir()]
+    assert received == [sr.SOPInstanceUID]
+
+    with pytest.raises(DeliveryError, match="accepted none of the proposed SOP classes"):
+        send_datasets([odd], destination)

@@ -197,8 +197,9 @@ def send_datasets(
     Raises
     ------
     DeliveryError
-        If nothing accepts the connection, the peer rejects the association, or
-        the association is aborted mid-transfer (results so far are attached).
+        If nothing accepts the connection, the peer rejects the association or
+        accepts none of the SOP classes, or the association is aborted or a
+        C-STORE goes unanswered mid-transfer (results so far are attached).
     """
     peer = (
         destination
