@@ -181,10 +181,19 @@ def confusion_figure(labels: Sequence[str], metrics: Mapping[str, Any]) -> bytes
     for ax, name in zip(axes, labels, strict=True):
         entry = metrics["labels"][name]
         ax.set_title(name, fontsize=7)
+        if "tp" not in entry:
+            ax.axis("off")
+            ax.text(
+                0.5,
+                0.5,
+                entry.get("reason", "no operating point"),
+                ha="center",
+                fontsize=6,
+                wrap=True,
+            )
+            continue
         ax.set_xticks([0, 1], ["pred +", "pred -"], fontsize=6)
         ax.set_yticks([0, 1], ["true +", "true -"], fontsize=6)
-        if "tp" not in entry:
-            continue
         matrix = np.array([[entry["tp"], entry["fn"]], [entry["fp"], entry["tn"]]], dtype=float)
         ax.imshow(matrix / max(matrix.sum(), 1), cmap="Blues", vmin=0, vmax=1)
         for (r, c), v in np.ndenumerate(matrix):
