@@ -157,3 +157,44 @@ def test_object_store_is_content_addressed_and_atomic(tmp_path: Path) -> None:
         store.path("../../etc/passwd")
     with pytest.raises(ServiceError, match="missing"):
         store.read("00/" + "0" * 62)
+
+
+def test_serve_refuses_bad_configuration_with_one_line(
+    run_cli, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.delenv("OVERREAD_CONFIG", raising=False)
+    status, _, err = run_cli("serve", "--data-dir", tmp_path, "--destination", "PACS=PACSAE@host")
+    assert status == 2 and err.startswith("error: destination 'PACS=PACSAE@host'")
+    status, _, err = run_cli("serve", "--data-dir", tmp_path, "--allow-ae", "A\\B")
+    assert status == 2 and "--allow-ae" in err
+    (tmp_path / "overread.toml").write_text(
+        '[[service.routes]]\nname = "r"\nmodels = ["m"]\nview_positon = ["PA"]\n'
+    )
+    status, _, err = run_cli("serve", "--data-dir", tmp_path)
+    assert status == 2 and "route 'r' field view_positon" in err
+
+
+def test_serve_reports_a_busy_port(
+    run_cli, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import socket
+
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.delenv("OVERREAD_CONFIG", raising=False)
+    with socket.socket() as busy:
+        busy.bind(("0.0.0.0", 0))
+        busy.listen()
+        port = busy.getsockname()[1]
+        status, _, err = run_cli(
+            "serve",
+            "--data-dir",
+            tmp_path,
+            "--dicom-port",
+            str(port),
+            "--http-port",
+            "0",
+            "--workers",
+            "0",
+        )
+    assert status == 2 and f"cannot listen for DICOM on 0.0.0.0:{port}" in err

@@ -173,6 +173,7 @@ def _corrupt_part10(tmp_path: Path, good: Path) -> Path:
     return bad
 
 
+@pytest.mark.filterwarnings("ignore:Expected explicit VR:UserWarning")
 def test_corrupt_payload_is_refused_and_nothing_is_lost(
     make_gateway: Callable[..., Gateway],
     dx_factory: Callable[..., Path],
