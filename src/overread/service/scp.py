@@ -202,9 +202,8 @@ class StorageSCP:
             return
         try:
             self.rejected_dir.mkdir(parents=True, exist_ok=True)
-            name = (
-                f"{time.strftime('%Y%m%dT%H%M%S')}-{time.monotonic_ns()}-{calling or 'UNKNOWN'}.bin"
-            )
+            peer = "".join(c if c.isalnum() else "_" for c in calling) or "UNKNOWN"
+            name = f"{time.strftime('%Y%m%dT%H%M%S')}-{time.monotonic_ns()}-{peer}.bin"
             (self.rejected_dir / name).write_bytes(data)
         except OSError as exc:
             logger.warning("could not keep the rejected payload: %s", exc)
