@@ -12,6 +12,7 @@ problem.
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import math
 import shutil
@@ -59,7 +60,6 @@ NATIVE_SYNTAXES = {
     UID("1.2.840.10008.1.2.1.98"),  # Encapsulated Uncompressed Explicit VR Little Endian
 }
 DEFLATED = UID("1.2.840.10008.1.2.1.99")
-COLOR_SPACES = ("RGB", "YBR_FULL", "YBR_FULL_422", "YBR_ICT", "YBR_RCT", "YBR_PARTIAL_420")
 
 
 def one_line(exc: BaseException) -> str:
@@ -679,8 +679,8 @@ def read_dicom(path: Path, *, max_pixels: int, max_frames: int) -> Image:
             image_warnings.append("pixel data contains NaN or infinite values")
         meta = metadata_from_dataset(ds, path)
         if lut_bits is not None:  # RGB values now have the LUT's depth, not the indices'
-            meta = _replace(meta, bits_allocated=lut_bits, bits_stored=lut_bits)
-        meta = _replace(
+            meta = dataclasses.replace(meta, bits_allocated=lut_bits, bits_stored=lut_bits)
+        meta = dataclasses.replace(
             meta,
             photometric_interpretation=new_photometric,
             samples_per_pixel=samples,
@@ -697,12 +697,6 @@ def read_dicom(path: Path, *, max_pixels: int, max_frames: int) -> Image:
         warnings=image_warnings,
         dataset=ds,
     )
-
-
-def _replace(meta: ImageMetadata, **changes: Any) -> ImageMetadata:
-    import dataclasses
-
-    return dataclasses.replace(meta, **changes)
 
 
 __all__ = [
