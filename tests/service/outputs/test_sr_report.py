@@ -200,3 +200,12 @@ def test_sr_over_a_real_cr_image_is_valid_too(
     assert dciodvfy_errors(path) == []
     groups = hd.sr.srread(path).content.get_image_measurement_groups()
     assert groups[0].source_images[0].referenced_sop_class_uid == "1.2.840.10008.5.1.4.1.1.1"
+
+
+def test_summary_of_a_single_positive_finding_claims_nothing_else() -> None:
+    prediction = make_prediction(with_heatmaps=False)
+    prediction.findings = [prediction.findings[0].__class__("Pneumothorax", 0.8, True, None, 0.5)]
+    assert summary_text(prediction) == (
+        "AI second read (cxr-default 1.0.0): possible pneumothorax (p=0.80). "
+        "For research use only; not for diagnosis."
+    )

@@ -93,7 +93,8 @@ def summary_text(prediction: PredictionLike) -> str:
         )
         lead = "Too close to call" if positives else f"{head}: too close to call"
         sentences.append(f"{lead}, for a radiologist to judge: {items}.")
-    if positives or referred:
+    negatives = [f for f in findings if decision_of(f) == "negative"]
+    if (positives or referred) and negatives:
         sentences.append("Other findings assessed are below their operating points.")
     else:
         sentences.append(
