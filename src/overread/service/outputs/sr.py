@@ -94,8 +94,9 @@ def summary_text(prediction: PredictionLike) -> str:
         lead = "Too close to call" if positives else f"{head}: too close to call"
         sentences.append(f"{lead}, for a radiologist to judge: {items}.")
     negatives = [f for f in findings if decision_of(f) == "negative"]
-    if (positives or referred) and negatives:
-        sentences.append("Other findings assessed are below their operating points.")
+    if positives or referred:
+        if negatives:
+            sentences.append("Other findings assessed are below their operating points.")
     else:
         sentences.append(
             f"{head}: no finding above its operating point "
