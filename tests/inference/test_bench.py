@@ -27,3 +27,33 @@ def test_benchmark_reports_every_runtime_side_by_side(tmp_path) -> None:  # type
         "reason": "the default model is an untrained placeholder",
     }
     assert result["int8_auc_loss"] is None
+
+
+@pytest.mark.slow
+def test_phantom_auc_compares_fp32_and_int8(tmp_path) -> None:  # type: ignore[no-untyped-def]
+    import torch
+
+    from overread.findings import CHEXPERT_LABELS
+    from overread.imaging.transforms import cxr_chain
+    from overread.inference.bench import phantom_auc
+    from overread.models import build_network, load_package, write_package
+    from overread.models.calibration import synthetic_batch
+
+    torch.manual_seed(0)
+    arch = {"widths": [8, 16], "blocks": [1, 1], "stem_width": 8}
+    path = write_package(
+        tmp_path / "pkg",
+        network=build_network("cxr-convnet", num_classes=14, **arch),
+        architecture="cxr-convnet",
+        arch_kwargs=arch,
+        labels=list(CHEXPERT_LABELS),
+        input_spec={"size": 64, "channels": 1, "chain": cxr_chain(64).to_spec()},
+        name="tiny",
+        version="1",
+        intended_use="tests only",
+        int8_calibration=synthetic_batch(8, 64),
+    )
+    result = phantom_auc(load_package(path), n=16)
+    assert result["available"] is True and result["images"] == 16
+    assert 0.0 <= result["fp32_auc"] <= 1.0 and 0.0 <= result["int8_auc"] <= 1.0
+    assert result["int8_auc_loss"] == pytest.approx(result["fp32_auc"] - result["int8_auc"])

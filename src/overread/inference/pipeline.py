@@ -35,6 +35,16 @@ _CACHE: dict[tuple[str, str, str, str, int | None], Pipeline] = {}
 _CACHE_LOCK = threading.Lock()
 
 
+_REGISTRIES: dict[tuple[Path, bytes | None], Registry] = {}
+
+
+def _shared_registry(fresh: Registry) -> Registry:
+    """One registry per (root, key) per process, so verified packages stay cached."""
+    key = (fresh.root.resolve(), fresh.key)
+    with _CACHE_LOCK:
+        return _REGISTRIES.setdefault(key, fresh)
+
+
 def _problem(path: str | None, exc: BaseException) -> str:
     """The error text without a leading ``path: `` (callers print ``path: problem``)."""
     message = str(exc) or type(exc).__name__
@@ -118,7 +128,7 @@ class Pipeline:
             from overread.config import load_settings
 
             settings = load_settings()
-            registry = registry or Registry.from_settings(settings)
+            registry = registry or _shared_registry(Registry.from_settings(settings))
             name = name or settings.default_model
         package = registry.load(name)
         key = (str(package.path), package.sha256, runtime, precision, threads)
@@ -325,6 +335,7 @@ def clear_pipeline_cache() -> None:
     """Forget cached pipelines (tests; a service reloading all models)."""
     with _CACHE_LOCK:
         _CACHE.clear()
+        _REGISTRIES.clear()
 
 
 __all__ = ["Pipeline", "clear_pipeline_cache"]
