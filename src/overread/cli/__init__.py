@@ -19,6 +19,7 @@ from overread.errors import OverreadError
 
 # Command modules, imported for their registrations on ``app``.
 COMMAND_MODULES: tuple[str, ...] = (
+    "overread.cli.audit",
     "overread.cli.bench",
     "overread.cli.config_cmd",
     "overread.cli.evaluate",

@@ -1,0 +1,56 @@
+"""The tamper-evident audit trail.
+
+Every action that touches patient data or the system's configuration is recorded as
+an event in one append-only hash chain (``audit_events``): each record's SHA-256
+covers its fields and the previous record's hash. :func:`record_event` appends in
+the caller's transaction; :func:`verify_chain` recomputes the chain and names the
+first broken record; :func:`write_checkpoint` anchors the head in an HMAC-signed
+file outside the database so truncation and wholesale rewriting are caught too.
+"""
+
+from overread.audit.actions import AuditAction
+from overread.audit.chain import (
+    AuditRecord,
+    BreakReason,
+    VerifyResult,
+    canonical_json,
+    event_hash,
+    iter_records,
+    record_event,
+    verify_chain,
+)
+from overread.audit.checkpoint import (
+    Checkpoint,
+    checkpoint_dir,
+    load_checkpoint_key,
+    load_checkpoints,
+    read_checkpoint,
+    write_checkpoint,
+)
+from overread.audit.export import export_events, parse_time, select_records
+from overread.audit.schema import AuditBase, AuditChainHead, AuditEvent, create_tables
+
+__all__ = [
+    "AuditAction",
+    "AuditBase",
+    "AuditChainHead",
+    "AuditEvent",
+    "AuditRecord",
+    "BreakReason",
+    "Checkpoint",
+    "VerifyResult",
+    "canonical_json",
+    "checkpoint_dir",
+    "create_tables",
+    "event_hash",
+    "export_events",
+    "iter_records",
+    "load_checkpoint_key",
+    "load_checkpoints",
+    "parse_time",
+    "read_checkpoint",
+    "record_event",
+    "select_records",
+    "verify_chain",
+    "write_checkpoint",
+]

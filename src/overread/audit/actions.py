@@ -1,0 +1,35 @@
+"""The vocabulary of audited actions.
+
+A closed vocabulary (rather than free text) lets a compliance officer ask "who
+viewed this study" or "every failed login last week" with one equality filter, and
+lets reports count actions reliably. New kinds of action are added here.
+"""
+
+from __future__ import annotations
+
+import enum
+
+
+class AuditAction(enum.StrEnum):
+    """What an audited event records."""
+
+    RECEIVE = "receive"
+    INFERENCE = "inference"
+    VIEW = "view"
+    EXPORT = "export"
+    SEND = "send"
+    FEEDBACK = "feedback"
+    ALERT = "alert"
+    LOGIN_SUCCESS = "login-success"
+    LOGIN_FAILURE = "login-failure"
+    LOGOUT = "logout"
+    ACCESS_DENIED = "access-denied"
+    TOKEN_ISSUED = "token-issued"
+    CONFIG_CHANGE = "config-change"
+    MODEL_CHANGE = "model-change"
+    USER_CHANGE = "user-change"
+    AUDIT_EXPORT = "audit-export"
+    AUDIT_CHECKPOINT = "audit-checkpoint"
+
+
+__all__ = ["AuditAction"]

@@ -1,0 +1,204 @@
+"""Signed checkpoints: anchoring the chain outside the database.
+
+A hash chain alone only proves internal consistency: whoever can write the
+database can delete the newest records, or recompute every hash after an edit.
+A checkpoint file records the head (seq, hash, count, time) and is signed with
+HMAC-SHA256 under a key the database does not hold, so every record up to the
+newest checkpoint is fixed: editing, deleting, reordering or truncating it is
+detected by :func:`~overread.audit.chain.verify_chain` even if the tamperer
+re-hashes the chain.
+
+The key comes from ``OVERREAD_AUDIT_KEY`` (hex, or any text) or from
+``<data_dir>/audit/checkpoint.key``, created (mode 0600) on first use. Keep the key,
+and copies of the checkpoint files, away from the database host's writers.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import json
+import os
+import secrets
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+
+from sqlalchemy import Connection, Engine
+from sqlalchemy.orm import Session
+
+from overread.audit.chain import canonical_json, format_timestamp, verify_chain
+from overread.errors import AuditError
+
+KEY_ENV = "OVERREAD_AUDIT_KEY"
+ALGORITHM = "HMAC-SHA256"
+_FORMAT_VERSION = 1
+
+
+def checkpoint_dir(data_dir: Path) -> Path:
+    """Where checkpoints of the chain in ``data_dir`` are kept."""
+    return data_dir / "audit" / "checkpoints"
+
+
+def load_checkpoint_key(data_dir: Path, *, create: bool = False) -> bytes:
+    """The checkpoint signing key: ``OVERREAD_AUDIT_KEY``, else the key file.
+
+    Parameters
+    ----------
+    data_dir
+        The data directory whose ``audit/checkpoint.key`` holds the key.
+    create
+        Create a random 256-bit key file if there is none (used when writing the
+        first checkpoint; verification never creates a key).
+
+    Raises
+    ------
+    AuditError
+        If there is no key and ``create`` is false.
+    """
+    env = os.environ.get(KEY_ENV)
+    if env:
+        return _key_bytes(env)
+    path = data_dir / "audit" / "checkpoint.key"
+    if path.is_file():
+        return _key_bytes(path.read_text(encoding="ascii").strip())
+    if not create:
+        raise AuditError(f"{path}: no checkpoint key (and {KEY_ENV} is not set)")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    key_hex = secrets.token_hex(32)
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    with os.fdopen(fd, "w", encoding="ascii") as handle:
+        handle.write(key_hex + "\n")
+    return bytes.fromhex(key_hex)
+
+
+def _key_bytes(text: str) -> bytes:
+    try:
+        if len(text) >= 32 and len(text) % 2 == 0:
+            return bytes.fromhex(text)
+    except ValueError:
+        pass
+    return text.encode("utf-8")
+
+
+def key_id(key: bytes) -> str:
+    """A short public fingerprint of a key, so a checkpoint names the key it needs."""
+    return hashlib.sha256(b"overread-audit-key:" + key).hexdigest()[:16]
+
+
+@dataclass(frozen=True)
+class Checkpoint:
+    """A verified checkpoint read from ``path``."""
+
+    path: Path
+    head_seq: int
+    head_hash: str
+    count: int
+    created_at: str
+
+    @property
+    def name(self) -> str:
+        """The file name, for messages."""
+        return self.path.name
+
+
+def _signature(body: dict[str, object], key: bytes) -> str:
+    return hmac.new(key, canonical_json(body), hashlib.sha256).hexdigest()
+
+
+def write_checkpoint(
+    source: Session | Connection | Engine, directory: Path, key: bytes
+) -> Checkpoint:
+    """Verify the chain, then write a signed checkpoint of its head into ``directory``.
+
+    The chain is verified against the existing checkpoints first: signing a chain
+    that is already broken would launder the tampering.
+
+    Raises
+    ------
+    AuditError
+        If the chain does not verify, or an existing checkpoint's signature fails.
+    """
+    previous = load_checkpoints(directory, key)
+    result = verify_chain(source, checkpoints=previous)
+    if not result.ok:
+        raise AuditError(f"not writing a checkpoint over a broken chain: {result.summary()}")
+    body: dict[str, object] = {
+        "version": _FORMAT_VERSION,
+        "head_seq": result.head_seq,
+        "head_hash": result.head_hash,
+        "count": result.count,
+        "created_at": format_timestamp(datetime.now(UTC)),
+        "algorithm": ALGORITHM,
+        "key_id": key_id(key),
+    }
+    document = {**body, "signature": _signature(body, key)}
+    directory.mkdir(parents=True, exist_ok=True)
+    stamp = str(body["created_at"]).replace(":", "").replace("-", "").replace(".", "")
+    path = directory / f"checkpoint-{result.head_seq:012d}-{stamp}.json"
+    tmp = path.with_suffix(".tmp")
+    with tmp.open("w", encoding="utf-8") as handle:
+        json.dump(document, handle, indent=2, sort_keys=True)
+        handle.write("\n")
+        handle.flush()
+        os.fsync(handle.fileno())
+    tmp.replace(path)
+    return Checkpoint(
+        path=path,
+        head_seq=result.head_seq,
+        head_hash=result.head_hash,
+        count=result.count,
+        created_at=str(body["created_at"]),
+    )
+
+
+def read_checkpoint(path: Path, key: bytes) -> Checkpoint:
+    """Read one checkpoint file and check its signature.
+
+    Raises
+    ------
+    AuditError
+        If the file is unreadable, malformed, signed with another key, or its
+        signature does not match (the file was edited).
+    """
+    try:
+        document = json.loads(path.read_text(encoding="utf-8"))
+        signature = str(document.pop("signature"))
+        head_seq = int(document["head_seq"])
+        head_hash = str(document["head_hash"])
+        count = int(document["count"])
+        created_at = str(document["created_at"])
+    except (OSError, ValueError, KeyError, TypeError, AttributeError) as exc:
+        raise AuditError(f"{path}: not a readable audit checkpoint ({exc})") from None
+    if document.get("key_id") != key_id(key):
+        raise AuditError(
+            f"{path}: signed with key {document.get('key_id')}, not the configured key {key_id(key)}"
+        )
+    if not hmac.compare_digest(signature, _signature(document, key)):
+        raise AuditError(f"{path}: checkpoint signature does not match: the file was altered")
+    if count != head_seq:
+        raise AuditError(f"{path}: checkpoint count {count} differs from head seq {head_seq}")
+    return Checkpoint(
+        path=path, head_seq=head_seq, head_hash=head_hash, count=count, created_at=created_at
+    )
+
+
+def load_checkpoints(directory: Path, key: bytes) -> list[Checkpoint]:
+    """Every checkpoint in ``directory``, signature-checked, oldest head first."""
+    if not directory.is_dir():
+        return []
+    found = [read_checkpoint(path, key) for path in sorted(directory.glob("checkpoint-*.json"))]
+    return sorted(found, key=lambda c: (c.head_seq, c.created_at))
+
+
+__all__ = [
+    "ALGORITHM",
+    "KEY_ENV",
+    "Checkpoint",
+    "checkpoint_dir",
+    "key_id",
+    "load_checkpoint_key",
+    "load_checkpoints",
+    "read_checkpoint",
+    "write_checkpoint",
+]

@@ -1,0 +1,146 @@
+"""``overread audit``: verify, checkpoint and export the tamper-evident audit trail."""
+
+from __future__ import annotations
+
+import getpass
+import sys
+from contextlib import ExitStack
+from pathlib import Path
+from typing import TextIO
+
+import typer
+from sqlalchemy import inspect
+
+from overread.audit import (
+    AuditAction,
+    checkpoint_dir,
+    create_tables,
+    export_events,
+    load_checkpoint_key,
+    load_checkpoints,
+    parse_time,
+    record_event,
+    verify_chain,
+    write_checkpoint,
+)
+from overread.cli.app import app
+from overread.config import load_settings
+from overread.errors import AuditError
+from overread.service.db import Database
+
+audit_app = typer.Typer(help="The tamper-evident audit trail.", no_args_is_help=True)
+app.add_typer(audit_app, name="audit")
+
+DATA_DIR = typer.Option(None, "--data-dir", help="Data directory (default: settings).")
+DATABASE_URL = typer.Option(None, "--database-url", help="Database URL (default: settings).")
+
+
+def _open(
+    data_dir: Path | None, database_url: str | None, *, create: bool = True
+) -> tuple[Path, Database]:
+    overrides: dict[str, object] = {}
+    if data_dir is not None:
+        overrides["data_dir"] = data_dir
+    if database_url is not None:
+        overrides["database_url"] = database_url
+    settings = load_settings(**overrides)
+    database = Database(settings.resolved_database_url, create=False)
+    if create:
+        create_tables(database.engine)
+    elif not inspect(database.engine).has_table("audit_events"):
+        database.dispose()
+        raise AuditError(f"{database!r}: no audit trail in this database")
+    return settings.data_dir, database
+
+
+def _operator() -> str:
+    try:
+        return f"os:{getpass.getuser()}"
+    except (KeyError, OSError):
+        return "os:unknown"
+
+
+@audit_app.command("verify")
+def verify(
+    data_dir: Path | None = DATA_DIR,
+    database_url: str | None = DATABASE_URL,
+) -> None:
+    """Recompute the chain; check it against the signed checkpoints. Exit 1 if broken."""
+    root, database = _open(data_dir, database_url, create=False)
+    try:
+        directory = checkpoint_dir(root)
+        has_checkpoints = directory.is_dir() and any(directory.glob("checkpoint-*.json"))
+        try:
+            checkpoints = (
+                load_checkpoints(directory, load_checkpoint_key(root)) if has_checkpoints else []
+            )
+        except AuditError as exc:
+            typer.echo(f"BROKEN: {exc}")
+            raise typer.Exit(1) from None
+        result = verify_chain(database.engine, checkpoints=checkpoints)
+        typer.echo(result.summary())
+        if not result.ok:
+            raise typer.Exit(1)
+    finally:
+        database.dispose()
+
+
+@audit_app.command("checkpoint")
+def checkpoint(
+    data_dir: Path | None = DATA_DIR,
+    database_url: str | None = DATABASE_URL,
+) -> None:
+    """Verify the chain and write a signed checkpoint of its head (run periodically)."""
+    root, database = _open(data_dir, database_url)
+    try:
+        key = load_checkpoint_key(root, create=True)
+        written = write_checkpoint(database.engine, checkpoint_dir(root), key)
+        with database.session() as session:
+            record_event(
+                session,
+                actor=_operator(),
+                action=AuditAction.AUDIT_CHECKPOINT,
+                details={
+                    "file": written.name,
+                    "head_seq": written.head_seq,
+                    "head_hash": written.head_hash,
+                },
+            )
+        typer.echo(f"checkpoint at record {written.head_seq}: {written.path}")
+    finally:
+        database.dispose()
+
+
+@audit_app.command("export")
+def export(
+    start: str = typer.Option(..., "--from", help="Start (ISO 8601, inclusive, UTC if naive)."),
+    end: str = typer.Option(..., "--to", help="End (ISO 8601, exclusive, UTC if naive)."),
+    fmt: str = typer.Option("jsonl", "--format", help="jsonl or csv."),
+    out: Path | None = typer.Option(None, "--out", help="Output file (default: stdout)."),
+    data_dir: Path | None = DATA_DIR,
+    database_url: str | None = DATABASE_URL,
+) -> None:
+    """Export the audit records in a time range for compliance (the export is audited)."""
+    start_at, end_at = parse_time(start), parse_time(end)
+    _, database = _open(data_dir, database_url)
+    try:
+        with ExitStack() as stack:
+            handle: TextIO = (
+                stack.enter_context(out.open("w", encoding="utf-8", newline=""))
+                if out is not None
+                else sys.stdout
+            )
+            with database.session() as session:
+                count = export_events(
+                    session,
+                    handle,
+                    start=start_at,
+                    end=end_at,
+                    fmt=fmt,
+                    actor=_operator(),
+                    destination=str(out) if out is not None else "stdout",
+                )
+        if out is not None:
+            typer.echo(f"exported {count} audit records to {out}")
+    finally:
+        database.dispose()

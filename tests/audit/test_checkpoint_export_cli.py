@@ -1,0 +1,151 @@
+"""Signed checkpoints, compliance export, and the ``overread audit`` commands."""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+
+import pytest
+from sqlalchemy import text
+
+from overread.audit import (
+    AuditAction,
+    checkpoint_dir,
+    export_events,
+    iter_records,
+    load_checkpoint_key,
+    load_checkpoints,
+    read_checkpoint,
+    record_event,
+    write_checkpoint,
+)
+from overread.audit.checkpoint import KEY_ENV
+from overread.errors import AuditError
+from overread.service.db import Database
+
+KEY = bytes(range(32))
+
+
+def _append(db: Database, n: int) -> None:
+    for i in range(n):
+        with db.session() as session:
+            record_event(
+                session, actor="bob", role="technologist", action="receive", details={"i": i}
+            )
+
+
+def test_checkpoint_file_is_signed_and_edits_are_refused(
+    database: Database, tmp_path: Path
+) -> None:
+    _append(database, 3)
+    written = write_checkpoint(database.engine, tmp_path, KEY)
+    document = json.loads(written.path.read_text())
+    assert document["head_seq"] == 3 and document["count"] == 3
+    assert document["algorithm"] == "HMAC-SHA256" and len(document["signature"]) == 64
+    assert read_checkpoint(written.path, KEY).head_hash == written.head_hash
+    # Moving the anchor back (to hide a truncation) breaks the signature.
+    document["head_seq"] = document["count"] = 2
+    written.path.write_text(json.dumps(document))
+    with pytest.raises(AuditError, match="signature does not match"):
+        load_checkpoints(tmp_path, KEY)
+    with pytest.raises(AuditError, match="not the configured key"):
+        read_checkpoint(written.path, b"another key, another fingerprint")
+
+
+def test_checkpoint_key_file_is_created_once_private(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.delenv(KEY_ENV, raising=False)
+    with pytest.raises(AuditError, match="no checkpoint key"):
+        load_checkpoint_key(tmp_path)
+    key = load_checkpoint_key(tmp_path, create=True)
+    assert len(key) == 32
+    path = tmp_path / "audit" / "checkpoint.key"
+    assert path.stat().st_mode & 0o777 == 0o600
+    assert load_checkpoint_key(tmp_path) == key
+    monkeypatch.setenv(KEY_ENV, "00" * 32)
+    assert load_checkpoint_key(tmp_path) == bytes(32)
+
+
+def test_export_jsonl_and_csv_for_a_range_is_audited(database: Database) -> None:
+    _append(database, 4)
+    now = datetime.now(UTC)
+    start, end = now - timedelta(hours=1), now + timedelta(hours=1)
+    out = io.StringIO()
+    with database.session() as session:
+        count = export_events(session, out, start=start, end=end, fmt="jsonl", actor="carol")
+    assert count == 4
+    lines = [json.loads(line) for line in out.getvalue().splitlines()]
+    assert [line["seq"] for line in lines] == [1, 2, 3, 4]
+    assert lines[0]["details"] == {"i": 0} and len(lines[0]["hash"]) == 64
+    with database.session() as session:
+        records = list(iter_records(session))
+    assert records[-1].action == AuditAction.AUDIT_EXPORT and records[-1].actor == "carol"
+    assert records[-1].details["count"] == 4
+
+    out = io.StringIO()
+    with database.session() as session:
+        count = export_events(session, out, start=start, end=end, fmt="csv", actor="carol")
+    rows = list(csv.DictReader(io.StringIO(out.getvalue())))
+    assert count == 5 and rows[4]["action"] == "audit-export"
+    assert json.loads(rows[0]["details"]) == {"i": 0}
+
+    out = io.StringIO()
+    with database.session() as session:
+        later = export_events(
+            session, out, start=end, end=end + timedelta(hours=1), fmt="jsonl", actor="carol"
+        )
+    assert later == 0 and out.getvalue() == ""
+    with pytest.raises(AuditError, match="unknown export format"), database.session() as session:
+        export_events(session, out, start=start, end=end, fmt="xml", actor="carol")
+
+
+def test_cli_verify_checkpoint_export(run_cli, tmp_path: Path, monkeypatch) -> None:  # type: ignore[no-untyped-def]
+    monkeypatch.delenv(KEY_ENV, raising=False)
+    monkeypatch.delenv("OVERREAD_CONFIG", raising=False)
+    monkeypatch.chdir(tmp_path)
+    data_dir = tmp_path / "data"
+    url = f"sqlite:///{tmp_path / 'cli.db'}"
+    database = Database(url)
+    from overread.audit import create_tables
+
+    create_tables(database.engine)
+    _append(database, 5)
+
+    status, out, _ = run_cli("audit", "verify", "--data-dir", data_dir, "--database-url", url)
+    assert status == 0 and out.startswith("OK: 5 audit records")
+
+    status, out, _ = run_cli("audit", "checkpoint", "--data-dir", data_dir, "--database-url", url)
+    assert status == 0 and "checkpoint at record 5" in out
+    assert len(list(checkpoint_dir(data_dir).glob("checkpoint-*.json"))) == 1
+
+    export_path = tmp_path / "export.csv"
+    status, out, _ = run_cli(
+        "audit", "export", "--from", "2000-01-01", "--to", "2100-01-01",
+        "--format", "csv", "--out", export_path, "--data-dir", data_dir, "--database-url", url,
+    )  # fmt: skip
+    assert status == 0 and "exported 6 audit records" in out  # 5 + the checkpoint event
+    assert len(list(csv.DictReader(export_path.open()))) == 6
+
+    status, out, _ = run_cli("audit", "verify", "--data-dir", data_dir, "--database-url", url)
+    assert status == 0 and "1 signed checkpoint(s) matched" in out
+
+    with database.engine.begin() as conn:
+        conn.execute(text("DELETE FROM audit_events WHERE seq >= 4"))
+        conn.execute(
+            text(
+                "UPDATE audit_chain_head SET seq = 3, hash = (SELECT hash FROM audit_events WHERE seq = 3)"
+            )
+        )
+    status, out, _ = run_cli("audit", "verify", "--data-dir", data_dir, "--database-url", url)
+    assert status == 1
+    assert out.startswith("BROKEN at record 4 (truncated)")
+
+    status, _, err = run_cli(
+        "audit", "export", "--from", "yesterday", "--to", "2100-01-01", "--database-url", url
+    )
+    assert status == 2 and "not an ISO 8601" in err
+    database.dispose()
