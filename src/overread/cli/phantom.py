@@ -62,8 +62,27 @@ def phantom_cxr(
     quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bar."),
 ) -> None:
     """Generate a synthetic chest X-ray cohort (DICOM + labels.csv + truth)."""
-    from overread.phantom import generate_cohort
+    from overread.phantom import CohortOptions, plan_cohort, write_cohort
 
+    options = CohortOptions(
+        n=n,
+        seed=seed,
+        rows=size,
+        cols=size,
+        internal=internal,
+        sites=sites,
+        modality=modality,
+        monochrome1_fraction=monochrome1,
+        uncertain_rate=uncertain_rate,
+        label_noise=label_noise,
+        prevalence=_prevalence(prevalence),
+        drift_site=drift_site,
+        drift_date=drift_date,
+        start_date=start_date,
+        end_date=end_date,
+        workers=workers,
+    )
+    plans = plan_cohort(options)  # validates every option before anything is written
     with Progress(
         TextColumn("phantom cxr"),
         BarColumn(),
@@ -77,26 +96,7 @@ def phantom_cxr(
         def progress(done: int, total: int) -> None:
             bar.update(task, completed=done, total=total)
 
-        summary = generate_cohort(
-            out,
-            n,
-            seed,
-            progress=progress,
-            rows=size,
-            cols=size,
-            internal=internal,
-            sites=sites,
-            modality=modality,
-            monochrome1_fraction=monochrome1,
-            uncertain_rate=uncertain_rate,
-            label_noise=label_noise,
-            prevalence=_prevalence(prevalence),
-            drift_site=drift_site,
-            drift_date=drift_date,
-            start_date=start_date,
-            end_date=end_date,
-            workers=workers,
-        )
+        summary = write_cohort(out, options, progress=progress, plans=plans)
     typer.echo(
         f"wrote {summary.studies} studies of {summary.patients} patients to {summary.out_dir} "
         f"in {summary.seconds:.1f} s ({summary.studies_per_minute:.0f} studies/min)"

@@ -30,6 +30,7 @@ from overread.phantom.cohort import (
     generate_cohort,
     plan_cohort,
     study_spec,
+    write_cohort,
 )
 from overread.phantom.examples import example_spec
 from overread.phantom.labeller import report_labels
@@ -64,4 +65,5 @@ __all__ = [
     "sample_positioning",
     "study_spec",
     "truth_labels",
+    "write_cohort",
 ]

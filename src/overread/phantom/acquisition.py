@@ -116,10 +116,10 @@ def expose(
     pixels, window_center, window_width
     """
     scale = rows / 1024.0
-    sigma_internal = profile.blur * scale * attenuation.shape[0] / rows
-    smooth = attenuation
-    if sigma_internal > 0.25:
-        smooth = ndimage.gaussian_filter(attenuation, sigma_internal, truncate=2.5)
+    # Detector blur, but at least half an internal pixel: hides the internal grid's
+    # stair steps on sharp edges once upsampled.
+    sigma_internal = max(0.5, profile.blur * scale * attenuation.shape[0] / rows)
+    smooth = ndimage.gaussian_filter(attenuation, sigma_internal, truncate=2.5)
     heel = np.linspace(-0.5, 0.5, smooth.shape[0], dtype=np.float32) * profile.heel
     smooth = smooth + heel[:, None]
     # Noise standard deviation is a smooth function of attenuation: compute it on

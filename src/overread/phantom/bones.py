@@ -102,7 +102,7 @@ def render_bones(
         side = grid.side[rows]
         t = (adx - 0.03) / lw
         centre = base + 0.1 * t * t - 0.025 * np.sin(np.pi * np.clip(t, 0.0, 1.0))
-        within = (t > -0.02) & (t < 1.16)
+        within = np.clip((t + 0.02) / 0.04, 0.0, 1.0) * np.clip((1.12 - t) / 0.05, 0.0, 1.0)
         gap_keep = np.ones_like(v)
         callus = np.zeros_like(v)
         for fx in fractures:
@@ -115,8 +115,8 @@ def render_bones(
             gap_keep = np.where(on_side & gap, 0.0, gap_keep)
             if fx.callus > 0:
                 cu, cv = rib_point(fields, index, fx.side, fx.position)
-                d2 = ((grid.u[rows] - cu) / (4.0 * half)) ** 2 + ((v - cv) / (2.6 * half)) ** 2
-                callus += fx.callus * 0.6 * np.exp(-d2) * on_side
+                d2 = ((grid.u[rows] - cu) / (4.5 * half)) ** 2 + ((v - cv) / (2.8 * half)) ** 2
+                callus += fx.callus * 0.8 * np.exp(-d2) * on_side
         medial = 0.35 + 0.65 * np.clip((t - 0.12) / 0.2, 0.0, 1.0)
         profile = _tube(v - centre, half) * within * gap_keep * medial
         out[rows] += RIB_BONE * (profile * see_through[rows] + callus)
@@ -128,7 +128,7 @@ def render_bones(
             va = grid.v[arow]
             ta = (grid.adx[arow] - 0.03) / lw
             a_centre = lateral_v + 0.17 * np.clip(1.08 - ta, 0.0, None) ** 1.3
-            fade = np.clip((ta - 0.3) / 0.35, 0.0, 1.0) * (ta < 1.1)
+            fade = np.clip((ta - 0.3) / 0.35, 0.0, 1.0) * np.clip((1.1 - ta) / 0.05, 0.0, 1.0)
             out[arow] += (
                 0.55 * RIB_BONE * _tube(va - a_centre, 0.85 * half) * fade * see_through[arow]
             )
@@ -151,4 +151,5 @@ def render_bones(
     out += (
         0.45 * RIB_BONE * (body * plates + 0.6 * pedicles) * np.clip((grid.v - 0.1) / 0.1, 0.0, 1.0)
     )
+    out *= np.clip(fields.body / 0.25, 0.0, 1.0)  # no bone outside the body
     return out.astype(np.float32)

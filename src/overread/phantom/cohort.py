@@ -351,7 +351,22 @@ def generate_cohort(
         options = CohortOptions(n=n, seed=seed, **kwargs)
     except TypeError as exc:
         raise ConfigError(f"generate_cohort: {exc}") from None
-    plans = plan_cohort(options)
+    return write_cohort(out_dir, options, progress=progress)
+
+
+def write_cohort(
+    out_dir: str | Path,
+    options: CohortOptions,
+    *,
+    progress: Callable[[int, int], None] | None = None,
+    plans: list[StudyPlan] | None = None,
+) -> CohortSummary:
+    """Render and write the cohort described by ``options`` (see :func:`generate_cohort`).
+
+    ``plans`` may be given when the caller already planned (and so validated) them.
+    """
+    if plans is None:
+        plans = plan_cohort(options)
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     started = time.perf_counter()

@@ -169,23 +169,23 @@ def render_edema(spec: FindingSpec, fields: ChestFields) -> FindingLayer:
     s = spec.severity
     grid = fields.grid
     lw = fields.shape.lung_half_width
-    rho = 0.11 + 0.09 * s
+    rho = 0.13 + 0.09 * s
     r2 = np.minimum(
         (grid.u - (0.5 - 0.1)) ** 2 + ((grid.v - 0.43) * 0.8) ** 2,
         (grid.u - (0.5 + 0.1)) ** 2 + ((grid.v - 0.43) * 0.8) ** 2,
     )
-    haze = (0.3 + 0.45 * s) * np.exp(-r2 / (rho * rho))
+    haze = (0.38 + 0.47 * s) * np.exp(-r2 / (rho * rho))
     haze *= 0.85 + 0.15 * smooth_noise(rng, grid.rows, grid.cols, 20)
     kerley = np.zeros_like(grid.u)
     n_lines = int(5 + 10 * s)
     for side in (-1, 1):
         for _ in range(n_lines):
             v = rng.uniform(0.52, fields.shape.dome_right - 0.01)
-            length = rng.uniform(0.018, 0.035)
+            length = rng.uniform(0.015, 0.03)
             adx_end = float(np.interp(v, [0.0, 1.0], [lw, lw])) - rng.uniform(0.0, 0.01)
             on = (grid.side == side) & (grid.adx > adx_end - length) & (grid.adx < adx_end)
             kerley = np.maximum(kerley, on * np.exp(-(((grid.v - v) / 0.0035) ** 2)))
-    fill = np.clip(haze + 0.5 * kerley, 0.0, 1.0)
+    fill = np.clip(haze + 0.6 * kerley, 0.0, 1.0)
     return FindingLayer(
         mask=((haze > 0.15) | (kerley > 0.3)) & fields.lungs,
         fill=fill,
@@ -297,7 +297,7 @@ def render_effusion(spec: FindingSpec, fields: ChestFields) -> FindingLayer:
             & (grid.v > level)
             & (grid.v < fields.dome + 0.004)
         )
-        f = np.clip((grid.v - level) / 0.035, 0.0, 1.0) * region
+        f = np.clip((grid.v - level) / 0.05, 0.0, 1.0) ** 1.5 * region
         fill = np.maximum(fill, f * (0.88 + 0.12 * s))
         mask |= region & (f > 0.2) & ~fields.heart & ~fields.mediastinum
     return FindingLayer(

@@ -113,7 +113,7 @@ def _base_attenuation(fields: ChestFields, spec: StudySpec) -> tuple[Field, Fiel
             a = a + 0.25 * anatomy.breast * np.sqrt(np.clip(1.0 - r, 0.0, 1.0))
     markings = lung_markings(fields, anatomy.seed)
     texture = smooth_noise(np.random.default_rng(anatomy.seed + 1), grid.rows, grid.cols, 48)
-    markings = markings + 0.25 * (texture + 0.6) * fields.lung_depth
+    markings = 0.7 * markings + 0.3 * (texture + 0.6) * fields.lung_depth
     return a.astype(np.float32), markings
 
 
