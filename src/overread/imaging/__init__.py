@@ -11,8 +11,8 @@ the per-file report behind ``overread inspect`` in :mod:`overread.imaging.inspec
 
 from __future__ import annotations
 
+from overread.imaging.codecs import codec_availability
 from overread.imaging.deid import Deidentifier, deidentify_file
-from overread.imaging.dicom import codec_availability
 from overread.imaging.image import Image, ImageMetadata
 from overread.imaging.inspection import Inspection, inspect
 from overread.imaging.reader import read

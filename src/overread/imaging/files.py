@@ -16,7 +16,7 @@ from typing import Any
 import numpy as np
 
 from overread.errors import ImageReadError
-from overread.imaging.dicom import one_line
+from overread.imaging.header import one_line
 from overread.imaging.image import Image, ImageMetadata
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"

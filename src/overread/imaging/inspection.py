@@ -18,7 +18,7 @@ from pydicom.uid import UID
 
 from overread.config import ImagingSettings, load_settings
 from overread.errors import OverreadError
-from overread.imaging.dicom import (
+from overread.imaging.header import (
     collect_warnings,
     is_part10,
     metadata_from_dataset,

@@ -8,8 +8,9 @@ from pathlib import Path
 
 from overread.config import ImagingSettings, load_settings
 from overread.errors import ImageReadError, InvalidDicomError, OverreadError
-from overread.imaging.dicom import one_line, read_dicom
+from overread.imaging.dicom import read_dicom
 from overread.imaging.files import read_nifti, read_picture, sniff_format
+from overread.imaging.header import one_line
 from overread.imaging.image import Image
 
 logger = logging.getLogger(__name__)

@@ -1,0 +1,345 @@
+"""Parsing DICOM headers: Part 10 or raw, defensively, into typed metadata.
+
+pydicom parses lazily and forgives a lot; a reader that must never crash on a
+hostile file wants the opposite: every element parsed up front (so a wrong VR
+or length is reported by its tag), arbitrary bytes that pydicom's ``force``
+mode would accept as "DICOM" rejected, large values (pixel data) left on disk
+until the caller has checked the declared geometry, and pydicom's warnings and
+log records captured rather than printed.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import warnings
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any, TypeVar
+
+import pydicom
+from pydicom.dataset import Dataset
+from pydicom.errors import InvalidDicomError as PydicomInvalidDicomError
+from pydicom.uid import (
+    UID,
+    ExplicitVRBigEndian,
+    ExplicitVRLittleEndian,
+    ImplicitVRLittleEndian,
+)
+
+from overread.errors import InvalidDicomError
+from overread.imaging.image import ImageMetadata
+
+T = TypeVar("T")
+
+PIXEL_KEYWORDS = ("PixelData", "FloatPixelData", "DoubleFloatPixelData")
+PIXEL_TAGS = frozenset({0x7FE00010, 0x7FE00008, 0x7FE00009})
+DEFER_BYTES = 4 * 1024 * 1024
+
+
+def one_line(exc: BaseException) -> str:
+    """An exception's message on one line (decoders like multi-line messages)."""
+    text = " ".join(str(exc).split())
+    return text or type(exc).__name__
+
+
+def is_part10(path: Path) -> bool:
+    """True if the file has the 128-byte preamble followed by ``DICM``."""
+    try:
+        with path.open("rb") as fh:
+            head = fh.read(132)
+    except OSError:
+        return False
+    return len(head) == 132 and head[128:132] == b"DICM"
+
+
+_quiet = threading.local()
+
+
+class _QuietDuringRead(logging.Filter):
+    """Drop pydicom's log records emitted by a thread that is inside a read."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not getattr(_quiet, "active", 0)
+
+
+_QUIET_LOGGERS = ("pydicom", "pylibjpeg", "openjpeg", "libjpeg", "jpeg_ls", "rle")
+
+
+def _install_log_filter() -> None:
+    """Attach the filter to pydicom's and the decoders' loggers (children included:
+    a filter on a parent logger does not see records of its children)."""
+    names = [
+        name
+        for name in list(logging.Logger.manager.loggerDict)
+        if name.split(".")[0] in _QUIET_LOGGERS
+    ]
+    for name in {"pydicom", *names}:
+        target = logging.getLogger(name)
+        if not any(isinstance(f, _QuietDuringRead) for f in target.filters):
+            target.addFilter(_QuietDuringRead())
+
+
+@contextmanager
+def collect_warnings(sink: list[str]) -> Iterator[None]:
+    """Turn Python warnings raised by pydicom/decoders into image warnings.
+
+    pydicom also *logs* each warning, and logs decoder failures with a
+    traceback; while a read is in progress on this thread those records are
+    held back (the warnings and our one-line error carry the content), so a
+    command-line user sees one line per bad file.
+    """
+    _install_log_filter()
+    _quiet.active = getattr(_quiet, "active", 0) + 1
+    try:
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            yield
+    finally:
+        _quiet.active -= 1
+    for w in caught:
+        text = " ".join(str(w.message).split())
+        if text not in sink:
+            sink.append(text)
+
+
+def header_value(ds: Dataset, keyword: str, convert: Callable[[Any], T], default: T) -> T:
+    """Read one attribute defensively: a malformed value gives ``default``."""
+    try:
+        value = ds.get(keyword)
+        if value is None or value == "":
+            return default
+        return convert(value)
+    except Exception:  # malformed values raise anything from ValueError to struct.error
+        return default
+
+
+def as_text(value: Any) -> str:
+    return str(value).strip()
+
+
+NO_FLOATS: tuple[float, ...] = ()
+
+
+def _floats(value: Any) -> tuple[float, ...]:
+    if isinstance(value, str | bytes) or not hasattr(value, "__iter__"):
+        value = [value]
+    return tuple(float(v) for v in value)
+
+
+def first_item(ds: Dataset, *path: str) -> Dataset | None:
+    """Follow first items of nested sequences (functional groups), or None."""
+    node: Any = ds
+    for keyword in path:
+        try:
+            seq = node.get(keyword)
+        except Exception:
+            return None
+        if not seq:
+            return None
+        try:
+            node = seq[0]
+        except (IndexError, TypeError):
+            return None
+    return node if isinstance(node, Dataset) else None
+
+
+def functional_group(ds: Dataset, macro: str) -> Dataset | None:
+    """A functional-group macro item: shared first, then the first frame's."""
+    return first_item(ds, "SharedFunctionalGroupsSequence", macro) or first_item(
+        ds, "PerFrameFunctionalGroupsSequence", macro
+    )
+
+
+def transfer_syntax_of(ds: Dataset) -> UID | None:
+    """The dataset's transfer syntax, from File Meta or the encoding used to read it."""
+    meta = getattr(ds, "file_meta", None)
+    tsuid = meta.get("TransferSyntaxUID") if meta is not None else None
+    if tsuid:
+        return UID(str(tsuid))
+    encoding = getattr(ds, "original_encoding", None)
+    if not encoding or encoding[0] is None:
+        return None
+    implicit, little = encoding
+    if implicit:
+        return ImplicitVRLittleEndian
+    return ExplicitVRLittleEndian if little else ExplicitVRBigEndian
+
+
+def _orientation(
+    values: tuple[float, ...],
+) -> tuple[float, float, float, float, float, float] | None:
+    if len(values) < 6:
+        return None
+    r0, r1, r2, c0, c1, c2 = values[:6]
+    return (r0, r1, r2, c0, c1, c2)
+
+
+def metadata_from_dataset(ds: Dataset, path: Path | str | None = None) -> ImageMetadata:
+    """Pull the typed fields of :class:`ImageMetadata` out of a header.
+
+    Values that cannot be parsed are left as ``None`` rather than failing the
+    read: a bad Patient Age must not stop a chest film from being reported.
+    """
+    plane = functional_group(ds, "PlanePositionSequence")
+    orient = functional_group(ds, "PlaneOrientationSequence")
+    measures = functional_group(ds, "PixelMeasuresSequence")
+    transform = functional_group(ds, "PixelValueTransformationSequence")
+    voi = functional_group(ds, "FrameVOILUTSequence")
+    position = header_value(ds, "ImagePositionPatient", _floats, NO_FLOATS)
+    if not position and plane is not None:
+        position = header_value(plane, "ImagePositionPatient", _floats, NO_FLOATS)
+    orientation = header_value(ds, "ImageOrientationPatient", _floats, NO_FLOATS)
+    if not orientation and orient is not None:
+        orientation = header_value(orient, "ImageOrientationPatient", _floats, NO_FLOATS)
+    spacing = header_value(ds, "PixelSpacing", _floats, NO_FLOATS)
+    if not spacing and measures is not None:
+        spacing = header_value(measures, "PixelSpacing", _floats, NO_FLOATS)
+    if not spacing:
+        spacing = header_value(ds, "ImagerPixelSpacing", _floats, NO_FLOATS)
+    thickness = header_value(ds, "SliceThickness", float, None)
+    if thickness is None and measures is not None:
+        thickness = header_value(measures, "SliceThickness", float, None)
+    rescale_src = ds if "RescaleSlope" in ds or transform is None else transform
+    voi_src = ds if "WindowCenter" in ds or voi is None else voi
+    tsuid = transfer_syntax_of(ds)
+    return ImageMetadata(
+        source_path=str(path) if path is not None else None,
+        source_format="dicom",
+        patient_id=header_value(ds, "PatientID", as_text, None),
+        patient_sex=header_value(ds, "PatientSex", as_text, None),
+        patient_age=header_value(ds, "PatientAge", as_text, None),
+        study_instance_uid=header_value(ds, "StudyInstanceUID", as_text, None),
+        series_instance_uid=header_value(ds, "SeriesInstanceUID", as_text, None),
+        sop_instance_uid=header_value(ds, "SOPInstanceUID", as_text, None),
+        sop_class_uid=header_value(ds, "SOPClassUID", as_text, None),
+        modality=header_value(ds, "Modality", as_text, None),
+        body_part=header_value(ds, "BodyPartExamined", as_text, None),
+        view_position=header_value(ds, "ViewPosition", as_text, None),
+        laterality=header_value(ds, "ImageLaterality", as_text, None)
+        or header_value(ds, "Laterality", as_text, None),
+        study_date=header_value(ds, "StudyDate", as_text, None),
+        accession_number=header_value(ds, "AccessionNumber", as_text, None),
+        manufacturer=header_value(ds, "Manufacturer", as_text, None),
+        series_number=header_value(ds, "SeriesNumber", int, None),
+        instance_number=header_value(ds, "InstanceNumber", int, None),
+        photometric_interpretation=header_value(ds, "PhotometricInterpretation", as_text, None),
+        stored_photometric_interpretation=header_value(
+            ds, "PhotometricInterpretation", as_text, None
+        ),
+        samples_per_pixel=header_value(ds, "SamplesPerPixel", int, 1),
+        bits_allocated=header_value(ds, "BitsAllocated", int, None),
+        bits_stored=header_value(ds, "BitsStored", int, None),
+        pixel_representation=header_value(ds, "PixelRepresentation", int, None),
+        pixel_spacing=(spacing[0], spacing[1]) if len(spacing) >= 2 else None,
+        slice_thickness=thickness,
+        image_position=(position[0], position[1], position[2]) if len(position) >= 3 else None,
+        image_orientation=_orientation(orientation),
+        rows=header_value(ds, "Rows", int, 0),
+        columns=header_value(ds, "Columns", int, 0),
+        frames=max(header_value(ds, "NumberOfFrames", int, 1), 1),
+        transfer_syntax=str(tsuid) if tsuid else None,
+        rescale_slope=header_value(rescale_src, "RescaleSlope", float, None),
+        rescale_intercept=header_value(rescale_src, "RescaleIntercept", float, None),
+        rescale_type=header_value(rescale_src, "RescaleType", as_text, None),
+        window_center=header_value(voi_src, "WindowCenter", _floats, NO_FLOATS),
+        window_width=header_value(voi_src, "WindowWidth", _floats, NO_FLOATS),
+        window_explanation=header_value(
+            voi_src,
+            "WindowCenterWidthExplanation",
+            lambda v: tuple(as_text(x) for x in (v if isinstance(v, list | tuple) else [v])),
+            (),
+        ),
+        voi_lut_function=header_value(voi_src, "VOILUTFunction", as_text, None),
+        has_voi_lut_sequence="VOILUTSequence" in ds,
+        burned_in_annotation=header_value(ds, "BurnedInAnnotation", as_text, None),
+    )
+
+
+def read_header(path: Path) -> Dataset:
+    """Parse a DICOM file (Part 10 or raw) without touching pixel data.
+
+    Raises
+    ------
+    InvalidDicomError
+        If the file is not DICOM or its header cannot be parsed.
+    """
+    part10 = is_part10(path)
+    try:
+        # Large values (pixel data) stay on disk until asked for, so the budget
+        # checks run before a multi-gigabyte file is pulled into memory.
+        ds = pydicom.dcmread(path, force=not part10, defer_size=DEFER_BYTES)
+    except PydicomInvalidDicomError as exc:
+        raise InvalidDicomError(f"{path}: not a DICOM file ({one_line(exc)})") from None
+    except MemoryError:
+        raise InvalidDicomError(f"{path}: header declares a value too large to read") from None
+    except Exception as exc:  # pydicom raises many types on corrupt headers
+        raise InvalidDicomError(f"{path}: cannot parse DICOM header ({one_line(exc)})") from None
+    if not part10:
+        _check_raw_dataset(ds, path)
+    _convert_elements(ds, path)
+    return ds
+
+
+def _convert_elements(ds: Dataset, path: Path) -> None:
+    """Parse every top-level element now, so a malformed one fails here, named.
+
+    pydicom converts raw bytes lazily; without this a wrong VR or length would
+    surface later as an arbitrary exception deep inside pixel handling.
+    """
+    for tag in list(ds.keys()):
+        if tag in PIXEL_TAGS:
+            continue  # checked against the declared geometry, decoded later
+        try:
+            ds[tag]
+        except Exception as exc:
+            name = pydicom.datadict.keyword_for_tag(tag) or "private or unknown"
+            raise InvalidDicomError(
+                f"{path}: malformed element {tag} {name}: {one_line(exc)}"
+            ) from None
+
+
+def _check_raw_dataset(ds: Dataset, path: Path) -> None:
+    """Reject arbitrary bytes that pydicom parsed, with ``force``, into noise."""
+    try:
+        tags = list(ds.keys())
+        if not tags:
+            raise InvalidDicomError(f"{path}: not a DICOM file (no data elements)")
+        known = sum(1 for t in tags if pydicom.datadict.dictionary_has_tag(t) or t.is_private)
+        groups_ok = all(t.group % 2 == 0 or t.group > 8 for t in tags[:5])
+        for t in tags:
+            ds[t]
+    except InvalidDicomError:
+        raise
+    except Exception as exc:
+        raise InvalidDicomError(f"{path}: not a DICOM file ({one_line(exc)})") from None
+    first_group = tags[0].group
+    if known < max(1, len(tags) // 2) or not groups_ok or first_group not in (0x0002, 0x0008):
+        raise InvalidDicomError(f"{path}: not a DICOM file (no recognisable data elements)")
+
+
+def pixel_keyword(ds: Dataset) -> str | None:
+    """Which pixel data element the dataset carries, if any."""
+    for keyword in PIXEL_KEYWORDS:
+        if keyword in ds:
+            return keyword
+    return None
+
+
+__all__ = [
+    "DEFER_BYTES",
+    "PIXEL_KEYWORDS",
+    "PIXEL_TAGS",
+    "as_text",
+    "collect_warnings",
+    "first_item",
+    "functional_group",
+    "header_value",
+    "is_part10",
+    "metadata_from_dataset",
+    "one_line",
+    "pixel_keyword",
+    "read_header",
+    "transfer_syntax_of",
+]
