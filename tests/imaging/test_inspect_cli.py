@@ -94,3 +94,19 @@ def test_inspect_function_reports_metadata_of_refused_part10_files():
     assert not result.ok
     assert result.metadata is not None and result.metadata.modality == "MR"
     assert result.to_json()["rows"] == 64
+
+
+def test_png_and_nifti_in_a_directory(run_cli, tmp_path):
+    import nibabel as nib
+    from PIL import Image as PILImage
+
+    PILImage.fromarray(np.full((8, 6), 7, np.uint8)).save(tmp_path / "a.png")
+    nib.save(nib.Nifti1Image(np.ones((4, 5, 3), np.int16), np.eye(4)), tmp_path / "b.nii.gz")
+    (tmp_path / "notes.md").write_text("not an image, skipped inside a directory")
+    status, out, err = run_cli("inspect", "--json", tmp_path)
+    assert status == 0, err
+    rows = {Path(r["path"]).name: r for r in map(json.loads, out.splitlines())}
+    assert set(rows) == {"a.png", "b.nii.gz"}
+    assert rows["a.png"]["format"] == "png" and rows["a.png"]["max"] == 7.0
+    assert rows["b.nii.gz"]["frames"] == 3 and rows["b.nii.gz"]["rows"] == 5
+    assert rows["b.nii.gz"]["transfer_syntax"] is None
