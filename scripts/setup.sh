@@ -8,7 +8,7 @@ cd "$(dirname "$0")/.."
 
 VENV=${VENV:-.venv}
 PYTHON=${PYTHON:-python3}
-DEB_PACKAGES=(dcmtk dicom3tools orthanc orthanc-dicomweb chromium chromium-driver)
+DEB_PACKAGES=(dcmtk dicom3tools orthanc orthanc-dicomweb chromium chromium-driver r-cran-proc r-cran-psych)
 
 missing=()
 for pkg in "${DEB_PACKAGES[@]}"; do

@@ -14,6 +14,7 @@ from dataclasses import dataclass
 import numpy as np
 from numpy.typing import ArrayLike
 from scipy.stats import norm, rankdata
+from scipy.stats import t as student_t
 
 from overread.errors import EvaluationError
 from overread.evaluation._validation import FloatArray, binary_truth_and_score
@@ -32,7 +33,7 @@ class AucEstimate:
 
 @dataclass(frozen=True)
 class AucComparison:
-    """The difference of two AUCs (a - b) with its interval, z and two-sided p."""
+    """The difference of two AUCs (a - b) with its interval, statistic and two-sided p."""
 
     auc_a: float
     auc_b: float
@@ -42,10 +43,15 @@ class AucComparison:
     z: float
     p: float
     method: str
+    df: float | None = None
 
     def as_dict(self) -> dict[str, object]:
-        """The JSON form used by ``overread stats delong --json``."""
-        return {
+        """The JSON form used by ``overread stats delong --json``.
+
+        ``z`` is the test statistic; for the unpaired test it is referred to a
+        t distribution with ``df`` degrees of freedom.
+        """
+        out: dict[str, object] = {
             "auc_a": self.auc_a,
             "auc_b": self.auc_b,
             "difference": self.difference,
@@ -55,6 +61,9 @@ class AucComparison:
             "p": self.p,
             "method": self.method,
         }
+        if self.df is not None:
+            out["df"] = self.df
+        return out
 
 
 def structural_components(
@@ -216,14 +225,37 @@ def unpaired_auc_test(
     score_b: ArrayLike,
     confidence: float = 0.95,
 ) -> AucComparison:
-    """Compare AUCs measured on two independent sets of cases (variances add).
+    """Compare AUCs measured on two independent sets of cases.
 
-    Matches pROC's ``roc.test(method = "delong", paired = FALSE)`` in its
-    normal approximation.
+    The variances add; like pROC's ``roc.test(method = "delong", paired =
+    FALSE)`` the statistic is referred to a t distribution with
+    Welch-Satterthwaite degrees of freedom,
+    df = (Va + Vb)^2 / (Va^2 / (Na - 1) + Vb^2 / (Nb - 1)) with N the number of
+    cases in each set.
     """
     a = delong_ci(y_true_a, score_a)
     b = delong_ci(y_true_b, score_b)
-    return _comparison(a.auc, b.auc, a.se**2 + b.se**2, confidence, "delong-unpaired")
+    va, vb = a.se**2, b.se**2
+    diff = a.auc - b.auc
+    na, nb = a.n_positive + a.n_negative, b.n_positive + b.n_negative
+    if not (np.isfinite(va) and np.isfinite(vb)) or va + vb == 0.0:
+        return _comparison(a.auc, b.auc, va + vb, confidence, "delong-unpaired")
+    se = float(np.sqrt(va + vb))
+    df = (va + vb) ** 2 / (va**2 / (na - 1) + vb**2 / (nb - 1))
+    t = diff / se
+    p = float(2.0 * student_t.sf(abs(t), df))
+    tq = float(student_t.ppf(0.5 + confidence / 2.0, df))
+    return AucComparison(
+        a.auc,
+        b.auc,
+        diff,
+        se,
+        (diff - tq * se, diff + tq * se),
+        t,
+        p,
+        "delong-unpaired",
+        df=float(df),
+    )
 
 
 __all__ = [
