@@ -137,7 +137,10 @@ def cr_small() -> Dataset:
 
 
 def tool_output(*args: str | Path) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([str(a) for a in args], capture_output=True, text=True, timeout=120)
+    # Tools echo element values in the file's character set: decode leniently.
+    return subprocess.run(
+        [str(a) for a in args], capture_output=True, text=True, errors="replace", timeout=120
+    )
 
 
 def dciodvfy_errors(path: Path) -> list[str]:

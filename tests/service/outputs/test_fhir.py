@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import json
 from typing import Any
 
@@ -95,13 +96,11 @@ def test_two_views_use_the_two_view_code(
 def test_missing_identifiers_are_refused(
     prediction: PredictionStandIn, dx_chest_header: Dataset
 ) -> None:
-    anonymous = Dataset()
-    anonymous.update(dx_chest_header)
+    anonymous = copy.deepcopy(dx_chest_header)
     del anonymous.PatientID
     with pytest.raises(ServiceError, match="Patient ID"):
         build_fhir_report(prediction, anonymous)
-    no_study = Dataset()
-    no_study.update(dx_chest_header)
+    no_study = copy.deepcopy(dx_chest_header)
     del no_study.StudyInstanceUID
     with pytest.raises(ServiceError, match="Study Instance UID"):
         build_fhir_report(prediction, no_study)
@@ -125,8 +124,9 @@ def test_referred_finding_is_indeterminate(
 def test_patient_display_uses_the_alphabetic_name(
     prediction: PredictionStandIn, dx_chest_header: Dataset
 ) -> None:
-    multilingual = Dataset()
-    multilingual.update(dx_chest_header)
+    # A deep copy: setting an element on a Dataset.update() copy would change the
+    # shared DataElement, i.e. the session fixture.
+    multilingual = copy.deepcopy(dx_chest_header)
     multilingual.SpecificCharacterSet = "ISO_IR 192"
     multilingual.PatientName = "Müller^Jürgen=山田^太郎"
     bundle = build_fhir_report(prediction, multilingual)

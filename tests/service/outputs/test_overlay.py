@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 from pathlib import Path
 
 import numpy as np
@@ -139,9 +140,7 @@ def test_missing_heatmap_or_label_is_a_clear_error(
 def test_voi_lut_and_percentile_window_are_used(cr_small: Dataset) -> None:
     raw = cr_small.pixel_array.astype(float)
     # A VOI LUT that reverses the stored range: the display must follow the LUT.
-    with_lut = Dataset()
-    with_lut.update(cr_small)
-    with_lut.file_meta = cr_small.file_meta
+    with_lut = copy.deepcopy(cr_small)
     bits = int(cr_small.BitsStored)
     item = Dataset()
     item.LUTDescriptor = [2**bits if bits < 16 else 0, 0, 16]
@@ -150,9 +149,7 @@ def test_voi_lut_and_percentile_window_are_used(cr_small: Dataset) -> None:
     for keyword in ("WindowCenter", "WindowWidth"):
         if keyword in with_lut:
             delattr(with_lut, keyword)
-    plain = Dataset()
-    plain.update(with_lut)
-    plain.file_meta = cr_small.file_meta
+    plain = copy.deepcopy(with_lut)
     del plain.VOILUTSequence
     lut_grey = windowed_grey(with_lut).astype(float)
     plain_grey = windowed_grey(plain).astype(float)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import shutil
 from pathlib import Path
 
@@ -144,8 +145,7 @@ def test_refuses_sources_from_two_studies(
 def test_two_views_are_both_referenced(
     prediction: PredictionStandIn, dx_chest_header: Dataset
 ) -> None:
-    lateral = Dataset()
-    lateral.update(dx_chest_header)
+    lateral = copy.deepcopy(dx_chest_header)
     lateral.SOPInstanceUID = hd.UID()
     lateral.ViewPosition = "LL"
     sr = build_sr(prediction, [dx_chest_header, lateral])
