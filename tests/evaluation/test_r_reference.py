@@ -120,3 +120,17 @@ def test_stored_reference_is_what_r_prints() -> None:
         timeout=300,
     )
     assert json.loads(fresh.stdout) == REFERENCE
+
+
+@pytest.mark.parametrize("marker", ["s100b", "ndka", "wfns"])
+def test_youden_operating_point_matches_proc(asah, poor, marker: str) -> None:
+    from overread.evaluation import operating_point, youden_threshold
+
+    ref = REFERENCE["youden"][marker]
+    threshold = youden_threshold(poor, asah[marker])
+    op = operating_point(poor, asah[marker], threshold)
+    assert op.specificity.value == pytest.approx(ref["specificity"], abs=1e-12)
+    assert op.sensitivity.value == pytest.approx(ref["sensitivity"], abs=1e-12)
+    # pROC reports the midpoint between neighbouring scores; ours is the lowest score called positive.
+    below = asah[marker][asah[marker] < threshold].max()
+    assert ref["threshold"] == pytest.approx((below + threshold) / 2)

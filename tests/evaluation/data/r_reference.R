@@ -26,6 +26,12 @@ auc_part <- sapply(markers, function(m) {
   sprintf('"%s": %s', m, obj(auc = num(as.numeric(auc(r))), var = num(var(r, method = "delong")),
                              ci = vec(as.numeric(ci.auc(r, method = "delong"))[c(1, 3)])))
 })
+youden_part <- sapply(c("s100b", "ndka", "wfns"), function(m) {
+  b <- coords(rocs[[m]], "best", best.method = "youden", ret = c("threshold", "specificity", "sensitivity"),
+              transpose = FALSE)
+  sprintf('"%s": %s', m, obj(threshold = num(b$threshold[1]), specificity = num(b$specificity[1]),
+                             sensitivity = num(b$sensitivity[1])))
+})
 pairs <- list(c("s100b", "wfns"), c("s100b", "ndka"), c("ndka", "wfns"), c("wfns", "age"))
 paired_part <- sapply(pairs, function(p) {
   t <- roc.test(rocs[[p[1]]], rocs[[p[2]]], method = "delong", paired = TRUE)
@@ -55,6 +61,7 @@ cat("{\n")
 cat(sprintf('  "proc_version": "%s",\n', as.character(packageVersion("pROC"))))
 cat(sprintf('  "psych_version": "%s",\n', as.character(packageVersion("psych"))))
 cat(sprintf('  "auc": {%s},\n', paste(auc_part, collapse = ", ")))
+cat(sprintf('  "youden": {%s},\n', paste(youden_part, collapse = ", ")))
 cat(sprintf('  "paired": {%s},\n', paste(paired_part, collapse = ", ")))
 cat(sprintf('  "unpaired_s100b_male_vs_female": %s,\n', unpaired_part))
 cat(sprintf('  "icc_shrout_fleiss": {%s},\n', paste(icc_part, collapse = ", ")))
