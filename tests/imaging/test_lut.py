@@ -133,3 +133,35 @@ def test_unusable_file_window_falls_back(write_dicom):
     out = VoiWindow(fallback="minmax")(read(path))
     assert out.pixels.min() == 0.0 and out.pixels.max() == 1.0
     assert any("unusable" in p for p in out.provenance)
+
+
+def test_per_frame_rescale_in_functional_groups(write_dicom):
+    stored = np.stack([np.full((2, 2), 100, np.uint16), np.full((2, 2), 100, np.uint16)])
+    groups = []
+    for slope, intercept in ((1.0, 0.0), (2.0, -50.0)):
+        transform = Dataset()
+        transform.RescaleSlope = slope
+        transform.RescaleIntercept = intercept
+        transform.RescaleType = "US"
+        group = Dataset()
+        group.PixelValueTransformationSequence = Sequence([transform])
+        groups.append(group)
+    path = write_dicom(stored, PerFrameFunctionalGroupsSequence=Sequence(groups))
+    image = read(path)
+    np.testing.assert_array_equal(image.pixels[0], 100)
+    np.testing.assert_array_equal(image.pixels[1], 150)
+    assert "per-frame" in image.provenance[-1]
+
+
+def test_shared_functional_group_rescale(write_dicom):
+    transform = Dataset()
+    transform.RescaleSlope = 0.5
+    transform.RescaleIntercept = 10
+    shared = Dataset()
+    shared.PixelValueTransformationSequence = Sequence([transform])
+    path = write_dicom(
+        np.full((2, 4, 4), 8, np.uint16), SharedFunctionalGroupsSequence=Sequence([shared])
+    )
+    image = read(path)
+    np.testing.assert_array_equal(image.pixels, 14)
+    assert image.metadata.rescale_slope == 0.5

@@ -196,3 +196,21 @@ def test_palette_colour_scaled_by_the_lut_depth(corpus):
     out = VoiWindow()(image)
     assert out.pixels.max() <= 1.0
     assert out.pixels.max() == pytest.approx(image.pixels.max() / 65535)
+
+
+def test_presentation_lut_shape_inverse():
+    mono2_inverse = make(
+        [[0, 10], [20, 30]],
+        photometric_interpretation="MONOCHROME2",
+        presentation_lut_shape="INVERSE",
+    )
+    out = InvertMonochrome1()(mono2_inverse)
+    np.testing.assert_array_equal(out.pixels, [[30, 20], [10, 0]])
+    assert "Presentation LUT Shape INVERSE" in out.provenance[-1]
+    assert InvertMonochrome1()(out) is out  # done once only
+    mono1_inverse = make(
+        [[0, 10], [20, 30]],
+        photometric_interpretation="MONOCHROME1",
+        presentation_lut_shape="INVERSE",
+    )
+    np.testing.assert_array_equal(InvertMonochrome1()(mono1_inverse).pixels, [[30, 20], [10, 0]])

@@ -253,6 +253,7 @@ def metadata_from_dataset(ds: Dataset, path: Path | str | None = None) -> ImageM
         ),
         voi_lut_function=header_value(voi_src, "VOILUTFunction", as_text, None),
         has_voi_lut_sequence="VOILUTSequence" in ds,
+        presentation_lut_shape=header_value(ds, "PresentationLUTShape", as_text, None),
         burned_in_annotation=header_value(ds, "BurnedInAnnotation", as_text, None),
     )
 

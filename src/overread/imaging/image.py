@@ -73,6 +73,7 @@ class ImageMetadata:
     window_explanation: tuple[str, ...] = ()
     voi_lut_function: str | None = None
     has_voi_lut_sequence: bool = False
+    presentation_lut_shape: str | None = None
     burned_in_annotation: str | None = None
     modality_lut_applied: str | None = None
     affine: tuple[tuple[float, ...], ...] | None = None

@@ -206,13 +206,22 @@ class InvertMonochrome1(Transform):
 
     Flips around the image's nominal value range (``[0, 1]`` after a window),
     or its data range when none is set, so bone is bright for every input.
+    A MONOCHROME2 image whose Presentation LUT Shape (PS3.3 C.11.6) is
+    ``INVERSE`` is flipped too; for MONOCHROME1, ``INVERSE`` is the required
+    restatement of the same single inversion (C.8.11.6, DX), not a second one.
     """
 
     name = "invert_monochrome1"
 
     def apply(self, image: Image, inplace: bool = False) -> Image:
-        if image.metadata.photometric_interpretation != "MONOCHROME1":
+        meta = image.metadata
+        inverse_shape = (
+            meta.photometric_interpretation == "MONOCHROME2"
+            and (meta.presentation_lut_shape or "").upper() == "INVERSE"
+        )
+        if meta.photometric_interpretation != "MONOCHROME1" and not inverse_shape:
             return image
+        why = "Presentation LUT Shape INVERSE" if inverse_shape else "MONOCHROME1"
         if image.value_range is not None:
             lo, hi = image.value_range
         else:
@@ -223,8 +232,9 @@ class InvertMonochrome1(Transform):
             inverted = (np.float32(lo + hi) - image.pixels).astype(np.float32)
         return image.evolve(
             inverted,
-            f"MONOCHROME1 inverted around [{lo:g}, {hi:g}] -> MONOCHROME2",
+            f"{why}: inverted around [{lo:g}, {hi:g}] -> MONOCHROME2",
             photometric_interpretation="MONOCHROME2",
+            presentation_lut_shape="IDENTITY",
         )
 
 
