@@ -88,3 +88,11 @@ def test_render_is_deterministic_and_sizes_are_respected() -> None:
     assert a.shape == (300, 300) and a.dtype == np.uint16
     assert np.array_equal(a, b)
     assert not np.array_equal(a, c)
+
+
+def test_previews_are_written_for_every_label(tmp_path, run_cli) -> None:
+    status, stdout, _ = run_cli("phantom", "previews", "--out", tmp_path, "--size", "128")
+    assert status == 0
+    names = {p.name for p in tmp_path.glob("*.png")}
+    assert len(names) == len(CHEXPERT_LABELS) + 2 == len(stdout.split())
+    assert {"phantom-overview.png", "phantom-sites.png", "phantom-pleural-effusion.png"} <= names

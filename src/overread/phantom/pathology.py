@@ -284,7 +284,7 @@ def render_effusion(spec: FindingSpec, fields: ChestFields) -> FindingLayer:
     for side in sides:
         dome = shape.dome_right if side < 0 else shape.dome_left
         cpa = dome + 0.26 * 0.55**2  # costophrenic angle height
-        height = (0.03 + 0.26 * s) * rng.uniform(0.8, 1.1)
+        height = (0.05 + 0.3 * s) * rng.uniform(0.85, 1.1)
         heights.append(height)
         lateral = fields.lateral
         # Meniscus: highest against the chest wall, curving down medially.
