@@ -185,23 +185,36 @@ def test_kill_9_mid_job_then_restart_completes_the_job_exactly_once(
 
 
 class WorkerProcess:
-    """``overread worker`` in a subprocess."""
+    """``overread -v worker`` in a subprocess, its output in a file."""
 
     def __init__(self, data_dir: Path, *extra: str) -> None:
         env = {k: v for k, v in os.environ.items() if not k.startswith("OVERREAD_")}
-        self.process = subprocess.Popen(
-            [sys.executable, "-m", "overread", "worker", "--data-dir", str(data_dir), *extra],
-            cwd=data_dir.parent,
-            env=env,
-            stdout=subprocess.PIPE,
-            stderr=subprocess.STDOUT,
-            text=True,
-        )
+        self.log_path = data_dir.parent / f"worker-{time.monotonic_ns()}.log"
+        with self.log_path.open("w") as log:
+            self.process = subprocess.Popen(
+                [
+                    sys.executable,
+                    "-m",
+                    "overread",
+                    "-v",
+                    "worker",
+                    "--data-dir",
+                    str(data_dir),
+                    *extra,
+                ],
+                cwd=data_dir.parent,
+                env=env,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+            )
+
+    def output(self) -> str:
+        return self.log_path.read_text(errors="replace")
 
     def terminate(self) -> tuple[int, str]:
         self.process.send_signal(signal.SIGTERM)
-        out, _ = self.process.communicate(timeout=60)
-        return self.process.returncode, out
+        self.process.wait(60)
+        return self.process.returncode, self.output()
 
 
 def test_restart_with_jobs_queued_loses_none_and_a_worker_process_runs_them(
@@ -229,3 +242,32 @@ def test_restart_with_jobs_queued_loses_none_and_a_worker_process_runs_them(
     assert "overread worker: 2 worker(s)" in output
     assert len(set(_sr_uids(storescp))) == 3
     assert receiver.terminate() == 0
+
+
+def test_wake_ups_reach_worker_processes_through_rabbitmq(
+    serve: Callable[..., ServeProcess],
+    storescp: Storescp,
+    dx_factory: Callable[..., Path],
+    tmp_path: Path,
+) -> None:
+    import socket
+
+    try:
+        socket.create_connection(("127.0.0.1", 5672), timeout=2).close()
+    except OSError:
+        pytest.skip("RabbitMQ not reachable on 127.0.0.1:5672")
+    broker = "amqp://guest:guest@127.0.0.1:5672//"
+    gateway = serve(storescp, "--broker", broker, workers=0)
+    # The worker polls only every 10 minutes: a job done sooner was woken by the broker.
+    worker = WorkerProcess(tmp_path / "data", "--broker", broker, "--poll-seconds", "600")
+    try:
+        _wait(lambda: "ready" in worker.output(), timeout=120)
+        db = Database(f"sqlite:///{tmp_path / 'data' / 'overread.db'}", create=False)
+        _storescu(gateway.dicom_port, dx_factory(size=256))
+        _wait(lambda: [j.state for j in _jobs(db)] == ["succeeded", "succeeded"], timeout=120)
+    finally:
+        status, output = worker.terminate()
+    assert "wake-up from the broker" in output
+    assert status == 0, output
+    assert len(storescp.files()) == 1
+    assert gateway.terminate() == 0

@@ -49,6 +49,17 @@ def _run_until_signalled(config: ServiceConfig, *, worker_only: bool) -> None:
         service.start()
         if worker_only:
             typer.echo(f"overread worker: {config.workers} worker(s) on {service.database!r}")
+            if config.broker_url:
+                from overread.service.wakeups import consume_wakeups, wake_queue
+
+                def _woken() -> None:
+                    logger.info("wake-up from the broker")
+                    service.wake_workers()
+
+                typer.echo("overread worker: taking wake-ups from the broker")
+                # Blocks until SIGTERM/SIGINT (Celery's warm shutdown).
+                consume_wakeups(config.broker_url, wake_queue(config.database_url), _woken)
+                service.request_stop()
         else:
             typer.echo(
                 f"overread serve: DICOM {config.ae_title} on port {service.dicom_port}, "
@@ -93,6 +104,9 @@ def serve(
         None, "--retry-base-seconds", help="First retry delay; doubles each attempt."
     ),
     explain: bool | None = typer.Option(None, "--explain/--no-explain", help="Compute heatmaps."),
+    broker: str | None = typer.Option(
+        None, "--broker", help="Celery broker URL to wake `overread worker` processes."
+    ),
 ) -> None:
     """Run the gateway: DICOM SCP, study assembly, routing, workers and the HTTP API."""
     config = _config(
@@ -110,6 +124,7 @@ def serve(
         lease_seconds=lease_seconds,
         retry_base_seconds=retry_base_seconds,
         explain=explain,
+        broker_url=broker,
     )
     _run_until_signalled(config, worker_only=False)
 
@@ -123,6 +138,13 @@ def worker(
     retry_base_seconds: float | None = typer.Option(
         None, "--retry-base-seconds", help="First retry delay; doubles each attempt."
     ),
+    poll_seconds: float | None = typer.Option(
+        None, "--poll-seconds", help="How often idle workers look for jobs unprompted."
+    ),
+    broker: str | None = typer.Option(
+        None, "--broker", help="Celery broker URL to take wake-ups from (amqp://...)."
+    ),
+    explain: bool | None = typer.Option(None, "--explain/--no-explain", help="Compute heatmaps."),
 ) -> None:
     """Run job workers only, against the same database and data dir as ``overread serve``."""
     config = _config(
@@ -131,5 +153,8 @@ def worker(
         workers=workers,
         lease_seconds=lease_seconds,
         retry_base_seconds=retry_base_seconds,
+        poll_seconds=poll_seconds,
+        broker_url=broker,
+        explain=explain,
     )
     _run_until_signalled(config, worker_only=True)

@@ -196,6 +196,9 @@ class ServiceConfig(BaseModel):
     poll_seconds: float = Field(default=1.0, gt=0)
     explain: bool = False
     fsync: bool = True
+    broker_url: str | None = Field(
+        default=None, description="Celery broker (amqp://...) carrying wake-ups to worker processes"
+    )
 
     @field_validator("ae_title")
     @classmethod

@@ -23,6 +23,7 @@ from overread.service.runtime import (
 )
 from overread.service.scp import StorageSCP
 from overread.service.store import ObjectStore
+from overread.service.wakeups import WakeupPublisher, wake_queue
 from overread.service.worker import Worker, WorkerPool, worker_identity
 
 logger = logging.getLogger(__name__)
@@ -103,6 +104,11 @@ class Service:
                 name=f"{prefix}/{i}",
             ),
         )
+        self.publisher: WakeupPublisher | None = (
+            WakeupPublisher(config.broker_url, wake_queue(config.database_url))
+            if config.broker_url and with_assembler
+            else None
+        )
         self._stop = threading.Event()
         self._assembler_thread: threading.Thread | None = None
         self._http: object | None = None
@@ -115,7 +121,7 @@ class Service:
 
     def _on_released(self, studies: set[str]) -> None:
         if self.assembler.association_released(studies):
-            self.pool.wake()
+            self.wake_workers()
 
     def request_released(self, studies: set[str]) -> None:
         """A STOW-RS request ended: treat it like a released association."""
@@ -125,12 +131,14 @@ class Service:
         """The explicit "study complete" trigger."""
         job_ids = self.assembler.complete_study(study_instance_uid)
         if job_ids:
-            self.pool.wake()
+            self.wake_workers()
         return job_ids
 
     def wake_workers(self) -> None:
-        """Tell idle workers to look for jobs now."""
+        """Tell idle workers to look for jobs now: this process's, and others' via the broker."""
         self.pool.wake()
+        if self.publisher is not None:
+            self.publisher.publish()
 
     # -- lifecycle --------------------------------------------------------------------
     def start(self) -> None:
@@ -152,7 +160,7 @@ class Service:
             logger.info("HTTP API on http://%s:%d", self.config.http_host, self.http_port)
 
     def _assemble(self) -> None:
-        self.assembler.run(self._stop, on_jobs=lambda _ids: self.pool.wake())
+        self.assembler.run(self._stop, on_jobs=lambda _ids: self.wake_workers())
 
     def stop(self, timeout: float = 30.0) -> None:
         """Stop listening, let running jobs finish (up to ``timeout``), close the database."""
@@ -168,6 +176,8 @@ class Service:
         if self._assembler_thread is not None:
             self._assembler_thread.join(5)
         self.pool.stop(timeout)
+        if self.publisher is not None:
+            self.publisher.close()
         self.database.dispose()
         logger.info("service stopped")
 
