@@ -6,6 +6,8 @@ import math
 
 import numpy as np
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from pydicom.dataelem import DataElement
 from pydicom.dataset import Dataset
 from pydicom.sequence import Sequence
@@ -165,3 +167,16 @@ def test_shared_functional_group_rescale(write_dicom):
     image = read(path)
     np.testing.assert_array_equal(image.pixels, 14)
     assert image.metadata.rescale_slope == 0.5
+
+
+@settings(max_examples=60, deadline=None, derandomize=True)
+@given(
+    center=st.floats(-5000, 5000),
+    width=st.floats(1, 10000),
+    function=st.sampled_from(["LINEAR", "LINEAR_EXACT", "SIGMOID"]),
+)
+def test_windows_are_bounded_and_monotone(center, width, function):
+    x = np.linspace(-20000, 20000, 2001, dtype=np.float32)
+    y = window(x, center, width, function)
+    assert y.min() >= 0.0 and y.max() <= 1.0
+    assert np.all(np.diff(y) >= -1e-6)

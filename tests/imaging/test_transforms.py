@@ -214,3 +214,32 @@ def test_presentation_lut_shape_inverse():
         presentation_lut_shape="INVERSE",
     )
     np.testing.assert_array_equal(InvertMonochrome1()(mono1_inverse).pixels, [[30, 20], [10, 0]])
+
+
+def test_cxr_chain_spec_is_stable():
+    """Model packages record this spec; a change here must be deliberate."""
+    assert cxr_chain(224).to_spec() == [
+        {"name": "select_frame", "index": 0},
+        {"name": "to_grayscale"},
+        {
+            "name": "voi_window",
+            "center": None,
+            "width": None,
+            "function": None,
+            "preset": None,
+            "fallback": "percentile",
+            "lower": 0.5,
+            "upper": 99.5,
+            "index": 0,
+            "use_file": True,
+        },
+        {"name": "invert_monochrome1"},
+        {"name": "normalize", "mode": "clip", "lower": 0.5, "upper": 99.5},
+        {
+            "name": "resize",
+            "size": [224, 224],
+            "keep_aspect": True,
+            "pad_value": 0.0,
+            "method": "area",
+        },
+    ]

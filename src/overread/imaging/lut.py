@@ -148,9 +148,10 @@ def window(
     elif function == "SIGMOID":
         if width <= 0:
             raise InvalidDicomError(f"window width {width} <= 0 is not allowed for SIGMOID")
-        out = np.float32(1.0) / (
-            np.float32(1.0) + np.exp(np.float32(-4.0 / width) * (x - np.float32(center)))
-        )
+        with np.errstate(over="ignore"):  # exp -> inf far below the centre: y -> 0, as it should
+            out = np.float32(1.0) / (
+                np.float32(1.0) + np.exp(np.float32(-4.0 / width) * (x - np.float32(center)))
+            )
         sig: npt.NDArray[np.float32] = np.asarray(out, dtype=np.float32)
         if span != 1 or y_min != 0:
             sig = (sig * span + np.float32(y_min)).astype(np.float32)
