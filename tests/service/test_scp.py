@@ -314,3 +314,20 @@ def test_only_configured_sop_classes_and_transfer_syntaxes_are_accepted(
     assert _storescu(gw.port, dx_factory()).returncode == 0
     [row] = _instances(gw.database)
     assert row.transfer_syntax_uid == "1.2.840.10008.1.2.1"
+
+
+def test_a_different_instance_reusing_a_sop_instance_uid_keeps_the_first(
+    make_gateway: Callable[..., Gateway],
+    dx_factory: Callable[..., Path],
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    gw = make_gateway()
+    uid = generate_uid()
+    first, second = dx_factory(sop_uid=uid), dx_factory(sop_uid=uid)  # different pixels
+    assert first.read_bytes() != second.read_bytes()
+    assert _storescu(gw.port, first).returncode == 0
+    with caplog.at_level(logging.WARNING, logger="overread.service.ingest"):
+        assert _storescu(gw.port, second).returncode == 0
+    [row] = _instances(gw.database)
+    assert gw.store.path(row.object_key).read_bytes()[-1000:] == first.read_bytes()[-1000:]
+    assert "the first copy is kept" in caplog.text

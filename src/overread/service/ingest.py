@@ -9,6 +9,7 @@ duplicate without storing a second copy.
 
 from __future__ import annotations
 
+import hashlib
 import logging
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -160,11 +161,19 @@ class Ingestor:
         header = read_header(data, source=source)
         existing = self._find(header.sop_instance_uid)
         if existing is not None:
-            logger.info(
-                "duplicate instance %s from %s: already stored",
-                header.sop_instance_uid,
-                calling_ae,
-            )
+            if hashlib.sha256(data).hexdigest() != existing.sha256:
+                logger.warning(
+                    "instance %s from %s differs from the copy already stored; "
+                    "the first copy is kept (SOP Instance UIDs must be unique)",
+                    header.sop_instance_uid,
+                    calling_ae,
+                )
+            else:
+                logger.info(
+                    "duplicate instance %s from %s: already stored",
+                    header.sop_instance_uid,
+                    calling_ae,
+                )
             return IngestOutcome(
                 header.sop_instance_uid,
                 existing.study_instance_uid,

@@ -232,6 +232,14 @@ class JobQueue:
 
     def _dead_letter_lost(self, now: datetime) -> None:
         """Dead-letter running jobs whose worker died on their last attempt."""
+        lost = (
+            Job.state == JobState.RUNNING.value,
+            Job.lease_expires_at < now,
+            Job.attempts >= Job.max_attempts,
+        )
+        with self.database.session() as session:
+            if session.scalar(select(Job.id).where(*lost).limit(1)) is None:
+                return  # the common case: a read, no write lock taken
         with self.database.session() as session:
             result = session.execute(
                 update(Job)
