@@ -169,6 +169,10 @@ def kappa_command(
         )
         _emit({"method": f"Cohen ({weights})", **result.as_dict()}, as_json)
         return
+    if weights != "none":
+        raise EvaluationError(
+            "--weights applies to Cohen's kappa (two raters); Fleiss' kappa is unweighted"
+        )
     values = frame[columns].astype(str).to_numpy()
     categories = np.unique(values)
     counts = np.stack([(values == c).sum(axis=1) for c in categories], axis=1)
