@@ -13,6 +13,9 @@ from pydicom.pixels.processing import apply_color_lut
 from overread.imaging import read
 from overread.imaging.inspection import inspect
 
+# The reference reads below use pydicom directly; its warnings are expected here.
+pytestmark = pytest.mark.filterwarnings("ignore::UserWarning")
+
 PYDICOM_FILES = Path(pydicom.data.__file__).parent / "test_files"
 
 ALL_FILES = sorted(p for p in PYDICOM_FILES.rglob("*") if p.is_file())

@@ -12,6 +12,9 @@ from overread.errors import ConfigError, InvalidDicomError
 from overread.imaging import read
 from overread.imaging.deid import PROFILE, Action, Deidentifier, deidentify_file
 
+# The reference reads below use pydicom directly; its warnings are expected here.
+pytestmark = pytest.mark.filterwarnings("ignore::UserWarning")
+
 deid_data = pytest.importorskip("deid_data")
 DEID_FILES = Path(deid_data.__file__).parent / "data"
 CT_BRAIN = [DEID_FILES / "humans" / "ctbrain1.dcm", DEID_FILES / "humans" / "ctbrain2.dcm"]
