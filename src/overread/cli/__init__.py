@@ -33,6 +33,7 @@ COMMAND_MODULES: tuple[str, ...] = (
     "overread.cli.serve",
     "overread.cli.stats",
     "overread.cli.train",
+    "overread.cli.users",
     # One line per command module; keep sorted.
 )
 

@@ -1,0 +1,123 @@
+"""``overread users``: add and list users, issue API tokens (all audited)."""
+
+from __future__ import annotations
+
+import getpass
+import sys
+from datetime import timedelta
+from pathlib import Path
+
+import typer
+
+from overread.cli.app import app
+from overread.config import load_settings
+from overread.errors import ConfigError
+from overread.security import add_user, create_tables, issue_token, list_users
+from overread.service.db import Database
+
+users_app = typer.Typer(help="Users, roles and API tokens.", no_args_is_help=True)
+app.add_typer(users_app, name="users")
+
+DATA_DIR = typer.Option(None, "--data-dir", help="Data directory (default: settings).")
+DATABASE_URL = typer.Option(None, "--database-url", help="Database URL (default: settings).")
+
+
+def _database(data_dir: Path | None, database_url: str | None) -> Database:
+    overrides: dict[str, object] = {}
+    if data_dir is not None:
+        overrides["data_dir"] = data_dir
+    if database_url is not None:
+        overrides["database_url"] = database_url
+    database = Database(load_settings(**overrides).resolved_database_url, create=False)
+    create_tables(database.engine)
+    return database
+
+
+def _operator() -> str:
+    try:
+        return f"os:{getpass.getuser()}"
+    except (KeyError, OSError):
+        return "os:unknown"
+
+
+@users_app.command("add")
+def add(
+    name: str = typer.Argument(..., help="User name."),
+    role: str = typer.Option(
+        ..., "--role", help="radiologist, technologist, admin, auditor or service."
+    ),
+    password_stdin: bool = typer.Option(
+        False, "--password-stdin", help="Read the password from the first line of stdin."
+    ),
+    data_dir: Path | None = DATA_DIR,
+    database_url: str | None = DATABASE_URL,
+) -> None:
+    """Add a user; without --password-stdin the account can only use API tokens."""
+    password = None
+    if password_stdin:
+        password = sys.stdin.readline().rstrip("\r\n")
+        if not password:
+            raise ConfigError("--password-stdin: no password on stdin")
+    database = _database(data_dir, database_url)
+    try:
+        with database.session() as session:
+            try:
+                add_user(session, name, role, password=password, actor=_operator())
+            except ValueError as exc:
+                raise ConfigError(str(exc)) from None
+        kind = "password" if password is not None else "token-only"
+        typer.echo(f"added {name} ({role}, {kind})")
+    finally:
+        database.dispose()
+
+
+@users_app.command("list")
+def list_(
+    data_dir: Path | None = DATA_DIR,
+    database_url: str | None = DATABASE_URL,
+) -> None:
+    """List users, their roles and state."""
+    database = _database(data_dir, database_url)
+    try:
+        with database.session() as session:
+            users = list_users(session)
+            if not users:
+                typer.echo("no users")
+            for user in users:
+                state = "active" if user.active else "disabled"
+                login = "password" if user.password_hash else "token-only"
+                last = user.last_login_at.isoformat() if user.last_login_at else "never"
+                typer.echo(f"{user.username}\t{user.role}\t{state}\t{login}\tlast login {last}")
+    finally:
+        database.dispose()
+
+
+@users_app.command("token")
+def token(
+    name: str = typer.Argument(..., help="User name."),
+    expires_days: float = typer.Option(90.0, "--expires-days", help="Days until it expires."),
+    label: str = typer.Option("", "--label", help="What the token is for."),
+    data_dir: Path | None = DATA_DIR,
+    database_url: str | None = DATABASE_URL,
+) -> None:
+    """Issue an API token for NAME and print it once (only its hash is stored)."""
+    if expires_days <= 0:
+        raise ConfigError(f"--expires-days must be positive, not {expires_days}")
+    database = _database(data_dir, database_url)
+    try:
+        with database.session() as session:
+            try:
+                value, row = issue_token(
+                    session,
+                    name,
+                    expires_in=timedelta(days=expires_days),
+                    label=label,
+                    actor=_operator(),
+                )
+            except ValueError as exc:
+                raise ConfigError(str(exc)) from None
+            expires = row.expires_at.isoformat() if row.expires_at else "never"
+        typer.echo(value)
+        typer.echo(f"token for {name} ({row.role}), expires {expires}", err=True)
+    finally:
+        database.dispose()

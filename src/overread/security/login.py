@@ -1,0 +1,172 @@
+"""Password login with failed-login throttling, every attempt audited.
+
+Failures are counted per user name and per source address. Past a threshold each
+further failure locks that key for exponentially longer (1 s, 2 s, 4 s, ... up to
+a cap), so online guessing of one account, and spraying many accounts from one
+address, both slow to a crawl, while a user who mistypes twice is not locked out.
+While a key is locked the password is not even checked: a guess during lockout
+teaches the attacker nothing. Unknown user names are throttled and timed exactly
+like known ones, so lockouts and timing do not reveal which names exist.
+
+The outcome, the throttle counters and the ``login-success``/``login-failure``
+audit event are written in the caller's session: commit it whatever the outcome.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+
+from sqlalchemy import select
+from sqlalchemy.exc import IntegrityError
+from sqlalchemy.orm import Session
+
+from overread.audit import AuditAction, record_event
+from overread.security.accounts import Principal, get_user
+from overread.security.passwords import dummy_hash, hash_password, needs_rehash, verify_password
+from overread.security.roles import Role
+from overread.security.schema import LoginThrottle, utcnow
+
+
+@dataclass(frozen=True)
+class LockoutPolicy:
+    """How failed logins are throttled.
+
+    Parameters
+    ----------
+    user_threshold
+        Failures of one user name allowed before lockouts start.
+    source_threshold
+        Failures from one source address (any user names) before lockouts start.
+    base_seconds
+        The first lockout; each further failure doubles it.
+    max_seconds
+        The longest lockout.
+    reset_after
+        A key with no failure for this long starts counting again from zero.
+    """
+
+    user_threshold: int = 5
+    source_threshold: int = 20
+    base_seconds: float = 1.0
+    max_seconds: float = 900.0
+    reset_after: timedelta = timedelta(hours=1)
+
+    def lockout(self, failures: int, threshold: int) -> timedelta | None:
+        """The lockout after the ``failures``-th failure, or None below the threshold."""
+        if failures < threshold:
+            return None
+        exponent = min(failures - threshold, 30)
+        return timedelta(seconds=min(self.base_seconds * 2**exponent, self.max_seconds))
+
+
+@dataclass(frozen=True)
+class LoginOutcome:
+    """The result of :func:`authenticate`.
+
+    ``reason`` is ``"ok"``, ``"bad-credentials"`` (unknown user or wrong password:
+    deliberately not told apart), ``"disabled"`` or ``"locked"``; ``retry_after``
+    is set while locked.
+    """
+
+    ok: bool
+    reason: str
+    principal: Principal | None = None
+    retry_after: float | None = None
+
+
+def _throttle(session: Session, key: str) -> LoginThrottle:
+    row = session.scalar(select(LoginThrottle).where(LoginThrottle.key == key).with_for_update())
+    if row is not None:
+        return row
+    try:
+        with session.begin_nested():
+            row = LoginThrottle(key=key, failures=0)
+            session.add(row)
+    except IntegrityError:  # created concurrently: use that one
+        row = session.scalar(
+            select(LoginThrottle).where(LoginThrottle.key == key).with_for_update()
+        )
+        assert row is not None
+    return row
+
+
+def _fail(throttle: LoginThrottle, threshold: int, policy: LockoutPolicy, now: datetime) -> None:
+    if throttle.last_failure_at is not None and now - throttle.last_failure_at > policy.reset_after:
+        throttle.failures = 0
+    throttle.failures += 1
+    throttle.last_failure_at = now
+    lockout = policy.lockout(throttle.failures, threshold)
+    throttle.locked_until = now + lockout if lockout is not None else None
+
+
+def authenticate(
+    session: Session,
+    username: str,
+    password: str,
+    *,
+    source: str = "",
+    policy: LockoutPolicy | None = None,
+    now: datetime | None = None,
+) -> LoginOutcome:
+    """Check a user name and password, with throttling; audit the attempt.
+
+    Parameters
+    ----------
+    session
+        The caller's session; commit it after the call, whatever the outcome.
+    username, password
+        What was typed.
+    source
+        The client's address (for per-source throttling and the audit record).
+    policy
+        Throttling policy (default :class:`LockoutPolicy`).
+    now
+        The current time (tests pass a clock).
+    """
+    policy = policy or LockoutPolicy()
+    now = now or utcnow()
+    name = username[:64]
+    user_key = _throttle(session, f"user:{name}")
+    source_key = _throttle(session, f"source:{source[:255]}")
+    details: dict[str, object] = {"source": source}
+
+    def failure(reason: str, retry_after: float | None = None) -> LoginOutcome:
+        record_event(
+            session,
+            actor=name,
+            action=AuditAction.LOGIN_FAILURE,
+            details={**details, "reason": reason, "retry_after": retry_after},
+        )
+        return LoginOutcome(ok=False, reason=reason, retry_after=retry_after)
+
+    locks = [k.locked_until for k in (user_key, source_key) if k.locked_until is not None]
+    locked_until = max(locks) if locks else None
+    if locked_until is not None and locked_until > now:
+        return failure("locked", (locked_until - now).total_seconds())
+
+    user = get_user(session, name)
+    matched = verify_password(user.password_hash if user else dummy_hash(), password)
+    if user is None or not matched:
+        _fail(user_key, policy.user_threshold, policy, now)
+        _fail(source_key, policy.source_threshold, policy, now)
+        return failure("bad-credentials")
+    if not user.active:
+        return failure("disabled")
+
+    user_key.failures = 0
+    user_key.locked_until = None
+    user.last_login_at = now
+    if needs_rehash(user.password_hash):
+        user.password_hash = hash_password(password)
+    role = Role(user.role)
+    record_event(
+        session, actor=user.username, role=role.value, action=AuditAction.LOGIN_SUCCESS,
+        details=details,
+    )  # fmt: skip
+    return LoginOutcome(
+        ok=True, reason="ok", principal=Principal(username=user.username, role=role, via="password")
+    )
+
+
+__all__ = ["LockoutPolicy", "LoginOutcome", "authenticate"]

@@ -1,0 +1,52 @@
+"""``overread users add/list/token`` against a real SQLite database."""
+
+from __future__ import annotations
+
+import io
+from pathlib import Path
+
+import pytest
+
+from overread.audit import AuditAction, iter_records
+from overread.security import resolve_token
+from overread.service.db import Database
+
+
+def test_users_add_list_token(run_cli, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:  # type: ignore[no-untyped-def]
+    monkeypatch.delenv("OVERREAD_CONFIG", raising=False)
+    monkeypatch.chdir(tmp_path)
+    url = f"sqlite:///{tmp_path / 'users.db'}"
+    monkeypatch.setattr("sys.stdin", io.StringIO("a long enough password\n"))
+    status, out, _ = run_cli(
+        "users", "add", "alice", "--role", "radiologist", "--password-stdin", "--database-url", url
+    )
+    assert status == 0 and "added alice (radiologist, password)" in out
+    status, out, _ = run_cli("users", "add", "pacs", "--role", "service", "--database-url", url)
+    assert status == 0 and "token-only" in out
+
+    status, _, err = run_cli("users", "add", "alice", "--role", "admin", "--database-url", url)
+    assert status == 2 and "already exists" in err
+    status, _, err = run_cli("users", "add", "bob", "--role", "root", "--database-url", url)
+    assert status == 2 and "unknown role" in err
+
+    status, out, _ = run_cli("users", "list", "--database-url", url)
+    lines = out.splitlines()
+    assert status == 0 and len(lines) == 2
+    assert lines[0].split("\t")[:4] == ["alice", "radiologist", "active", "password"]
+    assert lines[1].split("\t")[:4] == ["pacs", "service", "active", "token-only"]
+
+    status, out, err = run_cli(
+        "users", "token", "pacs", "--expires-days", "7", "--database-url", url
+    )
+    token = out.strip()
+    assert status == 0 and token.startswith("ovr_") and "expires" in err
+    status, _, err = run_cli("users", "token", "nobody", "--database-url", url)
+    assert status == 2 and "no user called" in err
+
+    database = Database(url, create=False)
+    with database.session() as session:
+        principal = resolve_token(session, token)
+        assert principal is not None and principal.username == "pacs"
+        actions = [r.action for r in iter_records(session)]
+    assert actions == [AuditAction.USER_CHANGE, AuditAction.USER_CHANGE, AuditAction.TOKEN_ISSUED]
+    database.dispose()
