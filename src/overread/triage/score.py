@@ -1,0 +1,196 @@
+"""The priority score: why one study should be read before another.
+
+The score is a sum of named terms, so the worklist can show a reader exactly why a
+study sits where it does::
+
+    score = sum_f severity[f] * (p_f + uncertainty_weight * u_f)   # findings
+          + departments[department]                               # context
+          + age points (elderly or paediatric)
+          + min(points_per_waiting_hour * hours waited, max_waiting_points)
+
+Every weight is non-negative, so a more severe or more probable finding, a more
+urgent department or a longer wait never lowers the score. The functions here are
+pure: the clock is an argument.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from typing import Any, Protocol
+
+from overread.triage.config import ScoreWeights
+
+
+class FindingLike(Protocol):
+    """What scoring needs of a finding (``overread.inference.FindingResult`` fits)."""
+
+    @property
+    def label(self) -> str: ...
+
+    @property
+    def probability(self) -> float: ...
+
+    @property
+    def positive(self) -> bool: ...
+
+    @property
+    def uncertainty(self) -> float: ...
+
+
+@dataclass(frozen=True)
+class StudyContext:
+    """What is known of a study besides its pixels.
+
+    Attributes
+    ----------
+    department
+        Requesting department (``"ED"``, ``"ICU"``, ``"outpatient"``...); empty if unknown.
+    patient_age
+        Age in years, ``None`` if unknown.
+    received_at
+        When the study arrived; waiting time is counted from here.
+    """
+
+    department: str = ""
+    patient_age: float | None = None
+    received_at: datetime | None = None
+
+
+@dataclass(frozen=True)
+class ScoreTerm:
+    """One term of the score: what it is, and how many points it added."""
+
+    name: str
+    contribution: float
+    detail: str = ""
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-able form, as stored in the worklist."""
+        return {
+            "name": self.name,
+            "contribution": round(self.contribution, 4),
+            "detail": self.detail,
+        }
+
+
+@dataclass(frozen=True)
+class PriorityScore:
+    """A study's score and its breakdown (terms in descending contribution)."""
+
+    total: float
+    terms: tuple[ScoreTerm, ...] = field(default_factory=tuple)
+
+    def breakdown(self) -> list[dict[str, Any]]:
+        """The terms as JSON-able dicts."""
+        return [t.to_dict() for t in self.terms]
+
+
+def _aware(moment: datetime) -> datetime:
+    return moment if moment.tzinfo is not None else moment.replace(tzinfo=UTC)
+
+
+def finding_terms(findings: Iterable[FindingLike], weights: ScoreWeights) -> list[ScoreTerm]:
+    """One term per finding whose severity weight is non-zero.
+
+    Probabilities and uncertainties are clipped to [0, 1]; a NaN counts as 0 (an
+    unusable output must not hide a study by breaking the sort).
+    """
+    terms: list[ScoreTerm] = []
+    for finding in findings:
+        severity = weights.severity.get(finding.label, 0.0)
+        if severity <= 0:
+            continue
+        probability = _unit(finding.probability)
+        uncertainty = _unit(finding.uncertainty)
+        points = severity * (probability + weights.uncertainty_weight * uncertainty)
+        if points <= 0:
+            continue
+        terms.append(
+            ScoreTerm(
+                name=f"finding:{finding.label}",
+                contribution=points,
+                detail=(
+                    f"severity {severity:g} x (p {probability:.3f} + "
+                    f"{weights.uncertainty_weight:g} x uncertainty {uncertainty:.3f})"
+                ),
+            )
+        )
+    return terms
+
+
+def _unit(value: float) -> float:
+    value = float(value)
+    if math.isnan(value):
+        return 0.0
+    return min(max(value, 0.0), 1.0)
+
+
+def context_terms(context: StudyContext, weights: ScoreWeights, now: datetime) -> list[ScoreTerm]:
+    """Department, age and waiting-time terms (those that add points)."""
+    terms: list[ScoreTerm] = []
+    department = context.department.strip().lower()
+    if department and weights.departments.get(department, 0.0) > 0:
+        terms.append(
+            ScoreTerm(
+                "department", weights.departments[department], f"department {context.department}"
+            )
+        )
+    age = context.patient_age
+    if age is not None and not math.isnan(age):
+        if age >= weights.elderly_age and weights.elderly_points > 0:
+            terms.append(
+                ScoreTerm("age", weights.elderly_points, f"age {age:g} >= {weights.elderly_age:g}")
+            )
+        elif age < weights.paediatric_age and weights.paediatric_points > 0:
+            terms.append(
+                ScoreTerm(
+                    "age", weights.paediatric_points, f"age {age:g} < {weights.paediatric_age:g}"
+                )
+            )
+    if context.received_at is not None:
+        hours = max((_aware(now) - _aware(context.received_at)).total_seconds() / 3600.0, 0.0)
+        points = min(weights.points_per_waiting_hour * hours, weights.max_waiting_points)
+        if points > 0:
+            terms.append(ScoreTerm("waiting", points, f"waited {hours:.2f} h"))
+    return terms
+
+
+def score_study(
+    findings: Sequence[FindingLike],
+    context: StudyContext,
+    weights: ScoreWeights | None = None,
+    *,
+    now: datetime | None = None,
+) -> PriorityScore:
+    """Score one study.
+
+    Parameters
+    ----------
+    findings
+        The model's findings (label, calibrated probability, uncertainty).
+    context
+        Department, patient age, time received.
+    weights
+        Score weights; defaults from :class:`~overread.triage.config.ScoreWeights`.
+    now
+        The clock for waiting time; defaults to the current UTC time.
+    """
+    weights = weights or ScoreWeights()
+    now = now or datetime.now(UTC)
+    terms = finding_terms(findings, weights) + context_terms(context, weights, now)
+    terms.sort(key=lambda t: (-t.contribution, t.name))
+    return PriorityScore(total=sum(t.contribution for t in terms), terms=tuple(terms))
+
+
+__all__ = [
+    "FindingLike",
+    "PriorityScore",
+    "ScoreTerm",
+    "StudyContext",
+    "context_terms",
+    "finding_terms",
+    "score_study",
+]
