@@ -181,3 +181,28 @@ def test_float_pixel_data_with_nan_is_read_and_flagged(write_dicom, tmp_path):
     image = read(path)
     np.testing.assert_array_equal(image.pixels, values)
     assert "pixel data contains NaN or infinite values" in image.warnings
+
+
+def test_concurrent_reads_keep_warnings_apart_and_filters_intact(corpus):
+    import threading
+    import warnings as pywarnings
+
+    padded, clean = corpus("MR_small_padded.dcm"), corpus("MR_small.dcm")
+    filters_before = list(pywarnings.filters)
+    results: dict[str, list[list[str]]] = {"padded": [], "clean": []}
+
+    def work(kind, path):  # type: ignore[no-untyped-def]
+        for _ in range(15):
+            results[kind].append(read(path).warnings)
+
+    threads = [
+        threading.Thread(target=work, args=(kind, path))
+        for kind, path in (("padded", padded), ("clean", clean)) * 2
+    ]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert all(any("padding" in w for w in ws) for ws in results["padded"])
+    assert all(ws == [] for ws in results["clean"])
+    assert pywarnings.filters == filters_before

@@ -81,6 +81,9 @@ def _install_log_filter() -> None:
             target.addFilter(_QuietDuringRead())
 
 
+_CAPTURE_LOCK = threading.RLock()
+
+
 @contextmanager
 def collect_warnings(sink: list[str]) -> Iterator[None]:
     """Turn Python warnings raised by pydicom/decoders into image warnings.
@@ -89,15 +92,22 @@ def collect_warnings(sink: list[str]) -> Iterator[None]:
     traceback; while a read is in progress on this thread those records are
     held back (the warnings and our one-line error carry the content), so a
     command-line user sees one line per bad file.
+
+    ``warnings.catch_warnings`` swaps process-wide state; two threads
+    interleaving it can leave the filters or ``showwarning`` of the other
+    behind for good. A lock makes the capture (and so DICOM reads) one at a
+    time per process: correctness over parallel decoding, which the GIL
+    mostly prevents anyway.
     """
     _install_log_filter()
-    _quiet.active = getattr(_quiet, "active", 0) + 1
-    try:
-        with warnings.catch_warnings(record=True) as caught:
-            warnings.simplefilter("always")
-            yield
-    finally:
-        _quiet.active -= 1
+    with _CAPTURE_LOCK:
+        _quiet.active = getattr(_quiet, "active", 0) + 1
+        try:
+            with warnings.catch_warnings(record=True) as caught:
+                warnings.simplefilter("always")
+                yield
+        finally:
+            _quiet.active -= 1
     for w in caught:
         text = " ".join(str(w.message).split())
         if text not in sink:
