@@ -124,8 +124,9 @@ def check_budget(
     total = rows * columns * frames * samples
     if total > max_pixels:
         raise InvalidDicomError(
-            f"{path}: declares {rows}x{columns}x{frames} frames x{samples} samples = {total} "
-            f"values, more than the limit of {max_pixels} (imaging.max_pixels)"
+            f"{path}: declares {rows}x{columns} pixels x {frames} frame(s) x {samples} "
+            f"sample(s) = {total} values, more than the limit of {max_pixels} "
+            "(imaging.max_pixels)"
         )
     keyword = pixel_keyword(ds)
     actual = _stored_length(ds, keyword, path) if keyword else None
