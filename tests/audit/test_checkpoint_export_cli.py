@@ -133,6 +133,13 @@ def test_cli_verify_checkpoint_export(run_cli, tmp_path: Path, monkeypatch) -> N
     status, out, _ = run_cli("audit", "verify", "--data-dir", data_dir, "--database-url", url)
     assert status == 0 and "1 signed checkpoint(s) matched" in out
 
+    # Deleting the checkpoint file is noticed: the chain records every checkpoint written.
+    (written,) = checkpoint_dir(data_dir).glob("checkpoint-*.json")
+    hidden = written.rename(tmp_path / written.name)
+    status, out, _ = run_cli("audit", "verify", "--data-dir", data_dir, "--database-url", url)
+    assert status == 1 and f"checkpoint {written.name} (recorded at record 6) is missing" in out
+    hidden.rename(written)
+
     with database.engine.begin() as conn:
         conn.execute(text("DELETE FROM audit_events WHERE seq >= 4"))
         conn.execute(

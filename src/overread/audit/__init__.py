@@ -24,6 +24,7 @@ from overread.audit.checkpoint import (
     checkpoint_dir,
     load_checkpoint_key,
     load_checkpoints,
+    missing_checkpoints,
     read_checkpoint,
     write_checkpoint,
 )
@@ -47,6 +48,7 @@ __all__ = [
     "iter_records",
     "load_checkpoint_key",
     "load_checkpoints",
+    "missing_checkpoints",
     "parse_time",
     "read_checkpoint",
     "record_event",

@@ -24,10 +24,12 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 
-from sqlalchemy import Connection, Engine
+from sqlalchemy import Connection, Engine, select
 from sqlalchemy.orm import Session
 
+from overread.audit.actions import AuditAction
 from overread.audit.chain import canonical_json, format_timestamp, verify_chain
+from overread.audit.schema import AuditEvent
 from overread.errors import AuditError
 
 KEY_ENV = "OVERREAD_AUDIT_KEY"
@@ -191,6 +193,35 @@ def load_checkpoints(directory: Path, key: bytes) -> list[Checkpoint]:
     return sorted(found, key=lambda c: (c.head_seq, c.created_at))
 
 
+def missing_checkpoints(
+    source: Session | Connection | Engine, directory: Path
+) -> list[tuple[int, str]]:
+    """Checkpoints the chain says were written (``audit-checkpoint`` events) but are gone.
+
+    Deleting checkpoint files would remove the anchors that catch truncation; the
+    chain itself remembers each checkpoint written, so their disappearance shows.
+
+    Returns
+    -------
+    list of (int, str)
+        The seq of the recording event and the missing file's name.
+    """
+    if isinstance(source, Engine):
+        with source.connect() as connection:
+            return missing_checkpoints(connection, directory)
+    rows = source.execute(
+        select(AuditEvent.seq, AuditEvent.details)
+        .where(AuditEvent.action == AuditAction.AUDIT_CHECKPOINT.value)
+        .order_by(AuditEvent.seq)
+    ).all()
+    missing = []
+    for seq, details in rows:
+        name = str((details or {}).get("file", ""))
+        if name and not (directory / Path(name).name).is_file():
+            missing.append((int(seq), name))
+    return missing
+
+
 __all__ = [
     "ALGORITHM",
     "KEY_ENV",
@@ -199,6 +230,7 @@ __all__ = [
     "key_id",
     "load_checkpoint_key",
     "load_checkpoints",
+    "missing_checkpoints",
     "read_checkpoint",
     "write_checkpoint",
 ]

@@ -18,6 +18,7 @@ from overread.audit import (
     export_events,
     load_checkpoint_key,
     load_checkpoints,
+    missing_checkpoints,
     parse_time,
     record_event,
     verify_chain,
@@ -78,9 +79,17 @@ def verify(
             typer.echo(f"BROKEN: {exc}")
             raise typer.Exit(1) from None
         result = verify_chain(database.engine, checkpoints=checkpoints)
-        typer.echo(result.summary())
         if not result.ok:
+            typer.echo(result.summary())
             raise typer.Exit(1)
+        gone = missing_checkpoints(database.engine, directory)
+        if gone:
+            seq, name = gone[0]
+            typer.echo(
+                f"BROKEN: checkpoint {name} (recorded at record {seq}) is missing from {directory}"
+            )
+            raise typer.Exit(1)
+        typer.echo(result.summary())
     finally:
         database.dispose()
 
