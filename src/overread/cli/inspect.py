@@ -11,7 +11,7 @@ from pydicom.uid import UID
 from overread.cli.app import app
 from overread.config import load_settings
 from overread.errors import ConfigError
-from overread.imaging.dicom import codec_availability
+from overread.imaging.codecs import codec_availability
 from overread.imaging.inspection import Inspection, inspect, iter_files
 
 
