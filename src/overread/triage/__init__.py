@@ -6,6 +6,25 @@ raise alerts delivered by webhook, MQTT or e-mail with retries and escalation; a
 readers' agree/disagree feedback is exported as a labelled dataset for retraining.
 """
 
+from overread.triage.alerts import (
+    SYSTEM_ACTOR,
+    SweepReport,
+    acknowledge,
+    alert_message,
+    backoff,
+    deliver_due,
+    escalate_due,
+    raise_alerts,
+    sweep,
+    triage_prediction,
+)
+from overread.triage.channels import (
+    AlertChannel,
+    EmailChannel,
+    MqttChannel,
+    WebhookChannel,
+    open_channel,
+)
 from overread.triage.config import (
     AlertSettings,
     ChannelConfig,
@@ -13,6 +32,16 @@ from overread.triage.config import (
     TriageConfig,
     load_triage_config,
     triage_config,
+)
+from overread.triage.schema import (
+    Alert,
+    AlertDelivery,
+    AlertState,
+    DeliveryState,
+    Feedback,
+    ReadState,
+    Verdict,
+    WorklistItem,
 )
 from overread.triage.score import (
     FindingLike,
@@ -23,19 +52,62 @@ from overread.triage.score import (
     finding_terms,
     score_study,
 )
+from overread.triage.worklist import (
+    StoredFinding,
+    WorklistPage,
+    critical_findings,
+    get_item,
+    query_worklist,
+    refresh_scores,
+    set_read_state,
+    upsert_prediction,
+    upsert_study,
+)
 
 __all__ = [
+    "SYSTEM_ACTOR",
+    "Alert",
+    "AlertChannel",
+    "AlertDelivery",
     "AlertSettings",
+    "AlertState",
     "ChannelConfig",
+    "DeliveryState",
+    "EmailChannel",
+    "Feedback",
     "FindingLike",
+    "MqttChannel",
     "PriorityScore",
+    "ReadState",
     "ScoreTerm",
     "ScoreWeights",
+    "StoredFinding",
     "StudyContext",
+    "SweepReport",
     "TriageConfig",
+    "Verdict",
+    "WebhookChannel",
+    "WorklistItem",
+    "WorklistPage",
+    "acknowledge",
+    "alert_message",
+    "backoff",
     "context_terms",
+    "critical_findings",
+    "deliver_due",
+    "escalate_due",
     "finding_terms",
+    "get_item",
     "load_triage_config",
+    "open_channel",
+    "query_worklist",
+    "raise_alerts",
+    "refresh_scores",
     "score_study",
+    "set_read_state",
+    "sweep",
     "triage_config",
+    "triage_prediction",
+    "upsert_prediction",
+    "upsert_study",
 ]

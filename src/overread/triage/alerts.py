@@ -1,0 +1,374 @@
+"""Critical-finding alerts: raise once, deliver with retries, acknowledge, escalate.
+
+An alert is raised when a study's finding reaches its critical threshold; the same
+study and finding within ``suppress_minutes`` of the first alert only counts a
+duplicate. Raising writes one pending delivery per level-0 channel; :func:`sweep`
+(called periodically by the service, with its clock) attempts due deliveries,
+retrying failures with exponential backoff until ``max_attempts``, and escalates an
+alert nobody acknowledged within ``escalate_after_minutes`` to the next level's
+channels. All state is in the database, so a restart loses nothing; a delivery is
+attempted at least once per attempt slot (a crash between sending and committing
+can repeat one message, never drop it).
+
+Raising and acknowledging are audited (:func:`overread.audit.record_event`) in the
+caller's transaction, so the audit tables must exist (``overread.audit.create_tables``).
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta
+from typing import Any
+
+from sqlalchemy import select
+from sqlalchemy.orm import Session
+
+from overread.audit import AuditAction, record_event
+from overread.errors import ConfigError, ServiceError
+from overread.triage.channels import AlertChannel, open_channel
+from overread.triage.config import AlertSettings, TriageConfig
+from overread.triage.schema import Alert, AlertDelivery, AlertState, DeliveryState, WorklistItem
+from overread.triage.score import StudyContext
+from overread.triage.worklist import upsert_prediction
+
+logger = logging.getLogger(__name__)
+
+#: The actor recorded for what the system does by itself.
+SYSTEM_ACTOR = "system:overread-triage"
+
+
+def alert_message(alert: Alert) -> dict[str, Any]:
+    """The JSON-able message every channel delivers for an alert."""
+    return {
+        "alert_id": alert.id,
+        "study_instance_uid": alert.study_instance_uid,
+        "finding": alert.finding,
+        "probability": round(alert.probability, 4),
+        "threshold": alert.threshold,
+        "department": alert.department,
+        "score": round(alert.score, 2),
+        "level": alert.level,
+        "raised_at": alert.raised_at.isoformat(),
+        "state": alert.state,
+        "notice": "AI second-reader finding; confirm on the images before acting.",
+    }
+
+
+def _queue_deliveries(
+    session: Session, alert: Alert, settings: AlertSettings, now: datetime
+) -> int:
+    count = 0
+    for channel in settings.channels:
+        if channel.level == alert.level:
+            session.add(
+                AlertDelivery(
+                    alert_id=alert.id,
+                    channel=channel.name,
+                    level=alert.level,
+                    state=DeliveryState.PENDING.value,
+                    next_attempt_at=now,
+                    created_at=now,
+                )
+            )
+            count += 1
+    return count
+
+
+def raise_alerts(
+    session: Session, item: WorklistItem, config: TriageConfig, *, now: datetime
+) -> list[Alert]:
+    """Raise an alert for each critical finding of a worklist study; return new alerts.
+
+    A finding already alerted for this study within the suppression window only
+    bumps that alert's ``duplicates`` and ``last_seen_at``.
+    """
+    settings = config.alerts
+    window_start = now - timedelta(minutes=settings.suppress_minutes)
+    raised: list[Alert] = []
+    for data in item.findings:
+        label = str(data["label"])
+        threshold = settings.critical.get(label)
+        probability = float(data["probability"])
+        if threshold is None or probability < threshold:
+            continue
+        existing = session.execute(
+            select(Alert)
+            .where(
+                Alert.study_instance_uid == item.study_instance_uid,
+                Alert.finding == label,
+                Alert.raised_at >= window_start,
+            )
+            .order_by(Alert.raised_at.desc())
+            .limit(1)
+        ).scalar_one_or_none()
+        if existing is not None:
+            existing.duplicates += 1
+            existing.last_seen_at = now
+            existing.probability = max(existing.probability, probability)
+            logger.info("alert %d: duplicate suppressed (%s)", existing.id, label)
+            continue
+        alert = Alert(
+            study_instance_uid=item.study_instance_uid,
+            finding=label,
+            probability=probability,
+            threshold=threshold,
+            department=item.department,
+            score=item.score,
+            state=AlertState.OPEN.value,
+            level=0,
+            raised_at=now,
+            last_seen_at=now,
+            duplicates=0,
+        )
+        session.add(alert)
+        session.flush()
+        channels = _queue_deliveries(session, alert, settings, now)
+        if channels == 0:
+            logger.warning("alert %d raised but no level-0 channel is configured", alert.id)
+        record_event(
+            session,
+            actor=SYSTEM_ACTOR,
+            action=AuditAction.ALERT,
+            object_uids=[item.study_instance_uid],
+            details={
+                "event": "raised",
+                "alert_id": alert.id,
+                "finding": label,
+                "probability": round(probability, 6),
+                "threshold": threshold,
+                "channels": channels,
+            },
+        )
+        raised.append(alert)
+    session.flush()
+    return raised
+
+
+def acknowledge(
+    session: Session, alert_id: int, *, who: str, now: datetime, role: str = ""
+) -> Alert:
+    """Acknowledge an alert (idempotent: the first acknowledgement is kept).
+
+    Pending deliveries are cancelled: whoever acknowledged knows.
+    """
+    if not who:
+        raise ConfigError("an acknowledgement needs the name of who acknowledged")
+    alert = session.get(Alert, alert_id)
+    if alert is None:
+        raise KeyError(f"alert {alert_id} does not exist")
+    if alert.state == AlertState.ACKNOWLEDGED.value:
+        return alert
+    alert.state = AlertState.ACKNOWLEDGED.value
+    alert.acknowledged_by = who
+    alert.acknowledged_at = now
+    pending = (
+        session.execute(
+            select(AlertDelivery).where(
+                AlertDelivery.alert_id == alert_id,
+                AlertDelivery.state == DeliveryState.PENDING.value,
+            )
+        )
+        .scalars()
+        .all()
+    )
+    for delivery in pending:
+        delivery.state = DeliveryState.CANCELLED.value
+        delivery.last_error = f"cancelled: acknowledged by {who}"
+    record_event(
+        session,
+        actor=who,
+        role=role,
+        action=AuditAction.ALERT,
+        object_uids=[alert.study_instance_uid],
+        details={
+            "event": "acknowledged",
+            "alert_id": alert.id,
+            "finding": alert.finding,
+            "seconds_to_acknowledge": round((now - alert.raised_at).total_seconds(), 3),
+        },
+    )
+    session.flush()
+    return alert
+
+
+def backoff(attempts: int, settings: AlertSettings) -> timedelta:
+    """Wait before attempt ``attempts + 1``: doubling from ``backoff_seconds``, capped."""
+    seconds = settings.backoff_seconds * (2 ** max(attempts - 1, 0))
+    return timedelta(seconds=min(seconds, settings.max_backoff_seconds))
+
+
+def triage_prediction(
+    session: Session,
+    prediction: Any,
+    context: StudyContext,
+    config: TriageConfig,
+    *,
+    now: datetime,
+) -> tuple[WorklistItem, list[Alert]]:
+    """Put a prediction's study on the worklist and raise its critical alerts.
+
+    What the service calls when a result is stored, in the result's transaction.
+    """
+    item = upsert_prediction(session, prediction, context, config, now=now)
+    return item, raise_alerts(session, item, config, now=now)
+
+
+@dataclass
+class SweepReport:
+    """What one :func:`sweep` did."""
+
+    escalated: list[int] = field(default_factory=list)
+    sent: list[int] = field(default_factory=list)
+    retrying: list[int] = field(default_factory=list)
+    failed: list[int] = field(default_factory=list)
+    errors: dict[int, str] = field(default_factory=dict)
+
+
+def escalate_due(
+    session: Session, config: TriageConfig, *, now: datetime, report: SweepReport | None = None
+) -> list[Alert]:
+    """Escalate each open alert unacknowledged for ``escalate_after_minutes`` at its level.
+
+    An alert moves one level per period while channels exist at the next level; the
+    next level's deliveries are queued at once.
+    """
+    settings = config.alerts
+    report = report or SweepReport()
+    levels = {c.level for c in settings.channels}
+    cutoff = now - timedelta(minutes=settings.escalate_after_minutes)
+    escalated: list[Alert] = []
+    open_alerts = (
+        session.execute(
+            select(Alert).where(Alert.state == AlertState.OPEN.value).order_by(Alert.id)
+        )
+        .scalars()
+        .all()
+    )
+    for alert in open_alerts:
+        since = alert.escalated_at or alert.raised_at
+        if since > cutoff or (alert.level + 1) not in levels:
+            continue
+        alert.level += 1
+        alert.escalated_at = now
+        session.flush()
+        channels = _queue_deliveries(session, alert, settings, now)
+        record_event(
+            session,
+            actor=SYSTEM_ACTOR,
+            action=AuditAction.ALERT,
+            object_uids=[alert.study_instance_uid],
+            details={
+                "event": "escalated",
+                "alert_id": alert.id,
+                "finding": alert.finding,
+                "level": alert.level,
+                "channels": channels,
+            },
+        )
+        logger.warning(
+            "alert %d (%s, %s) not acknowledged: escalated to level %d",
+            alert.id,
+            alert.study_instance_uid,
+            alert.finding,
+            alert.level,
+        )
+        escalated.append(alert)
+        report.escalated.append(alert.id)
+    session.flush()
+    return escalated
+
+
+def deliver_due(
+    session: Session,
+    config: TriageConfig,
+    *,
+    now: datetime,
+    channels: Mapping[str, AlertChannel] | None = None,
+    report: SweepReport | None = None,
+) -> SweepReport:
+    """Attempt every pending delivery that is due; reschedule or fail the ones that fail."""
+    settings = config.alerts
+    report = report or SweepReport()
+    by_name: dict[str, AlertChannel] = dict(channels or {})
+    configured = {c.name: c for c in settings.channels}
+    due = session.execute(
+        select(AlertDelivery)
+        .where(
+            AlertDelivery.state == DeliveryState.PENDING.value,
+            AlertDelivery.next_attempt_at <= now,
+        )
+        .order_by(AlertDelivery.next_attempt_at, AlertDelivery.id)
+    ).scalars()
+    for delivery in list(due):
+        alert = session.get(Alert, delivery.alert_id)
+        if alert is None or alert.state != AlertState.OPEN.value:
+            delivery.state = DeliveryState.CANCELLED.value
+            continue
+        channel = by_name.get(delivery.channel)
+        if channel is None and delivery.channel in configured:
+            channel = by_name[delivery.channel] = open_channel(configured[delivery.channel])
+        delivery.attempts += 1
+        try:
+            if channel is None:
+                raise ServiceError(f"alert channel {delivery.channel!r} is no longer configured")
+            channel.send(alert_message(alert))
+        except ServiceError as exc:
+            delivery.last_error = str(exc)
+            report.errors[delivery.id] = str(exc)
+            if delivery.attempts >= settings.max_attempts:
+                delivery.state = DeliveryState.FAILED.value
+                report.failed.append(delivery.id)
+                logger.error("alert delivery %d failed for good: %s", delivery.id, exc)
+            else:
+                delivery.next_attempt_at = now + backoff(delivery.attempts, settings)
+                report.retrying.append(delivery.id)
+                logger.warning("alert delivery %d failed, will retry: %s", delivery.id, exc)
+            continue
+        delivery.state = DeliveryState.SENT.value
+        delivery.sent_at = now
+        delivery.last_error = None
+        report.sent.append(delivery.id)
+    session.flush()
+    return report
+
+
+def sweep(
+    session: Session,
+    config: TriageConfig,
+    *,
+    now: datetime,
+    channels: Mapping[str, AlertChannel] | None = None,
+) -> SweepReport:
+    """Escalate overdue alerts, then attempt due deliveries; what the service calls.
+
+    Parameters
+    ----------
+    session
+        A session in a transaction; the caller commits.
+    config
+        Triage settings (channels, backoff, escalation).
+    now
+        The clock (injected, so escalation and backoff are testable).
+    channels
+        Channel objects by name; built from ``config`` where missing.
+    """
+    report = SweepReport()
+    escalate_due(session, config, now=now, report=report)
+    deliver_due(session, config, now=now, channels=channels, report=report)
+    return report
+
+
+__all__ = [
+    "SYSTEM_ACTOR",
+    "SweepReport",
+    "acknowledge",
+    "alert_message",
+    "backoff",
+    "deliver_due",
+    "escalate_due",
+    "raise_alerts",
+    "sweep",
+    "triage_prediction",
+]

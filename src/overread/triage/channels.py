@@ -1,0 +1,135 @@
+"""Alert channels: a JSON webhook, an MQTT topic, and e-mail over SMTP.
+
+Each channel turns one alert message (a JSON-able dict) into one delivery attempt
+and raises :class:`~overread.errors.ServiceError` naming the channel and the cause
+when the peer does not take it; retrying with backoff is the caller's business
+(:mod:`overread.triage.alerts`), so a channel stays a small, testable adapter.
+"""
+
+from __future__ import annotations
+
+import json
+import smtplib
+import ssl
+from email.message import EmailMessage
+from typing import Any, Protocol
+
+import httpx
+import paho.mqtt.client as mqtt
+from paho.mqtt.enums import CallbackAPIVersion
+
+from overread.errors import ServiceError
+from overread.triage.config import ChannelConfig
+
+
+class AlertChannel(Protocol):
+    """Something that delivers an alert message or raises ``ServiceError``."""
+
+    name: str
+
+    def send(self, message: dict[str, Any]) -> None:
+        """Deliver one message."""
+
+
+class WebhookChannel:
+    """POST the message as JSON; any 2xx status is delivery."""
+
+    def __init__(self, config: ChannelConfig) -> None:
+        self.name = config.name
+        self.url = config.url
+        self.timeout = config.timeout_seconds
+
+    def send(self, message: dict[str, Any]) -> None:
+        """POST ``message``; raise ``ServiceError`` on a connection error or non-2xx."""
+        try:
+            response = httpx.post(self.url, json=message, timeout=self.timeout)
+        except httpx.HTTPError as exc:
+            raise ServiceError(f"webhook {self.name} ({self.url}): {exc}") from None
+        if not response.is_success:
+            raise ServiceError(f"webhook {self.name} ({self.url}): HTTP {response.status_code}")
+
+
+class MqttChannel:
+    """Publish the message as JSON to a topic and wait for the broker's acknowledgement.
+
+    QoS 1 (the default) means the broker has the message when ``send`` returns.
+    """
+
+    def __init__(self, config: ChannelConfig) -> None:
+        self.name = config.name
+        self.host = config.host
+        self.port = config.port
+        self.topic = config.topic
+        self.qos = config.qos
+        self.timeout = config.timeout_seconds
+
+    def send(self, message: dict[str, Any]) -> None:
+        """Publish ``message``; raise ``ServiceError`` if the broker does not take it."""
+        where = f"mqtt {self.name} ({self.host}:{self.port} {self.topic})"
+        client = mqtt.Client(CallbackAPIVersion.VERSION2, client_id="")
+        try:
+            client.connect(self.host, self.port, keepalive=max(int(self.timeout), 5))
+        except OSError as exc:
+            raise ServiceError(f"{where}: cannot connect: {exc}") from None
+        client.loop_start()
+        try:
+            info = client.publish(self.topic, json.dumps(message, sort_keys=True), qos=self.qos)
+            info.wait_for_publish(timeout=self.timeout)
+            if not info.is_published():
+                raise ServiceError(f"{where}: not acknowledged within {self.timeout:g} s")
+        except (ValueError, RuntimeError) as exc:
+            raise ServiceError(f"{where}: {exc}") from None
+        finally:
+            client.disconnect()
+            client.loop_stop()
+
+
+class EmailChannel:
+    """Send a plain-text e-mail with the message as JSON, over SMTP."""
+
+    def __init__(self, config: ChannelConfig) -> None:
+        self.name = config.name
+        self.host = config.host
+        self.port = config.port
+        self.sender = config.sender
+        self.recipients = list(config.recipients)
+        self.timeout = config.timeout_seconds
+
+    def compose(self, message: dict[str, Any]) -> EmailMessage:
+        """The e-mail for one alert message."""
+        email = EmailMessage()
+        level = int(message.get("level", 0))
+        prefix = "ESCALATED " if level > 0 else ""
+        email["Subject"] = (
+            f"{prefix}overread critical finding: {message.get('finding')} "
+            f"(p={float(message.get('probability', 0.0)):.2f}) "
+            f"study {message.get('study_instance_uid')}"
+        )
+        email["From"] = self.sender
+        email["To"] = ", ".join(self.recipients)
+        email.set_content(
+            "A critical finding was flagged by the AI second reader and awaits "
+            "acknowledgement.\n\n" + json.dumps(message, indent=2, sort_keys=True) + "\n"
+        )
+        return email
+
+    def send(self, message: dict[str, Any]) -> None:
+        """Send ``message``; raise ``ServiceError`` if the server refuses it."""
+        where = f"email {self.name} ({self.host}:{self.port})"
+        try:
+            with smtplib.SMTP(self.host, self.port, timeout=self.timeout) as smtp:
+                smtp.send_message(self.compose(message))
+        except (OSError, smtplib.SMTPException, ssl.SSLError) as exc:
+            raise ServiceError(f"{where}: {exc}") from None
+
+
+def open_channel(config: ChannelConfig) -> AlertChannel:
+    """The channel a :class:`ChannelConfig` describes."""
+    if config.kind == "webhook":
+        return WebhookChannel(config)
+    if config.kind == "mqtt":
+        return MqttChannel(config)
+    return EmailChannel(config)
+
+
+__all__ = ["AlertChannel", "EmailChannel", "MqttChannel", "WebhookChannel", "open_channel"]

@@ -1,0 +1,152 @@
+"""The triage tables, on the gateway's declarative base.
+
+``worklist_items`` holds one row per study with its score and the breakdown that
+explains it; ``alerts`` one row per (study, critical finding) episode, with
+``alert_deliveries`` recording each channel's delivery attempts; ``feedback`` the
+readers' verdicts on each finding. Living on :class:`overread.service.db.Base`, they
+are created with the gateway's tables and run on SQLite and PostgreSQL alike.
+"""
+
+from __future__ import annotations
+
+import enum
+from datetime import datetime
+from typing import Any
+
+from sqlalchemy import Boolean, Float, ForeignKey, Index, Integer, String, Text
+from sqlalchemy.orm import Mapped, mapped_column
+
+from overread.service.db import Base, utcnow
+
+
+class ReadState(enum.StrEnum):
+    """Where a study is in reading."""
+
+    UNREAD = "unread"
+    IN_PROGRESS = "in-progress"
+    READ = "read"
+
+
+class AlertState(enum.StrEnum):
+    """An alert is open until someone acknowledges it."""
+
+    OPEN = "open"
+    ACKNOWLEDGED = "acknowledged"
+
+
+class DeliveryState(enum.StrEnum):
+    """One channel's delivery of one alert: retried until sent or out of attempts.
+
+    A delivery still pending when its alert is acknowledged is cancelled.
+    """
+
+    PENDING = "pending"
+    SENT = "sent"
+    FAILED = "failed"
+    CANCELLED = "cancelled"
+
+
+class Verdict(enum.StrEnum):
+    """A reader's verdict on one finding of the model."""
+
+    AGREE = "agree"
+    DISAGREE = "disagree"
+    UNCERTAIN = "uncertain"
+    LABEL = "label"
+
+
+class WorklistItem(Base):
+    """One study on the worklist: its score, why, and its reading state."""
+
+    __tablename__ = "worklist_items"
+    __table_args__ = (Index("ix_worklist_order", "state", "score"),)
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    study_instance_uid: Mapped[str] = mapped_column(String(64), unique=True)
+    sop_instance_uid: Mapped[str] = mapped_column(String(64), default="")
+    path: Mapped[str] = mapped_column(String(1024), default="")
+    patient_id: Mapped[str] = mapped_column(String(64), default="")
+    department: Mapped[str] = mapped_column(String(64), default="", index=True)
+    patient_age: Mapped[float | None] = mapped_column(Float, default=None)
+    received_at: Mapped[datetime | None] = mapped_column(default=None)
+    score: Mapped[float] = mapped_column(Float, default=0.0, index=True)
+    breakdown: Mapped[list[Any]] = mapped_column(default=list)
+    findings: Mapped[list[Any]] = mapped_column(default=list)
+    has_critical: Mapped[bool] = mapped_column(Boolean, default=False, index=True)
+    critical_findings: Mapped[list[Any]] = mapped_column(default=list)
+    model_name: Mapped[str] = mapped_column(String(128), default="")
+    model_version: Mapped[str] = mapped_column(String(64), default="")
+    state: Mapped[str] = mapped_column(String(16), default=ReadState.UNREAD.value)
+    reader: Mapped[str] = mapped_column(String(128), default="")
+    scored_at: Mapped[datetime] = mapped_column(default=utcnow)
+    updated_at: Mapped[datetime] = mapped_column(default=utcnow)
+
+
+class Alert(Base):
+    """A critical finding on a study, raised once per suppression window."""
+
+    __tablename__ = "alerts"
+    __table_args__ = (Index("ix_alerts_identity", "study_instance_uid", "finding", "raised_at"),)
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    study_instance_uid: Mapped[str] = mapped_column(String(64))
+    finding: Mapped[str] = mapped_column(String(64))
+    probability: Mapped[float] = mapped_column(Float)
+    threshold: Mapped[float] = mapped_column(Float)
+    department: Mapped[str] = mapped_column(String(64), default="")
+    score: Mapped[float] = mapped_column(Float, default=0.0)
+    state: Mapped[str] = mapped_column(String(16), default=AlertState.OPEN.value, index=True)
+    level: Mapped[int] = mapped_column(Integer, default=0)
+    raised_at: Mapped[datetime] = mapped_column(default=utcnow)
+    last_seen_at: Mapped[datetime] = mapped_column(default=utcnow)
+    duplicates: Mapped[int] = mapped_column(Integer, default=0)
+    escalated_at: Mapped[datetime | None] = mapped_column(default=None)
+    acknowledged_by: Mapped[str | None] = mapped_column(String(128), default=None)
+    acknowledged_at: Mapped[datetime | None] = mapped_column(default=None)
+
+
+class AlertDelivery(Base):
+    """One channel's delivery of one alert, with its retry state."""
+
+    __tablename__ = "alert_deliveries"
+    __table_args__ = (Index("ix_alert_deliveries_due", "state", "next_attempt_at"),)
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    alert_id: Mapped[int] = mapped_column(ForeignKey("alerts.id"), index=True)
+    channel: Mapped[str] = mapped_column(String(64))
+    level: Mapped[int] = mapped_column(Integer, default=0)
+    state: Mapped[str] = mapped_column(String(16), default=DeliveryState.PENDING.value)
+    attempts: Mapped[int] = mapped_column(Integer, default=0)
+    next_attempt_at: Mapped[datetime] = mapped_column(default=utcnow)
+    last_error: Mapped[str | None] = mapped_column(Text, default=None)
+    sent_at: Mapped[datetime | None] = mapped_column(default=None)
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+
+
+class Feedback(Base):
+    """A reader's verdict on one finding, with the model's output it judged."""
+
+    __tablename__ = "feedback"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    study_instance_uid: Mapped[str] = mapped_column(String(64), index=True)
+    finding: Mapped[str] = mapped_column(String(64))
+    verdict: Mapped[str] = mapped_column(String(16))
+    label: Mapped[float] = mapped_column(Float)
+    probability: Mapped[float | None] = mapped_column(Float, default=None)
+    threshold: Mapped[float | None] = mapped_column(Float, default=None)
+    uncertainty: Mapped[float | None] = mapped_column(Float, default=None)
+    reader: Mapped[str] = mapped_column(String(128))
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+
+
+__all__ = [
+    "Alert",
+    "AlertDelivery",
+    "AlertState",
+    "DeliveryState",
+    "Feedback",
+    "ReadState",
+    "Verdict",
+    "WorklistItem",
+]

@@ -1,0 +1,318 @@
+"""The worklist: one scored row per study, and the queries a reading room needs.
+
+A study's row is written when its result arrives (:func:`triage_study`), rescored as
+it waits (:func:`refresh_scores`), and moved through unread -> in-progress -> read by
+readers (:func:`set_read_state`). The stored breakdown is what the UI shows next to
+the score; the stored findings are what feedback and rescoring read back.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Sequence
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any
+
+from sqlalchemy import func, select
+from sqlalchemy.orm import Session
+
+from overread.errors import ConfigError
+from overread.triage.config import AlertSettings, TriageConfig
+from overread.triage.schema import ReadState, WorklistItem
+from overread.triage.score import FindingLike, StudyContext, score_study
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class StoredFinding:
+    """A finding as kept in ``worklist_items.findings``."""
+
+    label: str
+    probability: float
+    positive: bool
+    uncertainty: float
+    threshold: float | None = None
+
+    @classmethod
+    def from_finding(cls, finding: FindingLike) -> StoredFinding:
+        """Copy what triage needs out of any finding-like object."""
+        threshold = getattr(finding, "threshold", None)
+        return cls(
+            label=str(finding.label),
+            probability=float(finding.probability),
+            positive=bool(finding.positive),
+            uncertainty=float(finding.uncertainty),
+            threshold=None if threshold is None else float(threshold),
+        )
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> StoredFinding:
+        """Read one back from its JSON form."""
+        threshold = data.get("threshold")
+        return cls(
+            label=str(data["label"]),
+            probability=float(data["probability"]),
+            positive=bool(data.get("positive", False)),
+            uncertainty=float(data.get("uncertainty", 0.0)),
+            threshold=None if threshold is None else float(threshold),
+        )
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-able form."""
+        return {
+            "label": self.label,
+            "probability": self.probability,
+            "positive": self.positive,
+            "uncertainty": self.uncertainty,
+            "threshold": self.threshold,
+        }
+
+
+def critical_findings(
+    findings: Sequence[FindingLike], alerts: AlertSettings
+) -> list[tuple[str, float, float]]:
+    """``(label, probability, threshold)`` of each finding at or over its alert threshold."""
+    hits: list[tuple[str, float, float]] = []
+    for finding in findings:
+        threshold = alerts.critical.get(finding.label)
+        if threshold is not None and float(finding.probability) >= threshold:
+            hits.append((finding.label, float(finding.probability), threshold))
+    return hits
+
+
+def _stored(item: WorklistItem) -> list[StoredFinding]:
+    return [StoredFinding.from_dict(d) for d in item.findings]
+
+
+def _context(item: WorklistItem) -> StudyContext:
+    return StudyContext(item.department, item.patient_age, item.received_at)
+
+
+def upsert_study(
+    session: Session,
+    study_instance_uid: str,
+    findings: Sequence[FindingLike],
+    context: StudyContext,
+    config: TriageConfig,
+    *,
+    now: datetime,
+    sop_instance_uid: str = "",
+    path: str = "",
+    patient_id: str = "",
+    model_name: str = "",
+    model_version: str = "",
+) -> WorklistItem:
+    """Score a study and write (or update) its worklist row; return the row.
+
+    A study scored again (a new model version, or a re-run) keeps its reading state.
+    """
+    if not study_instance_uid:
+        raise ConfigError("a worklist entry needs a Study Instance UID")
+    stored = [StoredFinding.from_finding(f) for f in findings]
+    score = score_study(stored, context, config.weights, now=now)
+    critical = critical_findings(stored, config.alerts)
+    item = session.execute(
+        select(WorklistItem).where(WorklistItem.study_instance_uid == study_instance_uid)
+    ).scalar_one_or_none()
+    if item is None:
+        item = WorklistItem(study_instance_uid=study_instance_uid, state=ReadState.UNREAD.value)
+        session.add(item)
+    item.sop_instance_uid = sop_instance_uid or item.sop_instance_uid or ""
+    item.path = path or item.path or ""
+    item.patient_id = patient_id or item.patient_id or ""
+    item.department = context.department
+    item.patient_age = context.patient_age
+    item.received_at = context.received_at or item.received_at or now
+    item.score = score.total
+    item.breakdown = score.breakdown()
+    item.findings = [f.to_dict() for f in stored]
+    item.has_critical = bool(critical)
+    item.critical_findings = [label for label, _, _ in critical]
+    item.model_name = model_name
+    item.model_version = model_version
+    item.scored_at = now
+    item.updated_at = now
+    session.flush()
+    logger.info(
+        "worklist %s: score %.1f%s",
+        study_instance_uid,
+        score.total,
+        f", critical {', '.join(item.critical_findings)}" if critical else "",
+        extra={"study_instance_uid": study_instance_uid, "score": score.total},
+    )
+    return item
+
+
+def refresh_scores(session: Session, config: TriageConfig, *, now: datetime) -> int:
+    """Rescore every study not yet read (waiting time grows); return how many."""
+    items = session.execute(
+        select(WorklistItem).where(WorklistItem.state != ReadState.READ.value)
+    ).scalars()
+    count = 0
+    for item in items:
+        score = score_study(_stored(item), _context(item), config.weights, now=now)
+        item.score = score.total
+        item.breakdown = score.breakdown()
+        item.scored_at = now
+        count += 1
+    session.flush()
+    return count
+
+
+def set_read_state(
+    session: Session, study_instance_uid: str, state: ReadState | str, *, reader: str, now: datetime
+) -> WorklistItem:
+    """Move a study to unread, in-progress or read, recording who."""
+    try:
+        new_state = ReadState(state)
+    except ValueError:
+        known = ", ".join(s.value for s in ReadState)
+        raise ConfigError(f"unknown reading state {state!r} (known: {known})") from None
+    item = get_item(session, study_instance_uid)
+    item.state = new_state.value
+    item.reader = reader
+    item.updated_at = now
+    session.flush()
+    return item
+
+
+def get_item(session: Session, study_instance_uid: str) -> WorklistItem:
+    """The worklist row of a study.
+
+    Raises
+    ------
+    KeyError
+        If the study is not on the worklist.
+    """
+    item = session.execute(
+        select(WorklistItem).where(WorklistItem.study_instance_uid == study_instance_uid)
+    ).scalar_one_or_none()
+    if item is None:
+        raise KeyError(f"study {study_instance_uid} is not on the worklist")
+    return item
+
+
+@dataclass(frozen=True)
+class WorklistPage:
+    """One page of the ordered worklist and the number of rows matching in all."""
+
+    items: list[WorklistItem]
+    total: int
+    offset: int
+    limit: int
+
+
+def query_worklist(
+    session: Session,
+    *,
+    state: ReadState | str | Sequence[ReadState | str] | None = None,
+    department: str | None = None,
+    min_score: float | None = None,
+    has_critical: bool | None = None,
+    limit: int = 50,
+    offset: int = 0,
+) -> WorklistPage:
+    """The worklist, highest score first (ties: longest waiting, then oldest row).
+
+    Parameters
+    ----------
+    state
+        One reading state or several; ``None`` for all.
+    department
+        Requesting department, matched case-insensitively.
+    min_score
+        Only studies scoring at least this.
+    has_critical
+        Only studies with (``True``) or without (``False``) a critical finding.
+    limit, offset
+        Pagination.
+    """
+    if limit < 1 or offset < 0:
+        raise ConfigError(f"invalid page: limit {limit} must be >= 1 and offset {offset} >= 0")
+    conditions: list[Any] = []
+    if state is not None:
+        states = [state] if isinstance(state, str) else list(state)
+        conditions.append(WorklistItem.state.in_([ReadState(s).value for s in states]))
+    if department:
+        conditions.append(func.lower(WorklistItem.department) == department.strip().lower())
+    if min_score is not None:
+        conditions.append(WorklistItem.score >= min_score)
+    if has_critical is not None:
+        conditions.append(WorklistItem.has_critical.is_(has_critical))
+    total = session.execute(
+        select(func.count()).select_from(WorklistItem).where(*conditions)
+    ).scalar_one()
+    rows = (
+        session.execute(
+            select(WorklistItem)
+            .where(*conditions)
+            .order_by(
+                WorklistItem.score.desc(),
+                WorklistItem.received_at.asc(),
+                WorklistItem.id.asc(),
+            )
+            .limit(limit)
+            .offset(offset)
+        )
+        .scalars()
+        .all()
+    )
+    return WorklistPage(items=list(rows), total=int(total), offset=offset, limit=limit)
+
+
+def upsert_prediction(
+    session: Session,
+    prediction: Any,
+    context: StudyContext,
+    config: TriageConfig,
+    *,
+    now: datetime,
+) -> WorklistItem:
+    """:func:`upsert_study` for an :class:`overread.inference.Prediction`.
+
+    The study, instance, patient and model come from the prediction; department,
+    age and time received from ``context`` (the image header does not say them
+    reliably; the RIS or the study record does).
+
+    Raises
+    ------
+    ConfigError
+        If the prediction failed (``ok`` false) or names no study.
+    """
+    if not getattr(prediction, "ok", True):
+        raise ConfigError(
+            f"{prediction.path}: prediction failed ({prediction.error}); nothing to triage"
+        )
+    metadata = getattr(prediction, "metadata", None)
+    model = getattr(prediction, "model", None)
+    study_uid = getattr(metadata, "study_instance_uid", "") or ""
+    if not study_uid:
+        raise ConfigError(f"{prediction.path}: prediction has no Study Instance UID")
+    return upsert_study(
+        session,
+        study_uid,
+        list(prediction.findings),
+        context,
+        config,
+        now=now,
+        sop_instance_uid=getattr(metadata, "sop_instance_uid", "") or "",
+        path=str(prediction.path or ""),
+        patient_id=getattr(metadata, "patient_id", "") or "",
+        model_name=getattr(model, "name", "") or "",
+        model_version=getattr(model, "version", "") or "",
+    )
+
+
+__all__ = [
+    "StoredFinding",
+    "WorklistPage",
+    "critical_findings",
+    "get_item",
+    "query_worklist",
+    "refresh_scores",
+    "set_read_state",
+    "upsert_prediction",
+    "upsert_study",
+]

@@ -1,0 +1,107 @@
+"""Triage fixtures: a database with the gateway and audit tables, a webhook receiver."""
+
+from __future__ import annotations
+
+import json
+import threading
+import uuid
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from overread.audit import create_tables as create_audit_tables
+from overread.service.db import Database
+
+NOW = datetime(2026, 1, 5, 12, 0, tzinfo=UTC)
+PG_ADMIN = "host=127.0.0.1 port=5432 user=postgres dbname=postgres"
+
+
+@dataclass(frozen=True)
+class F:
+    """A finding as the inference pipeline reports it (the fields triage reads)."""
+
+    label: str
+    probability: float
+    positive: bool = False
+    uncertainty: float = 0.0
+    threshold: float = 0.5
+
+
+def _open(url: str) -> Database:
+    db = Database(url)
+    create_audit_tables(db.engine)
+    return db
+
+
+@pytest.fixture
+def db(tmp_path: Path) -> Iterator[Database]:
+    """SQLite in a temporary directory, every table created."""
+    database = _open(f"sqlite:///{tmp_path / 'overread.db'}")
+    yield database
+    database.dispose()
+
+
+@pytest.fixture(scope="module")
+def pg_db() -> Iterator[Database]:
+    """A fresh PostgreSQL database for the test module, dropped afterwards."""
+    psycopg = pytest.importorskip("psycopg")
+    name = f"overread_triage_{uuid.uuid4().hex[:10]}"
+    try:
+        admin = psycopg.connect(PG_ADMIN, autocommit=True)
+    except psycopg.OperationalError as exc:
+        pytest.skip(f"PostgreSQL on 127.0.0.1:5432 not reachable: {exc}")
+    with admin:
+        admin.execute(f'CREATE DATABASE "{name}"')
+    database = _open(f"postgresql+psycopg://postgres@127.0.0.1:5432/{name}")
+    try:
+        yield database
+    finally:
+        database.dispose()
+        with psycopg.connect(PG_ADMIN, autocommit=True) as admin:
+            admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+
+
+@dataclass
+class WebhookReceiver:
+    """A real HTTP server on loopback that records JSON POSTs.
+
+    ``fail_next`` makes the next N requests answer 503 (a receiver that is down).
+    """
+
+    url: str = ""
+    received: list[dict[str, Any]] = field(default_factory=list)
+    fail_next: int = 0
+    lock: threading.Lock = field(default_factory=threading.Lock)
+
+
+@pytest.fixture
+def webhook() -> Iterator[WebhookReceiver]:
+    receiver = WebhookReceiver()
+
+    class Handler(BaseHTTPRequestHandler):
+        def do_POST(self) -> None:
+            body = self.rfile.read(int(self.headers.get("Content-Length", "0")))
+            with receiver.lock:
+                failing = receiver.fail_next > 0
+                if failing:
+                    receiver.fail_next -= 1
+                else:
+                    receiver.received.append(json.loads(body))
+            self.send_response(503 if failing else 204)
+            self.end_headers()
+
+        def log_message(self, format: str, *args: Any) -> None:
+            pass
+
+    server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    receiver.url = f"http://127.0.0.1:{server.server_address[1]}/alerts"
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    yield receiver
+    server.shutdown()
+    server.server_close()
