@@ -70,7 +70,8 @@ def pg_db() -> Iterator[Database]:
 class WebhookReceiver:
     """A real HTTP server on loopback that records JSON POSTs.
 
-    ``fail_next`` makes the next N requests answer 503 (a receiver that is down).
+    Each recorded message gets the request path under ``"path"``; ``fail_next``
+    makes the next N requests answer 503 (a receiver that is down).
     """
 
     url: str = ""
@@ -91,7 +92,7 @@ def webhook() -> Iterator[WebhookReceiver]:
                 if failing:
                     receiver.fail_next -= 1
                 else:
-                    receiver.received.append(json.loads(body))
+                    receiver.received.append({"path": self.path, **json.loads(body)})
             self.send_response(503 if failing else 204)
             self.end_headers()
 

@@ -226,13 +226,26 @@ class SweepReport:
     errors: dict[int, str] = field(default_factory=dict)
 
 
+def _level_failed(session: Session, alert: Alert) -> bool:
+    # Every delivery at the alert's level failed for good: nobody can have been told.
+    states = set(
+        session.execute(
+            select(AlertDelivery.state).where(
+                AlertDelivery.alert_id == alert.id, AlertDelivery.level == alert.level
+            )
+        ).scalars()
+    )
+    return states == {DeliveryState.FAILED.value}
+
+
 def escalate_due(
     session: Session, config: TriageConfig, *, now: datetime, report: SweepReport | None = None
 ) -> list[Alert]:
     """Escalate each open alert unacknowledged for ``escalate_after_minutes`` at its level.
 
-    An alert moves one level per period while channels exist at the next level; the
-    next level's deliveries are queued at once.
+    An alert moves one level per period while channels exist at the next level, and
+    at once when every delivery at its level has failed for good (nobody was told);
+    the next level's deliveries are queued immediately.
     """
     settings = config.alerts
     report = report or SweepReport()
@@ -247,8 +260,10 @@ def escalate_due(
         .all()
     )
     for alert in open_alerts:
+        if (alert.level + 1) not in levels:
+            continue
         since = alert.escalated_at or alert.raised_at
-        if since > cutoff or (alert.level + 1) not in levels:
+        if since > cutoff and not _level_failed(session, alert):
             continue
         alert.level += 1
         alert.escalated_at = now

@@ -1,0 +1,219 @@
+"""Critical-finding alerts: raising, suppression, retries, acknowledgement, escalation.
+
+Deliveries go to a real HTTP server on loopback; the clock is injected.
+"""
+
+from __future__ import annotations
+
+from datetime import timedelta
+from typing import Any
+
+import pytest
+from sqlalchemy import select
+
+from overread.audit import AuditEvent, verify_chain
+from overread.errors import ConfigError
+from overread.service.db import Database
+from overread.triage import (
+    Alert,
+    AlertDelivery,
+    StudyContext,
+    TriageConfig,
+    acknowledge,
+    backoff,
+    raise_alerts,
+    sweep,
+    triage_config,
+    upsert_study,
+)
+
+from .conftest import NOW, F, WebhookReceiver
+
+
+def _config(webhook: WebhookReceiver, **alerts: Any) -> TriageConfig:
+    base = webhook.url.rsplit("/", 1)[0]
+    return triage_config(
+        {
+            "alerts": {
+                "channels": [
+                    {"name": "reading-room", "kind": "webhook", "url": f"{base}/room"},
+                    {"name": "on-call", "kind": "webhook", "url": f"{base}/oncall", "level": 1},
+                ],
+                **alerts,
+            }
+        }
+    )
+
+
+def _triage(db: Database, config: TriageConfig, uid: str, findings: list[F], at: Any) -> list[int]:
+    with db.session() as session:
+        item = upsert_study(session, uid, findings, StudyContext("ED", 70, at), config, now=at)
+        return [a.id for a in raise_alerts(session, item, config, now=at)]
+
+
+def _alert_events(db: Database) -> list[dict[str, Any]]:
+    with db.session() as session:
+        rows = session.execute(
+            select(AuditEvent).where(AuditEvent.action == "alert").order_by(AuditEvent.seq)
+        ).scalars()
+        return [{"actor": r.actor, **r.details} for r in rows]
+
+
+def test_critical_finding_raises_one_alert_delivered_by_webhook(
+    db: Database, webhook: WebhookReceiver
+) -> None:
+    config = _config(webhook)
+    ids = _triage(db, config, "1.2.3", [F("Pneumothorax", 0.92, True), F("Edema", 0.99)], NOW)
+    assert len(ids) == 1
+    with db.session() as session:
+        report = sweep(session, config, now=NOW)
+    assert len(report.sent) == 1 and not report.errors
+    [message] = webhook.received
+    assert message["path"] == "/room"
+    assert message["study_instance_uid"] == "1.2.3"
+    assert message["finding"] == "Pneumothorax"
+    assert message["probability"] == pytest.approx(0.92)
+    assert message["alert_id"] == ids[0]
+    with db.session() as session:
+        delivery = session.execute(select(AlertDelivery)).scalar_one()
+        assert (delivery.state, delivery.attempts, delivery.sent_at) == ("sent", 1, NOW)
+        # Nothing more is due: a second sweep sends nothing.
+        assert sweep(session, config, now=NOW + timedelta(minutes=1)).sent == []
+    events = _alert_events(db)
+    assert [e["event"] for e in events] == ["raised"]
+    assert events[0]["finding"] == "Pneumothorax"
+    assert verify_chain(db.engine).ok
+
+
+def test_thresholds_decide_what_is_critical(db: Database, webhook: WebhookReceiver) -> None:
+    config = _config(webhook)
+    assert _triage(db, config, "1", [F("Pneumothorax", 0.49)], NOW) == []
+    assert _triage(db, config, "2", [F("Pleural Effusion", 0.85, True)], NOW) == []
+    assert len(_triage(db, config, "3", [F("Pleural Effusion", 0.91, True)], NOW)) == 1
+    custom = _config(webhook, critical={"Fracture": 0.3})
+    assert len(_triage(db, custom, "4", [F("Fracture", 0.35), F("Pneumothorax", 0.99)], NOW)) == 1
+
+
+def test_duplicates_within_the_window_are_suppressed(
+    db: Database, webhook: WebhookReceiver
+) -> None:
+    config = _config(webhook, suppress_minutes=60)
+    first = _triage(db, config, "1.9", [F("Pneumothorax", 0.8)], NOW)
+    again = _triage(db, config, "1.9", [F("Pneumothorax", 0.9)], NOW + timedelta(minutes=30))
+    assert len(first) == 1 and again == []
+    with db.session() as session:
+        alert = session.get(Alert, first[0])
+        assert alert is not None
+        assert alert.duplicates == 1
+        assert alert.last_seen_at == NOW + timedelta(minutes=30)
+        assert alert.probability == pytest.approx(0.9)
+    later = _triage(db, config, "1.9", [F("Pneumothorax", 0.9)], NOW + timedelta(minutes=61))
+    assert len(later) == 1 and later != first
+    # Another study with the same finding is its own alert.
+    assert len(_triage(db, config, "2.9", [F("Pneumothorax", 0.9)], NOW)) == 1
+
+
+def test_failed_deliveries_are_retried_with_backoff(db: Database, webhook: WebhookReceiver) -> None:
+    config = _config(webhook, backoff_seconds=10)
+    _triage(db, config, "5.1", [F("Pneumothorax", 0.9)], NOW)
+    webhook.fail_next = 2
+    with db.session() as session:
+        report = sweep(session, config, now=NOW)
+        assert len(report.retrying) == 1 and "HTTP 503" in next(iter(report.errors.values()))
+        delivery = session.execute(select(AlertDelivery)).scalar_one()
+        assert delivery.next_attempt_at == NOW + timedelta(seconds=10)
+    with db.session() as session:
+        assert sweep(session, config, now=NOW + timedelta(seconds=9)).retrying == []
+        assert len(sweep(session, config, now=NOW + timedelta(seconds=10)).retrying) == 1
+        delivery = session.execute(select(AlertDelivery)).scalar_one()
+        assert delivery.next_attempt_at == NOW + timedelta(seconds=30)
+        assert sweep(session, config, now=NOW + timedelta(seconds=29)).sent == []
+        assert len(sweep(session, config, now=NOW + timedelta(seconds=30)).sent) == 1
+        assert delivery.attempts == 3 and delivery.last_error is None
+    assert len(webhook.received) == 1
+
+
+def test_delivery_fails_for_good_after_max_attempts_and_escalates(
+    db: Database, webhook: WebhookReceiver
+) -> None:
+    config = _config(webhook, max_attempts=2, backoff_seconds=1)
+    _triage(db, config, "5.2", [F("Pneumothorax", 0.9)], NOW)
+    webhook.fail_next = 10
+    with db.session() as session:
+        sweep(session, config, now=NOW)
+        report = sweep(session, config, now=NOW + timedelta(seconds=1))
+        assert len(report.failed) == 1
+        delivery = session.execute(select(AlertDelivery)).scalar_one()
+        assert delivery.state == "failed" and "503" in (delivery.last_error or "")
+        # Nobody was told: the next sweep escalates at once, well before 15 minutes,
+        # and the failed delivery is not attempted again.
+        report = sweep(session, config, now=NOW + timedelta(seconds=2))
+        assert report.escalated == [delivery.alert_id]
+        assert delivery.id not in report.errors and len(report.retrying) == 1
+
+
+def test_unreachable_webhook_is_an_error_not_a_crash(db: Database) -> None:
+    config = triage_config(
+        {
+            "alerts": {
+                "channels": [{"name": "dead", "kind": "webhook", "url": "http://127.0.0.1:9/"}]
+            }
+        }
+    )
+    _triage(db, config, "5.3", [F("Pneumothorax", 0.9)], NOW)
+    with db.session() as session:
+        report = sweep(session, config, now=NOW)
+    assert "webhook dead (http://127.0.0.1:9/)" in next(iter(report.errors.values()))
+
+
+def test_unacknowledged_alert_escalates_to_the_next_level(
+    db: Database, webhook: WebhookReceiver
+) -> None:
+    config = _config(webhook, escalate_after_minutes=15)
+    [alert_id] = _triage(db, config, "6.1", [F("Pneumothorax", 0.9)], NOW)
+    with db.session() as session:
+        sweep(session, config, now=NOW)
+        assert sweep(session, config, now=NOW + timedelta(minutes=14)).escalated == []
+    with db.session() as session:
+        report = sweep(session, config, now=NOW + timedelta(minutes=15))
+        assert report.escalated == [alert_id] and len(report.sent) == 1
+    assert [m["path"] for m in webhook.received] == ["/room", "/oncall"]
+    assert webhook.received[1]["level"] == 1
+    with db.session() as session:
+        # No level 2 channel: the alert stays at level 1.
+        assert sweep(session, config, now=NOW + timedelta(hours=2)).escalated == []
+        alert = acknowledge(session, alert_id, who="dr.oncall", now=NOW + timedelta(minutes=20))
+        assert alert.state == "acknowledged" and alert.acknowledged_by == "dr.oncall"
+    events = _alert_events(db)
+    assert [e["event"] for e in events] == ["raised", "escalated", "acknowledged"]
+    assert events[2]["actor"] == "dr.oncall"
+    assert events[2]["seconds_to_acknowledge"] == pytest.approx(1200)
+
+
+def test_acknowledged_alert_neither_escalates_nor_delivers(
+    db: Database, webhook: WebhookReceiver
+) -> None:
+    config = _config(webhook)
+    [alert_id] = _triage(db, config, "6.2", [F("Pneumothorax", 0.9)], NOW)
+    with db.session() as session:
+        acknowledge(session, alert_id, who="dr.a", now=NOW + timedelta(seconds=5))
+        # Acknowledging twice keeps the first acknowledgement.
+        again = acknowledge(session, alert_id, who="dr.b", now=NOW + timedelta(seconds=9))
+        assert again.acknowledged_by == "dr.a"
+        report = sweep(session, config, now=NOW + timedelta(hours=1))
+        assert report.sent == [] and report.escalated == []
+        delivery = session.execute(select(AlertDelivery)).scalar_one()
+        assert delivery.state == "cancelled"
+    assert webhook.received == []
+    with db.session() as session:
+        with pytest.raises(KeyError):
+            acknowledge(session, 999, who="dr.a", now=NOW)
+        with pytest.raises(ConfigError, match="who acknowledged"):
+            acknowledge(session, alert_id, who="", now=NOW)
+
+
+def test_backoff_doubles_and_is_capped() -> None:
+    settings = TriageConfig().alerts.model_copy(
+        update={"backoff_seconds": 10, "max_backoff_seconds": 60}
+    )
+    assert [backoff(n, settings).total_seconds() for n in (1, 2, 3, 4, 5)] == [10, 20, 40, 60, 60]
