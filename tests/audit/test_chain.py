@@ -281,3 +281,10 @@ def test_unknown_action_and_bad_details_are_refused(database: Database) -> None:
         with pytest.raises(AuditError, match="canonical JSON"):
             record_event(session, actor="a", action="view", details={"x": float("nan")})
     assert verify_chain(database.engine).count == 0
+
+
+def test_recording_without_audit_tables_says_what_to_do(tmp_path: Path) -> None:
+    db = Database(f"sqlite:///{tmp_path / 'bare.db'}")
+    with pytest.raises(AuditError, match="create_tables"), db.session() as session:
+        record_event(session, actor="a", action=AuditAction.RECEIVE)
+    db.dispose()

@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 from overread.audit import AuditAction, iter_records
-from overread.security import resolve_token
+from overread.security import authenticate, resolve_token
 from overread.service.db import Database
 
 
@@ -47,6 +47,32 @@ def test_users_add_list_token(run_cli, tmp_path: Path, monkeypatch: pytest.Monke
     with database.session() as session:
         principal = resolve_token(session, token)
         assert principal is not None and principal.username == "pacs"
+
+    status, out, _ = run_cli("users", "disable", "pacs", "--database-url", url)
+    assert status == 0 and "disabled pacs" in out
+    with database.session() as session:
+        assert resolve_token(session, token) is None
+    status, out, _ = run_cli("users", "enable", "pacs", "--database-url", url)
+    assert status == 0 and "enabled pacs" in out
+    with database.session() as session:
+        assert resolve_token(session, token) is not None
+
+    monkeypatch.setattr("sys.stdin", io.StringIO("short\n"))
+    status, _, err = run_cli("users", "password", "alice", "--database-url", url)
+    assert status == 2 and "too short" in err
+    monkeypatch.setattr("sys.stdin", io.StringIO("another long password\n"))
+    status, out, _ = run_cli("users", "password", "alice", "--database-url", url)
+    assert status == 0 and "password changed for alice" in out
+    with database.session() as session:
+        assert authenticate(session, "alice", "another long password").ok
         actions = [r.action for r in iter_records(session)]
-    assert actions == [AuditAction.USER_CHANGE, AuditAction.USER_CHANGE, AuditAction.TOKEN_ISSUED]
+    assert actions == [
+        AuditAction.USER_CHANGE,  # add alice
+        AuditAction.USER_CHANGE,  # add pacs
+        AuditAction.TOKEN_ISSUED,
+        AuditAction.USER_CHANGE,  # disable
+        AuditAction.USER_CHANGE,  # enable
+        AuditAction.USER_CHANGE,  # password
+        AuditAction.LOGIN_SUCCESS,
+    ]
     database.dispose()

@@ -24,6 +24,7 @@ from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
 
 from sqlalchemy import Connection, Engine, insert, select, update
+from sqlalchemy.exc import OperationalError, ProgrammingError
 from sqlalchemy.orm import Session
 
 from overread.audit.actions import AuditAction
@@ -161,11 +162,17 @@ def record_event(
     uids = [str(uid) for uid in object_uids]
     clean_details = _normalised_details(details)
     # Take the chain lock first: the UPDATE waits for any other appender to finish.
-    bumped = session.execute(
-        update(AuditChainHead)
-        .where(AuditChainHead.id == HEAD_ID)
-        .values(seq=AuditChainHead.seq + 1)
-    )
+    try:
+        bumped = session.execute(
+            update(AuditChainHead)
+            .where(AuditChainHead.id == HEAD_ID)
+            .values(seq=AuditChainHead.seq + 1)
+        )
+    except (OperationalError, ProgrammingError) as exc:
+        raise AuditError(
+            "cannot lock the audit chain head (were the audit tables created with "
+            f"overread.audit.create_tables?): {exc.orig}"
+        ) from exc
     if getattr(bumped, "rowcount", 1) != 1:
         raise AuditError(
             "the audit chain head is missing: create the audit tables "

@@ -12,7 +12,14 @@ import typer
 from overread.cli.app import app
 from overread.config import load_settings
 from overread.errors import ConfigError
-from overread.security import add_user, create_tables, issue_token, list_users
+from overread.security import (
+    add_user,
+    create_tables,
+    issue_token,
+    list_users,
+    set_active,
+    set_password,
+)
 from overread.service.db import Database
 
 users_app = typer.Typer(help="Users, roles and API tokens.", no_args_is_help=True)
@@ -119,5 +126,57 @@ def token(
             expires = row.expires_at.isoformat() if row.expires_at else "never"
         typer.echo(value)
         typer.echo(f"token for {name} ({row.role}), expires {expires}", err=True)
+    finally:
+        database.dispose()
+
+
+def _set_active(name: str, active: bool, data_dir: Path | None, database_url: str | None) -> None:
+    database = _database(data_dir, database_url)
+    try:
+        with database.session() as session:
+            set_active(session, name, active, actor=_operator())
+        typer.echo(f"{'enabled' if active else 'disabled'} {name}")
+    finally:
+        database.dispose()
+
+
+@users_app.command("disable")
+def disable(
+    name: str = typer.Argument(..., help="User name."),
+    data_dir: Path | None = DATA_DIR,
+    database_url: str | None = DATABASE_URL,
+) -> None:
+    """Disable a user: logins, web sessions and API tokens stop working at once."""
+    _set_active(name, False, data_dir, database_url)
+
+
+@users_app.command("enable")
+def enable(
+    name: str = typer.Argument(..., help="User name."),
+    data_dir: Path | None = DATA_DIR,
+    database_url: str | None = DATABASE_URL,
+) -> None:
+    """Enable a disabled user again."""
+    _set_active(name, True, data_dir, database_url)
+
+
+@users_app.command("password")
+def password(
+    name: str = typer.Argument(..., help="User name."),
+    data_dir: Path | None = DATA_DIR,
+    database_url: str | None = DATABASE_URL,
+) -> None:
+    """Set a user's password from the first line of stdin; their web sessions end."""
+    new_password = sys.stdin.readline().rstrip("\r\n")
+    if not new_password:
+        raise ConfigError("no password on stdin")
+    database = _database(data_dir, database_url)
+    try:
+        with database.session() as session:
+            try:
+                set_password(session, name, new_password, actor=_operator())
+            except ValueError as exc:
+                raise ConfigError(str(exc)) from None
+        typer.echo(f"password changed for {name}")
     finally:
         database.dispose()
