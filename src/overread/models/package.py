@@ -8,6 +8,7 @@ byte for byte what is served; any mismatch refuses the package with the reason.
 
 from __future__ import annotations
 
+import atexit
 import hashlib
 import json
 import logging
@@ -204,6 +205,7 @@ def verify_package(path: Path | str, *, key: bytes | None = None) -> list[str]:
 
 def _unpack_zip(path: Path) -> Path:
     target = Path(tempfile.mkdtemp(prefix="overread-package-"))
+    atexit.register(shutil.rmtree, target, True)  # the unpacked copy lives for this process
     try:
         with zipfile.ZipFile(path) as archive:
             for member in archive.namelist():
