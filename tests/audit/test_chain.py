@@ -8,6 +8,8 @@ verification names the record at fault.
 from __future__ import annotations
 
 import itertools
+import subprocess
+import sys
 import threading
 import uuid
 from pathlib import Path
@@ -288,3 +290,28 @@ def test_recording_without_audit_tables_says_what_to_do(tmp_path: Path) -> None:
     with pytest.raises(AuditError, match="create_tables"), db.session() as session:
         record_event(session, actor="a", action=AuditAction.RECEIVE)
     db.dispose()
+
+
+_WRITER = """
+import sys
+from overread.audit import record_event
+from overread.service.db import Database
+
+db = Database(sys.argv[1], create=False)
+for i in range(int(sys.argv[3])):
+    with db.session() as session:
+        record_event(session, actor=sys.argv[2], action="inference", details={"i": i})
+db.dispose()
+"""
+
+
+def test_concurrent_processes_keep_one_chain(database: Database) -> None:
+    """Separate processes (``serve`` plus ``overread worker``) share one chain."""
+    url = database.engine.url.render_as_string(hide_password=False)
+    writers = [
+        subprocess.Popen([sys.executable, "-c", _WRITER, url, f"proc-{n}", "12"]) for n in range(3)
+    ]
+    assert [w.wait(timeout=300) for w in writers] == [0, 0, 0]
+    result = verify_chain(database.engine)
+    assert result.ok, result.summary()
+    assert result.count == 36
