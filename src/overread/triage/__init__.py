@@ -33,6 +33,13 @@ from overread.triage.config import (
     load_triage_config,
     triage_config,
 )
+from overread.triage.feedback import (
+    EXTRA_COLUMNS,
+    KEY_COLUMNS,
+    export_feedback,
+    record_feedback,
+    verdict_label,
+)
 from overread.triage.schema import (
     Alert,
     AlertDelivery,
@@ -65,6 +72,8 @@ from overread.triage.worklist import (
 )
 
 __all__ = [
+    "EXTRA_COLUMNS",
+    "KEY_COLUMNS",
     "SYSTEM_ACTOR",
     "Alert",
     "AlertChannel",
@@ -96,12 +105,14 @@ __all__ = [
     "critical_findings",
     "deliver_due",
     "escalate_due",
+    "export_feedback",
     "finding_terms",
     "get_item",
     "load_triage_config",
     "open_channel",
     "query_worklist",
     "raise_alerts",
+    "record_feedback",
     "refresh_scores",
     "score_study",
     "set_read_state",
@@ -110,4 +121,5 @@ __all__ = [
     "triage_prediction",
     "upsert_prediction",
     "upsert_study",
+    "verdict_label",
 ]
