@@ -51,7 +51,7 @@ def test_checkpoint_file_is_signed_and_edits_are_refused(
     written.path.write_text(json.dumps(document))
     with pytest.raises(AuditError, match="signature does not match"):
         load_checkpoints(tmp_path, KEY)
-    with pytest.raises(AuditError, match="not the configured key"):
+    with pytest.raises(AuditError, match="not the configured HMAC-SHA256 key"):
         read_checkpoint(written.path, b"another key, another fingerprint")
 
 
@@ -156,3 +156,55 @@ def test_cli_verify_checkpoint_export(run_cli, tmp_path: Path, monkeypatch) -> N
     )
     assert status == 2 and "not an ISO 8601" in err
     database.dispose()
+
+
+def test_ed25519_checkpoints_verify_with_the_public_key_only(
+    database: Database, tmp_path: Path
+) -> None:
+    pytest.importorskip("cryptography")
+    from overread.audit import Ed25519Signer
+
+    _append(database, 3)
+    signer = Ed25519Signer.generate()
+    written = write_checkpoint(database.engine, tmp_path, signer)
+    document = json.loads(written.path.read_text())
+    assert document["algorithm"] == "Ed25519" and len(document["signature"]) == 128
+
+    verifier = Ed25519Signer(signer.public_key)  # what an auditor holds: cannot sign
+    assert not verifier.can_sign
+    (loaded,) = load_checkpoints(tmp_path, verifier)
+    assert loaded.head_hash == written.head_hash
+    with pytest.raises(AuditError, match="only the public key"):
+        write_checkpoint(database.engine, tmp_path, verifier)
+    with pytest.raises(AuditError, match="not the configured HMAC-SHA256 key"):
+        load_checkpoints(tmp_path, KEY)
+    with pytest.raises(AuditError, match="not the configured Ed25519 key"):
+        load_checkpoints(tmp_path, Ed25519Signer.generate())
+
+    document["head_hash"] = "0" * 64
+    written.path.write_text(json.dumps(document))
+    with pytest.raises(AuditError, match="signature does not match"):
+        load_checkpoints(tmp_path, verifier)
+
+
+def test_checkpoint_signer_is_chosen_from_the_configured_keys(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    pytest.importorskip("cryptography")
+    from overread.audit import load_checkpoint_signer
+
+    monkeypatch.delenv(KEY_ENV, raising=False)
+    monkeypatch.delenv("OVERREAD_AUDIT_PUBLIC_KEY", raising=False)
+    with pytest.raises(AuditError, match="no checkpoint key"):
+        load_checkpoint_signer(tmp_path)
+    created = load_checkpoint_signer(tmp_path, create=True)
+    assert created.algorithm == "Ed25519" and created.can_sign
+    private = tmp_path / "audit" / "checkpoint-ed25519.key"
+    assert private.stat().st_mode & 0o777 == 0o600
+    assert load_checkpoint_signer(tmp_path).key_id == created.key_id
+    # A verifying host gets only the public key file.
+    private.unlink()
+    public_only = load_checkpoint_signer(tmp_path)
+    assert public_only.key_id == created.key_id and not public_only.can_sign
+    monkeypatch.setenv(KEY_ENV, "ab" * 32)
+    assert load_checkpoint_signer(tmp_path).algorithm == "HMAC-SHA256"

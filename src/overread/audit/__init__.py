@@ -30,6 +30,13 @@ from overread.audit.checkpoint import (
 )
 from overread.audit.export import export_events, parse_time, select_records
 from overread.audit.schema import AuditBase, AuditChainHead, AuditEvent, create_tables
+from overread.audit.signing import (
+    CheckpointSigner,
+    Ed25519Signer,
+    HmacSigner,
+    ed25519_available,
+    load_checkpoint_signer,
+)
 
 __all__ = [
     "AuditAction",
@@ -39,14 +46,19 @@ __all__ = [
     "AuditRecord",
     "BreakReason",
     "Checkpoint",
+    "CheckpointSigner",
+    "Ed25519Signer",
+    "HmacSigner",
     "VerifyResult",
     "canonical_json",
     "checkpoint_dir",
     "create_tables",
+    "ed25519_available",
     "event_hash",
     "export_events",
     "iter_records",
     "load_checkpoint_key",
+    "load_checkpoint_signer",
     "load_checkpoints",
     "missing_checkpoints",
     "parse_time",

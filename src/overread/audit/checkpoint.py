@@ -2,8 +2,9 @@
 
 A hash chain alone only proves internal consistency: whoever can write the
 database can delete the newest records, or recompute every hash after an edit.
-A checkpoint file records the head (seq, hash, count, time) and is signed with
-HMAC-SHA256 under a key the database does not hold, so every record up to the
+A checkpoint file records the head (seq, hash, count, time) and is signed
+(HMAC-SHA256, or Ed25519 when ``cryptography`` is installed; see
+:mod:`overread.audit.signing`) under a key the database does not hold, so every record up to the
 newest checkpoint is fixed: editing, deleting, reordering or truncating it is
 detected by :func:`~overread.audit.chain.verify_chain` even if the tamperer
 re-hashes the chain.
@@ -15,8 +16,6 @@ and copies of the checkpoint files, away from the database host's writers.
 
 from __future__ import annotations
 
-import hashlib
-import hmac
 import json
 import os
 import secrets
@@ -30,10 +29,11 @@ from sqlalchemy.orm import Session
 from overread.audit.actions import AuditAction
 from overread.audit.chain import canonical_json, format_timestamp, verify_chain
 from overread.audit.schema import AuditEvent
+from overread.audit.signing import HMAC_ALGORITHM, CheckpointSigner, HmacSigner
 from overread.errors import AuditError
 
 KEY_ENV = "OVERREAD_AUDIT_KEY"
-ALGORITHM = "HMAC-SHA256"
+ALGORITHM = HMAC_ALGORITHM
 _FORMAT_VERSION = 1
 
 
@@ -84,8 +84,12 @@ def _key_bytes(text: str) -> bytes:
 
 
 def key_id(key: bytes) -> str:
-    """A short public fingerprint of a key, so a checkpoint names the key it needs."""
-    return hashlib.sha256(b"overread-audit-key:" + key).hexdigest()[:16]
+    """A short public fingerprint of an HMAC key, so a checkpoint names the key it needs."""
+    return HmacSigner(key).key_id
+
+
+def _as_signer(key: bytes | CheckpointSigner) -> CheckpointSigner:
+    return HmacSigner(key) if isinstance(key, bytes) else key
 
 
 @dataclass(frozen=True)
@@ -104,14 +108,13 @@ class Checkpoint:
         return self.path.name
 
 
-def _signature(body: dict[str, object], key: bytes) -> str:
-    return hmac.new(key, canonical_json(body), hashlib.sha256).hexdigest()
-
-
 def write_checkpoint(
-    source: Session | Connection | Engine, directory: Path, key: bytes
+    source: Session | Connection | Engine, directory: Path, key: bytes | CheckpointSigner
 ) -> Checkpoint:
     """Verify the chain, then write a signed checkpoint of its head into ``directory``.
+
+    ``key`` is an HMAC key or a :class:`~overread.audit.signing.CheckpointSigner`
+    (e.g. Ed25519, from :func:`~overread.audit.signing.load_checkpoint_signer`).
 
     The chain is verified against the existing checkpoints first: signing a chain
     that is already broken would launder the tampering.
@@ -121,7 +124,10 @@ def write_checkpoint(
     AuditError
         If the chain does not verify, or an existing checkpoint's signature fails.
     """
-    previous = load_checkpoints(directory, key)
+    signer = _as_signer(key)
+    if not signer.can_sign:
+        raise AuditError("cannot write a checkpoint: only the public key is available")
+    previous = load_checkpoints(directory, signer)
     result = verify_chain(source, checkpoints=previous)
     if not result.ok:
         raise AuditError(f"not writing a checkpoint over a broken chain: {result.summary()}")
@@ -131,10 +137,10 @@ def write_checkpoint(
         "head_hash": result.head_hash,
         "count": result.count,
         "created_at": format_timestamp(datetime.now(UTC)),
-        "algorithm": ALGORITHM,
-        "key_id": key_id(key),
+        "algorithm": signer.algorithm,
+        "key_id": signer.key_id,
     }
-    document = {**body, "signature": _signature(body, key)}
+    document = {**body, "signature": signer.sign(canonical_json(body))}
     directory.mkdir(parents=True, exist_ok=True)
     stamp = str(body["created_at"]).replace(":", "").replace("-", "").replace(".", "")
     path = directory / f"checkpoint-{result.head_seq:012d}-{stamp}.json"
@@ -154,7 +160,7 @@ def write_checkpoint(
     )
 
 
-def read_checkpoint(path: Path, key: bytes) -> Checkpoint:
+def read_checkpoint(path: Path, key: bytes | CheckpointSigner) -> Checkpoint:
     """Read one checkpoint file and check its signature.
 
     Raises
@@ -172,11 +178,13 @@ def read_checkpoint(path: Path, key: bytes) -> Checkpoint:
         created_at = str(document["created_at"])
     except (OSError, ValueError, KeyError, TypeError, AttributeError) as exc:
         raise AuditError(f"{path}: not a readable audit checkpoint ({exc})") from None
-    if document.get("key_id") != key_id(key):
+    signer = _as_signer(key)
+    if (document.get("algorithm"), document.get("key_id")) != (signer.algorithm, signer.key_id):
         raise AuditError(
-            f"{path}: signed with key {document.get('key_id')}, not the configured key {key_id(key)}"
+            f"{path}: signed with {document.get('algorithm')} key {document.get('key_id')}, "
+            f"not the configured {signer.algorithm} key {signer.key_id}"
         )
-    if not hmac.compare_digest(signature, _signature(document, key)):
+    if not signer.verify(canonical_json(document), signature):
         raise AuditError(f"{path}: checkpoint signature does not match: the file was altered")
     if count != head_seq:
         raise AuditError(f"{path}: checkpoint count {count} differs from head seq {head_seq}")
@@ -185,7 +193,7 @@ def read_checkpoint(path: Path, key: bytes) -> Checkpoint:
     )
 
 
-def load_checkpoints(directory: Path, key: bytes) -> list[Checkpoint]:
+def load_checkpoints(directory: Path, key: bytes | CheckpointSigner) -> list[Checkpoint]:
     """Every checkpoint in ``directory``, signature-checked, oldest head first."""
     if not directory.is_dir():
         return []

@@ -16,7 +16,7 @@ from overread.audit import (
     checkpoint_dir,
     create_tables,
     export_events,
-    load_checkpoint_key,
+    load_checkpoint_signer,
     load_checkpoints,
     missing_checkpoints,
     parse_time,
@@ -73,7 +73,7 @@ def verify(
         has_checkpoints = directory.is_dir() and any(directory.glob("checkpoint-*.json"))
         try:
             checkpoints = (
-                load_checkpoints(directory, load_checkpoint_key(root)) if has_checkpoints else []
+                load_checkpoints(directory, load_checkpoint_signer(root)) if has_checkpoints else []
             )
         except AuditError as exc:
             typer.echo(f"BROKEN: {exc}")
@@ -102,8 +102,8 @@ def checkpoint(
     """Verify the chain and write a signed checkpoint of its head (run periodically)."""
     root, database = _open(data_dir, database_url)
     try:
-        key = load_checkpoint_key(root, create=True)
-        written = write_checkpoint(database.engine, checkpoint_dir(root), key)
+        signer = load_checkpoint_signer(root, create=True)
+        written = write_checkpoint(database.engine, checkpoint_dir(root), signer)
         with database.session() as session:
             record_event(
                 session,
