@@ -133,6 +133,13 @@ def test_export_orders_by_uncertainty_and_reads_back_as_a_cohort(
     assert table.frame.loc[table.frame["study_id"] == "C", "Edema"].item() == 1.0
 
 
+def test_study_without_image_reference_is_left_out(db: Database, tmp_path: Path) -> None:
+    with db.session() as session:
+        upsert_study(session, "E", [F("Edema", 0.5)], StudyContext(), CONFIG, now=NOW)
+        record_feedback(session, "E", "Edema", "agree", reader="r", now=NOW)
+        assert export_feedback(session, tmp_path / "e.csv") == 0
+
+
 def test_export_of_no_feedback_writes_only_the_header(db: Database, tmp_path: Path) -> None:
     out = tmp_path / "empty.csv"
     with db.session() as session:

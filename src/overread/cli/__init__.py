@@ -34,6 +34,7 @@ COMMAND_MODULES: tuple[str, ...] = (
     "overread.cli.stats",
     "overread.cli.train",
     "overread.cli.users",
+    "overread.cli.worklist",
     # One line per command module; keep sorted.
 )
 

@@ -315,6 +315,9 @@ def deliver_due(
             AlertDelivery.next_attempt_at <= now,
         )
         .order_by(AlertDelivery.next_attempt_at, AlertDelivery.id)
+        # Concurrent sweepers on PostgreSQL skip each other's rows instead of both
+        # sending; SQLite serialises writers anyway and ignores the clause.
+        .with_for_update(skip_locked=True)
     ).scalars()
     for delivery in list(due):
         alert = session.get(Alert, delivery.alert_id)

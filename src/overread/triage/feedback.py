@@ -135,7 +135,9 @@ def export_feedback(session: Session, path: str | Path, *, default_threshold: fl
     14 labels (the latest verdict per finding; blank where no reader gave one), then
     ``Margin`` (smallest ``|p - threshold|`` among the labelled findings),
     ``MaxUncertainty``, ``Readers`` and ``LastFeedbackAt``. Rows are ordered for active
-    learning: smallest margin first, then highest model uncertainty.
+    learning: smallest margin first, then highest model uncertainty. A study with
+    neither an image path nor a SOP Instance UID cannot be trained on and is left out
+    with a warning.
     """
     rows = session.execute(select(Feedback).order_by(Feedback.created_at, Feedback.id)).scalars()
     latest: dict[str, dict[str, Feedback]] = {}
@@ -146,6 +148,9 @@ def export_feedback(session: Session, path: str | Path, *, default_threshold: fl
         item = session.execute(
             select(WorklistItem).where(WorklistItem.study_instance_uid == uid)
         ).scalar_one()
+        if not (item.path or item.sop_instance_uid):
+            logger.warning("study %s: feedback not exported, no image path or SOP UID", uid)
+            continue
         chosen = list(by_finding.values())
         studies.append(
             _StudyLabels(
