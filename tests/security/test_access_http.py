@@ -51,7 +51,13 @@ def build_app(access: AccessControl) -> FastAPI:
         item = WorklistItem(
             study_instance_uid="1.2.3", patient_name="DOE^JANE", patient_id="P1", priority=1
         )
+        access.record(who, AuditAction.VIEW, object_uids=[item.study_instance_uid])
         return [redact_phi(item, who)]
+
+    @app.post("/logout")
+    def logout(who: Principal = Depends(access.authenticated())) -> dict[str, str]:
+        access.logout(who)
+        return {"user": who.username}
 
     @app.post("/users")
     def manage_users(
@@ -155,3 +161,21 @@ def test_cookie_session_after_login(setup: tuple[TestClient, Database, dict[str,
         actions = [r.action for r in iter_records(session)]
     assert actions.count(AuditAction.LOGIN_FAILURE) == 1
     assert actions.count(AuditAction.LOGIN_SUCCESS) == 1
+
+
+def test_views_are_audited_and_logout_ends_sessions(
+    setup: tuple[TestClient, Database, dict[str, str]],
+) -> None:
+    client, db, tokens = setup
+    assert client.post("/login", json={"username": "rad", "password": PASSWORD}).status_code == 200
+    cookie = client.cookies["overread_session"]
+    assert client.get("/worklist").status_code == 200
+    assert client.post("/logout").json() == {"user": "rad"}
+    client.cookies.set("overread_session", cookie)  # a copied cookie is dead too
+    assert client.get("/worklist").status_code == 401
+    assert client.get("/worklist", headers=_bearer(tokens["rad"])).status_code == 200  # tokens live
+    with db.session() as session:
+        events = [r for r in iter_records(session) if r.actor == "rad"]
+    views = [(r.object_uids, r.details["via"]) for r in events if r.action == AuditAction.VIEW]
+    assert views == [(["1.2.3"], "session"), (["1.2.3"], "token")]
+    assert [r.action for r in events if r.action == AuditAction.LOGOUT] == ["logout"]

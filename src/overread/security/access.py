@@ -15,8 +15,9 @@ credentials whose role lacks the permission give 403, and the denial is audited
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from contextlib import AbstractContextManager
+from typing import Any
 
 from fastapi import HTTPException, Request, status
 from sqlalchemy.orm import Session
@@ -129,6 +130,43 @@ class AccessControl:
 
         dependency.__name__ = f"require_{permission.value}"
         return dependency
+
+    def record(
+        self,
+        principal: Principal,
+        action: AuditAction,
+        *,
+        object_uids: Iterable[str] = (),
+        details: dict[str, Any] | None = None,
+    ) -> None:
+        """Audit something a principal did that has no transaction of its own (a view).
+
+        Writes that do have a transaction should call
+        :func:`~overread.audit.record_event` in it instead.
+        """
+        with self._sessions() as session:
+            record_event(
+                session,
+                actor=principal.username,
+                role=principal.role.value,
+                action=action,
+                object_uids=object_uids,
+                details={"via": principal.via, **(details or {})},
+            )
+
+    def logout(self, principal: Principal) -> None:
+        """End every web session of ``principal``'s user (the session epoch moves on)."""
+        with self._sessions() as session:
+            user = get_user(session, principal.username)
+            if user is not None:
+                user.session_epoch += 1
+            record_event(
+                session,
+                actor=principal.username,
+                role=principal.role.value,
+                action=AuditAction.LOGOUT,
+                details={"via": principal.via},
+            )
 
     def login(self, username: str, password: str, source: str = "") -> tuple[LoginOutcome, str]:
         """Check a password (throttled and audited); return the outcome and a session token.
