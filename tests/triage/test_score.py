@@ -54,6 +54,10 @@ def test_worked_example_from_the_docs() -> None:
     ]
     assert sum(t.contribution for t in score.terms) == pytest.approx(score.total)
     assert score.breakdown()[0]["contribution"] == pytest.approx(95.0)
+    assert score.total == pytest.approx(154.0)
+    for department, total in (("outpatient", 124.0), ("ICU", 139.0)):
+        other = replace(context, department=department)
+        assert score_study(findings, other, now=NOW).total == pytest.approx(total)
 
 
 def test_empty_study_scores_zero() -> None:
