@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import threading
 from datetime import timedelta
 
 import pytest
@@ -259,3 +260,34 @@ def test_login_throttle_and_audit_share_the_callers_transaction(database: Databa
     with database.session() as session:
         count = len(session.scalars(select(AuditEvent.seq)).all())
     assert count == 1  # only the user-change; the aborted login left nothing
+
+
+def test_parallel_guesses_are_each_counted(database: Database) -> None:
+    """A burst of parallel wrong guesses cannot slip past the lockout together."""
+    policy = LockoutPolicy(user_threshold=3, source_threshold=100, base_seconds=600)
+    with database.session() as session:
+        add_user(session, "alice", "radiologist", password=PASSWORD, actor="os:root")
+    attempts = 8
+    barrier = threading.Barrier(attempts)
+    reasons: list[str] = []
+    errors: list[BaseException] = []
+
+    def guess(n: int) -> None:
+        try:
+            barrier.wait()
+            with database.session() as session:
+                outcome = authenticate(
+                    session, "alice", f"guess-{n:04d}", source=f"10.1.0.{n}", policy=policy
+                )
+            reasons.append(outcome.reason)
+        except BaseException as exc:  # pragma: no cover - reported below
+            errors.append(exc)
+
+    threads = [threading.Thread(target=guess, args=(n,)) for n in range(attempts)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert errors == []
+    assert sorted(reasons) == ["bad-credentials"] * 3 + ["locked"] * 5
+    assert verify_chain(database.engine).ok

@@ -17,7 +17,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 
-from sqlalchemy import select
+from sqlalchemy import select, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
@@ -75,19 +75,36 @@ class LoginOutcome:
     retry_after: float | None = None
 
 
+def _lock_throttle(session: Session, key: str) -> int:
+    result = session.execute(
+        update(LoginThrottle)
+        .where(LoginThrottle.key == key)
+        .values(failures=LoginThrottle.failures)
+        .execution_options(synchronize_session=False)
+    )
+    return int(getattr(result, "rowcount", 1))
+
+
 def _throttle(session: Session, key: str) -> LoginThrottle:
-    row = session.scalar(select(LoginThrottle).where(LoginThrottle.key == key).with_for_update())
-    if row is not None:
-        return row
-    try:
-        with session.begin_nested():
-            row = LoginThrottle(key=key, failures=0)
-            session.add(row)
-    except IntegrityError:  # created concurrently: use that one
-        row = session.scalar(
-            select(LoginThrottle).where(LoginThrottle.key == key).with_for_update()
-        )
-        assert row is not None
+    """The throttle row of ``key``, locked until the caller's transaction ends.
+
+    Lock first, read second (as the audit chain does): the no-op UPDATE takes
+    PostgreSQL's row lock or SQLite's write lock, so parallel guesses at one account
+    queue here and each sees the lockout the previous one caused. Without this a
+    burst of parallel attempts would all read "not locked" and be counted once.
+    """
+    if _lock_throttle(session, key) == 0:
+        try:
+            with session.begin_nested():
+                session.add(LoginThrottle(key=key, failures=0))
+        except IntegrityError:  # created concurrently: lock that one
+            _lock_throttle(session, key)
+    row = session.scalar(
+        select(LoginThrottle)
+        .where(LoginThrottle.key == key)
+        .execution_options(populate_existing=True)
+    )
+    assert row is not None
     return row
 
 
