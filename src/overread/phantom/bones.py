@@ -116,7 +116,7 @@ def render_bones(
             if fx.callus > 0:
                 cu, cv = rib_point(fields, index, fx.side, fx.position)
                 d2 = ((grid.u[rows] - cu) / (4.5 * half)) ** 2 + ((v - cv) / (2.8 * half)) ** 2
-                callus += fx.callus * 0.8 * np.exp(-d2) * on_side
+                callus += fx.callus * 1.0 * np.exp(-d2) * on_side
         medial = 0.35 + 0.65 * np.clip((t - 0.12) / 0.2, 0.0, 1.0)
         profile = _tube(v - centre, half) * within * gap_keep * medial
         out[rows] += RIB_BONE * (profile * see_through[rows] + callus)

@@ -109,20 +109,20 @@ def render_devices(spec: FindingSpec, fields: ChestFields, ptx_side: int = 0) ->
                 (0.56 + j[3], dome_l + 0.06),
                 (0.62 + j[4], dome_l + 0.11),
             ]
-            _tube(canvas, pts, 0.008, 0.9, 0.3)
+            _tube(canvas, pts, 0.01, 1.0, 0.35)
         elif kind == "central_line":
             if rng.random() < 0.6:  # right internal jugular
                 pts = [(0.41 + j[0], -0.02), (0.44 + j[1], 0.15), (0.465 + j[2], 0.3), (0.47, 0.4)]
             else:  # left subclavian
                 pts = [(0.82 + j[0], 0.15), (0.65 + j[1], 0.19), (0.53 + j[2], 0.25), (0.47, 0.38)]
-            _tube(canvas, pts, 0.006, 0.9, 0.35)
+            _tube(canvas, pts, 0.008, 1.0, 0.4)
         elif kind == "pacemaker":
             gu = 0.72 + j[0] * 3
             gv = 0.17 + j[1] * 3
             lead_a = [(gu - 0.02, gv), (0.6, 0.2), (0.5, 0.3), (0.47, 0.42), (0.5 + j[2], 0.55)]
             lead_b = [(gu - 0.02, gv + 0.01), (0.6, 0.22), (0.51, 0.32), (0.48, 0.45), (0.58, 0.62)]
             for lead in (lead_a, lead_b):
-                _tube(canvas, lead, 0.006, 1.1, 0.6)
+                _tube(canvas, lead, 0.007, 1.2, 0.6)
             canvas.rectangle(gu, gv, 0.045, 0.032, 2.2)
             canvas.ellipse(gu - 0.028, gv, 0.015, 0.02, 2.0)
         elif kind == "chest_tube":

@@ -90,7 +90,7 @@ def render_lesion(spec: FindingSpec, fields: ChestFields) -> FindingLayer:
     for _ in range(count):
         side = _side(spec, rng) if count == 1 else int(rng.choice([-1, 1]))
         u, v = lung_point(fields, rng, side, (0.22, fields.shape.dome_right - 0.08), margin=0.03)
-        radius = (0.032 + 0.045 * s) if mass else (0.013 + 0.022 * s)
+        radius = (0.034 + 0.045 * s) if mass else (0.016 + 0.022 * s)
         radii.append(radius)
         theta = np.arctan2(grid.v - v, grid.u - u)
         lobes = int(rng.integers(3, 7))
@@ -248,7 +248,7 @@ def render_pneumothorax(spec: FindingSpec, fields: ChestFields) -> FindingLayer:
     grid = fields.grid
     shape = fields.shape
     on_side = (grid.side == side) & fields.hemithorax
-    depth = 0.03 + 0.13 * s
+    depth = 0.04 + 0.13 * s
     dome = shape.dome_right if side < 0 else shape.dome_left
     taper = np.clip(1.0 - 0.7 * (grid.v - shape.apex) / (dome - shape.apex), 0.25, 1.0)
     inner_lateral = fields.lateral - depth * taper
@@ -259,7 +259,7 @@ def render_pneumothorax(spec: FindingSpec, fields: ChestFields) -> FindingLayer:
     edge &= ~fields.heart & ~fields.mediastinum
     edge &= ndimage.binary_dilation(space, iterations=2)
     line = ndimage.gaussian_filter(edge.astype(np.float32), 0.6)
-    add = -0.13 * space + 0.5 * line
+    add = -0.2 * space + 0.7 * line
     fill = collapsed * (0.1 + 0.15 * s) * fields.lungs
     markings = np.where(space, 0.0, 1.0)
     return FindingLayer(
@@ -317,7 +317,7 @@ def render_pleural_other(spec: FindingSpec, fields: ChestFields) -> FindingLayer
     lateral = fields.lateral
     v0 = rng.uniform(0.28, 0.4)
     v1 = v0 + 0.15 + 0.2 * s
-    thick = 0.01 + 0.018 * s
+    thick = 0.014 + 0.02 * s
     inside = lateral - grid.adx
     band = (
         (grid.side == side)
@@ -341,7 +341,7 @@ def render_pleural_other(spec: FindingSpec, fields: ChestFields) -> FindingLayer
                 1,
             ),
         )
-    add = 0.6 * bandf + 0.75 * plaques
+    add = 0.7 * bandf + 0.95 * plaques
     return FindingLayer(
         mask=(bandf > 0.3) | (plaques > 0.2),
         add=add,

@@ -66,10 +66,10 @@ def _fractures(spec: FindingSpec, fields: ChestFields) -> tuple[tuple[RibFractur
     rng = np.random.default_rng(spec.seed)
     s = spec.severity
     side = spec.side if spec.side in (-1, 1) else int(rng.choice([-1, 1]))
-    count = 1 + int(rng.random() < 0.5 + 0.4 * s) + int(rng.random() < 0.6 * s)
+    count = 1 + int(rng.random() < 0.6 + 0.4 * s) + int(rng.random() < 0.7 * s)
     first = int(rng.integers(2, 8 - count + 1))
     position = rng.uniform(0.6, 0.95)
-    callus = float(rng.uniform(1.0, 1.6)) if rng.random() < 0.7 else 0.0
+    callus = float(rng.uniform(1.0, 1.6)) if rng.random() < 0.75 else 0.0
     fractures = tuple(
         RibFracture(
             side=side,
