@@ -85,6 +85,13 @@ def test_chest_xray_is_read_and_its_sr_reaches_the_pacs(
         assert result.summary["instances"][0]["ok"] is True
         assert len(result.summary["instances"][0]["findings"]) == 14
         assert result.artifacts[0]["sop_instance_uid"] == sr.SOPInstanceUID
+    base = f"http://127.0.0.1:{service.http_port}/api/studies"
+    [listed] = httpx.get(base, timeout=10).json()
+    assert listed["state"] == "routed" and listed["instance_count"] == 1
+    [api_result] = httpx.get(f"{base}/{source.StudyInstanceUID}/results", timeout=10).json()
+    assert api_result["model_name"] == "cxr-default"
+    assert len(api_result["summary"]["instances"][0]["findings"]) == 14
+    assert httpx.get(f"{base}/1.2.3.4/results", timeout=10).status_code == 404
     # The same study again: stored idempotently, routed again, but not read twice.
     _storescu(service.dicom_port or 0, image)
     time.sleep(1.0)

@@ -13,10 +13,12 @@ from typing import TYPE_CHECKING, Any
 import uvicorn
 from fastapi import FastAPI, HTTPException, Query, Request
 from fastapi.responses import JSONResponse
+from sqlalchemy import select
 from starlette.concurrency import run_in_threadpool
 
 from overread import __version__
 from overread.errors import ServiceError
+from overread.service.db import Result, Study
 from overread.service.jobs import job_to_dict
 from overread.service.stow import StowRequestError, store_instances
 
@@ -65,6 +67,42 @@ def create_app(service: Service) -> FastAPI:
         service.wake_workers()
         return {"id": job_id, "state": "queued"}
 
+    @app.get("/api/studies")
+    def list_studies(
+        state: str | None = None, limit: int = Query(default=200, ge=1, le=5000)
+    ) -> list[dict[str, Any]]:
+        """Studies, most recently received first."""
+        query = select(Study).order_by(Study.last_instance_at.desc()).limit(limit)
+        if state:
+            query = query.where(Study.state == state)
+        with service.database.session() as session:
+            return [_study_to_dict(s) for s in session.scalars(query).all()]
+
+    @app.get("/api/studies/{study_instance_uid}/results")
+    def study_results(study_instance_uid: str) -> list[dict[str, Any]]:
+        """The model results stored for a study (404 for an unknown study)."""
+        with service.database.session() as session:
+            if (
+                session.scalar(select(Study.id).filter_by(study_instance_uid=study_instance_uid))
+                is None
+            ):
+                raise HTTPException(status_code=404, detail="unknown study")
+            rows = session.scalars(
+                select(Result).filter_by(study_instance_uid=study_instance_uid).order_by(Result.id)
+            ).all()
+            return [
+                {
+                    "id": r.id,
+                    "job_id": r.job_id,
+                    "model_name": r.model_name,
+                    "model_version": r.model_version,
+                    "summary": r.summary,
+                    "artifacts": r.artifacts,
+                    "created_at": r.created_at.isoformat(),
+                }
+                for r in rows
+            ]
+
     @app.post("/api/studies/{study_instance_uid}/complete")
     def complete(study_instance_uid: str) -> dict[str, Any]:
         """Declare a study complete now instead of waiting for the stable time."""
@@ -104,6 +142,18 @@ def create_app(service: Service) -> FastAPI:
         return await _stow(request, study_instance_uid)
 
     return app
+
+
+def _study_to_dict(study: Study) -> dict[str, Any]:
+    return {
+        "study_instance_uid": study.study_instance_uid,
+        "state": study.state,
+        "instance_count": study.instance_count,
+        "first_instance_at": study.first_instance_at.isoformat(),
+        "last_instance_at": study.last_instance_at.isoformat(),
+        "completed_at": study.completed_at.isoformat() if study.completed_at else None,
+        "complete_reason": study.complete_reason,
+    }
 
 
 class HttpServer:
