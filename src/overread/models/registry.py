@@ -121,6 +121,8 @@ class Registry:
             for manifest_path in sorted(base.glob(f"*/{MANIFEST_NAME}")) + sorted(
                 base.glob(f"*/*/{MANIFEST_NAME}")
             ):
+                if any(part.startswith(".") for part in manifest_path.relative_to(base).parts):
+                    continue  # a package being written or imported right now
                 try:
                     manifest = _parse_manifest(manifest_path.parent)
                 except ModelPackageError as exc:
