@@ -145,7 +145,8 @@ def authenticate(
     now = now or utcnow()
     name = username[:64]
     user_key = _throttle(session, f"user:{name}")
-    source_key = _throttle(session, f"source:{source[:255]}")
+    # Without a source address (a local tool) only the user name is throttled.
+    source_key = _throttle(session, f"source:{source[:255]}") if source else None
     details: dict[str, object] = {"source": source}
 
     def failure(reason: str, retry_after: float | None = None) -> LoginOutcome:
@@ -157,7 +158,8 @@ def authenticate(
         )
         return LoginOutcome(ok=False, reason=reason, retry_after=retry_after)
 
-    locks = [k.locked_until for k in (user_key, source_key) if k.locked_until is not None]
+    keys = [k for k in (user_key, source_key) if k is not None]
+    locks = [k.locked_until for k in keys if k.locked_until is not None]
     locked_until = max(locks) if locks else None
     if locked_until is not None and locked_until > now:
         return failure("locked", (locked_until - now).total_seconds())
@@ -166,7 +168,8 @@ def authenticate(
     matched = verify_password(user.password_hash if user else dummy_hash(), password)
     if user is None or not matched:
         _fail(user_key, policy.user_threshold, policy, now)
-        _fail(source_key, policy.source_threshold, policy, now)
+        if source_key is not None:
+            _fail(source_key, policy.source_threshold, policy, now)
         return failure("bad-credentials")
     if not user.active:
         return failure("disabled")
