@@ -137,3 +137,19 @@ def test_micro_batcher_over_the_pipeline(pipeline: Pipeline) -> None:
     with MicroBatcher(pipeline.predict_batch, max_batch=4, max_wait_ms=20) as batcher:
         rows = [f.result(timeout=30) for f in [batcher.submit(image) for image in x]]
     assert np.abs(np.stack(rows) - expected).max() < 1e-4
+
+
+def test_nifti_inputs(pipeline: Pipeline, tmp_path: Path) -> None:
+    import nibabel as nib
+
+    from overread.models.calibration import synthetic_chest
+
+    plane = (synthetic_chest(180, np.random.default_rng(0)) * 1000).astype(np.int16)
+    flat = tmp_path / "chest.nii.gz"
+    nib.save(nib.Nifti1Image(plane[:, :, None], np.eye(4)), flat)
+    volume = tmp_path / "volume.nii.gz"
+    nib.save(nib.Nifti1Image(np.zeros((32, 32, 12), np.int16), np.eye(4)), volume)
+    single, stack = pipeline.predict([flat, volume])
+    assert single.ok and len(single.findings) == 14
+    assert not any("frames" in w for w in single.warnings)
+    assert stack.ok and any("12 frames; the model read the first only" in w for w in stack.warnings)

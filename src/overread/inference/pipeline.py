@@ -274,6 +274,10 @@ class Pipeline:
                 prediction.path = image.metadata.source_path
             prediction.metadata = image.metadata
             prediction.warnings.extend(image.warnings)
+            if image.frame_count > 1:
+                prediction.warnings.append(
+                    f"image has {image.frame_count} frames; the model read the first only"
+                )
             read_done = time.perf_counter()
             prediction.timings["read"] = read_done - started
             problem = self.accepts_problem(image)
