@@ -133,6 +133,15 @@ def test_cli_verify_checkpoint_export(run_cli, tmp_path: Path, monkeypatch) -> N
     status, out, _ = run_cli("audit", "verify", "--data-dir", data_dir, "--database-url", url)
     assert status == 0 and "1 signed checkpoint(s) matched" in out
 
+    status, out, _ = run_cli("audit", "show", "--last", "3", "--database-url", url)
+    lines = [line.split("\t") for line in out.splitlines()]
+    assert status == 0 and [line[0] for line in lines] == ["5", "6", "7"]
+    assert [line[4] for line in lines] == ["receive", "audit-checkpoint", "audit-export"]
+    status, out, _ = run_cli("audit", "show", "--action", "receive", "--database-url", url)
+    assert status == 0 and len(out.splitlines()) == 5
+    status, _, err = run_cli("audit", "show", "--action", "teleport", "--database-url", url)
+    assert status == 2 and "unknown audit action" in err
+
     # Deleting the checkpoint file is noticed: the chain records every checkpoint written.
     (written,) = checkpoint_dir(data_dir).glob("checkpoint-*.json")
     hidden = written.rename(tmp_path / written.name)

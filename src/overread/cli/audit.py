@@ -3,16 +3,18 @@
 from __future__ import annotations
 
 import getpass
+import json
 import sys
 from contextlib import ExitStack
 from pathlib import Path
 from typing import TextIO
 
 import typer
-from sqlalchemy import inspect
+from sqlalchemy import inspect, select
 
 from overread.audit import (
     AuditAction,
+    AuditEvent,
     checkpoint_dir,
     create_tables,
     export_events,
@@ -151,5 +153,37 @@ def export(
                 )
         if out is not None:
             typer.echo(f"exported {count} audit records to {out}")
+    finally:
+        database.dispose()
+
+
+@audit_app.command("show")
+def show(
+    last: int = typer.Option(20, "--last", min=1, help="How many of the newest records."),
+    actor: str | None = typer.Option(None, "--actor", help="Only this actor."),
+    action: str | None = typer.Option(None, "--action", help="Only this action."),
+    data_dir: Path | None = DATA_DIR,
+    database_url: str | None = DATABASE_URL,
+) -> None:
+    """Print the newest audit records, oldest first (reading is not itself audited)."""
+    if action is not None and action not in {a.value for a in AuditAction}:
+        known = ", ".join(a.value for a in AuditAction)
+        raise AuditError(f"unknown audit action {action!r} (known: {known})")
+    _, database = _open(data_dir, database_url, create=False)
+    try:
+        query = select(AuditEvent.__table__).order_by(AuditEvent.seq.desc()).limit(last)
+        if actor is not None:
+            query = query.where(AuditEvent.actor == actor)
+        if action is not None:
+            query = query.where(AuditEvent.action == action)
+        with database.engine.connect() as conn:
+            rows = list(reversed(conn.execute(query).all()))
+        for row in rows:
+            uids = ",".join(row.object_uids or []) or "-"
+            details = json.dumps(row.details or {}, sort_keys=True)
+            typer.echo(
+                f"{row.seq}\t{row.timestamp}\t{row.actor}\t{row.role or '-'}\t"
+                f"{row.action}\t{uids}\t{details}"
+            )
     finally:
         database.dispose()
