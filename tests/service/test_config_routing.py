@@ -198,3 +198,22 @@ def test_serve_reports_a_busy_port(
             "0",
         )
     assert status == 2 and f"cannot listen for DICOM on 0.0.0.0:{port}" in err
+
+
+def test_service_settings_come_from_the_environment_too(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.delenv("OVERREAD_CONFIG", raising=False)
+    monkeypatch.setenv("OVERREAD_SERVICE__WORKERS", "3")
+    monkeypatch.setenv(
+        "OVERREAD_SERVICE__DESTINATIONS", "PACS=PACSAE@10.0.0.5:104,ARCH=ARCHAE@h:105"
+    )
+    monkeypatch.setenv("OVERREAD_DICOM__ALLOW_AE", '["CR01@10.1.1.1"]')
+    config = service_config(load_settings())
+    assert config.workers == 3
+    assert [str(d) for d in config.destinations] == [
+        "PACS=PACSAE@10.0.0.5:104",
+        "ARCH=ARCHAE@h:105",
+    ]
+    assert config.allow_ae == [AllowedPeer(ae_title="CR01", host="10.1.1.1")]
