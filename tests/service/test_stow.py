@@ -80,3 +80,16 @@ def test_stow_rs_stores_good_parts_and_reports_bad_ones(
         f"{base}/studies", content=b"{}", headers={"Content-Type": "application/json"}, timeout=30
     )
     assert reply.status_code == 415
+
+
+def test_health_reports_an_unreachable_database(make_service: Callable[..., Service]) -> None:
+    from overread.service.db import Database
+
+    service = make_service(workers=0)
+    url = f"http://127.0.0.1:{service.http_port}/health"
+    assert httpx.get(url, timeout=10).status_code == 200
+    service.queue.database = Database(
+        "sqlite:////nonexistent-dir/for/sure/overread.db", create=False
+    )
+    reply = httpx.get(url, timeout=10)
+    assert reply.status_code == 503 and "database unavailable" in reply.json()["detail"]
