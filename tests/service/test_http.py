@@ -1,4 +1,4 @@
-"""STOW-RS ingest over HTTP into the same durable store as C-STORE."""
+"""The HTTP API: STOW-RS ingest into the same durable store as C-STORE, and health."""
 
 from __future__ import annotations
 
