@@ -15,6 +15,8 @@ from datetime import datetime
 from typing import Any
 
 from sqlalchemy import func, select
+from sqlalchemy.dialects.postgresql import insert as postgresql_insert
+from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.orm import Session
 
 from overread.errors import ConfigError
@@ -90,6 +92,37 @@ def _context(item: WorklistItem) -> StudyContext:
     return StudyContext(item.department, item.patient_age, item.received_at)
 
 
+def _locked(session: Session, study_instance_uid: str) -> WorklistItem | None:
+    return session.execute(
+        select(WorklistItem)
+        .where(WorklistItem.study_instance_uid == study_instance_uid)
+        .with_for_update()
+    ).scalar_one_or_none()
+
+
+def _lock_or_create(session: Session, study_instance_uid: str) -> WorklistItem:
+    """The study's row, locked until the transaction ends; created if missing.
+
+    The lock serialises concurrent triage of one study (two model versions, a re-run),
+    so alert suppression sees the other's alert. Creation is ``INSERT ... ON CONFLICT
+    DO NOTHING`` on SQLite and PostgreSQL, so two transactions creating the same row
+    do not fail: the second waits for the first and then locks its row.
+    """
+    dialect = session.get_bind().dialect.name
+    if dialect in ("sqlite", "postgresql"):
+        insert = sqlite_insert if dialect == "sqlite" else postgresql_insert
+        session.execute(
+            insert(WorklistItem)
+            .values(study_instance_uid=study_instance_uid, state=ReadState.UNREAD.value)
+            .on_conflict_do_nothing(index_elements=["study_instance_uid"])
+        )
+    item = _locked(session, study_instance_uid)
+    if item is None:
+        item = WorklistItem(study_instance_uid=study_instance_uid, state=ReadState.UNREAD.value)
+        session.add(item)
+    return item
+
+
 def upsert_study(
     session: Session,
     study_instance_uid: str,
@@ -113,12 +146,7 @@ def upsert_study(
     stored = [StoredFinding.from_finding(f) for f in findings]
     score = score_study(stored, context, config.weights, now=now)
     critical = critical_findings(stored, config.alerts)
-    item = session.execute(
-        select(WorklistItem).where(WorklistItem.study_instance_uid == study_instance_uid)
-    ).scalar_one_or_none()
-    if item is None:
-        item = WorklistItem(study_instance_uid=study_instance_uid, state=ReadState.UNREAD.value)
-        session.add(item)
+    item = _lock_or_create(session, study_instance_uid)
     item.sop_instance_uid = sop_instance_uid or item.sop_instance_uid or ""
     item.path = path or item.path or ""
     item.patient_id = patient_id or item.patient_id or ""

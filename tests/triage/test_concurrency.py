@@ -1,0 +1,74 @@
+"""Concurrent triage of one study raises one alert (SQLite; PostgreSQL with the marker)."""
+
+from __future__ import annotations
+
+import threading
+
+import pytest
+from sqlalchemy import func, select
+
+from overread.service.db import Database
+from overread.triage import (
+    Alert,
+    StudyContext,
+    WorklistItem,
+    raise_alerts,
+    triage_config,
+    upsert_study,
+)
+
+from .conftest import NOW, F
+
+WORKERS = 4
+
+
+def _race(db: Database, uid: str, duplicates: int = WORKERS - 1) -> None:
+    config = triage_config()
+    barrier = threading.Barrier(WORKERS)
+    errors: list[BaseException] = []
+
+    def work(version: int) -> None:
+        try:
+            barrier.wait(10)
+            with db.session() as session:
+                item = upsert_study(
+                    session,
+                    uid,
+                    [F("Pneumothorax", 0.9, True)],
+                    StudyContext("ED"),
+                    config,
+                    now=NOW,
+                    model_version=str(version),
+                )
+                raise_alerts(session, item, config, now=NOW)
+        except BaseException as exc:
+            errors.append(exc)
+
+    threads = [threading.Thread(target=work, args=(v,)) for v in range(WORKERS)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(60)
+    assert errors == []
+    with db.session() as session:
+        rows = session.execute(
+            select(func.count())
+            .select_from(WorklistItem)
+            .where(WorklistItem.study_instance_uid == uid)
+        ).scalar_one()
+        alerts = (
+            session.execute(select(Alert).where(Alert.study_instance_uid == uid)).scalars().all()
+        )
+    assert rows == 1
+    assert len(alerts) == 1 and alerts[0].duplicates == duplicates
+
+
+def test_concurrent_triage_sqlite(db: Database) -> None:
+    _race(db, "7.1")
+    # The row and alert exist now: the second round only adds duplicates.
+    _race(db, "7.1", duplicates=2 * WORKERS - 1)
+
+
+@pytest.mark.service
+def test_concurrent_triage_postgresql(pg_db: Database) -> None:
+    _race(pg_db, "7.2")
