@@ -217,3 +217,40 @@ def test_checkpoint_signer_is_chosen_from_the_configured_keys(
     assert public_only.key_id == created.key_id and not public_only.can_sign
     monkeypatch.setenv(KEY_ENV, "ab" * 32)
     assert load_checkpoint_signer(tmp_path).algorithm == "HMAC-SHA256"
+
+
+@pytest.mark.parametrize("kind", ["hmac", "ed25519"])
+def test_key_rotation_keeps_old_checkpoints_verifiable(
+    run_cli, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, kind: str
+) -> None:  # type: ignore[no-untyped-def]
+    from overread.audit import create_tables, load_checkpoint_signer, retired_keys_dir
+
+    monkeypatch.delenv(KEY_ENV, raising=False)
+    monkeypatch.delenv("OVERREAD_CONFIG", raising=False)
+    monkeypatch.chdir(tmp_path)
+    data_dir = tmp_path / "data"
+    if kind == "hmac":
+        load_checkpoint_key(data_dir, create=True)
+    else:
+        pytest.importorskip("cryptography")
+    url = f"sqlite:///{tmp_path / 'rotate.db'}"
+    database = Database(url)
+    create_tables(database.engine)
+    common = ["--data-dir", data_dir, "--database-url", url]
+    _append(database, 3)
+    assert run_cli("audit", "checkpoint", *common)[0] == 0
+    first = load_checkpoint_signer(data_dir)
+    status, out, _ = run_cli("audit", "rotate-key", *common)
+    assert status == 0 and f"retired {first.algorithm} key {first.key_id}" in out
+    second = load_checkpoint_signer(data_dir)
+    assert second.key_id != first.key_id
+    _append(database, 2)
+    assert run_cli("audit", "checkpoint", *common)[0] == 0
+    status, out, _ = run_cli("audit", "verify", *common)
+    assert status == 0 and "3 signed checkpoint(s) matched" in out
+    # Without the retired key the old checkpoint cannot be checked: that is reported.
+    for path in retired_keys_dir(data_dir).iterdir():
+        path.unlink()
+    status, out, _ = run_cli("audit", "verify", *common)
+    assert status == 1 and "not the configured or a retired key" in out
+    database.dispose()

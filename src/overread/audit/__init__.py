@@ -36,6 +36,9 @@ from overread.audit.signing import (
     HmacSigner,
     ed25519_available,
     load_checkpoint_signer,
+    load_verification_ring,
+    retired_keys_dir,
+    rotate_checkpoint_key,
 )
 
 __all__ = [
@@ -60,10 +63,13 @@ __all__ = [
     "load_checkpoint_key",
     "load_checkpoint_signer",
     "load_checkpoints",
+    "load_verification_ring",
     "missing_checkpoints",
     "parse_time",
     "read_checkpoint",
     "record_event",
+    "retired_keys_dir",
+    "rotate_checkpoint_key",
     "select_records",
     "verify_chain",
     "write_checkpoint",

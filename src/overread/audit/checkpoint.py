@@ -19,9 +19,11 @@ from __future__ import annotations
 import json
 import os
 import secrets
+from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import cast
 
 from sqlalchemy import Connection, Engine, select
 from sqlalchemy.orm import Session
@@ -92,6 +94,18 @@ def _as_signer(key: bytes | CheckpointSigner) -> CheckpointSigner:
     return HmacSigner(key) if isinstance(key, bytes) else key
 
 
+# A key, or several (the current one and retired ones) any of which may have signed.
+CheckpointKeys = bytes | CheckpointSigner | Sequence[CheckpointSigner]
+
+
+def _ring(keys: CheckpointKeys) -> list[CheckpointSigner]:
+    if isinstance(keys, bytes):
+        return [HmacSigner(keys)]
+    if isinstance(keys, Sequence):
+        return [cast(CheckpointSigner, k) for k in keys]
+    return [keys]
+
+
 @dataclass(frozen=True)
 class Checkpoint:
     """A verified checkpoint read from ``path``."""
@@ -109,12 +123,17 @@ class Checkpoint:
 
 
 def write_checkpoint(
-    source: Session | Connection | Engine, directory: Path, key: bytes | CheckpointSigner
+    source: Session | Connection | Engine,
+    directory: Path,
+    key: bytes | CheckpointSigner,
+    *,
+    retired: Sequence[CheckpointSigner] = (),
 ) -> Checkpoint:
     """Verify the chain, then write a signed checkpoint of its head into ``directory``.
 
     ``key`` is an HMAC key or a :class:`~overread.audit.signing.CheckpointSigner`
-    (e.g. Ed25519, from :func:`~overread.audit.signing.load_checkpoint_signer`).
+    (e.g. Ed25519, from :func:`~overread.audit.signing.load_checkpoint_signer`);
+    ``retired`` are keys that signed earlier checkpoints.
 
     The chain is verified against the existing checkpoints first: signing a chain
     that is already broken would launder the tampering.
@@ -127,7 +146,7 @@ def write_checkpoint(
     signer = _as_signer(key)
     if not signer.can_sign:
         raise AuditError("cannot write a checkpoint: only the public key is available")
-    previous = load_checkpoints(directory, signer)
+    previous = load_checkpoints(directory, [signer, *retired])
     result = verify_chain(source, checkpoints=previous)
     if not result.ok:
         raise AuditError(f"not writing a checkpoint over a broken chain: {result.summary()}")
@@ -160,7 +179,7 @@ def write_checkpoint(
     )
 
 
-def read_checkpoint(path: Path, key: bytes | CheckpointSigner) -> Checkpoint:
+def read_checkpoint(path: Path, key: CheckpointKeys) -> Checkpoint:
     """Read one checkpoint file and check its signature.
 
     Raises
@@ -178,12 +197,16 @@ def read_checkpoint(path: Path, key: bytes | CheckpointSigner) -> Checkpoint:
         created_at = str(document["created_at"])
     except (OSError, ValueError, KeyError, TypeError, AttributeError) as exc:
         raise AuditError(f"{path}: not a readable audit checkpoint ({exc})") from None
-    signer = _as_signer(key)
-    if (document.get("algorithm"), document.get("key_id")) != (signer.algorithm, signer.key_id):
+    ring = _ring(key)
+    wanted = (document.get("algorithm"), document.get("key_id"))
+    matching = [k for k in ring if (k.algorithm, k.key_id) == wanted]
+    if not matching:
+        known = ", ".join(f"{k.algorithm} key {k.key_id}" for k in ring) or "none"
         raise AuditError(
-            f"{path}: signed with {document.get('algorithm')} key {document.get('key_id')}, "
-            f"not the configured {signer.algorithm} key {signer.key_id}"
+            f"{path}: signed with {wanted[0]} key {wanted[1]}, not the configured "
+            f"or a retired key ({known})"
         )
+    signer = matching[0]
     if not signer.verify(canonical_json(document), signature):
         raise AuditError(f"{path}: checkpoint signature does not match: the file was altered")
     if count != head_seq:
@@ -193,7 +216,7 @@ def read_checkpoint(path: Path, key: bytes | CheckpointSigner) -> Checkpoint:
     )
 
 
-def load_checkpoints(directory: Path, key: bytes | CheckpointSigner) -> list[Checkpoint]:
+def load_checkpoints(directory: Path, key: CheckpointKeys) -> list[Checkpoint]:
     """Every checkpoint in ``directory``, signature-checked, oldest head first."""
     if not directory.is_dir():
         return []
@@ -234,6 +257,7 @@ __all__ = [
     "ALGORITHM",
     "KEY_ENV",
     "Checkpoint",
+    "CheckpointKeys",
     "checkpoint_dir",
     "key_id",
     "load_checkpoint_key",

@@ -20,9 +20,11 @@ from overread.audit import (
     export_events,
     load_checkpoint_signer,
     load_checkpoints,
+    load_verification_ring,
     missing_checkpoints,
     parse_time,
     record_event,
+    rotate_checkpoint_key,
     verify_chain,
     write_checkpoint,
 )
@@ -75,7 +77,7 @@ def verify(
         has_checkpoints = directory.is_dir() and any(directory.glob("checkpoint-*.json"))
         try:
             checkpoints = (
-                load_checkpoints(directory, load_checkpoint_signer(root)) if has_checkpoints else []
+                load_checkpoints(directory, load_verification_ring(root)) if has_checkpoints else []
             )
         except AuditError as exc:
             typer.echo(f"BROKEN: {exc}")
@@ -105,7 +107,9 @@ def checkpoint(
     root, database = _open(data_dir, database_url)
     try:
         signer = load_checkpoint_signer(root, create=True)
-        written = write_checkpoint(database.engine, checkpoint_dir(root), signer)
+        written = write_checkpoint(
+            database.engine, checkpoint_dir(root), signer, retired=load_verification_ring(root)
+        )
         with database.session() as session:
             record_event(
                 session,
@@ -185,5 +189,47 @@ def show(
                 f"{row.seq}\t{row.timestamp}\t{row.actor}\t{row.role or '-'}\t"
                 f"{row.action}\t{uids}\t{details}"
             )
+    finally:
+        database.dispose()
+
+
+@audit_app.command("rotate-key")
+def rotate_key(
+    data_dir: Path | None = DATA_DIR,
+    database_url: str | None = DATABASE_URL,
+) -> None:
+    """Retire the checkpoint key, create a new one, and checkpoint under it at once.
+
+    Old checkpoints stay verifiable: an Ed25519 key's public half (or an HMAC secret)
+    is kept in audit/retired-keys/.
+    """
+    root, database = _open(data_dir, database_url)
+    try:
+        directory = checkpoint_dir(root)
+        # Refuse to rotate over a broken chain: the new key must not anchor tampering.
+        ring = load_verification_ring(root)
+        result = verify_chain(database.engine, checkpoints=load_checkpoints(directory, ring))
+        if not result.ok:
+            raise AuditError(f"not rotating the key over a broken chain: {result.summary()}")
+        old, new = rotate_checkpoint_key(root)
+        written = write_checkpoint(
+            database.engine, directory, new, retired=load_verification_ring(root)
+        )
+        with database.session() as session:
+            record_event(
+                session,
+                actor=_operator(),
+                action=AuditAction.CONFIG_CHANGE,
+                details={
+                    "change": "audit-key-rotation",
+                    "retired": f"{old.algorithm} {old.key_id}",
+                    "current": f"{new.algorithm} {new.key_id}",
+                    "checkpoint": written.name,
+                },
+            )
+        typer.echo(
+            f"retired {old.algorithm} key {old.key_id}; new {new.algorithm} key {new.key_id}; "
+            f"checkpoint at record {written.head_seq}"
+        )
     finally:
         database.dispose()
