@@ -167,9 +167,9 @@ class Registry:
         """Resolve and load (verify) a package; verified packages are cached per manifest."""
         path = self.resolve(ref)
         stamp = ""
-        manifest_file = path / MANIFEST_NAME
-        if manifest_file.is_file():
-            stamp = str(manifest_file.stat().st_mtime_ns)
+        stamped = path / MANIFEST_NAME if path.is_dir() else path  # a .zip: the archive itself
+        if stamped.is_file():
+            stamp = str(stamped.stat().st_mtime_ns)
         cache_key = (path.resolve(), stamp)
         with self._lock:
             cached = self._loaded.get(cache_key)
