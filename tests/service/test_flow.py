@@ -195,3 +195,28 @@ def test_with_explain_the_pacs_also_gets_heatmap_overlays(
     with service.database.session() as session:
         [result] = session.scalars(select(Result)).all()
         assert len(result.artifacts) == len(classes)
+
+
+def test_a_phantom_cohort_is_read_study_by_study(
+    make_service: Callable[..., Service], storescp: Storescp, tmp_path: Path
+) -> None:
+    phantom = pytest.importorskip("overread.phantom")
+    cohort = tmp_path / "cohort"
+    phantom.generate_cohort(cohort, n=3, seed=1, rows=256, cols=256)
+    images = sorted((cohort / "images").rglob("*.dcm"))
+    studies = {str(pydicom.dcmread(p, stop_before_pixels=True).StudyInstanceUID) for p in images}
+    service = make_service(destinations=[f"PACS=PACSAE@127.0.0.1:{storescp.port}"])
+    _storescu(service.dicom_port or 0, *images)
+    _wait(
+        lambda: (
+            len(_jobs(service)) == 2 * len(studies)
+            and {j.state for j in _jobs(service)} == {"succeeded"}
+        )
+    )
+    srs = [pydicom.dcmread(p) for p in storescp.files()]
+    assert len(srs) == len(images)  # one SR per image
+    assert {str(sr.StudyInstanceUID) for sr in srs} == studies
+    with service.database.session() as session:
+        results = session.scalars(select(Result)).all()
+        assert len(results) == len(studies)
+        assert all(i["ok"] for r in results for i in r.summary["instances"])
