@@ -4,7 +4,14 @@ import numpy as np
 import pytest
 import torch
 
-from overread.explain import GradCam, blend_overlay, cam_to_heatmaps, colourise, normalise_maps
+from overread.explain import (
+    GradCam,
+    ScoreCam,
+    blend_overlay,
+    cam_to_heatmaps,
+    colourise,
+    normalise_maps,
+)
 from overread.models import CamClassifier, build_network
 
 SIZE = 48
@@ -81,6 +88,13 @@ def test_grad_cam_peak_lies_in_the_square(square_net: torch.nn.Module, plus_plus
     assert _peaks_in_square(maps, corners) >= 0.85
     assert square_net.training is False
     assert all(p.grad is None for p in square_net.parameters())
+
+
+def test_score_cam_peak_lies_in_the_square(square_net: torch.nn.Module) -> None:
+    x, _, corners = _square_batch(8, np.random.default_rng(4))
+    maps = ScoreCam(square_net)(x)
+    assert maps.shape == (8, 1, SIZE, SIZE)
+    assert _peaks_in_square(maps, corners) >= 0.75
 
 
 def test_grad_cam_shapes_for_several_labels() -> None:

@@ -59,14 +59,14 @@ def predict_command(
     operating_point: str | None = typer.Option(
         None, "--operating-point", help="e.g. 'high sensitivity'."
     ),
-    cam: str = typer.Option("cam", "--cam", help="cam, gradcam or gradcam++."),
+    cam: str = typer.Option("cam", "--cam", help="cam, gradcam, gradcam++ or scorecam."),
 ) -> None:
     """Run a model on images and print findings.
 
     Exit status 0 when every input was processed; 1 when some failed (each gets one
     line 'path: problem' on stderr, the others are still processed).
     """
-    if cam not in ("cam", "gradcam", "gradcam++"):
+    if cam not in ("cam", "gradcam", "gradcam++", "scorecam"):
         raise typer.BadParameter(f"unknown CAM method {cam!r}", param_hint="--cam")
     pipeline = Pipeline.from_name(model, runtime=runtime, precision=precision)
     if not pipeline.package.manifest.trained:

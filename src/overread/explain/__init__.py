@@ -1,8 +1,9 @@
-"""Explanations: class activation maps (CAM, Grad-CAM, Grad-CAM++) and overlays."""
+"""Explanations: class activation maps (CAM, Grad-CAM, Grad-CAM++, Score-CAM) and overlays."""
 
 from overread.explain.cam import (
     CamMethod,
     GradCam,
+    ScoreCam,
     cam_to_heatmaps,
     default_target_layer,
     normalise_maps,
@@ -13,6 +14,7 @@ from overread.explain.overlay import blend_overlay, colourise, save_overlay
 __all__ = [
     "CamMethod",
     "GradCam",
+    "ScoreCam",
     "blend_overlay",
     "cam_to_heatmaps",
     "colourise",

@@ -4,8 +4,10 @@ CAM needs no gradients: the exported network returns, next to the logits, the
 classifier applied at every position of the last feature map (see
 :mod:`overread.models.export`), so the ONNX runtime explains with the same pass it
 predicts with. Grad-CAM (Selvaraju et al., ICCV 2017) and Grad-CAM++ (Chattopadhay
-et al., WACV 2018) work for any torch network with a convolutional layer, using
-forward and backward hooks on that layer.
+et al., WACV 2018) work for any torch network with a convolutional layer, from a
+forward hook on that layer and the gradient of the score with respect to it.
+Score-CAM (Wang et al., CVPR Workshops 2020) needs no gradients at all: it weights
+each activation map by the score the network gives the input masked with it.
 """
 
 from __future__ import annotations
@@ -16,7 +18,7 @@ import numpy as np
 import torch
 from torch import nn
 
-CamMethod = Literal["cam", "gradcam", "gradcam++"]
+CamMethod = Literal["cam", "gradcam", "gradcam++", "scorecam"]
 
 
 def normalise_maps(maps: np.ndarray) -> np.ndarray:
@@ -119,9 +121,60 @@ class GradCam:
         return torch.relu((weights * activation).sum(dim=1))
 
 
+class ScoreCam:
+    """Score-CAM: activation maps weighted by the score of the input masked with each.
+
+    One extra forward pass per channel of the target layer (in batches of
+    ``batch_size``), so it is the slowest method here and the least sensitive to
+    noisy gradients.
+    """
+
+    def __init__(
+        self, network: nn.Module, target_layer: nn.Module | None = None, *, batch_size: int = 32
+    ) -> None:
+        self.network = network
+        self.target_layer = target_layer or default_target_layer(network)
+        self.batch_size = batch_size
+
+    @torch.no_grad()
+    def __call__(self, x: torch.Tensor, label_indices: list[int] | None = None) -> np.ndarray:
+        """Maps ``(N, len(label_indices), H, W)`` in [0, 1] at the input resolution."""
+        activations: list[torch.Tensor] = []
+        handle = self.target_layer.register_forward_hook(
+            lambda _m, _i, output: activations.append(output.detach().clone())
+        )
+        was_training = self.network.training
+        self.network.eval()
+        try:
+            logits = self.network(x)
+            if not activations:
+                raise ValueError("the target layer was not called by the network's forward")
+            activation = activations[0]
+            handle.remove()
+            indices = label_indices if label_indices is not None else list(range(logits.shape[1]))
+            size = (x.shape[-2], x.shape[-1])
+            masks = torch.from_numpy(
+                normalise_maps(upsample_maps(activation.numpy(), size))
+            )  # (N, K, H, W)
+            out = np.zeros((x.shape[0], len(indices), *size), dtype=np.float32)
+            for n in range(x.shape[0]):
+                scores = []
+                for start in range(0, masks.shape[1], self.batch_size):
+                    chunk = masks[n, start : start + self.batch_size, None]  # (k, 1, H, W)
+                    scores.append(self.network(x[n : n + 1] * chunk)[:, indices])
+                weights = torch.softmax(torch.cat(scores), dim=0)  # (K, labels)
+                cam = torch.relu(torch.einsum("kl,khw->lhw", weights, activation[n]))
+                out[n] = upsample_maps(cam.numpy(), size)
+        finally:
+            handle.remove()
+            self.network.train(was_training)
+        return normalise_maps(out)
+
+
 __all__ = [
     "CamMethod",
     "GradCam",
+    "ScoreCam",
     "cam_to_heatmaps",
     "default_target_layer",
     "normalise_maps",

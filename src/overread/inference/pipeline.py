@@ -20,7 +20,7 @@ import numpy as np
 import torch
 
 from overread.errors import InferenceError, ModelPackageError, OverreadError
-from overread.explain.cam import CamMethod, GradCam, cam_to_heatmaps
+from overread.explain.cam import CamMethod, GradCam, ScoreCam, cam_to_heatmaps
 from overread.imaging import Image, read
 from overread.imaging.transforms import Compose, Letterbox, Resize, build_chain
 from overread.inference.postprocess import calibrate, decide
@@ -219,11 +219,13 @@ class Pipeline:
         ]
 
     def gradient_cams(self, x: np.ndarray, method: CamMethod) -> np.ndarray:
-        """Grad-CAM / Grad-CAM++ maps ``(N, L, H, W)`` from the package's torch network."""
+        """Grad-CAM, Grad-CAM++ or Score-CAM maps ``(N, L, H, W)`` from the torch network."""
         if self._torch is None:
             self._torch = TorchRuntime(self.package)
-        explainer = GradCam(self._torch.network, plus_plus=method == "gradcam++")
-        return explainer(torch.from_numpy(np.ascontiguousarray(x, dtype=np.float32)))
+        tensor = torch.from_numpy(np.ascontiguousarray(x, dtype=np.float32))
+        if method == "scorecam":
+            return ScoreCam(self._torch.network)(tensor)
+        return GradCam(self._torch.network, plus_plus=method == "gradcam++")(tensor)
 
     # -- the whole path -----------------------------------------------------------
     def predict(
