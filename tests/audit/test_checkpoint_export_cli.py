@@ -51,7 +51,7 @@ def test_checkpoint_file_is_signed_and_edits_are_refused(
     written.path.write_text(json.dumps(document))
     with pytest.raises(AuditError, match="signature does not match"):
         load_checkpoints(tmp_path, KEY)
-    with pytest.raises(AuditError, match="not the configured HMAC-SHA256 key"):
+    with pytest.raises(AuditError, match=r"not the configured or a retired key \(HMAC-SHA256"):
         read_checkpoint(written.path, b"another key, another fingerprint")
 
 
@@ -185,9 +185,12 @@ def test_ed25519_checkpoints_verify_with_the_public_key_only(
     assert loaded.head_hash == written.head_hash
     with pytest.raises(AuditError, match="only the public key"):
         write_checkpoint(database.engine, tmp_path, verifier)
-    with pytest.raises(AuditError, match="not the configured HMAC-SHA256 key"):
+    with pytest.raises(AuditError, match=r"not the configured or a retired key \(HMAC-SHA256"):
         load_checkpoints(tmp_path, KEY)
-    with pytest.raises(AuditError, match="not the configured Ed25519 key"):
+    with pytest.raises(
+        AuditError,
+        match=r"signed with Ed25519 key \w+, not the configured or a retired key \(Ed25519",
+    ):
         load_checkpoints(tmp_path, Ed25519Signer.generate())
 
     document["head_hash"] = "0" * 64
