@@ -56,7 +56,7 @@ class ServeProcess:
                 "--workers",
                 str(workers),
                 "--lease-seconds",
-                "3",
+                "5",
                 *extra,
             ],
             cwd=data_dir.parent,
