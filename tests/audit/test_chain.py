@@ -280,6 +280,8 @@ def test_unknown_action_and_bad_details_are_refused(database: Database) -> None:
     with database.session() as session:
         with pytest.raises(AuditError, match="unknown audit action"):
             record_event(session, actor="a", action="teleport")
+        with pytest.raises(AuditError, match="1-128"):
+            record_event(session, actor="x" * 129, action="view")
         with pytest.raises(AuditError, match="canonical JSON"):
             record_event(session, actor="a", action="view", details={"x": float("nan")})
     assert verify_chain(database.engine).count == 0

@@ -159,6 +159,8 @@ def record_event(
         have not been created.
     """
     action_value = _action_value(action)
+    if not actor or len(actor) > 128 or len(role) > 32:
+        raise AuditError(f"audit actor must be 1-128 and role at most 32 characters: {actor!r}")
     uids = [str(uid) for uid in object_uids]
     clean_details = _normalised_details(details)
     # Take the chain lock first: the UPDATE waits for any other appender to finish.
@@ -170,8 +172,8 @@ def record_event(
         )
     except (OperationalError, ProgrammingError) as exc:
         raise AuditError(
-            "cannot lock the audit chain head (were the audit tables created with "
-            f"overread.audit.create_tables?): {exc.orig}"
+            "cannot lock the audit chain head (database locked too long, or the audit "
+            f"tables not created with overread.audit.create_tables?): {exc.orig}"
         ) from exc
     if getattr(bumped, "rowcount", 1) != 1:
         raise AuditError(
