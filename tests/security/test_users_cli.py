@@ -48,6 +48,20 @@ def test_users_add_list_token(run_cli, tmp_path: Path, monkeypatch: pytest.Monke
         principal = resolve_token(session, token)
         assert principal is not None and principal.username == "pacs"
 
+    status, out, _ = run_cli("users", "tokens", "pacs", "--database-url", url)
+    assert status == 0 and out.split("\t")[:3] == ["1", "service", "active"]
+    status, out, _ = run_cli("users", "revoke-token", "1", "--database-url", url)
+    assert status == 0 and "revoked token 1" in out
+    status, out, _ = run_cli("users", "tokens", "pacs", "--database-url", url)
+    assert out.split("\t")[2] == "revoked"
+    with database.session() as session:
+        assert resolve_token(session, token) is None
+    status, _, err = run_cli("users", "revoke-token", "99", "--database-url", url)
+    assert status == 2 and "no API token with id 99" in err
+    status, out, err = run_cli("users", "token", "pacs", "--database-url", url)
+    token = out.strip()
+    assert "token 2 for pacs" in err
+
     status, out, _ = run_cli("users", "disable", "pacs", "--database-url", url)
     assert status == 0 and "disabled pacs" in out
     with database.session() as session:
@@ -69,6 +83,8 @@ def test_users_add_list_token(run_cli, tmp_path: Path, monkeypatch: pytest.Monke
     assert actions == [
         AuditAction.USER_CHANGE,  # add alice
         AuditAction.USER_CHANGE,  # add pacs
+        AuditAction.TOKEN_ISSUED,
+        AuditAction.USER_CHANGE,  # revoke token 1
         AuditAction.TOKEN_ISSUED,
         AuditAction.USER_CHANGE,  # disable
         AuditAction.USER_CHANGE,  # enable

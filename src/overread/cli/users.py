@@ -8,18 +8,23 @@ from datetime import timedelta
 from pathlib import Path
 
 import typer
+from sqlalchemy import select
 
 from overread.cli.app import app
 from overread.config import load_settings
 from overread.errors import ConfigError
 from overread.security import (
+    ApiToken,
     add_user,
     create_tables,
+    get_user,
     issue_token,
     list_users,
+    revoke_token,
     set_active,
     set_password,
 )
+from overread.security.schema import utcnow
 from overread.service.db import Database
 
 users_app = typer.Typer(help="Users, roles and API tokens.", no_args_is_help=True)
@@ -125,7 +130,7 @@ def token(
                 raise ConfigError(str(exc)) from None
             expires = row.expires_at.isoformat() if row.expires_at else "never"
         typer.echo(value)
-        typer.echo(f"token for {name} ({row.role}), expires {expires}", err=True)
+        typer.echo(f"token {row.id} for {name} ({row.role}), expires {expires}", err=True)
     finally:
         database.dispose()
 
@@ -178,5 +183,49 @@ def password(
             except ValueError as exc:
                 raise ConfigError(str(exc)) from None
         typer.echo(f"password changed for {name}")
+    finally:
+        database.dispose()
+
+
+@users_app.command("tokens")
+def tokens(
+    name: str = typer.Argument(..., help="User name."),
+    data_dir: Path | None = DATA_DIR,
+    database_url: str | None = DATABASE_URL,
+) -> None:
+    """List a user's API tokens (ids, state, expiry; never the tokens themselves)."""
+    database = _database(data_dir, database_url)
+    try:
+        with database.session() as session:
+            user = get_user(session, name)
+            if user is None:
+                raise ConfigError(f"no user called {name!r}")
+            now = utcnow()
+            rows = session.scalars(
+                select(ApiToken).where(ApiToken.user_id == user.id).order_by(ApiToken.id)
+            ).all()
+            for row in rows:
+                expired = row.expires_at is not None and row.expires_at <= now
+                state = "revoked" if row.revoked else ("expired" if expired else "active")
+                expires = row.expires_at.isoformat() if row.expires_at else "never"
+                typer.echo(f"{row.id}\t{row.role}\t{state}\texpires {expires}\t{row.label}")
+    finally:
+        database.dispose()
+
+
+@users_app.command("revoke-token")
+def revoke(
+    token_id: int = typer.Argument(..., help="Token id (from 'overread users tokens')."),
+    data_dir: Path | None = DATA_DIR,
+    database_url: str | None = DATABASE_URL,
+) -> None:
+    """Revoke one API token at once (e.g. one that leaked)."""
+    database = _database(data_dir, database_url)
+    try:
+        with database.session() as session:
+            if session.get(ApiToken, token_id) is None:
+                raise ConfigError(f"no API token with id {token_id}")
+            revoke_token(session, token_id, actor=_operator())
+        typer.echo(f"revoked token {token_id}")
     finally:
         database.dispose()
