@@ -1,4 +1,4 @@
-"""Concurrent triage of one study raises one alert (SQLite; PostgreSQL with the marker)."""
+"""Concurrency: one alert per study and finding, one reader per study (SQLite; PostgreSQL)."""
 
 from __future__ import annotations
 
@@ -12,6 +12,7 @@ from overread.triage import (
     Alert,
     StudyContext,
     WorklistItem,
+    claim_next,
     raise_alerts,
     triage_config,
     upsert_study,
@@ -72,3 +73,49 @@ def test_concurrent_triage_sqlite(db: Database) -> None:
 @pytest.mark.service
 def test_concurrent_triage_postgresql(pg_db: Database) -> None:
     _race(pg_db, "7.2")
+
+
+def _claims(db: Database, prefix: str) -> None:
+    config = triage_config()
+    with db.session() as session:
+        for i in range(WORKERS):
+            upsert_study(
+                session,
+                f"{prefix}.{i}",
+                [F("Edema", 0.2 * i)],
+                StudyContext(f"ward{prefix}"),
+                config,
+                now=NOW,
+            )
+    barrier = threading.Barrier(WORKERS)
+    claimed: list[str] = []
+    errors: list[BaseException] = []
+
+    def work(reader: int) -> None:
+        try:
+            barrier.wait(10)
+            with db.session() as session:
+                item = claim_next(
+                    session, reader=f"dr.{reader}", now=NOW, department=f"ward{prefix}"
+                )
+                assert item is not None
+                claimed.append(item.study_instance_uid)
+        except BaseException as exc:
+            errors.append(exc)
+
+    threads = [threading.Thread(target=work, args=(r,)) for r in range(WORKERS)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(60)
+    assert errors == []
+    assert sorted(claimed) == [f"{prefix}.{i}" for i in range(WORKERS)]
+
+
+def test_concurrent_claims_get_different_studies_sqlite(db: Database) -> None:
+    _claims(db, "5")
+
+
+@pytest.mark.service
+def test_concurrent_claims_get_different_studies_postgresql(pg_db: Database) -> None:
+    _claims(pg_db, "6")

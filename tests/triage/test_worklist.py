@@ -14,6 +14,7 @@ from overread.triage import (
     StudyContext,
     TriageConfig,
     WorklistItem,
+    claim_next,
     get_item,
     query_worklist,
     refresh_scores,
@@ -125,3 +126,25 @@ def test_bad_requests_are_refused(db: Database) -> None:
             get_item(session, "9.9")
         with pytest.raises(ConfigError, match="invalid page"):
             query_worklist(session, limit=0)
+
+
+def test_claim_next_hands_out_the_top_unread_study(db: Database) -> None:
+    _fill(db)
+    with db.session() as session:
+        first = claim_next(session, reader="dr.a", now=NOW)
+        second = claim_next(session, reader="dr.b", now=NOW)
+        assert first is not None and second is not None
+        assert (first.study_instance_uid, first.state, first.reader) == (
+            "1.1",
+            "in-progress",
+            "dr.a",
+        )
+        assert second.study_instance_uid == "1.2"
+        ed = claim_next(session, reader="dr.c", now=NOW, department="ED")
+        assert ed is not None and ed.study_instance_uid == "1.5"
+        plain = claim_next(session, reader="dr.c", now=NOW, has_critical=False)
+        assert plain is not None and plain.study_instance_uid == "1.3"
+        assert claim_next(session, reader="dr.c", now=NOW) is not None
+        assert claim_next(session, reader="dr.c", now=NOW) is None
+        with pytest.raises(ConfigError, match="name of the reader"):
+            claim_next(session, reader="", now=NOW)

@@ -62,6 +62,7 @@ from overread.triage.score import (
 from overread.triage.worklist import (
     StoredFinding,
     WorklistPage,
+    claim_next,
     critical_findings,
     get_item,
     query_worklist,
@@ -101,6 +102,7 @@ __all__ = [
     "acknowledge",
     "alert_message",
     "backoff",
+    "claim_next",
     "context_terms",
     "critical_findings",
     "deliver_due",

@@ -14,17 +14,20 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import func, select
+from sqlalchemy import func, select, update
 from sqlalchemy.dialects.postgresql import insert as postgresql_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.orm import Session
 
-from overread.errors import ConfigError
+from overread.errors import ConfigError, ServiceError
 from overread.triage.config import AlertSettings, TriageConfig
 from overread.triage.schema import ReadState, WorklistItem
 from overread.triage.score import FindingLike, StudyContext, score_study
 
 logger = logging.getLogger(__name__)
+
+# A claim retries when another reader took its candidate first.
+_CLAIM_TRIES = 20
 
 
 @dataclass(frozen=True)
@@ -189,6 +192,51 @@ def refresh_scores(session: Session, config: TriageConfig, *, now: datetime) -> 
     return count
 
 
+def claim_next(
+    session: Session,
+    *,
+    reader: str,
+    now: datetime,
+    department: str | None = None,
+    has_critical: bool | None = None,
+) -> WorklistItem | None:
+    """Give a reader the highest-priority unread study and mark it in progress.
+
+    Two readers claiming at once get different studies: the row is taken with a
+    conditional update (still unread), and on PostgreSQL candidates another
+    transaction holds are skipped (``FOR UPDATE SKIP LOCKED``). ``None`` when nothing
+    unread matches.
+    """
+    if not reader:
+        raise ConfigError("claiming a study needs the name of the reader")
+    conditions: list[Any] = [WorklistItem.state == ReadState.UNREAD.value]
+    if department:
+        conditions.append(func.lower(WorklistItem.department) == department.strip().lower())
+    if has_critical is not None:
+        conditions.append(WorklistItem.has_critical.is_(has_critical))
+    order = (WorklistItem.score.desc(), WorklistItem.received_at.asc(), WorklistItem.id.asc())
+    for _ in range(_CLAIM_TRIES):
+        candidate = session.execute(
+            select(WorklistItem.id)
+            .where(*conditions)
+            .order_by(*order)
+            .limit(1)
+            .with_for_update(skip_locked=True)
+        ).scalar_one_or_none()
+        if candidate is None:
+            return None
+        # Conditional on still being unread: a reader who took it meanwhile wins.
+        taken = session.execute(
+            update(WorklistItem)
+            .where(WorklistItem.id == candidate, WorklistItem.state == ReadState.UNREAD.value)
+            .values(state=ReadState.IN_PROGRESS.value, reader=reader, updated_at=now)
+            .execution_options(synchronize_session=False)
+        )
+        if getattr(taken, "rowcount", 0) == 1:
+            return session.get(WorklistItem, candidate, populate_existing=True)
+    raise ServiceError(f"could not claim a study for {reader} in {_CLAIM_TRIES} tries")
+
+
 def set_read_state(
     session: Session, study_instance_uid: str, state: ReadState | str, *, reader: str, now: datetime
 ) -> WorklistItem:
@@ -336,6 +384,7 @@ def upsert_prediction(
 __all__ = [
     "StoredFinding",
     "WorklistPage",
+    "claim_next",
     "critical_findings",
     "get_item",
     "query_worklist",
