@@ -159,6 +159,12 @@ def test_cli_verify_checkpoint_export(run_cli, tmp_path: Path, monkeypatch) -> N
     status, out, _ = run_cli("audit", "verify", "--data-dir", data_dir, "--database-url", url)
     assert status == 1
     assert out.startswith("BROKEN at record 4 (truncated)")
+    status, out, _ = run_cli(
+        "audit", "verify", "--json", "--data-dir", data_dir, "--database-url", url
+    )
+    reported = json.loads(out)
+    assert status == 1 and (reported["ok"], reported["broken_seq"]) == (False, 4)
+    assert reported["reason"] == "truncated"
 
     status, _, err = run_cli(
         "audit", "export", "--from", "yesterday", "--to", "2100-01-01", "--database-url", url

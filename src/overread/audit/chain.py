@@ -265,6 +265,21 @@ class VerifyResult:
     first_timestamp: str | None = None
     last_timestamp: str | None = None
 
+    def as_dict(self) -> dict[str, Any]:
+        """All fields, for JSON output to monitoring."""
+        return {
+            "ok": self.ok,
+            "count": self.count,
+            "head_seq": self.head_seq,
+            "head_hash": self.head_hash,
+            "checkpoints_checked": self.checkpoints_checked,
+            "broken_seq": self.broken_seq,
+            "reason": self.reason,
+            "message": self.message,
+            "first_timestamp": self.first_timestamp,
+            "last_timestamp": self.last_timestamp,
+        }
+
     def summary(self) -> str:
         """One line for humans and logs."""
         if self.ok:

@@ -67,6 +67,7 @@ def _operator() -> str:
 
 @audit_app.command("verify")
 def verify(
+    as_json: bool = typer.Option(False, "--json", help="Print the result as JSON."),
     data_dir: Path | None = DATA_DIR,
     database_url: str | None = DATABASE_URL,
 ) -> None:
@@ -75,25 +76,25 @@ def verify(
     try:
         directory = checkpoint_dir(root)
         has_checkpoints = directory.is_dir() and any(directory.glob("checkpoint-*.json"))
+        outcome: dict[str, object]
         try:
             checkpoints = (
                 load_checkpoints(directory, load_verification_ring(root)) if has_checkpoints else []
             )
         except AuditError as exc:
-            typer.echo(f"BROKEN: {exc}")
-            raise typer.Exit(1) from None
-        result = verify_chain(database.engine, checkpoints=checkpoints)
-        if not result.ok:
-            typer.echo(result.summary())
+            outcome = {"ok": False, "reason": "checkpoint-invalid", "message": str(exc)}
+            line = f"BROKEN: {exc}"
+        else:
+            result = verify_chain(database.engine, checkpoints=checkpoints)
+            outcome, line = result.as_dict(), result.summary()
+            gone = missing_checkpoints(database.engine, directory) if result.ok else []
+            if gone:
+                seq, name = gone[0]
+                line = f"BROKEN: checkpoint {name} (recorded at record {seq}) is missing from {directory}"
+                outcome.update(ok=False, reason="checkpoint-missing", broken_seq=seq, message=line)
+        typer.echo(json.dumps(outcome, sort_keys=True) if as_json else line)
+        if not outcome["ok"]:
             raise typer.Exit(1)
-        gone = missing_checkpoints(database.engine, directory)
-        if gone:
-            seq, name = gone[0]
-            typer.echo(
-                f"BROKEN: checkpoint {name} (recorded at record {seq}) is missing from {directory}"
-            )
-            raise typer.Exit(1)
-        typer.echo(result.summary())
     finally:
         database.dispose()
 
