@@ -107,3 +107,13 @@ def test_export_feedback(run_cli: RunCli, filled: str, tmp_path: Path) -> None:
     status, out, _ = run_cli("worklist", "export-feedback", out_csv, "--database-url", filled)
     assert status == 0 and "1 studies" in out
     assert out_csv.read_text(encoding="utf-8").splitlines()[1].startswith("1.2.1,")
+
+
+def test_next_claims_the_top_study(run_cli: RunCli, filled: str) -> None:
+    status, out, _ = run_cli("worklist", "next", "--reader", "dr.c", "--database-url", filled)
+    assert status == 0 and out.startswith("1.1 score") and "in progress for dr.c" in out
+    status, out, _ = run_cli("worklist", "list", "--state", "in-progress", "--database-url", filled)
+    assert "1 studies" in out and "1.1" in out
+    run_cli("worklist", "next", "--reader", "dr.c", "--database-url", filled)
+    status, out, _ = run_cli("worklist", "next", "--reader", "dr.c", "--database-url", filled)
+    assert status == 1 and out.strip() == "no unread study"

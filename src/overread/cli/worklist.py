@@ -20,6 +20,7 @@ from overread.triage import (
     Alert,
     AlertState,
     acknowledge,
+    claim_next,
     export_feedback,
     load_triage_config,
     query_worklist,
@@ -106,6 +107,25 @@ def list_worklist(
         typer.echo(
             f"{row['score']:7.1f}  {row['state']:<11} {row['department'] or '-':<10} "
             f"{row['study_instance_uid']}{flag}  [{_top_terms(row['breakdown'])}]"
+        )
+
+
+@worklist_app.command("next")
+def claim_next_cmd(
+    reader: str = typer.Option(..., "--reader", help="Who takes the study."),
+    department: str | None = typer.Option(None, "--department", help="Requesting department."),
+    data_dir: Path | None = DATA_DIR,
+    database_url: str | None = DATABASE_URL,
+) -> None:
+    """Take the highest-priority unread study (marks it in progress). Exit 1 if none."""
+    with _database(data_dir, database_url) as database, database.session() as session:
+        item = claim_next(session, reader=reader, now=datetime.now(UTC), department=department)
+        if item is None:
+            typer.echo("no unread study")
+            raise typer.Exit(1)
+        typer.echo(
+            f"{item.study_instance_uid} score {item.score:.1f} "
+            f"[{_top_terms(list(item.breakdown))}] now in progress for {reader}"
         )
 
 
