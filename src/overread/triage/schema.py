@@ -13,7 +13,7 @@ import enum
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import Boolean, Float, ForeignKey, Index, Integer, String, Text
+from sqlalchemy import Boolean, Float, ForeignKey, Index, Integer, String, Text, text
 from sqlalchemy.orm import Mapped, mapped_column
 
 from overread.service.db import Base, utcnow
@@ -59,7 +59,17 @@ class WorklistItem(Base):
     """One study on the worklist: its score, why, and its reading state."""
 
     __tablename__ = "worklist_items"
-    __table_args__ = (Index("ix_worklist_order", "state", "score"),)
+    # The worklist's own order (score first, then longest waiting) within a state,
+    # so "unread, highest first" pages and claims read the index in order.
+    __table_args__ = (
+        Index(
+            "ix_worklist_order",
+            "state",
+            text("score DESC"),
+            "received_at",
+            "id",
+        ),
+    )
 
     id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
     study_instance_uid: Mapped[str] = mapped_column(String(64), unique=True)
