@@ -76,6 +76,7 @@ class WebhookReceiver:
 
     url: str = ""
     received: list[dict[str, Any]] = field(default_factory=list)
+    raw: list[tuple[dict[str, str], bytes]] = field(default_factory=list)
     fail_next: int = 0
     lock: threading.Lock = field(default_factory=threading.Lock)
 
@@ -93,6 +94,7 @@ def webhook() -> Iterator[WebhookReceiver]:
                     receiver.fail_next -= 1
                 else:
                     receiver.received.append({"path": self.path, **json.loads(body)})
+                    receiver.raw.append((dict(self.headers.items()), body))
             self.send_response(503 if failing else 204)
             self.end_headers()
 

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import hashlib
+import hmac
 import json
 import socket
 import threading
@@ -20,6 +22,7 @@ from sqlalchemy import select
 from overread.errors import ServiceError
 from overread.service.db import Database
 from overread.triage import (
+    SIGNATURE_HEADER,
     AlertDelivery,
     ChannelConfig,
     EmailChannel,
@@ -30,6 +33,7 @@ from overread.triage import (
     sweep,
     triage_config,
     upsert_study,
+    webhook_signature,
 )
 
 from .conftest import NOW, F, WebhookReceiver
@@ -165,6 +169,21 @@ def test_webhook_channel_posts_json(webhook: WebhookReceiver) -> None:
     webhook.fail_next = 1
     with pytest.raises(ServiceError, match="HTTP 503"):
         WebhookChannel(ChannelConfig(name="hook", kind="webhook", url=webhook.url)).send(MESSAGE)
+
+
+def test_webhook_signature_lets_the_receiver_check_the_body(
+    webhook: WebhookReceiver, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    config = ChannelConfig(name="hook", kind="webhook", url=webhook.url, secret_env="HOOK_SECRET")
+    with pytest.raises(ServiceError, match="HOOK_SECRET"):
+        WebhookChannel(config).send(MESSAGE)
+    monkeypatch.setenv("HOOK_SECRET", "s3cret")
+    WebhookChannel(config).send(MESSAGE)
+    [(headers, body)] = webhook.raw
+    expected = hmac.new(b"s3cret", body, hashlib.sha256).hexdigest()
+    assert headers[SIGNATURE_HEADER] == f"sha256={expected}"
+    assert webhook_signature("other", body) != headers[SIGNATURE_HEADER]
+    assert json.loads(body) == MESSAGE
 
 
 def test_sweep_delivers_over_all_three_channels(

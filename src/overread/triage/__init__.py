@@ -19,11 +19,13 @@ from overread.triage.alerts import (
     triage_prediction,
 )
 from overread.triage.channels import (
+    SIGNATURE_HEADER,
     AlertChannel,
     EmailChannel,
     MqttChannel,
     WebhookChannel,
     open_channel,
+    webhook_signature,
 )
 from overread.triage.config import (
     AlertSettings,
@@ -75,6 +77,7 @@ from overread.triage.worklist import (
 __all__ = [
     "EXTRA_COLUMNS",
     "KEY_COLUMNS",
+    "SIGNATURE_HEADER",
     "SYSTEM_ACTOR",
     "Alert",
     "AlertChannel",
@@ -124,4 +127,5 @@ __all__ = [
     "upsert_prediction",
     "upsert_study",
     "verdict_label",
+    "webhook_signature",
 ]

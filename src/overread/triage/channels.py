@@ -8,7 +8,10 @@ when the peer does not take it; retrying with backoff is the caller's business
 
 from __future__ import annotations
 
+import hashlib
+import hmac
 import json
+import os
 import smtplib
 import ssl
 from email.message import EmailMessage
@@ -32,21 +35,47 @@ class AlertChannel(Protocol):
 
 
 class WebhookChannel:
-    """POST the message as JSON; any 2xx status is delivery."""
+    """POST the message as JSON; any 2xx status is delivery.
+
+    With ``secret_env`` set, the body is signed with HMAC-SHA256 under the secret in
+    that environment variable (``X-Overread-Signature: sha256=<hex>``), so a receiver
+    can tell a real alert from a forged one; see :func:`webhook_signature`.
+    """
 
     def __init__(self, config: ChannelConfig) -> None:
         self.name = config.name
         self.url = config.url
         self.timeout = config.timeout_seconds
+        self.secret_env = config.secret_env
 
     def send(self, message: dict[str, Any]) -> None:
         """POST ``message``; raise ``ServiceError`` on a connection error or non-2xx."""
+        body = json.dumps(message, sort_keys=True, separators=(",", ":")).encode("utf-8")
+        headers = {"Content-Type": "application/json"}
+        if self.secret_env:
+            secret = os.environ.get(self.secret_env)
+            if not secret:
+                raise ServiceError(
+                    f"webhook {self.name}: environment variable {self.secret_env} "
+                    "(the signing secret) is not set"
+                )
+            headers[SIGNATURE_HEADER] = webhook_signature(secret, body)
         try:
-            response = httpx.post(self.url, json=message, timeout=self.timeout)
+            response = httpx.post(self.url, content=body, headers=headers, timeout=self.timeout)
         except httpx.HTTPError as exc:
             raise ServiceError(f"webhook {self.name} ({self.url}): {exc}") from None
         if not response.is_success:
             raise ServiceError(f"webhook {self.name} ({self.url}): HTTP {response.status_code}")
+
+
+#: The header carrying a webhook body's signature.
+SIGNATURE_HEADER = "X-Overread-Signature"
+
+
+def webhook_signature(secret: str, body: bytes) -> str:
+    """``sha256=<hex HMAC-SHA256 of body under secret>``: what a receiver recomputes."""
+    digest = hmac.new(secret.encode("utf-8"), body, hashlib.sha256).hexdigest()
+    return f"sha256={digest}"
 
 
 class MqttChannel:
@@ -132,4 +161,12 @@ def open_channel(config: ChannelConfig) -> AlertChannel:
     return EmailChannel(config)
 
 
-__all__ = ["AlertChannel", "EmailChannel", "MqttChannel", "WebhookChannel", "open_channel"]
+__all__ = [
+    "SIGNATURE_HEADER",
+    "AlertChannel",
+    "EmailChannel",
+    "MqttChannel",
+    "WebhookChannel",
+    "open_channel",
+    "webhook_signature",
+]

@@ -115,6 +115,9 @@ class ChannelConfig(BaseModel):
     level: int = Field(default=0, ge=0, le=9)
     # webhook
     url: str = ""
+    # Name of an environment variable holding a shared secret: when set, each POST
+    # carries ``X-Overread-Signature: sha256=<HMAC-SHA256 of the body>``.
+    secret_env: str = ""
     # mqtt and email
     host: str = "127.0.0.1"
     port: int = Field(default=0, ge=0, le=65535)
