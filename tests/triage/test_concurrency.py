@@ -5,20 +5,22 @@ from __future__ import annotations
 import threading
 
 import pytest
-from sqlalchemy import func, select
+from sqlalchemy import delete, func, select
 
 from overread.service.db import Database
 from overread.triage import (
     Alert,
+    AlertDelivery,
     StudyContext,
     WorklistItem,
     claim_next,
     raise_alerts,
+    sweep,
     triage_config,
     upsert_study,
 )
 
-from .conftest import NOW, F
+from .conftest import NOW, F, WebhookReceiver
 
 WORKERS = 4
 
@@ -119,3 +121,52 @@ def test_concurrent_claims_get_different_studies_sqlite(db: Database) -> None:
 @pytest.mark.service
 def test_concurrent_claims_get_different_studies_postgresql(pg_db: Database) -> None:
     _claims(pg_db, "6")
+
+
+def _sweepers(db: Database, webhook: WebhookReceiver, prefix: str) -> None:
+    config = triage_config(
+        {"alerts": {"channels": [{"name": "hook", "kind": "webhook", "url": webhook.url}]}}
+    )
+    with db.session() as session:
+        for i in range(3):
+            item = upsert_study(
+                session, f"{prefix}.{i}", [F("Pneumothorax", 0.9)], StudyContext(), config, now=NOW
+            )
+            raise_alerts(session, item, config, now=NOW)
+    barrier = threading.Barrier(WORKERS)
+    errors: list[BaseException] = []
+
+    def work() -> None:
+        try:
+            barrier.wait(10)
+            with db.session() as session:
+                sweep(session, config, now=NOW)
+        except BaseException as exc:
+            errors.append(exc)
+
+    threads = [threading.Thread(target=work) for _ in range(WORKERS)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(60)
+    assert errors == []
+    sent = sorted(m["study_instance_uid"] for m in webhook.received)
+    assert sent == [f"{prefix}.{i}" for i in range(3)]
+    with db.session() as session:
+        attempts = session.execute(select(AlertDelivery.attempts)).scalars().all()
+    assert set(attempts) == {1}
+
+
+def test_concurrent_sweeps_send_each_alert_once_sqlite(
+    db: Database, webhook: WebhookReceiver
+) -> None:
+    _sweepers(db, webhook, "3")
+
+
+@pytest.mark.service
+def test_concurrent_sweeps_send_each_alert_once_postgresql(
+    pg_db: Database, webhook: WebhookReceiver
+) -> None:
+    with pg_db.session() as session:
+        session.execute(delete(AlertDelivery))
+    _sweepers(pg_db, webhook, "4")

@@ -22,7 +22,7 @@ from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Any
 
-from sqlalchemy import select
+from sqlalchemy import select, update
 from sqlalchemy.orm import Session
 
 from overread.audit import AuditAction, record_event
@@ -295,6 +295,32 @@ def escalate_due(
     return escalated
 
 
+def _claim_attempt(session: Session, delivery: AlertDelivery, now: datetime) -> bool:
+    """Count one attempt, conditional on nobody having counted it since we read the row.
+
+    Concurrent sweepers may read the same due delivery (SQLite reads outside the write
+    lock); the conditional update lets exactly one of them send it. The update holds
+    the row (PostgreSQL) or the database (SQLite) until the caller commits.
+    """
+    seen = delivery.attempts
+    claimed = session.execute(
+        update(AlertDelivery)
+        .where(
+            AlertDelivery.id == delivery.id,
+            AlertDelivery.state == DeliveryState.PENDING.value,
+            AlertDelivery.attempts == seen,
+            AlertDelivery.next_attempt_at <= now,
+        )
+        .values(attempts=seen + 1)
+        .execution_options(synchronize_session=False)
+    )
+    if getattr(claimed, "rowcount", 0) != 1:
+        session.expire(delivery)
+        return False
+    session.refresh(delivery)
+    return True
+
+
 def deliver_due(
     session: Session,
     config: TriageConfig,
@@ -324,10 +350,11 @@ def deliver_due(
         if alert is None or alert.state != AlertState.OPEN.value:
             delivery.state = DeliveryState.CANCELLED.value
             continue
+        if not _claim_attempt(session, delivery, now):
+            continue  # another sweeper took this attempt
         channel = by_name.get(delivery.channel)
         if channel is None and delivery.channel in configured:
             channel = by_name[delivery.channel] = open_channel(configured[delivery.channel])
-        delivery.attempts += 1
         try:
             if channel is None:
                 raise ServiceError(f"alert channel {delivery.channel!r} is no longer configured")
