@@ -6,16 +6,20 @@ import hashlib
 import hmac
 import json
 import socket
+import ssl
+import subprocess
 import threading
 from collections.abc import Iterator
 from email import message_from_bytes
 from email.message import EmailMessage
 from email.policy import default as default_policy
+from pathlib import Path
 from typing import Any
 
 import paho.mqtt.client as mqtt
 import pytest
 from aiosmtpd.controller import Controller
+from aiosmtpd.smtp import AuthResult, LoginPassword
 from paho.mqtt.enums import CallbackAPIVersion
 from sqlalchemy import select
 
@@ -154,6 +158,88 @@ def test_email_channel_sends_through_smtp(smtp_sink: tuple[Sink, int]) -> None:
     assert "1.2.840.1" in email["Subject"]
     body = email.get_content()
     assert '"alert_id": 7' in body
+
+
+@pytest.fixture
+def tls_smtp(tmp_path: Path) -> Iterator[tuple[Sink, int, Path]]:
+    """An SMTP server that requires STARTTLS and then a login (alice / wonderland)."""
+    cert, key = tmp_path / "cert.pem", tmp_path / "key.pem"
+    subprocess.run(
+        [
+            "openssl",
+            "req",
+            "-x509",
+            "-newkey",
+            "rsa:2048",
+            "-nodes",
+            "-days",
+            "1",
+            "-subj",
+            "/CN=127.0.0.1",
+            "-addext",
+            "subjectAltName=IP:127.0.0.1",
+            "-keyout",
+            str(key),
+            "-out",
+            str(cert),
+        ],
+        check=True,
+        capture_output=True,
+    )
+    context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    context.load_cert_chain(cert, key)
+
+    def authenticator(
+        server: Any, session: Any, envelope: Any, mechanism: str, data: Any
+    ) -> AuthResult:
+        ok = isinstance(data, LoginPassword) and (data.login, data.password) == (
+            b"alice",
+            b"wonderland",
+        )
+        return AuthResult(success=ok)
+
+    sink = Sink()
+    port = _free_port()
+    controller = Controller(
+        sink,
+        hostname="127.0.0.1",
+        port=port,
+        tls_context=context,
+        require_starttls=True,
+        auth_required=True,
+        auth_require_tls=True,
+        authenticator=authenticator,
+    )
+    controller.start()
+    yield sink, port, cert
+    controller.stop()
+
+
+def test_email_channel_starttls_and_login(
+    tls_smtp: tuple[Sink, int, Path], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    sink, port, cert = tls_smtp
+    values = {"name": "mail", "kind": "email", "port": port, "recipients": ["r@x"]}
+    secure = ChannelConfig(
+        **values, starttls=True, ca_file=str(cert), username="alice", password_env="SMTP_PW"
+    )
+    with pytest.raises(ServiceError, match="no SMTP password"):
+        EmailChannel(secure).send(MESSAGE)
+    monkeypatch.setenv("SMTP_PW", "wonderland")
+    EmailChannel(secure).send(MESSAGE)
+    assert len(sink.envelopes) == 1
+    # Plain text is refused by this server; a wrong password too.
+    with pytest.raises(ServiceError, match="email mail"):
+        EmailChannel(ChannelConfig(**values)).send(MESSAGE)
+    monkeypatch.setenv("SMTP_PW", "wrong")
+    with pytest.raises(ServiceError, match="email mail"):
+        EmailChannel(secure).send(MESSAGE)
+    # A certificate that does not verify stops the send before any credential goes out.
+    monkeypatch.setenv("SMTP_PW", "wonderland")
+    unverified = secure.model_copy(update={"ca_file": ""})
+    with pytest.raises(ServiceError, match=r"CERTIFICATE_VERIFY_FAILED|certificate verify failed"):
+        EmailChannel(unverified).send(MESSAGE)
+    assert len(sink.envelopes) == 1
 
 
 def test_email_channel_without_server_raises() -> None:

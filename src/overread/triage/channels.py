@@ -114,7 +114,12 @@ class MqttChannel:
 
 
 class EmailChannel:
-    """Send a plain-text e-mail with the message as JSON, over SMTP."""
+    """Send a plain-text e-mail with the message as JSON, over SMTP.
+
+    ``starttls`` upgrades the connection (certificate verified against ``ca_file`` or
+    the system's CAs) before ``username`` logs in with the password from the
+    environment variable ``password_env``: credentials never sit in the config file.
+    """
 
     def __init__(self, config: ChannelConfig) -> None:
         self.name = config.name
@@ -123,6 +128,10 @@ class EmailChannel:
         self.sender = config.sender
         self.recipients = list(config.recipients)
         self.timeout = config.timeout_seconds
+        self.starttls = config.starttls
+        self.ca_file = config.ca_file
+        self.username = config.username
+        self.password_env = config.password_env
 
     def compose(self, message: dict[str, Any]) -> EmailMessage:
         """The e-mail for one alert message."""
@@ -145,8 +154,20 @@ class EmailChannel:
     def send(self, message: dict[str, Any]) -> None:
         """Send ``message``; raise ``ServiceError`` if the server refuses it."""
         where = f"email {self.name} ({self.host}:{self.port})"
+        password = ""
+        if self.username:
+            password = os.environ.get(self.password_env, "") if self.password_env else ""
+            if not password:
+                raise ServiceError(
+                    f"{where}: no SMTP password: set the environment variable named by password_env"
+                )
         try:
             with smtplib.SMTP(self.host, self.port, timeout=self.timeout) as smtp:
+                if self.starttls:
+                    context = ssl.create_default_context(cafile=self.ca_file or None)
+                    smtp.starttls(context=context)
+                if self.username:
+                    smtp.login(self.username, password)
                 smtp.send_message(self.compose(message))
         except (OSError, smtplib.SMTPException, ssl.SSLError) as exc:
             raise ServiceError(f"{where}: {exc}") from None

@@ -127,6 +127,10 @@ class ChannelConfig(BaseModel):
     # email
     sender: str = "overread@localhost"
     recipients: list[str] = Field(default_factory=list)
+    starttls: bool = False
+    ca_file: str = ""  # CA bundle to verify the server with (default: the system's)
+    username: str = ""
+    password_env: str = ""  # environment variable holding the SMTP password
     timeout_seconds: float = Field(default=5.0, gt=0)
 
     @model_validator(mode="after")
