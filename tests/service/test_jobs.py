@@ -72,10 +72,10 @@ def test_concurrent_workers_claim_each_job_exactly_once(database_url: str) -> No
 def test_expired_lease_of_a_dead_worker_is_reclaimed_and_fenced(database_url: str) -> None:
     queue = _queue(database_url)
     job_id = _enqueue(queue, "1.2.9")
-    dead = queue.claim("dead-worker", lease_seconds=0.2)
+    dead = queue.claim("dead-worker", lease_seconds=2)
     assert dead is not None and dead.id == job_id
     assert queue.claim("live-worker", lease_seconds=60) is None  # lease still valid
-    time.sleep(0.4)
+    time.sleep(2.2)
     live = queue.claim("live-worker", lease_seconds=60)
     assert live is not None and live.id == job_id and live.attempts == 2
     # The dead worker comes back: its lease is gone, it cannot complete the job.
