@@ -109,7 +109,7 @@ def test_stable_time_and_explicit_trigger_complete_studies(
             "complete_on_release": False,
         }
     ]
-    service = make_service(routes=routes, stable_seconds=1.5)
+    service = make_service(routes=routes, stable_seconds=5)
     study_a, study_b = generate_uid(), generate_uid()
     _storescu(service.dicom_port or 0, dx_factory(study_uid=study_a), dx_factory(study_uid=study_a))
     with service.database.session() as session:
