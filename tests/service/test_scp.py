@@ -6,6 +6,7 @@ import hashlib
 import logging
 import subprocess
 import threading
+import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -146,6 +147,9 @@ def test_stored_instance_is_on_disk_and_in_the_database_before_success(
     with gw.database.session() as session:
         study = session.scalar(select(Study))
         assert study is not None and study.instance_count == 1 and study.state == "receiving"
+    deadline = time.monotonic() + 10  # the release handler runs after the peer is answered
+    while not gw.released and time.monotonic() < deadline:
+        time.sleep(0.02)
     assert gw.released == [{row.study_instance_uid}]
 
 
