@@ -128,6 +128,14 @@ def test_export_orders_by_uncertainty_and_reads_back_as_a_cohort(
     assert b["Readers"] == "r1;r2"
     assert a["Pneumothorax"] == "1.0" and float(a["Margin"]) == pytest.approx(0.35)
     assert d["Cardiomegaly"] == "1.0" and d["Margin"] == ""
+    by_uncertainty = tmp_path / "by_uncertainty.csv"
+    with db.session() as session:
+        export_feedback(session, by_uncertainty, order="uncertainty")
+        with pytest.raises(ConfigError, match="unknown feedback order 'random'"):
+            export_feedback(session, by_uncertainty, order="random")
+    with by_uncertainty.open(newline="", encoding="utf-8") as handle:
+        # Uncertainties: C 0.9, B 0.2, A 0.1, D none (0).
+        assert [r["StudyInstanceUID"] for r in csv.DictReader(handle)] == ["C", "B", "A", "D"]
     table = read_phantom(out, root=tmp_path, check_files=False)
     assert len(table.frame) == 4
     assert table.frame.loc[table.frame["study_id"] == "C", "Edema"].item() == 1.0

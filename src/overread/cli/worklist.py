@@ -193,10 +193,13 @@ def ack_alert(
 @worklist_app.command("export-feedback")
 def export_feedback_cmd(
     out: Path = typer.Argument(..., help="CSV file to write."),
+    order: str = typer.Option(
+        "margin", "--order", help="margin (|p - threshold| smallest first) or uncertainty."
+    ),
     data_dir: Path | None = DATA_DIR,
     database_url: str | None = DATABASE_URL,
 ) -> None:
     """Write readers' labels as a CheXpert-format CSV, most uncertain cases first."""
     with _database(data_dir, database_url) as database, database.session() as session:
-        count = export_feedback(session, out)
+        count = export_feedback(session, out, order=order)
     typer.echo(f"wrote feedback on {count} studies to {out}")

@@ -127,7 +127,13 @@ def _margin(row: Feedback, default_threshold: float) -> float:
     return abs(row.probability - threshold)
 
 
-def export_feedback(session: Session, path: str | Path, *, default_threshold: float = 0.5) -> int:
+def export_feedback(
+    session: Session,
+    path: str | Path,
+    *,
+    default_threshold: float = 0.5,
+    order: str = "margin",
+) -> int:
     """Write the readers' labels as a CheXpert-format CSV; return the number of studies.
 
     One row per study with feedback: ``Path`` (the image path, or the SOP Instance UID
@@ -135,10 +141,14 @@ def export_feedback(session: Session, path: str | Path, *, default_threshold: fl
     14 labels (the latest verdict per finding; blank where no reader gave one), then
     ``Margin`` (smallest ``|p - threshold|`` among the labelled findings),
     ``MaxUncertainty``, ``Readers`` and ``LastFeedbackAt``. Rows are ordered for active
-    learning: smallest margin first, then highest model uncertainty. A study with
+    learning: with ``order="margin"`` (default) smallest margin first, then highest
+    model uncertainty; with ``order="uncertainty"`` highest uncertainty first, then
+    smallest margin. A study with
     neither an image path nor a SOP Instance UID cannot be trained on and is left out
     with a warning.
     """
+    if order not in ("margin", "uncertainty"):
+        raise ConfigError(f"unknown feedback order {order!r} (known: margin, uncertainty)")
     rows = session.execute(select(Feedback).order_by(Feedback.created_at, Feedback.id)).scalars()
     latest: dict[str, dict[str, Feedback]] = {}
     for row in rows:
@@ -162,8 +172,15 @@ def export_feedback(session: Session, path: str | Path, *, default_threshold: fl
                 last_at=max(r.created_at for r in chosen),
             )
         )
-    # Margins are compared at 1e-6 so float noise does not hide the uncertainty tie-break.
-    studies.sort(key=lambda s: (round(s.margin, 6), -s.max_uncertainty, s.item.study_instance_uid))
+
+    # Values are compared at 1e-6 so float noise does not hide the tie-break.
+    def margin_first(s: _StudyLabels) -> tuple[float, float, str]:
+        return (round(s.margin, 6), -round(s.max_uncertainty, 6), s.item.study_instance_uid)
+
+    def uncertainty_first(s: _StudyLabels) -> tuple[float, float, str]:
+        return (-round(s.max_uncertainty, 6), round(s.margin, 6), s.item.study_instance_uid)
+
+    studies.sort(key=margin_first if order == "margin" else uncertainty_first)
     target = Path(path)
     target.parent.mkdir(parents=True, exist_ok=True)
     with target.open("w", newline="", encoding="utf-8") as handle:
