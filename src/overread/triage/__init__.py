@@ -42,6 +42,7 @@ from overread.triage.feedback import (
     record_feedback,
     verdict_label,
 )
+from overread.triage.intake import dicom_age_years, merge_findings, triage_result
 from overread.triage.schema import (
     Alert,
     AlertDelivery,
@@ -109,11 +110,13 @@ __all__ = [
     "context_terms",
     "critical_findings",
     "deliver_due",
+    "dicom_age_years",
     "escalate_due",
     "export_feedback",
     "finding_terms",
     "get_item",
     "load_triage_config",
+    "merge_findings",
     "open_channel",
     "query_worklist",
     "raise_alerts",
@@ -124,6 +127,7 @@ __all__ = [
     "sweep",
     "triage_config",
     "triage_prediction",
+    "triage_result",
     "upsert_prediction",
     "upsert_study",
     "verdict_label",
