@@ -82,3 +82,13 @@ def test_bad_toml_names_the_file(tmp_path: Path) -> None:
     path.write_text("[triage\n", encoding="utf-8")
     with pytest.raises(ConfigError, match=r"overread\.toml: cannot read"):
         load_triage_config(path)
+
+
+def test_overread_config_names_the_file(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    path = tmp_path / "site.toml"
+    path.write_text("[triage.alerts]\nsuppress_minutes = 5\n", encoding="utf-8")
+    monkeypatch.setenv("OVERREAD_CONFIG", str(path))
+    assert load_triage_config().alerts.suppress_minutes == 5
+    monkeypatch.setenv("OVERREAD_CONFIG", str(tmp_path / "missing.toml"))
+    with pytest.raises(ConfigError, match=r"missing\.toml: configuration file not found"):
+        load_triage_config()
