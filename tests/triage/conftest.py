@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 import threading
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -78,6 +78,9 @@ class WebhookReceiver:
     received: list[dict[str, Any]] = field(default_factory=list)
     raw: list[tuple[dict[str, str], bytes]] = field(default_factory=list)
     fail_next: int = 0
+    # Called while a POST is being answered (what the receiver does meanwhile).
+    on_post: Callable[[], None] | None = None
+    errors: list[BaseException] = field(default_factory=list)
     lock: threading.Lock = field(default_factory=threading.Lock)
 
 
@@ -88,6 +91,11 @@ def webhook() -> Iterator[WebhookReceiver]:
     class Handler(BaseHTTPRequestHandler):
         def do_POST(self) -> None:
             body = self.rfile.read(int(self.headers.get("Content-Length", "0")))
+            if receiver.on_post is not None:
+                try:
+                    receiver.on_post()
+                except BaseException as exc:
+                    receiver.errors.append(exc)
             with receiver.lock:
                 failing = receiver.fail_next > 0
                 if failing:

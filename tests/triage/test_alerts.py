@@ -5,6 +5,7 @@ Deliveries go to a real HTTP server on loopback; the clock is injected.
 
 from __future__ import annotations
 
+import sqlite3
 from datetime import timedelta
 from typing import Any
 
@@ -22,6 +23,7 @@ from overread.triage import (
     acknowledge,
     backoff,
     raise_alerts,
+    run_sweep,
     sweep,
     triage_config,
     upsert_study,
@@ -217,3 +219,46 @@ def test_backoff_doubles_and_is_capped() -> None:
         update={"backoff_seconds": 10, "max_backoff_seconds": 60}
     )
     assert [backoff(n, settings).total_seconds() for n in (1, 2, 3, 4, 5)] == [10, 20, 40, 60, 60]
+
+
+def test_run_sweep_sends_with_no_transaction_open(db: Database, webhook: WebhookReceiver) -> None:
+    # While the receiver answers, another writer (the SCP storing an instance, say)
+    # must get the SQLite write lock without waiting for the sweep.
+    database_file = db.engine.url.database
+    assert database_file is not None
+
+    def other_writer() -> None:
+        connection = sqlite3.connect(database_file, timeout=0.5)
+        try:
+            connection.execute("CREATE TABLE IF NOT EXISTS scratch (x INTEGER)")
+            connection.execute("INSERT INTO scratch VALUES (1)")
+            connection.commit()
+        finally:
+            connection.close()
+
+    webhook.on_post = other_writer
+    config = _config(webhook)
+    _triage(db, config, "8.1", [F("Pneumothorax", 0.9)], NOW)
+    report = run_sweep(db, config, now=NOW)
+    assert len(report.sent) == 1 and webhook.errors == []
+    # The single-transaction sweep holds the lock while it sends: the writer times out.
+    _triage(db, config, "8.2", [F("Pneumothorax", 0.9)], NOW)
+    with db.session() as session:
+        assert len(sweep(session, config, now=NOW).sent) == 1
+    assert len(webhook.errors) == 1 and "locked" in str(webhook.errors[0])
+    with db.session() as session:
+        states = session.execute(select(AlertDelivery.state)).scalars().all()
+    assert states == ["sent", "sent"]
+
+
+def test_run_sweep_retries_and_escalates_like_sweep(db: Database, webhook: WebhookReceiver) -> None:
+    config = _config(webhook, backoff_seconds=10, escalate_after_minutes=15)
+    [alert_id] = _triage(db, config, "8.3", [F("Pneumothorax", 0.9)], NOW)
+    webhook.fail_next = 1
+    first = run_sweep(db, config, now=NOW)
+    assert len(first.retrying) == 1
+    assert run_sweep(db, config, now=NOW + timedelta(seconds=9)).sent == []
+    assert len(run_sweep(db, config, now=NOW + timedelta(seconds=10)).sent) == 1
+    later = run_sweep(db, config, now=NOW + timedelta(minutes=15))
+    assert later.escalated == [alert_id] and len(later.sent) == 1
+    assert [m["path"] for m in webhook.received] == ["/room", "/oncall"]

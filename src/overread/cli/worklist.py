@@ -24,7 +24,7 @@ from overread.triage import (
     export_feedback,
     load_triage_config,
     query_worklist,
-    sweep,
+    run_sweep,
 )
 
 worklist_app = typer.Typer(
@@ -154,15 +154,15 @@ def list_alerts(
 
 
 @worklist_app.command("sweep")
-def run_sweep(
+def sweep_cmd(
     triage_config_path: Path | None = TRIAGE_CONFIG,
     data_dir: Path | None = DATA_DIR,
     database_url: str | None = DATABASE_URL,
 ) -> None:
     """Escalate overdue alerts and attempt due deliveries once. Exit 1 if any failed."""
     config = load_triage_config(triage_config_path)
-    with _database(data_dir, database_url) as database, database.session() as session:
-        report = sweep(session, config, now=datetime.now(UTC))
+    with _database(data_dir, database_url) as database:
+        report = run_sweep(database, config, now=datetime.now(UTC))
     typer.echo(
         f"escalated {len(report.escalated)}, sent {len(report.sent)}, "
         f"retrying {len(report.retrying)}, failed {len(report.failed)}"

@@ -15,6 +15,7 @@ from overread.triage.alerts import (
     deliver_due,
     escalate_due,
     raise_alerts,
+    run_sweep,
     sweep,
     triage_prediction,
 )
@@ -122,6 +123,7 @@ __all__ = [
     "raise_alerts",
     "record_feedback",
     "refresh_scores",
+    "run_sweep",
     "score_study",
     "set_read_state",
     "sweep",

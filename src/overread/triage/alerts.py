@@ -27,6 +27,7 @@ from sqlalchemy.orm import Session
 
 from overread.audit import AuditAction, record_event
 from overread.errors import ConfigError, ServiceError
+from overread.service.db import Database
 from overread.triage.channels import AlertChannel, open_channel
 from overread.triage.config import AlertSettings, TriageConfig
 from overread.triage.schema import Alert, AlertDelivery, AlertState, DeliveryState, WorklistItem
@@ -295,12 +296,14 @@ def escalate_due(
     return escalated
 
 
-def _claim_attempt(session: Session, delivery: AlertDelivery, now: datetime) -> bool:
+def _claim_attempt(
+    session: Session, delivery: AlertDelivery, settings: AlertSettings, now: datetime
+) -> bool:
     """Count one attempt, conditional on nobody having counted it since we read the row.
 
     Concurrent sweepers may read the same due delivery (SQLite reads outside the write
-    lock); the conditional update lets exactly one of them send it. The update holds
-    the row (PostgreSQL) or the database (SQLite) until the caller commits.
+    lock); the conditional update lets exactly one of them send it. The retry time is
+    set at once, so an attempt cut short by a crash is retried after its backoff.
     """
     seen = delivery.attempts
     claimed = session.execute(
@@ -311,7 +314,7 @@ def _claim_attempt(session: Session, delivery: AlertDelivery, now: datetime) -> 
             AlertDelivery.attempts == seen,
             AlertDelivery.next_attempt_at <= now,
         )
-        .values(attempts=seen + 1)
+        .values(attempts=seen + 1, next_attempt_at=now + backoff(seen + 1, settings))
         .execution_options(synchronize_session=False)
     )
     if getattr(claimed, "rowcount", 0) != 1:
@@ -319,6 +322,94 @@ def _claim_attempt(session: Session, delivery: AlertDelivery, now: datetime) -> 
         return False
     session.refresh(delivery)
     return True
+
+
+@dataclass(frozen=True)
+class _Attempt:
+    delivery_id: int
+    channel: str
+    attempts: int
+    message: dict[str, Any]
+
+
+def _claim_due(session: Session, config: TriageConfig, now: datetime) -> list[_Attempt]:
+    due = session.execute(
+        select(AlertDelivery)
+        .where(
+            AlertDelivery.state == DeliveryState.PENDING.value,
+            AlertDelivery.next_attempt_at <= now,
+        )
+        .order_by(AlertDelivery.next_attempt_at, AlertDelivery.id)
+        # Concurrent sweepers on PostgreSQL skip each other's rows; SQLite ignores this
+        # and relies on the conditional claim.
+        .with_for_update(skip_locked=True)
+    ).scalars()
+    attempts: list[_Attempt] = []
+    for delivery in list(due):
+        alert = session.get(Alert, delivery.alert_id)
+        if alert is None or alert.state != AlertState.OPEN.value:
+            delivery.state = DeliveryState.CANCELLED.value
+            continue
+        if not _claim_attempt(session, delivery, config.alerts, now):
+            continue  # another sweeper took this attempt
+        attempts.append(
+            _Attempt(delivery.id, delivery.channel, delivery.attempts, alert_message(alert))
+        )
+    session.flush()
+    return attempts
+
+
+def _send(
+    attempts: list[_Attempt],
+    config: TriageConfig,
+    channels: Mapping[str, AlertChannel] | None,
+) -> list[tuple[_Attempt, str | None]]:
+    by_name: dict[str, AlertChannel] = dict(channels or {})
+    configured = {c.name: c for c in config.alerts.channels}
+    outcomes: list[tuple[_Attempt, str | None]] = []
+    for attempt in attempts:
+        channel = by_name.get(attempt.channel)
+        if channel is None and attempt.channel in configured:
+            channel = by_name[attempt.channel] = open_channel(configured[attempt.channel])
+        try:
+            if channel is None:
+                raise ServiceError(f"alert channel {attempt.channel!r} is no longer configured")
+            channel.send(attempt.message)
+        except ServiceError as exc:
+            outcomes.append((attempt, str(exc)))
+            continue
+        outcomes.append((attempt, None))
+    return outcomes
+
+
+def _record(
+    session: Session,
+    config: TriageConfig,
+    outcomes: list[tuple[_Attempt, str | None]],
+    now: datetime,
+    report: SweepReport,
+) -> None:
+    settings = config.alerts
+    for attempt, error in outcomes:
+        delivery = session.get(AlertDelivery, attempt.delivery_id)
+        if delivery is None:
+            continue
+        if error is None:
+            delivery.state = DeliveryState.SENT.value
+            delivery.sent_at = now
+            delivery.last_error = None
+            report.sent.append(delivery.id)
+            continue
+        delivery.last_error = error
+        report.errors[delivery.id] = error
+        if attempt.attempts >= settings.max_attempts:
+            delivery.state = DeliveryState.FAILED.value
+            report.failed.append(delivery.id)
+            logger.error("alert delivery %d failed for good: %s", delivery.id, error)
+        else:
+            report.retrying.append(delivery.id)
+            logger.warning("alert delivery %d failed, will retry: %s", delivery.id, error)
+    session.flush()
 
 
 def deliver_due(
@@ -329,53 +420,15 @@ def deliver_due(
     channels: Mapping[str, AlertChannel] | None = None,
     report: SweepReport | None = None,
 ) -> SweepReport:
-    """Attempt every pending delivery that is due; reschedule or fail the ones that fail."""
-    settings = config.alerts
+    """Attempt every pending delivery that is due, in the caller's transaction.
+
+    A failed attempt is retried after :func:`backoff`; after ``max_attempts`` the
+    delivery is ``failed``. The network is used while the transaction is open; with
+    SQLite prefer :func:`run_sweep`, which sends between two short transactions.
+    """
     report = report or SweepReport()
-    by_name: dict[str, AlertChannel] = dict(channels or {})
-    configured = {c.name: c for c in settings.channels}
-    due = session.execute(
-        select(AlertDelivery)
-        .where(
-            AlertDelivery.state == DeliveryState.PENDING.value,
-            AlertDelivery.next_attempt_at <= now,
-        )
-        .order_by(AlertDelivery.next_attempt_at, AlertDelivery.id)
-        # Concurrent sweepers on PostgreSQL skip each other's rows instead of both
-        # sending; SQLite serialises writers anyway and ignores the clause.
-        .with_for_update(skip_locked=True)
-    ).scalars()
-    for delivery in list(due):
-        alert = session.get(Alert, delivery.alert_id)
-        if alert is None or alert.state != AlertState.OPEN.value:
-            delivery.state = DeliveryState.CANCELLED.value
-            continue
-        if not _claim_attempt(session, delivery, now):
-            continue  # another sweeper took this attempt
-        channel = by_name.get(delivery.channel)
-        if channel is None and delivery.channel in configured:
-            channel = by_name[delivery.channel] = open_channel(configured[delivery.channel])
-        try:
-            if channel is None:
-                raise ServiceError(f"alert channel {delivery.channel!r} is no longer configured")
-            channel.send(alert_message(alert))
-        except ServiceError as exc:
-            delivery.last_error = str(exc)
-            report.errors[delivery.id] = str(exc)
-            if delivery.attempts >= settings.max_attempts:
-                delivery.state = DeliveryState.FAILED.value
-                report.failed.append(delivery.id)
-                logger.error("alert delivery %d failed for good: %s", delivery.id, exc)
-            else:
-                delivery.next_attempt_at = now + backoff(delivery.attempts, settings)
-                report.retrying.append(delivery.id)
-                logger.warning("alert delivery %d failed, will retry: %s", delivery.id, exc)
-            continue
-        delivery.state = DeliveryState.SENT.value
-        delivery.sent_at = now
-        delivery.last_error = None
-        report.sent.append(delivery.id)
-    session.flush()
+    outcomes = _send(_claim_due(session, config, now), config, channels)
+    _record(session, config, outcomes, now, report)
     return report
 
 
@@ -386,7 +439,7 @@ def sweep(
     now: datetime,
     channels: Mapping[str, AlertChannel] | None = None,
 ) -> SweepReport:
-    """Escalate overdue alerts, then attempt due deliveries; what the service calls.
+    """Escalate overdue alerts, then attempt due deliveries, in one transaction.
 
     Parameters
     ----------
@@ -405,6 +458,30 @@ def sweep(
     return report
 
 
+def run_sweep(
+    database: Database,
+    config: TriageConfig,
+    *,
+    now: datetime,
+    channels: Mapping[str, AlertChannel] | None = None,
+) -> SweepReport:
+    """:func:`sweep` for the service's periodic call: no transaction open on the network.
+
+    Escalation and claiming commit in one short transaction, the messages are sent
+    with no transaction open (a slow or dead peer does not hold SQLite's write lock
+    or PostgreSQL row locks), and the outcomes commit in a second one. A crash while
+    sending leaves the attempt counted and retried after its backoff.
+    """
+    report = SweepReport()
+    with database.session() as session:
+        escalate_due(session, config, now=now, report=report)
+        attempts = _claim_due(session, config, now)
+    outcomes = _send(attempts, config, channels)
+    with database.session() as session:
+        _record(session, config, outcomes, now, report)
+    return report
+
+
 __all__ = [
     "SYSTEM_ACTOR",
     "SweepReport",
@@ -414,6 +491,7 @@ __all__ = [
     "deliver_due",
     "escalate_due",
     "raise_alerts",
+    "run_sweep",
     "sweep",
     "triage_prediction",
 ]
