@@ -89,3 +89,35 @@ def test_tiny_end_to_end_run_writes_a_loadable_package(run_cli, tmp_path: Path) 
     # Running again reuses the cohorts and the finished checkpoint.
     status, stdout, _ = run_cli(*args)
     assert status == 0 and "reusing phantom cohort" in stdout
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(not HAS_PHANTOM, reason="phantom generator not installed")
+def test_overread_train_under_torchrun_with_two_cpu_processes(tmp_path: Path) -> None:
+    import socket
+    import subprocess
+    import sys
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    out = tmp_path / "run"
+    result = subprocess.run(
+        [
+            sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2",
+            "--master_addr", "127.0.0.1", "--master_port", str(port),
+            "-m", "overread", "train", "--preset", "cxr-phantom", "-o", str(out),
+            "--set", "data.phantom.n=24", "--set", "data.phantom.size=96",
+            "--set", "data.test_phantom.n=12", "--set", "data.test_phantom.size=96",
+            "--set", "data.num_workers=0", "--set", "data.size=64",
+            "--set", "optim.epochs=2", "--set", "optim.batch_size=8",
+            "--set", "model.kwargs={widths=[8, 16], blocks=[1, 1], stem_width=8}",
+            "--set", "progress=false", "--set", "package.export_onnx=false",
+        ],
+        capture_output=True, text=True, timeout=600,
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr[-3000:]
+    record = json.loads((out / "run.json").read_text())
+    assert record["world_size"] == 2
+    assert (out / "package" / "manifest.json").is_file()
+    assert len((out / "metrics.jsonl").read_text().splitlines()) == 2

@@ -448,6 +448,7 @@ def run_training(
     )
     if not ctx.is_main:
         return result
+    trainer.local_predict = True
 
     n_boot = 300 if len(splits.train) < 200 else 1000
     evaluations: dict[str, Any] = {}

@@ -269,6 +269,8 @@ class Trainer:
             "cuda", enabled=self.amp == torch.float16 and self.device.type == "cuda"
         )
         self.state = LoopState()
+        # After training, rank 0 alone evaluates: predict() must not wait for the others.
+        self.local_predict = False
         self.optimizer: torch.optim.Optimizer | None = None
         self.scheduler: torch.optim.lr_scheduler.LambdaLR | None = None
         self.model: nn.Module = self.network
@@ -422,7 +424,8 @@ class Trainer:
     def predict(self, dataset: Dataset[Any]) -> tuple[np.ndarray, np.ndarray, np.ndarray, float]:
         """Probabilities, targets, masks and mean loss over ``dataset`` (all ranks share the work)."""
         n = len(dataset)  # type: ignore[arg-type]
-        mine = list(range(self.ctx.rank, n, self.ctx.world_size))
+        shared = self.ctx.enabled and not self.local_predict
+        mine = list(range(self.ctx.rank, n, self.ctx.world_size)) if shared else list(range(n))
         loader = DataLoader(
             Subset(dataset, mine), batch_size=self.rank_batch * 2, num_workers=self.num_workers
         )
@@ -446,7 +449,7 @@ class Trainer:
             np.concatenate(masks) if masks else empty,
             sum(losses),
         )
-        if self.ctx.enabled:
+        if shared:
             gathered: list[Any] = [None] * self.ctx.world_size
             dist.all_gather_object(gathered, part)
         else:
