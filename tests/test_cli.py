@@ -55,3 +55,11 @@ def test_console_script_no_traceback(tmp_path: Path) -> None:
     assert "Traceback" not in proc.stderr
     assert proc.stderr.startswith("error: ")
     assert len(proc.stderr.strip().splitlines()) == 1
+
+
+def test_triage_table_is_accepted(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, run_cli) -> None:
+    (tmp_path / "overread.toml").write_text("[triage]\n[triage.departments]\nED = 30\n")
+    monkeypatch.chdir(tmp_path)
+    status, out, err = run_cli("config", "--json")
+    assert status == 0, err
+    assert json.loads(out)["triage"]["departments"]["ED"] == 30

@@ -71,6 +71,8 @@ class Settings(BaseSettings):
     imaging: ImagingSettings = Field(default_factory=ImagingSettings)
     # The [service] table (routes, destinations, workers); validated by overread.service.config.
     service: dict[str, Any] = Field(default_factory=dict)
+    # The worklist/alert table; validated by overread.triage.TriageConfig where it is used.
+    triage: dict[str, Any] = Field(default_factory=dict)
 
     @classmethod
     def settings_customise_sources(
