@@ -220,3 +220,39 @@ def test_a_phantom_cohort_is_read_study_by_study(
         results = session.scalars(select(Result)).all()
         assert len(results) == len(studies)
         assert all(i["ok"] for r in results for i in r.summary["instances"])
+
+
+def test_every_step_is_audited_and_the_study_reaches_the_worklist(
+    make_service: Callable[..., Service],
+    storescp: Storescp,
+    dx_factory: Callable[..., Path],
+    tmp_path: Path,
+) -> None:
+    from overread.audit import AuditEvent, verify_chain
+    from overread.triage import WorklistItem
+
+    service = make_service(destinations=[f"PACS=PACSAE@127.0.0.1:{storescp.port}"])
+    image = dx_factory(size=256)
+    edited = pydicom.dcmread(image)
+    edited.InstitutionalDepartmentName = "Emergency Department"
+    edited.PatientAge = "080Y"
+    edited.save_as(image)
+    _storescu(service.dicom_port or 0, image)
+    _wait(lambda: [j.state for j in _jobs(service)] == ["succeeded", "succeeded"])
+    study_uid = str(edited.StudyInstanceUID)
+    with service.database.session() as session:
+        events = list(session.scalars(select(AuditEvent).order_by(AuditEvent.seq)).all())
+        item = session.scalar(
+            select(WorklistItem).where(WorklistItem.study_instance_uid == study_uid)
+        )
+        verdict = verify_chain(session)
+    actions = [e.action for e in events]
+    # An alert is raised too when the model calls a critical finding on this image.
+    assert [a for a in actions if a != "alert"] == ["receive", "inference", "export"], actions
+    assert all(study_uid in e.object_uids for e in events)
+    assert verdict.ok, verdict.message
+    assert verdict.count == len(events)
+    assert item is not None
+    assert item.department == "ED"
+    assert item.patient_age == 80
+    assert "department" in str(item.breakdown), item.breakdown

@@ -196,6 +196,10 @@ class ServiceConfig(BaseModel):
     poll_seconds: float = Field(default=1.0, gt=0)
     explain: bool = False
     fsync: bool = True
+    triage: dict[str, Any] = Field(
+        default_factory=dict,
+        description="The [triage] table: worklist score weights and alert channels",
+    )
     broker_url: str | None = Field(
         default=None, description="Celery broker (amqp://...) carrying wake-ups to worker processes"
     )
@@ -259,6 +263,7 @@ def service_config(settings: Settings, **overrides: Any) -> ServiceConfig:
         "http_port": settings.http.port,
         "stable_seconds": settings.dicom.stable_seconds,
         "allow_ae": settings.dicom.allow_ae,
+        "triage": settings.triage,
     }
     data.update(section)
     data.update({k: v for k, v in overrides.items() if v is not None and v != []})

@@ -252,8 +252,17 @@ class Database:
             self.create_tables()
 
     def create_tables(self) -> None:
-        """Create any missing table (idempotent)."""
+        """Create any missing table (idempotent).
+
+        Besides the gateway's own tables this creates the worklist tables (declared on
+        the same ``Base`` by :mod:`overread.triage.schema`), the access-control tables
+        and the audit chain, so that every action can be audited in its own transaction.
+        """
+        import overread.triage.schema  # noqa: F401  (registers the worklist tables on Base)
+        from overread.security.schema import create_tables as create_security_tables
+
         Base.metadata.create_all(self.engine)
+        create_security_tables(self.engine)
 
     @contextmanager
     def session(self) -> Iterator[Session]:

@@ -21,6 +21,7 @@ from pydicom.errors import InvalidDicomError as PydicomInvalidDicomError
 from sqlalchemy import select, update
 from sqlalchemy.exc import IntegrityError
 
+from overread.audit import AuditAction, record_event
 from overread.errors import InvalidDicomError
 from overread.service.db import Database, Instance, Study, StudyState, utcnow
 from overread.service.store import ObjectStore
@@ -279,6 +280,14 @@ class Ingestor:
                         last_instance_at=now,
                     )
                 )
+            record_event(
+                session,
+                actor=f"ae:{calling_ae.strip()}",
+                role="modality",
+                action=AuditAction.RECEIVE,
+                object_uids=[header.study_instance_uid, header.sop_instance_uid],
+                details={"peer_host": peer_host, "sha256": sha256, "size": size},
+            )
 
 
 __all__ = ["IngestOutcome", "Ingestor", "InstanceHeader", "read_header"]

@@ -27,7 +27,8 @@ from typing import Any
 import pydicom
 from sqlalchemy import select
 
-from overread.errors import InferenceError, InvalidDicomError, ModelPackageError
+from overread.audit import AuditAction, record_event
+from overread.errors import ConfigError, InferenceError, InvalidDicomError, ModelPackageError
 from overread.service.config import Destination, ServiceConfig
 from overread.service.db import Database, Instance, Job, JobKind, Result, utcnow
 from overread.service.jobs import JobQueue, LeaseLostError
@@ -40,6 +41,7 @@ from overread.service.runtime import (
 )
 from overread.service.scu import send_files
 from overread.service.store import ObjectStore
+from overread.triage.score import StudyContext
 
 logger = logging.getLogger(__name__)
 
@@ -116,6 +118,13 @@ class Worker:
         self.models = models
         self.artifacts = artifacts
         self.name = name or worker_identity()
+        # Imported here: overread.triage builds on this package's database models.
+        from overread.triage import TriageConfig
+
+        try:
+            self.triage = TriageConfig.model_validate(config.triage)
+        except ValueError as exc:
+            raise ConfigError(f"invalid [triage] settings: {exc}") from None
 
     def run_once(self) -> Job | None:
         """Claim and run one job; return it (as claimed), or ``None`` if none was ready."""
@@ -195,6 +204,7 @@ class Worker:
         pipeline = self.models.get(alias)
         predictions = list(pipeline.predict(paths, explain=self.config.explain))
         require_ok(predictions, paths)
+        context = _study_context(items)
         artifacts: list[dict[str, Any]] = []
         if self.artifacts is not None:
             for prediction, (path, _row) in zip(predictions, items, strict=False):
@@ -209,7 +219,7 @@ class Worker:
             "instances": [prediction_summary(p) for p in predictions],
             "sop_instance_uids": [row.sop_instance_uid for _, row in items],
         }
-        self._finish_infer(job, None, summary, artifacts)
+        self._finish_infer(job, None, summary, artifacts, context)
         logger.info(
             "job %d: %s %s on study %s: %d prediction(s), %d object(s) to send",
             job.id,
@@ -237,7 +247,15 @@ class Worker:
         result_id: int | None,
         summary: dict[str, Any] | None,
         artifacts: list[dict[str, Any]],
+        context: StudyContext | None = None,
     ) -> None:
+        """Store the result, audit it, put the study on the worklist and queue exports.
+
+        All of it is one transaction with marking the job done: a worker killed
+        half-way leaves nothing behind but a job to run again.
+        """
+        from overread.triage import triage_result
+
         destinations = [Destination(**d) for d in job.payload.get("destinations", [])]
         with self.database.session() as session:
             if result_id is None:
@@ -253,6 +271,20 @@ class Worker:
                 session.add(result)
                 session.flush()
                 result_id = result.id
+                record_event(
+                    session,
+                    actor=f"worker:{self.name}",
+                    role="service",
+                    action=AuditAction.INFERENCE,
+                    object_uids=[job.study_instance_uid],
+                    details={
+                        "job_id": job.id,
+                        "result_id": result.id,
+                        "model": job.model_name,
+                        "version": job.model_version,
+                    },
+                )
+                triage_result(session, result, context or _EMPTY_CONTEXT, self.triage, now=utcnow())
                 has_artifacts = bool(artifacts)
             else:
                 stored = session.get(Result, result_id)
@@ -279,7 +311,8 @@ class Worker:
             result = session.get(Result, int(job.payload["result_id"]))
             if result is None:
                 raise InferenceError(f"result {job.payload['result_id']} no longer exists")
-            keys = [str(a["key"]) for a in result.artifacts]
+            artifacts = list(result.artifacts)
+            keys = [str(a["key"]) for a in artifacts]
         paths = [self.store.path(k) for k in keys]
         missing = [str(p) for p in paths if not p.is_file()]
         if missing:
@@ -297,8 +330,41 @@ class Worker:
                 f"{len(failed)}/{len(statuses)} object(s) not accepted by {dest}: {failed[0].error}"
             )
         with self.database.session() as session:
+            record_event(
+                session,
+                actor=f"worker:{self.name}",
+                role="service",
+                action=AuditAction.EXPORT,
+                object_uids=[
+                    job.study_instance_uid,
+                    *(str(a["sop_instance_uid"]) for a in artifacts),
+                ],
+                details={"job_id": job.id, "destination": str(dest), "objects": len(paths)},
+            )
             self.queue.mark_succeeded(session, job.id, self.name)
         logger.info("job %d: sent %d object(s) to %s", job.id, len(statuses), dest)
+
+
+def _study_context(items: list[tuple[Path, Instance]]) -> StudyContext:
+    """Department, patient age and arrival time of a study, from its first header."""
+    from overread.triage import department_key, dicom_age_years
+
+    received = min((row.received_at for _, row in items), default=None)
+    try:
+        header = pydicom.dcmread(items[0][0], stop_before_pixels=True)
+    except Exception:  # the pipeline reports unreadable files; context is best effort
+        return StudyContext(received_at=received)
+    department = str(
+        header.get("InstitutionalDepartmentName", "") or header.get("RequestingService", "")
+    )
+    return StudyContext(
+        department=department_key(department),
+        patient_age=dicom_age_years(str(header.get("PatientAge", "") or "")),
+        received_at=received,
+    )
+
+
+_EMPTY_CONTEXT = StudyContext()
 
 
 class WorkerPool:

@@ -43,7 +43,7 @@ from overread.triage.feedback import (
     record_feedback,
     verdict_label,
 )
-from overread.triage.intake import dicom_age_years, merge_findings, triage_result
+from overread.triage.intake import department_key, dicom_age_years, merge_findings, triage_result
 from overread.triage.schema import (
     Alert,
     AlertDelivery,
@@ -111,6 +111,7 @@ __all__ = [
     "context_terms",
     "critical_findings",
     "deliver_due",
+    "department_key",
     "dicom_age_years",
     "escalate_due",
     "export_feedback",

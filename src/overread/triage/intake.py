@@ -38,6 +38,35 @@ def dicom_age_years(value: str | None) -> float | None:
     return int(match.group(1)) * _AGE_UNIT_YEARS[match.group(2)]
 
 
+_DEPARTMENT_WORDS: tuple[tuple[str, str], ...] = (
+    ("emergency", "ED"),
+    ("intensive", "ICU"),
+    ("critical care", "ICU"),
+    ("outpatient", "outpatient"),
+    ("inpatient", "inpatient"),
+    ("ward", "inpatient"),
+)
+
+
+def department_key(text: str | None) -> str:
+    """The triage department key for a DICOM department or service name.
+
+    Accepts the keys themselves (``ED``, ``ICU``...) and the free text that modalities
+    put in Institutional Department Name or Requesting Service ("Emergency
+    Department", "Intensive Care Unit"); returns ``""`` when it cannot tell.
+    """
+    value = (text or "").strip()
+    if not value:
+        return ""
+    lowered = value.lower()
+    if lowered in {"ed", "er", "icu", "inpatient", "outpatient", "emergency"}:
+        return "ED" if lowered in {"er", "emergency"} else value
+    for word, key in _DEPARTMENT_WORDS:
+        if word in lowered:
+            return key
+    return value
+
+
 def merge_findings(images: Iterable[Sequence[FindingLike]]) -> list[StoredFinding]:
     """One finding per label across a study's images: the most probable image's.
 
@@ -128,4 +157,4 @@ def triage_result(
     return item, raise_alerts(session, item, config, now=now)
 
 
-__all__ = ["dicom_age_years", "merge_findings", "triage_result"]
+__all__ = ["department_key", "dicom_age_years", "merge_findings", "triage_result"]
