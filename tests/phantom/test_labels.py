@@ -64,3 +64,19 @@ def test_co_occurrence_is_realistic() -> None:
     icu = np.array([p.department == "ICU" for p in plans])
     assert edema[cardio].mean() > 1.5 * edema[~cardio].mean()
     assert devices[icu].mean() > 2 * devices[~icu].mean()
+
+
+def test_severity_scale_makes_findings_fainter_with_the_same_labels() -> None:
+    default = plan_cohort(CohortOptions(n=300, seed=9))
+    harder = plan_cohort(CohortOptions(n=300, seed=9, severity_scale=0.5))
+    assert [truth_labels(p.findings) for p in default] == [truth_labels(p.findings) for p in harder]
+    pairs = [
+        (a.severity, b.severity)
+        for pa, pb in zip(default, harder, strict=True)
+        for a, b in zip(pa.findings, pb.findings, strict=True)
+        if a.label != "Support Devices"
+    ]
+    assert pairs
+    ratio = np.mean([b for _, b in pairs]) / np.mean([a for a, _ in pairs])
+    assert ratio == pytest.approx(0.5, abs=0.05)
+    assert all(b <= a + 1e-9 for a, b in pairs)

@@ -59,6 +59,9 @@ def phantom_cxr(
     start_date: str = typer.Option("2024-01-01", "--start-date", help="First study date."),
     end_date: str = typer.Option("2025-12-31", "--end-date", help="Last study date."),
     workers: int = typer.Option(2, "--workers", help="Worker processes."),
+    severity_scale: float = typer.Option(
+        1.0, "--severity-scale", help="Scale every finding's severity (0.2..1): harder cohorts."
+    ),
     quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bar."),
 ) -> None:
     """Generate a synthetic chest X-ray cohort (DICOM + labels.csv + truth)."""
@@ -81,6 +84,7 @@ def phantom_cxr(
         start_date=start_date,
         end_date=end_date,
         workers=workers,
+        severity_scale=severity_scale,
     )
     plans = plan_cohort(options)  # validates every option before anything is written
     with Progress(

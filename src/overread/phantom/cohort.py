@@ -102,6 +102,7 @@ class CohortOptions:
     end_date: str = "2025-12-31"
     workers: int = 2
     field_of_view_mm: float = 430.0
+    severity_scale: float = 1.0  # < 1: smaller, fainter findings (harder cohorts)
 
     def validate(self) -> None:
         """Raise ConfigError naming the first invalid option."""
@@ -168,6 +169,7 @@ def plan_cohort(options: CohortOptions) -> list[StudyPlan]:
         drift_site=options.drift_site,
         drift_date=parse_date(options.drift_date, "--drift-date") if options.drift_date else None,
         monochrome1_fraction=options.monochrome1_fraction,
+        severity_scale=options.severity_scale,
     )
     return sampler.plan(options.n)
 

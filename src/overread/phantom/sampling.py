@@ -170,6 +170,7 @@ class CohortSampler:
         drift_site: str | None = None,
         drift_date: dt.date | None = None,
         monochrome1_fraction: float | None = None,
+        severity_scale: float = 1.0,
     ) -> None:
         if not sites:
             raise ConfigError("at least one site is needed")
@@ -182,6 +183,8 @@ class CohortSampler:
             raise ConfigError("a drift site needs a drift date (--drift-date)")
         if drift_date is not None and not start < drift_date <= end:
             raise ConfigError(f"drift date {drift_date} is outside the study dates {start}..{end}")
+        if not 0.2 <= severity_scale <= 1.0:
+            raise ConfigError(f"severity scale {severity_scale} is outside 0.2..1")
         if monochrome1_fraction is not None and not 0 <= monochrome1_fraction <= 1:
             raise ConfigError(f"MONOCHROME1 fraction {monochrome1_fraction} is outside 0..1")
         self.seed = seed
@@ -192,11 +195,16 @@ class CohortSampler:
         self.drift_site = drift_site
         self.drift_date = drift_date
         self.monochrome1_fraction = monochrome1_fraction
+        self.severity_scale = severity_scale
         self.rng = np.random.default_rng(np.random.SeedSequence([seed, 0x50484E54]))
         mix = np.mean([s.departments for s in sites], axis=0)
         self._device_norm = float(
             sum(m * mix[i] for i, m in enumerate(_DEVICES_BY_DEPARTMENT.values()))
         )
+
+    def _severity(self) -> float:
+        """A severity from :func:`severity`, scaled down for harder cohorts."""
+        return max(0.05, severity(self.rng) * self.severity_scale)
 
     # -- patients -----------------------------------------------------------------
     def _patient(self, index: int, first_date: dt.date) -> tuple[Patient, int]:
@@ -219,7 +227,7 @@ class CohortSampler:
                 chronic.append(
                     FindingSpec(
                         label,
-                        severity(rng),
+                        self._severity(),
                         int(rng.integers(0, 2**31 - 1)),
                         side=int(rng.choice([-1, 1])),
                         kinds=(),
@@ -249,7 +257,7 @@ class CohortSampler:
         findings: list[FindingSpec] = []
         for f in patient.chronic:
             if rng.random() < _PERSIST:
-                s = float(np.clip(f.severity + rng.normal(0, 0.04), 0.15, 1.0))
+                s = float(np.clip(f.severity + rng.normal(0, 0.04), 0.05, 1.0))
                 findings.append(FindingSpec(f.label, s, f.seed, f.side, f.kinds))
         present = {f.label for f in findings}
         cardio = F.CARDIOMEGALY.value in present
@@ -257,7 +265,7 @@ class CohortSampler:
 
         def add(label: str, p: float, side: int = 0, kinds: tuple[str, ...] = ()) -> bool:
             if rng.random() < p:
-                findings.append(FindingSpec(label, severity(rng), seed(), side, kinds))
+                findings.append(FindingSpec(label, self._severity(), seed(), side, kinds))
                 return True
             return False
 
