@@ -34,8 +34,9 @@ def test_dicom_to_findings_through_onnx_runtime(
     assert all(f.positive == (f.probability >= f.threshold) for f in prediction.findings)
     assert prediction.model.name == "cxr-default" and len(prediction.model.sha256) == 64
     assert prediction.model.runtime == "onnx" and prediction.model.precision == "int8"
-    assert prediction.model.trained is False
-    assert any("untrained placeholder" in w for w in prediction.warnings)
+    trained = pipeline.package.manifest.trained
+    assert prediction.model.trained is trained
+    assert any("untrained placeholder" in w for w in prediction.warnings) is not trained
     assert prediction.metadata is not None and prediction.metadata.modality == "CR"
     assert {"read", "preprocess", "inference", "postprocess"} <= set(prediction.timings)
     assert prediction.heatmaps is None
@@ -47,14 +48,17 @@ def test_explain_gives_heatmaps_aligned_with_the_model_input(
     pipeline: Pipeline, cxr_dicom: Callable[..., Path]
 ) -> None:
     (prediction,) = pipeline.predict([cxr_dicom(rows=400, cols=300)], explain=True)
+    size = pipeline.package.manifest.input.size
     assert prediction.heatmaps is not None
     assert set(prediction.heatmaps) == set(CHEXPERT_LABELS)
     for heatmap in prediction.heatmaps.values():
-        assert heatmap.shape == (224, 224)
+        assert heatmap.shape == (size, size)
         assert heatmap.min() >= 0.0 and heatmap.max() <= 1.0
-    assert prediction.model_input is not None and prediction.model_input.shape == (224, 224)
+    assert prediction.model_input is not None and prediction.model_input.shape == (size, size)
     box = prediction.letterbox
-    assert box is not None and (box.new_rows, box.new_cols) == (224, 168) and box.left == 28
+    cols = round(300 * size / 400)  # 400 x 300 fitted into size x size
+    assert box is not None and (box.new_rows, box.new_cols) == (size, cols)
+    assert box.left == (size - cols) // 2
 
 
 def test_bad_inputs_are_reported_and_the_batch_carries_on(
@@ -89,7 +93,8 @@ def test_image_objects_and_monochrome1(pipeline: Pipeline, cxr_dicom: Callable[.
     inverted = cxr_dicom("m1.dcm", photometric="MONOCHROME1", seed=5)
     a = pipeline.preprocess(read(inverted))[0]
     b = pipeline.preprocess(read(cxr_dicom("m2b.dcm", seed=5)))[0]
-    assert a.shape == b.shape == (1, 224, 224)
+    size = pipeline.package.manifest.input.size
+    assert a.shape == b.shape == (1, size, size)
     assert np.abs(a - b).max() < 0.02
 
 
@@ -101,7 +106,7 @@ def test_torch_and_onnx_fp32_agree(bundled: Registry, cxr_dicom: Callable[..., P
     a = np.array([f.probability for f in onnx.findings])
     b = np.array([f.probability for f in torch_.findings])
     assert np.abs(a - b).max() < 1e-4
-    x = synthetic_batch(3, 224)
+    x = synthetic_batch(3, package.manifest.input.size)
     fp32 = Pipeline(package, precision="fp32")
     int8 = Pipeline(package, precision="int8")
     assert np.abs(fp32.predict_batch(x) - int8.predict_batch(x)).max() < 0.05
@@ -113,12 +118,14 @@ def test_gradient_cams_through_the_pipeline(
 ) -> None:
     (prediction,) = pipeline.predict([cxr_dicom()], explain=True, cam_method="gradcam++")
     assert prediction.heatmaps is not None
-    assert prediction.heatmaps["Cardiomegaly"].shape == (224, 224)
+    size = pipeline.package.manifest.input.size
+    assert prediction.heatmaps["Cardiomegaly"].shape == (size, size)
 
 
 def test_operating_points(pipeline: Pipeline, cxr_dicom: Callable[..., Path]) -> None:
     (prediction,) = pipeline.predict([cxr_dicom()], operating_point="high sensitivity")
-    assert [f.threshold for f in prediction.findings] == pytest.approx([0.3] * 14)
+    expected = pipeline.package.thresholds("high sensitivity").tolist()
+    assert [f.threshold for f in prediction.findings] == pytest.approx(expected)
     assert {f.operating_point for f in prediction.findings} == {"high sensitivity"}
     with pytest.raises(Exception, match="no operating point 'nonsense'"):
         pipeline.predict([cxr_dicom()], operating_point="nonsense")
@@ -127,12 +134,12 @@ def test_operating_points(pipeline: Pipeline, cxr_dicom: Callable[..., Path]) ->
 def test_from_name_caches_and_follows_aliases(bundled: Registry) -> None:
     first = Pipeline.from_name("cxr-default", registry=bundled)
     assert Pipeline.from_name("cxr-default", registry=bundled) is first
-    bundled.set_alias("cxr-live", "cxr-default@0.1.0")
+    bundled.set_alias("cxr-live", f"cxr-default@{first.package.version}")
     assert Pipeline.from_name("cxr-live", registry=bundled) is first
 
 
 def test_micro_batcher_over_the_pipeline(pipeline: Pipeline) -> None:
-    x = synthetic_batch(5, 224)
+    x = synthetic_batch(5, pipeline.package.manifest.input.size)
     expected = pipeline.predict_batch(x)
     with MicroBatcher(pipeline.predict_batch, max_batch=4, max_wait_ms=20) as batcher:
         rows = [f.result(timeout=30) for f in [batcher.submit(image) for image in x]]

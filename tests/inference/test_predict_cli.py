@@ -7,6 +7,12 @@ from pathlib import Path
 import pytest
 from PIL import Image as PilImage
 
+from overread.models import Registry
+
+
+def _bundled_manifest():  # type: ignore[no-untyped-def]
+    return Registry("unused-registry-root").load("cxr-default").manifest
+
 
 @pytest.fixture(autouse=True)
 def _private_registry(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -22,13 +28,15 @@ def test_predict_prints_findings_and_writes_an_overlay(
     out = tmp_path / "out"
     status, stdout, stderr = run_cli("predict", dicom, "--out", out)
     assert status == 0, stderr
-    assert "cxr-default 0.1.0 onnx/int8" in stdout
+    manifest = _bundled_manifest()
+    assert f"cxr-default {manifest.version} onnx/int8" in stdout
     assert "Pneumothorax" in stdout and "overlay:" in stdout
-    assert "untrained placeholder" in stderr
+    assert ("untrained placeholder" in stderr) is not manifest.trained
     overlays = sorted(out.glob("*.png"))
     assert overlays
     with PilImage.open(overlays[0]) as picture:
-        assert picture.mode == "RGB" and picture.size == (448, 448)
+        size = 2 * manifest.input.size
+        assert picture.mode == "RGB" and picture.size == (size, size)
     results = json.loads((out / "results.json").read_text())
     assert results[0]["ok"] is True and sorted(results[0]["overlays"]) == [str(p) for p in overlays]
 

@@ -15,7 +15,7 @@ def test_bundled_default_is_listed_and_verifies(tmp_path: Path) -> None:
     entries = {(e.name, e.source) for e in registry.entries()}
     assert ("cxr-default", "bundled") in entries
     package = registry.load("cxr-default")
-    assert package.manifest.trained is False
+    assert package.runtime_file("fp32") is not None
     assert package.runtime_file("int8") is not None
 
 
