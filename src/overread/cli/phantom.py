@@ -128,6 +128,9 @@ def phantom_learnability(
     epochs: int = typer.Option(6, "--epochs", help="Training epochs."),
     seed: int = typer.Option(123, "--seed", help="Cohort and training seed."),
     workers: int = typer.Option(2, "--workers", help="Rendering processes."),
+    severity_scale: float = typer.Option(
+        1.0, "--severity-scale", help="Scale every finding's severity (0.2..1)."
+    ),
 ) -> None:
     """Train a small CNN on in-memory phantoms and print held-out AUC per label."""
     from overread.phantom.learnability import check_learnability
@@ -135,7 +138,13 @@ def phantom_learnability(
     if n < 40 or not 32 <= size <= 512 or epochs < 1:
         raise ConfigError("learnability needs --n >= 40, --size 32..512 and --epochs >= 1")
     result = check_learnability(
-        n=n, size=size, epochs=epochs, seed=seed, workers=workers, echo=typer.echo
+        n=n,
+        size=size,
+        epochs=epochs,
+        seed=seed,
+        workers=workers,
+        echo=typer.echo,
+        severity_scale=severity_scale,
     )
     for label, value in result.auc.items():
         typer.echo(f"{label:28s} {value:.3f}")

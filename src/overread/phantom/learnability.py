@@ -66,6 +66,7 @@ def check_learnability(
     seed: int = 123,
     workers: int = 2,
     echo: Callable[[str], None] | None = None,
+    severity_scale: float = 1.0,
 ) -> LearnabilityResult:
     """Render ``n`` studies at ``size``, train a small CNN, return held-out AUCs.
 
@@ -79,7 +80,13 @@ def check_learnability(
 
     started = time.perf_counter()
     options = CohortOptions(
-        n=n, seed=seed, rows=size, cols=size, internal=min(256, size), modality="mixed"
+        n=n,
+        seed=seed,
+        rows=size,
+        cols=size,
+        internal=min(256, size),
+        modality="mixed",
+        severity_scale=severity_scale,
     )
     _STATE["plans"] = plan_cohort(options)
     _STATE["options"] = options
