@@ -288,7 +288,9 @@ def test_unknown_action_and_bad_details_are_refused(database: Database) -> None:
 
 
 def test_recording_without_audit_tables_says_what_to_do(tmp_path: Path) -> None:
-    db = Database(f"sqlite:///{tmp_path / 'bare.db'}")
+    # The gateway's Database creates the audit tables; a database made some other
+    # way may lack them, and recording must then say what is missing.
+    db = Database(f"sqlite:///{tmp_path / 'bare.db'}", create=False)
     with pytest.raises(AuditError, match="create_tables"), db.session() as session:
         record_event(session, actor="a", action=AuditAction.RECEIVE)
     db.dispose()
