@@ -15,7 +15,7 @@ def test_shipped_preset_loads_and_resolves_paths(
     assert "cxr-phantom" in preset_names()
     cfg = load_config(preset="cxr-phantom")
     assert cfg.model.architecture == "cxr-convnet"
-    assert cfg.data.size == 160 and cfg.data.channels == 1
+    assert cfg.data.size == 224 and cfg.data.channels == 1
     assert cfg.output == tmp_path / "runs" / "cxr-phantom"
 
 

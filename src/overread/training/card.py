@@ -29,7 +29,7 @@ LABEL_NOTES: dict[str, str] = {
     "Pleural Effusion": "blunted costophrenic angle, usually visible",
     "Pleural Other": "rare, heterogeneous",
     "Fracture": "thin cortical breaks; lost when downsampled",
-    "Support Devices": "thin lines and tubes: high contrast but only a pixel or two wide at 160 px",
+    "Support Devices": "thin lines and tubes: high contrast but a pixel or two wide after downsampling",
 }
 
 
