@@ -137,10 +137,9 @@ class DistillConfig(_Section):
 
 
 class PruneConfig(_Section):
-    """Global magnitude pruning after training, optionally fine-tuned."""
+    """Global magnitude pruning of the trained model, measured (no fine-tuning afterwards)."""
 
     amounts: list[float] = Field(default_factory=lambda: [0.3, 0.5, 0.7])
-    finetune_epochs: int = Field(default=0, ge=0)
     apply: float | None = None  # amount to keep in the shipped model (None: keep dense)
 
     @model_validator(mode="after")
