@@ -160,12 +160,34 @@ def free_port() -> int:
         return int(sock.getsockname()[1])
 
 
+def _listening(port: int) -> bool:
+    """Whether something listens on TCP ``port``, without connecting to it.
+
+    A probe connection that closes at once is an aborted association to a DICOM
+    peer, which upsets some of them (a refusing storescp then fails its next reject),
+    so on Linux the kernel's socket table is read instead.
+    """
+    tables = [Path("/proc/net/tcp"), Path("/proc/net/tcp6")]
+    if not any(t.exists() for t in tables):
+        with contextlib.suppress(OSError), socket.create_connection(("127.0.0.1", port), 0.2):
+            return True
+        return False
+    wanted = f":{port:04X}"
+    for table in tables:
+        with contextlib.suppress(OSError):
+            for line in table.read_text().splitlines()[1:]:
+                fields = line.split()
+                if fields[1].endswith(wanted) and fields[3] == "0A":  # 0A: LISTEN
+                    return True
+    return False
+
+
 def wait_for_port(port: int, process: subprocess.Popen[bytes], timeout: float = 20.0) -> None:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         if process.poll() is not None:
             raise RuntimeError(f"peer exited early with status {process.returncode}")
-        with contextlib.suppress(OSError), socket.create_connection(("127.0.0.1", port), 0.2):
+        if _listening(port):
             return
         time.sleep(0.05)
     raise RuntimeError(f"nothing listening on port {port} after {timeout} s")
@@ -192,14 +214,25 @@ def run_storescp(out_dir: Path, *extra: str, ae_title: str = "PACSAE") -> Iterat
     if shutil.which("storescp") is None:
         pytest.skip("DCMTK storescp is not installed")
     out_dir.mkdir(parents=True, exist_ok=True)
-    port = free_port()
-    process = subprocess.Popen(
-        ["storescp", "-aet", ae_title, "-od", str(out_dir), *extra, str(port)],
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )
+    log = out_dir.parent / f"{out_dir.name}-storescp.log"
+    # A port probed free can be taken by another process before storescp binds it:
+    # try a few ports before giving up, and say what storescp printed.
+    for attempt in range(3):
+        port = free_port()
+        with log.open("wb") as sink:
+            process = subprocess.Popen(
+                ["storescp", "-aet", ae_title, "-od", str(out_dir), *extra, str(port)],
+                stdout=sink,
+                stderr=subprocess.STDOUT,
+            )
+        try:
+            wait_for_port(port, process)
+            break
+        except RuntimeError as exc:
+            stop(process)
+            if attempt == 2:
+                raise RuntimeError(f"{exc}: {log.read_text(errors='replace').strip()}") from None
     try:
-        wait_for_port(port, process)
         yield StoreSCP(port, ae_title, out_dir)
     finally:
         stop(process)
