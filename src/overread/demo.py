@@ -154,6 +154,9 @@ def prepare_cohort(
         rows=options.size,
         cols=options.size,
         progress=progress,
+        # In this process: forking a pool from a process that already runs threads
+        # (rich, pynetdicom, torch) can deadlock a child; the output is the same.
+        workers=1,
     )
     partial.rename(out)
     return out, False
