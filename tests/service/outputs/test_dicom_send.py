@@ -204,7 +204,7 @@ def test_echo_checks_a_destination(storescp: StoreSCP, tmp_path: Path) -> None:
         run_storescp(tmp_path / "refusing", "--refuse") as peer,
         # storescp closes the socket right after its A-ASSOCIATE-RJ; the client may
         # see the close before the reject, so either description is right.
-        pytest.raises(DeliveryError, match="rejected the association|could not be reached"),
+        pytest.raises(DeliveryError, match=r"rejected the association|could not be reached"),
     ):
         echo(DicomDestination("PACSAE", "127.0.0.1", peer.port))
     with pytest.raises(DeliveryError, match="could not be reached for C-ECHO"):
