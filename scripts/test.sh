@@ -5,7 +5,9 @@
 set -uo pipefail
 cd "$(dirname "$0")/.."
 VENV=${VENV:-.venv}
-export PATH="$PWD/$VENV/bin:$PATH"
+# The venv goes last: pynetdicom installs its own `storescp`/`storescu` scripts there,
+# and the tests' peers must be DCMTK's (Debian's /usr/bin) ones.
+export PATH="$PATH:$PWD/$VENV/bin"
 
 set -e
 ruff check src tests
