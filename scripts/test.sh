@@ -9,12 +9,14 @@ VENV=${VENV:-.venv}
 # and the tests' peers must be DCMTK's (Debian's /usr/bin) ones.
 export PATH="$PATH:$PWD/$VENV/bin"
 
+BIN="$PWD/$VENV/bin"
+
 set -e
-ruff check src tests
-ruff format --check src tests
-mypy src
+"$BIN/ruff" check src tests
+"$BIN/ruff" format --check src tests
+"$BIN/mypy" src
 set +e
-pytest "$@"
+"$BIN/python" -m pytest "$@"
 status=$?
 if [[ $status -eq 5 ]]; then
   echo "test: pytest collected no tests: failing" >&2
