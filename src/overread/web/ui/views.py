@@ -1,0 +1,461 @@
+"""What the pages show, as typed rows built from the database.
+
+Rows are pydantic models so that :func:`overread.security.redact_phi` removes the
+patient's identity (fields named in ``PHI_FIELD_NAMES``) for roles without
+``view_phi`` before a template ever sees it: the templates test whether the field is
+there, they never decide who may see it. The patient's name is not in the database
+at all; it is read from the stored DICOM header of the study's first instance, and
+only for viewers allowed to see it.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from datetime import datetime
+from functools import lru_cache
+from typing import Any
+
+from pydantic import BaseModel
+from sqlalchemy import select
+from sqlalchemy.orm import Session
+
+from overread.security import Permission, Principal, redact_phi
+from overread.service.db import Instance, Job, JobState, Result
+from overread.service.store import ObjectStore
+from overread.triage import Alert, Feedback, StoredFinding, WorklistItem
+
+logger = logging.getLogger(__name__)
+
+#: Findings shown in a worklist row's summary at most.
+SUMMARY_FINDINGS = 3
+
+
+def waiting_text(since: datetime | None, now: datetime) -> str:
+    """A short waiting time: ``"45 s"``, ``"12 min"``, ``"3 h 05 min"``, ``"2 d 4 h"``."""
+    if since is None:
+        return "-"
+    seconds = max(0, int((now - since).total_seconds()))
+    if seconds < 60:
+        return f"{seconds} s"
+    minutes = seconds // 60
+    if minutes < 60:
+        return f"{minutes} min"
+    hours, minutes = divmod(minutes, 60)
+    if hours < 24:
+        return f"{hours} h {minutes:02d} min"
+    days, hours = divmod(hours, 24)
+    return f"{days} d {hours} h"
+
+
+def _person_name(value: Any) -> str:
+    """A DICOM Person Name as people read it: ``Family^Given`` -> ``Family, Given``."""
+    text = str(value or "").strip()
+    if not text:
+        return ""
+    parts = [p for p in text.split("=")[0].split("^") if p]
+    return ", ".join(parts[:2]) + (" " + " ".join(parts[2:]) if len(parts) > 2 else "")
+
+
+@dataclass(frozen=True)
+class StudyHeader:
+    """The identity and description of a study, from its first stored instance."""
+
+    patient_name: str = ""
+    patient_id: str = ""
+    patient_birth_date: str = ""
+    patient_sex: str = ""
+    accession_number: str = ""
+    study_description: str = ""
+    study_date: str = ""
+    modality: str = ""
+    body_part: str = ""
+    view_position: str = ""
+
+
+@lru_cache(maxsize=4096)
+def _header_of_file(path: str) -> StudyHeader:
+    import pydicom
+
+    try:
+        ds = pydicom.dcmread(path, stop_before_pixels=True)
+    except Exception as exc:  # an unreadable file: show the study without its header
+        logger.warning("cannot read the header of %s: %s", path, exc)
+        return StudyHeader()
+    return StudyHeader(
+        patient_name=_person_name(ds.get("PatientName", "")),
+        patient_id=str(ds.get("PatientID", "") or ""),
+        patient_birth_date=str(ds.get("PatientBirthDate", "") or ""),
+        patient_sex=str(ds.get("PatientSex", "") or ""),
+        accession_number=str(ds.get("AccessionNumber", "") or ""),
+        study_description=str(ds.get("StudyDescription", "") or ""),
+        study_date=str(ds.get("StudyDate", "") or ""),
+        modality=str(ds.get("Modality", "") or ""),
+        body_part=str(ds.get("BodyPartExamined", "") or ""),
+        view_position=str(ds.get("ViewPosition", "") or ""),
+    )
+
+
+def study_instances(session: Session, study_instance_uid: str) -> list[Instance]:
+    """The stored instances of a study, in series order."""
+    return list(
+        session.scalars(
+            select(Instance)
+            .where(Instance.study_instance_uid == study_instance_uid)
+            .order_by(Instance.series_instance_uid, Instance.id)
+        ).all()
+    )
+
+
+def study_header(
+    session: Session, store: ObjectStore, item: WorklistItem
+) -> tuple[StudyHeader, Instance | None]:
+    """The header of the worklist study's reference image (else its first instance).
+
+    Stored objects never change (their key is their SHA-256), so headers are cached
+    per file.
+    """
+    instance: Instance | None = None
+    if item.sop_instance_uid:
+        instance = session.scalar(
+            select(Instance).where(Instance.sop_instance_uid == item.sop_instance_uid)
+        )
+    if instance is None:
+        instances = study_instances(session, item.study_instance_uid)
+        instance = instances[0] if instances else None
+    if instance is None:
+        return StudyHeader(), None
+    try:
+        path = store.path(instance.object_key)
+    except Exception:
+        return StudyHeader(), instance
+    return _header_of_file(str(path)), instance
+
+
+class FindingView(BaseModel):
+    """One finding of the model, with the reader's latest verdict on it."""
+
+    label: str
+    probability: float
+    threshold: float | None
+    positive: bool
+    uncertainty: float
+    critical: bool
+    verdict: str | None = None
+    verdict_by: str | None = None
+
+
+class ScoreTermView(BaseModel):
+    """One term of the priority score."""
+
+    name: str
+    contribution: float
+    detail: str
+
+
+class WorklistRow(BaseModel):
+    """One study on the worklist page."""
+
+    study_instance_uid: str
+    score: float
+    has_critical: bool
+    critical_findings: list[str]
+    summary: str
+    department: str
+    patient_age: float | None
+    waiting: str
+    received_at: str
+    state: str
+    reader: str
+    modality: str = ""
+    patient_name: str = ""
+    patient_id: str = ""
+
+
+class StudyView(BaseModel):
+    """Everything the study page shows."""
+
+    study_instance_uid: str
+    score: float
+    has_critical: bool
+    critical_findings: list[str]
+    department: str
+    patient_age: float | None
+    waiting: str
+    received_at: str
+    state: str
+    reader: str
+    model_name: str
+    model_version: str
+    findings: list[FindingView]
+    breakdown: list[ScoreTermView]
+    images: int
+    modality: str = ""
+    body_part: str = ""
+    view_position: str = ""
+    study_description: str = ""
+    study_date: str = ""
+    patient_name: str = ""
+    patient_id: str = ""
+    patient_birth_date: str = ""
+    patient_sex: str = ""
+    accession_number: str = ""
+
+
+def _findings_summary(item: WorklistItem) -> str:
+    stored = [StoredFinding.from_dict(d) for d in item.findings]
+    shown = sorted(
+        (f for f in stored if f.positive and f.label != "No Finding"),
+        key=lambda f: -f.probability,
+    )
+    if not shown:
+        return "no positive finding"
+    text = ", ".join(f"{f.label} {f.probability:.2f}" for f in shown[:SUMMARY_FINDINGS])
+    more = len(shown) - SUMMARY_FINDINGS
+    return text + (f" (+{more})" if more > 0 else "")
+
+
+def _iso(moment: datetime | None) -> str:
+    return moment.isoformat(timespec="seconds") if moment is not None else ""
+
+
+def worklist_rows(
+    session: Session,
+    store: ObjectStore,
+    items: list[WorklistItem],
+    viewer: Principal,
+    *,
+    now: datetime,
+) -> list[dict[str, Any]]:
+    """The worklist page's rows, redacted for ``viewer``."""
+    with_phi = viewer.can(Permission.VIEW_PHI)
+    rows: list[dict[str, Any]] = []
+    for item in items:
+        header = StudyHeader()
+        if with_phi:
+            header, _ = study_header(session, store, item)
+        row = WorklistRow(
+            study_instance_uid=item.study_instance_uid,
+            score=round(item.score, 1),
+            has_critical=item.has_critical,
+            critical_findings=[str(c) for c in item.critical_findings or []],
+            summary=_findings_summary(item),
+            department=item.department,
+            patient_age=item.patient_age,
+            waiting=waiting_text(item.received_at, now),
+            received_at=_iso(item.received_at),
+            state=item.state,
+            reader=item.reader,
+            modality=header.modality,
+            patient_name=header.patient_name,
+            patient_id=header.patient_id or item.patient_id,
+        )
+        rows.append(redact_phi(row, viewer))
+    return rows
+
+
+def latest_verdicts(session: Session, study_instance_uid: str) -> dict[str, Feedback]:
+    """The newest feedback row per finding of a study."""
+    rows = session.scalars(
+        select(Feedback)
+        .where(Feedback.study_instance_uid == study_instance_uid)
+        .order_by(Feedback.created_at, Feedback.id)
+    ).all()
+    return {row.finding: row for row in rows}
+
+
+def study_view(
+    session: Session,
+    store: ObjectStore,
+    item: WorklistItem,
+    viewer: Principal,
+    *,
+    now: datetime,
+) -> dict[str, Any]:
+    """The study page's content, redacted for ``viewer``."""
+    header = StudyHeader()
+    if viewer.can(Permission.VIEW_PHI):
+        header, _ = study_header(session, store, item)
+    else:  # the description fields are not identifying; read them without the name
+        full, _ = study_header(session, store, item)
+        header = StudyHeader(
+            study_description=full.study_description,
+            modality=full.modality,
+            body_part=full.body_part,
+            view_position=full.view_position,
+        )
+    verdicts = latest_verdicts(session, item.study_instance_uid)
+    critical = {str(c) for c in item.critical_findings or []}
+    stored = sorted(
+        (StoredFinding.from_dict(d) for d in item.findings), key=lambda f: -f.probability
+    )
+    findings = [
+        FindingView(
+            label=f.label,
+            probability=f.probability,
+            threshold=f.threshold,
+            positive=f.positive,
+            uncertainty=f.uncertainty,
+            critical=f.label in critical,
+            verdict=verdicts[f.label].verdict if f.label in verdicts else None,
+            verdict_by=verdicts[f.label].reader if f.label in verdicts else None,
+        )
+        for f in stored
+    ]
+    breakdown = [
+        ScoreTermView(
+            name=str(t.get("name", "")),
+            contribution=float(t.get("contribution", 0.0)),
+            detail=str(t.get("detail", "")),
+        )
+        for t in item.breakdown or []
+    ]
+    images = len(study_instances(session, item.study_instance_uid))
+    view = StudyView(
+        study_instance_uid=item.study_instance_uid,
+        score=round(item.score, 1),
+        has_critical=item.has_critical,
+        critical_findings=sorted(critical),
+        department=item.department,
+        patient_age=item.patient_age,
+        waiting=waiting_text(item.received_at, now),
+        received_at=_iso(item.received_at),
+        state=item.state,
+        reader=item.reader,
+        model_name=item.model_name,
+        model_version=item.model_version,
+        findings=findings,
+        breakdown=breakdown,
+        images=images,
+        modality=header.modality,
+        body_part=header.body_part,
+        view_position=header.view_position,
+        study_description=header.study_description,
+        study_date=header.study_date,
+        patient_name=header.patient_name,
+        patient_id=header.patient_id or item.patient_id,
+        patient_birth_date=header.patient_birth_date,
+        patient_sex=header.patient_sex,
+        accession_number=header.accession_number,
+    )
+    return redact_phi(view, viewer)
+
+
+class AlertRow(BaseModel):
+    """One alert on the alerts page (no patient identity: study UID, finding, department)."""
+
+    id: int
+    study_instance_uid: str
+    finding: str
+    probability: float
+    threshold: float
+    department: str
+    score: float
+    state: str
+    level: int
+    raised_at: str
+    waiting: str
+    duplicates: int
+    acknowledged_by: str | None
+    acknowledged_at: str
+
+
+def alert_rows(alerts: list[Alert], *, now: datetime) -> list[AlertRow]:
+    """Alerts as page rows."""
+    return [
+        AlertRow(
+            id=a.id,
+            study_instance_uid=a.study_instance_uid,
+            finding=a.finding,
+            probability=a.probability,
+            threshold=a.threshold,
+            department=a.department,
+            score=round(a.score, 1),
+            state=a.state,
+            level=a.level,
+            raised_at=_iso(a.raised_at),
+            waiting=waiting_text(a.raised_at, now),
+            duplicates=a.duplicates,
+            acknowledged_by=a.acknowledged_by,
+            acknowledged_at=_iso(a.acknowledged_at),
+        )
+        for a in alerts
+    ]
+
+
+class JobRow(BaseModel):
+    """One job on the admin page."""
+
+    id: int
+    study_instance_uid: str
+    kind: str
+    model: str
+    destination: str
+    state: str
+    attempts: int
+    max_attempts: int
+    error: str
+    updated_at: str
+    requeueable: bool
+
+
+def job_rows(jobs: list[Job]) -> list[JobRow]:
+    """Jobs as page rows; failed and dead-lettered ones can be requeued."""
+    return [
+        JobRow(
+            id=j.id,
+            study_instance_uid=j.study_instance_uid,
+            kind=j.kind,
+            model=f"{j.model_name} {j.model_version}".strip(),
+            destination=j.destination,
+            state=j.state,
+            attempts=j.attempts,
+            max_attempts=j.max_attempts,
+            error=(j.error or "")[:400],
+            updated_at=_iso(j.updated_at),
+            requeueable=j.state in (JobState.DEAD_LETTERED.value, JobState.FAILED.value),
+        )
+        for j in jobs
+    ]
+
+
+def overlay_artifacts(
+    session: Session, study_instance_uid: str
+) -> list[tuple[Result, dict[str, Any]]]:
+    """The stored Secondary Capture overlays of a study's results, newest result first."""
+    results = session.scalars(
+        select(Result)
+        .where(Result.study_instance_uid == study_instance_uid)
+        .order_by(Result.id.desc())
+    ).all()
+    found: list[tuple[Result, dict[str, Any]]] = []
+    for result in results:
+        for artifact in result.artifacts or []:
+            if str(artifact.get("sop_class_uid", "")).startswith(SECONDARY_CAPTURE_PREFIX):
+                found.append((result, dict(artifact)))
+    return found
+
+
+#: Secondary Capture Image Storage and its multi-frame variants.
+SECONDARY_CAPTURE_PREFIX = "1.2.840.10008.5.1.4.1.1.7"
+
+
+__all__ = [
+    "SECONDARY_CAPTURE_PREFIX",
+    "AlertRow",
+    "FindingView",
+    "JobRow",
+    "ScoreTermView",
+    "StudyHeader",
+    "StudyView",
+    "WorklistRow",
+    "alert_rows",
+    "job_rows",
+    "latest_verdicts",
+    "overlay_artifacts",
+    "study_header",
+    "study_instances",
+    "study_view",
+    "waiting_text",
+    "worklist_rows",
+]
