@@ -11,15 +11,18 @@ from __future__ import annotations
 
 import hashlib
 import logging
-from collections.abc import Callable
-from dataclasses import dataclass
+import threading
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from datetime import datetime
 from io import BytesIO
 from pathlib import Path
 
 import pydicom
 from pydicom.errors import InvalidDicomError as PydicomInvalidDicomError
-from sqlalchemy import select, update
+from sqlalchemy import insert, select, update
 from sqlalchemy.exc import IntegrityError
+from sqlalchemy.orm import Session
 
 from overread.audit import AuditAction, record_event
 from overread.errors import InvalidDicomError
@@ -53,10 +56,15 @@ def _text(ds: pydicom.Dataset, keyword: str, limit: int) -> str:
 
 
 def read_header(data: bytes, *, source: str = "payload") -> InstanceHeader:
-    """Parse a DICOM Part 10 byte string fully and return its routing header.
+    """Parse a DICOM Part 10 byte string and return its routing header.
 
-    The whole data set is parsed (not just the header) so a truncated or corrupt
-    payload is refused here rather than discovered by a worker later.
+    Every element is decoded, so a truncated or corrupt payload is refused here
+    rather than discovered by a worker later. The common case, uncompressed little
+    endian Pixel Data as the last element, is checked without copying the pixels:
+    the header is parsed up to Pixel Data and the element's length is compared with
+    the bytes that follow it and with Rows x Columns x samples x frames x bits.
+    Anything else (encapsulated or big endian pixels, elements after Pixel Data)
+    is parsed in full.
 
     Raises
     ------
@@ -64,9 +72,16 @@ def read_header(data: bytes, *, source: str = "payload") -> InstanceHeader:
         If the bytes are not a readable DICOM data set or lack a required UID.
     """
     try:
-        ds = pydicom.dcmread(BytesIO(data))
+        stream = BytesIO(data)
+        ds = pydicom.dcmread(stream, stop_before_pixels=True)
         for element in ds.iterall():  # force every element to decode
             _ = element.value
+        short = _pixel_shortfall_in_place(ds, data, stream.tell())
+        if short is None:  # not the simple layout: parse everything
+            ds = pydicom.dcmread(BytesIO(data))
+            for element in ds.iterall():
+                _ = element.value
+            short = _native_pixel_shortfall(ds)
     except (PydicomInvalidDicomError, EOFError, ValueError, TypeError, KeyError) as exc:
         raise InvalidDicomError(f"{source}: not a readable DICOM data set ({exc})") from None
     except Exception as exc:  # pydicom raises assorted types on corrupt input
@@ -74,7 +89,6 @@ def read_header(data: bytes, *, source: str = "payload") -> InstanceHeader:
     missing = [k for k in _REQUIRED if not str(ds.get(k, "") or "").strip()]
     if missing:
         raise InvalidDicomError(f"{source}: missing required attribute(s) {', '.join(missing)}")
-    short = _native_pixel_shortfall(ds)
     if short:
         raise InvalidDicomError(f"{source}: Pixel Data is truncated ({short} bytes missing)")
     meta = getattr(ds, "file_meta", None)
@@ -90,6 +104,52 @@ def read_header(data: bytes, *, source: str = "payload") -> InstanceHeader:
         institution=_text(ds, "InstitutionName", 128),
         series_description=_text(ds, "SeriesDescription", 256),
     )
+
+
+_PIXEL_DATA_TAG = b"\xe0\x7f\x10\x00"  # (7FE0,0010) little endian
+_LONG_VRS = {b"OB", b"OW", b"OD", b"OF", b"OL", b"OV", b"UN"}
+
+
+def _pixel_shortfall_in_place(ds: pydicom.Dataset, data: bytes, offset: int) -> int | None:
+    """Missing Pixel Data bytes, read from the element header at ``offset`` of ``data``.
+
+    ``offset`` is where a ``stop_before_pixels`` parse stopped. Returns ``0`` when
+    the data set ended there (no pixels), ``None`` when the layout is not the simple
+    one (the caller then parses everything).
+    """
+    if offset == len(data):
+        return 0
+    meta = getattr(ds, "file_meta", None)
+    syntax = getattr(meta, "TransferSyntaxUID", None)
+    if (
+        syntax is None
+        or syntax.is_compressed
+        or syntax.is_deflated
+        or not syntax.is_little_endian
+        or data[offset : offset + 4] != _PIXEL_DATA_TAG
+    ):
+        return None
+    if syntax.is_implicit_VR:
+        start, length = offset + 8, int.from_bytes(data[offset + 4 : offset + 8], "little")
+    else:
+        if data[offset + 4 : offset + 6] not in _LONG_VRS:
+            return None
+        start, length = offset + 12, int.from_bytes(data[offset + 8 : offset + 12], "little")
+    if length == 0xFFFFFFFF or start + length < len(data):
+        return None  # undefined length, or elements after Pixel Data
+    available = min(length, max(0, len(data) - start))
+    try:
+        expected = (
+            int(ds.Rows)
+            * int(ds.Columns)
+            * int(ds.get("SamplesPerPixel", 1) or 1)
+            * int(ds.get("NumberOfFrames", 1) or 1)
+            * int(ds.BitsAllocated)
+            + 7
+        ) // 8
+    except (AttributeError, TypeError, ValueError):
+        return max(0, length - available)
+    return max(0, expected - available, length - available)
 
 
 def _native_pixel_shortfall(ds: pydicom.Dataset) -> int:
@@ -124,6 +184,94 @@ class IngestOutcome:
     sop_class_uid: str = ""
 
 
+@dataclass
+class _PendingRow:
+    """An instance whose bytes are durable and whose row waits for a commit."""
+
+    header: InstanceHeader
+    key: str
+    sha256: str
+    size: int
+    calling_ae: str
+    peer_host: str
+    finished: bool = False
+    error: BaseException | None = None
+    wake: threading.Event = field(default_factory=threading.Event)
+
+
+class _GroupCommit:
+    """Commit the rows of concurrent ingests together: one transaction, one fsync.
+
+    The first caller to arrive while no commit runs leads: it takes every row
+    waiting, commits them in one transaction and wakes their callers; rows that
+    arrived meanwhile go to the next leader (the oldest waiter). A caller returns
+    only once its own row is committed, so acknowledging after :meth:`commit` is
+    still acknowledging a durable row. With one sender at a time every batch holds
+    one row and nothing changes; with several associations the database's commit
+    (a WAL fsync on SQLite) is paid once per batch instead of once per instance.
+    If a batch fails, its rows are committed one by one so each caller gets its
+    own outcome (for instance an ``IntegrityError`` for a concurrent duplicate).
+    """
+
+    def __init__(self, write: Callable[[Sequence[_PendingRow]], None]) -> None:
+        self._write = write
+        self._lock = threading.Lock()
+        self._pending: list[_PendingRow] = []
+        self._busy = False
+
+    def commit(self, row: _PendingRow) -> None:
+        """Commit ``row`` (possibly with others); raise what its commit raised."""
+        with self._lock:
+            self._pending.append(row)
+            lead = not self._busy
+            self._busy = True
+        if not lead:
+            row.wake.wait()
+            lead = not row.finished  # woken to lead the next batch
+        if lead:
+            self._lead()
+        if row.error is not None:
+            raise row.error
+
+    def _lead(self) -> None:
+        with self._lock:
+            batch, self._pending = self._pending, []
+        try:
+            self._flush(batch)
+        finally:
+            with self._lock:
+                if self._pending:
+                    self._pending[0].wake.set()  # the oldest waiter leads next
+                else:
+                    self._busy = False
+
+    def _flush(self, batch: list[_PendingRow]) -> None:
+        try:
+            self._write(batch)
+        except BaseException as exc:
+            if len(batch) == 1:
+                batch[0].error = exc
+            else:
+                for row in batch:
+                    try:
+                        self._write([row])
+                    except BaseException as single:
+                        row.error = single
+        for row in batch:
+            row.finished = True
+            row.wake.set()
+
+
+@dataclass(frozen=True)
+class _StoredRow:
+    """The columns of an already stored instance that a duplicate is answered from."""
+
+    study_instance_uid: str
+    object_key: str
+    sha256: str
+    sop_class_uid: str
+
+
 class Ingestor:
     """Stores instances and records them, one transaction per instance.
 
@@ -146,6 +294,7 @@ class Ingestor:
         self.database = database
         self.store = store
         self.on_stored = on_stored
+        self._commits = _GroupCommit(self._record)
 
     def ingest(
         self, data: bytes, *, calling_ae: str, peer_host: str = "", source: str = "payload"
@@ -185,7 +334,11 @@ class Ingestor:
         stored = self.store.put(data)
         for attempt in range(3):
             try:
-                self._record(header, stored.key, stored.sha256, stored.size, calling_ae, peer_host)
+                self._commits.commit(
+                    _PendingRow(
+                        header, stored.key, stored.sha256, stored.size, calling_ae, peer_host
+                    )
+                )
                 break
             except IntegrityError:
                 # Either the same instance arrived concurrently (a duplicate), or two
@@ -223,71 +376,76 @@ class Ingestor:
         """Persist a DICOM file from disk (the ``files / CLI`` ingest path)."""
         return self.ingest(Path(path).read_bytes(), calling_ae=calling_ae, source=str(path))
 
-    def _find(self, sop_instance_uid: str) -> Instance | None:
+    def _find(self, sop_instance_uid: str) -> _StoredRow | None:
         with self.database.session() as session:
-            return session.scalar(
-                select(Instance).where(Instance.sop_instance_uid == sop_instance_uid)
-            )
+            row = session.execute(
+                select(
+                    Instance.study_instance_uid,
+                    Instance.object_key,
+                    Instance.sha256,
+                    Instance.sop_class_uid,
+                ).where(Instance.sop_instance_uid == sop_instance_uid)
+            ).first()
+        return None if row is None else _StoredRow(*row)
 
-    def _record(
-        self,
-        header: InstanceHeader,
-        key: str,
-        sha256: str,
-        size: int,
-        calling_ae: str,
-        peer_host: str,
-    ) -> None:
+    def _record(self, rows: Sequence[_PendingRow]) -> None:
+        """Insert ``rows`` and update their studies in one transaction (one commit)."""
         now = utcnow()
         with self.database.session() as session:
-            session.add(
-                Instance(
-                    sop_instance_uid=header.sop_instance_uid,
+            for row in rows:
+                self._record_row(session, row, now)
+
+    @staticmethod
+    def _record_row(session: Session, row: _PendingRow, now: datetime) -> None:
+        header, calling_ae, peer_host = row.header, row.calling_ae, row.peer_host
+        key, sha256, size = row.key, row.sha256, row.size
+        session.execute(
+            insert(Instance).values(
+                sop_instance_uid=header.sop_instance_uid,
+                study_instance_uid=header.study_instance_uid,
+                series_instance_uid=header.series_instance_uid,
+                sop_class_uid=header.sop_class_uid,
+                transfer_syntax_uid=header.transfer_syntax_uid,
+                modality=header.modality,
+                body_part=header.body_part,
+                view_position=header.view_position,
+                institution=header.institution,
+                series_description=header.series_description,
+                calling_ae=calling_ae.strip(),
+                peer_host=peer_host,
+                object_key=key,
+                sha256=sha256,
+                size=size,
+                received_at=now,
+            )
+        )
+        updated = session.execute(
+            update(Study)
+            .where(Study.study_instance_uid == header.study_instance_uid)
+            .values(
+                instance_count=Study.instance_count + 1,
+                last_instance_at=now,
+                state=StudyState.RECEIVING.value,
+            )
+        )
+        if updated.rowcount == 0:  # type: ignore[attr-defined]
+            session.execute(
+                insert(Study).values(
                     study_instance_uid=header.study_instance_uid,
-                    series_instance_uid=header.series_instance_uid,
-                    sop_class_uid=header.sop_class_uid,
-                    transfer_syntax_uid=header.transfer_syntax_uid,
-                    modality=header.modality,
-                    body_part=header.body_part,
-                    view_position=header.view_position,
-                    institution=header.institution,
-                    series_description=header.series_description,
-                    calling_ae=calling_ae.strip(),
-                    peer_host=peer_host,
-                    object_key=key,
-                    sha256=sha256,
-                    size=size,
-                    received_at=now,
-                )
-            )
-            session.flush()
-            updated = session.execute(
-                update(Study)
-                .where(Study.study_instance_uid == header.study_instance_uid)
-                .values(
-                    instance_count=Study.instance_count + 1,
-                    last_instance_at=now,
                     state=StudyState.RECEIVING.value,
+                    instance_count=1,
+                    first_instance_at=now,
+                    last_instance_at=now,
                 )
             )
-            if updated.rowcount == 0:  # type: ignore[attr-defined]
-                session.add(
-                    Study(
-                        study_instance_uid=header.study_instance_uid,
-                        state=StudyState.RECEIVING.value,
-                        instance_count=1,
-                        first_instance_at=now,
-                        last_instance_at=now,
-                    )
-                )
-            record_event(
-                session,
-                actor=f"ae:{calling_ae.strip()}",
-                role="modality",
-                action=AuditAction.RECEIVE,
-                object_uids=[header.study_instance_uid, header.sop_instance_uid],
-                details={"peer_host": peer_host, "sha256": sha256, "size": size},
-            )
+        record_event(
+            session,
+            actor=f"ae:{calling_ae.strip()}",
+            role="modality",
+            action=AuditAction.RECEIVE,
+            object_uids=[header.study_instance_uid, header.sop_instance_uid],
+            details={"peer_host": peer_host, "sha256": sha256, "size": size},
+        )
 
 
 __all__ = ["IngestOutcome", "Ingestor", "InstanceHeader", "read_header"]

@@ -18,7 +18,10 @@ and the attempt is logged.
 
 from __future__ import annotations
 
+import contextlib
+import functools
 import logging
+import socket
 import threading
 import time
 from collections.abc import Callable
@@ -38,6 +41,31 @@ VERIFICATION_SOP_CLASS = "1.2.840.10008.1.1"
 STATUS_SUCCESS = 0x0000
 STATUS_OUT_OF_RESOURCES = 0xA700
 STATUS_CANNOT_UNDERSTAND = 0xC000
+
+
+def _recv_exact(association_socket: Any, nr_bytes: int) -> bytearray:
+    """Read ``nr_bytes`` from an association's socket into one preallocated buffer.
+
+    Same contract as pynetdicom's ``AssociationSocket.recv`` (blocks until all bytes
+    arrived; on a closed connection returns what was read), but it receives straight
+    into the buffer in as few calls as the kernel allows instead of 4 KiB ``recv``
+    calls appended to a growing ``bytearray``: a 128 KiB P-DATA PDU costs one or two
+    system calls and no copies. Measured on loopback it raises pynetdicom's receive
+    rate by about 1.6x (docs/benchmarks.md).
+    """
+    raw: socket.socket = association_socket.socket
+    buffer = bytearray(nr_bytes)
+    view = memoryview(buffer)
+    received = 0
+    try:
+        while received < nr_bytes:
+            count = raw.recv_into(view[received:], nr_bytes - received)
+            if not count:
+                return buffer[:received]
+            received += count
+    finally:
+        view.release()
+    return buffer
 
 
 def _status(code: int, comment: str) -> Dataset:
@@ -105,6 +133,7 @@ class StorageSCP:
                 "no --allow-ae given: associations from ANY calling AE title are accepted"
             )
         handlers: list[Any] = [
+            (evt.EVT_CONN_OPEN, self._on_connection),
             (evt.EVT_REQUESTED, self._on_requested),
             (evt.EVT_C_STORE, self._on_c_store),
             (evt.EVT_C_ECHO, self._on_c_echo),
@@ -142,6 +171,16 @@ class StorageSCP:
     def _admitted(self, ae_title: str, host: str) -> bool:
         peers: list[AllowedPeer] = self.config.allow_ae
         return not peers or any(p.admits(ae_title, host) for p in peers)
+
+    def _on_connection(self, event: evt.Event) -> None:
+        """Tune a new connection's receive path before its first PDU is read."""
+        association_socket = getattr(event.assoc.dul, "socket", None)
+        raw = getattr(association_socket, "socket", None)
+        if association_socket is None or not isinstance(raw, socket.socket):
+            return
+        with contextlib.suppress(OSError):  # not TCP: keep the defaults
+            raw.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        setattr(association_socket, "recv", functools.partial(_recv_exact, association_socket))  # noqa: B010
 
     def _on_requested(self, event: evt.Event) -> None:
         primitive = event.assoc.requestor.primitive

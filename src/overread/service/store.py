@@ -6,6 +6,10 @@ fsync'd, renamed into place (atomic on POSIX), and then the directory itself is
 fsync'd so the new name survives a crash too. Only after :meth:`ObjectStore.put`
 returns may anyone be told the object is safe. Identical bytes are stored once.
 
+The 256 two-hex-digit directories are created (and the root fsync'd) once when the
+store opens, so a write costs one file fsync and one directory fsync, never a third
+for a new directory.
+
 The same interface (``put``/``path``/``open``/``exists``) is what an S3-compatible
 store would implement.
 """
@@ -14,8 +18,9 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
+import itertools
 import os
-import tempfile
+import threading
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -57,6 +62,24 @@ class ObjectStore:
         self.root = Path(root)
         self.fsync = fsync
         self.root.mkdir(parents=True, exist_ok=True)
+        self._names = itertools.count()
+        self._prepared = False
+        self._lock = threading.Lock()
+
+    def _prepare(self) -> None:
+        """Create the 256 prefix directories and make their names durable, once."""
+        with self._lock:
+            if self._prepared:
+                return
+            created = False
+            for prefix in range(256):
+                directory = self.root / f"{prefix:02x}"
+                if not directory.is_dir():
+                    directory.mkdir(exist_ok=True)
+                    created = True
+            if created and self.fsync:
+                _fsync_dir(self.root)
+            self._prepared = True
 
     @staticmethod
     def key_for(sha256: str) -> str:
@@ -92,18 +115,23 @@ class ObjectStore:
         digest = hashlib.sha256(data).hexdigest()
         key = self.key_for(digest)
         final = self.root / key
-        if final.is_file() and final.stat().st_size == len(data):
-            return StoredObject(key, digest, len(data), final, created=False)
+        with contextlib.suppress(OSError):
+            if os.stat(final).st_size == len(data):
+                return StoredObject(key, digest, len(data), final, created=False)
+        if not self._prepared:
+            self._prepare()
         directory = final.parent
-        created_dir = not directory.exists()
-        directory.mkdir(parents=True, exist_ok=True)
-        fd, tmp_name = tempfile.mkstemp(dir=directory, prefix=".tmp-")
+        tmp_name = directory / f".tmp-{os.getpid()}-{threading.get_ident()}-{next(self._names)}"
         try:
-            with os.fdopen(fd, "wb") as handle:
-                handle.write(data)
-                handle.flush()
+            fd = os.open(tmp_name, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o644)
+            try:
+                view = memoryview(data)
+                while view:
+                    view = view[os.write(fd, view) :]
                 if self.fsync:
-                    os.fsync(handle.fileno())
+                    os.fsync(fd)
+            finally:
+                os.close(fd)
             os.replace(tmp_name, final)
         except BaseException:
             with contextlib.suppress(OSError):
@@ -111,8 +139,6 @@ class ObjectStore:
             raise
         if self.fsync:
             _fsync_dir(directory)
-            if created_dir:
-                _fsync_dir(self.root)
         return StoredObject(key, digest, len(data), final, created=True)
 
 
