@@ -193,6 +193,32 @@ def storescp(tmp_path: Path) -> Iterator[Storescp]:
     pacs.stop()
 
 
+def api_token(service: Service, role: str = "admin", username: str | None = None) -> str:
+    """Create a user with ``role`` on ``service``'s database and return an API token for it."""
+    from overread.security import add_user, issue_token
+
+    name = username or f"{role}-{uuid.uuid4().hex[:8]}"
+    with service.database.session() as session:
+        add_user(session, name, role, actor="tests")
+        token, _ = issue_token(session, name, actor="tests")
+    return token
+
+
+def bearer(token: str) -> dict[str, str]:
+    """The ``Authorization`` header carrying ``token``."""
+    return {"Authorization": f"Bearer {token}"}
+
+
+@pytest.fixture
+def service_headers() -> Callable[..., dict[str, str]]:
+    """``service_headers(service, role)``: bearer headers of a new user with ``role``."""
+
+    def _headers(service: Service, role: str = "admin") -> dict[str, str]:
+        return bearer(api_token(service, role))
+
+    return _headers
+
+
 @pytest.fixture
 def make_service(tmp_path: Path) -> Iterator[Callable[..., Any]]:
     """Start gateways in-process on free ports (stopped after the test)."""

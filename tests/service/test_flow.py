@@ -16,7 +16,7 @@ from sqlalchemy import select
 from overread.service.db import Job, JobState, Result, Study
 from overread.service.server import Service
 
-from .conftest import Storescp, free_port, needs_dcmtk
+from .conftest import Storescp, api_token, bearer, free_port, needs_dcmtk
 
 pytestmark = [pytest.mark.service, needs_dcmtk]
 
@@ -86,12 +86,16 @@ def test_chest_xray_is_read_and_its_sr_reaches_the_pacs(
         assert len(result.summary["instances"][0]["findings"]) == 14
         assert result.artifacts[0]["sop_instance_uid"] == sr.SOPInstanceUID
     base = f"http://127.0.0.1:{service.http_port}/api/studies"
-    [listed] = httpx.get(base, timeout=10).json()
+    auth = bearer(api_token(service, "radiologist"))
+    assert httpx.get(base, timeout=10).status_code == 401
+    [listed] = httpx.get(base, headers=auth, timeout=10).json()["items"]
     assert listed["state"] == "routed" and listed["instance_count"] == 1
-    [api_result] = httpx.get(f"{base}/{source.StudyInstanceUID}/results", timeout=10).json()
+    [api_result] = httpx.get(
+        f"{base}/{source.StudyInstanceUID}/results", headers=auth, timeout=10
+    ).json()
     assert api_result["model_name"] == "cxr-default"
-    assert len(api_result["summary"]["instances"][0]["findings"]) == 14
-    assert httpx.get(f"{base}/1.2.3.4/results", timeout=10).status_code == 404
+    assert len(api_result["instances"][0]["findings"]) == 14
+    assert httpx.get(f"{base}/1.2.3.4/results", headers=auth, timeout=10).status_code == 404
     # The same study again: stored idempotently, routed again, but not read twice.
     _storescu(service.dicom_port or 0, image)
     time.sleep(1.0)
@@ -125,12 +129,22 @@ def test_stable_time_and_explicit_trigger_complete_studies(
     service.assembler.config.stable_seconds = 3600
     _storescu(service.dicom_port or 0, dx_factory(study_uid=study_b))
     base = f"http://127.0.0.1:{service.http_port}"
-    reply = httpx.post(f"{base}/api/studies/{study_b}/complete", timeout=10)
+    assert httpx.post(f"{base}/api/studies/{study_b}/complete", timeout=10).status_code == 401
+    reply = httpx.post(
+        f"{base}/api/studies/{study_b}/complete",
+        headers=bearer(api_token(service, "technologist")),
+        timeout=10,
+    )
     assert reply.status_code == 200 and len(reply.json()["jobs"]) == 1
     _wait(lambda: sum(j.state == "succeeded" for j in _jobs(service)) == 2, timeout=60)
     health = httpx.get(f"{base}/health", timeout=10).json()
     assert health["status"] == "ok" and health["jobs"] == {"succeeded": 2}
-    listed = httpx.get(f"{base}/api/jobs", params={"study": study_b}, timeout=10).json()
+    listed = httpx.get(
+        f"{base}/api/jobs",
+        params={"study": study_b},
+        headers=bearer(api_token(service, "admin")),
+        timeout=10,
+    ).json()["items"]
     assert [(j["kind"], j["state"], j["model_name"]) for j in listed] == [
         ("infer", "succeeded", "cxr-default")
     ]
@@ -152,9 +166,11 @@ def test_unreachable_destination_is_retried_then_dead_lettered_then_requeued(
     # The PACS comes back; an operator requeues the dead letter through the API.
     pacs = Storescp(tmp_path / "late-pacs", port=port)
     try:
-        reply = httpx.post(
-            f"http://127.0.0.1:{service.http_port}/api/jobs/{dead.id}/requeue", timeout=10
-        )
+        url = f"http://127.0.0.1:{service.http_port}/api/jobs/{dead.id}/requeue"
+        assert httpx.post(url, timeout=10).status_code == 401
+        radiologist = bearer(api_token(service, "radiologist"))
+        assert httpx.post(url, headers=radiologist, timeout=10).status_code == 403
+        reply = httpx.post(url, headers=bearer(api_token(service, "admin")), timeout=10)
         assert reply.status_code == 200
         _wait(lambda: (e := export()) is not None and e.state == "succeeded", timeout=60)
         assert len(pacs.files()) == 1

@@ -16,6 +16,8 @@ from overread.service.db import Instance, Study
 from overread.service.server import Service
 from overread.service.stow import split_multipart
 
+from .conftest import api_token, bearer
+
 pytestmark = pytest.mark.service
 
 
@@ -48,14 +50,26 @@ def test_stow_rs_stores_good_parts_and_reports_bad_ones(
     make_service: Callable[..., Service], dx_factory: Callable[..., Path]
 ) -> None:
     service = make_service(workers=0)
+    auth = bearer(api_token(service, "service"))
     study = generate_uid()
     good = [dx_factory(study_uid=study) for _ in range(2)]
     content_type, body = _multipart(
         [("application/dicom", p.read_bytes()) for p in good] + [("application/dicom", b"garbage")]
     )
     base = f"http://127.0.0.1:{service.http_port}/dicom-web"
+    # STOW-RS needs credentials and the ingest permission: nothing is stored otherwise.
+    for headers, status in [({}, 401), (bearer(api_token(service, "radiologist")), 403)]:
+        reply = httpx.post(
+            f"{base}/studies",
+            content=body,
+            headers={"Content-Type": content_type, **headers},
+            timeout=30,
+        )
+        assert reply.status_code == status
+    with service.database.session() as session:
+        assert session.scalars(select(Instance)).all() == []
     reply = httpx.post(
-        f"{base}/studies", content=body, headers={"Content-Type": content_type}, timeout=30
+        f"{base}/studies", content=body, headers={"Content-Type": content_type, **auth}, timeout=30
     )
     assert reply.status_code == 202  # some stored, some failed
     data = reply.json()
@@ -71,13 +85,19 @@ def test_stow_rs_stores_good_parts_and_reports_bad_ones(
     other = dx_factory()  # another study, posted to this study's URL
     content_type, body = _multipart([("application/dicom", other.read_bytes())])
     reply = httpx.post(
-        f"{base}/studies/{study}", content=body, headers={"Content-Type": content_type}, timeout=30
+        f"{base}/studies/{study}",
+        content=body,
+        headers={"Content-Type": content_type, **auth},
+        timeout=30,
     )
     assert reply.status_code == 409
     assert reply.json()["00081198"]["Value"][0]["00081197"]["Value"] == [0xA900]
 
     reply = httpx.post(
-        f"{base}/studies", content=b"{}", headers={"Content-Type": "application/json"}, timeout=30
+        f"{base}/studies",
+        content=b"{}",
+        headers={"Content-Type": "application/json", **auth},
+        timeout=30,
     )
     assert reply.status_code == 415
 
@@ -93,3 +113,30 @@ def test_health_reports_an_unreachable_database(make_service: Callable[..., Serv
     )
     reply = httpx.get(url, timeout=10)
     assert reply.status_code == 503 and "database unavailable" in reply.json()["detail"]
+
+
+def test_health_needs_no_credentials_and_carries_no_patient_data(
+    make_service: Callable[..., Service], dx_factory: Callable[..., Path]
+) -> None:
+    service = make_service(workers=0)
+    image = dx_factory()
+    content_type, body = _multipart([("application/dicom", image.read_bytes())])
+    auth = bearer(api_token(service, "technologist"))
+    base = f"http://127.0.0.1:{service.http_port}"
+    stored = httpx.post(
+        f"{base}/dicom-web/studies",
+        content=body,
+        headers={"Content-Type": content_type, **auth},
+        timeout=30,
+    )
+    assert stored.status_code == 200
+    health = httpx.get(f"{base}/health", timeout=10)
+    assert health.status_code == 200 and set(health.json()) == {
+        "status",
+        "version",
+        "ae_title",
+        "dicom_port",
+        "jobs",
+    }
+    for phi in ("SVC001", "Service", "ACC1", str(pydicom.dcmread(image).StudyInstanceUID)):
+        assert phi not in health.text

@@ -1,18 +1,25 @@
-"""The gateway as one object: SCP, study assembler, workers and HTTP API.
+"""The gateway as one object: SCP, study assembler, workers, triage and HTTP API.
 
 :class:`Service` wires the parts together and owns their lifecycle; ``overread
 serve`` is a thin command around it, and tests start it in-process on free ports.
+Besides the request-driven parts it runs one periodic task, the triage sweep:
+alert deliveries, retries and escalation, and rescoring of the worklist as studies
+wait (:meth:`Service.run_triage`).
 """
 
 from __future__ import annotations
 
 import logging
 import threading
+from dataclasses import dataclass
+from datetime import datetime
 from pathlib import Path
+from typing import TYPE_CHECKING
 
+from overread.errors import ConfigError
 from overread.service.assembly import StudyAssembler
 from overread.service.config import ServiceConfig
-from overread.service.db import Database
+from overread.service.db import Database, utcnow
 from overread.service.ingest import Ingestor, IngestOutcome
 from overread.service.jobs import JobQueue, RetryPolicy
 from overread.service.runtime import (
@@ -26,7 +33,22 @@ from overread.service.store import ObjectStore
 from overread.service.wakeups import WakeupPublisher, wake_queue
 from overread.service.worker import Worker, WorkerPool, worker_identity
 
+if TYPE_CHECKING:
+    from overread.models.registry import Registry
+    from overread.triage import SweepReport, TriageConfig
+
 logger = logging.getLogger(__name__)
+
+#: Seconds between two triage sweeps when none is configured.
+DEFAULT_TRIAGE_INTERVAL = 15.0
+
+
+@dataclass(frozen=True)
+class TriageRun:
+    """What one periodic triage pass did."""
+
+    sweep: SweepReport
+    rescored: int
 
 
 def open_queue(config: ServiceConfig) -> tuple[Database, ObjectStore, JobQueue]:
@@ -55,6 +77,14 @@ class Service:
         or none when it is unavailable). Pass ``False`` to build nothing.
     with_scp, with_http
         Start the DICOM listener / the HTTP API (``overread worker`` starts neither).
+    with_assembler
+        Run study assembly and the periodic triage sweep (off in ``overread worker``).
+    registry
+        The model registry the API lists and switches aliases in (default: the
+        settings' registry, the one :class:`~overread.inference.Pipeline` resolves in).
+    triage_interval
+        Seconds between triage sweeps (alert delivery, retries, escalation, and
+        rescoring for waiting time); ``None`` or ``0`` runs none.
     """
 
     def __init__(
@@ -66,8 +96,18 @@ class Service:
         with_scp: bool = True,
         with_http: bool = True,
         with_assembler: bool = True,
+        registry: Registry | None = None,
+        triage_interval: float | None = DEFAULT_TRIAGE_INTERVAL,
     ) -> None:
         self.config = config
+        from overread.triage import TriageConfig
+
+        try:
+            self.triage: TriageConfig = TriageConfig.model_validate(config.triage)
+        except ValueError as exc:
+            raise ConfigError(f"invalid [triage] settings: {exc}") from None
+        self.triage_interval = triage_interval
+        self._registry = registry
         Path(config.data_dir).mkdir(parents=True, exist_ok=True)
         self.database, self.store, self.queue = open_queue(config)
         self.models: PipelineProvider = models or RegistryPipelineProvider()
@@ -111,9 +151,20 @@ class Service:
         )
         self._stop = threading.Event()
         self._assembler_thread: threading.Thread | None = None
+        self._triage_thread: threading.Thread | None = None
         self._http: object | None = None
         self.dicom_port: int | None = None
         self.http_port: int | None = None
+
+    @property
+    def registry(self) -> Registry:
+        """The model registry (built from the settings on first use)."""
+        if self._registry is None:
+            from overread.config import load_settings
+            from overread.models.registry import Registry
+
+            self._registry = Registry.from_settings(load_settings())
+        return self._registry
 
     # -- events -----------------------------------------------------------------------
     def _on_stored(self, outcome: IngestOutcome) -> None:
@@ -148,11 +199,17 @@ class Service:
                 target=self._assemble, name="overread-assembler", daemon=True
             )
             self._assembler_thread.start()
+            if self.triage_interval:
+                self._triage_thread = threading.Thread(
+                    target=self._triage_loop, name="overread-triage", daemon=True
+                )
+                self._triage_thread.start()
         self.pool.start()
         if self.scp is not None:
             self.dicom_port = self.scp.start()
         if self.with_http and self.config.http_port is not None:
-            from overread.service.http import HttpServer, create_app
+            from overread.service.http import HttpServer
+            from overread.web.app import create_app
 
             http = HttpServer(create_app(self), self.config.http_host, self.config.http_port)
             self.http_port = http.start()
@@ -161,6 +218,39 @@ class Service:
 
     def _assemble(self) -> None:
         self.assembler.run(self._stop, on_jobs=lambda _ids: self.wake_workers())
+
+    def run_triage(self, now: datetime | None = None) -> TriageRun:
+        """One triage pass: escalate and deliver alerts, then rescore unread studies.
+
+        The sweep sends with no transaction open (:func:`overread.triage.run_sweep`);
+        rescoring is one short transaction. ``now`` defaults to the current time.
+        """
+        from overread.triage import refresh_scores, run_sweep
+
+        moment = now or utcnow()
+        report = run_sweep(self.database, self.triage, now=moment)
+        with self.database.session() as session:
+            rescored = refresh_scores(session, self.triage, now=moment)
+        return TriageRun(sweep=report, rescored=rescored)
+
+    def _triage_loop(self) -> None:
+        interval = float(self.triage_interval or DEFAULT_TRIAGE_INTERVAL)
+        while not self._stop.is_set():
+            try:
+                run = self.run_triage()
+            except Exception:
+                logger.exception("triage sweep failed; retrying in %.0f s", interval)
+            else:
+                report = run.sweep
+                if report.sent or report.escalated or report.failed or report.retrying:
+                    logger.info(
+                        "triage: %d alert(s) sent, %d escalated, %d retrying, %d failed",
+                        len(report.sent),
+                        len(report.escalated),
+                        len(report.retrying),
+                        len(report.failed),
+                    )
+            self._stop.wait(interval)
 
     def stop(self, timeout: float = 30.0) -> None:
         """Stop listening, let running jobs finish (up to ``timeout``), close the database."""
@@ -175,6 +265,8 @@ class Service:
         self.assembler.wake()
         if self._assembler_thread is not None:
             self._assembler_thread.join(5)
+        if self._triage_thread is not None:
+            self._triage_thread.join(30)
         self.pool.stop(timeout)
         if self.publisher is not None:
             self.publisher.close()
@@ -191,4 +283,4 @@ class Service:
         self.assembler.wake()
 
 
-__all__ = ["Service", "open_queue"]
+__all__ = ["DEFAULT_TRIAGE_INTERVAL", "Service", "TriageRun", "open_queue"]

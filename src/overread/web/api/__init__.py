@@ -1,0 +1,111 @@
+"""The gateway's REST API and DICOMweb STOW-RS, every route but ``/health`` authenticated.
+
+:func:`install_api` adds the routes to an application. Each route requires one
+:class:`~overread.security.Permission` (``401`` without valid credentials, ``403``
+without the permission, the denial audited) and says which in its OpenAPI
+operation (``x-permission``); ``docs/api.md`` lists them. Responses carrying patient
+identifiers pass through :func:`~overread.security.redact_phi`, and views of
+PHI-bearing resources are audited.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from fastapi import FastAPI, HTTPException, Request
+from fastapi.openapi.utils import get_openapi
+from fastapi.responses import JSONResponse
+
+from overread import __version__
+from overread.errors import OverreadError
+from overread.web.api import (
+    alerts,
+    audit,
+    auth,
+    dicomweb,
+    feedback,
+    jobs,
+    models,
+    studies,
+    worklist,
+)
+from overread.web.api.guards import PUBLIC, route_options
+from overread.web.api.schemas import Health
+from overread.web.context import WebContext
+
+SECURITY_SCHEMES: dict[str, Any] = {
+    "bearerAuth": {
+        "type": "http",
+        "scheme": "bearer",
+        "description": "An API token from `overread users token issue`",
+    },
+    "sessionCookie": {
+        "type": "apiKey",
+        "in": "cookie",
+        "name": "overread_session",
+        "description": "The web session cookie set by POST /api/auth/login",
+    },
+}
+
+
+def _install_health(app: FastAPI, ctx: WebContext) -> None:
+    service = ctx.service
+
+    @app.get("/health", response_model=Health, tags=["health"], **route_options(PUBLIC))
+    def health() -> Health:
+        """Liveness plus the job counts (no patient data); 503 when the database is down."""
+        try:
+            counts = service.queue.counts()
+        except Exception as exc:
+            raise HTTPException(
+                status_code=503, detail=f"database unavailable: {type(exc).__name__}"
+            ) from None
+        return Health(
+            status="ok",
+            version=__version__,
+            ae_title=service.config.ae_title,
+            dicom_port=service.dicom_port,
+            jobs=counts,
+        )
+
+
+def _install_openapi(app: FastAPI) -> None:
+    def openapi() -> dict[str, Any]:
+        if app.openapi_schema is None:
+            schema = get_openapi(
+                title=app.title,
+                version=app.version,
+                description=app.description,
+                routes=app.routes,
+            )
+            schema.setdefault("components", {})["securitySchemes"] = SECURITY_SCHEMES
+            app.openapi_schema = schema
+        return app.openapi_schema
+
+    app.openapi = openapi  # type: ignore[method-assign]
+
+
+def install_api(app: FastAPI, ctx: WebContext) -> None:
+    """Add ``/health``, the ``/api`` routes and STOW-RS to ``app``.
+
+    Parameters
+    ----------
+    app
+        The application (its ``state.web`` should be ``ctx``).
+    ctx
+        The running service and its access control.
+    """
+    _install_health(app, ctx)
+    for module in (auth, worklist, studies, feedback, alerts, jobs, models, audit, dicomweb):
+        app.include_router(module.build(ctx))
+
+    @app.exception_handler(OverreadError)
+    async def overread_error(request: Request, exc: OverreadError) -> JSONResponse:
+        # Refused input (a ValueError kind) is the caller's to fix; anything else is ours.
+        code = 422 if isinstance(exc, ValueError) else 503
+        return JSONResponse({"detail": str(exc)}, status_code=code)
+
+    _install_openapi(app)
+
+
+__all__ = ["SECURITY_SCHEMES", "install_api"]

@@ -1,0 +1,145 @@
+"""Model registry routes: packages and aliases, and switching an alias (audited).
+
+Switching an alias changes which model reads the next study routed to it (the
+registry re-reads its alias file, so no restart is needed); it needs
+``manage_models`` and is recorded as a ``model-change`` audit event with the old
+and new targets.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from fastapi import APIRouter, Depends, HTTPException, Path
+from starlette.concurrency import run_in_threadpool
+
+from overread.audit import AuditAction
+from overread.errors import ModelPackageError
+from overread.models.registry import PackageEntry, Registry, manifest_of
+from overread.security import Permission, Principal
+from overread.web.api.guards import not_found, route_options
+from overread.web.api.schemas import AliasOut, AliasRequest, ModelDetail, ModelList, ModelPackageOut
+from overread.web.context import WebContext
+
+_ALIAS_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9._+-]{0,63}$"
+
+
+def _package(entry: PackageEntry, aliases: dict[str, str]) -> ModelPackageOut:
+    ref = f"{entry.name}@{entry.version}"
+    return ModelPackageOut(
+        name=entry.name,
+        version=entry.version,
+        source=entry.source,
+        trained=entry.trained,
+        aliases=sorted(a for a, target in aliases.items() if target == ref),
+    )
+
+
+def _registry(ctx: WebContext) -> Registry:
+    registry: Registry = ctx.service.registry
+    return registry
+
+
+def _detail(registry: Registry, reference: str) -> ModelDetail:
+    aliases = registry.aliases()
+    entries = registry.entries()
+    target = aliases.get(reference, reference)
+    name = target.partition("@")[0]
+    versions = [_package(e, aliases) for e in entries if e.name == name]
+    if not versions:
+        raise not_found(f"model {reference!r}")
+    resolves_to: str | None = None
+    manifest: dict[str, Any] | None = None
+    try:
+        path = registry.resolve(reference)
+        parsed = manifest_of(path)
+        resolves_to = f"{parsed.name}@{parsed.version}"
+        manifest = parsed.model_dump(mode="json")
+    except ModelPackageError:
+        pass
+    return ModelDetail(
+        reference=reference, resolves_to=resolves_to, versions=versions, manifest=manifest
+    )
+
+
+def build(ctx: WebContext) -> APIRouter:
+    """The ``/api/models`` routes."""
+    router = APIRouter(prefix="/api/models", tags=["models"])
+    access = ctx.access
+
+    @router.get("", response_model=ModelList, **route_options(Permission.VIEW_RESULTS))
+    def list_models(
+        who: Principal = Depends(access.require(Permission.VIEW_RESULTS)),
+    ) -> ModelList:
+        """Every package of the registry (imported and bundled) and every alias."""
+        registry = _registry(ctx)
+        aliases = registry.aliases()
+        return ModelList(
+            packages=[_package(e, aliases) for e in registry.entries()], aliases=aliases
+        )
+
+    @router.get(
+        "/{reference}", response_model=ModelDetail, **route_options(Permission.VIEW_RESULTS)
+    )
+    def get_model(
+        reference: str = Path(pattern=_ALIAS_PATTERN, description="Model name or alias"),
+        who: Principal = Depends(access.require(Permission.VIEW_RESULTS)),
+    ) -> ModelDetail:
+        """A model name or alias: what it resolves to now, its manifest, every version."""
+        return _detail(_registry(ctx), reference)
+
+    def _change(who: Principal, alias: str, previous: str | None, target: str, how: str) -> None:
+        access.record(
+            who,
+            AuditAction.MODEL_CHANGE,
+            details={"change": how, "alias": alias, "from": previous, "to": target},
+        )
+
+    @router.put(
+        "/aliases/{alias}",
+        response_model=AliasOut,
+        **route_options(
+            Permission.MANAGE_MODELS, responses={404: {"description": "No such package"}}
+        ),
+    )
+    async def set_alias(
+        body: AliasRequest,
+        alias: str = Path(pattern=_ALIAS_PATTERN),
+        who: Principal = Depends(access.require(Permission.MANAGE_MODELS)),
+    ) -> AliasOut:
+        """Point an alias at a package; the package must exist and verify (audited)."""
+        registry = _registry(ctx)
+        previous = registry.aliases().get(alias)
+        try:
+            target = await run_in_threadpool(registry.set_alias, alias, body.target)
+        except ModelPackageError as exc:
+            raise HTTPException(status_code=404, detail=str(exc)) from None
+        await run_in_threadpool(_change, who, alias, previous, target, "set-alias")
+        return AliasOut(alias=alias, target=target, previous=previous)
+
+    @router.post(
+        "/aliases/{alias}/rollback",
+        response_model=AliasOut,
+        **route_options(
+            Permission.MANAGE_MODELS,
+            responses={409: {"description": "The alias has no earlier target"}},
+        ),
+    )
+    def rollback_alias(
+        alias: str = Path(pattern=_ALIAS_PATTERN),
+        who: Principal = Depends(access.require(Permission.MANAGE_MODELS)),
+    ) -> AliasOut:
+        """Point an alias back at its previous target (audited)."""
+        registry = _registry(ctx)
+        previous = registry.aliases().get(alias)
+        try:
+            target = registry.rollback(alias)
+        except ModelPackageError as exc:
+            raise HTTPException(status_code=409, detail=str(exc)) from None
+        _change(who, alias, previous, target, "rollback")
+        return AliasOut(alias=alias, target=target, previous=previous)
+
+    return router
+
+
+__all__ = ["build"]

@@ -1,0 +1,393 @@
+"""Study routes: assembled studies, their series, model results, findings and FHIR report.
+
+Results and reports are PHI-bearing views: each is audited (``view``). The FHIR
+report names the patient (``subject``) and the order (``basedOn``, the accession
+number) only for roles holding ``view_phi`` or ``export_results`` (a RIS or EHR
+interface account needs them to file the report); for other roles those elements
+are left out of every resource.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import pydicom
+from fastapi import APIRouter, Depends, HTTPException, Path, Query
+from sqlalchemy import func, select
+from sqlalchemy.orm import Session
+from starlette.concurrency import run_in_threadpool
+
+from overread.audit import AuditAction
+from overread.errors import OverreadError
+from overread.security import Permission, Principal
+from overread.service.db import Instance, Result, Study, StudyState
+from overread.triage.intake import merge_findings
+from overread.triage.schema import WorklistItem
+from overread.triage.worklist import StoredFinding
+from overread.web.api.guards import not_found, page_params, route_options
+from overread.web.api.schemas import (
+    UID_PATTERN,
+    CompleteOut,
+    FindingOut,
+    InstanceFindingsOut,
+    Page,
+    ResultOut,
+    SeriesOut,
+    StudyDetail,
+    StudyFindings,
+    StudyOut,
+)
+from overread.web.context import WebContext
+
+
+def _uid() -> Any:
+    return Path(pattern=UID_PATTERN, description="Study Instance UID")
+
+
+def study_out(study: Study) -> StudyOut:
+    """The API view of a study row."""
+    return StudyOut(
+        study_instance_uid=study.study_instance_uid,
+        state=study.state,
+        instance_count=study.instance_count,
+        first_instance_at=study.first_instance_at,
+        last_instance_at=study.last_instance_at,
+        completed_at=study.completed_at,
+        complete_reason=study.complete_reason,
+    )
+
+
+def _findings(instance: dict[str, Any]) -> list[FindingOut]:
+    found = []
+    for data in instance.get("findings") or []:
+        if data.get("probability") is None or not data.get("label"):
+            continue
+        found.append(
+            FindingOut(
+                label=str(data["label"]),
+                probability=float(data["probability"]),
+                positive=bool(data.get("positive", False)),
+                uncertainty=float(data.get("uncertainty") or 0.0),
+                threshold=None if data.get("threshold") is None else float(data["threshold"]),
+            )
+        )
+    return found
+
+
+def result_out(result: Result) -> ResultOut:
+    """The API view of a stored result: one entry per image, paths left out."""
+    summary = dict(result.summary or {})
+    sop_uids = [str(u) for u in summary.get("sop_instance_uids") or []]
+    instances = []
+    for i, instance in enumerate(summary.get("instances") or []):
+        instances.append(
+            InstanceFindingsOut(
+                sop_instance_uid=sop_uids[i] if i < len(sop_uids) else "",
+                ok=bool(instance.get("ok")),
+                error=instance.get("error"),
+                findings=_findings(instance),
+            )
+        )
+    return ResultOut(
+        id=result.id,
+        job_id=result.job_id,
+        model_name=result.model_name,
+        model_version=result.model_version,
+        created_at=result.created_at,
+        instances=instances,
+        artifacts=[
+            {k: a.get(k) for k in ("sop_class_uid", "sop_instance_uid", "modality")}
+            for a in result.artifacts or []
+            if isinstance(a, dict)
+        ],
+    )
+
+
+def _require_study(session: Session, uid: str) -> Study:
+    study = session.scalar(select(Study).where(Study.study_instance_uid == uid))
+    if study is None:
+        raise not_found(f"study {uid}")
+    return study
+
+
+def _results(session: Session, uid: str, model: str | None) -> list[Result]:
+    query = select(Result).where(Result.study_instance_uid == uid)
+    if model:
+        query = query.where(Result.model_name == model)
+    return list(session.scalars(query.order_by(Result.id)).all())
+
+
+def merged_findings(result: Result) -> list[StoredFinding]:
+    """A result's findings merged over its successfully read images."""
+    instances = [i for i in (result.summary or {}).get("instances") or [] if i.get("ok")]
+    return merge_findings(_findings(i) for i in instances)
+
+
+@dataclass(frozen=True)
+class _ReportFinding:
+    label: str
+    probability: float
+    positive: bool
+    uncertainty: float | None
+    threshold: float
+
+
+@dataclass(frozen=True)
+class _StudyPrediction:
+    findings: list[_ReportFinding]
+    model: dict[str, Any]
+    heatmaps: None = None
+    ok: bool = True
+
+
+def _strip_identity(bundle: dict[str, Any]) -> dict[str, Any]:
+    for entry in bundle.get("entry", []):
+        resource = entry.get("resource", {})
+        resource.pop("subject", None)
+        resource.pop("basedOn", None)
+    return bundle
+
+
+def fhir_bundle(ctx: WebContext, uid: str, model: str | None, identified: bool) -> dict[str, Any]:
+    """The FHIR R4 transaction Bundle of a study's newest result (of ``model``, if given).
+
+    Findings are merged over the study's images (the most probable image speaks for
+    each label); a finding without an operating point is left out.
+    """
+    from overread.service.outputs.fhir import build_fhir_report
+
+    with ctx.database.session() as session:
+        _require_study(session, uid)
+        results = _results(session, uid, model)
+        if not results:
+            raise not_found(f"a result for study {uid}" + (f" from model {model}" if model else ""))
+        result = results[-1]
+        summary = dict(result.summary or {})
+        usable = [
+            (i, inst) for i, inst in enumerate(summary.get("instances") or []) if inst.get("ok")
+        ]
+        sop_uids = [str(u) for u in summary.get("sop_instance_uids") or []]
+        wanted = [sop_uids[i] for i, _ in usable if i < len(sop_uids)]
+        keys = dict(
+            session.execute(
+                select(Instance.sop_instance_uid, Instance.object_key).where(
+                    Instance.sop_instance_uid.in_(wanted)
+                )
+            ).all()
+        )
+        stored = merged_findings(result)
+        model_info = next((inst.get("model") for _, inst in usable if inst.get("model")), None)
+        name, version = result.model_name, result.model_version
+    findings = [
+        _ReportFinding(f.label, f.probability, f.positive, f.uncertainty, f.threshold)
+        for f in stored
+        if f.threshold is not None
+    ]
+    if not findings or not wanted:
+        raise HTTPException(status_code=409, detail=f"study {uid}: no finding to report")
+    sources = []
+    for sop_uid in wanted:
+        key = keys.get(sop_uid)
+        if key is None:
+            continue
+        try:
+            sources.append(pydicom.dcmread(ctx.service.store.path(key), stop_before_pixels=True))
+        except (OSError, pydicom.errors.InvalidDicomError):
+            continue
+    if not sources:
+        raise HTTPException(status_code=409, detail=f"study {uid}: its images are not stored")
+    prediction = _StudyPrediction(
+        findings=findings,
+        model={
+            "name": name,
+            "version": version,
+            "sha256": (model_info or {}).get("sha256") or "",
+        },
+    )
+    try:
+        bundle = build_fhir_report(prediction, sources[0], additional_sources=sources[1:])
+    except OverreadError as exc:
+        raise HTTPException(status_code=409, detail=f"study {uid}: {exc}") from None
+    return bundle if identified else _strip_identity(bundle)
+
+
+def build(ctx: WebContext) -> APIRouter:
+    """The ``/api/studies`` routes."""
+    router = APIRouter(prefix="/api/studies", tags=["studies"])
+    access = ctx.access
+    service = ctx.service
+
+    @router.get("", response_model=Page[StudyOut], **route_options(Permission.VIEW_RESULTS))
+    def list_studies(
+        state: StudyState | None = Query(default=None, description="Assembly state"),
+        page: tuple[int, int] = Depends(page_params(200)),
+        who: Principal = Depends(access.require(Permission.VIEW_RESULTS)),
+    ) -> Page[StudyOut]:
+        """Studies, most recently received first."""
+        limit, offset = page
+        conditions = [Study.state == state.value] if state is not None else []
+        with ctx.database.session() as session:
+            total = session.scalar(select(func.count()).select_from(Study).where(*conditions))
+            rows = session.scalars(
+                select(Study)
+                .where(*conditions)
+                .order_by(Study.last_instance_at.desc(), Study.id.desc())
+                .limit(limit)
+                .offset(offset)
+            ).all()
+            items = [study_out(s) for s in rows]
+        return Page[StudyOut](items=items, total=int(total or 0), limit=limit, offset=offset)
+
+    @router.get(
+        "/{study_instance_uid}",
+        response_model=StudyDetail,
+        **route_options(Permission.VIEW_RESULTS),
+    )
+    def get_study(
+        study_instance_uid: str = _uid(),
+        who: Principal = Depends(access.require(Permission.VIEW_RESULTS)),
+    ) -> StudyDetail:
+        """One study: its series, calling AEs, results and worklist standing."""
+        uid = study_instance_uid
+        with ctx.database.session() as session:
+            study = _require_study(session, uid)
+            instances = session.scalars(
+                select(Instance)
+                .where(Instance.study_instance_uid == uid)
+                .order_by(Instance.series_instance_uid, Instance.id)
+            ).all()
+            series: dict[str, SeriesOut] = {}
+            for row in instances:
+                entry = series.get(row.series_instance_uid)
+                if entry is None:
+                    entry = series[row.series_instance_uid] = SeriesOut(
+                        series_instance_uid=row.series_instance_uid,
+                        modality=row.modality,
+                        body_part=row.body_part,
+                        view_position=row.view_position,
+                        series_description=row.series_description,
+                        instance_count=0,
+                        sop_class_uids=[],
+                    )
+                entry.instance_count += 1
+                if row.sop_class_uid not in entry.sop_class_uids:
+                    entry.sop_class_uids.append(row.sop_class_uid)
+            results = session.scalar(
+                select(func.count()).select_from(Result).where(Result.study_instance_uid == uid)
+            )
+            item = session.scalar(
+                select(WorklistItem).where(WorklistItem.study_instance_uid == uid)
+            )
+            detail = StudyDetail(
+                **study_out(study).model_dump(),
+                series=list(series.values()),
+                calling_aes=sorted({r.calling_ae for r in instances}),
+                result_count=int(results or 0),
+                worklist_state=item.state if item is not None else None,
+                score=item.score if item is not None else None,
+            )
+        access.record(who, AuditAction.VIEW, object_uids=[uid], details={"view": "study"})
+        return detail
+
+    @router.get(
+        "/{study_instance_uid}/results",
+        response_model=list[ResultOut],
+        **route_options(Permission.VIEW_RESULTS),
+    )
+    def study_results(
+        study_instance_uid: str = _uid(),
+        model: str | None = Query(default=None, max_length=128, description="Model name"),
+        who: Principal = Depends(access.require(Permission.VIEW_RESULTS)),
+    ) -> list[ResultOut]:
+        """The model results stored for a study, oldest first (404 for an unknown study)."""
+        with ctx.database.session() as session:
+            _require_study(session, study_instance_uid)
+            results = [result_out(r) for r in _results(session, study_instance_uid, model)]
+        access.record(
+            who,
+            AuditAction.VIEW,
+            object_uids=[study_instance_uid],
+            details={"view": "results", "count": len(results)},
+        )
+        return results
+
+    @router.get(
+        "/{study_instance_uid}/findings",
+        response_model=list[StudyFindings],
+        **route_options(Permission.VIEW_RESULTS),
+    )
+    def study_findings(
+        study_instance_uid: str = _uid(),
+        who: Principal = Depends(access.require(Permission.VIEW_RESULTS)),
+    ) -> list[StudyFindings]:
+        """Per model result, the study's findings merged over its images."""
+        with ctx.database.session() as session:
+            _require_study(session, study_instance_uid)
+            out = [
+                StudyFindings(
+                    study_instance_uid=study_instance_uid,
+                    model_name=r.model_name,
+                    model_version=r.model_version,
+                    result_id=r.id,
+                    findings=[FindingOut(**f.to_dict()) for f in merged_findings(r)],
+                )
+                for r in _results(session, study_instance_uid, None)
+            ]
+        access.record(
+            who, AuditAction.VIEW, object_uids=[study_instance_uid], details={"view": "findings"}
+        )
+        return out
+
+    @router.get(
+        "/{study_instance_uid}/fhir",
+        response_model=dict[str, Any],
+        **route_options(
+            Permission.VIEW_RESULTS,
+            responses={409: {"description": "The study has no reportable result"}},
+        ),
+    )
+    async def study_fhir(
+        study_instance_uid: str = _uid(),
+        model: str | None = Query(default=None, max_length=128, description="Model name"),
+        who: Principal = Depends(access.require(Permission.VIEW_RESULTS)),
+    ) -> dict[str, Any]:
+        """The FHIR R4 transaction Bundle (DiagnosticReport + an Observation per finding)."""
+        identified = who.can(Permission.VIEW_PHI) or who.can(Permission.EXPORT_RESULTS)
+        bundle = await run_in_threadpool(fhir_bundle, ctx, study_instance_uid, model, identified)
+        await run_in_threadpool(
+            access.record,
+            who,
+            AuditAction.VIEW,
+            object_uids=[study_instance_uid],
+            details={"view": "fhir", "identified": identified},
+        )
+        return bundle
+
+    @router.post(
+        "/{study_instance_uid}/complete",
+        response_model=CompleteOut,
+        **route_options(Permission.INGEST),
+    )
+    def complete(
+        study_instance_uid: str = _uid(),
+        who: Principal = Depends(access.require(Permission.INGEST)),
+    ) -> CompleteOut:
+        """Declare a study complete now instead of waiting for the stable time.
+
+        A study already complete (or unknown) queues nothing: ``jobs`` is empty.
+        """
+        job_ids = service.complete_study(study_instance_uid)
+        if job_ids:
+            access.record(
+                who,
+                AuditAction.RECEIVE,
+                object_uids=[study_instance_uid],
+                details={"event": "complete", "jobs": job_ids},
+            )
+        return CompleteOut(study_instance_uid=study_instance_uid, jobs=job_ids)
+
+    return router
+
+
+__all__ = ["build", "fhir_bundle", "merged_findings", "result_out", "study_out"]
