@@ -4,6 +4,11 @@ Requests that arrive close together are run as one batch, which is cheaper per
 image than one call each; a request never waits more than ``max_wait_ms`` for
 companions. One worker thread owns the model, so the runtime is never called
 concurrently.
+
+:class:`BatchedPipeline` puts a :class:`MicroBatcher` in front of a
+:class:`~overread.inference.Pipeline`: each gateway worker preprocesses its own
+study's images in its own thread, and only the runtime call is shared, so two
+studies read at the same time cost one forward pass of batch 2.
 """
 
 from __future__ import annotations
@@ -12,15 +17,25 @@ import logging
 import queue
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from concurrent.futures import Future
+from pathlib import Path
 from types import TracebackType
+from typing import TYPE_CHECKING, Union
 
 import numpy as np
+
+if TYPE_CHECKING:
+    from overread.imaging import Image
+    from overread.inference.pipeline import Pipeline
+    from overread.inference.result import Prediction
 
 logger = logging.getLogger(__name__)
 
 _STOP = object()
+
+#: What a batch function returns: one array, or several, each with one row per input.
+BatchOutput = Union[np.ndarray, tuple[np.ndarray, ...]]  # noqa: UP007 (a runtime alias)
 
 
 class MicroBatcher:
@@ -29,7 +44,8 @@ class MicroBatcher:
     Parameters
     ----------
     run_batch
-        Maps a stacked ``(N, ...)`` array to an ``(N, ...)`` array of results.
+        Maps a stacked ``(N, ...)`` array to an ``(N, ...)`` array of results, or to a
+        tuple of such arrays (each caller then gets a tuple of its rows).
     max_batch
         Largest batch run at once.
     max_wait_ms
@@ -43,7 +59,7 @@ class MicroBatcher:
 
     def __init__(
         self,
-        run_batch: Callable[[np.ndarray], np.ndarray],
+        run_batch: Callable[[np.ndarray], BatchOutput],
         *,
         max_batch: int = 8,
         max_wait_ms: float = 5.0,
@@ -61,11 +77,11 @@ class MicroBatcher:
         )
         self._worker.start()
 
-    def submit(self, x: np.ndarray) -> Future[np.ndarray]:
+    def submit(self, x: np.ndarray) -> Future[BatchOutput]:
         """Queue one input (without batch axis); the future gets its row of the output."""
         if self._closed:
             raise RuntimeError("MicroBatcher is closed")
-        future: Future[np.ndarray] = Future()
+        future: Future[BatchOutput] = Future()
         self._queue.put((np.asarray(x), future))
         return future
 
@@ -95,7 +111,7 @@ class MicroBatcher:
 
     def _run(self, batch: list[object]) -> None:
         inputs = [pair[0] for pair in batch]  # type: ignore[index]
-        futures: list[Future[np.ndarray]] = [pair[1] for pair in batch]  # type: ignore[index]
+        futures: list[Future[BatchOutput]] = [pair[1] for pair in batch]  # type: ignore[index]
         live = [
             (x, f) for x, f in zip(inputs, futures, strict=True) if f.set_running_or_notify_cancel()
         ]
@@ -104,16 +120,21 @@ class MicroBatcher:
         self.batch_sizes.append(len(live))
         try:
             outputs = self.run_batch(np.stack([x for x, _ in live]))
-            if len(outputs) != len(live):
-                raise RuntimeError(
-                    f"batch function returned {len(outputs)} rows for {len(live)} inputs"
-                )
+            parts = outputs if isinstance(outputs, tuple) else (outputs,)
+            for part in parts:
+                if len(part) != len(live):
+                    raise RuntimeError(
+                        f"batch function returned {len(part)} rows for {len(live)} inputs"
+                    )
         except BaseException as exc:
             for _, future in live:
                 future.set_exception(exc)
             return
-        for (_, future), row in zip(live, outputs, strict=True):
-            future.set_result(row)
+        for row, (_, future) in enumerate(live):
+            if isinstance(outputs, tuple):
+                future.set_result(tuple(part[row] for part in outputs))
+            else:
+                future.set_result(outputs[row])
 
     def close(self) -> None:
         """Finish queued work and stop the worker."""
@@ -134,4 +155,152 @@ class MicroBatcher:
         self.close()
 
 
-__all__ = ["MicroBatcher"]
+def padded_size(count: int, max_batch: int) -> int:
+    """The session batch size a batch of ``count`` runs at: the next power of two.
+
+    ONNX Runtime keeps one session per fixed batch size; padding to 1, 2, 4, 8 bounds
+    the sessions to warm up at start to four instead of one per possible count.
+    """
+    size = 1
+    while size < count:
+        size *= 2
+    return max(count, min(size, max_batch))
+
+
+class BatchedPipeline:
+    """A :class:`~overread.inference.Pipeline` whose runtime calls are micro-batched.
+
+    ``predict`` behaves like :meth:`Pipeline.predict` (same preprocessing, findings,
+    heatmaps, errors, timings keys) but sends each preprocessed image to a shared
+    :class:`MicroBatcher`, so concurrent callers - the gateway's workers - share
+    forward passes. Rows of a batch are independent, so every caller gets the
+    numbers it would have got alone (up to float rounding of a different batch size).
+
+    Parameters
+    ----------
+    pipeline
+        The loaded, warmed-up pipeline (its runtime is only called from the batcher).
+    max_batch, max_wait_ms
+        The batcher's bounds.
+    """
+
+    def __init__(self, pipeline: Pipeline, *, max_batch: int = 8, max_wait_ms: float = 5.0) -> None:
+        self.pipeline = pipeline
+        self.model = pipeline.model
+        self.package = pipeline.package
+        self.max_batch = max_batch
+        self.max_wait_ms = max_wait_ms
+        self.calls = 0
+        self._lock = threading.Lock()
+        self._batchers: dict[bool, MicroBatcher] = {}
+
+    def _batcher(self, with_cam: bool) -> MicroBatcher:
+        with self._lock:
+            batcher = self._batchers.get(with_cam)
+            if batcher is None:
+                batcher = MicroBatcher(
+                    lambda x: self._run(x, with_cam),
+                    max_batch=self.max_batch,
+                    max_wait_ms=self.max_wait_ms,
+                )
+                self._batchers[with_cam] = batcher
+            return batcher
+
+    def _run(self, x: np.ndarray, with_cam: bool) -> BatchOutput:
+        count = len(x)
+        size = padded_size(count, self.max_batch)
+        if size > count:
+            x = np.concatenate([x, np.zeros((size - count, *x.shape[1:]), dtype=x.dtype)])
+        self.calls += 1
+        logits, cam = self.pipeline.run(x, with_cam=with_cam)
+        if cam is None:
+            return logits[:count]
+        return logits[:count], cam[:count]
+
+    @property
+    def batch_sizes(self) -> list[int]:
+        """Sizes of the batches run so far (without padding), both batchers together."""
+        with self._lock:
+            return [n for b in self._batchers.values() for n in b.batch_sizes]
+
+    def warmup(self) -> None:
+        """Create and run the runtime's sessions for every padded batch size."""
+        warm = getattr(self.pipeline.runtime, "warmup", None)
+        if warm is None:
+            return
+        sizes: list[int] = []
+        size = 1
+        while size < self.max_batch:
+            sizes.append(size)
+            size *= 2
+        sizes.append(self.max_batch)
+        warm(tuple(sizes))
+
+    def predict(
+        self,
+        inputs: Sequence[str | Path | Image],
+        *,
+        explain: bool = False,
+        operating_point: str | None = None,
+    ) -> list[Prediction]:
+        """One :class:`Prediction` per input, in order; bad inputs get ``ok=False``."""
+        from overread.errors import OverreadError
+        from overread.explain.cam import cam_to_heatmaps
+        from overread.inference.postprocess import calibrate
+
+        pipeline = self.pipeline
+        if operating_point is not None:
+            pipeline.package.thresholds(operating_point)
+        with_cam = explain and pipeline.runtime.has_cam
+        if explain and not with_cam:
+            from overread.errors import InferenceError
+
+            raise InferenceError(
+                f"{self.model.name} {self.model.version}: no CAM output to explain with"
+            )
+        predictions: list[Prediction] = []
+        pending: list[tuple[Prediction, np.ndarray, Future[BatchOutput]]] = []
+        for item in inputs:
+            prediction, x = pipeline._prepare(item, explain)
+            predictions.append(prediction)
+            if x is not None:
+                pending.append((prediction, x, self._batcher(with_cam).submit(x)))
+        submitted = time.perf_counter()
+        outputs: list[BatchOutput | None] = []
+        for prediction, _, future in pending:
+            try:
+                outputs.append(future.result())
+            except OverreadError as exc:
+                prediction.ok = False
+                prediction.error = str(exc)
+                outputs.append(None)
+        inferred = time.perf_counter()
+        for (prediction, x, _), output in zip(pending, outputs, strict=True):
+            if output is None:
+                continue
+            started = time.perf_counter()
+            logits, cam = output if isinstance(output, tuple) else (output, None)
+            probabilities = calibrate(
+                np.asarray(logits)[None], pipeline.package.manifest.calibration, pipeline.labels
+            )
+            prediction.findings = pipeline.findings(probabilities[0], operating_point)
+            # The wait for the shared forward pass, shared among this call's images.
+            prediction.timings["inference"] = (inferred - submitted) / len(pending)
+            post_done = time.perf_counter()
+            prediction.timings["postprocess"] = post_done - started
+            if with_cam and cam is not None:
+                maps = cam_to_heatmaps(np.asarray(cam)[None], (x.shape[-2], x.shape[-1]))
+                prediction.heatmaps = {label: maps[0, i] for i, label in enumerate(pipeline.labels)}
+                prediction.timings["explain"] = time.perf_counter() - post_done
+        return predictions
+
+    def close(self) -> None:
+        """Stop the batchers (queued requests finish first)."""
+        with self._lock:
+            batchers = list(self._batchers.values())
+            self._batchers.clear()
+        for batcher in batchers:
+            batcher.close()
+
+
+__all__ = ["BatchOutput", "BatchedPipeline", "MicroBatcher", "padded_size"]

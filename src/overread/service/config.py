@@ -18,6 +18,9 @@ Example ``overread.toml``::
     workers = 2
     destinations = ["PACS=PACSAE@10.0.0.5:104"]
 
+    fhir_endpoints = [{name = "ehr", url = "https://fhir.example.org/r4", bearer_token = "..."}]
+    model_signing_key_file = "/etc/overread/model-signing.key"
+
     [[service.routes]]
     name = "chest-xray"
     modality = ["CR", "DX"]
@@ -33,7 +36,15 @@ import re
 from pathlib import Path
 from typing import Any
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    SecretStr,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 
 from overread.config import Settings
 from overread.errors import ConfigError
@@ -83,6 +94,39 @@ class Destination(BaseModel):
 
     def __str__(self) -> str:
         return f"{self.name}={self.ae_title}@{self.host}:{self.port}"
+
+
+class FhirEndpoint(BaseModel):
+    """A FHIR R4 server that each study's DiagnosticReport bundle is posted to.
+
+    The token and headers live in the configuration only; export jobs name the
+    endpoint, so no secret is written to the job table.
+    """
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    name: str = Field(default="fhir", min_length=1, pattern=r"^[A-Za-z0-9_.-]+$")
+    url: str = Field(pattern=r"^https?://\S+$", description="the server's base URL")
+    bearer_token: SecretStr | None = None
+    headers: dict[str, str] = Field(default_factory=dict, description="extra HTTP headers")
+    timeout_seconds: float = Field(default=30.0, gt=0)
+
+    @classmethod
+    def parse(cls, text: str, *, default_name: str = "fhir") -> FhirEndpoint:
+        """Parse ``URL`` or ``NAME=URL``."""
+        name, sep, url = text.partition("=")
+        if not sep or "://" in name:
+            name, url = default_name, text
+        try:
+            return cls(name=name.strip(), url=url.strip())
+        except ValidationError as exc:
+            raise ConfigError(
+                f"FHIR endpoint {text!r}: expected URL or NAME=URL with http(s) "
+                f"({exc.errors()[0]['msg']})"
+            ) from None
+
+    def __str__(self) -> str:
+        return f"{self.name}={self.url}"
 
 
 class AllowedPeer(BaseModel):
@@ -203,11 +247,38 @@ class ServiceConfig(BaseModel):
     broker_url: str | None = Field(
         default=None, description="Celery broker (amqp://...) carrying wake-ups to worker processes"
     )
+    fhir_endpoints: list[FhirEndpoint] = Field(
+        default_factory=list,
+        description="FHIR servers every study's DiagnosticReport bundle is posted to",
+    )
+    model_signing_key_file: Path | None = Field(
+        default=None,
+        description="file with the HMAC key every model package must be signed with "
+        "(default: the OVERREAD_MODEL_SIGNING_KEY environment variable, if set)",
+    )
+    batch_max_size: int = Field(
+        default=8, ge=1, le=64, description="micro-batch bound for model calls; 1 disables"
+    )
+    batch_max_wait_ms: float = Field(
+        default=5.0, ge=0, le=1000, description="longest a model call waits for companions"
+    )
 
     @field_validator("ae_title")
     @classmethod
     def _valid_ae_title(cls, value: str) -> str:
         return _check_ae_title(value)
+
+    @field_validator("model_signing_key_file")
+    @classmethod
+    def _readable_key_file(cls, value: Path | None) -> Path | None:
+        if value is not None:
+            try:
+                key = Path(value).read_bytes().strip()
+            except OSError as exc:
+                raise ValueError(f"{value}: cannot read it ({exc.strerror or exc})") from None
+            if not key:
+                raise ValueError(f"{value}: the file is empty")
+        return value
 
     @model_validator(mode="after")
     def _routes_reference_known_destinations(self) -> ServiceConfig:
@@ -217,6 +288,9 @@ class ServiceConfig(BaseModel):
         names = [r.name for r in self.routes]
         if len(set(names)) != len(names):
             raise ValueError("route names must be unique")
+        fhir = [e.name for e in self.fhir_endpoints]
+        if len(set(fhir)) != len(fhir):
+            raise ValueError(f"FHIR endpoint names must be unique (got {', '.join(fhir)})")
         for route in self.routes:
             for dest in route.destinations or []:
                 if dest not in known:
@@ -271,6 +345,15 @@ def service_config(settings: Settings, **overrides: Any) -> ServiceConfig:
         d if isinstance(d, Destination) else Destination.parse(d) if isinstance(d, str) else d
         for d in _coerce_list(data.get("destinations"))
     ]
+    endpoints = _coerce_list(data.get("fhir_endpoints"))
+    data["fhir_endpoints"] = [
+        e
+        if isinstance(e, FhirEndpoint)
+        else FhirEndpoint.parse(e, default_name="fhir" if i == 0 else f"fhir{i + 1}")
+        if isinstance(e, str)
+        else e
+        for i, e in enumerate(endpoints)
+    ]
     data["allow_ae"] = [
         p if isinstance(p, AllowedPeer) else AllowedPeer.parse(p) if isinstance(p, str) else p
         for p in _coerce_list(data.get("allow_ae"))
@@ -300,6 +383,7 @@ __all__ = [
     "DEFAULT_ROUTES",
     "AllowedPeer",
     "Destination",
+    "FhirEndpoint",
     "Route",
     "ServiceConfig",
     "service_config",

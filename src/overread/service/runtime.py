@@ -10,12 +10,18 @@ imported lazily so the service starts (and reports clearly) without them.
 from __future__ import annotations
 
 import logging
+import os
+import threading
+import time
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Protocol, runtime_checkable
+from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
 
-from overread.errors import InferenceError, ServiceError
+from overread.errors import ConfigError, InferenceError, ServiceError
+
+if TYPE_CHECKING:
+    from overread.service.config import ServiceConfig
 
 logger = logging.getLogger(__name__)
 
@@ -50,10 +56,11 @@ class PipelineProvider(Protocol):
 
 
 class ArtifactBuilder(Protocol):
-    """Turns one prediction into DICOM objects to store and send."""
+    """Turns a model's predictions on one study into DICOM objects to store and send."""
 
-    def build(self, prediction: Any, source_datasets: Sequence[Any]) -> list[Any]:
-        """pydicom datasets (SR, overlays) derived from ``prediction``."""
+    def build_study(self, readings: Sequence[tuple[Any, Any]]) -> list[Any]:
+        """pydicom datasets (one SR for the study, overlays, SEG) from ``(prediction,
+        source header or dataset)`` pairs, one per image of the study."""
         ...
 
 
@@ -85,30 +92,208 @@ def identity_of(pipeline: Any, alias: str) -> ModelIdentity:
     return ModelIdentity(str(name or alias), str(version or "unversioned"))
 
 
-class RegistryPipelineProvider:
-    """Pipelines from :meth:`overread.inference.Pipeline.from_name`.
+def read_signing_key(path: Path) -> bytes:
+    """The model-package HMAC key stored in ``path`` (surrounding whitespace dropped).
 
-    Every call asks the registry again (the pipeline caches loaded models per package
-    hash), so an alias switched in the registry applies to the next study routed,
-    without a restart.
+    Raises
+    ------
+    ConfigError
+        If the file cannot be read or is empty.
+    """
+    try:
+        key = Path(path).read_bytes().strip()
+    except OSError as exc:
+        raise ConfigError(
+            f"model_signing_key_file {path}: cannot read it ({exc.strerror or exc})"
+        ) from None
+    if not key:
+        raise ConfigError(f"model_signing_key_file {path}: the file is empty")
+    return key
+
+
+def session_threads(sessions: int, cores: int | None = None) -> int:
+    """Intra-op threads per model session when ``sessions`` models serve at once.
+
+    The cores are split between the loaded models (each has one batching thread that
+    calls its runtime), so two models on two cores get one thread each instead of
+    four threads fighting over two cores.
+    """
+    if cores is None:
+        affinity = getattr(os, "sched_getaffinity", None)
+        cores = len(affinity(0)) if affinity is not None else (os.cpu_count() or 1)
+    return max(1, cores // max(1, sessions))
+
+
+class RegistryPipelineProvider:
+    """Pipelines from the model registry, shared by every worker of the process.
+
+    Each alias resolves (through :meth:`overread.inference.Pipeline.from_name`) to a
+    pipeline loaded once per package hash; the provider wraps it in one
+    :class:`~overread.inference.batching.BatchedPipeline`, so concurrent workers'
+    requests for the same model are micro-batched into shared forward passes. Every
+    call asks the registry again, so an alias switched in the registry applies to the
+    next study routed, without a restart.
+
+    Parameters
+    ----------
+    registry
+        The registry to resolve aliases in (default: the one the settings name, with
+        the signing key from ``signing_key_file`` or the environment).
+    signing_key_file
+        A file holding the HMAC key every package must be signed with.
+    batching
+        Micro-batch the runtime calls (``False``: each worker calls the pipeline).
+    max_batch, max_wait_ms
+        The micro-batcher's bounds.
+    sessions
+        How many models are expected to serve at once (splits the cores between them).
     """
 
-    def get(self, alias: str) -> PipelineLike:
+    def __init__(
+        self,
+        *,
+        registry: Any | None = None,
+        signing_key_file: Path | None = None,
+        batching: bool = True,
+        max_batch: int = 8,
+        max_wait_ms: float = 5.0,
+        sessions: int = 1,
+    ) -> None:
+        self._registry = registry
+        self.signing_key_file = signing_key_file
+        self.batching = batching
+        self.max_batch = max_batch
+        self.max_wait_ms = max_wait_ms
+        self.threads = session_threads(sessions)
+        self._lock = threading.Lock()
+        self._warm_lock = threading.Lock()
+        self._batched: dict[int, Any] = {}
+        self._warm: set[str] = set()
+        self._configured = False
+
+    @classmethod
+    def from_config(cls, config: ServiceConfig) -> RegistryPipelineProvider:
+        """The provider ``config`` asks for: key file, batching bounds, one session per
+        model alias the routes name."""
+        aliases = {m for route in config.routes for m in route.models}
+        provider = cls(
+            signing_key_file=config.model_signing_key_file,
+            batching=config.batch_max_size > 1,
+            max_batch=config.batch_max_size,
+            max_wait_ms=config.batch_max_wait_ms,
+            sessions=len(aliases),
+        )
+        provider._configured = True
+        return provider
+
+    def configure(self, config: ServiceConfig) -> None:
+        """Take the key file, batching bounds and thread split from ``config``.
+
+        Workers call this with their configuration; the first call applies it (a
+        provider built by :meth:`from_config` already has it), later calls are no-ops.
+        """
+        with self._lock:
+            if self._configured:
+                return
+            self._configured = True
+            aliases = {m for route in config.routes for m in route.models}
+            if config.model_signing_key_file != self.signing_key_file:
+                self.signing_key_file = config.model_signing_key_file
+                self._registry = None
+            self.batching = config.batch_max_size > 1
+            self.max_batch = config.batch_max_size
+            self.max_wait_ms = config.batch_max_wait_ms
+            self.threads = session_threads(len(aliases))
+
+    @property
+    def registry(self) -> Any:
+        """The registry aliases are resolved in (created on first use)."""
+        with self._lock:
+            if self._registry is None:
+                from overread.config import load_settings
+                from overread.models.registry import Registry
+
+                registry = Registry.from_settings(load_settings())
+                if self.signing_key_file is not None:
+                    registry = Registry(
+                        registry.root,
+                        include_bundled=registry.include_bundled,
+                        key=read_signing_key(self.signing_key_file),
+                    )
+                self._registry = registry
+            return self._registry
+
+    def pipeline(self, alias: str) -> Any:
+        """The plain (unbatched) pipeline of ``alias``, loaded and warmed up once."""
         try:
             from overread.inference import Pipeline
         except ImportError as exc:
             raise ServiceError(f"the inference pipeline is not available: {exc}") from None
-        pipeline: PipelineLike = Pipeline.from_name(alias)
-        return pipeline
+        return Pipeline.from_name(alias, registry=self.registry, threads=self.threads)
+
+    def get(self, alias: str) -> PipelineLike:
+        pipeline = self.pipeline(alias)
+        if not self.batching:
+            plain: PipelineLike = pipeline
+            return plain
+        from overread.inference.batching import BatchedPipeline
+
+        with self._lock:
+            batched = self._batched.get(id(pipeline))
+            if batched is None or batched.pipeline is not pipeline:
+                batched = BatchedPipeline(
+                    pipeline, max_batch=self.max_batch, max_wait_ms=self.max_wait_ms
+                )
+                self._batched[id(pipeline)] = batched
+        result: PipelineLike = batched
+        return result
 
     def identify(self, alias: str) -> ModelIdentity:
-        return identity_of(self.get(alias), alias)
+        return identity_of(self.pipeline(alias), alias)
+
+    def warmup(self, aliases: Sequence[str]) -> None:
+        """Load every alias now and run each batch size once, so the first study does
+        not pay for loading the model or creating runtime sessions.
+
+        An alias that cannot be loaded is logged and left for its jobs to report.
+        """
+        # Held throughout: a second worker waits for the models rather than loading
+        # them a second time.
+        with self._warm_lock:
+            for alias in aliases:
+                if alias in self._warm:
+                    continue
+                self._warm.add(alias)
+                started = time.perf_counter()
+                try:
+                    pipeline = self.get(alias)
+                    warm = getattr(pipeline, "warmup", None)
+                    if warm is not None:
+                        warm()
+                except Exception as exc:
+                    logger.warning("model %s could not be warmed up: %s", alias, exc)
+                    continue
+                logger.info(
+                    "model %s loaded and warmed up in %.2f s",
+                    alias,
+                    time.perf_counter() - started,
+                )
+
+    def close(self) -> None:
+        """Stop the micro-batchers."""
+        with self._lock:
+            batched = list(self._batched.values())
+            self._batched.clear()
+        for item in batched:
+            item.close()
 
 
 class OutputsArtifactBuilder:
-    """Builds a TID 1500 Structured Report per image with :func:`~overread.service.outputs.build_sr`,
-    and, when the prediction carries heatmaps (``--explain``), one Secondary Capture overlay
-    per positive or referred finding with :func:`~overread.service.outputs.build_overlays`.
+    """Builds, for a model's predictions on one study, one TID 1500 Structured Report
+    for the whole study with :func:`~overread.service.outputs.build_study_sr` (a
+    findings group per image and finding), per image one Secondary Capture overlay per
+    positive or referred finding when the prediction carries heatmaps (``--explain``),
+    and per image a DICOM SEG when the prediction carries segmentation masks.
     """
 
     def __init__(self) -> None:
@@ -118,10 +303,21 @@ class OutputsArtifactBuilder:
             raise ServiceError(f"result builders are not available: {exc}") from None
         self._outputs = outputs
 
-    def build(self, prediction: Any, source_datasets: Sequence[Any]) -> list[Any]:
-        built: list[Any] = [self._outputs.build_sr(prediction, list(source_datasets))]
-        if getattr(prediction, "heatmaps", None) and source_datasets:
-            built.extend(self._outputs.build_overlays(prediction, source_datasets[0]))
+    def build_study(self, readings: Sequence[tuple[Any, Any]]) -> list[Any]:
+        usable = [(p, ds) for p, ds in readings if getattr(p, "ok", True)]
+        if not usable:
+            return []
+        built: list[Any] = [self._outputs.build_study_sr(usable)]
+        for prediction, source in usable:
+            if getattr(prediction, "heatmaps", None) and "PixelData" in source:
+                built.extend(self._outputs.build_overlays(prediction, source))
+            masks = getattr(prediction, "masks", None)
+            if masks:
+                built.append(
+                    self._outputs.build_seg(
+                        masks, [source], self._outputs.model_identity(prediction)
+                    )
+                )
         return built
 
 
@@ -145,6 +341,8 @@ def prediction_summary(prediction: Any) -> dict[str, Any]:
                 "positive": bool(getattr(finding, "positive", False)),
                 "uncertainty": _float(getattr(finding, "uncertainty", None)),
                 "threshold": _float(getattr(finding, "threshold", None)),
+                "decision": str(getattr(finding, "decision", "") or "") or None,
+                "codes": [list(c) for c in getattr(finding, "codes", None) or ()],
             }
         )
     model = getattr(prediction, "model", None)
@@ -192,5 +390,7 @@ __all__ = [
     "default_artifact_builder",
     "identity_of",
     "prediction_summary",
+    "read_signing_key",
     "require_ok",
+    "session_threads",
 ]

@@ -18,6 +18,7 @@ import logging
 import os
 import socket
 import threading
+import time
 import uuid
 from collections.abc import Callable
 from io import BytesIO
@@ -28,8 +29,14 @@ import pydicom
 from sqlalchemy import select
 
 from overread.audit import AuditAction, record_event
-from overread.errors import ConfigError, InferenceError, InvalidDicomError, ModelPackageError
-from overread.service.config import Destination, ServiceConfig
+from overread.errors import (
+    ConfigError,
+    InferenceError,
+    InvalidDicomError,
+    ModelPackageError,
+    ServiceError,
+)
+from overread.service.config import Destination, FhirEndpoint, ServiceConfig
 from overread.service.db import Database, Instance, Job, JobKind, Result, utcnow
 from overread.service.jobs import JobQueue, LeaseLostError
 from overread.service.routing import InstanceFacts, route_matches
@@ -45,12 +52,22 @@ from overread.triage.score import StudyContext
 
 logger = logging.getLogger(__name__)
 
+
+class PermanentExportError(ServiceError):
+    """A destination refused a result for good (e.g. HTTP 400): retrying cannot help."""
+
+
 # Failures that will not go away by trying again: dead-letter at once.
 PERMANENT_ERRORS: tuple[type[BaseException], ...] = (
     InferenceError,
     InvalidDicomError,
     ModelPackageError,
+    PermanentExportError,
 )
+
+#: Prefix of the ``destination`` of FHIR export jobs (DICOM destination names cannot
+#: contain a colon, so the two never collide).
+FHIR_DESTINATION_PREFIX = "fhir:"
 
 
 def worker_identity() -> str:
@@ -118,6 +135,9 @@ class Worker:
         self.models = models
         self.artifacts = artifacts
         self.name = name or worker_identity()
+        configure = getattr(models, "configure", None)
+        if configure is not None:
+            configure(config)
         # Imported here: overread.triage builds on this package's database models.
         from overread.triage import TriageConfig
 
@@ -150,8 +170,22 @@ class Worker:
                 logger.warning("job %d: lease was lost while running", job.id)
         return job
 
+    def warmup(self) -> None:
+        """Load and warm up every model the routes name (once per process), so the
+        first study pays neither for loading nor for creating runtime sessions."""
+        warm = getattr(self.models, "warmup", None)
+        if warm is None:
+            return
+        aliases = list(dict.fromkeys(m for route in self.config.routes for m in route.models))
+        try:
+            warm(aliases)
+        except Exception:
+            logger.exception("%s: model warm-up failed; models load on first use", self.name)
+
     def run(self, stop: threading.Event, wake: threading.Event | None = None) -> None:
-        """Work until ``stop`` is set, sleeping ``poll_seconds`` (or until woken) when idle."""
+        """Warm the models up, then work until ``stop`` is set, sleeping
+        ``poll_seconds`` (or until woken) when idle."""
+        self.warmup()
         while not stop.is_set():
             try:
                 ran = self.run_once()
@@ -184,6 +218,7 @@ class Worker:
         return [(self.store.path(r.object_key), r) for r in rows]
 
     def _infer(self, job: Job) -> None:
+        started = time.perf_counter()
         alias = str(job.payload.get("alias") or job.model_name)
         with self.database.session() as session:
             existing = session.scalar(
@@ -204,30 +239,39 @@ class Worker:
         pipeline = self.models.get(alias)
         predictions = list(pipeline.predict(paths, explain=self.config.explain))
         require_ok(predictions, paths)
-        context = _study_context(items)
+        modelled = time.perf_counter()
+        # One header read per image serves the SR, the worklist context and the FHIR
+        # facts; overlays need the pixels too.
+        readings = [
+            (prediction, pydicom.dcmread(path, stop_before_pixels=not self.config.explain))
+            for prediction, (path, _) in zip(predictions, items, strict=True)
+            if getattr(prediction, "ok", False)
+        ]
+        context = _study_context(items, readings[0][1])
         artifacts: list[dict[str, Any]] = []
         if self.artifacts is not None:
-            for prediction, (path, _row) in zip(predictions, items, strict=False):
-                if not getattr(prediction, "ok", False):
-                    continue
-                # Headers suffice for the SR; overlays need the pixels.
-                source = pydicom.dcmread(path, stop_before_pixels=not self.config.explain)
-                for dataset in self.artifacts.build(prediction, [source]):
-                    artifacts.append(self._store_dataset(dataset))
+            for dataset in self.artifacts.build_study(readings):
+                artifacts.append(self._store_dataset(dataset))
+        built = time.perf_counter()
+        from overread.service.outputs.fhir import study_header
+
         summary = {
             "alias": alias,
             "instances": [prediction_summary(p) for p in predictions],
             "sop_instance_uids": [row.sop_instance_uid for _, row in items],
+            "study": study_header(readings[0][1]),
+            "timings": _stage_timings(predictions, modelled - started, built - modelled),
         }
         self._finish_infer(job, None, summary, artifacts, context)
         logger.info(
-            "job %d: %s %s on study %s: %d prediction(s), %d object(s) to send",
+            "job %d: %s %s on study %s: %d prediction(s), %d object(s) to send in %.3f s",
             job.id,
             job.model_name,
             job.model_version,
             job.study_instance_uid,
             len(predictions),
             len(artifacts),
+            time.perf_counter() - started,
         )
 
     def _store_dataset(self, dataset: Any) -> dict[str, Any]:
@@ -289,6 +333,18 @@ class Worker:
             else:
                 stored = session.get(Result, result_id)
                 has_artifacts = bool(stored is not None and stored.artifacts)
+            for endpoint in self.config.fhir_endpoints:
+                self.queue.enqueue(
+                    session,
+                    study_instance_uid=job.study_instance_uid,
+                    model_name=job.model_name,
+                    model_version=job.model_version,
+                    kind=JobKind.EXPORT,
+                    destination=f"{FHIR_DESTINATION_PREFIX}{endpoint.name}",
+                    route=job.route,
+                    priority=job.priority,
+                    payload={"fhir_endpoint": endpoint.name, "result_id": result_id},
+                )
             if has_artifacts:
                 for dest in destinations:
                     self.queue.enqueue(
@@ -306,6 +362,9 @@ class Worker:
 
     # -- export -----------------------------------------------------------------------
     def _export(self, job: Job) -> None:
+        if "fhir_endpoint" in job.payload:
+            self._export_fhir(job)
+            return
         dest = Destination(**job.payload["destination"])
         with self.database.session() as session:
             result = session.get(Result, int(job.payload["result_id"]))
@@ -317,6 +376,7 @@ class Worker:
         missing = [str(p) for p in paths if not p.is_file()]
         if missing:
             raise InferenceError(f"stored result object(s) missing: {', '.join(missing)}")
+        started = time.perf_counter()
         statuses = send_files(
             paths,
             ae_title=dest.ae_title,
@@ -324,6 +384,7 @@ class Worker:
             port=dest.port,
             calling_ae=self.config.ae_title,
         )
+        seconds = time.perf_counter() - started
         failed = [s for s in statuses if not s.ok]
         if failed:
             raise ConnectionError(
@@ -339,21 +400,119 @@ class Worker:
                     job.study_instance_uid,
                     *(str(a["sop_instance_uid"]) for a in artifacts),
                 ],
-                details={"job_id": job.id, "destination": str(dest), "objects": len(paths)},
+                details={
+                    "job_id": job.id,
+                    "destination_kind": "dicom",
+                    "destination": str(dest),
+                    "objects": len(paths),
+                    "statuses": sorted({int(s.status) for s in statuses if s.status is not None}),
+                    "seconds": round(seconds, 6),
+                },
             )
             self.queue.mark_succeeded(session, job.id, self.name)
-        logger.info("job %d: sent %d object(s) to %s", job.id, len(statuses), dest)
+        logger.info(
+            "job %d: sent %d object(s) to %s in %.3f s", job.id, len(statuses), dest, seconds
+        )
+
+    def _fhir_endpoint(self, name: str) -> FhirEndpoint:
+        for endpoint in self.config.fhir_endpoints:
+            if endpoint.name == name:
+                return endpoint
+        raise PermanentExportError(f"FHIR endpoint {name!r} is no longer configured")
+
+    def _export_fhir(self, job: Job) -> None:
+        """POST the result's FHIR bundle; every attempt is audited with its HTTP status."""
+        from overread.service.outputs import DeliveryError, fhir_report_for_result, post_fhir
+
+        endpoint = self._fhir_endpoint(str(job.payload["fhir_endpoint"]))
+        with self.database.session() as session:
+            result = session.get(Result, int(job.payload["result_id"]))
+            if result is None:
+                raise PermanentExportError(f"result {job.payload['result_id']} no longer exists")
+            bundle = fhir_report_for_result(result)
+        token = endpoint.bearer_token.get_secret_value() if endpoint.bearer_token else None
+        started = time.perf_counter()
+        details: dict[str, Any] = {
+            "job_id": job.id,
+            "attempt": job.attempts,
+            "destination_kind": "fhir",
+            "destination": str(endpoint),
+            "resources": len(bundle.get("entry", [])),
+        }
+        try:
+            reply = post_fhir(
+                bundle,
+                endpoint.url,
+                token,
+                timeout=endpoint.timeout_seconds,
+                headers=endpoint.headers,
+            )
+        except DeliveryError as exc:
+            status = getattr(exc.response, "status_code", None)
+            details.update(
+                outcome="failed",
+                status_code=status,
+                seconds=round(time.perf_counter() - started, 6),
+                error=str(exc)[:500],
+            )
+            with self.database.session() as session:
+                record_event(
+                    session,
+                    actor=f"worker:{self.name}",
+                    role="service",
+                    action=AuditAction.EXPORT,
+                    object_uids=[job.study_instance_uid],
+                    details=details,
+                )
+            if not exc.retryable:
+                raise PermanentExportError(str(exc)) from exc
+            raise
+        seconds = time.perf_counter() - started
+        details.update(outcome="stored", status_code=reply.status_code, seconds=round(seconds, 6))
+        with self.database.session() as session:
+            record_event(
+                session,
+                actor=f"worker:{self.name}",
+                role="service",
+                action=AuditAction.EXPORT,
+                object_uids=[job.study_instance_uid],
+                details=details,
+            )
+            self.queue.mark_succeeded(session, job.id, self.name)
+        logger.info(
+            "job %d: FHIR report posted to %s: HTTP %d in %.3f s",
+            job.id,
+            endpoint,
+            reply.status_code,
+            seconds,
+        )
 
 
-def _study_context(items: list[tuple[Path, Instance]]) -> StudyContext:
+def _stage_timings(
+    predictions: list[Any], model_seconds: float, artifact_seconds: float
+) -> dict[str, float]:
+    """Seconds per stage of an infer job, summed over the study's images.
+
+    ``read``, ``preprocess``, ``inference``, ``postprocess`` and ``explain`` come from
+    the pipeline; ``model_total`` is the wall time of the whole model call (waiting
+    for a shared batch included) and ``artifacts`` that of reading the headers and
+    building and storing the SR, overlays and SEG.
+    """
+    totals: dict[str, float] = {}
+    for prediction in predictions:
+        for stage, seconds in (getattr(prediction, "timings", None) or {}).items():
+            totals[str(stage)] = totals.get(str(stage), 0.0) + float(seconds)
+    totals = {k: round(v, 6) for k, v in totals.items()}
+    totals["model_total"] = round(model_seconds, 6)
+    totals["artifacts"] = round(artifact_seconds, 6)
+    return totals
+
+
+def _study_context(items: list[tuple[Path, Instance]], header: Any) -> StudyContext:
     """Department, patient age and arrival time of a study, from its first header."""
     from overread.triage import department_key, dicom_age_years
 
     received = min((row.received_at for _, row in items), default=None)
-    try:
-        header = pydicom.dcmread(items[0][0], stop_before_pixels=True)
-    except Exception:  # the pipeline reports unreadable files; context is best effort
-        return StudyContext(received_at=received)
     department = str(
         header.get("InstitutionalDepartmentName", "") or header.get("RequestingService", "")
     )
@@ -408,4 +567,11 @@ class WorkerPool:
             logger.warning("worker(s) %s still busy at shutdown; their leases will expire", alive)
 
 
-__all__ = ["PERMANENT_ERRORS", "Worker", "WorkerPool", "worker_identity"]
+__all__ = [
+    "FHIR_DESTINATION_PREFIX",
+    "PERMANENT_ERRORS",
+    "PermanentExportError",
+    "Worker",
+    "WorkerPool",
+    "worker_identity",
+]

@@ -1,14 +1,16 @@
 """Results out: what goes back to where radiologists work.
 
-* :func:`build_sr` - a DICOM Comprehensive SR (TID 1500 Measurement Report) with one
-  measurement group per finding (probability, threshold, present/absent, model,
-  source image references) and a plain-language summary;
+* :func:`build_study_sr` - one DICOM Comprehensive SR (TID 1500 Measurement Report)
+  per study and model, with one measurement group per image and finding (probability,
+  threshold, present/absent, model, source image reference) and a plain-language
+  summary (:func:`build_sr`: one prediction over its source images);
 * :func:`build_overlay` - a Secondary Capture of a finding's heatmap on the windowed
   image, with "FOR RESEARCH USE - NOT FOR DIAGNOSIS" burned in (:func:`build_overlays`:
   one per positive or referred finding, in one series);
 * :func:`build_seg` - a DICOM Segmentation from a segmentation model's mask;
 * :func:`build_fhir_report` - a FHIR R4 Bundle: DiagnosticReport, one Observation per
-  finding, and the model as a Device;
+  finding, and the model as a Device (:func:`fhir_report_for_study`: the same from a
+  study's stored results, for the REST API and the FHIR export jobs);
 * senders: :func:`send_datasets` (DICOM C-STORE, optionally over TLS), :func:`echo`
   (C-ECHO), :func:`stow_rs` (DICOMweb), :func:`post_fhir`, and the
   :class:`RetryPolicy` the job system uses between attempts.
@@ -22,7 +24,12 @@ from overread.service.outputs.dicom_send import (
     echo,
     send_datasets,
 )
-from overread.service.outputs.fhir import build_fhir_report
+from overread.service.outputs.fhir import (
+    ResultNotFoundError,
+    build_fhir_report,
+    fhir_report_for_result,
+    fhir_report_for_study,
+)
 from overread.service.outputs.http_send import HttpResult, post_fhir, stow_rs
 from overread.service.outputs.overlay import RESEARCH_BANNER, build_overlay, build_overlays
 from overread.service.outputs.prediction import (
@@ -33,7 +40,7 @@ from overread.service.outputs.prediction import (
 )
 from overread.service.outputs.retry import RetryPolicy
 from overread.service.outputs.seg import build_seg
-from overread.service.outputs.sr import build_sr, summary_text
+from overread.service.outputs.sr import build_sr, build_study_sr, study_prediction, summary_text
 
 __all__ = [
     "RESEARCH_BANNER",
@@ -44,6 +51,7 @@ __all__ = [
     "HttpResult",
     "ModelIdentity",
     "PredictionLike",
+    "ResultNotFoundError",
     "RetryPolicy",
     "SendResult",
     "build_fhir_report",
@@ -51,11 +59,15 @@ __all__ = [
     "build_overlays",
     "build_seg",
     "build_sr",
+    "build_study_sr",
     "echo",
+    "fhir_report_for_result",
+    "fhir_report_for_study",
     "finding_concept",
     "model_identity",
     "post_fhir",
     "send_datasets",
     "stow_rs",
+    "study_prediction",
     "summary_text",
 ]

@@ -24,9 +24,10 @@ service knows the DICOM identifiers, not the server's resource ids.
 from __future__ import annotations
 
 import uuid
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
 from datetime import UTC, datetime
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from pydicom.dataset import Dataset
 
@@ -41,6 +42,9 @@ from overread.service.outputs.prediction import (
     model_identity,
 )
 from overread.service.outputs.sr import MANUFACTURER, RESEARCH_CAVEAT, summary_text
+
+if TYPE_CHECKING:
+    from sqlalchemy.orm import Session
 
 #: FHIR identifier system for DICOM UIDs (values are ``urn:oid:<uid>``).
 DICOM_UID_SYSTEM = "urn:dicom:uid"
@@ -252,4 +256,176 @@ def build_fhir_report(
     }
 
 
-__all__ = ["DICOM_UID_SYSTEM", "MODEL_SHA256_SYSTEM", "build_fhir_report"]
+class ResultNotFoundError(ServiceError, LookupError):
+    """No stored result of a study to report (the REST API answers 404)."""
+
+
+#: SOP Class UID of the Comprehensive SR the gateway sends with each result.
+_COMPREHENSIVE_SR = "1.2.840.10008.5.1.4.1.1.88.33"
+
+
+@dataclass(frozen=True)
+class _StoredFinding:
+    label: str
+    probability: float
+    positive: bool
+    uncertainty: float | None
+    threshold: float
+    decision: str = ""
+    codes: tuple[tuple[str, str, str], ...] = ()
+
+
+@dataclass(frozen=True)
+class _StoredPrediction:
+    findings: list[_StoredFinding]
+    model: Mapping[str, Any]
+    heatmaps: None = None
+    ok: bool = True
+
+
+def study_header(source: Dataset) -> dict[str, str]:
+    """The header facts a FHIR report needs, as stored with a result (``summary["study"]``)."""
+    name = getattr(source, "PatientName", None)
+    return {
+        "study_instance_uid": str(getattr(source, "StudyInstanceUID", "") or ""),
+        "patient_id": str(getattr(source, "PatientID", "") or ""),
+        "patient_name": str(name) if name else "",
+        "issuer_of_patient_id": str(getattr(source, "IssuerOfPatientID", "") or ""),
+        "study_date": str(getattr(source, "StudyDate", "") or ""),
+        "accession_number": str(getattr(source, "AccessionNumber", "") or ""),
+    }
+
+
+def _header_dataset(study: Mapping[str, Any], study_uid: str) -> Dataset:
+    ds = Dataset()
+    ds.StudyInstanceUID = str(study.get("study_instance_uid") or study_uid)
+    ds.PatientID = str(study.get("patient_id") or "")
+    if study.get("patient_name"):
+        ds.PatientName = str(study["patient_name"])
+    if study.get("issuer_of_patient_id"):
+        ds.IssuerOfPatientID = str(study["issuer_of_patient_id"])
+    if study.get("study_date"):
+        ds.StudyDate = str(study["study_date"])
+    if study.get("accession_number"):
+        ds.AccessionNumber = str(study["accession_number"])
+    return ds
+
+
+def _stored_predictions(summary: Mapping[str, Any], model: Mapping[str, Any]) -> list[Any]:
+    predictions = []
+    for instance in summary.get("instances") or []:
+        if not instance.get("ok"):
+            continue
+        findings = [
+            _StoredFinding(
+                label=str(f["label"]),
+                probability=float(f["probability"]),
+                positive=bool(f["positive"]),
+                uncertainty=None if f.get("uncertainty") is None else float(f["uncertainty"]),
+                threshold=float(f["threshold"]),
+                decision=str(f.get("decision") or ""),
+                codes=tuple(tuple(c) for c in f.get("codes") or ()),
+            )
+            for f in instance.get("findings") or []
+        ]
+        stored_model = {**model, **{k: v for k, v in (instance.get("model") or {}).items() if v}}
+        predictions.append(_StoredPrediction(findings=findings, model=stored_model))
+    return predictions
+
+
+def fhir_report_for_result(result: Any) -> dict[str, Any]:
+    """The FHIR R4 transaction Bundle of one stored result (a ``Result`` row).
+
+    Built from what the gateway stored with the result: every image's findings
+    (``summary["instances"]``) merged into one study report as the SR is
+    (:func:`~overread.service.outputs.sr.study_prediction`), the study's header facts
+    (``summary["study"]``), and the SR sent with it (its SOP Instance UID becomes an
+    identifier of the DiagnosticReport).
+
+    Raises
+    ------
+    ResultNotFoundError
+        If the result holds no successful prediction.
+    ServiceError
+        If the stored header lacks the patient ID.
+    """
+    from overread.service.outputs.sr import study_prediction
+
+    summary: Mapping[str, Any] = result.summary or {}
+    model = {"name": result.model_name, "version": result.model_version}
+    predictions = _stored_predictions(summary, model)
+    if not predictions:
+        raise ResultNotFoundError(
+            f"study {result.study_instance_uid}: result {result.id} has no successful prediction"
+        )
+    source = _header_dataset(summary.get("study") or {}, result.study_instance_uid)
+    sr_uid = next(
+        (
+            str(a["sop_instance_uid"])
+            for a in result.artifacts or []
+            if a.get("sop_class_uid") == _COMPREHENSIVE_SR
+        ),
+        None,
+    )
+    return build_fhir_report(
+        study_prediction(predictions),
+        source,
+        additional_sources=[source] * (len(predictions) - 1),
+        sr_sop_instance_uid=sr_uid,
+    )
+
+
+def fhir_report_for_study(session: Session, study_uid: str) -> dict[str, Any]:
+    """The FHIR R4 Bundle of a study's latest results (what ``GET /api/studies/{uid}/fhir``
+    returns).
+
+    With one model's result, the bundle is that result's transaction Bundle
+    (Device, Observations, DiagnosticReport); with several models, the latest result
+    of each contributes its entries to one transaction Bundle.
+
+    Parameters
+    ----------
+    session
+        A session on the gateway's database.
+    study_uid
+        The Study Instance UID.
+
+    Raises
+    ------
+    ResultNotFoundError
+        If the study has no stored result.
+    """
+    from sqlalchemy import select
+
+    from overread.service.db import Result
+
+    rows = session.scalars(
+        select(Result)
+        .where(Result.study_instance_uid == study_uid)
+        .order_by(Result.created_at.desc(), Result.id.desc())
+    ).all()
+    latest: dict[str, Any] = {}
+    for row in rows:
+        latest.setdefault(row.model_name, row)
+    if not latest:
+        raise ResultNotFoundError(f"study {study_uid} has no stored result")
+    bundles = [fhir_report_for_result(row) for row in latest.values()]
+    if len(bundles) == 1:
+        return bundles[0]
+    return {
+        "resourceType": "Bundle",
+        "type": "transaction",
+        "timestamp": max(str(b["timestamp"]) for b in bundles),
+        "entry": [entry for b in bundles for entry in b["entry"]],
+    }
+
+
+__all__ = [
+    "DICOM_UID_SYSTEM",
+    "MODEL_SHA256_SYSTEM",
+    "ResultNotFoundError",
+    "build_fhir_report",
+    "fhir_report_for_result",
+    "fhir_report_for_study",
+    "study_header",
+]

@@ -188,6 +188,7 @@ def post_fhir(
     *,
     timeout: float = 60.0,
     client: httpx.Client | None = None,
+    headers: Mapping[str, str] | None = None,
 ) -> HttpResult:
     """POST a FHIR Bundle to a FHIR server.
 
@@ -195,25 +196,30 @@ def post_fhir(
     server processes its entries); any other bundle type is stored as a Bundle
     resource (``{base}/Bundle``).
 
+    ``headers`` are extra HTTP headers (e.g. an API gateway's key).
+
     Raises
     ------
     DeliveryError
         On connection failure or an HTTP error status (the server's
-        OperationOutcome, if any, is quoted).
+        OperationOutcome, if any, is quoted; ``error.response`` has the status).
     """
     if bundle.get("resourceType") != "Bundle":
         raise DeliveryError("post_fhir expects a FHIR Bundle", peer=url, retryable=False)
     base = url.rstrip("/")
     target = base if bundle.get("type") in ("transaction", "batch") else f"{base}/Bundle"
-    headers, basic = _headers_and_auth(auth)
-    headers.update({"Content-Type": "application/fhir+json", "Accept": "application/fhir+json"})
+    request_headers, basic = _headers_and_auth(auth)
+    request_headers.update(headers or {})
+    request_headers.update(
+        {"Content-Type": "application/fhir+json", "Accept": "application/fhir+json"}
+    )
     owner = client is None
     http = client or httpx.Client(timeout=timeout)
     try:
         response = http.post(
             target,
             content=json.dumps(bundle).encode("utf-8"),
-            headers=headers,
+            headers=request_headers,
             auth=basic or httpx.USE_CLIENT_DEFAULT,
         )
     except httpx.HTTPError as exc:
@@ -231,6 +237,7 @@ def post_fhir(
             f"{response.reason_phrase}; {str(body)[:300]}",
             peer=target,
             retryable=response.status_code in RETRYABLE_HTTP,
+            response=HttpResult(url=target, status_code=response.status_code, body=body),
         )
     logger.info("FHIR POST to %s: HTTP %d", target, response.status_code, extra={"peer": target})
     return HttpResult(url=target, status_code=response.status_code, body=body)
