@@ -362,10 +362,15 @@ def write_cohort(
     *,
     progress: Callable[[int, int], None] | None = None,
     plans: list[StudyPlan] | None = None,
+    on_study: Callable[[dict[str, Any]], None] | None = None,
 ) -> CohortSummary:
     """Render and write the cohort described by ``options`` (see :func:`generate_cohort`).
 
     ``plans`` may be given when the caller already planned (and so validated) them.
+    ``on_study`` is called with each study's record (``index``, ``path``, ``uids``,
+    ...) once its files are on disk, in plan order, so a consumer can use the first
+    studies while the rest are still being rendered; the CSVs and ``cohort.json``
+    (written last) follow the final study.
     """
     if plans is None:
         plans = plan_cohort(options)
@@ -374,18 +379,22 @@ def write_cohort(
     started = time.perf_counter()
     jobs = [(plan, options, str(out)) for plan in plans]
     records: list[dict[str, Any]] = []
+
+    def _done(record: dict[str, Any]) -> None:
+        records.append(record)
+        if on_study:
+            on_study(record)
+        if progress:
+            progress(len(records), len(jobs))
+
     if options.workers == 1 or len(jobs) < 4:
-        for i, job in enumerate(jobs):
-            records.append(_render_one(job))
-            if progress:
-                progress(i + 1, len(jobs))
+        for job in jobs:
+            _done(_render_one(job))
     else:
         ctx = multiprocessing.get_context("fork")
         with ctx.Pool(options.workers) as pool:
-            for i, rec in enumerate(pool.imap(_render_one, jobs, chunksize=4)):
-                records.append(rec)
-                if progress:
-                    progress(i + 1, len(jobs))
+            for record in pool.imap(_render_one, jobs, chunksize=4):
+                _done(record)
     _write_outputs(out, plans, records, options)
     seconds = time.perf_counter() - started
     per_site: dict[str, int] = {}
