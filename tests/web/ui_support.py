@@ -24,6 +24,7 @@ USERS = {
     "tech.tom": "technologist",
     "ada.admin": "admin",
     "audrey.audit": "auditor",
+    "lee.lockout": "technologist",
 }
 #: A patient name that appears nowhere else in the pages.
 PATIENT_NAME = "Quillfeather^Zebediah"
