@@ -167,7 +167,22 @@ def test_study_page_shows_findings_heatmap_and_records_disagreement(
     src = page.locator("#heatmap").get_attribute("src")
     image = page.request.get(gateway.base_url + src)
     assert image.status == 200 and image.headers["content-type"] == "image/png"
-    assert image.headers["x-overread-image-source"] in ("stored-overlay", "computed")
+    # The worker ran with explain: the overlays it stored are what the page shows ...
+    overlays = gateway.app.state.ui.images.stored_overlays(uid)
+    assert overlays, "the worker stored no heatmap overlay"
+    assert page.locator("#shown-finding").inner_text() in overlays
+    assert image.headers["x-overread-image-source"] == "stored-overlay"
+    # ... and a finding without one is explained on demand by the same model.
+    other = next(
+        f
+        for f in page.locator("#findings tbody tr[data-finding]").evaluate_all(
+            "rows => rows.map(r => r.dataset.finding)"
+        )
+        if f not in overlays
+    )
+    computed = page.request.get(f"{gateway.base_url}/studies/{uid}/image.png?finding={other}")
+    assert computed.status == 200 and computed.headers["x-overread-image-source"] == "computed"
+    assert computed.body()[:8] == b"\x89PNG\r\n\x1a\n"
     _shot(page, "study.png")
 
     finding = page.locator("#findings tbody tr[data-finding]").first.get_attribute("data-finding")
@@ -273,13 +288,14 @@ def test_logout_invalidates_the_cookie(gateway: UiGateway, page: Any) -> None:
     _login(page, gateway, "tech.tom")
     [cookie] = [c for c in page.context.cookies() if c["name"] == "overread_session"]
     assert cookie["httpOnly"] and cookie["sameSite"] == "Strict"
-    with httpx.Client(base_url=gateway.base_url, follow_redirects=False) as client:
-        before = client.get("/", cookies={"overread_session": cookie["value"]})
+    copied = {"overread_session": cookie["value"]}
+    with httpx.Client(base_url=gateway.base_url, follow_redirects=False, cookies=copied) as client:
+        before = client.get("/")
         assert before.status_code == 200
         page.click("#logout")
         page.wait_for_load_state()
         assert page.url.startswith(gateway.base_url + "/login")
-        after = client.get("/", cookies={"overread_session": cookie["value"]})
+        after = client.get("/")
         assert after.status_code == 303 and after.headers["location"].startswith("/login")
     page.goto(gateway.base_url + "/")
     assert page.url.startswith(gateway.base_url + "/login")

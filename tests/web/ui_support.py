@@ -146,15 +146,12 @@ def add_users(service: Any) -> None:
 
 @contextmanager
 def ui_gateway(data_dir: Path, *, artifacts: Any = True, **overrides: Any) -> Iterator[UiGateway]:
-    """A gateway (DICOM listener, one worker, SQLite) with the UI on a free port."""
-    from fastapi import FastAPI
-
+    """A gateway (DICOM listener, one worker, SQLite) with its web app on a free port."""
     from overread.config import Settings
     from overread.service.config import service_config
     from overread.service.http import HttpServer
     from overread.service.server import Service
-    from overread.web.context import WebContext
-    from overread.web.ui import install_ui
+    from overread.web.app import create_app
 
     values: dict[str, Any] = {
         "dicom_port": 0,
@@ -173,8 +170,7 @@ def ui_gateway(data_dir: Path, *, artifacts: Any = True, **overrides: Any) -> It
     server = None
     try:
         add_users(service)
-        app = FastAPI()
-        install_ui(app, WebContext.for_service(service))
+        app = create_app(service)  # the REST API and the UI, as ``overread serve`` runs them
         server = HttpServer(app, "127.0.0.1", 0)
         port = server.start()
         yield UiGateway(service, server, app, f"http://127.0.0.1:{port}", data_dir)
