@@ -1,6 +1,14 @@
-"""The gateway benchmarks run and report sane fields (no timing is asserted)."""
+"""The benchmarks run at tiny sizes and report their documented fields (no timing is asserted)."""
 
 from __future__ import annotations
+
+import json
+import math
+import shutil
+import socket
+import sys
+from collections.abc import Callable
+from pathlib import Path
 
 import pytest
 
@@ -8,9 +16,17 @@ from overread.service.bench import benchmark_ingest, benchmark_latency
 
 from .conftest import needs_dcmtk
 
-pytestmark = [pytest.mark.service, needs_dcmtk]
+RunCli = Callable[..., tuple[int, str, str]]
 
 
+def _rabbitmq_up() -> bool:
+    with socket.socket() as sock:
+        sock.settimeout(1)
+        return sock.connect_ex(("127.0.0.1", 5672)) == 0
+
+
+@pytest.mark.service
+@needs_dcmtk
 def test_ingest_benchmark_reports_both_receivers() -> None:
     result = benchmark_ingest(files=3, size=128, repeats=1)
     assert result["files"] == 3
@@ -20,8 +36,113 @@ def test_ingest_benchmark_reports_both_receivers() -> None:
 
 
 @pytest.mark.slow
+@pytest.mark.service
+@needs_dcmtk
 def test_latency_benchmark_times_studies_end_to_end() -> None:
     pytest.importorskip("overread.service.outputs")
     result = benchmark_latency(studies=2, size=256, warmup=0)
     assert result["studies"] == 2
     assert 0 < result["p50_s"] <= result["p95_s"] <= result["max_s"]
+
+
+@pytest.mark.service
+@needs_dcmtk
+def test_bench_ingest_cli_compares_one_and_several_associations(run_cli: RunCli) -> None:
+    status, out, _ = run_cli(
+        "bench", "ingest", "--files", "3", "--size", "128", "--associations", "2",
+        "--repeats", "1", "--json",
+    )  # fmt: skip
+    assert status == 0
+    result = json.loads(out)
+    assert [c["associations"] for c in result["cases"]] == [1, 2]
+    for case in result["cases"]:
+        assert case["runs"] == 1
+        for name in ("storescp", "overread_fsync"):
+            assert case[name]["mb_s"] > 0 and case[name]["instances_s"] > 0
+            # 3 files of 128 x 128 x 2 bytes (plus header) per run
+            assert case[name]["mb_s"] / case[name]["instances_s"] == pytest.approx(
+                result["mb_per_file"]
+            )
+        assert case["ratio"] == pytest.approx(
+            case["overread_fsync"]["mb_s"] / case["storescp"]["mb_s"]
+        )
+    assert result["ratio_1"] == result["cases"][0]["ratio"]
+    assert result["machine"]["cores"] >= 1
+
+
+def test_bench_stats_cli_times_bootstrap_and_delong(run_cli: RunCli) -> None:
+    status, out, _ = run_cli(
+        "bench", "stats", "--sizes", "2000,1000", "--resamples", "20", "--json"
+    )
+    assert status == 0
+    result = json.loads(out)
+    assert [row["n"] for row in result["sizes"]] == [1000, 2000]
+    for row in result["sizes"]:
+        assert row["patients"] == row["n"] // 2
+        assert row["bootstrap_s"] > 0 and row["delong_ci_s"] > 0
+        assert row["bootstrap_resamples"] == 20
+        assert 0.5 < row["auc"] < 1.0  # the scores are informative by construction
+        assert row["bootstrap_ci_width"] > 0
+
+
+def test_bench_cli_refuses_bad_lists(run_cli: RunCli) -> None:
+    status, _, err = run_cli("bench", "stats", "--sizes", "10k")
+    assert status == 2 and "--sizes" in err
+    status, _, err = run_cli("bench", "e2e", "--rates", "0", "--json")
+    assert status == 2 and "--rates" in err
+
+
+@pytest.mark.slow
+@pytest.mark.service
+@needs_dcmtk
+def test_bench_e2e_cli_reports_latency_stages_and_ratios(run_cli: RunCli) -> None:
+    pytest.importorskip("overread.service.outputs")
+    status, out, _ = run_cli(
+        "bench", "e2e", "--studies", "2", "--rates", "4", "--workers", "1",
+        "--sizes", "256", "--stable-wait", "0.5", "--stable-studies", "1",
+        "--ingest-files", "2", "--max-seconds", "240", "--json",
+    )  # fmt: skip
+    assert status == 0
+    result = json.loads(out)
+    for key in ("p50_s", "p95_s", "stable_wait_s", "overhead_fraction", "ingest_ratio_vs_dcmtk"):
+        assert isinstance(result[key], float) and math.isfinite(result[key]), key
+    assert 0 < result["p50_s"] <= result["p95_s"]
+    # The stable-age run waited at least the configured time, and the timed runs did not.
+    assert result["stable_wait_s"] >= 0.5
+    assert result["latency"][0]["stages"]["mean_s"]["assembly_wait"] < 0.5
+    assert 0 < result["overhead_fraction"] < 1
+    assert result["ingest_ratio_vs_dcmtk"] > 0
+    latency = result["latency"][0]
+    assert latency["completed"] == latency["sent"] == 2 and latency["failed"] == 0
+    stages = latency["stages"]
+    assert stages["studies"] == 2
+    assert sum(stages["mean_s"].values()) == pytest.approx(stages["mean_total_s"], rel=0.05)
+    assert all(v >= 0 for v in stages["mean_s"].values())
+    assert stages["mean_s"]["model_forward"] > 0
+    [saturation] = result["saturation"]
+    assert saturation["workers"] == 1 and saturation["completed"] == 2
+    assert saturation["studies_per_s"] > 0
+
+
+@pytest.mark.slow
+@pytest.mark.service
+@needs_dcmtk
+def test_bench_e2e_on_celery_and_postgresql(run_cli: RunCli) -> None:
+    pytest.importorskip("overread.service.outputs")
+    pytest.importorskip("celery")
+    pytest.importorskip("psycopg")
+    if not _rabbitmq_up():
+        pytest.skip("RabbitMQ on 127.0.0.1:5672 is not reachable")
+    if shutil.which("overread", path=str(Path(sys.executable).parent)) is None:
+        pytest.skip("the overread command is not installed beside this Python")
+    status, out, _ = run_cli(
+        "bench", "e2e", "--backend", "celery", "--studies", "2", "--rates", "4",
+        "--workers", "1", "--sizes", "256", "--stable-studies", "0",
+        "--ingest-files", "2", "--max-seconds", "240", "--json",
+    )  # fmt: skip
+    assert status == 0
+    result = json.loads(out)
+    assert result["latency"][0]["backend"] == "celery"
+    assert result["latency"][0]["completed"] == 2
+    assert result["saturation"][0]["completed"] == 2
+    assert 0 < result["p50_s"] <= result["p95_s"]

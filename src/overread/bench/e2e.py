@@ -716,7 +716,10 @@ def benchmark_e2e(options: E2EOptions, *, progress: Progress | None = None) -> d
                     "assembly_wait", float("nan")
                 )
         else:
-            result["skipped"].append("stable-wait run: --max-seconds reached")
+            result["skipped"].append(
+                "stable-wait run: "
+                + ("--stable-studies 0" if options.stable_studies == 0 else "--max-seconds reached")
+            )
             result["stable_wait_s"] = float("nan")
         # A short side-by-side ingest run.
         if time.monotonic() < deadline:

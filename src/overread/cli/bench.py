@@ -2,13 +2,29 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
+import math
+import shlex
+import sys
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
 
 import typer
 from rich.console import Console
+from rich.progress import (
+    BarColumn,
+    MofNCompleteColumn,
+    Progress,
+    TaskID,
+    TextColumn,
+    TimeElapsedColumn,
+)
 from rich.table import Table
 
 from overread.cli.app import app
+from overread.errors import ConfigError
 
 bench_app = typer.Typer(
     help="Benchmarks (measured, never asserted in tests).", no_args_is_help=True
@@ -111,3 +127,324 @@ def bench_inference(
                 _fmt(row["max_prob_diff_vs_fp32"], 4),
             )
         console.print(study)
+
+
+# -- gateway benchmarks: e2e, ingest, stats -------------------------------------------------
+DOCS_PATH = Path("docs/benchmarks.md")
+
+
+def _check_docs(append: bool) -> None:
+    """Refuse ``--append-docs`` before a long run when the docs file is not where it goes."""
+    if append and not DOCS_PATH.is_file():
+        raise ConfigError(f"--append-docs: {DOCS_PATH} not found; run from the repository root")
+
+
+def _floats(text: str, option: str) -> tuple[float, ...]:
+    try:
+        values = tuple(float(x) for x in text.split(",") if x.strip())
+    except ValueError:
+        raise ConfigError(f"{option} {text!r}: expected comma-separated numbers") from None
+    if not values:
+        raise ConfigError(f"{option} is empty")
+    return values
+
+
+def _ints(text: str, option: str) -> tuple[int, ...]:
+    values = _floats(text, option)
+    if any(v != int(v) for v in values):
+        raise ConfigError(f"{option} {text!r}: expected whole numbers")
+    return tuple(int(v) for v in values)
+
+
+def _command_line() -> str:
+    return "overread " + " ".join(shlex.quote(a) for a in sys.argv[1:])
+
+
+@contextlib.contextmanager
+def _progress(enabled: bool) -> Iterator[Callable[[str, int, int], None]]:
+    """A rich progress display with one bar per task name (nothing when disabled)."""
+    if not enabled:
+        yield lambda _task, _done, _total: None
+        return
+    bars: dict[str, TaskID] = {}
+    with Progress(
+        TextColumn("{task.description}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TimeElapsedColumn(),
+        console=Console(stderr=True),
+        transient=False,
+    ) as progress:
+
+        def update(task: str, done: int, total: int) -> None:
+            if task not in bars:
+                bars[task] = progress.add_task(task, total=total)
+            progress.update(bars[task], completed=done, total=total)
+
+        yield update
+
+
+def _ms(value: float | None) -> str:
+    if value is None or not math.isfinite(value):
+        return "n/a"
+    return f"{value * 1000:.0f}"
+
+
+def _e2e_tables(result: dict[str, Any]) -> list[Table]:
+    from overread.bench.e2e import STAGES
+
+    latency = Table(title="C-STORE start -> SR complete at the PACS (stable wait excluded)")
+    for column in ("backend", "rate /s", "workers", "done", "p50 ms", "p95 ms", "p99 ms", "max ms"):
+        latency.add_column(column, justify="left" if column == "backend" else "right")
+    for row in result["latency"]:
+        latency.add_row(
+            row["backend"],
+            f"{row['rate_per_s']:g}",
+            str(row["workers"]),
+            f"{row['completed']}/{row['sent']}",
+            _ms(row["p50_s"]),
+            _ms(row["p95_s"]),
+            _ms(row["p99_s"]),
+            _ms(row["max_s"]),
+        )
+    saturation = Table(title="Throughput at saturation (all studies sent at once)")
+    for column in ("backend", "workers", "done", "studies/s", "studies/day", "p50 ms", "p95 ms"):
+        saturation.add_column(column, justify="left" if column == "backend" else "right")
+    for row in result["saturation"]:
+        saturation.add_row(
+            row["backend"],
+            str(row["workers"]),
+            f"{row['completed']}/{row['studies']}",
+            _fmt(row["studies_per_s"]),
+            f"{row['studies_per_day']:,.0f}" if math.isfinite(row["studies_per_day"]) else "n/a",
+            _ms(row.get("p50_s")),
+            _ms(row.get("p95_s")),
+        )
+    stages = Table(title="Mean time per stage, ms (share of end to end)")
+    stages.add_column("stage")
+    runs = [(f"{r['backend']} {r['rate_per_s']:g}/s", r["stages"]) for r in result["latency"]] + [
+        (f"{r['backend']} sat x{r['workers']}", r["stages"]) for r in result["saturation"]
+    ]
+    if "stable" in result:
+        runs.append(("stable wait", result["stable"]["stages"]))
+    for name, _ in runs:
+        stages.add_column(name, justify="right")
+    for stage in (*STAGES, "total"):
+        cells = []
+        for _, data in runs:
+            if stage == "total":
+                cells.append(_ms(data.get("mean_total_s")))
+            elif stage in data.get("mean_s", {}):
+                cells.append(f"{_ms(data['mean_s'][stage])} ({data['share'][stage] * 100:.0f}%)")
+            else:
+                cells.append("n/a")
+        stages.add_row(stage, *cells)
+    summary = Table(show_header=False, title="summary")
+    summary.add_column("measure")
+    summary.add_column("value", justify="right")
+    summary.add_row(
+        "p50 / p95 at the lowest rate (s)",
+        f"{_fmt(result['p50_s'], 3)} / {_fmt(result['p95_s'], 3)}",
+    )
+    summary.add_row("stable_wait_s (measured)", _fmt(result.get("stable_wait_s"), 3))
+    summary.add_row(
+        "overhead_fraction (not the forward pass)", _fmt(result["overhead_fraction"], 3)
+    )
+    summary.add_row("ingest_ratio_vs_dcmtk (1 association)", _fmt(result["ingest_ratio_vs_dcmtk"]))
+    summary.add_row(
+        "phantom image sizes (MB of pixels)", ", ".join(f"{x:g}" for x in result["image_mb"])
+    )
+    if result["skipped"]:
+        summary.add_row("skipped", "; ".join(result["skipped"]))
+    return [latency, saturation, stages, summary]
+
+
+def _markdown(table: Table) -> str:
+    """A rich table as a Markdown table (for --append-docs)."""
+    headers = [str(c.header) for c in table.columns]
+    cells = [list(c.cells) for c in table.columns]
+    lines = []
+    if table.title:
+        lines.append(f"{table.title}:\n")
+    if table.show_header:
+        lines.append("| " + " | ".join(headers) + " |")
+    else:
+        lines.append("| " + " | ".join(" " for _ in headers) + " |")
+    lines.append("| " + " | ".join("---" if i == 0 else "---:" for i in range(len(headers))) + " |")
+    for row in zip(*cells, strict=True):
+        lines.append("| " + " | ".join(str(x) for x in row) + " |")
+    return "\n".join(lines) + "\n"
+
+
+def _emit(
+    tables: list[Table], result: dict[str, Any], *, as_json: bool, append: bool, title: str
+) -> None:
+    if as_json:
+        typer.echo(json.dumps(result, indent=2, default=str))
+    else:
+        console = Console()
+        for table in tables:
+            console.print(table)
+    if append:
+        from overread.bench.machine import append_to_docs
+
+        append_to_docs(DOCS_PATH, title, _command_line(), "\n".join(_markdown(t) for t in tables))
+        if not as_json:
+            typer.echo(f"appended to {DOCS_PATH}")
+
+
+@bench_app.command("e2e")
+def bench_e2e(
+    studies: int = typer.Option(30, "--studies", min=1, help="Timed studies per rate and per run."),
+    rates: str = typer.Option("0.5,1,2", "--rates", help="Arrival rates, studies/s (comma list)."),
+    workers: str = typer.Option("1,2,4", "--workers", help="Worker counts at saturation."),
+    backend: str = typer.Option(
+        "embedded", "--backend", help="embedded (SQLite), celery (PostgreSQL+RabbitMQ), or both."
+    ),
+    arrival: str = typer.Option("poisson", "--arrival", help="poisson or fixed intervals."),
+    sizes: str = typer.Option("2000,2500,3000", "--sizes", help="Phantom detector sizes, px."),
+    stable_wait: float = typer.Option(2.0, "--stable-wait", min=0.1, help="Stable-age wait, s."),
+    stable_studies: int = typer.Option(5, "--stable-studies", min=0, help="Studies in that run."),
+    ingest_files: int = typer.Option(12, "--ingest-files", min=1, help="Files in the ingest run."),
+    max_seconds: float = typer.Option(1200.0, "--max-seconds", min=10, help="Bound on the run."),
+    model: str | None = typer.Option(None, "--model", "-m", help="Model alias (default route's)."),
+    as_json: bool = typer.Option(False, "--json", help="Print the whole result as JSON."),
+    append_docs: bool = typer.Option(False, "--append-docs", help="Append to docs/benchmarks.md."),
+) -> None:
+    """Phantom CXR by storescu -> in-process gateway -> SR at a storescp PACS: latency, throughput, stages."""
+    _check_docs(append_docs)
+    from overread.bench.e2e import E2EOptions, benchmark_e2e
+
+    backends = tuple(b.strip() for b in backend.split(",") if b.strip())
+    options = E2EOptions(
+        studies=studies,
+        rates=_floats(rates, "--rates"),
+        workers=_ints(workers, "--workers"),
+        backends=backends,
+        arrival=arrival,
+        sizes=_ints(sizes, "--sizes"),
+        stable_wait_s=stable_wait,
+        stable_studies=stable_studies,
+        ingest_files=ingest_files,
+        max_seconds=max_seconds,
+        model=model,
+    )
+    options.validate()
+    with _progress(not as_json) as update:
+        result = benchmark_e2e(options, progress=update)
+    _emit(
+        _e2e_tables(result), result, as_json=as_json, append=append_docs, title="Gateway end to end"
+    )
+
+
+def _ingest_table(result: dict[str, Any]) -> Table:
+    table = Table(
+        title=f"Ingest of {result['files']} x {result['mb_per_file']:.1f} MB, side by side "
+        "(best of the alternating runs; median in brackets)"
+    )
+    for column in ("receiver", "associations", "MB/s", "instances/s", "vs storescp"):
+        table.add_column(column, justify="left" if column == "receiver" else "right")
+    for case in result["cases"]:
+        for name, label in (
+            ("storescp", "DCMTK storescp (no fsync)"),
+            ("overread_fsync", "overread SCP (fsync + commit)"),
+        ):
+            row = case[name]
+            table.add_row(
+                label,
+                str(case["associations"]),
+                f"{row['mb_s']:.1f} ({row['mb_s_median']:.1f})",
+                f"{row['instances_s']:.1f} ({row['instances_s_median']:.1f})",
+                "1.00x"
+                if name == "storescp"
+                else f"{case['ratio']:.2f}x ({case['ratio_median']:.2f}x)",
+            )
+    return table
+
+
+@bench_app.command("ingest")
+def bench_ingest(
+    files: int = typer.Option(40, "--files", min=1, help="Files sent per run."),
+    size: int = typer.Option(1600, "--size", min=64, help="Image side in pixels (1600: 5 MB)."),
+    associations: int = typer.Option(4, "--associations", min=1, help="The concurrent case."),
+    repeats: int = typer.Option(3, "--repeats", min=1, help="Alternating runs per receiver."),
+    max_seconds: float = typer.Option(300.0, "--max-seconds", min=1, help="Stop repeating after."),
+    as_json: bool = typer.Option(False, "--json", help="Print the whole result as JSON."),
+    append_docs: bool = typer.Option(False, "--append-docs", help="Append to docs/benchmarks.md."),
+) -> None:
+    """overread's SCP (fsync'd) vs DCMTK storescp on the same files, 1 and N associations."""
+    _check_docs(append_docs)
+    from overread.bench.ingest import benchmark_ingest_side_by_side
+
+    with _progress(not as_json) as update:
+        result = benchmark_ingest_side_by_side(
+            files=files,
+            size=size,
+            associations=associations,
+            repeats=repeats,
+            max_seconds=max_seconds,
+            progress=lambda task: update(task, 1, 1),
+        )
+    _emit(
+        [_ingest_table(result)], result, as_json=as_json, append=append_docs, title="Gateway ingest"
+    )
+
+
+def _stats_table(result: dict[str, Any]) -> Table:
+    table = Table(
+        title=f"Evaluation statistics (bootstrap: {result['resamples']} patient-level resamples)"
+    )
+    for column in (
+        "predictions",
+        "patients",
+        "bootstrap s",
+        "bootstrap CPU s",
+        "ms/resample",
+        "DeLong CI s",
+        "paired DeLong s",
+        "clustered DeLong s",
+    ):
+        table.add_column(column, justify="right")
+    for row in result["sizes"]:
+        if "skipped" in row:
+            table.add_row(f"{row['n']:,}", row["skipped"], *[""] * 6)
+            continue
+        table.add_row(
+            f"{row['n']:,}",
+            f"{row['patients']:,}",
+            _fmt(row["bootstrap_s"]),
+            _fmt(row["bootstrap_cpu_s"]),
+            _fmt(row["bootstrap_ms_per_resample"]),
+            _fmt(row["delong_ci_s"], 3),
+            _fmt(row["delong_test_s"], 3),
+            _fmt(row["clustered_delong_s"], 3),
+        )
+    return table
+
+
+@bench_app.command("stats")
+def bench_stats(
+    sizes: str = typer.Option("10000,100000,1000000", "--sizes", help="Predictions (comma list)."),
+    resamples: int = typer.Option(1000, "--resamples", min=10, help="Bootstrap resamples."),
+    max_seconds: float = typer.Option(600.0, "--max-seconds", min=1, help="Skip sizes past this."),
+    as_json: bool = typer.Option(False, "--json", help="Print the whole result as JSON."),
+    append_docs: bool = typer.Option(False, "--append-docs", help="Append to docs/benchmarks.md."),
+) -> None:
+    """Patient-level bootstrap and DeLong speed at 10k / 100k / 1M predictions."""
+    _check_docs(append_docs)
+    from overread.bench.stats import benchmark_stats
+
+    with _progress(not as_json) as update:
+        result = benchmark_stats(
+            sizes=_ints(sizes, "--sizes"),
+            resamples=resamples,
+            max_seconds=max_seconds,
+            progress=lambda task: update(task, 1, 1),
+        )
+    _emit(
+        [_stats_table(result)],
+        result,
+        as_json=as_json,
+        append=append_docs,
+        title="Evaluation statistics",
+    )
