@@ -147,6 +147,12 @@ def test_worklist_is_in_priority_order_and_new_studies_appear_live(
     assert page.evaluate("window.__sameDocument === true")
     assert PATIENT_FAMILY in page.locator(f'tr[data-uid="{uid}"]').inner_text()
     _shot(page, "worklist.png")
+    # Keyboard: j selects the top row, Enter opens it.
+    top = page.locator("#worklist-rows tr[data-uid]").first.get_attribute("data-uid")
+    page.keyboard.press("j")
+    assert page.locator("#worklist-rows tr.selected").get_attribute("data-uid") == top
+    page.keyboard.press("Enter")
+    page.wait_for_url(f"**/studies/{top}")
 
 
 def test_study_page_shows_findings_heatmap_and_records_disagreement(
