@@ -270,3 +270,99 @@ def recent(moment: datetime, within: timedelta = timedelta(minutes=5)) -> bool:
     from overread.service.db import utcnow
 
     return abs(utcnow() - moment) <= within
+
+
+def _median_ms(call: Callable[[], Any], repeats: int) -> float:
+    times = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        call()
+        times.append((time.perf_counter() - start) * 1000)
+    times.sort()
+    return times[len(times) // 2]
+
+
+def measure(rows: int = 2000, repeats: int = 20) -> dict[str, float]:
+    """Median server time (ms) of the main pages, in-process, on a worklist of ``rows``.
+
+    Run: ``python tests/web/ui_support.py --measure`` (see docs/ui.md).
+    """
+    import re
+    import tempfile
+
+    from fastapi.testclient import TestClient
+
+    from overread.service.db import utcnow
+    from overread.triage import StoredFinding, StudyContext, upsert_study
+
+    results: dict[str, float] = {}
+    with tempfile.TemporaryDirectory() as tmp, ui_gateway(Path(tmp) / "data", explain=True) as gw:
+        config = _triage_config(gw)
+        now = utcnow()
+        rng = np.random.default_rng(0)
+        with gw.session() as session:
+            for _ in range(rows):
+                p = rng.random(3)
+                found = [
+                    StoredFinding(label, float(v), bool(v > 0.5), float(1 - abs(v - 0.5) * 2), 0.5)
+                    for label, v in zip(("Pneumothorax", "Edema", "Cardiomegaly"), p, strict=True)
+                ]
+                upsert_study(
+                    session,
+                    generate_uid(),
+                    found,
+                    StudyContext("ED", 60, now - timedelta(minutes=int(rng.integers(0, 600)))),
+                    config,
+                    now=now,
+                )
+        uid = generate_uid()
+        dx = write_dx(Path(tmp) / "one.dcm", study_uid=uid)
+        gw.service.ingestor.ingest_file(dx)
+        gw.service.complete_study(uid)
+        wait_until(lambda: worklist_has(gw, uid), 120, "the model's result")
+        client = TestClient(gw.app, follow_redirects=False)
+        form = client.get("/login").text
+        token = re.search(r'name="csrf_token" value="([^"]+)"', form)
+        assert token is not None
+        client.post(
+            "/login",
+            data={"csrf_token": token.group(1), "username": "dr.grey", "password": PASSWORD},
+        )
+        results["worklist page (50 rows, with patient names)"] = _median_ms(
+            lambda: client.get("/"), repeats
+        )
+        results["worklist refresh fragment"] = _median_ms(
+            lambda: client.get("/worklist/rows"), repeats
+        )
+        results["study page"] = _median_ms(lambda: client.get(f"/studies/{uid}"), repeats)
+        images = gw.app.state.ui.images
+        overlays = images.stored_overlays(uid)
+        label = next(iter(overlays))
+        results["stored overlay PNG, first"] = _median_ms(
+            lambda: client.get(f"/studies/{uid}/image.png?finding={label}"), 1
+        )
+        results["stored overlay PNG, cached"] = _median_ms(
+            lambda: client.get(f"/studies/{uid}/image.png?finding={label}"), repeats
+        )
+        other = next(f for f in ("No Finding", "Fracture", "Pneumothorax") if f not in overlays)
+        results["on-demand heatmap PNG, first"] = _median_ms(
+            lambda: client.get(f"/studies/{uid}/image.png?finding={other}"), 1
+        )
+        with gw.session() as session:
+            from sqlalchemy import func, select
+
+            from overread.audit import AuditEvent
+
+            events = session.scalar(select(func.count()).select_from(AuditEvent))
+        results[f"audit page with verification ({events} records)"] = _median_ms(
+            lambda: client.get("/audit"), 5
+        )
+    return results
+
+
+if __name__ == "__main__":
+    import sys
+
+    if "--measure" in sys.argv:
+        for name, ms in measure().items():
+            print(f"{name}: {ms:.1f} ms")
