@@ -335,3 +335,124 @@ def test_a_different_instance_reusing_a_sop_instance_uid_keeps_the_first(
     [row] = _instances(gw.database)
     assert gw.store.path(row.object_key).read_bytes()[-1000:] == first.read_bytes()[-1000:]
     assert "the first copy is kept" in caplog.text
+
+
+# -- the ingest fast path ----------------------------------------------------------------
+def test_header_check_finds_every_truncation_of_the_pixel_data(
+    dx_factory: Callable[..., Path],
+) -> None:
+    from overread.errors import InvalidDicomError
+    from overread.service.ingest import read_header
+
+    data = dx_factory().read_bytes()
+    header = read_header(data)
+    assert header.modality == "DX" and header.sop_instance_uid
+    pixel_start = data.rindex(b"\xe0\x7f\x10\x00") + 12  # explicit VR OW: 12-byte header
+    for cut in (pixel_start, pixel_start + 1, len(data) - 1):
+        with pytest.raises(InvalidDicomError, match=r"truncated|not a readable"):
+            read_header(data[:cut])
+
+
+def test_header_check_parses_elements_after_the_pixel_data(
+    dx_factory: Callable[..., Path], tmp_path: Path
+) -> None:
+    from overread.errors import InvalidDicomError
+    from overread.service.ingest import read_header
+
+    ds = pydicom.dcmread(dx_factory())
+    ds.add_new(0xFFFCFFFC, "OB", b"\x00" * 16)  # Data Set Trailing Padding
+    path = tmp_path / "padded.dcm"
+    ds.save_as(path, enforce_file_format=True)
+    data = path.read_bytes()
+    assert read_header(data).sop_instance_uid == ds.SOPInstanceUID
+    # A Pixel Data length that runs into the trailing element is still caught.
+    with pytest.raises(InvalidDicomError):
+        read_header(data[:-30])
+
+
+def test_header_check_reads_implicit_vr_files(
+    dx_factory: Callable[..., Path], tmp_path: Path
+) -> None:
+    from pydicom.uid import ImplicitVRLittleEndian
+
+    from overread.errors import InvalidDicomError
+    from overread.service.ingest import read_header
+
+    ds = pydicom.dcmread(dx_factory())
+    ds.file_meta.TransferSyntaxUID = ImplicitVRLittleEndian
+    path = tmp_path / "implicit.dcm"
+    ds.save_as(path, implicit_vr=True, little_endian=True, enforce_file_format=True)
+    data = path.read_bytes()
+    assert read_header(data).transfer_syntax_uid == ImplicitVRLittleEndian
+    with pytest.raises(InvalidDicomError, match="truncated"):
+        read_header(data[:-100])
+
+
+def test_concurrent_rows_are_committed_together_and_each_caller_waits_for_its_own() -> None:
+    from overread.service.ingest import _GroupCommit, _PendingRow
+
+    batches: list[list[str]] = []
+    first_batch_entered = threading.Event()
+    release_first = threading.Event()
+
+    def write(rows: object) -> None:
+        names = [r.key for r in rows]  # type: ignore[attr-defined]
+        if "bad" in names and len(names) == 1:
+            raise ValueError("bad row")
+        if "bad" in names:
+            raise ValueError("batch with a bad row")
+        batches.append(names)
+        if len(batches) == 1:
+            first_batch_entered.set()
+            assert release_first.wait(10)
+
+    group = _GroupCommit(write)
+    outcomes: dict[str, str] = {}
+
+    def ingest(key: str) -> None:
+        row = _PendingRow(None, key, "", 0, "AE", "")  # type: ignore[arg-type]
+        try:
+            group.commit(row)
+            outcomes[key] = (
+                "committed" if key in [k for batch in batches for k in batch] else "not written"
+            )
+        except ValueError as exc:
+            outcomes[key] = str(exc)
+
+    first = threading.Thread(target=ingest, args=("a",))
+    first.start()
+    assert first_batch_entered.wait(10)
+    others = [threading.Thread(target=ingest, args=(k,)) for k in ("b", "c", "bad")]
+    for thread in others:
+        thread.start()
+    deadline = time.monotonic() + 10
+    while len(group._pending) < 3 and time.monotonic() < deadline:
+        time.sleep(0.005)
+    assert "b" not in outcomes  # nobody returns before its row is written
+    release_first.set()
+    for thread in (first, *others):
+        thread.join(10)
+    # "a" alone; then b, c and bad together, which failed and were written one by one.
+    assert batches[0] == ["a"]
+    assert sorted(k for batch in batches[1:] for k in batch) == ["b", "c"]
+    assert outcomes == {"a": "committed", "b": "committed", "c": "committed", "bad": "bad row"}
+
+
+def test_twelve_concurrent_senders_are_each_acknowledged_after_their_own_commit(
+    make_gateway: Callable[..., Gateway], dx_factory: Callable[..., Path]
+) -> None:
+    gw = make_gateway()
+    files = [dx_factory() for _ in range(12)]
+    results: list[int] = []
+    threads = [
+        threading.Thread(target=lambda f=f: results.append(_storescu(gw.port, f).returncode))
+        for f in files
+    ]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(60)
+    assert results == [0] * 12
+    rows = _instances(gw.database)
+    assert len(rows) == 12 and all(gw.store.exists(r.object_key) for r in rows)
+    assert all(stored and row for _, stored, row in gw.stored_seen)  # durable before success
