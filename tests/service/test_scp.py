@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import logging
+import shutil
 import subprocess
 import threading
 import time
@@ -215,7 +216,7 @@ def test_disk_failure_answers_out_of_resources(
     gw = make_gateway()
     # The store's directory is replaced by a plain file: every write fails with an
     # OSError (as on a full or read-only disk), even for root.
-    gw.store.root.rmdir()
+    shutil.rmtree(gw.store.root)
     gw.store.root.write_bytes(b"")
     ae = AE(ae_title="MODALITY")
     ae.add_requested_context("1.2.840.10008.5.1.4.1.1.1.1", "1.2.840.10008.1.2.1")

@@ -151,6 +151,10 @@ class StorageSCP:
                 f"cannot listen for DICOM on {self.config.dicom_host}:{self.config.dicom_port}: {exc}"
             ) from None
         port = int(self._server.server_address[1])
+        try:
+            self.ingestor.store.prepare()
+        except OSError as exc:  # every C-STORE will answer 0xA700 until this is fixed
+            logger.error("object store %s is not writable: %s", self.ingestor.store.root, exc)
         logger.info("DICOM SCP %s listening on port %d", self.config.ae_title, port)
         return port
 

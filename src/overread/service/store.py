@@ -66,8 +66,17 @@ class ObjectStore:
         self._prepared = False
         self._lock = threading.Lock()
 
-    def _prepare(self) -> None:
-        """Create the 256 prefix directories and make their names durable, once."""
+    def prepare(self) -> None:
+        """Create the 256 prefix directories and make their names durable, once.
+
+        :meth:`put` does it on first use; a receiver calls it when it starts so the
+        first instances do not wait for it.
+
+        Raises
+        ------
+        OSError
+            If the directories cannot be created (read-only or full disk).
+        """
         with self._lock:
             if self._prepared:
                 return
@@ -119,7 +128,7 @@ class ObjectStore:
             if os.stat(final).st_size == len(data):
                 return StoredObject(key, digest, len(data), final, created=False)
         if not self._prepared:
-            self._prepare()
+            self.prepare()
         directory = final.parent
         tmp_name = directory / f".tmp-{os.getpid()}-{threading.get_ident()}-{next(self._names)}"
         try:
