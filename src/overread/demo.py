@@ -199,6 +199,17 @@ class CohortStudy:
     files: tuple[Path, ...]
 
 
+def end_process(process: subprocess.Popen[Any], grace: float = 10.0) -> None:
+    """SIGTERM a child still running, SIGKILL it after ``grace`` seconds, and reap it."""
+    if process.poll() is None:
+        process.terminate()
+        try:
+            process.wait(grace)
+        except subprocess.TimeoutExpired:
+            process.kill()
+    process.wait()
+
+
 # -- the cohort -------------------------------------------------------------------------
 def cohort_dir(data_dir: Path, *, seed: int, studies: int, size: int, sites: int = 4) -> Path:
     """Where the cohort for these parameters is kept (reused once complete)."""
@@ -313,13 +324,8 @@ class CohortFeed:
 
     def stop(self) -> None:
         """End the generator, if still running, and wait for it."""
-        if self._process is not None and self._process.poll() is None:
-            self._process.terminate()
-            try:
-                self._process.wait(10)
-            except subprocess.TimeoutExpired:
-                self._process.kill()
-                self._process.wait()
+        if self._process is not None:
+            end_process(self._process)
         if self._reader is not None:
             self._reader.join(5)
         if self._log is not None:
@@ -484,8 +490,7 @@ class StorescpPacs:
                     self.process, self.port = process, port
                     return port
                 time.sleep(0.02)
-            process.kill()  # the port was taken meanwhile, or it never listened
-            process.wait()
+            end_process(process, grace=0)  # the port was taken meanwhile, or it never listened
         raise ConfigError(f"{self.executable} did not start listening on a loopback port")
 
     def counts(self) -> PacsCounts:
@@ -500,16 +505,9 @@ class StorescpPacs:
 
     def stop(self) -> None:
         """Stop ``storescp`` and wait for it (idempotent)."""
-        if self.process is None:
-            return
-        if self.process.poll() is None:
-            self.process.terminate()
-            try:
-                self.process.wait(10)
-            except subprocess.TimeoutExpired:
-                self.process.kill()
-                self.process.wait()
-        self.process = None
+        if self.process is not None:
+            end_process(self.process)
+            self.process = None
 
 
 def open_pacs(kind: str, out: Path) -> DemoPacsLike:
@@ -1049,6 +1047,7 @@ __all__ = [
     "DemoModality",
     "DemoOptions",
     "DemoPacs",
+    "DemoPacsLike",
     "DemoProgress",
     "DemoSummary",
     "PacsCounts",
@@ -1058,6 +1057,7 @@ __all__ = [
     "check_port_free",
     "cohort_dir",
     "cohort_studies",
+    "end_process",
     "final_checks",
     "find_dcmtk_storescp",
     "open_pacs",

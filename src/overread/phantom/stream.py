@@ -63,11 +63,8 @@ def main(argv: list[str] | None = None) -> int:
         description="Generate a phantom cohort, printing a JSON line per study as it is written.",
     )
     parser.add_argument("out_dir")
-    parser.add_argument("--n", type=int, required=True)
-    parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--size", type=int, default=1024)
-    parser.add_argument("--sites", type=int, default=4)
-    parser.add_argument("--workers", type=int, default=1)
+    for option, default in (("n", None), ("seed", 0), ("size", 1024), ("sites", 4), ("workers", 1)):
+        parser.add_argument(f"--{option}", type=int, default=default, required=default is None)
     args = parser.parse_args(argv)
     try:
         stream_cohort(
