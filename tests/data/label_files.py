@@ -5,6 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from overread.findings import CHEXPERT_LABELS
+from overread.phantom.cohort import KEY_COLUMNS
 
 
 def chexpert_row(path: str, values: dict[str, str], sex: str = "Female", age: str = "60") -> str:
@@ -15,19 +16,8 @@ def chexpert_row(path: str, values: dict[str, str], sex: str = "Female", age: st
 
 CHEXPERT_HEADER = "Path,Sex,Age,Frontal/Lateral,AP/PA," + ",".join(CHEXPERT_LABELS)
 
-PHANTOM_EXTRA = [
-    "PatientID",
-    "StudyInstanceUID",
-    "SeriesInstanceUID",
-    "SOPInstanceUID",
-    "StudyDate",
-    "AccessionNumber",
-    "Site",
-    "Station",
-    "Manufacturer",
-    "Department",
-    "Group",
-]
+#: The phantom's key columns, after the labels in labels.csv and first in truth.csv.
+PHANTOM_EXTRA = list(KEY_COLUMNS)
 
 
 def write_dx(path: Path, pixels, photometric: str = "MONOCHROME2", patient_id: str = "PAT") -> Path:  # type: ignore[no-untyped-def]
@@ -72,8 +62,7 @@ def write_phantom_cohort(
     import numpy as np
 
     root.mkdir(parents=True, exist_ok=True)
-    header = "Path,Sex,Age,Frontal/Lateral,AP/PA," + ",".join(CHEXPERT_LABELS)
-    header += "," + ",".join(PHANTOM_EXTRA)
+    header = CHEXPERT_HEADER + "," + ",".join(PHANTOM_EXTRA)
     truth_header = "Path," + ",".join(PHANTOM_EXTRA) + ",Sex,Age," + ",".join(CHEXPERT_LABELS)
     noisy_values = ["1.0", "0.0", "-1.0", ""]
     labels_lines = [header]

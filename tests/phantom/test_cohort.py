@@ -17,23 +17,10 @@ from overread.findings import CHEXPERT_LABELS
 from overread.phantom import LABELS_COLUMNS, CohortSummary, generate_cohort
 
 EXPECTED_LABELS_HEADER = [
-    "Path",
-    "Sex",
-    "Age",
-    "Frontal/Lateral",
-    "AP/PA",
+    *["Path", "Sex", "Age", "Frontal/Lateral", "AP/PA"],
     *CHEXPERT_LABELS,
-    "PatientID",
-    "StudyInstanceUID",
-    "SeriesInstanceUID",
-    "SOPInstanceUID",
-    "StudyDate",
-    "AccessionNumber",
-    "Site",
-    "Station",
-    "Manufacturer",
-    "Department",
-    "Group",
+    *["PatientID", "StudyInstanceUID", "SeriesInstanceUID", "SOPInstanceUID", "StudyDate"],
+    *["AccessionNumber", "Site", "Station", "Manufacturer", "Department", "Group"],
 ]
 
 
