@@ -4,11 +4,14 @@ from __future__ import annotations
 
 import getpass
 import sys
+from collections.abc import Iterator
+from contextlib import contextmanager
 from datetime import timedelta
 from pathlib import Path
 
 import typer
 from sqlalchemy import select
+from sqlalchemy.orm import Session
 
 from overread.cli.app import app
 from overread.config import load_settings
@@ -34,6 +37,9 @@ DATA_DIR = typer.Option(None, "--data-dir", help="Data directory (default: setti
 DATABASE_URL = typer.Option(None, "--database-url", help="Database URL (default: settings).")
 
 
+NAME = typer.Argument(..., help="User name.")
+
+
 def _database(data_dir: Path | None, database_url: str | None) -> Database:
     overrides: dict[str, object] = {}
     if data_dir is not None:
@@ -45,6 +51,23 @@ def _database(data_dir: Path | None, database_url: str | None) -> Database:
     return database
 
 
+@contextmanager
+def _session(data_dir: Path | None, database_url: str | None) -> Iterator[Session]:
+    """A session on the configured database, committed on success, then closed.
+
+    Account errors (unknown or taken names, short passwords) become one-line errors.
+    """
+    database = _database(data_dir, database_url)
+    try:
+        with database.session() as session:
+            try:
+                yield session
+            except ValueError as exc:
+                raise ConfigError(str(exc)) from None
+    finally:
+        database.dispose()
+
+
 def _operator() -> str:
     try:
         return f"os:{getpass.getuser()}"
@@ -54,7 +77,7 @@ def _operator() -> str:
 
 @users_app.command("add")
 def add(
-    name: str = typer.Argument(..., help="User name."),
+    name: str = NAME,
     role: str = typer.Option(
         ..., "--role", help="radiologist, technologist, admin, auditor or service."
     ),
@@ -70,17 +93,10 @@ def add(
         password = sys.stdin.readline().rstrip("\r\n")
         if not password:
             raise ConfigError("--password-stdin: no password on stdin")
-    database = _database(data_dir, database_url)
-    try:
-        with database.session() as session:
-            try:
-                add_user(session, name, role, password=password, actor=_operator())
-            except ValueError as exc:
-                raise ConfigError(str(exc)) from None
-        kind = "password" if password is not None else "token-only"
-        typer.echo(f"added {name} ({role}, {kind})")
-    finally:
-        database.dispose()
+    with _session(data_dir, database_url) as session:
+        add_user(session, name, role, password=password, actor=_operator())
+    kind = "password" if password is not None else "token-only"
+    typer.echo(f"added {name} ({role}, {kind})")
 
 
 @users_app.command("list")
@@ -89,24 +105,20 @@ def list_(
     database_url: str | None = DATABASE_URL,
 ) -> None:
     """List users, their roles and state."""
-    database = _database(data_dir, database_url)
-    try:
-        with database.session() as session:
-            users = list_users(session)
-            if not users:
-                typer.echo("no users")
-            for user in users:
-                state = "active" if user.active else "disabled"
-                login = "password" if user.password_hash else "token-only"
-                last = user.last_login_at.isoformat() if user.last_login_at else "never"
-                typer.echo(f"{user.username}\t{user.role}\t{state}\t{login}\tlast login {last}")
-    finally:
-        database.dispose()
+    with _session(data_dir, database_url) as session:
+        users = list_users(session)
+        if not users:
+            typer.echo("no users")
+        for user in users:
+            state = "active" if user.active else "disabled"
+            login = "password" if user.password_hash else "token-only"
+            last = user.last_login_at.isoformat() if user.last_login_at else "never"
+            typer.echo(f"{user.username}\t{user.role}\t{state}\t{login}\tlast login {last}")
 
 
 @users_app.command("token")
 def token(
-    name: str = typer.Argument(..., help="User name."),
+    name: str = NAME,
     expires_days: float = typer.Option(90.0, "--expires-days", help="Days until it expires."),
     label: str = typer.Option("", "--label", help="What the token is for."),
     data_dir: Path | None = DATA_DIR,
@@ -115,41 +127,24 @@ def token(
     """Issue an API token for NAME and print it once (only its hash is stored)."""
     if expires_days <= 0:
         raise ConfigError(f"--expires-days must be positive, not {expires_days}")
-    database = _database(data_dir, database_url)
-    try:
-        with database.session() as session:
-            try:
-                value, row = issue_token(
-                    session,
-                    name,
-                    expires_in=timedelta(days=expires_days),
-                    label=label,
-                    actor=_operator(),
-                )
-            except ValueError as exc:
-                raise ConfigError(str(exc)) from None
-            expires = row.expires_at.isoformat() if row.expires_at else "never"
-        typer.echo(value)
-        typer.echo(f"token {row.id} for {name} ({row.role}), expires {expires}", err=True)
-    finally:
-        database.dispose()
+    with _session(data_dir, database_url) as session:
+        value, row = issue_token(
+            session, name, expires_in=timedelta(days=expires_days), label=label, actor=_operator()
+        )
+        expires = row.expires_at.isoformat() if row.expires_at else "never"
+    typer.echo(value)
+    typer.echo(f"token {row.id} for {name} ({row.role}), expires {expires}", err=True)
 
 
 def _set_active(name: str, active: bool, data_dir: Path | None, database_url: str | None) -> None:
-    database = _database(data_dir, database_url)
-    try:
-        with database.session() as session:
-            set_active(session, name, active, actor=_operator())
-        typer.echo(f"{'enabled' if active else 'disabled'} {name}")
-    finally:
-        database.dispose()
+    with _session(data_dir, database_url) as session:
+        set_active(session, name, active, actor=_operator())
+    typer.echo(f"{'enabled' if active else 'disabled'} {name}")
 
 
 @users_app.command("disable")
 def disable(
-    name: str = typer.Argument(..., help="User name."),
-    data_dir: Path | None = DATA_DIR,
-    database_url: str | None = DATABASE_URL,
+    name: str = NAME, data_dir: Path | None = DATA_DIR, database_url: str | None = DATABASE_URL
 ) -> None:
     """Disable a user: logins, web sessions and API tokens stop working at once."""
     _set_active(name, False, data_dir, database_url)
@@ -157,9 +152,7 @@ def disable(
 
 @users_app.command("enable")
 def enable(
-    name: str = typer.Argument(..., help="User name."),
-    data_dir: Path | None = DATA_DIR,
-    database_url: str | None = DATABASE_URL,
+    name: str = NAME, data_dir: Path | None = DATA_DIR, database_url: str | None = DATABASE_URL
 ) -> None:
     """Enable a disabled user again."""
     _set_active(name, True, data_dir, database_url)
@@ -167,50 +160,35 @@ def enable(
 
 @users_app.command("password")
 def password(
-    name: str = typer.Argument(..., help="User name."),
-    data_dir: Path | None = DATA_DIR,
-    database_url: str | None = DATABASE_URL,
+    name: str = NAME, data_dir: Path | None = DATA_DIR, database_url: str | None = DATABASE_URL
 ) -> None:
     """Set a user's password from the first line of stdin; their web sessions end."""
     new_password = sys.stdin.readline().rstrip("\r\n")
     if not new_password:
         raise ConfigError("no password on stdin")
-    database = _database(data_dir, database_url)
-    try:
-        with database.session() as session:
-            try:
-                set_password(session, name, new_password, actor=_operator())
-            except ValueError as exc:
-                raise ConfigError(str(exc)) from None
-        typer.echo(f"password changed for {name}")
-    finally:
-        database.dispose()
+    with _session(data_dir, database_url) as session:
+        set_password(session, name, new_password, actor=_operator())
+    typer.echo(f"password changed for {name}")
 
 
 @users_app.command("tokens")
 def tokens(
-    name: str = typer.Argument(..., help="User name."),
-    data_dir: Path | None = DATA_DIR,
-    database_url: str | None = DATABASE_URL,
+    name: str = NAME, data_dir: Path | None = DATA_DIR, database_url: str | None = DATABASE_URL
 ) -> None:
     """List a user's API tokens (ids, state, expiry; never the tokens themselves)."""
-    database = _database(data_dir, database_url)
-    try:
-        with database.session() as session:
-            user = get_user(session, name)
-            if user is None:
-                raise ConfigError(f"no user called {name!r}")
-            now = utcnow()
-            rows = session.scalars(
-                select(ApiToken).where(ApiToken.user_id == user.id).order_by(ApiToken.id)
-            ).all()
-            for row in rows:
-                expired = row.expires_at is not None and row.expires_at <= now
-                state = "revoked" if row.revoked else ("expired" if expired else "active")
-                expires = row.expires_at.isoformat() if row.expires_at else "never"
-                typer.echo(f"{row.id}\t{row.role}\t{state}\texpires {expires}\t{row.label}")
-    finally:
-        database.dispose()
+    with _session(data_dir, database_url) as session:
+        user = get_user(session, name)
+        if user is None:
+            raise ConfigError(f"no user called {name!r}")
+        now = utcnow()
+        rows = session.scalars(
+            select(ApiToken).where(ApiToken.user_id == user.id).order_by(ApiToken.id)
+        ).all()
+        for row in rows:
+            expired = row.expires_at is not None and row.expires_at <= now
+            state = "revoked" if row.revoked else ("expired" if expired else "active")
+            expires = row.expires_at.isoformat() if row.expires_at else "never"
+            typer.echo(f"{row.id}\t{row.role}\t{state}\texpires {expires}\t{row.label}")
 
 
 @users_app.command("revoke-token")
@@ -220,12 +198,8 @@ def revoke(
     database_url: str | None = DATABASE_URL,
 ) -> None:
     """Revoke one API token at once (e.g. one that leaked)."""
-    database = _database(data_dir, database_url)
-    try:
-        with database.session() as session:
-            if session.get(ApiToken, token_id) is None:
-                raise ConfigError(f"no API token with id {token_id}")
-            revoke_token(session, token_id, actor=_operator())
-        typer.echo(f"revoked token {token_id}")
-    finally:
-        database.dispose()
+    with _session(data_dir, database_url) as session:
+        if session.get(ApiToken, token_id) is None:
+            raise ConfigError(f"no API token with id {token_id}")
+        revoke_token(session, token_id, actor=_operator())
+    typer.echo(f"revoked token {token_id}")
