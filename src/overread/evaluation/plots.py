@@ -43,6 +43,28 @@ def _grid(n: int, size: float = 2.6) -> tuple[Any, list[Any]]:
     return fig, flat[:n]
 
 
+def _label_panels(
+    labels: Sequence[str], truth: FloatArray, metrics: Mapping[str, Any]
+) -> tuple[Any, list[tuple[Any, int, Mapping[str, Any], np.ndarray]]]:
+    """A figure with one titled panel per label.
+
+    Returns the figure and, per label, its axes, its column in ``truth``, its
+    entry in ``metrics["labels"]`` and the mask of rows whose truth is known.
+    """
+    fig, axes = _grid(len(labels))
+    panels = []
+    for j, (ax, name) in enumerate(zip(axes, labels, strict=True)):
+        ax.set_title(name, fontsize=8)
+        ax.tick_params(labelsize=6)
+        panels.append((ax, j, metrics["labels"][name], ~np.isnan(truth[:, j])))
+    return fig, panels
+
+
+def _axis_labels(ax: Any, x: str, y: str) -> None:
+    ax.set_xlabel(x, fontsize=6)
+    ax.set_ylabel(y, fontsize=6)
+
+
 def roc_figure(
     labels: Sequence[str],
     truth: FloatArray,
@@ -53,13 +75,9 @@ def roc_figure(
     n_resamples: int = 200,
 ) -> bytes:
     """ROC curve per label with a patient-level bootstrap 95% band and the operating point."""
-    fig, axes = _grid(len(labels))
-    for j, (ax, name) in enumerate(zip(axes, labels, strict=True)):
-        known = ~np.isnan(truth[:, j])
-        entry = metrics["labels"][name]
+    fig, panels = _label_panels(labels, truth, metrics)
+    for ax, j, entry, known in panels:
         ax.plot([0, 1], [0, 1], color="0.8", lw=0.8)
-        ax.set_title(name, fontsize=8)
-        ax.tick_params(labelsize=6)
         if entry.get("auc") is None:
             ax.text(0.5, 0.5, entry.get("reason", "undefined"), ha="center", fontsize=6, wrap=True)
             continue
@@ -79,8 +97,7 @@ def roc_figure(
         lo, hi = entry["auc_ci"]
         text = f"AUC {entry['auc']:.3f}" + (f"\n({lo:.3f}-{hi:.3f})" if lo is not None else "")
         ax.text(0.98, 0.04, text, ha="right", va="bottom", fontsize=7)
-        ax.set_xlabel("1 - specificity", fontsize=6)
-        ax.set_ylabel("sensitivity", fontsize=6)
+        _axis_labels(ax, "1 - specificity", "sensitivity")
     fig.suptitle("ROC curves, 95% patient-level bootstrap bands; red: operating point", fontsize=9)
     return _png(fig)
 
@@ -89,12 +106,8 @@ def pr_figure(
     labels: Sequence[str], truth: FloatArray, scores: FloatArray, metrics: Mapping[str, Any]
 ) -> bytes:
     """Precision-recall curve per label with prevalence as the no-skill line."""
-    fig, axes = _grid(len(labels))
-    for j, (ax, name) in enumerate(zip(axes, labels, strict=True)):
-        known = ~np.isnan(truth[:, j])
-        entry = metrics["labels"][name]
-        ax.set_title(name, fontsize=8)
-        ax.tick_params(labelsize=6)
+    fig, panels = _label_panels(labels, truth, metrics)
+    for ax, j, entry, known in panels:
         if entry.get("auc") is None:
             continue
         curve = pr_curve(truth[known, j], scores[known, j])
@@ -104,8 +117,7 @@ def pr_figure(
         ax.text(
             0.98, 0.96, f"AP {entry['average_precision']:.3f}", ha="right", va="top", fontsize=7
         )
-        ax.set_xlabel("recall", fontsize=6)
-        ax.set_ylabel("precision", fontsize=6)
+        _axis_labels(ax, "recall", "precision")
     fig.suptitle("Precision-recall curves (dashed: prevalence)", fontsize=9)
     return _png(fig)
 
@@ -114,12 +126,8 @@ def reliability_figure(
     labels: Sequence[str], truth: FloatArray, scores: FloatArray, metrics: Mapping[str, Any]
 ) -> bytes:
     """Reliability diagram per label (15 equal-width bins; marker area ~ count)."""
-    fig, axes = _grid(len(labels))
-    for j, (ax, name) in enumerate(zip(axes, labels, strict=True)):
-        known = ~np.isnan(truth[:, j])
-        entry = metrics["labels"][name]
-        ax.set_title(name, fontsize=8)
-        ax.tick_params(labelsize=6)
+    fig, panels = _label_panels(labels, truth, metrics)
+    for ax, j, entry, known in panels:
         ax.plot([0, 1], [0, 1], color="0.7", lw=0.8, ls="--")
         if entry.get("ece") is None:
             ax.text(
@@ -135,8 +143,7 @@ def reliability_figure(
         ax.plot(bins.mean_predicted, bins.observed, color="tab:purple", lw=1)
         ax.scatter(bins.mean_predicted, bins.observed, s=sizes, color="tab:purple", alpha=0.7)
         ax.text(0.02, 0.96, f"ECE {entry['ece']:.3f}", va="top", fontsize=7)
-        ax.set_xlabel("predicted", fontsize=6)
-        ax.set_ylabel("observed", fontsize=6)
+        _axis_labels(ax, "predicted", "observed")
     fig.suptitle("Reliability diagrams", fontsize=9)
     return _png(fig)
 
