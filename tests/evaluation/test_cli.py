@@ -6,6 +6,7 @@ import base64
 import json
 import re
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pandas as pd
@@ -45,25 +46,46 @@ def prediction_files(tmp_path: Path) -> tuple[Path, Path, Path]:
     return tmp_path / "pred.csv", tmp_path / "labels.csv", tmp_path / "groups.csv"
 
 
-def test_evaluate_from_files_writes_metrics_and_report(run_cli, prediction_files, tmp_path) -> None:
-    pred, labels, groups = prediction_files
-    out = tmp_path / "out"
-    status, stdout, stderr = run_cli(
+def _evaluate(
+    run_cli: Any, pred: Path, labels: Path, out: Path, *options: object, resamples: int = 50
+) -> tuple[int, str, str]:
+    """``overread evaluate`` on the two files, with ``options``, into ``out``."""
+    return run_cli(  # type: ignore[no-any-return]
         "evaluate",
         "--predictions",
         pred,
         "--labels",
         labels,
-        "--groups",
-        groups,
-        "--subgroups",
-        "sex,age,site",
+        *options,
         "--resamples",
-        "300",
-        "--subgroup-resamples",
-        "50",
+        str(resamples),
         "--out",
         out,
+    )
+
+
+def _label_metrics(out: Path) -> dict[str, Any]:
+    """The per-label entries of ``out/metrics.json``."""
+    return json.loads((out / "metrics.json").read_text())["labels"]  # type: ignore[no-any-return]
+
+
+def _set_label(labels: Path, name: str, value: object) -> None:
+    """Overwrite one label column of the labels file."""
+    frame = pd.read_csv(labels)
+    frame[name] = value
+    frame.to_csv(labels, index=False)
+
+
+def test_evaluate_from_files_writes_metrics_and_report(run_cli, prediction_files, tmp_path) -> None:
+    pred, labels, groups = prediction_files
+    out = tmp_path / "out"
+    status, stdout, stderr = _evaluate(
+        run_cli,
+        pred,
+        labels,
+        out,
+        *("--groups", groups, "--subgroups", "sex,age,site", "--subgroup-resamples", "50"),
+        resamples=300,
     )
     assert status == 0, stderr
     metrics = json.loads((out / "metrics.json").read_text())
@@ -99,22 +121,10 @@ def test_evaluate_from_files_writes_metrics_and_report(run_cli, prediction_files
 
 def test_label_with_one_class_is_null_with_reason(run_cli, prediction_files, tmp_path) -> None:
     pred, labels, _ = prediction_files
-    frame = pd.read_csv(labels)
-    frame["Pneumothorax"] = 0
-    frame.to_csv(labels, index=False)
-    status, _, stderr = run_cli(
-        "evaluate",
-        "--predictions",
-        pred,
-        "--labels",
-        labels,
-        "--resamples",
-        "50",
-        "--out",
-        tmp_path / "o",
-    )
+    _set_label(labels, "Pneumothorax", 0)
+    status, _, stderr = _evaluate(run_cli, pred, labels, tmp_path / "o")
     assert status == 0
-    entry = json.loads((tmp_path / "o" / "metrics.json").read_text())["labels"]["Pneumothorax"]
+    entry = _label_metrics(tmp_path / "o")["Pneumothorax"]
     assert entry["auc"] is None and entry["auc_ci"] == [None, None]
     assert "no positive" in entry["reason"]
     assert "Pneumothorax" in stderr and "each row is treated as its own patient" in stderr
@@ -138,23 +148,15 @@ def test_bad_label_value_is_a_one_line_error(run_cli, prediction_files, tmp_path
 def test_given_thresholds_are_applied(run_cli, prediction_files, tmp_path) -> None:
     pred, labels, _ = prediction_files
     (tmp_path / "t.json").write_text(json.dumps({"Edema": 0.5}))
-    status, _, _ = run_cli(
-        "evaluate",
-        "--predictions",
+    status, _, _ = _evaluate(
+        run_cli,
         pred,
-        "--labels",
         labels,
-        "--thresholds",
-        tmp_path / "t.json",
-        "--resamples",
-        "50",
-        "--deployment-prevalence",
-        "0.02",
-        "--out",
         tmp_path / "o",
+        *("--thresholds", tmp_path / "t.json", "--deployment-prevalence", "0.02"),
     )
     assert status == 0
-    entry = json.loads((tmp_path / "o" / "metrics.json").read_text())["labels"]["Edema"]
+    entry = _label_metrics(tmp_path / "o")["Edema"]
     assert entry["threshold"] == 0.5 and "given" in entry["threshold_source"]
     assert entry["deployment"]["prevalence"] == 0.02 and entry["deployment"]["ppv"] < entry["ppv"]
 
@@ -163,35 +165,14 @@ def test_thresholds_chosen_on_validation_are_reused_on_test(
     run_cli, prediction_files, tmp_path
 ) -> None:
     pred, labels, _ = prediction_files
-    status, _, _ = run_cli(
-        "evaluate",
-        "--predictions",
-        pred,
-        "--labels",
-        labels,
-        "--resamples",
-        "50",
-        "--out",
-        tmp_path / "val",
-    )
+    status, _, _ = _evaluate(run_cli, pred, labels, tmp_path / "val")
     assert status == 0
     chosen = json.loads((tmp_path / "val" / "thresholds.json").read_text())
     assert set(chosen) == set(LABELS)
-    status, _, _ = run_cli(
-        "evaluate",
-        "--predictions",
-        pred,
-        "--labels",
-        labels,
-        "--thresholds",
-        tmp_path / "val" / "thresholds.json",
-        "--resamples",
-        "50",
-        "--out",
-        tmp_path / "test",
-    )
+    thresholds = tmp_path / "val" / "thresholds.json"
+    status, _, _ = _evaluate(run_cli, pred, labels, tmp_path / "test", "--thresholds", thresholds)
     assert status == 0
-    test_metrics = json.loads((tmp_path / "test" / "metrics.json").read_text())["labels"]
+    test_metrics = _label_metrics(tmp_path / "test")
     assert {k: v["threshold"] for k, v in test_metrics.items()} == chosen
 
 
@@ -304,20 +285,15 @@ def test_compare_two_prediction_files(run_cli, prediction_files, tmp_path) -> No
     b[LABELS] = np.clip(a[LABELS].to_numpy() + rng.normal(scale=0.3, size=(len(a), 3)), 0, 1)
     b = b.sample(frac=1.0, random_state=1)  # row order must not matter
     b.to_csv(tmp_path / "pred_b.csv", index=False)
-    status, stdout, err = run_cli(
-        "evaluate",
-        "--predictions",
+    status, stdout, err = _evaluate(
+        run_cli,
         pred,
-        "--labels",
         labels,
+        tmp_path / "o",
         "--groups",
         groups,
         "--compare",
         tmp_path / "pred_b.csv",
-        "--resamples",
-        "50",
-        "--out",
-        tmp_path / "o",
     )
     assert status == 0, err
     comparison = json.loads((tmp_path / "o" / "metrics.json").read_text())["comparison"]
@@ -340,20 +316,8 @@ def test_compare_two_prediction_files(run_cli, prediction_files, tmp_path) -> No
 
 def test_label_without_prediction_is_reported(run_cli, prediction_files, tmp_path) -> None:
     pred, labels, _ = prediction_files
-    frame = pd.read_csv(labels)
-    frame["Fracture"] = 0
-    frame.to_csv(labels, index=False)
-    status, _, stderr = run_cli(
-        "evaluate",
-        "--predictions",
-        pred,
-        "--labels",
-        labels,
-        "--resamples",
-        "20",
-        "--out",
-        tmp_path / "o",
-    )
+    _set_label(labels, "Fracture", 0)
+    status, _, stderr = _evaluate(run_cli, pred, labels, tmp_path / "o", resamples=20)
     assert status == 0
     assert "Fracture" in stderr and "no prediction column" in stderr
-    assert "Fracture" not in json.loads((tmp_path / "o" / "metrics.json").read_text())["labels"]
+    assert "Fracture" not in _label_metrics(tmp_path / "o")
