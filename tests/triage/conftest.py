@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import threading
-import uuid
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -18,7 +17,6 @@ from overread.audit import create_tables as create_audit_tables
 from overread.service.db import Database
 
 NOW = datetime(2026, 1, 5, 12, 0, tzinfo=UTC)
-PG_ADMIN = "host=127.0.0.1 port=5432 user=postgres dbname=postgres"
 
 
 @dataclass(frozen=True)
@@ -47,23 +45,13 @@ def db(tmp_path: Path) -> Iterator[Database]:
 
 
 @pytest.fixture(scope="module")
-def pg_db() -> Iterator[Database]:
-    """A fresh PostgreSQL database for the test module, dropped afterwards."""
-    psycopg = pytest.importorskip("psycopg")
-    name = f"overread_triage_{uuid.uuid4().hex[:10]}"
-    try:
-        admin = psycopg.connect(PG_ADMIN, autocommit=True)
-    except psycopg.OperationalError as exc:
-        pytest.skip(f"PostgreSQL on 127.0.0.1:5432 not reachable: {exc}")
-    with admin:
-        admin.execute(f'CREATE DATABASE "{name}"')
-    database = _open(f"postgresql+psycopg://postgres@127.0.0.1:5432/{name}")
+def pg_db(postgres_module_url: str) -> Iterator[Database]:
+    """A fresh PostgreSQL database for the test module (dropped afterwards), tables created."""
+    database = _open(postgres_module_url)
     try:
         yield database
     finally:
         database.dispose()
-        with psycopg.connect(PG_ADMIN, autocommit=True) as admin:
-            admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
 
 
 @dataclass

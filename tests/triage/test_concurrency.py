@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import threading
+from collections.abc import Callable
 
 import pytest
 from sqlalchemy import delete, func, select
@@ -25,34 +26,43 @@ from .conftest import NOW, F, WebhookReceiver
 WORKERS = 4
 
 
-def _race(db: Database, uid: str, duplicates: int = WORKERS - 1) -> None:
-    config = triage_config()
+def _all_at_once(work: Callable[[int], None]) -> None:
+    """Run ``work(0)`` .. ``work(WORKERS - 1)`` in threads released together; re-raise failures."""
     barrier = threading.Barrier(WORKERS)
     errors: list[BaseException] = []
 
-    def work(version: int) -> None:
+    def run(index: int) -> None:
         try:
             barrier.wait(10)
-            with db.session() as session:
-                item = upsert_study(
-                    session,
-                    uid,
-                    [F("Pneumothorax", 0.9, True)],
-                    StudyContext("ED"),
-                    config,
-                    now=NOW,
-                    model_version=str(version),
-                )
-                raise_alerts(session, item, config, now=NOW)
+            work(index)
         except BaseException as exc:
             errors.append(exc)
 
-    threads = [threading.Thread(target=work, args=(v,)) for v in range(WORKERS)]
+    threads = [threading.Thread(target=run, args=(i,)) for i in range(WORKERS)]
     for thread in threads:
         thread.start()
     for thread in threads:
         thread.join(60)
     assert errors == []
+
+
+def _race(db: Database, uid: str, duplicates: int = WORKERS - 1) -> None:
+    config = triage_config()
+
+    def work(version: int) -> None:
+        with db.session() as session:
+            item = upsert_study(
+                session,
+                uid,
+                [F("Pneumothorax", 0.9, True)],
+                StudyContext("ED"),
+                config,
+                now=NOW,
+                model_version=str(version),
+            )
+            raise_alerts(session, item, config, now=NOW)
+
+    _all_at_once(work)
     with db.session() as session:
         rows = session.execute(
             select(func.count())
@@ -89,28 +99,15 @@ def _claims(db: Database, prefix: str) -> None:
                 config,
                 now=NOW,
             )
-    barrier = threading.Barrier(WORKERS)
     claimed: list[str] = []
-    errors: list[BaseException] = []
 
     def work(reader: int) -> None:
-        try:
-            barrier.wait(10)
-            with db.session() as session:
-                item = claim_next(
-                    session, reader=f"dr.{reader}", now=NOW, department=f"ward{prefix}"
-                )
-                assert item is not None
-                claimed.append(item.study_instance_uid)
-        except BaseException as exc:
-            errors.append(exc)
+        with db.session() as session:
+            item = claim_next(session, reader=f"dr.{reader}", now=NOW, department=f"ward{prefix}")
+            assert item is not None
+            claimed.append(item.study_instance_uid)
 
-    threads = [threading.Thread(target=work, args=(r,)) for r in range(WORKERS)]
-    for thread in threads:
-        thread.start()
-    for thread in threads:
-        thread.join(60)
-    assert errors == []
+    _all_at_once(work)
     assert sorted(claimed) == [f"{prefix}.{i}" for i in range(WORKERS)]
 
 
@@ -133,23 +130,12 @@ def _sweepers(db: Database, webhook: WebhookReceiver, prefix: str) -> None:
                 session, f"{prefix}.{i}", [F("Pneumothorax", 0.9)], StudyContext(), config, now=NOW
             )
             raise_alerts(session, item, config, now=NOW)
-    barrier = threading.Barrier(WORKERS)
-    errors: list[BaseException] = []
 
-    def work() -> None:
-        try:
-            barrier.wait(10)
-            with db.session() as session:
-                sweep(session, config, now=NOW)
-        except BaseException as exc:
-            errors.append(exc)
+    def work(_index: int) -> None:
+        with db.session() as session:
+            sweep(session, config, now=NOW)
 
-    threads = [threading.Thread(target=work) for _ in range(WORKERS)]
-    for thread in threads:
-        thread.start()
-    for thread in threads:
-        thread.join(60)
-    assert errors == []
+    _all_at_once(work)
     sent = sorted(m["study_instance_uid"] for m in webhook.received)
     assert sent == [f"{prefix}.{i}" for i in range(3)]
     with db.session() as session:

@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass, replace
-from datetime import UTC, datetime, timedelta
+from dataclasses import replace
+from datetime import timedelta
 
 import pytest
 from hypothesis import given
@@ -12,16 +12,7 @@ from hypothesis import strategies as st
 from overread.findings import CHEXPERT_LABELS
 from overread.triage import ScoreWeights, StudyContext, score_study
 
-NOW = datetime(2026, 1, 5, 12, 0, tzinfo=UTC)
-
-
-@dataclass(frozen=True)
-class F:
-    label: str
-    probability: float
-    positive: bool = False
-    uncertainty: float = 0.0
-
+from .conftest import NOW, F
 
 unit = st.floats(min_value=0.0, max_value=1.0, allow_nan=False)
 labels = st.sampled_from(CHEXPERT_LABELS)
