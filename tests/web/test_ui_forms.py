@@ -225,6 +225,7 @@ def test_unknown_study_and_bad_feedback_give_pages_not_tracebacks(gateway: UiGat
     token = _login(client)
     assert client.get("/studies/1.2.3.4.5").status_code == 404
     assert client.get("/studies/1.2.3.4.5/image.png").status_code == 404
+    assert client.get(f"/studies/{gateway.study}/image.png?finding=Nonsense").status_code == 404  # type: ignore[attr-defined]
     uid = gateway.study  # type: ignore[attr-defined]
     bad = client.post(
         f"/studies/{uid}/feedback",

@@ -32,6 +32,7 @@ from overread.audit import (
     verify_chain,
 )
 from overread.errors import OverreadError
+from overread.findings import CHEXPERT_LABELS
 from overread.security import Permission
 from overread.service.db import JobState, utcnow
 from overread.triage import (
@@ -350,6 +351,8 @@ class UserInterface:
             finding: str = "",
             viewer: Viewer = results_page,
         ) -> Response:
+            if finding and finding not in CHEXPERT_LABELS:
+                return Response(status_code=404, headers={"Cache-Control": "no-store"})
             try:
                 image = self.images.render(study_instance_uid, finding or None)
             except KeyError:
