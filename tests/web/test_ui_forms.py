@@ -6,11 +6,21 @@ import re
 from collections.abc import Iterator
 from pathlib import Path
 
+import pydicom
 import pytest
 from fastapi.testclient import TestClient
+from pydicom.uid import generate_uid
 from sqlalchemy import func, select
 
-from .ui_support import PASSWORD, UiGateway, seed_study, ui_gateway
+from .ui_support import (
+    PASSWORD,
+    PATIENT_FAMILY,
+    PATIENT_ID,
+    UiGateway,
+    seed_study,
+    ui_gateway,
+    write_dx,
+)
 
 CSRF = re.compile(r'name="csrf_token" value="([^"]+)"')
 
@@ -18,8 +28,21 @@ CSRF = re.compile(r'name="csrf_token" value="([^"]+)"')
 @pytest.fixture(scope="module")
 def gateway(tmp_path_factory: pytest.TempPathFactory) -> Iterator[UiGateway]:
     """A gateway with the UI and one critical study on the worklist."""
-    with ui_gateway(tmp_path_factory.mktemp("ui-forms") / "data") as gw:
+    folder = tmp_path_factory.mktemp("ui-forms")
+    # The stored image is never completed and read: the test controls its worklist row.
+    with ui_gateway(folder / "data", stable_seconds=3600) as gw:
         gw.study = seed_study(gw, {"Pneumothorax": 0.9}, department="ED")  # type: ignore[attr-defined]
+        # A stored image (not sent to the model) whose header carries the patient.
+        dx = write_dx(folder / "stored.dcm", study_uid=generate_uid())
+        stored = gw.service.ingestor.ingest_file(dx)
+        header = pydicom.dcmread(dx, stop_before_pixels=True)
+        gw.imaged = seed_study(  # type: ignore[attr-defined]
+            gw,
+            {"Cardiomegaly": 0.6},
+            uid=str(header.StudyInstanceUID),
+            sop_instance_uid=str(header.SOPInstanceUID),
+        )
+        assert stored is not None
         yield gw
 
 
@@ -246,3 +269,49 @@ def test_logout_ends_the_session(gateway: UiGateway, tmp_path: Path) -> None:
     replay = _client(gateway)
     replay.cookies.set("overread_session", cookie)
     assert replay.get("/admin/jobs").status_code == 303
+
+
+def test_patient_identity_only_for_roles_with_view_phi(gateway: UiGateway) -> None:
+    uid = gateway.imaged  # type: ignore[attr-defined]
+    radiologist, admin = _client(gateway), _client(gateway)
+    _login(radiologist)
+    _login(admin, "ada.admin")
+    for path in ("/?state=all", "/worklist/rows?state=all", f"/studies/{uid}"):
+        seen = radiologist.get(path)
+        assert seen.status_code == 200
+        assert PATIENT_FAMILY in seen.text and PATIENT_ID in seen.text, path
+        hidden = admin.get(path)
+        assert hidden.status_code == 200 and uid in hidden.text
+        assert PATIENT_FAMILY not in hidden.text and PATIENT_ID not in hidden.text, path
+        assert "ACC-UI-1" not in hidden.text and "19500101" not in hidden.text, path
+    # No result, so no model to ask for a heatmap: the image alone.
+    image = admin.get(f"/studies/{uid}/image.png")
+    assert image.status_code == 200 and image.headers["content-type"] == "image/png"
+    assert image.headers["x-overread-image-source"] == "image-only"
+
+
+def test_reading_state_changes_are_recorded_and_audited(gateway: UiGateway) -> None:
+    from overread.audit import AuditEvent
+    from overread.triage import get_item
+
+    uid = gateway.imaged  # type: ignore[attr-defined]
+    client = _client(gateway)
+    token = _login(client)
+    started = client.post(
+        f"/studies/{uid}/state", data={"state": "in-progress", "csrf_token": token}
+    )
+    assert started.status_code == 303 and started.headers["location"] == f"/studies/{uid}"
+    with gateway.session() as session:
+        item = get_item(session, uid)
+        assert (item.state, item.reader) == ("in-progress", "dr.grey")
+    done = client.post(f"/studies/{uid}/state", data={"state": "read", "csrf_token": token})
+    assert done.status_code == 303 and done.headers["location"] == "/"
+    bad = client.post(f"/studies/{uid}/state", data={"state": "lost", "csrf_token": token})
+    assert bad.status_code == 400
+    with gateway.session() as session:
+        assert get_item(session, uid).state == "read"
+        events = session.scalars(
+            select(AuditEvent).where(AuditEvent.action == "feedback", AuditEvent.actor == "dr.grey")
+        ).all()
+    states = [e.details.get("state") for e in events if e.details.get("event") == "read-state"]
+    assert states[-2:] == ["in-progress", "read"]

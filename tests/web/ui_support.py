@@ -188,8 +188,12 @@ def seed_study(
     age: float | None = 50,
     waited: timedelta = timedelta(minutes=10),
     uid: str | None = None,
+    sop_instance_uid: str = "",
 ) -> str:
-    """Put a study on the worklist (scored, alerts raised) without running a model."""
+    """Put a study on the worklist (scored, alerts raised) without running a model.
+
+    ``sop_instance_uid`` names its reference image, if one was stored.
+    """
     from overread.service.db import utcnow
     from overread.triage import StoredFinding, StudyContext, raise_alerts, upsert_study
 
@@ -210,6 +214,7 @@ def seed_study(
             now=now,
             model_name="seeded",
             model_version="0",
+            sop_instance_uid=sop_instance_uid,
         )
         raise_alerts(session, item, config, now=now)
     return uid
