@@ -243,6 +243,7 @@ def test_auditor_sees_no_phi_no_admin_pages_but_the_audit_trail(
     html = page.content()
     assert uid in html  # the study is listed ...
     assert PATIENT_FAMILY not in html and PATIENT_ID not in html  # ... without its patient
+    assert not page.locator('#worklist a[href^="/studies/"]').count()  # no study page to open
     rows = page.request.get(gateway.base_url + "/worklist/rows?state=all")
     assert rows.status == 200 and uid in rows.text()
     assert PATIENT_FAMILY not in rows.text() and PATIENT_ID not in rows.text()
