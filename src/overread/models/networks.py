@@ -145,18 +145,35 @@ class CxrConvNet(nn.Module):
         blocks: tuple[int, ...] = (1, 1, 2, 1),
         stem_width: int = 24,
         dropout_prob: float = 0.0,
+        stem: str = "conv",
     ) -> None:
         super().__init__()
         if len(widths) != len(blocks):
             raise TypeError("widths and blocks must have the same length")
+        if stem not in ("conv", "patch"):
+            raise TypeError(f"stem must be 'conv' or 'patch', not {stem!r}")
         layers: list[nn.Module] = [
             ConvBnRelu(in_channels, stem_width, stride=2),
             ConvBnRelu(stem_width, stem_width),
         ]
+        if stem == "patch":
+            # A 2x2, stride-2 "patchify" convolution after the strided one: the stem
+            # reaches 1/4 resolution before any 3x3 work at full width, so the costly
+            # high-resolution layers shrink while every pixel still reaches the features.
+            layers = [
+                ConvBnRelu(in_channels, stem_width, stride=2),
+                nn.Sequential(
+                    nn.Conv2d(stem_width, stem_width, 2, stride=2, bias=False),
+                    nn.BatchNorm2d(stem_width),
+                    nn.ReLU(inplace=True),
+                ),
+            ]
         channels = stem_width
-        for width, count in zip(widths, blocks, strict=True):
+        for stage, (width, count) in enumerate(zip(widths, blocks, strict=True)):
             for index in range(count):
-                layers.append(ResidualBlock(channels, width, stride=2 if index == 0 else 1))
+                # The patch stem has already done the first stage's downsampling.
+                stride = 2 if index == 0 and not (stem == "patch" and stage == 0) else 1
+                layers.append(ResidualBlock(channels, width, stride=stride))
                 channels = width
         self.features = nn.Sequential(*layers)
         self.pool = nn.AdaptiveAvgPool2d(1)

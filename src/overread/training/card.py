@@ -37,6 +37,36 @@ def _fmt(x: Any) -> str:
     return f"{x:.3f}" if isinstance(x, float) else "n/a"
 
 
+def _calibration_lines(block: dict[str, Any]) -> list[str]:
+    """ECE before/after Platt scaling and the operating points' sensitivity/specificity."""
+    ece, points = block.get("ece"), block.get("operating_points")
+    if not ece or not points:
+        return []
+    lines = [
+        "Calibration (expected calibration error, 10 bins, against exact truth) and the "
+        "operating points chosen on validation, applied to the calibrated probabilities "
+        "as the pipeline applies them (sensitivity / specificity):",
+        "",
+        "| label | ECE raw | ECE calibrated | balanced | high sensitivity | high specificity |",
+        "| --- | ---: | ---: | --- | --- | --- |",
+    ]
+
+    def pair(item: dict[str, Any] | None) -> str:
+        if not item or item.get("sensitivity") is None or item.get("specificity") is None:
+            return "n/a"
+        return f"{item['sensitivity']:.2f} / {item['specificity']:.2f}"
+
+    for label, e in ece.items():
+        p = points.get(label, {})
+        lines.append(
+            f"| {label} | {_fmt(e.get('raw'))} | {_fmt(e.get('calibrated'))} | "
+            f"{pair(p.get('balanced'))} | {pair(p.get('high sensitivity'))} | "
+            f"{pair(p.get('high specificity'))} |"
+        )
+    lines.append("")
+    return lines
+
+
 def model_card(config: TrainConfig, labels: list[str], record: dict[str, Any]) -> str:
     """Markdown model card from a finished run's record."""
     metrics = record["metrics"]
@@ -119,6 +149,7 @@ def model_card(config: TrainConfig, labels: list[str], record: dict[str, Any]) -
                 f"{LABEL_NOTES.get(label, '')} |"
             )
         lines.append("")
+        lines += _calibration_lines(block)
     lines += [
         "## Known failure modes",
         "",

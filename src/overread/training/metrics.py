@@ -78,4 +78,33 @@ def bootstrap_auc_ci(
     ]
 
 
-__all__ = ["bootstrap_auc_ci", "mean_auc", "per_class_auc"]
+def expected_calibration_error(
+    probs: np.ndarray, targets: np.ndarray, mask: np.ndarray | None = None, *, n_bins: int = 10
+) -> list[float | None]:
+    """Expected calibration error per column: equal-width bins, weighted by their counts.
+
+    ``sum_b n_b / n * |mean(p in b) - mean(y in b)|`` over ``n_bins`` bins of [0, 1];
+    ``None`` for a column without unmasked rows.
+    """
+    p = np.asarray(probs, dtype=np.float64)
+    t = np.asarray(targets, dtype=np.float64) > 0.5
+    m = np.ones_like(t, dtype=bool) if mask is None else np.asarray(mask) > 0
+    edges = np.linspace(0.0, 1.0, n_bins + 1)
+    out: list[float | None] = []
+    for c in range(t.shape[1]):
+        keep = m[:, c]
+        pc, yc = p[keep, c], t[keep, c]
+        if not len(pc):
+            out.append(None)
+            continue
+        bins = np.clip(np.digitize(pc, edges[1:-1]), 0, n_bins - 1)
+        ece = 0.0
+        for b in range(n_bins):
+            sel = bins == b
+            if sel.any():
+                ece += sel.mean() * abs(float(pc[sel].mean()) - float(yc[sel].mean()))
+        out.append(float(ece))
+    return out
+
+
+__all__ = ["bootstrap_auc_ci", "expected_calibration_error", "mean_auc", "per_class_auc"]

@@ -7,6 +7,12 @@ numbers in the model card are honest. Three operating points per label:
 ``high specificity`` (the lowest keeping specificity >= 0.9, for alerts).
 Calibration is Platt scaling per label (a logistic fit on the logit), which
 corrects the over-confidence that ``pos_weight`` deliberately introduces.
+
+The serving pipeline calibrates first and then compares the *calibrated*
+probability with the threshold, so the thresholds must be chosen on calibrated
+validation probabilities (:func:`apply_platt` then :func:`operating_points`):
+a threshold chosen on raw scores, applied to calibrated ones, can lie above every
+calibrated probability and give a sensitivity of 0.
 """
 
 from __future__ import annotations
@@ -72,4 +78,44 @@ def platt_calibration(
     return {"method": "platt", "parameters": params}
 
 
-__all__ = ["operating_points", "platt_calibration"]
+def apply_platt(probs: np.ndarray, calibration: dict[str, Any], labels: list[str]) -> np.ndarray:
+    """Calibrated probabilities ``sigmoid(a * logit(p) + b)`` per label (as served)."""
+    params = calibration.get("parameters", {})
+    out = np.array(probs, dtype=np.float64, copy=True)
+    for c, label in enumerate(labels):
+        ab = params.get(label)
+        if ab:
+            z = ab["a"] * _logit(out[:, c]) + ab["b"]
+            out[:, c] = 1.0 / (1.0 + np.exp(-z))
+    return out
+
+
+def operating_point_performance(
+    probs: np.ndarray,
+    targets: np.ndarray,
+    mask: np.ndarray,
+    points: dict[str, dict[str, float]],
+    labels: list[str],
+) -> dict[str, dict[str, dict[str, float | None]]]:
+    """Sensitivity and specificity of every label's operating points on ``probs``.
+
+    ``{label: {point: {"threshold", "sensitivity", "specificity"}}}``; ``None`` where a
+    class is absent.
+    """
+    out: dict[str, dict[str, dict[str, float | None]]] = {}
+    for c, label in enumerate(labels):
+        keep = mask[:, c] > 0
+        y = targets[keep, c] > 0.5
+        p = probs[keep, c]
+        out[label] = {}
+        for name, threshold in points.get(label, {}).items():
+            positive = p >= threshold
+            out[label][name] = {
+                "threshold": float(threshold),
+                "sensitivity": float(positive[y].mean()) if y.any() else None,
+                "specificity": float((~positive[~y]).mean()) if (~y).any() else None,
+            }
+    return out
+
+
+__all__ = ["apply_platt", "operating_point_performance", "operating_points", "platt_calibration"]

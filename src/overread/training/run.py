@@ -34,8 +34,18 @@ from overread.training.card import model_card
 from overread.training.compression import ModelCost, magnitude_prune, measure, sparsity
 from overread.training.config import PhantomSource, TrainConfig
 from overread.training.data import TensorDataset, array_sha256, file_sha256, preprocess_images
-from overread.training.metrics import bootstrap_auc_ci, mean_auc, per_class_auc
-from overread.training.operating import operating_points, platt_calibration
+from overread.training.metrics import (
+    bootstrap_auc_ci,
+    expected_calibration_error,
+    mean_auc,
+    per_class_auc,
+)
+from overread.training.operating import (
+    apply_platt,
+    operating_point_performance,
+    operating_points,
+    platt_calibration,
+)
 from overread.training.report import write_report
 from overread.training.trainer import DistributedContext, Trainer, init_distributed
 
@@ -353,6 +363,27 @@ def evaluate(
     }
 
 
+def calibration_report(
+    trainer: Trainer,
+    ds: TensorDataset,
+    labels: list[str],
+    calibration: dict[str, Any],
+    points: dict[str, dict[str, float]],
+) -> dict[str, Any]:
+    """ECE per label before and after calibration, and every operating point's
+    sensitivity and specificity on the calibrated probabilities, against exact truth."""
+    probs, targets, mask, _ = trainer.predict(ds)
+    calibrated = apply_platt(probs, calibration, labels)
+    raw_ece = expected_calibration_error(probs, targets, mask)
+    cal_ece = expected_calibration_error(calibrated, targets, mask)
+    return {
+        "ece": {
+            label: {"raw": raw_ece[i], "calibrated": cal_ece[i]} for i, label in enumerate(labels)
+        },
+        "operating_points": operating_point_performance(calibrated, targets, mask, points, labels),
+    }
+
+
 def _ci(ci: tuple[float, float] | None) -> list[float] | None:
     return None if ci is None else [ci[0], ci[1]]
 
@@ -466,8 +497,13 @@ def run_training(
             n_boot,
         )
     val_probs, val_t, val_m, _ = trainer.predict(splits.val)
-    points = operating_points(val_probs, val_t, val_m, labels)
+    # Calibrate first, then choose thresholds on the calibrated probabilities: the
+    # pipeline compares calibrated probabilities with the thresholds.
     calibration = platt_calibration(val_probs, val_t, val_m, labels)
+    points = operating_points(apply_platt(val_probs, calibration, labels), val_t, val_m, labels)
+    for name, ds in (("test", splits.test), ("external", splits.external)):
+        if name in evaluations and ds is not None:
+            evaluations[name].update(calibration_report(trainer, ds, labels, calibration, points))
 
     shape = (config.data.channels, config.data.size, config.data.size)
     primary = evaluations.get("external") or evaluations.get("test")
@@ -636,6 +672,7 @@ __all__ = [
     "RunResult",
     "build_model",
     "build_splits",
+    "calibration_report",
     "ensure_phantom",
     "evaluate",
     "git_commit",
