@@ -260,7 +260,7 @@ class ServiceConfig(BaseModel):
         default=8, ge=1, le=64, description="micro-batch bound for model calls; 1 disables"
     )
     batch_max_wait_ms: float = Field(
-        default=5.0, ge=0, le=1000, description="longest a model call waits for companions"
+        default=5.0, ge=0, le=60_000, description="longest a model call waits for companions"
     )
 
     @field_validator("ae_title")
