@@ -30,14 +30,17 @@ def _config(
     return service_config(settings, **overrides)
 
 
-def _run_until_signalled(config: ServiceConfig, *, worker_only: bool) -> None:
-    from overread.service.server import Service
+def _run_until_signalled(
+    config: ServiceConfig, *, worker_only: bool, triage_interval: float | None = None
+) -> None:
+    from overread.service.server import DEFAULT_TRIAGE_INTERVAL, Service
 
     service = Service(
         config,
         with_scp=not worker_only,
         with_http=not worker_only,
         with_assembler=not worker_only,
+        triage_interval=DEFAULT_TRIAGE_INTERVAL if triage_interval is None else triage_interval,
     )
 
     def _stop(signum: int, frame: FrameType | None) -> None:
@@ -107,6 +110,12 @@ def serve(
     broker: str | None = typer.Option(
         None, "--broker", help="Celery broker URL to wake `overread worker` processes."
     ),
+    triage_interval: float | None = typer.Option(
+        None,
+        "--triage-interval",
+        min=0,
+        help="Seconds between alert sweeps and worklist rescoring (default 15; 0: none).",
+    ),
 ) -> None:
     """Run the gateway: DICOM SCP, study assembly, routing, workers and the HTTP API."""
     config = _config(
@@ -126,7 +135,7 @@ def serve(
         explain=explain,
         broker_url=broker,
     )
-    _run_until_signalled(config, worker_only=False)
+    _run_until_signalled(config, worker_only=False, triage_interval=triage_interval)
 
 
 @app.command("worker")
