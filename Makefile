@@ -10,7 +10,7 @@ setup:
 	bash scripts/setup.sh
 
 demo: setup
-	$(VENV)/bin/overread demo --studies 20 --rate 60 --exit-when-done
+	$(VENV)/bin/overread demo --studies 20 --rate 120 --exit-when-done
 
 test: setup
 	bash scripts/test.sh
