@@ -35,3 +35,16 @@ def test_vit_returns_logits_only() -> None:
 def test_unknown_architecture_is_refused() -> None:
     with pytest.raises(ModelPackageError, match="unknown architecture"):
         build_network("resnet9000")
+
+
+def test_cxr_convnet_patch_stem_keeps_the_feature_map_size() -> None:
+    conv = build_network("cxr-convnet", widths=[16, 24], blocks=[1, 1], stem_width=16).eval()
+    patch = build_network(
+        "cxr-convnet", widths=[16, 24], blocks=[1, 1], stem_width=16, stem="patch"
+    ).eval()
+    x = torch.rand(2, 1, 64, 64)
+    with torch.no_grad():
+        assert patch(x).shape == (2, 14)
+        assert conv.features(x).shape == patch.features(x).shape == (2, 24, 8, 8)
+    with pytest.raises(ModelPackageError, match="stem"):
+        build_network("cxr-convnet", stem="pixelshuffle")
