@@ -217,3 +217,51 @@ def test_service_settings_come_from_the_environment_too(
         "ARCH=ARCHAE@h:105",
     ]
     assert config.allow_ae == [AllowedPeer(ae_title="CR01", host="10.1.1.1")]
+
+
+def test_fhir_endpoints_from_urls_names_and_tables(tmp_path: Path) -> None:
+    config = _config(
+        tmp_path,
+        fhir_endpoints=[
+            "https://fhir.example.org/r4",
+            "EHR=http://10.0.0.9:8080/fhir",
+            {"name": "ris", "url": "https://ris.example.org/fhir", "bearer_token": "t0k"},
+        ],
+    )
+    assert [str(e) for e in config.fhir_endpoints] == [
+        "fhir=https://fhir.example.org/r4",
+        "EHR=http://10.0.0.9:8080/fhir",
+        "ris=https://ris.example.org/fhir",
+    ]
+    ris = config.fhir_endpoints[2]
+    assert ris.bearer_token is not None and ris.bearer_token.get_secret_value() == "t0k"
+    assert "t0k" not in repr(ris)
+    with pytest.raises(ConfigError, match="FHIR endpoint 'ftp://x'"):
+        _config(tmp_path, fhir_endpoints=["ftp://x"])
+    with pytest.raises(ConfigError, match="FHIR endpoint names must be unique"):
+        _config(tmp_path, fhir_endpoints=["A=http://a/fhir", "A=http://b/fhir"])
+
+
+def test_model_signing_key_file_is_checked_at_start_and_reaches_the_registry(
+    tmp_path: Path,
+) -> None:
+    from overread.errors import ModelPackageError
+    from overread.service.runtime import RegistryPipelineProvider
+
+    with pytest.raises(ConfigError, match=r"model_signing_key_file: .*cannot read it"):
+        _config(tmp_path, model_signing_key_file=tmp_path / "missing.key")
+    (tmp_path / "empty.key").write_text("\n")
+    with pytest.raises(ConfigError, match="the file is empty"):
+        _config(tmp_path, model_signing_key_file=tmp_path / "empty.key")
+    key = tmp_path / "model.key"
+    key.write_text("hospital-signing-key\n")
+    config = _config(tmp_path, model_signing_key_file=key)
+    provider = RegistryPipelineProvider.from_config(config)
+    assert provider.registry.key == b"hospital-signing-key"
+    # The shipped package is not signed with the hospital's key: refused.
+    with pytest.raises(ModelPackageError, match="signing key"):
+        provider.get("cxr-default")
+    # A provider built without the key takes it from the first worker's configuration.
+    late = RegistryPipelineProvider()
+    late.configure(config)
+    assert late.registry.key == b"hospital-signing-key"
