@@ -65,17 +65,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("out_dir")
     for option, default in (("n", None), ("seed", 0), ("size", 1024), ("sites", 4), ("workers", 1)):
         parser.add_argument(f"--{option}", type=int, default=default, required=default is None)
-    args = parser.parse_args(argv)
+    options: dict[str, Any] = vars(parser.parse_args(argv))
     try:
-        stream_cohort(
-            args.out_dir,
-            n=args.n,
-            seed=args.seed,
-            size=args.size,
-            sites=args.sites,
-            workers=args.workers,
-            out=sys.stdout,
-        )
+        stream_cohort(options.pop("out_dir"), out=sys.stdout, **options)
     except OverreadError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
