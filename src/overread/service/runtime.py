@@ -288,6 +288,22 @@ class RegistryPipelineProvider:
             item.close()
 
 
+@dataclass(frozen=True)
+class _WarmupFinding:
+    label: str
+    probability: float
+    positive: bool
+    uncertainty: float | None
+    threshold: float
+
+
+@dataclass(frozen=True)
+class _WarmupPrediction:
+    findings: list[_WarmupFinding]
+    model: dict[str, str]
+    heatmaps: None = None
+
+
 class OutputsArtifactBuilder:
     """Builds, for a model's predictions on one study, one TID 1500 Structured Report
     for the whole study with :func:`~overread.service.outputs.build_study_sr` (a
@@ -302,6 +318,33 @@ class OutputsArtifactBuilder:
         except ImportError as exc:
             raise ServiceError(f"result builders are not available: {exc}") from None
         self._outputs = outputs
+
+    def warmup(self) -> None:
+        """Build one SR for a made-up study, so highdicom's one-off costs (loading its
+        tables of the standard, about 0.1 s) are not paid by the first real study."""
+        from pydicom.dataset import Dataset
+        from pydicom.uid import DigitalXRayImageStorageForPresentation, generate_uid
+
+        header = Dataset()
+        header.SOPClassUID = DigitalXRayImageStorageForPresentation
+        header.SOPInstanceUID = generate_uid()
+        header.StudyInstanceUID = generate_uid()
+        header.SeriesInstanceUID = generate_uid()
+        header.PatientID = "WARMUP"
+        header.PatientName = "Warm^Up"
+        header.PatientBirthDate = header.PatientSex = header.AccessionNumber = ""
+        header.StudyID = header.StudyDate = header.StudyTime = header.ReferringPhysicianName = ""
+        header.Modality = "DX"
+        header.Rows = header.Columns = 8
+        header.SamplesPerPixel, header.PhotometricInterpretation = 1, "MONOCHROME2"
+        header.BitsAllocated, header.BitsStored, header.HighBit = 16, 12, 11
+        header.PixelRepresentation = 0
+        header.PatientOrientation = ["L", "F"]
+        header.ViewPosition = "PA"
+        header.ImagerPixelSpacing = header.PixelSpacing = [0.5, 0.5]
+        finding = _WarmupFinding("Pneumothorax", 0.5, True, 0.0, 0.5)
+        prediction = _WarmupPrediction([finding], {"name": "warm-up", "version": "0"})
+        self._outputs.build_study_sr([(prediction, header)])
 
     def build_study(self, readings: Sequence[tuple[Any, Any]]) -> list[Any]:
         usable = [(p, ds) for p, ds in readings if getattr(p, "ok", True)]

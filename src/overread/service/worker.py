@@ -174,13 +174,15 @@ class Worker:
         """Load and warm up every model the routes name (once per process), so the
         first study pays neither for loading nor for creating runtime sessions."""
         warm = getattr(self.models, "warmup", None)
-        if warm is None:
-            return
         aliases = list(dict.fromkeys(m for route in self.config.routes for m in route.models))
         try:
-            warm(aliases)
+            if warm is not None:
+                warm(aliases)
+            builder_warmup = getattr(self.artifacts, "warmup", None)
+            if builder_warmup is not None:
+                builder_warmup()
         except Exception:
-            logger.exception("%s: model warm-up failed; models load on first use", self.name)
+            logger.exception("%s: warm-up failed; models and builders load on first use", self.name)
 
     def run(self, stop: threading.Event, wake: threading.Event | None = None) -> None:
         """Warm the models up, then work until ``stop`` is set, sleeping
