@@ -256,6 +256,11 @@ class ServiceConfig(BaseModel):
         description="file with the HMAC key every model package must be signed with "
         "(default: the OVERREAD_MODEL_SIGNING_KEY environment variable, if set)",
     )
+    cam_segmentation: list[str] = Field(
+        default_factory=list,
+        description="model aliases whose class activation regions of positive findings are "
+        "also sent as a DICOM SEG, labelled as thresholded CAM, not a segmentation model",
+    )
     batch_max_size: int = Field(
         default=8, ge=1, le=64, description="micro-batch bound for model calls; 1 disables"
     )

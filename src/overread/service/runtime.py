@@ -58,9 +58,12 @@ class PipelineProvider(Protocol):
 class ArtifactBuilder(Protocol):
     """Turns a model's predictions on one study into DICOM objects to store and send."""
 
-    def build_study(self, readings: Sequence[tuple[Any, Any]]) -> list[Any]:
+    def build_study(
+        self, readings: Sequence[tuple[Any, Any]], *, cam_segmentation: bool = False
+    ) -> list[Any]:
         """pydicom datasets (one SR for the study, overlays, SEG) from ``(prediction,
-        source header or dataset)`` pairs, one per image of the study."""
+        source header or dataset)`` pairs, one per image of the study;
+        ``cam_segmentation`` adds a SEG of each image's thresholded CAM regions."""
         ...
 
 
@@ -346,7 +349,9 @@ class OutputsArtifactBuilder:
         prediction = _WarmupPrediction([finding], {"name": "warm-up", "version": "0"})
         self._outputs.build_study_sr([(prediction, header)])
 
-    def build_study(self, readings: Sequence[tuple[Any, Any]]) -> list[Any]:
+    def build_study(
+        self, readings: Sequence[tuple[Any, Any]], *, cam_segmentation: bool = False
+    ) -> list[Any]:
         usable = [(p, ds) for p, ds in readings if getattr(p, "ok", True)]
         if not usable:
             return []
@@ -354,13 +359,21 @@ class OutputsArtifactBuilder:
         for prediction, source in usable:
             if getattr(prediction, "heatmaps", None) and "PixelData" in source:
                 built.extend(self._outputs.build_overlays(prediction, source))
+            model = self._outputs.model_identity(prediction)
             masks = getattr(prediction, "masks", None)
             if masks:
-                built.append(
-                    self._outputs.build_seg(
-                        masks, [source], self._outputs.model_identity(prediction)
+                built.append(self._outputs.build_seg(masks, [source], model))
+            if cam_segmentation:
+                regions = self._outputs.cam_region_masks(prediction, source)
+                if regions:
+                    built.append(
+                        self._outputs.build_seg(
+                            regions,
+                            [source],
+                            model,
+                            content_description=self._outputs.CAM_REGION_DESCRIPTION,
+                        )
                     )
-                )
         return built
 
 

@@ -239,7 +239,9 @@ class Worker:
             raise InferenceError(f"study {job.study_instance_uid} has no stored instances")
         paths = [p for p, _ in items]
         pipeline = self.models.get(alias)
-        predictions = list(pipeline.predict(paths, explain=self.config.explain))
+        cam_segmentation = alias in self.config.cam_segmentation
+        explain = self.config.explain or cam_segmentation
+        predictions = list(pipeline.predict(paths, explain=explain))
         require_ok(predictions, paths)
         modelled = time.perf_counter()
         # One header read per image serves the SR, the worklist context and the FHIR
@@ -252,7 +254,7 @@ class Worker:
         context = _study_context(items, readings[0][1])
         artifacts: list[dict[str, Any]] = []
         if self.artifacts is not None:
-            for dataset in self.artifacts.build_study(readings):
+            for dataset in self.artifacts.build_study(readings, cam_segmentation=cam_segmentation):
                 artifacts.append(self._store_dataset(dataset))
         built = time.perf_counter()
         from overread.service.outputs.fhir import study_header

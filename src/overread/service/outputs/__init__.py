@@ -39,10 +39,11 @@ from overread.service.outputs.prediction import (
     model_identity,
 )
 from overread.service.outputs.retry import RetryPolicy
-from overread.service.outputs.seg import build_seg
+from overread.service.outputs.seg import CAM_REGION_DESCRIPTION, build_seg, cam_region_masks
 from overread.service.outputs.sr import build_sr, build_study_sr, study_prediction, summary_text
 
 __all__ = [
+    "CAM_REGION_DESCRIPTION",
     "RESEARCH_BANNER",
     "Concept",
     "DeliveryError",
@@ -60,6 +61,7 @@ __all__ = [
     "build_seg",
     "build_sr",
     "build_study_sr",
+    "cam_region_masks",
     "echo",
     "fhir_report_for_result",
     "fhir_report_for_study",

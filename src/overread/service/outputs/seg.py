@@ -19,7 +19,12 @@ from pydicom.uid import generate_uid
 
 from overread.errors import ServiceError
 from overread.service.outputs import codes as oc
-from overread.service.outputs.prediction import ModelIdentity
+from overread.service.outputs.prediction import (
+    ModelIdentity,
+    PredictionLike,
+    checked_findings,
+    decision_of,
+)
 from overread.service.outputs.sr import MANUFACTURER
 
 logger = logging.getLogger(__name__)
@@ -60,6 +65,7 @@ def build_seg(
     instance_number: int = 1,
     series_instance_uid: str | None = None,
     sop_instance_uid: str | None = None,
+    content_description: str = "overread AI segmentation (research use)",
 ) -> hd.seg.Segmentation:
     """Build a SEG instance from per-finding masks over one single-frame source image.
 
@@ -75,6 +81,9 @@ def build_seg(
         The model that produced the masks (algorithm identification of each segment).
     fractional
         Store a FRACTIONAL (PROBABILITY) segmentation instead of BINARY.
+    content_description
+        What the segments are (shown by viewers); say so when they are not the output
+        of a trained segmentation model.
 
     Raises
     ------
@@ -130,11 +139,11 @@ def build_seg(
         manufacturer_model_name=model.name[:64],
         software_versions=model.version[:64],
         device_serial_number=model.sha256[:64] or "unknown",
-        content_description="overread AI segmentation (research use)"[:64],
+        content_description=content_description[:64],
         content_label="OVERREAD",
         omit_empty_frames=False,
     )
-    seg.SeriesDescription = "overread AI segmentation (research use)"
+    seg.SeriesDescription = content_description[:64]
     if "PatientOrientation" not in seg and "ImageOrientationPatient" not in source:
         # Projection images have no patient frame of reference; General Image then
         # needs the source's Patient Orientation (Type 2C, empty if unknown).
@@ -148,4 +157,41 @@ def build_seg(
     return seg
 
 
-__all__ = ["build_seg"]
+#: How SEG instances made from class activation maps describe themselves.
+CAM_REGION_DESCRIPTION = "CAM regions, thresholded - not a segmentation model (research)"
+
+
+def cam_region_masks(
+    prediction: PredictionLike, source: Dataset, *, threshold: float = 0.5
+) -> dict[str, np.ndarray]:
+    """Binary masks of where a classifier looked, for its positive and referred findings.
+
+    Each finding's class activation map is mapped onto the stored image (undoing the
+    letterbox of the model input, as the overlays do) and thresholded at ``threshold``
+    of its peak. This is a *stand-in* for a segmentation model: the regions are
+    evidence maps, not delineated anatomy, and :data:`CAM_REGION_DESCRIPTION` labels
+    the SEG built from them as such.
+
+    Returns
+    -------
+    dict
+        ``{finding label: (rows, columns) uint8 mask}``; empty without heatmaps or
+        without positive or referred findings.
+    """
+    from overread.service.outputs.overlay import _heatmap_on_image
+
+    heatmaps = getattr(prediction, "heatmaps", None) or {}
+    shape = (int(source.Rows), int(source.Columns))
+    geometry = getattr(prediction, "letterbox", None)
+    masks: dict[str, np.ndarray] = {}
+    for finding in checked_findings(prediction):
+        heatmap = heatmaps.get(finding.label)
+        if heatmap is None or decision_of(finding) == "negative":
+            continue
+        region = _heatmap_on_image(heatmap, shape, shape, "auto", geometry) >= threshold
+        if region.any():
+            masks[finding.label] = region.astype(np.uint8)
+    return masks
+
+
+__all__ = ["CAM_REGION_DESCRIPTION", "build_seg", "cam_region_masks"]
