@@ -267,7 +267,7 @@ def test_studies_results_and_findings(gateway: ApiGateway) -> None:
     }
     assert client.get("/api/studies/1.2.3.4", headers=rad).status_code == 404
     assert client.get("/api/studies/not-a-uid", headers=rad).status_code == 422
-    # Without stored images there is nothing a FHIR report could name.
+    # A result stored without the study's header (no patient ID) cannot be reported.
     assert client.get(f"/api/studies/{gateway.study_uid}/fhir", headers=rad).status_code == 409
     with gateway.service.database.session() as session:
         assert session.scalar(select(WorklistItem.patient_id)) == PATIENT_ID

@@ -9,10 +9,8 @@ are left out of every resource.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from typing import Any
 
-import pydicom
 from fastapi import APIRouter, Depends, HTTPException, Path, Query
 from sqlalchemy import func, select
 from sqlalchemy.orm import Session
@@ -124,23 +122,6 @@ def merged_findings(result: Result) -> list[StoredFinding]:
     return merge_findings(_findings(i) for i in instances)
 
 
-@dataclass(frozen=True)
-class _ReportFinding:
-    label: str
-    probability: float
-    positive: bool
-    uncertainty: float | None
-    threshold: float
-
-
-@dataclass(frozen=True)
-class _StudyPrediction:
-    findings: list[_ReportFinding]
-    model: dict[str, Any]
-    heatmaps: None = None
-    ok: bool = True
-
-
 def _strip_identity(bundle: dict[str, Any]) -> dict[str, Any]:
     for entry in bundle.get("entry", []):
         resource = entry.get("resource", {})
@@ -150,65 +131,33 @@ def _strip_identity(bundle: dict[str, Any]) -> dict[str, Any]:
 
 
 def fhir_bundle(ctx: WebContext, uid: str, model: str | None, identified: bool) -> dict[str, Any]:
-    """The FHIR R4 transaction Bundle of a study's newest result (of ``model``, if given).
+    """The FHIR R4 transaction Bundle of a study's latest result of each model (or of ``model``).
 
-    Findings are merged over the study's images (the most probable image speaks for
-    each label); a finding without an operating point is left out.
+    Built by :mod:`overread.service.outputs.fhir` from what the gateway stored with
+    each result (the findings of every image, merged as for the SR, and the study's
+    header facts), so the report served is the one the gateway exports. Without
+    ``identified`` the patient (``subject``) and the order (``basedOn``) are removed.
     """
-    from overread.service.outputs.fhir import build_fhir_report
+    from overread.service.outputs.fhir import (
+        ResultNotFoundError,
+        fhir_report_for_result,
+        fhir_report_for_study,
+    )
 
     with ctx.database.session() as session:
         _require_study(session, uid)
-        results = _results(session, uid, model)
-        if not results:
-            raise not_found(f"a result for study {uid}" + (f" from model {model}" if model else ""))
-        result = results[-1]
-        summary = dict(result.summary or {})
-        usable = [
-            (i, inst) for i, inst in enumerate(summary.get("instances") or []) if inst.get("ok")
-        ]
-        sop_uids = [str(u) for u in summary.get("sop_instance_uids") or []]
-        wanted = [sop_uids[i] for i, _ in usable if i < len(sop_uids)]
-        keys = dict(
-            session.execute(
-                select(Instance.sop_instance_uid, Instance.object_key).where(
-                    Instance.sop_instance_uid.in_(wanted)
-                )
-            ).all()
-        )
-        stored = merged_findings(result)
-        model_info = next((inst.get("model") for _, inst in usable if inst.get("model")), None)
-        name, version = result.model_name, result.model_version
-    findings = [
-        _ReportFinding(f.label, f.probability, f.positive, f.uncertainty, f.threshold)
-        for f in stored
-        if f.threshold is not None
-    ]
-    if not findings or not wanted:
-        raise HTTPException(status_code=409, detail=f"study {uid}: no finding to report")
-    sources = []
-    for sop_uid in wanted:
-        key = keys.get(sop_uid)
-        if key is None:
-            continue
         try:
-            sources.append(pydicom.dcmread(ctx.service.store.path(key), stop_before_pixels=True))
-        except (OSError, pydicom.errors.InvalidDicomError):
-            continue
-    if not sources:
-        raise HTTPException(status_code=409, detail=f"study {uid}: its images are not stored")
-    prediction = _StudyPrediction(
-        findings=findings,
-        model={
-            "name": name,
-            "version": version,
-            "sha256": (model_info or {}).get("sha256") or "",
-        },
-    )
-    try:
-        bundle = build_fhir_report(prediction, sources[0], additional_sources=sources[1:])
-    except OverreadError as exc:
-        raise HTTPException(status_code=409, detail=f"study {uid}: {exc}") from None
+            if model:
+                results = _results(session, uid, model)
+                if not results:
+                    raise not_found(f"a result for study {uid} from model {model}")
+                bundle = fhir_report_for_result(results[-1])
+            else:
+                bundle = fhir_report_for_study(session, uid)
+        except ResultNotFoundError as exc:
+            raise not_found(str(exc)) from None
+        except OverreadError as exc:
+            raise HTTPException(status_code=409, detail=f"study {uid}: {exc}") from None
     return bundle if identified else _strip_identity(bundle)
 
 
@@ -344,7 +293,10 @@ def build(ctx: WebContext) -> APIRouter:
         response_model=dict[str, Any],
         **route_options(
             Permission.VIEW_RESULTS,
-            responses={409: {"description": "The study has no reportable result"}},
+            responses={
+                404: {"description": "Unknown study, or no stored result"},
+                409: {"description": "The stored result cannot be reported (no patient ID)"},
+            },
         ),
     )
     async def study_fhir(
