@@ -271,3 +271,29 @@ def test_studies_results_and_findings(gateway: ApiGateway) -> None:
     assert client.get(f"/api/studies/{gateway.study_uid}/fhir", headers=rad).status_code == 409
     with gateway.service.database.session() as session:
         assert session.scalar(select(WorklistItem.patient_id)) == PATIENT_ID
+
+
+def test_cross_site_writes_are_refused_even_with_a_valid_session(gateway: ApiGateway) -> None:
+    client = gateway.client
+    login = client.post(
+        "/api/auth/login", json={"username": "radiologist-user", "password": PASSWORD}
+    )
+    assert login.status_code == 200
+    url = f"/api/alerts/{gateway.alert_id}/acknowledge"
+    forged = client.post(url, headers={"Origin": "https://attacker.example"})
+    assert forged.status_code == 403 and "cross-site" in forged.json()["detail"]
+    forged_login = client.post(
+        "/api/auth/login",
+        json={"username": "admin-user", "password": PASSWORD},
+        headers={"Origin": "https://attacker.example"},
+    )
+    assert forged_login.status_code == 403
+    with gateway.service.database.session() as session:
+        alert = session.get(Alert, gateway.alert_id)
+        assert alert is not None and alert.state == "open"
+    # Reads are not writes, and the gateway's own pages (same origin) may write.
+    assert (
+        client.get("/api/alerts", headers={"Origin": "https://attacker.example"}).status_code == 200
+    )
+    own = client.post(url, headers={"Origin": "http://testserver"})
+    assert own.status_code == 200 and own.json()["acknowledged_by"] == "radiologist-user"

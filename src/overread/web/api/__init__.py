@@ -85,6 +85,25 @@ def _install_openapi(app: FastAPI) -> None:
     app.openapi = openapi  # type: ignore[method-assign]
 
 
+_SAFE_METHODS = frozenset({"GET", "HEAD", "OPTIONS"})
+_GUARDED_PREFIXES = ("/api/", "/dicom-web/")
+
+
+def _same_origin(request: Request) -> bool:
+    """Whether a state-changing request comes from the gateway's own origin.
+
+    Browsers send ``Origin`` with every cross-site POST/PUT; a request without one
+    comes from a non-browser client (curl, a RIS) and is judged by its credentials
+    alone. The session cookie is already ``SameSite=Strict``; this refuses
+    cross-site writes even from browsers that ignore that attribute.
+    """
+    origin = request.headers.get("origin")
+    if origin is None:
+        return True
+    host = request.headers.get("host", "")
+    return origin.split("://", 1)[-1].rstrip("/").lower() == host.lower()
+
+
 def install_api(app: FastAPI, ctx: WebContext) -> None:
     """Add ``/health``, the ``/api`` routes and STOW-RS to ``app``.
 
@@ -98,6 +117,19 @@ def install_api(app: FastAPI, ctx: WebContext) -> None:
     _install_health(app, ctx)
     for module in (auth, worklist, studies, feedback, alerts, jobs, models, audit, dicomweb):
         app.include_router(module.build(ctx))
+
+    @app.middleware("http")
+    async def refuse_cross_site_writes(request: Request, call_next: Any) -> Any:
+        if (
+            request.method not in _SAFE_METHODS
+            and request.url.path.startswith(_GUARDED_PREFIXES)
+            and not _same_origin(request)
+        ):
+            return JSONResponse(
+                {"detail": "cross-site request refused (Origin does not match the gateway)"},
+                status_code=403,
+            )
+        return await call_next(request)
 
     @app.exception_handler(OverreadError)
     async def overread_error(request: Request, exc: OverreadError) -> JSONResponse:
