@@ -85,7 +85,7 @@ def gateway(tmp_path: Path) -> Iterator[Callable[..., Any]]:
         values: dict[str, object] = {
             "dicom_port": 0,
             "dicom_host": "127.0.0.1",
-            "http_port": None,
+            "http_port": 0,
             "workers": 1,
             "poll_seconds": 0.1,
             "retry_base_seconds": 0.1,

@@ -118,7 +118,7 @@ def gateway(tmp_path: Path) -> Iterator[Callable[..., Any]]:
         values: dict[str, object] = {
             "dicom_port": 0,
             "dicom_host": "127.0.0.1",
-            "http_port": None,
+            "http_port": 0,
             "stable_seconds": 60,
             "poll_seconds": 0.2,
         }
