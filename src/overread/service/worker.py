@@ -433,7 +433,10 @@ class Worker:
             result = session.get(Result, int(job.payload["result_id"]))
             if result is None:
                 raise PermanentExportError(f"result {job.payload['result_id']} no longer exists")
-            bundle = fhir_report_for_result(result)
+            try:
+                bundle = fhir_report_for_result(result)
+            except ServiceError as exc:  # e.g. a result stored without the study's header
+                raise PermanentExportError(f"no FHIR report for result {result.id}: {exc}") from exc
         token = endpoint.bearer_token.get_secret_value() if endpoint.bearer_token else None
         started = time.perf_counter()
         details: dict[str, Any] = {
