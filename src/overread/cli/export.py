@@ -5,20 +5,20 @@ from __future__ import annotations
 import json
 import shutil
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-import numpy as np
-import torch
 import typer
 
 from overread.cli.app import app
 from overread.errors import ModelPackageError
-from overread.models.calibration import calibration_images
-from overread.models.export import export_onnx, quantize_int8
-from overread.models.package import ONNX_FP32_NAME, ONNX_INT8_NAME, load_package, resign_package
-from overread.models.registry import Registry, bundled_dir
+
+if TYPE_CHECKING:
+    import numpy as np
 
 
 def _max_prob_diff(fp32: Path, int8: Path, images: np.ndarray) -> float:
+    import numpy as np
+
     from overread.inference.postprocess import sigmoid
     from overread.inference.runtimes import OnnxRuntime
 
@@ -56,6 +56,20 @@ def export_command(
         raise typer.BadParameter(
             "nothing to do: pass --onnx (and optionally --int8)", param_hint="--onnx"
         )
+    # Imported here: torch and the exporters load in seconds, and every other
+    # command (demo, serve, ...) would pay for them at start.
+    import torch
+
+    from overread.models.calibration import calibration_images
+    from overread.models.export import export_onnx, quantize_int8
+    from overread.models.package import (
+        ONNX_FP32_NAME,
+        ONNX_INT8_NAME,
+        load_package,
+        resign_package,
+    )
+    from overread.models.registry import Registry, bundled_dir
+
     registry = Registry.from_settings()
     source = load_package(registry.resolve(package_ref), key=registry.key)
     if out is not None:

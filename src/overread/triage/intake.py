@@ -151,6 +151,7 @@ def triage_result(
         now=now,
         sop_instance_uid=sop_uids[first_index] if first_index < len(sop_uids) else "",
         path=str(first.get("path") or ""),
+        patient_id=str((summary.get("study") or {}).get("patient_id") or ""),
         model_name=str(result.model_name),
         model_version=str(result.model_version),
     )
