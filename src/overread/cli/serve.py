@@ -110,6 +110,14 @@ def serve(
     broker: str | None = typer.Option(
         None, "--broker", help="Celery broker URL to wake `overread worker` processes."
     ),
+    fhir_endpoint: list[str] = typer.Option(
+        [],
+        "--fhir-endpoint",
+        help="URL or NAME=URL to post FHIR DiagnosticReports to (repeatable).",
+    ),
+    model_signing_key_file: Path | None = typer.Option(
+        None, "--model-signing-key-file", help="Refuse model packages not signed with this key."
+    ),
     triage_interval: float | None = typer.Option(
         None,
         "--triage-interval",
@@ -134,6 +142,8 @@ def serve(
         retry_base_seconds=retry_base_seconds,
         explain=explain,
         broker_url=broker,
+        fhir_endpoints=fhir_endpoint or None,
+        model_signing_key_file=model_signing_key_file,
     )
     _run_until_signalled(config, worker_only=False, triage_interval=triage_interval)
 
@@ -154,6 +164,14 @@ def worker(
         None, "--broker", help="Celery broker URL to take wake-ups from (amqp://...)."
     ),
     explain: bool | None = typer.Option(None, "--explain/--no-explain", help="Compute heatmaps."),
+    fhir_endpoint: list[str] = typer.Option(
+        [],
+        "--fhir-endpoint",
+        help="URL or NAME=URL to post FHIR DiagnosticReports to (repeatable).",
+    ),
+    model_signing_key_file: Path | None = typer.Option(
+        None, "--model-signing-key-file", help="Refuse model packages not signed with this key."
+    ),
 ) -> None:
     """Run job workers only, against the same database and data dir as ``overread serve``."""
     config = _config(
@@ -165,6 +183,8 @@ def worker(
         poll_seconds=poll_seconds,
         broker_url=broker,
         explain=explain,
+        fhir_endpoints=fhir_endpoint or None,
+        model_signing_key_file=model_signing_key_file,
     )
     _run_until_signalled(config, worker_only=True)
 

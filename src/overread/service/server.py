@@ -110,7 +110,7 @@ class Service:
         self._registry = registry
         Path(config.data_dir).mkdir(parents=True, exist_ok=True)
         self.database, self.store, self.queue = open_queue(config)
-        self.models: PipelineProvider = models or RegistryPipelineProvider()
+        self.models: PipelineProvider = models or RegistryPipelineProvider.from_config(config)
         if artifacts is True:
             self.artifacts: ArtifactBuilder | None = default_artifact_builder()
         elif artifacts is False:
@@ -268,6 +268,9 @@ class Service:
         if self._triage_thread is not None:
             self._triage_thread.join(30)
         self.pool.stop(timeout)
+        close = getattr(self.models, "close", None)
+        if callable(close):
+            close()
         if self.publisher is not None:
             self.publisher.close()
         self.database.dispose()
