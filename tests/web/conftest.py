@@ -112,65 +112,19 @@ def seed_study(service: Service, *, critical: bool = True) -> tuple[str, int, in
 
 def write_chest_dx(path: Path, *, study_uid: str, size: int = 256, seed: int = 0) -> Path:
     """A small complete chest DX (16-bit, MONOCHROME2) of the PHI test patient."""
-    import numpy as np
-    from pydicom.dataset import Dataset, FileMetaDataset
-    from pydicom.uid import (
-        DigitalXRayImageStorageForPresentation,
-        ExplicitVRLittleEndian,
-        generate_uid,
-    )
+    from .ui_support import write_dx
 
-    rng = np.random.default_rng(seed)
-    rows = np.linspace(0, 1, size, dtype=np.float32)[:, None]
-    cols = np.linspace(-1, 1, size, dtype=np.float32)[None, :]
-    lungs = np.exp(-((np.abs(cols) - 0.45) ** 2) / 0.05 - (rows - 0.5) ** 2 / 0.1)
-    pixels = (2000 + 1500 * (1 - lungs) + rng.normal(0, 30, (size, size))).clip(0, 4095)
-    sop_uid = generate_uid()
-    meta = FileMetaDataset()
-    meta.MediaStorageSOPClassUID = DigitalXRayImageStorageForPresentation
-    meta.MediaStorageSOPInstanceUID = sop_uid
-    meta.TransferSyntaxUID = ExplicitVRLittleEndian
-    ds = Dataset()
-    ds.file_meta = meta
-    ds.SOPClassUID = DigitalXRayImageStorageForPresentation
-    ds.SOPInstanceUID = sop_uid
-    ds.StudyInstanceUID = study_uid
-    ds.SeriesInstanceUID = generate_uid()
-    ds.PatientID = PATIENT_ID
-    ds.PatientName = PATIENT_NAME
-    ds.PatientSex = "O"
-    ds.PatientBirthDate = "19450101"
-    ds.PatientAge = "081Y"
-    ds.StudyDate = "20260101"
-    ds.StudyTime = "120000"
-    ds.AccessionNumber = "ACC-PHI-7"
-    ds.StudyID = "1"
-    ds.SeriesNumber = 1
-    ds.InstanceNumber = 1
-    ds.ReferringPhysicianName = ""
-    ds.InstitutionalDepartmentName = "Emergency Department"
-    ds.Modality = "DX"
-    ds.BodyPartExamined = "CHEST"
-    ds.ViewPosition = "PA"
-    ds.PatientOrientation = ["L", "F"]
-    ds.PresentationIntentType = "FOR PRESENTATION"
-    ds.ImageType = ["ORIGINAL", "PRIMARY"]
-    ds.Rows = size
-    ds.Columns = size
-    ds.SamplesPerPixel = 1
-    ds.PhotometricInterpretation = "MONOCHROME2"
-    ds.BitsAllocated = 16
-    ds.BitsStored = 12
-    ds.HighBit = 11
-    ds.PixelRepresentation = 0
-    ds.PixelSpacing = [0.5, 0.5]
-    ds.ImagerPixelSpacing = [0.5, 0.5]
-    ds.WindowCenter = 2500
-    ds.WindowWidth = 3000
-    ds.PixelData = pixels.astype(np.uint16).tobytes()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    ds.save_as(path, enforce_file_format=True)
-    return path
+    return write_dx(
+        path,
+        study_uid=study_uid,
+        patient_name=PATIENT_NAME,
+        patient_id=PATIENT_ID,
+        accession="ACC-PHI-7",
+        birth_date="19450101",
+        age="081Y",
+        size=size,
+        seed=seed,
+    )
 
 
 def make_gateway(data_dir: Path, database_url: str, **overrides: object) -> Service:

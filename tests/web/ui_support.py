@@ -50,6 +50,9 @@ def write_dx(
     patient_name: str = PATIENT_NAME,
     patient_id: str = PATIENT_ID,
     department: str = "Emergency Department",
+    accession: str = "ACC-UI-1",
+    birth_date: str = "19500101",
+    age: str = "076Y",
     size: int = 256,
     seed: int = 0,
 ) -> Path:
@@ -73,11 +76,11 @@ def write_dx(
     ds.PatientID = patient_id
     ds.PatientName = patient_name
     ds.PatientSex = "O"
-    ds.PatientBirthDate = "19500101"
-    ds.PatientAge = "076Y"
+    ds.PatientBirthDate = birth_date
+    ds.PatientAge = age
     ds.StudyDate = "20260101"
     ds.StudyTime = "120000"
-    ds.AccessionNumber = "ACC-UI-1"
+    ds.AccessionNumber = accession
     ds.StudyID = "1"
     ds.SeriesNumber = 1
     ds.InstanceNumber = 1
