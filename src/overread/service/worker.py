@@ -20,7 +20,7 @@ import socket
 import threading
 import time
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from io import BytesIO
 from pathlib import Path
 from typing import Any
@@ -278,6 +278,24 @@ class Worker:
             time.perf_counter() - started,
         )
 
+    def _audit(
+        self,
+        session: Any,
+        *,
+        action: AuditAction,
+        object_uids: Iterable[str],
+        details: dict[str, Any],
+    ) -> None:
+        """Record what this worker did, in ``session``'s transaction."""
+        record_event(
+            session,
+            actor=f"worker:{self.name}",
+            role="service",
+            action=action,
+            object_uids=object_uids,
+            details=details,
+        )
+
     def _store_dataset(self, dataset: Any) -> dict[str, Any]:
         buffer = BytesIO()
         pydicom.dcmwrite(buffer, dataset, enforce_file_format=True)
@@ -319,10 +337,8 @@ class Worker:
                 session.add(result)
                 session.flush()
                 result_id = result.id
-                record_event(
+                self._audit(
                     session,
-                    actor=f"worker:{self.name}",
-                    role="service",
                     action=AuditAction.INFERENCE,
                     object_uids=[job.study_instance_uid],
                     details={
@@ -395,10 +411,8 @@ class Worker:
                 f"{len(failed)}/{len(statuses)} object(s) not accepted by {dest}: {failed[0].error}"
             )
         with self.database.session() as session:
-            record_event(
+            self._audit(
                 session,
-                actor=f"worker:{self.name}",
-                role="service",
                 action=AuditAction.EXPORT,
                 object_uids=[
                     job.study_instance_uid,
@@ -463,10 +477,8 @@ class Worker:
                 error=str(exc)[:500],
             )
             with self.database.session() as session:
-                record_event(
+                self._audit(
                     session,
-                    actor=f"worker:{self.name}",
-                    role="service",
                     action=AuditAction.EXPORT,
                     object_uids=[job.study_instance_uid],
                     details=details,
@@ -477,10 +489,8 @@ class Worker:
         seconds = time.perf_counter() - started
         details.update(outcome="stored", status_code=reply.status_code, seconds=round(seconds, 6))
         with self.database.session() as session:
-            record_event(
+            self._audit(
                 session,
-                actor=f"worker:{self.name}",
-                role="service",
                 action=AuditAction.EXPORT,
                 object_uids=[job.study_instance_uid],
                 details=details,
