@@ -1,0 +1,46 @@
+"""A running gateway on loopback, started in this process and stopped on exit.
+
+This is the one place the harness names the object that wires the gateway
+together; the demo, the benchmarks and the tests start gateways through it.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from contextlib import contextmanager
+from typing import Any
+
+from overread.config import Settings
+from overread.service.config import ServiceConfig, service_config
+from overread.service.server import Service
+
+
+def loopback_config(settings: Settings, **overrides: Any) -> ServiceConfig:
+    """The service configuration of ``settings``, its DICOM listener on a free loopback port.
+
+    ``overrides`` are :func:`overread.service.config.service_config`'s (``None``
+    means "not given"); ``dicom_port`` and ``dicom_host`` may be overridden too.
+    """
+    values: dict[str, Any] = {"dicom_port": 0, "dicom_host": "127.0.0.1"}
+    values.update(overrides)
+    return service_config(settings, **values)
+
+
+@contextmanager
+def running_gateway(
+    config: ServiceConfig, *, stop_timeout: float = 30.0, **service_options: Any
+) -> Iterator[Service]:
+    """The gateway of ``config``, started (listeners bound), stopped on exit.
+
+    ``service_options`` go to :class:`~overread.service.server.Service` (``artifacts``,
+    ``registry``, ``with_http``, ``triage_interval``, ...).
+    """
+    service = Service(config, **service_options)
+    try:
+        service.start()
+        yield service
+    finally:
+        service.stop(timeout=stop_timeout)
+
+
+__all__ = ["Service", "loopback_config", "running_gateway"]
