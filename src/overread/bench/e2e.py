@@ -24,7 +24,6 @@ from __future__ import annotations
 
 import contextlib
 import math
-import os
 import shutil
 import subprocess
 import sys
@@ -42,17 +41,20 @@ import numpy as np
 import pydicom
 from pydicom.uid import generate_uid
 
-from overread.bench.machine import (
-    machine_info,
-    percentile,
-    require_dcmtk,
-    start_storescp,
-    stop_process,
+from overread.bench.machine import BENCH_AE_TITLE, machine_info, percentile, require_dcmtk
+from overread.config import Settings
+from overread.errors import ConfigError, ServiceError
+from overread.harness import (
+    PACS_AE_TITLE,
+    PacsWatcher,
+    Service,
+    StorescpPacs,
+    end_process,
+    loopback_config,
     storescu,
     wait_port,
 )
-from overread.config import Settings
-from overread.errors import ConfigError, ServiceError
+from overread.harness import running_gateway as running_loopback_gateway
 
 Progress = Callable[[str, int, int], None]
 
@@ -166,53 +168,6 @@ class StudyFactory:
         return path, study
 
 
-# -- the PACS --------------------------------------------------------------------------
-class PacsWatcher:
-    """Notes when each SR is complete in ``storescp``'s output folder."""
-
-    def __init__(self, folder: Path) -> None:
-        self.folder = folder
-        self.arrivals: dict[str, float] = {}
-        self._seen: set[str] = set()
-        self._stop = threading.Event()
-        self._lock = threading.Lock()
-        self._thread = threading.Thread(target=self._run, name="bench-pacs-watch", daemon=True)
-
-    def start(self) -> None:
-        """Start polling (every 2 ms)."""
-        self._thread.start()
-
-    def stop(self) -> None:
-        """Stop polling."""
-        self._stop.set()
-        self._thread.join(5)
-
-    def _run(self) -> None:
-        while not self._stop.is_set():
-            try:
-                entries = list(os.scandir(self.folder))
-            except OSError:
-                entries = []
-            for entry in entries:
-                if entry.name in self._seen or not entry.name.startswith("SR"):
-                    continue
-                seen_at = time.time()
-                try:
-                    ds = pydicom.dcmread(entry.path, stop_before_pixels=True)
-                    study = str(ds.StudyInstanceUID)
-                except Exception:  # still being written: look again on the next pass
-                    continue
-                self._seen.add(entry.name)
-                with self._lock:
-                    self.arrivals.setdefault(study, seen_at)
-            self._stop.wait(0.002)
-
-    def arrived(self, study: str) -> float | None:
-        """Wall-clock time the first SR of ``study`` was complete, or ``None``."""
-        with self._lock:
-            return self.arrivals.get(study)
-
-
 # -- the gateway -----------------------------------------------------------------------
 def _overread_command() -> list[str]:
     script = shutil.which("overread", path=str(Path(sys.executable).parent))
@@ -245,7 +200,7 @@ def _fresh_postgres(server_url: str) -> Iterator[str]:
 class Gateway:
     """A started gateway and its PACS."""
 
-    service: Any
+    service: Service
     pacs: PacsWatcher
     port: int
     ae_title: str
@@ -262,11 +217,9 @@ def running_gateway(
     stable: bool = False,
 ) -> Iterator[Gateway]:
     """PACS (``storescp``) + gateway (+ worker processes for ``celery``), stopped on exit."""
-    from overread.service.config import service_config
-    from overread.service.server import Service
-
     pacs_dir = root / "pacs"
-    pacs_process, pacs_port = start_storescp(pacs_dir)
+    pacs = StorescpPacs(pacs_dir)
+    pacs.start(attempts=5)
     watcher = PacsWatcher(pacs_dir)
     watcher.start()
     stack = contextlib.ExitStack()
@@ -296,21 +249,17 @@ def running_gateway(
                 }
             ]
         data_dir = root / "gateway"
-        config = service_config(
+        config = loopback_config(
             Settings(data_dir=data_dir),
-            dicom_port=0,
-            dicom_host="127.0.0.1",
             http_port=None,
             workers=0 if backend == "celery" else workers,
             database_url=database_url,
             broker_url=options.broker_url if backend == "celery" else None,
-            destinations=[f"PACS=PACSAE@127.0.0.1:{pacs_port}"],
+            destinations=[f"PACS={PACS_AE_TITLE}@127.0.0.1:{pacs.port}"],
             stable_seconds=options.stable_wait_s if stable else 30,
             routes=routes,
         )
-        service = Service(config)
-        service.start()
-        stack.callback(service.stop)
+        service = stack.enter_context(running_loopback_gateway(config))
         gateway = Gateway(service, watcher, int(service.dicom_port or 0), config.ae_title)
         if backend == "celery":
             assert database_url is not None
@@ -332,13 +281,13 @@ def running_gateway(
                     stderr=subprocess.DEVNULL,
                 )
                 gateway.workers.append(process)
-                stack.callback(stop_process, process)
+                stack.callback(end_process, process)
         wait_port(gateway.port)
         yield gateway
     finally:
         stack.close()
         watcher.stop()
-        stop_process(pacs_process)
+        pacs.stop()
 
 
 # -- one run ---------------------------------------------------------------------------
@@ -363,7 +312,7 @@ class Sent:
 def _send_one(gateway: Gateway, item: Sent) -> None:
     item.start_wall = time.time()
     try:
-        storescu(gateway.port, [item.path], gateway.ae_title)
+        storescu(gateway.port, [item.path], gateway.ae_title, BENCH_AE_TITLE)
     except (ServiceError, subprocess.SubprocessError) as exc:
         item.error = str(exc)
     item.sent_wall = time.time()
@@ -755,7 +704,6 @@ def with_overrides(options: E2EOptions, **changes: Any) -> E2EOptions:
 __all__ = [
     "STAGES",
     "E2EOptions",
-    "PacsWatcher",
     "StudyFactory",
     "benchmark_e2e",
     "stage_breakdown",

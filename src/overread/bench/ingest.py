@@ -17,42 +17,53 @@ from typing import Any
 
 from pydicom.uid import generate_uid
 
-from overread.bench.machine import (
-    machine_info,
-    median,
-    require_dcmtk,
-    send_parallel,
-    start_storescp,
-    stop_process,
-)
+from overread.bench.machine import BENCH_AE_TITLE, machine_info, median, require_dcmtk
 from overread.config import Settings
 from overread.errors import ConfigError
+from overread.harness import StorescpPacs, loopback_config, send_parallel, write_chest_dx
+from overread.service.db import Database
+from overread.service.ingest import Ingestor
+from overread.service.scp import StorageSCP
+from overread.service.store import ObjectStore
 
 
-def _overread_run(root: Path, paths: list[Path], associations: int) -> float:
-    from overread.service.config import service_config
-    from overread.service.db import Database
-    from overread.service.ingest import Ingestor
-    from overread.service.scp import StorageSCP
-    from overread.service.store import ObjectStore
+def write_test_radiograph(path: Path, *, size: int, study_uid: str, seed: int) -> Path:
+    """A synthetic 12-bit chest DX of ``size``² of the benchmark's patient."""
+    return write_chest_dx(
+        path,
+        study_uid=study_uid,
+        size=size,
+        seed=seed,
+        patient_id="BENCH",
+        patient_name="Bench^Mark",
+        birth_date="",
+        accession="",
+        pixel_spacing=0.15,
+        window=None,
+    )
 
-    config = service_config(Settings(data_dir=root), dicom_port=0, dicom_host="127.0.0.1")
+
+def overread_seconds(root: Path, paths: list[Path], associations: int) -> float:
+    """Seconds overread's SCP (alone, fsync'd, its database in ``root``) takes to receive ``paths``."""
+    config = loopback_config(Settings(data_dir=root))
     database = Database(config.database_url)
     scp = StorageSCP(config, Ingestor(database, ObjectStore(root / "objects")))
     port = scp.start()
     try:
-        return send_parallel(port, paths, associations, config.ae_title)
+        return send_parallel(port, paths, associations, config.ae_title, BENCH_AE_TITLE)
     finally:
         scp.stop()
         database.dispose()
 
 
-def _storescp_run(root: Path, paths: list[Path], associations: int) -> float:
-    process, port = start_storescp(root, fork=associations > 1)
+def storescp_seconds(root: Path, paths: list[Path], associations: int) -> float:
+    """Seconds DCMTK ``storescp`` (``--fork`` with several associations) takes to receive ``paths``."""
+    pacs = StorescpPacs(root, fork=associations > 1)
+    port = pacs.start()
     try:
-        return send_parallel(port, paths, associations, "ANY-SCP")
+        return send_parallel(port, paths, associations, "ANY-SCP", BENCH_AE_TITLE)
     finally:
-        stop_process(process)
+        pacs.stop()
 
 
 def benchmark_ingest_side_by_side(
@@ -89,8 +100,6 @@ def benchmark_ingest_side_by_side(
             "bench ingest: --files, --associations and --repeats must be >= 1, --size >= 64"
         )
     require_dcmtk()
-    from overread.service.bench import write_test_radiograph
-
     started = time.monotonic()
     with tempfile.TemporaryDirectory(prefix="overread-bench-ingest-") as tmp:
         root = Path(tmp)
@@ -110,8 +119,8 @@ def benchmark_ingest_side_by_side(
                 if repeat and time.monotonic() - started > max_seconds:
                     break
                 for name, runner in (
-                    ("storescp", _storescp_run),
-                    ("overread_fsync", _overread_run),
+                    ("storescp", storescp_seconds),
+                    ("overread_fsync", overread_seconds),
                 ):
                     run += 1
                     if progress is not None:
@@ -144,4 +153,9 @@ def benchmark_ingest_side_by_side(
     }
 
 
-__all__ = ["benchmark_ingest_side_by_side"]
+__all__ = [
+    "benchmark_ingest_side_by_side",
+    "overread_seconds",
+    "storescp_seconds",
+    "write_test_radiograph",
+]

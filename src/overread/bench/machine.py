@@ -1,19 +1,21 @@
-"""The machine a benchmark ran on, the shared helpers, and the docs append."""
+"""The machine a benchmark ran on, the shared helpers, and the docs append.
+
+The loopback peers themselves (``storescp``, ``storescu``, ports) are :mod:`overread.harness`'s.
+"""
 
 from __future__ import annotations
 
 import os
 import shutil
-import socket
 import statistics
-import subprocess
-import threading
-import time
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
 from overread.errors import ServiceError
+
+#: The calling AE title of the benchmarks' ``storescu``.
+BENCH_AE_TITLE = "BENCH"
 
 
 def machine_info() -> dict[str, Any]:
@@ -38,99 +40,6 @@ def require_dcmtk() -> None:
     for tool in ("storescu", "storescp"):
         if shutil.which(tool) is None:
             raise ServiceError(f"{tool} (DCMTK) is needed for this benchmark")
-
-
-def free_port() -> int:
-    """A TCP port free on loopback right now."""
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
-def wait_port(port: int, timeout: float = 30.0) -> None:
-    """Wait until something listens on ``127.0.0.1:port``."""
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        with socket.socket() as sock:
-            if sock.connect_ex(("127.0.0.1", port)) == 0:
-                return
-        time.sleep(0.02)
-    raise ServiceError(f"nothing listening on port {port}")
-
-
-def start_storescp(
-    out_dir: Path, *, ae_title: str = "PACSAE", fork: bool = False
-) -> tuple[subprocess.Popen[bytes], int]:
-    """DCMTK ``storescp`` writing to ``out_dir`` on a free loopback port."""
-    out_dir.mkdir(parents=True, exist_ok=True)
-    for _ in range(5):
-        port = free_port()
-        process = subprocess.Popen(
-            [
-                "storescp",
-                *(["--fork"] if fork else []),
-                "-aet",
-                ae_title,
-                "-od",
-                str(out_dir),
-                str(port),
-            ],
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.DEVNULL,
-        )
-        try:
-            wait_port(port, 10)
-            return process, port
-        except ServiceError:
-            process.kill()
-            process.wait(5)
-    raise ServiceError("storescp did not start on a free port")
-
-
-def stop_process(process: subprocess.Popen[Any]) -> None:
-    """Terminate a child process, killing it if it does not exit within 10 s."""
-    if process.poll() is None:
-        process.terminate()
-        try:
-            process.wait(10)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait(5)
-
-
-def storescu(port: int, files: list[Path], called: str, calling: str = "BENCH") -> None:
-    """Send ``files`` in one association with DCMTK ``storescu``; raise on failure."""
-    done = subprocess.run(
-        ["storescu", "-aet", calling, "-aec", called, "127.0.0.1", str(port), *map(str, files)],
-        capture_output=True,
-        text=True,
-        timeout=600,
-    )
-    if done.returncode != 0:
-        raise ServiceError(f"storescu to port {port} failed: {done.stderr.strip()[:300]}")
-
-
-def send_parallel(port: int, files: list[Path], associations: int, called: str) -> float:
-    """Seconds to send ``files`` over ``associations`` concurrent ``storescu`` runs."""
-    chunks = [files[i::associations] for i in range(associations)]
-    failures: list[BaseException] = []
-
-    def run(chunk: list[Path]) -> None:
-        try:
-            storescu(port, chunk, called)
-        except BaseException as exc:
-            failures.append(exc)
-
-    threads = [threading.Thread(target=run, args=(c,)) for c in chunks if c]
-    start = time.perf_counter()
-    for thread in threads:
-        thread.start()
-    for thread in threads:
-        thread.join()
-    elapsed = time.perf_counter() - start
-    if failures:
-        raise failures[0]
-    return elapsed
 
 
 def percentile(values: list[float], q: float) -> float:
@@ -166,15 +75,10 @@ def append_to_docs(path: Path, title: str, command: str, body: str) -> None:
 
 
 __all__ = [
+    "BENCH_AE_TITLE",
     "append_to_docs",
-    "free_port",
     "machine_info",
     "median",
     "percentile",
     "require_dcmtk",
-    "send_parallel",
-    "start_storescp",
-    "stop_process",
-    "storescu",
-    "wait_port",
 ]

@@ -1,4 +1,4 @@
-"""``overread bench``: benchmarks. Other areas add their own subcommands to ``bench_app``."""
+"""``overread bench``: benchmarks (``overread.bench`` measures, this module shows)."""
 
 from __future__ import annotations
 
@@ -387,6 +387,37 @@ def bench_ingest(
         )
     _emit(
         [_ingest_table(result)], result, as_json=as_json, append=append_docs, title="Gateway ingest"
+    )
+
+
+@bench_app.command("gateway")
+def bench_gateway(
+    files: int = typer.Option(40, "--files", min=2, help="Images sent in the ingest test."),
+    size: int = typer.Option(1600, "--size", min=64, help="Image side in pixels (1600: 5 MB)."),
+    associations: int = typer.Option(1, "--associations", min=1, help="Parallel storescu."),
+    studies: int = typer.Option(12, "--studies", min=1, help="Studies timed end to end."),
+    as_json: bool = typer.Option(False, "--json", help="Print the results as JSON."),
+) -> None:
+    """SCP ingest (fsync'd) vs DCMTK storescp, and C-STORE to SR-at-PACS latency."""
+    from overread.bench.gateway import benchmark_ingest, benchmark_latency
+
+    ingest = benchmark_ingest(files=files, size=size, associations=associations)
+    latency = benchmark_latency(studies=studies)
+    if as_json:
+        typer.echo(json.dumps({"ingest": ingest, "latency": latency}, indent=2))
+        return
+    typer.echo(
+        f"ingest, {ingest['files']} x {ingest['mb_per_file']:.1f} MB, "
+        f"{ingest['associations']} association(s):"
+    )
+    for name in ("storescp", "overread_fsync"):
+        typer.echo(
+            f"  {name:15s} {ingest[name]['mb_s']:7.1f} MB/s {ingest[name]['files_s']:6.1f} files/s"
+        )
+    typer.echo(f"  ratio overread/storescp: {ingest['ratio']:.2f}")
+    typer.echo(
+        f"C-STORE -> SR at PACS, {latency['studies']} studies of {latency['mb_per_image']:.1f} MB: "
+        f"p50 {latency['p50_s']:.3f} s, p95 {latency['p95_s']:.3f} s, max {latency['max_s']:.3f} s"
     )
 
 

@@ -12,9 +12,11 @@ from pathlib import Path
 
 import pytest
 
-from overread.service.bench import benchmark_ingest, benchmark_latency
+from overread.bench import benchmark_ingest, benchmark_latency
 
-from .conftest import needs_dcmtk
+needs_dcmtk = pytest.mark.skipif(
+    shutil.which("storescu") is None, reason="DCMTK (storescu/storescp) not installed"
+)
 
 RunCli = Callable[..., tuple[int, str, str]]
 
@@ -43,6 +45,28 @@ def test_latency_benchmark_times_studies_end_to_end() -> None:
     result = benchmark_latency(studies=2, size=256, warmup=0)
     assert result["studies"] == 2
     assert 0 < result["p50_s"] <= result["p95_s"] <= result["max_s"]
+
+
+@pytest.mark.slow
+@pytest.mark.service
+@needs_dcmtk
+def test_bench_gateway_cli_keeps_its_json_keys(run_cli: RunCli) -> None:
+    pytest.importorskip("overread.service.outputs")
+    status, out, _ = run_cli(
+        "bench", "gateway", "--files", "2", "--size", "128", "--studies", "1", "--json"
+    )
+    assert status == 0
+    result = json.loads(out)
+    ingest, latency = result["ingest"], result["latency"]
+    assert (ingest["files"], ingest["associations"]) == (2, 1)
+    for name in ("storescp", "overread_fsync"):
+        assert ingest[name]["mb_s"] > 0 and ingest[name]["files_s"] > 0
+    assert ingest["ratio"] == pytest.approx(
+        ingest["overread_fsync"]["mb_s"] / ingest["storescp"]["mb_s"]
+    )
+    assert latency["studies"] == 1
+    assert latency["mb_per_image"] == pytest.approx(2048 * 2048 * 2 / 1e6)
+    assert 0 < latency["p50_s"] <= latency["p95_s"] <= latency["max_s"]
 
 
 @pytest.mark.service
