@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import contextlib
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -21,6 +23,29 @@ def run_cli(capsys: pytest.CaptureFixture[str]):
         return status, captured.out, captured.err
 
     return _run
+
+
+@pytest.fixture
+def start_gateway(tmp_path: Path) -> Iterator[Callable[..., Any]]:
+    """Start gateways in-process (DICOM and HTTP on free loopback ports), stopped after the test.
+
+    ``start_gateway(service_options={...}, **config)``: ``config`` overrides the service
+    configuration (one worker and short waits by default), ``service_options`` go to
+    the gateway object (``artifacts``, ``registry``, ...). Data lives in ``tmp_path/data``.
+    """
+    from overread.config import Settings
+    from overread.harness import QUICK_TIMINGS, loopback_config, running_gateway
+
+    with contextlib.ExitStack() as running:
+
+        def _start(*, service_options: dict[str, Any] | None = None, **overrides: Any) -> Any:
+            values = {"http_port": 0, **QUICK_TIMINGS, **overrides}
+            config = loopback_config(Settings(data_dir=tmp_path / "data"), **values)
+            return running.enter_context(
+                running_gateway(config, stop_timeout=10, **(service_options or {}))
+            )
+
+        yield _start
 
 
 POSTGRES_ADMIN = "host=127.0.0.1 port=5432 user=postgres dbname=postgres"

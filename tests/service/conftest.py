@@ -1,23 +1,17 @@
-"""Fixtures for the gateway tests: test DICOMs, free ports, databases, DCMTK peers."""
+"""Fixtures for the gateway tests: test DICOMs, databases, DCMTK peers (on the loopback harness)."""
 
 from __future__ import annotations
 
 import shutil
-import socket
-import subprocess
-import time
 import uuid
 from collections.abc import Callable, Iterator
+from functools import partial
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
 
-import numpy as np
 import pytest
-from pydicom.dataset import Dataset, FileMetaDataset
-from pydicom.uid import DigitalXRayImageStorageForPresentation, ExplicitVRLittleEndian, generate_uid
 
-if TYPE_CHECKING:
-    from overread.service.server import Service
+from overread.harness import Service, StorescpPacs, wait_port, write_chest_dx
+from overread.netutil import free_port as free_port
 
 POSTGRES_URL = "postgresql+psycopg://postgres@127.0.0.1:5432/"
 
@@ -26,86 +20,17 @@ needs_dcmtk = pytest.mark.skipif(
 )
 
 
-def free_port() -> int:
-    """A TCP port that was free a moment ago."""
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
+#: Waits until something listens on a loopback port (raises ``ServiceError`` if not).
+wait_for_port = wait_port
 
-
-def wait_for_port(port: int, timeout: float = 15.0) -> None:
-    """Wait until something listens on ``127.0.0.1:port``."""
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        with socket.socket() as sock:
-            if sock.connect_ex(("127.0.0.1", port)) == 0:
-                return
-        time.sleep(0.05)
-    raise TimeoutError(f"nothing listening on port {port}")
-
-
-def make_dx(
-    path: Path,
-    *,
-    study_uid: str | None = None,
-    series_uid: str | None = None,
-    sop_uid: str | None = None,
-    modality: str = "DX",
-    body_part: str = "CHEST",
-    size: int = 128,
-    seed: int = 0,
-) -> Path:
-    """Write a small but complete chest DX (16-bit, MONOCHROME2) to ``path``."""
-    rng = np.random.default_rng(seed)
-    rows = np.linspace(0, 1, size, dtype=np.float32)[:, None]
-    cols = np.linspace(-1, 1, size, dtype=np.float32)[None, :]
-    lungs = np.exp(-((np.abs(cols) - 0.45) ** 2) / 0.05 - (rows - 0.5) ** 2 / 0.1)
-    pixels = (2000 + 1500 * (1 - lungs) + rng.normal(0, 30, (size, size))).clip(0, 4095)
-    sop_uid = sop_uid or generate_uid()
-    meta = FileMetaDataset()
-    meta.MediaStorageSOPClassUID = DigitalXRayImageStorageForPresentation
-    meta.MediaStorageSOPInstanceUID = sop_uid
-    meta.TransferSyntaxUID = ExplicitVRLittleEndian
-    ds = Dataset()
-    ds.file_meta = meta
-    ds.SOPClassUID = DigitalXRayImageStorageForPresentation
-    ds.SOPInstanceUID = sop_uid
-    ds.StudyInstanceUID = study_uid or generate_uid()
-    ds.SeriesInstanceUID = series_uid or generate_uid()
-    ds.PatientID = "SVC001"
-    ds.PatientName = "Service^Test"
-    ds.PatientSex = "O"
-    ds.PatientBirthDate = "19700101"
-    ds.StudyDate = "20260101"
-    ds.StudyTime = "120000"
-    ds.AccessionNumber = "ACC1"
-    ds.StudyID = "1"
-    ds.SeriesNumber = 1
-    ds.InstanceNumber = 1
-    ds.ReferringPhysicianName = ""
-    ds.Manufacturer = "overread-tests"
-    ds.Modality = modality
-    ds.BodyPartExamined = body_part
-    ds.ViewPosition = "PA"
-    ds.PatientOrientation = ["L", "F"]
-    ds.PresentationIntentType = "FOR PRESENTATION"
-    ds.ImageType = ["ORIGINAL", "PRIMARY"]
-    ds.Rows = size
-    ds.Columns = size
-    ds.SamplesPerPixel = 1
-    ds.PhotometricInterpretation = "MONOCHROME2"
-    ds.BitsAllocated = 16
-    ds.BitsStored = 12
-    ds.HighBit = 11
-    ds.PixelRepresentation = 0
-    ds.PixelSpacing = [0.5, 0.5]
-    ds.ImagerPixelSpacing = [0.5, 0.5]
-    ds.WindowCenter = 2500
-    ds.WindowWidth = 3000
-    ds.PixelData = pixels.astype(np.uint16).tobytes()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    ds.save_as(path, enforce_file_format=True)
-    return path
+#: A small but complete chest DX (16-bit, MONOCHROME2) of the service tests' patient.
+make_dx = partial(
+    write_chest_dx,
+    patient_id="SVC001",
+    patient_name="Service^Test",
+    birth_date="19700101",
+    accession="ACC1",
+)
 
 
 @pytest.fixture
@@ -157,30 +82,12 @@ def database_url(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str
     yield url
 
 
-class Storescp:
-    """A DCMTK storescp acting as the PACS; files land in ``out``."""
+class Storescp(StorescpPacs):
+    """A DCMTK storescp acting as the PACS, listening once made; files land in ``out``."""
 
     def __init__(self, out: Path, ae_title: str = "PACSAE", port: int | None = None) -> None:
-        self.out = out
-        self.ae_title = ae_title
-        self.port = port or free_port()
-        out.mkdir(parents=True, exist_ok=True)
-        self.process = subprocess.Popen(
-            ["storescp", "-aet", ae_title, "-od", str(out), str(self.port)],
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.PIPE,
-        )
-        wait_for_port(self.port)
-
-    def files(self) -> list[Path]:
-        return sorted(p for p in self.out.iterdir() if p.is_file())
-
-    def stop(self) -> None:
-        self.process.terminate()
-        try:
-            self.process.wait(10)
-        except subprocess.TimeoutExpired:
-            self.process.kill()
+        super().__init__(out, ae_title=ae_title)
+        self.start(port=port)
 
 
 @pytest.fixture
@@ -220,31 +127,6 @@ def service_headers() -> Callable[..., dict[str, str]]:
 
 
 @pytest.fixture
-def make_service(tmp_path: Path) -> Iterator[Callable[..., Any]]:
+def make_service(start_gateway: Callable[..., Service]) -> Callable[..., Service]:
     """Start gateways in-process on free ports (stopped after the test)."""
-    from overread.config import Settings
-    from overread.service.config import service_config
-    from overread.service.server import Service
-
-    services: list[Service] = []
-
-    def _make(**overrides: object) -> Service:
-        settings = Settings(data_dir=tmp_path / "data")
-        values: dict[str, object] = {
-            "dicom_port": 0,
-            "dicom_host": "127.0.0.1",
-            "http_port": 0,
-            "workers": 1,
-            "stable_seconds": 60,
-            "poll_seconds": 0.2,
-            "retry_base_seconds": 0.2,
-        }
-        values.update(overrides)
-        service = Service(service_config(settings, **values))
-        service.start()
-        services.append(service)
-        return service
-
-    yield _make
-    for service in services:
-        service.stop(timeout=10)
+    return start_gateway

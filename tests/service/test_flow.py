@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import subprocess
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -13,6 +12,7 @@ import pytest
 from pydicom.uid import generate_uid
 from sqlalchemy import select
 
+from overread.harness import storescu
 from overread.service.db import Job, JobState, Result, Study
 from overread.service.server import Service
 
@@ -24,25 +24,6 @@ pytest.importorskip("overread.inference", reason="the inference pipeline is not 
 pytest.importorskip("overread.service.outputs", reason="the result builders are not importable")
 
 COMPREHENSIVE_SR = "1.2.840.10008.5.1.4.1.1.88.33"
-
-
-def _storescu(port: int, *files: Path) -> None:
-    done = subprocess.run(
-        [
-            "storescu",
-            "-aet",
-            "MODALITY",
-            "-aec",
-            "OVERREAD",
-            "127.0.0.1",
-            str(port),
-            *map(str, files),
-        ],
-        capture_output=True,
-        text=True,
-        timeout=60,
-    )
-    assert done.returncode == 0, done.stderr
 
 
 def _wait(predicate: Callable[[], bool], timeout: float = 90.0) -> None:
@@ -64,7 +45,7 @@ def test_chest_xray_is_read_and_its_sr_reaches_the_pacs(
 ) -> None:
     service = make_service(destinations=[f"PACS=PACSAE@127.0.0.1:{storescp.port}"])
     image = dx_factory(size=256)
-    _storescu(service.dicom_port or 0, image)
+    storescu(service.dicom_port or 0, [image])
     # The default chest route completes on association release: no 60 s wait.
     _wait(lambda: [j.state for j in _jobs(service)] == ["succeeded", "succeeded"])
     [sr_file] = storescp.files()
@@ -97,7 +78,7 @@ def test_chest_xray_is_read_and_its_sr_reaches_the_pacs(
     assert len(api_result["instances"][0]["findings"]) == 14
     assert httpx.get(f"{base}/1.2.3.4/results", headers=auth, timeout=10).status_code == 404
     # The same study again: stored idempotently, routed again, but not read twice.
-    _storescu(service.dicom_port or 0, image)
+    storescu(service.dicom_port or 0, [image])
     time.sleep(1.0)
     assert len(_jobs(service)) == 2 and len(storescp.files()) == 1
 
@@ -115,7 +96,9 @@ def test_stable_time_and_explicit_trigger_complete_studies(
     ]
     service = make_service(routes=routes, stable_seconds=5)
     study_a, study_b = generate_uid(), generate_uid()
-    _storescu(service.dicom_port or 0, dx_factory(study_uid=study_a), dx_factory(study_uid=study_a))
+    storescu(
+        service.dicom_port or 0, [dx_factory(study_uid=study_a), dx_factory(study_uid=study_a)]
+    )
     with service.database.session() as session:
         state = session.scalar(select(Study.state).where(Study.study_instance_uid == study_a))
     assert state == "receiving"  # released, but this route waits for the stable time
@@ -127,7 +110,7 @@ def test_stable_time_and_explicit_trigger_complete_studies(
     # The explicit trigger through the HTTP API, before the stable time runs out.
     service.config.stable_seconds = 3600
     service.assembler.config.stable_seconds = 3600
-    _storescu(service.dicom_port or 0, dx_factory(study_uid=study_b))
+    storescu(service.dicom_port or 0, [dx_factory(study_uid=study_b)])
     base = f"http://127.0.0.1:{service.http_port}"
     assert httpx.post(f"{base}/api/studies/{study_b}/complete", timeout=10).status_code == 401
     reply = httpx.post(
@@ -155,7 +138,7 @@ def test_unreachable_destination_is_retried_then_dead_lettered_then_requeued(
 ) -> None:
     port = free_port()  # nobody listens here yet
     service = make_service(destinations=[f"PACS=PACSAE@127.0.0.1:{port}"], max_attempts=3)
-    _storescu(service.dicom_port or 0, dx_factory(size=256))
+    storescu(service.dicom_port or 0, [dx_factory(size=256)])
 
     def export() -> Job | None:
         return next((j for j in _jobs(service) if j.kind == "export"), None)
@@ -186,7 +169,7 @@ def test_unreadable_study_is_dead_lettered_at_once(
         {"name": "ct", "modality": ["CT"], "models": ["cxr-default"], "complete_on_release": True}
     ]
     service = make_service(routes=routes, max_attempts=5)
-    _storescu(service.dicom_port or 0, ct)
+    storescu(service.dicom_port or 0, [ct])
     _wait(lambda: any(j.state == JobState.DEAD_LETTERED.value for j in _jobs(service)), timeout=60)
     [job] = _jobs(service)
     assert job.attempts == 1  # a model that cannot read the input will not on retry either
@@ -197,7 +180,7 @@ def test_with_explain_the_pacs_also_gets_heatmap_overlays(
     make_service: Callable[..., Service], storescp: Storescp, dx_factory: Callable[..., Path]
 ) -> None:
     service = make_service(destinations=[f"PACS=PACSAE@127.0.0.1:{storescp.port}"], explain=True)
-    _storescu(service.dicom_port or 0, dx_factory(size=256))
+    storescu(service.dicom_port or 0, [dx_factory(size=256)])
     _wait(lambda: [j.state for j in _jobs(service)] == ["succeeded", "succeeded"])
     classes = [
         str(pydicom.dcmread(p, stop_before_pixels=True).SOPClassUID) for p in storescp.files()
@@ -222,7 +205,7 @@ def test_a_phantom_cohort_is_read_study_by_study(
     images = sorted((cohort / "images").rglob("*.dcm"))
     studies = {str(pydicom.dcmread(p, stop_before_pixels=True).StudyInstanceUID) for p in images}
     service = make_service(destinations=[f"PACS=PACSAE@127.0.0.1:{storescp.port}"])
-    _storescu(service.dicom_port or 0, *images)
+    storescu(service.dicom_port or 0, [*images])
     _wait(
         lambda: (
             len(_jobs(service)) == 2 * len(studies)
@@ -253,7 +236,7 @@ def test_every_step_is_audited_and_the_study_reaches_the_worklist(
     edited.InstitutionalDepartmentName = "Emergency Department"
     edited.PatientAge = "080Y"
     edited.save_as(image)
-    _storescu(service.dicom_port or 0, image)
+    storescu(service.dicom_port or 0, [image])
     _wait(lambda: [j.state for j in _jobs(service)] == ["succeeded", "succeeded"])
     study_uid = str(edited.StudyInstanceUID)
     with service.database.session() as session:

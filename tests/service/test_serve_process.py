@@ -16,6 +16,8 @@ import pytest
 from pydicom.uid import generate_uid
 from sqlalchemy import select
 
+from overread.errors import ServiceError
+from overread.harness import storescu
 from overread.service.db import Database, Job, Result
 
 from .conftest import Storescp, free_port, needs_dcmtk, wait_for_port
@@ -67,7 +69,7 @@ class ServeProcess:
         try:
             wait_for_port(self.dicom_port, timeout=120)
             wait_for_port(self.http_port, timeout=30)
-        except TimeoutError:
+        except ServiceError:
             self.kill()
             raise AssertionError(Path(self.log.name).read_text()) from None
 
@@ -94,25 +96,6 @@ def serve(tmp_path: Path) -> Iterator[Callable[..., ServeProcess]]:
         if process.process.poll() is None:
             process.kill()
         process.log.close()
-
-
-def _storescu(port: int, *files: Path) -> None:
-    done = subprocess.run(
-        [
-            "storescu",
-            "-aet",
-            "MODALITY",
-            "-aec",
-            "OVERREAD",
-            "127.0.0.1",
-            str(port),
-            *map(str, files),
-        ],
-        capture_output=True,
-        text=True,
-        timeout=120,
-    )
-    assert done.returncode == 0, done.stderr
 
 
 def _jobs(db: Database) -> list[Job]:
@@ -143,7 +126,7 @@ def test_serve_end_to_end_with_health_and_clean_shutdown(
     health = httpx.get(f"http://127.0.0.1:{gateway.http_port}/health", timeout=10).json()
     assert health["status"] == "ok" and health["ae_title"] == "OVERREAD"
     image = dx_factory(size=256)
-    _storescu(gateway.dicom_port, image)
+    storescu(gateway.dicom_port, [image])
     db = Database(f"sqlite:///{tmp_path / 'data' / 'overread.db'}", create=False)
     _wait(lambda: [j.state for j in _jobs(db)] == ["succeeded", "succeeded"])
     [sr] = [pydicom.dcmread(p) for p in storescp.files()]
@@ -163,7 +146,7 @@ def test_kill_9_mid_job_then_restart_completes_the_job_exactly_once(
     images = [dx_factory(study_uid=study, size=512) for _ in range(24)]
     gateway = serve(storescp)
     db = Database(f"sqlite:///{tmp_path / 'data' / 'overread.db'}", create=False)
-    _storescu(gateway.dicom_port, *images)
+    storescu(gateway.dicom_port, [*images])
     _wait(lambda: any(j.state == "running" for j in _jobs(db)), poll=0.01)
     gateway.kill()  # kill -9 while the worker holds the job
     [job] = [j for j in _jobs(db) if j.kind == "infer"]
@@ -233,7 +216,7 @@ def test_restart_with_jobs_queued_loses_none_and_a_worker_process_runs_them(
     receiver = serve(storescp, *url, workers=0)  # receive and route, run nothing
     db = Database(database_url, create=False)
     for _ in range(3):
-        _storescu(receiver.dicom_port, dx_factory(size=256))
+        storescu(receiver.dicom_port, [dx_factory(size=256)])
     _wait(lambda: len(_jobs(db)) == 3 and {j.state for j in _jobs(db)} == {"queued"})
     assert receiver.terminate() == 0
     assert {j.state for j in _jobs(db)} == {"queued"}  # nothing lost, nothing started
@@ -268,7 +251,7 @@ def test_wake_ups_reach_worker_processes_through_rabbitmq(
     try:
         _wait(lambda: "ready" in worker.output(), timeout=120)
         db = Database(f"sqlite:///{tmp_path / 'data' / 'overread.db'}", create=False)
-        _storescu(gateway.dicom_port, dx_factory(size=256))
+        storescu(gateway.dicom_port, [dx_factory(size=256)])
         _wait(lambda: [j.state for j in _jobs(db)] == ["succeeded", "succeeded"], timeout=120)
     finally:
         status, output = worker.terminate()

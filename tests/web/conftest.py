@@ -216,35 +216,20 @@ def gateway_any_db(tmp_path: Path, api_database_url: str) -> Iterator[ApiGateway
 
 
 @pytest.fixture
-def make_gateway_service(tmp_path: Path) -> Iterator[Callable[..., Service]]:
+def make_gateway_service(
+    start_gateway: Callable[..., Service], tmp_path: Path
+) -> Callable[..., Service]:
     """Start full gateways (SCP and HTTP on free ports, workers) in-process."""
-    services: list[Service] = []
 
     def _make(artifacts: bool = False, **overrides: object) -> Service:
-        settings = Settings(data_dir=tmp_path / "data")
-        values: dict[str, object] = {
-            "dicom_port": 0,
-            "dicom_host": "127.0.0.1",
-            "http_port": 0,
-            "workers": 1,
-            "stable_seconds": 60,
-            "poll_seconds": 0.2,
-            "retry_base_seconds": 0.2,
+        options = {
+            "registry": Registry(tmp_path / "models"),
+            "artifacts": artifacts,
+            "triage_interval": None,
         }
-        values.update(overrides)
-        service = Service(
-            service_config(settings, **values),
-            registry=Registry(tmp_path / "models"),
-            artifacts=artifacts,
-            triage_interval=None,
-        )
-        service.start()
-        services.append(service)
-        return service
+        return start_gateway(service_options=options, **overrides)
 
-    yield _make
-    for service in services:
-        service.stop(timeout=10)
+    return _make
 
 
 __all__ = [

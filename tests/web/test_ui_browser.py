@@ -20,6 +20,8 @@ import pytest
 from pydicom.uid import generate_uid
 from sqlalchemy import select
 
+from overread.harness import storescu
+
 from .ui_support import (
     CHROMIUM_ARGS,
     PASSWORD,
@@ -28,7 +30,6 @@ from .ui_support import (
     UiGateway,
     chromium_path,
     seed_study,
-    storescu,
     ui_gateway,
     wait_until,
     worklist_has,
@@ -70,7 +71,7 @@ class _RealStudy:
         with self._lock:
             if not self.uid:
                 uid = generate_uid()
-                storescu(gw.service.dicom_port, write_dx(folder / "real.dcm", study_uid=uid))
+                storescu(gw.service.dicom_port, [write_dx(folder / "real.dcm", study_uid=uid)])
                 self.uid = uid
         wait_until(lambda: worklist_has(gw, self.uid), 120, "the sent study on the worklist")
         return self.uid

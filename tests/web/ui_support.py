@@ -3,19 +3,19 @@
 from __future__ import annotations
 
 import shutil
-import socket
-import subprocess
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import datetime, timedelta
+from functools import partial
 from pathlib import Path
 from typing import Any
 
 import numpy as np
-from pydicom.dataset import Dataset, FileMetaDataset
-from pydicom.uid import DigitalXRayImageStorageForPresentation, ExplicitVRLittleEndian, generate_uid
+from pydicom.uid import generate_uid
+
+from overread.harness import write_chest_dx
 
 PASSWORD = "correct horse battery"
 #: user name -> role of the accounts every test gateway has.
@@ -43,72 +43,17 @@ CHROMIUM_ARGS = [
 ]
 
 
-def write_dx(
-    path: Path,
-    *,
-    study_uid: str,
-    patient_name: str = PATIENT_NAME,
-    patient_id: str = PATIENT_ID,
-    department: str = "Emergency Department",
-    accession: str = "ACC-UI-1",
-    birth_date: str = "19500101",
-    age: str = "076Y",
-    size: int = 256,
-    seed: int = 0,
-) -> Path:
-    """A small chest DX (16-bit MONOCHROME2) with the given study and patient."""
-    rng = np.random.default_rng(seed)
-    rows = np.linspace(0, 1, size, dtype=np.float32)[:, None]
-    cols = np.linspace(-1, 1, size, dtype=np.float32)[None, :]
-    lungs = np.exp(-((np.abs(cols) - 0.45) ** 2) / 0.05 - (rows - 0.5) ** 2 / 0.1)
-    pixels = (2000 + 1500 * (1 - lungs) + rng.normal(0, 30, (size, size))).clip(0, 4095)
-    sop_uid = generate_uid()
-    meta = FileMetaDataset()
-    meta.MediaStorageSOPClassUID = DigitalXRayImageStorageForPresentation
-    meta.MediaStorageSOPInstanceUID = sop_uid
-    meta.TransferSyntaxUID = ExplicitVRLittleEndian
-    ds = Dataset()
-    ds.file_meta = meta
-    ds.SOPClassUID = DigitalXRayImageStorageForPresentation
-    ds.SOPInstanceUID = sop_uid
-    ds.StudyInstanceUID = study_uid
-    ds.SeriesInstanceUID = generate_uid()
-    ds.PatientID = patient_id
-    ds.PatientName = patient_name
-    ds.PatientSex = "O"
-    ds.PatientBirthDate = birth_date
-    ds.PatientAge = age
-    ds.StudyDate = "20260101"
-    ds.StudyTime = "120000"
-    ds.AccessionNumber = accession
-    ds.StudyID = "1"
-    ds.SeriesNumber = 1
-    ds.InstanceNumber = 1
-    ds.ReferringPhysicianName = ""
-    ds.InstitutionalDepartmentName = department
-    ds.Manufacturer = "overread-tests"
-    ds.Modality = "DX"
-    ds.BodyPartExamined = "CHEST"
-    ds.ViewPosition = "PA"
-    ds.PatientOrientation = ["L", "F"]
-    ds.PresentationIntentType = "FOR PRESENTATION"
-    ds.ImageType = ["ORIGINAL", "PRIMARY"]
-    ds.Rows = size
-    ds.Columns = size
-    ds.SamplesPerPixel = 1
-    ds.PhotometricInterpretation = "MONOCHROME2"
-    ds.BitsAllocated = 16
-    ds.BitsStored = 12
-    ds.HighBit = 11
-    ds.PixelRepresentation = 0
-    ds.PixelSpacing = [0.5, 0.5]
-    ds.ImagerPixelSpacing = [0.5, 0.5]
-    ds.WindowCenter = 2500
-    ds.WindowWidth = 3000
-    ds.PixelData = pixels.astype(np.uint16).tobytes()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    ds.save_as(path, enforce_file_format=True)
-    return path
+#: A small chest DX (16-bit MONOCHROME2) of the UI tests' patient, in a given study.
+write_dx = partial(
+    write_chest_dx,
+    patient_name=PATIENT_NAME,
+    patient_id=PATIENT_ID,
+    department="Emergency Department",
+    accession="ACC-UI-1",
+    birth_date="19500101",
+    age="076Y",
+    size=256,
+)
 
 
 def wait_until(
@@ -151,36 +96,20 @@ def add_users(service: Any) -> None:
 def ui_gateway(data_dir: Path, *, artifacts: Any = True, **overrides: Any) -> Iterator[UiGateway]:
     """A gateway (DICOM listener, one worker, SQLite) with its web app on a free port."""
     from overread.config import Settings
-    from overread.service.config import service_config
+    from overread.harness import QUICK_TIMINGS, loopback_config, running_gateway
     from overread.service.http import HttpServer
-    from overread.service.server import Service
     from overread.web.app import create_app
 
-    values: dict[str, Any] = {
-        "dicom_port": 0,
-        "dicom_host": "127.0.0.1",
-        "http_port": None,
-        "workers": 1,
-        "stable_seconds": 60,
-        "poll_seconds": 0.2,
-        "retry_base_seconds": 0.2,
-    }
-    values.update(overrides)
-    service = Service(
-        service_config(Settings(data_dir=data_dir), **values), artifacts=artifacts, with_http=False
-    )
-    service.start()
-    server = None
-    try:
+    config = loopback_config(Settings(data_dir=data_dir), **{**QUICK_TIMINGS, **overrides})
+    with running_gateway(config, stop_timeout=10, artifacts=artifacts, with_http=False) as service:
         add_users(service)
         app = create_app(service)  # the REST API and the UI, as ``overread serve`` runs them
         server = HttpServer(app, "127.0.0.1", 0)
         port = server.start()
-        yield UiGateway(service, server, app, f"http://127.0.0.1:{port}", data_dir)
-    finally:
-        if server is not None:
+        try:
+            yield UiGateway(service, server, app, f"http://127.0.0.1:{port}", data_dir)
+        finally:
             server.stop()
-        service.stop(timeout=10)
 
 
 def seed_study(
@@ -229,26 +158,6 @@ def _triage_config(gateway: UiGateway) -> Any:
     return TriageConfig.model_validate(gateway.service.config.triage)
 
 
-def storescu(port: int, *files: Path) -> None:
-    """Send ``files`` with DCMTK's storescu."""
-    done = subprocess.run(
-        [
-            "storescu",
-            "-aet",
-            "MODALITY",
-            "-aec",
-            "OVERREAD",
-            "127.0.0.1",
-            str(port),
-            *map(str, files),
-        ],
-        capture_output=True,
-        text=True,
-        timeout=60,
-    )
-    assert done.returncode == 0, done.stderr
-
-
 def worklist_has(gateway: UiGateway, uid: str) -> bool:
     """Whether ``uid`` is on the worklist."""
     from overread.triage import get_item
@@ -264,13 +173,6 @@ def worklist_has(gateway: UiGateway, uid: str) -> bool:
 def chromium_path() -> str | None:
     """The system Chromium, if installed."""
     return shutil.which("chromium") or shutil.which("chromium-browser")
-
-
-def free_port() -> int:
-    """A TCP port that was free a moment ago."""
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 def recent(moment: datetime, within: timedelta = timedelta(minutes=5)) -> bool:

@@ -6,7 +6,7 @@ Everything here runs on ``127.0.0.1`` with real peers (DCMTK ``storescp`` and
 
 from __future__ import annotations
 
-from overread.harness.gateway import Service, loopback_config, running_gateway
+from overread.harness.gateway import QUICK_TIMINGS, Service, loopback_config, running_gateway
 from overread.harness.modality import (
     GATEWAY_AE_TITLE,
     MODALITY_AE_TITLE,
@@ -33,6 +33,7 @@ __all__ = [
     "GATEWAY_AE_TITLE",
     "MODALITY_AE_TITLE",
     "PACS_AE_TITLE",
+    "QUICK_TIMINGS",
     "SR_CLASS_ROOT",
     "PacsCounts",
     "PacsLike",

@@ -14,6 +14,16 @@ from overread.config import Settings
 from overread.service.config import ServiceConfig, service_config
 from overread.service.server import Service
 
+#: Settings for a gateway under test: one worker, the queue polled and failed jobs
+#: retried within a fifth of a second, studies completed explicitly or on release
+#: (not by a 60 s stable age).
+QUICK_TIMINGS: dict[str, Any] = {
+    "workers": 1,
+    "stable_seconds": 60,
+    "poll_seconds": 0.2,
+    "retry_base_seconds": 0.2,
+}
+
 
 def loopback_config(settings: Settings, **overrides: Any) -> ServiceConfig:
     """The service configuration of ``settings``, its DICOM listener on a free loopback port.
@@ -43,4 +53,4 @@ def running_gateway(
         service.stop(timeout=stop_timeout)
 
 
-__all__ = ["Service", "loopback_config", "running_gateway"]
+__all__ = ["QUICK_TIMINGS", "Service", "loopback_config", "running_gateway"]
