@@ -34,7 +34,7 @@ def start_gateway(tmp_path: Path) -> Iterator[Callable[..., Any]]:
     the gateway object (``artifacts``, ``registry``, ...). Data lives in ``tmp_path/data``.
     """
     from overread.config import Settings
-    from overread.harness import QUICK_TIMINGS, loopback_config, running_gateway
+    from overread.harness.gateway import QUICK_TIMINGS, loopback_config, running_gateway
 
     with contextlib.ExitStack() as running:
 

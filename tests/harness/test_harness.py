@@ -16,12 +16,11 @@ from overread.harness import (
     StorescpPacs,
     free_port,
     listening,
-    loopback_config,
-    running_gateway,
     storescu,
     wait_port,
     write_chest_dx,
 )
+from overread.harness.gateway import loopback_config, running_gateway
 
 needs_dcmtk = pytest.mark.skipif(
     shutil.which("storescu") is None, reason="DCMTK (storescu/storescp) not installed"

@@ -10,7 +10,8 @@ from pathlib import Path
 
 import pytest
 
-from overread.harness import Service, StorescpPacs, wait_port, write_chest_dx
+from overread.harness import StorescpPacs, wait_port, write_chest_dx
+from overread.harness.gateway import Service
 from overread.netutil import free_port as free_port
 
 POSTGRES_URL = "postgresql+psycopg://postgres@127.0.0.1:5432/"

@@ -96,7 +96,7 @@ def add_users(service: Any) -> None:
 def ui_gateway(data_dir: Path, *, artifacts: Any = True, **overrides: Any) -> Iterator[UiGateway]:
     """A gateway (DICOM listener, one worker, SQLite) with its web app on a free port."""
     from overread.config import Settings
-    from overread.harness import QUICK_TIMINGS, loopback_config, running_gateway
+    from overread.harness.gateway import QUICK_TIMINGS, loopback_config, running_gateway
     from overread.service.http import HttpServer
     from overread.web.app import create_app
 

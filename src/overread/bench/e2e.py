@@ -47,14 +47,13 @@ from overread.errors import ConfigError, ServiceError
 from overread.harness import (
     PACS_AE_TITLE,
     PacsWatcher,
-    Service,
     StorescpPacs,
     end_process,
-    loopback_config,
     storescu,
     wait_port,
 )
-from overread.harness import running_gateway as running_loopback_gateway
+from overread.harness.gateway import Service, loopback_config
+from overread.harness.gateway import running_gateway as running_loopback_gateway
 
 Progress = Callable[[str, int, int], None]
 

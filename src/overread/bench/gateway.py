@@ -21,13 +21,8 @@ from overread.bench.ingest import overread_seconds, storescp_seconds, write_test
 from overread.bench.machine import BENCH_AE_TITLE, require_dcmtk
 from overread.config import Settings
 from overread.errors import ServiceError
-from overread.harness import (
-    PACS_AE_TITLE,
-    StorescpPacs,
-    loopback_config,
-    running_gateway,
-    send_parallel,
-)
+from overread.harness import PACS_AE_TITLE, StorescpPacs, send_parallel
+from overread.harness.gateway import loopback_config, running_gateway
 
 
 def benchmark_ingest(

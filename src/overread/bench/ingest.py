@@ -20,7 +20,8 @@ from pydicom.uid import generate_uid
 from overread.bench.machine import BENCH_AE_TITLE, machine_info, median, require_dcmtk
 from overread.config import Settings
 from overread.errors import ConfigError
-from overread.harness import StorescpPacs, loopback_config, send_parallel, write_chest_dx
+from overread.harness import StorescpPacs, send_parallel, write_chest_dx
+from overread.harness.gateway import loopback_config
 from overread.service.db import Database
 from overread.service.ingest import Ingestor
 from overread.service.scp import StorageSCP

@@ -4,9 +4,10 @@ from __future__ import annotations
 
 import secrets
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
-from overread.harness import Service
-from overread.security import add_user, create_tables, issue_token
+if TYPE_CHECKING:
+    from overread.harness.gateway import Service
 
 DEMO_USER = "demo"
 ADMIN_USER = "admin"
@@ -24,6 +25,8 @@ class DemoAccounts:
 
 def add_demo_accounts(service: Service) -> DemoAccounts:
     """Create ``demo`` (radiologist) and ``admin`` with random passwords, and a service token."""
+    from overread.security import add_user, create_tables, issue_token
+
     create_tables(service.database.engine)
     password, admin_password = secrets.token_urlsafe(12), secrets.token_urlsafe(12)
     with service.database.session() as session:

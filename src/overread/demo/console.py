@@ -2,12 +2,17 @@
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 from rich.console import Console
 from rich.table import Table
 
 from overread.demo.accounts import ADMIN_USER, DEMO_USER, DemoAccounts
 from overread.demo.options import DemoProgress, DemoSummary, Timeline
-from overread.harness import PacsLike, Service
+from overread.harness import PacsLike
+
+if TYPE_CHECKING:
+    from overread.harness.gateway import Service
 
 
 def progress_table(progress: DemoProgress, timeline: Timeline, elapsed: float) -> Table:

@@ -7,20 +7,14 @@ import urllib.error
 import urllib.request
 from collections.abc import Iterator
 from contextlib import contextmanager
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from overread.config import Settings
 from overread.demo.options import DemoOptions
 from overread.errors import ConfigError
-from overread.harness import (
-    MODALITY_AE_TITLE,
-    PACS_AE_TITLE,
-    Service,
-    loopback_config,
-)
-from overread.harness import (
-    running_gateway as running_loopback_gateway,
-)
+from overread.harness import MODALITY_AE_TITLE, PACS_AE_TITLE
+
+if TYPE_CHECKING:
+    from overread.harness.gateway import Service
 
 
 def check_port_free(port: int, host: str = "127.0.0.1") -> None:
@@ -40,7 +34,15 @@ def check_port_free(port: int, host: str = "127.0.0.1") -> None:
 
 @contextmanager
 def running_gateway(options: DemoOptions, pacs_port: int) -> Iterator[Service]:
-    """The gateway in-process (DICOM on a free loopback port), stopped on exit."""
+    """The gateway in-process (DICOM on a free loopback port), stopped on exit.
+
+    The gateway is imported here, after the cohort generator has started, so that
+    the generator runs while the gateway loads.
+    """
+    from overread.config import Settings
+    from overread.harness.gateway import loopback_config
+    from overread.harness.gateway import running_gateway as running_loopback_gateway
+
     settings = Settings(data_dir=options.data_dir / "gateway", database_url=None)
     config = loopback_config(
         settings,

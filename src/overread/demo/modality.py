@@ -9,7 +9,6 @@ import time
 
 from overread.demo.cohort import CohortFeed
 from overread.harness import MODALITY_AE_TITLE
-from overread.service.scu import send_files
 
 logger = logging.getLogger(__name__)
 
@@ -47,6 +46,7 @@ class DemoModality(threading.Thread):
         self.errors: list[str] = []
 
     def run(self) -> None:
+        from overread.service.scu import send_files
 
         due = time.monotonic()
         while True:

@@ -3,17 +3,17 @@ the worklist's top rows, and the final checks."""
 
 from __future__ import annotations
 
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from sqlalchemy import distinct, func, select
 
-from overread.audit import verify_chain
 from overread.demo.cohort import CohortFeed
 from overread.demo.modality import DemoModality
 from overread.demo.options import DemoCheck, DemoProgress, DemoSummary
-from overread.harness import PacsLike, Service, sr_studies
-from overread.service.db import Job, Result, Study
-from overread.triage import Alert, WorklistItem, query_worklist
+from overread.harness import PacsLike, sr_studies
+
+if TYPE_CHECKING:
+    from overread.harness.gateway import Service
 
 #: Job states after which nothing more happens without an operator.
 _TERMINAL_STATES = frozenset({"succeeded", "dead_lettered"})
@@ -27,6 +27,9 @@ def snapshot(
     progress: DemoProgress,
 ) -> DemoProgress:
     """Refresh ``progress`` from the database, the PACS, the modality and the feed."""
+    from overread.service.db import Job, Result, Study
+    from overread.triage import Alert, WorklistItem
+
     with service.database.session() as session:
 
         def count(what: Any, where: Any = None) -> int:
@@ -53,6 +56,8 @@ def snapshot(
 
 def worklist_top(service: Service, summary: DemoSummary, top: int = 10) -> DemoSummary:
     """Fill in the worklist's top rows and its size."""
+    from overread.triage import query_worklist
+
     with service.database.session() as session:
         page = query_worklist(session, limit=top)
         summary.worklist_total = page.total
@@ -71,6 +76,9 @@ def worklist_top(service: Service, summary: DemoSummary, top: int = 10) -> DemoS
 
 def final_checks(service: Service, modality: DemoModality, summary: DemoSummary) -> list[DemoCheck]:
     """Every study sent, each with an SR at the PACS and a worklist row; the audit verifies."""
+    from overread.audit import verify_chain
+    from overread.triage import WorklistItem
+
     progress = summary.progress
     sent = set(modality.sent_uids)
     with_sr = sr_studies(summary.pacs_dir)

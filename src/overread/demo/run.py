@@ -9,6 +9,7 @@ import shutil
 import threading
 import time
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from rich.console import Console, Group
 from rich.live import Live
@@ -21,7 +22,10 @@ from overread.demo.modality import DemoModality
 from overread.demo.options import DemoOptions, DemoProgress, DemoSummary, Timeline
 from overread.demo.pacs import open_pacs
 from overread.demo.progress import final_checks, snapshot, worklist_top
-from overread.harness import PacsLike, Service
+from overread.harness import PacsLike
+
+if TYPE_CHECKING:
+    from overread.harness.gateway import Service
 
 
 def seconds_since_launch() -> float | None:

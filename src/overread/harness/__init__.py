@@ -1,12 +1,13 @@
 """The loopback harness: free ports, a fake PACS, a modality and a running gateway.
 
 Everything here runs on ``127.0.0.1`` with real peers (DCMTK ``storescp`` and
-``storescu``, or pynetdicom), for the demo, the benchmarks and the tests.
+``storescu``, or pynetdicom), for the demo, the benchmarks and the tests. The
+gateway launcher, :mod:`overread.harness.gateway`, is imported on its own: it loads
+the whole gateway, which the PACS and the modality do not need.
 """
 
 from __future__ import annotations
 
-from overread.harness.gateway import QUICK_TIMINGS, Service, loopback_config, running_gateway
 from overread.harness.modality import (
     GATEWAY_AE_TITLE,
     MODALITY_AE_TITLE,
@@ -33,20 +34,16 @@ __all__ = [
     "GATEWAY_AE_TITLE",
     "MODALITY_AE_TITLE",
     "PACS_AE_TITLE",
-    "QUICK_TIMINGS",
     "SR_CLASS_ROOT",
     "PacsCounts",
     "PacsLike",
     "PacsWatcher",
     "PynetdicomPacs",
-    "Service",
     "StorescpPacs",
     "end_process",
     "find_dcmtk_storescp",
     "free_port",
     "listening",
-    "loopback_config",
-    "running_gateway",
     "send_parallel",
     "sr_studies",
     "storescu",
