@@ -21,7 +21,8 @@ import logging
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from typing import TYPE_CHECKING, Any
+from pathlib import Path
+from typing import Any
 
 from sqlalchemy import Connection, Engine, insert, select, update
 from sqlalchemy.exc import OperationalError, ProgrammingError
@@ -30,9 +31,6 @@ from sqlalchemy.orm import Session
 from overread.audit.actions import AuditAction
 from overread.audit.schema import GENESIS_HASH, HEAD_ID, AuditChainHead, AuditEvent
 from overread.errors import AuditError
-
-if TYPE_CHECKING:
-    from overread.audit.checkpoint import Checkpoint
 
 logger = logging.getLogger(__name__)
 
@@ -49,6 +47,26 @@ HASHED_FIELDS: tuple[str, ...] = (
 )
 
 _BATCH = 2000
+
+
+@dataclass(frozen=True)
+class Checkpoint:
+    """A signed checkpoint of the chain's head, verified and read from ``path``.
+
+    Written and read by :mod:`overread.audit.checkpoint`; defined here so that
+    :func:`verify_chain` can take checkpoints without importing that module.
+    """
+
+    path: Path
+    head_seq: int
+    head_hash: str
+    count: int
+    created_at: str
+
+    @property
+    def name(self) -> str:
+        """The file name, for messages."""
+        return self.path.name
 
 
 def canonical_json(value: Any) -> bytes:

@@ -18,9 +18,7 @@ from __future__ import annotations
 
 import json
 import os
-import secrets
 from collections.abc import Sequence
-from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import cast
@@ -29,12 +27,17 @@ from sqlalchemy import Connection, Engine, select
 from sqlalchemy.orm import Session
 
 from overread.audit.actions import AuditAction
-from overread.audit.chain import canonical_json, format_timestamp, verify_chain
+from overread.audit.chain import Checkpoint, canonical_json, format_timestamp, verify_chain
 from overread.audit.schema import AuditEvent
-from overread.audit.signing import HMAC_ALGORITHM, CheckpointSigner, HmacSigner
+from overread.audit.signing import (
+    HMAC_ALGORITHM,
+    KEY_ENV,
+    CheckpointSigner,
+    HmacSigner,
+    load_checkpoint_key,
+)
 from overread.errors import AuditError
 
-KEY_ENV = "OVERREAD_AUDIT_KEY"
 ALGORITHM = HMAC_ALGORITHM
 _FORMAT_VERSION = 1
 
@@ -42,47 +45,6 @@ _FORMAT_VERSION = 1
 def checkpoint_dir(data_dir: Path) -> Path:
     """Where checkpoints of the chain in ``data_dir`` are kept."""
     return data_dir / "audit" / "checkpoints"
-
-
-def load_checkpoint_key(data_dir: Path, *, create: bool = False) -> bytes:
-    """The checkpoint signing key: ``OVERREAD_AUDIT_KEY``, else the key file.
-
-    Parameters
-    ----------
-    data_dir
-        The data directory whose ``audit/checkpoint.key`` holds the key.
-    create
-        Create a random 256-bit key file if there is none (used when writing the
-        first checkpoint; verification never creates a key).
-
-    Raises
-    ------
-    AuditError
-        If there is no key and ``create`` is false.
-    """
-    env = os.environ.get(KEY_ENV)
-    if env:
-        return _key_bytes(env)
-    path = data_dir / "audit" / "checkpoint.key"
-    if path.is_file():
-        return _key_bytes(path.read_text(encoding="ascii").strip())
-    if not create:
-        raise AuditError(f"{path}: no checkpoint key (and {KEY_ENV} is not set)")
-    path.parent.mkdir(parents=True, exist_ok=True)
-    key_hex = secrets.token_hex(32)
-    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-    with os.fdopen(fd, "w", encoding="ascii") as handle:
-        handle.write(key_hex + "\n")
-    return bytes.fromhex(key_hex)
-
-
-def _key_bytes(text: str) -> bytes:
-    try:
-        if len(text) >= 32 and len(text) % 2 == 0:
-            return bytes.fromhex(text)
-    except ValueError:
-        pass
-    return text.encode("utf-8")
 
 
 def key_id(key: bytes) -> str:
@@ -104,22 +66,6 @@ def _ring(keys: CheckpointKeys) -> list[CheckpointSigner]:
     if isinstance(keys, Sequence):
         return [cast(CheckpointSigner, k) for k in keys]
     return [keys]
-
-
-@dataclass(frozen=True)
-class Checkpoint:
-    """A verified checkpoint read from ``path``."""
-
-    path: Path
-    head_seq: int
-    head_hash: str
-    count: int
-    created_at: str
-
-    @property
-    def name(self) -> str:
-        """The file name, for messages."""
-        return self.path.name
 
 
 def write_checkpoint(

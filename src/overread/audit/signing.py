@@ -22,11 +22,13 @@ import hashlib
 import hmac
 import importlib.util
 import os
+import secrets
 from pathlib import Path
 from typing import Any, Protocol
 
 from overread.errors import AuditError
 
+KEY_ENV = "OVERREAD_AUDIT_KEY"
 PUBLIC_KEY_ENV = "OVERREAD_AUDIT_PUBLIC_KEY"
 HMAC_ALGORITHM = "HMAC-SHA256"
 ED25519_ALGORITHM = "Ed25519"
@@ -187,8 +189,6 @@ def load_checkpoint_signer(data_dir: Path, *, create: bool = False) -> Checkpoin
     AuditError
         If no key is configured and ``create`` is false, or a key file is unusable.
     """
-    from overread.audit.checkpoint import KEY_ENV, load_checkpoint_key
-
     audit_dir = data_dir / "audit"
     private_path = audit_dir / "checkpoint-ed25519.key"
     public_path = audit_dir / "checkpoint-ed25519.pub"
@@ -258,8 +258,6 @@ def rotate_checkpoint_key(data_dir: Path) -> tuple[CheckpointSigner, CheckpointS
         If the key comes from ``OVERREAD_AUDIT_KEY`` (rotate that by hand), or only
         a public key is configured here.
     """
-    from overread.audit.checkpoint import KEY_ENV
-
     if os.environ.get(KEY_ENV):
         raise AuditError(f"the checkpoint key comes from {KEY_ENV}: rotate it there")
     old = load_checkpoint_signer(data_dir)
@@ -281,14 +279,57 @@ def rotate_checkpoint_key(data_dir: Path) -> tuple[CheckpointSigner, CheckpointS
     return old, new
 
 
+def load_checkpoint_key(data_dir: Path, *, create: bool = False) -> bytes:
+    """The checkpoint signing key: ``OVERREAD_AUDIT_KEY``, else the key file.
+
+    Parameters
+    ----------
+    data_dir
+        The data directory whose ``audit/checkpoint.key`` holds the key.
+    create
+        Create a random 256-bit key file if there is none (used when writing the
+        first checkpoint; verification never creates a key).
+
+    Raises
+    ------
+    AuditError
+        If there is no key and ``create`` is false.
+    """
+    env = os.environ.get(KEY_ENV)
+    if env:
+        return _key_bytes(env)
+    path = data_dir / "audit" / "checkpoint.key"
+    if path.is_file():
+        return _key_bytes(path.read_text(encoding="ascii").strip())
+    if not create:
+        raise AuditError(f"{path}: no checkpoint key (and {KEY_ENV} is not set)")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    key_hex = secrets.token_hex(32)
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    with os.fdopen(fd, "w", encoding="ascii") as handle:
+        handle.write(key_hex + "\n")
+    return bytes.fromhex(key_hex)
+
+
+def _key_bytes(text: str) -> bytes:
+    try:
+        if len(text) >= 32 and len(text) % 2 == 0:
+            return bytes.fromhex(text)
+    except ValueError:
+        pass
+    return text.encode("utf-8")
+
+
 __all__ = [
     "ED25519_ALGORITHM",
     "HMAC_ALGORITHM",
+    "KEY_ENV",
     "PUBLIC_KEY_ENV",
     "CheckpointSigner",
     "Ed25519Signer",
     "HmacSigner",
     "ed25519_available",
+    "load_checkpoint_key",
     "load_checkpoint_signer",
     "load_verification_ring",
     "retired_keys_dir",
