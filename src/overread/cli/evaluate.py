@@ -75,12 +75,8 @@ def evaluate_command(
 ) -> None:
     """Evaluate a model or a predictions file: AUC with CIs, operating points, calibration, subgroups."""
     from overread.evaluation.report import json_safe, write_report
-    from overread.evaluation.study import (
-        cohort_inputs,
-        compare_models,
-        evaluate,
-        read_prediction_files,
-    )
+    from overread.evaluation.study import compare_models, evaluate, read_prediction_files
+    from overread.inference.cohort import cohort_inputs
 
     if model is not None or data is not None:
         if model is None or data is None:

@@ -2,7 +2,8 @@
 
 Both ways into an evaluation end here: prediction and label CSVs
 (:func:`read_prediction_files`) and a model package run on a phantom cohort
-(:func:`cohort_inputs`).
+(:func:`overread.inference.cohort.cohort_inputs`, which sits above the
+statistics, in the layer that runs models).
 """
 
 from __future__ import annotations
@@ -40,7 +41,7 @@ class EvaluationInputs:
     failed: int = 0
 
 
-def _read_csv(path: Path, what: str) -> pd.DataFrame:
+def read_csv_table(path: Path, what: str) -> pd.DataFrame:
     try:
         return pd.read_csv(path, dtype={}, keep_default_na=True)
     except FileNotFoundError:
@@ -64,9 +65,9 @@ def read_prediction_files(
     column may sit in any of the three files; without one, each row is its own
     patient.
     """
-    pred = _read_csv(predictions, "predictions")
-    lab = _read_csv(labels, "labels")
-    grp = _read_csv(groups, "groups") if groups is not None else pd.DataFrame()
+    pred = read_csv_table(predictions, "predictions")
+    lab = read_csv_table(labels, "labels")
+    grp = read_csv_table(groups, "groups") if groups is not None else pd.DataFrame()
     frames = {predictions: pred, labels: lab} | ({groups: grp} if groups is not None else {})
     for path, frame in frames.items():
         if id_column not in frame.columns:
@@ -154,57 +155,9 @@ def subgroup_column(groups: pd.DataFrame, name: str) -> np.ndarray:
     return values.fillna("unknown").astype(str).to_numpy()
 
 
-def cohort_inputs(package: str, cohort: Path, *, batch_size: int = 16) -> EvaluationInputs:
-    """Run a model package on a phantom cohort and pair its outputs with ``truth.csv``.
-
-    Sex, Age, Site and Group become subgroup columns, PatientID the bootstrap
-    cluster, and the package's operating-point thresholds the fixed thresholds.
-    Images the model could not read are left out with a warning.
-    """
-    from overread.inference import Pipeline
-
-    truth_path = cohort / "truth.csv"
-    table = _read_csv(truth_path, "truth")
-    if "Path" not in table.columns:
-        raise EvaluationError(f"{truth_path}: no Path column; is {cohort} a phantom cohort?")
-    pipeline = Pipeline.from_name(package)
-    names = [label for label in pipeline.labels if label in table.columns]
-    if not names:
-        raise EvaluationError(f"{truth_path}: none of the model's labels are columns here")
-    paths = [str(cohort / p) for p in table["Path"].astype(str)]
-    predictions = pipeline.predict(paths, batch_size=batch_size)
-    warnings: list[str] = []
-    ok = np.array([p.ok for p in predictions])
-    for p in predictions:
-        if not p.ok:
-            warnings.append(f"{p.path}: {p.error}")
-    if not ok.any():
-        raise EvaluationError(f"{cohort}: the model could not read any image")
-    kept = [p for p in predictions if p.ok]
-    scores = np.array([[p.finding(n).probability for n in names] for p in kept])
-    thresholds = {n: kept[0].finding(n).threshold for n in names}
-    rows = table.loc[ok].reset_index(drop=True)
-    truth = rows[names].apply(pd.to_numeric, errors="coerce").to_numpy(dtype=np.float64)
-    group_columns = [c for c in ("Sex", "Age", "Site", "Group") if c in rows.columns]
-    return EvaluationInputs(
-        ids=rows["Path"].astype(str).tolist(),
-        labels=names,
-        truth=truth,
-        scores=scores,
-        patient_ids=rows["PatientID"].astype(str).to_numpy()
-        if "PatientID" in rows.columns
-        else None,
-        groups=rows[group_columns].copy(),
-        thresholds=thresholds,
-        source=f"{package} on {cohort}",
-        warnings=warnings,
-        failed=int((~ok).sum()),
-    )
-
-
 __all__ = [
     "EvaluationInputs",
-    "cohort_inputs",
+    "read_csv_table",
     "read_prediction_files",
     "subgroup_column",
 ]

@@ -22,7 +22,6 @@ from overread.evaluation.calibration import brier_score, calibration_error
 from overread.evaluation.delong import clustered_delong_ci, delong_ci, delong_test
 from overread.evaluation.inputs import (
     EvaluationInputs,
-    cohort_inputs,
     read_prediction_files,
     subgroup_column,
 )
@@ -275,7 +274,6 @@ def compare_models(
 
 __all__ = [
     "EvaluationInputs",
-    "cohort_inputs",
     "evaluate",
     "read_prediction_files",
     "subgroup_column",
