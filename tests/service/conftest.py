@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 
 from overread.harness import StorescpPacs, wait_port, write_chest_dx
-from overread.harness.gateway import Service
+from overread.harness.gateway import Gateway
 from overread.netutil import free_port as free_port
 
 POSTGRES_URL = "postgresql+psycopg://postgres@127.0.0.1:5432/"
@@ -101,7 +101,7 @@ def storescp(tmp_path: Path) -> Iterator[Storescp]:
     pacs.stop()
 
 
-def api_token(service: Service, role: str = "admin", username: str | None = None) -> str:
+def api_token(service: Gateway, role: str = "admin", username: str | None = None) -> str:
     """Create a user with ``role`` on ``service``'s database and return an API token for it."""
     from overread.security import add_user, issue_token
 
@@ -121,13 +121,13 @@ def bearer(token: str) -> dict[str, str]:
 def service_headers() -> Callable[..., dict[str, str]]:
     """``service_headers(service, role)``: bearer headers of a new user with ``role``."""
 
-    def _headers(service: Service, role: str = "admin") -> dict[str, str]:
+    def _headers(service: Gateway, role: str = "admin") -> dict[str, str]:
         return bearer(api_token(service, role))
 
     return _headers
 
 
 @pytest.fixture
-def make_service(start_gateway: Callable[..., Service]) -> Callable[..., Service]:
+def make_service(start_gateway: Callable[..., Gateway]) -> Callable[..., Gateway]:
     """Start gateways in-process on free ports (stopped after the test)."""
     return start_gateway

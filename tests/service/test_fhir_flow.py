@@ -77,11 +77,11 @@ class FhirSink:
 
 @pytest.fixture
 def gateway(tmp_path: Path) -> Iterator[Callable[..., Any]]:
-    from overread.service.server import Service
+    from overread.gateway import Gateway
 
-    services: list[Service] = []
+    services: list[Gateway] = []
 
-    def start(**overrides: object) -> Service:
+    def start(**overrides: object) -> Gateway:
         values: dict[str, object] = {
             "dicom_port": 0,
             "dicom_host": "127.0.0.1",
@@ -91,7 +91,7 @@ def gateway(tmp_path: Path) -> Iterator[Callable[..., Any]]:
             "retry_base_seconds": 0.1,
         }
         values.update(overrides)
-        service = Service(service_config(Settings(data_dir=tmp_path / "data"), **values))
+        service = Gateway(service_config(Settings(data_dir=tmp_path / "data"), **values))
         service.start()
         services.append(service)
         return service

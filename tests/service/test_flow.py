@@ -1,4 +1,4 @@
-"""The whole gateway in-process: DCMTK storescu -> Service -> model -> SR -> DCMTK storescp."""
+"""The whole gateway in-process: DCMTK storescu -> Gateway -> model -> SR -> DCMTK storescp."""
 
 from __future__ import annotations
 
@@ -12,9 +12,9 @@ import pytest
 from pydicom.uid import generate_uid
 from sqlalchemy import select
 
+from overread.gateway import Gateway
 from overread.harness import storescu
 from overread.service.db import Job, JobState, Result, Study
-from overread.service.server import Service
 
 from .conftest import Storescp, api_token, bearer, free_port, needs_dcmtk
 
@@ -35,13 +35,13 @@ def _wait(predicate: Callable[[], bool], timeout: float = 90.0) -> None:
     raise AssertionError("condition not reached in time")
 
 
-def _jobs(service: Service) -> list[Job]:
+def _jobs(service: Gateway) -> list[Job]:
     with service.database.session() as session:
         return list(session.scalars(select(Job).order_by(Job.id)).all())
 
 
 def test_chest_xray_is_read_and_its_sr_reaches_the_pacs(
-    make_service: Callable[..., Service], storescp: Storescp, dx_factory: Callable[..., Path]
+    make_service: Callable[..., Gateway], storescp: Storescp, dx_factory: Callable[..., Path]
 ) -> None:
     service = make_service(destinations=[f"PACS=PACSAE@127.0.0.1:{storescp.port}"])
     image = dx_factory(size=256)
@@ -84,7 +84,7 @@ def test_chest_xray_is_read_and_its_sr_reaches_the_pacs(
 
 
 def test_stable_time_and_explicit_trigger_complete_studies(
-    make_service: Callable[..., Service], dx_factory: Callable[..., Path]
+    make_service: Callable[..., Gateway], dx_factory: Callable[..., Path]
 ) -> None:
     routes = [
         {
@@ -134,7 +134,7 @@ def test_stable_time_and_explicit_trigger_complete_studies(
 
 
 def test_unreachable_destination_is_retried_then_dead_lettered_then_requeued(
-    make_service: Callable[..., Service], dx_factory: Callable[..., Path], tmp_path: Path
+    make_service: Callable[..., Gateway], dx_factory: Callable[..., Path], tmp_path: Path
 ) -> None:
     port = free_port()  # nobody listens here yet
     service = make_service(destinations=[f"PACS=PACSAE@127.0.0.1:{port}"], max_attempts=3)
@@ -162,7 +162,7 @@ def test_unreachable_destination_is_retried_then_dead_lettered_then_requeued(
 
 
 def test_unreadable_study_is_dead_lettered_at_once(
-    make_service: Callable[..., Service], tmp_path: Path
+    make_service: Callable[..., Gateway], tmp_path: Path
 ) -> None:
     ct = Path(pydicom.data.get_testdata_file("CT_small.dcm"))  # bundled with pydicom
     routes = [
@@ -177,7 +177,7 @@ def test_unreadable_study_is_dead_lettered_at_once(
 
 
 def test_with_explain_the_pacs_also_gets_heatmap_overlays(
-    make_service: Callable[..., Service], storescp: Storescp, dx_factory: Callable[..., Path]
+    make_service: Callable[..., Gateway], storescp: Storescp, dx_factory: Callable[..., Path]
 ) -> None:
     service = make_service(destinations=[f"PACS=PACSAE@127.0.0.1:{storescp.port}"], explain=True)
     storescu(service.dicom_port or 0, [dx_factory(size=256)])
@@ -197,7 +197,7 @@ def test_with_explain_the_pacs_also_gets_heatmap_overlays(
 
 
 def test_a_phantom_cohort_is_read_study_by_study(
-    make_service: Callable[..., Service], storescp: Storescp, tmp_path: Path
+    make_service: Callable[..., Gateway], storescp: Storescp, tmp_path: Path
 ) -> None:
     phantom = pytest.importorskip("overread.phantom")
     cohort = tmp_path / "cohort"
@@ -222,7 +222,7 @@ def test_a_phantom_cohort_is_read_study_by_study(
 
 
 def test_every_step_is_audited_and_the_study_reaches_the_worklist(
-    make_service: Callable[..., Service],
+    make_service: Callable[..., Gateway],
     storescp: Storescp,
     dx_factory: Callable[..., Path],
     tmp_path: Path,

@@ -12,8 +12,8 @@ import pytest
 from pydicom.uid import generate_uid
 from sqlalchemy import select
 
+from overread.gateway import Gateway
 from overread.service.db import Instance, Study
-from overread.service.server import Service
 from overread.service.stow import split_multipart
 
 from .conftest import api_token, bearer
@@ -47,7 +47,7 @@ def test_split_multipart_keeps_binary_parts_intact() -> None:
 
 
 def test_stow_rs_stores_good_parts_and_reports_bad_ones(
-    make_service: Callable[..., Service], dx_factory: Callable[..., Path]
+    make_service: Callable[..., Gateway], dx_factory: Callable[..., Path]
 ) -> None:
     service = make_service(workers=0)
     auth = bearer(api_token(service, "service"))
@@ -102,7 +102,7 @@ def test_stow_rs_stores_good_parts_and_reports_bad_ones(
     assert reply.status_code == 415
 
 
-def test_health_reports_an_unreachable_database(make_service: Callable[..., Service]) -> None:
+def test_health_reports_an_unreachable_database(make_service: Callable[..., Gateway]) -> None:
     from overread.service.db import Database
 
     service = make_service(workers=0)
@@ -116,7 +116,7 @@ def test_health_reports_an_unreachable_database(make_service: Callable[..., Serv
 
 
 def test_health_needs_no_credentials_and_carries_no_patient_data(
-    make_service: Callable[..., Service], dx_factory: Callable[..., Path]
+    make_service: Callable[..., Gateway], dx_factory: Callable[..., Path]
 ) -> None:
     service = make_service(workers=0)
     image = dx_factory()

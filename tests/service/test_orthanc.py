@@ -13,8 +13,8 @@ import httpx
 import pytest
 from sqlalchemy import select
 
+from overread.gateway import Gateway
 from overread.service.db import Instance
-from overread.service.server import Service
 
 from .conftest import free_port, needs_dcmtk, wait_for_port
 
@@ -65,8 +65,8 @@ class Orthanc:
 
 @pytest.fixture
 def orthanc_and_gateway(
-    tmp_path: Path, make_service: Callable[..., Service]
-) -> Iterator[tuple[Orthanc, Service]]:
+    tmp_path: Path, make_service: Callable[..., Gateway]
+) -> Iterator[tuple[Orthanc, Gateway]]:
     if shutil.which("Orthanc") is None:
         pytest.skip("Orthanc not installed")
     orthanc_dicom = free_port()
@@ -79,7 +79,7 @@ def orthanc_and_gateway(
 
 
 def test_orthanc_pushes_a_chest_xray_and_gets_the_sr_back(
-    orthanc_and_gateway: tuple[Orthanc, Service], dx_factory: Callable[..., Path]
+    orthanc_and_gateway: tuple[Orthanc, Gateway], dx_factory: Callable[..., Path]
 ) -> None:
     pacs, service = orthanc_and_gateway
     uploaded = httpx.post(

@@ -110,11 +110,11 @@ def test_provider_shares_one_batched_pipeline_per_model_and_warms_it_up() -> Non
 
 @pytest.fixture
 def gateway(tmp_path: Path) -> Iterator[Callable[..., Any]]:
-    from overread.service.server import Service
+    from overread.gateway import Gateway
 
-    services: list[Service] = []
+    services: list[Gateway] = []
 
-    def start(models: Any, **overrides: object) -> Service:
+    def start(models: Any, **overrides: object) -> Gateway:
         values: dict[str, object] = {
             "dicom_port": 0,
             "dicom_host": "127.0.0.1",
@@ -124,7 +124,7 @@ def gateway(tmp_path: Path) -> Iterator[Callable[..., Any]]:
         }
         values.update(overrides)
         config = service_config(Settings(data_dir=tmp_path / "data"), **values)
-        service = Service(config, models=models(config) if callable(models) else models)
+        service = Gateway(config, models=models(config) if callable(models) else models)
         service.start()
         services.append(service)
         return service

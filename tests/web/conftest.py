@@ -14,11 +14,11 @@ from fastapi import FastAPI
 from fastapi.testclient import TestClient
 
 from overread.config import Settings
+from overread.gateway import Gateway
 from overread.models.registry import Registry
 from overread.security import Role, add_user, issue_token
 from overread.service.config import service_config
 from overread.service.db import Result, Study, StudyState, utcnow
-from overread.service.server import Service
 from overread.triage import StoredFinding, StudyContext, TriageConfig, raise_alerts, upsert_study
 from overread.web.app import create_app
 
@@ -32,7 +32,7 @@ PASSWORD = "correct horse battery"
 class ApiGateway:
     """A gateway (not listening: called in-process) with one user and token per role."""
 
-    service: Service
+    service: Gateway
     app: FastAPI
     client: TestClient
     tokens: dict[Role, str]
@@ -46,7 +46,7 @@ class ApiGateway:
         return {} if role is None else {"Authorization": f"Bearer {self.tokens[role]}"}
 
 
-def seed_study(service: Service, *, critical: bool = True) -> tuple[str, int, int]:
+def seed_study(service: Gateway, *, critical: bool = True) -> tuple[str, int, int]:
     """A routed study with a result, a worklist row (patient ID set) and an alert.
 
     Returns the Study Instance UID, the alert id (0 without ``critical``) and the result id.
@@ -127,8 +127,8 @@ def write_chest_dx(path: Path, *, study_uid: str, size: int = 256, seed: int = 0
     )
 
 
-def make_gateway(data_dir: Path, database_url: str, **overrides: object) -> Service:
-    """A :class:`Service` on ``database_url`` that listens on nothing and runs no workers."""
+def make_gateway(data_dir: Path, database_url: str, **overrides: object) -> Gateway:
+    """A :class:`Gateway` on ``database_url`` that listens on nothing and runs no workers."""
     settings = Settings(data_dir=data_dir, database_url=database_url)
     values: dict[str, object] = {
         "dicom_port": 0,
@@ -137,7 +137,7 @@ def make_gateway(data_dir: Path, database_url: str, **overrides: object) -> Serv
         "workers": 0,
     }
     values.update(overrides)
-    return Service(
+    return Gateway(
         service_config(settings, **values),
         with_scp=False,
         registry=Registry(data_dir / "models"),
@@ -149,7 +149,7 @@ def make_gateway(data_dir: Path, database_url: str, **overrides: object) -> Serv
 PASSWORD_ROLES = (Role.RADIOLOGIST, Role.ADMIN)
 
 
-def tokens_for_every_role(service: Service) -> dict[Role, str]:
+def tokens_for_every_role(service: Gateway) -> dict[Role, str]:
     """One user and one API token per role; radiologist and admin have a password too."""
     tokens: dict[Role, str] = {}
     with service.database.session() as session:
@@ -217,11 +217,11 @@ def gateway_any_db(tmp_path: Path, api_database_url: str) -> Iterator[ApiGateway
 
 @pytest.fixture
 def make_gateway_service(
-    start_gateway: Callable[..., Service], tmp_path: Path
-) -> Callable[..., Service]:
+    start_gateway: Callable[..., Gateway], tmp_path: Path
+) -> Callable[..., Gateway]:
     """Start full gateways (SCP and HTTP on free ports, workers) in-process."""
 
-    def _make(artifacts: bool = False, **overrides: object) -> Service:
+    def _make(artifacts: bool = False, **overrides: object) -> Gateway:
         options = {
             "registry": Registry(tmp_path / "models"),
             "artifacts": artifacts,

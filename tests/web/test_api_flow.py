@@ -13,8 +13,8 @@ import httpx
 import pytest
 from pydicom.uid import generate_uid
 
+from overread.gateway import Gateway
 from overread.security import Role
-from overread.service.server import Service
 
 from .conftest import PATIENT_ID, PATIENT_NAME, tokens_for_every_role, write_chest_dx
 
@@ -44,7 +44,7 @@ def _wait_for(fetch: Callable[[], Any], timeout: float = 120.0) -> Any:
 
 
 def test_stowed_study_reaches_worklist_and_fhir_report(
-    make_gateway_service: Callable[..., Service], tmp_path: Path
+    make_gateway_service: Callable[..., Gateway], tmp_path: Path
 ) -> None:
     service = make_gateway_service()
     tokens = tokens_for_every_role(service)

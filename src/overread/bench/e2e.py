@@ -4,7 +4,7 @@ The set-up is the product's own path with real peers on loopback:
 
 * phantom CR/DX studies (``overread.phantom``, 16-bit, a few detector sizes) are
   given fresh UIDs per send and sent by DCMTK ``storescu``, one association each;
-* the gateway runs in this process (:class:`overread.service.server.Service`) with
+* the gateway runs in this process (:class:`overread.gateway.Gateway`) with
   the default chest route and the bundled model: workers are its threads on the
   embedded SQLite database (``embedded``), or ``overread worker --broker``
   processes woken over RabbitMQ on a fresh PostgreSQL database (``celery``);
@@ -52,7 +52,8 @@ from overread.harness import (
     storescu,
     wait_port,
 )
-from overread.harness.gateway import Service, loopback_config
+from overread.harness.gateway import Gateway as RunningGateway
+from overread.harness.gateway import loopback_config
 from overread.harness.gateway import running_gateway as running_loopback_gateway
 
 Progress = Callable[[str, int, int], None]
@@ -199,7 +200,7 @@ def _fresh_postgres(server_url: str) -> Iterator[str]:
 class Gateway:
     """A started gateway and its PACS."""
 
-    service: Service
+    service: RunningGateway
     pacs: PacsWatcher
     port: int
     ae_title: str
@@ -515,7 +516,7 @@ def benchmark_e2e(options: E2EOptions, *, progress: Progress | None = None) -> d
             for k, v in options.__dict__.items()
             if k not in ("postgres_url", "broker_url")
         },
-        "gateway": "in-process overread.service.server.Service; DCMTK storescu -> it -> DCMTK storescp",
+        "gateway": "in-process overread.gateway.Gateway; DCMTK storescu -> it -> DCMTK storescp",
         "latency": [],
         "saturation": [],
         "skipped": [],

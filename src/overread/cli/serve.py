@@ -33,9 +33,9 @@ def _config(
 def _run_until_signalled(
     config: ServiceConfig, *, worker_only: bool, triage_interval: float | None = None
 ) -> None:
-    from overread.service.server import DEFAULT_TRIAGE_INTERVAL, Service
+    from overread.gateway import DEFAULT_TRIAGE_INTERVAL, Gateway
 
-    service = Service(
+    service = Gateway(
         config,
         with_scp=not worker_only,
         with_http=not worker_only,

@@ -7,7 +7,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
-    from overread.harness.gateway import Service
+    from overread.harness.gateway import Gateway
 
 DEMO_USER = "demo"
 ADMIN_USER = "admin"
@@ -23,7 +23,7 @@ class DemoAccounts:
     token: str
 
 
-def add_demo_accounts(service: Service) -> DemoAccounts:
+def add_demo_accounts(service: Gateway) -> DemoAccounts:
     """Create ``demo`` (radiologist) and ``admin`` with random passwords, and a service token."""
     from overread.security import add_user, create_tables, issue_token
 

@@ -12,7 +12,7 @@ from overread.demo.options import DemoProgress, DemoSummary, Timeline
 from overread.harness import PacsLike
 
 if TYPE_CHECKING:
-    from overread.harness.gateway import Service
+    from overread.harness.gateway import Gateway
 
 
 def progress_table(progress: DemoProgress, timeline: Timeline, elapsed: float) -> Table:
@@ -63,7 +63,7 @@ def worklist_table(summary: DemoSummary) -> Table:
 
 def print_addresses(
     console: Console,
-    service: Service,
+    service: Gateway,
     pacs: PacsLike,
     accounts: DemoAccounts,
     base: str,

@@ -14,7 +14,7 @@ from overread.errors import ConfigError
 from overread.harness import MODALITY_AE_TITLE, PACS_AE_TITLE
 
 if TYPE_CHECKING:
-    from overread.harness.gateway import Service
+    from overread.harness.gateway import Gateway
 
 
 def check_port_free(port: int, host: str = "127.0.0.1") -> None:
@@ -33,7 +33,7 @@ def check_port_free(port: int, host: str = "127.0.0.1") -> None:
 
 
 @contextmanager
-def running_gateway(options: DemoOptions, pacs_port: int) -> Iterator[Service]:
+def running_gateway(options: DemoOptions, pacs_port: int) -> Iterator[Gateway]:
     """The gateway in-process (DICOM on a free loopback port), stopped on exit.
 
     The gateway is imported here, after the cohort generator has started, so that

@@ -13,14 +13,14 @@ from overread.demo.options import DemoCheck, DemoProgress, DemoSummary
 from overread.harness import PacsLike, sr_studies
 
 if TYPE_CHECKING:
-    from overread.harness.gateway import Service
+    from overread.harness.gateway import Gateway
 
 #: Job states after which nothing more happens without an operator.
 _TERMINAL_STATES = frozenset({"succeeded", "dead_lettered"})
 
 
 def snapshot(
-    service: Service,
+    service: Gateway,
     pacs: PacsLike,
     modality: DemoModality | None,
     feed: CohortFeed,
@@ -54,7 +54,7 @@ def snapshot(
     return progress
 
 
-def worklist_top(service: Service, summary: DemoSummary, top: int = 10) -> DemoSummary:
+def worklist_top(service: Gateway, summary: DemoSummary, top: int = 10) -> DemoSummary:
     """Fill in the worklist's top rows and its size."""
     from overread.triage import query_worklist
 
@@ -74,7 +74,7 @@ def worklist_top(service: Service, summary: DemoSummary, top: int = 10) -> DemoS
     return summary
 
 
-def final_checks(service: Service, modality: DemoModality, summary: DemoSummary) -> list[DemoCheck]:
+def final_checks(service: Gateway, modality: DemoModality, summary: DemoSummary) -> list[DemoCheck]:
     """Every study sent, each with an SR at the PACS and a worklist row; the audit verifies."""
     from overread.audit import verify_chain
     from overread.triage import WorklistItem

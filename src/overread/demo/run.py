@@ -25,7 +25,7 @@ from overread.demo.progress import final_checks, snapshot, worklist_top
 from overread.harness import PacsLike
 
 if TYPE_CHECKING:
-    from overread.harness.gateway import Service
+    from overread.harness.gateway import Gateway
 
 
 def seconds_since_launch() -> float | None:
@@ -134,7 +134,7 @@ def run_demo(options: DemoOptions, stop: threading.Event, console: Console) -> D
 
 def _watch(
     options: DemoOptions,
-    service: Service,
+    service: Gateway,
     pacs: PacsLike,
     modality: DemoModality,
     feed: CohortFeed,

@@ -11,8 +11,8 @@ from contextlib import contextmanager
 from typing import Any
 
 from overread.config import Settings
+from overread.gateway import Gateway
 from overread.service.config import ServiceConfig, service_config
-from overread.service.server import Service
 
 #: Settings for a gateway under test: one worker, the queue polled and failed jobs
 #: retried within a fifth of a second, studies completed explicitly or on release
@@ -39,13 +39,13 @@ def loopback_config(settings: Settings, **overrides: Any) -> ServiceConfig:
 @contextmanager
 def running_gateway(
     config: ServiceConfig, *, stop_timeout: float = 30.0, **service_options: Any
-) -> Iterator[Service]:
+) -> Iterator[Gateway]:
     """The gateway of ``config``, started (listeners bound), stopped on exit.
 
-    ``service_options`` go to :class:`~overread.service.server.Service` (``artifacts``,
+    ``service_options`` go to :class:`~overread.gateway.Gateway` (``artifacts``,
     ``registry``, ``with_http``, ``triage_interval``, ...).
     """
-    service = Service(config, **service_options)
+    service = Gateway(config, **service_options)
     try:
         service.start()
         yield service
@@ -53,4 +53,4 @@ def running_gateway(
         service.stop(timeout=stop_timeout)
 
 
-__all__ = ["QUICK_TIMINGS", "Service", "loopback_config", "running_gateway"]
+__all__ = ["QUICK_TIMINGS", "Gateway", "loopback_config", "running_gateway"]

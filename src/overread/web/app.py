@@ -10,11 +10,14 @@ from overread import __version__
 from overread.web.context import WebContext
 
 if TYPE_CHECKING:
-    from overread.service.server import Service
+    from overread.web.context import RunningService
 
 
-def create_app(service: Service, ctx: WebContext | None = None) -> FastAPI:
-    """The application serving ``service`` (REST API under ``/api``, UI at ``/``)."""
+def create_app(service: RunningService, ctx: WebContext | None = None) -> FastAPI:
+    """The application serving ``service`` (REST API under ``/api``, UI at ``/``).
+
+    ``ctx`` defaults to :meth:`WebContext.for_service` of ``service``.
+    """
     ctx = ctx or WebContext.for_service(service)
     app = FastAPI(title="overread gateway", version=__version__)
     app.state.web = ctx

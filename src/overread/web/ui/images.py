@@ -37,7 +37,7 @@ from overread.triage import get_item
 from overread.web.ui.views import overlay_artifacts, study_instances
 
 if TYPE_CHECKING:
-    from overread.service.server import Service
+    from overread.web.context import RunningService
 
 logger = logging.getLogger(__name__)
 
@@ -86,7 +86,7 @@ def _overlay_label(path: str) -> str:
 class HeatmapImages:
     """Renders (and caches) the study page's image for a running gateway."""
 
-    def __init__(self, service: Service) -> None:
+    def __init__(self, service: RunningService) -> None:
         self.service = service
         self._cache: OrderedDict[tuple[str, ...], RenderedImage] = OrderedDict()
         self._lock = threading.Lock()

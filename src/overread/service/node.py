@@ -1,25 +1,24 @@
-"""The gateway as one object: SCP, study assembler, workers, triage and HTTP API.
+"""One process's share of the service: DICOM listener, study assembly and workers.
 
-:class:`Service` wires the parts together and owns their lifecycle; ``overread
-serve`` is a thin command around it, and tests start it in-process on free ports.
-Besides the request-driven parts it runs one periodic task, the triage sweep:
-alert deliveries, retries and escalation, and rescoring of the worklist as studies
-wait (:meth:`Service.run_triage`).
+:class:`ServiceNode` builds the database, object store, job queue and model
+provider of a :class:`~overread.service.config.ServiceConfig`, and runs the parts
+asked for: the storage SCP, the study assembler and the worker pool. It owns
+their threads and stops them in order. ``overread worker`` runs a node with
+workers only; the full gateway (:class:`overread.gateway.Gateway`) is a node plus
+the triage sweep and the HTTP front, wired above both this package and the web
+app.
 """
 
 from __future__ import annotations
 
 import logging
 import threading
-from dataclasses import dataclass
-from datetime import datetime
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from overread.errors import ConfigError
 from overread.service.assembly import StudyAssembler
 from overread.service.config import ServiceConfig
-from overread.service.db import Database, utcnow
+from overread.service.db import Database
 from overread.service.ingest import Ingestor, IngestOutcome
 from overread.service.jobs import JobQueue, RetryPolicy
 from overread.service.runtime import (
@@ -35,20 +34,8 @@ from overread.service.worker import Worker, WorkerPool, worker_identity
 
 if TYPE_CHECKING:
     from overread.models.registry import Registry
-    from overread.triage import SweepReport, TriageConfig
 
 logger = logging.getLogger(__name__)
-
-#: Seconds between two triage sweeps when none is configured.
-DEFAULT_TRIAGE_INTERVAL = 15.0
-
-
-@dataclass(frozen=True)
-class TriageRun:
-    """What one periodic triage pass did."""
-
-    sweep: SweepReport
-    rescored: int
 
 
 def open_queue(config: ServiceConfig) -> tuple[Database, ObjectStore, JobQueue]:
@@ -63,8 +50,8 @@ def open_queue(config: ServiceConfig) -> tuple[Database, ObjectStore, JobQueue]:
     return database, store, queue
 
 
-class Service:
-    """The running gateway.
+class ServiceNode:
+    """The DICOM listener, study assembler and job workers of one process.
 
     Parameters
     ----------
@@ -75,16 +62,13 @@ class Service:
     artifacts
         Result object builder (default: the SR builder of ``overread.service.outputs``,
         or none when it is unavailable). Pass ``False`` to build nothing.
-    with_scp, with_http
-        Start the DICOM listener / the HTTP API (``overread worker`` starts neither).
+    with_scp
+        Start the DICOM listener (``overread worker`` does not).
     with_assembler
-        Run study assembly and the periodic triage sweep (off in ``overread worker``).
+        Run study assembly (off in ``overread worker``).
     registry
         The model registry the API lists and switches aliases in (default: the
         settings' registry, the one :class:`~overread.inference.Pipeline` resolves in).
-    triage_interval
-        Seconds between triage sweeps (alert delivery, retries, escalation, and
-        rescoring for waiting time); ``None`` or ``0`` runs none.
     """
 
     def __init__(
@@ -94,19 +78,10 @@ class Service:
         models: PipelineProvider | None = None,
         artifacts: ArtifactBuilder | bool | None = True,
         with_scp: bool = True,
-        with_http: bool = True,
         with_assembler: bool = True,
         registry: Registry | None = None,
-        triage_interval: float | None = DEFAULT_TRIAGE_INTERVAL,
     ) -> None:
         self.config = config
-        from overread.triage import TriageConfig
-
-        try:
-            self.triage: TriageConfig = TriageConfig.model_validate(config.triage)
-        except ValueError as exc:
-            raise ConfigError(f"invalid [triage] settings: {exc}") from None
-        self.triage_interval = triage_interval
         self._registry = registry
         Path(config.data_dir).mkdir(parents=True, exist_ok=True)
         self.database, self.store, self.queue = open_queue(config)
@@ -129,7 +104,6 @@ class Service:
             if with_scp
             else None
         )
-        self.with_http = with_http
         self.with_assembler = with_assembler
         prefix = worker_identity()
         self.pool = WorkerPool(
@@ -151,10 +125,7 @@ class Service:
         )
         self._stop = threading.Event()
         self._assembler_thread: threading.Thread | None = None
-        self._triage_thread: threading.Thread | None = None
-        self._http: object | None = None
         self.dicom_port: int | None = None
-        self.http_port: int | None = None
 
     @property
     def registry(self) -> Registry:
@@ -193,80 +164,27 @@ class Service:
 
     # -- lifecycle --------------------------------------------------------------------
     def start(self) -> None:
-        """Start every part; return once the listeners are bound."""
+        """Start every part; return once the DICOM listener is bound."""
         if self.with_assembler:
             self._assembler_thread = threading.Thread(
                 target=self._assemble, name="overread-assembler", daemon=True
             )
             self._assembler_thread.start()
-            if self.triage_interval:
-                self._triage_thread = threading.Thread(
-                    target=self._triage_loop, name="overread-triage", daemon=True
-                )
-                self._triage_thread.start()
         self.pool.start()
         if self.scp is not None:
             self.dicom_port = self.scp.start()
-        if self.with_http and self.config.http_port is not None:
-            from overread.service.http import HttpServer
-            from overread.web.app import create_app
-
-            http = HttpServer(create_app(self), self.config.http_host, self.config.http_port)
-            self.http_port = http.start()
-            self._http = http
-            logger.info("HTTP API on http://%s:%d", self.config.http_host, self.http_port)
 
     def _assemble(self) -> None:
         self.assembler.run(self._stop, on_jobs=lambda _ids: self.wake_workers())
-
-    def run_triage(self, now: datetime | None = None) -> TriageRun:
-        """One triage pass: escalate and deliver alerts, then rescore unread studies.
-
-        The sweep sends with no transaction open (:func:`overread.triage.run_sweep`);
-        rescoring is one short transaction. ``now`` defaults to the current time.
-        """
-        from overread.triage import refresh_scores, run_sweep
-
-        moment = now or utcnow()
-        report = run_sweep(self.database, self.triage, now=moment)
-        with self.database.session() as session:
-            rescored = refresh_scores(session, self.triage, now=moment)
-        return TriageRun(sweep=report, rescored=rescored)
-
-    def _triage_loop(self) -> None:
-        interval = float(self.triage_interval or DEFAULT_TRIAGE_INTERVAL)
-        while not self._stop.is_set():
-            try:
-                run = self.run_triage()
-            except Exception:
-                logger.exception("triage sweep failed; retrying in %.0f s", interval)
-            else:
-                report = run.sweep
-                if report.sent or report.escalated or report.failed or report.retrying:
-                    logger.info(
-                        "triage: %d alert(s) sent, %d escalated, %d retrying, %d failed",
-                        len(report.sent),
-                        len(report.escalated),
-                        len(report.retrying),
-                        len(report.failed),
-                    )
-            self._stop.wait(interval)
 
     def stop(self, timeout: float = 30.0) -> None:
         """Stop listening, let running jobs finish (up to ``timeout``), close the database."""
         self._stop.set()
         if self.scp is not None:
             self.scp.stop()
-        if self._http is not None:
-            from overread.service.http import HttpServer
-
-            assert isinstance(self._http, HttpServer)
-            self._http.stop()
         self.assembler.wake()
         if self._assembler_thread is not None:
             self._assembler_thread.join(5)
-        if self._triage_thread is not None:
-            self._triage_thread.join(30)
         self.pool.stop(timeout)
         close = getattr(self.models, "close", None)
         if callable(close):
@@ -286,4 +204,4 @@ class Service:
         self.assembler.wake()
 
 
-__all__ = ["DEFAULT_TRIAGE_INTERVAL", "Service", "TriageRun", "open_queue"]
+__all__ = ["ServiceNode", "open_queue"]

@@ -1,0 +1,164 @@
+"""The running gateway: the service node, the triage sweep and the web app on HTTP.
+
+:class:`Gateway` sits above both :mod:`overread.service` and :mod:`overread.web`
+and wires them together: it is a :class:`~overread.service.node.ServiceNode` (DICOM
+listener, study assembler, workers) that also runs the periodic triage sweep
+(alert deliveries, retries and escalation, and rescoring of the worklist as studies
+wait: :meth:`Gateway.run_triage`) and serves the web application, to which it hands
+itself as the :class:`~overread.web.context.RunningService` the routes use.
+``overread serve`` is a thin command around it, and tests start it in-process on
+free ports.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from dataclasses import dataclass
+from datetime import datetime
+from typing import TYPE_CHECKING
+
+from overread.errors import ConfigError
+from overread.service.config import ServiceConfig
+from overread.service.db import utcnow
+from overread.service.http import HttpServer
+from overread.service.node import ServiceNode
+from overread.service.runtime import ArtifactBuilder, PipelineProvider
+from overread.triage import SweepReport, TriageConfig, refresh_scores, run_sweep
+from overread.web.app import create_app
+from overread.web.context import WebContext
+
+if TYPE_CHECKING:
+    from overread.models.registry import Registry
+
+logger = logging.getLogger(__name__)
+
+#: Seconds between two triage sweeps when none is configured.
+DEFAULT_TRIAGE_INTERVAL = 15.0
+
+
+@dataclass(frozen=True)
+class TriageRun:
+    """What one periodic triage pass did."""
+
+    sweep: SweepReport
+    rescored: int
+
+
+class Gateway(ServiceNode):
+    """The running gateway.
+
+    Parameters
+    ----------
+    config
+        The validated service configuration.
+    models
+        Model resolver (default: the model registry through ``overread.inference``).
+    artifacts
+        Result object builder (default: the SR builder of ``overread.service.outputs``,
+        or none when it is unavailable). Pass ``False`` to build nothing.
+    with_scp, with_http
+        Start the DICOM listener / the HTTP API (``overread worker`` starts neither).
+    with_assembler
+        Run study assembly and the periodic triage sweep (off in ``overread worker``).
+    registry
+        The model registry the API lists and switches aliases in (default: the
+        settings' registry, the one :class:`~overread.inference.Pipeline` resolves in).
+    triage_interval
+        Seconds between triage sweeps (alert delivery, retries, escalation, and
+        rescoring for waiting time); ``None`` or ``0`` runs none.
+    """
+
+    def __init__(
+        self,
+        config: ServiceConfig,
+        *,
+        models: PipelineProvider | None = None,
+        artifacts: ArtifactBuilder | bool | None = True,
+        with_scp: bool = True,
+        with_http: bool = True,
+        with_assembler: bool = True,
+        registry: Registry | None = None,
+        triage_interval: float | None = DEFAULT_TRIAGE_INTERVAL,
+    ) -> None:
+        try:
+            self.triage: TriageConfig = TriageConfig.model_validate(config.triage)
+        except ValueError as exc:
+            raise ConfigError(f"invalid [triage] settings: {exc}") from None
+        self.triage_interval = triage_interval
+        super().__init__(
+            config,
+            models=models,
+            artifacts=artifacts,
+            with_scp=with_scp,
+            with_assembler=with_assembler,
+            registry=registry,
+        )
+        self.with_http = with_http
+        self._triage_thread: threading.Thread | None = None
+        self._http: HttpServer | None = None
+        self.http_port: int | None = None
+
+    def web_context(self) -> WebContext:
+        """What the web app's routes use: this gateway and its access control."""
+        return WebContext.for_service(self)
+
+    # -- lifecycle --------------------------------------------------------------------
+    def start(self) -> None:
+        """Start every part; return once the listeners are bound."""
+        if self.with_assembler and self.triage_interval:
+            self._triage_thread = threading.Thread(
+                target=self._triage_loop, name="overread-triage", daemon=True
+            )
+            self._triage_thread.start()
+        super().start()
+        if self.with_http and self.config.http_port is not None:
+            http = HttpServer(
+                create_app(self, self.web_context()), self.config.http_host, self.config.http_port
+            )
+            self.http_port = http.start()
+            self._http = http
+            logger.info("HTTP API on http://%s:%d", self.config.http_host, self.http_port)
+
+    def run_triage(self, now: datetime | None = None) -> TriageRun:
+        """One triage pass: escalate and deliver alerts, then rescore unread studies.
+
+        The sweep sends with no transaction open (:func:`overread.triage.run_sweep`);
+        rescoring is one short transaction. ``now`` defaults to the current time.
+        """
+        moment = now or utcnow()
+        report = run_sweep(self.database, self.triage, now=moment)
+        with self.database.session() as session:
+            rescored = refresh_scores(session, self.triage, now=moment)
+        return TriageRun(sweep=report, rescored=rescored)
+
+    def _triage_loop(self) -> None:
+        interval = float(self.triage_interval or DEFAULT_TRIAGE_INTERVAL)
+        while not self._stop.is_set():
+            try:
+                run = self.run_triage()
+            except Exception:
+                logger.exception("triage sweep failed; retrying in %.0f s", interval)
+            else:
+                report = run.sweep
+                if report.sent or report.escalated or report.failed or report.retrying:
+                    logger.info(
+                        "triage: %d alert(s) sent, %d escalated, %d retrying, %d failed",
+                        len(report.sent),
+                        len(report.escalated),
+                        len(report.retrying),
+                        len(report.failed),
+                    )
+            self._stop.wait(interval)
+
+    def stop(self, timeout: float = 30.0) -> None:
+        """Stop listening and sweeping, let running jobs finish (up to ``timeout``)."""
+        self._stop.set()
+        if self._http is not None:
+            self._http.stop()
+        if self._triage_thread is not None:
+            self._triage_thread.join(30)
+        super().stop(timeout)
+
+
+__all__ = ["DEFAULT_TRIAGE_INTERVAL", "Gateway", "TriageRun"]
