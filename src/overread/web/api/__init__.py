@@ -1,8 +1,11 @@
 """The gateway's REST API and DICOMweb STOW-RS, every route but ``/health`` authenticated.
 
-:func:`install_api` adds the routes to an application. Each route requires one
+:func:`install_api` adds the routes to an application: one module-level router per
+resource module (:data:`ROUTERS`), whose handlers find the running gateway in the
+application's :class:`~overread.web.context.WebContext`. Each route requires one
 :class:`~overread.security.Permission` (``401`` without valid credentials, ``403``
-without the permission, the denial audited) and says which in its OpenAPI
+without the permission, the denial audited), declared once with
+:func:`~overread.web.api.guards.route`, which also names it in the route's OpenAPI
 operation (``x-permission``); ``docs/api.md`` lists them. Responses carrying patient
 identifiers pass through :func:`~overread.security.redact_phi`, and views of
 PHI-bearing resources are audited.
@@ -12,11 +15,10 @@ from __future__ import annotations
 
 from typing import Any
 
-from fastapi import FastAPI, HTTPException, Request
+from fastapi import FastAPI, Request
 from fastapi.openapi.utils import get_openapi
 from fastapi.responses import JSONResponse
 
-from overread import __version__
 from overread.errors import OverreadError
 from overread.web.api import (
     alerts,
@@ -24,13 +26,12 @@ from overread.web.api import (
     auth,
     dicomweb,
     feedback,
+    health,
     jobs,
     models,
     studies,
     worklist,
 )
-from overread.web.api.guards import PUBLIC, route_options
-from overread.web.api.schemas import Health
 from overread.web.context import WebContext
 
 SECURITY_SCHEMES: dict[str, Any] = {
@@ -48,27 +49,6 @@ SECURITY_SCHEMES: dict[str, Any] = {
 }
 
 
-def _install_health(app: FastAPI, ctx: WebContext) -> None:
-    service = ctx.service
-
-    @app.get("/health", response_model=Health, tags=["health"], **route_options(PUBLIC))
-    def health() -> Health:
-        """Liveness plus the job counts (no patient data); 503 when the database is down."""
-        try:
-            counts = service.queue.counts()
-        except Exception as exc:
-            raise HTTPException(
-                status_code=503, detail=f"database unavailable: {type(exc).__name__}"
-            ) from None
-        return Health(
-            status="ok",
-            version=__version__,
-            ae_title=service.config.ae_title,
-            dicom_port=service.dicom_port,
-            jobs=counts,
-        )
-
-
 def _install_openapi(app: FastAPI) -> None:
     def openapi() -> dict[str, Any]:
         if app.openapi_schema is None:
@@ -84,6 +64,20 @@ def _install_openapi(app: FastAPI) -> None:
 
     app.openapi = openapi  # type: ignore[method-assign]
 
+
+#: The API's routers, in the order they are matched.
+ROUTERS = (
+    health.router,
+    auth.router,
+    worklist.router,
+    studies.router,
+    feedback.router,
+    alerts.router,
+    jobs.router,
+    models.router,
+    audit.router,
+    dicomweb.router,
+)
 
 _SAFE_METHODS = frozenset({"GET", "HEAD", "OPTIONS"})
 _GUARDED_PREFIXES = ("/api/", "/dicom-web/")
@@ -110,13 +104,13 @@ def install_api(app: FastAPI, ctx: WebContext) -> None:
     Parameters
     ----------
     app
-        The application (its ``state.web`` should be ``ctx``).
+        The application (``ctx`` becomes its ``state.web``).
     ctx
         The running service and its access control.
     """
-    _install_health(app, ctx)
-    for module in (auth, worklist, studies, feedback, alerts, jobs, models, audit, dicomweb):
-        app.include_router(module.build(ctx))
+    app.state.web = ctx
+    for router in ROUTERS:
+        app.include_router(router)
 
     @app.middleware("http")
     async def refuse_cross_site_writes(request: Request, call_next: Any) -> Any:
@@ -140,4 +134,4 @@ def install_api(app: FastAPI, ctx: WebContext) -> None:
     _install_openapi(app)
 
 
-__all__ = ["SECURITY_SCHEMES", "install_api"]
+__all__ = ["ROUTERS", "SECURITY_SCHEMES", "install_api"]

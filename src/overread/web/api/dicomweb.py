@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 from fastapi import APIRouter, Depends, HTTPException, Path, Request
 from fastapi.responses import JSONResponse
 from starlette.concurrency import run_in_threadpool
@@ -9,11 +11,11 @@ from starlette.concurrency import run_in_threadpool
 from overread.audit import AuditAction
 from overread.security import Permission, Principal
 from overread.service.stow import StowRequestError, store_instances
-from overread.web.api.guards import route_options
+from overread.web.api.guards import caller, context, route
 from overread.web.api.schemas import UID_PATTERN
 from overread.web.context import WebContext
 
-_STOW_BODY = {
+_STOW_BODY: dict[str, Any] = {
     "requestBody": {
         "required": True,
         "content": {
@@ -23,7 +25,7 @@ _STOW_BODY = {
         },
     }
 }
-_STOW_RESPONSES: dict[int | str, dict[str, object]] = {
+_STOW_RESPONSES: dict[int | str, dict[str, Any]] = {
     200: {"description": "Every instance stored (DICOM JSON)"},
     202: {"description": "Some instances stored, some refused (DICOM JSON)"},
     409: {"description": "No instance stored (DICOM JSON, Failed SOP Sequence)"},
@@ -31,62 +33,73 @@ _STOW_RESPONSES: dict[int | str, dict[str, object]] = {
 }
 
 
-def build(ctx: WebContext) -> APIRouter:
-    """The STOW-RS routes."""
-    router = APIRouter(prefix="/dicom-web", tags=["dicomweb"])
-    access = ctx.access
+router = APIRouter(prefix="/dicom-web", tags=["dicomweb"])
+
+
+async def _stow(
+    request: Request, ctx: WebContext, who: Principal, study: str | None
+) -> JSONResponse:
     service = ctx.service
-
-    async def _stow(request: Request, who: Principal, study: str | None) -> JSONResponse:
-        body = await request.body()
-        client = request.client.host if request.client else ""
-        try:
-            result = await run_in_threadpool(
-                store_instances,
-                service.ingestor,
-                request.headers.get("content-type", ""),
-                body,
-                client=client,
-                study_instance_uid=study,
-            )
-        except StowRequestError as exc:
-            raise HTTPException(status_code=415, detail=str(exc)) from None
-        await run_in_threadpool(
-            access.record,
-            who,
-            AuditAction.RECEIVE,
-            object_uids=sorted(result.studies),
-            details={"via_http": "stow-rs", "source": client, "status": result.http_status},
+    body = await request.body()
+    client = request.client.host if request.client else ""
+    try:
+        result = await run_in_threadpool(
+            store_instances,
+            service.ingestor,
+            request.headers.get("content-type", ""),
+            body,
+            client=client,
+            study_instance_uid=study,
         )
-        if result.studies:
-            await run_in_threadpool(service.request_released, result.studies)
-        return JSONResponse(
-            result.to_dicom_json(),
-            status_code=result.http_status,
-            media_type="application/dicom+json",
-        )
-
-    options = route_options(Permission.INGEST)
-    options["openapi_extra"] = {**options["openapi_extra"], **_STOW_BODY}
-    options["responses"] = {**options["responses"], **_STOW_RESPONSES}
-
-    @router.post("/studies", **options)
-    async def stow(
-        request: Request, who: Principal = Depends(access.require(Permission.INGEST))
-    ) -> JSONResponse:
-        """STOW-RS: store instances (multipart/related; type=application/dicom)."""
-        return await _stow(request, who, None)
-
-    @router.post("/studies/{study_instance_uid}", **options)
-    async def stow_study(
-        request: Request,
-        study_instance_uid: str = Path(pattern=UID_PATTERN),
-        who: Principal = Depends(access.require(Permission.INGEST)),
-    ) -> JSONResponse:
-        """STOW-RS into one study: parts of another study are refused (0xA900)."""
-        return await _stow(request, who, study_instance_uid)
-
-    return router
+    except StowRequestError as exc:
+        raise HTTPException(status_code=415, detail=str(exc)) from None
+    await run_in_threadpool(
+        ctx.access.record,
+        who,
+        AuditAction.RECEIVE,
+        object_uids=sorted(result.studies),
+        details={"via_http": "stow-rs", "source": client, "status": result.http_status},
+    )
+    if result.studies:
+        await run_in_threadpool(service.request_released, result.studies)
+    return JSONResponse(
+        result.to_dicom_json(),
+        status_code=result.http_status,
+        media_type="application/dicom+json",
+    )
 
 
-__all__ = ["build"]
+@route(
+    router,
+    "POST",
+    "/studies",
+    permission=Permission.INGEST,
+    responses=_STOW_RESPONSES,
+    openapi_extra=_STOW_BODY,
+)
+async def stow(
+    request: Request, ctx: WebContext = Depends(context), who: Principal = Depends(caller)
+) -> JSONResponse:
+    """STOW-RS: store instances (multipart/related; type=application/dicom)."""
+    return await _stow(request, ctx, who, None)
+
+
+@route(
+    router,
+    "POST",
+    "/studies/{study_instance_uid}",
+    permission=Permission.INGEST,
+    responses=_STOW_RESPONSES,
+    openapi_extra=_STOW_BODY,
+)
+async def stow_study(
+    request: Request,
+    study_instance_uid: str = Path(pattern=UID_PATTERN),
+    ctx: WebContext = Depends(context),
+    who: Principal = Depends(caller),
+) -> JSONResponse:
+    """STOW-RS into one study: parts of another study are refused (0xA900)."""
+    return await _stow(request, ctx, who, study_instance_uid)
+
+
+__all__ = ["router"]

@@ -21,7 +21,7 @@ from overread.security import Permission, Principal
 from overread.service.db import utcnow
 from overread.triage.feedback import KEY_COLUMNS, export_feedback, record_feedback
 from overread.triage.schema import Feedback
-from overread.web.api.guards import invalid, not_found, page_params, route_options
+from overread.web.api.guards import caller, context, invalid, not_found, page_params, route
 from overread.web.api.schemas import UID_PATTERN, FeedbackOut, FeedbackRequest, Page
 from overread.web.context import WebContext
 
@@ -59,113 +59,114 @@ def _without_patient_ids(csv_text: str) -> str:
     return out.getvalue()
 
 
-def build(ctx: WebContext) -> APIRouter:
-    """The feedback routes."""
-    router = APIRouter(prefix="/api", tags=["feedback"])
+router = APIRouter(prefix="/api", tags=["feedback"])
+
+
+@route(
+    router,
+    "POST",
+    "/studies/{study_instance_uid}/feedback",
+    response_model=FeedbackOut,
+    status_code=201,
+    permission=Permission.GIVE_FEEDBACK,
+    responses={
+        404: {"description": "The study is not on the worklist"},
+        422: {"description": "Unknown finding, or a verdict the finding does not allow"},
+    },
+)
+def post_feedback(
+    body: FeedbackRequest,
+    study_instance_uid: str = Path(pattern=UID_PATTERN, description="Study Instance UID"),
+    ctx: WebContext = Depends(context),
+    who: Principal = Depends(caller),
+) -> FeedbackOut:
+    """Record the caller's verdict on one finding (stored with who and when, audited)."""
+    with ctx.database.session() as session:
+        try:
+            row = record_feedback(
+                session,
+                study_instance_uid,
+                body.finding,
+                body.verdict,
+                reader=who.username,
+                role=who.role.value,
+                now=utcnow(),
+                label=None if body.label is None else float(body.label),
+            )
+        except KeyError:
+            raise not_found(f"study {study_instance_uid} on the worklist") from None
+        except OverreadError as exc:
+            raise invalid(str(exc)) from None
+        return feedback_out(row)
+
+
+@route(
+    router, "GET", "/feedback", response_model=Page[FeedbackOut], permission=Permission.VIEW_RESULTS
+)
+def list_feedback(
+    study: str | None = Query(default=None, pattern=UID_PATTERN),
+    reader: str | None = Query(default=None, max_length=128),
+    finding: str | None = Query(default=None, max_length=64),
+    page: tuple[int, int] = Depends(page_params(100)),
+    ctx: WebContext = Depends(context),
+) -> Page[FeedbackOut]:
+    """Verdicts, newest first, filtered by study, reader or finding."""
+    limit, offset = page
+    conditions: list[Any] = []
+    if study:
+        conditions.append(Feedback.study_instance_uid == study)
+    if reader:
+        conditions.append(Feedback.reader == reader)
+    if finding:
+        conditions.append(Feedback.finding == finding)
+    with ctx.database.session() as session:
+        total = session.scalar(select(func.count()).select_from(Feedback).where(*conditions))
+        rows = session.scalars(
+            select(Feedback)
+            .where(*conditions)
+            .order_by(Feedback.created_at.desc(), Feedback.id.desc())
+            .limit(limit)
+            .offset(offset)
+        ).all()
+        items = [feedback_out(r) for r in rows]
+    return Page[FeedbackOut](items=items, total=int(total or 0), limit=limit, offset=offset)
+
+
+@route(
+    router,
+    "GET",
+    "/feedback/export",
+    response_class=PlainTextResponse,
+    permission=Permission.EXPORT_RESULTS,
+    responses={200: {"content": {"text/csv": {"schema": {"type": "string"}}}}},
+)
+def export(
+    order: Literal["margin", "uncertainty"] = Query(
+        default="margin", description="Active-learning order"
+    ),
+    ctx: WebContext = Depends(context),
+    who: Principal = Depends(caller),
+) -> PlainTextResponse:
+    """The labelled dataset as CSV, the cases the model was least sure of first."""
     access = ctx.access
-
-    @router.post(
-        "/studies/{study_instance_uid}/feedback",
-        response_model=FeedbackOut,
-        status_code=201,
-        **route_options(
-            Permission.GIVE_FEEDBACK,
-            responses={
-                404: {"description": "The study is not on the worklist"},
-                422: {"description": "Unknown finding, or a verdict the finding does not allow"},
-            },
-        ),
-    )
-    def post_feedback(
-        body: FeedbackRequest,
-        study_instance_uid: str = Path(pattern=UID_PATTERN, description="Study Instance UID"),
-        who: Principal = Depends(access.require(Permission.GIVE_FEEDBACK)),
-    ) -> FeedbackOut:
-        """Record the caller's verdict on one finding (stored with who and when, audited)."""
+    with tempfile.TemporaryDirectory(prefix="overread-feedback-") as tmp:
+        target = FilePath(tmp) / "feedback.csv"
         with ctx.database.session() as session:
-            try:
-                row = record_feedback(
-                    session,
-                    study_instance_uid,
-                    body.finding,
-                    body.verdict,
-                    reader=who.username,
-                    role=who.role.value,
-                    now=utcnow(),
-                    label=None if body.label is None else float(body.label),
-                )
-            except KeyError:
-                raise not_found(f"study {study_instance_uid} on the worklist") from None
-            except OverreadError as exc:
-                raise invalid(str(exc)) from None
-            return feedback_out(row)
-
-    @router.get(
-        "/feedback", response_model=Page[FeedbackOut], **route_options(Permission.VIEW_RESULTS)
+            count = export_feedback(session, target, order=order)
+        text = target.read_text(encoding="utf-8")
+    identified = who.can(Permission.VIEW_PHI)
+    if not identified:
+        text = _without_patient_ids(text)
+    access.record(
+        who,
+        AuditAction.EXPORT,
+        details={"export": "feedback", "studies": count, "order": order, "phi": identified},
     )
-    def list_feedback(
-        study: str | None = Query(default=None, pattern=UID_PATTERN),
-        reader: str | None = Query(default=None, max_length=128),
-        finding: str | None = Query(default=None, max_length=64),
-        page: tuple[int, int] = Depends(page_params(100)),
-        who: Principal = Depends(access.require(Permission.VIEW_RESULTS)),
-    ) -> Page[FeedbackOut]:
-        """Verdicts, newest first, filtered by study, reader or finding."""
-        limit, offset = page
-        conditions: list[Any] = []
-        if study:
-            conditions.append(Feedback.study_instance_uid == study)
-        if reader:
-            conditions.append(Feedback.reader == reader)
-        if finding:
-            conditions.append(Feedback.finding == finding)
-        with ctx.database.session() as session:
-            total = session.scalar(select(func.count()).select_from(Feedback).where(*conditions))
-            rows = session.scalars(
-                select(Feedback)
-                .where(*conditions)
-                .order_by(Feedback.created_at.desc(), Feedback.id.desc())
-                .limit(limit)
-                .offset(offset)
-            ).all()
-            items = [feedback_out(r) for r in rows]
-        return Page[FeedbackOut](items=items, total=int(total or 0), limit=limit, offset=offset)
-
-    @router.get(
-        "/feedback/export",
-        response_class=PlainTextResponse,
-        **route_options(
-            Permission.EXPORT_RESULTS,
-            responses={200: {"content": {"text/csv": {"schema": {"type": "string"}}}}},
-        ),
+    return PlainTextResponse(
+        text,
+        media_type="text/csv",
+        headers={"Content-Disposition": 'attachment; filename="feedback.csv"'},
     )
-    def export(
-        order: Literal["margin", "uncertainty"] = Query(
-            default="margin", description="Active-learning order"
-        ),
-        who: Principal = Depends(access.require(Permission.EXPORT_RESULTS)),
-    ) -> PlainTextResponse:
-        """The labelled dataset as CSV, the cases the model was least sure of first."""
-        with tempfile.TemporaryDirectory(prefix="overread-feedback-") as tmp:
-            target = FilePath(tmp) / "feedback.csv"
-            with ctx.database.session() as session:
-                count = export_feedback(session, target, order=order)
-            text = target.read_text(encoding="utf-8")
-        identified = who.can(Permission.VIEW_PHI)
-        if not identified:
-            text = _without_patient_ids(text)
-        access.record(
-            who,
-            AuditAction.EXPORT,
-            details={"export": "feedback", "studies": count, "order": order, "phi": identified},
-        )
-        return PlainTextResponse(
-            text,
-            media_type="text/csv",
-            headers={"Content-Disposition": 'attachment; filename="feedback.csv"'},
-        )
-
-    return router
 
 
-__all__ = ["build", "feedback_out"]
+__all__ = ["feedback_out"]

@@ -1,9 +1,12 @@
 """What every API route shares: its permission, PHI redaction, errors, pagination.
 
-Each route declares its permission once, with :func:`permission_route`: the
-dependency that enforces it and the ``x-permission`` entry of its OpenAPI operation
-come from the same call, so the schema tells clients (and the test-suite, which
-generates its access checks from the schema) exactly what each route needs.
+Each route declares its permission once, with :func:`route` (the API's binding of
+:func:`overread.web.routes.route`): the dependency that enforces it and the
+``x-permission`` entry of its OpenAPI operation come from the same argument, so the
+schema tells clients (and the test-suite, which generates its access checks from
+the schema) exactly what each route needs. A handler that needs its caller asks
+for ``who: Principal = Depends(caller)``, and for the running gateway with
+``ctx: WebContext = Depends(context)``.
 """
 
 from __future__ import annotations
@@ -11,48 +14,41 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any
 
-from fastapi import HTTPException, Query, Request, status
+from fastapi import APIRouter, HTTPException, Query, Request, status
 from fastapi.responses import JSONResponse
 from pydantic import BaseModel
 
 from overread.security import Permission, Principal, redact_phi
+from overread.web import routes
 from overread.web.context import WebContext
-
-#: ``x-permission`` of routes anyone may call (health, login).
-PUBLIC = "public"
-#: ``x-permission`` of routes any signed-in user may call (me, logout).
-AUTHENTICATED = "authenticated"
-
-#: The error responses every guarded route documents.
-AUTH_RESPONSES: dict[int | str, dict[str, Any]] = {
-    401: {"description": "No or invalid credentials (bearer token or session cookie)"},
-    403: {"description": "The caller's role lacks the route's permission"},
-}
-
-#: The OpenAPI security requirement of guarded routes.
-SECURITY: list[dict[str, list[str]]] = [{"bearerAuth": []}, {"sessionCookie": []}]
+from overread.web.routes import AUTH_RESPONSES, AUTHENTICATED, PUBLIC, SECURITY
 
 
-def route_options(
-    permission: Permission | str, *, responses: dict[int | str, dict[str, Any]] | None = None
-) -> dict[str, Any]:
-    """Decorator keyword arguments that document ``permission`` in the OpenAPI schema.
+def _enforce(request: Request, permission: Permission | None) -> Principal:
+    """401 without valid credentials, 403 (audited) without ``permission``."""
+    access = context(request).access
+    if permission is None:
+        return access.authenticated()(request)
+    return access.require(permission)(request)
 
-    Parameters
-    ----------
-    permission
-        The permission the route's dependency requires, or :data:`PUBLIC` /
-        :data:`AUTHENTICATED`.
-    responses
-        The route's own documented responses, added to 401 and 403.
+
+def route(
+    router: APIRouter, method: str, path: str, *, permission: Permission | str, **options: Any
+) -> Callable[[routes.Endpoint], routes.Endpoint]:
+    """Add the decorated handler to ``router`` as ``method path``, needing ``permission``.
+
+    ``permission`` is a :class:`~overread.security.Permission`, :data:`AUTHENTICATED`
+    or :data:`PUBLIC`; ``options`` are those of :func:`overread.web.routes.route`
+    (``responses``, ``response_model``, ``status_code``...).
     """
-    value = permission.value if isinstance(permission, Permission) else permission
-    extra: dict[str, Any] = {"x-permission": value}
-    documented = dict(responses or {})
-    if value != PUBLIC:
-        extra["security"] = SECURITY
-        documented = {**AUTH_RESPONSES, **documented}
-    return {"openapi_extra": extra, "responses": documented}
+    return routes.route(router, method, path, permission=permission, enforce=_enforce, **options)
+
+
+def caller(request: Request) -> Principal:
+    """The signed-in caller of a guarded route."""
+    principal = routes.caller_of(request)
+    assert isinstance(principal, Principal)
+    return principal
 
 
 def phi_json(model: BaseModel, who: Principal, *, status_code: int = 200) -> JSONResponse:
@@ -93,10 +89,11 @@ __all__ = [
     "AUTH_RESPONSES",
     "PUBLIC",
     "SECURITY",
+    "caller",
     "context",
     "invalid",
     "not_found",
     "page_params",
     "phi_json",
-    "route_options",
+    "route",
 ]

@@ -17,7 +17,7 @@ from overread.audit import AuditAction
 from overread.errors import ModelPackageError
 from overread.models.registry import PackageEntry, Registry, manifest_of
 from overread.security import Permission, Principal
-from overread.web.api.guards import not_found, route_options
+from overread.web.api.guards import caller, context, not_found, route
 from overread.web.api.schemas import AliasOut, AliasRequest, ModelDetail, ModelList, ModelPackageOut
 from overread.web.context import WebContext
 
@@ -62,84 +62,85 @@ def _detail(registry: Registry, reference: str) -> ModelDetail:
     )
 
 
-def build(ctx: WebContext) -> APIRouter:
-    """The ``/api/models`` routes."""
-    router = APIRouter(prefix="/api/models", tags=["models"])
-    access = ctx.access
+router = APIRouter(prefix="/api/models", tags=["models"])
 
-    @router.get("", response_model=ModelList, **route_options(Permission.VIEW_RESULTS))
-    def list_models(
-        who: Principal = Depends(access.require(Permission.VIEW_RESULTS)),
-    ) -> ModelList:
-        """Every package of the registry (imported and bundled) and every alias."""
-        registry = _registry(ctx)
-        aliases = registry.aliases()
-        return ModelList(
-            packages=[_package(e, aliases) for e in registry.entries()], aliases=aliases
-        )
 
-    @router.get(
-        "/{reference}", response_model=ModelDetail, **route_options(Permission.VIEW_RESULTS)
+@route(router, "GET", "", response_model=ModelList, permission=Permission.VIEW_RESULTS)
+def list_models(ctx: WebContext = Depends(context)) -> ModelList:
+    """Every package of the registry (imported and bundled) and every alias."""
+    registry = _registry(ctx)
+    aliases = registry.aliases()
+    return ModelList(packages=[_package(e, aliases) for e in registry.entries()], aliases=aliases)
+
+
+@route(
+    router, "GET", "/{reference}", response_model=ModelDetail, permission=Permission.VIEW_RESULTS
+)
+def get_model(
+    reference: str = Path(pattern=_ALIAS_PATTERN, description="Model name or alias"),
+    ctx: WebContext = Depends(context),
+) -> ModelDetail:
+    """A model name or alias: what it resolves to now, its manifest, every version."""
+    return _detail(_registry(ctx), reference)
+
+
+def _change(
+    ctx: WebContext, who: Principal, alias: str, previous: str | None, target: str, how: str
+) -> None:
+    ctx.access.record(
+        who,
+        AuditAction.MODEL_CHANGE,
+        details={"change": how, "alias": alias, "from": previous, "to": target},
     )
-    def get_model(
-        reference: str = Path(pattern=_ALIAS_PATTERN, description="Model name or alias"),
-        who: Principal = Depends(access.require(Permission.VIEW_RESULTS)),
-    ) -> ModelDetail:
-        """A model name or alias: what it resolves to now, its manifest, every version."""
-        return _detail(_registry(ctx), reference)
-
-    def _change(who: Principal, alias: str, previous: str | None, target: str, how: str) -> None:
-        access.record(
-            who,
-            AuditAction.MODEL_CHANGE,
-            details={"change": how, "alias": alias, "from": previous, "to": target},
-        )
-
-    @router.put(
-        "/aliases/{alias}",
-        response_model=AliasOut,
-        **route_options(
-            Permission.MANAGE_MODELS, responses={404: {"description": "No such package"}}
-        ),
-    )
-    async def set_alias(
-        body: AliasRequest,
-        alias: str = Path(pattern=_ALIAS_PATTERN),
-        who: Principal = Depends(access.require(Permission.MANAGE_MODELS)),
-    ) -> AliasOut:
-        """Point an alias at a package; the package must exist and verify (audited)."""
-        registry = _registry(ctx)
-        previous = registry.aliases().get(alias)
-        try:
-            target = await run_in_threadpool(registry.set_alias, alias, body.target)
-        except ModelPackageError as exc:
-            raise HTTPException(status_code=404, detail=str(exc)) from None
-        await run_in_threadpool(_change, who, alias, previous, target, "set-alias")
-        return AliasOut(alias=alias, target=target, previous=previous)
-
-    @router.post(
-        "/aliases/{alias}/rollback",
-        response_model=AliasOut,
-        **route_options(
-            Permission.MANAGE_MODELS,
-            responses={409: {"description": "The alias has no earlier target"}},
-        ),
-    )
-    def rollback_alias(
-        alias: str = Path(pattern=_ALIAS_PATTERN),
-        who: Principal = Depends(access.require(Permission.MANAGE_MODELS)),
-    ) -> AliasOut:
-        """Point an alias back at its previous target (audited)."""
-        registry = _registry(ctx)
-        previous = registry.aliases().get(alias)
-        try:
-            target = registry.rollback(alias)
-        except ModelPackageError as exc:
-            raise HTTPException(status_code=409, detail=str(exc)) from None
-        _change(who, alias, previous, target, "rollback")
-        return AliasOut(alias=alias, target=target, previous=previous)
-
-    return router
 
 
-__all__ = ["build"]
+@route(
+    router,
+    "PUT",
+    "/aliases/{alias}",
+    response_model=AliasOut,
+    permission=Permission.MANAGE_MODELS,
+    responses={404: {"description": "No such package"}},
+)
+async def set_alias(
+    body: AliasRequest,
+    alias: str = Path(pattern=_ALIAS_PATTERN),
+    ctx: WebContext = Depends(context),
+    who: Principal = Depends(caller),
+) -> AliasOut:
+    """Point an alias at a package; the package must exist and verify (audited)."""
+    registry = _registry(ctx)
+    previous = registry.aliases().get(alias)
+    try:
+        target = await run_in_threadpool(registry.set_alias, alias, body.target)
+    except ModelPackageError as exc:
+        raise HTTPException(status_code=404, detail=str(exc)) from None
+    await run_in_threadpool(_change, ctx, who, alias, previous, target, "set-alias")
+    return AliasOut(alias=alias, target=target, previous=previous)
+
+
+@route(
+    router,
+    "POST",
+    "/aliases/{alias}/rollback",
+    response_model=AliasOut,
+    permission=Permission.MANAGE_MODELS,
+    responses={409: {"description": "The alias has no earlier target"}},
+)
+def rollback_alias(
+    alias: str = Path(pattern=_ALIAS_PATTERN),
+    ctx: WebContext = Depends(context),
+    who: Principal = Depends(caller),
+) -> AliasOut:
+    """Point an alias back at its previous target (audited)."""
+    registry = _registry(ctx)
+    previous = registry.aliases().get(alias)
+    try:
+        target = registry.rollback(alias)
+    except ModelPackageError as exc:
+        raise HTTPException(status_code=409, detail=str(exc)) from None
+    _change(ctx, who, alias, previous, target, "rollback")
+    return AliasOut(alias=alias, target=target, previous=previous)
+
+
+__all__ = ["router"]

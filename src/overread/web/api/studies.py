@@ -23,7 +23,7 @@ from overread.service.db import Instance, Result, Study, StudyState
 from overread.triage.intake import merge_findings
 from overread.triage.schema import WorklistItem
 from overread.triage.worklist import StoredFinding
-from overread.web.api.guards import not_found, page_params, route_options
+from overread.web.api.guards import caller, context, not_found, page_params, route
 from overread.web.api.schemas import (
     UID_PATTERN,
     CompleteOut,
@@ -161,185 +161,202 @@ def fhir_bundle(ctx: WebContext, uid: str, model: str | None, identified: bool) 
     return bundle if identified else _strip_identity(bundle)
 
 
-def build(ctx: WebContext) -> APIRouter:
-    """The ``/api/studies`` routes."""
-    router = APIRouter(prefix="/api/studies", tags=["studies"])
+router = APIRouter(prefix="/api/studies", tags=["studies"])
+
+
+@route(router, "GET", "", response_model=Page[StudyOut], permission=Permission.VIEW_RESULTS)
+def list_studies(
+    state: StudyState | None = Query(default=None, description="Assembly state"),
+    page: tuple[int, int] = Depends(page_params(200)),
+    ctx: WebContext = Depends(context),
+) -> Page[StudyOut]:
+    """Studies, most recently received first."""
+    limit, offset = page
+    conditions = [Study.state == state.value] if state is not None else []
+    with ctx.database.session() as session:
+        total = session.scalar(select(func.count()).select_from(Study).where(*conditions))
+        rows = session.scalars(
+            select(Study)
+            .where(*conditions)
+            .order_by(Study.last_instance_at.desc(), Study.id.desc())
+            .limit(limit)
+            .offset(offset)
+        ).all()
+        items = [study_out(s) for s in rows]
+    return Page[StudyOut](items=items, total=int(total or 0), limit=limit, offset=offset)
+
+
+@route(
+    router,
+    "GET",
+    "/{study_instance_uid}",
+    response_model=StudyDetail,
+    permission=Permission.VIEW_RESULTS,
+)
+def get_study(
+    study_instance_uid: str = _uid(),
+    ctx: WebContext = Depends(context),
+    who: Principal = Depends(caller),
+) -> StudyDetail:
+    """One study: its series, calling AEs, results and worklist standing."""
+    access = ctx.access
+    uid = study_instance_uid
+    with ctx.database.session() as session:
+        study = _require_study(session, uid)
+        instances = session.scalars(
+            select(Instance)
+            .where(Instance.study_instance_uid == uid)
+            .order_by(Instance.series_instance_uid, Instance.id)
+        ).all()
+        series: dict[str, SeriesOut] = {}
+        for row in instances:
+            entry = series.get(row.series_instance_uid)
+            if entry is None:
+                entry = series[row.series_instance_uid] = SeriesOut(
+                    series_instance_uid=row.series_instance_uid,
+                    modality=row.modality,
+                    body_part=row.body_part,
+                    view_position=row.view_position,
+                    series_description=row.series_description,
+                    instance_count=0,
+                    sop_class_uids=[],
+                )
+            entry.instance_count += 1
+            if row.sop_class_uid not in entry.sop_class_uids:
+                entry.sop_class_uids.append(row.sop_class_uid)
+        results = session.scalar(
+            select(func.count()).select_from(Result).where(Result.study_instance_uid == uid)
+        )
+        item = session.scalar(select(WorklistItem).where(WorklistItem.study_instance_uid == uid))
+        detail = StudyDetail(
+            **study_out(study).model_dump(),
+            series=list(series.values()),
+            calling_aes=sorted({r.calling_ae for r in instances}),
+            result_count=int(results or 0),
+            worklist_state=item.state if item is not None else None,
+            score=item.score if item is not None else None,
+        )
+    access.record(who, AuditAction.VIEW, object_uids=[uid], details={"view": "study"})
+    return detail
+
+
+@route(
+    router,
+    "GET",
+    "/{study_instance_uid}/results",
+    response_model=list[ResultOut],
+    permission=Permission.VIEW_RESULTS,
+)
+def study_results(
+    study_instance_uid: str = _uid(),
+    model: str | None = Query(default=None, max_length=128, description="Model name"),
+    ctx: WebContext = Depends(context),
+    who: Principal = Depends(caller),
+) -> list[ResultOut]:
+    """The model results stored for a study, oldest first (404 for an unknown study)."""
+    access = ctx.access
+    with ctx.database.session() as session:
+        _require_study(session, study_instance_uid)
+        results = [result_out(r) for r in _results(session, study_instance_uid, model)]
+    access.record(
+        who,
+        AuditAction.VIEW,
+        object_uids=[study_instance_uid],
+        details={"view": "results", "count": len(results)},
+    )
+    return results
+
+
+@route(
+    router,
+    "GET",
+    "/{study_instance_uid}/findings",
+    response_model=list[StudyFindings],
+    permission=Permission.VIEW_RESULTS,
+)
+def study_findings(
+    study_instance_uid: str = _uid(),
+    ctx: WebContext = Depends(context),
+    who: Principal = Depends(caller),
+) -> list[StudyFindings]:
+    """Per model result, the study's findings merged over its images."""
+    access = ctx.access
+    with ctx.database.session() as session:
+        _require_study(session, study_instance_uid)
+        out = [
+            StudyFindings(
+                study_instance_uid=study_instance_uid,
+                model_name=r.model_name,
+                model_version=r.model_version,
+                result_id=r.id,
+                findings=[FindingOut(**f.to_dict()) for f in merged_findings(r)],
+            )
+            for r in _results(session, study_instance_uid, None)
+        ]
+    access.record(
+        who, AuditAction.VIEW, object_uids=[study_instance_uid], details={"view": "findings"}
+    )
+    return out
+
+
+@route(
+    router,
+    "GET",
+    "/{study_instance_uid}/fhir",
+    response_model=dict[str, Any],
+    permission=Permission.VIEW_RESULTS,
+    responses={
+        404: {"description": "Unknown study, or no stored result"},
+        409: {"description": "The stored result cannot be reported (no patient ID)"},
+    },
+)
+async def study_fhir(
+    study_instance_uid: str = _uid(),
+    model: str | None = Query(default=None, max_length=128, description="Model name"),
+    ctx: WebContext = Depends(context),
+    who: Principal = Depends(caller),
+) -> dict[str, Any]:
+    """The FHIR R4 transaction Bundle (DiagnosticReport + an Observation per finding)."""
+    access = ctx.access
+    identified = who.can(Permission.VIEW_PHI) or who.can(Permission.EXPORT_RESULTS)
+    bundle = await run_in_threadpool(fhir_bundle, ctx, study_instance_uid, model, identified)
+    await run_in_threadpool(
+        access.record,
+        who,
+        AuditAction.VIEW,
+        object_uids=[study_instance_uid],
+        details={"view": "fhir", "identified": identified},
+    )
+    return bundle
+
+
+@route(
+    router,
+    "POST",
+    "/{study_instance_uid}/complete",
+    response_model=CompleteOut,
+    permission=Permission.INGEST,
+)
+def complete(
+    study_instance_uid: str = _uid(),
+    ctx: WebContext = Depends(context),
+    who: Principal = Depends(caller),
+) -> CompleteOut:
+    """Declare a study complete now instead of waiting for the stable time.
+
+    A study already complete (or unknown) queues nothing: ``jobs`` is empty.
+    """
     access = ctx.access
     service = ctx.service
-
-    @router.get("", response_model=Page[StudyOut], **route_options(Permission.VIEW_RESULTS))
-    def list_studies(
-        state: StudyState | None = Query(default=None, description="Assembly state"),
-        page: tuple[int, int] = Depends(page_params(200)),
-        who: Principal = Depends(access.require(Permission.VIEW_RESULTS)),
-    ) -> Page[StudyOut]:
-        """Studies, most recently received first."""
-        limit, offset = page
-        conditions = [Study.state == state.value] if state is not None else []
-        with ctx.database.session() as session:
-            total = session.scalar(select(func.count()).select_from(Study).where(*conditions))
-            rows = session.scalars(
-                select(Study)
-                .where(*conditions)
-                .order_by(Study.last_instance_at.desc(), Study.id.desc())
-                .limit(limit)
-                .offset(offset)
-            ).all()
-            items = [study_out(s) for s in rows]
-        return Page[StudyOut](items=items, total=int(total or 0), limit=limit, offset=offset)
-
-    @router.get(
-        "/{study_instance_uid}",
-        response_model=StudyDetail,
-        **route_options(Permission.VIEW_RESULTS),
-    )
-    def get_study(
-        study_instance_uid: str = _uid(),
-        who: Principal = Depends(access.require(Permission.VIEW_RESULTS)),
-    ) -> StudyDetail:
-        """One study: its series, calling AEs, results and worklist standing."""
-        uid = study_instance_uid
-        with ctx.database.session() as session:
-            study = _require_study(session, uid)
-            instances = session.scalars(
-                select(Instance)
-                .where(Instance.study_instance_uid == uid)
-                .order_by(Instance.series_instance_uid, Instance.id)
-            ).all()
-            series: dict[str, SeriesOut] = {}
-            for row in instances:
-                entry = series.get(row.series_instance_uid)
-                if entry is None:
-                    entry = series[row.series_instance_uid] = SeriesOut(
-                        series_instance_uid=row.series_instance_uid,
-                        modality=row.modality,
-                        body_part=row.body_part,
-                        view_position=row.view_position,
-                        series_description=row.series_description,
-                        instance_count=0,
-                        sop_class_uids=[],
-                    )
-                entry.instance_count += 1
-                if row.sop_class_uid not in entry.sop_class_uids:
-                    entry.sop_class_uids.append(row.sop_class_uid)
-            results = session.scalar(
-                select(func.count()).select_from(Result).where(Result.study_instance_uid == uid)
-            )
-            item = session.scalar(
-                select(WorklistItem).where(WorklistItem.study_instance_uid == uid)
-            )
-            detail = StudyDetail(
-                **study_out(study).model_dump(),
-                series=list(series.values()),
-                calling_aes=sorted({r.calling_ae for r in instances}),
-                result_count=int(results or 0),
-                worklist_state=item.state if item is not None else None,
-                score=item.score if item is not None else None,
-            )
-        access.record(who, AuditAction.VIEW, object_uids=[uid], details={"view": "study"})
-        return detail
-
-    @router.get(
-        "/{study_instance_uid}/results",
-        response_model=list[ResultOut],
-        **route_options(Permission.VIEW_RESULTS),
-    )
-    def study_results(
-        study_instance_uid: str = _uid(),
-        model: str | None = Query(default=None, max_length=128, description="Model name"),
-        who: Principal = Depends(access.require(Permission.VIEW_RESULTS)),
-    ) -> list[ResultOut]:
-        """The model results stored for a study, oldest first (404 for an unknown study)."""
-        with ctx.database.session() as session:
-            _require_study(session, study_instance_uid)
-            results = [result_out(r) for r in _results(session, study_instance_uid, model)]
+    job_ids = service.complete_study(study_instance_uid)
+    if job_ids:
         access.record(
             who,
-            AuditAction.VIEW,
+            AuditAction.RECEIVE,
             object_uids=[study_instance_uid],
-            details={"view": "results", "count": len(results)},
+            details={"event": "complete", "jobs": job_ids},
         )
-        return results
-
-    @router.get(
-        "/{study_instance_uid}/findings",
-        response_model=list[StudyFindings],
-        **route_options(Permission.VIEW_RESULTS),
-    )
-    def study_findings(
-        study_instance_uid: str = _uid(),
-        who: Principal = Depends(access.require(Permission.VIEW_RESULTS)),
-    ) -> list[StudyFindings]:
-        """Per model result, the study's findings merged over its images."""
-        with ctx.database.session() as session:
-            _require_study(session, study_instance_uid)
-            out = [
-                StudyFindings(
-                    study_instance_uid=study_instance_uid,
-                    model_name=r.model_name,
-                    model_version=r.model_version,
-                    result_id=r.id,
-                    findings=[FindingOut(**f.to_dict()) for f in merged_findings(r)],
-                )
-                for r in _results(session, study_instance_uid, None)
-            ]
-        access.record(
-            who, AuditAction.VIEW, object_uids=[study_instance_uid], details={"view": "findings"}
-        )
-        return out
-
-    @router.get(
-        "/{study_instance_uid}/fhir",
-        response_model=dict[str, Any],
-        **route_options(
-            Permission.VIEW_RESULTS,
-            responses={
-                404: {"description": "Unknown study, or no stored result"},
-                409: {"description": "The stored result cannot be reported (no patient ID)"},
-            },
-        ),
-    )
-    async def study_fhir(
-        study_instance_uid: str = _uid(),
-        model: str | None = Query(default=None, max_length=128, description="Model name"),
-        who: Principal = Depends(access.require(Permission.VIEW_RESULTS)),
-    ) -> dict[str, Any]:
-        """The FHIR R4 transaction Bundle (DiagnosticReport + an Observation per finding)."""
-        identified = who.can(Permission.VIEW_PHI) or who.can(Permission.EXPORT_RESULTS)
-        bundle = await run_in_threadpool(fhir_bundle, ctx, study_instance_uid, model, identified)
-        await run_in_threadpool(
-            access.record,
-            who,
-            AuditAction.VIEW,
-            object_uids=[study_instance_uid],
-            details={"view": "fhir", "identified": identified},
-        )
-        return bundle
-
-    @router.post(
-        "/{study_instance_uid}/complete",
-        response_model=CompleteOut,
-        **route_options(Permission.INGEST),
-    )
-    def complete(
-        study_instance_uid: str = _uid(),
-        who: Principal = Depends(access.require(Permission.INGEST)),
-    ) -> CompleteOut:
-        """Declare a study complete now instead of waiting for the stable time.
-
-        A study already complete (or unknown) queues nothing: ``jobs`` is empty.
-        """
-        job_ids = service.complete_study(study_instance_uid)
-        if job_ids:
-            access.record(
-                who,
-                AuditAction.RECEIVE,
-                object_uids=[study_instance_uid],
-                details={"event": "complete", "jobs": job_ids},
-            )
-        return CompleteOut(study_instance_uid=study_instance_uid, jobs=job_ids)
-
-    return router
+    return CompleteOut(study_instance_uid=study_instance_uid, jobs=job_ids)
 
 
-__all__ = ["build", "fhir_bundle", "merged_findings", "result_out", "study_out"]
+__all__ = ["fhir_bundle", "merged_findings", "result_out", "study_out"]

@@ -18,7 +18,7 @@ from overread.security import Permission, Principal, redact_phi
 from overread.service.db import Instance, utcnow
 from overread.triage.schema import ReadState, WorklistItem
 from overread.triage.worklist import claim_next, get_item, set_read_state
-from overread.web.api.guards import invalid, not_found, page_params, route_options
+from overread.web.api.guards import caller, context, invalid, not_found, page_params, route
 from overread.web.api.schemas import (
     UID_PATTERN,
     ClaimRequest,
@@ -57,142 +57,145 @@ def _uid() -> Any:
     return Path(pattern=UID_PATTERN, description="Study Instance UID")
 
 
-def build(ctx: WebContext) -> APIRouter:
-    """The ``/api/worklist`` routes."""
-    router = APIRouter(prefix="/api/worklist", tags=["worklist"])
-    access = ctx.access
+router = APIRouter(prefix="/api/worklist", tags=["worklist"])
 
-    def _view(who: Principal, uids: list[str], view: str) -> None:
-        access.record(
-            who,
-            AuditAction.VIEW,
-            object_uids=uids,
-            details={"view": view, "phi": who.can(Permission.VIEW_PHI)},
+
+def _view(ctx: WebContext, who: Principal, uids: list[str], view: str) -> None:
+    ctx.access.record(
+        who,
+        AuditAction.VIEW,
+        object_uids=uids,
+        details={"view": view, "phi": who.can(Permission.VIEW_PHI)},
+    )
+
+
+@route(router, "GET", "", response_model=Page[WorklistItemOut], permission=Permission.VIEW_WORKLIST)
+def list_worklist(
+    state: list[ReadState] | None = Query(default=None, description="Reading state(s)"),
+    critical: bool | None = Query(default=None, description="Only with/without a critical finding"),
+    min_score: float | None = Query(default=None, ge=0, le=1e9, description="Lowest score"),
+    department: str | None = Query(default=None, max_length=64),
+    modality: str | None = Query(default=None, max_length=16, description="e.g. CR, DX"),
+    page: tuple[int, int] = Depends(page_params(50)),
+    ctx: WebContext = Depends(context),
+    who: Principal = Depends(caller),
+) -> JSONResponse:
+    """The worklist, highest priority first (ties: longest waiting first)."""
+    limit, offset = page
+    conditions: list[Any] = []
+    if state:
+        conditions.append(WorklistItem.state.in_([s.value for s in state]))
+    if critical is not None:
+        conditions.append(WorklistItem.has_critical.is_(critical))
+    if min_score is not None:
+        conditions.append(WorklistItem.score >= min_score)
+    if department:
+        conditions.append(func.lower(WorklistItem.department) == department.strip().lower())
+    if modality:
+        conditions.append(
+            exists().where(
+                Instance.study_instance_uid == WorklistItem.study_instance_uid,
+                func.upper(Instance.modality) == modality.strip().upper(),
+            )
         )
+    with ctx.database.session() as session:
+        total = session.scalar(select(func.count()).select_from(WorklistItem).where(*conditions))
+        rows = session.scalars(
+            select(WorklistItem)
+            .where(*conditions)
+            .order_by(
+                WorklistItem.score.desc(),
+                WorklistItem.received_at.asc(),
+                WorklistItem.id.asc(),
+            )
+            .limit(limit)
+            .offset(offset)
+        ).all()
+        items = [item_out(r) for r in rows]
+    page_out = Page[WorklistItemOut](items=items, total=int(total or 0), limit=limit, offset=offset)
+    if items:
+        _view(ctx, who, [i.study_instance_uid for i in items], "worklist")
+    return JSONResponse(redact_phi(page_out, who))
 
-    @router.get("", response_model=Page[WorklistItemOut], **route_options(Permission.VIEW_WORKLIST))
-    def list_worklist(
-        state: list[ReadState] | None = Query(default=None, description="Reading state(s)"),
-        critical: bool | None = Query(
-            default=None, description="Only with/without a critical finding"
-        ),
-        min_score: float | None = Query(default=None, ge=0, le=1e9, description="Lowest score"),
-        department: str | None = Query(default=None, max_length=64),
-        modality: str | None = Query(default=None, max_length=16, description="e.g. CR, DX"),
-        page: tuple[int, int] = Depends(page_params(50)),
-        who: Principal = Depends(access.require(Permission.VIEW_WORKLIST)),
-    ) -> JSONResponse:
-        """The worklist, highest priority first (ties: longest waiting first)."""
-        limit, offset = page
-        conditions: list[Any] = []
-        if state:
-            conditions.append(WorklistItem.state.in_([s.value for s in state]))
-        if critical is not None:
-            conditions.append(WorklistItem.has_critical.is_(critical))
-        if min_score is not None:
-            conditions.append(WorklistItem.score >= min_score)
-        if department:
-            conditions.append(func.lower(WorklistItem.department) == department.strip().lower())
-        if modality:
-            conditions.append(
-                exists().where(
-                    Instance.study_instance_uid == WorklistItem.study_instance_uid,
-                    func.upper(Instance.modality) == modality.strip().upper(),
-                )
-            )
-        with ctx.database.session() as session:
-            total = session.scalar(
-                select(func.count()).select_from(WorklistItem).where(*conditions)
-            )
-            rows = session.scalars(
-                select(WorklistItem)
-                .where(*conditions)
-                .order_by(
-                    WorklistItem.score.desc(),
-                    WorklistItem.received_at.asc(),
-                    WorklistItem.id.asc(),
-                )
-                .limit(limit)
-                .offset(offset)
-            ).all()
-            items = [item_out(r) for r in rows]
-        page_out = Page[WorklistItemOut](
-            items=items, total=int(total or 0), limit=limit, offset=offset
+
+@route(
+    router,
+    "POST",
+    "/claim",
+    response_model=WorklistItemOut,
+    permission=Permission.GIVE_FEEDBACK,
+    responses={204: {"description": "Nothing unread matches"}},
+)
+def claim(
+    body: ClaimRequest | None = None,
+    ctx: WebContext = Depends(context),
+    who: Principal = Depends(caller),
+) -> Response:
+    """Take the highest-priority unread study and mark it in progress for the caller."""
+    body = body or ClaimRequest()
+    with ctx.database.session() as session:
+        item = claim_next(
+            session,
+            reader=who.username,
+            now=utcnow(),
+            department=body.department,
+            has_critical=body.critical,
         )
-        if items:
-            _view(who, [i.study_instance_uid for i in items], "worklist")
-        return JSONResponse(redact_phi(page_out, who))
+        out = item_out(item) if item is not None else None
+    if out is None:
+        return Response(status_code=204)
+    _view(ctx, who, [out.study_instance_uid], "claim")
+    return JSONResponse(redact_phi(out, who))
 
-    @router.post(
-        "/claim",
-        response_model=WorklistItemOut,
-        **route_options(
-            Permission.GIVE_FEEDBACK, responses={204: {"description": "Nothing unread matches"}}
-        ),
-    )
-    def claim(
-        body: ClaimRequest | None = None,
-        who: Principal = Depends(access.require(Permission.GIVE_FEEDBACK)),
-    ) -> Response:
-        """Take the highest-priority unread study and mark it in progress for the caller."""
-        body = body or ClaimRequest()
-        with ctx.database.session() as session:
-            item = claim_next(
-                session,
-                reader=who.username,
-                now=utcnow(),
-                department=body.department,
-                has_critical=body.critical,
+
+@route(
+    router,
+    "GET",
+    "/{study_instance_uid}",
+    response_model=WorklistItemOut,
+    permission=Permission.VIEW_WORKLIST,
+)
+def get_worklist_item(
+    study_instance_uid: str = _uid(),
+    ctx: WebContext = Depends(context),
+    who: Principal = Depends(caller),
+) -> JSONResponse:
+    """One study's worklist entry with its score breakdown and findings."""
+    with ctx.database.session() as session:
+        try:
+            out = item_out(get_item(session, study_instance_uid))
+        except KeyError:
+            raise not_found(f"study {study_instance_uid} on the worklist") from None
+    _view(ctx, who, [study_instance_uid], "worklist-item")
+    return JSONResponse(redact_phi(out, who))
+
+
+@route(
+    router,
+    "PUT",
+    "/{study_instance_uid}/state",
+    response_model=WorklistItemOut,
+    permission=Permission.GIVE_FEEDBACK,
+)
+def put_state(
+    body: ReadStateRequest,
+    study_instance_uid: str = _uid(),
+    ctx: WebContext = Depends(context),
+    who: Principal = Depends(caller),
+) -> JSONResponse:
+    """Move a study to unread, in-progress or read, recording the caller as reader."""
+    with ctx.database.session() as session:
+        try:
+            item = set_read_state(
+                session, study_instance_uid, body.state, reader=who.username, now=utcnow()
             )
-            out = item_out(item) if item is not None else None
-        if out is None:
-            return Response(status_code=204)
-        _view(who, [out.study_instance_uid], "claim")
-        return JSONResponse(redact_phi(out, who))
-
-    @router.get(
-        "/{study_instance_uid}",
-        response_model=WorklistItemOut,
-        **route_options(Permission.VIEW_WORKLIST),
-    )
-    def get_worklist_item(
-        study_instance_uid: str = _uid(),
-        who: Principal = Depends(access.require(Permission.VIEW_WORKLIST)),
-    ) -> JSONResponse:
-        """One study's worklist entry with its score breakdown and findings."""
-        with ctx.database.session() as session:
-            try:
-                out = item_out(get_item(session, study_instance_uid))
-            except KeyError:
-                raise not_found(f"study {study_instance_uid} on the worklist") from None
-        _view(who, [study_instance_uid], "worklist-item")
-        return JSONResponse(redact_phi(out, who))
-
-    @router.put(
-        "/{study_instance_uid}/state",
-        response_model=WorklistItemOut,
-        **route_options(Permission.GIVE_FEEDBACK),
-    )
-    def put_state(
-        body: ReadStateRequest,
-        study_instance_uid: str = _uid(),
-        who: Principal = Depends(access.require(Permission.GIVE_FEEDBACK)),
-    ) -> JSONResponse:
-        """Move a study to unread, in-progress or read, recording the caller as reader."""
-        with ctx.database.session() as session:
-            try:
-                item = set_read_state(
-                    session, study_instance_uid, body.state, reader=who.username, now=utcnow()
-                )
-            except KeyError:
-                raise not_found(f"study {study_instance_uid} on the worklist") from None
-            except OverreadError as exc:
-                raise invalid(str(exc)) from None
-            out = item_out(item)
-        _view(who, [study_instance_uid], f"state:{body.state}")
-        return JSONResponse(redact_phi(out, who))
-
-    return router
+        except KeyError:
+            raise not_found(f"study {study_instance_uid} on the worklist") from None
+        except OverreadError as exc:
+            raise invalid(str(exc)) from None
+        out = item_out(item)
+    _view(ctx, who, [study_instance_uid], f"state:{body.state}")
+    return JSONResponse(redact_phi(out, who))
 
 
-__all__ = ["build", "item_out"]
+__all__ = ["item_out"]
