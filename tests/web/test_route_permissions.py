@@ -2,7 +2,7 @@
 
 The table is read back from the application (:func:`overread.web.routes.permission_table`,
 each route's declared ``x-permission``) and compared with docs/api.md's route
-table and docs/security.md's table by permission.
+table, docs/security.md's table by permission, and docs/ui.md's page routes.
 """
 
 from __future__ import annotations
@@ -106,6 +106,15 @@ def declared(gateway: ApiGateway) -> tuple[Table, Table]:
     return api, ui
 
 
+def test_every_route_declares_its_permission(gateway: ApiGateway) -> None:
+    table = permission_table(gateway.app)
+    for route in api_routes(gateway.app.routes):
+        if route.path in ("/openapi.json", "/docs", "/docs/oauth2-redirect", "/redoc"):
+            continue
+        for method in route.methods:
+            assert (method, route.path) in table, f"{method} {route.path} declares no permission"
+
+
 def test_api_md_lists_every_route_with_its_permission(declared: tuple[Table, Table]) -> None:
     api, _ = declared
     assert _route_rows((DOCS / "api.md").read_text()) == api
@@ -114,3 +123,9 @@ def test_api_md_lists_every_route_with_its_permission(declared: tuple[Table, Tab
 def test_security_md_groups_every_route_by_its_permission(declared: tuple[Table, Table]) -> None:
     api, _ = declared
     assert _security_table((DOCS / "security.md").read_text()) == api
+
+
+def test_ui_md_lists_every_page_route_with_its_permission(declared: tuple[Table, Table]) -> None:
+    _, ui = declared
+    assert ui, "the UI's routes are installed"
+    assert _route_rows((DOCS / "ui.md").read_text()) == ui

@@ -8,6 +8,10 @@ trail with its verification. Pages need a session with the right permission;
 without one the browser is sent to ``/login``. Patient identity is shown only to
 roles holding ``view_phi``, every view is audited, and every form carries a CSRF
 token. No file is fetched from outside the gateway (no CDN).
+
+Each page is a module of :mod:`overread.web.ui.pages` with a module-level router;
+what they share (templates, images, the guard) is the :class:`UserInterface` kept
+on the application as ``app.state.ui``.
 """
 
 from __future__ import annotations
@@ -19,7 +23,8 @@ from fastapi import FastAPI
 from overread.security import load_session_key
 from overread.web.context import WebContext
 from overread.web.ui.guard import PageGuard
-from overread.web.ui.pages import UserInterface, install_handlers, mount_static
+from overread.web.ui.pages import ROUTERS
+from overread.web.ui.site import UserInterface, install_handlers, mount_static
 
 
 def install_ui(app: FastAPI, ctx: WebContext) -> None:
@@ -35,10 +40,11 @@ def install_ui(app: FastAPI, ctx: WebContext) -> None:
     key = load_session_key(Path(ctx.service.config.data_dir))
     guard = PageGuard(ctx.access, key)
     ui = UserInterface(ctx, guard)
-    app.include_router(ui.router)
+    app.state.ui = ui
+    for router in ROUTERS:
+        app.include_router(router)
     install_handlers(app, ui)
     mount_static(app)
-    app.state.ui = ui
 
 
 __all__ = ["install_ui"]

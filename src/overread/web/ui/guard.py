@@ -12,6 +12,10 @@ it is the same for every page of one session, changes with each login, and canno
 be computed by another site, which can make the browser send the cookie
 (``SameSite=Strict`` already stops most of that) but cannot read the page. The login
 form, which has no session yet, uses a double-submit cookie instead.
+
+Pages declare their permission once, with :func:`page` (the UI's binding of
+:func:`overread.web.routes.route`); a handler gets its signed-in user with
+``viewer: Viewer = Depends(page_viewer)``.
 """
 
 from __future__ import annotations
@@ -21,11 +25,13 @@ import hmac
 import secrets
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Any
 from urllib.parse import parse_qs, quote
 
-from fastapi import HTTPException, Request, status
+from fastapi import APIRouter, HTTPException, Request, status
 
 from overread.security import AccessControl, Permission, Principal
+from overread.web import routes
 
 #: The hidden form field (or ``X-CSRF-Token`` header) that carries the token.
 CSRF_FIELD = "csrf_token"
@@ -143,14 +149,19 @@ class PageGuard:
             ) from None
         return Viewer(principal, self.csrf_token(self._session_cookie(request)))
 
-    def page(self, permission: Permission) -> Callable[[Request], Viewer]:
-        """A FastAPI dependency giving the :class:`Viewer` of a page needing ``permission``."""
+    def signed_in(self, request: Request) -> Viewer:
+        """The signed-in user, whatever their role.
 
-        def dependency(request: Request) -> Viewer:
-            return self.viewer(request, permission)
-
-        dependency.__name__ = f"page_{permission.value}"
-        return dependency
+        Raises
+        ------
+        LoginRequired
+            Without a valid session, back to the home page after login (a form
+            posted without a session cannot be replayed).
+        """
+        principal = self.access.identify(request)
+        if principal is None:
+            raise LoginRequired("/")
+        return Viewer(principal, self.csrf_token(self._session_cookie(request)))
 
     async def form(self, request: Request, viewer: Viewer | None = None) -> dict[str, str]:
         """The fields of a url-encoded form, after checking its CSRF token.
@@ -192,6 +203,39 @@ class PageGuard:
         return secrets.token_urlsafe(24)
 
 
+def page_guard(request: Request) -> PageGuard:
+    """The :class:`PageGuard` of the application serving ``request``."""
+    guard: PageGuard = request.app.state.ui.guard
+    return guard
+
+
+def _enforce(request: Request, permission: Permission | None) -> Viewer:
+    guard = page_guard(request)
+    if permission is None:
+        return guard.signed_in(request)
+    return guard.viewer(request, permission)
+
+
+def page(
+    router: APIRouter, method: str, path: str, *, permission: Permission | str, **options: Any
+) -> Callable[[routes.Endpoint], routes.Endpoint]:
+    """Add the decorated page handler to ``router`` as ``method path``, needing ``permission``.
+
+    ``permission`` is a :class:`~overread.security.Permission`, ``"authenticated"``
+    (:data:`~overread.web.routes.AUTHENTICATED`: any signed-in user) or ``"public"``;
+    without it the browser goes to the login form, without the role's permission it
+    gets the 403 page.
+    """
+    return routes.route(router, method, path, permission=permission, enforce=_enforce, **options)
+
+
+def page_viewer(request: Request) -> Viewer:
+    """The signed-in user of a page declared with :func:`page`."""
+    viewer = routes.caller_of(request)
+    assert isinstance(viewer, Viewer)
+    return viewer
+
+
 def login_url(next_path: str) -> str:
     """``/login`` with a ``next`` back to ``next_path`` (unless that is the home page)."""
     target = safe_next(next_path)
@@ -207,6 +251,9 @@ __all__ = [
     "PageGuard",
     "Viewer",
     "login_url",
+    "page",
+    "page_guard",
+    "page_viewer",
     "request_path",
     "safe_next",
 ]

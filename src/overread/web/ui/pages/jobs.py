@@ -1,0 +1,75 @@
+"""The job queue for administrators: counts, dead letters, requeueing."""
+
+from __future__ import annotations
+
+from fastapi import APIRouter, Depends, Request, Response
+from fastapi.responses import RedirectResponse
+
+from overread.audit import AuditAction, record_event
+from overread.security import Permission
+from overread.service.db import JobState
+from overread.web.ui.guard import Viewer, page, page_viewer
+from overread.web.ui.site import UserInterface, ui_of
+from overread.web.ui.views import job_rows
+
+router = APIRouter(include_in_schema=False)
+
+
+@page(router, "GET", "/admin/jobs", permission=Permission.MANAGE_CONFIG)
+def jobs(
+    request: Request,
+    state: str = "",
+    ui: UserInterface = Depends(ui_of),
+    viewer: Viewer = Depends(page_viewer),
+) -> Response:
+    queue = ui.ctx.service.queue
+    known = [s.value for s in JobState]
+    chosen = state if state in known else ""
+    listed = job_rows(queue.list(state=chosen or None, limit=200))
+    dead = job_rows(queue.list(state=JobState.DEAD_LETTERED.value, limit=200))
+    counts = queue.counts()
+    ui.ctx.access.record(viewer.principal, AuditAction.VIEW, details={"page": "jobs"})
+    return ui.render(
+        request,
+        "jobs.html",
+        viewer,
+        jobs=listed,
+        dead_letters=dead,
+        counts=counts,
+        states=known,
+        chosen=chosen,
+        message=request.query_params.get("requeued", ""),
+    )
+
+
+@page(router, "POST", "/admin/jobs/{job_id}/requeue", permission=Permission.MANAGE_CONFIG)
+async def requeue(
+    request: Request,
+    job_id: int,
+    ui: UserInterface = Depends(ui_of),
+    viewer: Viewer = Depends(page_viewer),
+) -> Response:
+    service = ui.ctx.service
+    await ui.guard.form(request, viewer)
+    if not service.queue.requeue(job_id):
+        return ui.error_page(
+            request,
+            viewer,
+            409,
+            "Not requeued",
+            f"Job {job_id} is not failed or dead-lettered.",
+        )
+    with ui.ctx.database.session() as session:
+        record_event(
+            session,
+            actor=viewer.username,
+            role=viewer.role,
+            action=AuditAction.CONFIG_CHANGE,
+            object_uids=[str(job_id)],
+            details={"event": "job-requeued", "job_id": job_id, "via": "session"},
+        )
+    service.wake_workers()
+    return RedirectResponse(f"/admin/jobs?requeued={job_id}", status_code=303)
+
+
+__all__ = ["router"]

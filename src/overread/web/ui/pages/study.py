@@ -1,0 +1,154 @@
+"""One study: findings, heatmap image, reader verdicts and reading state."""
+
+from __future__ import annotations
+
+from urllib.parse import quote, urlencode
+
+from fastapi import APIRouter, Depends, Request, Response
+from fastapi.responses import RedirectResponse
+
+from overread.audit import AuditAction, record_event
+from overread.errors import OverreadError
+from overread.findings import CHEXPERT_LABELS
+from overread.security import Permission
+from overread.service.db import utcnow
+from overread.triage import ReadState, Verdict, get_item, record_feedback, set_read_state
+from overread.web.ui.guard import Viewer, page, page_viewer
+from overread.web.ui.site import UserInterface, ui_of
+from overread.web.ui.views import study_view
+
+router = APIRouter(include_in_schema=False)
+
+
+@page(router, "GET", "/studies/{study_instance_uid}", permission=Permission.VIEW_RESULTS)
+def study(
+    request: Request,
+    study_instance_uid: str,
+    finding: str = "",
+    ui: UserInterface = Depends(ui_of),
+    viewer: Viewer = Depends(page_viewer),
+) -> Response:
+    now = utcnow()
+    try:
+        with ui.ctx.database.session() as session:
+            item = get_item(session, study_instance_uid)
+            view = study_view(session, ui.ctx.service.store, item, viewer.principal, now=now)
+    except KeyError:
+        return ui.error_page(
+            request, viewer, 404, "Study not found", "This study is not on the worklist."
+        )
+    labels = [f["label"] for f in view["findings"]]
+    shown = finding if finding in labels else ""
+    if not shown:
+        ranked = [f["label"] for f in view["findings"] if f["label"] != "No Finding"]
+        overlays = ui.images.stored_overlays(study_instance_uid)
+        shown = next((label for label in ranked if label in overlays), "") or (
+            ranked[0] if ranked else ""
+        )
+    ui.ctx.access.record(
+        viewer.principal,
+        AuditAction.VIEW,
+        object_uids=[study_instance_uid],
+        details={"page": "study"},
+    )
+    return ui.render(
+        request,
+        "study.html",
+        viewer,
+        study=view,
+        shown_finding=shown,
+        image_url=f"/studies/{quote(study_instance_uid)}/image.png"
+        + (f"?finding={quote(shown)}" if shown else ""),
+        verdicts=[v.value for v in (Verdict.AGREE, Verdict.DISAGREE, Verdict.UNCERTAIN)],
+        message=request.query_params.get("saved", ""),
+    )
+
+
+@page(router, "GET", "/studies/{study_instance_uid}/image.png", permission=Permission.VIEW_RESULTS)
+def study_image(
+    study_instance_uid: str,
+    finding: str = "",
+    ui: UserInterface = Depends(ui_of),
+) -> Response:
+    if finding and finding not in CHEXPERT_LABELS:
+        return Response(status_code=404, headers={"Cache-Control": "no-store"})
+    try:
+        image = ui.images.render(study_instance_uid, finding or None)
+    except KeyError:
+        return Response(status_code=404, headers={"Cache-Control": "no-store"})
+    return Response(
+        image.png,
+        media_type="image/png",
+        headers={
+            "Cache-Control": "private, no-store",
+            "X-Content-Type-Options": "nosniff",
+            "X-Overread-Image-Source": image.source,
+            "X-Overread-Image-Finding": image.finding or "",
+        },
+    )
+
+
+@page(router, "POST", "/studies/{study_instance_uid}/feedback", permission=Permission.GIVE_FEEDBACK)
+async def feedback(
+    request: Request,
+    study_instance_uid: str,
+    ui: UserInterface = Depends(ui_of),
+    viewer: Viewer = Depends(page_viewer),
+) -> Response:
+    fields = await ui.guard.form(request, viewer)
+    finding = fields.get("finding", "")
+    verdict = fields.get("verdict", "")
+    try:
+        with ui.ctx.database.session() as session:
+            record_feedback(
+                session,
+                study_instance_uid,
+                finding,
+                verdict,
+                reader=viewer.username,
+                role=viewer.role,
+                now=utcnow(),
+            )
+    except KeyError:
+        return ui.error_page(
+            request, viewer, 404, "Study not found", "This study is not on the worklist."
+        )
+    except OverreadError as exc:
+        return ui.error_page(request, viewer, 400, "Feedback not saved", str(exc))
+    query = urlencode({"finding": finding, "saved": f"{finding}: {verdict}"})
+    return RedirectResponse(
+        f"/studies/{quote(study_instance_uid)}?{query}#finding-actions", status_code=303
+    )
+
+
+@page(router, "POST", "/studies/{study_instance_uid}/state", permission=Permission.GIVE_FEEDBACK)
+async def reading_state(
+    request: Request,
+    study_instance_uid: str,
+    ui: UserInterface = Depends(ui_of),
+    viewer: Viewer = Depends(page_viewer),
+) -> Response:
+    fields = await ui.guard.form(request, viewer)
+    state = fields.get("state", "")
+    try:
+        with ui.ctx.database.session() as session:
+            set_read_state(session, study_instance_uid, state, reader=viewer.username, now=utcnow())
+            record_event(
+                session,
+                actor=viewer.username,
+                role=viewer.role,
+                action=AuditAction.FEEDBACK,
+                object_uids=[study_instance_uid],
+                details={"event": "read-state", "state": state, "via": "session"},
+            )
+    except KeyError:
+        return ui.error_page(
+            request, viewer, 404, "Study not found", "This study is not on the worklist."
+        )
+    except OverreadError as exc:
+        return ui.error_page(request, viewer, 400, "State not changed", str(exc))
+    target = "/" if state == ReadState.READ.value else f"/studies/{quote(study_instance_uid)}"
+    return RedirectResponse(target, status_code=303)
+
+
+__all__ = ["router"]
