@@ -84,9 +84,15 @@ def test_started_service_delivers_escalates_and_rescores(tmp_path: Path, sink: W
         assert item is not None
         item.received_at = utcnow() - timedelta(hours=3)  # waited longer than it was scored for
         before = item.score
+
+    def deliveries() -> list[str]:
+        with service.database.session() as session:
+            return list(session.scalars(select(AlertDelivery.state)).all())
+
     service.start()
     try:
-        _wait(lambda: len(sink.received) >= 2)
+        # The sweep records a delivery after the webhook answered: wait for both.
+        _wait(lambda: len(sink.received) >= 2 and deliveries() == ["sent", "sent"])
         levels = sorted(m["level"] for m in sink.received[:2])
         assert levels == [0, 1] and {m["study_instance_uid"] for m in sink.received} == {uid}
         with service.database.session() as session:
