@@ -1,0 +1,449 @@
+"""A model's result, typed once: what inference returns and what the service stores.
+
+A prediction crosses from :mod:`overread.inference` to the service as a
+:class:`Prediction` of :class:`FindingResult` items, each with a :class:`Decision`;
+the gateway stores a study's result as a :class:`ResultSummary` (one
+:class:`Prediction` summary per image, the study's header facts, timings). The SR,
+SEG, FHIR and overlay builders, triage, the REST API and the UI read these types,
+never a dict parsed by hand.
+
+This module sits beside :mod:`overread.findings` at the bottom of the package: it
+imports nothing of overread's but the findings vocabulary and the errors, so every
+layer can use it. Image metadata stays with :mod:`overread.inference`, whose
+``Prediction`` extends this one; where a heatmap sits in the model input is carried
+as a :class:`HeatmapPlacement` (which :class:`overread.imaging.transforms.Letterbox`
+satisfies).
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from enum import StrEnum
+from typing import Any, Protocol
+
+import numpy as np
+
+from overread.errors import OverreadError
+
+
+class Decision(StrEnum):
+    """What the model says of one finding at its operating point.
+
+    ``INDETERMINATE``: too close to the threshold to call; a reader must look. Its
+    wire value was ``"refer"`` before; :meth:`parse` still reads that.
+    """
+
+    POSITIVE = "positive"
+    INDETERMINATE = "indeterminate"
+    NEGATIVE = "negative"
+
+    @classmethod
+    def parse(cls, value: object) -> Decision:
+        """The decision ``value`` names (``"refer"`` is read as ``INDETERMINATE``).
+
+        Raises
+        ------
+        OverreadError
+            If ``value`` names no decision.
+        """
+        if isinstance(value, Decision):
+            return value
+        text = str(value).strip().lower()
+        if text == _LEGACY_INDETERMINATE:
+            return cls.INDETERMINATE
+        try:
+            return cls(text)
+        except ValueError:
+            known = ", ".join(d.value for d in cls)
+            raise OverreadError(f"unknown decision {value!r} (known: {known})") from None
+
+    @classmethod
+    def of_flag(cls, positive: bool) -> Decision:
+        """``POSITIVE`` or ``NEGATIVE`` from a thresholded flag."""
+        return cls.POSITIVE if positive else cls.NEGATIVE
+
+
+#: The wire value older results and ``predict --json`` output used for INDETERMINATE.
+_LEGACY_INDETERMINATE = "refer"
+
+
+class HeatmapPlacement(Protocol):
+    """Where the stored image sits inside a letterboxed model input (and its heatmaps)."""
+
+    @property
+    def top(self) -> int: ...
+
+    @property
+    def left(self) -> int: ...
+
+    @property
+    def new_rows(self) -> int: ...
+
+    @property
+    def new_cols(self) -> int: ...
+
+
+@dataclass(frozen=True)
+class ModelRef:
+    """Provenance of a result: which model package produced it."""
+
+    name: str
+    version: str
+    sha256: str = ""
+    runtime: str = "onnx"
+    precision: str = "fp32"
+    trained: bool = True
+
+    @property
+    def short_hash(self) -> str:
+        """The first 12 hex digits of the package checksum (for display)."""
+        return self.sha256[:12]
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-able form (``predict --json``)."""
+        return {
+            "name": self.name,
+            "version": self.version,
+            "sha256": self.sha256,
+            "runtime": self.runtime,
+            "precision": self.precision,
+            "trained": self.trained,
+        }
+
+    def to_summary_dict(self) -> dict[str, Any]:
+        """The identity kept with a stored result: name, version, sha256."""
+        return {"name": self.name, "version": self.version, "sha256": self.sha256}
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> ModelRef:
+        """Read either form back; absent identity fields read as ``""``."""
+        return cls(
+            name=str(data.get("name") or ""),
+            version=str(data.get("version") or ""),
+            sha256=str(data.get("sha256") or ""),
+            runtime=str(data.get("runtime") or "onnx"),
+            precision=str(data.get("precision") or "fp32"),
+            trained=bool(data.get("trained", True)),
+        )
+
+
+Code = tuple[str, str, str]
+
+
+@dataclass(frozen=True, init=False)
+class FindingResult:
+    """One label's outcome on one image (or on a study, merged over its images).
+
+    Attributes
+    ----------
+    probability
+        Calibrated probability.
+    positive
+        ``probability >= threshold``.
+    uncertainty
+        0 far from the threshold, 1 at it (see
+        :func:`overread.inference.postprocess.decide`); ``None`` when not known.
+    threshold
+        The threshold of the operating point used; NaN when not known (stored as
+        ``null``).
+    decision
+        At the operating point; defaults to the ``positive`` flag's.
+    codes
+        ``(scheme, value, meaning)`` triples from the model package.
+    """
+
+    label: str
+    probability: float
+    positive: bool
+    uncertainty: float | None
+    threshold: float
+    decision: Decision
+    operating_point: str
+    codes: tuple[Code, ...]
+
+    def __init__(
+        self,
+        label: str,
+        probability: float,
+        positive: bool,
+        uncertainty: float | None = None,
+        threshold: float = math.nan,
+        decision: Decision | str | None = None,
+        operating_point: str = "balanced",
+        codes: Sequence[Sequence[str]] = (),
+    ) -> None:
+        setattr_ = object.__setattr__
+        setattr_(self, "label", str(label))
+        setattr_(self, "probability", float(probability))
+        setattr_(self, "positive", bool(positive))
+        setattr_(self, "uncertainty", None if uncertainty is None else float(uncertainty))
+        setattr_(self, "threshold", math.nan if threshold is None else float(threshold))
+        setattr_(
+            self,
+            "decision",
+            Decision.of_flag(bool(positive))
+            if decision in (None, "")
+            else Decision.parse(decision),
+        )
+        setattr_(self, "operating_point", str(operating_point))
+        setattr_(self, "codes", tuple((str(c[0]), str(c[1]), str(c[2])) for c in codes))
+
+    @property
+    def known_threshold(self) -> float | None:
+        """The threshold, ``None`` when not known."""
+        return None if math.isnan(self.threshold) else self.threshold
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-able form, as ``predict --json`` writes it."""
+        return {
+            "label": self.label,
+            "probability": round(self.probability, 6),
+            "positive": self.positive,
+            "uncertainty": None if self.uncertainty is None else round(self.uncertainty, 6),
+            "threshold": self.known_threshold,
+            "decision": self.decision.value,
+            "operating_point": self.operating_point,
+            "codes": [list(c) for c in self.codes],
+        }
+
+    def to_summary_dict(self) -> dict[str, Any]:
+        """The form stored with a result (``summary["instances"][i]["findings"]``)."""
+        return {
+            "label": self.label,
+            "probability": self.probability,
+            "positive": self.positive,
+            "uncertainty": self.uncertainty,
+            "threshold": self.known_threshold,
+            "decision": self.decision.value,
+            "codes": [list(c) for c in self.codes],
+        }
+
+    def to_worklist_dict(self) -> dict[str, Any]:
+        """The form stored in a worklist row (``worklist_items.findings``)."""
+        return {
+            "label": self.label,
+            "probability": self.probability,
+            "positive": self.positive,
+            "uncertainty": self.uncertainty,
+            "threshold": self.known_threshold,
+        }
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> FindingResult:
+        """Read any of the three forms back (a legacy ``"refer"`` decision included).
+
+        Raises
+        ------
+        OverreadError
+            If the label or probability is missing, or the decision is unknown.
+        """
+        if not data.get("label") or data.get("probability") is None:
+            raise OverreadError(f"a stored finding needs a label and a probability: {data!r}")
+        return cls(
+            label=str(data["label"]),
+            probability=float(data["probability"]),
+            positive=bool(data.get("positive", False)),
+            uncertainty=_optional_float(data.get("uncertainty")),
+            threshold=math.nan if data.get("threshold") is None else float(data["threshold"]),
+            decision=data.get("decision") or None,
+            operating_point=str(data.get("operating_point") or "balanced"),
+            codes=[tuple(c) for c in data.get("codes") or ()],
+        )
+
+
+def _optional_float(value: Any) -> float | None:
+    return None if value is None else float(value)
+
+
+def _readable(data: Mapping[str, Any]) -> bool:
+    """Whether a stored finding has what every reader needs (a label and a number)."""
+    probability = data.get("probability")
+    return bool(data.get("label")) and probability is not None
+
+
+@dataclass
+class Prediction:
+    """A model's result for one input, successful (``ok``) or not (``error``).
+
+    ``heatmaps`` are per-label maps in [0, 1] at the model input resolution;
+    ``letterbox`` says where the stored image sits in them (only when explaining).
+    ``masks`` are a segmentation model's per-label masks on the stored image.
+    """
+
+    path: str | None
+    ok: bool
+    model: ModelRef
+    error: str | None = None
+    findings: list[FindingResult] = field(default_factory=list)
+    heatmaps: dict[str, np.ndarray] | None = None
+    timings: dict[str, float] = field(default_factory=dict)
+    warnings: list[str] = field(default_factory=list)
+    letterbox: HeatmapPlacement | None = None
+    masks: dict[str, np.ndarray] | None = None
+
+    @property
+    def positives(self) -> list[FindingResult]:
+        """Findings decided positive."""
+        return [f for f in self.findings if f.positive]
+
+    @property
+    def study_instance_uid(self) -> str | None:
+        """The image's Study Instance UID when known."""
+        return None
+
+    @property
+    def sop_instance_uid(self) -> str | None:
+        """The image's SOP Instance UID when known."""
+        return None
+
+    def finding(self, label: str) -> FindingResult:
+        """The result for one label."""
+        for item in self.findings:
+            if item.label == label:
+                return item
+        raise KeyError(label)
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-able form (heatmaps left out; they are written as images)."""
+        return {
+            "path": self.path,
+            "ok": self.ok,
+            "error": self.error,
+            "model": self.model.to_dict(),
+            "findings": [f.to_dict() for f in self.findings],
+            "study_instance_uid": self.study_instance_uid,
+            "sop_instance_uid": self.sop_instance_uid,
+            "timings": {k: round(v, 6) for k, v in self.timings.items()},
+            "warnings": list(self.warnings),
+        }
+
+    def to_summary_dict(self) -> dict[str, Any]:
+        """The form stored with a result, one per image (``summary["instances"]``)."""
+        return {
+            "path": str(self.path),
+            "ok": self.ok,
+            "error": self.error,
+            "model": self.model.to_summary_dict(),
+            "findings": [f.to_summary_dict() for f in self.findings],
+            "timings": {str(k): float(v) for k, v in self.timings.items()},
+        }
+
+    @classmethod
+    def from_summary_dict(cls, data: Mapping[str, Any]) -> Prediction:
+        """Read a stored image summary back; findings without a label or a probability
+        (which no reader can use) are left out."""
+        return cls(
+            path=None if data.get("path") is None else str(data["path"]),
+            ok=bool(data.get("ok", False)),
+            model=ModelRef.from_dict(data.get("model") or {}),
+            error=None if data.get("error") is None else str(data["error"]),
+            findings=[
+                FindingResult.from_dict(f) for f in data.get("findings") or [] if _readable(f)
+            ],
+            timings={
+                str(k): float(v)
+                for k, v in (data.get("timings") or {}).items()
+                if v is not None and not math.isnan(float(v))
+            },
+        )
+
+
+@dataclass(frozen=True)
+class StudyHeader:
+    """The header facts of a study kept with its result (a FHIR report needs them)."""
+
+    study_instance_uid: str = ""
+    patient_id: str = ""
+    patient_name: str = ""
+    issuer_of_patient_id: str = ""
+    study_date: str = ""
+    accession_number: str = ""
+
+    def to_dict(self) -> dict[str, str]:
+        """JSON-able form (``summary["study"]``)."""
+        return {
+            "study_instance_uid": self.study_instance_uid,
+            "patient_id": self.patient_id,
+            "patient_name": self.patient_name,
+            "issuer_of_patient_id": self.issuer_of_patient_id,
+            "study_date": self.study_date,
+            "accession_number": self.accession_number,
+        }
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> StudyHeader:
+        """Read it back (absent facts read as ``""``)."""
+        return cls(
+            **{name: str(data.get(name) or "") for name in cls.__dataclass_fields__},
+        )
+
+
+@dataclass(frozen=True)
+class ResultSummary:
+    """What the gateway stores with a result (``results.summary``).
+
+    Attributes
+    ----------
+    alias
+        The model alias the study was routed to.
+    instances
+        One prediction per image of the study, in the order of ``sop_instance_uids``.
+    sop_instance_uids
+        The images' SOP Instance UIDs.
+    study
+        The study's header facts (``None`` for results stored before they were kept).
+    timings
+        Seconds per stage of the infer job, summed over the images.
+    """
+
+    alias: str = ""
+    instances: tuple[Prediction, ...] = ()
+    sop_instance_uids: tuple[str, ...] = ()
+    study: StudyHeader | None = None
+    timings: Mapping[str, float] = field(default_factory=dict)
+
+    def usable(self) -> list[tuple[int, Prediction]]:
+        """``(index, prediction)`` of every image the model read successfully."""
+        return [(i, p) for i, p in enumerate(self.instances) if p.ok]
+
+    def sop_instance_uid(self, index: int) -> str:
+        """The SOP Instance UID of image ``index`` (``""`` when not recorded)."""
+        return self.sop_instance_uids[index] if index < len(self.sop_instance_uids) else ""
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-able form, as stored (``study`` left out when not known)."""
+        data: dict[str, Any] = {
+            "alias": self.alias,
+            "instances": [p.to_summary_dict() for p in self.instances],
+            "sop_instance_uids": list(self.sop_instance_uids),
+        }
+        if self.study is not None:
+            data["study"] = self.study.to_dict()
+        data["timings"] = dict(self.timings)
+        return data
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any] | None) -> ResultSummary:
+        """Read a stored summary back (any key may be missing)."""
+        data = data or {}
+        study = data.get("study")
+        return cls(
+            alias=str(data.get("alias") or ""),
+            instances=tuple(Prediction.from_summary_dict(i) for i in data.get("instances") or []),
+            sop_instance_uids=tuple(str(u) for u in data.get("sop_instance_uids") or []),
+            study=None if study is None else StudyHeader.from_dict(study),
+            timings={str(k): float(v) for k, v in (data.get("timings") or {}).items()},
+        )
+
+
+__all__ = [
+    "Decision",
+    "FindingResult",
+    "HeatmapPlacement",
+    "ModelRef",
+    "Prediction",
+    "ResultSummary",
+    "StudyHeader",
+]

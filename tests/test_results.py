@@ -1,0 +1,165 @@
+"""The typed result border: decisions, findings, predictions and stored summaries."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from overread.errors import OverreadError
+from overread.results import (
+    Decision,
+    FindingResult,
+    ModelRef,
+    Prediction,
+    ResultSummary,
+    StudyHeader,
+)
+
+
+def test_decision_wire_values_and_the_legacy_refer() -> None:
+    assert [d.value for d in Decision] == ["positive", "indeterminate", "negative"]
+    assert Decision.parse("refer") is Decision.INDETERMINATE
+    assert Decision.parse("REFER") is Decision.INDETERMINATE
+    assert Decision.parse("indeterminate") is Decision.INDETERMINATE
+    assert Decision.parse(Decision.POSITIVE) is Decision.POSITIVE
+    with pytest.raises(OverreadError, match="unknown decision 'maybe'"):
+        Decision.parse("maybe")
+
+
+def test_a_finding_without_a_decision_takes_its_flags() -> None:
+    assert FindingResult("Edema", 0.7, True, 0.1, 0.5).decision is Decision.POSITIVE
+    assert FindingResult("Edema", 0.2, False, 0.1, 0.5).decision is Decision.NEGATIVE
+    assert FindingResult("Edema", 0.49, False, 0.9, 0.5, "refer").decision is (
+        Decision.INDETERMINATE
+    )
+
+
+def test_stored_findings_that_say_refer_still_read() -> None:
+    stored = {
+        "label": "Pneumothorax",
+        "probability": 0.51,
+        "positive": True,
+        "uncertainty": 0.97,
+        "threshold": 0.5,
+        "decision": "refer",
+        "codes": [["SCT", "36118008", "Pneumothorax"]],
+    }
+    finding = FindingResult.from_dict(stored)
+    assert finding.decision is Decision.INDETERMINATE
+    assert finding.codes == (("SCT", "36118008", "Pneumothorax"),)
+    # New output writes the new wire value under the same keys.
+    assert finding.to_summary_dict() == {**stored, "decision": "indeterminate"}
+
+
+def _prediction() -> Prediction:
+    return Prediction(
+        path="store/a.dcm",
+        ok=True,
+        model=ModelRef("cxr-default", "1.1.0", "ab" * 32, runtime="onnx", precision="int8"),
+        findings=[
+            FindingResult("Pneumothorax", 0.93, True, 0.03, 0.5, Decision.POSITIVE, "balanced"),
+            FindingResult("Support Devices", 0.4, False, None, 0.5),
+        ],
+        timings={"read": 0.01, "inference": 0.02},
+    )
+
+
+def test_prediction_forms() -> None:
+    prediction = _prediction()
+    assert list(prediction.to_dict()) == [
+        "path",
+        "ok",
+        "error",
+        "model",
+        "findings",
+        "study_instance_uid",
+        "sop_instance_uid",
+        "timings",
+        "warnings",
+    ]
+    assert list(prediction.to_dict()["findings"][0]) == [
+        "label",
+        "probability",
+        "positive",
+        "uncertainty",
+        "threshold",
+        "decision",
+        "operating_point",
+        "codes",
+    ]
+    summary = prediction.to_summary_dict()
+    assert summary["model"] == {"name": "cxr-default", "version": "1.1.0", "sha256": "ab" * 32}
+    assert list(summary["findings"][0]) == [
+        "label",
+        "probability",
+        "positive",
+        "uncertainty",
+        "threshold",
+        "decision",
+        "codes",
+    ]
+    assert summary["findings"][1]["uncertainty"] is None
+    assert list(prediction.findings[0].to_worklist_dict()) == [
+        "label",
+        "probability",
+        "positive",
+        "uncertainty",
+        "threshold",
+    ]
+
+
+def test_result_summary_round_trips_exactly() -> None:
+    stored = {
+        "alias": "cxr-default",
+        "instances": [
+            _prediction().to_summary_dict(),
+            {
+                "path": "store/b.dcm",
+                "ok": False,
+                "error": "unreadable",
+                "model": {"name": "cxr-default", "version": "1.1.0", "sha256": "ab" * 32},
+                "findings": [],
+                "timings": {"read": 0.5},
+            },
+        ],
+        "sop_instance_uids": ["1.2.3.1", "1.2.3.2"],
+        "study": StudyHeader("1.2.3", "PID-1", "Doe^Jane", "", "20260105", "ACC1").to_dict(),
+        "timings": {"read": 0.51, "model_total": 0.2, "artifacts": 0.1},
+    }
+    stored = json.loads(json.dumps(stored))
+    summary = ResultSummary.from_dict(stored)
+    assert summary.to_dict() == stored
+    assert [i for i, _ in summary.usable()] == [0]
+    assert summary.sop_instance_uid(1) == "1.2.3.2" and summary.sop_instance_uid(5) == ""
+    assert summary.study is not None and summary.study.patient_id == "PID-1"
+
+
+def test_a_summary_without_a_study_header_or_readable_findings() -> None:
+    summary = ResultSummary.from_dict(
+        {
+            "instances": [
+                {
+                    "path": "a.dcm",
+                    "ok": True,
+                    "findings": [
+                        {"label": "Edema", "probability": None},
+                        {"label": "", "probability": 0.3},
+                        {"label": "Fracture", "probability": 0.2, "positive": False},
+                    ],
+                }
+            ]
+        }
+    )
+    assert summary.study is None and "study" not in summary.to_dict()
+    (prediction,) = summary.instances
+    assert [f.label for f in prediction.findings] == ["Fracture"]
+    assert prediction.findings[0].uncertainty is None
+    assert prediction.findings[0].decision is Decision.NEGATIVE
+
+
+def test_an_unknown_threshold_is_stored_as_null() -> None:
+    finding = FindingResult.from_dict({"label": "Edema", "probability": 0.3, "threshold": None})
+    assert finding.known_threshold is None
+    assert finding.to_worklist_dict()["threshold"] is None
+    assert FindingResult.from_dict(finding.to_worklist_dict()).known_threshold is None
