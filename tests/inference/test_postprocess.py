@@ -5,6 +5,7 @@ import pytest
 
 from overread.inference import calibrate, decide, decision_uncertainty, sigmoid
 from overread.models.manifest import Calibration
+from overread.results import Decision
 
 
 def test_sigmoid_is_stable_for_large_logits() -> None:
@@ -34,5 +35,11 @@ def test_close_calls_are_referred() -> None:
         np.array([0.9, 0.52, 0.1, 0.47]), np.array([0.5, 0.5, 0.5, 0.5]), refer_uncertainty=0.8
     )
     assert positive.tolist() == [True, True, False, False]
-    assert decisions.tolist() == ["positive", "refer", "negative", "refer"]
+    assert decisions.tolist() == [
+        Decision.POSITIVE,
+        Decision.INDETERMINATE,
+        Decision.NEGATIVE,
+        Decision.INDETERMINATE,
+    ]
+    assert all(isinstance(d, Decision) for d in decisions)
     assert uncertainty[0] < 0.8

@@ -14,20 +14,21 @@ from typing import Any
 import pytest
 
 from overread.audit import create_tables as create_audit_tables
+from overread.results import FindingResult
 from overread.service.db import Database
 
 NOW = datetime(2026, 1, 5, 12, 0, tzinfo=UTC)
 
 
-@dataclass(frozen=True)
-class F:
-    """A finding as the inference pipeline reports it (the fields triage reads)."""
-
-    label: str
-    probability: float
-    positive: bool = False
-    uncertainty: float = 0.0
-    threshold: float = 0.5
+def F(
+    label: str,
+    probability: float,
+    positive: bool = False,
+    uncertainty: float = 0.0,
+    threshold: float = 0.5,
+) -> FindingResult:
+    """A finding as the inference pipeline reports it."""
+    return FindingResult(label, probability, positive, uncertainty, threshold)
 
 
 def _open(url: str) -> Database:

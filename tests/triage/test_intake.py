@@ -2,14 +2,13 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
 from typing import Any
 
 import pytest
 
 from overread.errors import ConfigError
+from overread.results import FindingResult, ModelRef, Prediction
 from overread.service.db import Database, Result
-from overread.service.runtime import prediction_summary
 from overread.triage import (
     StudyContext,
     TriageConfig,
@@ -22,21 +21,19 @@ from overread.triage import (
 from .conftest import NOW, F
 
 
-@dataclass
-class Model:
-    name: str = "cxr-default"
-    version: str = "1.0.0"
-    sha256: str = "0" * 64
-
-
-@dataclass
-class Pred:
-    path: str
-    ok: bool = True
-    error: str | None = None
-    findings: list[F] = field(default_factory=list)
-    model: Model = field(default_factory=Model)
-    timings: dict[str, float] = field(default_factory=dict)
+def Pred(
+    path: str,
+    ok: bool = True,
+    error: str | None = None,
+    findings: list[FindingResult] | None = None,
+) -> Prediction:
+    return Prediction(
+        path=path,
+        ok=ok,
+        error=error,
+        findings=findings or [],
+        model=ModelRef("cxr-default", "1.0.0", "0" * 64),
+    )
 
 
 @pytest.mark.parametrize(
@@ -88,7 +85,7 @@ def test_triage_result_from_the_gateways_summary(db: Database) -> None:
             model_version="1.0.0",
             summary={
                 "alias": "cxr-default",
-                "instances": [prediction_summary(p) for p in predictions],
+                "instances": [p.to_summary_dict() for p in predictions],
                 "sop_instance_uids": ["1.2.3.1", "1.2.3.2", "1.2.3.3"],
             },
         )
@@ -118,7 +115,7 @@ def test_result_with_no_successful_image_is_refused(db: Database) -> None:
             study_instance_uid="9.9",
             model_name="m",
             model_version="1",
-            summary={"instances": [prediction_summary(Pred("x.dcm", ok=False))]},
+            summary={"instances": [Pred("x.dcm", ok=False).to_summary_dict()]},
         )
         with pytest.raises(ConfigError, match=r"study 9\.9: no successful prediction"):
             triage_result(session, result, StudyContext(), TriageConfig(), now=NOW)

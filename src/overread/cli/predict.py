@@ -13,6 +13,7 @@ from overread.explain.overlay import save_overlay
 from overread.imaging.inspection import iter_files
 from overread.inference.pipeline import Pipeline
 from overread.inference.result import Prediction
+from overread.results import Decision
 
 
 def _slug(text: str) -> str:
@@ -103,10 +104,18 @@ def predict_command(
         raise typer.Exit(1)
 
 
+#: How the text output names each decision (a close call is for a reader: "refer").
+_SPOKEN = {
+    Decision.POSITIVE: "positive",
+    Decision.INDETERMINATE: "refer",
+    Decision.NEGATIVE: "negative",
+}
+
+
 def _print_findings(prediction: Prediction, overlays: list[str]) -> None:
     model = prediction.model
-    positives = [f.label for f in prediction.findings if f.decision == "positive"]
-    refer = [f.label for f in prediction.findings if f.decision == "refer"]
+    positives = [f.label for f in prediction.findings if f.decision is Decision.POSITIVE]
+    refer = [f.label for f in prediction.findings if f.decision is Decision.INDETERMINATE]
     typer.echo(
         f"{prediction.path}  [{model.name} {model.version} {model.runtime}/{model.precision}]"
     )
@@ -114,7 +123,7 @@ def _print_findings(prediction: Prediction, overlays: list[str]) -> None:
     for finding in prediction.findings:
         typer.echo(
             f"  {finding.label:<28} p={finding.probability:.3f}  t={finding.threshold:.2f}  "
-            f"{finding.decision:<8} uncertainty {finding.uncertainty:.2f}"
+            f"{_SPOKEN[finding.decision]:<8} uncertainty {finding.uncertainty or 0.0:.2f}"
         )
     for overlay in overlays:
         typer.echo(f"  overlay: {overlay}")

@@ -28,6 +28,7 @@ from overread.inference.result import FindingResult, ModelRef, Prediction
 from overread.inference.runtimes import OnnxRuntime, TorchRuntime, open_runtime
 from overread.models.package import ModelPackage
 from overread.models.registry import Registry
+from overread.results import Decision
 
 logger = logging.getLogger(__name__)
 
@@ -211,7 +212,7 @@ class Pipeline:
                 positive=bool(positive[i]),
                 uncertainty=float(uncertainty[i]),
                 threshold=float(thresholds[i]),
-                decision=str(decisions[i]),
+                decision=Decision.parse(decisions[i]),
                 operating_point=point,
                 codes=codes[label],
             )

@@ -3,8 +3,9 @@
 Uncertainty here is about the *decision*: how close the calibrated probability
 lies to the operating point's threshold, scaled so 0 is as far as possible on
 that side and 1 is on the threshold. A finding whose uncertainty exceeds the
-package's ``refer_uncertainty`` is decided ``refer``: the software declines to
-call it and a reader must look.
+package's ``refer_uncertainty`` is decided
+:attr:`~overread.results.Decision.INDETERMINATE`: the software declines to call it
+and a reader must look.
 """
 
 from __future__ import annotations
@@ -12,6 +13,7 @@ from __future__ import annotations
 import numpy as np
 
 from overread.models.manifest import Calibration
+from overread.results import Decision
 
 
 def sigmoid(x: np.ndarray) -> np.ndarray:
@@ -50,11 +52,14 @@ def decision_uncertainty(probabilities: np.ndarray, thresholds: np.ndarray) -> n
 def decide(
     probabilities: np.ndarray, thresholds: np.ndarray, refer_uncertainty: float
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Positive flags, uncertainties and decisions (``positive``/``negative``/``refer``)."""
+    """Positive flags, uncertainties and :class:`~overread.results.Decision` s (an
+    object array)."""
     positive = probabilities >= thresholds
     uncertainty = decision_uncertainty(probabilities, thresholds)
-    decisions = np.where(positive, "positive", "negative").astype(object)
-    decisions[uncertainty > refer_uncertainty] = "refer"
+    decisions = np.empty(np.shape(positive), dtype=object)
+    decisions[...] = Decision.NEGATIVE
+    decisions[positive] = Decision.POSITIVE
+    decisions[uncertainty > refer_uncertainty] = Decision.INDETERMINATE
     return positive, uncertainty, decisions
 
 

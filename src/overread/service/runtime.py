@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
 
 from overread.errors import ConfigError, InferenceError, ServiceError
+from overread.results import FindingResult, ModelRef, Prediction
 
 if TYPE_CHECKING:
     from overread.service.config import ServiceConfig
@@ -36,9 +37,15 @@ class ModelIdentity:
 
 @runtime_checkable
 class PipelineLike(Protocol):
-    """What a worker needs from an inference pipeline."""
+    """What a worker needs from an inference pipeline (:class:`overread.inference.Pipeline`
+    and its micro-batched wrapper are two)."""
 
-    def predict(self, inputs: Sequence[Any], *, explain: bool = False) -> list[Any]:
+    @property
+    def model(self) -> ModelRef:
+        """The model package the pipeline runs."""
+        ...
+
+    def predict(self, inputs: Sequence[Any], *, explain: bool = False) -> Sequence[Prediction]:
         """One prediction per input (``ok=False`` for a bad input)."""
         ...
 
@@ -59,7 +66,7 @@ class ArtifactBuilder(Protocol):
     """Turns a model's predictions on one study into DICOM objects to store and send."""
 
     def build_study(
-        self, readings: Sequence[tuple[Any, Any]], *, cam_segmentation: bool = False
+        self, readings: Sequence[tuple[Prediction, Any]], *, cam_segmentation: bool = False
     ) -> list[Any]:
         """pydicom datasets (one SR for the study, overlays, SEG) from ``(prediction,
         source header or dataset)`` pairs, one per image of the study;
@@ -67,32 +74,10 @@ class ArtifactBuilder(Protocol):
         ...
 
 
-def _first_attr(obj: Any, *paths: str) -> Any:
-    for path in paths:
-        value: Any = obj
-        for part in path.split("."):
-            value = value.get(part) if isinstance(value, dict) else getattr(value, part, None)
-            if value is None:
-                break
-        if value is not None:
-            return value
-    return None
-
-
-def identity_of(pipeline: Any, alias: str) -> ModelIdentity:
-    """Read the model name and version off a pipeline object, as far as it tells."""
-    name = _first_attr(
-        pipeline, "package.name", "package.manifest.name", "manifest.name", "model_name", "name"
-    )
-    version = _first_attr(
-        pipeline,
-        "package.version",
-        "package.manifest.version",
-        "manifest.version",
-        "model_version",
-        "version",
-    )
-    return ModelIdentity(str(name or alias), str(version or "unversioned"))
+def identity_of(pipeline: PipelineLike, alias: str) -> ModelIdentity:
+    """The model name and version ``pipeline`` runs (``alias`` when it has no name)."""
+    model = pipeline.model
+    return ModelIdentity(model.name or alias, model.version or "unversioned")
 
 
 def read_signing_key(path: Path) -> bytes:
@@ -291,22 +276,6 @@ class RegistryPipelineProvider:
             item.close()
 
 
-@dataclass(frozen=True)
-class _WarmupFinding:
-    label: str
-    probability: float
-    positive: bool
-    uncertainty: float | None
-    threshold: float
-
-
-@dataclass(frozen=True)
-class _WarmupPrediction:
-    findings: list[_WarmupFinding]
-    model: dict[str, str]
-    heatmaps: None = None
-
-
 class OutputsArtifactBuilder:
     """Builds, for a model's predictions on one study, one TID 1500 Structured Report
     for the whole study with :func:`~overread.service.outputs.build_study_sr` (a
@@ -345,24 +314,27 @@ class OutputsArtifactBuilder:
         header.PatientOrientation = ["L", "F"]
         header.ViewPosition = "PA"
         header.ImagerPixelSpacing = header.PixelSpacing = [0.5, 0.5]
-        finding = _WarmupFinding("Pneumothorax", 0.5, True, 0.0, 0.5)
-        prediction = _WarmupPrediction([finding], {"name": "warm-up", "version": "0"})
+        prediction = Prediction(
+            path=None,
+            ok=True,
+            model=ModelRef("warm-up", "0"),
+            findings=[FindingResult("Pneumothorax", 0.5, True, 0.0, 0.5)],
+        )
         self._outputs.build_study_sr([(prediction, header)])
 
     def build_study(
-        self, readings: Sequence[tuple[Any, Any]], *, cam_segmentation: bool = False
+        self, readings: Sequence[tuple[Prediction, Any]], *, cam_segmentation: bool = False
     ) -> list[Any]:
-        usable = [(p, ds) for p, ds in readings if getattr(p, "ok", True)]
+        usable = [(p, ds) for p, ds in readings if p.ok]
         if not usable:
             return []
         built: list[Any] = [self._outputs.build_study_sr(usable)]
         for prediction, source in usable:
-            if getattr(prediction, "heatmaps", None) and "PixelData" in source:
+            if prediction.heatmaps and "PixelData" in source:
                 built.extend(self._outputs.build_overlays(prediction, source))
             model = self._outputs.model_identity(prediction)
-            masks = getattr(prediction, "masks", None)
-            if masks:
-                built.append(self._outputs.build_seg(masks, [source], model))
+            if prediction.masks:
+                built.append(self._outputs.build_seg(prediction.masks, [source], model))
             if cam_segmentation:
                 regions = self._outputs.cam_region_masks(prediction, source)
                 if regions:
@@ -386,51 +358,10 @@ def default_artifact_builder() -> ArtifactBuilder | None:
         return None
 
 
-def prediction_summary(prediction: Any) -> dict[str, Any]:
-    """A JSON-ready summary of a prediction (duck-typed on the inference contract)."""
-    findings = []
-    for finding in getattr(prediction, "findings", None) or []:
-        findings.append(
-            {
-                "label": str(getattr(finding, "label", "")),
-                "probability": _float(getattr(finding, "probability", None)),
-                "positive": bool(getattr(finding, "positive", False)),
-                "uncertainty": _float(getattr(finding, "uncertainty", None)),
-                "threshold": _float(getattr(finding, "threshold", None)),
-                "decision": str(getattr(finding, "decision", "") or "") or None,
-                "codes": [list(c) for c in getattr(finding, "codes", None) or ()],
-            }
-        )
-    model = getattr(prediction, "model", None)
-    return {
-        "path": str(getattr(prediction, "path", "")),
-        "ok": bool(getattr(prediction, "ok", False)),
-        "error": getattr(prediction, "error", None),
-        "model": {
-            "name": _first_attr(model, "name"),
-            "version": _first_attr(model, "version"),
-            "sha256": _first_attr(model, "sha256"),
-        }
-        if model is not None
-        else None,
-        "findings": findings,
-        "timings": {
-            str(k): _float(v) for k, v in (getattr(prediction, "timings", None) or {}).items()
-        },
-    }
-
-
-def _float(value: Any) -> float | None:
-    try:
-        return None if value is None else float(value)
-    except (TypeError, ValueError):
-        return None
-
-
-def require_ok(predictions: Sequence[Any], paths: Sequence[Path]) -> None:
+def require_ok(predictions: Sequence[Prediction], paths: Sequence[Path]) -> None:
     """Raise when no input of a study could be run at all."""
-    if predictions and not any(getattr(p, "ok", False) for p in predictions):
-        errors = "; ".join(str(getattr(p, "error", "?")) for p in predictions[:3])
+    if predictions and not any(p.ok for p in predictions):
+        errors = "; ".join(str(p.error or "?") for p in predictions[:3])
         raise InferenceError(f"no instance of the study could be read by the model: {errors}")
     if not predictions and paths:
         raise InferenceError("the pipeline returned no predictions")
@@ -445,7 +376,6 @@ __all__ = [
     "RegistryPipelineProvider",
     "default_artifact_builder",
     "identity_of",
-    "prediction_summary",
     "read_signing_key",
     "require_ok",
     "session_threads",

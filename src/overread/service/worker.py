@@ -20,7 +20,7 @@ import socket
 import threading
 import time
 import uuid
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Sequence
 from io import BytesIO
 from pathlib import Path
 from typing import Any
@@ -36,16 +36,12 @@ from overread.errors import (
     ModelPackageError,
     ServiceError,
 )
+from overread.results import Prediction, ResultSummary
 from overread.service.config import Destination, FhirEndpoint, ServiceConfig
 from overread.service.db import Database, Instance, Job, JobKind, Result, utcnow
 from overread.service.jobs import JobQueue, LeaseLostError
 from overread.service.routing import InstanceFacts, route_matches
-from overread.service.runtime import (
-    ArtifactBuilder,
-    PipelineProvider,
-    prediction_summary,
-    require_ok,
-)
+from overread.service.runtime import ArtifactBuilder, PipelineProvider, require_ok
 from overread.service.scu import send_files
 from overread.service.store import ObjectStore
 from overread.triage.score import StudyContext
@@ -249,7 +245,7 @@ class Worker:
         readings = [
             (prediction, pydicom.dcmread(path, stop_before_pixels=not self.config.explain))
             for prediction, (path, _) in zip(predictions, items, strict=True)
-            if getattr(prediction, "ok", False)
+            if prediction.ok
         ]
         context = _study_context(items, readings[0][1])
         artifacts: list[dict[str, Any]] = []
@@ -259,13 +255,13 @@ class Worker:
         built = time.perf_counter()
         from overread.service.outputs.fhir import study_header
 
-        summary = {
-            "alias": alias,
-            "instances": [prediction_summary(p) for p in predictions],
-            "sop_instance_uids": [row.sop_instance_uid for _, row in items],
-            "study": study_header(readings[0][1]),
-            "timings": _stage_timings(predictions, modelled - started, built - modelled),
-        }
+        summary = ResultSummary(
+            alias=alias,
+            instances=tuple(predictions),
+            sop_instance_uids=tuple(row.sop_instance_uid for _, row in items),
+            study=study_header(readings[0][1]),
+            timings=_stage_timings(predictions, modelled - started, built - modelled),
+        ).to_dict()
         self._finish_infer(job, None, summary, artifacts, context)
         logger.info(
             "job %d: %s %s on study %s: %d prediction(s), %d object(s) to send in %.3f s",
@@ -506,7 +502,7 @@ class Worker:
 
 
 def _stage_timings(
-    predictions: list[Any], model_seconds: float, artifact_seconds: float
+    predictions: Sequence[Prediction], model_seconds: float, artifact_seconds: float
 ) -> dict[str, float]:
     """Seconds per stage of an infer job, summed over the study's images.
 
@@ -517,7 +513,7 @@ def _stage_timings(
     """
     totals: dict[str, float] = {}
     for prediction in predictions:
-        for stage, seconds in (getattr(prediction, "timings", None) or {}).items():
+        for stage, seconds in prediction.timings.items():
             totals[str(stage)] = totals.get(str(stage), 0.0) + float(seconds)
     totals = {k: round(v, 6) for k, v in totals.items()}
     totals["model_total"] = round(model_seconds, 6)

@@ -10,7 +10,7 @@ import socket
 import subprocess
 import time
 from collections.abc import Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 import deid_data
@@ -21,6 +21,7 @@ import pytest
 from pydicom.dataset import Dataset
 
 from overread.findings import CHEXPERT_LABELS
+from overread.results import FindingResult, ModelRef, Prediction
 
 # A real digital radiograph of a chest (DX, 12-bit, MONOCHROME2, 2614x3072), shipped
 # by the deid-data package. It is a veterinary (cat) chest, but every header and
@@ -56,39 +57,6 @@ _SCORES = {
 }
 
 
-@dataclass(frozen=True)
-class FakeFinding:
-    """A finding with the attributes of overread.inference's FindingResult."""
-
-    label: str
-    probability: float
-    positive: bool
-    uncertainty: float | None
-    threshold: float
-    decision: str = ""
-    codes: tuple[tuple[str, str, str], ...] = ()
-
-
-@dataclass(frozen=True)
-class ModelRef:
-    name: str
-    version: str
-    sha256: str
-
-
-@dataclass
-class PredictionStandIn:
-    """A prediction with the attributes of overread.inference's Prediction."""
-
-    findings: list[FakeFinding]
-    model: ModelRef
-    heatmaps: dict[str, np.ndarray] | None = None
-    ok: bool = True
-    error: str | None = None
-    path: str = ""
-    timings: dict[str, float] = field(default_factory=dict)
-
-
 def gaussian_heatmap(rows: int, cols: int, centre: tuple[float, float], sigma: float) -> np.ndarray:
     """A smooth blob like a CAM heatmap, peak 1 at ``centre`` (row, col fractions)."""
     yy, xx = np.mgrid[0:rows, 0:cols].astype(np.float32)
@@ -96,9 +64,10 @@ def gaussian_heatmap(rows: int, cols: int, centre: tuple[float, float], sigma: f
     return np.exp(-((yy - cy) ** 2 + (xx - cx) ** 2) / (2 * sigma**2)).astype(np.float32)
 
 
-def make_prediction(with_heatmaps: bool = True) -> PredictionStandIn:
+def make_prediction(with_heatmaps: bool = True) -> Prediction:
+    """A prediction as the pipeline gives it, made up without running a model."""
     findings = [
-        FakeFinding(label, p, p >= t, u, t)
+        FindingResult(label, p, p >= t, u, t)
         for label, (p, t, u) in ((lbl, _SCORES[lbl]) for lbl in CHEXPERT_LABELS)
     ]
     heatmaps = None
@@ -108,7 +77,9 @@ def make_prediction(with_heatmaps: bool = True) -> PredictionStandIn:
             "Pneumothorax": gaussian_heatmap(56, 56, (0.2, 0.75), 6.0),
             "Cardiomegaly": gaussian_heatmap(56, 56, (0.6, 0.5), 10.0),
         }
-    return PredictionStandIn(
+    return Prediction(
+        path="",
+        ok=True,
         findings=findings,
         model=ModelRef("cxr-default", "1.0.0", "3f" * 32),
         heatmaps=heatmaps,
@@ -116,7 +87,7 @@ def make_prediction(with_heatmaps: bool = True) -> PredictionStandIn:
 
 
 @pytest.fixture
-def prediction() -> PredictionStandIn:
+def prediction() -> Prediction:
     return make_prediction()
 
 

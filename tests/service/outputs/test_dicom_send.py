@@ -13,6 +13,7 @@ import pytest
 from pydicom.dataset import Dataset
 
 from overread.errors import ServiceError
+from overread.results import Prediction
 from overread.service.outputs import (
     DeliveryError,
     DicomDestination,
@@ -22,7 +23,7 @@ from overread.service.outputs import (
     send_datasets,
 )
 
-from .conftest import OrthancPeer, PredictionStandIn, StoreSCP, free_port, run_storescp
+from .conftest import OrthancPeer, StoreSCP, free_port, run_storescp
 
 
 def test_destination_parses_ae_host_port() -> None:
@@ -38,7 +39,7 @@ def test_destination_parses_ae_host_port() -> None:
 
 @pytest.mark.service
 def test_sr_and_overlay_arrive_at_storescp_and_parse(
-    storescp: StoreSCP, prediction: PredictionStandIn, dx_chest: Dataset
+    storescp: StoreSCP, prediction: Prediction, dx_chest: Dataset
 ) -> None:
     sr = build_sr(prediction, [dx_chest])
     sc = build_overlay(prediction, dx_chest, "Pneumothorax")
@@ -60,7 +61,7 @@ def test_sr_and_overlay_arrive_at_storescp_and_parse(
 
 @pytest.mark.service
 def test_files_on_disk_can_be_sent(
-    tmp_path: Path, storescp: StoreSCP, prediction: PredictionStandIn, dx_chest_header: Dataset
+    tmp_path: Path, storescp: StoreSCP, prediction: Prediction, dx_chest_header: Dataset
 ) -> None:
     path = tmp_path / "sr.dcm"
     build_sr(prediction, [dx_chest_header]).save_as(path, enforce_file_format=True)
@@ -72,7 +73,7 @@ def test_files_on_disk_can_be_sent(
 
 @pytest.mark.service
 def test_refused_association_names_peer_and_reason(
-    tmp_path: Path, prediction: PredictionStandIn, dx_chest_header: Dataset
+    tmp_path: Path, prediction: Prediction, dx_chest_header: Dataset
 ) -> None:
     sr = build_sr(prediction, [dx_chest_header])
     with (
@@ -88,7 +89,7 @@ def test_refused_association_names_peer_and_reason(
 
 @pytest.mark.service
 def test_nothing_listening_is_a_clear_retryable_error(
-    prediction: PredictionStandIn, dx_chest_header: Dataset
+    prediction: Prediction, dx_chest_header: Dataset
 ) -> None:
     port = free_port()
     sr = build_sr(prediction, [dx_chest_header])
@@ -103,7 +104,7 @@ def test_nothing_listening_is_a_clear_retryable_error(
 
 @pytest.mark.service
 def test_orthanc_rejects_a_wrong_called_ae_and_stores_with_the_right_one(
-    orthanc: OrthancPeer, prediction: PredictionStandIn, dx_chest_header: Dataset
+    orthanc: OrthancPeer, prediction: Prediction, dx_chest_header: Dataset
 ) -> None:
     sr = build_sr(prediction, [dx_chest_header])
     with pytest.raises(DeliveryError, match="rejected the association") as caught:
@@ -123,7 +124,7 @@ def test_orthanc_rejects_a_wrong_called_ae_and_stores_with_the_right_one(
 
 @pytest.mark.service
 def test_abort_mid_transfer_is_a_retryable_error(
-    tmp_path: Path, prediction: PredictionStandIn, dx_chest_header: Dataset
+    tmp_path: Path, prediction: Prediction, dx_chest_header: Dataset
 ) -> None:
     sr = build_sr(prediction, [dx_chest_header])
     with (
@@ -139,7 +140,7 @@ def test_abort_mid_transfer_is_a_retryable_error(
 
 @pytest.mark.service
 def test_a_peer_too_slow_to_answer_is_a_timeout_error(
-    tmp_path: Path, prediction: PredictionStandIn, dx_chest_header: Dataset
+    tmp_path: Path, prediction: Prediction, dx_chest_header: Dataset
 ) -> None:
     sr = build_sr(prediction, [dx_chest_header])
     with (
@@ -174,7 +175,7 @@ def tls_pair(tmp_path: Path) -> tuple[Path, Path]:
 def test_dicom_tls_delivers_and_untrusted_peers_are_refused(
     tmp_path: Path,
     tls_pair: tuple[Path, Path],
-    prediction: PredictionStandIn,
+    prediction: Prediction,
     dx_chest_header: Dataset,
 ) -> None:
     key, cert = tls_pair
@@ -213,7 +214,7 @@ def test_echo_checks_a_destination(storescp: StoreSCP, tmp_path: Path) -> None:
 
 @pytest.mark.service
 def test_a_sop_class_the_peer_does_not_accept_fails_alone(
-    storescp: StoreSCP, prediction: PredictionStandIn, dx_chest_header: Dataset
+    storescp: StoreSCP, prediction: Prediction, dx_chest_header: Dataset
 ) -> None:
     sr = build_sr(prediction, [dx_chest_header])
     odd = build_sr(prediction, [dx_chest_header])

@@ -11,18 +11,15 @@ from fhir.resources.R4B.bundle import Bundle
 from pydicom.dataset import Dataset
 
 from overread.errors import ServiceError
+from overread.results import Decision, Prediction
 from overread.service.outputs import build_fhir_report
-
-from .conftest import PredictionStandIn
 
 
 def _resources(bundle: dict[str, Any], kind: str) -> list[dict[str, Any]]:
     return [e["resource"] for e in bundle["entry"] if e["resource"]["resourceType"] == kind]
 
 
-def test_bundle_validates_as_fhir_r4b(
-    prediction: PredictionStandIn, dx_chest_header: Dataset
-) -> None:
+def test_bundle_validates_as_fhir_r4b(prediction: Prediction, dx_chest_header: Dataset) -> None:
     bundle = build_fhir_report(prediction, dx_chest_header, sr_sop_instance_uid="1.2.3.4")
     parsed = Bundle.model_validate(json.loads(json.dumps(bundle)))
     assert parsed.type == "transaction"
@@ -32,7 +29,7 @@ def test_bundle_validates_as_fhir_r4b(
     assert kinds.count("Device") == 1
 
 
-def test_diagnostic_report_fields(prediction: PredictionStandIn, dx_chest_header: Dataset) -> None:
+def test_diagnostic_report_fields(prediction: Prediction, dx_chest_header: Dataset) -> None:
     bundle = build_fhir_report(prediction, dx_chest_header, sr_sop_instance_uid="1.2.3.4")
     (report,) = _resources(bundle, "DiagnosticReport")
     assert report["status"] == "preliminary"
@@ -62,7 +59,7 @@ def test_diagnostic_report_fields(prediction: PredictionStandIn, dx_chest_header
 
 
 def test_observations_carry_probability_decision_and_device(
-    prediction: PredictionStandIn, dx_chest_header: Dataset
+    prediction: Prediction, dx_chest_header: Dataset
 ) -> None:
     bundle = build_fhir_report(prediction, dx_chest_header)
     (device_entry,) = [e for e in bundle["entry"] if e["resource"]["resourceType"] == "Device"]
@@ -85,17 +82,13 @@ def test_observations_carry_probability_decision_and_device(
     assert by_label["Support Devices"]["code"]["coding"][0]["system"] == "urn:overread:codes"
 
 
-def test_two_views_use_the_two_view_code(
-    prediction: PredictionStandIn, dx_chest_header: Dataset
-) -> None:
+def test_two_views_use_the_two_view_code(prediction: Prediction, dx_chest_header: Dataset) -> None:
     bundle = build_fhir_report(prediction, dx_chest_header, additional_sources=[dx_chest_header])
     (report,) = _resources(bundle, "DiagnosticReport")
     assert report["code"]["coding"][0]["code"] == "36643-5"
 
 
-def test_missing_identifiers_are_refused(
-    prediction: PredictionStandIn, dx_chest_header: Dataset
-) -> None:
+def test_missing_identifiers_are_refused(prediction: Prediction, dx_chest_header: Dataset) -> None:
     anonymous = copy.deepcopy(dx_chest_header)
     del anonymous.PatientID
     with pytest.raises(ServiceError, match="Patient ID"):
@@ -107,10 +100,12 @@ def test_missing_identifiers_are_refused(
 
 
 def test_referred_finding_is_indeterminate(
-    prediction: PredictionStandIn, dx_chest_header: Dataset
+    prediction: Prediction, dx_chest_header: Dataset
 ) -> None:
     prediction.findings = [
-        f.__class__(f.label, 0.51, True, 0.97, 0.5, "refer") if f.label == "Pneumothorax" else f
+        f.__class__(f.label, 0.51, True, 0.97, 0.5, Decision.INDETERMINATE)
+        if f.label == "Pneumothorax"
+        else f
         for f in prediction.findings
     ]
     bundle = build_fhir_report(prediction, dx_chest_header)
@@ -122,7 +117,7 @@ def test_referred_finding_is_indeterminate(
 
 
 def test_patient_display_uses_the_alphabetic_name(
-    prediction: PredictionStandIn, dx_chest_header: Dataset
+    prediction: Prediction, dx_chest_header: Dataset
 ) -> None:
     # A deep copy: setting an element on a Dataset.update() copy would change the
     # shared DataElement, i.e. the session fixture.

@@ -13,6 +13,7 @@ import httpx
 import pytest
 from pydicom.dataset import Dataset
 
+from overread.results import Prediction
 from overread.service.outputs import (
     DeliveryError,
     build_fhir_report,
@@ -22,12 +23,12 @@ from overread.service.outputs import (
     stow_rs,
 )
 
-from .conftest import OrthancPeer, PredictionStandIn, free_port, run_orthanc
+from .conftest import OrthancPeer, free_port, run_orthanc
 
 
 @pytest.mark.service
 def test_stow_rs_stores_sr_and_overlay_in_orthanc(
-    orthanc: OrthancPeer, prediction: PredictionStandIn, dx_chest: Dataset
+    orthanc: OrthancPeer, prediction: Prediction, dx_chest: Dataset
 ) -> None:
     sr = build_sr(prediction, [dx_chest])
     sc = build_overlay(prediction, dx_chest, "Cardiomegaly")
@@ -60,7 +61,7 @@ def test_stow_rs_stores_sr_and_overlay_in_orthanc(
 
 @pytest.mark.service
 def test_stow_rs_to_a_wrong_path_is_a_permanent_error(
-    orthanc: OrthancPeer, prediction: PredictionStandIn, dx_chest_header: Dataset
+    orthanc: OrthancPeer, prediction: Prediction, dx_chest_header: Dataset
 ) -> None:
     sr = build_sr(prediction, [dx_chest_header])
     with pytest.raises(DeliveryError, match="HTTP 404") as caught:
@@ -70,7 +71,7 @@ def test_stow_rs_to_a_wrong_path_is_a_permanent_error(
 
 @pytest.mark.service
 def test_stow_rs_with_nothing_listening_is_retryable(
-    prediction: PredictionStandIn, dx_chest_header: Dataset
+    prediction: Prediction, dx_chest_header: Dataset
 ) -> None:
     url = f"http://127.0.0.1:{free_port()}/dicom-web"
     with pytest.raises(DeliveryError, match="could not be reached") as caught:
@@ -119,7 +120,7 @@ def fhir_endpoint() -> Iterator[ThreadingHTTPServer]:
 
 @pytest.mark.service
 def test_post_fhir_sends_the_transaction_to_the_base_url(
-    fhir_endpoint: ThreadingHTTPServer, prediction: PredictionStandIn, dx_chest_header: Dataset
+    fhir_endpoint: ThreadingHTTPServer, prediction: Prediction, dx_chest_header: Dataset
 ) -> None:
     bundle = build_fhir_report(prediction, dx_chest_header)
     base = f"http://127.0.0.1:{fhir_endpoint.server_port}/fhir"
@@ -135,7 +136,7 @@ def test_post_fhir_sends_the_transaction_to_the_base_url(
 
 @pytest.mark.service
 def test_post_fhir_server_trouble_is_retryable(
-    fhir_endpoint: ThreadingHTTPServer, prediction: PredictionStandIn, dx_chest_header: Dataset
+    fhir_endpoint: ThreadingHTTPServer, prediction: Prediction, dx_chest_header: Dataset
 ) -> None:
     bundle = build_fhir_report(prediction, dx_chest_header)
     with pytest.raises(DeliveryError, match="HTTP 503") as caught:
@@ -146,7 +147,7 @@ def test_post_fhir_server_trouble_is_retryable(
 
 @pytest.mark.service
 def test_stow_rs_reports_which_instances_were_refused(
-    orthanc: OrthancPeer, prediction: PredictionStandIn, dx_chest_header: Dataset, cr_small: Dataset
+    orthanc: OrthancPeer, prediction: Prediction, dx_chest_header: Dataset, cr_small: Dataset
 ) -> None:
     # STOW-RS to one study's URL with an instance of another study: Orthanc stores
     # the first and refuses the second, answering 409 with both lists.
@@ -168,7 +169,7 @@ def test_stow_rs_reports_which_instances_were_refused(
 
 @pytest.mark.service
 def test_stow_rs_authenticates_with_basic_auth(
-    tmp_path: Path, prediction: PredictionStandIn, dx_chest_header: Dataset
+    tmp_path: Path, prediction: Prediction, dx_chest_header: Dataset
 ) -> None:
     sr = build_sr(prediction, [dx_chest_header])
     with run_orthanc(

@@ -11,10 +11,11 @@ import pytest
 from pydicom.dataset import Dataset
 
 from overread.errors import ServiceError
+from overread.results import Prediction
 from overread.service.outputs import RESEARCH_BANNER, build_overlay, build_overlays
 from overread.service.outputs.overlay import burn_in_text, windowed_grey
 
-from .conftest import PredictionStandIn, dciodvfy_errors, gaussian_heatmap
+from .conftest import dciodvfy_errors, gaussian_heatmap
 
 
 @pytest.fixture(scope="module")
@@ -90,7 +91,7 @@ def test_monochrome1_is_inverted_so_bone_is_bright(cr_small: Dataset) -> None:
 
 
 def test_small_real_cr_overlay_validates(
-    tmp_path: Path, cr_small: Dataset, prediction: PredictionStandIn
+    tmp_path: Path, cr_small: Dataset, prediction: Prediction
 ) -> None:
     assert prediction.heatmaps is not None
     prediction.heatmaps["Pneumothorax"] = gaussian_heatmap(7, 7, (0.5, 0.5), 2.0)
@@ -102,7 +103,7 @@ def test_small_real_cr_overlay_validates(
 
 
 def test_letterboxed_heatmap_is_cropped_to_the_image(
-    dx_chest: Dataset, prediction: PredictionStandIn
+    dx_chest: Dataset, prediction: Prediction
 ) -> None:
     # The model saw the 2614x3072 image fitted into a 224 square with rows padded
     # top and bottom; a blob in the image's bottom-left corner sits above the padding.
@@ -126,7 +127,7 @@ def test_letterboxed_heatmap_is_cropped_to_the_image(
 
 
 def test_missing_heatmap_or_label_is_a_clear_error(
-    dx_chest: Dataset, prediction: PredictionStandIn
+    dx_chest: Dataset, prediction: Prediction
 ) -> None:
     with pytest.raises(ServiceError, match="no heatmap for 'Edema'"):
         build_overlay(prediction, dx_chest, "Edema")
@@ -160,7 +161,7 @@ def test_voi_lut_and_percentile_window_are_used(cr_small: Dataset) -> None:
 
 
 def test_overlays_for_positive_findings_share_one_series(
-    dx_chest: Dataset, prediction: PredictionStandIn
+    dx_chest: Dataset, prediction: Prediction
 ) -> None:
     # Heatmaps exist for Pneumothorax (positive, p=0.93) and Cardiomegaly (positive,
     # p=0.62); Pleural Effusion is positive but has no heatmap.

@@ -13,9 +13,10 @@ import pytest
 from PIL import Image
 from pydicom.dataset import Dataset
 
-from overread.service.outputs import ModelIdentity, build_overlay, build_seg, build_sr
+from overread.results import ModelRef, Prediction
+from overread.service.outputs import build_overlay, build_seg, build_sr
 
-from .conftest import PredictionStandIn, dciodvfy_errors
+from .conftest import dciodvfy_errors
 
 
 @dataclass
@@ -46,7 +47,7 @@ def pneumothorax_case(tmp_path_factory: pytest.TempPathFactory) -> PhantomCase:
 
 
 def test_overlay_heat_lies_on_the_drawn_pneumothorax(
-    tmp_path: Path, pneumothorax_case: PhantomCase, prediction: PredictionStandIn
+    tmp_path: Path, pneumothorax_case: PhantomCase, prediction: Prediction
 ) -> None:
     # A perfect explanation: the heatmap is the truth mask at CAM resolution.
     small = Image.fromarray(pneumothorax_case.mask * 255).resize((32, 32), Image.Resampling.BOX)
@@ -71,7 +72,7 @@ def test_overlay_heat_lies_on_the_drawn_pneumothorax(
 def test_seg_of_the_truth_mask_on_a_phantom_dx(
     tmp_path: Path, pneumothorax_case: PhantomCase
 ) -> None:
-    model = ModelIdentity("phantom-truth", "1", "0" * 64)
+    model = ModelRef("phantom-truth", "1", "0" * 64)
     seg = build_seg({"Pneumothorax": pneumothorax_case.mask}, [pneumothorax_case.dataset], model)
     path = tmp_path / "seg.dcm"
     seg.save_as(path, enforce_file_format=True)
@@ -80,7 +81,7 @@ def test_seg_of_the_truth_mask_on_a_phantom_dx(
 
 
 def test_sr_on_a_phantom_dx(
-    tmp_path: Path, pneumothorax_case: PhantomCase, prediction: PredictionStandIn
+    tmp_path: Path, pneumothorax_case: PhantomCase, prediction: Prediction
 ) -> None:
     sr = build_sr(prediction, [pneumothorax_case.dataset])
     path = tmp_path / "sr.dcm"

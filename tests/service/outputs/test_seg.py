@@ -10,11 +10,12 @@ import pytest
 from pydicom.dataset import Dataset
 
 from overread.errors import ServiceError
-from overread.service.outputs import ModelIdentity, build_seg
+from overread.results import ModelRef
+from overread.service.outputs import build_seg
 
 from .conftest import dciodvfy_errors
 
-MODEL = ModelIdentity("cxr-ptx-seg", "0.3.0", "5e" * 32)
+MODEL = ModelRef("cxr-ptx-seg", "0.3.0", "5e" * 32)
 
 
 def _ellipse(rows: int, cols: int) -> np.ndarray:

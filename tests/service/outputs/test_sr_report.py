@@ -11,14 +11,15 @@ import pytest
 from pydicom.dataset import Dataset
 
 from overread.errors import ServiceError
+from overread.results import Decision, Prediction
 from overread.service.outputs import build_sr, finding_concept, summary_text
 from overread.service.outputs.codes import LOCAL_SCHEME
 
-from .conftest import PredictionStandIn, dciodvfy_errors, make_prediction, tool_output
+from .conftest import dciodvfy_errors, make_prediction, tool_output
 
 
 @pytest.fixture
-def sr_file(tmp_path: Path, prediction: PredictionStandIn, dx_chest_header: Dataset) -> Path:
+def sr_file(tmp_path: Path, prediction: Prediction, dx_chest_header: Dataset) -> Path:
     sr = build_sr(prediction, [dx_chest_header], institution_name="Test Hospital")
     path = tmp_path / "sr.dcm"
     sr.save_as(path, enforce_file_format=True)
@@ -30,7 +31,7 @@ def test_sr_is_a_valid_comprehensive_sr_iod(sr_file: Path) -> None:
 
 
 def test_sr_content_tree_reads_back_with_highdicom(
-    sr_file: Path, prediction: PredictionStandIn, dx_chest_header: Dataset
+    sr_file: Path, prediction: Prediction, dx_chest_header: Dataset
 ) -> None:
     sr = hd.sr.srread(sr_file)
     assert isinstance(sr, hd.sr.ComprehensiveSR)
@@ -92,7 +93,7 @@ def test_dsrdump_shows_the_tree_with_codes_model_and_summary(sr_file: Path) -> N
     assert "DX image" in text
 
 
-def test_summary_lists_positives_by_probability_with_caveat(prediction: PredictionStandIn) -> None:
+def test_summary_lists_positives_by_probability_with_caveat(prediction: Prediction) -> None:
     text = summary_text(prediction)
     assert text.startswith("AI second read (cxr-default 1.0.0): possible pneumothorax (p=0.93)")
     assert text.index("pneumothorax") < text.index("cardiomegaly") < text.index("pleural effusion")
@@ -115,7 +116,7 @@ def test_local_scheme_is_declared(sr_file: Path) -> None:
 
 
 def test_refuses_failed_or_invalid_predictions(
-    prediction: PredictionStandIn, dx_chest_header: Dataset
+    prediction: Prediction, dx_chest_header: Dataset
 ) -> None:
     prediction.ok = False
     prediction.error = "unsupported transfer syntax"
@@ -134,7 +135,7 @@ def test_refuses_failed_or_invalid_predictions(
 
 
 def test_refuses_sources_from_two_studies(
-    prediction: PredictionStandIn, dx_chest_header: Dataset, cr_small: Dataset
+    prediction: Prediction, dx_chest_header: Dataset, cr_small: Dataset
 ) -> None:
     with pytest.raises(ServiceError, match="2 studies"):
         build_sr(prediction, [dx_chest_header, cr_small])
@@ -142,9 +143,7 @@ def test_refuses_sources_from_two_studies(
         build_sr(prediction, [])
 
 
-def test_two_views_are_both_referenced(
-    prediction: PredictionStandIn, dx_chest_header: Dataset
-) -> None:
+def test_two_views_are_both_referenced(prediction: Prediction, dx_chest_header: Dataset) -> None:
     lateral = copy.deepcopy(dx_chest_header)
     lateral.SOPInstanceUID = hd.UID()
     lateral.ViewPosition = "LL"
@@ -157,7 +156,9 @@ def test_two_views_are_both_referenced(
 def test_referred_findings_are_undetermined_and_called_out(dx_chest_header: Dataset) -> None:
     prediction = make_prediction(with_heatmaps=False)
     prediction.findings = [
-        f.__class__(f.label, 0.49, False, 0.98, 0.5, "refer") if f.label == "Atelectasis" else f
+        f.__class__(f.label, 0.49, False, 0.98, 0.5, Decision.INDETERMINATE)
+        if f.label == "Atelectasis"
+        else f
         for f in prediction.findings
     ]
     sr = hd.sr.ComprehensiveSR.from_dataset(build_sr(prediction, [dx_chest_header]))
@@ -192,7 +193,7 @@ def test_labels_outside_chexpert_use_the_model_packages_code_or_a_local_one(
 
 
 def test_sr_over_a_real_cr_image_is_valid_too(
-    tmp_path: Path, prediction: PredictionStandIn, cr_small: Dataset
+    tmp_path: Path, prediction: Prediction, cr_small: Dataset
 ) -> None:
     sr = build_sr(prediction, [cr_small])
     path = tmp_path / "sr_cr.dcm"

@@ -10,9 +10,10 @@ import pytest
 from pydicom.dataset import Dataset
 
 from overread.errors import ServiceError
+from overread.results import ModelRef, Prediction
 from overread.service.outputs import build_study_sr, study_prediction, summary_text
 
-from .conftest import ModelRef, PredictionStandIn, dciodvfy_errors, make_prediction
+from .conftest import dciodvfy_errors, make_prediction
 
 
 def _lateral(pa: Dataset) -> Dataset:
@@ -22,7 +23,7 @@ def _lateral(pa: Dataset) -> Dataset:
     return lateral
 
 
-def _lateral_prediction() -> PredictionStandIn:
+def _lateral_prediction() -> Prediction:
     """The lateral view sees an effusion the PA view scores lower, and no pneumothorax."""
     prediction = make_prediction(with_heatmaps=False)
     cls = prediction.findings[0].__class__

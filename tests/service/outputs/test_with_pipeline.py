@@ -45,7 +45,7 @@ def test_real_prediction_to_valid_sr_overlay_and_fhir(
     assert dciodvfy_errors(sr_path) == []
     groups = hd.sr.srread(sr_path).content.get_image_measurement_groups()
     assert len(groups) == len(real_prediction.findings)
-    expected = {"positive": "52101004", "negative": "272519000", "refer": "373068000"}
+    expected = {"positive": "52101004", "negative": "272519000", "indeterminate": "373068000"}
     for group, finding in zip(groups, real_prediction.findings, strict=True):
         (decision,) = group.get_qualitative_evaluations()
         assert decision.value.value == expected[finding.decision]

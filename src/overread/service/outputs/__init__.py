@@ -32,12 +32,7 @@ from overread.service.outputs.fhir import (
 )
 from overread.service.outputs.http_send import HttpResult, post_fhir, stow_rs
 from overread.service.outputs.overlay import RESEARCH_BANNER, build_overlay, build_overlays
-from overread.service.outputs.prediction import (
-    FindingLike,
-    ModelIdentity,
-    PredictionLike,
-    model_identity,
-)
+from overread.service.outputs.prediction import model_identity
 from overread.service.outputs.retry import RetryPolicy
 from overread.service.outputs.seg import CAM_REGION_DESCRIPTION, build_seg, cam_region_masks
 from overread.service.outputs.sr import build_sr, build_study_sr, study_prediction, summary_text
@@ -48,10 +43,7 @@ __all__ = [
     "Concept",
     "DeliveryError",
     "DicomDestination",
-    "FindingLike",
     "HttpResult",
-    "ModelIdentity",
-    "PredictionLike",
     "ResultNotFoundError",
     "RetryPolicy",
     "SendResult",

@@ -24,8 +24,7 @@ service knows the DICOM identifiers, not the server's resource ids.
 from __future__ import annotations
 
 import uuid
-from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from collections.abc import Sequence
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
 
@@ -33,12 +32,11 @@ from pydicom.dataset import Dataset
 
 from overread.errors import ServiceError
 from overread.findings import Finding
+from overread.results import Decision, ModelRef, Prediction, ResultSummary, StudyHeader
 from overread.service.outputs import codes as oc
 from overread.service.outputs.prediction import (
-    PredictionLike,
     checked_findings,
     concept_of,
-    decision_of,
     model_identity,
 )
 from overread.service.outputs.sr import MANUFACTURER, RESEARCH_CAVEAT, summary_text
@@ -52,9 +50,9 @@ DICOM_UID_SYSTEM = "urn:dicom:uid"
 MODEL_SHA256_SYSTEM = "urn:overread:model-package-sha256"
 UCUM_SYSTEM = oc.FHIR_SYSTEMS["UCUM"]
 _INTERPRETATION = {
-    "positive": oc.FHIR_POSITIVE,
-    "negative": oc.FHIR_NEGATIVE,
-    "refer": oc.FHIR_INDETERMINATE,
+    Decision.POSITIVE: oc.FHIR_POSITIVE,
+    Decision.NEGATIVE: oc.FHIR_NEGATIVE,
+    Decision.INDETERMINATE: oc.FHIR_INDETERMINATE,
 }
 
 
@@ -97,7 +95,7 @@ def _subject(ds: Dataset) -> dict[str, Any]:
 
 
 def build_fhir_report(
-    prediction: PredictionLike,
+    prediction: Prediction,
     source_dataset: Dataset,
     *,
     additional_sources: Sequence[Dataset] = (),
@@ -161,7 +159,7 @@ def build_fhir_report(
     conclusion_codes: list[dict[str, Any]] = []
     for finding in findings:
         concept = concept_of(finding)
-        decision = decision_of(finding)
+        decision = finding.decision
         components: list[dict[str, Any]] = [
             {
                 "code": {"coding": [oc.OPERATING_THRESHOLD.to_fhir()]},
@@ -209,7 +207,7 @@ def build_fhir_report(
             }
         )
         if (
-            decision == "positive"
+            decision is Decision.POSITIVE
             and finding.label != Finding.NO_FINDING.value
             and not concept.is_local
         ):
@@ -264,72 +262,46 @@ class ResultNotFoundError(ServiceError, LookupError):
 _COMPREHENSIVE_SR = "1.2.840.10008.5.1.4.1.1.88.33"
 
 
-@dataclass(frozen=True)
-class _StoredFinding:
-    label: str
-    probability: float
-    positive: bool
-    uncertainty: float | None
-    threshold: float
-    decision: str = ""
-    codes: tuple[tuple[str, str, str], ...] = ()
-
-
-@dataclass(frozen=True)
-class _StoredPrediction:
-    findings: list[_StoredFinding]
-    model: Mapping[str, Any]
-    heatmaps: None = None
-    ok: bool = True
-
-
-def study_header(source: Dataset) -> dict[str, str]:
+def study_header(source: Dataset) -> StudyHeader:
     """The header facts a FHIR report needs, as stored with a result (``summary["study"]``)."""
     name = getattr(source, "PatientName", None)
-    return {
-        "study_instance_uid": str(getattr(source, "StudyInstanceUID", "") or ""),
-        "patient_id": str(getattr(source, "PatientID", "") or ""),
-        "patient_name": str(name) if name else "",
-        "issuer_of_patient_id": str(getattr(source, "IssuerOfPatientID", "") or ""),
-        "study_date": str(getattr(source, "StudyDate", "") or ""),
-        "accession_number": str(getattr(source, "AccessionNumber", "") or ""),
-    }
+    return StudyHeader(
+        study_instance_uid=str(getattr(source, "StudyInstanceUID", "") or ""),
+        patient_id=str(getattr(source, "PatientID", "") or ""),
+        patient_name=str(name) if name else "",
+        issuer_of_patient_id=str(getattr(source, "IssuerOfPatientID", "") or ""),
+        study_date=str(getattr(source, "StudyDate", "") or ""),
+        accession_number=str(getattr(source, "AccessionNumber", "") or ""),
+    )
 
 
-def _header_dataset(study: Mapping[str, Any], study_uid: str) -> Dataset:
+def _header_dataset(study: StudyHeader, study_uid: str) -> Dataset:
     ds = Dataset()
-    ds.StudyInstanceUID = str(study.get("study_instance_uid") or study_uid)
-    ds.PatientID = str(study.get("patient_id") or "")
-    if study.get("patient_name"):
-        ds.PatientName = str(study["patient_name"])
-    if study.get("issuer_of_patient_id"):
-        ds.IssuerOfPatientID = str(study["issuer_of_patient_id"])
-    if study.get("study_date"):
-        ds.StudyDate = str(study["study_date"])
-    if study.get("accession_number"):
-        ds.AccessionNumber = str(study["accession_number"])
+    ds.StudyInstanceUID = study.study_instance_uid or study_uid
+    ds.PatientID = study.patient_id
+    if study.patient_name:
+        ds.PatientName = study.patient_name
+    if study.issuer_of_patient_id:
+        ds.IssuerOfPatientID = study.issuer_of_patient_id
+    if study.study_date:
+        ds.StudyDate = study.study_date
+    if study.accession_number:
+        ds.AccessionNumber = study.accession_number
     return ds
 
 
-def _stored_predictions(summary: Mapping[str, Any], model: Mapping[str, Any]) -> list[Any]:
+def _stored_predictions(summary: ResultSummary, model: ModelRef) -> list[Prediction]:
+    """The successful predictions of a stored result, each under the result's model
+    where its own identity lacks a name, version or checksum."""
     predictions = []
-    for instance in summary.get("instances") or []:
-        if not instance.get("ok"):
-            continue
-        findings = [
-            _StoredFinding(
-                label=str(f["label"]),
-                probability=float(f["probability"]),
-                positive=bool(f["positive"]),
-                uncertainty=None if f.get("uncertainty") is None else float(f["uncertainty"]),
-                threshold=float(f["threshold"]),
-                decision=str(f.get("decision") or ""),
-                codes=tuple(tuple(c) for c in f.get("codes") or ()),
-            )
-            for f in instance.get("findings") or []
-        ]
-        stored_model = {**model, **{k: v for k, v in (instance.get("model") or {}).items() if v}}
-        predictions.append(_StoredPrediction(findings=findings, model=stored_model))
+    for _, prediction in summary.usable():
+        own = prediction.model
+        prediction.model = ModelRef(
+            name=own.name or model.name,
+            version=own.version or model.version,
+            sha256=own.sha256 or model.sha256,
+        )
+        predictions.append(prediction)
     return predictions
 
 
@@ -351,14 +323,14 @@ def fhir_report_for_result(result: Any) -> dict[str, Any]:
     """
     from overread.service.outputs.sr import study_prediction
 
-    summary: Mapping[str, Any] = result.summary or {}
-    model = {"name": result.model_name, "version": result.model_version}
+    summary = ResultSummary.from_dict(result.summary)
+    model = ModelRef(name=str(result.model_name), version=str(result.model_version))
     predictions = _stored_predictions(summary, model)
     if not predictions:
         raise ResultNotFoundError(
             f"study {result.study_instance_uid}: result {result.id} has no successful prediction"
         )
-    source = _header_dataset(summary.get("study") or {}, result.study_instance_uid)
+    source = _header_dataset(summary.study or StudyHeader(), str(result.study_instance_uid))
     sr_uid = next(
         (
             str(a["sop_instance_uid"])

@@ -29,15 +29,18 @@ from pydicom.uid import generate_uid
 
 from overread.errors import ServiceError
 from overread.findings import Finding
-from overread.service.outputs.prediction import (
-    PredictionLike,
-    checked_findings,
-    decision_of,
-    model_identity,
-)
+from overread.results import Decision, HeatmapPlacement, Prediction
+from overread.service.outputs.prediction import checked_findings, model_identity
 from overread.service.outputs.sr import MANUFACTURER
 
 logger = logging.getLogger(__name__)
+
+#: How an overlay's caption states each decision (a close call is for a reader).
+_CAPTION = {
+    Decision.POSITIVE: "POSITIVE",
+    Decision.INDETERMINATE: "REFER",
+    Decision.NEGATIVE: "negative",
+}
 
 #: The caveat burned into every overlay.
 RESEARCH_BANNER = "FOR RESEARCH USE - NOT FOR DIAGNOSIS"
@@ -93,7 +96,7 @@ def windowed_grey(source: Dataset) -> np.ndarray:
 
 
 def _crop_box(
-    heat_shape: tuple[int, int], rows: int, cols: int, geometry: Any
+    heat_shape: tuple[int, int], rows: int, cols: int, geometry: HeatmapPlacement | None
 ) -> tuple[int, int, int, int]:
     """Return (top, left, height, width) of the image inside a letterboxed heatmap."""
     if geometry is not None:
@@ -115,7 +118,7 @@ def _heatmap_on_image(
     source_shape: tuple[int, int],
     out_shape: tuple[int, int],
     space: HeatmapSpace,
-    geometry: Any = None,
+    geometry: HeatmapPlacement | None = None,
 ) -> np.ndarray:
     """Resample a heatmap onto the output image, normalised to [0, 1].
 
@@ -240,7 +243,7 @@ def _patient_orientation(source: Dataset) -> tuple[str, str] | None:
 
 
 def build_overlay(
-    prediction: PredictionLike,
+    prediction: Prediction,
     source_dataset: Dataset,
     label: str,
     *,
@@ -288,7 +291,7 @@ def build_overlay(
     findings = {f.label: f for f in checked_findings(prediction)}
     if label not in findings:
         raise ServiceError(f"prediction has no finding {label!r}; known: {', '.join(findings)}")
-    heatmaps = getattr(prediction, "heatmaps", None) or {}
+    heatmaps = prediction.heatmaps or {}
     if label not in heatmaps:
         raise ServiceError(
             f"prediction has no heatmap for {label!r} (was it run with explain=True?)"
@@ -311,7 +314,7 @@ def build_overlay(
         source_shape,
         (grey.shape[0], grey.shape[1]),
         heatmap_space,
-        getattr(prediction, "letterbox", None),
+        prediction.letterbox,
     )
 
     base = np.repeat(grey[..., None].astype(np.float32) / 255.0, 3, axis=-1)
@@ -320,9 +323,7 @@ def build_overlay(
     rgb = np.asarray(np.round(np.clip(blended, 0.0, 1.0) * 255.0), dtype=np.uint8)
 
     finding = findings[label]
-    decision = {"positive": "POSITIVE", "negative": "negative", "refer": "REFER"}[
-        decision_of(finding)
-    ]
+    decision = _CAPTION[finding.decision]
     caption = (
         f"{label}: p={float(finding.probability):.2f} "
         f"(threshold {float(finding.threshold):.2f}) {decision}"
@@ -385,7 +386,7 @@ def build_overlay(
 
 
 def build_overlays(
-    prediction: PredictionLike,
+    prediction: Prediction,
     source_dataset: Dataset,
     labels: Sequence[str] | None = None,
     *,
@@ -407,13 +408,13 @@ def build_overlays(
     list[highdicom.sc.SCImage]
         Instances numbered 1, 2, ... in a shared series (empty if nothing to show).
     """
-    heatmaps = getattr(prediction, "heatmaps", None) or {}
+    heatmaps = prediction.heatmaps or {}
     if labels is None:
-        ranked = sorted(checked_findings(prediction), key=lambda f: -float(f.probability))
+        ranked = sorted(checked_findings(prediction), key=lambda f: -f.probability)
         labels = [
             f.label
             for f in ranked
-            if decision_of(f) in ("positive", "refer")
+            if f.decision is not Decision.NEGATIVE
             and f.label in heatmaps
             and f.label != Finding.NO_FINDING.value
         ]

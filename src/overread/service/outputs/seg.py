@@ -18,13 +18,9 @@ from pydicom.sr.codedict import codes
 from pydicom.uid import generate_uid
 
 from overread.errors import ServiceError
+from overread.results import Decision, ModelRef, Prediction
 from overread.service.outputs import codes as oc
-from overread.service.outputs.prediction import (
-    ModelIdentity,
-    PredictionLike,
-    checked_findings,
-    decision_of,
-)
+from overread.service.outputs.prediction import checked_findings
 from overread.service.outputs.sr import MANUFACTURER
 
 logger = logging.getLogger(__name__)
@@ -58,7 +54,7 @@ def _stack(masks: Mapping[str, np.ndarray], rows: int, cols: int, fractional: bo
 def build_seg(
     masks: Mapping[str, np.ndarray],
     source_datasets: Sequence[Dataset],
-    model: ModelIdentity,
+    model: ModelRef,
     *,
     fractional: bool = False,
     series_number: int = 9903,
@@ -162,7 +158,7 @@ CAM_REGION_DESCRIPTION = "CAM regions, thresholded - not a segmentation model (r
 
 
 def cam_region_masks(
-    prediction: PredictionLike, source: Dataset, *, threshold: float = 0.5
+    prediction: Prediction, source: Dataset, *, threshold: float = 0.5
 ) -> dict[str, np.ndarray]:
     """Binary masks of where a classifier looked, for its positive and referred findings.
 
@@ -180,13 +176,13 @@ def cam_region_masks(
     """
     from overread.service.outputs.overlay import _heatmap_on_image
 
-    heatmaps = getattr(prediction, "heatmaps", None) or {}
+    heatmaps = prediction.heatmaps or {}
     shape = (int(source.Rows), int(source.Columns))
-    geometry = getattr(prediction, "letterbox", None)
+    geometry = prediction.letterbox
     masks: dict[str, np.ndarray] = {}
     for finding in checked_findings(prediction):
         heatmap = heatmaps.get(finding.label)
-        if heatmap is None or decision_of(finding) == "negative":
+        if heatmap is None or finding.decision is Decision.NEGATIVE:
             continue
         region = _heatmap_on_image(heatmap, shape, shape, "auto", geometry) >= threshold
         if region.any():

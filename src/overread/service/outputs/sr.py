@@ -27,7 +27,6 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Sequence
-from dataclasses import dataclass
 from typing import Any
 
 import highdicom as hd
@@ -37,14 +36,11 @@ from pydicom.uid import generate_uid
 
 from overread.errors import ServiceError
 from overread.findings import Finding
+from overread.results import Decision, FindingResult, ModelRef, Prediction
 from overread.service.outputs import codes as oc
 from overread.service.outputs.prediction import (
-    FindingLike,
-    ModelIdentity,
-    PredictionLike,
     checked_findings,
     concept_of,
-    decision_of,
     model_identity,
 )
 
@@ -56,7 +52,7 @@ MANUFACTURER = "overread"
 RESEARCH_CAVEAT = "For research use only; not for diagnosis."
 
 
-def device_uid(model: ModelIdentity) -> str:
+def device_uid(model: ModelRef) -> str:
     """Return a stable UID for the model as an SR device observer.
 
     Derived from the model's name, version and checksum, so the same model package
@@ -68,7 +64,7 @@ def device_uid(model: ModelIdentity) -> str:
     )
 
 
-def summary_text(prediction: PredictionLike) -> str:
+def summary_text(prediction: Prediction) -> str:
     """Return the one-paragraph, plain-language summary of a prediction.
 
     Positive findings are listed by decreasing probability; "No Finding" is never
@@ -78,9 +74,9 @@ def summary_text(prediction: PredictionLike) -> str:
     findings = checked_findings(prediction)
     ranked = sorted(findings, key=lambda f: -float(f.probability))
     positives = [
-        f for f in ranked if decision_of(f) == "positive" and f.label != Finding.NO_FINDING.value
+        f for f in ranked if f.decision is Decision.POSITIVE and f.label != Finding.NO_FINDING.value
     ]
-    referred = [f for f in ranked if decision_of(f) == "refer"]
+    referred = [f for f in ranked if f.decision is Decision.INDETERMINATE]
     head = f"AI second read ({model.name} {model.version})"
     sentences = []
     if positives:
@@ -95,7 +91,7 @@ def summary_text(prediction: PredictionLike) -> str:
         )
         lead = "Too close to call" if positives else f"{head}: too close to call"
         sentences.append(f"{lead}, for a radiologist to judge: {items}.")
-    negatives = [f for f in findings if decision_of(f) == "negative"]
+    negatives = [f for f in findings if f.decision is Decision.NEGATIVE]
     if positives or referred:
         if negatives:
             sentences.append("Other findings assessed are below their operating points.")
@@ -108,9 +104,17 @@ def summary_text(prediction: PredictionLike) -> str:
     return " ".join(sentences)
 
 
+#: The qualitative evaluation an SR records for each decision.
+_EVALUATION = {
+    Decision.POSITIVE: oc.PRESENT,
+    Decision.INDETERMINATE: oc.UNDETERMINED,
+    Decision.NEGATIVE: oc.ABSENT,
+}
+
+
 def _measurement_group(
-    finding: FindingLike,
-    model: ModelIdentity,
+    finding: FindingResult,
+    model: ModelRef,
     sources: Sequence[Dataset],
     image_label: str = "",
 ) -> hd.sr.MeasurementsAndQualitativeEvaluations:
@@ -138,9 +142,7 @@ def _measurement_group(
                 name=oc.UNCERTAINTY.to_dicom(), value=float(finding.uncertainty), unit=ratio
             )
         )
-    decision = {"positive": oc.PRESENT, "negative": oc.ABSENT, "refer": oc.UNDETERMINED}[
-        decision_of(finding)
-    ]
+    decision = _EVALUATION[finding.decision]
     return hd.sr.MeasurementsAndQualitativeEvaluations(
         tracking_identifier=hd.sr.TrackingIdentifier(
             uid=generate_uid(),
@@ -175,22 +177,13 @@ def _check_sources(source_datasets: Sequence[Dataset]) -> list[Dataset]:
     return sources
 
 
-@dataclass(frozen=True)
-class _StudyPrediction:
-    """Several images' predictions of one model seen as one (for the study summary)."""
-
-    findings: list[FindingLike]
-    model: object
-    heatmaps: None = None
+_SEVERITY = {Decision.POSITIVE: 2, Decision.INDETERMINATE: 1, Decision.NEGATIVE: 0}
 
 
-_SEVERITY = {"positive": 2, "refer": 1, "negative": 0}
-
-
-def study_prediction(predictions: Sequence[PredictionLike]) -> PredictionLike:
+def study_prediction(predictions: Sequence[Prediction]) -> Prediction:
     """Merge the predictions of one model on the images of one study.
 
-    Per label, the image with the strongest decision (positive, then refer, then
+    Per label, the image with the strongest decision (positive, then indeterminate, then
     negative; the higher probability among equals) speaks for the study, so a finding
     seen on the lateral view only is still reported. One prediction is returned as is.
 
@@ -208,17 +201,14 @@ def study_prediction(predictions: Sequence[PredictionLike]) -> PredictionLike:
         raise ServiceError(
             f"one study report covers one model; got {', '.join(sorted(m.name for m in models))}"
         )
-    best: dict[str, FindingLike] = {}
+    best: dict[str, FindingResult] = {}
     for prediction in predictions:
         for finding in checked_findings(prediction):
             current = best.get(finding.label)
-            rank = (_SEVERITY[decision_of(finding)], float(finding.probability))
-            if current is None or rank > (
-                _SEVERITY[decision_of(current)],
-                float(current.probability),
-            ):
+            rank = (_SEVERITY[finding.decision], finding.probability)
+            if current is None or rank > (_SEVERITY[current.decision], current.probability):
                 best[finding.label] = finding
-    return _StudyPrediction(findings=list(best.values()), model=predictions[0].model)
+    return Prediction(path=None, ok=True, model=predictions[0].model, findings=list(best.values()))
 
 
 def _image_label(source: Dataset, index: int, count: int) -> str:
@@ -253,7 +243,7 @@ def _comprehensive_sr(
 
 
 def build_study_sr(
-    readings: Sequence[tuple[PredictionLike, Dataset]],
+    readings: Sequence[tuple[Prediction, Dataset]],
     *,
     series_number: int = 9901,
     instance_number: int = 1,
@@ -321,7 +311,7 @@ def build_study_sr(
 
 
 def build_sr(
-    prediction: PredictionLike,
+    prediction: Prediction,
     source_datasets: Sequence[Dataset],
     *,
     series_number: int = 9901,
@@ -337,7 +327,7 @@ def build_sr(
     Parameters
     ----------
     prediction
-        A prediction (see :class:`~overread.service.outputs.prediction.PredictionLike`);
+        A prediction (see :class:`overread.results.Prediction`);
         every finding becomes one measurement group.
     source_datasets
         The image(s) the prediction was made on (headers suffice); they supply the
@@ -381,8 +371,8 @@ def build_sr(
 
 
 def _assemble(
-    prediction: PredictionLike,
-    model: ModelIdentity,
+    prediction: Prediction,
+    model: ModelRef,
     groups: Sequence[hd.sr.MeasurementsAndQualitativeEvaluations],
     sources: Sequence[Dataset],
     *,
