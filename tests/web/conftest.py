@@ -16,10 +16,11 @@ from fastapi.testclient import TestClient
 from overread.config import Settings
 from overread.gateway import Gateway
 from overread.models.registry import Registry
+from overread.results import FindingResult
 from overread.security import Role, add_user, issue_token
 from overread.service.config import service_config
 from overread.service.db import Result, Study, StudyState, utcnow
-from overread.triage import StoredFinding, StudyContext, TriageConfig, raise_alerts, upsert_study
+from overread.triage import StudyContext, TriageConfig, raise_alerts, upsert_study
 from overread.web.app import create_app
 
 #: Identifiers that must never reach a caller without ``view_phi`` (or any credentials).
@@ -54,8 +55,8 @@ def seed_study(service: Gateway, *, critical: bool = True) -> tuple[str, int, in
     uid = f"1.2.826.0.1.3680043.10.{uuid.uuid4().int % 10**12}"
     now = utcnow()
     findings = [
-        StoredFinding("Pneumothorax", 0.93 if critical else 0.1, critical, 0.05, 0.5),
-        StoredFinding("Cardiomegaly", 0.2, False, 0.1, 0.5),
+        FindingResult("Pneumothorax", 0.93 if critical else 0.1, critical, 0.05, 0.5),
+        FindingResult("Cardiomegaly", 0.2, False, 0.1, 0.5),
     ]
     summary = {
         "alias": "cxr-default",

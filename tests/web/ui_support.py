@@ -126,13 +126,14 @@ def seed_study(
 
     ``sop_instance_uid`` names its reference image, if one was stored.
     """
+    from overread.results import FindingResult
     from overread.service.db import utcnow
-    from overread.triage import StoredFinding, StudyContext, raise_alerts, upsert_study
+    from overread.triage import StudyContext, raise_alerts, upsert_study
 
     uid = uid or generate_uid()
     now = utcnow()
     stored = [
-        StoredFinding(label, p, p >= 0.5, 1 - abs(p - 0.5) * 2, 0.5)
+        FindingResult(label, p, p >= 0.5, 1 - abs(p - 0.5) * 2, 0.5)
         for label, p in findings.items()
     ]
     config = _triage_config(gateway)
@@ -202,8 +203,9 @@ def measure(rows: int = 2000, repeats: int = 20) -> dict[str, float]:
 
     from fastapi.testclient import TestClient
 
+    from overread.results import FindingResult
     from overread.service.db import utcnow
-    from overread.triage import StoredFinding, StudyContext, upsert_study
+    from overread.triage import StudyContext, upsert_study
 
     results: dict[str, float] = {}
     with tempfile.TemporaryDirectory() as tmp, ui_gateway(Path(tmp) / "data", explain=True) as gw:
@@ -214,7 +216,7 @@ def measure(rows: int = 2000, repeats: int = 20) -> dict[str, float]:
             for _ in range(rows):
                 p = rng.random(3)
                 found = [
-                    StoredFinding(label, float(v), bool(v > 0.5), float(1 - abs(v - 0.5) * 2), 0.5)
+                    FindingResult(label, float(v), bool(v > 0.5), float(1 - abs(v - 0.5) * 2), 0.5)
                     for label, v in zip(("Pneumothorax", "Edema", "Cardiomegaly"), p, strict=True)
                 ]
                 upsert_study(

@@ -55,7 +55,6 @@ from overread.triage.schema import (
     WorklistItem,
 )
 from overread.triage.score import (
-    FindingLike,
     PriorityScore,
     ScoreTerm,
     StudyContext,
@@ -64,7 +63,6 @@ from overread.triage.score import (
     score_study,
 )
 from overread.triage.worklist import (
-    StoredFinding,
     WorklistPage,
     claim_next,
     critical_findings,
@@ -72,6 +70,7 @@ from overread.triage.worklist import (
     query_worklist,
     refresh_scores,
     set_read_state,
+    stored_findings,
     upsert_prediction,
     upsert_study,
 )
@@ -90,13 +89,11 @@ __all__ = [
     "DeliveryState",
     "EmailChannel",
     "Feedback",
-    "FindingLike",
     "MqttChannel",
     "PriorityScore",
     "ReadState",
     "ScoreTerm",
     "ScoreWeights",
-    "StoredFinding",
     "StudyContext",
     "SweepReport",
     "TriageConfig",
@@ -127,6 +124,7 @@ __all__ = [
     "run_sweep",
     "score_study",
     "set_read_state",
+    "stored_findings",
     "sweep",
     "triage_config",
     "triage_prediction",

@@ -20,7 +20,7 @@ import logging
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from sqlalchemy import select, update
 from sqlalchemy.orm import Session
@@ -33,6 +33,9 @@ from overread.triage.config import AlertSettings, TriageConfig
 from overread.triage.schema import Alert, AlertDelivery, AlertState, DeliveryState, WorklistItem
 from overread.triage.score import StudyContext
 from overread.triage.worklist import upsert_prediction
+
+if TYPE_CHECKING:
+    from overread.inference.result import Prediction
 
 logger = logging.getLogger(__name__)
 
@@ -202,7 +205,7 @@ def backoff(attempts: int, settings: AlertSettings) -> timedelta:
 
 def triage_prediction(
     session: Session,
-    prediction: Any,
+    prediction: Prediction,
     context: StudyContext,
     config: TriageConfig,
     *,

@@ -22,8 +22,9 @@ from sqlalchemy.orm import Session
 from overread.audit import AuditAction, record_event
 from overread.errors import ConfigError
 from overread.findings import CHEXPERT_LABELS
+from overread.results import FindingResult
 from overread.triage.schema import Feedback, Verdict, WorklistItem
-from overread.triage.worklist import StoredFinding, get_item
+from overread.triage.worklist import get_item
 
 logger = logging.getLogger(__name__)
 
@@ -83,7 +84,7 @@ def record_feedback(
         raise ConfigError("feedback needs the name of the reader")
     item = get_item(session, study_instance_uid)
     model = next(
-        (StoredFinding.from_dict(d) for d in item.findings if d.get("label") == finding), None
+        (FindingResult.from_dict(d) for d in item.findings if d.get("label") == finding), None
     )
     value = verdict_label(kind, None if model is None else model.positive, label)
     row = Feedback(
@@ -92,7 +93,7 @@ def record_feedback(
         verdict=kind.value,
         label=value,
         probability=None if model is None else model.probability,
-        threshold=None if model is None else model.threshold,
+        threshold=None if model is None else model.known_threshold,
         uncertainty=None if model is None else model.uncertainty,
         reader=reader,
         created_at=now,

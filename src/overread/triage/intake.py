@@ -18,11 +18,12 @@ from typing import Any
 from sqlalchemy.orm import Session
 
 from overread.errors import ConfigError
+from overread.results import FindingResult, ResultSummary
 from overread.triage.alerts import raise_alerts
 from overread.triage.config import TriageConfig
 from overread.triage.schema import Alert, WorklistItem
-from overread.triage.score import FindingLike, StudyContext
-from overread.triage.worklist import StoredFinding, upsert_study
+from overread.triage.score import StudyContext
+from overread.triage.worklist import upsert_study
 
 _AGE = re.compile(r"^(\d{3})([DWMY])$")
 _AGE_UNIT_YEARS = {"D": 1 / 365.25, "W": 7 / 365.25, "M": 1 / 12, "Y": 1.0}
@@ -67,45 +68,26 @@ def department_key(text: str | None) -> str:
     return value
 
 
-def merge_findings(images: Iterable[Sequence[FindingLike]]) -> list[StoredFinding]:
+def merge_findings(images: Iterable[Sequence[FindingResult]]) -> list[FindingResult]:
     """One finding per label across a study's images: the most probable image's.
 
-    Findings without a usable probability (``None`` or NaN) are skipped; ``positive``
-    is true if any image was positive for the label.
+    Findings without a usable probability (NaN) are skipped; ``positive`` is true if
+    any image was positive for the label; an unknown uncertainty counts as 0.
     """
-    best: dict[str, StoredFinding] = {}
+    best: dict[str, FindingResult] = {}
     positive: dict[str, bool] = {}
     for findings in images:
         for finding in findings:
-            probability = finding.probability
-            if probability is None or math.isnan(float(probability)):
+            if math.isnan(finding.probability):
                 continue
-            stored = StoredFinding.from_finding(finding)
-            positive[stored.label] = positive.get(stored.label, False) or stored.positive
-            current = best.get(stored.label)
-            if current is None or stored.probability > current.probability:
-                best[stored.label] = stored
+            positive[finding.label] = positive.get(finding.label, False) or finding.positive
+            current = best.get(finding.label)
+            if current is None or finding.probability > current.probability:
+                best[finding.label] = finding
     return [
-        StoredFinding(f.label, f.probability, positive[f.label], f.uncertainty, f.threshold)
+        FindingResult(f.label, f.probability, positive[f.label], f.uncertainty or 0.0, f.threshold)
         for f in best.values()
     ]
-
-
-def _summary_findings(instance: dict[str, Any]) -> list[StoredFinding]:
-    found: list[StoredFinding] = []
-    for data in instance.get("findings") or []:
-        if data.get("probability") is None or not data.get("label"):
-            continue
-        found.append(
-            StoredFinding(
-                label=str(data["label"]),
-                probability=float(data["probability"]),
-                positive=bool(data.get("positive", False)),
-                uncertainty=float(data.get("uncertainty") or 0.0),
-                threshold=None if data.get("threshold") is None else float(data["threshold"]),
-            )
-        )
-    return found
 
 
 def triage_result(
@@ -132,16 +114,14 @@ def triage_result(
     ConfigError
         If no image of the result was predicted successfully.
     """
-    summary: dict[str, Any] = dict(result.summary or {})
-    instances: list[dict[str, Any]] = list(summary.get("instances") or [])
-    sop_uids: list[str] = [str(u) for u in summary.get("sop_instance_uids") or []]
-    usable = [(i, inst) for i, inst in enumerate(instances) if inst.get("ok")]
+    summary = ResultSummary.from_dict(result.summary)
+    usable = summary.usable()
     if not usable:
         raise ConfigError(
             f"study {result.study_instance_uid}: no successful prediction in the result to triage"
         )
     first_index, first = usable[0]
-    findings = merge_findings(_summary_findings(inst) for _, inst in usable)
+    findings = merge_findings(prediction.findings for _, prediction in usable)
     item = upsert_study(
         session,
         str(result.study_instance_uid),
@@ -149,9 +129,9 @@ def triage_result(
         context,
         config,
         now=now,
-        sop_instance_uid=sop_uids[first_index] if first_index < len(sop_uids) else "",
-        path=str(first.get("path") or ""),
-        patient_id=str((summary.get("study") or {}).get("patient_id") or ""),
+        sop_instance_uid=summary.sop_instance_uid(first_index),
+        path=first.path or "",
+        patient_id=summary.study.patient_id if summary.study is not None else "",
         model_name=str(result.model_name),
         model_version=str(result.model_version),
     )

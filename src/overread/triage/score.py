@@ -19,25 +19,10 @@ import math
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from typing import Any, Protocol
+from typing import Any
 
+from overread.results import FindingResult
 from overread.triage.config import ScoreWeights
-
-
-class FindingLike(Protocol):
-    """What scoring needs of a finding (``overread.inference.FindingResult`` fits)."""
-
-    @property
-    def label(self) -> str: ...
-
-    @property
-    def probability(self) -> float: ...
-
-    @property
-    def positive(self) -> bool: ...
-
-    @property
-    def uncertainty(self) -> float: ...
 
 
 @dataclass(frozen=True)
@@ -92,11 +77,12 @@ def _aware(moment: datetime) -> datetime:
     return moment if moment.tzinfo is not None else moment.replace(tzinfo=UTC)
 
 
-def finding_terms(findings: Iterable[FindingLike], weights: ScoreWeights) -> list[ScoreTerm]:
+def finding_terms(findings: Iterable[FindingResult], weights: ScoreWeights) -> list[ScoreTerm]:
     """One term per finding whose severity weight is non-zero.
 
-    Probabilities and uncertainties are clipped to [0, 1]; a NaN counts as 0 (an
-    unusable output must not hide a study by breaking the sort).
+    Probabilities and uncertainties are clipped to [0, 1]; a NaN (or an unknown
+    uncertainty) counts as 0 (an unusable output must not hide a study by breaking the
+    sort).
     """
     terms: list[ScoreTerm] = []
     for finding in findings:
@@ -121,7 +107,9 @@ def finding_terms(findings: Iterable[FindingLike], weights: ScoreWeights) -> lis
     return terms
 
 
-def _unit(value: float) -> float:
+def _unit(value: float | None) -> float:
+    if value is None:
+        return 0.0
     value = float(value)
     if math.isnan(value):
         return 0.0
@@ -159,7 +147,7 @@ def context_terms(context: StudyContext, weights: ScoreWeights, now: datetime) -
 
 
 def score_study(
-    findings: Sequence[FindingLike],
+    findings: Sequence[FindingResult],
     context: StudyContext,
     weights: ScoreWeights | None = None,
     *,
@@ -186,7 +174,6 @@ def score_study(
 
 
 __all__ = [
-    "FindingLike",
     "PriorityScore",
     "ScoreTerm",
     "StudyContext",

@@ -12,7 +12,7 @@ import logging
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from sqlalchemy import func, select, update
 from sqlalchemy.dialects.postgresql import insert as postgresql_insert
@@ -20,9 +20,13 @@ from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.orm import Session
 
 from overread.errors import ConfigError, ServiceError
+from overread.results import FindingResult
 from overread.triage.config import AlertSettings, TriageConfig
 from overread.triage.schema import ReadState, WorklistItem
-from overread.triage.score import FindingLike, StudyContext, score_study
+from overread.triage.score import StudyContext, score_study
+
+if TYPE_CHECKING:
+    from overread.inference.result import Prediction
 
 logger = logging.getLogger(__name__)
 
@@ -30,53 +34,8 @@ logger = logging.getLogger(__name__)
 _CLAIM_TRIES = 20
 
 
-@dataclass(frozen=True)
-class StoredFinding:
-    """A finding as kept in ``worklist_items.findings``."""
-
-    label: str
-    probability: float
-    positive: bool
-    uncertainty: float
-    threshold: float | None = None
-
-    @classmethod
-    def from_finding(cls, finding: FindingLike) -> StoredFinding:
-        """Copy what triage needs out of any finding-like object."""
-        threshold = getattr(finding, "threshold", None)
-        return cls(
-            label=str(finding.label),
-            probability=float(finding.probability),
-            positive=bool(finding.positive),
-            uncertainty=float(finding.uncertainty),
-            threshold=None if threshold is None else float(threshold),
-        )
-
-    @classmethod
-    def from_dict(cls, data: dict[str, Any]) -> StoredFinding:
-        """Read one back from its JSON form."""
-        threshold = data.get("threshold")
-        return cls(
-            label=str(data["label"]),
-            probability=float(data["probability"]),
-            positive=bool(data.get("positive", False)),
-            uncertainty=float(data.get("uncertainty", 0.0)),
-            threshold=None if threshold is None else float(threshold),
-        )
-
-    def to_dict(self) -> dict[str, Any]:
-        """JSON-able form."""
-        return {
-            "label": self.label,
-            "probability": self.probability,
-            "positive": self.positive,
-            "uncertainty": self.uncertainty,
-            "threshold": self.threshold,
-        }
-
-
 def critical_findings(
-    findings: Sequence[FindingLike], alerts: AlertSettings
+    findings: Sequence[FindingResult], alerts: AlertSettings
 ) -> list[tuple[str, float, float]]:
     """``(label, probability, threshold)`` of each finding at or over its alert threshold."""
     hits: list[tuple[str, float, float]] = []
@@ -87,8 +46,9 @@ def critical_findings(
     return hits
 
 
-def _stored(item: WorklistItem) -> list[StoredFinding]:
-    return [StoredFinding.from_dict(d) for d in item.findings]
+def stored_findings(item: WorklistItem) -> list[FindingResult]:
+    """A worklist row's findings (``worklist_items.findings``), read back."""
+    return [FindingResult.from_dict(d) for d in item.findings or []]
 
 
 def _context(item: WorklistItem) -> StudyContext:
@@ -129,7 +89,7 @@ def _lock_or_create(session: Session, study_instance_uid: str) -> WorklistItem:
 def upsert_study(
     session: Session,
     study_instance_uid: str,
-    findings: Sequence[FindingLike],
+    findings: Sequence[FindingResult],
     context: StudyContext,
     config: TriageConfig,
     *,
@@ -146,7 +106,7 @@ def upsert_study(
     """
     if not study_instance_uid:
         raise ConfigError("a worklist entry needs a Study Instance UID")
-    stored = [StoredFinding.from_finding(f) for f in findings]
+    stored = list(findings)
     score = score_study(stored, context, config.weights, now=now)
     critical = critical_findings(stored, config.alerts)
     item = _lock_or_create(session, study_instance_uid)
@@ -158,7 +118,7 @@ def upsert_study(
     item.received_at = context.received_at or item.received_at or now
     item.score = score.total
     item.breakdown = score.breakdown()
-    item.findings = [f.to_dict() for f in stored]
+    item.findings = [f.to_worklist_dict() for f in stored]
     item.has_critical = bool(critical)
     item.critical_findings = [label for label, _, _ in critical]
     item.model_name = model_name
@@ -183,7 +143,7 @@ def refresh_scores(session: Session, config: TriageConfig, *, now: datetime) -> 
     ).scalars()
     count = 0
     for item in items:
-        score = score_study(_stored(item), _context(item), config.weights, now=now)
+        score = score_study(stored_findings(item), _context(item), config.weights, now=now)
         item.score = score.total
         item.breakdown = score.breakdown()
         item.scored_at = now
@@ -340,7 +300,7 @@ def query_worklist(
 
 def upsert_prediction(
     session: Session,
-    prediction: Any,
+    prediction: Prediction,
     context: StudyContext,
     config: TriageConfig,
     *,
@@ -357,13 +317,12 @@ def upsert_prediction(
     ConfigError
         If the prediction failed (``ok`` false) or names no study.
     """
-    if not getattr(prediction, "ok", True):
+    if not prediction.ok:
         raise ConfigError(
             f"{prediction.path}: prediction failed ({prediction.error}); nothing to triage"
         )
-    metadata = getattr(prediction, "metadata", None)
-    model = getattr(prediction, "model", None)
-    study_uid = getattr(metadata, "study_instance_uid", "") or ""
+    metadata = prediction.metadata
+    study_uid = prediction.study_instance_uid or ""
     if not study_uid:
         raise ConfigError(f"{prediction.path}: prediction has no Study Instance UID")
     return upsert_study(
@@ -373,16 +332,15 @@ def upsert_prediction(
         context,
         config,
         now=now,
-        sop_instance_uid=getattr(metadata, "sop_instance_uid", "") or "",
+        sop_instance_uid=prediction.sop_instance_uid or "",
         path=str(prediction.path or ""),
-        patient_id=getattr(metadata, "patient_id", "") or "",
-        model_name=getattr(model, "name", "") or "",
-        model_version=getattr(model, "version", "") or "",
+        patient_id=(metadata.patient_id if metadata is not None else "") or "",
+        model_name=prediction.model.name,
+        model_version=prediction.model.version,
     )
 
 
 __all__ = [
-    "StoredFinding",
     "WorklistPage",
     "claim_next",
     "critical_findings",
@@ -390,6 +348,7 @@ __all__ = [
     "query_worklist",
     "refresh_scores",
     "set_read_state",
+    "stored_findings",
     "upsert_prediction",
     "upsert_study",
 ]

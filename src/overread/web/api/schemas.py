@@ -12,6 +12,8 @@ from typing import Any, Generic, Literal, TypeVar
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from overread.results import FindingResult
+
 T = TypeVar("T")
 
 #: A DICOM UID as a path or query parameter: digits and dots, at most 64 characters.
@@ -71,6 +73,17 @@ class FindingOut(BaseModel):
     positive: bool
     uncertainty: float = 0.0
     threshold: float | None = None
+
+    @classmethod
+    def of(cls, finding: FindingResult) -> FindingOut:
+        """The API view of a finding (an unknown uncertainty reads as 0)."""
+        return cls(
+            label=finding.label,
+            probability=finding.probability,
+            positive=finding.positive,
+            uncertainty=finding.uncertainty or 0.0,
+            threshold=finding.known_threshold,
+        )
 
 
 class WorklistItemOut(BaseModel):

@@ -18,11 +18,11 @@ from starlette.concurrency import run_in_threadpool
 
 from overread.audit import AuditAction
 from overread.errors import OverreadError
+from overread.results import FindingResult, Prediction, ResultSummary
 from overread.security import Permission, Principal
 from overread.service.db import Instance, Result, Study, StudyState
 from overread.triage.intake import merge_findings
 from overread.triage.schema import WorklistItem
-from overread.triage.worklist import StoredFinding
 from overread.web.api.guards import caller, context, not_found, page_params, route
 from overread.web.api.schemas import (
     UID_PATTERN,
@@ -56,37 +56,22 @@ def study_out(study: Study) -> StudyOut:
     )
 
 
-def _findings(instance: dict[str, Any]) -> list[FindingOut]:
-    found = []
-    for data in instance.get("findings") or []:
-        if data.get("probability") is None or not data.get("label"):
-            continue
-        found.append(
-            FindingOut(
-                label=str(data["label"]),
-                probability=float(data["probability"]),
-                positive=bool(data.get("positive", False)),
-                uncertainty=float(data.get("uncertainty") or 0.0),
-                threshold=None if data.get("threshold") is None else float(data["threshold"]),
-            )
-        )
-    return found
+def _findings(prediction: Prediction) -> list[FindingOut]:
+    return [FindingOut.of(f) for f in prediction.findings]
 
 
 def result_out(result: Result) -> ResultOut:
     """The API view of a stored result: one entry per image, paths left out."""
-    summary = dict(result.summary or {})
-    sop_uids = [str(u) for u in summary.get("sop_instance_uids") or []]
-    instances = []
-    for i, instance in enumerate(summary.get("instances") or []):
-        instances.append(
-            InstanceFindingsOut(
-                sop_instance_uid=sop_uids[i] if i < len(sop_uids) else "",
-                ok=bool(instance.get("ok")),
-                error=instance.get("error"),
-                findings=_findings(instance),
-            )
+    summary = ResultSummary.from_dict(result.summary)
+    instances = [
+        InstanceFindingsOut(
+            sop_instance_uid=summary.sop_instance_uid(i),
+            ok=prediction.ok,
+            error=prediction.error,
+            findings=_findings(prediction),
         )
+        for i, prediction in enumerate(summary.instances)
+    ]
     return ResultOut(
         id=result.id,
         job_id=result.job_id,
@@ -116,10 +101,10 @@ def _results(session: Session, uid: str, model: str | None) -> list[Result]:
     return list(session.scalars(query.order_by(Result.id)).all())
 
 
-def merged_findings(result: Result) -> list[StoredFinding]:
+def merged_findings(result: Result) -> list[FindingResult]:
     """A result's findings merged over its successfully read images."""
-    instances = [i for i in (result.summary or {}).get("instances") or [] if i.get("ok")]
-    return merge_findings(_findings(i) for i in instances)
+    usable = ResultSummary.from_dict(result.summary).usable()
+    return merge_findings(prediction.findings for _, prediction in usable)
 
 
 def _strip_identity(bundle: dict[str, Any]) -> dict[str, Any]:
@@ -289,7 +274,7 @@ def study_findings(
                 model_name=r.model_name,
                 model_version=r.model_version,
                 result_id=r.id,
-                findings=[FindingOut(**f.to_dict()) for f in merged_findings(r)],
+                findings=[FindingOut.of(f) for f in merged_findings(r)],
             )
             for r in _results(session, study_instance_uid, None)
         ]

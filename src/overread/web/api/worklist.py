@@ -17,7 +17,7 @@ from overread.errors import OverreadError
 from overread.security import Permission, Principal, redact_phi
 from overread.service.db import Instance, utcnow
 from overread.triage.schema import ReadState, WorklistItem
-from overread.triage.worklist import claim_next, get_item, set_read_state
+from overread.triage.worklist import claim_next, get_item, set_read_state, stored_findings
 from overread.web.api.guards import caller, context, invalid, not_found, page_params, route
 from overread.web.api.schemas import (
     UID_PATTERN,
@@ -41,7 +41,7 @@ def item_out(item: WorklistItem) -> WorklistItemOut:
         received_at=item.received_at,
         score=item.score,
         breakdown=[ScoreTermOut.model_validate(t) for t in item.breakdown or []],
-        findings=[FindingOut.model_validate(f) for f in item.findings or []],
+        findings=[FindingOut.of(f) for f in stored_findings(item)],
         has_critical=item.has_critical,
         critical_findings=[str(f) for f in item.critical_findings or []],
         model_name=item.model_name,

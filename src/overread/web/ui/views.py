@@ -23,7 +23,7 @@ from sqlalchemy.orm import Session
 from overread.security import Permission, Principal, redact_phi
 from overread.service.db import Instance, Job, JobState, Result
 from overread.service.store import ObjectStore
-from overread.triage import Alert, Feedback, StoredFinding, WorklistItem
+from overread.triage import Alert, Feedback, WorklistItem, stored_findings
 
 logger = logging.getLogger(__name__)
 
@@ -203,7 +203,7 @@ class StudyView(BaseModel):
 
 
 def _findings_summary(item: WorklistItem) -> str:
-    stored = [StoredFinding.from_dict(d) for d in item.findings]
+    stored = stored_findings(item)
     shown = sorted(
         (f for f in stored if f.positive and f.label != "No Finding"),
         key=lambda f: -f.probability,
@@ -286,16 +286,14 @@ def study_view(
         )
     verdicts = latest_verdicts(session, item.study_instance_uid)
     critical = {str(c) for c in item.critical_findings or []}
-    stored = sorted(
-        (StoredFinding.from_dict(d) for d in item.findings), key=lambda f: -f.probability
-    )
+    stored = sorted(stored_findings(item), key=lambda f: -f.probability)
     findings = [
         FindingView(
             label=f.label,
             probability=f.probability,
-            threshold=f.threshold,
+            threshold=f.known_threshold,
             positive=f.positive,
-            uncertainty=f.uncertainty,
+            uncertainty=f.uncertainty or 0.0,
             critical=f.label in critical,
             verdict=verdicts[f.label].verdict if f.label in verdicts else None,
             verdict_by=verdicts[f.label].reader if f.label in verdicts else None,
