@@ -159,6 +159,25 @@ def test_unreachable_destination_is_retried_then_dead_lettered_then_requeued(
         assert len(pacs.files()) == 1
     finally:
         pacs.stop()
+    # Every C-STORE attempt is audited, the failed ones with the peer's error.
+    from overread.audit import AuditEvent
+
+    with service.database.session() as session:
+        exports = [
+            e.details
+            for e in session.scalars(
+                select(AuditEvent).where(AuditEvent.action == "export").order_by(AuditEvent.seq)
+            )
+        ]
+    assert [(d["destination_kind"], d["outcome"]) for d in exports] == [
+        ("dicom", "failed"),
+        ("dicom", "failed"),
+        ("dicom", "failed"),
+        ("dicom", "stored"),
+    ]
+    assert [d["attempt"] for d in exports[:3]] == [1, 2, 3]
+    assert all("association failed" in d["error"] for d in exports[:3])
+    assert all(d["job_id"] == dead.id and d["objects"] == 1 for d in exports)
 
 
 def test_unreadable_study_is_dead_lettered_at_once(

@@ -1,0 +1,201 @@
+"""Exporters: one per destination kind, each sending a stored result once per attempt.
+
+* :class:`DicomExporter` C-STOREs the result's stored DICOM objects (SR, overlays,
+  SEG) to a DICOM node;
+* :class:`FhirExporter` POSTs the result's FHIR report to a FHIR endpoint.
+
+Every attempt to deliver is audited (``export``, with ``destination_kind``,
+``outcome`` ``stored`` or ``failed`` and the peer's statuses), whether it succeeds
+or not; a success is audited in the transaction that marks the job done. A failure
+is raised for the worker to retry or dead-letter.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from pathlib import Path
+from typing import Any, Protocol, TypeVar
+
+from overread.audit import AuditAction
+from overread.errors import InferenceError, ServiceError
+from overread.service.config import FhirEndpoint
+from overread.service.db import Job, Result
+from overread.service.handling import JobServices, PermanentExportError
+from overread.service.payloads import DicomExportPayload, ExportPayload, FhirExportPayload
+from overread.service.scu import SendStatus, send_files
+
+logger = logging.getLogger(__name__)
+
+P_contra = TypeVar("P_contra", bound=ExportPayload, contravariant=True)
+
+
+class Exporter(Protocol[P_contra]):
+    """Sends one stored result to one destination of its kind."""
+
+    def export(self, job: Job, payload: P_contra) -> None:
+        """Deliver, audit the attempt, and mark the job done (raise on failure)."""
+        ...
+
+
+def _record_attempt(
+    services: JobServices,
+    job: Job,
+    object_uids: list[str],
+    details: dict[str, Any],
+    *,
+    succeeded: bool,
+) -> None:
+    """Audit one delivery attempt; a successful one also marks the job done."""
+    with services.database.session() as session:
+        services.audit(session, action=AuditAction.EXPORT, object_uids=object_uids, details=details)
+        if succeeded:
+            services.queue.mark_succeeded(session, job.id, services.owner)
+
+
+class DicomExporter:
+    """C-STOREs a result's stored objects to the payload's DICOM destination."""
+
+    def __init__(self, services: JobServices) -> None:
+        self.services = services
+
+    def export(self, job: Job, payload: DicomExportPayload) -> None:
+        dest = payload.destination
+        with self.services.database.session() as session:
+            result = session.get(Result, payload.result_id)
+            if result is None:
+                raise InferenceError(f"result {payload.result_id} no longer exists")
+            artifacts = list(result.artifacts)
+        paths = [self.services.store.path(str(a["key"])) for a in artifacts]
+        missing = [str(p) for p in paths if not p.is_file()]
+        if missing:
+            raise InferenceError(f"stored result object(s) missing: {', '.join(missing)}")
+        object_uids = [job.study_instance_uid, *(str(a["sop_instance_uid"]) for a in artifacts)]
+        details: dict[str, Any] = {
+            "job_id": job.id,
+            "attempt": job.attempts,
+            "destination_kind": "dicom",
+            "destination": str(dest),
+            "objects": len(paths),
+        }
+        started = time.perf_counter()
+        try:
+            statuses = self._send(paths, dest.ae_title, dest.host, dest.port)
+        except Exception as exc:
+            details.update(
+                outcome="failed",
+                statuses=[],
+                seconds=round(time.perf_counter() - started, 6),
+                error=str(exc)[:500],
+            )
+            _record_attempt(self.services, job, object_uids, details, succeeded=False)
+            raise
+        seconds = time.perf_counter() - started
+        details["statuses"] = sorted({int(s.status) for s in statuses if s.status is not None})
+        details["seconds"] = round(seconds, 6)
+        failed = [s for s in statuses if not s.ok]
+        if failed:
+            error = (
+                f"{len(failed)}/{len(statuses)} object(s) not accepted by {dest}: {failed[0].error}"
+            )
+            details.update(outcome="failed", error=error[:500])
+            _record_attempt(self.services, job, object_uids, details, succeeded=False)
+            raise ConnectionError(error)
+        details["outcome"] = "stored"
+        _record_attempt(self.services, job, object_uids, details, succeeded=True)
+        logger.info(
+            "job %d: sent %d object(s) to %s in %.3f s", job.id, len(statuses), dest, seconds
+        )
+
+    def _send(self, paths: list[Path], ae_title: str, host: str, port: int) -> list[SendStatus]:
+        return send_files(
+            paths,
+            ae_title=ae_title,
+            host=host,
+            port=port,
+            calling_ae=self.services.config.ae_title,
+        )
+
+
+class FhirExporter:
+    """POSTs a result's FHIR report to the payload's configured FHIR endpoint."""
+
+    def __init__(self, services: JobServices) -> None:
+        self.services = services
+
+    def _endpoint(self, name: str) -> FhirEndpoint:
+        for endpoint in self.services.config.fhir_endpoints:
+            if endpoint.name == name:
+                return endpoint
+        raise PermanentExportError(f"FHIR endpoint {name!r} is no longer configured")
+
+    def export(self, job: Job, payload: FhirExportPayload) -> None:
+        from overread.service.outputs import DeliveryError, fhir_report_for_result, post_fhir
+
+        endpoint = self._endpoint(payload.fhir_endpoint)
+        with self.services.database.session() as session:
+            result = session.get(Result, payload.result_id)
+            if result is None:
+                raise PermanentExportError(f"result {payload.result_id} no longer exists")
+            try:
+                bundle = fhir_report_for_result(result)
+            except ServiceError as exc:  # e.g. a result stored without the study's header
+                raise PermanentExportError(f"no FHIR report for result {result.id}: {exc}") from exc
+        token = endpoint.bearer_token.get_secret_value() if endpoint.bearer_token else None
+        object_uids = [job.study_instance_uid]
+        started = time.perf_counter()
+        details: dict[str, Any] = {
+            "job_id": job.id,
+            "attempt": job.attempts,
+            "destination_kind": "fhir",
+            "destination": str(endpoint),
+            "resources": len(bundle.get("entry", [])),
+        }
+        try:
+            reply = post_fhir(
+                bundle,
+                endpoint.url,
+                token,
+                timeout=endpoint.timeout_seconds,
+                headers=endpoint.headers,
+            )
+        except DeliveryError as exc:
+            details.update(
+                outcome="failed",
+                status_code=getattr(exc.response, "status_code", None),
+                seconds=round(time.perf_counter() - started, 6),
+                error=str(exc)[:500],
+            )
+            _record_attempt(self.services, job, object_uids, details, succeeded=False)
+            if not exc.retryable:
+                raise PermanentExportError(str(exc)) from exc
+            raise
+        seconds = time.perf_counter() - started
+        details.update(outcome="stored", status_code=reply.status_code, seconds=round(seconds, 6))
+        _record_attempt(self.services, job, object_uids, details, succeeded=True)
+        logger.info(
+            "job %d: FHIR report posted to %s: HTTP %d in %.3f s",
+            job.id,
+            endpoint,
+            reply.status_code,
+            seconds,
+        )
+
+
+class Exporters:
+    """The exporter of each destination kind, chosen by an export job's typed payload."""
+
+    def __init__(self, services: JobServices) -> None:
+        self.dicom: Exporter[DicomExportPayload] = DicomExporter(services)
+        self.fhir: Exporter[FhirExportPayload] = FhirExporter(services)
+
+    def export(self, job: Job, payload: ExportPayload) -> None:
+        """Hand ``job`` to the exporter of its payload's kind."""
+        match payload:
+            case DicomExportPayload():
+                self.dicom.export(job, payload)
+            case FhirExportPayload():
+                self.fhir.export(job, payload)
+
+
+__all__ = ["DicomExporter", "Exporter", "Exporters", "FhirExporter"]

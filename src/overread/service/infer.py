@@ -1,0 +1,270 @@
+"""The infer job: run the routed model on a study and store what it found.
+
+:class:`InferenceHandler` reads the study's stored instances, runs the model once
+over them, builds the derived DICOM objects (one SR for the study, overlays, SEG),
+and in one transaction stores the :class:`~overread.service.db.Result` (its summary
+a :class:`~overread.results.ResultSummary`), audits it, puts the study on the
+worklist and queues one export job per destination, each with its typed payload.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Sequence
+from io import BytesIO
+from pathlib import Path
+from typing import Any
+
+import pydicom
+from sqlalchemy import select
+
+from overread.audit import AuditAction
+from overread.errors import ConfigError, InferenceError
+from overread.results import Prediction, ResultSummary
+from overread.service.db import Instance, Job, JobKind, Result, utcnow
+from overread.service.handling import JobServices
+from overread.service.payloads import DicomExportPayload, FhirExportPayload, InferPayload
+from overread.service.routing import InstanceFacts, route_matches
+from overread.service.runtime import ArtifactBuilder, PipelineProvider, require_ok
+from overread.triage.score import StudyContext
+
+logger = logging.getLogger(__name__)
+
+#: Prefix of the ``destination`` of FHIR export jobs (DICOM destination names cannot
+#: contain a colon, so the two never collide).
+FHIR_DESTINATION_PREFIX = "fhir:"
+
+
+class InferenceHandler:
+    """Runs infer jobs.
+
+    Parameters
+    ----------
+    services
+        Configuration, database, object store, queue and the worker's name.
+    models
+        Resolves model aliases to pipelines.
+    artifacts
+        Builds the DICOM objects to send (``None``: results are stored, nothing is sent).
+    """
+
+    def __init__(
+        self,
+        services: JobServices,
+        models: PipelineProvider,
+        artifacts: ArtifactBuilder | None,
+    ) -> None:
+        self.services = services
+        self.models = models
+        self.artifacts = artifacts
+        # Imported here: overread.triage builds on this package's database models.
+        from overread.triage import TriageConfig
+
+        try:
+            self.triage = TriageConfig.model_validate(services.config.triage)
+        except ValueError as exc:
+            raise ConfigError(f"invalid [triage] settings: {exc}") from None
+
+    def _study_paths(self, job: Job) -> list[tuple[Path, Instance]]:
+        with self.services.database.session() as session:
+            rows = list(
+                session.scalars(
+                    select(Instance)
+                    .where(Instance.study_instance_uid == job.study_instance_uid)
+                    .order_by(Instance.series_instance_uid, Instance.id)
+                ).all()
+            )
+        routes = [r for r in self.services.config.routes if r.name in set(job.route.split(","))]
+        if routes:
+            matched = [
+                r for r in rows if any(route_matches(rt, InstanceFacts.of(r)) for rt in routes)
+            ]
+            rows = matched or rows
+        return [(self.services.store.path(r.object_key), r) for r in rows]
+
+    def run(self, job: Job) -> None:
+        """Run the routed model on the study and store its result (see the module)."""
+        started = time.perf_counter()
+        payload = InferPayload.from_dict(job.payload, default_alias=job.model_name)
+        alias = payload.alias
+        with self.services.database.session() as session:
+            existing = session.scalar(
+                select(Result).where(
+                    Result.study_instance_uid == job.study_instance_uid,
+                    Result.model_name == job.model_name,
+                    Result.model_version == job.model_version,
+                )
+            )
+        if existing is not None:
+            logger.info("job %d: result %d already stored; not run again", job.id, existing.id)
+            self._finish(job, payload, existing.id, None, [])
+            return
+        items = self._study_paths(job)
+        if not items:
+            raise InferenceError(f"study {job.study_instance_uid} has no stored instances")
+        paths = [p for p, _ in items]
+        pipeline = self.models.get(alias)
+        cam_segmentation = alias in self.services.config.cam_segmentation
+        explain = self.services.config.explain or cam_segmentation
+        predictions = list(pipeline.predict(paths, explain=explain))
+        require_ok(predictions, paths)
+        modelled = time.perf_counter()
+        # One header read per image serves the SR, the worklist context and the FHIR
+        # facts; overlays need the pixels too.
+        readings = [
+            (prediction, pydicom.dcmread(path, stop_before_pixels=not self.services.config.explain))
+            for prediction, (path, _) in zip(predictions, items, strict=True)
+            if prediction.ok
+        ]
+        context = _study_context(items, readings[0][1])
+        artifacts: list[dict[str, Any]] = []
+        if self.artifacts is not None:
+            for dataset in self.artifacts.build_study(readings, cam_segmentation=cam_segmentation):
+                artifacts.append(self._store_dataset(dataset))
+        built = time.perf_counter()
+        from overread.service.outputs.fhir import study_header
+
+        summary = ResultSummary(
+            alias=alias,
+            instances=tuple(predictions),
+            sop_instance_uids=tuple(row.sop_instance_uid for _, row in items),
+            study=study_header(readings[0][1]),
+            timings=_stage_timings(predictions, modelled - started, built - modelled),
+        ).to_dict()
+        self._finish(job, payload, None, summary, artifacts, context)
+        logger.info(
+            "job %d: %s %s on study %s: %d prediction(s), %d object(s) to send in %.3f s",
+            job.id,
+            job.model_name,
+            job.model_version,
+            job.study_instance_uid,
+            len(predictions),
+            len(artifacts),
+            time.perf_counter() - started,
+        )
+
+    def _store_dataset(self, dataset: Any) -> dict[str, Any]:
+        buffer = BytesIO()
+        pydicom.dcmwrite(buffer, dataset, enforce_file_format=True)
+        stored = self.services.store.put(buffer.getvalue())
+        return {
+            "key": stored.key,
+            "sop_class_uid": str(dataset.SOPClassUID),
+            "sop_instance_uid": str(dataset.SOPInstanceUID),
+            "modality": str(dataset.get("Modality", "")),
+        }
+
+    def _finish(
+        self,
+        job: Job,
+        payload: InferPayload,
+        result_id: int | None,
+        summary: dict[str, Any] | None,
+        artifacts: list[dict[str, Any]],
+        context: StudyContext | None = None,
+    ) -> None:
+        """Store the result, audit it, put the study on the worklist and queue exports.
+
+        All of it is one transaction with marking the job done: a worker killed
+        half-way leaves nothing behind but a job to run again.
+        """
+        from overread.triage import triage_result
+
+        with self.services.database.session() as session:
+            if result_id is None:
+                result = Result(
+                    job_id=job.id,
+                    study_instance_uid=job.study_instance_uid,
+                    model_name=job.model_name,
+                    model_version=job.model_version,
+                    summary=summary or {},
+                    artifacts=artifacts,
+                    created_at=utcnow(),
+                )
+                session.add(result)
+                session.flush()
+                result_id = result.id
+                self.services.audit(
+                    session,
+                    action=AuditAction.INFERENCE,
+                    object_uids=[job.study_instance_uid],
+                    details={
+                        "job_id": job.id,
+                        "result_id": result.id,
+                        "model": job.model_name,
+                        "version": job.model_version,
+                    },
+                )
+                triage_result(session, result, context or _EMPTY_CONTEXT, self.triage, now=utcnow())
+                has_artifacts = bool(artifacts)
+            else:
+                stored = session.get(Result, result_id)
+                has_artifacts = bool(stored is not None and stored.artifacts)
+            for endpoint in self.services.config.fhir_endpoints:
+                self.services.queue.enqueue(
+                    session,
+                    study_instance_uid=job.study_instance_uid,
+                    model_name=job.model_name,
+                    model_version=job.model_version,
+                    kind=JobKind.EXPORT,
+                    destination=f"{FHIR_DESTINATION_PREFIX}{endpoint.name}",
+                    route=job.route,
+                    priority=job.priority,
+                    payload=FhirExportPayload(endpoint.name, result_id).to_dict(),
+                )
+            if has_artifacts:
+                for dest in payload.destinations:
+                    self.services.queue.enqueue(
+                        session,
+                        study_instance_uid=job.study_instance_uid,
+                        model_name=job.model_name,
+                        model_version=job.model_version,
+                        kind=JobKind.EXPORT,
+                        destination=dest.name,
+                        route=job.route,
+                        priority=job.priority,
+                        payload=DicomExportPayload(dest, result_id).to_dict(),
+                    )
+            self.services.queue.mark_succeeded(session, job.id, self.services.owner)
+
+
+def _stage_timings(
+    predictions: Sequence[Prediction], model_seconds: float, artifact_seconds: float
+) -> dict[str, float]:
+    """Seconds per stage of an infer job, summed over the study's images.
+
+    ``read``, ``preprocess``, ``inference``, ``postprocess`` and ``explain`` come from
+    the pipeline; ``model_total`` is the wall time of the whole model call (waiting
+    for a shared batch included) and ``artifacts`` that of reading the headers and
+    building and storing the SR, overlays and SEG.
+    """
+    totals: dict[str, float] = {}
+    for prediction in predictions:
+        for stage, seconds in prediction.timings.items():
+            totals[str(stage)] = totals.get(str(stage), 0.0) + float(seconds)
+    totals = {k: round(v, 6) for k, v in totals.items()}
+    totals["model_total"] = round(model_seconds, 6)
+    totals["artifacts"] = round(artifact_seconds, 6)
+    return totals
+
+
+def _study_context(items: list[tuple[Path, Instance]], header: Any) -> StudyContext:
+    """Department, patient age and arrival time of a study, from its first header."""
+    from overread.triage import department_key, dicom_age_years
+
+    received = min((row.received_at for _, row in items), default=None)
+    department = str(
+        header.get("InstitutionalDepartmentName", "") or header.get("RequestingService", "")
+    )
+    return StudyContext(
+        department=department_key(department),
+        patient_age=dicom_age_years(str(header.get("PatientAge", "") or "")),
+        received_at=received,
+    )
+
+
+_EMPTY_CONTEXT = StudyContext()
+
+
+__all__ = ["FHIR_DESTINATION_PREFIX", "InferenceHandler"]

@@ -1,0 +1,104 @@
+"""Typed job payloads: what an infer or export job carries in ``jobs.payload``.
+
+The JSON each type writes is exactly what the queue has always stored, so jobs
+queued by an older gateway are read as they are:
+
+* infer: ``{"alias": ..., "destinations": [Destination, ...]}``;
+* DICOM export (C-STORE): ``{"destination": Destination, "result_id": ...}``;
+* FHIR export: ``{"fhir_endpoint": name, "result_id": ...}``.
+
+An export payload says its :class:`ExportKind`; the worker picks the exporter of
+that kind, so nothing downstream looks at the JSON's keys.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass
+from enum import StrEnum
+from typing import Any, ClassVar
+
+from overread.errors import InferenceError
+from overread.service.config import Destination
+
+
+class ExportKind(StrEnum):
+    """Where an export job sends a result."""
+
+    DICOM = "dicom"
+    FHIR = "fhir"
+
+
+@dataclass(frozen=True)
+class InferPayload:
+    """An infer job: the model alias to run and the DICOM destinations of its result."""
+
+    alias: str
+    destinations: tuple[Destination, ...] = ()
+
+    def to_dict(self) -> dict[str, Any]:
+        """The stored JSON."""
+        return {"alias": self.alias, "destinations": [d.model_dump() for d in self.destinations]}
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any], *, default_alias: str) -> InferPayload:
+        """Read a stored payload; ``default_alias`` (the job's model) when it names none."""
+        return cls(
+            alias=str(data.get("alias") or default_alias),
+            destinations=tuple(Destination(**d) for d in data.get("destinations") or []),
+        )
+
+
+@dataclass(frozen=True)
+class DicomExportPayload:
+    """Send a result's stored DICOM objects to a DICOM node with C-STORE."""
+
+    kind: ClassVar[ExportKind] = ExportKind.DICOM
+    destination: Destination
+    result_id: int
+
+    def to_dict(self) -> dict[str, Any]:
+        """The stored JSON."""
+        return {"destination": self.destination.model_dump(), "result_id": self.result_id}
+
+
+@dataclass(frozen=True)
+class FhirExportPayload:
+    """POST a result's FHIR report to a configured FHIR endpoint (by name)."""
+
+    kind: ClassVar[ExportKind] = ExportKind.FHIR
+    fhir_endpoint: str
+    result_id: int
+
+    def to_dict(self) -> dict[str, Any]:
+        """The stored JSON."""
+        return {"fhir_endpoint": self.fhir_endpoint, "result_id": self.result_id}
+
+
+ExportPayload = DicomExportPayload | FhirExportPayload
+
+
+def export_payload(data: Mapping[str, Any]) -> ExportPayload:
+    """Read an export job's stored payload as its type.
+
+    Raises
+    ------
+    InferenceError
+        If the payload is neither kind (a job no worker can do: dead-lettered).
+    """
+    try:
+        if "fhir_endpoint" in data:
+            return FhirExportPayload(str(data["fhir_endpoint"]), int(data["result_id"]))
+        return DicomExportPayload(Destination(**data["destination"]), int(data["result_id"]))
+    except (KeyError, TypeError, ValueError) as exc:
+        raise InferenceError(f"export job payload {dict(data)!r} is not readable: {exc}") from None
+
+
+__all__ = [
+    "DicomExportPayload",
+    "ExportKind",
+    "ExportPayload",
+    "FhirExportPayload",
+    "InferPayload",
+    "export_payload",
+]
