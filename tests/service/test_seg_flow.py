@@ -71,7 +71,7 @@ def test_routed_study_gets_a_valid_cam_region_seg_at_the_pacs(
     with service.database.session() as session:
         [result] = session.scalars(select(Result)).all()
         findings = result.summary["instances"][0]["findings"]
-    flagged = {f["label"] for f in findings if f["decision"] in ("positive", "refer")}
+    flagged = {f["label"] for f in findings if f["decision"] in ("positive", "indeterminate")}
     labels = {item.SegmentLabel for item in seg.SegmentSequence}
     assert labels and labels <= flagged
     frames = seg.pixel_array.reshape(len(labels), source.Rows, source.Columns)
