@@ -67,3 +67,24 @@ def postgres_module_url() -> Iterator[str]:
     finally:
         with psycopg.connect(POSTGRES_ADMIN, autocommit=True) as admin:
             admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+
+
+def _drop_every_table(url: str) -> None:
+    from sqlalchemy import MetaData, create_engine
+
+    engine = create_engine(url)
+    try:
+        tables = MetaData()
+        tables.reflect(engine)
+        tables.drop_all(engine)
+    finally:
+        engine.dispose()
+
+
+@pytest.fixture(scope="session")
+def drop_every_table() -> Callable[[str], None]:
+    """Empty a test database: drop every table, the schema version's included.
+
+    Opening it again then creates it afresh at the current schema version.
+    """
+    return _drop_every_table

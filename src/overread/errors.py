@@ -60,9 +60,14 @@ class AuditError(OverreadError, RuntimeError):
     """The audit trail is broken or cannot be written."""
 
 
+class DatabaseSchemaError(OverreadError, RuntimeError):
+    """The database's schema version is not the one this overread runs on."""
+
+
 __all__ = [
     "AuditError",
     "ConfigError",
+    "DatabaseSchemaError",
     "DatasetError",
     "EvaluationError",
     "ImageReadError",

@@ -75,11 +75,7 @@ def database_url(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str
         yield f"sqlite:///{tmp_path / 'overread.db'}"
         return
     url: str = request.getfixturevalue("postgres_url")
-    from overread.service.db import Base, Database
-
-    db = Database(url, create=False)
-    Base.metadata.drop_all(db.engine)
-    db.dispose()
+    request.getfixturevalue("drop_every_table")(url)
     yield url
 
 

@@ -162,27 +162,13 @@ def tokens_for_every_role(service: Gateway) -> dict[Role, str]:
     return tokens
 
 
-def _clean_postgres(url: str) -> None:
-    from overread.audit import AuditBase
-    from overread.security import SecurityBase
-    from overread.service.db import Base, Database
-
-    db = Database(url, create=False)
-    import overread.triage.schema  # noqa: F401  (the worklist tables are on Base)
-
-    Base.metadata.drop_all(db.engine)
-    SecurityBase.metadata.drop_all(db.engine)
-    AuditBase.metadata.drop_all(db.engine)
-    db.dispose()
-
-
 @pytest.fixture(params=["sqlite", pytest.param("postgresql", marks=pytest.mark.service)])
 def api_database_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
     """SQLite in a temp dir, or emptied tables in this module's PostgreSQL database."""
     if request.param == "sqlite":
         return f"sqlite:///{tmp_path / 'overread.db'}"
     url: str = request.getfixturevalue("postgres_module_url")
-    _clean_postgres(url)
+    request.getfixturevalue("drop_every_table")(url)
     return url
 
 

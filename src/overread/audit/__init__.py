@@ -29,7 +29,7 @@ from overread.audit.checkpoint import (
     write_checkpoint,
 )
 from overread.audit.export import export_events, parse_time, select_records
-from overread.audit.schema import AuditBase, AuditChainHead, AuditEvent, create_tables
+from overread.audit.schema import AuditChainHead, AuditEvent, create_tables
 from overread.audit.signing import (
     CheckpointSigner,
     Ed25519Signer,
@@ -43,7 +43,6 @@ from overread.audit.signing import (
 
 __all__ = [
     "AuditAction",
-    "AuditBase",
     "AuditChainHead",
     "AuditEvent",
     "AuditRecord",

@@ -1,9 +1,8 @@
 """The audit tables: the append-only event chain and its one-row head.
 
-The tables live on their own declarative base rather than the gateway's, so that
-the gateway (which records events while it works) can import :mod:`overread.audit`
-without an import cycle; :func:`create_tables` creates them on the same engine
-next to the gateway's tables.
+The tables declare on the one base of :mod:`overread.db`, beneath the gateway that
+records events while it works; the schema migrations create them with every other
+table, and :func:`create_tables` makes sure they (and the head row) exist.
 
 The timestamp is stored as a fixed-width ISO 8601 string in UTC with milliseconds
 (``2026-01-02T03:04:05.678Z``): that is exactly what is hashed, so no database's
@@ -13,10 +12,12 @@ time order for range queries.
 
 from __future__ import annotations
 
-from typing import Any, ClassVar
+from typing import Any
 
-from sqlalchemy import JSON, Engine, Integer, String, insert, select
-from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
+from sqlalchemy import Engine, Integer, String, insert, select
+from sqlalchemy.orm import Mapped, mapped_column
+
+from overread.db import Base, ensure_schema
 
 # The hash every chain starts from (the prev_hash of record 1).
 GENESIS_HASH = "0" * 64
@@ -24,16 +25,7 @@ GENESIS_HASH = "0" * 64
 HEAD_ID = 1
 
 
-class AuditBase(DeclarativeBase):
-    """Declarative base of the audit tables."""
-
-    type_annotation_map: ClassVar[dict[Any, Any]] = {
-        dict[str, Any]: JSON,
-        list[Any]: JSON,
-    }
-
-
-class AuditEvent(AuditBase):
+class AuditEvent(Base):
     """One audited event, linked to the previous one by ``prev_hash``."""
 
     __tablename__ = "audit_events"
@@ -49,7 +41,7 @@ class AuditEvent(AuditBase):
     hash: Mapped[str] = mapped_column(String(64), unique=True)
 
 
-class AuditChainHead(AuditBase):
+class AuditChainHead(Base):
     """The newest (seq, hash) of the chain; its row lock serialises appends.
 
     Not a security anchor (whoever can write the events can write this row too);
@@ -65,12 +57,19 @@ class AuditChainHead(AuditBase):
 
 
 def create_tables(engine: Engine) -> None:
-    """Create the audit tables and the chain-head row if missing (idempotent).
+    """Make sure the audit tables and the chain-head row exist (idempotent).
 
-    A missing head row is rebuilt from the newest event, so an existing chain is
-    continued rather than restarted.
+    A new, empty database is created at the current schema version (every table,
+    not only the audit chain's); one at another version is refused
+    (:func:`overread.db.ensure_schema`). A missing head row is rebuilt from the
+    newest event, so an existing chain is continued rather than restarted.
+
+    Raises
+    ------
+    DatabaseSchemaError
+        If the database's schema is not at this overread's version.
     """
-    AuditBase.metadata.create_all(engine)
+    ensure_schema(engine)
     with engine.begin() as conn:
         head = conn.execute(select(AuditChainHead.id).where(AuditChainHead.id == HEAD_ID)).first()
         if head is None:
@@ -81,4 +80,4 @@ def create_tables(engine: Engine) -> None:
             conn.execute(insert(AuditChainHead).values(id=HEAD_ID, seq=seq, hash=digest))
 
 
-__all__ = ["GENESIS_HASH", "HEAD_ID", "AuditBase", "AuditChainHead", "AuditEvent", "create_tables"]
+__all__ = ["GENESIS_HASH", "HEAD_ID", "AuditChainHead", "AuditEvent", "create_tables"]

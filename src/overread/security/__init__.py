@@ -26,7 +26,7 @@ from overread.security.login import LockoutPolicy, LoginOutcome, authenticate
 from overread.security.passwords import hash_password, verify_password
 from overread.security.phi import PHI_FIELD_NAMES, phi_fields, redact_phi
 from overread.security.roles import ROLE_PERMISSIONS, Permission, Role, has_permission, parse_role
-from overread.security.schema import ApiToken, LoginThrottle, SecurityBase, User, create_tables
+from overread.security.schema import ApiToken, LoginThrottle, User, create_tables
 from overread.security.web_sessions import (
     SESSION_COOKIE,
     SessionSigner,
@@ -46,7 +46,6 @@ __all__ = [
     "Permission",
     "Principal",
     "Role",
-    "SecurityBase",
     "SessionSigner",
     "User",
     "add_user",

@@ -1,50 +1,23 @@
 """Tables of users, API tokens and login throttling.
 
-On their own declarative base (like the audit tables) so the web layer and the CLI
-can import :mod:`overread.security` without pulling in the gateway;
-:func:`create_tables` creates them, and the audit tables they log to, on the
-gateway's engine.
+On the one declarative base of :mod:`overread.db`, so the web layer and the CLI can
+import :mod:`overread.security` without pulling in the gateway; the schema
+migrations create them with every other table, and :func:`create_tables` makes sure
+they, and the audit tables they log to, exist.
 """
 
 from __future__ import annotations
 
-from datetime import UTC, datetime
-from typing import Any
+from datetime import datetime
 
-from sqlalchemy import DateTime, Engine, ForeignKey, Integer, String
-from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
-from sqlalchemy.types import TypeDecorator
+from sqlalchemy import Engine, ForeignKey, Integer, String
+from sqlalchemy.orm import Mapped, mapped_column
 
 from overread.audit import create_tables as create_audit_tables
+from overread.db import Base, UTCDateTime, utcnow
 
 
-def utcnow() -> datetime:
-    """The current time, timezone-aware UTC."""
-    return datetime.now(UTC)
-
-
-class _UTCDateTime(TypeDecorator[datetime]):
-    """Timestamps stored in UTC and read back timezone-aware (SQLite has no tz type)."""
-
-    impl = DateTime(timezone=True)
-    cache_ok = True
-
-    def process_bind_param(self, value: datetime | None, dialect: Any) -> datetime | None:
-        if value is None:
-            return None
-        return (value if value.tzinfo else value.replace(tzinfo=UTC)).astimezone(UTC)
-
-    def process_result_value(self, value: datetime | None, dialect: Any) -> datetime | None:
-        if value is None:
-            return None
-        return (value if value.tzinfo else value.replace(tzinfo=UTC)).astimezone(UTC)
-
-
-class SecurityBase(DeclarativeBase):
-    """Declarative base of the access-control tables."""
-
-
-class User(SecurityBase):
+class User(Base):
     """A person or service account; ``password_hash`` is empty for token-only accounts."""
 
     __tablename__ = "users"
@@ -57,11 +30,11 @@ class User(SecurityBase):
     # Bumped on password change or deactivation: web sessions signed under an
     # older epoch stop working at once.
     session_epoch: Mapped[int] = mapped_column(Integer, default=0)
-    created_at: Mapped[datetime] = mapped_column(_UTCDateTime, default=utcnow)
-    last_login_at: Mapped[datetime | None] = mapped_column(_UTCDateTime, default=None)
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+    last_login_at: Mapped[datetime | None] = mapped_column(UTCDateTime, default=None)
 
 
-class ApiToken(SecurityBase):
+class ApiToken(Base):
     """An API token: only its SHA-256 is stored, never the token itself."""
 
     __tablename__ = "api_tokens"
@@ -71,27 +44,30 @@ class ApiToken(SecurityBase):
     token_sha256: Mapped[str] = mapped_column(String(64), unique=True)
     role: Mapped[str] = mapped_column(String(32))
     label: Mapped[str] = mapped_column(String(128), default="")
-    created_at: Mapped[datetime] = mapped_column(_UTCDateTime, default=utcnow)
-    expires_at: Mapped[datetime | None] = mapped_column(_UTCDateTime, default=None)
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+    expires_at: Mapped[datetime | None] = mapped_column(UTCDateTime, default=None)
     revoked: Mapped[bool] = mapped_column(default=False)
-    last_used_at: Mapped[datetime | None] = mapped_column(_UTCDateTime, default=None)
+    last_used_at: Mapped[datetime | None] = mapped_column(UTCDateTime, default=None)
 
 
-class LoginThrottle(SecurityBase):
+class LoginThrottle(Base):
     """Failed-login count and lockout for one key (``user:NAME`` or ``source:ADDR``)."""
 
     __tablename__ = "login_throttle"
 
     key: Mapped[str] = mapped_column(String(300), primary_key=True)
     failures: Mapped[int] = mapped_column(Integer, default=0)
-    last_failure_at: Mapped[datetime | None] = mapped_column(_UTCDateTime, default=None)
-    locked_until: Mapped[datetime | None] = mapped_column(_UTCDateTime, default=None)
+    last_failure_at: Mapped[datetime | None] = mapped_column(UTCDateTime, default=None)
+    locked_until: Mapped[datetime | None] = mapped_column(UTCDateTime, default=None)
 
 
 def create_tables(engine: Engine) -> None:
-    """Create the access-control and audit tables if missing (idempotent)."""
+    """Make sure the access-control and audit tables exist (idempotent).
+
+    They are created with every other table when the database is new; see
+    :func:`overread.audit.create_tables`.
+    """
     create_audit_tables(engine)
-    SecurityBase.metadata.create_all(engine)
 
 
-__all__ = ["ApiToken", "LoginThrottle", "SecurityBase", "User", "create_tables", "utcnow"]
+__all__ = ["ApiToken", "LoginThrottle", "User", "create_tables", "utcnow"]

@@ -1,9 +1,10 @@
-"""The gateway's database: instances, studies, jobs and results.
+"""The gateway's tables: instances, studies, jobs and results.
 
-SQLAlchemy 2 typed declarative models over one schema that runs on SQLite (the
-embedded default, in WAL mode with ``synchronous=FULL`` so a committed row survives
-power loss) and on PostgreSQL (``postgresql+psycopg://``). Tables are created on
-start with ``metadata.create_all``; schema migrations (Alembic) are future work.
+SQLAlchemy 2 typed declarative models on the one :class:`overread.db.Base`, over one
+schema that runs on SQLite (WAL, ``synchronous=FULL``) and PostgreSQL. The schema is
+versioned by the migrations in :mod:`overread.db.migrations`; :class:`Database`
+(from :mod:`overread.db`, re-exported here) creates a new database at the current
+version and refuses one at another.
 
 The database, not any in-memory queue, is the source of truth for what was received
 and what remains to be done: every state transition of a job is one transaction.
@@ -12,64 +13,13 @@ and what remains to be done: every state transition of a job is one transaction.
 from __future__ import annotations
 
 import enum
-import logging
-from collections.abc import Iterator
-from contextlib import contextmanager
-from datetime import UTC, datetime
-from pathlib import Path
-from typing import Any, ClassVar
+from datetime import datetime
+from typing import Any
 
-from sqlalchemy import (
-    JSON,
-    BigInteger,
-    DateTime,
-    Engine,
-    Index,
-    Integer,
-    String,
-    Text,
-    UniqueConstraint,
-    create_engine,
-    event,
-)
-from sqlalchemy.engine import make_url
-from sqlalchemy.exc import ArgumentError
-from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column, sessionmaker
-from sqlalchemy.types import TypeDecorator
+from sqlalchemy import BigInteger, Index, Integer, String, Text, UniqueConstraint
+from sqlalchemy.orm import Mapped, mapped_column
 
-from overread.errors import ConfigError
-
-logger = logging.getLogger(__name__)
-
-
-def utcnow() -> datetime:
-    """The current time, timezone-aware UTC."""
-    return datetime.now(UTC)
-
-
-class UTCDateTime(TypeDecorator[datetime]):
-    """A timestamp stored in UTC and always read back timezone-aware.
-
-    SQLite has no timezone type; without this, values read back naive and cannot be
-    compared with :func:`utcnow`.
-    """
-
-    impl = DateTime(timezone=True)
-    cache_ok = True
-
-    def process_bind_param(self, value: datetime | None, dialect: Any) -> datetime | None:
-        if value is None:
-            return None
-        if value.tzinfo is None:
-            value = value.replace(tzinfo=UTC)
-        return value.astimezone(UTC)
-
-    def process_result_value(self, value: datetime | None, dialect: Any) -> datetime | None:
-        if value is None:
-            return None
-        if value.tzinfo is None:
-            return value.replace(tzinfo=UTC)
-        return value.astimezone(UTC)
+from overread.db import Base, Database, UTCDateTime, utcnow
 
 
 class StudyState(enum.StrEnum):
@@ -101,16 +51,6 @@ class JobKind(enum.StrEnum):
 
     INFER = "infer"
     EXPORT = "export"
-
-
-class Base(DeclarativeBase):
-    """Declarative base of the gateway's tables."""
-
-    type_annotation_map: ClassVar[dict[Any, Any]] = {
-        datetime: UTCDateTime,
-        dict[str, Any]: JSON,
-        list[Any]: JSON,
-    }
 
 
 class Instance(Base):
@@ -210,74 +150,6 @@ class Result(Base):
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
 
 
-def _sqlite_pragmas(dbapi_connection: Any, connection_record: Any) -> None:
-    cursor = dbapi_connection.cursor()
-    cursor.execute("PRAGMA journal_mode=WAL")
-    cursor.execute("PRAGMA synchronous=FULL")
-    cursor.execute("PRAGMA busy_timeout=30000")
-    cursor.execute("PRAGMA foreign_keys=ON")
-    cursor.close()
-
-
-class Database:
-    """An engine plus a session factory for one database URL.
-
-    Parameters
-    ----------
-    url
-        A SQLAlchemy URL: ``sqlite:///path/overread.db`` (WAL mode is switched on) or
-        ``postgresql+psycopg://user@host:5432/db``.
-    create
-        Create missing tables (the default; what ``overread serve`` does on start).
-    """
-
-    def __init__(self, url: str, *, create: bool = True) -> None:
-        try:
-            parsed = make_url(url)
-        except ArgumentError as exc:
-            raise ConfigError(f"invalid database URL {url!r}: {exc}") from None
-        self.url = url
-        self.dialect = parsed.get_backend_name()
-        kwargs: dict[str, Any] = {"pool_pre_ping": True}
-        if self.dialect == "sqlite":
-            database = parsed.database
-            if database and database != ":memory:":
-                Path(database).parent.mkdir(parents=True, exist_ok=True)
-            kwargs["connect_args"] = {"check_same_thread": False, "timeout": 30}
-        self.engine: Engine = create_engine(url, **kwargs)
-        if self.dialect == "sqlite":
-            event.listen(self.engine, "connect", _sqlite_pragmas)
-        self._sessions = sessionmaker(self.engine, expire_on_commit=False)
-        if create:
-            self.create_tables()
-
-    def create_tables(self) -> None:
-        """Create any missing table (idempotent).
-
-        Besides the gateway's own tables this creates the worklist tables (declared on
-        the same ``Base`` by :mod:`overread.triage.schema`), the access-control tables
-        and the audit chain, so that every action can be audited in its own transaction.
-        """
-        import overread.triage.schema  # noqa: F401  (registers the worklist tables on Base)
-        from overread.security.schema import create_tables as create_security_tables
-
-        Base.metadata.create_all(self.engine)
-        create_security_tables(self.engine)
-
-    @contextmanager
-    def session(self) -> Iterator[Session]:
-        """A session whose transaction commits on success and rolls back on error."""
-        with self._sessions() as session, session.begin():
-            yield session
-
-    def dispose(self) -> None:
-        """Close every pooled connection."""
-        self.engine.dispose()
-
-    def __repr__(self) -> str:
-        return f"Database({make_url(self.url).render_as_string(hide_password=True)!r})"
-
-
 __all__ = [
     "Base",
     "Database",
@@ -288,5 +160,6 @@ __all__ = [
     "Result",
     "Study",
     "StudyState",
+    "UTCDateTime",
     "utcnow",
 ]

@@ -26,8 +26,8 @@ from sqlalchemy import select, update
 from sqlalchemy.orm import Session
 
 from overread.audit import AuditAction, record_event
+from overread.db import Database
 from overread.errors import ConfigError, ServiceError
-from overread.service.db import Database
 from overread.triage.channels import AlertChannel, open_channel
 from overread.triage.config import AlertSettings, TriageConfig
 from overread.triage.schema import Alert, AlertDelivery, AlertState, DeliveryState, WorklistItem

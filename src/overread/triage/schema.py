@@ -1,10 +1,10 @@
-"""The triage tables, on the gateway's declarative base.
+"""The triage tables, on the one declarative base of :mod:`overread.db`.
 
 ``worklist_items`` holds one row per study with its score and the breakdown that
 explains it; ``alerts`` one row per (study, critical finding) episode, with
 ``alert_deliveries`` recording each channel's delivery attempts; ``feedback`` the
-readers' verdicts on each finding. Living on :class:`overread.service.db.Base`, they
-are created with the gateway's tables and run on SQLite and PostgreSQL alike.
+readers' verdicts on each finding. They are created with every other table by the
+schema migrations and run on SQLite and PostgreSQL alike.
 """
 
 from __future__ import annotations
@@ -16,7 +16,7 @@ from typing import Any
 from sqlalchemy import Boolean, Float, ForeignKey, Index, Integer, String, Text, text
 from sqlalchemy.orm import Mapped, mapped_column
 
-from overread.service.db import Base, utcnow
+from overread.db import Base, utcnow
 
 
 class ReadState(enum.StrEnum):

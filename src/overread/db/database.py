@@ -1,0 +1,107 @@
+"""An engine and a session factory for one database URL, SQLite or PostgreSQL.
+
+SQLite (the embedded default) runs in WAL mode with ``synchronous=FULL`` so a
+committed row survives power loss; PostgreSQL is reached as
+``postgresql+psycopg://``. The same tables and the same code run on both.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+from sqlalchemy import Engine, create_engine, event
+from sqlalchemy.engine import make_url
+from sqlalchemy.exc import ArgumentError
+from sqlalchemy.orm import Session, sessionmaker
+
+from overread.db.schema import SchemaStatus, ensure_schema, schema_status
+from overread.errors import ConfigError
+
+logger = logging.getLogger(__name__)
+
+
+def _sqlite_pragmas(dbapi_connection: Any, connection_record: Any) -> None:
+    cursor = dbapi_connection.cursor()
+    cursor.execute("PRAGMA journal_mode=WAL")
+    cursor.execute("PRAGMA synchronous=FULL")
+    cursor.execute("PRAGMA busy_timeout=30000")
+    cursor.execute("PRAGMA foreign_keys=ON")
+    cursor.close()
+
+
+class Database:
+    """An engine plus a session factory for one database URL.
+
+    Parameters
+    ----------
+    url
+        A SQLAlchemy URL: ``sqlite:///path/overread.db`` (WAL mode is switched on) or
+        ``postgresql+psycopg://user@host:5432/db``.
+    create
+        Make sure the schema is current (the default; what ``overread serve`` does on
+        start): a new, empty database is created at the current schema version; an
+        older, newer or unknown one is refused (see :meth:`create_tables`).
+    """
+
+    def __init__(self, url: str, *, create: bool = True) -> None:
+        try:
+            parsed = make_url(url)
+        except ArgumentError as exc:
+            raise ConfigError(f"invalid database URL {url!r}: {exc}") from None
+        self.url = url
+        self.dialect = parsed.get_backend_name()
+        kwargs: dict[str, Any] = {"pool_pre_ping": True}
+        if self.dialect == "sqlite":
+            database = parsed.database
+            if database and database != ":memory:":
+                Path(database).parent.mkdir(parents=True, exist_ok=True)
+            kwargs["connect_args"] = {"check_same_thread": False, "timeout": 30}
+        self.engine: Engine = create_engine(url, **kwargs)
+        if self.dialect == "sqlite":
+            event.listen(self.engine, "connect", _sqlite_pragmas)
+        self._sessions = sessionmaker(self.engine, expire_on_commit=False)
+        if create:
+            try:
+                self.create_tables()
+            except BaseException:
+                self.engine.dispose()
+                raise
+
+    def create_tables(self) -> None:
+        """Create every table of a new database; check the schema version of any other.
+
+        An empty database gets every table of every package (gateway, triage, access
+        control, audit chain with its head row) by running the migrations, and records
+        the schema version. A database at the current version is left as it is.
+
+        Raises
+        ------
+        DatabaseSchemaError
+            If the database was made by an older overread (run ``overread db
+            upgrade``), or records a newer or unknown schema version.
+        """
+        ensure_schema(self.engine)
+
+    def schema_status(self) -> SchemaStatus:
+        """Which schema version the database records, compared with this overread's."""
+        return schema_status(self.engine)
+
+    @contextmanager
+    def session(self) -> Iterator[Session]:
+        """A session whose transaction commits on success and rolls back on error."""
+        with self._sessions() as session, session.begin():
+            yield session
+
+    def dispose(self) -> None:
+        """Close every pooled connection."""
+        self.engine.dispose()
+
+    def __repr__(self) -> str:
+        return f"Database({make_url(self.url).render_as_string(hide_password=True)!r})"
+
+
+__all__ = ["Database"]

@@ -1,0 +1,1 @@
+"""Tests of the persistence floor (overread.db): schema versions and migrations."""
