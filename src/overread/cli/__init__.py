@@ -22,6 +22,7 @@ COMMAND_MODULES: tuple[str, ...] = (
     "overread.cli.audit",
     "overread.cli.bench",
     "overread.cli.config_cmd",
+    "overread.cli.db",
     "overread.cli.demo",
     "overread.cli.evaluate",
     "overread.cli.export",
