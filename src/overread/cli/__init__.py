@@ -4,6 +4,13 @@ Each command lives in its own module that registers on :data:`overread.cli.app.a
 :func:`main` imports them all and turns :class:`~overread.errors.OverreadError`
 into one line on stderr and exit status 2 (1 is kept for "ran, but some inputs
 failed"). ``--debug`` shows the traceback instead.
+
+A usage error (an unknown command or option, a bad option value, a missing
+argument) is one line ``error: ...`` on stderr and exit status 2 as well, never a
+traceback. The command modules import only what registering their commands needs;
+anything heavy (torch, MONAI, the service, the database) is imported inside the
+command that uses it, so ``overread --help``, ``version``, ``config`` and
+``inspect`` start quickly.
 """
 
 from __future__ import annotations
@@ -11,7 +18,6 @@ from __future__ import annotations
 import importlib
 import sys
 
-import click
 import typer
 
 from overread.cli.app import app, state
@@ -46,9 +52,19 @@ def _load_commands() -> None:
         importlib.import_module(name)
 
 
+def _usage_line(exc: typer.TyperException) -> str:
+    """One line for a usage error: the message and, when known, where to get help."""
+    message = " ".join(exc.format_message().split())
+    ctx = getattr(exc, "ctx", None)
+    if ctx is not None:
+        message += f" (see '{ctx.command_path} --help')"
+    return f"error: {message}"
+
+
 def main(argv: list[str] | None = None) -> int:
     """Run the CLI and return the process exit status."""
     _load_commands()
+    state.debug = False
     command = typer.main.get_command(app)
     args = sys.argv[1:] if argv is None else argv
     try:
@@ -58,13 +74,18 @@ def main(argv: list[str] | None = None) -> int:
             raise
         typer.echo(f"error: {exc}", err=True)
         return 2
-    except click.exceptions.Abort:
+    except typer.Abort:
         typer.echo("aborted", err=True)
         return 130
-    except click.ClickException as exc:
-        exc.show()
-        return exc.exit_code
-    except click.exceptions.Exit as exc:
+    except typer.TyperException as exc:
+        # Usage errors (Typer's bundled Click raises these). A group run without a
+        # command has already printed its help, as ``--help`` would; it exits 2.
+        if type(exc).__name__ != "NoArgsIsHelpError":
+            typer.echo(_usage_line(exc), err=True)
+        elif exc.format_message().strip():
+            typer.echo(exc.format_message(), err=True)
+        return int(getattr(exc, "exit_code", 2))
+    except typer.Exit as exc:
         return int(exc.exit_code)
     except KeyboardInterrupt:
         typer.echo("interrupted", err=True)

@@ -39,13 +39,18 @@ def _root(
 @app.command()
 def version() -> None:
     """Print overread's version and the versions of the libraries it relies on."""
-    import numpy
-    import pydicom
-    import torch
-
     from overread import __version__
 
     typer.echo(f"overread {__version__}")
-    typer.echo(
-        f"pydicom {pydicom.__version__}, numpy {numpy.__version__}, torch {torch.__version__}"
-    )
+    typer.echo(", ".join(f"{name} {_installed(name)}" for name in ("pydicom", "numpy", "torch")))
+
+
+def _installed(distribution: str) -> str:
+    """A library's installed version, read from its metadata (without importing it)."""
+    from importlib.metadata import PackageNotFoundError
+    from importlib.metadata import version as distribution_version
+
+    try:
+        return distribution_version(distribution)
+    except PackageNotFoundError:
+        return "not installed"

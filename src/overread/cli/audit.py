@@ -7,31 +7,18 @@ import json
 import sys
 from contextlib import ExitStack
 from pathlib import Path
-from typing import TextIO
+from typing import TYPE_CHECKING, TextIO
 
 import typer
-from sqlalchemy import inspect, select
 
-from overread.audit import (
-    AuditAction,
-    AuditEvent,
-    checkpoint_dir,
-    create_tables,
-    export_events,
-    load_checkpoint_signer,
-    load_checkpoints,
-    load_verification_ring,
-    missing_checkpoints,
-    parse_time,
-    record_event,
-    rotate_checkpoint_key,
-    verify_chain,
-    write_checkpoint,
-)
 from overread.cli.app import app
-from overread.config import load_settings
 from overread.errors import AuditError
-from overread.service.db import Database
+
+if TYPE_CHECKING:
+    from overread.service.db import Database
+
+# The audit package and the database are imported inside the commands, so that
+# ``overread --help`` does not load SQLAlchemy.
 
 audit_app = typer.Typer(help="The tamper-evident audit trail.", no_args_is_help=True)
 app.add_typer(audit_app, name="audit")
@@ -43,6 +30,12 @@ DATABASE_URL = typer.Option(None, "--database-url", help="Database URL (default:
 def _open(
     data_dir: Path | None, database_url: str | None, *, create: bool = True
 ) -> tuple[Path, Database]:
+    from sqlalchemy import inspect
+
+    from overread.audit import create_tables
+    from overread.config import load_settings
+    from overread.service.db import Database
+
     overrides: dict[str, object] = {}
     if data_dir is not None:
         overrides["data_dir"] = data_dir
@@ -72,6 +65,14 @@ def verify(
     database_url: str | None = DATABASE_URL,
 ) -> None:
     """Recompute the chain; check it against the signed checkpoints. Exit 1 if broken."""
+    from overread.audit import (
+        checkpoint_dir,
+        load_checkpoints,
+        load_verification_ring,
+        missing_checkpoints,
+        verify_chain,
+    )
+
     root, database = _open(data_dir, database_url, create=False)
     try:
         directory = checkpoint_dir(root)
@@ -105,6 +106,15 @@ def checkpoint(
     database_url: str | None = DATABASE_URL,
 ) -> None:
     """Verify the chain and write a signed checkpoint of its head (run periodically)."""
+    from overread.audit import (
+        AuditAction,
+        checkpoint_dir,
+        load_checkpoint_signer,
+        load_verification_ring,
+        record_event,
+        write_checkpoint,
+    )
+
     root, database = _open(data_dir, database_url)
     try:
         signer = load_checkpoint_signer(root, create=True)
@@ -137,6 +147,8 @@ def export(
     database_url: str | None = DATABASE_URL,
 ) -> None:
     """Export the audit records in a time range for compliance (the export is audited)."""
+    from overread.audit import export_events, parse_time
+
     start_at, end_at = parse_time(start), parse_time(end)
     _, database = _open(data_dir, database_url)
     try:
@@ -171,6 +183,10 @@ def show(
     database_url: str | None = DATABASE_URL,
 ) -> None:
     """Print the newest audit records, oldest first (reading is not itself audited)."""
+    from sqlalchemy import select
+
+    from overread.audit import AuditAction, AuditEvent
+
     if action is not None and action not in {a.value for a in AuditAction}:
         known = ", ".join(a.value for a in AuditAction)
         raise AuditError(f"unknown audit action {action!r} (known: {known})")
@@ -204,6 +220,17 @@ def rotate_key(
     Old checkpoints stay verifiable: an Ed25519 key's public half (or an HMAC secret)
     is kept in audit/retired-keys/.
     """
+    from overread.audit import (
+        AuditAction,
+        checkpoint_dir,
+        load_checkpoints,
+        load_verification_ring,
+        record_event,
+        rotate_checkpoint_key,
+        verify_chain,
+        write_checkpoint,
+    )
+
     root, database = _open(data_dir, database_url)
     try:
         directory = checkpoint_dir(root)

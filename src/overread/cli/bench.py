@@ -9,22 +9,18 @@ import shlex
 import sys
 from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import typer
-from rich.console import Console
-from rich.progress import (
-    BarColumn,
-    MofNCompleteColumn,
-    Progress,
-    TaskID,
-    TextColumn,
-    TimeElapsedColumn,
-)
-from rich.table import Table
 
 from overread.cli.app import app
 from overread.errors import ConfigError
+
+if TYPE_CHECKING:
+    from rich.progress import TaskID
+    from rich.table import Table
+
+# rich (and every benchmark) is imported when a command runs, not at CLI start.
 
 bench_app = typer.Typer(
     help="Benchmarks (measured, never asserted in tests).", no_args_is_help=True
@@ -51,6 +47,9 @@ def bench_inference(
     as_json: bool = typer.Option(False, "--json", help="Print the whole result as JSON."),
 ) -> None:
     """Torch eager vs ONNX Runtime FP32 vs INT8 on the default model, side by side."""
+    from rich.console import Console
+    from rich.table import Table
+
     from overread.config import load_settings
     from overread.inference.bench import benchmark_inference
     from overread.models.registry import Registry
@@ -166,6 +165,15 @@ def _progress(enabled: bool) -> Iterator[Callable[[str, int, int], None]]:
     if not enabled:
         yield lambda _task, _done, _total: None
         return
+    from rich.console import Console
+    from rich.progress import (
+        BarColumn,
+        MofNCompleteColumn,
+        Progress,
+        TextColumn,
+        TimeElapsedColumn,
+    )
+
     bars: dict[str, TaskID] = {}
     with Progress(
         TextColumn("{task.description}"),
@@ -191,6 +199,8 @@ def _ms(value: float | None) -> str:
 
 
 def _e2e_tables(result: dict[str, Any]) -> list[Table]:
+    from rich.table import Table
+
     from overread.bench.e2e import STAGES
 
     latency = Table(title="C-STORE start -> SR complete at the PACS (stable wait excluded)")
@@ -282,6 +292,8 @@ def _emit(
     if as_json:
         typer.echo(json.dumps(result, indent=2, default=str))
     else:
+        from rich.console import Console
+
         console = Console()
         for table in tables:
             console.print(table)
@@ -338,6 +350,8 @@ def bench_e2e(
 
 
 def _ingest_table(result: dict[str, Any]) -> Table:
+    from rich.table import Table
+
     table = Table(
         title=f"Ingest of {result['files']} x {result['mb_per_file']:.1f} MB, side by side "
         "(best of the alternating runs; median in brackets)"
@@ -422,6 +436,8 @@ def bench_gateway(
 
 
 def _stats_table(result: dict[str, Any]) -> Table:
+    from rich.table import Table
+
     table = Table(
         title=f"Evaluation statistics (bootstrap: {result['resamples']} patient-level resamples)"
     )

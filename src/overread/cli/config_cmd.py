@@ -7,7 +7,6 @@ import json
 import typer
 
 from overread.cli.app import app
-from overread.config import load_settings
 
 
 @app.command("config")
@@ -15,6 +14,8 @@ def show_config(
     as_json: bool = typer.Option(False, "--json", help="Print the settings as JSON."),
 ) -> None:
     """Print the effective settings (file + OVERREAD_* environment + defaults)."""
+    from overread.config import load_settings
+
     settings = load_settings()
     data = json.loads(settings.model_dump_json())
     if as_json:

@@ -9,7 +9,6 @@ from pathlib import Path
 from types import FrameType
 
 import typer
-from rich.console import Console
 
 from overread.cli.app import app
 
@@ -53,6 +52,8 @@ def demo(
     when a study was not sent, has no SR at the PACS or no worklist row, or the audit
     chain does not verify.
     """
+    from rich.console import Console
+
     from overread.demo import DemoOptions, run_demo
 
     options = DemoOptions(

@@ -4,18 +4,22 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import typer
-from pydicom.uid import UID
 
 from overread.cli.app import app
-from overread.config import load_settings
 from overread.errors import ConfigError
-from overread.imaging.codecs import codec_availability
-from overread.imaging.inspection import Inspection, inspect, iter_files
+
+if TYPE_CHECKING:
+    from overread.imaging.inspection import Inspection
+
+# pydicom and the imaging package are imported when the command runs.
 
 
 def _describe(result: Inspection) -> list[str]:
+    from pydicom.uid import UID
+
     meta = result.metadata
     assert meta is not None
     ts = UID(meta.transfer_syntax).name if meta.transfer_syntax else meta.source_format
@@ -65,6 +69,10 @@ def inspect_command(
     Exit status 0 when every file was read; 1 when some could not be (each gets
     one line 'path: what is wrong' on stderr and the others are still read).
     """
+    from overread.config import load_settings
+    from overread.imaging.codecs import codec_availability
+    from overread.imaging.inspection import inspect, iter_files
+
     if codecs:
         report = codec_availability()
         if as_json:

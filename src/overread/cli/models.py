@@ -4,18 +4,23 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import typer
 
 from overread.cli.app import app
-from overread.models.package import verify_package
-from overread.models.registry import Registry, manifest_of
+
+if TYPE_CHECKING:
+    from overread.models.registry import Registry
 
 models_app = typer.Typer(help="Model packages and the registry.", no_args_is_help=True)
 app.add_typer(models_app, name="models")
 
 
 def _registry() -> Registry:
+    # The registry loads packages with torch: import it when a command runs.
+    from overread.models.registry import Registry
+
     return Registry.from_settings()
 
 
@@ -59,6 +64,8 @@ def show_model(
     as_json: bool = typer.Option(False, "--json", help="Print the manifest (plus 'path') as JSON."),
 ) -> None:
     """Show a package's manifest (without loading its weights)."""
+    from overread.models.registry import manifest_of
+
     registry = _registry()
     path = registry.resolve(ref)
     manifest = manifest_of(path) if path.is_dir() else registry.load(ref).manifest
@@ -98,6 +105,9 @@ def verify_model(
     ref: str = typer.Argument(..., help="Alias, name, name@version or package path."),
 ) -> None:
     """Verify every checksum and the signature; exit 1 on any mismatch."""
+    from overread.models.package import verify_package
+    from overread.models.registry import manifest_of
+
     registry = _registry()
     path = registry.resolve(ref)
     if path.is_file():
@@ -121,6 +131,8 @@ def verify_model(
 @models_app.command("import")
 def import_model(source: Path = typer.Argument(..., help="Package directory or .zip.")) -> None:
     """Verify a package and copy it into the registry as <name>/<version>."""
+    from overread.models.registry import manifest_of
+
     target = _registry().import_package(source)
     manifest = manifest_of(target)
     typer.echo(f"imported {manifest.name} {manifest.version} -> {target}")

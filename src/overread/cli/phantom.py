@@ -5,7 +5,6 @@ from __future__ import annotations
 import json
 
 import typer
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
 from overread.cli.app import app
 from overread.errors import ConfigError
@@ -65,6 +64,14 @@ def phantom_cxr(
     quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bar."),
 ) -> None:
     """Generate a synthetic chest X-ray cohort (DICOM + labels.csv + truth)."""
+    from rich.progress import (
+        BarColumn,
+        MofNCompleteColumn,
+        Progress,
+        TextColumn,
+        TimeElapsedColumn,
+    )
+
     from overread.phantom import CohortOptions, plan_cohort, write_cohort
 
     options = CohortOptions(

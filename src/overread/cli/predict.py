@@ -5,15 +5,14 @@ from __future__ import annotations
 import json
 import re
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import typer
 
 from overread.cli.app import app
-from overread.explain.overlay import save_overlay
-from overread.imaging.inspection import iter_files
-from overread.inference.pipeline import Pipeline
-from overread.inference.result import Prediction
-from overread.results import Decision
+
+if TYPE_CHECKING:
+    from overread.inference.result import Prediction
 
 
 def _slug(text: str) -> str:
@@ -31,6 +30,8 @@ def _overlay_labels(prediction: Prediction) -> list[str]:
 def _write_overlays(prediction: Prediction, out: Path, index: int) -> list[str]:
     if prediction.heatmaps is None or prediction.model_input is None:
         return []
+    from overread.explain.overlay import save_overlay
+
     stem = _slug(Path(prediction.path or "image").stem) or "image"
     written = []
     for label in _overlay_labels(prediction):
@@ -69,6 +70,10 @@ def predict_command(
     """
     if cam not in ("cam", "gradcam", "gradcam++", "scorecam"):
         raise typer.BadParameter(f"unknown CAM method {cam!r}", param_hint="--cam")
+    # torch, MONAI and the imaging stack load here, not at CLI start.
+    from overread.imaging.inspection import iter_files
+    from overread.inference.pipeline import Pipeline
+
     pipeline = Pipeline.from_name(model, runtime=runtime, precision=precision)
     if not pipeline.package.manifest.trained:
         typer.echo(
@@ -104,15 +109,15 @@ def predict_command(
         raise typer.Exit(1)
 
 
-#: How the text output names each decision (a close call is for a reader: "refer").
-_SPOKEN = {
-    Decision.POSITIVE: "positive",
-    Decision.INDETERMINATE: "refer",
-    Decision.NEGATIVE: "negative",
-}
-
-
 def _print_findings(prediction: Prediction, overlays: list[str]) -> None:
+    from overread.results import Decision
+
+    # How the text output names each decision (a close call is for a reader: "refer").
+    spoken = {
+        Decision.POSITIVE: "positive",
+        Decision.INDETERMINATE: "refer",
+        Decision.NEGATIVE: "negative",
+    }
     model = prediction.model
     positives = [f.label for f in prediction.findings if f.decision is Decision.POSITIVE]
     refer = [f.label for f in prediction.findings if f.decision is Decision.INDETERMINATE]
@@ -123,7 +128,7 @@ def _print_findings(prediction: Prediction, overlays: list[str]) -> None:
     for finding in prediction.findings:
         typer.echo(
             f"  {finding.label:<28} p={finding.probability:.3f}  t={finding.threshold:.2f}  "
-            f"{_SPOKEN[finding.decision]:<8} uncertainty {finding.uncertainty or 0.0:.2f}"
+            f"{spoken[finding.decision]:<8} uncertainty {finding.uncertainty or 0.0:.2f}"
         )
     for overlay in overlays:
         typer.echo(f"  overlay: {overlay}")

@@ -8,7 +8,6 @@ import typer
 
 from overread.cli.app import app
 from overread.errors import ConfigError
-from overread.service.config import Destination
 
 
 @app.command("send")
@@ -19,6 +18,7 @@ def send(
     timeout: float = typer.Option(30.0, "--timeout", help="Network timeout in seconds."),
 ) -> None:
     """Send DICOM files with C-STORE; print one status per file; exit 1 if any failed."""
+    from overread.service.config import Destination
     from overread.service.scu import iter_files, send_files
 
     destination = Destination.parse(to)

@@ -6,12 +6,14 @@ import logging
 import signal
 from pathlib import Path
 from types import FrameType
+from typing import TYPE_CHECKING
 
 import typer
 
 from overread.cli.app import app
-from overread.config import load_settings
-from overread.service.config import ServiceConfig, service_config
+
+if TYPE_CHECKING:
+    from overread.service.config import ServiceConfig
 
 logger = logging.getLogger(__name__)
 
@@ -21,6 +23,10 @@ def _config(
     database_url: str | None,
     **overrides: object,
 ) -> ServiceConfig:
+    # The service (and SQLAlchemy with it) loads when a command runs, not at CLI start.
+    from overread.config import load_settings
+    from overread.service.config import service_config
+
     settings_overrides: dict[str, object] = {}
     if data_dir is not None:
         settings_overrides["data_dir"] = data_dir

@@ -9,14 +9,18 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import numpy as np
-import pandas as pd
 import typer
 
 from overread.cli.app import app
 from overread.errors import EvaluationError
+
+if TYPE_CHECKING:
+    import numpy as np
+    import pandas as pd
+
+# numpy and pandas are imported inside the commands, not at CLI start.
 
 stats_app = typer.Typer(
     help="Statistical tests: DeLong, McNemar, kappa, ICC, MRMC, sample size.", no_args_is_help=True
@@ -27,6 +31,8 @@ stats_app.add_typer(sample_app, name="sample-size")
 
 
 def _frame(csv: Path, columns: list[str]) -> pd.DataFrame:
+    import pandas as pd
+
     try:
         frame = pd.read_csv(csv)
     except FileNotFoundError:
@@ -42,6 +48,9 @@ def _frame(csv: Path, columns: list[str]) -> pd.DataFrame:
 
 
 def _numeric(frame: pd.DataFrame, column: str, csv: Path, drop_missing: bool = False) -> np.ndarray:
+    import numpy as np
+    import pandas as pd
+
     values = pd.to_numeric(frame[column], errors="coerce")
     if values.isna().any() and not drop_missing:
         row = int(np.flatnonzero(values.isna().to_numpy())[0]) + 2
@@ -173,6 +182,8 @@ def kappa_command(
         raise EvaluationError(
             "--weights applies to Cohen's kappa (two raters); Fleiss' kappa is unweighted"
         )
+    import numpy as np
+
     values = frame[columns].astype(str).to_numpy()
     categories = np.unique(values)
     counts = np.stack([(values == c).sum(axis=1) for c in categories], axis=1)
@@ -196,6 +207,8 @@ def icc_command(
     as_json: bool = _JSON,
 ) -> None:
     """Shrout-Fleiss intraclass correlations (all six forms) with 95% CIs."""
+    import numpy as np
+
     from overread.evaluation.agreement import icc
 
     columns = [c.strip() for c in raters.split(",") if c.strip()]
@@ -217,6 +230,9 @@ def mrmc_command(
     as_json: bool = _JSON,
 ) -> None:
     """Obuchowski-Rockette MRMC test of equal reader-averaged AUCs (long-format CSV)."""
+    import numpy as np
+    import pandas as pd
+
     from overread.evaluation.mrmc import obuchowski_rockette
 
     frame = _frame(csv, [reader, modality, case, truth, score])

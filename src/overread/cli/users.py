@@ -8,27 +8,20 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from datetime import timedelta
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import typer
-from sqlalchemy import select
-from sqlalchemy.orm import Session
 
 from overread.cli.app import app
-from overread.config import load_settings
 from overread.errors import ConfigError
-from overread.security import (
-    ApiToken,
-    add_user,
-    create_tables,
-    get_user,
-    issue_token,
-    list_users,
-    revoke_token,
-    set_active,
-    set_password,
-)
-from overread.security.schema import utcnow
-from overread.service.db import Database
+
+if TYPE_CHECKING:
+    from sqlalchemy.orm import Session
+
+    from overread.service.db import Database
+
+# The database and the security package are imported inside the commands, so
+# that ``overread --help`` does not load SQLAlchemy.
 
 users_app = typer.Typer(help="Users, roles and API tokens.", no_args_is_help=True)
 app.add_typer(users_app, name="users")
@@ -41,6 +34,10 @@ NAME = typer.Argument(..., help="User name.")
 
 
 def _database(data_dir: Path | None, database_url: str | None) -> Database:
+    from overread.config import load_settings
+    from overread.security import create_tables
+    from overread.service.db import Database
+
     overrides: dict[str, object] = {}
     if data_dir is not None:
         overrides["data_dir"] = data_dir
@@ -88,6 +85,8 @@ def add(
     database_url: str | None = DATABASE_URL,
 ) -> None:
     """Add a user; without --password-stdin the account can only use API tokens."""
+    from overread.security import add_user
+
     password = None
     if password_stdin:
         password = sys.stdin.readline().rstrip("\r\n")
@@ -105,6 +104,8 @@ def list_(
     database_url: str | None = DATABASE_URL,
 ) -> None:
     """List users, their roles and state."""
+    from overread.security import list_users
+
     with _session(data_dir, database_url) as session:
         users = list_users(session)
         if not users:
@@ -125,6 +126,8 @@ def token(
     database_url: str | None = DATABASE_URL,
 ) -> None:
     """Issue an API token for NAME and print it once (only its hash is stored)."""
+    from overread.security import issue_token
+
     if expires_days <= 0:
         raise ConfigError(f"--expires-days must be positive, not {expires_days}")
     with _session(data_dir, database_url) as session:
@@ -137,6 +140,8 @@ def token(
 
 
 def _set_active(name: str, active: bool, data_dir: Path | None, database_url: str | None) -> None:
+    from overread.security import set_active
+
     with _session(data_dir, database_url) as session:
         set_active(session, name, active, actor=_operator())
     typer.echo(f"{'enabled' if active else 'disabled'} {name}")
@@ -163,6 +168,8 @@ def password(
     name: str = NAME, data_dir: Path | None = DATA_DIR, database_url: str | None = DATABASE_URL
 ) -> None:
     """Set a user's password from the first line of stdin; their web sessions end."""
+    from overread.security import set_password
+
     new_password = sys.stdin.readline().rstrip("\r\n")
     if not new_password:
         raise ConfigError("no password on stdin")
@@ -176,6 +183,11 @@ def tokens(
     name: str = NAME, data_dir: Path | None = DATA_DIR, database_url: str | None = DATABASE_URL
 ) -> None:
     """List a user's API tokens (ids, state, expiry; never the tokens themselves)."""
+    from sqlalchemy import select
+
+    from overread.security import ApiToken, get_user
+    from overread.security.schema import utcnow
+
     with _session(data_dir, database_url) as session:
         user = get_user(session, name)
         if user is None:
@@ -198,6 +210,8 @@ def revoke(
     database_url: str | None = DATABASE_URL,
 ) -> None:
     """Revoke one API token at once (e.g. one that leaked)."""
+    from overread.security import ApiToken, revoke_token
+
     with _session(data_dir, database_url) as session:
         if session.get(ApiToken, token_id) is None:
             raise ConfigError(f"no API token with id {token_id}")

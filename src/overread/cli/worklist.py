@@ -7,25 +7,17 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import typer
-from sqlalchemy import select
 
-from overread.audit import create_tables as create_audit_tables
 from overread.cli.app import app
-from overread.config import load_settings
-from overread.service.db import Database
-from overread.triage import (
-    Alert,
-    AlertState,
-    acknowledge,
-    claim_next,
-    export_feedback,
-    load_triage_config,
-    query_worklist,
-    run_sweep,
-)
+
+if TYPE_CHECKING:
+    from overread.service.db import Database
+
+# The triage package and the database are imported inside the commands, so that
+# ``overread --help`` does not load SQLAlchemy.
 
 worklist_app = typer.Typer(
     help="The prioritised worklist, critical-finding alerts and reader feedback.",
@@ -42,6 +34,10 @@ TRIAGE_CONFIG = typer.Option(
 
 @contextmanager
 def _database(data_dir: Path | None, database_url: str | None) -> Iterator[Database]:
+    from overread.audit import create_tables as create_audit_tables
+    from overread.config import load_settings
+    from overread.service.db import Database
+
     overrides: dict[str, object] = {}
     if data_dir is not None:
         overrides["data_dir"] = data_dir
@@ -77,6 +73,8 @@ def list_worklist(
     database_url: str | None = DATABASE_URL,
 ) -> None:
     """Print the worklist, highest priority first, with why each study ranks there."""
+    from overread.triage import query_worklist
+
     with _database(data_dir, database_url) as database, database.session() as session:
         page = query_worklist(
             session,
@@ -118,6 +116,8 @@ def claim_next_cmd(
     database_url: str | None = DATABASE_URL,
 ) -> None:
     """Take the highest-priority unread study (marks it in progress). Exit 1 if none."""
+    from overread.triage import claim_next
+
     with _database(data_dir, database_url) as database, database.session() as session:
         item = claim_next(session, reader=reader, now=datetime.now(UTC), department=department)
         if item is None:
@@ -136,6 +136,10 @@ def list_alerts(
     database_url: str | None = DATABASE_URL,
 ) -> None:
     """Print critical-finding alerts, newest first."""
+    from sqlalchemy import select
+
+    from overread.triage import Alert, AlertState
+
     with _database(data_dir, database_url) as database, database.session() as session:
         query = select(Alert).order_by(Alert.raised_at.desc(), Alert.id.desc())
         if open_only:
@@ -160,6 +164,8 @@ def sweep_cmd(
     database_url: str | None = DATABASE_URL,
 ) -> None:
     """Escalate overdue alerts and attempt due deliveries once. Exit 1 if any failed."""
+    from overread.triage import load_triage_config, run_sweep
+
     config = load_triage_config(triage_config_path)
     with _database(data_dir, database_url) as database:
         report = run_sweep(database, config, now=datetime.now(UTC))
@@ -181,6 +187,8 @@ def ack_alert(
     database_url: str | None = DATABASE_URL,
 ) -> None:
     """Acknowledge a critical-finding alert (stops escalation; audited)."""
+    from overread.triage import acknowledge
+
     with _database(data_dir, database_url) as database, database.session() as session:
         try:
             alert = acknowledge(session, alert_id, who=who, now=datetime.now(UTC))
@@ -200,6 +208,8 @@ def export_feedback_cmd(
     database_url: str | None = DATABASE_URL,
 ) -> None:
     """Write readers' labels as a CheXpert-format CSV, most uncertain cases first."""
+    from overread.triage import export_feedback
+
     with _database(data_dir, database_url) as database, database.session() as session:
         count = export_feedback(session, out, order=order)
     typer.echo(f"wrote feedback on {count} studies to {out}")
