@@ -3,9 +3,13 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
+from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
+
+from overread.errors import ConfigError
 
 
 def test_version_lists_libraries(run_cli) -> None:
@@ -63,3 +67,225 @@ def test_triage_table_is_accepted(tmp_path: Path, monkeypatch: pytest.MonkeyPatc
     status, out, err = run_cli("config", "--json")
     assert status == 0, err
     assert json.loads(out)["triage"]["departments"]["ED"] == 30
+
+
+# Usage errors: one line on stderr, exit 2, never a traceback, on every command group.
+
+
+def _groups() -> list[tuple[str, ...]]:
+    """The command path of every registered command group, the root included."""
+    from overread.cli import _load_commands, app
+
+    _load_commands()
+
+    def walk(typer_app: Any, path: tuple[str, ...]) -> Iterator[tuple[str, ...]]:
+        yield path
+        for info in typer_app.registered_groups:
+            yield from walk(info.typer_instance, (*path, info.name))
+
+    return list(walk(app, ()))
+
+
+# Per group: a bad option value and a missing argument, each with what the error says.
+BAD_VALUE: dict[tuple[str, ...], tuple[list[str], str]] = {
+    (): (["serve", "--dicom-port", "not-a-port"], "Invalid value for '--dicom-port'"),
+    ("audit",): (["show", "--last", "many"], "Invalid value for '--last'"),
+    ("bench",): (["inference", "--repeats", "many"], "Invalid value for '--repeats'"),
+    ("labels",): (
+        ["split", "--dataset", "d", "--csv", "c.csv", "--out", "o", "--seed", "abc"],
+        "Invalid value for '--seed'",
+    ),
+    ("models",): (["list", "--json=yes"], "Option '--json' does not take a value"),
+    ("phantom",): (["cxr", "--n", "many", "--out", "x"], "Invalid value for '--n'"),
+    ("stats",): (
+        ["mcnemar", "--csv", "x.csv", "--a", "a", "--b", "b", "--exact=sure"],
+        "Option '--exact' does not take a value",
+    ),
+    ("stats", "sample-size"): (
+        ["two-proportions", "--p1", "high", "--p2", "0.5"],
+        "Invalid value for '--p1'",
+    ),
+    ("users",): (
+        ["token", "alice", "--expires-days", "soon"],
+        "Invalid value for '--expires-days'",
+    ),
+    ("worklist",): (["list", "--limit", "all"], "Invalid value for '--limit'"),
+}
+MISSING: dict[tuple[str, ...], tuple[list[str], str]] = {
+    (): (["predict"], "Missing argument 'paths'"),
+    ("audit",): (["export", "--to", "2024-01-01"], "Missing option '--from'"),
+    ("bench",): (["inference", "--repeats"], "Option '--repeats' requires an argument"),
+    ("labels",): (["stats", "--csv", "x.csv"], "Missing option '--dataset'"),
+    ("models",): (["show"], "Missing argument 'ref'"),
+    ("phantom",): (["cxr", "--out", "x"], "Missing option '--n'"),
+    ("stats",): (["auc", "--csv", "x.csv"], "Missing option '--truth'"),
+    ("stats", "sample-size"): (["auc-precision", "--auc", "0.9"], "Missing option '--half-width'"),
+    ("users",): (["add"], "Missing argument 'name'"),
+    ("worklist",): (["ack", "3"], "Missing option '--who'"),
+}
+
+
+def _assert_one_line_usage_error(result: tuple[int, str, str], says: str) -> None:
+    status, out, err = result
+    assert status == 2, err
+    assert out == ""
+    assert "Traceback" not in err
+    assert err.startswith("error: ") and err.endswith("\n")
+    assert err.count("\n") == 1, err
+    assert says in err
+
+
+def test_every_command_group_has_usage_error_cases() -> None:
+    groups = set(_groups())
+    assert len(groups) >= 10
+    assert set(BAD_VALUE) == groups
+    assert set(MISSING) == groups
+
+
+@pytest.mark.parametrize("group", _groups(), ids=lambda g: " ".join(g) or "overread")
+def test_unknown_command_is_one_line(group: tuple[str, ...], run_cli) -> None:
+    result = run_cli(*group, "frobnicate")
+    _assert_one_line_usage_error(result, "No such command 'frobnicate'")
+    assert f"'{' '.join(('overread', *group))} --help'" in result[2]
+
+
+@pytest.mark.parametrize("group", _groups(), ids=lambda g: " ".join(g) or "overread")
+def test_unknown_option_is_one_line(group: tuple[str, ...], run_cli) -> None:
+    _assert_one_line_usage_error(run_cli(*group, "--no-such-option"), "No such option")
+
+
+@pytest.mark.parametrize("group", _groups(), ids=lambda g: " ".join(g) or "overread")
+def test_bad_option_value_is_one_line(group: tuple[str, ...], run_cli) -> None:
+    args, says = BAD_VALUE[group]
+    _assert_one_line_usage_error(run_cli(*group, *args), says)
+
+
+@pytest.mark.parametrize("group", _groups(), ids=lambda g: " ".join(g) or "overread")
+def test_missing_argument_is_one_line(group: tuple[str, ...], run_cli) -> None:
+    args, says = MISSING[group]
+    _assert_one_line_usage_error(run_cli(*group, *args), says)
+
+
+def test_bad_parameter_raised_by_a_command_is_one_line(run_cli) -> None:
+    """``typer.BadParameter`` from inside a command body, before any model loads."""
+    result = run_cli("predict", "--cam", "bogus", "x.dcm")
+    _assert_one_line_usage_error(result, "unknown CAM method 'bogus'")
+
+
+def test_group_without_command_prints_its_help(run_cli) -> None:
+    status, out, err = run_cli("models")
+    assert status == 2
+    assert "Traceback" not in err
+    for command in ("list", "show", "verify", "import", "alias", "rollback"):
+        assert command in out
+
+
+def test_debug_still_raises_and_does_not_stick(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, run_cli
+) -> None:
+    (tmp_path / "overread.toml").write_text("[dicom]\nport = 99999\n")
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(ConfigError):
+        run_cli("--debug", "config")
+    status, _, err = run_cli("config")
+    assert status == 2
+    assert err.startswith("error: ") and err.count("\n") == 1
+
+
+def test_some_inputs_failing_is_still_exit_1(tmp_path: Path, run_cli) -> None:
+    (tmp_path / "broken.dcm").write_bytes(b"\x00" * 10)
+    status, _, err = run_cli("inspect", tmp_path / "broken.dcm")
+    assert status == 1
+    assert err.startswith(str(tmp_path / "broken.dcm") + ": ")
+
+
+def test_unknown_command_in_a_real_process(tmp_path: Path) -> None:
+    proc = subprocess.run(
+        [sys.executable, "-m", "overread", "frobnicate"],
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    assert proc.returncode == 2
+    assert proc.stdout == ""
+    assert "Traceback" not in proc.stderr
+    assert proc.stderr == "error: No such command 'frobnicate'. (see 'overread --help')\n"
+
+
+# Start-up: the light commands never import torch or MONAI.
+
+EXAMPLES = Path(__file__).resolve().parents[1] / "src" / "overread" / "examples"
+HEAVY = ("torch", "monai")
+
+
+def _imported_modules(
+    args: list[str], cwd: Path
+) -> tuple[subprocess.CompletedProcess[str], set[str]]:
+    """Run ``python -X importtime -m overread ARGS``; every module it imported."""
+    proc = subprocess.run(
+        [sys.executable, "-X", "importtime", "-m", "overread", *args],
+        cwd=cwd,
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    modules = set()
+    for line in proc.stderr.splitlines():
+        if line.startswith("import time:") and line.count("|") == 2:
+            name = line.rsplit("|", 1)[1].strip()
+            if name != "imported package":
+                modules.add(name)
+    return proc, modules
+
+
+@pytest.mark.parametrize(
+    "args",
+    [
+        ["--help"],
+        ["version"],
+        ["config", "--json"],
+        ["inspect", str(EXAMPLES)],
+        ["models", "--help"],
+    ],
+    ids=["--help", "version", "config", "inspect", "models --help"],
+)
+def test_light_commands_start_without_torch_or_monai(args: list[str], tmp_path: Path) -> None:
+    proc, modules = _imported_modules(args, tmp_path)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert "overread.cli" in modules  # the importtime report was read
+    heavy = sorted(m for m in modules if m.split(".")[0] in HEAVY)
+    assert heavy == []
+
+
+def test_importtime_parsing_sees_torch_when_it_is_imported(tmp_path: Path) -> None:
+    """The check above would notice: a command that needs torch shows it."""
+    proc = subprocess.run(
+        [sys.executable, "-X", "importtime", "-c", "import torch"],
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    names = {line.rsplit("|", 1)[1].strip() for line in proc.stderr.splitlines() if "|" in line}
+    assert "torch" in names
+
+
+def test_help_lists_every_command_with_its_help(run_cli) -> None:
+    import typer
+
+    from overread.cli import _load_commands, app
+
+    _load_commands()
+    status, out, _ = run_cli("--help")
+    assert status == 0
+    commands = typer.main.get_command(app).commands  # type: ignore[attr-defined]
+    assert set(commands) >= {
+        "audit", "bench", "config", "demo", "evaluate", "export", "inspect", "labels", "models",
+        "phantom", "predict", "send", "serve", "stats", "train", "users", "version", "worker",
+        "worklist",
+    }  # fmt: skip
+    for name, command in commands.items():
+        assert f" {name} " in out
+        help_start = " ".join((command.help or "").split()[:3])
+        assert help_start and help_start in out, name
