@@ -89,32 +89,26 @@ def ensure_phantom(source: PhantomSource, folder: Path, echo: Echo) -> Path:
             f"seed={source.seed}; remove it or choose another folder"
         )
     try:
-        import overread.phantom  # noqa: F401
+        from overread.phantom import CohortOptions, write_cohort
     except ImportError:
         raise ConfigError(
             "phantom generation is not available in this installation (overread.phantom)"
         ) from None
-    from overread.cli import main as cli_main
 
     echo(f"generating {source.n} phantom studies (seed {source.seed}) in {folder}")
-    argv = [
-        "phantom",
-        "cxr",
-        "--n",
-        str(source.n),
-        "--out",
-        str(folder),
-        "--seed",
-        str(source.seed),
-        "--size",
-        str(source.size),
-        "--workers",
-        str(source.workers),
-        "--quiet",
-    ]
-    status = cli_main(argv)
-    if status != 0 or not (folder / "labels.csv").is_file():
-        raise DatasetError(f"{folder}: phantom generation failed (exit status {status})")
+    # What ``overread phantom cxr --n N --out FOLDER --seed S --size Z --workers W`` writes:
+    # every other option at its default.
+    options = CohortOptions(
+        n=source.n, seed=source.seed, rows=source.size, cols=source.size, workers=source.workers
+    )
+    summary = write_cohort(folder, options)
+    if not (folder / "labels.csv").is_file():
+        raise DatasetError(f"{folder}: phantom generation wrote no labels.csv")
+    echo(
+        f"wrote {summary.studies} studies of {summary.patients} patients to {summary.out_dir} "
+        f"in {summary.seconds:.1f} s ({summary.studies_per_minute:.0f} studies/min)"
+    )
+    echo("sites: " + json.dumps(summary.per_site, sort_keys=True))
     return folder
 
 

@@ -1,0 +1,47 @@
+"""Training generates its phantom cohorts with the phantom library, as ``overread phantom cxr``."""
+
+from __future__ import annotations
+
+import hashlib
+import importlib.util
+from pathlib import Path
+
+import pytest
+
+HAS_PHANTOM = importlib.util.find_spec("overread.phantom") is not None
+
+
+def _tree(root: Path) -> dict[str, str]:
+    return {
+        str(p.relative_to(root)): hashlib.sha256(p.read_bytes()).hexdigest()
+        for p in sorted(root.rglob("*"))
+        if p.is_file()
+    }
+
+
+@pytest.mark.skipif(not HAS_PHANTOM, reason="phantom generator not installed")
+def test_ensure_phantom_writes_what_phantom_cxr_writes(run_cli, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    from overread.training.config import PhantomSource
+    from overread.training.run import ensure_phantom
+
+    said: list[str] = []
+    source = PhantomSource(n=4, seed=5, size=64, workers=1)
+    folder = ensure_phantom(source, tmp_path / "train", said.append)
+    assert folder == tmp_path / "train"
+    assert said[0] == f"generating 4 phantom studies (seed 5) in {folder}"
+    assert said[1].startswith(f"wrote 4 studies of 2 patients to {folder} in ")
+    assert said[2].startswith("sites: {")
+
+    status, _, err = run_cli(
+        "phantom", "cxr", "--n", "4", "--out", tmp_path / "cli", "--seed", "5",
+        "--size", "64", "--workers", "1", "--quiet",
+    )  # fmt: skip
+    assert status == 0, err
+    made, expected = _tree(folder), _tree(tmp_path / "cli")
+    assert "labels.csv" in made and len(made) > 4
+    assert made == expected
+
+    # A second call reuses the cohort instead of writing it again.
+    said.clear()
+    assert ensure_phantom(source, folder, said.append) == folder
+    assert said == [f"reusing phantom cohort {folder}"]
