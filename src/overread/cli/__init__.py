@@ -78,8 +78,9 @@ def main(argv: list[str] | None = None) -> int:
         typer.echo("aborted", err=True)
         return 130
     except typer.TyperException as exc:
-        # Usage errors (Typer's bundled Click raises these). A group run without a
-        # command has already printed its help, as ``--help`` would; it exits 2.
+        # Usage errors: Typer (0.26 and later) bundles Click, whose exceptions derive
+        # from TyperException. A group run without a command has already printed its
+        # help, as ``--help`` would; it exits 2.
         if type(exc).__name__ != "NoArgsIsHelpError":
             typer.echo(_usage_line(exc), err=True)
         elif exc.format_message().strip():
