@@ -91,6 +91,7 @@ BAD_VALUE: dict[tuple[str, ...], tuple[list[str], str]] = {
     (): (["serve", "--dicom-port", "not-a-port"], "Invalid value for '--dicom-port'"),
     ("audit",): (["show", "--last", "many"], "Invalid value for '--last'"),
     ("bench",): (["inference", "--repeats", "many"], "Invalid value for '--repeats'"),
+    ("db",): (["current", "--verbose"], "No such option: --verbose"),
     ("labels",): (
         ["split", "--dataset", "d", "--csv", "c.csv", "--out", "o", "--seed", "abc"],
         "Invalid value for '--seed'",
@@ -115,6 +116,7 @@ MISSING: dict[tuple[str, ...], tuple[list[str], str]] = {
     (): (["predict"], "Missing argument 'paths'"),
     ("audit",): (["export", "--to", "2024-01-01"], "Missing option '--from'"),
     ("bench",): (["inference", "--repeats"], "Option '--repeats' requires an argument"),
+    ("db",): (["upgrade", "--data-dir"], "Option '--data-dir' requires an argument"),
     ("labels",): (["stats", "--csv", "x.csv"], "Missing option '--dataset'"),
     ("models",): (["show"], "Missing argument 'ref'"),
     ("phantom",): (["cxr", "--out", "x"], "Missing option '--n'"),
