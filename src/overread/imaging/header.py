@@ -10,17 +10,20 @@ log records captured rather than printed.
 
 from __future__ import annotations
 
+import functools
 import logging
 import threading
 import warnings
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
+from io import BytesIO
 from pathlib import Path
 from typing import Any, TypeVar
 
 import pydicom
 from pydicom.dataset import Dataset
 from pydicom.errors import InvalidDicomError as PydicomInvalidDicomError
+from pydicom.tag import BaseTag
 from pydicom.uid import (
     UID,
     ExplicitVRBigEndian,
@@ -114,10 +117,20 @@ def collect_warnings(sink: list[str]) -> Iterator[None]:
             sink.append(text)
 
 
+@functools.cache
+def _tag(keyword: str) -> BaseTag | None:
+    tag = pydicom.datadict.tag_for_keyword(keyword)
+    return None if tag is None else BaseTag(tag)
+
+
 def header_value(ds: Dataset, keyword: str, convert: Callable[[Any], T], default: T) -> T:
     """Read one attribute defensively: a malformed value gives ``default``."""
     try:
-        value = ds.get(keyword)
+        tag = _tag(keyword)
+        # By tag, not by keyword: the attribute lookup costs more than the read itself,
+        # and ingest reads a header per received instance.
+        element = ds.get(tag) if tag is not None else None
+        value = element.value if element is not None else None
         if value is None or value == "":
             return default
         return convert(value)
@@ -218,8 +231,11 @@ def metadata_from_dataset(ds: Dataset, path: Path | str | None = None) -> ImageM
         source_path=str(path) if path is not None else None,
         source_format="dicom",
         patient_id=header_value(ds, "PatientID", as_text, None),
+        patient_name=header_value(ds, "PatientName", as_text, None),
+        patient_birth_date=header_value(ds, "PatientBirthDate", as_text, None),
         patient_sex=header_value(ds, "PatientSex", as_text, None),
         patient_age=header_value(ds, "PatientAge", as_text, None),
+        issuer_of_patient_id=header_value(ds, "IssuerOfPatientID", as_text, None),
         study_instance_uid=header_value(ds, "StudyInstanceUID", as_text, None),
         series_instance_uid=header_value(ds, "SeriesInstanceUID", as_text, None),
         sop_instance_uid=header_value(ds, "SOPInstanceUID", as_text, None),
@@ -231,6 +247,14 @@ def metadata_from_dataset(ds: Dataset, path: Path | str | None = None) -> ImageM
         or header_value(ds, "Laterality", as_text, None),
         study_date=header_value(ds, "StudyDate", as_text, None),
         accession_number=header_value(ds, "AccessionNumber", as_text, None),
+        study_description=header_value(ds, "StudyDescription", as_text, None),
+        series_description=header_value(ds, "SeriesDescription", as_text, None),
+        derivation_description=header_value(ds, "DerivationDescription", as_text, None),
+        institution_name=header_value(ds, "InstitutionName", as_text, None),
+        institutional_department_name=header_value(
+            ds, "InstitutionalDepartmentName", as_text, None
+        ),
+        requesting_service=header_value(ds, "RequestingService", as_text, None),
         manufacturer=header_value(ds, "Manufacturer", as_text, None),
         series_number=header_value(ds, "SeriesNumber", int, None),
         instance_number=header_value(ds, "InstanceNumber", int, None),
@@ -293,6 +317,159 @@ def read_header(path: Path) -> Dataset:
     return ds
 
 
+def read_metadata(path: Path | str) -> ImageMetadata:
+    """The typed header of a DICOM file, read without its pixel data.
+
+    For code that only needs tags (the worklist, export, the web pages): parsing stops
+    before Pixel Data, so the cost does not grow with the image.
+
+    Raises
+    ------
+    InvalidDicomError
+        If the file is not DICOM or its header cannot be parsed.
+    OSError
+        If the file cannot be opened.
+    """
+    try:
+        ds = pydicom.dcmread(path, stop_before_pixels=True)
+    except OSError:
+        raise
+    except Exception as exc:  # pydicom raises many types on corrupt headers
+        raise InvalidDicomError(f"{path}: cannot parse DICOM header ({one_line(exc)})") from None
+    return metadata_from_dataset(ds, path)
+
+
+def read_dataset(path: Path | str, *, pixels: bool = True) -> Dataset:
+    """The pydicom data set of a stored file, for code that copies or renders it.
+
+    Builders of derived objects (SR, SEG, overlays) copy attributes the typed
+    header does not carry, and a C-STORE send passes the data set on whole; for
+    tags alone use :func:`read_metadata`. ``pixels=False`` stops before Pixel Data.
+
+    Raises
+    ------
+    InvalidDicomError
+        If the file is not DICOM.
+    OSError
+        If the file cannot be opened.
+    """
+    try:
+        return pydicom.dcmread(path, stop_before_pixels=not pixels)
+    except PydicomInvalidDicomError as exc:
+        raise InvalidDicomError(f"{path}: not a DICOM file ({one_line(exc)})") from None
+
+
+_REQUIRED_UIDS = ("SOPInstanceUID", "SOPClassUID", "StudyInstanceUID", "SeriesInstanceUID")
+
+
+def read_instance(data: bytes, *, source: str = "payload") -> ImageMetadata:
+    """Check a received DICOM Part 10 byte string and return its typed header.
+
+    This is what ingest calls for every instance before storing it (C-STORE,
+    STOW-RS), so it is header-only where it can be. Every element is decoded, so a
+    truncated or corrupt payload is refused here rather than discovered by a worker
+    later. The common case, uncompressed little endian Pixel Data as the last
+    element, is checked without copying the pixels: the header is parsed up to Pixel
+    Data and the element's length is compared with the bytes that follow it and
+    with Rows x Columns x samples x frames x bits. Anything else (encapsulated or
+    big endian pixels, elements after Pixel Data) is parsed in full.
+
+    The four identifying UIDs (SOP Instance, SOP Class, Study, Series) are present
+    and non-empty in the returned header.
+
+    Raises
+    ------
+    InvalidDicomError
+        If the bytes are not a readable DICOM data set or lack a required UID.
+    """
+    try:
+        stream = BytesIO(data)
+        ds = pydicom.dcmread(stream, stop_before_pixels=True)
+        for element in ds.iterall():  # force every element to decode
+            _ = element.value
+        short = _pixel_shortfall_in_place(ds, data, stream.tell())
+        if short is None:  # not the simple layout: parse everything
+            ds = pydicom.dcmread(BytesIO(data))
+            for element in ds.iterall():
+                _ = element.value
+            short = _native_pixel_shortfall(ds)
+    except (PydicomInvalidDicomError, EOFError, ValueError, TypeError, KeyError) as exc:
+        raise InvalidDicomError(f"{source}: not a readable DICOM data set ({exc})") from None
+    except Exception as exc:  # pydicom raises assorted types on corrupt input
+        raise InvalidDicomError(f"{source}: not a readable DICOM data set ({exc!r})") from None
+    missing = [k for k in _REQUIRED_UIDS if not header_value(ds, k, as_text, "")]
+    if missing:
+        raise InvalidDicomError(f"{source}: missing required attribute(s) {', '.join(missing)}")
+    if short:
+        raise InvalidDicomError(f"{source}: Pixel Data is truncated ({short} bytes missing)")
+    return metadata_from_dataset(ds)
+
+
+_PIXEL_DATA_TAG = b"\xe0\x7f\x10\x00"  # (7FE0,0010) little endian
+_LONG_VRS = {b"OB", b"OW", b"OD", b"OF", b"OL", b"OV", b"UN"}
+
+
+def _pixel_bytes_expected(ds: Dataset) -> int:
+    """Bytes of uncompressed Pixel Data the geometry declares (AttributeError if it does not)."""
+    return (
+        int(ds.Rows)
+        * int(ds.Columns)
+        * int(ds.get("SamplesPerPixel", 1) or 1)
+        * int(ds.get("NumberOfFrames", 1) or 1)
+        * int(ds.BitsAllocated)
+        + 7
+    ) // 8
+
+
+def _pixel_shortfall_in_place(ds: Dataset, data: bytes, offset: int) -> int | None:
+    """Missing Pixel Data bytes, read from the element header at ``offset`` of ``data``.
+
+    ``offset`` is where a ``stop_before_pixels`` parse stopped. Returns ``0`` when
+    the data set ended there (no pixels), ``None`` when the layout is not the simple
+    one (the caller then parses everything).
+    """
+    if offset == len(data):
+        return 0
+    meta = getattr(ds, "file_meta", None)
+    syntax = getattr(meta, "TransferSyntaxUID", None)
+    if (
+        syntax is None
+        or syntax.is_compressed
+        or syntax.is_deflated
+        or not syntax.is_little_endian
+        or data[offset : offset + 4] != _PIXEL_DATA_TAG
+    ):
+        return None
+    if syntax.is_implicit_VR:
+        start, length = offset + 8, int.from_bytes(data[offset + 4 : offset + 8], "little")
+    else:
+        if data[offset + 4 : offset + 6] not in _LONG_VRS:
+            return None
+        start, length = offset + 12, int.from_bytes(data[offset + 8 : offset + 12], "little")
+    if length == 0xFFFFFFFF or start + length < len(data):
+        return None  # undefined length, or elements after Pixel Data
+    available = min(length, max(0, len(data) - start))
+    try:
+        expected = _pixel_bytes_expected(ds)
+    except (AttributeError, TypeError, ValueError):
+        return max(0, length - available)
+    return max(0, expected - available, length - available)
+
+
+def _native_pixel_shortfall(ds: Dataset) -> int:
+    """Bytes missing from uncompressed Pixel Data (pydicom reads a cut-off value silently)."""
+    if "PixelData" not in ds:
+        return 0
+    syntax = getattr(getattr(ds, "file_meta", None), "TransferSyntaxUID", None)
+    if syntax is None or syntax.is_compressed:
+        return 0  # encapsulated: pydicom itself fails on a missing delimiter
+    try:
+        expected = _pixel_bytes_expected(ds)
+    except (AttributeError, TypeError, ValueError):
+        return 0
+    return max(0, expected - len(ds.PixelData))
+
+
 def _convert_elements(ds: Dataset, path: Path) -> None:
     """Parse every top-level element now, so a malformed one fails here, named.
 
@@ -351,6 +528,9 @@ __all__ = [
     "metadata_from_dataset",
     "one_line",
     "pixel_keyword",
+    "read_dataset",
     "read_header",
+    "read_instance",
+    "read_metadata",
     "transfer_syntax_of",
 ]

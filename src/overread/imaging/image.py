@@ -36,8 +36,11 @@ class ImageMetadata:
     source_path: str | None = None
     source_format: str = "dicom"
     patient_id: str | None = None
+    patient_name: str | None = None
+    patient_birth_date: str | None = None
     patient_sex: str | None = None
     patient_age: str | None = None
+    issuer_of_patient_id: str | None = None
     study_instance_uid: str | None = None
     series_instance_uid: str | None = None
     sop_instance_uid: str | None = None
@@ -48,6 +51,12 @@ class ImageMetadata:
     laterality: str | None = None
     study_date: str | None = None
     accession_number: str | None = None
+    study_description: str | None = None
+    series_description: str | None = None
+    derivation_description: str | None = None
+    institution_name: str | None = None
+    institutional_department_name: str | None = None
+    requesting_service: str | None = None
     manufacturer: str | None = None
     series_number: int | None = None
     instance_number: int | None = None

@@ -15,28 +15,27 @@ import threading
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
-from io import BytesIO
 from pathlib import Path
 
-import pydicom
-from pydicom.errors import InvalidDicomError as PydicomInvalidDicomError
 from sqlalchemy import insert, select, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
 from overread.audit import AuditAction, record_event
-from overread.errors import InvalidDicomError
+from overread.imaging import ImageMetadata, read_instance
 from overread.service.db import Database, Instance, Study, StudyState, utcnow
 from overread.service.store import ObjectStore
 
 logger = logging.getLogger(__name__)
 
-_REQUIRED = ("SOPInstanceUID", "SOPClassUID", "StudyInstanceUID", "SeriesInstanceUID")
+
+def _clip(value: str | None, limit: int) -> str:
+    return (value or "")[:limit]
 
 
 @dataclass(frozen=True)
-class InstanceHeader:
-    """What ingest and routing need from an instance's header."""
+class _InstanceColumns:
+    """An ``Instance`` row's values from a received header, cut to the column widths."""
 
     sop_instance_uid: str
     sop_class_uid: str
@@ -49,128 +48,20 @@ class InstanceHeader:
     institution: str
     series_description: str
 
-
-def _text(ds: pydicom.Dataset, keyword: str, limit: int) -> str:
-    value = ds.get(keyword, "")
-    return str(value if value is not None else "").strip()[:limit]
-
-
-def read_header(data: bytes, *, source: str = "payload") -> InstanceHeader:
-    """Parse a DICOM Part 10 byte string and return its routing header.
-
-    Every element is decoded, so a truncated or corrupt payload is refused here
-    rather than discovered by a worker later. The common case, uncompressed little
-    endian Pixel Data as the last element, is checked without copying the pixels:
-    the header is parsed up to Pixel Data and the element's length is compared with
-    the bytes that follow it and with Rows x Columns x samples x frames x bits.
-    Anything else (encapsulated or big endian pixels, elements after Pixel Data)
-    is parsed in full.
-
-    Raises
-    ------
-    InvalidDicomError
-        If the bytes are not a readable DICOM data set or lack a required UID.
-    """
-    try:
-        stream = BytesIO(data)
-        ds = pydicom.dcmread(stream, stop_before_pixels=True)
-        for element in ds.iterall():  # force every element to decode
-            _ = element.value
-        short = _pixel_shortfall_in_place(ds, data, stream.tell())
-        if short is None:  # not the simple layout: parse everything
-            ds = pydicom.dcmread(BytesIO(data))
-            for element in ds.iterall():
-                _ = element.value
-            short = _native_pixel_shortfall(ds)
-    except (PydicomInvalidDicomError, EOFError, ValueError, TypeError, KeyError) as exc:
-        raise InvalidDicomError(f"{source}: not a readable DICOM data set ({exc})") from None
-    except Exception as exc:  # pydicom raises assorted types on corrupt input
-        raise InvalidDicomError(f"{source}: not a readable DICOM data set ({exc!r})") from None
-    missing = [k for k in _REQUIRED if not str(ds.get(k, "") or "").strip()]
-    if missing:
-        raise InvalidDicomError(f"{source}: missing required attribute(s) {', '.join(missing)}")
-    if short:
-        raise InvalidDicomError(f"{source}: Pixel Data is truncated ({short} bytes missing)")
-    meta = getattr(ds, "file_meta", None)
-    return InstanceHeader(
-        sop_instance_uid=_text(ds, "SOPInstanceUID", 64),
-        sop_class_uid=_text(ds, "SOPClassUID", 64),
-        study_instance_uid=_text(ds, "StudyInstanceUID", 64),
-        series_instance_uid=_text(ds, "SeriesInstanceUID", 64),
-        transfer_syntax_uid=str(getattr(meta, "TransferSyntaxUID", "") or ""),
-        modality=_text(ds, "Modality", 16).upper(),
-        body_part=_text(ds, "BodyPartExamined", 64).upper(),
-        view_position=_text(ds, "ViewPosition", 16).upper(),
-        institution=_text(ds, "InstitutionName", 128),
-        series_description=_text(ds, "SeriesDescription", 256),
-    )
-
-
-_PIXEL_DATA_TAG = b"\xe0\x7f\x10\x00"  # (7FE0,0010) little endian
-_LONG_VRS = {b"OB", b"OW", b"OD", b"OF", b"OL", b"OV", b"UN"}
-
-
-def _pixel_shortfall_in_place(ds: pydicom.Dataset, data: bytes, offset: int) -> int | None:
-    """Missing Pixel Data bytes, read from the element header at ``offset`` of ``data``.
-
-    ``offset`` is where a ``stop_before_pixels`` parse stopped. Returns ``0`` when
-    the data set ended there (no pixels), ``None`` when the layout is not the simple
-    one (the caller then parses everything).
-    """
-    if offset == len(data):
-        return 0
-    meta = getattr(ds, "file_meta", None)
-    syntax = getattr(meta, "TransferSyntaxUID", None)
-    if (
-        syntax is None
-        or syntax.is_compressed
-        or syntax.is_deflated
-        or not syntax.is_little_endian
-        or data[offset : offset + 4] != _PIXEL_DATA_TAG
-    ):
-        return None
-    if syntax.is_implicit_VR:
-        start, length = offset + 8, int.from_bytes(data[offset + 4 : offset + 8], "little")
-    else:
-        if data[offset + 4 : offset + 6] not in _LONG_VRS:
-            return None
-        start, length = offset + 12, int.from_bytes(data[offset + 8 : offset + 12], "little")
-    if length == 0xFFFFFFFF or start + length < len(data):
-        return None  # undefined length, or elements after Pixel Data
-    available = min(length, max(0, len(data) - start))
-    try:
-        expected = (
-            int(ds.Rows)
-            * int(ds.Columns)
-            * int(ds.get("SamplesPerPixel", 1) or 1)
-            * int(ds.get("NumberOfFrames", 1) or 1)
-            * int(ds.BitsAllocated)
-            + 7
-        ) // 8
-    except (AttributeError, TypeError, ValueError):
-        return max(0, length - available)
-    return max(0, expected - available, length - available)
-
-
-def _native_pixel_shortfall(ds: pydicom.Dataset) -> int:
-    """Bytes missing from uncompressed Pixel Data (pydicom reads a cut-off value silently)."""
-    if "PixelData" not in ds:
-        return 0
-    syntax = getattr(getattr(ds, "file_meta", None), "TransferSyntaxUID", None)
-    if syntax is None or syntax.is_compressed:
-        return 0  # encapsulated: pydicom itself fails on a missing delimiter
-    try:
-        expected = (
-            int(ds.Rows)
-            * int(ds.Columns)
-            * int(ds.get("SamplesPerPixel", 1) or 1)
-            * int(ds.get("NumberOfFrames", 1) or 1)
-            * int(ds.BitsAllocated)
-            + 7
-        ) // 8
-    except (AttributeError, TypeError, ValueError):
-        return 0
-    return max(0, expected - len(ds.PixelData))
+    @classmethod
+    def of(cls, header: ImageMetadata) -> _InstanceColumns:
+        return cls(
+            sop_instance_uid=_clip(header.sop_instance_uid, 64),
+            sop_class_uid=_clip(header.sop_class_uid, 64),
+            study_instance_uid=_clip(header.study_instance_uid, 64),
+            series_instance_uid=_clip(header.series_instance_uid, 64),
+            transfer_syntax_uid=header.transfer_syntax or "",
+            modality=_clip(header.modality, 16).upper(),
+            body_part=_clip(header.body_part, 64).upper(),
+            view_position=_clip(header.view_position, 16).upper(),
+            institution=_clip(header.institution_name, 128),
+            series_description=_clip(header.series_description, 256),
+        )
 
 
 @dataclass(frozen=True)
@@ -188,7 +79,7 @@ class IngestOutcome:
 class _PendingRow:
     """An instance whose bytes are durable and whose row waits for a commit."""
 
-    header: InstanceHeader
+    header: _InstanceColumns
     key: str
     sha256: str
     size: int
@@ -308,7 +199,7 @@ class Ingestor:
         OSError, sqlalchemy.exc.SQLAlchemyError
             If the disk or the database fails; the caller must not acknowledge.
         """
-        header = read_header(data, source=source)
+        header = _InstanceColumns.of(read_instance(data, source=source))
         existing = self._find(header.sop_instance_uid)
         if existing is not None:
             if hashlib.sha256(data).hexdigest() != existing.sha256:
@@ -448,4 +339,4 @@ class Ingestor:
         )
 
 
-__all__ = ["IngestOutcome", "Ingestor", "InstanceHeader", "read_header"]
+__all__ = ["IngestOutcome", "Ingestor"]

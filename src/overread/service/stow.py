@@ -15,7 +15,8 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from overread.errors import InvalidDicomError
-from overread.service.ingest import Ingestor, IngestOutcome, read_header
+from overread.imaging import read_instance
+from overread.service.ingest import Ingestor, IngestOutcome
 
 logger = logging.getLogger(__name__)
 
@@ -121,11 +122,15 @@ def store_instances(
             continue
         try:
             if study_instance_uid is not None:
-                header = read_header(data, source=source)
+                header = read_instance(data, source=source)
                 if header.study_instance_uid != study_instance_uid:
                     logger.error("%s: belongs to study %s", source, header.study_instance_uid)
                     result.failed.append(
-                        (header.sop_class_uid, header.sop_instance_uid, STATUS_STUDY_MISMATCH)
+                        (
+                            header.sop_class_uid or "",
+                            header.sop_instance_uid or "",
+                            STATUS_STUDY_MISMATCH,
+                        )
                     )
                     continue
             result.stored.append(
