@@ -55,6 +55,7 @@ from overread.harness import (
 from overread.harness.gateway import Gateway as RunningGateway
 from overread.harness.gateway import loopback_config
 from overread.harness.gateway import running_gateway as running_loopback_gateway
+from overread.imaging import read_dataset
 
 Progress = Callable[[str, int, int], None]
 
@@ -149,7 +150,7 @@ class StudyFactory:
             cohort = root / f"phantom-{size}"
             generate_cohort(cohort, n=2, seed=seed + size, rows=size, cols=size, workers=1)
             for path in sorted(cohort.rglob("*.dcm")):
-                self.templates.append(pydicom.dcmread(path))
+                self.templates.append(read_dataset(path))
         if not self.templates:
             raise ServiceError("the phantom generator wrote no DICOM file")
         self._count = 0

@@ -16,13 +16,13 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Protocol
 
-import pydicom
 from pydicom.dataset import Dataset
 from pynetdicom import AE, AllStoragePresentationContexts, evt
 from pynetdicom.transport import ThreadedAssociationServer
 
-from overread.errors import ConfigError
+from overread.errors import ConfigError, InvalidDicomError
 from overread.harness.net import end_process, free_port, listening
+from overread.imaging import read_metadata
 
 COMPREHENSIVE_SR = "1.2.840.10008.5.1.4.1.1.88.33"
 #: Every Structured Report storage SOP class starts with this root.
@@ -225,11 +225,11 @@ def sr_studies(pacs_dir: Path) -> set[str]:
     studies: set[str] = set()
     for path in pacs_dir.iterdir():
         try:
-            header = pydicom.dcmread(path, stop_before_pixels=True)
-        except (OSError, pydicom.errors.InvalidDicomError):
+            header = read_metadata(path)
+        except (OSError, InvalidDicomError):
             continue
-        if str(header.get("SOPClassUID", "")).startswith(SR_CLASS_ROOT):
-            studies.add(str(header.StudyInstanceUID))
+        if (header.sop_class_uid or "").startswith(SR_CLASS_ROOT) and header.study_instance_uid:
+            studies.add(header.study_instance_uid)
     return studies
 
 
@@ -264,9 +264,10 @@ class PacsWatcher:
                     continue
                 seen_at = time.time()
                 try:
-                    ds = pydicom.dcmread(entry.path, stop_before_pixels=True)
-                    study = str(ds.StudyInstanceUID)
+                    study = read_metadata(entry.path).study_instance_uid
                 except Exception:  # still being written: look again on the next pass
+                    continue
+                if not study:
                     continue
                 self._seen.add(entry.name)
                 with self._lock:

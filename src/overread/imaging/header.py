@@ -21,6 +21,7 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 import pydicom
+from pydicom.dataelem import DataElement
 from pydicom.dataset import Dataset
 from pydicom.errors import InvalidDicomError as PydicomInvalidDicomError
 from pydicom.tag import BaseTag
@@ -123,14 +124,26 @@ def _tag(keyword: str) -> BaseTag | None:
     return None if tag is None else BaseTag(tag)
 
 
+def _raw_value(ds: Dataset, keyword: str) -> Any:
+    """An attribute's value, or None when absent.
+
+    Looked up by tag with :meth:`~pydicom.dataset.Dataset.get_item`, not by keyword:
+    pydicom's keyword lookup costs more than the read itself, and ingest reads a
+    header per received instance.
+    """
+    tag = _tag(keyword)
+    element = ds.get_item(tag) if tag is not None else None
+    if element is None:
+        return None
+    if not isinstance(element, DataElement):  # not converted yet
+        element = ds[tag]
+    return element.value
+
+
 def header_value(ds: Dataset, keyword: str, convert: Callable[[Any], T], default: T) -> T:
     """Read one attribute defensively: a malformed value gives ``default``."""
     try:
-        tag = _tag(keyword)
-        # By tag, not by keyword: the attribute lookup costs more than the read itself,
-        # and ingest reads a header per received instance.
-        element = ds.get(tag) if tag is not None else None
-        value = element.value if element is not None else None
+        value = _raw_value(ds, keyword)
         if value is None or value == "":
             return default
         return convert(value)
@@ -156,7 +169,7 @@ def first_item(ds: Dataset, *path: str) -> Dataset | None:
     node: Any = ds
     for keyword in path:
         try:
-            seq = node.get(keyword)
+            seq = _raw_value(node, keyword)
         except Exception:
             return None
         if not seq:

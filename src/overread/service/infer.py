@@ -21,6 +21,7 @@ from sqlalchemy import select
 
 from overread.audit import AuditAction
 from overread.errors import ConfigError, InferenceError
+from overread.imaging import ImageMetadata, metadata_from_dataset, read_dataset
 from overread.results import Prediction, ResultSummary
 from overread.service.db import Instance, Job, JobKind, Result, utcnow
 from overread.service.handling import JobServices
@@ -113,11 +114,12 @@ class InferenceHandler:
         # One header read per image serves the SR, the worklist context and the FHIR
         # facts; overlays need the pixels too.
         readings = [
-            (prediction, pydicom.dcmread(path, stop_before_pixels=not self.services.config.explain))
+            (prediction, read_dataset(path, pixels=self.services.config.explain))
             for prediction, (path, _) in zip(predictions, items, strict=True)
             if prediction.ok
         ]
-        context = _study_context(items, readings[0][1])
+        header = metadata_from_dataset(readings[0][1])
+        context = _study_context(items, header)
         artifacts: list[dict[str, Any]] = []
         if self.artifacts is not None:
             for dataset in self.artifacts.build_study(readings, cam_segmentation=cam_segmentation):
@@ -129,7 +131,7 @@ class InferenceHandler:
             alias=alias,
             instances=tuple(predictions),
             sop_instance_uids=tuple(row.sop_instance_uid for _, row in items),
-            study=study_header(readings[0][1]),
+            study=study_header(header),
             timings=_stage_timings(predictions, modelled - started, built - modelled),
         ).to_dict()
         self._finish(job, payload, None, summary, artifacts, context)
@@ -249,17 +251,15 @@ def _stage_timings(
     return totals
 
 
-def _study_context(items: list[tuple[Path, Instance]], header: Any) -> StudyContext:
+def _study_context(items: list[tuple[Path, Instance]], header: ImageMetadata) -> StudyContext:
     """Department, patient age and arrival time of a study, from its first header."""
     from overread.triage import department_key, dicom_age_years
 
     received = min((row.received_at for _, row in items), default=None)
-    department = str(
-        header.get("InstitutionalDepartmentName", "") or header.get("RequestingService", "")
-    )
+    department = header.institutional_department_name or header.requesting_service or ""
     return StudyContext(
         department=department_key(department),
-        patient_age=dicom_age_years(str(header.get("PatientAge", "") or "")),
+        patient_age=dicom_age_years(header.patient_age or ""),
         received_at=received,
     )
 

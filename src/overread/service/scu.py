@@ -13,12 +13,11 @@ from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from pydicom import dcmread
-from pydicom.errors import InvalidDicomError as PydicomInvalidDicomError
 from pydicom.uid import ExplicitVRLittleEndian, ImplicitVRLittleEndian
 from pynetdicom import AE
 
-from overread.errors import ServiceError
+from overread.errors import InvalidDicomError, ServiceError
+from overread.imaging import read_metadata
 
 logger = logging.getLogger(__name__)
 
@@ -61,14 +60,10 @@ class _Prepared:
 
 
 def _prepare(path: Path) -> _Prepared:
-    ds = dcmread(path, stop_before_pixels=True)
-    meta = ds.file_meta
-    return _Prepared(
-        path,
-        str(getattr(meta, "MediaStorageSOPClassUID", "") or ds.SOPClassUID),
-        str(getattr(meta, "MediaStorageSOPInstanceUID", "") or ds.SOPInstanceUID),
-        str(meta.TransferSyntaxUID),
-    )
+    header = read_metadata(path)
+    if not (header.sop_class_uid and header.sop_instance_uid and header.transfer_syntax):
+        raise InvalidDicomError(f"{path}: no SOP Class, SOP Instance or Transfer Syntax UID")
+    return _Prepared(path, header.sop_class_uid, header.sop_instance_uid, header.transfer_syntax)
 
 
 def send_files(
@@ -95,7 +90,7 @@ def send_files(
     for path in paths:
         try:
             prepared.append(_prepare(path))
-        except (OSError, PydicomInvalidDicomError, AttributeError, ValueError) as exc:
+        except (OSError, InvalidDicomError) as exc:
             statuses[path] = SendStatus(path, None, f"not a DICOM file: {exc}")
     batches: list[list[_Prepared]] = []
     current: list[_Prepared] = []

@@ -21,13 +21,13 @@ from os import PathLike
 from pathlib import Path
 from typing import Any
 
-from pydicom import dcmread
 from pydicom.dataset import Dataset
 from pydicom.uid import ExplicitVRLittleEndian, ImplicitVRLittleEndian
 from pynetdicom import AE
 from pynetdicom.sop_class import Verification  # type: ignore[attr-defined]
 
 from overread.errors import ServiceError
+from overread.imaging import read_dataset
 
 logger = logging.getLogger(__name__)
 
@@ -139,7 +139,7 @@ def load_dataset(item: DatasetOrPath) -> Dataset:
         return item
     path = Path(item)
     try:
-        return dcmread(path)
+        return read_dataset(path)
     except Exception as exc:
         raise ServiceError(f"{path}: cannot be read as DICOM ({exc})") from exc
 

@@ -32,6 +32,7 @@ from pydicom.dataset import Dataset
 
 from overread.errors import ServiceError
 from overread.findings import Finding
+from overread.imaging import ImageMetadata
 from overread.results import Decision, ModelRef, Prediction, ResultSummary, StudyHeader
 from overread.service.outputs import codes as oc
 from overread.service.outputs.prediction import (
@@ -262,16 +263,15 @@ class ResultNotFoundError(ServiceError, LookupError):
 _COMPREHENSIVE_SR = "1.2.840.10008.5.1.4.1.1.88.33"
 
 
-def study_header(source: Dataset) -> StudyHeader:
+def study_header(header: ImageMetadata) -> StudyHeader:
     """The header facts a FHIR report needs, as stored with a result (``summary["study"]``)."""
-    name = getattr(source, "PatientName", None)
     return StudyHeader(
-        study_instance_uid=str(getattr(source, "StudyInstanceUID", "") or ""),
-        patient_id=str(getattr(source, "PatientID", "") or ""),
-        patient_name=str(name) if name else "",
-        issuer_of_patient_id=str(getattr(source, "IssuerOfPatientID", "") or ""),
-        study_date=str(getattr(source, "StudyDate", "") or ""),
-        accession_number=str(getattr(source, "AccessionNumber", "") or ""),
+        study_instance_uid=header.study_instance_uid or "",
+        patient_id=header.patient_id or "",
+        patient_name=header.patient_name or "",
+        issuer_of_patient_id=header.issuer_of_patient_id or "",
+        study_date=header.study_date or "",
+        accession_number=header.accession_number or "",
     )
 
 

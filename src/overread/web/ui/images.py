@@ -32,6 +32,7 @@ from PIL import Image
 from sqlalchemy import select
 
 from overread.errors import OverreadError
+from overread.imaging import read_dataset, read_metadata
 from overread.service.db import Instance, Result
 from overread.triage import get_item
 from overread.web.ui.views import overlay_artifacts, study_instances
@@ -67,16 +68,14 @@ def to_png(pixels: np.ndarray) -> bytes:
 @lru_cache(maxsize=1024)
 def _overlay_label(path: str) -> str:
     """The finding a stored overlay shows (from its Derivation or Series Description)."""
-    import pydicom
-
     try:
-        ds = pydicom.dcmread(path, stop_before_pixels=True)
+        meta = read_metadata(path)
     except Exception:
         return ""
-    derivation = str(ds.get("DerivationDescription", "") or "")
+    derivation = meta.derivation_description or ""
     if " heatmap from " in derivation:
         return derivation.split(" heatmap from ", 1)[0]
-    description = str(ds.get("SeriesDescription", "") or "")
+    description = meta.series_description or ""
     prefix, suffix = "overread heatmap ", " (research use)"
     if description.startswith(prefix):
         return description[len(prefix) :].removesuffix(suffix)
@@ -142,9 +141,7 @@ class HeatmapImages:
             cached = self._cached(key)
             if cached is not None:
                 return cached
-            import pydicom
-
-            dataset = pydicom.dcmread(self.service.store.path(overlays[label]))
+            dataset = read_dataset(self.service.store.path(overlays[label]))
             return self._keep(
                 key, RenderedImage(to_png(dataset.pixel_array), "stored-overlay", label)
             )
@@ -200,8 +197,6 @@ class HeatmapImages:
 
     def _compute(self, source: Instance, alias: str, label: str) -> bytes | None:
         """Run the model with ``explain`` on the reference image; the overlay's PNG or None."""
-        import pydicom
-
         try:
             from overread.service.outputs import build_overlay
 
@@ -212,7 +207,7 @@ class HeatmapImages:
                 getattr(prediction, "heatmaps", None) or {}
             ):
                 return None
-            overlay: Any = build_overlay(prediction, pydicom.dcmread(path), label)
+            overlay: Any = build_overlay(prediction, read_dataset(path), label)
             return to_png(overlay.pixel_array)
         except Exception as exc:  # no model, no heatmap: fall back to the plain image
             logger.warning(
@@ -221,11 +216,9 @@ class HeatmapImages:
             return None
 
     def _plain(self, source: Instance) -> bytes:
-        import pydicom
-
         from overread.service.outputs.overlay import windowed_grey
 
-        dataset = pydicom.dcmread(self.service.store.path(source.object_key))
+        dataset = read_dataset(self.service.store.path(source.object_key))
         return to_png(windowed_grey(dataset))
 
 

@@ -20,6 +20,7 @@ from pydantic import BaseModel
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
+from overread.imaging import read_metadata
 from overread.security import Permission, Principal, redact_phi
 from overread.service.db import Instance, Job, JobState, Result
 from overread.service.store import ObjectStore
@@ -75,24 +76,22 @@ class StudyHeader:
 
 @lru_cache(maxsize=4096)
 def _header_of_file(path: str) -> StudyHeader:
-    import pydicom
-
     try:
-        ds = pydicom.dcmread(path, stop_before_pixels=True)
+        meta = read_metadata(path)
     except Exception as exc:  # an unreadable file: show the study without its header
         logger.warning("cannot read the header of %s: %s", path, exc)
         return StudyHeader()
     return StudyHeader(
-        patient_name=_person_name(ds.get("PatientName", "")),
-        patient_id=str(ds.get("PatientID", "") or ""),
-        patient_birth_date=str(ds.get("PatientBirthDate", "") or ""),
-        patient_sex=str(ds.get("PatientSex", "") or ""),
-        accession_number=str(ds.get("AccessionNumber", "") or ""),
-        study_description=str(ds.get("StudyDescription", "") or ""),
-        study_date=str(ds.get("StudyDate", "") or ""),
-        modality=str(ds.get("Modality", "") or ""),
-        body_part=str(ds.get("BodyPartExamined", "") or ""),
-        view_position=str(ds.get("ViewPosition", "") or ""),
+        patient_name=_person_name(meta.patient_name),
+        patient_id=meta.patient_id or "",
+        patient_birth_date=meta.patient_birth_date or "",
+        patient_sex=meta.patient_sex or "",
+        accession_number=meta.accession_number or "",
+        study_description=meta.study_description or "",
+        study_date=meta.study_date or "",
+        modality=meta.modality or "",
+        body_part=meta.body_part or "",
+        view_position=meta.view_position or "",
     )
 
 
