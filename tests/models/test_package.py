@@ -104,3 +104,16 @@ def test_not_a_package(tmp_path: Path) -> None:
         load_package(tmp_path)
     with pytest.raises(ModelPackageError, match="no such model package"):
         load_package(tmp_path / "absent")
+
+
+def test_label_codes_are_the_standard_codes_of_the_finding_table() -> None:
+    from overread.findings import CHEXPERT_LABELS, FINDING_CODES
+    from overread.models.package import _label_specs
+
+    specs = {spec.name: spec.codes for spec in _label_specs(list(CHEXPERT_LABELS))}
+    assert [(c.scheme, c.value) for c in specs["Consolidation"]] == [("SCT", "95436008")]
+    for label in CHEXPERT_LABELS:
+        code = FINDING_CODES[label]
+        expected = [(code.scheme, code.value, code.meaning)] if code.is_standard else []
+        assert [(c.scheme, c.value, c.meaning) for c in specs[label]] == expected
+    assert specs["Support Devices"] == []  # local codes stay out of the manifest

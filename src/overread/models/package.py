@@ -28,7 +28,7 @@ from pydantic import ValidationError
 from torch import nn
 
 from overread.errors import ModelPackageError
-from overread.models.codes import FINDING_CODES
+from overread.findings import FINDING_CODES
 from overread.models.manifest import (
     MANIFEST_NAME,
     Accepts,
@@ -252,7 +252,12 @@ def _label_specs(labels: Sequence[str | LabelSpec]) -> list[LabelSpec]:
             specs.append(label)
             continue
         code = FINDING_CODES.get(label)
-        codes = [Code(scheme=code[0], value=code[1], meaning=code[2])] if code else []
+        # Only standard codes travel with a package; a local one means nothing elsewhere.
+        codes = (
+            [Code(scheme=code.scheme, value=code.value, meaning=code.meaning)]
+            if code is not None and code.is_standard
+            else []
+        )
         specs.append(LabelSpec(name=label, codes=codes))
     return specs
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import re
 
-from overread.findings import CHEXPERT_LABELS
+from overread.findings import CHEXPERT_LABELS, FINDING_CODES
 from overread.service.outputs import finding_concept
 from overread.service.outputs.codes import FHIR_SYSTEMS, LOCAL_SCHEME
 
@@ -39,3 +39,14 @@ def test_other_labels_get_distinct_valid_local_codes() -> None:
     assert finding_concept("Nodule", [("SCT", "27925004", "Nodule")]).value == "27925004"
     # A model code in an unknown scheme is not trusted.
     assert finding_concept("Nodule", [("XYZ", "1", "Nodule")]).scheme == LOCAL_SCHEME
+
+
+def test_report_concepts_come_from_the_one_finding_code_table() -> None:
+    for label in CHEXPERT_LABELS:
+        concept, code = finding_concept(label), FINDING_CODES[label]
+        assert (concept.scheme, concept.value, concept.meaning) == (
+            code.scheme,
+            code.value,
+            code.meaning,
+        )
+    assert finding_concept("Consolidation").value == "95436008"

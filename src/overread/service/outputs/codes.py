@@ -30,11 +30,8 @@ import highdicom as hd
 from pydicom.dataset import Dataset
 from pydicom.sr.codedict import codes
 
-from overread.findings import Finding
+from overread.findings import FINDING_CODES, LOCAL_SCHEME
 
-#: Private coding scheme designator for concepts without a standard code
-#: (PS3.3 8.2: designators beginning with "99" are private).
-LOCAL_SCHEME = "99OVERREAD"
 #: FHIR ``system`` for the same local concepts.
 LOCAL_FHIR_SYSTEM = "urn:overread:codes"
 
@@ -78,28 +75,14 @@ def _from_pydicom(code: Any) -> Concept:
     )
 
 
-# ---- Findings -----------------------------------------------------------------------------
+# ---- Findings ---------------------------------------------------------------------------
 
-#: The concept for each CheXpert finding. Standard codes where one exists with the same
-#: meaning; the local scheme otherwise.
+#: The concept for each CheXpert finding, from the one table of finding codes
+#: (:data:`overread.findings.FINDING_CODES`): standard codes where one exists with the
+#: same meaning; the local scheme otherwise.
 FINDING_CONCEPTS: dict[str, Concept] = {
-    Finding.NO_FINDING.value: Concept("NOFINDING", LOCAL_SCHEME, "No finding"),
-    Finding.ENLARGED_CARDIOMEDIASTINUM.value: Concept(
-        "ENLCARDIOMED", LOCAL_SCHEME, "Enlarged cardiomediastinum"
-    ),
-    Finding.CARDIOMEGALY.value: Concept("8186001", "SCT", "Cardiomegaly"),
-    # DCM 112001 "Opacity" is PS3.16 CID 6102/6104's radiographic opacity finding.
-    Finding.LUNG_OPACITY.value: _from_pydicom(codes.DCM.Opacity),
-    Finding.LUNG_LESION.value: Concept("LUNGLESION", LOCAL_SCHEME, "Lung lesion"),
-    Finding.EDEMA.value: _from_pydicom(codes.SCT.PulmonaryEdema),
-    Finding.CONSOLIDATION.value: Concept("95436008", "SCT", "Lung consolidation"),
-    Finding.PNEUMONIA.value: Concept("233604007", "SCT", "Pneumonia"),
-    Finding.ATELECTASIS.value: Concept("46621007", "SCT", "Atelectasis"),
-    Finding.PNEUMOTHORAX.value: _from_pydicom(codes.SCT.Pneumothorax),
-    Finding.PLEURAL_EFFUSION.value: _from_pydicom(codes.SCT.PleuralEffusion),
-    Finding.PLEURAL_OTHER.value: Concept("PLEURALOTHER", LOCAL_SCHEME, "Pleural other"),
-    Finding.FRACTURE.value: Concept("125605004", "SCT", "Fracture of bone"),
-    Finding.SUPPORT_DEVICES.value: Concept("SUPPORTDEVICES", LOCAL_SCHEME, "Support devices"),
+    label: Concept(value=code.value, scheme=code.scheme, meaning=code.meaning)
+    for label, code in FINDING_CODES.items()
 }
 
 _NOT_CODE_CHARS = re.compile(r"[^A-Z0-9]+")
