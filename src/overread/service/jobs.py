@@ -47,7 +47,9 @@ class RetryPolicy:
 
     def delay(self, attempt: int) -> float:
         """Seconds to wait after the ``attempt``-th failure (1-based)."""
-        return float(min(self.maximum_seconds, self.base_seconds * 2 ** max(0, attempt - 1)))
+        # The exponent is capped so that a huge attempt number does not overflow a float.
+        exponent = min(max(0, attempt - 1), 64)
+        return float(min(self.maximum_seconds, self.base_seconds * 2**exponent))
 
 
 def _claimable(now: datetime) -> ColumnElement[bool]:

@@ -12,8 +12,8 @@
   finding, and the model as a Device (:func:`fhir_report_for_study`: the same from a
   study's stored results, for the REST API and the FHIR export jobs);
 * senders: :func:`send_datasets` (DICOM C-STORE, optionally over TLS), :func:`echo`
-  (C-ECHO), :func:`stow_rs` (DICOMweb), :func:`post_fhir`, and the
-  :class:`RetryPolicy` the job system uses between attempts.
+  (C-ECHO), :func:`stow_rs` (DICOMweb) and :func:`post_fhir`; the job system retries
+  a failed send with its :class:`~overread.service.jobs.RetryPolicy`.
 """
 
 from overread.service.outputs.codes import Concept, finding_concept
@@ -33,7 +33,6 @@ from overread.service.outputs.fhir import (
 from overread.service.outputs.http_send import HttpResult, post_fhir, stow_rs
 from overread.service.outputs.overlay import RESEARCH_BANNER, build_overlay, build_overlays
 from overread.service.outputs.prediction import model_identity
-from overread.service.outputs.retry import RetryPolicy
 from overread.service.outputs.seg import CAM_REGION_DESCRIPTION, build_seg, cam_region_masks
 from overread.service.outputs.sr import build_sr, build_study_sr, study_prediction, summary_text
 
@@ -45,7 +44,6 @@ __all__ = [
     "DicomDestination",
     "HttpResult",
     "ResultNotFoundError",
-    "RetryPolicy",
     "SendResult",
     "build_fhir_report",
     "build_overlay",
