@@ -46,6 +46,49 @@ def test_bootstrap_ci_brackets_the_estimate() -> None:
     assert wide is not None
 
 
+def _card_inputs() -> tuple[np.ndarray, np.ndarray, np.ndarray, list[str]]:
+    """Predictions with ties, masked labels, a rare label and patients with several images."""
+    rng = np.random.default_rng(20261204)
+    n, k = 90, 3
+    patients = [f"P{int(i):03d}" for i in rng.integers(0, 40, n)]
+    targets = (rng.random((n, k)) < np.array([0.3, 0.5, 0.08])).astype(np.float32)
+    noise = rng.normal(0.0, 0.9, (n, k))
+    probs = np.round(1 / (1 + np.exp(-(1.6 * targets - 0.8 + noise))), 2).astype(np.float32)
+    mask = (rng.random((n, k)) > 0.1).astype(np.float32)
+    return probs, targets, mask, patients
+
+
+def test_model_card_figures_are_those_of_the_earlier_training_metrics() -> None:
+    """The AUCs and patient-clustered intervals of the model cards made so far.
+
+    The numbers were computed by the training package's own AUC and bootstrap
+    (scikit-learn AUC per resample, one resample at a time) before both moved onto
+    the evaluation package's; a card computed now must show the same figures.
+    """
+    probs, targets, mask, patients = _card_inputs()
+    assert per_class_auc(probs, targets, mask) == pytest.approx(
+        [0.8741758241758242, 0.8678090575275399, 0.8648648648648648], rel=1e-12
+    )
+    clustered = bootstrap_auc_ci(probs, targets, clusters=patients, n_boot=300, seed=7)
+    expected_clustered = [
+        (0.7878288952028546, 0.9282949032949033),
+        (0.7805168918918919, 0.9520554519526108),
+        (0.7688778659611993, 0.9666687520854188),
+    ]
+    for got, want in zip(clustered, expected_clustered, strict=True):
+        assert got == pytest.approx(want, rel=1e-12)
+    by_row = bootstrap_auc_ci(probs, targets, n_boot=200, seed=0)
+    expected_by_row = [
+        (0.7952804387265335, 0.9332563034732847),
+        (0.7897759103641456, 0.9435205853174603),
+        (0.7369553114923486, 0.9747126177103029),
+    ]
+    for got, want in zip(by_row, expected_by_row, strict=True):
+        assert got == pytest.approx(want, rel=1e-12)
+    # Too few resamples with both classes: no interval rather than a made-up one.
+    assert bootstrap_auc_ci(probs, targets, n_boot=5) == [None, None, None]
+
+
 def test_operating_points_meet_their_targets() -> None:
     p, y = _scores(2000)
     mask = np.ones_like(y)

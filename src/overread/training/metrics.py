@@ -1,8 +1,11 @@
 """Validation metrics used during training: per-class ROC AUC and bootstrap intervals.
 
-The evaluation package has the full clinical statistics; training only needs a
-fast, dependency-light AUC to select checkpoints and stop early, and a
-patient-clustered bootstrap for the model card.
+The AUCs and their patient-clustered bootstrap intervals are the evaluation
+package's (:func:`overread.evaluation.per_label_auc`,
+:func:`overread.evaluation.bootstrap_auc`), so a model card and an evaluation
+report compute the same statistic the same way; the functions here only adapt
+them to the trainer's arrays (a mask of known labels, ``None`` for what cannot
+be computed).
 """
 
 from __future__ import annotations
@@ -10,31 +13,43 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 import numpy as np
-from sklearn.metrics import roc_auc_score
+
+from overread.evaluation.bootstrap import bootstrap_auc
+from overread.evaluation.roc import per_label_auc
+
+#: A bootstrap interval needs at least this many resamples in which the label has
+#: both classes; with fewer the interval is not reported.
+MIN_VALID_RESAMPLES = 10
 
 
 def per_class_auc(
     probs: np.ndarray, targets: np.ndarray, mask: np.ndarray | None = None
 ) -> list[float | None]:
     """ROC AUC per column; ``None`` where a column has only one class among unmasked rows."""
-    p = np.asarray(probs, dtype=np.float64)
     t = np.asarray(targets, dtype=np.float64)
     m = np.ones_like(t, dtype=bool) if mask is None else np.asarray(mask) > 0
-    out: list[float | None] = []
-    for c in range(t.shape[1]):
-        keep = m[:, c]
-        y = t[keep, c] > 0.5
-        if y.all() or not y.any():
-            out.append(None)
-        else:
-            out.append(float(roc_auc_score(y, p[keep, c])))
-    return out
+    truth = np.where(m, (t > 0.5).astype(np.float64), np.nan)  # NaN: left out of the column
+    aucs = per_label_auc(truth, np.asarray(probs, dtype=np.float64))
+    return [None if np.isnan(a) else float(a) for a in aucs]
 
 
 def mean_auc(aucs: Sequence[float | None]) -> float:
     """Mean over the classes that have an AUC (NaN if none)."""
     vals = [a for a in aucs if a is not None]
     return float(np.mean(vals)) if vals else float("nan")
+
+
+def _numbered_in_order_of_appearance(clusters: Sequence[str]) -> np.ndarray:
+    """Each row's cluster as a number in order of first appearance, zero-padded.
+
+    :func:`~overread.evaluation.bootstrap.patient_index` numbers patients in the
+    sorted order of their ids; ids that sort in order of first appearance make a
+    seed draw the same resamples as the model cards made so far did.
+    """
+    numbers: dict[str, int] = {}
+    rows = [numbers.setdefault(str(cluster), len(numbers)) for cluster in clusters]
+    width = len(str(max(len(numbers) - 1, 0)))
+    return np.array([f"{number:0{width}d}" for number in rows])
 
 
 def bootstrap_auc_ci(
@@ -49,32 +64,21 @@ def bootstrap_auc_ci(
     """Percentile bootstrap CI of each class's AUC, resampling patients (clusters).
 
     Images of one patient are correlated; resampling whole patients keeps the
-    interval honest when a patient has several studies.
+    interval honest when a patient has several studies. ``None`` for a class with
+    fewer than :data:`MIN_VALID_RESAMPLES` resamples that contain both classes.
     """
-    p = np.asarray(probs, dtype=np.float64)
-    t = np.asarray(targets, dtype=np.float64) > 0.5
-    n = len(p)
-    if clusters is None:
-        groups = [np.array([i]) for i in range(n)]
-    else:
-        index: dict[str, list[int]] = {}
-        for i, cluster in enumerate(clusters):
-            index.setdefault(str(cluster), []).append(i)
-        groups = [np.array(v) for v in index.values()]
-    rng = np.random.default_rng(seed)
-    samples: list[list[float]] = [[] for _ in range(t.shape[1])]
-    for _ in range(n_boot):
-        pick = rng.integers(0, len(groups), len(groups))
-        rows = np.concatenate([groups[i] for i in pick])
-        for c in range(t.shape[1]):
-            y = t[rows, c]
-            if y.all() or not y.any():
-                continue
-            samples[c].append(float(roc_auc_score(y, p[rows, c])))
-    lo, hi = (1 - level) / 2 * 100, (1 + level) / 2 * 100
+    truth = (np.asarray(targets, dtype=np.float64) > 0.5).astype(np.float64)
+    result = bootstrap_auc(
+        truth,
+        np.asarray(probs, dtype=np.float64),
+        None if clusters is None else _numbered_in_order_of_appearance(clusters),
+        n_resamples=n_boot,
+        confidence=level,
+        seed=seed,
+    )
     return [
-        (float(np.percentile(s, lo)), float(np.percentile(s, hi))) if len(s) >= 10 else None
-        for s in samples
+        (float(low), float(high)) if valid >= MIN_VALID_RESAMPLES else None
+        for low, high, valid in zip(result.ci_low, result.ci_high, result.n_valid, strict=True)
     ]
 
 
