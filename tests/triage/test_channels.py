@@ -24,6 +24,7 @@ from paho.mqtt.enums import CallbackAPIVersion
 from sqlalchemy import select
 
 from overread.errors import ServiceError
+from overread.netutil import free_port
 from overread.service.db import Database
 from overread.triage import (
     SIGNATURE_HEADER,
@@ -51,12 +52,6 @@ MESSAGE: dict[str, Any] = {
     "probability": 0.93,
     "level": 0,
 }
-
-
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 def _broker_up() -> bool:
@@ -101,7 +96,7 @@ def mosquitto() -> None:
 
 
 def test_mqtt_channel_publishes_to_the_topic(mosquitto: None) -> None:
-    topic = f"overread/test/{_free_port()}"
+    topic = f"overread/test/{free_port()}"
     channel = MqttChannel(ChannelConfig(name="mqtt", kind="mqtt", topic=topic))
     with Subscriber(topic) as subscriber:
         channel.send(MESSAGE)
@@ -110,7 +105,7 @@ def test_mqtt_channel_publishes_to_the_topic(mosquitto: None) -> None:
 
 
 def test_mqtt_channel_without_broker_raises() -> None:
-    port = _free_port()
+    port = free_port()
     channel = MqttChannel(ChannelConfig(name="mqtt", kind="mqtt", port=port))
     with pytest.raises(ServiceError, match=f"mqtt mqtt \\(127.0.0.1:{port} .*cannot connect"):
         channel.send(MESSAGE)
@@ -130,7 +125,7 @@ class Sink:
 @pytest.fixture
 def smtp_sink() -> Iterator[tuple[Sink, int]]:
     sink = Sink()
-    port = _free_port()
+    port = free_port()
     controller = Controller(sink, hostname="127.0.0.1", port=port)
     controller.start()
     yield sink, port
@@ -199,7 +194,7 @@ def tls_smtp(tmp_path: Path) -> Iterator[tuple[Sink, int, Path]]:
         return AuthResult(success=ok)
 
     sink = Sink()
-    port = _free_port()
+    port = free_port()
     controller = Controller(
         sink,
         hostname="127.0.0.1",
@@ -243,7 +238,7 @@ def test_email_channel_starttls_and_login(
 
 
 def test_email_channel_without_server_raises() -> None:
-    port = _free_port()
+    port = free_port()
     channel = EmailChannel(ChannelConfig(name="mail", kind="email", port=port, recipients=["x@y"]))
     with pytest.raises(ServiceError, match=f"email mail \\(127.0.0.1:{port}\\)"):
         channel.send(MESSAGE)
@@ -276,7 +271,7 @@ def test_sweep_delivers_over_all_three_channels(
     db: Database, webhook: WebhookReceiver, smtp_sink: tuple[Sink, int], mosquitto: None
 ) -> None:
     sink, port = smtp_sink
-    topic = f"overread/test/{_free_port()}"
+    topic = f"overread/test/{free_port()}"
     config = triage_config(
         {
             "alerts": {

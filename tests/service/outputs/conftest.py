@@ -21,6 +21,7 @@ import pytest
 from pydicom.dataset import Dataset
 
 from overread.findings import CHEXPERT_LABELS
+from overread.netutil import free_port
 from overread.results import FindingResult, ModelRef, Prediction
 
 # A real digital radiograph of a chest (DX, 12-bit, MONOCHROME2, 2614x3072), shipped
@@ -123,12 +124,6 @@ def dciodvfy_errors(path: Path) -> list[str]:
 
 
 # ---- network peers ---------------------------------------------------------------------------
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 def _listening(port: int) -> bool:
