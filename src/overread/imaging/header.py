@@ -6,6 +6,12 @@ or length is reported by its tag), arbitrary bytes that pydicom's ``force``
 mode would accept as "DICOM" rejected, large values (pixel data) left on disk
 until the caller has checked the declared geometry, and pydicom's warnings and
 log records captured rather than printed.
+
+The same typed header serves code that needs tags but not pixels:
+:func:`read_metadata` for a stored file, :func:`read_instance` for an instance as
+received (checked as ingest needs it, header-only where the layout allows), and
+:func:`read_dataset` for code that copies or sends the whole data set. Nothing
+outside this package calls pydicom's ``dcmread``.
 """
 
 from __future__ import annotations
@@ -188,6 +194,12 @@ def functional_group(ds: Dataset, macro: str) -> Dataset | None:
     )
 
 
+def _has_functional_groups(ds: Dataset) -> bool:
+    return _raw_value(ds, "SharedFunctionalGroupsSequence") is not None or (
+        _raw_value(ds, "PerFrameFunctionalGroupsSequence") is not None
+    )
+
+
 def transfer_syntax_of(ds: Dataset) -> UID | None:
     """The dataset's transfer syntax, from File Meta or the encoding used to read it."""
     meta = getattr(ds, "file_meta", None)
@@ -218,11 +230,13 @@ def metadata_from_dataset(ds: Dataset, path: Path | str | None = None) -> ImageM
     Values that cannot be parsed are left as ``None`` rather than failing the
     read: a bad Patient Age must not stop a chest film from being reported.
     """
-    plane = functional_group(ds, "PlanePositionSequence")
-    orient = functional_group(ds, "PlaneOrientationSequence")
-    measures = functional_group(ds, "PixelMeasuresSequence")
-    transform = functional_group(ds, "PixelValueTransformationSequence")
-    voi = functional_group(ds, "FrameVOILUTSequence")
+    plane = orient = measures = transform = voi = None
+    if _has_functional_groups(ds):  # enhanced multi-frame objects only
+        plane = functional_group(ds, "PlanePositionSequence")
+        orient = functional_group(ds, "PlaneOrientationSequence")
+        measures = functional_group(ds, "PixelMeasuresSequence")
+        transform = functional_group(ds, "PixelValueTransformationSequence")
+        voi = functional_group(ds, "FrameVOILUTSequence")
     position = header_value(ds, "ImagePositionPatient", _floats, NO_FLOATS)
     if not position and plane is not None:
         position = header_value(plane, "ImagePositionPatient", _floats, NO_FLOATS)
@@ -410,12 +424,19 @@ def read_instance(data: bytes, *, source: str = "payload") -> ImageMetadata:
         raise InvalidDicomError(f"{source}: not a readable DICOM data set ({exc})") from None
     except Exception as exc:  # pydicom raises assorted types on corrupt input
         raise InvalidDicomError(f"{source}: not a readable DICOM data set ({exc!r})") from None
-    missing = [k for k in _REQUIRED_UIDS if not header_value(ds, k, as_text, "")]
+    header = metadata_from_dataset(ds)
+    uids = (
+        header.sop_instance_uid,
+        header.sop_class_uid,
+        header.study_instance_uid,
+        header.series_instance_uid,
+    )
+    missing = [keyword for keyword, uid in zip(_REQUIRED_UIDS, uids, strict=True) if not uid]
     if missing:
         raise InvalidDicomError(f"{source}: missing required attribute(s) {', '.join(missing)}")
     if short:
         raise InvalidDicomError(f"{source}: Pixel Data is truncated ({short} bytes missing)")
-    return metadata_from_dataset(ds)
+    return header
 
 
 _PIXEL_DATA_TAG = b"\xe0\x7f\x10\x00"  # (7FE0,0010) little endian
