@@ -10,11 +10,20 @@ convolution on a 7x7 map.
 
 Why these quantisation settings: batch norm is folded into the preceding
 convolution before export (so the quantiser sees one conv per unit), activations are
-uint8 and weights int8 per output channel (the combination ONNX Runtime's VNNI
-kernels take), in QDQ format (ONNX Runtime fuses DQ-Conv-Q into integer
-convolutions at load). Measured side by side on this design, QOperator and QDQ ran
-at the same speed; DenseNets, whose concatenations force requantisation, got slower
-in INT8 (see docs/models.md).
+uint8 and weights int8 per output channel, in QDQ format (ONNX Runtime fuses
+DQ-Conv-Q into integer convolutions at load). Measured side by side on this design,
+QOperator and QDQ ran at the same speed; DenseNets, whose concatenations force
+requantisation, got slower in INT8 (see docs/models.md).
+
+Weights use 7 bits (``reduce_range``): on x86 CPUs without VNNI, ONNX Runtime's
+uint8 x int8 kernels multiply with VPMADDUBSW, which adds pairs of products into
+int16 and saturates when full 8-bit weights meet large activations (255 * 127 * 2
+> 32767). On such a CPU the 8-bit build moved probabilities by up to 0.9; 7-bit
+weights cannot saturate (255 * 64 * 2 < 32767) and give the same result with and
+without VNNI. The convolutions that read the input image stay FP32: with one input
+channel they have only a few weights per output channel, and rounding those to 7
+bits alone moved probabilities by 0.13 on phantoms (0.02 with the layer in FP32),
+at a cost of a few million multiply-adds (docs/benchmarks.md).
 """
 
 from __future__ import annotations
@@ -218,6 +227,19 @@ class _ArrayReader:
         self._iterator = iter(self._images)
 
 
+def _input_convolutions(path: Path) -> list[str]:
+    """Names of the Conv nodes that read the graph input directly."""
+    import onnx
+
+    model = onnx.load(str(path), load_external_data=False)
+    inputs = {value.name for value in model.graph.input}
+    return [
+        node.name
+        for node in model.graph.node
+        if node.op_type == "Conv" and node.input and node.input[0] in inputs
+    ]
+
+
 def quantize_int8(
     fp32_path: Path | str,
     int8_path: Path | str,
@@ -226,6 +248,8 @@ def quantize_int8(
     per_channel: bool = True,
     method: str = "minmax",
     quant_format: str = "qdq",
+    reduce_range: bool = True,
+    float_input_layer: bool = True,
 ) -> Path:
     """Static INT8 quantisation of an FP32 ONNX model, calibrated on ``calibration``.
 
@@ -237,6 +261,11 @@ def quantize_int8(
         ``minmax``, ``entropy`` or ``percentile`` activation-range calibration.
     quant_format
         ``qdq`` (default) or ``qoperator``.
+    reduce_range
+        7-bit weights (default): no int16 saturation on x86 CPUs without VNNI.
+        ``False`` gives the full 8-bit weights of earlier builds (for comparison).
+    float_input_layer
+        Keep the convolutions that read the input image in FP32 (default).
     """
     from onnxruntime.quantization import (
         CalibrationDataReader,
@@ -256,6 +285,8 @@ def quantize_int8(
         "percentile": CalibrationMethod.Percentile,
     }
     formats = {"qdq": QuantFormat.QDQ, "qoperator": QuantFormat.QOperator}
+
+    excluded = _input_convolutions(Path(fp32_path)) if float_input_layer else []
 
     class Reader(CalibrationDataReader):  # type: ignore[misc]
         def __init__(self) -> None:
@@ -280,6 +311,8 @@ def quantize_int8(
                 weight_type=QuantType.QInt8,
                 per_channel=per_channel,
                 calibrate_method=methods[method],
+                reduce_range=reduce_range,
+                nodes_to_exclude=excluded,
             )
     finally:
         logging.getLogger().removeFilter(quiet)
