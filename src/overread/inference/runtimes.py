@@ -185,7 +185,9 @@ def open_runtime(
 ) -> OnnxRuntime | TorchRuntime:
     """Open the runtime ``runtime`` for a package.
 
-    ``precision`` ``auto`` uses the INT8 model when the package has one, else FP32.
+    ``precision`` ``auto`` uses the INT8 model when the package has one, else FP32. An
+    INT8 model is first checked against FP32 on this CPU (:func:`int8_disagreement`):
+    beyond ``INT8_TOLERANCE`` ``auto`` warns and uses FP32, ``int8`` warns and keeps it.
     """
     reason = runtime_unavailable_reason(runtime)
     if reason:
@@ -200,15 +202,68 @@ def open_runtime(
     path = package.runtime_file(chosen)
     if path is None:
         raise ModelPackageError(f"{package.name} {package.version} has no {chosen} ONNX model")
-    return OnnxRuntime(path, precision=chosen, threads=threads)
+    opened = OnnxRuntime(path, precision=chosen, threads=threads)
+    fp32_path = package.runtime_file("fp32")
+    if chosen != "int8" or fp32_path is None:
+        return opened
+    fp32 = OnnxRuntime(fp32_path, precision="fp32", threads=threads)
+    diff = int8_disagreement(package, opened, fp32)
+    if diff <= INT8_TOLERANCE:
+        return opened
+    what = f"{package.name} {package.version}: INT8 probabilities differ from FP32 by {diff:.3f}"
+    if precision == "int8":
+        logger.warning(
+            "%s on this CPU (tolerance %.2f); keeping INT8 as requested", what, INT8_TOLERANCE
+        )
+        return opened
+    logger.warning(
+        "%s on this CPU (tolerance %.2f); using the FP32 model instead", what, INT8_TOLERANCE
+    )
+    return fp32
+
+
+#: Largest calibrated-probability difference between a package's INT8 and FP32 models,
+#: on :func:`int8_disagreement`'s fixed batch, that ``precision="auto"`` accepts. On an
+#: AVX2 CPU without VNNI, cxr-default 1.1.0's INT8 differs there by 0.047 with 7-bit
+#: weights and by 0.090 with the earlier 8-bit weights, whose int16 sums saturate
+#: (0.98 on phantoms); see docs/benchmarks.md.
+INT8_TOLERANCE = 0.06
+
+_INT8_CHECKS: dict[tuple[str, str], float] = {}
+
+
+def int8_disagreement(package: ModelPackage, int8: OnnxRuntime, fp32: OnnxRuntime) -> float:
+    """Max |calibrated probability difference| of INT8 vs FP32 on two fixed synthetic chests.
+
+    Computed once per package (and model files) per process; on this CPU, since the
+    integer kernels ONNX Runtime picks depend on it.
+    """
+    from overread.inference.postprocess import calibrate
+    from overread.models.calibration import synthetic_batch
+
+    key = (package.sha256, str(int8.model_path))
+    cached = _INT8_CHECKS.get(key)
+    if cached is not None:
+        return cached
+    spec = package.manifest.input
+    x = synthetic_batch(2, spec.size, spec.channels, seed=0)
+    calibration, labels = package.manifest.calibration, package.labels
+    a = calibrate(int8.run(x)[0], calibration, labels)
+    b = calibrate(fp32.run(x)[0], calibration, labels)
+    diff = float(np.max(np.abs(a - b)))
+    _INT8_CHECKS[key] = diff
+    logger.debug("%s: INT8 vs FP32 max probability difference %.4f", package.name, diff)
+    return diff
 
 
 __all__ = [
     "DEFAULT_THREADS",
+    "INT8_TOLERANCE",
     "OnnxRuntime",
     "Runtime",
     "TorchRuntime",
     "default_threads",
+    "int8_disagreement",
     "open_runtime",
     "runtime_unavailable_reason",
 ]
