@@ -46,24 +46,17 @@ class TriageRun:
 
 
 class Gateway(ServiceNode):
-    """The running gateway.
+    """The running gateway: a :class:`~overread.service.node.ServiceNode` plus the
+    periodic triage sweep and the web app on HTTP.
+
+    ``config``, ``models``, ``artifacts``, ``with_scp``, ``registry`` are the node's
+    (see :class:`~overread.service.node.ServiceNode`); here ``with_assembler`` also
+    runs the triage sweep. Added:
 
     Parameters
     ----------
-    config
-        The validated service configuration.
-    models
-        Model resolver (default: the model registry through ``overread.inference``).
-    artifacts
-        Result object builder (default: the SR builder of ``overread.service.outputs``,
-        or none when it is unavailable). Pass ``False`` to build nothing.
-    with_scp, with_http
-        Start the DICOM listener / the HTTP API (``overread worker`` starts neither).
-    with_assembler
-        Run study assembly and the periodic triage sweep (off in ``overread worker``).
-    registry
-        The model registry the API lists and switches aliases in (default: the
-        settings' registry, the one :class:`~overread.inference.Pipeline` resolves in).
+    with_http
+        Start the HTTP API (``overread worker`` does not).
     triage_interval
         Seconds between triage sweeps (alert delivery, retries, escalation, and
         rescoring for waiting time); ``None`` or ``0`` runs none.
