@@ -3,16 +3,19 @@
 from __future__ import annotations
 
 import shutil
+import time
 import uuid
 from collections.abc import Callable, Iterator
 from functools import partial
 from pathlib import Path
 
 import pytest
+from sqlalchemy import select
 
-from overread.harness import StorescpPacs, wait_port, write_chest_dx
+from overread.harness import StorescpPacs, storescu, wait_port, write_chest_dx
 from overread.harness.gateway import Gateway
 from overread.netutil import free_port as free_port
+from overread.service.db import Job
 
 POSTGRES_URL = "postgresql+psycopg://postgres@127.0.0.1:5432/"
 
@@ -127,3 +130,26 @@ def service_headers() -> Callable[..., dict[str, str]]:
 def make_service(start_gateway: Callable[..., Gateway]) -> Callable[..., Gateway]:
     """Start gateways in-process on free ports (stopped after the test)."""
     return start_gateway
+
+
+def wait_until(predicate: Callable[[], bool], timeout: float = 120.0) -> None:
+    """Poll ``predicate`` until it holds; fail the test after ``timeout`` seconds."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if predicate():
+            return
+        time.sleep(0.1)
+    raise AssertionError(f"condition not reached in {timeout:g} s")
+
+
+def job_states(service: Gateway) -> list[str]:
+    """The states of the gateway's jobs, in the order they were queued."""
+    with service.database.session() as session:
+        return list(session.scalars(select(Job.state).order_by(Job.id)).all())
+
+
+def send_and_run(service: Gateway, files: list[Path], jobs: int = 2) -> None:
+    """Send ``files`` to the gateway with DCMTK's storescu (one association) and wait
+    until ``jobs`` jobs (the study's infer job and its exports) have all succeeded."""
+    storescu(service.dicom_port, files, called="OVERREAD", calling="MODALITY", timeout=60)
+    wait_until(lambda: job_states(service) == ["succeeded"] * jobs)

@@ -9,7 +9,6 @@ from __future__ import annotations
 import json
 import subprocess
 import threading
-import time
 from collections.abc import Callable, Iterator
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
@@ -25,7 +24,7 @@ from overread.service.config import service_config
 from overread.service.db import Job, Result
 from overread.service.outputs import ResultNotFoundError, fhir_report_for_study
 
-from .conftest import make_dx, needs_dcmtk
+from .conftest import make_dx, needs_dcmtk, wait_until
 
 pytestmark = [pytest.mark.service, needs_dcmtk]
 
@@ -117,15 +116,6 @@ def _fhir_job(service: Any) -> Job | None:
         return session.scalar(select(Job).where(Job.destination.like("fhir:%")))
 
 
-def _wait_for(predicate: Callable[[], bool], timeout: float = 120.0) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if predicate():
-            return
-        time.sleep(0.1)
-    raise AssertionError("condition not reached in time")
-
-
 def _fhir_audits(service: Any) -> list[dict[str, Any]]:
     with service.database.session() as session:
         rows = session.scalars(
@@ -148,7 +138,7 @@ def test_report_is_posted_once_after_two_failures_and_validates(
         service = gateway(fhir_endpoints=[endpoint])
         image = make_dx(tmp_path / "dx.dcm", size=256)
         _send(service.dicom_port, image)
-        _wait_for(lambda: (j := _fhir_job(service)) is not None and j.state == "succeeded")
+        wait_until(lambda: (j := _fhir_job(service)) is not None and j.state == "succeeded")
         job = _fhir_job(service)
         assert job is not None and job.attempts == 3 and job.destination == "fhir:ehr"
         assert "s3cret" not in json.dumps(job.payload)  # the token stays in the config
@@ -210,7 +200,7 @@ def test_a_permanent_refusal_is_dead_lettered_at_once(
     try:
         service = gateway(fhir_endpoints=[sink.url], max_attempts=5)
         _send(service.dicom_port, make_dx(tmp_path / "dx.dcm", size=256))
-        _wait_for(lambda: (j := _fhir_job(service)) is not None and j.state == "dead_lettered")
+        wait_until(lambda: (j := _fhir_job(service)) is not None and j.state == "dead_lettered")
         job = _fhir_job(service)
         assert job is not None and job.attempts == 1 and "HTTP 400" in (job.error or "")
         assert job.destination == "fhir:fhir"

@@ -16,7 +16,7 @@ from overread.gateway import Gateway
 from overread.harness import storescu
 from overread.service.db import Job, JobState, Result, Study
 
-from .conftest import Storescp, api_token, bearer, free_port, needs_dcmtk
+from .conftest import Storescp, api_token, bearer, free_port, needs_dcmtk, wait_until
 
 pytestmark = [pytest.mark.service, needs_dcmtk]
 
@@ -24,15 +24,6 @@ pytest.importorskip("overread.inference", reason="the inference pipeline is not 
 pytest.importorskip("overread.service.outputs", reason="the result builders are not importable")
 
 COMPREHENSIVE_SR = "1.2.840.10008.5.1.4.1.1.88.33"
-
-
-def _wait(predicate: Callable[[], bool], timeout: float = 90.0) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if predicate():
-            return
-        time.sleep(0.1)
-    raise AssertionError("condition not reached in time")
 
 
 def _jobs(service: Gateway) -> list[Job]:
@@ -47,7 +38,7 @@ def test_chest_xray_is_read_and_its_sr_reaches_the_pacs(
     image = dx_factory(size=256)
     storescu(service.dicom_port or 0, [image])
     # The default chest route completes on association release: no 60 s wait.
-    _wait(lambda: [j.state for j in _jobs(service)] == ["succeeded", "succeeded"])
+    wait_until(lambda: [j.state for j in _jobs(service)] == ["succeeded", "succeeded"])
     [sr_file] = storescp.files()
     sr = pydicom.dcmread(sr_file)
     source = pydicom.dcmread(image, stop_before_pixels=True)
@@ -102,7 +93,7 @@ def test_stable_time_and_explicit_trigger_complete_studies(
     with service.database.session() as session:
         state = session.scalar(select(Study.state).where(Study.study_instance_uid == study_a))
     assert state == "receiving"  # released, but this route waits for the stable time
-    _wait(lambda: any(j.state == "succeeded" for j in _jobs(service)), timeout=60)
+    wait_until(lambda: any(j.state == "succeeded" for j in _jobs(service)), timeout=60)
     with service.database.session() as session:
         study = session.scalar(select(Study).where(Study.study_instance_uid == study_a))
         assert study is not None and study.complete_reason == "stable" and study.instance_count == 2
@@ -119,7 +110,7 @@ def test_stable_time_and_explicit_trigger_complete_studies(
         timeout=10,
     )
     assert reply.status_code == 200 and len(reply.json()["jobs"]) == 1
-    _wait(lambda: sum(j.state == "succeeded" for j in _jobs(service)) == 2, timeout=60)
+    wait_until(lambda: sum(j.state == "succeeded" for j in _jobs(service)) == 2, timeout=60)
     health = httpx.get(f"{base}/health", timeout=10).json()
     assert health["status"] == "ok" and health["jobs"] == {"succeeded": 2}
     listed = httpx.get(
@@ -143,7 +134,7 @@ def test_unreachable_destination_is_retried_then_dead_lettered_then_requeued(
     def export() -> Job | None:
         return next((j for j in _jobs(service) if j.kind == "export"), None)
 
-    _wait(lambda: (e := export()) is not None and e.state == JobState.DEAD_LETTERED.value)
+    wait_until(lambda: (e := export()) is not None and e.state == JobState.DEAD_LETTERED.value)
     dead = export()
     assert dead is not None and dead.attempts == 3 and "association failed" in (dead.error or "")
     # The PACS comes back; an operator requeues the dead letter through the API.
@@ -155,7 +146,7 @@ def test_unreachable_destination_is_retried_then_dead_lettered_then_requeued(
         assert httpx.post(url, headers=radiologist, timeout=10).status_code == 403
         reply = httpx.post(url, headers=bearer(api_token(service, "admin")), timeout=10)
         assert reply.status_code == 200
-        _wait(lambda: (e := export()) is not None and e.state == "succeeded", timeout=60)
+        wait_until(lambda: (e := export()) is not None and e.state == "succeeded", timeout=60)
         assert len(pacs.files()) == 1
     finally:
         pacs.stop()
@@ -189,7 +180,9 @@ def test_unreadable_study_is_dead_lettered_at_once(
     ]
     service = make_service(routes=routes, max_attempts=5)
     storescu(service.dicom_port or 0, [ct])
-    _wait(lambda: any(j.state == JobState.DEAD_LETTERED.value for j in _jobs(service)), timeout=60)
+    wait_until(
+        lambda: any(j.state == JobState.DEAD_LETTERED.value for j in _jobs(service)), timeout=60
+    )
     [job] = _jobs(service)
     assert job.attempts == 1  # a model that cannot read the input will not on retry either
     assert job.error
@@ -200,7 +193,7 @@ def test_with_explain_the_pacs_also_gets_heatmap_overlays(
 ) -> None:
     service = make_service(destinations=[f"PACS=PACSAE@127.0.0.1:{storescp.port}"], explain=True)
     storescu(service.dicom_port or 0, [dx_factory(size=256)])
-    _wait(lambda: [j.state for j in _jobs(service)] == ["succeeded", "succeeded"])
+    wait_until(lambda: [j.state for j in _jobs(service)] == ["succeeded", "succeeded"])
     classes = [
         str(pydicom.dcmread(p, stop_before_pixels=True).SOPClassUID) for p in storescp.files()
     ]
@@ -225,7 +218,7 @@ def test_a_phantom_cohort_is_read_study_by_study(
     studies = {str(pydicom.dcmread(p, stop_before_pixels=True).StudyInstanceUID) for p in images}
     service = make_service(destinations=[f"PACS=PACSAE@127.0.0.1:{storescp.port}"])
     storescu(service.dicom_port or 0, [*images])
-    _wait(
+    wait_until(
         lambda: (
             len(_jobs(service)) == 2 * len(studies)
             and {j.state for j in _jobs(service)} == {"succeeded"}
@@ -256,7 +249,7 @@ def test_every_step_is_audited_and_the_study_reaches_the_worklist(
     edited.PatientAge = "080Y"
     edited.save_as(image)
     storescu(service.dicom_port or 0, [image])
-    _wait(lambda: [j.state for j in _jobs(service)] == ["succeeded", "succeeded"])
+    wait_until(lambda: [j.state for j in _jobs(service)] == ["succeeded", "succeeded"])
     study_uid = str(edited.StudyInstanceUID)
     with service.database.session() as session:
         events = list(session.scalars(select(AuditEvent).order_by(AuditEvent.seq)).all())

@@ -8,8 +8,6 @@ description that it is not a segmentation model.
 
 from __future__ import annotations
 
-import subprocess
-import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -19,10 +17,10 @@ import pydicom
 import pytest
 from sqlalchemy import select
 
-from overread.service.db import Job, Result
+from overread.service.db import Result
 from overread.service.outputs import CAM_REGION_DESCRIPTION
 
-from .conftest import Storescp, needs_dcmtk
+from .conftest import Storescp, needs_dcmtk, send_and_run
 from .outputs.conftest import dciodvfy_errors
 
 pytestmark = [pytest.mark.service, needs_dcmtk]
@@ -40,25 +38,7 @@ def test_routed_study_gets_a_valid_cam_region_seg_at_the_pacs(
         destinations=[f"PACS=PACSAE@127.0.0.1:{storescp.port}"], cam_segmentation=["cxr-default"]
     )
     image = dx_factory(size=256)
-    done = subprocess.run(
-        [
-            *("storescu", "-aet", "MODALITY", "-aec", "OVERREAD", "127.0.0.1"),
-            str(service.dicom_port),
-            str(image),
-        ],
-        capture_output=True,
-        text=True,
-        timeout=60,
-    )
-    assert done.returncode == 0, done.stderr
-    deadline = time.monotonic() + 120
-    while time.monotonic() < deadline:
-        with service.database.session() as session:
-            states = list(session.scalars(select(Job.state).order_by(Job.id)).all())
-        if states == ["succeeded", "succeeded"]:
-            break
-        time.sleep(0.2)
-    assert states == ["succeeded", "succeeded"]
+    send_and_run(service, [image])
     received = {pydicom.dcmread(p).SOPClassUID: p for p in storescp.files()}
     assert set(received) == {COMPREHENSIVE_SR, SEGMENTATION_STORAGE}
     seg_path = received[SEGMENTATION_STORAGE]

@@ -2,9 +2,7 @@
 
 from __future__ import annotations
 
-import subprocess
 import threading
-import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -16,10 +14,10 @@ from sqlalchemy import select
 
 from overread.config import Settings
 from overread.service.config import service_config
-from overread.service.db import Job, Result
+from overread.service.db import Result
 from overread.service.runtime import RegistryPipelineProvider, session_threads
 
-from .conftest import make_dx, needs_dcmtk
+from .conftest import make_dx, needs_dcmtk, send_and_run
 
 inference = pytest.importorskip("overread.inference", reason="the inference pipeline is missing")
 
@@ -151,25 +149,7 @@ def test_two_workers_serve_two_studies_with_one_batched_model_call(
         make_dx(tmp_path / f"study{i}.dcm", size=256, seed=i, study_uid=generate_uid())
         for i in range(2)
     ]
-    done = subprocess.run(
-        [
-            *("storescu", "-aet", "MODALITY", "-aec", "OVERREAD", "127.0.0.1"),
-            str(service.dicom_port),
-            *map(str, images),
-        ],
-        capture_output=True,
-        text=True,
-        timeout=60,
-    )
-    assert done.returncode == 0, done.stderr
-    deadline = time.monotonic() + 120
-    while time.monotonic() < deadline:
-        with service.database.session() as session:
-            states = list(session.scalars(select(Job.state)).all())
-        if states == ["succeeded", "succeeded"]:
-            break
-        time.sleep(0.2)
-    assert states == ["succeeded", "succeeded"]
+    send_and_run(service, [*images])
     batched = providers[0].get("cxr-default")
     assert isinstance(batched, BatchedPipeline)
     assert batched.calls == 1 and batched.batch_sizes == [2]

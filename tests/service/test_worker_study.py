@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import subprocess
-import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -14,9 +12,9 @@ import pytest
 from pydicom.uid import generate_uid
 from sqlalchemy import select
 
-from overread.service.db import Job, Result
+from overread.service.db import Result
 
-from .conftest import Storescp, needs_dcmtk
+from .conftest import Storescp, needs_dcmtk, send_and_run
 
 pytestmark = [pytest.mark.service, needs_dcmtk]
 
@@ -38,27 +36,7 @@ def test_a_multi_view_study_gets_one_sr_referencing_every_image_read(
     lateral = pydicom.dcmread(lateral_path)
     lateral.ViewPosition = "LL"
     lateral.save_as(lateral_path, enforce_file_format=True)
-    done = subprocess.run(
-        [
-            *("storescu", "-aet", "MODALITY", "-aec", "OVERREAD", "127.0.0.1"),
-            str(service.dicom_port),
-            str(pa),
-            str(ap_path),
-            str(lateral_path),
-        ],
-        capture_output=True,
-        text=True,
-        timeout=60,
-    )
-    assert done.returncode == 0, done.stderr
-    deadline = time.monotonic() + 120
-    while time.monotonic() < deadline:
-        with service.database.session() as session:
-            states = list(session.scalars(select(Job.state).order_by(Job.id)).all())
-        if states == ["succeeded", "succeeded"]:
-            break
-        time.sleep(0.2)
-    assert states == ["succeeded", "succeeded"]
+    send_and_run(service, [pa, ap_path, lateral_path])
     [sr_file] = storescp.files()
     sr = hd.sr.srread(sr_file)
     assert sr.StudyInstanceUID == study
