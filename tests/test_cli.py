@@ -291,3 +291,12 @@ def test_help_lists_every_command_with_its_help(run_cli) -> None:
         assert f" {name} " in out
         help_start = " ".join((command.help or "").split()[:3])
         assert help_start and help_start in out, name
+
+
+def test_help_imports_neither_settings_nor_database(tmp_path: Path) -> None:
+    """``overread --help`` lists commands; it needs no settings, database or imaging."""
+    proc, modules = _imported_modules(["--help"], tmp_path)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert "overread.cli" in modules
+    unneeded = ("pydantic_settings", "sqlalchemy", "alembic", "pydicom", "numpy", "fastapi")
+    assert sorted(m for m in modules if m.split(".")[0] in unneeded) == []

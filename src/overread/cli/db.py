@@ -7,7 +7,6 @@ from pathlib import Path
 import typer
 
 from overread.cli.app import app
-from overread.config import load_settings
 
 db_app = typer.Typer(help="The database's schema version, and upgrades.", no_args_is_help=True)
 app.add_typer(db_app, name="db")
@@ -19,6 +18,8 @@ DATABASE_URL = typer.Option(
 
 
 def _database_url(data_dir: Path | None, database_url: str | None) -> str:
+    from overread.config import load_settings
+
     overrides: dict[str, object] = {}
     if data_dir is not None:
         overrides["data_dir"] = data_dir
