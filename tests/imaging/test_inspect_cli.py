@@ -110,3 +110,18 @@ def test_png_and_nifti_in_a_directory(run_cli, tmp_path):
     assert rows["a.png"]["format"] == "png" and rows["a.png"]["max"] == 7.0
     assert rows["b.nii.gz"]["frames"] == 3 and rows["b.nii.gz"]["rows"] == 5
     assert rows["b.nii.gz"]["transfer_syntax"] is None
+
+
+def test_json_leaves_out_the_patients_name_and_birth_date(run_cli, tmp_path):
+    ds = pydicom.dcmread(PYDICOM_FILES / "CT_small.dcm")
+    ds.PatientName = "Doe^Jane"
+    ds.PatientBirthDate = "19700101"
+    ds.PatientID = "MRN-1"
+    ds.save_as(tmp_path / "named.dcm")
+    status, out, err = run_cli("inspect", "--json", tmp_path / "named.dcm")
+    assert status == 0, err
+    [row] = [json.loads(line) for line in out.splitlines()]
+    assert row["metadata"]["patient_id"] == "MRN-1"
+    assert "patient_name" not in row["metadata"]
+    assert "patient_birth_date" not in row["metadata"]
+    assert "Doe" not in out and "19700101" not in out

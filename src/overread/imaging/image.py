@@ -21,6 +21,10 @@ import numpy.typing as npt
 FloatArray = npt.NDArray[np.float32]
 
 
+#: Header fields that name the patient beyond the ID; left out of ``to_dict`` by default.
+IDENTITY_FIELDS = frozenset({"patient_name", "patient_birth_date"})
+
+
 @dataclass(frozen=True)
 class ImageMetadata:
     """Typed header values that the pipeline and the service rely on.
@@ -87,10 +91,17 @@ class ImageMetadata:
     modality_lut_applied: str | None = None
     affine: tuple[tuple[float, ...], ...] | None = None
 
-    def to_dict(self) -> dict[str, Any]:
-        """Return a JSON-able dictionary of all fields."""
+    def to_dict(self, *, identity: bool = False) -> dict[str, Any]:
+        """Return a JSON-able dictionary of the fields.
+
+        The patient's name and birth date (:data:`IDENTITY_FIELDS`) are left out
+        unless ``identity`` is true: reports such as ``overread inspect --json`` are
+        pasted into tickets, and need neither.
+        """
         out: dict[str, Any] = {}
         for f in dataclasses.fields(self):
+            if f.name in IDENTITY_FIELDS and not identity:
+                continue
             value = getattr(self, f.name)
             if isinstance(value, tuple):
                 value = [list(v) if isinstance(v, tuple) else v for v in value]
