@@ -1,0 +1,60 @@
+"""A database made by the release before schema versions: its real SQLite schema,
+frozen in ``data/previous_release_sqlite.sql``, not rebuilt from today's models.
+
+Today's models rebuilding "the previous release" could not catch a baseline migration
+that differs from what that release really made; this file can.
+"""
+
+from __future__ import annotations
+
+import sqlite3
+from pathlib import Path
+
+import sqlalchemy as sa
+
+# Every package's tables, registered on the one Base.
+import overread.audit.schema
+import overread.security.schema
+import overread.service.db
+import overread.triage.schema  # noqa: F401
+from overread.db import Base, SchemaState, head_revision, schema_status, upgrade_schema
+
+DDL = Path(__file__).parent / "data" / "previous_release_sqlite.sql"
+QUERY = "SELECT type, name, sql FROM sqlite_master WHERE name NOT LIKE 'sqlite_%'"
+
+
+def _schema(path: Path) -> dict[tuple[str, str], str]:
+    with sqlite3.connect(path) as con:
+        return {(t, n): s for t, n, s in con.execute(QUERY) if n != "alembic_version"}
+
+
+def test_previous_release_database_is_adopted_unchanged(tmp_path: Path) -> None:
+    old = tmp_path / "old.db"
+    with sqlite3.connect(old) as con:
+        con.executescript(DDL.read_text(encoding="utf-8"))
+    before = _schema(old)
+    engine = sa.create_engine(f"sqlite:///{old}")
+    try:
+        assert schema_status(engine).state is SchemaState.UNVERSIONED
+        was, now = upgrade_schema(engine)
+        assert was.state is SchemaState.UNVERSIONED
+        assert now.state is SchemaState.CURRENT and now.revision == head_revision()
+    finally:
+        engine.dispose()
+    # Adopting recorded the version and changed no table, index or head row.
+    assert _schema(old) == before
+    with sqlite3.connect(old) as con:
+        assert con.execute("SELECT id, seq FROM audit_chain_head").fetchall() == [(1, 0)]
+
+
+def test_previous_release_schema_equals_todays_models(tmp_path: Path) -> None:
+    """What the previous release made is exactly what today's models declare, so the
+    baseline revision that adopts it describes it truly."""
+    old = tmp_path / "old.db"
+    with sqlite3.connect(old) as con:
+        con.executescript(DDL.read_text(encoding="utf-8"))
+    models = tmp_path / "models.db"
+    engine = sa.create_engine(f"sqlite:///{models}")
+    Base.metadata.create_all(engine)
+    engine.dispose()
+    assert _schema(old) == _schema(models)
