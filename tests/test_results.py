@@ -158,6 +158,45 @@ def test_a_summary_without_a_study_header_or_readable_findings() -> None:
     assert prediction.findings[0].decision is Decision.NEGATIVE
 
 
+def test_a_stored_finding_with_a_bad_decision_or_code_is_still_read(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    good_code = ["SCT", "36118008", "Pneumothorax"]
+    stored = {
+        "instances": [
+            {
+                "path": "a.dcm",
+                "ok": True,
+                "findings": [
+                    {
+                        "label": "Pneumothorax",
+                        "probability": 0.8,
+                        "positive": True,
+                        "decision": "bogus",
+                        "codes": [["SCT", "36118008"], "SCT", good_code, None],
+                    },
+                    {"label": "Edema", "probability": 0.1, "positive": False, "decision": 7},
+                    {"label": "Fracture", "probability": 0.2, "codes": "SCT|1|x"},
+                ],
+            }
+        ]
+    }
+    with caplog.at_level("WARNING", logger="overread.results"):
+        summary = ResultSummary.from_dict(stored)
+    pneumothorax, edema, fracture = summary.instances[0].findings
+    assert pneumothorax.decision is Decision.POSITIVE
+    assert pneumothorax.codes == (tuple(good_code),)
+    assert edema.decision is Decision.NEGATIVE
+    assert fracture.codes == ()
+    messages = [r.getMessage() for r in caplog.records]
+    assert any("unknown stored decision 'bogus'" in m for m in messages)
+    assert any("unknown stored decision 7" in m for m in messages)
+    assert sum("is not a triple" in m for m in messages) == 3
+    assert any("are not a list" in m for m in messages)
+    with pytest.raises(OverreadError, match="unknown decision"):
+        FindingResult("Edema", 0.1, False, decision="bogus")
+
+
 def test_an_unknown_threshold_is_stored_as_null() -> None:
     finding = FindingResult.from_dict({"label": "Edema", "probability": 0.3, "threshold": None})
     assert finding.known_threshold is None

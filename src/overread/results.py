@@ -17,6 +17,7 @@ satisfies).
 
 from __future__ import annotations
 
+import logging
 import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
@@ -26,6 +27,8 @@ from typing import Any, Protocol
 import numpy as np
 
 from overread.errors import OverreadError
+
+log = logging.getLogger(__name__)
 
 
 class Decision(StrEnum):
@@ -234,23 +237,63 @@ class FindingResult:
     def from_dict(cls, data: Mapping[str, Any]) -> FindingResult:
         """Read any of the three forms back (a legacy ``"refer"`` decision included).
 
+        Stored JSON is read tolerantly, as before the typed result: an unknown decision
+        reads as the ``positive`` flag's and a code entry that is not a
+        ``(scheme, value, meaning)`` triple is skipped, each with a logged warning, so
+        one bad value never makes a whole result unreadable.
+
         Raises
         ------
         OverreadError
-            If the label or probability is missing, or the decision is unknown.
+            If the label or probability is missing.
         """
         if not data.get("label") or data.get("probability") is None:
             raise OverreadError(f"a stored finding needs a label and a probability: {data!r}")
+        label = str(data["label"])
+        positive = bool(data.get("positive", False))
         return cls(
-            label=str(data["label"]),
+            label=label,
             probability=float(data["probability"]),
-            positive=bool(data.get("positive", False)),
+            positive=positive,
             uncertainty=_optional_float(data.get("uncertainty")),
             threshold=math.nan if data.get("threshold") is None else float(data["threshold"]),
-            decision=data.get("decision") or None,
+            decision=_stored_decision(label, data.get("decision"), positive),
             operating_point=str(data.get("operating_point") or "balanced"),
-            codes=[tuple(c) for c in data.get("codes") or ()],
+            codes=_stored_codes(label, data.get("codes")),
         )
+
+
+def _stored_decision(label: str, value: Any, positive: bool) -> Decision:
+    """A stored decision; an absent one, or one that names no decision, is the flag's."""
+    if value in (None, ""):
+        return Decision.of_flag(positive)
+    try:
+        return Decision.parse(value)
+    except OverreadError:
+        fallback = Decision.of_flag(positive)
+        log.warning(
+            "finding %r: unknown stored decision %r; read as %s from its positive flag",
+            label,
+            value,
+            fallback.value,
+        )
+        return fallback
+
+
+def _stored_codes(label: str, value: Any) -> list[Code]:
+    """The stored ``(scheme, value, meaning)`` triples; malformed entries are skipped."""
+    if not value:
+        return []
+    if isinstance(value, (str, bytes)) or not isinstance(value, Sequence):
+        log.warning("finding %r: stored codes %r are not a list; skipped", label, value)
+        return []
+    codes: list[Code] = []
+    for entry in value:
+        if isinstance(entry, (str, bytes)) or not isinstance(entry, Sequence) or len(entry) != 3:
+            log.warning("finding %r: stored code %r is not a triple; skipped", label, entry)
+            continue
+        codes.append((str(entry[0]), str(entry[1]), str(entry[2])))
+    return codes
 
 
 def _optional_float(value: Any) -> float | None:
