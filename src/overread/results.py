@@ -67,9 +67,19 @@ class Decision(StrEnum):
         """``POSITIVE`` or ``NEGATIVE`` from a thresholded flag."""
         return cls.POSITIVE if positive else cls.NEGATIVE
 
+    @property
+    def severity(self) -> int:
+        """How strongly it calls the finding: positive 2, indeterminate 1, negative 0.
+
+        Where images of one study are merged, the strongest decision speaks for it.
+        """
+        return _SEVERITY[self]
+
 
 #: The wire value older results and ``predict --json`` output used for INDETERMINATE.
 _LEGACY_INDETERMINATE = "refer"
+
+_SEVERITY = {Decision.POSITIVE: 2, Decision.INDETERMINATE: 1, Decision.NEGATIVE: 0}
 
 
 class HeatmapPlacement(Protocol):

@@ -7,7 +7,7 @@ from typing import Any
 import pytest
 
 from overread.errors import ConfigError
-from overread.results import FindingResult, ModelRef, Prediction
+from overread.results import Decision, FindingResult, ModelRef, Prediction
 from overread.service.db import Database, Result
 from overread.triage import (
     StudyContext,
@@ -69,6 +69,28 @@ def test_merge_takes_the_most_probable_image_per_label() -> None:
         )
     }
     assert merged["Edema"].positive and merged["Edema"].probability == 0.65
+
+
+def test_merge_keeps_the_strongest_decision_and_the_codes() -> None:
+    code = ("SCT", "36118008", "Pneumothorax")
+    pa = [
+        FindingResult("Pneumothorax", 0.48, False, 0.9, 0.5, Decision.INDETERMINATE, codes=[code]),
+        FindingResult("Edema", 0.2, False, 0.1, 0.5, Decision.NEGATIVE),
+    ]
+    lateral = [
+        FindingResult("Pneumothorax", 0.3, False, 0.4, 0.5, Decision.NEGATIVE, codes=[code]),
+        FindingResult("Edema", 0.45, False, 0.8, 0.5, Decision.INDETERMINATE),
+    ]
+    merged = {f.label: f for f in merge_findings([pa, lateral])}
+    # An indeterminate finding just below its threshold stays indeterminate.
+    assert merged["Pneumothorax"].decision is Decision.INDETERMINATE
+    assert merged["Pneumothorax"].codes == (code,)
+    assert merged["Edema"].decision is Decision.INDETERMINATE
+    assert not merged["Edema"].positive
+    # Positive outranks indeterminate, whichever image is the more probable.
+    positive = [FindingResult("Edema", 0.55, True, 0.5, 0.5, Decision.POSITIVE)]
+    (edema,) = merge_findings([[FindingResult("Edema", 0.6, True, 0.9, 0.5, "refer")], positive])
+    assert edema.decision is Decision.POSITIVE and edema.probability == 0.6
 
 
 def test_triage_result_from_the_gateways_summary(db: Database) -> None:

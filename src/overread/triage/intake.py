@@ -18,7 +18,7 @@ from typing import Any
 from sqlalchemy.orm import Session
 
 from overread.errors import ConfigError
-from overread.results import FindingResult, ResultSummary
+from overread.results import Code, Decision, FindingResult, ResultSummary
 from overread.triage.alerts import raise_alerts
 from overread.triage.config import TriageConfig
 from overread.triage.schema import Alert, WorklistItem
@@ -72,20 +72,38 @@ def merge_findings(images: Iterable[Sequence[FindingResult]]) -> list[FindingRes
     """One finding per label across a study's images: the most probable image's.
 
     Findings without a usable probability (NaN) are skipped; ``positive`` is true if
-    any image was positive for the label; an unknown uncertainty counts as 0.
+    any image was positive for the label; the decision is the strongest of any image
+    (positive, then indeterminate, then negative: :attr:`Decision.severity`); the codes
+    are the first image's that has any; an unknown uncertainty counts as 0.
     """
     best: dict[str, FindingResult] = {}
     positive: dict[str, bool] = {}
+    decision: dict[str, Decision] = {}
+    codes: dict[str, tuple[Code, ...]] = {}
     for findings in images:
         for finding in findings:
+            label = finding.label
             if math.isnan(finding.probability):
                 continue
-            positive[finding.label] = positive.get(finding.label, False) or finding.positive
-            current = best.get(finding.label)
+            positive[label] = positive.get(label, False) or finding.positive
+            if label not in decision or finding.decision.severity > decision[label].severity:
+                decision[label] = finding.decision
+            if not codes.get(label):
+                codes[label] = finding.codes
+            current = best.get(label)
             if current is None or finding.probability > current.probability:
-                best[finding.label] = finding
+                best[label] = finding
     return [
-        FindingResult(f.label, f.probability, positive[f.label], f.uncertainty or 0.0, f.threshold)
+        FindingResult(
+            f.label,
+            f.probability,
+            positive[f.label],
+            f.uncertainty or 0.0,
+            f.threshold,
+            decision=decision[f.label],
+            operating_point=f.operating_point,
+            codes=codes[f.label],
+        )
         for f in best.values()
     ]
 

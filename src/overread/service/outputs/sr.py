@@ -177,9 +177,6 @@ def _check_sources(source_datasets: Sequence[Dataset]) -> list[Dataset]:
     return sources
 
 
-_SEVERITY = {Decision.POSITIVE: 2, Decision.INDETERMINATE: 1, Decision.NEGATIVE: 0}
-
-
 def study_prediction(predictions: Sequence[Prediction]) -> Prediction:
     """Merge the predictions of one model on the images of one study.
 
@@ -205,8 +202,8 @@ def study_prediction(predictions: Sequence[Prediction]) -> Prediction:
     for prediction in predictions:
         for finding in checked_findings(prediction):
             current = best.get(finding.label)
-            rank = (_SEVERITY[finding.decision], finding.probability)
-            if current is None or rank > (_SEVERITY[current.decision], current.probability):
+            rank = (finding.decision.severity, finding.probability)
+            if current is None or rank > (current.decision.severity, current.probability):
                 best[finding.label] = finding
     return Prediction(path=None, ok=True, model=predictions[0].model, findings=list(best.values()))
 
