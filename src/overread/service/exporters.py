@@ -6,7 +6,8 @@
 
 Every attempt to deliver is audited (``export``, with ``destination_kind``,
 ``outcome`` ``stored`` or ``failed`` and the peer's statuses), whether it succeeds
-or not; a success is audited in the transaction that marks the job done. A failure
+or not, also one that fails before anything is sent (the result or its stored
+objects gone, the FHIR endpoint no longer configured, no report to build); a success is audited in the transaction that marks the job done. A failure
 is raised for the worker to retry or dead-letter.
 """
 
@@ -53,6 +54,18 @@ def _record_attempt(
             services.queue.mark_succeeded(session, job.id, services.owner)
 
 
+def _record_failure(
+    services: JobServices,
+    job: Job,
+    object_uids: list[str],
+    details: dict[str, Any],
+    error: str,
+) -> None:
+    """Audit an attempt that failed before anything was sent (nothing stored, no status)."""
+    details.update(outcome="failed", seconds=0.0, error=error[:500])
+    _record_attempt(services, job, object_uids, details, succeeded=False)
+
+
 class DicomExporter:
     """C-STOREs a result's stored objects to the payload's DICOM destination."""
 
@@ -61,23 +74,30 @@ class DicomExporter:
 
     def export(self, job: Job, payload: DicomExportPayload) -> None:
         dest = payload.destination
-        with self.services.database.session() as session:
-            result = session.get(Result, payload.result_id)
-            if result is None:
-                raise InferenceError(f"result {payload.result_id} no longer exists")
-            artifacts = list(result.artifacts)
-        paths = [self.services.store.path(str(a["key"])) for a in artifacts]
-        missing = [str(p) for p in paths if not p.is_file()]
-        if missing:
-            raise InferenceError(f"stored result object(s) missing: {', '.join(missing)}")
-        object_uids = [job.study_instance_uid, *(str(a["sop_instance_uid"]) for a in artifacts)]
         details: dict[str, Any] = {
             "job_id": job.id,
             "attempt": job.attempts,
             "destination_kind": "dicom",
             "destination": str(dest),
-            "objects": len(paths),
+            "objects": 0,
         }
+        with self.services.database.session() as session:
+            result = session.get(Result, payload.result_id)
+            artifacts = None if result is None else list(result.artifacts)
+        if artifacts is None:
+            error = f"result {payload.result_id} no longer exists"
+            details["statuses"] = []
+            _record_failure(self.services, job, [job.study_instance_uid], details, error)
+            raise InferenceError(error)
+        paths = [self.services.store.path(str(a["key"])) for a in artifacts]
+        object_uids = [job.study_instance_uid, *(str(a["sop_instance_uid"]) for a in artifacts)]
+        details["objects"] = len(paths)
+        missing = [str(p) for p in paths if not p.is_file()]
+        if missing:
+            error = f"stored result object(s) missing: {', '.join(missing)}"
+            details["statuses"] = []
+            _record_failure(self.services, job, object_uids, details, error)
+            raise InferenceError(error)
         started = time.perf_counter()
         try:
             statuses = self._send(paths, dest.ae_title, dest.host, dest.port)
@@ -123,34 +143,47 @@ class FhirExporter:
     def __init__(self, services: JobServices) -> None:
         self.services = services
 
-    def _endpoint(self, name: str) -> FhirEndpoint:
+    def _endpoint(self, name: str) -> FhirEndpoint | None:
         for endpoint in self.services.config.fhir_endpoints:
             if endpoint.name == name:
                 return endpoint
-        raise PermanentExportError(f"FHIR endpoint {name!r} is no longer configured")
+        return None
 
     def export(self, job: Job, payload: FhirExportPayload) -> None:
         from overread.service.outputs import DeliveryError, fhir_report_for_result, post_fhir
 
         endpoint = self._endpoint(payload.fhir_endpoint)
-        with self.services.database.session() as session:
-            result = session.get(Result, payload.result_id)
-            if result is None:
-                raise PermanentExportError(f"result {payload.result_id} no longer exists")
-            try:
-                bundle = fhir_report_for_result(result)
-            except ServiceError as exc:  # e.g. a result stored without the study's header
-                raise PermanentExportError(f"no FHIR report for result {result.id}: {exc}") from exc
-        token = endpoint.bearer_token.get_secret_value() if endpoint.bearer_token else None
         object_uids = [job.study_instance_uid]
-        started = time.perf_counter()
         details: dict[str, Any] = {
             "job_id": job.id,
             "attempt": job.attempts,
             "destination_kind": "fhir",
-            "destination": str(endpoint),
-            "resources": len(bundle.get("entry", [])),
+            "destination": payload.fhir_endpoint if endpoint is None else str(endpoint),
+            "resources": 0,
         }
+        error: str | None = None
+        cause: ServiceError | None = None
+        bundle: dict[str, Any] = {}
+        if endpoint is None:
+            error = f"FHIR endpoint {payload.fhir_endpoint!r} is no longer configured"
+        else:
+            with self.services.database.session() as session:
+                result = session.get(Result, payload.result_id)
+                if result is None:
+                    error = f"result {payload.result_id} no longer exists"
+                else:
+                    try:
+                        bundle = fhir_report_for_result(result)
+                    except ServiceError as exc:  # e.g. a result stored without the header
+                        error, cause = f"no FHIR report for result {result.id}: {exc}", exc
+        if endpoint is None or error is not None:
+            error = error or "no FHIR endpoint"
+            details["status_code"] = None
+            _record_failure(self.services, job, object_uids, details, error)
+            raise PermanentExportError(error) from cause
+        token = endpoint.bearer_token.get_secret_value() if endpoint.bearer_token else None
+        started = time.perf_counter()
+        details["resources"] = len(bundle.get("entry", []))
         try:
             reply = post_fhir(
                 bundle,
