@@ -124,3 +124,10 @@ def test_a_fhir_export_whose_report_cannot_be_built_is_audited(services: JobServ
     assert details["outcome"] == "failed" and details["status_code"] is None
     assert details["destination"] == "fhir=http://127.0.0.1:9/fhir"
     assert details["error"].startswith(f"no FHIR report for result {result_id}: ")
+
+
+def test_a_payload_of_no_known_kind_is_refused_not_dropped(services: JobServices) -> None:
+    job = _job(services, "PACS")
+    with pytest.raises(AssertionError):
+        Exporters(services).export(job, {"result_id": 1})  # type: ignore[arg-type]
+    assert _exports(services) == []

@@ -16,7 +16,7 @@ from __future__ import annotations
 import logging
 import time
 from pathlib import Path
-from typing import Any, Protocol, TypeVar
+from typing import Any, Protocol, TypeVar, assert_never
 
 from overread.audit import AuditAction
 from overread.errors import InferenceError, ServiceError
@@ -229,6 +229,8 @@ class Exporters:
                 self.dicom.export(job, payload)
             case FhirExportPayload():
                 self.fhir.export(job, payload)
+            case _:
+                assert_never(payload)
 
 
 __all__ = ["DicomExporter", "Exporter", "Exporters", "FhirExporter"]
