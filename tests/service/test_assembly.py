@@ -48,7 +48,12 @@ def test_jobs_are_announced_while_receiving_then_queued_on_completion(
     assert assembler.sweep() == []  # not stable yet
     [job] = queue.list()
     assert job.state == "received" and job.model_name == "cxr-default"
-    assert job.payload["destinations"][0]["ae_title"] == "PACSAE"
+    assert job.payload == {
+        "alias": "cxr-default",
+        "destinations": [
+            {"name": "PACS", "ae_title": "PACSAE", "host": "127.0.0.1", "port": 11113}
+        ],
+    }
     assert queue.claim("w", lease_seconds=60) is None  # announced jobs never run
     assert assembler.complete_study(study) == [job.id]
     assert _states(queue) == ["queued"]

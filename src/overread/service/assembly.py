@@ -37,6 +37,7 @@ from overread.service.db import (
     utcnow,
 )
 from overread.service.jobs import JobQueue
+from overread.service.payloads import InferPayload
 from overread.service.routing import InstanceFacts, Router
 from overread.service.runtime import ModelIdentity, PipelineProvider
 
@@ -117,7 +118,10 @@ class StudyAssembler:
                 if planned.destinations is None
                 else sorted(planned.destinations)
             )
-            destinations = [self.config.destination(n).model_dump() for n in names]
+            payload = InferPayload(
+                alias=planned.model,
+                destinations=tuple(self.config.destination(n) for n in names),
+            )
             identity = self._identify(planned.model)
             jobs.append(
                 {
@@ -127,7 +131,7 @@ class StudyAssembler:
                     "kind": JobKind.INFER,
                     "route": ",".join(planned.routes),
                     "priority": planned.priority,
-                    "payload": {"alias": planned.model, "destinations": destinations},
+                    "payload": payload.to_dict(),
                 }
             )
         return jobs

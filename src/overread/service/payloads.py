@@ -7,26 +7,18 @@ queued by an older gateway are read as they are:
 * DICOM export (C-STORE): ``{"destination": Destination, "result_id": ...}``;
 * FHIR export: ``{"fhir_endpoint": name, "result_id": ...}``.
 
-An export payload says its :class:`ExportKind`; the worker picks the exporter of
-that kind, so nothing downstream looks at the JSON's keys.
+The worker picks the exporter by the export payload's type, so nothing downstream
+looks at the JSON's keys.
 """
 
 from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import dataclass
-from enum import StrEnum
-from typing import Any, ClassVar
+from typing import Any
 
 from overread.errors import InferenceError
 from overread.service.config import Destination
-
-
-class ExportKind(StrEnum):
-    """Where an export job sends a result."""
-
-    DICOM = "dicom"
-    FHIR = "fhir"
 
 
 @dataclass(frozen=True)
@@ -53,7 +45,6 @@ class InferPayload:
 class DicomExportPayload:
     """Send a result's stored DICOM objects to a DICOM node with C-STORE."""
 
-    kind: ClassVar[ExportKind] = ExportKind.DICOM
     destination: Destination
     result_id: int
 
@@ -66,7 +57,6 @@ class DicomExportPayload:
 class FhirExportPayload:
     """POST a result's FHIR report to a configured FHIR endpoint (by name)."""
 
-    kind: ClassVar[ExportKind] = ExportKind.FHIR
     fhir_endpoint: str
     result_id: int
 
@@ -96,7 +86,6 @@ def export_payload(data: Mapping[str, Any]) -> ExportPayload:
 
 __all__ = [
     "DicomExportPayload",
-    "ExportKind",
     "ExportPayload",
     "FhirExportPayload",
     "InferPayload",
