@@ -145,8 +145,14 @@ class Gateway(ServiceNode):
             self._stop.wait(interval)
 
     def stop(self, timeout: float = 30.0) -> None:
-        """Stop listening and sweeping, let running jobs finish (up to ``timeout``)."""
+        """Stop listening and sweeping, let running jobs finish (up to ``timeout``).
+
+        The DICOM listener stops first, so no study arrives while the HTTP front and
+        the triage sweep wind down.
+        """
         self._stop.set()
+        if self.scp is not None:
+            self.scp.stop()
         if self._http is not None:
             self._http.stop()
         if self._triage_thread is not None:
