@@ -3,10 +3,11 @@
 :class:`ServiceNode` builds the database, object store, job queue and model
 provider of a :class:`~overread.service.config.ServiceConfig`, and runs the parts
 asked for: the storage SCP, the study assembler and the worker pool. It owns
-their threads and stops them in order. ``overread worker`` runs a node with
-workers only; the full gateway (:class:`overread.gateway.Gateway`) is a node plus
-the triage sweep and the HTTP front, wired above both this package and the web
-app.
+their threads and stops them in order. The full gateway
+(:class:`overread.gateway.Gateway`) is a node plus the triage sweep and the HTTP
+front, wired above both this package and the web app; ``overread worker`` runs that
+gateway with its listeners, assembly and sweep switched off, so only the workers
+run.
 """
 
 from __future__ import annotations
