@@ -267,6 +267,22 @@ class ServiceConfig(BaseModel):
     batch_max_wait_ms: float = Field(
         default=5.0, ge=0, le=60_000, description="longest a model call waits for companions"
     )
+    max_body_bytes: int = Field(
+        default=64 * 1024,
+        ge=1024,
+        description="largest request body of every HTTP route but STOW-RS (JSON, forms); "
+        "a larger one is refused with 413 before it is read",
+    )
+    max_stow_bytes: int = Field(
+        default=2 * 1024**3,
+        ge=1024,
+        description="largest STOW-RS request body; a larger one is refused with 413",
+    )
+    public_api_docs: bool = Field(
+        default=False,
+        description="serve /docs, /redoc and /openapi.json to anonymous callers "
+        "(off: only to signed-in callers)",
+    )
 
     @field_validator("ae_title")
     @classmethod
