@@ -24,6 +24,35 @@ class InvalidDicomError(OverreadError, ValueError):
     """A file is not DICOM, or is DICOM that cannot be used as it is."""
 
 
+class InvalidUidError(InvalidDicomError):
+    """A received instance carries a malformed UID the gateway would key on.
+
+    ``keyword`` names the attribute and ``reason`` says what is wrong with it without
+    repeating the value; ``sop_class_uid`` and ``sop_instance_uid`` are the instance's
+    own UIDs where those are well formed (``""`` otherwise), for a failure report.
+    """
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        keyword: str,
+        reason: str,
+        sop_class_uid: str = "",
+        sop_instance_uid: str = "",
+    ) -> None:
+        super().__init__(message)
+        self.keyword = keyword
+        self.reason = reason
+        self.sop_class_uid = sop_class_uid
+        self.sop_instance_uid = sop_instance_uid
+
+    @property
+    def comment(self) -> str:
+        """A short reason for a DICOM Error Comment: ``invalid KEYWORD (REASON)``."""
+        return f"invalid {self.keyword} ({self.reason})"
+
+
 class UnsupportedTransferSyntaxError(InvalidDicomError):
     """Pixel data is encoded in a transfer syntax no installed decoder handles."""
 
@@ -73,6 +102,7 @@ __all__ = [
     "ImageReadError",
     "InferenceError",
     "InvalidDicomError",
+    "InvalidUidError",
     "ModelPackageError",
     "OverreadError",
     "SeriesError",

@@ -11,7 +11,7 @@ import pydicom
 import pytest
 from pydicom.uid import ImplicitVRLittleEndian
 
-from overread.errors import InvalidDicomError
+from overread.errors import InvalidDicomError, InvalidUidError
 from overread.imaging import (
     ImageMetadata,
     metadata_from_dataset,
@@ -156,3 +156,35 @@ def test_read_instance_requires_the_identifying_uids(dx: Callable[..., Path]) ->
         read_instance(data, source="part 3")
     with pytest.raises(InvalidDicomError, match="not a readable DICOM"):
         read_instance(b"\x00" * 200)
+
+
+@pytest.mark.filterwarnings("ignore:Invalid value for VR UI:UserWarning")
+@pytest.mark.parametrize(
+    ("keyword", "reason"),
+    [
+        ("StudyInstanceUID", "not only digits and dots"),
+        ("SeriesInstanceUID", "not only digits and dots"),
+        ("SOPInstanceUID", "not only digits and dots"),
+        ("SOPClassUID", "not only digits and dots"),
+    ],
+)
+def test_read_instance_refuses_malformed_identifying_uids(
+    dx: Callable[..., Path], tmp_path: Path, keyword: str, reason: str
+) -> None:
+    ds = pydicom.dcmread(dx())
+    previous = pydicom.config.settings.writing_validation_mode
+    pydicom.config.settings.writing_validation_mode = pydicom.config.IGNORE
+    try:
+        setattr(ds, keyword, "../../../../etc/passwd")
+        path = tmp_path / "bad.dcm"
+        ds.save_as(path)
+    finally:
+        pydicom.config.settings.writing_validation_mode = previous
+    with pytest.raises(InvalidUidError, match=f"part 2: {keyword} .* not a valid UID") as caught:
+        read_instance(path.read_bytes(), source="part 2")
+    assert caught.value.comment == f"invalid {keyword} ({reason})"
+    # The instance's own UIDs are given for a failure report only when well formed.
+    assert caught.value.sop_instance_uid == (
+        "" if keyword == "SOPInstanceUID" else ds.SOPInstanceUID
+    )
+    assert caught.value.sop_class_uid == ("" if keyword == "SOPClassUID" else ds.SOPClassUID)

@@ -27,6 +27,7 @@ from overread.imaging.image import Image, ImageMetadata
 from overread.imaging.inspection import Inspection, inspect
 from overread.imaging.reader import read
 from overread.imaging.series import SeriesLoad, Volume, assemble_volume, load_series
+from overread.imaging.uids import is_valid_uid, uid_problem
 
 __all__ = [
     "Deidentifier",
@@ -39,10 +40,12 @@ __all__ = [
     "codec_availability",
     "deidentify_file",
     "inspect",
+    "is_valid_uid",
     "load_series",
     "metadata_from_dataset",
     "read",
     "read_dataset",
     "read_instance",
     "read_metadata",
+    "uid_problem",
 ]

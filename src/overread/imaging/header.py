@@ -38,8 +38,9 @@ from pydicom.uid import (
     ImplicitVRLittleEndian,
 )
 
-from overread.errors import InvalidDicomError
+from overread.errors import InvalidDicomError, InvalidUidError
 from overread.imaging.image import ImageMetadata
+from overread.imaging.uids import uid_problem
 
 T = TypeVar("T")
 
@@ -402,10 +403,13 @@ def read_instance(data: bytes, *, source: str = "payload") -> ImageMetadata:
     big endian pixels, elements after Pixel Data) is parsed in full.
 
     The four identifying UIDs (SOP Instance, SOP Class, Study, Series) are present
-    and non-empty in the returned header.
+    and well-formed UIDs in the returned header (:func:`~overread.imaging.uids.uid_problem`):
+    the gateway keys rows, object keys, routes and outgoing SRs on them.
 
     Raises
     ------
+    InvalidUidError
+        If one of those UIDs is malformed (a path, a quote, a leading zero, too long).
     InvalidDicomError
         If the bytes are not a readable DICOM data set or lack a required UID.
     """
@@ -434,6 +438,17 @@ def read_instance(data: bytes, *, source: str = "payload") -> ImageMetadata:
     missing = [keyword for keyword, uid in zip(_REQUIRED_UIDS, uids, strict=True) if not uid]
     if missing:
         raise InvalidDicomError(f"{source}: missing required attribute(s) {', '.join(missing)}")
+    for keyword, uid in zip(_REQUIRED_UIDS, uids, strict=True):
+        reason = uid_problem(uid or "")
+        if reason is not None:
+            sop_instance, sop_class = (u or "" for u in uids[:2])
+            raise InvalidUidError(
+                f"{source}: {keyword} {(uid or '')[:80]!r} is not a valid UID ({reason})",
+                keyword=keyword,
+                reason=reason,
+                sop_class_uid="" if uid_problem(sop_class) else sop_class,
+                sop_instance_uid="" if uid_problem(sop_instance) else sop_instance,
+            )
     if short:
         raise InvalidDicomError(f"{source}: Pixel Data is truncated ({short} bytes missing)")
     return header
