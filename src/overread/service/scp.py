@@ -6,8 +6,10 @@ re-encode), hands them to :class:`~overread.service.ingest.Ingestor` which fsync
 the file and commits the row, and only then returns ``0x0000``. Failures map to
 DICOM statuses, never to a false success:
 
-* not DICOM, truncated or missing UIDs: ``0xC000`` (cannot understand), with an
-  Error Comment; the payload is kept under ``rejected/`` for inspection;
+* not DICOM, truncated, missing UIDs or a malformed Study, Series, SOP Instance or
+  SOP Class UID: ``0xC000`` (cannot understand), with an Error Comment (for a
+  malformed UID: which one and why); nothing is stored or processed, and the payload
+  is kept under ``rejected/`` for inspection;
 * disk full, database down, anything unexpected: ``0xA700`` (out of resources);
 * a SOP Instance UID already stored: ``0x0000`` and no second copy.
 
@@ -31,7 +33,7 @@ from typing import Any
 from pydicom import Dataset
 from pynetdicom import AE, ALL_TRANSFER_SYNTAXES, AllStoragePresentationContexts, evt
 
-from overread.errors import InvalidDicomError, ServiceError
+from overread.errors import InvalidDicomError, InvalidUidError, ServiceError
 from overread.service.config import AllowedPeer, ServiceConfig
 from overread.service.ingest import Ingestor
 
@@ -216,6 +218,10 @@ class StorageSCP:
             outcome = self.ingestor.ingest(
                 data, calling_ae=calling, peer_host=host, source=f"C-STORE from {calling}@{host}"
             )
+        except InvalidUidError as exc:
+            logger.error("C-STORE refused: %s", exc)
+            self._keep_rejected(data, calling)
+            return _status(STATUS_CANNOT_UNDERSTAND, exc.comment)
         except InvalidDicomError as exc:
             logger.error("%s", exc)
             self._keep_rejected(data, calling)

@@ -5,6 +5,9 @@ body. Each part goes through :class:`~overread.service.ingest.Ingestor` (fsync'd
 committed before the response), and the response is the standard DICOM JSON with a
 Referenced SOP Sequence for the stored instances and a Failed SOP Sequence for the
 others: HTTP 200 when all were stored, 202 when some failed, 409 when none was stored.
+A part whose Study, Series, SOP Instance or SOP Class UID is malformed is refused with
+reason 0xC000 (its SOP Class and Instance UIDs are named in the Failed SOP Sequence
+where those two are well formed) and nothing of it is stored.
 """
 
 from __future__ import annotations
@@ -14,7 +17,7 @@ import re
 from dataclasses import dataclass, field
 from typing import Any
 
-from overread.errors import InvalidDicomError
+from overread.errors import InvalidDicomError, InvalidUidError
 from overread.imaging import read_instance
 from overread.service.ingest import Ingestor, IngestOutcome
 
@@ -135,6 +138,11 @@ def store_instances(
                     continue
             result.stored.append(
                 ingestor.ingest(data, calling_ae="STOW-RS", peer_host=client, source=source)
+            )
+        except InvalidUidError as exc:
+            logger.error("STOW-RS refused: %s", exc)
+            result.failed.append(
+                (exc.sop_class_uid, exc.sop_instance_uid, STATUS_CANNOT_UNDERSTAND)
             )
         except InvalidDicomError as exc:
             logger.error("%s", exc)
