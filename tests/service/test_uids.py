@@ -22,7 +22,12 @@ from overread.service.db import Instance, Job, Study
 
 from .conftest import api_token, bearer, needs_dcmtk
 
-pytestmark = pytest.mark.service
+pytestmark = [
+    pytest.mark.service,
+    # pydicom warns when it reads the malformed values these tests send on purpose.
+    pytest.mark.filterwarnings("ignore:Invalid value for VR UI:UserWarning"),
+    pytest.mark.filterwarnings("ignore:The value length .* for VR UI:UserWarning"),
+]
 
 PASSWD = "../../../../etc/passwd"
 QUOTED = "1.2.826.0.1.3680043.8.498.1'--"
