@@ -165,25 +165,52 @@ def test_per_user_lockout_is_exponential(database: Database) -> None:
 
 
 def test_per_source_lockout_covers_many_user_names(database: Database) -> None:
+    """Spraying locks the address for the names it tried, not for other accounts."""
     policy = LockoutPolicy(user_threshold=100, source_threshold=4, base_seconds=60)
     with database.session() as session:
         add_user(session, "alice", "radiologist", password=PASSWORD, actor="os:root")
+        add_user(session, "bob", "radiologist", password=PASSWORD, actor="os:root")
     now = utcnow()
-    for n in range(4):  # password spraying from one address
+
+    def attempt(name: str, password: str, source: str = "203.0.113.7"):  # type: ignore[no-untyped-def]
         with database.session() as session:
-            outcome = authenticate(
-                session, f"user{n}", "Winter2026!", source="203.0.113.7", policy=policy, now=now
-            )
-            assert outcome.reason == "bad-credentials"
+            return authenticate(session, name, password, source=source, policy=policy, now=now)
+
+    for n in range(4):  # password spraying from one address
+        assert attempt(f"user{n}", "Winter2026!").reason == "bad-credentials"
+    # The address is locked for every name with failures of its own, whatever the password,
+    assert attempt("user0", "Winter2026!").reason == "locked"
+    assert attempt("user0", "Winter2026!", source="198.51.100.1").reason == "bad-credentials"
+    # but not for a user of that address whose account has no failure: bob logs in.
+    assert attempt("bob", PASSWORD).ok
+    assert attempt("alice", PASSWORD, source="198.51.100.1").ok  # and alice from elsewhere
+
+
+def test_the_address_ceiling_locks_every_account(database: Database) -> None:
+    policy = LockoutPolicy(
+        user_threshold=100, source_threshold=2, source_ceiling=4, base_seconds=60
+    )
     with database.session() as session:
-        blocked = authenticate(
-            session, "alice", PASSWORD, source="203.0.113.7", policy=policy, now=now
-        )
-        elsewhere = authenticate(
-            session, "alice", PASSWORD, source="198.51.100.1", policy=policy, now=now
-        )
+        add_user(session, "bob", "radiologist", password=PASSWORD, actor="os:root")
+    now = utcnow()
+
+    def attempt(name: str, password: str, source: str = "203.0.113.7"):  # type: ignore[no-untyped-def]
+        with database.session() as session:
+            return authenticate(session, name, password, source=source, policy=policy, now=now)
+
+    for n in range(4):  # fresh names pass the soft lock, one guess each, up to the ceiling
+        assert attempt(f"user{n}", "Winter2026!").reason == "bad-credentials"
+    blocked = attempt("bob", PASSWORD)
     assert (blocked.ok, blocked.reason) == (False, "locked")
-    assert elsewhere.ok
+    assert blocked.retry_after == pytest.approx(60.0)
+    assert attempt("bob", PASSWORD, source="198.51.100.1").ok
+    later = LockoutPolicy(user_threshold=100, source_threshold=2, source_ceiling=4)
+    with database.session() as session:  # the ceiling's lockout ends like any other
+        outcome = authenticate(
+            session, "bob", PASSWORD, source="203.0.113.7", policy=later,
+            now=now + timedelta(seconds=2),
+        )  # fmt: skip
+    assert outcome.ok
 
 
 def test_disabled_user_cannot_log_in(database: Database) -> None:

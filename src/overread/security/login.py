@@ -1,12 +1,23 @@
 """Password login with failed-login throttling, every attempt audited.
 
-Failures are counted per user name and per source address. Past a threshold each
-further failure locks that key for exponentially longer (1 s, 2 s, 4 s, ... up to
-a cap), so online guessing of one account, and spraying many accounts from one
-address, both slow to a crawl, while a user who mistypes twice is not locked out.
-While a key is locked the password is not even checked: a guess during lockout
-teaches the attacker nothing. Unknown user names are throttled and timed exactly
-like known ones, so lockouts and timing do not reveal which names exist.
+Failures count against two keys with separate budgets: the account
+(``user:NAME``, 5 failures) and the client address (``source:ADDR``, 50). Past
+its budget each further failure locks a key for exponentially longer (1 s, 2 s,
+4 s, ... up to a cap), so online guessing of one account, and spraying many
+accounts from one address, both slow to a crawl, while a user who mistypes twice
+is not locked out.
+
+* A locked account is refused from every address.
+* A locked address is refused for accounts that have failures of their own (in
+  the current window) and for every account once it passes a much higher ceiling
+  (500). Below that ceiling an account with no failures of its own is still let
+  through, so an attacker behind the same NAT or proxy cannot lock the other
+  users of that address out of their accounts; each account they try then has a
+  failure of its own and is refused from there too.
+
+While refused the password is not even checked: a guess during lockout teaches
+the attacker nothing. Unknown user names are throttled and timed exactly like
+known ones, so lockouts and timing do not reveal which names exist.
 
 The outcome, the throttle counters and the ``login-success``/``login-failure``
 audit event are written in the caller's session: commit it whatever the outcome.
@@ -35,9 +46,12 @@ class LockoutPolicy:
     Parameters
     ----------
     user_threshold
-        Failures of one user name allowed before lockouts start.
+        Failures of one user name (from any address) before it is locked.
     source_threshold
-        Failures from one source address (any user names) before lockouts start.
+        Failures from one address (any user names) before it is locked for the
+        accounts that have failures of their own.
+    source_ceiling
+        Failures from one address before it is locked for every account.
     base_seconds
         The first lockout; each further failure doubles it.
     max_seconds
@@ -47,7 +61,8 @@ class LockoutPolicy:
     """
 
     user_threshold: int = 5
-    source_threshold: int = 20
+    source_threshold: int = 50
+    source_ceiling: int = 500
     base_seconds: float = 1.0
     max_seconds: float = 900.0
     reset_after: timedelta = timedelta(hours=1)
@@ -108,10 +123,25 @@ def _throttle(session: Session, key: str) -> LoginThrottle:
     return row
 
 
-def _fail(throttle: LoginThrottle, threshold: int, policy: LockoutPolicy, now: datetime) -> None:
+def _failures(throttle: LoginThrottle, policy: LockoutPolicy, now: datetime) -> int:
+    """The key's failures in the current window (0 once it has been quiet long enough)."""
     if throttle.last_failure_at is not None and now - throttle.last_failure_at > policy.reset_after:
-        throttle.failures = 0
-    throttle.failures += 1
+        return 0
+    return throttle.failures
+
+
+def _locked_until(
+    throttle: LoginThrottle, threshold: int, policy: LockoutPolicy
+) -> datetime | None:
+    """When the lockout of ``throttle``'s latest failure counted against ``threshold`` ends."""
+    lockout = policy.lockout(throttle.failures, threshold)
+    if lockout is None or throttle.last_failure_at is None:
+        return None
+    return throttle.last_failure_at + lockout
+
+
+def _fail(throttle: LoginThrottle, threshold: int, policy: LockoutPolicy, now: datetime) -> None:
+    throttle.failures = _failures(throttle, policy, now) + 1
     throttle.last_failure_at = now
     lockout = policy.lockout(throttle.failures, threshold)
     throttle.locked_until = now + lockout if lockout is not None else None
@@ -158,11 +188,16 @@ def authenticate(
         )
         return LoginOutcome(ok=False, reason=reason, retry_after=retry_after)
 
-    keys = [k for k in (user_key, source_key) if k is not None]
-    locks = [k.locked_until for k in keys if k.locked_until is not None]
-    locked_until = max(locks) if locks else None
-    if locked_until is not None and locked_until > now:
-        return failure("locked", (locked_until - now).total_seconds())
+    locks = [user_key.locked_until]
+    if source_key is not None:
+        # The address's budget binds accounts with failures of their own; its
+        # ceiling binds everyone (see the module docstring).
+        own_failures = _failures(user_key, policy, now) > 0
+        locks.append(source_key.locked_until if own_failures else None)
+        locks.append(_locked_until(source_key, policy.source_ceiling, policy))
+    active = [lock for lock in locks if lock is not None and lock > now]
+    if active:
+        return failure("locked", (max(active) - now).total_seconds())
 
     user = get_user(session, name)
     matched = verify_password(user.password_hash if user else dummy_hash(), password)
