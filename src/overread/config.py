@@ -38,6 +38,11 @@ class HttpSettings(BaseModel):
 
     host: str = "127.0.0.1"
     port: int = Field(default=8042, ge=0, le=65535)
+    trusted_proxies: list[str] = Field(
+        default_factory=list,
+        description="addresses or CIDR networks of reverse proxies whose X-Forwarded-For "
+        "header names the client; empty trusts none",
+    )
 
 
 class ImagingSettings(BaseModel):

@@ -107,7 +107,10 @@ class Gateway(ServiceNode):
         super().start()
         if self.with_http and self.config.http_port is not None:
             http = HttpServer(
-                create_app(self, self.web_context()), self.config.http_host, self.config.http_port
+                create_app(self, self.web_context()),
+                self.config.http_host,
+                self.config.http_port,
+                trusted_proxies=self.config.trusted_proxies,
             )
             self.http_port = http.start()
             self._http = http

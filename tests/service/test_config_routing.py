@@ -265,3 +265,27 @@ def test_model_signing_key_file_is_checked_at_start_and_reaches_the_registry(
     late = RegistryPipelineProvider()
     late.configure(config)
     assert late.registry.key == b"hospital-signing-key"
+
+
+def test_trusted_proxies_and_login_budgets_come_from_the_http_and_service_tables(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.delenv("OVERREAD_CONFIG", raising=False)
+    assert service_config(load_settings()).trusted_proxies == []  # none by default
+    with pytest.raises(ConfigError, match=r"trusted_proxies: 'proxy\.example' is not an IP"):
+        service_config(load_settings(), trusted_proxies=["proxy.example"])
+    (tmp_path / "overread.toml").write_text(
+        """
+[http]
+trusted_proxies = ["10.0.0.2", "192.168.10.7/24", "::1"]
+
+[service]
+login_account_budget = 3
+login_address_ceiling = 200
+"""
+    )
+    config = service_config(load_settings())
+    assert config.trusted_proxies == ["10.0.0.2", "192.168.10.0/24", "::1"]
+    assert (config.login_account_budget, config.login_address_budget) == (3, 50)
+    assert config.login_address_ceiling == 200

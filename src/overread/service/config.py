@@ -14,6 +14,9 @@ Example ``overread.toml``::
     allow_ae = ["MODALITY@127.0.0.1", "CR01"]
     stable_seconds = 30
 
+    [http]
+    trusted_proxies = ["10.0.0.2", "192.168.10.0/24"]  # reverse proxies: see docs/security.md
+
     [service]
     workers = 2
     destinations = ["PACS=PACSAE@10.0.0.5:104"]
@@ -32,6 +35,7 @@ Example ``overread.toml``::
 
 from __future__ import annotations
 
+import ipaddress
 import re
 from pathlib import Path
 from typing import Any
@@ -219,6 +223,26 @@ class ServiceConfig(BaseModel):
     dicom_port: int = Field(default=11112, ge=0, le=65535)
     http_host: str = "127.0.0.1"
     http_port: int | None = Field(default=8042, ge=0, le=65535)
+    trusted_proxies: list[str] = Field(
+        default_factory=list,
+        description="addresses or CIDR networks of reverse proxies trusted to name the "
+        "client in X-Forwarded-For (and the scheme in X-Forwarded-Proto); empty trusts none",
+    )
+    login_account_budget: int = Field(
+        default=5, ge=1, description="failed logins of one account before it is locked"
+    )
+    login_address_budget: int = Field(
+        default=50,
+        ge=1,
+        description="failed logins from one address before it is locked for the accounts "
+        "with failures of their own",
+    )
+    login_address_ceiling: int = Field(
+        default=500, ge=1, description="failed logins from one address before it is locked for all"
+    )
+    login_lockout_seconds: float = Field(
+        default=1.0, gt=0, description="the first lockout; each further failure doubles it"
+    )
     allow_ae: list[AllowedPeer] = Field(default_factory=list)
     max_associations: int = Field(default=32, ge=1, le=1024)
     sop_classes: list[str] | None = Field(
@@ -289,6 +313,22 @@ class ServiceConfig(BaseModel):
     def _valid_ae_title(cls, value: str) -> str:
         return _check_ae_title(value)
 
+    @field_validator("trusted_proxies")
+    @classmethod
+    def _valid_networks(cls, value: list[str]) -> list[str]:
+        """Normalised (``10.0.0.5/8`` is ``10.0.0.0/8``): the HTTP server matches exactly."""
+        networks: list[str] = []
+        for entry in value:
+            try:
+                network = ipaddress.ip_network(entry.strip(), strict=False)
+            except ValueError:
+                raise ValueError(
+                    f"{entry!r} is not an IP address or CIDR network (e.g. 10.0.0.0/8)"
+                ) from None
+            single = network.num_addresses == 1 and "/" not in entry
+            networks.append(str(network.network_address) if single else str(network))
+        return networks
+
     @field_validator("model_signing_key_file")
     @classmethod
     def _readable_key_file(cls, value: Path | None) -> Path | None:
@@ -356,6 +396,7 @@ def service_config(settings: Settings, **overrides: Any) -> ServiceConfig:
         "dicom_port": settings.dicom.port,
         "http_host": settings.http.host,
         "http_port": settings.http.port,
+        "trusted_proxies": settings.http.trusted_proxies,
         "stable_seconds": settings.dicom.stable_seconds,
         "allow_ae": settings.dicom.allow_ae,
         "triage": settings.triage,
@@ -375,6 +416,7 @@ def service_config(settings: Settings, **overrides: Any) -> ServiceConfig:
         else e
         for i, e in enumerate(endpoints)
     ]
+    data["trusted_proxies"] = _coerce_list(data.get("trusted_proxies"))
     data["allow_ae"] = [
         p if isinstance(p, AllowedPeer) else AllowedPeer.parse(p) if isinstance(p, str) else p
         for p in _coerce_list(data.get("allow_ae"))

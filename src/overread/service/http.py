@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import logging
 import threading
+from collections.abc import Sequence
 
 import uvicorn
 from fastapi import FastAPI
@@ -18,10 +19,28 @@ logger = logging.getLogger(__name__)
 
 
 class HttpServer:
-    """uvicorn running the API in a background thread."""
+    """uvicorn running the API in a background thread.
 
-    def __init__(self, app: FastAPI, host: str, port: int) -> None:
-        config = uvicorn.Config(app, host=host, port=port, log_level="warning", lifespan="off")
+    ``trusted_proxies`` (addresses or CIDR networks) are the reverse proxies whose
+    ``X-Forwarded-For`` and ``X-Forwarded-Proto`` are believed: only when the
+    immediate peer is one of them does the request's client address become the
+    last hop in ``X-Forwarded-For`` that is not itself a trusted proxy. With none
+    (the default) the headers are ignored and the client is the TCP peer, so a
+    caller cannot pick the address that login throttling and the audit trail see.
+    """
+
+    def __init__(
+        self, app: FastAPI, host: str, port: int, *, trusted_proxies: Sequence[str] = ()
+    ) -> None:
+        config = uvicorn.Config(
+            app,
+            host=host,
+            port=port,
+            log_level="warning",
+            lifespan="off",
+            proxy_headers=bool(trusted_proxies),
+            forwarded_allow_ips=list(trusted_proxies),
+        )
         self.server = uvicorn.Server(config)
         self.thread = threading.Thread(target=self.server.run, name="overread-http", daemon=True)
 

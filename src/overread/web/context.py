@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Protocol
 
 from overread.security.access import AccessControl
+from overread.security.login import LockoutPolicy
 from overread.security.web_sessions import SessionSigner, load_session_key
 
 if TYPE_CHECKING:
@@ -104,8 +105,16 @@ class WebContext:
     @classmethod
     def for_service(cls, service: RunningService) -> WebContext:
         """The context of ``service``: session cookies signed with the data dir's key."""
-        signer = SessionSigner(load_session_key(Path(service.config.data_dir)))
-        return cls(service=service, access=AccessControl(service.database.session, signer))
+        config = service.config
+        signer = SessionSigner(load_session_key(Path(config.data_dir)))
+        policy = LockoutPolicy(
+            user_threshold=config.login_account_budget,
+            source_threshold=config.login_address_budget,
+            source_ceiling=config.login_address_ceiling,
+            base_seconds=config.login_lockout_seconds,
+        )
+        access = AccessControl(service.database.session, signer, policy=policy)
+        return cls(service=service, access=access)
 
 
 __all__ = ["RunningService", "WebContext"]
