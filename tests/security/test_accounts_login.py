@@ -186,31 +186,39 @@ def test_per_source_lockout_covers_many_user_names(database: Database) -> None:
     assert attempt("alice", PASSWORD, source="198.51.100.1").ok  # and alice from elsewhere
 
 
-def test_the_address_ceiling_locks_every_account(database: Database) -> None:
+def test_past_the_address_ceiling_everyone_waits_a_short_fixed_pause(database: Database) -> None:
     policy = LockoutPolicy(
-        user_threshold=100, source_threshold=2, source_ceiling=4, base_seconds=60
+        user_threshold=100,
+        source_threshold=2,
+        source_ceiling=4,
+        base_seconds=60,
+        ceiling_pause_seconds=5,
     )
     with database.session() as session:
         add_user(session, "bob", "radiologist", password=PASSWORD, actor="os:root")
     now = utcnow()
 
-    def attempt(name: str, password: str, source: str = "203.0.113.7"):  # type: ignore[no-untyped-def]
+    def attempt(name: str, password: str, at: float = 0.0, source: str = "203.0.113.7"):  # type: ignore[no-untyped-def]
         with database.session() as session:
-            return authenticate(session, name, password, source=source, policy=policy, now=now)
+            return authenticate(
+                session, name, password, source=source, policy=policy,
+                now=now + timedelta(seconds=at),
+            )  # fmt: skip
 
     for n in range(4):  # fresh names pass the soft lock, one guess each, up to the ceiling
         assert attempt(f"user{n}", "Winter2026!").reason == "bad-credentials"
     blocked = attempt("bob", PASSWORD)
     assert (blocked.ok, blocked.reason) == (False, "locked")
-    assert blocked.retry_after == pytest.approx(60.0)
+    # The pause is fixed: the address's failures doubled nothing (60 s would be the
+    # budget's lockout), so bob retrying a few seconds later gets in.
+    assert blocked.retry_after == pytest.approx(5.0)
     assert attempt("bob", PASSWORD, source="198.51.100.1").ok
-    later = LockoutPolicy(user_threshold=100, source_threshold=2, source_ceiling=4)
-    with database.session() as session:  # the ceiling's lockout ends like any other
-        outcome = authenticate(
-            session, "bob", PASSWORD, source="203.0.113.7", policy=later,
-            now=now + timedelta(seconds=2),
-        )  # fmt: skip
-    assert outcome.ok
+    # More failures past the ceiling still give only the fixed pause after each one.
+    for n in range(4, 10):
+        assert attempt(f"user{n}", "Winter2026!", at=6.0 * (n - 3)).reason == "bad-credentials"
+    again = attempt("bob", PASSWORD, at=36.0)
+    assert (again.reason, again.retry_after) == ("locked", pytest.approx(5.0))
+    assert attempt("bob", PASSWORD, at=41.5).ok
 
 
 def test_disabled_user_cannot_log_in(database: Database) -> None:

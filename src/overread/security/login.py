@@ -9,11 +9,14 @@ is not locked out.
 
 * A locked account is refused from every address.
 * A locked address is refused for accounts that have failures of their own (in
-  the current window) and for every account once it passes a much higher ceiling
-  (500). Below that ceiling an account with no failures of its own is still let
+  the current window). An account with no failures of its own is still let
   through, so an attacker behind the same NAT or proxy cannot lock the other
   users of that address out of their accounts; each account they try then has a
   failure of its own and is refused from there too.
+* Past a much higher ceiling (500 failures from the address), every account from
+  that address waits a short fixed pause (5 s) after the address's latest failure:
+  it caps the password checks one address can cause (one per pause) without
+  shutting the other users of the address out for longer than a retry.
 
 While refused the password is not even checked: a guess during lockout teaches
 the attacker nothing. Unknown user names are throttled and timed exactly like
@@ -51,13 +54,17 @@ class LockoutPolicy:
         Failures from one address (any user names) before it is locked for the
         accounts that have failures of their own.
     source_ceiling
-        Failures from one address before it is locked for every account.
+        Failures from one address after which every account from it waits
+        ``ceiling_pause_seconds`` after the address's latest failure.
     base_seconds
         The first lockout; each further failure doubles it.
     max_seconds
         The longest lockout.
     reset_after
         A key with no failure for this long starts counting again from zero.
+    ceiling_pause_seconds
+        The fixed pause past the ceiling (never doubled, so one attacker cannot keep
+        a shared address locked for everyone).
     """
 
     user_threshold: int = 5
@@ -66,6 +73,7 @@ class LockoutPolicy:
     base_seconds: float = 1.0
     max_seconds: float = 900.0
     reset_after: timedelta = timedelta(hours=1)
+    ceiling_pause_seconds: float = 5.0
 
     def lockout(self, failures: int, threshold: int) -> timedelta | None:
         """The lockout after the ``failures``-th failure, or None below the threshold."""
@@ -130,14 +138,13 @@ def _failures(throttle: LoginThrottle, policy: LockoutPolicy, now: datetime) -> 
     return throttle.failures
 
 
-def _locked_until(
-    throttle: LoginThrottle, threshold: int, policy: LockoutPolicy
+def _ceiling_pause_until(
+    throttle: LoginThrottle, policy: LockoutPolicy, now: datetime
 ) -> datetime | None:
-    """When the lockout of ``throttle``'s latest failure counted against ``threshold`` ends."""
-    lockout = policy.lockout(throttle.failures, threshold)
-    if lockout is None or throttle.last_failure_at is None:
+    """When the pause after an address's latest failure ends, once it is past the ceiling."""
+    if throttle.last_failure_at is None or _failures(throttle, policy, now) < policy.source_ceiling:
         return None
-    return throttle.last_failure_at + lockout
+    return throttle.last_failure_at + timedelta(seconds=policy.ceiling_pause_seconds)
 
 
 def _fail(throttle: LoginThrottle, threshold: int, policy: LockoutPolicy, now: datetime) -> None:
@@ -190,11 +197,11 @@ def authenticate(
 
     locks = [user_key.locked_until]
     if source_key is not None:
-        # The address's budget binds accounts with failures of their own; its
-        # ceiling binds everyone (see the module docstring).
+        # The address's budget binds accounts with failures of their own; past its
+        # ceiling everyone waits a short fixed pause (see the module docstring).
         own_failures = _failures(user_key, policy, now) > 0
         locks.append(source_key.locked_until if own_failures else None)
-        locks.append(_locked_until(source_key, policy.source_ceiling, policy))
+        locks.append(_ceiling_pause_until(source_key, policy, now))
     active = [lock for lock in locks if lock is not None and lock > now]
     if active:
         return failure("locked", (max(active) - now).total_seconds())
