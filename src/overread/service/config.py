@@ -298,7 +298,7 @@ class ServiceConfig(BaseModel):
         "a larger one is refused with 413 before it is read",
     )
     max_stow_bytes: int = Field(
-        default=2 * 1024**3,
+        default=512 * 1024**2,
         ge=1024,
         description="largest STOW-RS request body; a larger one is refused with 413",
     )
