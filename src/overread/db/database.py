@@ -8,6 +8,8 @@ committed row survives power loss; PostgreSQL is reached as
 from __future__ import annotations
 
 import logging
+import sqlite3
+import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -26,11 +28,29 @@ logger = logging.getLogger(__name__)
 
 def _sqlite_pragmas(dbapi_connection: Any, connection_record: Any) -> None:
     cursor = dbapi_connection.cursor()
-    cursor.execute("PRAGMA journal_mode=WAL")
+    _switch_to_wal(cursor)
     cursor.execute("PRAGMA synchronous=FULL")
     cursor.execute("PRAGMA busy_timeout=30000")
     cursor.execute("PRAGMA foreign_keys=ON")
     cursor.close()
+
+
+def _switch_to_wal(cursor: Any, attempts: int = 100) -> None:
+    """``PRAGMA journal_mode=WAL``, retried while another connection holds the lock.
+
+    On a new database file several processes (or threads) may switch it to WAL at
+    once; SQLite then answers "database is locked" at once instead of calling the
+    busy handler (waiting would deadlock on the lock upgrade), so the switch is
+    retried for up to about 10 s. Once the file is in WAL mode the pragma is a no-op.
+    """
+    for attempt in range(attempts):
+        try:
+            cursor.execute("PRAGMA journal_mode=WAL")
+            return
+        except sqlite3.OperationalError as exc:
+            if "locked" not in str(exc) or attempt == attempts - 1:
+                raise
+            time.sleep(0.1)
 
 
 class Database:
