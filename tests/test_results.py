@@ -10,6 +10,7 @@ from overread.errors import OverreadError
 from overread.results import (
     Decision,
     FindingResult,
+    GateVerdict,
     ModelRef,
     Prediction,
     ResultSummary,
@@ -48,8 +49,11 @@ def test_stored_findings_that_say_refer_still_read() -> None:
     finding = FindingResult.from_dict(stored)
     assert finding.decision is Decision.INDETERMINATE
     assert finding.codes == (("SCT", "36118008", "Pneumothorax"),)
-    # New output writes the new wire value under the same keys.
-    assert finding.to_summary_dict() == {**stored, "decision": "indeterminate"}
+    assert finding.threshold_proximity == 0.97
+    # New output writes the new wire values; "uncertainty" is now "threshold_proximity".
+    expected = {**stored, "decision": "indeterminate", "threshold_proximity": 0.97}
+    del expected["uncertainty"]
+    assert finding.to_summary_dict() == expected
 
 
 def _prediction() -> Prediction:
@@ -77,16 +81,24 @@ def test_prediction_forms() -> None:
         "sop_instance_uid",
         "timings",
         "warnings",
+        "gate",
+        "outside_intended_use",
     ]
     assert list(prediction.to_dict()["findings"][0]) == [
         "label",
         "probability",
         "positive",
-        "uncertainty",
+        "threshold_proximity",
         "threshold",
         "decision",
         "operating_point",
         "codes",
+        "entropy",
+        "mutual_information",
+        "conformal_set",
+        "trust_score",
+        "map_concentration",
+        "deletion_drop",
     ]
     summary = prediction.to_summary_dict()
     assert summary["model"] == {"name": "cxr-default", "version": "1.1.0", "sha256": "ab" * 32}
@@ -94,17 +106,17 @@ def test_prediction_forms() -> None:
         "label",
         "probability",
         "positive",
-        "uncertainty",
+        "threshold_proximity",
         "threshold",
         "decision",
         "codes",
     ]
-    assert summary["findings"][1]["uncertainty"] is None
+    assert summary["findings"][1]["threshold_proximity"] is None
     assert list(prediction.findings[0].to_worklist_dict()) == [
         "label",
         "probability",
         "positive",
-        "uncertainty",
+        "threshold_proximity",
         "threshold",
     ]
 
@@ -154,7 +166,7 @@ def test_a_summary_without_a_study_header_or_readable_findings() -> None:
     assert summary.study is None and "study" not in summary.to_dict()
     (prediction,) = summary.instances
     assert [f.label for f in prediction.findings] == ["Fracture"]
-    assert prediction.findings[0].uncertainty is None
+    assert prediction.findings[0].threshold_proximity is None
     assert prediction.findings[0].decision is Decision.NEGATIVE
 
 
@@ -202,3 +214,50 @@ def test_an_unknown_threshold_is_stored_as_null() -> None:
     assert finding.known_threshold is None
     assert finding.to_worklist_dict()["threshold"] is None
     assert FindingResult.from_dict(finding.to_worklist_dict()).known_threshold is None
+
+
+def test_trust_evidence_and_gate_round_trip_through_the_stored_summary() -> None:
+    finding = FindingResult(
+        "Pneumothorax",
+        0.7,
+        True,
+        0.4,
+        0.5,
+        entropy=0.88,
+        mutual_information=0.05,
+        conformal_set="both",
+        trust_score=0.6,
+        map_concentration=0.5,
+        deletion_drop=0.7,
+    )
+    gate = GateVerdict("refuse", ("view position LL is not accepted",), 3.2, overridden=True)
+    prediction = Prediction(
+        path="a.dcm",
+        ok=True,
+        model=ModelRef("m", "1"),
+        findings=[finding],
+        gate=gate,
+        outside_intended_use=True,
+    )
+    back = Prediction.from_summary_dict(json.loads(json.dumps(prediction.to_summary_dict())))
+    assert back.findings == [finding]
+    assert back.gate == gate and not back.gate.refused and back.outside_intended_use
+    assert finding.with_values(trust_score=None).trust_score is None
+    assert finding.with_values(probability=0.2).entropy == 0.88
+    # Evidence not computed stays out of the stored forms but is always in predict --json.
+    plain = FindingResult("Edema", 0.1, False, 0.1, 0.5)
+    assert "entropy" not in plain.to_summary_dict() and plain.to_dict()["entropy"] is None
+    assert "gate" not in Prediction(path="b", ok=True, model=ModelRef("m", "1")).to_summary_dict()
+
+
+def test_unknown_gate_status_and_conformal_set() -> None:
+    with pytest.raises(OverreadError, match="unknown gate status"):
+        GateVerdict("maybe")
+    with pytest.raises(OverreadError, match="unknown conformal set"):
+        FindingResult("Edema", 0.1, False, conformal_set="sometimes")
+    # Stored values that name nothing are read so the result stays shown.
+    assert GateVerdict.from_dict({"status": "maybe", "reasons": "odd"}).status == "flag"
+    stored = {"label": "Edema", "probability": 0.1, "conformal_set": "sometimes"}
+    assert FindingResult.from_dict(stored).conformal_set is None
+    assert GateVerdict("refuse", ("a", "b")).refused
+    assert GateVerdict("refuse", ("a", "b")).reason == "a; b"

@@ -155,9 +155,12 @@ class FindingResult:
         Calibrated probability.
     positive
         ``probability >= threshold``.
-    uncertainty
-        0 far from the threshold, 1 at it (see
-        :func:`overread.inference.postprocess.decide`); ``None`` when not known.
+    threshold_proximity
+        How close the probability lies to the operating point's threshold: 1 at it,
+        0 as far as possible on its side (see
+        :func:`overread.inference.postprocess.decide`); ``None`` when not known. It
+        says how near the decision is to flipping, not what the model knows: it was
+        called ``uncertainty`` before (stored results with that key still read).
     threshold
         The threshold of the operating point used; NaN when not known (stored as
         ``null``).
@@ -165,33 +168,71 @@ class FindingResult:
         At the operating point; defaults to the ``positive`` flag's.
     codes
         ``(scheme, value, meaning)`` triples from the model package.
+    entropy
+        Predictive entropy of the (mean) probability in bits, in [0, 1]; ``None``
+        when not computed.
+    mutual_information
+        Epistemic part of the entropy (BALD: entropy of the mean minus the mean
+        entropy of the samples from test-time augmentation, MC dropout or an
+        ensemble) in bits; ``None`` with a single pass.
+    conformal_set
+        The split-conformal prediction set for the label: ``"positive"``,
+        ``"negative"``, ``"both"`` (ambiguous) or ``"empty"``; ``None`` when the
+        package carries no conformal calibration.
+    trust_score
+        Explanation trust in [0, 1], from ``map_concentration`` (how concentrated
+        the heatmap is) and ``deletion_drop`` (relative fall of the probability when
+        the map's top region is removed); ``None`` when not explained.
     """
 
     label: str
     probability: float
     positive: bool
-    uncertainty: float | None
+    threshold_proximity: float | None
     threshold: float
     decision: Decision
     operating_point: str
     codes: tuple[Code, ...]
+    entropy: float | None
+    mutual_information: float | None
+    conformal_set: str | None
+    trust_score: float | None
+    map_concentration: float | None
+    deletion_drop: float | None
 
     def __init__(
         self,
         label: str,
         probability: float,
         positive: bool,
-        uncertainty: float | None = None,
+        threshold_proximity: float | None = None,
         threshold: float = math.nan,
         decision: Decision | str | None = None,
         operating_point: str = "balanced",
         codes: Sequence[Sequence[str]] = (),
+        *,
+        entropy: float | None = None,
+        mutual_information: float | None = None,
+        conformal_set: str | None = None,
+        trust_score: float | None = None,
+        map_concentration: float | None = None,
+        deletion_drop: float | None = None,
     ) -> None:
+        if conformal_set is not None and conformal_set not in CONFORMAL_SETS:
+            raise OverreadError(
+                f"unknown conformal set {conformal_set!r} (known: {', '.join(CONFORMAL_SETS)})"
+            )
         setattr_ = object.__setattr__
         setattr_(self, "label", str(label))
         setattr_(self, "probability", float(probability))
         setattr_(self, "positive", bool(positive))
-        setattr_(self, "uncertainty", None if uncertainty is None else float(uncertainty))
+        setattr_(self, "threshold_proximity", _optional_float(threshold_proximity))
+        setattr_(self, "entropy", _optional_float(entropy))
+        setattr_(self, "mutual_information", _optional_float(mutual_information))
+        setattr_(self, "conformal_set", conformal_set)
+        setattr_(self, "trust_score", _optional_float(trust_score))
+        setattr_(self, "map_concentration", _optional_float(map_concentration))
+        setattr_(self, "deletion_drop", _optional_float(deletion_drop))
         setattr_(self, "threshold", math.nan if threshold is None else float(threshold))
         setattr_(
             self,
@@ -208,17 +249,39 @@ class FindingResult:
         """The threshold, ``None`` when not known."""
         return None if math.isnan(self.threshold) else self.threshold
 
+    def with_values(self, **changes: Any) -> FindingResult:
+        """A copy with some attributes changed (the type is frozen)."""
+        values = {name: getattr(self, name) for name in _FINDING_ATTRIBUTES}
+        values.update(changes)
+        return FindingResult(**values)
+
+    def trust_dict(self) -> dict[str, float | str | None]:
+        """Uncertainty and explanation trust, the optional per-finding evidence."""
+        return {
+            "entropy": _rounded(self.entropy),
+            "mutual_information": _rounded(self.mutual_information),
+            "conformal_set": self.conformal_set,
+            "trust_score": _rounded(self.trust_score),
+            "map_concentration": _rounded(self.map_concentration),
+            "deletion_drop": _rounded(self.deletion_drop),
+        }
+
+    def _known_trust(self) -> dict[str, float | str | None]:
+        """The stored forms keep only the evidence that was computed."""
+        return {k: v for k, v in self.trust_dict().items() if v is not None}
+
     def to_dict(self) -> dict[str, Any]:
-        """JSON-able form, as ``predict --json`` writes it."""
+        """JSON-able form, as ``predict --json`` writes it (every key always present)."""
         return {
             "label": self.label,
             "probability": round(self.probability, 6),
             "positive": self.positive,
-            "uncertainty": None if self.uncertainty is None else round(self.uncertainty, 6),
+            "threshold_proximity": _rounded(self.threshold_proximity),
             "threshold": self.known_threshold,
             "decision": self.decision.value,
             "operating_point": self.operating_point,
             "codes": [list(c) for c in self.codes],
+            **self.trust_dict(),
         }
 
     def to_summary_dict(self) -> dict[str, Any]:
@@ -227,10 +290,11 @@ class FindingResult:
             "label": self.label,
             "probability": self.probability,
             "positive": self.positive,
-            "uncertainty": self.uncertainty,
+            "threshold_proximity": self.threshold_proximity,
             "threshold": self.known_threshold,
             "decision": self.decision.value,
             "codes": [list(c) for c in self.codes],
+            **self._known_trust(),
         }
 
     def to_worklist_dict(self) -> dict[str, Any]:
@@ -239,8 +303,9 @@ class FindingResult:
             "label": self.label,
             "probability": self.probability,
             "positive": self.positive,
-            "uncertainty": self.uncertainty,
+            "threshold_proximity": self.threshold_proximity,
             "threshold": self.known_threshold,
+            **self._known_trust(),
         }
 
     @classmethod
@@ -265,12 +330,59 @@ class FindingResult:
             label=label,
             probability=float(data["probability"]),
             positive=positive,
-            uncertainty=_optional_float(data.get("uncertainty")),
+            threshold_proximity=_optional_float(
+                data.get("threshold_proximity", data.get(_LEGACY_PROXIMITY))
+            ),
             threshold=math.nan if data.get("threshold") is None else float(data["threshold"]),
             decision=_stored_decision(label, data.get("decision"), positive),
             operating_point=str(data.get("operating_point") or "balanced"),
             codes=_stored_codes(label, data.get("codes")),
+            entropy=_optional_float(data.get("entropy")),
+            mutual_information=_optional_float(data.get("mutual_information")),
+            conformal_set=_stored_conformal_set(label, data.get("conformal_set")),
+            trust_score=_optional_float(data.get("trust_score")),
+            map_concentration=_optional_float(data.get("map_concentration")),
+            deletion_drop=_optional_float(data.get("deletion_drop")),
         )
+
+
+#: The attributes :meth:`FindingResult.with_values` copies.
+_FINDING_ATTRIBUTES = (
+    "label",
+    "probability",
+    "positive",
+    "threshold_proximity",
+    "threshold",
+    "decision",
+    "operating_point",
+    "codes",
+    "entropy",
+    "mutual_information",
+    "conformal_set",
+    "trust_score",
+    "map_concentration",
+    "deletion_drop",
+)
+
+#: The key stored results used for ``threshold_proximity`` before it was renamed.
+_LEGACY_PROXIMITY = "uncertainty"
+
+#: The values of :attr:`FindingResult.conformal_set`.
+CONFORMAL_SETS = ("positive", "negative", "both", "empty")
+
+
+def _stored_conformal_set(label: str, value: Any) -> str | None:
+    """A stored conformal set; an unknown value is dropped with a warning."""
+    if value in (None, ""):
+        return None
+    if value not in CONFORMAL_SETS:
+        log.warning("finding %r: unknown stored conformal set %r; ignored", label, value)
+        return None
+    return str(value)
+
+
+def _rounded(value: float | None) -> float | None:
+    return None if value is None else round(value, 6)
 
 
 def _stored_decision(label: str, value: Any, positive: bool) -> Decision:
@@ -316,6 +428,78 @@ def _readable(data: Mapping[str, Any]) -> bool:
     return bool(data.get("label")) and probability is not None
 
 
+#: The input gate's verdicts, from letting an image through to refusing it.
+GATE_STATUSES = ("pass", "flag", "refuse")
+
+
+@dataclass(frozen=True)
+class GateVerdict:
+    """What the input gate said of an image before inference.
+
+    Attributes
+    ----------
+    status
+        ``pass``: an image the model was made for; ``flag``: analysed, with the
+        reasons shown; ``refuse``: not analysed (the study stays on the worklist as
+        "not analysed: REASON").
+    reasons
+        One line each, for the reader.
+    ood_score
+        The pixel check's out-of-distribution score (higher is further from the
+        images the model was made for); ``None`` when the package has no pixel check.
+    overridden
+        A reader chose "analyse anyway" for a refused image.
+    """
+
+    status: str = "pass"
+    reasons: tuple[str, ...] = ()
+    ood_score: float | None = None
+    overridden: bool = False
+
+    def __post_init__(self) -> None:
+        if self.status not in GATE_STATUSES:
+            raise OverreadError(
+                f"unknown gate status {self.status!r} (known: {', '.join(GATE_STATUSES)})"
+            )
+        object.__setattr__(self, "reasons", tuple(str(r) for r in self.reasons))
+
+    @property
+    def refused(self) -> bool:
+        """Refused and not overridden: the model does not read this image."""
+        return self.status == "refuse" and not self.overridden
+
+    @property
+    def reason(self) -> str:
+        """The reasons in one line (``""`` when there are none)."""
+        return "; ".join(self.reasons)
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-able form (``predict --json``, stored results)."""
+        return {
+            "status": self.status,
+            "reasons": list(self.reasons),
+            "ood_score": _rounded(self.ood_score),
+            "overridden": self.overridden,
+        }
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> GateVerdict:
+        """Read it back; an unknown status reads as ``flag`` (shown, never hidden)."""
+        status = str(data.get("status") or "pass")
+        if status not in GATE_STATUSES:
+            log.warning("unknown stored gate status %r; read as flag", status)
+            status = "flag"
+        reasons = data.get("reasons") or ()
+        if isinstance(reasons, str):
+            reasons = (reasons,)
+        return cls(
+            status=status,
+            reasons=tuple(str(r) for r in reasons),
+            ood_score=_optional_float(data.get("ood_score")),
+            overridden=bool(data.get("overridden", False)),
+        )
+
+
 @dataclass
 class Prediction:
     """A model's result for one input, successful (``ok``) or not (``error``).
@@ -323,6 +507,9 @@ class Prediction:
     ``heatmaps`` are per-label maps in [0, 1] at the model input resolution;
     ``letterbox`` says where the stored image sits in them (only when explaining).
     ``masks`` are a segmentation model's per-label masks on the stored image.
+    ``gate`` is the input gate's verdict (``None`` where no gate ran);
+    ``outside_intended_use`` marks a result a reader asked for on an image the
+    gate refused.
     """
 
     path: str | None
@@ -335,6 +522,8 @@ class Prediction:
     warnings: list[str] = field(default_factory=list)
     letterbox: HeatmapPlacement | None = None
     masks: dict[str, np.ndarray] | None = None
+    gate: GateVerdict | None = None
+    outside_intended_use: bool = False
 
     @property
     def positives(self) -> list[FindingResult]:
@@ -370,11 +559,14 @@ class Prediction:
             "sop_instance_uid": self.sop_instance_uid,
             "timings": {k: round(v, 6) for k, v in self.timings.items()},
             "warnings": list(self.warnings),
+            "gate": None if self.gate is None else self.gate.to_dict(),
+            "outside_intended_use": self.outside_intended_use,
         }
 
     def to_summary_dict(self) -> dict[str, Any]:
-        """The form stored with a result, one per image (``summary["instances"]``)."""
-        return {
+        """The form stored with a result, one per image (``summary["instances"]``);
+        ``gate`` and ``outside_intended_use`` only when there is something to say."""
+        data: dict[str, Any] = {
             "path": str(self.path),
             "ok": self.ok,
             "error": self.error,
@@ -382,6 +574,11 @@ class Prediction:
             "findings": [f.to_summary_dict() for f in self.findings],
             "timings": {str(k): float(v) for k, v in self.timings.items()},
         }
+        if self.gate is not None:
+            data["gate"] = self.gate.to_dict()
+        if self.outside_intended_use:
+            data["outside_intended_use"] = True
+        return data
 
     @classmethod
     def from_summary_dict(cls, data: Mapping[str, Any]) -> Prediction:
@@ -400,6 +597,8 @@ class Prediction:
                 for k, v in (data.get("timings") or {}).items()
                 if v is not None and not math.isnan(float(v))
             },
+            gate=None if not data.get("gate") else GateVerdict.from_dict(data["gate"]),
+            outside_intended_use=bool(data.get("outside_intended_use", False)),
         )
 
 
@@ -492,8 +691,11 @@ class ResultSummary:
 
 
 __all__ = [
+    "CONFORMAL_SETS",
+    "GATE_STATUSES",
     "Decision",
     "FindingResult",
+    "GateVerdict",
     "HeatmapPlacement",
     "ModelRef",
     "Prediction",

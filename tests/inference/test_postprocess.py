@@ -3,7 +3,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from overread.inference import calibrate, decide, decision_uncertainty, sigmoid
+from overread.inference import calibrate, decide, sigmoid, threshold_proximity
 from overread.models.manifest import Calibration
 from overread.results import Decision
 
@@ -24,14 +24,14 @@ def test_temperature_and_platt_calibration() -> None:
     assert calibrate(logits, platt, labels)[0, 2] == pytest.approx(0.5)
 
 
-def test_uncertainty_is_one_at_the_threshold_and_zero_at_the_ends() -> None:
+def test_threshold_proximity_is_one_at_the_threshold_and_zero_at_the_ends() -> None:
     thresholds = np.array([0.3, 0.3, 0.3, 0.3])
-    u = decision_uncertainty(np.array([0.0, 0.3, 1.0, 0.65]), thresholds)
+    u = threshold_proximity(np.array([0.0, 0.3, 1.0, 0.65]), thresholds)
     assert u.tolist() == pytest.approx([0.0, 1.0, 0.0, 0.5])
 
 
 def test_close_calls_are_referred() -> None:
-    positive, uncertainty, decisions = decide(
+    positive, proximity, decisions = decide(
         np.array([0.9, 0.52, 0.1, 0.47]), np.array([0.5, 0.5, 0.5, 0.5]), refer_uncertainty=0.8
     )
     assert positive.tolist() == [True, True, False, False]
@@ -42,4 +42,4 @@ def test_close_calls_are_referred() -> None:
         Decision.INDETERMINATE,
     ]
     assert all(isinstance(d, Decision) for d in decisions)
-    assert uncertainty[0] < 0.8
+    assert proximity[0] < 0.8

@@ -67,7 +67,7 @@ def test_predict_json_and_bad_files(
     good = records[0]
     assert set(good) >= {"path", "ok", "error", "model", "findings"}
     assert set(good["model"]) >= {"name", "version", "sha256"}
-    assert set(good["findings"][0]) >= {"label", "probability", "positive", "uncertainty"}
+    assert set(good["findings"][0]) >= {"label", "probability", "positive", "threshold_proximity"}
     assert len(good["findings"]) == 14
     error_lines = [line for line in stderr.splitlines() if not line.startswith("warning:")]
     assert error_lines == [

@@ -24,11 +24,11 @@ def F(
     label: str,
     probability: float,
     positive: bool = False,
-    uncertainty: float = 0.0,
+    proximity: float = 0.0,
     threshold: float = 0.5,
 ) -> FindingResult:
     """A finding as the inference pipeline reports it."""
-    return FindingResult(label, probability, positive, uncertainty, threshold)
+    return FindingResult(label, probability, positive, proximity, threshold)
 
 
 def _open(url: str) -> Database:

@@ -86,7 +86,12 @@ def test_feedback_is_stored_with_model_output_and_audited(db: Database) -> None:
         row = record_feedback(
             session, "2.1", "Pneumothorax", "disagree", reader="dr.k", now=NOW, role="radiologist"
         )
-        assert (row.label, row.probability, row.threshold, row.uncertainty) == (0.0, 0.7, 0.6, 0.4)
+        assert (row.label, row.probability, row.threshold, row.threshold_proximity) == (
+            0.0,
+            0.7,
+            0.6,
+            0.4,
+        )
     with db.session() as session:
         event = session.execute(
             select(AuditEvent).where(AuditEvent.action == "feedback")
@@ -98,7 +103,7 @@ def test_feedback_is_stored_with_model_output_and_audited(db: Database) -> None:
 def test_export_orders_by_uncertainty_and_reads_back_as_a_cohort(
     db: Database, tmp_path: Path
 ) -> None:
-    # Margins |p - t|: A 0.35, B 0.02, C 0.02 with higher uncertainty, D from a reader label only.
+    # Margins |p - t|: A 0.35, B 0.02, C 0.02 with higher threshold proximity, D from a reader label only.
     _study(db, "A", [F("Pneumothorax", 0.85, True, 0.1)], path="images/a.dcm")
     _study(db, "B", [F("Edema", 0.52, True, 0.2), F("Fracture", 0.1, False, 0.0)])
     _study(db, "C", [F("Edema", 0.48, False, 0.9)], path="images/c.dcm")
@@ -128,14 +133,17 @@ def test_export_orders_by_uncertainty_and_reads_back_as_a_cohort(
     assert b["Readers"] == "r1;r2"
     assert a["Pneumothorax"] == "1.0" and float(a["Margin"]) == pytest.approx(0.35)
     assert d["Cardiomegaly"] == "1.0" and d["Margin"] == ""
-    by_uncertainty = tmp_path / "by_uncertainty.csv"
-    with db.session() as session:
-        export_feedback(session, by_uncertainty, order="uncertainty")
-        with pytest.raises(ConfigError, match="unknown feedback order 'random'"):
-            export_feedback(session, by_uncertainty, order="random")
-    with by_uncertainty.open(newline="", encoding="utf-8") as handle:
-        # Uncertainties: C 0.9, B 0.2, A 0.1, D none (0).
-        assert [r["StudyInstanceUID"] for r in csv.DictReader(handle)] == ["C", "B", "A", "D"]
+    by_proximity = tmp_path / "by_proximity.csv"
+    with db.session() as session, pytest.raises(ConfigError, match="unknown feedback order"):
+        export_feedback(session, by_proximity, order="random")
+    for order in ("proximity", "uncertainty"):  # the latter: the order's former name
+        with db.session() as session:
+            export_feedback(session, by_proximity, order=order)
+        with by_proximity.open(newline="", encoding="utf-8") as handle:
+            rows = list(csv.DictReader(handle))
+        # Threshold proximities: C 0.9, B 0.2, A 0.1, D none (0).
+        assert [r["StudyInstanceUID"] for r in rows] == ["C", "B", "A", "D"]
+        assert float(rows[0]["MaxThresholdProximity"]) == pytest.approx(0.9)
     table = read_phantom(out, root=tmp_path, check_files=False)
     assert len(table.frame) == 4
     assert table.frame.loc[table.frame["study_id"] == "C", "Edema"].item() == 1.0

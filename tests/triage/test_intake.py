@@ -59,7 +59,10 @@ def test_merge_takes_the_most_probable_image_per_label() -> None:
     lateral = [F("Pneumothorax", 0.7, True, 0.2), F("Edema", float("nan")), F("Fracture", 0.1)]
     merged = {f.label: f for f in merge_findings([pa, lateral])}
     assert set(merged) == {"Pneumothorax", "Edema", "Fracture"}
-    assert (merged["Pneumothorax"].probability, merged["Pneumothorax"].uncertainty) == (0.7, 0.2)
+    assert (merged["Pneumothorax"].probability, merged["Pneumothorax"].threshold_proximity) == (
+        0.7,
+        0.2,
+    )
     assert merged["Edema"].probability == 0.8 and merged["Edema"].positive
     # Positive if any image was positive, even when the most probable image was not.
     merged = {

@@ -28,8 +28,8 @@ contexts = st.builds(
 
 
 def test_worked_example_from_the_docs() -> None:
-    # ED patient, 80 years, waited 90 minutes, pneumothorax p=0.9 with uncertainty 0.2,
-    # effusion p=0.3 (uncertainty 0.4): the example in docs/triage.md.
+    # ED patient, 80 years, waited 90 minutes, pneumothorax p=0.9 with threshold proximity 0.2,
+    # effusion p=0.3 (proximity 0.4): the example in docs/triage.md.
     findings = [F("Pneumothorax", 0.9, True, 0.2), F("Pleural Effusion", 0.3, False, 0.4)]
     context = StudyContext("ED", 80, NOW - timedelta(minutes=90))
     score = score_study(findings, context, now=NOW)
@@ -133,3 +133,9 @@ def test_custom_weights_change_the_ranking() -> None:
     ed = score_study([], StudyContext("ed"), weights, now=NOW).total
     icu = score_study([], StudyContext("icu"), weights, now=NOW).total
     assert icu > ed
+
+
+def test_the_proximity_weight_is_also_read_under_its_former_name() -> None:
+    assert ScoreWeights.model_validate({"uncertainty_weight": 0.5}).proximity_weight == 0.5
+    assert ScoreWeights.model_validate({"proximity_weight": 0.7}).proximity_weight == 0.7
+    assert ScoreWeights().proximity_weight == 0.25

@@ -128,7 +128,7 @@ def _print_findings(prediction: Prediction, overlays: list[str]) -> None:
     for finding in prediction.findings:
         typer.echo(
             f"  {finding.label:<28} p={finding.probability:.3f}  t={finding.threshold:.2f}  "
-            f"{spoken[finding.decision]:<8} uncertainty {finding.uncertainty or 0.0:.2f}"
+            f"{spoken[finding.decision]:<8} proximity {finding.threshold_proximity or 0.0:.2f}"
         )
     for overlay in overlays:
         typer.echo(f"  overlay: {overlay}")

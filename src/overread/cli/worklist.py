@@ -202,7 +202,9 @@ def ack_alert(
 def export_feedback_cmd(
     out: Path = typer.Argument(..., help="CSV file to write."),
     order: str = typer.Option(
-        "margin", "--order", help="margin (|p - threshold| smallest first) or uncertainty."
+        "margin",
+        "--order",
+        help="margin (|p - threshold| smallest first) or proximity (closest to the threshold first).",
     ),
     data_dir: Path | None = DATA_DIR,
     database_url: str | None = DATABASE_URL,

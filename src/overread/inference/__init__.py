@@ -2,7 +2,7 @@
 
 from overread.inference.batching import MicroBatcher
 from overread.inference.pipeline import Pipeline, clear_pipeline_cache
-from overread.inference.postprocess import calibrate, decide, decision_uncertainty, sigmoid
+from overread.inference.postprocess import calibrate, decide, sigmoid, threshold_proximity
 from overread.inference.result import FindingResult, ModelRef, Prediction
 from overread.inference.runtimes import (
     OnnxRuntime,
@@ -22,8 +22,8 @@ __all__ = [
     "calibrate",
     "clear_pipeline_cache",
     "decide",
-    "decision_uncertainty",
     "open_runtime",
     "runtime_unavailable_reason",
     "sigmoid",
+    "threshold_proximity",
 ]

@@ -198,7 +198,7 @@ class Pipeline:
         manifest = self.package.manifest
         point = operating_point or manifest.default_operating_point
         thresholds = self.package.thresholds(operating_point)
-        positive, uncertainty, decisions = decide(
+        positive, proximity, decisions = decide(
             probabilities, thresholds, manifest.refer_uncertainty
         )
         codes = {
@@ -210,7 +210,7 @@ class Pipeline:
                 label=label,
                 probability=float(probabilities[i]),
                 positive=bool(positive[i]),
-                uncertainty=float(uncertainty[i]),
+                threshold_proximity=float(proximity[i]),
                 threshold=float(thresholds[i]),
                 decision=Decision.parse(decisions[i]),
                 operating_point=point,

@@ -1,11 +1,13 @@
-"""From logits to decisions: calibration, thresholds, uncertainty and referral.
+"""From logits to decisions: calibration, thresholds, threshold proximity and referral.
 
-Uncertainty here is about the *decision*: how close the calibrated probability
-lies to the operating point's threshold, scaled so 0 is as far as possible on
-that side and 1 is on the threshold. A finding whose uncertainty exceeds the
-package's ``refer_uncertainty`` is decided
-:attr:`~overread.results.Decision.INDETERMINATE`: the software declines to call it
-and a reader must look.
+Threshold proximity is about the *decision*, not about what the model knows: how
+close the calibrated probability lies to the operating point's threshold, scaled so
+0 is as far as possible on that side and 1 is on the threshold. A finding whose
+proximity exceeds the package's ``refer_uncertainty`` (the manifest key keeps its
+name) is decided :attr:`~overread.results.Decision.INDETERMINATE`: the software
+declines to call it and a reader must look. The model's own uncertainty (predictive
+entropy, mutual information, the conformal prediction set) is separate; see
+docs/uncertainty.md.
 """
 
 from __future__ import annotations
@@ -41,7 +43,7 @@ def calibrate(logits: np.ndarray, calibration: Calibration, labels: list[str]) -
     return sigmoid(scaled)
 
 
-def decision_uncertainty(probabilities: np.ndarray, thresholds: np.ndarray) -> np.ndarray:
+def threshold_proximity(probabilities: np.ndarray, thresholds: np.ndarray) -> np.ndarray:
     """1 at the threshold, falling linearly to 0 at probability 0 or 1."""
     p = np.asarray(probabilities, dtype=np.float64)
     t = np.clip(np.asarray(thresholds, dtype=np.float64), 1e-6, 1 - 1e-6)
@@ -52,15 +54,15 @@ def decision_uncertainty(probabilities: np.ndarray, thresholds: np.ndarray) -> n
 def decide(
     probabilities: np.ndarray, thresholds: np.ndarray, refer_uncertainty: float
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Positive flags, uncertainties and :class:`~overread.results.Decision` s (an
-    object array)."""
+    """Positive flags, threshold proximities and :class:`~overread.results.Decision` s
+    (an object array)."""
     positive = probabilities >= thresholds
-    uncertainty = decision_uncertainty(probabilities, thresholds)
+    proximity = threshold_proximity(probabilities, thresholds)
     decisions = np.empty(np.shape(positive), dtype=object)
     decisions[...] = Decision.NEGATIVE
     decisions[positive] = Decision.POSITIVE
-    decisions[uncertainty > refer_uncertainty] = Decision.INDETERMINATE
-    return positive, uncertainty, decisions
+    decisions[proximity > refer_uncertainty] = Decision.INDETERMINATE
+    return positive, proximity, decisions
 
 
-__all__ = ["calibrate", "decide", "decision_uncertainty", "sigmoid"]
+__all__ = ["calibrate", "decide", "sigmoid", "threshold_proximity"]

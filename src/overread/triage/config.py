@@ -13,7 +13,7 @@ import tomllib
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import BaseModel, Field, ValidationError, model_validator
+from pydantic import AliasChoices, BaseModel, Field, ValidationError, model_validator
 
 from overread.errors import ConfigError
 from overread.findings import CHEXPERT_LABELS, DEFAULT_CRITICAL, Finding
@@ -54,9 +54,10 @@ class ScoreWeights(BaseModel):
     severity
         Points per finding label for a finding of probability 1; a finding adds
         ``severity * probability``. Labels not listed add nothing.
-    uncertainty_weight
-        A finding also adds ``severity * uncertainty_weight * uncertainty``: a
-        severe finding the model cannot call either way deserves a reader soon.
+    proximity_weight
+        A finding also adds ``severity * proximity_weight * threshold_proximity``: a
+        severe finding too close to its threshold to call either way deserves a
+        reader soon. ``uncertainty_weight``, its former name, is still read.
     departments
         Points by requesting department (matched case-insensitively).
     elderly_age, elderly_points, paediatric_age, paediatric_points
@@ -70,7 +71,9 @@ class ScoreWeights(BaseModel):
     model_config = {"extra": "forbid"}
 
     severity: dict[str, float] = Field(default_factory=_default_severity)
-    uncertainty_weight: float = Field(default=0.25, ge=0)
+    proximity_weight: float = Field(
+        default=0.25, ge=0, validation_alias=AliasChoices("proximity_weight", "uncertainty_weight")
+    )
     departments: dict[str, float] = Field(default_factory=_default_departments)
     elderly_age: float = Field(default=75.0, ge=0)
     elderly_points: float = Field(default=10.0, ge=0)

@@ -30,7 +30,7 @@ logger = logging.getLogger(__name__)
 
 #: Columns of the exported CSV before and after the 14 label columns.
 KEY_COLUMNS: tuple[str, ...] = ("Path", "PatientID", "StudyInstanceUID", "SOPInstanceUID")
-EXTRA_COLUMNS: tuple[str, ...] = ("Margin", "MaxUncertainty", "Readers", "LastFeedbackAt")
+EXTRA_COLUMNS: tuple[str, ...] = ("Margin", "MaxThresholdProximity", "Readers", "LastFeedbackAt")
 
 _LABEL_VALUES = (1.0, 0.0, -1.0)
 
@@ -94,7 +94,7 @@ def record_feedback(
         label=value,
         probability=None if model is None else model.probability,
         threshold=None if model is None else model.known_threshold,
-        uncertainty=None if model is None else model.uncertainty,
+        threshold_proximity=None if model is None else model.threshold_proximity,
         reader=reader,
         created_at=now,
     )
@@ -116,7 +116,7 @@ class _StudyLabels:
     item: WorklistItem
     labels: dict[str, float]
     margin: float
-    max_uncertainty: float
+    max_proximity: float
     readers: tuple[str, ...]
     last_at: datetime
 
@@ -141,15 +141,17 @@ def export_feedback(
     where none is known), ``PatientID``, ``StudyInstanceUID``, ``SOPInstanceUID``, the
     14 labels (the latest verdict per finding; blank where no reader gave one), then
     ``Margin`` (smallest ``|p - threshold|`` among the labelled findings),
-    ``MaxUncertainty``, ``Readers`` and ``LastFeedbackAt``. Rows are ordered for active
+    ``MaxThresholdProximity``, ``Readers`` and ``LastFeedbackAt``. Rows are ordered for active
     learning: with ``order="margin"`` (default) smallest margin first, then highest
-    model uncertainty; with ``order="uncertainty"`` highest uncertainty first, then
-    smallest margin. A study with
+    threshold proximity; with ``order="proximity"`` highest proximity first, then
+    smallest margin (``"uncertainty"``, its former name, is still accepted). A study with
     neither an image path nor a SOP Instance UID cannot be trained on and is left out
     with a warning.
     """
-    if order not in ("margin", "uncertainty"):
-        raise ConfigError(f"unknown feedback order {order!r} (known: margin, uncertainty)")
+    if order == "uncertainty":
+        order = "proximity"
+    if order not in ("margin", "proximity"):
+        raise ConfigError(f"unknown feedback order {order!r} (known: margin, proximity)")
     rows = session.execute(select(Feedback).order_by(Feedback.created_at, Feedback.id)).scalars()
     latest: dict[str, dict[str, Feedback]] = {}
     for row in rows:
@@ -168,7 +170,7 @@ def export_feedback(
                 item=item,
                 labels={f: r.label for f, r in by_finding.items()},
                 margin=min(_margin(r, default_threshold) for r in chosen),
-                max_uncertainty=max((r.uncertainty or 0.0) for r in chosen),
+                max_proximity=max((r.threshold_proximity or 0.0) for r in chosen),
                 readers=tuple(sorted({r.reader for r in chosen})),
                 last_at=max(r.created_at for r in chosen),
             )
@@ -176,12 +178,12 @@ def export_feedback(
 
     # Values are compared at 1e-6 so float noise does not hide the tie-break.
     def margin_first(s: _StudyLabels) -> tuple[float, float, str]:
-        return (round(s.margin, 6), -round(s.max_uncertainty, 6), s.item.study_instance_uid)
+        return (round(s.margin, 6), -round(s.max_proximity, 6), s.item.study_instance_uid)
 
-    def uncertainty_first(s: _StudyLabels) -> tuple[float, float, str]:
-        return (-round(s.max_uncertainty, 6), round(s.margin, 6), s.item.study_instance_uid)
+    def proximity_first(s: _StudyLabels) -> tuple[float, float, str]:
+        return (-round(s.max_proximity, 6), round(s.margin, 6), s.item.study_instance_uid)
 
-    studies.sort(key=margin_first if order == "margin" else uncertainty_first)
+    studies.sort(key=margin_first if order == "margin" else proximity_first)
     target = Path(path)
     target.parent.mkdir(parents=True, exist_ok=True)
     with target.open("w", newline="", encoding="utf-8") as handle:
@@ -202,7 +204,7 @@ def export_feedback(
                     item.sop_instance_uid,
                     *labels,
                     margin,
-                    f"{study.max_uncertainty:.6f}",
+                    f"{study.max_proximity:.6f}",
                     ";".join(study.readers),
                     study.last_at.isoformat(),
                 ]

@@ -74,7 +74,7 @@ def merge_findings(images: Iterable[Sequence[FindingResult]]) -> list[FindingRes
     Findings without a usable probability (NaN) are skipped; ``positive`` is true if
     any image was positive for the label; the decision is the strongest of any image
     (positive, then indeterminate, then negative: :attr:`Decision.severity`); the codes
-    are the first image's that has any; an unknown uncertainty counts as 0.
+    are the first image's that has any; an unknown threshold proximity counts as 0.
     """
     best: dict[str, FindingResult] = {}
     positive: dict[str, bool] = {}
@@ -98,7 +98,7 @@ def merge_findings(images: Iterable[Sequence[FindingResult]]) -> list[FindingRes
             f.label,
             f.probability,
             positive[f.label],
-            f.uncertainty or 0.0,
+            f.threshold_proximity or 0.0,
             f.threshold,
             decision=decision[f.label],
             operating_point=f.operating_point,

@@ -145,7 +145,8 @@ class Feedback(Base):
     label: Mapped[float] = mapped_column(Float)
     probability: Mapped[float | None] = mapped_column(Float, default=None)
     threshold: Mapped[float | None] = mapped_column(Float, default=None)
-    uncertainty: Mapped[float | None] = mapped_column(Float, default=None)
+    # Stored in the column named before the rename ("uncertainty").
+    threshold_proximity: Mapped[float | None] = mapped_column("uncertainty", Float, default=None)
     reader: Mapped[str] = mapped_column(String(128))
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
 

@@ -3,7 +3,7 @@
 The score is a sum of named terms, so the worklist can show a reader exactly why a
 study sits where it does::
 
-    score = sum_f severity[f] * (p_f + uncertainty_weight * u_f)   # findings
+    score = sum_f severity[f] * (p_f + proximity_weight * t_f)   # findings
           + departments[department]                               # context
           + age points (elderly or paediatric)
           + min(points_per_waiting_hour * hours waited, max_waiting_points)
@@ -80,8 +80,8 @@ def _aware(moment: datetime) -> datetime:
 def finding_terms(findings: Iterable[FindingResult], weights: ScoreWeights) -> list[ScoreTerm]:
     """One term per finding whose severity weight is non-zero.
 
-    Probabilities and uncertainties are clipped to [0, 1]; a NaN (or an unknown
-    uncertainty) counts as 0 (an unusable output must not hide a study by breaking the
+    Probabilities and threshold proximities are clipped to [0, 1]; a NaN (or an
+    unknown proximity) counts as 0 (an unusable output must not hide a study by breaking the
     sort).
     """
     terms: list[ScoreTerm] = []
@@ -90,8 +90,8 @@ def finding_terms(findings: Iterable[FindingResult], weights: ScoreWeights) -> l
         if severity <= 0:
             continue
         probability = _unit(finding.probability)
-        uncertainty = _unit(finding.uncertainty)
-        points = severity * (probability + weights.uncertainty_weight * uncertainty)
+        proximity = _unit(finding.threshold_proximity)
+        points = severity * (probability + weights.proximity_weight * proximity)
         if points <= 0:
             continue
         terms.append(
@@ -100,7 +100,7 @@ def finding_terms(findings: Iterable[FindingResult], weights: ScoreWeights) -> l
                 contribution=points,
                 detail=(
                     f"severity {severity:g} x (p {probability:.3f} + "
-                    f"{weights.uncertainty_weight:g} x uncertainty {uncertainty:.3f})"
+                    f"{weights.proximity_weight:g} x proximity {proximity:.3f})"
                 ),
             )
         )
@@ -158,7 +158,7 @@ def score_study(
     Parameters
     ----------
     findings
-        The model's findings (label, calibrated probability, uncertainty).
+        The model's findings (label, calibrated probability, threshold proximity).
     context
         Department, patient age, time received.
     weights

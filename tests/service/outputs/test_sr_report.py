@@ -52,10 +52,10 @@ def test_sr_content_tree_reads_back_with_highdicom(
         assert values["Probability"].value == pytest.approx(finding.probability)
         assert values["Probability"].unit.value == "{ratio}"
         assert values["Operating point threshold"].value == pytest.approx(finding.threshold)
-        if finding.uncertainty is None:
-            assert "Prediction uncertainty" not in values
+        if finding.threshold_proximity is None:
+            assert "Threshold proximity" not in values
         else:
-            assert values["Prediction uncertainty"].value == pytest.approx(finding.uncertainty)
+            assert values["Threshold proximity"].value == pytest.approx(finding.threshold_proximity)
         (decision,) = group.get_qualitative_evaluations()
         assert decision.name.value == concept.value
         assert decision.value.value == ("52101004" if finding.positive else "272519000")

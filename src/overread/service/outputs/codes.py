@@ -134,8 +134,8 @@ QUALITATIVE_EVALUATIONS = Concept("C0034375", "UMLS", "Qualitative Evaluations")
 SUMMARY = _from_pydicom(codes.DCM.Summary)
 #: Local: the probability threshold of the operating point the decision used.
 OPERATING_THRESHOLD = Concept("OPTHRESHOLD", LOCAL_SCHEME, "Operating point threshold")
-#: Local: the model's uncertainty estimate for the probability.
-UNCERTAINTY = Concept("UNCERTAINTY", LOCAL_SCHEME, "Prediction uncertainty")
+#: Local: how close the probability lies to the threshold (1 at it, 0 far from it).
+THRESHOLD_PROXIMITY = Concept("THRPROXIMITY", LOCAL_SCHEME, "Threshold proximity")
 
 #: Everything in :data:`LOCAL_SCHEME`, for the SR's Coding Scheme Identification.
 LOCAL_SCHEME_NAME = "overread local concepts"
@@ -207,7 +207,7 @@ __all__ = [
     "PROCEDURE_CHEST_XRAY",
     "QUALITATIVE_EVALUATIONS",
     "SUMMARY",
-    "UNCERTAINTY",
+    "THRESHOLD_PROXIMITY",
     "UNDETERMINED",
     "UNIT_RATIO",
     "Concept",

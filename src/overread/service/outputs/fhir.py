@@ -7,7 +7,7 @@ holds:
   sha256 as an identifier), so every observation says which model produced it;
 * one ``Observation`` per finding: the finding's code (SNOMED CT where one exists),
   the probability as ``valueQuantity`` (UCUM "1"), interpretation ``POS``/``NEG`` at
-  the operating point, the threshold and uncertainty as components, ``device`` =
+  the operating point, the threshold and threshold proximity as components, ``device`` =
   the model, ``derivedFrom`` = the imaging study;
 * a ``DiagnosticReport`` (status ``preliminary``, category ``RAD``, LOINC code for
   the chest X-ray examination, the plain-language ``conclusion``, coded positive
@@ -167,11 +167,11 @@ def build_fhir_report(
                 "valueQuantity": _probability(float(finding.threshold)),
             }
         ]
-        if finding.uncertainty is not None:
+        if finding.threshold_proximity is not None:
             components.append(
                 {
-                    "code": {"coding": [oc.UNCERTAINTY.to_fhir()]},
-                    "valueQuantity": _probability(float(finding.uncertainty)),
+                    "code": {"coding": [oc.THRESHOLD_PROXIMITY.to_fhir()]},
+                    "valueQuantity": _probability(float(finding.threshold_proximity)),
                 }
             )
         observation: dict[str, Any] = {

@@ -17,7 +17,7 @@ Content tree (one measurement group per finding)::
           Tracking identifier / UID, Finding (coded), Algorithm (TID 4019: name,
           version, sha256 + threshold parameters), Source image reference,
           NUM Probability [{ratio}], NUM Operating point threshold [{ratio}],
-          NUM Prediction uncertainty [{ratio}] (when known),
+          NUM Threshold proximity [{ratio}] (when known),
           CODE <finding> = Present | Absent
       CONTAINER Qualitative Evaluations
         TEXT Summary = "AI second read: possible pneumothorax (p=0.93) ..."
@@ -136,10 +136,12 @@ def _measurement_group(
             name=oc.OPERATING_THRESHOLD.to_dicom(), value=float(finding.threshold), unit=ratio
         ),
     ]
-    if finding.uncertainty is not None:
+    if finding.threshold_proximity is not None:
         measurements.append(
             hd.sr.Measurement(
-                name=oc.UNCERTAINTY.to_dicom(), value=float(finding.uncertainty), unit=ratio
+                name=oc.THRESHOLD_PROXIMITY.to_dicom(),
+                value=float(finding.threshold_proximity),
+                unit=ratio,
             )
         )
     decision = _EVALUATION[finding.decision]

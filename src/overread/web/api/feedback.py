@@ -36,7 +36,7 @@ def feedback_out(row: Feedback) -> FeedbackOut:
         label=row.label,
         probability=row.probability,
         threshold=row.threshold,
-        uncertainty=row.uncertainty,
+        threshold_proximity=row.threshold_proximity,
         reader=row.reader,
         created_at=row.created_at,
     )
@@ -141,8 +141,9 @@ def list_feedback(
     responses={200: {"content": {"text/csv": {"schema": {"type": "string"}}}}},
 )
 def export(
-    order: Literal["margin", "uncertainty"] = Query(
-        default="margin", description="Active-learning order"
+    order: Literal["margin", "proximity", "uncertainty"] = Query(
+        default="margin",
+        description='Active-learning order ("uncertainty" is the former name of "proximity")',
     ),
     ctx: WebContext = Depends(context),
     who: Principal = Depends(caller),

@@ -71,17 +71,17 @@ class FindingOut(BaseModel):
     label: str
     probability: float
     positive: bool
-    uncertainty: float = 0.0
+    threshold_proximity: float = 0.0
     threshold: float | None = None
 
     @classmethod
     def of(cls, finding: FindingResult) -> FindingOut:
-        """The API view of a finding (an unknown uncertainty reads as 0)."""
+        """The API view of a finding (an unknown threshold proximity reads as 0)."""
         return cls(
             label=finding.label,
             probability=finding.probability,
             positive=finding.positive,
-            uncertainty=finding.uncertainty or 0.0,
+            threshold_proximity=finding.threshold_proximity or 0.0,
             threshold=finding.known_threshold,
         )
 
@@ -216,7 +216,7 @@ class FeedbackOut(BaseModel):
     label: float
     probability: float | None
     threshold: float | None
-    uncertainty: float | None
+    threshold_proximity: float | None
     reader: str
     created_at: datetime
 

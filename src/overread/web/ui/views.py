@@ -138,7 +138,7 @@ class FindingView(BaseModel):
     probability: float
     threshold: float | None
     positive: bool
-    uncertainty: float
+    threshold_proximity: float
     critical: bool
     verdict: str | None = None
     verdict_by: str | None = None
@@ -292,7 +292,7 @@ def study_view(
             probability=f.probability,
             threshold=f.known_threshold,
             positive=f.positive,
-            uncertainty=f.uncertainty or 0.0,
+            threshold_proximity=f.threshold_proximity or 0.0,
             critical=f.label in critical,
             verdict=verdicts[f.label].verdict if f.label in verdicts else None,
             verdict_by=verdicts[f.label].reader if f.label in verdicts else None,
