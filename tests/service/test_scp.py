@@ -5,6 +5,7 @@ from __future__ import annotations
 import hashlib
 import logging
 import shutil
+import socket
 import subprocess
 import threading
 import time
@@ -406,3 +407,68 @@ def test_twelve_concurrent_senders_are_each_acknowledged_after_their_own_commit(
     rows = _instances(gw.database)
     assert len(rows) == 12 and all(gw.store.exists(r.object_key) for r in rows)
     assert all(stored and row for _, stored, row in gw.stored_seen)  # durable before success
+
+
+def test_idle_sockets_hold_no_association_slot_and_are_closed(
+    make_gateway: Callable[..., Gateway], dx_factory: Callable[..., Path]
+) -> None:
+    # 100 connections from the modality's own address that never send an
+    # A-ASSOCIATE-RQ, against a limit of 4 associations.
+    gw = make_gateway(
+        allow_ae=["MODALITY@127.0.0.1"], max_associations=4, association_request_seconds=5.0
+    )
+    image = dx_factory()
+    idle = [socket.create_connection(("127.0.0.1", gw.port), timeout=30) for _ in range(100)]
+    try:
+        stored = _storescu(gw.port, image)
+
+        echoed = subprocess.run(
+            ["echoscu", "-aet", "MODALITY", "-aec", "OVERREAD", "127.0.0.1", str(gw.port)],
+            capture_output=True,
+            text=True,
+            timeout=30,
+        )
+        assert stored.returncode == 0, stored.stderr
+        assert echoed.returncode == 0, echoed.stderr
+        assert len(_instances(gw.database)) == 1
+        # The store happened while the idle sockets were all still open and waiting.
+        for connection in idle:
+            connection.setblocking(False)
+            with pytest.raises(BlockingIOError):
+                connection.recv(1, socket.MSG_PEEK)
+            connection.settimeout(30)
+        assert gw.scp.silent_connections == 100
+        # Each silent connection is closed by the gateway after association_request_seconds.
+        for connection in idle:
+            assert connection.recv(1) == b""
+        assert gw.scp.requested_associations == 0
+        assert gw.scp.silent_connections == 0
+    finally:
+        for connection in idle:
+            connection.close()
+
+
+def test_requested_associations_beyond_the_limit_are_refused_transiently(
+    make_gateway: Callable[..., Gateway],
+) -> None:
+    gw = make_gateway(max_associations=2)
+    ae = AE(ae_title="MODALITY")
+    ae.add_requested_context("1.2.840.10008.1.1")
+    held = [ae.associate("127.0.0.1", gw.port, ae_title="OVERREAD") for _ in range(2)]
+    try:
+        assert all(a.is_established for a in held)
+        assert gw.scp.requested_associations == 2
+        third = ae.associate("127.0.0.1", gw.port, ae_title="OVERREAD")
+        assert third.is_rejected
+        reply = third.acceptor.primitive
+        assert (reply.result, reply.result_source, reply.diagnostic) == (0x02, 0x03, 0x02)
+    finally:
+        for association in held:
+            association.release()
+    deadline = time.monotonic() + 10
+    while gw.scp.requested_associations and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert gw.scp.requested_associations == 0
+    again = ae.associate("127.0.0.1", gw.port, ae_title="OVERREAD")
+    assert again.is_established
+    again.release()

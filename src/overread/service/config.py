@@ -244,7 +244,20 @@ class ServiceConfig(BaseModel):
         default=1.0, gt=0, description="the first lockout; each further failure doubles it"
     )
     allow_ae: list[AllowedPeer] = Field(default_factory=list)
-    max_associations: int = Field(default=32, ge=1, le=1024)
+    max_associations: int = Field(
+        default=32,
+        ge=1,
+        le=1024,
+        description="associations at once; a connection that has not yet sent its "
+        "A-ASSOCIATE-RQ does not count",
+    )
+    association_request_seconds: float = Field(
+        default=5.0,
+        gt=0,
+        le=60,
+        description="how long a new connection may stay silent before its A-ASSOCIATE-RQ; "
+        "then it is closed",
+    )
     sop_classes: list[str] | None = Field(
         default=None,
         description="accepted storage SOP class UIDs; None accepts every storage class",

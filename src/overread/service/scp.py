@@ -16,6 +16,14 @@ DICOM statuses, never to a false success:
 Calling AE titles (and optionally hosts) are checked when the association is
 requested; an unknown peer gets A-ASSOCIATE-RJ "calling AE title not recognised"
 and the attempt is logged.
+
+Only requested associations count against ``max_associations``: a TCP connection
+that has not sent its A-ASSOCIATE-RQ waits in :class:`~overread.service.admission.
+ConnectionGate` (no pynetdicom threads, no slot) and is closed after
+``association_request_seconds`` (5 s by default; pynetdicom's ARTIM timer, PS3.8
+9.1.5, gets the same value for one that sent only part of it), so idle sockets, even
+from a modality's own address, cannot keep it out. Past the limit a request gets
+A-ASSOCIATE-RJ "local limit exceeded" (rejected-transient).
 """
 
 from __future__ import annotations
@@ -34,6 +42,7 @@ from pydicom import Dataset
 from pynetdicom import AE, ALL_TRANSFER_SYNTAXES, AllStoragePresentationContexts, evt
 
 from overread.errors import InvalidDicomError, InvalidUidError, ServiceError
+from overread.service.admission import ConnectionGate
 from overread.service.config import AllowedPeer, ServiceConfig
 from overread.service.ingest import Ingestor
 
@@ -43,6 +52,8 @@ VERIFICATION_SOP_CLASS = "1.2.840.10008.1.1"
 STATUS_SUCCESS = 0x0000
 STATUS_OUT_OF_RESOURCES = 0xA700
 STATUS_CANNOT_UNDERSTAND = 0xC000
+#: pynetdicom's own association limit, out of reach (see StorageSCP._build_ae).
+_UNCOUNTED_CONNECTIONS = 1_000_000
 
 
 def _recv_exact(association_socket: Any, nr_bytes: int) -> bytearray:
@@ -106,13 +117,18 @@ class StorageSCP:
         self.on_released = on_released
         self.rejected_dir = rejected_dir
         self._studies: dict[int, set[str]] = {}
+        self._requested: set[int] = set()
         self._lock = threading.Lock()
         self._server: Any = None
+        self._gate: ConnectionGate | None = None
         self.ae = self._build_ae()
 
     def _build_ae(self) -> AE:
         ae = AE(ae_title=self.config.ae_title)
-        ae.maximum_associations = self.config.max_associations
+        # pynetdicom counts every accepted TCP connection, silent ones included: its
+        # check is set out of reach and _on_requested applies the limit to requested
+        # associations only.
+        ae.maximum_associations = _UNCOUNTED_CONNECTIONS
         ae.maximum_pdu_size = 0  # no limit: fewer, larger PDUs on fast links
         ae.network_timeout = 60
         ae.acse_timeout = 30
@@ -136,6 +152,7 @@ class StorageSCP:
             )
         handlers: list[Any] = [
             (evt.EVT_CONN_OPEN, self._on_connection),
+            (evt.EVT_CONN_CLOSE, self._on_connection_closed),
             (evt.EVT_REQUESTED, self._on_requested),
             (evt.EVT_C_STORE, self._on_c_store),
             (evt.EVT_C_ECHO, self._on_c_echo),
@@ -152,6 +169,16 @@ class StorageSCP:
             raise ServiceError(
                 f"cannot listen for DICOM on {self.config.dicom_host}:{self.config.dicom_port}: {exc}"
             ) from None
+        # socketserver listens with a backlog of 5: a burst of connections (a flood
+        # of idle sockets above all) would leave a real peer's SYN unanswered for
+        # seconds. Listening again on the bound socket only raises the backlog.
+        self._server.socket.listen(socket.SOMAXCONN)
+        # Silent connections wait in the gate, not in pynetdicom's threads.
+        self._gate = ConnectionGate(
+            self._server.process_request, timeout=self.config.association_request_seconds
+        )
+        setattr(self._server, "process_request", self._gate.admit)  # noqa: B010
+        self._gate.start()
         port = int(self._server.server_address[1])
         try:
             self.ingestor.store.prepare()
@@ -172,14 +199,30 @@ class StorageSCP:
         if self._server is not None:
             self._server.shutdown()
             self._server = None
+        if self._gate is not None:
+            self._gate.stop()
+            self._gate = None
 
     # -- handlers ---------------------------------------------------------------------
     def _admitted(self, ae_title: str, host: str) -> bool:
         peers: list[AllowedPeer] = self.config.allow_ae
         return not peers or any(p.admits(ae_title, host) for p in peers)
 
+    @property
+    def silent_connections(self) -> int:
+        """Connections accepted that have not yet sent anything."""
+        return 0 if self._gate is None else self._gate.waiting
+
+    @property
+    def requested_associations(self) -> int:
+        """Associations that sent an A-ASSOCIATE-RQ and hold a slot now."""
+        with self._lock:
+            return len(self._requested)
+
     def _on_connection(self, event: evt.Event) -> None:
-        """Tune a new connection's receive path before its first PDU is read."""
+        """Time a new connection out if it stays silent; tune its receive path."""
+        # The ARTIM timer runs from the connection until the A-ASSOCIATE-RQ arrives.
+        event.assoc.dul.artim_timer.timeout = self.config.association_request_seconds
         association_socket = getattr(event.assoc.dul, "socket", None)
         raw = getattr(association_socket, "socket", None)
         if association_socket is None or not isinstance(raw, socket.socket):
@@ -188,20 +231,43 @@ class StorageSCP:
             raw.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         setattr(association_socket, "recv", functools.partial(_recv_exact, association_socket))  # noqa: B010
 
+    def _on_connection_closed(self, event: evt.Event) -> None:
+        with self._lock:
+            self._requested.discard(id(event.assoc))
+
     def _on_requested(self, event: evt.Event) -> None:
-        primitive = event.assoc.requestor.primitive
+        assoc = event.assoc
+        # From here on ARTIM guards the release, with the usual ACSE timeout.
+        assoc.dul.artim_timer.timeout = self.ae.acse_timeout
+        primitive = assoc.requestor.primitive
         calling = str(getattr(primitive, "calling_ae_title", "") or "").strip()
-        host = str(event.assoc.requestor.address)
-        if self._admitted(calling, host):
+        host = str(assoc.requestor.address)
+        if not self._admitted(calling, host):
+            logger.warning(
+                "association refused: calling AE %r from %s is not allowed (see --allow-ae)",
+                calling,
+                host,
+            )
+            # A-ASSOCIATE-RJ: rejected-permanent, service-user, calling AE not recognised
+            assoc.acse.send_reject(0x01, 0x01, 0x03)
+            assoc.kill()  # waits until the DUL has sent the A-ASSOCIATE-RJ
             return
-        logger.warning(
-            "association refused: calling AE %r from %s is not allowed (see --allow-ae)",
-            calling,
-            host,
-        )
-        # A-ASSOCIATE-RJ: rejected-permanent, service-user, calling AE not recognised
-        event.assoc.acse.send_reject(0x01, 0x01, 0x03)
-        event.assoc.kill()  # waits until the DUL has sent the A-ASSOCIATE-RJ
+        with self._lock:
+            full = len(self._requested) >= self.config.max_associations
+            if not full:
+                self._requested.add(id(assoc))
+        if full:
+            logger.warning(
+                "association refused: %d associations already open (max_associations); "
+                "calling AE %r from %s",
+                self.config.max_associations,
+                calling,
+                host,
+            )
+            # A-ASSOCIATE-RJ: rejected-transient, service-provider (presentation),
+            # local limit exceeded
+            assoc.acse.send_reject(0x02, 0x03, 0x02)
+            assoc.kill()
 
     def _on_c_echo(self, event: evt.Event) -> int:
         return STATUS_SUCCESS
