@@ -12,6 +12,8 @@ import pytest
 from pydicom.uid import generate_uid
 from sqlalchemy import select
 
+from overread.audit import AuditAction
+from overread.audit.schema import AuditEvent
 from overread.gateway import Gateway
 from overread.service.db import Instance, Study
 from overread.service.stow import split_multipart
@@ -92,6 +94,19 @@ def test_stow_rs_stores_good_parts_and_reports_bad_ones(
     )
     assert reply.status_code == 409
     assert reply.json()["00081198"]["Value"][0]["00081197"]["Value"] == [0xA900]
+    # Each refused part is audited with what was wrong.
+    with service.database.session() as session:
+        refused = session.scalars(
+            select(AuditEvent)
+            .where(AuditEvent.action == AuditAction.RECEIVE_REFUSED.value)
+            .order_by(AuditEvent.seq)
+        ).all()
+        assert [(e.actor, e.details["status"]) for e in refused] == [
+            ("ae:STOW-RS", "0xC000"),
+            ("ae:STOW-RS", "0xA900"),
+        ]
+        assert "another study" in refused[1].details["reason"]
+        assert refused[1].object_uids == [str(pydicom.dcmread(other).SOPInstanceUID)]
 
     reply = httpx.post(
         f"{base}/studies",

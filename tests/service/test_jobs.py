@@ -7,8 +7,10 @@ import time
 from collections import Counter
 
 import pytest
-from sqlalchemy import update
+from sqlalchemy import select, update
 
+from overread.audit import AuditAction
+from overread.audit.schema import AuditEvent
 from overread.service.db import Database, Job, JobKind, JobState, Result, utcnow
 from overread.service.jobs import JobQueue, LeaseLostError, RetryPolicy
 
@@ -124,10 +126,23 @@ def test_failures_back_off_exponentially_then_dead_letter(database_url: str) -> 
     assert delays[0] == pytest.approx(10, abs=1) and delays[1] == pytest.approx(20, abs=1)
     dead = queue.get(job_id)
     assert dead is not None and dead.error == "peer refused"
+    (event,) = _dead_letter_events(queue)
+    assert event.actor == "worker:w" and event.object_uids == ["1.2.10", f"job:{job_id}"]
+    assert event.details["destination"] == "PACS" and event.details["attempts"] == 3
+    assert event.details["error"] == "peer refused"
     assert queue.claim("w", lease_seconds=60) is None  # dead letters stay put ...
     assert queue.requeue(job_id)  # ... until someone requeues them
     again = queue.claim("w", lease_seconds=60)
     assert again is not None and again.attempts == 1
+
+
+def _dead_letter_events(queue: JobQueue) -> list[AuditEvent]:
+    with queue.database.session() as session:
+        events = session.scalars(
+            select(AuditEvent).where(AuditEvent.action == AuditAction.DEAD_LETTER.value)
+        ).all()
+        session.expunge_all()
+        return list(events)
 
 
 def test_worker_lost_on_last_attempt_is_dead_lettered(database_url: str) -> None:
@@ -138,6 +153,9 @@ def test_worker_lost_on_last_attempt_is_dead_lettered(database_url: str) -> None
     assert queue.claim("other", lease_seconds=60) is None
     job = queue.get(job_id)
     assert job is not None and job.state == JobState.DEAD_LETTERED.value
+    (event,) = _dead_letter_events(queue)
+    assert event.actor == "worker:doomed" and f"job:{job_id}" in event.object_uids
+    assert "worker lost" in event.details["error"]
     assert "lease expired" in (job.error or "")
 
 

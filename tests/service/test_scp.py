@@ -20,6 +20,8 @@ from pydicom.uid import generate_uid
 from pynetdicom import AE
 from sqlalchemy import select
 
+from overread.audit import AuditAction
+from overread.audit.schema import AuditEvent
 from overread.config import Settings
 from overread.service.config import service_config
 from overread.service.db import Database, Instance, Study
@@ -89,6 +91,15 @@ def _storescu(
     )
 
 
+def _audited(db: Database, action: AuditAction) -> list[AuditEvent]:
+    with db.session() as session:
+        events = session.scalars(
+            select(AuditEvent).where(AuditEvent.action == action.value).order_by(AuditEvent.seq)
+        ).all()
+        session.expunge_all()
+        return list(events)
+
+
 def _instances(db: Database) -> list[Instance]:
     with db.session() as session:
         return list(session.scalars(select(Instance)).all())
@@ -124,6 +135,10 @@ def test_unknown_calling_ae_is_refused_and_logged(
     assert wrong_host.returncode != 0
     assert "'STRANGER'" in caplog.text and "not allowed" in caplog.text
     assert _instances(gw.database) == []
+    refusals = _audited(gw.database, AuditAction.ASSOCIATION_REFUSED)
+    assert [e.actor for e in refusals] == ["ae:STRANGER", "ae:OTHERHOST"]
+    assert all("not allowed" in e.details["reason"] for e in refusals)
+    assert refusals[0].details["peer_host"] == "127.0.0.1"
     allowed = _storescu(gw.port, dx_factory(), calling="MODALITY")
     assert allowed.returncode == 0, allowed.stderr
     assert len(_instances(gw.database)) == 1
@@ -205,6 +220,8 @@ def test_corrupt_payload_is_refused_and_nothing_is_lost(
     ]
     assoc.release()
     assert statuses == [0xC000, 0xC000]
+    refused = _audited(gw.database, AuditAction.RECEIVE_REFUSED)
+    assert [(e.actor, e.details["status"]) for e in refused] == [("ae:MODALITY", "0xC000")] * 2
     rows = _instances(gw.database)
     assert len(rows) == 1 and gw.store.exists(rows[0].object_key)
     assert len(list((tmp_path / "data" / "rejected").iterdir())) == 2  # kept for inspection
@@ -472,3 +489,29 @@ def test_requested_associations_beyond_the_limit_are_refused_transiently(
     again = ae.associate("127.0.0.1", gw.port, ae_title="OVERREAD")
     assert again.is_established
     again.release()
+
+
+def test_a_wrong_called_ae_title_is_refused_and_audited(
+    make_gateway: Callable[..., Gateway], dx_factory: Callable[..., Path]
+) -> None:
+    gw = make_gateway()
+    refused = subprocess.run(
+        ["echoscu", "-aet", "MODALITY", "-aec", "SOMEONE", "127.0.0.1", str(gw.port)],
+        capture_output=True,
+        text=True,
+        timeout=30,
+    )
+    assert refused.returncode != 0
+    assert "Called AE Title Not Recognized" in refused.stderr or "reject" in refused.stderr.lower()
+    (event,) = _audited(gw.database, AuditAction.ASSOCIATION_REFUSED)
+    assert event.actor == "ae:MODALITY" and "'SOMEONE'" in event.details["reason"]
+    assert _storescu(gw.port, dx_factory()).returncode == 0  # the right title still works
+    lenient = make_gateway(check_called_ae=False)
+    assert (
+        subprocess.run(
+            ["echoscu", "-aet", "MODALITY", "-aec", "SOMEONE", "127.0.0.1", str(lenient.port)],
+            capture_output=True,
+            timeout=30,
+        ).returncode
+        == 0
+    )

@@ -14,7 +14,10 @@ class AuditAction(enum.StrEnum):
     """What an audited event records."""
 
     RECEIVE = "receive"
+    RECEIVE_REFUSED = "receive-refused"
+    ASSOCIATION_REFUSED = "association-refused"
     INFERENCE = "inference"
+    DEAD_LETTER = "dead-letter"
     VIEW = "view"
     EXPORT = "export"
     SEND = "send"

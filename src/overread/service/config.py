@@ -251,6 +251,10 @@ class ServiceConfig(BaseModel):
         description="associations at once; a connection that has not yet sent its "
         "A-ASSOCIATE-RQ does not count",
     )
+    check_called_ae: bool = Field(
+        default=True,
+        description="refuse an association addressed to a called AE title other than ae_title",
+    )
     association_request_seconds: float = Field(
         default=5.0,
         gt=0,

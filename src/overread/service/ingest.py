@@ -16,6 +16,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
+from typing import Any
 
 from sqlalchemy import insert, select, update
 from sqlalchemy.exc import IntegrityError
@@ -339,4 +340,37 @@ class Ingestor:
         )
 
 
-__all__ = ["IngestOutcome", "Ingestor"]
+def record_refusal(
+    database: Database,
+    *,
+    actor: str,
+    action: AuditAction,
+    peer_host: str,
+    reason: str,
+    object_uids: Sequence[str] = (),
+    status: int | None = None,
+) -> None:
+    """Audit something the receiving side refused, in its own transaction.
+
+    A refusal must leave a trace, but recording it must never change the answer:
+    when the database itself is the problem (the refusal is then 0xA700), the
+    event cannot be written and only the log keeps it.
+    """
+    details: dict[str, Any] = {"peer_host": peer_host, "reason": reason}
+    if status is not None:
+        details["status"] = f"0x{status:04X}"
+    try:
+        with database.session() as session:
+            record_event(
+                session,
+                actor=actor,
+                role="modality",
+                action=action,
+                object_uids=[u for u in object_uids if u],
+                details=details,
+            )
+    except Exception as exc:
+        logger.error("refusal from %s (%s) could not be audited: %s", actor, reason, exc)
+
+
+__all__ = ["IngestOutcome", "Ingestor", "record_refusal"]

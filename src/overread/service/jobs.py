@@ -28,6 +28,7 @@ from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 from sqlalchemy.sql.elements import ColumnElement
 
+from overread.audit import AuditAction, record_event
 from overread.errors import ServiceError
 from overread.service.db import Database, Job, JobKind, JobState, utcnow
 
@@ -242,25 +243,19 @@ class JobQueue:
         with self.database.session() as session:
             if session.scalar(select(Job.id).where(*lost).limit(1)) is None:
                 return  # the common case: a read, no write lock taken
+        error = "worker lost on the last attempt (lease expired)"
         with self.database.session() as session:
-            result = session.execute(
-                update(Job)
-                .where(
-                    Job.state == JobState.RUNNING.value,
-                    Job.lease_expires_at < now,
-                    Job.attempts >= Job.max_attempts,
-                )
-                .values(
-                    state=JobState.DEAD_LETTERED.value,
-                    lease_owner=None,
-                    error="worker lost on the last attempt (lease expired)",
-                    finished_at=now,
-                    updated_at=now,
-                )
-                .execution_options(synchronize_session=False)
-            )
-            if result.rowcount:  # type: ignore[attr-defined]
-                logger.error("dead-lettered %d job(s) whose worker was lost", result.rowcount)  # type: ignore[attr-defined]
+            jobs = session.scalars(select(Job).where(*lost).with_for_update()).all()
+            for job in jobs:
+                owner = job.lease_owner
+                job.state = JobState.DEAD_LETTERED.value
+                job.lease_owner = None
+                job.error = error
+                job.finished_at = now
+                job.updated_at = now
+                _audit_dead_letter(session, job, f"worker:{owner}" if owner else "service", error)
+            if jobs:
+                logger.error("dead-lettered %d job(s) whose worker was lost", len(jobs))
 
     def renew(self, job_id: int, owner: str, *, lease_seconds: float) -> bool:
         """Extend ``owner``'s lease on a running job; ``False`` if it was lost."""
@@ -336,6 +331,7 @@ class JobQueue:
             else:
                 job.state = JobState.DEAD_LETTERED.value
                 job.finished_at = now
+                _audit_dead_letter(session, job, f"worker:{owner}", error)
                 logger.error(
                     "job %d dead-lettered after %d attempt(s): %s", job_id, job.attempts, error
                 )
@@ -425,6 +421,24 @@ def job_to_dict(job: Job) -> dict[str, Any]:
         "started_at": iso(job.started_at),
         "finished_at": iso(job.finished_at),
     }
+
+
+def _audit_dead_letter(session: Session, job: Job, actor: str, error: str) -> None:
+    """A dead letter is audited with the job that gave up, in its transaction."""
+    record_event(
+        session,
+        actor=actor,
+        role="service",
+        action=AuditAction.DEAD_LETTER,
+        object_uids=[u for u in (job.study_instance_uid, f"job:{job.id}") if u],
+        details={
+            "kind": job.kind,
+            "model": f"{job.model_name} {job.model_version}".strip(),
+            "destination": job.destination,
+            "attempts": job.attempts,
+            "error": error[:500],
+        },
+    )
 
 
 __all__ = ["JobQueue", "LeaseLostError", "RetryPolicy", "job_to_dict"]

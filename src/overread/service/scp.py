@@ -14,8 +14,11 @@ DICOM statuses, never to a false success:
 * a SOP Instance UID already stored: ``0x0000`` and no second copy.
 
 Calling AE titles (and optionally hosts) are checked when the association is
-requested; an unknown peer gets A-ASSOCIATE-RJ "calling AE title not recognised"
-and the attempt is logged.
+requested; an unknown peer gets A-ASSOCIATE-RJ "calling AE title not recognised",
+and a request addressed to another called AE title gets "called AE title not
+recognised" (``check_called_ae``, on by default). Every refusal, of an association
+or of an instance, is audited (``association-refused``, ``receive-refused``) with
+its reason; when the database is what failed (0xA700) only the log keeps it.
 
 Only requested associations count against ``max_associations``: a TCP connection
 that has not sent its A-ASSOCIATE-RQ waits in :class:`~overread.service.admission.
@@ -41,10 +44,11 @@ from typing import Any
 from pydicom import Dataset
 from pynetdicom import AE, ALL_TRANSFER_SYNTAXES, AllStoragePresentationContexts, evt
 
+from overread.audit import AuditAction
 from overread.errors import InvalidDicomError, InvalidUidError, ServiceError
 from overread.service.admission import ConnectionGate
 from overread.service.config import AllowedPeer, ServiceConfig
-from overread.service.ingest import Ingestor
+from overread.service.ingest import Ingestor, record_refusal
 
 logger = logging.getLogger(__name__)
 
@@ -241,33 +245,62 @@ class StorageSCP:
         assoc.dul.artim_timer.timeout = self.ae.acse_timeout
         primitive = assoc.requestor.primitive
         calling = str(getattr(primitive, "calling_ae_title", "") or "").strip()
+        called = str(getattr(primitive, "called_ae_title", "") or "").strip()
         host = str(assoc.requestor.address)
         if not self._admitted(calling, host):
-            logger.warning(
-                "association refused: calling AE %r from %s is not allowed (see --allow-ae)",
-                calling,
-                host,
-            )
+            reason = f"calling AE {calling!r} from {host} is not allowed (see --allow-ae)"
             # A-ASSOCIATE-RJ: rejected-permanent, service-user, calling AE not recognised
-            assoc.acse.send_reject(0x01, 0x01, 0x03)
-            assoc.kill()  # waits until the DUL has sent the A-ASSOCIATE-RJ
+            self._refuse_association(assoc, calling, host, reason, (0x01, 0x01, 0x03))
+            return
+        if self.config.check_called_ae and called != self.config.ae_title.strip():
+            reason = (
+                f"called AE {called!r} from {calling!r} at {host} is not this gateway's "
+                f"{self.config.ae_title!r}"
+            )
+            # A-ASSOCIATE-RJ: rejected-permanent, service-user, called AE not recognised
+            self._refuse_association(assoc, calling, host, reason, (0x01, 0x01, 0x07))
             return
         with self._lock:
             full = len(self._requested) >= self.config.max_associations
             if not full:
                 self._requested.add(id(assoc))
         if full:
-            logger.warning(
-                "association refused: %d associations already open (max_associations); "
-                "calling AE %r from %s",
-                self.config.max_associations,
-                calling,
-                host,
+            reason = (
+                f"{self.config.max_associations} associations already open "
+                f"(max_associations); calling AE {calling!r} from {host}"
             )
             # A-ASSOCIATE-RJ: rejected-transient, service-provider (presentation),
             # local limit exceeded
-            assoc.acse.send_reject(0x02, 0x03, 0x02)
-            assoc.kill()
+            self._refuse_association(assoc, calling, host, reason, (0x02, 0x03, 0x02))
+
+    def _refuse_association(
+        self, assoc: Any, calling: str, host: str, reason: str, rejection: tuple[int, int, int]
+    ) -> None:
+        logger.warning("association refused: %s", reason)
+        # Audited before the peer hears of it, as a stored instance is before 0x0000.
+        record_refusal(
+            self.ingestor.database,
+            actor=f"ae:{calling}",
+            action=AuditAction.ASSOCIATION_REFUSED,
+            peer_host=host,
+            reason=reason,
+        )
+        assoc.acse.send_reject(*rejection)
+        assoc.kill()  # waits until the DUL has sent the A-ASSOCIATE-RJ
+
+    def _refuse_instance(
+        self, calling: str, host: str, status: int, reason: str, uids: tuple[str, ...] = ()
+    ) -> Dataset:
+        record_refusal(
+            self.ingestor.database,
+            actor=f"ae:{calling}",
+            action=AuditAction.RECEIVE_REFUSED,
+            peer_host=host,
+            reason=reason,
+            object_uids=uids,
+            status=status,
+        )
+        return _status(status, reason)
 
     def _on_c_echo(self, event: evt.Event) -> int:
         return STATUS_SUCCESS
@@ -279,7 +312,9 @@ class StorageSCP:
             data = event.encoded_dataset()
         except Exception as exc:  # malformed request: nothing to store
             logger.error("C-STORE from %s: unreadable request (%s)", calling, exc)
-            return _status(STATUS_CANNOT_UNDERSTAND, "unreadable request")
+            return self._refuse_instance(
+                calling, host, STATUS_CANNOT_UNDERSTAND, "unreadable request"
+            )
         try:
             outcome = self.ingestor.ingest(
                 data, calling_ae=calling, peer_host=host, source=f"C-STORE from {calling}@{host}"
@@ -287,14 +322,20 @@ class StorageSCP:
         except InvalidUidError as exc:
             logger.error("C-STORE refused: %s", exc)
             self._keep_rejected(data, calling)
-            return _status(STATUS_CANNOT_UNDERSTAND, exc.comment)
+            return self._refuse_instance(
+                calling, host, STATUS_CANNOT_UNDERSTAND, exc.comment, (exc.sop_instance_uid,)
+            )
         except InvalidDicomError as exc:
             logger.error("%s", exc)
             self._keep_rejected(data, calling)
-            return _status(STATUS_CANNOT_UNDERSTAND, "not a readable DICOM data set")
+            return self._refuse_instance(
+                calling, host, STATUS_CANNOT_UNDERSTAND, "not a readable DICOM data set"
+            )
         except Exception as exc:  # disk full, database down: never report success
             logger.exception("C-STORE from %s: cannot persist (%s)", calling, exc)
-            return _status(STATUS_OUT_OF_RESOURCES, "cannot persist the instance")
+            return self._refuse_instance(
+                calling, host, STATUS_OUT_OF_RESOURCES, "cannot persist the instance"
+            )
         with self._lock:
             self._studies.setdefault(id(event.assoc), set()).add(outcome.study_instance_uid)
         return STATUS_SUCCESS

@@ -17,9 +17,10 @@ import re
 from dataclasses import dataclass, field
 from typing import Any
 
+from overread.audit import AuditAction
 from overread.errors import InvalidDicomError, InvalidUidError
 from overread.imaging import read_instance
-from overread.service.ingest import Ingestor, IngestOutcome
+from overread.service.ingest import Ingestor, IngestOutcome, record_refusal
 
 logger = logging.getLogger(__name__)
 
@@ -115,25 +116,40 @@ def store_instances(
     client: str = "",
     study_instance_uid: str | None = None,
 ) -> StowResult:
-    """Ingest every ``application/dicom`` part; a bad part does not stop the others."""
+    """Ingest every ``application/dicom`` part; a bad part does not stop the others.
+
+    Each refused part is audited (``receive-refused``) with its reason.
+    """
     result = StowResult()
+
+    def refuse(sop_class: str, sop_instance: str, status: int, reason: str) -> None:
+        result.failed.append((sop_class, sop_instance, status))
+        record_refusal(
+            ingestor.database,
+            actor="ae:STOW-RS",
+            action=AuditAction.RECEIVE_REFUSED,
+            peer_host=client,
+            reason=reason,
+            object_uids=(sop_instance,),
+            status=status,
+        )
+
     for index, (part_type, data) in enumerate(split_multipart(content_type, body), start=1):
         source = f"STOW-RS part {index} from {client or 'unknown client'}"
         if not part_type.lower().startswith("application/dicom"):
             logger.error("%s: unsupported part type %s", source, part_type)
-            result.failed.append(("", "", STATUS_CANNOT_UNDERSTAND))
+            refuse("", "", STATUS_CANNOT_UNDERSTAND, f"part {index}: unsupported type")
             continue
         try:
             if study_instance_uid is not None:
                 header = read_instance(data, source=source)
                 if header.study_instance_uid != study_instance_uid:
                     logger.error("%s: belongs to study %s", source, header.study_instance_uid)
-                    result.failed.append(
-                        (
-                            header.sop_class_uid or "",
-                            header.sop_instance_uid or "",
-                            STATUS_STUDY_MISMATCH,
-                        )
+                    refuse(
+                        header.sop_class_uid or "",
+                        header.sop_instance_uid or "",
+                        STATUS_STUDY_MISMATCH,
+                        f"part {index}: belongs to another study than the request names",
                     )
                     continue
             result.stored.append(
@@ -141,15 +157,18 @@ def store_instances(
             )
         except InvalidUidError as exc:
             logger.error("STOW-RS refused: %s", exc)
-            result.failed.append(
-                (exc.sop_class_uid, exc.sop_instance_uid, STATUS_CANNOT_UNDERSTAND)
+            refuse(
+                exc.sop_class_uid,
+                exc.sop_instance_uid,
+                STATUS_CANNOT_UNDERSTAND,
+                f"part {index}: {exc.comment}",
             )
         except InvalidDicomError as exc:
             logger.error("%s", exc)
-            result.failed.append(("", "", STATUS_CANNOT_UNDERSTAND))
+            refuse("", "", STATUS_CANNOT_UNDERSTAND, f"part {index}: not a readable DICOM data set")
         except Exception as exc:  # disk full, database down: never report success
             logger.exception("%s: cannot persist (%s)", source, exc)
-            result.failed.append(("", "", STATUS_OUT_OF_RESOURCES))
+            refuse("", "", STATUS_OUT_OF_RESOURCES, f"part {index}: cannot persist the instance")
     return result
 
 
