@@ -98,7 +98,10 @@ def test_stow_rs_stores_good_parts_and_reports_bad_ones(
     with service.database.session() as session:
         refused = session.scalars(
             select(AuditEvent)
-            .where(AuditEvent.action == AuditAction.RECEIVE_REFUSED.value)
+            .where(
+                AuditEvent.action == AuditAction.RECEIVE_REFUSED.value,
+                AuditEvent.actor == "ae:STOW-RS",
+            )
             .order_by(AuditEvent.seq)
         ).all()
         assert [(e.actor, e.details["status"]) for e in refused] == [
@@ -115,6 +118,34 @@ def test_stow_rs_stores_good_parts_and_reports_bad_ones(
         timeout=30,
     )
     assert reply.status_code == 415
+    # An empty or garbage multipart body stores nothing: 400, never 200 {}.
+    for content_type, body in [
+        ('multipart/related; type="application/dicom"; boundary=abc', b""),
+        ('multipart/related; type="application/dicom"; boundary=abc', b"garbage" * 100),
+        ('multipart/related; type="application/dicom"', b"--abc\r\n\r\nx\r\n--abc--"),
+    ]:
+        reply = httpx.post(
+            f"{base}/studies",
+            content=body,
+            headers={"Content-Type": content_type, **auth},
+            timeout=30,
+        )
+        assert reply.status_code == 400, (body[:20], reply.text)
+    with service.database.session() as session:
+        requests = session.scalars(
+            select(AuditEvent)
+            .where(AuditEvent.details["via_http"].as_string() == "stow-rs")
+            .order_by(AuditEvent.seq)
+        ).all()
+        # One event per request, named for what happened to it.
+        assert [(e.action, e.details["status"]) for e in requests] == [
+            ("receive", 202),
+            ("receive-refused", 409),
+            ("receive-refused", 415),
+            ("receive-refused", 400),
+            ("receive-refused", 400),
+            ("receive-refused", 400),
+        ]
 
 
 def test_health_reports_an_unreachable_database(make_service: Callable[..., Gateway]) -> None:

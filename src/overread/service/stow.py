@@ -32,13 +32,31 @@ _BOUNDARY = re.compile(r'boundary="?([^";]+)"?', re.IGNORECASE)
 
 
 class StowRequestError(ValueError):
-    """The request is not a multipart/related DICOM body (HTTP 415/400)."""
+    """The request cannot be read as a STOW-RS request.
+
+    ``status`` is its HTTP answer (PS3.18 10.5.3): 415 for a body that is not
+    ``multipart/related``, 400 for one that is but cannot be parsed (no boundary,
+    no part).
+    """
+
+    def __init__(self, message: str, status: int = 400) -> None:
+        super().__init__(message)
+        self.status = status
 
 
 def split_multipart(content_type: str, body: bytes) -> list[tuple[str, bytes]]:
-    """The ``(content type, bytes)`` of each part of a ``multipart/related`` body."""
+    """The ``(content type, bytes)`` of each part of a ``multipart/related`` body.
+
+    Raises
+    ------
+    StowRequestError
+        415 when the body is not ``multipart/related``; 400 when it has no boundary
+        or no part.
+    """
     if not content_type.lower().startswith("multipart/related"):
-        raise StowRequestError("expected Content-Type multipart/related; type=application/dicom")
+        raise StowRequestError(
+            "expected Content-Type multipart/related; type=application/dicom", status=415
+        )
     match = _BOUNDARY.search(content_type)
     if match is None:
         raise StowRequestError("multipart/related without a boundary")
@@ -57,6 +75,8 @@ def split_multipart(content_type: str, body: bytes) -> list[tuple[str, bytes]]:
             if name.strip().lower() == "content-type":
                 part_type = value.strip()
         parts.append((part_type, content.removesuffix(b"\r\n")))
+    if not parts:
+        raise StowRequestError("the multipart body has no part delimited by its boundary")
     return parts
 
 
@@ -70,7 +90,7 @@ class StowResult:
 
     @property
     def http_status(self) -> int:
-        """200 all stored, 202 some failed, 409 none stored."""
+        """200 all stored, 202 some failed, 409 none stored (PS3.18 10.5.3)."""
         if not self.failed:
             return 200
         return 202 if self.stored else 409

@@ -28,6 +28,7 @@ _STOW_BODY: dict[str, Any] = {
 _STOW_RESPONSES: dict[int | str, dict[str, Any]] = {
     200: {"description": "Every instance stored (DICOM JSON)"},
     202: {"description": "Some instances stored, some refused (DICOM JSON)"},
+    400: {"description": "A multipart/related body that cannot be parsed (no boundary, no part)"},
     409: {"description": "No instance stored (DICOM JSON, Failed SOP Sequence)"},
     415: {"description": "Not a multipart/related DICOM body"},
 }
@@ -52,13 +53,32 @@ async def _stow(
             study_instance_uid=study,
         )
     except StowRequestError as exc:
-        raise HTTPException(status_code=415, detail=str(exc)) from None
+        await run_in_threadpool(
+            ctx.access.record,
+            who,
+            AuditAction.RECEIVE_REFUSED,
+            details={
+                "via_http": "stow-rs",
+                "source": client,
+                "status": exc.status,
+                "reason": str(exc),
+            },
+        )
+        raise HTTPException(status_code=exc.status, detail=str(exc)) from None
+    # The request as a whole is audited as what happened: a receive when anything
+    # was stored, a refusal when nothing was (each refused part has its own event).
     await run_in_threadpool(
         ctx.access.record,
         who,
-        AuditAction.RECEIVE,
+        AuditAction.RECEIVE if result.stored else AuditAction.RECEIVE_REFUSED,
         object_uids=sorted(result.studies),
-        details={"via_http": "stow-rs", "source": client, "status": result.http_status},
+        details={
+            "via_http": "stow-rs",
+            "source": client,
+            "status": result.http_status,
+            "stored": len(result.stored),
+            "refused": len(result.failed),
+        },
     )
     if result.studies:
         await run_in_threadpool(service.request_released, result.studies)
