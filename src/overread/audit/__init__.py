@@ -20,8 +20,10 @@ from overread.audit.chain import (
     verify_chain,
 )
 from overread.audit.checkpoint import (
+    AutoCheckpointer,
     Checkpoint,
     checkpoint_dir,
+    checkpoint_now,
     load_checkpoint_key,
     load_checkpoints,
     missing_checkpoints,
@@ -46,6 +48,7 @@ __all__ = [
     "AuditChainHead",
     "AuditEvent",
     "AuditRecord",
+    "AutoCheckpointer",
     "BreakReason",
     "Checkpoint",
     "CheckpointSigner",
@@ -54,6 +57,7 @@ __all__ = [
     "VerifyResult",
     "canonical_json",
     "checkpoint_dir",
+    "checkpoint_now",
     "create_tables",
     "ed25519_available",
     "event_hash",

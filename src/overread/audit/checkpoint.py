@@ -17,17 +17,26 @@ and copies of the checkpoint files, away from the database host's writers.
 from __future__ import annotations
 
 import json
+import logging
 import os
+import threading
+import time
 from collections.abc import Sequence
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import cast
 
-from sqlalchemy import Connection, Engine, select
+from sqlalchemy import Connection, Engine, func, select
 from sqlalchemy.orm import Session
 
 from overread.audit.actions import AuditAction
-from overread.audit.chain import Checkpoint, canonical_json, format_timestamp, verify_chain
+from overread.audit.chain import (
+    Checkpoint,
+    canonical_json,
+    format_timestamp,
+    record_event,
+    verify_chain,
+)
 from overread.audit.schema import AuditEvent
 from overread.audit.signing import (
     HMAC_ALGORITHM,
@@ -35,8 +44,12 @@ from overread.audit.signing import (
     CheckpointSigner,
     HmacSigner,
     load_checkpoint_key,
+    load_checkpoint_signer,
+    load_verification_ring,
 )
 from overread.errors import AuditError
+
+logger = logging.getLogger(__name__)
 
 ALGORITHM = HMAC_ALGORITHM
 _FORMAT_VERSION = 1
@@ -199,12 +212,142 @@ def missing_checkpoints(
     return missing
 
 
+def checkpoint_now(engine: Engine, data_dir: Path, *, actor: str) -> Checkpoint:
+    """Write a signed checkpoint of the chain in ``data_dir`` and record it in the chain.
+
+    The key is the one configured for ``data_dir`` (created on first use, see
+    :func:`~overread.audit.signing.load_checkpoint_signer`); the ``audit-checkpoint``
+    event names the file, so deleting it later shows.
+
+    Raises
+    ------
+    AuditError
+        If the chain does not verify, or no signing key is available.
+    """
+    signer = load_checkpoint_signer(data_dir, create=True)
+    written = write_checkpoint(
+        engine, checkpoint_dir(data_dir), signer, retired=load_verification_ring(data_dir)
+    )
+    with Session(engine) as session, session.begin():
+        record_event(
+            session,
+            actor=actor,
+            role="service",
+            action=AuditAction.AUDIT_CHECKPOINT,
+            details={
+                "file": written.name,
+                "head_seq": written.head_seq,
+                "head_hash": written.head_hash,
+            },
+        )
+    return written
+
+
+class AutoCheckpointer:
+    """Signed checkpoints written by the gateway itself, so truncation shows in practice.
+
+    A checkpoint is written once ``every_events`` events were recorded since the last
+    one, or ``every_seconds`` after it when anything was recorded at all (the
+    ``audit-checkpoint`` events themselves do not count). Either bound may be 0 to
+    switch it off. A chain that no longer verifies is not signed over: the failure is
+    logged as an error each time it is found, and the gateway carries on.
+    """
+
+    def __init__(
+        self,
+        engine: Engine,
+        data_dir: Path,
+        *,
+        every_events: int = 100,
+        every_seconds: float = 300.0,
+        poll_seconds: float = 2.0,
+        actor: str = "service:audit",
+    ) -> None:
+        self.engine = engine
+        self.data_dir = Path(data_dir)
+        self.every_events = every_events
+        self.every_seconds = every_seconds
+        self.poll_seconds = poll_seconds
+        self.actor = actor
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+        self._last_at = time.monotonic()
+        self.written: list[Checkpoint] = []
+
+    @property
+    def enabled(self) -> bool:
+        """Whether either bound is set."""
+        return self.every_events > 0 or self.every_seconds > 0
+
+    def start(self) -> None:
+        """Check in a background thread until :meth:`stop`."""
+        if not self.enabled or self._thread is not None:
+            return
+        self._thread = threading.Thread(target=self._run, name="audit-checkpoints", daemon=True)
+        self._thread.start()
+
+    def stop(self) -> None:
+        """Stop checking (a last checkpoint is written when one is due)."""
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join(30)
+            self._thread = None
+
+    def _run(self) -> None:
+        while not self._stop.wait(self.poll_seconds):
+            self.check()
+        self.check()
+
+    def pending(self) -> int:
+        """Events recorded since the last ``audit-checkpoint`` event."""
+        with self.engine.connect() as connection:
+            head = connection.scalar(select(func.max(AuditEvent.seq))) or 0
+            last = (
+                connection.scalar(
+                    select(func.max(AuditEvent.seq)).where(
+                        AuditEvent.action == AuditAction.AUDIT_CHECKPOINT.value
+                    )
+                )
+                or 0
+            )
+        return int(head) - int(last)
+
+    def due(self, pending: int, now: float | None = None) -> bool:
+        """Whether ``pending`` new events call for a checkpoint now."""
+        now = time.monotonic() if now is None else now
+        if pending <= 0:
+            return False
+        if self.every_events > 0 and pending >= self.every_events:
+            return True
+        return self.every_seconds > 0 and now - self._last_at >= self.every_seconds
+
+    def check(self) -> Checkpoint | None:
+        """Write a checkpoint if one is due; never raises."""
+        try:
+            if not self.due(self.pending()):
+                return None
+            written = checkpoint_now(self.engine, self.data_dir, actor=self.actor)
+        except AuditError as exc:
+            logger.error("audit checkpoint not written: %s", exc)
+            self._last_at = time.monotonic()  # report again after the next interval
+            return None
+        except Exception:
+            logger.exception("audit checkpoint failed")
+            return None
+        self._last_at = time.monotonic()
+        self.written.append(written)
+        logger.info("audit checkpoint at record %d: %s", written.head_seq, written.name)
+        return written
+
+
 __all__ = [
     "ALGORITHM",
     "KEY_ENV",
+    "AutoCheckpointer",
     "Checkpoint",
     "CheckpointKeys",
     "checkpoint_dir",
+    "checkpoint_now",
     "key_id",
     "load_checkpoint_key",
     "load_checkpoints",

@@ -105,33 +105,13 @@ def checkpoint(
     data_dir: Path | None = DATA_DIR,
     database_url: str | None = DATABASE_URL,
 ) -> None:
-    """Verify the chain and write a signed checkpoint of its head (run periodically)."""
-    from overread.audit import (
-        AuditAction,
-        checkpoint_dir,
-        load_checkpoint_signer,
-        load_verification_ring,
-        record_event,
-        write_checkpoint,
-    )
+    """Verify the chain and write a signed checkpoint of its head (the gateway also
+    writes them itself: [service] audit_checkpoint_events / audit_checkpoint_seconds)."""
+    from overread.audit import checkpoint_now
 
     root, database = _open(data_dir, database_url)
     try:
-        signer = load_checkpoint_signer(root, create=True)
-        written = write_checkpoint(
-            database.engine, checkpoint_dir(root), signer, retired=load_verification_ring(root)
-        )
-        with database.session() as session:
-            record_event(
-                session,
-                actor=_operator(),
-                action=AuditAction.AUDIT_CHECKPOINT,
-                details={
-                    "file": written.name,
-                    "head_seq": written.head_seq,
-                    "head_hash": written.head_hash,
-                },
-            )
+        written = checkpoint_now(database.engine, root, actor=_operator())
         typer.echo(f"checkpoint at record {written.head_seq}: {written.path}")
     finally:
         database.dispose()

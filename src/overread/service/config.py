@@ -251,6 +251,16 @@ class ServiceConfig(BaseModel):
         description="associations at once; a connection that has not yet sent its "
         "A-ASSOCIATE-RQ does not count",
     )
+    audit_checkpoint_events: int = Field(
+        default=100,
+        ge=0,
+        description="write a signed audit checkpoint after this many new events (0: off)",
+    )
+    audit_checkpoint_seconds: float = Field(
+        default=300.0,
+        ge=0,
+        description="write one this long after the last when any event was recorded (0: off)",
+    )
     check_called_ae: bool = Field(
         default=True,
         description="refuse an association addressed to a called AE title other than ae_title",

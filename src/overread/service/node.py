@@ -17,6 +17,7 @@ import threading
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from overread.audit import AutoCheckpointer
 from overread.service.assembly import StudyAssembler
 from overread.service.config import ServiceConfig
 from overread.service.db import Database
@@ -124,6 +125,18 @@ class ServiceNode:
             if config.broker_url and with_assembler
             else None
         )
+        # The node that assembles studies is the one gateway process per data
+        # directory: it also signs the audit checkpoints.
+        self.checkpointer: AutoCheckpointer | None = (
+            AutoCheckpointer(
+                self.database.engine,
+                Path(config.data_dir),
+                every_events=config.audit_checkpoint_events,
+                every_seconds=config.audit_checkpoint_seconds,
+            )
+            if with_assembler
+            else None
+        )
         self._stop = threading.Event()
         self._assembler_thread: threading.Thread | None = None
         self.dicom_port: int | None = None
@@ -172,6 +185,8 @@ class ServiceNode:
             )
             self._assembler_thread.start()
         self.pool.start()
+        if self.checkpointer is not None:
+            self.checkpointer.start()
         if self.scp is not None:
             self.dicom_port = self.scp.start()
 
@@ -187,6 +202,8 @@ class ServiceNode:
         if self._assembler_thread is not None:
             self._assembler_thread.join(5)
         self.pool.stop(timeout)
+        if self.checkpointer is not None:
+            self.checkpointer.stop()
         close = getattr(self.models, "close", None)
         if callable(close):
             close()
