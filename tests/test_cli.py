@@ -92,6 +92,7 @@ BAD_VALUE: dict[tuple[str, ...], tuple[list[str], str]] = {
     ("audit",): (["show", "--last", "many"], "Invalid value for '--last'"),
     ("bench",): (["inference", "--repeats", "many"], "Invalid value for '--repeats'"),
     ("db",): (["current", "--verbose"], "No such option: --verbose"),
+    ("jobs",): (["list", "--limit", "all"], "Invalid value for '--limit'"),
     ("labels",): (
         ["split", "--dataset", "d", "--csv", "c.csv", "--out", "o", "--seed", "abc"],
         "Invalid value for '--seed'",
@@ -117,6 +118,7 @@ MISSING: dict[tuple[str, ...], tuple[list[str], str]] = {
     ("audit",): (["export", "--to", "2024-01-01"], "Missing option '--from'"),
     ("bench",): (["inference", "--repeats"], "Option '--repeats' requires an argument"),
     ("db",): (["upgrade", "--data-dir"], "Option '--data-dir' requires an argument"),
+    ("jobs",): (["list", "--state"], "Option '--state' requires an argument"),
     ("labels",): (["stats", "--csv", "x.csv"], "Missing option '--dataset'"),
     ("models",): (["show"], "Missing argument 'ref'"),
     ("phantom",): (["cxr", "--out", "x"], "Missing option '--n'"),
@@ -283,7 +285,7 @@ def test_help_lists_every_command_with_its_help(run_cli) -> None:
     assert status == 0
     commands = typer.main.get_command(app).commands  # type: ignore[attr-defined]
     assert set(commands) >= {
-        "audit", "bench", "config", "demo", "evaluate", "export", "inspect", "labels", "models",
+        "audit", "bench", "config", "demo", "evaluate", "export", "inspect", "jobs", "labels", "models",
         "phantom", "predict", "send", "serve", "stats", "train", "users", "version", "worker",
         "worklist",
     }  # fmt: skip

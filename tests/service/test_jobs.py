@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import random
 import threading
 import time
 from collections import Counter
+from datetime import UTC, datetime, timedelta
 
 import pytest
 from sqlalchemy import select, update
@@ -102,7 +104,9 @@ def test_expired_lease_of_a_dead_worker_is_reclaimed_and_fenced(database_url: st
 
 def test_failures_back_off_exponentially_then_dead_letter(database_url: str) -> None:
     queue = _queue(
-        database_url, retry=RetryPolicy(base_seconds=10, maximum_seconds=25), max_attempts=3
+        database_url,
+        retry=RetryPolicy(base_seconds=10, maximum_seconds=25, jitter=0),
+        max_attempts=3,
     )
     job_id = _enqueue(queue, "1.2.10", JobKind.EXPORT, "PACS")
     delays = []
@@ -193,3 +197,67 @@ def test_the_heartbeat_keeps_a_long_job_from_being_taken_over(database_url: str)
     time.sleep(3.2)  # no heartbeat any more: the lease runs out
     taken = queue.claim("thief", lease_seconds=60)
     assert taken is not None and taken.id == job_id and taken.attempts == 2
+
+
+def test_backoff_is_capped_and_jittered_below_the_cap() -> None:
+    policy = RetryPolicy(base_seconds=2, maximum_seconds=60, jitter=0.2)
+    rng = random.Random(7)
+    for attempt, ceiling in [(1, 2), (3, 8), (6, 60), (50, 60), (10**6, 60)]:
+        delays = [policy.delay(attempt, rng) for _ in range(200)]
+        assert all(0.8 * ceiling <= d <= ceiling for d in delays)
+        assert max(delays) - min(delays) > 0.05 * ceiling  # really spread, not constant
+    assert RetryPolicy(jitter=0).delay(3) == 8.0
+
+
+def test_retrying_is_bounded_by_time_not_count(database_url: str) -> None:
+    queue = _queue(
+        database_url, retry=RetryPolicy(base_seconds=1, maximum_seconds=60, retry_for_seconds=3600)
+    )
+    job_id = _enqueue(queue, "1.2.20", JobKind.EXPORT, "PACS")
+    # Twenty failures in a row: far past the old count of five, still retrying.
+    for _ in range(20):
+        assert queue.claim("w", lease_seconds=60) is not None
+        assert queue.mark_failed(job_id, "w", "connection refused") == JobState.FAILED.value
+        with queue.database.session() as session:
+            session.execute(update(Job).where(Job.id == job_id).values(next_attempt_at=utcnow()))
+    job = queue.get(job_id)
+    assert job is not None and job.attempts == 20 and job.max_attempts == 0
+    # The first attempt was long ago: the next retry would fall outside the period.
+    with queue.database.session() as session:
+        session.execute(
+            update(Job)
+            .where(Job.id == job_id)
+            .values(started_at=utcnow() - timedelta(seconds=3590))
+        )
+    assert queue.claim("w", lease_seconds=60) is not None
+    assert queue.mark_failed(job_id, "w", "connection refused") == JobState.DEAD_LETTERED.value
+    dead = queue.get(job_id)
+    assert dead is not None and dead.error == "connection refused (gave up after retrying for 1 h)"
+    (event,) = _dead_letter_events(queue)
+    assert "gave up after retrying for 1 h" in event.details["error"]
+    # Requeued, it gets a fresh period: its first attempt is the next one.
+    assert queue.requeue(job_id)
+    again = queue.claim("w", lease_seconds=60)
+    assert again is not None and again.attempts == 1
+    assert again.started_at is not None and utcnow() - _aware(again.started_at) < timedelta(
+        seconds=60
+    )
+    assert queue.mark_failed(job_id, "w", "connection refused") == JobState.FAILED.value
+
+
+def test_a_lost_worker_past_the_retry_period_is_dead_lettered(database_url: str) -> None:
+    queue = _queue(database_url, retry=RetryPolicy(retry_for_seconds=600))
+    job_id = _enqueue(queue, "1.2.21")
+    assert queue.claim("doomed", lease_seconds=0.1) is not None
+    with queue.database.session() as session:
+        session.execute(
+            update(Job).where(Job.id == job_id).values(started_at=utcnow() - timedelta(hours=1))
+        )
+    time.sleep(0.3)
+    assert queue.claim("other", lease_seconds=60) is None
+    job = queue.get(job_id)
+    assert job is not None and job.state == JobState.DEAD_LETTERED.value
+
+
+def _aware(moment: datetime) -> datetime:
+    return moment if moment.tzinfo else moment.replace(tzinfo=UTC)

@@ -33,6 +33,7 @@ COMMAND_MODULES: tuple[str, ...] = (
     "overread.cli.evaluate",
     "overread.cli.export",
     "overread.cli.inspect",
+    "overread.cli.jobs",
     "overread.cli.labels",
     "overread.cli.models",
     "overread.cli.phantom",

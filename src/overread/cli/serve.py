@@ -11,6 +11,7 @@ from typing import TYPE_CHECKING
 import typer
 
 from overread.cli.app import app
+from overread.cli.jobs import parse_duration
 
 if TYPE_CHECKING:
     from overread.service.config import ServiceConfig
@@ -105,8 +106,13 @@ def serve(
         None, "--stable-seconds", help="A study is complete after this long without new instances."
     ),
     workers: int | None = typer.Option(None, "--workers", help="Worker threads."),
+    retry_for: str | None = typer.Option(
+        None,
+        "--retry-for",
+        help="How long a failing job keeps retrying from its first attempt (default 24h).",
+    ),
     max_attempts: int | None = typer.Option(
-        None, "--max-attempts", help="Attempts before dead-lettering."
+        None, "--max-attempts", help="Also dead-letter after this many attempts (default: none)."
     ),
     lease_seconds: float | None = typer.Option(None, "--lease-seconds", help="Job lease length."),
     retry_base_seconds: float | None = typer.Option(
@@ -144,6 +150,7 @@ def serve(
         stable_seconds=stable_seconds,
         workers=workers,
         max_attempts=max_attempts,
+        retry_for_seconds=None if retry_for is None else parse_duration(retry_for),
         lease_seconds=lease_seconds,
         retry_base_seconds=retry_base_seconds,
         explain=explain,
@@ -162,6 +169,14 @@ def worker(
     lease_seconds: float | None = typer.Option(None, "--lease-seconds", help="Job lease length."),
     retry_base_seconds: float | None = typer.Option(
         None, "--retry-base-seconds", help="First retry delay; doubles each attempt."
+    ),
+    retry_for: str | None = typer.Option(
+        None,
+        "--retry-for",
+        help="How long a failing job keeps retrying from its first attempt (default 24h).",
+    ),
+    max_attempts: int | None = typer.Option(
+        None, "--max-attempts", help="Also dead-letter after this many attempts (default: none)."
     ),
     poll_seconds: float | None = typer.Option(
         None, "--poll-seconds", help="How often idle workers look for jobs unprompted."
@@ -186,6 +201,8 @@ def worker(
         workers=workers,
         lease_seconds=lease_seconds,
         retry_base_seconds=retry_base_seconds,
+        retry_for_seconds=None if retry_for is None else parse_duration(retry_for),
+        max_attempts=max_attempts,
         poll_seconds=poll_seconds,
         broker_url=broker,
         explain=explain,

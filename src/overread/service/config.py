@@ -284,9 +284,23 @@ class ServiceConfig(BaseModel):
     destinations: list[Destination] = Field(default_factory=list)
     routes: list[Route] = Field(default_factory=lambda: list(DEFAULT_ROUTES))
     workers: int = Field(default=2, ge=0, le=64)
-    max_attempts: int = Field(default=5, ge=1)
+    retry_for_seconds: float = Field(
+        default=86400.0,
+        gt=0,
+        description="how long a failing job keeps retrying, from its first attempt (24 h)",
+    )
+    max_attempts: int | None = Field(
+        default=None,
+        ge=1,
+        description="also give up after this many attempts (None: bounded by time only)",
+    )
     retry_base_seconds: float = Field(default=2.0, gt=0)
-    retry_max_seconds: float = Field(default=600.0, gt=0)
+    retry_max_seconds: float = Field(
+        default=60.0,
+        gt=0,
+        le=60,
+        description="the backoff's cap: a destination that is back gets its exports within it",
+    )
     lease_seconds: float = Field(default=60.0, gt=0)
     poll_seconds: float = Field(default=1.0, gt=0)
     explain: bool = False

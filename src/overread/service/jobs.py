@@ -10,14 +10,18 @@ finishing transaction (result row, follow-up jobs, state change) rolls back whol
 
 States: ``received`` (announced while the study is still arriving; never claimed)
 ``-> queued -> running -> succeeded``; ``running -> failed`` (retryable, with
-exponential backoff in ``next_attempt_at``) ``-> running`` again; after
-``max_attempts`` the job is ``dead_lettered`` and stays visible until someone
-requeues it.
+capped exponential backoff and jitter in ``next_attempt_at``) ``-> running`` again.
+Retrying is bounded by time, not count: a job is ``dead_lettered`` once its next
+attempt would fall more than ``retry_for`` after its first attempt started (24 h by
+default, so a PACS outage of hours loses nothing), or after ``max_attempts`` when
+that bound is set too (``max_attempts`` 0: none). A dead letter stays visible until
+someone requeues it (REST or ``overread jobs requeue``), which restarts its clock.
 """
 
 from __future__ import annotations
 
 import logging
+import random
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
@@ -39,21 +43,45 @@ class LeaseLostError(ServiceError):
     """The worker's lease on a job expired and another worker may own it now."""
 
 
+#: ``Job.max_attempts`` of a job bounded by time only.
+NO_ATTEMPT_LIMIT = 0
+
+
 @dataclass(frozen=True)
 class RetryPolicy:
-    """Exponential backoff: ``base * 2**(attempt-1)`` seconds, capped at ``maximum``."""
+    """Capped exponential backoff with jitter, for a bounded time.
+
+    After the ``n``-th failure the next attempt waits ``min(maximum, base *
+    2**(n-1))`` seconds, less up to ``jitter`` of it drawn at random, so jobs that
+    failed together (a PACS outage) do not all retry in the same instant. The cap
+    keeps a recovered destination's exports waiting at most ``maximum`` seconds.
+    """
 
     base_seconds: float = 2.0
-    maximum_seconds: float = 600.0
+    maximum_seconds: float = 60.0
+    jitter: float = 0.2
+    retry_for_seconds: float = 86400.0
 
-    def delay(self, attempt: int) -> float:
+    def delay(self, attempt: int, rng: random.Random | None = None) -> float:
         """Seconds to wait after the ``attempt``-th failure (1-based)."""
         # The exponent is capped so that a huge attempt number does not overflow a float.
         exponent = min(max(0, attempt - 1), 64)
-        return float(min(self.maximum_seconds, self.base_seconds * 2**exponent))
+        ceiling = float(min(self.maximum_seconds, self.base_seconds * 2**exponent))
+        if self.jitter <= 0:
+            return ceiling
+        draw = (rng or _JITTER).random()
+        return ceiling * (1.0 - self.jitter * draw)
 
 
-def _claimable(now: datetime) -> ColumnElement[bool]:
+_JITTER = random.Random()
+
+
+def _attempts_left() -> ColumnElement[bool]:
+    return or_(Job.max_attempts == NO_ATTEMPT_LIMIT, Job.attempts < Job.max_attempts)
+
+
+def _claimable(now: datetime, retry_since: datetime) -> ColumnElement[bool]:
+    """Due jobs, and running ones whose worker was lost while they may still retry."""
     return or_(
         and_(
             Job.state.in_([JobState.QUEUED.value, JobState.FAILED.value]),
@@ -62,7 +90,8 @@ def _claimable(now: datetime) -> ColumnElement[bool]:
         and_(
             Job.state == JobState.RUNNING.value,
             Job.lease_expires_at < now,
-            Job.attempts < Job.max_attempts,
+            _attempts_left(),
+            or_(Job.started_at.is_(None), Job.started_at >= retry_since),
         ),
     )
 
@@ -75,9 +104,10 @@ class JobQueue:
     database
         Where the jobs live.
     retry
-        The backoff between attempts.
+        The backoff between attempts and how long a job keeps retrying.
     max_attempts
-        Attempts before a job is dead-lettered (per job, stored at enqueue).
+        Also dead-letter after this many attempts (per job, stored at enqueue);
+        ``None``: bounded by time only.
     """
 
     def __init__(
@@ -85,11 +115,16 @@ class JobQueue:
         database: Database,
         *,
         retry: RetryPolicy | None = None,
-        max_attempts: int = 5,
+        max_attempts: int | None = None,
     ) -> None:
         self.database = database
         self.retry = retry or RetryPolicy()
-        self.max_attempts = max_attempts
+        self.max_attempts = NO_ATTEMPT_LIMIT if max_attempts is None else max_attempts
+        self._rng = random.Random()
+
+    def _retry_since(self, now: datetime) -> datetime:
+        """A job whose first attempt started before this has retried long enough."""
+        return now - timedelta(seconds=self.retry.retry_for_seconds)
 
     # -- creating ---------------------------------------------------------------------
     def enqueue(
@@ -193,7 +228,7 @@ class JobQueue:
         """Atomically take the most urgent claimable job, or return ``None``."""
         now = utcnow()
         self._dead_letter_lost(now)
-        condition = _claimable(now)
+        condition = _claimable(now, self._retry_since(now))
         if kinds:
             condition = and_(condition, Job.kind.in_([k.value for k in kinds]))
         with self.database.session() as session:
@@ -207,13 +242,14 @@ class JobQueue:
             with self.database.session() as session:
                 claimed = session.execute(
                     update(Job)
-                    .where(Job.id == job_id, _claimable(now))
+                    .where(Job.id == job_id, _claimable(now, self._retry_since(now)))
                     .values(
                         state=JobState.RUNNING.value,
                         lease_owner=owner,
                         lease_expires_at=now + timedelta(seconds=lease_seconds),
                         attempts=Job.attempts + 1,
-                        started_at=now,
+                        # The first attempt's start: retrying is bounded from here.
+                        started_at=func.coalesce(Job.started_at, now),
                         updated_at=now,
                     )
                     .execution_options(synchronize_session=False)
@@ -223,12 +259,12 @@ class JobQueue:
                     assert job is not None
                     session.expunge(job)
                     logger.info(
-                        "%s claimed %s job %d (attempt %d/%d)",
+                        "%s claimed %s job %d (attempt %d%s)",
                         owner,
                         job.kind,
                         job.id,
                         job.attempts,
-                        job.max_attempts,
+                        f"/{job.max_attempts}" if job.max_attempts else "",
                     )
                     return job
         return None
@@ -238,7 +274,7 @@ class JobQueue:
         lost = (
             Job.state == JobState.RUNNING.value,
             Job.lease_expires_at < now,
-            Job.attempts >= Job.max_attempts,
+            or_(~_attempts_left(), Job.started_at < self._retry_since(now)),
         )
         with self.database.session() as session:
             if session.scalar(select(Job.id).where(*lost).limit(1)) is None:
@@ -316,22 +352,34 @@ class JobQueue:
             job.lease_owner = None
             job.lease_expires_at = None
             job.updated_at = now
-            if retryable and job.attempts < job.max_attempts:
-                delay = self.retry.delay(job.attempts)
+            delay = self.retry.delay(job.attempts, self._rng)
+            first = job.started_at or now
+            if first.tzinfo is None:  # SQLite hands back naive UTC
+                first = first.replace(tzinfo=now.tzinfo)
+            within = now + timedelta(seconds=delay) <= first + timedelta(
+                seconds=self.retry.retry_for_seconds
+            )
+            counted = job.max_attempts == NO_ATTEMPT_LIMIT or job.attempts < job.max_attempts
+            if retryable and within and counted:
                 job.state = JobState.FAILED.value
                 job.next_attempt_at = now + timedelta(seconds=delay)
                 logger.warning(
-                    "job %d failed (attempt %d/%d), retry in %.1f s: %s",
+                    "job %d failed (attempt %d%s), retry in %.1f s: %s",
                     job_id,
                     job.attempts,
-                    job.max_attempts,
+                    f"/{job.max_attempts}" if job.max_attempts else "",
                     delay,
                     error,
                 )
             else:
+                if retryable and not within:
+                    job.error = (
+                        f"{error} (gave up after retrying for "
+                        f"{_duration(self.retry.retry_for_seconds)})"
+                    )[:4000]
                 job.state = JobState.DEAD_LETTERED.value
                 job.finished_at = now
-                _audit_dead_letter(session, job, f"worker:{owner}", error)
+                _audit_dead_letter(session, job, f"worker:{owner}", job.error or error)
                 logger.error(
                     "job %d dead-lettered after %d attempt(s): %s", job_id, job.attempts, error
                 )
@@ -351,6 +399,7 @@ class JobQueue:
                     state=JobState.QUEUED.value,
                     attempts=0,
                     next_attempt_at=now,
+                    started_at=None,  # its retry period starts again
                     finished_at=None,
                     updated_at=now,
                 )
@@ -421,6 +470,15 @@ def job_to_dict(job: Job) -> dict[str, Any]:
         "started_at": iso(job.started_at),
         "finished_at": iso(job.finished_at),
     }
+
+
+def _duration(seconds: float) -> str:
+    """``86400`` -> ``24 h``; ``90`` -> ``90 s``."""
+    if seconds >= 3600 and seconds % 3600 == 0:
+        return f"{seconds / 3600:g} h"
+    if seconds >= 60 and seconds % 60 == 0:
+        return f"{seconds / 60:g} min"
+    return f"{seconds:g} s"
 
 
 def _audit_dead_letter(session: Session, job: Job, actor: str, error: str) -> None:

@@ -46,7 +46,11 @@ def open_queue(config: ServiceConfig) -> tuple[Database, ObjectStore, JobQueue]:
     store = ObjectStore(Path(config.data_dir) / "objects", fsync=config.fsync)
     queue = JobQueue(
         database,
-        retry=RetryPolicy(config.retry_base_seconds, config.retry_max_seconds),
+        retry=RetryPolicy(
+            config.retry_base_seconds,
+            config.retry_max_seconds,
+            retry_for_seconds=config.retry_for_seconds,
+        ),
         max_attempts=config.max_attempts,
     )
     return database, store, queue
