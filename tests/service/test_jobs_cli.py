@@ -86,7 +86,7 @@ def test_bad_job_arguments_are_one_line_errors(tmp_path: Path, run_cli) -> None:
 
 
 def test_durations() -> None:
-    from overread.cli.jobs import parse_duration
+    from overread.cli.options import parse_duration
 
     assert [parse_duration(t) for t in ("24h", "90m", "30s", "2d", "15", "1.5h")] == [
         86400.0,

@@ -4,13 +4,13 @@ from __future__ import annotations
 
 import getpass
 import json
-import re
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 import typer
 
 from overread.cli.app import app
+from overread.cli.options import service_settings
 from overread.errors import ConfigError
 
 if TYPE_CHECKING:
@@ -23,26 +23,6 @@ app.add_typer(jobs_app, name="jobs")
 DATA_DIR = typer.Option(None, "--data-dir", help="The gateway's data dir.")
 DATABASE_URL = typer.Option(None, "--database-url", help="SQLAlchemy URL.")
 
-_DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(s|sec|m|min|h|d)?\s*$", re.IGNORECASE)
-_UNIT_SECONDS = {"s": 1.0, "sec": 1.0, "m": 60.0, "min": 60.0, "h": 3600.0, "d": 86400.0}
-
-
-def parse_duration(text: str) -> float:
-    """``"24h"``, ``"90m"``, ``"30s"``, ``"2d"`` or plain seconds -> seconds.
-
-    Raises
-    ------
-    ConfigError
-        If ``text`` is not such a duration, or is zero.
-    """
-    match = _DURATION.match(text)
-    if match is None:
-        raise ConfigError(f"not a duration: {text!r} (e.g. 24h, 90m, 30s, 2d)")
-    seconds = float(match.group(1)) * _UNIT_SECONDS[(match.group(2) or "s").lower()]
-    if seconds <= 0:
-        raise ConfigError(f"a duration must be positive: {text!r}")
-    return seconds
-
 
 def _operator() -> str:
     try:
@@ -52,10 +32,9 @@ def _operator() -> str:
 
 
 def _queue(data_dir: Path | None, database_url: str | None) -> tuple[Database, JobQueue]:
-    from overread.cli.serve import _config
     from overread.service.node import open_queue
 
-    config = _config(data_dir, database_url)
+    config = service_settings(data_dir, database_url)
     database, _, queue = open_queue(config)
     return database, queue
 

@@ -11,30 +11,12 @@ from typing import TYPE_CHECKING
 import typer
 
 from overread.cli.app import app
-from overread.cli.jobs import parse_duration
+from overread.cli.options import parse_duration, service_settings
 
 if TYPE_CHECKING:
     from overread.service.config import ServiceConfig
 
 logger = logging.getLogger(__name__)
-
-
-def _config(
-    data_dir: Path | None,
-    database_url: str | None,
-    **overrides: object,
-) -> ServiceConfig:
-    # The service (and SQLAlchemy with it) loads when a command runs, not at CLI start.
-    from overread.config import load_settings
-    from overread.service.config import service_config
-
-    settings_overrides: dict[str, object] = {}
-    if data_dir is not None:
-        settings_overrides["data_dir"] = data_dir
-    if database_url is not None:
-        settings_overrides["database_url"] = database_url
-    settings = load_settings(**settings_overrides)
-    return service_config(settings, **overrides)
 
 
 def _run_until_signalled(
@@ -138,7 +120,7 @@ def serve(
     ),
 ) -> None:
     """Run the gateway: DICOM SCP, study assembly, routing, workers and the HTTP API."""
-    config = _config(
+    config = service_settings(
         data_dir,
         database_url,
         ae_title=ae_title,
@@ -195,7 +177,7 @@ def worker(
     ),
 ) -> None:
     """Run job workers only, against the same database and data dir as ``overread serve``."""
-    config = _config(
+    config = service_settings(
         data_dir,
         database_url,
         workers=workers,

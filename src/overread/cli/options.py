@@ -1,0 +1,55 @@
+"""Options the gateway's commands share: the service settings and durations."""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from overread.errors import ConfigError
+
+if TYPE_CHECKING:
+    from overread.service.config import ServiceConfig
+
+
+def service_settings(
+    data_dir: Path | None,
+    database_url: str | None,
+    **overrides: object,
+) -> ServiceConfig:
+    """The service configuration: settings (file, environment) plus command-line values."""
+    # The service (and SQLAlchemy with it) loads when a command runs, not at CLI start.
+    from overread.config import load_settings
+    from overread.service.config import service_config
+
+    settings_overrides: dict[str, object] = {}
+    if data_dir is not None:
+        settings_overrides["data_dir"] = data_dir
+    if database_url is not None:
+        settings_overrides["database_url"] = database_url
+    settings = load_settings(**settings_overrides)
+    return service_config(settings, **overrides)
+
+
+_DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(s|sec|m|min|h|d)?\s*$", re.IGNORECASE)
+_UNIT_SECONDS = {"s": 1.0, "sec": 1.0, "m": 60.0, "min": 60.0, "h": 3600.0, "d": 86400.0}
+
+
+def parse_duration(text: str) -> float:
+    """``"24h"``, ``"90m"``, ``"30s"``, ``"2d"`` or plain seconds -> seconds.
+
+    Raises
+    ------
+    ConfigError
+        If ``text`` is not such a duration, or is zero.
+    """
+    match = _DURATION.match(text)
+    if match is None:
+        raise ConfigError(f"not a duration: {text!r} (e.g. 24h, 90m, 30s, 2d)")
+    seconds = float(match.group(1)) * _UNIT_SECONDS[(match.group(2) or "s").lower()]
+    if seconds <= 0:
+        raise ConfigError(f"a duration must be positive: {text!r}")
+    return seconds
+
+
+__all__ = ["parse_duration", "service_settings"]
