@@ -11,9 +11,11 @@ from overread.models.manifest import Manifest, Task
 from overread.models.networks import ARCHITECTURES, CxrConvNet, build_network
 from overread.models.package import (
     ModelPackage,
+    derive_package,
     load_package,
     resign_package,
     verify_package,
+    write_ensemble_package,
     write_package,
 )
 from overread.models.registry import PackageEntry, Registry, bundled_dir, signing_key
@@ -30,6 +32,7 @@ __all__ = [
     "build_network",
     "bundled_dir",
     "cam_parts",
+    "derive_package",
     "export_onnx",
     "fold_batchnorm",
     "load_package",
@@ -37,5 +40,6 @@ __all__ = [
     "resign_package",
     "signing_key",
     "verify_package",
+    "write_ensemble_package",
     "write_package",
 ]

@@ -100,6 +100,77 @@ class Signature(_Strict):
     hmac_sha256: str | None = None
 
 
+class TtaSettings(_Strict):
+    """Test-time augmentation ranges (see :class:`overread.imaging.tta.TestTimeAugmentation`).
+
+    ``horizontal_flip`` is the anatomy setting: a left-right flip is allowed only
+    for images whose findings do not depend on the side (off for chest films).
+    """
+
+    seed: int = 0
+    max_rotate_deg: float = Field(default=5.0, ge=0.0, le=45.0)
+    max_scale: float = Field(default=0.05, ge=0.0, lt=1.0)
+    max_shift: float = Field(default=0.03, ge=0.0, le=0.5)
+    max_gamma: float = Field(default=0.15, ge=0.0, le=2.0)
+    max_contrast: float = Field(default=0.1, ge=0.0, lt=1.0)
+    horizontal_flip: bool = False
+
+
+class UncertaintySettings(_Strict):
+    """How many probability samples the pipeline draws per image by default.
+
+    ``tta_views`` 1 and ``mc_dropout_passes`` 0 (the defaults) mean one forward pass;
+    ``predict --tta N`` / ``--mc-dropout T`` override them per run.
+    """
+
+    tta_views: int = Field(default=1, ge=1, le=64)
+    mc_dropout_passes: int = Field(default=0, ge=0, le=256)
+    tta: TtaSettings = Field(default_factory=TtaSettings)
+
+
+class ConformalSection(_Strict):
+    """Split-conformal quantiles calibrated on a held-out cohort (see
+    :mod:`overread.evaluation.conformal`).
+
+    ``quantiles[label]`` holds ``marginal``, ``negative`` and ``positive`` (null: always
+    include that class) and the counts ``n``, ``n_negative``, ``n_positive`` they came
+    from; ``method`` says which the pipeline uses; ``scores`` records how the
+    calibration probabilities were made (TTA views, dropout passes), which the
+    pipeline must match for the guarantee to apply.
+    """
+
+    alpha: float = Field(gt=0.0, lt=1.0)
+    method: Literal["marginal", "class-conditional"] = "class-conditional"
+    quantiles: dict[str, dict[str, float | int | None]]
+    n: int = Field(ge=1)
+    calibration: dict[str, Any] = Field(default_factory=dict)
+    scores: dict[str, Any] = Field(default_factory=dict)
+    created: str = ""
+
+
+class EnsembleMember(_Strict):
+    """A member package, named by the hash of its manifest (name and version are hints)."""
+
+    name: str = Field(min_length=1)
+    version: str = Field(min_length=1)
+    sha256: str = Field(pattern="^[0-9a-f]{64}$")
+
+
+class EnsembleSection(_Strict):
+    """A deep ensemble: its members' calibrated probabilities are averaged."""
+
+    members: list[EnsembleMember] = Field(min_length=2)
+    combine: Literal["mean-probability"] = "mean-probability"
+
+
+#: Manifest sections added after format 1 was fixed: left out of the canonical form
+#: (and of the file) when absent, so packages written before them keep their hash.
+OPTIONAL_SECTIONS = ("uncertainty", "conformal", "ensemble")
+
+#: The ``architecture`` of an ensemble package (it has no network of its own).
+ENSEMBLE_ARCHITECTURE = "ensemble"
+
+
 class Manifest(_Strict):
     """Everything a deployment needs to know about one model version."""
 
@@ -124,6 +195,9 @@ class Manifest(_Strict):
     runtime: RuntimeFiles = Field(default_factory=RuntimeFiles)
     files: dict[str, FileEntry] = Field(default_factory=dict)
     created: str = ""
+    uncertainty: UncertaintySettings | None = None
+    conformal: ConformalSection | None = None
+    ensemble: EnsembleSection | None = None
     signature: Signature | None = None
 
     @field_validator("operating_points")
@@ -153,6 +227,21 @@ class Manifest(_Strict):
         for path in (self.runtime.torch_state_dict, self.runtime.onnx_fp32, self.runtime.onnx_int8):
             if path is not None and path not in self.files:
                 raise ValueError(f"runtime file {path!r} has no sha256 entry in 'files'")
+        if self.conformal is not None:
+            unknown = set(self.conformal.quantiles) - set(names)
+            if unknown:
+                raise ValueError(f"conformal quantiles for unknown labels: {sorted(unknown)}")
+        if self.ensemble is not None:
+            if self.architecture != ENSEMBLE_ARCHITECTURE:
+                raise ValueError(f"an ensemble's architecture must be {ENSEMBLE_ARCHITECTURE!r}")
+            runtime = self.runtime
+            if runtime.torch_state_dict or runtime.onnx_fp32 or runtime.onnx_int8:
+                raise ValueError("an ensemble has no runtime files of its own")
+            hashes = [m.sha256 for m in self.ensemble.members]
+            if len(set(hashes)) != len(hashes):
+                raise ValueError("an ensemble names the same member twice")
+        elif self.architecture == ENSEMBLE_ARCHITECTURE:
+            raise ValueError("architecture 'ensemble' needs an 'ensemble' section")
         for path in self.files:
             if path.startswith(("/", "\\")) or ".." in path.split("/") or path == MANIFEST_NAME:
                 raise ValueError(f"file entry {path!r} is not a plain relative path")
@@ -163,9 +252,22 @@ class Manifest(_Strict):
         """Output names in output order."""
         return [label.name for label in self.labels]
 
+    @property
+    def is_ensemble(self) -> bool:
+        """True for an ensemble package (members, no network of its own)."""
+        return self.ensemble is not None
+
+    def _data(self, *, signature: bool) -> dict[str, Any]:
+        data = self.model_dump(mode="json", exclude=None if signature else {"signature"})
+        for key in OPTIONAL_SECTIONS:
+            if data.get(key) is None:
+                data.pop(key, None)
+        return data
+
     def canonical_bytes(self) -> bytes:
-        """The manifest without its signature, as canonical JSON bytes."""
-        data = self.model_dump(mode="json", exclude={"signature"})
+        """The manifest without its signature (and without absent optional sections),
+        as canonical JSON bytes."""
+        data = self._data(signature=False)
         return json.dumps(data, sort_keys=True, separators=(",", ":"), ensure_ascii=False).encode()
 
     def content_sha256(self) -> str:
@@ -186,15 +288,20 @@ class Manifest(_Strict):
 
     def to_json(self) -> str:
         """The manifest file's text (indented for people; the hash ignores layout)."""
-        return json.dumps(self.model_dump(mode="json"), indent=2, ensure_ascii=False) + "\n"
+        return json.dumps(self._data(signature=True), indent=2, ensure_ascii=False) + "\n"
 
 
 __all__ = [
+    "ENSEMBLE_ARCHITECTURE",
     "FORMAT_VERSION",
     "MANIFEST_NAME",
+    "OPTIONAL_SECTIONS",
     "Accepts",
     "Calibration",
     "Code",
+    "ConformalSection",
+    "EnsembleMember",
+    "EnsembleSection",
     "FileEntry",
     "InputSpec",
     "LabelSpec",
@@ -202,4 +309,6 @@ __all__ = [
     "RuntimeFiles",
     "Signature",
     "Task",
+    "TtaSettings",
+    "UncertaintySettings",
 ]

@@ -30,10 +30,13 @@ from torch import nn
 from overread.errors import ModelPackageError
 from overread.findings import FINDING_CODES
 from overread.models.manifest import (
+    ENSEMBLE_ARCHITECTURE,
     MANIFEST_NAME,
     Accepts,
     Calibration,
     Code,
+    EnsembleMember,
+    EnsembleSection,
     FileEntry,
     InputSpec,
     LabelSpec,
@@ -112,6 +115,10 @@ class ModelPackage:
 
     def build_network(self) -> nn.Module:
         """The torch network with the package's weights, in eval mode."""
+        if self.manifest.is_ensemble:
+            raise ModelPackageError(
+                f"{self.name} {self.version} is an ensemble: its members have the networks"
+            )
         state_path = self.runtime_file("torch")
         if state_path is None:
             raise ModelPackageError(f"{self.path}: package has no torch state dict")
@@ -402,14 +409,172 @@ def resign_package(path: Path | str, *, key: bytes | None = None, **updates: Any
     return new
 
 
+def _stage_copy(source: Path, out: Path) -> Path:
+    if out.exists():
+        raise ModelPackageError(f"{out}: already exists; a package version is never overwritten")
+    out.parent.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(prefix=f".{out.name}-", dir=out.parent))
+    shutil.copytree(source, staging, dirs_exist_ok=True)
+    return staging
+
+
+def derive_package(
+    source: ModelPackage,
+    out_dir: Path | str,
+    *,
+    version: str,
+    key: bytes | None = None,
+    **updates: Any,
+) -> ModelPackage:
+    """Write a new version of a verified package with some manifest fields replaced.
+
+    The source package is never touched: its files are copied to ``out_dir``, the
+    manifest gets ``version``, ``updates`` (e.g. ``conformal=...``) and a new
+    ``created`` time, the files are hashed and the manifest signed again, and the
+    result is verified before it is renamed into place.
+
+    Raises
+    ------
+    ModelPackageError
+        If ``out_dir`` exists, ``version`` is the source's, or the result does not verify.
+    """
+    out = Path(out_dir)
+    if version == source.version:
+        raise ModelPackageError(
+            f"{source.name} {source.version}: a derived package needs a new version number"
+        )
+    staging = _stage_copy(source.path, out)
+    try:
+        manifest = _parse_manifest(staging)
+        data = manifest.model_dump(mode="python", exclude={"signature"})
+        data.update(updates)
+        data["version"] = version
+        data["created"] = datetime.now(UTC).isoformat(timespec="seconds")
+        data["files"] = {
+            p.relative_to(staging).as_posix(): FileEntry(
+                sha256=file_sha256(p), size=p.stat().st_size
+            )
+            for p in sorted(staging.rglob("*"))
+            if p.is_file() and p.name != MANIFEST_NAME
+        }
+        try:
+            new = Manifest.model_validate(data).signed(key)
+        except ValidationError as exc:
+            first = exc.errors()[0]
+            where = ".".join(str(p) for p in first["loc"]) or "manifest"
+            raise ModelPackageError(
+                f"derived manifest is invalid: {where}: {first['msg']}"
+            ) from None
+        (staging / MANIFEST_NAME).write_text(new.to_json(), encoding="utf-8")
+        problems = verify_package(staging, key=key)
+        if problems:
+            raise ModelPackageError(f"derived package does not verify: {problems[0]}")
+        staging.chmod(0o755)
+        os.replace(staging, out)
+    except BaseException:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise
+    return load_package(out, key=key)
+
+
+def write_ensemble_package(
+    out_dir: Path | str,
+    members: Sequence[ModelPackage],
+    *,
+    name: str,
+    version: str,
+    intended_use: str | None = None,
+    operating_points: Mapping[str, Mapping[str, float]] | None = None,
+    metrics: Mapping[str, Any] | None = None,
+    key: bytes | None = None,
+) -> ModelPackage:
+    """Write an ensemble package: a manifest naming its member packages by hash.
+
+    The members must share labels and preprocessing (one input feeds them all).
+    Their calibrated probabilities are averaged; without ``operating_points`` each
+    threshold is the mean of the members' (a starting point: choose them again on
+    validation data for the ensemble). The ensemble has no weights of its own.
+    """
+    if len(members) < 2:
+        raise ModelPackageError("an ensemble needs at least two member packages")
+    first = members[0].manifest
+    for member in members[1:]:
+        m = member.manifest
+        if m.label_names != first.label_names:
+            raise ModelPackageError(
+                f"{member.name} {member.version}: labels differ from {first.name} {first.version}'s"
+            )
+        if m.input != first.input:
+            raise ModelPackageError(
+                f"{member.name} {member.version}: preprocessing differs from "
+                f"{first.name} {first.version}'s; ensemble members share one input"
+            )
+        if m.is_ensemble:
+            raise ModelPackageError(
+                f"{member.name} {member.version}: an ensemble cannot be a member"
+            )
+    if first.is_ensemble:
+        raise ModelPackageError(f"{first.name} {first.version}: an ensemble cannot be a member")
+    points: dict[str, dict[str, float]] = {}
+    if operating_points is not None:
+        points = {label: dict(values) for label, values in operating_points.items()}
+    else:
+        for label in first.label_names:
+            shared = set.intersection(
+                *(set(m.manifest.operating_points.get(label, {})) for m in members)
+            )
+            points[label] = {
+                point: float(np.mean([m.manifest.operating_points[label][point] for m in members]))
+                for point in sorted(shared)
+            }
+    out = Path(out_dir)
+    if out.exists():
+        raise ModelPackageError(f"{out}: already exists; a package version is never overwritten")
+    out.parent.mkdir(parents=True, exist_ok=True)
+    manifest = Manifest(
+        name=name,
+        version=version,
+        task=first.task,
+        trained=all(m.manifest.trained for m in members),
+        architecture=ENSEMBLE_ARCHITECTURE,
+        accepts=first.accepts,
+        input=first.input,
+        labels=first.labels,
+        operating_points=points,
+        default_operating_point=first.default_operating_point,
+        refer_uncertainty=first.refer_uncertainty,
+        cam=first.cam if all(m.manifest.cam == first.cam for m in members) else "none",
+        intended_use=intended_use or first.intended_use,
+        metrics=dict(metrics or {}),
+        training={"ensemble_of": [f"{m.name}@{m.version}" for m in members]},
+        ensemble=EnsembleSection(
+            members=[
+                EnsembleMember(name=m.name, version=m.version, sha256=m.sha256) for m in members
+            ]
+        ),
+        created=datetime.now(UTC).isoformat(timespec="seconds"),
+    ).signed(key)
+    staging = Path(tempfile.mkdtemp(prefix=f".{out.name}-", dir=out.parent))
+    try:
+        (staging / MANIFEST_NAME).write_text(manifest.to_json(), encoding="utf-8")
+        staging.chmod(0o755)
+        os.replace(staging, out)
+    except BaseException:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise
+    return load_package(out, key=key)
+
+
 __all__ = [
     "ONNX_FP32_NAME",
     "ONNX_INT8_NAME",
     "STATE_DICT_NAME",
     "ModelPackage",
+    "derive_package",
     "file_sha256",
     "load_package",
     "resign_package",
     "verify_package",
+    "write_ensemble_package",
     "write_package",
 ]

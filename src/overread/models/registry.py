@@ -180,6 +180,59 @@ class Registry:
             self._loaded[cache_key] = package
         return package
 
+    def find_by_sha256(self, sha256: str, *, name: str | None = None) -> ModelPackage:
+        """Load (verify) the package whose manifest hash is ``sha256``.
+
+        Packages named ``name`` are tried first; any other package may match too,
+        since a hash, not a name, says which package is meant.
+
+        Raises
+        ------
+        ModelPackageError
+            If no imported or bundled package has that hash.
+        """
+        entries = self.entries()
+        entries.sort(key=lambda e: e.name != name)
+        for entry in entries:
+            try:
+                found = _parse_manifest(entry.path).content_sha256()
+            except ModelPackageError:
+                continue
+            if found == sha256:
+                return self.load(str(entry.path))
+        what = f"{name} " if name else ""
+        raise ModelPackageError(
+            f"no package {what}with sha256 {sha256[:12]}... in {self.root} or bundled"
+        )
+
+    def ensemble_members(self, package: ModelPackage) -> list[ModelPackage]:
+        """An ensemble's member packages, each found by its hash and verified.
+
+        Raises
+        ------
+        ModelPackageError
+            One line naming the first member that is missing or does not fit.
+        """
+        section = package.manifest.ensemble
+        if section is None:
+            raise ModelPackageError(f"{package.name} {package.version} is not an ensemble")
+        members = []
+        for member in section.members:
+            try:
+                found = self.find_by_sha256(member.sha256, name=member.name)
+            except ModelPackageError as exc:
+                raise ModelPackageError(
+                    f"ensemble {package.name} {package.version}: member {member.name} "
+                    f"{member.version} (sha256 {member.sha256[:12]}...) is missing: {exc}"
+                ) from None
+            if found.labels != package.labels or found.manifest.input != package.manifest.input:
+                raise ModelPackageError(
+                    f"ensemble {package.name} {package.version}: member {member.name} "
+                    f"{member.version} has other labels or preprocessing than the ensemble"
+                )
+            members.append(found)
+        return members
+
     def import_package(self, source: Path | str) -> Path:
         """Verify a package (directory or .zip) and copy it to ``<root>/<name>/<version>``.
 
