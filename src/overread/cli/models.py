@@ -155,3 +155,99 @@ def rollback_alias(
     """Point an alias back at the version it named before."""
     target = _registry().rollback(alias)
     typer.echo(f"{alias} -> {target}")
+
+
+@models_app.command("conformal")
+def conformal_model(
+    model: str = typer.Option(..., "--model", help="Package to calibrate (alias, name or path)."),
+    data: Path = typer.Option(
+        ..., "--data", help="Held-out labelled phantom cohort (truth.csv), not train or test."
+    ),
+    out: Path = typer.Option(..., "--out", help="Directory for the new package version."),
+    alpha: float = typer.Option(0.1, "--alpha", help="Miscoverage: sets cover >= 1 - alpha."),
+    method: str = typer.Option(
+        "class-conditional",
+        "--method",
+        help="Sets served: class-conditional (per true class) or marginal.",
+    ),
+    version: str | None = typer.Option(
+        None, "--version", help="New version (default: the source's with '+conformal')."
+    ),
+    tta: int | None = typer.Option(None, "--tta", min=1, help="TTA views (as served)."),
+    mc_dropout: int | None = typer.Option(
+        None, "--mc-dropout", min=0, help="Monte Carlo dropout passes (as served)."
+    ),
+    as_json: bool = typer.Option(False, "--json", help="Print one JSON object."),
+) -> None:
+    """Calibrate split-conformal sets on a cohort and write a new package version."""
+    from overread.errors import ConfigError, ModelPackageError
+    from overread.evaluation.conformal import ConformalMethod
+    from overread.inference.conformal import write_conformal_package
+
+    if not 0.0 < alpha < 1.0:
+        raise ConfigError(f"--alpha must be between 0 and 1, not {alpha}")
+    if method not in {m.value for m in ConformalMethod}:
+        raise ConfigError(f"--method must be class-conditional or marginal, not {method!r}")
+    registry = _registry()
+    source = registry.load(model)
+    new_version = version or f"{source.version}+conformal"
+    if new_version == source.version:
+        raise ModelPackageError(
+            f"{source.name} {source.version}: a derived package needs a new version number"
+        )
+    if out.exists():
+        raise ModelPackageError(f"{out}: already exists; a package version is never overwritten")
+    typer.echo(f"calibrating {source.name} {source.version} on {data} ...", err=True)
+    package, section = write_conformal_package(
+        model,
+        data,
+        out,
+        version=new_version,
+        alpha=alpha,
+        method=method,
+        tta_views=tta,
+        mc_dropout=mc_dropout,
+        key=registry.key,
+    )
+    if as_json:
+        typer.echo(
+            json.dumps(
+                {
+                    "name": package.name,
+                    "version": package.version,
+                    "sha256": package.sha256,
+                    "path": str(package.path),
+                    "conformal": section,
+                }
+            )
+        )
+        return
+    typer.echo(
+        f"wrote {package.name} {package.version} -> {package.path} (sha256 {package.sha256})"
+    )
+    typer.echo(f"  alpha {alpha}, {method}, {section['n']} images")
+    for label, q in section["quantiles"].items():
+        typer.echo(
+            f"  {label}: n+ {q['n_positive']} n- {q['n_negative']}  q {q['marginal']}  "
+            f"q0 {q['negative']}  q1 {q['positive']}"
+        )
+
+
+@models_app.command("ensemble")
+def ensemble_model(
+    members: list[str] = typer.Argument(..., help="Member packages (two or more)."),
+    name: str = typer.Option(..., "--name", help="The ensemble's name."),
+    version: str = typer.Option(..., "--version", help="The ensemble's version."),
+    out: Path = typer.Option(..., "--out", help="Directory for the ensemble package."),
+) -> None:
+    """Write an ensemble package naming its members by hash (import it to serve it)."""
+    from overread.models.package import write_ensemble_package
+
+    registry = _registry()
+    package = write_ensemble_package(
+        out, [registry.load(m) for m in members], name=name, version=version, key=registry.key
+    )
+    typer.echo(
+        f"wrote ensemble {package.name} {package.version} of {len(members)} members -> "
+        f"{package.path} (sha256 {package.sha256})"
+    )

@@ -13,6 +13,7 @@ from overread.cli.app import app
 
 if TYPE_CHECKING:
     from overread.inference.result import Prediction
+    from overread.results import FindingResult
 
 
 def _slug(text: str) -> str:
@@ -62,6 +63,18 @@ def predict_command(
         None, "--operating-point", help="e.g. 'high sensitivity'."
     ),
     cam: str = typer.Option("cam", "--cam", help="cam, gradcam, gradcam++ or scorecam."),
+    tta: int | None = typer.Option(
+        None,
+        "--tta",
+        min=1,
+        help="Test-time augmentation views per image (1: none; default: the package's).",
+    ),
+    mc_dropout: int | None = typer.Option(
+        None,
+        "--mc-dropout",
+        min=0,
+        help="Monte Carlo dropout passes (torch network; refused without dropout).",
+    ),
 ) -> None:
     """Run a model on images and print findings.
 
@@ -74,7 +87,9 @@ def predict_command(
     from overread.imaging.inspection import iter_files
     from overread.inference.pipeline import Pipeline
 
-    pipeline = Pipeline.from_name(model, runtime=runtime, precision=precision)
+    pipeline = Pipeline.from_name(
+        model, runtime=runtime, precision=precision, tta_views=tta, mc_dropout=mc_dropout
+    )
     if not pipeline.package.manifest.trained:
         typer.echo(
             f"warning: model {pipeline.model.name} {pipeline.model.version} is an untrained "
@@ -109,6 +124,17 @@ def predict_command(
         raise typer.Exit(1)
 
 
+def _uncertainty_text(finding: FindingResult) -> str:
+    parts = []
+    if finding.entropy is not None:
+        parts.append(f"H {finding.entropy:.2f}")
+    if finding.mutual_information is not None:
+        parts.append(f"MI {finding.mutual_information:.3f}")
+    if finding.conformal_set is not None:
+        parts.append(f"set {finding.conformal_set}")
+    return ("  " + "  ".join(parts)) if parts else ""
+
+
 def _print_findings(prediction: Prediction, overlays: list[str]) -> None:
     from overread.results import Decision
 
@@ -129,6 +155,7 @@ def _print_findings(prediction: Prediction, overlays: list[str]) -> None:
         typer.echo(
             f"  {finding.label:<28} p={finding.probability:.3f}  t={finding.threshold:.2f}  "
             f"{spoken[finding.decision]:<8} proximity {finding.threshold_proximity or 0.0:.2f}"
+            + _uncertainty_text(finding)
         )
     for overlay in overlays:
         typer.echo(f"  overlay: {overlay}")

@@ -34,6 +34,7 @@ labels of one image are covered at once.
 from __future__ import annotations
 
 import math
+from collections.abc import Mapping
 from dataclasses import dataclass
 from enum import StrEnum
 from typing import Any
@@ -41,6 +42,7 @@ from typing import Any
 import numpy as np
 
 from overread.errors import EvaluationError
+from overread.evaluation.operating_points import threshold_proximity
 
 
 class ConformalMethod(StrEnum):
@@ -173,7 +175,9 @@ def calibrate_conformal(
 
 
 def prediction_sets(
-    probabilities: np.ndarray, q_negative: np.ndarray, q_positive: np.ndarray
+    probabilities: np.ndarray,
+    q_negative: np.ndarray | float | list[float],
+    q_positive: np.ndarray | float | list[float],
 ) -> tuple[np.ndarray, np.ndarray]:
     """Whether each set holds class 0 and class 1: two boolean arrays shaped like
     ``probabilities`` (``(N, L)``; the quantiles are ``(L,)``)."""
@@ -271,6 +275,117 @@ def selective_summary(
     }
 
 
+def _label_quantiles(conformal: Mapping[str, Any], label: str) -> LabelQuantiles | None:
+    data = conformal.get("quantiles", {}).get(label)
+    return LabelQuantiles.from_dict(data) if data else None
+
+
+def conformal_report(
+    truth: np.ndarray, probabilities: np.ndarray, labels: list[str], conformal: Mapping[str, Any]
+) -> dict[str, Any]:
+    """Coverage achieved against coverage asked, per label, for both kinds of sets.
+
+    ``conformal`` is a package's ``conformal`` section (``alpha``, ``method``,
+    ``quantiles``). Each label gets, under ``marginal`` and ``class-conditional``
+    quantiles, the coverage over all images, among positives and among negatives,
+    the mean set size and the share of ambiguous sets; ``pooled`` sums every label.
+    """
+    y, p = _aligned(truth, probabilities)
+    alpha = float(conformal["alpha"])
+    out: dict[str, Any] = {
+        "alpha": alpha,
+        "asked": 1.0 - alpha,
+        "served": str(conformal.get("method", ConformalMethod.CLASS_CONDITIONAL.value)),
+        "labels": {},
+        "pooled": {},
+    }
+    pooled: dict[str, list[np.ndarray]] = {}
+    for j, label in enumerate(labels):
+        quantiles = _label_quantiles(conformal, label)
+        if quantiles is None:
+            continue
+        entry: dict[str, Any] = {}
+        for kind in ConformalMethod:
+            q0, q1 = quantiles.pair(kind)
+            h0, h1 = prediction_sets(p[:, j], q0, q1)
+            entry[kind.value] = coverage(y[:, j], h0, h1)
+            parts = pooled.setdefault(kind.value, [np.empty(0)] * 3)
+            pooled[kind.value] = [
+                np.concatenate([parts[0], y[:, j]]),
+                np.concatenate([parts[1], h0]),
+                np.concatenate([parts[2], h1]),
+            ]
+        out["labels"][label] = entry
+    for kind_name, (yy, h0, h1) in pooled.items():
+        out["pooled"][kind_name] = coverage(yy, h0.astype(bool), h1.astype(bool))
+    return out
+
+
+def selective_report(
+    truth: np.ndarray,
+    probabilities: np.ndarray,
+    labels: list[str],
+    thresholds: Mapping[str, float],
+    *,
+    refer_proximity: float | None = None,
+    conformal: Mapping[str, Any] | None = None,
+    points: int = 51,
+) -> dict[str, Any]:
+    """Selective prediction per label: the risk-coverage curve and the referral rules.
+
+    The curve ranks each label's decisions (at its threshold) by confidence, ``1 -
+    threshold proximity``, and refers the least confident first: ``points`` (coverage,
+    risk) pairs and the AURC. The rules: ``proximity`` (refer when threshold
+    proximity exceeds ``refer_proximity``), ``conformal`` (refer when the served
+    conformal set is ``both`` or ``empty``) and ``joined`` (either), each with its
+    coverage, referral rate and selective risk; ``pooled`` sums every label.
+    """
+    y, p = _aligned(truth, probabilities)
+    out: dict[str, Any] = {"labels": {}, "pooled": {}}
+    method = ConformalMethod(str((conformal or {}).get("method", "class-conditional")))
+    pooled: dict[str, list[np.ndarray]] = {}
+    grid = np.linspace(0.0, 1.0, points)
+    for j, label in enumerate(labels):
+        if label not in thresholds:
+            continue
+        known = ~np.isnan(y[:, j])
+        yj, pj = y[known, j], p[known, j]
+        if len(yj) == 0:
+            continue
+        t = float(thresholds[label])
+        decided = pj >= t
+        errors = (decided != (yj == 1)).astype(float)
+        proximity = threshold_proximity(pj, np.full_like(pj, t)).astype(np.float64)
+        curve = risk_coverage(errors, 1.0 - proximity)
+        sampled = np.interp(grid[1:], curve.coverage, curve.risk)
+        entry: dict[str, Any] = {
+            "curve": {"coverage": grid[1:].tolist(), "risk": sampled.tolist()},
+            "aurc": curve.aurc,
+            "rules": {},
+        }
+        rules: dict[str, np.ndarray] = {}
+        if refer_proximity is not None:
+            rules["proximity"] = proximity > refer_proximity
+        quantiles = _label_quantiles(conformal, label) if conformal else None
+        if quantiles is not None:
+            h0, h1 = prediction_sets(pj, *quantiles.pair(method))
+            rules["conformal"] = h0 == h1
+            if "proximity" in rules:
+                rules["joined"] = rules["proximity"] | rules["conformal"]
+        for name, refer in rules.items():
+            entry["rules"][name] = selective_summary(yj, decided, refer)
+            parts = pooled.setdefault(name, [np.empty(0)] * 3)
+            pooled[name] = [
+                np.concatenate([parts[0], yj]),
+                np.concatenate([parts[1], decided]),
+                np.concatenate([parts[2], refer]),
+            ]
+        out["labels"][label] = entry
+    for name, (yy, dd, rr) in pooled.items():
+        out["pooled"][name] = selective_summary(yy, dd.astype(bool), rr.astype(bool))
+    return out
+
+
 __all__ = [
     "ConformalMethod",
     "ConformalSet",
@@ -278,9 +393,11 @@ __all__ = [
     "RiskCoverage",
     "calibrate_conformal",
     "conformal_quantile",
+    "conformal_report",
     "coverage",
     "prediction_sets",
     "risk_coverage",
+    "selective_report",
     "selective_summary",
     "set_names",
 ]

@@ -8,8 +8,10 @@ statistics, in the layer that runs models).
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pandas as pd
@@ -27,6 +29,9 @@ class EvaluationInputs:
     ``groups`` holds one column per subgroup attribute, and ``thresholds``
     optional fixed thresholds per label (from a model package or a validation
     run); labels without one get a threshold chosen on these data.
+    ``refer_proximity`` is the model's threshold-proximity referral level and
+    ``conformal`` its conformal calibration (``alpha``, ``method``, per-label
+    ``quantiles``), when known: they add the selective-prediction section.
     """
 
     ids: list[str]
@@ -39,6 +44,8 @@ class EvaluationInputs:
     source: str = ""
     warnings: list[str] = field(default_factory=list)
     failed: int = 0
+    refer_proximity: float | None = None
+    conformal: Mapping[str, Any] | None = None
 
 
 def read_csv_table(path: Path, what: str) -> pd.DataFrame:

@@ -28,6 +28,19 @@ class ThresholdRule(StrEnum):
     YOUDEN = "youden"
 
 
+def threshold_proximity(probabilities: np.ndarray, thresholds: np.ndarray) -> np.ndarray:
+    """1 at the threshold, falling linearly to 0 at probability 0 or 1.
+
+    How near a thresholded decision is to flipping (the pipeline refers a finding
+    above the package's ``refer_uncertainty``); ``1 - proximity`` ranks decisions by
+    confidence for a risk-coverage curve.
+    """
+    p = np.asarray(probabilities, dtype=np.float64)
+    t = np.clip(np.asarray(thresholds, dtype=np.float64), 1e-6, 1 - 1e-6)
+    span = np.where(p >= t, 1.0 - t, t)
+    return np.clip(1.0 - np.abs(p - t) / span, 0.0, 1.0).astype(np.float32)
+
+
 def wilson_interval(successes: int, trials: int, confidence: float = 0.95) -> tuple[float, float]:
     """Wilson score interval for a proportion (Wilson 1927); NaN when trials is 0.
 
@@ -184,6 +197,7 @@ __all__ = [
     "predictive_values",
     "threshold_for_sensitivity",
     "threshold_for_specificity",
+    "threshold_proximity",
     "wilson_interval",
     "youden_threshold",
 ]

@@ -209,4 +209,53 @@ def confusion_figure(labels: Sequence[str], metrics: Mapping[str, Any]) -> bytes
     return _png(fig)
 
 
-__all__ = ["confusion_figure", "forest_figure", "pr_figure", "reliability_figure", "roc_figure"]
+#: Marker and colour of each referral rule on the risk-coverage figure.
+_RULE_STYLE = {
+    "proximity": ("s", "tab:orange"),
+    "conformal": ("o", "tab:red"),
+    "joined": ("^", "tab:purple"),
+}
+
+
+def risk_coverage_figure(selective: Mapping[str, Any]) -> bytes:
+    """Selective risk against coverage per label, with each referral rule's point."""
+    entries = selective["labels"]
+    fig, axes = _grid(len(entries))
+    for ax, (name, entry) in zip(axes, entries.items(), strict=True):
+        ax.set_title(name, fontsize=8)
+        ax.tick_params(labelsize=6)
+        curve = entry["curve"]
+        ax.plot(curve["coverage"], curve["risk"], color="tab:blue", lw=1.2)
+        for rule, summary in entry["rules"].items():
+            if summary.get("coverage") is None or summary.get("selective_risk") is None:
+                continue
+            marker, colour = _RULE_STYLE.get(rule, ("x", "0.3"))
+            ax.plot(summary["coverage"], summary["selective_risk"], marker, color=colour, ms=4)
+        ax.set_xlim(0, 1.02)
+        ax.set_ylim(bottom=0)
+        ax.text(
+            0.04,
+            0.96,
+            f"AURC {entry['aurc']:.3f}",
+            ha="left",
+            va="top",
+            fontsize=7,
+            transform=ax.transAxes,
+        )
+        _axis_labels(ax, "coverage (not referred)", "selective risk")
+    fig.suptitle(
+        "Risk-coverage (least confident referred first); orange square: threshold-proximity "
+        "rule, red circle: conformal set ambiguous, purple triangle: either",
+        fontsize=8,
+    )
+    return _png(fig)
+
+
+__all__ = [
+    "confusion_figure",
+    "forest_figure",
+    "pr_figure",
+    "reliability_figure",
+    "risk_coverage_figure",
+    "roc_figure",
+]

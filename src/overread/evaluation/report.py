@@ -18,6 +18,7 @@ from overread.evaluation.plots import (
     forest_figure,
     pr_figure,
     reliability_figure,
+    risk_coverage_figure,
     roc_figure,
 )
 from overread.evaluation.study import EvaluationInputs
@@ -126,6 +127,80 @@ def _comparison_table(comparison: dict[str, Any]) -> str:
     return f"<h2>Comparison: {a} vs {b}</h2><table>{head}{''.join(rows)}</table>{note}"
 
 
+def _pct(value: Any) -> str:
+    return "–" if value is None else f"{100 * value:.1f}%"
+
+
+def _conformal_table(conformal: dict[str, Any]) -> str:
+    head = (
+        "<tr><th>label</th><th>n+</th><th>n−</th>"
+        "<th>marginal: all</th><th>positives</th><th>negatives</th><th>set size</th>"
+        "<th>class-conditional: all</th><th>positives</th><th>negatives</th><th>set size</th>"
+        "<th>ambiguous (served)</th></tr>"
+    )
+    rows = []
+    served = conformal["served"]
+    entries = [*list(conformal["labels"].items()), ("all labels", conformal["pooled"])]
+    for name, entry in entries:
+        m, c = entry["marginal"], entry["class-conditional"]
+        rows.append(
+            f"<tr><td>{html.escape(name)}</td><td>{m['n_positive']}</td><td>{m['n_negative']}</td>"
+            f"<td>{_pct(m['coverage'])}</td><td>{_pct(m['coverage_positive'])}</td>"
+            f"<td>{_pct(m['coverage_negative'])}</td><td>{_fmt(m['mean_set_size'], 2)}</td>"
+            f"<td>{_pct(c['coverage'])}</td><td>{_pct(c['coverage_positive'])}</td>"
+            f"<td>{_pct(c['coverage_negative'])}</td><td>{_fmt(c['mean_set_size'], 2)}</td>"
+            f"<td>{_pct(entry[served]['ambiguous_rate'])}</td></tr>"
+        )
+    note = (
+        f"<p class='note'>Coverage asked: {_pct(conformal['asked'])} (alpha {conformal['alpha']:g}). "
+        "Marginal sets promise it over all images of a label; class-conditional sets over "
+        f"positives and negatives separately. Served: {html.escape(served)}. "
+        "See docs/uncertainty.md for the guarantee and its assumptions.</p>"
+    )
+    return f"<h3>Conformal coverage</h3><table>{head}{''.join(rows)}</table>{note}"
+
+
+def _selective_table(selective: dict[str, Any]) -> str:
+    rules = ["proximity", "conformal", "joined"]
+    head = (
+        "<tr><th>label</th><th>AURC</th>"
+        + "".join(f"<th>{r}: coverage</th><th>selective risk</th>" for r in rules)
+        + "<th>risk, no referral</th></tr>"
+    )
+    rows = []
+    entries = [*list(selective["labels"].items()), ("all labels", {"rules": selective["pooled"]})]
+    for name, entry in entries:
+        cells = [f"<td>{html.escape(name)}</td><td>{_fmt(entry.get('aurc'))}</td>"]
+        base = None
+        for rule in rules:
+            summary = entry["rules"].get(rule, {})
+            base = summary.get("risk_without_referral", base)
+            cells.append(
+                f"<td>{_pct(summary.get('coverage'))}</td><td>{_pct(summary.get('selective_risk'))}</td>"
+            )
+        cells.append(f"<td>{_pct(base)}</td>")
+        rows.append(f"<tr>{''.join(cells)}</tr>")
+    return f"<table>{head}{''.join(rows)}</table>"
+
+
+def _selective_section(metrics: dict[str, Any]) -> list[str]:
+    parts = ["<h2>Selective prediction: refer to a radiologist</h2>"]
+    selective = metrics.get("selective")
+    if selective and selective["labels"]:
+        parts.append(_img(risk_coverage_figure(selective), "Risk-coverage curves"))
+        parts.append(_selective_table(selective))
+        parts.append(
+            "<p class='note'>Coverage: share of decisions the model makes itself; selective "
+            "risk: error rate among them at the operating point. proximity: refer when the "
+            "probability is within the package's referral margin of the threshold; conformal: "
+            "refer when the prediction set is ambiguous (both or empty); joined: either (what "
+            "the pipeline does).</p>"
+        )
+    if "conformal" in metrics:
+        parts.append(_conformal_table(metrics["conformal"]))
+    return parts if len(parts) > 1 else []
+
+
 def write_report(
     metrics: dict[str, Any], inputs: EvaluationInputs, out_dir: Path, *, band_resamples: int = 200
 ) -> tuple[Path, Path]:
@@ -191,6 +266,7 @@ def write_report(
         "<h2>Confusion at the operating point</h2>"
         + _img(confusion_figure(labels, metrics), "Confusion matrices")
     )
+    parts.extend(_selective_section(metrics))
     if "comparison" in metrics:
         parts.append(_comparison_table(metrics["comparison"]))
     for attribute, per_label in metrics.get("subgroups", {}).items():

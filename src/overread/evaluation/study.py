@@ -19,6 +19,7 @@ from overread.evaluation._validation import FloatArray
 from overread.evaluation.agreement import mcnemar, paired_table
 from overread.evaluation.bootstrap import bootstrap_auc, patient_index
 from overread.evaluation.calibration import brier_score, calibration_error
+from overread.evaluation.conformal import conformal_report, selective_report
 from overread.evaluation.delong import clustered_delong_ci, delong_ci, delong_test
 from overread.evaluation.inputs import (
     EvaluationInputs,
@@ -155,6 +156,7 @@ def evaluate(
     }
     if result["mean_auc"] is None:
         warnings.append("no label has both positive and negative cases: mean AUC undefined")
+    _add_selective(result, inputs, labels)
     for attribute in subgroups:
         groups = subgroup_column(inputs.groups, attribute)
         per_label: dict[str, Any] = {}
@@ -182,6 +184,32 @@ def evaluate(
             }
         result["subgroups"][attribute] = per_label
     return result
+
+
+def _add_selective(
+    result: dict[str, Any], inputs: EvaluationInputs, labels: Mapping[str, Mapping[str, Any]]
+) -> None:
+    """The conformal coverage and selective-prediction sections, for probability scores."""
+    if not ((inputs.scores >= 0) & (inputs.scores <= 1)).all():
+        return
+    if inputs.conformal is not None:
+        result["conformal"] = conformal_report(
+            inputs.truth, inputs.scores, inputs.labels, inputs.conformal
+        )
+    thresholds = {
+        name: float(entry["threshold"])
+        for name, entry in labels.items()
+        if entry.get("threshold") is not None
+    }
+    if thresholds:
+        result["selective"] = selective_report(
+            inputs.truth,
+            inputs.scores,
+            inputs.labels,
+            thresholds,
+            refer_proximity=inputs.refer_proximity,
+            conformal=inputs.conformal,
+        )
 
 
 def _safe_micro(truth: FloatArray, scores: FloatArray) -> float:

@@ -212,10 +212,12 @@ class BatchedPipeline:
         if size > count:
             x = np.concatenate([x, np.zeros((size - count, *x.shape[1:]), dtype=x.dtype)])
         self.calls += 1
-        logits, cam = self.pipeline.run(x, with_cam=with_cam)
+        # Calibrated probability samples, one row per input: (N, S, L).
+        samples, cam = self.pipeline.probability_samples(x, with_cam=with_cam)
+        rows = np.swapaxes(samples, 0, 1)
         if cam is None:
-            return logits[:count]
-        return logits[:count], cam[:count]
+            return rows[:count]
+        return rows[:count], cam[:count]
 
     @property
     def batch_sizes(self) -> list[int]:
@@ -225,16 +227,13 @@ class BatchedPipeline:
 
     def warmup(self) -> None:
         """Create and run the runtime's sessions for every padded batch size."""
-        warm = getattr(self.pipeline.runtime, "warmup", None)
-        if warm is None:
-            return
         sizes: list[int] = []
         size = 1
         while size < self.max_batch:
             sizes.append(size)
             size *= 2
         sizes.append(self.max_batch)
-        warm(tuple(sizes))
+        self.pipeline.warmup(tuple(sizes))
 
     def predict(
         self,
@@ -246,7 +245,6 @@ class BatchedPipeline:
         """One :class:`Prediction` per input, in order; bad inputs get ``ok=False``."""
         from overread.errors import OverreadError
         from overread.explain.cam import cam_to_heatmaps
-        from overread.inference.postprocess import calibrate
 
         pipeline = self.pipeline
         if operating_point is not None:
@@ -279,11 +277,11 @@ class BatchedPipeline:
             if output is None:
                 continue
             started = time.perf_counter()
-            logits, cam = output if isinstance(output, tuple) else (output, None)
-            probabilities = calibrate(
-                np.asarray(logits)[None], pipeline.package.manifest.calibration, pipeline.labels
+            samples, cam = output if isinstance(output, tuple) else (output, None)
+            samples = np.asarray(samples)
+            prediction.findings = pipeline.findings(
+                samples.mean(axis=0), operating_point, samples=samples
             )
-            prediction.findings = pipeline.findings(probabilities[0], operating_point)
             # The wait for the shared forward pass, shared among this call's images.
             prediction.timings["inference"] = (inferred - submitted) / len(pending)
             post_done = time.perf_counter()

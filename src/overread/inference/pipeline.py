@@ -6,6 +6,15 @@ package (preprocess), a runtime (ONNX Runtime by default), calibration, threshol
 and referral (postprocess), and class activation maps from the same forward pass
 (explain). A bad input becomes a :class:`Prediction` with ``ok=False`` and the
 reason; the rest of the batch carries on.
+
+Uncertainty: each image yields calibrated probability *samples* - one per
+test-time augmentation view, Monte Carlo dropout pass and ensemble member (one in
+all by default). Their mean is the probability decided on; each finding carries its
+predictive entropy, its mutual information (only when there is more than one
+sample: a single pass measures no disagreement, so it is ``None``, not 0) and,
+where the package carries a conformal calibration made the same way, its
+conformal prediction set. An ambiguous set (``both`` or ``empty``) makes the
+finding INDETERMINATE, as does the threshold-proximity rule: the two join.
 """
 
 from __future__ import annotations
@@ -20,19 +29,27 @@ import numpy as np
 import torch
 
 from overread.errors import InferenceError, ModelPackageError, OverreadError
+from overread.evaluation.conformal import (
+    ConformalMethod,
+    LabelQuantiles,
+    prediction_sets,
+    set_names,
+)
 from overread.explain.cam import CamMethod, GradCam, ScoreCam, cam_to_heatmaps
+from overread.explain.uncertainty import binary_entropy, mutual_information
 from overread.imaging import Image, read
 from overread.imaging.transforms import Compose, Letterbox, Resize, build_chain
 from overread.inference.postprocess import calibrate, decide
 from overread.inference.result import FindingResult, ModelRef, Prediction
 from overread.inference.runtimes import OnnxRuntime, TorchRuntime, open_runtime
+from overread.inference.uncertainty import SampleSettings, mc_dropout_logits, mc_dropout_refusal
 from overread.models.package import ModelPackage
 from overread.models.registry import Registry
 from overread.results import Decision
 
 logger = logging.getLogger(__name__)
 
-_CACHE: dict[tuple[str, str, str, str, int | None], Pipeline] = {}
+_CACHE: dict[tuple[str, str, str, str, int | None, int | None, int | None], Pipeline] = {}
 _CACHE_LOCK = threading.Lock()
 
 
@@ -67,6 +84,15 @@ class Pipeline:
         For ONNX: ``auto`` (INT8 when the package has it), ``fp32`` or ``int8``.
     threads
         Intra-op threads (default 2, the target node's cores).
+    tta_views
+        Test-time augmentation views per image (1: none); default: the package's
+        ``uncertainty.tta_views``, else 1.
+    mc_dropout
+        Monte Carlo dropout passes (0: none; torch network); default: the package's
+        ``uncertainty.mc_dropout_passes``, else 0. Refused for a network without
+        dropout.
+    registry
+        Where an ensemble's members are found by hash (default: the settings').
     """
 
     def __init__(
@@ -77,15 +103,36 @@ class Pipeline:
         precision: str = "auto",
         threads: int | None = None,
         warmup: bool = True,
+        tta_views: int | None = None,
+        mc_dropout: int | None = None,
+        registry: Registry | None = None,
     ) -> None:
         self.package = package
         manifest = package.manifest
         if not manifest.input.chain:
             raise ModelPackageError(f"{package.path}: manifest records no preprocessing chain")
         self.chain: Compose = build_chain(manifest.input.chain)
-        self.runtime: OnnxRuntime | TorchRuntime = open_runtime(
-            package, runtime, precision=precision, threads=threads
+        self.sampling = SampleSettings.for_package(
+            manifest, tta_views=tta_views, mc_dropout=mc_dropout
         )
+        self.members: list[Pipeline] = []
+        if manifest.is_ensemble:
+            found = (registry or Registry.from_settings()).ensemble_members(package)
+            self.members = [
+                Pipeline(
+                    member,
+                    runtime=runtime,
+                    precision=precision,
+                    threads=threads,
+                    warmup=warmup,
+                    tta_views=1,
+                    mc_dropout=self.sampling.mc_dropout_passes,
+                )
+                for member in found
+            ]
+            self.runtime: OnnxRuntime | TorchRuntime = self.members[0].runtime
+        else:
+            self.runtime = open_runtime(package, runtime, precision=precision, threads=threads)
         self.labels = package.labels
         self.model = ModelRef(
             name=package.name,
@@ -100,14 +147,66 @@ class Pipeline:
             self.runtime if isinstance(self.runtime, TorchRuntime) else None
         )
         self._lock = threading.Lock()
+        if self.sampling.mc_dropout_passes and not self.members:
+            if self._torch is None:
+                self._torch = TorchRuntime(package, threads=threads)
+            refusal = mc_dropout_refusal(
+                self._torch.network, f"{package.name} {package.version} ({manifest.architecture})"
+            )
+            if refusal:
+                raise InferenceError(refusal)
+        self._conformal = self._conformal_quantiles()
         if not manifest.trained:
             logger.info(
                 "model %s %s is an untrained placeholder: its findings carry no meaning",
                 package.name,
                 package.version,
             )
-        if warmup:
+        if warmup and not self.members:
             self.runtime.warmup((1,))
+
+    def _conformal_quantiles(self) -> tuple[np.ndarray, np.ndarray] | None:
+        """Per-label (class 0, class 1) quantiles, if the package's calibration applies."""
+        section = self.package.manifest.conformal
+        if section is None:
+            return None
+        if not self.sampling.matches(section.scores):
+            logger.warning(
+                "%s %s: conformal sets were calibrated on probabilities made with %s, "
+                "this pipeline makes them with %s; no conformal sets",
+                self.package.name,
+                self.package.version,
+                section.scores,
+                self.sampling.describe(),
+            )
+            return None
+        method = ConformalMethod(section.method)
+        pairs = []
+        for label in self.labels:
+            data = section.quantiles.get(label)
+            # A label without a calibration always includes both classes.
+            quantiles = LabelQuantiles.from_dict(data) if data else None
+            pairs.append(quantiles.pair(method) if quantiles else (np.inf, np.inf))
+        q = np.asarray(pairs, dtype=np.float64)
+        return q[:, 0], q[:, 1]
+
+    def warmup(self, batch_sizes: tuple[int, ...] = (1,)) -> None:
+        """Create and run the runtime sessions (every member's) for ``batch_sizes``."""
+        for pipeline in self.members or [self]:
+            warm = getattr(pipeline.runtime, "warmup", None)
+            if warm is not None:
+                warm(batch_sizes)
+
+    @property
+    def conformal_applies(self) -> bool:
+        """True when the package's conformal calibration was made as this pipeline
+        makes its probabilities (so its sets carry the guarantee)."""
+        return self._conformal is not None
+
+    @property
+    def single_pass(self) -> bool:
+        """True when each image takes one forward pass of one network."""
+        return self.sampling.single_pass and not self.members
 
     @classmethod
     def from_name(
@@ -118,6 +217,8 @@ class Pipeline:
         runtime: str = "onnx",
         precision: str = "auto",
         threads: int | None = None,
+        tta_views: int | None = None,
+        mc_dropout: int | None = None,
     ) -> Pipeline:
         """The pipeline for an alias, ``name@version``, name or package path.
 
@@ -132,12 +233,28 @@ class Pipeline:
             registry = registry or _shared_registry(Registry.from_settings(settings))
             name = name or settings.default_model
         package = registry.load(name)
-        key = (str(package.path), package.sha256, runtime, precision, threads)
+        key = (
+            str(package.path),
+            package.sha256,
+            runtime,
+            precision,
+            threads,
+            tta_views,
+            mc_dropout,
+        )
         with _CACHE_LOCK:
             cached = _CACHE.get(key)
         if cached is not None:
             return cached
-        pipeline = cls(package, runtime=runtime, precision=precision, threads=threads)
+        pipeline = cls(
+            package,
+            runtime=runtime,
+            precision=precision,
+            threads=threads,
+            tta_views=tta_views,
+            mc_dropout=mc_dropout,
+            registry=registry,
+        )
         with _CACHE_LOCK:
             _CACHE[key] = pipeline
         return pipeline
@@ -183,24 +300,99 @@ class Pipeline:
 
     def run(self, x: np.ndarray, *, with_cam: bool = False) -> tuple[np.ndarray, np.ndarray | None]:
         """Raw runtime call: logits and optional CAMs for a preprocessed batch."""
+        if self.members:
+            raise InferenceError(
+                f"{self.model.name} {self.model.version} is an ensemble: it has no logits "
+                "of its own; use probability_samples"
+            )
         with self._lock:
             return self.runtime.run(x, with_cam=with_cam)
 
+    def _pass_samples(
+        self, x: np.ndarray, with_cam: bool
+    ) -> tuple[list[np.ndarray], np.ndarray | None]:
+        """Calibrated probabilities of one input batch: one ``(N, L)`` array per
+        dropout pass and member, and the (members' mean) CAM when asked."""
+        if self.members:
+            samples: list[np.ndarray] = []
+            cams = []
+            for member in self.members:
+                member_samples, cam = member._pass_samples(x, with_cam)
+                samples.extend(member_samples)
+                if cam is not None:
+                    cams.append(cam)
+            return samples, (np.mean(cams, axis=0) if with_cam and cams else None)
+        calibration = self.package.manifest.calibration
+        passes = self.sampling.mc_dropout_passes
+        if passes == 0:
+            logits, cam = self.run(x, with_cam=with_cam)
+            return [calibrate(logits, calibration, self.labels)], cam
+        cam = self.run(x, with_cam=True)[1] if with_cam else None
+        assert self._torch is not None
+        with self._lock:
+            stack = mc_dropout_logits(
+                self._torch.network, x, passes, seed=self.sampling.mc_dropout_seed
+            )
+        return [calibrate(logits, calibration, self.labels) for logits in stack], cam
+
+    def probability_samples(
+        self, x: np.ndarray, *, with_cam: bool = False
+    ) -> tuple[np.ndarray, np.ndarray | None]:
+        """Calibrated probability samples ``(S, N, L)`` for a preprocessed batch, and the
+        CAMs of the unaugmented images when asked (``S`` is 1 for a single pass)."""
+        batch = np.asarray(x, dtype=np.float32)
+        tta = self.sampling.tta
+        views = tta.views_of(batch) if tta is not None else batch[None]
+        samples: list[np.ndarray] = []
+        cam = None
+        for index, view in enumerate(views):
+            view_samples, view_cam = self._pass_samples(view, with_cam and index == 0)
+            samples.extend(view_samples)
+            if index == 0:
+                cam = view_cam
+        return np.stack(samples).astype(np.float32), cam
+
     def predict_batch(self, x: np.ndarray) -> np.ndarray:
-        """Calibrated probabilities ``(N, L)`` for preprocessed float32 ``(N, C, H, W)``."""
-        logits, _ = self.run(np.asarray(x, dtype=np.float32))
-        return calibrate(logits, self.package.manifest.calibration, self.labels)
+        """Calibrated probabilities ``(N, L)`` (the samples' mean) for preprocessed
+        float32 ``(N, C, H, W)``."""
+        samples, _ = self.probability_samples(x)
+        mean: np.ndarray = samples.mean(axis=0)
+        return mean
+
+    def conformal_sets(self, probabilities: np.ndarray) -> np.ndarray | None:
+        """Conformal set names for one row (or rows) of probabilities, or None when
+        the package has no calibration that applies to this pipeline."""
+        if self._conformal is None:
+            return None
+        has_negative, has_positive = prediction_sets(probabilities, *self._conformal)
+        return set_names(has_negative, has_positive)
 
     def findings(
-        self, probabilities: np.ndarray, operating_point: str | None = None
+        self,
+        probabilities: np.ndarray,
+        operating_point: str | None = None,
+        *,
+        samples: np.ndarray | None = None,
     ) -> list[FindingResult]:
-        """Decisions for one row of probabilities at an operating point."""
+        """Decisions for one row of probabilities at an operating point.
+
+        ``samples`` (``(S, L)``, the draws ``probabilities`` is the mean of) give the
+        mutual information when ``S > 1``.
+        """
         manifest = self.package.manifest
         point = operating_point or manifest.default_operating_point
         thresholds = self.package.thresholds(operating_point)
         positive, proximity, decisions = decide(
             probabilities, thresholds, manifest.refer_uncertainty
         )
+        entropy = binary_entropy(probabilities)
+        information = (
+            mutual_information(samples) if samples is not None and len(samples) > 1 else None
+        )
+        sets = self.conformal_sets(probabilities)
+        if sets is not None:
+            ambiguous = np.array([str(name) in ("both", "empty") for name in sets])
+            decisions[ambiguous] = Decision.INDETERMINATE
         codes = {
             label.name: tuple((c.scheme, c.value, c.meaning) for c in label.codes)
             for label in manifest.labels
@@ -215,12 +407,18 @@ class Pipeline:
                 decision=Decision.parse(decisions[i]),
                 operating_point=point,
                 codes=codes[label],
+                entropy=float(entropy[i]),
+                mutual_information=None if information is None else float(information[i]),
+                conformal_set=None if sets is None else str(sets[i]),
             )
             for i, label in enumerate(self.labels)
         ]
 
     def gradient_cams(self, x: np.ndarray, method: CamMethod) -> np.ndarray:
         """Grad-CAM, Grad-CAM++ or Score-CAM maps ``(N, L, H, W)`` from the torch network."""
+        if self.members:
+            maps: np.ndarray = np.mean([m.gradient_cams(x, method) for m in self.members], axis=0)
+            return maps
         if self._torch is None:
             self._torch = TorchRuntime(self.package)
         tensor = torch.from_numpy(np.ascontiguousarray(x, dtype=np.float32))
@@ -312,11 +510,13 @@ class Pipeline:
     ) -> None:
         started = time.perf_counter()
         with_cam = explain and cam_method == "cam" and self.runtime.has_cam
-        logits, cam = self.run(batch, with_cam=with_cam)
+        samples, cam = self.probability_samples(batch, with_cam=with_cam)
         inferred = time.perf_counter()
-        probabilities = calibrate(logits, self.package.manifest.calibration, self.labels)
+        probabilities = samples.mean(axis=0)
         for row, prediction in enumerate(targets):
-            prediction.findings = self.findings(probabilities[row], operating_point)
+            prediction.findings = self.findings(
+                probabilities[row], operating_point, samples=samples[:, row]
+            )
             prediction.timings["inference"] = (inferred - started) / len(targets)
         post_done = time.perf_counter()
         for prediction in targets:

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import numpy as np
 
+from overread.evaluation.operating_points import threshold_proximity
 from overread.models.manifest import Calibration
 from overread.results import Decision
 
@@ -41,14 +42,6 @@ def calibrate(logits: np.ndarray, calibration: Calibration, labels: list[str]) -
         else:  # platt
             scaled[:, index] = params.get("a", 1.0) * scaled[:, index] + params.get("b", 0.0)
     return sigmoid(scaled)
-
-
-def threshold_proximity(probabilities: np.ndarray, thresholds: np.ndarray) -> np.ndarray:
-    """1 at the threshold, falling linearly to 0 at probability 0 or 1."""
-    p = np.asarray(probabilities, dtype=np.float64)
-    t = np.clip(np.asarray(thresholds, dtype=np.float64), 1e-6, 1 - 1e-6)
-    span = np.where(p >= t, 1.0 - t, t)
-    return np.clip(1.0 - np.abs(p - t) / span, 0.0, 1.0).astype(np.float32)
 
 
 def decide(
