@@ -140,3 +140,7 @@ def test_risk_coverage_curve() -> None:
     assert summary["coverage"] == 0.75 and summary["referral_rate"] == 0.25
     assert summary["selective_risk"] == pytest.approx(1 / 3)
     assert summary["risk_without_referral"] == 0.5
+    # Positives: case 0 (called positive) and case 2 (called negative, kept): one missed.
+    assert summary["positives_missed"] == 0.5
+    # Negatives: case 1 (called positive, referred) and case 3 (negative): none flagged.
+    assert summary["negatives_flagged"] == 0.0

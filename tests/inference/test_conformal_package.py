@@ -84,3 +84,24 @@ def test_conformal_writes_a_new_verified_version(
     assert joined["referral_rate"] >= selective["pooled"]["conformal"]["referral_rate"]
     assert joined["referral_rate"] >= selective["pooled"]["proximity"]["referral_rate"]
     assert "Selective prediction" in (evaluation / "report.html").read_text()
+
+
+def test_calibrating_with_tta_makes_it_the_served_default(
+    run_cli: Run, cohort: Path, tmp_path: Path
+) -> None:
+    from overread.inference.pipeline import Pipeline
+
+    source = tiny_package(tmp_path / "src")
+    out = tmp_path / "tta"
+    status, _, err = run_cli(
+        "models", "conformal", "--model", source, "--data", cohort, "--alpha", "0.2",
+        "--version", "1.0.2", "--tta", "3", "--out", out,
+    )  # fmt: skip
+    assert status == 0, err
+    package = load_package(out)
+    assert package.manifest.uncertainty is not None
+    assert package.manifest.uncertainty.tta_views == 3
+    pipeline = Pipeline(package)
+    assert pipeline.sampling.tta is not None and pipeline.sampling.tta.views == 3
+    assert pipeline.conformal_applies
+    assert not Pipeline(package, tta_views=1).conformal_applies

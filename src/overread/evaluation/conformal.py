@@ -259,7 +259,9 @@ def selective_summary(
     truth: np.ndarray, decisions: np.ndarray, refer: np.ndarray
 ) -> dict[str, float | None]:
     """Coverage (share not referred) and the error rate among the rest, against the
-    error rate without referral."""
+    error rate without referral; ``positives_missed``: the share of all positives the
+    model calls negative *and* does not refer (the misses a reader never sees), and
+    ``negatives_flagged``: the share of all negatives called positive and not referred."""
     y = np.asarray(truth, dtype=np.float64).ravel()
     d = np.asarray(decisions, dtype=bool).ravel()
     r = np.asarray(refer, dtype=bool).ravel()
@@ -267,11 +269,14 @@ def selective_summary(
     y, d, r = y[known], d[known], r[known]
     wrong = d != (y == 1)
     kept = ~r
+    pos, neg = y == 1, y == 0
     return {
         "coverage": float(kept.mean()) if len(y) else None,
         "referral_rate": float(r.mean()) if len(y) else None,
         "selective_risk": float(wrong[kept].mean()) if kept.any() else None,
         "risk_without_referral": float(wrong.mean()) if len(y) else None,
+        "positives_missed": float((kept & pos & ~d).sum() / pos.sum()) if pos.any() else None,
+        "negatives_flagged": float((kept & neg & d).sum() / neg.sum()) if neg.any() else None,
     }
 
 

@@ -164,7 +164,9 @@ def _selective_table(selective: dict[str, Any]) -> str:
     rules = ["proximity", "conformal", "joined"]
     head = (
         "<tr><th>label</th><th>AURC</th>"
-        + "".join(f"<th>{r}: coverage</th><th>selective risk</th>" for r in rules)
+        + "".join(
+            f"<th>{r}: coverage</th><th>selective risk</th><th>positives missed</th>" for r in rules
+        )
         + "<th>risk, no referral</th></tr>"
     )
     rows = []
@@ -177,6 +179,7 @@ def _selective_table(selective: dict[str, Any]) -> str:
             base = summary.get("risk_without_referral", base)
             cells.append(
                 f"<td>{_pct(summary.get('coverage'))}</td><td>{_pct(summary.get('selective_risk'))}</td>"
+                f"<td>{_pct(summary.get('positives_missed'))}</td>"
             )
         cells.append(f"<td>{_pct(base)}</td>")
         rows.append(f"<tr>{''.join(cells)}</tr>")
@@ -191,7 +194,8 @@ def _selective_section(metrics: dict[str, Any]) -> list[str]:
         parts.append(_selective_table(selective))
         parts.append(
             "<p class='note'>Coverage: share of decisions the model makes itself; selective "
-            "risk: error rate among them at the operating point. proximity: refer when the "
+            "risk: error rate among them at the operating point; positives missed: share of "
+            "all positives called negative and not referred. proximity: refer when the "
             "probability is within the package's referral margin of the threshold; conformal: "
             "refer when the prediction set is ambiguous (both or empty); joined: either (what "
             "the pipeline does).</p>"

@@ -6,6 +6,9 @@ quantiles (:func:`overread.evaluation.conformal.calibrate_conformal`) go into a
 ``conformal`` manifest section of a **new** package version
 (:func:`overread.models.package.derive_package`): a verified package is never
 edited. The cohort must be one the model was neither trained nor evaluated on.
+When the calibration used test-time augmentation or Monte Carlo dropout, the new
+version's ``uncertainty`` section makes those settings its defaults, so the service
+serves the probabilities the sets were calibrated on.
 """
 
 from __future__ import annotations
@@ -100,7 +103,17 @@ def write_conformal_package(
     source, section = conformal_section(
         package, cohort, alpha=alpha, method=method, tta_views=tta_views, mc_dropout=mc_dropout
     )
-    derived = derive_package(source, out, version=version, key=key, conformal=section)
+    updates: dict[str, Any] = {"conformal": section}
+    if tta_views is not None or mc_dropout is not None:
+        # Serve as calibrated: the new version's defaults are the settings used here.
+        current = source.manifest.uncertainty
+        settings = current.model_dump() if current is not None else {}
+        if tta_views is not None:
+            settings["tta_views"] = tta_views
+        if mc_dropout is not None:
+            settings["mc_dropout_passes"] = mc_dropout
+        updates["uncertainty"] = settings
+    derived = derive_package(source, out, version=version, key=key, **updates)
     return derived, section
 
 
