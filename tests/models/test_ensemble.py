@@ -142,3 +142,21 @@ def test_absent_optional_sections_leave_old_hashes_alone(registry: Registry) -> 
     text = (package.path / MANIFEST_NAME).read_text()
     for key in ("uncertainty", "conformal", "ensemble"):
         assert f'"{key}"' not in text
+
+
+def test_ensemble_cli_writes_and_shows_members(
+    run_cli, sources: list[Path], tmp_path: Path
+) -> None:  # type: ignore[no-untyped-def]
+    out = tmp_path / "ens"
+    status, stdout, err = run_cli(
+        "models", "ensemble", *sources, "--name", "tiny-ens", "--version", "1.0.0", "--out", out
+    )
+    assert status == 0, err
+    assert "2 members" in stdout and verify_package(out) == []
+    status, stdout, err = run_cli("models", "show", out)
+    assert status == 0, err
+    assert "ensemble of: tiny-cxr 1.0.0" in stdout and "runtime files: none" in stdout
+    status, _, err = run_cli(
+        "models", "ensemble", sources[0], "--name", "e", "--version", "1", "--out", tmp_path / "one"
+    )
+    assert status == 2 and err.startswith("error: ") and "at least two" in err

@@ -72,6 +72,12 @@ def evaluate_command(
         None, "--compare-model", help="Second model package, run on the same --data cohort."
     ),
     as_json: bool = typer.Option(False, "--json", help="Print metrics.json to stdout as well."),
+    tta: int | None = typer.Option(
+        None, "--tta", min=1, help="With --model: test-time augmentation views per image."
+    ),
+    mc_dropout: int | None = typer.Option(
+        None, "--mc-dropout", min=0, help="With --model: Monte Carlo dropout passes."
+    ),
 ) -> None:
     """Evaluate a model or a predictions file: AUC with CIs, operating points, calibration, subgroups."""
     from overread.evaluation.report import json_safe, write_report
@@ -83,7 +89,7 @@ def evaluate_command(
             raise EvaluationError("--model and --data go together")
         if predictions is not None or labels is not None:
             raise EvaluationError("use either --model/--data or --predictions/--labels, not both")
-        inputs = cohort_inputs(model, data)
+        inputs = cohort_inputs(model, data, tta_views=tta, mc_dropout=mc_dropout)
     elif predictions is not None and labels is not None:
         inputs = read_prediction_files(
             predictions, labels, groups, id_column=id_column, patient_column=patient_column

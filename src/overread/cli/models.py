@@ -91,7 +91,23 @@ def show_model(
     )
     runtime = manifest.runtime
     files = [f for f in (runtime.torch_state_dict, runtime.onnx_fp32, runtime.onnx_int8) if f]
-    typer.echo(f"  runtime files: {', '.join(files)}")
+    typer.echo(f"  runtime files: {', '.join(files) or 'none'}")
+    if manifest.ensemble is not None:
+        members = ", ".join(
+            f"{m.name} {m.version} ({m.sha256[:12]})" for m in manifest.ensemble.members
+        )
+        typer.echo(f"  ensemble of: {members}")
+    if manifest.uncertainty is not None:
+        u = manifest.uncertainty
+        typer.echo(
+            f"  uncertainty: {u.tta_views} TTA view(s), {u.mc_dropout_passes} dropout pass(es)"
+        )
+    if manifest.conformal is not None:
+        c = manifest.conformal
+        typer.echo(
+            f"  conformal: alpha {c.alpha:g}, {c.method}, calibrated on {c.n} images"
+            f" ({c.calibration.get('cohort', 'cohort not recorded')})"
+        )
     typer.echo(f"  labels ({len(manifest.labels)}):")
     for label in manifest.labels:
         points = manifest.operating_points.get(label.name, {})
