@@ -62,6 +62,12 @@ def predict_command(
         None, "--operating-point", help="e.g. 'high sensitivity'."
     ),
     cam: str = typer.Option("cam", "--cam", help="cam, gradcam, gradcam++ or scorecam."),
+    trust: bool = typer.Option(
+        True,
+        "--trust/--no-trust",
+        help="Explanation trust score of each positive or indeterminate finding "
+        "(one extra forward pass per image).",
+    ),
 ) -> None:
     """Run a model on images and print findings.
 
@@ -87,6 +93,7 @@ def predict_command(
         explain=explain or out is not None,
         cam_method=cam,  # type: ignore[arg-type]
         operating_point=operating_point,
+        trust=trust,
     )
     failures = 0
     results = []
@@ -126,9 +133,11 @@ def _print_findings(prediction: Prediction, overlays: list[str]) -> None:
     )
     typer.echo(f"  positive: {', '.join(positives) or 'none'}; refer: {', '.join(refer) or 'none'}")
     for finding in prediction.findings:
+        trust = "" if finding.trust_score is None else f"  trust {finding.trust_score:.2f}"
         typer.echo(
             f"  {finding.label:<28} p={finding.probability:.3f}  t={finding.threshold:.2f}  "
             f"{spoken[finding.decision]:<8} proximity {finding.threshold_proximity or 0.0:.2f}"
+            f"{trust}"
         )
     for overlay in overlays:
         typer.echo(f"  overlay: {overlay}")
