@@ -64,29 +64,34 @@ class TrustEvidence:
 def top_region(heatmap: np.ndarray, fraction: float = TOP_FRACTION) -> np.ndarray:
     """Boolean mask of the ``fraction`` of pixels where ``heatmap`` is highest.
 
-    Exactly ``round(fraction * size)`` pixels (ties at the cut broken by position, so
-    a flat map's region is no larger than a peaked one's), of those only the pixels
-    with some evidence (``> 0``): an empty map has an empty region.
+    Exactly ``round(fraction * size)`` pixels (ties at the cut broken arbitrarily but
+    deterministically, so a flat map's region is no larger than a peaked one's), of
+    those only the pixels with some evidence (``> 0``): an empty map has an empty region.
     """
     _check_fraction(fraction)
     values = np.asarray(heatmap, dtype=np.float64)
     count = max(1, round(fraction * values.size))
     flat = values.ravel()
-    order = np.argsort(-flat, kind="stable")[:count]
     mask = np.zeros(flat.size, dtype=bool)
-    mask[order] = True
+    mask[np.argpartition(-flat, count - 1)[:count]] = True
     region: np.ndarray = (mask & (flat > 0)).reshape(values.shape)
     return region
 
 
-def map_concentration(heatmap: np.ndarray, fraction: float = TOP_FRACTION) -> float:
-    """Share of the map's mass in its top region, rescaled: flat 0, all in it 1."""
+def map_concentration(
+    heatmap: np.ndarray, fraction: float = TOP_FRACTION, *, region: np.ndarray | None = None
+) -> float:
+    """Share of the map's mass in its top region, rescaled: flat 0, all in it 1.
+
+    ``region`` is the map's :func:`top_region` when the caller has it already.
+    """
     _check_fraction(fraction)
     values = np.maximum(np.asarray(heatmap, dtype=np.float64), 0.0)
     total = float(values.sum())
     if total <= 0 or not math.isfinite(total):
         return 0.0
-    share = float(values[top_region(values, fraction)].sum()) / total
+    top = top_region(values, fraction) if region is None else region
+    share = float(values[top].sum()) / total
     return float(np.clip((share - fraction) / (1.0 - fraction), 0.0, 1.0))
 
 
@@ -164,13 +169,14 @@ def explanation_trust(
     if not indices:
         return {}
     maps = np.asarray(heatmaps)
-    deleted = np.stack([delete_region(x, top_region(maps[i], fraction), window) for i in indices])
+    regions = [top_region(maps[i], fraction) for i in indices]
+    deleted = np.stack([delete_region(x, region, window) for region in regions])
     after = np.asarray(predict(deleted))
     if after.shape[0] != len(indices):
         raise ValueError(f"predict returned {after.shape[0]} rows for {len(indices)} inputs")
     evidence: dict[int, TrustEvidence] = {}
     for row, index in enumerate(indices):
-        concentration = map_concentration(maps[index], fraction)
+        concentration = map_concentration(maps[index], fraction, region=regions[row])
         drop = deletion_drop(float(probabilities[index]), float(after[row, index]))
         evidence[index] = TrustEvidence(concentration, drop, trust_score(concentration, drop))
     return evidence

@@ -242,7 +242,7 @@ class BatchedPipeline:
         """
         from overread.errors import OverreadError
         from overread.explain.cam import cam_to_heatmaps
-        from overread.inference.evidence import attach_trust
+        from overread.inference.evidence import attach_trust, attach_trust_from_cam
         from overread.inference.postprocess import calibrate
 
         pipeline = self.pipeline
@@ -285,17 +285,17 @@ class BatchedPipeline:
             prediction.timings["inference"] = (inferred - submitted) / len(pending)
             post_done = time.perf_counter()
             prediction.timings["postprocess"] = post_done - started
-            if with_cam and cam is not None:
+            if with_cam and cam is not None and explain:
                 maps = cam_to_heatmaps(np.asarray(cam)[None], (x.shape[-2], x.shape[-1]))
+                prediction.heatmaps = {label: maps[0, i] for i, label in enumerate(pipeline.labels)}
                 explained = time.perf_counter()
-                if explain:
-                    prediction.heatmaps = {
-                        label: maps[0, i] for i, label in enumerate(pipeline.labels)
-                    }
-                    prediction.timings["explain"] = explained - post_done
+                prediction.timings["explain"] = explained - post_done
                 if trust:
                     attach_trust(prediction, x, maps[0], self._deleted_probabilities)
                     prediction.timings["trust"] = time.perf_counter() - explained
+            elif with_cam and cam is not None and trust:
+                attach_trust_from_cam(prediction, x, np.asarray(cam), self._deleted_probabilities)
+                prediction.timings["trust"] = time.perf_counter() - post_done
         return predictions
 
     def _deleted_probabilities(self, x: np.ndarray) -> np.ndarray:

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import numpy as np
 
+from overread.explain.cam import cam_to_heatmaps
 from overread.explain.trust import ProbabilityFunction, explanation_trust
 from overread.results import Decision, FindingResult, Prediction
 
@@ -51,4 +52,16 @@ def attach_trust(
     ]
 
 
-__all__ = ["acted_on", "attach_trust"]
+def attach_trust_from_cam(
+    prediction: Prediction, x: np.ndarray, cam: np.ndarray, predict: ProbabilityFunction
+) -> None:
+    """:func:`attach_trust` from the runtime's raw CAM ``(L, h, w)`` of one image: only
+    the acted-on labels' maps are upsampled to the input (when no heatmaps are kept)."""
+    indices = acted_on(prediction.findings)
+    maps = np.zeros((len(prediction.findings), *x.shape[-2:]), dtype=np.float32)
+    if indices:
+        maps[indices] = cam_to_heatmaps(np.asarray(cam)[None, indices], maps.shape[-2:])[0]
+    attach_trust(prediction, x, maps, predict)
+
+
+__all__ = ["acted_on", "attach_trust", "attach_trust_from_cam"]

@@ -26,7 +26,7 @@ from overread.errors import InferenceError, ModelPackageError, OverreadError
 from overread.explain.cam import CamMethod, GradCam, ScoreCam, cam_to_heatmaps
 from overread.imaging import Image, read
 from overread.imaging.transforms import Compose, Letterbox, Resize, build_chain
-from overread.inference.evidence import attach_trust
+from overread.inference.evidence import attach_trust, attach_trust_from_cam
 from overread.inference.postprocess import calibrate, decide
 from overread.inference.result import FindingResult, ModelRef, Prediction
 from overread.inference.runtimes import OnnxRuntime, TorchRuntime, open_runtime, padded_size
@@ -354,7 +354,12 @@ class Pipeline:
         size = (batch.shape[-2], batch.shape[-1])
         if not explain:
             if trust and cam is not None:
-                self._attach_trust(batch, targets, cam_to_heatmaps(cam, size))
+                for row, prediction in enumerate(targets):
+                    trusted = time.perf_counter()
+                    attach_trust_from_cam(
+                        prediction, batch[row], cam[row], self.deleted_probabilities
+                    )
+                    prediction.timings["trust"] = time.perf_counter() - trusted
             return
         if cam_method == "cam":
             if cam is None:
