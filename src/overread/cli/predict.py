@@ -15,6 +15,11 @@ if TYPE_CHECKING:
     from overread.inference.result import Prediction
 
 
+#: The explanation methods (``overread.explain.EXPLAIN_METHODS``, named here so that
+#: checking the option does not load torch).
+_METHODS = ("cam", "gradcam", "gradcam++", "scorecam", "occlusion", "integrated-gradients")
+
+
 def _slug(text: str) -> str:
     return re.sub(r"[^A-Za-z0-9]+", "_", text).strip("_").lower()
 
@@ -61,7 +66,11 @@ def predict_command(
     operating_point: str | None = typer.Option(
         None, "--operating-point", help="e.g. 'high sensitivity'."
     ),
-    cam: str = typer.Option("cam", "--cam", help="cam, gradcam, gradcam++ or scorecam."),
+    cam: str = typer.Option(
+        "cam",
+        "--cam",
+        help="cam, gradcam, gradcam++, scorecam, occlusion or integrated-gradients.",
+    ),
     trust: bool = typer.Option(
         True,
         "--trust/--no-trust",
@@ -74,7 +83,7 @@ def predict_command(
     Exit status 0 when every input was processed; 1 when some failed (each gets one
     line 'path: problem' on stderr, the others are still processed).
     """
-    if cam not in ("cam", "gradcam", "gradcam++", "scorecam"):
+    if cam not in _METHODS:
         raise typer.BadParameter(f"unknown CAM method {cam!r}", param_hint="--cam")
     # torch, MONAI and the imaging stack load here, not at CLI start.
     from overread.imaging.inspection import iter_files

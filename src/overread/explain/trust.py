@@ -1,101 +1,130 @@
-"""Explanation trust: does the heatmap point at what the model's answer rests on?
+"""A per-result trust score for one explanation: is the map focused, and does it matter?
 
-A class activation map can look convincing and still say little about the finding:
-spread over the whole chest, or bright over a region the model does not need. Two
-checks, both cheap enough to run on every finding a reader acts on, give a number:
+Two cheap checks on one preprocessed image and the map of one label:
 
-* **Map concentration**: the share of the map's mass in its top region (the
-  :data:`TOP_FRACTION` of its pixels where the map is highest, ties broken by
-  position), rescaled so a flat map
-  scores 0 and a map whose mass lies entirely in the top region scores 1:
-  ``concentration = clip((share - f) / (1 - f), 0, 1)`` with ``f = TOP_FRACTION``.
-* **Deletion drop** (a one-step version of the deletion metric of Petsiuk et al.,
-  BMVC 2018): the top region is removed from the model input - each of its pixels
-  replaced by the local mean of the pixels around the region (a box window of
-  :data:`DELETION_WINDOW` of the image side, the region itself left out) - and the
-  relative fall of that label's probability is
-  ``drop = clip((p - p_deleted) / p, 0, 1)``. All the labels of one image are
-  deleted in one batch: one extra forward pass per image.
+``map_concentration``
+    The Gini coefficient of the map's values (Chalasani et al., ICML 2020 use it as
+    a map's sparsity): 0 for a flat map, ``1 - a`` for a map that is uniform on a
+    fraction ``a`` of the image and zero elsewhere, towards 1 for a single point.
+``deletion_drop``
+    A one-image deletion check: the relative fall of the label's probability when
+    the map's top region (pixels at or above half the maximum) is replaced by the
+    image's mean value, as in the deletion curve: ``max(0, (p - p_removed) / p)``.
+    High means the model did rely on what the map shows.
 
-The trust score is their geometric mean, ``trust = sqrt(concentration * drop)``, in
-[0, 1]: high only when the map is focused *and* the model's answer depends on where
-it is focused. It says how faithful the explanation is, not whether the finding is
-right.
+``trust_score`` is their geometric mean, in [0, 1]: a focused map the model does
+not rely on, or a map the model relies on that points everywhere, both score low.
+It costs one forward pass (two when the probability is not given).
+
+:func:`explanation_trust` takes the torch network and one map;
+:func:`explanation_trust_batch` applies the same rules to several labels' maps of one
+image with any runtime's probabilities (the serving pipeline's calibrated ONNX
+Runtime output): all the deleted inputs go through one batched call. By default it
+fills the deleted region with the **local mean** around it (:func:`local_mean_fill`)
+rather than the image's mean: on phantom radiographs a patch of the image's mean grey
+still reads as an opacity to the model (removing a ground-truth atelectasis that way
+left its probability at 0.66 of 0.69; filled from around, it fell to 0.04;
+scripts/compare_deletion_fill.py, docs/outputs.md), so the image-mean fill under-reports how much the model relies on
+the region. ``baseline="image-mean"`` gives exactly :func:`explanation_trust`'s rule.
 """
 
 from __future__ import annotations
 
 import math
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
+from typing import Literal
 
 import numpy as np
+import torch
 from scipy.ndimage import uniform_filter
+from torch import nn
 
-#: The share of a map's pixels that forms its top region.
-TOP_FRACTION = 0.1
-
-#: Side of the local-mean window that fills a deleted region, as a share of the image side.
-DELETION_WINDOW = 0.25
-
-#: Maps ``(N, C, H, W)`` model inputs to calibrated probabilities ``(N, L)``.
-ProbabilityFunction = Callable[[np.ndarray], np.ndarray]
+from overread.explain.faithfulness import deletion_baseline, label_probabilities
+from overread.explain.regions import TOP_FRACTION, top_region
 
 
 @dataclass(frozen=True)
-class TrustEvidence:
-    """The explanation trust of one label on one image.
+class ExplanationTrust:
+    """How far one explanation map can be trusted (all in [0, 1]; high is good)."""
 
-    Attributes
-    ----------
-    map_concentration
-        How concentrated the map is, in [0, 1] (see the module).
-    deletion_drop
-        Relative fall of the label's probability with the top region removed, in [0, 1].
-    trust_score
-        ``sqrt(map_concentration * deletion_drop)``.
-    """
-
+    trust_score: float
     map_concentration: float
     deletion_drop: float
-    trust_score: float
+
+    def to_dict(self) -> dict[str, float]:
+        """The three values by name."""
+        return asdict(self)
 
 
-def top_region(heatmap: np.ndarray, fraction: float = TOP_FRACTION) -> np.ndarray:
-    """Boolean mask of the ``fraction`` of pixels where ``heatmap`` is highest.
-
-    Exactly ``round(fraction * size)`` pixels (ties at the cut broken arbitrarily but
-    deterministically, so a flat map's region is no larger than a peaked one's), of
-    those only the pixels with some evidence (``> 0``): an empty map has an empty region.
-    """
-    _check_fraction(fraction)
-    values = np.asarray(heatmap, dtype=np.float64)
-    count = max(1, round(fraction * values.size))
-    flat = values.ravel()
-    mask = np.zeros(flat.size, dtype=bool)
-    mask[np.argpartition(-flat, count - 1)[:count]] = True
-    region: np.ndarray = (mask & (flat > 0)).reshape(values.shape)
-    return region
-
-
-def map_concentration(
-    heatmap: np.ndarray, fraction: float = TOP_FRACTION, *, region: np.ndarray | None = None
-) -> float:
-    """Share of the map's mass in its top region, rescaled: flat 0, all in it 1.
-
-    ``region`` is the map's :func:`top_region` when the caller has it already.
-    """
-    _check_fraction(fraction)
-    values = np.maximum(np.asarray(heatmap, dtype=np.float64), 0.0)
+def map_concentration(heatmap: np.ndarray) -> float:
+    """Gini coefficient of the map's (non-negative) values; 0 for a flat or empty map."""
+    values = np.sort(np.clip(np.asarray(heatmap, dtype=np.float64).ravel(), 0.0, None))
     total = float(values.sum())
-    if total <= 0 or not math.isfinite(total):
+    n = values.size
+    if n < 2 or total <= 0.0:
         return 0.0
-    top = top_region(values, fraction) if region is None else region
-    share = float(values[top].sum()) / total
-    return float(np.clip((share - fraction) / (1.0 - fraction), 0.0, 1.0))
+    ranks = np.arange(1, n + 1)
+    gini = float((2.0 * ranks - n - 1.0) @ values) / (n * total)
+    return float(np.clip(gini, 0.0, 1.0))
 
 
-def delete_region(x: np.ndarray, region: np.ndarray, window: float = DELETION_WINDOW) -> np.ndarray:
+def explanation_trust(
+    network: nn.Module,
+    x: torch.Tensor | np.ndarray,
+    heatmap: np.ndarray,
+    label_index: int,
+    *,
+    probability: float | None = None,
+    fraction: float = TOP_FRACTION,
+) -> ExplanationTrust:
+    """The trust score of ``heatmap`` as an explanation of label ``label_index`` on ``x``.
+
+    Parameters
+    ----------
+    network
+        The torch classifier (logits; its sigmoid is the probability used).
+    x
+        One preprocessed image ``(C, H, W)`` (or ``(1, C, H, W)``).
+    heatmap
+        The label's map ``(H, W)`` on the same grid.
+    probability
+        The network's probability for the label on ``x``, if already known
+        (saves a forward pass).
+    fraction
+        The top-region rule: pixels at or above this fraction of the maximum.
+    """
+    tensor = torch.as_tensor(np.asarray(x, dtype=np.float32)) if isinstance(x, np.ndarray) else x
+    image = tensor.detach().float().reshape(-1, *tensor.shape[-3:])[0]
+    heat = np.asarray(heatmap, dtype=np.float32)
+    if heat.shape != tuple(image.shape[-2:]):
+        raise ValueError(f"map {heat.shape} and input {tuple(image.shape[-2:])} differ in size")
+    region = torch.from_numpy(top_region(heat, fraction).astype(np.float32))
+    removed = image * (1 - region) + deletion_baseline(image) * region
+    batch = removed[None] if probability is not None else torch.stack([image, removed])
+    scores = label_probabilities(network, batch)[:, label_index]
+    before = float(probability) if probability is not None else float(scores[0])
+    after = float(scores[-1])
+    drop = max(0.0, (before - after) / before) if before > 0 else 0.0
+    concentration = map_concentration(heat)
+    return ExplanationTrust(
+        trust_score=math.sqrt(concentration * min(drop, 1.0)),
+        map_concentration=concentration,
+        deletion_drop=min(drop, 1.0),
+    )
+
+
+#: Maps ``(N, C, H, W)`` model inputs to probabilities ``(N, L)``.
+ProbabilityFunction = Callable[[np.ndarray], np.ndarray]
+
+#: What a deleted region becomes in :func:`explanation_trust_batch`.
+DeletionBaseline = Literal["local-mean", "image-mean"]
+
+#: Side of :func:`local_mean_fill`'s window, as a share of the image side.
+LOCAL_WINDOW = 0.25
+
+
+def local_mean_fill(x: np.ndarray, region: np.ndarray, window: float = LOCAL_WINDOW) -> np.ndarray:
     """``x`` ``(C, H, W)`` with ``region`` ``(H, W)`` filled by the local mean around it.
 
     Each deleted pixel gets the mean of the pixels outside the region within a box of
@@ -121,19 +150,7 @@ def delete_region(x: np.ndarray, region: np.ndarray, window: float = DELETION_WI
     return result
 
 
-def deletion_drop(probability: float, deleted: float) -> float:
-    """Relative fall ``(probability - deleted) / probability``, clipped to [0, 1]."""
-    if not probability > 0:
-        return 0.0
-    return float(np.clip((probability - deleted) / probability, 0.0, 1.0))
-
-
-def trust_score(concentration: float, drop: float) -> float:
-    """``sqrt(concentration * drop)``: both must be high for a high score."""
-    return float(math.sqrt(max(0.0, concentration) * max(0.0, drop)))
-
-
-def explanation_trust(
+def explanation_trust_batch(
     x: np.ndarray,
     heatmaps: np.ndarray,
     probabilities: np.ndarray,
@@ -141,61 +158,73 @@ def explanation_trust(
     predict: ProbabilityFunction,
     *,
     fraction: float = TOP_FRACTION,
-    window: float = DELETION_WINDOW,
-) -> dict[int, TrustEvidence]:
-    """Trust evidence for some labels of one image, with one batched extra forward pass.
+    baseline: DeletionBaseline = "local-mean",
+) -> dict[int, ExplanationTrust]:
+    """:func:`explanation_trust` of several labels of one image, in one call of ``predict``.
 
     Parameters
     ----------
     x
         The model input ``(C, H, W)`` the maps and probabilities come from.
     heatmaps
-        Per-label maps ``(L, H, W)`` at the input resolution.
+        Per-label maps ``(L, H, W)`` on the input grid (only ``label_indices`` are read).
     probabilities
-        The calibrated probabilities ``(L,)`` of ``x``.
+        The probabilities ``(L,)`` of ``x``, as ``predict`` gives them.
     label_indices
-        The labels to assess (those a reader acts on).
+        The labels to score.
     predict
-        Calibrated probabilities ``(N, L)`` for a batch of inputs ``(N, C, H, W)``.
-    fraction, window
-        :data:`TOP_FRACTION` and :data:`DELETION_WINDOW`.
+        Probabilities ``(N, L)`` for a batch of inputs ``(N, C, H, W)``.
+    fraction
+        The top-region rule (:data:`~overread.explain.regions.TOP_FRACTION`).
+    baseline
+        What the top region becomes: ``local-mean`` (:func:`local_mean_fill`, the
+        default) or ``image-mean`` (:func:`explanation_trust`'s rule).
 
     Returns
     -------
     dict
-        Label index -> :class:`TrustEvidence`.
+        Label index -> :class:`ExplanationTrust`.
     """
     indices = list(dict.fromkeys(int(i) for i in label_indices))
     if not indices:
         return {}
-    maps = np.asarray(heatmaps)
-    regions = [top_region(maps[i], fraction) for i in indices]
-    deleted = np.stack([delete_region(x, region, window) for region in regions])
-    after = np.asarray(predict(deleted))
+    image = np.asarray(x, dtype=np.float32)
+    maps = np.asarray(heatmaps, dtype=np.float32)
+    image_mean = image.mean(axis=(-2, -1), keepdims=True)  # deletion_baseline, in numpy
+    removed = []
+    for index in indices:
+        if maps[index].shape != image.shape[-2:]:
+            raise ValueError(f"map {maps[index].shape} and input {image.shape[-2:]} differ in size")
+        region = top_region(maps[index], fraction)
+        if baseline == "image-mean":
+            removed.append(np.where(region, image_mean, image))
+        else:
+            removed.append(local_mean_fill(image, region))
+    after = np.asarray(predict(np.stack(removed)))
     if after.shape[0] != len(indices):
         raise ValueError(f"predict returned {after.shape[0]} rows for {len(indices)} inputs")
-    evidence: dict[int, TrustEvidence] = {}
+    trusted: dict[int, ExplanationTrust] = {}
     for row, index in enumerate(indices):
-        concentration = map_concentration(maps[index], fraction, region=regions[row])
-        drop = deletion_drop(float(probabilities[index]), float(after[row, index]))
-        evidence[index] = TrustEvidence(concentration, drop, trust_score(concentration, drop))
-    return evidence
-
-
-def _check_fraction(fraction: float) -> None:
-    if not 0 < fraction < 1:
-        raise ValueError(f"the top-region fraction must lie in (0, 1), not {fraction}")
+        before = float(probabilities[index])
+        drop = (
+            min(1.0, max(0.0, (before - float(after[row, index])) / before)) if before > 0 else 0.0
+        )
+        concentration = map_concentration(maps[index])
+        trusted[index] = ExplanationTrust(
+            trust_score=math.sqrt(concentration * drop),
+            map_concentration=concentration,
+            deletion_drop=drop,
+        )
+    return trusted
 
 
 __all__ = [
-    "DELETION_WINDOW",
-    "TOP_FRACTION",
+    "LOCAL_WINDOW",
+    "DeletionBaseline",
+    "ExplanationTrust",
     "ProbabilityFunction",
-    "TrustEvidence",
-    "delete_region",
-    "deletion_drop",
     "explanation_trust",
+    "explanation_trust_batch",
+    "local_mean_fill",
     "map_concentration",
-    "top_region",
-    "trust_score",
 ]

@@ -2,8 +2,8 @@
 
 Every finding a reader acts on (decided positive or indeterminate) gets the
 explanation trust of :mod:`overread.explain.trust`: how concentrated its class
-activation map is, how much its probability falls when the map's top region is
-removed, and the two combined. Negative findings are left as they are (``None``):
+activation map is (Gini coefficient), how much its calibrated probability falls when
+the map's top region is replaced by the image's mean, and the two combined. Negative findings are left as they are (``None``):
 nobody is asked to look at them.
 """
 
@@ -12,7 +12,7 @@ from __future__ import annotations
 import numpy as np
 
 from overread.explain.cam import cam_to_heatmaps
-from overread.explain.trust import ProbabilityFunction, explanation_trust
+from overread.explain.trust import ProbabilityFunction, explanation_trust_batch
 from overread.results import Decision, FindingResult, Prediction
 
 
@@ -39,7 +39,7 @@ def attach_trust(
     """
     findings = prediction.findings
     probabilities = np.array([f.probability for f in findings], dtype=np.float64)
-    evidence = explanation_trust(x, maps, probabilities, acted_on(findings), predict)
+    evidence = explanation_trust_batch(x, maps, probabilities, acted_on(findings), predict)
     prediction.findings = [
         f
         if i not in evidence

@@ -23,7 +23,8 @@ import numpy as np
 import torch
 
 from overread.errors import InferenceError, ModelPackageError, OverreadError
-from overread.explain.cam import CamMethod, GradCam, ScoreCam, cam_to_heatmaps
+from overread.explain.cam import cam_to_heatmaps
+from overread.explain.maps import ExplainMethod, explain_maps
 from overread.imaging import Image, read
 from overread.imaging.transforms import Compose, Letterbox, Resize, build_chain
 from overread.inference.evidence import attach_trust, attach_trust_from_cam
@@ -237,14 +238,31 @@ class Pipeline:
             for i, label in enumerate(self.labels)
         ]
 
-    def gradient_cams(self, x: np.ndarray, method: CamMethod) -> np.ndarray:
-        """Grad-CAM, Grad-CAM++ or Score-CAM maps ``(N, L, H, W)`` from the torch network."""
+    def gradient_cams(
+        self,
+        x: np.ndarray,
+        method: ExplainMethod,
+        *,
+        label_indices: list[int] | None = None,
+        target_layer: str | None = None,
+    ) -> np.ndarray:
+        """Maps ``(N, L, H, W)`` of any method, from the package's torch network.
+
+        Every method of :data:`overread.explain.EXPLAIN_METHODS` works here (``cam``
+        too, through the torch network); serving takes ``cam`` from the ONNX pass.
+        """
         if self._torch is None:
             self._torch = TorchRuntime(self.package)
-        tensor = torch.from_numpy(np.ascontiguousarray(x, dtype=np.float32))
-        if method == "scorecam":
-            return ScoreCam(self._torch.network)(tensor)
-        return GradCam(self._torch.network, plus_plus=method == "gradcam++")(tensor)
+        return explain_maps(
+            self._torch.network, x, method, label_indices, target_layer=target_layer
+        )
+
+    @property
+    def network(self) -> torch.nn.Module:
+        """The package's torch network (built on first use), for explanations."""
+        if self._torch is None:
+            self._torch = TorchRuntime(self.package)
+        return self._torch.network
 
     # -- the whole path -----------------------------------------------------------
     def predict(
@@ -252,7 +270,7 @@ class Pipeline:
         inputs: Sequence[str | Path | Image],
         *,
         explain: bool = False,
-        cam_method: CamMethod = "cam",
+        cam_method: ExplainMethod = "cam",
         operating_point: str | None = None,
         batch_size: int = 8,
         trust: bool = False,
@@ -336,7 +354,7 @@ class Pipeline:
         batch: np.ndarray,
         targets: list[Prediction],
         explain: bool,
-        cam_method: CamMethod,
+        cam_method: ExplainMethod,
         operating_point: str | None,
         trust: bool = False,
     ) -> None:

@@ -79,7 +79,7 @@ class FindingOut(BaseModel):
         "null when not computed (negative findings, or trust off)",
     )
     map_concentration: float | None = Field(
-        default=None, description="share of the heatmap's mass in its top 10 %, rescaled to [0, 1]"
+        default=None, description="Gini coefficient of the heatmap: 0 flat, towards 1 for a point"
     )
     deletion_drop: float | None = Field(
         default=None,
