@@ -237,8 +237,8 @@ class BatchedPipeline:
         """One :class:`Prediction` per input, in order; bad inputs get ``ok=False``.
 
         ``trust``: the explanation trust of each finding decided positive or
-        indeterminate, from the CAM of the shared pass and one more shared pass of
-        that image's region-deleted inputs (see :meth:`Pipeline.predict`).
+        indeterminate, from the CAM of the shared pass and one more pass of that
+        image's region-deleted inputs (see :meth:`Pipeline.predict`).
         """
         from overread.errors import OverreadError
         from overread.explain.cam import cam_to_heatmaps
@@ -299,13 +299,13 @@ class BatchedPipeline:
         return predictions
 
     def _deleted_probabilities(self, x: np.ndarray) -> np.ndarray:
-        """Calibrated probabilities ``(N, L)`` of region-deleted inputs, each row sent
-        to the shared batcher (so they ride with other callers' images)."""
-        from overread.inference.postprocess import calibrate
+        """Calibrated probabilities ``(N, L)`` of one image's region-deleted inputs.
 
-        futures = [self._batcher(False).submit(row) for row in np.asarray(x, dtype=np.float32)]
-        logits = np.stack([np.asarray(f.result()) for f in futures])
-        return calibrate(logits, self.pipeline.package.manifest.calibration, self.pipeline.labels)
+        They go straight to the pipeline (padded to the warmed-up session sizes, under
+        its runtime lock), not through the batcher: an odd row would otherwise wait
+        ``max_wait_ms`` for a companion, and they are already a batch.
+        """
+        return self.pipeline.deleted_probabilities(x)
 
     def close(self) -> None:
         """Stop the batchers (queued requests finish first)."""
