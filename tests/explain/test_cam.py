@@ -14,41 +14,7 @@ from overread.explain import (
 )
 from overread.models import CamClassifier, build_network
 
-SIZE = 48
-SQUARE = 12
-
-
-def _square_batch(
-    n: int, rng: np.random.Generator
-) -> tuple[torch.Tensor, torch.Tensor, np.ndarray]:
-    """Noise images; half carry a bright square (label 1). Returns images, labels, square corners."""
-    images = rng.normal(0.3, 0.08, (n, 1, SIZE, SIZE)).astype(np.float32)
-    labels = np.zeros((n, 1), dtype=np.float32)
-    corners = np.full((n, 2), -1)
-    for i in range(n):
-        if i % 2 == 0:
-            r, c = rng.integers(0, SIZE - SQUARE, size=2)
-            images[i, 0, r : r + SQUARE, c : c + SQUARE] += 0.6
-            labels[i] = 1
-            corners[i] = (r, c)
-    return torch.from_numpy(images), torch.from_numpy(labels), corners
-
-
-@pytest.fixture(scope="module")
-def square_net() -> torch.nn.Module:
-    """A tiny cxr-convnet trained for a few steps to detect a bright square."""
-    torch.manual_seed(0)
-    rng = np.random.default_rng(0)
-    net = build_network("cxr-convnet", num_classes=1, widths=[8, 16], blocks=[1, 1], stem_width=8)
-    optimiser = torch.optim.Adam(net.parameters(), lr=1e-2)
-    loss_fn = torch.nn.BCEWithLogitsLoss()
-    net.train()
-    for _ in range(40):
-        x, y, _ = _square_batch(24, rng)
-        optimiser.zero_grad()
-        loss_fn(net(x), y).backward()
-        optimiser.step()
-    return net.eval()
+from .conftest import SIZE, SQUARE, square_batch
 
 
 def _peaks_in_square(maps: np.ndarray, corners: np.ndarray, margin: int = 3) -> float:
@@ -63,14 +29,14 @@ def _peaks_in_square(maps: np.ndarray, corners: np.ndarray, margin: int = 3) -> 
 
 
 def test_trained_net_detects_the_square(square_net: torch.nn.Module) -> None:
-    x, y, _ = _square_batch(64, np.random.default_rng(1))
+    x, y, _ = square_batch(64, np.random.default_rng(1))
     with torch.no_grad():
         predicted = (square_net(x) > 0).float()
     assert (predicted == y).float().mean() > 0.9
 
 
 def test_cam_peak_lies_in_the_square(square_net: torch.nn.Module) -> None:
-    x, _, corners = _square_batch(32, np.random.default_rng(2))
+    x, _, corners = square_batch(32, np.random.default_rng(2))
     with torch.no_grad():
         _, cam = CamClassifier(square_net)(x)
     maps = cam_to_heatmaps(cam.numpy(), (SIZE, SIZE))
@@ -81,7 +47,7 @@ def test_cam_peak_lies_in_the_square(square_net: torch.nn.Module) -> None:
 
 @pytest.mark.parametrize("plus_plus", [False, True])
 def test_grad_cam_peak_lies_in_the_square(square_net: torch.nn.Module, plus_plus: bool) -> None:
-    x, _, corners = _square_batch(16, np.random.default_rng(3))
+    x, _, corners = square_batch(16, np.random.default_rng(3))
     square_net.zero_grad(set_to_none=True)
     maps = GradCam(square_net, plus_plus=plus_plus)(x)
     assert maps.shape == (16, 1, SIZE, SIZE)
@@ -91,7 +57,7 @@ def test_grad_cam_peak_lies_in_the_square(square_net: torch.nn.Module, plus_plus
 
 
 def test_score_cam_peak_lies_in_the_square(square_net: torch.nn.Module) -> None:
-    x, _, corners = _square_batch(8, np.random.default_rng(4))
+    x, _, corners = square_batch(8, np.random.default_rng(4))
     maps = ScoreCam(square_net)(x)
     assert maps.shape == (8, 1, SIZE, SIZE)
     assert _peaks_in_square(maps, corners) >= 0.75

@@ -315,3 +315,49 @@ def test_reading_state_changes_are_recorded_and_audited(gateway: UiGateway) -> N
         ).all()
     states = [e.details.get("state") for e in events if e.details.get("event") == "read-state"]
     assert states[-2:] == ["in-progress", "read"]
+
+
+def test_study_page_and_api_show_each_findings_trust_and_uncertainty(gateway: UiGateway) -> None:
+    from overread.results import FindingResult
+    from overread.security import issue_token
+    from overread.service.db import utcnow
+    from overread.triage import StudyContext, TriageConfig, upsert_study
+
+    uid = generate_uid()
+    findings = [
+        FindingResult("Pneumothorax", 0.93, True, 0.1, 0.5).with_values(
+            trust_score=0.81,
+            map_concentration=0.72,
+            deletion_drop=0.91,
+            entropy=0.37,
+            mutual_information=0.05,
+            conformal_set="positive",
+        ),
+        FindingResult("Edema", 0.2, False, 0.4, 0.5),
+    ]
+    config = TriageConfig.model_validate(gateway.service.config.triage)
+    with gateway.session() as session:
+        upsert_study(session, uid, findings, StudyContext(), config, now=utcnow())
+        token, _ = issue_token(session, "dr.grey", actor="os:test")
+    client = _client(gateway)
+    _login(client)
+    page = client.get(f"/studies/{uid}")
+    assert page.status_code == 200
+    rows = {
+        m.group(1): m.group(0)
+        for m in re.finditer(r'<tr data-finding="([^"]+)".*?</tr>', page.text, re.S)
+    }
+    assert 'class="badge trust-high"' in rows["Pneumothorax"]
+    assert ">0.81<" in rows["Pneumothorax"] and "high trust" in rows["Pneumothorax"]
+    assert "H 0.37" in rows["Pneumothorax"] and "MI 0.05" in rows["Pneumothorax"]
+    assert "set: positive" in rows["Pneumothorax"]
+    assert rows["Edema"].count("not computed") == 2
+    assert 'id="trust-help"' in page.text and 'aria-describedby="trust-help"' in page.text
+
+    reply = client.get(f"/api/worklist/{uid}", headers={"Authorization": f"Bearer {token}"})
+    assert reply.status_code == 200, reply.text
+    served = {f["label"]: f for f in reply.json()["findings"]}
+    assert served["Pneumothorax"]["trust_score"] == pytest.approx(0.81)
+    assert served["Pneumothorax"]["conformal_set"] == "positive"
+    assert served["Pneumothorax"]["mutual_information"] == pytest.approx(0.05)
+    assert served["Edema"]["trust_score"] is None and served["Edema"]["entropy"] is None

@@ -16,6 +16,11 @@ if TYPE_CHECKING:
     from overread.results import FindingResult
 
 
+#: The explanation methods (``overread.explain.EXPLAIN_METHODS``, named here so that
+#: checking the option does not load torch).
+_METHODS = ("cam", "gradcam", "gradcam++", "scorecam", "occlusion", "integrated-gradients")
+
+
 def _slug(text: str) -> str:
     return re.sub(r"[^A-Za-z0-9]+", "_", text).strip("_").lower()
 
@@ -62,7 +67,11 @@ def predict_command(
     operating_point: str | None = typer.Option(
         None, "--operating-point", help="e.g. 'high sensitivity'."
     ),
-    cam: str = typer.Option("cam", "--cam", help="cam, gradcam, gradcam++ or scorecam."),
+    cam: str = typer.Option(
+        "cam",
+        "--cam",
+        help="cam, gradcam, gradcam++, scorecam, occlusion or integrated-gradients.",
+    ),
     tta: int | None = typer.Option(
         None,
         "--tta",
@@ -75,13 +84,19 @@ def predict_command(
         min=0,
         help="Monte Carlo dropout passes (torch network; refused without dropout).",
     ),
+    trust: bool = typer.Option(
+        True,
+        "--trust/--no-trust",
+        help="Explanation trust score of each positive or indeterminate finding "
+        "(one extra forward pass per image).",
+    ),
 ) -> None:
     """Run a model on images and print findings.
 
     Exit status 0 when every input was processed; 1 when some failed (each gets one
     line 'path: problem' on stderr, the others are still processed).
     """
-    if cam not in ("cam", "gradcam", "gradcam++", "scorecam"):
+    if cam not in _METHODS:
         raise typer.BadParameter(f"unknown CAM method {cam!r}", param_hint="--cam")
     # torch, MONAI and the imaging stack load here, not at CLI start.
     from overread.imaging.inspection import iter_files
@@ -102,6 +117,7 @@ def predict_command(
         explain=explain or out is not None,
         cam_method=cam,  # type: ignore[arg-type]
         operating_point=operating_point,
+        trust=trust,
     )
     failures = 0
     results = []
@@ -152,10 +168,12 @@ def _print_findings(prediction: Prediction, overlays: list[str]) -> None:
     )
     typer.echo(f"  positive: {', '.join(positives) or 'none'}; refer: {', '.join(refer) or 'none'}")
     for finding in prediction.findings:
+        trust = "" if finding.trust_score is None else f"  trust {finding.trust_score:.2f}"
         typer.echo(
             f"  {finding.label:<28} p={finding.probability:.3f}  t={finding.threshold:.2f}  "
             f"{spoken[finding.decision]:<8} proximity {finding.threshold_proximity or 0.0:.2f}"
             + _uncertainty_text(finding)
+            + trust
         )
     for overlay in overlays:
         typer.echo(f"  overlay: {overlay}")

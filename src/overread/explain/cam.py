@@ -12,6 +12,7 @@ each activation map by the score the network gives the input masked with it.
 
 from __future__ import annotations
 
+import math
 from typing import Literal
 
 import numpy as np
@@ -43,18 +44,78 @@ def cam_to_heatmaps(cam: np.ndarray, size: tuple[int, int]) -> np.ndarray:
     return normalise_maps(upsample_maps(cam, size))
 
 
-def default_target_layer(network: nn.Module) -> nn.Module:
-    """The layer Grad-CAM hooks by default: ``features``, else the last conv.
+def default_target_layer_name(network: nn.Module) -> str:
+    """The name of the layer the gradient methods hook by default, per architecture.
 
-    It must be a module that the network's forward calls, or the hooks never fire.
+    ``features`` for CxrConvNet and MONAI's DenseNets (the last feature block),
+    ``layer4`` for SE-ResNets, ``_bn1`` (the head's batch norm) for EfficientNets,
+    the last transformer block's first norm for a ViT (its patch tokens reach the
+    class token through that block's attention), else the last convolution.
     """
-    features = getattr(network, "features", None)
-    if isinstance(features, nn.Module):  # CxrConvNet, MONAI DenseNet: the last feature block
-        return features
-    convs = [m for m in network.modules() if isinstance(m, nn.Conv2d)]
+    if isinstance(getattr(network, "features", None), nn.Module):
+        return "features"
+    if isinstance(getattr(network, "layer4", None), nn.Module):
+        return "layer4"
+    if isinstance(getattr(network, "_blocks", None), nn.Module) and isinstance(
+        getattr(network, "_bn1", None), nn.Module
+    ):
+        return "_bn1"
+    for prefix, module in network.named_modules():
+        blocks = getattr(module, "blocks", None)
+        if isinstance(blocks, nn.ModuleList) and len(blocks) and hasattr(blocks[-1], "norm1"):
+            return ".".join(p for p in (prefix, "blocks", str(len(blocks) - 1), "norm1") if p)
+    convs: list[str] = [n for n, m in network.named_modules() if isinstance(m, nn.Conv2d)]
     if not convs:
         raise ValueError(f"{type(network).__name__} has no convolutional layer to explain")
     return convs[-1]
+
+
+def default_target_layer(network: nn.Module) -> nn.Module:
+    """The layer the gradient methods hook by default (see :func:`default_target_layer_name`).
+
+    It must be a module that the network's forward calls, or the hooks never fire.
+    """
+    return network.get_submodule(default_target_layer_name(network))
+
+
+def resolve_target_layer(network: nn.Module, target_layer: str | nn.Module | None) -> nn.Module:
+    """The module named ``target_layer`` (e.g. ``"features.3"``), or the default.
+
+    Raises
+    ------
+    ValueError
+        If no module of the network has that name.
+    """
+    if target_layer is None:
+        return default_target_layer(network)
+    if isinstance(target_layer, nn.Module):
+        return target_layer
+    try:
+        return network.get_submodule(target_layer)
+    except AttributeError:
+        names = [name for name, _ in network.named_children()]
+        raise ValueError(
+            f"{type(network).__name__} has no layer {target_layer!r}"
+            f" (top-level layers: {', '.join(names)})"
+        ) from None
+
+
+def as_spatial(activation: torch.Tensor) -> torch.Tensor:
+    """A layer's output as ``(N, K, h, w)``: conv maps as they are, tokens on their grid.
+
+    A transformer's ``(N, T, D)`` tokens become ``(N, D, s, s)`` when ``T`` (or
+    ``T - 1``, dropping a leading class token) is a square number ``s * s``.
+    """
+    if activation.ndim == 4:
+        return activation
+    if activation.ndim == 3:
+        tokens = activation.shape[1]
+        for skip in (1, 0):
+            side = math.isqrt(tokens - skip)
+            if side * side == tokens - skip and side > 0:
+                grid = activation[:, skip:, :]
+                return grid.transpose(1, 2).reshape(activation.shape[0], -1, side, side)
+    raise ValueError(f"cannot lay a layer output of shape {tuple(activation.shape)} on a grid")
 
 
 class GradCam:
@@ -71,10 +132,14 @@ class GradCam:
     """
 
     def __init__(
-        self, network: nn.Module, target_layer: nn.Module | None = None, *, plus_plus: bool = False
+        self,
+        network: nn.Module,
+        target_layer: str | nn.Module | None = None,
+        *,
+        plus_plus: bool = False,
     ) -> None:
         self.network = network
-        self.target_layer = target_layer or default_target_layer(network)
+        self.target_layer = resolve_target_layer(network, target_layer)
         self.plus_plus = plus_plus
 
     def __call__(self, x: torch.Tensor, label_indices: list[int] | None = None) -> np.ndarray:
@@ -102,7 +167,9 @@ class GradCam:
                     (gradient,) = torch.autograd.grad(
                         logits[:, index].sum(), activation, retain_graph=True
                     )
-                    maps.append(self._weighted(activation.detach(), gradient.detach()))
+                    maps.append(
+                        self._weighted(as_spatial(activation.detach()), as_spatial(gradient))
+                    )
         finally:
             handle.remove()
             self.network.train(was_training)
@@ -130,10 +197,14 @@ class ScoreCam:
     """
 
     def __init__(
-        self, network: nn.Module, target_layer: nn.Module | None = None, *, batch_size: int = 32
+        self,
+        network: nn.Module,
+        target_layer: str | nn.Module | None = None,
+        *,
+        batch_size: int = 32,
     ) -> None:
         self.network = network
-        self.target_layer = target_layer or default_target_layer(network)
+        self.target_layer = resolve_target_layer(network, target_layer)
         self.batch_size = batch_size
 
     @torch.no_grad()
@@ -149,7 +220,8 @@ class ScoreCam:
             logits = self.network(x)
             if not activations:
                 raise ValueError("the target layer was not called by the network's forward")
-            activation = activations[0]
+            # The last call: a module used twice in one forward counts at its last use.
+            activation = as_spatial(activations[-1])
             handle.remove()
             indices = label_indices if label_indices is not None else list(range(logits.shape[1]))
             size = (x.shape[-2], x.shape[-1])
@@ -175,8 +247,11 @@ __all__ = [
     "CamMethod",
     "GradCam",
     "ScoreCam",
+    "as_spatial",
     "cam_to_heatmaps",
     "default_target_layer",
+    "default_target_layer_name",
     "normalise_maps",
+    "resolve_target_layer",
     "upsample_maps",
 ]

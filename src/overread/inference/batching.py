@@ -25,6 +25,8 @@ from typing import TYPE_CHECKING, Union
 
 import numpy as np
 
+from overread.inference.runtimes import padded_size
+
 if TYPE_CHECKING:
     from overread.imaging import Image
     from overread.inference.pipeline import Pipeline
@@ -155,18 +157,6 @@ class MicroBatcher:
         self.close()
 
 
-def padded_size(count: int, max_batch: int) -> int:
-    """The session batch size a batch of ``count`` runs at: the next power of two.
-
-    ONNX Runtime keeps one session per fixed batch size; padding to 1, 2, 4, 8 bounds
-    the sessions to warm up at start to four instead of one per possible count.
-    """
-    size = 1
-    while size < count:
-        size *= 2
-    return max(count, min(size, max_batch))
-
-
 class BatchedPipeline:
     """A :class:`~overread.inference.Pipeline` whose runtime calls are micro-batched.
 
@@ -241,15 +231,22 @@ class BatchedPipeline:
         *,
         explain: bool = False,
         operating_point: str | None = None,
+        trust: bool = False,
     ) -> list[Prediction]:
-        """One :class:`Prediction` per input, in order; bad inputs get ``ok=False``."""
+        """One :class:`Prediction` per input, in order; bad inputs get ``ok=False``.
+
+        ``trust``: the explanation trust of each finding decided positive or
+        indeterminate, from the CAM of the shared pass and one more pass of that
+        image's region-deleted inputs (see :meth:`Pipeline.predict`).
+        """
         from overread.errors import OverreadError
         from overread.explain.cam import cam_to_heatmaps
+        from overread.inference.evidence import attach_trust, attach_trust_from_cam
 
         pipeline = self.pipeline
         if operating_point is not None:
             pipeline.package.thresholds(operating_point)
-        with_cam = explain and pipeline.runtime.has_cam
+        with_cam = (explain or trust) and pipeline.runtime.has_cam
         if explain and not with_cam:
             from overread.errors import InferenceError
 
@@ -286,11 +283,27 @@ class BatchedPipeline:
             prediction.timings["inference"] = (inferred - submitted) / len(pending)
             post_done = time.perf_counter()
             prediction.timings["postprocess"] = post_done - started
-            if with_cam and cam is not None:
+            if with_cam and cam is not None and explain:
                 maps = cam_to_heatmaps(np.asarray(cam)[None], (x.shape[-2], x.shape[-1]))
                 prediction.heatmaps = {label: maps[0, i] for i, label in enumerate(pipeline.labels)}
-                prediction.timings["explain"] = time.perf_counter() - post_done
+                explained = time.perf_counter()
+                prediction.timings["explain"] = explained - post_done
+                if trust:
+                    attach_trust(prediction, x, maps[0], self._deleted_probabilities)
+                    prediction.timings["trust"] = time.perf_counter() - explained
+            elif with_cam and cam is not None and trust:
+                attach_trust_from_cam(prediction, x, np.asarray(cam), self._deleted_probabilities)
+                prediction.timings["trust"] = time.perf_counter() - post_done
         return predictions
+
+    def _deleted_probabilities(self, x: np.ndarray) -> np.ndarray:
+        """Calibrated probabilities ``(N, L)`` of one image's region-deleted inputs.
+
+        They go straight to the pipeline (padded to the warmed-up session sizes, under
+        its runtime lock), not through the batcher: an odd row would otherwise wait
+        ``max_wait_ms`` for a companion, and they are already a batch.
+        """
+        return self.pipeline.deleted_probabilities(x)
 
     def close(self) -> None:
         """Stop the batchers (queued requests finish first)."""

@@ -4,7 +4,10 @@ The CLI, the service and evaluation all call :class:`Pipeline`, so a finding is
 computed the same way everywhere: the imaging core's chain recorded in the model
 package (preprocess), a runtime (ONNX Runtime by default), calibration, thresholds
 and referral (postprocess), and class activation maps from the same forward pass
-(explain). A bad input becomes a :class:`Prediction` with ``ok=False`` and the
+(explain). With ``trust=True`` every finding decided positive or indeterminate also
+gets its explanation trust (:mod:`overread.explain.trust`): the CAM of that same pass
+and one extra forward pass per image with each such map's top region removed. A bad
+input becomes a :class:`Prediction` with ``ok=False`` and the
 reason; the rest of the batch carries on.
 
 Uncertainty: each image yields calibrated probability *samples* - one per
@@ -35,13 +38,15 @@ from overread.evaluation.conformal import (
     prediction_sets,
     set_names,
 )
-from overread.explain.cam import CamMethod, GradCam, ScoreCam, cam_to_heatmaps
+from overread.explain.cam import cam_to_heatmaps
+from overread.explain.maps import ExplainMethod, explain_maps
 from overread.explain.uncertainty import binary_entropy, mutual_information
 from overread.imaging import Image, read
 from overread.imaging.transforms import Compose, Letterbox, Resize, build_chain
+from overread.inference.evidence import attach_trust, attach_trust_from_cam
 from overread.inference.postprocess import calibrate, decide
 from overread.inference.result import FindingResult, ModelRef, Prediction
-from overread.inference.runtimes import OnnxRuntime, TorchRuntime, open_runtime
+from overread.inference.runtimes import OnnxRuntime, TorchRuntime, open_runtime, padded_size
 from overread.inference.uncertainty import SampleSettings, mc_dropout_logits, mc_dropout_refusal
 from overread.models.package import ModelPackage
 from overread.models.registry import Registry
@@ -367,6 +372,20 @@ class Pipeline:
         has_negative, has_positive = prediction_sets(probabilities, *self._conformal)
         return set_names(has_negative, has_positive)
 
+    def deleted_probabilities(self, x: np.ndarray) -> np.ndarray:
+        """Calibrated probabilities ``(N, L)`` for any number of inputs, run in chunks
+        padded to the session batch sizes warm-up creates (1, 2, 4, 8)."""
+        batch = np.asarray(x, dtype=np.float32)
+        rows: list[np.ndarray] = []
+        for start in range(0, len(batch), _TRUST_CHUNK):
+            chunk = batch[start : start + _TRUST_CHUNK]
+            size = padded_size(len(chunk), _TRUST_CHUNK)
+            padded = np.concatenate(
+                [chunk, np.zeros((size - len(chunk), *chunk.shape[1:]), dtype=chunk.dtype)]
+            )
+            rows.append(self.predict_batch(padded)[: len(chunk)])
+        return np.concatenate(rows) if rows else np.zeros((0, len(self.labels)), np.float32)
+
     def findings(
         self,
         probabilities: np.ndarray,
@@ -414,17 +433,31 @@ class Pipeline:
             for i, label in enumerate(self.labels)
         ]
 
-    def gradient_cams(self, x: np.ndarray, method: CamMethod) -> np.ndarray:
-        """Grad-CAM, Grad-CAM++ or Score-CAM maps ``(N, L, H, W)`` from the torch network."""
-        if self.members:
-            maps: np.ndarray = np.mean([m.gradient_cams(x, method) for m in self.members], axis=0)
-            return maps
+    def gradient_cams(
+        self,
+        x: np.ndarray,
+        method: ExplainMethod,
+        *,
+        label_indices: list[int] | None = None,
+        target_layer: str | None = None,
+    ) -> np.ndarray:
+        """Maps ``(N, L, H, W)`` of any method, from the package's torch network.
+
+        Every method of :data:`overread.explain.EXPLAIN_METHODS` works here (``cam``
+        too, through the torch network); serving takes ``cam`` from the ONNX pass.
+        """
         if self._torch is None:
             self._torch = TorchRuntime(self.package)
-        tensor = torch.from_numpy(np.ascontiguousarray(x, dtype=np.float32))
-        if method == "scorecam":
-            return ScoreCam(self._torch.network)(tensor)
-        return GradCam(self._torch.network, plus_plus=method == "gradcam++")(tensor)
+        return explain_maps(
+            self._torch.network, x, method, label_indices, target_layer=target_layer
+        )
+
+    @property
+    def network(self) -> torch.nn.Module:
+        """The package's torch network (built on first use), for explanations."""
+        if self._torch is None:
+            self._torch = TorchRuntime(self.package)
+        return self._torch.network
 
     # -- the whole path -----------------------------------------------------------
     def predict(
@@ -432,11 +465,17 @@ class Pipeline:
         inputs: Sequence[str | Path | Image],
         *,
         explain: bool = False,
-        cam_method: CamMethod = "cam",
+        cam_method: ExplainMethod = "cam",
         operating_point: str | None = None,
         batch_size: int = 8,
+        trust: bool = False,
     ) -> list[Prediction]:
-        """Predict for files or images; one :class:`Prediction` per input, in order."""
+        """Predict for files or images; one :class:`Prediction` per input, in order.
+
+        ``explain`` attaches heatmaps; ``trust`` attaches the explanation trust of each
+        finding decided positive or indeterminate (from the CAM, or from the maps of
+        ``cam_method`` when explaining; left ``None`` when the runtime has no CAM).
+        """
         if operating_point is not None:
             self.package.thresholds(operating_point)  # unknown operating point: refuse up front
         predictions: list[Prediction] = []
@@ -451,7 +490,12 @@ class Pipeline:
             batch = np.stack([x for _, x in chunk])
             try:
                 self._infer(
-                    batch, [predictions[i] for i, _ in chunk], explain, cam_method, operating_point
+                    batch,
+                    [predictions[i] for i, _ in chunk],
+                    explain,
+                    cam_method,
+                    operating_point,
+                    trust,
                 )
             except OverreadError as exc:
                 for i, _ in chunk:
@@ -505,11 +549,12 @@ class Pipeline:
         batch: np.ndarray,
         targets: list[Prediction],
         explain: bool,
-        cam_method: CamMethod,
+        cam_method: ExplainMethod,
         operating_point: str | None,
+        trust: bool = False,
     ) -> None:
         started = time.perf_counter()
-        with_cam = explain and cam_method == "cam" and self.runtime.has_cam
+        with_cam = self.runtime.has_cam and ((explain and cam_method == "cam") or trust)
         samples, cam = self.probability_samples(batch, with_cam=with_cam)
         inferred = time.perf_counter()
         probabilities = samples.mean(axis=0)
@@ -521,9 +566,16 @@ class Pipeline:
         post_done = time.perf_counter()
         for prediction in targets:
             prediction.timings["postprocess"] = (post_done - inferred) / len(targets)
-        if not explain:
-            return
         size = (batch.shape[-2], batch.shape[-1])
+        if not explain:
+            if trust and cam is not None:
+                for row, prediction in enumerate(targets):
+                    trusted = time.perf_counter()
+                    attach_trust_from_cam(
+                        prediction, batch[row], cam[row], self.deleted_probabilities
+                    )
+                    prediction.timings["trust"] = time.perf_counter() - trusted
+            return
         if cam_method == "cam":
             if cam is None:
                 raise InferenceError(
@@ -536,6 +588,19 @@ class Pipeline:
         for row, prediction in enumerate(targets):
             prediction.heatmaps = {label: maps[row, i] for i, label in enumerate(self.labels)}
             prediction.timings["explain"] = (explained - post_done) / len(targets)
+        if trust:
+            self._attach_trust(batch, targets, maps)
+
+    def _attach_trust(self, batch: np.ndarray, targets: list[Prediction], maps: np.ndarray) -> None:
+        """Explanation trust for each image's acted-on findings (one extra pass each)."""
+        for row, prediction in enumerate(targets):
+            started = time.perf_counter()
+            attach_trust(prediction, batch[row], maps[row], self.deleted_probabilities)
+            prediction.timings["trust"] = time.perf_counter() - started
+
+
+#: Largest batch of region-deleted inputs run at once (the warm-up's largest session).
+_TRUST_CHUNK = 8
 
 
 def clear_pipeline_cache() -> None:

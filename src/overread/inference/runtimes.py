@@ -34,6 +34,18 @@ def default_threads() -> int:
     return max(1, min(DEFAULT_THREADS, os.cpu_count() or 1))
 
 
+def padded_size(count: int, max_batch: int) -> int:
+    """The session batch size a batch of ``count`` runs at: the next power of two.
+
+    ONNX Runtime keeps one session per fixed batch size; padding to 1, 2, 4, 8 bounds
+    the sessions to warm up at start to four instead of one per possible count.
+    """
+    size = 1
+    while size < count:
+        size *= 2
+    return max(count, min(size, max_batch))
+
+
 def runtime_unavailable_reason(name: str) -> str | None:
     """None when runtime ``name`` can be used here, else why not."""
     if name == "onnx":
@@ -265,5 +277,6 @@ __all__ = [
     "default_threads",
     "int8_disagreement",
     "open_runtime",
+    "padded_size",
     "runtime_unavailable_reason",
 ]

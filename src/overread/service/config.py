@@ -304,6 +304,11 @@ class ServiceConfig(BaseModel):
     lease_seconds: float = Field(default=60.0, gt=0)
     poll_seconds: float = Field(default=1.0, gt=0)
     explain: bool = False
+    trust: bool = Field(
+        default=True,
+        description="attach the explanation trust score (map concentration, deletion drop) "
+        "to every finding decided positive or indeterminate: one extra forward pass per image",
+    )
     fsync: bool = True
     triage: dict[str, Any] = Field(
         default_factory=dict,

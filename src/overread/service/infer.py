@@ -108,7 +108,9 @@ class InferenceHandler:
         pipeline = self.models.get(alias)
         cam_segmentation = alias in self.services.config.cam_segmentation
         explain = self.services.config.explain or cam_segmentation
-        predictions = list(pipeline.predict(paths, explain=explain))
+        predictions = list(
+            pipeline.predict(paths, explain=explain, trust=self.services.config.trust)
+        )
         require_ok(predictions, paths)
         modelled = time.perf_counter()
         # One header read per image serves the SR, the worklist context and the FHIR

@@ -45,8 +45,11 @@ class PipelineLike(Protocol):
         """The model package the pipeline runs."""
         ...
 
-    def predict(self, inputs: Sequence[Any], *, explain: bool = False) -> Sequence[Prediction]:
-        """One prediction per input (``ok=False`` for a bad input)."""
+    def predict(
+        self, inputs: Sequence[Any], *, explain: bool = False, trust: bool = False
+    ) -> Sequence[Prediction]:
+        """One prediction per input (``ok=False`` for a bad input); ``trust`` attaches
+        the explanation trust of the findings decided positive or indeterminate."""
         ...
 
 

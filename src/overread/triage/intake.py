@@ -74,7 +74,8 @@ def merge_findings(images: Iterable[Sequence[FindingResult]]) -> list[FindingRes
     Findings without a usable probability (NaN) are skipped; ``positive`` is true if
     any image was positive for the label; the decision is the strongest of any image
     (positive, then indeterminate, then negative: :attr:`Decision.severity`); the codes
-    are the first image's that has any; an unknown threshold proximity counts as 0.
+    are the first image's that has any; an unknown threshold proximity counts as 0; the
+    trust and uncertainty values are the most probable image's.
     """
     best: dict[str, FindingResult] = {}
     positive: dict[str, bool] = {}
@@ -94,14 +95,10 @@ def merge_findings(images: Iterable[Sequence[FindingResult]]) -> list[FindingRes
             if current is None or finding.probability > current.probability:
                 best[label] = finding
     return [
-        FindingResult(
-            f.label,
-            f.probability,
-            positive[f.label],
-            f.threshold_proximity or 0.0,
-            f.threshold,
+        f.with_values(
+            positive=positive[f.label],
+            threshold_proximity=f.threshold_proximity or 0.0,
             decision=decision[f.label],
-            operating_point=f.operating_point,
             codes=codes[f.label],
         )
         for f in best.values()

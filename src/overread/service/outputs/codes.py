@@ -136,6 +136,26 @@ SUMMARY = _from_pydicom(codes.DCM.Summary)
 OPERATING_THRESHOLD = Concept("OPTHRESHOLD", LOCAL_SCHEME, "Operating point threshold")
 #: Local: how close the probability lies to the threshold (1 at it, 0 far from it).
 THRESHOLD_PROXIMITY = Concept("THRPROXIMITY", LOCAL_SCHEME, "Threshold proximity")
+#: UCUM "bit": the unit of predictive entropy and mutual information.
+UNIT_BIT = Concept("bit", "UCUM", "bit")
+#: Local: the explanation trust score in [0, 1] (docs/outputs.md, "Explanation trust").
+TRUST_SCORE = Concept("TRUSTSCORE", LOCAL_SCHEME, "Explanation trust score")
+#: Local: the share of the heatmap's mass in its top region, rescaled to [0, 1].
+MAP_CONCENTRATION = Concept("MAPCONCENTR", LOCAL_SCHEME, "Heatmap concentration")
+#: Local: relative fall of the probability with the heatmap's top region removed.
+DELETION_DROP = Concept("DELETIONDROP", LOCAL_SCHEME, "Deletion probability drop")
+#: Local: predictive entropy of the probability, in bits.
+PREDICTIVE_ENTROPY = Concept("PREDENTROPY", LOCAL_SCHEME, "Predictive entropy")
+#: Local: the epistemic part of the entropy (mutual information), in bits.
+MUTUAL_INFORMATION = Concept("MUTUALINFO", LOCAL_SCHEME, "Mutual information")
+#: Local: the split-conformal prediction set of the finding, and its four values.
+CONFORMAL_SET = Concept("CONFORMALSET", LOCAL_SCHEME, "Conformal prediction set")
+CONFORMAL_SET_VALUES: dict[str, Concept] = {
+    "positive": Concept("CONFSETPOS", LOCAL_SCHEME, "Present only"),
+    "negative": Concept("CONFSETNEG", LOCAL_SCHEME, "Absent only"),
+    "both": Concept("CONFSETBOTH", LOCAL_SCHEME, "Present or absent"),
+    "empty": Concept("CONFSETEMPTY", LOCAL_SCHEME, "Empty set"),
+}
 
 #: Everything in :data:`LOCAL_SCHEME`, for the SR's Coding Scheme Identification.
 LOCAL_SCHEME_NAME = "overread local concepts"
@@ -190,6 +210,9 @@ FHIR_INDETERMINATE = {
 __all__ = [
     "ABSENT",
     "BODY_SITE_CHEST",
+    "CONFORMAL_SET",
+    "CONFORMAL_SET_VALUES",
+    "DELETION_DROP",
     "FHIR_CATEGORY_RAD",
     "FHIR_INDETERMINATE",
     "FHIR_NEGATIVE",
@@ -201,14 +224,19 @@ __all__ = [
     "LOCAL_SCHEME",
     "LOINC_XR_CHEST_2_VIEWS",
     "LOINC_XR_CHEST_SINGLE_VIEW",
+    "MAP_CONCENTRATION",
+    "MUTUAL_INFORMATION",
     "OPERATING_THRESHOLD",
+    "PREDICTIVE_ENTROPY",
     "PRESENT",
     "PROBABILITY",
     "PROCEDURE_CHEST_XRAY",
     "QUALITATIVE_EVALUATIONS",
     "SUMMARY",
     "THRESHOLD_PROXIMITY",
+    "TRUST_SCORE",
     "UNDETERMINED",
+    "UNIT_BIT",
     "UNIT_RATIO",
     "Concept",
     "declare_local_scheme",

@@ -7,8 +7,11 @@ holds:
   sha256 as an identifier), so every observation says which model produced it;
 * one ``Observation`` per finding: the finding's code (SNOMED CT where one exists),
   the probability as ``valueQuantity`` (UCUM "1"), interpretation ``POS``/``NEG`` at
-  the operating point, the threshold and threshold proximity as components, ``device`` =
-  the model, ``derivedFrom`` = the imaging study;
+  the operating point, the threshold and threshold proximity as components (and,
+  where known, the explanation trust score with its map concentration and deletion
+  drop, predictive entropy and mutual information in bits, and the conformal
+  prediction set as a ``valueCodeableConcept``), ``device`` = the model,
+  ``derivedFrom`` = the imaging study;
 * a ``DiagnosticReport`` (status ``preliminary``, category ``RAD``, LOINC code for
   the chest X-ray examination, the plain-language ``conclusion``, coded positive
   findings in ``conclusionCode``, ``imagingStudy`` referencing the study by its
@@ -33,7 +36,14 @@ from pydicom.dataset import Dataset
 from overread.errors import ServiceError
 from overread.findings import Finding
 from overread.imaging import ImageMetadata
-from overread.results import Decision, ModelRef, Prediction, ResultSummary, StudyHeader
+from overread.results import (
+    Decision,
+    FindingResult,
+    ModelRef,
+    Prediction,
+    ResultSummary,
+    StudyHeader,
+)
 from overread.service.outputs import codes as oc
 from overread.service.outputs.prediction import (
     checked_findings,
@@ -76,6 +86,38 @@ def _probability(value: float) -> dict[str, Any]:
         "system": UCUM_SYSTEM,
         "code": "1",
     }
+
+
+def _bits(value: float) -> dict[str, Any]:
+    return {"value": round(float(value), 6), "unit": "bit", "system": UCUM_SYSTEM, "code": "bit"}
+
+
+def _evidence_components(finding: FindingResult) -> list[dict[str, Any]]:
+    """Observation components for the finding's explanation trust and uncertainty."""
+    quantities = [
+        (oc.TRUST_SCORE, finding.trust_score, _probability),
+        (oc.MAP_CONCENTRATION, finding.map_concentration, _probability),
+        (oc.DELETION_DROP, finding.deletion_drop, _probability),
+        (oc.PREDICTIVE_ENTROPY, finding.entropy, _bits),
+        (oc.MUTUAL_INFORMATION, finding.mutual_information, _bits),
+    ]
+    components = [
+        {"code": {"coding": [concept.to_fhir()]}, "valueQuantity": quantity(float(value))}
+        for concept, value, quantity in quantities
+        if value is not None
+    ]
+    if finding.conformal_set is not None:
+        value = oc.CONFORMAL_SET_VALUES[finding.conformal_set]
+        components.append(
+            {
+                "code": {"coding": [oc.CONFORMAL_SET.to_fhir()]},
+                "valueCodeableConcept": {
+                    "coding": [value.to_fhir()],
+                    "text": finding.conformal_set,
+                },
+            }
+        )
+    return components
 
 
 def _subject(ds: Dataset) -> dict[str, Any]:
@@ -174,6 +216,7 @@ def build_fhir_report(
                     "valueQuantity": _probability(float(finding.threshold_proximity)),
                 }
             )
+        components.extend(_evidence_components(finding))
         observation: dict[str, Any] = {
             "resourceType": "Observation",
             "status": "preliminary",

@@ -18,7 +18,11 @@ Content tree (one measurement group per finding)::
           version, sha256 + threshold parameters), Source image reference,
           NUM Probability [{ratio}], NUM Operating point threshold [{ratio}],
           NUM Threshold proximity [{ratio}] (when known),
-          CODE <finding> = Present | Absent
+          NUM Explanation trust score, Heatmap concentration, Deletion probability
+          drop [{ratio}], NUM Predictive entropy, Mutual information [bit] (each
+          when known),
+          CODE <finding> = Present | Absent,
+          CODE Conformal prediction set = Present only | ... (when known)
       CONTAINER Qualitative Evaluations
         TEXT Summary = "AI second read: possible pneumothorax (p=0.93) ..."
 """
@@ -144,7 +148,16 @@ def _measurement_group(
                 unit=ratio,
             )
         )
+    measurements.extend(_evidence_measurements(finding))
     decision = _EVALUATION[finding.decision]
+    evaluations = [hd.sr.QualitativeEvaluation(name=concept, value=decision.to_dicom())]
+    if finding.conformal_set is not None:
+        evaluations.append(
+            hd.sr.QualitativeEvaluation(
+                name=oc.CONFORMAL_SET.to_dicom(),
+                value=oc.CONFORMAL_SET_VALUES[finding.conformal_set].to_dicom(),
+            )
+        )
     return hd.sr.MeasurementsAndQualitativeEvaluations(
         tracking_identifier=hd.sr.TrackingIdentifier(
             uid=generate_uid(),
@@ -153,13 +166,27 @@ def _measurement_group(
         finding_type=concept,
         algorithm_id=algorithm,
         measurements=measurements,
-        qualitative_evaluations=[
-            hd.sr.QualitativeEvaluation(name=concept, value=decision.to_dicom())
-        ],
+        qualitative_evaluations=evaluations,
         source_images=[
             hd.sr.SourceImageForMeasurementGroup.from_source_image(ds) for ds in sources
         ],
     )
+
+
+def _evidence_measurements(finding: FindingResult) -> list[hd.sr.Measurement]:
+    """The finding's explanation trust and uncertainty, each that is known."""
+    known = [
+        (oc.TRUST_SCORE, finding.trust_score, oc.UNIT_RATIO),
+        (oc.MAP_CONCENTRATION, finding.map_concentration, oc.UNIT_RATIO),
+        (oc.DELETION_DROP, finding.deletion_drop, oc.UNIT_RATIO),
+        (oc.PREDICTIVE_ENTROPY, finding.entropy, oc.UNIT_BIT),
+        (oc.MUTUAL_INFORMATION, finding.mutual_information, oc.UNIT_BIT),
+    ]
+    return [
+        hd.sr.Measurement(name=name.to_dicom(), value=float(value), unit=unit.to_dicom())
+        for name, value, unit in known
+        if value is not None
+    ]
 
 
 def _check_sources(source_datasets: Sequence[Dataset]) -> list[Dataset]:

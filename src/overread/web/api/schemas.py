@@ -73,16 +73,37 @@ class FindingOut(BaseModel):
     positive: bool
     threshold_proximity: float = 0.0
     threshold: float | None = None
+    trust_score: float | None = Field(
+        default=None,
+        description="explanation trust in [0, 1]: sqrt(map_concentration * deletion_drop); "
+        "null when not computed (negative findings, or trust off)",
+    )
+    map_concentration: float | None = Field(
+        default=None, description="Gini coefficient of the heatmap: 0 flat, towards 1 for a point"
+    )
+    deletion_drop: float | None = Field(
+        default=None,
+        description="relative fall of the probability with the heatmap's top region removed",
+    )
+    entropy: float | None = Field(default=None, description="predictive entropy in bits")
+    mutual_information: float | None = Field(
+        default=None, description="epistemic part of the entropy in bits"
+    )
+    conformal_set: str | None = Field(
+        default=None, description="conformal prediction set: positive, negative, both or empty"
+    )
 
     @classmethod
     def of(cls, finding: FindingResult) -> FindingOut:
-        """The API view of a finding (an unknown threshold proximity reads as 0)."""
+        """The API view of a finding (an unknown threshold proximity reads as 0; the
+        trust and uncertainty values not computed read as null)."""
         return cls(
             label=finding.label,
             probability=finding.probability,
             positive=finding.positive,
             threshold_proximity=finding.threshold_proximity or 0.0,
             threshold=finding.known_threshold,
+            **finding.trust_dict(),
         )
 
 

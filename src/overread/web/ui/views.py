@@ -16,7 +16,7 @@ from datetime import datetime
 from functools import lru_cache
 from typing import Any
 
-from pydantic import BaseModel
+from pydantic import BaseModel, computed_field
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
@@ -131,6 +131,11 @@ def study_header(
     return _header_of_file(str(path)), instance
 
 
+#: Where the study page's trust badge turns from low to medium to high (display only).
+TRUST_MEDIUM = 0.3
+TRUST_HIGH = 0.6
+
+
 class FindingView(BaseModel):
     """One finding of the model, with the reader's latest verdict on it."""
 
@@ -142,6 +147,22 @@ class FindingView(BaseModel):
     critical: bool
     verdict: str | None = None
     verdict_by: str | None = None
+    trust_score: float | None = None
+    map_concentration: float | None = None
+    deletion_drop: float | None = None
+    entropy: float | None = None
+    mutual_information: float | None = None
+    conformal_set: str | None = None
+
+    @computed_field  # type: ignore[prop-decorator]
+    @property
+    def trust_level(self) -> str:
+        """``high`` (>= 0.6), ``medium`` (>= 0.3) or ``low``; ``""`` when not computed."""
+        if self.trust_score is None:
+            return ""
+        if self.trust_score >= TRUST_HIGH:
+            return "high"
+        return "medium" if self.trust_score >= TRUST_MEDIUM else "low"
 
 
 class ScoreTermView(BaseModel):
@@ -296,6 +317,7 @@ def study_view(
             critical=f.label in critical,
             verdict=verdicts[f.label].verdict if f.label in verdicts else None,
             verdict_by=verdicts[f.label].reader if f.label in verdicts else None,
+            **f.trust_dict(),
         )
         for f in stored
     ]
