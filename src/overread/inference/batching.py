@@ -242,8 +242,10 @@ class BatchedPipeline:
         *,
         explain: bool = False,
         operating_point: str | None = None,
+        override_gate: bool = False,
     ) -> list[Prediction]:
-        """One :class:`Prediction` per input, in order; bad inputs get ``ok=False``."""
+        """One :class:`Prediction` per input, in order; bad inputs get ``ok=False``
+        (the input gate as in :meth:`Pipeline.predict`)."""
         from overread.errors import OverreadError
         from overread.explain.cam import cam_to_heatmaps
         from overread.inference.postprocess import calibrate
@@ -260,8 +262,7 @@ class BatchedPipeline:
             )
         predictions: list[Prediction] = []
         pending: list[tuple[Prediction, np.ndarray, Future[BatchOutput]]] = []
-        for item in inputs:
-            prediction, x = pipeline._prepare(item, explain)
+        for prediction, x in pipeline.admit(inputs, explain, override_gate=override_gate):
             predictions.append(prediction)
             if x is not None:
                 pending.append((prediction, x, self._batcher(with_cam).submit(x)))
