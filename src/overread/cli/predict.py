@@ -62,6 +62,11 @@ def predict_command(
         None, "--operating-point", help="e.g. 'high sensitivity'."
     ),
     cam: str = typer.Option("cam", "--cam", help="cam, gradcam, gradcam++ or scorecam."),
+    analyse_anyway: bool = typer.Option(
+        False,
+        "--analyse-anyway",
+        help="Analyse images the input gate refuses (marked outside the intended use).",
+    ),
 ) -> None:
     """Run a model on images and print findings.
 
@@ -87,6 +92,7 @@ def predict_command(
         explain=explain or out is not None,
         cam_method=cam,  # type: ignore[arg-type]
         operating_point=operating_point,
+        override_gate=analyse_anyway,
     )
     failures = 0
     results = []
@@ -124,6 +130,16 @@ def _print_findings(prediction: Prediction, overlays: list[str]) -> None:
     typer.echo(
         f"{prediction.path}  [{model.name} {model.version} {model.runtime}/{model.precision}]"
     )
+    gate = prediction.gate
+    if gate is not None:
+        score = "" if gate.ood_score is None else f" (score {gate.ood_score:.2f})"
+        typer.echo(
+            f"  input gate: {gate.status}{score}" + (f": {gate.reason}" if gate.reason else "")
+        )
+    if prediction.outside_intended_use:
+        typer.echo(
+            "  OUTSIDE THE MODEL'S INTENDED USE: analysed although the input gate refused it"
+        )
     typer.echo(f"  positive: {', '.join(positives) or 'none'}; refer: {', '.join(refer) or 'none'}")
     for finding in prediction.findings:
         typer.echo(
