@@ -125,6 +125,15 @@ def test_a_refused_study_is_listed_reported_and_can_be_analysed_anyway(
     assert row["gate_note"].startswith("outside the model's intended use")
     text = _sr_text(service, study)
     assert "Outside the model's intended use" in text and "Not analysed" not in text
+    bundle = httpx.get(
+        f"{base}/api/studies/{study}/fhir", headers=auth(Role.RADIOLOGIST), timeout=30
+    ).json()
+    [report] = [
+        e["resource"]
+        for e in bundle["entry"]
+        if e["resource"]["resourceType"] == "DiagnosticReport"
+    ]
+    assert "Outside the model's intended use" in report["conclusion"]
     again = httpx.post(
         f"{base}/api/studies/{study}/analyse-anyway", headers=auth(Role.RADIOLOGIST), timeout=10
     )
