@@ -191,6 +191,11 @@ def gate_model(
     flag_rate: float = typer.Option(
         0.05, "--flag-rate", help="Held-out rate of normal images flagged or refused."
     ),
+    features: bool = typer.Option(
+        True,
+        "--features/--no-features",
+        help="Include the detector on the network's own features (a second torch pass).",
+    ),
     as_json: bool = typer.Option(False, "--json", help="Print one JSON object."),
 ) -> None:
     """Fit the input gate on images the model was made for; write a NEW package version."""
@@ -217,6 +222,7 @@ def gate_model(
         flag_rate=flag_rate,
         refuse_rate=refuse_rate,
         provenance={"data": data.name, "from_version": package.version},
+        features=features,
     )
     written = write_gated_package(package, spec, out, version=version, key=registry.key)
     summary = {

@@ -67,12 +67,15 @@ def fit_package_gate(
     flag_rate: float = FLAG_RATE,
     refuse_rate: float = REFUSE_RATE,
     provenance: Mapping[str, Any] | None = None,
+    features: bool = True,
 ) -> GateSpec:
-    """The gate section fitted for ``package`` on ``images`` (files it was made for)."""
+    """The gate section fitted for ``package`` on ``images`` (files it was made for).
+
+    ``features=False`` leaves out the detector on the network's own features (it costs
+    a second, torch, pass of the feature layers per image)."""
     pipeline = Pipeline(package, runtime="onnx" if package.manifest.runtime.onnx_fp32 else "torch")
-    measured = measure_files(
-        [str(p) for p in images], measure_with(pipeline), FeatureExtractor.of(package)
-    )
+    extractor = FeatureExtractor.of(package) if features else None
+    measured = measure_files([str(p) for p in images], measure_with(pipeline), extractor)
     return fit_gate(
         measured,
         min_age_years=min_age_years,
