@@ -30,6 +30,8 @@ class AuditAction(enum.StrEnum):
     TOKEN_ISSUED = "token-issued"
     CONFIG_CHANGE = "config-change"
     MODEL_CHANGE = "model-change"
+    #: A reader had a study the input gate refused analysed anyway.
+    GATE_OVERRIDE = "gate-override"
     USER_CHANGE = "user-change"
     AUDIT_EXPORT = "audit-export"
     AUDIT_CHECKPOINT = "audit-checkpoint"

@@ -267,3 +267,152 @@ def ensemble_model(
         f"wrote ensemble {package.name} {package.version} of {len(members)} members -> "
         f"{package.path} (sha256 {package.sha256})"
     )
+
+
+def _cohort_files(data: Path) -> list[Path]:
+    """A phantom cohort's images in truth.csv order, else every image file under ``data``."""
+    from overread.errors import ConfigError
+    from overread.imaging.inspection import iter_files
+
+    if not data.exists():
+        raise ConfigError(f"--data {data}: no such file or folder")
+    truth = data / "truth.csv"
+    if truth.is_file():
+        import csv
+
+        with truth.open(newline="", encoding="utf-8") as handle:
+            return [data / row["Path"] for row in csv.DictReader(handle) if row.get("Path")]
+    return sorted(Path(p) for p in iter_files([data]))
+
+
+@models_app.command("gate")
+def gate_model(
+    model: str = typer.Option(..., "--model", "-m", help="Alias, name@version or package path."),
+    data: Path = typer.Option(..., "--data", help="Images the model was made for (a cohort)."),
+    out: Path = typer.Option(..., "--out", help="Folder for the new package version."),
+    version: str | None = typer.Option(
+        None, "--version", help="The new version (default: the last number plus one)."
+    ),
+    min_age: float | None = typer.Option(
+        None, "--min-age", help="Minimum patient age in years (younger: see --below-min-age)."
+    ),
+    below_min_age: str = typer.Option("refuse", "--below-min-age", help="refuse or flag."),
+    refuse_rate: float = typer.Option(
+        0.01, "--refuse-rate", help="Held-out false-refusal rate the refuse threshold is set for."
+    ),
+    flag_rate: float = typer.Option(
+        0.05, "--flag-rate", help="Held-out rate of normal images flagged or refused."
+    ),
+    features: bool = typer.Option(
+        True,
+        "--features/--no-features",
+        help="Include the detector on the network's own features (a second torch pass).",
+    ),
+    as_json: bool = typer.Option(False, "--json", help="Print one JSON object."),
+) -> None:
+    """Fit the input gate on images the model was made for; write a NEW package version."""
+    import sys
+
+    from overread.errors import ConfigError
+    from overread.inference.gate_fit import fit_package_gate, write_gated_package
+
+    if below_min_age not in ("refuse", "flag"):
+        raise ConfigError(f"--below-min-age {below_min_age!r}: use refuse or flag")
+    if not 0 < refuse_rate <= flag_rate < 1:
+        raise ConfigError("need 0 < --refuse-rate <= --flag-rate < 1")
+    registry = _registry()
+    package = registry.load(model)
+    files = _cohort_files(data)
+    if len(files) < 30:
+        raise ConfigError(f"--data {data}: {len(files)} images; the gate needs at least 30")
+    print(f"measuring {len(files)} images with {package.name} {package.version}", file=sys.stderr)
+    spec = fit_package_gate(
+        package,
+        files,
+        min_age_years=min_age,
+        below_min_age=below_min_age,
+        flag_rate=flag_rate,
+        refuse_rate=refuse_rate,
+        provenance={"data": data.name, "from_version": package.version},
+        features=features,
+    )
+    written = write_gated_package(package, spec, out, version=version, key=registry.key)
+    summary = {
+        "name": written.name,
+        "version": written.version,
+        "path": str(written.path),
+        "sha256": written.sha256,
+        "flag_threshold": spec.flag_threshold,
+        "refuse_threshold": spec.refuse_threshold,
+        "fit": spec.fit,
+    }
+    if as_json:
+        typer.echo(json.dumps(summary))
+        return
+    typer.echo(
+        f"{written.name} {written.version}: gate fitted on {spec.fit['images']} images "
+        f"(flag above {spec.flag_threshold:g}, refuse above {spec.refuse_threshold:g}; "
+        f"held-out refusal {spec.fit['refused_on_fit']:.1%}) -> {written.path}"
+    )
+
+
+@models_app.command("gate-report")
+def gate_report(
+    model: str = typer.Option(..., "--model", "-m", help="A package with a fitted gate."),
+    data: Path = typer.Option(..., "--data", help="Normal images (another seed than the fit)."),
+    spoiled: int = typer.Option(
+        40, "--spoiled", help="Images of --data spoiled each way (inverted, noisy...)."
+    ),
+    lateral: int = typer.Option(40, "--lateral", help="Lateral phantoms to render."),
+    seed: int = typer.Option(303, "--seed", help="Seed of the lateral phantoms."),
+    as_json: bool = typer.Option(False, "--json", help="Print one JSON object."),
+) -> None:
+    """Detection rate per kind of unsuitable image and false refusals on normal ones."""
+    import os
+    import sys
+    import tempfile
+
+    import pydicom
+
+    from overread.inference.gate_fit import evaluate_gate
+    from overread.inference.pipeline import Pipeline
+    from overread.phantom.corrupt import write_corrupted
+    from overread.phantom.lateral import write_lateral_cohort
+
+    pipeline = Pipeline(_registry().load(model))
+    normal = _cohort_files(data)
+    groups: dict[str, list[Path]] = {"normal (false refusals)": normal}
+    with tempfile.TemporaryDirectory(prefix="overread-gate-") as scratch:
+        root = Path(scratch)
+        print(
+            f"writing {spoiled} spoiled copies of each kind and {lateral} laterals", file=sys.stderr
+        )
+        for kind, paths in write_corrupted(normal[:spoiled], root / "spoiled").items():
+            groups[kind] = paths
+        groups["lateral phantom"] = write_lateral_cohort(root / "lateral", lateral, seed, size=512)
+        test_files = Path(os.path.dirname(pydicom.__file__)) / "data" / "test_files"
+        for path in sorted(test_files.glob("*.dcm")):
+            try:
+                ds = pydicom.dcmread(path, stop_before_pixels=True)
+            except Exception:
+                continue
+            if "Rows" not in ds:
+                continue
+            groups.setdefault(f"pydicom {ds.get('Modality') or 'no modality'}", []).append(path)
+        print(
+            f"running the gate of {pipeline.model.name} {pipeline.model.version}", file=sys.stderr
+        )
+        counts = evaluate_gate(pipeline, groups)
+    rows = [c.to_dict() for c in counts]
+    if as_json:
+        typer.echo(json.dumps({"model": pipeline.model.to_dict(), "groups": rows}))
+        return
+    typer.echo(
+        f"{'kind':26s} {'n':>4s} {'refused':>8s} {'flagged':>8s} {'pixels only':>12s} "
+        f"{'unreadable':>10s}"
+    )
+    for row in rows:
+        typer.echo(
+            f"{row['kind']:26s} {row['images']:4d} {row['refused_rate']:8.1%} "
+            f"{row['flagged']:8d} {row['refused_pixels_only_rate']:12.1%} {row['unreadable']:10d}"
+        )

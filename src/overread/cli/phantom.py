@@ -159,3 +159,19 @@ def phantom_learnability(
         f"mean AUC {result.mean_auc:.3f} at {size}x{size} "
         f"({result.n_train} train / {result.n_test} held-out studies, {result.seconds:.0f} s)"
     )
+
+
+@phantom_app.command("lateral")
+def phantom_lateral(
+    n: int = typer.Option(..., "--n", help="Number of lateral images."),
+    out: str = typer.Option(..., "--out", help="Output folder."),
+    seed: int = typer.Option(0, "--seed", help="Master seed."),
+    size: int = typer.Option(512, "--size", help="Image rows and columns (64..3000)."),
+) -> None:
+    """Write plain lateral chest projections (input-gate tests; no findings, no truth)."""
+    from overread.phantom.lateral import write_lateral_cohort
+
+    if n < 1 or not 64 <= size <= 3000:
+        raise ConfigError("phantom lateral needs --n >= 1 and --size 64..3000")
+    written = write_lateral_cohort(out, n, seed, size=size)
+    typer.echo(f"wrote {len(written)} lateral images to {out}")

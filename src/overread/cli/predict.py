@@ -90,6 +90,11 @@ def predict_command(
         help="Explanation trust score of each positive or indeterminate finding "
         "(one extra forward pass per image).",
     ),
+    analyse_anyway: bool = typer.Option(
+        False,
+        "--analyse-anyway",
+        help="Analyse images the input gate refuses (marked outside the intended use).",
+    ),
 ) -> None:
     """Run a model on images and print findings.
 
@@ -118,6 +123,7 @@ def predict_command(
         cam_method=cam,  # type: ignore[arg-type]
         operating_point=operating_point,
         trust=trust,
+        override_gate=analyse_anyway,
     )
     failures = 0
     results = []
@@ -166,6 +172,16 @@ def _print_findings(prediction: Prediction, overlays: list[str]) -> None:
     typer.echo(
         f"{prediction.path}  [{model.name} {model.version} {model.runtime}/{model.precision}]"
     )
+    gate = prediction.gate
+    if gate is not None:
+        score = "" if gate.ood_score is None else f" (score {gate.ood_score:.2f})"
+        typer.echo(
+            f"  input gate: {gate.status}{score}" + (f": {gate.reason}" if gate.reason else "")
+        )
+    if prediction.outside_intended_use:
+        typer.echo(
+            "  OUTSIDE THE MODEL'S INTENDED USE: analysed although the input gate refused it"
+        )
     typer.echo(f"  positive: {', '.join(positives) or 'none'}; refer: {', '.join(refer) or 'none'}")
     for finding in prediction.findings:
         trust = "" if finding.trust_score is None else f"  trust {finding.trust_score:.2f}"

@@ -232,8 +232,10 @@ class BatchedPipeline:
         explain: bool = False,
         operating_point: str | None = None,
         trust: bool = False,
+        override_gate: bool = False,
     ) -> list[Prediction]:
-        """One :class:`Prediction` per input, in order; bad inputs get ``ok=False``.
+        """One :class:`Prediction` per input, in order; bad inputs get ``ok=False``
+        (the input gate as in :meth:`Pipeline.predict`).
 
         ``trust``: the explanation trust of each finding decided positive or
         indeterminate, from the CAM of the shared pass and one more pass of that
@@ -255,8 +257,7 @@ class BatchedPipeline:
             )
         predictions: list[Prediction] = []
         pending: list[tuple[Prediction, np.ndarray, Future[BatchOutput]]] = []
-        for item in inputs:
-            prediction, x = pipeline._prepare(item, explain)
+        for prediction, x in pipeline.admit(inputs, explain, override_gate=override_gate):
             predictions.append(prediction)
             if x is not None:
                 pending.append((prediction, x, self._batcher(with_cam).submit(x)))

@@ -26,6 +26,7 @@ import logging
 import threading
 import time
 from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -44,13 +45,14 @@ from overread.explain.uncertainty import binary_entropy, mutual_information
 from overread.imaging import Image, read
 from overread.imaging.transforms import Compose, Letterbox, Resize, build_chain
 from overread.inference.evidence import attach_trust, attach_trust_from_cam
+from overread.inference.gate import REFUSE, HeaderCheck, InputGate
 from overread.inference.postprocess import calibrate, decide
 from overread.inference.result import FindingResult, ModelRef, Prediction
 from overread.inference.runtimes import OnnxRuntime, TorchRuntime, open_runtime, padded_size
 from overread.inference.uncertainty import SampleSettings, mc_dropout_logits, mc_dropout_refusal
 from overread.models.package import ModelPackage
 from overread.models.registry import Registry
-from overread.results import Decision
+from overread.results import Decision, GateVerdict
 
 logger = logging.getLogger(__name__)
 
@@ -74,6 +76,16 @@ def _problem(path: str | None, exc: BaseException) -> str:
     if path and message.startswith(f"{path}: "):
         return message[len(path) + 2 :]
     return message
+
+
+@dataclass
+class _Prepared:
+    """One input read and preprocessed: the header check is ``None`` when unreadable."""
+
+    prediction: Prediction
+    x: np.ndarray | None
+    header: HeaderCheck | None
+    box: Letterbox | None
 
 
 class Pipeline:
@@ -161,6 +173,7 @@ class Pipeline:
             if refusal:
                 raise InferenceError(refusal)
         self._conformal = self._conformal_quantiles()
+        self.gate = InputGate.of(package)
         if not manifest.trained:
             logger.info(
                 "model %s %s is an untrained placeholder: its findings carry no meaning",
@@ -266,23 +279,15 @@ class Pipeline:
 
     # -- stages -----------------------------------------------------------------
     def accepts_problem(self, image: Image) -> str | None:
-        """Why the package's ``accepts`` filter refuses this image, or None."""
-        accepts = self.package.manifest.accepts
-        meta = image.metadata
-        checks = [
-            ("modality", meta.modality, accepts.modalities),
-            ("body part", meta.body_part, accepts.body_parts),
-            ("view position", meta.view_position, accepts.view_positions),
-            ("SOP class", meta.sop_class_uid, accepts.sop_class_uids),
-        ]
-        for what, value, allowed in checks:
-            # Unknown values (PNG, NIfTI, missing attributes) are let through.
-            if allowed and value and value.upper() not in {a.upper() for a in allowed}:
-                return (
-                    f"{what} {value} is not accepted by {self.model.name} {self.model.version}"
-                    f" (accepts {', '.join(allowed)})"
-                )
-        return None
+        """Why the package's header rules refuse this image, or None.
+
+        Only the header: a missing value is not a problem here (the input gate's
+        pixel check decides it; see :mod:`overread.inference.gate`).
+        """
+        refused = self.gate.check_header(image).refuse
+        if not refused:
+            return None
+        return f"{'; '.join(refused)} by {self.model.name} {self.model.version}"
 
     def preprocess(self, image: Image) -> tuple[np.ndarray, Image]:
         """The package's chain applied to ``image``: ``(C, H, W)`` float32 and the processed image."""
@@ -469,22 +474,23 @@ class Pipeline:
         operating_point: str | None = None,
         batch_size: int = 8,
         trust: bool = False,
+        override_gate: bool = False,
     ) -> list[Prediction]:
         """Predict for files or images; one :class:`Prediction` per input, in order.
 
-        ``explain`` attaches heatmaps; ``trust`` attaches the explanation trust of each
-        finding decided positive or indeterminate (from the CAM, or from the maps of
-        ``cam_method`` when explaining; left ``None`` when the runtime has no CAM).
+        Each input passes the input gate first (:meth:`admit`); a refused image is
+        not analysed (``ok`` false, ``gate.status`` ``refuse``) unless
+        ``override_gate``, which analyses it and marks the result outside the
+        model's intended use. ``explain`` attaches heatmaps; ``trust`` attaches the
+        explanation trust of each finding decided positive or indeterminate (from the
+        CAM, or from the maps of ``cam_method`` when explaining; left ``None`` when
+        the runtime has no CAM).
         """
         if operating_point is not None:
             self.package.thresholds(operating_point)  # unknown operating point: refuse up front
-        predictions: list[Prediction] = []
-        ready: list[tuple[int, np.ndarray]] = []
-        for item in inputs:
-            prediction, x = self._prepare(item, explain)
-            if x is not None:
-                ready.append((len(predictions), x))
-            predictions.append(prediction)
+        admitted = self.admit(inputs, explain, override_gate=override_gate)
+        predictions = [prediction for prediction, _ in admitted]
+        ready = [(i, x) for i, (_, x) in enumerate(admitted) if x is not None]
         for start in range(0, len(ready), max(1, batch_size)):
             chunk = ready[start : start + batch_size]
             batch = np.stack([x for _, x in chunk])
@@ -503,9 +509,65 @@ class Pipeline:
                     predictions[i].error = _problem(predictions[i].path, exc)
         return predictions
 
-    def _prepare(
-        self, item: str | Path | Image, explain: bool
-    ) -> tuple[Prediction, np.ndarray | None]:
+    def admit(
+        self,
+        inputs: Sequence[str | Path | Image],
+        explain: bool,
+        *,
+        override_gate: bool = False,
+    ) -> list[tuple[Prediction, np.ndarray | None]]:
+        """Read, check and preprocess each input: ``(prediction, model input or None)``.
+
+        The input gate's header rules and pixel check give each readable image a
+        verdict (``prediction.gate``); an unreadable one is refused with the reason.
+        A refused image gets no model input unless ``override_gate``.
+        """
+        prepared = [self._prepare(item, explain) for item in inputs]
+        ready = [(i, p.x, p.header, p.box) for i, p in enumerate(prepared)]
+        ready = [(i, x, h, box) for i, x, h, box in ready if x is not None and h is not None]
+        verdicts: dict[int, GateVerdict] = {}
+        if ready:
+            started = time.perf_counter()
+            pixel = self.gate.verdicts(
+                [h for _, _, h, _ in ready if h is not None],
+                np.stack([x for _, x, _, _ in ready if x is not None]),
+                [box for _, _, _, box in ready],
+            )
+            seconds = (time.perf_counter() - started) / len(ready)
+            for (i, _, _, _), found in zip(ready, pixel, strict=True):
+                verdicts[i] = found
+                prepared[i].prediction.timings["gate"] = seconds
+        out: list[tuple[Prediction, np.ndarray | None]] = []
+        for i, item in enumerate(prepared):
+            prediction, x, header = item.prediction, item.x, item.header
+            verdict = verdicts.get(i)
+            if verdict is None:  # unreadable: nothing for the model to analyse
+                earlier = header.refuse if header is not None else ()
+                prediction.gate = GateVerdict(
+                    REFUSE, (*earlier, f"cannot be read: {prediction.error}")
+                )
+                out.append((prediction, None))
+                continue
+            if header is not None and header.missing and verdict.status != REFUSE:
+                prediction.warnings.append(
+                    f"{', '.join(header.missing)} not in the header: decided by the image"
+                )
+            if verdict.status == REFUSE:
+                if override_gate:
+                    verdict = GateVerdict(verdict.status, verdict.reasons, verdict.ood_score, True)
+                    prediction.outside_intended_use = True
+                else:
+                    prediction.ok = False
+                    prediction.error = f"not analysed: {verdict.reason}"
+                    x = None
+            prediction.gate = verdict
+            if x is None:
+                prediction.model_input = None
+                prediction.letterbox = None
+            out.append((prediction, x))
+        return out
+
+    def _prepare(self, item: str | Path | Image, explain: bool) -> _Prepared:
         path = None if isinstance(item, Image) else str(item)
         prediction = Prediction(path=path, ok=False, model=self.model)
         if not self.package.manifest.trained:
@@ -513,6 +575,8 @@ class Pipeline:
                 f"model {self.model.name} {self.model.version} is an untrained placeholder"
             )
         started = time.perf_counter()
+        header: HeaderCheck | None = None
+        box: Letterbox | None = None
         try:
             image = item if isinstance(item, Image) else read(item)
             if path is None:
@@ -525,24 +589,22 @@ class Pipeline:
                 )
             read_done = time.perf_counter()
             prediction.timings["read"] = read_done - started
-            problem = self.accepts_problem(image)
-            if problem:
-                prediction.error = problem
-                return prediction, None
+            header = self.gate.check_header(image)
             x, _ = self.preprocess(image)
+            box = self.letterbox(image)
             prediction.timings["preprocess"] = time.perf_counter() - read_done
             if explain:
                 prediction.model_input = x[0]
-                prediction.letterbox = self.letterbox(image)
+                prediction.letterbox = box
         except OverreadError as exc:
             prediction.error = _problem(prediction.path, exc)
-            return prediction, None
+            return _Prepared(prediction, None, header, box)
         except Exception as exc:  # a corrupt file must not stop the batch
             logger.debug("unexpected error on %s", prediction.path, exc_info=True)
             prediction.error = f"{type(exc).__name__}: {_problem(prediction.path, exc)}"
-            return prediction, None
+            return _Prepared(prediction, None, header, box)
         prediction.ok = True
-        return prediction, x
+        return _Prepared(prediction, x, header, box)
 
     def _infer(
         self,

@@ -57,6 +57,75 @@ class Accepts(_Strict):
     sop_class_uids: list[str] = Field(default_factory=list)
 
 
+class StatisticSpec(_Strict):
+    """One image statistic the input gate watches, with its robust fit on normal images.
+
+    ``direction``: ``1`` when only high values are suspicious, ``-1`` only low, ``0``
+    both. The statistic's score is its robust z (``(value - median) / scale``) in the
+    suspicious direction, divided by ``q99``, its 99th percentile on the fit images.
+    """
+
+    name: str = Field(min_length=1)
+    direction: Literal[-1, 0, 1] = 0
+    median: float
+    scale: float = Field(gt=0.0)
+    q99: float = Field(gt=0.0)
+
+
+class SubspaceSpec(_Strict):
+    """A probabilistic-PCA Mahalanobis detector on a feature vector.
+
+    ``score = (sum_k (c_k^2 / eigenvalues_k) + |residual|^2 / residual_variance) / d``
+    for the centred vector's coordinates ``c`` on ``components`` (rows) and what they
+    leave out, divided by ``q99``, the 99th percentile of that on the fit images.
+    """
+
+    name: str = Field(min_length=1)
+    mean: list[float] = Field(min_length=1)
+    components: list[list[float]] = Field(default_factory=list)
+    eigenvalues: list[float] = Field(default_factory=list)
+    residual_variance: float = Field(gt=0.0)
+    q99: float = Field(gt=0.0)
+
+    @model_validator(mode="after")
+    def _shapes(self) -> SubspaceSpec:
+        if len(self.components) != len(self.eigenvalues):
+            raise ValueError("one eigenvalue per component")
+        if any(len(row) != len(self.mean) for row in self.components):
+            raise ValueError("components must have the mean's length")
+        if any(value <= 0 for value in self.eigenvalues):
+            raise ValueError("eigenvalues must be positive")
+        return self
+
+
+class GateSpec(_Strict):
+    """The input gate: what the package refuses or flags before it runs.
+
+    Header rules come from ``accepts`` (a present value outside it is refused; a
+    missing one is decided by the pixel check) and from ``min_age_years``
+    (``below_min_age`` says whether a younger patient is refused or flagged). The
+    pixel check combines the detectors below: each gives a score normalised so that
+    1 is its 99th percentile on the fit images, the image's score is their maximum,
+    and ``flag_threshold`` / ``refuse_threshold`` were chosen on the fit images for
+    the false-flag and false-refusal rates recorded in ``fit``.
+    """
+
+    min_age_years: float | None = Field(default=None, ge=0.0)
+    below_min_age: Literal["refuse", "flag"] = "refuse"
+    statistics: list[StatisticSpec] = Field(default_factory=list)
+    structure: SubspaceSpec | None = None
+    features: SubspaceSpec | None = None
+    flag_threshold: float = Field(gt=0.0)
+    refuse_threshold: float = Field(gt=0.0)
+    fit: dict[str, Any] = Field(default_factory=dict)
+
+    @model_validator(mode="after")
+    def _ordered(self) -> GateSpec:
+        if self.flag_threshold > self.refuse_threshold:
+            raise ValueError("flag_threshold must not exceed refuse_threshold")
+        return self
+
+
 class InputSpec(_Strict):
     """The network input and the exact preprocessing chain that produces it."""
 
@@ -165,7 +234,7 @@ class EnsembleSection(_Strict):
 
 #: Manifest sections added after format 1 was fixed: left out of the canonical form
 #: (and of the file) when absent, so packages written before them keep their hash.
-OPTIONAL_SECTIONS = ("uncertainty", "conformal", "ensemble")
+OPTIONAL_SECTIONS = ("uncertainty", "conformal", "ensemble", "gate")
 
 #: The ``architecture`` of an ensemble package (it has no network of its own).
 ENSEMBLE_ARCHITECTURE = "ensemble"
@@ -182,6 +251,7 @@ class Manifest(_Strict):
     architecture: str = Field(min_length=1)
     arch_kwargs: dict[str, Any] = Field(default_factory=dict)
     accepts: Accepts = Field(default_factory=Accepts)
+    gate: GateSpec | None = None
     input: InputSpec
     labels: list[LabelSpec] = Field(min_length=1)
     operating_points: dict[str, dict[str, float]] = Field(default_factory=dict)
@@ -303,11 +373,14 @@ __all__ = [
     "EnsembleMember",
     "EnsembleSection",
     "FileEntry",
+    "GateSpec",
     "InputSpec",
     "LabelSpec",
     "Manifest",
     "RuntimeFiles",
     "Signature",
+    "StatisticSpec",
+    "SubspaceSpec",
     "Task",
     "TtaSettings",
     "UncertaintySettings",

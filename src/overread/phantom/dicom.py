@@ -33,6 +33,7 @@ from overread.phantom.sites import DEPARTMENT_NAMES, Site
 _VIEW_CODES = {
     "PA": ("399348003", "postero-anterior"),
     "AP": ("399182009", "antero-posterior"),
+    "LL": ("399173006", "left lateral"),
 }
 
 
@@ -155,7 +156,8 @@ def build_dataset(header: StudyHeader, pixels: npt.NDArray[np.uint16]) -> Datase
     ds.StudyID = str(header.study_number)
     ds.SeriesNumber = 1
     ds.InstanceNumber = 1
-    ds.PatientOrientation = ["L", "F"]
+    # A left lateral is shown facing the viewer's left: columns run front to back.
+    ds.PatientOrientation = ["P", "F"] if header.view == "LL" else ["L", "F"]
     ds.BurnedInAnnotation = "NO"
     ds.LossyImageCompression = "00"
     request = Dataset()

@@ -27,7 +27,7 @@ from overread.service.db import Instance, Job, JobKind, Result, utcnow
 from overread.service.handling import JobServices
 from overread.service.payloads import DicomExportPayload, FhirExportPayload, InferPayload
 from overread.service.routing import InstanceFacts, route_matches
-from overread.service.runtime import ArtifactBuilder, PipelineProvider, require_ok
+from overread.service.runtime import ArtifactBuilder, PipelineProvider, not_analysed, require_ok
 from overread.triage.score import StudyContext
 
 logger = logging.getLogger(__name__)
@@ -97,10 +97,15 @@ class InferenceHandler:
                     Result.model_version == job.model_version,
                 )
             )
+        replaces: int | None = None
         if existing is not None:
-            logger.info("job %d: result %d already stored; not run again", job.id, existing.id)
-            self._finish(job, payload, existing.id, None, [])
-            return
+            if payload.override_gate and _not_analysed_result(existing):
+                # A reader's "analyse anyway": the not-analysed result is replaced.
+                replaces = existing.id
+            else:
+                logger.info("job %d: result %d already stored; not run again", job.id, existing.id)
+                self._finish(job, payload, existing.id, None, [])
+                return
         items = self._study_paths(job)
         if not items:
             raise InferenceError(f"study {job.study_instance_uid} has no stored instances")
@@ -109,18 +114,26 @@ class InferenceHandler:
         cam_segmentation = alias in self.services.config.cam_segmentation
         explain = self.services.config.explain or cam_segmentation
         predictions = list(
-            pipeline.predict(paths, explain=explain, trust=self.services.config.trust)
+            pipeline.predict(
+                paths,
+                explain=explain,
+                trust=self.services.config.trust,
+                override_gate=payload.override_gate,
+            )
         )
         require_ok(predictions, paths)
         modelled = time.perf_counter()
         # One header read per image serves the SR, the worklist context and the FHIR
         # facts; overlays need the pixels too.
-        readings = [
-            (prediction, read_dataset(path, pixels=self.services.config.explain))
-            for prediction, (path, _) in zip(predictions, items, strict=True)
-            if prediction.ok
-        ]
-        header = metadata_from_dataset(readings[0][1])
+        if not_analysed(predictions):
+            readings = _refused_readings(predictions, paths)
+        else:
+            readings = [
+                (prediction, read_dataset(path, pixels=self.services.config.explain))
+                for prediction, (path, _) in zip(predictions, items, strict=True)
+                if prediction.ok
+            ]
+        header = metadata_from_dataset(readings[0][1]) if readings else ImageMetadata()
         context = _study_context(items, header)
         artifacts: list[dict[str, Any]] = []
         if self.artifacts is not None:
@@ -136,7 +149,7 @@ class InferenceHandler:
             study=study_header(header),
             timings=_stage_timings(predictions, modelled - started, built - modelled),
         ).to_dict()
-        self._finish(job, payload, None, summary, artifacts, context)
+        self._finish(job, payload, None, summary, artifacts, context, replaces=replaces)
         logger.info(
             "job %d: %s %s on study %s: %d prediction(s), %d object(s) to send in %.3f s",
             job.id,
@@ -167,6 +180,8 @@ class InferenceHandler:
         summary: dict[str, Any] | None,
         artifacts: list[dict[str, Any]],
         context: StudyContext | None = None,
+        *,
+        replaces: int | None = None,
     ) -> None:
         """Store the result, audit it, put the study on the worklist and queue exports.
 
@@ -177,28 +192,40 @@ class InferenceHandler:
 
         with self.services.database.session() as session:
             if result_id is None:
-                result = Result(
-                    job_id=job.id,
-                    study_instance_uid=job.study_instance_uid,
-                    model_name=job.model_name,
-                    model_version=job.model_version,
-                    summary=summary or {},
-                    artifacts=artifacts,
-                    created_at=utcnow(),
-                )
-                session.add(result)
+                replaced = None if replaces is None else session.get(Result, replaces)
+                if replaced is not None:
+                    result = replaced
+                    result.summary = summary or {}
+                    result.artifacts = artifacts
+                    result.created_at = utcnow()
+                else:
+                    result = Result(
+                        job_id=job.id,
+                        study_instance_uid=job.study_instance_uid,
+                        model_name=job.model_name,
+                        model_version=job.model_version,
+                        summary=summary or {},
+                        artifacts=artifacts,
+                        created_at=utcnow(),
+                    )
+                    session.add(result)
                 session.flush()
                 result_id = result.id
+                details: dict[str, Any] = {
+                    "job_id": job.id,
+                    "result_id": result.id,
+                    "model": job.model_name,
+                    "version": job.model_version,
+                }
+                if payload.override_gate:
+                    details["override_gate"] = True
+                if _not_analysed_summary(summary or {}):
+                    details["not_analysed"] = True
                 self.services.audit(
                     session,
                     action=AuditAction.INFERENCE,
                     object_uids=[job.study_instance_uid],
-                    details={
-                        "job_id": job.id,
-                        "result_id": result.id,
-                        "model": job.model_name,
-                        "version": job.model_version,
-                    },
+                    details=details,
                 )
                 triage_result(session, result, context or _EMPTY_CONTEXT, self.triage, now=utcnow())
                 has_artifacts = bool(artifacts)
@@ -231,6 +258,28 @@ class InferenceHandler:
                         payload=DicomExportPayload(dest, result_id).to_dict(),
                     )
             self.services.queue.mark_succeeded(session, job.id, self.services.owner)
+
+
+def _not_analysed_summary(summary: dict[str, Any]) -> bool:
+    """Whether a stored summary is of a study the input gate refused entirely."""
+    return not_analysed(ResultSummary.from_dict(summary).instances)
+
+
+def _not_analysed_result(result: Result) -> bool:
+    return _not_analysed_summary(result.summary or {})
+
+
+def _refused_readings(
+    predictions: Sequence[Prediction], paths: Sequence[Path]
+) -> list[tuple[Prediction, Any]]:
+    """The headers of a refused study's images (those that can be read at all)."""
+    readings = []
+    for prediction, path in zip(predictions, paths, strict=True):
+        try:
+            readings.append((prediction, read_dataset(path, pixels=False)))
+        except Exception as exc:  # an unreadable file has no header to report on
+            logger.info("%s: no header for the not-analysed report: %s", path, exc)
+    return readings
 
 
 def _stage_timings(
@@ -269,4 +318,38 @@ def _study_context(items: list[tuple[Path, Instance]], header: ImageMetadata) ->
 _EMPTY_CONTEXT = StudyContext()
 
 
-__all__ = ["FHIR_DESTINATION_PREFIX", "InferenceHandler"]
+__all__ = ["FHIR_DESTINATION_PREFIX", "InferenceHandler", "request_gate_override"]
+
+
+def request_gate_override(database: Any, study_instance_uid: str) -> list[int]:
+    """Queue again, with ``override_gate``, every infer job whose result for the study
+    is "not analysed"; return their ids (``[]`` when nothing was refused).
+
+    The job runs the model on the refused images and replaces the not-analysed result
+    with one marked outside the model's intended use (see :meth:`InferenceHandler.run`).
+    """
+    from overread.service.db import JobState
+
+    now = utcnow()
+    queued: list[int] = []
+    with database.session() as session:
+        results = session.scalars(
+            select(Result).where(Result.study_instance_uid == study_instance_uid)
+        ).all()
+        for result in results:
+            if not _not_analysed_result(result):
+                continue
+            job = session.get(Job, result.job_id)
+            if job is None or job.state in (JobState.QUEUED.value, JobState.RUNNING.value):
+                continue
+            job.payload = {**(job.payload or {}), "override_gate": True}
+            job.state = JobState.QUEUED.value
+            job.attempts = 0
+            job.next_attempt_at = now
+            job.finished_at = None
+            job.lease_owner = None
+            job.lease_expires_at = None
+            job.error = None
+            job.updated_at = now
+            queued.append(job.id)
+    return queued

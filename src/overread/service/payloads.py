@@ -23,14 +23,22 @@ from overread.service.config import Destination
 
 @dataclass(frozen=True)
 class InferPayload:
-    """An infer job: the model alias to run and the DICOM destinations of its result."""
+    """An infer job: the model alias to run and the DICOM destinations of its result;
+    ``override_gate`` when a reader asked to analyse a study the input gate refused."""
 
     alias: str
     destinations: tuple[Destination, ...] = ()
+    override_gate: bool = False
 
     def to_dict(self) -> dict[str, Any]:
-        """The stored JSON."""
-        return {"alias": self.alias, "destinations": [d.model_dump() for d in self.destinations]}
+        """The stored JSON (``override_gate`` only when set: a reader's "analyse anyway")."""
+        data: dict[str, Any] = {
+            "alias": self.alias,
+            "destinations": [d.model_dump() for d in self.destinations],
+        }
+        if self.override_gate:
+            data["override_gate"] = True
+        return data
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any], *, default_alias: str) -> InferPayload:
@@ -38,6 +46,7 @@ class InferPayload:
         return cls(
             alias=str(data.get("alias") or default_alias),
             destinations=tuple(Destination(**d) for d in data.get("destinations") or []),
+            override_gate=bool(data.get("override_gate", False)),
         )
 
 

@@ -46,10 +46,17 @@ class PipelineLike(Protocol):
         ...
 
     def predict(
-        self, inputs: Sequence[Any], *, explain: bool = False, trust: bool = False
+        self,
+        inputs: Sequence[Any],
+        *,
+        explain: bool = False,
+        trust: bool = False,
+        override_gate: bool = False,
     ) -> Sequence[Prediction]:
         """One prediction per input (``ok=False`` for a bad input); ``trust`` attaches
-        the explanation trust of the findings decided positive or indeterminate."""
+        the explanation trust of the findings decided positive or indeterminate;
+        ``override_gate`` analyses images the input gate refuses (outside the intended
+        use)."""
         ...
 
 
@@ -330,7 +337,9 @@ class OutputsArtifactBuilder:
     ) -> list[Any]:
         usable = [(p, ds) for p, ds in readings if p.ok]
         if not usable:
-            return []
+            # A study the input gate refused still gets a report saying so.
+            refused = [(p, ds) for p, ds in readings if p.gate is not None and p.gate.refused]
+            return [self._outputs.build_not_analysed_sr(refused)] if refused else []
         built: list[Any] = [self._outputs.build_study_sr(usable)]
         for prediction, source in usable:
             if prediction.heatmaps and "PixelData" in source:
@@ -361,8 +370,22 @@ def default_artifact_builder() -> ArtifactBuilder | None:
         return None
 
 
+def not_analysed(predictions: Sequence[Prediction]) -> bool:
+    """Whether the input gate refused every image of a study (none was analysed).
+
+    Such a study is stored, reported and put on the worklist as not analysed, with
+    the reasons, rather than failed: running it again would refuse it again.
+    """
+    return bool(predictions) and all(
+        not p.ok and p.gate is not None and p.gate.refused for p in predictions
+    )
+
+
 def require_ok(predictions: Sequence[Prediction], paths: Sequence[Path]) -> None:
-    """Raise when no input of a study could be run at all."""
+    """Raise when no input of a study could be run at all (and the gate did not refuse
+    them all: see :func:`not_analysed`)."""
+    if not_analysed(predictions):
+        return
     if predictions and not any(p.ok for p in predictions):
         errors = "; ".join(str(p.error or "?") for p in predictions[:3])
         raise InferenceError(f"no instance of the study could be read by the model: {errors}")
@@ -379,6 +402,7 @@ __all__ = [
     "RegistryPipelineProvider",
     "default_artifact_builder",
     "identity_of",
+    "not_analysed",
     "read_signing_key",
     "require_ok",
     "session_threads",

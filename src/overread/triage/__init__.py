@@ -43,7 +43,14 @@ from overread.triage.feedback import (
     record_feedback,
     verdict_label,
 )
-from overread.triage.intake import department_key, dicom_age_years, merge_findings, triage_result
+from overread.triage.intake import (
+    StudyGate,
+    department_key,
+    dicom_age_years,
+    merge_findings,
+    study_gate,
+    triage_result,
+)
 from overread.triage.schema import (
     Alert,
     AlertDelivery,
@@ -95,6 +102,7 @@ __all__ = [
     "ScoreTerm",
     "ScoreWeights",
     "StudyContext",
+    "StudyGate",
     "SweepReport",
     "TriageConfig",
     "Verdict",
@@ -125,6 +133,7 @@ __all__ = [
     "score_study",
     "set_read_state",
     "stored_findings",
+    "study_gate",
     "sweep",
     "triage_config",
     "triage_prediction",

@@ -12,6 +12,7 @@ from __future__ import annotations
 import math
 import re
 from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
@@ -105,6 +106,49 @@ def merge_findings(images: Iterable[Sequence[FindingResult]]) -> list[FindingRes
     ]
 
 
+@dataclass(frozen=True)
+class StudyGate:
+    """What the input gate said of a study, for the worklist and the study page.
+
+    ``analysis`` is ``analysed``, ``not analysed`` (every image refused) or ``outside
+    intended use`` (a reader had a refused study analysed anyway); ``status`` the
+    worst image verdict (``pass``, ``flag``, ``refuse``; ``""`` when no gate ran).
+    """
+
+    analysis: str = "analysed"
+    status: str = ""
+    reasons: tuple[str, ...] = ()
+
+    @property
+    def note(self) -> str:
+        """One line for a reader ("" when there is nothing to say)."""
+        reason = "; ".join(self.reasons)
+        if self.analysis == "not analysed":
+            return f"not analysed: {reason}"
+        if self.analysis == "outside intended use":
+            return f"outside the model's intended use (analysed anyway): {reason}"
+        if self.status == "flag":
+            return f"flagged: {reason}"
+        return ""
+
+
+_GATE_ORDER = {"": 0, "pass": 0, "flag": 1, "refuse": 2}
+
+
+def study_gate(summary: ResultSummary) -> StudyGate:
+    """The study's :class:`StudyGate` from its stored result."""
+    gates = [p.gate for p in summary.instances if p.gate is not None]
+    if not gates:
+        return StudyGate()
+    status = max((g.status for g in gates), key=lambda s: _GATE_ORDER.get(s, 1))
+    reasons = tuple(dict.fromkeys(r for g in gates if g.status != "pass" for r in g.reasons))
+    if not summary.usable() and any(g.refused for g in gates):
+        return StudyGate("not analysed", status, reasons)
+    if any(p.outside_intended_use for p in summary.instances):
+        return StudyGate("outside intended use", status, reasons)
+    return StudyGate("analysed", status, reasons)
+
+
 def triage_result(
     session: Session,
     result: Any,
@@ -131,11 +175,16 @@ def triage_result(
     """
     summary = ResultSummary.from_dict(result.summary)
     usable = summary.usable()
-    if not usable:
+    refused = [
+        (i, p) for i, p in enumerate(summary.instances) if p.gate is not None and p.gate.refused
+    ]
+    if not usable and not refused:
         raise ConfigError(
             f"study {result.study_instance_uid}: no successful prediction in the result to triage"
         )
-    first_index, first = usable[0]
+    # A study the input gate refused is listed too ("not analysed"), without findings:
+    # it still waits for a reader, scored by its waiting time and department alone.
+    first_index, first = usable[0] if usable else refused[0]
     findings = merge_findings(prediction.findings for _, prediction in usable)
     item = upsert_study(
         session,
@@ -153,4 +202,11 @@ def triage_result(
     return item, raise_alerts(session, item, config, now=now)
 
 
-__all__ = ["department_key", "dicom_age_years", "merge_findings", "triage_result"]
+__all__ = [
+    "StudyGate",
+    "department_key",
+    "dicom_age_years",
+    "merge_findings",
+    "study_gate",
+    "triage_result",
+]

@@ -34,7 +34,14 @@ from overread.service.outputs.http_send import HttpResult, post_fhir, stow_rs
 from overread.service.outputs.overlay import RESEARCH_BANNER, build_overlay, build_overlays
 from overread.service.outputs.prediction import model_identity
 from overread.service.outputs.seg import CAM_REGION_DESCRIPTION, build_seg, cam_region_masks
-from overread.service.outputs.sr import build_sr, build_study_sr, study_prediction, summary_text
+from overread.service.outputs.sr import (
+    build_not_analysed_sr,
+    build_sr,
+    build_study_sr,
+    gate_text,
+    study_prediction,
+    summary_text,
+)
 
 __all__ = [
     "CAM_REGION_DESCRIPTION",
@@ -46,6 +53,7 @@ __all__ = [
     "ResultNotFoundError",
     "SendResult",
     "build_fhir_report",
+    "build_not_analysed_sr",
     "build_overlay",
     "build_overlays",
     "build_seg",
@@ -56,6 +64,7 @@ __all__ = [
     "fhir_report_for_result",
     "fhir_report_for_study",
     "finding_concept",
+    "gate_text",
     "model_identity",
     "post_fhir",
     "send_datasets",

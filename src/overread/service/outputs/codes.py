@@ -157,6 +157,11 @@ CONFORMAL_SET_VALUES: dict[str, Concept] = {
     "empty": Concept("CONFSETEMPTY", LOCAL_SCHEME, "Empty set"),
 }
 
+#: What the input gate said of the study's images (a refusal, a flag, an override).
+INPUT_GATE = Concept("INPUTGATE", LOCAL_SCHEME, "Input gate verdict")
+#: The input gate's verdict on a study the model did not read.
+NOT_ANALYSED = Concept("NOTANALYSED", LOCAL_SCHEME, "Not analysed by the model")
+
 #: Everything in :data:`LOCAL_SCHEME`, for the SR's Coding Scheme Identification.
 LOCAL_SCHEME_NAME = "overread local concepts"
 LOCAL_SCHEME_ORGANIZATION = "overread project"

@@ -50,7 +50,7 @@ from overread.service.outputs.prediction import (
     concept_of,
     model_identity,
 )
-from overread.service.outputs.sr import MANUFACTURER, RESEARCH_CAVEAT, summary_text
+from overread.service.outputs.sr import MANUFACTURER, RESEARCH_CAVEAT, gate_text, summary_text
 
 if TYPE_CHECKING:
     from sqlalchemy.orm import Session
@@ -382,12 +382,25 @@ def fhir_report_for_result(result: Any) -> dict[str, Any]:
         ),
         None,
     )
-    return build_fhir_report(
+    bundle = build_fhir_report(
         study_prediction(predictions),
         source,
         additional_sources=[source] * (len(predictions) - 1),
         sr_sop_instance_uid=sr_uid,
     )
+    return _with_gate_note(bundle, gate_text(summary.instances))
+
+
+def _with_gate_note(bundle: dict[str, Any], note: str) -> dict[str, Any]:
+    """The input gate's statement (a flag, or a result outside the intended use)
+    appended to the DiagnosticReport's conclusion."""
+    if not note:
+        return bundle
+    for entry in bundle.get("entry", []):
+        resource = entry.get("resource", {})
+        if resource.get("resourceType") == "DiagnosticReport":
+            resource["conclusion"] = f"{resource.get('conclusion', '')} {note}".strip()
+    return bundle
 
 
 def fhir_report_for_study(session: Session, study_uid: str) -> dict[str, Any]:

@@ -237,6 +237,83 @@ def study_prediction(predictions: Sequence[Prediction]) -> Prediction:
     return Prediction(path=None, ok=True, model=predictions[0].model, findings=list(best.values()))
 
 
+def gate_text(predictions: Sequence[Prediction]) -> str:
+    """What the input gate said of a study's images, for the report ("" when all passed).
+
+    A refused image that was not analysed says "Not analysed: REASON"; one analysed
+    at a reader's request says it is outside the model's intended use; a flagged one
+    gives the flag's reason.
+    """
+    lines: list[str] = []
+    for prediction in predictions:
+        gate = prediction.gate
+        if gate is None:
+            continue
+        if gate.refused:
+            lines.append(f"Not analysed: {gate.reason}.")
+        elif prediction.outside_intended_use or gate.overridden:
+            lines.append(
+                "Outside the model's intended use: analysed at a reader's request although "
+                f"the input gate refused the image ({gate.reason})."
+            )
+        elif gate.status == "flag":
+            lines.append(f"Input gate flag (analysed): {gate.reason}.")
+    return " ".join(dict.fromkeys(lines))
+
+
+def build_not_analysed_sr(
+    readings: Sequence[tuple[Prediction, Dataset]], **kwargs: Any
+) -> hd.sr.ComprehensiveSR:
+    """The SR of a study the model did not analyse: no findings, and why not.
+
+    ``readings`` are the study's images with their (refused) predictions; the
+    keyword arguments are :func:`build_study_sr`'s.
+    """
+    if not readings:
+        raise ServiceError("a study report needs at least one source image dataset")
+    sources = _check_sources([source for _, source in readings])
+    first = readings[0][0]
+    model = model_identity(first)
+    reason = gate_text([p for p, _ in readings]) or "Not analysed."
+    stand_in = Prediction(path=None, ok=True, model=first.model)
+    summary = (
+        f"AI second read ({model.name} {model.version}): the study was not analysed. "
+        f"{reason} {RESEARCH_CAVEAT}"
+    )
+    # TID 1500 needs one measurement group: it records the verdict on the images.
+    group = hd.sr.MeasurementsAndQualitativeEvaluations(
+        tracking_identifier=hd.sr.TrackingIdentifier(
+            uid=generate_uid(), identifier=f"{model.name} not analysed"[:64]
+        ),
+        algorithm_id=hd.sr.AlgorithmIdentification(name=model.name, version=model.version),
+        qualitative_evaluations=[
+            hd.sr.QualitativeEvaluation(
+                name=oc.INPUT_GATE.to_dicom(), value=oc.NOT_ANALYSED.to_dicom()
+            )
+        ],
+        source_images=[
+            hd.sr.SourceImageForMeasurementGroup.from_source_image(ds) for ds in sources
+        ],
+    )
+    return _assemble(stand_in, model, [group], sources, summary=summary, **_sr_identity(kwargs))
+
+
+def _sr_identity(kwargs: dict[str, Any]) -> dict[str, Any]:
+    defaults: dict[str, Any] = {
+        "series_number": 9901,
+        "instance_number": 1,
+        "series_instance_uid": None,
+        "sop_instance_uid": None,
+        "institution_name": None,
+        "institutional_department_name": None,
+        "series_description": "overread AI second read (research use)",
+    }
+    unknown = set(kwargs) - set(defaults)
+    if unknown:
+        raise TypeError(f"unknown SR arguments: {', '.join(sorted(unknown))}")
+    return {**defaults, **kwargs}
+
+
 def _image_label(source: Dataset, index: int, count: int) -> str:
     """How a measurement group names its image: the view, else the image's position."""
     if count == 1:
@@ -326,6 +403,7 @@ def build_study_sr(
         model,
         groups,
         sources,
+        gate=gate_text([prediction for prediction, _ in readings]),
         series_number=series_number,
         instance_number=instance_number,
         series_instance_uid=series_instance_uid,
@@ -409,8 +487,11 @@ def _assemble(
     institution_name: str | None,
     institutional_department_name: str | None,
     series_description: str,
+    summary: str | None = None,
+    gate: str = "",
 ) -> hd.sr.ComprehensiveSR:
-    """The SR document around measurement groups: observer, library, summary."""
+    """The SR document around measurement groups: observer, library, summary, and
+    (when there is one) the input gate's statement."""
     observer = hd.sr.ObserverContext(
         observer_type=codes.DCM.Device,
         observer_identifying_attributes=hd.sr.DeviceObserverIdentifyingAttributes(
@@ -435,11 +516,19 @@ def _assemble(
         [
             hd.sr.TextContentItem(
                 name=oc.SUMMARY.to_dicom(),
-                value=summary_text(prediction),
+                value=summary or summary_text(prediction),
                 relationship_type=hd.sr.RelationshipTypeValues.CONTAINS,
             )
         ]
     )
+    if gate:
+        evaluations.ContentSequence.append(
+            hd.sr.TextContentItem(
+                name=oc.INPUT_GATE.to_dicom(),
+                value=gate[:1024],
+                relationship_type=hd.sr.RelationshipTypeValues.CONTAINS,
+            )
+        )
     report[0].ContentSequence.append(evaluations)
 
     sr = _comprehensive_sr(
@@ -477,9 +566,11 @@ def _assemble(
 __all__ = [
     "MANUFACTURER",
     "RESEARCH_CAVEAT",
+    "build_not_analysed_sr",
     "build_sr",
     "build_study_sr",
     "device_uid",
+    "gate_text",
     "study_prediction",
     "summary_text",
 ]

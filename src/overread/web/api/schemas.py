@@ -126,6 +126,13 @@ class WorklistItemOut(BaseModel):
     reader: str
     scored_at: datetime
     updated_at: datetime
+    analysis: str = Field(
+        default="analysed",
+        description="analysed, not analysed (the input gate refused it) or outside intended use",
+    )
+    gate_status: str = Field(default="", description="The input gate: pass, flag or refuse")
+    gate_reasons: list[str] = Field(default_factory=list)
+    gate_note: str = Field(default="", description='e.g. "not analysed: REASON"')
 
 
 class ClaimRequest(BaseModel):
@@ -208,6 +215,13 @@ class StudyFindings(BaseModel):
     model_version: str
     result_id: int
     findings: list[FindingOut]
+
+
+class OverrideOut(BaseModel):
+    """The infer jobs an "analyse anyway" queued for a study the input gate refused."""
+
+    study_instance_uid: str
+    jobs: list[int]
 
 
 class CompleteOut(BaseModel):

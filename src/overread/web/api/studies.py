@@ -21,6 +21,7 @@ from overread.errors import OverreadError
 from overread.results import FindingResult, Prediction, ResultSummary
 from overread.security import Permission, Principal
 from overread.service.db import Instance, Result, Study, StudyState
+from overread.service.infer import request_gate_override
 from overread.triage.intake import merge_findings
 from overread.triage.schema import WorklistItem
 from overread.web.api.guards import caller, context, not_found, page_params, route
@@ -29,6 +30,7 @@ from overread.web.api.schemas import (
     CompleteOut,
     FindingOut,
     InstanceFindingsOut,
+    OverrideOut,
     Page,
     ResultOut,
     SeriesOut,
@@ -344,4 +346,35 @@ def complete(
     return CompleteOut(study_instance_uid=study_instance_uid, jobs=job_ids)
 
 
-__all__ = ["fhir_bundle", "merged_findings", "result_out", "study_out"]
+@route(
+    router,
+    "POST",
+    "/{study_instance_uid}/analyse-anyway",
+    response_model=OverrideOut,
+    permission=Permission.GIVE_FEEDBACK,
+    responses={409: {"description": "The input gate refused nothing of this study"}},
+)
+def analyse_anyway(
+    study_instance_uid: str = _uid(),
+    ctx: WebContext = Depends(context),
+    who: Principal = Depends(caller),
+) -> OverrideOut:
+    """Analyse a study the input gate refused ("not analysed"): audited, and the
+    result is marked outside the model's intended use."""
+    job_ids = request_gate_override(ctx.database, study_instance_uid)
+    if not job_ids:
+        raise HTTPException(
+            status_code=409,
+            detail=f"study {study_instance_uid} has no result the input gate refused",
+        )
+    ctx.access.record(
+        who,
+        AuditAction.GATE_OVERRIDE,
+        object_uids=[study_instance_uid],
+        details={"jobs": job_ids},
+    )
+    ctx.service.wake_workers()
+    return OverrideOut(study_instance_uid=study_instance_uid, jobs=job_ids)
+
+
+__all__ = ["analyse_anyway", "fhir_bundle", "merged_findings", "result_out", "study_out"]

@@ -6,16 +6,20 @@ for roles without ``view_phi``.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Any
 
 from fastapi import APIRouter, Depends, Path, Query, Response
 from fastapi.responses import JSONResponse
 from sqlalchemy import exists, func, select
+from sqlalchemy.orm import Session
 
 from overread.audit import AuditAction
 from overread.errors import OverreadError
+from overread.results import ResultSummary
 from overread.security import Permission, Principal, redact_phi
-from overread.service.db import Instance, utcnow
+from overread.service.db import Instance, Result, utcnow
+from overread.triage import StudyGate, study_gate
 from overread.triage.schema import ReadState, WorklistItem
 from overread.triage.worklist import claim_next, get_item, set_read_state, stored_findings
 from overread.web.api.guards import caller, context, invalid, not_found, page_params, route
@@ -31,9 +35,29 @@ from overread.web.api.schemas import (
 from overread.web.context import WebContext
 
 
-def item_out(item: WorklistItem) -> WorklistItemOut:
-    """The API view of a worklist row."""
+def study_gates(session: Session, items: Sequence[WorklistItem]) -> dict[str, StudyGate]:
+    """The input gate's word on each row's study, from its stored result."""
+    uids = [item.study_instance_uid for item in items]
+    if not uids:
+        return {}
+    models = {(i.study_instance_uid, i.model_name, i.model_version) for i in items}
+    gates: dict[str, StudyGate] = {}
+    for result in session.scalars(
+        select(Result).where(Result.study_instance_uid.in_(uids)).order_by(Result.id)
+    ):
+        if (result.study_instance_uid, result.model_name, result.model_version) in models:
+            gates[result.study_instance_uid] = study_gate(ResultSummary.from_dict(result.summary))
+    return gates
+
+
+def item_out(item: WorklistItem, gate: StudyGate | None = None) -> WorklistItemOut:
+    """The API view of a worklist row (with its study's gate verdict when given)."""
+    gate = gate or StudyGate()
     return WorklistItemOut(
+        analysis=gate.analysis,
+        gate_status=gate.status,
+        gate_reasons=list(gate.reasons),
+        gate_note=gate.note,
         study_instance_uid=item.study_instance_uid,
         patient_id=item.patient_id,
         department=item.department,
@@ -111,7 +135,8 @@ def list_worklist(
             .limit(limit)
             .offset(offset)
         ).all()
-        items = [item_out(r) for r in rows]
+        gates = study_gates(session, rows)
+        items = [item_out(r, gates.get(r.study_instance_uid)) for r in rows]
     page_out = Page[WorklistItemOut](items=items, total=int(total or 0), limit=limit, offset=offset)
     if items:
         _view(ctx, who, [i.study_instance_uid for i in items], "worklist")
@@ -163,7 +188,8 @@ def get_worklist_item(
     """One study's worklist entry with its score breakdown and findings."""
     with ctx.database.session() as session:
         try:
-            out = item_out(get_item(session, study_instance_uid))
+            row = get_item(session, study_instance_uid)
+            out = item_out(row, study_gates(session, [row]).get(study_instance_uid))
         except KeyError:
             raise not_found(f"study {study_instance_uid} on the worklist") from None
     _view(ctx, who, [study_instance_uid], "worklist-item")
@@ -198,4 +224,4 @@ def put_state(
     return JSONResponse(redact_phi(out, who))
 
 
-__all__ = ["item_out"]
+__all__ = ["item_out", "study_gates"]

@@ -24,7 +24,8 @@ from overread.imaging import read_metadata
 from overread.security import Permission, Principal, redact_phi
 from overread.service.db import Instance, Job, JobState, Result
 from overread.service.store import ObjectStore
-from overread.triage import Alert, Feedback, WorklistItem, stored_findings
+from overread.triage import Alert, Feedback, StudyGate, WorklistItem, stored_findings
+from overread.web.api.worklist import study_gates
 
 logger = logging.getLogger(__name__)
 
@@ -190,6 +191,8 @@ class WorklistRow(BaseModel):
     modality: str = ""
     patient_name: str = ""
     patient_id: str = ""
+    analysis: str = "analysed"
+    gate_note: str = ""
 
 
 class StudyView(BaseModel):
@@ -220,6 +223,8 @@ class StudyView(BaseModel):
     patient_birth_date: str = ""
     patient_sex: str = ""
     accession_number: str = ""
+    analysis: str = "analysed"
+    gate_note: str = ""
 
 
 def _findings_summary(item: WorklistItem) -> str:
@@ -250,7 +255,9 @@ def worklist_rows(
     """The worklist page's rows, redacted for ``viewer``."""
     with_phi = viewer.can(Permission.VIEW_PHI)
     rows: list[dict[str, Any]] = []
+    gates = study_gates(session, items)
     for item in items:
+        gate = gates.get(item.study_instance_uid) or StudyGate()
         header = StudyHeader()
         if with_phi:
             header, _ = study_header(session, store, item)
@@ -259,7 +266,7 @@ def worklist_rows(
             score=round(item.score, 1),
             has_critical=item.has_critical,
             critical_findings=[str(c) for c in item.critical_findings or []],
-            summary=_findings_summary(item),
+            summary=gate.note if gate.analysis == "not analysed" else _findings_summary(item),
             department=item.department,
             patient_age=item.patient_age,
             waiting=waiting_text(item.received_at, now),
@@ -269,6 +276,8 @@ def worklist_rows(
             modality=header.modality,
             patient_name=header.patient_name,
             patient_id=header.patient_id or item.patient_id,
+            analysis=gate.analysis,
+            gate_note=gate.note,
         )
         rows.append(redact_phi(row, viewer))
     return rows
@@ -330,6 +339,7 @@ def study_view(
         for t in item.breakdown or []
     ]
     images = len(study_instances(session, item.study_instance_uid))
+    gate = study_gates(session, [item]).get(item.study_instance_uid) or StudyGate()
     view = StudyView(
         study_instance_uid=item.study_instance_uid,
         score=round(item.score, 1),
@@ -356,6 +366,8 @@ def study_view(
         patient_birth_date=header.patient_birth_date,
         patient_sex=header.patient_sex,
         accession_number=header.accession_number,
+        analysis=gate.analysis,
+        gate_note=gate.note,
     )
     return redact_phi(view, viewer)
 

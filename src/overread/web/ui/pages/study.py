@@ -12,6 +12,7 @@ from overread.errors import OverreadError
 from overread.findings import CHEXPERT_LABELS
 from overread.security import Permission
 from overread.service.db import utcnow
+from overread.service.infer import request_gate_override
 from overread.triage import ReadState, Verdict, get_item, record_feedback, set_read_state
 from overread.web.ui.guard import Viewer, page, page_viewer
 from overread.web.ui.site import UserInterface, ui_of
@@ -149,6 +150,41 @@ async def reading_state(
         return ui.error_page(request, viewer, 400, "State not changed", str(exc))
     target = "/" if state == ReadState.READ.value else f"/studies/{quote(study_instance_uid)}"
     return RedirectResponse(target, status_code=303)
+
+
+@page(
+    router,
+    "POST",
+    "/studies/{study_instance_uid}/analyse-anyway",
+    permission=Permission.GIVE_FEEDBACK,
+)
+async def analyse_anyway(
+    request: Request,
+    study_instance_uid: str,
+    ui: UserInterface = Depends(ui_of),
+    viewer: Viewer = Depends(page_viewer),
+) -> Response:
+    """ "Analyse anyway" for a study the input gate refused: audited, result marked
+    outside the model's intended use."""
+    await ui.guard.form(request, viewer)
+    job_ids = request_gate_override(ui.ctx.database, study_instance_uid)
+    if not job_ids:
+        return ui.error_page(
+            request,
+            viewer,
+            409,
+            "Nothing to analyse",
+            "The input gate refused nothing of this study (or its analysis is already queued).",
+        )
+    ui.ctx.access.record(
+        viewer.principal,
+        AuditAction.GATE_OVERRIDE,
+        object_uids=[study_instance_uid],
+        details={"jobs": job_ids, "via": "session"},
+    )
+    ui.ctx.service.wake_workers()
+    query = urlencode({"saved": "analysis requested (outside the model's intended use)"})
+    return RedirectResponse(f"/studies/{quote(study_instance_uid)}?{query}", status_code=303)
 
 
 __all__ = ["router"]
