@@ -171,21 +171,33 @@ def test_unreachable_destination_is_retried_then_dead_lettered_then_requeued(
     assert all(d["job_id"] == dead.id and d["objects"] == 1 for d in exports)
 
 
-def test_unreadable_study_is_dead_lettered_at_once(
+def test_a_study_the_model_was_not_made_for_is_not_analysed_and_stays_visible(
     make_service: Callable[..., Gateway], tmp_path: Path
 ) -> None:
+    """A CT routed to the chest model: stored, never dead-lettered or dropped, listed on
+    the worklist as not analysed with the input gate's reason."""
     ct = Path(pydicom.data.get_testdata_file("CT_small.dcm"))  # bundled with pydicom
     routes = [
         {"name": "ct", "modality": ["CT"], "models": ["cxr-default"], "complete_on_release": True}
     ]
-    service = make_service(routes=routes, max_attempts=5)
+    service = make_service(routes=routes)
     storescu(service.dicom_port or 0, [ct])
     wait_until(
-        lambda: any(j.state == JobState.DEAD_LETTERED.value for j in _jobs(service)), timeout=60
+        lambda: any(j.state == JobState.SUCCEEDED.value for j in _jobs(service)), timeout=60
     )
     [job] = _jobs(service)
-    assert job.attempts == 1  # a model that cannot read the input will not on retry either
-    assert job.error
+    assert job.attempts == 1  # decided once: retrying would not change the image
+    token = api_token(service, "radiologist")
+    study = str(pydicom.dcmread(ct, stop_before_pixels=True).StudyInstanceUID)
+    reply = httpx.get(
+        f"http://127.0.0.1:{service.http_port}/api/worklist/{study}",
+        headers=bearer(token),
+        timeout=30,
+    )
+    assert reply.status_code == 200, reply.text
+    item = reply.json()
+    assert item["analysis"] == "not analysed" and item["gate_status"] == "refuse"
+    assert "modality CT is not accepted" in item["gate_note"]
 
 
 def test_with_explain_the_pacs_also_gets_heatmap_overlays(
