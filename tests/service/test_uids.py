@@ -186,11 +186,20 @@ def test_stow_rs_refuses_parts_with_malformed_uids(
     assert {item["00081150"]["Value"][0] for item in failed} == {str(sop.SOPClassUID)}
     assert _counts(service) == (0, 0, 0)
     assert _stored_files(service) == []
-    with service.database.session() as session:  # the request is audited with what it stored
+    with service.database.session() as session:  # the request is audited as what happened
         (event,) = session.scalars(
-            select(AuditEvent).where(AuditEvent.action == AuditAction.RECEIVE.value)
+            select(AuditEvent).where(
+                AuditEvent.action == AuditAction.RECEIVE_REFUSED.value,
+                AuditEvent.actor != "ae:STOW-RS",
+            )
         ).all()
         assert not event.object_uids and all(uid not in str(event.details) for uid in BAD)
+        assert event.details["stored"] == 0 and event.details["status"] == 409
+        # ... and each refused part with its reason, never the malformed value itself.
+        parts = session.scalars(select(AuditEvent).where(AuditEvent.actor == "ae:STOW-RS")).all()
+        assert len(parts) == len(BAD)
+        assert all("invalid StudyInstanceUID" in p.details["reason"] for p in parts)
+        assert all(uid not in str(p.details) + str(p.object_uids) for p in parts for uid in BAD)
 
     good = dx_factory()
     bad_sop = _with_uid(dx_factory(), tmp_path / "badsop.dcm", "SOPInstanceUID", PASSWD)
