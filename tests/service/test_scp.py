@@ -23,6 +23,7 @@ from sqlalchemy import select
 from overread.audit import AuditAction
 from overread.audit.schema import AuditEvent
 from overread.config import Settings
+from overread.errors import ConfigError
 from overread.service.config import service_config
 from overread.service.db import Database, Instance, Study
 from overread.service.ingest import Ingestor, IngestOutcome
@@ -515,3 +516,118 @@ def test_a_wrong_called_ae_title_is_refused_and_audited(
         ).returncode
         == 0
     )
+
+
+# -- DICOM TLS on the receiving side, against DCMTK's TLS-enabled storescu and echoscu --
+
+
+def _openssl(*args: str, cwd: Path) -> None:
+    subprocess.run(["openssl", *args], cwd=cwd, check=True, capture_output=True, timeout=60)
+
+
+def _ca(directory: Path, name: str) -> None:
+    _openssl(
+        "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "2",
+        "-keyout", f"{name}.key", "-out", f"{name}.crt", "-subj", f"/CN={name}",
+        cwd=directory,
+    )  # fmt: skip
+
+
+def _signed(directory: Path, name: str, ca: str, *, ip: bool = False) -> None:
+    _openssl(
+        "req", "-newkey", "rsa:2048", "-nodes", "-keyout", f"{name}.key",
+        "-out", f"{name}.csr", "-subj", f"/CN={name}",
+        cwd=directory,
+    )  # fmt: skip
+    extensions = directory / f"{name}.ext"
+    extensions.write_text("subjectAltName=IP:127.0.0.1\n" if ip else "basicConstraints=CA:FALSE\n")
+    _openssl(
+        "x509", "-req", "-in", f"{name}.csr", "-CA", f"{ca}.crt", "-CAkey", f"{ca}.key",
+        "-CAcreateserial", "-days", "2", "-out", f"{name}.crt", "-extfile", extensions.name,
+        cwd=directory,
+    )  # fmt: skip
+
+
+@pytest.fixture(scope="module")
+def pki(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A hospital CA with a gateway and a modality certificate; a stranger's CA and client."""
+    directory = tmp_path_factory.mktemp("pki")
+    _ca(directory, "hospital-ca")
+    _signed(directory, "gateway", "hospital-ca", ip=True)
+    _signed(directory, "modality", "hospital-ca")
+    _ca(directory, "stranger-ca")
+    _signed(directory, "stranger", "stranger-ca")
+    return directory
+
+
+def _tls_tool(
+    tool: str, port: int, pki: Path, client: str, *files: Path
+) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [
+            tool, "-aet", "MODALITY", "-aec", "OVERREAD",
+            "+tls", str(pki / f"{client}.key"), str(pki / f"{client}.crt"),
+            "+cf", str(pki / "hospital-ca.crt"),
+            "127.0.0.1", str(port), *map(str, files),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )  # fmt: skip
+
+
+def test_a_modality_with_a_hospital_certificate_stores_over_tls(
+    make_gateway: Callable[..., Gateway], dx_factory: Callable[..., Path], pki: Path
+) -> None:
+    gw = make_gateway(
+        dicom_tls_cert_file=pki / "gateway.crt",
+        dicom_tls_key_file=pki / "gateway.key",
+        dicom_tls_ca_file=pki / "hospital-ca.crt",
+    )
+    # A silent TCP connection first: the handshake waits off the accept loop.
+    silent = socket.create_connection(("127.0.0.1", gw.port), timeout=30)
+    try:
+        stored = _tls_tool("storescu", gw.port, pki, "modality", dx_factory())
+        assert stored.returncode == 0, stored.stderr
+        assert len(_instances(gw.database)) == 1
+        # Plain DICOM to the TLS port is not understood, and nothing is stored.
+        plain = subprocess.run(
+            ["echoscu", "-aet", "MODALITY", "-aec", "OVERREAD", "127.0.0.1", str(gw.port)],
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
+        assert plain.returncode != 0
+        # A certificate from another CA is refused at the handshake, and audited.
+        stranger = _tls_tool("echoscu", gw.port, pki, "stranger")
+        assert stranger.returncode != 0
+        deadline = time.monotonic() + 10
+        while time.monotonic() < deadline:
+            with gw.database.session() as session:
+                refused = session.scalars(
+                    select(AuditEvent).where(
+                        AuditEvent.action == AuditAction.ASSOCIATION_REFUSED.value
+                    )
+                ).all()
+                reasons = [e.details["reason"] for e in refused]
+            if any("TLS handshake" in r for r in reasons):
+                break
+            time.sleep(0.1)
+        assert any("TLS handshake with 127.0.0.1 failed" in r for r in reasons)
+        # The service carries on.
+        again = _tls_tool("echoscu", gw.port, pki, "modality")
+        assert again.returncode == 0, again.stderr
+    finally:
+        silent.close()
+
+
+def test_tls_settings_are_checked_up_front(tmp_path: Path, pki: Path) -> None:
+    settings = Settings(data_dir=tmp_path)
+    with pytest.raises(ConfigError, match="go together"):
+        service_config(settings, dicom_tls_cert_file=pki / "gateway.crt")
+    with pytest.raises(ConfigError, match="no such file"):
+        service_config(
+            settings,
+            dicom_tls_cert_file=pki / "gateway.crt",
+            dicom_tls_key_file=tmp_path / "missing.key",
+        )

@@ -112,6 +112,15 @@ def serve(
     model_signing_key_file: Path | None = typer.Option(
         None, "--model-signing-key-file", help="Refuse model packages not signed with this key."
     ),
+    dicom_tls_cert: Path | None = typer.Option(
+        None, "--dicom-tls-cert", help="PEM certificate: the DICOM port speaks TLS only."
+    ),
+    dicom_tls_key: Path | None = typer.Option(
+        None, "--dicom-tls-key", help="PEM private key of --dicom-tls-cert."
+    ),
+    dicom_tls_ca: Path | None = typer.Option(
+        None, "--dicom-tls-ca", help="PEM CA(s): peers must present a certificate they signed."
+    ),
     triage_interval: float | None = typer.Option(
         None,
         "--triage-interval",
@@ -139,6 +148,9 @@ def serve(
         broker_url=broker,
         fhir_endpoints=fhir_endpoint or None,
         model_signing_key_file=model_signing_key_file,
+        dicom_tls_cert_file=dicom_tls_cert,
+        dicom_tls_key_file=dicom_tls_key,
+        dicom_tls_ca_file=dicom_tls_ca,
     )
     _run_until_signalled(config, worker_only=False, triage_interval=triage_interval)
 

@@ -261,6 +261,17 @@ class ServiceConfig(BaseModel):
         ge=0,
         description="write one this long after the last when any event was recorded (0: off)",
     )
+    dicom_tls_cert_file: Path | None = Field(
+        default=None,
+        description="PEM certificate (chain) of the DICOM port; with its key the port "
+        "speaks DICOM TLS only (PS3.15 Annex B)",
+    )
+    dicom_tls_key_file: Path | None = Field(default=None, description="its PEM private key")
+    dicom_tls_ca_file: Path | None = Field(
+        default=None,
+        description="PEM CA certificate(s); when set, a peer must present a certificate "
+        "they signed",
+    )
     check_called_ae: bool = Field(
         default=True,
         description="refuse an association addressed to a called AE title other than ae_title",
@@ -386,6 +397,23 @@ class ServiceConfig(BaseModel):
             if not key:
                 raise ValueError(f"{value}: the file is empty")
         return value
+
+    @model_validator(mode="after")
+    def _tls_files_go_together(self) -> ServiceConfig:
+        cert, key, ca = self.dicom_tls_cert_file, self.dicom_tls_key_file, self.dicom_tls_ca_file
+        if (cert is None) != (key is None):
+            raise ValueError("dicom_tls_cert_file and dicom_tls_key_file go together")
+        if ca is not None and cert is None:
+            raise ValueError("dicom_tls_ca_file needs dicom_tls_cert_file and dicom_tls_key_file")
+        for path in (cert, key, ca):
+            if path is not None and not Path(path).is_file():
+                raise ValueError(f"{path}: no such file")
+        return self
+
+    @property
+    def dicom_tls(self) -> bool:
+        """Whether the DICOM port speaks TLS."""
+        return self.dicom_tls_cert_file is not None
 
     @model_validator(mode="after")
     def _routes_reference_known_destinations(self) -> ServiceConfig:

@@ -35,6 +35,7 @@ import contextlib
 import functools
 import logging
 import socket
+import ssl
 import threading
 import time
 from collections.abc import Callable
@@ -177,10 +178,14 @@ class StorageSCP:
         # of idle sockets above all) would leave a real peer's SYN unanswered for
         # seconds. Listening again on the bound socket only raises the backlog.
         self._server.socket.listen(socket.SOMAXCONN)
-        # Silent connections wait in the gate, not in pynetdicom's threads.
-        self._gate = ConnectionGate(
-            self._server.process_request, timeout=self.config.association_request_seconds
-        )
+        # Silent connections wait in the gate, not in pynetdicom's threads; with TLS
+        # the handshake happens after it too, in a thread of its own, never in the
+        # accept loop (pynetdicom's ssl_context would make one silent peer stall it).
+        handoff = self._server.process_request
+        if self.config.dicom_tls:
+            context = self._tls_context()
+            handoff = functools.partial(self._handshake_then, context, handoff)
+        self._gate = ConnectionGate(handoff, timeout=self.config.association_request_seconds)
         setattr(self._server, "process_request", self._gate.admit)  # noqa: B010
         self._gate.start()
         port = int(self._server.server_address[1])
@@ -190,6 +195,52 @@ class StorageSCP:
             logger.error("object store %s is not writable: %s", self.ingestor.store.root, exc)
         logger.info("DICOM SCP %s listening on port %d", self.config.ae_title, port)
         return port
+
+    def _tls_context(self) -> ssl.SSLContext:
+        """The server side of DICOM TLS (BCP 195: TLS 1.2 or later)."""
+        config = self.config
+        context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+        context.minimum_version = ssl.TLSVersion.TLSv1_2
+        try:
+            context.load_cert_chain(str(config.dicom_tls_cert_file), str(config.dicom_tls_key_file))
+            if config.dicom_tls_ca_file is not None:
+                context.load_verify_locations(cafile=str(config.dicom_tls_ca_file))
+                context.verify_mode = ssl.CERT_REQUIRED
+        except (OSError, ssl.SSLError) as exc:
+            raise ServiceError(f"DICOM TLS: cannot load the certificate or key: {exc}") from None
+        return context
+
+    def _handshake_then(
+        self,
+        context: ssl.SSLContext,
+        handoff: Callable[[Any, Any], None],
+        connection: socket.socket,
+        address: Any,
+    ) -> None:
+        """Do the TLS handshake in its own thread, then hand the connection on."""
+
+        def handshake() -> None:
+            host = str(address[0]) if isinstance(address, tuple) else str(address)
+            connection.settimeout(self.config.association_request_seconds)
+            try:
+                secure = context.wrap_socket(connection, server_side=True)
+            except (ssl.SSLError, OSError) as exc:
+                reason = f"TLS handshake with {host} failed: {exc}"
+                logger.warning("association refused: %s", reason)
+                with contextlib.suppress(OSError):
+                    connection.close()
+                record_refusal(
+                    self.ingestor.database,
+                    actor=f"tls:{host}",
+                    action=AuditAction.ASSOCIATION_REFUSED,
+                    peer_host=host,
+                    reason=reason,
+                )
+                return
+            secure.settimeout(None)
+            handoff(secure, address)
+
+        threading.Thread(target=handshake, name="dicom-tls-handshake", daemon=True).start()
 
     @property
     def port(self) -> int:
