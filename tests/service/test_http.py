@@ -164,7 +164,7 @@ def test_health_reports_an_unreachable_database(make_service: Callable[..., Gate
 def test_health_needs_no_credentials_and_carries_no_patient_data(
     make_service: Callable[..., Gateway], dx_factory: Callable[..., Path]
 ) -> None:
-    service = make_service(workers=0)
+    service = make_service(workers=0, destinations=["PACS=PACSAE@127.0.0.1:104"])
     image = dx_factory()
     content_type, body = _multipart([("application/dicom", image.read_bytes())])
     auth = bearer(api_token(service, "technologist"))
@@ -186,3 +186,10 @@ def test_health_needs_no_credentials_and_carries_no_patient_data(
     }
     for phi in ("SVC001", "Service", "ACC1", str(pydicom.dcmread(image).StudyInstanceUID)):
         assert phi not in health.text
+    # A signed-in caller also sees each destination's health (no patient data either).
+    signed_in = httpx.get(f"{base}/health", headers=auth, timeout=10)
+    assert signed_in.status_code == 200
+    (pacs,) = signed_in.json()["destinations"]
+    assert (pacs["name"], pacs["state"], pacs["queued"]) == ("PACS", "up", 0)
+    for phi in ("SVC001", "Service", "ACC1"):
+        assert phi not in signed_in.text

@@ -261,3 +261,32 @@ def test_a_lost_worker_past_the_retry_period_is_dead_lettered(database_url: str)
 
 def _aware(moment: datetime) -> datetime:
     return moment if moment.tzinfo else moment.replace(tzinfo=UTC)
+
+
+def test_destination_health_says_which_is_down_since_when_and_what_waits(
+    database_url: str,
+) -> None:
+    queue = _queue(database_url, retry=RetryPolicy(jitter=0), max_attempts=2)
+    failing = _enqueue(queue, "1.2.30", JobKind.EXPORT, "PACS")
+    waiting = _enqueue(queue, "1.2.31", JobKind.EXPORT, "PACS")
+    _enqueue(queue, "1.2.32", JobKind.EXPORT, "VNA")
+    assert [(d["name"], d["state"], d["queued"]) for d in queue.destination_health(["PACS"])] == [
+        ("PACS", "up", 2),
+        ("VNA", "up", 1),
+    ]
+    claimed = queue.claim("w", lease_seconds=60, kinds=[JobKind.EXPORT])
+    assert claimed is not None and claimed.id == failing
+    queue.mark_failed(failing, "w", "association rejected")
+    pacs, vna = queue.destination_health(["PACS", "VNA", "ARCHIVE"])[:2]
+    assert pacs["state"] == "down" and pacs["last_error"] == "association rejected"
+    assert pacs["down_since"] is not None and pacs["queued"] == 2 and waiting
+    assert vna["state"] == "up"
+    archive = queue.destination_health(["PACS", "VNA", "ARCHIVE"])[2]
+    assert archive == {
+        "name": "ARCHIVE",
+        "state": "up",
+        "down_since": None,
+        "queued": 0,
+        "dead_lettered": 0,
+        "last_error": None,
+    }

@@ -24,7 +24,7 @@ import logging
 import random
 from collections.abc import Sequence
 from dataclasses import dataclass
-from datetime import datetime, timedelta
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from sqlalchemy import and_, func, or_, select, update
@@ -435,6 +435,54 @@ class JobQueue:
             rows = session.execute(select(Job.state, func.count()).group_by(Job.state)).all()
         return {str(state): int(n) for state, n in rows}
 
+    def destination_health(self, names: Sequence[str] = ()) -> tuple[dict[str, Any], ...]:
+        """Per export destination: ``up`` or ``down`` (since when), what waits for it.
+
+        A destination is down while any export to it waits for a retry (state
+        ``failed``); ``down_since`` is when the first attempt of the oldest such export
+        started, ``last_error`` the newest failure's message. ``queued`` counts exports
+        not yet delivered (queued, running or waiting to retry), ``dead_lettered``
+        those given up on. ``names`` (the configured destinations) are always listed;
+        any other destination with exports waiting is listed too.
+        """
+        waiting = [JobState.QUEUED.value, JobState.RUNNING.value, JobState.FAILED.value]
+        with self.database.session() as session:
+            rows = session.execute(
+                select(Job.destination, Job.state, func.count(), func.min(Job.started_at))
+                .where(Job.kind == JobKind.EXPORT.value, Job.destination != "")
+                .group_by(Job.destination, Job.state)
+            ).all()
+            errors = dict(
+                session.execute(
+                    select(Job.destination, Job.error)
+                    .where(Job.kind == JobKind.EXPORT.value, Job.state == JobState.FAILED.value)
+                    .order_by(Job.updated_at)
+                ).all()
+            )
+        found: dict[str, dict[str, Any]] = {
+            name: {"name": name, "state": "up", "down_since": None, "queued": 0,
+                   "dead_lettered": 0, "last_error": None}
+            for name in names
+        }  # fmt: skip
+        for destination, state, count, first_started in rows:
+            entry = found.get(destination)
+            if entry is None:
+                if state not in waiting:
+                    continue
+                entry = found[destination] = {
+                    "name": destination, "state": "up", "down_since": None, "queued": 0,
+                    "dead_lettered": 0, "last_error": None,
+                }  # fmt: skip
+            if state in waiting:
+                entry["queued"] += int(count)
+            if state == JobState.DEAD_LETTERED.value:
+                entry["dead_lettered"] += int(count)
+            if state == JobState.FAILED.value:
+                entry["state"] = "down"
+                entry["down_since"] = _iso(first_started)
+                entry["last_error"] = errors.get(destination)
+        return tuple(found.values())
+
     def pending(self) -> int:
         """Jobs not yet finished (queued, running, or waiting to retry)."""
         counts = self.counts()
@@ -470,6 +518,15 @@ def job_to_dict(job: Job) -> dict[str, Any]:
         "started_at": iso(job.started_at),
         "finished_at": iso(job.finished_at),
     }
+
+
+def _iso(moment: datetime | None) -> str | None:
+    """ISO 8601 in UTC (SQLite hands back naive UTC)."""
+    if moment is None:
+        return None
+    if moment.tzinfo is None:
+        moment = moment.replace(tzinfo=UTC)
+    return moment.isoformat()
 
 
 def _duration(seconds: float) -> str:

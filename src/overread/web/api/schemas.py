@@ -29,14 +29,27 @@ class Page(BaseModel, Generic[T]):
     offset: int = Field(ge=0)
 
 
+class DestinationHealth(BaseModel):
+    """One export destination: up or down (since when), and what waits for it."""
+
+    name: str
+    state: str
+    down_since: str | None
+    queued: int
+    dead_lettered: int
+    last_error: str | None
+
+
 class Health(BaseModel):
-    """Liveness and job counts; no patient data."""
+    """Liveness and job counts; no patient data. ``destinations`` only for a signed-in
+    caller (anonymous callers get the minimal answer)."""
 
     status: str
     version: str
     ae_title: str
     dicom_port: int | None
     jobs: dict[str, int]
+    destinations: list[DestinationHealth] | None = None
 
 
 class LoginRequest(BaseModel):

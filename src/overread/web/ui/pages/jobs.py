@@ -28,6 +28,7 @@ def jobs(
     listed = job_rows(queue.list(state=chosen or None, limit=200))
     dead = job_rows(queue.list(state=JobState.DEAD_LETTERED.value, limit=200))
     counts = queue.counts()
+    destinations = queue.destination_health([d.name for d in ui.ctx.service.config.destinations])
     ui.ctx.access.record(viewer.principal, AuditAction.VIEW, details={"page": "jobs"})
     return ui.render(
         request,
@@ -36,6 +37,7 @@ def jobs(
         jobs=listed,
         dead_letters=dead,
         counts=counts,
+        destinations=destinations,
         states=known,
         chosen=chosen,
         message=request.query_params.get("requeued", ""),
