@@ -290,3 +290,33 @@ def test_destination_health_says_which_is_down_since_when_and_what_waits(
         "dead_lettered": 0,
         "last_error": None,
     }
+
+
+def test_a_down_destination_is_probed_by_one_worker_while_others_serve_the_rest(
+    database_url: str,
+) -> None:
+    queue = _queue(database_url, retry=RetryPolicy(jitter=0))
+    down = [_enqueue(queue, f"1.2.4{i}", JobKind.EXPORT, "DEADPACS") for i in range(3)]
+    healthy = _enqueue(queue, "1.2.49", JobKind.EXPORT, "PACS")
+    with queue.database.session() as session:  # DEADPACS jobs first in line
+        session.execute(update(Job).where(Job.id == healthy).values(priority=-1))
+    first = queue.claim("w1", lease_seconds=60)
+    assert first is not None and first.id == down[0]
+    queue.mark_failed(first.id, "w1", "connection refused")  # DEADPACS is down now
+    with queue.database.session() as session:  # every retry due at once
+        session.execute(update(Job).values(next_attempt_at=utcnow()))
+    probe = queue.claim("w1", lease_seconds=60)
+    assert probe is not None and probe.destination == "DEADPACS"
+    # While that probe runs, the other worker gets the healthy destination's export,
+    # not another attempt at the dead one.
+    other = queue.claim("w2", lease_seconds=60)
+    assert other is not None and other.id == healthy
+    assert queue.claim("w3", lease_seconds=60) is None
+    # The probe succeeds: the destination is back and its exports flow again.
+    with queue.database.session() as session:
+        queue.mark_succeeded(session, probe.id, "w1")
+        session.execute(
+            update(Job).where(Job.id == first.id).values(state=JobState.SUCCEEDED.value)
+        )
+    rest = queue.claim("w3", lease_seconds=60)
+    assert rest is not None and rest.destination == "DEADPACS"

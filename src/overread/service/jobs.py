@@ -29,7 +29,7 @@ from typing import Any
 
 from sqlalchemy import and_, func, or_, select, update
 from sqlalchemy.exc import IntegrityError
-from sqlalchemy.orm import Session
+from sqlalchemy.orm import Session, aliased
 from sqlalchemy.sql.elements import ColumnElement
 
 from overread.audit import AuditAction, record_event
@@ -74,6 +74,34 @@ class RetryPolicy:
 
 
 _JITTER = random.Random()
+
+
+def _probing_a_down_destination(now: datetime) -> ColumnElement[bool]:
+    """Exports to a destination that is down and already being tried by a worker."""
+    failing, running = aliased(Job), aliased(Job)
+    return and_(
+        Job.kind == JobKind.EXPORT.value,
+        Job.destination.in_(
+            select(failing.destination).where(
+                failing.kind == JobKind.EXPORT.value, _retrying(failing)
+            )
+        ),
+        Job.destination.in_(
+            select(running.destination).where(
+                running.kind == JobKind.EXPORT.value,
+                running.state == JobState.RUNNING.value,
+                running.lease_expires_at >= now,
+            )
+        ),
+    )
+
+
+def _retrying(job: Any) -> ColumnElement[bool]:
+    """A job that failed before: waiting for its retry, or being retried now."""
+    return or_(
+        job.state == JobState.FAILED.value,
+        and_(job.state == JobState.RUNNING.value, job.attempts > 1),
+    )
 
 
 def _attempts_left() -> ColumnElement[bool]:
@@ -225,10 +253,15 @@ class JobQueue:
     def claim(
         self, owner: str, *, lease_seconds: float, kinds: Sequence[JobKind] | None = None
     ) -> Job | None:
-        """Atomically take the most urgent claimable job, or return ``None``."""
+        """Atomically take the most urgent claimable job, or return ``None``.
+
+        An export to a destination that is down (an export to it waits for a retry)
+        is not taken while another attempt at that destination is running: one
+        worker probes a dead PACS, the others keep serving the rest.
+        """
         now = utcnow()
         self._dead_letter_lost(now)
-        condition = _claimable(now, self._retry_since(now))
+        condition = and_(_claimable(now, self._retry_since(now)), ~_probing_a_down_destination(now))
         if kinds:
             condition = and_(condition, Job.kind.in_([k.value for k in kinds]))
         with self.database.session() as session:
@@ -242,7 +275,7 @@ class JobQueue:
             with self.database.session() as session:
                 claimed = session.execute(
                     update(Job)
-                    .where(Job.id == job_id, _claimable(now, self._retry_since(now)))
+                    .where(Job.id == job_id, condition)
                     .values(
                         state=JobState.RUNNING.value,
                         lease_owner=owner,
@@ -438,9 +471,10 @@ class JobQueue:
     def destination_health(self, names: Sequence[str] = ()) -> tuple[dict[str, Any], ...]:
         """Per export destination: ``up`` or ``down`` (since when), what waits for it.
 
-        A destination is down while any export to it waits for a retry (state
-        ``failed``); ``down_since`` is when the first attempt of the oldest such export
-        started, ``last_error`` the newest failure's message. ``queued`` counts exports
+        A destination is down while any export to it failed before and is not yet
+        delivered (waiting for its retry, or being retried); ``down_since`` is when the
+        first attempt of the oldest such export started, ``last_error`` the newest
+        failure's message. ``queued`` counts exports
         not yet delivered (queued, running or waiting to retry), ``dead_lettered``
         those given up on. ``names`` (the configured destinations) are always listed;
         any other destination with exports waiting is listed too.
@@ -448,15 +482,22 @@ class JobQueue:
         waiting = [JobState.QUEUED.value, JobState.RUNNING.value, JobState.FAILED.value]
         with self.database.session() as session:
             rows = session.execute(
-                select(Job.destination, Job.state, func.count(), func.min(Job.started_at))
+                select(Job.destination, Job.state, func.count())
                 .where(Job.kind == JobKind.EXPORT.value, Job.destination != "")
                 .group_by(Job.destination, Job.state)
             ).all()
             errors = dict(
                 session.execute(
                     select(Job.destination, Job.error)
-                    .where(Job.kind == JobKind.EXPORT.value, Job.state == JobState.FAILED.value)
+                    .where(Job.kind == JobKind.EXPORT.value, _retrying(Job))
                     .order_by(Job.updated_at)
+                ).all()
+            )
+            down = dict(
+                session.execute(
+                    select(Job.destination, func.min(Job.started_at))
+                    .where(Job.kind == JobKind.EXPORT.value, _retrying(Job))
+                    .group_by(Job.destination)
                 ).all()
             )
         found: dict[str, dict[str, Any]] = {
@@ -464,7 +505,7 @@ class JobQueue:
                    "dead_lettered": 0, "last_error": None}
             for name in names
         }  # fmt: skip
-        for destination, state, count, first_started in rows:
+        for destination, state, count in rows:
             entry = found.get(destination)
             if entry is None:
                 if state not in waiting:
@@ -477,10 +518,11 @@ class JobQueue:
                 entry["queued"] += int(count)
             if state == JobState.DEAD_LETTERED.value:
                 entry["dead_lettered"] += int(count)
-            if state == JobState.FAILED.value:
-                entry["state"] = "down"
-                entry["down_since"] = _iso(first_started)
-                entry["last_error"] = errors.get(destination)
+        for destination, first_started in down.items():
+            entry = found[destination]
+            entry["state"] = "down"
+            entry["down_since"] = _iso(first_started)
+            entry["last_error"] = errors.get(destination)
         return tuple(found.values())
 
     def pending(self) -> int:
