@@ -24,9 +24,8 @@ from dataclasses import asdict, dataclass
 
 import numpy as np
 import torch
-from torch import nn
 
-from overread.explain.faithfulness import deletion_baseline, label_probabilities
+from overread.explain.faithfulness import Classifier, deletion_baseline, label_probabilities
 from overread.explain.regions import TOP_FRACTION, top_region
 
 
@@ -56,7 +55,7 @@ def map_concentration(heatmap: np.ndarray) -> float:
 
 
 def explanation_trust(
-    network: nn.Module,
+    model: Classifier,
     x: torch.Tensor | np.ndarray,
     heatmap: np.ndarray,
     label_index: int,
@@ -68,8 +67,9 @@ def explanation_trust(
 
     Parameters
     ----------
-    network
-        The torch classifier (logits; its sigmoid is the probability used).
+    model
+        The classifier, a torch network or the same model under another runtime
+        (logits; their sigmoid is the probability used).
     x
         One preprocessed image ``(C, H, W)`` (or ``(1, C, H, W)``).
     heatmap
@@ -88,7 +88,7 @@ def explanation_trust(
     region = torch.from_numpy(top_region(heat, fraction).astype(np.float32))
     removed = image * (1 - region) + deletion_baseline(image) * region
     batch = removed[None] if probability is not None else torch.stack([image, removed])
-    scores = label_probabilities(network, batch)[:, label_index]
+    scores = label_probabilities(model, batch)[:, label_index]
     before = float(probability) if probability is not None else float(scores[0])
     after = float(scores[-1])
     drop = max(0.0, (before - after) / before) if before > 0 else 0.0
