@@ -80,3 +80,20 @@ def test_trained_model_trusts_a_map_on_the_lesion_over_one_on_the_background(
     # Some findings (a thin device line) leave the probability where it was either
     # way; most are trusted clearly more on the lesion.
     assert sum(g > 0.1 for g in gains) >= 2 and sum(g > 0.1 for g in gains) > len(gains) / 2
+
+
+def test_pipeline_scores_a_map_with_its_serving_runtime(phantom_cohort: Path) -> None:
+    from overread.inference.explanation_study import load_findings, read_cohort
+    from overread.inference.pipeline import Pipeline
+    from overread.models import Registry
+
+    pipeline = Pipeline(Registry(phantom_cohort.parent / "registry").load("cxr-default"))
+    x, findings = load_findings(pipeline, read_cohort(phantom_cohort)[0])
+    finding = findings[0]
+    trust = pipeline.explanation_trust(x, finding.mask.astype(np.float32), finding.label)
+    direct = explanation_trust(
+        pipeline.runtime_logits, x, finding.mask.astype(np.float32), finding.label_index
+    )
+    assert trust == direct
+    assert 0.0 <= trust.trust_score <= 1.0 and 0.0 <= trust.deletion_drop <= 1.0
+    assert trust.map_concentration > 0.5  # a lesion mask is concentrated

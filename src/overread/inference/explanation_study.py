@@ -264,12 +264,7 @@ def runtime_classifier(pipeline: Pipeline) -> Classifier:
     """
     if pipeline.model.precision != "fp32" or pipeline.model.runtime == "torch":
         return pipeline.network.eval()
-
-    def logits(batch: torch.Tensor) -> torch.Tensor:
-        out, _ = pipeline.run(np.ascontiguousarray(batch.detach().numpy(), dtype=np.float32))
-        return torch.from_numpy(np.asarray(out, dtype=np.float32))
-
-    return logits
+    return pipeline.runtime_logits
 
 
 def _random_map(side: int, rng: np.random.Generator) -> np.ndarray:

@@ -22,6 +22,7 @@ import torch
 from overread.errors import InferenceError, ModelPackageError, OverreadError
 from overread.explain.cam import cam_to_heatmaps
 from overread.explain.maps import ExplainMethod, explain_maps
+from overread.explain.trust import ExplanationTrust, explanation_trust
 from overread.imaging import Image, read
 from overread.imaging.transforms import Compose, Letterbox, Resize, build_chain
 from overread.inference.postprocess import calibrate, decide
@@ -238,6 +239,24 @@ class Pipeline:
         return explain_maps(
             self._torch.network, x, method, label_indices, target_layer=target_layer
         )
+
+    def runtime_logits(self, batch: torch.Tensor) -> torch.Tensor:
+        """Logits of the serving runtime for a preprocessed batch, as a torch tensor.
+
+        The model as :mod:`overread.explain.faithfulness` and
+        :func:`overread.explain.explanation_trust` take it (a ``Classifier``).
+        """
+        logits, _ = self.run(np.ascontiguousarray(batch.detach().numpy(), dtype=np.float32))
+        return torch.from_numpy(np.asarray(logits, dtype=np.float32))
+
+    def explanation_trust(self, x: np.ndarray, heatmap: np.ndarray, label: str) -> ExplanationTrust:
+        """How far ``heatmap`` can be trusted as the explanation of ``label`` on ``x``.
+
+        See :mod:`overread.explain.trust`: the map's concentration and the fall of
+        the label's (uncalibrated) probability when its top region is removed, by
+        the serving runtime: two forward passes.
+        """
+        return explanation_trust(self.runtime_logits, x, heatmap, self.labels.index(label))
 
     @property
     def network(self) -> torch.nn.Module:
