@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
 import pytest
 import torch
@@ -50,3 +52,13 @@ def square_net() -> torch.nn.Module:
         loss_fn(net(x), y).backward()
         optimiser.step()
     return net.eval()
+
+
+@pytest.fixture(scope="session")
+def phantom_cohort(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """Four 256-pixel phantom studies of seed 1 (the bundled model was trained on seed 0)."""
+    from overread.phantom.cohort import generate_cohort
+
+    out = tmp_path_factory.mktemp("phantom") / "cohort"
+    generate_cohort(out, 4, seed=1, rows=256, cols=256, workers=1)
+    return out

@@ -61,7 +61,7 @@ def test_the_batch_matches_one_map_at_a_time_with_one_call() -> None:
     )
     assert calls == [2] and set(batched) == {0, 1}
     for index in (0, 1):
-        alone = explanation_trust(network, x, maps[index], index)
+        alone = explanation_trust(network, x, maps[index], index, baseline="image-mean")
         assert batched[index].trust_score == pytest.approx(alone.trust_score, abs=1e-6)
         assert batched[index].deletion_drop == pytest.approx(alone.deletion_drop, abs=1e-6)
     assert batched[0].deletion_drop > 0.5 and batched[0].trust_score > batched[1].trust_score

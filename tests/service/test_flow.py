@@ -182,9 +182,7 @@ def test_a_study_the_model_was_not_made_for_is_not_analysed_and_stays_visible(
     ]
     service = make_service(routes=routes)
     storescu(service.dicom_port or 0, [ct])
-    wait_until(
-        lambda: any(j.state == JobState.SUCCEEDED.value for j in _jobs(service)), timeout=60
-    )
+    wait_until(lambda: any(j.state == JobState.SUCCEEDED.value for j in _jobs(service)), timeout=60)
     [job] = _jobs(service)
     assert job.attempts == 1  # decided once: retrying would not change the image
     token = api_token(service, "radiologist")

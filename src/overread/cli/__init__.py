@@ -31,6 +31,7 @@ COMMAND_MODULES: tuple[str, ...] = (
     "overread.cli.db",
     "overread.cli.demo",
     "overread.cli.evaluate",
+    "overread.cli.explain",
     "overread.cli.export",
     "overread.cli.inspect",
     "overread.cli.jobs",

@@ -11,6 +11,8 @@ attributions add up to the logit's change along that path ("completeness").
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import numpy as np
 import torch
 from torch import nn
@@ -42,6 +44,9 @@ class Occlusion:
         Step between patch positions; default half the patch.
     batch_size
         Occluded images per forward pass.
+    forward
+        Scores the occluded images instead of the network when given: the same
+        model under a faster runtime (logits out).
 
     Each pixel's value is the mean, over the patch positions covering it, of the
     label's logit on the original image minus its logit with the patch set to the
@@ -55,11 +60,13 @@ class Occlusion:
         patch: int | None = None,
         stride: int | None = None,
         batch_size: int = 32,
+        forward: Callable[[torch.Tensor], torch.Tensor] | None = None,
     ) -> None:
         self.network = network
         self.patch = patch
         self.stride = stride
         self.batch_size = batch_size
+        self.forward = forward or network
 
     def _positions(self, rows: int, cols: int) -> tuple[int, list[tuple[int, int]]]:
         patch = self.patch or max(1, min(rows, cols) // 8)
@@ -93,7 +100,7 @@ class Occlusion:
                     for k, (top, left) in enumerate(chunk):
                         occluded[k, :, top : top + patch, left : left + patch] = fill
                     drops = (
-                        logits[n, indices][None, :] - self.network(occluded)[:, indices]
+                        logits[n, indices][None, :] - self.forward(occluded)[:, indices]
                     ).numpy()
                     for k, (top, left) in enumerate(chunk):
                         out[n, :, top : top + patch, left : left + patch] += drops[k][:, None, None]

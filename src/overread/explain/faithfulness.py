@@ -40,7 +40,7 @@ from __future__ import annotations
 import copy
 import math
 import warnings
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -64,21 +64,30 @@ POINTING_TOLERANCE_224 = 3
 INSERTION_BLUR_224 = 5.0
 
 
+#: A classifier as the measures see it: inputs ``(B, C, H, W)`` to logits ``(B, L)``.
+#: A torch network, or the same model under another runtime (ONNX Runtime scores
+#: perturbed images several times faster than eager torch).
+Classifier = Callable[[torch.Tensor], torch.Tensor]
+
+
 # -- scores -----------------------------------------------------------------------
 def label_probabilities(
-    network: nn.Module, images: torch.Tensor, *, batch_size: int = 32
+    model: Classifier, images: torch.Tensor, *, batch_size: int = 32
 ) -> np.ndarray:
     """Sigmoid probabilities ``(B, L)`` of a batch, in chunks of ``batch_size``."""
-    was_training = network.training
-    network.eval()
+    network = model if isinstance(model, nn.Module) else None
+    was_training = network.training if network is not None else False
+    if network is not None:
+        network.eval()
     try:
         with torch.no_grad():
             parts = [
-                torch.sigmoid(network(images[start : start + batch_size]))
+                torch.sigmoid(model(images[start : start + batch_size]))
                 for start in range(0, images.shape[0], batch_size)
             ]
     finally:
-        network.train(was_training)
+        if network is not None:
+            network.train(was_training)
     return torch.cat(parts).numpy() if parts else np.zeros((0, 0), dtype=np.float32)
 
 
@@ -143,7 +152,7 @@ class PerturbationCurves:
 
 
 def perturbation_curves(
-    network: nn.Module,
+    model: Classifier,
     x: torch.Tensor,
     heatmaps: np.ndarray,
     label_indices: Sequence[int],
@@ -156,21 +165,21 @@ def perturbation_curves(
 
     Parameters
     ----------
-    network
+    model
         The classifier (logits; probabilities are their sigmoid).
     x
         One preprocessed image ``(C, H, W)``.
     heatmaps
-        ``(M, H, W)`` maps, one per entry of ``label_indices`` (the label it explains).
+        ``(M, H, W)`` maps, one per entry of ``label_indices`` (the label it
+        explains); or one map ``(1, H, W)`` measured for every label given (a
+        label-independent map such as a random one costs its images once).
     steps
         Equal steps from no pixel to every pixel perturbed.
 
     The end points are shared by every map (the original image, the mean image,
     the blurred image), so ``M`` maps cost ``3 + 2 * M * (steps - 1)`` images.
     """
-    maps = np.asarray(heatmaps, dtype=np.float32).reshape(-1, *x.shape[-2:])
-    if len(label_indices) != maps.shape[0]:
-        raise ValueError(f"{maps.shape[0]} maps but {len(label_indices)} label indices")
+    maps = _maps_for(heatmaps, x, label_indices)
     fractions = np.linspace(0.0, 1.0, steps + 1)
     inner = fractions[1:-1]
     base, start = deletion_baseline(x), insertion_start(x)
@@ -182,17 +191,16 @@ def perturbation_curves(
         images.append(x[None] * (1 - masks) + base[None] * masks)
         images.append(start[None] * (1 - masks) + x[None] * masks)
     batch = torch.cat([image if image.ndim == 4 else image[None] for image in images])
-    probabilities = label_probabilities(network, batch, batch_size=batch_size)
+    probabilities = label_probabilities(model, batch, batch_size=batch_size)
     original, deleted, blurred = probabilities[0], probabilities[1], probabilities[2]
-    deletion = np.zeros((maps.shape[0], steps + 1), dtype=np.float64)
+    deletion = np.zeros((len(label_indices), steps + 1), dtype=np.float64)
     insertion = np.zeros_like(deletion)
-    row = 3
+    middle = len(inner)
     for m, index in enumerate(label_indices):
-        middle = len(inner)
+        row = 3 + (0 if maps.shape[0] == 1 else m) * 2 * middle
         deletion[m] = [original[index], *probabilities[row : row + middle, index], deleted[index]]
         row += middle
         insertion[m] = [blurred[index], *probabilities[row : row + middle, index], original[index]]
-        row += middle
     return PerturbationCurves(fractions=fractions, deletion=deletion, insertion=insertion)
 
 
@@ -263,8 +271,15 @@ def noisy_linear_impute(
     return out.astype(np.float32)
 
 
+def _maps_for(heatmaps: np.ndarray, x: torch.Tensor, label_indices: Sequence[int]) -> np.ndarray:
+    maps = np.asarray(heatmaps, dtype=np.float32).reshape(-1, *x.shape[-2:])
+    if maps.shape[0] not in (1, len(label_indices)):
+        raise ValueError(f"{maps.shape[0]} maps but {len(label_indices)} label indices")
+    return maps
+
+
 def road_scores(
-    network: nn.Module,
+    model: Classifier,
     x: torch.Tensor,
     heatmaps: np.ndarray,
     label_indices: Sequence[int],
@@ -273,17 +288,21 @@ def road_scores(
     batch_size: int = 32,
     seed: int = 0,
 ) -> np.ndarray:
-    """ROAD (MoRF): the label's probability ``(M, F)`` with each top fraction imputed."""
-    maps = np.asarray(heatmaps, dtype=np.float32).reshape(-1, *x.shape[-2:])
+    """ROAD (MoRF): the label's probability ``(M, F)`` with each top fraction imputed.
+
+    ``heatmaps`` as for :func:`perturbation_curves` (one map per label, or one for all).
+    """
+    maps = _maps_for(heatmaps, x, label_indices)
     image = x.numpy()
     imputed = []
     for heatmap in maps:
         for removed in _top_masks(heatmap, fractions, seed) > 0:
             imputed.append(noisy_linear_impute(image, removed, seed=seed))
     batch = torch.from_numpy(np.stack(imputed))
-    probabilities = label_probabilities(network, batch, batch_size=batch_size)
+    probabilities = label_probabilities(model, batch, batch_size=batch_size)
     rows = probabilities.reshape(maps.shape[0], len(fractions), -1)
-    return np.stack([rows[m, :, index] for m, index in enumerate(label_indices)])
+    shared = maps.shape[0] == 1
+    return np.stack([rows[0 if shared else m, :, i] for m, i in enumerate(label_indices)])
 
 
 # -- model randomisation --------------------------------------------------------------
@@ -318,7 +337,8 @@ def randomised_copy(network: nn.Module, *, seed: int = 0) -> nn.Module:
 def rank_correlation(maps_a: np.ndarray, maps_b: np.ndarray) -> np.ndarray:
     """Spearman correlation of flattened maps, one per map (``(..., H, W)`` -> ``(...)``).
 
-    A constant map ranks nothing; its correlation is taken as 0.
+    A constant map ranks nothing: its correlation with a varying map is taken as
+    0, with an identical constant map as 1.
     """
     a = np.asarray(maps_a, dtype=np.float64)
     b = np.asarray(maps_b, dtype=np.float64)
@@ -329,6 +349,7 @@ def rank_correlation(maps_a: np.ndarray, maps_b: np.ndarray) -> np.ndarray:
     out = np.zeros(flat_a.shape[0])
     for i, (u, v) in enumerate(zip(flat_a, flat_b, strict=True)):
         if np.ptp(u) == 0 or np.ptp(v) == 0:
+            out[i] = 1.0 if np.array_equal(u, v) else 0.0
             continue
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
@@ -376,6 +397,7 @@ __all__ = [
     "ROAD_FRACTIONS",
     "SIZE_CLASSES",
     "SIZE_THRESHOLDS",
+    "Classifier",
     "PerturbationCurves",
     "area_under_curve",
     "deletion_baseline",

@@ -20,6 +20,7 @@ Methods (``method`` argument):
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Literal, get_args
 
 import numpy as np
@@ -69,6 +70,8 @@ def explain_maps(
     method: ExplainMethod | str,
     label_indices: list[int] | None = None,
     target_layer: str | nn.Module | None = None,
+    *,
+    forward: Callable[[torch.Tensor], torch.Tensor] | None = None,
 ) -> np.ndarray:
     """Explanation maps ``(N, L, H, W)`` in [0, 1] for a batch of preprocessed inputs.
 
@@ -86,6 +89,9 @@ def explain_maps(
         For the layer methods: a module name such as ``"features.3"`` or a module;
         default the architecture's (see
         :func:`~overread.explain.cam.default_target_layer_name`).
+    forward
+        For the methods that only score perturbed inputs (``scorecam``'s masked
+        inputs, ``occlusion``): the same model under a faster runtime, logits out.
 
     Raises
     ------
@@ -122,12 +128,12 @@ def explain_maps(
     if chosen in LAYER_METHODS:
         layer = resolve_target_layer(network, target_layer)
         if chosen == "scorecam":
-            return ScoreCam(network, layer)(tensor, label_indices)
+            return ScoreCam(network, layer, forward=forward)(tensor, label_indices)
         return GradCam(network, layer, plus_plus=chosen == "gradcam++")(tensor, label_indices)
     if target_layer is not None:
         raise ValueError(f"{chosen} explains the input, not a layer; give no target layer")
     if chosen == "occlusion":
-        return Occlusion(network)(tensor, label_indices)
+        return Occlusion(network, forward=forward)(tensor, label_indices)
     return IntegratedGradients(network)(tensor, label_indices)
 
 

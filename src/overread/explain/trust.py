@@ -8,24 +8,24 @@ Two cheap checks on one preprocessed image and the map of one label:
     fraction ``a`` of the image and zero elsewhere, towards 1 for a single point.
 ``deletion_drop``
     A one-image deletion check: the relative fall of the label's probability when
-    the map's top region (pixels at or above half the maximum) is replaced by the
-    image's mean value, as in the deletion curve: ``max(0, (p - p_removed) / p)``.
+    the map's top region (pixels at or above half the maximum) is filled from the
+    pixels around it (:func:`local_mean_fill`): ``max(0, (p - p_removed) / p)``.
     High means the model did rely on what the map shows.
 
 ``trust_score`` is their geometric mean, in [0, 1]: a focused map the model does
 not rely on, or a map the model relies on that points everywhere, both score low.
 It costs one forward pass (two when the probability is not given).
 
-:func:`explanation_trust` takes the torch network and one map;
+:func:`explanation_trust` takes a torch network (or any classifier) and one map;
 :func:`explanation_trust_batch` applies the same rules to several labels' maps of one
 image with any runtime's probabilities (the serving pipeline's calibrated ONNX
-Runtime output): all the deleted inputs go through one batched call. By default it
-fills the deleted region with the **local mean** around it (:func:`local_mean_fill`)
-rather than the image's mean: on phantom radiographs a patch of the image's mean grey
+Runtime output): all the deleted inputs go through one batched call. Both fill the
+deleted region with the **local mean** around it rather than the image's mean (the
+deletion curve's baseline): on phantom radiographs a patch of the image's mean grey
 still reads as an opacity to the model (removing a ground-truth atelectasis that way
 left its probability at 0.66 of 0.69; filled from around, it fell to 0.04;
 scripts/compare_deletion_fill.py, docs/outputs.md), so the image-mean fill under-reports how much the model relies on
-the region. ``baseline="image-mean"`` gives exactly :func:`explanation_trust`'s rule.
+the region. ``baseline="image-mean"`` selects the deletion curve's fill in both.
 """
 
 from __future__ import annotations
@@ -38,9 +38,8 @@ from typing import Literal
 import numpy as np
 import torch
 from scipy.ndimage import uniform_filter
-from torch import nn
 
-from overread.explain.faithfulness import deletion_baseline, label_probabilities
+from overread.explain.faithfulness import Classifier, deletion_baseline, label_probabilities
 from overread.explain.regions import TOP_FRACTION, top_region
 
 
@@ -70,21 +69,27 @@ def map_concentration(heatmap: np.ndarray) -> float:
     return float(np.clip(gini, 0.0, 1.0))
 
 
+#: What a deleted region becomes (see :func:`local_mean_fill`).
+DeletionBaseline = Literal["local-mean", "image-mean"]
+
+
 def explanation_trust(
-    network: nn.Module,
+    model: Classifier,
     x: torch.Tensor | np.ndarray,
     heatmap: np.ndarray,
     label_index: int,
     *,
     probability: float | None = None,
     fraction: float = TOP_FRACTION,
+    baseline: DeletionBaseline = "local-mean",
 ) -> ExplanationTrust:
     """The trust score of ``heatmap`` as an explanation of label ``label_index`` on ``x``.
 
     Parameters
     ----------
-    network
-        The torch classifier (logits; its sigmoid is the probability used).
+    model
+        The classifier, a torch network or the same model under another runtime
+        (logits; their sigmoid is the probability used).
     x
         One preprocessed image ``(C, H, W)`` (or ``(1, C, H, W)``).
     heatmap
@@ -94,16 +99,23 @@ def explanation_trust(
         (saves a forward pass).
     fraction
         The top-region rule: pixels at or above this fraction of the maximum.
+    baseline
+        What the region becomes: the mean of the pixels around it (default) or the
+        image's mean.
     """
     tensor = torch.as_tensor(np.asarray(x, dtype=np.float32)) if isinstance(x, np.ndarray) else x
     image = tensor.detach().float().reshape(-1, *tensor.shape[-3:])[0]
     heat = np.asarray(heatmap, dtype=np.float32)
     if heat.shape != tuple(image.shape[-2:]):
         raise ValueError(f"map {heat.shape} and input {tuple(image.shape[-2:])} differ in size")
-    region = torch.from_numpy(top_region(heat, fraction).astype(np.float32))
-    removed = image * (1 - region) + deletion_baseline(image) * region
+    mask = top_region(heat, fraction)
+    if baseline == "local-mean":
+        removed = torch.from_numpy(local_mean_fill(image.numpy(), mask))
+    else:
+        region = torch.from_numpy(mask.astype(np.float32))
+        removed = image * (1 - region) + deletion_baseline(image) * region
     batch = removed[None] if probability is not None else torch.stack([image, removed])
-    scores = label_probabilities(network, batch)[:, label_index]
+    scores = label_probabilities(model, batch)[:, label_index]
     before = float(probability) if probability is not None else float(scores[0])
     after = float(scores[-1])
     drop = max(0.0, (before - after) / before) if before > 0 else 0.0
@@ -118,8 +130,6 @@ def explanation_trust(
 #: Maps ``(N, C, H, W)`` model inputs to probabilities ``(N, L)``.
 ProbabilityFunction = Callable[[np.ndarray], np.ndarray]
 
-#: What a deleted region becomes in :func:`explanation_trust_batch`.
-DeletionBaseline = Literal["local-mean", "image-mean"]
 
 #: Side of :func:`local_mean_fill`'s window, as a share of the image side.
 LOCAL_WINDOW = 0.25

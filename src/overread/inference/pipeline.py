@@ -457,6 +457,15 @@ class Pipeline:
             self._torch.network, x, method, label_indices, target_layer=target_layer
         )
 
+    def runtime_logits(self, batch: torch.Tensor) -> torch.Tensor:
+        """Logits of the serving runtime for a preprocessed batch, as a torch tensor.
+
+        The model as :mod:`overread.explain.faithfulness` and
+        :func:`overread.explain.explanation_trust` take it (a ``Classifier``).
+        """
+        logits, _ = self.run(np.ascontiguousarray(batch.detach().numpy(), dtype=np.float32))
+        return torch.from_numpy(np.asarray(logits, dtype=np.float32))
+
     @property
     def network(self) -> torch.nn.Module:
         """The package's torch network (built on first use), for explanations."""

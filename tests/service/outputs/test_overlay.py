@@ -58,11 +58,30 @@ def test_heatmap_peak_is_coloured_and_far_field_stays_grey(overlay_file: Path) -
     peak = rgb[
         int(0.2 * rows) - 5 : int(0.2 * rows) + 5, int(0.75 * cols) - 5 : int(0.75 * cols) + 5
     ]
-    # At the peak the jet colour map is red: red well above blue.
+    # At the peak cividis is yellow: red and green well above blue (jet's red
+    # would have no green).
     assert (peak[..., 0] - peak[..., 2]).mean() > 40
+    assert (peak[..., 1] - peak[..., 2]).mean() > 30
     far = rgb[int(0.9 * rows) - 5 : int(0.9 * rows) + 5, int(0.1 * cols) - 5 : int(0.1 * cols) + 5]
     # Far from the peak the heatmap weight is ~0: channels equal (grey image).
     assert np.abs(far[..., 0] - far[..., 2]).max() <= 2
+
+
+def test_top_region_is_outlined_and_boxed_in_white(overlay_file: Path) -> None:
+    rgb = pydicom.dcmread(overlay_file).pixel_array.astype(int)
+    rows, cols = rgb.shape[:2]
+    white = np.all(rgb >= 250, axis=-1)
+    # The Pneumothorax map is a Gaussian (sigma 6 of 56) at 20% down, 75% across: its
+    # half-maximum circle, with the box touching it, lies 7.06/56 of a side from there.
+    reach = 6.0 * np.sqrt(2 * np.log(2)) / 56
+    dr, dc = rows // 50, cols // 50  # within 2% (resampling a 56-pixel map moves edges)
+    for r, c in ((0.2, 0.75 + reach), (0.2, 0.75 - reach), (0.2 + reach, 0.75)):
+        window = white[
+            round(r * rows) - dr : round(r * rows) + dr, round(c * cols) - dc : round(c * cols) + dc
+        ]
+        assert window.any(), (r, c)
+    inside = white[round(0.2 * rows) - 10 : round(0.2 * rows) + 10, round(0.75 * cols) - 10 :]
+    assert not inside[:, :20].any()  # the region itself stays coloured
 
 
 def test_banner_is_in_the_pixels(overlay_file: Path) -> None:
@@ -181,6 +200,7 @@ def test_overlays_for_positive_findings_share_one_series(
 def test_colour_scale_legend_is_drawn_bottom_right(overlay_file: Path) -> None:
     rgb = pydicom.dcmread(overlay_file).pixel_array.astype(int)
     corner = rgb[-rgb.shape[0] // 12 :, -rgb.shape[1] // 3 :]
-    blue = (corner[..., 2] > 200) & (corner[..., 0] < 60)
-    red = (corner[..., 0] > 200) & (corner[..., 2] < 60)
-    assert blue.sum() > 20 and red.sum() > 20
+    # cividis: dark blue at the low end, yellow at the high end.
+    blue = (corner[..., 2] > 60) & (corner[..., 0] < 20) & (corner[..., 1] < 60)
+    yellow = (corner[..., 0] > 200) & (corner[..., 1] > 200) & (corner[..., 2] < 80)
+    assert blue.sum() > 20 and yellow.sum() > 20

@@ -3,7 +3,9 @@
 Every PACS can display a Secondary Capture, whereas few render SR or parametric
 maps, so the explanation a radiologist actually sees is this: the source image,
 windowed as the modality intended, with the model's heatmap for one finding
-blended on top and the caveat "FOR RESEARCH USE - NOT FOR DIAGNOSIS" burned into
+blended on top in cividis (a colour-blind-safe map, blue to yellow), the outline
+of the map's top region (at or above half its maximum) and the bounding box of
+that region's part holding the peak drawn in white, and the caveat "FOR RESEARCH USE - NOT FOR DIAGNOSIS" burned into
 the pixels (so it survives screenshots, exports and viewers that hide overlays).
 The instance is in the source's study, in a new series, with Burned In Annotation
 YES and a Source Image Sequence pointing at the image it was derived from.
@@ -28,6 +30,7 @@ from pydicom.pixels.processing import apply_modality_lut, apply_voi_lut
 from pydicom.uid import generate_uid
 
 from overread.errors import ServiceError
+from overread.explain.overlay import colourise, draw_region
 from overread.findings import Finding
 from overread.results import Decision, HeatmapPlacement, Prediction
 from overread.service.outputs.prediction import checked_findings, model_identity
@@ -146,13 +149,9 @@ def _heatmap_on_image(
     return np.clip(np.asarray(resized, dtype=np.float32), 0.0, 1.0)
 
 
-def _jet(values: np.ndarray) -> np.ndarray:
-    """Map [0, 1] to RGB in [0, 1] with the familiar 'jet' ramp (blue to red)."""
-    v = values[..., None]
-    red = np.clip(1.5 - np.abs(4.0 * v - 3.0), 0.0, 1.0)
-    green = np.clip(1.5 - np.abs(4.0 * v - 2.0), 0.0, 1.0)
-    blue = np.clip(1.5 - np.abs(4.0 * v - 1.0), 0.0, 1.0)
-    return np.concatenate([red, green, blue], axis=-1)
+def _colour(values: np.ndarray) -> np.ndarray:
+    """Map [0, 1] to RGB in [0, 1] with cividis (colour-blind safe; blue low, yellow high)."""
+    return colourise(values).astype(np.float32) / 255.0
 
 
 def _font(size: int) -> ImageFont.FreeTypeFont | ImageFont.ImageFont:
@@ -218,7 +217,7 @@ def draw_legend(rgb: np.ndarray) -> np.ndarray:
     draw.rectangle((left - margin, top - margin, right + margin // 2, bottom), fill=(0, 0, 0))
     draw.text((left, top), "low", font=font, fill=(255, 255, 255))
     bar_left = left + low_box[2] + margin
-    ramp = (_jet(np.linspace(0.0, 1.0, bar_width, dtype=np.float32)) * 255).astype(np.uint8)
+    ramp = colourise(np.linspace(0.0, 1.0, bar_width, dtype=np.float32))
     bar_top = top + (max(text_height, bar_height) - bar_height) // 2
     out = np.asarray(image, dtype=np.uint8).copy()
     out[bar_top : bar_top + bar_height, bar_left : bar_left + bar_width] = ramp[None, :, :]
@@ -319,8 +318,10 @@ def build_overlay(
 
     base = np.repeat(grey[..., None].astype(np.float32) / 255.0, 3, axis=-1)
     weight = (alpha * heat)[..., None]
-    blended = base * (1.0 - weight) + _jet(heat) * weight
+    blended = base * (1.0 - weight) + _colour(heat) * weight
     rgb = np.asarray(np.round(np.clip(blended, 0.0, 1.0) * 255.0), dtype=np.uint8)
+    # Where to look: the top region's outline and the box of its part with the peak.
+    rgb = draw_region(rgb, heat, width=max(1, min(rows, cols) // 256))
 
     finding = findings[label]
     decision = _CAPTION[finding.decision]
