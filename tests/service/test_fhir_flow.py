@@ -121,7 +121,13 @@ def _fhir_audits(service: Any) -> list[dict[str, Any]]:
         rows = session.scalars(
             select(AuditEvent).where(AuditEvent.action == "export").order_by(AuditEvent.seq)
         ).all()
-        return [r.details for r in rows if r.details.get("destination_kind") == "fhir"]
+        fhir = [r.details for r in rows if r.details.get("destination_kind") == "fhir"]
+        # Every attempt is announced before the POST; the outcomes follow.
+        assert all(
+            a["outcome"] == "sending" and b["outcome"] != "sending"
+            for a, b in zip(fhir[::2], fhir[1::2], strict=True)
+        )
+        return [d for d in fhir if d["outcome"] != "sending"]
 
 
 def test_report_is_posted_once_after_two_failures_and_validates(

@@ -54,6 +54,24 @@ def _record_attempt(
             services.queue.mark_succeeded(session, job.id, services.owner)
 
 
+def _record_sending(
+    services: JobServices, job: Job, object_uids: list[str], details: dict[str, Any]
+) -> None:
+    """Audit that a delivery starts, in its own transaction, before anything leaves.
+
+    If the process dies after the peer has the objects but before the outcome is
+    recorded, this event is what shows that they may have arrived (the retry sends
+    them again under the same UIDs, which a PACS stores once).
+    """
+    with services.database.session() as session:
+        services.audit(
+            session,
+            action=AuditAction.EXPORT,
+            object_uids=object_uids,
+            details={**details, "outcome": "sending"},
+        )
+
+
 def _record_failure(
     services: JobServices,
     job: Job,
@@ -98,6 +116,7 @@ class DicomExporter:
             details["statuses"] = []
             _record_failure(self.services, job, object_uids, details, error)
             raise InferenceError(error)
+        _record_sending(self.services, job, object_uids, details)
         started = time.perf_counter()
         try:
             statuses = self._send(paths, dest.ae_title, dest.host, dest.port)
@@ -182,8 +201,9 @@ class FhirExporter:
             _record_failure(self.services, job, object_uids, details, error)
             raise PermanentExportError(error) from cause
         token = endpoint.bearer_token.get_secret_value() if endpoint.bearer_token else None
-        started = time.perf_counter()
         details["resources"] = len(bundle.get("entry", []))
+        _record_sending(self.services, job, object_uids, details)
+        started = time.perf_counter()
         try:
             reply = post_fhir(
                 bundle,
