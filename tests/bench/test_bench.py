@@ -170,3 +170,13 @@ def test_bench_e2e_on_celery_and_postgresql(run_cli: RunCli) -> None:
     assert result["latency"][0]["completed"] == 2
     assert result["saturation"][0]["completed"] == 2
     assert 0 < result["p50_s"] <= result["p95_s"]
+
+
+def test_bench_trust_cli_times_both_pipelines_with_and_without(run_cli: RunCli) -> None:
+    status, out, err = run_cli("bench", "trust", "--images", "2", "--rounds", "1", "--json")
+    assert status == 0, err
+    result = json.loads(out)
+    assert result["images"] == 2 and result["model"].startswith("cxr-default")
+    for name in ("pipeline", "batched"):
+        row = result[name]
+        assert row["cpu_ms_per_image_with_trust"] > 0 and row["median_ms_without_trust"] > 0

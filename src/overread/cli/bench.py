@@ -404,6 +404,49 @@ def bench_ingest(
     )
 
 
+def _trust_table(result: dict[str, Any]) -> Table:
+    from rich.table import Table
+
+    table = Table(
+        title=(
+            f"Explanation trust, {result['model']} {result['runtime']}, {result['images']} "
+            f"images x {result['rounds']}, {result['acted_on_findings_per_image']} acted-on "
+            "findings per image"
+        )
+    )
+    for header in ("path", "ms without", "ms with", "extra ms", "CPU ms without", "CPU ms with"):
+        table.add_column(header, justify="left" if header == "path" else "right")
+    for name in ("pipeline", "batched"):
+        row = result[name]
+        table.add_row(
+            name,
+            _fmt(row["median_ms_without_trust"], 1),
+            _fmt(row["median_ms_with_trust"], 1),
+            _fmt(row["median_extra_ms"], 1),
+            _fmt(row["cpu_ms_per_image_without_trust"], 1),
+            _fmt(row["cpu_ms_per_image_with_trust"], 1),
+        )
+    return table
+
+
+@bench_app.command("trust")
+def bench_trust(
+    images: int = typer.Option(16, "--images", min=1, help="Phantom images (256 px)."),
+    rounds: int = typer.Option(3, "--rounds", min=1, help="Passes over the images."),
+    as_json: bool = typer.Option(False, "--json", help="Print the whole result as JSON."),
+    append_docs: bool = typer.Option(False, "--append-docs", help="Append to docs/benchmarks.md."),
+) -> None:
+    """Extra cost per image of the explanation trust score (plain and batched pipeline)."""
+    _check_docs(append_docs)
+    from overread.bench.trust import benchmark_trust
+
+    with _progress(not as_json) as update:
+        result = benchmark_trust(
+            images=images, rounds=rounds, progress=lambda task: update(task, 1, 1)
+        )
+    _emit([_trust_table(result)], result, as_json=as_json, append=append_docs, title="Trust score")
+
+
 @bench_app.command("gateway")
 def bench_gateway(
     files: int = typer.Option(40, "--files", min=2, help="Images sent in the ingest test."),
