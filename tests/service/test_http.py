@@ -193,3 +193,23 @@ def test_health_needs_no_credentials_and_carries_no_patient_data(
     assert (pacs["name"], pacs["state"], pacs["queued"]) == ("PACS", "up", 0)
     for phi in ("SVC001", "Service", "ACC1"):
         assert phi not in signed_in.text
+
+
+def test_multipart_parts_are_found_in_a_memory_map_as_in_bytes(tmp_path: Path) -> None:
+    import mmap
+
+    from overread.service.stow import iter_multipart
+
+    payload = bytes(range(256)) * 50 + b"\r\n--almost-the-boundary\r\n"
+    content_type, body = _multipart([("application/dicom", payload), ("text/plain", b"x")])
+    spooled = tmp_path / "body"
+    spooled.write_bytes(body)
+    with (
+        spooled.open("rb") as handle,
+        mmap.mmap(handle.fileno(), 0, access=mmap.ACCESS_READ) as view,
+    ):
+        assert list(iter_multipart(content_type, view)) == split_multipart(content_type, body)
+    assert split_multipart(content_type, body) == [
+        ("application/dicom", payload),
+        ("text/plain", b"x"),
+    ]

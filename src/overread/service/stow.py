@@ -13,7 +13,9 @@ where those two are well formed) and nothing of it is stored.
 from __future__ import annotations
 
 import logging
+import mmap
 import re
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -44,14 +46,19 @@ class StowRequestError(ValueError):
         self.status = status
 
 
-def split_multipart(content_type: str, body: bytes) -> list[tuple[str, bytes]]:
-    """The ``(content type, bytes)`` of each part of a ``multipart/related`` body.
+#: A body the parts are found in: the bytes, or a memory map of the spooled request.
+Body = bytes | mmap.mmap
+
+
+def iter_multipart(content_type: str, body: Body) -> Iterator[tuple[str, bytes]]:
+    """The ``(content type, bytes)`` of each part of a ``multipart/related`` body, one
+    at a time: only the part being handled is copied out of ``body``.
 
     Raises
     ------
     StowRequestError
         415 when the body is not ``multipart/related``; 400 when it has no boundary
-        or no part.
+        or no part (raised once the body is scanned, before anything else is read).
     """
     if not content_type.lower().startswith("multipart/related"):
         raise StowRequestError(
@@ -61,23 +68,36 @@ def split_multipart(content_type: str, body: bytes) -> list[tuple[str, bytes]]:
     if match is None:
         raise StowRequestError("multipart/related without a boundary")
     delimiter = b"--" + match.group(1).strip().encode("ascii")
-    parts: list[tuple[str, bytes]] = []
-    for chunk in body.split(delimiter)[1:]:
-        if chunk.startswith(b"--"):
+    found = False
+    start = body.find(delimiter)
+    while start != -1:
+        begin = start + len(delimiter)
+        if body[begin : begin + 2] == b"--":
             break  # the close delimiter
-        chunk = chunk.removeprefix(b"\r\n")
-        head, sep, content = chunk.partition(b"\r\n\r\n")
-        if not sep:
-            continue
-        part_type = "application/dicom"
-        for line in head.decode("latin-1").split("\r\n"):
-            name, _, value = line.partition(":")
-            if name.strip().lower() == "content-type":
-                part_type = value.strip()
-        parts.append((part_type, content.removesuffix(b"\r\n")))
-    if not parts:
+        following = body.find(delimiter, begin)
+        end = len(body) if following == -1 else following
+        if body[begin : begin + 2] == b"\r\n":
+            begin += 2
+        separator = body.find(b"\r\n\r\n", begin, end)
+        if separator != -1:
+            part_type = "application/dicom"
+            for line in bytes(body[begin:separator]).decode("latin-1").split("\r\n"):
+                name, _, value = line.partition(":")
+                if name.strip().lower() == "content-type":
+                    part_type = value.strip()
+            content_start, content_end = separator + 4, end
+            if content_end - 2 >= content_start and body[content_end - 2 : content_end] == b"\r\n":
+                content_end -= 2
+            found = True
+            yield part_type, bytes(body[content_start:content_end])
+        start = following
+    if not found:
         raise StowRequestError("the multipart body has no part delimited by its boundary")
-    return parts
+
+
+def split_multipart(content_type: str, body: Body) -> list[tuple[str, bytes]]:
+    """Every part of a ``multipart/related`` body at once (see :func:`iter_multipart`)."""
+    return list(iter_multipart(content_type, body))
 
 
 @dataclass
@@ -131,7 +151,7 @@ class StowResult:
 def store_instances(
     ingestor: Ingestor,
     content_type: str,
-    body: bytes,
+    body: Body,
     *,
     client: str = "",
     study_instance_uid: str | None = None,
@@ -154,7 +174,7 @@ def store_instances(
             status=status,
         )
 
-    for index, (part_type, data) in enumerate(split_multipart(content_type, body), start=1):
+    for index, (part_type, data) in enumerate(iter_multipart(content_type, body), start=1):
         source = f"STOW-RS part {index} from {client or 'unknown client'}"
         if not part_type.lower().startswith("application/dicom"):
             logger.error("%s: unsupported part type %s", source, part_type)
@@ -192,4 +212,11 @@ def store_instances(
     return result
 
 
-__all__ = ["StowRequestError", "StowResult", "split_multipart", "store_instances"]
+__all__ = [
+    "Body",
+    "StowRequestError",
+    "StowResult",
+    "iter_multipart",
+    "split_multipart",
+    "store_instances",
+]

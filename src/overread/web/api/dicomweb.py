@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+import contextlib
+import mmap
+import pathlib
+import tempfile
 from typing import Any
 
 from fastapi import APIRouter, Depends, HTTPException, Path, Request
@@ -10,7 +14,7 @@ from starlette.concurrency import run_in_threadpool
 
 from overread.audit import AuditAction
 from overread.security import Permission, Principal
-from overread.service.stow import StowRequestError, store_instances
+from overread.service.stow import Body, StowRequestError, store_instances
 from overread.web.api.guards import caller, context, route
 from overread.web.api.schemas import UID_PATTERN
 from overread.web.context import WebContext
@@ -37,21 +41,59 @@ _STOW_RESPONSES: dict[int | str, dict[str, Any]] = {
 router = APIRouter(prefix="/dicom-web", tags=["dicomweb"])
 
 
+class _Spool(contextlib.AbstractContextManager[Body]):
+    """A request body written to a temporary file and memory-mapped (then removed)."""
+
+    def __init__(self, handle: Any) -> None:
+        self.handle = handle
+        self.view: mmap.mmap | None = None
+
+    def __enter__(self) -> Body:
+        self.handle.flush()
+        size = self.handle.tell()
+        if size == 0:
+            return b""
+        self.view = mmap.mmap(self.handle.fileno(), size, access=mmap.ACCESS_READ)
+        return self.view
+
+    def __exit__(self, *_exc: object) -> None:
+        if self.view is not None:
+            self.view.close()
+        self.handle.close()
+
+
+async def _spooled(request: Request, directory: pathlib.Path) -> _Spool:
+    """Stream the body to disk (the size limit applies as it arrives), not into memory.
+
+    A STOW-RS body can be hundreds of megabytes; parts are then copied out of the
+    memory map one at a time, so the gateway holds one instance, not the request.
+    """
+    directory.mkdir(parents=True, exist_ok=True)
+    handle = tempfile.TemporaryFile(dir=directory, prefix="stow-")  # noqa: SIM115 (closed by _Spool)
+    try:
+        async for chunk in request.stream():
+            handle.write(chunk)
+    except BaseException:
+        handle.close()
+        raise
+    return _Spool(handle)
+
+
 async def _stow(
     request: Request, ctx: WebContext, who: Principal, study: str | None
 ) -> JSONResponse:
     service = ctx.service
-    body = await request.body()
     client = request.client.host if request.client else ""
     try:
-        result = await run_in_threadpool(
-            store_instances,
-            service.ingestor,
-            request.headers.get("content-type", ""),
-            body,
-            client=client,
-            study_instance_uid=study,
-        )
+        with await _spooled(request, pathlib.Path(service.config.data_dir) / "tmp") as body:
+            result = await run_in_threadpool(
+                store_instances,
+                service.ingestor,
+                request.headers.get("content-type", ""),
+                body,
+                client=client,
+                study_instance_uid=study,
+            )
     except StowRequestError as exc:
         await run_in_threadpool(
             ctx.access.record,
