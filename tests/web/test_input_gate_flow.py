@@ -18,6 +18,7 @@ from pydicom.uid import generate_uid
 from sqlalchemy import select
 
 from overread.gateway import Gateway
+from overread.harness import StorescpPacs
 from overread.security import Role
 from overread.service.db import Result
 
@@ -67,9 +68,14 @@ def _walk(dataset: Any) -> list[Any]:
 
 
 def test_a_refused_study_is_listed_reported_and_can_be_analysed_anyway(
-    make_gateway_service: Callable[..., Gateway], tmp_path: Path
+    make_gateway_service: Callable[..., Gateway], tmp_path: Path, request: pytest.FixtureRequest
 ) -> None:
-    service = make_gateway_service(artifacts=True)
+    pacs = StorescpPacs(tmp_path / "pacs", ae_title="PACSAE")
+    pacs_port = pacs.start()
+    request.addfinalizer(pacs.stop)
+    service = make_gateway_service(
+        artifacts=True, destinations=[f"PACS=PACSAE@127.0.0.1:{pacs_port}"]
+    )
     tokens = tokens_for_every_role(service)
 
     def auth(role: Role) -> dict[str, str]:
@@ -101,6 +107,8 @@ def test_a_refused_study_is_listed_reported_and_can_be_analysed_anyway(
     assert item["findings"] == []
     assert item["gate_note"].startswith("not analysed: view position LL is not accepted")
     assert "Not analysed: view position LL" in _sr_text(service, study)
+    # The PACS gets the SR that says why.
+    _wait_for(lambda: len(pacs.files()) == 1)
 
     page = httpx.get(f"{base}/", headers=auth(Role.RADIOLOGIST), timeout=10)
     assert "not analysed: view position LL" in page.text
@@ -125,6 +133,11 @@ def test_a_refused_study_is_listed_reported_and_can_be_analysed_anyway(
     assert row["gate_note"].startswith("outside the model's intended use")
     text = _sr_text(service, study)
     assert "Outside the model's intended use" in text and "Not analysed" not in text
+    # ... and then the result the reader asked for, marked as outside the intended use.
+    _wait_for(lambda: len(pacs.files()) == 2)
+    sent = [pydicom.dcmread(f) for f in pacs.files()]
+    texts = [" ".join(i.TextValue for i in _walk(d) if "TextValue" in i) for d in sent]
+    assert sum("Outside the model's intended use" in t for t in texts) == 1
     bundle = httpx.get(
         f"{base}/api/studies/{study}/fhir", headers=auth(Role.RADIOLOGIST), timeout=30
     ).json()

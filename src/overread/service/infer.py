@@ -232,7 +232,11 @@ class InferenceHandler:
             else:
                 stored = session.get(Result, result_id)
                 has_artifacts = bool(stored is not None and stored.artifacts)
-            for endpoint in self.services.config.fhir_endpoints:
+            # A study nothing was analysed of has no findings to report to FHIR (the SR
+            # and the worklist say why); its export would only fail.
+            reported = session.get(Result, result_id)
+            analysed = reported is None or not _not_analysed_result(reported)
+            for endpoint in self.services.config.fhir_endpoints if analysed else ():
                 self.services.queue.enqueue(
                     session,
                     study_instance_uid=job.study_instance_uid,
@@ -257,6 +261,15 @@ class InferenceHandler:
                         priority=job.priority,
                         payload=DicomExportPayload(dest, result_id).to_dict(),
                     )
+            if replaces is not None:
+                # The replaced result went out already ("not analysed"): its exports,
+                # whatever became of them, go again with the new result.
+                self.services.queue.requeue_exports(
+                    session,
+                    study_instance_uid=job.study_instance_uid,
+                    model_name=job.model_name,
+                    model_version=job.model_version,
+                )
             self.services.queue.mark_succeeded(session, job.id, self.services.owner)
 
 
@@ -346,6 +359,7 @@ def request_gate_override(database: Any, study_instance_uid: str) -> list[int]:
             job.state = JobState.QUEUED.value
             job.attempts = 0
             job.next_attempt_at = now
+            job.started_at = None  # a fresh retry period
             job.finished_at = None
             job.lease_owner = None
             job.lease_expires_at = None

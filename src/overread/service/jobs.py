@@ -418,6 +418,37 @@ class JobQueue:
                 )
             return job.state
 
+    def requeue_exports(
+        self, session: Session, *, study_instance_uid: str, model_name: str, model_version: str
+    ) -> int:
+        """Send a result's exports again (it was replaced): every export job of the
+        study and model not running now goes back to the queue with a fresh retry
+        period, in the caller's transaction. Returns how many."""
+        now = utcnow()
+        result = session.execute(
+            update(Job)
+            .where(
+                Job.kind == JobKind.EXPORT.value,
+                Job.study_instance_uid == study_instance_uid,
+                Job.model_name == model_name,
+                Job.model_version == model_version,
+                Job.state != JobState.RUNNING.value,
+            )
+            .values(
+                state=JobState.QUEUED.value,
+                attempts=0,
+                next_attempt_at=now,
+                started_at=None,
+                finished_at=None,
+                lease_owner=None,
+                lease_expires_at=None,
+                error=None,
+                updated_at=now,
+            )
+            .execution_options(synchronize_session=False)
+        )
+        return int(result.rowcount)  # type: ignore[attr-defined]
+
     def requeue(self, job_id: int) -> bool:
         """Put a dead-lettered or failed job back in the queue with fresh attempts."""
         now = utcnow()
@@ -519,7 +550,13 @@ class JobQueue:
             if state == JobState.DEAD_LETTERED.value:
                 entry["dead_lettered"] += int(count)
         for destination, first_started in down.items():
-            entry = found[destination]
+            if not destination:
+                continue
+            entry = found.setdefault(
+                destination,
+                {"name": destination, "state": "up", "down_since": None, "queued": 0,
+                 "dead_lettered": 0, "last_error": None},
+            )  # fmt: skip
             entry["state"] = "down"
             entry["down_since"] = _iso(first_started)
             entry["last_error"] = errors.get(destination)
