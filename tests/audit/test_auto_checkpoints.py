@@ -96,6 +96,15 @@ def test_a_broken_chain_is_not_signed_and_the_failure_is_logged(
         assert auto.check() is None
     assert "not writing a checkpoint over a broken chain" in caplog.text
     assert not list(checkpoint_dir(tmp_path).glob("checkpoint-*.json"))
+    # Not re-verified and re-logged at every poll: it waits for the interval.
+    caplog.clear()
+    with caplog.at_level(logging.ERROR, logger="overread.audit.checkpoint"):
+        assert auto.check() is None
+    assert caplog.text == ""
+    auto._failed_at = time.monotonic() - auto.retry_seconds - 1
+    with caplog.at_level(logging.ERROR, logger="overread.audit.checkpoint"):
+        assert auto.check() is None
+    assert "broken chain" in caplog.text
 
 
 def test_the_background_thread_checkpoints_and_stops(database: Database, tmp_path: Path) -> None:

@@ -250,7 +250,10 @@ class AutoCheckpointer:
     one, or ``every_seconds`` after it when anything was recorded at all (the
     ``audit-checkpoint`` events themselves do not count). Either bound may be 0 to
     switch it off. A chain that no longer verifies is not signed over: the failure is
-    logged as an error each time it is found, and the gateway carries on.
+    logged as an error, then not tried again for ``retry_seconds`` (``every_seconds``,
+    or 5 minutes when that bound is off), and the gateway carries on. Each checkpoint
+    verifies the whole chain, so its cost grows with the trail (a full verify reads
+    every event once).
     """
 
     def __init__(
@@ -272,6 +275,8 @@ class AutoCheckpointer:
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
         self._last_at = time.monotonic()
+        self._failed_at: float | None = None
+        self.retry_seconds = every_seconds if every_seconds > 0 else 300.0
         self.written: list[Checkpoint] = []
 
     @property
@@ -323,17 +328,22 @@ class AutoCheckpointer:
 
     def check(self) -> Checkpoint | None:
         """Write a checkpoint if one is due; never raises."""
+        now = time.monotonic()
+        if self._failed_at is not None and now - self._failed_at < self.retry_seconds:
+            return None  # it failed recently: do not re-verify and re-log every poll
         try:
-            if not self.due(self.pending()):
+            if not self.due(self.pending(), now):
                 return None
             written = checkpoint_now(self.engine, self.data_dir, actor=self.actor)
         except AuditError as exc:
             logger.error("audit checkpoint not written: %s", exc)
-            self._last_at = time.monotonic()  # report again after the next interval
+            self._failed_at = time.monotonic()
             return None
         except Exception:
             logger.exception("audit checkpoint failed")
+            self._failed_at = time.monotonic()
             return None
+        self._failed_at = None
         self._last_at = time.monotonic()
         self.written.append(written)
         logger.info("audit checkpoint at record %d: %s", written.head_seq, written.name)

@@ -3,8 +3,9 @@
 Every finding a reader acts on (decided positive or indeterminate) gets the
 explanation trust of :mod:`overread.explain.trust`: how concentrated its class
 activation map is (Gini coefficient), how much its calibrated probability falls when
-the map's top region is replaced by the image's mean, and the two combined. Negative findings are left as they are (``None``):
-nobody is asked to look at them.
+the map's top region is filled from the pixels around it (the local mean), and the
+two combined. Negative findings are left as they are (``None``): nobody is asked to
+look at them.
 """
 
 from __future__ import annotations

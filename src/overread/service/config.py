@@ -36,6 +36,7 @@ Example ``overread.toml``::
 from __future__ import annotations
 
 import ipaddress
+import logging
 import re
 from pathlib import Path
 from typing import Any
@@ -200,6 +201,11 @@ class Route(BaseModel):
         return value
 
 
+logger = logging.getLogger(__name__)
+
+#: The backoff's cap: a destination that is back gets its queued exports within it.
+MAX_RETRY_SECONDS = 60.0
+
 DEFAULT_ROUTES: tuple[Route, ...] = (
     Route(
         name="chest-xray",
@@ -309,8 +315,8 @@ class ServiceConfig(BaseModel):
     retry_max_seconds: float = Field(
         default=60.0,
         gt=0,
-        le=60,
-        description="the backoff's cap: a destination that is back gets its exports within it",
+        description="the backoff's cap, at most 60 (larger values are lowered to 60): a "
+        "destination that is back gets its exports within it",
     )
     lease_seconds: float = Field(default=60.0, gt=0)
     poll_seconds: float = Field(default=1.0, gt=0)
@@ -396,6 +402,19 @@ class ServiceConfig(BaseModel):
                 raise ValueError(f"{value}: cannot read it ({exc.strerror or exc})") from None
             if not key:
                 raise ValueError(f"{value}: the file is empty")
+        return value
+
+    @field_validator("retry_max_seconds")
+    @classmethod
+    def _cap_the_backoff(cls, value: float) -> float:
+        if value > MAX_RETRY_SECONDS:
+            logger.warning(
+                "retry_max_seconds %g lowered to %g: a destination that is back must get "
+                "its exports within a minute",
+                value,
+                MAX_RETRY_SECONDS,
+            )
+            return MAX_RETRY_SECONDS
         return value
 
     @model_validator(mode="after")

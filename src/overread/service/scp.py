@@ -57,6 +57,9 @@ VERIFICATION_SOP_CLASS = "1.2.840.10008.1.1"
 STATUS_SUCCESS = 0x0000
 STATUS_OUT_OF_RESOURCES = 0xA700
 STATUS_CANNOT_UNDERSTAND = 0xC000
+#: TLS handshakes in progress at once (see StorageSCP._handshake_then).
+_MAX_HANDSHAKES = 64
+
 #: pynetdicom's own association limit, out of reach (see StorageSCP._build_ae).
 _UNCOUNTED_CONNECTIONS = 1_000_000
 
@@ -93,6 +96,12 @@ def _status(code: int, comment: str) -> Dataset:
     return status
 
 
+def _shut(connection: socket.socket) -> None:
+    """End a connection from another thread (a handshake past its deadline)."""
+    with contextlib.suppress(OSError):
+        connection.shutdown(socket.SHUT_RDWR)
+
+
 class StorageSCP:
     """A pynetdicom Storage SCP bound to an :class:`Ingestor`.
 
@@ -124,6 +133,9 @@ class StorageSCP:
         self._studies: dict[int, set[str]] = {}
         self._requested: set[int] = set()
         self._lock = threading.Lock()
+        # TLS handshakes at once; past it a new one is closed (a flood cannot pile up
+        # threads), and each has one deadline for the whole handshake.
+        self._handshakes = threading.BoundedSemaphore(_MAX_HANDSHAKES)
         self._server: Any = None
         self._gate: ConnectionGate | None = None
         self.ae = self._build_ae()
@@ -218,10 +230,20 @@ class StorageSCP:
         address: Any,
     ) -> None:
         """Do the TLS handshake in its own thread, then hand the connection on."""
+        host = str(address[0]) if isinstance(address, tuple) else str(address)
+        if not self._handshakes.acquire(blocking=False):
+            logger.warning("%d TLS handshakes in progress: closing %s", _MAX_HANDSHAKES, host)
+            with contextlib.suppress(OSError):
+                connection.close()
+            return
 
         def handshake() -> None:
-            host = str(address[0]) if isinstance(address, tuple) else str(address)
-            connection.settimeout(self.config.association_request_seconds)
+            deadline = self.config.association_request_seconds
+            connection.settimeout(deadline)
+            # One deadline for the whole handshake, however slowly the bytes trickle.
+            watchdog = threading.Timer(deadline, _shut, args=(connection,))
+            watchdog.daemon = True
+            watchdog.start()
             try:
                 secure = context.wrap_socket(connection, server_side=True)
             except (ssl.SSLError, OSError) as exc:
@@ -237,6 +259,9 @@ class StorageSCP:
                     reason=reason,
                 )
                 return
+            finally:
+                watchdog.cancel()
+                self._handshakes.release()
             secure.settimeout(None)
             handoff(secure, address)
 

@@ -6,8 +6,9 @@ objects (SR) in the object store, and queues one *export* job per destination, a
 in the transaction that marks it succeeded. An *export* job goes to the exporter of
 its payload's kind (:mod:`overread.service.exporters`: C-STORE to a DICOM node, or a
 FHIR report to a FHIR endpoint), which audits every attempt; a refusal or a network
-error is retried with exponential backoff until ``max_attempts``, then the job is
-dead-lettered (visible in ``/api/jobs``).
+error is retried with capped exponential backoff and jitter for ``retry_for_seconds``
+from its first attempt (and up to ``max_attempts`` when set), then the job is
+dead-lettered (visible in ``/api/jobs`` and ``overread jobs list``).
 
 Workers are threads of ``overread serve`` or of a separate ``overread worker``
 process; they coordinate only through the database, so any number may run against

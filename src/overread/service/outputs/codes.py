@@ -140,7 +140,7 @@ THRESHOLD_PROXIMITY = Concept("THRPROXIMITY", LOCAL_SCHEME, "Threshold proximity
 UNIT_BIT = Concept("bit", "UCUM", "bit")
 #: Local: the explanation trust score in [0, 1] (docs/outputs.md, "Explanation trust").
 TRUST_SCORE = Concept("TRUSTSCORE", LOCAL_SCHEME, "Explanation trust score")
-#: Local: the share of the heatmap's mass in its top region, rescaled to [0, 1].
+#: Local: how concentrated the heatmap is (the Gini coefficient of its values, [0, 1]).
 MAP_CONCENTRATION = Concept("MAPCONCENTR", LOCAL_SCHEME, "Heatmap concentration")
 #: Local: relative fall of the probability with the heatmap's top region removed.
 DELETION_DROP = Concept("DELETIONDROP", LOCAL_SCHEME, "Deletion probability drop")
