@@ -133,6 +133,15 @@ class InferenceHandler:
                 for prediction, (path, _) in zip(predictions, items, strict=True)
                 if prediction.ok
             ]
+            # Images of the study the gate refused: the report says they were not
+            # analysed (their headers only; an unreadable one is left out).
+            refused = [
+                (p, path)
+                for p, (path, _) in zip(predictions, items, strict=True)
+                if not p.ok and p.gate is not None and p.gate.refused
+            ]
+            if refused:
+                readings += _refused_readings([p for p, _ in refused], [q for _, q in refused])
         header = metadata_from_dataset(readings[0][1]) if readings else ImageMetadata()
         context = _study_context(items, header)
         artifacts: list[dict[str, Any]] = []

@@ -340,7 +340,8 @@ class OutputsArtifactBuilder:
             # A study the input gate refused still gets a report saying so.
             refused = [(p, ds) for p, ds in readings if p.gate is not None and p.gate.refused]
             return [self._outputs.build_not_analysed_sr(refused)] if refused else []
-        built: list[Any] = [self._outputs.build_study_sr(usable)]
+        left_out = [p for p, _ in readings if not p.ok and p.gate is not None and p.gate.refused]
+        built: list[Any] = [self._outputs.build_study_sr(usable, not_analysed=left_out)]
         for prediction, source in usable:
             if prediction.heatmaps and "PixelData" in source:
                 built.extend(self._outputs.build_overlays(prediction, source))

@@ -127,6 +127,8 @@ class StudyGate:
             return f"not analysed: {reason}"
         if self.analysis == "outside intended use":
             return f"outside the model's intended use (analysed anyway): {reason}"
+        if self.status == "refuse":  # some images refused, the others analysed
+            return f"partly analysed, some images not analysed: {reason}"
         if self.status == "flag":
             return f"flagged: {reason}"
         return ""

@@ -65,3 +65,28 @@ def test_an_overridden_or_flagged_result_says_so_beside_its_findings(
     passed = Prediction(path=None, ok=True, model=MODEL, findings=[finding], gate=GateVerdict())
     assert gate_text([passed]) == ""
     assert not any("Input gate" in t for t in _texts(build_study_sr([(passed, dx_chest_header)])))
+
+
+def test_a_partly_refused_study_names_the_image_left_out(
+    dx_chest_header: Dataset, tmp_path: Path
+) -> None:
+    analysed = Prediction(
+        path=None,
+        ok=True,
+        model=MODEL,
+        findings=[FindingResult("Pneumothorax", 0.8, True, 0.1, 0.5)],
+        gate=GateVerdict(),
+    )
+    left_out = Prediction(path=None, ok=False, model=MODEL, gate=REFUSED)
+    sr = build_study_sr([(analysed, dx_chest_header)], not_analysed=[left_out])
+    path = tmp_path / "sr.dcm"
+    sr.save_as(path, enforce_file_format=True)
+    assert dciodvfy_errors(path) == []
+    assert any("Not analysed: view position LL is not accepted" in t for t in _texts(sr))
+    # ... and the worklist says so too.
+    from overread.results import ResultSummary
+    from overread.triage.intake import study_gate
+
+    gate = study_gate(ResultSummary(instances=(analysed, left_out)))
+    assert gate.analysis == "analysed"
+    assert gate.note.startswith("partly analysed, some images not analysed: view position LL")

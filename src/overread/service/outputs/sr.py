@@ -355,8 +355,12 @@ def build_study_sr(
     institution_name: str | None = None,
     institutional_department_name: str | None = None,
     series_description: str = "overread AI second read (research use)",
+    not_analysed: Sequence[Prediction] = (),
 ) -> hd.sr.ComprehensiveSR:
     """Build one TID 1500 Comprehensive SR for a model's predictions on a whole study.
+
+    ``not_analysed`` are images of the study the input gate refused: the report
+    names them as not analysed beside the findings of the others.
 
     Each image gets its own findings: one measurement group per (image, finding),
     referencing that image only and tracked as ``"<model> <finding> <view>"``, so a
@@ -403,7 +407,7 @@ def build_study_sr(
         model,
         groups,
         sources,
-        gate=gate_text([prediction for prediction, _ in readings]),
+        gate=gate_text([*(prediction for prediction, _ in readings), *not_analysed]),
         series_number=series_number,
         instance_number=instance_number,
         series_instance_uid=series_instance_uid,
