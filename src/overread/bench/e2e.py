@@ -425,7 +425,8 @@ def stage_breakdown(database: Any, items: list[Sent]) -> dict[str, Any]:
         model_total = t.get(
             "model_total",
             sum(
-                t.get(k, 0.0) for k in ("read", "preprocess", "inference", "postprocess", "explain")
+                t.get(k, 0.0)
+                for k in ("read", "preprocess", "inference", "postprocess", "explain", "trust")
             ),
         )
         sr_build = t.get("sr_build", t.get("artifacts", 0.0))
@@ -435,7 +436,10 @@ def stage_breakdown(database: Any, items: list[Sent]) -> dict[str, Any]:
             "queue_wait": started - complete,
             "read_preprocess": t.get("read", 0.0) + t.get("preprocess", 0.0),
             "model_forward": t.get("inference", 0.0),
-            "postprocess_explain": t.get("postprocess", 0.0) + t.get("explain", 0.0),
+            # The explanation trust score is explaining too (its extra forward pass).
+            "postprocess_explain": t.get("postprocess", 0.0)
+            + t.get("explain", 0.0)
+            + t.get("trust", 0.0),
             "sr_build": sr_build,
             "infer_other": max(0.0, (finished - started) - model_total - sr_build),
             "export": item.arrived_wall - finished,
@@ -443,7 +447,7 @@ def stage_breakdown(database: Any, items: list[Sent]) -> dict[str, Any]:
         for name, value in values.items():
             per_stage[name].append(value)
         for name, value in t.items():
-            if name not in ("read", "preprocess", "inference", "postprocess", "explain"):
+            if name not in ("read", "preprocess", "inference", "postprocess", "explain", "trust"):
                 extra.setdefault(name, []).append(value)
         totals.append(item.arrived_wall - item.start_wall)
     if not totals:
