@@ -111,6 +111,9 @@ def test_mc_dropout_samples_vary_and_repeat(packages: dict[str, Path], images: l
     assert samples.shape == (6, 2, len(LABELS))
     assert np.ptp(samples, axis=0).max() > 1e-4  # the passes differ ...
     np.testing.assert_array_equal(samples, pipeline.probability_samples(x)[0])  # ... repeatably
+    # An image gets the same samples whatever shares its batch (micro-batching).
+    alone, _ = pipeline.probability_samples(x[1:])
+    np.testing.assert_allclose(samples[:, 1], alone[:, 0], rtol=1e-5, atol=1e-6)
     # Batch norm stayed in eval mode and the network is left in eval mode.
     assert not network.training
     assert all(not m.training for m in network.modules())

@@ -15,6 +15,7 @@ ONNX graph has dropout removed.
 
 from __future__ import annotations
 
+import zlib
 from dataclasses import dataclass
 from typing import Any
 
@@ -46,9 +47,10 @@ def mc_dropout_refusal(network: nn.Module, what: str) -> str | None:
 def mc_dropout_logits(network: nn.Module, x: np.ndarray, passes: int, seed: int = 0) -> np.ndarray:
     """Logits ``(passes, N, L)`` with only the dropout layers active.
 
-    The dropout masks come from ``torch.manual_seed(seed)`` inside a forked RNG, so
-    the same input and seed give the same samples and the caller's random state is
-    left alone.
+    Each image is run on its own, its dropout masks seeded from ``seed`` and a
+    checksum of its pixels inside a forked RNG: the same image and seed give the same
+    samples whatever else shares its batch (the gateway micro-batches studies), and
+    the caller's random state is left alone.
     """
     if passes < 1:
         raise InferenceError(f"Monte Carlo dropout needs at least 1 pass, not {passes}")
@@ -61,9 +63,12 @@ def mc_dropout_logits(network: nn.Module, x: np.ndarray, passes: int, seed: int 
     for layer in layers:
         layer.train()
     try:
+        rows: list[np.ndarray] = []
         with torch.random.fork_rng(devices=[]), torch.inference_mode():
-            torch.manual_seed(seed)
-            out = [network(tensor).numpy() for _ in range(passes)]
+            for row in tensor:
+                torch.manual_seed(seed ^ zlib.crc32(row.numpy().tobytes()))
+                rows.append(np.stack([network(row[None]).numpy()[0] for _ in range(passes)]))
+        out = list(np.stack(rows, axis=1))  # (passes, N, L)
     finally:
         network.train(was_training)
         if not was_training:
