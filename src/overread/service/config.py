@@ -365,6 +365,10 @@ class ServiceConfig(BaseModel):
         ge=1024,
         description="largest STOW-RS request body; a larger one is refused with 413",
     )
+    public_metrics: bool = Field(
+        default=False,
+        description="serve /metrics without signing in (for a Prometheus on a trusted network)",
+    )
     public_api_docs: bool = Field(
         default=False,
         description="serve /docs, /redoc and /openapi.json to anonymous callers "

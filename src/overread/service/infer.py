@@ -25,6 +25,7 @@ from overread.imaging import ImageMetadata, metadata_from_dataset, read_dataset
 from overread.results import Prediction, ResultSummary
 from overread.service.db import Instance, Job, JobKind, Result, utcnow
 from overread.service.handling import JobServices
+from overread.service.metrics import observe_stage_timings
 from overread.service.payloads import DicomExportPayload, FhirExportPayload, InferPayload
 from overread.service.routing import InstanceFacts, route_matches
 from overread.service.runtime import ArtifactBuilder, PipelineProvider, not_analysed, require_ok
@@ -122,6 +123,8 @@ class InferenceHandler:
             )
         )
         require_ok(predictions, paths)
+        for prediction in predictions:
+            observe_stage_timings(prediction.timings)
         modelled = time.perf_counter()
         # One header read per image serves the SR, the worklist context and the FHIR
         # facts; overlays need the pixels too.

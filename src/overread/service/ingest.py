@@ -74,6 +74,8 @@ class IngestOutcome:
     object_key: str
     duplicate: bool
     sop_class_uid: str = ""
+    size: int = 0
+    via: str = ""
 
 
 @dataclass
@@ -252,6 +254,8 @@ class Ingestor:
             stored.key,
             False,
             header.sop_class_uid,
+            size=len(data),
+            via="stow-rs" if calling_ae.strip() == "STOW-RS" else "c-store",
         )
         logger.info(
             "stored instance %s of study %s from %s (%d bytes)",

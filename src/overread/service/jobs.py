@@ -499,6 +499,14 @@ class JobQueue:
             rows = session.execute(select(Job.state, func.count()).group_by(Job.state)).all()
         return {str(state): int(n) for state, n in rows}
 
+    def counts_by_kind(self) -> dict[tuple[str, str], int]:
+        """Number of jobs per ``(kind, state)``."""
+        with self.database.session() as session:
+            rows = session.execute(
+                select(Job.kind, Job.state, func.count()).group_by(Job.kind, Job.state)
+            ).all()
+        return {(str(kind), str(state)): int(n) for kind, state, n in rows}
+
     def destination_health(self, names: Sequence[str] = ()) -> tuple[dict[str, Any], ...]:
         """Per export destination: ``up`` or ``down`` (since when), what waits for it.
 

@@ -23,6 +23,7 @@ from overread.service.config import ServiceConfig
 from overread.service.db import Database
 from overread.service.ingest import Ingestor, IngestOutcome
 from overread.service.jobs import JobQueue, RetryPolicy
+from overread.service.metrics import ServiceMetrics
 from overread.service.runtime import (
     ArtifactBuilder,
     PipelineProvider,
@@ -141,6 +142,7 @@ class ServiceNode:
             if with_assembler
             else None
         )
+        self.metrics = ServiceMetrics(self.queue, config, self.models)
         self._stop = threading.Event()
         self._assembler_thread: threading.Thread | None = None
         self.dicom_port: int | None = None
@@ -157,6 +159,7 @@ class ServiceNode:
 
     # -- events -----------------------------------------------------------------------
     def _on_stored(self, outcome: IngestOutcome) -> None:
+        self.metrics.observe_ingest(outcome)
         self.assembler.wake()
 
     def _on_released(self, studies: set[str]) -> None:
@@ -188,6 +191,7 @@ class ServiceNode:
                 target=self._assemble, name="overread-assembler", daemon=True
             )
             self._assembler_thread.start()
+        self.metrics.start()
         self.pool.start()
         if self.checkpointer is not None:
             self.checkpointer.start()
@@ -206,6 +210,7 @@ class ServiceNode:
         if self._assembler_thread is not None:
             self._assembler_thread.join(5)
         self.pool.stop(timeout)
+        self.metrics.stop()
         if self.checkpointer is not None:
             self.checkpointer.stop()
         close = getattr(self.models, "close", None)

@@ -21,6 +21,7 @@ if TYPE_CHECKING:
     from overread.service.db import Database
     from overread.service.ingest import Ingestor
     from overread.service.jobs import JobQueue
+    from overread.service.metrics import ServiceMetrics
     from overread.service.runtime import PipelineProvider
     from overread.service.store import ObjectStore
 
@@ -46,6 +47,11 @@ class RunningService(Protocol):
     @property
     def queue(self) -> JobQueue:
         """The job queue (counts, listing, requeue)."""
+        ...
+
+    @property
+    def metrics(self) -> ServiceMetrics:
+        """The gateway's Prometheus metrics (``GET /metrics``)."""
         ...
 
     @property

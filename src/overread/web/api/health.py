@@ -4,7 +4,8 @@ caller also gets each export destination's health."""
 from __future__ import annotations
 
 from fastapi import APIRouter, Depends, HTTPException, Request
-from fastapi.responses import JSONResponse
+from fastapi.responses import JSONResponse, Response
+from prometheus_client import CONTENT_TYPE_LATEST
 
 from overread import __version__
 from overread.web.api.guards import PUBLIC, context, route
@@ -45,6 +46,23 @@ def health(request: Request, ctx: WebContext = Depends(context)) -> JSONResponse
         else [DestinationHealth.model_validate(d) for d in destinations],
     )
     return JSONResponse(answer.model_dump(exclude_none=destinations is None, mode="json"))
+
+
+@route(router, "GET", "/metrics", permission=PUBLIC)
+def metrics(request: Request, ctx: WebContext = Depends(context)) -> Response:
+    """Operational metrics in the Prometheus text format (docs/api.md): ingest, jobs per
+    kind and state, stage latency histograms, destination health, model versions.
+
+    Signed-in callers (any role, e.g. a scraper's API token) unless ``public_metrics``;
+    401 otherwise. No patient data.
+    """
+    if not ctx.service.config.public_metrics and ctx.access.identify(request) is None:
+        raise HTTPException(
+            status_code=401,
+            detail="authentication required (or set public_metrics)",
+            headers={"WWW-Authenticate": 'Bearer realm="overread"'},
+        )
+    return Response(ctx.service.metrics.render(), media_type=CONTENT_TYPE_LATEST)
 
 
 __all__ = ["router"]
