@@ -24,7 +24,9 @@ pytestmark = pytest.mark.service
 PUBLIC = "public"
 AUTHENTICATED = "authenticated"
 #: Routes anyone may call, and nothing else.
-EXPECTED_PUBLIC = {("GET", "/health"), ("POST", "/api/auth/login")}
+# /metrics checks credentials itself: 401 unless the site sets public_metrics
+# (tests/service/test_metrics.py).
+EXPECTED_PUBLIC = {("GET", "/health"), ("GET", "/metrics"), ("POST", "/api/auth/login")}
 
 
 def _resolve(schema: dict[str, Any], node: dict[str, Any]) -> dict[str, Any]:
