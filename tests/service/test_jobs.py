@@ -320,3 +320,28 @@ def test_a_down_destination_is_probed_by_one_worker_while_others_serve_the_rest(
         )
     rest = queue.claim("w3", lease_seconds=60)
     assert rest is not None and rest.destination == "DEADPACS"
+
+
+def test_a_replaced_result_sends_every_export_again_even_one_in_flight(
+    database_url: str,
+) -> None:
+    queue = _queue(database_url)
+    done = _enqueue(queue, "1.2.60", JobKind.EXPORT, "PACS")
+    flying = _enqueue(queue, "1.2.60", JobKind.EXPORT, "VNA")
+    other_study = _enqueue(queue, "1.2.61", JobKind.EXPORT, "PACS")
+    first = queue.claim("w1", lease_seconds=60)
+    assert first is not None and first.id == done
+    with queue.database.session() as session:
+        queue.mark_succeeded(session, done, "w1")
+    second = queue.claim("w2", lease_seconds=60)
+    assert second is not None and second.id == flying  # still sending the old result
+    with queue.database.session() as session:
+        count = queue.requeue_exports(
+            session, study_instance_uid="1.2.60", model_name="cxr-default", model_version="1.0.0"
+        )
+    assert count == 2
+    # The attempt in flight read the old objects: it can no longer mark the job done.
+    with pytest.raises(LeaseLostError), queue.database.session() as session:
+        queue.mark_succeeded(session, flying, "w2")
+    states = {j: queue.get(j).state for j in (done, flying, other_study)}  # type: ignore[union-attr]
+    assert states == {done: "queued", flying: "queued", other_study: "queued"}

@@ -51,6 +51,9 @@ from overread.errors import AuditError
 
 logger = logging.getLogger(__name__)
 
+#: Seconds before trying again after a failure that is not a broken chain.
+_SHORT_BACKOFF = 30.0
+
 ALGORITHM = HMAC_ALGORITHM
 _FORMAT_VERSION = 1
 
@@ -276,6 +279,7 @@ class AutoCheckpointer:
         self._thread: threading.Thread | None = None
         self._last_at = time.monotonic()
         self._failed_at: float | None = None
+        self._backoff = 0.0
         self.retry_seconds = every_seconds if every_seconds > 0 else 300.0
         self.written: list[Checkpoint] = []
 
@@ -301,7 +305,7 @@ class AutoCheckpointer:
     def _run(self) -> None:
         while not self._stop.wait(self.poll_seconds):
             self.check()
-        self.check()
+        self._check(respect_backoff=False)  # a last one when due, on the way out
 
     def pending(self) -> int:
         """Events recorded since the last ``audit-checkpoint`` event."""
@@ -328,20 +332,27 @@ class AutoCheckpointer:
 
     def check(self) -> Checkpoint | None:
         """Write a checkpoint if one is due; never raises."""
+        return self._check(respect_backoff=True)
+
+    def _check(self, *, respect_backoff: bool) -> Checkpoint | None:
         now = time.monotonic()
-        if self._failed_at is not None and now - self._failed_at < self.retry_seconds:
+        if (
+            respect_backoff
+            and self._failed_at is not None
+            and now - self._failed_at < self._backoff
+        ):
             return None  # it failed recently: do not re-verify and re-log every poll
         try:
             if not self.due(self.pending(), now):
                 return None
             written = checkpoint_now(self.engine, self.data_dir, actor=self.actor)
-        except AuditError as exc:
+        except AuditError as exc:  # a broken chain stays broken: wait the interval
             logger.error("audit checkpoint not written: %s", exc)
-            self._failed_at = time.monotonic()
+            self._failed_at, self._backoff = time.monotonic(), self.retry_seconds
             return None
-        except Exception:
+        except Exception:  # e.g. the database briefly away: try again soon
             logger.exception("audit checkpoint failed")
-            self._failed_at = time.monotonic()
+            self._failed_at, self._backoff = time.monotonic(), _SHORT_BACKOFF
             return None
         self._failed_at = None
         self._last_at = time.monotonic()

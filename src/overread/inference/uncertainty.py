@@ -66,8 +66,12 @@ def mc_dropout_logits(network: nn.Module, x: np.ndarray, passes: int, seed: int 
         rows: list[np.ndarray] = []
         with torch.random.fork_rng(devices=[]), torch.inference_mode():
             for row in tensor:
+                # One pass of the image repeated: each copy gets its own dropout mask.
                 torch.manual_seed(seed ^ zlib.crc32(row.numpy().tobytes()))
-                rows.append(np.stack([network(row[None]).numpy()[0] for _ in range(passes)]))
+                copies = row[None].expand(passes, *row.shape).contiguous()
+                rows.append(network(copies).numpy())
+        if not rows:
+            return np.zeros((passes, 0, 0), dtype=np.float32)
         out = list(np.stack(rows, axis=1))  # (passes, N, L)
     finally:
         network.train(was_training)

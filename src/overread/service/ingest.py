@@ -34,6 +34,10 @@ def _clip(value: str | None, limit: int) -> str:
     return (value or "")[:limit]
 
 
+#: How an instance came, by the calling AE title the receiving side records.
+_VIA = {"STOW-RS": "stow-rs", "FILE": "file"}
+
+
 @dataclass(frozen=True)
 class _InstanceColumns:
     """An ``Instance`` row's values from a received header, cut to the column widths."""
@@ -255,7 +259,7 @@ class Ingestor:
             False,
             header.sop_class_uid,
             size=len(data),
-            via="stow-rs" if calling_ae.strip() == "STOW-RS" else "c-store",
+            via=_VIA.get(calling_ae.strip(), "c-store"),
         )
         logger.info(
             "stored instance %s of study %s from %s (%d bytes)",

@@ -422,8 +422,9 @@ class JobQueue:
         self, session: Session, *, study_instance_uid: str, model_name: str, model_version: str
     ) -> int:
         """Send a result's exports again (it was replaced): every export job of the
-        study and model not running now goes back to the queue with a fresh retry
-        period, in the caller's transaction. Returns how many."""
+        study and model goes back to the queue with a fresh retry period, in the
+        caller's transaction. One running now loses its lease, so its attempt (which
+        may have read the old objects) cannot mark it done. Returns how many."""
         now = utcnow()
         result = session.execute(
             update(Job)
@@ -432,7 +433,6 @@ class JobQueue:
                 Job.study_instance_uid == study_instance_uid,
                 Job.model_name == model_name,
                 Job.model_version == model_version,
-                Job.state != JobState.RUNNING.value,
             )
             .values(
                 state=JobState.QUEUED.value,

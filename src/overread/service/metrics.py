@@ -1,11 +1,11 @@
 """Operational metrics of one gateway, in the Prometheus text format (``GET /metrics``).
 
-Two kinds, in one :class:`prometheus_client.CollectorRegistry` per gateway (so several
-gateways in one process, as in tests, never share counters):
+Two kinds, in one :class:`prometheus_client.CollectorRegistry` per gateway:
 
 * **counted as it happens** in this process: instances stored and their bytes (by
-  C-STORE or STOW-RS; duplicates apart), and the seconds of each stage of every infer
-  job its workers ran (``read``, ``preprocess``, ``inference``, ``postprocess``,
+  C-STORE, STOW-RS or from files; a duplicate is not counted) per gateway, and the
+  seconds of each stage of every infer job the process's workers ran (shared by the
+  gateways of one process, which only tests run) (``read``, ``preprocess``, ``inference``, ``postprocess``,
   ``explain``, ``trust``, per image), as histograms;
 * **read from the database at each scrape**, so they hold for every worker process
   sharing it: jobs per kind and state (queue depth, running, waiting to retry,
@@ -132,8 +132,8 @@ class ServiceMetrics:
         self.registry = CollectorRegistry()
         self.instances = Counter(
             "overread_ingest_instances",
-            "Instances received and stored (duplicates counted apart)",
-            ["via", "duplicate"],
+            "Instances received and stored (a duplicate SOP Instance UID is not counted)",
+            ["via"],
             registry=self.registry,
         )
         self.bytes = Counter(
@@ -153,10 +153,11 @@ class ServiceMetrics:
 
     def observe_ingest(self, outcome: IngestOutcome) -> None:
         """Count one received instance."""
+        if outcome.duplicate:
+            return
         via = outcome.via or "c-store"
-        self.instances.labels(via=via, duplicate=str(outcome.duplicate).lower()).inc()
-        if not outcome.duplicate:
-            self.bytes.labels(via=via).inc(outcome.size)
+        self.instances.labels(via=via).inc()
+        self.bytes.labels(via=via).inc(outcome.size)
 
     def observe_timings(self, timings: Mapping[str, float]) -> None:
         """Record one image's stage timings."""

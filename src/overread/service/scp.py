@@ -96,12 +96,6 @@ def _status(code: int, comment: str) -> Dataset:
     return status
 
 
-def _shut(connection: socket.socket) -> None:
-    """End a connection from another thread (a handshake past its deadline)."""
-    with contextlib.suppress(OSError):
-        connection.shutdown(socket.SHUT_RDWR)
-
-
 class StorageSCP:
     """A pynetdicom Storage SCP bound to an :class:`Ingestor`.
 
@@ -134,7 +128,7 @@ class StorageSCP:
         self._requested: set[int] = set()
         self._lock = threading.Lock()
         # TLS handshakes at once; past it a new one is closed (a flood cannot pile up
-        # threads), and each has one deadline for the whole handshake.
+        # threads); each has one deadline for the whole handshake.
         self._handshakes = threading.BoundedSemaphore(_MAX_HANDSHAKES)
         self._server: Any = None
         self._gate: ConnectionGate | None = None
@@ -238,13 +232,10 @@ class StorageSCP:
             return
 
         def handshake() -> None:
-            deadline = self.config.association_request_seconds
-            connection.settimeout(deadline)
-            # One deadline for the whole handshake, however slowly the bytes trickle.
-            watchdog = threading.Timer(deadline, _shut, args=(connection,))
-            watchdog.daemon = True
-            watchdog.start()
             try:
+                # Python's TLS layer applies the socket timeout to the whole handshake:
+                # one deadline, however slowly a peer trickles its bytes.
+                connection.settimeout(self.config.association_request_seconds)
                 secure = context.wrap_socket(connection, server_side=True)
             except (ssl.SSLError, OSError) as exc:
                 reason = f"TLS handshake with {host} failed: {exc}"
@@ -260,12 +251,15 @@ class StorageSCP:
                 )
                 return
             finally:
-                watchdog.cancel()
                 self._handshakes.release()
             secure.settimeout(None)
             handoff(secure, address)
 
-        threading.Thread(target=handshake, name="dicom-tls-handshake", daemon=True).start()
+        try:
+            threading.Thread(target=handshake, name="dicom-tls-handshake", daemon=True).start()
+        except RuntimeError:  # no thread to be had: the slot goes back, the peer goes
+            self._handshakes.release()
+            raise
 
     @property
     def port(self) -> int:

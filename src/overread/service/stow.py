@@ -50,6 +50,25 @@ class StowRequestError(ValueError):
 Body = bytes | mmap.mmap
 
 
+def boundary_of(content_type: str) -> str:
+    """The boundary of a ``multipart/related`` content type (checked before any body
+    is read).
+
+    Raises
+    ------
+    StowRequestError
+        415 when it is not ``multipart/related``; 400 when it names no boundary.
+    """
+    if not content_type.lower().startswith("multipart/related"):
+        raise StowRequestError(
+            "expected Content-Type multipart/related; type=application/dicom", status=415
+        )
+    match = _BOUNDARY.search(content_type)
+    if match is None:
+        raise StowRequestError("multipart/related without a boundary")
+    return match.group(1).strip()
+
+
 def iter_multipart(content_type: str, body: Body) -> Iterator[tuple[str, bytes]]:
     """The ``(content type, bytes)`` of each part of a ``multipart/related`` body, one
     at a time: only the part being handled is copied out of ``body``.
@@ -60,14 +79,7 @@ def iter_multipart(content_type: str, body: Body) -> Iterator[tuple[str, bytes]]
         415 when the body is not ``multipart/related``; 400 when it has no boundary
         or no part (raised once the body is scanned, before anything else is read).
     """
-    if not content_type.lower().startswith("multipart/related"):
-        raise StowRequestError(
-            "expected Content-Type multipart/related; type=application/dicom", status=415
-        )
-    match = _BOUNDARY.search(content_type)
-    if match is None:
-        raise StowRequestError("multipart/related without a boundary")
-    delimiter = b"--" + match.group(1).strip().encode("ascii")
+    delimiter = b"--" + boundary_of(content_type).encode("ascii")
     found = False
     start = body.find(delimiter)
     while start != -1:
@@ -216,6 +228,7 @@ __all__ = [
     "Body",
     "StowRequestError",
     "StowResult",
+    "boundary_of",
     "iter_multipart",
     "split_multipart",
     "store_instances",

@@ -14,7 +14,7 @@ from starlette.concurrency import run_in_threadpool
 
 from overread.audit import AuditAction
 from overread.security import Permission, Principal
-from overread.service.stow import Body, StowRequestError, store_instances
+from overread.service.stow import Body, StowRequestError, boundary_of, store_instances
 from overread.web.api.guards import caller, context, route
 from overread.web.api.schemas import UID_PATTERN
 from overread.web.context import WebContext
@@ -49,11 +49,15 @@ class _Spool(contextlib.AbstractContextManager[Body]):
         self.view: mmap.mmap | None = None
 
     def __enter__(self) -> Body:
-        self.handle.flush()
-        size = self.handle.tell()
-        if size == 0:
-            return b""
-        self.view = mmap.mmap(self.handle.fileno(), size, access=mmap.ACCESS_READ)
+        try:
+            self.handle.flush()
+            size = self.handle.tell()
+            if size == 0:
+                return b""
+            self.view = mmap.mmap(self.handle.fileno(), size, access=mmap.ACCESS_READ)
+        except BaseException:
+            self.handle.close()
+            raise
         return self.view
 
     def __exit__(self, *_exc: object) -> None:
@@ -72,7 +76,7 @@ async def _spooled(request: Request, directory: pathlib.Path) -> _Spool:
     handle = tempfile.TemporaryFile(dir=directory, prefix="stow-")  # noqa: SIM115 (closed by _Spool)
     try:
         async for chunk in request.stream():
-            handle.write(chunk)
+            await run_in_threadpool(handle.write, chunk)  # disk waits stall no other request
     except BaseException:
         handle.close()
         raise
@@ -85,6 +89,7 @@ async def _stow(
     service = ctx.service
     client = request.client.host if request.client else ""
     try:
+        boundary_of(request.headers.get("content-type", ""))  # 415/400 before reading
         with await _spooled(request, pathlib.Path(service.config.data_dir) / "tmp") as body:
             result = await run_in_threadpool(
                 store_instances,

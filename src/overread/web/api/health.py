@@ -56,7 +56,13 @@ def metrics(request: Request, ctx: WebContext = Depends(context)) -> Response:
     Signed-in callers (any role, e.g. a scraper's API token) unless ``public_metrics``;
     401 otherwise. No patient data.
     """
-    if not ctx.service.config.public_metrics and ctx.access.identify(request) is None:
+    try:
+        signed_in = ctx.service.config.public_metrics or ctx.access.identify(request) is not None
+    except Exception as exc:  # the credentials cannot be checked: the database is down
+        raise HTTPException(
+            status_code=503, detail=f"database unavailable: {type(exc).__name__}"
+        ) from None
+    if not signed_in:
         raise HTTPException(
             status_code=401,
             detail="authentication required (or set public_metrics)",
