@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import time
 import uuid
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
@@ -219,6 +220,28 @@ def make_gateway_service(
     return _make
 
 
+def stow_body(data: bytes) -> tuple[str, bytes]:
+    """A STOW-RS request of one instance: its Content-Type and body."""
+    boundary = uuid.uuid4().hex
+    body = (
+        f"--{boundary}\r\nContent-Type: application/dicom\r\n\r\n".encode()
+        + data
+        + f"\r\n--{boundary}--\r\n".encode()
+    )
+    return f'multipart/related; type="application/dicom"; boundary={boundary}', body
+
+
+def wait_for(fetch: Callable[[], Any], timeout: float = 120.0) -> Any:
+    """Poll ``fetch`` until it returns something truthy; return that (fail on timeout)."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        value = fetch()
+        if value:
+            return value
+        time.sleep(0.25)
+    raise AssertionError("timed out")
+
+
 __all__ = [
     "PASSWORD",
     "PATIENT_ID",
@@ -227,6 +250,8 @@ __all__ = [
     "TriageConfig",
     "make_gateway",
     "seed_study",
+    "stow_body",
     "tokens_for_every_role",
+    "wait_for",
     "write_chest_dx",
 ]

@@ -3,8 +3,6 @@ the model reads it, and the worklist, findings and FHIR report are served by rol
 
 from __future__ import annotations
 
-import time
-import uuid
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -16,31 +14,18 @@ from pydicom.uid import generate_uid
 from overread.gateway import Gateway
 from overread.security import Role
 
-from .conftest import PATIENT_ID, PATIENT_NAME, tokens_for_every_role, write_chest_dx
+from .conftest import (
+    PATIENT_ID,
+    PATIENT_NAME,
+    stow_body,
+    tokens_for_every_role,
+    wait_for,
+    write_chest_dx,
+)
 
 pytestmark = pytest.mark.service
 
 pytest.importorskip("overread.inference", reason="the inference pipeline is not importable")
-
-
-def _multipart(data: bytes) -> tuple[str, bytes]:
-    boundary = uuid.uuid4().hex
-    body = (
-        f"--{boundary}\r\nContent-Type: application/dicom\r\n\r\n".encode()
-        + data
-        + f"\r\n--{boundary}--\r\n".encode()
-    )
-    return f'multipart/related; type="application/dicom"; boundary={boundary}', body
-
-
-def _wait_for(fetch: Callable[[], Any], timeout: float = 120.0) -> Any:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = fetch()
-        if value:
-            return value
-        time.sleep(0.25)
-    raise AssertionError("timed out")
 
 
 def test_stowed_study_reaches_worklist_and_fhir_report(
@@ -54,7 +39,7 @@ def test_stowed_study_reaches_worklist_and_fhir_report(
 
     base = f"http://127.0.0.1:{service.http_port}"
     study = generate_uid()
-    content_type, body = _multipart(
+    content_type, body = stow_body(
         write_chest_dx(tmp_path / "cxr.dcm", study_uid=study).read_bytes()
     )
     refused = httpx.post(
@@ -77,7 +62,7 @@ def test_stowed_study_reaches_worklist_and_fhir_report(
         items: list[dict[str, Any]] = reply.json()["items"]
         return items
 
-    [item] = _wait_for(worklist)
+    [item] = wait_for(worklist)
     # (The worker's triage does not copy the Patient ID onto the worklist row yet.)
     assert item["study_instance_uid"] == study and "patient_id" in item
     assert item["department"] == "ED" and len(item["findings"]) == 14

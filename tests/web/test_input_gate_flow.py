@@ -4,8 +4,6 @@ worklist as "not analysed: REASON" (REST and UI), its SR says so, and a radiolog
 
 from __future__ import annotations
 
-import time
-import uuid
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -22,31 +20,11 @@ from overread.harness import StorescpPacs
 from overread.security import Role
 from overread.service.db import Result
 
-from .conftest import tokens_for_every_role, write_chest_dx
+from .conftest import stow_body, tokens_for_every_role, wait_for, write_chest_dx
 
 pytestmark = [pytest.mark.service, pytest.mark.slow]
 
 pytest.importorskip("overread.inference", reason="the inference pipeline is not importable")
-
-
-def _multipart(data: bytes) -> tuple[str, bytes]:
-    boundary = uuid.uuid4().hex
-    body = (
-        f"--{boundary}\r\nContent-Type: application/dicom\r\n\r\n".encode()
-        + data
-        + f"\r\n--{boundary}--\r\n".encode()
-    )
-    return f'multipart/related; type="application/dicom"; boundary={boundary}', body
-
-
-def _wait_for(fetch: Callable[[], Any], timeout: float = 120.0) -> Any:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = fetch()
-        if value:
-            return value
-        time.sleep(0.25)
-    raise AssertionError("timed out")
 
 
 def _sr_text(service: Gateway, study: str) -> str:
@@ -87,7 +65,7 @@ def test_a_refused_study_is_listed_reported_and_can_be_analysed_anyway(
     dataset = pydicom.dcmread(path)
     dataset.ViewPosition = "LL"  # a lateral view: the package accepts PA and AP only
     dataset.save_as(path)
-    content_type, body = _multipart(path.read_bytes())
+    content_type, body = stow_body(path.read_bytes())
     stored = httpx.post(
         f"{base}/dicom-web/studies",
         content=body,
@@ -101,14 +79,14 @@ def test_a_refused_study_is_listed_reported_and_can_be_analysed_anyway(
         items: list[dict[str, Any]] = reply.json()["items"]
         return items
 
-    [item] = _wait_for(worklist)
+    [item] = wait_for(worklist)
     assert item["study_instance_uid"] == study
     assert item["analysis"] == "not analysed" and item["gate_status"] == "refuse"
     assert item["findings"] == []
     assert item["gate_note"].startswith("not analysed: view position LL is not accepted")
     assert "Not analysed: view position LL" in _sr_text(service, study)
     # The PACS gets the SR that says why.
-    _wait_for(lambda: len(pacs.files()) == 1)
+    wait_for(lambda: len(pacs.files()) == 1)
 
     page = httpx.get(f"{base}/", headers=auth(Role.RADIOLOGIST), timeout=10)
     assert "not analysed: view position LL" in page.text
@@ -128,13 +106,13 @@ def test_a_refused_study_is_listed_reported_and_can_be_analysed_anyway(
         [row] = worklist()
         return row if row["analysis"] == "outside intended use" else None
 
-    row = _wait_for(analysed)
+    row = wait_for(analysed)
     assert len(row["findings"]) == 14 and row["gate_status"] == "refuse"
     assert row["gate_note"].startswith("outside the model's intended use")
     text = _sr_text(service, study)
     assert "Outside the model's intended use" in text and "Not analysed" not in text
     # ... and then the result the reader asked for, marked as outside the intended use.
-    _wait_for(lambda: len(pacs.files()) == 2)
+    wait_for(lambda: len(pacs.files()) == 2)
     sent = [pydicom.dcmread(f) for f in pacs.files()]
     texts = [" ".join(i.TextValue for i in _walk(d) if "TextValue" in i) for d in sent]
     assert sum("Outside the model's intended use" in t for t in texts) == 1

@@ -32,7 +32,7 @@ from PIL import Image
 from overread import __version__
 from overread.errors import ConfigError
 from overread.findings import CHEXPERT_LABELS
-from overread.phantom.dicom import StudyHeader, cohort_uids, write_dicom
+from overread.phantom.dicom import StudyHeader, StudyUids, cohort_uids, write_dicom
 from overread.phantom.labeller import check_rates, report_labels
 from overread.phantom.render import render_study
 from overread.phantom.sampling import CohortSampler, StudyPlan
@@ -192,15 +192,18 @@ def _slug(label: str) -> str:
     return label.lower().replace(" ", "_")
 
 
-def _render_one(job: tuple[StudyPlan, CohortOptions, str]) -> dict[str, Any]:
-    """Worker: render one study, write its DICOM and masks, return its record."""
-    plan, options, out = job
-    out_dir = Path(out)
-    rng = np.random.default_rng(np.random.SeedSequence([options.seed, 1, plan.index]))
-    pixels, truth = render_study(study_spec(plan, options), rng)
-    uids = cohort_uids(options.seed, plan.index)
-    accession = f"{plan.site.code}{plan.date:%y}{plan.index + 1:07d}"
-    header = StudyHeader(
+def plan_header(
+    plan: StudyPlan,
+    *,
+    view: str,
+    uids: StudyUids,
+    accession: str,
+    window: tuple[float, float],
+    pixel_spacing_mm: float,
+) -> StudyHeader:
+    """The DICOM header facts of a planned study: its patient, site and dates, with the
+    projection's ``view``, UIDs, accession, VOI ``window`` (centre, width) and spacing."""
+    return StudyHeader(
         patient_id=plan.patient.patient_id,
         patient_name=f"PHANTOM^{plan.patient.patient_id.upper()}",
         sex=plan.patient.sex,
@@ -211,13 +214,31 @@ def _render_one(job: tuple[StudyPlan, CohortOptions, str]) -> dict[str, Any]:
         study_time=plan.time,
         accession=accession,
         department=plan.department,
-        view=plan.positioning.view,
+        view=view,
         site=plan.site,
         uids=uids,
         study_number=plan.study_number,
         monochrome1=plan.monochrome1,
-        window_center=truth.window_center,
-        window_width=truth.window_width,
+        window_center=window[0],
+        window_width=window[1],
+        pixel_spacing_mm=pixel_spacing_mm,
+    )
+
+
+def _render_one(job: tuple[StudyPlan, CohortOptions, str]) -> dict[str, Any]:
+    """Worker: render one study, write its DICOM and masks, return its record."""
+    plan, options, out = job
+    out_dir = Path(out)
+    rng = np.random.default_rng(np.random.SeedSequence([options.seed, 1, plan.index]))
+    pixels, truth = render_study(study_spec(plan, options), rng)
+    uids = cohort_uids(options.seed, plan.index)
+    accession = f"{plan.site.code}{plan.date:%y}{plan.index + 1:07d}"
+    header = plan_header(
+        plan,
+        view=plan.positioning.view,
+        uids=uids,
+        accession=accession,
+        window=(truth.window_center, truth.window_width),
         pixel_spacing_mm=options.field_of_view_mm / options.rows,
     )
     write_dicom(out_dir / plan.path, header, pixels)

@@ -101,32 +101,20 @@ def write_lateral_cohort(out: str | Path, n: int, seed: int = 0, *, size: int = 
     Patients, sites and dates come from the frontal cohort planner with the same
     ``seed``; only the projection differs. Returns the files written.
     """
-    from overread.phantom.cohort import CohortOptions, plan_cohort
-    from overread.phantom.dicom import StudyHeader, write_dicom
+    from overread.phantom.cohort import CohortOptions, plan_cohort, plan_header
+    from overread.phantom.dicom import write_dicom
 
     options = CohortOptions(n=n, seed=seed, rows=size, cols=size)
     written = []
     for plan in plan_cohort(options):
         rng = np.random.default_rng(np.random.SeedSequence([seed, 7, plan.index]))
         pixels, centre, width = render_lateral(plan, size, size, options.internal, rng)
-        header = StudyHeader(
-            patient_id=plan.patient.patient_id,
-            patient_name=f"PHANTOM^{plan.patient.patient_id.upper()}",
-            sex=plan.patient.sex,
-            age=plan.age,
-            birth_date=plan.patient.birth_date,
-            group=plan.patient.group,
-            study_date=plan.date,
-            study_time=plan.time,
-            accession=f"{plan.site.code}{plan.date:%y}{plan.index + 1:07d}L",
-            department=plan.department,
+        header = plan_header(
+            plan,
             view=LATERAL_VIEW,
-            site=plan.site,
             uids=_lateral_uids(seed, plan.index),
-            study_number=plan.study_number,
-            monochrome1=plan.monochrome1,
-            window_center=centre,
-            window_width=width,
+            accession=f"{plan.site.code}{plan.date:%y}{plan.index + 1:07d}L",
+            window=(centre, width),
             pixel_spacing_mm=options.field_of_view_mm / size,
         )
         path = Path(out) / plan.path.replace("frontal", "lateral")

@@ -539,20 +539,13 @@ class JobQueue:
                     .group_by(Job.destination)
                 ).all()
             )
-        found: dict[str, dict[str, Any]] = {
-            name: {"name": name, "state": "up", "down_since": None, "queued": 0,
-                   "dead_lettered": 0, "last_error": None}
-            for name in names
-        }  # fmt: skip
+        found: dict[str, dict[str, Any]] = {name: _healthy(name) for name in names}
         for destination, state, count in rows:
             entry = found.get(destination)
             if entry is None:
                 if state not in waiting:
                     continue
-                entry = found[destination] = {
-                    "name": destination, "state": "up", "down_since": None, "queued": 0,
-                    "dead_lettered": 0, "last_error": None,
-                }  # fmt: skip
+                entry = found[destination] = _healthy(destination)
             if state in waiting:
                 entry["queued"] += int(count)
             if state == JobState.DEAD_LETTERED.value:
@@ -560,11 +553,7 @@ class JobQueue:
         for destination, first_started in down.items():
             if not destination:
                 continue
-            entry = found.setdefault(
-                destination,
-                {"name": destination, "state": "up", "down_since": None, "queued": 0,
-                 "dead_lettered": 0, "last_error": None},
-            )  # fmt: skip
+            entry = found.setdefault(destination, _healthy(destination))
             entry["state"] = "down"
             entry["down_since"] = _iso(first_started)
             entry["last_error"] = errors.get(destination)
@@ -604,6 +593,18 @@ def job_to_dict(job: Job) -> dict[str, Any]:
         "updated_at": iso(job.updated_at),
         "started_at": iso(job.started_at),
         "finished_at": iso(job.finished_at),
+    }
+
+
+def _healthy(name: str) -> dict[str, Any]:
+    """A destination's health entry before anything is known against it."""
+    return {
+        "name": name,
+        "state": "up",
+        "down_since": None,
+        "queued": 0,
+        "dead_lettered": 0,
+        "last_error": None,
     }
 
 

@@ -238,16 +238,10 @@ class StorageSCP:
                 connection.settimeout(self.config.association_request_seconds)
                 secure = context.wrap_socket(connection, server_side=True)
             except (ssl.SSLError, OSError) as exc:
-                reason = f"TLS handshake with {host} failed: {exc}"
-                logger.warning("association refused: %s", reason)
                 with contextlib.suppress(OSError):
                     connection.close()
-                record_refusal(
-                    self.ingestor.database,
-                    actor=f"tls:{host}",
-                    action=AuditAction.ASSOCIATION_REFUSED,
-                    peer_host=host,
-                    reason=reason,
+                self._audit_association_refusal(
+                    f"tls:{host}", host, f"TLS handshake with {host} failed: {exc}"
                 )
                 return
             finally:
@@ -346,17 +340,20 @@ class StorageSCP:
     def _refuse_association(
         self, assoc: Any, calling: str, host: str, reason: str, rejection: tuple[int, int, int]
     ) -> None:
-        logger.warning("association refused: %s", reason)
         # Audited before the peer hears of it, as a stored instance is before 0x0000.
+        self._audit_association_refusal(f"ae:{calling}", host, reason)
+        assoc.acse.send_reject(*rejection)
+        assoc.kill()  # waits until the DUL has sent the A-ASSOCIATE-RJ
+
+    def _audit_association_refusal(self, actor: str, host: str, reason: str) -> None:
+        logger.warning("association refused: %s", reason)
         record_refusal(
             self.ingestor.database,
-            actor=f"ae:{calling}",
+            actor=actor,
             action=AuditAction.ASSOCIATION_REFUSED,
             peer_host=host,
             reason=reason,
         )
-        assoc.acse.send_reject(*rejection)
-        assoc.kill()  # waits until the DUL has sent the A-ASSOCIATE-RJ
 
     def _refuse_instance(
         self, calling: str, host: str, status: int, reason: str, uids: tuple[str, ...] = ()
