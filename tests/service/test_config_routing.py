@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+import json
 from pathlib import Path
 
 import pytest
@@ -289,3 +290,113 @@ login_address_ceiling = 200
     assert config.trusted_proxies == ["10.0.0.2", "192.168.10.0/24", "::1"]
     assert (config.login_account_budget, config.login_address_budget) == (3, 50)
     assert config.login_address_ceiling == 200
+
+
+def _rules(tmp_path: Path, routing: str = "all") -> Router:
+    config = _config(
+        tmp_path,
+        routing=routing,
+        routes=[
+            {"name": "chest-dx", "modality": ["DX"], "body_part": ["CHEST"], "models": ["a"]},
+            {"name": "any-dx", "modality": ["DX"], "models": ["b"]},
+            {"name": "catch-all", "models": ["c"], "fallback": True},
+        ],
+    )
+    return Router(config.routes, config.routing)
+
+
+def test_first_match_mode_applies_only_the_first_matching_rule(tmp_path: Path) -> None:
+    chest = InstanceFacts(modality="DX", body_part="CHEST")
+    assert [p.model for p in _rules(tmp_path).plan([chest])] == ["a", "b"]
+    assert [p.model for p in _rules(tmp_path, "first-match").plan([chest])] == ["a"]
+    hand = InstanceFacts(modality="DX", body_part="HAND")
+    assert [p.model for p in _rules(tmp_path, "first-match").plan([hand])] == ["b"]
+
+
+def test_a_fallback_rule_applies_only_when_nothing_else_matches(tmp_path: Path) -> None:
+    for mode in ("all", "first-match"):
+        router = _rules(tmp_path, mode)
+        assert [p.model for p in router.plan([InstanceFacts(modality="CT")])] == ["c"]
+        assert "c" not in [p.model for p in router.plan([InstanceFacts(modality="DX")])]
+
+
+def test_unknown_routing_mode_is_refused(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match="routing"):
+        _config(tmp_path, routing="best-guess")
+
+
+def test_a_missing_tag_never_matches_unless_the_rule_lists_empty(tmp_path: Path) -> None:
+    config = _config(
+        tmp_path,
+        routes=[
+            {"name": "chest", "modality": ["DX"], "body_part": ["CHEST"], "models": ["a"]},
+            {"name": "chest-or-unknown", "body_part": ["CHEST", ""], "models": ["b"]},
+            {"name": "lateral", "series_description": "LAT", "models": ["d"]},
+        ],
+    )
+    router = Router(config.routes)
+    no_body_part = InstanceFacts(modality="DX")
+    assert [p.model for p in router.plan([no_body_part])] == ["b"]
+    explained = {e.route: e for e in router.explain([no_body_part], ["x.dcm"])}
+    assert explained["chest"].matched is False
+    [(label, checks)] = explained["chest"].instances
+    assert label == "x.dcm"
+    failing = [c for c in checks if not c.satisfied]
+    assert [c.attribute for c in failing] == ["BodyPartExamined"]
+    assert "missing" in failing[0].reason and 'list ""' in failing[0].reason
+    assert explained["chest-or-unknown"].applied
+    assert not explained["lateral"].matched  # a regex on a missing description
+    assert "does not match /LAT/" in explained["lateral"].instances[0][1][0].reason
+
+
+def test_explain_gives_each_rule_in_evaluation_order_with_why(tmp_path: Path) -> None:
+    router = _rules(tmp_path, "first-match")
+    explained = router.explain([InstanceFacts(modality="DX", body_part="CHEST")])
+    assert [e.route for e in explained] == ["chest-dx", "any-dx", "catch-all"]
+    assert [(e.matched, e.applied) for e in explained] == [
+        (True, True),
+        (True, False),
+        (True, False),
+    ]
+    assert "first-match" in explained[1].note
+    assert "fallback" in explained[2].note
+
+
+def _dicom(path: Path, **tags: str) -> Path:
+    import pydicom
+
+    ds = pydicom.dcmread(Path(__file__).parents[2] / "src/overread/examples/CT_small.dcm")
+    for keyword, value in tags.items():
+        setattr(ds, keyword, value)
+    ds.save_as(path)
+    return path
+
+
+def test_route_explain_cli_reads_files_and_carries_on_past_bad_ones(
+    tmp_path: Path, run_cli, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.delenv("OVERREAD_CONFIG", raising=False)
+    chest = _dicom(tmp_path / "chest.dcm", Modality="DX", BodyPartExamined="CHEST")
+    ct = _dicom(tmp_path / "ct.dcm", StudyInstanceUID="1.2.826.0.1.3680043.8.498.1")
+    (tmp_path / "junk.dcm").write_bytes(b"not dicom")
+    status, out, err = run_cli(
+        "route", "--explain", chest, "--explain", ct, "--explain", tmp_path / "junk.dcm"
+    )
+    assert status == 1
+    assert err.count("error:") == 1 and "junk.dcm" in err and "Traceback" not in err
+    assert "applies chest-xray" in out and "plan: cxr-default" in out
+    assert "Modality 'CT' is not one of [CR, DX]" in out
+
+    status, out, _ = run_cli("route", "--explain", chest, "--json")
+    assert status == 0
+    report = json.loads(out)
+    [study] = report["studies"]
+    assert study["plan"][0]["model"] == "cxr-default"
+    assert study["routes"][0]["applied"] is True
+
+    status, out, _ = run_cli("route")
+    assert status == 0 and "chest-xray [priority 0]" in out
+
+    status, _, err = run_cli("route", "--explain", tmp_path / "junk.dcm")
+    assert status == 2 and "no readable DICOM" in err

@@ -39,6 +39,7 @@ COMMAND_MODULES: tuple[str, ...] = (
     "overread.cli.models",
     "overread.cli.phantom",
     "overread.cli.predict",
+    "overread.cli.route",
     "overread.cli.send",
     "overread.cli.serve",
     "overread.cli.stats",

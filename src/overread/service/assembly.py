@@ -68,7 +68,7 @@ class StudyAssembler:
         self.database = database
         self.queue = queue
         self.models = models
-        self.router = Router(config.routes)
+        self.router = Router(config.routes, config.routing)
         self._wake = threading.Event()
 
     def _facts(self, study_instance_uid: str) -> list[InstanceFacts]:

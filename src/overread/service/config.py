@@ -38,6 +38,7 @@ from __future__ import annotations
 import ipaddress
 import logging
 import re
+from enum import StrEnum
 from pathlib import Path
 from typing import Any
 
@@ -156,6 +157,15 @@ class AllowedPeer(BaseModel):
         return ae_title.strip() == self.ae_title and (self.host is None or self.host == host)
 
 
+class RoutingMode(StrEnum):
+    """How the matching rules of a study combine."""
+
+    ALL = "all"
+    """Every matching rule applies (models run once, destinations unite)."""
+    FIRST_MATCH = "first-match"
+    """Only the first matching rule applies: highest ``priority``, then file order."""
+
+
 class Route(BaseModel):
     """One routing rule: which studies go to which models, and where results go.
 
@@ -180,6 +190,10 @@ class Route(BaseModel):
         default=None, description="destination names; None means every configured destination"
     )
     complete_on_release: bool = False
+    fallback: bool = Field(
+        default=False,
+        description="apply only to studies that no other (non-fallback) rule matches",
+    )
 
     @field_validator("series_description")
     @classmethod
@@ -300,6 +314,11 @@ class ServiceConfig(BaseModel):
     stable_seconds: float = Field(default=60.0, ge=0)
     destinations: list[Destination] = Field(default_factory=list)
     routes: list[Route] = Field(default_factory=lambda: list(DEFAULT_ROUTES))
+    routing: RoutingMode = Field(
+        default=RoutingMode.ALL,
+        description="'all': every matching rule applies; 'first-match': the first matching "
+        "rule (highest priority, then file order) applies alone",
+    )
     workers: int = Field(default=2, ge=0, le=64)
     retry_for_seconds: float = Field(
         default=86400.0,
@@ -545,6 +564,7 @@ __all__ = [
     "Destination",
     "FhirEndpoint",
     "Route",
+    "RoutingMode",
     "ServiceConfig",
     "service_config",
 ]

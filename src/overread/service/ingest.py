@@ -39,7 +39,7 @@ _VIA = {"STOW-RS": "stow-rs", "FILE": "file"}
 
 
 @dataclass(frozen=True)
-class _InstanceColumns:
+class InstanceColumns:
     """An ``Instance`` row's values from a received header, cut to the column widths."""
 
     sop_instance_uid: str
@@ -54,7 +54,7 @@ class _InstanceColumns:
     series_description: str
 
     @classmethod
-    def of(cls, header: ImageMetadata) -> _InstanceColumns:
+    def of(cls, header: ImageMetadata) -> InstanceColumns:
         return cls(
             sop_instance_uid=_clip(header.sop_instance_uid, 64),
             sop_class_uid=_clip(header.sop_class_uid, 64),
@@ -86,7 +86,7 @@ class IngestOutcome:
 class _PendingRow:
     """An instance whose bytes are durable and whose row waits for a commit."""
 
-    header: _InstanceColumns
+    header: InstanceColumns
     key: str
     sha256: str
     size: int
@@ -206,7 +206,7 @@ class Ingestor:
         OSError, sqlalchemy.exc.SQLAlchemyError
             If the disk or the database fails; the caller must not acknowledge.
         """
-        header = _InstanceColumns.of(read_instance(data, source=source))
+        header = InstanceColumns.of(read_instance(data, source=source))
         existing = self._find(header.sop_instance_uid)
         if existing is not None:
             if hashlib.sha256(data).hexdigest() != existing.sha256:
@@ -381,4 +381,4 @@ def record_refusal(
         logger.error("refusal from %s (%s) could not be audited: %s", actor, reason, exc)
 
 
-__all__ = ["IngestOutcome", "Ingestor", "record_refusal"]
+__all__ = ["IngestOutcome", "Ingestor", "InstanceColumns", "record_refusal"]
