@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import hashlib
-import hmac
 import json
 import os
 from collections.abc import Iterator
@@ -14,14 +12,6 @@ import typer
 
 from overread.cli.app import app
 from overread.errors import ConfigError
-
-#: PS3.15 profile and options, by the names ``--profile`` takes.
-PROFILES = (
-    "basic",
-    "retain-modified-dates",
-    "retain-device-identity",
-    "clean-pixel-data",
-)
 
 SALT_ENV = "OVERREAD_DEID_SALT"
 
@@ -51,22 +41,6 @@ def _salt(salt_file: Path | None) -> str:
             f"de-identification needs the site's secret salt: --salt-file FILE or {SALT_ENV}"
         )
     return salt
-
-
-def site_date_shift(salt: str) -> int:
-    """The site's secret date offset: between 1 and 3,650 days back, fixed by the salt."""
-    digest = hmac.new(salt.encode(), b"date-shift", hashlib.sha256).digest()
-    return -(int.from_bytes(digest[:4], "big") % 3650 + 1)
-
-
-def _profiles(values: list[str]) -> set[str]:
-    chosen = {"basic"}
-    for value in values:
-        for name in (v.strip().lower() for v in value.split(",")):
-            if name not in PROFILES:
-                raise ConfigError(f"unknown profile {name!r}: choose from {', '.join(PROFILES)}")
-            chosen.add(name)
-    return chosen
 
 
 @app.command("deid")
@@ -114,28 +88,26 @@ def deid(
     one error line; the others carry on.
     """
     from overread.errors import OverreadError
-    from overread.imaging.deid import Deidentifier, deidentify_file, load_pixel_regions
+    from overread.imaging.deid import (
+        build_deidentifier,
+        deidentify_file,
+        load_pixel_regions,
+        profile_options,
+    )
 
     if len(paths) < 2:
         raise ConfigError("give at least one input and the output folder: overread deid IN... OUT")
     *inputs, out = paths
-    chosen = _profiles(profile)
+    profiles = profile_options(profile)
     salt = _salt(salt_file)
-    if "clean-pixel-data" in chosen and pixel_regions is None:
+    if "clean-pixel-data" in profiles and pixel_regions is None:
         raise ConfigError(
             "clean-pixel-data needs --pixel-regions FILE (where each device burns text)"
         )
-    if pixel_regions is not None and "clean-pixel-data" not in chosen:
-        raise ConfigError("--pixel-regions is only used with --profile clean-pixel-data")
-    if date_shift_days is not None and "retain-modified-dates" not in chosen:
-        raise ConfigError("--date-shift-days is only used with --profile retain-modified-dates")
-    shift = None
-    if "retain-modified-dates" in chosen:
-        shift = site_date_shift(salt) if date_shift_days is None else date_shift_days
-    deidentifier = Deidentifier(
+    deidentifier = build_deidentifier(
         salt,
-        date_shift_days=shift,
-        retain_device_identity="retain-device-identity" in chosen,
+        profiles,
+        date_shift_days=date_shift_days,
         pixel_regions=load_pixel_regions(pixel_regions) if pixel_regions is not None else None,
     )
     if out.exists() and not out.is_dir():
@@ -176,10 +148,9 @@ def deid(
                 "warnings": result.warnings,
             }
         )
-    profiles = [p for p in PROFILES if p in chosen]
     summary = {
-        "profile": profiles,
-        "date_shift_days": shift,
+        "profile": list(profiles),
+        "date_shift_days": deidentifier.date_shift_days,
         "deidentified": len(files),
         "refused": refused,
         "files": files,

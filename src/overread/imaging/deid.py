@@ -194,6 +194,18 @@ PROFILE: dict[str, Action] = {
     "UID": U,
 }
 
+#: Structured report storage SOP classes share this root.
+SR_SOP_CLASS_ROOT = "1.2.840.10008.5.1.4.1.1.88."
+
+#: Compound codes of Table E.1-1 resolved differently for SR IODs, where these are
+#: Type 1 (Content Date/Time: Z/D -> D) or Type 2 (Referenced Performed Procedure Step
+#: Sequence: X/Z/D -> Z) in the SR Document General and Series modules.
+SR_PROFILE: dict[str, Action] = {
+    "ContentDate": D,
+    "ContentTime": D,
+    "ReferencedPerformedProcedureStepSequence": Z,
+}
+
 # UID-valued attributes that identify a *kind* of thing, never a patient or study.
 KEEP_UID_KEYWORDS = frozenset(
     {
@@ -237,6 +249,7 @@ CODE_SAFE_PRIVATE = ("113111", "Retain Safe Private Option")
 CODE_MODIFIED_DATES = ("113107", "Retain Longitudinal Temporal Information Modified Dates Option")
 CODE_DEVICE_IDENTITY = ("113109", "Retain Device Identity Option")
 CODE_CLEAN_PIXELS = ("113101", "Clean Pixel Data Option")
+CODE_CLEAN_STRUCTURED_CONTENT = ("113104", "Clean Structured Content Option")
 
 #: What the Retain Device Identity Option keeps (PS3.15 Table E.1-1, "Rtn. Dev. Id."
 #: column: K): the equipment's names and serials, never the patient's or the site's.
@@ -391,6 +404,11 @@ class Deidentifier:
     retain_device_identity
         The Retain Device Identity Option: keep the equipment's names and serials
         (:data:`DEVICE_IDENTITY_KEYWORDS`), for example to study drift per detector.
+    clean_structured_content
+        The Clean Structured Content Option: an SR's Content Sequence is kept, with
+        every UID, person name and listed attribute in it handled as anywhere else,
+        instead of removed. For structured reports whose content is generated (the
+        gateway's own results), not for reports with dictated free text.
     pixel_regions
         The Clean Pixel Data Option: an image whose Burned In Annotation is ``YES`` has
         the boxes of the first matching rule blanked, and is then marked ``NO``; one
@@ -407,6 +425,7 @@ class Deidentifier:
         uid_root: str = "2.25.",
         retain_device_identity: bool = False,
         pixel_regions: Iterable[PixelRegionRule] | None = None,
+        clean_structured_content: bool = False,
     ) -> None:
         if not salt:
             raise ConfigError("de-identification needs a non-empty salt (a site secret)")
@@ -416,6 +435,7 @@ class Deidentifier:
         self.allow_burned_in = allow_burned_in
         self.uid_root = uid_root
         self.retain_device_identity = retain_device_identity
+        self.clean_structured_content = clean_structured_content
         self.pixel_regions = None if pixel_regions is None else tuple(pixel_regions)
 
     def _digest(self, kind: str, value: str) -> bytes:
@@ -512,16 +532,20 @@ class Deidentifier:
         keyword = elem.keyword
         if self.retain_device_identity and keyword in DEVICE_IDENTITY_KEYWORDS:
             return Action.KEEP
+        if self.clean_structured_content and keyword == "ContentSequence":
+            return Action.KEEP  # kept and walked: its items are de-identified too
         if tag.group in range(0x6000, 0x6020, 2) and tag.element in (0x3000, 0x4000):
             return Action.REMOVE  # overlay data and comments (60xx)
         if tag.group in range(0x5000, 0x5020, 2):
             return Action.REMOVE  # retired curve groups (50xx)
         action = PROFILE.get(keyword)
+        if keyword in SR_PROFILE and str(ds.get("SOPClassUID", "")).startswith(SR_SOP_CLASS_ROOT):
+            action = SR_PROFILE[keyword]
         if action is not None:
             if (
                 self.date_shift_days is not None
                 and elem.VR in ("DA", "DT", "TM")
-                and action in (Action.REMOVE, Action.ZERO)
+                and action in (Action.REMOVE, Action.ZERO, Action.DUMMY)
             ):
                 return Action.ZERO if elem.VR != "TM" else Action.KEEP
             return action
@@ -566,6 +590,8 @@ class Deidentifier:
             codes.append(CODE_SAFE_PRIVATE)
         if self.retain_device_identity:
             codes.append(CODE_DEVICE_IDENTITY)
+        if self.clean_structured_content:
+            codes.append(CODE_CLEAN_STRUCTURED_CONTENT)
         if self.date_shift_days is not None:
             codes.append(CODE_MODIFIED_DATES)
             ds.LongitudinalTemporalInformationModified = "MODIFIED"
@@ -615,6 +641,81 @@ def _blank_boxes(ds: Dataset, boxes: Iterable[tuple[int, int, int, int]], label:
     return count
 
 
+#: The profile and the PS3.15 options, by the names configurations and ``--profile`` use.
+PROFILE_OPTIONS = (
+    "basic",
+    "retain-modified-dates",
+    "retain-device-identity",
+    "clean-pixel-data",
+    "clean-structured-content",
+)
+
+
+def site_date_shift(salt: str) -> int:
+    """The site's secret date offset: 1 to 3,650 days back, the same for every run."""
+    digest = hmac.new(salt.encode("utf-8"), b"date-shift", hashlib.sha256).digest()
+    return -(int.from_bytes(digest[:4], "big") % 3650 + 1)
+
+
+def profile_options(names: Iterable[str]) -> tuple[str, ...]:
+    """``basic`` plus the named options, in :data:`PROFILE_OPTIONS` order.
+
+    Each name may itself be comma-separated (``"basic,retain-device-identity"``).
+
+    Raises
+    ------
+    ConfigError
+        For a name that is not one of :data:`PROFILE_OPTIONS`.
+    """
+    chosen = {"basic"}
+    for value in names:
+        for name in (v.strip().lower() for v in value.split(",")):
+            if name not in PROFILE_OPTIONS:
+                raise ConfigError(
+                    f"unknown profile {name!r}: choose from {', '.join(PROFILE_OPTIONS)}"
+                )
+            chosen.add(name)
+    return tuple(p for p in PROFILE_OPTIONS if p in chosen)
+
+
+def build_deidentifier(
+    salt: str,
+    options: Iterable[str],
+    *,
+    date_shift_days: int | None = None,
+    pixel_regions: Iterable[PixelRegionRule] | None = None,
+) -> Deidentifier:
+    """The :class:`Deidentifier` for a profile with options (:func:`profile_options`).
+
+    ``retain-modified-dates`` shifts dates by ``date_shift_days``, by default the
+    site's secret offset (:func:`site_date_shift`); ``clean-pixel-data`` needs
+    ``pixel_regions``.
+
+    Raises
+    ------
+    ConfigError
+        For an unknown option, or an option's setting given without it (or missing).
+    """
+    chosen = profile_options(options)
+    regions = None if pixel_regions is None else tuple(pixel_regions)
+    if "clean-pixel-data" in chosen and regions is None:
+        raise ConfigError("clean-pixel-data needs pixel regions (where each device burns text)")
+    if regions is not None and "clean-pixel-data" not in chosen:
+        raise ConfigError("pixel regions are only used with the clean-pixel-data option")
+    if date_shift_days is not None and "retain-modified-dates" not in chosen:
+        raise ConfigError("a date shift is only used with the retain-modified-dates option")
+    shift = None
+    if "retain-modified-dates" in chosen:
+        shift = site_date_shift(salt) if date_shift_days is None else date_shift_days
+    return Deidentifier(
+        salt,
+        date_shift_days=shift,
+        retain_device_identity="retain-device-identity" in chosen,
+        pixel_regions=regions,
+        clean_structured_content="clean-structured-content" in chosen,
+    )
+
+
 def deidentify_file(
     source: str | Path, destination: str | Path, deidentifier: Deidentifier
 ) -> DeidResult:
@@ -633,10 +734,14 @@ def deidentify_file(
 __all__ = [
     "DEVICE_IDENTITY_KEYWORDS",
     "PROFILE",
+    "PROFILE_OPTIONS",
     "Action",
     "DeidResult",
     "Deidentifier",
     "PixelRegionRule",
+    "build_deidentifier",
     "deidentify_file",
     "load_pixel_regions",
+    "profile_options",
+    "site_date_shift",
 ]
