@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+from datetime import datetime
 from pathlib import Path
 
 import numpy as np
@@ -10,7 +12,13 @@ import pytest
 
 from overread.errors import ConfigError, InvalidDicomError
 from overread.imaging import read
-from overread.imaging.deid import PROFILE, Action, Deidentifier, deidentify_file
+from overread.imaging.deid import (
+    PROFILE,
+    Action,
+    Deidentifier,
+    deidentify_file,
+    load_pixel_regions,
+)
 
 # The reference reads below use pydicom directly; its warnings are expected here.
 pytestmark = pytest.mark.filterwarnings("ignore::UserWarning")
@@ -173,3 +181,132 @@ def test_dciodvfy_finds_no_new_errors(path, tmp_path):
     out = tmp_path / "deid.dcm"
     deidentify_file(path, out, Deidentifier("s"))
     assert errors(out) - errors(path) == set()
+
+
+def test_retain_device_identity_keeps_the_equipment_and_nothing_of_the_patient() -> None:
+    plain = Deidentifier("site-secret")(pydicom.dcmread(CT_BRAIN[0])).dataset
+    kept = Deidentifier("site-secret", retain_device_identity=True)(
+        pydicom.dcmread(CT_BRAIN[0])
+    ).dataset
+    assert "StationName" not in plain and "DeviceSerialNumber" not in plain
+    assert kept.StationName == "SGHCT01A" and kept.DeviceSerialNumber == "11223"
+    assert str(kept.PatientName) != str(pydicom.dcmread(CT_BRAIN[0]).PatientName)
+    codes = [item.CodeValue for item in kept.DeidentificationMethodCodeSequence]
+    assert "113109" in codes and "113109" not in [
+        item.CodeValue for item in plain.DeidentificationMethodCodeSequence
+    ]
+
+
+def _regions(tmp_path: Path, text: str) -> Path:
+    path = tmp_path / "regions.toml"
+    path.write_text(text, encoding="utf-8")
+    return path
+
+
+def test_clean_pixel_data_blanks_the_device_regions_or_refuses(tmp_path: Path) -> None:
+    rules = load_pixel_regions(
+        _regions(
+            tmp_path,
+            '[[region]]\nmanufacturer = "philips medical systems"\nmodel = "EPIQ 5G"\n'
+            "boxes = [[0, 0, 1024, 60], [900, 700, 200, 200]]\n",
+        )
+    )
+    original = pydicom.dcmread(BURNED_IN)
+    assert original.pixel_array[:60].max() > 0  # there is something to blank
+    result = Deidentifier("site-secret", pixel_regions=rules)(original)
+    cleaned = result.dataset
+    assert result.pixels_cleaned == 2
+    assert cleaned.BurnedInAnnotation == "NO"
+    pixels = cleaned.pixel_array
+    assert pixels[:60].max() == pixels.min()
+    assert pixels[700:, 900:].max() == pixels.min()
+    assert np.array_equal(pixels[60:700, :900], original.pixel_array[60:700, :900])
+    assert "113101" in [i.CodeValue for i in cleaned.DeidentificationMethodCodeSequence]
+
+    other_device = load_pixel_regions(
+        _regions(tmp_path, '[[region]]\nmanufacturer = "ACME"\nboxes = [[0, 0, 10, 10]]\n')
+    )
+    with pytest.raises(InvalidDicomError, match="Burned In Annotation"):
+        Deidentifier("site-secret", pixel_regions=other_device)(pydicom.dcmread(BURNED_IN))
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        "[[region]]\nboxes = [[0, 0, 0, 10]]\n",
+        "[[region]]\nmanufacturer = 3\nboxes = [[0, 0, 1, 1]]\n",
+        "[[region]]\ncolour = 'red'\nboxes = [[0, 0, 1, 1]]\n",
+        "not toml [",
+        "",
+    ],
+)
+def test_malformed_pixel_region_files_are_refused_with_their_name(
+    tmp_path: Path, text: str
+) -> None:
+    with pytest.raises(ConfigError, match=r"regions\.toml"):
+        load_pixel_regions(_regions(tmp_path, text))
+
+
+def test_deid_cli_writes_outputs_by_new_uid_reports_changes_and_carries_on(
+    tmp_path: Path, run_cli, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("OVERREAD_DEID_SALT", "site-secret")
+    junk = tmp_path / "in" / "junk.dcm"
+    junk.parent.mkdir()
+    junk.write_bytes(b"not dicom")
+    out = tmp_path / "shared" / "out"
+    report = tmp_path / "private" / "report.json"
+    sources = [*COOKIES[:2], *CT_BRAIN]  # the two CT files are one instance
+    status, stdout, stderr = run_cli(
+        "deid",
+        *sources,
+        junk,
+        out,
+        "--profile",
+        "retain-modified-dates",
+        "--date-shift-days",
+        "-10",
+        "--report",
+        report,
+    )
+    assert status == 1, stderr
+    assert stderr.count("error:") == 1 and "junk.dcm" in stderr and "Traceback" not in stderr
+    assert "the same instance as" in stderr and "written once" in stderr
+    outputs = sorted(out.glob("*.dcm"))
+    assert len(outputs) == 3 and "de-identified 4 file(s)" in stdout
+    by_uid = {
+        Deidentifier("site-secret").uid(str(pydicom.dcmread(p).SOPInstanceUID)): p for p in sources
+    }
+    for path in outputs:
+        ds = pydicom.dcmread(path)
+        assert path.stem == ds.SOPInstanceUID and ds.PatientIdentityRemoved == "YES"
+        source = pydicom.dcmread(by_uid[path.stem])
+        assert str(ds.PatientID) != str(source.PatientID)
+        if source.get("StudyDate"):
+            days = datetime.strptime(source.StudyDate, "%Y%m%d") - datetime.strptime(
+                ds.StudyDate, "%Y%m%d"
+            )
+            assert days.days == 10
+    data = json.loads(report.read_text())
+    assert data["deidentified"] == 4 and data["date_shift_days"] == -10
+    assert data["refused"][0]["source"].endswith("junk.dcm")
+    assert data["files"][0]["changes"]["PatientID"] == "Z"
+    assert data["files"][0]["changes"]["SOPInstanceUID"] == "U"
+    assert not list(out.glob(".partial-*"))
+
+
+def test_deid_cli_refuses_bad_options_in_one_line(
+    tmp_path: Path, run_cli, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.delenv("OVERREAD_DEID_SALT", raising=False)
+    status, _, err = run_cli("deid", CT_BRAIN[0], tmp_path / "out")
+    assert status == 2 and err.startswith("error:") and "salt" in err
+    monkeypatch.setenv("OVERREAD_DEID_SALT", "s")
+    status, _, err = run_cli("deid", CT_BRAIN[0], tmp_path / "out", "--profile", "everything")
+    assert status == 2 and "unknown profile 'everything'" in err
+    status, _, err = run_cli("deid", CT_BRAIN[0], tmp_path / "out", "--profile", "clean-pixel-data")
+    assert status == 2 and "--pixel-regions" in err
+    status, _, err = run_cli("deid", tmp_path / "out")
+    assert status == 2 and "output folder" in err
+    status, _, err = run_cli("deid", BURNED_IN, tmp_path / "out")
+    assert status == 2 and "Burned In Annotation" in err

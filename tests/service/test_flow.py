@@ -17,6 +17,7 @@ from overread.harness import storescu
 from overread.service.db import Job, JobState, Result, Study
 
 from .conftest import Storescp, api_token, bearer, free_port, needs_dcmtk, wait_until
+from .outputs.conftest import dciodvfy_errors
 
 pytestmark = [pytest.mark.service, needs_dcmtk]
 
@@ -291,3 +292,67 @@ def test_every_step_is_audited_and_the_study_reaches_the_worklist(
     assert item.department == "ED"
     assert item.patient_age == 80
     assert "department" in str(item.breakdown), item.breakdown
+
+
+def test_a_destination_that_deidentifies_gets_pseudonyms_and_the_store_keeps_originals(
+    make_service: Callable[..., Gateway],
+    storescp: Storescp,
+    dx_factory: Callable[..., Path],
+    tmp_path: Path,
+) -> None:
+    salt = tmp_path / "deid.salt"
+    salt.write_text("site-secret\n", encoding="utf-8")
+    service = make_service(
+        destinations=[
+            {
+                "name": "RESEARCH",
+                "ae_title": "PACSAE",
+                "host": "127.0.0.1",
+                "port": storescp.port,
+                "deidentify": ["retain-device-identity"],
+            }
+        ],
+        deid_salt_file=salt,
+    )
+    image = dx_factory(size=256)
+    storescu(service.dicom_port or 0, [image])
+    wait_until(lambda: [j.state for j in _jobs(service)] == ["succeeded", "succeeded"])
+    [sr_file] = storescp.files()
+    sent = pydicom.dcmread(sr_file)
+    source = pydicom.dcmread(image, stop_before_pixels=True)
+    assert sent.PatientIdentityRemoved == "YES"
+    assert str(sent.PatientID) != str(source.PatientID) and sent.PatientID.startswith("ANON")
+    assert sent.StudyInstanceUID != source.StudyInstanceUID
+    assert sent.SOPClassUID == COMPREHENSIVE_SR
+    codes = {item.CodeValue for item in sent.DeidentificationMethodCodeSequence}
+    assert {"113100", "113104", "113109"} <= codes
+    with service.database.session() as session:
+        [result] = session.scalars(select(Result)).all()
+        key = str(result.artifacts[0]["key"])
+    kept = pydicom.dcmread(service.store.path(key))
+    # The findings survive (Clean Structured Content), with every UID replaced.
+    assert len(sent.ContentSequence) == len(kept.ContentSequence) > 0
+    sent_bytes, kept_uids = sr_file.read_bytes(), {source.StudyInstanceUID, source.SOPInstanceUID}
+    assert not any(uid.encode() in sent_bytes for uid in kept_uids)
+    errors = dciodvfy_errors(sr_file)
+    assert errors == [], "\n".join(errors)
+    assert kept.StudyInstanceUID == source.StudyInstanceUID  # the stored SR is untouched
+    assert kept.PatientID == source.PatientID
+
+
+def test_a_deidentifying_destination_without_a_salt_is_refused_at_start(tmp_path: Path) -> None:
+    salt = tmp_path / "deid.salt"
+    salt.write_text("site-secret\n", encoding="utf-8")
+    from overread.config import Settings
+    from overread.errors import ConfigError
+    from overread.service.config import service_config
+
+    destination = {"name": "R", "ae_title": "R", "host": "h", "port": 104, "deidentify": ["basic"]}
+    with pytest.raises(ConfigError, match="deid_salt_file"):
+        service_config(Settings(data_dir=tmp_path), destinations=[destination])
+    with pytest.raises(ConfigError, match="clean-pixel-data"):
+        service_config(
+            Settings(data_dir=tmp_path),
+            destinations=[{**destination, "deidentify": ["clean-pixel-data"]}],
+            deid_salt_file=salt,
+        )

@@ -29,6 +29,7 @@ COMMAND_MODULES: tuple[str, ...] = (
     "overread.cli.bench",
     "overread.cli.config_cmd",
     "overread.cli.db",
+    "overread.cli.deid",
     "overread.cli.demo",
     "overread.cli.evaluate",
     "overread.cli.explain",

@@ -194,6 +194,18 @@ PROFILE: dict[str, Action] = {
     "UID": U,
 }
 
+#: Structured report storage SOP classes share this root.
+SR_SOP_CLASS_ROOT = "1.2.840.10008.5.1.4.1.1.88."
+
+#: Compound codes of Table E.1-1 resolved differently for SR IODs, where these are
+#: Type 1 (Content Date/Time: Z/D -> D) or Type 2 (Referenced Performed Procedure Step
+#: Sequence: X/Z/D -> Z) in the SR Document General and Series modules.
+SR_PROFILE: dict[str, Action] = {
+    "ContentDate": D,
+    "ContentTime": D,
+    "ReferencedPerformedProcedureStepSequence": Z,
+}
+
 # UID-valued attributes that identify a *kind* of thing, never a patient or study.
 KEEP_UID_KEYWORDS = frozenset(
     {
@@ -235,8 +247,126 @@ DATE_VRS = ("DA", "DT")
 CODE_BASIC_PROFILE = ("113100", "Basic Application Confidentiality Profile")
 CODE_SAFE_PRIVATE = ("113111", "Retain Safe Private Option")
 CODE_MODIFIED_DATES = ("113107", "Retain Longitudinal Temporal Information Modified Dates Option")
+CODE_DEVICE_IDENTITY = ("113109", "Retain Device Identity Option")
+CODE_CLEAN_PIXELS = ("113101", "Clean Pixel Data Option")
+CODE_CLEAN_STRUCTURED_CONTENT = ("113104", "Clean Structured Content Option")
+
+#: What the Retain Device Identity Option keeps (PS3.15 Table E.1-1, "Rtn. Dev. Id."
+#: column: K): the equipment's names and serials, never the patient's or the site's.
+DEVICE_IDENTITY_KEYWORDS = frozenset(
+    {
+        "StationName",
+        "DeviceSerialNumber",
+        "DeviceUID",
+        "DetectorID",
+        "PlateID",
+        "GantryID",
+        "CassetteID",
+        "GeneratorID",
+        "DeviceDescription",
+        "DeviceLabel",
+        "SourceSerialNumber",
+        "TreatmentMachineName",
+        "PerformedStationName",
+        "PerformedStationAETitle",
+        "ScheduledStationName",
+        "ScheduledStationAETitle",
+    }
+)
 
 BURNED_IN_RISK_MODALITIES = frozenset({"US", "SC", "XA", "ES", "OT", "DOC"})
+
+
+@dataclass(frozen=True)
+class PixelRegionRule:
+    """Where one device burns text into its images (the Clean Pixel Data Option).
+
+    A rule applies to an image whose Manufacturer, Manufacturer's Model Name, Rows and
+    Columns equal the ones it gives (case-insensitive; a condition left out matches
+    anything); its boxes, ``(x, y, width, height)`` in pixels, are blanked. Known
+    regions per device is how de-identification tools clean pixels without guessing
+    (the RSNA CTP pixel anonymizer works the same way).
+    """
+
+    boxes: tuple[tuple[int, int, int, int], ...]
+    manufacturer: str | None = None
+    model: str | None = None
+    rows: int | None = None
+    columns: int | None = None
+
+    def applies_to(self, ds: Dataset) -> bool:
+        """Whether ``ds`` comes from the device (and matrix size) this rule names."""
+
+        def same(text: str | None, keyword: str) -> bool:
+            wanted = (text or "").strip().upper()
+            return text is None or str(ds.get(keyword, "") or "").strip().upper() == wanted
+
+        return (
+            same(self.manufacturer, "Manufacturer")
+            and same(self.model, "ManufacturerModelName")
+            and (self.rows is None or int(ds.get("Rows", 0) or 0) == self.rows)
+            and (self.columns is None or int(ds.get("Columns", 0) or 0) == self.columns)
+        )
+
+
+def load_pixel_regions(path: str | Path) -> list[PixelRegionRule]:
+    """Read ``[[region]]`` rules from a TOML file.
+
+    Each table has ``boxes = [[x, y, width, height], ...]`` and optionally
+    ``manufacturer``, ``model``, ``rows``, ``columns``.
+
+    Raises
+    ------
+    ConfigError
+        If the file cannot be read or a rule is malformed; the message names it.
+    """
+    import tomllib
+
+    source = Path(path)
+    try:
+        data = tomllib.loads(source.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, tomllib.TOMLDecodeError) as exc:
+        raise ConfigError(f"{source}: cannot read pixel regions ({exc})") from None
+    rules: list[PixelRegionRule] = []
+    for number, table in enumerate(data.get("region", []), start=1):
+        where = f"{source}: region {number}"
+        if not isinstance(table, dict):
+            raise ConfigError(f"{where}: must be a table")
+        unknown = set(table) - {"boxes", "manufacturer", "model", "rows", "columns"}
+        if unknown:
+            raise ConfigError(f"{where}: unknown key(s) {', '.join(sorted(unknown))}")
+        raw_boxes = table.get("boxes")
+        if not isinstance(raw_boxes, list) or not raw_boxes:
+            raise ConfigError(f"{where}: boxes = [[x, y, width, height], ...] is required")
+        boxes: list[tuple[int, int, int, int]] = []
+        for box in raw_boxes:
+            if (
+                not isinstance(box, list)
+                or len(box) != 4
+                or not all(isinstance(v, int) and v >= 0 for v in box)
+                or box[2] == 0
+                or box[3] == 0
+            ):
+                raise ConfigError(f"{where}: box {box!r} is not [x, y, width, height] in pixels")
+            boxes.append((box[0], box[1], box[2], box[3]))
+        for key in ("rows", "columns"):
+            if key in table and not isinstance(table[key], int):
+                raise ConfigError(f"{where}: {key} must be an integer")
+        for key in ("manufacturer", "model"):
+            if key in table and not isinstance(table[key], str):
+                raise ConfigError(f"{where}: {key} must be a string")
+        rules.append(
+            PixelRegionRule(
+                boxes=tuple(boxes),
+                manufacturer=table.get("manufacturer"),
+                model=table.get("model"),
+                rows=table.get("rows"),
+                columns=table.get("columns"),
+            )
+        )
+    if not rules:
+        raise ConfigError(f"{source}: no [[region]] rules")
+    return rules
 
 
 @dataclass
@@ -246,6 +376,11 @@ class DeidResult:
     dataset: Dataset
     actions: dict[str, int] = field(default_factory=dict)
     warnings: list[str] = field(default_factory=list)
+    changes: dict[str, str] = field(default_factory=dict)
+    """Attribute (keyword, or tag for private and unknown ones) -> the action taken,
+    for every attribute that was not kept as it was (nested ones once each)."""
+    pixels_cleaned: int = 0
+    """Boxes blanked in the pixel data (the Clean Pixel Data Option)."""
 
 
 class Deidentifier:
@@ -266,6 +401,18 @@ class Deidentifier:
         (a per-site secret offset), so intervals between studies survive.
     allow_burned_in
         Accept images whose Burned In Annotation is ``YES`` (with a warning).
+    retain_device_identity
+        The Retain Device Identity Option: keep the equipment's names and serials
+        (:data:`DEVICE_IDENTITY_KEYWORDS`), for example to study drift per detector.
+    clean_structured_content
+        The Clean Structured Content Option: an SR's Content Sequence is kept, with
+        every UID, person name and listed attribute in it handled as anywhere else,
+        instead of removed. For structured reports whose content is generated (the
+        gateway's own results), not for reports with dictated free text.
+    pixel_regions
+        The Clean Pixel Data Option: an image whose Burned In Annotation is ``YES`` has
+        the boxes of the first matching rule blanked, and is then marked ``NO``; one
+        that no rule matches is still refused (unless ``allow_burned_in``).
     """
 
     def __init__(
@@ -276,6 +423,9 @@ class Deidentifier:
         date_shift_days: int | None = None,
         allow_burned_in: bool = False,
         uid_root: str = "2.25.",
+        retain_device_identity: bool = False,
+        pixel_regions: Iterable[PixelRegionRule] | None = None,
+        clean_structured_content: bool = False,
     ) -> None:
         if not salt:
             raise ConfigError("de-identification needs a non-empty salt (a site secret)")
@@ -284,6 +434,9 @@ class Deidentifier:
         self.date_shift_days = date_shift_days
         self.allow_burned_in = allow_burned_in
         self.uid_root = uid_root
+        self.retain_device_identity = retain_device_identity
+        self.clean_structured_content = clean_structured_content
+        self.pixel_regions = None if pixel_regions is None else tuple(pixel_regions)
 
     def _digest(self, kind: str, value: str) -> bytes:
         return hmac.new(self._key, f"{kind}:{value}".encode(), hashlib.sha256).digest()
@@ -321,7 +474,13 @@ class Deidentifier:
         result = DeidResult(copy.deepcopy(ds))
         out = result.dataset
         burned = str(out.get("BurnedInAnnotation", "")).strip().upper()
-        if burned == "YES":
+        rule = None
+        if burned == "YES" and self.pixel_regions is not None:
+            rule = next((r for r in self.pixel_regions if r.applies_to(out)), None)
+        if rule is not None:
+            result.pixels_cleaned = _blank_boxes(out, rule.boxes, label)
+            out.BurnedInAnnotation = "NO"
+        elif burned == "YES":
             if not self.allow_burned_in:
                 raise InvalidDicomError(
                     f"{label}: Burned In Annotation is YES: the pixels may show patient "
@@ -341,13 +500,16 @@ class Deidentifier:
         meta = getattr(out, "file_meta", None)
         if meta is not None and "MediaStorageSOPInstanceUID" in meta and "SOPInstanceUID" in out:
             meta.MediaStorageSOPInstanceUID = out.SOPInstanceUID
-        self._mark(out)
+        self._mark(out, cleaned=rule is not None)
         return result
 
     def _walk(self, ds: Dataset, result: DeidResult) -> None:
         for elem in list(ds):
             action = self._action(ds, elem)
             result.actions[action.value] = result.actions.get(action.value, 0) + 1
+            if action is not Action.KEEP:
+                name = elem.keyword or str(elem.tag)
+                result.changes.setdefault(name, action.value)
             if action is Action.REMOVE:
                 del ds[elem.tag]
             elif action is Action.ZERO:
@@ -368,16 +530,22 @@ class Deidentifier:
         if tag.is_private:
             return Action.KEEP if self._private_kept(ds, elem) else Action.REMOVE
         keyword = elem.keyword
+        if self.retain_device_identity and keyword in DEVICE_IDENTITY_KEYWORDS:
+            return Action.KEEP
+        if self.clean_structured_content and keyword == "ContentSequence":
+            return Action.KEEP  # kept and walked: its items are de-identified too
         if tag.group in range(0x6000, 0x6020, 2) and tag.element in (0x3000, 0x4000):
             return Action.REMOVE  # overlay data and comments (60xx)
         if tag.group in range(0x5000, 0x5020, 2):
             return Action.REMOVE  # retired curve groups (50xx)
         action = PROFILE.get(keyword)
+        if keyword in SR_PROFILE and str(ds.get("SOPClassUID", "")).startswith(SR_SOP_CLASS_ROOT):
+            action = SR_PROFILE[keyword]
         if action is not None:
             if (
                 self.date_shift_days is not None
                 and elem.VR in ("DA", "DT", "TM")
-                and action in (Action.REMOVE, Action.ZERO)
+                and action in (Action.REMOVE, Action.ZERO, Action.DUMMY)
             ):
                 return Action.ZERO if elem.VR != "TM" else Action.KEEP
             return action
@@ -412,12 +580,18 @@ class Deidentifier:
         creator = str(ds[creator_tag].value).strip()
         return (creator, tag.element & 0xFF) in self.keep_private
 
-    def _mark(self, ds: Dataset) -> None:
+    def _mark(self, ds: Dataset, *, cleaned: bool = False) -> None:
         """PS3.15 E.1.1 / PS3.3 C.12.1: record that and how identity was removed."""
         ds.PatientIdentityRemoved = "YES"
         codes = [CODE_BASIC_PROFILE]
+        if cleaned:
+            codes.append(CODE_CLEAN_PIXELS)
         if self.keep_private:
             codes.append(CODE_SAFE_PRIVATE)
+        if self.retain_device_identity:
+            codes.append(CODE_DEVICE_IDENTITY)
+        if self.clean_structured_content:
+            codes.append(CODE_CLEAN_STRUCTURED_CONTENT)
         if self.date_shift_days is not None:
             codes.append(CODE_MODIFIED_DATES)
             ds.LongitudinalTemporalInformationModified = "MODIFIED"
@@ -432,6 +606,114 @@ class Deidentifier:
             item.CodeMeaning = meaning
             items.append(item)
         ds.DeidentificationMethodCodeSequence = Sequence(items)
+
+
+def _blank_boxes(ds: Dataset, boxes: Iterable[tuple[int, int, int, int]], label: str) -> int:
+    """Blank ``boxes`` in every frame of ``ds``'s pixels; the count blanked.
+
+    The pixels are written back uncompressed (a lossy codec would blur the blanked
+    edge back into the text). Blank is the darkest value for the photometric
+    interpretation: the minimum for MONOCHROME2 and colour, the maximum for
+    MONOCHROME1.
+    """
+    try:
+        pixels = ds.pixel_array.copy()
+    except Exception as exc:
+        raise InvalidDicomError(f"{label}: cannot decode pixels to clean them ({exc})") from None
+    photometric = str(ds.get("PhotometricInterpretation", "MONOCHROME2")).strip()
+    if photometric.startswith("YBR"):
+        photometric = "RGB"  # pixel_array converted it
+    blank = pixels.max() if photometric == "MONOCHROME1" else pixels.min()
+    frames = int(ds.get("NumberOfFrames", 1) or 1)
+    rows_axis = 1 if frames > 1 else 0
+    rows, columns = pixels.shape[rows_axis], pixels.shape[rows_axis + 1]
+    count = 0
+    for x, y, width, height in boxes:
+        if x >= columns or y >= rows:
+            continue
+        region = (slice(y, min(rows, y + height)), slice(x, min(columns, x + width)))
+        if frames > 1:
+            pixels[(slice(None), *region)] = blank
+        else:
+            pixels[region] = blank
+        count += 1
+    ds.set_pixel_data(pixels, photometric, int(ds.get("BitsStored", pixels.itemsize * 8)))
+    return count
+
+
+#: The profile and the PS3.15 options, by the names configurations and ``--profile`` use.
+PROFILE_OPTIONS = (
+    "basic",
+    "retain-modified-dates",
+    "retain-device-identity",
+    "clean-pixel-data",
+    "clean-structured-content",
+)
+
+
+def site_date_shift(salt: str) -> int:
+    """The site's secret date offset: 1 to 3,650 days back, the same for every run."""
+    digest = hmac.new(salt.encode("utf-8"), b"date-shift", hashlib.sha256).digest()
+    return -(int.from_bytes(digest[:4], "big") % 3650 + 1)
+
+
+def profile_options(names: Iterable[str]) -> tuple[str, ...]:
+    """``basic`` plus the named options, in :data:`PROFILE_OPTIONS` order.
+
+    Each name may itself be comma-separated (``"basic,retain-device-identity"``).
+
+    Raises
+    ------
+    ConfigError
+        For a name that is not one of :data:`PROFILE_OPTIONS`.
+    """
+    chosen = {"basic"}
+    for value in names:
+        for name in (v.strip().lower() for v in value.split(",")):
+            if name not in PROFILE_OPTIONS:
+                raise ConfigError(
+                    f"unknown profile {name!r}: choose from {', '.join(PROFILE_OPTIONS)}"
+                )
+            chosen.add(name)
+    return tuple(p for p in PROFILE_OPTIONS if p in chosen)
+
+
+def build_deidentifier(
+    salt: str,
+    options: Iterable[str],
+    *,
+    date_shift_days: int | None = None,
+    pixel_regions: Iterable[PixelRegionRule] | None = None,
+) -> Deidentifier:
+    """The :class:`Deidentifier` for a profile with options (:func:`profile_options`).
+
+    ``retain-modified-dates`` shifts dates by ``date_shift_days``, by default the
+    site's secret offset (:func:`site_date_shift`); ``clean-pixel-data`` needs
+    ``pixel_regions``.
+
+    Raises
+    ------
+    ConfigError
+        For an unknown option, or an option's setting given without it (or missing).
+    """
+    chosen = profile_options(options)
+    regions = None if pixel_regions is None else tuple(pixel_regions)
+    if "clean-pixel-data" in chosen and regions is None:
+        raise ConfigError("clean-pixel-data needs pixel regions (where each device burns text)")
+    if regions is not None and "clean-pixel-data" not in chosen:
+        raise ConfigError("pixel regions are only used with the clean-pixel-data option")
+    if date_shift_days is not None and "retain-modified-dates" not in chosen:
+        raise ConfigError("a date shift is only used with the retain-modified-dates option")
+    shift = None
+    if "retain-modified-dates" in chosen:
+        shift = site_date_shift(salt) if date_shift_days is None else date_shift_days
+    return Deidentifier(
+        salt,
+        date_shift_days=shift,
+        retain_device_identity="retain-device-identity" in chosen,
+        pixel_regions=regions,
+        clean_structured_content="clean-structured-content" in chosen,
+    )
 
 
 def deidentify_file(
@@ -450,9 +732,16 @@ def deidentify_file(
 
 
 __all__ = [
+    "DEVICE_IDENTITY_KEYWORDS",
     "PROFILE",
+    "PROFILE_OPTIONS",
     "Action",
     "DeidResult",
     "Deidentifier",
+    "PixelRegionRule",
+    "build_deidentifier",
     "deidentify_file",
+    "load_pixel_regions",
+    "profile_options",
+    "site_date_shift",
 ]

@@ -75,11 +75,37 @@ class Destination(BaseModel):
     ae_title: str
     host: str = Field(min_length=1)
     port: int = Field(ge=1, le=65535)
+    deidentify: tuple[str, ...] | None = Field(
+        default=None,
+        description="de-identify every object sent here: 'basic' plus PS3.15 options "
+        "(retain-modified-dates, retain-device-identity; clean-structured-content is "
+        "always added); None sends them as they are",
+    )
 
     @field_validator("ae_title")
     @classmethod
     def _valid_ae_title(cls, value: str) -> str:
         return _check_ae_title(value)
+
+    @field_validator("deidentify")
+    @classmethod
+    def _known_profile(cls, value: tuple[str, ...] | None) -> tuple[str, ...] | None:
+        if value is None:
+            return None
+        from overread.imaging.deid import profile_options
+
+        try:
+            options = profile_options(value)
+        except ConfigError as exc:
+            raise ValueError(str(exc)) from None
+        if "clean-pixel-data" in options:
+            raise ValueError(
+                "clean-pixel-data is for received images (overread deid); results carry "
+                "no burned-in text"
+            )
+        # The results are the gateway's own SRs, whose content is generated: keep it
+        # (cleaned) rather than send an SR with its findings removed.
+        return profile_options((*options, "clean-structured-content"))
 
     @classmethod
     def parse(cls, text: str) -> Destination:
@@ -362,6 +388,11 @@ class ServiceConfig(BaseModel):
         description="file with the HMAC key every model package must be signed with "
         "(default: the OVERREAD_MODEL_SIGNING_KEY environment variable, if set)",
     )
+    deid_salt_file: Path | None = Field(
+        default=None,
+        description="the site's secret for the pseudonyms of destinations that "
+        "de-identify (required when one does)",
+    )
     cam_segmentation: list[str] = Field(
         default_factory=list,
         description="model aliases whose class activation regions of positive findings are "
@@ -415,7 +446,7 @@ class ServiceConfig(BaseModel):
             networks.append(str(network.network_address) if single else str(network))
         return networks
 
-    @field_validator("model_signing_key_file")
+    @field_validator("model_signing_key_file", "deid_salt_file")
     @classmethod
     def _readable_key_file(cls, value: Path | None) -> Path | None:
         if value is not None:
@@ -451,6 +482,25 @@ class ServiceConfig(BaseModel):
             if path is not None and not Path(path).is_file():
                 raise ValueError(f"{path}: no such file")
         return self
+
+    @model_validator(mode="after")
+    def _deidentifying_destinations_have_a_salt(self) -> ServiceConfig:
+        names = [d.name for d in self.destinations if d.deidentify is not None]
+        if names and self.deid_salt_file is None:
+            raise ValueError(
+                f"destination(s) {', '.join(names)} de-identify: set deid_salt_file "
+                "(the site's secret for pseudonyms)"
+            )
+        return self
+
+    def deid_salt(self) -> str:
+        """The de-identification salt, read from ``deid_salt_file`` now."""
+        if self.deid_salt_file is None:
+            raise ConfigError("deid_salt_file is not set")
+        try:
+            return Path(self.deid_salt_file).read_text(encoding="utf-8").strip()
+        except (OSError, UnicodeDecodeError) as exc:
+            raise ConfigError(f"{self.deid_salt_file}: cannot read the salt ({exc})") from None
 
     @property
     def dicom_tls(self) -> bool:

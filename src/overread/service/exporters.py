@@ -14,6 +14,7 @@ is raised for the worker to retry or dead-letter.
 from __future__ import annotations
 
 import logging
+import tempfile
 import time
 from pathlib import Path
 from typing import Any, Protocol, TypeVar, assert_never
@@ -119,7 +120,17 @@ class DicomExporter:
         _record_sending(self.services, job, object_uids, details)
         started = time.perf_counter()
         try:
-            statuses = self._send(paths, dest.ae_title, dest.host, dest.port)
+            if dest.deidentify is not None:
+                details["deidentified"] = list(dest.deidentify)
+                with tempfile.TemporaryDirectory(prefix="overread-deid-") as folder:
+                    statuses = self._send(
+                        self._deidentified(paths, dest.deidentify, Path(folder)),
+                        dest.ae_title,
+                        dest.host,
+                        dest.port,
+                    )
+            else:
+                statuses = self._send(paths, dest.ae_title, dest.host, dest.port)
         except Exception as exc:
             details.update(
                 outcome="failed",
@@ -145,6 +156,20 @@ class DicomExporter:
         logger.info(
             "job %d: sent %d object(s) to %s in %.3f s", job.id, len(statuses), dest, seconds
         )
+
+    def _deidentified(
+        self, paths: list[Path], options: tuple[str, ...], folder: Path
+    ) -> list[Path]:
+        """De-identified copies of ``paths`` in ``folder`` (the stored objects stay)."""
+        from overread.imaging.deid import build_deidentifier, deidentify_file
+
+        deidentifier = build_deidentifier(self.services.config.deid_salt(), options)
+        copies = []
+        for number, path in enumerate(paths):
+            copy = folder / f"{number}.dcm"
+            deidentify_file(path, copy, deidentifier)
+            copies.append(copy)
+        return copies
 
     def _send(self, paths: list[Path], ae_title: str, host: str, port: int) -> list[SendStatus]:
         return send_files(
