@@ -51,7 +51,7 @@ def test_export_payload_round_trips() -> None:
 
 @pytest.mark.parametrize("command", ["serve", "worker"])
 def test_mistyped_endpoint_is_one_line(command: str, run_cli, tmp_path: Path) -> None:
-    status, out, err = run_cli(
+    status, _, err = run_cli(
         command, "--data-dir", tmp_path / "data", "--hl7-endpoint", "ris.example.org"
     )
     assert status != 0 and err.startswith("error: ") and "HL7 endpoint" in err
