@@ -20,7 +20,6 @@ from overread.db import Base, Database, SchemaState, head_revision, schema_statu
 from overread.db.schema import BASELINE_TABLES
 from overread.errors import DatabaseSchemaError
 
-
 #: Tables added by revisions after the baseline.
 LATER_TABLES = frozenset({"hl7_orders"})
 
@@ -100,7 +99,11 @@ def test_migrated_schema_equals_the_models(empty_url: str) -> None:
     ("revision", "state", "message"),
     [
         ("9999", SchemaState.NEWER, "database schema 9999 is newer than this overread ({head}); "),
-        ("0000", SchemaState.UNKNOWN, "database schema 0000 is unknown to this overread ({head}); "),
+        (
+            "0000",
+            SchemaState.UNKNOWN,
+            "database schema 0000 is unknown to this overread ({head}); ",
+        ),
         ("a1b2c3", SchemaState.UNKNOWN, "database schema a1b2c3 is unknown to this overread"),
     ],
 )
