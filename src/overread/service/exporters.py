@@ -310,7 +310,7 @@ class Hl7Exporter:
                 timeout=endpoint.timeout_seconds,
             )
         except (AcknowledgementError, OSError) as exc:
-            answered = getattr(exc, "ack", None)
+            answered = exc.ack if isinstance(exc, AcknowledgementError) else None
             details.update(
                 outcome="failed",
                 ack=None if answered is None else answered.code.value,

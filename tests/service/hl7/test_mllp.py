@@ -6,7 +6,6 @@ from __future__ import annotations
 import socket
 import threading
 from collections.abc import Iterator
-from pathlib import Path
 
 import pytest
 from sqlalchemy import select
@@ -72,8 +71,9 @@ def test_unreachable_peer_raises_oserror() -> None:
 
 
 @pytest.fixture
-def database(tmp_path: Path) -> Iterator[Database]:
-    db = Database(f"sqlite:///{tmp_path / 'overread.db'}")
+def database(database_url: str) -> Iterator[Database]:
+    """The gateway's database: SQLite, and PostgreSQL where it runs."""
+    db = Database(database_url)
     yield db
     db.dispose()
 
