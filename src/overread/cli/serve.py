@@ -55,7 +55,9 @@ def _run_until_signalled(
         else:
             typer.echo(
                 f"overread serve: DICOM {config.ae_title} on port {service.dicom_port}, "
-                f"HTTP on port {service.http_port}, {config.workers} worker(s), "
+                f"HTTP on port {service.http_port}, "
+                + (f"HL7 on port {service.hl7_port}, " if service.hl7_port is not None else "")
+                + f"{config.workers} worker(s), "
                 f"data in {config.data_dir}"
             )
         service.wait()
@@ -109,6 +111,12 @@ def serve(
         "--fhir-endpoint",
         help="URL or NAME=URL to post FHIR DiagnosticReports to (repeatable).",
     ),
+    hl7_endpoint: list[str] = typer.Option(
+        [], "--hl7-endpoint", help="HOST:PORT or NAME=HOST:PORT to send ORU^R01 to (repeatable)."
+    ),
+    hl7_listen: int | None = typer.Option(
+        None, "--hl7-listen", help="MLLP port taking HL7 orders (ORM^O01, OMI^O23; 0: any free)."
+    ),
     model_signing_key_file: Path | None = typer.Option(
         None, "--model-signing-key-file", help="Refuse model packages not signed with this key."
     ),
@@ -147,6 +155,8 @@ def serve(
         explain=explain,
         broker_url=broker,
         fhir_endpoints=fhir_endpoint or None,
+        hl7_endpoints=hl7_endpoint or None,
+        hl7_listen_port=hl7_listen,
         model_signing_key_file=model_signing_key_file,
         dicom_tls_cert_file=dicom_tls_cert,
         dicom_tls_key_file=dicom_tls_key,
@@ -184,6 +194,9 @@ def worker(
         "--fhir-endpoint",
         help="URL or NAME=URL to post FHIR DiagnosticReports to (repeatable).",
     ),
+    hl7_endpoint: list[str] = typer.Option(
+        [], "--hl7-endpoint", help="HOST:PORT or NAME=HOST:PORT to send ORU^R01 to (repeatable)."
+    ),
     model_signing_key_file: Path | None = typer.Option(
         None, "--model-signing-key-file", help="Refuse model packages not signed with this key."
     ),
@@ -201,6 +214,7 @@ def worker(
         broker_url=broker,
         explain=explain,
         fhir_endpoints=fhir_endpoint or None,
+        hl7_endpoints=hl7_endpoint or None,
         model_signing_key_file=model_signing_key_file,
     )
     _run_until_signalled(config, worker_only=True)

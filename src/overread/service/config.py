@@ -22,6 +22,8 @@ Example ``overread.toml``::
     destinations = ["PACS=PACSAE@10.0.0.5:104"]
 
     fhir_endpoints = [{name = "ehr", url = "https://fhir.example.org/r4", bearer_token = "..."}]
+    hl7_endpoints = ["ris=10.0.0.7:2575"]
+    hl7_listen_port = 2575
     model_signing_key_file = "/etc/overread/model-signing.key"
 
     [[service.routes]]
@@ -159,6 +161,37 @@ class FhirEndpoint(BaseModel):
 
     def __str__(self) -> str:
         return f"{self.name}={self.url}"
+
+
+class Hl7Endpoint(BaseModel):
+    """An HL7 v2 receiver (RIS, EHR interface engine) that each result's ORU^R01 is sent
+    to over MLLP; ``AA`` is delivered, anything else (or no answer) is retried."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    name: str = Field(default="hl7", min_length=1, pattern=r"^[A-Za-z0-9_.-]+$")
+    host: str = Field(min_length=1)
+    port: int = Field(ge=1, le=65535)
+    receiving_application: str = Field(default="", description="MSH-5")
+    receiving_facility: str = Field(default="", description="MSH-6")
+    timeout_seconds: float = Field(default=30.0, gt=0, description="wait for the ACK")
+
+    @classmethod
+    def parse(cls, text: str, *, default_name: str = "hl7") -> Hl7Endpoint:
+        """Parse ``HOST:PORT`` or ``NAME=HOST:PORT``."""
+        name, sep, address = text.partition("=")
+        if not sep:
+            name, address = default_name, text
+        host, colon, port = address.strip().rpartition(":")
+        if not colon or not host or not port.isdigit():
+            raise ConfigError(f"HL7 endpoint {text!r}: expected HOST:PORT or NAME=HOST:PORT")
+        try:
+            return cls(name=name.strip(), host=host, port=int(port))
+        except ValidationError as exc:
+            raise ConfigError(f"HL7 endpoint {text!r}: {exc.errors()[0]['msg']}") from None
+
+    def __str__(self) -> str:
+        return f"{self.name}={self.host}:{self.port}"
 
 
 class AllowedPeer(BaseModel):
@@ -383,6 +416,13 @@ class ServiceConfig(BaseModel):
         default_factory=list,
         description="FHIR servers every study's DiagnosticReport bundle is posted to",
     )
+    hl7_endpoints: list[Hl7Endpoint] = Field(
+        default_factory=list, description="HL7 v2 receivers every result's ORU^R01 is sent to"
+    )
+    hl7_listen_port: int | None = Field(
+        default=None, ge=0, le=65535, description="MLLP port taking ORM^O01/OMI^O23 orders"
+    )
+    hl7_listen_host: str = "0.0.0.0"
     model_signing_key_file: Path | None = Field(
         default=None,
         description="file with the HMAC key every model package must be signed with "
@@ -518,6 +558,9 @@ class ServiceConfig(BaseModel):
         fhir = [e.name for e in self.fhir_endpoints]
         if len(set(fhir)) != len(fhir):
             raise ValueError(f"FHIR endpoint names must be unique (got {', '.join(fhir)})")
+        hl7 = [e.name for e in self.hl7_endpoints]
+        if len(set(hl7)) != len(hl7):
+            raise ValueError(f"HL7 endpoint names must be unique (got {', '.join(hl7)})")
         for route in self.routes:
             for dest in route.destinations or []:
                 if dest not in known:
@@ -582,6 +625,12 @@ def service_config(settings: Settings, **overrides: Any) -> ServiceConfig:
         else e
         for i, e in enumerate(endpoints)
     ]
+    data["hl7_endpoints"] = [
+        Hl7Endpoint.parse(e, default_name="hl7" if i == 0 else f"hl7{i + 1}")
+        if isinstance(e, str)
+        else e
+        for i, e in enumerate(_coerce_list(data.get("hl7_endpoints")))
+    ]
     data["trusted_proxies"] = _coerce_list(data.get("trusted_proxies"))
     data["allow_ae"] = [
         p if isinstance(p, AllowedPeer) else AllowedPeer.parse(p) if isinstance(p, str) else p
@@ -613,6 +662,7 @@ __all__ = [
     "AllowedPeer",
     "Destination",
     "FhirEndpoint",
+    "Hl7Endpoint",
     "Route",
     "RoutingMode",
     "ServiceConfig",

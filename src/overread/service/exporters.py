@@ -2,7 +2,8 @@
 
 * :class:`DicomExporter` C-STOREs the result's stored DICOM objects (SR, overlays,
   SEG) to a DICOM node;
-* :class:`FhirExporter` POSTs the result's FHIR report to a FHIR endpoint.
+* :class:`FhirExporter` POSTs the result's FHIR report to a FHIR endpoint;
+* :class:`Hl7Exporter` sends its ORU^R01 to an HL7 v2 endpoint over MLLP.
 
 Every attempt to deliver is audited (``export``, with ``destination_kind``,
 ``outcome`` ``stored`` or ``failed`` and the peer's statuses), whether it succeeds
@@ -21,10 +22,15 @@ from typing import Any, Protocol, TypeVar, assert_never
 
 from overread.audit import AuditAction
 from overread.errors import InferenceError, ServiceError
-from overread.service.config import FhirEndpoint
+from overread.service.config import FhirEndpoint, Hl7Endpoint
 from overread.service.db import Job, Result
 from overread.service.handling import JobServices, PermanentExportError
-from overread.service.payloads import DicomExportPayload, ExportPayload, FhirExportPayload
+from overread.service.payloads import (
+    DicomExportPayload,
+    ExportPayload,
+    FhirExportPayload,
+    Hl7ExportPayload,
+)
 from overread.service.scu import SendStatus, send_files
 
 logger = logging.getLogger(__name__)
@@ -260,12 +266,99 @@ class FhirExporter:
         )
 
 
+class Hl7Exporter:
+    """Sends a result's ORU^R01 to the payload's HL7 v2 endpoint over MLLP.
+
+    ``AA`` is delivered; ``AE``, ``AR``, no answer or a refused connection is a
+    failure the worker retries. A result that cannot be reported (gone, no patient
+    ID, its accession on another patient's order) fails for good.
+    """
+
+    def __init__(self, services: JobServices) -> None:
+        self.services = services
+
+    def _endpoint(self, name: str) -> Hl7Endpoint | None:
+        return next((e for e in self.services.config.hl7_endpoints if e.name == name), None)
+
+    def export(self, job: Job, payload: Hl7ExportPayload) -> None:
+        from overread.service.hl7 import AcknowledgementError, result_message_for, send_message
+        from overread.triage.config import TriageConfig
+
+        endpoint = self._endpoint(payload.hl7_endpoint)
+        object_uids = [job.study_instance_uid]
+        control_id = f"OR{job.id}.{job.attempts}"
+        details: dict[str, Any] = {
+            "job_id": job.id,
+            "attempt": job.attempts,
+            "destination_kind": "hl7",
+            "destination": payload.hl7_endpoint if endpoint is None else str(endpoint),
+            "control_id": control_id,
+            "ack": None,
+        }
+        error: str | None = None
+        cause: Exception | None = None
+        message = None
+        if endpoint is None:
+            error = f"HL7 endpoint {payload.hl7_endpoint!r} is no longer configured"
+        else:
+            critical = TriageConfig.model_validate(self.services.config.triage).alerts.critical
+            with self.services.database.session() as session:
+                result = session.get(Result, payload.result_id)
+                if result is None:
+                    error = f"result {payload.result_id} no longer exists"
+                else:
+                    try:
+                        message, link = result_message_for(
+                            session,
+                            result,
+                            endpoint,
+                            control_id=control_id,
+                            sending_facility=self.services.config.ae_title,
+                            critical=critical,
+                        )
+                        details["order_match"] = None if link.match is None else link.match.value
+                    except ServiceError as exc:
+                        error, cause = f"no ORU for result {result.id}: {exc}", exc
+        if endpoint is None or message is None:
+            error = error or "no HL7 endpoint"
+            _record_failure(self.services, job, object_uids, details, error)
+            raise PermanentExportError(error) from cause
+        details.update(accession_number=message.accession_number, observations=message.observations)
+        _record_sending(self.services, job, object_uids, details)
+        started = time.perf_counter()
+        try:
+            ack = send_message(
+                endpoint.host,
+                endpoint.port,
+                message.er7,
+                control_id,
+                timeout=endpoint.timeout_seconds,
+            )
+        except (AcknowledgementError, OSError) as exc:
+            answered = exc.ack if isinstance(exc, AcknowledgementError) else None
+            details.update(
+                outcome="failed",
+                ack=None if answered is None else answered.code.value,
+                seconds=round(time.perf_counter() - started, 6),
+                error=str(exc)[:500],
+            )
+            _record_attempt(self.services, job, object_uids, details, succeeded=False)
+            raise
+        seconds = time.perf_counter() - started
+        details.update(outcome="stored", ack=ack.code.value, seconds=round(seconds, 6))
+        _record_attempt(self.services, job, object_uids, details, succeeded=True)
+        logger.info(
+            "job %d: ORU^R01 %s acknowledged by %s in %.3f s", job.id, control_id, endpoint, seconds
+        )
+
+
 class Exporters:
     """The exporter of each destination kind, chosen by an export job's typed payload."""
 
     def __init__(self, services: JobServices) -> None:
         self.dicom: Exporter[DicomExportPayload] = DicomExporter(services)
         self.fhir: Exporter[FhirExportPayload] = FhirExporter(services)
+        self.hl7: Exporter[Hl7ExportPayload] = Hl7Exporter(services)
 
     def export(self, job: Job, payload: ExportPayload) -> None:
         """Hand ``job`` to the exporter of its payload's kind."""
@@ -274,8 +367,10 @@ class Exporters:
                 self.dicom.export(job, payload)
             case FhirExportPayload():
                 self.fhir.export(job, payload)
+            case Hl7ExportPayload():
+                self.hl7.export(job, payload)
             case _:
                 assert_never(payload)
 
 
-__all__ = ["DicomExporter", "Exporter", "Exporters", "FhirExporter"]
+__all__ = ["DicomExporter", "Exporter", "Exporters", "FhirExporter", "Hl7Exporter"]

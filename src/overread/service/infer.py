@@ -26,7 +26,12 @@ from overread.results import Prediction, ResultSummary
 from overread.service.db import Instance, Job, JobKind, Result, utcnow
 from overread.service.handling import JobServices
 from overread.service.metrics import observe_stage_timings
-from overread.service.payloads import DicomExportPayload, FhirExportPayload, InferPayload
+from overread.service.payloads import (
+    DicomExportPayload,
+    FhirExportPayload,
+    Hl7ExportPayload,
+    InferPayload,
+)
 from overread.service.routing import InstanceFacts, route_matches
 from overread.service.runtime import ArtifactBuilder, PipelineProvider, not_analysed, require_ok
 from overread.triage.score import StudyContext
@@ -36,6 +41,8 @@ logger = logging.getLogger(__name__)
 #: Prefix of the ``destination`` of FHIR export jobs (DICOM destination names cannot
 #: contain a colon, so the two never collide).
 FHIR_DESTINATION_PREFIX = "fhir:"
+#: Prefix of the ``destination`` of HL7 v2 (ORU^R01) export jobs.
+HL7_DESTINATION_PREFIX = "hl7:"
 
 
 class InferenceHandler:
@@ -244,7 +251,7 @@ class InferenceHandler:
             else:
                 stored = session.get(Result, result_id)
                 has_artifacts = bool(stored is not None and stored.artifacts)
-            # A study nothing was analysed of has no findings to report to FHIR (the SR
+            # A study nothing was analysed of has no findings to report to FHIR or HL7 (the SR
             # and the worklist say why); its export would only fail.
             reported = session.get(Result, result_id)
             analysed = reported is None or not _not_analysed_result(reported)
@@ -259,6 +266,18 @@ class InferenceHandler:
                     route=job.route,
                     priority=job.priority,
                     payload=FhirExportPayload(endpoint.name, result_id).to_dict(),
+                )
+            for hl7 in self.services.config.hl7_endpoints if analysed else ():
+                self.services.queue.enqueue(
+                    session,
+                    study_instance_uid=job.study_instance_uid,
+                    model_name=job.model_name,
+                    model_version=job.model_version,
+                    kind=JobKind.EXPORT,
+                    destination=f"{HL7_DESTINATION_PREFIX}{hl7.name}",
+                    route=job.route,
+                    priority=job.priority,
+                    payload=Hl7ExportPayload(hl7.name, result_id).to_dict(),
                 )
             if has_artifacts:
                 for dest in payload.destinations:
@@ -343,7 +362,12 @@ def _study_context(items: list[tuple[Path, Instance]], header: ImageMetadata) ->
 _EMPTY_CONTEXT = StudyContext()
 
 
-__all__ = ["FHIR_DESTINATION_PREFIX", "InferenceHandler", "request_gate_override"]
+__all__ = [
+    "FHIR_DESTINATION_PREFIX",
+    "HL7_DESTINATION_PREFIX",
+    "InferenceHandler",
+    "request_gate_override",
+]
 
 
 def request_gate_override(database: Any, study_instance_uid: str) -> list[int]:

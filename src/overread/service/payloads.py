@@ -5,7 +5,8 @@ queued by an older gateway are read as they are:
 
 * infer: ``{"alias": ..., "destinations": [Destination, ...]}``;
 * DICOM export (C-STORE): ``{"destination": Destination, "result_id": ...}``;
-* FHIR export: ``{"fhir_endpoint": name, "result_id": ...}``.
+* FHIR export: ``{"fhir_endpoint": name, "result_id": ...}``;
+* HL7 v2 export (ORU^R01 over MLLP): ``{"hl7_endpoint": name, "result_id": ...}``.
 
 The worker picks the exporter by the export payload's type, so nothing downstream
 looks at the JSON's keys.
@@ -74,7 +75,19 @@ class FhirExportPayload:
         return {"fhir_endpoint": self.fhir_endpoint, "result_id": self.result_id}
 
 
-ExportPayload = DicomExportPayload | FhirExportPayload
+@dataclass(frozen=True)
+class Hl7ExportPayload:
+    """Send a result's ORU^R01 to a configured HL7 v2 endpoint (by name) over MLLP."""
+
+    hl7_endpoint: str
+    result_id: int
+
+    def to_dict(self) -> dict[str, Any]:
+        """The stored JSON."""
+        return {"hl7_endpoint": self.hl7_endpoint, "result_id": self.result_id}
+
+
+ExportPayload = DicomExportPayload | FhirExportPayload | Hl7ExportPayload
 
 
 def export_payload(data: Mapping[str, Any]) -> ExportPayload:
@@ -88,6 +101,8 @@ def export_payload(data: Mapping[str, Any]) -> ExportPayload:
     try:
         if "fhir_endpoint" in data:
             return FhirExportPayload(str(data["fhir_endpoint"]), int(data["result_id"]))
+        if "hl7_endpoint" in data:
+            return Hl7ExportPayload(str(data["hl7_endpoint"]), int(data["result_id"]))
         return DicomExportPayload(Destination(**data["destination"]), int(data["result_id"]))
     except (KeyError, TypeError, ValueError) as exc:
         raise InferenceError(f"export job payload {dict(data)!r} is not readable: {exc}") from None
@@ -97,6 +112,7 @@ __all__ = [
     "DicomExportPayload",
     "ExportPayload",
     "FhirExportPayload",
+    "Hl7ExportPayload",
     "InferPayload",
     "export_payload",
 ]
