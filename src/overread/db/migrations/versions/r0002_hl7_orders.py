@@ -1,7 +1,7 @@
 """HL7 orders: imaging orders received by HL7 v2 (ORM^O01, OMI^O23), one per accession
 number, and whether each is linked to a study.
 
-Revision ID: 0002_hl7_orders
+Revision ID: 0002
 Revises: 0001
 Create Date: 2026-12-05
 
@@ -14,7 +14,7 @@ from __future__ import annotations
 import sqlalchemy as sa
 from alembic import op
 
-revision = "0002_hl7_orders"
+revision = "0002"
 down_revision = "0001"
 branch_labels = None
 depends_on = None
