@@ -109,6 +109,11 @@ def serve(
         "--fhir-endpoint",
         help="URL or NAME=URL to post FHIR DiagnosticReports to (repeatable).",
     ),
+    stow_endpoint: list[str] = typer.Option(
+        [],
+        "--stow-endpoint",
+        help="DICOMweb root URL or NAME=URL to store results on with STOW-RS (repeatable).",
+    ),
     model_signing_key_file: Path | None = typer.Option(
         None, "--model-signing-key-file", help="Refuse model packages not signed with this key."
     ),
@@ -147,6 +152,7 @@ def serve(
         explain=explain,
         broker_url=broker,
         fhir_endpoints=fhir_endpoint or None,
+        stow_endpoints=stow_endpoint or None,
         model_signing_key_file=model_signing_key_file,
         dicom_tls_cert_file=dicom_tls_cert,
         dicom_tls_key_file=dicom_tls_key,
@@ -184,6 +190,11 @@ def worker(
         "--fhir-endpoint",
         help="URL or NAME=URL to post FHIR DiagnosticReports to (repeatable).",
     ),
+    stow_endpoint: list[str] = typer.Option(
+        [],
+        "--stow-endpoint",
+        help="DICOMweb root URL or NAME=URL to store results on with STOW-RS (repeatable).",
+    ),
     model_signing_key_file: Path | None = typer.Option(
         None, "--model-signing-key-file", help="Refuse model packages not signed with this key."
     ),
@@ -201,6 +212,7 @@ def worker(
         broker_url=broker,
         explain=explain,
         fhir_endpoints=fhir_endpoint or None,
+        stow_endpoints=stow_endpoint or None,
         model_signing_key_file=model_signing_key_file,
     )
     _run_until_signalled(config, worker_only=True)

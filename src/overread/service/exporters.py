@@ -2,7 +2,9 @@
 
 * :class:`DicomExporter` C-STOREs the result's stored DICOM objects (SR, overlays,
   SEG) to a DICOM node;
-* :class:`FhirExporter` POSTs the result's FHIR report to a FHIR endpoint.
+* :class:`FhirExporter` POSTs the result's FHIR report to a FHIR endpoint;
+* :class:`StowExporter` stores the result's DICOM objects on a DICOMweb server
+  (STOW-RS).
 
 Every attempt to deliver is audited (``export``, with ``destination_kind``,
 ``outcome`` ``stored`` or ``failed`` and the peer's statuses), whether it succeeds
@@ -20,10 +22,15 @@ from typing import Any, Protocol, TypeVar, assert_never
 
 from overread.audit import AuditAction
 from overread.errors import InferenceError, ServiceError
-from overread.service.config import FhirEndpoint
+from overread.service.config import FhirEndpoint, StowEndpoint
 from overread.service.db import Job, Result
 from overread.service.handling import JobServices, PermanentExportError
-from overread.service.payloads import DicomExportPayload, ExportPayload, FhirExportPayload
+from overread.service.payloads import (
+    DicomExportPayload,
+    ExportPayload,
+    FhirExportPayload,
+    StowExportPayload,
+)
 from overread.service.scu import SendStatus, send_files
 
 logger = logging.getLogger(__name__)
@@ -235,12 +242,111 @@ class FhirExporter:
         )
 
 
+class StowExporter:
+    """Stores a result's DICOM objects on the payload's configured DICOMweb server.
+
+    One STOW-RS request carries every object of the result. A server that cannot be
+    reached, times out or answers 408/429/5xx is retried; one that refuses the
+    request for good (another 4xx) dead-letters the job; one that stores some objects
+    and refuses others is retried (the objects go again under the same UIDs).
+    """
+
+    def __init__(self, services: JobServices) -> None:
+        self.services = services
+
+    def _endpoint(self, name: str) -> StowEndpoint | None:
+        for endpoint in self.services.config.stow_endpoints:
+            if endpoint.name == name:
+                return endpoint
+        return None
+
+    def export(self, job: Job, payload: StowExportPayload) -> None:
+        import httpx
+
+        from overread.service.outputs import DeliveryError, stow_rs
+
+        endpoint = self._endpoint(payload.stow_endpoint)
+        details: dict[str, Any] = {
+            "job_id": job.id,
+            "attempt": job.attempts,
+            "destination_kind": "stow-rs",
+            "destination": payload.stow_endpoint if endpoint is None else str(endpoint),
+            "objects": 0,
+        }
+        if endpoint is None:
+            error = f"STOW-RS endpoint {payload.stow_endpoint!r} is no longer configured"
+            details["status_code"] = None
+            _record_failure(self.services, job, [job.study_instance_uid], details, error)
+            raise PermanentExportError(error)
+        with self.services.database.session() as session:
+            result = session.get(Result, payload.result_id)
+            artifacts = None if result is None else list(result.artifacts)
+        if artifacts is None:
+            error = f"result {payload.result_id} no longer exists"
+            details["status_code"] = None
+            _record_failure(self.services, job, [job.study_instance_uid], details, error)
+            raise InferenceError(error)
+        paths = [self.services.store.path(str(a["key"])) for a in artifacts]
+        object_uids = [job.study_instance_uid, *(str(a["sop_instance_uid"]) for a in artifacts)]
+        details["objects"] = len(paths)
+        missing = [str(p) for p in paths if not p.is_file()]
+        if missing:
+            error = f"stored result object(s) missing: {', '.join(missing)}"
+            details["status_code"] = None
+            _record_failure(self.services, job, object_uids, details, error)
+            raise InferenceError(error)
+        auth: str | tuple[str, str] | None = None
+        if endpoint.bearer_token is not None:
+            auth = endpoint.bearer_token.get_secret_value()
+        elif endpoint.username is not None and endpoint.password is not None:
+            auth = (endpoint.username, endpoint.password.get_secret_value())
+        _record_sending(self.services, job, object_uids, details)
+        started = time.perf_counter()
+        try:
+            with httpx.Client(timeout=endpoint.timeout_seconds, headers=endpoint.headers) as http:
+                reply = stow_rs(paths, endpoint.url, auth, client=http)
+        except DeliveryError as exc:
+            response = exc.response
+            details.update(
+                outcome="failed",
+                status_code=getattr(response, "status_code", None),
+                failed=sorted(getattr(response, "failed", None) or {}),
+                seconds=round(time.perf_counter() - started, 6),
+                error=str(exc)[:500],
+            )
+            _record_attempt(self.services, job, object_uids, details, succeeded=False)
+            if not exc.retryable and getattr(response, "status_code", None) != 409:
+                raise PermanentExportError(str(exc)) from exc
+            raise
+        seconds = round(time.perf_counter() - started, 6)
+        details.update(status_code=reply.status_code, seconds=seconds, stored=len(reply.stored))
+        if reply.failed:
+            error = (
+                f"{len(reply.failed)}/{len(paths)} object(s) refused by {endpoint}: "
+                + ", ".join(f"{uid} (reason {reason})" for uid, reason in reply.failed.items())
+            )
+            details.update(outcome="failed", failed=sorted(reply.failed), error=error[:500])
+            _record_attempt(self.services, job, object_uids, details, succeeded=False)
+            raise ConnectionError(error)
+        details["outcome"] = "stored"
+        _record_attempt(self.services, job, object_uids, details, succeeded=True)
+        logger.info(
+            "job %d: stored %d object(s) on %s with STOW-RS: HTTP %d in %.3f s",
+            job.id,
+            len(paths),
+            endpoint,
+            reply.status_code,
+            seconds,
+        )
+
+
 class Exporters:
     """The exporter of each destination kind, chosen by an export job's typed payload."""
 
     def __init__(self, services: JobServices) -> None:
         self.dicom: Exporter[DicomExportPayload] = DicomExporter(services)
         self.fhir: Exporter[FhirExportPayload] = FhirExporter(services)
+        self.stow: Exporter[StowExportPayload] = StowExporter(services)
 
     def export(self, job: Job, payload: ExportPayload) -> None:
         """Hand ``job`` to the exporter of its payload's kind."""
@@ -249,8 +355,10 @@ class Exporters:
                 self.dicom.export(job, payload)
             case FhirExportPayload():
                 self.fhir.export(job, payload)
+            case StowExportPayload():
+                self.stow.export(job, payload)
             case _:
                 assert_never(payload)
 
 
-__all__ = ["DicomExporter", "Exporter", "Exporters", "FhirExporter"]
+__all__ = ["DicomExporter", "Exporter", "Exporters", "FhirExporter", "StowExporter"]

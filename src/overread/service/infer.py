@@ -26,7 +26,12 @@ from overread.results import Prediction, ResultSummary
 from overread.service.db import Instance, Job, JobKind, Result, utcnow
 from overread.service.handling import JobServices
 from overread.service.metrics import observe_stage_timings
-from overread.service.payloads import DicomExportPayload, FhirExportPayload, InferPayload
+from overread.service.payloads import (
+    DicomExportPayload,
+    FhirExportPayload,
+    InferPayload,
+    StowExportPayload,
+)
 from overread.service.routing import InstanceFacts, route_matches
 from overread.service.runtime import ArtifactBuilder, PipelineProvider, not_analysed, require_ok
 from overread.triage.score import StudyContext
@@ -36,6 +41,7 @@ logger = logging.getLogger(__name__)
 #: Prefix of the ``destination`` of FHIR export jobs (DICOM destination names cannot
 #: contain a colon, so the two never collide).
 FHIR_DESTINATION_PREFIX = "fhir:"
+STOW_DESTINATION_PREFIX = "stow:"
 
 
 class InferenceHandler:
@@ -260,6 +266,18 @@ class InferenceHandler:
                     priority=job.priority,
                     payload=FhirExportPayload(endpoint.name, result_id).to_dict(),
                 )
+            for stow in self.services.config.stow_endpoints if has_artifacts else ():
+                self.services.queue.enqueue(
+                    session,
+                    study_instance_uid=job.study_instance_uid,
+                    model_name=job.model_name,
+                    model_version=job.model_version,
+                    kind=JobKind.EXPORT,
+                    destination=f"{STOW_DESTINATION_PREFIX}{stow.name}",
+                    route=job.route,
+                    priority=job.priority,
+                    payload=StowExportPayload(stow.name, result_id).to_dict(),
+                )
             if has_artifacts:
                 for dest in payload.destinations:
                     self.services.queue.enqueue(
@@ -343,7 +361,12 @@ def _study_context(items: list[tuple[Path, Instance]], header: ImageMetadata) ->
 _EMPTY_CONTEXT = StudyContext()
 
 
-__all__ = ["FHIR_DESTINATION_PREFIX", "InferenceHandler", "request_gate_override"]
+__all__ = [
+    "FHIR_DESTINATION_PREFIX",
+    "STOW_DESTINATION_PREFIX",
+    "InferenceHandler",
+    "request_gate_override",
+]
 
 
 def request_gate_override(database: Any, study_instance_uid: str) -> list[int]:

@@ -5,7 +5,8 @@ queued by an older gateway are read as they are:
 
 * infer: ``{"alias": ..., "destinations": [Destination, ...]}``;
 * DICOM export (C-STORE): ``{"destination": Destination, "result_id": ...}``;
-* FHIR export: ``{"fhir_endpoint": name, "result_id": ...}``.
+* FHIR export: ``{"fhir_endpoint": name, "result_id": ...}``;
+* STOW-RS export: ``{"stow_endpoint": name, "result_id": ...}``.
 
 The worker picks the exporter by the export payload's type, so nothing downstream
 looks at the JSON's keys.
@@ -74,7 +75,19 @@ class FhirExportPayload:
         return {"fhir_endpoint": self.fhir_endpoint, "result_id": self.result_id}
 
 
-ExportPayload = DicomExportPayload | FhirExportPayload
+@dataclass(frozen=True)
+class StowExportPayload:
+    """Store a result's DICOM objects on a configured DICOMweb server (by name) with STOW-RS."""
+
+    stow_endpoint: str
+    result_id: int
+
+    def to_dict(self) -> dict[str, Any]:
+        """The stored JSON."""
+        return {"stow_endpoint": self.stow_endpoint, "result_id": self.result_id}
+
+
+ExportPayload = DicomExportPayload | FhirExportPayload | StowExportPayload
 
 
 def export_payload(data: Mapping[str, Any]) -> ExportPayload:
@@ -86,6 +99,8 @@ def export_payload(data: Mapping[str, Any]) -> ExportPayload:
         If the payload is neither kind (a job no worker can do: dead-lettered).
     """
     try:
+        if "stow_endpoint" in data:
+            return StowExportPayload(str(data["stow_endpoint"]), int(data["result_id"]))
         if "fhir_endpoint" in data:
             return FhirExportPayload(str(data["fhir_endpoint"]), int(data["result_id"]))
         return DicomExportPayload(Destination(**data["destination"]), int(data["result_id"]))
@@ -98,5 +113,6 @@ __all__ = [
     "ExportPayload",
     "FhirExportPayload",
     "InferPayload",
+    "StowExportPayload",
     "export_payload",
 ]
