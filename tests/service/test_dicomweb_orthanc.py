@@ -35,9 +35,14 @@ class DicomWebOrthanc:
     """A private Orthanc with the DICOMweb plugin, optionally knowing the gateway as a server."""
 
     def __init__(
-        self, root: Path, http_port: int, servers: dict[str, dict[str, Any]] | None = None
+        self,
+        root: Path,
+        http_port: int,
+        servers: dict[str, dict[str, Any]] | None = None,
+        users: dict[str, str] | None = None,
     ) -> None:
         self.http_port = http_port
+        self.auth = next(iter(users.items())) if users else None
         storage = root / "orthanc"
         storage.mkdir(parents=True, exist_ok=True)
         config = {
@@ -48,7 +53,8 @@ class DicomWebOrthanc:
             "DicomPort": free_port(),
             "HttpPort": http_port,
             "RemoteAccessAllowed": False,
-            "AuthenticationEnabled": False,
+            "AuthenticationEnabled": bool(users),
+            "RegisteredUsers": users or {},
             "Plugins": [str(PLUGIN)],
             "DicomWeb": {"Enable": True, "Root": "/dicom-web/", "Servers": servers or {}},
         }
@@ -64,7 +70,10 @@ class DicomWebOrthanc:
     def find(self, level: str, query: dict[str, str]) -> list[str]:
         """Orthanc's ids of the resources matching ``query`` (its REST ``/tools/find``)."""
         found = httpx.post(
-            f"{self.url}/tools/find", json={"Level": level, "Query": query}, timeout=10
+            f"{self.url}/tools/find",
+            json={"Level": level, "Query": query},
+            auth=self.auth,
+            timeout=10,
         )
         found.raise_for_status()
         return list(found.json())
@@ -183,12 +192,19 @@ def test_the_gateway_stores_its_sr_on_orthanc_with_stow_rs(
     make_service: Callable[..., Gateway],
     dx_factory: Callable[..., Path],
 ) -> None:
-    pacs = DicomWebOrthanc(tmp_path, free_port())
+    pacs = DicomWebOrthanc(tmp_path, free_port(), users={"overread": "s3cret"})
     try:
-        service = make_service(stow_endpoints=[f"orthanc={pacs.url}/dicom-web"])
+        endpoint = {
+            "name": "orthanc",
+            "url": f"{pacs.url}/dicom-web",
+            "username": "overread",
+            "password": "s3cret",
+        }
+        service = make_service(stow_endpoints=[endpoint])  # HTTP basic, as a config table
         send_and_run(service, [dx_factory(size=256)], jobs=2)
         [series] = _sr_series(pacs)
-        study = httpx.get(f"{pacs.url}/series/{series}/study", timeout=10).json()
+        study = httpx.get(f"{pacs.url}/series/{series}/study", auth=pacs.auth, timeout=10).json()
+        assert httpx.get(f"{pacs.url}/series", timeout=10).status_code == 401  # auth was needed
         with service.database.session() as session:
             job = session.scalars(select(Job).where(Job.kind == "export")).one()
         assert job.destination == "stow:orthanc"
