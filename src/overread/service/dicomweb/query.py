@@ -257,7 +257,7 @@ def _range(value: str, vr: str) -> tuple[str | None, str | None]:
     bounds: list[str | None] = []
     for part in (low_text, high_text) if dash else (low_text,):
         part = _normal(part, vr)
-        if part and not _FORMATS[vr].fullmatch(part):
+        if part and not (_FORMATS[vr].fullmatch(part) and _plausible(part, vr)):
             raise QueryParameterError(f"{value!r} is not a {vr} value or range")
         bounds.append(part or None)
     if not dash:
@@ -267,6 +267,20 @@ def _range(value: str, vr: str) -> tuple[str | None, str | None]:
     if bounds[0] is None and bounds[1] is None:
         raise QueryParameterError(f"{value!r}: a range needs at least one bound")
     return bounds[0], bounds[1]
+
+
+def _plausible(value: str, vr: str) -> bool:
+    """Whether a well-formed date or time names a real month, day, hour, minute, second."""
+    date, time = (
+        (value, "") if vr == "DA" else ("", value) if vr == "TM" else (value[:8], value[8:])
+    )
+    if date:
+        month, day = int(date[4:6] or 1), int(date[6:8] or 1)
+        if not (1 <= month <= 12 and 1 <= day <= 31):
+            return False
+    clock = time.split(".", 1)[0].split("+", 1)[0].split("-", 1)[0]
+    limits = (23, 59, 60)
+    return all(int(clock[i : i + 2]) <= limits[i // 2] for i in range(0, len(clock) - 1, 2))
 
 
 def _dt_split(text: str) -> tuple[str, str, str]:
