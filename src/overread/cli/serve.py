@@ -117,6 +117,11 @@ def serve(
     hl7_listen: int | None = typer.Option(
         None, "--hl7-listen", help="MLLP port taking HL7 orders (ORM^O01, OMI^O23; 0: any free)."
     ),
+    stow_endpoint: list[str] = typer.Option(
+        [],
+        "--stow-endpoint",
+        help="DICOMweb root URL or NAME=URL to store results on with STOW-RS (repeatable).",
+    ),
     model_signing_key_file: Path | None = typer.Option(
         None, "--model-signing-key-file", help="Refuse model packages not signed with this key."
     ),
@@ -157,6 +162,7 @@ def serve(
         fhir_endpoints=fhir_endpoint or None,
         hl7_endpoints=hl7_endpoint or None,
         hl7_listen_port=hl7_listen,
+        stow_endpoints=stow_endpoint or None,
         model_signing_key_file=model_signing_key_file,
         dicom_tls_cert_file=dicom_tls_cert,
         dicom_tls_key_file=dicom_tls_key,
@@ -197,6 +203,11 @@ def worker(
     hl7_endpoint: list[str] = typer.Option(
         [], "--hl7-endpoint", help="HOST:PORT or NAME=HOST:PORT to send ORU^R01 to (repeatable)."
     ),
+    stow_endpoint: list[str] = typer.Option(
+        [],
+        "--stow-endpoint",
+        help="DICOMweb root URL or NAME=URL to store results on with STOW-RS (repeatable).",
+    ),
     model_signing_key_file: Path | None = typer.Option(
         None, "--model-signing-key-file", help="Refuse model packages not signed with this key."
     ),
@@ -215,6 +226,7 @@ def worker(
         explain=explain,
         fhir_endpoints=fhir_endpoint or None,
         hl7_endpoints=hl7_endpoint or None,
+        stow_endpoints=stow_endpoint or None,
         model_signing_key_file=model_signing_key_file,
     )
     _run_until_signalled(config, worker_only=True)

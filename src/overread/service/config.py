@@ -24,6 +24,7 @@ Example ``overread.toml``::
     fhir_endpoints = [{name = "ehr", url = "https://fhir.example.org/r4", bearer_token = "..."}]
     hl7_endpoints = ["ris=10.0.0.7:2575"]
     hl7_listen_port = 2575
+    stow_endpoints = [{name = "vna", url = "https://vna.example.org/dicom-web", username = "overread", password = "..."}]
     model_signing_key_file = "/etc/overread/model-signing.key"
 
     [[service.routes]]
@@ -192,6 +193,47 @@ class Hl7Endpoint(BaseModel):
 
     def __str__(self) -> str:
         return f"{self.name}={self.host}:{self.port}"
+
+
+class StowEndpoint(BaseModel):
+    """A DICOMweb server each result's DICOM objects (SR, SEG, overlays) are stored on
+    with STOW-RS. Credentials (HTTP basic or a bearer token) live in the
+    configuration only; export jobs name the endpoint."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    name: str = Field(default="stow", min_length=1, pattern=r"^[A-Za-z0-9_.-]+$")
+    url: str = Field(pattern=r"^https?://\S+$", description="the DICOMweb root (.../dicom-web)")
+    username: str | None = None
+    password: SecretStr | None = None
+    bearer_token: SecretStr | None = None
+    headers: dict[str, str] = Field(default_factory=dict, description="extra HTTP headers")
+    timeout_seconds: float = Field(default=60.0, gt=0)
+
+    @model_validator(mode="after")
+    def _one_kind_of_auth(self) -> StowEndpoint:
+        if self.bearer_token is not None and self.username is not None:
+            raise ValueError("a STOW-RS endpoint takes username/password or bearer_token, not both")
+        if (self.username is None) != (self.password is None):
+            raise ValueError("a STOW-RS endpoint's basic auth needs both username and password")
+        return self
+
+    @classmethod
+    def parse(cls, text: str, *, default_name: str = "stow") -> StowEndpoint:
+        """Parse ``URL`` or ``NAME=URL``."""
+        name, sep, url = text.partition("=")
+        if not sep or "://" in name:
+            name, url = default_name, text
+        try:
+            return cls(name=name.strip(), url=url.strip())
+        except ValidationError as exc:
+            raise ConfigError(
+                f"STOW-RS endpoint {text!r}: expected URL or NAME=URL with http(s) "
+                f"({exc.errors()[0]['msg']})"
+            ) from None
+
+    def __str__(self) -> str:
+        return f"{self.name}={self.url}"
 
 
 class AllowedPeer(BaseModel):
@@ -423,6 +465,10 @@ class ServiceConfig(BaseModel):
         default=None, ge=0, le=65535, description="MLLP port taking ORM^O01/OMI^O23 orders"
     )
     hl7_listen_host: str = "0.0.0.0"
+    stow_endpoints: list[StowEndpoint] = Field(
+        default_factory=list,
+        description="DICOMweb servers every result's DICOM objects are stored on (STOW-RS)",
+    )
     model_signing_key_file: Path | None = Field(
         default=None,
         description="file with the HMAC key every model package must be signed with "
@@ -561,6 +607,9 @@ class ServiceConfig(BaseModel):
         hl7 = [e.name for e in self.hl7_endpoints]
         if len(set(hl7)) != len(hl7):
             raise ValueError(f"HL7 endpoint names must be unique (got {', '.join(hl7)})")
+        stow = [e.name for e in self.stow_endpoints]
+        if len(set(stow)) != len(stow):
+            raise ValueError(f"STOW-RS endpoint names must be unique (got {', '.join(stow)})")
         for route in self.routes:
             for dest in route.destinations or []:
                 if dest not in known:
@@ -631,6 +680,12 @@ def service_config(settings: Settings, **overrides: Any) -> ServiceConfig:
         else e
         for i, e in enumerate(_coerce_list(data.get("hl7_endpoints")))
     ]
+    data["stow_endpoints"] = [
+        StowEndpoint.parse(e, default_name="stow" if i == 0 else f"stow{i + 1}")
+        if isinstance(e, str)
+        else e
+        for i, e in enumerate(_coerce_list(data.get("stow_endpoints")))
+    ]
     data["trusted_proxies"] = _coerce_list(data.get("trusted_proxies"))
     data["allow_ae"] = [
         p if isinstance(p, AllowedPeer) else AllowedPeer.parse(p) if isinstance(p, str) else p
@@ -666,5 +721,6 @@ __all__ = [
     "Route",
     "RoutingMode",
     "ServiceConfig",
+    "StowEndpoint",
     "service_config",
 ]

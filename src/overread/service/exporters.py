@@ -4,6 +4,8 @@
   SEG) to a DICOM node;
 * :class:`FhirExporter` POSTs the result's FHIR report to a FHIR endpoint;
 * :class:`Hl7Exporter` sends its ORU^R01 to an HL7 v2 endpoint over MLLP.
+* :class:`StowExporter` stores the result's DICOM objects on a DICOMweb server
+  (STOW-RS).
 
 Every attempt to deliver is audited (``export``, with ``destination_kind``,
 ``outcome`` ``stored`` or ``failed`` and the peer's statuses), whether it succeeds
@@ -22,7 +24,7 @@ from typing import Any, Protocol, TypeVar, assert_never
 
 from overread.audit import AuditAction
 from overread.errors import InferenceError, ServiceError
-from overread.service.config import FhirEndpoint, Hl7Endpoint
+from overread.service.config import FhirEndpoint, Hl7Endpoint, StowEndpoint
 from overread.service.db import Job, Result
 from overread.service.handling import JobServices, PermanentExportError
 from overread.service.payloads import (
@@ -30,6 +32,7 @@ from overread.service.payloads import (
     ExportPayload,
     FhirExportPayload,
     Hl7ExportPayload,
+    StowExportPayload,
 )
 from overread.service.scu import SendStatus, send_files
 
@@ -352,6 +355,104 @@ class Hl7Exporter:
         )
 
 
+class StowExporter:
+    """Stores a result's DICOM objects on the payload's configured DICOMweb server.
+
+    One STOW-RS request carries every object of the result. A server that cannot be
+    reached, times out or answers 408/429/5xx is retried; one that refuses the
+    request for good (another 4xx) dead-letters the job; one that stores some objects
+    and refuses others is retried (the objects go again under the same UIDs).
+    """
+
+    def __init__(self, services: JobServices) -> None:
+        self.services = services
+
+    def _endpoint(self, name: str) -> StowEndpoint | None:
+        for endpoint in self.services.config.stow_endpoints:
+            if endpoint.name == name:
+                return endpoint
+        return None
+
+    def export(self, job: Job, payload: StowExportPayload) -> None:
+        import httpx
+
+        from overread.service.outputs import DeliveryError, stow_rs
+
+        endpoint = self._endpoint(payload.stow_endpoint)
+        details: dict[str, Any] = {
+            "job_id": job.id,
+            "attempt": job.attempts,
+            "destination_kind": "stow-rs",
+            "destination": payload.stow_endpoint if endpoint is None else str(endpoint),
+            "objects": 0,
+        }
+        if endpoint is None:
+            error = f"STOW-RS endpoint {payload.stow_endpoint!r} is no longer configured"
+            details["status_code"] = None
+            _record_failure(self.services, job, [job.study_instance_uid], details, error)
+            raise PermanentExportError(error)
+        with self.services.database.session() as session:
+            result = session.get(Result, payload.result_id)
+            artifacts = None if result is None else list(result.artifacts)
+        if artifacts is None:
+            error = f"result {payload.result_id} no longer exists"
+            details["status_code"] = None
+            _record_failure(self.services, job, [job.study_instance_uid], details, error)
+            raise InferenceError(error)
+        paths = [self.services.store.path(str(a["key"])) for a in artifacts]
+        object_uids = [job.study_instance_uid, *(str(a["sop_instance_uid"]) for a in artifacts)]
+        details["objects"] = len(paths)
+        missing = [str(p) for p in paths if not p.is_file()]
+        if missing:
+            error = f"stored result object(s) missing: {', '.join(missing)}"
+            details["status_code"] = None
+            _record_failure(self.services, job, object_uids, details, error)
+            raise InferenceError(error)
+        auth: str | tuple[str, str] | None = None
+        if endpoint.bearer_token is not None:
+            auth = endpoint.bearer_token.get_secret_value()
+        elif endpoint.username is not None and endpoint.password is not None:
+            auth = (endpoint.username, endpoint.password.get_secret_value())
+        _record_sending(self.services, job, object_uids, details)
+        started = time.perf_counter()
+        try:
+            with httpx.Client(timeout=endpoint.timeout_seconds, headers=endpoint.headers) as http:
+                reply = stow_rs(paths, endpoint.url, auth, client=http)
+        except DeliveryError as exc:
+            response = exc.response
+            details.update(
+                outcome="failed",
+                status_code=getattr(response, "status_code", None),
+                failed=sorted(getattr(response, "failed", None) or {}),
+                seconds=round(time.perf_counter() - started, 6),
+                error=str(exc)[:500],
+            )
+            _record_attempt(self.services, job, object_uids, details, succeeded=False)
+            if not exc.retryable and getattr(response, "status_code", None) != 409:
+                raise PermanentExportError(str(exc)) from exc
+            raise
+        seconds = round(time.perf_counter() - started, 6)
+        details.update(status_code=reply.status_code, seconds=seconds, stored=len(reply.stored))
+        if reply.failed:
+            error = (
+                f"{len(reply.failed)}/{len(paths)} object(s) refused by {endpoint}: "
+                + ", ".join(f"{uid} (reason {reason})" for uid, reason in reply.failed.items())
+            )
+            details.update(outcome="failed", failed=sorted(reply.failed), error=error[:500])
+            _record_attempt(self.services, job, object_uids, details, succeeded=False)
+            raise ConnectionError(error)
+        details["outcome"] = "stored"
+        _record_attempt(self.services, job, object_uids, details, succeeded=True)
+        logger.info(
+            "job %d: stored %d object(s) on %s with STOW-RS: HTTP %d in %.3f s",
+            job.id,
+            len(paths),
+            endpoint,
+            reply.status_code,
+            seconds,
+        )
+
+
 class Exporters:
     """The exporter of each destination kind, chosen by an export job's typed payload."""
 
@@ -359,6 +460,7 @@ class Exporters:
         self.dicom: Exporter[DicomExportPayload] = DicomExporter(services)
         self.fhir: Exporter[FhirExportPayload] = FhirExporter(services)
         self.hl7: Exporter[Hl7ExportPayload] = Hl7Exporter(services)
+        self.stow: Exporter[StowExportPayload] = StowExporter(services)
 
     def export(self, job: Job, payload: ExportPayload) -> None:
         """Hand ``job`` to the exporter of its payload's kind."""
@@ -369,8 +471,17 @@ class Exporters:
                 self.fhir.export(job, payload)
             case Hl7ExportPayload():
                 self.hl7.export(job, payload)
+            case StowExportPayload():
+                self.stow.export(job, payload)
             case _:
                 assert_never(payload)
 
 
-__all__ = ["DicomExporter", "Exporter", "Exporters", "FhirExporter", "Hl7Exporter"]
+__all__ = [
+    "DicomExporter",
+    "Exporter",
+    "Exporters",
+    "FhirExporter",
+    "Hl7Exporter",
+    "StowExporter",
+]

@@ -31,6 +31,7 @@ from overread.service.payloads import (
     FhirExportPayload,
     Hl7ExportPayload,
     InferPayload,
+    StowExportPayload,
 )
 from overread.service.routing import InstanceFacts, route_matches
 from overread.service.runtime import ArtifactBuilder, PipelineProvider, not_analysed, require_ok
@@ -43,6 +44,8 @@ logger = logging.getLogger(__name__)
 FHIR_DESTINATION_PREFIX = "fhir:"
 #: Prefix of the ``destination`` of HL7 v2 (ORU^R01) export jobs.
 HL7_DESTINATION_PREFIX = "hl7:"
+#: Prefix of the ``destination`` of STOW-RS export jobs.
+STOW_DESTINATION_PREFIX = "stow:"
 
 
 class InferenceHandler:
@@ -279,6 +282,18 @@ class InferenceHandler:
                     priority=job.priority,
                     payload=Hl7ExportPayload(hl7.name, result_id).to_dict(),
                 )
+            for stow in self.services.config.stow_endpoints if has_artifacts else ():
+                self.services.queue.enqueue(
+                    session,
+                    study_instance_uid=job.study_instance_uid,
+                    model_name=job.model_name,
+                    model_version=job.model_version,
+                    kind=JobKind.EXPORT,
+                    destination=f"{STOW_DESTINATION_PREFIX}{stow.name}",
+                    route=job.route,
+                    priority=job.priority,
+                    payload=StowExportPayload(stow.name, result_id).to_dict(),
+                )
             if has_artifacts:
                 for dest in payload.destinations:
                     self.services.queue.enqueue(
@@ -365,6 +380,7 @@ _EMPTY_CONTEXT = StudyContext()
 __all__ = [
     "FHIR_DESTINATION_PREFIX",
     "HL7_DESTINATION_PREFIX",
+    "STOW_DESTINATION_PREFIX",
     "InferenceHandler",
     "request_gate_override",
 ]
