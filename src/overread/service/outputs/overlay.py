@@ -386,6 +386,20 @@ def build_overlay(
     return sc
 
 
+def overlay_labels(prediction: Prediction) -> list[str]:
+    """The findings :func:`build_overlays` shows by default, in its order: each decided
+    positive or referred that has a heatmap, most probable first, never "No Finding"."""
+    heatmaps = prediction.heatmaps or {}
+    ranked = sorted(checked_findings(prediction), key=lambda f: -f.probability)
+    return [
+        f.label
+        for f in ranked
+        if f.decision is not Decision.NEGATIVE
+        and f.label in heatmaps
+        and f.label != Finding.NO_FINDING.value
+    ]
+
+
 def build_overlays(
     prediction: Prediction,
     source_dataset: Dataset,
@@ -409,16 +423,8 @@ def build_overlays(
     list[highdicom.sc.SCImage]
         Instances numbered 1, 2, ... in a shared series (empty if nothing to show).
     """
-    heatmaps = prediction.heatmaps or {}
     if labels is None:
-        ranked = sorted(checked_findings(prediction), key=lambda f: -f.probability)
-        labels = [
-            f.label
-            for f in ranked
-            if f.decision is not Decision.NEGATIVE
-            and f.label in heatmaps
-            and f.label != Finding.NO_FINDING.value
-        ]
+        labels = overlay_labels(prediction)
     series_uid = series_instance_uid or str(generate_uid())
     return [
         build_overlay(
@@ -440,5 +446,6 @@ __all__ = [
     "build_overlays",
     "burn_in_text",
     "draw_legend",
+    "overlay_labels",
     "windowed_grey",
 ]
