@@ -57,6 +57,7 @@ from overread.service.outputs.sr import (
     build_sr,
     build_study_sr,
     gate_text,
+    image_label,
     study_prediction,
     summary_text,
 )
@@ -89,6 +90,7 @@ __all__ = [
     "fhir_report_for_study",
     "finding_concept",
     "gate_text",
+    "image_label",
     "model_identity",
     "overlay_labels",
     "overlay_thumbnails",

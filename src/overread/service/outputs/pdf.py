@@ -460,7 +460,7 @@ def _findings_table(
         "Trust",
         "Critical",
     )
-    widths = (50, 24, 20, 34, 18, 14, 22)
+    widths = (48, 27, 20, 34, 18, 14, 21)
     pdf.set_font(pdf.family, "B", 8.5)
     pdf.set_fill_color(230, 230, 230)
     for heading, width in zip(headings, widths, strict=True):
