@@ -196,3 +196,33 @@ def test_refuses_what_is_not_a_pdf_or_spans_studies(chest: Dataset) -> None:
     other.StudyInstanceUID = generate_uid()
     with pytest.raises(ServiceError, match="one study"):
         encapsulate_pdf(b"%PDF-1.7\n%%EOF", [chest, other], model=model)
+
+
+def test_artifact_builder_adds_the_report_with_thumbnails_and_refused_images(
+    chest: Dataset, card: ModelCardSummary
+) -> None:
+    from overread.service.runtime import OutputsArtifactBuilder
+
+    refused = Prediction(
+        path="",
+        ok=False,
+        model=ModelRef("cxr-default", "1.0.0", "3f" * 32),
+        error="refused by the input gate",
+        gate=GateVerdict(status="refuse", reasons=("body part ABDOMEN is not CHEST",)),
+    )
+    builder = OutputsArtifactBuilder()
+    built = builder.build_study(
+        [(make_prediction(), chest), (refused, chest)], pdf_report=ReportContext(card)
+    )
+    modalities = [str(ds.Modality) for ds in built]
+    assert modalities == ["SR", "OT", "OT", "DOC"]
+    pdf = encapsulated_pdf_bytes(built[-1])
+    reader = pypdf.PdfReader(BytesIO(pdf))
+    assert sum(len(page.images) for page in reader.pages) == 2
+    text = _flat(_text(pdf))
+    assert "Not analysed: body part ABDOMEN is not CHEST." in text
+
+    only_refused = builder.build_study([(refused, chest)], pdf_report=ReportContext(card))
+    assert [str(ds.Modality) for ds in only_refused] == ["SR", "DOC"]
+    assert "did not analyse this study" in _flat(_text(encapsulated_pdf_bytes(only_refused[1])))
+    assert [str(ds.Modality) for ds in builder.build_study([(refused, chest)])] == ["SR"]

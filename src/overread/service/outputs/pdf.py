@@ -484,7 +484,7 @@ def _findings_table(
         )
         for text, width in zip(cells, widths, strict=True):
             pdf.set_text_color(*(_RED if text == "CRITICAL" else (0, 0, 0)))
-            pdf.cell(width, 5.5, pdf.text_of(text), border=1, fill=True)
+            _fitted_cell(pdf, width, 5.5, pdf.text_of(text), size=8.5, bold=bold)
         pdf.ln()
     pdf.set_text_color(0, 0, 0)
     pdf.set_font(pdf.family, "", 7.5)
@@ -498,6 +498,18 @@ def _findings_table(
         new_x=XPos.LMARGIN,
         new_y=YPos.NEXT,
     )
+
+
+def _fitted_cell(
+    pdf: _ReportDocument, width: float, height: float, text: str, *, size: float, bold: bool
+) -> None:
+    """A bordered table cell whose type shrinks (to 6 pt at least) until ``text`` fits."""
+    style = "B" if bold else ""
+    pdf.set_font(pdf.family, style, size)
+    while size > 6 and pdf.get_string_width(text) > width - 2 * pdf.c_margin:
+        size -= 0.5
+        pdf.set_font(pdf.family, style, size)
+    pdf.cell(width, height, text, border=1, fill=True)
 
 
 def _thumbnails(pdf: _ReportDocument, thumbnails: Sequence[OverlayThumbnail]) -> None:
