@@ -115,12 +115,6 @@ def test_not_for_diagnosis_follows_the_model_card(chest: Dataset) -> None:
     assert "Triage of adult chest radiographs" in text
 
 
-def test_bundled_card_rules_out_diagnosis(card: ModelCardSummary) -> None:
-    assert card.name == "cxr-default"
-    assert card.not_for_diagnosis
-    assert "not for clinical use" in card.statement
-
-
 def test_overlay_thumbnails_are_embedded(chest: Dataset, card: ModelCardSummary) -> None:
     prediction = make_prediction()
     labels = overlay_labels(prediction)
