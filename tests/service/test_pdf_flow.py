@@ -12,10 +12,11 @@ import pytest
 from sqlalchemy import select
 
 from overread.gateway import Gateway
-from overread.service.db import Result
+from overread.harness import storescu
+from overread.service.db import Job, Result
 from overread.service.outputs import ENCAPSULATED_PDF_STORAGE, encapsulated_pdf_bytes
 
-from .conftest import Storescp, needs_dcmtk, send_and_run
+from .conftest import Storescp, needs_dcmtk, send_and_run, wait_until
 from .outputs.conftest import dciodvfy_errors
 
 pytestmark = [pytest.mark.service, needs_dcmtk]
@@ -24,6 +25,11 @@ pytest.importorskip("overread.inference", reason="the inference pipeline is not 
 pypdf = pytest.importorskip("pypdf")
 
 COMPREHENSIVE_SR = "1.2.840.10008.5.1.4.1.1.88.33"
+
+
+def _jobs(service: Gateway) -> list[Job]:
+    with service.database.session() as session:
+        return list(session.scalars(select(Job).order_by(Job.id)).all())
 
 
 def test_pacs_receives_the_pdf_report_beside_the_sr(
@@ -99,3 +105,56 @@ def test_a_deidentifying_destination_gets_no_pdf_report(
     with service.database.session() as session:
         [result] = session.scalars(select(Result)).all()
         assert sorted(a["modality"] for a in result.artifacts) == ["DOC", "SR"]
+
+
+def _report_text(path: Path) -> tuple[pydicom.Dataset, str, int]:
+    """The instance, its PDF's text (whitespace collapsed) and its number of images."""
+    document = pydicom.dcmread(path)
+    reader = pypdf.PdfReader(BytesIO(encapsulated_pdf_bytes(document)))
+    text = " ".join(" ".join((p.extract_text() or "").split()) for p in reader.pages)
+    return document, text, sum(len(page.images) for page in reader.pages)
+
+
+def test_with_explain_the_report_shows_the_overlays_sent(
+    make_service: Callable[..., Gateway], storescp: Storescp, dx_factory: Callable[..., Path]
+) -> None:
+    service = make_service(
+        destinations=[f"PACS=PACSAE@127.0.0.1:{storescp.port}"], pdf_report=True, explain=True
+    )
+    storescu(service.dicom_port or 0, [dx_factory(size=256)])
+    wait_until(lambda: [j.state for j in _jobs(service)] == ["succeeded", "succeeded"])
+    classes = {
+        p: str(pydicom.dcmread(p, stop_before_pixels=True).SOPClassUID) for p in storescp.files()
+    }
+    [pdf_path] = [p for p, c in classes.items() if c == ENCAPSULATED_PDF_STORAGE]
+    overlays = [
+        p for p, c in classes.items() if c not in (ENCAPSULATED_PDF_STORAGE, COMPREHENSIVE_SR)
+    ]
+    _, text, images = _report_text(pdf_path)
+    assert overlays and images == len(overlays)
+    assert "Where the model looked" in text
+
+
+def test_a_study_not_analysed_gets_a_report_saying_why(
+    make_service: Callable[..., Gateway], storescp: Storescp
+) -> None:
+    ct = Path(pydicom.data.get_testdata_file("CT_small.dcm"))  # bundled with pydicom
+    routes = [
+        {"name": "ct", "modality": ["CT"], "models": ["cxr-default"], "complete_on_release": True}
+    ]
+    service = make_service(
+        routes=routes,
+        destinations=[f"PACS=PACSAE@127.0.0.1:{storescp.port}"],
+        pdf_report=True,
+    )
+    storescu(service.dicom_port or 0, [ct])
+    wait_until(lambda: [j.state for j in _jobs(service)] == ["succeeded", "succeeded"])
+    received = {pydicom.dcmread(p).SOPClassUID: p for p in storescp.files()}
+    assert set(received) == {COMPREHENSIVE_SR, ENCAPSULATED_PDF_STORAGE}
+    assert dciodvfy_errors(received[ENCAPSULATED_PDF_STORAGE]) == []
+    document, text, _ = _report_text(received[ENCAPSULATED_PDF_STORAGE])
+    source = pydicom.dcmread(ct, stop_before_pixels=True)
+    assert document.StudyInstanceUID == source.StudyInstanceUID
+    assert document.PatientID == source.PatientID
+    assert "did not analyse this study" in text
+    assert "modality CT is not accepted" in text
