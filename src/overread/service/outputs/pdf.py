@@ -213,10 +213,10 @@ class _ReportDocument(FPDF):
         if regular is not None and bold is not None:
             self.add_font("DejaVu", "", str(regular))
             self.add_font("DejaVu", "B", str(bold))
-            self.family = "DejaVu"
+            self.typeface = "DejaVu"
             self.unicode = True
         else:  # the PDF core font covers Latin-1 only
-            self.family = "Helvetica"
+            self.typeface = "Helvetica"
             self.unicode = False
         self.set_auto_page_break(auto=True, margin=18)
         self.set_margins(14, 12, 14)
@@ -230,7 +230,7 @@ class _ReportDocument(FPDF):
     def header(self) -> None:
         self.set_fill_color(*_RED)
         self.set_text_color(255, 255, 255)
-        self.set_font(self.family, "B", 13)
+        self.set_font(self.typeface, "B", 13)
         self.cell(
             0,
             9,
@@ -242,7 +242,7 @@ class _ReportDocument(FPDF):
         )
         self.set_text_color(0, 0, 0)
         if self.page_no() > 1:
-            self.set_font(self.family, "B", 10)
+            self.set_font(self.typeface, "B", 10)
             self.cell(
                 0,
                 7,
@@ -254,7 +254,7 @@ class _ReportDocument(FPDF):
 
     def footer(self) -> None:
         self.set_y(-14)
-        self.set_font(self.family, "", 7.5)
+        self.set_font(self.typeface, "", 7.5)
         self.set_text_color(90, 90, 90)
         self.cell(
             0,
@@ -355,7 +355,7 @@ def render_report_pdf(
 
 def _heading(pdf: _ReportDocument, text: str) -> None:
     pdf.ln(2)
-    pdf.set_font(pdf.family, "B", 11)
+    pdf.set_font(pdf.typeface, "B", 11)
     pdf.cell(0, 6, pdf.text_of(text), new_x=XPos.LMARGIN, new_y=YPos.NEXT)
 
 
@@ -363,18 +363,18 @@ def _paragraph(
     pdf: _ReportDocument, title: str, text: str, colour: tuple[int, int, int] = (0, 0, 0)
 ) -> None:
     _heading(pdf, title)
-    pdf.set_font(pdf.family, "", 9.5)
+    pdf.set_font(pdf.typeface, "", 9.5)
     pdf.set_text_color(*colour)
     pdf.multi_cell(0, 5, pdf.text_of(text), new_x=XPos.LMARGIN, new_y=YPos.NEXT)
     pdf.set_text_color(0, 0, 0)
 
 
 def _patient_block(pdf: _ReportDocument, patient: _Patient) -> None:
-    pdf.set_font(pdf.family, "B", 18)
+    pdf.set_font(pdf.typeface, "B", 18)
     pdf.cell(
         0, 9, pdf.text_of(patient.name or "(no patient name)"), new_x=XPos.LMARGIN, new_y=YPos.NEXT
     )
-    pdf.set_font(pdf.family, "B", 12)
+    pdf.set_font(pdf.typeface, "B", 12)
     issuer = f" ({patient.issuer})" if patient.issuer else ""
     pdf.cell(
         0,
@@ -383,7 +383,7 @@ def _patient_block(pdf: _ReportDocument, patient: _Patient) -> None:
         new_x=XPos.LMARGIN,
         new_y=YPos.NEXT,
     )
-    pdf.set_font(pdf.family, "", 10)
+    pdf.set_font(pdf.typeface, "", 10)
     facts = [
         ("Birth date", patient.birth_date),
         ("Sex", patient.sex),
@@ -401,7 +401,7 @@ def _patient_block(pdf: _ReportDocument, patient: _Patient) -> None:
         pdf.cell(
             0, 5, pdf.text_of(f"Study: {patient.description}"), new_x=XPos.LMARGIN, new_y=YPos.NEXT
         )
-    pdf.set_font(pdf.family, "", 8.5)
+    pdf.set_font(pdf.typeface, "", 8.5)
     pdf.cell(
         0,
         5,
@@ -416,7 +416,7 @@ def _patient_block(pdf: _ReportDocument, patient: _Patient) -> None:
 
 def _model_block(pdf: _ReportDocument, model: ModelRef, context: ReportContext) -> None:
     _heading(pdf, "AI second read")
-    pdf.set_font(pdf.family, "", 9.5)
+    pdf.set_font(pdf.typeface, "", 9.5)
     checksum = f" (package {model.short_hash})" if model.short_hash else ""
     pdf.cell(
         0,
@@ -435,7 +435,7 @@ def _model_block(pdf: _ReportDocument, model: ModelRef, context: ReportContext) 
             new_y=YPos.NEXT,
         )
     if context.not_for_diagnosis:
-        pdf.set_font(pdf.family, "B", 10)
+        pdf.set_font(pdf.typeface, "B", 10)
         pdf.set_text_color(*_RED)
         pdf.cell(
             0,
@@ -461,7 +461,7 @@ def _findings_table(
         "Critical",
     )
     widths = (48, 27, 20, 34, 18, 14, 21)
-    pdf.set_font(pdf.family, "B", 8.5)
+    pdf.set_font(pdf.typeface, "B", 8.5)
     pdf.set_fill_color(230, 230, 230)
     for heading, width in zip(headings, widths, strict=True):
         pdf.cell(width, 6, heading, border=1, fill=True)
@@ -469,7 +469,7 @@ def _findings_table(
     for finding in _ranked(findings):
         is_critical = finding.label in critical
         bold = finding.decision is not Decision.NEGATIVE or is_critical
-        pdf.set_font(pdf.family, "B" if bold else "", 8.5)
+        pdf.set_font(pdf.typeface, "B" if bold else "", 8.5)
         pdf.set_fill_color(*_DECISION_FILL[finding.decision])
         threshold = finding.known_threshold
         point = finding.operating_point + (f" @ {threshold:.2f}" if threshold is not None else "")
@@ -487,7 +487,7 @@ def _findings_table(
             _fitted_cell(pdf, width, 5.5, pdf.text_of(text), size=8.5, bold=bold)
         pdf.ln()
     pdf.set_text_color(0, 0, 0)
-    pdf.set_font(pdf.family, "", 7.5)
+    pdf.set_font(pdf.typeface, "", 7.5)
     pdf.multi_cell(
         0,
         4,
@@ -505,10 +505,10 @@ def _fitted_cell(
 ) -> None:
     """A bordered table cell whose type shrinks (to 6 pt at least) until ``text`` fits."""
     style = "B" if bold else ""
-    pdf.set_font(pdf.family, style, size)
+    pdf.set_font(pdf.typeface, style, size)
     while size > 6 and pdf.get_string_width(text) > width - 2 * pdf.c_margin:
         size -= 0.5
-        pdf.set_font(pdf.family, style, size)
+        pdf.set_font(pdf.typeface, style, size)
     pdf.cell(width, height, text, border=1, fill=True)
 
 
@@ -539,7 +539,7 @@ def _thumbnails(pdf: _ReportDocument, thumbnails: Sequence[OverlayThumbnail]) ->
         caption = f"{finding.label}{f' ({thumbnail.view})' if thumbnail.view else ''}"
         pdf.image(buffer, x=x, y=row_top, w=width, h=height, alt_text=caption)
         pdf.set_xy(x, row_top + height + 0.5)
-        pdf.set_font(pdf.family, "", 7.5)
+        pdf.set_font(pdf.typeface, "", 7.5)
         pdf.multi_cell(
             width,
             3.5,
@@ -663,7 +663,7 @@ def encapsulate_pdf(
     if len(studies) != 1:
         raise ServiceError(f"one PDF report covers one study; got {len(studies)}")
     first = sources[0]
-    now = created or datetime.now(UTC)
+    now = (created or datetime.now(UTC)).astimezone()  # DICOM dates and times are local
 
     ds = Dataset()
     if "SpecificCharacterSet" in first:
