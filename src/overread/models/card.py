@@ -96,9 +96,7 @@ class ModelCardSummary:
     @property
     def statement(self) -> str:
         """The intended use to print: the manifest's, then what the card's section adds."""
-        extra = [
-            p for p in self.card_intended_use.split("\n\n") if p and p != self.intended_use
-        ]
+        extra = [p for p in self.card_intended_use.split("\n\n") if p and p != self.intended_use]
         return " ".join([self.intended_use, *extra]).strip()
 
 
