@@ -484,6 +484,11 @@ class ServiceConfig(BaseModel):
         description="model aliases whose class activation regions of positive findings are "
         "also sent as a DICOM SEG, labelled as thresholded CAM, not a segmentation model",
     )
+    pdf_report: bool = Field(
+        default=False,
+        description="also send each study's result as a PDF report (DICOM Encapsulated PDF, "
+        "modality DOC) with the SR",
+    )
     batch_max_size: int = Field(
         default=8, ge=1, le=64, description="micro-batch bound for model calls; 1 disables"
     )

@@ -94,6 +94,10 @@ def _record_failure(
     _record_attempt(services, job, object_uids, details, succeeded=False)
 
 
+#: Encapsulated PDF Storage: never sent to a de-identifying destination.
+_ENCAPSULATED_PDF = "1.2.840.10008.5.1.4.1.1.104.1"
+
+
 class DicomExporter:
     """C-STOREs a result's stored objects to the payload's DICOM destination."""
 
@@ -117,6 +121,9 @@ class DicomExporter:
             details["statuses"] = []
             _record_failure(self.services, job, [job.study_instance_uid], details, error)
             raise InferenceError(error)
+        if dest.deidentify is not None:
+            # A PDF report names the patient in its text, which no header change removes.
+            artifacts = [a for a in artifacts if a.get("sop_class_uid") != _ENCAPSULATED_PDF]
         paths = [self.services.store.path(str(a["key"])) for a in artifacts]
         object_uids = [job.study_instance_uid, *(str(a["sop_instance_uid"]) for a in artifacts)]
         details["objects"] = len(paths)

@@ -1,7 +1,8 @@
 """The infer job: run the routed model on a study and store what it found.
 
 :class:`InferenceHandler` reads the study's stored instances, runs the model once
-over them, builds the derived DICOM objects (one SR for the study, overlays, SEG),
+over them, builds the derived DICOM objects (one SR for the study, overlays, SEG, the PDF
+report when ``pdf_report`` is on),
 and in one transaction stores the :class:`~overread.service.db.Result` (its summary
 a :class:`~overread.results.ResultSummary`), audits it, puts the study on the
 worklist and queues one export job per destination, each with its typed payload.
@@ -14,7 +15,7 @@ import time
 from collections.abc import Sequence
 from io import BytesIO
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import pydicom
 from sqlalchemy import select
@@ -34,8 +35,17 @@ from overread.service.payloads import (
     StowExportPayload,
 )
 from overread.service.routing import InstanceFacts, route_matches
-from overread.service.runtime import ArtifactBuilder, PipelineProvider, not_analysed, require_ok
+from overread.service.runtime import (
+    ArtifactBuilder,
+    PipelineLike,
+    PipelineProvider,
+    not_analysed,
+    require_ok,
+)
 from overread.triage.score import StudyContext
+
+if TYPE_CHECKING:
+    from overread.service.outputs.pdf import ReportContext
 
 logger = logging.getLogger(__name__)
 
@@ -159,7 +169,12 @@ class InferenceHandler:
         context = _study_context(items, header)
         artifacts: list[dict[str, Any]] = []
         if self.artifacts is not None:
-            for dataset in self.artifacts.build_study(readings, cam_segmentation=cam_segmentation):
+            built_objects = self.artifacts.build_study(
+                readings,
+                cam_segmentation=cam_segmentation,
+                pdf_report=self._report_context(pipeline, predictions),
+            )
+            for dataset in built_objects:
                 artifacts.append(self._store_dataset(dataset))
         built = time.perf_counter()
         from overread.service.outputs.fhir import study_header
@@ -181,6 +196,27 @@ class InferenceHandler:
             len(predictions),
             len(artifacts),
             time.perf_counter() - started,
+        )
+
+    def _report_context(
+        self, pipeline: PipelineLike, predictions: Sequence[Prediction]
+    ) -> ReportContext | None:
+        """What the PDF report needs beyond the predictions (``None``: no PDF report):
+        the model card summary and the findings at their critical-alert thresholds."""
+        if not self.services.config.pdf_report:
+            return None
+        from overread.models.card import ModelCardSummary
+        from overread.service.outputs.pdf import ReportContext
+        from overread.triage import critical_findings
+
+        critical = {
+            label
+            for prediction in predictions
+            if prediction.ok
+            for label, _, _ in critical_findings(prediction.findings, self.triage.alerts)
+        }
+        return ReportContext(
+            card=ModelCardSummary.from_package(pipeline.package), critical=frozenset(critical)
         )
 
     def _store_dataset(self, dataset: Any) -> dict[str, Any]:
