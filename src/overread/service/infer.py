@@ -27,6 +27,7 @@ from overread.service.db import Instance, Job, JobKind, Result, utcnow
 from overread.service.handling import JobServices
 from overread.service.metrics import observe_stage_timings
 from overread.service.payloads import DicomExportPayload, FhirExportPayload, InferPayload
+from overread.service.rollout import RolloutRole, RolloutStore
 from overread.service.routing import InstanceFacts, route_matches
 from overread.service.runtime import ArtifactBuilder, PipelineProvider, not_analysed, require_ok
 from overread.triage.score import StudyContext
@@ -111,7 +112,7 @@ class InferenceHandler:
         if not items:
             raise InferenceError(f"study {job.study_instance_uid} has no stored instances")
         paths = [p for p, _ in items]
-        pipeline = self.models.get(alias)
+        pipeline = self.models.get(payload.model_ref)
         cam_segmentation = alias in self.services.config.cam_segmentation
         explain = self.services.config.explain or cam_segmentation
         predictions = list(
@@ -148,7 +149,8 @@ class InferenceHandler:
         header = metadata_from_dataset(readings[0][1]) if readings else ImageMetadata()
         context = _study_context(items, header)
         artifacts: list[dict[str, Any]] = []
-        if self.artifacts is not None:
+        # A shadow's result is never sent: no DICOM objects are built for it.
+        if self.artifacts is not None and payload.role is not RolloutRole.SHADOW:
             for dataset in self.artifacts.build_study(readings, cam_segmentation=cam_segmentation):
                 artifacts.append(self._store_dataset(dataset))
         built = time.perf_counter()
@@ -233,13 +235,22 @@ class InferenceHandler:
                     details["override_gate"] = True
                 if _not_analysed_summary(summary or {}):
                     details["not_analysed"] = True
+                if payload.role is not None:
+                    details["rollout"] = payload.role.value
+                    RolloutStore(self.services.database).mark_result(
+                        session, result, alias=payload.alias, role=payload.role
+                    )
                 self.services.audit(
                     session,
                     action=AuditAction.INFERENCE,
                     object_uids=[job.study_instance_uid],
                     details=details,
                 )
-                triage_result(session, result, context or _EMPTY_CONTEXT, self.triage, now=utcnow())
+                if payload.role is not RolloutRole.SHADOW:
+                    # A shadow's findings reach no worklist and raise no alert.
+                    triage_result(
+                        session, result, context or _EMPTY_CONTEXT, self.triage, now=utcnow()
+                    )
                 has_artifacts = bool(artifacts)
             else:
                 stored = session.get(Result, result_id)
@@ -248,6 +259,8 @@ class InferenceHandler:
             # and the worklist say why); its export would only fail.
             reported = session.get(Result, result_id)
             analysed = reported is None or not _not_analysed_result(reported)
+            if payload.role is RolloutRole.SHADOW:
+                analysed, has_artifacts = False, False  # stored, never exported
             for endpoint in self.services.config.fhir_endpoints if analysed else ():
                 self.services.queue.enqueue(
                     session,
