@@ -29,6 +29,7 @@ from overread.web.api import (
     health,
     jobs,
     models,
+    rollouts,
     studies,
     worklist,
 )
@@ -75,6 +76,7 @@ ROUTERS = (
     alerts.router,
     jobs.router,
     models.router,
+    rollouts.router,
     audit.router,
     dicomweb.router,
 )
