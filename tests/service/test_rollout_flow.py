@@ -7,6 +7,7 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
+import httpx
 import pydicom
 import pytest
 from pydicom.uid import generate_uid
@@ -29,7 +30,7 @@ from overread.service.rollout_compare import compare_rollout
 from overread.service.runtime import RegistryPipelineProvider
 from overread.triage.schema import WorklistItem
 
-from .conftest import Storescp, needs_dcmtk, wait_until
+from .conftest import Storescp, api_token, bearer, needs_dcmtk, wait_until
 
 pytestmark = [pytest.mark.service, pytest.mark.slow, needs_dcmtk]
 
@@ -249,3 +250,44 @@ def test_kill_switch_holds_exports_until_released(
         (False, "cxr-default"),
     ]
     assert switches[1]["released_exports"] == 1
+
+
+def test_rollouts_and_kill_switches_over_rest_need_the_admin_role(
+    make_service: Callable[..., Gateway], registry: Registry
+) -> None:
+    service = make_service(workers=0, routes=ROUTES, service_options={"registry": registry})
+    base = f"http://127.0.0.1:{service.http_port}/api"
+    admin, radiologist = (
+        bearer(api_token(service, "admin")),
+        bearer(api_token(service, "radiologist")),
+    )
+    switch = f"{base}/kill-switches/cxr-default@1.1.0"
+    assert httpx.put(switch, json={"reason": "x"}, timeout=10).status_code == 401
+    assert (
+        httpx.put(switch, json={"reason": "x"}, headers=radiologist, timeout=10).status_code == 403
+    )
+    engaged = httpx.put(switch, json={"reason": "recall"}, headers=admin, timeout=10)
+    assert engaged.status_code == 200 and engaged.json()["changed"] is True
+    listed = httpx.get(f"{base}/kill-switches", headers=radiologist, timeout=10).json()
+    assert [k["model"] for k in listed["kill_switches"]] == ["cxr-default@1.1.0"]
+    released = httpx.delete(switch, headers=admin, timeout=10)
+    assert released.status_code == 200 and released.json()["released_exports"] == 0
+    assert httpx.delete(switch, headers=admin, timeout=10).status_code == 404
+
+    body = {"target": BAD, "state": "canary", "canary_share": 0.1, "bounds": {"min_studies": 3}}
+    rollout = f"{base}/rollouts/chest"
+    assert httpx.put(rollout, json=body, headers=radiologist, timeout=10).status_code == 403
+    started = httpx.put(rollout, json=body, headers=admin, timeout=10)
+    assert started.status_code == 200, started.text
+    assert started.json()["canary_share"] == 0.1 and started.json()["bounds"]["min_studies"] == 3
+    bad_share = {**body, "canary_share": 0.0}
+    assert httpx.put(rollout, json=bad_share, headers=admin, timeout=10).status_code == 422
+    [listed_rollout] = httpx.get(f"{base}/rollouts", headers=radiologist, timeout=10).json()[
+        "rollouts"
+    ]
+    assert listed_rollout["state"] == "canary" and listed_rollout["figures"]["breaches"] == []
+    back = httpx.post(f"{base}/models/aliases/chest/rollback", headers=admin, timeout=10)
+    assert back.status_code == 200 and back.json()["target"] == ACTIVE
+    assert registry.aliases()["chest"] == ACTIVE
+    actors = {d.get("reason"): d for d in _events(service, AuditAction.ROLLOUT_ROLLBACK)}
+    assert actors["by hand (REST)"]["actor"].startswith("admin-")
