@@ -148,6 +148,11 @@ def test_shadow_results_are_stored_never_sent_nor_listed(
         # The worklist shows the active's reading of each study, never the shadow's.
         assert sorted(w.study_instance_uid for w in worklist) == sorted(studies)
         assert {w.model_version for w in worklist} == {"1.1.0"}
+    # Nor does the REST API show a study's shadow reading.
+    auth = bearer(api_token(service, "radiologist"))
+    base = f"http://127.0.0.1:{service.http_port}/api/studies/{studies[0]}"
+    listed = httpx.get(f"{base}/results", headers=auth, timeout=10).json()
+    assert [(r["model_name"], r["model_version"]) for r in listed] == [("cxr-default", "1.1.0")]
     inference = _events(service, AuditAction.INFERENCE)
     assert sorted(d.get("rollout", "") for d in inference) == [
         "active",

@@ -39,6 +39,7 @@ from typing import TYPE_CHECKING, Any
 
 from sqlalchemy import Integer, String, Text, select, update
 from sqlalchemy.orm import Mapped, Session, mapped_column
+from sqlalchemy.sql.elements import ColumnElement
 
 from overread.audit import AuditAction, record_event
 from overread.db import Base, Database, utcnow
@@ -227,6 +228,19 @@ def split_ref(ref: str) -> tuple[str, str]:
     """``(name, version)`` of a ``name@version`` reference."""
     name, _, version = ref.partition("@")
     return name, version
+
+
+def not_shadow() -> ColumnElement[bool]:
+    """A filter on :class:`Result` queries leaving out shadow results: what a reader,
+    the REST API or an export sees of a study is never a shadow's reading."""
+    return ~(
+        select(RolloutResult.result_id)
+        .where(
+            RolloutResult.result_id == Result.id,
+            RolloutResult.role == RolloutRole.SHADOW.value,
+        )
+        .exists()
+    )
 
 
 # -- figures -------------------------------------------------------------------------
@@ -836,5 +850,6 @@ __all__ = [
     "canary_bucket",
     "in_canary",
     "judge",
+    "not_shadow",
     "split_ref",
 ]
