@@ -194,6 +194,9 @@ def set_alias(
     max_positive_increase: float = typer.Option(
         0.25, "--max-positive-increase", help="Positive-finding rate above the active's."
     ),
+    max_critical_increase: float = typer.Option(
+        0.1, "--max-critical-increase", help="Critical-finding study rate above the active's."
+    ),
     max_refusal_increase: float = typer.Option(
         0.1, "--max-refusal-increase", help="Gate refusal rate above the active's."
     ),
@@ -217,6 +220,7 @@ def set_alias(
             min_studies=min_studies,
             max_failure_rate=max_failure_rate,
             max_positive_rate_increase=max_positive_increase,
+            max_critical_rate_increase=max_critical_increase,
             max_refusal_rate_increase=max_refusal_increase,
             max_latency_ratio=max_latency_ratio,
         )

@@ -343,7 +343,7 @@ class GateCriteria:
     auc_margin: float = 0.02
     calibration_margin: float = 0.02
     subgroup_gap_margin: float = 0.05
-    max_time_ratio: float = 1.5
+    max_time_ratio: float = 2.0
     critical_labels: tuple[str, ...] | None = None
     """Labels whose false negatives must not increase (default: triage's critical findings)."""
     min_class_count: int = 5

@@ -32,7 +32,7 @@ import enum
 import hashlib
 import logging
 import statistics
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from datetime import datetime, timedelta
 from typing import TYPE_CHECKING, Any
@@ -146,6 +146,7 @@ class CanaryBounds:
     min_studies: int = 5
     max_failure_rate: float = 0.2
     max_positive_rate_increase: float = 0.25
+    max_critical_rate_increase: float = 0.1
     max_refusal_rate_increase: float = 0.1
     max_latency_ratio: float = 3.0
     baseline_days: float = 30.0
@@ -153,7 +154,12 @@ class CanaryBounds:
     def __post_init__(self) -> None:
         if self.min_studies < 1:
             raise ConfigError("canary min_studies must be at least 1")
-        for name in ("max_failure_rate", "max_positive_rate_increase", "max_refusal_rate_increase"):
+        for name in (
+            "max_failure_rate",
+            "max_positive_rate_increase",
+            "max_critical_rate_increase",
+            "max_refusal_rate_increase",
+        ):
             if not 0.0 <= getattr(self, name) <= 1.0:
                 raise ConfigError(f"canary {name} must be between 0 and 1")
         if self.max_latency_ratio <= 0 or self.baseline_days <= 0:
@@ -255,6 +261,7 @@ class SideFigures:
     positive_findings: int = 0
     refused_studies: int = 0
     latencies: tuple[float, ...] = ()
+    critical_studies: int = 0
 
     @property
     def failure_rate(self) -> float | None:
@@ -265,6 +272,12 @@ class SideFigures:
     def positive_rate(self) -> float | None:
         """Share of findings called positive."""
         return self.positive_findings / self.findings if self.findings else None
+
+    @property
+    def critical_rate(self) -> float | None:
+        """Share of analysed studies with a critical finding at its alert threshold."""
+        analysed = self.studies - self.refused_studies
+        return self.critical_studies / analysed if analysed > 0 else None
 
     @property
     def refusal_rate(self) -> float | None:
@@ -288,13 +301,19 @@ class SideFigures:
             "failed_jobs": self.failed_jobs,
             "failure_rate": r(self.failure_rate),
             "positive_rate": r(self.positive_rate),
+            "critical_rate": r(self.critical_rate),
             "refusal_rate": r(self.refusal_rate),
             "median_latency_s": r(self.median_latency),
         }
 
 
-def _figures_of(summaries: Iterable[dict[str, Any]], jobs: Sequence[str] = ()) -> SideFigures:
-    studies = findings = positives = refused = 0
+def _figures_of(
+    summaries: Iterable[dict[str, Any]],
+    jobs: Sequence[str] = (),
+    critical: Mapping[str, float] | None = None,
+) -> SideFigures:
+    critical = critical or {}
+    studies = findings = positives = refused = critical_studies = 0
     latencies: list[float] = []
     for data in summaries:
         summary = ResultSummary.from_dict(data)
@@ -303,9 +322,15 @@ def _figures_of(summaries: Iterable[dict[str, Any]], jobs: Sequence[str] = ()) -
         if instances and all(not p.ok and p.gate is not None and p.gate.refused for p in instances):
             refused += 1
             continue
+        alarming = False
         for prediction in instances:
             findings += len(prediction.findings)
             positives += sum(1 for f in prediction.findings if f.positive)
+            alarming = alarming or any(
+                f.label in critical and f.probability >= critical[f.label]
+                for f in prediction.findings
+            )
+        critical_studies += int(alarming)
         seconds = (data.get("timings") or {}).get("model_total")
         if isinstance(seconds, int | float):
             latencies.append(float(seconds))
@@ -315,7 +340,16 @@ def _figures_of(summaries: Iterable[dict[str, Any]], jobs: Sequence[str] = ()) -
         for s in jobs
         if s in (JobState.FAILED.value, JobState.DEAD_LETTERED.value, JobState.SUCCEEDED.value)
     )
-    return SideFigures(studies, failed, finished, findings, positives, refused, tuple(latencies))
+    return SideFigures(
+        studies,
+        failed,
+        finished,
+        findings,
+        positives,
+        refused,
+        tuple(latencies),
+        critical_studies,
+    )
 
 
 @dataclass(frozen=True)
@@ -361,6 +395,16 @@ def judge(candidate: SideFigures, active: SideFigures, bounds: CanaryBounds) -> 
             f"positive-finding rate {cand_pos:.2f} vs active {act_pos:.2f} "
             f"(> +{bounds.max_positive_rate_increase:.2f})"
         )
+    cand_crit, act_crit = candidate.critical_rate, active.critical_rate
+    if (
+        cand_crit is not None
+        and act_crit is not None
+        and cand_crit - act_crit > bounds.max_critical_rate_increase
+    ):
+        breaches.append(
+            f"critical-finding rate {cand_crit:.2f} vs active {act_crit:.2f} "
+            f"(> +{bounds.max_critical_rate_increase:.2f})"
+        )
     cand_ref, act_ref = candidate.refusal_rate, active.refusal_rate
     if (
         cand_ref is not None
@@ -390,8 +434,18 @@ class RolloutStore:
         The gateway's database (shared by every process of the gateway).
     """
 
-    def __init__(self, database: Database) -> None:
+    def __init__(self, database: Database, critical: Mapping[str, float] | None = None) -> None:
         self.database = database
+        self._critical = None if critical is None else dict(critical)
+
+    @property
+    def critical(self) -> dict[str, float]:
+        """Critical findings and their alert thresholds (triage's defaults unless given)."""
+        if self._critical is None:
+            from overread.triage import TriageConfig
+
+            self._critical = dict(TriageConfig().alerts.critical)
+        return self._critical
 
     # reading
     def current(self, alias: str) -> Rollout | None:
@@ -589,8 +643,8 @@ class RolloutStore:
                     Result.created_at >= baseline,
                 )
             ).all()
-        candidate = _figures_of(candidate_summaries, list(job_states))
-        active = _figures_of(active_summaries)
+        candidate = _figures_of(candidate_summaries, list(job_states), self.critical)
+        active = _figures_of(active_summaries, (), self.critical)
         return CanaryVerdict(
             rollout.alias, candidate, active, judge(candidate, active, rollout.bounds)
         )

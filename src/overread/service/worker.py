@@ -123,7 +123,7 @@ class Worker:
         services = JobServices(config, database, store, queue, self.name)
         self.inference = InferenceHandler(services, models, artifacts)
         self.exporters = Exporters(services)
-        self.rollouts = RolloutStore(database)
+        self.rollouts = RolloutStore(database, self.inference.triage.alerts.critical)
 
     def run_once(self) -> Job | None:
         """Claim and run one job; return it (as claimed), or ``None`` if none was ready."""
