@@ -296,3 +296,40 @@ def test_rollouts_and_kill_switches_over_rest_need_the_admin_role(
     assert registry.aliases()["chest"] == ACTIVE
     actors = {d.get("reason"): d for d in _events(service, AuditAction.ROLLOUT_ROLLBACK)}
     assert actors["by hand (REST)"]["actor"].startswith("admin-")
+
+
+def test_a_canary_that_fails_is_rolled_back_on_its_failure_rate(
+    make_service: Callable[..., Gateway],
+    storescp: Storescp,
+    dx_factory: Callable[..., Path],
+    registry: Registry,
+) -> None:
+    service = _start(make_service, registry, storescp)
+    # Started through another registry object: the gateway's has not loaded 1.1.1.
+    rollouts = ModelRollouts(Registry(registry.root), service.database)
+    bounds = CanaryBounds(min_studies=2)
+    rollouts.start(
+        "chest", GOOD, RolloutState.CANARY, actor="tests", canary_share=0.5, bounds=bounds
+    )
+    # Then its weights are damaged on disk: it no longer verifies, every job fails.
+    for name in ("model.onnx", "model.int8.onnx", "model.pt"):
+        weights = registry.root / "cxr-default" / "1.1.1" / name
+        data = bytearray(weights.read_bytes())
+        data[-1] ^= 0xFF
+        weights.write_bytes(bytes(data))
+    inside = _uids(True, 3, 0.5)
+    for n, uid in enumerate(inside[:2]):
+        _send(service, dx_factory, uid)
+        wait_until(_settled(service, n + 1))
+    assert [(j.model_version, j.state) for j in _jobs(service)] == [("1.1.1", "dead_lettered")] * 2
+    rollout = rollouts.store.current("chest")
+    assert rollout is not None and rollout.state is RolloutState.ROLLED_BACK
+    assert rollout.reason == "automatic: failure rate 1.00 > 0.20"
+    # The next study of the canary's share is read (and sent) by the active version.
+    _send(service, dx_factory, inside[2])
+    wait_until(_settled(service, 4))
+    assert [(j.kind, j.model_version, j.state) for j in _jobs(service)[2:]] == [
+        ("infer", "1.1.0", "succeeded"),
+        ("export", "1.1.0", "succeeded"),
+    ]
+    assert len(storescp.files()) == 1

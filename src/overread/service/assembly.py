@@ -38,7 +38,13 @@ from overread.service.db import (
 )
 from overread.service.jobs import JobQueue
 from overread.service.payloads import InferPayload
-from overread.service.rollout import RolloutRole, RolloutState, RolloutStore, in_canary
+from overread.service.rollout import (
+    RolloutRole,
+    RolloutState,
+    RolloutStore,
+    in_canary,
+    split_ref,
+)
 from overread.service.routing import InstanceFacts, Router
 from overread.service.runtime import ModelIdentity, PipelineProvider
 
@@ -84,6 +90,9 @@ class StudyAssembler:
         try:
             return self.models.identify(alias)
         except (OverreadError, OSError, ImportError) as exc:
+            if "@" in alias:  # a rollout's name@version: its failures count against it
+                logger.error("model %s cannot be loaded (%s)", alias, exc)
+                return ModelIdentity(*split_ref(alias))
             logger.error("model %r cannot be resolved (%s); job keyed on the alias", alias, exc)
             return ModelIdentity(alias, "unresolved")
 
