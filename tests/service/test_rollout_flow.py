@@ -297,6 +297,25 @@ def test_rollouts_and_kill_switches_over_rest_need_the_admin_role(
     actors = {d.get("reason"): d for d in _events(service, AuditAction.ROLLOUT_ROLLBACK)}
     assert actors["by hand (REST)"]["actor"].startswith("admin-")
 
+    # Promotion (no test cohort registered: no gate to pass) ends a shadow.
+    shadow = {"target": GOOD, "state": "shadow"}
+    assert httpx.put(rollout, json=shadow, headers=admin, timeout=10).status_code == 200
+    promote = f"{rollout}/promote"
+    assert httpx.post(promote, json={}, headers=radiologist, timeout=10).status_code == 403
+    promoted = httpx.post(promote, json={}, headers=admin, timeout=10)
+    assert promoted.status_code == 200, promoted.text
+    assert promoted.json() == {
+        "alias": "chest",
+        "target": GOOD,
+        "promoted": True,
+        "gate": None,
+        "gate_skipped": False,
+    }
+    assert registry.aliases()["chest"] == GOOD
+    assert httpx.post(promote, json={}, headers=admin, timeout=10).status_code == 422
+    [done] = _events(service, AuditAction.ROLLOUT_PROMOTE)
+    assert done["state"] == "promoted" and done["candidate"] == GOOD
+
 
 def test_a_canary_that_fails_is_rolled_back_on_its_failure_rate(
     make_service: Callable[..., Gateway],

@@ -237,39 +237,25 @@ def set_alias(
             f"beside {rollout.active_ref}"
         )
         return
-    rollouts = _rollouts(registry)
-    evidence: dict[str, object] = {}
-    target_ref = ref
-    if gate and alias in registry.aliases():
-        from overread.service.release_gate import CohortPurpose, CohortRegistry, release_gate
+    from overread.service.release_gate import promote
 
-        if CohortRegistry(rollouts.store.database).list(CohortPurpose.TEST):
-            typer.echo(f"release gate: {ref} against {alias} ...", err=True)
-            decision, target_ref = release_gate(
-                registry, rollouts.store.database, ref, alias, actor=_operator()
-            )
-            evidence["gate"] = decision.to_dict()
-            for check in decision.checks:
-                if not check.passed:
-                    typer.echo(f"  FAILED {check.cohort}: {check.check} {check.figures}", err=True)
-            for problem in decision.problems:
-                typer.echo(f"  FAILED: {problem}", err=True)
-            if not decision.passed:
-                if as_json:
-                    typer.echo(json.dumps({"alias": alias, "promoted": False, **evidence}))
-                typer.echo(
-                    f"error: {ref} did not pass the release gate; {alias} unchanged", err=True
-                )
-                raise typer.Exit(1)
-        else:
-            evidence["gate"] = None
-    elif not gate:
-        evidence["gate_skipped"] = True
-    target = rollouts.promote(alias, target_ref, actor=_operator(), evidence=evidence)
+    typer.echo(
+        f"promoting {ref} on {alias} (release gate when test cohorts are registered)", err=True
+    )
+    outcome = promote(_rollouts(registry), alias, ref, actor=_operator(), gate=gate)
+    if outcome.decision is not None:
+        for check in outcome.decision.checks:
+            if not check.passed:
+                typer.echo(f"  FAILED {check.cohort}: {check.check} {check.figures}", err=True)
+        for problem in outcome.decision.problems:
+            typer.echo(f"  FAILED: {problem}", err=True)
     if as_json:
-        typer.echo(json.dumps({"alias": alias, "target": target, "promoted": True, **evidence}))
-        return
-    typer.echo(f"{alias} -> {target}")
+        typer.echo(json.dumps(outcome.to_dict()))
+    if not outcome.promoted:
+        typer.echo(f"error: {ref} did not pass the release gate; {alias} unchanged", err=True)
+        raise typer.Exit(1)
+    if not as_json:
+        typer.echo(f"{alias} -> {outcome.target}")
 
 
 @models_app.command("rollback")

@@ -56,6 +56,7 @@ from overread.errors import ConfigError, ModelPackageError
 if TYPE_CHECKING:
     from overread.models.package import ModelPackage
     from overread.models.registry import Registry
+    from overread.service.rollout import ModelRollouts
 
 
 class CohortPurpose(enum.StrEnum):
@@ -601,6 +602,73 @@ def release_gate(
     return decision, judged
 
 
+@dataclass(frozen=True)
+class Promotion:
+    """What a promotion did: the alias's new target (None when refused) and the gate's
+    decision (None when no test cohort is registered or the gate was skipped)."""
+
+    alias: str
+    target: str | None
+    decision: GateDecision | None
+    gate_skipped: bool = False
+
+    @property
+    def promoted(self) -> bool:
+        """Whether the alias now points at the candidate."""
+        return self.target is not None
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON for ``overread models alias --json`` and the REST API."""
+        return {
+            "alias": self.alias,
+            "target": self.target,
+            "promoted": self.promoted,
+            "gate": None if self.decision is None else self.decision.to_dict(),
+            "gate_skipped": self.gate_skipped,
+        }
+
+
+def promote(
+    rollouts: ModelRollouts,
+    alias: str,
+    candidate: str | None = None,
+    *,
+    actor: str,
+    role: str = "",
+    gate: bool = True,
+    criteria: GateCriteria | None = None,
+) -> Promotion:
+    """Promote ``candidate`` (default: the alias's open rollout's) on ``alias``.
+
+    With a test cohort registered (and ``gate``), the release gate runs first: its
+    fitted version is what is promoted, and a failed gate leaves the alias as it was
+    (``target`` None). The promotion is audited with the gate's evidence.
+    """
+    if candidate is None:
+        rollout = rollouts.store.open_rollout(alias)
+        if rollout is None:
+            raise ConfigError(f"alias {alias!r} has no shadow or canary to promote")
+        candidate = rollout.candidate_ref
+    database = rollouts.store.database
+    decision: GateDecision | None = None
+    target_ref = candidate
+    if (
+        gate
+        and alias in rollouts.registry.aliases()
+        and CohortRegistry(database).list(CohortPurpose.TEST)
+    ):
+        decision, target_ref = release_gate(
+            rollouts.registry, database, candidate, alias, actor=actor, role=role, criteria=criteria
+        )
+        if not decision.passed:
+            return Promotion(alias, None, decision)
+    evidence: dict[str, Any] = {"gate": None if decision is None else decision.to_dict()}
+    if not gate:
+        evidence["gate_skipped"] = True
+    target = rollouts.promote(alias, target_ref, actor=actor, role=role, evidence=evidence)
+    return Promotion(alias, target, decision, gate_skipped=not gate)
+
+
 __all__ = [
     "Cohort",
     "CohortPurpose",
@@ -609,9 +677,11 @@ __all__ = [
     "GateCheck",
     "GateCriteria",
     "GateDecision",
+    "Promotion",
     "RegisteredCohort",
     "fit_operating_points",
     "judge_cohort",
+    "promote",
     "read_cohort",
     "release_gate",
     "verify_cohort",

@@ -2,8 +2,8 @@
 
 Reading needs ``view_results``; every change needs ``manage_models`` (the admin
 role) and is audited with the caller as actor (``rollout-start``, ``rollout-rollback``,
-``kill-switch``). Promotion goes through ``overread models alias``, which runs the
-release gate on the registered cohorts first; rolling back is also
+``kill-switch``). Promotion runs the release gate on the registered cohorts first
+(as ``overread models alias`` does); rolling back is
 ``POST /api/models/aliases/{alias}/rollback``.
 """
 
@@ -12,11 +12,13 @@ from __future__ import annotations
 from typing import Any, Literal
 
 from fastapi import APIRouter, Depends, HTTPException, Path
+from fastapi.responses import JSONResponse
 from pydantic import BaseModel, ConfigDict, Field
 from starlette.concurrency import run_in_threadpool
 
 from overread.errors import ConfigError, ModelPackageError
 from overread.security import Permission, Principal
+from overread.service.release_gate import promote
 from overread.service.rollout import CanaryBounds, ModelRollouts, RolloutState
 from overread.web.api.guards import caller, context, invalid, not_found, route
 from overread.web.context import WebContext
@@ -117,6 +119,51 @@ def start_rollout(
     except (ConfigError, TypeError) as exc:
         raise invalid(str(exc)) from None
     return rollout.to_dict()
+
+
+class PromoteRequest(BaseModel):
+    """Promote ``target`` (default: the alias's open rollout's candidate)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    target: str | None = Field(
+        default=None, min_length=1, max_length=200, pattern=r"^[A-Za-z0-9][A-Za-z0-9._@+-]*$"
+    )
+
+
+@route(
+    router,
+    "POST",
+    "/api/rollouts/{alias}/promote",
+    permission=Permission.MANAGE_MODELS,
+    responses={
+        404: {"description": "No such package"},
+        409: {"description": "The release gate refused the candidate"},
+        422: {"description": "Nothing to promote, or a cohort changed"},
+    },
+)
+async def promote_rollout(
+    body: PromoteRequest,
+    alias: str = Path(pattern=_ALIAS),
+    ctx: WebContext = Depends(context),
+    who: Principal = Depends(caller),
+) -> JSONResponse:
+    """Promote through the release gate (when test cohorts are registered); audited.
+    409 with the gate's evidence when it refuses; the alias is then unchanged."""
+    try:
+        outcome = await run_in_threadpool(
+            promote,
+            _rollouts(ctx),
+            alias,
+            body.target,
+            actor=who.username,
+            role=who.role.value,
+        )
+    except ModelPackageError as exc:
+        raise not_found(str(exc)) from None
+    except ConfigError as exc:
+        raise invalid(str(exc)) from None
+    return JSONResponse(outcome.to_dict(), status_code=200 if outcome.promoted else 409)
 
 
 @route(
