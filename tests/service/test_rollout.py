@@ -138,3 +138,15 @@ def test_releasing_a_switch_frees_only_exports_no_other_switch_holds(database: D
     with database.session() as session:
         states = sorted(session.scalars(select(Job.state)).all())
     assert states == ["queued", "queued"]
+
+
+def test_widening_a_canary_keeps_its_start_and_a_new_state_starts_afresh(
+    database: Database,
+) -> None:
+    store = RolloutStore(database, critical={})
+    refs = {"active_ref": "m@1", "candidate_ref": "m@2", "actor": "t"}
+    shadow = store.start("chest", state=RolloutState.SHADOW, **refs)
+    narrow = store.start("chest", state=RolloutState.CANARY, canary_share=0.1, **refs)
+    wide = store.start("chest", state=RolloutState.CANARY, canary_share=0.5, **refs)
+    assert narrow.started_at > shadow.started_at
+    assert wide.started_at == narrow.started_at and wide.canary_share == 0.5

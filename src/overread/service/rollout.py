@@ -499,8 +499,9 @@ class RolloutStore:
             if row is None:
                 row = ModelRollout(alias=alias)
                 session.add(row)
-            same = previous is not None and row.candidate_ref == candidate_ref
-            if not (same and RolloutState(previous or "shadow").open):
+            # A canary's figures count from its start: a new candidate or a shadow
+            # turned canary starts afresh; widening a canary's share does not.
+            if not (previous == state.value and row.candidate_ref == candidate_ref):
                 row.started_at = now
             row.state = state.value
             row.active_ref = active_ref
