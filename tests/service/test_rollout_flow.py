@@ -89,6 +89,14 @@ def _settled(service: Gateway, count: int) -> Callable[[], bool]:
     return check
 
 
+def _rolled_back(rollouts: ModelRollouts) -> Callable[[], bool]:
+    def check() -> bool:
+        rollout = rollouts.store.current("chest")
+        return rollout is not None and rollout.state is RolloutState.ROLLED_BACK
+
+    return check
+
+
 def _send(service: Gateway, dx_factory: Callable[..., Path], study_uid: str) -> Path:
     image = dx_factory(study_uid=study_uid, size=256)
     storescu(service.dicom_port or 0, [image])
@@ -206,6 +214,8 @@ def test_canary_split_is_by_study_uid_and_a_bad_candidate_is_rolled_back(
     for n, uid in enumerate(order):
         _send(service, dx_factory, uid)
         wait_until(_settled(service, 6 + 2 * (n + 1)))
+    # The worker judges the canary right after the job it finished.
+    wait_until(_rolled_back(rollouts))
     rollout = rollouts.store.current("chest")
     assert rollout is not None and rollout.state is RolloutState.ROLLED_BACK
     assert rollout.reason.startswith("automatic: positive-finding rate 1.00")
@@ -341,6 +351,7 @@ def test_a_canary_that_fails_is_rolled_back_on_its_failure_rate(
         _send(service, dx_factory, uid)
         wait_until(_settled(service, n + 1))
     assert [(j.model_version, j.state) for j in _jobs(service)] == [("1.1.1", "dead_lettered")] * 2
+    wait_until(_rolled_back(rollouts))
     rollout = rollouts.store.current("chest")
     assert rollout is not None and rollout.state is RolloutState.ROLLED_BACK
     assert rollout.reason == "automatic: failure rate 1.00 > 0.20"
