@@ -150,3 +150,32 @@ def test_widening_a_canary_keeps_its_start_and_a_new_state_starts_afresh(
     wide = store.start("chest", state=RolloutState.CANARY, canary_share=0.5, **refs)
     assert narrow.started_at > shadow.started_at
     assert wide.started_at == narrow.started_at and wide.canary_share == 0.5
+
+
+def test_an_export_of_a_killed_model_is_held_without_counting_an_attempt(
+    database_url: str,
+) -> None:
+    db = Database(database_url)
+    try:
+        queue = JobQueue(db)
+        with db.session() as session:
+            job_id, _ = queue.enqueue(
+                session,
+                study_instance_uid="1.2.3",
+                model_name="m",
+                model_version="1",
+                kind=JobKind.EXPORT,
+                destination="PACS",
+                payload={},
+            )
+        claimed = queue.claim("w", lease_seconds=30)
+        assert claimed is not None and claimed.id == job_id and claimed.attempts == 1
+        with db.session() as session:
+            queue.hold(session, job_id, "w", "held: kill switch of m engaged")
+        with db.session() as session:
+            job = session.get(Job, job_id)
+            assert job is not None
+            assert (job.state, job.attempts, job.lease_owner) == ("held", 0, None)
+        assert queue.claim("w", lease_seconds=30) is None  # held is never claimed
+    finally:
+        db.dispose()
