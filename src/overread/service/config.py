@@ -510,6 +510,17 @@ class ServiceConfig(BaseModel):
         default=False,
         description="serve /metrics without signing in (for a Prometheus on a trusted network)",
     )
+    metrics_scrape_token: SecretStr | None = Field(
+        default=None,
+        description="a bearer token that lets a scraper read /metrics without an account "
+        "(Authorization: Bearer TOKEN); at least 16 characters",
+        min_length=16,
+    )
+    metrics_allowed_addresses: list[str] = Field(
+        default_factory=list,
+        description="addresses or CIDR networks whose callers read /metrics without "
+        "signing in (the scraper's host)",
+    )
     public_api_docs: bool = Field(
         default=False,
         description="serve /docs, /redoc and /openapi.json to anonymous callers "
@@ -521,7 +532,7 @@ class ServiceConfig(BaseModel):
     def _valid_ae_title(cls, value: str) -> str:
         return _check_ae_title(value)
 
-    @field_validator("trusted_proxies")
+    @field_validator("trusted_proxies", "metrics_allowed_addresses")
     @classmethod
     def _valid_networks(cls, value: list[str]) -> list[str]:
         """Normalised (``10.0.0.5/8`` is ``10.0.0.0/8``): the HTTP server matches exactly."""

@@ -35,7 +35,8 @@ class JobState(enum.StrEnum):
 
     ``received -> queued -> running -> succeeded``; a failure with attempts left goes
     to ``failed`` (retryable, waiting for ``next_attempt_at``) and is claimed again;
-    with no attempts left it goes to ``dead_lettered`` and stays visible.
+    with no attempts left it goes to ``dead_lettered`` and stays visible. An export of
+    a model whose kill switch is engaged waits in ``held`` until the switch is released.
     """
 
     RECEIVED = "received"
@@ -44,6 +45,8 @@ class JobState(enum.StrEnum):
     SUCCEEDED = "succeeded"
     FAILED = "failed"
     DEAD_LETTERED = "dead_lettered"
+    #: An export of a model whose kill switch is engaged: kept, not sent, until released.
+    HELD = "held"
 
 
 class JobKind(enum.StrEnum):

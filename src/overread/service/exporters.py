@@ -34,6 +34,7 @@ from overread.service.payloads import (
     Hl7ExportPayload,
     StowExportPayload,
 )
+from overread.service.rollout import RolloutStore
 from overread.service.scu import SendStatus, send_files
 
 logger = logging.getLogger(__name__)
@@ -464,13 +465,30 @@ class Exporters:
     """The exporter of each destination kind, chosen by an export job's typed payload."""
 
     def __init__(self, services: JobServices) -> None:
+        self.services = services
         self.dicom: Exporter[DicomExportPayload] = DicomExporter(services)
         self.fhir: Exporter[FhirExportPayload] = FhirExporter(services)
         self.hl7: Exporter[Hl7ExportPayload] = Hl7Exporter(services)
         self.stow: Exporter[StowExportPayload] = StowExporter(services)
+        self.rollouts = RolloutStore(services.database)
+
+    def _held(self, job: Job) -> bool:
+        """Hold ``job`` (nothing sent) when its model's kill switch is engaged."""
+        with self.services.database.session() as session:
+            switch = self.rollouts.killed(session, job.model_name, job.model_version)
+            if switch is None:
+                return False
+            self.services.queue.hold(
+                session, job.id, self.services.owner, f"held: kill switch of {switch} engaged"
+            )
+        logger.warning("job %d: export held, kill switch of %s engaged", job.id, switch)
+        return True
 
     def export(self, job: Job, payload: ExportPayload) -> None:
-        """Hand ``job`` to the exporter of its payload's kind."""
+        """Hand ``job`` to the exporter of its payload's kind (or hold it, when its
+        model's kill switch is engaged: see :mod:`overread.service.rollout`)."""
+        if self._held(job):
+            return
         match payload:
             case DicomExportPayload():
                 self.dicom.export(job, payload)

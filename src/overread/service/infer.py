@@ -34,6 +34,7 @@ from overread.service.payloads import (
     InferPayload,
     StowExportPayload,
 )
+from overread.service.rollout import RolloutRole, RolloutStore
 from overread.service.routing import InstanceFacts, route_matches
 from overread.service.runtime import (
     ArtifactBuilder,
@@ -131,7 +132,7 @@ class InferenceHandler:
         if not items:
             raise InferenceError(f"study {job.study_instance_uid} has no stored instances")
         paths = [p for p, _ in items]
-        pipeline = self.models.get(alias)
+        pipeline = self.models.get(payload.model_ref)
         cam_segmentation = alias in self.services.config.cam_segmentation
         explain = self.services.config.explain or cam_segmentation
         predictions = list(
@@ -168,7 +169,8 @@ class InferenceHandler:
         header = metadata_from_dataset(readings[0][1]) if readings else ImageMetadata()
         context = _study_context(items, header)
         artifacts: list[dict[str, Any]] = []
-        if self.artifacts is not None:
+        # A shadow's result is never sent: no DICOM objects are built for it.
+        if self.artifacts is not None and payload.role is not RolloutRole.SHADOW:
             built_objects = self.artifacts.build_study(
                 readings,
                 cam_segmentation=cam_segmentation,
@@ -279,13 +281,22 @@ class InferenceHandler:
                     details["override_gate"] = True
                 if _not_analysed_summary(summary or {}):
                     details["not_analysed"] = True
+                if payload.role is not None:
+                    details["rollout"] = payload.role.value
+                    RolloutStore(self.services.database).mark_result(
+                        session, result, alias=payload.alias, role=payload.role
+                    )
                 self.services.audit(
                     session,
                     action=AuditAction.INFERENCE,
                     object_uids=[job.study_instance_uid],
                     details=details,
                 )
-                triage_result(session, result, context or _EMPTY_CONTEXT, self.triage, now=utcnow())
+                if payload.role is not RolloutRole.SHADOW:
+                    # A shadow's findings reach no worklist and raise no alert.
+                    triage_result(
+                        session, result, context or _EMPTY_CONTEXT, self.triage, now=utcnow()
+                    )
                 has_artifacts = bool(artifacts)
             else:
                 stored = session.get(Result, result_id)
@@ -294,6 +305,8 @@ class InferenceHandler:
             # and the worklist say why); its export would only fail.
             reported = session.get(Result, result_id)
             analysed = reported is None or not _not_analysed_result(reported)
+            if payload.role is RolloutRole.SHADOW:
+                analysed, has_artifacts = False, False  # stored, never exported
             for endpoint in self.services.config.fhir_endpoints if analysed else ():
                 self.services.queue.enqueue(
                     session,
