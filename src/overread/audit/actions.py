@@ -35,6 +35,8 @@ class AuditAction(enum.StrEnum):
     USER_CHANGE = "user-change"
     AUDIT_EXPORT = "audit-export"
     AUDIT_CHECKPOINT = "audit-checkpoint"
+    #: The retention policy deleted a study's images, results or finished jobs.
+    RETENTION_DELETE = "retention-delete"
 
 
 __all__ = ["AuditAction"]

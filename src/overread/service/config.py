@@ -54,6 +54,7 @@ from pydantic import (
 
 from overread.config import Settings
 from overread.errors import ConfigError
+from overread.service.retention_settings import RetentionSettings
 
 _AE_RE = re.compile(r"^[ -~]{1,16}$")
 
@@ -418,6 +419,10 @@ class ServiceConfig(BaseModel):
     public_metrics: bool = Field(
         default=False,
         description="serve /metrics without signing in (for a Prometheus on a trusted network)",
+    )
+    retention: RetentionSettings = Field(
+        default_factory=RetentionSettings,
+        description="The [service.retention] table: retention periods and disk watermarks",
     )
     public_api_docs: bool = Field(
         default=False,
