@@ -393,3 +393,22 @@ def test_the_cli_dry_run_and_run(
 
     status, _, err = run_cli("retention", "run", "--images-days", "0", "--data-dir", data_dir)
     assert status == 2 and err.startswith("error:")
+
+
+def test_a_database_at_the_baseline_gains_the_purge_columns(tmp_path: Path) -> None:
+    import sqlalchemy as sa
+    from alembic import command
+
+    from overread.db import SchemaState, upgrade_schema
+    from overread.db.schema import alembic_config
+
+    engine = sa.create_engine(f"sqlite:///{tmp_path / 'old.db'}")
+    with engine.begin() as conn:
+        command.upgrade(alembic_config(conn), "0001")
+    columns = {c["name"] for c in sa.inspect(engine).get_columns("studies")}
+    assert "images_purged_at" not in columns
+    before, after = upgrade_schema(engine)
+    assert before.state is SchemaState.OLDER and after.state is SchemaState.CURRENT
+    columns = {c["name"] for c in sa.inspect(engine).get_columns("studies")}
+    assert {"images_purged_at", "results_purged_at"} <= columns
+    engine.dispose()
