@@ -384,7 +384,7 @@ def test_the_cli_dry_run_and_run(
 
     status, out, err = run_cli("retention", "run", "--images-days", "30", "--data-dir", data_dir)
     assert status == 0, err
-    assert "data of 1 stud(ies) deleted, 1 audit event(s)" in out
+    assert "data of 1 study deleted, 1 audit event" in out
     assert _count(site, Instance, old) == 0 and _count(site, Instance, keep) == 2
     events = _events(site)
     assert [e.object_uids for e in events] == [[old]] and events[0].actor.startswith("os:")

@@ -43,7 +43,12 @@ def _size(nbytes: int) -> str:
     return f"{nbytes / 1024**3:.2f} GiB"
 
 
-_UNITS = {"images": "instance(s)", "results": "result(s)", "jobs": "job(s)"}
+_UNITS = {"images": "instance", "results": "result", "jobs": "job"}
+
+
+def _count(number: int, noun: str) -> str:
+    plural = "studies" if noun == "study" else f"{noun}s"
+    return f"{number} {noun if number == 1 else plural}"
 
 
 def _lines(report: RetentionReport) -> list[str]:
@@ -53,16 +58,17 @@ def _lines(report: RetentionReport) -> list[str]:
     lines = [
         "retention dry run: nothing deleted"
         if report.dry_run
-        else f"retention run: data of {len(report.applied)} stud(ies) deleted, "
-        f"{report.audit_events} audit event(s)"
+        else f"retention run: data of {_count(len(report.applied), 'study')} deleted, "
+        f"{_count(report.audit_events, 'audit event')}"
     ]
     for name, total in data["classes"].items():
         if total["days"] is None:
             lines.append(f"{name:<8} kept forever (no {name}_days)")
             continue
+        size = "" if name == "jobs" else f", {_size(total['bytes'])}"
         lines.append(
-            f"{name:<8} older than {total['days']} d: {len(total['studies'])} stud(ies), "
-            f"{total['count']} {_UNITS[name]}, {_size(total['bytes'])}"
+            f"{name:<8} older than {total['days']} d: {_count(len(total['studies']), 'study')}, "
+            f"{_count(total['count'], _UNITS[name])}{size}"
         )
         lines.extend(f"  {uid}" for uid in total["studies"])
     objects = data["objects"]
