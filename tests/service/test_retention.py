@@ -130,8 +130,8 @@ def _count(site: Site, table: Any, uid: str) -> int:
         )
 
 
-def _events(site: Site) -> list[AuditEvent]:
-    with site.database.session() as session:
+def _events(database: Database) -> list[AuditEvent]:
+    with database.session() as session:
         events = list(
             session.scalars(
                 select(AuditEvent)
@@ -193,7 +193,7 @@ def test_dry_run_lists_exactly_what_the_run_deletes(
 
     dry = run_retention(site.database, site.store, settings, dry_run=True, now=NOW)
 
-    assert _snapshot(site) == before and _events(site) == []
+    assert _snapshot(site) == before and _events(site.database) == []
     totals = dry.plan.totals()
     assert totals[DataClass.IMAGES].studies == tuple(sorted([old, shared]))
     assert totals[DataClass.IMAGES].count == 3
@@ -238,7 +238,7 @@ def test_dry_run_lists_exactly_what_the_run_deletes(
     assert rows[shared].images_purged_at is not None and rows[shared].results_purged_at is None
     assert rows[recent].images_purged_at is None and rows[pending].images_purged_at is None
     # One audit event per study, naming the policy, classes, counts and bytes.
-    events = _events(site)
+    events = _events(site.database)
     assert sorted(e.object_uids[0] for e in events) == sorted([old, shared])
     details = {e.object_uids[0]: e.details for e in events}
     assert details[old]["policy"] == "service.retention"
@@ -254,7 +254,7 @@ def test_dry_run_lists_exactly_what_the_run_deletes(
     assert verify_chain(site.database.engine).ok
     # A second run finds nothing more to do.
     again = run_retention(site.database, site.store, settings, now=NOW)
-    assert again.plan.empty and len(_events(site)) == 2
+    assert again.plan.empty and len(_events(site.database)) == 2
 
 
 def test_each_class_follows_its_own_period(site: Site, dx_factory: Callable[..., Path]) -> None:
@@ -311,7 +311,7 @@ def test_a_job_queued_between_plan_and_run_saves_its_study(
 
     assert report.applied == () and report.removed_objects == 0
     assert _count(site, Instance, uid) == 2 and all(site.store.exists(k) for k in _keys(site, uid))
-    assert _events(site) == []
+    assert _events(site.database) == []
 
 
 def test_a_study_still_being_assembled_is_kept(site: Site, dx_factory: Callable[..., Path]) -> None:
@@ -386,7 +386,7 @@ def test_the_cli_dry_run_and_run(
     assert status == 0, err
     assert "data of 1 study deleted, 1 audit event" in out
     assert _count(site, Instance, old) == 0 and _count(site, Instance, keep) == 2
-    events = _events(site)
+    events = _events(site.database)
     assert [e.object_uids for e in events] == [[old]] and events[0].actor.startswith("os:")
     assert verify_chain(site.database.engine).ok
     site.database.dispose()
@@ -412,3 +412,27 @@ def test_a_database_at_the_baseline_gains_the_purge_columns(tmp_path: Path) -> N
     columns = {c["name"] for c in sa.inspect(engine).get_columns("studies")}
     assert {"images_purged_at", "results_purged_at"} <= columns
     engine.dispose()
+
+
+@pytest.mark.service
+def test_the_running_gateway_cleans_up_periodically(
+    tmp_path: Path, dx_factory: Callable[..., Path], make_service: Callable[..., Any]
+) -> None:
+    from .conftest import wait_until
+
+    config = service_config(Settings(data_dir=tmp_path / "data"))
+    site = _open(config.database_url, tmp_path / "data" / "objects")
+    old = _study(site, dx_factory, days_old=40)
+    recent = _study(site, dx_factory, days_old=1)
+    keys = _keys(site, old)
+    site.database.dispose()
+
+    service = make_service(workers=0, retention={"images_days": 30, "interval_seconds": 0.2})
+
+    wait_until(lambda: len(_events(service.database)) == 1)
+    (event,) = _events(service.database)
+    assert event.actor == "system:retention" and event.object_uids == [old]
+    assert not any(service.store.exists(k) for k in keys)
+    with service.database.session() as session:
+        left = session.scalars(select(Instance.study_instance_uid)).all()
+    assert set(left) == {recent}
