@@ -95,8 +95,12 @@ def test_migrated_schema_equals_the_models(empty_url: str) -> None:
 @pytest.mark.parametrize(
     ("revision", "state", "message"),
     [
-        ("9999", SchemaState.NEWER, "database schema 9999 is newer than this overread (0001); "),
-        ("0000", SchemaState.UNKNOWN, "database schema 0000 is unknown to this overread (0001); "),
+        ("9999", SchemaState.NEWER, "database schema 9999 is newer than this overread ({head}); "),
+        (
+            "0000",
+            SchemaState.UNKNOWN,
+            "database schema 0000 is unknown to this overread ({head}); ",
+        ),
         ("a1b2c3", SchemaState.UNKNOWN, "database schema a1b2c3 is unknown to this overread"),
     ],
 )
@@ -109,7 +113,8 @@ def test_newer_and_unknown_revisions_are_refused(
     assert schema_status(engine).state is state
     with pytest.raises(DatabaseSchemaError) as refused:
         Database(empty_url)
-    assert str(refused.value).startswith(message) and "\n" not in str(refused.value)
+    expected = message.format(head=head_revision())
+    assert str(refused.value).startswith(expected) and "\n" not in str(refused.value)
     with pytest.raises(DatabaseSchemaError, match=f"database schema {revision} is"):
         upgrade_schema(engine)
     # Refusing changed nothing.

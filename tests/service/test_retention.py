@@ -407,10 +407,27 @@ def test_a_database_at_the_baseline_gains_the_purge_columns(tmp_path: Path) -> N
         command.upgrade(alembic_config(conn), "0001")
     columns = {c["name"] for c in sa.inspect(engine).get_columns("studies")}
     assert "images_purged_at" not in columns
+    moment = NOW - timedelta(days=3)
+    with engine.begin() as conn:
+        conn.execute(
+            sa.text(
+                "INSERT INTO studies (study_instance_uid, state, instance_count, "
+                "first_instance_at, last_instance_at, complete_reason) "
+                "VALUES ('1.2.3', 'routed', 4, :t, :t, 'explicit')"
+            ),
+            {"t": moment},
+        )
     before, after = upgrade_schema(engine)
     assert before.state is SchemaState.OLDER and after.state is SchemaState.CURRENT
     columns = {c["name"] for c in sa.inspect(engine).get_columns("studies")}
     assert {"images_purged_at", "results_purged_at"} <= columns
+    with engine.connect() as conn:
+        row = conn.execute(
+            sa.text(
+                "SELECT study_instance_uid, state, instance_count, images_purged_at FROM studies"
+            )
+        ).one()
+    assert tuple(row) == ("1.2.3", "routed", 4, None)
     engine.dispose()
 
 
