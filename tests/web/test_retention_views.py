@@ -80,6 +80,8 @@ def test_the_study_page_and_api_say_when_retention_deleted_the_images(tmp_path: 
         today = utcnow().date().isoformat()
         assert after.status_code == 200 and 'id="heatmap"' not in after.text
         assert f"Images deleted by retention policy on {today}." in after.text
+        gone = client.get(f"/studies/{uid}/image.png")
+        assert gone.status_code == 404, gone.text
         detail = client.get(
             f"/api/studies/{uid}", headers={"Authorization": f"Bearer {token}"}
         ).json()
