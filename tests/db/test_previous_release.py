@@ -18,14 +18,16 @@ import overread.security.schema
 import overread.service.db
 import overread.triage.schema  # noqa: F401
 from overread.db import SchemaState, head_revision, schema_status, upgrade_schema
+from overread.db.schema import BASELINE_TABLES
 
 DDL = Path(__file__).parent / "data" / "previous_release_sqlite.sql"
-QUERY = "SELECT type, name, sql FROM sqlite_master WHERE name NOT LIKE 'sqlite_%'"
+QUERY = "SELECT type, name, tbl_name, sql FROM sqlite_master WHERE name NOT LIKE 'sqlite_%'"
 
 
 def _schema(path: Path) -> dict[tuple[str, str], str]:
+    """The baseline's tables and indexes (later revisions' tables are left out)."""
     with sqlite3.connect(path) as con:
-        return {(t, n): s for t, n, s in con.execute(QUERY) if n != "alembic_version"}
+        return {(t, n): s for t, n, table, s in con.execute(QUERY) if table in BASELINE_TABLES}
 
 
 def test_previous_release_database_is_adopted_unchanged(tmp_path: Path) -> None:

@@ -55,7 +55,9 @@ def _run_until_signalled(
         else:
             typer.echo(
                 f"overread serve: DICOM {config.ae_title} on port {service.dicom_port}, "
-                f"HTTP on port {service.http_port}, {config.workers} worker(s), "
+                f"HTTP on port {service.http_port}, "
+                + (f"HL7 on port {service.hl7_port}, " if service.hl7_port is not None else "")
+                + f"{config.workers} worker(s), "
                 f"data in {config.data_dir}"
             )
         service.wait()
@@ -101,6 +103,11 @@ def serve(
         None, "--retry-base-seconds", help="First retry delay; doubles each attempt."
     ),
     explain: bool | None = typer.Option(None, "--explain/--no-explain", help="Compute heatmaps."),
+    pdf_report: bool | None = typer.Option(
+        None,
+        "--pdf-report/--no-pdf-report",
+        help="Also send a PDF report per study (Encapsulated PDF, modality DOC).",
+    ),
     broker: str | None = typer.Option(
         None, "--broker", help="Celery broker URL to wake `overread worker` processes."
     ),
@@ -108,6 +115,17 @@ def serve(
         [],
         "--fhir-endpoint",
         help="URL or NAME=URL to post FHIR DiagnosticReports to (repeatable).",
+    ),
+    hl7_endpoint: list[str] = typer.Option(
+        [], "--hl7-endpoint", help="HOST:PORT or NAME=HOST:PORT to send ORU^R01 to (repeatable)."
+    ),
+    hl7_listen: int | None = typer.Option(
+        None, "--hl7-listen", help="MLLP port taking HL7 orders (ORM^O01, OMI^O23; 0: any free)."
+    ),
+    stow_endpoint: list[str] = typer.Option(
+        [],
+        "--stow-endpoint",
+        help="DICOMweb root URL or NAME=URL to store results on with STOW-RS (repeatable).",
     ),
     model_signing_key_file: Path | None = typer.Option(
         None, "--model-signing-key-file", help="Refuse model packages not signed with this key."
@@ -145,8 +163,12 @@ def serve(
         lease_seconds=lease_seconds,
         retry_base_seconds=retry_base_seconds,
         explain=explain,
+        pdf_report=pdf_report,
         broker_url=broker,
         fhir_endpoints=fhir_endpoint or None,
+        hl7_endpoints=hl7_endpoint or None,
+        hl7_listen_port=hl7_listen,
+        stow_endpoints=stow_endpoint or None,
         model_signing_key_file=model_signing_key_file,
         dicom_tls_cert_file=dicom_tls_cert,
         dicom_tls_key_file=dicom_tls_key,
@@ -179,10 +201,23 @@ def worker(
         None, "--broker", help="Celery broker URL to take wake-ups from (amqp://...)."
     ),
     explain: bool | None = typer.Option(None, "--explain/--no-explain", help="Compute heatmaps."),
+    pdf_report: bool | None = typer.Option(
+        None,
+        "--pdf-report/--no-pdf-report",
+        help="Also send a PDF report per study (Encapsulated PDF, modality DOC).",
+    ),
     fhir_endpoint: list[str] = typer.Option(
         [],
         "--fhir-endpoint",
         help="URL or NAME=URL to post FHIR DiagnosticReports to (repeatable).",
+    ),
+    hl7_endpoint: list[str] = typer.Option(
+        [], "--hl7-endpoint", help="HOST:PORT or NAME=HOST:PORT to send ORU^R01 to (repeatable)."
+    ),
+    stow_endpoint: list[str] = typer.Option(
+        [],
+        "--stow-endpoint",
+        help="DICOMweb root URL or NAME=URL to store results on with STOW-RS (repeatable).",
     ),
     model_signing_key_file: Path | None = typer.Option(
         None, "--model-signing-key-file", help="Refuse model packages not signed with this key."
@@ -200,7 +235,10 @@ def worker(
         poll_seconds=poll_seconds,
         broker_url=broker,
         explain=explain,
+        pdf_report=pdf_report,
         fhir_endpoints=fhir_endpoint or None,
+        hl7_endpoints=hl7_endpoint or None,
+        stow_endpoints=stow_endpoint or None,
         model_signing_key_file=model_signing_key_file,
     )
     _run_until_signalled(config, worker_only=True)

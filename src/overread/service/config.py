@@ -22,6 +22,9 @@ Example ``overread.toml``::
     destinations = ["PACS=PACSAE@10.0.0.5:104"]
 
     fhir_endpoints = [{name = "ehr", url = "https://fhir.example.org/r4", bearer_token = "..."}]
+    hl7_endpoints = ["ris=10.0.0.7:2575"]
+    hl7_listen_port = 2575
+    stow_endpoints = [{name = "vna", url = "https://vna.example.org/dicom-web", username = "overread", password = "..."}]
     model_signing_key_file = "/etc/overread/model-signing.key"
 
     [[service.routes]]
@@ -155,6 +158,78 @@ class FhirEndpoint(BaseModel):
         except ValidationError as exc:
             raise ConfigError(
                 f"FHIR endpoint {text!r}: expected URL or NAME=URL with http(s) "
+                f"({exc.errors()[0]['msg']})"
+            ) from None
+
+    def __str__(self) -> str:
+        return f"{self.name}={self.url}"
+
+
+class Hl7Endpoint(BaseModel):
+    """An HL7 v2 receiver (RIS, EHR interface engine) that each result's ORU^R01 is sent
+    to over MLLP; ``AA`` is delivered, anything else (or no answer) is retried."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    name: str = Field(default="hl7", min_length=1, pattern=r"^[A-Za-z0-9_.-]+$")
+    host: str = Field(min_length=1)
+    port: int = Field(ge=1, le=65535)
+    receiving_application: str = Field(default="", description="MSH-5")
+    receiving_facility: str = Field(default="", description="MSH-6")
+    timeout_seconds: float = Field(default=30.0, gt=0, description="wait for the ACK")
+
+    @classmethod
+    def parse(cls, text: str, *, default_name: str = "hl7") -> Hl7Endpoint:
+        """Parse ``HOST:PORT`` or ``NAME=HOST:PORT``."""
+        name, sep, address = text.partition("=")
+        if not sep:
+            name, address = default_name, text
+        host, colon, port = address.strip().rpartition(":")
+        if not colon or not host or not port.isdigit():
+            raise ConfigError(f"HL7 endpoint {text!r}: expected HOST:PORT or NAME=HOST:PORT")
+        try:
+            return cls(name=name.strip(), host=host, port=int(port))
+        except ValidationError as exc:
+            raise ConfigError(f"HL7 endpoint {text!r}: {exc.errors()[0]['msg']}") from None
+
+    def __str__(self) -> str:
+        return f"{self.name}={self.host}:{self.port}"
+
+
+class StowEndpoint(BaseModel):
+    """A DICOMweb server each result's DICOM objects (SR, SEG, overlays) are stored on
+    with STOW-RS. Credentials (HTTP basic or a bearer token) live in the
+    configuration only; export jobs name the endpoint."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    name: str = Field(default="stow", min_length=1, pattern=r"^[A-Za-z0-9_.-]+$")
+    url: str = Field(pattern=r"^https?://\S+$", description="the DICOMweb root (.../dicom-web)")
+    username: str | None = None
+    password: SecretStr | None = None
+    bearer_token: SecretStr | None = None
+    headers: dict[str, str] = Field(default_factory=dict, description="extra HTTP headers")
+    timeout_seconds: float = Field(default=60.0, gt=0)
+
+    @model_validator(mode="after")
+    def _one_kind_of_auth(self) -> StowEndpoint:
+        if self.bearer_token is not None and self.username is not None:
+            raise ValueError("a STOW-RS endpoint takes username/password or bearer_token, not both")
+        if (self.username is None) != (self.password is None):
+            raise ValueError("a STOW-RS endpoint's basic auth needs both username and password")
+        return self
+
+    @classmethod
+    def parse(cls, text: str, *, default_name: str = "stow") -> StowEndpoint:
+        """Parse ``URL`` or ``NAME=URL``."""
+        name, sep, url = text.partition("=")
+        if not sep or "://" in name:
+            name, url = default_name, text
+        try:
+            return cls(name=name.strip(), url=url.strip())
+        except ValidationError as exc:
+            raise ConfigError(
+                f"STOW-RS endpoint {text!r}: expected URL or NAME=URL with http(s) "
                 f"({exc.errors()[0]['msg']})"
             ) from None
 
@@ -384,6 +459,17 @@ class ServiceConfig(BaseModel):
         default_factory=list,
         description="FHIR servers every study's DiagnosticReport bundle is posted to",
     )
+    hl7_endpoints: list[Hl7Endpoint] = Field(
+        default_factory=list, description="HL7 v2 receivers every result's ORU^R01 is sent to"
+    )
+    hl7_listen_port: int | None = Field(
+        default=None, ge=0, le=65535, description="MLLP port taking ORM^O01/OMI^O23 orders"
+    )
+    hl7_listen_host: str = "0.0.0.0"
+    stow_endpoints: list[StowEndpoint] = Field(
+        default_factory=list,
+        description="DICOMweb servers every result's DICOM objects are stored on (STOW-RS)",
+    )
     model_signing_key_file: Path | None = Field(
         default=None,
         description="file with the HMAC key every model package must be signed with "
@@ -398,6 +484,11 @@ class ServiceConfig(BaseModel):
         default_factory=list,
         description="model aliases whose class activation regions of positive findings are "
         "also sent as a DICOM SEG, labelled as thresholded CAM, not a segmentation model",
+    )
+    pdf_report: bool = Field(
+        default=False,
+        description="also send each study's result as a PDF report (DICOM Encapsulated PDF, "
+        "modality DOC) with the SR",
     )
     batch_max_size: int = Field(
         default=8, ge=1, le=64, description="micro-batch bound for model calls; 1 disables"
@@ -523,6 +614,12 @@ class ServiceConfig(BaseModel):
         fhir = [e.name for e in self.fhir_endpoints]
         if len(set(fhir)) != len(fhir):
             raise ValueError(f"FHIR endpoint names must be unique (got {', '.join(fhir)})")
+        hl7 = [e.name for e in self.hl7_endpoints]
+        if len(set(hl7)) != len(hl7):
+            raise ValueError(f"HL7 endpoint names must be unique (got {', '.join(hl7)})")
+        stow = [e.name for e in self.stow_endpoints]
+        if len(set(stow)) != len(stow):
+            raise ValueError(f"STOW-RS endpoint names must be unique (got {', '.join(stow)})")
         for route in self.routes:
             for dest in route.destinations or []:
                 if dest not in known:
@@ -587,6 +684,18 @@ def service_config(settings: Settings, **overrides: Any) -> ServiceConfig:
         else e
         for i, e in enumerate(endpoints)
     ]
+    data["hl7_endpoints"] = [
+        Hl7Endpoint.parse(e, default_name="hl7" if i == 0 else f"hl7{i + 1}")
+        if isinstance(e, str)
+        else e
+        for i, e in enumerate(_coerce_list(data.get("hl7_endpoints")))
+    ]
+    data["stow_endpoints"] = [
+        StowEndpoint.parse(e, default_name="stow" if i == 0 else f"stow{i + 1}")
+        if isinstance(e, str)
+        else e
+        for i, e in enumerate(_coerce_list(data.get("stow_endpoints")))
+    ]
     data["trusted_proxies"] = _coerce_list(data.get("trusted_proxies"))
     data["allow_ae"] = [
         p if isinstance(p, AllowedPeer) else AllowedPeer.parse(p) if isinstance(p, str) else p
@@ -618,8 +727,10 @@ __all__ = [
     "AllowedPeer",
     "Destination",
     "FhirEndpoint",
+    "Hl7Endpoint",
     "Route",
     "RoutingMode",
     "ServiceConfig",
+    "StowEndpoint",
     "service_config",
 ]

@@ -1,4 +1,4 @@
-"""The gateway's tables: instances, studies, jobs and results.
+"""The gateway's tables: instances, studies, jobs, results and HL7 orders.
 
 SQLAlchemy 2 typed declarative models on the one :class:`overread.db.Base`, over one
 schema that runs on SQLite (WAL, ``synchronous=FULL``) and PostgreSQL. The schema is
@@ -155,13 +155,55 @@ class Result(Base):
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
 
 
+class OrderMatch(enum.StrEnum):
+    """Whether an HL7 order is linked to a study.
+
+    ``mismatch``: a study with the order's accession number names another
+    patient (or the order names another study); the two are never linked, and the
+    study's results are not sent by HL7.
+    """
+
+    WAITING = "waiting"
+    MATCHED = "matched"
+    MISMATCH = "mismatch"
+    CANCELLED = "cancelled"
+
+
+class HL7Order(Base):
+    """An imaging order received by HL7 (ORM^O01 or OMI^O23), one row per accession
+    number; a later message for the same accession (a change, a cancel) updates it."""
+
+    __tablename__ = "hl7_orders"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    accession_number: Mapped[str] = mapped_column(String(64), unique=True)
+    patient_id: Mapped[str] = mapped_column(String(64))
+    issuer_of_patient_id: Mapped[str] = mapped_column(String(64), default="")
+    patient_name: Mapped[str] = mapped_column(String(256), default="")
+    placer_order_number: Mapped[str] = mapped_column(String(64), default="")
+    filler_order_number: Mapped[str] = mapped_column(String(64), default="")
+    order_control: Mapped[str] = mapped_column(String(4), default="")
+    service_code: Mapped[str] = mapped_column(String(256), default="")
+    message_type: Mapped[str] = mapped_column(String(16))
+    control_id: Mapped[str] = mapped_column(String(199), default="")
+    sending_application: Mapped[str] = mapped_column(String(128), default="")
+    sending_facility: Mapped[str] = mapped_column(String(128), default="")
+    study_instance_uid: Mapped[str | None] = mapped_column(String(64), default=None, index=True)
+    match: Mapped[str] = mapped_column(String(24), default=OrderMatch.WAITING.value)
+    match_note: Mapped[str] = mapped_column(Text, default="")
+    received_at: Mapped[datetime] = mapped_column(default=utcnow)
+    matched_at: Mapped[datetime | None] = mapped_column(default=None)
+
+
 __all__ = [
     "Base",
     "Database",
+    "HL7Order",
     "Instance",
     "Job",
     "JobKind",
     "JobState",
+    "OrderMatch",
     "Result",
     "Study",
     "StudyState",

@@ -2,7 +2,10 @@
 
 * :class:`DicomExporter` C-STOREs the result's stored DICOM objects (SR, overlays,
   SEG) to a DICOM node;
-* :class:`FhirExporter` POSTs the result's FHIR report to a FHIR endpoint.
+* :class:`FhirExporter` POSTs the result's FHIR report to a FHIR endpoint;
+* :class:`Hl7Exporter` sends its ORU^R01 to an HL7 v2 endpoint over MLLP.
+* :class:`StowExporter` stores the result's DICOM objects on a DICOMweb server
+  (STOW-RS).
 
 Every attempt to deliver is audited (``export``, with ``destination_kind``,
 ``outcome`` ``stored`` or ``failed`` and the peer's statuses), whether it succeeds
@@ -21,10 +24,16 @@ from typing import Any, Protocol, TypeVar, assert_never
 
 from overread.audit import AuditAction
 from overread.errors import InferenceError, ServiceError
-from overread.service.config import FhirEndpoint
+from overread.service.config import FhirEndpoint, Hl7Endpoint, StowEndpoint
 from overread.service.db import Job, Result
 from overread.service.handling import JobServices, PermanentExportError
-from overread.service.payloads import DicomExportPayload, ExportPayload, FhirExportPayload
+from overread.service.payloads import (
+    DicomExportPayload,
+    ExportPayload,
+    FhirExportPayload,
+    Hl7ExportPayload,
+    StowExportPayload,
+)
 from overread.service.scu import SendStatus, send_files
 
 logger = logging.getLogger(__name__)
@@ -85,6 +94,10 @@ def _record_failure(
     _record_attempt(services, job, object_uids, details, succeeded=False)
 
 
+#: Encapsulated PDF Storage: never sent to a de-identifying destination.
+_ENCAPSULATED_PDF = "1.2.840.10008.5.1.4.1.1.104.1"
+
+
 class DicomExporter:
     """C-STOREs a result's stored objects to the payload's DICOM destination."""
 
@@ -108,6 +121,9 @@ class DicomExporter:
             details["statuses"] = []
             _record_failure(self.services, job, [job.study_instance_uid], details, error)
             raise InferenceError(error)
+        if dest.deidentify is not None:
+            # A PDF report names the patient in its text, which no header change removes.
+            artifacts = [a for a in artifacts if a.get("sop_class_uid") != _ENCAPSULATED_PDF]
         paths = [self.services.store.path(str(a["key"])) for a in artifacts]
         object_uids = [job.study_instance_uid, *(str(a["sop_instance_uid"]) for a in artifacts)]
         details["objects"] = len(paths)
@@ -260,12 +276,198 @@ class FhirExporter:
         )
 
 
+class Hl7Exporter:
+    """Sends a result's ORU^R01 to the payload's HL7 v2 endpoint over MLLP.
+
+    ``AA`` is delivered; ``AE``, ``AR``, no answer or a refused connection is a
+    failure the worker retries. A result that cannot be reported (gone, no patient
+    ID, its accession on another patient's order) fails for good.
+    """
+
+    def __init__(self, services: JobServices) -> None:
+        self.services = services
+
+    def _endpoint(self, name: str) -> Hl7Endpoint | None:
+        return next((e for e in self.services.config.hl7_endpoints if e.name == name), None)
+
+    def export(self, job: Job, payload: Hl7ExportPayload) -> None:
+        from overread.service.hl7 import AcknowledgementError, result_message_for, send_message
+        from overread.triage.config import TriageConfig
+
+        endpoint = self._endpoint(payload.hl7_endpoint)
+        object_uids = [job.study_instance_uid]
+        control_id = f"OR{job.id}.{job.attempts}"
+        details: dict[str, Any] = {
+            "job_id": job.id,
+            "attempt": job.attempts,
+            "destination_kind": "hl7",
+            "destination": payload.hl7_endpoint if endpoint is None else str(endpoint),
+            "control_id": control_id,
+            "ack": None,
+        }
+        error: str | None = None
+        cause: Exception | None = None
+        message = None
+        if endpoint is None:
+            error = f"HL7 endpoint {payload.hl7_endpoint!r} is no longer configured"
+        else:
+            critical = TriageConfig.model_validate(self.services.config.triage).alerts.critical
+            with self.services.database.session() as session:
+                result = session.get(Result, payload.result_id)
+                if result is None:
+                    error = f"result {payload.result_id} no longer exists"
+                else:
+                    try:
+                        message, link = result_message_for(
+                            session,
+                            result,
+                            endpoint,
+                            control_id=control_id,
+                            sending_facility=self.services.config.ae_title,
+                            critical=critical,
+                        )
+                        details["order_match"] = None if link.match is None else link.match.value
+                    except ServiceError as exc:
+                        error, cause = f"no ORU for result {result.id}: {exc}", exc
+        if endpoint is None or message is None:
+            error = error or "no HL7 endpoint"
+            _record_failure(self.services, job, object_uids, details, error)
+            raise PermanentExportError(error) from cause
+        details.update(accession_number=message.accession_number, observations=message.observations)
+        _record_sending(self.services, job, object_uids, details)
+        started = time.perf_counter()
+        try:
+            ack = send_message(
+                endpoint.host,
+                endpoint.port,
+                message.er7,
+                control_id,
+                timeout=endpoint.timeout_seconds,
+            )
+        except (AcknowledgementError, OSError) as exc:
+            answered = exc.ack if isinstance(exc, AcknowledgementError) else None
+            details.update(
+                outcome="failed",
+                ack=None if answered is None else answered.code.value,
+                seconds=round(time.perf_counter() - started, 6),
+                error=str(exc)[:500],
+            )
+            _record_attempt(self.services, job, object_uids, details, succeeded=False)
+            raise
+        seconds = time.perf_counter() - started
+        details.update(outcome="stored", ack=ack.code.value, seconds=round(seconds, 6))
+        _record_attempt(self.services, job, object_uids, details, succeeded=True)
+        logger.info(
+            "job %d: ORU^R01 %s acknowledged by %s in %.3f s", job.id, control_id, endpoint, seconds
+        )
+
+
+class StowExporter:
+    """Stores a result's DICOM objects on the payload's configured DICOMweb server.
+
+    One STOW-RS request carries every object of the result. A server that cannot be
+    reached, times out or answers 408/429/5xx is retried; one that refuses the
+    request for good (another 4xx) dead-letters the job; one that stores some objects
+    and refuses others is retried (the objects go again under the same UIDs).
+    """
+
+    def __init__(self, services: JobServices) -> None:
+        self.services = services
+
+    def _endpoint(self, name: str) -> StowEndpoint | None:
+        for endpoint in self.services.config.stow_endpoints:
+            if endpoint.name == name:
+                return endpoint
+        return None
+
+    def export(self, job: Job, payload: StowExportPayload) -> None:
+        import httpx
+
+        from overread.service.outputs import DeliveryError, stow_rs
+
+        endpoint = self._endpoint(payload.stow_endpoint)
+        details: dict[str, Any] = {
+            "job_id": job.id,
+            "attempt": job.attempts,
+            "destination_kind": "stow-rs",
+            "destination": payload.stow_endpoint if endpoint is None else str(endpoint),
+            "objects": 0,
+        }
+        if endpoint is None:
+            error = f"STOW-RS endpoint {payload.stow_endpoint!r} is no longer configured"
+            details["status_code"] = None
+            _record_failure(self.services, job, [job.study_instance_uid], details, error)
+            raise PermanentExportError(error)
+        with self.services.database.session() as session:
+            result = session.get(Result, payload.result_id)
+            artifacts = None if result is None else list(result.artifacts)
+        if artifacts is None:
+            error = f"result {payload.result_id} no longer exists"
+            details["status_code"] = None
+            _record_failure(self.services, job, [job.study_instance_uid], details, error)
+            raise InferenceError(error)
+        paths = [self.services.store.path(str(a["key"])) for a in artifacts]
+        object_uids = [job.study_instance_uid, *(str(a["sop_instance_uid"]) for a in artifacts)]
+        details["objects"] = len(paths)
+        missing = [str(p) for p in paths if not p.is_file()]
+        if missing:
+            error = f"stored result object(s) missing: {', '.join(missing)}"
+            details["status_code"] = None
+            _record_failure(self.services, job, object_uids, details, error)
+            raise InferenceError(error)
+        auth: str | tuple[str, str] | None = None
+        if endpoint.bearer_token is not None:
+            auth = endpoint.bearer_token.get_secret_value()
+        elif endpoint.username is not None and endpoint.password is not None:
+            auth = (endpoint.username, endpoint.password.get_secret_value())
+        _record_sending(self.services, job, object_uids, details)
+        started = time.perf_counter()
+        try:
+            with httpx.Client(timeout=endpoint.timeout_seconds, headers=endpoint.headers) as http:
+                reply = stow_rs(paths, endpoint.url, auth, client=http)
+        except DeliveryError as exc:
+            response = exc.response
+            details.update(
+                outcome="failed",
+                status_code=getattr(response, "status_code", None),
+                failed=sorted(getattr(response, "failed", None) or {}),
+                seconds=round(time.perf_counter() - started, 6),
+                error=str(exc)[:500],
+            )
+            _record_attempt(self.services, job, object_uids, details, succeeded=False)
+            if not exc.retryable and getattr(response, "status_code", None) != 409:
+                raise PermanentExportError(str(exc)) from exc
+            raise
+        seconds = round(time.perf_counter() - started, 6)
+        details.update(status_code=reply.status_code, seconds=seconds, stored=len(reply.stored))
+        if reply.failed:
+            error = (
+                f"{len(reply.failed)}/{len(paths)} object(s) refused by {endpoint}: "
+                + ", ".join(f"{uid} (reason {reason})" for uid, reason in reply.failed.items())
+            )
+            details.update(outcome="failed", failed=sorted(reply.failed), error=error[:500])
+            _record_attempt(self.services, job, object_uids, details, succeeded=False)
+            raise ConnectionError(error)
+        details["outcome"] = "stored"
+        _record_attempt(self.services, job, object_uids, details, succeeded=True)
+        logger.info(
+            "job %d: stored %d object(s) on %s with STOW-RS: HTTP %d in %.3f s",
+            job.id,
+            len(paths),
+            endpoint,
+            reply.status_code,
+            seconds,
+        )
+
+
 class Exporters:
     """The exporter of each destination kind, chosen by an export job's typed payload."""
 
     def __init__(self, services: JobServices) -> None:
         self.dicom: Exporter[DicomExportPayload] = DicomExporter(services)
         self.fhir: Exporter[FhirExportPayload] = FhirExporter(services)
+        self.hl7: Exporter[Hl7ExportPayload] = Hl7Exporter(services)
+        self.stow: Exporter[StowExportPayload] = StowExporter(services)
 
     def export(self, job: Job, payload: ExportPayload) -> None:
         """Hand ``job`` to the exporter of its payload's kind."""
@@ -274,8 +476,19 @@ class Exporters:
                 self.dicom.export(job, payload)
             case FhirExportPayload():
                 self.fhir.export(job, payload)
+            case Hl7ExportPayload():
+                self.hl7.export(job, payload)
+            case StowExportPayload():
+                self.stow.export(job, payload)
             case _:
                 assert_never(payload)
 
 
-__all__ = ["DicomExporter", "Exporter", "Exporters", "FhirExporter"]
+__all__ = [
+    "DicomExporter",
+    "Exporter",
+    "Exporters",
+    "FhirExporter",
+    "Hl7Exporter",
+    "StowExporter",
+]

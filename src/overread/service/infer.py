@@ -1,7 +1,8 @@
 """The infer job: run the routed model on a study and store what it found.
 
 :class:`InferenceHandler` reads the study's stored instances, runs the model once
-over them, builds the derived DICOM objects (one SR for the study, overlays, SEG),
+over them, builds the derived DICOM objects (one SR for the study, overlays, SEG, the PDF
+report when ``pdf_report`` is on),
 and in one transaction stores the :class:`~overread.service.db.Result` (its summary
 a :class:`~overread.results.ResultSummary`), audits it, puts the study on the
 worklist and queues one export job per destination, each with its typed payload.
@@ -14,7 +15,7 @@ import time
 from collections.abc import Sequence
 from io import BytesIO
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import pydicom
 from sqlalchemy import select
@@ -26,16 +27,35 @@ from overread.results import Prediction, ResultSummary
 from overread.service.db import Instance, Job, JobKind, Result, utcnow
 from overread.service.handling import JobServices
 from overread.service.metrics import observe_stage_timings
-from overread.service.payloads import DicomExportPayload, FhirExportPayload, InferPayload
+from overread.service.payloads import (
+    DicomExportPayload,
+    FhirExportPayload,
+    Hl7ExportPayload,
+    InferPayload,
+    StowExportPayload,
+)
 from overread.service.routing import InstanceFacts, route_matches
-from overread.service.runtime import ArtifactBuilder, PipelineProvider, not_analysed, require_ok
+from overread.service.runtime import (
+    ArtifactBuilder,
+    PipelineLike,
+    PipelineProvider,
+    not_analysed,
+    require_ok,
+)
 from overread.triage.score import StudyContext
+
+if TYPE_CHECKING:
+    from overread.service.outputs.pdf import ReportContext
 
 logger = logging.getLogger(__name__)
 
 #: Prefix of the ``destination`` of FHIR export jobs (DICOM destination names cannot
 #: contain a colon, so the two never collide).
 FHIR_DESTINATION_PREFIX = "fhir:"
+#: Prefix of the ``destination`` of HL7 v2 (ORU^R01) export jobs.
+HL7_DESTINATION_PREFIX = "hl7:"
+#: Prefix of the ``destination`` of STOW-RS export jobs.
+STOW_DESTINATION_PREFIX = "stow:"
 
 
 class InferenceHandler:
@@ -149,7 +169,12 @@ class InferenceHandler:
         context = _study_context(items, header)
         artifacts: list[dict[str, Any]] = []
         if self.artifacts is not None:
-            for dataset in self.artifacts.build_study(readings, cam_segmentation=cam_segmentation):
+            built_objects = self.artifacts.build_study(
+                readings,
+                cam_segmentation=cam_segmentation,
+                pdf_report=self._report_context(pipeline, predictions),
+            )
+            for dataset in built_objects:
                 artifacts.append(self._store_dataset(dataset))
         built = time.perf_counter()
         from overread.service.outputs.fhir import study_header
@@ -171,6 +196,27 @@ class InferenceHandler:
             len(predictions),
             len(artifacts),
             time.perf_counter() - started,
+        )
+
+    def _report_context(
+        self, pipeline: PipelineLike, predictions: Sequence[Prediction]
+    ) -> ReportContext | None:
+        """What the PDF report needs beyond the predictions (``None``: no PDF report):
+        the model card summary and the findings at their critical-alert thresholds."""
+        if not self.services.config.pdf_report:
+            return None
+        from overread.models.card import ModelCardSummary
+        from overread.service.outputs.pdf import ReportContext
+        from overread.triage import critical_findings
+
+        critical = {
+            label
+            for prediction in predictions
+            if prediction.ok
+            for label, _, _ in critical_findings(prediction.findings, self.triage.alerts)
+        }
+        return ReportContext(
+            card=ModelCardSummary.from_package(pipeline.package), critical=frozenset(critical)
         )
 
     def _store_dataset(self, dataset: Any) -> dict[str, Any]:
@@ -244,7 +290,7 @@ class InferenceHandler:
             else:
                 stored = session.get(Result, result_id)
                 has_artifacts = bool(stored is not None and stored.artifacts)
-            # A study nothing was analysed of has no findings to report to FHIR (the SR
+            # A study nothing was analysed of has no findings to report to FHIR or HL7 (the SR
             # and the worklist say why); its export would only fail.
             reported = session.get(Result, result_id)
             analysed = reported is None or not _not_analysed_result(reported)
@@ -259,6 +305,30 @@ class InferenceHandler:
                     route=job.route,
                     priority=job.priority,
                     payload=FhirExportPayload(endpoint.name, result_id).to_dict(),
+                )
+            for hl7 in self.services.config.hl7_endpoints if analysed else ():
+                self.services.queue.enqueue(
+                    session,
+                    study_instance_uid=job.study_instance_uid,
+                    model_name=job.model_name,
+                    model_version=job.model_version,
+                    kind=JobKind.EXPORT,
+                    destination=f"{HL7_DESTINATION_PREFIX}{hl7.name}",
+                    route=job.route,
+                    priority=job.priority,
+                    payload=Hl7ExportPayload(hl7.name, result_id).to_dict(),
+                )
+            for stow in self.services.config.stow_endpoints if has_artifacts else ():
+                self.services.queue.enqueue(
+                    session,
+                    study_instance_uid=job.study_instance_uid,
+                    model_name=job.model_name,
+                    model_version=job.model_version,
+                    kind=JobKind.EXPORT,
+                    destination=f"{STOW_DESTINATION_PREFIX}{stow.name}",
+                    route=job.route,
+                    priority=job.priority,
+                    payload=StowExportPayload(stow.name, result_id).to_dict(),
                 )
             if has_artifacts:
                 for dest in payload.destinations:
@@ -343,7 +413,13 @@ def _study_context(items: list[tuple[Path, Instance]], header: ImageMetadata) ->
 _EMPTY_CONTEXT = StudyContext()
 
 
-__all__ = ["FHIR_DESTINATION_PREFIX", "InferenceHandler", "request_gate_override"]
+__all__ = [
+    "FHIR_DESTINATION_PREFIX",
+    "HL7_DESTINATION_PREFIX",
+    "STOW_DESTINATION_PREFIX",
+    "InferenceHandler",
+    "request_gate_override",
+]
 
 
 def request_gate_override(database: Any, study_instance_uid: str) -> list[int]:

@@ -22,6 +22,8 @@ from overread.service.assembly import StudyAssembler
 from overread.service.config import ServiceConfig
 from overread.service.db import Database
 from overread.service.diskspace import DiskCollector, DiskGuard
+from overread.service.hl7.intake import OrderIntake
+from overread.service.hl7.mllp import MllpListener
 from overread.service.ingest import Ingestor, IngestOutcome
 from overread.service.jobs import JobQueue, RetryPolicy
 from overread.service.metrics import ServiceMetrics
@@ -158,6 +160,13 @@ class ServiceNode:
         self._stop = threading.Event()
         self._assembler_thread: threading.Thread | None = None
         self.dicom_port: int | None = None
+        # Orders by HL7 (MLLP), beside the DICOM listener.
+        self.hl7_listener: MllpListener | None = (
+            MllpListener(config.hl7_listen_host, config.hl7_listen_port, OrderIntake(self.database))
+            if with_scp and config.hl7_listen_port is not None
+            else None
+        )
+        self.hl7_port: int | None = None
 
     @property
     def registry(self) -> Registry:
@@ -211,6 +220,9 @@ class ServiceNode:
             self.retention.start()
         if self.scp is not None:
             self.dicom_port = self.scp.start()
+        if self.hl7_listener is not None:
+            self.hl7_port = self.hl7_listener.start()
+            logger.info("HL7 orders (MLLP) on port %d", self.hl7_port)
 
     def _assemble(self) -> None:
         self.assembler.run(self._stop, on_jobs=lambda _ids: self.wake_workers())
@@ -220,6 +232,8 @@ class ServiceNode:
         self._stop.set()
         if self.scp is not None:
             self.scp.stop()
+        if self.hl7_listener is not None:
+            self.hl7_listener.stop()
         self.assembler.wake()
         if self._assembler_thread is not None:
             self._assembler_thread.join(5)

@@ -5,7 +5,9 @@ queued by an older gateway are read as they are:
 
 * infer: ``{"alias": ..., "destinations": [Destination, ...]}``;
 * DICOM export (C-STORE): ``{"destination": Destination, "result_id": ...}``;
-* FHIR export: ``{"fhir_endpoint": name, "result_id": ...}``.
+* FHIR export: ``{"fhir_endpoint": name, "result_id": ...}``;
+* HL7 v2 export (ORU^R01 over MLLP): ``{"hl7_endpoint": name, "result_id": ...}``.
+* STOW-RS export: ``{"stow_endpoint": name, "result_id": ...}``.
 
 The worker picks the exporter by the export payload's type, so nothing downstream
 looks at the JSON's keys.
@@ -34,7 +36,7 @@ class InferPayload:
         """The stored JSON (``override_gate`` only when set: a reader's "analyse anyway")."""
         data: dict[str, Any] = {
             "alias": self.alias,
-            "destinations": [d.model_dump() for d in self.destinations],
+            "destinations": [d.model_dump(exclude_none=True) for d in self.destinations],
         }
         if self.override_gate:
             data["override_gate"] = True
@@ -59,7 +61,10 @@ class DicomExportPayload:
 
     def to_dict(self) -> dict[str, Any]:
         """The stored JSON."""
-        return {"destination": self.destination.model_dump(), "result_id": self.result_id}
+        return {
+            "destination": self.destination.model_dump(exclude_none=True),
+            "result_id": self.result_id,
+        }
 
 
 @dataclass(frozen=True)
@@ -74,7 +79,31 @@ class FhirExportPayload:
         return {"fhir_endpoint": self.fhir_endpoint, "result_id": self.result_id}
 
 
-ExportPayload = DicomExportPayload | FhirExportPayload
+@dataclass(frozen=True)
+class Hl7ExportPayload:
+    """Send a result's ORU^R01 to a configured HL7 v2 endpoint (by name) over MLLP."""
+
+    hl7_endpoint: str
+    result_id: int
+
+    def to_dict(self) -> dict[str, Any]:
+        """The stored JSON."""
+        return {"hl7_endpoint": self.hl7_endpoint, "result_id": self.result_id}
+
+
+@dataclass(frozen=True)
+class StowExportPayload:
+    """Store a result's DICOM objects on a configured DICOMweb server (by name) with STOW-RS."""
+
+    stow_endpoint: str
+    result_id: int
+
+    def to_dict(self) -> dict[str, Any]:
+        """The stored JSON."""
+        return {"stow_endpoint": self.stow_endpoint, "result_id": self.result_id}
+
+
+ExportPayload = DicomExportPayload | FhirExportPayload | Hl7ExportPayload | StowExportPayload
 
 
 def export_payload(data: Mapping[str, Any]) -> ExportPayload:
@@ -86,8 +115,12 @@ def export_payload(data: Mapping[str, Any]) -> ExportPayload:
         If the payload is neither kind (a job no worker can do: dead-lettered).
     """
     try:
+        if "stow_endpoint" in data:
+            return StowExportPayload(str(data["stow_endpoint"]), int(data["result_id"]))
         if "fhir_endpoint" in data:
             return FhirExportPayload(str(data["fhir_endpoint"]), int(data["result_id"]))
+        if "hl7_endpoint" in data:
+            return Hl7ExportPayload(str(data["hl7_endpoint"]), int(data["result_id"]))
         return DicomExportPayload(Destination(**data["destination"]), int(data["result_id"]))
     except (KeyError, TypeError, ValueError) as exc:
         raise InferenceError(f"export job payload {dict(data)!r} is not readable: {exc}") from None
@@ -97,6 +130,8 @@ __all__ = [
     "DicomExportPayload",
     "ExportPayload",
     "FhirExportPayload",
+    "Hl7ExportPayload",
     "InferPayload",
+    "StowExportPayload",
     "export_payload",
 ]

@@ -1,4 +1,4 @@
-"""The gateway's REST API and DICOMweb STOW-RS, every route but ``/health`` authenticated.
+"""The gateway's REST API and DICOMweb (STOW-RS, QIDO-RS, WADO-RS), every route but ``/health`` authenticated.
 
 :func:`install_api` adds the routes to an application: one module-level router per
 resource module (:data:`ROUTERS`), whose handlers find the running gateway in the
@@ -29,7 +29,9 @@ from overread.web.api import (
     health,
     jobs,
     models,
+    qido,
     studies,
+    wado,
     worklist,
 )
 from overread.web.context import WebContext
@@ -77,6 +79,8 @@ ROUTERS = (
     models.router,
     audit.router,
     dicomweb.router,
+    qido.router,
+    wado.router,
 )
 
 _SAFE_METHODS = frozenset({"GET", "HEAD", "OPTIONS"})

@@ -1,7 +1,7 @@
 """Retention: when a study's images and results were deleted by the retention policy.
 
-Revision ID: 0002_retention
-Revises: 0001
+Revision ID: 0003
+Revises: 0002
 Create Date: 2026-12-05
 
 Two nullable columns on ``studies``: ``images_purged_at`` and ``results_purged_at``.
@@ -17,8 +17,8 @@ from typing import Any
 import sqlalchemy as sa
 from alembic import op
 
-revision = "0002_retention"
-down_revision = "0001"
+revision = "0003"
+down_revision = "0002"
 branch_labels = None
 depends_on = None
 
@@ -57,11 +57,11 @@ def upgrade() -> None:
     # database gets from the models.
     kept = ", ".join(c.name for c in _studies() if c.name not in _COLUMNS)
     op.drop_index("ix_studies_state", table_name="studies")
-    op.rename_table("studies", "_studies_before_0002")
+    op.rename_table("studies", "_studies_before_0003")
     op.create_table("studies", *_studies())
     op.create_index("ix_studies_state", "studies", ["state"])
-    op.execute(f"INSERT INTO studies ({kept}) SELECT {kept} FROM _studies_before_0002")
-    op.drop_table("_studies_before_0002")
+    op.execute(f"INSERT INTO studies ({kept}) SELECT {kept} FROM _studies_before_0003")
+    op.drop_table("_studies_before_0003")
 
 
 def downgrade() -> None:
