@@ -93,6 +93,7 @@ BAD_VALUE: dict[tuple[str, ...], tuple[list[str], str]] = {
     ("bench",): (["inference", "--repeats", "many"], "Invalid value for '--repeats'"),
     ("db",): (["current", "--verbose"], "No such option: --verbose"),
     ("jobs",): (["list", "--limit", "all"], "Invalid value for '--limit'"),
+    ("retention",): (["run", "--images-days", "0"], "Invalid value for '--images-days'"),
     ("labels",): (
         ["split", "--dataset", "d", "--csv", "c.csv", "--out", "o", "--seed", "abc"],
         "Invalid value for '--seed'",
@@ -120,6 +121,7 @@ MISSING: dict[tuple[str, ...], tuple[list[str], str]] = {
     ("bench",): (["inference", "--repeats"], "Option '--repeats' requires an argument"),
     ("db",): (["upgrade", "--data-dir"], "Option '--data-dir' requires an argument"),
     ("jobs",): (["list", "--state"], "Option '--state' requires an argument"),
+    ("retention",): (["run", "--jobs-days"], "Option '--jobs-days' requires an argument"),
     ("labels",): (["stats", "--csv", "x.csv"], "Missing option '--dataset'"),
     ("models",): (["show"], "Missing argument 'ref'"),
     ("models", "cohorts"): (["add", "t1"], "Missing argument 'folder'"),

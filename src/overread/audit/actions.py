@@ -47,6 +47,8 @@ class AuditAction(enum.StrEnum):
     RELEASE_GATE = "release-gate"
     #: A labelled cohort was registered (with its files' hashes) for the release gate.
     COHORT_REGISTERED = "cohort-registered"
+    #: The retention policy deleted a study's images, results or finished jobs.
+    RETENTION_DELETE = "retention-delete"
 
 
 __all__ = ["AuditAction"]

@@ -40,6 +40,7 @@ COMMAND_MODULES: tuple[str, ...] = (
     "overread.cli.models",
     "overread.cli.phantom",
     "overread.cli.predict",
+    "overread.cli.retention",
     "overread.cli.route",
     "overread.cli.send",
     "overread.cli.serve",

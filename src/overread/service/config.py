@@ -57,6 +57,7 @@ from pydantic import (
 
 from overread.config import Settings
 from overread.errors import ConfigError
+from overread.service.retention_settings import RetentionSettings
 
 _AE_RE = re.compile(r"^[ -~]{1,16}$")
 
@@ -520,6 +521,10 @@ class ServiceConfig(BaseModel):
         default_factory=list,
         description="addresses or CIDR networks whose callers read /metrics without "
         "signing in (the scraper's host)",
+    )
+    retention: RetentionSettings = Field(
+        default_factory=RetentionSettings,
+        description="The [service.retention] table: retention periods and disk watermarks",
     )
     public_api_docs: bool = Field(
         default=False,

@@ -93,6 +93,11 @@ class Study(Base):
     last_instance_at: Mapped[datetime] = mapped_column(default=utcnow)
     completed_at: Mapped[datetime | None] = mapped_column(default=None)
     complete_reason: Mapped[str] = mapped_column(String(32), default="")
+    #: When retention deleted the study's received images (the row, its results and
+    #: its worklist entry stay, so the study says why its images are gone).
+    images_purged_at: Mapped[datetime | None] = mapped_column(default=None)
+    #: When retention deleted the study's model results and their SR/SEG objects.
+    results_purged_at: Mapped[datetime | None] = mapped_column(default=None)
 
 
 class Job(Base):

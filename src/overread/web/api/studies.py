@@ -56,6 +56,8 @@ def study_out(study: Study) -> StudyOut:
         last_instance_at=study.last_instance_at,
         completed_at=study.completed_at,
         complete_reason=study.complete_reason,
+        images_purged_at=study.images_purged_at,
+        results_purged_at=study.results_purged_at,
     )
 
 
