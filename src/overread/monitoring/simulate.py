@@ -533,6 +533,99 @@ def simulate(
     )
 
 
+def save_plots(report: SimulationReport, folder: Path) -> list[Path]:
+    """Draw the charts of each detection and the delays as PNGs in ``folder``.
+
+    ``drift_charts.png``: per scenario, the statistic that detected it, drift run
+    against the drift-free run, with the injection day and the alarm bound;
+    ``detection_delays.png``: days from injection to the first alert of each kind.
+    """
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    folder.mkdir(parents=True, exist_ok=True)
+    o = report.options
+    start = _START.toordinal()
+    fig, axes = plt.subplots(2, 2, figsize=(11, 7), layout="constrained")
+
+    def drift_series(run: RunResult, site: str | None, attr: str) -> tuple[list[int], list[float]]:
+        best: dict[int, float] = {}
+        for p in run.drift:
+            if site is None or p.site == site:
+                d = p.date.toordinal() - start
+                best[d] = max(best.get(d, 0.0), float(getattr(p, attr)))
+        days = sorted(best)
+        return days, [best[d] for d in days]
+
+    def prevalence_series(run: RunResult) -> tuple[list[int], list[float]]:
+        best: dict[int, float] = {}
+        for p in run.prevalence:
+            if p.label == o.prevalence_label:
+                best[p.date.toordinal() - start] = max(p.upper, p.lower)
+        days = sorted(best)
+        return days, [best[d] for d in days]
+
+    panels: list[
+        tuple[Scenario, str, Callable[[RunResult], tuple[list[int], list[float]]], float]
+    ] = [
+        (
+            Scenario.ACQUISITION,
+            f"acquisition: CUSUM at site {o.drift_site}",
+            lambda r: drift_series(r, o.drift_site, "acquisition_cusum"),
+            SIMULATION_DRIFT.cusum_h,
+        ),
+        (
+            Scenario.OUTPUT,
+            "output: largest output CUSUM over sites",
+            lambda r: drift_series(r, None, "output_cusum"),
+            SIMULATION_DRIFT.cusum_h,
+        ),
+        (
+            Scenario.PREVALENCE,
+            f"prevalence: CUSUM of {o.prevalence_label} calls",
+            prevalence_series,
+            SIMULATION_PREVALENCE.cusum_h,
+        ),
+        (
+            Scenario.SUBGROUP_PERFORMANCE,
+            f"group {o.drift_group}: 30-day {o.prevalence_label} AUC (99% CI high)",
+            lambda r: ([d for d, _, _ in r.group_auc], [h for _, _, h in r.group_auc]),
+            report.baseline_auc.get(o.prevalence_label, float("nan"))
+            - SIMULATION_PERFORMANCE.margin,
+        ),
+    ]
+    for ax, (scenario, title, series, bound) in zip(axes.ravel(), panels, strict=True):
+        if scenario in report.runs:
+            ax.plot(*series(report.runs[scenario]), color="tab:red", label="drift run")
+        ax.plot(*series(report.clean), color="tab:blue", linestyle="--", label="drift-free run")
+        ax.axvline(o.inject_day, color="grey", linestyle=":", label="injected")
+        ax.axhline(bound, color="black", linewidth=0.8, label="alarm bound")
+        ax.set_title(title, fontsize=9)
+        ax.set_xlabel("day")
+        ax.legend(fontsize=7)
+    charts = folder / "drift_charts.png"
+    fig.savefig(charts, dpi=90)
+    plt.close(fig)
+
+    fig, ax = plt.subplots(figsize=(6, 3), layout="constrained")
+    names = [d.kind.value for d in report.detections]
+    delays = [
+        float("nan") if d.detected_at_day is None else d.detected_at_day - d.injected_at_day
+        for d in report.detections
+    ]
+    ax.barh(names, delays, color="tab:orange")
+    for i, value in enumerate(delays):
+        text = "missed" if np.isnan(value) else f"{value:.0f} d"
+        ax.text(0 if np.isnan(value) else value, i, f" {text}", va="center", fontsize=8)
+    ax.set_xlabel(f"days from injection to first alert ({o.studies_per_day} studies/day)")
+    delays_path = folder / "detection_delays.png"
+    fig.savefig(delays_path, dpi=90)
+    plt.close(fig)
+    return [charts, delays_path]
+
+
 __all__ = [
     "DETECTED_BY",
     "Detection",
@@ -545,6 +638,7 @@ __all__ = [
     "build_pools",
     "recalibrated",
     "run_scenario",
+    "save_plots",
     "simulate",
     "validated_baseline",
 ]
