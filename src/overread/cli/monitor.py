@@ -29,7 +29,7 @@ def monitor_simulate(
     drifts; report studies and days until each alert fires and the false alarms of a
     drift-free run."""
     from rich.console import Console
-    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TaskID, TextColumn
 
     from overread.monitoring.simulate import SimulationOptions, save_plots, simulate
 
@@ -47,11 +47,11 @@ def monitor_simulate(
     with Progress(
         TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), console=console
     ) as bar:
-        tasks: dict[str, int] = {}
+        tasks: dict[str, TaskID] = {}
 
         def progress(stage: str, done: int, total: int) -> None:
             if stage not in tasks:
-                tasks[stage] = int(bar.add_task(stage, total=total))
+                tasks[stage] = bar.add_task(stage, total=total)
             bar.update(tasks[stage], completed=done)
 
         report = simulate(options, progress=progress)

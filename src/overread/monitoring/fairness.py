@@ -116,24 +116,24 @@ class FairnessMonitor:
                 if label in truth.get(o.study_instance_uid, {}) and o.subgroup(s.attribute)
             ]
             positives: dict[str, int] = {}
-            for y, _, g, _ in rows:
-                positives[g] = positives.get(g, 0) + int(y)
+            for row in rows:
+                positives[row[2]] = positives.get(row[2], 0) + int(row[0])
             kept = [r for r in rows if positives[r[2]] >= s.min_positive]
             if len({r[2] for r in kept}) < 2:
                 continue
-            y = np.array([r[0] for r in kept], dtype=np.float64)
-            p = np.array([r[1] for r in kept], dtype=np.float64)
-            g = np.array([r[2] for r in kept])
+            truth_values = np.array([r[0] for r in kept], dtype=np.float64)
+            scores = np.array([r[1] for r in kept], dtype=np.float64)
+            groups = np.array([r[2] for r in kept])
             pids = np.array([r[3] or str(i) for i, r in enumerate(kept)])
             try:
                 report = fairness_report(
                     s.attribute,
-                    y,
-                    p,
-                    g,
+                    truth_values,
+                    scores,
+                    groups,
                     threshold,
                     patient_ids=pids,
-                    reference=s.reference if s.reference in set(g.tolist()) else None,
+                    reference=s.reference if s.reference in set(groups.tolist()) else None,
                     n_resamples=s.n_resamples,
                     confidence=s.confidence,
                     seed=self.seed + day.toordinal(),
