@@ -166,3 +166,13 @@ def test_prevalence_monitor_finds_a_rise_and_not_noise() -> None:
     raised = run(30)
     assert raised and all(a.kind is AlertKind.PREVALENCE for a in raised)
     assert min(a.date for a in raised) >= start + dt.timedelta(days=30)
+
+
+def test_combined_score_is_the_larger_family_score() -> None:
+    monitor = DriftMonitor(DriftSettings(mmd_permutations=30))
+    _feed(monitor, 35, 25, noise=0.02)
+    assert monitor.history
+    for point in monitor.history:
+        assert point.combined_score == max(point.acquisition_score, point.output_score)
+        assert point.combined_cusum >= 0.0
+    assert max(p.combined_cusum for p in monitor.history) > 0.0

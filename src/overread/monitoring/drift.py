@@ -15,9 +15,10 @@ with its reference period on three kinds of evidence, none of which needs a labe
 Each family's p-values are Holm-adjusted (:mod:`overread.evaluation.multiplicity`),
 so a family's score ``-log10(min adjusted p)`` is one number per site and day whose
 false-alarm rate does not grow with the number of fields tested. A one-sided CUSUM
-on each family's daily score raises the alert (acquisition drift, output drift); an
-EWMA chart of the site's combined score (the larger of the two) is kept for the
-plots. The combined score per site is what the daily summary shows.
+on each family's daily score raises the alert (acquisition drift, output drift); a
+CUSUM and an EWMA chart of the site's combined score (the larger of the two) are
+kept beside them for the daily summary and the plots (they raise no alert of their
+own: the family charts say which kind of drift it is).
 """
 
 from __future__ import annotations
@@ -269,6 +270,7 @@ class DriftPoint:
     combined_score: float
     acquisition_cusum: float
     output_cusum: float
+    combined_cusum: float
     combined_ewma: float
     max_psi: float
     top_test: str
@@ -324,6 +326,7 @@ class _SiteState:
     recent: list[StudyObservation] = field(default_factory=list)
     acquisition: Cusum | None = None
     output: Cusum | None = None
+    combined: Cusum | None = None
     ewma: Ewma | None = None
 
 
@@ -348,6 +351,7 @@ class DriftMonitor:
             s = self.settings
             state.acquisition = Cusum(s.cusum_k, s.cusum_h)
             state.output = Cusum(s.cusum_k, s.cusum_h)
+            state.combined = Cusum(s.cusum_k, s.cusum_h)
             # In control, a Holm-adjusted minimum p is about uniform or larger:
             # -log10(U) has mean 1/ln(10) and standard deviation 1/ln(10).
             state.ewma = Ewma(s.ewma_lambda, s.ewma_width, 1 / math.log(10), 1 / math.log(10))
@@ -385,11 +389,13 @@ class DriftMonitor:
         acquisition = family_score(tests.acquisition.values(), s.correction)
         output = family_score(tests.output.values(), s.correction)
         combined = max(acquisition, output)
-        assert state.acquisition and state.output and state.ewma
+        assert state.acquisition and state.output and state.combined and state.ewma
         acquisition_alarm = state.acquisition.update(acquisition)
         acquisition_cusum = state.acquisition.value if not acquisition_alarm else s.cusum_h
         output_alarm = state.output.update(output)
         output_cusum = state.output.value if not output_alarm else s.cusum_h
+        combined_alarm = state.combined.update(combined)
+        combined_cusum = state.combined.value if not combined_alarm else s.cusum_h
         state.ewma.update(combined)
         everything = {**tests.acquisition, **tests.output}
         known = {k: v for k, v in everything.items() if not math.isnan(v)}
@@ -406,6 +412,7 @@ class DriftMonitor:
                 combined_score=combined,
                 acquisition_cusum=acquisition_cusum,
                 output_cusum=output_cusum,
+                combined_cusum=combined_cusum,
                 combined_ewma=state.ewma.value,
                 max_psi=max_psi,
                 top_test=top,
