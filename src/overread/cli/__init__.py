@@ -38,6 +38,7 @@ COMMAND_MODULES: tuple[str, ...] = (
     "overread.cli.jobs",
     "overread.cli.labels",
     "overread.cli.models",
+    "overread.cli.monitor",
     "overread.cli.phantom",
     "overread.cli.predict",
     "overread.cli.retention",
