@@ -64,7 +64,7 @@ def test_a_clean_run_passes_and_counts_per_fault() -> None:
     verdict = assess(_clean())
     assert verdict.passed, verdict.problems
     total = _row(verdict.rows, "all")
-    assert (total.sent, total.acknowledged, total.refused, total.stored, total.lost) == (
+    assert (total.sent, total.acknowledged, total.unacknowledged, total.stored, total.lost) == (
         4,
         3,
         1,
@@ -75,7 +75,7 @@ def test_a_clean_run_passes_and_counts_per_fault() -> None:
     assert (total.reports_delivered, total.export_audited) == (3, 3)
     kill = _row(verdict.rows, Fault.KILL.value)
     assert (kill.sent, kill.acknowledged, kill.reports_delivered) == (2, 2, 2)
-    assert _row(verdict.rows, Fault.DISK_FULL.value).refused == 1
+    assert _row(verdict.rows, Fault.DISK_FULL.value).unacknowledged == 1
 
 
 def test_a_lost_instance_is_flagged() -> None:
@@ -158,7 +158,7 @@ def _consistent(backend: dict[str, object]) -> None:
     for name, value in asdict(total).items():
         if name != "fault":
             assert value == sum(getattr(r, name) for r in rows[:-1]), name
-    assert total.sent == total.acknowledged + total.refused > 0
+    assert total.sent == total.acknowledged + total.unacknowledged > 0
     assert total.lost == 0 and total.stored >= total.acknowledged
     assert total.receive_audited == total.stored
     assert total.studies_delivered == total.studies_acknowledged > 0
@@ -167,7 +167,7 @@ def _consistent(backend: dict[str, object]) -> None:
     # Every fault was really applied: something was refused while the service was
     # killed or the disk full, and every oversized body got its 4xx.
     by_fault = {r.fault: r for r in rows}
-    assert by_fault[Fault.DISK_FULL.value].refused > 0
+    assert by_fault[Fault.DISK_FULL.value].unacknowledged > 0
     assert by_fault[Fault.NONE.value].acknowledged > 0
     oversized = [a for a in backend["http"] if a["expected_4xx"]]  # type: ignore[attr-defined]
     assert oversized and all(400 <= a["status"] < 500 for a in oversized)
@@ -190,6 +190,7 @@ def test_a_short_chaos_run_on_sqlite_passes() -> None:
         pacs_down_s=8,
         disk_full_s=4,
         idle_sockets=40,
+        kills=2,
         seed=1,
     )
     result = benchmark_chaos(options)
@@ -211,6 +212,7 @@ def test_a_short_chaos_run_on_postgres_with_celery_workers_passes() -> None:
         pacs_down_s=8,
         disk_full_s=4,
         idle_sockets=40,
+        kills=2,
         seed=1,
     )
     try:

@@ -33,6 +33,7 @@ from __future__ import annotations
 import contextlib
 import enum
 import hashlib
+import json
 import os
 import random
 import resource
@@ -186,7 +187,7 @@ class FaultRow:
     fault: str
     sent: int
     acknowledged: int
-    refused: int
+    unacknowledged: int
     stored: int
     lost: int
     studies_acknowledged: int
@@ -252,7 +253,7 @@ def assess(observation: ChaosObservation) -> ChaosVerdict:
             fault=name,
             sent=len(sent),
             acknowledged=len(acked),
-            refused=sum(1 for s in sent if not s.acknowledged),
+            unacknowledged=sum(1 for s in sent if not s.acknowledged),
             stored=sum(1 for s in sent if s.sop_instance_uid in obs.stored),
             lost=sum(1 for s in acked if s.sop_instance_uid not in obs.stored),
             studies_acknowledged=len(acked_studies),
@@ -319,7 +320,9 @@ def assess(observation: ChaosObservation) -> ChaosVerdict:
 
 
 # -- reading the PACS and the database -------------------------------------------------
-def _content_items(items: Sequence[Dataset], path: str, into: list[str], model: list[str]) -> None:
+def _content_items(
+    items: Sequence[Dataset], path: str, into: list[str], model: dict[str, set[str]]
+) -> None:
     """Flatten an SR content tree to ``path = value`` lines, UIDs and times left out."""
     for item in items:
         names = item.get("ConceptNameCodeSequence") or []
@@ -334,7 +337,7 @@ def _content_items(items: Sequence[Dataset], path: str, into: list[str], model: 
         elif kind == "TEXT" and name != "Tracking Identifier":
             into.append(f"{where}={item.get('TextValue', '')}")
             if name in ("Algorithm Name", "Algorithm Version"):
-                model.append(str(item.get("TextValue", "")))
+                model.setdefault(name, set()).add(str(item.get("TextValue", "")))
         if item.get("ContentSequence"):
             _content_items(item.ContentSequence, where, into, model)
 
@@ -353,12 +356,14 @@ def read_report(path: Path) -> DeliveredReport | None:
     if not str(ds.get("SOPClassUID", "")).startswith(SR_CLASS_ROOT):
         return None
     lines: list[str] = []
-    model: list[str] = []
-    _content_items(ds.get("ContentSequence") or [], "", lines, model)
+    algorithm: dict[str, set[str]] = {}
+    _content_items(ds.get("ContentSequence") or [], "", lines, algorithm)
     digest = hashlib.sha256("\n".join(sorted(lines)).encode()).hexdigest()
-    return DeliveredReport(
-        str(ds.SOPInstanceUID), str(ds.StudyInstanceUID), " ".join(model) or "?", digest
+    model = " ".join(
+        ",".join(sorted(algorithm.get(key, {"?"})))
+        for key in ("Algorithm Name", "Algorithm Version")
     )
+    return DeliveredReport(str(ds.SOPInstanceUID), str(ds.StudyInstanceUID), model, digest)
 
 
 def _pacs_reports(folder: Path) -> list[DeliveredReport]:
@@ -418,6 +423,9 @@ class ChaosOptions:
         How long the PACS stays down and the disk stays full.
     idle_sockets
         Connections in the flood.
+    kills
+        Fewest kills: the kill phase lasts until it has done this many (a restart
+        under load can take longer than the phase's share).
     send_interval_s
         Mean gap between two studies sent.
     stow_share
@@ -431,6 +439,7 @@ class ChaosOptions:
     pacs_down_s: float = 20.0
     disk_full_s: float = 10.0
     idle_sockets: int = 100
+    kills: int = 3
     send_interval_s: float = 0.6
     stow_share: float = 0.25
     postgres_url: str = DEFAULT_POSTGRES
@@ -444,6 +453,8 @@ class ChaosOptions:
             raise ConfigError(f"bench chaos: --duration must be >= 30 s, got {self.duration_s:g}")
         if self.settle_s <= 0 or self.pacs_down_s <= 0 or self.disk_full_s <= 0:
             raise ConfigError("bench chaos: --settle, --pacs-down and --disk-full must be positive")
+        if not 0 <= self.kills <= 100:
+            raise ConfigError("bench chaos: --kills must be between 0 and 100")
         if not 1 <= self.idle_sockets <= 1000:
             raise ConfigError("bench chaos: --idle-sockets must be between 1 and 1000")
         if self.send_interval_s <= 0 or not 0 <= self.stow_share <= 1:
@@ -516,6 +527,7 @@ class ServiceUnderTest:
         self.http_port = free_port()
         self.worker_count = workers
         self.processes: dict[str, subprocess.Popen[bytes]] = {}
+        self.unexpected_exits: list[str] = []
         self._logs: list[IO[bytes]] = []
         self._env = {k: v for k, v in os.environ.items() if not k.startswith("OVERREAD_")}
 
@@ -586,8 +598,19 @@ class ServiceUnderTest:
         for name in self.names():
             self.start(name)
 
+    def check_alive(self, when: str) -> None:
+        """Note every process that has ended without being told to (it is not restarted)."""
+        for name, process in self.processes.items():
+            status = process.poll()
+            note = f"{name} exited by itself with status {status} ({when})"
+            if status is not None and not any(
+                n.startswith(f"{name} ") for n in self.unexpected_exits
+            ):
+                self.unexpected_exits.append(note)
+
     def kill(self, name: str) -> None:
         """SIGKILL ``name`` (no clean-up at all) and reap it."""
+        self.check_alive(f"before kill -9 {name}")
         process = self.processes[name]
         with contextlib.suppress(ProcessLookupError):
             os.kill(process.pid, signal.SIGKILL)
@@ -946,6 +969,15 @@ class ChaosRun:
             modality.stow_share = self.options.stow_share
             self._faults(service, pacs, modality)
             self._settle(modality)
+            service.check_alive("after settling")
+            self.observation.probes.append(
+                Probe(
+                    Fault.NONE,
+                    "no service process ended by itself",
+                    not service.unexpected_exits,
+                    "; ".join(service.unexpected_exits) or f"{len(service.names())} running",
+                )
+            )
             service.stop()
             pacs.stop()
             self._observe(modality, database_url)
@@ -966,6 +998,7 @@ class ChaosRun:
                 self.report(task, 0, 1)
                 phase = getattr(self, f"_phase_{fault.name.lower()}")
                 phase(service, pacs, modality, time.monotonic() + seconds)
+                service.check_alive(f"at the end of the {fault} phase")
                 self.report(task, 1, 1)
         finally:
             stop.set()
@@ -985,10 +1018,12 @@ class ChaosRun:
     def _phase_kill(
         self, service: ServiceUnderTest, pacs: StorescpPacs, modality: Modality, deadline: float
     ) -> None:
-        while time.monotonic() < deadline:
+        kills = 0
+        while time.monotonic() < deadline or kills < self.options.kills:
             time.sleep(self.rng.uniform(1.0, 6.0))
-            if time.monotonic() >= deadline:
+            if time.monotonic() >= deadline and kills >= self.options.kills:
                 break
+            kills += 1
             victim = self.rng.choice(service.names())
             service.kill(victim)
             self.event(f"kill -9 {victim}")
@@ -1012,11 +1047,12 @@ class ChaosRun:
         service.limit_writes(0)
         self.event(f"disk full (file-size limit 0) for {self.options.disk_full_s:g} s")
         full_until = time.monotonic() + self.options.disk_full_s
-        refused = False
+        answers: list[int | None] = []
         while time.monotonic() < full_until:
-            statuses = modality.c_store(modality.study(1))
-            refused = refused or any(s is not None and s != 0 for s in statuses)
+            answers += modality.c_store(modality.study(1))
             time.sleep(1.0)
+        failures = sorted({f"0x{s:04X}" for s in answers if s is not None and s != 0})
+        refused = bool(failures)
         service.limit_writes(None)
         self.event("disk space back (limit lifted, no restart)")
         self.observation.probes.append(
@@ -1024,7 +1060,8 @@ class ChaosRun:
                 Fault.DISK_FULL,
                 "C-STORE refused with a failure status while the disk is full",
                 refused,
-                "" if refused else "no C-STORE was refused",
+                f"{sum(1 for s in answers if s not in (None, 0))} of {len(answers)} refused "
+                f"({', '.join(failures) or 'none'})",
             )
         )
         recovered_at: float | None = None
@@ -1201,6 +1238,7 @@ def benchmark_chaos(
             "pacs_down_s": options.pacs_down_s,
             "disk_full_s": options.disk_full_s,
             "idle_sockets": options.idle_sockets,
+            "kills": options.kills,
             "send_interval_s": options.send_interval_s,
             "stow_share": options.stow_share,
         },
@@ -1217,6 +1255,8 @@ def benchmark_chaos(
             root.mkdir(parents=True, exist_ok=True)
             observation = ChaosRun(root, backend, options, report).run()
             result["backends"].append(_verdict_json(observation, assess(observation)))
+            if keep is not None:
+                (root / "result.json").write_text(json.dumps(result["backends"][-1], indent=2))
     result["passed"] = all(b["passed"] for b in result["backends"])
     result["machine"] = machine_info()
     result["seconds"] = round(time.monotonic() - started, 1)

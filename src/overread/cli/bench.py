@@ -552,7 +552,7 @@ _CHAOS_COLUMNS = (
     ("fault", "fault"),
     ("sent", "sent"),
     ("acked", "acknowledged"),
-    ("refused", "refused"),
+    ("not acked", "unacknowledged"),
     ("stored", "stored"),
     ("lost", "lost"),
     ("studies delivered", None),
@@ -625,6 +625,7 @@ def bench_chaos(
     pacs_down: float = typer.Option(20.0, "--pacs-down", min=1, help="Seconds the PACS is down."),
     disk_full: float = typer.Option(10.0, "--disk-full", min=1, help="Seconds the disk is full."),
     idle_sockets: int = typer.Option(100, "--idle-sockets", min=1, help="Idle connections."),
+    kills: int = typer.Option(3, "--kills", min=0, help="Fewest kill -9 in the kill phase."),
     keep: Path | None = typer.Option(
         None, "--keep", help="Keep the run's files (logs, PACS, database) in this folder."
     ),
@@ -655,6 +656,7 @@ def bench_chaos(
         pacs_down_s=pacs_down,
         disk_full_s=disk_full,
         idle_sockets=idle_sockets,
+        kills=kills,
     )
     options.validate()
     # Refused associations are the point of the run: pynetdicom need not log each one.
