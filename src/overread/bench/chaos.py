@@ -602,11 +602,16 @@ class ServiceUnderTest:
         """Note every process that has ended without being told to (it is not restarted)."""
         for name, process in self.processes.items():
             status = process.poll()
-            note = f"{name} exited by itself with status {status} ({when})"
-            if status is not None and not any(
-                n.startswith(f"{name} ") for n in self.unexpected_exits
-            ):
-                self.unexpected_exits.append(note)
+            if status is None or any(n.startswith(f"{name} ") for n in self.unexpected_exits):
+                continue
+            try:
+                lines = (self.root / f"{name}.log").read_text(errors="replace").splitlines()
+            except OSError:
+                lines = []
+            last = " | ".join(line.strip() for line in lines[-3:] if line.strip())
+            self.unexpected_exits.append(
+                f"{name} exited by itself with status {status} ({when}); its log ends: {last}"
+            )
 
     def kill(self, name: str) -> None:
         """SIGKILL ``name`` (no clean-up at all) and reap it."""
