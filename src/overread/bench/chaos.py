@@ -529,6 +529,7 @@ class ServiceUnderTest:
         self.processes: dict[str, subprocess.Popen[bytes]] = {}
         self.unexpected_exits: list[str] = []
         self._logs: list[IO[bytes]] = []
+        self._copiers: list[threading.Thread] = []
         self._env = {k: v for k, v in os.environ.items() if not k.startswith("OVERREAD_")}
 
     def _common(self) -> list[str]:
@@ -544,16 +545,35 @@ class ServiceUnderTest:
         ]
 
     def _spawn(self, name: str, args: list[str]) -> None:
+        """Start a process; its output reaches its log through a pipe.
+
+        The pipe is written by the child and the file by this process, so the log
+        keeps what the child says while its own writes to files fail (the full disk).
+        """
         log = (self.root / f"{name}.log").open("ab")
         self._logs.append(log)
-        self.processes[name] = subprocess.Popen(
+        process = subprocess.Popen(
             [*overread_command(), *args],
             cwd=self.root,
             env=self._env,
             stdin=subprocess.DEVNULL,
-            stdout=log,
+            stdout=subprocess.PIPE,
             stderr=subprocess.STDOUT,
         )
+        self.processes[name] = process
+        copier = threading.Thread(
+            target=self._copy_output, args=(process, log), name=f"log-{name}", daemon=True
+        )
+        copier.start()
+        self._copiers.append(copier)
+
+    @staticmethod
+    def _copy_output(process: subprocess.Popen[bytes], log: IO[bytes]) -> None:
+        assert process.stdout is not None
+        with process.stdout:
+            for line in process.stdout:
+                log.write(line)
+                log.flush()
 
     def start(self, name: str) -> None:
         """Start (or restart) ``serve`` or ``worker-N``; a gateway is waited for."""
@@ -638,6 +658,8 @@ class ServiceUnderTest:
         """SIGTERM every process (SIGKILL after a grace period) and close the logs."""
         for name in reversed(list(self.processes)):
             end_process(self.processes[name], grace=30)
+        for copier in self._copiers:
+            copier.join(10)
         for log in self._logs:
             log.close()
 
