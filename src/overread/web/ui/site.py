@@ -27,7 +27,7 @@ HERE = Path(__file__).parent
 #: Headers of every UI page: no framing, no inline script, no caching of patient data.
 PAGE_HEADERS = {
     "Content-Security-Policy": (
-        "default-src 'self'; img-src 'self' blob:; style-src 'self'; script-src 'self'; "
+        "default-src 'self'; img-src 'self'; style-src 'self'; script-src 'self'; "
         "connect-src 'self'; frame-ancestors 'none'; form-action 'self'; base-uri 'none'; "
         "object-src 'none'"
     ),

@@ -15,7 +15,7 @@ from overread.service.db import utcnow
 from overread.service.infer import request_gate_override
 from overread.triage import ReadState, Verdict, get_item, record_feedback, set_read_state
 from overread.web.ui.guard import Viewer, page, page_viewer
-from overread.web.ui.pages.viewer import viewer_context
+from overread.web.ui.pages.viewer import VIEWER_CSP, viewer_context
 from overread.web.ui.site import UserInterface, ui_of
 from overread.web.ui.views import study_view
 
@@ -53,7 +53,7 @@ def study(
         object_uids=[study_instance_uid],
         details={"page": "study"},
     )
-    return ui.render(
+    response = ui.render(
         request,
         "study.html",
         viewer,
@@ -65,6 +65,8 @@ def study(
         message=request.query_params.get("saved", ""),
         **viewer_context(ui, study_instance_uid, shown),
     )
+    response.headers["Content-Security-Policy"] = VIEWER_CSP
+    return response
 
 
 @page(router, "GET", "/studies/{study_instance_uid}/image.png", permission=Permission.VIEW_RESULTS)

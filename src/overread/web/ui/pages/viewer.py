@@ -23,7 +23,7 @@ from overread.imaging.transforms import WINDOW_PRESETS
 from overread.security import Permission
 from overread.web.routes import AUTHENTICATED
 from overread.web.ui.guard import page
-from overread.web.ui.site import UserInterface, ui_of
+from overread.web.ui.site import PAGE_HEADERS, UserInterface, ui_of
 
 router = APIRouter(include_in_schema=False)
 
@@ -33,6 +33,13 @@ BUNDLE = Path(__file__).resolve().parents[2] / "viewer" / "dist" / "overread-vie
 BUNDLE_URL = "/viewer/overread-viewer.js"
 #: What to run when the bundle is missing.
 BUILD_HINT = "run scripts/setup.sh (or: cd src/overread/web/viewer && npm ci && npm run build)"
+#: The study page's policy: the UI's, plus what Cornerstone3D needs: its cursors are
+#: blob: images and its measurement labels carry style attributes. Scripts stay 'self'.
+VIEWER_CSP = (
+    PAGE_HEADERS["Content-Security-Policy"]
+    .replace("img-src 'self';", "img-src 'self' blob:;")
+    .replace("style-src 'self';", "style-src 'self' 'unsafe-inline';")
+)
 _PRIVATE = {"Cache-Control": "private, no-store", "X-Content-Type-Options": "nosniff"}
 
 
@@ -130,4 +137,12 @@ def heatmap_layer(
     return Response(layers.heatmap_png, media_type="image/png", headers=_PRIVATE)
 
 
-__all__ = ["BUNDLE", "BUNDLE_URL", "bundle_built", "router", "viewer_context", "window_presets"]
+__all__ = [
+    "BUNDLE",
+    "BUNDLE_URL",
+    "VIEWER_CSP",
+    "bundle_built",
+    "router",
+    "viewer_context",
+    "window_presets",
+]

@@ -496,6 +496,7 @@ class StudyViewer {
     const { MouseBindings } = ToolEnums;
     this.measuring = !this.measuring && Boolean(this.images[this.index].spacing);
     if (this.measuring) {
+      this.tools.setToolPassive(WindowLevelTool.toolName);
       this.tools.setToolActive(LengthTool.toolName, { bindings: [{ mouseButton: MouseBindings.Primary }] });
     } else {
       this.tools.setToolPassive(LengthTool.toolName);
