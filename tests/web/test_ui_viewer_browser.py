@@ -105,9 +105,8 @@ def page(browser: Any) -> Iterator[Any]:
     tab = context.new_page()
     tab.problems = []  # console errors, page errors and failed responses
     tab.on(
-        "console", lambda m: tab.problems.append(f"console {m.type}: {m.text}")
-        if m.type == "error"
-        else None
+        "console",
+        lambda m: tab.problems.append(f"console {m.type}: {m.text}") if m.type == "error" else None,
     )
     tab.on("pageerror", lambda e: tab.problems.append(f"page error: {e}"))
     tab.on(
@@ -262,9 +261,7 @@ def test_viewer_tools_presets_readout_ruler_series_and_keys(
     thumbs = page.locator("#viewer-series .thumb")
     assert thumbs.count() == 2
     assert page.locator("#viewer-series li").count() == 2
-    other = next(
-        i for i in range(2) if thumbs.nth(i).get_attribute("data-sop") != study.reference
-    )
+    other = next(i for i in range(2) if thumbs.nth(i).get_attribute("data-sop") != study.reference)
     thumbs.nth(other).click()
     page.wait_for_function(
         f"() => document.getElementById('viewer').dataset.shown === "

@@ -426,6 +426,12 @@ class StudyViewer {
       layers.region.contours.forEach((line) => {
         line.forEach(([x, y], i) => (i ? context.lineTo(x, y) : context.moveTo(x, y)));
       });
+      // White on a dark edge, readable on bright and dark anatomy alike.
+      context.strokeStyle = "rgba(0, 0, 0, 0.7)";
+      context.lineWidth = 4 * pixel;
+      context.stroke();
+      context.strokeStyle = "#ffffff";
+      context.lineWidth = 2 * pixel;
       context.stroke();
     }
     if (this.show.box && layers.region && layers.region.box) {
