@@ -15,6 +15,7 @@ import {
   init as initCore,
   metaData,
   utilities,
+  getShouldUseCPURendering,
 } from "@cornerstonejs/core";
 import {
   init as initTools,
@@ -460,10 +461,10 @@ class StudyViewer {
 
   // -- image controls -----------------------------------------------------------------
   preset(index) {
-    const d = this.images[this.index];
     if (index === 0 || !this.presets[index - 1]) {
+      const invert = this.inverted();
       this.viewport.resetProperties();
-      this.viewport.setProperties({ invert: this.inverted() });
+      this.viewport.setProperties({ invert });
     } else {
       const p = this.presets[index - 1];
       this.viewport.setProperties({
@@ -474,7 +475,6 @@ class StudyViewer {
     const name = index === 0 || !this.presets[index - 1] ? "image" : this.presets[index - 1].name;
     this.root.querySelector("#viewer-preset").value = String(index);
     this.status.dataset.window = name;
-    void d;
   }
 
   inverted() {
@@ -578,11 +578,16 @@ class StudyViewer {
   }
 }
 
+export function renderingMode() {
+  return getShouldUseCPURendering() ? "cpu" : "gpu";
+}
+
 function boot() {
   const root = document.getElementById("viewer");
   if (!root) { return; }
   const viewer = new StudyViewer(root);
   window.overreadViewer = viewer;
+  viewer.renderingMode = renderingMode;
   viewer.start().catch((error) => {
     root.dataset.failed = "true";
     root.querySelector("#viewer-status").textContent = "The viewer could not start: " + error.message;
