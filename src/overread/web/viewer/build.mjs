@@ -15,7 +15,7 @@ await build({
   target: ["chrome110", "firefox110", "safari16"],
   minify: true,
   sourcemap: false,
-  legalComments: "linked",
+  legalComments: "eof", // the licences travel inside the one script served
   logLevel: "warning",
   outfile,
   // Node built-ins that vtk.js's XML writer pulls in; never called in the browser.
