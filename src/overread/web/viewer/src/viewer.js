@@ -367,9 +367,16 @@ class StudyViewer {
   }
 
   // -- layers -------------------------------------------------------------------------
+  layerControls(enabled) {
+    this.root.querySelectorAll("input[data-layer], input[data-opacity]").forEach((input) => {
+      input.disabled = !enabled;
+    });
+  }
+
   async loadLayers() {
     const url = this.root.dataset.layers;
     const note = this.root.querySelector("#viewer-layers-note");
+    this.layerControls(false);
     if (!url) { note.textContent = "No finding selected: no AI layers."; return; }
     note.textContent = "Computing the AI layers…";
     try {
@@ -385,6 +392,7 @@ class StudyViewer {
       await picture.decode();
       this.layers = layers;
       this.heatmapPicture = picture;
+      this.layerControls(true);
       note.textContent = "AI layers: " + layers.finding + " (" + layers.model + ")";
       this.root.dataset.layers_ready = "true";
       this.root.setAttribute("data-layers-ready", "true");
