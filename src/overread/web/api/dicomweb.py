@@ -35,6 +35,7 @@ _STOW_RESPONSES: dict[int | str, dict[str, Any]] = {
     400: {"description": "A multipart/related body that cannot be parsed (no boundary, no part)"},
     409: {"description": "No instance stored (DICOM JSON, Failed SOP Sequence)"},
     415: {"description": "Not a multipart/related DICOM body"},
+    507: {"description": "The gateway's disk is under its refuse watermark: nothing is read"},
 }
 
 
@@ -88,6 +89,16 @@ async def _stow(
 ) -> JSONResponse:
     service = ctx.service
     client = request.client.host if request.client else ""
+    disk = service.ingestor.disk
+    refusal = None if disk is None else await run_in_threadpool(disk.refusal)
+    if refusal is not None:  # refused before the body is spooled to that disk
+        await run_in_threadpool(
+            ctx.access.record,
+            who,
+            AuditAction.RECEIVE_REFUSED,
+            details={"via_http": "stow-rs", "source": client, "status": 507, "reason": refusal},
+        )
+        raise HTTPException(status_code=507, detail=refusal)
     try:
         boundary_of(request.headers.get("content-type", ""))  # 415/400 before reading
         with await _spooled(request, pathlib.Path(service.config.data_dir) / "tmp") as body:
