@@ -230,10 +230,16 @@ def _associate(
         assoc = ae.associate(peer.host, peer.port, ae_title=peer.ae_title, **kwargs)
     except Exception as exc:  # socket errors surface in many types
         raise QueryRetrieveError(f"{what}: cannot connect to {_describe(peer)}: {exc}") from None
-    if not assoc.is_established:
-        why = "refused the association" if assoc.is_rejected else "did not answer"
+    if assoc.is_rejected:
         raise QueryRetrieveError(
-            f"{what}: {_describe(peer)} {why} (is this calling AE title known to it?)"
+            f"{what}: {_describe(peer)} refused the association "
+            f"(does it know the calling AE title {ae.ae_title}?)"
+        )
+    if not assoc.is_established:
+        # pynetdicom marks a refused TCP connection "aborted" too: one message for both.
+        raise QueryRetrieveError(
+            f"{what}: {_describe(peer)} could not be reached "
+            "(connection refused, aborted, or no answer in time)"
         )
     return assoc
 
