@@ -59,6 +59,7 @@ from pydantic import (
 
 from overread.config import Settings
 from overread.errors import ConfigError
+from overread.service.retention_settings import RetentionSettings
 
 _AE_RE = re.compile(r"^[ -~]{1,16}$")
 
@@ -531,6 +532,11 @@ class ServiceConfig(BaseModel):
         description="model aliases whose class activation regions of positive findings are "
         "also sent as a DICOM SEG, labelled as thresholded CAM, not a segmentation model",
     )
+    pdf_report: bool = Field(
+        default=False,
+        description="also send each study's result as a PDF report (DICOM Encapsulated PDF, "
+        "modality DOC) with the SR",
+    )
     batch_max_size: int = Field(
         default=8, ge=1, le=64, description="micro-batch bound for model calls; 1 disables"
     )
@@ -552,6 +558,21 @@ class ServiceConfig(BaseModel):
         default=False,
         description="serve /metrics without signing in (for a Prometheus on a trusted network)",
     )
+    metrics_scrape_token: SecretStr | None = Field(
+        default=None,
+        description="a bearer token that lets a scraper read /metrics without an account "
+        "(Authorization: Bearer TOKEN); at least 16 characters",
+        min_length=16,
+    )
+    metrics_allowed_addresses: list[str] = Field(
+        default_factory=list,
+        description="addresses or CIDR networks whose callers read /metrics without "
+        "signing in (the scraper's host)",
+    )
+    retention: RetentionSettings = Field(
+        default_factory=RetentionSettings,
+        description="The [service.retention] table: retention periods and disk watermarks",
+    )
     public_api_docs: bool = Field(
         default=False,
         description="serve /docs, /redoc and /openapi.json to anonymous callers "
@@ -563,7 +584,7 @@ class ServiceConfig(BaseModel):
     def _valid_ae_title(cls, value: str) -> str:
         return _check_ae_title(value)
 
-    @field_validator("trusted_proxies")
+    @field_validator("trusted_proxies", "metrics_allowed_addresses")
     @classmethod
     def _valid_networks(cls, value: list[str]) -> list[str]:
         """Normalised (``10.0.0.5/8`` is ``10.0.0.0/8``): the HTTP server matches exactly."""

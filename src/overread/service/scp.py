@@ -11,6 +11,8 @@ DICOM statuses, never to a false success:
   malformed UID: which one and why); nothing is stored or processed, and the payload
   is kept under ``rejected/`` for inspection;
 * disk full, database down, anything unexpected: ``0xA700`` (out of resources);
+  also, before anything is written, while the disk is under the refuse watermark
+  (:mod:`overread.service.diskspace`);
 * a SOP Instance UID already stored: ``0x0000`` and no second copy.
 
 Calling AE titles (and optionally hosts) are checked when the association is
@@ -55,6 +57,7 @@ from overread.audit import AuditAction
 from overread.errors import InvalidDicomError, InvalidUidError, ServiceError
 from overread.service.admission import ConnectionGate
 from overread.service.config import AllowedPeer, ServiceConfig
+from overread.service.diskspace import InsufficientStorageError
 from overread.service.ingest import Ingestor, record_refusal
 from overread.service.qr_scp import FIND_SOP_CLASSES, MOVE_SOP_CLASSES, QueryRetrieveSCP
 
@@ -426,6 +429,9 @@ class StorageSCP:
             return self._refuse_instance(
                 calling, host, STATUS_CANNOT_UNDERSTAND, "not a readable DICOM data set"
             )
+        except InsufficientStorageError as exc:  # refused before the disk is full
+            logger.error("C-STORE from %s refused: %s", calling, exc)
+            return self._refuse_instance(calling, host, STATUS_OUT_OF_RESOURCES, str(exc))
         except Exception as exc:  # disk full, database down: never report success
             logger.exception("C-STORE from %s: cannot persist (%s)", calling, exc)
             return self._refuse_instance(
