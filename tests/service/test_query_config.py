@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -44,3 +45,16 @@ def test_a_malformed_query_peer_is_refused_by_name(tmp_path: Path, text: str, me
     with pytest.raises(ConfigError, match=message) as raised:
         service_config(settings)
     assert "query peer" in str(raised.value)
+
+
+def test_fetch_refuses_bad_input_in_one_line(tmp_path: Path, run_cli: Any) -> None:
+    data = str(tmp_path / "data")
+    status, _, err = run_cli("fetch", "--from", "NOPE", "--study", "1.2.3", "--data-dir", data)
+    assert status == 2
+    assert err.strip() == (
+        "error: --from 'NOPE': give AE@host:port or a query peer's name (none configured)"
+    )
+    status, _, err = run_cli("fetch", "--from", "PACS@127.0.0.1:104", "--data-dir", data)
+    assert (status, err.strip()) == (2, "error: give --study UID (repeatable) or --patient ID")
+    status, _, err = run_cli("fetch", "--from", "PACS@nowhere", "--study", "1", "--data-dir", data)
+    assert status == 2 and err.startswith("error: query peer 'PACS@nowhere': expected")
