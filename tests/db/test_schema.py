@@ -21,7 +21,7 @@ from overread.db.schema import BASELINE_TABLES
 from overread.errors import DatabaseSchemaError
 
 #: Tables added by revisions after the baseline.
-LATER_TABLES = frozenset({"hl7_orders"})
+LATER_TABLES = frozenset({"hl7_orders", "result_reviews"})
 
 
 def _tables(engine: sa.Engine) -> set[str]:
