@@ -201,6 +201,37 @@ def held(session: Session, result_id: int) -> bool:
     return state in (ReviewState.PENDING.value, ReviewState.REJECTED.value)
 
 
+#: Of a study's results' review states, the one that speaks for the study.
+_STUDY_STATE_ORDER = (
+    ReviewState.PENDING.value,
+    ReviewState.REJECTED.value,
+    ReviewState.RELEASED.value,
+    ReviewState.EDITED.value,
+    ReviewState.ACCEPTED.value,
+)
+#: The review state of a study none of whose results was held or verified.
+UNREVIEWED = "unreviewed"
+
+
+def study_review_states(session: Session, study_uids: Sequence[str]) -> dict[str, str]:
+    """Each study's review state for the worklist: ``pending`` while any result waits
+    for a reader, else ``rejected``, ``released``, ``edited``, ``accepted``; studies
+    without a review are ``unreviewed`` (their results went out unverified)."""
+    if not study_uids:
+        return {}
+    found: dict[str, set[str]] = {}
+    for uid, state in session.execute(
+        select(ResultReview.study_instance_uid, ResultReview.state).where(
+            ResultReview.study_instance_uid.in_(list(study_uids))
+        )
+    ):
+        found.setdefault(str(uid), set()).add(str(state))
+    return {
+        uid: next((s for s in _STUDY_STATE_ORDER if s in found.get(uid, set())), UNREVIEWED)
+        for uid in study_uids
+    }
+
+
 def queue_exports(
     session: Session,
     queue: JobQueue,
@@ -782,6 +813,7 @@ def _reference_dataset(reference: Mapping[str, Any], study_uid: str = "") -> Dat
 
 __all__ = [
     "REVIEW_ACTOR",
+    "UNREVIEWED",
     "Reader",
     "ReviewAction",
     "ReviewConflictError",
@@ -793,4 +825,5 @@ __all__ = [
     "hold_result",
     "queue_exports",
     "reviewing_routes",
+    "study_review_states",
 ]
