@@ -99,10 +99,15 @@ def _negative_finding(service: Gateway) -> str:
 
 @pytest.fixture
 def held_study(
-    make_service: Callable[..., Gateway], storescp: Storescp, dx_factory: Callable[..., Path]
+    make_service: Callable[..., Gateway],
+    storescp: Storescp,
+    dx_factory: Callable[..., Path],
+    database_url: str,
 ) -> tuple[Gateway, str]:
-    """A gateway whose chest route requires review, with one study read and held."""
+    """A gateway whose chest route requires review (on SQLite and on PostgreSQL), with
+    one study read and held."""
     service = make_service(
+        database_url=database_url,
         routes=[_route(review=True)],
         destinations=[f"PACS=PACSAE@127.0.0.1:{storescp.port}"],
         verifying_organization="General Hospital",

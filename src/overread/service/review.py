@@ -518,8 +518,9 @@ class ReviewDesk:
             row = session.get(Result, result.id)
             if row is None:
                 raise ReviewError(f"result {result.id} no longer exists")
+            # Locked (PostgreSQL): a second reader acting at once waits, then sees this one.
             current = session.scalar(
-                select(ResultReview).where(ResultReview.result_id == result.id)
+                select(ResultReview).where(ResultReview.result_id == result.id).with_for_update()
             )
             expected = None if review is None else review.state
             if (None if current is None else current.state) != expected or (
