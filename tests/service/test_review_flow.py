@@ -316,3 +316,81 @@ def test_a_review_past_its_timeout_escalates_but_stays_held_by_default(
     assert review is not None and review.state == "pending" and review.escalated_at
     time.sleep(0.5)
     assert [j.kind for j in _jobs(service)] == ["infer"] and storescp.files() == []
+
+
+def test_fhir_gets_nothing_while_held_then_final_then_amended(
+    make_service: Callable[..., Gateway], dx_factory: Callable[..., Path]
+) -> None:
+    from .test_fhir_flow import FhirSink
+
+    sink = FhirSink([])
+    try:
+        service = make_service(routes=[_route(review=True)], fhir_endpoints=[sink.url])
+        image = dx_factory(size=256)
+        storescu(service.dicom_port or 0, [image])
+        wait_until(lambda: _review(service) is not None)
+        time.sleep(1.0)
+        assert sink.stored == [] and [j.kind for j in _jobs(service)] == ["infer"]
+        uid = str(pydicom.dcmread(image, stop_before_pixels=True).StudyInstanceUID)
+        reader = api_token(service, "radiologist", username="dr.fhir")
+        assert _post(service, uid, {"action": "accept"}, reader).status_code == 200
+        wait_until(lambda: len(sink.stored) == 1)
+        label = _negative_finding(service)
+        edit = {"action": "edit", "findings": {label: "positive"}, "note": "amended"}
+        answer = _post(service, uid, edit, reader)
+        assert answer.status_code == 200, answer.text
+        assert answer.json()["results"][0]["report_status"] == "amended"
+        wait_until(lambda: len(sink.stored) == 2)
+    finally:
+        sink.close()
+    reports = [
+        next(
+            e["resource"]
+            for e in bundle["entry"]
+            if e["resource"]["resourceType"] == "DiagnosticReport"
+        )
+        for bundle in sink.stored
+    ]
+    assert [r["status"] for r in reports] == ["final", "amended"]
+    assert all("Verified by dr.fhir" in r["conclusion"] for r in reports)
+    changed = next(
+        e["resource"]
+        for e in sink.stored[1]["entry"]
+        if e["resource"]["resourceType"] == "Observation" and e["resource"]["code"]["text"] == label
+    )
+    assert changed["interpretation"][0]["coding"][0]["code"] == "POS"
+
+
+def test_hl7_gets_a_final_result_after_accept_and_a_corrected_one_after_an_edit(
+    make_service: Callable[..., Gateway], dx_factory: Callable[..., Path]
+) -> None:
+    from hl7apy.consts import VALIDATION_LEVEL
+    from hl7apy.parser import parse_message
+
+    from .hl7.conftest import RisPeer
+
+    ris = RisPeer()
+    try:
+        service = make_service(routes=[_route(review=True)], hl7_endpoints=[ris.address])
+        image = dx_factory(size=256)
+        storescu(service.dicom_port or 0, [image])
+        wait_until(lambda: _review(service) is not None)
+        time.sleep(1.0)
+        assert ris.received == []
+        uid = str(pydicom.dcmread(image, stop_before_pixels=True).StudyInstanceUID)
+        reader = api_token(service, "radiologist", username="dr.hl7")
+        assert _post(service, uid, {"action": "accept"}, reader).status_code == 200
+        wait_until(lambda: len(ris.received) == 1)
+        label = _negative_finding(service)
+        edit = {"action": "edit", "findings": {label: "positive"}}
+        assert _post(service, uid, edit, reader).status_code == 200
+        wait_until(lambda: len(ris.received) == 2)
+    finally:
+        ris.close()
+    statuses = []
+    for er7 in ris.received:
+        message = parse_message(er7, validation_level=VALIDATION_LEVEL.STRICT, find_groups=True)
+        order = message.oru_r01_patient_result.oru_r01_order_observation
+        statuses.append(order.obr.obr_25.to_er7())
+        assert {o.obx.obx_11.to_er7() for o in order.oru_r01_observation} == {statuses[-1]}
+    assert statuses == ["F", "C"]
