@@ -100,6 +100,7 @@ def test_the_study_page_accepts_a_held_study_and_its_sr_goes_out_verified(
     assert 'data-state="pending"' in page
     for control in ('id="review-accept"', 'id="review-edit"', 'id="review-reject"'):
         assert control in page
+    assert page.count(f'action="/studies/{uid}/review"') == 3
     assert pacs.files() == []
 
     done = client.post(f"/studies/{uid}/review", data={"csrf_token": csrf, "action": "accept"})
