@@ -206,6 +206,8 @@ def test_an_edit_changes_the_decision_in_the_sr(
     texts = [str(i.TextValue) for i in _content_items(sr.ContentSequence) if i.ValueType == "TEXT"]
     assert any("seen on review" in t and "dr.edit" in t for t in texts), texts
     assert dciodvfy_errors(sr_file) == []
+    # The same edit again changes nothing: refused.
+    assert _post(service, uid, body, reader).status_code == 409
     # An unknown finding is refused, and nothing changes.
     bad = _post(service, uid, {"action": "edit", "findings": {"Dragon": "positive"}}, reader)
     assert bad.status_code == 422

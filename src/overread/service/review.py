@@ -359,9 +359,13 @@ class ReviewDesk:
         if pending:
             targets = pending
         else:
-            # Results already out (never held, released after a time-out, or verified).
+            # Results already out (never held, released after a time-out, or verified);
+            # a study the model did not analyse has nothing to verify.
             targets = [
-                (r, v) for r, v in results if v is None or v.state != ReviewState.REJECTED.value
+                (r, v)
+                for r, v in results
+                if (v is None or v.state != ReviewState.REJECTED.value)
+                and ResultSummary.from_dict(r.summary or {}).usable()
             ]
         if not targets:
             raise ReviewConflictError(
@@ -465,6 +469,9 @@ class ReviewDesk:
         decisions = dict(previous)
         if request.action is ReviewAction.EDIT:
             decisions.update(request.decisions)
+        # Only what differs from the model's call is a change (for the study as a whole).
+        model_calls = _study_decisions(summary)
+        decisions = {k: v for k, v in decisions.items() if model_calls.get(k) is not v}
         if correction:
             if was_verified and request.action is ReviewAction.ACCEPT:
                 raise ReviewConflictError(
@@ -473,11 +480,12 @@ class ReviewDesk:
             changed = decisions != previous or (
                 was_verified and request.note and request.note != (review.note if review else "")
             )
-            status = (
-                ReportStatus.AMENDED
-                if (changed and (decisions or was_verified))
-                else (ReportStatus.FINAL)
-            )
+            if was_verified and not changed:
+                raise ReviewConflictError(
+                    f"result {result.id} is verified already with these findings and note"
+                )
+            amends = bool(changed and (decisions or was_verified))
+            status = ReportStatus.AMENDED if amends else ReportStatus.FINAL
         else:
             status = ReportStatus.FINAL
         edited = request.action is ReviewAction.EDIT
@@ -790,6 +798,18 @@ class ReviewDesk:
         if done:
             logger.warning("%d held result(s) past their review time-out", len(done))
         return done
+
+
+def _study_decisions(summary: ResultSummary) -> dict[str, Decision]:
+    """The model's decision per finding for the study: the strongest of its images'
+    (positive, then indeterminate, then negative), as the SR's summary merges them."""
+    calls: dict[str, Decision] = {}
+    for _, prediction in summary.usable():
+        for finding in prediction.findings:
+            current = calls.get(finding.label)
+            if current is None or finding.decision.severity > current.severity:
+                calls[finding.label] = finding.decision
+    return calls
 
 
 def _reference(artifact: Mapping[str, Any]) -> dict[str, Any]:
