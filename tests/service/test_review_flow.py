@@ -138,6 +138,10 @@ def test_a_held_sr_reaches_the_pacs_only_after_accept_verified_by_the_reader(
         timeout=30,
     ).json()
     assert [r["state"] for r in state["results"]] == ["pending"]
+    worklist = httpx.get(
+        f"http://127.0.0.1:{service.http_port}/api/worklist", headers=bearer(reader), timeout=30
+    ).json()
+    assert [i["review"] for i in worklist["items"]] == ["pending"]
 
     answer = _post(service, uid, {"action": "accept"}, reader)
     assert answer.status_code == 200, answer.text
