@@ -682,12 +682,16 @@ class ReviewDesk:
 
     # -- releasing ----------------------------------------------------------------------
     def _release(self, session: Session, result: Result) -> int:
-        """Queue the exports of a result that was held (its infer job's destinations)."""
+        """Queue the exports of a result that was held (its infer job's destinations);
+        return how many export jobs the result now has waiting.
+
+        Export jobs the study and model already had (a "not analysed" report sent
+        before a reader had the study analysed anyway) go again, with this result."""
         job = session.get(Job, result.job_id)
         if job is None:
             raise ReviewError(f"result {result.id}: its infer job {result.job_id} is gone")
         payload = InferPayload.from_dict(job.payload or {}, default_alias=job.model_name)
-        return queue_exports(
+        queue_exports(
             session,
             self.queue,
             self.config,
@@ -695,6 +699,12 @@ class ReviewDesk:
             result=result,
             destinations=payload.destinations,
             analysed=bool(ResultSummary.from_dict(result.summary or {}).usable()),
+        )
+        return self.queue.requeue_exports(
+            session,
+            study_instance_uid=result.study_instance_uid,
+            model_name=result.model_name,
+            model_version=result.model_version,
         )
 
     def _requeue_corrections(
