@@ -15,13 +15,24 @@ from alembic.migration import MigrationContext
 import overread.audit.schema
 import overread.security.schema
 import overread.service.db
+import overread.service.release_gate
+import overread.service.rollout
 import overread.triage.schema  # noqa: F401
 from overread.db import Base, Database, SchemaState, head_revision, schema_status, upgrade_schema
 from overread.db.schema import BASELINE_TABLES
 from overread.errors import DatabaseSchemaError
 
-#: Tables added by revisions after the baseline.
-LATER_TABLES = frozenset({"hl7_orders", "result_reviews"})
+#: Tables later revisions add to the baseline's.
+LATER_TABLES = frozenset(
+    {
+        "hl7_orders",
+        "model_rollouts",
+        "model_rollout_results",
+        "model_kill_switches",
+        "model_cohorts",
+        "result_reviews",
+    }
+)
 
 
 def _tables(engine: sa.Engine) -> set[str]:
@@ -36,7 +47,7 @@ def _set_revision(engine: sa.Engine, revision: str) -> None:
 def _previous_release(url: str, *, only: set[str] | None = None) -> None:
     """Tables as the release before schema versioning made them: create_all, no version."""
     engine = sa.create_engine(url)
-    tables = [t for name, t in Base.metadata.tables.items() if only is None or name in only]
+    tables = [t for name, t in Base.metadata.tables.items() if name in (only or BASELINE_TABLES)]
     Base.metadata.create_all(engine, tables=tables)
     engine.dispose()
 

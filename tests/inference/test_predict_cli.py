@@ -106,3 +106,34 @@ def test_export_rebuilds_onnx_and_int8(run_cli, tmp_path: Path) -> None:  # type
     assert status == 0
     status, _, stderr = run_cli("export", "cxr-default", "--onnx")
     assert status == 2 and "bundled packages are read-only" in stderr
+
+
+def test_predict_writes_the_pdf_report_of_the_study(
+    run_cli,
+    cxr_dicom: Callable[..., Path],
+    tmp_path: Path,  # type: ignore[no-untyped-def]
+) -> None:
+    pypdf = pytest.importorskip("pypdf")
+    dicom = cxr_dicom("chest.dcm", seed=7)
+    target = tmp_path / "reports" / "chest.pdf"
+    status, stdout, stderr = run_cli("predict", dicom, "--pdf", target)
+    assert status == 0, stderr
+    assert f"PDF report: {target}" in stdout
+    reader = pypdf.PdfReader(target)
+    text = " ".join(" ".join((p.extract_text() or "").split()) for p in reader.pages)
+    assert "NOT VERIFIED BY A RADIOLOGIST" in text
+    assert "PHANTOM, Chest" in text and "P0007" in text
+    assert "Pneumothorax" in text
+
+
+def test_predict_pdf_needs_a_dicom_input(
+    run_cli,
+    tmp_path: Path,  # type: ignore[no-untyped-def]
+) -> None:
+    png = tmp_path / "film.png"
+    PilImage.new("L", (120, 100), color=90).save(png)
+    status, _, stderr = run_cli("predict", png, "--pdf", tmp_path / "r.pdf")
+    assert status == 1
+    assert stderr.strip().splitlines()[-1].startswith("error: --pdf")
+    assert "Traceback" not in stderr
+    assert not (tmp_path / "r.pdf").exists()

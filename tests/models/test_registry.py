@@ -74,6 +74,7 @@ def test_models_cli(
     make_package: Callable[..., Path], tmp_path: Path, run_cli, monkeypatch
 ) -> None:  # type: ignore[no-untyped-def]
     monkeypatch.setenv("OVERREAD_MODEL_REGISTRY", str(tmp_path / "registry"))
+    monkeypatch.setenv("OVERREAD_DATA_DIR", str(tmp_path / "data"))  # the promotion's audit
     package = make_package("v1")
     status, out, _ = run_cli("models", "import", package)
     assert status == 0 and "imported tiny-cxr 1.0.0" in out

@@ -52,7 +52,9 @@ def _previous_release(url: str) -> None:
     """Every table as the release before schema versioning made them on start:
     ``create_all`` and the audit chain's head row, no ``alembic_version``."""
     engine = sa.create_engine(url)
-    Base.metadata.create_all(engine)
+    Base.metadata.create_all(
+        engine, tables=[t for n, t in Base.metadata.tables.items() if n in BASELINE_TABLES]
+    )
     with engine.begin() as conn:
         conn.execute(sa.insert(AuditChainHead).values(id=HEAD_ID, seq=0, hash=GENESIS_HASH))
     engine.dispose()

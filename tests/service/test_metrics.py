@@ -75,3 +75,31 @@ def test_metrics_can_be_public_for_a_trusted_scraper(
     reply = httpx.get(f"http://127.0.0.1:{service.http_port}/metrics", timeout=10)
     assert reply.status_code == 200
     assert ("overread_database_up", ()) in _samples(reply.text)
+
+
+def test_metrics_answer_a_scrape_token_or_an_allowed_address_only(
+    make_service: Callable[..., Gateway],
+) -> None:
+    token = "scrape-" + "x" * 24
+    service = make_service(workers=0, metrics_scrape_token=token)
+    url = f"http://127.0.0.1:{service.http_port}/metrics"
+    assert httpx.get(url, timeout=10).status_code == 401
+    assert httpx.get(url, headers=bearer("scrape-wrong" + "x" * 20), timeout=10).status_code == 401
+    reply = httpx.get(url, headers=bearer(token), timeout=10)
+    assert reply.status_code == 200
+    assert ("overread_database_up", ()) in _samples(reply.text)
+    # A signed-in caller still may; the token opens nothing else.
+    assert (
+        httpx.get(url, headers=bearer(api_token(service, "admin")), timeout=10).status_code == 200
+    )
+    jobs = f"http://127.0.0.1:{service.http_port}/api/jobs"
+    assert httpx.get(jobs, headers=bearer(token), timeout=10).status_code == 401
+
+    # The loopback scraper's address is allowed; another network is not.
+    allowed = make_service(workers=0, metrics_allowed_addresses=["127.0.0.0/8"])
+    reply = httpx.get(f"http://127.0.0.1:{allowed.http_port}/metrics", timeout=10)
+    assert reply.status_code == 200 and ("overread_database_up", ()) in _samples(reply.text)
+    elsewhere = make_service(workers=0, metrics_allowed_addresses=["10.1.2.0/24"])
+    assert (
+        httpx.get(f"http://127.0.0.1:{elsewhere.http_port}/metrics", timeout=10).status_code == 401
+    )

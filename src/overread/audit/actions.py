@@ -16,6 +16,10 @@ class AuditAction(enum.StrEnum):
     RECEIVE = "receive"
     RECEIVE_REFUSED = "receive-refused"
     ASSOCIATION_REFUSED = "association-refused"
+    #: A C-FIND answered from the stored data (it discloses patient data).
+    QUERY = "query"
+    #: A C-FIND or C-MOVE refused to a calling AE title not allowed to query.
+    QUERY_REFUSED = "query-refused"
     INFERENCE = "inference"
     DEAD_LETTER = "dead-letter"
     VIEW = "view"
@@ -47,6 +51,20 @@ class AuditAction(enum.StrEnum):
     USER_CHANGE = "user-change"
     AUDIT_EXPORT = "audit-export"
     AUDIT_CHECKPOINT = "audit-checkpoint"
+    #: A candidate model version went into shadow or canary beside an alias's active one.
+    ROLLOUT_START = "rollout-start"
+    #: A candidate became the alias's active version (with the release gate's evidence).
+    ROLLOUT_PROMOTE = "rollout-promote"
+    #: A shadow or canary was ended without promotion (by hand or automatically).
+    ROLLOUT_ROLLBACK = "rollout-rollback"
+    #: A model's kill switch was engaged or released (its exports held or let go).
+    KILL_SWITCH = "kill-switch"
+    #: A candidate was judged on the registered test cohorts before promotion.
+    RELEASE_GATE = "release-gate"
+    #: A labelled cohort was registered (with its files' hashes) for the release gate.
+    COHORT_REGISTERED = "cohort-registered"
+    #: The retention policy deleted a study's images, results or finished jobs.
+    RETENTION_DELETE = "retention-delete"
 
 
 __all__ = ["AuditAction"]

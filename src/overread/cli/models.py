@@ -12,6 +12,8 @@ from overread.cli.app import app
 
 if TYPE_CHECKING:
     from overread.models.registry import Registry
+    from overread.service.db import Database
+    from overread.service.rollout import ModelRollouts
 
 models_app = typer.Typer(help="Model packages and the registry.", no_args_is_help=True)
 app.add_typer(models_app, name="models")
@@ -154,23 +156,273 @@ def import_model(source: Path = typer.Argument(..., help="Package directory or .
     typer.echo(f"imported {manifest.name} {manifest.version} -> {target}")
 
 
+def _operator() -> str:
+    import getpass
+
+    try:
+        return f"os:{getpass.getuser()}"
+    except (KeyError, OSError):
+        return "os:unknown"
+
+
+def _database() -> Database:
+    """The gateway's database (rollout state, cohorts, audit log), from the settings."""
+    from overread.cli.options import service_settings
+    from overread.service.db import Database
+
+    return Database(service_settings(None, None).database_url)
+
+
+def _rollouts(registry: Registry | None = None) -> ModelRollouts:
+    from overread.service.rollout import ModelRollouts
+
+    return ModelRollouts(registry or _registry(), _database())
+
+
 @models_app.command("alias")
 def set_alias(
-    alias: str = typer.Argument(..., help="Alias name, e.g. cxr-default or cxr-shadow."),
+    alias: str = typer.Argument(..., help="Alias name, e.g. cxr-default or chest."),
     ref: str = typer.Argument(..., help="Target: name@version or name."),
+    shadow: bool = typer.Option(
+        False, "--shadow", help="Run REF beside the active version; store, never send."
+    ),
+    canary: float | None = typer.Option(
+        None, "--canary", help="Send REF's results for this share (0-1] of studies."
+    ),
+    min_studies: int = typer.Option(5, "--min-studies", help="Canary studies before judging."),
+    max_failure_rate: float = typer.Option(0.2, "--max-failure-rate"),
+    max_positive_increase: float = typer.Option(
+        0.25, "--max-positive-increase", help="Positive-finding rate above the active's."
+    ),
+    max_critical_increase: float = typer.Option(
+        0.1, "--max-critical-increase", help="Critical-finding study rate above the active's."
+    ),
+    max_refusal_increase: float = typer.Option(
+        0.1, "--max-refusal-increase", help="Gate refusal rate above the active's."
+    ),
+    max_latency_ratio: float = typer.Option(3.0, "--max-latency-ratio"),
+    gate: bool = typer.Option(
+        True, "--gate/--no-gate", help="Promotion: pass the registered test cohorts first."
+    ),
+    as_json: bool = typer.Option(False, "--json", help="Print one JSON object."),
 ) -> None:
-    """Point an alias at a package version (a running service follows without restart)."""
-    target = _registry().set_alias(alias, ref)
-    typer.echo(f"{alias} -> {target}")
+    """Point an alias at a version (promotion, through the release gate when test
+    cohorts are registered), or start a shadow or canary of it (a running service
+    follows without restart)."""
+    from overread.errors import ConfigError
+    from overread.service.rollout import CanaryBounds, RolloutState
+
+    if shadow and canary is not None:
+        raise ConfigError("--shadow and --canary exclude each other")
+    registry = _registry()
+    if shadow or canary is not None:
+        bounds = CanaryBounds(
+            min_studies=min_studies,
+            max_failure_rate=max_failure_rate,
+            max_positive_rate_increase=max_positive_increase,
+            max_critical_rate_increase=max_critical_increase,
+            max_refusal_rate_increase=max_refusal_increase,
+            max_latency_ratio=max_latency_ratio,
+        )
+        state = RolloutState.SHADOW if shadow else RolloutState.CANARY
+        rollout = _rollouts(registry).start(
+            alias, ref, state, actor=_operator(), canary_share=canary or 0.0, bounds=bounds
+        )
+        if as_json:
+            typer.echo(json.dumps(rollout.to_dict()))
+            return
+        share = f" on {rollout.canary_share:.1%} of studies" if canary is not None else ""
+        typer.echo(
+            f"{alias}: {rollout.candidate_ref} in {rollout.state.value}{share} "
+            f"beside {rollout.active_ref}"
+        )
+        return
+    from overread.service.release_gate import promote
+
+    typer.echo(
+        f"promoting {ref} on {alias} (release gate when test cohorts are registered)", err=True
+    )
+    outcome = promote(_rollouts(registry), alias, ref, actor=_operator(), gate=gate)
+    if outcome.decision is not None:
+        for check in outcome.decision.checks:
+            if not check.passed:
+                typer.echo(f"  FAILED {check.cohort}: {check.check} {check.figures}", err=True)
+        for problem in outcome.decision.problems:
+            typer.echo(f"  FAILED: {problem}", err=True)
+    if as_json:
+        typer.echo(json.dumps(outcome.to_dict()))
+    if not outcome.promoted:
+        typer.echo(f"error: {ref} did not pass the release gate; {alias} unchanged", err=True)
+        raise typer.Exit(1)
+    if not as_json:
+        typer.echo(f"{alias} -> {outcome.target}")
 
 
 @models_app.command("rollback")
 def rollback_alias(
-    alias: str = typer.Argument(..., help="Alias to point back at its previous target."),
+    alias: str = typer.Argument(..., help="Alias to roll back."),
+    reason: str = typer.Option("", "--reason", help="Why (kept in the audit log)."),
 ) -> None:
-    """Point an alias back at the version it named before."""
-    target = _registry().rollback(alias)
+    """End the alias's shadow or canary (the active version stays); with none, point
+    the alias back at the version it named before."""
+    target = _rollouts().rollback(alias, actor=_operator(), reason=reason)
     typer.echo(f"{alias} -> {target}")
+
+
+@models_app.command("rollouts")
+def list_rollouts(
+    alias: str | None = typer.Argument(None, help="One alias (default: every one)."),
+    as_json: bool = typer.Option(False, "--json", help="Print JSON."),
+) -> None:
+    """Each alias's rollout: state, versions, canary share and its figures so far."""
+    rollouts = _rollouts()
+    rows = []
+    for rollout in rollouts.store.all():
+        if alias is not None and rollout.alias != alias:
+            continue
+        row = rollout.to_dict()
+        if rollout.state.value == "canary":
+            row["figures"] = rollouts.store.figures(rollout).to_dict()
+        rows.append(row)
+    if as_json:
+        typer.echo(json.dumps({"rollouts": rows, "kill_switches": rollouts.store.kill_switches()}))
+        return
+    if not rows:
+        typer.echo("no rollouts")
+    for row in rows:
+        share = f" {row['canary_share']:.1%}" if row["state"] == "canary" else ""
+        typer.echo(
+            f"{row['alias']}: {row['state']}{share}  active {row['active']}  "
+            f"candidate {row['candidate']}  since {row['started_at']}"
+            + (f"  ({row['reason']})" if row["reason"] else "")
+        )
+        figures = row.get("figures")
+        if isinstance(figures, dict):
+            typer.echo(f"  breaches: {', '.join(figures['breaches']) or 'none'}")
+
+
+@models_app.command("compare")
+def compare_models(
+    alias: str = typer.Argument(..., help="Alias in (or after) a shadow or canary."),
+    as_json: bool = typer.Option(False, "--json", help="Print one JSON object."),
+) -> None:
+    """The candidate's readings against the active's on the studies both read:
+    agreement and McNemar per label, AUCs and DeLong where readers gave labels."""
+    from overread.errors import ConfigError
+    from overread.service.rollout_compare import compare_rollout
+
+    store = _rollouts().store
+    rollout = store.current(alias)
+    if rollout is None:
+        raise ConfigError(f"alias {alias!r} has never had a shadow or canary")
+    report = compare_rollout(store.database, rollout)
+    if as_json:
+        typer.echo(json.dumps(report.to_dict()))
+        return
+    agreement = report.decision_agreement
+    typer.echo(
+        f"{alias}: {report.candidate} vs {report.active} ({report.state}), "
+        f"{report.paired_studies} studies read by both, decisions agree "
+        + ("n/a" if agreement is None else f"{agreement:.1%}")
+    )
+    for label in report.labels:
+        auc = ""
+        if label.auc_active is not None:
+            auc = (
+                f"  AUC {label.auc_candidate} vs {label.auc_active} "
+                f"(DeLong p {label.delong_p}, {label.labelled} labelled)"
+            )
+        typer.echo(
+            f"  {label.label}: agree {label.agreement:.1%}, positive "
+            f"{label.candidate_positive} vs {label.active_positive} "
+            f"(McNemar p {label.mcnemar_p:.3g}){auc}"
+        )
+
+
+@models_app.command("kill")
+def kill_model(
+    model: str = typer.Argument(..., help="Package name (every version) or name@version."),
+    release: bool = typer.Option(False, "--release", help="Release the switch instead."),
+    reason: str = typer.Option("", "--reason", help="Why (kept in the audit log)."),
+) -> None:
+    """Stop sending a model's results at once (exports held, not lost), or release it."""
+    from overread.errors import ConfigError
+
+    store = _rollouts().store
+    if release:
+        released = store.release(model, actor=_operator(), reason=reason)
+        if released is None:
+            raise ConfigError(f"no kill switch engaged for {model!r}")
+        typer.echo(f"{model}: kill switch released, {released} held export(s) queued")
+        return
+    if not store.kill(model, actor=_operator(), reason=reason):
+        typer.echo(f"{model}: kill switch already engaged")
+        return
+    typer.echo(f"{model}: kill switch engaged; its exports are held")
+
+
+cohorts_app = typer.Typer(help="Labelled cohorts of the release gate.", no_args_is_help=True)
+models_app.add_typer(cohorts_app, name="cohorts")
+
+
+@cohorts_app.command("add")
+def add_cohort(
+    name: str = typer.Argument(..., help="Cohort name."),
+    folder: Path = typer.Argument(..., help="Folder with truth.csv and its images."),
+    purpose: str = typer.Option(
+        "test", "--purpose", help="test (judged on) or operating-points (fitted on)."
+    ),
+) -> None:
+    """Register a labelled cohort, storing its files' hashes (verified before each use)."""
+    from overread.errors import ConfigError
+    from overread.service.release_gate import CohortPurpose, CohortRegistry
+
+    if purpose not in {p.value for p in CohortPurpose}:
+        raise ConfigError(f"--purpose must be test or operating-points, not {purpose!r}")
+    cohort = CohortRegistry(_database()).add(
+        name, folder, purpose=CohortPurpose(purpose), actor=_operator()
+    )
+    typer.echo(
+        f"registered cohort {cohort.name} ({cohort.purpose.value}): {cohort.images} images, "
+        f"sha256 {cohort.digest}"
+    )
+
+
+@cohorts_app.command("list")
+def list_cohorts(as_json: bool = typer.Option(False, "--json", help="Print JSON.")) -> None:
+    """Registered cohorts."""
+    from overread.service.release_gate import CohortRegistry
+
+    cohorts = CohortRegistry(_database()).list()
+    if as_json:
+        typer.echo(json.dumps({"cohorts": [c.to_dict() for c in cohorts]}))
+        return
+    if not cohorts:
+        typer.echo("no cohorts registered")
+    for c in cohorts:
+        typer.echo(f"{c.name}  {c.purpose.value}  {c.images} images  {c.path}  {c.digest[:12]}")
+
+
+@models_app.command("governance-report")
+def governance_report_command(
+    out: Path = typer.Option(..., "--out", help="HTML file to write."),
+    since: str | None = typer.Option(None, "--since", help="Start (ISO 8601; default 30 days)."),
+    until: str | None = typer.Option(None, "--until", help="End, exclusive (default now)."),
+) -> None:
+    """The period's rollout decisions, kill switches and alerts as one HTML file."""
+    from datetime import timedelta
+
+    from overread.audit import parse_time
+    from overread.db import utcnow
+    from overread.service.governance import GovernancePeriod, governance_report
+
+    end = parse_time(until) if until else utcnow()
+    start = parse_time(since) if since else end - timedelta(days=30)
+    text, summary = governance_report(_database(), GovernancePeriod(start, end))
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(text, encoding="utf-8")
+    counts = ", ".join(f"{k.replace('_', ' ')} {v}" for k, v in summary.to_dict().items())
+    typer.echo(f"wrote {out}: {counts}")
 
 
 @models_app.command("conformal")

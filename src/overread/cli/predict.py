@@ -10,8 +10,12 @@ from typing import TYPE_CHECKING
 import typer
 
 from overread.cli.app import app
+from overread.errors import OverreadError
 
 if TYPE_CHECKING:
+    from collections.abc import Sequence
+
+    from overread.inference.pipeline import Pipeline
     from overread.inference.result import Prediction
     from overread.results import FindingResult
 
@@ -95,6 +99,11 @@ def predict_command(
         "--analyse-anyway",
         help="Analyse images the input gate refuses (marked outside the intended use).",
     ),
+    pdf: Path | None = typer.Option(
+        None,
+        "--pdf",
+        help="Also write the PDF report of the inputs (DICOM files of one study) to FILE.",
+    ),
 ) -> None:
     """Run a model on images and print findings.
 
@@ -119,7 +128,7 @@ def predict_command(
     files = list(iter_files(paths))
     predictions = pipeline.predict(
         files,
-        explain=explain or out is not None,
+        explain=explain or out is not None or pdf is not None,
         cam_method=cam,  # type: ignore[arg-type]
         operating_point=operating_point,
         trust=trust,
@@ -142,8 +151,71 @@ def predict_command(
     if out is not None:
         out.mkdir(parents=True, exist_ok=True)
         (out / "results.json").write_text(json.dumps(results, indent=2, ensure_ascii=False) + "\n")
+    if pdf is not None:
+        try:
+            _write_pdf_report(pipeline, predictions, pdf)
+        except (OverreadError, OSError, ValueError) as exc:
+            typer.echo(f"error: --pdf {pdf}: {exc}", err=True)
+            raise typer.Exit(1) from None
+        if not as_json:
+            typer.echo(f"PDF report: {pdf}")
     if failures:
         raise typer.Exit(1)
+
+
+def _write_pdf_report(pipeline: Pipeline, predictions: Sequence[Prediction], target: Path) -> None:
+    """The study's PDF report, as the gateway sends it, written to ``target``.
+
+    Inputs that are not DICOM (or could not be read) are left out: the report names
+    the patient and study from the DICOM headers.
+    """
+    from overread.config import load_settings
+    from overread.imaging import read_dataset
+    from overread.models.card import ModelCardSummary
+    from overread.service.outputs import image_label, overlay_labels, render_report_pdf
+    from overread.service.outputs.overlay import render_overlay
+    from overread.service.outputs.pdf import OverlayThumbnail, ReportContext
+    from overread.triage import TriageConfig, critical_findings
+
+    readings = []
+    for prediction in predictions:
+        refused = prediction.gate is not None and prediction.gate.refused
+        if prediction.path is None or not (prediction.ok or refused):
+            continue
+        try:
+            readings.append((prediction, read_dataset(prediction.path, pixels=prediction.ok)))
+        except (OverreadError, OSError):
+            continue
+    if not readings:
+        raise OverreadError("no DICOM input was read; the report needs a patient and a study")
+    studies = {str(ds.get("StudyInstanceUID", "")) for _, ds in readings}
+    if len(studies) != 1:
+        raise OverreadError(f"the inputs span {len(studies)} studies; a report covers one")
+    alerts = TriageConfig.model_validate(load_settings().triage).alerts
+    usable = [(p, ds) for p, ds in readings if p.ok]
+    critical = {
+        label
+        for prediction, _ in usable
+        for label, _, _ in critical_findings(prediction.findings, alerts)
+    }
+    thumbnails = [
+        OverlayThumbnail(
+            prediction.finding(label),
+            image_label(source, index, len(usable)),
+            render_overlay(prediction, source, label, max_dimension=512).rgb,
+        )
+        for index, (prediction, source) in enumerate(usable)
+        if prediction.heatmaps
+        for label in overlay_labels(prediction)
+    ]
+    context = ReportContext(
+        card=ModelCardSummary.from_package(pipeline.package),
+        critical=frozenset(critical),
+        thumbnails=thumbnails,
+    )
+    document = render_report_pdf([p for p, _ in readings], readings[0][1], context)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    target.write_bytes(document)
 
 
 def _uncertainty_text(finding: FindingResult) -> str:

@@ -86,6 +86,11 @@ def serve(
     allow_ae: list[str] = typer.Option(
         [], "--allow-ae", help="Calling AE allowed to send, AET or AET@host (repeatable)."
     ),
+    allow_query_ae: list[str] = typer.Option(
+        [],
+        "--allow-query-ae",
+        help="Calling AE allowed to C-FIND/C-MOVE, AET or AET@host (repeatable; default: any).",
+    ),
     stable_seconds: float | None = typer.Option(
         None, "--stable-seconds", help="A study is complete after this long without new instances."
     ),
@@ -103,6 +108,11 @@ def serve(
         None, "--retry-base-seconds", help="First retry delay; doubles each attempt."
     ),
     explain: bool | None = typer.Option(None, "--explain/--no-explain", help="Compute heatmaps."),
+    pdf_report: bool | None = typer.Option(
+        None,
+        "--pdf-report/--no-pdf-report",
+        help="Also send a PDF report per study (Encapsulated PDF, modality DOC).",
+    ),
     broker: str | None = typer.Option(
         None, "--broker", help="Celery broker URL to wake `overread worker` processes."
     ),
@@ -151,6 +161,7 @@ def serve(
         http_host=http_host,
         destinations=destination,
         allow_ae=allow_ae,
+        allow_query_ae=allow_query_ae,
         stable_seconds=stable_seconds,
         workers=workers,
         max_attempts=max_attempts,
@@ -158,6 +169,7 @@ def serve(
         lease_seconds=lease_seconds,
         retry_base_seconds=retry_base_seconds,
         explain=explain,
+        pdf_report=pdf_report,
         broker_url=broker,
         fhir_endpoints=fhir_endpoint or None,
         hl7_endpoints=hl7_endpoint or None,
@@ -195,6 +207,11 @@ def worker(
         None, "--broker", help="Celery broker URL to take wake-ups from (amqp://...)."
     ),
     explain: bool | None = typer.Option(None, "--explain/--no-explain", help="Compute heatmaps."),
+    pdf_report: bool | None = typer.Option(
+        None,
+        "--pdf-report/--no-pdf-report",
+        help="Also send a PDF report per study (Encapsulated PDF, modality DOC).",
+    ),
     fhir_endpoint: list[str] = typer.Option(
         [],
         "--fhir-endpoint",
@@ -224,6 +241,7 @@ def worker(
         poll_seconds=poll_seconds,
         broker_url=broker,
         explain=explain,
+        pdf_report=pdf_report,
         fhir_endpoints=fhir_endpoint or None,
         hl7_endpoints=hl7_endpoint or None,
         stow_endpoints=stow_endpoint or None,

@@ -25,7 +25,7 @@ from sqlalchemy import delete, select, update
 from sqlalchemy.exc import IntegrityError
 
 from overread.errors import OverreadError
-from overread.service.config import ServiceConfig
+from overread.service.config import Destination, ServiceConfig
 from overread.service.db import (
     Database,
     Instance,
@@ -38,6 +38,13 @@ from overread.service.db import (
 )
 from overread.service.jobs import JobQueue
 from overread.service.payloads import InferPayload
+from overread.service.rollout import (
+    RolloutRole,
+    RolloutState,
+    RolloutStore,
+    in_canary,
+    split_ref,
+)
 from overread.service.routing import InstanceFacts, Router
 from overread.service.runtime import ModelIdentity, PipelineProvider
 
@@ -69,6 +76,7 @@ class StudyAssembler:
         self.queue = queue
         self.models = models
         self.router = Router(config.routes, config.routing)
+        self.rollouts = RolloutStore(database)
         self._wake = threading.Event()
 
     def _facts(self, study_instance_uid: str) -> list[InstanceFacts]:
@@ -82,6 +90,9 @@ class StudyAssembler:
         try:
             return self.models.identify(alias)
         except (OverreadError, OSError, ImportError) as exc:
+            if "@" in alias:  # a rollout's name@version: its failures count against it
+                logger.error("model %s cannot be loaded (%s)", alias, exc)
+                return ModelIdentity(*split_ref(alias))
             logger.error("model %r cannot be resolved (%s); job keyed on the alias", alias, exc)
             return ModelIdentity(alias, "unresolved")
 
@@ -118,23 +129,53 @@ class StudyAssembler:
                 if planned.destinations is None
                 else sorted(planned.destinations)
             )
-            payload = InferPayload(
-                alias=planned.model,
-                destinations=tuple(self.config.destination(n) for n in names),
-            )
-            identity = self._identify(planned.model)
-            jobs.append(
-                {
-                    "study_instance_uid": study_instance_uid,
-                    "model_name": identity.name,
-                    "model_version": identity.version,
-                    "kind": JobKind.INFER,
-                    "route": ",".join(planned.routes),
-                    "priority": planned.priority,
-                    "payload": payload.to_dict(),
-                }
-            )
+            destinations = tuple(self.config.destination(n) for n in names)
+            job = {
+                "study_instance_uid": study_instance_uid,
+                "kind": JobKind.INFER,
+                "route": ",".join(planned.routes),
+                "priority": planned.priority,
+            }
+            for payload in self._rollout_payloads(study_instance_uid, planned.model, destinations):
+                identity = self._identify(payload.model_ref)
+                jobs.append(
+                    {
+                        **job,
+                        "model_name": identity.name,
+                        "model_version": identity.version,
+                        "payload": payload.to_dict(),
+                    }
+                )
         return jobs
+
+    def _rollout_payloads(
+        self, study_instance_uid: str, alias: str, destinations: tuple[Destination, ...]
+    ) -> list[InferPayload]:
+        """The infer jobs of one routed alias: its active version, and during a rollout
+        the candidate's (a shadow beside it, sending nothing; or a canary instead of
+        it, for the studies whose UID falls in the canary's share)."""
+        active = InferPayload(alias=alias, destinations=destinations)
+        try:
+            rollout = self.rollouts.open_rollout(alias)
+        except Exception:  # the rollout table unreadable: serve the active version
+            logger.exception("rollout state of %r unreadable; active version only", alias)
+            rollout = None
+        if rollout is None:
+            return [active]
+        marked = InferPayload(alias=alias, destinations=destinations, role=RolloutRole.ACTIVE)
+        if rollout.state is RolloutState.SHADOW:
+            shadow = InferPayload(alias=alias, model=rollout.candidate_ref, role=RolloutRole.SHADOW)
+            return [marked, shadow]
+        if in_canary(study_instance_uid, rollout.canary_share):
+            return [
+                InferPayload(
+                    alias=alias,
+                    destinations=destinations,
+                    model=rollout.candidate_ref,
+                    role=RolloutRole.CANARY,
+                )
+            ]
+        return [marked]
 
     def _route(self, study_instance_uid: str, reason: str) -> list[int]:
         """Queue the jobs of a complete study and mark it routed (one transaction).
@@ -152,7 +193,7 @@ class StudyAssembler:
                 # the next attempt promotes them.
                 if attempt == 2:
                     raise
-        models = [str(p["payload"]["alias"]) for p in planned]
+        models = [str(p["payload"].get("model") or p["payload"]["alias"]) for p in planned]
         if models:
             logger.info(
                 "study %s complete (%s): %d job(s) for %s",

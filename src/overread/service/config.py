@@ -12,6 +12,7 @@ Example ``overread.toml``::
     ae_title = "OVERREAD"
     port = 11112
     allow_ae = ["MODALITY@127.0.0.1", "CR01"]
+    allow_query_ae = ["VIEWER@10.0.0.9"]        # who may C-FIND / C-MOVE (empty: anyone)
     stable_seconds = 30
 
     [http]
@@ -20,6 +21,7 @@ Example ``overread.toml``::
     [service]
     workers = 2
     destinations = ["PACS=PACSAE@10.0.0.5:104"]
+    query_peers = ["PACS=PACSAE@10.0.0.5:104"]  # C-FIND for priors, C-MOVE/C-GET to fetch
 
     fhir_endpoints = [{name = "ehr", url = "https://fhir.example.org/r4", bearer_token = "..."}]
     hl7_endpoints = ["ris=10.0.0.7:2575"]
@@ -57,6 +59,7 @@ from pydantic import (
 
 from overread.config import Settings
 from overread.errors import ConfigError
+from overread.service.retention_settings import RetentionSettings
 
 _AE_RE = re.compile(r"^[ -~]{1,16}$")
 
@@ -258,6 +261,42 @@ class AllowedPeer(BaseModel):
         return ae_title.strip() == self.ae_title and (self.host is None or self.host == host)
 
 
+class QueryPeer(BaseModel):
+    """A PACS the gateway queries and retrieves from (its C-FIND, C-MOVE, C-GET SCP)."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    name: str = Field(min_length=1, pattern=r"^[A-Za-z0-9_.-]+$")
+    ae_title: str
+    host: str = Field(min_length=1)
+    port: int = Field(ge=1, le=65535)
+
+    @field_validator("ae_title")
+    @classmethod
+    def _valid_ae_title(cls, value: str) -> str:
+        return _check_ae_title(value)
+
+    @classmethod
+    def parse(cls, text: str) -> QueryPeer:
+        """Parse ``NAME=AE@host:port`` (or ``AE@host:port``, named after its AE title)."""
+        name, sep, address = text.partition("=")
+        if not sep:
+            address, name = text, ""
+        ae_title, at, hostport = address.partition("@")
+        host, colon, port = hostport.rpartition(":")
+        if not at or not colon or not host or not port.isdigit():
+            raise ConfigError(
+                f"query peer {text!r}: expected NAME=AE@host:port, e.g. PACS=PACSAE@10.0.0.5:104"
+            )
+        try:
+            return cls(name=name or ae_title.strip(), ae_title=ae_title, host=host, port=int(port))
+        except ValidationError as exc:
+            raise ConfigError(f"query peer {text!r}: {exc.errors()[0]['msg']}") from None
+
+    def __str__(self) -> str:
+        return f"{self.name}={self.ae_title}@{self.host}:{self.port}"
+
+
 class RoutingMode(StrEnum):
     """How the matching rules of a study combine."""
 
@@ -387,6 +426,15 @@ class ServiceConfig(BaseModel):
         default=1.0, gt=0, description="the first lockout; each further failure doubles it"
     )
     allow_ae: list[AllowedPeer] = Field(default_factory=list)
+    allow_query_ae: list[AllowedPeer] = Field(
+        default_factory=list,
+        description="calling AEs (AET or AET@host) allowed to C-FIND and C-MOVE; empty "
+        "allows any calling AE the association admits",
+    )
+    query_peers: list[QueryPeer] = Field(
+        default_factory=list,
+        description="PACS queried for prior studies and retrieved from (NAME=AE@host:port)",
+    )
     max_associations: int = Field(
         default=32,
         ge=1,
@@ -506,6 +554,11 @@ class ServiceConfig(BaseModel):
         description="model aliases whose class activation regions of positive findings are "
         "also sent as a DICOM SEG, labelled as thresholded CAM, not a segmentation model",
     )
+    pdf_report: bool = Field(
+        default=False,
+        description="also send each study's result as a PDF report (DICOM Encapsulated PDF, "
+        "modality DOC) with the SR",
+    )
     batch_max_size: int = Field(
         default=8, ge=1, le=64, description="micro-batch bound for model calls; 1 disables"
     )
@@ -533,6 +586,21 @@ class ServiceConfig(BaseModel):
         description="Verifying Organization of SRs a reader verified (default: the "
         "study's Institution Name, else the AE title)",
     )
+    metrics_scrape_token: SecretStr | None = Field(
+        default=None,
+        description="a bearer token that lets a scraper read /metrics without an account "
+        "(Authorization: Bearer TOKEN); at least 16 characters",
+        min_length=16,
+    )
+    metrics_allowed_addresses: list[str] = Field(
+        default_factory=list,
+        description="addresses or CIDR networks whose callers read /metrics without "
+        "signing in (the scraper's host)",
+    )
+    retention: RetentionSettings = Field(
+        default_factory=RetentionSettings,
+        description="The [service.retention] table: retention periods and disk watermarks",
+    )
     public_api_docs: bool = Field(
         default=False,
         description="serve /docs, /redoc and /openapi.json to anonymous callers "
@@ -544,7 +612,7 @@ class ServiceConfig(BaseModel):
     def _valid_ae_title(cls, value: str) -> str:
         return _check_ae_title(value)
 
-    @field_validator("trusted_proxies")
+    @field_validator("trusted_proxies", "metrics_allowed_addresses")
     @classmethod
     def _valid_networks(cls, value: list[str]) -> list[str]:
         """Normalised (``10.0.0.5/8`` is ``10.0.0.0/8``): the HTTP server matches exactly."""
@@ -685,6 +753,7 @@ def service_config(settings: Settings, **overrides: Any) -> ServiceConfig:
         "trusted_proxies": settings.http.trusted_proxies,
         "stable_seconds": settings.dicom.stable_seconds,
         "allow_ae": settings.dicom.allow_ae,
+        "allow_query_ae": settings.dicom.allow_query_ae,
         "triage": settings.triage,
     }
     data.update(section)
@@ -719,6 +788,14 @@ def service_config(settings: Settings, **overrides: Any) -> ServiceConfig:
         p if isinstance(p, AllowedPeer) else AllowedPeer.parse(p) if isinstance(p, str) else p
         for p in _coerce_list(data.get("allow_ae"))
     ]
+    data["allow_query_ae"] = [
+        p if isinstance(p, AllowedPeer) else AllowedPeer.parse(p) if isinstance(p, str) else p
+        for p in _coerce_list(data.get("allow_query_ae"))
+    ]
+    data["query_peers"] = [
+        p if isinstance(p, QueryPeer) else QueryPeer.parse(p) if isinstance(p, str) else p
+        for p in _coerce_list(data.get("query_peers"))
+    ]
     try:
         return ServiceConfig(**data)
     except ValidationError as exc:
@@ -746,6 +823,7 @@ __all__ = [
     "Destination",
     "FhirEndpoint",
     "Hl7Endpoint",
+    "QueryPeer",
     "ReviewTimeout",
     "Route",
     "RoutingMode",

@@ -35,7 +35,8 @@ class JobState(enum.StrEnum):
 
     ``received -> queued -> running -> succeeded``; a failure with attempts left goes
     to ``failed`` (retryable, waiting for ``next_attempt_at``) and is claimed again;
-    with no attempts left it goes to ``dead_lettered`` and stays visible.
+    with no attempts left it goes to ``dead_lettered`` and stays visible. An export of
+    a model whose kill switch is engaged waits in ``held`` until the switch is released.
     """
 
     RECEIVED = "received"
@@ -44,6 +45,8 @@ class JobState(enum.StrEnum):
     SUCCEEDED = "succeeded"
     FAILED = "failed"
     DEAD_LETTERED = "dead_lettered"
+    #: An export of a model whose kill switch is engaged: kept, not sent, until released.
+    HELD = "held"
 
 
 class JobKind(enum.StrEnum):
@@ -90,6 +93,11 @@ class Study(Base):
     last_instance_at: Mapped[datetime] = mapped_column(default=utcnow)
     completed_at: Mapped[datetime | None] = mapped_column(default=None)
     complete_reason: Mapped[str] = mapped_column(String(32), default="")
+    #: When retention deleted the study's received images (the row, its results and
+    #: its worklist entry stay, so the study says why its images are gone).
+    images_purged_at: Mapped[datetime | None] = mapped_column(default=None)
+    #: When retention deleted the study's model results and their SR/SEG objects.
+    results_purged_at: Mapped[datetime | None] = mapped_column(default=None)
 
 
 class Job(Base):

@@ -34,6 +34,7 @@ from overread.service.payloads import (
     Hl7ExportPayload,
     StowExportPayload,
 )
+from overread.service.rollout import RolloutStore
 from overread.service.scu import SendStatus, send_files
 
 logger = logging.getLogger(__name__)
@@ -94,6 +95,10 @@ def _record_failure(
     _record_attempt(services, job, object_uids, details, succeeded=False)
 
 
+#: Encapsulated PDF Storage: never sent to a de-identifying destination.
+_ENCAPSULATED_PDF = "1.2.840.10008.5.1.4.1.1.104.1"
+
+
 class DicomExporter:
     """C-STOREs a result's stored objects to the payload's DICOM destination."""
 
@@ -117,6 +122,9 @@ class DicomExporter:
             details["statuses"] = []
             _record_failure(self.services, job, [job.study_instance_uid], details, error)
             raise InferenceError(error)
+        if dest.deidentify is not None:
+            # A PDF report names the patient in its text, which no header change removes.
+            artifacts = [a for a in artifacts if a.get("sop_class_uid") != _ENCAPSULATED_PDF]
         paths = [self.services.store.path(str(a["key"])) for a in artifacts]
         object_uids = [job.study_instance_uid, *(str(a["sop_instance_uid"]) for a in artifacts)]
         details["objects"] = len(paths)
@@ -458,13 +466,30 @@ class Exporters:
     """The exporter of each destination kind, chosen by an export job's typed payload."""
 
     def __init__(self, services: JobServices) -> None:
+        self.services = services
         self.dicom: Exporter[DicomExportPayload] = DicomExporter(services)
         self.fhir: Exporter[FhirExportPayload] = FhirExporter(services)
         self.hl7: Exporter[Hl7ExportPayload] = Hl7Exporter(services)
         self.stow: Exporter[StowExportPayload] = StowExporter(services)
+        self.rollouts = RolloutStore(services.database)
+
+    def _held(self, job: Job) -> bool:
+        """Hold ``job`` (nothing sent) when its model's kill switch is engaged."""
+        with self.services.database.session() as session:
+            switch = self.rollouts.killed(session, job.model_name, job.model_version)
+            if switch is None:
+                return False
+            self.services.queue.hold(
+                session, job.id, self.services.owner, f"held: kill switch of {switch} engaged"
+            )
+        logger.warning("job %d: export held, kill switch of %s engaged", job.id, switch)
+        return True
 
     def export(self, job: Job, payload: ExportPayload) -> None:
-        """Hand ``job`` to the exporter of its payload's kind."""
+        """Hand ``job`` to the exporter of its payload's kind (or hold it, when its
+        model's kill switch is engaged: see :mod:`overread.service.rollout`)."""
+        if self._held(job):
+            return
         match payload:
             case DicomExportPayload():
                 self.dicom.export(job, payload)

@@ -1,7 +1,8 @@
 """The infer job: run the routed model on a study and store what it found.
 
 :class:`InferenceHandler` reads the study's stored instances, runs the model once
-over them, builds the derived DICOM objects (one SR for the study, overlays, SEG),
+over them, builds the derived DICOM objects (one SR for the study, overlays, SEG, the PDF
+report when ``pdf_report`` is on),
 and in one transaction stores the :class:`~overread.service.db.Result` (its summary
 a :class:`~overread.results.ResultSummary`), audits it, puts the study on the
 worklist and queues one export job per destination, each with its typed payload.
@@ -14,7 +15,7 @@ import time
 from collections.abc import Sequence
 from io import BytesIO
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import pydicom
 from sqlalchemy import select
@@ -36,9 +37,19 @@ from overread.service.review import (
     queue_exports,
     reviewing_routes,
 )
+from overread.service.rollout import RolloutRole, RolloutStore
 from overread.service.routing import InstanceFacts, route_matches
-from overread.service.runtime import ArtifactBuilder, PipelineProvider, not_analysed, require_ok
+from overread.service.runtime import (
+    ArtifactBuilder,
+    PipelineLike,
+    PipelineProvider,
+    not_analysed,
+    require_ok,
+)
 from overread.triage.score import StudyContext
+
+if TYPE_CHECKING:
+    from overread.service.outputs.pdf import ReportContext
 
 logger = logging.getLogger(__name__)
 
@@ -120,7 +131,7 @@ class InferenceHandler:
         if not items:
             raise InferenceError(f"study {job.study_instance_uid} has no stored instances")
         paths = [p for p, _ in items]
-        pipeline = self.models.get(alias)
+        pipeline = self.models.get(payload.model_ref)
         cam_segmentation = alias in self.services.config.cam_segmentation
         explain = self.services.config.explain or cam_segmentation
         predictions = list(
@@ -157,8 +168,14 @@ class InferenceHandler:
         header = metadata_from_dataset(readings[0][1]) if readings else ImageMetadata()
         context = _study_context(items, header)
         artifacts: list[dict[str, Any]] = []
-        if self.artifacts is not None:
-            for dataset in self.artifacts.build_study(readings, cam_segmentation=cam_segmentation):
+        # A shadow's result is never sent: no DICOM objects are built for it.
+        if self.artifacts is not None and payload.role is not RolloutRole.SHADOW:
+            built_objects = self.artifacts.build_study(
+                readings,
+                cam_segmentation=cam_segmentation,
+                pdf_report=self._report_context(pipeline, predictions),
+            )
+            for dataset in built_objects:
                 artifacts.append(self._store_dataset(dataset))
         built = time.perf_counter()
         from overread.service.outputs.fhir import study_header
@@ -180,6 +197,27 @@ class InferenceHandler:
             len(predictions),
             len(artifacts),
             time.perf_counter() - started,
+        )
+
+    def _report_context(
+        self, pipeline: PipelineLike, predictions: Sequence[Prediction]
+    ) -> ReportContext | None:
+        """What the PDF report needs beyond the predictions (``None``: no PDF report):
+        the model card summary and the findings at their critical-alert thresholds."""
+        if not self.services.config.pdf_report:
+            return None
+        from overread.models.card import ModelCardSummary
+        from overread.service.outputs.pdf import ReportContext
+        from overread.triage import critical_findings
+
+        critical = {
+            label
+            for prediction in predictions
+            if prediction.ok
+            for label, _, _ in critical_findings(prediction.findings, self.triage.alerts)
+        }
+        return ReportContext(
+            card=ModelCardSummary.from_package(pipeline.package), critical=frozenset(critical)
         )
 
     def _store_dataset(self, dataset: Any) -> dict[str, Any]:
@@ -242,13 +280,22 @@ class InferenceHandler:
                     details["override_gate"] = True
                 if _not_analysed_summary(summary or {}):
                     details["not_analysed"] = True
+                if payload.role is not None:
+                    details["rollout"] = payload.role.value
+                    RolloutStore(self.services.database).mark_result(
+                        session, result, alias=payload.alias, role=payload.role
+                    )
                 self.services.audit(
                     session,
                     action=AuditAction.INFERENCE,
                     object_uids=[job.study_instance_uid],
                     details=details,
                 )
-                triage_result(session, result, context or _EMPTY_CONTEXT, self.triage, now=utcnow())
+                if payload.role is not RolloutRole.SHADOW:
+                    # A shadow's findings reach no worklist and raise no alert.
+                    triage_result(
+                        session, result, context or _EMPTY_CONTEXT, self.triage, now=utcnow()
+                    )
                 has_artifacts = bool(artifacts)
             else:
                 stored = session.get(Result, result_id)
@@ -257,10 +304,12 @@ class InferenceHandler:
             # and the worklist say why); its export would only fail.
             reported = session.get(Result, result_id)
             analysed = reported is None or not _not_analysed_result(reported)
+            # A shadow model's result is stored and never exported (nor held).
+            shadow = payload.role is RolloutRole.SHADOW
             # A route that requires review holds an analysed result: stored, triaged and
             # alerted above, but nothing goes out until a reader accepts it.
             gate = reviewing_routes(self.services.config, job.route) if analysed else []
-            if reported is not None and gate and summary is not None:
+            if reported is not None and gate and summary is not None and not shadow:
                 hold_result(
                     session,
                     reported,
@@ -270,6 +319,7 @@ class InferenceHandler:
                 )
             if (
                 reported is not None
+                and not shadow
                 and not held(session, reported.id)
                 and (has_artifacts or analysed)
             ):

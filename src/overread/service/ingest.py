@@ -25,6 +25,7 @@ from sqlalchemy.orm import Session
 from overread.audit import AuditAction, record_event
 from overread.imaging import ImageMetadata, read_instance
 from overread.service.db import Database, Instance, Study, StudyState, utcnow
+from overread.service.diskspace import DiskGuard
 from overread.service.store import ObjectStore
 
 logger = logging.getLogger(__name__)
@@ -180,6 +181,8 @@ class Ingestor:
     on_stored
         Called with the outcome after each *new* instance is committed (the study
         assembler uses it to notice arrivals without polling).
+    disk
+        The disk watermarks checked before each write (``None``: none).
     """
 
     def __init__(
@@ -188,10 +191,12 @@ class Ingestor:
         store: ObjectStore,
         *,
         on_stored: Callable[[IngestOutcome], None] | None = None,
+        disk: DiskGuard | None = None,
     ) -> None:
         self.database = database
         self.store = store
         self.on_stored = on_stored
+        self.disk = disk
         self._commits = _GroupCommit(self._record)
 
     def ingest(
@@ -203,6 +208,8 @@ class Ingestor:
         ------
         InvalidDicomError
             If ``data`` is not usable DICOM; nothing is stored.
+        InsufficientStorageError
+            If the disk is under the refuse watermark; nothing is written.
         OSError, sqlalchemy.exc.SQLAlchemyError
             If the disk or the database fails; the caller must not acknowledge.
         """
@@ -229,6 +236,8 @@ class Ingestor:
                 True,
                 existing.sop_class_uid,
             )
+        if self.disk is not None:
+            self.disk.check()
         stored = self.store.put(data)
         for attempt in range(3):
             try:
@@ -326,6 +335,7 @@ class Ingestor:
                 instance_count=Study.instance_count + 1,
                 last_instance_at=now,
                 state=StudyState.RECEIVING.value,
+                images_purged_at=None,  # received again after a retention purge
             )
         )
         if updated.rowcount == 0:  # type: ignore[attr-defined]

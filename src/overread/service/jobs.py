@@ -418,6 +418,34 @@ class JobQueue:
                 )
             return job.state
 
+    def hold(self, session: Session, job_id: int, owner: str, reason: str) -> None:
+        """Put a running export in ``held`` (its model's kill switch is engaged), in the
+        caller's transaction and fenced by the lease; the attempt is not counted.
+
+        Raises
+        ------
+        LeaseLostError
+            If ``owner`` no longer holds the job.
+        """
+        now = utcnow()
+        result = session.execute(
+            update(Job)
+            .where(Job.id == job_id, Job.lease_owner == owner, Job.state == JobState.RUNNING.value)
+            .values(
+                state=JobState.HELD.value,
+                attempts=func.max(Job.attempts - 1, 0)
+                if session.get_bind().dialect.name == "sqlite"
+                else func.greatest(Job.attempts - 1, 0),
+                lease_owner=None,
+                lease_expires_at=None,
+                error=reason[:4000],
+                updated_at=now,
+            )
+            .execution_options(synchronize_session=False)
+        )
+        if result.rowcount != 1:  # type: ignore[attr-defined]
+            raise LeaseLostError(f"job {job_id}: lease lost by {owner}; not held")
+
     def requeue_exports(
         self, session: Session, *, study_instance_uid: str, model_name: str, model_version: str
     ) -> int:

@@ -21,11 +21,13 @@ from overread.audit import AutoCheckpointer
 from overread.service.assembly import StudyAssembler
 from overread.service.config import ServiceConfig
 from overread.service.db import Database
+from overread.service.diskspace import DiskCollector, DiskGuard
 from overread.service.hl7.intake import OrderIntake
 from overread.service.hl7.mllp import MllpListener
 from overread.service.ingest import Ingestor, IngestOutcome
 from overread.service.jobs import JobQueue, RetryPolicy
 from overread.service.metrics import ServiceMetrics
+from overread.service.retention import RetentionSweeper
 from overread.service.runtime import (
     ArtifactBuilder,
     PipelineProvider,
@@ -102,7 +104,10 @@ class ServiceNode:
         else:
             self.artifacts = artifacts
         self.assembler = StudyAssembler(config, self.database, self.queue, self.models)
-        self.ingestor = Ingestor(self.database, self.store, on_stored=self._on_stored)
+        self.disk = DiskGuard.from_settings(Path(config.data_dir), config.retention)
+        self.ingestor = Ingestor(
+            self.database, self.store, on_stored=self._on_stored, disk=self.disk
+        )
         self.scp: StorageSCP | None = (
             StorageSCP(
                 config,
@@ -145,6 +150,13 @@ class ServiceNode:
             else None
         )
         self.metrics = ServiceMetrics(self.queue, config, self.models)
+        self.metrics.registry.register(DiskCollector(self.disk))
+        # Retention runs where assembly does: one clean-up per data directory.
+        self.retention: RetentionSweeper | None = (
+            RetentionSweeper(self.database, self.store, config.retention)
+            if with_assembler
+            else None
+        )
         self._stop = threading.Event()
         self._assembler_thread: threading.Thread | None = None
         self.dicom_port: int | None = None
@@ -204,6 +216,8 @@ class ServiceNode:
         self.pool.start()
         if self.checkpointer is not None:
             self.checkpointer.start()
+        if self.retention is not None:
+            self.retention.start()
         if self.scp is not None:
             self.dicom_port = self.scp.start()
         if self.hl7_listener is not None:
@@ -223,6 +237,8 @@ class ServiceNode:
         self.assembler.wake()
         if self._assembler_thread is not None:
             self._assembler_thread.join(5)
+        if self.retention is not None:
+            self.retention.stop()
         self.pool.stop(timeout)
         self.metrics.stop()
         if self.checkpointer is not None:

@@ -3,7 +3,9 @@
 The JSON each type writes is exactly what the queue has always stored, so jobs
 queued by an older gateway are read as they are:
 
-* infer: ``{"alias": ..., "destinations": [Destination, ...]}``;
+* infer: ``{"alias": ..., "destinations": [Destination, ...]}``, plus ``"model"``
+  (the ``name@version`` to run instead of the alias's active version) and ``"role"``
+  (``shadow``/``canary``/``active``) for a study routed during a rollout;
 * DICOM export (C-STORE): ``{"destination": Destination, "result_id": ...}``, and
   ``"objects": [SOP Instance UID, ...]`` when only some of the result's objects go
   (a corrected SR after the others were delivered);
@@ -24,16 +26,26 @@ from typing import Any
 
 from overread.errors import InferenceError
 from overread.service.config import Destination
+from overread.service.rollout import RolloutRole
 
 
 @dataclass(frozen=True)
 class InferPayload:
     """An infer job: the model alias to run and the DICOM destinations of its result;
-    ``override_gate`` when a reader asked to analyse a study the input gate refused."""
+    ``override_gate`` when a reader asked to analyse a study the input gate refused;
+    ``model`` (``name@version``) and ``role`` when the alias is in a rollout
+    (:mod:`overread.service.rollout`): a shadow's result is stored, never sent."""
 
     alias: str
     destinations: tuple[Destination, ...] = ()
     override_gate: bool = False
+    model: str | None = None
+    role: RolloutRole | None = None
+
+    @property
+    def model_ref(self) -> str:
+        """What to run: the rollout's version, else the alias."""
+        return self.model or self.alias
 
     def to_dict(self) -> dict[str, Any]:
         """The stored JSON (``override_gate`` only when set: a reader's "analyse anyway")."""
@@ -43,6 +55,10 @@ class InferPayload:
         }
         if self.override_gate:
             data["override_gate"] = True
+        if self.model is not None:
+            data["model"] = self.model
+        if self.role is not None:
+            data["role"] = self.role.value
         return data
 
     @classmethod
@@ -52,6 +68,8 @@ class InferPayload:
             alias=str(data.get("alias") or default_alias),
             destinations=tuple(Destination(**d) for d in data.get("destinations") or []),
             override_gate=bool(data.get("override_gate", False)),
+            model=str(data["model"]) if data.get("model") else None,
+            role=RolloutRole(str(data["role"])) if data.get("role") else None,
         )
 
 

@@ -14,7 +14,7 @@ import os
 import threading
 import time
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
 
@@ -22,7 +22,9 @@ from overread.errors import ConfigError, InferenceError, ServiceError
 from overread.results import FindingResult, ModelRef, Prediction
 
 if TYPE_CHECKING:
+    from overread.models.package import ModelPackage
     from overread.service.config import ServiceConfig
+    from overread.service.outputs.pdf import ReportContext
 
 logger = logging.getLogger(__name__)
 
@@ -43,6 +45,11 @@ class PipelineLike(Protocol):
     @property
     def model(self) -> ModelRef:
         """The model package the pipeline runs."""
+        ...
+
+    @property
+    def package(self) -> ModelPackage:
+        """The loaded package (its manifest and model card)."""
         ...
 
     def predict(
@@ -76,11 +83,17 @@ class ArtifactBuilder(Protocol):
     """Turns a model's predictions on one study into DICOM objects to store and send."""
 
     def build_study(
-        self, readings: Sequence[tuple[Prediction, Any]], *, cam_segmentation: bool = False
+        self,
+        readings: Sequence[tuple[Prediction, Any]],
+        *,
+        cam_segmentation: bool = False,
+        pdf_report: ReportContext | None = None,
     ) -> list[Any]:
         """pydicom datasets (one SR for the study, overlays, SEG) from ``(prediction,
         source header or dataset)`` pairs, one per image of the study;
-        ``cam_segmentation`` adds a SEG of each image's thresholded CAM regions."""
+        ``cam_segmentation`` adds a SEG of each image's thresholded CAM regions;
+        ``pdf_report`` adds the study's PDF report (Encapsulated PDF) with the overlays
+        as thumbnails."""
         ...
 
 
@@ -291,7 +304,9 @@ class OutputsArtifactBuilder:
     for the whole study with :func:`~overread.service.outputs.build_study_sr` (a
     findings group per image and finding), per image one Secondary Capture overlay per
     positive or referred finding when the prediction carries heatmaps (``--explain``),
-    and per image a DICOM SEG when the prediction carries segmentation masks.
+    per image a DICOM SEG when the prediction carries segmentation masks, and, when
+    asked (``--pdf-report``), one PDF report of the study as Encapsulated PDF with the
+    overlays as thumbnails.
     """
 
     def __init__(self) -> None:
@@ -333,18 +348,37 @@ class OutputsArtifactBuilder:
         self._outputs.build_study_sr([(prediction, header)])
 
     def build_study(
-        self, readings: Sequence[tuple[Prediction, Any]], *, cam_segmentation: bool = False
+        self,
+        readings: Sequence[tuple[Prediction, Any]],
+        *,
+        cam_segmentation: bool = False,
+        pdf_report: ReportContext | None = None,
     ) -> list[Any]:
         usable = [(p, ds) for p, ds in readings if p.ok]
+        refused = [
+            (p, ds) for p, ds in readings if not p.ok and p.gate is not None and p.gate.refused
+        ]
         if not usable:
             # A study the input gate refused still gets a report saying so.
-            refused = [(p, ds) for p, ds in readings if p.gate is not None and p.gate.refused]
-            return [self._outputs.build_not_analysed_sr(refused)] if refused else []
-        left_out = [p for p, _ in readings if not p.ok and p.gate is not None and p.gate.refused]
-        built: list[Any] = [self._outputs.build_study_sr(usable, not_analysed=left_out)]
-        for prediction, source in usable:
+            if not refused:
+                return []
+            built: list[Any] = [self._outputs.build_not_analysed_sr(refused)]
+            if pdf_report is not None:
+                built.append(self._outputs.build_pdf_report(refused, pdf_report))
+            return built
+        left_out = [p for p, _ in refused]
+        built = [self._outputs.build_study_sr(usable, not_analysed=left_out)]
+        thumbnails: list[Any] = []
+        for index, (prediction, source) in enumerate(usable):
             if prediction.heatmaps and "PixelData" in source:
-                built.extend(self._outputs.build_overlays(prediction, source))
+                labels = self._outputs.overlay_labels(prediction)
+                overlays = self._outputs.build_overlays(prediction, source, labels)
+                built.extend(overlays)
+                if pdf_report is not None:
+                    view = self._outputs.image_label(source, index, len(usable))
+                    thumbnails += self._outputs.overlay_thumbnails(
+                        prediction, overlays, labels, view
+                    )
             model = self._outputs.model_identity(prediction)
             if prediction.masks:
                 built.append(self._outputs.build_seg(prediction.masks, [source], model))
@@ -359,6 +393,9 @@ class OutputsArtifactBuilder:
                             content_description=self._outputs.CAM_REGION_DESCRIPTION,
                         )
                     )
+        if pdf_report is not None:
+            context = replace(pdf_report, thumbnails=[*pdf_report.thumbnails, *thumbnails])
+            built.append(self._outputs.build_pdf_report([*usable, *refused], context))
         return built
 
 

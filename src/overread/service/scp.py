@@ -11,6 +11,8 @@ DICOM statuses, never to a false success:
   malformed UID: which one and why); nothing is stored or processed, and the payload
   is kept under ``rejected/`` for inspection;
 * disk full, database down, anything unexpected: ``0xA700`` (out of resources);
+  also, before anything is written, while the disk is under the refuse watermark
+  (:mod:`overread.service.diskspace`);
 * a SOP Instance UID already stored: ``0x0000`` and no second copy.
 
 Calling AE titles (and optionally hosts) are checked when the association is
@@ -27,6 +29,12 @@ ConnectionGate` (no pynetdicom threads, no slot) and is closed after
 9.1.5, gets the same value for one that sent only part of it), so idle sockets, even
 from a modality's own address, cannot keep it out. Past the limit a request gets
 A-ASSOCIATE-RJ "local limit exceeded" (rejected-transient).
+
+The same listener answers C-FIND and C-MOVE on the stored data
+(:class:`~overread.service.qr_scp.QueryRetrieveSCP`); with ``allow_query_ae`` set, an
+association that proposes only query/retrieve from another calling AE is refused as
+"calling AE title not recognised", and a query on a mixed association is refused by
+the request's status.
 """
 
 from __future__ import annotations
@@ -49,7 +57,9 @@ from overread.audit import AuditAction
 from overread.errors import InvalidDicomError, InvalidUidError, ServiceError
 from overread.service.admission import ConnectionGate
 from overread.service.config import AllowedPeer, ServiceConfig
+from overread.service.diskspace import InsufficientStorageError
 from overread.service.ingest import Ingestor, record_refusal
+from overread.service.qr_scp import FIND_SOP_CLASSES, MOVE_SOP_CLASSES, QueryRetrieveSCP
 
 logger = logging.getLogger(__name__)
 
@@ -87,6 +97,16 @@ def _recv_exact(association_socket: Any, nr_bytes: int) -> bytearray:
     finally:
         view.release()
     return buffer
+
+
+def _only_query_retrieve(primitive: Any) -> bool:
+    """Whether an A-ASSOCIATE-RQ proposes query/retrieve (and verification) only."""
+    proposed = {
+        str(c.abstract_syntax)
+        for c in getattr(primitive, "presentation_context_definition_list", None) or []
+    }
+    asked = proposed - {VERIFICATION_SOP_CLASS}
+    return bool(asked) and asked <= {*FIND_SOP_CLASSES, *MOVE_SOP_CLASSES}
 
 
 def _status(code: int, comment: str) -> Dataset:
@@ -132,6 +152,7 @@ class StorageSCP:
         self._handshakes = threading.BoundedSemaphore(_MAX_HANDSHAKES)
         self._server: Any = None
         self._gate: ConnectionGate | None = None
+        self.query = QueryRetrieveSCP(config, ingestor.database, ingestor.store)
         self.ae = self._build_ae()
 
     def _build_ae(self) -> AE:
@@ -152,6 +173,8 @@ class StorageSCP:
             for context in AllStoragePresentationContexts:
                 ae.add_supported_context(str(context.abstract_syntax), syntaxes)
         ae.add_supported_context(VERIFICATION_SOP_CLASS)
+        for uid in (*FIND_SOP_CLASSES, *MOVE_SOP_CLASSES):
+            ae.add_supported_context(uid)
         return ae
 
     # -- lifecycle --------------------------------------------------------------------
@@ -161,12 +184,16 @@ class StorageSCP:
             logger.warning(
                 "no --allow-ae given: associations from ANY calling AE title are accepted"
             )
+        if not self.config.allow_query_ae:
+            logger.warning("no --allow-query-ae given: ANY calling AE title may C-FIND and C-MOVE")
         handlers: list[Any] = [
             (evt.EVT_CONN_OPEN, self._on_connection),
             (evt.EVT_CONN_CLOSE, self._on_connection_closed),
             (evt.EVT_REQUESTED, self._on_requested),
             (evt.EVT_C_STORE, self._on_c_store),
             (evt.EVT_C_ECHO, self._on_c_echo),
+            (evt.EVT_C_FIND, self.query.on_c_find),
+            (evt.EVT_C_MOVE, self.query.on_c_move),
             (evt.EVT_RELEASED, self._on_released),
             (evt.EVT_ABORTED, self._on_aborted),
         ]
@@ -316,6 +343,10 @@ class StorageSCP:
             # A-ASSOCIATE-RJ: rejected-permanent, service-user, calling AE not recognised
             self._refuse_association(assoc, calling, host, reason, (0x01, 0x01, 0x03))
             return
+        if not self.query.may_query(calling, host) and _only_query_retrieve(primitive):
+            reason = f"calling AE {calling!r} from {host} may not query (see --allow-query-ae)"
+            self._refuse_association(assoc, calling, host, reason, (0x01, 0x01, 0x03))
+            return
         if self.config.check_called_ae and called != self.config.ae_title.strip():
             reason = (
                 f"called AE {called!r} from {calling!r} at {host} is not this gateway's "
@@ -398,6 +429,9 @@ class StorageSCP:
             return self._refuse_instance(
                 calling, host, STATUS_CANNOT_UNDERSTAND, "not a readable DICOM data set"
             )
+        except InsufficientStorageError as exc:  # refused before the disk is full
+            logger.error("C-STORE from %s refused: %s", calling, exc)
+            return self._refuse_instance(calling, host, STATUS_OUT_OF_RESOURCES, str(exc))
         except Exception as exc:  # disk full, database down: never report success
             logger.exception("C-STORE from %s: cannot persist (%s)", calling, exc)
             return self._refuse_instance(

@@ -22,6 +22,7 @@ from typing import Any
 from overread.audit import AuditAction
 from overread.errors import InvalidDicomError, InvalidUidError
 from overread.imaging import read_instance
+from overread.service.diskspace import InsufficientStorageError
 from overread.service.ingest import Ingestor, IngestOutcome, record_refusal
 
 logger = logging.getLogger(__name__)
@@ -218,6 +219,9 @@ def store_instances(
         except InvalidDicomError as exc:
             logger.error("%s", exc)
             refuse("", "", STATUS_CANNOT_UNDERSTAND, f"part {index}: not a readable DICOM data set")
+        except InsufficientStorageError as exc:  # the disk crossed the watermark meanwhile
+            logger.error("%s refused: %s", source, exc)
+            refuse("", "", STATUS_OUT_OF_RESOURCES, f"part {index}: {exc}")
         except Exception as exc:  # disk full, database down: never report success
             logger.exception("%s: cannot persist (%s)", source, exc)
             refuse("", "", STATUS_OUT_OF_RESOURCES, f"part {index}: cannot persist the instance")

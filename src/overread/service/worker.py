@@ -36,6 +36,7 @@ from overread.service.handling import JobServices, PermanentExportError
 from overread.service.infer import FHIR_DESTINATION_PREFIX, InferenceHandler
 from overread.service.jobs import JobQueue, LeaseLostError
 from overread.service.payloads import export_payload
+from overread.service.rollout import RolloutRole, RolloutStore
 from overread.service.runtime import ArtifactBuilder, PipelineProvider
 from overread.service.store import ObjectStore
 
@@ -122,6 +123,7 @@ class Worker:
         services = JobServices(config, database, store, queue, self.name)
         self.inference = InferenceHandler(services, models, artifacts)
         self.exporters = Exporters(services)
+        self.rollouts = RolloutStore(database, self.inference.triage.alerts.critical)
 
     def run_once(self) -> Job | None:
         """Claim and run one job; return it (as claimed), or ``None`` if none was ready."""
@@ -145,7 +147,17 @@ class Worker:
                 self.queue.mark_failed(job.id, self.name, f"{type(exc).__name__}: {exc}")
             if beat.lost:
                 logger.warning("job %d: lease was lost while running", job.id)
+        if job.kind == JobKind.INFER.value and job.payload.get("role") == RolloutRole.CANARY:
+            self._watch_canary(str(job.payload.get("alias") or job.model_name))
         return job
+
+    def _watch_canary(self, alias: str) -> None:
+        """Judge the alias's canary after each of its jobs (rolled back when it left a
+        bound); an error here never costs the job its outcome."""
+        try:
+            self.rollouts.watch(alias)
+        except Exception:
+            logger.exception("%s: judging the canary of %r failed", self.name, alias)
 
     def warmup(self) -> None:
         """Load and warm up every model the routes name (once per process), so the

@@ -439,10 +439,11 @@ def fhir_report_for_study(session: Session, study_uid: str) -> dict[str, Any]:
     from sqlalchemy import select
 
     from overread.service.db import Result
+    from overread.service.rollout import not_shadow
 
     rows = session.scalars(
         select(Result)
-        .where(Result.study_instance_uid == study_uid)
+        .where(Result.study_instance_uid == study_uid, not_shadow())
         .order_by(Result.created_at.desc(), Result.id.desc())
     ).all()
     latest: dict[str, Any] = {}

@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Sequence
+from dataclasses import dataclass
 from typing import Any, Literal, cast
 
 import highdicom as hd
@@ -149,6 +150,10 @@ def _heatmap_on_image(
     return np.clip(np.asarray(resized, dtype=np.float32), 0.0, 1.0)
 
 
+#: The heatmap placed on an image as the overlays place it (the study viewer's layers).
+heatmap_on_image = _heatmap_on_image
+
+
 def _colour(values: np.ndarray) -> np.ndarray:
     """Map [0, 1] to RGB in [0, 1] with cividis (colour-blind safe; blue low, yellow high)."""
     return colourise(values).astype(np.float32) / 255.0
@@ -241,6 +246,95 @@ def _patient_orientation(source: Dataset) -> tuple[str, str] | None:
     return (row, col)
 
 
+@dataclass(frozen=True)
+class RenderedOverlay:
+    """An overlay's pixels before they become a DICOM object.
+
+    Attributes
+    ----------
+    rgb
+        (rows, columns, 3) uint8: the windowed image, the heatmap, the region, the
+        burned-in caveat and caption, and the colour scale.
+    scale
+        How much the image was shrunk (1.0: not at all).
+    caption
+        The finding's line burned in ("Pneumothorax: p=0.93 (threshold 0.50) POSITIVE").
+    """
+
+    rgb: np.ndarray
+    scale: float
+    caption: str
+
+
+def render_overlay(
+    prediction: Prediction,
+    source: Dataset,
+    label: str,
+    *,
+    max_dimension: int | None = 1024,
+    alpha: float = 0.45,
+    heatmap_space: HeatmapSpace = "auto",
+) -> RenderedOverlay:
+    """The pixels :func:`build_overlay` wraps (same parameters), for reports that show
+    the overlay without a DICOM object around it.
+
+    Raises
+    ------
+    ServiceError
+        If there is no heatmap for ``label``, the finding is unknown, or the source
+        has no usable pixel data.
+    """
+    model = model_identity(prediction)
+    findings = {f.label: f for f in checked_findings(prediction)}
+    if label not in findings:
+        raise ServiceError(f"prediction has no finding {label!r}; known: {', '.join(findings)}")
+    heatmaps = prediction.heatmaps or {}
+    if label not in heatmaps:
+        raise ServiceError(
+            f"prediction has no heatmap for {label!r} (was it run with explain=True?)"
+        )
+    if not 0.0 < alpha <= 1.0:
+        raise ServiceError(f"alpha must be in (0, 1]; got {alpha}")
+
+    grey = windowed_grey(source)
+    rows, cols = grey.shape
+    source_shape = (rows, cols)
+    scale = 1.0
+    if max_dimension is not None and max(rows, cols) > max_dimension:
+        scale = max_dimension / max(rows, cols)
+        rows, cols = max(1, round(rows * scale)), max(1, round(cols * scale))
+        grey = np.asarray(
+            Image.fromarray(grey).resize((cols, rows), Image.Resampling.LANCZOS), dtype=np.uint8
+        )
+    heat = _heatmap_on_image(
+        heatmaps[label],
+        source_shape,
+        (grey.shape[0], grey.shape[1]),
+        heatmap_space,
+        prediction.letterbox,
+    )
+
+    base = np.repeat(grey[..., None].astype(np.float32) / 255.0, 3, axis=-1)
+    weight = (alpha * heat)[..., None]
+    blended = base * (1.0 - weight) + _colour(heat) * weight
+    rgb = np.asarray(np.round(np.clip(blended, 0.0, 1.0) * 255.0), dtype=np.uint8)
+    # Where to look: the top region's outline and the box of its part with the peak.
+    rgb = draw_region(rgb, heat, width=max(1, min(rows, cols) // 256))
+
+    finding = findings[label]
+    decision = _CAPTION[finding.decision]
+    caption = (
+        f"{label}: p={float(finding.probability):.2f} "
+        f"(threshold {float(finding.threshold):.2f}) {decision}"
+    )
+    rgb = burn_in_text(
+        rgb, [RESEARCH_BANNER, caption, f"AI heatmap - {model.name} {model.version}"]
+    )
+    rgb = draw_legend(rgb)
+
+    return RenderedOverlay(rgb=rgb, scale=scale, caption=caption)
+
+
 def build_overlay(
     prediction: Prediction,
     source_dataset: Dataset,
@@ -287,52 +381,15 @@ def build_overlay(
         has no usable pixel data.
     """
     model = model_identity(prediction)
-    findings = {f.label: f for f in checked_findings(prediction)}
-    if label not in findings:
-        raise ServiceError(f"prediction has no finding {label!r}; known: {', '.join(findings)}")
-    heatmaps = prediction.heatmaps or {}
-    if label not in heatmaps:
-        raise ServiceError(
-            f"prediction has no heatmap for {label!r} (was it run with explain=True?)"
-        )
-    if not 0.0 < alpha <= 1.0:
-        raise ServiceError(f"alpha must be in (0, 1]; got {alpha}")
-
-    grey = windowed_grey(source_dataset)
-    rows, cols = grey.shape
-    source_shape = (rows, cols)
-    scale = 1.0
-    if max_dimension is not None and max(rows, cols) > max_dimension:
-        scale = max_dimension / max(rows, cols)
-        rows, cols = max(1, round(rows * scale)), max(1, round(cols * scale))
-        grey = np.asarray(
-            Image.fromarray(grey).resize((cols, rows), Image.Resampling.LANCZOS), dtype=np.uint8
-        )
-    heat = _heatmap_on_image(
-        heatmaps[label],
-        source_shape,
-        (grey.shape[0], grey.shape[1]),
-        heatmap_space,
-        prediction.letterbox,
+    rendered = render_overlay(
+        prediction,
+        source_dataset,
+        label,
+        max_dimension=max_dimension,
+        alpha=alpha,
+        heatmap_space=heatmap_space,
     )
-
-    base = np.repeat(grey[..., None].astype(np.float32) / 255.0, 3, axis=-1)
-    weight = (alpha * heat)[..., None]
-    blended = base * (1.0 - weight) + _colour(heat) * weight
-    rgb = np.asarray(np.round(np.clip(blended, 0.0, 1.0) * 255.0), dtype=np.uint8)
-    # Where to look: the top region's outline and the box of its part with the peak.
-    rgb = draw_region(rgb, heat, width=max(1, min(rows, cols) // 256))
-
-    finding = findings[label]
-    decision = _CAPTION[finding.decision]
-    caption = (
-        f"{label}: p={float(finding.probability):.2f} "
-        f"(threshold {float(finding.threshold):.2f}) {decision}"
-    )
-    rgb = burn_in_text(
-        rgb, [RESEARCH_BANNER, caption, f"AI heatmap - {model.name} {model.version}"]
-    )
-    rgb = draw_legend(rgb)
+    rgb, scale, caption = rendered.rgb, rendered.scale, rendered.caption
 
     spacing = getattr(source_dataset, "PixelSpacing", None)
     pixel_spacing = (
@@ -381,9 +438,23 @@ def build_overlay(
     sc.SourceImageSequence = [reference]
     logger.info(
         "built overlay",
-        extra={"sop_instance_uid": str(sc.SOPInstanceUID), "label": label, "rows": rows},
+        extra={"sop_instance_uid": str(sc.SOPInstanceUID), "label": label, "rows": rgb.shape[0]},
     )
     return sc
+
+
+def overlay_labels(prediction: Prediction) -> list[str]:
+    """The findings :func:`build_overlays` shows by default, in its order: each decided
+    positive or referred that has a heatmap, most probable first, never "No Finding"."""
+    heatmaps = prediction.heatmaps or {}
+    ranked = sorted(checked_findings(prediction), key=lambda f: -f.probability)
+    return [
+        f.label
+        for f in ranked
+        if f.decision is not Decision.NEGATIVE
+        and f.label in heatmaps
+        and f.label != Finding.NO_FINDING.value
+    ]
 
 
 def build_overlays(
@@ -409,16 +480,8 @@ def build_overlays(
     list[highdicom.sc.SCImage]
         Instances numbered 1, 2, ... in a shared series (empty if nothing to show).
     """
-    heatmaps = prediction.heatmaps or {}
     if labels is None:
-        ranked = sorted(checked_findings(prediction), key=lambda f: -f.probability)
-        labels = [
-            f.label
-            for f in ranked
-            if f.decision is not Decision.NEGATIVE
-            and f.label in heatmaps
-            and f.label != Finding.NO_FINDING.value
-        ]
+        labels = overlay_labels(prediction)
     series_uid = series_instance_uid or str(generate_uid())
     return [
         build_overlay(
@@ -436,9 +499,13 @@ def build_overlays(
 
 __all__ = [
     "RESEARCH_BANNER",
+    "RenderedOverlay",
     "build_overlay",
     "build_overlays",
     "burn_in_text",
     "draw_legend",
+    "heatmap_on_image",
+    "overlay_labels",
+    "render_overlay",
     "windowed_grey",
 ]

@@ -316,7 +316,7 @@ def _sr_identity(kwargs: dict[str, Any]) -> dict[str, Any]:
     return {**defaults, **kwargs}
 
 
-def _image_label(source: Dataset, index: int, count: int) -> str:
+def image_label(source: Dataset, index: int, count: int) -> str:
     """How a measurement group names its image: the view, else the image's position."""
     if count == 1:
         return ""
@@ -412,7 +412,7 @@ def build_study_sr(
     model = model_identity(merged)
     groups: list[hd.sr.MeasurementsAndQualitativeEvaluations] = []
     for index, (prediction, source) in enumerate(readings):
-        label = _image_label(source, index, len(readings))
+        label = image_label(source, index, len(readings))
         groups.extend(
             _measurement_group(f, model, [source], label) for f in checked_findings(prediction)
         )
@@ -615,6 +615,7 @@ __all__ = [
     "build_study_sr",
     "device_uid",
     "gate_text",
+    "image_label",
     "study_prediction",
     "summary_text",
 ]

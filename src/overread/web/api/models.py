@@ -17,6 +17,7 @@ from overread.audit import AuditAction
 from overread.errors import ModelPackageError
 from overread.models.registry import PackageEntry, Registry, manifest_of
 from overread.security import Permission, Principal
+from overread.service.rollout import RolloutState, RolloutStore
 from overread.web.api.guards import caller, context, not_found, route
 from overread.web.api.schemas import AliasOut, AliasRequest, ModelDetail, ModelList, ModelPackageOut
 from overread.web.context import WebContext
@@ -132,9 +133,19 @@ def rollback_alias(
     ctx: WebContext = Depends(context),
     who: Principal = Depends(caller),
 ) -> AliasOut:
-    """Point an alias back at its previous target (audited)."""
+    """End the alias's shadow or canary (the active version stays), or with none,
+    point the alias back at its previous target (audited)."""
     registry = _registry(ctx)
     previous = registry.aliases().get(alias)
+    ended = RolloutStore(ctx.service.database).end(
+        alias,
+        RolloutState.ROLLED_BACK,
+        actor=who.username,
+        role=who.role.value,
+        reason="by hand (REST)",
+    )
+    if ended is not None:
+        return AliasOut(alias=alias, target=ended.active_ref, previous=ended.candidate_ref)
     try:
         target = registry.rollback(alias)
     except ModelPackageError as exc:

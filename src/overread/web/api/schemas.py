@@ -180,6 +180,12 @@ class StudyOut(BaseModel):
     last_instance_at: datetime
     completed_at: datetime | None
     complete_reason: str
+    images_purged_at: datetime | None = Field(
+        default=None, description="when the retention policy deleted the study's images"
+    )
+    results_purged_at: datetime | None = Field(
+        default=None, description="when the retention policy deleted the study's results"
+    )
 
 
 class SeriesOut(BaseModel):

@@ -22,6 +22,7 @@ from overread.results import FindingResult, Prediction, ResultSummary
 from overread.security import Permission, Principal
 from overread.service.db import Instance, Result, Study, StudyState
 from overread.service.infer import request_gate_override
+from overread.service.rollout import not_shadow
 from overread.triage.intake import merge_findings
 from overread.triage.schema import WorklistItem
 from overread.web.api.guards import caller, context, not_found, page_params, route
@@ -55,6 +56,8 @@ def study_out(study: Study) -> StudyOut:
         last_instance_at=study.last_instance_at,
         completed_at=study.completed_at,
         complete_reason=study.complete_reason,
+        images_purged_at=study.images_purged_at,
+        results_purged_at=study.results_purged_at,
     )
 
 
@@ -97,7 +100,7 @@ def _require_study(session: Session, uid: str) -> Study:
 
 
 def _results(session: Session, uid: str, model: str | None) -> list[Result]:
-    query = select(Result).where(Result.study_instance_uid == uid)
+    query = select(Result).where(Result.study_instance_uid == uid, not_shadow())
     if model:
         query = query.where(Result.model_name == model)
     return list(session.scalars(query.order_by(Result.id)).all())
@@ -212,7 +215,9 @@ def get_study(
             if row.sop_class_uid not in entry.sop_class_uids:
                 entry.sop_class_uids.append(row.sop_class_uid)
         results = session.scalar(
-            select(func.count()).select_from(Result).where(Result.study_instance_uid == uid)
+            select(func.count())
+            .select_from(Result)
+            .where(Result.study_instance_uid == uid, not_shadow())
         )
         item = session.scalar(select(WorklistItem).where(WorklistItem.study_instance_uid == uid))
         detail = StudyDetail(

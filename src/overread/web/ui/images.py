@@ -34,6 +34,7 @@ from sqlalchemy import select
 from overread.errors import OverreadError
 from overread.imaging import read_dataset, read_metadata
 from overread.service.db import Instance, Result
+from overread.service.rollout import not_shadow
 from overread.triage import get_item
 from overread.web.ui.views import overlay_artifacts, study_instances
 
@@ -171,6 +172,10 @@ class HeatmapImages:
             )
         return str(ranked[0]["label"]) if ranked else None
 
+    def reference(self, study_instance_uid: str) -> tuple[Instance | None, str, str]:
+        """The study's reference instance and the alias and version of its newest result."""
+        return self._reference(study_instance_uid)
+
     def _reference(self, study_instance_uid: str) -> tuple[Instance | None, str, str]:
         """The study's reference instance and the alias and version of its newest result."""
         with self.service.database.session() as session:
@@ -185,7 +190,7 @@ class HeatmapImages:
                 source = instances[0] if instances else None
             result = session.scalar(
                 select(Result)
-                .where(Result.study_instance_uid == study_instance_uid)
+                .where(Result.study_instance_uid == study_instance_uid, not_shadow())
                 .order_by(Result.id.desc())
                 .limit(1)
             )

@@ -22,7 +22,7 @@ from sqlalchemy.orm import Session
 
 from overread.imaging import read_metadata
 from overread.security import Permission, Principal, redact_phi
-from overread.service.db import Instance, Job, JobState, Result
+from overread.service.db import Instance, Job, JobState, Result, Study
 from overread.service.review import study_review_states
 from overread.service.store import ObjectStore
 from overread.triage import Alert, Feedback, StudyGate, WorklistItem, stored_findings
@@ -227,6 +227,8 @@ class StudyView(BaseModel):
     accession_number: str = ""
     analysis: str = "analysed"
     gate_note: str = ""
+    #: The date the retention policy deleted the images ("" while they are kept).
+    images_purged_on: str = ""
 
 
 def _findings_summary(item: WorklistItem) -> str:
@@ -343,6 +345,9 @@ def study_view(
         for t in item.breakdown or []
     ]
     images = len(study_instances(session, item.study_instance_uid))
+    purged = session.scalar(
+        select(Study.images_purged_at).where(Study.study_instance_uid == item.study_instance_uid)
+    )
     gate = study_gates(session, [item]).get(item.study_instance_uid) or StudyGate()
     view = StudyView(
         study_instance_uid=item.study_instance_uid,
@@ -372,6 +377,7 @@ def study_view(
         accession_number=header.accession_number,
         analysis=gate.analysis,
         gate_note=gate.note,
+        images_purged_on=purged.date().isoformat() if purged is not None else "",
     )
     return redact_phi(view, viewer)
 

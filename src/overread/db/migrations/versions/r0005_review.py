@@ -1,8 +1,8 @@
 """Result reviews: a reader's accept, edit or reject of a result held for review, and
 the verified versions of results that went out unverified.
 
-Revision ID: 0003
-Revises: 0002
+Revision ID: 0005
+Revises: 0004
 Create Date: 2026-12-05
 
 The table is declared here, frozen, as the model declared it when this revision was
@@ -16,8 +16,8 @@ from typing import Any
 import sqlalchemy as sa
 from alembic import op
 
-revision = "0003"
-down_revision = "0002"
+revision = "0005"
+down_revision = "0004"
 branch_labels = None
 depends_on = None
 

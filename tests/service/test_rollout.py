@@ -1,0 +1,181 @@
+"""Rollout decisions without a gateway: the canary split, the bounds, the state
+changes' compare-and-set and the kill switches' release rules."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from pydicom.uid import generate_uid
+from sqlalchemy import select
+
+from overread.audit import AuditAction, AuditEvent
+from overread.errors import ConfigError
+from overread.service.db import Database, Job, JobKind, JobState
+from overread.service.jobs import JobQueue
+from overread.service.rollout import (
+    CanaryBounds,
+    RolloutState,
+    RolloutStore,
+    SideFigures,
+    canary_bucket,
+    in_canary,
+    judge,
+)
+
+
+@pytest.fixture
+def database(tmp_path: Path) -> Iterator[Database]:
+    db = Database(f"sqlite:///{tmp_path / 'overread.db'}")
+    yield db
+    db.dispose()
+
+
+def test_canary_bucket_is_a_fixed_hash_of_the_uid() -> None:
+    # The first 8 hex digits of sha256("1.2.3") modulo 10000: the same everywhere.
+    assert canary_bucket("1.2.3") == 728
+    uid = "1.2.826.0.1.3680043.8.498.1"
+    assert canary_bucket(uid) == canary_bucket(uid + " ")  # DICOM padding ignored
+    assert 0 <= canary_bucket(uid) < 10_000
+    uids = [generate_uid() for _ in range(4000)]
+    share = sum(in_canary(u, 0.1) for u in uids) / len(uids)
+    assert 0.08 < share < 0.12
+    # Widening the share keeps every study already in the canary.
+    assert all(in_canary(u, 0.5) for u in uids if in_canary(u, 0.1))
+    assert not any(in_canary(u, 0.0) for u in uids) and all(in_canary(u, 1.0) for u in uids)
+
+
+def test_bounds_are_checked_when_made() -> None:
+    with pytest.raises(ConfigError, match="max_failure_rate"):
+        CanaryBounds(max_failure_rate=1.5)
+    with pytest.raises(ConfigError, match="min_studies"):
+        CanaryBounds(min_studies=0)
+    assert CanaryBounds.from_dict({"min_studies": 3, "unknown": 1}).min_studies == 3
+
+
+def _side(studies: int, positives: int, **kw: object) -> SideFigures:
+    return SideFigures(
+        studies=studies,
+        finished_jobs=kw.pop("finished", studies),  # type: ignore[arg-type]
+        findings=studies * 10,
+        positive_findings=positives,
+        **kw,  # type: ignore[arg-type]
+    )
+
+
+def test_judge_names_each_bound_left_and_waits_for_enough_studies() -> None:
+    bounds = CanaryBounds(min_studies=5)
+    active = _side(20, 40, latencies=(0.1,) * 20)
+    assert judge(_side(4, 40), active, bounds) == ()  # too few to judge
+    assert judge(_side(5, 10, latencies=(0.1,) * 5), active, bounds) == ()
+    [positive] = judge(_side(5, 50), active, bounds)
+    assert positive.startswith("positive-finding rate 1.00 vs active 0.20")
+    [failing] = judge(_side(0, 0, finished=5, failed_jobs=2), active, bounds)
+    assert failing == "failure rate 0.40 > 0.20"
+    [slow] = judge(_side(5, 10, latencies=(0.5,) * 5), active, bounds)
+    assert slow.startswith("median model time 0.500 s vs active 0.100 s")
+    [refusing] = judge(_side(5, 5, refused_studies=2), _side(20, 40), bounds)
+    assert refusing.startswith("gate refusal rate 0.40 vs active 0.00")
+    [critical] = judge(_side(5, 10, critical_studies=3), _side(20, 40, critical_studies=2), bounds)
+    assert critical.startswith("critical-finding rate 0.60 vs active 0.10")
+    # Without enough active results only the failure rate is judged.
+    assert judge(_side(5, 50), _side(2, 2), bounds) == ()
+
+
+def test_rollouts_end_once_and_refuse_bad_starts(database: Database) -> None:
+    store = RolloutStore(database, critical={})
+    with pytest.raises(ConfigError, match="already the active version"):
+        store.start(
+            "chest", active_ref="m@1", candidate_ref="m@1", state=RolloutState.SHADOW, actor="t"
+        )
+    with pytest.raises(ConfigError, match="canary share"):
+        store.start(
+            "chest", active_ref="m@1", candidate_ref="m@2", state=RolloutState.CANARY, actor="t"
+        )
+    store.start(
+        "chest",
+        active_ref="m@1",
+        candidate_ref="m@2",
+        state=RolloutState.CANARY,
+        actor="t",
+        canary_share=0.25,
+    )
+    first = store.end("chest", RolloutState.ROLLED_BACK, actor="a", expect=RolloutState.CANARY)
+    again = store.end("chest", RolloutState.ROLLED_BACK, actor="b", expect=RolloutState.CANARY)
+    assert first is not None and first.canary_share == 0.25 and again is None
+    assert store.open_rollout("chest") is None
+    with database.session() as session:
+        actions = session.scalars(select(AuditEvent.action).order_by(AuditEvent.seq)).all()
+    assert actions == [AuditAction.ROLLOUT_START.value, AuditAction.ROLLOUT_ROLLBACK.value]
+
+
+def test_releasing_a_switch_frees_only_exports_no_other_switch_holds(database: Database) -> None:
+    store = RolloutStore(database, critical={})
+    queue = JobQueue(database)
+    with database.session() as session:
+        for version in ("1", "2"):
+            queue.enqueue(
+                session,
+                study_instance_uid="1.2.3",
+                model_name="m",
+                model_version=version,
+                kind=JobKind.EXPORT,
+                destination="PACS",
+                payload={},
+            )
+        for job in session.scalars(select(Job)).all():
+            job.state = JobState.HELD.value
+    assert store.kill("m", actor="t") and store.kill("m@2", actor="t")
+    assert not store.kill("m", actor="t")  # already engaged
+    with database.session() as session:
+        assert store.killed(session, "m", "1") == "m"
+        assert store.killed(session, "m", "2") == "m@2"
+        assert store.killed(session, "other", "1") is None
+    assert store.release("m", actor="t") == 1  # m@2 stays held by its own switch
+    assert store.release("m", actor="t") is None
+    assert store.release("m@2", actor="t") == 1
+    with database.session() as session:
+        states = sorted(session.scalars(select(Job.state)).all())
+    assert states == ["queued", "queued"]
+
+
+def test_widening_a_canary_keeps_its_start_and_a_new_state_starts_afresh(
+    database: Database,
+) -> None:
+    store = RolloutStore(database, critical={})
+    refs = {"active_ref": "m@1", "candidate_ref": "m@2", "actor": "t"}
+    shadow = store.start("chest", state=RolloutState.SHADOW, **refs)
+    narrow = store.start("chest", state=RolloutState.CANARY, canary_share=0.1, **refs)
+    wide = store.start("chest", state=RolloutState.CANARY, canary_share=0.5, **refs)
+    assert narrow.started_at > shadow.started_at
+    assert wide.started_at == narrow.started_at and wide.canary_share == 0.5
+
+
+def test_an_export_of_a_killed_model_is_held_without_counting_an_attempt(
+    database_url: str,
+) -> None:
+    db = Database(database_url)
+    try:
+        queue = JobQueue(db)
+        with db.session() as session:
+            job_id, _ = queue.enqueue(
+                session,
+                study_instance_uid="1.2.3",
+                model_name="m",
+                model_version="1",
+                kind=JobKind.EXPORT,
+                destination="PACS",
+                payload={},
+            )
+        claimed = queue.claim("w", lease_seconds=30)
+        assert claimed is not None and claimed.id == job_id and claimed.attempts == 1
+        with db.session() as session:
+            queue.hold(session, job_id, "w", "held: kill switch of m engaged")
+        with db.session() as session:
+            job = session.get(Job, job_id)
+            assert job is not None
+            assert (job.state, job.attempts, job.lease_owner) == ("held", 0, None)
+        assert queue.claim("w", lease_seconds=30) is None  # held is never claimed
+    finally:
+        db.dispose()
