@@ -21,7 +21,7 @@ from overread.errors import ServiceError
 from overread.results import Decision, ModelRef, Prediction
 from overread.service.outputs import codes as oc
 from overread.service.outputs.prediction import checked_findings
-from overread.service.outputs.sr import MANUFACTURER
+from overread.service.outputs.sr import MANUFACTURER, contributing_equipment
 
 logger = logging.getLogger(__name__)
 
@@ -138,6 +138,7 @@ def build_seg(
         content_description=content_description[:64],
         content_label="OVERREAD",
         omit_empty_frames=False,
+        contributing_equipment=[contributing_equipment(model)],
     )
     seg.SeriesDescription = content_description[:64]
     if "PatientOrientation" not in seg and "ImageOrientationPatient" not in source:

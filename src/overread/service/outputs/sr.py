@@ -70,6 +70,31 @@ def device_uid(model: ModelRef) -> str:
     )
 
 
+def contributing_equipment(model: ModelRef) -> hd.ContributingEquipment:
+    """The Contributing Equipment item naming the AI model that made an object.
+
+    PS3.3 C.12.1 (SOP Common): Purpose of Reference DCM 109102 "Processing Equipment",
+    the manufacturer (overread), the model as Manufacturer's Model Name, overread's and
+    the model's versions, the package checksum as serial number, when, and what it did.
+    IHE AI Results expects it on every result object so a display can say which
+    algorithm produced what it shows; highdicom puts the source image's acquisition
+    equipment (109101) before it.
+    """
+    from datetime import datetime
+
+    from overread import __version__
+
+    return hd.ContributingEquipment(
+        manufacturer=MANUFACTURER,
+        purpose_of_reference=codes.DCM.ProcessingEquipment,
+        manufacturer_model_name=model.name[:64],
+        software_versions=[f"overread {__version__}"[:64], model.version[:64]],
+        device_serial_number=model.short_hash or None,
+        contribution_datetime=datetime.now(UTC),
+        contribution_description=f"AI inference: {model.name} {model.version}"[:64],
+    )
+
+
 def summary_text(prediction: Prediction) -> str:
     """Return the one-paragraph, plain-language summary of a prediction.
 
@@ -581,6 +606,7 @@ def _assemble(
         institution_name=institution_name,
         institutional_department_name=institutional_department_name,
         previous_versions=list(predecessors) or None,
+        contributing_equipment=[contributing_equipment(model)],
         **verified,
     )
     if verification is not None:
@@ -592,6 +618,8 @@ def _assemble(
     sr.SeriesDescription = series_description[:64]
     sr.ManufacturerModelName = f"{model.name}"[:64]
     sr.SoftwareVersions = model.version[:64]
+    if model.short_hash:
+        sr.DeviceSerialNumber = model.short_hash
     # The threshold concept is always local, so the scheme is always declared.
     oc.declare_local_scheme(sr)
     logger.info(
@@ -613,6 +641,7 @@ __all__ = [
     "build_not_analysed_sr",
     "build_sr",
     "build_study_sr",
+    "contributing_equipment",
     "device_uid",
     "gate_text",
     "image_label",
