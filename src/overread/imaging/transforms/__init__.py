@@ -26,6 +26,7 @@ from overread.imaging.transforms.intensity import (
     WINDOW_PRESETS,
     InvertMonochrome1,
     Normalize,
+    Rescale,
     ToGrayscale,
     VoiWindow,
 )
@@ -66,6 +67,7 @@ __all__ = [
     "InvertMonochrome1",
     "Letterbox",
     "Normalize",
+    "Rescale",
     "Resample",
     "Resize",
     "SelectFrame",
