@@ -467,9 +467,9 @@ def _load_monai_bundle(root: Path) -> _Source:
     if isinstance(image.get("num_channels"), int):
         defaults["channels"] = image["num_channels"]
     shape = image.get("spatial_shape")
-    square = isinstance(shape, list) and len(shape) == 2 and shape[0] == shape[1]
-    if square and isinstance(shape[0], int):
-        defaults["size"] = shape[0]
+    sides = shape if isinstance(shape, list) else []
+    if len(sides) == 2 and sides[0] == sides[1] and isinstance(sides[0], int):
+        defaults["size"] = sides[0]
     channel_def = pred.get("channel_def")
     if isinstance(channel_def, dict) and channel_def:
         try:
