@@ -40,6 +40,7 @@ def list_models(as_json: bool = typer.Option(False, "--json", help="Print JSON."
                 "version": entry.version,
                 "source": entry.source,
                 "trained": entry.trained,
+                "calibrated": entry.calibrated,
                 "path": str(entry.path),
                 "aliases": sorted(a for a, target in aliases.items() if target == ref),
             }
@@ -53,6 +54,8 @@ def list_models(as_json: bool = typer.Option(False, "--json", help="Print JSON."
         flags = [str(row["source"])]
         if not row["trained"]:
             flags.append("UNTRAINED")
+        if not row["calibrated"]:
+            flags.append("UNCALIBRATED")
         names = [str(a) for a in row["aliases"]]  # type: ignore[attr-defined]
         alias_text = f"  aliases: {', '.join(names)}" if names else ""
         typer.echo(
@@ -82,6 +85,14 @@ def show_model(
     typer.echo(f"  sha256: {manifest.content_sha256()}")
     if not manifest.trained:
         typer.echo("  UNTRAINED placeholder: findings carry no meaning")
+    if manifest.onboarded is not None:
+        o = manifest.onboarded
+        typer.echo(
+            f"  onboarded from {o.source} ({o.format.value}{', ' + o.layout if o.layout else ''}; "
+            f"outputs {o.outputs.value}{' inferred' if o.outputs_inferred else ''})"
+        )
+        if not o.calibrated:
+            typer.echo("  UNCALIBRATED: every threshold 0.5 until `overread models calibrate`")
     typer.echo(f"  intended use: {manifest.intended_use}")
     typer.echo(
         f"  architecture: {manifest.architecture}  input {manifest.input.size}px x {manifest.input.channels}"
@@ -141,8 +152,10 @@ def verify_model(
             typer.echo(problem, err=True)
         raise typer.Exit(1)
     manifest = manifest_of(path)
+    note = "" if manifest.calibrated else "; UNCALIBRATED onboarded model: every threshold 0.5"
     typer.echo(
-        f"{manifest.name} {manifest.version}: ok ({len(manifest.files)} files, sha256 {manifest.content_sha256()})"
+        f"{manifest.name} {manifest.version}: ok ({len(manifest.files)} files, "
+        f"sha256 {manifest.content_sha256()}){note}"
     )
 
 
