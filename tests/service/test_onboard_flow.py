@@ -1,6 +1,6 @@
 """Onboarded models behind the gateway: a MONAI bundle, a TorchScript and an ONNX model
 and a TorchXRayVision-layout DenseNet-121 state dict, each packaged, verified, imported
-and routed; one phantom study sent with DCMTK storescu comes back from every one of
+and routed; one phantom study (the phantom generator's) sent with DCMTK storescu comes back from every one of
 them as the same kind of SR the bundled model sends, received by DCMTK storescp."""
 
 from __future__ import annotations
@@ -10,7 +10,6 @@ from pathlib import Path
 
 import pydicom
 import pytest
-from pydicom.uid import generate_uid
 from sqlalchemy import select
 from tests.models.foreign import (
     LABELS,
@@ -109,7 +108,6 @@ def _jobs(service: Gateway) -> list[Job]:
 def test_every_onboarded_format_reads_a_routed_study(
     make_service: Callable[..., Gateway],
     storescp: Storescp,
-    dx_factory: Callable[..., Path],
     tmp_path: Path,
 ) -> None:
     registry = _registry(tmp_path)
@@ -121,8 +119,12 @@ def test_every_onboarded_format_reads_a_routed_study(
             "models": RegistryPipelineProvider(registry=registry),
         },
     )
-    study = generate_uid()
-    storescu(service.dicom_port or 0, [dx_factory(study_uid=study, size=256)])
+    from overread.phantom import generate_cohort
+
+    generate_cohort(tmp_path / "phantom", 1, 21, rows=256, cols=256, modality="DX")
+    images = sorted((tmp_path / "phantom").rglob("*.dcm"))
+    study = str(pydicom.dcmread(images[0], stop_before_pixels=True).StudyInstanceUID)
+    storescu(service.dicom_port or 0, images)
     models = 1 + len(ALIASES)
 
     def settled() -> bool:
