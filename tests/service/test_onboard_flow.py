@@ -1,7 +1,7 @@
 """Onboarded models behind the gateway: a MONAI bundle, a TorchScript and an ONNX model
 and a TorchXRayVision-layout DenseNet-121 state dict, each packaged, verified, imported
-and routed; one phantom study (the phantom generator's) sent with DCMTK storescu comes back from every one of
-them as the same kind of SR the bundled model sends, received by DCMTK storescp."""
+and routed; one phantom generator study sent with DCMTK storescu comes back from every
+one of them as the same kind of SR the bundled model sends, received by DCMTK storescp."""
 
 from __future__ import annotations
 
