@@ -108,6 +108,9 @@ class ModelRef:
     runtime: str = "onnx"
     precision: str = "fp32"
     trained: bool = True
+    #: False for an onboarded model whose thresholds were never fitted on local images
+    #: (every threshold 0.5): readers are told so in the SR and the UI.
+    calibrated: bool = True
 
     @property
     def short_hash(self) -> str:
@@ -123,11 +126,16 @@ class ModelRef:
             "runtime": self.runtime,
             "precision": self.precision,
             "trained": self.trained,
+            "calibrated": self.calibrated,
         }
 
     def to_summary_dict(self) -> dict[str, Any]:
-        """The identity kept with a stored result: name, version, sha256."""
-        return {"name": self.name, "version": self.version, "sha256": self.sha256}
+        """The identity kept with a stored result: name, version, sha256 (and
+        ``calibrated: false`` for an uncalibrated onboarded model)."""
+        data: dict[str, Any] = {"name": self.name, "version": self.version, "sha256": self.sha256}
+        if not self.calibrated:
+            data["calibrated"] = False
+        return data
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> ModelRef:
@@ -139,6 +147,7 @@ class ModelRef:
             runtime=str(data.get("runtime") or "onnx"),
             precision=str(data.get("precision") or "fp32"),
             trained=bool(data.get("trained", True)),
+            calibrated=bool(data.get("calibrated", True)),
         )
 
 

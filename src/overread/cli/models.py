@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import typer
 
@@ -40,6 +40,7 @@ def list_models(as_json: bool = typer.Option(False, "--json", help="Print JSON."
                 "version": entry.version,
                 "source": entry.source,
                 "trained": entry.trained,
+                "calibrated": entry.calibrated,
                 "path": str(entry.path),
                 "aliases": sorted(a for a, target in aliases.items() if target == ref),
             }
@@ -53,6 +54,8 @@ def list_models(as_json: bool = typer.Option(False, "--json", help="Print JSON."
         flags = [str(row["source"])]
         if not row["trained"]:
             flags.append("UNTRAINED")
+        if not row["calibrated"]:
+            flags.append("UNCALIBRATED")
         names = [str(a) for a in row["aliases"]]  # type: ignore[attr-defined]
         alias_text = f"  aliases: {', '.join(names)}" if names else ""
         typer.echo(
@@ -82,6 +85,14 @@ def show_model(
     typer.echo(f"  sha256: {manifest.content_sha256()}")
     if not manifest.trained:
         typer.echo("  UNTRAINED placeholder: findings carry no meaning")
+    if manifest.onboarded is not None:
+        o = manifest.onboarded
+        typer.echo(
+            f"  onboarded from {o.source} ({o.format.value}{', ' + o.layout if o.layout else ''}; "
+            f"outputs {o.outputs.value}{' inferred' if o.outputs_inferred else ''})"
+        )
+        if not o.calibrated:
+            typer.echo("  UNCALIBRATED: every threshold 0.5 until `overread models calibrate`")
     typer.echo(f"  intended use: {manifest.intended_use}")
     typer.echo(
         f"  architecture: {manifest.architecture}  input {manifest.input.size}px x {manifest.input.channels}"
@@ -141,8 +152,10 @@ def verify_model(
             typer.echo(problem, err=True)
         raise typer.Exit(1)
     manifest = manifest_of(path)
+    note = "" if manifest.calibrated else "; UNCALIBRATED onboarded model: every threshold 0.5"
     typer.echo(
-        f"{manifest.name} {manifest.version}: ok ({len(manifest.files)} files, sha256 {manifest.content_sha256()})"
+        f"{manifest.name} {manifest.version}: ok ({len(manifest.files)} files, "
+        f"sha256 {manifest.content_sha256()}){note}"
     )
 
 
@@ -667,4 +680,198 @@ def gate_report(
         typer.echo(
             f"{row['kind']:26s} {row['images']:4d} {row['refused_rate']:8.1%} "
             f"{row['flagged']:8d} {row['refused_pixels_only_rate']:12.1%} {row['unreadable']:10d}"
+        )
+
+
+@models_app.command("package")
+def package_model_command(
+    onnx: Path | None = typer.Option(None, "--onnx", help="An ONNX model file."),
+    torchscript: Path | None = typer.Option(None, "--torchscript", help="A TorchScript file."),
+    monai_bundle: Path | None = typer.Option(
+        None, "--monai-bundle", help="A MONAI bundle folder (configs/metadata.json, models/)."
+    ),
+    state_dict: Path | None = typer.Option(
+        None, "--state-dict", help="A state dict for --architecture (TorchXRayVision layout too)."
+    ),
+    architecture: str | None = typer.Option(
+        None, "--architecture", help="The factory architecture of --state-dict (densenet121)."
+    ),
+    config: Path | None = typer.Option(
+        None, "--config", help="A TOML file with these settings (options given here win)."
+    ),
+    name: str | None = typer.Option(None, "--name", help="Package name."),
+    version: str | None = typer.Option(None, "--version", help="Package version."),
+    labels: str | None = typer.Option(None, "--labels", help="Output labels in order: A,B,..."),
+    size: int | None = typer.Option(None, "--size", min=8, help="Input size in pixels."),
+    channels: int | None = typer.Option(None, "--channels", min=1, help="Input channels."),
+    outputs: str | None = typer.Option(
+        None, "--outputs", help="logits or probabilities (default: inferred on phantoms)."
+    ),
+    input_range: str | None = typer.Option(
+        None, "--input-range", help="LOW,HIGH the model expects (default 0,1)."
+    ),
+    intended_use: str | None = typer.Option(None, "--intended-use", help="Intended use."),
+    operating_points: Path | None = typer.Option(
+        None, "--operating-points", help='JSON {"label": {"balanced": t, ...}}; else 0.5.'
+    ),
+    int8: bool = typer.Option(True, "--int8/--no-int8", help="Add a static INT8 ONNX model."),
+    out: Path = typer.Option(..., "--out", help="The package folder to write."),
+    as_json: bool = typer.Option(False, "--json", help="Print one JSON object."),
+) -> None:
+    """Turn an ONNX, TorchScript, MONAI bundle or state-dict model into a verified package."""
+    from dataclasses import replace
+
+    from overread.errors import ConfigError
+    from overread.models.manifest import OutputKind, SourceFormat
+    from overread.models.onboard import (
+        OnboardSpec,
+        package_model,
+        parse_labels,
+        parse_range,
+        spec_from_toml,
+    )
+
+    spec, sources = spec_from_toml(config) if config is not None else (OnboardSpec(), {})
+    given = {
+        "onnx": onnx,
+        "torchscript": torchscript,
+        "monai_bundle": monai_bundle,
+        "state_dict": state_dict,
+    }
+    chosen = {k: str(v) for k, v in given.items() if v is not None} or {
+        k: v for k, v in sources.items() if k != "architecture"
+    }
+    if len(chosen) != 1:
+        raise ConfigError("give exactly one of --onnx, --torchscript, --monai-bundle, --state-dict")
+    ((kind, source),) = chosen.items()
+    if outputs is not None and outputs not in {o.value for o in OutputKind}:
+        raise ConfigError(f"--outputs must be logits or probabilities, not {outputs!r}")
+    points = None
+    if operating_points is not None:
+        try:
+            points = json.loads(operating_points.read_text(encoding="utf-8"))
+        except (OSError, ValueError) as exc:
+            raise ConfigError(f"--operating-points {operating_points}: {exc}") from None
+    overrides: dict[str, Any] = {
+        "name": name,
+        "version": version,
+        "labels": parse_labels(labels) if labels is not None else None,
+        "size": size,
+        "channels": channels,
+        "outputs": OutputKind(outputs) if outputs is not None else None,
+        "input_range": parse_range(input_range) if input_range is not None else None,
+        "intended_use": intended_use,
+        "operating_points": points,
+    }
+    spec = replace(spec, **{k: v for k, v in overrides.items() if v is not None})
+    if not int8:
+        spec = replace(spec, int8=False)
+    fmt = SourceFormat(kind.replace("_", "-"))
+    registry = _registry()
+    typer.echo(f"packaging {source} ({fmt.value}) ...", err=True)
+    package = package_model(
+        fmt,
+        Path(source),
+        out,
+        spec,
+        architecture=architecture or sources.get("architecture"),
+        key=registry.key,
+    )
+    manifest = package.manifest
+    onboarded = manifest.onboarded
+    assert onboarded is not None
+    summary = {
+        "name": package.name,
+        "version": package.version,
+        "path": str(package.path),
+        "sha256": package.sha256,
+        "format": fmt.value,
+        "architecture": manifest.architecture,
+        "labels": package.labels,
+        "outputs": onboarded.outputs.value,
+        "outputs_inferred": onboarded.outputs_inferred,
+        "calibrated": onboarded.calibrated,
+        "runtime": manifest.runtime.model_dump(),
+        "cam": manifest.cam,
+        "validation": onboarded.validation,
+    }
+    if as_json:
+        typer.echo(json.dumps(summary))
+        return
+    how = "inferred" if onboarded.outputs_inferred else "given"
+    typer.echo(
+        f"wrote {package.name} {package.version} -> {package.path} (sha256 {package.sha256})"
+    )
+    typer.echo(
+        f"  {len(package.labels)} labels, {manifest.input.size}px, outputs "
+        f"{onboarded.outputs.value} ({how}), runtimes "
+        + ", ".join(k for k, v in manifest.runtime.model_dump().items() if v)
+        + f", CAM {'yes' if manifest.cam == 'onnx-output' else 'no'}"
+    )
+    if not onboarded.calibrated:
+        typer.echo(
+            "  UNCALIBRATED: every threshold is 0.5 until `overread models calibrate` "
+            "fits them on a labelled local cohort"
+        )
+
+
+@models_app.command("calibrate")
+def calibrate_model_command(
+    model: str = typer.Option(..., "--model", "-m", help="Alias, name@version or package path."),
+    data: Path = typer.Option(..., "--data", help="A labelled local cohort (truth.csv)."),
+    out: Path = typer.Option(..., "--out", help="Folder for the new package version."),
+    version: str | None = typer.Option(
+        None, "--version", help="New version (default: the source's with '+calibrated')."
+    ),
+    alpha: float = typer.Option(0.1, "--alpha", help="Conformal miscoverage (sets cover 1-alpha)."),
+    seed: int = typer.Option(0, "--seed", help="Seed of the fit / held-out patient split."),
+    as_json: bool = typer.Option(False, "--json", help="Print one JSON object."),
+) -> None:
+    """Fit calibration, operating points and conformal sets on a labelled cohort; write a
+    NEW package version carrying the evaluation report."""
+    from overread.errors import ConfigError, ModelPackageError
+    from overread.inference.onboard_calibration import calibrate_package
+
+    if not 0.0 < alpha < 1.0:
+        raise ConfigError(f"--alpha must be between 0 and 1, not {alpha}")
+    if not (data / "truth.csv").is_file():
+        raise ConfigError(f"--data {data}: no truth.csv; give a labelled cohort")
+    registry = _registry()
+    source = registry.load(model)
+    new_version = version or f"{source.version}+calibrated"
+    if out.exists():
+        raise ModelPackageError(f"{out}: already exists; a package version is never overwritten")
+    typer.echo(f"calibrating {source.name} {source.version} on {data} ...", err=True)
+    package, summary = calibrate_package(
+        source, data, out, version=new_version, alpha=alpha, seed=seed, key=registry.key
+    )
+    if as_json:
+        typer.echo(
+            json.dumps(
+                {
+                    "name": package.name,
+                    "version": package.version,
+                    "path": str(package.path),
+                    "sha256": package.sha256,
+                    **summary,
+                }
+            )
+        )
+        return
+    cohort = summary["cohort"]
+    mean_auc = summary["mean_auc"]
+    typer.echo(
+        f"wrote {package.name} {package.version} -> {package.path} (sha256 {package.sha256})"
+    )
+    typer.echo(
+        f"  fitted on {cohort['fit_images']} images, checked on {cohort['held_out_images']} "
+        f"held out: mean AUC "
+        + ("n/a" if mean_auc is None else f"{mean_auc:.3f}")
+        + f"; report in {package.path / 'evaluation' / 'report.html'}"
+    )
+    for label, figures in summary["labels"].items():
+        auc = figures.get("auc")
+        typer.echo(
+            f"  {label}: AUC {'n/a' if auc is None else f'{auc:.3f}'}  "
+            f"threshold {package.manifest.operating_points[label]['balanced']:.3f}"
         )

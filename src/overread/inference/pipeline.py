@@ -158,6 +158,7 @@ class Pipeline:
             runtime=self.runtime.name,
             precision=self.runtime.precision,
             trained=manifest.trained,
+            calibrated=manifest.calibrated,
         )
         self._resize = next((t for t in self.chain if isinstance(t, Resize)), None)
         self._torch: TorchRuntime | None = (

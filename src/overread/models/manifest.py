@@ -232,9 +232,46 @@ class EnsembleSection(_Strict):
     combine: Literal["mean-probability"] = "mean-probability"
 
 
+class SourceFormat(StrEnum):
+    """The foreign format an onboarded model came in (``overread models package``)."""
+
+    ONNX = "onnx"
+    TORCHSCRIPT = "torchscript"
+    MONAI_BUNDLE = "monai-bundle"
+    STATE_DICT = "state-dict"
+
+
+class OutputKind(StrEnum):
+    """What a foreign model's raw outputs are; probabilities are turned into logits."""
+
+    LOGITS = "logits"
+    PROBABILITIES = "probabilities"
+
+
+class OnboardedSection(_Strict):
+    """Where an onboarded (not overread-trained) model came from and how it was checked.
+
+    ``calibrated`` is false until ``overread models calibrate`` has fitted calibration
+    and operating points on a labelled local cohort: until then every threshold is
+    0.5 on the model's own probabilities, and results say so. ``source_sha256`` is
+    the hash of the file (or bundle weights) it was made from; ``validation`` holds
+    what the phantom check measured (output shape and range, runtime agreement).
+    """
+
+    format: SourceFormat
+    source: str = Field(min_length=1)
+    source_sha256: str = Field(pattern="^[0-9a-f]{64}$")
+    outputs: OutputKind
+    outputs_inferred: bool
+    calibrated: bool = False
+    layout: str = ""
+    validation: dict[str, Any] = Field(default_factory=dict)
+    calibration_cohort: dict[str, Any] = Field(default_factory=dict)
+
+
 #: Manifest sections added after format 1 was fixed: left out of the canonical form
 #: (and of the file) when absent, so packages written before them keep their hash.
-OPTIONAL_SECTIONS = ("uncertainty", "conformal", "ensemble", "gate")
+OPTIONAL_SECTIONS = ("uncertainty", "conformal", "ensemble", "gate", "onboarded")
 
 #: The ``architecture`` of an ensemble package (it has no network of its own).
 ENSEMBLE_ARCHITECTURE = "ensemble"
@@ -268,6 +305,7 @@ class Manifest(_Strict):
     uncertainty: UncertaintySettings | None = None
     conformal: ConformalSection | None = None
     ensemble: EnsembleSection | None = None
+    onboarded: OnboardedSection | None = None
     signature: Signature | None = None
 
     @field_validator("operating_points")
@@ -321,6 +359,11 @@ class Manifest(_Strict):
     def label_names(self) -> list[str]:
         """Output names in output order."""
         return [label.name for label in self.labels]
+
+    @property
+    def calibrated(self) -> bool:
+        """False for an onboarded model whose thresholds were never fitted locally."""
+        return self.onboarded is None or self.onboarded.calibrated
 
     @property
     def is_ensemble(self) -> bool:
@@ -377,8 +420,11 @@ __all__ = [
     "InputSpec",
     "LabelSpec",
     "Manifest",
+    "OnboardedSection",
+    "OutputKind",
     "RuntimeFiles",
     "Signature",
+    "SourceFormat",
     "StatisticSpec",
     "SubspaceSpec",
     "Task",

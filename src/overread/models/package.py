@@ -16,7 +16,7 @@ import os
 import shutil
 import tempfile
 import zipfile
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
@@ -41,6 +41,7 @@ from overread.models.manifest import (
     InputSpec,
     LabelSpec,
     Manifest,
+    OnboardedSection,
     RuntimeFiles,
     Task,
 )
@@ -293,6 +294,7 @@ def write_package(
     int8_calibration: np.ndarray | None = None,
     key: bytes | None = None,
     overwrite: bool = False,
+    onboarded: OnboardedSection | None = None,
 ) -> Path:
     """Write a verified model package from a torch network and its metadata.
 
@@ -374,6 +376,7 @@ def write_package(
             runtime=RuntimeFiles(**runtime),
             files=files,
             created=datetime.now(UTC).isoformat(timespec="seconds"),
+            onboarded=onboarded,
         ).signed(key)
         (staging / MANIFEST_NAME).write_text(manifest.to_json(), encoding="utf-8")
         staging.chmod(0o755)
@@ -424,9 +427,13 @@ def derive_package(
     *,
     version: str,
     key: bytes | None = None,
+    contents: Callable[[Path], None] | None = None,
     **updates: Any,
 ) -> ModelPackage:
     """Write a new version of a verified package with some manifest fields replaced.
+
+    ``contents``, when given, is called with the staging directory to add files
+    (an evaluation report) before they are hashed into the new manifest.
 
     The source package is never touched: its files are copied to ``out_dir``, the
     manifest gets ``version``, ``updates`` (e.g. ``conformal=...``) and a new
@@ -445,6 +452,8 @@ def derive_package(
         )
     staging = _stage_copy(source.path, out)
     try:
+        if contents is not None:
+            contents(staging)
         manifest = _parse_manifest(staging)
         data = manifest.model_dump(mode="python", exclude={"signature"})
         data.update(updates)

@@ -71,6 +71,7 @@ class PackageEntry:
     path: Path
     source: str  # "registry" or "bundled"
     trained: bool
+    calibrated: bool = True
 
 
 class Registry:
@@ -135,6 +136,7 @@ class Registry:
                         manifest_path.parent,
                         source,
                         manifest.trained,
+                        manifest.calibrated,
                     )
                 )
         return found

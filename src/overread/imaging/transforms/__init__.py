@@ -26,6 +26,7 @@ from overread.imaging.transforms.intensity import (
     WINDOW_PRESETS,
     InvertMonochrome1,
     Normalize,
+    Rescale,
     ToGrayscale,
     VoiWindow,
 )
@@ -67,6 +68,7 @@ __all__ = [
     "Letterbox",
     "Normalize",
     "Resample",
+    "Rescale",
     "Resize",
     "SelectFrame",
     "ToGrayscale",

@@ -276,11 +276,39 @@ class Normalize(Transform):
         )
 
 
+class Rescale(Transform):
+    """Map [0, 1] linearly to [``lower``, ``upper``]: the input range a model was
+    trained on when it is not [0, 1] (TorchXRayVision's models expect [-1024, 1024]).
+    Put it last in a chain, after the padding of ``resize``, so the padding maps too."""
+
+    name = "rescale"
+
+    def __init__(self, lower: float = 0.0, upper: float = 1.0) -> None:
+        if not float(upper) > float(lower):
+            raise ConfigError(f"rescale needs upper > lower, not [{lower}, {upper}]")
+        self.lower = float(lower)
+        self.upper = float(upper)
+
+    def params(self) -> dict[str, Any]:
+        return {"lower": self.lower, "upper": self.upper}
+
+    def apply(self, image: Image, inplace: bool = False) -> Image:
+        out = image.pixels if inplace else image.pixels.astype(np.float32, copy=True)
+        out *= np.float32(self.upper - self.lower)
+        out += np.float32(self.lower)
+        return image.evolve(
+            out,
+            f"rescale [0, 1] -> [{self.lower:g}, {self.upper:g}]",
+            value_range=(self.lower, self.upper),
+        )
+
+
 __all__ = [
     "LUMA",
     "WINDOW_PRESETS",
     "InvertMonochrome1",
     "Normalize",
+    "Rescale",
     "ToGrayscale",
     "VoiWindow",
 ]

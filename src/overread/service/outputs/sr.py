@@ -56,6 +56,8 @@ logger = logging.getLogger(__name__)
 MANUFACTURER = "overread"
 #: The caveat every human-readable result carries.
 RESEARCH_CAVEAT = "For research use only; not for diagnosis."
+#: Added to the model's name in the text of an SR from an uncalibrated onboarded model.
+UNCALIBRATED_NOTE = ", uncalibrated: every threshold 0.5"
 
 
 def device_uid(model: ModelRef) -> str:
@@ -108,7 +110,8 @@ def summary_text(prediction: Prediction) -> str:
         f for f in ranked if f.decision is Decision.POSITIVE and f.label != Finding.NO_FINDING.value
     ]
     referred = [f for f in ranked if f.decision is Decision.INDETERMINATE]
-    head = f"AI second read ({model.name} {model.version})"
+    note = "" if model.calibrated else UNCALIBRATED_NOTE
+    head = f"AI second read ({model.name} {model.version}{note})"
     sentences = []
     if positives:
         items = ", ".join(
@@ -154,6 +157,8 @@ def _measurement_group(
     parameters = [f"threshold={float(finding.threshold):.6g}"]
     if model.sha256:
         parameters.append(f"sha256={model.sha256}")
+    if not model.calibrated:
+        parameters.append("calibrated=false")
     algorithm = hd.sr.AlgorithmIdentification(
         name=model.name, version=model.version, parameters=parameters
     )
@@ -638,6 +643,7 @@ def _assemble(
 __all__ = [
     "MANUFACTURER",
     "RESEARCH_CAVEAT",
+    "UNCALIBRATED_NOTE",
     "build_not_analysed_sr",
     "build_sr",
     "build_study_sr",

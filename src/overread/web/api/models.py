@@ -32,6 +32,7 @@ def _package(entry: PackageEntry, aliases: dict[str, str]) -> ModelPackageOut:
         version=entry.version,
         source=entry.source,
         trained=entry.trained,
+        calibrated=entry.calibrated,
         aliases=sorted(a for a, target in aliases.items() if target == ref),
     )
 

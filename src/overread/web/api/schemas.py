@@ -338,6 +338,8 @@ class ModelPackageOut(BaseModel):
     version: str
     source: str
     trained: bool
+    #: False for an onboarded model not yet calibrated on local images (thresholds 0.5).
+    calibrated: bool = True
     aliases: list[str]
 
 

@@ -215,6 +215,8 @@ class StudyView(BaseModel):
     findings: list[FindingView]
     breakdown: list[ScoreTermView]
     images: int
+    #: False when the model is an onboarded one whose thresholds were never fitted here.
+    model_calibrated: bool = True
     modality: str = ""
     body_part: str = ""
     view_position: str = ""
@@ -299,6 +301,26 @@ def latest_verdicts(session: Session, study_instance_uid: str) -> dict[str, Feed
     return {row.finding: row for row in rows}
 
 
+def _model_calibrated(session: Session, item: WorklistItem) -> bool:
+    """False when the study's latest result came from an uncalibrated onboarded model."""
+    summary = session.scalar(
+        select(Result.summary)
+        .where(
+            Result.study_instance_uid == item.study_instance_uid,
+            Result.model_name == item.model_name,
+            Result.model_version == item.model_version,
+        )
+        .order_by(Result.id.desc())
+        .limit(1)
+    )
+    instances = (summary or {}).get("instances") or []
+    return all(
+        (entry.get("model") or {}).get("calibrated", True) is not False
+        for entry in instances
+        if isinstance(entry, dict)
+    )
+
+
 def study_view(
     session: Session,
     store: ObjectStore,
@@ -362,6 +384,7 @@ def study_view(
         reader=item.reader,
         model_name=item.model_name,
         model_version=item.model_version,
+        model_calibrated=_model_calibrated(session, item),
         findings=findings,
         breakdown=breakdown,
         images=images,
