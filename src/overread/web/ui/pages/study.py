@@ -15,6 +15,7 @@ from overread.service.db import utcnow
 from overread.service.infer import request_gate_override
 from overread.triage import ReadState, Verdict, get_item, record_feedback, set_read_state
 from overread.web.ui.guard import Viewer, page, page_viewer
+from overread.web.ui.pages.compare import priors_context
 from overread.web.ui.pages.viewer import VIEWER_CSP, viewer_context
 from overread.web.ui.site import UserInterface, ui_of
 from overread.web.ui.views import study_view
@@ -64,6 +65,7 @@ def study(
         verdicts=[v.value for v in (Verdict.AGREE, Verdict.DISAGREE, Verdict.UNCERTAIN)],
         message=request.query_params.get("saved", ""),
         **viewer_context(ui, study_instance_uid, shown),
+        **priors_context(ui, study_instance_uid),
     )
     response.headers["Content-Security-Policy"] = VIEWER_CSP
     return response
