@@ -607,7 +607,30 @@ class ServiceUnderTest:
                 raise ServiceError(f"{exc}; see {self.root / 'serve.log'}") from None
             return
         broker = ["--broker", self.broker_url] if self.broker_url else []
+        log = self.root / f"{name}.log"
+        offset = log.stat().st_size if log.exists() else 0
         self._spawn(name, ["worker", *self._common(), "--workers", "1", *broker])
+        # A worker has no port: it is up once it says so (the next fault must not
+        # find it half started, which would test start-up, not the promises).
+        ready = b"taking wake-ups from the broker" if broker else b"overread worker:"
+        self._wait_for_line(name, log, offset, ready, timeout=180)
+
+    def _wait_for_line(
+        self, name: str, log: Path, offset: int, text: bytes, *, timeout: float
+    ) -> None:
+        process = self.processes[name]
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            with log.open("rb") as handle:
+                handle.seek(offset)
+                if text in handle.read():
+                    return
+            if process.poll() is not None:
+                raise ServiceError(
+                    f"{name} exited with status {process.returncode} while starting; see {log}"
+                )
+            time.sleep(0.1)
+        raise ServiceError(f"{name} did not report ready in {timeout:g} s; see {log}")
 
     def names(self) -> list[str]:
         """``serve`` and the worker processes' names."""
