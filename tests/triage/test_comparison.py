@@ -26,7 +26,11 @@ def test_new_and_resolved_follow_the_positive_call() -> None:
 
 
 def test_probability_moves_count_only_beyond_the_margin() -> None:
-    current = [finding("Effusion", 0.85), finding("Cardiomegaly", 0.30), finding("Atelectasis", 0.58)]
+    current = [
+        finding("Effusion", 0.85),
+        finding("Cardiomegaly", 0.30),
+        finding("Atelectasis", 0.58),
+    ]
     prior = [finding("Effusion", 0.60), finding("Cardiomegaly", 0.45), finding("Atelectasis", 0.52)]
     got = kinds(current, prior)
     assert got == {
