@@ -100,6 +100,8 @@ def test_priors_are_the_same_patients_earlier_studies_newest_first(
     assert first["summary"]["positive"] == ["Edema", "Pleural Effusion"]
     assert first["summary"]["text"] == "positive: Edema, Pleural Effusion"
     assert first["compare_url"] == f"/studies/{s.current}/compare/{s.prior}"
+    # No query peer configured: asking the PACS too changes nothing.
+    assert client.get(f"/api/studies/{s.current}/priors?pacs=true").json() == body
     # The oldest study has no prior; the namesake's own list holds none of this patient's.
     assert client.get(f"/api/studies/{s.older}/priors").json()["priors"] == []
     assert client.get(f"/api/studies/{s.namesake}/priors").json()["priors"] == []

@@ -30,7 +30,9 @@ from sqlalchemy.orm import Session
 from overread.errors import OverreadError
 from overread.imaging import read_metadata
 from overread.results import Decision, FindingResult
+from overread.service.config import QueryPeer, ServiceConfig
 from overread.service.db import Instance
+from overread.service.retrieve import StudyRecord, prior_studies
 from overread.service.store import ObjectStore
 from overread.triage.comparison import DEFAULT_MARGIN, FindingChange, compare_findings
 from overread.triage.schema import WorklistItem
@@ -252,21 +254,66 @@ class GatewayPriors:
         return found
 
 
-def list_priors(study: StudyFacts, sources: Iterable[PriorsSource]) -> list[PriorStudy]:
-    """The priors all ``sources`` know, newest first, one row per study.
+@dataclass(frozen=True)
+class PacsPriors:
+    """The patient's earlier studies on the query peers (C-FIND), not held here.
 
-    A study two sources know keeps the first source's row (list the gateway first:
-    its row carries the AI summary and can be compared at once).
+    A C-FIND answer carries no Issuer of Patient ID to check, so a study whose header
+    names an issuer gets no PACS priors: the match could not be confirmed. Peers that
+    cannot be asked are logged and left out (``failures`` of the last search).
+    """
+
+    peers: list[QueryPeer] | None = None
+    config: ServiceConfig | None = None
+    timeout: float = 30.0
+
+    def priors_of(self, study: StudyFacts) -> list[PriorStudy]:
+        """The same Patient ID's studies on the peers dated before ``study``."""
+        patient = study.patient
+        if not patient.patient_id or patient.issuer != "":
+            return []
+        search = prior_studies(
+            patient.patient_id,
+            before=study.study_date,
+            peers=self.peers,
+            config=self.config,
+            exclude_study_uid=study.study_instance_uid,
+            timeout=self.timeout,
+        )
+        return [self._row(record) for record in search.studies if record.patient_id]
+
+    @staticmethod
+    def _row(record: StudyRecord) -> PriorStudy:
+        return PriorStudy(
+            study_instance_uid=record.study_instance_uid,
+            study_date=record.study_date,
+            source=PriorSource.PACS,
+            held=False,
+            modality="/".join(record.modalities),
+            description=record.study_description,
+        )
+
+
+def merge_priors(groups: Iterable[Sequence[PriorStudy]]) -> list[PriorStudy]:
+    """Several sources' priors as one list, newest first, one row per study.
+
+    A study two groups hold keeps the first group's row (list the gateway first: its
+    row carries the AI summary and can be compared at once).
     """
     merged: dict[str, PriorStudy] = {}
-    for source in sources:
-        for prior in source.priors_of(study):
+    for group in groups:
+        for prior in group:
             merged.setdefault(prior.study_instance_uid, prior)
     return sorted(
         merged.values(),
         key=lambda p: (p.study_date or date.min, p.study_instance_uid),
         reverse=True,
     )
+
+
+def list_priors(study: StudyFacts, sources: Iterable[PriorsSource]) -> list[PriorStudy]:
+    """The priors all ``sources`` know of ``study``'s patient (see :func:`merge_priors`)."""
+    return merge_priors(source.priors_of(study) for source in sources)
 
 
 @dataclass(frozen=True)
@@ -327,6 +374,7 @@ def compare_studies(
 __all__ = [
     "AISummary",
     "GatewayPriors",
+    "PacsPriors",
     "PatientKey",
     "PatientMismatchError",
     "PriorSource",
@@ -336,5 +384,6 @@ __all__ = [
     "StudyFacts",
     "compare_studies",
     "list_priors",
+    "merge_priors",
     "study_facts",
 ]

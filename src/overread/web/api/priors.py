@@ -23,6 +23,7 @@ from overread.security import Permission, Principal, redact_phi
 from overread.service.priors import (
     AISummary,
     GatewayPriors,
+    PacsPriors,
     PatientMismatchError,
     PriorSource,
     PriorStudy,
@@ -30,6 +31,7 @@ from overread.service.priors import (
     StudyFacts,
     compare_studies,
     list_priors,
+    merge_priors,
     study_facts,
 )
 from overread.triage.comparison import DEFAULT_MARGIN, ChangeKind, FindingChange
@@ -179,17 +181,25 @@ _CONFLICT = {409: {"description": "The studies are not known to belong to the sa
 )
 def get_priors(
     study_instance_uid: str = _uid("Study Instance UID"),
+    pacs: bool = Query(
+        default=False, description="Also ask the configured query peers (C-FIND; slower)"
+    ),
     ctx: WebContext = Depends(context),
     who: Principal = Depends(caller),
 ) -> JSONResponse:
-    """The same patient's earlier studies the gateway holds, newest first."""
+    """The same patient's earlier studies the gateway holds (and, with ``pacs``, the
+    query peers hold), newest first."""
     with ctx.database.session() as session:
         try:
             item = get_item(session, study_instance_uid)
         except KeyError:
             raise not_found(f"study {study_instance_uid} on the worklist") from None
         facts = study_facts(session, ctx.service.store, item)
-        priors = list_priors(facts, [GatewayPriors(session, ctx.service.store)])
+        held = list_priors(facts, [GatewayPriors(session, ctx.service.store)])
+    groups = [held]
+    if pacs:  # outside the database session: C-FIND may take a while
+        groups.append(PacsPriors(config=ctx.service.config).priors_of(facts))
+    priors = merge_priors(groups)
     out = PriorsOut(
         study_instance_uid=study_instance_uid,
         study_date=facts.study_date,
