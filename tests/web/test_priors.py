@@ -27,6 +27,7 @@ def store_study(
     patient_id: str = PATIENT_ID,
     issuer: str | None = "HOSP-A",
     patient_name: str = PATIENT_NAME,
+    row_patient_id: str | None = None,
 ) -> str:
     """Ingest one image of a new study with these identity fields; seed its findings."""
     uid = generate_uid()
@@ -41,7 +42,7 @@ def store_study(
     assert gw.service.ingestor.ingest_file(path) is not None
     seed_study(gw, findings, uid=uid, sop_instance_uid=str(ds.SOPInstanceUID))
     with gw.session() as session:  # as the pipeline records it from the header
-        get_item(session, uid).patient_id = patient_id
+        get_item(session, uid).patient_id = row_patient_id or patient_id
     return uid
 
 
@@ -75,6 +76,15 @@ def studies(
             gw, folder, {"Edema": 0.9}, study_date="20250201", issuer="HOSP-B"
         )
         s.no_issuer = store_study(gw, folder, {"Edema": 0.9}, study_date="20250301", issuer=None)
+        # The worklist row names this patient but the stored header another: trust neither.
+        s.mismatch = store_study(
+            gw,
+            folder,
+            {"Edema": 0.9},
+            study_date="20250401",
+            patient_id="PID-55555",
+            row_patient_id=PATIENT_ID,
+        )
         yield gw, s
 
 
@@ -133,7 +143,7 @@ def test_comparison_lists_what_changed_per_finding(
     assert client.get(f"/api/studies/{s.current}/compare/{s.prior}?margin=1").status_code == 422
 
 
-@pytest.mark.parametrize("other", ["namesake", "other_issuer", "no_issuer"])
+@pytest.mark.parametrize("other", ["namesake", "other_issuer", "no_issuer", "mismatch"])
 def test_another_patients_study_is_refused(
     studies: tuple[UiGateway, SimpleNamespace], client: TestClient, other: str
 ) -> None:
@@ -185,7 +195,7 @@ def test_the_study_page_lists_priors_and_the_comparison_page_shows_both(
     assert 'id="priors-table"' in page.text
     for uid in (s.prior, s.older):
         assert f'data-prior="{uid}"' in page.text
-    for uid in (s.later, s.namesake, s.other_issuer, s.no_issuer):
+    for uid in (s.later, s.namesake, s.other_issuer, s.no_issuer, s.mismatch):
         assert uid not in page.text
     assert f'href="/studies/{s.current}/compare/{s.prior}"' in page.text
     assert "positive: Edema, Pleural Effusion" in page.text
