@@ -239,4 +239,14 @@ def test_prior_listed_and_compared_side_by_side_with_linked_window_level_and_zoo
     assert [c["label"] for c in api["changes"]] == [
         rows.nth(i).get_attribute("data-finding") for i in range(rows.count())
     ]
+
+    # ? lists the comparison's keys; Esc closes them and stays on the page.
+    url = page.url
+    page.locator(CURRENT).focus()
+    page.keyboard.press("?")
+    assert "link window/level and zoom" in page.locator("#keys").inner_text()
+    page.keyboard.press("Escape")
+    assert not page.locator("#keys").is_visible()
+    page.keyboard.press("Escape")
+    assert page.url == url
     assert page.problems == []
