@@ -8,7 +8,7 @@ const here = path.dirname(fileURLToPath(import.meta.url));
 const outfile = path.resolve(here, "dist/overread-viewer.js");
 
 await build({
-  entryPoints: [path.join(here, "src/viewer.js")],
+  entryPoints: [path.join(here, "src/index.js")],
   bundle: true,
   format: "iife",
   platform: "browser",

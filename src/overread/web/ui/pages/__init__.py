@@ -7,7 +7,17 @@ with :func:`~overread.web.ui.guard.page`, and audits what it showed.
 
 from __future__ import annotations
 
-from overread.web.ui.pages import alerts, audit, jobs, login, review, study, viewer, worklist
+from overread.web.ui.pages import (
+    alerts,
+    audit,
+    compare,
+    jobs,
+    login,
+    review,
+    study,
+    viewer,
+    worklist,
+)
 
 #: The pages' routers, in the order they are matched.
 ROUTERS = (
@@ -15,6 +25,7 @@ ROUTERS = (
     worklist.router,
     study.router,
     review.router,
+    compare.router,
     viewer.router,
     alerts.router,
     jobs.router,

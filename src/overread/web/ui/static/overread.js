@@ -100,10 +100,10 @@
         break;
       case "w": window.location.href = "/"; break;
       case "Escape":
-        // Esc closes the key help; on the study page it never leaves the page.
+        // Esc closes the key help; on the study and comparison pages it never leaves the page.
         var open = document.getElementById("keys");
         if (open && !open.hidden) { open.hidden = true; }
-        else if (page !== "study") { window.location.href = "/"; }
+        else if (page !== "study" && page !== "compare") { window.location.href = "/"; }
         else { return; }
         break;
       case "l": window.location.href = "/alerts"; break;

@@ -29,7 +29,7 @@ import {
 } from "@cornerstonejs/tools";
 
 const FRAME_ACCEPT = 'multipart/related; type="application/octet-stream"';
-const SCHEME = "overread";
+export const SCHEME = "overread";
 const ENGINE_ID = "overread-engine";
 const VIEWPORT_ID = "overread-main";
 const TOOL_GROUP_ID = "overread-tools";
@@ -51,7 +51,7 @@ function numbers(header, tag) {
 }
 
 /** The facts of one instance the viewer needs, from its DICOM JSON header. */
-function describe(header, base) {
+export function describe(header, base) {
   const study = first(header, "0020000D", "");
   const series = first(header, "0020000E", "");
   const sop = first(header, "00080018", "");
@@ -94,9 +94,9 @@ function describe(header, base) {
 }
 
 // -- metadata provider and image loader -----------------------------------------------
-const described = new Map(); // imageId -> describe()
+export const described = new Map(); // imageId -> describe()
 
-function provide(type, imageId) {
+export function provide(type, imageId) {
   const d = described.get(imageId);
   if (!d) { return undefined; }
   const orientation = d.orientation && d.orientation.length === 6 ? d.orientation : [1, 0, 0, 0, 1, 0];
@@ -238,7 +238,7 @@ async function loadFrame(imageId) {
   };
 }
 
-function overreadImageLoader(imageId) {
+export function overreadImageLoader(imageId) {
   return { promise: loadFrame(imageId) };
 }
 
