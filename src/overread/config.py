@@ -55,6 +55,9 @@ class ImagingSettings(BaseModel):
     strictness: str = Field(default="warn", pattern="^(ignore|warn|raise)$")
     max_frames: int = Field(default=10_000, ge=1)
     max_pixels: int = Field(default=2_000_000_000, ge=1)
+    # Run a model's chain on an area-reduced film when the result is within 1e-3 of
+    # the full-resolution order (see overread.imaging.transforms.reduced).
+    reduce_first: bool = True
 
 
 class Settings(BaseSettings):
