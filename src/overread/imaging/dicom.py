@@ -160,7 +160,7 @@ def _stored_length(ds: Dataset, keyword: str, path: Path | str) -> int | None:
     tag = pydicom.datadict.tag_for_keyword(keyword)
     if tag is None:
         return None
-    raw = ds.get_item(tag)
+    raw = ds.get_item(tag, keep_deferred=True)
     if raw is None:
         return None
     if isinstance(raw, RawDataElement):
@@ -362,7 +362,7 @@ def _stored_view(
 ) -> npt.NDArray[Any] | None:
     """A read-only ``shape`` view of Pixel Data: a memory map when the value was deferred."""
     tag = pydicom.datadict.tag_for_keyword("PixelData")
-    raw = ds.get_item(tag) if tag is not None else None
+    raw = ds.get_item(tag, keep_deferred=True) if tag is not None else None
     count = shape[0] * shape[1]
     if isinstance(raw, RawDataElement) and raw.value is None and raw.value_tell is not None:
         if raw.length == UNDEFINED_LENGTH:

@@ -279,21 +279,35 @@ def area_means(
     col_start, col_end = _bins(cols, out_cols)
     widest = int((row_end - row_start).max())
     info = np.iinfo(values.dtype)
-    total = np.int64 if values.dtype.kind == "i" or widest * int(info.max) >= 2**32 else np.uint32
     low, high = clip
     # A clip point outside the dtype's range clips nothing.
     clamp_low = round(low) if math.isfinite(low) and low > info.min else None
     clamp_high = round(high) if math.isfinite(high) and high < info.max else None
     if clamp_low is not None and clamp_high is not None and clamp_high < clamp_low:
         clamp_high = clamp_low
-    band = np.empty((widest, cols), dtype=values.dtype)
+    clamped = values
+    if clamp_low is not None or clamp_high is not None:
+        # One call over the whole film: per-band calls cost more in overhead than work.
+        # Both bounds as the stored type: numpy's fast (vectorised) clip needs both.
+        bounds = (
+            values.dtype.type(info.min if clamp_low is None else clamp_low),
+            values.dtype.type(info.max if clamp_high is None else clamp_high),
+        )
+        clamped = np.clip(values, *bounds, out=np.empty_like(values))
+    # Sum in the stored type when a band's sum cannot overflow it (12-bit films in
+    # bands of up to 16 rows): no widening cast, several times faster.
+    peak = int(info.max) if clamp_high is None else clamp_high
+    if values.dtype.kind == "u" and widest * peak <= int(info.max):
+        total: type[np.integer[Any]] = values.dtype.type
+    elif values.dtype.kind == "u" and widest * peak < 2**32:
+        total = np.uint32
+    else:
+        total = np.int64
     sums = np.empty((out_rows, cols), dtype=total)
     for i in range(out_rows):
-        s, e = int(row_start[i]), int(row_end[i])
-        part = values[s:e]
-        if clamp_low is not None or clamp_high is not None:
-            part = np.clip(part, clamp_low, clamp_high, out=band[: e - s])
-        np.sum(part, axis=0, dtype=total, out=sums[i])
+        np.add.reduce(
+            clamped[int(row_start[i]) : int(row_end[i])], axis=0, dtype=total, out=sums[i]
+        )
     block = _column_sums(sums, col_start, col_end)
     counts = np.outer(row_end - row_start, col_end - col_start)
     means: npt.NDArray[np.float64] = block / counts
