@@ -60,6 +60,19 @@ class ImagingSettings(BaseModel):
     reduce_first: bool = True
 
 
+class InferenceSettings(BaseModel):
+    """Which runtime serves a model package by default.
+
+    ``runtime`` ``onnx`` (ONNX Runtime, the default) or ``torch``; ``precision``
+    ``auto`` (the package's INT8 model when it has one and it agrees with FP32 on
+    this CPU), ``fp32`` or ``int8``. ``overread bench inference`` measures each
+    runtime side by side on the node, which is how to choose.
+    """
+
+    runtime: str = Field(default="onnx", pattern="^(onnx|torch)$")
+    precision: str = Field(default="auto", pattern="^(auto|fp32|int8)$")
+
+
 class Settings(BaseSettings):
     """All of overread's settings."""
 
@@ -77,6 +90,7 @@ class Settings(BaseSettings):
     dicom: DicomSettings = Field(default_factory=DicomSettings)
     http: HttpSettings = Field(default_factory=HttpSettings)
     imaging: ImagingSettings = Field(default_factory=ImagingSettings)
+    inference: InferenceSettings = Field(default_factory=InferenceSettings)
     # The [service] table (routes, destinations, workers); validated by overread.service.config.
     service: dict[str, Any] = Field(default_factory=dict)
     # The worklist/alert table; validated by overread.triage.TriageConfig where it is used.

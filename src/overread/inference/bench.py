@@ -27,23 +27,23 @@ from overread.models.package import ModelPackage
 
 
 def machine_description() -> dict[str, Any]:
-    """CPU model name and core count (as lscpu reports them) and library versions."""
-    model = platform.processor() or "unknown"
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                model = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
+    """CPU model, cores and INT8/bf16 flags (AVX-512 VNNI, AMX), and library versions."""
     import onnxruntime
 
+    from overread.models.cpu import cpu_description
+
+    try:
+        import openvino
+
+        openvino_version: str | None = openvino.__version__
+    except ImportError:
+        openvino_version = None
     return {
-        "cpu": model,
-        "cores": os.cpu_count(),
+        **cpu_description(),
         "python": platform.python_version(),
         "torch": torch.__version__,
         "onnxruntime": onnxruntime.__version__,
+        "openvino": openvino_version,
         "load_average_1min": round(os.getloadavg()[0], 2),
     }
 

@@ -32,6 +32,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from overread.config import InferenceSettings
 from overread.errors import InferenceError, ModelPackageError, OverreadError
 from overread.evaluation.conformal import (
     ConformalMethod,
@@ -68,6 +69,35 @@ def _shared_registry(fresh: Registry) -> Registry:
     key = (fresh.root.resolve(), fresh.key)
     with _CACHE_LOCK:
         return _REGISTRIES.setdefault(key, fresh)
+
+
+_INFERENCE_SETTINGS: dict[tuple[object, ...], InferenceSettings] = {}
+
+
+def configured_inference() -> InferenceSettings:
+    """The ``[inference]`` settings, re-loaded only when their sources change.
+
+    A worker asks for its pipeline once per study; parsing the settings each
+    time would cost a millisecond, so they are cached on the ``OVERREAD_*``
+    variables and the configuration file's mtime (as the imaging settings are).
+    """
+    import os
+
+    from overread.config import load_settings
+
+    config = Path(os.environ.get("OVERREAD_CONFIG", "overread.toml"))
+    try:
+        stamp: object = config.resolve().stat().st_mtime_ns
+    except OSError:
+        stamp = None
+    env = tuple(sorted((k, v) for k, v in os.environ.items() if k.startswith("OVERREAD_")))
+    key = (str(config), stamp, env)
+    cached = _INFERENCE_SETTINGS.get(key)
+    if cached is None:
+        cached = load_settings().inference
+        _INFERENCE_SETTINGS.clear()
+        _INFERENCE_SETTINGS[key] = cached
+    return cached
 
 
 def _plane_shape(image: Image) -> tuple[int, int]:
@@ -238,8 +268,8 @@ class Pipeline:
         name: str | None = None,
         *,
         registry: Registry | None = None,
-        runtime: str = "onnx",
-        precision: str = "auto",
+        runtime: str | None = None,
+        precision: str | None = None,
         threads: int | None = None,
         tta_views: int | None = None,
         mc_dropout: int | None = None,
@@ -248,7 +278,8 @@ class Pipeline:
 
         Pipelines are cached per process and package hash: a model is loaded and
         warmed up once, and an alias switched in the registry takes effect at the
-        next call without a restart.
+        next call without a restart. ``runtime`` and ``precision`` default to the
+        ``[inference]`` settings (ONNX Runtime, ``auto``).
         """
         if registry is None or name is None:
             from overread.config import load_settings
@@ -256,6 +287,10 @@ class Pipeline:
             settings = load_settings()
             registry = registry or _shared_registry(Registry.from_settings(settings))
             name = name or settings.default_model
+        if runtime is None or precision is None:
+            configured = configured_inference()
+            runtime = runtime or configured.runtime
+            precision = precision or configured.precision
         package = registry.load(name)
         key = (
             str(package.path),
@@ -702,4 +737,4 @@ def clear_pipeline_cache() -> None:
         _REGISTRIES.clear()
 
 
-__all__ = ["Pipeline", "clear_pipeline_cache"]
+__all__ = ["Pipeline", "clear_pipeline_cache", "configured_inference"]
