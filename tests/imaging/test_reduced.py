@@ -222,3 +222,22 @@ def test_chains_of_other_shapes_run_in_full(tmp_path: Path) -> None:
     fast, slow = both_ways(cxr_chain(224), path)  # an enlargement: read in full
     assert not fast.reduced_first
     assert_agree(fast, slow)
+
+
+def test_broken_films_fail_alike(tmp_path: Path) -> None:
+    """A truncated or over-limit film is refused the same way whichever read is used."""
+    path = tmp_path / "film.dcm"
+    build_dataset(film(600, 600, seed=9)).save_as(path, enforce_file_format=True)
+    truncated = tmp_path / "truncated.dcm"
+    truncated.write_bytes(path.read_bytes()[:-5000])
+    chain = cxr_chain(224)
+    messages = []
+    for settings in (REDUCED, FULL):
+        with pytest.raises(OverreadError) as caught:
+            chain.read_and_apply(truncated, settings=settings)
+        messages.append(str(caught.value))
+    assert messages[0] == messages[1] and "Pixel Data holds" in messages[0]
+    small = ImagingSettings(max_pixels=1000)
+    for settings in (small, small.model_copy(update={"reduce_first": False})):
+        with pytest.raises(OverreadError, match=r"imaging\.max_pixels"):
+            chain.read_and_apply(path, settings=settings)
