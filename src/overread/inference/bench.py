@@ -447,6 +447,7 @@ def benchmark_inference(
         "torch eager fp32": _logits_of(TorchRuntime(package))
     }
     outputs: dict[str, np.ndarray] = {}
+    extra: dict[str, Callable[[np.ndarray], np.ndarray]] = {}
     for precision in ("fp32", "int8"):
         path = package.runtime_file(precision)
         if path is None:
@@ -458,11 +459,12 @@ def benchmark_inference(
             from overread.inference.runtimes import OpenVinoRuntime
 
             hint = "f32" if precision == "fp32" else None
-            runs[f"openvino {precision}"] = _logits_of(
+            extra[f"openvino {precision}"] = _logits_of(
                 OpenVinoRuntime(
                     path, precision=precision, threads=threads, inference_precision=hint
                 )
             )
+    runs.update(extra)  # OpenVINO's rows after ONNX Runtime's
     rows = _runtime_rows(runs, one, eight, repeats)
     by_name = {row["runtime"]: row for row in rows}
     fp32 = by_name.get("onnxruntime fp32")
