@@ -56,6 +56,22 @@ class ImagingSettings(BaseModel):
     strictness: str = Field(default="warn", pattern="^(ignore|warn|raise)$")
     max_frames: int = Field(default=10_000, ge=1)
     max_pixels: int = Field(default=2_000_000_000, ge=1)
+    # Run a model's chain on an area-reduced film when the result is within 1e-3 of
+    # the full-resolution order (see overread.imaging.transforms.reduced).
+    reduce_first: bool = True
+
+
+class InferenceSettings(BaseModel):
+    """Which runtime serves a model package by default.
+
+    ``runtime`` ``onnx`` (ONNX Runtime, the default) or ``torch``; ``precision``
+    ``auto`` (the package's INT8 model when it has one and it agrees with FP32 on
+    this CPU), ``fp32`` or ``int8``. ``overread bench inference`` measures each
+    runtime side by side on the node, which is how to choose.
+    """
+
+    runtime: str = Field(default="onnx", pattern="^(onnx|torch)$")
+    precision: str = Field(default="auto", pattern="^(auto|fp32|int8)$")
 
 
 class Settings(BaseSettings):
@@ -75,6 +91,7 @@ class Settings(BaseSettings):
     dicom: DicomSettings = Field(default_factory=DicomSettings)
     http: HttpSettings = Field(default_factory=HttpSettings)
     imaging: ImagingSettings = Field(default_factory=ImagingSettings)
+    inference: InferenceSettings = Field(default_factory=InferenceSettings)
     # The [service] table (routes, destinations, workers); validated by overread.service.config.
     service: dict[str, Any] = Field(default_factory=dict)
     # The worklist/alert table; validated by overread.triage.TriageConfig where it is used.

@@ -80,15 +80,24 @@ def test_bad_inputs_are_reported_and_the_batch_carries_on(
     assert all(r.findings == [] for r in results if not r.ok)
 
 
+#: Largest probability change the reduced read may bring through the INT8 runtime
+#: (tests/inference/test_reduced_read.py states and checks it).
+PROBABILITY_TOLERANCE = 2e-2
+
+
 def test_image_objects_and_monochrome1(pipeline: Pipeline, cxr_dicom: Callable[..., Path]) -> None:
     normal = cxr_dicom("m2.dcm")
     image = read(normal)
     (from_image,) = pipeline.predict([image])
     (from_path,) = pipeline.predict([normal])
     assert from_image.ok and from_image.path == str(normal)
-    assert [f.probability for f in from_image.findings] == [
-        f.probability for f in from_path.findings
-    ]
+    # A path may be reduced before its window (within 1e-3 of the input, see
+    # overread.imaging.transforms.reduced); an Image is run step by step.
+    np.testing.assert_allclose(
+        [f.probability for f in from_image.findings],
+        [f.probability for f in from_path.findings],
+        atol=PROBABILITY_TOLERANCE,
+    )
     # The same anatomy stored MONOCHROME1 gives the same model input after inversion.
     inverted = cxr_dicom("m1.dcm", photometric="MONOCHROME1", seed=5)
     a = pipeline.preprocess(read(inverted))[0]

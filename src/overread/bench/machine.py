@@ -19,20 +19,27 @@ BENCH_AE_TITLE = "BENCH"
 
 
 def machine_info() -> dict[str, Any]:
-    """CPU model and core count (from /proc/cpuinfo), load average, and Python's view."""
-    model = "unknown CPU"
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                model = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
+    """CPU model, core count and INT8/bf16 flags (AVX-512 VNNI, AMX), and load average."""
+    from overread.models.cpu import cpu_description
+
     try:
         load = [round(x, 2) for x in os.getloadavg()]
     except OSError:
         load = []
-    return {"cpu": model, "cores": os.cpu_count() or 0, "load_average": load}
+    return {**cpu_description(), "load_average": load}
+
+
+def cpu_flags_line(machine: dict[str, Any]) -> str:
+    """``AVX-512 VNNI yes, AMX no, ...``: the flags that decide INT8 and bf16 speed."""
+    flags = machine.get("cpu_flags", {})
+    names = {
+        "avx512_vnni": "AVX-512 VNNI",
+        "avx_vnni": "AVX-VNNI",
+        "avx512_bf16": "AVX-512 BF16",
+        "amx_int8": "AMX INT8",
+        "amx_bf16": "AMX BF16",
+    }
+    return ", ".join(f"{label} {'yes' if flags.get(k) else 'no'}" for k, label in names.items())
 
 
 def require_dcmtk() -> None:
@@ -67,8 +74,8 @@ def append_to_docs(path: Path, title: str, command: str, body: str) -> None:
     load = ", ".join(str(x) for x in machine["load_average"]) or "n/a"
     section = (
         f"\n### {title} ({stamp})\n\n"
-        f"`{command}` on {machine['cpu']}, {machine['cores']} cores "
-        f"(load average at the end {load}).\n\n{body.rstrip()}\n"
+        f"`{command}` on {machine['cpu']}, {machine['cores']} cores, "
+        f"{cpu_flags_line(machine)} (load average at the end {load}).\n\n{body.rstrip()}\n"
     )
     with Path(path).open("a", encoding="utf-8") as handle:
         handle.write(section)
@@ -77,6 +84,7 @@ def append_to_docs(path: Path, title: str, command: str, body: str) -> None:
 __all__ = [
     "BENCH_AE_TITLE",
     "append_to_docs",
+    "cpu_flags_line",
     "machine_info",
     "median",
     "percentile",

@@ -45,12 +45,18 @@ def bench_inference(
     quantisation: bool = typer.Option(
         False, "--quantisation", help="Also time INT8 variants (format, granularity, BN folding)."
     ),
+    densenet121: bool = typer.Option(
+        False,
+        "--densenet121",
+        help="Also time a DenseNet-121 under every runtime (a few minutes on 2 cores).",
+    ),
     as_json: bool = typer.Option(False, "--json", help="Print the whole result as JSON."),
 ) -> None:
-    """Torch eager vs ONNX Runtime FP32 vs INT8 on the default model, side by side."""
+    """Torch eager vs ONNX Runtime FP32 vs INT8 (and OpenVINO if installed), side by side."""
     from rich.console import Console
     from rich.table import Table
 
+    from overread.bench.machine import cpu_flags_line
     from overread.config import load_settings
     from overread.inference.bench import benchmark_inference
     from overread.models.registry import Registry
@@ -58,7 +64,11 @@ def bench_inference(
     settings = load_settings()
     package = Registry.from_settings(settings).load(model or settings.default_model)
     result = benchmark_inference(
-        package, repeats=repeats, threads=threads, quantisation=quantisation
+        package,
+        repeats=repeats,
+        threads=threads,
+        quantisation=quantisation,
+        densenet121=densenet121,
     )
     if as_json:
         typer.echo(json.dumps(result, indent=2))
@@ -70,7 +80,7 @@ def bench_inference(
         f"{info['name']} {info['version']} ({info['architecture']}, {info['input']}"
         f"{', UNTRAINED' if not info['trained'] else ''}) on {machine['cpu']}, "
         f"{machine['cores']} cores, {result['threads']} threads, "
-        f"load average {machine['load_average_1min']}"
+        f"load average {machine['load_average_1min']}; {cpu_flags_line(machine)}"
     )
     table = Table(title=title)
     for column in (
@@ -101,8 +111,21 @@ def bench_inference(
     summary.add_row(
         "INT8 vs FP32 max |probability difference|", _fmt(result["int8_max_prob_diff"], 4)
     )
-    summary.add_row(f"read {pre['image']} (ms)", _fmt(pre["read_ms"], 1))
-    summary.add_row("preprocessing chain to model input (ms)", _fmt(pre["chain_ms"], 1))
+    summary.add_row(
+        f"read + preprocess {pre['image']}, 1 core, as served (ms)", _fmt(pre["preprocess_ms"], 1)
+    )
+    summary.add_row(
+        "the same in the full-resolution order (ms)", _fmt(pre["full_resolution_ms"], 1)
+    )
+    summary.add_row(
+        "reduced read speed-up (same run)", _fmt(pre["speedup_vs_full_resolution"]) + "x"
+    )
+    summary.add_row(
+        "reduced vs full-resolution max |input difference|",
+        f"{pre['max_input_diff_vs_full_resolution']:.1e}",
+    )
+    summary.add_row("  of which full-resolution read (ms)", _fmt(pre["read_ms"], 1))
+    summary.add_row("  of which full-resolution chain (ms)", _fmt(pre["chain_ms"], 1))
     summary.add_row(
         f"whole pipeline per image, {pre['pipeline_precision']} (ms)", _fmt(pre["pipeline_ms"], 1)
     )
@@ -114,6 +137,23 @@ def bench_inference(
     else:
         summary.add_row("phantom AUC fp32 / int8", f"n/a ({auc['reason']})")
     console.print(summary)
+    dense = result.get("densenet121")
+    if dense:
+        network = Table(
+            title=f"{dense['architecture']}, {dense['input']}, batch 1, {dense['threads']} threads"
+        )
+        for column in ("runtime", "p50 ms", "p95 ms", "min ms", "vs torch eager", "max |dp|"):
+            network.add_column(column, justify="left" if column == "runtime" else "right")
+        for row in dense["runtimes"]:
+            network.add_row(
+                row["runtime"],
+                _fmt(row["batch1_p50_ms"], 1),
+                _fmt(row["batch1_p95_ms"], 1),
+                _fmt(row["batch1_min_ms"], 1),
+                _fmt(row["speedup_vs_torch_eager"]) + "x",
+                _fmt(row["max_prob_diff_vs_torch_eager"], 4),
+            )
+        console.print(network)
     if result["quantisation_study"]:
         study = Table(title="INT8 variants, timed in alternation (batch 1)")
         for column in ("variant", "p50 ms", "min ms", "speed-up vs fp32 (p50)", "max |dp| vs fp32"):

@@ -15,6 +15,7 @@ from __future__ import annotations
 import dataclasses
 import logging
 import math
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -47,7 +48,7 @@ from overread.imaging.header import (
     read_header,
     transfer_syntax_of,
 )
-from overread.imaging.image import Image
+from overread.imaging.image import Image, ImageMetadata
 from overread.imaging.lut import apply_rescale, lut_from_item
 
 logger = logging.getLogger(__name__)
@@ -159,7 +160,7 @@ def _stored_length(ds: Dataset, keyword: str, path: Path | str) -> int | None:
     tag = pydicom.datadict.tag_for_keyword(keyword)
     if tag is None:
         return None
-    raw = ds.get_item(tag)
+    raw = ds.get_item(tag, keep_deferred=True)
     if raw is None:
         return None
     if isinstance(raw, RawDataElement):
@@ -208,11 +209,23 @@ def _modality_lut(
             for i, (m, b) in enumerate(zip(slopes, intercepts, strict=True)):
                 out[i] = apply_rescale(pixels[i], m, b)
             return out, "per-frame Rescale Slope/Intercept"
+    rescale = _single_rescale(ds, path)
+    if rescale is None:
+        return pixels.astype(np.float32), "no Modality LUT (identity)"
+    slope, intercept, step = rescale
+    return apply_rescale(pixels, slope, intercept), step
+
+
+def _single_rescale(ds: Dataset, path: Path | str) -> tuple[float, float, str] | None:
+    """Rescale Slope/Intercept for the whole image (or its shared functional group).
+
+    ``None`` when the header has neither (the identity Modality LUT).
+    """
     meta_src: Dataset | None = ds
     if "RescaleSlope" not in ds and "RescaleIntercept" not in ds:
         meta_src = functional_group(ds, "PixelValueTransformationSequence")
     if meta_src is None or ("RescaleSlope" not in meta_src and "RescaleIntercept" not in meta_src):
-        return pixels.astype(np.float32), "no Modality LUT (identity)"
+        return None
     slope = header_value(meta_src, "RescaleSlope", float, 1.0)
     intercept = header_value(meta_src, "RescaleIntercept", float, 0.0)
     if not math.isfinite(slope) or not math.isfinite(intercept) or slope == 0:
@@ -220,10 +233,146 @@ def _modality_lut(
     unit = header_value(meta_src, "RescaleType", as_text, None) or (
         "HU" if header_value(ds, "Modality", as_text, "") == "CT" else "US"
     )
-    return (
-        apply_rescale(pixels, slope, intercept),
-        f"Rescale slope {slope:g} intercept {intercept:g} -> {unit}",
+    return slope, intercept, f"Rescale slope {slope:g} intercept {intercept:g} -> {unit}"
+
+
+@dataclass(frozen=True)
+class _Header:
+    """A parsed, checked header: what both readers need before touching pixels."""
+
+    dataset: Dataset
+    keyword: str
+    transfer_syntax: UID
+    photometric: str
+    rows: int
+    columns: int
+    frames: int
+    samples: int
+    bits: int
+
+
+def _open(path: Path, max_pixels: int, max_frames: int, image_warnings: list[str]) -> _Header:
+    """Parse and check the header (limits, stored length, decoder) without decoding."""
+    ds = read_header(path)
+    keyword = pixel_keyword(ds)
+    if keyword is None:
+        sop = header_value(ds, "SOPClassUID", lambda v: UID(str(v)).name, "no SOP Class UID")
+        raise InvalidDicomError(f"{path}: no Pixel Data element, nothing to display ({sop})")
+    tsuid = transfer_syntax_of(ds)
+    meta_ts = ds.file_meta.get("TransferSyntaxUID") if hasattr(ds, "file_meta") else None
+    if tsuid is None:
+        raise InvalidDicomError(f"{path}: transfer syntax unknown and cannot be inferred")
+    if not meta_ts:
+        if not isinstance(getattr(ds, "file_meta", None), FileMetaDataset):
+            ds.file_meta = FileMetaDataset()
+        ds.file_meta.TransferSyntaxUID = tsuid
+        image_warnings.append(
+            f"no Transfer Syntax UID in File Meta; inferred {tsuid.name} from the encoding"
+        )
+    rows, columns, frames, samples, bits = check_budget(
+        ds, path, max_pixels=max_pixels, max_frames=max_frames, tsuid=tsuid
     )
+    if keyword == "PixelData" and tsuid not in NATIVE_SYNTAXES:
+        require_decoder(tsuid, path)
+    photometric = header_value(ds, "PhotometricInterpretation", as_text, "")
+    if not photometric:
+        image_warnings.append("Photometric Interpretation missing; assumed MONOCHROME2")
+        ds.PhotometricInterpretation = "MONOCHROME2" if samples == 1 else "RGB"
+        photometric = str(ds.PhotometricInterpretation)
+    return _Header(ds, keyword, tsuid, photometric, rows, columns, frames, samples, bits)
+
+
+#: Transfer syntaxes whose stored values can be used in place (little endian, not deflated).
+IN_PLACE_SYNTAXES = {ImplicitVRLittleEndian, ExplicitVRLittleEndian}
+
+
+@dataclass
+class StoredPixels:
+    """A grey single-frame image's stored values, not yet decoded to float.
+
+    ``values`` is a read-only view (a memory map of the file or a view of the
+    bytes already read), so a 3000 x 3000 film costs no copy until a transform
+    reduces it; ``slope`` and ``intercept`` are its Modality LUT (PS3.3
+    C.11.1.1.2). The other fields are what :func:`read_dicom` would give the
+    :class:`Image`.
+    """
+
+    values: npt.NDArray[Any]
+    slope: float
+    intercept: float
+    metadata: ImageMetadata
+    provenance: list[str]
+    warnings: list[str]
+    dataset: Dataset
+
+
+def read_stored(path: Path, *, max_pixels: int, max_frames: int) -> StoredPixels | None:
+    """The stored values of a native little-endian grey image, without a copy.
+
+    Returns ``None`` when the file is not such an image (compressed, big
+    endian or deflated, colour, multi-frame, a Modality LUT Sequence, 1- or
+    32-bit samples, signed values with unused high bits): the caller then
+    reads it with :func:`read_dicom`. Raises what :func:`read_dicom` raises
+    for a broken or over-limit header.
+    """
+    image_warnings: list[str] = []
+    with collect_warnings(image_warnings):
+        header = _open(path, max_pixels, max_frames, image_warnings)
+        ds = header.dataset
+        representation = header_value(ds, "PixelRepresentation", int, 0)
+        stored_bits = header_value(ds, "BitsStored", int, header.bits)
+        if (
+            header.keyword != "PixelData"
+            or header.transfer_syntax not in IN_PLACE_SYNTAXES
+            or header.frames != 1
+            or header.samples != 1
+            or header.bits not in (8, 16)
+            or header.photometric not in ("MONOCHROME1", "MONOCHROME2")
+            or ("ModalityLUTSequence" in ds and ds.ModalityLUTSequence)
+            or representation not in (0, 1)
+            or (representation == 1 and stored_bits != header.bits)
+        ):
+            return None
+        dtype = np.dtype(f"<{'i' if representation else 'u'}{header.bits // 8}")
+        shape = (header.rows, header.columns)
+        values = _stored_view(ds, path, dtype, shape)
+        if values is None:
+            return None
+        rescale = _single_rescale(ds, path)
+        slope, intercept, step = rescale if rescale is not None else (1.0, 0.0, "")
+        steps = [
+            f"read DICOM {header.transfer_syntax.name}: {header.rows}x{header.columns}, "
+            f"1 frame(s), {header.photometric}",
+            f"Modality LUT: {step or 'no Modality LUT (identity)'}",
+        ]
+        meta = dataclasses.replace(
+            metadata_from_dataset(ds, path),
+            photometric_interpretation=header.photometric,
+            samples_per_pixel=1,
+            modality_lut_applied=steps[-1],
+        )
+    for kw in PIXEL_KEYWORDS:
+        if kw in ds:
+            del ds[kw]
+    return StoredPixels(values, slope, intercept, meta, steps, image_warnings, ds)
+
+
+def _stored_view(
+    ds: Dataset, path: Path, dtype: np.dtype[Any], shape: tuple[int, int]
+) -> npt.NDArray[Any] | None:
+    """A read-only ``shape`` view of Pixel Data: a memory map when the value was deferred."""
+    tag = pydicom.datadict.tag_for_keyword("PixelData")
+    raw = ds.get_item(tag, keep_deferred=True) if tag is not None else None
+    count = shape[0] * shape[1]
+    if isinstance(raw, RawDataElement) and raw.value is None and raw.value_tell is not None:
+        if raw.length == UNDEFINED_LENGTH:
+            return None
+        mapped = np.memmap(path, dtype=dtype, mode="r", offset=int(raw.value_tell), shape=(count,))
+        return np.asarray(mapped).reshape(shape)
+    value = ds.PixelData
+    if not isinstance(value, bytes | bytearray) or len(value) < count * dtype.itemsize:
+        return None
+    return np.frombuffer(value, dtype=dtype, count=count).reshape(shape)
 
 
 def read_dicom(path: Path, *, max_pixels: int, max_frames: int) -> Image:
@@ -239,32 +388,9 @@ def read_dicom(path: Path, *, max_pixels: int, max_frames: int) -> Image:
     """
     image_warnings: list[str] = []
     with collect_warnings(image_warnings):
-        ds = read_header(path)
-        keyword = pixel_keyword(ds)
-        if keyword is None:
-            sop = header_value(ds, "SOPClassUID", lambda v: UID(str(v)).name, "no SOP Class UID")
-            raise InvalidDicomError(f"{path}: no Pixel Data element, nothing to display ({sop})")
-        tsuid = transfer_syntax_of(ds)
-        meta_ts = ds.file_meta.get("TransferSyntaxUID") if hasattr(ds, "file_meta") else None
-        if tsuid is None:
-            raise InvalidDicomError(f"{path}: transfer syntax unknown and cannot be inferred")
-        if not meta_ts:
-            if not isinstance(getattr(ds, "file_meta", None), FileMetaDataset):
-                ds.file_meta = FileMetaDataset()
-            ds.file_meta.TransferSyntaxUID = tsuid
-            image_warnings.append(
-                f"no Transfer Syntax UID in File Meta; inferred {tsuid.name} from the encoding"
-            )
-        rows, columns, frames, samples, _bits = check_budget(
-            ds, path, max_pixels=max_pixels, max_frames=max_frames, tsuid=tsuid
-        )
-        if keyword == "PixelData" and tsuid not in NATIVE_SYNTAXES:
-            require_decoder(tsuid, path)
-        photometric = header_value(ds, "PhotometricInterpretation", as_text, "")
-        if not photometric:
-            image_warnings.append("Photometric Interpretation missing; assumed MONOCHROME2")
-            ds.PhotometricInterpretation = "MONOCHROME2" if samples == 1 else "RGB"
-            photometric = str(ds.PhotometricInterpretation)
+        header = _open(path, max_pixels, max_frames, image_warnings)
+        ds, tsuid, photometric = header.dataset, header.transfer_syntax, header.photometric
+        rows, columns, frames, samples = header.rows, header.columns, header.frames, header.samples
         fallback: str | None = None
         try:
             raw = ds.pixel_array
@@ -329,6 +455,7 @@ def read_dicom(path: Path, *, max_pixels: int, max_frames: int) -> Image:
 
 
 __all__ = [
+    "StoredPixels",
     "check_budget",
     "codec_availability",
     "collect_warnings",
@@ -339,5 +466,6 @@ __all__ = [
     "pixel_keyword",
     "read_dicom",
     "read_header",
+    "read_stored",
     "transfer_syntax_of",
 ]

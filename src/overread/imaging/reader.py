@@ -8,7 +8,7 @@ from pathlib import Path
 
 from overread.config import ImagingSettings, load_settings
 from overread.errors import ImageReadError, InvalidDicomError, OverreadError
-from overread.imaging.dicom import read_dicom
+from overread.imaging.dicom import StoredPixels, read_dicom, read_stored
 from overread.imaging.files import read_nifti, read_picture, sniff_format
 from overread.imaging.header import one_line
 from overread.imaging.image import Image
@@ -105,4 +105,43 @@ def read(
     return image
 
 
-__all__ = ["default_imaging_settings", "read"]
+def read_stored_values(
+    path: str | os.PathLike[str],
+    *,
+    settings: ImagingSettings | None = None,
+    strictness: str | None = None,
+) -> StoredPixels | None:
+    """The stored values of a native grey DICOM film as a view, or ``None``.
+
+    What :func:`read` would read, without decoding to float: ``None`` for any
+    file :func:`overread.imaging.dicom.read_stored` does not take (the caller
+    then uses :func:`read`), and the same errors and strictness as :func:`read`.
+    """
+    config = settings if settings is not None else default_imaging_settings()
+    mode = strictness or config.strictness
+    file = Path(path)
+    if not file.is_file() or sniff_format(file) is not None:
+        return None
+    try:
+        stored = read_stored(file, max_pixels=config.max_pixels, max_frames=config.max_frames)
+    except OverreadError:
+        raise
+    except (RecursionError, MemoryError) as exc:
+        raise InvalidDicomError(
+            f"{file}: too deeply nested or too large ({type(exc).__name__})"
+        ) from None
+    except Exception as exc:  # last line of defence: one line, never a traceback
+        logger.debug("unexpected error reading %s", file, exc_info=True)
+        raise InvalidDicomError(
+            f"{file}: unexpected {type(exc).__name__} while reading: {one_line(exc)}"
+        ) from None
+    if stored is None:
+        return None
+    if mode == "raise" and stored.warnings:
+        raise InvalidDicomError(f"{file}: {stored.warnings[0]} (strictness=raise)")
+    if mode == "ignore":
+        stored.warnings.clear()
+    return stored
+
+
+__all__ = ["default_imaging_settings", "read", "read_stored_values"]

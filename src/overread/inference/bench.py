@@ -12,7 +12,7 @@ import os
 import platform
 import tempfile
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from functools import partial
 from pathlib import Path
 from typing import Any
@@ -21,29 +21,29 @@ import numpy as np
 import torch
 
 from overread.inference.postprocess import sigmoid
-from overread.inference.runtimes import OnnxRuntime, TorchRuntime, default_threads
+from overread.inference.runtimes import OnnxRuntime, Runtime, TorchRuntime, default_threads
 from overread.models.calibration import PHANTOM_SIZE, synthetic_batch, synthetic_chest
 from overread.models.package import ModelPackage
 
 
 def machine_description() -> dict[str, Any]:
-    """CPU model name and core count (as lscpu reports them) and library versions."""
-    model = platform.processor() or "unknown"
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                model = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
+    """CPU model, cores and INT8/bf16 flags (AVX-512 VNNI, AMX), and library versions."""
     import onnxruntime
 
+    from overread.models.cpu import cpu_description
+
+    try:
+        import openvino
+
+        openvino_version: str | None = openvino.__version__
+    except ImportError:
+        openvino_version = None
     return {
-        "cpu": model,
-        "cores": os.cpu_count(),
+        **cpu_description(),
         "python": platform.python_version(),
         "torch": torch.__version__,
         "onnxruntime": onnxruntime.__version__,
+        "openvino": openvino_version,
         "load_average_1min": round(os.getloadavg()[0], 2),
     }
 
@@ -99,7 +99,7 @@ def _runtime_rows(
     ]
 
 
-def _logits_of(runtime: OnnxRuntime | TorchRuntime) -> Callable[[np.ndarray], np.ndarray]:
+def _logits_of(runtime: Runtime) -> Callable[[np.ndarray], np.ndarray]:
     def run(x: np.ndarray) -> np.ndarray:
         return runtime.run(x)[0]
 
@@ -131,26 +131,70 @@ def write_large_cr(path: Path, size: int = 3000, seed: int = 0) -> Path:
     return path
 
 
-def preprocessing_cost(package: ModelPackage, repeats: int = 5, size: int = 3000) -> dict[str, Any]:
-    """Read and chain cost per image for a ``size x size`` CR, plus the whole pipeline."""
+def preprocessing_cost(
+    package: ModelPackage, repeats: int = 15, size: int = 3000
+) -> dict[str, Any]:
+    """Read and chain cost per image for a ``size x size`` CR, on one core, plus the pipeline.
+
+    The serving read (:meth:`Compose.read_and_apply`, which area-reduces a native
+    grey film before its window) and the full-resolution order (read everything,
+    then each step) are timed in alternation in the same run, so their ratio holds
+    on a loaded machine; ``read_ms`` and ``chain_ms`` split the full-resolution
+    order. Torch runs on one thread here, as the target is per core.
+    """
     from overread.imaging import read
+    from overread.imaging.reader import default_imaging_settings
     from overread.imaging.transforms import build_chain
     from overread.inference.pipeline import Pipeline
 
     chain = build_chain(package.manifest.input.chain)
-    with tempfile.TemporaryDirectory(prefix="overread-bench-") as tmp:
-        path = write_large_cr(Path(tmp) / "cr.dcm", size)
-        read_ms = _latencies(lambda: read(path), repeats, warmup=1)
-        image = read(path)
-        chain_ms = _latencies(lambda: chain(image), repeats, warmup=1)
-        pipeline = Pipeline(package, precision="int8" if package.runtime_file("int8") else "fp32")
-        end_to_end = _latencies(lambda: pipeline.predict([path]), repeats, warmup=1)
-        explained = _latencies(lambda: pipeline.predict([path], explain=True), repeats, warmup=1)
+    configured = default_imaging_settings()
+    reduced = configured.model_copy(update={"reduce_first": True})
+    full = configured.model_copy(update={"reduce_first": False})
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        with tempfile.TemporaryDirectory(prefix="overread-bench-") as tmp:
+            path = write_large_cr(Path(tmp) / "cr.dcm", size)
+            fast_run = chain.read_and_apply(path, settings=reduced)
+            full_run = chain.read_and_apply(path, settings=full)
+            both = _interleaved(
+                {
+                    "reduced": lambda: chain.read_and_apply(path, settings=reduced),
+                    "full": lambda: chain.read_and_apply(path, settings=full),
+                },
+                repeats,
+                warmup=2,
+            )
+            read_ms = _latencies(lambda: read(path, settings=full), repeats, warmup=1)
+            image = read(path, settings=full)
+            chain_ms = _latencies(lambda: chain(image), repeats, warmup=1)
+            torch.set_num_threads(threads)
+            pipeline = Pipeline(
+                package, precision="int8" if package.runtime_file("int8") else "fp32"
+            )
+            end_to_end = _latencies(lambda: pipeline.predict([path]), repeats, warmup=1)
+            explained = _latencies(
+                lambda: pipeline.predict([path], explain=True), repeats, warmup=1
+            )
+    finally:
+        torch.set_num_threads(threads)
+    serving = float(np.median(both["reduced"]))
+    full_ms = float(np.median(both["full"]))
     return {
         "image": f"{size}x{size} CR, 12-bit, uncompressed",
+        "threads": 1,
+        "reduced_first": fast_run.reduced_first and configured.reduce_first,
+        "preprocess_ms": serving if configured.reduce_first else full_ms,
+        "preprocess_min_ms": float(np.min(both["reduced" if configured.reduce_first else "full"])),
+        "full_resolution_ms": full_ms,
+        "full_resolution_min_ms": float(np.min(both["full"])),
+        "speedup_vs_full_resolution": full_ms / serving,
+        "max_input_diff_vs_full_resolution": float(
+            np.abs(fast_run.processed.pixels - full_run.processed.pixels).max()
+        ),
         "read_ms": float(np.median(read_ms)),
         "chain_ms": float(np.median(chain_ms)),
-        "preprocess_ms": float(np.median(read_ms) + np.median(chain_ms)),
         "pipeline_ms": float(np.median(end_to_end)),
         "pipeline_explain_ms": float(np.median(explained)),
         "pipeline_precision": pipeline.model.precision,
@@ -278,12 +322,120 @@ def quantisation_study(
     return rows
 
 
+def openvino_available() -> bool:
+    """True when the optional ``openvino`` package imports."""
+    try:
+        import openvino  # noqa: F401
+    except ImportError:
+        return False
+    return True
+
+
+def network_runtimes(
+    network: torch.nn.Module,
+    channels: int,
+    size: int,
+    chain: Sequence[dict[str, Any]],
+    *,
+    repeats: int,
+    threads: int,
+) -> list[dict[str, Any]]:
+    """One network under every runtime here, batch 1, timed in alternation.
+
+    The network is exported to ONNX (FP32) and quantised to static INT8 (QDQ,
+    per-channel, calibrated on phantom films through ``chain``), then run by
+    torch eager, ONNX Runtime FP32 and INT8 and, when installed, OpenVINO FP32
+    (f32 precision pinned), bf16 and INT8. Rows give latency and the largest
+    probability difference against torch eager on 8 test images.
+    """
+    from overread.models.calibration import calibration_images
+    from overread.models.export import export_onnx, quantize_int8
+
+    images, _ = calibration_images(32, size, chain, channels, seed=11)
+    test = synthetic_batch(8, size, channels, seed=12)
+    one = test[:1].copy()
+    network = network.eval()
+
+    def eager(x: np.ndarray) -> np.ndarray:
+        with torch.inference_mode():
+            out: np.ndarray = network(torch.from_numpy(x)).numpy()
+        return out
+
+    runs: dict[str, Callable[[np.ndarray], np.ndarray]] = {"torch eager fp32": eager}
+    with tempfile.TemporaryDirectory(prefix="overread-runtimes-") as tmp:
+        fp32_path = Path(tmp) / "fp32.onnx"
+        export_onnx(network, fp32_path, torch.from_numpy(images[:1]))
+        int8_path = quantize_int8(fp32_path, Path(tmp) / "int8.onnx", images)
+        for precision, path in (("fp32", fp32_path), ("int8", int8_path)):
+            runs[f"onnxruntime {precision}"] = _logits_of(
+                OnnxRuntime(path, precision=precision, threads=threads)
+            )
+        if openvino_available():
+            from overread.inference.runtimes import OpenVinoRuntime
+
+            for label, path, hint in (
+                ("openvino fp32", fp32_path, "f32"),
+                ("openvino bf16", fp32_path, "bf16"),
+                ("openvino int8", int8_path, None),
+            ):
+                runs[label] = _logits_of(
+                    OpenVinoRuntime(path, threads=threads, inference_precision=hint)
+                )
+        reference = sigmoid(eager(test))
+        drift = {
+            name: float(np.abs(sigmoid(run(test)) - reference).max()) for name, run in runs.items()
+        }
+        times = _interleaved({name: partial(run, one) for name, run in runs.items()}, repeats)
+    eager_p50 = float(np.median(times["torch eager fp32"]))
+    return [
+        {
+            "runtime": name,
+            "batch1_p50_ms": float(np.median(times[name])),
+            "batch1_p95_ms": float(np.percentile(times[name], 95)),
+            "batch1_min_ms": float(np.min(times[name])),
+            "speedup_vs_torch_eager": eager_p50 / float(np.median(times[name])),
+            "max_prob_diff_vs_torch_eager": drift[name],
+        }
+        for name in runs
+    ]
+
+
+def densenet121_runtimes(
+    package: ModelPackage, *, repeats: int = 20, threads: int | None = None
+) -> dict[str, Any]:
+    """:func:`network_runtimes` for a DenseNet-121 (MONAI, CheXpert's architecture).
+
+    Random weights with the package's input and labels: latency does not depend
+    on the weights, and INT8's probability drift is shown for what it is on an
+    untrained network (an upper bound, not the trained model's).
+    """
+    from overread.models.networks import build_network
+
+    threads = threads or default_threads()
+    spec = package.manifest.input
+    torch.manual_seed(0)
+    network = build_network(
+        "densenet121", in_channels=spec.channels, num_classes=len(package.labels)
+    )
+    rows = network_runtimes(
+        network, spec.channels, spec.size, spec.chain, repeats=repeats, threads=threads
+    )
+    return {
+        "architecture": "densenet121 (MONAI DenseNet121, random weights)",
+        "input": f"{spec.channels}x{spec.size}x{spec.size}",
+        "threads": threads,
+        "repeats": repeats,
+        "runtimes": rows,
+    }
+
+
 def benchmark_inference(
     package: ModelPackage,
     *,
     repeats: int = 50,
     threads: int | None = None,
     quantisation: bool = False,
+    densenet121: bool = False,
 ) -> dict[str, Any]:
     """The whole inference benchmark as a JSON-able dictionary."""
     threads = threads or default_threads()
@@ -295,6 +447,7 @@ def benchmark_inference(
         "torch eager fp32": _logits_of(TorchRuntime(package))
     }
     outputs: dict[str, np.ndarray] = {}
+    extra: dict[str, Callable[[np.ndarray], np.ndarray]] = {}
     for precision in ("fp32", "int8"):
         path = package.runtime_file(precision)
         if path is None:
@@ -302,6 +455,16 @@ def benchmark_inference(
         runtime = OnnxRuntime(path, precision=precision, threads=threads)
         runs[f"onnxruntime {precision}"] = _logits_of(runtime)
         outputs[precision] = sigmoid(runtime.run(eight)[0])
+        if openvino_available():
+            from overread.inference.runtimes import OpenVinoRuntime
+
+            hint = "f32" if precision == "fp32" else None
+            extra[f"openvino {precision}"] = _logits_of(
+                OpenVinoRuntime(
+                    path, precision=precision, threads=threads, inference_precision=hint
+                )
+            )
+    runs.update(extra)  # OpenVINO's rows after ONNX Runtime's
     rows = _runtime_rows(runs, one, eight, repeats)
     by_name = {row["runtime"]: row for row in rows}
     fp32 = by_name.get("onnxruntime fp32")
@@ -334,12 +497,17 @@ def benchmark_inference(
         "quantisation_study": quantisation_study(package, repeats=repeats, threads=threads)
         if quantisation
         else None,
+        "densenet121": densenet121_runtimes(package, repeats=max(5, repeats // 2), threads=threads)
+        if densenet121
+        else None,
     }
 
 
 __all__ = [
     "benchmark_inference",
+    "densenet121_runtimes",
     "machine_description",
+    "network_runtimes",
     "phantom_auc",
     "preprocessing_cost",
     "quantisation_study",

@@ -32,6 +32,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from overread.config import InferenceSettings
 from overread.errors import InferenceError, ModelPackageError, OverreadError
 from overread.evaluation.conformal import (
     ConformalMethod,
@@ -42,10 +43,10 @@ from overread.evaluation.conformal import (
 from overread.explain.cam import cam_to_heatmaps
 from overread.explain.maps import ExplainMethod, explain_maps
 from overread.explain.uncertainty import binary_entropy, mutual_information
-from overread.imaging import Image, read
-from overread.imaging.transforms import Compose, Letterbox, Resize, build_chain
+from overread.imaging import Image
+from overread.imaging.transforms import ChainRun, Compose, Letterbox, Resize, build_chain
 from overread.inference.evidence import attach_trust, attach_trust_from_cam
-from overread.inference.gate import REFUSE, HeaderCheck, InputGate
+from overread.inference.gate import REFUSE, HeaderCheck, InputGate, check_header
 from overread.inference.postprocess import calibrate, decide
 from overread.inference.result import FindingResult, ModelRef, Prediction
 from overread.inference.runtimes import OnnxRuntime, TorchRuntime, open_runtime, padded_size
@@ -68,6 +69,41 @@ def _shared_registry(fresh: Registry) -> Registry:
     key = (fresh.root.resolve(), fresh.key)
     with _CACHE_LOCK:
         return _REGISTRIES.setdefault(key, fresh)
+
+
+_INFERENCE_SETTINGS: dict[tuple[object, ...], InferenceSettings] = {}
+
+
+def configured_inference() -> InferenceSettings:
+    """The ``[inference]`` settings, re-loaded only when their sources change.
+
+    A worker asks for its pipeline once per study; parsing the settings each
+    time would cost a millisecond, so they are cached on the ``OVERREAD_*``
+    variables and the configuration file's mtime (as the imaging settings are).
+    """
+    import os
+
+    from overread.config import load_settings
+
+    config = Path(os.environ.get("OVERREAD_CONFIG", "overread.toml"))
+    try:
+        stamp: object = config.resolve().stat().st_mtime_ns
+    except OSError:
+        stamp = None
+    env = tuple(sorted((k, v) for k, v in os.environ.items() if k.startswith("OVERREAD_")))
+    key = (str(config), stamp, env)
+    cached = _INFERENCE_SETTINGS.get(key)
+    if cached is None:
+        cached = load_settings().inference
+        _INFERENCE_SETTINGS.clear()
+        _INFERENCE_SETTINGS[key] = cached
+    return cached
+
+
+def _plane_shape(image: Image) -> tuple[int, int]:
+    """Rows and columns of one frame of ``image``."""
+    shape = image.pixels.shape[-3:-1] if image.is_color else image.pixels.shape[-2:]
+    return int(shape[0]), int(shape[1])
 
 
 def _problem(path: str | None, exc: BaseException) -> str:
@@ -233,8 +269,8 @@ class Pipeline:
         name: str | None = None,
         *,
         registry: Registry | None = None,
-        runtime: str = "onnx",
-        precision: str = "auto",
+        runtime: str | None = None,
+        precision: str | None = None,
         threads: int | None = None,
         tta_views: int | None = None,
         mc_dropout: int | None = None,
@@ -243,7 +279,8 @@ class Pipeline:
 
         Pipelines are cached per process and package hash: a model is loaded and
         warmed up once, and an alias switched in the registry takes effect at the
-        next call without a restart.
+        next call without a restart. ``runtime`` and ``precision`` default to the
+        ``[inference]`` settings (ONNX Runtime, ``auto``).
         """
         if registry is None or name is None:
             from overread.config import load_settings
@@ -251,6 +288,10 @@ class Pipeline:
             settings = load_settings()
             registry = registry or _shared_registry(Registry.from_settings(settings))
             name = name or settings.default_model
+        if runtime is None or precision is None:
+            configured = configured_inference()
+            runtime = runtime or configured.runtime
+            precision = precision or configured.precision
         package = registry.load(name)
         key = (
             str(package.path),
@@ -293,6 +334,10 @@ class Pipeline:
     def preprocess(self, image: Image) -> tuple[np.ndarray, Image]:
         """The package's chain applied to ``image``: ``(C, H, W)`` float32 and the processed image."""
         processed = self.chain(image)
+        return self._model_input(processed), processed
+
+    def _model_input(self, processed: Image) -> np.ndarray:
+        """``(C, H, W)`` float32 from the chain's output, checked against the model's size."""
         pixels = np.asarray(processed.pixels, dtype=np.float32)
         size = self.package.manifest.input.size
         if pixels.shape != (size, size):
@@ -300,7 +345,7 @@ class Pipeline:
                 f"preprocessing gave pixels of shape {pixels.shape}, the model needs ({size}, {size})"
             )
         channels = self.package.manifest.input.channels
-        return np.repeat(pixels[None], channels, axis=0), processed
+        return np.repeat(pixels[None], channels, axis=0)
 
     def letterbox(self, image: Image) -> Letterbox | None:
         """Where the model input sits relative to the stored image (for heatmaps)."""
@@ -588,20 +633,31 @@ class Pipeline:
         header: HeaderCheck | None = None
         box: Letterbox | None = None
         try:
-            image = item if isinstance(item, Image) else read(item)
-            if path is None:
-                prediction.path = image.metadata.source_path
-            prediction.metadata = image.metadata
-            prediction.warnings.extend(image.warnings)
-            if image.frame_count > 1:
-                prediction.warnings.append(
-                    f"image has {image.frame_count} frames; the model read the first only"
+            if isinstance(item, Image):
+                run = ChainRun(
+                    item.metadata, _plane_shape(item), item.frame_count, item, reduced_first=False
                 )
-            read_done = time.perf_counter()
+                read_done = time.perf_counter()
+            else:
+                run = self.chain.read_and_apply(item)
+                read_done = time.perf_counter()
+            if path is None:
+                prediction.path = run.source.source_path
+            prediction.metadata = run.source
+            prediction.warnings.extend(run.processed.warnings)
+            if run.frames > 1:
+                prediction.warnings.append(
+                    f"image has {run.frames} frames; the model read the first only"
+                )
+            header = check_header(run.source, self.gate.accepts, self.gate.spec)
+            if isinstance(item, Image):
+                x, _ = self.preprocess(item)
+            else:
+                x = self._model_input(run.processed)
+            box = self._resize.geometry(*run.source_shape) if self._resize is not None else None
+            # Read and chain run as one (the film may be reduced before its window), so
+            # "read" is the whole of it and "preprocess" what is left: the model input.
             prediction.timings["read"] = read_done - started
-            header = self.gate.check_header(image)
-            x, _ = self.preprocess(image)
-            box = self.letterbox(image)
             prediction.timings["preprocess"] = time.perf_counter() - read_done
             if explain:
                 prediction.model_input = x[0]
@@ -682,4 +738,4 @@ def clear_pipeline_cache() -> None:
         _REGISTRIES.clear()
 
 
-__all__ = ["Pipeline", "clear_pipeline_cache"]
+__all__ = ["Pipeline", "clear_pipeline_cache", "configured_inference"]

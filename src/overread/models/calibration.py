@@ -64,7 +64,6 @@ def phantom_batch(
         from overread.phantom import generate_cohort
     except ImportError:
         return None
-    from overread.imaging import read
     from overread.imaging.transforms import build_chain
 
     chain = build_chain(list(chain_spec))
@@ -77,7 +76,8 @@ def phantom_batch(
         files = sorted(Path(tmp).rglob("*.dcm"))[:n]
         if not files:
             return None
-        planes = [np.asarray(chain(read(f)).pixels, dtype=np.float32) for f in files]
+        # chain(path) reads as serving does (the reduced read included).
+        planes = [np.asarray(chain(f).pixels, dtype=np.float32) for f in files]
     images = np.stack(planes)[:, None]
     return np.repeat(images, channels, axis=1)
 

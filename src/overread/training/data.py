@@ -41,13 +41,13 @@ class _ChainReader(Dataset[tuple[int, np.ndarray, str]]):
         return len(self.paths)
 
     def __getitem__(self, i: int) -> tuple[int, np.ndarray, str]:
-        from overread.imaging import read
         from overread.imaging.transforms import build_chain
 
         if self._chain is None:
             self._chain = build_chain(self.chain_spec)
         try:
-            pixels = np.asarray(self._chain(read(self.paths[i])).pixels, dtype=np.float32)
+            # chain(path) reads as serving does (the reduced read included).
+            pixels = np.asarray(self._chain(self.paths[i]).pixels, dtype=np.float32)
             if pixels.shape != (self.size, self.size):
                 raise OverreadError(f"chain gave shape {pixels.shape}, expected square {self.size}")
             return i, pixels.astype(np.float16), ""

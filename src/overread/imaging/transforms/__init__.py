@@ -15,12 +15,8 @@ geometry, which are outside the standard's pipeline.
 
 from __future__ import annotations
 
-from overread.imaging.transforms.base import (
-    Compose,
-    Transform,
-    build_chain,
-    registered_transforms,
-)
+from overread.imaging.transforms.base import Transform, registered_transforms
+from overread.imaging.transforms.chain import ChainRun, Compose, build_chain
 from overread.imaging.transforms.intensity import (
     LUMA,
     WINDOW_PRESETS,
@@ -63,6 +59,7 @@ def ct_window_chain(preset: str, size: int | None = None) -> Compose:
 __all__ = [
     "LUMA",
     "WINDOW_PRESETS",
+    "ChainRun",
     "Compose",
     "InvertMonochrome1",
     "Letterbox",

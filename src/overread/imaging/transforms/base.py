@@ -1,4 +1,4 @@
-"""The transform protocol, its registry, and composition.
+"""The transform protocol and its registry (composition is in :mod:`.chain`).
 
 Every transform registers under its ``name`` when its class is defined, which
 is what lets :func:`build_chain` turn a JSON spec back into objects.
@@ -6,14 +6,12 @@ is what lets :func:`build_chain` turn a JSON spec back into objects.
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Sequence
-from pathlib import Path
-from typing import Any, ClassVar
+from typing import TYPE_CHECKING, Any, ClassVar
 
-import numpy as np
-
-from overread.errors import ConfigError
 from overread.imaging.image import Image
+
+if TYPE_CHECKING:
+    pass
 
 _REGISTRY: dict[str, type[Transform]] = {}
 
@@ -65,79 +63,9 @@ def spatial_frames(image: Image) -> int:
     return int(image.pixels.shape[0]) if spatial == 3 else 0
 
 
-class Compose(Transform):
-    """Apply transforms in order; serialises as the list of its steps' specs."""
-
-    name = "compose"
-
-    def __init__(self, transforms: Iterable[Transform]) -> None:
-        self.transforms = list(transforms)
-
-    def params(self) -> dict[str, Any]:
-        return {"transforms": [t.to_spec() for t in self.transforms]}
-
-    def to_spec(self) -> list[dict[str, Any]]:  # type: ignore[override]
-        """The chain as a JSON-able list of ``{"name": ..., **params}``."""
-        return [t.to_spec() for t in self.transforms]
-
-    def __call__(self, image: Image | str | Path) -> Image:
-        if not isinstance(image, Image):
-            from overread.imaging.reader import read
-
-            image = read(image)
-        return self.apply(image, inplace=False)
-
-    def apply(self, image: Image, inplace: bool = False) -> Image:
-        original = image.pixels
-        for transform in self.transforms:
-            owned = inplace or (
-                image.pixels is not original and not np.may_share_memory(image.pixels, original)
-            )
-            image = transform.apply(image, inplace=owned)
-        return image
-
-    def __len__(self) -> int:
-        return len(self.transforms)
-
-    def __iter__(self) -> Any:
-        return iter(self.transforms)
-
-
-def build_chain(spec: Sequence[dict[str, Any]] | dict[str, Any]) -> Compose:
-    """Rebuild a chain from :meth:`Compose.to_spec` output.
-
-    Raises
-    ------
-    ConfigError
-        If a step's name is unknown or its parameters are invalid.
-    """
-    items: Sequence[Any]
-    if isinstance(spec, dict):
-        items = spec.get("transforms") or spec.get("chain") or [spec]
-    else:
-        items = spec
-    steps: list[Transform] = []
-    for item in items:
-        if not isinstance(item, dict) or "name" not in item:
-            raise ConfigError(f"transform spec {item!r} has no 'name'")
-        params = {k: v for k, v in item.items() if k != "name"}
-        name = str(item["name"])
-        if name == "compose":
-            steps.append(build_chain(params.get("transforms", [])))
-            continue
-        cls = _REGISTRY.get(name)
-        if cls is None:
-            raise ConfigError(f"unknown transform {name!r}; known: {', '.join(sorted(_REGISTRY))}")
-        try:
-            steps.append(cls(**params))
-        except TypeError as exc:
-            raise ConfigError(f"transform {name!r}: {exc}") from None
-    return Compose(steps)
-
-
 def registered_transforms() -> dict[str, type[Transform]]:
     """Names accepted by :func:`build_chain`."""
     return dict(_REGISTRY)
 
 
-__all__ = ["Compose", "Transform", "build_chain", "registered_transforms", "spatial_frames"]
+__all__ = ["Transform", "registered_transforms", "spatial_frames"]

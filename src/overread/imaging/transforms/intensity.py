@@ -37,7 +37,11 @@ def _sample(values: FloatArray, limit: int = 1 << 18) -> FloatArray:
 
 
 def _finite_range(values: FloatArray, lower: float, upper: float) -> tuple[float, float]:
-    sample = _sample(values)
+    return sample_range(_sample(values), lower, upper)
+
+
+def sample_range(sample: FloatArray, lower: float, upper: float) -> tuple[float, float]:
+    """Percentiles ``lower``/``upper`` (min/max for 0/100) of the finite values of a sample."""
     sample = sample[np.isfinite(sample)]
     if sample.size == 0:
         return 0.0, 1.0
