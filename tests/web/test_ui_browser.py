@@ -235,6 +235,7 @@ def test_acknowledge_an_alert(gateway: UiGateway, page: Any) -> None:
     assert "Pneumothorax" in row.inner_text()
     row.locator('input[name="communicated_to"]').fill("Dr Ward, ED, by phone")
     row.locator('input[name="note"]').fill("drain requested")
+    _shot(page, "alerts.png")
     row.locator("button.ack").click()
     page.wait_for_load_state()
     assert not page.locator(f'#open-alerts tr[data-alert="{alert_id}"]').count()
