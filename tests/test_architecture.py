@@ -32,7 +32,7 @@ LAYERS: tuple[tuple[str, ...], ...] = (
     ("inference",),
     ("audit",),
     ("security",),
-    ("triage",),
+    ("triage", "monitoring"),
     ("service",),
     ("web",),
     ("gateway",),

@@ -100,6 +100,7 @@ BAD_VALUE: dict[tuple[str, ...], tuple[list[str], str]] = {
     ),
     ("models",): (["list", "--json=yes"], "Option '--json' does not take a value"),
     ("models", "cohorts"): (["list", "--json=yes"], "Option '--json' does not take a value"),
+    ("monitor",): (["simulate", "--seed", "abc"], "Invalid value for '--seed'"),
     ("phantom",): (["cxr", "--n", "many", "--out", "x"], "Invalid value for '--n'"),
     ("stats",): (
         ["mcnemar", "--csv", "x.csv", "--a", "a", "--b", "b", "--exact=sure"],
@@ -125,6 +126,7 @@ MISSING: dict[tuple[str, ...], tuple[list[str], str]] = {
     ("labels",): (["stats", "--csv", "x.csv"], "Missing option '--dataset'"),
     ("models",): (["show"], "Missing argument 'ref'"),
     ("models", "cohorts"): (["add", "t1"], "Missing argument 'folder'"),
+    ("monitor",): (["simulate", "--plots"], "Option '--plots' requires an argument"),
     ("phantom",): (["cxr", "--out", "x"], "Missing option '--n'"),
     ("stats",): (["auc", "--csv", "x.csv"], "Missing option '--truth'"),
     ("stats", "sample-size"): (["auc-precision", "--auc", "0.9"], "Missing option '--half-width'"),

@@ -32,6 +32,7 @@ LATER_TABLES = frozenset(
         "model_cohorts",
         "alert_findings",
         "alert_notes",
+        "result_reviews",
     }
 )
 

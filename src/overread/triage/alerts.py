@@ -174,6 +174,7 @@ def raise_alerts(
         .where(
             Alert.study_instance_uid == item.study_instance_uid,
             Alert.raised_at >= window_start,
+            Alert.finding != REVIEW_OVERDUE,
         )
         .order_by(Alert.raised_at.desc(), Alert.id.desc())
     ).all()
@@ -287,6 +288,65 @@ COMMUNICATED_TO_MAX = 256
 NOTE_MAX = 4000
 
 
+#: The ``finding`` of an alert that says a held result waits past its review time-out.
+REVIEW_OVERDUE = "Review overdue"
+
+
+def raise_review_overdue(
+    session: Session, study_instance_uid: str, config: TriageConfig, *, now: datetime
+) -> Alert:
+    """Raise a "review overdue" alert for a study whose results wait for a reader's
+    review past their route's time-out.
+
+    It goes out like a critical finding's alert: level-0 channels first, then up the
+    escalation levels while nobody acknowledges it. One study has one open such alert.
+    """
+    existing = session.execute(
+        select(Alert).where(
+            Alert.study_instance_uid == study_instance_uid,
+            Alert.finding == REVIEW_OVERDUE,
+            Alert.state == AlertState.OPEN.value,
+        )
+    ).scalar_one_or_none()
+    if existing is not None:
+        existing.duplicates += 1
+        existing.last_seen_at = now
+        return existing
+    item = session.execute(
+        select(WorklistItem).where(WorklistItem.study_instance_uid == study_instance_uid)
+    ).scalar_one_or_none()
+    alert = Alert(
+        study_instance_uid=study_instance_uid,
+        finding=REVIEW_OVERDUE,
+        probability=1.0,
+        threshold=1.0,
+        department="" if item is None else item.department,
+        score=0.0 if item is None else item.score,
+        state=AlertState.OPEN.value,
+        level=0,
+        raised_at=now,
+        last_seen_at=now,
+        duplicates=0,
+    )
+    session.add(alert)
+    session.flush()
+    channels = _queue_deliveries(session, alert, config.alerts, now)
+    record_event(
+        session,
+        actor=SYSTEM_ACTOR,
+        action=AuditAction.ALERT,
+        object_uids=[study_instance_uid],
+        details={
+            "event": "raised",
+            "alert_id": alert.id,
+            "finding": REVIEW_OVERDUE,
+            "channels": channels,
+        },
+    )
+    session.flush()
+    return alert
+
+
 def acknowledge(
     session: Session,
     alert_id: int,
@@ -371,6 +431,8 @@ def close_study_alerts(
         select(Alert).where(
             Alert.study_instance_uid == study_instance_uid,
             Alert.state.in_([AlertState.OPEN.value, AlertState.ACKNOWLEDGED.value]),
+            # A review-overdue alert ends with the review, not with a verdict.
+            Alert.finding != REVIEW_OVERDUE,
         )
     ).all()
     for alert in alerts:
@@ -694,6 +756,7 @@ def run_sweep(
 __all__ = [
     "COMMUNICATED_TO_MAX",
     "NOTE_MAX",
+    "REVIEW_OVERDUE",
     "SYSTEM_ACTOR",
     "SweepReport",
     "acknowledge",
@@ -706,6 +769,7 @@ __all__ = [
     "escalate_due",
     "next_escalation_at",
     "raise_alerts",
+    "raise_review_overdue",
     "run_sweep",
     "sweep",
     "triage_prediction",

@@ -21,6 +21,7 @@ from fastapi.templating import Jinja2Templates
 from overread.web.context import WebContext
 from overread.web.ui.guard import LoginRequired, PageForbidden, PageGuard, Viewer, login_url
 from overread.web.ui.images import HeatmapImages
+from overread.web.ui.layers import LayerRenderer
 from overread.web.ui.views import UNVERIFIED
 
 HERE = Path(__file__).parent
@@ -73,6 +74,7 @@ class UserInterface:
         # Every page labels an AI call no reader has confirmed the same way.
         self.templates.env.globals["unverified"] = UNVERIFIED
         self.images = HeatmapImages(ctx.service)
+        self.layers = LayerRenderer(self.images)
         self.shown = ShownStudies()
 
     def render(

@@ -25,10 +25,12 @@ from overread.imaging import read_metadata
 from overread.results import Decision, FindingResult
 from overread.security import Permission, Principal, redact_phi
 from overread.service.db import Instance, Job, JobState, Result, Study
+from overread.service.review import study_review_states
 from overread.service.store import ObjectStore
 from overread.triage import (
     Alert,
     AlertEvent,
+    AlertFinding,
     AlertSettings,
     Feedback,
     Priority,
@@ -264,6 +266,7 @@ class WorklistRow(BaseModel):
     patient_id: str = ""
     analysis: str = "analysed"
     gate_note: str = ""
+    review: str = ""
 
 
 class StudyView(BaseModel):
@@ -326,6 +329,7 @@ def worklist_rows(
     rows: list[dict[str, Any]] = []
     gates = study_gates(session, items)
     readers = study_readers(session, [i.study_instance_uid for i in items])
+    reviews = study_review_states(session, [item.study_instance_uid for item in items])
     for item in items:
         gate = gates.get(item.study_instance_uid) or StudyGate()
         header = StudyHeader()
@@ -351,6 +355,7 @@ def worklist_rows(
             patient_id=header.patient_id or item.patient_id,
             analysis=gate.analysis,
             gate_note=gate.note,
+            review=reviews.get(item.study_instance_uid, ""),
         )
         rows.append(redact_phi(row, viewer))
     return rows
@@ -517,7 +522,10 @@ def alert_rows(
         item = items.get(a.study_instance_uid)
         model = {f.label: f for f in stored_findings(item)} if item is not None else {}
         calls: list[AiCall] = []
-        for row in alert_findings(session, a) or []:
+        listed = alert_findings(session, a) or [
+            AlertFinding(finding=a.finding, probability=a.probability, threshold=a.threshold)
+        ]
+        for row in listed:
             known = model.get(row.finding)
             decision = known.decision if known is not None else Decision.POSITIVE
             calls.append(

@@ -1,7 +1,7 @@
 """Worklist bands and closed-loop alerts.
 
-Revision ID: 0005
-Revises: 0004
+Revision ID: 0006
+Revises: 0005
 Create Date: 2026-12-05
 
 ``worklist_items`` gains ``priority`` (the reading band: 0 routine, 1 urgent,
@@ -20,8 +20,8 @@ from typing import Any
 import sqlalchemy as sa
 from alembic import op
 
-revision = "0005"
-down_revision = "0004"
+revision = "0006"
+down_revision = "0005"
 branch_labels = None
 depends_on = None
 
@@ -111,7 +111,7 @@ def _band_columns() -> None:
         "ix_worklist_items_has_critical",
     ):
         op.drop_index(name, table_name="worklist_items")
-    op.rename_table("worklist_items", "_worklist_items_before_0005")
+    op.rename_table("worklist_items", "_worklist_items_before_0006")
     op.create_table("worklist_items", *_worklist_items())
     op.create_index("ix_worklist_items_department", "worklist_items", ["department"])
     op.create_index("ix_worklist_items_score", "worklist_items", ["score"])
@@ -120,9 +120,9 @@ def _band_columns() -> None:
     op.execute(
         f"INSERT INTO worklist_items ({kept}, priority, priority_source) "
         f"SELECT {kept}, CASE WHEN has_critical THEN 2 ELSE 0 END, "
-        "CASE WHEN has_critical THEN 'ai' ELSE '' END FROM _worklist_items_before_0005"
+        "CASE WHEN has_critical THEN 'ai' ELSE '' END FROM _worklist_items_before_0006"
     )
-    op.drop_table("_worklist_items_before_0005")
+    op.drop_table("_worklist_items_before_0006")
 
 
 def upgrade() -> None:
