@@ -118,7 +118,13 @@ def test_prediction_forms() -> None:
         "positive",
         "threshold_proximity",
         "threshold",
+        "decision",
     ]
+    # The worklist keeps the three-state decision, so its pages never show an
+    # indeterminate call as positive.
+    indeterminate = prediction.findings[0].with_values(decision="indeterminate")
+    stored = FindingResult.from_dict(indeterminate.to_worklist_dict())
+    assert stored.decision.value == "indeterminate"
 
 
 def test_result_summary_round_trips_exactly() -> None:

@@ -314,6 +314,7 @@ class FindingResult:
             "positive": self.positive,
             "threshold_proximity": self.threshold_proximity,
             "threshold": self.known_threshold,
+            "decision": self.decision.value,
             **self._known_trust(),
         }
 

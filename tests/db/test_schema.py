@@ -30,6 +30,8 @@ LATER_TABLES = frozenset(
         "model_rollout_results",
         "model_kill_switches",
         "model_cohorts",
+        "alert_findings",
+        "alert_notes",
         "result_reviews",
     }
 )

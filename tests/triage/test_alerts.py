@@ -10,7 +10,7 @@ from datetime import timedelta
 from typing import Any
 
 import pytest
-from sqlalchemy import select
+from sqlalchemy import func, select
 
 from overread.audit import AuditEvent, verify_chain
 from overread.errors import ConfigError
@@ -21,8 +21,12 @@ from overread.triage import (
     StudyContext,
     TriageConfig,
     acknowledge,
+    alert_findings,
+    alert_notes,
     backoff,
+    next_escalation_at,
     raise_alerts,
+    record_feedback,
     run_sweep,
     sweep,
     triage_config,
@@ -184,12 +188,19 @@ def test_unacknowledged_alert_escalates_to_the_next_level(
     with db.session() as session:
         # No level 2 channel: the alert stays at level 1.
         assert sweep(session, config, now=NOW + timedelta(hours=2)).escalated == []
-        alert = acknowledge(session, alert_id, who="dr.oncall", now=NOW + timedelta(minutes=20))
+        alert = acknowledge(
+            session,
+            alert_id,
+            who="dr.oncall",
+            communicated_to="Dr Ward, ED registrar, by phone",
+            now=NOW + timedelta(minutes=20),
+        )
         assert alert.state == "acknowledged" and alert.acknowledged_by == "dr.oncall"
     events = _alert_events(db)
     assert [e["event"] for e in events] == ["raised", "escalated", "acknowledged"]
     assert events[2]["actor"] == "dr.oncall"
     assert events[2]["seconds_to_acknowledge"] == pytest.approx(1200)
+    assert events[2]["communicated_to"] == "Dr Ward, ED registrar, by phone"
 
 
 def test_acknowledged_alert_neither_escalates_nor_delivers(
@@ -198,9 +209,13 @@ def test_acknowledged_alert_neither_escalates_nor_delivers(
     config = _config(webhook)
     [alert_id] = _triage(db, config, "6.2", [F("Pneumothorax", 0.9)], NOW)
     with db.session() as session:
-        acknowledge(session, alert_id, who="dr.a", now=NOW + timedelta(seconds=5))
+        acknowledge(
+            session, alert_id, who="dr.a", communicated_to="ED", now=NOW + timedelta(seconds=5)
+        )
         # Acknowledging twice keeps the first acknowledgement.
-        again = acknowledge(session, alert_id, who="dr.b", now=NOW + timedelta(seconds=9))
+        again = acknowledge(
+            session, alert_id, who="dr.b", communicated_to="ICU", now=NOW + timedelta(seconds=9)
+        )
         assert again.acknowledged_by == "dr.a"
         report = sweep(session, config, now=NOW + timedelta(hours=1))
         assert report.sent == [] and report.escalated == []
@@ -209,9 +224,9 @@ def test_acknowledged_alert_neither_escalates_nor_delivers(
     assert webhook.received == []
     with db.session() as session:
         with pytest.raises(KeyError):
-            acknowledge(session, 999, who="dr.a", now=NOW)
+            acknowledge(session, 999, who="dr.a", communicated_to="ED", now=NOW)
         with pytest.raises(ConfigError, match="who acknowledged"):
-            acknowledge(session, alert_id, who="", now=NOW)
+            acknowledge(session, alert_id, who="", communicated_to="ED", now=NOW)
 
 
 def test_backoff_doubles_and_is_capped() -> None:
@@ -262,3 +277,94 @@ def test_run_sweep_retries_and_escalates_like_sweep(db: Database, webhook: Webho
     later = run_sweep(db, config, now=NOW + timedelta(minutes=15))
     assert later.escalated == [alert_id] and len(later.sent) == 1
     assert [m["path"] for m in webhook.received] == ["/room", "/oncall"]
+
+
+def test_one_studys_critical_findings_share_one_alert(
+    db: Database, webhook: WebhookReceiver
+) -> None:
+    critical = {"Pneumothorax": 0.5, "Fracture": 0.5, "Edema": 0.5, "Pleural Effusion": 0.9}
+    config = _config(webhook, critical=critical)
+    findings = [F("Fracture", 0.7), F("Pneumothorax", 0.9), F("Edema", 0.6)]
+    ids = _triage(db, config, "9.1", findings, NOW)
+    assert len(ids) == 1
+    with db.session() as session:
+        alert = session.get(Alert, ids[0])
+        assert alert is not None
+        # The most probable finding leads; all three are on the one alert.
+        assert alert.finding == "Pneumothorax"
+        assert [f.finding for f in alert_findings(session, alert)] == [
+            "Pneumothorax",
+            "Fracture",
+            "Edema",
+        ]
+        assert session.scalar(select(func.count()).select_from(Alert)) == 1
+        assert len(sweep(session, config, now=NOW).sent) == 1
+    [message] = webhook.received
+    assert [f["finding"] for f in message["findings"]] == ["Pneumothorax", "Fracture", "Edema"]
+    assert "not verified" in message["notice"]
+    # A later run with a new critical finding joins the open alert, raises nothing new.
+    later = NOW + timedelta(minutes=2)
+    more = [*findings, F("Pleural Effusion", 0.95)]
+    assert _triage(db, config, "9.1", more, later) == []
+    with db.session() as session:
+        alert = session.get(Alert, ids[0])
+        assert alert is not None
+        assert [f.finding for f in alert_findings(session, alert)][-1] == "Pleural Effusion"
+    assert [e["event"] for e in _alert_events(db)] == ["raised", "findings-added"]
+
+
+def test_acknowledging_needs_who_was_told_and_keeps_the_note(
+    db: Database, webhook: WebhookReceiver
+) -> None:
+    config = _config(webhook)
+    [alert_id] = _triage(db, config, "9.2", [F("Pneumothorax", 0.9)], NOW)
+    with db.session() as session:
+        for told in ("", "   "):
+            with pytest.raises(ConfigError, match="who was told"):
+                acknowledge(session, alert_id, who="dr.a", communicated_to=told, now=NOW)
+        assert session.get(Alert, alert_id).state == "open"  # type: ignore[union-attr]
+        alert = acknowledge(
+            session,
+            alert_id,
+            who="dr.a",
+            communicated_to="Dr  Ward (ED)\n by phone",
+            note="chest drain requested",
+            now=NOW + timedelta(minutes=3),
+        )
+        [note] = alert_notes(session, alert)
+        assert (note.event, note.actor, note.communicated_to, note.note) == (
+            "acknowledged",
+            "dr.a",
+            "Dr Ward (ED) by phone",
+            "chest drain requested",
+        )
+    [event] = [e for e in _alert_events(db) if e["event"] == "acknowledged"]
+    assert event["communicated_to"] == "Dr Ward (ED) by phone"
+    assert event["note"] == "chest drain requested"
+
+
+def test_a_verdict_on_the_study_closes_its_alert(db: Database, webhook: WebhookReceiver) -> None:
+    config = _config(webhook, escalate_after_minutes=15)
+    [alert_id] = _triage(db, config, "9.3", [F("Pneumothorax", 0.9)], NOW)
+    with db.session() as session:
+        alert = session.get(Alert, alert_id)
+        assert alert is not None
+        assert next_escalation_at(alert, config.alerts) == NOW + timedelta(minutes=15)
+        record_feedback(
+            session,
+            "9.3",
+            "Pneumothorax",
+            "agree",
+            reader="dr.grey",
+            now=NOW + timedelta(minutes=1),
+        )
+        assert alert.state == "closed"
+        assert next_escalation_at(alert, config.alerts) is None
+        assert [n.event for n in alert_notes(session, alert)] == ["closed"]
+        # Closed: nothing is delivered and nothing escalates.
+        report = sweep(session, config, now=NOW + timedelta(hours=1))
+        assert report.sent == [] and report.escalated == []
+        delivery = session.execute(select(AlertDelivery)).scalar_one()
+        assert delivery.state == "cancelled"
+    assert webhook.received == []
+    assert [e["event"] for e in _alert_events(db)] == ["raised", "closed"]

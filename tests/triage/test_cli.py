@@ -84,11 +84,34 @@ def test_sweep_ack_and_alerts(
     assert webhook.received[0]["finding"] == "Pneumothorax"
     status, out, _ = run_cli("worklist", "alerts", "--open", "--database-url", filled)
     assert status == 0 and "Pneumothorax p=0.90 level 0 open" in out
-    status, out, _ = run_cli("worklist", "ack", "1", "--who", "dr.b", "--database-url", filled)
+    status, _, err = run_cli("worklist", "ack", "1", "--who", "dr.b", "--database-url", filled)
+    assert status == 2 and "--told" in err
+    status, _, err = run_cli(
+        "worklist", "ack", "1", "--who", "dr.b", "--told", " ", "--database-url", filled
+    )
+    assert (
+        status == 2
+        and err.strip() == "error: an acknowledgement needs who was told of the critical result"
+    )
+    status, out, _ = run_cli(
+        "worklist",
+        "ack",
+        "1",
+        "--who",
+        "dr.b",
+        "--told",
+        "Dr Ward (ED)",
+        "--note",
+        "by phone",
+        "--database-url",
+        filled,
+    )
     assert status == 0 and "acknowledged by dr.b" in out
     status, out, _ = run_cli("worklist", "alerts", "--open", "--database-url", filled)
     assert out == ""
-    status, _, err = run_cli("worklist", "ack", "5", "--who", "dr.b", "--database-url", filled)
+    status, _, err = run_cli(
+        "worklist", "ack", "5", "--who", "dr.b", "--told", "ED", "--database-url", filled
+    )
     assert status == 2 and "alert 5 does not exist" in err
 
 

@@ -57,15 +57,15 @@ def test_phantom_studies_are_triaged_alerted_and_exported(
             expected[item.study_instance_uid] = score_study(
                 prediction.findings, context, config.weights, now=NOW
             ).total
-            record_feedback(
-                session, item.study_instance_uid, "Pneumothorax", "agree", reader="dr.e2e", now=NOW
-            )
         page = query_worklist(session)
         assert [i.study_instance_uid for i in page.items] == sorted(
             expected, key=lambda uid: -expected[uid]
         )
         report = sweep(session, config, now=NOW)
     assert len(report.sent) == 3 and len(webhook.received) == 3
+    with db.session() as session:
+        for uid in expected:
+            record_feedback(session, uid, "Pneumothorax", "agree", reader="dr.e2e", now=NOW)
     out = tmp_path / "feedback.csv"
     with db.session() as session:
         assert export(session, out) == 3

@@ -41,7 +41,9 @@ def test_pages_and_filters_match_python(
                 upsert_study(session, f"1.{i}", [F(label, p)], context, CONFIG, now=NOW)
         with db.session() as session:
             everything = query_worklist(session, limit=1000).items
-            expected = sorted(everything, key=lambda r: (-r.score, r.received_at, r.id))
+            expected = sorted(
+                everything, key=lambda r: (-r.priority, -r.score, r.received_at, r.id)
+            )
             assert [r.id for r in everything] == [r.id for r in expected]
             wanted = [
                 r.study_instance_uid

@@ -146,13 +146,20 @@ def test_alert_acknowledgement_is_audited_and_idempotent(gateway_any_db: ApiGate
     assert [(a["id"], a["finding"]) for a in listed["items"]] == [
         (gateway.alert_id, "Pneumothorax")
     ]
-    acked = client.post(f"/api/alerts/{gateway.alert_id}/acknowledge", headers=rad)
+    url = f"/api/alerts/{gateway.alert_id}/acknowledge"
+    told = {"communicated_to": "Dr Ward, ED", "note": "by phone"}
+    # Who was told is required: closed-loop critical-result communication.
+    assert client.post(url, headers=rad).status_code == 422
+    assert client.post(url, json={"communicated_to": ""}, headers=rad).status_code == 422
+    acked = client.post(url, json=told, headers=rad)
     assert acked.status_code == 200
     assert acked.json()["state"] == "acknowledged"
     assert acked.json()["acknowledged_by"] == "radiologist-user"
-    again = client.post(f"/api/alerts/{gateway.alert_id}/acknowledge", headers=rad).json()
+    assert (acked.json()["communicated_to"], acked.json()["note"]) == ("Dr Ward, ED", "by phone")
+    again = client.post(url, json={"communicated_to": "someone else"}, headers=rad).json()
+    assert again["communicated_to"] == "Dr Ward, ED"
     assert again["acknowledged_at"] == acked.json()["acknowledged_at"]
-    assert client.post("/api/alerts/999999/acknowledge", headers=rad).status_code == 404
+    assert client.post("/api/alerts/999999/acknowledge", json=told, headers=rad).status_code == 404
     assert client.get("/api/alerts", params={"state": "open"}, headers=rad).json()["total"] == 0
     with gateway.service.database.session() as session:
         alert = session.get(Alert, gateway.alert_id)
@@ -280,7 +287,9 @@ def test_cross_site_writes_are_refused_even_with_a_valid_session(gateway: ApiGat
     )
     assert login.status_code == 200
     url = f"/api/alerts/{gateway.alert_id}/acknowledge"
-    forged = client.post(url, headers={"Origin": "https://attacker.example"})
+    forged = client.post(
+        url, json={"communicated_to": "x"}, headers={"Origin": "https://attacker.example"}
+    )
     assert forged.status_code == 403 and "cross-site" in forged.json()["detail"]
     forged_login = client.post(
         "/api/auth/login",
@@ -295,5 +304,7 @@ def test_cross_site_writes_are_refused_even_with_a_valid_session(gateway: ApiGat
     assert (
         client.get("/api/alerts", headers={"Origin": "https://attacker.example"}).status_code == 200
     )
-    own = client.post(url, headers={"Origin": "http://testserver"})
+    own = client.post(
+        url, json={"communicated_to": "ED registrar"}, headers={"Origin": "http://testserver"}
+    )
     assert own.status_code == 200 and own.json()["acknowledged_by"] == "radiologist-user"

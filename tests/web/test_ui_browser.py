@@ -134,16 +134,24 @@ def test_worklist_is_in_priority_order_and_new_studies_appear_live(
     uids = page.locator("#worklist-rows tr[data-uid]").evaluate_all(
         "rows => rows.map(r => r.dataset.uid)"
     )
-    scores = [float(s) for s in page.locator("#worklist-rows td.score").all_inner_texts()]
-    assert scores == sorted(scores, reverse=True)
+    bands = {"critical": 2, "urgent": 1, "routine": 0}
+    keys = page.locator("#worklist-rows tr[data-uid]").evaluate_all(
+        "rows => rows.map(r => [r.dataset.priority, r.querySelector('td.score').textContent])"
+    )
+    order = [(-bands[band], -float(score)) for band, score in keys]
+    assert order == sorted(order)
     order = [u for u in uids if u in seeded.values()]
     assert order == [seeded["high"], seeded["mid"], seeded["low"]]
     assert page.locator(f'tr[data-uid="{seeded["high"]}"] .badge.critical').is_visible()
     assert not page.locator(f'tr[data-uid="{seeded["low"]}"] .badge.critical').count()
 
-    # A study sent over DICOM while the page is open appears without a reload.
+    # A study sent over DICOM while the page is open is announced without a reload,
+    # and appears when the reader chooses to re-sort.
     page.evaluate("window.__sameDocument = true")
     uid = REAL.send(gateway, tmp_path)
+    page.wait_for_selector("#worklist-update:not([hidden])", timeout=30_000)
+    assert "new stud" in page.locator("#worklist-update-text").inner_text()
+    page.click("#worklist-resort")
     page.wait_for_selector(f'#worklist-rows tr[data-uid="{uid}"]', timeout=30_000)
     assert page.evaluate("window.__sameDocument === true")
     assert PATIENT_FAMILY in page.locator(f'tr[data-uid="{uid}"]').inner_text()
@@ -225,6 +233,9 @@ def test_acknowledge_an_alert(gateway: UiGateway, page: Any) -> None:
     page.goto(gateway.base_url + "/alerts")
     row = page.locator(f'#open-alerts tr[data-alert="{alert_id}"]')
     assert "Pneumothorax" in row.inner_text()
+    row.locator('input[name="communicated_to"]').fill("Dr Ward, ED, by phone")
+    row.locator('input[name="note"]').fill("drain requested")
+    _shot(page, "alerts.png")
     row.locator("button.ack").click()
     page.wait_for_load_state()
     assert not page.locator(f'#open-alerts tr[data-alert="{alert_id}"]').count()
@@ -234,6 +245,8 @@ def test_acknowledge_an_alert(gateway: UiGateway, page: Any) -> None:
         alert = session.get(Alert, alert_id)
         assert alert is not None
         assert (alert.state, alert.acknowledged_by) == ("acknowledged", "dr.grey")
+    told = page.locator(f'#acknowledged-alerts tr[data-alert="{alert_id}"] .told')
+    assert told.inner_text() == "Dr Ward, ED, by phone"
 
 
 def test_auditor_sees_no_phi_no_admin_pages_but_the_audit_trail(
@@ -307,3 +320,58 @@ def test_logout_invalidates_the_cookie(gateway: UiGateway, page: Any) -> None:
         assert after.status_code == 303 and after.headers["location"].startswith("/login")
     page.goto(gateway.base_url + "/")
     assert page.url.startswith(gateway.base_url + "/login")
+
+
+def test_refresh_never_moves_the_row_under_the_pointer(gateway: UiGateway, page: Any) -> None:
+    """A critical study arriving while the reader points at a row: the row stays put,
+    a bar announces it, and re-sorting puts the critical study first."""
+    page.set_viewport_size({"width": 1600, "height": 1000})
+    _login(page, gateway, "dr.grey")
+    low = gateway.seeded["low"]  # type: ignore[attr-defined]
+    target = page.locator(f'#worklist-rows tr[data-uid="{low}"]')
+    box = target.bounding_box()
+    assert box is not None
+    x, y = box["x"] + 40, box["y"] + box["height"] / 2
+    page.mouse.move(x, y)
+    under = "([x, y]) => document.elementFromPoint(x, y).closest('tr').dataset.uid"
+    assert page.evaluate(under, [x, y]) == low
+    # Keyboard selection on another study: it must follow that study, not the row index.
+    mid = gateway.seeded["mid"]  # type: ignore[attr-defined]
+    for _ in range(50):
+        page.keyboard.press("j")
+        if page.locator("#worklist-rows tr.selected").get_attribute("data-uid") == mid:
+            break
+    assert page.locator("#worklist-rows tr.selected").get_attribute("data-uid") == mid
+    before = page.locator("#worklist-rows tr[data-uid]").evaluate_all(
+        "rows => rows.map(r => r.dataset.uid)"
+    )
+    critical = seed_study(
+        gateway,
+        {
+            "Pneumothorax": 0.99,
+            "Pleural Effusion": 0.99,
+            "Edema": 0.95,
+            "Consolidation": 0.95,
+            "Pneumonia": 0.95,
+        },
+        department="ED",
+        age=92,
+    )
+    page.wait_for_selector("#worklist-update:not([hidden])", timeout=30_000)
+    text = page.locator("#worklist-update-text").inner_text()
+    assert "1 new study (1 critical)" in text
+    _shot(page, "worklist-new-studies-bar.png")
+    # Nothing moved: the same rows in the same order, the same one under the pointer.
+    after = page.locator("#worklist-rows tr[data-uid]").evaluate_all(
+        "rows => rows.map(r => r.dataset.uid)"
+    )
+    assert after == before and critical not in after
+    assert page.evaluate(under, [x, y]) == low
+    page.keyboard.press("r")
+    first = page.locator("#worklist-rows tr[data-uid]").first
+    assert first.get_attribute("data-uid") == critical
+    assert first.get_attribute("data-priority") == "critical"
+    assert page.locator("#worklist-update").is_hidden()
+    # The selection followed its study to its new row.
+    selected = page.locator("#worklist-rows tr.selected")
+    assert selected.count() == 1 and selected.get_attribute("data-uid") == mid

@@ -183,17 +183,32 @@ def sweep_cmd(
 def ack_alert(
     alert_id: int = typer.Argument(..., help="The alert's number."),
     who: str = typer.Option(..., "--who", help="Who acknowledges."),
+    told: str = typer.Option(
+        ..., "--told", help="Who was told of the critical result (name, role, how)."
+    ),
+    note: str = typer.Option("", "--note", help="A note: what was said, a call-back number."),
     data_dir: Path | None = DATA_DIR,
     database_url: str | None = DATABASE_URL,
 ) -> None:
-    """Acknowledge a critical-finding alert (stops escalation; audited)."""
+    """Acknowledge a critical-finding alert, saying who was told (stops escalation; audited)."""
+    from overread.errors import ConfigError
     from overread.triage import acknowledge
 
     with _database(data_dir, database_url) as database, database.session() as session:
         try:
-            alert = acknowledge(session, alert_id, who=who, now=datetime.now(UTC))
+            alert = acknowledge(
+                session,
+                alert_id,
+                who=who,
+                communicated_to=told,
+                note=note,
+                now=datetime.now(UTC),
+            )
         except KeyError:
             typer.echo(f"error: alert {alert_id} does not exist", err=True)
+            raise typer.Exit(2) from None
+        except ConfigError as exc:
+            typer.echo(f"error: {exc}", err=True)
             raise typer.Exit(2) from None
         typer.echo(f"alert #{alert.id} acknowledged by {alert.acknowledged_by}")
 

@@ -511,9 +511,10 @@ class JobQueue:
         state: str | None = None,
         study_instance_uid: str | None = None,
         limit: int = 200,
+        offset: int = 0,
     ) -> list[Job]:
-        """Jobs, newest first."""
-        query = select(Job).order_by(Job.id.desc()).limit(limit)
+        """Jobs, newest first (``offset`` of them skipped, for paging)."""
+        query = select(Job).order_by(Job.id.desc()).limit(limit).offset(max(offset, 0))
         if state:
             query = query.where(Job.state == state)
         if study_instance_uid:

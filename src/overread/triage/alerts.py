@@ -1,8 +1,10 @@
-"""Critical-finding alerts: raise once, deliver with retries, acknowledge, escalate.
+"""Critical-finding alerts: raise once, deliver with retries, acknowledge, escalate, close.
 
-An alert is raised when a study's finding reaches its critical threshold; the same
-study and finding within ``suppress_minutes`` of the first alert only counts a
-duplicate. Raising writes one pending delivery per level-0 channel; :func:`sweep`
+An alert is raised when a study's findings reach their critical thresholds, one
+alert per study with all of its critical findings; the same study and findings
+within ``suppress_minutes`` of the first alert only count a duplicate. An
+acknowledgement says who was told (closed-loop critical-result communication); the
+alert closes when the study is read (a reader's verdict). Raising writes one pending delivery per level-0 channel; :func:`sweep`
 (called periodically by the service, with its clock) attempts due deliveries,
 retrying failures with exponential backoff until ``max_attempts``, and escalates an
 alert nobody acknowledged within ``escalate_after_minutes`` to the next level's
@@ -30,7 +32,16 @@ from overread.db import Database
 from overread.errors import ConfigError, ServiceError
 from overread.triage.channels import AlertChannel, open_channel
 from overread.triage.config import AlertSettings, TriageConfig
-from overread.triage.schema import Alert, AlertDelivery, AlertState, DeliveryState, WorklistItem
+from overread.triage.schema import (
+    Alert,
+    AlertDelivery,
+    AlertEvent,
+    AlertFinding,
+    AlertNote,
+    AlertState,
+    DeliveryState,
+    WorklistItem,
+)
 from overread.triage.score import StudyContext
 from overread.triage.worklist import upsert_prediction
 
@@ -43,20 +54,68 @@ logger = logging.getLogger(__name__)
 SYSTEM_ACTOR = "system:overread-triage"
 
 
-def alert_message(alert: Alert) -> dict[str, Any]:
-    """The JSON-able message every channel delivers for an alert."""
+def alert_findings(session: Session, alert: Alert) -> list[AlertFinding]:
+    """Every critical finding of ``alert``, in the order they were raised."""
+    return list(
+        session.scalars(
+            select(AlertFinding).where(AlertFinding.alert_id == alert.id).order_by(AlertFinding.id)
+        ).all()
+    )
+
+
+def alert_notes(session: Session, alert: Alert) -> list[AlertNote]:
+    """The acknowledgement and closure notes of ``alert``, oldest first."""
+    return list(
+        session.scalars(
+            select(AlertNote).where(AlertNote.alert_id == alert.id).order_by(AlertNote.id)
+        ).all()
+    )
+
+
+def next_escalation_at(alert: Alert, settings: AlertSettings) -> datetime | None:
+    """When an open alert escalates next, ``None`` if it cannot (closed, or no next level).
+
+    An alert escalates ``escalate_after_minutes`` after it was raised or last
+    escalated, while channels exist at the next level.
+    """
+    if alert.state != AlertState.OPEN.value:
+        return None
+    if (alert.level + 1) not in {c.level for c in settings.channels}:
+        return None
+    since = alert.escalated_at or alert.raised_at
+    return since + timedelta(minutes=settings.escalate_after_minutes)
+
+
+def alert_message(alert: Alert, findings: list[AlertFinding] | None = None) -> dict[str, Any]:
+    """The JSON-able message every channel delivers for an alert.
+
+    ``findings`` lists every critical finding of the study's alert; the leading one
+    is also given as ``finding`` (the form channels received before grouping).
+    """
+    listed = findings or []
     return {
         "alert_id": alert.id,
         "study_instance_uid": alert.study_instance_uid,
         "finding": alert.finding,
         "probability": round(alert.probability, 4),
         "threshold": alert.threshold,
+        "findings": [
+            {"finding": f.finding, "probability": round(f.probability, 4), "threshold": f.threshold}
+            for f in listed
+        ]
+        or [
+            {
+                "finding": alert.finding,
+                "probability": round(alert.probability, 4),
+                "threshold": alert.threshold,
+            }
+        ],
         "department": alert.department,
         "score": round(alert.score, 2),
         "level": alert.level,
         "raised_at": alert.raised_at.isoformat(),
         "state": alert.state,
-        "notice": "AI second-reader finding; confirm on the images before acting.",
+        "notice": "AI second-reader finding, not verified; confirm on the images before acting.",
     }
 
 
@@ -80,74 +139,153 @@ def _queue_deliveries(
     return count
 
 
-def raise_alerts(
-    session: Session, item: WorklistItem, config: TriageConfig, *, now: datetime
-) -> list[Alert]:
-    """Raise an alert for each critical finding of a worklist study; return new alerts.
-
-    A finding already alerted for this study within the suppression window only
-    bumps that alert's ``duplicates`` and ``last_seen_at``.
-    """
-    settings = config.alerts
-    window_start = now - timedelta(minutes=settings.suppress_minutes)
-    raised: list[Alert] = []
+def _critical_hits(item: WorklistItem, settings: AlertSettings) -> list[tuple[str, float, float]]:
+    hits: list[tuple[str, float, float]] = []
     for data in item.findings:
         label = str(data["label"])
         threshold = settings.critical.get(label)
         probability = float(data["probability"])
-        if threshold is None or probability < threshold:
+        if threshold is None or not probability >= threshold:
             continue
-        existing = session.execute(
-            select(Alert)
-            .where(
-                Alert.study_instance_uid == item.study_instance_uid,
-                Alert.finding == label,
-                Alert.raised_at >= window_start,
-            )
-            .order_by(Alert.raised_at.desc())
-            .limit(1)
-        ).scalar_one_or_none()
-        if existing is not None:
-            existing.duplicates += 1
-            existing.last_seen_at = now
-            existing.probability = max(existing.probability, probability)
-            logger.info("alert %d: duplicate suppressed (%s)", existing.id, label)
-            continue
-        alert = Alert(
-            study_instance_uid=item.study_instance_uid,
-            finding=label,
-            probability=probability,
-            threshold=threshold,
-            department=item.department,
-            score=item.score,
-            state=AlertState.OPEN.value,
-            level=0,
-            raised_at=now,
-            last_seen_at=now,
-            duplicates=0,
+        hits.append((label, probability, threshold))
+    # The most probable first: it leads the alert.
+    hits.sort(key=lambda h: (-h[1], h[0]))
+    return hits
+
+
+def raise_alerts(
+    session: Session, item: WorklistItem, config: TriageConfig, *, now: datetime
+) -> list[Alert]:
+    """Raise one alert for a worklist study's critical findings; return new alerts.
+
+    One study's critical findings share one alert (a reader is told once, of all of
+    them). Within the suppression window, findings already alerted only bump the
+    alert's ``duplicates`` and ``last_seen_at``; a new critical finding joins the
+    study's open alert, or, when that alert was already acknowledged or closed,
+    raises a new one (someone must be told of it).
+    """
+    settings = config.alerts
+    hits = _critical_hits(item, settings)
+    if not hits:
+        return []
+    window_start = now - timedelta(minutes=settings.suppress_minutes)
+    recent = session.scalars(
+        select(Alert)
+        .where(
+            Alert.study_instance_uid == item.study_instance_uid,
+            Alert.raised_at >= window_start,
+            Alert.finding != REVIEW_OVERDUE,
         )
-        session.add(alert)
+        .order_by(Alert.raised_at.desc(), Alert.id.desc())
+    ).all()
+    known: dict[str, AlertFinding] = {}
+    for alert in recent:
+        for row in alert_findings(session, alert):
+            known.setdefault(row.finding, row)
+    fresh = [h for h in hits if h[0] not in known]
+    for label, probability, _ in hits:
+        if label in known:
+            row = known[label]
+            row.probability = max(row.probability, probability)
+    open_alert = next((a for a in recent if a.state == AlertState.OPEN.value), None)
+    if not fresh:
+        latest = recent[0]
+        latest.duplicates += 1
+        latest.last_seen_at = now
+        latest.probability = max(
+            [latest.probability] + [p for label, p, _ in hits if label == latest.finding]
+        )
+        logger.info("alert %d: duplicate suppressed", latest.id)
         session.flush()
-        channels = _queue_deliveries(session, alert, settings, now)
-        if channels == 0:
-            logger.warning("alert %d raised but no level-0 channel is configured", alert.id)
+        return []
+    if open_alert is not None:
+        for label, probability, threshold in fresh:
+            session.add(
+                AlertFinding(
+                    alert_id=open_alert.id,
+                    finding=label,
+                    probability=probability,
+                    threshold=threshold,
+                    added_at=now,
+                )
+            )
+        open_alert.last_seen_at = now
         record_event(
             session,
             actor=SYSTEM_ACTOR,
             action=AuditAction.ALERT,
             object_uids=[item.study_instance_uid],
             details={
-                "event": "raised",
-                "alert_id": alert.id,
-                "finding": label,
-                "probability": round(probability, 6),
-                "threshold": threshold,
-                "channels": channels,
+                "event": "findings-added",
+                "alert_id": open_alert.id,
+                "findings": [label for label, _, _ in fresh],
             },
         )
-        raised.append(alert)
+        session.flush()
+        return []
+    label, probability, threshold = fresh[0]
+    alert = Alert(
+        study_instance_uid=item.study_instance_uid,
+        finding=label,
+        probability=probability,
+        threshold=threshold,
+        department=item.department,
+        score=item.score,
+        state=AlertState.OPEN.value,
+        level=0,
+        raised_at=now,
+        last_seen_at=now,
+        duplicates=0,
+    )
+    session.add(alert)
     session.flush()
-    return raised
+    for label_i, probability_i, threshold_i in fresh:
+        session.add(
+            AlertFinding(
+                alert_id=alert.id,
+                finding=label_i,
+                probability=probability_i,
+                threshold=threshold_i,
+                added_at=now,
+            )
+        )
+    channels = _queue_deliveries(session, alert, settings, now)
+    if channels == 0:
+        logger.warning("alert %d raised but no level-0 channel is configured", alert.id)
+    record_event(
+        session,
+        actor=SYSTEM_ACTOR,
+        action=AuditAction.ALERT,
+        object_uids=[item.study_instance_uid],
+        details={
+            "event": "raised",
+            "alert_id": alert.id,
+            "finding": label,
+            "findings": [f for f, _, _ in fresh],
+            "probability": round(probability, 6),
+            "threshold": threshold,
+            "channels": channels,
+        },
+    )
+    session.flush()
+    return [alert]
+
+
+def _cancel_pending(session: Session, alert: Alert, why: str) -> None:
+    pending = session.scalars(
+        select(AlertDelivery).where(
+            AlertDelivery.alert_id == alert.id,
+            AlertDelivery.state == DeliveryState.PENDING.value,
+        )
+    ).all()
+    for delivery in pending:
+        delivery.state = DeliveryState.CANCELLED.value
+        delivery.last_error = f"cancelled: {why}"
+
+
+#: The longest "who was told" and note an acknowledgement keeps.
+COMMUNICATED_TO_MAX = 256
+NOTE_MAX = 4000
 
 
 #: The ``finding`` of an alert that says a held result waits past its review time-out.
@@ -210,35 +348,58 @@ def raise_review_overdue(
 
 
 def acknowledge(
-    session: Session, alert_id: int, *, who: str, now: datetime, role: str = ""
+    session: Session,
+    alert_id: int,
+    *,
+    who: str,
+    now: datetime,
+    communicated_to: str,
+    note: str = "",
+    role: str = "",
 ) -> Alert:
-    """Acknowledge an alert (idempotent: the first acknowledgement is kept).
+    """Acknowledge an alert, recording whom the result was told to (closed loop).
 
-    Pending deliveries are cancelled: whoever acknowledged knows.
+    Critical-result communication is closed only when someone says who was told,
+    so ``communicated_to`` is required; ``note`` is free text (what was said, a call
+    back number). Both are stored and audited. Idempotent: the first acknowledgement
+    is kept. Pending deliveries are cancelled: whoever acknowledged knows.
+
+    Raises
+    ------
+    ConfigError
+        No name of who acknowledged, or no one named as told.
+    KeyError
+        If the alert does not exist.
     """
     if not who:
         raise ConfigError("an acknowledgement needs the name of who acknowledged")
+    told = " ".join(communicated_to.split())
+    if not told:
+        raise ConfigError("an acknowledgement needs who was told of the critical result")
+    if len(told) > COMMUNICATED_TO_MAX:
+        raise ConfigError(f"who was told is at most {COMMUNICATED_TO_MAX} characters")
+    text = note.strip()
+    if len(text) > NOTE_MAX:
+        raise ConfigError(f"the note is at most {NOTE_MAX} characters")
     alert = session.get(Alert, alert_id)
     if alert is None:
         raise KeyError(f"alert {alert_id} does not exist")
-    if alert.state == AlertState.ACKNOWLEDGED.value:
+    if alert.state != AlertState.OPEN.value:
         return alert
     alert.state = AlertState.ACKNOWLEDGED.value
     alert.acknowledged_by = who
     alert.acknowledged_at = now
-    pending = (
-        session.execute(
-            select(AlertDelivery).where(
-                AlertDelivery.alert_id == alert_id,
-                AlertDelivery.state == DeliveryState.PENDING.value,
-            )
+    session.add(
+        AlertNote(
+            alert_id=alert.id,
+            event=AlertEvent.ACKNOWLEDGED.value,
+            actor=who,
+            communicated_to=told,
+            note=text,
+            created_at=now,
         )
-        .scalars()
-        .all()
     )
-    for delivery in pending:
-        delivery.state = DeliveryState.CANCELLED.value
-        delivery.last_error = f"cancelled: acknowledged by {who}"
+    _cancel_pending(session, alert, f"acknowledged by {who}")
     record_event(
         session,
         actor=who,
@@ -249,11 +410,54 @@ def acknowledge(
             "event": "acknowledged",
             "alert_id": alert.id,
             "finding": alert.finding,
+            "communicated_to": told,
+            "note": text,
             "seconds_to_acknowledge": round((now - alert.raised_at).total_seconds(), 3),
         },
     )
     session.flush()
     return alert
+
+
+def close_study_alerts(
+    session: Session, study_instance_uid: str, *, who: str, now: datetime, role: str = ""
+) -> list[Alert]:
+    """Close a study's open and acknowledged alerts: it was read (a reader's verdict).
+
+    Pending deliveries and escalation stop; each closure is noted and audited.
+    Returns the alerts closed (none when the study had none still open).
+    """
+    alerts = session.scalars(
+        select(Alert).where(
+            Alert.study_instance_uid == study_instance_uid,
+            Alert.state.in_([AlertState.OPEN.value, AlertState.ACKNOWLEDGED.value]),
+            # A review-overdue alert ends with the review, not with a verdict.
+            Alert.finding != REVIEW_OVERDUE,
+        )
+    ).all()
+    for alert in alerts:
+        was = alert.state
+        alert.state = AlertState.CLOSED.value
+        session.add(
+            AlertNote(
+                alert_id=alert.id,
+                event=AlertEvent.CLOSED.value,
+                actor=who,
+                note="study read",
+                created_at=now,
+            )
+        )
+        _cancel_pending(session, alert, f"study read by {who}")
+        record_event(
+            session,
+            actor=who,
+            role=role,
+            action=AuditAction.ALERT,
+            object_uids=[study_instance_uid],
+            details={"event": "closed", "alert_id": alert.id, "was": was, "why": "study read"},
+        )
+    session.flush()
+    return list(alerts)
 
 
 def backoff(attempts: int, settings: AlertSettings) -> timedelta:
@@ -415,7 +619,12 @@ def _claim_due(session: Session, config: TriageConfig, now: datetime) -> list[_A
         if not _claim_attempt(session, delivery, config.alerts, now):
             continue  # another sweeper took this attempt
         attempts.append(
-            _Attempt(delivery.id, delivery.channel, delivery.attempts, alert_message(alert))
+            _Attempt(
+                delivery.id,
+                delivery.channel,
+                delivery.attempts,
+                alert_message(alert, alert_findings(session, alert)),
+            )
         )
     session.flush()
     return attempts
@@ -545,14 +754,20 @@ def run_sweep(
 
 
 __all__ = [
+    "COMMUNICATED_TO_MAX",
+    "NOTE_MAX",
     "REVIEW_OVERDUE",
     "SYSTEM_ACTOR",
     "SweepReport",
     "acknowledge",
+    "alert_findings",
     "alert_message",
+    "alert_notes",
     "backoff",
+    "close_study_alerts",
     "deliver_due",
     "escalate_due",
+    "next_escalation_at",
     "raise_alerts",
     "raise_review_overdue",
     "run_sweep",

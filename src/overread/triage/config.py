@@ -1,4 +1,4 @@
-"""Triage settings: score weights, critical findings, alert channels and escalation.
+"""Triage settings: score weights, reading bands, critical findings, alert channels.
 
 They live in the ``[triage]`` table of ``overread.toml`` (the working directory's, or
 the file named by ``OVERREAD_CONFIG``) and are validated here, in one typed model,
@@ -173,13 +173,55 @@ class AlertSettings(BaseModel):
         return self
 
 
+class PrioritySettings(BaseModel):
+    """Which finding puts a study in which reading band (a site setting).
+
+    The worklist orders by band first (critical, then urgent, then routine) and by
+    score within a band, so no sum of moderate findings can rank a study above one
+    with a critical finding. Each table maps a finding to the calibrated probability
+    at which it sets the band.
+
+    Attributes
+    ----------
+    critical
+        Findings that put a study in the critical band; absent (the default), the
+        critical-alert thresholds (``[triage.alerts] critical``), so a study with an
+        alert is always in the critical band.
+    urgent
+        Findings that put a study in the urgent band (default: none).
+    """
+
+    model_config = {"extra": "forbid"}
+
+    critical: dict[str, float] | None = None
+    urgent: dict[str, float] = Field(default_factory=dict)
+
+    @model_validator(mode="after")
+    def _check(self) -> PrioritySettings:
+        for band, table in (("critical", self.critical or {}), ("urgent", self.urgent)):
+            for label, threshold in table.items():
+                if label not in CHEXPERT_LABELS:
+                    raise ValueError(f"unknown finding {label!r} in the {band} band")
+                if not 0.0 <= threshold <= 1.0:
+                    raise ValueError(f"{band} threshold of {label!r} must be in [0, 1]")
+        return self
+
+
 class TriageConfig(BaseModel):
-    """The ``[triage]`` table: score weights and alerting."""
+    """The ``[triage]`` table: score weights, reading bands and alerting."""
 
     model_config = {"extra": "forbid"}
 
     weights: ScoreWeights = Field(default_factory=ScoreWeights)
     alerts: AlertSettings = Field(default_factory=AlertSettings)
+    priority: PrioritySettings = Field(default_factory=PrioritySettings)
+
+    def band_thresholds(self) -> dict[str, dict[str, float]]:
+        """``{"critical": {finding: threshold}, "urgent": {...}}`` as in force."""
+        critical = (
+            self.priority.critical if self.priority.critical is not None else self.alerts.critical
+        )
+        return {"critical": dict(critical), "urgent": dict(self.priority.urgent)}
 
 
 def triage_config(values: dict[str, Any] | None = None) -> TriageConfig:
@@ -232,6 +274,7 @@ def load_triage_config(path: str | Path | None = None) -> TriageConfig:
 __all__ = [
     "AlertSettings",
     "ChannelConfig",
+    "PrioritySettings",
     "ScoreWeights",
     "TriageConfig",
     "load_triage_config",

@@ -23,6 +23,7 @@ from overread.audit import AuditAction, record_event
 from overread.errors import ConfigError
 from overread.findings import CHEXPERT_LABELS
 from overread.results import FindingResult
+from overread.triage.alerts import close_study_alerts
 from overread.triage.schema import Feedback, Verdict, WorklistItem
 from overread.triage.worklist import get_item
 
@@ -66,6 +67,9 @@ def record_feedback(
 ) -> Feedback:
     """Store one reader's verdict on one finding of a worklist study (audited).
 
+    The study was read, so its open or acknowledged alerts are closed
+    (:func:`~overread.triage.alerts.close_study_alerts`).
+
     Raises
     ------
     ConfigError
@@ -108,6 +112,8 @@ def record_feedback(
         object_uids=[study_instance_uid],
         details={"feedback_id": row.id, "finding": finding, "verdict": kind.value, "label": value},
     )
+    # A verdict means the study was read: its critical alerts are closed.
+    close_study_alerts(session, study_instance_uid, who=reader, role=role, now=now)
     return row
 
 

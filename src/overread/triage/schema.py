@@ -1,7 +1,8 @@
 """The triage tables, on the one declarative base of :mod:`overread.db`.
 
-``worklist_items`` holds one row per study with its score and the breakdown that
-explains it; ``alerts`` one row per (study, critical finding) episode, with
+``worklist_items`` holds one row per study with its band, score and the breakdown
+that explains it; ``alerts`` one row per study episode with critical findings (its
+findings in ``alert_findings``, acknowledgement and closure in ``alert_notes``), with
 ``alert_deliveries`` recording each channel's delivery attempts; ``feedback`` the
 readers' verdicts on each finding. They are created with every other table by the
 schema migrations and run on SQLite and PostgreSQL alike.
@@ -28,10 +29,67 @@ class ReadState(enum.StrEnum):
 
 
 class AlertState(enum.StrEnum):
-    """An alert is open until someone acknowledges it."""
+    """An alert is open until someone acknowledges it or the study is read.
+
+    ``CLOSED``: a reader gave a verdict on the study (it was read), so the loop is
+    closed whether or not anyone acknowledged the alert first.
+    """
 
     OPEN = "open"
     ACKNOWLEDGED = "acknowledged"
+    CLOSED = "closed"
+
+
+class AlertEvent(enum.StrEnum):
+    """What an :class:`AlertNote` records."""
+
+    ACKNOWLEDGED = "acknowledged"
+    CLOSED = "closed"
+
+
+class Priority(enum.IntEnum):
+    """A study's reading band: the worklist orders by band first, then by score.
+
+    The AI sets a band from its findings (a site setting says which finding sets
+    which); an order (the RIS) or a reader may set one too; the AI never lowers the
+    band a study already has.
+    """
+
+    ROUTINE = 0
+    URGENT = 1
+    CRITICAL = 2
+
+    @property
+    def text(self) -> str:
+        """The band's name as settings and pages write it (``"critical"``)."""
+        return self.name.lower()
+
+    @classmethod
+    def parse(cls, value: object) -> Priority:
+        """The band ``value`` names (a name such as ``"urgent"`` or its number).
+
+        Raises
+        ------
+        ValueError
+            If ``value`` names no band.
+        """
+        if isinstance(value, Priority):
+            return value
+        text = str(value).strip().lower()
+        for band in cls:
+            if text in (band.text, str(band.value)):
+                return band
+        known = ", ".join(b.text for b in cls)
+        raise ValueError(f"unknown priority {value!r} (known: {known})")
+
+
+class PrioritySource(enum.StrEnum):
+    """Who set a study's current band."""
+
+    NONE = ""
+    AI = "ai"
+    ORDER = "order"
+    READER = "reader"
 
 
 class DeliveryState(enum.StrEnum):
@@ -59,12 +117,13 @@ class WorklistItem(Base):
     """One study on the worklist: its score, why, and its reading state."""
 
     __tablename__ = "worklist_items"
-    # The worklist's own order (score first, then longest waiting) within a state,
+    # The worklist's own order (band, score, then longest waiting) within a state,
     # so "unread, highest first" pages and claims read the index in order.
     __table_args__ = (
         Index(
             "ix_worklist_order",
             "state",
+            text("priority DESC"),
             text("score DESC"),
             "received_at",
             "id",
@@ -90,10 +149,18 @@ class WorklistItem(Base):
     reader: Mapped[str] = mapped_column(String(128), default="")
     scored_at: Mapped[datetime] = mapped_column(default=utcnow)
     updated_at: Mapped[datetime] = mapped_column(default=utcnow)
+    #: The reading band (:class:`Priority`); ordered before the score.
+    priority: Mapped[int] = mapped_column(Integer, default=int(Priority.ROUTINE))
+    #: Who set the band (:class:`PrioritySource`).
+    priority_source: Mapped[str] = mapped_column(String(16), default="")
 
 
 class Alert(Base):
-    """A critical finding on a study, raised once per suppression window."""
+    """A study's critical findings, raised once per suppression window.
+
+    ``finding``, ``probability`` and ``threshold`` are those of the leading finding
+    (the first raised); every finding of the alert is in ``alert_findings``.
+    """
 
     __tablename__ = "alerts"
     __table_args__ = (Index("ix_alerts_identity", "study_instance_uid", "finding", "raised_at"),)
@@ -113,6 +180,37 @@ class Alert(Base):
     escalated_at: Mapped[datetime | None] = mapped_column(default=None)
     acknowledged_by: Mapped[str | None] = mapped_column(String(128), default=None)
     acknowledged_at: Mapped[datetime | None] = mapped_column(default=None)
+
+
+class AlertFinding(Base):
+    """One critical finding of an alert: one study's findings share one alert."""
+
+    __tablename__ = "alert_findings"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    alert_id: Mapped[int] = mapped_column(ForeignKey("alerts.id"), index=True)
+    finding: Mapped[str] = mapped_column(String(64))
+    probability: Mapped[float] = mapped_column(Float)
+    threshold: Mapped[float] = mapped_column(Float)
+    added_at: Mapped[datetime] = mapped_column(default=utcnow)
+
+
+class AlertNote(Base):
+    """Closing the loop on an alert: who acknowledged it, whom they told, and a note.
+
+    Critical-result communication must record who was told; an acknowledgement
+    without it is refused. Closing the alert (the study was read) is noted too.
+    """
+
+    __tablename__ = "alert_notes"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    alert_id: Mapped[int] = mapped_column(ForeignKey("alerts.id"), index=True)
+    event: Mapped[str] = mapped_column(String(16))
+    actor: Mapped[str] = mapped_column(String(128))
+    communicated_to: Mapped[str] = mapped_column(String(256), default="")
+    note: Mapped[str] = mapped_column(Text, default="")
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
 
 
 class AlertDelivery(Base):
@@ -154,9 +252,14 @@ class Feedback(Base):
 __all__ = [
     "Alert",
     "AlertDelivery",
+    "AlertEvent",
+    "AlertFinding",
+    "AlertNote",
     "AlertState",
     "DeliveryState",
     "Feedback",
+    "Priority",
+    "PrioritySource",
     "ReadState",
     "Verdict",
     "WorklistItem",

@@ -19,10 +19,11 @@ from sqlalchemy.dialects.postgresql import insert as postgresql_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.orm import Session
 
+from overread.audit import AuditAction, record_event
 from overread.errors import ConfigError, ServiceError
 from overread.results import FindingResult
 from overread.triage.config import AlertSettings, TriageConfig
-from overread.triage.schema import ReadState, WorklistItem
+from overread.triage.schema import Priority, PrioritySource, ReadState, WorklistItem
 from overread.triage.score import StudyContext, score_study
 
 if TYPE_CHECKING:
@@ -44,6 +45,86 @@ def critical_findings(
         if threshold is not None and float(finding.probability) >= threshold:
             hits.append((finding.label, float(finding.probability), threshold))
     return hits
+
+
+def ai_priority(findings: Sequence[FindingResult], config: TriageConfig) -> Priority:
+    """The band the findings call for: the highest band one finding reaches.
+
+    A finding sets a band when its calibrated probability is at or over that band's
+    threshold for it (``[triage.priority]``; the critical band defaults to the alert
+    thresholds). A NaN probability reaches nothing.
+    """
+    bands = config.band_thresholds()
+    best = Priority.ROUTINE
+    for finding in findings:
+        probability = float(finding.probability)
+        for band in (Priority.CRITICAL, Priority.URGENT):
+            threshold = bands[band.text].get(finding.label)
+            if threshold is not None and probability >= threshold and band > best:
+                best = band
+    return best
+
+
+def worklist_order() -> tuple[Any, ...]:
+    """The worklist's order: band, then score, then longest waiting, then oldest row."""
+    return (
+        WorklistItem.priority.desc(),
+        WorklistItem.score.desc(),
+        WorklistItem.received_at.asc(),
+        WorklistItem.id.asc(),
+    )
+
+
+def set_priority(
+    session: Session,
+    study_instance_uid: str,
+    priority: Priority | str | int,
+    *,
+    source: PrioritySource,
+    who: str,
+    now: datetime,
+    role: str = "",
+) -> WorklistItem:
+    """Set a study's band as an order (the RIS) or a reader gives it (audited).
+
+    Unlike the AI's band, this may lower the band: a reader decides. The AI, scoring
+    the study again later, never puts it below the band set here.
+
+    Raises
+    ------
+    ConfigError
+        An unknown band, no name of who set it, or the AI named as the source.
+    KeyError
+        If the study is not on the worklist.
+    """
+    if source in (PrioritySource.AI, PrioritySource.NONE):
+        raise ConfigError("only an order or a reader sets a band by hand")
+    if not who:
+        raise ConfigError("setting a band needs the name of who set it")
+    try:
+        band = Priority.parse(priority)
+    except ValueError as exc:
+        raise ConfigError(str(exc)) from None
+    item = get_item(session, study_instance_uid)
+    before = Priority(item.priority or 0)
+    item.priority = int(band)
+    item.priority_source = source.value
+    item.updated_at = now
+    session.flush()
+    record_event(
+        session,
+        actor=who,
+        role=role,
+        action=AuditAction.CONFIG_CHANGE,
+        object_uids=[study_instance_uid],
+        details={
+            "event": "priority-set",
+            "priority": band.text,
+            "before": before.text,
+            "source": source.value,
+        },
+    )
+    return item
 
 
 def stored_findings(item: WorklistItem) -> list[FindingResult]:
@@ -103,6 +184,8 @@ def upsert_study(
     """Score a study and write (or update) its worklist row; return the row.
 
     A study scored again (a new model version, or a re-run) keeps its reading state.
+    Its band is the higher of the band it has (the AI's earlier one, or one an order
+    or a reader set) and the band the findings call for: the AI never lowers it.
     """
     if not study_instance_uid:
         raise ConfigError("a worklist entry needs a Study Instance UID")
@@ -121,6 +204,12 @@ def upsert_study(
     item.findings = [f.to_worklist_dict() for f in stored]
     item.has_critical = bool(critical)
     item.critical_findings = [label for label, _, _ in critical]
+    band = ai_priority(stored, config)
+    if item.priority is None or band > item.priority:
+        item.priority = int(band)
+        item.priority_source = PrioritySource.AI.value
+    elif not item.priority_source:
+        item.priority_source = PrioritySource.NONE.value
     item.model_name = model_name
     item.model_version = model_version
     item.scored_at = now
@@ -174,7 +263,7 @@ def claim_next(
         conditions.append(func.lower(WorklistItem.department) == department.strip().lower())
     if has_critical is not None:
         conditions.append(WorklistItem.has_critical.is_(has_critical))
-    order = (WorklistItem.score.desc(), WorklistItem.received_at.asc(), WorklistItem.id.asc())
+    order = worklist_order()
     for _ in range(_CLAIM_TRIES):
         candidate = session.execute(
             select(WorklistItem.id)
@@ -250,7 +339,7 @@ def query_worklist(
     limit: int = 50,
     offset: int = 0,
 ) -> WorklistPage:
-    """The worklist, highest score first (ties: longest waiting, then oldest row).
+    """The worklist, highest band first, then highest score (ties: longest waiting).
 
     Parameters
     ----------
@@ -284,11 +373,7 @@ def query_worklist(
         session.execute(
             select(WorklistItem)
             .where(*conditions)
-            .order_by(
-                WorklistItem.score.desc(),
-                WorklistItem.received_at.asc(),
-                WorklistItem.id.asc(),
-            )
+            .order_by(*worklist_order())
             .limit(limit)
             .offset(offset)
         )
@@ -342,13 +427,16 @@ def upsert_prediction(
 
 __all__ = [
     "WorklistPage",
+    "ai_priority",
     "claim_next",
     "critical_findings",
     "get_item",
     "query_worklist",
     "refresh_scores",
+    "set_priority",
     "set_read_state",
     "stored_findings",
     "upsert_prediction",
     "upsert_study",
+    "worklist_order",
 ]

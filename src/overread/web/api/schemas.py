@@ -144,6 +144,10 @@ class WorklistItemOut(BaseModel):
     reader: str
     scored_at: datetime
     updated_at: datetime
+    priority: str = Field(
+        default="routine", description="The reading band: critical, urgent or routine"
+    )
+    priority_source: str = Field(default="", description="Who set the band: ai, order, reader")
     analysis: str = Field(
         default="analysed",
         description="analysed, not analysed (the input gate refused it) or outside intended use",
@@ -168,6 +172,28 @@ class ReadStateRequest(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     state: Literal["unread", "in-progress", "read"]
+
+
+class PriorityRequest(BaseModel):
+    """A reading band set by a reader (or by an order, for the RIS)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    priority: Literal["routine", "urgent", "critical"]
+    source: Literal["reader", "order"] = "reader"
+
+
+class AcknowledgeRequest(BaseModel):
+    """Closing the loop on a critical result: who was told, and a note."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    communicated_to: str = Field(
+        min_length=1,
+        max_length=256,
+        description="Who was told of the critical result (name, role, how); required",
+    )
+    note: str = Field(default="", max_length=4000, description="Free text")
 
 
 class StudyOut(BaseModel):
@@ -298,6 +324,22 @@ class AlertOut(BaseModel):
     escalated_at: datetime | None
     acknowledged_by: str | None
     acknowledged_at: datetime | None
+    findings: list[AlertFindingOut] = Field(default_factory=list)
+    next_escalation_at: datetime | None = Field(
+        default=None, description="When an open alert escalates next (null: it cannot)"
+    )
+    communicated_to: str | None = Field(default=None, description="Who was told (acknowledged)")
+    note: str | None = None
+    closed_at: datetime | None = Field(default=None, description="When the study was read")
+    closed_by: str | None = None
+
+
+class AlertFindingOut(BaseModel):
+    """One critical finding of an alert (AI, not verified until a reader's verdict)."""
+
+    finding: str
+    probability: float
+    threshold: float
 
 
 class JobOut(BaseModel):

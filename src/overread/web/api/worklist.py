@@ -21,14 +21,21 @@ from overread.security import Permission, Principal, redact_phi
 from overread.service.db import Instance, Result, utcnow
 from overread.service.review import study_review_states
 from overread.triage import StudyGate, study_gate
-from overread.triage.schema import ReadState, WorklistItem
-from overread.triage.worklist import claim_next, get_item, set_read_state, stored_findings
+from overread.triage.schema import Priority, PrioritySource, ReadState, WorklistItem
+from overread.triage.worklist import (
+    claim_next,
+    get_item,
+    set_priority,
+    set_read_state,
+    stored_findings,
+)
 from overread.web.api.guards import caller, context, invalid, not_found, page_params, route
 from overread.web.api.schemas import (
     UID_PATTERN,
     ClaimRequest,
     FindingOut,
     Page,
+    PriorityRequest,
     ReadStateRequest,
     ScoreTermOut,
     WorklistItemOut,
@@ -75,6 +82,8 @@ def item_out(item: WorklistItem, gate: StudyGate | None = None) -> WorklistItemO
         reader=item.reader,
         scored_at=item.scored_at,
         updated_at=item.updated_at,
+        priority=Priority(item.priority or 0).text,
+        priority_source=item.priority_source or "",
     )
 
 
@@ -229,6 +238,43 @@ def put_state(
             raise invalid(str(exc)) from None
         out = item_out(item)
     _view(ctx, who, [study_instance_uid], f"state:{body.state}")
+    return JSONResponse(redact_phi(out, who))
+
+
+@route(
+    router,
+    "PUT",
+    "/{study_instance_uid}/priority",
+    response_model=WorklistItemOut,
+    permission=Permission.GIVE_FEEDBACK,
+)
+def put_priority(
+    body: PriorityRequest,
+    study_instance_uid: str = _uid(),
+    ctx: WebContext = Depends(context),
+    who: Principal = Depends(caller),
+) -> JSONResponse:
+    """Set a study's reading band as a reader (or an order) gives it (audited).
+
+    The AI never lowers the band set here when it scores the study again.
+    """
+    with ctx.database.session() as session:
+        try:
+            item = set_priority(
+                session,
+                study_instance_uid,
+                body.priority,
+                source=PrioritySource(body.source),
+                who=who.username,
+                role=who.role.value,
+                now=utcnow(),
+            )
+        except KeyError:
+            raise not_found(f"study {study_instance_uid} on the worklist") from None
+        except OverreadError as exc:
+            raise invalid(str(exc)) from None
+        out = item_out(item)
+    _view(ctx, who, [study_instance_uid], f"priority:{body.priority}")
     return JSONResponse(redact_phi(out, who))
 
 

@@ -22,6 +22,7 @@ from overread.web.context import WebContext
 from overread.web.ui.guard import LoginRequired, PageForbidden, PageGuard, Viewer, login_url
 from overread.web.ui.images import HeatmapImages
 from overread.web.ui.layers import LayerRenderer
+from overread.web.ui.views import UNVERIFIED
 
 HERE = Path(__file__).parent
 #: Headers of every UI page: no framing, no inline script, no caching of patient data.
@@ -70,6 +71,8 @@ class UserInterface:
         self.ctx = ctx
         self.guard = guard
         self.templates = Jinja2Templates(directory=str(HERE / "templates"))
+        # Every page labels an AI call no reader has confirmed the same way.
+        self.templates.env.globals["unverified"] = UNVERIFIED
         self.images = HeatmapImages(ctx.service)
         self.layers = LayerRenderer(self.images)
         self.shown = ShownStudies()

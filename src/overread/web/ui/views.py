@@ -11,6 +11,7 @@ only for viewers allowed to see it.
 from __future__ import annotations
 
 import logging
+from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import datetime
 from functools import lru_cache
@@ -21,17 +22,84 @@ from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from overread.imaging import read_metadata
+from overread.results import Decision, FindingResult
 from overread.security import Permission, Principal, redact_phi
 from overread.service.db import Instance, Job, JobState, Result, Study
 from overread.service.review import study_review_states
 from overread.service.store import ObjectStore
-from overread.triage import Alert, Feedback, StudyGate, WorklistItem, stored_findings
+from overread.triage import (
+    Alert,
+    AlertEvent,
+    AlertFinding,
+    AlertSettings,
+    Feedback,
+    Priority,
+    StudyGate,
+    WorklistItem,
+    alert_findings,
+    alert_notes,
+    next_escalation_at,
+    stored_findings,
+)
 from overread.web.api.worklist import study_gates
 
 logger = logging.getLogger(__name__)
 
 #: Findings shown in a worklist row's summary at most.
 SUMMARY_FINDINGS = 3
+
+#: How every page writes each decision: the same three words everywhere, so an
+#: indeterminate call never reads as a bare "positive".
+DECISION_TEXT = {
+    Decision.POSITIVE: "positive",
+    Decision.INDETERMINATE: "indeterminate (refer)",
+    Decision.NEGATIVE: "negative",
+}
+#: The label of an AI call no reader has confirmed yet.
+UNVERIFIED = "AI \u2014 not verified"
+
+
+def decision_text(decision: Decision | str) -> str:
+    """The words a page shows for a decision (``"indeterminate (refer)"``)."""
+    return DECISION_TEXT[Decision.parse(decision)]
+
+
+class AiCall(BaseModel):
+    """One AI call as the worklist and alert pages show it."""
+
+    label: str
+    probability: float
+    decision: str
+    text: str
+
+
+def _ai_calls(findings: list[FindingResult]) -> list[AiCall]:
+    """Positive, then indeterminate calls, most probable first (negatives omitted)."""
+    shown = sorted(
+        (f for f in findings if f.decision != Decision.NEGATIVE and f.label != "No Finding"),
+        key=lambda f: (-f.decision.severity, -f.probability, f.label),
+    )
+    return [
+        AiCall(
+            label=f.label,
+            probability=round(f.probability, 2),
+            decision=f.decision.value,
+            text=decision_text(f.decision),
+        )
+        for f in shown
+    ]
+
+
+def study_readers(session: Session, uids: list[str]) -> dict[str, str]:
+    """Who last gave a verdict on each study that has one: a reader confirmed its AI calls."""
+    if not uids:
+        return {}
+    rows = session.execute(
+        select(Feedback.study_instance_uid, Feedback.reader)
+        .where(Feedback.study_instance_uid.in_(uids))
+        .order_by(Feedback.created_at, Feedback.id)
+    ).all()
+    return {uid: reader for uid, reader in rows}
 
 
 def waiting_text(since: datetime | None, now: datetime) -> str:
@@ -180,6 +248,10 @@ class WorklistRow(BaseModel):
 
     study_instance_uid: str
     score: float
+    priority: str = "routine"
+    calls: list[AiCall] = []
+    #: The reader whose verdict confirmed the AI calls ("" = AI, not verified).
+    verified_by: str = ""
     has_critical: bool
     critical_findings: list[str]
     summary: str
@@ -234,14 +306,10 @@ class StudyView(BaseModel):
 
 
 def _findings_summary(item: WorklistItem) -> str:
-    stored = stored_findings(item)
-    shown = sorted(
-        (f for f in stored if f.positive and f.label != "No Finding"),
-        key=lambda f: -f.probability,
-    )
+    shown = _ai_calls(stored_findings(item))
     if not shown:
-        return "no positive finding"
-    text = ", ".join(f"{f.label} {f.probability:.2f}" for f in shown[:SUMMARY_FINDINGS])
+        return "no positive or indeterminate finding"
+    text = ", ".join(f"{c.label} {c.probability:.2f} {c.text}" for c in shown[:SUMMARY_FINDINGS])
     more = len(shown) - SUMMARY_FINDINGS
     return text + (f" (+{more})" if more > 0 else "")
 
@@ -262,6 +330,7 @@ def worklist_rows(
     with_phi = viewer.can(Permission.VIEW_PHI)
     rows: list[dict[str, Any]] = []
     gates = study_gates(session, items)
+    readers = study_readers(session, [i.study_instance_uid for i in items])
     reviews = study_review_states(session, [item.study_instance_uid for item in items])
     for item in items:
         gate = gates.get(item.study_instance_uid) or StudyGate()
@@ -271,6 +340,9 @@ def worklist_rows(
         row = WorklistRow(
             study_instance_uid=item.study_instance_uid,
             score=round(item.score, 1),
+            priority=Priority(item.priority or 0).text,
+            calls=_ai_calls(stored_findings(item))[:SUMMARY_FINDINGS],
+            verified_by=readers.get(item.study_instance_uid, ""),
             has_critical=item.has_critical,
             critical_findings=[str(c) for c in item.critical_findings or []],
             summary=gate.note if gate.analysis == "not analysed" else _findings_summary(item),
@@ -406,7 +478,10 @@ def study_view(
 
 
 class AlertRow(BaseModel):
-    """One alert on the alerts page (no patient identity: study UID, finding, department)."""
+    """One alert on the alerts page: the study's critical findings and the loop's state.
+
+    The patient's name and ID are PHI fields, removed for roles without ``view_phi``.
+    """
 
     id: int
     study_instance_uid: str
@@ -422,12 +497,76 @@ class AlertRow(BaseModel):
     duplicates: int
     acknowledged_by: str | None
     acknowledged_at: str
+    calls: list[AiCall] = []
+    verified_by: str = ""
+    next_escalation_at: str = ""
+    next_escalation_in: str = ""
+    communicated_to: str = ""
+    note: str = ""
+    closed_by: str = ""
+    closed_at: str = ""
+    patient_name: str = ""
+    patient_id: str = ""
 
 
-def alert_rows(alerts: list[Alert], *, now: datetime) -> list[AlertRow]:
-    """Alerts as page rows."""
-    return [
-        AlertRow(
+def _until(moment: datetime, now: datetime) -> str:
+    """``"in 12 min"``, or ``"due"`` once it has passed."""
+    if moment <= now:
+        return "due"
+    return "in " + waiting_text(now, moment)
+
+
+def alert_rows(
+    session: Session,
+    store: ObjectStore,
+    alerts: list[Alert],
+    viewer: Principal,
+    settings: AlertSettings,
+    *,
+    now: datetime,
+) -> list[dict[str, Any]]:
+    """Alerts as page rows, redacted for ``viewer``.
+
+    Each row lists every critical finding of the study's alert with the model's
+    decision for it, whether a reader has confirmed the study yet, the escalation
+    state and, once acknowledged, who was told.
+    """
+    with_phi = viewer.can(Permission.VIEW_PHI)
+    uids = sorted({a.study_instance_uid for a in alerts})
+    items = {
+        i.study_instance_uid: i
+        for i in session.scalars(
+            select(WorklistItem).where(WorklistItem.study_instance_uid.in_(uids))
+        ).all()
+    }
+    readers = study_readers(session, uids)
+    rows: list[dict[str, Any]] = []
+    for a in alerts:
+        item = items.get(a.study_instance_uid)
+        model = {f.label: f for f in stored_findings(item)} if item is not None else {}
+        calls: list[AiCall] = []
+        listed = alert_findings(session, a) or [
+            AlertFinding(finding=a.finding, probability=a.probability, threshold=a.threshold)
+        ]
+        for row in listed:
+            known = model.get(row.finding)
+            decision = known.decision if known is not None else Decision.POSITIVE
+            calls.append(
+                AiCall(
+                    label=row.finding,
+                    probability=round(row.probability, 2),
+                    decision=decision.value,
+                    text=decision_text(decision),
+                )
+            )
+        notes = {n.event: n for n in alert_notes(session, a)}
+        told = notes.get(AlertEvent.ACKNOWLEDGED.value)
+        closed = notes.get(AlertEvent.CLOSED.value)
+        due = next_escalation_at(a, settings)
+        header = StudyHeader()
+        if with_phi and item is not None:
+            header, _ = study_header(session, store, item)
+        view = AlertRow(
             id=a.id,
             study_instance_uid=a.study_instance_uid,
             finding=a.finding,
@@ -442,9 +581,62 @@ def alert_rows(alerts: list[Alert], *, now: datetime) -> list[AlertRow]:
             duplicates=a.duplicates,
             acknowledged_by=a.acknowledged_by,
             acknowledged_at=_iso(a.acknowledged_at),
+            calls=calls,
+            verified_by=readers.get(a.study_instance_uid, ""),
+            next_escalation_at=_iso(due),
+            next_escalation_in=_until(due, now) if due is not None else "",
+            communicated_to=told.communicated_to if told else "",
+            note=told.note if told else "",
+            closed_by=closed.actor if closed else "",
+            closed_at=_iso(closed.created_at) if closed else "",
+            patient_name=header.patient_name,
+            patient_id=header.patient_id or (item.patient_id if item is not None else ""),
         )
-        for a in alerts
-    ]
+        rows.append(redact_phi(view, viewer))
+    return rows
+
+
+class Pager(BaseModel):
+    """Where a long table's page is: limit, offset, total, and the neighbouring pages."""
+
+    limit: int
+    offset: int
+    total: int
+
+    @classmethod
+    def of(cls, params: Mapping[str, str], total: int, *, default: int, most: int) -> Pager:
+        """The page the query string asks for (``limit``, ``offset``), kept in range."""
+        try:
+            limit = int(params.get("limit", default))
+        except ValueError:
+            limit = default
+        try:
+            offset = int(params.get("offset", 0))
+        except ValueError:
+            offset = 0
+        limit = max(1, min(limit, most))
+        offset = max(0, min(offset, max(total - 1, 0)))
+        return cls(limit=limit, offset=offset, total=total)
+
+    @property
+    def first(self) -> int:
+        """The 1-based number of the first row shown (0 when none)."""
+        return self.offset + 1 if self.total else 0
+
+    @property
+    def last(self) -> int:
+        """The 1-based number of the last row shown."""
+        return min(self.offset + self.limit, self.total)
+
+    @property
+    def previous_offset(self) -> int | None:
+        """The previous page's offset; ``None`` on the first page."""
+        return max(self.offset - self.limit, 0) if self.offset > 0 else None
+
+    @property
+    def next_offset(self) -> int | None:
+        """The next page's offset; ``None`` on the last page."""
+        return self.offset + self.limit if self.offset + self.limit < self.total else None
 
 
 class JobRow(BaseModel):
@@ -505,20 +697,26 @@ SECONDARY_CAPTURE_PREFIX = "1.2.840.10008.5.1.4.1.1.7"
 
 
 __all__ = [
+    "DECISION_TEXT",
     "SECONDARY_CAPTURE_PREFIX",
+    "UNVERIFIED",
+    "AiCall",
     "AlertRow",
     "FindingView",
     "JobRow",
+    "Pager",
     "ScoreTermView",
     "StudyHeader",
     "StudyView",
     "WorklistRow",
     "alert_rows",
+    "decision_text",
     "job_rows",
     "latest_verdicts",
     "overlay_artifacts",
     "study_header",
     "study_instances",
+    "study_readers",
     "study_view",
     "waiting_text",
     "worklist_rows",

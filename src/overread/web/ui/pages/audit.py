@@ -22,11 +22,13 @@ from overread.security import Permission
 from overread.web.context import WebContext
 from overread.web.ui.guard import Viewer, page, page_viewer
 from overread.web.ui.site import UserInterface, ui_of
+from overread.web.ui.views import Pager
 
 router = APIRouter(include_in_schema=False)
 
-#: Audit events on the audit page.
+#: Audit events per page of the audit page, by default and at most.
 AUDIT_ROWS = 100
+AUDIT_ROWS_MAX = 500
 
 
 def verification(ctx: WebContext) -> dict[str, Any]:
@@ -65,7 +67,17 @@ def audit(
     chosen = action if action in actions else ""
     checked = verification(ui.ctx)
     with ui.ctx.database.session() as session:
-        query = select(AuditEvent).order_by(AuditEvent.seq.desc()).limit(AUDIT_ROWS)
+        counted = select(func.count()).select_from(AuditEvent)
+        if chosen:
+            counted = counted.where(AuditEvent.action == chosen)
+        matching = session.scalar(counted) or 0
+        pager = Pager.of(request.query_params, matching, default=AUDIT_ROWS, most=AUDIT_ROWS_MAX)
+        query = (
+            select(AuditEvent)
+            .order_by(AuditEvent.seq.desc())
+            .limit(pager.limit)
+            .offset(pager.offset)
+        )
         if chosen:
             query = query.where(AuditEvent.action == chosen)
         events = [
@@ -93,7 +105,8 @@ def audit(
         verification=checked,
         actions=actions,
         chosen=chosen,
+        pager=pager,
     )
 
 
-__all__ = ["AUDIT_ROWS", "router", "verification"]
+__all__ = ["AUDIT_ROWS", "AUDIT_ROWS_MAX", "router", "verification"]

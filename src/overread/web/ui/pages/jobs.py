@@ -10,9 +10,14 @@ from overread.security import Permission
 from overread.service.db import JobState
 from overread.web.ui.guard import Viewer, page, page_viewer
 from overread.web.ui.site import UserInterface, ui_of
-from overread.web.ui.views import job_rows
+from overread.web.ui.views import Pager, job_rows
 
 router = APIRouter(include_in_schema=False)
+
+#: Jobs per page of the jobs table, by default and at most; dead letters listed at most.
+JOB_ROWS = 50
+JOB_ROWS_MAX = 500
+DEAD_LETTER_ROWS = 50
 
 
 @page(router, "GET", "/admin/jobs", permission=Permission.MANAGE_CONFIG)
@@ -25,9 +30,11 @@ def jobs(
     queue = ui.ctx.service.queue
     known = [s.value for s in JobState]
     chosen = state if state in known else ""
-    listed = job_rows(queue.list(state=chosen or None, limit=200))
-    dead = job_rows(queue.list(state=JobState.DEAD_LETTERED.value, limit=200))
     counts = queue.counts()
+    matching = counts.get(chosen, 0) if chosen else sum(counts.values())
+    pager = Pager.of(request.query_params, matching, default=JOB_ROWS, most=JOB_ROWS_MAX)
+    listed = job_rows(queue.list(state=chosen or None, limit=pager.limit, offset=pager.offset))
+    dead = job_rows(queue.list(state=JobState.DEAD_LETTERED.value, limit=DEAD_LETTER_ROWS))
     destinations = queue.destination_health([d.name for d in ui.ctx.service.config.destinations])
     ui.ctx.access.record(viewer.principal, AuditAction.VIEW, details={"page": "jobs"})
     return ui.render(
@@ -40,6 +47,8 @@ def jobs(
         destinations=destinations,
         states=known,
         chosen=chosen,
+        pager=pager,
+        dead_total=counts.get(JobState.DEAD_LETTERED.value, 0),
         message=request.query_params.get("requeued", ""),
     )
 
@@ -74,4 +83,4 @@ async def requeue(
     return RedirectResponse(f"/admin/jobs?requeued={job_id}", status_code=303)
 
 
-__all__ = ["router"]
+__all__ = ["DEAD_LETTER_ROWS", "JOB_ROWS", "JOB_ROWS_MAX", "router"]

@@ -2,19 +2,25 @@
 (function () {
   "use strict";
 
+  // The selected study, by UID: selection follows the study, never a row index.
+  var selectedUid = null;
+
   function rows() {
     return Array.prototype.slice.call(document.querySelectorAll("tbody tr[data-href]"));
   }
 
   function selected() {
-    return document.querySelector("tbody tr.selected");
+    if (selectedUid === null) { return document.querySelector("tbody tr.selected"); }
+    return document.querySelector('tbody tr[data-uid="' + CSS.escape(selectedUid) + '"]');
   }
 
   function select(row) {
-    var current = selected();
-    if (current) { current.classList.remove("selected"); }
+    var marked = document.querySelectorAll("tbody tr.selected");
+    Array.prototype.forEach.call(marked, function (r) { r.classList.remove("selected"); });
+    selectedUid = row ? row.getAttribute("data-uid") : null;
     if (row) {
       row.classList.add("selected");
+      row.focus({ preventScroll: true });
       row.scrollIntoView({ block: "nearest" });
     }
   }
@@ -31,12 +37,91 @@
   }
 
   // -- live worklist -----------------------------------------------------------------
+  // A refresh never moves a row: rows still listed get their new content in place;
+  // when studies arrive, leave or change order, a bar says so and the reader chooses
+  // when to re-sort (button or "r").
+  var applyPending = function () {};
+
+  function uidsOf(container) {
+    return Array.prototype.map.call(
+      container.querySelectorAll("tr[data-uid]"),
+      function (r) { return r.getAttribute("data-uid"); }
+    );
+  }
+
+  function studies(n) { return n + (n === 1 ? " study" : " studies"); }
+
   function startRefresh(table) {
     var url = table.getAttribute("data-refresh");
     var seconds = parseFloat(table.getAttribute("data-refresh-seconds") || "5");
     var body = document.getElementById("worklist-rows");
     var total = document.getElementById("total");
     var stamp = document.getElementById("refreshed");
+    var bar = document.getElementById("worklist-update");
+    var barText = document.getElementById("worklist-update-text");
+    var pending = null;
+
+    function showTotal(count) {
+      if (total && count !== null) { total.textContent = count; }
+    }
+
+    applyPending = function () {
+      if (!pending) { return; }
+      var focused = document.activeElement && document.activeElement.closest
+        ? document.activeElement.closest("#worklist-rows tr") : null;
+      body.innerHTML = pending.html;
+      showTotal(pending.count);
+      pending = null;
+      if (bar) { bar.hidden = true; bar.classList.remove("has-critical"); }
+      var again = selected();
+      if (again) {
+        again.classList.add("selected");
+        if (focused) { again.focus({ preventScroll: true }); }
+        again.scrollIntoView({ block: "nearest" });
+      }
+    };
+
+    function update(html, count) {
+      var fresh = document.createElement("tbody");
+      fresh.innerHTML = html;
+      var now = uidsOf(body);
+      var next = uidsOf(fresh);
+      // Content of rows still listed changes in place (waiting time, state, reader).
+      Array.prototype.forEach.call(fresh.querySelectorAll("tr[data-uid]"), function (row) {
+        var uid = row.getAttribute("data-uid");
+        var old = body.querySelector('tr[data-uid="' + CSS.escape(uid) + '"]');
+        if (!old) { return; }
+        if (old.innerHTML !== row.innerHTML) { old.innerHTML = row.innerHTML; }
+        var keep = old.classList.contains("selected");
+        old.className = row.className + (keep ? " selected" : "");
+      });
+      if (now.join("\n") === next.join("\n")) {
+        pending = null;
+        if (bar) { bar.hidden = true; }
+        showTotal(count);
+        return;
+      }
+      pending = { html: html, count: count };
+      var added = next.filter(function (u) { return now.indexOf(u) < 0; });
+      var gone = now.filter(function (u) { return next.indexOf(u) < 0; });
+      var critical = added.filter(function (u) {
+        var row = fresh.querySelector('tr[data-uid="' + CSS.escape(u) + '"]');
+        return row && row.getAttribute("data-priority") === "critical";
+      });
+      var parts = [];
+      if (added.length) {
+        parts.push(added.length + (added.length === 1 ? " new study" : " new studies") +
+          (critical.length ? " (" + critical.length + " critical)" : ""));
+      }
+      if (gone.length) { parts.push(studies(gone.length) + " left this list"); }
+      parts.push("order changed");
+      if (barText) { barText.textContent = parts.join(" \u00b7 ") + "."; }
+      if (bar) {
+        bar.hidden = false;
+        bar.classList.toggle("has-critical", critical.length > 0);
+      }
+    }
+
     function refresh() {
       fetch(url, { credentials: "same-origin", headers: { "X-Overread-Refresh": "1" } })
         .then(function (response) {
@@ -50,18 +135,14 @@
         })
         .then(function (result) {
           if (!result) { return; }
-          var keep = selected() ? selected().getAttribute("data-uid") : null;
-          body.innerHTML = result[0];
-          if (total && result[1] !== null) { total.textContent = result[1]; }
-          if (keep) {
-            var again = body.querySelector('tr[data-uid="' + CSS.escape(keep) + '"]');
-            if (again) { again.classList.add("selected"); }
-          }
-          if (stamp) { stamp.textContent = "Updated " + new Date().toLocaleTimeString() + "."; }
+          update(result[0], result[1]);
+          if (stamp) { stamp.textContent = "Checked " + new Date().toLocaleTimeString() + "."; }
         })
         .catch(function () { /* the next refresh tries again */ })
         .then(function () { window.setTimeout(refresh, seconds * 1000); });
     }
+    var button = document.getElementById("worklist-resort");
+    if (button) { button.addEventListener("click", function () { applyPending(); }); }
     window.setTimeout(refresh, seconds * 1000);
   }
 
@@ -84,9 +165,11 @@
       case "k": case "ArrowUp": move(-1); break;
       case "Enter": case "o":
         row = selected();
-        if (row && event.target === document.body) { window.location.href = row.getAttribute("data-href"); }
-        else { return; }
+        if (row && (event.target === document.body || event.target === row)) {
+          window.location.href = row.getAttribute("data-href");
+        } else { return; }
         break;
+      case "r": if (page === "worklist") { applyPending(); } else { return; } break;
       case "h":
         row = selected();
         if (page === "study" && row) { window.location.href = row.getAttribute("data-href"); }
