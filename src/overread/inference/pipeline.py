@@ -602,8 +602,10 @@ class Pipeline:
             x, _ = self.preprocess(image)
             box = self.letterbox(image)
             prediction.timings["preprocess"] = time.perf_counter() - read_done
+            # Kept whether explaining or not: monitoring summarises the image the
+            # model saw (overread.monitoring.observe); it is dropped with the prediction.
+            prediction.model_input = x[0]
             if explain:
-                prediction.model_input = x[0]
                 prediction.letterbox = box
         except OverreadError as exc:
             prediction.error = _problem(prediction.path, exc)

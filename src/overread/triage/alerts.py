@@ -30,7 +30,15 @@ from overread.db import Database
 from overread.errors import ConfigError, ServiceError
 from overread.triage.channels import AlertChannel, open_channel
 from overread.triage.config import AlertSettings, TriageConfig
-from overread.triage.schema import Alert, AlertDelivery, AlertState, DeliveryState, WorklistItem
+from overread.triage.schema import (
+    Alert,
+    AlertDelivery,
+    AlertNotice,
+    AlertSource,
+    AlertState,
+    DeliveryState,
+    WorklistItem,
+)
 from overread.triage.score import StudyContext
 from overread.triage.worklist import upsert_prediction
 
@@ -43,8 +51,35 @@ logger = logging.getLogger(__name__)
 SYSTEM_ACTOR = "system:overread-triage"
 
 
-def alert_message(alert: Alert) -> dict[str, Any]:
-    """The JSON-able message every channel delivers for an alert."""
+#: What a channel's message of a monitoring alert says instead of the finding notice.
+MONITORING_NOTICE = (
+    "Monitoring alert about the AI model's operation (input drift or performance); "
+    "it concerns no single patient's study and is not a critical finding."
+)
+
+
+def alert_message(alert: Alert, notice: AlertNotice | None = None) -> dict[str, Any]:
+    """The JSON-able message every channel delivers for an alert.
+
+    An alert with a :class:`AlertNotice` (a monitoring alert) is delivered as
+    ``{"source": "monitoring", "kind", "subject", "message", ...}`` with no study,
+    finding or probability, so no receiver can take it for a patient's finding.
+    """
+    if notice is not None:
+        return {
+            "alert_id": alert.id,
+            "source": notice.source,
+            "kind": notice.kind,
+            "subject": notice.subject,
+            "message": notice.message,
+            "value": round(alert.probability, 6),
+            "threshold": alert.threshold,
+            "details": dict(notice.details or {}),
+            "level": alert.level,
+            "raised_at": alert.raised_at.isoformat(),
+            "state": alert.state,
+            "notice": MONITORING_NOTICE,
+        }
     return {
         "alert_id": alert.id,
         "study_instance_uid": alert.study_instance_uid,
@@ -150,6 +185,61 @@ def raise_alerts(
     return raised
 
 
+def raise_notice_alert(
+    session: Session,
+    config: TriageConfig,
+    *,
+    source: AlertSource,
+    kind: str,
+    subject: str,
+    message: str,
+    value: float,
+    threshold: float,
+    details: Mapping[str, Any] | None = None,
+    now: datetime,
+) -> Alert:
+    """Raise an alert that concerns no study (a monitoring alert); return it.
+
+    It is delivered by the level-0 channels, retried and escalated like any alert, and
+    acknowledged the same way; its ``alerts`` row has no study and its ``finding``
+    reads ``SOURCE:KIND``, while what it says lives in its :class:`AlertNotice`. The
+    caller audits it (its own action) and decides against duplicates.
+    """
+    alert = Alert(
+        study_instance_uid="",
+        finding=f"{source.value}:{kind}"[:64],
+        probability=float(value),
+        threshold=float(threshold),
+        department=source.value,
+        score=0.0,
+        state=AlertState.OPEN.value,
+        level=0,
+        raised_at=now,
+        last_seen_at=now,
+        duplicates=0,
+    )
+    session.add(alert)
+    session.flush()
+    session.add(
+        AlertNotice(
+            alert_id=alert.id,
+            source=source.value,
+            kind=kind[:32],
+            subject=subject[:200],
+            message=message,
+            details=dict(details or {}),
+        )
+    )
+    if _queue_deliveries(session, alert, config.alerts, now) == 0:
+        logger.warning("alert %d raised but no level-0 channel is configured", alert.id)
+    session.flush()
+    return alert
+
+
+def _uids(alert: Alert) -> list[str]:
+    return [alert.study_instance_uid] if alert.study_instance_uid else []
+
+
 def acknowledge(
     session: Session, alert_id: int, *, who: str, now: datetime, role: str = ""
 ) -> Alert:
@@ -185,7 +275,7 @@ def acknowledge(
         actor=who,
         role=role,
         action=AuditAction.ALERT,
-        object_uids=[alert.study_instance_uid],
+        object_uids=_uids(alert),
         details={
             "event": "acknowledged",
             "alert_id": alert.id,
@@ -277,7 +367,7 @@ def escalate_due(
             session,
             actor=SYSTEM_ACTOR,
             action=AuditAction.ALERT,
-            object_uids=[alert.study_instance_uid],
+            object_uids=_uids(alert),
             details={
                 "event": "escalated",
                 "alert_id": alert.id,
@@ -355,8 +445,9 @@ def _claim_due(session: Session, config: TriageConfig, now: datetime) -> list[_A
             continue
         if not _claim_attempt(session, delivery, config.alerts, now):
             continue  # another sweeper took this attempt
+        notice = None if alert.study_instance_uid else session.get(AlertNotice, alert.id)
         attempts.append(
-            _Attempt(delivery.id, delivery.channel, delivery.attempts, alert_message(alert))
+            _Attempt(delivery.id, delivery.channel, delivery.attempts, alert_message(alert, notice))
         )
     session.flush()
     return attempts
@@ -486,6 +577,7 @@ def run_sweep(
 
 
 __all__ = [
+    "MONITORING_NOTICE",
     "SYSTEM_ACTOR",
     "SweepReport",
     "acknowledge",
@@ -494,6 +586,7 @@ __all__ = [
     "deliver_due",
     "escalate_due",
     "raise_alerts",
+    "raise_notice_alert",
     "run_sweep",
     "sweep",
     "triage_prediction",

@@ -7,7 +7,7 @@ with :func:`~overread.web.ui.guard.page`, and audits what it showed.
 
 from __future__ import annotations
 
-from overread.web.ui.pages import alerts, audit, jobs, login, study, worklist
+from overread.web.ui.pages import alerts, audit, jobs, login, monitoring, study, worklist
 
 #: The pages' routers, in the order they are matched.
 ROUTERS = (
@@ -15,6 +15,7 @@ ROUTERS = (
     worklist.router,
     study.router,
     alerts.router,
+    monitoring.router,
     jobs.router,
     audit.router,
 )

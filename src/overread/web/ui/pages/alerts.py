@@ -27,13 +27,14 @@ def alerts(
     with ui.ctx.database.session() as session:
         open_alerts = session.scalars(
             select(Alert)
-            .where(Alert.state == AlertState.OPEN.value)
+            # Monitoring alerts concern no study: the monitoring page lists them.
+            .where(Alert.state == AlertState.OPEN.value, Alert.study_instance_uid != "")
             .order_by(Alert.score.desc(), Alert.raised_at)
             .limit(200)
         ).all()
         done = session.scalars(
             select(Alert)
-            .where(Alert.state == AlertState.ACKNOWLEDGED.value)
+            .where(Alert.state == AlertState.ACKNOWLEDGED.value, Alert.study_instance_uid != "")
             .order_by(Alert.acknowledged_at.desc())
             .limit(20)
         ).all()
