@@ -307,3 +307,25 @@ def test_logout_invalidates_the_cookie(gateway: UiGateway, page: Any) -> None:
         assert after.status_code == 303 and after.headers["location"].startswith("/login")
     page.goto(gateway.base_url + "/")
     assert page.url.startswith(gateway.base_url + "/login")
+
+
+def test_monitoring_page_shows_its_charts(gateway: UiGateway, page: Any) -> None:
+    import datetime as dt
+
+    from tests.service.test_monitoring_service import _seed
+
+    service = gateway.service
+    today = dt.datetime.now(dt.UTC).date()
+    _seed(service, today)
+    # No validated AUC is recorded for the synthetic model: give the run one.
+    service.config.monitoring.baseline_auc["Pneumothorax"] = 0.92
+    service.run_monitoring(day=today)
+    _login(page, gateway, "dr.grey")
+    page.click('nav a[href="/monitoring"]')
+    page.wait_for_load_state("networkidle")
+    for chart in ("activity", "drift", "auc", "latency"):
+        width = page.eval_on_selector(f"#chart-{chart}", "img => img.naturalWidth")
+        assert width > 100, f"the {chart} chart did not load"
+    assert "site NGH" in page.locator("#monitoring-alerts").inner_text()
+    assert "alert" in page.locator("#performance-table").inner_text()
+    _shot(page, "monitoring.png")
