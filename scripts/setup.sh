@@ -8,7 +8,7 @@ cd "$(dirname "$0")/.."
 
 VENV=${VENV:-.venv}
 PYTHON=${PYTHON:-python3}
-DEB_PACKAGES=(dcmtk dicom3tools orthanc orthanc-dicomweb chromium chromium-driver r-cran-proc r-cran-psych)
+DEB_PACKAGES=(dcmtk dicom3tools orthanc orthanc-dicomweb chromium chromium-driver r-cran-proc r-cran-psych nodejs)
 
 missing=()
 for pkg in "${DEB_PACKAGES[@]}"; do
@@ -39,3 +39,21 @@ if [[ ! -f "$stamp" || pyproject.toml -nt "$stamp" ]]; then
   touch "$stamp"
 fi
 scripts/fetch_test_data.sh || echo "setup: warning: real test label files not fetched" >&2
+# The study page's image viewer: Cornerstone3D from npm, bundled with esbuild into one
+# script the gateway serves itself (no CDN). Rebuilt when its sources change.
+viewer=src/overread/web/viewer
+# Debian's nodejs comes without npm (NodeSource's includes it).
+if ! command -v npm >/dev/null 2>&1 && [[ $(id -u) -eq 0 ]]; then
+  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends npm >/dev/null || true
+fi
+if command -v npm >/dev/null 2>&1; then
+  if [[ ! -d "$viewer/node_modules" || "$viewer/package-lock.json" -nt "$viewer/node_modules" ]]; then
+    (cd "$viewer" && npm ci --no-audit --no-fund --loglevel=error) && touch "$viewer/node_modules"
+  fi
+  bundle="$viewer/dist/overread-viewer.js"
+  if [[ ! -f "$bundle" || -n $(find "$viewer/src" "$viewer/build.mjs" "$viewer/package-lock.json" -newer "$bundle" 2>/dev/null) ]]; then
+    (cd "$viewer" && npm run --silent build) || echo "setup: warning: the image viewer was not built" >&2
+  fi
+else
+  echo "setup: warning: npm not found: the study page's image viewer is not built (install nodejs and npm)" >&2
+fi

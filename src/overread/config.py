@@ -30,6 +30,7 @@ class DicomSettings(BaseModel):
     ae_title: str = Field(default="OVERREAD", min_length=1, max_length=16)
     port: int = Field(default=11112, ge=0, le=65535)
     allow_ae: list[str] = Field(default_factory=list)
+    allow_query_ae: list[str] = Field(default_factory=list)
     stable_seconds: float = Field(default=60.0, ge=0)
 
 

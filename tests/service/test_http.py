@@ -213,3 +213,53 @@ def test_multipart_parts_are_found_in_a_memory_map_as_in_bytes(tmp_path: Path) -
         ("application/dicom", payload),
         ("text/plain", b"x"),
     ]
+
+
+def test_stow_rs_on_a_failing_disk_is_refused_out_of_resources_never_500(
+    make_service: Callable[..., Gateway], dx_factory: Callable[..., Path]
+) -> None:
+    service = make_service(workers=0)
+    auth = bearer(api_token(service, "service"))
+    image = dx_factory()
+    content_type, body = _multipart([("application/dicom", image.read_bytes())])
+    url = f"http://127.0.0.1:{service.http_port}/dicom-web/studies"
+    data_dir = Path(service.config.data_dir)
+    # The spool folder and the object store replaced by plain files: every write under
+    # them fails with an OSError, as on a full disk (even for root).
+    spool = data_dir / "tmp"
+    if spool.exists():
+        spool.rmdir()
+    spool.write_bytes(b"")
+    reply = httpx.post(
+        url, content=body, headers={"Content-Type": content_type, **auth}, timeout=30
+    )
+    assert reply.status_code == 409  # not 500: the sender may try again later
+    assert reply.json()["00081198"]["Value"][0]["00081197"]["Value"] == [0xA700]
+    # The body spools, the instance cannot be written: refused per instance, 0xA700.
+    spool.unlink()
+    objects = service.store.root
+    away = objects.with_name("objects-away")
+    objects.rename(away)
+    objects.write_bytes(b"")
+    reply = httpx.post(
+        url, content=body, headers={"Content-Type": content_type, **auth}, timeout=30
+    )
+    assert reply.status_code == 409
+    assert reply.json()["00081198"]["Value"][0]["00081197"]["Value"] == [0xA700]
+    with service.database.session() as session:
+        assert session.scalars(select(Instance)).all() == []
+        refused = session.scalars(
+            select(AuditEvent).where(AuditEvent.action == AuditAction.RECEIVE_REFUSED.value)
+        ).all()
+        assert len(refused) >= 2  # each refusal audited (the request, and the part)
+    # The disk frees: the same request is stored, without a restart.
+    objects.unlink()
+    away.rename(objects)
+    reply = httpx.post(
+        url, content=body, headers={"Content-Type": content_type, **auth}, timeout=30
+    )
+    assert reply.status_code == 200
+    with service.database.session() as session:
+        assert [r.sop_instance_uid for r in session.scalars(select(Instance))] == [
+            str(pydicom.dcmread(image).SOPInstanceUID)
+        ]

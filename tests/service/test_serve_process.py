@@ -259,3 +259,40 @@ def test_wake_ups_reach_worker_processes_through_rabbitmq(
     assert status == 0, output
     assert len(storescp.files()) == 1
     assert gateway.terminate() == 0
+
+
+def test_two_worker_processes_on_one_host_share_the_broker(
+    serve: Callable[..., ServeProcess],
+    storescp: Storescp,
+    dx_factory: Callable[..., Path],
+    tmp_path: Path,
+) -> None:
+    import socket
+
+    try:
+        socket.create_connection(("127.0.0.1", 5672), timeout=2).close()
+    except OSError:
+        pytest.skip("RabbitMQ not reachable on 127.0.0.1:5672")
+    broker = "amqp://guest:guest@127.0.0.1:5672//"
+    gateway = serve(storescp, "--broker", broker, workers=0)
+    # Both poll only every 10 minutes: jobs done sooner were woken by the broker.
+    workers = [
+        WorkerProcess(tmp_path / "data", "--broker", broker, "--poll-seconds", "600")
+        for _ in range(2)
+    ]
+    try:
+        for worker in workers:
+            _wait(lambda w=worker: "ready" in w.output(), timeout=120)  # type: ignore[misc]
+        db = Database(f"sqlite:///{tmp_path / 'data' / 'overread.db'}", create=False)
+        for _ in range(3):
+            storescu(gateway.dicom_port, [dx_factory(size=256)])
+        _wait(lambda: len(_jobs(db)) == 6 and {j.state for j in _jobs(db)} == {"succeeded"})
+        # Neither died at start (a second Celery node of one name is refused by RabbitMQ).
+        assert [w.process.poll() for w in workers] == [None, None]
+    finally:
+        results = [w.terminate() for w in workers]
+    for status, output in results:
+        assert status == 0, output
+        assert "Unrecoverable" not in output
+    assert len(set(_sr_uids(storescp))) == 3
+    assert gateway.terminate() == 0

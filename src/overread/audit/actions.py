@@ -16,6 +16,10 @@ class AuditAction(enum.StrEnum):
     RECEIVE = "receive"
     RECEIVE_REFUSED = "receive-refused"
     ASSOCIATION_REFUSED = "association-refused"
+    #: A C-FIND answered from the stored data (it discloses patient data).
+    QUERY = "query"
+    #: A C-FIND or C-MOVE refused to a calling AE title not allowed to query.
+    QUERY_REFUSED = "query-refused"
     INFERENCE = "inference"
     DEAD_LETTER = "dead-letter"
     VIEW = "view"

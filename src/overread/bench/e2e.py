@@ -170,13 +170,14 @@ class StudyFactory:
 
 
 # -- the gateway -----------------------------------------------------------------------
-def _overread_command() -> list[str]:
+def overread_command() -> list[str]:
+    """How to run this installation's ``overread`` in a child process."""
     script = shutil.which("overread", path=str(Path(sys.executable).parent))
     return [script] if script else [sys.executable, "-m", "overread"]
 
 
 @contextlib.contextmanager
-def _fresh_postgres(server_url: str) -> Iterator[str]:
+def fresh_postgres(server_url: str) -> Iterator[str]:
     """A new, empty PostgreSQL database on ``server_url``'s server, dropped afterwards."""
     import sqlalchemy
 
@@ -227,7 +228,7 @@ def running_gateway(
     try:
         database_url: str | None = None
         if backend == "celery":
-            database_url = stack.enter_context(_fresh_postgres(options.postgres_url))
+            database_url = stack.enter_context(fresh_postgres(options.postgres_url))
         routes = None
         if stable:
             routes = [
@@ -267,7 +268,7 @@ def running_gateway(
             for _ in range(workers):
                 process = subprocess.Popen(
                     [
-                        *_overread_command(),
+                        *overread_command(),
                         "worker",
                         "--data-dir",
                         str(data_dir),
@@ -711,6 +712,8 @@ __all__ = [
     "E2EOptions",
     "StudyFactory",
     "benchmark_e2e",
+    "fresh_postgres",
+    "overread_command",
     "stage_breakdown",
     "with_overrides",
 ]

@@ -33,6 +33,7 @@ COMMAND_MODULES: tuple[str, ...] = (
     "overread.cli.demo",
     "overread.cli.evaluate",
     "overread.cli.explain",
+    "overread.cli.fetch",
     "overread.cli.export",
     "overread.cli.inspect",
     "overread.cli.jobs",

@@ -6,6 +6,7 @@ import contextlib
 import json
 import math
 import shlex
+import shutil
 import sys
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -287,14 +288,20 @@ def _markdown(table: Table) -> str:
 
 
 def _emit(
-    tables: list[Table], result: dict[str, Any], *, as_json: bool, append: bool, title: str
+    tables: list[Table],
+    result: dict[str, Any],
+    *,
+    as_json: bool,
+    append: bool,
+    title: str,
+    width: int | None = None,
 ) -> None:
     if as_json:
         typer.echo(json.dumps(result, indent=2, default=str))
     else:
         from rich.console import Console
 
-        console = Console()
+        console = Console(width=width)
         for table in tables:
             console.print(table)
     if append:
@@ -538,3 +545,131 @@ def bench_stats(
         append=append_docs,
         title="Evaluation statistics",
     )
+
+
+# -- chaos: the real service under faults ---------------------------------------------------
+_CHAOS_COLUMNS = (
+    ("fault", "fault"),
+    ("sent", "sent"),
+    ("acked", "acknowledged"),
+    ("not acked", "unacknowledged"),
+    ("stored", "stored"),
+    ("lost", "lost"),
+    ("studies delivered", None),
+    ("receive audited", "receive_audited"),
+    ("reports", "reports_delivered"),
+    ("export audited", "export_audited"),
+    ("dup SR differing", "conflicting_duplicates"),
+    ("5xx", "http_5xx"),
+)
+
+
+def _chaos_tables(result: dict[str, Any]) -> list[Table]:
+    from rich.table import Table
+
+    tables = []
+    for backend in result["backends"]:
+        verdict = "PASSED" if backend["passed"] else "FAILED"
+        table = Table(
+            title=f"Chaos, {backend['backend']}: acknowledged vs stored vs delivered vs audited "
+            f"per fault ({verdict}, {backend['seconds']:g} s, settled in "
+            f"{backend['settle_seconds']:g} s)"
+        )
+        for header, _key in _CHAOS_COLUMNS:
+            table.add_column(header, justify="left" if header == "fault" else "right")
+        for row in backend["rows"]:
+            table.add_row(
+                *(
+                    f"{row['studies_delivered']}/{row['studies_acknowledged']}"
+                    if key is None
+                    else str(row[key])
+                    for _header, key in _CHAOS_COLUMNS
+                )
+            )
+        tables.append(table)
+        checks = Table(title=f"Chaos, {backend['backend']}: probes and oversized bodies")
+        checks.add_column("check")
+        checks.add_column("result", justify="right")
+        for probe in backend["probes"]:
+            outcome = "ok" if probe["passed"] else "FAILED"
+            checks.add_row(f"{probe['name']}", f"{outcome}: {probe['detail']}")
+        answers: dict[str, list[str]] = {}
+        for answer in backend["http"]:
+            answers.setdefault(answer["request"], []).append(
+                "no answer" if answer["status"] is None else str(answer["status"])
+            )
+        for request, statuses in answers.items():
+            checks.add_row(request, ", ".join(sorted(set(statuses))) + f" (x{len(statuses)})")
+        checks.add_row(
+            "all HTTP answers by status",
+            ", ".join(f"{k}: {v}" for k, v in backend["http_answers"].items()) or "none",
+        )
+        for problem in backend["problems"]:
+            checks.add_row("PROBLEM", problem)
+        tables.append(checks)
+    return tables
+
+
+@bench_app.command("chaos")
+def bench_chaos(
+    backend: str = typer.Option(
+        "both", "--backend", help="sqlite, postgres (PostgreSQL + Celery workers), or both."
+    ),
+    duration: float = typer.Option(
+        150.0, "--duration", min=30, help="Seconds of faults per backend (then it settles)."
+    ),
+    seed: int = typer.Option(0, "--seed", help="Seeds kill moments, victims and send gaps."),
+    settle: float = typer.Option(
+        240.0, "--settle", min=1, help="Longest wait for every acknowledged study's report, s."
+    ),
+    pacs_down: float = typer.Option(20.0, "--pacs-down", min=1, help="Seconds the PACS is down."),
+    disk_full: float = typer.Option(10.0, "--disk-full", min=1, help="Seconds the disk is full."),
+    idle_sockets: int = typer.Option(100, "--idle-sockets", min=1, help="Idle connections."),
+    kills: int = typer.Option(3, "--kills", min=0, help="Fewest kill -9 in the kill phase."),
+    keep: Path | None = typer.Option(
+        None, "--keep", help="Keep the run's files (logs, PACS, database) in this folder."
+    ),
+    as_json: bool = typer.Option(False, "--json", help="Print the whole result as JSON."),
+    append_docs: bool = typer.Option(False, "--append-docs", help="Append to docs/benchmarks.md."),
+) -> None:
+    """kill -9, PACS down, disk full, idle sockets, oversized bodies against `overread serve`.
+
+    Exits 1 when an acknowledged instance is lost or left without a report, a study
+    has two reports of different content, an audit event is missing or an answer is
+    a 5xx.
+    """
+    _check_docs(append_docs)
+    import logging
+
+    from overread.bench.chaos import Backend, ChaosOptions, benchmark_chaos
+
+    names = {"both": (Backend.SQLITE, Backend.POSTGRES)}
+    try:
+        backends = names.get(backend) or (Backend(backend),)
+    except ValueError:
+        raise ConfigError(f"--backend {backend!r}: expected sqlite, postgres or both") from None
+    options = ChaosOptions(
+        backends=backends,
+        duration_s=duration,
+        seed=seed,
+        settle_s=settle,
+        pacs_down_s=pacs_down,
+        disk_full_s=disk_full,
+        idle_sockets=idle_sockets,
+        kills=kills,
+    )
+    options.validate()
+    # Refused associations are the point of the run: pynetdicom need not log each one.
+    logging.getLogger("pynetdicom").setLevel(logging.CRITICAL)
+    with _progress(not as_json) as update:
+        result = benchmark_chaos(options, progress=update, keep=keep)
+    _emit(
+        _chaos_tables(result),
+        result,
+        as_json=as_json,
+        append=append_docs,
+        title="Chaos",
+        width=max(140, shutil.get_terminal_size().columns),
+    )
+    if not result["passed"]:
+        raise typer.Exit(1)

@@ -86,6 +86,11 @@ def serve(
     allow_ae: list[str] = typer.Option(
         [], "--allow-ae", help="Calling AE allowed to send, AET or AET@host (repeatable)."
     ),
+    allow_query_ae: list[str] = typer.Option(
+        [],
+        "--allow-query-ae",
+        help="Calling AE allowed to C-FIND/C-MOVE, AET or AET@host (repeatable; default: any).",
+    ),
     stable_seconds: float | None = typer.Option(
         None, "--stable-seconds", help="A study is complete after this long without new instances."
     ),
@@ -156,6 +161,7 @@ def serve(
         http_host=http_host,
         destinations=destination,
         allow_ae=allow_ae,
+        allow_query_ae=allow_query_ae,
         stable_seconds=stable_seconds,
         workers=workers,
         max_attempts=max_attempts,

@@ -8,6 +8,7 @@ first needs them.
 from overread.service.config import (
     AllowedPeer,
     Destination,
+    QueryPeer,
     Route,
     ServiceConfig,
     service_config,
@@ -25,6 +26,7 @@ __all__ = [
     "JobState",
     "LeaseLostError",
     "ObjectStore",
+    "QueryPeer",
     "RetryPolicy",
     "Route",
     "ServiceConfig",

@@ -12,6 +12,7 @@ Example ``overread.toml``::
     ae_title = "OVERREAD"
     port = 11112
     allow_ae = ["MODALITY@127.0.0.1", "CR01"]
+    allow_query_ae = ["VIEWER@10.0.0.9"]        # who may C-FIND / C-MOVE (empty: anyone)
     stable_seconds = 30
 
     [http]
@@ -20,6 +21,7 @@ Example ``overread.toml``::
     [service]
     workers = 2
     destinations = ["PACS=PACSAE@10.0.0.5:104"]
+    query_peers = ["PACS=PACSAE@10.0.0.5:104"]  # C-FIND for priors, C-MOVE/C-GET to fetch
 
     fhir_endpoints = [{name = "ehr", url = "https://fhir.example.org/r4", bearer_token = "..."}]
     hl7_endpoints = ["ris=10.0.0.7:2575"]
@@ -260,6 +262,42 @@ class AllowedPeer(BaseModel):
         return ae_title.strip() == self.ae_title and (self.host is None or self.host == host)
 
 
+class QueryPeer(BaseModel):
+    """A PACS the gateway queries and retrieves from (its C-FIND, C-MOVE, C-GET SCP)."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    name: str = Field(min_length=1, pattern=r"^[A-Za-z0-9_.-]+$")
+    ae_title: str
+    host: str = Field(min_length=1)
+    port: int = Field(ge=1, le=65535)
+
+    @field_validator("ae_title")
+    @classmethod
+    def _valid_ae_title(cls, value: str) -> str:
+        return _check_ae_title(value)
+
+    @classmethod
+    def parse(cls, text: str) -> QueryPeer:
+        """Parse ``NAME=AE@host:port`` (or ``AE@host:port``, named after its AE title)."""
+        name, sep, address = text.partition("=")
+        if not sep:
+            address, name = text, ""
+        ae_title, at, hostport = address.partition("@")
+        host, colon, port = hostport.rpartition(":")
+        if not at or not colon or not host or not port.isdigit():
+            raise ConfigError(
+                f"query peer {text!r}: expected NAME=AE@host:port, e.g. PACS=PACSAE@10.0.0.5:104"
+            )
+        try:
+            return cls(name=name or ae_title.strip(), ae_title=ae_title, host=host, port=int(port))
+        except ValidationError as exc:
+            raise ConfigError(f"query peer {text!r}: {exc.errors()[0]['msg']}") from None
+
+    def __str__(self) -> str:
+        return f"{self.name}={self.ae_title}@{self.host}:{self.port}"
+
+
 class RoutingMode(StrEnum):
     """How the matching rules of a study combine."""
 
@@ -367,6 +405,15 @@ class ServiceConfig(BaseModel):
         default=1.0, gt=0, description="the first lockout; each further failure doubles it"
     )
     allow_ae: list[AllowedPeer] = Field(default_factory=list)
+    allow_query_ae: list[AllowedPeer] = Field(
+        default_factory=list,
+        description="calling AEs (AET or AET@host) allowed to C-FIND and C-MOVE; empty "
+        "allows any calling AE the association admits",
+    )
+    query_peers: list[QueryPeer] = Field(
+        default_factory=list,
+        description="PACS queried for prior studies and retrieved from (NAME=AE@host:port)",
+    )
     max_associations: int = Field(
         default=32,
         ge=1,
@@ -683,6 +730,7 @@ def service_config(settings: Settings, **overrides: Any) -> ServiceConfig:
         "trusted_proxies": settings.http.trusted_proxies,
         "stable_seconds": settings.dicom.stable_seconds,
         "allow_ae": settings.dicom.allow_ae,
+        "allow_query_ae": settings.dicom.allow_query_ae,
         "triage": settings.triage,
     }
     data.update(section)
@@ -717,6 +765,14 @@ def service_config(settings: Settings, **overrides: Any) -> ServiceConfig:
         p if isinstance(p, AllowedPeer) else AllowedPeer.parse(p) if isinstance(p, str) else p
         for p in _coerce_list(data.get("allow_ae"))
     ]
+    data["allow_query_ae"] = [
+        p if isinstance(p, AllowedPeer) else AllowedPeer.parse(p) if isinstance(p, str) else p
+        for p in _coerce_list(data.get("allow_query_ae"))
+    ]
+    data["query_peers"] = [
+        p if isinstance(p, QueryPeer) else QueryPeer.parse(p) if isinstance(p, str) else p
+        for p in _coerce_list(data.get("query_peers"))
+    ]
     try:
         return ServiceConfig(**data)
     except ValidationError as exc:
@@ -744,6 +800,7 @@ __all__ = [
     "Destination",
     "FhirEndpoint",
     "Hl7Endpoint",
+    "QueryPeer",
     "Route",
     "RoutingMode",
     "ServiceConfig",

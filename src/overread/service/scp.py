@@ -29,6 +29,12 @@ ConnectionGate` (no pynetdicom threads, no slot) and is closed after
 9.1.5, gets the same value for one that sent only part of it), so idle sockets, even
 from a modality's own address, cannot keep it out. Past the limit a request gets
 A-ASSOCIATE-RJ "local limit exceeded" (rejected-transient).
+
+The same listener answers C-FIND and C-MOVE on the stored data
+(:class:`~overread.service.qr_scp.QueryRetrieveSCP`); with ``allow_query_ae`` set, an
+association that proposes only query/retrieve from another calling AE is refused as
+"calling AE title not recognised", and a query on a mixed association is refused by
+the request's status.
 """
 
 from __future__ import annotations
@@ -53,6 +59,7 @@ from overread.service.admission import ConnectionGate
 from overread.service.config import AllowedPeer, ServiceConfig
 from overread.service.diskspace import InsufficientStorageError
 from overread.service.ingest import Ingestor, record_refusal
+from overread.service.qr_scp import FIND_SOP_CLASSES, MOVE_SOP_CLASSES, QueryRetrieveSCP
 
 logger = logging.getLogger(__name__)
 
@@ -90,6 +97,16 @@ def _recv_exact(association_socket: Any, nr_bytes: int) -> bytearray:
     finally:
         view.release()
     return buffer
+
+
+def _only_query_retrieve(primitive: Any) -> bool:
+    """Whether an A-ASSOCIATE-RQ proposes query/retrieve (and verification) only."""
+    proposed = {
+        str(c.abstract_syntax)
+        for c in getattr(primitive, "presentation_context_definition_list", None) or []
+    }
+    asked = proposed - {VERIFICATION_SOP_CLASS}
+    return bool(asked) and asked <= {*FIND_SOP_CLASSES, *MOVE_SOP_CLASSES}
 
 
 def _status(code: int, comment: str) -> Dataset:
@@ -135,6 +152,7 @@ class StorageSCP:
         self._handshakes = threading.BoundedSemaphore(_MAX_HANDSHAKES)
         self._server: Any = None
         self._gate: ConnectionGate | None = None
+        self.query = QueryRetrieveSCP(config, ingestor.database, ingestor.store)
         self.ae = self._build_ae()
 
     def _build_ae(self) -> AE:
@@ -155,6 +173,8 @@ class StorageSCP:
             for context in AllStoragePresentationContexts:
                 ae.add_supported_context(str(context.abstract_syntax), syntaxes)
         ae.add_supported_context(VERIFICATION_SOP_CLASS)
+        for uid in (*FIND_SOP_CLASSES, *MOVE_SOP_CLASSES):
+            ae.add_supported_context(uid)
         return ae
 
     # -- lifecycle --------------------------------------------------------------------
@@ -164,12 +184,16 @@ class StorageSCP:
             logger.warning(
                 "no --allow-ae given: associations from ANY calling AE title are accepted"
             )
+        if not self.config.allow_query_ae:
+            logger.warning("no --allow-query-ae given: ANY calling AE title may C-FIND and C-MOVE")
         handlers: list[Any] = [
             (evt.EVT_CONN_OPEN, self._on_connection),
             (evt.EVT_CONN_CLOSE, self._on_connection_closed),
             (evt.EVT_REQUESTED, self._on_requested),
             (evt.EVT_C_STORE, self._on_c_store),
             (evt.EVT_C_ECHO, self._on_c_echo),
+            (evt.EVT_C_FIND, self.query.on_c_find),
+            (evt.EVT_C_MOVE, self.query.on_c_move),
             (evt.EVT_RELEASED, self._on_released),
             (evt.EVT_ABORTED, self._on_aborted),
         ]
@@ -317,6 +341,10 @@ class StorageSCP:
         if not self._admitted(calling, host):
             reason = f"calling AE {calling!r} from {host} is not allowed (see --allow-ae)"
             # A-ASSOCIATE-RJ: rejected-permanent, service-user, calling AE not recognised
+            self._refuse_association(assoc, calling, host, reason, (0x01, 0x01, 0x03))
+            return
+        if not self.query.may_query(calling, host) and _only_query_retrieve(primitive):
+            reason = f"calling AE {calling!r} from {host} may not query (see --allow-query-ae)"
             self._refuse_association(assoc, calling, host, reason, (0x01, 0x01, 0x03))
             return
         if self.config.check_called_ae and called != self.config.ae_title.strip():

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import hashlib
 import logging
+import os
 import socket
 import threading
 from collections.abc import Callable
@@ -49,6 +50,9 @@ def celery_app(broker_url: str, queue: str, *, on_wake: Callable[[], None] | Non
         task_acks_late=False,
         # A wake-up older than a minute is worth nothing: the poll has run since.
         task_default_expires=60,
+        # No remote control: its queue is exclusive per node name, and a second worker
+        # process on one host would die declaring it (RESOURCE_LOCKED); wake-ups need none.
+        worker_enable_remote_control=False,
     )
 
     def wake() -> None:
@@ -102,14 +106,15 @@ def consume_wakeups(
     """Run a Celery worker (in this thread, blocking) whose task calls ``on_wake``.
 
     Returns when the Celery worker shuts down (SIGTERM or SIGINT: Celery's warm
-    shutdown).
+    shutdown). Each process is a node of its own (``overread-PID@HOST``), so any
+    number of worker processes can run on one host.
     """
     app = celery_app(broker_url, queue, on_wake=on_wake)
     worker = app.Worker(
         pool="solo",
         concurrency=1,
         queues=[queue],
-        hostname=f"overread-{name or socket.gethostname()}",
+        hostname=f"overread-{os.getpid()}@{name or socket.gethostname()}",
         loglevel=logging.getLevelName(logging.getLogger().getEffectiveLevel()),
         without_gossip=True,
         without_mingle=True,

@@ -150,6 +150,10 @@ def _heatmap_on_image(
     return np.clip(np.asarray(resized, dtype=np.float32), 0.0, 1.0)
 
 
+#: The heatmap placed on an image as the overlays place it (the study viewer's layers).
+heatmap_on_image = _heatmap_on_image
+
+
 def _colour(values: np.ndarray) -> np.ndarray:
     """Map [0, 1] to RGB in [0, 1] with cividis (colour-blind safe; blue low, yellow high)."""
     return colourise(values).astype(np.float32) / 255.0
@@ -500,6 +504,7 @@ __all__ = [
     "build_overlays",
     "burn_in_text",
     "draw_legend",
+    "heatmap_on_image",
     "overlay_labels",
     "render_overlay",
     "windowed_grey",

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import logging
 import mmap
 import pathlib
 import tempfile
@@ -14,7 +15,14 @@ from starlette.concurrency import run_in_threadpool
 
 from overread.audit import AuditAction
 from overread.security import Permission, Principal
-from overread.service.stow import Body, StowRequestError, boundary_of, store_instances
+from overread.service.stow import (
+    STATUS_OUT_OF_RESOURCES,
+    Body,
+    StowRequestError,
+    StowResult,
+    boundary_of,
+    store_instances,
+)
 from overread.web.api.guards import caller, context, route
 from overread.web.api.schemas import UID_PATTERN
 from overread.web.context import WebContext
@@ -38,6 +46,8 @@ _STOW_RESPONSES: dict[int | str, dict[str, Any]] = {
     507: {"description": "The gateway's disk is under its refuse watermark: nothing is read"},
 }
 
+
+logger = logging.getLogger(__name__)
 
 router = APIRouter(prefix="/dicom-web", tags=["dicomweb"])
 
@@ -78,10 +88,31 @@ async def _spooled(request: Request, directory: pathlib.Path) -> _Spool:
     try:
         async for chunk in request.stream():
             await run_in_threadpool(handle.write, chunk)  # disk waits stall no other request
+        await run_in_threadpool(handle.flush)
     except BaseException:
         handle.close()
         raise
     return _Spool(handle)
+
+
+async def _drain(request: Request) -> None:
+    """Read what is left of a body (the size limit still applies) so the client hears the answer."""
+    with contextlib.suppress(Exception):
+        async for _chunk in request.stream():
+            pass
+
+
+async def _audit(ctx: WebContext, who: Principal, action: AuditAction, **event: Any) -> None:
+    """Audit the request as a whole; a database that cannot take it does not change the answer.
+
+    The instances' own ``receive`` events are written with them, and each refused
+    part is audited on its own, so the answer to the sender (what was stored) stays
+    true when only this summary event is lost (a full disk, the database down).
+    """
+    try:
+        await run_in_threadpool(ctx.access.record, who, action, **event)
+    except Exception as exc:
+        logger.error("STOW-RS %s by %s could not be audited: %s", action, who.username, exc)
 
 
 async def _stow(
@@ -101,7 +132,29 @@ async def _stow(
         raise HTTPException(status_code=507, detail=refusal)
     try:
         boundary_of(request.headers.get("content-type", ""))  # 415/400 before reading
-        with await _spooled(request, pathlib.Path(service.config.data_dir) / "tmp") as body:
+        try:
+            spool = await _spooled(request, pathlib.Path(service.config.data_dir) / "tmp")
+        except OSError as exc:  # a full or failing disk: refused as out of resources, not a 500
+            logger.error("STOW-RS from %s: cannot spool the request body: %s", client, exc)
+            await _drain(request)
+            result = StowResult(failed=[("", "", STATUS_OUT_OF_RESOURCES)])
+            await _audit(
+                ctx,
+                who,
+                AuditAction.RECEIVE_REFUSED,
+                details={
+                    "via_http": "stow-rs",
+                    "source": client,
+                    "status": result.http_status,
+                    "reason": "cannot spool the request body (out of resources)",
+                },
+            )
+            return JSONResponse(
+                result.to_dicom_json(),
+                status_code=result.http_status,
+                media_type="application/dicom+json",
+            )
+        with spool as body:
             result = await run_in_threadpool(
                 store_instances,
                 service.ingestor,
@@ -111,8 +164,8 @@ async def _stow(
                 study_instance_uid=study,
             )
     except StowRequestError as exc:
-        await run_in_threadpool(
-            ctx.access.record,
+        await _audit(
+            ctx,
             who,
             AuditAction.RECEIVE_REFUSED,
             details={
@@ -125,8 +178,8 @@ async def _stow(
         raise HTTPException(status_code=exc.status, detail=str(exc)) from None
     # The request as a whole is audited as what happened: a receive when anything
     # was stored, a refusal when nothing was (each refused part has its own event).
-    await run_in_threadpool(
-        ctx.access.record,
+    await _audit(
+        ctx,
         who,
         AuditAction.RECEIVE if result.stored else AuditAction.RECEIVE_REFUSED,
         object_uids=sorted(result.studies),
@@ -139,7 +192,10 @@ async def _stow(
         },
     )
     if result.studies:
-        await run_in_threadpool(service.request_released, result.studies)
+        try:
+            await run_in_threadpool(service.request_released, result.studies)
+        except Exception as exc:  # the stable-age rule completes the studies instead
+            logger.error("STOW-RS studies %s not released at once: %s", result.studies, exc)
     return JSONResponse(
         result.to_dicom_json(),
         status_code=result.http_status,

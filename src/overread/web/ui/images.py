@@ -172,6 +172,10 @@ class HeatmapImages:
             )
         return str(ranked[0]["label"]) if ranked else None
 
+    def reference(self, study_instance_uid: str) -> tuple[Instance | None, str, str]:
+        """The study's reference instance and the alias and version of its newest result."""
+        return self._reference(study_instance_uid)
+
     def _reference(self, study_instance_uid: str) -> tuple[Instance | None, str, str]:
         """The study's reference instance and the alias and version of its newest result."""
         with self.service.database.session() as session:

@@ -21,6 +21,7 @@ from fastapi.templating import Jinja2Templates
 from overread.web.context import WebContext
 from overread.web.ui.guard import LoginRequired, PageForbidden, PageGuard, Viewer, login_url
 from overread.web.ui.images import HeatmapImages
+from overread.web.ui.layers import LayerRenderer
 
 HERE = Path(__file__).parent
 #: Headers of every UI page: no framing, no inline script, no caching of patient data.
@@ -70,6 +71,7 @@ class UserInterface:
         self.guard = guard
         self.templates = Jinja2Templates(directory=str(HERE / "templates"))
         self.images = HeatmapImages(ctx.service)
+        self.layers = LayerRenderer(self.images)
         self.shown = ShownStudies()
 
     def render(

@@ -98,7 +98,14 @@
         var box = document.getElementById("critical-only");
         if (box) { box.checked = !box.checked; box.form.submit(); }
         break;
-      case "w": case "Escape": window.location.href = "/"; break;
+      case "w": window.location.href = "/"; break;
+      case "Escape":
+        // Esc closes the key help; on the study page it never leaves the page.
+        var open = document.getElementById("keys");
+        if (open && !open.hidden) { open.hidden = true; }
+        else if (page !== "study") { window.location.href = "/"; }
+        else { return; }
+        break;
       case "l": window.location.href = "/alerts"; break;
       case "?":
         var help = document.getElementById("keys");
