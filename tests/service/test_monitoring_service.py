@@ -212,8 +212,12 @@ def _seed(service: Gateway, today: dt.date, days: int = 36, per_day: int = 12) -
 
 
 @pytest.fixture
-def monitored(make_service: Callable[..., Gateway], receiver: Receiver) -> tuple[Gateway, dt.date]:
+def monitored(
+    make_service: Callable[..., Gateway], receiver: Receiver, database_url: str
+) -> tuple[Gateway, dt.date]:
+    """A gateway on SQLite or PostgreSQL with 36 days of observations (:func:`_seed`)."""
     service = make_service(
+        database_url=database_url,
         service_options={"with_scp": False},
         triage={"alerts": {"channels": [{"name": "ops", "kind": "webhook", "url": receiver.url}]}},
         monitoring={
@@ -338,7 +342,16 @@ def test_cli_run_and_summary(monitored: tuple[Gateway, dt.date]) -> None:
 
     def overread(*args: str) -> subprocess.CompletedProcess[str]:
         return subprocess.run(
-            [sys.executable, "-m", "overread", *args, "--data-dir", data_dir],
+            [
+                sys.executable,
+                "-m",
+                "overread",
+                *args,
+                "--data-dir",
+                data_dir,
+                "--database-url",
+                service.config.database_url,
+            ],
             capture_output=True,
             text=True,
             timeout=300,
