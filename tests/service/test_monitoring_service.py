@@ -399,3 +399,32 @@ def test_metrics_show_rollout_state_and_canary_share(monitored: tuple[Gateway, d
     }
     assert states == {"shadow": 0.0, "canary": 1.0, "promoted": 0.0, "rolled-back": 0.0}
     assert samples[("overread_rollout_canary_share", (("alias", "cxr"),))] == 0.25
+
+
+# -- settings and baselines ----------------------------------------------------------------
+def test_site_mapping_prefers_the_calling_ae_then_the_institution() -> None:
+    from overread.service.monitor.settings import MonitoringSettings
+
+    settings = MonitoringSettings(sites={"CR_NORTH": "NGH", "South Clinic": "SCL"})
+    assert settings.site_of("CR_NORTH", "South Clinic") == "NGH"
+    assert settings.site_of("OTHER", "South Clinic") == "SCL"
+    assert settings.site_of("OTHER", "Elsewhere") == "Elsewhere"
+    assert settings.site_of("OTHER", "") == "OTHER"
+    by_ae = MonitoringSettings(site_source="calling_ae")
+    assert by_ae.site_of("CR_EAST", "Elsewhere") == "CR_EAST"
+    assert MonitoringSettings().site_of("", "") == "unknown"
+
+
+def test_baselines_come_from_the_package_validation_report() -> None:
+    from overread.config import load_settings
+    from overread.models.registry import Registry
+    from overread.service.monitor.run import registry_baselines, validation_aucs
+
+    registry = Registry.from_settings(load_settings())
+    package = registry.load("cxr-default")
+    ref = f"{package.manifest.name}@{package.manifest.version}"
+    baseline = registry_baselines(registry)(ref)
+    per_label = package.manifest.metrics["evaluations"]["test"]["per_label"]
+    assert baseline == {k: v["auc"] for k, v in per_label.items()}
+    assert registry_baselines(registry)("no-such-model@9.9") == {}
+    assert validation_aucs({"evaluations": {"val": {"per_label": {"A": {"auc": 0.4}}}}}) == {}
