@@ -26,6 +26,7 @@ The baseline AUC of a label is the model package's validation AUC (its manifest'
 from __future__ import annotations
 
 import datetime as dt
+import hashlib
 import logging
 import threading
 from collections import defaultdict
@@ -167,6 +168,23 @@ def _days(start: dt.date, end: dt.date) -> list[dt.date]:
     return [start + dt.timedelta(days=i) for i in range((end - start).days + 1)]
 
 
+def _sample(observations: Sequence[StudyObservation], per_site: int) -> list[StudyObservation]:
+    """At most ``per_site`` observations of each site, chosen by a hash of the study UID
+    (the same studies on every run)."""
+    by_site: dict[str, list[StudyObservation]] = defaultdict(list)
+    for o in observations:
+        by_site[o.site].append(o)
+    out: list[StudyObservation] = []
+    for studies in by_site.values():
+        if len(studies) > per_site:
+            studies = sorted(
+                studies,
+                key=lambda o: hashlib.sha256(o.study_instance_uid.encode()).hexdigest(),
+            )[:per_site]
+        out.extend(studies)
+    return out
+
+
 def _replay(
     model: str,
     observations: Sequence[StudyObservation],
@@ -206,7 +224,8 @@ def _replay(
     alerts: list[Alert] = []
     for day in days:
         todays = by_day.get(day, [])
-        raised = drift.update(day, todays) + prevalence.update(day, todays)
+        raised = drift.update(day, _sample(todays, settings.drift_studies_per_day))
+        raised += prevalence.update(day, todays)
         if performance is not None:
             performance.add(
                 todays,

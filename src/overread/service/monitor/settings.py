@@ -90,6 +90,13 @@ class MonitoringSettings(BaseModel):
     mmd_permutations: int = Field(
         default=100, ge=10, description="permutations of the embedding's MMD test"
     )
+    drift_studies_per_day: int = Field(
+        default=50,
+        ge=5,
+        description="at most this many of a site's studies per day enter drift testing (a "
+        "fixed sample by Study Instance UID): the MMD's cost grows with the square of its "
+        "sample",
+    )
 
     def site_of(self, calling_ae: str, institution: str) -> str:
         """The site code of a study sent by ``calling_ae`` from ``institution``."""
