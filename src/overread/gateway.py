@@ -29,6 +29,7 @@ from overread.service.monitor.run import (
     run_monitoring,
 )
 from overread.service.node import ServiceNode
+from overread.service.review import ReviewDesk
 from overread.service.runtime import ArtifactBuilder, PipelineProvider
 from overread.triage import SweepReport, TriageConfig, refresh_scores, run_sweep
 from overread.web.app import create_app
@@ -131,12 +132,17 @@ class Gateway(ServiceNode):
             logger.info("HTTP API on http://%s:%d", self.config.http_host, self.http_port)
 
     def run_triage(self, now: datetime | None = None) -> TriageRun:
-        """One triage pass: escalate and deliver alerts, then rescore unread studies.
+        """One triage pass: alert held results past their review time-out, escalate
+        and deliver alerts, then rescore unread studies.
 
         The sweep sends with no transaction open (:func:`overread.triage.run_sweep`);
         rescoring is one short transaction. ``now`` defaults to the current time.
         """
         moment = now or utcnow()
+        # Held results past their review time-out alert first, so the sweep delivers it.
+        ReviewDesk(self.config, self.database, self.store, self.queue).sweep(
+            self.triage, now=moment
+        )
         report = run_sweep(self.database, self.triage, now=moment)
         with self.database.session() as session:
             rescored = refresh_scores(session, self.triage, now=moment)

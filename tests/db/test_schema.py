@@ -30,6 +30,7 @@ LATER_TABLES = frozenset(
         "model_rollout_results",
         "model_kill_switches",
         "model_cohorts",
+        "result_reviews",
     }
 )
 

@@ -36,6 +36,18 @@ class AuditAction(enum.StrEnum):
     MODEL_CHANGE = "model-change"
     #: A reader had a study the input gate refused analysed anyway.
     GATE_OVERRIDE = "gate-override"
+    #: A route that requires review held a result: nothing is exported until a reader acts.
+    REVIEW_HOLD = "review-hold"
+    #: A reader verified a result as it is (held, or already sent: then superseded).
+    REVIEW_ACCEPT = "review-accept"
+    #: A reader verified a result with changed findings or a note.
+    REVIEW_EDIT = "review-edit"
+    #: A reader rejected a held result: nothing is sent.
+    REVIEW_REJECT = "review-reject"
+    #: A held result waited past its route's review time-out (an alert is raised).
+    REVIEW_OVERDUE = "review-overdue"
+    #: A held result was released unverified after its time-out (a route setting).
+    REVIEW_RELEASE = "review-release"
     USER_CHANGE = "user-change"
     AUDIT_EXPORT = "audit-export"
     AUDIT_CHECKPOINT = "audit-checkpoint"

@@ -30,6 +30,8 @@ class Permission(enum.StrEnum):
     VIEW_RESULTS = "view_results"
     VIEW_PHI = "view_phi"
     GIVE_FEEDBACK = "give_feedback"
+    #: Accept, edit or reject AI results (the review gate), and correct ones already sent.
+    VERIFY_RESULTS = "verify_results"
     INGEST = "ingest"
     EXPORT_RESULTS = "export_results"
     MANAGE_MODELS = "manage_models"
@@ -46,6 +48,7 @@ ROLE_PERMISSIONS: Mapping[Role, frozenset[Permission]] = {
             Permission.VIEW_RESULTS,
             Permission.VIEW_PHI,
             Permission.GIVE_FEEDBACK,
+            Permission.VERIFY_RESULTS,
         }
     ),
     Role.TECHNOLOGIST: frozenset(

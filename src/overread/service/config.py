@@ -307,6 +307,16 @@ class RoutingMode(StrEnum):
     """Only the first matching rule applies: highest ``priority``, then file order."""
 
 
+class ReviewTimeout(StrEnum):
+    """What happens to a result still pending review when its route's time-out passes."""
+
+    ESCALATE = "escalate"
+    """Raise a "review overdue" alert through the triage channels (and their escalation);
+    the result stays held."""
+    RELEASE_UNVERIFIED = "release-unverified"
+    """Release the exports as they are: UNVERIFIED, preliminary (the alert is raised too)."""
+
+
 class Route(BaseModel):
     """One routing rule: which studies go to which models, and where results go.
 
@@ -334,6 +344,18 @@ class Route(BaseModel):
     fallback: bool = Field(
         default=False,
         description="apply only to studies that no other (non-fallback) rule matches",
+    )
+    review: bool = Field(
+        default=False,
+        description="hold results as pending review: nothing is exported until a reader "
+        "accepts or edits them (a reject sends nothing)",
+    )
+    review_timeout_seconds: float | None = Field(
+        default=None, gt=0, description="after this long pending, the review is overdue"
+    )
+    review_on_timeout: ReviewTimeout = Field(
+        default=ReviewTimeout.ESCALATE,
+        description="escalate (alert, keep holding) or release-unverified",
     )
 
     @field_validator("series_description")
@@ -558,6 +580,12 @@ class ServiceConfig(BaseModel):
     public_metrics: bool = Field(
         default=False,
         description="serve /metrics without signing in (for a Prometheus on a trusted network)",
+    )
+    verifying_organization: str | None = Field(
+        default=None,
+        max_length=64,
+        description="Verifying Organization of SRs a reader verified (default: the "
+        "study's Institution Name, else the AE title)",
     )
     metrics_scrape_token: SecretStr | None = Field(
         default=None,
@@ -801,6 +829,7 @@ __all__ = [
     "FhirEndpoint",
     "Hl7Endpoint",
     "QueryPeer",
+    "ReviewTimeout",
     "Route",
     "RoutingMode",
     "ServiceConfig",

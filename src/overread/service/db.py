@@ -1,4 +1,4 @@
-"""The gateway's tables: instances, studies, jobs, results and HL7 orders.
+"""The gateway's tables: instances, studies, jobs, results, result reviews and HL7 orders.
 
 SQLAlchemy 2 typed declarative models on the one :class:`overread.db.Base`, over one
 schema that runs on SQLite (WAL, ``synchronous=FULL``) and PostgreSQL. The schema is
@@ -158,6 +158,56 @@ class Result(Base):
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
 
 
+class ReviewState(enum.StrEnum):
+    """Where a result is in a reader's review (see :mod:`overread.service.review`).
+
+    ``pending``: held by a route that requires review, nothing exported yet;
+    ``accepted``/``edited``: a reader verified it (as is, or with changes) and its
+    exports were released; ``rejected``: nothing is ever sent; ``released``: the
+    review timed out and a route setting released it unverified.
+    """
+
+    PENDING = "pending"
+    ACCEPTED = "accepted"
+    EDITED = "edited"
+    REJECTED = "rejected"
+    RELEASED = "released"
+
+
+class ResultReview(Base):
+    """A reader's review of one result: the gate's state, who acted, when and what
+    changed, and the SR versions that went out before the current one.
+
+    A result without a row was never held and never verified (it went out
+    unverified); a row is made when a route holds the result, or when a reader
+    later confirms or corrects a result that already went out.
+    """
+
+    __tablename__ = "result_reviews"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    result_id: Mapped[int] = mapped_column(Integer, unique=True)
+    study_instance_uid: Mapped[str] = mapped_column(String(64), index=True)
+    route: Mapped[str] = mapped_column(String(128), default="")
+    state: Mapped[str] = mapped_column(String(16), default=ReviewState.PENDING.value, index=True)
+    held: Mapped[bool] = mapped_column(default=False)
+    report_status: Mapped[str] = mapped_column(String(16), default="preliminary")
+    due_at: Mapped[datetime | None] = mapped_column(default=None)
+    escalated_at: Mapped[datetime | None] = mapped_column(default=None)
+    reviewer: Mapped[str] = mapped_column(String(128), default="")
+    reviewer_role: Mapped[str] = mapped_column(String(32), default="")
+    organization: Mapped[str] = mapped_column(String(64), default="")
+    reviewed_at: Mapped[datetime | None] = mapped_column(default=None)
+    decisions: Mapped[dict[str, Any]] = mapped_column(default=dict)
+    note: Mapped[str] = mapped_column(Text, default="")
+    reason: Mapped[str] = mapped_column(Text, default="")
+    released_at: Mapped[datetime | None] = mapped_column(default=None)
+    superseded: Mapped[list[Any]] = mapped_column(default=list)
+    version: Mapped[int] = mapped_column(Integer, default=0)
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+    updated_at: Mapped[datetime] = mapped_column(default=utcnow)
+
+
 class OrderMatch(enum.StrEnum):
     """Whether an HL7 order is linked to a study.
 
@@ -208,6 +258,8 @@ __all__ = [
     "JobState",
     "OrderMatch",
     "Result",
+    "ResultReview",
+    "ReviewState",
     "Study",
     "StudyState",
     "UTCDateTime",

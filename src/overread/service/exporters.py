@@ -116,7 +116,7 @@ class DicomExporter:
         }
         with self.services.database.session() as session:
             result = session.get(Result, payload.result_id)
-            artifacts = None if result is None else list(result.artifacts)
+            artifacts = None if result is None else payload.chosen(result.artifacts)
         if artifacts is None:
             error = f"result {payload.result_id} no longer exists"
             details["statuses"] = []
@@ -212,6 +212,7 @@ class FhirExporter:
 
     def export(self, job: Job, payload: FhirExportPayload) -> None:
         from overread.service.outputs import DeliveryError, fhir_report_for_result, post_fhir
+        from overread.service.verification import verification_of
 
         endpoint = self._endpoint(payload.fhir_endpoint)
         object_uids = [job.study_instance_uid]
@@ -234,7 +235,7 @@ class FhirExporter:
                     error = f"result {payload.result_id} no longer exists"
                 else:
                     try:
-                        bundle = fhir_report_for_result(result)
+                        bundle = fhir_report_for_result(result, verification_of(session, result.id))
                     except ServiceError as exc:  # e.g. a result stored without the header
                         error, cause = f"no FHIR report for result {result.id}: {exc}", exc
         if endpoint is None or error is not None:
@@ -401,7 +402,7 @@ class StowExporter:
             raise PermanentExportError(error)
         with self.services.database.session() as session:
             result = session.get(Result, payload.result_id)
-            artifacts = None if result is None else list(result.artifacts)
+            artifacts = None if result is None else payload.chosen(result.artifacts)
         if artifacts is None:
             error = f"result {payload.result_id} no longer exists"
             details["status_code"] = None

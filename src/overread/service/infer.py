@@ -25,16 +25,19 @@ from overread.errors import ConfigError, InferenceError
 from overread.imaging import ImageMetadata, metadata_from_dataset, read_dataset
 from overread.monitoring import StudyObservation
 from overread.results import Prediction, ResultSummary
-from overread.service.db import Instance, Job, JobKind, Result, utcnow
+from overread.service.db import Instance, Job, Result, utcnow
 from overread.service.handling import JobServices
 from overread.service.metrics import observe_stage_timings
 from overread.service.monitor.store import observe_study, store_observations
-from overread.service.payloads import (
-    DicomExportPayload,
-    FhirExportPayload,
-    Hl7ExportPayload,
-    InferPayload,
-    StowExportPayload,
+from overread.service.payloads import InferPayload
+from overread.service.review import (
+    FHIR_DESTINATION_PREFIX,
+    HL7_DESTINATION_PREFIX,
+    STOW_DESTINATION_PREFIX,
+    held,
+    hold_result,
+    queue_exports,
+    reviewing_routes,
 )
 from overread.service.rollout import RolloutRole, RolloutStore
 from overread.service.routing import InstanceFacts, route_matches
@@ -52,13 +55,9 @@ if TYPE_CHECKING:
 
 logger = logging.getLogger(__name__)
 
-#: Prefix of the ``destination`` of FHIR export jobs (DICOM destination names cannot
-#: contain a colon, so the two never collide).
-FHIR_DESTINATION_PREFIX = "fhir:"
-#: Prefix of the ``destination`` of HL7 v2 (ORU^R01) export jobs.
-HL7_DESTINATION_PREFIX = "hl7:"
-#: Prefix of the ``destination`` of STOW-RS export jobs.
-STOW_DESTINATION_PREFIX = "stow:"
+# The ``destination`` prefixes of FHIR, HL7 v2 (ORU^R01) and STOW-RS export jobs
+# (DICOM destination names cannot contain a colon, so they never collide) are
+# defined with the export queueing in :mod:`overread.service.review`.
 
 
 class InferenceHandler:
@@ -326,58 +325,35 @@ class InferenceHandler:
             # and the worklist say why); its export would only fail.
             reported = session.get(Result, result_id)
             analysed = reported is None or not _not_analysed_result(reported)
-            if payload.role is RolloutRole.SHADOW:
-                analysed, has_artifacts = False, False  # stored, never exported
-            for endpoint in self.services.config.fhir_endpoints if analysed else ():
-                self.services.queue.enqueue(
+            # A shadow model's result is stored and never exported (nor held).
+            shadow = payload.role is RolloutRole.SHADOW
+            # A route that requires review holds an analysed result: stored, triaged and
+            # alerted above, but nothing goes out until a reader accepts it.
+            gate = reviewing_routes(self.services.config, job.route) if analysed else []
+            if reported is not None and gate and summary is not None and not shadow:
+                hold_result(
                     session,
-                    study_instance_uid=job.study_instance_uid,
-                    model_name=job.model_name,
-                    model_version=job.model_version,
-                    kind=JobKind.EXPORT,
-                    destination=f"{FHIR_DESTINATION_PREFIX}{endpoint.name}",
-                    route=job.route,
-                    priority=job.priority,
-                    payload=FhirExportPayload(endpoint.name, result_id).to_dict(),
+                    reported,
+                    gate,
+                    now=utcnow(),
+                    actor=f"worker:{self.services.owner}",
                 )
-            for hl7 in self.services.config.hl7_endpoints if analysed else ():
-                self.services.queue.enqueue(
+            if (
+                reported is not None
+                and not shadow
+                and not held(session, reported.id)
+                and (has_artifacts or analysed)
+            ):
+                queue_exports(
                     session,
-                    study_instance_uid=job.study_instance_uid,
-                    model_name=job.model_name,
-                    model_version=job.model_version,
-                    kind=JobKind.EXPORT,
-                    destination=f"{HL7_DESTINATION_PREFIX}{hl7.name}",
-                    route=job.route,
-                    priority=job.priority,
-                    payload=Hl7ExportPayload(hl7.name, result_id).to_dict(),
+                    self.services.queue,
+                    self.services.config,
+                    job=job,
+                    result=reported,
+                    destinations=payload.destinations,
+                    analysed=analysed,
                 )
-            for stow in self.services.config.stow_endpoints if has_artifacts else ():
-                self.services.queue.enqueue(
-                    session,
-                    study_instance_uid=job.study_instance_uid,
-                    model_name=job.model_name,
-                    model_version=job.model_version,
-                    kind=JobKind.EXPORT,
-                    destination=f"{STOW_DESTINATION_PREFIX}{stow.name}",
-                    route=job.route,
-                    priority=job.priority,
-                    payload=StowExportPayload(stow.name, result_id).to_dict(),
-                )
-            if has_artifacts:
-                for dest in payload.destinations:
-                    self.services.queue.enqueue(
-                        session,
-                        study_instance_uid=job.study_instance_uid,
-                        model_name=job.model_name,
-                        model_version=job.model_version,
-                        kind=JobKind.EXPORT,
-                        destination=dest.name,
-                        route=job.route,
-                        priority=job.priority,
-                        payload=DicomExportPayload(dest, result_id).to_dict(),
-                    )
-            if replaces is not None:
+            if replaces is not None and reported is not None and not held(session, reported.id):
                 # The replaced result went out already ("not analysed"): its exports,
                 # whatever became of them, go again with the new result.
                 self.services.queue.requeue_exports(

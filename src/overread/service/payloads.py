@@ -6,10 +6,13 @@ queued by an older gateway are read as they are:
 * infer: ``{"alias": ..., "destinations": [Destination, ...]}``, plus ``"model"``
   (the ``name@version`` to run instead of the alias's active version) and ``"role"``
   (``shadow``/``canary``/``active``) for a study routed during a rollout;
-* DICOM export (C-STORE): ``{"destination": Destination, "result_id": ...}``;
+* DICOM export (C-STORE): ``{"destination": Destination, "result_id": ...}``, and
+  ``"objects": [SOP Instance UID, ...]`` when only some of the result's objects go
+  (a corrected SR after the others were delivered);
 * FHIR export: ``{"fhir_endpoint": name, "result_id": ...}``;
 * HL7 v2 export (ORU^R01 over MLLP): ``{"hl7_endpoint": name, "result_id": ...}``.
-* STOW-RS export: ``{"stow_endpoint": name, "result_id": ...}``.
+* STOW-RS export: ``{"stow_endpoint": name, "result_id": ...}`` (``"objects"`` as
+  for DICOM).
 
 The worker picks the exporter by the export payload's type, so nothing downstream
 looks at the JSON's keys.
@@ -17,7 +20,7 @@ looks at the JSON's keys.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -70,19 +73,37 @@ class InferPayload:
         )
 
 
+def chosen_objects(artifacts: Sequence[Any], objects: tuple[str, ...]) -> list[Any]:
+    """The stored objects of a result an export sends: those named in ``objects`` (by
+    SOP Instance UID), every one when it names none."""
+    if not objects:
+        return list(artifacts)
+    wanted = set(objects)
+    return [a for a in artifacts if str(a.get("sop_instance_uid")) in wanted]
+
+
 @dataclass(frozen=True)
 class DicomExportPayload:
-    """Send a result's stored DICOM objects to a DICOM node with C-STORE."""
+    """Send a result's stored DICOM objects to a DICOM node with C-STORE (only
+    ``objects``, by SOP Instance UID, when it names any)."""
 
     destination: Destination
     result_id: int
+    objects: tuple[str, ...] = ()
+
+    def chosen(self, artifacts: Sequence[Any]) -> list[Any]:
+        """The objects of the result this export sends."""
+        return chosen_objects(artifacts, self.objects)
 
     def to_dict(self) -> dict[str, Any]:
         """The stored JSON."""
-        return {
+        data: dict[str, Any] = {
             "destination": self.destination.model_dump(exclude_none=True),
             "result_id": self.result_id,
         }
+        if self.objects:
+            data["objects"] = list(self.objects)
+        return data
 
 
 @dataclass(frozen=True)
@@ -111,14 +132,23 @@ class Hl7ExportPayload:
 
 @dataclass(frozen=True)
 class StowExportPayload:
-    """Store a result's DICOM objects on a configured DICOMweb server (by name) with STOW-RS."""
+    """Store a result's DICOM objects on a configured DICOMweb server (by name) with
+    STOW-RS (only ``objects``, by SOP Instance UID, when it names any)."""
 
     stow_endpoint: str
     result_id: int
+    objects: tuple[str, ...] = ()
+
+    def chosen(self, artifacts: Sequence[Any]) -> list[Any]:
+        """The objects of the result this export sends."""
+        return chosen_objects(artifacts, self.objects)
 
     def to_dict(self) -> dict[str, Any]:
         """The stored JSON."""
-        return {"stow_endpoint": self.stow_endpoint, "result_id": self.result_id}
+        data: dict[str, Any] = {"stow_endpoint": self.stow_endpoint, "result_id": self.result_id}
+        if self.objects:
+            data["objects"] = list(self.objects)
+        return data
 
 
 ExportPayload = DicomExportPayload | FhirExportPayload | Hl7ExportPayload | StowExportPayload
@@ -133,13 +163,16 @@ def export_payload(data: Mapping[str, Any]) -> ExportPayload:
         If the payload is neither kind (a job no worker can do: dead-lettered).
     """
     try:
+        objects = tuple(str(uid) for uid in data.get("objects") or ())
         if "stow_endpoint" in data:
-            return StowExportPayload(str(data["stow_endpoint"]), int(data["result_id"]))
+            return StowExportPayload(str(data["stow_endpoint"]), int(data["result_id"]), objects)
         if "fhir_endpoint" in data:
             return FhirExportPayload(str(data["fhir_endpoint"]), int(data["result_id"]))
         if "hl7_endpoint" in data:
             return Hl7ExportPayload(str(data["hl7_endpoint"]), int(data["result_id"]))
-        return DicomExportPayload(Destination(**data["destination"]), int(data["result_id"]))
+        return DicomExportPayload(
+            Destination(**data["destination"]), int(data["result_id"]), objects
+        )
     except (KeyError, TypeError, ValueError) as exc:
         raise InferenceError(f"export job payload {dict(data)!r} is not readable: {exc}") from None
 
@@ -151,5 +184,6 @@ __all__ = [
     "Hl7ExportPayload",
     "InferPayload",
     "StowExportPayload",
+    "chosen_objects",
     "export_payload",
 ]

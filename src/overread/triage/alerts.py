@@ -185,6 +185,65 @@ def raise_alerts(
     return raised
 
 
+#: The ``finding`` of an alert that says a held result waits past its review time-out.
+REVIEW_OVERDUE = "Review overdue"
+
+
+def raise_review_overdue(
+    session: Session, study_instance_uid: str, config: TriageConfig, *, now: datetime
+) -> Alert:
+    """Raise a "review overdue" alert for a study whose results wait for a reader's
+    review past their route's time-out.
+
+    It goes out like a critical finding's alert: level-0 channels first, then up the
+    escalation levels while nobody acknowledges it. One study has one open such alert.
+    """
+    existing = session.execute(
+        select(Alert).where(
+            Alert.study_instance_uid == study_instance_uid,
+            Alert.finding == REVIEW_OVERDUE,
+            Alert.state == AlertState.OPEN.value,
+        )
+    ).scalar_one_or_none()
+    if existing is not None:
+        existing.duplicates += 1
+        existing.last_seen_at = now
+        return existing
+    item = session.execute(
+        select(WorklistItem).where(WorklistItem.study_instance_uid == study_instance_uid)
+    ).scalar_one_or_none()
+    alert = Alert(
+        study_instance_uid=study_instance_uid,
+        finding=REVIEW_OVERDUE,
+        probability=1.0,
+        threshold=1.0,
+        department="" if item is None else item.department,
+        score=0.0 if item is None else item.score,
+        state=AlertState.OPEN.value,
+        level=0,
+        raised_at=now,
+        last_seen_at=now,
+        duplicates=0,
+    )
+    session.add(alert)
+    session.flush()
+    channels = _queue_deliveries(session, alert, config.alerts, now)
+    record_event(
+        session,
+        actor=SYSTEM_ACTOR,
+        action=AuditAction.ALERT,
+        object_uids=[study_instance_uid],
+        details={
+            "event": "raised",
+            "alert_id": alert.id,
+            "finding": REVIEW_OVERDUE,
+            "channels": channels,
+        },
+    )
+    session.flush()
+    return alert
+
+
 def raise_notice_alert(
     session: Session,
     config: TriageConfig,
@@ -578,6 +637,7 @@ def run_sweep(
 
 __all__ = [
     "MONITORING_NOTICE",
+    "REVIEW_OVERDUE",
     "SYSTEM_ACTOR",
     "SweepReport",
     "acknowledge",
@@ -587,6 +647,7 @@ __all__ = [
     "escalate_due",
     "raise_alerts",
     "raise_notice_alert",
+    "raise_review_overdue",
     "run_sweep",
     "sweep",
     "triage_prediction",

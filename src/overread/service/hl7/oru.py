@@ -7,8 +7,10 @@ probability, the operating-point threshold, and the threshold proximity and
 explanation trust where known). ``docs/hl7.md`` maps every field.
 
 An AI result is never verified until a reader confirms it: OBR-25 and every OBX-11
-are ``P`` (preliminary), always. A finding at or over its critical-alert threshold is
-flagged ``AA`` (critical abnormal) in OBX-8.
+are ``P`` (preliminary) until then; a reader's verification makes them ``F`` (final),
+or ``C`` (corrected) when a reader changed a result that had already gone out, with
+the reader's decisions and a note of who verified it. A finding at or over its
+critical-alert threshold is flagged ``AA`` (critical abnormal) in OBX-8.
 """
 
 from __future__ import annotations
@@ -39,10 +41,12 @@ from overread.service.outputs.sr import (
     study_prediction,
     summary_text,
 )
+from overread.service.verification import Verification
 
 #: MSH-3 of every message the gateway sends.
 SENDING_APPLICATION = "OVERREAD"
-#: OBR-25 and OBX-11: preliminary. AI results are never final until a reader confirms.
+#: OBR-25 and OBX-11 of an unverified result: preliminary. AI results are never final
+#: until a reader confirms (then ``F``, or ``C`` for a correction).
 RESULT_STATUS = "P"
 #: OBX-8 (HL7 table 0078).
 FLAG_CRITICAL = "AA"
@@ -119,6 +123,7 @@ def build_result_message(
     receiving_application: str = "",
     receiving_facility: str = "",
     when: datetime | None = None,
+    verification: Verification | None = None,
 ) -> ResultMessage:
     """Build and validate the ORU^R01 of one stored result (a ``Result`` row).
 
@@ -132,6 +137,9 @@ def build_result_message(
         The order the study was linked to (by accession and patient ID), if any.
     critical
         Critical-alert threshold of each finding label (the triage settings').
+    verification
+        A reader's verification: the result status is its ``F`` or ``C``, the reader's
+        decisions replace the model's, and the summary says who verified it.
 
     Raises
     ------
@@ -152,6 +160,9 @@ def build_result_message(
     if not predictions:
         raise ServiceError(f"result {result.id} holds no successful prediction to report")
     prediction = study_prediction(predictions)
+    if verification is not None:
+        prediction = verification.apply(prediction)
+    status = RESULT_STATUS if verification is None else verification.status.hl7
     findings = checked_findings(prediction)
     critical = dict(critical or {})
     moment = when or datetime.now(UTC)
@@ -203,7 +214,7 @@ def build_result_message(
                 timestamp(moment),  # OBR-22
                 "",
                 "RAD",  # OBR-24
-                RESULT_STATUS,  # OBR-25
+                status,  # OBR-25
             ],
         ),
     ]
@@ -230,7 +241,7 @@ def build_result_message(
                 flag,
                 "",
                 "",
-                RESULT_STATUS,
+                status,
                 "",
                 "",
                 study_date,
@@ -242,7 +253,10 @@ def build_result_message(
             ]
         )
 
-    text = " ".join(t for t in (summary_text(prediction), gate_text(summary.instances)) if t)
+    statement = "" if verification is None else verification.statement
+    text = " ".join(
+        t for t in (summary_text(prediction), gate_text(summary.instances), statement) if t
+    )
     if RESEARCH_CAVEAT not in text:
         text = f"{text} {RESEARCH_CAVEAT}"
     # One TX line per OBX (the parser's limit for a value is 199 characters).

@@ -19,6 +19,7 @@ from overread.service.config import Hl7Endpoint
 from overread.service.db import Result
 from overread.service.hl7.orders import OrderLink, link_study
 from overread.service.hl7.oru import OrderReference, ResultMessage, build_result_message
+from overread.service.verification import verification_of
 
 
 class OrderMismatchError(ServiceError):
@@ -67,6 +68,7 @@ def result_message_for(
         sending_facility=sending_facility,
         receiving_application=endpoint.receiving_application,
         receiving_facility=endpoint.receiving_facility,
+        verification=verification_of(session, result.id),
     )
     return message, link
 

@@ -159,6 +159,8 @@ CONFORMAL_SET_VALUES: dict[str, Concept] = {
 
 #: What the input gate said of the study's images (a refusal, a flag, an override).
 INPUT_GATE = Concept("INPUTGATE", LOCAL_SCHEME, "Input gate verdict")
+#: A reader's verification of the AI result: who, when, what they changed, their note.
+READER_REVIEW = Concept("READERREVIEW", LOCAL_SCHEME, "Reader review")
 #: The input gate's verdict on a study the model did not read.
 NOT_ANALYSED = Concept("NOTANALYSED", LOCAL_SCHEME, "Not analysed by the model")
 
@@ -237,6 +239,7 @@ __all__ = [
     "PROBABILITY",
     "PROCEDURE_CHEST_XRAY",
     "QUALITATIVE_EVALUATIONS",
+    "READER_REVIEW",
     "SUMMARY",
     "THRESHOLD_PROXIMITY",
     "TRUST_SCORE",

@@ -51,6 +51,7 @@ from overread.service.outputs.prediction import (
     model_identity,
 )
 from overread.service.outputs.sr import MANUFACTURER, RESEARCH_CAVEAT, gate_text, summary_text
+from overread.service.verification import ReportStatus, Verification, verification_of
 
 if TYPE_CHECKING:
     from sqlalchemy.orm import Session
@@ -143,6 +144,7 @@ def build_fhir_report(
     *,
     additional_sources: Sequence[Dataset] = (),
     sr_sop_instance_uid: str | None = None,
+    status: ReportStatus = ReportStatus.PRELIMINARY,
 ) -> dict[str, Any]:
     """Build the FHIR R4 transaction Bundle of a prediction.
 
@@ -158,6 +160,9 @@ def build_fhir_report(
     sr_sop_instance_uid
         SOP Instance UID of the DICOM SR built from the same prediction, recorded
         as an identifier of the DiagnosticReport so both can be matched.
+    status
+        Of the DiagnosticReport and its Observations: ``preliminary`` (AI only),
+        ``final`` (verified by a reader) or ``amended`` (corrected after it went out).
 
     Returns
     -------
@@ -219,7 +224,7 @@ def build_fhir_report(
         components.extend(_evidence_components(finding))
         observation: dict[str, Any] = {
             "resourceType": "Observation",
-            "status": "preliminary",
+            "status": status.value,
             "category": [{"coding": [dict(oc.FHIR_OBSERVATION_IMAGING)]}],
             "code": {"coding": [concept.to_fhir()], "text": finding.label},
             "subject": subject,
@@ -260,7 +265,7 @@ def build_fhir_report(
     code = oc.LOINC_XR_CHEST_2_VIEWS if additional_sources else oc.LOINC_XR_CHEST_SINGLE_VIEW
     report: dict[str, Any] = {
         "resourceType": "DiagnosticReport",
-        "status": "preliminary",
+        "status": status.value,
         "category": [{"coding": [dict(oc.FHIR_CATEGORY_RAD)]}],
         "code": {"coding": [code.to_fhir()], "text": code.meaning},
         "subject": subject,
@@ -348,8 +353,11 @@ def _stored_predictions(summary: ResultSummary, model: ModelRef) -> list[Predict
     return predictions
 
 
-def fhir_report_for_result(result: Any) -> dict[str, Any]:
+def fhir_report_for_result(result: Any, verification: Verification | None = None) -> dict[str, Any]:
     """The FHIR R4 transaction Bundle of one stored result (a ``Result`` row).
+
+    With a reader's ``verification`` the report is ``final`` or ``amended``, states
+    the reader's decisions and says who verified it; without, ``preliminary``.
 
     Built from what the gateway stored with the result: every image's findings
     (``summary["instances"]``) merged into one study report as the SR is
@@ -382,13 +390,18 @@ def fhir_report_for_result(result: Any) -> dict[str, Any]:
         ),
         None,
     )
+    merged = study_prediction(predictions)
+    if verification is not None:
+        merged = verification.apply(merged)
     bundle = build_fhir_report(
-        study_prediction(predictions),
+        merged,
         source,
         additional_sources=[source] * (len(predictions) - 1),
         sr_sop_instance_uid=sr_uid,
+        status=ReportStatus.PRELIMINARY if verification is None else verification.status,
     )
-    return _with_gate_note(bundle, gate_text(summary.instances))
+    bundle = _with_gate_note(bundle, gate_text(summary.instances))
+    return bundle if verification is None else _with_gate_note(bundle, verification.statement)
 
 
 def _with_gate_note(bundle: dict[str, Any], note: str) -> dict[str, Any]:
@@ -438,7 +451,9 @@ def fhir_report_for_study(session: Session, study_uid: str) -> dict[str, Any]:
         latest.setdefault(row.model_name, row)
     if not latest:
         raise ResultNotFoundError(f"study {study_uid} has no stored result")
-    bundles = [fhir_report_for_result(row) for row in latest.values()]
+    bundles = [
+        fhir_report_for_result(row, verification_of(session, row.id)) for row in latest.values()
+    ]
     if len(bundles) == 1:
         return bundles[0]
     return {

@@ -31,6 +31,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Sequence
+from datetime import UTC
 from typing import Any
 
 import highdicom as hd
@@ -47,6 +48,7 @@ from overread.service.outputs.prediction import (
     concept_of,
     model_identity,
 )
+from overread.service.verification import Verification
 
 logger = logging.getLogger(__name__)
 
@@ -356,6 +358,8 @@ def build_study_sr(
     institutional_department_name: str | None = None,
     series_description: str = "overread AI second read (research use)",
     not_analysed: Sequence[Prediction] = (),
+    verification: Verification | None = None,
+    predecessors: Sequence[Dataset] = (),
 ) -> hd.sr.ComprehensiveSR:
     """Build one TID 1500 Comprehensive SR for a model's predictions on a whole study.
 
@@ -378,6 +382,14 @@ def build_study_sr(
         Written to the General Equipment module.
     series_description
         Shown in PACS series lists; says this is an AI result for research use.
+    verification
+        A reader's verification: the SR is ``VERIFIED`` and ``FINAL`` with the
+        Verifying Observer Sequence (the reader, the organisation, when), the reader's
+        decisions replace the model's, and a "Reader review" text says who changed
+        what. ``None``: ``UNVERIFIED`` and ``PRELIMINARY``, as AI results go out.
+    predecessors
+        Earlier SRs of the same result that went out (their headers suffice): listed
+        in the Predecessor Documents Sequence, which this SR supersedes.
 
     Returns
     -------
@@ -393,6 +405,8 @@ def build_study_sr(
     """
     if not readings:
         raise ServiceError("build_sr needs at least one source image dataset")
+    if verification is not None:
+        readings = [(verification.apply(prediction), source) for prediction, source in readings]
     sources = _check_sources([source for _, source in readings])
     merged = study_prediction([prediction for prediction, _ in readings])
     model = model_identity(merged)
@@ -415,6 +429,8 @@ def build_study_sr(
         institution_name=institution_name,
         institutional_department_name=institutional_department_name,
         series_description=series_description,
+        verification=verification,
+        predecessors=predecessors,
     )
 
 
@@ -493,9 +509,11 @@ def _assemble(
     series_description: str,
     summary: str | None = None,
     gate: str = "",
+    verification: Verification | None = None,
+    predecessors: Sequence[Dataset] = (),
 ) -> hd.sr.ComprehensiveSR:
-    """The SR document around measurement groups: observer, library, summary, and
-    (when there is one) the input gate's statement."""
+    """The SR document around measurement groups: observer, library, summary, (when
+    there is one) the input gate's statement, and (when verified) the reader's."""
     observer = hd.sr.ObserverContext(
         observer_type=codes.DCM.Device,
         observer_identifying_attributes=hd.sr.DeviceObserverIdentifyingAttributes(
@@ -533,8 +551,24 @@ def _assemble(
                 relationship_type=hd.sr.RelationshipTypeValues.CONTAINS,
             )
         )
+    if verification is not None:
+        evaluations.ContentSequence.append(
+            hd.sr.TextContentItem(
+                name=oc.READER_REVIEW.to_dicom(),
+                value=verification.statement[:1024],
+                relationship_type=hd.sr.RelationshipTypeValues.CONTAINS,
+            )
+        )
     report[0].ContentSequence.append(evaluations)
 
+    verified: dict[str, Any] = {"is_final": False, "is_verified": False}
+    if verification is not None:
+        verified = {
+            "is_final": True,
+            "is_verified": True,
+            "verifying_observer_name": verification.observer_name,
+            "verifying_organization": verification.organization[:64] or MANUFACTURER,
+        }
     sr = _comprehensive_sr(
         sources,
         report,
@@ -544,11 +578,17 @@ def _assemble(
         instance_number=instance_number,
         manufacturer=MANUFACTURER,
         is_complete=True,
-        is_final=False,
-        is_verified=False,
         institution_name=institution_name,
         institutional_department_name=institutional_department_name,
+        previous_versions=list(predecessors) or None,
+        **verified,
     )
+    if verification is not None:
+        # When the reader verified it, not when the document was built (local time).
+        moment = verification.verified_at.astimezone(UTC)
+        sr.VerifyingObserverSequence[0].VerificationDateTime = moment.strftime(
+            "%Y%m%d%H%M%S.%f+0000"
+        )
     sr.SeriesDescription = series_description[:64]
     sr.ManufacturerModelName = f"{model.name}"[:64]
     sr.SoftwareVersions = model.version[:64]

@@ -133,6 +133,11 @@ class WorklistItemOut(BaseModel):
     findings: list[FindingOut]
     has_critical: bool
     critical_findings: list[str]
+    review: str | None = Field(
+        default=None,
+        description="the review gate: pending (held, nothing sent), accepted, edited, "
+        "rejected, released (sent unverified after its time-out), unreviewed (sent unverified)",
+    )
     model_name: str
     model_version: str
     state: str

@@ -19,6 +19,7 @@ from overread.errors import OverreadError
 from overread.results import ResultSummary
 from overread.security import Permission, Principal, redact_phi
 from overread.service.db import Instance, Result, utcnow
+from overread.service.review import study_review_states
 from overread.triage import StudyGate, study_gate
 from overread.triage.schema import ReadState, WorklistItem
 from overread.triage.worklist import claim_next, get_item, set_read_state, stored_findings
@@ -136,7 +137,13 @@ def list_worklist(
             .offset(offset)
         ).all()
         gates = study_gates(session, rows)
-        items = [item_out(r, gates.get(r.study_instance_uid)) for r in rows]
+        reviews = study_review_states(session, [r.study_instance_uid for r in rows])
+        items = [
+            item_out(r, gates.get(r.study_instance_uid)).model_copy(
+                update={"review": reviews.get(r.study_instance_uid)}
+            )
+            for r in rows
+        ]
     page_out = Page[WorklistItemOut](items=items, total=int(total or 0), limit=limit, offset=offset)
     if items:
         _view(ctx, who, [i.study_instance_uid for i in items], "worklist")
@@ -190,6 +197,7 @@ def get_worklist_item(
         try:
             row = get_item(session, study_instance_uid)
             out = item_out(row, study_gates(session, [row]).get(study_instance_uid))
+            out.review = study_review_states(session, [study_instance_uid])[study_instance_uid]
         except KeyError:
             raise not_found(f"study {study_instance_uid} on the worklist") from None
     _view(ctx, who, [study_instance_uid], "worklist-item")

@@ -23,6 +23,7 @@ from sqlalchemy.orm import Session
 from overread.imaging import read_metadata
 from overread.security import Permission, Principal, redact_phi
 from overread.service.db import Instance, Job, JobState, Result, Study
+from overread.service.review import study_review_states
 from overread.service.store import ObjectStore
 from overread.triage import Alert, Feedback, StudyGate, WorklistItem, stored_findings
 from overread.web.api.worklist import study_gates
@@ -193,6 +194,7 @@ class WorklistRow(BaseModel):
     patient_id: str = ""
     analysis: str = "analysed"
     gate_note: str = ""
+    review: str = ""
 
 
 class StudyView(BaseModel):
@@ -258,6 +260,7 @@ def worklist_rows(
     with_phi = viewer.can(Permission.VIEW_PHI)
     rows: list[dict[str, Any]] = []
     gates = study_gates(session, items)
+    reviews = study_review_states(session, [item.study_instance_uid for item in items])
     for item in items:
         gate = gates.get(item.study_instance_uid) or StudyGate()
         header = StudyHeader()
@@ -280,6 +283,7 @@ def worklist_rows(
             patient_id=header.patient_id or item.patient_id,
             analysis=gate.analysis,
             gate_note=gate.note,
+            review=reviews.get(item.study_instance_uid, ""),
         )
         rows.append(redact_phi(row, viewer))
     return rows

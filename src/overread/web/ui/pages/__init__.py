@@ -7,13 +7,24 @@ with :func:`~overread.web.ui.guard.page`, and audits what it showed.
 
 from __future__ import annotations
 
-from overread.web.ui.pages import alerts, audit, jobs, login, monitoring, study, viewer, worklist
+from overread.web.ui.pages import (
+    alerts,
+    audit,
+    jobs,
+    login,
+    monitoring,
+    review,
+    study,
+    viewer,
+    worklist,
+)
 
 #: The pages' routers, in the order they are matched.
 ROUTERS = (
     login.router,
     worklist.router,
     study.router,
+    review.router,
     viewer.router,
     alerts.router,
     monitoring.router,

@@ -15,6 +15,7 @@ from overread.service.db import utcnow
 from overread.service.infer import request_gate_override
 from overread.triage import ReadState, Verdict, get_item, record_feedback, set_read_state
 from overread.web.ui.guard import Viewer, page, page_viewer
+from overread.web.ui.pages.review import review_panel
 from overread.web.ui.pages.viewer import VIEWER_CSP, viewer_context
 from overread.web.ui.site import UserInterface, ui_of
 from overread.web.ui.views import study_view
@@ -63,6 +64,7 @@ def study(
         + (f"?finding={quote(shown)}" if shown else ""),
         verdicts=[v.value for v in (Verdict.AGREE, Verdict.DISAGREE, Verdict.UNCERTAIN)],
         message=request.query_params.get("saved", ""),
+        review=review_panel(ui, study_instance_uid),
         **viewer_context(ui, study_instance_uid, shown),
     )
     response.headers["Content-Security-Policy"] = VIEWER_CSP

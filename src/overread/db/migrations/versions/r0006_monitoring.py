@@ -1,8 +1,8 @@
 """Monitoring in the service: observations per analysed image, routed monitoring alerts,
 the last run's daily figures, and what a non-study alert says.
 
-Revision ID: 0005
-Revises: 0004
+Revision ID: 0006
+Revises: 0005
 Create Date: 2026-12-05
 
 Adds four tables and changes none: ``study_observations`` (one monitoring
@@ -18,8 +18,8 @@ from __future__ import annotations
 import sqlalchemy as sa
 from alembic import op
 
-revision = "0005"
-down_revision = "0004"
+revision = "0006"
+down_revision = "0005"
 branch_labels = None
 depends_on = None
 

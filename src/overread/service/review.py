@@ -1,0 +1,860 @@
+"""The review gate: a reader accepts, edits or rejects AI results before they go out,
+and corrects results that went out unverified.
+
+A route with ``review = true`` holds its studies' results: the result is stored,
+triaged and alerted (a critical finding raises its alert while the result waits),
+and a ``result_reviews`` row says it is *pending*; no export job is queued. A reader
+then
+
+* **accepts** it: the SR is rebuilt ``VERIFIED`` (``FINAL``) with the reader as the
+  Verifying Observer, and the exports are released (FHIR ``final``, HL7 ``F``);
+* **edits** it: the same, with the reader's decisions for the findings they changed
+  and their note in the SR, the FHIR report and the ORU;
+* **rejects** it: nothing is ever sent; who, when and why are recorded.
+
+Without review the result goes out ``UNVERIFIED`` as soon as it is stored. A reader
+who later confirms or changes it sends a correction: a new SR (new SOP Instance UID,
+the one sent before in its Predecessor Documents Sequence), FHIR ``final`` (confirmed)
+or ``amended`` (changed), an HL7 ``F`` or ``C``. The export jobs that delivered the
+old SR go again with the new SR only.
+
+A held result that waits past its route's ``review_timeout_seconds`` raises a
+"review overdue" alert through the triage channels (and their escalation); only
+``review_on_timeout = "release-unverified"`` releases it unverified. Every step is
+audited.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta
+from enum import StrEnum
+from io import BytesIO
+from typing import Any
+
+import pydicom
+from pydicom.dataset import Dataset
+from sqlalchemy import select, update
+from sqlalchemy.orm import Session
+
+from overread.audit import AuditAction, record_event
+from overread.errors import ServiceError
+from overread.results import Decision, ModelRef, Prediction, ResultSummary
+from overread.service.config import ReviewTimeout, Route, ServiceConfig
+from overread.service.db import (
+    Database,
+    Instance,
+    Job,
+    JobKind,
+    JobState,
+    Result,
+    ResultReview,
+    ReviewState,
+    utcnow,
+)
+from overread.service.jobs import JobQueue
+from overread.service.payloads import (
+    DicomExportPayload,
+    FhirExportPayload,
+    Hl7ExportPayload,
+    InferPayload,
+    StowExportPayload,
+    export_payload,
+)
+from overread.service.store import ObjectStore
+from overread.service.verification import (
+    ReportStatus,
+    Verification,
+    reader_person_name,
+    stored_decisions,
+)
+
+logger = logging.getLogger(__name__)
+
+#: Prefixes of export job destinations (DICOM destinations have none).
+FHIR_DESTINATION_PREFIX = "fhir:"
+HL7_DESTINATION_PREFIX = "hl7:"
+STOW_DESTINATION_PREFIX = "stow:"
+#: SOP Class UID of the Comprehensive SR each result carries.
+COMPREHENSIVE_SR = "1.2.840.10008.5.1.4.1.1.88.33"
+#: The actor of what the gateway does by itself (time-outs).
+REVIEW_ACTOR = "system:overread-review"
+
+
+class ReviewAction(StrEnum):
+    """What a reader does with a result."""
+
+    ACCEPT = "accept"
+    EDIT = "edit"
+    REJECT = "reject"
+
+
+class ReviewError(ServiceError):
+    """A review the gateway cannot do (no such result, nothing to review)."""
+
+
+class ReviewConflictError(ReviewError):
+    """The result is not in a state this action applies to (already rejected,
+    already verified, reviewed by someone else meanwhile)."""
+
+
+@dataclass(frozen=True)
+class ReviewRequest:
+    """A reader's action on a study's result.
+
+    ``decisions`` (edit): the reader's decision per finding label; ``note``: free text
+    kept with the verification; ``reason``: why a result is rejected.
+    """
+
+    action: ReviewAction
+    decisions: Mapping[str, Decision] = field(default_factory=dict)
+    note: str = ""
+    reason: str = ""
+
+
+@dataclass(frozen=True)
+class Reader:
+    """Who acts: the signed-in user's name and role."""
+
+    username: str
+    role: str = ""
+
+
+@dataclass(frozen=True)
+class ReviewOutcome:
+    """What a review did to one result."""
+
+    study_instance_uid: str
+    result_id: int
+    state: ReviewState
+    report_status: ReportStatus
+    sr_sop_instance_uid: str | None
+    superseded: tuple[str, ...]
+    exports: int
+
+    def to_dict(self) -> dict[str, Any]:
+        """The JSON the REST API answers with."""
+        return {
+            "study_instance_uid": self.study_instance_uid,
+            "result_id": self.result_id,
+            "state": self.state.value,
+            "report_status": self.report_status.value,
+            "sr_sop_instance_uid": self.sr_sop_instance_uid,
+            "superseded": list(self.superseded),
+            "exports": self.exports,
+        }
+
+
+def reviewing_routes(config: ServiceConfig, route_names: str) -> list[Route]:
+    """The routes among a job's (``"a,b"``) that require review."""
+    names = {n for n in route_names.split(",") if n}
+    return [r for r in config.routes if r.name in names and r.review]
+
+
+def hold_result(
+    session: Session,
+    result: Result,
+    routes: Sequence[Route],
+    *,
+    now: datetime,
+    actor: str,
+) -> ResultReview:
+    """Hold a just-stored result for review (its exports are not queued): a pending
+    review row, due after the shortest of the routes' time-outs; audited."""
+    timeouts = [r.review_timeout_seconds for r in routes if r.review_timeout_seconds]
+    due = now + timedelta(seconds=min(timeouts)) if timeouts else None
+    review = session.scalar(select(ResultReview).where(ResultReview.result_id == result.id))
+    if review is None:
+        review = ResultReview(result_id=result.id, created_at=now)
+        session.add(review)
+    review.study_instance_uid = result.study_instance_uid
+    review.route = ",".join(r.name for r in routes)[:128]
+    review.state = ReviewState.PENDING.value
+    review.held = True
+    review.report_status = ReportStatus.PRELIMINARY.value
+    review.due_at = due
+    review.escalated_at = None
+    review.decisions = {}
+    review.superseded = review.superseded or []
+    review.updated_at = now
+    session.flush()
+    record_event(
+        session,
+        actor=actor,
+        role="service",
+        action=AuditAction.REVIEW_HOLD,
+        object_uids=[result.study_instance_uid],
+        details={
+            "result_id": result.id,
+            "routes": [r.name for r in routes],
+            "due_at": None if due is None else due.isoformat(),
+        },
+    )
+    return review
+
+
+def held(session: Session, result_id: int) -> bool:
+    """Whether a result's exports are held (pending review, or rejected)."""
+    state = session.scalar(select(ResultReview.state).where(ResultReview.result_id == result_id))
+    return state in (ReviewState.PENDING.value, ReviewState.REJECTED.value)
+
+
+#: Of a study's results' review states, the one that speaks for the study.
+_STUDY_STATE_ORDER = (
+    ReviewState.PENDING.value,
+    ReviewState.REJECTED.value,
+    ReviewState.RELEASED.value,
+    ReviewState.EDITED.value,
+    ReviewState.ACCEPTED.value,
+)
+#: The review state of a study none of whose results was held or verified.
+UNREVIEWED = "unreviewed"
+
+
+def study_review_states(session: Session, study_uids: Sequence[str]) -> dict[str, str]:
+    """Each study's review state for the worklist: ``pending`` while any result waits
+    for a reader, else ``rejected``, ``released``, ``edited``, ``accepted``; studies
+    without a review are ``unreviewed`` (their results went out unverified)."""
+    if not study_uids:
+        return {}
+    found: dict[str, set[str]] = {}
+    for uid, state in session.execute(
+        select(ResultReview.study_instance_uid, ResultReview.state).where(
+            ResultReview.study_instance_uid.in_(list(study_uids))
+        )
+    ):
+        found.setdefault(str(uid), set()).add(str(state))
+    return {
+        uid: next((s for s in _STUDY_STATE_ORDER if s in found.get(uid, set())), UNREVIEWED)
+        for uid in study_uids
+    }
+
+
+def queue_exports(
+    session: Session,
+    queue: JobQueue,
+    config: ServiceConfig,
+    *,
+    job: Job,
+    result: Result,
+    destinations: Sequence[Any],
+    analysed: bool,
+) -> int:
+    """Queue one export job per destination of a result (FHIR and HL7 for an analysed
+    study, STOW-RS and DICOM when it has objects to send); return how many are new.
+    Existing export jobs of the result are left as they are."""
+    has_artifacts = bool(result.artifacts)
+    common: dict[str, Any] = {
+        "study_instance_uid": job.study_instance_uid,
+        "model_name": job.model_name,
+        "model_version": job.model_version,
+        "kind": JobKind.EXPORT,
+        "route": job.route,
+        "priority": job.priority,
+    }
+    created = 0
+    for endpoint in config.fhir_endpoints if analysed else ():
+        _, new = queue.enqueue(
+            session,
+            destination=f"{FHIR_DESTINATION_PREFIX}{endpoint.name}",
+            payload=FhirExportPayload(endpoint.name, result.id).to_dict(),
+            **common,
+        )
+        created += new
+    for hl7 in config.hl7_endpoints if analysed else ():
+        _, new = queue.enqueue(
+            session,
+            destination=f"{HL7_DESTINATION_PREFIX}{hl7.name}",
+            payload=Hl7ExportPayload(hl7.name, result.id).to_dict(),
+            **common,
+        )
+        created += new
+    for stow in config.stow_endpoints if has_artifacts else ():
+        _, new = queue.enqueue(
+            session,
+            destination=f"{STOW_DESTINATION_PREFIX}{stow.name}",
+            payload=StowExportPayload(stow.name, result.id).to_dict(),
+            **common,
+        )
+        created += new
+    for dest in destinations if has_artifacts else ():
+        _, new = queue.enqueue(
+            session,
+            destination=dest.name,
+            payload=DicomExportPayload(dest, result.id).to_dict(),
+            **common,
+        )
+        created += new
+    return created
+
+
+def _sr_entry(artifacts: Sequence[Any]) -> dict[str, Any] | None:
+    return next((a for a in artifacts if a.get("sop_class_uid") == COMPREHENSIVE_SR), None)
+
+
+class ReviewDesk:
+    """Carries out readers' reviews and the review time-outs on the gateway's stores.
+
+    Parameters
+    ----------
+    config
+        The service configuration (routes, destinations, endpoints, organisation).
+    database, store, queue
+        Where results, their objects and the export jobs are.
+    """
+
+    def __init__(
+        self, config: ServiceConfig, database: Database, store: ObjectStore, queue: JobQueue
+    ) -> None:
+        self.config = config
+        self.database = database
+        self.store = store
+        self.queue = queue
+
+    # -- looking --------------------------------------------------------------------
+    def results_of(self, study_instance_uid: str) -> list[tuple[Result, ResultReview | None]]:
+        """The study's results, newest first, each with its review row (if any)."""
+        with self.database.session() as session:
+            rows = session.scalars(
+                select(Result)
+                .where(Result.study_instance_uid == study_instance_uid)
+                .order_by(Result.created_at.desc(), Result.id.desc())
+            ).all()
+            reviews = {
+                r.result_id: r
+                for r in session.scalars(
+                    select(ResultReview).where(
+                        ResultReview.study_instance_uid == study_instance_uid
+                    )
+                ).all()
+            }
+            return [(row, reviews.get(row.id)) for row in rows]
+
+    # -- acting ---------------------------------------------------------------------
+    def review(
+        self, study_instance_uid: str, request: ReviewRequest, reader: Reader
+    ) -> list[ReviewOutcome]:
+        """Apply a reader's action to every result of the study it applies to.
+
+        A held study: each pending result. A study whose results went out: each
+        result that was sent (accept/edit send a correction; reject is refused).
+
+        Raises
+        ------
+        ReviewError
+            If the study has no stored result, or an edit names an unknown finding.
+        ReviewConflictError
+            If no result of the study is in a state the action applies to.
+        """
+        if not reader.username:
+            raise ReviewError("a review needs the name of the reader")
+        results = self.results_of(study_instance_uid)
+        if not results:
+            raise ReviewError(f"study {study_instance_uid} has no stored result")
+        pending: list[tuple[Result, ResultReview | None]] = [
+            (r, v) for r, v in results if v is not None and v.state == ReviewState.PENDING.value
+        ]
+        if pending:
+            targets = pending
+        else:
+            # Results already out (never held, released after a time-out, or verified);
+            # a study the model did not analyse has nothing to verify.
+            targets = [
+                (r, v)
+                for r, v in results
+                if (v is None or v.state != ReviewState.REJECTED.value)
+                and ResultSummary.from_dict(r.summary or {}).usable()
+            ]
+        if not targets:
+            raise ReviewConflictError(
+                f"study {study_instance_uid}: its results were rejected; nothing to review"
+            )
+        outcomes: list[ReviewOutcome] = []
+        for result, review in targets:
+            if request.action is ReviewAction.REJECT:
+                if review is None or review.state != ReviewState.PENDING.value:
+                    raise ReviewConflictError(
+                        f"study {study_instance_uid}: result {result.id} already went out; "
+                        "edit it to send a correction instead"
+                    )
+                outcomes.append(self._reject(result, review, request, reader))
+            elif review is not None and review.state == ReviewState.PENDING.value:
+                outcomes.append(self._verify(result, review, request, reader, correction=False))
+            else:
+                outcomes.append(self._verify(result, review, request, reader, correction=True))
+        return outcomes
+
+    def _reject(
+        self, result: Result, review: ResultReview, request: ReviewRequest, reader: Reader
+    ) -> ReviewOutcome:
+        now = utcnow()
+        with self.database.session() as session:
+            changed = session.execute(
+                update(ResultReview)
+                .where(
+                    ResultReview.id == review.id,
+                    ResultReview.state == ReviewState.PENDING.value,
+                )
+                .values(
+                    state=ReviewState.REJECTED.value,
+                    reviewer=reader.username,
+                    reviewer_role=reader.role,
+                    reviewed_at=now,
+                    reason=request.reason or request.note,
+                    updated_at=now,
+                )
+                .execution_options(synchronize_session=False)
+            )
+            if changed.rowcount != 1:  # type: ignore[attr-defined]
+                raise ReviewConflictError(
+                    f"result {result.id} was reviewed by someone else meanwhile"
+                )
+            record_event(
+                session,
+                actor=reader.username,
+                role=reader.role,
+                action=AuditAction.REVIEW_REJECT,
+                object_uids=[result.study_instance_uid],
+                details={
+                    "result_id": result.id,
+                    "reason": (request.reason or request.note)[:1000],
+                },
+            )
+        logger.info(
+            "study %s: result %d rejected by %s",
+            result.study_instance_uid,
+            result.id,
+            reader.username,
+        )
+        return ReviewOutcome(
+            study_instance_uid=result.study_instance_uid,
+            result_id=result.id,
+            state=ReviewState.REJECTED,
+            report_status=ReportStatus.PRELIMINARY,
+            sr_sop_instance_uid=None,
+            superseded=(),
+            exports=0,
+        )
+
+    def _verify(
+        self,
+        result: Result,
+        review: ResultReview | None,
+        request: ReviewRequest,
+        reader: Reader,
+        *,
+        correction: bool,
+    ) -> ReviewOutcome:
+        """Accept or edit one result: rebuild its SR verified, release or correct."""
+        now = utcnow()
+        summary = ResultSummary.from_dict(result.summary or {})
+        labels = {f.label for _, p in summary.usable() for f in p.findings}
+        unknown = sorted(set(request.decisions) - labels)
+        if unknown:
+            raise ReviewError(
+                f"result {result.id} has no finding {', '.join(map(repr, unknown))} "
+                f"(it has: {', '.join(sorted(labels))})"
+            )
+        if not summary.usable():
+            raise ReviewConflictError(
+                f"result {result.id}: the study was not analysed; there is nothing to verify"
+            )
+        was_verified = review is not None and review.state in (
+            ReviewState.ACCEPTED.value,
+            ReviewState.EDITED.value,
+        )
+        previous = stored_decisions(review.decisions or {}) if was_verified and review else {}
+        decisions = dict(previous)
+        if request.action is ReviewAction.EDIT:
+            decisions.update(request.decisions)
+        # Only what differs from the model's call is a change (for the study as a whole).
+        model_calls = _study_decisions(summary)
+        decisions = {k: v for k, v in decisions.items() if model_calls.get(k) is not v}
+        if correction:
+            if was_verified and request.action is ReviewAction.ACCEPT:
+                raise ReviewConflictError(
+                    f"result {result.id} is verified already; edit it to correct it"
+                )
+            changed = decisions != previous or (
+                was_verified and request.note and request.note != (review.note if review else "")
+            )
+            if was_verified and not changed:
+                raise ReviewConflictError(
+                    f"result {result.id} is verified already with these findings and note"
+                )
+            amends = bool(changed and (decisions or was_verified))
+            status = ReportStatus.AMENDED if amends else ReportStatus.FINAL
+        else:
+            status = ReportStatus.FINAL
+        edited = request.action is ReviewAction.EDIT
+        state = ReviewState.EDITED if (edited or decisions) else ReviewState.ACCEPTED
+        artifacts = list(result.artifacts or [])
+        old_sr = _sr_entry(artifacts)
+        organization = self.config.verifying_organization or ""
+        headers = self._headers(result, summary)
+        if not organization:
+            organization = (
+                next(
+                    (
+                        str(h.get("InstitutionName", ""))
+                        for h in headers.values()
+                        if h.get("InstitutionName")
+                    ),
+                    "",
+                )
+                or self.config.ae_title
+            )
+        verification = Verification(
+            status=status,
+            observer_name=reader_person_name(reader.username),
+            organization=organization[:64],
+            verified_at=now,
+            decisions=decisions,
+            note=request.note,
+        )
+        superseded = list(review.superseded or []) if review is not None else []
+        new_sr: dict[str, Any] | None = None
+        if old_sr is not None:
+            predecessors = [*superseded, old_sr] if correction else list(superseded)
+            new_sr = self._verified_sr(result, summary, headers, verification, old_sr, predecessors)
+            artifacts = [new_sr if a is old_sr else a for a in artifacts]
+            if correction:
+                superseded.append(_reference(old_sr))
+        with self.database.session() as session:
+            row = session.get(Result, result.id)
+            if row is None:
+                raise ReviewError(f"result {result.id} no longer exists")
+            # Locked (PostgreSQL): a second reader acting at once waits, then sees this one.
+            current = session.scalar(
+                select(ResultReview).where(ResultReview.result_id == result.id).with_for_update()
+            )
+            expected = None if review is None else review.state
+            if (None if current is None else current.state) != expected or (
+                current is not None and review is not None and current.version != review.version
+            ):
+                raise ReviewConflictError(
+                    f"result {result.id} was reviewed by someone else meanwhile"
+                )
+            if current is None:
+                current = ResultReview(
+                    result_id=result.id,
+                    study_instance_uid=result.study_instance_uid,
+                    held=False,
+                    created_at=now,
+                    released_at=result.created_at,
+                )
+                session.add(current)
+            current.state = state.value
+            current.report_status = status.value
+            current.reviewer = reader.username
+            current.reviewer_role = reader.role
+            current.organization = organization[:64]
+            current.reviewed_at = now
+            current.decisions = {k: v.value for k, v in decisions.items()}
+            current.note = request.note
+            current.superseded = superseded
+            current.version = (current.version or 0) + 1
+            current.updated_at = now
+            row.artifacts = artifacts
+            if correction:
+                exports = self._requeue_corrections(session, row, new_sr)
+            else:
+                current.released_at = now
+                exports = self._release(session, row)
+            session.flush()
+            record_event(
+                session,
+                actor=reader.username,
+                role=reader.role,
+                action=AuditAction.REVIEW_EDIT if edited else AuditAction.REVIEW_ACCEPT,
+                object_uids=[
+                    result.study_instance_uid,
+                    *([new_sr["sop_instance_uid"]] if new_sr else []),
+                ],
+                details={
+                    "result_id": result.id,
+                    "report_status": status.value,
+                    "correction": correction,
+                    "decisions": {k: v.value for k, v in request.decisions.items()},
+                    "note": request.note[:1000],
+                    "sr": None if new_sr is None else new_sr["sop_instance_uid"],
+                    "superseded": [s["sop_instance_uid"] for s in superseded],
+                    "exports": exports,
+                },
+            )
+        logger.info(
+            "study %s: result %d %s by %s (%s), %d export(s)",
+            result.study_instance_uid,
+            result.id,
+            state.value,
+            reader.username,
+            status.value,
+            exports,
+        )
+        return ReviewOutcome(
+            study_instance_uid=result.study_instance_uid,
+            result_id=result.id,
+            state=state,
+            report_status=status,
+            sr_sop_instance_uid=None if new_sr is None else str(new_sr["sop_instance_uid"]),
+            superseded=tuple(str(s["sop_instance_uid"]) for s in superseded),
+            exports=exports,
+        )
+
+    # -- building ---------------------------------------------------------------------
+    def _headers(self, result: Result, summary: ResultSummary) -> dict[str, Dataset]:
+        """The stored headers of the result's images, by SOP Instance UID."""
+        from overread.imaging import read_dataset
+
+        wanted = set(summary.sop_instance_uids)
+        with self.database.session() as session:
+            rows = session.scalars(
+                select(Instance).where(Instance.study_instance_uid == result.study_instance_uid)
+            ).all()
+            keys = {r.sop_instance_uid: r.object_key for r in rows if r.sop_instance_uid in wanted}
+        headers: dict[str, Dataset] = {}
+        for uid, key in keys.items():
+            try:
+                headers[uid] = read_dataset(self.store.path(key), pixels=False)
+            except Exception as exc:  # a lost image cannot be referenced; say which
+                raise ReviewError(f"stored image {uid} cannot be read: {exc}") from exc
+        return headers
+
+    def _verified_sr(
+        self,
+        result: Result,
+        summary: ResultSummary,
+        headers: Mapping[str, Dataset],
+        verification: Verification,
+        old_sr: Mapping[str, Any],
+        predecessors: Sequence[Mapping[str, Any]],
+    ) -> dict[str, Any]:
+        """Build, store and describe the result's SR as the reader verified it."""
+        from overread.service.outputs import build_study_sr
+
+        model = ModelRef(name=str(result.model_name), version=str(result.model_version))
+        readings: list[tuple[Prediction, Dataset]] = []
+        for index, prediction in summary.usable():
+            uid = summary.sop_instance_uid(index)
+            if uid not in headers:
+                raise ReviewError(f"result {result.id}: image {uid} is no longer stored")
+            own = prediction.model
+            prediction.model = ModelRef(
+                name=own.name or model.name,
+                version=own.version or model.version,
+                sha256=own.sha256 or model.sha256,
+            )
+            readings.append((prediction, headers[uid]))
+        left_out = [
+            p for p in summary.instances if not p.ok and p.gate is not None and p.gate.refused
+        ]
+        previous = self._stored_header(old_sr)
+        sr = build_study_sr(
+            readings,
+            not_analysed=left_out,
+            verification=verification,
+            predecessors=[
+                self._stored_header(p) or _reference_dataset(p, result.study_instance_uid)
+                for p in predecessors
+            ],
+            series_instance_uid=None if previous is None else str(previous.SeriesInstanceUID),
+            instance_number=1 + (0 if previous is None else int(previous.InstanceNumber or 1)),
+        )
+        buffer = BytesIO()
+        pydicom.dcmwrite(buffer, sr, enforce_file_format=True)
+        stored = self.store.put(buffer.getvalue())
+        return {
+            "key": stored.key,
+            "sop_class_uid": str(sr.SOPClassUID),
+            "sop_instance_uid": str(sr.SOPInstanceUID),
+            "series_instance_uid": str(sr.SeriesInstanceUID),
+            "modality": "SR",
+        }
+
+    def _stored_header(self, artifact: Mapping[str, Any]) -> Dataset | None:
+        path = self.store.path(str(artifact["key"]))
+        try:
+            return pydicom.dcmread(path, stop_before_pixels=True)
+        except (OSError, pydicom.errors.InvalidDicomError):
+            return None
+
+    # -- releasing ----------------------------------------------------------------------
+    def _release(self, session: Session, result: Result) -> int:
+        """Queue the exports of a result that was held (its infer job's destinations);
+        return how many export jobs the result now has waiting.
+
+        Export jobs the study and model already had (a "not analysed" report sent
+        before a reader had the study analysed anyway) go again, with this result."""
+        job = session.get(Job, result.job_id)
+        if job is None:
+            raise ReviewError(f"result {result.id}: its infer job {result.job_id} is gone")
+        payload = InferPayload.from_dict(job.payload or {}, default_alias=job.model_name)
+        queue_exports(
+            session,
+            self.queue,
+            self.config,
+            job=job,
+            result=result,
+            destinations=payload.destinations,
+            analysed=bool(ResultSummary.from_dict(result.summary or {}).usable()),
+        )
+        return self.queue.requeue_exports(
+            session,
+            study_instance_uid=result.study_instance_uid,
+            model_name=result.model_name,
+            model_version=result.model_version,
+        )
+
+    def _requeue_corrections(
+        self, session: Session, result: Result, new_sr: Mapping[str, Any] | None
+    ) -> int:
+        """Send the corrected result again on every export job of it: a DICOM or STOW-RS
+        export that delivered the old objects sends the new SR only; one that did not
+        yet deliver sends everything the result has now; FHIR and HL7 send the
+        corrected report. Returns how many jobs were queued."""
+        now = utcnow()
+        jobs = session.scalars(
+            select(Job).where(
+                Job.kind == JobKind.EXPORT.value,
+                Job.study_instance_uid == result.study_instance_uid,
+                Job.model_name == result.model_name,
+                Job.model_version == result.model_version,
+            )
+        ).all()
+        for job in jobs:
+            payload = export_payload(job.payload or {})
+            if isinstance(payload, DicomExportPayload | StowExportPayload):
+                only: tuple[str, ...] = ()
+                if job.state == JobState.SUCCEEDED.value and new_sr is not None:
+                    only = (str(new_sr["sop_instance_uid"]),)
+                data = dict(job.payload or {})
+                data.pop("objects", None)
+                if only:
+                    data["objects"] = list(only)
+                job.payload = data
+            job.state = JobState.QUEUED.value
+            job.attempts = 0
+            job.next_attempt_at = now
+            job.started_at = None
+            job.finished_at = None
+            job.lease_owner = None
+            job.lease_expires_at = None
+            job.error = None
+            job.updated_at = now
+        return len(jobs)
+
+    # -- time-outs ----------------------------------------------------------------------
+    def sweep(self, triage: Any, *, now: datetime | None = None) -> list[int]:
+        """Handle held results past their time-out; return their result ids.
+
+        Each raises a "review overdue" alert (once) through the triage channels; a
+        route with ``review_on_timeout = "release-unverified"`` also releases the
+        result's exports unverified. ``triage`` is the triage configuration.
+        """
+        from overread.triage.alerts import raise_review_overdue
+
+        moment = now or utcnow()
+        done: list[int] = []
+        with self.database.session() as session:
+            overdue = session.scalars(
+                select(ResultReview).where(
+                    ResultReview.state == ReviewState.PENDING.value,
+                    ResultReview.due_at.is_not(None),
+                    ResultReview.due_at <= moment,
+                    ResultReview.escalated_at.is_(None),
+                )
+            ).all()
+            for review in overdue:
+                routes = reviewing_routes(self.config, review.route)
+                release = bool(routes) and all(
+                    r.review_on_timeout is ReviewTimeout.RELEASE_UNVERIFIED for r in routes
+                )
+                alert = raise_review_overdue(session, review.study_instance_uid, triage, now=moment)
+                review.escalated_at = moment
+                review.updated_at = moment
+                record_event(
+                    session,
+                    actor=REVIEW_ACTOR,
+                    role="service",
+                    action=AuditAction.REVIEW_OVERDUE,
+                    object_uids=[review.study_instance_uid],
+                    details={
+                        "result_id": review.result_id,
+                        "alert_id": alert.id,
+                        "release": release,
+                    },
+                )
+                if release:
+                    result = session.get(Result, review.result_id)
+                    if result is not None:
+                        review.state = ReviewState.RELEASED.value
+                        review.released_at = moment
+                        exports = self._release(session, result)
+                        record_event(
+                            session,
+                            actor=REVIEW_ACTOR,
+                            role="service",
+                            action=AuditAction.REVIEW_RELEASE,
+                            object_uids=[review.study_instance_uid],
+                            details={
+                                "result_id": review.result_id,
+                                "exports": exports,
+                                "report_status": ReportStatus.PRELIMINARY.value,
+                            },
+                        )
+                done.append(review.result_id)
+        if done:
+            logger.warning("%d held result(s) past their review time-out", len(done))
+        return done
+
+
+def _study_decisions(summary: ResultSummary) -> dict[str, Decision]:
+    """The model's decision per finding for the study: the strongest of its images'
+    (positive, then indeterminate, then negative), as the SR's summary merges them."""
+    calls: dict[str, Decision] = {}
+    for _, prediction in summary.usable():
+        for finding in prediction.findings:
+            current = calls.get(finding.label)
+            if current is None or finding.decision.severity > current.severity:
+                calls[finding.label] = finding.decision
+    return calls
+
+
+def _reference(artifact: Mapping[str, Any]) -> dict[str, Any]:
+    """What is kept of an SR that a newer one supersedes."""
+    return {
+        "key": artifact.get("key"),
+        "sop_class_uid": artifact.get("sop_class_uid"),
+        "sop_instance_uid": artifact.get("sop_instance_uid"),
+        "series_instance_uid": artifact.get("series_instance_uid"),
+    }
+
+
+def _reference_dataset(reference: Mapping[str, Any], study_uid: str = "") -> Dataset:
+    """A header standing for an earlier SR in the Predecessor Documents Sequence."""
+    ds = Dataset()
+    ds.SOPClassUID = str(reference.get("sop_class_uid") or COMPREHENSIVE_SR)
+    ds.SOPInstanceUID = str(reference["sop_instance_uid"])
+    ds.SeriesInstanceUID = str(reference.get("series_instance_uid") or "")
+    ds.StudyInstanceUID = study_uid
+    return ds
+
+
+__all__ = [
+    "REVIEW_ACTOR",
+    "UNREVIEWED",
+    "Reader",
+    "ReviewAction",
+    "ReviewConflictError",
+    "ReviewDesk",
+    "ReviewError",
+    "ReviewOutcome",
+    "ReviewRequest",
+    "held",
+    "hold_result",
+    "queue_exports",
+    "reviewing_routes",
+    "study_review_states",
+]
