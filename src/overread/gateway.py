@@ -15,13 +15,19 @@ from __future__ import annotations
 import logging
 import threading
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import date, datetime
 from typing import TYPE_CHECKING
 
 from overread.errors import ConfigError
 from overread.service.config import ServiceConfig
 from overread.service.db import utcnow
 from overread.service.http import HttpServer
+from overread.service.monitor.run import (
+    MonitoringRun,
+    MonitoringScheduler,
+    registry_baselines,
+    run_monitoring,
+)
 from overread.service.node import ServiceNode
 from overread.service.review import ReviewDesk
 from overread.service.runtime import ArtifactBuilder, PipelineProvider
@@ -89,6 +95,12 @@ class Gateway(ServiceNode):
             registry=registry,
         )
         self.with_http = with_http
+        # Monitoring runs where the triage sweep does: once per data directory.
+        self.monitoring: MonitoringScheduler | None = (
+            MonitoringScheduler(self.run_monitoring, config.monitoring.interval_seconds)
+            if with_assembler
+            else None
+        )
         self._triage_thread: threading.Thread | None = None
         self._http: HttpServer | None = None
         self.http_port: int | None = None
@@ -106,6 +118,8 @@ class Gateway(ServiceNode):
             )
             self._triage_thread.start()
         super().start()
+        if self.monitoring is not None:
+            self.monitoring.start()
         if self.with_http and self.config.http_port is not None:
             http = HttpServer(
                 create_app(self, self.web_context()),
@@ -133,6 +147,16 @@ class Gateway(ServiceNode):
         with self.database.session() as session:
             rescored = refresh_scores(session, self.triage, now=moment)
         return TriageRun(sweep=report, rescored=rescored)
+
+    def run_monitoring(self, day: date | None = None) -> MonitoringRun:
+        """One monitoring run (see :mod:`overread.service.monitor.run`), alerts delivered."""
+        return run_monitoring(
+            self.database,
+            self.config.monitoring,
+            self.triage,
+            baselines=registry_baselines(self.registry),
+            day=day,
+        )
 
     def _triage_loop(self) -> None:
         interval = float(self.triage_interval or DEFAULT_TRIAGE_INTERVAL)
@@ -166,6 +190,8 @@ class Gateway(ServiceNode):
             self._http.stop()
         if self._triage_thread is not None:
             self._triage_thread.join(30)
+        if self.monitoring is not None:
+            self.monitoring.stop()
         super().stop(timeout)
 
 

@@ -33,6 +33,10 @@ LATER_TABLES = frozenset(
         "alert_findings",
         "alert_notes",
         "result_reviews",
+        "study_observations",
+        "monitoring_alerts",
+        "monitoring_points",
+        "alert_notices",
     }
 )
 

@@ -375,3 +375,25 @@ def test_refresh_never_moves_the_row_under_the_pointer(gateway: UiGateway, page:
     # The selection followed its study to its new row.
     selected = page.locator("#worklist-rows tr.selected")
     assert selected.count() == 1 and selected.get_attribute("data-uid") == mid
+
+
+def test_monitoring_page_shows_its_charts(gateway: UiGateway, page: Any) -> None:
+    import datetime as dt
+
+    from tests.service.test_monitoring_service import _seed
+
+    service = gateway.service
+    today = dt.datetime.now(dt.UTC).date()
+    _seed(service, today)
+    # No validated AUC is recorded for the synthetic model: give the run one.
+    service.config.monitoring.baseline_auc["Pneumothorax"] = 0.92
+    service.run_monitoring(day=today)
+    _login(page, gateway, "dr.grey")
+    page.click('nav a[href="/monitoring"]')
+    page.wait_for_load_state("networkidle")
+    for chart in ("activity", "drift", "auc", "latency"):
+        width = page.eval_on_selector(f"#chart-{chart}", "img => img.naturalWidth")
+        assert width > 100, f"the {chart} chart did not load"
+    assert "site NGH" in page.locator("#monitoring-alerts").inner_text()
+    assert "alert" in page.locator("#performance-table").inner_text()
+    _shot(page, "monitoring.png")

@@ -65,6 +65,8 @@ class AuditAction(enum.StrEnum):
     COHORT_REGISTERED = "cohort-registered"
     #: The retention policy deleted a study's images, results or finished jobs.
     RETENTION_DELETE = "retention-delete"
+    #: Monitoring raised an alert (drift, prevalence, performance) and routed it.
+    MONITORING_ALERT = "monitoring-alert"
 
 
 __all__ = ["AuditAction"]

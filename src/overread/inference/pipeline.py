@@ -659,8 +659,10 @@ class Pipeline:
             # "read" is the whole of it and "preprocess" what is left: the model input.
             prediction.timings["read"] = read_done - started
             prediction.timings["preprocess"] = time.perf_counter() - read_done
+            # Kept whether explaining or not: monitoring summarises the image the
+            # model saw (overread.monitoring.observe); it is dropped with the prediction.
+            prediction.model_input = x[0]
             if explain:
-                prediction.model_input = x[0]
                 prediction.letterbox = box
         except OverreadError as exc:
             prediction.error = _problem(prediction.path, exc)

@@ -20,8 +20,8 @@ from overread.results import Prediction as ResultPrediction
 class Prediction(ResultPrediction):
     """The pipeline's result for one input, successful (``ok``) or not (``error``).
 
-    ``model_input`` is the preprocessed image the heatmaps align with (only when
-    explaining); ``metadata`` is the image's, when it could be read.
+    ``model_input`` is the preprocessed image the model saw (and the heatmaps align
+    with); ``metadata`` is the image's, when it could be read.
     """
 
     metadata: ImageMetadata | None = None

@@ -59,6 +59,7 @@ from pydantic import (
 
 from overread.config import Settings
 from overread.errors import ConfigError
+from overread.service.monitor.settings import MonitoringSettings
 from overread.service.retention_settings import RetentionSettings
 
 _AE_RE = re.compile(r"^[ -~]{1,16}$")
@@ -600,6 +601,10 @@ class ServiceConfig(BaseModel):
     retention: RetentionSettings = Field(
         default_factory=RetentionSettings,
         description="The [service.retention] table: retention periods and disk watermarks",
+    )
+    monitoring: MonitoringSettings = Field(
+        default_factory=MonitoringSettings,
+        description="The [service.monitoring] table: the monitoring run, sites and baselines",
     )
     public_api_docs: bool = Field(
         default=False,

@@ -23,10 +23,12 @@ from sqlalchemy import select
 from overread.audit import AuditAction
 from overread.errors import ConfigError, InferenceError
 from overread.imaging import ImageMetadata, metadata_from_dataset, read_dataset
+from overread.monitoring import StudyObservation
 from overread.results import Prediction, ResultSummary
 from overread.service.db import Instance, Job, Result, utcnow
 from overread.service.handling import JobServices
 from overread.service.metrics import observe_stage_timings
+from overread.service.monitor.store import observe_study, store_observations
 from overread.service.payloads import InferPayload
 from overread.service.review import (
     FHIR_DESTINATION_PREFIX,
@@ -165,6 +167,13 @@ class InferenceHandler:
             ]
             if refused:
                 readings += _refused_readings([p for p, _ in refused], [q for _, q in refused])
+        first = items[0][1]
+        observations = observe_study(
+            readings,
+            calling_ae=first.calling_ae,
+            institution=first.institution,
+            settings=self.services.config.monitoring,
+        )
         header = metadata_from_dataset(readings[0][1]) if readings else ImageMetadata()
         context = _study_context(items, header)
         artifacts: list[dict[str, Any]] = []
@@ -187,7 +196,16 @@ class InferenceHandler:
             study=study_header(header),
             timings=_stage_timings(predictions, modelled - started, built - modelled),
         ).to_dict()
-        self._finish(job, payload, None, summary, artifacts, context, replaces=replaces)
+        self._finish(
+            job,
+            payload,
+            None,
+            summary,
+            artifacts,
+            context,
+            replaces=replaces,
+            observations=observations,
+        )
         logger.info(
             "job %d: %s %s on study %s: %d prediction(s), %d object(s) to send in %.3f s",
             job.id,
@@ -241,6 +259,7 @@ class InferenceHandler:
         context: StudyContext | None = None,
         *,
         replaces: int | None = None,
+        observations: Sequence[StudyObservation] = (),
     ) -> None:
         """Store the result, audit it, put the study on the worklist and queue exports.
 
@@ -270,6 +289,8 @@ class InferenceHandler:
                     session.add(result)
                 session.flush()
                 result_id = result.id
+                role = payload.role.value if payload.role is not None else ""
+                store_observations(session, result.id, observations, role=role)
                 details: dict[str, Any] = {
                     "job_id": job.id,
                     "result_id": result.id,

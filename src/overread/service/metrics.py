@@ -26,6 +26,9 @@ from typing import TYPE_CHECKING
 from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest
 from prometheus_client.core import GaugeMetricFamily, InfoMetricFamily
 from prometheus_client.registry import Collector
+from sqlalchemy import select
+
+from overread.service.rollout import CANARY_BUCKETS, ModelRollout, RolloutState
 
 if TYPE_CHECKING:
     from prometheus_client.metrics_core import Metric
@@ -101,6 +104,36 @@ class _StateCollector(Collector):
         yield waiting
         yield dead
         yield from self._models()
+        yield from self._rollouts()
+
+    def _rollouts(self) -> Iterator[Metric]:
+        """Each alias's rollout: one 0/1 gauge per state, and the canary's share."""
+        state = GaugeMetricFamily(
+            "overread_rollout_state",
+            "1 for the state an alias's rollout is in (shadow, canary, promoted, rolled-back)",
+            labels=["alias", "state"],
+        )
+        share = GaugeMetricFamily(
+            "overread_rollout_canary_share",
+            "Share of studies (0..1) whose results come from the alias's canary candidate",
+            labels=["alias"],
+        )
+        try:
+            with self.queue.database.session() as session:
+                rows = [
+                    (r.alias, r.state, r.canary_share)
+                    for r in session.scalars(select(ModelRollout)).all()
+                ]
+        except Exception as exc:  # a database without the rollout table: no rollout gauges
+            logger.warning("metrics: the rollouts could not be read: %s", exc)
+            return
+        for alias, current, canary in rows:
+            for known in RolloutState:
+                state.add_metric([alias, known.value], 1.0 if current == known.value else 0.0)
+            live = current == RolloutState.CANARY.value
+            share.add_metric([alias], canary / CANARY_BUCKETS if live else 0.0)
+        yield state
+        yield share
 
     def _models(self) -> Iterator[Metric]:
         if self.models is None:

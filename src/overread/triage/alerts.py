@@ -38,6 +38,8 @@ from overread.triage.schema import (
     AlertEvent,
     AlertFinding,
     AlertNote,
+    AlertNotice,
+    AlertSource,
     AlertState,
     DeliveryState,
     WorklistItem,
@@ -86,12 +88,41 @@ def next_escalation_at(alert: Alert, settings: AlertSettings) -> datetime | None
     return since + timedelta(minutes=settings.escalate_after_minutes)
 
 
-def alert_message(alert: Alert, findings: list[AlertFinding] | None = None) -> dict[str, Any]:
+#: What a channel's message of a monitoring alert says instead of the finding notice.
+MONITORING_NOTICE = (
+    "Monitoring alert about the AI model's operation (input drift or performance); "
+    "it concerns no single patient's study and is not a critical finding."
+)
+
+
+def alert_message(
+    alert: Alert,
+    findings: list[AlertFinding] | None = None,
+    notice: AlertNotice | None = None,
+) -> dict[str, Any]:
     """The JSON-able message every channel delivers for an alert.
 
     ``findings`` lists every critical finding of the study's alert; the leading one
     is also given as ``finding`` (the form channels received before grouping).
+    An alert with a :class:`AlertNotice` (a monitoring alert) is delivered as
+    ``{"source": "monitoring", "kind", "subject", "message", ...}`` with no study,
+    finding or probability, so no receiver can take it for a patient's finding.
     """
+    if notice is not None:
+        return {
+            "alert_id": alert.id,
+            "source": notice.source,
+            "kind": notice.kind,
+            "subject": notice.subject,
+            "message": notice.message,
+            "value": round(alert.probability, 6),
+            "threshold": alert.threshold,
+            "details": dict(notice.details or {}),
+            "level": alert.level,
+            "raised_at": alert.raised_at.isoformat(),
+            "state": alert.state,
+            "notice": MONITORING_NOTICE,
+        }
     listed = findings or []
     return {
         "alert_id": alert.id,
@@ -347,6 +378,61 @@ def raise_review_overdue(
     return alert
 
 
+def raise_notice_alert(
+    session: Session,
+    config: TriageConfig,
+    *,
+    source: AlertSource,
+    kind: str,
+    subject: str,
+    message: str,
+    value: float,
+    threshold: float,
+    details: Mapping[str, Any] | None = None,
+    now: datetime,
+) -> Alert:
+    """Raise an alert that concerns no study (a monitoring alert); return it.
+
+    It is delivered by the level-0 channels, retried and escalated like any alert, and
+    acknowledged the same way; its ``alerts`` row has no study and its ``finding``
+    reads ``SOURCE:KIND``, while what it says lives in its :class:`AlertNotice`. The
+    caller audits it (its own action) and decides against duplicates.
+    """
+    alert = Alert(
+        study_instance_uid="",
+        finding=f"{source.value}:{kind}"[:64],
+        probability=float(value),
+        threshold=float(threshold),
+        department=source.value,
+        score=0.0,
+        state=AlertState.OPEN.value,
+        level=0,
+        raised_at=now,
+        last_seen_at=now,
+        duplicates=0,
+    )
+    session.add(alert)
+    session.flush()
+    session.add(
+        AlertNotice(
+            alert_id=alert.id,
+            source=source.value,
+            kind=kind[:32],
+            subject=subject[:200],
+            message=message,
+            details=dict(details or {}),
+        )
+    )
+    if _queue_deliveries(session, alert, config.alerts, now) == 0:
+        logger.warning("alert %d raised but no level-0 channel is configured", alert.id)
+    session.flush()
+    return alert
+
+
+def _uids(alert: Alert) -> list[str]:
+    return [alert.study_instance_uid] if alert.study_instance_uid else []
+
+
 def acknowledge(
     session: Session,
     alert_id: int,
@@ -405,7 +491,7 @@ def acknowledge(
         actor=who,
         role=role,
         action=AuditAction.ALERT,
-        object_uids=[alert.study_instance_uid],
+        object_uids=_uids(alert),
         details={
             "event": "acknowledged",
             "alert_id": alert.id,
@@ -540,7 +626,7 @@ def escalate_due(
             session,
             actor=SYSTEM_ACTOR,
             action=AuditAction.ALERT,
-            object_uids=[alert.study_instance_uid],
+            object_uids=_uids(alert),
             details={
                 "event": "escalated",
                 "alert_id": alert.id,
@@ -618,12 +704,13 @@ def _claim_due(session: Session, config: TriageConfig, now: datetime) -> list[_A
             continue
         if not _claim_attempt(session, delivery, config.alerts, now):
             continue  # another sweeper took this attempt
+        notice = None if alert.study_instance_uid else session.get(AlertNotice, alert.id)
         attempts.append(
             _Attempt(
                 delivery.id,
                 delivery.channel,
                 delivery.attempts,
-                alert_message(alert, alert_findings(session, alert)),
+                alert_message(alert, alert_findings(session, alert), notice),
             )
         )
     session.flush()
@@ -755,6 +842,7 @@ def run_sweep(
 
 __all__ = [
     "COMMUNICATED_TO_MAX",
+    "MONITORING_NOTICE",
     "NOTE_MAX",
     "REVIEW_OVERDUE",
     "SYSTEM_ACTOR",
@@ -769,6 +857,7 @@ __all__ = [
     "escalate_due",
     "next_escalation_at",
     "raise_alerts",
+    "raise_notice_alert",
     "raise_review_overdue",
     "run_sweep",
     "sweep",

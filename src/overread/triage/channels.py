@@ -138,16 +138,24 @@ class EmailChannel:
         email = EmailMessage()
         level = int(message.get("level", 0))
         prefix = "ESCALATED " if level > 0 else ""
+        email["From"] = self.sender
+        email["To"] = ", ".join(self.recipients)
+        body = json.dumps(message, indent=2, sort_keys=True) + "\n"
+        if message.get("source") == "monitoring":
+            # Not a patient's finding: its own subject line, no study, no probability.
+            email["Subject"] = (
+                f"{prefix}overread monitoring: {message.get('kind')} ({message.get('subject')})"
+            )
+            email.set_content(f"{message.get('message')}\n\n{message.get('notice')}\n\n{body}")
+            return email
         email["Subject"] = (
             f"{prefix}overread critical finding: {message.get('finding')} "
             f"(p={float(message.get('probability', 0.0)):.2f}) "
             f"study {message.get('study_instance_uid')}"
         )
-        email["From"] = self.sender
-        email["To"] = ", ".join(self.recipients)
         email.set_content(
             "A critical finding was flagged by the AI second reader and awaits "
-            "acknowledgement.\n\n" + json.dumps(message, indent=2, sort_keys=True) + "\n"
+            "acknowledgement.\n\n" + body
         )
         return email
 

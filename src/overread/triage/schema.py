@@ -104,6 +104,18 @@ class DeliveryState(enum.StrEnum):
     CANCELLED = "cancelled"
 
 
+class AlertSource(enum.StrEnum):
+    """What an alert is about: a study's critical finding, or the system's operation.
+
+    A monitoring alert (drift, performance) concerns no patient: it has no study, and
+    channels deliver it with its own message shape (see
+    :func:`overread.triage.alerts.alert_message`), never as a critical finding.
+    """
+
+    STUDY = "study"
+    MONITORING = "monitoring"
+
+
 class Verdict(enum.StrEnum):
     """A reader's verdict on one finding of the model."""
 
@@ -249,12 +261,32 @@ class Feedback(Base):
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
 
 
+class AlertNotice(Base):
+    """What a non-study alert says (its ``alerts`` row has no study and no finding).
+
+    ``kind`` is the alert's own coded kind (for monitoring, an
+    :class:`overread.monitoring.AlertKind` value), ``subject`` what it is about
+    (``"site NGH"``), ``message`` one line for a person and ``details`` the figures.
+    """
+
+    __tablename__ = "alert_notices"
+
+    alert_id: Mapped[int] = mapped_column(ForeignKey("alerts.id"), primary_key=True)
+    source: Mapped[str] = mapped_column(String(16))
+    kind: Mapped[str] = mapped_column(String(32))
+    subject: Mapped[str] = mapped_column(String(200))
+    message: Mapped[str] = mapped_column(Text)
+    details: Mapped[dict[str, Any]] = mapped_column(default=dict)
+
+
 __all__ = [
     "Alert",
     "AlertDelivery",
     "AlertEvent",
     "AlertFinding",
     "AlertNote",
+    "AlertNotice",
+    "AlertSource",
     "AlertState",
     "DeliveryState",
     "Feedback",

@@ -13,6 +13,7 @@ from overread.web.ui.pages import (
     compare,
     jobs,
     login,
+    monitoring,
     review,
     study,
     viewer,
@@ -28,6 +29,7 @@ ROUTERS = (
     compare.router,
     viewer.router,
     alerts.router,
+    monitoring.router,
     jobs.router,
     audit.router,
 )

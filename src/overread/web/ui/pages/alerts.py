@@ -35,13 +35,17 @@ def alerts(
     with ui.ctx.database.session() as session:
         open_alerts = session.scalars(
             select(Alert)
-            .where(Alert.state == AlertState.OPEN.value)
+            # Monitoring alerts concern no study: the monitoring page lists them.
+            .where(Alert.state == AlertState.OPEN.value, Alert.study_instance_uid != "")
             .order_by(Alert.score.desc(), Alert.raised_at)
             .limit(200)
         ).all()
         done = session.scalars(
             select(Alert)
-            .where(Alert.state.in_([AlertState.ACKNOWLEDGED.value, AlertState.CLOSED.value]))
+            .where(
+                Alert.state.in_([AlertState.ACKNOWLEDGED.value, AlertState.CLOSED.value]),
+                Alert.study_instance_uid != "",
+            )
             .order_by(Alert.last_seen_at.desc(), Alert.id.desc())
             .limit(RECENT_ALERTS)
         ).all()
