@@ -310,3 +310,33 @@ def test_deid_cli_refuses_bad_options_in_one_line(
     assert status == 2 and "output folder" in err
     status, _, err = run_cli("deid", BURNED_IN, tmp_path / "out")
     assert status == 2 and "Burned In Annotation" in err
+
+
+def test_clean_structured_content_keeps_generated_text_and_replaces_free_text() -> None:
+    from pydicom.dataset import Dataset as Ds
+    from pydicom.sequence import Sequence as Seq
+
+    def text_item(code: str, value: str) -> Ds:
+        concept = Ds()
+        concept.CodeValue, concept.CodingSchemeDesignator, concept.CodeMeaning = code, "99X", code
+        item = Ds()
+        item.ValueType, item.ConceptNameCodeSequence, item.TextValue = "TEXT", Seq([concept]), value
+        return item
+
+    ds = pydicom.dcmread(CT_BRAIN[0])
+    ds.ContentSequence = Seq(
+        [text_item("SUMMARY", "3 findings"), text_item("NOTE", "told Mrs Smith at 10:00")]
+    )
+    observer = Ds()
+    observer.VerifyingObserverName = "Grey^Meredith"
+    observer.VerificationDateTime = "20240502100000"
+    ds.VerifyingObserverSequence = Seq([observer])
+    out = Deidentifier(
+        "site-secret", clean_structured_content=True, keep_text_concepts=[("99X", "SUMMARY")]
+    )(ds).dataset
+    kept, replaced = out.ContentSequence
+    assert kept.TextValue == "3 findings"
+    assert replaced.TextValue != "told Mrs Smith at 10:00" and "Smith" not in replaced.TextValue
+    verifier = out.VerifyingObserverSequence[0]
+    assert "Grey" not in str(verifier.VerifyingObserverName)
+    assert str(verifier.VerificationDateTime) != "20240502100000"

@@ -453,3 +453,31 @@ def test_the_running_gateway_cleans_up_periodically(
     with service.database.session() as session:
         left = session.scalars(select(Instance.study_instance_uid)).all()
     assert set(left) == {recent}
+
+
+def test_a_study_whose_result_waits_for_review_keeps_its_data(
+    site: Site, dx_factory: Callable[..., Path]
+) -> None:
+    from overread.service.db import ResultReview, ReviewState
+
+    uid = _study(site, dx_factory, days_old=400)
+    _job(site, uid, JobState.SUCCEEDED, days_old=400)
+    _result(site, uid, days_old=400, artifact=b"a held SR")
+    with site.database.session() as session:
+        result_id = session.scalar(select(Result.id).where(Result.study_instance_uid == uid))
+        assert result_id is not None
+        session.add(
+            ResultReview(
+                result_id=result_id,
+                study_instance_uid=uid,
+                state=ReviewState.PENDING.value,
+                held=True,
+            )
+        )
+    settings = RetentionSettings(images_days=1, results_days=1, jobs_days=1)
+
+    report = run_retention(site.database, site.store, settings, now=NOW)
+
+    assert report.plan.empty and report.applied == ()
+    assert [s.reason for s in report.plan.skipped] == [SkipReason.PENDING_REVIEW]
+    assert _count(site, Instance, uid) == 2 and _count(site, Result, uid) == 1

@@ -400,3 +400,46 @@ def test_hl7_gets_a_final_result_after_accept_and_a_corrected_one_after_an_edit(
         statuses.append(order.obr.obr_25.to_er7())
         assert {o.obx.obx_11.to_er7() for o in order.oru_r01_observation} == {statuses[-1]}
     assert statuses == ["F", "C"]
+
+
+def _queue_export(service: Gateway, uid: str, storescp: Storescp, name: str = "PACS") -> int:
+    """An export job for the study's result queued behind the gate's back (as a
+    replaced result's old job, a requeued dead letter or a released kill switch)."""
+    from overread.service.config import Destination
+    from overread.service.db import JobKind
+    from overread.service.payloads import DicomExportPayload
+
+    with service.database.session() as session:
+        result = session.scalar(select(Result))
+        assert result is not None
+        payload = DicomExportPayload(
+            Destination.parse(f"{name}=PACSAE@127.0.0.1:{storescp.port}"), result.id
+        )
+        job_id, _ = service.queue.enqueue(
+            session,
+            study_instance_uid=uid,
+            model_name=result.model_name,
+            model_version=result.model_version,
+            kind=JobKind.EXPORT,
+            destination=name,
+            payload=payload.to_dict(),
+        )
+    service.wake_workers()
+    return int(job_id)
+
+
+def test_an_export_queued_for_a_pending_result_is_held_and_for_a_rejected_one_refused(
+    held_study: tuple[Gateway, str], storescp: Storescp
+) -> None:
+    service, uid = held_study
+    first = _queue_export(service, uid, storescp)
+    wait_until(lambda: {j.id: j.state for j in _jobs(service)}[first] == "held", timeout=30)
+    assert storescp.files() == []
+    reader = api_token(service, "radiologist", username="dr.house")
+    assert (
+        _post(service, uid, {"action": "reject", "reason": "artefact"}, reader).status_code == 200
+    )
+    second = _queue_export(service, uid, storescp, name="ARCHIVE")
+    wait_until(lambda: {j.id: j.state for j in _jobs(service)}[second] == "dead_lettered")
+    time.sleep(0.5)
+    assert storescp.files() == []

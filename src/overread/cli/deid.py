@@ -133,9 +133,11 @@ def deid(
                     err=True,
                 )
             written.setdefault(target.name, str(source))
-        except (OSError, OverreadError) as exc:
+        except Exception as exc:  # one file's problem never stops the batch
             staging.unlink(missing_ok=True)
             reason = exc.strerror if isinstance(exc, OSError) and exc.strerror else str(exc)
+            if not isinstance(exc, (OSError, OverreadError)):
+                reason = f"cannot de-identify it ({type(exc).__name__}: {exc})"
             refused.append({"source": str(source), "reason": reason})
             typer.echo(f"error: {source}: {reason}", err=True)
             continue

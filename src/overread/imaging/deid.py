@@ -171,6 +171,10 @@ PROFILE: dict[str, Action] = {
     "CassetteID": X,
     "PersonName": D,
     "VerifyingObserverName": D,
+    "VerificationDateTime": D,  # when a named reader verified: a date, shifted or dummy
+    "DateTime": D,  # content items of value type DATETIME, DATE, TIME (structured content)
+    "Date": D,
+    "Time": D,
     "VerifyingObserverIdentificationCodeSequence": Z,
     "VerifyingOrganization": X,
     "ObserverContextSequence": X,
@@ -407,8 +411,12 @@ class Deidentifier:
     clean_structured_content
         The Clean Structured Content Option: an SR's Content Sequence is kept, with
         every UID, person name and listed attribute in it handled as anywhere else,
-        instead of removed. For structured reports whose content is generated (the
-        gateway's own results), not for reports with dictated free text.
+        instead of removed. Free text (TEXT items) is replaced by a dummy unless its
+        concept is one of ``keep_text_concepts`` (generated text known to carry no
+        identity); dates and times in items are shifted or replaced like the header's.
+    keep_text_concepts
+        ``(coding scheme, code value)`` of TEXT items kept as they are under
+        ``clean_structured_content``.
     pixel_regions
         The Clean Pixel Data Option: an image whose Burned In Annotation is ``YES`` has
         the boxes of the first matching rule blanked, and is then marked ``NO``; one
@@ -426,6 +434,7 @@ class Deidentifier:
         retain_device_identity: bool = False,
         pixel_regions: Iterable[PixelRegionRule] | None = None,
         clean_structured_content: bool = False,
+        keep_text_concepts: Iterable[tuple[str, str]] = (),
     ) -> None:
         if not salt:
             raise ConfigError("de-identification needs a non-empty salt (a site secret)")
@@ -436,6 +445,7 @@ class Deidentifier:
         self.uid_root = uid_root
         self.retain_device_identity = retain_device_identity
         self.clean_structured_content = clean_structured_content
+        self.keep_text_concepts = frozenset((c.upper(), v) for c, v in keep_text_concepts)
         self.pixel_regions = None if pixel_regions is None else tuple(pixel_regions)
 
     def _digest(self, kind: str, value: str) -> bytes:
@@ -534,6 +544,13 @@ class Deidentifier:
             return Action.KEEP
         if self.clean_structured_content and keyword == "ContentSequence":
             return Action.KEEP  # kept and walked: its items are de-identified too
+        if self.clean_structured_content and keyword == "TextValue":
+            concept = ds.get("ConceptNameCodeSequence")
+            if concept:
+                key = (str(concept[0].CodingSchemeDesignator).upper(), str(concept[0].CodeValue))
+                if key in self.keep_text_concepts:
+                    return Action.KEEP
+            return Action.DUMMY  # free text may name anyone
         if tag.group in range(0x6000, 0x6020, 2) and tag.element in (0x3000, 0x4000):
             return Action.REMOVE  # overlay data and comments (60xx)
         if tag.group in range(0x5000, 0x5020, 2):
@@ -684,6 +701,7 @@ def build_deidentifier(
     *,
     date_shift_days: int | None = None,
     pixel_regions: Iterable[PixelRegionRule] | None = None,
+    keep_text_concepts: Iterable[tuple[str, str]] = (),
 ) -> Deidentifier:
     """The :class:`Deidentifier` for a profile with options (:func:`profile_options`).
 
@@ -713,6 +731,7 @@ def build_deidentifier(
         retain_device_identity="retain-device-identity" in chosen,
         pixel_regions=regions,
         clean_structured_content="clean-structured-content" in chosen,
+        keep_text_concepts=keep_text_concepts,
     )
 
 

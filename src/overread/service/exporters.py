@@ -22,10 +22,12 @@ import time
 from pathlib import Path
 from typing import Any, Protocol, TypeVar, assert_never
 
+from sqlalchemy import select
+
 from overread.audit import AuditAction
 from overread.errors import InferenceError, ServiceError
 from overread.service.config import FhirEndpoint, Hl7Endpoint, StowEndpoint
-from overread.service.db import Job, Result
+from overread.service.db import Job, Result, ResultReview, ReviewState
 from overread.service.handling import JobServices, PermanentExportError
 from overread.service.payloads import (
     DicomExportPayload,
@@ -95,8 +97,11 @@ def _record_failure(
     _record_attempt(services, job, object_uids, details, succeeded=False)
 
 
-#: Encapsulated PDF Storage: never sent to a de-identifying destination.
-_ENCAPSULATED_PDF = "1.2.840.10008.5.1.4.1.1.104.1"
+#: What a de-identifying destination may get: structured objects (SR, SEG), whose
+#: identity is all in attributes the profile handles. The PDF report (its text names the
+#: patient) and the overlays (captions burned into the pixels, Burned In Annotation
+#: YES, which the de-identifier refuses) are left out.
+_DEIDENTIFIABLE_ROOTS = ("1.2.840.10008.5.1.4.1.1.88.", "1.2.840.10008.5.1.4.1.1.66.4")
 
 
 class DicomExporter:
@@ -123,8 +128,11 @@ class DicomExporter:
             _record_failure(self.services, job, [job.study_instance_uid], details, error)
             raise InferenceError(error)
         if dest.deidentify is not None:
-            # A PDF report names the patient in its text, which no header change removes.
-            artifacts = [a for a in artifacts if a.get("sop_class_uid") != _ENCAPSULATED_PDF]
+            artifacts = [
+                a
+                for a in artifacts
+                if str(a.get("sop_class_uid", "")).startswith(_DEIDENTIFIABLE_ROOTS)
+            ]
         paths = [self.services.store.path(str(a["key"])) for a in artifacts]
         object_uids = [job.study_instance_uid, *(str(a["sop_instance_uid"]) for a in artifacts)]
         details["objects"] = len(paths)
@@ -179,8 +187,14 @@ class DicomExporter:
     ) -> list[Path]:
         """De-identified copies of ``paths`` in ``folder`` (the stored objects stay)."""
         from overread.imaging.deid import build_deidentifier, deidentify_file
+        from overread.service.outputs import codes as oc
 
-        deidentifier = build_deidentifier(self.services.config.deid_salt(), options)
+        # The SR's generated summary and gate statement carry no identity; any other
+        # text (a reader's note, who verified it) is replaced.
+        generated = [(c.scheme, c.value) for c in (oc.SUMMARY, oc.INPUT_GATE)]
+        deidentifier = build_deidentifier(
+            self.services.config.deid_salt(), options, keep_text_concepts=generated
+        )
         copies = []
         for number, path in enumerate(paths):
             copy = folder / f"{number}.dcm"
@@ -485,10 +499,44 @@ class Exporters:
         logger.warning("job %d: export held, kill switch of %s engaged", job.id, switch)
         return True
 
+    def _blocked_by_review(self, job: Job, result_id: int) -> bool:
+        """Hold ``job`` while its result waits for review; refuse it for good when the
+        result was rejected, or when the result is not of the job's study.
+
+        Checked when the export runs, not only when it is queued: a job queued earlier
+        (a replaced result's, a requeued dead letter, one released from a kill switch)
+        must never send what a reader has not released, nor another study's result.
+        """
+        with self.services.database.session() as session:
+            result = session.get(Result, result_id)
+            if result is None:
+                return False  # the exporter reports a missing result
+            if result.study_instance_uid != job.study_instance_uid:
+                raise PermanentExportError(
+                    f"result {result_id} belongs to study {result.study_instance_uid}, not "
+                    f"to the job's study {job.study_instance_uid}: nothing sent"
+                )
+            state = session.scalar(
+                select(ResultReview.state).where(ResultReview.result_id == result_id)
+            )
+            if state == ReviewState.REJECTED.value:
+                raise PermanentExportError(f"result {result_id} was rejected by a reader")
+            if state != ReviewState.PENDING.value:
+                return False
+            self.services.queue.hold(
+                session, job.id, self.services.owner, "held: the result awaits review"
+            )
+        logger.info("job %d: export held, result %d awaits review", job.id, result_id)
+        return True
+
     def export(self, job: Job, payload: ExportPayload) -> None:
         """Hand ``job`` to the exporter of its payload's kind (or hold it, when its
-        model's kill switch is engaged: see :mod:`overread.service.rollout`)."""
-        if self._held(job):
+        model's kill switch is engaged: see :mod:`overread.service.rollout`, or its
+        result awaits review: :mod:`overread.service.review`)."""
+        known = (DicomExportPayload, FhirExportPayload, Hl7ExportPayload, StowExportPayload)
+        if not isinstance(payload, known):
+            assert_never(payload)  # a payload no exporter knows: refused, never dropped
+        if self._held(job) or self._blocked_by_review(job, payload.result_id):
             return
         match payload:
             case DicomExportPayload():

@@ -283,7 +283,10 @@ class QueryRetrieveSCP:
     # -- C-MOVE -----------------------------------------------------------------------
     def _destination(self, ae_title: str) -> tuple[str, int] | None:
         for destination in self.config.destinations:
-            if destination.ae_title == ae_title.strip():
+            # A de-identifying destination gets only what the exporter cleans; a move
+            # would send the stored originals, identity and all: it is not a move
+            # destination (answered as unknown, 0xA801).
+            if destination.ae_title == ae_title.strip() and destination.deidentify is None:
                 return destination.host, destination.port
         for peer in self.config.query_peers:
             if peer.ae_title == ae_title.strip():
@@ -300,6 +303,9 @@ class QueryRetrieveSCP:
             patient = query.key("PatientID")
             if patient is None:
                 raise QueryParameterError("a PATIENT level C-MOVE needs a Patient ID")
+            if any(c in patient.value for c in "*?\\"):
+                # A move names one patient exactly: a wildcard would move every match.
+                raise QueryParameterError("a PATIENT level C-MOVE needs one exact Patient ID")
             studies = [
                 str(s.StudyInstanceUID)
                 for s in self.archive.search(

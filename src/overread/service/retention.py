@@ -45,7 +45,18 @@ from sqlalchemy.orm import Session
 
 from overread.audit import AuditAction, record_event
 from overread.errors import ServiceError
-from overread.service.db import Database, Instance, Job, JobState, Result, Study, StudyState, utcnow
+from overread.service.db import (
+    Database,
+    Instance,
+    Job,
+    JobState,
+    Result,
+    ResultReview,
+    ReviewState,
+    Study,
+    StudyState,
+    utcnow,
+)
 from overread.service.retention_settings import RetentionSettings
 from overread.service.store import ObjectStore
 
@@ -83,6 +94,8 @@ class SkipReason(enum.StrEnum):
     """A job of the study is not in a final state: it must find its data."""
     ASSEMBLING = "assembling"
     """The study is still being received and assembled."""
+    PENDING_REVIEW = "pending-review"
+    """A result of the study waits for a reader's review: the reader must find it."""
 
 
 @dataclass(frozen=True)
@@ -260,7 +273,8 @@ def _object_size(store: ObjectStore, key: str) -> int:
 
 
 def _held_studies(session: Session) -> dict[str, SkipReason]:
-    """Studies whose data must stay now: pending jobs, or still assembling."""
+    """Studies whose data must stay now: pending jobs, results waiting for review, or
+    still assembling."""
     held: dict[str, SkipReason] = {
         uid: SkipReason.ASSEMBLING
         for uid in session.scalars(
@@ -271,6 +285,12 @@ def _held_studies(session: Session) -> dict[str, SkipReason]:
         select(Job.study_instance_uid).where(Job.state.not_in(FINAL_JOB_STATES)).distinct()
     ):
         held[uid] = SkipReason.PENDING_JOB
+    for uid in session.scalars(
+        select(ResultReview.study_instance_uid)
+        .where(ResultReview.state == ReviewState.PENDING.value)
+        .distinct()
+    ):
+        held.setdefault(uid, SkipReason.PENDING_REVIEW)
     return held
 
 
@@ -417,12 +437,21 @@ def _unreferenced(
 
 
 def _pending_job(session: Session, uid: str) -> bool:
+    """Whether the study gained a pending job or a result waiting for review."""
     count = session.scalar(
         select(func.count())
         .select_from(Job)
         .where(Job.study_instance_uid == uid, Job.state.not_in(FINAL_JOB_STATES))
     )
-    return bool(count)
+    reviews = session.scalar(
+        select(func.count())
+        .select_from(ResultReview)
+        .where(
+            ResultReview.study_instance_uid == uid,
+            ResultReview.state == ReviewState.PENDING.value,
+        )
+    )
+    return bool(count) or bool(reviews)
 
 
 def _delete_study(
