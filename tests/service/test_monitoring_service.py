@@ -428,3 +428,54 @@ def test_baselines_come_from_the_package_validation_report() -> None:
     assert baseline == {k: v["auc"] for k, v in per_label.items()}
     assert registry_baselines(registry)("no-such-model@9.9") == {}
     assert validation_aucs({"evaluations": {"val": {"per_label": {"A": {"auc": 0.4}}}}}) == {}
+
+
+def test_a_subgroup_gap_in_equal_opportunity_raises_one_fairness_alert(
+    make_service: Callable[..., Gateway], receiver: Receiver
+) -> None:
+    """Reader labels where the model finds every pneumothorax in women and misses it in
+    men: the true-positive-rate gap's interval lies far outside 0.2."""
+    from dataclasses import replace as replaced
+
+    service = make_service(
+        service_options={"with_scp": False},
+        triage={"alerts": {"channels": [{"name": "ops", "kind": "webhook", "url": receiver.url}]}},
+        monitoring={"interval_seconds": 0, "mmd_permutations": 20},
+    )
+    today = dt.datetime.now(dt.UTC).date()
+    rng = np.random.default_rng(11)
+    with service.database.session() as session:
+        for d in range(20):
+            day = today - dt.timedelta(days=19 - d)
+            for k in range(12):
+                uid = f"1.2.826.0.1.3680043.11.{d}.{k}"
+                sex = "F" if k % 2 else "M"
+                present = rng.random() < 0.5
+                found = present and sex == "F"
+                p = float(rng.uniform(0.6, 0.95) if found else rng.uniform(0.02, 0.4))
+                o = replaced(
+                    _synthetic(uid, "RVH", day, rng, 0.0),
+                    probabilities=(p, 0.1),
+                    positive=(p >= 0.5, False),
+                    sex=sex,
+                )
+                store_observations(session, 0, [o])
+                session.add(
+                    Feedback(
+                        study_instance_uid=uid,
+                        finding="Pneumothorax",
+                        verdict="label",
+                        label=float(present),
+                        reader="dr.grey",
+                    )
+                )
+
+    run = service.run_monitoring(day=today)
+
+    fairness = [a for a in run.routed if a.kind is AlertKind.FAIRNESS]
+    tpr = [a for a in fairness if a.statistic == "tpr_gap"]
+    assert len(tpr) == 1 and tpr[0].subject.startswith("Pneumothorax, sex=")
+    wait_until(lambda: any(m.get("kind") == "fairness" for m in receiver.received), timeout=20)
+    assert _audited(service) == len(run.routed)
+    again = service.run_monitoring(day=today)
+    assert not any(a.kind is AlertKind.FAIRNESS for a in again.routed)

@@ -443,3 +443,51 @@ def test_an_export_queued_for_a_pending_result_is_held_and_for_a_rejected_one_re
     wait_until(lambda: {j.id: j.state for j in _jobs(service)}[second] == "dead_lettered")
     time.sleep(0.5)
     assert storescp.files() == []
+
+
+def test_a_reader_who_rejects_while_the_time_out_sweep_runs_wins(
+    make_service: Callable[..., Gateway],
+    storescp: Storescp,
+    dx_factory: Callable[..., Path],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """The sweep has loaded the overdue review; before it acts, a reader rejects it in
+    another transaction. The sweep must neither release nor overwrite the rejection."""
+    from sqlalchemy import update
+
+    from overread.service.db import ReviewState
+
+    service = make_service(
+        routes=[
+            _route(review=True, review_timeout_seconds=0.5, review_on_timeout="release-unverified")
+        ],
+        destinations=[f"PACS=PACSAE@127.0.0.1:{storescp.port}"],
+    )
+    storescu(service.dicom_port or 0, [dx_factory(size=256)])
+    wait_until(lambda: _review(service) is not None)
+    time.sleep(0.6)
+    review = _review(service)
+    assert review is not None
+
+    def reject_now() -> None:
+        with service.database.session() as other:
+            other.execute(
+                update(ResultReview)
+                .where(ResultReview.id == review.id)
+                .values(state=ReviewState.REJECTED.value)
+            )
+
+    from overread.service.review import ReviewDesk
+
+    still_pending = ReviewDesk._still_pending
+
+    def racing(session: Any, review_id: int, **values: Any) -> bool:
+        reject_now()  # the reader's reject commits between the sweep's read and update
+        return still_pending(session, review_id, **values)
+
+    monkeypatch.setattr(ReviewDesk, "_still_pending", staticmethod(racing))
+    service.run_triage()
+    after = _review(service)
+    assert after is not None and after.state == "rejected"
+    time.sleep(1.0)
+    assert [j.kind for j in _jobs(service)] == ["infer"] and storescp.files() == []

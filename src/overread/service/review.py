@@ -746,6 +746,24 @@ class ReviewDesk:
         return len(jobs)
 
     # -- time-outs ----------------------------------------------------------------------
+    @staticmethod
+    def _still_pending(session: Session, review_id: int, **values: Any) -> bool:
+        """Set ``values`` on a review only if it is still pending; whether it was."""
+        values.setdefault("updated_at", utcnow())
+        changed = session.execute(
+            update(ResultReview)
+            .where(
+                ResultReview.id == review_id,
+                ResultReview.state == ReviewState.PENDING.value,
+            )
+            .values(**values)
+            .execution_options(synchronize_session=False)
+        )
+        if changed.rowcount != 1:  # type: ignore[attr-defined]
+            return False
+        session.expire_all()  # the ORM objects loaded before must not write over it
+        return True
+
     def sweep(self, triage: Any, *, now: datetime | None = None) -> list[int]:
         """Handle held results past their time-out; return their result ids.
 
@@ -767,13 +785,15 @@ class ReviewDesk:
                 )
             ).all()
             for review in overdue:
+                # Compare-and-set: a reader who acted meanwhile (accept, edit, reject in
+                # another transaction) wins, and the time-out does nothing to the result.
+                if not self._still_pending(session, review.id, escalated_at=moment):
+                    continue
                 routes = reviewing_routes(self.config, review.route)
                 release = bool(routes) and all(
                     r.review_on_timeout is ReviewTimeout.RELEASE_UNVERIFIED for r in routes
                 )
                 alert = raise_review_overdue(session, review.study_instance_uid, triage, now=moment)
-                review.escalated_at = moment
-                review.updated_at = moment
                 record_event(
                     session,
                     actor=REVIEW_ACTOR,
@@ -788,9 +808,12 @@ class ReviewDesk:
                 )
                 if release:
                     result = session.get(Result, review.result_id)
-                    if result is not None:
-                        review.state = ReviewState.RELEASED.value
-                        review.released_at = moment
+                    if result is not None and self._still_pending(
+                        session,
+                        review.id,
+                        state=ReviewState.RELEASED.value,
+                        released_at=moment,
+                    ):
                         exports = self._release(session, result)
                         record_event(
                             session,

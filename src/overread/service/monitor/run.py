@@ -42,6 +42,8 @@ from overread.monitoring import (
     Alert,
     DriftMonitor,
     DriftSettings,
+    FairnessMonitor,
+    FairnessSettings,
     PerformanceMonitor,
     PerformanceSettings,
     PrevalenceMonitor,
@@ -241,6 +243,49 @@ def _replay(
     return alerts, drift.history, history
 
 
+def observed_thresholds(observations: Sequence[StudyObservation]) -> dict[str, float]:
+    """Each label's operating threshold as the stored decisions show it.
+
+    An observation keeps the probability and the positive decision of every label, so
+    the lowest probability decided positive is the threshold those decisions used (a
+    label never decided positive has none and is not judged).
+    """
+    lowest: dict[str, float] = {}
+    for o in observations:
+        for label, p, positive in zip(o.labels, o.probabilities, o.positive, strict=True):
+            if positive and (label not in lowest or p < lowest[label]):
+                lowest[label] = float(p)
+    return lowest
+
+
+def _fairness(
+    model: str,
+    observations: Sequence[StudyObservation],
+    truth: Mapping[str, Mapping[str, int]],
+    settings: MonitoringSettings,
+    day: dt.date,
+) -> list[Alert]:
+    """Subgroup gaps on the window ending on ``day`` (once a run: the bootstrap is not
+    cheap, and a gap is a slow signal)."""
+    labelled = {label for labels in truth.values() for label in labels}
+    thresholds = {
+        label: t for label, t in observed_thresholds(observations).items() if label in labelled
+    }
+    if not thresholds:
+        return []
+    monitor = FairnessMonitor(
+        FairnessSettings(
+            thresholds=thresholds,
+            attribute=settings.fairness_attribute,
+            tolerance=dict(settings.fairness_tolerance),
+            window_days=settings.fairness_window_days,
+            min_positive=settings.min_labelled,
+        ),
+        seed=int(hashlib.sha256(model.encode()).hexdigest()[:8], 16),
+    )
+    return [replace(a, model=a.model or model) for a in monitor.evaluate(day, observations, truth)]
+
+
 def run_monitoring(
     database: Database,
     settings: MonitoringSettings,
@@ -296,6 +341,7 @@ def run_monitoring(
             days,
         )
         alerts.extend(raised)
+        alerts.extend(_fairness(model, studies, model_truth, settings, end))
         run.drift.extend(drift)
         run.performance.extend(performance)
     alerts.sort(key=lambda a: (a.date, a.kind.value, a.subject))

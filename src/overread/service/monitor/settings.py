@@ -90,6 +90,19 @@ class MonitoringSettings(BaseModel):
     mmd_permutations: int = Field(
         default=100, ge=10, description="permutations of the embedding's MMD test"
     )
+    fairness_attribute: str = Field(
+        default="sex",
+        pattern=r"^(sex|age_band|group|site)$",
+        description="the subgroup attribute whose gaps are watched (sex, age_band, group, site)",
+    )
+    fairness_window_days: int = Field(
+        default=30, ge=1, description="the window ending on the run's day the gaps are judged on"
+    )
+    fairness_tolerance: dict[str, float] = Field(
+        default_factory=lambda: {"tpr": 0.2, "ece": 0.15},
+        description="tolerated absolute gap per metric: tpr (equal opportunity), ece "
+        "(calibration); an alert when a gap's whole interval lies outside it",
+    )
     drift_studies_per_day: int = Field(
         default=50,
         ge=5,
