@@ -117,19 +117,7 @@ class Destination(BaseModel):
     @classmethod
     def parse(cls, text: str) -> Destination:
         """Parse ``NAME=AE@host:port`` (or ``AE@host:port``, named after its AE title)."""
-        name, sep, address = text.partition("=")
-        if not sep:
-            address, name = text, ""
-        ae_title, at, hostport = address.partition("@")
-        host, colon, port = hostport.rpartition(":")
-        if not at or not colon or not host or not port.isdigit():
-            raise ConfigError(
-                f"destination {text!r}: expected NAME=AE@host:port, e.g. PACS=PACSAE@10.0.0.5:104"
-            )
-        try:
-            return cls(name=name or ae_title.strip(), ae_title=ae_title, host=host, port=int(port))
-        except ValidationError as exc:
-            raise ConfigError(f"destination {text!r}: {exc.errors()[0]['msg']}") from None
+        return cls(**_dicom_node(text, "destination"))
 
     def __str__(self) -> str:
         return f"{self.name}={self.ae_title}@{self.host}:{self.port}"
@@ -262,6 +250,37 @@ class AllowedPeer(BaseModel):
         return ae_title.strip() == self.ae_title and (self.host is None or self.host == host)
 
 
+def _dicom_node(text: str, what: str) -> dict[str, Any]:
+    """The fields of ``NAME=AE@host:port`` (or ``AE@host:port``, named after its AE
+    title), checked as a :class:`Destination` checks them.
+
+    Raises
+    ------
+    ConfigError
+        Naming ``what`` the text was meant to be and what is wrong with it.
+    """
+    name, sep, address = text.partition("=")
+    if not sep:
+        address, name = text, ""
+    ae_title, at, hostport = address.partition("@")
+    host, colon, port = hostport.rpartition(":")
+    if not at or not colon or not host or not port.isdigit():
+        raise ConfigError(
+            f"{what} {text!r}: expected NAME=AE@host:port, e.g. PACS=PACSAE@10.0.0.5:104"
+        )
+    fields = {
+        "name": name or ae_title.strip(),
+        "ae_title": ae_title,
+        "host": host,
+        "port": int(port),
+    }
+    try:
+        Destination.model_validate(fields)
+    except ValidationError as exc:
+        raise ConfigError(f"{what} {text!r}: {exc.errors()[0]['msg']}") from None
+    return fields
+
+
 class QueryPeer(BaseModel):
     """A PACS the gateway queries and retrieves from (its C-FIND, C-MOVE, C-GET SCP)."""
 
@@ -280,19 +299,7 @@ class QueryPeer(BaseModel):
     @classmethod
     def parse(cls, text: str) -> QueryPeer:
         """Parse ``NAME=AE@host:port`` (or ``AE@host:port``, named after its AE title)."""
-        name, sep, address = text.partition("=")
-        if not sep:
-            address, name = text, ""
-        ae_title, at, hostport = address.partition("@")
-        host, colon, port = hostport.rpartition(":")
-        if not at or not colon or not host or not port.isdigit():
-            raise ConfigError(
-                f"query peer {text!r}: expected NAME=AE@host:port, e.g. PACS=PACSAE@10.0.0.5:104"
-            )
-        try:
-            return cls(name=name or ae_title.strip(), ae_title=ae_title, host=host, port=int(port))
-        except ValidationError as exc:
-            raise ConfigError(f"query peer {text!r}: {exc.errors()[0]['msg']}") from None
+        return cls(**_dicom_node(text, "query peer"))
 
     def __str__(self) -> str:
         return f"{self.name}={self.ae_title}@{self.host}:{self.port}"
