@@ -385,36 +385,29 @@ def judge(candidate: SideFigures, active: SideFigures, bounds: CanaryBounds) -> 
         breaches.append(f"failure rate {rate:.2f} > {bounds.max_failure_rate:.2f}")
     if candidate.studies < bounds.min_studies or active.studies < bounds.min_studies:
         return tuple(breaches)
-    cand_pos, act_pos = candidate.positive_rate, active.positive_rate
-    if (
-        cand_pos is not None
-        and act_pos is not None
-        and cand_pos - act_pos > bounds.max_positive_rate_increase
-    ):
-        breaches.append(
-            f"positive-finding rate {cand_pos:.2f} vs active {act_pos:.2f} "
-            f"(> +{bounds.max_positive_rate_increase:.2f})"
-        )
-    cand_crit, act_crit = candidate.critical_rate, active.critical_rate
-    if (
-        cand_crit is not None
-        and act_crit is not None
-        and cand_crit - act_crit > bounds.max_critical_rate_increase
-    ):
-        breaches.append(
-            f"critical-finding rate {cand_crit:.2f} vs active {act_crit:.2f} "
-            f"(> +{bounds.max_critical_rate_increase:.2f})"
-        )
-    cand_ref, act_ref = candidate.refusal_rate, active.refusal_rate
-    if (
-        cand_ref is not None
-        and act_ref is not None
-        and cand_ref - act_ref > bounds.max_refusal_rate_increase
-    ):
-        breaches.append(
-            f"gate refusal rate {cand_ref:.2f} vs active {act_ref:.2f} "
-            f"(> +{bounds.max_refusal_rate_increase:.2f})"
-        )
+    rates = (
+        (
+            "positive-finding",
+            candidate.positive_rate,
+            active.positive_rate,
+            bounds.max_positive_rate_increase,
+        ),
+        (
+            "critical-finding",
+            candidate.critical_rate,
+            active.critical_rate,
+            bounds.max_critical_rate_increase,
+        ),
+        (
+            "gate refusal",
+            candidate.refusal_rate,
+            active.refusal_rate,
+            bounds.max_refusal_rate_increase,
+        ),
+    )
+    for what, cand, act, bound in rates:
+        if cand is not None and act is not None and cand - act > bound:
+            breaches.append(f"{what} rate {cand:.2f} vs active {act:.2f} (> +{bound:.2f})")
     cand_lat, act_lat = candidate.median_latency, active.median_latency
     if cand_lat is not None and act_lat and cand_lat / act_lat > bounds.max_latency_ratio:
         breaches.append(
