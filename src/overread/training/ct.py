@@ -70,11 +70,11 @@ class CtModel(_Section):
 
 class CtOptim(_Section):
     loss: Literal["dice", "dicece", "focal", "tversky"] = "dicece"
-    iterations: int = Field(default=300, ge=1)
+    iterations: int = Field(default=600, ge=1)
     batch_size: int = Field(default=2, ge=1)
     lr: float = Field(default=3e-3, gt=0)
     nodule_fraction: float = Field(default=0.6, ge=0, le=1)
-    heatmap_weight: float = Field(default=1.0, ge=0)
+    heatmap_weight: float = Field(default=0.1, ge=0)
 
 
 class CtInference(_Section):
