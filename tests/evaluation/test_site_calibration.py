@@ -154,3 +154,11 @@ def test_bad_input_is_refused() -> None:
         fit_site(y, p[:, :1], LABELS)
     with pytest.raises(EvaluationError, match=r"\[0, 1\]"):
         fit_site(y, p * 2, LABELS)
+
+
+def test_a_map_that_does_not_help_on_the_site_s_sample_is_not_used() -> None:
+    # A site the package is already calibrated for: refitting only adds noise.
+    y, p = shifted_site(60, seed=12, scale=1.0, shift=0.0)
+    entry = fit_site(y, p, LABELS)
+    assert entry.labels == {}
+    assert "recalibration did not help" in entry.fallback["Effusion"]

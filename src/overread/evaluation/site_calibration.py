@@ -11,7 +11,9 @@ The stated minimum sample: :data:`MIN_SITE_IMAGES` labelled images for temperatu
 scaling (:data:`MIN_ISOTONIC_IMAGES` for isotonic), with at least
 :data:`MIN_PER_CLASS` positives and as many negatives per label. A site below it,
 or a label below it, keeps the package's global calibration and thresholds; the
-reason is recorded in :attr:`SiteCalibrationEntry.fallback`.
+reason is recorded in the entry's ``fallback``. So does a label whose
+map does not lower the cross-validated log loss on the site's own sample: a map
+that does not help there is not trusted with the site's patients.
 
 The expected calibration error before and after is measured on the same sample by
 cross-validation (each image recalibrated by a map fitted without it), so the
@@ -133,6 +135,11 @@ def _cross_validated(method: SiteMethod, y: np.ndarray, p: np.ndarray, seed: int
     return out
 
 
+def _log_loss(y: np.ndarray, p: np.ndarray) -> float:
+    q = np.clip(p, _EPS, 1 - _EPS)
+    return float(-np.mean(y * np.log(q) + (1 - y) * np.log(1 - q)))
+
+
 def _points(y: np.ndarray, q: np.ndarray) -> dict[str, float]:
     found = {
         "balanced": youden_threshold(y, q),
@@ -211,13 +218,20 @@ def fit_site(
                 f"at least {min_per_class}"
             )
             continue
+        after = _cross_validated(kind, yy, pp, seed)
+        loss_before, loss_after = _log_loss(yy, pp), _log_loss(yy, after)
+        if not loss_after < loss_before:
+            fallback[label] = (
+                f"recalibration did not help on this sample (cross-validated log loss "
+                f"{loss_after:.3f}, global {loss_before:.3f})"
+            )
+            continue
         label_map = _fit_map(kind, yy, pp)
         q = map_probabilities(pp, label_map)
         points = _points(yy, q)
         for name, threshold in (global_points or {}).get(label, {}).items():
             if name not in points:
                 points[name] = float(np.clip(map_probabilities(threshold, label_map), 0.0, 1.0))
-        after = _cross_validated(kind, yy, pp, seed)
         fitted[label] = label_map.model_copy(
             update={
                 "operating_points": points,
