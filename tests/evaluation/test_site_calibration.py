@@ -162,3 +162,15 @@ def test_a_map_that_does_not_help_on_the_site_s_sample_is_not_used() -> None:
     entry = fit_site(y, p, LABELS)
     assert entry.labels == {}
     assert "recalibration did not help" in entry.fallback["Effusion"]
+
+
+def test_cross_validation_keeps_a_patient_s_images_together() -> None:
+    y, p = shifted_site(300, seed=13)
+    patients = np.repeat(np.arange(100), 3)
+    grouped = fit_site(y, p, LABELS, groups=patients)
+    assert set(grouped.labels) == set(LABELS)
+    # The map itself does not depend on the folds; only the cross-validated figure does.
+    plain = fit_site(y, p, LABELS)
+    assert grouped.labels["Effusion"].temperature == plain.labels["Effusion"].temperature
+    with pytest.raises(EvaluationError, match="one group per image"):
+        fit_site(y, p, LABELS, groups=patients[:10])

@@ -16,8 +16,9 @@ map does not lower the cross-validated log loss on the site's own sample: a map
 that does not help there is not trusted with the site's patients.
 
 The expected calibration error before and after is measured on the same sample by
-cross-validation (each image recalibrated by a map fitted without it), so the
-"after" figure is not flattered by fitting and judging on the same images.
+cross-validation (each image recalibrated by a map fitted without it, or without its
+patient's images when patients are given), so the "after" figure is not flattered by
+fitting and judging on the same images.
 
 Typical use::
 
@@ -114,9 +115,13 @@ def map_probabilities(p: ArrayLike, label_map: SiteLabelMap) -> np.ndarray:
     return q
 
 
-def _folds(y: np.ndarray, k: int, seed: int) -> np.ndarray:
-    """A fold number per image, each class spread evenly over the folds."""
+def _folds(y: np.ndarray, k: int, seed: int, groups: np.ndarray | None) -> np.ndarray:
+    """A fold number per image: each class spread evenly over the folds, or, with
+    ``groups`` (patients), each group's images kept together in one fold."""
     rng = np.random.default_rng(seed)
+    if groups is not None:
+        names, index = np.unique(groups, return_inverse=True)
+        return np.asarray(rng.permutation(np.arange(len(names)) % k)[index])
     fold = np.empty(len(y), dtype=np.int64)
     for cls in (0.0, 1.0):
         rows = np.flatnonzero(y == cls)
@@ -124,14 +129,24 @@ def _folds(y: np.ndarray, k: int, seed: int) -> np.ndarray:
     return fold
 
 
-def _cross_validated(method: SiteMethod, y: np.ndarray, p: np.ndarray, seed: int) -> np.ndarray:
+def _cross_validated(
+    method: SiteMethod, y: np.ndarray, p: np.ndarray, seed: int, groups: np.ndarray | None
+) -> np.ndarray:
     """Each image's probability recalibrated by a map fitted on the other folds."""
     k = int(min(5, (y == 1).sum(), (y == 0).sum()))
+    if groups is not None:
+        k = min(k, len(np.unique(groups)))
     out = np.empty_like(p)
-    fold = _folds(y, k, seed)
+    fold = _folds(y, k, seed, groups)
     for f in range(k):
         test = fold == f
-        out[test] = map_probabilities(p[test], _fit_map(method, y[~test], p[~test]))
+        train = ~test
+        if not test.any():
+            continue
+        if y[train].min() == y[train].max():  # one class left to fit on: no map
+            out[test] = p[test]
+            continue
+        out[test] = map_probabilities(p[test], _fit_map(method, y[train], p[train]))
     return out
 
 
@@ -159,6 +174,7 @@ def fit_site(
     min_per_class: int = MIN_PER_CLASS,
     global_points: Mapping[str, Mapping[str, float]] | None = None,
     cohort: Mapping[str, Any] | None = None,
+    groups: ArrayLike | None = None,
     seed: int = 0,
 ) -> SiteCalibrationEntry:
     """Fit one site's recalibration from its labelled sample.
@@ -183,6 +199,9 @@ def fit_site(
         map (the same decisions as the global threshold on the global probability).
     cohort
         What the sample was (recorded in the entry).
+    groups
+        ``(n,)`` patient of each image: the cross-validation keeps a patient's images
+        in one fold (default: images are independent).
 
     Returns
     -------
@@ -202,6 +221,9 @@ def fit_site(
         )
     if np.isnan(p).any() or ((p < 0) | (p > 1)).any():
         raise EvaluationError("site calibration needs probabilities in [0, 1]")
+    patients = None if groups is None else np.asarray(groups).astype(str)
+    if patients is not None and len(patients) != len(y):
+        raise EvaluationError(f"site calibration needs one group per image, got {len(patients)}")
     floor = minimum_images(kind) if min_images is None else int(min_images)
     fitted: dict[str, SiteLabelMap] = {}
     fallback: dict[str, str] = {}
@@ -218,7 +240,7 @@ def fit_site(
                 f"at least {min_per_class}"
             )
             continue
-        after = _cross_validated(kind, yy, pp, seed)
+        after = _cross_validated(kind, yy, pp, seed, None if patients is None else patients[known])
         loss_before, loss_after = _log_loss(yy, pp), _log_loss(yy, after)
         if not loss_after < loss_before:
             fallback[label] = (
@@ -261,10 +283,12 @@ def fit_sites(
     min_images: int | None = None,
     min_per_class: int = MIN_PER_CLASS,
     global_points: Mapping[str, Mapping[str, float]] | None = None,
+    groups: ArrayLike | None = None,
     seed: int = 0,
 ) -> SiteCalibrationSection:
     """:func:`fit_site` for every site in ``sites`` (one name per image)."""
     kind = _check_method(method)
+    patients = None if groups is None else np.asarray(groups).astype(str)
     y = np.asarray(y_true, dtype=np.float64)
     p = np.asarray(y_prob, dtype=np.float64)
     names = np.asarray(sites).astype(str)
@@ -277,6 +301,7 @@ def fit_sites(
             min_images=min_images,
             min_per_class=min_per_class,
             global_points=global_points,
+            groups=None if patients is None else patients[names == site],
             seed=seed,
         )
         for site in np.unique(names)

@@ -287,6 +287,7 @@ def calibrate_sites(
                 "truth_sha256": truth_sha,
                 "seed": seed,
             },
+            groups=None if inputs.patient_ids is None else inputs.patient_ids[rows],
             seed=seed,
         )
     new = SiteCalibrationSection(min_images=floor, min_per_class=MIN_PER_CLASS, sites=entries)
