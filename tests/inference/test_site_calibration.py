@@ -242,3 +242,27 @@ def test_every_image_of_a_whole_cohort_is_the_site_s(tmp_path: Path) -> None:
             load_package(tiny_package(tmp_path / "t")), tmp_path, tmp_path / "o",
             sites=["A", "B"], version="2", whole_cohort=True,
         )  # fmt: skip
+
+
+@pytest.mark.slow
+def test_a_whole_cohort_calibrates_a_calling_ae_with_isotonic_maps(
+    run_cli: Run, two_sites: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("OVERREAD_MODEL_REGISTRY", str(tmp_path / "registry"))
+    out = tmp_path / "ae"
+    status, stdout, err = run_cli(
+        "models", "calibrate", "--model", "cxr-default", "--data", two_sites, "--out", out,
+        "--site", "CR01", "--whole-cohort", "--method", "isotonic", "--min-images", "60",
+        "--version", "1.1.0+cr01", "--json",
+    )  # fmt: skip
+    assert status == 0, err
+    summary = json.loads(stdout)
+    assert summary["sites"]["CR01"]["images"] == 80 and summary["min_images"] == 60
+    entry = load_package(out).manifest.site_calibration
+    assert entry is not None
+    cr01 = entry.sites["CR01"]
+    assert cr01.method == "isotonic" and cr01.cohort["matched"] == "whole cohort"
+    assert cr01.labels, "some label has a map worth using"
+    for fitted in cr01.labels.values():
+        assert fitted.temperature is None and len(fitted.x) == len(fitted.y) >= 2
+        assert fitted.y == sorted(fitted.y)  # monotone
