@@ -266,3 +266,26 @@ def test_a_whole_cohort_calibrates_a_calling_ae_with_isotonic_maps(
     for fitted in cr01.labels.values():
         assert fitted.temperature is None and len(fitted.x) == len(fitted.y) >= 2
         assert fitted.y == sorted(fitted.y)  # monotone
+
+
+def test_predict_applies_a_named_site_s_calibration(
+    run_cli: Run, sited: ModelPackage, cxr_dicom: Callable[..., Path]
+) -> None:
+    image = cxr_dicom()
+    status, plain, err = run_cli("predict", "--model", sited.path, image, "--json")
+    assert status == 0, err
+    status, north, err = run_cli(
+        "predict", "--model", sited.path, image, "--json", "--site", "North General"
+    )
+    assert status == 0, err
+    before, after = json.loads(plain), json.loads(north)
+    assert "calibration" not in before
+    assert after["calibration"]["calibration"] == "site"
+    assert after["calibration"]["package_site"] == "North General"
+    for old, new in zip(before["findings"], after["findings"], strict=True):
+        assert new["probability"] == pytest.approx(expit(logit(old["probability"]) / 2.0), abs=1e-5)
+        assert new["threshold"] == 0.3 and old["threshold"] == 0.5
+    status, elsewhere, err = run_cli(
+        "predict", "--model", sited.path, image, "--json", "--site", "Elsewhere"
+    )
+    assert json.loads(elsewhere)["calibration"]["calibration"] == "global"
