@@ -132,6 +132,25 @@ def test_an_unknown_site_keeps_the_global_calibration_and_says_why(
     assert empty.calibration == "global" and "calling_ae is empty" in empty.reason
 
 
+def test_a_site_with_no_map_says_so(sited: ModelPackage, tmp_path: Path) -> None:
+    assert sited.manifest.site_calibration is not None
+    small = SiteCalibrationEntry(
+        method="temperature", fallback={label: "12 labelled images" for label in LABELS}, n=12
+    )
+    section = sited.manifest.site_calibration.model_copy(
+        update={"sites": {**sited.manifest.site_calibration.sites, "Tiny": small}}
+    )
+    package = derive_package(
+        sited, tmp_path / "tiny2", version="1.0.0+tiny", site_calibration=section
+    )
+    study = [_prediction(package, [0.9, 0.2, 0.6])]
+    applied = apply_site_calibration(study, package, "tiny", source="calling_ae")
+    assert applied.calibration == "global" and applied.package_site == "Tiny"
+    assert "no label has a site map" in applied.reason
+    assert applied.to_dict()["fallback"]["Cardiomegaly"] == "12 labelled images"
+    assert [f.probability for f in study[0].findings] == [0.9, 0.2, 0.6]
+
+
 def test_an_ambiguous_conformal_set_stays_indeterminate(sited: ModelPackage) -> None:
     study = [_prediction(sited, [0.99, 0.01, 0.99], conformal_set="both")]
     apply_site_calibration(study, sited, "North General")
@@ -207,7 +226,7 @@ def test_calibrate_site_writes_a_new_version_and_leaves_the_source_alone(
         "--site", "RMC-CR02", "--min-images", "1000", "--version", "1.1.0+sites.2",
     )  # fmt: skip
     assert status == 0, err
-    assert "below the minimum sample for every label" in err
+    assert "has no label with a site map" in err
     merged = load_package(small).manifest.site_calibration
     assert merged is not None
     assert sorted(merged.sites) == ["Northgate General Hospital", "RMC-CR02"]

@@ -161,12 +161,17 @@ def apply_site_calibration(
         return SiteCalibrationApplied(site, source, "global", reason=reason)
     entry = section.sites[name]
     if not entry.labels:
-        reason = f"site {name!r}: every label below the minimum sample"
+        reason = f"site {name!r}: no label has a site map (see fallback)"
         logger.info("global calibration: %s", reason)
         return SiteCalibrationApplied(
-            site, source, "global", package_site=name, method=entry.method,
-            fallback=dict(entry.fallback), reason=reason,
-        )  # fmt: skip
+            site,
+            source,
+            "global",
+            package_site=name,
+            method=entry.method,
+            fallback=dict(entry.fallback),
+            reason=reason,
+        )
     for prediction in predictions:
         if prediction.ok:
             prediction.findings = [_recalibrated(f, entry, package) for f in prediction.findings]
@@ -178,9 +183,8 @@ def apply_site_calibration(
             "; ".join(f"{k}: {v}" for k, v in sorted(entry.fallback.items())),
         )
     return SiteCalibrationApplied(
-        site, source, "site", package_site=name, method=entry.method,
-        fallback=dict(entry.fallback),
-    )  # fmt: skip
+        site, source, "site", package_site=name, method=entry.method, fallback=dict(entry.fallback)
+    )
 
 
 # -- fitting from a cohort -------------------------------------------------------
