@@ -20,7 +20,7 @@ the process, and view 0 is always the unaltered image.
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping
+from collections.abc import Collection, Mapping
 from dataclasses import asdict, dataclass, fields
 from typing import Any
 
@@ -132,6 +132,28 @@ class TestTimeAugmentation:
         return np.stack([apply_view(x, self.parameters(k)) for k in range(self.views)])
 
 
+#: Body parts (DICOM Body Part Examined) whose findings depend on the side: the
+#: heart, aorta, liver and stomach are not mirrored in anyone acquired.
+LATERALISED_BODY_PARTS = frozenset(
+    {"CHEST", "THORAX", "HEART", "ABDOMEN", "CHESTABDOMEN", "ABDOMENPELVIS", "LIVER", "STOMACH"}
+)
+
+
+def flip_refusal(body_parts: Collection[str]) -> str | None:
+    """Why a left-right flip is not allowed for a package accepting ``body_parts``, or None.
+
+    A package that names no body part may be shown anything, a chest film
+    included, so it may not flip either.
+    """
+    parts = {p.strip().upper() for p in body_parts}
+    if not parts:
+        return "a left-right flip needs the package to name its body parts (accepts.body_parts)"
+    sided = sorted(parts & LATERALISED_BODY_PARTS)
+    if sided:
+        return f"a left-right flip mirrors {', '.join(sided)} anatomy, which no one acquires"
+    return None
+
+
 def apply_view(batch: np.ndarray, view: ViewParameters) -> np.ndarray:
     """One view of a ``(N, C, H, W)`` batch in ``[0, 1]`` (zero padding where moved in)."""
     x = np.asarray(batch, dtype=np.float32)
@@ -164,4 +186,10 @@ def apply_view(batch: np.ndarray, view: ViewParameters) -> np.ndarray:
     return np.ascontiguousarray(out, dtype=np.float32)
 
 
-__all__ = ["TestTimeAugmentation", "ViewParameters", "apply_view"]
+__all__ = [
+    "LATERALISED_BODY_PARTS",
+    "TestTimeAugmentation",
+    "ViewParameters",
+    "apply_view",
+    "flip_refusal",
+]
