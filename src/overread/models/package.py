@@ -382,7 +382,9 @@ def write_package(
             uncertainty=None
             if uncertainty is None
             else UncertaintySettings.model_validate(
-                uncertainty.model_dump() if isinstance(uncertainty, UncertaintySettings) else dict(uncertainty)
+                uncertainty.model_dump()
+                if isinstance(uncertainty, UncertaintySettings)
+                else dict(uncertainty)
             ),
         ).signed(key)
         (staging / MANIFEST_NAME).write_text(manifest.to_json(), encoding="utf-8")

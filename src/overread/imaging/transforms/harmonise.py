@@ -26,12 +26,14 @@ Every step is deterministic: no randomness, no state beyond its parameters.
 
 from __future__ import annotations
 
+import itertools
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import asdict, dataclass, fields
 from enum import StrEnum
 from typing import Any
 
 import numpy as np
+import numpy.typing as npt
 
 from overread.errors import ConfigError
 from overread.imaging.image import FloatArray, Image
@@ -39,10 +41,20 @@ from overread.imaging.transforms.base import Transform, spatial_frames
 from overread.imaging.transforms.intensity import _sample
 
 #: Quantile levels (percent) a reference distribution is recorded at.
-REFERENCE_LEVELS: tuple[float, ...] = (0.0, 1.0, 2.0, 5.0, *range(10, 91, 10), 95.0, 98.0, 99.0, 100.0)
+REFERENCE_LEVELS: tuple[float, ...] = (
+    0.0,
+    1.0,
+    2.0,
+    5.0,
+    *range(10, 91, 10),
+    95.0,
+    98.0,
+    99.0,
+    100.0,
+)
 
 
-def _quantiles(values: FloatArray, levels: Sequence[float]) -> FloatArray:
+def _quantiles(values: FloatArray, levels: Sequence[float]) -> npt.NDArray[np.float64]:
     sample = _sample(values)
     sample = sample[np.isfinite(sample)]
     if sample.size == 0:
@@ -82,8 +94,8 @@ class HistogramMatch(Transform):
                 f"histogram matching needs one reference value per level "
                 f"({len(lev)} levels, {len(ref)} values)"
             )
-        if any(b < a for a, b in zip(ref, ref[1:], strict=False)) or any(
-            b <= a for a, b in zip(lev, lev[1:], strict=False)
+        if any(b < a for a, b in itertools.pairwise(ref)) or any(
+            b <= a for a, b in itertools.pairwise(lev)
         ):
             raise ConfigError("histogram matching reference and levels must be increasing")
         if not all(np.isfinite(ref)) or not 0.0 <= lev[0] < lev[-1] <= 100.0:
@@ -141,7 +153,9 @@ class ZScoreNormalize(Transform):
         )
 
 
-def clahe(plane: FloatArray, clip_limit: float = 2.0, tiles: int = 8, bins: int = 256) -> FloatArray:
+def clahe(
+    plane: FloatArray, clip_limit: float = 2.0, tiles: int = 8, bins: int = 256
+) -> FloatArray:
     """CLAHE of one 2-D plane in ``[0, 1]``; returns float32 in ``[0, 1]``.
 
     The plane is split into ``tiles x tiles`` regions (edge-padded to a multiple);
