@@ -138,7 +138,7 @@ class ZScoreNormalize(Transform):
         sample = sample[np.isfinite(sample)]
         mean = float(sample.mean()) if sample.size else 0.0
         sd = float(sample.std()) if sample.size else 0.0
-        if not sd > 0:
+        if not sd > 1e-6:  # flat (float rounding leaves a tiny non-zero SD)
             out = np.full_like(image.pixels, 0.5, dtype=np.float32)
         else:
             k = self.clip_sigma
