@@ -658,6 +658,10 @@ class ResultSummary:
         The study's header facts (``None`` for results stored before they were kept).
     timings
         Seconds per stage of the infer job, summed over the images.
+    calibration
+        Which calibration the findings got: the study's site, where it came from, and
+        ``site`` or ``global`` (see :mod:`overread.inference.site_calibration`);
+        ``None`` for results stored before it was recorded.
     """
 
     alias: str = ""
@@ -665,6 +669,7 @@ class ResultSummary:
     sop_instance_uids: tuple[str, ...] = ()
     study: StudyHeader | None = None
     timings: Mapping[str, float] = field(default_factory=dict)
+    calibration: Mapping[str, Any] | None = None
 
     def usable(self) -> list[tuple[int, Prediction]]:
         """``(index, prediction)`` of every image the model read successfully."""
@@ -684,6 +689,8 @@ class ResultSummary:
         if self.study is not None:
             data["study"] = self.study.to_dict()
         data["timings"] = dict(self.timings)
+        if self.calibration is not None:
+            data["calibration"] = dict(self.calibration)
         return data
 
     @classmethod
@@ -691,12 +698,14 @@ class ResultSummary:
         """Read a stored summary back (any key may be missing)."""
         data = data or {}
         study = data.get("study")
+        calibration = data.get("calibration")
         return cls(
             alias=str(data.get("alias") or ""),
             instances=tuple(Prediction.from_summary_dict(i) for i in data.get("instances") or []),
             sop_instance_uids=tuple(str(u) for u in data.get("sop_instance_uids") or []),
             study=None if study is None else StudyHeader.from_dict(study),
             timings={str(k): float(v) for k, v in (data.get("timings") or {}).items()},
+            calibration=None if calibration is None else dict(calibration),
         )
 
 

@@ -269,9 +269,77 @@ class OnboardedSection(_Strict):
     calibration_cohort: dict[str, Any] = Field(default_factory=dict)
 
 
+class SiteLabelMap(_Strict):
+    """One label's recalibration at one site, on the package-calibrated probability.
+
+    ``temperature``: ``p' = sigmoid(logit(p) / temperature)``; ``isotonic``: ``p'`` is
+    the piecewise-linear map through the knots (``x`` increasing, clipped at the
+    ends). ``operating_points`` are this site's thresholds on ``p'``; ``n`` and
+    ``n_positive`` the labelled images it was fitted on; ``ece_before`` /
+    ``ece_after`` the expected calibration error of the package's probabilities and
+    of cross-validated recalibrated ones on that sample.
+    """
+
+    temperature: float | None = Field(default=None, gt=0.0)
+    x: list[float] = Field(default_factory=list)
+    y: list[float] = Field(default_factory=list)
+    operating_points: dict[str, float] = Field(default_factory=dict)
+    n: int = Field(ge=0)
+    n_positive: int = Field(ge=0)
+    ece_before: float | None = None
+    ece_after: float | None = None
+
+    @model_validator(mode="after")
+    def _one_map(self) -> SiteLabelMap:
+        if len(self.x) != len(self.y):
+            raise ValueError("isotonic knots need as many x as y")
+        if any(b < a for a, b in zip(self.x, self.x[1:], strict=False)):
+            raise ValueError("isotonic knots must be increasing in x")
+        if any(not 0.0 <= v <= 1.0 for v in (*self.x, *self.y)):
+            raise ValueError("isotonic knots must lie in [0, 1]")
+        if any(not 0.0 <= t <= 1.0 for t in self.operating_points.values()):
+            raise ValueError("site thresholds must lie in [0, 1]")
+        return self
+
+
+class SiteCalibrationEntry(_Strict):
+    """The recalibration of one site: fitted labels, and those left on the global one.
+
+    ``fallback[label]`` says why a label keeps the package's global calibration and
+    thresholds there (too few images, or too few of one class).
+    """
+
+    method: Literal["temperature", "isotonic"]
+    labels: dict[str, SiteLabelMap] = Field(default_factory=dict)
+    fallback: dict[str, str] = Field(default_factory=dict)
+    n: int = Field(ge=0)
+    cohort: dict[str, Any] = Field(default_factory=dict)
+    created: str = ""
+
+
+class SiteCalibrationSection(_Strict):
+    """Per-site recalibrations (``overread models calibrate --site``), keyed by the
+    site's name as the service identifies it (institution, station or calling AE).
+
+    ``min_images`` and ``min_per_class`` are the smallest labelled sample a label
+    was fitted from; a site or label below them keeps the global calibration.
+    """
+
+    min_images: int = Field(ge=1)
+    min_per_class: int = Field(ge=1)
+    sites: dict[str, SiteCalibrationEntry] = Field(default_factory=dict)
+
+
 #: Manifest sections added after format 1 was fixed: left out of the canonical form
 #: (and of the file) when absent, so packages written before them keep their hash.
-OPTIONAL_SECTIONS = ("uncertainty", "conformal", "ensemble", "gate", "onboarded")
+OPTIONAL_SECTIONS = (
+    "uncertainty",
+    "conformal",
+    "ensemble",
+    "gate",
+    "onboarded",
+    "site_calibration",
+)
 
 #: The ``architecture`` of an ensemble package (it has no network of its own).
 ENSEMBLE_ARCHITECTURE = "ensemble"
@@ -306,6 +374,7 @@ class Manifest(_Strict):
     conformal: ConformalSection | None = None
     ensemble: EnsembleSection | None = None
     onboarded: OnboardedSection | None = None
+    site_calibration: SiteCalibrationSection | None = None
     signature: Signature | None = None
 
     @field_validator("operating_points")
@@ -339,6 +408,11 @@ class Manifest(_Strict):
             unknown = set(self.conformal.quantiles) - set(names)
             if unknown:
                 raise ValueError(f"conformal quantiles for unknown labels: {sorted(unknown)}")
+        if self.site_calibration is not None:
+            for site, entry in self.site_calibration.sites.items():
+                unknown = (set(entry.labels) | set(entry.fallback)) - set(names)
+                if unknown:
+                    raise ValueError(f"site {site!r} calibrates unknown labels: {sorted(unknown)}")
         if self.ensemble is not None:
             if self.architecture != ENSEMBLE_ARCHITECTURE:
                 raise ValueError(f"an ensemble's architecture must be {ENSEMBLE_ARCHITECTURE!r}")
@@ -424,6 +498,9 @@ __all__ = [
     "OutputKind",
     "RuntimeFiles",
     "Signature",
+    "SiteCalibrationEntry",
+    "SiteCalibrationSection",
+    "SiteLabelMap",
     "SourceFormat",
     "StatisticSpec",
     "SubspaceSpec",

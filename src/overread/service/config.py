@@ -61,6 +61,7 @@ from overread.config import Settings
 from overread.errors import ConfigError
 from overread.service.monitor.settings import MonitoringSettings
 from overread.service.retention_settings import RetentionSettings
+from overread.service.site_calibration import SiteCalibrationSettings
 
 _AE_RE = re.compile(r"^[ -~]{1,16}$")
 
@@ -612,6 +613,11 @@ class ServiceConfig(BaseModel):
     monitoring: MonitoringSettings = Field(
         default_factory=MonitoringSettings,
         description="The [service.monitoring] table: the monitoring run, sites and baselines",
+    )
+    site_calibration: SiteCalibrationSettings = Field(
+        default_factory=SiteCalibrationSettings,
+        description="The [service.site_calibration] table: which site a study is from, "
+        "for the model package's per-site calibration",
     )
     public_api_docs: bool = Field(
         default=False,

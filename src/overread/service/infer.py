@@ -168,6 +168,7 @@ class InferenceHandler:
             if refused:
                 readings += _refused_readings([p for p, _ in refused], [q for _, q in refused])
         first = items[0][1]
+        calibration = self._site_calibration(pipeline, predictions, readings, first)
         observations = observe_study(
             readings,
             calling_ae=first.calling_ae,
@@ -195,6 +196,7 @@ class InferenceHandler:
             sop_instance_uids=tuple(row.sop_instance_uid for _, row in items),
             study=study_header(header),
             timings=_stage_timings(predictions, modelled - started, built - modelled),
+            calibration=calibration,
         ).to_dict()
         self._finish(
             job,
@@ -216,6 +218,34 @@ class InferenceHandler:
             len(artifacts),
             time.perf_counter() - started,
         )
+
+    def _site_calibration(
+        self,
+        pipeline: PipelineLike,
+        predictions: Sequence[Prediction],
+        readings: Sequence[tuple[Prediction, Any]],
+        first: Instance,
+    ) -> dict[str, Any] | None:
+        """Apply the package's calibration for the study's site to its findings (in
+        place) and say which was applied; ``None`` when nothing was analysed or the
+        service does not choose calibrations by site."""
+        settings = self.services.config.site_calibration
+        if not settings.enabled or not any(p.ok for p in predictions):
+            return None
+        from overread.inference.site_calibration import apply_site_calibration
+
+        header = readings[0][1] if readings else None
+        station = str(header.get("StationName", "") or "") if header is not None else ""
+        institution = first.institution or (
+            str(header.get("InstitutionName", "") or "") if header is not None else ""
+        )
+        site = settings.site_of(
+            institution=institution, station=station, calling_ae=first.calling_ae
+        )
+        applied = apply_site_calibration(
+            predictions, pipeline.package, site, source=settings.source.value
+        )
+        return applied.to_dict()
 
     def _report_context(
         self, pipeline: PipelineLike, predictions: Sequence[Prediction]
@@ -299,6 +329,8 @@ class InferenceHandler:
                 }
                 if payload.override_gate:
                     details["override_gate"] = True
+                if summary and summary.get("calibration"):
+                    details["calibration"] = summary["calibration"]
                 if _not_analysed_summary(summary or {}):
                     details["not_analysed"] = True
                 if payload.role is not None:
