@@ -9,7 +9,6 @@ from sklearn.metrics import roc_auc_score
 from overread.errors import EvaluationError
 from overread.evaluation.held_out_sites import (
     HeldOutCohort,
-    matched_threshold,
     remedies_table,
     summarise,
 )
@@ -57,16 +56,6 @@ def test_a_remedy_that_changes_nothing_has_p_one_and_a_better_one_a_small_p() ->
     assert summary["remedies"]["all"]["auc_difference"] > 0.05
     assert summary["remedies"]["all"]["delong_p"] < 0.001
     assert "delong_p" not in summary["remedies"]["none"]
-
-
-def test_matched_threshold_keeps_the_fitting_sites_specificity() -> None:
-    rng = np.random.default_rng(1)
-    truth = (rng.random(400) < 0.5).astype(float)
-    raw = np.clip(rng.normal(0.3 + 0.3 * truth, 0.15), 0, 1)
-    adjusted = raw**2  # a monotone map
-    t = matched_threshold(truth, raw, adjusted, 0.45)
-    negatives = truth == 0
-    assert np.mean(adjusted[negatives] < t) == pytest.approx(np.mean(raw[negatives] < 0.45))
 
 
 def test_table_lists_every_remedy_and_those_not_run() -> None:

@@ -104,15 +104,16 @@ def evaluate_command(
         "own calibration (left out of its figures).",
     ),
     calibration: str = typer.Option(
-        "platt",
+        "temperature",
         "--calibration",
-        help="With --leave-one-site-out: per-site map: platt, temperature or isotonic.",
+        help="With --leave-one-site-out: per-site map: temperature or isotonic.",
     ),
-    min_site_cases: int = typer.Option(
-        30,
+    min_site_cases: int | None = typer.Option(
+        None,
         "--min-site-cases",
         min=2,
-        help="With --leave-one-site-out: fewest studies for a site's own calibration map.",
+        help="With --leave-one-site-out: fewest labelled studies for a site's own "
+        "calibration map (the stated minimum).",
     ),
     remedies_table: Path | None = typer.Option(
         None,

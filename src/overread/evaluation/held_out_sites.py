@@ -30,7 +30,6 @@ from overread.evaluation._validation import FloatArray
 from overread.evaluation.bootstrap import bootstrap_statistic
 from overread.evaluation.calibration import calibration_error
 from overread.evaluation.delong import clustered_delong_ci, delong_test
-from overread.evaluation.operating_points import threshold_for_specificity
 
 #: The baseline every remedy is compared with.
 BASELINE = "none"
@@ -74,19 +73,6 @@ class HeldOutCohort:
     @property
     def site_names(self) -> list[str]:
         return sorted({str(s) for s in self.sites})
-
-
-def matched_threshold(
-    truth: FloatArray, raw: FloatArray, adjusted: FloatArray, threshold: float
-) -> float:
-    """The threshold on ``adjusted`` scores that keeps the specificity ``threshold``
-    gives the ``raw`` scores on the same (fitting) studies: an operating point
-    carried through a recalibration without looking at the held-out site."""
-    negatives = truth == 0
-    if not negatives.any() or not (truth == 1).any():
-        return float(threshold)
-    specificity = float(np.mean(raw[negatives] < threshold))
-    return threshold_for_specificity(truth, adjusted, specificity)
 
 
 def _metrics(
@@ -255,7 +241,6 @@ __all__ = [
     "REMEDY_ORDER",
     "HeldOutCohort",
     "HeldOutScores",
-    "matched_threshold",
     "remedies_table",
     "summarise",
 ]

@@ -5,11 +5,12 @@ Two ways in (:mod:`overread.evaluation.held_out_sites` holds the statistics):
 - :func:`loso_with_package`: one model package, nothing trained. The cohort is
   read once; test-time augmentation's first view is the unaltered image, so one
   pass gives both ``none`` (view 0) and ``tta`` (the views' mean). For each
-  held-out site, per-site calibration is fitted on the *other* sites' studies
-  (a map per site with at least the stated minimum of cases, and the pooled map as
-  the fallback, which is what an unseen site gets) and applied to it; with
-  ``site_sample`` patients of the held-out site labelled, those few studies join
-  the fitting as that site's own sample and are left out of every remedy's figures.
+  held-out site, per-site calibration (:mod:`overread.evaluation.site_calibration`,
+  what the service applies) is fitted on the *other* sites' studies and applied to
+  it: a site without a labelled sample keeps the package's calibration, as in
+  service; with ``site_sample`` patients of the held-out site labelled, those few
+  studies are its sample (its map and its own operating point, when they meet the
+  stated minimum) and are left out of every remedy's figures.
 - :func:`loso_with_training`: one package per fold and per chain, trained on the
   other sites (patients with any study at the held-out site left out of training
   as well), so harmonisation, which changes the model's input, can be measured.
@@ -29,8 +30,7 @@ import numpy as np
 import pandas as pd
 
 from overread.errors import EvaluationError
-from overread.evaluation.calibration import SiteRecalibration
-from overread.evaluation.held_out_sites import HeldOutCohort, matched_threshold
+from overread.evaluation.held_out_sites import HeldOutCohort
 from overread.evaluation.inputs import read_csv_table
 from overread.inference.pipeline import Pipeline
 
@@ -53,10 +53,11 @@ class LosoOptions:
     tta_views
         Test-time augmentation views (the original included) for ``tta`` and ``all``.
     calibration
-        Recalibration map: ``platt``, ``temperature`` or ``isotonic``.
+        Per-site map (:mod:`overread.evaluation.site_calibration`): ``temperature``
+        or ``isotonic``.
     min_site_cases
-        Fewest labelled studies (with both classes) for a site's own map; fewer
-        use the pooled map.
+        Fewest labelled studies for a site's own map (default: the stated minimum
+        of :mod:`overread.evaluation.site_calibration`); fewer keep the package's.
     site_sample
         Patients of the held-out site whose labelled studies join the fitting as
         that site's own calibration sample (0: none, the unseen-site case).
@@ -67,8 +68,8 @@ class LosoOptions:
     label: str | None = None
     site_column: str = "Site"
     tta_views: int = 4
-    calibration: str = "platt"
-    min_site_cases: int = 30
+    calibration: str = "temperature"
+    min_site_cases: int | None = None
     site_sample: int = 0
     batch_size: int = 16
 
@@ -82,6 +83,8 @@ class _Scored:
     spread: np.ndarray
     ok: np.ndarray
     threshold: float
+    point: str
+    points: dict[str, float]
 
 
 def _cohort_table(cohort: Path, site_column: str) -> pd.DataFrame:
@@ -142,8 +145,12 @@ def score_package(
         none[rows] = samples[:per_view, :, column].mean(axis=0)
         tta[rows] = samples[:, :, column].mean(axis=0)
         spread[rows] = samples[:, :, column].std(axis=0)
+    manifest = pipeline.package.manifest
     threshold = float(pipeline.package.thresholds()[column])
-    return _Scored(none, tta, spread, np.isfinite(none), threshold)
+    points = dict(manifest.operating_points.get(label, {}))
+    return _Scored(
+        none, tta, spread, np.isfinite(none), threshold, manifest.default_operating_point, points
+    )
 
 
 def _sample_patients(patients: np.ndarray, k: int) -> set[str]:
@@ -156,34 +163,66 @@ def _site_calibrated(
     truth: np.ndarray,
     raw: np.ndarray,
     sites: np.ndarray,
+    patients: np.ndarray,
     fit_rows: np.ndarray,
     apply_rows: np.ndarray,
-    threshold: float,
+    scored: _Scored,
+    label: str,
     options: LosoOptions,
-) -> tuple[np.ndarray, float, bool]:
-    """Per-site calibration fitted on ``fit_rows``, applied to ``apply_rows``, and the
-    operating point carried through it (same specificity on the fitting studies)."""
+) -> tuple[np.ndarray, np.ndarray, str | None]:
+    """Per-site calibration (:mod:`overread.evaluation.site_calibration`, as the service
+    applies it) fitted on ``fit_rows``, applied to ``apply_rows``: the probabilities,
+    each study's threshold at the package's operating point, and why the held-out
+    site kept the package's calibration (None when it got its own map)."""
+    from overread.evaluation.site_calibration import (
+        find_site,
+        fit_sites,
+        site_probabilities,
+        site_thresholds,
+    )
+
     known = fit_rows & np.isfinite(truth)
-    recal = SiteRecalibration(method=options.calibration, min_cases=options.min_site_cases)
-    recal.fit(truth[known], raw[known], sites[known])
-    if not _keeps_ranking(recal, sites[apply_rows]):
-        # A map fitted where the model ranks worse than chance would turn its
-        # ranking upside down at the held-out site: refused, the scores kept.
-        log.warning("a calibration map that reverses the ranking was refused")
-        return raw[apply_rows].copy(), threshold, False
-    fitted = recal.transform(raw[known], sites[known])
-    carried = matched_threshold(truth[known], raw[known], fitted, threshold)
-    return recal.transform(raw[apply_rows], sites[apply_rows]), carried, True
+    global_points = {label: scored.points}
+    section = fit_sites(
+        truth[known][:, None],
+        raw[known][:, None],
+        sites[known],
+        [label],
+        method=options.calibration,
+        min_images=options.min_site_cases,
+        global_points=global_points,
+        groups=patients[known],
+    )
+    values = raw[apply_rows].copy()
+    thresholds = np.full(values.shape, scored.threshold)
+    held_out = {str(s) for s in sites[apply_rows]}
+    reason: str | None = None
+    for site in held_out:
+        name = find_site(section, site)
+        rows = sites[apply_rows] == site
+        if name is None:
+            reason = "no labelled sample of this site: the package's calibration is kept"
+            continue
+        entry = section.sites[name]
+        if label in entry.fallback:
+            reason = entry.fallback[label]
+        values[rows] = site_probabilities(values[rows][:, None], entry, [label])[:, 0]
+        thresholds[rows] = site_thresholds(entry, [label], scored.point, global_points)[0]
+    return values, thresholds, reason
 
 
-def _keeps_ranking(recal: SiteRecalibration, sites: np.ndarray) -> bool:
-    """True when the maps the held-out studies get never decrease."""
-    grid = np.linspace(0.01, 0.99, 99)
-    for site in set(sites.tolist()) or {""}:
-        mapped = recal.transform(grid, np.full(grid.size, site))
-        if np.any(np.diff(mapped) < -1e-12) or mapped[-1] <= mapped[0]:
-            return False
-    return True
+def _calibration_note(options: LosoOptions) -> str:
+    if options.site_sample == 0:
+        return (
+            "per-site calibration: fitted per site on the other sites' studies; a held-out "
+            "site has no labelled sample, so it keeps the package's calibration (the "
+            "service's fallback for a site without one): give --site-sample to measure it"
+        )
+    return (
+        f"per-site calibration ({options.calibration}, minimum "
+        f"{options.min_site_cases or 'the stated'} studies): {options.site_sample} patients of each held-out site form its labelled "
+        "sample and are left out of every remedy's figures"
+    )
 
 
 def _fold_rows(
@@ -243,23 +282,14 @@ def loso_with_package(
         out["tta"][evaluated] = scored.tta[evaluated]
         limits["tta"][evaluated] = scored.threshold
         for name, raw in (("per_site_calibration", scored.none), ("all", scored.tta)):
-            values, threshold, kept = _site_calibrated(
-                truth, raw, sites, fit, evaluated, scored.threshold, options
+            values, thresholds, reason = _site_calibrated(
+                truth, raw, sites, patients, fit, evaluated, scored, label, options
             )
-            if not kept:
-                notes.append(f"{name} at {site}: the fitted map reversed the ranking; refused")
+            if reason:
+                notes.append(f"{name} at {site}: {reason}")
             out[name][evaluated] = values
-            limits[name][evaluated] = threshold
-    if options.site_sample == 0:
-        notes.append(
-            "per-site calibration: no labelled sample of a held-out site, so each gets the "
-            "pooled map fitted on the other sites (the fallback for an unseen site)"
-        )
-    else:
-        notes.append(
-            f"per-site calibration: {options.site_sample} patients of each held-out site "
-            "form its calibration sample and are left out of every remedy's figures"
-        )
+            limits[name][evaluated] = thresholds
+    notes.append(_calibration_note(options))
     rows = evaluated_any
     result = HeldOutCohort(
         label=label, truth=truth[rows], sites=sites[rows], patients=patients[rows], notes=notes
@@ -378,21 +408,18 @@ def loso_with_training(
         ):
             out[name][evaluated] = values[evaluated]
             limits[name][evaluated] = threshold
-        for name, raw, threshold in (
-            ("per_site_calibration", plain.none, plain.threshold),
-            ("all", harm.tta, harm.threshold),
+        for name, raw, source in (
+            ("per_site_calibration", plain.none, plain),
+            ("all", harm.tta, harm),
         ):
-            values, carried, kept = _site_calibrated(
-                truth, raw, sites, fit, evaluated, threshold, options
+            values, thresholds, reason = _site_calibrated(
+                truth, raw, sites, patients, fit, evaluated, source, label, options
             )
-            if not kept:
-                notes.append(f"{name} at {site}: the fitted map reversed the ranking; refused")
+            if reason:
+                notes.append(f"{name} at {site}: {reason}")
             out[name][evaluated] = values
-            limits[name][evaluated] = carried
-    notes.append(
-        "per-site calibration with --train is fitted on the other sites' studies, which "
-        "include the fold's training studies"
-    )
+            limits[name][evaluated] = thresholds
+    notes.append(_calibration_note(options))
     rows = evaluated_any
     result_cohort = HeldOutCohort(
         label=label, truth=truth[rows], sites=sites[rows], patients=patients[rows], notes=notes
