@@ -540,6 +540,8 @@ def bench_tta(
     from overread.bench.tta import benchmark_tta
 
     counts = _ints(views, "--views")
+    if min(counts) < 1 or max(counts) > 64:
+        raise ConfigError(f"--views {views!r}: view counts must lie in 1..64")
     with _progress(not as_json) as update:
         result = benchmark_tta(
             studies=studies,
