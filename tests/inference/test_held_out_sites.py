@@ -119,7 +119,7 @@ def test_train_mode_trains_plain_and_harmonised_packages_per_fold(  # type: igno
     from overread.models import load_package
 
     config = (Path(__file__).parents[2] / "configs" / "loso-tiny.toml").read_text()
-    config = config.replace("epochs = 4", "epochs = 1")
+    config = config.replace("epochs = 8", "epochs = 1")
     (tmp_path / "tiny.toml").write_text(config)
     workdir = tmp_path / "folds"
     status, out, err = run_cli(
