@@ -112,7 +112,7 @@ def run_leave_one_site_out(
             f"{summary['n_patients']} patients; each study scored by the fold that held its "
             "site out. AUC intervals: patient-clustered DeLong; ECE and sensitivity "
             "intervals: patient bootstrap; p: paired DeLong test against `none` on the "
-            f"pooled held-out studies. Run time {summary['seconds']:.0f} s.\n\n"
+            "pooled held-out studies.\n\n"
             + table
             + "\n"
             + "\n".join(f"- {note}" for note in summary["notes"])
