@@ -219,8 +219,8 @@ def _calibration_note(options: LosoOptions) -> str:
             "service's fallback for a site without one): give --site-sample to measure it"
         )
     return (
-        f"per-site calibration ({options.calibration}, minimum "
-        f"{options.min_site_cases or 'the stated'} studies): {options.site_sample} patients of each held-out site form its labelled "
+        f"per-site calibration ({options.calibration}, minimum sample: "
+        f"{options.min_site_cases or 'the library default'}): {options.site_sample} patients of each held-out site form its labelled "
         "sample and are left out of every remedy's figures"
     )
 
