@@ -132,6 +132,25 @@ def test_an_unknown_site_keeps_the_global_calibration_and_says_why(
     assert empty.calibration == "global" and "calling_ae is empty" in empty.reason
 
 
+def test_a_site_with_no_map_says_so(sited: ModelPackage, tmp_path: Path) -> None:
+    assert sited.manifest.site_calibration is not None
+    small = SiteCalibrationEntry(
+        method="temperature", fallback={label: "12 labelled images" for label in LABELS}, n=12
+    )
+    section = sited.manifest.site_calibration.model_copy(
+        update={"sites": {**sited.manifest.site_calibration.sites, "Tiny": small}}
+    )
+    package = derive_package(
+        sited, tmp_path / "tiny2", version="1.0.0+tiny", site_calibration=section
+    )
+    study = [_prediction(package, [0.9, 0.2, 0.6])]
+    applied = apply_site_calibration(study, package, "tiny", source="calling_ae")
+    assert applied.calibration == "global" and applied.package_site == "Tiny"
+    assert "no label has a site map" in applied.reason
+    assert applied.to_dict()["fallback"]["Cardiomegaly"] == "12 labelled images"
+    assert [f.probability for f in study[0].findings] == [0.9, 0.2, 0.6]
+
+
 def test_an_ambiguous_conformal_set_stays_indeterminate(sited: ModelPackage) -> None:
     study = [_prediction(sited, [0.99, 0.01, 0.99], conformal_set="both")]
     apply_site_calibration(study, sited, "North General")
@@ -207,7 +226,7 @@ def test_calibrate_site_writes_a_new_version_and_leaves_the_source_alone(
         "--site", "RMC-CR02", "--min-images", "1000", "--version", "1.1.0+sites.2",
     )  # fmt: skip
     assert status == 0, err
-    assert "below the minimum sample for every label" in err
+    assert "has no label with a site map" in err
     merged = load_package(small).manifest.site_calibration
     assert merged is not None
     assert sorted(merged.sites) == ["Northgate General Hospital", "RMC-CR02"]
@@ -242,3 +261,50 @@ def test_every_image_of_a_whole_cohort_is_the_site_s(tmp_path: Path) -> None:
             load_package(tiny_package(tmp_path / "t")), tmp_path, tmp_path / "o",
             sites=["A", "B"], version="2", whole_cohort=True,
         )  # fmt: skip
+
+
+@pytest.mark.slow
+def test_a_whole_cohort_calibrates_a_calling_ae_with_isotonic_maps(
+    run_cli: Run, two_sites: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("OVERREAD_MODEL_REGISTRY", str(tmp_path / "registry"))
+    out = tmp_path / "ae"
+    status, stdout, err = run_cli(
+        "models", "calibrate", "--model", "cxr-default", "--data", two_sites, "--out", out,
+        "--site", "CR01", "--whole-cohort", "--method", "isotonic", "--min-images", "60",
+        "--version", "1.1.0+cr01", "--json",
+    )  # fmt: skip
+    assert status == 0, err
+    summary = json.loads(stdout)
+    assert summary["sites"]["CR01"]["images"] == 80 and summary["min_images"] == 60
+    entry = load_package(out).manifest.site_calibration
+    assert entry is not None
+    cr01 = entry.sites["CR01"]
+    assert cr01.method == "isotonic" and cr01.cohort["matched"] == "whole cohort"
+    assert cr01.labels, "some label has a map worth using"
+    for fitted in cr01.labels.values():
+        assert fitted.temperature is None and len(fitted.x) == len(fitted.y) >= 2
+        assert fitted.y == sorted(fitted.y)  # monotone
+
+
+def test_predict_applies_a_named_site_s_calibration(
+    run_cli: Run, sited: ModelPackage, cxr_dicom: Callable[..., Path]
+) -> None:
+    image = cxr_dicom()
+    status, plain, err = run_cli("predict", "--model", sited.path, image, "--json")
+    assert status == 0, err
+    status, north, err = run_cli(
+        "predict", "--model", sited.path, image, "--json", "--site", "North General"
+    )
+    assert status == 0, err
+    before, after = json.loads(plain), json.loads(north)
+    assert "calibration" not in before
+    assert after["calibration"]["calibration"] == "site"
+    assert after["calibration"]["package_site"] == "North General"
+    for old, new in zip(before["findings"], after["findings"], strict=True):
+        assert new["probability"] == pytest.approx(expit(logit(old["probability"]) / 2.0), abs=1e-5)
+        assert new["threshold"] == 0.3 and old["threshold"] == 0.5
+    status, elsewhere, err = run_cli(
+        "predict", "--model", sited.path, image, "--json", "--site", "Elsewhere"
+    )
+    assert json.loads(elsewhere)["calibration"]["calibration"] == "global"

@@ -976,7 +976,7 @@ def _calibrate_sites(
             typer.echo(f"    {label}: global calibration ({reason})")
         if not fitted["labels"]:
             typer.echo(
-                f"  WARNING: site {name} is below the minimum sample for every label: "
-                "its studies keep the global calibration",
+                f"  WARNING: site {name} has no label with a site map (too small a sample, "
+                "or no map helped): its studies keep the global calibration",
                 err=True,
             )

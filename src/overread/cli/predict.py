@@ -104,6 +104,12 @@ def predict_command(
         "--pdf",
         help="Also write the PDF report of the inputs (DICOM files of one study) to FILE.",
     ),
+    site: str | None = typer.Option(
+        None,
+        "--site",
+        help="Apply the package's calibration for this site (as the service would for a "
+        "study from it); each result says which calibration it got.",
+    ),
 ) -> None:
     """Run a model on images and print findings.
 
@@ -134,10 +140,22 @@ def predict_command(
         trust=trust,
         override_gate=analyse_anyway,
     )
+    calibration = None
+    if site is not None:
+        from overread.inference.site_calibration import apply_site_calibration
+
+        calibration = apply_site_calibration(
+            predictions, pipeline.package, site, source="--site"
+        ).to_dict()
+        if not as_json:
+            how = calibration.get("package_site") or calibration.get("reason", "")
+            typer.echo(f"calibration: {calibration['calibration']} ({how})")
     failures = 0
     results = []
     for index, prediction in enumerate(predictions):
         record = prediction.to_dict()
+        if calibration is not None:
+            record["calibration"] = calibration
         if out is not None and prediction.ok:
             record["overlays"] = _write_overlays(prediction, out, index)
         results.append(record)

@@ -161,12 +161,17 @@ def apply_site_calibration(
         return SiteCalibrationApplied(site, source, "global", reason=reason)
     entry = section.sites[name]
     if not entry.labels:
-        reason = f"site {name!r}: every label below the minimum sample"
+        reason = f"site {name!r}: no label has a site map (see fallback)"
         logger.info("global calibration: %s", reason)
         return SiteCalibrationApplied(
-            site, source, "global", package_site=name, method=entry.method,
-            fallback=dict(entry.fallback), reason=reason,
-        )  # fmt: skip
+            site,
+            source,
+            "global",
+            package_site=name,
+            method=entry.method,
+            fallback=dict(entry.fallback),
+            reason=reason,
+        )
     for prediction in predictions:
         if prediction.ok:
             prediction.findings = [_recalibrated(f, entry, package) for f in prediction.findings]
@@ -178,9 +183,8 @@ def apply_site_calibration(
             "; ".join(f"{k}: {v}" for k, v in sorted(entry.fallback.items())),
         )
     return SiteCalibrationApplied(
-        site, source, "site", package_site=name, method=entry.method,
-        fallback=dict(entry.fallback),
-    )  # fmt: skip
+        site, source, "site", package_site=name, method=entry.method, fallback=dict(entry.fallback)
+    )
 
 
 # -- fitting from a cohort -------------------------------------------------------
@@ -200,7 +204,7 @@ def _header_names(path: str) -> tuple[str, str]:
 def cohort_site_names(cohort: Path, ids: Sequence[str]) -> list[set[str]]:
     """For each image (``ids``: truth.csv Paths) the names it could be known by:
     the cohort's Site and Station columns and its header's Institution and Station Name
-    (compared by :func:`~overread.evaluation.site_calibration.site_key`)."""
+    (compare them with :func:`~overread.evaluation.site_calibration.site_key`)."""
     columns: dict[str, dict[str, str]] = {}
     with (cohort / "truth.csv").open(newline="", encoding="utf-8") as handle:
         for row in csv.DictReader(handle):
@@ -211,7 +215,7 @@ def cohort_site_names(cohort: Path, ids: Sequence[str]) -> list[set[str]]:
     for image in ids:
         found = set(columns.get(image, {}).values())
         found.update(_header_names(str(cohort / image)))
-        names.append({site_key(n) for n in found if n.strip()})
+        names.append({" ".join(n.split()) for n in found if n.strip()})
     return names
 
 
@@ -265,7 +269,8 @@ def calibrate_sites(
     entries: dict[str, SiteCalibrationEntry] = {}
     for site in sites:
         rows = np.array(
-            [True if whole_cohort else site_key(site) in names for names in known_as], dtype=bool
+            [whole_cohort or site_key(site) in {site_key(n) for n in names} for names in known_as],
+            dtype=bool,
         )
         if not rows.any():
             present = sorted({n for names in known_as for n in names})
