@@ -180,3 +180,17 @@ def test_bench_trust_cli_times_both_pipelines_with_and_without(run_cli: RunCli) 
     for name in ("pipeline", "batched"):
         row = result[name]
         assert row["cpu_ms_per_image_with_trust"] > 0 and row["median_ms_without_trust"] > 0
+
+
+def test_bench_tta_cli_times_each_view_count_against_none(run_cli: RunCli) -> None:
+    status, out, err = run_cli(
+        "bench", "tta", "--studies", "2", "--rounds", "1", "--size", "96", "--views", "3", "--json"
+    )
+    assert status == 0, err
+    result = json.loads(out)
+    rows = {row["views"]: row for row in result["settings"]}
+    assert set(rows) == {1, 3}
+    assert rows[1]["ratio_to_single"] == 1.0 and rows[1]["mean_spread"] is None
+    assert rows[3]["cpu_ms_per_study"] > 0 and rows[3]["mean_spread"] > 0
+    status, _, err = run_cli("bench", "tta", "--views", "0")
+    assert status == 2 and err.startswith("error:")

@@ -494,6 +494,72 @@ def bench_trust(
     _emit([_trust_table(result)], result, as_json=as_json, append=append_docs, title="Trust score")
 
 
+def _tta_table(result: dict[str, Any]) -> Table:
+    from rich.table import Table
+
+    table = Table(
+        title=(
+            f"Test-time augmentation, {result['model']} {result['runtime']}, "
+            f"{result['studies']} studies ({result['size']} px) x {result['rounds']}, "
+            "side by side"
+        )
+    )
+    for header in (
+        "views",
+        "ms per study",
+        "x no TTA",
+        "CPU ms per study",
+        "CPU x no TTA",
+        "spread",
+    ):
+        table.add_column(header, justify="right")
+    for row in result["settings"]:
+        table.add_row(
+            "1 (no TTA)" if row["views"] == 1 else str(row["views"]),
+            _fmt(row["median_ms"], 1),
+            _fmt(row["ratio_to_single"], 2),
+            _fmt(row["cpu_ms_per_study"], 1),
+            _fmt(row["cpu_ratio_to_single"], 2),
+            "" if row["mean_spread"] is None else _fmt(row["mean_spread"], 4),
+        )
+    return table
+
+
+@bench_app.command("tta")
+def bench_tta(
+    studies: int = typer.Option(16, "--studies", min=1, help="Phantom studies (one image each)."),
+    views: str = typer.Option("4,8", "--views", help="TTA view counts to time against none."),
+    rounds: int = typer.Option(2, "--rounds", min=1, help="Passes over the studies."),
+    size: int = typer.Option(1024, "--size", min=64, help="Image side in pixels."),
+    model: str = typer.Option("cxr-default", "--model", help="Model package."),
+    as_json: bool = typer.Option(False, "--json", help="Print the whole result as JSON."),
+    append_docs: bool = typer.Option(False, "--append-docs", help="Append to docs/benchmarks.md."),
+) -> None:
+    """Time per study with and without test-time augmentation, side by side."""
+    _check_docs(append_docs)
+    from overread.bench.tta import benchmark_tta
+
+    counts = _ints(views, "--views")
+    if min(counts) < 1 or max(counts) > 64:
+        raise ConfigError(f"--views {views!r}: view counts must lie in 1..64")
+    with _progress(not as_json) as update:
+        result = benchmark_tta(
+            studies=studies,
+            views=counts,
+            rounds=rounds,
+            size=size,
+            model=model,
+            progress=lambda task: update(task, 1, 1),
+        )
+    _emit(
+        [_tta_table(result)],
+        result,
+        as_json=as_json,
+        append=append_docs,
+        title="Test-time augmentation",
+    )
+
+
 @bench_app.command("gateway")
 def bench_gateway(
     files: int = typer.Option(40, "--files", min=2, help="Images sent in the ingest test."),

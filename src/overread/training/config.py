@@ -150,6 +150,25 @@ class PruneConfig(_Section):
         return self
 
 
+class HarmonisationConfig(_Section):
+    """Harmonisation steps of the imaging chain (:mod:`overread.imaging.transforms.harmonise`).
+
+    Recorded in the package's preprocessing chain, so serving applies exactly
+    what training did. ``histogram_match`` fits its reference (the mean quantile
+    function) on up to ``reference_images`` training-split images.
+    """
+
+    vendor_lut: Literal["file", "ignore"] = "file"
+    intensity: Literal["none", "percentile", "zscore", "histogram_match"] = "none"
+    clahe: bool = False
+    clahe_clip_limit: float = Field(default=2.0, ge=1.0, le=40.0)
+    clahe_tiles: int = Field(default=8, ge=1, le=64)
+    lower: float = Field(default=1.0, ge=0.0, lt=50.0)
+    upper: float = Field(default=99.0, gt=50.0, le=100.0)
+    zscore_clip_sigma: float = Field(default=3.0, gt=0.0, le=10.0)
+    reference_images: int = Field(default=64, ge=1, le=10000)
+
+
 class PackageConfig(_Section):
     """The model package written at the end."""
 
@@ -157,6 +176,9 @@ class PackageConfig(_Section):
     version: str = "1.0.0"
     intended_use: str = "Research and demonstration only; not for clinical use."
     export_onnx: bool = True
+    # Test-time augmentation views the package asks for by default (1: none); the
+    # flip stays off (chest anatomy is not left-right symmetric).
+    tta_views: int = Field(default=1, ge=1, le=64)
 
 
 class TrainConfig(_Section):
@@ -175,6 +197,7 @@ class TrainConfig(_Section):
     optim: OptimConfig = Field(default_factory=OptimConfig)
     loss: LossConfig = Field(default_factory=LossConfig)
     augment: AugmentConfig = Field(default_factory=AugmentConfig)
+    harmonisation: HarmonisationConfig = Field(default_factory=HarmonisationConfig)
     early_stop: EarlyStopConfig = Field(default_factory=EarlyStopConfig)
     distill: DistillConfig | None = None
     prune: PruneConfig | None = None

@@ -29,7 +29,7 @@ import torch
 import torch.distributed as dist
 from torch import nn
 
-from overread.errors import ConfigError, DatasetError
+from overread.errors import ConfigError, DatasetError, OverreadError
 from overread.training.card import model_card
 from overread.training.compression import ModelCost, magnitude_prune, measure, sparsity
 from overread.training.config import PhantomSource, TrainConfig
@@ -140,6 +140,47 @@ class Splits:
     hashes: dict[str, str]
     counts: dict[str, int]
     left_out: list[str]
+    chain_spec: list[dict[str, Any]] = field(default_factory=list)
+
+
+#: Gives the chain spec once the training split's image paths are known.
+ChainFor = Callable[[list[Path]], list[dict[str, Any]]]
+
+
+def training_chain(config: TrainConfig) -> list[dict[str, Any]] | ChainFor:
+    """The run's preprocessing chain: ``cxr_chain`` with the configured harmonisation.
+
+    Histogram matching needs a reference fitted on training images, so then the
+    chain is a function of the training split's paths (the first
+    ``reference_images`` of them, read through the chain up to the match).
+    """
+    from overread.imaging.transforms import (
+        Harmonisation,
+        build_chain,
+        cxr_chain,
+        reference_quantiles,
+    )
+
+    section = config.harmonisation.model_dump(exclude={"reference_images"})
+    harmonisation = Harmonisation.from_dict(section)
+    size = config.data.size
+    if not harmonisation.needs_reference:
+        return cxr_chain(size, harmonisation=harmonisation).to_spec()
+    limit = config.harmonisation.reference_images
+
+    def chain_for(paths: list[Path]) -> list[dict[str, Any]]:
+        before = Harmonisation(vendor_lut=harmonisation.vendor_lut)
+        upto = build_chain(cxr_chain(size, harmonisation=before).to_spec()[:-1])
+        images = []
+        for path in paths[:limit]:
+            try:
+                images.append(upto(path).pixels)
+            except OverreadError as exc:
+                log.warning("histogram reference: %s left out (%s)", path, exc)
+        reference = reference_quantiles(images)
+        return cxr_chain(size, harmonisation=harmonisation.with_reference(reference)).to_spec()
+
+    return chain_for
 
 
 def _tensors(
@@ -185,7 +226,10 @@ def _truth_for(table: Any, folder: Path) -> tuple[np.ndarray, np.ndarray]:
 
 
 def build_splits(
-    config: TrainConfig, ctx: DistributedContext, chain_spec: list[dict[str, Any]], echo: Echo
+    config: TrainConfig,
+    ctx: DistributedContext,
+    chain: list[dict[str, Any]] | ChainFor,
+    echo: Echo,
 ) -> Splits:
     """Read, split, apply the policy and preprocess (rank 0 first, then the others reuse)."""
     from overread.data import apply_policy, patient_split, read_labels
@@ -212,6 +256,11 @@ def build_splits(
             if (folder / name).is_file():
                 hashes[f"train-cohort:{name}"] = file_sha256(folder / name)
     train_t, val_t, test_t = patient_split(table, data.split, seed=data.split_seed)
+    chain_spec = (
+        chain([Path(train_t.image_path(i)) for i in range(len(train_t))])
+        if callable(chain)
+        else chain
+    )
     labels = list(table.labels)
     cache_dir = (config.output.parent / "cache") if data.cache else None
     left_out: list[str] = []
@@ -267,6 +316,7 @@ def build_splits(
         hashes=hashes,
         counts=counts,
         left_out=left_out,
+        chain_spec=chain_spec,
     )
 
 
@@ -422,8 +472,6 @@ def run_training(
     config: TrainConfig, *, resume: bool = True, echo: Echo | None = None
 ) -> RunResult:
     """Run a whole training job as configured; see the module docstring."""
-    from overread.imaging.transforms import cxr_chain
-
     say: Echo = echo or (lambda msg: log.info("%s", msg))
     started = time.time()
     if config.threads:
@@ -431,9 +479,9 @@ def run_training(
     ctx = init_distributed(config.device)
     out = config.output
     out.mkdir(parents=True, exist_ok=True)
-    chain_spec = cxr_chain(config.data.size).to_spec()
     t0 = time.time()
-    splits = build_splits(config, ctx, chain_spec, say)
+    splits = build_splits(config, ctx, training_chain(config), say)
+    chain_spec = splits.chain_spec
     prep_seconds = time.time() - t0
     labels = splits.labels
     net = build_model(config, len(labels))
@@ -629,6 +677,13 @@ def write_model_package(
 
     input_spec = cxr_input_spec(config.data.size)
     input_spec["channels"] = config.data.channels
+    input_spec["chain"] = chain_spec
+    harmonisation = config.harmonisation
+    if harmonisation != type(harmonisation)():
+        input_spec["normalisation"] += (
+            f"; harmonised: vendor LUT {harmonisation.vendor_lut}, intensity "
+            f"{harmonisation.intensity}, CLAHE {'on' if harmonisation.clahe else 'off'}"
+        )
     training = {
         key: record[key]
         for key in ("name", "git", "seed", "data_hashes", "counts", "timings_seconds", "versions")
@@ -637,6 +692,7 @@ def write_model_package(
     training["label_policy"] = config.data.policy
     training["device"] = record["device"]
     training["world_size"] = record["world_size"]
+    training["harmonisation"] = config.harmonisation.model_dump()
     path: Path = write_package(
         config.output / "package",
         network=net,
@@ -654,6 +710,9 @@ def write_model_package(
         export_onnx=config.package.export_onnx,
         accepts=CXR_ACCEPTS,
         int8_calibration=int8_images if config.package.export_onnx else None,
+        uncertainty={"tta_views": config.package.tta_views}
+        if config.package.tta_views > 1
+        else None,
         overwrite=True,
     )
     # The card goes in after the weights; re-signing lists it with its checksum.
