@@ -59,12 +59,19 @@ def _actions(service: Gateway) -> list[AuditEvent]:
 
 
 def _post(service: Gateway, uid: str, body: dict[str, Any], token: str) -> httpx.Response:
-    return httpx.post(
-        f"http://127.0.0.1:{service.http_port}/api/studies/{uid}/review",
-        json=body,
-        headers=bearer(token),
-        timeout=60,
-    )
+    """A verdict on the study's results as the reader sees them now (GET, then POST)."""
+    url = f"http://127.0.0.1:{service.http_port}/api/studies/{uid}/review"
+    if "results" not in body:
+        shown = httpx.get(url, headers=bearer(token), timeout=30)
+        if shown.status_code == 200:
+            body = {
+                **body,
+                "results": [
+                    {"result_id": r["result_id"], "version": r["version"]}
+                    for r in shown.json()["results"]
+                ],
+            }
+    return httpx.post(url, json=body, headers=bearer(token), timeout=60)
 
 
 def _content_items(items: Any) -> Iterator[Dataset]:
@@ -271,7 +278,8 @@ def test_a_role_without_verify_permission_gets_403(held_study: tuple[Gateway, st
     service, uid = held_study
     for role in ("technologist", "admin", "auditor", "service"):
         token = api_token(service, role)
-        assert _post(service, uid, {"action": "accept"}, token).status_code == 403, role
+        body = {"action": "accept", "results": [{"result_id": 1, "version": "0"}]}
+        assert _post(service, uid, body, token).status_code == 403, role
     review = _review(service)
     assert review is not None and review.state == "pending"
     denied = [e for e in _actions(service) if e.action == "access-denied"]

@@ -26,6 +26,7 @@ audited.
 
 from __future__ import annotations
 
+import hashlib
 import logging
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
@@ -63,6 +64,7 @@ from overread.service.payloads import (
     StowExportPayload,
     export_payload,
 )
+from overread.service.rollout import not_shadow
 from overread.service.store import ObjectStore
 from overread.service.verification import (
     ReportStatus,
@@ -100,15 +102,39 @@ class ReviewConflictError(ReviewError):
     already verified, reviewed by someone else meanwhile)."""
 
 
+class ReviewStaleError(ReviewConflictError):
+    """The study's results are no longer those the reader saw (a new result, a
+    re-read, another reader's review): the verdict is not applied to any of them."""
+
+
+def result_version(result: Result, review: ResultReview | None) -> str:
+    """What a reader saw of one result, as a short token: it changes when the result
+    is re-read (rewritten in place), re-verified, rejected or released, and differs
+    between two results that happen to share an id."""
+    parts = [
+        str(result.id),
+        str(result.job_id),
+        result.created_at.isoformat() if result.created_at else "",
+        str(next((a.get("sop_instance_uid") for a in result.artifacts or [] if a), "")),
+        "" if review is None else f"{review.id}:{review.state}:{review.version or 0}",
+    ]
+    return hashlib.sha256("|".join(parts).encode()).hexdigest()[:16]
+
+
 @dataclass(frozen=True)
 class ReviewRequest:
     """A reader's action on a study's result.
 
-    ``decisions`` (edit): the reader's decision per finding label; ``note``: free text
-    kept with the verification; ``reason``: why a result is rejected.
+    ``seen``: the study's results as the reader saw them, result id to
+    :func:`result_version`; the verdict applies only while the study's results are
+    still exactly these (a new result, a re-read or another reader's review since
+    refuses it). ``decisions`` (edit): the reader's decision per finding label;
+    ``note``: free text kept with the verification; ``reason``: why a result is
+    rejected.
     """
 
     action: ReviewAction
+    seen: Mapping[int, str] = field(default_factory=dict)
     decisions: Mapping[str, Decision] = field(default_factory=dict)
     note: str = ""
     reason: str = ""
@@ -315,11 +341,12 @@ class ReviewDesk:
 
     # -- looking --------------------------------------------------------------------
     def results_of(self, study_instance_uid: str) -> list[tuple[Result, ResultReview | None]]:
-        """The study's results, newest first, each with its review row (if any)."""
+        """The study's results, newest first, each with its review row (if any); a
+        shadow model's results are never reviewed (nor sent) and are left out."""
         with self.database.session() as session:
             rows = session.scalars(
                 select(Result)
-                .where(Result.study_instance_uid == study_instance_uid)
+                .where(Result.study_instance_uid == study_instance_uid, not_shadow())
                 .order_by(Result.created_at.desc(), Result.id.desc())
             ).all()
             reviews = {
@@ -340,11 +367,16 @@ class ReviewDesk:
 
         A held study: each pending result. A study whose results went out: each
         result that was sent (accept/edit send a correction; reject is refused).
+        The request names the results the reader saw (``seen``); the action is
+        applied only when the study's results are exactly those, in those versions.
 
         Raises
         ------
         ReviewError
-            If the study has no stored result, or an edit names an unknown finding.
+            If the study has no stored result, the request names no result, or an
+            edit names an unknown finding.
+        ReviewStaleError
+            If the study's results changed since the reader saw them.
         ReviewConflictError
             If no result of the study is in a state the action applies to.
         """
@@ -353,6 +385,17 @@ class ReviewDesk:
         results = self.results_of(study_instance_uid)
         if not results:
             raise ReviewError(f"study {study_instance_uid} has no stored result")
+        if not request.seen:
+            raise ReviewError(
+                "a review names the results it is about (their result_id and version "
+                "as GET /api/studies/{uid}/review gives them)"
+            )
+        stale_reason = _stale(results, request.seen)
+        if stale_reason:
+            raise ReviewStaleError(
+                f"study {study_instance_uid}: its results changed since they were shown "
+                f"({stale_reason}); nothing was applied; reload the study and review again"
+            )
         pending: list[tuple[Result, ResultReview | None]] = [
             (r, v) for r, v in results if v is not None and v.state == ReviewState.PENDING.value
         ]
@@ -396,6 +439,7 @@ class ReviewDesk:
                 .where(
                     ResultReview.id == review.id,
                     ResultReview.state == ReviewState.PENDING.value,
+                    ResultReview.version == review.version,
                 )
                 .values(
                     state=ReviewState.REJECTED.value,
@@ -526,6 +570,11 @@ class ReviewDesk:
             row = session.get(Result, result.id)
             if row is None:
                 raise ReviewError(f"result {result.id} no longer exists")
+            if row.created_at != result.created_at or row.job_id != result.job_id:
+                raise ReviewStaleError(
+                    f"result {result.id} was read again meanwhile; nothing was applied; "
+                    "reload the study and review again"
+                )
             # Locked (PostgreSQL): a second reader acting at once waits, then sees this one.
             current = session.scalar(
                 select(ResultReview).where(ResultReview.result_id == result.id).with_for_update()
@@ -833,6 +882,26 @@ class ReviewDesk:
         return done
 
 
+def _stale(results: Sequence[tuple[Result, ResultReview | None]], seen: Mapping[int, str]) -> str:
+    """How the study's results differ from those a reader saw ("" when they do not)."""
+    current = {result.id: result_version(result, review) for result, review in results}
+    why: list[str] = []
+    new = sorted(set(current) - set(seen))
+    if new:
+        why.append("new result " + ", ".join(map(str, new)))
+    gone = sorted(set(seen) - set(current))
+    if gone:
+        why.append("result " + ", ".join(map(str, gone)) + " no longer stored")
+    changed = sorted(i for i in set(current) & set(seen) if current[i] != seen[i])
+    if changed:
+        why.append(
+            "result "
+            + ", ".join(map(str, changed))
+            + " read again or reviewed by someone else since"
+        )
+    return "; ".join(why)
+
+
 def _study_decisions(summary: ResultSummary) -> dict[str, Decision]:
     """The model's decision per finding for the study: the strongest of its images'
     (positive, then indeterminate, then negative), as the SR's summary merges them."""
@@ -875,9 +944,11 @@ __all__ = [
     "ReviewError",
     "ReviewOutcome",
     "ReviewRequest",
+    "ReviewStaleError",
     "held",
     "hold_result",
     "queue_exports",
+    "result_version",
     "reviewing_routes",
     "study_review_states",
 ]
