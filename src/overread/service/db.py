@@ -114,6 +114,9 @@ class Job(Base):
             name="uq_job_identity",
         ),
         Index("ix_jobs_claim", "state", "next_attempt_at"),
+        # SQLite: a deleted row's id is never handed out again (AUTOINCREMENT); ids
+        # are referenced after their rows go (results, audit details, the UI).
+        {"sqlite_autoincrement": True},
     )
 
     id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
@@ -146,6 +149,9 @@ class Result(Base):
         UniqueConstraint(
             "study_instance_uid", "model_name", "model_version", name="uq_result_identity"
         ),
+        # SQLite: a deleted result's id is never reused, so nothing that names the
+        # id (a review, a reader's verdict, an export payload) can reach a newer one.
+        {"sqlite_autoincrement": True},
     )
 
     id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
