@@ -37,6 +37,7 @@ from typing import Any
 
 import pydicom
 from pydicom.dataset import Dataset
+from pydicom.uid import generate_uid
 from sqlalchemy import select, update
 from sqlalchemy.orm import Session
 
@@ -81,6 +82,8 @@ HL7_DESTINATION_PREFIX = "hl7:"
 STOW_DESTINATION_PREFIX = "stow:"
 #: SOP Class UID of the Comprehensive SR each result carries.
 COMPREHENSIVE_SR = "1.2.840.10008.5.1.4.1.1.88.33"
+#: SOP Class UID of the Secondary Captures the overlays are.
+SECONDARY_CAPTURE = "1.2.840.10008.5.1.4.1.1.7"
 #: The actor of what the gateway does by itself (time-outs).
 REVIEW_ACTOR = "system:overread-review"
 
@@ -566,6 +569,8 @@ class ReviewDesk:
             artifacts = [new_sr if a is old_sr else a for a in artifacts]
             if correction:
                 superseded.append(_reference(old_sr))
+        # The PDF report and the overlays state the verification too (rebuilt, new UIDs).
+        artifacts = self._verified_documents(result, summary, headers, verification, artifacts)
         with self.database.session() as session:
             row = session.get(Result, result.id)
             if row is None:
@@ -722,6 +727,133 @@ class ReviewDesk:
             "modality": "SR",
         }
 
+    def _store_dataset(self, dataset: Dataset, modality: str) -> dict[str, Any]:
+        buffer = BytesIO()
+        pydicom.dcmwrite(buffer, dataset, enforce_file_format=True)
+        stored = self.store.put(buffer.getvalue())
+        return {
+            "key": stored.key,
+            "sop_class_uid": str(dataset.SOPClassUID),
+            "sop_instance_uid": str(dataset.SOPInstanceUID),
+            "series_instance_uid": str(dataset.SeriesInstanceUID),
+            "modality": modality,
+        }
+
+    def _verified_documents(
+        self,
+        result: Result,
+        summary: ResultSummary,
+        headers: Mapping[str, Dataset],
+        verification: Verification,
+        artifacts: Sequence[dict[str, Any]],
+    ) -> list[dict[str, Any]]:
+        """``artifacts`` with the result's overlays and PDF report rebuilt as verified.
+
+        Each overlay is issued again with the verification burned in below it; one
+        whose finding the reader decided negative is left out (its caption calls it
+        positive or referred). The PDF report is rendered again with the reader's
+        decisions, who verified it and when, and the verified overlays as thumbnails,
+        flagged ``VERIFIED``. Other objects (the SR, a SEG) are kept as they are."""
+        from overread.service.outputs.overlay import overlay_finding, verified_overlay
+        from overread.service.outputs.pdf import (
+            ENCAPSULATED_PDF_STORAGE,
+            OverlayThumbnail,
+            ReportContext,
+            build_pdf_report,
+        )
+        from overread.service.outputs.prediction import checked_findings
+        from overread.service.outputs.sr import image_label
+
+        if not any(
+            a.get("sop_class_uid") in (SECONDARY_CAPTURE, ENCAPSULATED_PDF_STORAGE)
+            for a in artifacts
+        ):
+            return list(artifacts)
+        model = ModelRef(name=str(result.model_name), version=str(result.model_version))
+        usable = list(summary.usable())
+        verified: dict[str, tuple[int, Prediction]] = {}
+        for position, (index, prediction) in enumerate(usable):
+            own = prediction.model
+            prediction.model = ModelRef(
+                name=own.name or model.name,
+                version=own.version or model.version,
+                sha256=own.sha256 or model.sha256,
+            )
+            verified[summary.sop_instance_uid(index)] = (position, verification.apply(prediction))
+        series = generate_uid()
+        kept: list[dict[str, Any]] = []
+        thumbnails: list[Any] = []
+        for artifact in artifacts:
+            if artifact.get("sop_class_uid") != SECONDARY_CAPTURE:
+                kept.append(artifact)
+                continue
+            stored = pydicom.dcmread(self.store.path(str(artifact["key"])))
+            label = overlay_finding(stored)
+            sources = [
+                str(r.ReferencedSOPInstanceUID) for r in stored.get("SourceImageSequence", [])
+            ]
+            found = next((verified[u] for u in sources if u in verified), None)
+            if label is None or found is None:
+                kept.append(artifact)
+                continue
+            position, prediction = found
+            finding = next((f for f in checked_findings(prediction) if f.label == label), None)
+            if finding is None or finding.decision is Decision.NEGATIVE:
+                continue  # the reader says there is nothing to show
+            overlay = verified_overlay(
+                stored,
+                label,
+                finding.decision,
+                verification,
+                series_instance_uid=series,
+                instance_number=len(thumbnails) + 1,
+            )
+            kept.append(self._store_dataset(overlay, "OT"))
+            source = headers.get(sources[0]) if sources else None
+            view = "" if source is None else image_label(source, position, len(usable))
+            thumbnails.append(OverlayThumbnail.from_overlay(overlay, finding, view))
+        pdf = next((a for a in kept if a.get("sop_class_uid") == ENCAPSULATED_PDF_STORAGE), None)
+        if pdf is None:
+            return kept
+        readings = [
+            (prediction, headers[uid])
+            for uid, (_, prediction) in verified.items()
+            if uid in headers
+        ]
+        readings += [
+            (p, headers[summary.sop_instance_uid(i)])
+            for i, p in enumerate(summary.instances)
+            if not p.ok
+            and p.gate is not None
+            and p.gate.refused
+            and summary.sop_instance_uid(i) in headers
+        ]
+        previous = self._stored_header(pdf)
+        report = build_pdf_report(
+            readings,
+            ReportContext(
+                critical=frozenset(self._critical(usable)),
+                thumbnails=thumbnails,
+                verification=verification,
+            ),
+            series_instance_uid=None if previous is None else str(previous.SeriesInstanceUID),
+            instance_number=1 + (0 if previous is None else int(previous.InstanceNumber or 1)),
+        )
+        entry = self._store_dataset(report, "DOC")
+        return [entry if a is pdf else a for a in kept]
+
+    def _critical(self, usable: Sequence[tuple[int, Prediction]]) -> set[str]:
+        """The findings at their critical-alert thresholds (the model's probabilities)."""
+        from overread.triage import critical_findings
+        from overread.triage.config import TriageConfig
+
+        alerts = TriageConfig.model_validate(self.config.triage).alerts
+        return {
+            label
+            for _, prediction in usable
+            for label, _, _ in critical_findings(prediction.findings, alerts)
+        }
+
     def _stored_header(self, artifact: Mapping[str, Any]) -> Dataset | None:
         path = self.store.path(str(artifact["key"]))
         try:
@@ -760,9 +892,9 @@ class ReviewDesk:
         self, session: Session, result: Result, new_sr: Mapping[str, Any] | None
     ) -> int:
         """Send the corrected result again on every export job of it: a DICOM or STOW-RS
-        export that delivered the old objects sends the new SR only; one that did not
-        yet deliver sends everything the result has now; FHIR and HL7 send the
-        corrected report. Returns how many jobs were queued."""
+        export sends every object the result has now (the new SR, the verified PDF
+        report and overlays, the SEG), as much as the destination takes of them; FHIR
+        and HL7 send the corrected report. Returns how many jobs were queued."""
         now = utcnow()
         jobs = session.scalars(
             select(Job).where(
@@ -775,13 +907,8 @@ class ReviewDesk:
         for job in jobs:
             payload = export_payload(job.payload or {})
             if isinstance(payload, DicomExportPayload | StowExportPayload):
-                only: tuple[str, ...] = ()
-                if job.state == JobState.SUCCEEDED.value and new_sr is not None:
-                    only = (str(new_sr["sop_instance_uid"]),)
                 data = dict(job.payload or {})
                 data.pop("objects", None)
-                if only:
-                    data["objects"] = list(only)
                 job.payload = data
             job.state = JobState.QUEUED.value
             job.attempts = 0
