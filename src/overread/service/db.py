@@ -47,6 +47,9 @@ class JobState(enum.StrEnum):
     DEAD_LETTERED = "dead_lettered"
     #: An export of a model whose kill switch is engaged: kept, not sent, until released.
     HELD = "held"
+    #: A job of a rolled-back rollout candidate that will never run (its study was sent
+    #: to the active version instead); kept for the record, never claimed or requeued.
+    CANCELLED = "cancelled"
 
 
 class JobKind(enum.StrEnum):

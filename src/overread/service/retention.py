@@ -8,7 +8,7 @@ forever, the default for every class:
   once its last instance arrived more than that many days ago;
 * **results** (``results_days``): ``Result`` rows and their SR/SEG objects, once made
   more than that many days ago;
-* **jobs** (``jobs_days``): jobs and exports in a final state (succeeded,
+* **jobs** (``jobs_days``): jobs and exports in a final state (succeeded, cancelled,
   dead-lettered), once finished more than that many days ago.
 
 What is never deleted: the audit trail (``audit_min_days`` documents its legal
@@ -63,7 +63,9 @@ from overread.service.store import ObjectStore
 logger = logging.getLogger(__name__)
 
 #: Job states nothing further happens in: their study's data may go.
-FINAL_JOB_STATES = frozenset({JobState.SUCCEEDED.value, JobState.DEAD_LETTERED.value})
+FINAL_JOB_STATES = frozenset(
+    {JobState.SUCCEEDED.value, JobState.DEAD_LETTERED.value, JobState.CANCELLED.value}
+)
 
 #: The actor of the running gateway's periodic clean-up in the audit trail.
 SYSTEM_ACTOR = "system:retention"
