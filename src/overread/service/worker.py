@@ -23,6 +23,7 @@ import socket
 import threading
 import uuid
 from collections.abc import Callable
+from typing import Any
 
 from overread.errors import (
     InferenceError,
@@ -30,7 +31,7 @@ from overread.errors import (
     ModelPackageError,
 )
 from overread.service.config import ServiceConfig
-from overread.service.db import Database, Job, JobKind
+from overread.service.db import Database, Job, JobKind, JobState
 from overread.service.exporters import Exporters
 from overread.service.handling import JobServices, PermanentExportError
 from overread.service.infer import FHIR_DESTINATION_PREFIX, InferenceHandler
@@ -130,6 +131,9 @@ class Worker:
         job = self.queue.claim(self.name, lease_seconds=self.config.lease_seconds)
         if job is None:
             return None
+        rollout_role = job.payload.get("role") if job.kind == JobKind.INFER.value else None
+        if rollout_role in (RolloutRole.CANARY, RolloutRole.SHADOW) and self._rolled_back(job):
+            return job
         with _Heartbeat(self.queue, job.id, self.name, self.config.lease_seconds) as beat:
             try:
                 if job.kind == JobKind.INFER.value:
@@ -141,15 +145,38 @@ class Worker:
             except LeaseLostError as exc:
                 logger.warning("%s", exc)
             except PERMANENT_ERRORS as exc:
-                self.queue.mark_failed(job.id, self.name, str(exc), retryable=False)
+                state = self.queue.mark_failed(job.id, self.name, str(exc), retryable=False)
+                self._after_failure(job, rollout_role, state)
             except Exception as exc:
                 logger.debug("job %d failed", job.id, exc_info=True)
-                self.queue.mark_failed(job.id, self.name, f"{type(exc).__name__}: {exc}")
+                state = self.queue.mark_failed(job.id, self.name, f"{type(exc).__name__}: {exc}")
+                self._after_failure(job, rollout_role, state)
             if beat.lost:
                 logger.warning("job %d: lease was lost while running", job.id)
-        if job.kind == JobKind.INFER.value and job.payload.get("role") == RolloutRole.CANARY:
+        if rollout_role == RolloutRole.CANARY:
             self._watch_canary(str(job.payload.get("alias") or job.model_name))
         return job
+
+    def _rolled_back(self, job: Job) -> bool:
+        """Whether a claimed canary or shadow job's candidate was rolled back since it
+        was queued (then it is cancelled, audited, and its study sent to the active
+        version instead of running)."""
+        try:
+            return self.rollouts.skip_rolled_back(job.id, self.name)
+        except Exception:
+            logger.exception(
+                "%s: rollout state of job %d unreadable; running it", self.name, job.id
+            )
+            return False
+
+    def _after_failure(self, job: Job, rollout_role: Any, state: str) -> None:
+        """A canary job that failed for good: its study goes to the active version."""
+        if rollout_role != RolloutRole.CANARY or state != JobState.DEAD_LETTERED.value:
+            return
+        try:
+            self.rollouts.reroute_dead_letter(job.id, actor=f"worker:{self.name}")
+        except Exception:
+            logger.exception("%s: re-routing dead-lettered canary job %d failed", self.name, job.id)
 
     def _watch_canary(self, alias: str) -> None:
         """Judge the alias's canary after each of its jobs (rolled back when it left a
