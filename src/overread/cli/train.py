@@ -69,6 +69,9 @@ def train(
     if result.package is None and result.metrics:
         typer.echo("no model package written", err=True)
     for name, block in result.metrics.get("evaluations", {}).items():
-        typer.echo(f"{name}: mean AUC {block['mean_auc']:.3f} ({block['description']})")
+        focus = ""
+        if isinstance(block.get("focus_mean_auc"), float):
+            focus = f", {len(block['focus_labels'])} focus labels {block['focus_mean_auc']:.3f}"
+        typer.echo(f"{name}: mean AUC {block['mean_auc']:.3f}{focus} ({block['description']})")
     if result.package is not None:
         typer.echo(f"package: {result.package}")
