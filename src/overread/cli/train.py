@@ -37,6 +37,9 @@ def train(
         [], "--set", help="Override a config value: --set optim.epochs=2 (repeatable)."
     ),
     output: Path | None = typer.Option(None, "--output", "-o", help="Output folder."),
+    device: str | None = typer.Option(
+        None, "--device", help="auto, cpu, cuda or cuda:N (default: the config's, auto)."
+    ),
     no_resume: bool = typer.Option(
         False, "--no-resume", help="Start afresh even if the output has a checkpoint."
     ),
@@ -61,6 +64,8 @@ def train(
     values = _parse_overrides(overrides)
     if output is not None:
         values["output"] = str(output.resolve())
+    if device is not None:
+        values["device"] = device
     cfg = load_config(config, preset=preset, overrides=values)
     if show_config:
         typer.echo(cfg.model_dump_json(indent=2))

@@ -181,7 +181,7 @@ class TrainConfig(_Section):
     name: str = "run"
     output: Path = Path("runs/run")
     seed: int = 0
-    device: str = "auto"  # auto | cpu | cuda | cuda:N
+    device: str = Field(default="auto", pattern=r"^(auto|cpu|cuda(:[0-9]+)?)$")
     threads: int | None = Field(default=None, ge=1)
     checkpoint_every: int = Field(default=0, ge=0)  # steps; 0 = only at epoch ends
     log_every: int = Field(default=20, ge=1)
