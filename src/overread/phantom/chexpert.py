@@ -121,7 +121,7 @@ def write_chexpert_layout(
         relative = Path(split, *source.parts[-3:]).with_suffix(f".{image_format}")
         target = base / relative
         target.parent.mkdir(parents=True, exist_ok=True)
-        picture = Image.fromarray(_display(cohort / source), mode="L")
+        picture = Image.fromarray(_display(cohort / source))
         if image_format == "jpg":
             picture.save(target, quality=95)
         else:
