@@ -157,3 +157,38 @@ def test_predict_refuses_an_unknown_device_in_one_line(run_cli, tmp_path: Path) 
     assert status != 0
     assert err.strip().startswith("error:") and "unknown device 'tpu'" in err
     assert len(err.strip().splitlines()) == 1
+
+
+def test_bench_gpu_rows_only_where_a_gpu_runs(
+    package: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from overread.inference.bench import _gpu_runs
+
+    assert _gpu_runs(package, "cpu").runs == {} and _gpu_runs(package, "cpu").skipped == []
+    if not torch.cuda.is_available():
+        found = _gpu_runs(package, "auto")
+        assert found.runs == {}
+        assert "torch: no CUDA GPU" in found.skipped
+        with pytest.raises(InferenceError, match="torch sees no CUDA GPU"):
+            _gpu_runs(package, "cuda")
+    real = ort.get_available_providers()
+    monkeypatch.setattr(ort, "get_available_providers", lambda: [CUDA, *real])
+    real_session = ort.InferenceSession
+
+    def session(path: str, options: Any, providers: list[Any]) -> Any:
+        if isinstance(providers[0], tuple):
+            raise RuntimeError("no CUDA-capable device is detected")
+        return real_session(path, options, providers=providers)
+
+    monkeypatch.setattr(ort, "InferenceSession", session)
+    found = _gpu_runs(package, "auto")
+    assert "onnxruntime cuda fp32" not in found.runs
+    assert "onnxruntime: the CUDA session fell back to the CPU" in found.skipped
+
+
+def test_bench_refuses_a_demanded_gpu_in_one_line(run_cli) -> None:  # type: ignore[no-untyped-def]
+    if torch.cuda.is_available():
+        pytest.skip("this machine has a GPU")
+    status, _, err = run_cli("bench", "inference", "--device", "cuda", "--repeats", "5")
+    assert status != 0 and err.strip().startswith("error:") and "no CUDA GPU" in err
+    assert len(err.strip().splitlines()) == 1
