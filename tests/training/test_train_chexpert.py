@@ -144,3 +144,19 @@ def test_tiny_chexpert_run_writes_a_package_that_onboards(run_cli, layout, tmp_p
     assert status == 0, stderr
     status, stdout, _ = run_cli("models", "verify", onboarded)
     assert status == 0 and "ok" in stdout
+
+
+@needs_phantom
+def test_phantom_chexpert_command(run_cli, layout, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    cohort = layout.root.parent / "phantom"
+    status, out, err = run_cli(
+        "phantom", "chexpert", "--from", cohort, "--out", tmp_path / "cx", "--format", "png",
+        "--valid-fraction", "0.3",
+    )  # fmt: skip
+    assert status == 0, err
+    assert f"wrote {layout.n_train} train and {layout.n_valid} valid images" in out
+    table = read_labels("chexpert", tmp_path / "cx" / "CheXpert-v1.0-small" / "train.csv")
+    assert str(table.frame["path"].iat[0]).endswith("view1_frontal.png")
+    status, _, err = run_cli("phantom", "chexpert", "--from", tmp_path / "none", "--out", tmp_path)
+    assert status != 0 and err.startswith("error: ") and "not a phantom cohort" in err
+    assert len(err.strip().splitlines()) == 1
