@@ -48,3 +48,48 @@ def test_device_is_validated_in_the_config(run_cli) -> None:  # type: ignore[no-
         load_config(preset="cxr-phantom", overrides={"device": "gpu"})
     status, out, _ = run_cli("train", "--preset", "cxr-phantom", "--device", "cpu", "--show-config")
     assert status == 0 and '"device": "cpu"' in out
+
+
+@pytest.mark.parametrize(("mode", "compiled"), [("off", False), ("gpu", False), ("on", True)])
+def test_compile_wraps_only_the_training_forward(
+    monkeypatch: pytest.MonkeyPatch, tmp_path, mode: str, compiled: bool
+) -> None:  # type: ignore[no-untyped-def]
+    from synthetic_task import QuadrantDataset, SmallNet
+
+    from overread.training.config import LossConfig, OptimConfig
+    from overread.training.trainer import Trainer
+
+    wrapped: list[torch.nn.Module] = []
+
+    class Compiled(torch.nn.Module):
+        def __init__(self, inner: torch.nn.Module) -> None:
+            super().__init__()
+            self.inner = inner
+            self.calls = 0
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            self.calls += 1
+            return self.inner(x)
+
+    def fake_compile(module: torch.nn.Module, **_: object) -> torch.nn.Module:
+        wrapped.append(Compiled(module))
+        return wrapped[-1]
+
+    monkeypatch.setattr(torch, "compile", fake_compile)
+    trainer = Trainer(
+        SmallNet(),
+        QuadrantDataset(32, seed=1),
+        QuadrantDataset(16, seed=2),
+        output=tmp_path,
+        optim=OptimConfig(lr=1e-3, batch_size=16, epochs=1, warmup_epochs=0, compile=mode),
+        loss=LossConfig(),
+        device="cpu",
+        progress=False,
+    )
+    trainer.fit()
+    assert trainer.compiled is compiled and len(wrapped) == int(compiled)
+    if compiled:
+        assert wrapped[0].calls == trainer.steps_per_epoch  # every training step went through it
+        assert wrapped[0].inner is trainer.network
+    state = torch.load(tmp_path / "checkpoints" / "last.pt", weights_only=False)["model"]
+    assert not any(key.startswith(("_orig_mod", "inner")) for key in state)

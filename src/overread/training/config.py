@@ -107,6 +107,10 @@ class OptimConfig(_Section):
     warmup_epochs: float = Field(default=1.0, ge=0)
     grad_clip: float | None = Field(default=1.0, gt=0)
     amp: Literal["auto", "off", "bf16", "fp16"] = "auto"
+    # torch.compile of the training forward pass: "gpu" compiles when training on CUDA
+    # only, "on" everywhere (needs a C++ compiler on CPU). Off by default: its gain is
+    # not measured here.
+    compile: Literal["off", "gpu", "on"] = "off"
 
     @model_validator(mode="after")
     def _phases(self) -> OptimConfig:

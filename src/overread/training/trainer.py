@@ -23,7 +23,7 @@ import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import numpy as np
 import torch
@@ -234,6 +234,8 @@ class Trainer:
         # Channels-last on a GPU: cuDNN's convolutions (and tensor cores under AMP) run
         # faster in NHWC; the CPU path keeps the default layout.
         self.channels_last = self.device.type == "cuda"
+        mode = self.optim_cfg.compile
+        self.compiled = mode == "on" or (mode == "gpu" and self.device.type == "cuda")
         if self.channels_last:
             network = network.to(memory_format=torch.channels_last)  # type: ignore[call-overload]
         self.network = network.to(self.device)
@@ -319,6 +321,10 @@ class Trainer:
             self.model = DistributedDataParallel(self.network, device_ids=ids)
         else:
             self.model = self.network
+        if self.compiled:
+            # Only the training forward pass: checkpoints, prediction and export use
+            # ``network`` itself, so their state-dict keys do not change.
+            self.model = cast(nn.Module, torch.compile(self.model))
         self.state.phase = phase
 
     # ------------------------------------------------------------ checkpoints
