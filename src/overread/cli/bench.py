@@ -50,6 +50,11 @@ def bench_inference(
         "--densenet121",
         help="Also time a DenseNet-121 under every runtime (a few minutes on 2 cores).",
     ),
+    device: str = typer.Option(
+        "cpu",
+        "--device",
+        help="Also time GPU runtimes: auto (where present), cuda or cuda:N (refused without one).",
+    ),
     as_json: bool = typer.Option(False, "--json", help="Print the whole result as JSON."),
 ) -> None:
     """Torch eager vs ONNX Runtime FP32 vs INT8 (and OpenVINO if installed), side by side."""
@@ -69,6 +74,7 @@ def bench_inference(
         threads=threads,
         quantisation=quantisation,
         densenet121=densenet121,
+        device=device,
     )
     if as_json:
         typer.echo(json.dumps(result, indent=2))
@@ -111,6 +117,8 @@ def bench_inference(
     summary.add_row(
         "INT8 vs FP32 max |probability difference|", _fmt(result["int8_max_prob_diff"], 4)
     )
+    for reason in result.get("gpu_skipped") or []:
+        summary.add_row("GPU row not timed", reason)
     summary.add_row(
         f"read + preprocess {pre['image']}, 1 core, as served (ms)", _fmt(pre["preprocess_ms"], 1)
     )

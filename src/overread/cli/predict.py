@@ -71,6 +71,9 @@ def predict_command(
     operating_point: str | None = typer.Option(
         None, "--operating-point", help="e.g. 'high sensitivity'."
     ),
+    device: str | None = typer.Option(
+        None, "--device", help="auto, cpu, cuda or cuda:N (default: the [inference] setting)."
+    ),
     cam: str = typer.Option(
         "cam",
         "--cam",
@@ -123,7 +126,12 @@ def predict_command(
     from overread.inference.pipeline import Pipeline
 
     pipeline = Pipeline.from_name(
-        model, runtime=runtime, precision=precision, tta_views=tta, mc_dropout=mc_dropout
+        model,
+        runtime=runtime,
+        precision=precision,
+        tta_views=tta,
+        mc_dropout=mc_dropout,
+        device=device,
     )
     if not pipeline.package.manifest.trained:
         typer.echo(

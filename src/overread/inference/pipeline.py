@@ -57,7 +57,7 @@ from overread.results import Decision, GateVerdict
 
 logger = logging.getLogger(__name__)
 
-_CACHE: dict[tuple[str, str, str, str, int | None, int | None, int | None], Pipeline] = {}
+_CACHE: dict[tuple[str, str, str, str, int | None, int | None, int | None, str], Pipeline] = {}
 _CACHE_LOCK = threading.Lock()
 
 
@@ -159,8 +159,12 @@ class Pipeline:
         tta_views: int | None = None,
         mc_dropout: int | None = None,
         registry: Registry | None = None,
+        device: str | None = None,
     ) -> None:
         self.package = package
+        if device is None:
+            device = configured_inference().device
+        self.device = device
         manifest = package.manifest
         if not manifest.input.chain:
             raise ModelPackageError(f"{package.path}: manifest records no preprocessing chain")
@@ -180,12 +184,15 @@ class Pipeline:
                     warmup=warmup,
                     tta_views=1,
                     mc_dropout=self.sampling.mc_dropout_passes,
+                    device=device,
                 )
                 for member in found
             ]
             self.runtime: OnnxRuntime | TorchRuntime = self.members[0].runtime
         else:
-            self.runtime = open_runtime(package, runtime, precision=precision, threads=threads)
+            self.runtime = open_runtime(
+                package, runtime, precision=precision, threads=threads, device=device
+            )
         self.labels = package.labels
         self.model = ModelRef(
             name=package.name,
@@ -274,13 +281,14 @@ class Pipeline:
         threads: int | None = None,
         tta_views: int | None = None,
         mc_dropout: int | None = None,
+        device: str | None = None,
     ) -> Pipeline:
         """The pipeline for an alias, ``name@version``, name or package path.
 
         Pipelines are cached per process and package hash: a model is loaded and
         warmed up once, and an alias switched in the registry takes effect at the
         next call without a restart. ``runtime`` and ``precision`` default to the
-        ``[inference]`` settings (ONNX Runtime, ``auto``).
+        ``[inference]`` settings (ONNX Runtime, ``auto``), and so does ``device``.
         """
         if registry is None or name is None:
             from overread.config import load_settings
@@ -292,6 +300,7 @@ class Pipeline:
             configured = configured_inference()
             runtime = runtime or configured.runtime
             precision = precision or configured.precision
+        device = device or configured_inference().device
         package = registry.load(name)
         key = (
             str(package.path),
@@ -301,6 +310,7 @@ class Pipeline:
             threads,
             tta_views,
             mc_dropout,
+            device,
         )
         with _CACHE_LOCK:
             cached = _CACHE.get(key)
@@ -314,6 +324,7 @@ class Pipeline:
             tta_views=tta_views,
             mc_dropout=mc_dropout,
             registry=registry,
+            device=device,
         )
         with _CACHE_LOCK:
             _CACHE[key] = pipeline

@@ -248,6 +248,7 @@ def build_splits(
         table = read_labels(data.format, data.labels_csv, root=data.root)
     if table.skipped:
         echo(f"{len(table.skipped)} label rows skipped (e.g. {table.skipped[0]})")
+    table = select_views(table, data.views, echo)
     source = table.source or data.labels_csv
     if source is not None and Path(source).is_file():
         hashes[f"labels:{Path(source).name}"] = file_sha256(Path(source))
@@ -255,13 +256,38 @@ def build_splits(
         for name in ("truth.csv", "cohort.json"):
             if (folder / name).is_file():
                 hashes[f"train-cohort:{name}"] = file_sha256(folder / name)
-    train_t, val_t, test_t = patient_split(table, data.split, seed=data.split_seed)
+    labels = list(table.labels)
+    unknown = [name for name in data.focus_labels if name not in labels]
+    if unknown:
+        raise ConfigError(
+            f"data.focus_labels names label(s) the data does not have: {', '.join(unknown)}"
+        )
+    if data.valid_csv is not None:
+        val_t = read_labels(data.format, data.valid_csv, root=data.root)
+        if val_t.skipped:
+            echo(f"{len(val_t.skipped)} validation label rows skipped (e.g. {val_t.skipped[0]})")
+        val_t = select_views(val_t, data.views, echo)
+        if list(val_t.labels) != labels:
+            raise DatasetError(f"{data.valid_csv}: its labels differ from {data.labels_csv}'s")
+        if not len(val_t):
+            raise DatasetError(f"{data.valid_csv}: no usable validation images")
+        hashes[f"valid-labels:{data.valid_csv.name}"] = file_sha256(data.valid_csv)
+        # Patients in both files would leak into validation: train without them.
+        shared = set(val_t.frame["patient_id"]) & set(table.frame["patient_id"])
+        if shared:
+            echo(
+                f"{len(shared)} patient(s) of {data.valid_csv.name} also in the training labels: left out of training"
+            )
+            keep = ~table.frame["patient_id"].isin(shared).to_numpy()
+            table = table.take(np.flatnonzero(keep))
+        train_t, _, test_t = patient_split(table, data.split, seed=data.split_seed)
+    else:
+        train_t, val_t, test_t = patient_split(table, data.split, seed=data.split_seed)
     chain_spec = (
         chain([Path(train_t.image_path(i)) for i in range(len(train_t))])
         if callable(chain)
         else chain
     )
-    labels = list(table.labels)
     cache_dir = (config.output.parent / "cache") if data.cache else None
     left_out: list[str] = []
 
@@ -318,6 +344,21 @@ def build_splits(
         left_out=left_out,
         chain_spec=chain_spec,
     )
+
+
+def select_views(table: Any, views: str, echo: Echo) -> Any:
+    """``views="frontal"``: the table without rows whose view is known to be lateral."""
+    if views == "all":
+        return table
+    frame = table.frame
+    lateral = np.zeros(len(frame), dtype=bool)
+    for column in ("view", "frontal_lateral"):
+        if column in frame.columns:
+            lateral |= frame[column].astype(str).str.strip().str.lower().eq("lateral").to_numpy()
+    if lateral.any():
+        echo(f"{int(lateral.sum())} lateral image(s) left out (views = frontal)")
+        return table.take(np.flatnonzero(~lateral))
+    return table
 
 
 def _barrier(ctx: DistributedContext) -> None:
@@ -383,9 +424,20 @@ def load_teacher(path: Path, channels: int, num_classes: int) -> nn.Module:
 
 # -------------------------------------------------------------- evaluation
 def evaluate(
-    trainer: Trainer, ds: TensorDataset, labels: list[str], description: str, n_boot: int
+    trainer: Trainer,
+    ds: TensorDataset,
+    labels: list[str],
+    description: str,
+    n_boot: int,
+    *,
+    focus: list[str] | None = None,
+    truth: str | None = None,
 ) -> dict[str, Any]:
-    """Per-label AUC with patient-clustered 95% bootstrap CI on exact labels."""
+    """Per-label AUC with patient-clustered 95% bootstrap CI.
+
+    ``focus`` labels get their own mean AUC (``focus_mean_auc``); ``truth`` says
+    what the labels are when they are not a phantom's exact truth.
+    """
     probs, targets, mask, _ = trainer.predict(ds)
     aucs = per_class_auc(probs, targets, mask)
     cis = bootstrap_auc_ci(probs, targets, clusters=ds.patient_ids or None, n_boot=n_boot)
@@ -398,13 +450,19 @@ def evaluate(
         }
         for i, label in enumerate(labels)
     }
-    return {
+    block: dict[str, Any] = {
         "description": description,
         "n_images": len(ds),
         "n_patients": len(set(ds.patient_ids)),
         "mean_auc": mean_auc(aucs),
         "per_label": per_label,
     }
+    if focus:
+        block["focus_labels"] = list(focus)
+        block["focus_mean_auc"] = mean_auc([aucs[labels.index(name)] for name in focus])
+    if truth:
+        block["truth"] = truth
+    return block
 
 
 def calibration_report(
@@ -525,9 +583,30 @@ def run_training(
 
     n_boot = 300 if len(splits.train) < 200 else 1000
     evaluations: dict[str, Any] = {}
+    focus = list(config.data.focus_labels) or None
+    labelled = (
+        None if config.data.phantom is not None else f"labels with policy {config.data.policy}"
+    )
     if splits.test is not None and len(splits.test):
         evaluations["test"] = evaluate(
-            trainer, splits.test, labels, "held-out patients of the training cohort", n_boot
+            trainer,
+            splits.test,
+            labels,
+            "held-out patients of the training cohort",
+            n_boot,
+            focus=focus,
+            truth=labelled,
+        )
+    if config.data.valid_csv is not None:
+        evaluations["validation"] = evaluate(
+            trainer,
+            splits.val,
+            labels,
+            f"{config.data.valid_csv.name}, the validation set (also used for early stopping, "
+            "calibration and operating points: not an independent test)",
+            n_boot,
+            focus=focus,
+            truth=f"labels with policy {config.data.policy}",
         )
     if splits.external is not None and len(splits.external):
         assert config.data.test_phantom is not None
@@ -537,6 +616,7 @@ def run_training(
             labels,
             f"separate phantom cohort, seed {config.data.test_phantom.seed}",
             n_boot,
+            focus=focus,
         )
     val_probs, val_t, val_m, _ = trainer.predict(splits.val)
     # Calibrate first, then choose thresholds on the calibrated probabilities: the
