@@ -163,6 +163,23 @@ class HeatmapImages:
             return cached
         return self._keep(key, RenderedImage(self._plain(source), "image-only", None))
 
+    def plain(self, study_instance_uid: str) -> RenderedImage:
+        """The study's reference image alone (windowed), without any heatmap.
+
+        Raises
+        ------
+        KeyError
+            If the study is not on the worklist or has no stored image.
+        """
+        source, _alias, _version = self._reference(study_instance_uid)
+        if source is None:
+            raise KeyError(f"study {study_instance_uid} has no stored image")
+        key = ("image", source.object_key)
+        cached = self._cached(key)
+        if cached is not None:
+            return cached
+        return self._keep(key, RenderedImage(self._plain(source), "image-only", None))
+
     def _top_finding(self, study_instance_uid: str) -> str | None:
         with self.service.database.session() as session:
             item = get_item(session, study_instance_uid)
