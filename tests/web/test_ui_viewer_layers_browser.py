@@ -4,13 +4,16 @@ come from, in a real Chromium (Playwright, 1600x1000).
 One gateway (DICOM listener, a worker running the bundled model with heatmaps and its
 class activation regions stored as a DICOM SEG, SQLite) receives one large (2048 x 2048)
 phantom chest over DICOM (DCMTK's storescu). Pixels are read back from the main
-viewport's canvas.
+viewport's canvas. Set ``OVERREAD_UI_SCREENSHOTS=DIR`` to save the viewer with the SEG
+outlines (docs/img/viewer-seg.png).
 """
 
 from __future__ import annotations
 
+import os
 import shutil
 from collections.abc import Iterator
+from pathlib import Path
 from types import SimpleNamespace
 from typing import Any
 
@@ -47,6 +50,7 @@ playwright_api = pytest.importorskip("playwright.sync_api")
 pytest.importorskip("overread.inference", reason="the inference pipeline is not importable")
 
 SIDE = 2048
+SCREENSHOTS = os.environ.get("OVERREAD_UI_SCREENSHOTS")
 SEG_STORAGE = "1.2.840.10008.5.1.4.1.1.66.4"
 
 #: The main viewport's canvas: size, lit pixels, coloured pixels (red and blue apart),
@@ -186,6 +190,9 @@ def test_seg_segments_are_outlined_and_toggle(
     _set_layers(page, heatmap=False, contour=False, box=False)
     only_seg = _changed(page, before)
     assert only_seg["orange"] > 50
+    if SCREENSHOTS:
+        Path(SCREENSHOTS).mkdir(parents=True, exist_ok=True)
+        page.locator("#viewer").screenshot(path=str(Path(SCREENSHOTS) / "viewer-seg.png"))
     # ... few pixels, as an outline is (a filled mask would colour its whole area) ...
     assert only_seg["coloured"] < 0.1 * only_seg["width"] * only_seg["height"]
     # ... and the s key turns it off.
@@ -229,7 +236,9 @@ def test_layers_come_from_the_results_own_model_version(
         assert page.request.get(url).json()["heatmap_url"] == ""
     finally:
         with gw.session() as session:
-            session.execute(update(Result).where(Result.id == result_id).values(model_version=version))
+            session.execute(
+                update(Result).where(Result.id == result_id).values(model_version=version)
+            )
     assert page.request.get(url).json()["model"] == f"{name} {version}"
 
 

@@ -177,7 +177,9 @@ def mask_contours(
         h, w = values.shape
         padded = np.zeros((-(-h // step) * step, -(-w // step) * step), dtype=bool)
         padded[:h, :w] = values
-        values = padded.reshape(padded.shape[0] // step, step, -1, step).any(axis=(1, 3))
+        values = np.asarray(
+            padded.reshape(padded.shape[0] // step, step, -1, step).any(axis=(1, 3)), dtype=bool
+        )
     sy, sx = step * rows / mask.shape[0], step * columns / mask.shape[1]
     grid = np.pad(values.astype(np.float64), 1, constant_values=0.0)
     contours: list[list[tuple[float, float]]] = []
@@ -208,7 +210,9 @@ def seg_segments(path: Any) -> list[SegSegment]:
     """Each segment of the SEG stored at ``path``, per source image, as outlines."""
     dataset = read_dataset(path)
     labels = {
-        int(item.SegmentNumber): str(item.get("SegmentLabel", "") or f"segment {item.SegmentNumber}")
+        int(item.SegmentNumber): str(
+            item.get("SegmentLabel", "") or f"segment {item.SegmentNumber}"
+        )
         for item in dataset.get("SegmentSequence", [])
     }
     frames = np.asarray(dataset.pixel_array)

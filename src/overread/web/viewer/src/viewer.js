@@ -380,6 +380,9 @@ class StudyViewer {
       (d.spacing ? " · " + d.spacing[1] + " × " + d.spacing[0] + " mm/px" : " · no pixel spacing") +
       (this.layers && d.sop !== this.layers.sop_instance_uid ? " · AI layers are on another image" : "");
     this.root.dataset.shown = d.sop;
+    if (!this.root.dataset.ready && window.performance && performance.mark) {
+      performance.mark("overread:image-shown"); // read by `overread bench worklist`
+    }
     this.root.dataset.ready = "true";
   }
 
@@ -419,21 +422,28 @@ class StudyViewer {
       const response = await fetch(url, { credentials: "same-origin" });
       if (!response.ok) { throw new Error("HTTP " + response.status); }
       const body = await response.json();
-      this.segments = (body.segments || []).map((segment, i) =>
-        Object.assign({ colour: SEG_COLOURS[i % SEG_COLOURS.length] }, segment));
+      // Past the palette's seven colours, the outlines are dashed.
+      this.segments = (body.segments || []).map((segment, i) => Object.assign(
+        { colour: SEG_COLOURS[i % SEG_COLOURS.length], dashed: i >= SEG_COLOURS.length }, segment));
     } catch (error) {
       this.segments = [];
     }
     const legend = this.root.querySelector("#seg-legend");
     legend.textContent = "";
+    const sources = [...new Set(this.segments.map((segment) => segment.description))];
+    if (sources.length) {
+      const title = document.createElement("li");
+      title.className = "seg-source muted";
+      title.textContent = "SEG: " + (sources.filter(Boolean).join("; ") || "segmentation");
+      legend.appendChild(title);
+    }
     this.segments.forEach((segment) => {
       const item = document.createElement("li");
       const swatch = document.createElement("span");
-      swatch.className = "swatch";
+      swatch.className = "swatch" + (segment.dashed ? " dashed" : "");
       swatch.style.borderColor = segment.colour;
       item.appendChild(swatch);
-      item.appendChild(document.createTextNode(
-        " SEG " + segment.label + (segment.description ? " (" + segment.description + ")" : "")));
+      item.appendChild(document.createTextNode(" " + segment.label));
       item.dataset.sop = segment.sop_instance_uid;
       legend.appendChild(item);
     });
@@ -468,6 +478,7 @@ class StudyViewer {
       note.textContent = "AI layers: " + layers.finding + " (" + layers.model + ")";
       this.root.dataset.layers_ready = "true";
       this.root.setAttribute("data-layers-ready", "true");
+      if (window.performance && performance.mark) { performance.mark("overread:layers-shown"); }
       this.viewport.render();
     } catch (error) {
       note.textContent = "AI layers unavailable (" + error.message + ").";
@@ -529,7 +540,7 @@ class StudyViewer {
     // so the anatomy inside stays visible).
     segments.forEach((segment) => {
       context.globalAlpha = this.opacity.seg;
-      context.setLineDash([]);
+      context.setLineDash(segment.dashed ? [8 * pixel, 5 * pixel] : []);
       context.beginPath();
       segment.contours.forEach((line) => {
         line.forEach(([x, y], i) => (i ? context.lineTo(x, y) : context.moveTo(x, y)));
