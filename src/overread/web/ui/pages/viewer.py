@@ -74,6 +74,13 @@ def viewer_context(ui: UserInterface, study_instance_uid: str, finding: str) -> 
         ),
         "viewer_seg_url": f"/studies/{uid}/seg.json",
         "viewer_reference": source.sop_instance_uid if source is not None else "",
+        "viewer_reference_frame": (
+            f"/dicom-web/studies/{quote(source.study_instance_uid, safe='')}"
+            f"/series/{quote(source.series_instance_uid, safe='')}"
+            f"/instances/{quote(source.sop_instance_uid, safe='')}/frames/1"
+            if source is not None
+            else ""
+        ),
         "viewer_presets": json.dumps(window_presets()),
         "viewer_presets_list": window_presets(),
     }

@@ -2,6 +2,23 @@
 (function () {
   "use strict";
 
+  // The study viewer's first two requests (the study's metadata and the reference
+  // image's frame), started now rather than once its large script has run; the
+  // viewer takes them from window.overreadPrefetch.
+  (function prefetchViewer() {
+    var root = document.getElementById("viewer");
+    var prefetched = {};
+    window.overreadPrefetch = prefetched;
+    if (!root || !root.dataset.referenceFrame || !window.fetch) { return; }
+    function start(url, accept) {
+      var answer = fetch(url, { credentials: "same-origin", headers: { Accept: accept } });
+      answer.catch(function () { /* reported where it is used */ });
+      prefetched[url] = answer;
+    }
+    start(root.dataset.metadata, "application/dicom+json");
+    start(root.dataset.referenceFrame, 'multipart/related; type="application/octet-stream"');
+  })();
+
   // The selected study, by UID: selection follows the study, never a row index.
   var selectedUid = null;
 

@@ -194,10 +194,20 @@ function dataType(pixels) {
   return pixels.constructor.name;
 }
 
+/** A request the page started before this script ran (overread.js), else a new one. */
+function prefetched(url, init) {
+  const early = window.overreadPrefetch && window.overreadPrefetch[url];
+  if (early) {
+    delete window.overreadPrefetch[url];
+    return early;
+  }
+  return fetch(url, init);
+}
+
 async function loadFrame(imageId) {
   const d = described.get(imageId);
   if (!d) { throw new Error("unknown image " + imageId); }
-  const response = await fetch(d.url + "/frames/1", {
+  const response = await prefetched(d.url + "/frames/1", {
     credentials: "same-origin",
     headers: { Accept: FRAME_ACCEPT },
   });
@@ -270,7 +280,7 @@ class StudyViewer {
     initTools();
     imageLoader.registerImageLoader(SCHEME, overreadImageLoader);
     metaData.addProvider(provide, 10000);
-    const response = await fetch(this.root.dataset.metadata, {
+    const response = await prefetched(this.root.dataset.metadata, {
       credentials: "same-origin",
       headers: { Accept: "application/dicom+json" },
     });
