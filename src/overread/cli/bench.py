@@ -787,3 +787,56 @@ def bench_chaos(
     )
     if not result["passed"]:
         raise typer.Exit(1)
+
+
+def _screen_table(result: dict[str, Any]) -> Table:
+    from rich.table import Table
+
+    table = Table(
+        title=(
+            f"Reading screens in Chromium (1600 x 1000), {result['studies']} studies on the "
+            f"worklist ({result['rows_shown']} rows a page), {result['repeats']} loads each, "
+            f"target ready < {result['target_ms'] / 1000:.0f} s"
+        )
+    )
+    for header in ("page", "time from navigation start", "first load ms", "median ms", "worst ms"):
+        table.add_column(
+            header, justify="left" if header in ("page", "time from navigation start") else "right"
+        )
+    for page_name in ("worklist", "study"):
+        for name, row in result[page_name].items():
+            table.add_row(
+                page_name,
+                name,
+                _fmt(row["first"], 0),
+                _fmt(row["median"], 0),
+                _fmt(row["worst"], 0),
+            )
+    return table
+
+
+@bench_app.command("worklist")
+def bench_worklist(
+    studies: int = typer.Option(1000, "--studies", min=1, help="Studies on the worklist."),
+    repeats: int = typer.Option(10, "--repeats", min=2, help="Loads of each page."),
+    as_json: bool = typer.Option(False, "--json", help="Print the whole result as JSON."),
+    append_docs: bool = typer.Option(False, "--append-docs", help="Append to docs/benchmarks.md."),
+) -> None:
+    """Worklist and study page: time until ready in a real Chromium, with N studies."""
+    _check_docs(append_docs)
+    from overread.bench.screen import benchmark_screen
+
+    with _progress(not as_json) as update:
+        result = benchmark_screen(
+            studies=studies, repeats=repeats, progress=lambda task: update(task, 1, 1)
+        )
+    _emit(
+        [_screen_table(result)],
+        result,
+        as_json=as_json,
+        append=append_docs,
+        title="Reading screens ready",
+        width=140,
+    )
+    if result["console_errors"]:
+        typer.echo(f"console errors: {'; '.join(result['console_errors'][:5])}", err=True)
