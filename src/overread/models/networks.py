@@ -199,6 +199,12 @@ def _cxr_convnet(in_channels: int, num_classes: int, **kwargs: Any) -> nn.Module
     return CxrConvNet(in_channels=in_channels, num_classes=num_classes, **kwargs)
 
 
+def _ct_threshold(in_channels: int, num_classes: int, **kwargs: Any) -> nn.Module:
+    from overread.models.ct_baseline import build
+
+    return build(in_channels, num_classes, **kwargs)
+
+
 ARCHITECTURES: dict[str, Callable[..., nn.Module]] = {
     "densenet121": _densenet((6, 12, 24, 16)),
     "densenet169": _densenet((6, 12, 32, 32)),
@@ -212,6 +218,8 @@ ARCHITECTURES: dict[str, Callable[..., nn.Module]] = {
     "efficientnet-b3": _efficientnet("efficientnet-b3"),
     "seresnet50": _seresnet50,
     "vit": _vit,
+    # The HU-threshold CT baseline (3-D, two outputs): overread.models.ct_baseline.
+    "ct-threshold": _ct_threshold,
 }
 
 

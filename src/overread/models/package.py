@@ -44,6 +44,7 @@ from overread.models.manifest import (
     OnboardedSection,
     RuntimeFiles,
     Task,
+    VolumeSpec,
 )
 from overread.models.networks import build_network
 
@@ -295,6 +296,7 @@ def write_package(
     key: bytes | None = None,
     overwrite: bool = False,
     onboarded: OnboardedSection | None = None,
+    volume: VolumeSpec | None = None,
 ) -> Path:
     """Write a verified model package from a torch network and its metadata.
 
@@ -377,6 +379,7 @@ def write_package(
             files=files,
             created=datetime.now(UTC).isoformat(timespec="seconds"),
             onboarded=onboarded,
+            volume=volume,
         ).signed(key)
         (staging / MANIFEST_NAME).write_text(manifest.to_json(), encoding="utf-8")
         staging.chmod(0o755)

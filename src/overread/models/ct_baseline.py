@@ -1,0 +1,131 @@
+"""``ct-threshold-baseline``: the HU-threshold lung and nodule segmenter.
+
+A deterministic, untrained baseline for chest CT that travels through the same
+package, pipeline and outputs as a trained 3-D network, so the volumetric path
+(sliding windows, SEG, TID 1500 SR, routing) is testable without training, and so
+a trained network has something to beat. It is *not* a clinical model.
+
+The network maps HU ``(N, 1, D, H, W)`` to two logit channels:
+
+* ``lung``: ``(lung_max_hu - HU) / softness`` - air-like voxels (the lungs, but
+  also the air around the patient; the package's ``lung-nodule`` postprocess keeps
+  the components away from the volume's sides);
+* ``nodule``: ``(HU - nodule_min_hu) / softness`` - denser than aerated lung
+  (nodules, but also vessels and the body wall; the postprocess keeps compact
+  components inside the lungs).
+
+Its thresholds are buffers, so they are in the package's state dict and hash.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from overread.models.manifest import Code, LabelSpec, Task, VolumeSpec
+
+ARCHITECTURE = "ct-threshold"
+NAME = "ct-threshold-baseline"
+VERSION = "1.0.0"
+LABELS = (
+    LabelSpec(name="lung", codes=[Code(scheme="SCT", value="39607008", meaning="Lung")]),
+    LabelSpec(name="nodule", codes=[Code(scheme="SCT", value="27925004", meaning="Nodule")]),
+)
+INTENDED_USE = (
+    "Baseline only: HU thresholds with connected components, for testing the CT "
+    "segmentation and detection path and as the reference a trained model must beat. "
+    "Not for diagnosis."
+)
+
+
+class HuThreshold(nn.Module):
+    """HU in, ``lung`` and ``nodule`` logits out (see the module)."""
+
+    def __init__(
+        self,
+        in_channels: int = 1,
+        num_classes: int = 2,
+        *,
+        lung_max_hu: float = -700.0,
+        nodule_min_hu: float = -650.0,
+        softness_hu: float = 25.0,
+    ) -> None:
+        super().__init__()
+        if in_channels != 1 or num_classes != 2:
+            raise TypeError("ct-threshold takes 1 input channel (HU) and gives 2 outputs")
+        self.register_buffer("lung_max_hu", torch.tensor(float(lung_max_hu)))
+        self.register_buffer("nodule_min_hu", torch.tensor(float(nodule_min_hu)))
+        self.register_buffer("softness_hu", torch.tensor(float(softness_hu)))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        lung = (self.lung_max_hu - x) / self.softness_hu
+        nodule = (x - self.nodule_min_hu) / self.softness_hu
+        return torch.cat([lung, nodule], dim=1)
+
+
+def build(in_channels: int, num_classes: int, **kwargs: Any) -> nn.Module:
+    """The architecture factory (``ARCHITECTURES["ct-threshold"]``)."""
+    return HuThreshold(in_channels, num_classes, **kwargs)
+
+
+def write_baseline_package(
+    out: Path | str,
+    *,
+    task: Task | str = Task.SEGMENTATION,
+    key: bytes | None = None,
+    overwrite: bool = False,
+    volume: VolumeSpec | None = None,
+) -> Path:
+    """Write the baseline as a verified package (``segmentation`` or ``detection``).
+
+    The two variants share the network; ``detection`` reports each nodule component
+    as a box with a score, ``segmentation`` as a mask with measurements (both get
+    the measurements and the boxes in the SR).
+    """
+    from overread.models.package import write_package
+
+    chosen = Task(task)
+    if chosen is Task.MULTI_LABEL_CLASSIFICATION:
+        raise ValueError("the CT baseline is a segmentation or detection package")
+    name = NAME if chosen is Task.SEGMENTATION else f"{NAME}-detection"
+    return write_package(
+        out,
+        network=HuThreshold(),
+        architecture=ARCHITECTURE,
+        labels=list(LABELS),
+        input_spec={
+            "size": 96,
+            "channels": 1,
+            "chain": [],
+            "window": "none: the network reads HU",
+            "normalisation": "none (HU)",
+        },
+        name=name,
+        version=VERSION,
+        intended_use=INTENDED_USE,
+        task=chosen,
+        # Not trained, but not a placeholder either: its outputs mean what they say.
+        trained=True,
+        accepts={"modalities": ["CT"]},
+        operating_points={"lung": {"balanced": 0.5}, "nodule": {"balanced": 0.5}},
+        training={"kind": "none: fixed HU thresholds (baseline)"},
+        metrics={"baseline": True},
+        export_onnx=False,
+        key=key,
+        overwrite=overwrite,
+        volume=volume or VolumeSpec(),
+    )
+
+
+__all__ = [
+    "ARCHITECTURE",
+    "LABELS",
+    "NAME",
+    "VERSION",
+    "HuThreshold",
+    "build",
+    "write_baseline_package",
+]
