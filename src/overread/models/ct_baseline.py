@@ -85,13 +85,13 @@ def write_baseline_package(
     as a box with a score, ``segmentation`` as a mask with measurements (both get
     the measurements and the boxes in the SR).
     """
-    from overread.models.package import write_package
+    from overread.models.package import resign_package, write_package
 
     chosen = Task(task)
     if chosen is Task.MULTI_LABEL_CLASSIFICATION:
         raise ValueError("the CT baseline is a segmentation or detection package")
     name = NAME if chosen is Task.SEGMENTATION else f"{NAME}-detection"
-    return write_package(
+    path = write_package(
         out,
         network=HuThreshold(),
         architecture=ARCHITECTURE,
@@ -118,6 +118,48 @@ def write_baseline_package(
         overwrite=overwrite,
         volume=volume or VolumeSpec(),
     )
+    (path / "MODEL_CARD.md").write_text(model_card(name, chosen), encoding="utf-8")
+    resign_package(path, key=key)
+    return path
+
+
+def model_card(name: str, task: Task) -> str:
+    """The package's card: what the baseline is and is not."""
+    output = (
+        "a mask per nodule and of the lungs (DICOM SEG) with measurements (SR)"
+        if task is Task.SEGMENTATION
+        else "a box and a score per nodule, with measurements (SR)"
+    )
+    return f"""# {name} {VERSION}
+
+**This is the baseline, not a trained model.** It thresholds Hounsfield units and
+keeps connected components: it exists so that the CT path (series to volume,
+sliding-window inference, SEG and TID 1500 SR, routing, the service) can be tested
+without training, and as the reference a trained lung/nodule model must beat.
+
+## Intended use
+
+{INTENDED_USE}
+
+## How it works
+
+- Input: a CT series (modality CT), assembled into a volume in HU and resampled to
+  2 mm voxels; sliding windows of 64 x 96 x 96 voxels, overlap 0.25, Gaussian
+  blending.
+- Lung: HU <= -700, components not touching the sides of the field of view, holes
+  filled slice by slice. Nodule: HU >= -650 inside the lungs, 3 to 40 mm across.
+- Output ({task.value}): {output}. Each nodule's volume, longest diameter, mean HU,
+  density (solid, part-solid, ground-glass) and Lung-RADS-style category are
+  measured on the source grid.
+
+## Limitations
+
+- Vessels and the chest wall touch the thresholds too: expect false positives
+  near the hila and at the lung borders, and ground-glass nodules that lie against
+  a vessel merged with it.
+- Sizes carry a partial-volume halo from the 2 mm grid (about one voxel).
+- Not for diagnosis; every result goes out unverified, for research use.
+"""
 
 
 __all__ = [
