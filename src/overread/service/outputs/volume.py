@@ -194,9 +194,10 @@ def _group(
             source_series=hd.sr.SourceSeriesForSegmentation(series_uid),
         )
     else:
+        # No SEG (a detection model): the nodule is its centre; the box follows.
         kwargs["referenced_volume_surface"] = hd.sr.VolumeSurface(
-            graphic_type=hd.sr.GraphicTypeValues3D.MULTIPOINT,
-            graphic_data=_box_points(region),
+            graphic_type=hd.sr.GraphicTypeValues3D.POINT,
+            graphic_data=np.array([region.centre_mm], dtype=np.float64),
             frame_of_reference_uid=frame_of_reference,
             source_series=hd.sr.SourceSeriesForSegmentation(series_uid),
         )
