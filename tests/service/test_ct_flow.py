@@ -95,3 +95,35 @@ def test_ct_series_comes_back_as_seg_and_sr_with_nodule_measurements(
     [grown] = _measurements(received[COMPREHENSIVE_3D_SR])
     assert grown["Diameter"] > nodule["Diameter"] + 1.5
     assert "growing" in grown["text"]
+
+
+def test_a_study_with_ct_and_a_radiograph_gets_both_models(
+    make_service: Callable[..., Any],
+    storescp: Storescp,
+    dx_factory: Callable[..., Path],
+    tmp_path: Path,
+) -> None:
+    service = make_service(destinations=[f"PACS=PACSAE@127.0.0.1:{storescp.port}"])
+    ct = _study(tmp_path / "ct", 4.0, "20260101")
+    study = str(pydicom.dcmread(ct[0]).StudyInstanceUID)
+    film = dx_factory(study_uid=study, patient_id="CT-PHANTOM-1")
+    storescu(service.dicom_port, [*ct, film], called="OVERREAD", calling="MODALITY", timeout=60)
+    wait_until(lambda: job_states(service) == ["succeeded"] * 4, timeout=180)
+    with service.database.session() as session:
+        models = sorted(r.model_name for r in session.scalars(select(Result)).all())
+    assert models == ["ct-threshold-baseline", "cxr-default"]
+    received = _received(storescp, study)
+    # The X-ray SR (Comprehensive), and the CT's SEG and 3D SR.
+    assert set(received) == {
+        SEGMENTATION_STORAGE,
+        COMPREHENSIVE_3D_SR,
+        "1.2.840.10008.5.1.4.1.1.88.33",
+    }
+    ct_sr = hd.sr.srread(received[COMPREHENSIVE_3D_SR])
+    sources = {
+        ref.ReferencedSOPInstanceUID
+        for item in ct_sr.CurrentRequestedProcedureEvidenceSequence
+        for series in item.ReferencedSeriesSequence
+        for ref in series.ReferencedSOPSequence
+    }
+    assert str(pydicom.dcmread(film).SOPInstanceUID) not in sources
