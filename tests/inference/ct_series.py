@@ -28,9 +28,7 @@ def chest_volume(
     """
     d, h, w = shape
     sz, sy, sx = spacing
-    z, y, x = np.meshgrid(
-        np.arange(d) * sz, np.arange(h) * sy, np.arange(w) * sx, indexing="ij"
-    )
+    z, y, x = np.meshgrid(np.arange(d) * sz, np.arange(h) * sy, np.arange(w) * sx, indexing="ij")
     cx, cy, cz = (w - 1) * sx / 2, (h - 1) * sy / 2, (d - 1) * sz / 2
     volume = np.full(shape, -1000.0, dtype=np.float32)
     body = ((x - cx) / (0.45 * w * sx)) ** 2 + ((y - cy) / (0.38 * h * sy)) ** 2 <= 1

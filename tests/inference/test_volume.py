@@ -85,11 +85,13 @@ def test_the_bundled_baseline_is_a_segmentation_package_that_says_it_is_a_baseli
     assert "baseline" in (package.path / "MODEL_CARD.md").read_text().lower()
     with pytest.raises(ModelPackageError, match="reads whole series"):
         Pipeline.from_name(NAME, registry=Registry("unused-registry-root"))
-    assert isinstance(open_pipeline(NAME, registry=Registry("unused-registry-root")), VolumePipeline)
+    assert isinstance(
+        open_pipeline(NAME, registry=Registry("unused-registry-root")), VolumePipeline
+    )
 
 
 def test_resample_and_back_keep_geometry() -> None:
-    z, y, x = np.meshgrid(np.arange(30), np.arange(40), np.arange(50), indexing="ij")
+    z, _, x = np.meshgrid(np.arange(30), np.arange(40), np.arange(50), indexing="ij")
     ramp = (2.0 * x + 0.5 * z).astype(np.float32)  # linear: survives linear resampling
     low = resample(ramp, (2.5, 1.0, 1.0), (5.0, 2.0, 2.0))
     assert low.shape == (15, 20, 25)
@@ -268,7 +270,9 @@ def _region(diameter: float, centre: tuple[float, float, float], volume: float =
         ("ground-glass", 30.0, 0.0, "3"),
     ],
 )
-def test_lung_rads_style_categories(density: str, diameter: float, solid: float, category: str) -> None:
+def test_lung_rads_style_categories(
+    density: str, diameter: float, solid: float, category: str
+) -> None:
     assert categorise(density, diameter, solid).split(" ")[0] == category
 
 
@@ -348,7 +352,9 @@ def test_a_ct_series_not_ct_is_refused_in_one_line(
     assert "outside the model's intended use" in (output.prediction.error or "")
 
 
-def test_ground_glass_nodule_is_measured_near_its_hu(baseline: VolumePipeline, tmp_path: Path) -> None:
+def test_ground_glass_nodule_is_measured_near_its_hu(
+    baseline: VolumePipeline, tmp_path: Path
+) -> None:
     nodule = Nodule((24.0, 38.0, 50.0), 6.0, -500.0)
     paths = write_series(tmp_path / "ggo", chest_volume(SHAPE, SPACING, [nodule]), SPACING)
     [output] = baseline.predict_series(paths)

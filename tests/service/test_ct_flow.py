@@ -17,9 +17,9 @@ import pydicom
 import pytest
 from pydicom.uid import generate_uid
 from sqlalchemy import select
+from tests.inference.ct_series import SHAPE, SPACING, Nodule, chest_volume, write_series
 
 from overread.service.db import Result
-from tests.inference.ct_series import SHAPE, SPACING, Nodule, chest_volume, write_series
 
 from .conftest import Storescp, job_states, needs_dcmtk, storescu, wait_until
 from .outputs.conftest import dciodvfy_errors

@@ -133,9 +133,7 @@ def predict_command(
             alias, runtime=runtime, precision=precision, tta_views=tta, mc_dropout=mc_dropout
         )
         if not isinstance(opened, Pipeline):
-            records, failed = run_volume_model(
-                alias, members, out, as_json=as_json
-            )
+            records, failed = run_volume_model(alias, members, out, as_json=as_json)
             results.extend(records)
             failures += failed
             continue

@@ -56,7 +56,9 @@ def resample(
     slices (linear): no full-size float copy beyond the input is made.
     """
     d, h, w = pixels.shape
-    shape = tuple(max(1, round(n * s / t)) for n, s, t in zip((d, h, w), spacing, target, strict=True))
+    shape = tuple(
+        max(1, round(n * s / t)) for n, s, t in zip((d, h, w), spacing, target, strict=True)
+    )
     nd, nh, nw = int(shape[0]), int(shape[1]), int(shape[2])
     planes = np.empty((d, nh, nw), dtype=np.float32)
     for z in range(d):
@@ -73,7 +75,9 @@ def resample(
     return np.ascontiguousarray(across.T.numpy().reshape(nd, nh, nw))
 
 
-def upsample_plane(low: npt.NDArray[np.float32], z: int, shape: Sequence[int]) -> npt.NDArray[np.float32]:
+def upsample_plane(
+    low: npt.NDArray[np.float32], z: int, shape: Sequence[int]
+) -> npt.NDArray[np.float32]:
     """Slice ``z`` of a ``(C, d, h, w)`` grid brought to the source grid ``(D, H, W)``."""
     channels, d, _, _ = low.shape
     depth, rows, cols = int(shape[0]), int(shape[1]), int(shape[2])
@@ -115,7 +119,12 @@ def sliding_window(
 def _border_labels(labels: npt.NDArray[np.int32]) -> set[int]:
     """Component labels touching the in-plane sides of the volume (outside air)."""
     sides = np.concatenate(
-        [labels[:, 0, :].ravel(), labels[:, -1, :].ravel(), labels[:, :, 0].ravel(), labels[:, :, -1].ravel()]
+        [
+            labels[:, 0, :].ravel(),
+            labels[:, -1, :].ravel(),
+            labels[:, :, 0].ravel(),
+            labels[:, :, -1].ravel(),
+        ]
     )
     return {int(v) for v in np.unique(sides) if v}
 
@@ -149,7 +158,7 @@ def lung_and_nodules(
     lung = np.isin(labels, keep)
     filled = np.stack([ndimage.binary_fill_holes(plane) for plane in lung]) if lung.any() else lung
     candidates = (probabilities[nodule_index] >= thresholds[nodule_index]) & filled
-    nodule_labels, found = ndimage.label(candidates)
+    nodule_labels, _ = ndimage.label(candidates)
     out = np.zeros_like(nodule_labels)
     kept = 0
     for index, box in enumerate(ndimage.find_objects(nodule_labels), start=1):
@@ -235,7 +244,7 @@ class VolumePipeline:
             logits = sliding_window(self.network, low, spec)
         inferred = time.perf_counter()
         del low
-        probabilities = 1.0 / (1.0 + np.exp(-logits))
+        probabilities = np.asarray(1.0 / (1.0 + np.exp(-logits)), dtype=np.float32)
         del logits
         thresholds = [float(t) for t in self.package.thresholds()]
         shape = volume.pixels.shape
@@ -315,9 +324,7 @@ class VolumePipeline:
     ) -> tuple[npt.NDArray[np.uint8], list[Region]]:
         """The label map on the source grid and each nodule measured there."""
         shape = volume.pixels.shape
-        channels = np.stack(
-            [lung_low.astype(np.float32), nodule_probability.astype(np.float32)]
-        )
+        channels = np.stack([lung_low.astype(np.float32), nodule_probability.astype(np.float32)])
         # Each nodule's own low-resolution component, one voxel wider, decides which
         # nodule a source voxel belongs to (nearest); the probability decides whether.
         grown = ndimage.grey_dilation(nodules_low, size=(3, 3, 3)) if count else nodules_low
@@ -355,9 +362,7 @@ class VolumePipeline:
             for new, region in enumerate(regions, start=1):
                 assert region.segment_number is not None
                 remap[region.segment_number] = new + LUNG_VALUE
-                renumbered.append(
-                    _with_index(region, new, new + LUNG_VALUE)
-                )
+                renumbered.append(_with_index(region, new, new + LUNG_VALUE))
             label_map = remap[label_map]
             regions = renumbered
         return label_map, regions
@@ -386,7 +391,9 @@ class VolumePipeline:
         solid_fraction = float(np.mean(core >= spec.solid_hu))
         # Voxel indices (slice, row, col) -> patient LPS via (col, row, slice, 1).
         index_zyx = np.argwhere(mask).astype(np.float64) + [s.start for s in box]
-        homogeneous = np.c_[index_zyx[:, 2], index_zyx[:, 1], index_zyx[:, 0], np.ones(len(index_zyx))]
+        homogeneous = np.c_[
+            index_zyx[:, 2], index_zyx[:, 1], index_zyx[:, 0], np.ones(len(index_zyx))
+        ]
         points = (volume.affine @ homogeneous.T).T[:, :3]
         edge = mask & ~ndimage.binary_erosion(mask)
         edge_zyx = np.argwhere(edge).astype(np.float64) + [s.start for s in box]
@@ -416,7 +423,11 @@ class VolumePipeline:
             solid_fraction=solid_fraction,
             density=density,
             category=categorise(density, diameter, solid_diameter_mm(volume_mm3, solid_fraction)),
-            centre_mm=(float(points[:, 0].mean()), float(points[:, 1].mean()), float(points[:, 2].mean())),
+            centre_mm=(
+                float(points[:, 0].mean()),
+                float(points[:, 1].mean()),
+                float(points[:, 2].mean()),
+            ),
             box_mm=(
                 float(box_mm[0]),
                 float(box_mm[1]),

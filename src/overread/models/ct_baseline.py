@@ -44,6 +44,10 @@ INTENDED_USE = (
 class HuThreshold(nn.Module):
     """HU in, ``lung`` and ``nodule`` logits out (see the module)."""
 
+    lung_max_hu: torch.Tensor
+    nodule_min_hu: torch.Tensor
+    softness_hu: torch.Tensor
+
     def __init__(
         self,
         in_channels: int = 1,

@@ -252,7 +252,10 @@ class InferenceHandler:
             alias=payload.alias,
             instances=tuple(predictions),
             sop_instance_uids=tuple(
-                uids.get(str(getattr(p.metadata, "series_instance_uid", "") or ""), "")
+                uids.get(
+                    str(getattr(getattr(p, "metadata", None), "series_instance_uid", "") or ""),
+                    "",
+                )
                 for p in predictions
             ),
             study=study,

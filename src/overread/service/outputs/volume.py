@@ -290,9 +290,7 @@ def build_volume_sr(
                 tracking_identifier=hd.sr.TrackingIdentifier(
                     uid=generate_uid(), identifier=f"{model.name} no nodule"[:64]
                 ),
-                algorithm_id=hd.sr.AlgorithmIdentification(
-                    name=model.name, version=model.version
-                ),
+                algorithm_id=hd.sr.AlgorithmIdentification(name=model.name, version=model.version),
                 source_images=[
                     hd.sr.SourceImageForMeasurementGroup.from_source_image(ds) for ds in sources
                 ],
@@ -349,7 +347,10 @@ def build_volume_sr(
     sr.SoftwareVersions = model.version[:64]
     logger.info(
         "built CT SR",
-        extra={"sop_instance_uid": str(sr.SOPInstanceUID), "nodules": len(prediction.regions or [])},
+        extra={
+            "sop_instance_uid": str(sr.SOPInstanceUID),
+            "nodules": len(prediction.regions or []),
+        },
     )
     return sr
 
