@@ -20,11 +20,8 @@ Its thresholds are buffers, so they are in the package's state dict and hash.
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
 
-import torch
-from torch import nn
-
+from overread.models.hu_threshold import HuThreshold
 from overread.models.manifest import Code, LabelSpec, Task, VolumeSpec
 
 ARCHITECTURE = "ct-threshold"
@@ -39,40 +36,6 @@ INTENDED_USE = (
     "segmentation and detection path and as the reference a trained model must beat. "
     "Not for diagnosis."
 )
-
-
-class HuThreshold(nn.Module):
-    """HU in, ``lung`` and ``nodule`` logits out (see the module)."""
-
-    lung_max_hu: torch.Tensor
-    nodule_min_hu: torch.Tensor
-    softness_hu: torch.Tensor
-
-    def __init__(
-        self,
-        in_channels: int = 1,
-        num_classes: int = 2,
-        *,
-        lung_max_hu: float = -700.0,
-        nodule_min_hu: float = -650.0,
-        softness_hu: float = 25.0,
-    ) -> None:
-        super().__init__()
-        if in_channels != 1 or num_classes != 2:
-            raise TypeError("ct-threshold takes 1 input channel (HU) and gives 2 outputs")
-        self.register_buffer("lung_max_hu", torch.tensor(float(lung_max_hu)))
-        self.register_buffer("nodule_min_hu", torch.tensor(float(nodule_min_hu)))
-        self.register_buffer("softness_hu", torch.tensor(float(softness_hu)))
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        lung = (self.lung_max_hu - x) / self.softness_hu
-        nodule = (x - self.nodule_min_hu) / self.softness_hu
-        return torch.cat([lung, nodule], dim=1)
-
-
-def build(in_channels: int, num_classes: int, **kwargs: Any) -> nn.Module:
-    """The architecture factory (``ARCHITECTURES["ct-threshold"]``)."""
-    return HuThreshold(in_channels, num_classes, **kwargs)
 
 
 def write_baseline_package(
@@ -172,6 +135,5 @@ __all__ = [
     "NAME",
     "VERSION",
     "HuThreshold",
-    "build",
     "write_baseline_package",
 ]

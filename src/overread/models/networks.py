@@ -200,7 +200,7 @@ def _cxr_convnet(in_channels: int, num_classes: int, **kwargs: Any) -> nn.Module
 
 
 def _ct_threshold(in_channels: int, num_classes: int, **kwargs: Any) -> nn.Module:
-    from overread.models.ct_baseline import build
+    from overread.models.hu_threshold import build
 
     return build(in_channels, num_classes, **kwargs)
 
@@ -218,7 +218,7 @@ ARCHITECTURES: dict[str, Callable[..., nn.Module]] = {
     "efficientnet-b3": _efficientnet("efficientnet-b3"),
     "seresnet50": _seresnet50,
     "vit": _vit,
-    # The HU-threshold CT baseline (3-D, two outputs): overread.models.ct_baseline.
+    # The HU-threshold CT baseline (3-D, two outputs): overread.models.hu_threshold.
     "ct-threshold": _ct_threshold,
 }
 
