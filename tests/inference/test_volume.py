@@ -113,6 +113,16 @@ def test_sliding_window_blends_overlapping_windows_like_one_pass() -> None:
     assert np.corrcoef(windowed[inner].ravel(), whole[inner].ravel())[0, 1] > 0.99
 
 
+def test_hu_window_maps_hu_to_minus_one_one_before_the_network() -> None:
+    volume = np.array([-2000.0, -1000.0, -300.0, 400.0, 3000.0], np.float32).reshape(1, 1, 5)
+    volume = np.repeat(np.repeat(volume, 8, axis=0), 8, axis=1)
+    spec = VolumeSpec(patch_size=(8, 8, 8), hu_window=(-1000.0, 400.0))
+    seen = sliding_window(torch.nn.Identity(), volume, spec)[0, 4, 4]
+    assert np.allclose(seen, [-1.0, -1.0, 0.0, 1.0, 1.0], atol=1e-5)
+    with pytest.raises(ValueError, match="low < high"):
+        VolumeSpec(hu_window=(400.0, -1000.0))
+
+
 def test_baseline_finds_the_nodules_with_their_size_density_and_place(analysed: object) -> None:
     prediction = analysed.prediction  # type: ignore[attr-defined]
     assert prediction.ok and prediction.task == "segmentation"

@@ -98,6 +98,9 @@ def sliding_window(
     from monai.inferers import sliding_window_inference
 
     x = torch.from_numpy(np.ascontiguousarray(volume, dtype=np.float32))[None, None]
+    if spec.hu_window is not None:
+        low, high = spec.hu_window
+        x = (x.clamp(low, high) - low) / (high - low) * 2.0 - 1.0
     roi = tuple(min(p, n) for p, n in zip(spec.patch_size, volume.shape, strict=True))
     with torch.inference_mode():
         out = sliding_window_inference(

@@ -149,7 +149,9 @@ class VolumeSpec(_Strict):
     ``lung-nodule`` keeps lung components away from the volume's sides and
     nodules inside the lungs, between ``min_nodule_mm`` and ``max_nodule_mm`` in
     longest diameter. ``solid_hu`` is the attenuation a nodule voxel must reach to
-    count as solid (density category).
+    count as solid (density category). ``hu_window`` ``(low, high)``, when set, clips
+    HU to it and maps it linearly to ``[-1, 1]`` before the network (``None``: the
+    network reads HU).
     """
 
     spacing_mm: tuple[float, float, float] = (2.0, 2.0, 2.0)
@@ -163,6 +165,14 @@ class VolumeSpec(_Strict):
     min_nodule_mm: float = Field(default=3.0, ge=0.0)
     max_nodule_mm: float = Field(default=40.0, gt=0.0)
     solid_hu: float = -300.0
+    hu_window: tuple[float, float] | None = None
+
+    @field_validator("hu_window")
+    @classmethod
+    def _ordered_window(cls, value: tuple[float, float] | None) -> tuple[float, float] | None:
+        if value is not None and not value[0] < value[1]:
+            raise ValueError("hu_window must be (low, high) with low < high")
+        return value
 
     @field_validator("spacing_mm")
     @classmethod
