@@ -370,3 +370,63 @@ def test_ground_glass_nodule_is_measured_near_its_hu(
     [output] = baseline.predict_series(paths)
     [region] = output.prediction.regions
     assert region.density == "ground-glass" and abs(region.mean_hu + 500.0) < 80
+
+
+def test_a_monai_unet_package_runs_through_the_same_pipeline(ct_dir: Path, tmp_path: Path) -> None:
+    """How a trained 3-D network is packaged: task, labels (its output channels in
+    order), operating points and the ``volume`` section; the pipeline, SEG and SR do
+    not change. An untrained UNet stands in for the trained one."""
+    from overread.models.networks import build_network
+    from overread.models.package import write_package
+
+    torch.manual_seed(0)
+    labels = ["lung", "nodule", "nodule-centre"]
+    network = build_network("ct-unet3d", in_channels=1, num_classes=3, channels=[4, 8, 16])
+    path = write_package(
+        tmp_path / "unet",
+        network=network,
+        architecture="ct-unet3d",
+        arch_kwargs={"channels": [4, 8, 16]},
+        labels=labels,
+        input_spec={"size": 32, "channels": 1, "chain": []},
+        name="ct-unet-test",
+        version="0.0.1",
+        intended_use="test only",
+        task=Task.SEGMENTATION,
+        accepts={"modalities": ["CT"]},
+        operating_points={label: {"balanced": 0.5} for label in labels},
+        export_onnx=False,
+        volume=VolumeSpec(
+            spacing_mm=(2.5, 2.5, 2.5),
+            patch_size=(16, 32, 32),
+            overlap=0.5,
+            hu_window=(-1000.0, 400.0),
+        ),
+    )
+    pipeline = VolumePipeline(load_package(path))
+    [output] = pipeline.predict_series(sorted((ct_dir / "series").glob("*.dcm")))
+    assert output.prediction.ok, output.prediction.error
+    assert output.label_map is not None and output.label_map.shape == SHAPE
+    objects = build_volume_outputs(
+        output.prediction, output.source_datasets(), output.label_map, output.labels
+    )
+    assert [str(d.Modality) for d in objects][-1] == "SR"
+
+
+def test_too_many_candidates_keep_the_largest() -> None:
+    from overread.inference.volume import MAX_NODULES, lung_and_nodules
+
+    probabilities = np.zeros((2, 40, 80, 80), np.float32)
+    probabilities[0, 2:-2, 2:-2, 2:-2] = 1.0  # lung, away from the sides
+    blobs = [(z, y, x) for z in range(4, 36, 4) for y in range(4, 76, 4) for x in range(4, 76, 8)]
+    assert len(blobs) > MAX_NODULES
+    for i, (z, y, x) in enumerate(blobs):
+        size = 3 if i % 7 == 0 else 2  # every seventh blob is larger
+        probabilities[1, z : z + size, y : y + size, x : x + size] = 1.0
+        probabilities[0, z : z + size, y : y + size, x : x + size] = 0.0
+    _, labels, count = lung_and_nodules(
+        probabilities, [0.5, 0.5], 0, 1, (2.0, 2.0, 2.0), VolumeSpec()
+    )
+    assert count == MAX_NODULES and labels.max() == MAX_NODULES
+    sizes = np.bincount(labels.ravel())[1:]
+    assert (sizes == 27).sum() == len(blobs[::7])  # every larger blob was kept

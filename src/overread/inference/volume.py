@@ -43,6 +43,8 @@ logger = logging.getLogger(__name__)
 
 #: Voxel value of the lung in the label map; nodules are 2, 3, ... in index order.
 LUNG_VALUE = 1
+#: Most nodules one series reports (a ``uint8`` label map); the largest are kept.
+MAX_NODULES = 200
 
 
 def resample(
@@ -163,16 +165,19 @@ def lung_and_nodules(
     candidates = (probabilities[nodule_index] >= thresholds[nodule_index]) & filled
     nodule_labels, _ = ndimage.label(candidates)
     out = np.zeros_like(nodule_labels)
-    kept = 0
+    passing: list[tuple[int, int, tuple[slice, ...]]] = []
     for index, box in enumerate(ndimage.find_objects(nodule_labels), start=1):
         if box is None:
             continue
         extent = [(s.stop - s.start) * step for s, step in zip(box, spacing, strict=True)]
         if max(extent) > spec.max_nodule_mm or max(extent) < spec.min_nodule_mm:
             continue
-        kept += 1
+        passing.append((int((nodule_labels[box] == index).sum()), index, box))
+    # The label map holds at most MAX_NODULES: the largest are kept (the caller warns).
+    passing = sorted(passing, key=lambda item: -item[0])[:MAX_NODULES]
+    for kept, (_, index, box) in enumerate(sorted(passing, key=lambda item: item[1]), start=1):
         out[box][nodule_labels[box] == index] = kept
-    return filled, out, kept
+    return filled, out, len(passing)
 
 
 @dataclass
@@ -258,6 +263,11 @@ class VolumePipeline:
             lung_low, nodules_low, count = lung_and_nodules(
                 probabilities, thresholds, lung_i, nodule_i, spec.spacing_mm, spec
             )
+            if count == MAX_NODULES:
+                prediction.warnings.append(
+                    f"{MAX_NODULES} or more nodule candidates: only the {MAX_NODULES} "
+                    "largest are reported (is the series a chest CT in HU?)"
+                )
             label_map, regions = self._to_source(
                 volume, probabilities[nodule_i], thresholds[nodule_i], lung_low, nodules_low, count
             )
@@ -335,8 +345,6 @@ class VolumePipeline:
         d, h, w = nodules_low.shape
         rows = np.minimum((np.arange(shape[1]) + 0.5) * h / shape[1], h - 1).astype(int)
         cols = np.minimum((np.arange(shape[2]) + 0.5) * w / shape[2], w - 1).astype(int)
-        if count > 250:
-            raise InferenceError(f"{count} nodule candidates: more than a label map can hold")
         for z in range(shape[0]):
             plane = upsample_plane(channels, z, shape)
             zi = min(int((z + 0.5) * d / shape[0]), d - 1)
