@@ -430,3 +430,26 @@ def test_too_many_candidates_keep_the_largest() -> None:
     assert count == MAX_NODULES and labels.max() == MAX_NODULES
     sizes = np.bincount(labels.ravel())[1:]
     assert (sizes == 27).sum() == len(blobs[::7])  # every larger blob was kept
+
+
+def test_a_segmentation_package_without_a_volume_section_is_refused_with_the_reason(
+    tmp_path: Path,
+) -> None:
+    from overread.models.networks import build_network
+    from overread.models.package import write_package
+
+    path = write_package(
+        tmp_path / "flat",
+        network=build_network("ct-unet3d", in_channels=1, num_classes=2, channels=[4, 8]),
+        architecture="ct-unet3d",
+        arch_kwargs={"channels": [4, 8]},
+        labels=["lung", "nodule"],
+        input_spec={"size": 32, "channels": 1, "chain": []},
+        name="flat",
+        version="1",
+        intended_use="test only",
+        task=Task.SEGMENTATION,
+        export_onnx=False,
+    )
+    with pytest.raises(ModelPackageError, match="needs a 'volume' section"):
+        open_pipeline(str(path), registry=Registry(tmp_path / "registry"))

@@ -52,6 +52,7 @@ from overread.inference.postprocess import calibrate, decide
 from overread.inference.result import FindingResult, ModelRef, Prediction
 from overread.inference.runtimes import OnnxRuntime, TorchRuntime, open_runtime, padded_size
 from overread.inference.uncertainty import SampleSettings, mc_dropout_logits, mc_dropout_refusal
+from overread.models.manifest import Task
 from overread.models.package import ModelPackage
 from overread.models.registry import Registry
 from overread.results import Decision, GateVerdict
@@ -297,6 +298,13 @@ class Pipeline:
             runtime = runtime or configured.runtime
             precision = precision or configured.precision
         package = registry.load(name)
+        if package.manifest.task is not Task.MULTI_LABEL_CLASSIFICATION and (
+            not package.manifest.is_volumetric
+        ):
+            raise ModelPackageError(
+                f"{package.name} {package.version}: a {package.manifest.task.value} package "
+                "needs a 'volume' section (spacing, windows, postprocess; see docs/ct.md)"
+            )
         if package.manifest.is_volumetric:
             raise ModelPackageError(
                 f"{package.name} {package.version} is a {package.manifest.task.value} package "
@@ -764,7 +772,7 @@ def open_pipeline(
         registry = _shared_registry(Registry.from_settings(settings))
         name = name or settings.default_model
     package = registry.load(name or "")
-    if not package.manifest.is_volumetric:
+    if not package.manifest.is_volumetric:  # a classifier (or a package that says why not)
         return Pipeline.from_name(name, registry=registry, threads=threads, **options)  # type: ignore[arg-type]
     key = (str(package.path), package.sha256, threads)
     with _CACHE_LOCK:
