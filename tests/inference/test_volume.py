@@ -453,3 +453,27 @@ def test_a_segmentation_package_without_a_volume_section_is_refused_with_the_rea
     )
     with pytest.raises(ModelPackageError, match="needs a 'volume' section"):
         open_pipeline(str(path), registry=Registry(tmp_path / "registry"))
+
+
+def test_predict_on_the_phantom_ct_folder_exits_0_and_writes_seg_and_sr(
+    run_cli,  # type: ignore[no-untyped-def]
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setenv("OVERREAD_MODEL_REGISTRY", str(tmp_path / "registry"))
+    cases = tmp_path / "cases"
+    status, _, stderr = run_cli("phantom", "ct", "--n", "2", "--seed", "3", "--out", cases, "-q")
+    assert status == 0, stderr
+    assert list(cases.rglob("*.nii.gz")) and list(cases.rglob("*.json"))
+    out = tmp_path / "out"
+    status, stdout, stderr = run_cli("predict", cases, "--out", out)
+    assert status == 0, stderr
+    assert stdout.count(f"[{NAME} 1.0.0 segmentation]") == 2
+    written = sorted(out.rglob("*.dcm"))
+    assert len(written) == 4
+    for path in written:
+        if path.name.endswith("-SEG.dcm"):
+            seg = hd.seg.segread(path)
+            assert seg.SegmentSequence[0].SegmentLabel == "lung"
+        else:
+            assert hd.sr.srread(path).VerificationFlag == "UNVERIFIED"
