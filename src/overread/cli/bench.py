@@ -840,3 +840,77 @@ def bench_worklist(
     )
     if result["console_errors"]:
         typer.echo(f"console errors: {'; '.join(result['console_errors'][:5])}", err=True)
+
+
+def _sliding_window_table(result: dict[str, Any]) -> Table:
+    from rich.table import Table
+
+    first = result["rows"][0]
+    table = Table(
+        title=(
+            f"CT sliding-window inference, {first['model']}, patch "
+            f"{'x'.join(str(p) for p in first['patch_size'])} at overlap {first['overlap']}, "
+            f"Gaussian blending, {result['threads']} torch threads, one process per size"
+        )
+    )
+    headers = (
+        "volume (slices x rows x cols)",
+        "float32 MB",
+        "resampled",
+        "s total",
+        "s resample",
+        "s windows",
+        "s back + nodules",
+        "RSS with volume MB",
+        "peak RSS MB",
+        "peak - with volume MB",
+    )
+    for header in headers:
+        table.add_column(header, justify="left" if header.startswith("volume") else "right")
+    for row in result["rows"]:
+        timings = row["timings"]
+        table.add_row(
+            "x".join(str(n) for n in row["shape"]),
+            _fmt(row["volume_mb"], 0),
+            "x".join(str(n) for n in row["resampled_shape"]),
+            _fmt(row["seconds"], 1),
+            _fmt(timings.get("resample"), 1),
+            _fmt(timings.get("inference"), 1),
+            _fmt(timings.get("postprocess"), 1),
+            _fmt(row["rss_with_volume_mb"], 0),
+            _fmt(row["peak_rss_mb"], 0),
+            _fmt(row["peak_rss_mb"] - row["rss_with_volume_mb"], 0),
+        )
+    return table
+
+
+@bench_app.command("sliding-window")
+def bench_sliding_window(
+    slices: str = typer.Option("75,150,300", "--slices", help="Slice counts (comma list)."),
+    size: int = typer.Option(512, "--size", min=64, help="Rows and columns of each slice."),
+    model: str = typer.Option(
+        "ct-threshold-baseline", "--model", "-m", help="A CT package (alias, name or path)."
+    ),
+    as_json: bool = typer.Option(False, "--json", help="Print the whole result as JSON."),
+    append_docs: bool = typer.Option(False, "--append-docs", help="Append to docs/benchmarks.md."),
+) -> None:
+    """A CT volume through sliding-window inference: time and peak RSS per volume size."""
+    _check_docs(append_docs)
+    from overread.bench.sliding_window import benchmark_sliding_window
+
+    counts = _ints(slices, "--slices")
+    if any(c < 2 for c in counts):
+        raise ConfigError("--slices: a volume needs at least 2 slices")
+    with _progress(not as_json) as update:
+        try:
+            result = benchmark_sliding_window(counts, size, model, progress=update)
+        except RuntimeError as exc:
+            raise ConfigError(str(exc)) from None
+    _emit(
+        [_sliding_window_table(result)],
+        result,
+        as_json=as_json,
+        append=append_docs,
+        title="CT sliding-window inference",
+        width=200,
+    )

@@ -198,3 +198,43 @@ def phantom_chexpert(
         f"wrote {layout.n_train} train and {layout.n_valid} valid images: "
         f"{layout.train_csv}, {layout.valid_csv} (paths relative to {layout.root})"
     )
+
+
+@phantom_app.command("ct")
+def phantom_ct(
+    n: int = typer.Option(..., "--n", help="Number of CT cases."),
+    out: str = typer.Option(..., "--out", help="Output folder (one sub-folder per case)."),
+    seed: int = typer.Option(0, "--seed", help="Master seed (same seed, same volumes)."),
+    size: int = typer.Option(128, "--size", help="Rows and columns per slice (64..1024)."),
+    thickness: float | None = typer.Option(
+        None, "--thickness", help="Slice thickness in mm (default: varied per case)."
+    ),
+    quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bar."),
+) -> None:
+    """Generate chest CT series (DICOM) with lung/nodule/airway masks (NIfTI) and nodules (JSON)."""
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+    from overread.phantom.ct import MAX_SIZE, MIN_SIZE, write_ct_cohort
+
+    if n < 1 or not MIN_SIZE <= size <= MAX_SIZE:
+        raise ConfigError(f"phantom ct needs --n >= 1 and --size {MIN_SIZE}..{MAX_SIZE}")
+    if thickness is not None and not 0.5 <= thickness <= 10.0:
+        raise ConfigError("phantom ct needs --thickness 0.5..10 mm")
+    with Progress(
+        TextColumn("phantom ct"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TimeElapsedColumn(),
+        disable=quiet,
+        transient=False,
+    ) as bar:
+        task = bar.add_task("render", total=n)
+
+        def progress(done: int, total: int) -> None:
+            bar.update(task, completed=done, total=total)
+
+        summary = write_ct_cohort(out, n, seed, size=size, thickness=thickness, progress=progress)
+    typer.echo(
+        f"wrote {summary.cases} CT cases ({summary.nodules} nodules, {summary.missing} with a "
+        f"missing slice) to {summary.out_dir} in {summary.seconds:.1f} s"
+    )

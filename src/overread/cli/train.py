@@ -27,6 +27,26 @@ def _parse_overrides(items: list[str]) -> dict[str, Any]:
     return out
 
 
+def _train_ct(config: Path | None, preset: str | None, values: dict[str, Any], show: bool) -> bool:
+    """Run a ``kind = "ct-segmentation"`` config (3-D lung/nodule); False for other configs."""
+    from overread.training.ct import ct_toml, parse_ct_config
+
+    data = ct_toml(config, preset)
+    if data is None:
+        return False
+    cfg = parse_ct_config(data, values)
+    if show:
+        typer.echo(cfg.model_dump_json(indent=2))
+        return True
+    from overread.training.ct_eval import run_ct_training
+
+    result = run_ct_training(cfg, echo=typer.echo)
+    typer.echo(f"checkpoint: {result.checkpoint}")
+    if result.package is not None:
+        typer.echo(f"package: {result.package}")
+    return True
+
+
 @app.command("train")
 def train(
     config: Path | None = typer.Argument(None, help="Training config (TOML)."),
@@ -66,6 +86,8 @@ def train(
         values["output"] = str(output.resolve())
     if device is not None:
         values["device"] = device
+    if _train_ct(config, preset, values, show_config):
+        return
     cfg = load_config(config, preset=preset, overrides=values)
     if show_config:
         typer.echo(cfg.model_dump_json(indent=2))

@@ -28,6 +28,7 @@ import time
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
@@ -51,9 +52,13 @@ from overread.inference.postprocess import calibrate, decide
 from overread.inference.result import FindingResult, ModelRef, Prediction
 from overread.inference.runtimes import OnnxRuntime, TorchRuntime, open_runtime, padded_size
 from overread.inference.uncertainty import SampleSettings, mc_dropout_logits, mc_dropout_refusal
+from overread.models.manifest import Task
 from overread.models.package import ModelPackage
 from overread.models.registry import Registry
 from overread.results import Decision, GateVerdict
+
+if TYPE_CHECKING:
+    from overread.inference.volume import VolumePipeline
 
 logger = logging.getLogger(__name__)
 
@@ -302,6 +307,18 @@ class Pipeline:
             precision = precision or configured.precision
         device = device or configured_inference().device
         package = registry.load(name)
+        if package.manifest.task is not Task.MULTI_LABEL_CLASSIFICATION and (
+            not package.manifest.is_volumetric
+        ):
+            raise ModelPackageError(
+                f"{package.name} {package.version}: a {package.manifest.task.value} package "
+                "needs a 'volume' section (spacing, windows, postprocess; see docs/ct.md)"
+            )
+        if package.manifest.is_volumetric:
+            raise ModelPackageError(
+                f"{package.name} {package.version} is a {package.manifest.task.value} package "
+                "that reads whole series (overread.inference.open_pipeline opens it)"
+            )
         key = (
             str(package.path),
             package.sha256,
@@ -744,11 +761,44 @@ class Pipeline:
 _TRUST_CHUNK = 8
 
 
+_VOLUME_CACHE: dict[tuple[str, str, int | None], VolumePipeline] = {}
+
+
+def open_pipeline(
+    name: str | None = None,
+    *,
+    registry: Registry | None = None,
+    threads: int | None = None,
+    **options: object,
+) -> Pipeline | VolumePipeline:
+    """The pipeline for a model, dispatched on its package: a :class:`Pipeline` for a
+    classifier, a :class:`~overread.inference.volume.VolumePipeline` for a package
+    with a ``volume`` section (segmentation, detection). Both are cached."""
+    from overread.inference.volume import VolumePipeline
+
+    if registry is None:
+        from overread.config import load_settings
+
+        settings = load_settings()
+        registry = _shared_registry(Registry.from_settings(settings))
+        name = name or settings.default_model
+    package = registry.load(name or "")
+    if not package.manifest.is_volumetric:  # a classifier (or a package that says why not)
+        return Pipeline.from_name(name, registry=registry, threads=threads, **options)  # type: ignore[arg-type]
+    key = (str(package.path), package.sha256, threads)
+    with _CACHE_LOCK:
+        cached = _VOLUME_CACHE.get(key)
+        if cached is None:
+            cached = _VOLUME_CACHE[key] = VolumePipeline(package, threads=threads)
+    return cached
+
+
 def clear_pipeline_cache() -> None:
     """Forget cached pipelines (tests; a service reloading all models)."""
     with _CACHE_LOCK:
         _CACHE.clear()
+        _VOLUME_CACHE.clear()
         _REGISTRIES.clear()
 
 
-__all__ = ["Pipeline", "clear_pipeline_cache", "configured_inference"]
+__all__ = ["Pipeline", "clear_pipeline_cache", "configured_inference", "open_pipeline"]

@@ -136,6 +136,59 @@ class InputSpec(_Strict):
     normalisation: str = "[0, 1], bone bright"
 
 
+class VolumeSpec(_Strict):
+    """How a 3-D (CT) package reads a series, for segmentation and detection tasks.
+
+    The series is assembled into a volume (:mod:`overread.imaging.series`) in the
+    stored units (HU for CT), resampled to ``spacing_mm`` (slice, row, column), and
+    run by sliding windows of ``patch_size`` voxels overlapping by ``overlap`` (a
+    fraction of the patch), blended with Gaussian weights (``sigma_scale`` of the
+    patch). ``labels`` of the manifest name the network's output channels; a voxel is
+    in a label's mask where its probability is at least the label's threshold
+    (operating point). ``postprocess`` names the rule that turns masks into regions:
+    ``lung-nodule`` keeps lung components away from the volume's sides and
+    nodules inside the lungs, between ``min_nodule_mm`` and ``max_nodule_mm`` in
+    longest diameter. ``solid_hu`` is the attenuation a nodule voxel must reach to
+    count as solid (density category). ``hu_window`` ``(low, high)``, when set, clips
+    HU to it and maps it linearly to ``[-1, 1]`` before the network (``None``: the
+    network reads HU).
+    """
+
+    spacing_mm: tuple[float, float, float] = (2.0, 2.0, 2.0)
+    patch_size: tuple[int, int, int] = (64, 96, 96)
+    overlap: float = Field(default=0.25, ge=0.0, lt=1.0)
+    sigma_scale: float = Field(default=0.125, gt=0.0, le=1.0)
+    sw_batch_size: int = Field(default=1, ge=1, le=64)
+    postprocess: Literal["none", "lung-nodule"] = "lung-nodule"
+    lung_label: str = "lung"
+    nodule_label: str = "nodule"
+    min_nodule_mm: float = Field(default=3.0, ge=0.0)
+    max_nodule_mm: float = Field(default=40.0, gt=0.0)
+    solid_hu: float = -300.0
+    hu_window: tuple[float, float] | None = None
+
+    @field_validator("hu_window")
+    @classmethod
+    def _ordered_window(cls, value: tuple[float, float] | None) -> tuple[float, float] | None:
+        if value is not None and not value[0] < value[1]:
+            raise ValueError("hu_window must be (low, high) with low < high")
+        return value
+
+    @field_validator("spacing_mm")
+    @classmethod
+    def _positive_spacing(cls, value: tuple[float, float, float]) -> tuple[float, float, float]:
+        if any(v <= 0 for v in value):
+            raise ValueError("spacing_mm must be positive")
+        return value
+
+    @field_validator("patch_size")
+    @classmethod
+    def _positive_patch(cls, value: tuple[int, int, int]) -> tuple[int, int, int]:
+        if any(v < 8 for v in value):
+            raise ValueError("patch_size must be at least 8 voxels on each axis")
+        return value
+
+
 class Calibration(_Strict):
     """Per-label probability calibration applied to the logits.
 
@@ -339,6 +392,7 @@ OPTIONAL_SECTIONS = (
     "gate",
     "onboarded",
     "site_calibration",
+    "volume",
 )
 
 #: The ``architecture`` of an ensemble package (it has no network of its own).
@@ -375,6 +429,7 @@ class Manifest(_Strict):
     ensemble: EnsembleSection | None = None
     onboarded: OnboardedSection | None = None
     site_calibration: SiteCalibrationSection | None = None
+    volume: VolumeSpec | None = None
     signature: Signature | None = None
 
     @field_validator("operating_points")
@@ -424,6 +479,10 @@ class Manifest(_Strict):
                 raise ValueError("an ensemble names the same member twice")
         elif self.architecture == ENSEMBLE_ARCHITECTURE:
             raise ValueError("architecture 'ensemble' needs an 'ensemble' section")
+        if self.volume is not None and self.volume.postprocess == "lung-nodule":
+            for needed in (self.volume.lung_label, self.volume.nodule_label):
+                if needed not in names:
+                    raise ValueError(f"postprocess 'lung-nodule' needs a label {needed!r}")
         for path in self.files:
             if path.startswith(("/", "\\")) or ".." in path.split("/") or path == MANIFEST_NAME:
                 raise ValueError(f"file entry {path!r} is not a plain relative path")
@@ -438,6 +497,11 @@ class Manifest(_Strict):
     def calibrated(self) -> bool:
         """False for an onboarded model whose thresholds were never fitted locally."""
         return self.onboarded is None or self.onboarded.calibrated
+
+    @property
+    def is_volumetric(self) -> bool:
+        """True for a package that reads a series as a volume (its ``volume`` section)."""
+        return self.volume is not None
 
     @property
     def is_ensemble(self) -> bool:

@@ -199,6 +199,45 @@ def _cxr_convnet(in_channels: int, num_classes: int, **kwargs: Any) -> nn.Module
     return CxrConvNet(in_channels=in_channels, num_classes=num_classes, **kwargs)
 
 
+def _ct_threshold(in_channels: int, num_classes: int, **kwargs: Any) -> nn.Module:
+    from overread.models.hu_threshold import build
+
+    return build(in_channels, num_classes, **kwargs)
+
+
+def _ct_unet3d(in_channels: int, num_classes: int, **kwargs: Any) -> nn.Module:
+    """A 3-D MONAI UNet (``(N, C, D, H, W)`` -> per-voxel logits): CT lung/nodule segmentation."""
+    from monai.networks.nets import UNet
+
+    channels = tuple(kwargs.pop("channels", (8, 16, 32, 64)))
+    return UNet(  # type: ignore[no-any-return]
+        spatial_dims=3,
+        in_channels=in_channels,
+        out_channels=num_classes,
+        channels=channels,
+        strides=tuple([2] * (len(channels) - 1)),
+        num_res_units=int(kwargs.pop("num_res_units", 1)),
+        **kwargs,
+    )
+
+
+def _ct_segresnet3d(in_channels: int, num_classes: int, **kwargs: Any) -> nn.Module:
+    """A 3-D MONAI SegResNet with as many levels as ``channels`` (its first is the width)."""
+    from monai.networks.nets import SegResNet
+
+    channels = tuple(kwargs.pop("channels", (8, 16, 32, 64)))
+    return SegResNet(  # type: ignore[no-any-return]
+        spatial_dims=3,
+        in_channels=in_channels,
+        out_channels=num_classes,
+        init_filters=int(channels[0]),
+        norm=("GROUP", {"num_groups": min(8, int(channels[0]))}),
+        blocks_down=tuple([1] * len(channels)),
+        blocks_up=tuple([1] * (len(channels) - 1)),
+        **kwargs,
+    )
+
+
 ARCHITECTURES: dict[str, Callable[..., nn.Module]] = {
     "densenet121": _densenet((6, 12, 24, 16)),
     "densenet169": _densenet((6, 12, 32, 32)),
@@ -212,6 +251,11 @@ ARCHITECTURES: dict[str, Callable[..., nn.Module]] = {
     "efficientnet-b3": _efficientnet("efficientnet-b3"),
     "seresnet50": _seresnet50,
     "vit": _vit,
+    # The HU-threshold CT baseline (3-D, two outputs): overread.models.hu_threshold.
+    "ct-threshold": _ct_threshold,
+    # 3-D segmentation nets (voxel logits, not a classifier): the CT lung/nodule model.
+    "ct-unet3d": _ct_unet3d,
+    "ct-segresnet3d": _ct_segresnet3d,
 }
 
 

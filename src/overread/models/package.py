@@ -45,6 +45,7 @@ from overread.models.manifest import (
     RuntimeFiles,
     Task,
     UncertaintySettings,
+    VolumeSpec,
 )
 from overread.models.networks import build_network
 
@@ -297,6 +298,7 @@ def write_package(
     overwrite: bool = False,
     onboarded: OnboardedSection | None = None,
     uncertainty: UncertaintySettings | Mapping[str, Any] | None = None,
+    volume: VolumeSpec | None = None,
 ) -> Path:
     """Write a verified model package from a torch network and its metadata.
 
@@ -386,6 +388,7 @@ def write_package(
                 if isinstance(uncertainty, UncertaintySettings)
                 else dict(uncertainty)
             ),
+            volume=volume,
         ).signed(key)
         (staging / MANIFEST_NAME).write_text(manifest.to_json(), encoding="utf-8")
         staging.chmod(0o755)

@@ -399,6 +399,14 @@ DEFAULT_ROUTES: tuple[Route, ...] = (
         models=["cxr-default"],
         complete_on_release=True,
     ),
+    # CT series go to the CT package (the HU-threshold baseline until a trained one
+    # is aliased in its place); a study with both CT and radiographs gets both.
+    Route(
+        name="chest-ct",
+        modality=["CT"],
+        models=["ct-threshold-baseline"],
+        complete_on_release=True,
+    ),
 )
 
 

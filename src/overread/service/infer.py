@@ -134,6 +134,9 @@ class InferenceHandler:
             raise InferenceError(f"study {job.study_instance_uid} has no stored instances")
         paths = [p for p, _ in items]
         pipeline = self.models.get(payload.model_ref)
+        if getattr(pipeline, "volumetric", False):
+            self._run_volume(job, payload, pipeline, items, replaces, started)
+            return
         cam_segmentation = alias in self.services.config.cam_segmentation
         explain = self.services.config.explain or cam_segmentation
         predictions = list(
@@ -246,6 +249,61 @@ class InferenceHandler:
             predictions, pipeline.package, site, source=settings.source.value
         )
         return applied.to_dict()
+
+    def _run_volume(
+        self,
+        job: Job,
+        payload: InferPayload,
+        pipeline: Any,
+        items: list[tuple[Path, Instance]],
+        replaces: int | None,
+        started: float,
+    ) -> None:
+        """A CT segmentation or detection model: per series, SEG and SR (see
+        :mod:`overread.service.infer_volume`)."""
+        from overread.service.infer_volume import run_volume_study
+        from overread.service.outputs.fhir import study_header
+
+        header = metadata_from_dataset(read_dataset(items[0][0], pixels=False))
+        study = study_header(header)
+        predictions, datasets = run_volume_study(
+            pipeline,
+            items,
+            session_factory=self.services.database.session,
+            model_name=job.model_name,
+            study=study,
+            build=payload.role is not RolloutRole.SHADOW,
+        )
+        modelled = time.perf_counter()
+        artifacts = [self._store_dataset(dataset) for dataset in datasets]
+        built = time.perf_counter()
+        uids = {row.series_instance_uid: row.sop_instance_uid for _, row in items}
+        summary = ResultSummary(
+            alias=payload.alias,
+            instances=tuple(predictions),
+            sop_instance_uids=tuple(
+                uids.get(
+                    str(getattr(getattr(p, "metadata", None), "series_instance_uid", "") or ""),
+                    "",
+                )
+                for p in predictions
+            ),
+            study=study,
+            timings=_stage_timings(predictions, modelled - started, built - modelled),
+        ).to_dict()
+        self._finish(
+            job, payload, None, summary, artifacts, _study_context(items, header), replaces=replaces
+        )
+        logger.info(
+            "job %d: %s %s on study %s: %d series, %d object(s) to send in %.3f s",
+            job.id,
+            job.model_name,
+            job.model_version,
+            job.study_instance_uid,
+            len(predictions),
+            len(artifacts),
+            time.perf_counter() - started,
+        )
 
     def _report_context(
         self, pipeline: PipelineLike, predictions: Sequence[Prediction]

@@ -237,14 +237,15 @@ class RegistryPipelineProvider:
     def pipeline(self, alias: str) -> Any:
         """The plain (unbatched) pipeline of ``alias``, loaded and warmed up once."""
         try:
-            from overread.inference import Pipeline
+            from overread.inference import open_pipeline
         except ImportError as exc:
             raise ServiceError(f"the inference pipeline is not available: {exc}") from None
-        return Pipeline.from_name(alias, registry=self.registry, threads=self.threads)
+        return open_pipeline(alias, registry=self.registry, threads=self.threads)
 
     def get(self, alias: str) -> PipelineLike:
         pipeline = self.pipeline(alias)
-        if not self.batching:
+        # A volumetric pipeline reads a whole series at once: nothing to micro-batch.
+        if not self.batching or getattr(pipeline, "volumetric", False):
             plain: PipelineLike = pipeline
             return plain
         from overread.inference.batching import BatchedPipeline
