@@ -518,6 +518,17 @@ class ServiceConfig(BaseModel):
     )
     lease_seconds: float = Field(default=60.0, gt=0)
     poll_seconds: float = Field(default=1.0, gt=0)
+    export_at_once: bool = Field(
+        default=True,
+        description="the worker that stored a result sends its DICOM exports itself, at "
+        "once, instead of leaving them to the next claim (a failed send retries as a job)",
+    )
+    association_idle_seconds: float = Field(
+        default=30.0,
+        ge=0,
+        description="keep an association to a DICOM destination open this long after a "
+        "send for the next one (checked by C-ECHO before reuse); 0: one per send",
+    )
     explain: bool = False
     trust: bool = Field(
         default=True,
