@@ -227,3 +227,25 @@ def test_a_late_image_the_route_does_not_take_changes_nothing(
         [result] = session.scalars(select(Result)).all()
         assert "superseded" not in result.summary
     assert len(_srs(storescp)) == 1
+
+
+def test_a_send_waiting_to_open_gets_the_association_released(tmp_path: Path) -> None:
+    """A peer that takes one association at a time (storescp without --fork) must not
+    be held by a kept one while another send of this process waits to open its own."""
+    pacs = Storescp(tmp_path / "pacs")
+    pool = AssociationPool(idle_seconds=30)
+    target = {"ae_title": "PACSAE", "host": "127.0.0.1", "port": pacs.port}
+    key = ("PACSAE", "127.0.0.1", pacs.port, "OVERREAD")
+    try:
+        [first] = pool.send([_sr_file(tmp_path, "a")], **target)
+        assert first.ok and pool.open_count == 1
+        pool._opening[key] = 1  # another worker is opening one to this peer now
+        [second] = pool.send([_sr_file(tmp_path, "b")], **target)
+        assert second.ok and pool.reused == 1
+        assert pool.open_count == 0  # released, not kept
+        pool._opening[key] = 0
+        [third] = pool.send([_sr_file(tmp_path, "c")], **target)
+        assert third.ok and pool.opened == 2 and pool.open_count == 1
+    finally:
+        pool.close()
+        pacs.stop()

@@ -217,12 +217,14 @@ def running_gateway(
     workers: int,
     options: E2EOptions,
     stable: bool = False,
+    watch_interval: float = 0.002,
 ) -> Iterator[Gateway]:
-    """PACS (``storescp``) + gateway (+ worker processes for ``celery``), stopped on exit."""
+    """PACS (``storescp``) + gateway (+ worker processes for ``celery``), stopped on exit;
+    the PACS folder is looked at every ``watch_interval`` seconds."""
     pacs_dir = root / "pacs"
     pacs = StorescpPacs(pacs_dir)
     pacs.start(attempts=5)
-    watcher = PacsWatcher(pacs_dir)
+    watcher = PacsWatcher(pacs_dir, interval=watch_interval)
     watcher.start()
     stack = contextlib.ExitStack()
     try:

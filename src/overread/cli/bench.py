@@ -396,6 +396,108 @@ def bench_e2e(
     )
 
 
+def _soak_tables(result: dict[str, Any], plot: Path | None) -> list[Table]:
+    from rich.table import Table
+
+    summary = Table(
+        title=f"Soak: {result['options']['rate']:g} studies/s offered for "
+        f"{result['sending_s']:.0f} s, {result['image_mb']:g} MB images, "
+        f"{result['options']['workers']} worker(s)"
+    )
+    summary.add_column("")
+    summary.add_column("", justify="right")
+    rows = [
+        (
+            "sent / acknowledged / reported",
+            f"{result['sent']} / {result['acknowledged']} / {result['reported']}",
+        ),
+        ("lost / duplicated", f"{result['lost']} / {result['duplicated']}"),
+        ("offered studies/s", _fmt(result["offered_per_s"], 2)),
+        ("completed studies/s (first send to last report)", _fmt(result["completed_per_s"], 2)),
+        ("sustained", "yes" if result["sustained"] else "no"),
+        (
+            "p50 / p95 / max s",
+            f"{_fmt(result['p50_s'], 3)} / {_fmt(result['p95_s'], 3)} / {_fmt(result['max_s'], 3)}",
+        ),
+        ("RSS growth, last quarter - first (MB)", _fmt(result["rss_growth_mb"], 1)),
+        ("open files growth, last quarter - first", _fmt(result["open_files_growth"], 1)),
+    ]
+    if plot is not None:
+        rows.append(("plot", str(plot)))
+    for name, value in rows:
+        summary.add_row(name, value)
+    chunks = Table(title="Latency per chunk of studies, in sending order")
+    for column in ("studies", "reported", "p50 s", "p95 s"):
+        chunks.add_column(column, justify="left" if column == "studies" else "right")
+    for chunk in result["chunks"]:
+        chunks.add_row(
+            chunk["studies"],
+            str(chunk["reported"]),
+            _fmt(chunk["p50_s"], 3),
+            _fmt(chunk["p95_s"], 3),
+        )
+    over_time = Table(title="Over time")
+    for column in ("t s", "sent", "reported", "jobs pending", "RSS MB", "open files", "threads"):
+        over_time.add_column(column, justify="right")
+    samples = result["samples"]
+    step = max(1, len(samples) // 12)
+    for sample in [*samples[:-1:step], samples[-1]]:
+        over_time.add_row(
+            f"{sample['t_s']:.0f}",
+            str(sample["sent"]),
+            str(sample["reported"]),
+            str(sample["jobs_pending"]),
+            f"{sample['rss_mb']:.0f}",
+            str(sample["open_files"]),
+            str(sample["threads"]),
+        )
+    return [summary, chunks, over_time]
+
+
+@bench_app.command("soak")
+def bench_soak(
+    rate: float = typer.Option(4.0, "--rate", help="Studies per second offered (fixed gaps)."),
+    duration: float = typer.Option(120.0, "--duration", min=1, help="Seconds of sending."),
+    studies: int = typer.Option(100_000, "--studies", min=1, help="Stop sending after these."),
+    size: int = typer.Option(1024, "--size", min=64, max=3000, help="Phantom image side, px."),
+    workers: int = typer.Option(2, "--workers", min=1, max=16, help="Gateway worker threads."),
+    chunk: int = typer.Option(1000, "--chunk", min=1, help="Studies per latency chunk."),
+    sample_seconds: float = typer.Option(5.0, "--sample", min=0.5, help="Seconds between samples."),
+    settle: float = typer.Option(120.0, "--settle", min=1, help="Wait for the last reports, s."),
+    plot: Path | None = typer.Option(None, "--plot", help="Write the plot (PNG) here."),
+    as_json: bool = typer.Option(False, "--json", help="Print the whole result as JSON."),
+    append_docs: bool = typer.Option(False, "--append-docs", help="Append to docs/benchmarks.md."),
+) -> None:
+    """The gateway under a steady rate: throughput, latency, RSS and open files over time."""
+    _check_docs(append_docs)
+    from overread.bench.soak import SoakOptions, benchmark_soak, plot_soak
+
+    options = SoakOptions(
+        rate=rate,
+        duration=duration,
+        studies=studies,
+        size=size,
+        workers=workers,
+        chunk=chunk,
+        sample_seconds=sample_seconds,
+        settle=settle,
+    )
+    options.validate()
+    with _progress(not as_json) as update:
+        result = benchmark_soak(options, progress=update)
+    if plot is not None:
+        result["plot"] = str(plot_soak(result, plot))
+    points = result.pop("latency_points")
+    result["latency_points"] = len(points)
+    _emit(
+        _soak_tables(result, plot),
+        result,
+        as_json=as_json,
+        append=append_docs,
+        title="Gateway soak",
+    )
+
+
 def _ingest_table(result: dict[str, Any]) -> Table:
     from rich.table import Table
 

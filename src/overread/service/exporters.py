@@ -108,9 +108,11 @@ class DicomExporter:
     """C-STOREs a result's stored objects to the payload's DICOM destination, on an
     association kept open between sends (``association_idle_seconds``)."""
 
-    def __init__(self, services: JobServices) -> None:
+    def __init__(self, services: JobServices, associations: AssociationPool | None = None) -> None:
         self.services = services
-        self.associations = AssociationPool(services.config.association_idle_seconds)
+        self.associations = associations or AssociationPool(
+            services.config.association_idle_seconds
+        )
 
     def export(self, job: Job, payload: DicomExportPayload) -> None:
         dest = payload.destination
@@ -481,9 +483,9 @@ class StowExporter:
 class Exporters:
     """The exporter of each destination kind, chosen by an export job's typed payload."""
 
-    def __init__(self, services: JobServices) -> None:
+    def __init__(self, services: JobServices, associations: AssociationPool | None = None) -> None:
         self.services = services
-        self.dicom_exporter = DicomExporter(services)
+        self.dicom_exporter = DicomExporter(services, associations)
         self.dicom: Exporter[DicomExportPayload] = self.dicom_exporter
         self.fhir: Exporter[FhirExportPayload] = FhirExporter(services)
         self.hl7: Exporter[Hl7ExportPayload] = Hl7Exporter(services)

@@ -13,6 +13,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import socket
+import threading
 import time
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
@@ -241,14 +242,18 @@ class _Kept:
 
 
 class AssociationPool:
-    """Associations to DICOM destinations kept open between sends (one per peer).
+    """Associations to DICOM destinations kept open between sends (one idle per peer).
 
-    A send to a peer reuses the association left by the previous one when it is
+    A send to a peer takes the association left by the previous one when it is
     still established, was idle for less than ``idle_seconds``, accepted every
     (SOP class, transfer syntax) the new files need, and answers a C-ECHO; otherwise
-    it is released and a new one opened (proposing Verification too). An
-    association that fails during a send is aborted, never reused. Not thread-safe:
-    each worker keeps its own pool.
+    it is released and a new one opened (proposing Verification too). While a send
+    holds it no other send can take it (they open their own); when a send is done
+    its association is kept unless one is kept for that peer already, in which case
+    it is released, so a peer never sees more idle associations from this process
+    than one; and it is released too while another send waits to open one (a peer
+    that takes one association at a time would keep that send waiting). An association that fails during a send is aborted, never kept. The
+    worker threads of a process share one pool.
 
     Parameters
     ----------
@@ -258,10 +263,15 @@ class AssociationPool:
         Monotonic seconds (replaceable in tests).
     """
 
-    def __init__(self, idle_seconds: float = 30.0, clock: Callable[[], float] = time.monotonic):
+    def __init__(
+        self, idle_seconds: float = 30.0, clock: Callable[[], float] = time.monotonic
+    ) -> None:
         self.idle_seconds = idle_seconds
         self.clock = clock
         self._kept: dict[tuple[str, str, int, str], _Kept] = {}
+        self._opening: dict[tuple[str, str, int, str], int] = {}
+        self._lock = threading.Lock()
+        self._closed = False
         self.opened = 0
         self.reused = 0
 
@@ -298,13 +308,22 @@ class AssociationPool:
         needed = {(i.sop_class_uid, i.transfer_syntax_uid) for i in batch}
         kept = self._usable(key, needed)
         if kept is None:
-            assoc, why = _open(batch, *key, timeout, verification=True)
+            # Counted as opening from before the kept association was looked for:
+            # a send finishing meanwhile releases its association instead of
+            # keeping it, so a peer taking one association at a time lets this in.
+            try:
+                assoc, why = _open(batch, *key, timeout, verification=True)
+            finally:
+                with self._lock:
+                    self._opening[key] -= 1
             if assoc is None:
                 return [SendStatus(i.path, None, why, i.sop_instance_uid) for i in batch]
-            self.opened += 1
+            with self._lock:
+                self.opened += 1
             kept = _Kept(assoc, _accepted(assoc), self.clock())
         else:
-            self.reused += 1
+            with self._lock:
+                self.reused += 1
         try:
             results = _store_all(kept.assoc, batch)
         except BaseException:
@@ -312,15 +331,36 @@ class AssociationPool:
             raise
         if kept.assoc.is_established and all(s.status is not None for s in results):
             kept.last_used = self.clock()
-            self._kept[key] = kept
+            self._give_back(key, kept)
         else:
             _end(kept.assoc, abort=True)
         return results
 
+    def _give_back(self, key: tuple[str, str, int, str], kept: _Kept) -> None:
+        with self._lock:
+            spare = self._closed or key in self._kept or self._opening.get(key, 0) > 0
+            if not spare:
+                self._kept[key] = kept
+        if spare:
+            _end(kept.assoc)
+
     def _usable(self, key: tuple[str, str, int, str], needed: set[tuple[str, str]]) -> _Kept | None:
-        kept = self._kept.pop(key, None)
-        if kept is None:
-            return None
+        """The kept association for ``key`` if it can carry ``needed``; else ``None``,
+        and the caller is counted as opening one (it must uncount itself)."""
+        with self._lock:
+            kept = self._kept.pop(key, None)  # taken: no other send can use it now
+            if kept is None:
+                self._opening[key] = self._opening.get(key, 0) + 1
+                return None
+        usable = self._check(key, kept, needed)
+        if usable is None:
+            with self._lock:
+                self._opening[key] = self._opening.get(key, 0) + 1
+        return usable
+
+    def _check(
+        self, key: tuple[str, str, int, str], kept: _Kept, needed: set[tuple[str, str]]
+    ) -> _Kept | None:
         idle = self.clock() - kept.last_used
         if not kept.assoc.is_established or idle >= self.idle_seconds:
             _end(kept.assoc)
@@ -341,21 +381,27 @@ class AssociationPool:
     def close_idle(self) -> int:
         """Release the associations idle for ``idle_seconds`` or more; return how many."""
         now = self.clock()
-        stale = [k for k, v in self._kept.items() if now - v.last_used >= self.idle_seconds]
-        for key in stale:
-            _end(self._kept.pop(key).assoc)
-        return len(stale)
+        with self._lock:
+            stale = [k for k, v in self._kept.items() if now - v.last_used >= self.idle_seconds]
+            ended = [self._kept.pop(k) for k in stale]
+        for kept in ended:
+            _end(kept.assoc)
+        return len(ended)
 
     def close(self) -> None:
-        """Release every kept association."""
-        for kept in self._kept.values():
+        """Release every kept association; later sends keep none."""
+        with self._lock:
+            self._closed = True
+            ended = list(self._kept.values())
+            self._kept.clear()
+        for kept in ended:
             _end(kept.assoc)
-        self._kept.clear()
 
     @property
     def open_count(self) -> int:
         """Associations kept open now."""
-        return len(self._kept)
+        with self._lock:
+            return len(self._kept)
 
 
 def _accepted(assoc: Association) -> frozenset[tuple[str, str]]:

@@ -38,6 +38,7 @@ from overread.service.jobs import JobQueue, LeaseLostError
 from overread.service.payloads import export_payload
 from overread.service.rollout import RolloutRole, RolloutStore
 from overread.service.runtime import ArtifactBuilder, PipelineProvider
+from overread.service.scu import AssociationPool
 from overread.service.store import ObjectStore
 
 logger = logging.getLogger(__name__)
@@ -97,6 +98,9 @@ class Worker:
         Resolves model aliases to pipelines.
     artifacts
         Builds the DICOM objects to send (``None``: results are stored, nothing is sent).
+    associations
+        The associations to DICOM destinations kept between sends, shared by the
+        process's workers (``None``: a pool of this worker's own).
     """
 
     def __init__(
@@ -109,6 +113,7 @@ class Worker:
         artifacts: ArtifactBuilder | None,
         *,
         name: str | None = None,
+        associations: AssociationPool | None = None,
     ) -> None:
         self.config = config
         self.database = database
@@ -122,7 +127,7 @@ class Worker:
             configure(config)
         services = JobServices(config, database, store, queue, self.name)
         self.inference = InferenceHandler(services, models, artifacts)
-        self.exporters = Exporters(services)
+        self.exporters = Exporters(services, associations)
         self.rollouts = RolloutStore(database, self.inference.triage.alerts.critical)
 
     def run_once(self) -> Job | None:
