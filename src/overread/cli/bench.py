@@ -245,7 +245,8 @@ def _e2e_tables(result: dict[str, Any]) -> list[Table]:
     from overread.bench.e2e import STAGES
 
     latency = Table(title="C-STORE start -> SR complete at the PACS (stable wait excluded)")
-    for column in ("backend", "rate /s", "workers", "done", "p50 ms", "p95 ms", "p99 ms", "max ms"):
+    columns = ("backend", "rate /s", "workers", "done", "p50 ms", "p95 ms", "p99 ms", "max ms")
+    for column in (*columns, "p95 ms from last image"):
         latency.add_column(column, justify="left" if column == "backend" else "right")
     for row in result["latency"]:
         latency.add_row(
@@ -257,6 +258,7 @@ def _e2e_tables(result: dict[str, Any]) -> list[Table]:
             _ms(row["p95_s"]),
             _ms(row["p99_s"]),
             _ms(row["max_s"]),
+            _ms(row.get("stages", {}).get("after_receive_p95_s")),
         )
     saturation = Table(title="Throughput at saturation (all studies sent at once)")
     for column in ("backend", "workers", "done", "studies/s", "studies/day", "p50 ms", "p95 ms"):
@@ -296,6 +298,10 @@ def _e2e_tables(result: dict[str, Any]) -> list[Table]:
     summary.add_row(
         "p50 / p95 at the lowest rate (s)",
         f"{_fmt(result['p50_s'], 3)} / {_fmt(result['p95_s'], 3)}",
+    )
+    summary.add_row(
+        "p95 from the last image received at the gateway (s)",
+        _fmt(result.get("p95_after_receive_s"), 3),
     )
     summary.add_row("stable_wait_s (measured)", _fmt(result.get("stable_wait_s"), 3))
     summary.add_row(
@@ -549,8 +555,31 @@ def bench_ingest(
             progress=lambda task: update(task, 1, 1),
         )
     _emit(
-        [_ingest_table(result)], result, as_json=as_json, append=append_docs, title="Gateway ingest"
+        [_ingest_table(result), _ingest_costs_table(result)],
+        result,
+        as_json=as_json,
+        append=append_docs,
+        title="Gateway ingest",
     )
+
+
+def _ingest_costs_table(result: dict[str, Any]) -> Table:
+    from rich.table import Table
+
+    table = Table(
+        title=f"Where overread's time per {result['mb_per_file']:.1f} MB instance goes "
+        "(each step alone, median ms; against the receivers' wall ms per instance)"
+    )
+    table.add_column("step")
+    table.add_column("ms", justify="right")
+    costs = result.get("costs_ms", {})
+    for name, value in costs.items():
+        table.add_row(name.replace("_", " "), _fmt(value, 2))
+    table.add_row("sum of the steps", _fmt(sum(costs.values()), 2))
+    for count, walls in result.get("wall_ms_per_instance", {}).items():
+        for name, value in walls.items():
+            table.add_row(f"{name} wall, {count} association(s)", _fmt(value, 2))
+    return table
 
 
 def _trust_table(result: dict[str, Any]) -> Table:
