@@ -267,9 +267,11 @@ def plot_soak(result: dict[str, Any], path: Path) -> Path:
         rates.append((after["reported"] - before["reported"]) / span if span > 0 else 0.0)
     axes[0].plot(times[1:], rates, label="reported studies/s")
     axes[0].axhline(result["options"]["rate"], color="grey", linestyle="--", label="offered rate")
-    axes[0].plot(times, [s["jobs_pending"] for s in samples], label="jobs pending")
-    axes[0].set_ylabel("studies/s, jobs")
-    axes[0].legend(loc="upper right")
+    axes[0].set_ylabel("studies/s")
+    axes[0].legend(loc="upper left")
+    pending = axes[0].twinx()
+    pending.plot(times, [s["jobs_pending"] for s in samples], color="tab:orange")
+    pending.set_ylabel("jobs pending (orange)")
     axes[1].plot(
         [s["t_s"] for s in result.get("latency_points", [])],
         [s["latency_s"] for s in result.get("latency_points", [])],
