@@ -170,9 +170,16 @@ def test_the_pool_reuses_checks_and_closes_associations(tmp_path: Path) -> None:
 
 
 def test_images_after_the_result_supersede_it(
-    make_service: Callable[..., Any], storescp: Storescp, dx_factory: Callable[..., Path]
+    make_service: Callable[..., Any],
+    storescp: Storescp,
+    dx_factory: Callable[..., Path],
+    database_url: str,
 ) -> None:
-    service = make_service(destinations=[f"PACS=PACSAE@127.0.0.1:{storescp.port}"], **NO_POLL)
+    service = make_service(
+        destinations=[f"PACS=PACSAE@127.0.0.1:{storescp.port}"],
+        database_url=database_url,
+        **NO_POLL,
+    )
     study = generate_uid()
     first_image = dx_factory(study_uid=study, size=256)
     _send(service, first_image)  # completed on release: read and sent

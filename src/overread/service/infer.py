@@ -311,6 +311,9 @@ class InferenceHandler:
 
         dicom_jobs: list[int] = []
         with self.services.database.session() as session:
+            # The study row first, as the study's routing does (see _completed_again):
+            # both lock it before any job row, so neither waits on the other's.
+            study_state = self._lock_study(session, job) if summary is not None else None
             if result_id is None:
                 replaced = None if replaces is None else session.get(Result, replaces)
                 if replaced is not None:
@@ -412,19 +415,30 @@ class InferenceHandler:
                     model_version=job.model_version,
                 )
             self.services.queue.mark_succeeded(session, job.id, self.services.owner)
-            if summary is not None and self._completed_again(session, job, summary):
+            if summary is not None and self._completed_again(session, job, summary, study_state):
                 # Images came while this ran and the study was completed again
                 # meanwhile (whose routing saw the job running): read it again.
                 self.services.queue.requeue_finished(session, job.id)
         return dicom_jobs
 
-    def _completed_again(self, session: Session, job: Job, summary: dict[str, Any]) -> bool:
-        """Whether the study, complete again, has images this run did not read."""
-        state = session.scalar(
+    @staticmethod
+    def _lock_study(session: Session, job: Job) -> str | None:
+        """The study's state, its row locked until the transaction ends (PostgreSQL)."""
+        return session.scalar(
             select(Study.state)
             .where(Study.study_instance_uid == job.study_instance_uid)
             .with_for_update()
         )
+
+    def _completed_again(
+        self, session: Session, job: Job, summary: dict[str, Any], state: str | None
+    ) -> bool:
+        """Whether the study, complete again, has images this run did not read.
+
+        ``state`` was read with the study row locked at the start of the finishing
+        transaction; the study's routing locks the row before it looks at this job,
+        so either it sees this job finished (and queues it again itself) or this
+        sees the study complete again."""
         if state == StudyState.RECEIVING.value:
             return False  # its completion re-queues the job
         read = set(summary.get("sop_instance_uids") or ())
