@@ -258,3 +258,17 @@ def test_a_send_waiting_to_open_gets_the_association_released(tmp_path: Path) ->
     finally:
         pool.close()
         pacs.stop()
+
+
+def test_associations_are_kept_only_where_one_process_sends(tmp_path: Path) -> None:
+    from overread.config import Settings
+    from overread.service.config import service_config
+
+    settings = Settings(data_dir=tmp_path / "data")
+    assert service_config(settings).kept_association_seconds == 5.0
+    broker = service_config(settings, broker_url="amqp://guest:guest@127.0.0.1:5672//")
+    assert broker.kept_association_seconds == 0.0
+    chosen = service_config(
+        settings, broker_url="amqp://guest:guest@127.0.0.1:5672//", association_idle_seconds=20
+    )
+    assert chosen.kept_association_seconds == 20.0

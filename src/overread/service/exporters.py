@@ -111,7 +111,7 @@ class DicomExporter:
     def __init__(self, services: JobServices, associations: AssociationPool | None = None) -> None:
         self.services = services
         self.associations = associations or AssociationPool(
-            services.config.association_idle_seconds
+            services.config.kept_association_seconds
         )
 
     def export(self, job: Job, payload: DicomExportPayload) -> None:

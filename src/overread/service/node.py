@@ -122,7 +122,7 @@ class ServiceNode:
         self.with_assembler = with_assembler
         prefix = worker_identity()
         #: Associations to DICOM destinations kept between sends, for every worker.
-        self.associations = AssociationPool(config.association_idle_seconds)
+        self.associations = AssociationPool(config.kept_association_seconds)
         self.pool = WorkerPool(
             config.workers,
             lambda i: Worker(
