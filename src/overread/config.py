@@ -67,11 +67,14 @@ class InferenceSettings(BaseModel):
     ``runtime`` ``onnx`` (ONNX Runtime, the default) or ``torch``; ``precision``
     ``auto`` (the package's INT8 model when it has one and it agrees with FP32 on
     this CPU), ``fp32`` or ``int8``. ``overread bench inference`` measures each
-    runtime side by side on the node, which is how to choose.
+    runtime side by side on the node, which is how to choose. ``device`` ``auto``
+    (a GPU when one is usable: ONNX Runtime's CUDA execution provider, torch's CUDA;
+    else the CPU), ``cpu``, ``cuda`` or ``cuda:N``.
     """
 
     runtime: str = Field(default="onnx", pattern="^(onnx|torch)$")
     precision: str = Field(default="auto", pattern="^(auto|fp32|int8)$")
+    device: str = Field(default="auto", pattern=r"^(auto|cpu|cuda(:[0-9]+)?)$")
 
 
 class Settings(BaseSettings):

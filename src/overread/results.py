@@ -510,6 +510,79 @@ class GateVerdict:
         )
 
 
+@dataclass(frozen=True)
+class Region:
+    """One object a segmentation or detection model found in a volume (a nodule).
+
+    Coordinates are in the patient frame (LPS, mm): ``centre_mm`` the centroid,
+    ``box_mm`` the axis-aligned box ``(x0, y0, z0, x1, y1, z1)`` of the voxel
+    centres' extent grown by half a voxel; ``box_voxels`` is
+    ``(slice0, row0, col0, slice1, row1, col1)`` (ends exclusive) in the source
+    volume. ``density`` is ``solid``, ``part-solid`` or ``ground-glass``;
+    ``category`` the Lung-RADS-style size/density category (see
+    :func:`overread.inference.nodules.categorise`); ``growth`` compares it with the
+    matched nodule of the latest prior result (``None`` without a prior).
+    """
+
+    label: str
+    index: int
+    score: float
+    volume_mm3: float
+    longest_diameter_mm: float
+    mean_hu: float
+    solid_fraction: float
+    density: str
+    category: str
+    centre_mm: tuple[float, float, float]
+    box_mm: tuple[float, float, float, float, float, float]
+    box_voxels: tuple[int, int, int, int, int, int]
+    segment_number: int | None = None
+    growth: Mapping[str, Any] | None = None
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-able form (also what a stored result keeps)."""
+        return {
+            "label": self.label,
+            "index": self.index,
+            "score": round(self.score, 6),
+            "volume_mm3": round(self.volume_mm3, 3),
+            "longest_diameter_mm": round(self.longest_diameter_mm, 3),
+            "mean_hu": round(self.mean_hu, 2),
+            "solid_fraction": round(self.solid_fraction, 4),
+            "density": self.density,
+            "category": self.category,
+            "centre_mm": [round(v, 3) for v in self.centre_mm],
+            "box_mm": [round(v, 3) for v in self.box_mm],
+            "box_voxels": list(self.box_voxels),
+            "segment_number": self.segment_number,
+            "growth": None if self.growth is None else dict(self.growth),
+        }
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> Region:
+        """Read a stored region back."""
+        centre = tuple(float(v) for v in data.get("centre_mm") or (0.0, 0.0, 0.0))
+        box = tuple(float(v) for v in data.get("box_mm") or (0.0,) * 6)
+        voxels = tuple(int(v) for v in data.get("box_voxels") or (0,) * 6)
+        number = data.get("segment_number")
+        return cls(
+            label=str(data.get("label") or ""),
+            index=int(data.get("index") or 0),
+            score=float(data.get("score") or 0.0),
+            volume_mm3=float(data.get("volume_mm3") or 0.0),
+            longest_diameter_mm=float(data.get("longest_diameter_mm") or 0.0),
+            mean_hu=float(data.get("mean_hu") or 0.0),
+            solid_fraction=float(data.get("solid_fraction") or 0.0),
+            density=str(data.get("density") or ""),
+            category=str(data.get("category") or ""),
+            centre_mm=(centre[0], centre[1], centre[2]),
+            box_mm=(box[0], box[1], box[2], box[3], box[4], box[5]),
+            box_voxels=(voxels[0], voxels[1], voxels[2], voxels[3], voxels[4], voxels[5]),
+            segment_number=None if number is None else int(number),
+            growth=None if data.get("growth") is None else dict(data["growth"]),
+        )
+
+
 @dataclass
 class Prediction:
     """A model's result for one input, successful (``ok``) or not (``error``).
@@ -519,7 +592,9 @@ class Prediction:
     ``masks`` are a segmentation model's per-label masks on the stored image.
     ``gate`` is the input gate's verdict (``None`` where no gate ran);
     ``outside_intended_use`` marks a result a reader asked for on an image the
-    gate refused.
+    gate refused. ``regions`` are the objects a volumetric (segmentation or
+    detection) model found in a series (``None`` for a classifier); ``task`` is the
+    package's task.
     """
 
     path: str | None
@@ -534,6 +609,8 @@ class Prediction:
     masks: dict[str, np.ndarray] | None = None
     gate: GateVerdict | None = None
     outside_intended_use: bool = False
+    regions: list[Region] | None = None
+    task: str = "multi-label-classification"
 
     @property
     def positives(self) -> list[FindingResult]:
@@ -571,7 +648,14 @@ class Prediction:
             "warnings": list(self.warnings),
             "gate": None if self.gate is None else self.gate.to_dict(),
             "outside_intended_use": self.outside_intended_use,
+            **self._volume_dict(),
         }
+
+    def _volume_dict(self) -> dict[str, Any]:
+        """``task`` and ``regions``, only for a volumetric model's result."""
+        if self.regions is None:
+            return {}
+        return {"task": self.task, "regions": [r.to_dict() for r in self.regions]}
 
     def to_summary_dict(self) -> dict[str, Any]:
         """The form stored with a result, one per image (``summary["instances"]``);
@@ -588,6 +672,7 @@ class Prediction:
             data["gate"] = self.gate.to_dict()
         if self.outside_intended_use:
             data["outside_intended_use"] = True
+        data.update(self._volume_dict())
         return data
 
     @classmethod
@@ -609,6 +694,10 @@ class Prediction:
             },
             gate=None if not data.get("gate") else GateVerdict.from_dict(data["gate"]),
             outside_intended_use=bool(data.get("outside_intended_use", False)),
+            regions=None
+            if data.get("regions") is None
+            else [Region.from_dict(r) for r in data["regions"]],
+            task=str(data.get("task") or "multi-label-classification"),
         )
 
 
@@ -658,6 +747,10 @@ class ResultSummary:
         The study's header facts (``None`` for results stored before they were kept).
     timings
         Seconds per stage of the infer job, summed over the images.
+    calibration
+        Which calibration the findings got: the study's site, where it came from, and
+        ``site`` or ``global`` (see :mod:`overread.inference.site_calibration`);
+        ``None`` for results stored before it was recorded.
     """
 
     alias: str = ""
@@ -665,6 +758,7 @@ class ResultSummary:
     sop_instance_uids: tuple[str, ...] = ()
     study: StudyHeader | None = None
     timings: Mapping[str, float] = field(default_factory=dict)
+    calibration: Mapping[str, Any] | None = None
 
     def usable(self) -> list[tuple[int, Prediction]]:
         """``(index, prediction)`` of every image the model read successfully."""
@@ -684,6 +778,8 @@ class ResultSummary:
         if self.study is not None:
             data["study"] = self.study.to_dict()
         data["timings"] = dict(self.timings)
+        if self.calibration is not None:
+            data["calibration"] = dict(self.calibration)
         return data
 
     @classmethod
@@ -691,12 +787,14 @@ class ResultSummary:
         """Read a stored summary back (any key may be missing)."""
         data = data or {}
         study = data.get("study")
+        calibration = data.get("calibration")
         return cls(
             alias=str(data.get("alias") or ""),
             instances=tuple(Prediction.from_summary_dict(i) for i in data.get("instances") or []),
             sop_instance_uids=tuple(str(u) for u in data.get("sop_instance_uids") or []),
             study=None if study is None else StudyHeader.from_dict(study),
             timings={str(k): float(v) for k, v in (data.get("timings") or {}).items()},
+            calibration=None if calibration is None else dict(calibration),
         )
 
 
@@ -709,6 +807,7 @@ __all__ = [
     "HeatmapPlacement",
     "ModelRef",
     "Prediction",
+    "Region",
     "ResultSummary",
     "StudyHeader",
 ]

@@ -15,6 +15,7 @@ from alembic.migration import MigrationContext
 import overread.audit.schema
 import overread.security.schema
 import overread.service.db
+import overread.service.monitor.store
 import overread.service.release_gate
 import overread.service.rollout
 import overread.triage.schema  # noqa: F401

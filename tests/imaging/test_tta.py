@@ -75,3 +75,22 @@ def test_settings_round_trip_and_refuse_nonsense() -> None:
         TestTimeAugmentation(views=0)
     with pytest.raises(ConfigError):
         TestTimeAugmentation(max_shift=-0.1)
+
+
+def test_the_warp_samples_as_torch_grid_sample_does() -> None:
+    torch = pytest.importorskip("torch")
+    import torch.nn.functional as F
+
+    from overread.imaging.tta import _warp
+
+    x = _batch(2, 40)
+    theta = np.array([[0.97, -0.08, 0.05], [0.08, 0.97, -0.04]])
+    grid = F.affine_grid(
+        torch.tensor(theta, dtype=torch.float32).expand(2, 2, 3),
+        [2, 1, 40, 40],
+        align_corners=False,
+    )
+    expected = F.grid_sample(
+        torch.from_numpy(x), grid, mode="bilinear", padding_mode="zeros", align_corners=False
+    ).numpy()
+    np.testing.assert_allclose(_warp(x, theta), expected, atol=2e-5)

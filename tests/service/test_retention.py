@@ -481,3 +481,104 @@ def test_a_study_whose_result_waits_for_review_keeps_its_data(
     assert report.plan.empty and report.applied == ()
     assert [s.reason for s in report.plan.skipped] == [SkipReason.PENDING_REVIEW]
     assert _count(site, Instance, uid) == 2 and _count(site, Result, uid) == 1
+
+
+# -- retention against an instance arriving with the same bytes ------------------------
+#
+# Identical bytes share one file. When retention has deleted a study's rows and the same
+# instance is sent again before retention removes the file, the two must not cross:
+# the instance's row would name a file removed just after. Both orders are driven
+# step by step below (threads held at the point where they would cross).
+
+
+def _old_image(site: Site, dx_factory: Callable[..., Path]) -> tuple[Path, str]:
+    """A routed study of one image received 400 days ago: its file and its key."""
+    made: list[Path] = []
+
+    def factory(**kwargs: Any) -> Path:
+        made.append(dx_factory(**kwargs))
+        return made[-1]
+
+    uid = _study(site, factory, days_old=400, images=1)
+    [key] = _keys(site, uid)
+    return made[0], key
+
+
+def _instance_rows(site: Site, key: str) -> int:
+    with site.database.session() as session:
+        return int(
+            session.scalar(
+                select(func.count()).select_from(Instance).where(Instance.object_key == key)
+            )
+            or 0
+        )
+
+
+def test_retention_waits_for_an_arriving_instance_and_keeps_its_file(
+    site: Site, dx_factory: Callable[..., Path], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import threading
+
+    image, key = _old_image(site, dx_factory)
+    in_commit, go = threading.Event(), threading.Event()
+    commits = site.ingestor._commits
+    write = commits._write
+
+    def held_write(rows: Any) -> None:
+        in_commit.set()  # the object is stored (found there), its row not yet committed
+        assert go.wait(10)
+        write(rows)
+
+    monkeypatch.setattr(commits, "_write", held_write)
+    arrival = threading.Thread(
+        target=lambda: site.ingestor.ingest_file(image, calling_ae="MODALITY")
+    )
+    remove = site.store.remove_unreferenced
+    removed: list[int | None] = []
+
+    def crossing(object_key: str, referenced: Callable[[], bool]) -> int | None:
+        # Retention has deleted the study's rows; the same instance arrives now.
+        arrival.start()
+        assert in_commit.wait(10)
+        remover = threading.Thread(target=lambda: removed.append(remove(object_key, referenced)))
+        remover.start()
+        remover.join(0.5)
+        assert remover.is_alive(), "retention removed a file an arriving instance is using"
+        go.set()  # the instance's row is committed; retention goes on and sees it
+        arrival.join(10)
+        remover.join(10)
+        return removed[0]
+
+    monkeypatch.setattr(site.store, "remove_unreferenced", crossing)
+    report = run_retention(site.database, site.store, RetentionSettings(images_days=30), now=NOW)
+    assert report.applied and removed == [None] and report.removed_objects == 0
+    assert site.store.exists(key) and _instance_rows(site, key) == 1
+
+
+def test_an_instance_arriving_while_retention_removes_its_file_is_written_anew(
+    site: Site, dx_factory: Callable[..., Path], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import threading
+
+    image, key = _old_image(site, dx_factory)
+    arrival = threading.Thread(
+        target=lambda: site.ingestor.ingest_file(image, calling_ae="MODALITY")
+    )
+    remove = site.store.remove_unreferenced
+
+    def crossing(object_key: str, referenced: Callable[[], bool]) -> int | None:
+        def looked() -> bool:
+            answer = referenced()  # no row: the file is about to go
+            arrival.start()  # the same instance arrives between the look and the removal
+            arrival.join(0.5)
+            assert arrival.is_alive(), "an instance was recorded on a file being removed"
+            return answer
+
+        return remove(object_key, looked)
+
+    monkeypatch.setattr(site.store, "remove_unreferenced", crossing)
+    report = run_retention(site.database, site.store, RetentionSettings(images_days=30), now=NOW)
+    arrival.join(10)
+    assert report.removed_objects == 1
+    # The arrival waited for the removal, then wrote its bytes again under the same key.
+    assert site.store.exists(key) and _instance_rows(site, key) == 1

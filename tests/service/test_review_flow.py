@@ -59,12 +59,19 @@ def _actions(service: Gateway) -> list[AuditEvent]:
 
 
 def _post(service: Gateway, uid: str, body: dict[str, Any], token: str) -> httpx.Response:
-    return httpx.post(
-        f"http://127.0.0.1:{service.http_port}/api/studies/{uid}/review",
-        json=body,
-        headers=bearer(token),
-        timeout=60,
-    )
+    """A verdict on the study's results as the reader sees them now (GET, then POST)."""
+    url = f"http://127.0.0.1:{service.http_port}/api/studies/{uid}/review"
+    if "results" not in body:
+        shown = httpx.get(url, headers=bearer(token), timeout=30)
+        if shown.status_code == 200:
+            body = {
+                **body,
+                "results": [
+                    {"result_id": r["result_id"], "version": r["version"]}
+                    for r in shown.json()["results"]
+                ],
+            }
+    return httpx.post(url, json=body, headers=bearer(token), timeout=60)
 
 
 def _content_items(items: Any) -> Iterator[Dataset]:
@@ -271,7 +278,8 @@ def test_a_role_without_verify_permission_gets_403(held_study: tuple[Gateway, st
     service, uid = held_study
     for role in ("technologist", "admin", "auditor", "service"):
         token = api_token(service, role)
-        assert _post(service, uid, {"action": "accept"}, token).status_code == 403, role
+        body = {"action": "accept", "results": [{"result_id": 1, "version": "0"}]}
+        assert _post(service, uid, body, token).status_code == 403, role
     review = _review(service)
     assert review is not None and review.state == "pending"
     denied = [e for e in _actions(service) if e.action == "access-denied"]
@@ -491,3 +499,76 @@ def test_a_reader_who_rejects_while_the_time_out_sweep_runs_wins(
     assert after is not None and after.state == "rejected"
     time.sleep(1.0)
     assert [j.kind for j in _jobs(service)] == ["infer"] and storescp.files() == []
+
+
+def test_the_pdf_and_overlays_go_out_verified_and_a_correction_resends_every_kind(
+    make_service: Callable[..., Gateway], storescp: Storescp, dx_factory: Callable[..., Path]
+) -> None:
+    from overread.service.outputs import ENCAPSULATED_PDF_STORAGE
+
+    from .test_pdf_flow import _report_text
+
+    service = make_service(
+        routes=[_route(review=True)],
+        destinations=[f"PACS=PACSAE@127.0.0.1:{storescp.port}"],
+        verifying_organization="General Hospital",
+        pdf_report=True,
+        explain=True,
+    )
+    image = dx_factory(size=256)
+    storescu(service.dicom_port or 0, [image])
+    wait_until(lambda: _review(service) is not None)
+    uid = str(pydicom.dcmread(image, stop_before_pixels=True).StudyInstanceUID)
+    reader = api_token(service, "radiologist", username="dr.pdf")
+    assert _post(service, uid, {"action": "accept"}, reader).status_code == 200
+    wait_until(lambda: [j.state for j in _jobs(service)] == ["succeeded", "succeeded"])
+
+    def received(files: list[Path]) -> dict[str, list[Path]]:
+        kinds: dict[str, list[Path]] = {"SR": [], "DOC": [], "OT": []}
+        for path in files:
+            ds = pydicom.dcmread(path, stop_before_pixels=True)
+            if ds.SOPClassUID == ENCAPSULATED_PDF_STORAGE:
+                kinds["DOC"].append(path)
+            elif str(ds.SOPClassUID).startswith("1.2.840.10008.5.1.4.1.1.88."):
+                kinds["SR"].append(path)
+            else:
+                kinds["OT"].append(path)
+        return kinds
+
+    first = received(storescp.files())
+    assert len(first["SR"]) == 1 and len(first["DOC"]) == 1 and first["OT"], first
+    document, text, images = _report_text(first["DOC"][0])
+    # Nothing unverified reached the PACS: the report and every overlay state the reader.
+    assert document.VerificationFlag == "VERIFIED"
+    assert "verified by a radiologist" in text and "Verified by dr.pdf" in text
+    assert "not verified" not in text
+    assert images == len(first["OT"])
+    assert dciodvfy_errors(first["DOC"][0]) == [] and dciodvfy_errors(first["OT"][0]) == []
+    labels = []
+    for path in first["OT"]:
+        overlay = pydicom.dcmread(path, stop_before_pixels=True)
+        assert str(overlay.SeriesDescription).endswith("(verified)")
+        assert "Verified by dr.pdf" in str(overlay.ImageComments)
+        labels.append(str(overlay.DerivationDescription).partition(" heatmap from ")[0])
+
+    # The reader corrects one finding shown on an overlay to negative: the correction
+    # resends every kind (SR, PDF, overlays) and the overlay of that finding is gone.
+    label = labels[0]
+    answer = _post(service, uid, {"action": "edit", "findings": {label: "negative"}}, reader)
+    assert answer.status_code == 200, answer.text
+    assert answer.json()["results"][0]["report_status"] == "amended"
+    expected = len(storescp.files()) + 2 + len(labels) - 1
+    wait_until(lambda: len(storescp.files()) == expected)
+    before = {p for kind in first.values() for p in kind}
+    second = received([p for p in storescp.files() if p not in before])
+    assert len(second["SR"]) == 1 and len(second["DOC"]) == 1
+    assert len(second["OT"]) == len(labels) - 1
+    _, corrected, _ = _report_text(second["DOC"][0])
+    assert f"{label.lower()}: negative" in corrected and "amended" in corrected
+    shown = {
+        str(pydicom.dcmread(p, stop_before_pixels=True).DerivationDescription).partition(
+            " heatmap from "
+        )[0]
+        for p in second["OT"]
+    }
+    assert label not in shown

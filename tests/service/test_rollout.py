@@ -179,3 +179,201 @@ def test_an_export_of_a_killed_model_is_held_without_counting_an_attempt(
         assert queue.claim("w", lease_seconds=30) is None  # held is never claimed
     finally:
         db.dispose()
+
+
+def _infer(
+    queue: JobQueue, study: str, version: str, role: str | None, alias: str = "chest"
+) -> int:
+    payload: dict[str, object] = {"alias": alias, "destinations": []}
+    if role is not None:
+        payload.update(model=f"m@{version}", role=role)
+    with queue.database.session() as session:
+        job_id, _ = queue.enqueue(
+            session,
+            study_instance_uid=study,
+            model_name="m",
+            model_version=version,
+            kind=JobKind.INFER,
+            route="chest-xray",
+            priority=3,
+            payload=payload,
+        )
+    return job_id
+
+
+def _state(database: Database, job_id: int) -> str:
+    with database.session() as session:
+        job = session.get(Job, job_id)
+        assert job is not None
+        return job.state
+
+
+def _active_jobs(database: Database) -> dict[str, tuple[str, int, str]]:
+    with database.session() as session:
+        return {
+            j.study_instance_uid: (j.state, j.priority, j.route)
+            for j in session.scalars(
+                select(Job).where(Job.model_version == "1", Job.kind == JobKind.INFER.value)
+            ).all()
+        }
+
+
+def test_a_rollback_cancels_the_candidates_waiting_jobs_and_reroutes_canary_studies(
+    database: Database,
+) -> None:
+    store = RolloutStore(database, critical={})
+    queue = JobQueue(database)
+    store.start(
+        "chest",
+        active_ref="m@1",
+        candidate_ref="m@2",
+        state=RolloutState.CANARY,
+        actor="t",
+        canary_share=0.5,
+    )
+    queued = _infer(queue, "1.1", "2", "canary")
+    retrying = _infer(queue, "1.2", "2", "canary")
+    dead = _infer(queue, "1.3", "2", "canary")
+    shadow = _infer(queue, "1.4", "2", "shadow")
+    other_alias = _infer(queue, "1.5", "2", "canary", alias="knee")
+    with database.session() as session:
+        for job_id, state in ((retrying, JobState.FAILED), (dead, JobState.DEAD_LETTERED)):
+            job = session.get(Job, job_id)
+            assert job is not None
+            job.state = state.value
+    ended = store.end("chest", RolloutState.ROLLED_BACK, actor="dr.ops", reason="by hand")
+    assert ended is not None
+    assert [_state(database, j) for j in (queued, retrying, dead, shadow, other_alias)] == [
+        "cancelled",
+        "cancelled",
+        "dead_lettered",  # a dead letter stays one; its study is sent to m@1 all the same
+        "cancelled",
+        "queued",  # another alias's rollout is not this one
+    ]
+    # Every canary study gets the active version; the shadow's study has it already.
+    assert _active_jobs(database) == {
+        "1.1": ("queued", 3, "chest-xray"),
+        "1.2": ("queued", 3, "chest-xray"),
+        "1.3": ("queued", 3, "chest-xray"),
+    }
+    with database.session() as session:
+        [event] = session.scalars(
+            select(AuditEvent).where(AuditEvent.action == AuditAction.ROLLOUT_REROUTE.value)
+        ).all()
+    assert event.actor == "dr.ops"
+    assert sorted(event.details["cancelled_jobs"]) == sorted([queued, retrying, shadow])
+    assert len(event.details["queued_jobs"]) == 3
+    # What the workers claim now is the active version's or the other alias's, never a
+    # cancelled job; a cancelled job cannot be put back in the queue.
+    claimed = set()
+    while (job := queue.claim("w", lease_seconds=30)) is not None:
+        claimed.add((job.study_instance_uid, job.model_version))
+    assert claimed == {("1.1", "1"), ("1.2", "1"), ("1.3", "1"), ("1.5", "2")}
+    assert not queue.requeue(queued)
+
+
+def test_a_canary_job_claimed_before_the_rollback_is_skipped_when_it_would_run(
+    database: Database,
+) -> None:
+    store = RolloutStore(database, critical={})
+    queue = JobQueue(database)
+    store.start(
+        "chest",
+        active_ref="m@1",
+        candidate_ref="m@2",
+        state=RolloutState.CANARY,
+        actor="t",
+        canary_share=0.5,
+    )
+    job_id = _infer(queue, "1.1", "2", "canary")
+    claimed = queue.claim("w1", lease_seconds=30)
+    assert claimed is not None and claimed.id == job_id
+    assert not store.skip_rolled_back(job_id, "w1")  # the canary is still open: it runs
+    store.end("chest", RolloutState.ROLLED_BACK, actor="monitor", expect=RolloutState.CANARY)
+    assert _state(database, job_id) == "running"  # a claimed job is its worker's
+    assert not store.skip_rolled_back(job_id, "w2")  # only under its own lease
+    assert store.skip_rolled_back(job_id, "w1")
+    assert _state(database, job_id) == "cancelled"
+    assert _active_jobs(database) == {"1.1": ("queued", 3, "chest-xray")}
+    with database.session() as session:
+        [event] = session.scalars(
+            select(AuditEvent).where(AuditEvent.action == AuditAction.ROLLOUT_REROUTE.value)
+        ).all()
+    assert event.actor == "worker:w1" and event.details["cancelled_jobs"] == [job_id]
+
+
+def test_a_dead_lettered_canary_study_goes_to_the_active_version(database: Database) -> None:
+    store = RolloutStore(database, critical={})
+    queue = JobQueue(database)
+    store.start(
+        "chest",
+        active_ref="m@1",
+        candidate_ref="m@2",
+        state=RolloutState.CANARY,
+        actor="t",
+        canary_share=0.5,
+    )
+    job_id = _infer(queue, "1.1", "2", "canary")
+    assert store.reroute_dead_letter(job_id, actor="worker:w") == []  # not dead yet
+    claimed = queue.claim("w", lease_seconds=30)
+    assert claimed is not None
+    assert queue.mark_failed(job_id, "w", "model crashed", retryable=False) == "dead_lettered"
+    [active] = store.reroute_dead_letter(job_id, actor="worker:w")
+    assert _active_jobs(database) == {"1.1": ("queued", 3, "chest-xray")}
+    assert _state(database, job_id) == "dead_lettered"  # still counted as the canary's failure
+    assert store.open_rollout("chest") is not None and active > job_id
+
+
+class _NoModels:
+    """A model provider that must not be asked: the job is not to run."""
+
+    def get(self, *args: object, **kwargs: object) -> object:
+        raise AssertionError("the rolled-back candidate was run")
+
+    __call__ = get
+    pipeline = get
+    load = get
+
+
+def test_a_worker_skips_a_requeued_job_of_a_rolled_back_candidate(
+    database: Database, tmp_path: Path
+) -> None:
+    from overread.config import Settings
+    from overread.service.config import service_config
+    from overread.service.store import ObjectStore
+    from overread.service.worker import Worker
+
+    store = RolloutStore(database, critical={})
+    queue = JobQueue(database)
+    store.start(
+        "chest",
+        active_ref="m@1",
+        candidate_ref="m@2",
+        state=RolloutState.CANARY,
+        actor="t",
+        canary_share=0.5,
+    )
+    job_id = _infer(queue, "1.1", "2", "canary")
+    with database.session() as session:
+        job = session.get(Job, job_id)
+        assert job is not None
+        job.state = JobState.DEAD_LETTERED.value
+    store.end("chest", RolloutState.ROLLED_BACK, actor="dr.ops")
+    assert _active_jobs(database) == {"1.1": ("queued", 3, "chest-xray")}
+    with database.session() as session:  # the study's active job is done meanwhile
+        for job in session.scalars(select(Job).where(Job.model_version == "1")).all():
+            job.state = JobState.SUCCEEDED.value
+    assert queue.requeue(job_id)  # an operator puts the dead letter back
+    worker = Worker(
+        service_config(Settings(data_dir=tmp_path / "data")),
+        database,
+        ObjectStore(tmp_path / "objects", fsync=False),
+        queue,
+        _NoModels(),  # type: ignore[arg-type]
+        None,
+        name="w1",
+    )
+    ran = worker.run_once()
+    assert ran is not None and ran.id == job_id
+    assert _state(database, job_id) == "cancelled"
+    assert worker.run_once() is None  # nothing else to run: the active job is done

@@ -349,17 +349,25 @@ def test_a_canary_that_fails_is_rolled_back_on_its_failure_rate(
     inside = _uids(True, 3, 0.5)
     for n, uid in enumerate(inside[:2]):
         _send(service, dx_factory, uid)
-        wait_until(_settled(service, n + 1))
-    assert [(j.model_version, j.state) for j in _jobs(service)] == [("1.1.1", "dead_lettered")] * 2
+        # The candidate fails for good; the study is read (and sent) by the active
+        # version instead, so it is not left without a result.
+        wait_until(_settled(service, 3 * (n + 1)))
+    jobs = [(j.study_instance_uid, j.kind, j.model_version, j.state) for j in _jobs(service)]
+    for uid in inside[:2]:
+        assert sorted(j[1:] for j in jobs if j[0] == uid) == [
+            ("export", "1.1.0", "succeeded"),
+            ("infer", "1.1.0", "succeeded"),
+            ("infer", "1.1.1", "dead_lettered"),
+        ]
     wait_until(_rolled_back(rollouts))
     rollout = rollouts.store.current("chest")
     assert rollout is not None and rollout.state is RolloutState.ROLLED_BACK
     assert rollout.reason == "automatic: failure rate 1.00 > 0.20"
     # The next study of the canary's share is read (and sent) by the active version.
     _send(service, dx_factory, inside[2])
-    wait_until(_settled(service, 4))
-    assert [(j.kind, j.model_version, j.state) for j in _jobs(service)[2:]] == [
+    wait_until(_settled(service, 8))
+    assert [(j.kind, j.model_version, j.state) for j in _jobs(service)[6:]] == [
         ("infer", "1.1.0", "succeeded"),
         ("export", "1.1.0", "succeeded"),
     ]
-    assert len(storescp.files()) == 1
+    assert len(storescp.files()) == 3

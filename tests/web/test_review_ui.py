@@ -7,6 +7,7 @@ from __future__ import annotations
 import re
 import shutil
 from collections.abc import Iterator
+from datetime import timedelta
 from pathlib import Path
 
 import pydicom
@@ -15,7 +16,7 @@ from fastapi.testclient import TestClient
 from sqlalchemy import select
 
 from overread.harness import StorescpPacs, storescu, write_chest_dx
-from overread.service.db import Job, ResultReview
+from overread.service.db import Job, Result, ResultReview
 
 from .ui_support import PASSWORD, UiGateway, ui_gateway, wait_until
 
@@ -27,6 +28,14 @@ pytestmark = [
 pytest.importorskip("overread.inference", reason="the inference pipeline is not importable")
 
 CSRF = re.compile(r'name="csrf_token" value="([^"]+)"')
+SEEN = re.compile(r'name="seen" value="([^"]*)"')
+
+
+def _seen(client: TestClient, uid: str) -> str:
+    """The results the study page shows, as its review forms send them back."""
+    found = SEEN.search(client.get(f"/studies/{uid}").text)
+    assert found is not None and found.group(1)
+    return found.group(1)
 
 
 @pytest.fixture
@@ -103,7 +112,10 @@ def test_the_study_page_accepts_a_held_study_and_its_sr_goes_out_verified(
     assert page.count(f'action="/studies/{uid}/review"') == 3
     assert pacs.files() == []
 
-    done = client.post(f"/studies/{uid}/review", data={"csrf_token": csrf, "action": "accept"})
+    done = client.post(
+        f"/studies/{uid}/review",
+        data={"csrf_token": csrf, "action": "accept", "seen": _seen(client, uid)},
+    )
     assert done.status_code == 303 and done.headers["location"].startswith(f"/studies/{uid}?")
 
     def delivered() -> bool:
@@ -140,7 +152,12 @@ def test_reject_from_the_page_needs_a_reason_holder_and_the_permission(
     assert bad.status_code == 400
     done = reader.post(
         f"/studies/{uid}/review",
-        data={"csrf_token": csrf, "action": "reject", "reason": "motion artefact"},
+        data={
+            "csrf_token": csrf,
+            "action": "reject",
+            "reason": "motion artefact",
+            "seen": _seen(reader, uid),
+        },
     )
     assert done.status_code == 303
     with gw.session() as session:
@@ -156,3 +173,36 @@ def test_reject_from_the_page_needs_a_reason_holder_and_the_permission(
     assert 'data-state="rejected"' in page and "motion artefact" in page
     assert 'id="review-accept"' not in page
     assert pacs.files() == []
+
+
+def test_a_verdict_on_results_that_changed_since_the_page_is_refused(
+    held: tuple[UiGateway, str], pacs: StorescpPacs
+) -> None:
+    gw, uid = held
+    client = TestClient(gw.app, follow_redirects=False)
+    csrf = _login(client, "dr.grey")
+    seen = _seen(client, uid)
+    # Without the results the page showed, nothing is applied.
+    bare = client.post(f"/studies/{uid}/review", data={"csrf_token": csrf, "action": "accept"})
+    assert bare.status_code == 400
+    # The result is read again after the page was rendered ("analyse anyway").
+    with gw.session() as session:
+        result = session.scalar(select(Result))
+        assert result is not None
+        result.created_at = result.created_at + timedelta(seconds=1)
+    stale = client.post(
+        f"/studies/{uid}/review", data={"csrf_token": csrf, "action": "accept", "seen": seen}
+    )
+    assert stale.status_code == 409
+    assert "changed since they were shown" in stale.text and "reload" in stale.text
+    with gw.session() as session:
+        assert session.scalar(select(ResultReview.state)) == "pending"
+        assert list(session.scalars(select(Job.kind))) == ["infer"]
+    # Seen anew, the verdict applies.
+    done = client.post(
+        f"/studies/{uid}/review",
+        data={"csrf_token": csrf, "action": "accept", "seen": _seen(client, uid)},
+    )
+    assert done.status_code == 303
+    with gw.session() as session:
+        assert session.scalar(select(ResultReview.state)) == "accepted"

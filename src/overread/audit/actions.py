@@ -57,6 +57,8 @@ class AuditAction(enum.StrEnum):
     ROLLOUT_PROMOTE = "rollout-promote"
     #: A shadow or canary was ended without promotion (by hand or automatically).
     ROLLOUT_ROLLBACK = "rollout-rollback"
+    #: Jobs of a rolled-back candidate cancelled, their studies sent to the active version.
+    ROLLOUT_REROUTE = "rollout-reroute"
     #: A model's kill switch was engaged or released (its exports held or let go).
     KILL_SWITCH = "kill-switch"
     #: A candidate was judged on the registered test cohorts before promotion.

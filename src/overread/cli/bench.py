@@ -50,6 +50,11 @@ def bench_inference(
         "--densenet121",
         help="Also time a DenseNet-121 under every runtime (a few minutes on 2 cores).",
     ),
+    device: str = typer.Option(
+        "cpu",
+        "--device",
+        help="Also time GPU runtimes: auto (where present), cuda or cuda:N (refused without one).",
+    ),
     as_json: bool = typer.Option(False, "--json", help="Print the whole result as JSON."),
 ) -> None:
     """Torch eager vs ONNX Runtime FP32 vs INT8 (and OpenVINO if installed), side by side."""
@@ -69,6 +74,7 @@ def bench_inference(
         threads=threads,
         quantisation=quantisation,
         densenet121=densenet121,
+        device=device,
     )
     if as_json:
         typer.echo(json.dumps(result, indent=2))
@@ -111,6 +117,8 @@ def bench_inference(
     summary.add_row(
         "INT8 vs FP32 max |probability difference|", _fmt(result["int8_max_prob_diff"], 4)
     )
+    for reason in result.get("gpu_skipped") or []:
+        summary.add_row("GPU row not timed", reason)
     summary.add_row(
         f"read + preprocess {pre['image']}, 1 core, as served (ms)", _fmt(pre["preprocess_ms"], 1)
     )
@@ -245,7 +253,8 @@ def _e2e_tables(result: dict[str, Any]) -> list[Table]:
     from overread.bench.e2e import STAGES
 
     latency = Table(title="C-STORE start -> SR complete at the PACS (stable wait excluded)")
-    for column in ("backend", "rate /s", "workers", "done", "p50 ms", "p95 ms", "p99 ms", "max ms"):
+    columns = ("backend", "rate /s", "workers", "done", "p50 ms", "p95 ms", "p99 ms", "max ms")
+    for column in (*columns, "p95 ms from last image"):
         latency.add_column(column, justify="left" if column == "backend" else "right")
     for row in result["latency"]:
         latency.add_row(
@@ -257,6 +266,7 @@ def _e2e_tables(result: dict[str, Any]) -> list[Table]:
             _ms(row["p95_s"]),
             _ms(row["p99_s"]),
             _ms(row["max_s"]),
+            _ms(row.get("stages", {}).get("after_receive_p95_s")),
         )
     saturation = Table(title="Throughput at saturation (all studies sent at once)")
     for column in ("backend", "workers", "done", "studies/s", "studies/day", "p50 ms", "p95 ms"):
@@ -296,6 +306,10 @@ def _e2e_tables(result: dict[str, Any]) -> list[Table]:
     summary.add_row(
         "p50 / p95 at the lowest rate (s)",
         f"{_fmt(result['p50_s'], 3)} / {_fmt(result['p95_s'], 3)}",
+    )
+    summary.add_row(
+        "p95 from the last image received at the gateway (s)",
+        _fmt(result.get("p95_after_receive_s"), 3),
     )
     summary.add_row("stable_wait_s (measured)", _fmt(result.get("stable_wait_s"), 3))
     summary.add_row(
@@ -396,6 +410,108 @@ def bench_e2e(
     )
 
 
+def _soak_tables(result: dict[str, Any], plot: Path | None) -> list[Table]:
+    from rich.table import Table
+
+    summary = Table(
+        title=f"Soak: {result['options']['rate']:g} studies/s offered for "
+        f"{result['sending_s']:.0f} s, {result['image_mb']:g} MB images, "
+        f"{result['options']['workers']} worker(s)"
+    )
+    summary.add_column("")
+    summary.add_column("", justify="right")
+    rows = [
+        (
+            "sent / acknowledged / reported",
+            f"{result['sent']} / {result['acknowledged']} / {result['reported']}",
+        ),
+        ("lost / duplicated", f"{result['lost']} / {result['duplicated']}"),
+        ("offered studies/s", _fmt(result["offered_per_s"], 2)),
+        ("completed studies/s (first send to last report)", _fmt(result["completed_per_s"], 2)),
+        ("sustained", "yes" if result["sustained"] else "no"),
+        (
+            "p50 / p95 / max s",
+            f"{_fmt(result['p50_s'], 3)} / {_fmt(result['p95_s'], 3)} / {_fmt(result['max_s'], 3)}",
+        ),
+        ("RSS growth, last quarter - first (MB)", _fmt(result["rss_growth_mb"], 1)),
+        ("open files growth, last quarter - first", _fmt(result["open_files_growth"], 1)),
+    ]
+    if plot is not None:
+        rows.append(("plot", str(plot)))
+    for name, value in rows:
+        summary.add_row(name, value)
+    chunks = Table(title="Latency per chunk of studies, in sending order")
+    for column in ("studies", "reported", "p50 s", "p95 s"):
+        chunks.add_column(column, justify="left" if column == "studies" else "right")
+    for chunk in result["chunks"]:
+        chunks.add_row(
+            chunk["studies"],
+            str(chunk["reported"]),
+            _fmt(chunk["p50_s"], 3),
+            _fmt(chunk["p95_s"], 3),
+        )
+    over_time = Table(title="Over time")
+    for column in ("t s", "sent", "reported", "jobs pending", "RSS MB", "open files", "threads"):
+        over_time.add_column(column, justify="right")
+    samples = result["samples"]
+    step = max(1, len(samples) // 12)
+    for sample in [*samples[:-1:step], samples[-1]]:
+        over_time.add_row(
+            f"{sample['t_s']:.0f}",
+            str(sample["sent"]),
+            str(sample["reported"]),
+            str(sample["jobs_pending"]),
+            f"{sample['rss_mb']:.0f}",
+            str(sample["open_files"]),
+            str(sample["threads"]),
+        )
+    return [summary, chunks, over_time]
+
+
+@bench_app.command("soak")
+def bench_soak(
+    rate: float = typer.Option(4.0, "--rate", help="Studies per second offered (fixed gaps)."),
+    duration: float = typer.Option(120.0, "--duration", min=1, help="Seconds of sending."),
+    studies: int = typer.Option(100_000, "--studies", min=1, help="Stop sending after these."),
+    size: int = typer.Option(1024, "--size", min=64, max=3000, help="Phantom image side, px."),
+    workers: int = typer.Option(2, "--workers", min=1, max=16, help="Gateway worker threads."),
+    chunk: int = typer.Option(1000, "--chunk", min=1, help="Studies per latency chunk."),
+    sample_seconds: float = typer.Option(5.0, "--sample", min=0.5, help="Seconds between samples."),
+    settle: float = typer.Option(120.0, "--settle", min=1, help="Wait for the last reports, s."),
+    plot: Path | None = typer.Option(None, "--plot", help="Write the plot (PNG) here."),
+    as_json: bool = typer.Option(False, "--json", help="Print the whole result as JSON."),
+    append_docs: bool = typer.Option(False, "--append-docs", help="Append to docs/benchmarks.md."),
+) -> None:
+    """The gateway under a steady rate: throughput, latency, RSS and open files over time."""
+    _check_docs(append_docs)
+    from overread.bench.soak import SoakOptions, benchmark_soak, plot_soak
+
+    options = SoakOptions(
+        rate=rate,
+        duration=duration,
+        studies=studies,
+        size=size,
+        workers=workers,
+        chunk=chunk,
+        sample_seconds=sample_seconds,
+        settle=settle,
+    )
+    options.validate()
+    with _progress(not as_json) as update:
+        result = benchmark_soak(options, progress=update)
+    if plot is not None:
+        result["plot"] = str(plot_soak(result, plot))
+    points = result.pop("latency_points")
+    result["latency_points"] = len(points)
+    _emit(
+        _soak_tables(result, plot),
+        result,
+        as_json=as_json,
+        append=append_docs,
+        title="Gateway soak",
+    )
+
+
 def _ingest_table(result: dict[str, Any]) -> Table:
     from rich.table import Table
 
@@ -447,8 +563,31 @@ def bench_ingest(
             progress=lambda task: update(task, 1, 1),
         )
     _emit(
-        [_ingest_table(result)], result, as_json=as_json, append=append_docs, title="Gateway ingest"
+        [_ingest_table(result), _ingest_costs_table(result)],
+        result,
+        as_json=as_json,
+        append=append_docs,
+        title="Gateway ingest",
     )
+
+
+def _ingest_costs_table(result: dict[str, Any]) -> Table:
+    from rich.table import Table
+
+    table = Table(
+        title=f"Where overread's time per {result['mb_per_file']:.1f} MB instance goes "
+        "(each step alone, median ms; against the receivers' wall ms per instance)"
+    )
+    table.add_column("step")
+    table.add_column("ms", justify="right")
+    costs = result.get("costs_ms", {})
+    for name, value in costs.items():
+        table.add_row(name.replace("_", " "), _fmt(value, 2))
+    table.add_row("sum of the steps", _fmt(sum(costs.values()), 2))
+    for count, walls in result.get("wall_ms_per_instance", {}).items():
+        for name, value in walls.items():
+            table.add_row(f"{name} wall, {count} association(s)", _fmt(value, 2))
+    return table
 
 
 def _trust_table(result: dict[str, Any]) -> Table:
@@ -492,6 +631,72 @@ def bench_trust(
             images=images, rounds=rounds, progress=lambda task: update(task, 1, 1)
         )
     _emit([_trust_table(result)], result, as_json=as_json, append=append_docs, title="Trust score")
+
+
+def _tta_table(result: dict[str, Any]) -> Table:
+    from rich.table import Table
+
+    table = Table(
+        title=(
+            f"Test-time augmentation, {result['model']} {result['runtime']}, "
+            f"{result['studies']} studies ({result['size']} px) x {result['rounds']}, "
+            "side by side"
+        )
+    )
+    for header in (
+        "views",
+        "ms per study",
+        "x no TTA",
+        "CPU ms per study",
+        "CPU x no TTA",
+        "spread",
+    ):
+        table.add_column(header, justify="right")
+    for row in result["settings"]:
+        table.add_row(
+            "1 (no TTA)" if row["views"] == 1 else str(row["views"]),
+            _fmt(row["median_ms"], 1),
+            _fmt(row["ratio_to_single"], 2),
+            _fmt(row["cpu_ms_per_study"], 1),
+            _fmt(row["cpu_ratio_to_single"], 2),
+            "" if row["mean_spread"] is None else _fmt(row["mean_spread"], 4),
+        )
+    return table
+
+
+@bench_app.command("tta")
+def bench_tta(
+    studies: int = typer.Option(16, "--studies", min=1, help="Phantom studies (one image each)."),
+    views: str = typer.Option("4,8", "--views", help="TTA view counts to time against none."),
+    rounds: int = typer.Option(2, "--rounds", min=1, help="Passes over the studies."),
+    size: int = typer.Option(1024, "--size", min=64, help="Image side in pixels."),
+    model: str = typer.Option("cxr-default", "--model", help="Model package."),
+    as_json: bool = typer.Option(False, "--json", help="Print the whole result as JSON."),
+    append_docs: bool = typer.Option(False, "--append-docs", help="Append to docs/benchmarks.md."),
+) -> None:
+    """Time per study with and without test-time augmentation, side by side."""
+    _check_docs(append_docs)
+    from overread.bench.tta import benchmark_tta
+
+    counts = _ints(views, "--views")
+    if min(counts) < 1 or max(counts) > 64:
+        raise ConfigError(f"--views {views!r}: view counts must lie in 1..64")
+    with _progress(not as_json) as update:
+        result = benchmark_tta(
+            studies=studies,
+            views=counts,
+            rounds=rounds,
+            size=size,
+            model=model,
+            progress=lambda task: update(task, 1, 1),
+        )
+    _emit(
+        [_tta_table(result)],
+        result,
+        as_json=as_json,
+        append=append_docs,
+        title="Test-time augmentation",
+    )
 
 
 @bench_app.command("gateway")
@@ -713,3 +918,130 @@ def bench_chaos(
     )
     if not result["passed"]:
         raise typer.Exit(1)
+
+
+def _screen_table(result: dict[str, Any]) -> Table:
+    from rich.table import Table
+
+    table = Table(
+        title=(
+            f"Reading screens in Chromium (1600 x 1000), {result['studies']} studies on the "
+            f"worklist ({result['rows_shown']} rows a page), {result['repeats']} loads each, "
+            f"target ready < {result['target_ms'] / 1000:.0f} s"
+        )
+    )
+    for header in ("page", "time from navigation start", "first load ms", "median ms", "worst ms"):
+        table.add_column(
+            header, justify="left" if header in ("page", "time from navigation start") else "right"
+        )
+    for page_name in ("worklist", "study"):
+        for name, row in result[page_name].items():
+            table.add_row(
+                page_name,
+                name,
+                _fmt(row["first"], 0),
+                _fmt(row["median"], 0),
+                _fmt(row["worst"], 0),
+            )
+    return table
+
+
+@bench_app.command("worklist")
+def bench_worklist(
+    studies: int = typer.Option(1000, "--studies", min=1, help="Studies on the worklist."),
+    repeats: int = typer.Option(10, "--repeats", min=2, help="Loads of each page."),
+    as_json: bool = typer.Option(False, "--json", help="Print the whole result as JSON."),
+    append_docs: bool = typer.Option(False, "--append-docs", help="Append to docs/benchmarks.md."),
+) -> None:
+    """Worklist and study page: time until ready in a real Chromium, with N studies."""
+    _check_docs(append_docs)
+    from overread.bench.screen import benchmark_screen
+
+    with _progress(not as_json) as update:
+        result = benchmark_screen(
+            studies=studies, repeats=repeats, progress=lambda task: update(task, 1, 1)
+        )
+    _emit(
+        [_screen_table(result)],
+        result,
+        as_json=as_json,
+        append=append_docs,
+        title="Reading screens ready",
+        width=140,
+    )
+    if result["console_errors"]:
+        typer.echo(f"console errors: {'; '.join(result['console_errors'][:5])}", err=True)
+
+
+def _sliding_window_table(result: dict[str, Any]) -> Table:
+    from rich.table import Table
+
+    first = result["rows"][0]
+    table = Table(
+        title=(
+            f"CT sliding-window inference, {first['model']}, patch "
+            f"{'x'.join(str(p) for p in first['patch_size'])} at overlap {first['overlap']}, "
+            f"Gaussian blending, {result['threads']} torch threads, one process per size"
+        )
+    )
+    headers = (
+        "volume (slices x rows x cols)",
+        "float32 MB",
+        "resampled",
+        "s total",
+        "s resample",
+        "s windows",
+        "s back + nodules",
+        "RSS with volume MB",
+        "peak RSS MB",
+        "peak - with volume MB",
+    )
+    for header in headers:
+        table.add_column(header, justify="left" if header.startswith("volume") else "right")
+    for row in result["rows"]:
+        timings = row["timings"]
+        table.add_row(
+            "x".join(str(n) for n in row["shape"]),
+            _fmt(row["volume_mb"], 0),
+            "x".join(str(n) for n in row["resampled_shape"]),
+            _fmt(row["seconds"], 1),
+            _fmt(timings.get("resample"), 1),
+            _fmt(timings.get("inference"), 1),
+            _fmt(timings.get("postprocess"), 1),
+            _fmt(row["rss_with_volume_mb"], 0),
+            _fmt(row["peak_rss_mb"], 0),
+            _fmt(row["peak_rss_mb"] - row["rss_with_volume_mb"], 0),
+        )
+    return table
+
+
+@bench_app.command("sliding-window")
+def bench_sliding_window(
+    slices: str = typer.Option("75,150,300", "--slices", help="Slice counts (comma list)."),
+    size: int = typer.Option(512, "--size", min=64, help="Rows and columns of each slice."),
+    model: str = typer.Option(
+        "ct-threshold-baseline", "--model", "-m", help="A CT package (alias, name or path)."
+    ),
+    as_json: bool = typer.Option(False, "--json", help="Print the whole result as JSON."),
+    append_docs: bool = typer.Option(False, "--append-docs", help="Append to docs/benchmarks.md."),
+) -> None:
+    """A CT volume through sliding-window inference: time and peak RSS per volume size."""
+    _check_docs(append_docs)
+    from overread.bench.sliding_window import benchmark_sliding_window
+
+    counts = _ints(slices, "--slices")
+    if any(c < 2 for c in counts):
+        raise ConfigError("--slices: a volume needs at least 2 slices")
+    with _progress(not as_json) as update:
+        try:
+            result = benchmark_sliding_window(counts, size, model, progress=update)
+        except RuntimeError as exc:
+            raise ConfigError(str(exc)) from None
+    _emit(
+        [_sliding_window_table(result)],
+        result,
+        as_json=as_json,
+        append=append_docs,
+        title="CT sliding-window inference",
+        width=200,
+    )

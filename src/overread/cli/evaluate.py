@@ -19,8 +19,8 @@ from overread.errors import EvaluationError
 
 @app.command("evaluate")
 def evaluate_command(
-    out: Path = typer.Option(
-        ..., "--out", "-o", help="Directory for report.html and metrics.json."
+    out: Path | None = typer.Option(
+        None, "--out", "-o", help="Directory for report.html and metrics.json."
     ),
     model: str | None = typer.Option(None, "--model", help="Model package (alias, name or path)."),
     data: Path | None = typer.Option(
@@ -78,11 +78,81 @@ def evaluate_command(
     mc_dropout: int | None = typer.Option(
         None, "--mc-dropout", min=0, help="With --model: Monte Carlo dropout passes."
     ),
+    leave_one_site_out: bool = typer.Option(
+        False,
+        "--leave-one-site-out",
+        help="Hold out each site in turn (with --data and --model or --train): "
+        "per-site AUC, ECE, sensitivity and each remedy's effect.",
+    ),
+    train: Path | None = typer.Option(
+        None,
+        "--train",
+        help="With --leave-one-site-out: training config; one package per fold and chain "
+        "(plain and harmonised) is trained on the other sites.",
+    ),
+    label: str | None = typer.Option(
+        None, "--label", help="With --leave-one-site-out: the finding evaluated."
+    ),
+    site_column: str = typer.Option(
+        "Site", "--site-column", help="With --leave-one-site-out: truth.csv column of the site."
+    ),
+    site_sample: int = typer.Option(
+        0,
+        "--site-sample",
+        min=0,
+        help="With --leave-one-site-out: patients of each held-out site labelled for its "
+        "own calibration (left out of its figures).",
+    ),
+    calibration: str = typer.Option(
+        "temperature",
+        "--calibration",
+        help="With --leave-one-site-out: per-site map: temperature or isotonic.",
+    ),
+    min_site_cases: int | None = typer.Option(
+        None,
+        "--min-site-cases",
+        min=2,
+        help="With --leave-one-site-out: fewest labelled studies for a site's own "
+        "calibration map (the stated minimum).",
+    ),
+    remedies_table: Path | None = typer.Option(
+        None,
+        "--remedies-table",
+        help="With --leave-one-site-out: Markdown file whose remedies-table section "
+        "is (re)written with this run's table.",
+    ),
+    workdir: Path | None = typer.Option(
+        None, "--workdir", help="With --train: folder for the fold runs (default: under --out)."
+    ),
 ) -> None:
     """Evaluate a model or a predictions file: AUC with CIs, operating points, calibration, subgroups."""
     from overread.evaluation.report import json_safe, write_report
     from overread.evaluation.study import compare_models, evaluate, read_prediction_files
     from overread.inference.cohort import cohort_inputs
+
+    if leave_one_site_out or train is not None:
+        from overread.cli.held_out_sites import run_leave_one_site_out
+
+        run_leave_one_site_out(
+            model=model,
+            train=train,
+            data=data,
+            out=out,
+            as_json=as_json,
+            tta=tta,
+            label=label,
+            site_column=site_column,
+            site_sample=site_sample,
+            calibration=calibration,
+            min_site_cases=min_site_cases,
+            resamples=resamples,
+            seed=seed,
+            remedies_table=remedies_table,
+            workdir=workdir,
+        )
+        return
+    if out is None:
+        raise EvaluationError("--out is required")
 
     if model is not None or data is not None:
         if model is None or data is None:

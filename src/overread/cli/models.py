@@ -826,9 +826,30 @@ def calibrate_model_command(
     alpha: float = typer.Option(0.1, "--alpha", help="Conformal miscoverage (sets cover 1-alpha)."),
     seed: int = typer.Option(0, "--seed", help="Seed of the fit / held-out patient split."),
     as_json: bool = typer.Option(False, "--json", help="Print one JSON object."),
+    site: list[str] = typer.Option(
+        [],
+        "--site",
+        help="Fit this site's own calibration and thresholds (repeatable): its name as the "
+        "service identifies it (institution, station or calling AE).",
+    ),
+    method: str = typer.Option(
+        "temperature", "--method", help="Per-site map: temperature or isotonic (with --site)."
+    ),
+    min_images: int | None = typer.Option(
+        None,
+        "--min-images",
+        min=10,
+        help="A site's minimum labelled images (default 30 temperature, 100 isotonic).",
+    ),
+    whole_cohort: bool = typer.Option(
+        False,
+        "--whole-cohort",
+        help="Every image of --data is from the one --site (e.g. a calling AE title).",
+    ),
 ) -> None:
     """Fit calibration, operating points and conformal sets on a labelled cohort; write a
-    NEW package version carrying the evaluation report."""
+    NEW package version carrying the evaluation report. With --site: fit per-site
+    calibration and thresholds on that site's images instead."""
     from overread.errors import ConfigError, ModelPackageError
     from overread.inference.onboard_calibration import calibrate_package
 
@@ -836,8 +857,17 @@ def calibrate_model_command(
         raise ConfigError(f"--alpha must be between 0 and 1, not {alpha}")
     if not (data / "truth.csv").is_file():
         raise ConfigError(f"--data {data}: no truth.csv; give a labelled cohort")
+    if method not in ("temperature", "isotonic"):
+        raise ConfigError(f"--method must be temperature or isotonic, not {method!r}")
+    if whole_cohort and len(site) != 1:
+        raise ConfigError("--whole-cohort needs exactly one --site")
     registry = _registry()
     source = registry.load(model)
+    if site:
+        _calibrate_sites(
+            source, data, out, site, version, method, min_images, whole_cohort, seed, as_json
+        )
+        return
     new_version = version or f"{source.version}+calibrated"
     if out.exists():
         raise ModelPackageError(f"{out}: already exists; a package version is never overwritten")
@@ -875,3 +905,78 @@ def calibrate_model_command(
             f"  {label}: AUC {'n/a' if auc is None else f'{auc:.3f}'}  "
             f"threshold {package.manifest.operating_points[label]['balanced']:.3f}"
         )
+
+
+def _calibrate_sites(
+    source: Any,
+    data: Path,
+    out: Path,
+    sites: list[str],
+    version: str | None,
+    method: str,
+    min_images: int | None,
+    whole_cohort: bool,
+    seed: int,
+    as_json: bool,
+) -> None:
+    """``models calibrate --site``: per-site calibration into a new package version."""
+    from overread.inference.site_calibration import calibrate_sites
+
+    registry = _registry()
+    new_version = version or f"{source.version}+sites"
+    typer.echo(
+        f"calibrating {source.name} {source.version} for {', '.join(sites)} on {data} ...",
+        err=True,
+    )
+    package, summary = calibrate_sites(
+        source,
+        data,
+        out,
+        sites=sites,
+        version=new_version,
+        method=method,
+        min_images=min_images,
+        whole_cohort=whole_cohort,
+        seed=seed,
+        key=registry.key,
+    )
+    if as_json:
+        typer.echo(
+            json.dumps(
+                {
+                    "name": package.name,
+                    "version": package.version,
+                    "path": str(package.path),
+                    "sha256": package.sha256,
+                    **summary,
+                }
+            )
+        )
+        return
+    typer.echo(
+        f"wrote {package.name} {package.version} -> {package.path} (sha256 {package.sha256})"
+    )
+    typer.echo(
+        f"  minimum sample: {summary['min_images']} images, {summary['min_per_class']} of each "
+        f"class per label; sites in the package: {', '.join(summary['sites_in_package'])}"
+    )
+    for name, fitted in summary["sites"].items():
+        typer.echo(
+            f"  site {name}: {fitted['images']} images, {fitted['method']}, "
+            f"{len(fitted['labels'])} label(s) fitted, {len(fitted['fallback'])} on the "
+            "global calibration"
+        )
+        for label, f in fitted["labels"].items():
+            scale = "" if f["temperature"] is None else f"T {f['temperature']:.2f}  "
+            typer.echo(
+                f"    {label}: {scale}ECE {f['ece_before']:.3f} -> {f['ece_after']:.3f} "
+                f"(cross-validated)  threshold {f['operating_points']['balanced']:.3f}"
+            )
+        for label, reason in fitted["fallback"].items():
+            typer.echo(f"    {label}: global calibration ({reason})")
+        if not fitted["labels"]:
+            typer.echo(
+                f"  WARNING: site {name} has no label with a site map (too small a sample, "
+                "or no map helped): its studies keep the global calibration",
+                err=True,
+            )

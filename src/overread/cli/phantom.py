@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import typer
 
@@ -175,6 +176,28 @@ def phantom_lateral(
         raise ConfigError("phantom lateral needs --n >= 1 and --size 64..3000")
     written = write_lateral_cohort(out, n, seed, size=size)
     typer.echo(f"wrote {len(written)} lateral images to {out}")
+
+
+@phantom_app.command("chexpert")
+def phantom_chexpert(
+    cohort: Path = typer.Option(..., "--from", help="A cohort written by 'phantom cxr'."),
+    out: Path = typer.Option(..., "--out", help="Root folder for CheXpert-v1.0-small/."),
+    valid_fraction: float = typer.Option(
+        0.2, "--valid-fraction", help="Share of patients in valid.csv (exact labels)."
+    ),
+    seed: int = typer.Option(0, "--seed", help="Seed of the train/valid patient draw."),
+    image_format: str = typer.Option("jpg", "--format", help="jpg (as CheXpert) or png."),
+) -> None:
+    """Rewrite a phantom cohort in CheXpert's layout (train.csv, valid.csv, 8-bit JPEGs)."""
+    from overread.phantom.chexpert import write_chexpert_layout
+
+    layout = write_chexpert_layout(
+        cohort, out, valid_fraction=valid_fraction, seed=seed, image_format=image_format
+    )
+    typer.echo(
+        f"wrote {layout.n_train} train and {layout.n_valid} valid images: "
+        f"{layout.train_csv}, {layout.valid_csv} (paths relative to {layout.root})"
+    )
 
 
 @phantom_app.command("ct")

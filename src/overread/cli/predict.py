@@ -71,6 +71,9 @@ def predict_command(
     operating_point: str | None = typer.Option(
         None, "--operating-point", help="e.g. 'high sensitivity'."
     ),
+    device: str | None = typer.Option(
+        None, "--device", help="auto, cpu, cuda or cuda:N (default: the [inference] setting)."
+    ),
     cam: str = typer.Option(
         "cam",
         "--cam",
@@ -104,6 +107,12 @@ def predict_command(
         "--pdf",
         help="Also write the PDF report of the inputs (DICOM files of one study) to FILE.",
     ),
+    site: str | None = typer.Option(
+        None,
+        "--site",
+        help="Apply the package's calibration for this site (as the service would for a "
+        "study from it); each result says which calibration it got.",
+    ),
 ) -> None:
     """Run a model on images and print findings.
 
@@ -113,31 +122,111 @@ def predict_command(
     if cam not in _METHODS:
         raise typer.BadParameter(f"unknown CAM method {cam!r}", param_hint="--cam")
     # torch, MONAI and the imaging stack load here, not at CLI start.
+    from overread.cli.predict_series import route_inputs, run_volume_model, skipped
     from overread.imaging.inspection import iter_files
-    from overread.inference.pipeline import Pipeline
+    from overread.inference.pipeline import Pipeline, open_pipeline
 
-    pipeline = Pipeline.from_name(
-        model, runtime=runtime, precision=precision, tta_views=tta, mc_dropout=mc_dropout
-    )
+    files = list(iter_files(paths))
+    if model is None:
+        # Grouped into series and routed as the service routes them.
+        groups = dict(route_inputs(files).by_model)
+    else:
+        groups = {model: [f for f in files if not skipped(f)]}
+    failures = 0
+    results: list[dict[str, object]] = []
+    classified: tuple[Pipeline, list[Prediction]] | None = None
+    for alias, members in groups.items():
+        if not members:
+            continue
+        opened = open_pipeline(
+            alias,
+            runtime=runtime,
+            precision=precision,
+            tta_views=tta,
+            mc_dropout=mc_dropout,
+            device=device,
+        )
+        if not isinstance(opened, Pipeline):
+            records, failed = run_volume_model(alias, members, out, as_json=as_json)
+            results.extend(records)
+            failures += failed
+            continue
+        predictions, records, failed = _classify(
+            opened,
+            members,
+            out=out,
+            explain=explain or out is not None or pdf is not None,
+            cam=cam,
+            operating_point=operating_point,
+            trust=trust,
+            analyse_anyway=analyse_anyway,
+            as_json=as_json,
+            site=site,
+        )
+        classified = (opened, predictions)
+        results.extend(records)
+        failures += failed
+    if out is not None:
+        out.mkdir(parents=True, exist_ok=True)
+        (out / "results.json").write_text(json.dumps(results, indent=2, ensure_ascii=False) + "\n")
+    if pdf is not None:
+        try:
+            if classified is None:
+                raise OverreadError("no image was read by a chest X-ray model")
+            _write_pdf_report(*classified, pdf)
+        except (OverreadError, OSError, ValueError) as exc:
+            typer.echo(f"error: --pdf {pdf}: {exc}", err=True)
+            raise typer.Exit(1) from None
+        if not as_json:
+            typer.echo(f"PDF report: {pdf}")
+    if failures:
+        raise typer.Exit(1)
+
+
+def _classify(
+    pipeline: Pipeline,
+    files: Sequence[Path],
+    *,
+    out: Path | None,
+    explain: bool,
+    cam: str,
+    operating_point: str | None,
+    trust: bool,
+    analyse_anyway: bool,
+    as_json: bool,
+    site: str | None = None,
+) -> tuple[list[Prediction], list[dict[str, object]], int]:
+    """A classifier on each file: predictions, result records, failures."""
     if not pipeline.package.manifest.trained:
         typer.echo(
             f"warning: model {pipeline.model.name} {pipeline.model.version} is an untrained "
             "placeholder; its findings carry no meaning",
             err=True,
         )
-    files = list(iter_files(paths))
     predictions = pipeline.predict(
-        files,
-        explain=explain or out is not None or pdf is not None,
+        list(files),
+        explain=explain,
         cam_method=cam,  # type: ignore[arg-type]
         operating_point=operating_point,
         trust=trust,
         override_gate=analyse_anyway,
     )
+    calibration = None
+    if site is not None:
+        from overread.inference.site_calibration import apply_site_calibration
+
+        calibration = apply_site_calibration(
+            predictions, pipeline.package, site, source="--site"
+        ).to_dict()
+        if not as_json:
+            how = calibration.get("package_site") or calibration.get("reason", "")
+            typer.echo(f"calibration: {calibration['calibration']} ({how})")
     failures = 0
-    results = []
+    results: list[dict[str, object]] = []
     for index, prediction in enumerate(predictions):
         record = prediction.to_dict()
+        if calibration is not None:
+            record["calibration"] = calibration
         if out is not None and prediction.ok:
             record["overlays"] = _write_overlays(prediction, out, index)
         results.append(record)
@@ -147,20 +236,9 @@ def predict_command(
         if as_json:
             typer.echo(json.dumps(record, ensure_ascii=False))
         elif prediction.ok:
-            _print_findings(prediction, record.get("overlays", []))
-    if out is not None:
-        out.mkdir(parents=True, exist_ok=True)
-        (out / "results.json").write_text(json.dumps(results, indent=2, ensure_ascii=False) + "\n")
-    if pdf is not None:
-        try:
-            _write_pdf_report(pipeline, predictions, pdf)
-        except (OverreadError, OSError, ValueError) as exc:
-            typer.echo(f"error: --pdf {pdf}: {exc}", err=True)
-            raise typer.Exit(1) from None
-        if not as_json:
-            typer.echo(f"PDF report: {pdf}")
-    if failures:
-        raise typer.Exit(1)
+            overlays = record.get("overlays", [])
+            _print_findings(prediction, overlays if isinstance(overlays, list) else [])
+    return list(predictions), results, failures
 
 
 def _write_pdf_report(pipeline: Pipeline, predictions: Sequence[Prediction], target: Path) -> None:

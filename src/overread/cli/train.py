@@ -57,6 +57,9 @@ def train(
         [], "--set", help="Override a config value: --set optim.epochs=2 (repeatable)."
     ),
     output: Path | None = typer.Option(None, "--output", "-o", help="Output folder."),
+    device: str | None = typer.Option(
+        None, "--device", help="auto, cpu, cuda or cuda:N (default: the config's, auto)."
+    ),
     no_resume: bool = typer.Option(
         False, "--no-resume", help="Start afresh even if the output has a checkpoint."
     ),
@@ -81,6 +84,8 @@ def train(
     values = _parse_overrides(overrides)
     if output is not None:
         values["output"] = str(output.resolve())
+    if device is not None:
+        values["device"] = device
     if _train_ct(config, preset, values, show_config):
         return
     cfg = load_config(config, preset=preset, overrides=values)
@@ -91,6 +96,9 @@ def train(
     if result.package is None and result.metrics:
         typer.echo("no model package written", err=True)
     for name, block in result.metrics.get("evaluations", {}).items():
-        typer.echo(f"{name}: mean AUC {block['mean_auc']:.3f} ({block['description']})")
+        focus = ""
+        if isinstance(block.get("focus_mean_auc"), float):
+            focus = f", {len(block['focus_labels'])} focus labels {block['focus_mean_auc']:.3f}"
+        typer.echo(f"{name}: mean AUC {block['mean_auc']:.3f}{focus} ({block['description']})")
     if result.package is not None:
         typer.echo(f"package: {result.package}")

@@ -16,7 +16,7 @@ if TYPE_CHECKING:
     from overread.harness.gateway import Gateway
 
 #: Job states after which nothing more happens without an operator.
-_TERMINAL_STATES = frozenset({"succeeded", "dead_lettered"})
+_TERMINAL_STATES = frozenset({"succeeded", "dead_lettered", "cancelled"})
 
 
 def snapshot(

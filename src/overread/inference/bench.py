@@ -13,6 +13,7 @@ import platform
 import tempfile
 import time
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
 from functools import partial
 from pathlib import Path
 from typing import Any
@@ -429,6 +430,38 @@ def densenet121_runtimes(
     }
 
 
+@dataclass
+class _GpuRuns:
+    runs: dict[str, Callable[[np.ndarray], np.ndarray]] = field(default_factory=dict)
+    skipped: list[str] = field(default_factory=list)
+
+
+def _gpu_runs(package: ModelPackage, device: str) -> _GpuRuns:
+    """The GPU runtimes ``device`` asks for and this machine has (none for ``cpu``)."""
+    from overread.inference.runtimes import check_device, onnx_providers, torch_device
+
+    found = _GpuRuns()
+    if check_device(device) == "cpu":
+        return found
+    if torch_device(device).type == "cuda":
+        found.runs[f"torch {device} fp32"] = _logits_of(TorchRuntime(package, device=device))
+    else:
+        found.skipped.append("torch: no CUDA GPU")
+    path = package.runtime_file("fp32")
+    first = onnx_providers(device)[0]
+    if path is None:
+        found.skipped.append("onnxruntime: the package has no FP32 ONNX model")
+    elif first == "CPUExecutionProvider":
+        found.skipped.append("onnxruntime: no CUDAExecutionProvider in this build")
+    else:
+        runtime = OnnxRuntime(path, precision="fp32", device=device)
+        if runtime.provider == "CPUExecutionProvider":
+            found.skipped.append("onnxruntime: the CUDA session fell back to the CPU")
+        else:
+            found.runs["onnxruntime cuda fp32"] = _logits_of(runtime)
+    return found
+
+
 def benchmark_inference(
     package: ModelPackage,
     *,
@@ -436,8 +469,15 @@ def benchmark_inference(
     threads: int | None = None,
     quantisation: bool = False,
     densenet121: bool = False,
+    device: str = "cpu",
 ) -> dict[str, Any]:
-    """The whole inference benchmark as a JSON-able dictionary."""
+    """The whole inference benchmark as a JSON-able dictionary.
+
+    ``device`` other than ``cpu`` adds GPU rows (torch on CUDA, ONNX Runtime's CUDA
+    execution provider, FP32) where this machine can run them; ``gpu_rows`` lists
+    the ones added and ``gpu_skipped`` says why others were not.
+    """
+    gpu = _gpu_runs(package, device)  # first: a GPU demanded but absent is refused at once
     threads = threads or default_threads()
     torch.set_num_threads(threads)
     spec = package.manifest.input
@@ -465,6 +505,7 @@ def benchmark_inference(
                 )
             )
     runs.update(extra)  # OpenVINO's rows after ONNX Runtime's
+    runs.update(gpu.runs)
     rows = _runtime_rows(runs, one, eight, repeats)
     by_name = {row["runtime"]: row for row in rows}
     fp32 = by_name.get("onnxruntime fp32")
@@ -487,6 +528,9 @@ def benchmark_inference(
         "machine": machine_description(),
         "threads": threads,
         "repeats": repeats,
+        "device": device,
+        "gpu_rows": sorted(gpu.runs),
+        "gpu_skipped": gpu.skipped,
         "runtimes": rows,
         "int8_speedup": speedup,
         "int8_speedup_best": speedup_min,

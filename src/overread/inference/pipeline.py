@@ -28,6 +28,7 @@ import time
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
@@ -51,13 +52,17 @@ from overread.inference.postprocess import calibrate, decide
 from overread.inference.result import FindingResult, ModelRef, Prediction
 from overread.inference.runtimes import OnnxRuntime, TorchRuntime, open_runtime, padded_size
 from overread.inference.uncertainty import SampleSettings, mc_dropout_logits, mc_dropout_refusal
+from overread.models.manifest import Task
 from overread.models.package import ModelPackage
 from overread.models.registry import Registry
 from overread.results import Decision, GateVerdict
 
+if TYPE_CHECKING:
+    from overread.inference.volume import VolumePipeline
+
 logger = logging.getLogger(__name__)
 
-_CACHE: dict[tuple[str, str, str, str, int | None, int | None, int | None], Pipeline] = {}
+_CACHE: dict[tuple[str, str, str, str, int | None, int | None, int | None, str], Pipeline] = {}
 _CACHE_LOCK = threading.Lock()
 
 
@@ -159,8 +164,12 @@ class Pipeline:
         tta_views: int | None = None,
         mc_dropout: int | None = None,
         registry: Registry | None = None,
+        device: str | None = None,
     ) -> None:
         self.package = package
+        if device is None:
+            device = configured_inference().device
+        self.device = device
         manifest = package.manifest
         if not manifest.input.chain:
             raise ModelPackageError(f"{package.path}: manifest records no preprocessing chain")
@@ -180,12 +189,15 @@ class Pipeline:
                     warmup=warmup,
                     tta_views=1,
                     mc_dropout=self.sampling.mc_dropout_passes,
+                    device=device,
                 )
                 for member in found
             ]
             self.runtime: OnnxRuntime | TorchRuntime = self.members[0].runtime
         else:
-            self.runtime = open_runtime(package, runtime, precision=precision, threads=threads)
+            self.runtime = open_runtime(
+                package, runtime, precision=precision, threads=threads, device=device
+            )
         self.labels = package.labels
         self.model = ModelRef(
             name=package.name,
@@ -274,13 +286,14 @@ class Pipeline:
         threads: int | None = None,
         tta_views: int | None = None,
         mc_dropout: int | None = None,
+        device: str | None = None,
     ) -> Pipeline:
         """The pipeline for an alias, ``name@version``, name or package path.
 
         Pipelines are cached per process and package hash: a model is loaded and
         warmed up once, and an alias switched in the registry takes effect at the
         next call without a restart. ``runtime`` and ``precision`` default to the
-        ``[inference]`` settings (ONNX Runtime, ``auto``).
+        ``[inference]`` settings (ONNX Runtime, ``auto``), and so does ``device``.
         """
         if registry is None or name is None:
             from overread.config import load_settings
@@ -292,7 +305,20 @@ class Pipeline:
             configured = configured_inference()
             runtime = runtime or configured.runtime
             precision = precision or configured.precision
+        device = device or configured_inference().device
         package = registry.load(name)
+        if package.manifest.task is not Task.MULTI_LABEL_CLASSIFICATION and (
+            not package.manifest.is_volumetric
+        ):
+            raise ModelPackageError(
+                f"{package.name} {package.version}: a {package.manifest.task.value} package "
+                "needs a 'volume' section (spacing, windows, postprocess; see docs/ct.md)"
+            )
+        if package.manifest.is_volumetric:
+            raise ModelPackageError(
+                f"{package.name} {package.version} is a {package.manifest.task.value} package "
+                "that reads whole series (overread.inference.open_pipeline opens it)"
+            )
         key = (
             str(package.path),
             package.sha256,
@@ -301,6 +327,7 @@ class Pipeline:
             threads,
             tta_views,
             mc_dropout,
+            device,
         )
         with _CACHE_LOCK:
             cached = _CACHE.get(key)
@@ -314,6 +341,7 @@ class Pipeline:
             tta_views=tta_views,
             mc_dropout=mc_dropout,
             registry=registry,
+            device=device,
         )
         with _CACHE_LOCK:
             _CACHE[key] = pipeline
@@ -733,11 +761,44 @@ class Pipeline:
 _TRUST_CHUNK = 8
 
 
+_VOLUME_CACHE: dict[tuple[str, str, int | None], VolumePipeline] = {}
+
+
+def open_pipeline(
+    name: str | None = None,
+    *,
+    registry: Registry | None = None,
+    threads: int | None = None,
+    **options: object,
+) -> Pipeline | VolumePipeline:
+    """The pipeline for a model, dispatched on its package: a :class:`Pipeline` for a
+    classifier, a :class:`~overread.inference.volume.VolumePipeline` for a package
+    with a ``volume`` section (segmentation, detection). Both are cached."""
+    from overread.inference.volume import VolumePipeline
+
+    if registry is None:
+        from overread.config import load_settings
+
+        settings = load_settings()
+        registry = _shared_registry(Registry.from_settings(settings))
+        name = name or settings.default_model
+    package = registry.load(name or "")
+    if not package.manifest.is_volumetric:  # a classifier (or a package that says why not)
+        return Pipeline.from_name(name, registry=registry, threads=threads, **options)  # type: ignore[arg-type]
+    key = (str(package.path), package.sha256, threads)
+    with _CACHE_LOCK:
+        cached = _VOLUME_CACHE.get(key)
+        if cached is None:
+            cached = _VOLUME_CACHE[key] = VolumePipeline(package, threads=threads)
+    return cached
+
+
 def clear_pipeline_cache() -> None:
     """Forget cached pipelines (tests; a service reloading all models)."""
     with _CACHE_LOCK:
         _CACHE.clear()
+        _VOLUME_CACHE.clear()
         _REGISTRIES.clear()
 
 
-__all__ = ["Pipeline", "clear_pipeline_cache", "configured_inference"]
+__all__ = ["Pipeline", "clear_pipeline_cache", "configured_inference", "open_pipeline"]

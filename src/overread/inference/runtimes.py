@@ -8,6 +8,7 @@ usable here and why not (:func:`runtime_unavailable_reason`).
 
 from __future__ import annotations
 
+import copy
 import logging
 import os
 import threading
@@ -61,6 +62,63 @@ def runtime_unavailable_reason(name: str) -> str | None:
     return f"unknown runtime {name!r} (known: onnx, torch)"
 
 
+#: Device names a runtime accepts: ``auto`` (a GPU when one is usable, else the CPU),
+#: ``cpu``, ``cuda`` or ``cuda:N``.
+DEVICE_PATTERN = r"^(auto|cpu|cuda(:[0-9]+)?)$"
+
+_CUDA_EP = "CUDAExecutionProvider"
+_CPU_EP = "CPUExecutionProvider"
+
+
+def check_device(device: str) -> str:
+    """``device`` when it is a known device name, else an InferenceError."""
+    import re
+
+    if not re.match(DEVICE_PATTERN, device):
+        raise InferenceError(f"unknown device {device!r} (auto, cpu, cuda or cuda:N)")
+    return device
+
+
+def onnx_providers(device: str, available: list[str] | None = None) -> list[Any]:
+    """ONNX Runtime execution providers for ``device``, best first.
+
+    ``auto`` puts the CUDA execution provider first when this onnxruntime build has
+    it (the ``onnxruntime-gpu`` wheel) and keeps the CPU provider as the fallback;
+    ``cpu`` uses the CPU only; ``cuda``/``cuda:N`` needs the CUDA provider and says
+    so when it is missing. ``available`` defaults to
+    ``onnxruntime.get_available_providers()``.
+    """
+    check_device(device)
+    if available is None:
+        import onnxruntime as ort
+
+        available = list(ort.get_available_providers())
+    has_cuda = _CUDA_EP in available
+    if device == "cpu" or (device == "auto" and not has_cuda):
+        return [_CPU_EP]
+    if not has_cuda:
+        raise InferenceError(
+            f"device {device!r} asked for, but this onnxruntime has no {_CUDA_EP} "
+            "(install onnxruntime-gpu, or use device 'auto' or 'cpu')"
+        )
+    index = int(device.split(":", 1)[1]) if ":" in device else 0
+    return [(_CUDA_EP, {"device_id": index}), _CPU_EP]
+
+
+def torch_device(device: str) -> torch.device:
+    """The torch device for ``device``: ``auto`` is the first GPU when torch sees one."""
+    check_device(device)
+    if device == "auto":
+        return torch.device("cuda", 0) if torch.cuda.is_available() else torch.device("cpu")
+    chosen = torch.device(device)
+    if chosen.type == "cuda" and not torch.cuda.is_available():
+        raise InferenceError(
+            f"device {device!r} asked for, but torch sees no CUDA GPU "
+            "(a CPU build of torch, or no driver); use device 'auto' or 'cpu'"
+        )
+    return chosen
+
+
 class Runtime(Protocol):
     """What the pipeline needs from a runtime."""
 
@@ -74,12 +132,15 @@ class Runtime(Protocol):
 
 
 class OnnxRuntime:
-    """ONNX Runtime on CPU with one session per fixed batch size.
+    """ONNX Runtime with one session per fixed batch size.
 
     Each session is created with the batch dimension pinned
     (``add_free_dimension_override_by_name``), so ONNX Runtime plans memory and
     kernels for a fixed input shape; sessions are created lazily and kept (up to
-    eight shapes).
+    eight shapes). ``device`` chooses the execution providers (:func:`onnx_providers`);
+    with ``auto``, a CUDA session that cannot be created (no driver, a library
+    missing) falls back to the CPU with a warning. ``provider`` is the provider the
+    session actually runs on.
     """
 
     name = "onnx"
@@ -91,9 +152,12 @@ class OnnxRuntime:
         precision: str = "fp32",
         threads: int | None = None,
         optimization: str = "all",
+        device: str = "cpu",
     ) -> None:
         import onnxruntime as ort
 
+        self.device = check_device(device)
+        self._providers = onnx_providers(device)
         self.model_path = Path(model_path)
         self.precision = precision
         self.threads = threads or default_threads()
@@ -110,6 +174,7 @@ class OnnxRuntime:
         self._sessions: OrderedDict[int, Any] = OrderedDict()
         self._lock = threading.Lock()
         probe = self._session(1)
+        self.provider: str = probe.get_providers()[0]
         self.output_names = [o.name for o in probe.get_outputs()]
         self.has_cam = CAM_NAME in self.output_names
         self.input_shape = tuple(probe.get_inputs()[0].shape)
@@ -132,16 +197,35 @@ class OnnxRuntime:
                 return session
             try:
                 session = self._ort.InferenceSession(
-                    str(self.model_path), self._options(batch), providers=["CPUExecutionProvider"]
+                    str(self.model_path), self._options(batch), providers=self._providers
                 )
             except Exception as exc:
-                raise ModelPackageError(
-                    f"{self.model_path}: ONNX Runtime cannot load it: {exc}"
-                ) from None
+                if self.device != "auto" or self._providers == [_CPU_EP]:
+                    raise ModelPackageError(
+                        f"{self.model_path}: ONNX Runtime cannot load it: {exc}"
+                    ) from None
+                logger.warning(
+                    "%s: the CUDA execution provider failed (%s); using the CPU",
+                    self.model_path.name,
+                    str(exc).splitlines()[0] if str(exc) else type(exc).__name__,
+                )
+                self._providers = [_CPU_EP]
+                self._sessions.clear()
+                session = self._new_cpu_session(batch)
             self._sessions[batch] = session
             while len(self._sessions) > _MAX_SESSIONS:
                 self._sessions.popitem(last=False)
             return session
+
+    def _new_cpu_session(self, batch: int) -> Any:
+        try:
+            return self._ort.InferenceSession(
+                str(self.model_path), self._options(batch), providers=[_CPU_EP]
+            )
+        except Exception as exc:
+            raise ModelPackageError(
+                f"{self.model_path}: ONNX Runtime cannot load it: {exc}"
+            ) from None
 
     def warmup(self, batch_sizes: tuple[int, ...] = (1,)) -> None:
         """Create the sessions for ``batch_sizes`` and run each once."""
@@ -231,28 +315,46 @@ class OpenVinoRuntime:
 
 
 class TorchRuntime:
-    """The package's torch network in eval mode; CAM through the same wrapper as ONNX."""
+    """The package's torch network in eval mode; CAM through the same wrapper as ONNX.
+
+    ``device`` (:func:`torch_device`) is where :meth:`run` computes, in FP32 (on a
+    GPU in channels-last memory format); ``network`` stays on the CPU for the
+    explanation and Monte Carlo dropout paths, which take CPU tensors.
+    """
 
     name = "torch"
     precision = "fp32"
 
-    def __init__(self, package: ModelPackage, *, threads: int | None = None) -> None:
+    def __init__(
+        self, package: ModelPackage, *, threads: int | None = None, device: str = "cpu"
+    ) -> None:
         if threads:
             torch.set_num_threads(threads)
+        self.device = torch_device(device)
         self.network = package.build_network()
         self.has_cam = cam_parts(self.network) is not None
         self._cam_model = CamClassifier(self.network).eval() if self.has_cam else None
+        self._run_network = self.network
+        self._run_cam = self._cam_model
+        if self.device.type != "cpu":
+            on_device = copy.deepcopy(self.network).to(self.device)
+            self._run_network = on_device.to(memory_format=torch.channels_last)  # type: ignore[call-overload]
+            self._run_cam = (
+                CamClassifier(self._run_network).eval() if self._cam_model is not None else None
+            )
 
     def warmup(self, batch_sizes: tuple[int, ...] = (1,)) -> None:
         """No sessions to build; nothing to do beyond what loading did."""
 
     def run(self, x: np.ndarray, *, with_cam: bool = False) -> tuple[np.ndarray, np.ndarray | None]:
         tensor = torch.from_numpy(np.ascontiguousarray(x, dtype=np.float32))
+        if self.device.type != "cpu":
+            tensor = tensor.to(self.device).contiguous(memory_format=torch.channels_last)
         with torch.inference_mode():
-            if with_cam and self._cam_model is not None:
-                logits, cam = self._cam_model(tensor)
-                return logits.numpy(), cam.numpy()
-            return self.network(tensor).numpy(), None
+            if with_cam and self._run_cam is not None:
+                logits, cam = self._run_cam(tensor)
+                return logits.float().cpu().numpy(), cam.float().cpu().numpy()
+            return self._run_network(tensor).float().cpu().numpy(), None
 
 
 def open_runtime(
@@ -261,31 +363,37 @@ def open_runtime(
     *,
     precision: str = "auto",
     threads: int | None = None,
+    device: str = "cpu",
 ) -> OnnxRuntime | TorchRuntime:
-    """Open the runtime ``runtime`` for a package.
+    """Open the runtime ``runtime`` for a package on ``device`` (auto, cpu, cuda, cuda:N).
 
-    ``precision`` ``auto`` uses the INT8 model when the package has one, else FP32. An
-    INT8 model is first checked against FP32 on this CPU (:func:`int8_disagreement`):
-    beyond ``INT8_TOLERANCE`` ``auto`` warns and uses FP32, ``int8`` warns and keeps it.
+    ``precision`` ``auto`` uses the INT8 model when the package has one, else FP32;
+    on a GPU (the CUDA execution provider) ``auto`` means FP32, since the INT8 models
+    are quantised for CPU integer kernels. An INT8 model is first checked against FP32
+    (:func:`int8_disagreement`): beyond ``INT8_TOLERANCE`` ``auto`` warns and uses
+    FP32, ``int8`` warns and keeps it.
     """
     reason = runtime_unavailable_reason(runtime)
     if reason:
         raise InferenceError(reason)
+    check_device(device)
     if runtime == "torch":
-        return TorchRuntime(package, threads=threads)
+        return TorchRuntime(package, threads=threads, device=device)
     if precision not in ("auto", "fp32", "int8"):
         raise InferenceError(f"unknown precision {precision!r} (auto, fp32, int8)")
     chosen = precision
     if precision == "auto":
-        chosen = "int8" if package.runtime_file("int8") is not None else "fp32"
+        on_gpu = onnx_providers(device)[0] != _CPU_EP
+        has_int8 = package.runtime_file("int8") is not None
+        chosen = "int8" if has_int8 and not on_gpu else "fp32"
     path = package.runtime_file(chosen)
     if path is None:
         raise ModelPackageError(f"{package.name} {package.version} has no {chosen} ONNX model")
-    opened = OnnxRuntime(path, precision=chosen, threads=threads)
+    opened = OnnxRuntime(path, precision=chosen, threads=threads, device=device)
     fp32_path = package.runtime_file("fp32")
     if chosen != "int8" or fp32_path is None:
         return opened
-    fp32 = OnnxRuntime(fp32_path, precision="fp32", threads=threads)
+    fp32 = OnnxRuntime(fp32_path, precision="fp32", threads=threads, device=device)
     diff = int8_disagreement(package, opened, fp32)
     if diff <= INT8_TOLERANCE:
         return opened
@@ -337,13 +445,17 @@ def int8_disagreement(package: ModelPackage, int8: OnnxRuntime, fp32: OnnxRuntim
 
 __all__ = [
     "DEFAULT_THREADS",
+    "DEVICE_PATTERN",
     "INT8_TOLERANCE",
     "OnnxRuntime",
     "Runtime",
     "TorchRuntime",
+    "check_device",
     "default_threads",
     "int8_disagreement",
+    "onnx_providers",
     "open_runtime",
     "padded_size",
     "runtime_unavailable_reason",
+    "torch_device",
 ]

@@ -24,7 +24,7 @@ import torch
 from torch import nn
 
 from overread.errors import InferenceError
-from overread.imaging.tta import TestTimeAugmentation
+from overread.imaging.tta import TestTimeAugmentation, flip_refusal
 from overread.models.manifest import Manifest
 
 _DROPOUT_TYPES = (nn.Dropout, nn.Dropout1d, nn.Dropout2d, nn.Dropout3d, nn.AlphaDropout)
@@ -122,6 +122,10 @@ class SampleSettings:
         tta = None
         if views > 1:
             ranges = section.tta.model_dump() if section else {}
+            if ranges.get("horizontal_flip"):
+                refusal = flip_refusal(manifest.accepts.body_parts)
+                if refusal:
+                    raise InferenceError(f"{manifest.name} {manifest.version}: {refusal}")
             tta = TestTimeAugmentation(views=views, **ranges)
         return cls(tta=tta, mc_dropout_passes=passes)
 

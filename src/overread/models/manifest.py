@@ -136,6 +136,59 @@ class InputSpec(_Strict):
     normalisation: str = "[0, 1], bone bright"
 
 
+class VolumeSpec(_Strict):
+    """How a 3-D (CT) package reads a series, for segmentation and detection tasks.
+
+    The series is assembled into a volume (:mod:`overread.imaging.series`) in the
+    stored units (HU for CT), resampled to ``spacing_mm`` (slice, row, column), and
+    run by sliding windows of ``patch_size`` voxels overlapping by ``overlap`` (a
+    fraction of the patch), blended with Gaussian weights (``sigma_scale`` of the
+    patch). ``labels`` of the manifest name the network's output channels; a voxel is
+    in a label's mask where its probability is at least the label's threshold
+    (operating point). ``postprocess`` names the rule that turns masks into regions:
+    ``lung-nodule`` keeps lung components away from the volume's sides and
+    nodules inside the lungs, between ``min_nodule_mm`` and ``max_nodule_mm`` in
+    longest diameter. ``solid_hu`` is the attenuation a nodule voxel must reach to
+    count as solid (density category). ``hu_window`` ``(low, high)``, when set, clips
+    HU to it and maps it linearly to ``[-1, 1]`` before the network (``None``: the
+    network reads HU).
+    """
+
+    spacing_mm: tuple[float, float, float] = (2.0, 2.0, 2.0)
+    patch_size: tuple[int, int, int] = (64, 96, 96)
+    overlap: float = Field(default=0.25, ge=0.0, lt=1.0)
+    sigma_scale: float = Field(default=0.125, gt=0.0, le=1.0)
+    sw_batch_size: int = Field(default=1, ge=1, le=64)
+    postprocess: Literal["none", "lung-nodule"] = "lung-nodule"
+    lung_label: str = "lung"
+    nodule_label: str = "nodule"
+    min_nodule_mm: float = Field(default=3.0, ge=0.0)
+    max_nodule_mm: float = Field(default=40.0, gt=0.0)
+    solid_hu: float = -300.0
+    hu_window: tuple[float, float] | None = None
+
+    @field_validator("hu_window")
+    @classmethod
+    def _ordered_window(cls, value: tuple[float, float] | None) -> tuple[float, float] | None:
+        if value is not None and not value[0] < value[1]:
+            raise ValueError("hu_window must be (low, high) with low < high")
+        return value
+
+    @field_validator("spacing_mm")
+    @classmethod
+    def _positive_spacing(cls, value: tuple[float, float, float]) -> tuple[float, float, float]:
+        if any(v <= 0 for v in value):
+            raise ValueError("spacing_mm must be positive")
+        return value
+
+    @field_validator("patch_size")
+    @classmethod
+    def _positive_patch(cls, value: tuple[int, int, int]) -> tuple[int, int, int]:
+        if any(v < 8 for v in value):
+            raise ValueError("patch_size must be at least 8 voxels on each axis")
+        return value
+
+
 class Calibration(_Strict):
     """Per-label probability calibration applied to the logits.
 
@@ -269,9 +322,78 @@ class OnboardedSection(_Strict):
     calibration_cohort: dict[str, Any] = Field(default_factory=dict)
 
 
+class SiteLabelMap(_Strict):
+    """One label's recalibration at one site, on the package-calibrated probability.
+
+    ``temperature``: ``p' = sigmoid(logit(p) / temperature)``; ``isotonic``: ``p'`` is
+    the piecewise-linear map through the knots (``x`` increasing, clipped at the
+    ends). ``operating_points`` are this site's thresholds on ``p'``; ``n`` and
+    ``n_positive`` the labelled images it was fitted on; ``ece_before`` /
+    ``ece_after`` the expected calibration error of the package's probabilities and
+    of cross-validated recalibrated ones on that sample.
+    """
+
+    temperature: float | None = Field(default=None, gt=0.0)
+    x: list[float] = Field(default_factory=list)
+    y: list[float] = Field(default_factory=list)
+    operating_points: dict[str, float] = Field(default_factory=dict)
+    n: int = Field(ge=0)
+    n_positive: int = Field(ge=0)
+    ece_before: float | None = None
+    ece_after: float | None = None
+
+    @model_validator(mode="after")
+    def _one_map(self) -> SiteLabelMap:
+        if len(self.x) != len(self.y):
+            raise ValueError("isotonic knots need as many x as y")
+        if any(b < a for a, b in zip(self.x, self.x[1:], strict=False)):
+            raise ValueError("isotonic knots must be increasing in x")
+        if any(not 0.0 <= v <= 1.0 for v in (*self.x, *self.y)):
+            raise ValueError("isotonic knots must lie in [0, 1]")
+        if any(not 0.0 <= t <= 1.0 for t in self.operating_points.values()):
+            raise ValueError("site thresholds must lie in [0, 1]")
+        return self
+
+
+class SiteCalibrationEntry(_Strict):
+    """The recalibration of one site: fitted labels, and those left on the global one.
+
+    ``fallback[label]`` says why a label keeps the package's global calibration and
+    thresholds there (too few images, or too few of one class).
+    """
+
+    method: Literal["temperature", "isotonic"]
+    labels: dict[str, SiteLabelMap] = Field(default_factory=dict)
+    fallback: dict[str, str] = Field(default_factory=dict)
+    n: int = Field(ge=0)
+    cohort: dict[str, Any] = Field(default_factory=dict)
+    created: str = ""
+
+
+class SiteCalibrationSection(_Strict):
+    """Per-site recalibrations (``overread models calibrate --site``), keyed by the
+    site's name as the service identifies it (institution, station or calling AE).
+
+    ``min_images`` and ``min_per_class`` are the smallest labelled sample a label
+    was fitted from; a site or label below them keeps the global calibration.
+    """
+
+    min_images: int = Field(ge=1)
+    min_per_class: int = Field(ge=1)
+    sites: dict[str, SiteCalibrationEntry] = Field(default_factory=dict)
+
+
 #: Manifest sections added after format 1 was fixed: left out of the canonical form
 #: (and of the file) when absent, so packages written before them keep their hash.
-OPTIONAL_SECTIONS = ("uncertainty", "conformal", "ensemble", "gate", "onboarded")
+OPTIONAL_SECTIONS = (
+    "uncertainty",
+    "conformal",
+    "ensemble",
+    "gate",
+    "onboarded",
+    "site_calibration",
+    "volume",
+)
 
 #: The ``architecture`` of an ensemble package (it has no network of its own).
 ENSEMBLE_ARCHITECTURE = "ensemble"
@@ -306,6 +428,8 @@ class Manifest(_Strict):
     conformal: ConformalSection | None = None
     ensemble: EnsembleSection | None = None
     onboarded: OnboardedSection | None = None
+    site_calibration: SiteCalibrationSection | None = None
+    volume: VolumeSpec | None = None
     signature: Signature | None = None
 
     @field_validator("operating_points")
@@ -339,6 +463,11 @@ class Manifest(_Strict):
             unknown = set(self.conformal.quantiles) - set(names)
             if unknown:
                 raise ValueError(f"conformal quantiles for unknown labels: {sorted(unknown)}")
+        if self.site_calibration is not None:
+            for site, entry in self.site_calibration.sites.items():
+                unknown = (set(entry.labels) | set(entry.fallback)) - set(names)
+                if unknown:
+                    raise ValueError(f"site {site!r} calibrates unknown labels: {sorted(unknown)}")
         if self.ensemble is not None:
             if self.architecture != ENSEMBLE_ARCHITECTURE:
                 raise ValueError(f"an ensemble's architecture must be {ENSEMBLE_ARCHITECTURE!r}")
@@ -350,6 +479,10 @@ class Manifest(_Strict):
                 raise ValueError("an ensemble names the same member twice")
         elif self.architecture == ENSEMBLE_ARCHITECTURE:
             raise ValueError("architecture 'ensemble' needs an 'ensemble' section")
+        if self.volume is not None and self.volume.postprocess == "lung-nodule":
+            for needed in (self.volume.lung_label, self.volume.nodule_label):
+                if needed not in names:
+                    raise ValueError(f"postprocess 'lung-nodule' needs a label {needed!r}")
         for path in self.files:
             if path.startswith(("/", "\\")) or ".." in path.split("/") or path == MANIFEST_NAME:
                 raise ValueError(f"file entry {path!r} is not a plain relative path")
@@ -364,6 +497,11 @@ class Manifest(_Strict):
     def calibrated(self) -> bool:
         """False for an onboarded model whose thresholds were never fitted locally."""
         return self.onboarded is None or self.onboarded.calibrated
+
+    @property
+    def is_volumetric(self) -> bool:
+        """True for a package that reads a series as a volume (its ``volume`` section)."""
+        return self.volume is not None
 
     @property
     def is_ensemble(self) -> bool:
@@ -424,6 +562,9 @@ __all__ = [
     "OutputKind",
     "RuntimeFiles",
     "Signature",
+    "SiteCalibrationEntry",
+    "SiteCalibrationSection",
+    "SiteLabelMap",
     "SourceFormat",
     "StatisticSpec",
     "SubspaceSpec",

@@ -199,6 +199,12 @@ def _cxr_convnet(in_channels: int, num_classes: int, **kwargs: Any) -> nn.Module
     return CxrConvNet(in_channels=in_channels, num_classes=num_classes, **kwargs)
 
 
+def _ct_threshold(in_channels: int, num_classes: int, **kwargs: Any) -> nn.Module:
+    from overread.models.hu_threshold import build
+
+    return build(in_channels, num_classes, **kwargs)
+
+
 def _ct_unet3d(in_channels: int, num_classes: int, **kwargs: Any) -> nn.Module:
     """A 3-D MONAI UNet (``(N, C, D, H, W)`` -> per-voxel logits): CT lung/nodule segmentation."""
     from monai.networks.nets import UNet
@@ -248,6 +254,8 @@ ARCHITECTURES: dict[str, Callable[..., nn.Module]] = {
     "efficientnet-b3": _efficientnet("efficientnet-b3"),
     "seresnet50": _seresnet50,
     "vit": _vit,
+    # The HU-threshold CT baseline (3-D, two outputs): overread.models.hu_threshold.
+    "ct-threshold": _ct_threshold,
     # 3-D segmentation nets (voxel logits, not a classifier): the CT lung/nodule model.
     "ct-unet3d": _ct_unet3d,
     "ct-segresnet3d": _ct_segresnet3d,

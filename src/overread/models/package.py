@@ -44,6 +44,8 @@ from overread.models.manifest import (
     OnboardedSection,
     RuntimeFiles,
     Task,
+    UncertaintySettings,
+    VolumeSpec,
 )
 from overread.models.networks import build_network
 
@@ -295,6 +297,8 @@ def write_package(
     key: bytes | None = None,
     overwrite: bool = False,
     onboarded: OnboardedSection | None = None,
+    uncertainty: UncertaintySettings | Mapping[str, Any] | None = None,
+    volume: VolumeSpec | None = None,
 ) -> Path:
     """Write a verified model package from a torch network and its metadata.
 
@@ -377,6 +381,14 @@ def write_package(
             files=files,
             created=datetime.now(UTC).isoformat(timespec="seconds"),
             onboarded=onboarded,
+            uncertainty=None
+            if uncertainty is None
+            else UncertaintySettings.model_validate(
+                uncertainty.model_dump()
+                if isinstance(uncertainty, UncertaintySettings)
+                else dict(uncertainty)
+            ),
+            volume=volume,
         ).signed(key)
         (staging / MANIFEST_NAME).write_text(manifest.to_json(), encoding="utf-8")
         staging.chmod(0o755)

@@ -47,6 +47,9 @@ class JobState(enum.StrEnum):
     DEAD_LETTERED = "dead_lettered"
     #: An export of a model whose kill switch is engaged: kept, not sent, until released.
     HELD = "held"
+    #: A job of a rolled-back rollout candidate that will never run (its study was sent
+    #: to the active version instead); kept for the record, never claimed or requeued.
+    CANCELLED = "cancelled"
 
 
 class JobKind(enum.StrEnum):
@@ -114,6 +117,9 @@ class Job(Base):
             name="uq_job_identity",
         ),
         Index("ix_jobs_claim", "state", "next_attempt_at"),
+        # SQLite: a deleted row's id is never handed out again (AUTOINCREMENT); ids
+        # are referenced after their rows go (results, audit details, the UI).
+        {"sqlite_autoincrement": True},
     )
 
     id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
@@ -146,6 +152,9 @@ class Result(Base):
         UniqueConstraint(
             "study_instance_uid", "model_name", "model_version", name="uq_result_identity"
         ),
+        # SQLite: a deleted result's id is never reused, so nothing that names the
+        # id (a review, a reader's verdict, an export payload) can reach a newer one.
+        {"sqlite_autoincrement": True},
     )
 
     id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)

@@ -238,29 +238,31 @@ class Ingestor:
             )
         if self.disk is not None:
             self.disk.check()
-        stored = self.store.put(data)
-        for attempt in range(3):
-            try:
-                self._commits.commit(
-                    _PendingRow(
-                        header, stored.key, stored.sha256, stored.size, calling_ae, peer_host
+        # The object is held against retention's removal until its row is committed:
+        # identical bytes share one file, which a clean-up may be about to remove.
+        with self.store.referencing(data) as stored:
+            for attempt in range(3):
+                try:
+                    self._commits.commit(
+                        _PendingRow(
+                            header, stored.key, stored.sha256, stored.size, calling_ae, peer_host
+                        )
                     )
-                )
-                break
-            except IntegrityError:
-                # Either the same instance arrived concurrently (a duplicate), or two
-                # associations created the same study at once (retry the upsert).
-                existing = self._find(header.sop_instance_uid)
-                if existing is not None:
-                    return IngestOutcome(
-                        header.sop_instance_uid,
-                        existing.study_instance_uid,
-                        existing.object_key,
-                        True,
-                        existing.sop_class_uid,
-                    )
-                if attempt == 2:
-                    raise
+                    break
+                except IntegrityError:
+                    # Either the same instance arrived concurrently (a duplicate), or two
+                    # associations created the same study at once (retry the upsert).
+                    existing = self._find(header.sop_instance_uid)
+                    if existing is not None:
+                        return IngestOutcome(
+                            header.sop_instance_uid,
+                            existing.study_instance_uid,
+                            existing.object_key,
+                            True,
+                            existing.sop_class_uid,
+                        )
+                    if attempt == 2:
+                        raise
         outcome = IngestOutcome(
             header.sop_instance_uid,
             header.study_instance_uid,

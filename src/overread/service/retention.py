@@ -8,7 +8,7 @@ forever, the default for every class:
   once its last instance arrived more than that many days ago;
 * **results** (``results_days``): ``Result`` rows and their SR/SEG objects, once made
   more than that many days ago;
-* **jobs** (``jobs_days``): jobs and exports in a final state (succeeded,
+* **jobs** (``jobs_days``): jobs and exports in a final state (succeeded, cancelled,
   dead-lettered), once finished more than that many days ago.
 
 What is never deleted: the audit trail (``audit_min_days`` documents its legal
@@ -19,7 +19,9 @@ assembled or has a job not in a final state (received, queued, running, or waiti
 to retry): a pending job must find its data.
 
 The store is content-addressed, so one file may back several rows; a file is removed
-only when no row left references it. A clean-up first plans (:func:`plan_retention`:
+only when no row left references it, looked for again under the store's lock of the
+key (:meth:`~overread.service.store.ObjectStore.remove_unreferenced`), which an
+instance being ingested holds until its row is committed. A clean-up first plans (:func:`plan_retention`:
 exactly which rows and files, per class and study) and then applies that plan
 (:func:`apply_retention`): per study, one transaction deletes the planned rows and
 appends one ``retention-delete`` audit event naming the policy, classes, counts and
@@ -63,7 +65,9 @@ from overread.service.store import ObjectStore
 logger = logging.getLogger(__name__)
 
 #: Job states nothing further happens in: their study's data may go.
-FINAL_JOB_STATES = frozenset({JobState.SUCCEEDED.value, JobState.DEAD_LETTERED.value})
+FINAL_JOB_STATES = frozenset(
+    {JobState.SUCCEEDED.value, JobState.DEAD_LETTERED.value, JobState.CANCELLED.value}
+)
 
 #: The actor of the running gateway's periodic clean-up in the audit trail.
 SYSTEM_ACTOR = "system:retention"
@@ -409,6 +413,15 @@ def _referenced(
     return used
 
 
+def _referenced_now(session: Session, key: str, *, since: datetime) -> bool:
+    """Whether an instance row references ``key``, or a result stored since ``since``
+    does (the results before were looked at already)."""
+    if session.scalar(select(Instance.id).where(Instance.object_key == key).limit(1)):
+        return True
+    recent = session.scalars(select(Result.artifacts).where(Result.created_at >= since))
+    return any(key in _artifact_keys(artifacts) for artifacts in recent)
+
+
 def _unreferenced(
     session: Session, store: ObjectStore, studies: tuple[StudyDeletion, ...]
 ) -> tuple[dict[str, int], int]:
@@ -523,17 +536,23 @@ def apply_retention(
     removed = 0
     removed_bytes = 0
     if removable:
+        checked_at = utcnow() - timedelta(minutes=1)  # writers in other processes
         with database.session() as session:
             still_used = _referenced(session, removable)
         for key in sorted(removable - still_used):
-            path = store.path(key)
+            # Asked again under the store's lock of the key: an instance that arrived
+            # meanwhile with the same bytes (its row committed, or being written) keeps
+            # the file.
+            def referenced(key: str = key) -> bool:
+                with database.session() as session:
+                    return _referenced_now(session, key, since=checked_at)
+
             try:
-                size = path.stat().st_size
-                path.unlink()
-            except FileNotFoundError:
-                continue
+                size = store.remove_unreferenced(key, referenced)
             except OSError as exc:
                 logger.error("retention: cannot remove object %s: %s", key, exc)
+                continue
+            if size is None:
                 continue
             removed += 1
             removed_bytes += size

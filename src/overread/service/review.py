@@ -26,6 +26,7 @@ audited.
 
 from __future__ import annotations
 
+import hashlib
 import logging
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
@@ -36,6 +37,7 @@ from typing import Any
 
 import pydicom
 from pydicom.dataset import Dataset
+from pydicom.uid import generate_uid
 from sqlalchemy import select, update
 from sqlalchemy.orm import Session
 
@@ -63,6 +65,7 @@ from overread.service.payloads import (
     StowExportPayload,
     export_payload,
 )
+from overread.service.rollout import not_shadow
 from overread.service.store import ObjectStore
 from overread.service.verification import (
     ReportStatus,
@@ -79,6 +82,8 @@ HL7_DESTINATION_PREFIX = "hl7:"
 STOW_DESTINATION_PREFIX = "stow:"
 #: SOP Class UID of the Comprehensive SR each result carries.
 COMPREHENSIVE_SR = "1.2.840.10008.5.1.4.1.1.88.33"
+#: SOP Class UID of the Secondary Captures the overlays are.
+SECONDARY_CAPTURE = "1.2.840.10008.5.1.4.1.1.7"
 #: The actor of what the gateway does by itself (time-outs).
 REVIEW_ACTOR = "system:overread-review"
 
@@ -100,15 +105,39 @@ class ReviewConflictError(ReviewError):
     already verified, reviewed by someone else meanwhile)."""
 
 
+class ReviewStaleError(ReviewConflictError):
+    """The study's results are no longer those the reader saw (a new result, a
+    re-read, another reader's review): the verdict is not applied to any of them."""
+
+
+def result_version(result: Result, review: ResultReview | None) -> str:
+    """What a reader saw of one result, as a short token: it changes when the result
+    is re-read (rewritten in place), re-verified, rejected or released, and differs
+    between two results that happen to share an id."""
+    parts = [
+        str(result.id),
+        str(result.job_id),
+        result.created_at.isoformat() if result.created_at else "",
+        str(next((a.get("sop_instance_uid") for a in result.artifacts or [] if a), "")),
+        "" if review is None else f"{review.id}:{review.state}:{review.version or 0}",
+    ]
+    return hashlib.sha256("|".join(parts).encode()).hexdigest()[:16]
+
+
 @dataclass(frozen=True)
 class ReviewRequest:
     """A reader's action on a study's result.
 
-    ``decisions`` (edit): the reader's decision per finding label; ``note``: free text
-    kept with the verification; ``reason``: why a result is rejected.
+    ``seen``: the study's results as the reader saw them, result id to
+    :func:`result_version`; the verdict applies only while the study's results are
+    still exactly these (a new result, a re-read or another reader's review since
+    refuses it). ``decisions`` (edit): the reader's decision per finding label;
+    ``note``: free text kept with the verification; ``reason``: why a result is
+    rejected.
     """
 
     action: ReviewAction
+    seen: Mapping[int, str] = field(default_factory=dict)
     decisions: Mapping[str, Decision] = field(default_factory=dict)
     note: str = ""
     reason: str = ""
@@ -241,10 +270,12 @@ def queue_exports(
     result: Result,
     destinations: Sequence[Any],
     analysed: bool,
+    dicom_jobs: list[int] | None = None,
 ) -> int:
     """Queue one export job per destination of a result (FHIR and HL7 for an analysed
     study, STOW-RS and DICOM when it has objects to send); return how many are new.
-    Existing export jobs of the result are left as they are."""
+    Existing export jobs of the result are left as they are. ``dicom_jobs``, when
+    given, receives the ids of the new DICOM exports (the worker sends them at once)."""
     has_artifacts = bool(result.artifacts)
     common: dict[str, Any] = {
         "study_instance_uid": job.study_instance_uid,
@@ -280,13 +311,15 @@ def queue_exports(
         )
         created += new
     for dest in destinations if has_artifacts else ():
-        _, new = queue.enqueue(
+        job_id, new = queue.enqueue(
             session,
             destination=dest.name,
             payload=DicomExportPayload(dest, result.id).to_dict(),
             **common,
         )
         created += new
+        if new and dicom_jobs is not None:
+            dicom_jobs.append(job_id)
     return created
 
 
@@ -315,11 +348,12 @@ class ReviewDesk:
 
     # -- looking --------------------------------------------------------------------
     def results_of(self, study_instance_uid: str) -> list[tuple[Result, ResultReview | None]]:
-        """The study's results, newest first, each with its review row (if any)."""
+        """The study's results, newest first, each with its review row (if any); a
+        shadow model's results are never reviewed (nor sent) and are left out."""
         with self.database.session() as session:
             rows = session.scalars(
                 select(Result)
-                .where(Result.study_instance_uid == study_instance_uid)
+                .where(Result.study_instance_uid == study_instance_uid, not_shadow())
                 .order_by(Result.created_at.desc(), Result.id.desc())
             ).all()
             reviews = {
@@ -340,11 +374,16 @@ class ReviewDesk:
 
         A held study: each pending result. A study whose results went out: each
         result that was sent (accept/edit send a correction; reject is refused).
+        The request names the results the reader saw (``seen``); the action is
+        applied only when the study's results are exactly those, in those versions.
 
         Raises
         ------
         ReviewError
-            If the study has no stored result, or an edit names an unknown finding.
+            If the study has no stored result, the request names no result, or an
+            edit names an unknown finding.
+        ReviewStaleError
+            If the study's results changed since the reader saw them.
         ReviewConflictError
             If no result of the study is in a state the action applies to.
         """
@@ -353,6 +392,17 @@ class ReviewDesk:
         results = self.results_of(study_instance_uid)
         if not results:
             raise ReviewError(f"study {study_instance_uid} has no stored result")
+        if not request.seen:
+            raise ReviewError(
+                "a review names the results it is about (their result_id and version "
+                "as GET /api/studies/{uid}/review gives them)"
+            )
+        stale_reason = _stale(results, request.seen)
+        if stale_reason:
+            raise ReviewStaleError(
+                f"study {study_instance_uid}: its results changed since they were shown "
+                f"({stale_reason}); nothing was applied; reload the study and review again"
+            )
         pending: list[tuple[Result, ResultReview | None]] = [
             (r, v) for r, v in results if v is not None and v.state == ReviewState.PENDING.value
         ]
@@ -396,6 +446,7 @@ class ReviewDesk:
                 .where(
                     ResultReview.id == review.id,
                     ResultReview.state == ReviewState.PENDING.value,
+                    ResultReview.version == review.version,
                 )
                 .values(
                     state=ReviewState.REJECTED.value,
@@ -522,10 +573,17 @@ class ReviewDesk:
             artifacts = [new_sr if a is old_sr else a for a in artifacts]
             if correction:
                 superseded.append(_reference(old_sr))
+        # The PDF report and the overlays state the verification too (rebuilt, new UIDs).
+        artifacts = self._verified_documents(result, summary, headers, verification, artifacts)
         with self.database.session() as session:
             row = session.get(Result, result.id)
             if row is None:
                 raise ReviewError(f"result {result.id} no longer exists")
+            if row.created_at != result.created_at or row.job_id != result.job_id:
+                raise ReviewStaleError(
+                    f"result {result.id} was read again meanwhile; nothing was applied; "
+                    "reload the study and review again"
+                )
             # Locked (PostgreSQL): a second reader acting at once waits, then sees this one.
             current = session.scalar(
                 select(ResultReview).where(ResultReview.result_id == result.id).with_for_update()
@@ -673,6 +731,133 @@ class ReviewDesk:
             "modality": "SR",
         }
 
+    def _store_dataset(self, dataset: Dataset, modality: str) -> dict[str, Any]:
+        buffer = BytesIO()
+        pydicom.dcmwrite(buffer, dataset, enforce_file_format=True)
+        stored = self.store.put(buffer.getvalue())
+        return {
+            "key": stored.key,
+            "sop_class_uid": str(dataset.SOPClassUID),
+            "sop_instance_uid": str(dataset.SOPInstanceUID),
+            "series_instance_uid": str(dataset.SeriesInstanceUID),
+            "modality": modality,
+        }
+
+    def _verified_documents(
+        self,
+        result: Result,
+        summary: ResultSummary,
+        headers: Mapping[str, Dataset],
+        verification: Verification,
+        artifacts: Sequence[dict[str, Any]],
+    ) -> list[dict[str, Any]]:
+        """``artifacts`` with the result's overlays and PDF report rebuilt as verified.
+
+        Each overlay is issued again with the verification burned in below it; one
+        whose finding the reader decided negative is left out (its caption calls it
+        positive or referred). The PDF report is rendered again with the reader's
+        decisions, who verified it and when, and the verified overlays as thumbnails,
+        flagged ``VERIFIED``. Other objects (the SR, a SEG) are kept as they are."""
+        from overread.service.outputs.overlay import overlay_finding, verified_overlay
+        from overread.service.outputs.pdf import (
+            ENCAPSULATED_PDF_STORAGE,
+            OverlayThumbnail,
+            ReportContext,
+            build_pdf_report,
+        )
+        from overread.service.outputs.prediction import checked_findings
+        from overread.service.outputs.sr import image_label
+
+        if not any(
+            a.get("sop_class_uid") in (SECONDARY_CAPTURE, ENCAPSULATED_PDF_STORAGE)
+            for a in artifacts
+        ):
+            return list(artifacts)
+        model = ModelRef(name=str(result.model_name), version=str(result.model_version))
+        usable = list(summary.usable())
+        verified: dict[str, tuple[int, Prediction]] = {}
+        for position, (index, prediction) in enumerate(usable):
+            own = prediction.model
+            prediction.model = ModelRef(
+                name=own.name or model.name,
+                version=own.version or model.version,
+                sha256=own.sha256 or model.sha256,
+            )
+            verified[summary.sop_instance_uid(index)] = (position, verification.apply(prediction))
+        series = generate_uid()
+        kept: list[dict[str, Any]] = []
+        thumbnails: list[Any] = []
+        for artifact in artifacts:
+            if artifact.get("sop_class_uid") != SECONDARY_CAPTURE:
+                kept.append(artifact)
+                continue
+            stored = pydicom.dcmread(self.store.path(str(artifact["key"])))
+            label = overlay_finding(stored)
+            sources = [
+                str(r.ReferencedSOPInstanceUID) for r in stored.get("SourceImageSequence", [])
+            ]
+            found = next((verified[u] for u in sources if u in verified), None)
+            if label is None or found is None:
+                kept.append(artifact)
+                continue
+            position, prediction = found
+            finding = next((f for f in checked_findings(prediction) if f.label == label), None)
+            if finding is None or finding.decision is Decision.NEGATIVE:
+                continue  # the reader says there is nothing to show
+            overlay = verified_overlay(
+                stored,
+                label,
+                finding.decision,
+                verification,
+                series_instance_uid=series,
+                instance_number=len(thumbnails) + 1,
+            )
+            kept.append(self._store_dataset(overlay, "OT"))
+            source = headers.get(sources[0]) if sources else None
+            view = "" if source is None else image_label(source, position, len(usable))
+            thumbnails.append(OverlayThumbnail.from_overlay(overlay, finding, view))
+        pdf = next((a for a in kept if a.get("sop_class_uid") == ENCAPSULATED_PDF_STORAGE), None)
+        if pdf is None:
+            return kept
+        readings = [
+            (prediction, headers[uid])
+            for uid, (_, prediction) in verified.items()
+            if uid in headers
+        ]
+        readings += [
+            (p, headers[summary.sop_instance_uid(i)])
+            for i, p in enumerate(summary.instances)
+            if not p.ok
+            and p.gate is not None
+            and p.gate.refused
+            and summary.sop_instance_uid(i) in headers
+        ]
+        previous = self._stored_header(pdf)
+        report = build_pdf_report(
+            readings,
+            ReportContext(
+                critical=frozenset(self._critical(usable)),
+                thumbnails=thumbnails,
+                verification=verification,
+            ),
+            series_instance_uid=None if previous is None else str(previous.SeriesInstanceUID),
+            instance_number=1 + (0 if previous is None else int(previous.InstanceNumber or 1)),
+        )
+        entry = self._store_dataset(report, "DOC")
+        return [entry if a is pdf else a for a in kept]
+
+    def _critical(self, usable: Sequence[tuple[int, Prediction]]) -> set[str]:
+        """The findings at their critical-alert thresholds (the model's probabilities)."""
+        from overread.triage import critical_findings
+        from overread.triage.config import TriageConfig
+
+        alerts = TriageConfig.model_validate(self.config.triage).alerts
+        return {
+            label
+            for _, prediction in usable
+            for label, _, _ in critical_findings(prediction.findings, alerts)
+        }
+
     def _stored_header(self, artifact: Mapping[str, Any]) -> Dataset | None:
         path = self.store.path(str(artifact["key"]))
         try:
@@ -711,9 +896,9 @@ class ReviewDesk:
         self, session: Session, result: Result, new_sr: Mapping[str, Any] | None
     ) -> int:
         """Send the corrected result again on every export job of it: a DICOM or STOW-RS
-        export that delivered the old objects sends the new SR only; one that did not
-        yet deliver sends everything the result has now; FHIR and HL7 send the
-        corrected report. Returns how many jobs were queued."""
+        export sends every object the result has now (the new SR, the verified PDF
+        report and overlays, the SEG), as much as the destination takes of them; FHIR
+        and HL7 send the corrected report. Returns how many jobs were queued."""
         now = utcnow()
         jobs = session.scalars(
             select(Job).where(
@@ -726,13 +911,8 @@ class ReviewDesk:
         for job in jobs:
             payload = export_payload(job.payload or {})
             if isinstance(payload, DicomExportPayload | StowExportPayload):
-                only: tuple[str, ...] = ()
-                if job.state == JobState.SUCCEEDED.value and new_sr is not None:
-                    only = (str(new_sr["sop_instance_uid"]),)
                 data = dict(job.payload or {})
                 data.pop("objects", None)
-                if only:
-                    data["objects"] = list(only)
                 job.payload = data
             job.state = JobState.QUEUED.value
             job.attempts = 0
@@ -833,6 +1013,26 @@ class ReviewDesk:
         return done
 
 
+def _stale(results: Sequence[tuple[Result, ResultReview | None]], seen: Mapping[int, str]) -> str:
+    """How the study's results differ from those a reader saw ("" when they do not)."""
+    current = {result.id: result_version(result, review) for result, review in results}
+    why: list[str] = []
+    new = sorted(set(current) - set(seen))
+    if new:
+        why.append("new result " + ", ".join(map(str, new)))
+    gone = sorted(set(seen) - set(current))
+    if gone:
+        why.append("result " + ", ".join(map(str, gone)) + " no longer stored")
+    changed = sorted(i for i in set(current) & set(seen) if current[i] != seen[i])
+    if changed:
+        why.append(
+            "result "
+            + ", ".join(map(str, changed))
+            + " read again or reviewed by someone else since"
+        )
+    return "; ".join(why)
+
+
 def _study_decisions(summary: ResultSummary) -> dict[str, Decision]:
     """The model's decision per finding for the study: the strongest of its images'
     (positive, then indeterminate, then negative), as the SR's summary merges them."""
@@ -875,9 +1075,11 @@ __all__ = [
     "ReviewError",
     "ReviewOutcome",
     "ReviewRequest",
+    "ReviewStaleError",
     "held",
     "hold_result",
     "queue_exports",
+    "result_version",
     "reviewing_routes",
     "study_review_states",
 ]

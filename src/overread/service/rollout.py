@@ -236,6 +236,16 @@ def split_ref(ref: str) -> tuple[str, str]:
     return name, version
 
 
+def _rollout_side(job: Job) -> tuple[str, RolloutRole | None, str]:
+    """An infer job's alias, rollout side and ``name@version`` as its payload states
+    them (the payload's reader, :class:`~overread.service.payloads.InferPayload`,
+    imports this module)."""
+    data = job.payload or {}
+    role = str(data.get("role") or "")
+    side = RolloutRole(role) if role in {r.value for r in RolloutRole} else None
+    return str(data.get("alias") or job.model_name), side, str(data.get("model") or "")
+
+
 def not_shadow() -> ColumnElement[bool]:
     """A filter on :class:`Result` queries leaving out shadow results: what a reader,
     the REST API or an export sees of a study is never a shadow's reading."""
@@ -576,7 +586,149 @@ class RolloutStore:
             object_uids=[alias],
             details={**rollout.to_dict(), "evidence": evidence or {}},
         )
+        if state is RolloutState.ROLLED_BACK:
+            # Nothing waiting for the candidate runs after its rollback.
+            self.reroute(session, rollout, actor=actor, role=role)
         return rollout
+
+    def reroute(
+        self,
+        session: Session,
+        rollout: Rollout,
+        *,
+        actor: str,
+        role: str = "",
+        jobs: Sequence[Job] | None = None,
+    ) -> dict[str, list[int]]:
+        """Cancel the candidate's infer jobs that have not run (received, queued,
+        waiting for a retry; or ``jobs``) in the caller's transaction, and queue the
+        active version on each canary study among them and among its dead-lettered
+        ones, so no study is left without a result (a shadow's study has the active's
+        already; a dead letter stays one). Audited (``rollout-reroute``). Returns the
+        cancelled and the queued job ids."""
+        from overread.service.jobs import JobQueue
+
+        cand_name, cand_version = split_ref(rollout.candidate_ref)
+        act_name, act_version = split_ref(rollout.active_ref)
+        if jobs is None:
+            jobs = session.scalars(
+                select(Job).where(
+                    Job.kind == JobKind.INFER.value,
+                    Job.model_name == cand_name,
+                    Job.model_version == cand_version,
+                    Job.state.in_(
+                        [
+                            JobState.RECEIVED.value,
+                            JobState.QUEUED.value,
+                            JobState.FAILED.value,
+                            JobState.DEAD_LETTERED.value,
+                        ]
+                    ),
+                )
+            ).all()
+        now = utcnow()
+        queue = JobQueue(self.database)
+        cancelled: list[int] = []
+        queued: list[int] = []
+        studies: list[str] = []
+        for job in jobs:
+            alias, side, _ = _rollout_side(job)
+            if alias != rollout.alias or side not in (RolloutRole.CANARY, RolloutRole.SHADOW):
+                continue
+            if job.state != JobState.DEAD_LETTERED.value:
+                # A dead letter stays one (its failure counts); anything else is cancelled.
+                job.state = JobState.CANCELLED.value
+                job.error = f"cancelled: {rollout.candidate_ref} rolled back on {rollout.alias}"
+                job.lease_owner = None
+                job.lease_expires_at = None
+                job.finished_at = now
+                job.updated_at = now
+                cancelled.append(job.id)
+            if side is not RolloutRole.CANARY:
+                continue
+            # The study goes to the active version, as if the canary had not drawn it
+            # (the payload an infer job of the alias has: the alias and destinations).
+            active = {
+                "alias": rollout.alias,
+                "destinations": list((job.payload or {}).get("destinations") or []),
+            }
+            job_id, _ = queue.enqueue(
+                session,
+                study_instance_uid=job.study_instance_uid,
+                model_name=act_name,
+                model_version=act_version,
+                kind=JobKind.INFER,
+                route=job.route,
+                priority=job.priority,
+                payload=active,
+            )
+            queued.append(job_id)
+            studies.append(job.study_instance_uid)
+        if cancelled or queued:
+            session.flush()
+            record_event(
+                session,
+                actor=actor,
+                role=role,
+                action=AuditAction.ROLLOUT_REROUTE,
+                object_uids=[rollout.alias, *studies],
+                details={
+                    "alias": rollout.alias,
+                    "candidate": rollout.candidate_ref,
+                    "active": rollout.active_ref,
+                    "cancelled_jobs": cancelled,
+                    "queued_jobs": queued,
+                },
+            )
+            logger.warning(
+                "rollback of %s on %s: %d job(s) cancelled, %d study(ies) sent to %s",
+                rollout.candidate_ref,
+                rollout.alias,
+                len(cancelled),
+                len(queued),
+                rollout.active_ref,
+            )
+        return {"cancelled": cancelled, "queued": queued}
+
+    def reroute_dead_letter(self, job_id: int, *, actor: str) -> list[int]:
+        """A canary job dead-lettered: queue the active version on its study (the
+        rollout's, open or ended); returns the queued job ids."""
+        with self.database.session() as session:
+            job = session.get(Job, job_id)
+            if job is None or job.state != JobState.DEAD_LETTERED.value:
+                return []
+            alias, side, model = _rollout_side(job)
+            if side is not RolloutRole.CANARY or not model:
+                return []
+            row = session.get(ModelRollout, alias)
+            if row is None or row.candidate_ref != model:
+                return []
+            return self.reroute(session, _rollout(row), actor=actor, role="service", jobs=[job])[
+                "queued"
+            ]
+
+    def skip_rolled_back(self, job_id: int, owner: str) -> bool:
+        """Before a claimed rollout job runs: if its candidate was rolled back since it
+        was queued, cancel it (under the caller's lease) and send its study to the
+        active version; whether it was skipped."""
+        with self.database.session() as session:
+            job = session.get(Job, job_id)
+            if job is None or job.lease_owner != owner:
+                return False
+            alias, side, model = _rollout_side(job)
+            if side not in (RolloutRole.CANARY, RolloutRole.SHADOW) or not model:
+                return False
+            row = session.get(ModelRollout, alias)
+            if (
+                row is None
+                or row.state != RolloutState.ROLLED_BACK.value
+                or row.candidate_ref != model
+            ):
+                return False
+            done = self.reroute(
+                session, _rollout(row), actor=f"worker:{owner}", role="service", jobs=[job]
+            )
+            return bool(done["cancelled"])
 
     # results
     def mark_result(

@@ -93,7 +93,8 @@ class ArtifactBuilder(Protocol):
         source header or dataset)`` pairs, one per image of the study;
         ``cam_segmentation`` adds a SEG of each image's thresholded CAM regions;
         ``pdf_report`` adds the study's PDF report (Encapsulated PDF) with the overlays
-        as thumbnails."""
+        as thumbnails. A builder may also take ``predecessors`` (headers of SRs the new
+        one supersedes, for a study re-read after more of its images arrived)."""
         ...
 
 
@@ -237,14 +238,15 @@ class RegistryPipelineProvider:
     def pipeline(self, alias: str) -> Any:
         """The plain (unbatched) pipeline of ``alias``, loaded and warmed up once."""
         try:
-            from overread.inference import Pipeline
+            from overread.inference import open_pipeline
         except ImportError as exc:
             raise ServiceError(f"the inference pipeline is not available: {exc}") from None
-        return Pipeline.from_name(alias, registry=self.registry, threads=self.threads)
+        return open_pipeline(alias, registry=self.registry, threads=self.threads)
 
     def get(self, alias: str) -> PipelineLike:
         pipeline = self.pipeline(alias)
-        if not self.batching:
+        # A volumetric pipeline reads a whole series at once: nothing to micro-batch.
+        if not self.batching or getattr(pipeline, "volumetric", False):
             plain: PipelineLike = pipeline
             return plain
         from overread.inference.batching import BatchedPipeline
@@ -353,8 +355,10 @@ class OutputsArtifactBuilder:
         *,
         cam_segmentation: bool = False,
         pdf_report: ReportContext | None = None,
+        predecessors: Sequence[Any] = (),
     ) -> list[Any]:
         usable = [(p, ds) for p, ds in readings if p.ok]
+        superseding: dict[str, Any] = {"predecessors": list(predecessors)} if predecessors else {}
         refused = [
             (p, ds) for p, ds in readings if not p.ok and p.gate is not None and p.gate.refused
         ]
@@ -362,12 +366,12 @@ class OutputsArtifactBuilder:
             # A study the input gate refused still gets a report saying so.
             if not refused:
                 return []
-            built: list[Any] = [self._outputs.build_not_analysed_sr(refused)]
+            built: list[Any] = [self._outputs.build_not_analysed_sr(refused, **superseding)]
             if pdf_report is not None:
                 built.append(self._outputs.build_pdf_report(refused, pdf_report))
             return built
         left_out = [p for p, _ in refused]
-        built = [self._outputs.build_study_sr(usable, not_analysed=left_out)]
+        built = [self._outputs.build_study_sr(usable, not_analysed=left_out, **superseding)]
         thumbnails: list[Any] = []
         for index, (prediction, source) in enumerate(usable):
             if prediction.heatmaps and "PixelData" in source:

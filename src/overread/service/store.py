@@ -12,15 +12,27 @@ for a new directory.
 
 The same interface (``put``/``path``/``open``/``exists``) is what an S3-compatible
 store would implement.
+
+Because identical bytes share one file, a writer that finds its object already there
+and a clean-up that removes the object when no row references it could cross: the
+writer's row, committed just after the clean-up looked, would name a file removed
+just after. :meth:`ObjectStore.referencing` (a writer: store, then record the row
+before leaving the block) and :meth:`ObjectStore.remove_unreferenced` (retention:
+look for rows, then remove) exclude each other through a lock file per key prefix
+(``ab.lock`` in ``<root>.locks`` beside the store, so the store holds objects only;
+``flock``: shared for writers, exclusive for removal), across threads and processes
+sharing the store.
 """
 
 from __future__ import annotations
 
 import contextlib
+import fcntl
 import hashlib
 import itertools
 import os
 import threading
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -36,6 +48,11 @@ class StoredObject:
     size: int
     path: Path
     created: bool
+
+
+#: The store's lock files (one per key prefix) are in a folder beside it: its name
+#: and this suffix.
+LOCK_DIR_SUFFIX = ".locks"
 
 
 def _fsync_dir(path: Path) -> None:
@@ -89,6 +106,51 @@ class ObjectStore:
             if created and self.fsync:
                 _fsync_dir(self.root)
             self._prepared = True
+
+    @contextlib.contextmanager
+    def _prefix_lock(self, prefix: str, *, exclusive: bool) -> Iterator[None]:
+        """Hold the lock of the objects whose keys start with ``prefix`` (two hex
+        digits): shared (writers) or exclusive (removal). Each holder opens the lock
+        file itself, so threads of one process exclude each other as processes do."""
+        locks = self.root.with_name(self.root.name + LOCK_DIR_SUFFIX)
+        locks.mkdir(exist_ok=True)
+        fd = os.open(locks / f"{prefix}.lock", os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX if exclusive else fcntl.LOCK_SH)
+            yield
+        finally:
+            os.close(fd)  # releases the lock
+
+    @contextlib.contextmanager
+    def referencing(self, data: bytes) -> Iterator[StoredObject]:
+        """Store ``data`` (as :meth:`put`) and keep it from being removed until the
+        block ends: the caller commits the row that references it inside the block,
+        so :meth:`remove_unreferenced` either sees that row or ran entirely before the
+        object was stored (and the object is then written anew)."""
+        digest = hashlib.sha256(data).hexdigest()
+        with self._prefix_lock(digest[:2], exclusive=False):
+            yield self.put(data)
+
+    def remove_unreferenced(self, key: str, referenced: Callable[[], bool]) -> int | None:
+        """Remove object ``key`` unless ``referenced()`` (asked under the lock, so
+        it sees every row a writer in :meth:`referencing` committed) says a row still
+        needs it. Returns the bytes freed, or None when it was kept or already gone.
+
+        Raises
+        ------
+        OSError
+            If the file exists but cannot be removed.
+        """
+        path = self.path(key)
+        with self._prefix_lock(key[:2], exclusive=True):
+            if referenced():
+                return None
+            try:
+                size = path.stat().st_size
+                path.unlink()
+            except FileNotFoundError:
+                return None
+        return size
 
     @staticmethod
     def key_for(sha256: str) -> str:

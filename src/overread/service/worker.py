@@ -23,6 +23,7 @@ import socket
 import threading
 import uuid
 from collections.abc import Callable
+from typing import Any
 
 from overread.errors import (
     InferenceError,
@@ -30,7 +31,7 @@ from overread.errors import (
     ModelPackageError,
 )
 from overread.service.config import ServiceConfig
-from overread.service.db import Database, Job, JobKind
+from overread.service.db import Database, Job, JobKind, JobState
 from overread.service.exporters import Exporters
 from overread.service.handling import JobServices, PermanentExportError
 from overread.service.infer import FHIR_DESTINATION_PREFIX, InferenceHandler
@@ -38,6 +39,7 @@ from overread.service.jobs import JobQueue, LeaseLostError
 from overread.service.payloads import export_payload
 from overread.service.rollout import RolloutRole, RolloutStore
 from overread.service.runtime import ArtifactBuilder, PipelineProvider
+from overread.service.scu import AssociationPool
 from overread.service.store import ObjectStore
 
 logger = logging.getLogger(__name__)
@@ -97,6 +99,9 @@ class Worker:
         Resolves model aliases to pipelines.
     artifacts
         Builds the DICOM objects to send (``None``: results are stored, nothing is sent).
+    associations
+        The associations to DICOM destinations kept between sends, shared by the
+        process's workers (``None``: a pool of this worker's own).
     """
 
     def __init__(
@@ -109,6 +114,7 @@ class Worker:
         artifacts: ArtifactBuilder | None,
         *,
         name: str | None = None,
+        associations: AssociationPool | None = None,
     ) -> None:
         self.config = config
         self.database = database
@@ -122,18 +128,40 @@ class Worker:
             configure(config)
         services = JobServices(config, database, store, queue, self.name)
         self.inference = InferenceHandler(services, models, artifacts)
-        self.exporters = Exporters(services)
+        self.exporters = Exporters(services, associations)
         self.rollouts = RolloutStore(database, self.inference.triage.alerts.critical)
 
     def run_once(self) -> Job | None:
-        """Claim and run one job; return it (as claimed), or ``None`` if none was ready."""
+        """Claim and run one job; return it (as claimed), or ``None`` if none was ready.
+
+        An infer job's DICOM exports are then claimed by id and sent by this worker
+        at once, on the association it keeps to the destination, instead of waiting
+        in the queue for a poll. They are ordinary export jobs all the same: the
+        review hold and the kill switch are checked when they run, and a failed send
+        is retried from the queue with the usual backoff.
+        """
         job = self.queue.claim(self.name, lease_seconds=self.config.lease_seconds)
         if job is None:
             return None
+        follow_ups = self._run_claimed(job)
+        for job_id in follow_ups:
+            export = self.queue.claim_job(
+                job_id, self.name, lease_seconds=self.config.lease_seconds
+            )
+            if export is not None:
+                self._run_claimed(export)
+        return job
+
+    def _run_claimed(self, job: Job) -> list[int]:
+        """Run a job this worker holds; return the export jobs it queued to send now."""
+        follow_ups: list[int] = []
+        rollout_role = job.payload.get("role") if job.kind == JobKind.INFER.value else None
+        if rollout_role in (RolloutRole.CANARY, RolloutRole.SHADOW) and self._rolled_back(job):
+            return follow_ups
         with _Heartbeat(self.queue, job.id, self.name, self.config.lease_seconds) as beat:
             try:
                 if job.kind == JobKind.INFER.value:
-                    self.inference.run(job)
+                    follow_ups = self.inference.run(job)
                 elif job.kind == JobKind.EXPORT.value:
                     self.exporters.export(job, export_payload(job.payload))
                 else:
@@ -141,15 +169,38 @@ class Worker:
             except LeaseLostError as exc:
                 logger.warning("%s", exc)
             except PERMANENT_ERRORS as exc:
-                self.queue.mark_failed(job.id, self.name, str(exc), retryable=False)
+                state = self.queue.mark_failed(job.id, self.name, str(exc), retryable=False)
+                self._after_failure(job, rollout_role, state)
             except Exception as exc:
                 logger.debug("job %d failed", job.id, exc_info=True)
-                self.queue.mark_failed(job.id, self.name, f"{type(exc).__name__}: {exc}")
+                state = self.queue.mark_failed(job.id, self.name, f"{type(exc).__name__}: {exc}")
+                self._after_failure(job, rollout_role, state)
             if beat.lost:
                 logger.warning("job %d: lease was lost while running", job.id)
-        if job.kind == JobKind.INFER.value and job.payload.get("role") == RolloutRole.CANARY:
+        if rollout_role == RolloutRole.CANARY:
             self._watch_canary(str(job.payload.get("alias") or job.model_name))
-        return job
+        return follow_ups if self.config.export_at_once else []
+
+    def _rolled_back(self, job: Job) -> bool:
+        """Whether a claimed canary or shadow job's candidate was rolled back since it
+        was queued (then it is cancelled, audited, and its study sent to the active
+        version instead of running)."""
+        try:
+            return self.rollouts.skip_rolled_back(job.id, self.name)
+        except Exception:
+            logger.exception(
+                "%s: rollout state of job %d unreadable; running it", self.name, job.id
+            )
+            return False
+
+    def _after_failure(self, job: Job, rollout_role: Any, state: str) -> None:
+        """A canary job that failed for good: its study goes to the active version."""
+        if rollout_role != RolloutRole.CANARY or state != JobState.DEAD_LETTERED.value:
+            return
+        try:
+            self.rollouts.reroute_dead_letter(job.id, actor=f"worker:{self.name}")
+        except Exception:
+            logger.exception("%s: re-routing dead-lettered canary job %d failed", self.name, job.id)
 
     def _watch_canary(self, alias: str) -> None:
         """Judge the alias's canary after each of its jobs (rolled back when it left a
@@ -184,11 +235,13 @@ class Worker:
                 logger.exception("%s: error while claiming a job; backing off", self.name)
                 ran = None
             if ran is None and not stop.is_set():
+                self.exporters.close_idle()
                 if wake is not None:
                     wake.wait(self.config.poll_seconds)
                     wake.clear()
                 else:
                     stop.wait(self.config.poll_seconds)
+        self.exporters.close()
 
 
 class WorkerPool:

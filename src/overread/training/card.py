@@ -67,6 +67,13 @@ def _calibration_lines(block: dict[str, Any]) -> list[str]:
     return lines
 
 
+def _focus(block: dict[str, Any]) -> str:
+    focus = block.get("focus_labels")
+    if not focus:
+        return ""
+    return f"; over {', '.join(focus)}: **{_fmt(block.get('focus_mean_auc'))}**"
+
+
 def model_card(config: TrainConfig, labels: list[str], record: dict[str, Any]) -> str:
     """Markdown model card from a finished run's record."""
     metrics = record["metrics"]
@@ -80,11 +87,22 @@ def model_card(config: TrainConfig, labels: list[str], record: dict[str, Any]) -
         "",
         config.package.intended_use,
         "",
-        "Research and demonstration: this model was trained on synthetic phantoms, "
-        "**not for clinical use**. It exists so that the whole overread pipeline "
-        "(DICOM in, findings, explanations and structured reports out) runs offline on a "
-        "fresh install. Its outputs on real radiographs are meaningless.",
-        "",
+    ]
+    if config.data.phantom is not None:
+        lines += [
+            "Research and demonstration: this model was trained on synthetic phantoms, "
+            "**not for clinical use**. It exists so that the whole overread pipeline "
+            "(DICOM in, findings, explanations and structured reports out) runs offline on a "
+            "fresh install. Its outputs on real radiographs are meaningless.",
+            "",
+        ]
+    else:
+        lines += [
+            f"Trained on a `{config.data.format}` label file; **not for clinical use** "
+            "unless validated locally (`overread evaluate`) and cleared for that use.",
+            "",
+        ]
+    lines += [
         "## Model",
         "",
         f"- Architecture: `{config.model.architecture}` (built by "
@@ -105,6 +123,12 @@ def model_card(config: TrainConfig, labels: list[str], record: dict[str, Any]) -
             f"- Phantom cohort: `overread phantom cxr --n {data.phantom.n} --seed "
             f"{data.phantom.seed}`; labels as a report labeller would give them (uncertain, "
             f"noisy), label policy `{data.policy}`."
+        )
+    elif data.labels_csv is not None:
+        valid = f", validation labels `{data.valid_csv.name}`" if data.valid_csv else ""
+        lines.append(
+            f"- `{data.format}` labels `{data.labels_csv.name}`{valid}; views `{data.views}`; "
+            f"label policy `{data.policy}`."
         )
     lines += [
         f"- Patient-level split {tuple(data.split)} (seed {data.split_seed}): "
@@ -134,8 +158,9 @@ def model_card(config: TrainConfig, labels: list[str], record: dict[str, Any]) -
         lines += [
             f"### {block['description']}",
             "",
-            f"{block['n_images']} images of {block['n_patients']} patients, exact ground truth "
-            f"(truth.csv). Mean AUC **{_fmt(block['mean_auc'])}**. 95% CIs: percentile "
+            f"{block['n_images']} images of {block['n_patients']} patients, "
+            f"{block.get('truth', 'exact ground truth (truth.csv)')}. "
+            f"Mean AUC **{_fmt(block['mean_auc'])}**{_focus(block)}. 95% CIs: percentile "
             f"bootstrap resampling patients.{target}",
             "",
             "| label | positives | AUC | 95% CI | why it is easy or hard |",

@@ -36,7 +36,15 @@ class DataConfig(_Section):
 
     format: Literal["phantom", "chexpert", "nih", "mimic", "folder"] = "phantom"
     labels_csv: Path | None = None
+    # A separate validation label file (CheXpert's valid.csv): the validation set
+    # instead of a patient split of labels_csv; split's middle fraction must then be 0.
+    valid_csv: Path | None = None
     root: Path | None = None
+    # "frontal": leave out lateral views (rows whose view is known to be lateral).
+    views: Literal["all", "frontal"] = "all"
+    # Labels whose mean AUC is reported beside the all-label mean (CheXpert's five
+    # competition labels); each must be one of the data's labels.
+    focus_labels: list[str] = Field(default_factory=list)
     phantom: PhantomSource | None = None
     # Held-out test cohort: other patients AND another generator seed.
     test_phantom: PhantomSource | None = None
@@ -54,6 +62,14 @@ class DataConfig(_Section):
             raise ValueError("give either [data.phantom] or data.labels_csv")
         if abs(sum(self.split) - 1.0) > 1e-6 or min(self.split) < 0:
             raise ValueError(f"split fractions must be >= 0 and sum to 1, got {self.split}")
+        if self.valid_csv is not None:
+            if self.labels_csv is None:
+                raise ValueError("data.valid_csv needs data.labels_csv (the training labels)")
+            if self.split[1] != 0:
+                raise ValueError(
+                    "data.valid_csv is the validation set: set split's middle (validation) "
+                    f"fraction to 0, got {self.split}"
+                )
         return self
 
 
@@ -91,6 +107,10 @@ class OptimConfig(_Section):
     warmup_epochs: float = Field(default=1.0, ge=0)
     grad_clip: float | None = Field(default=1.0, gt=0)
     amp: Literal["auto", "off", "bf16", "fp16"] = "auto"
+    # torch.compile of the training forward pass: "gpu" compiles when training on CUDA
+    # only, "on" everywhere (needs a C++ compiler on CPU). Off by default: its gain is
+    # not measured here.
+    compile: Literal["off", "gpu", "on"] = "off"
 
     @model_validator(mode="after")
     def _phases(self) -> OptimConfig:
@@ -150,6 +170,25 @@ class PruneConfig(_Section):
         return self
 
 
+class HarmonisationConfig(_Section):
+    """Harmonisation steps of the imaging chain (:mod:`overread.imaging.transforms.harmonise`).
+
+    Recorded in the package's preprocessing chain, so serving applies exactly
+    what training did. ``histogram_match`` fits its reference (the mean quantile
+    function) on up to ``reference_images`` training-split images.
+    """
+
+    vendor_lut: Literal["file", "ignore"] = "file"
+    intensity: Literal["none", "percentile", "zscore", "histogram_match"] = "none"
+    clahe: bool = False
+    clahe_clip_limit: float = Field(default=2.0, ge=1.0, le=40.0)
+    clahe_tiles: int = Field(default=8, ge=1, le=64)
+    lower: float = Field(default=1.0, ge=0.0, lt=50.0)
+    upper: float = Field(default=99.0, gt=50.0, le=100.0)
+    zscore_clip_sigma: float = Field(default=3.0, gt=0.0, le=10.0)
+    reference_images: int = Field(default=64, ge=1, le=10000)
+
+
 class PackageConfig(_Section):
     """The model package written at the end."""
 
@@ -157,6 +196,9 @@ class PackageConfig(_Section):
     version: str = "1.0.0"
     intended_use: str = "Research and demonstration only; not for clinical use."
     export_onnx: bool = True
+    # Test-time augmentation views the package asks for by default (1: none); the
+    # flip stays off (chest anatomy is not left-right symmetric).
+    tta_views: int = Field(default=1, ge=1, le=64)
 
 
 class TrainConfig(_Section):
@@ -165,7 +207,7 @@ class TrainConfig(_Section):
     name: str = "run"
     output: Path = Path("runs/run")
     seed: int = 0
-    device: str = "auto"  # auto | cpu | cuda | cuda:N
+    device: str = Field(default="auto", pattern=r"^(auto|cpu|cuda(:[0-9]+)?)$")
     threads: int | None = Field(default=None, ge=1)
     checkpoint_every: int = Field(default=0, ge=0)  # steps; 0 = only at epoch ends
     log_every: int = Field(default=20, ge=1)
@@ -175,6 +217,7 @@ class TrainConfig(_Section):
     optim: OptimConfig = Field(default_factory=OptimConfig)
     loss: LossConfig = Field(default_factory=LossConfig)
     augment: AugmentConfig = Field(default_factory=AugmentConfig)
+    harmonisation: HarmonisationConfig = Field(default_factory=HarmonisationConfig)
     early_stop: EarlyStopConfig = Field(default_factory=EarlyStopConfig)
     distill: DistillConfig | None = None
     prune: PruneConfig | None = None
@@ -282,6 +325,7 @@ def resolve_paths(config: TrainConfig, base: Path) -> TrainConfig:
     out = config.model_copy(deep=True)
     out.output = fix(out.output) or out.output
     out.data.labels_csv = fix(out.data.labels_csv)
+    out.data.valid_csv = fix(out.data.valid_csv)
     out.data.root = fix(out.data.root)
     for src in (out.data.phantom, out.data.test_phantom):
         if src is not None:

@@ -29,7 +29,7 @@ import torch
 import torch.distributed as dist
 from torch import nn
 
-from overread.errors import ConfigError, DatasetError
+from overread.errors import ConfigError, DatasetError, OverreadError
 from overread.training.card import model_card
 from overread.training.compression import ModelCost, magnitude_prune, measure, sparsity
 from overread.training.config import PhantomSource, TrainConfig
@@ -140,6 +140,47 @@ class Splits:
     hashes: dict[str, str]
     counts: dict[str, int]
     left_out: list[str]
+    chain_spec: list[dict[str, Any]] = field(default_factory=list)
+
+
+#: Gives the chain spec once the training split's image paths are known.
+ChainFor = Callable[[list[Path]], list[dict[str, Any]]]
+
+
+def training_chain(config: TrainConfig) -> list[dict[str, Any]] | ChainFor:
+    """The run's preprocessing chain: ``cxr_chain`` with the configured harmonisation.
+
+    Histogram matching needs a reference fitted on training images, so then the
+    chain is a function of the training split's paths (the first
+    ``reference_images`` of them, read through the chain up to the match).
+    """
+    from overread.imaging.transforms import (
+        Harmonisation,
+        build_chain,
+        cxr_chain,
+        reference_quantiles,
+    )
+
+    section = config.harmonisation.model_dump(exclude={"reference_images"})
+    harmonisation = Harmonisation.from_dict(section)
+    size = config.data.size
+    if not harmonisation.needs_reference:
+        return cxr_chain(size, harmonisation=harmonisation).to_spec()
+    limit = config.harmonisation.reference_images
+
+    def chain_for(paths: list[Path]) -> list[dict[str, Any]]:
+        before = Harmonisation(vendor_lut=harmonisation.vendor_lut)
+        upto = build_chain(cxr_chain(size, harmonisation=before).to_spec()[:-1])
+        images = []
+        for path in paths[:limit]:
+            try:
+                images.append(upto(path).pixels)
+            except OverreadError as exc:
+                log.warning("histogram reference: %s left out (%s)", path, exc)
+        reference = reference_quantiles(images)
+        return cxr_chain(size, harmonisation=harmonisation.with_reference(reference)).to_spec()
+
+    return chain_for
 
 
 def _tensors(
@@ -185,7 +226,10 @@ def _truth_for(table: Any, folder: Path) -> tuple[np.ndarray, np.ndarray]:
 
 
 def build_splits(
-    config: TrainConfig, ctx: DistributedContext, chain_spec: list[dict[str, Any]], echo: Echo
+    config: TrainConfig,
+    ctx: DistributedContext,
+    chain: list[dict[str, Any]] | ChainFor,
+    echo: Echo,
 ) -> Splits:
     """Read, split, apply the policy and preprocess (rank 0 first, then the others reuse)."""
     from overread.data import apply_policy, patient_split, read_labels
@@ -204,6 +248,7 @@ def build_splits(
         table = read_labels(data.format, data.labels_csv, root=data.root)
     if table.skipped:
         echo(f"{len(table.skipped)} label rows skipped (e.g. {table.skipped[0]})")
+    table = select_views(table, data.views, echo)
     source = table.source or data.labels_csv
     if source is not None and Path(source).is_file():
         hashes[f"labels:{Path(source).name}"] = file_sha256(Path(source))
@@ -211,8 +256,38 @@ def build_splits(
         for name in ("truth.csv", "cohort.json"):
             if (folder / name).is_file():
                 hashes[f"train-cohort:{name}"] = file_sha256(folder / name)
-    train_t, val_t, test_t = patient_split(table, data.split, seed=data.split_seed)
     labels = list(table.labels)
+    unknown = [name for name in data.focus_labels if name not in labels]
+    if unknown:
+        raise ConfigError(
+            f"data.focus_labels names label(s) the data does not have: {', '.join(unknown)}"
+        )
+    if data.valid_csv is not None:
+        val_t = read_labels(data.format, data.valid_csv, root=data.root)
+        if val_t.skipped:
+            echo(f"{len(val_t.skipped)} validation label rows skipped (e.g. {val_t.skipped[0]})")
+        val_t = select_views(val_t, data.views, echo)
+        if list(val_t.labels) != labels:
+            raise DatasetError(f"{data.valid_csv}: its labels differ from {data.labels_csv}'s")
+        if not len(val_t):
+            raise DatasetError(f"{data.valid_csv}: no usable validation images")
+        hashes[f"valid-labels:{data.valid_csv.name}"] = file_sha256(data.valid_csv)
+        # Patients in both files would leak into validation: train without them.
+        shared = set(val_t.frame["patient_id"]) & set(table.frame["patient_id"])
+        if shared:
+            echo(
+                f"{len(shared)} patient(s) of {data.valid_csv.name} also in the training labels: left out of training"
+            )
+            keep = ~table.frame["patient_id"].isin(shared).to_numpy()
+            table = table.take(np.flatnonzero(keep))
+        train_t, _, test_t = patient_split(table, data.split, seed=data.split_seed)
+    else:
+        train_t, val_t, test_t = patient_split(table, data.split, seed=data.split_seed)
+    chain_spec = (
+        chain([Path(train_t.image_path(i)) for i in range(len(train_t))])
+        if callable(chain)
+        else chain
+    )
     cache_dir = (config.output.parent / "cache") if data.cache else None
     left_out: list[str] = []
 
@@ -267,7 +342,23 @@ def build_splits(
         hashes=hashes,
         counts=counts,
         left_out=left_out,
+        chain_spec=chain_spec,
     )
+
+
+def select_views(table: Any, views: str, echo: Echo) -> Any:
+    """``views="frontal"``: the table without rows whose view is known to be lateral."""
+    if views == "all":
+        return table
+    frame = table.frame
+    lateral = np.zeros(len(frame), dtype=bool)
+    for column in ("view", "frontal_lateral"):
+        if column in frame.columns:
+            lateral |= frame[column].astype(str).str.strip().str.lower().eq("lateral").to_numpy()
+    if lateral.any():
+        echo(f"{int(lateral.sum())} lateral image(s) left out (views = frontal)")
+        return table.take(np.flatnonzero(~lateral))
+    return table
 
 
 def _barrier(ctx: DistributedContext) -> None:
@@ -333,9 +424,20 @@ def load_teacher(path: Path, channels: int, num_classes: int) -> nn.Module:
 
 # -------------------------------------------------------------- evaluation
 def evaluate(
-    trainer: Trainer, ds: TensorDataset, labels: list[str], description: str, n_boot: int
+    trainer: Trainer,
+    ds: TensorDataset,
+    labels: list[str],
+    description: str,
+    n_boot: int,
+    *,
+    focus: list[str] | None = None,
+    truth: str | None = None,
 ) -> dict[str, Any]:
-    """Per-label AUC with patient-clustered 95% bootstrap CI on exact labels."""
+    """Per-label AUC with patient-clustered 95% bootstrap CI.
+
+    ``focus`` labels get their own mean AUC (``focus_mean_auc``); ``truth`` says
+    what the labels are when they are not a phantom's exact truth.
+    """
     probs, targets, mask, _ = trainer.predict(ds)
     aucs = per_class_auc(probs, targets, mask)
     cis = bootstrap_auc_ci(probs, targets, clusters=ds.patient_ids or None, n_boot=n_boot)
@@ -348,13 +450,19 @@ def evaluate(
         }
         for i, label in enumerate(labels)
     }
-    return {
+    block: dict[str, Any] = {
         "description": description,
         "n_images": len(ds),
         "n_patients": len(set(ds.patient_ids)),
         "mean_auc": mean_auc(aucs),
         "per_label": per_label,
     }
+    if focus:
+        block["focus_labels"] = list(focus)
+        block["focus_mean_auc"] = mean_auc([aucs[labels.index(name)] for name in focus])
+    if truth:
+        block["truth"] = truth
+    return block
 
 
 def calibration_report(
@@ -422,8 +530,6 @@ def run_training(
     config: TrainConfig, *, resume: bool = True, echo: Echo | None = None
 ) -> RunResult:
     """Run a whole training job as configured; see the module docstring."""
-    from overread.imaging.transforms import cxr_chain
-
     say: Echo = echo or (lambda msg: log.info("%s", msg))
     started = time.time()
     if config.threads:
@@ -431,9 +537,9 @@ def run_training(
     ctx = init_distributed(config.device)
     out = config.output
     out.mkdir(parents=True, exist_ok=True)
-    chain_spec = cxr_chain(config.data.size).to_spec()
     t0 = time.time()
-    splits = build_splits(config, ctx, chain_spec, say)
+    splits = build_splits(config, ctx, training_chain(config), say)
+    chain_spec = splits.chain_spec
     prep_seconds = time.time() - t0
     labels = splits.labels
     net = build_model(config, len(labels))
@@ -477,9 +583,30 @@ def run_training(
 
     n_boot = 300 if len(splits.train) < 200 else 1000
     evaluations: dict[str, Any] = {}
+    focus = list(config.data.focus_labels) or None
+    labelled = (
+        None if config.data.phantom is not None else f"labels with policy {config.data.policy}"
+    )
     if splits.test is not None and len(splits.test):
         evaluations["test"] = evaluate(
-            trainer, splits.test, labels, "held-out patients of the training cohort", n_boot
+            trainer,
+            splits.test,
+            labels,
+            "held-out patients of the training cohort",
+            n_boot,
+            focus=focus,
+            truth=labelled,
+        )
+    if config.data.valid_csv is not None:
+        evaluations["validation"] = evaluate(
+            trainer,
+            splits.val,
+            labels,
+            f"{config.data.valid_csv.name}, the validation set (also used for early stopping, "
+            "calibration and operating points: not an independent test)",
+            n_boot,
+            focus=focus,
+            truth=f"labels with policy {config.data.policy}",
         )
     if splits.external is not None and len(splits.external):
         assert config.data.test_phantom is not None
@@ -489,6 +616,7 @@ def run_training(
             labels,
             f"separate phantom cohort, seed {config.data.test_phantom.seed}",
             n_boot,
+            focus=focus,
         )
     val_probs, val_t, val_m, _ = trainer.predict(splits.val)
     # Calibrate first, then choose thresholds on the calibrated probabilities: the
@@ -629,6 +757,13 @@ def write_model_package(
 
     input_spec = cxr_input_spec(config.data.size)
     input_spec["channels"] = config.data.channels
+    input_spec["chain"] = chain_spec
+    harmonisation = config.harmonisation
+    if harmonisation != type(harmonisation)():
+        input_spec["normalisation"] += (
+            f"; harmonised: vendor LUT {harmonisation.vendor_lut}, intensity "
+            f"{harmonisation.intensity}, CLAHE {'on' if harmonisation.clahe else 'off'}"
+        )
     training = {
         key: record[key]
         for key in ("name", "git", "seed", "data_hashes", "counts", "timings_seconds", "versions")
@@ -637,6 +772,7 @@ def write_model_package(
     training["label_policy"] = config.data.policy
     training["device"] = record["device"]
     training["world_size"] = record["world_size"]
+    training["harmonisation"] = config.harmonisation.model_dump()
     path: Path = write_package(
         config.output / "package",
         network=net,
@@ -654,6 +790,9 @@ def write_model_package(
         export_onnx=config.package.export_onnx,
         accepts=CXR_ACCEPTS,
         int8_calibration=int8_images if config.package.export_onnx else None,
+        uncertainty={"tta_views": config.package.tta_views}
+        if config.package.tta_views > 1
+        else None,
         overwrite=True,
     )
     # The card goes in after the weights; re-signing lists it with its checksum.

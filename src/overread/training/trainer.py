@@ -23,7 +23,7 @@ import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import numpy as np
 import torch
@@ -123,11 +123,14 @@ def resolve_device(name: str, ctx: DistributedContext) -> torch.device:
 def amp_dtype(mode: str, device: torch.device) -> torch.dtype | None:
     """The autocast dtype for ``mode`` on ``device`` (``None``: full precision).
 
-    ``auto`` uses fp16 (with a GradScaler) on CUDA and full precision on CPU:
+    ``auto`` uses bf16 on a GPU that supports it (Ampere and later: no loss
+    scaling needed), else fp16 with a GradScaler, and full precision on CPU:
     bf16 autocast on CPU is opt-in because its speed-up depends on the CPU.
     """
     if mode == "off" or (mode == "auto" and device.type != "cuda"):
         return None
+    if mode == "auto" and torch.cuda.is_bf16_supported():
+        return torch.bfloat16
     if mode in ("auto", "fp16"):
         if device.type != "cuda":
             raise ConfigError("amp = 'fp16' needs a CUDA device; use 'bf16' or 'off' on CPU")
@@ -228,6 +231,13 @@ class Trainer:
                 f"{self.ctx.world_size} processes"
             )
         self.rank_batch = self.optim_cfg.batch_size // self.ctx.world_size
+        # Channels-last on a GPU: cuDNN's convolutions (and tensor cores under AMP) run
+        # faster in NHWC; the CPU path keeps the default layout.
+        self.channels_last = self.device.type == "cuda"
+        mode = self.optim_cfg.compile
+        self.compiled = mode == "on" or (mode == "gpu" and self.device.type == "cuda")
+        if self.channels_last:
+            network = network.to(memory_format=torch.channels_last)  # type: ignore[call-overload]
         self.network = network.to(self.device)
         self.train_set = train_set
         self.val_set = val_set
@@ -311,6 +321,10 @@ class Trainer:
             self.model = DistributedDataParallel(self.network, device_ids=ids)
         else:
             self.model = self.network
+        if self.compiled:
+            # Only the training forward pass: checkpoints, prediction and export use
+            # ``network`` itself, so their state-dict keys do not change.
+            self.model = cast(nn.Module, torch.compile(self.model))
         self.state.phase = phase
 
     # ------------------------------------------------------------ checkpoints
@@ -387,6 +401,8 @@ class Trainer:
         x = x.to(self.device, non_blocking=True).float()
         if self.input_transform is not None:
             x = self.input_transform(x)
+        if self.channels_last:
+            x = x.contiguous(memory_format=torch.channels_last)
         return x
 
     def _autocast(self) -> contextlib.AbstractContextManager[Any]:

@@ -17,6 +17,15 @@ from __future__ import annotations
 
 from overread.imaging.transforms.base import Transform, registered_transforms
 from overread.imaging.transforms.chain import ChainRun, Compose, build_chain
+from overread.imaging.transforms.harmonise import (
+    Clahe,
+    Harmonisation,
+    HistogramMatch,
+    IntensityStandard,
+    VendorLut,
+    ZScoreNormalize,
+    reference_quantiles,
+)
 from overread.imaging.transforms.intensity import (
     LUMA,
     WINDOW_PRESETS,
@@ -29,20 +38,31 @@ from overread.imaging.transforms.intensity import (
 from overread.imaging.transforms.spatial import Letterbox, Resample, Resize, SelectFrame
 
 
-def cxr_chain(size: int = 224, method: str = "area") -> Compose:
+def cxr_chain(
+    size: int = 224, method: str = "area", harmonisation: Harmonisation | None = None
+) -> Compose:
     """The standard chest X-ray classification chain.
 
     First frame; RGB -> grey; the file's VOI window (else 0.5-99.5 percentile
     window) to [0, 1]; MONOCHROME1 inversion (bone bright); clip to [0, 1];
-    resize keeping aspect with zero padding to ``size x size``.
+    resize keeping aspect with zero padding to ``size x size``. A
+    ``harmonisation`` may ignore the vendor's window and adds its steps after the
+    clip, before the resize (so the padding is not part of any histogram).
     """
+    harmonise = harmonisation or Harmonisation()
     return Compose(
         [
             SelectFrame(0),
             ToGrayscale(),
-            VoiWindow(fallback="percentile", lower=0.5, upper=99.5),
+            VoiWindow(
+                fallback="percentile",
+                lower=0.5,
+                upper=99.5,
+                use_file=harmonise.vendor_lut is VendorLut.FILE,
+            ),
             InvertMonochrome1(),
             Normalize("clip"),
+            *harmonise.steps(),
             Resize(size, keep_aspect=True, pad_value=0.0, method=method),
         ]
     )
@@ -60,7 +80,11 @@ __all__ = [
     "LUMA",
     "WINDOW_PRESETS",
     "ChainRun",
+    "Clahe",
     "Compose",
+    "Harmonisation",
+    "HistogramMatch",
+    "IntensityStandard",
     "InvertMonochrome1",
     "Letterbox",
     "Normalize",
@@ -70,9 +94,12 @@ __all__ = [
     "SelectFrame",
     "ToGrayscale",
     "Transform",
+    "VendorLut",
     "VoiWindow",
+    "ZScoreNormalize",
     "build_chain",
     "ct_window_chain",
     "cxr_chain",
+    "reference_quantiles",
     "registered_transforms",
 ]

@@ -18,6 +18,7 @@ rest is resampled bilinearly onto the image.
 
 from __future__ import annotations
 
+import copy
 import logging
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -36,6 +37,7 @@ from overread.findings import Finding
 from overread.results import Decision, HeatmapPlacement, Prediction
 from overread.service.outputs.prediction import checked_findings, model_identity
 from overread.service.outputs.sr import MANUFACTURER
+from overread.service.verification import Verification
 
 logger = logging.getLogger(__name__)
 
@@ -443,6 +445,59 @@ def build_overlay(
     return sc
 
 
+#: How an overlay's Derivation Description names its finding: "{label} heatmap from ...".
+_DERIVATION_SEPARATOR = " heatmap from "
+
+
+def overlay_finding(overlay: Dataset) -> str | None:
+    """The finding an overlay :func:`build_overlay` made shows (``None``: not one)."""
+    label, separator, _ = str(overlay.get("DerivationDescription", "")).partition(
+        _DERIVATION_SEPARATOR
+    )
+    return label if separator and label else None
+
+
+def verified_overlay(
+    overlay: Dataset,
+    label: str,
+    decision: Decision,
+    verification: Verification,
+    *,
+    series_instance_uid: str,
+    instance_number: int = 1,
+) -> Dataset:
+    """A new instance of a stored overlay as the reader verified it: the same pixels
+    with a band below them stating who verified it, when, and the reader's decision
+    for ``label`` (burned in, as the research caveat is); new SOP Instance UID, in
+    ``series_instance_uid``. The stored overlay is left as it was."""
+    rgb = np.asarray(overlay.pixel_array, dtype=np.uint8)
+    if rgb.ndim != 3 or rgb.shape[-1] != 3:
+        raise ServiceError(f"overlay {overlay.SOPInstanceUID} is not an RGB image")
+    rows, cols = rgb.shape[:2]
+    reader = verification.observer_name.replace("^", " ").strip()
+    moment = verification.verified_at.strftime("%Y-%m-%d %H:%M UTC")
+    lines = [
+        f"VERIFIED by {reader} on {moment}",
+        f"{label}: {_CAPTION[decision]} (reader's decision)",
+    ]
+    size = max(10, min(rows, cols) // 28)
+    height = len(lines) * (size * 3 // 2 + max(2, size // 3)) + 2 * max(2, size // 3)
+    band = burn_in_text(np.zeros((height, cols, 3), dtype=np.uint8), lines)
+    pixels = np.ascontiguousarray(np.concatenate([rgb, band], axis=0))
+    out = copy.deepcopy(overlay)
+    out.Rows = int(pixels.shape[0])
+    out.PixelData = pixels.tobytes()
+    out.SOPInstanceUID = generate_uid()
+    out.file_meta.MediaStorageSOPInstanceUID = out.SOPInstanceUID
+    out.SeriesInstanceUID = series_instance_uid
+    out.InstanceNumber = instance_number
+    out.SeriesDescription = f"overread heatmap {label} (verified)"[:64]
+    out.ImageComments = (f"{RESEARCH_BANNER}. {verification.statement} {label}: {decision.value}.")[
+        :10240
+    ]
+    return out
+
+
 def overlay_labels(prediction: Prediction) -> list[str]:
     """The findings :func:`build_overlays` shows by default, in its order: each decided
     positive or referred that has a heatmap, most probable first, never "No Finding"."""
@@ -505,7 +560,9 @@ __all__ = [
     "burn_in_text",
     "draw_legend",
     "heatmap_on_image",
+    "overlay_finding",
     "overlay_labels",
     "render_overlay",
+    "verified_overlay",
     "windowed_grey",
 ]

@@ -50,6 +50,7 @@ from overread.findings import Finding
 from overread.results import Decision, FindingResult, ModelRef, Prediction
 from overread.service.outputs.prediction import checked_findings, model_identity
 from overread.service.outputs.sr import MANUFACTURER, gate_text, study_prediction, summary_text
+from overread.service.verification import Verification
 
 if TYPE_CHECKING:
     from overread.models.card import ModelCardSummary
@@ -64,6 +65,10 @@ UNVERIFIED_STATEMENT = "AI result - not verified by a radiologist"
 NOT_FOR_DIAGNOSIS = "Not for diagnosis"
 #: The document title in PACS and in the PDF's metadata.
 DOCUMENT_TITLE = "overread AI second read (unverified)"
+#: What every page of a reader-verified report states first.
+VERIFIED_STATEMENT = "AI result - verified by a radiologist"
+#: The title of a reader-verified report.
+VERIFIED_TITLE = "overread AI second read (verified)"
 
 #: How the table states each decision.
 _DECISION_TEXT = {
@@ -124,11 +129,15 @@ class ReportContext:
         Labels that reached their critical-alert threshold for this study.
     thumbnails
         Overlays to show, in order.
+    verification
+        A reader's verification: the report says who verified it and when, states
+        the reader's decisions and is flagged ``VERIFIED`` (``None``: unverified).
     """
 
     card: ModelCardSummary | None = None
     critical: Collection[str] = frozenset()
     thumbnails: Sequence[OverlayThumbnail] = ()
+    verification: Verification | None = None
 
     @property
     def not_for_diagnosis(self) -> bool:
@@ -319,14 +328,17 @@ def render_report_pdf(
     if not predictions:
         raise ServiceError("a PDF report needs at least one prediction")
     context = context or ReportContext()
+    verification = context.verification
+    if verification is not None:
+        predictions = [verification.apply(p) if p.ok else p for p in predictions]
     usable = [p for p in predictions if p.ok]
     model = model_identity(usable[0] if usable else predictions[0])
-    statement = UNVERIFIED_STATEMENT + (
+    statement = (UNVERIFIED_STATEMENT if verification is None else VERIFIED_STATEMENT) + (
         f" - {NOT_FOR_DIAGNOSIS.lower()}" if context.not_for_diagnosis else ""
     )
     patient = _Patient.of(source)
     pdf = _ReportDocument(patient, statement)
-    pdf.set_title(DOCUMENT_TITLE)
+    pdf.set_title(DOCUMENT_TITLE if verification is None else VERIFIED_TITLE)
     pdf.set_subject(pdf.text_of(f"AI second read of study {patient.study_instance_uid}"))
     pdf.set_author(MANUFACTURER)
     pdf.set_creator(f"{MANUFACTURER} {model.name} {model.version}")
@@ -335,6 +347,8 @@ def render_report_pdf(
 
     _patient_block(pdf, patient)
     _model_block(pdf, model, context)
+    if verification is not None:
+        _paragraph(pdf, f"Verification ({verification.status.value})", verification.statement)
     gate = gate_text(predictions)
     if usable:
         merged = study_prediction(usable)
@@ -623,9 +637,10 @@ def encapsulate_pdf(
     instance_number: int = 1,
     series_instance_uid: str | None = None,
     sop_instance_uid: str | None = None,
-    series_description: str = "overread AI report PDF (unverified)",
+    series_description: str | None = None,
     institution_name: str | None = None,
     created: datetime | None = None,
+    verified: bool = False,
 ) -> Dataset:
     """Wrap ``pdf`` as an Encapsulated PDF Storage instance in the sources' study.
 
@@ -640,6 +655,8 @@ def encapsulate_pdf(
         The model whose result the document reports (General Equipment).
     series_number, instance_number, series_instance_uid, sop_instance_uid
         Identity of the new instance (same study, new series, modality DOC).
+    verified
+        Whether a reader verified the report (Verification Flag ``VERIFIED``).
 
     Returns
     -------
@@ -688,6 +705,8 @@ def encapsulate_pdf(
     ds.Modality = "DOC"
     ds.SeriesInstanceUID = series_instance_uid or generate_uid()
     ds.SeriesNumber = series_number
+    if series_description is None:
+        series_description = f"overread AI report PDF ({'verified' if verified else 'unverified'})"
     ds.SeriesDescription = series_description[:64]
     # General and SC Equipment
     ds.Manufacturer = MANUFACTURER
@@ -703,8 +722,8 @@ def encapsulate_pdf(
     ds.AcquisitionDateTime = ""
     ds.BurnedInAnnotation = "YES"  # the patient is named on every page
     ds.RecognizableVisualFeatures = "NO"
-    ds.VerificationFlag = "UNVERIFIED"
-    ds.DocumentTitle = DOCUMENT_TITLE
+    ds.VerificationFlag = "VERIFIED" if verified else "UNVERIFIED"
+    ds.DocumentTitle = VERIFIED_TITLE if verified else DOCUMENT_TITLE
     ds.ConceptNameCodeSequence = []
     references = []
     for source in sources:
@@ -758,6 +777,7 @@ def build_pdf_report(
     model = model_identity(usable[0] if usable else predictions[0])
     created = kwargs.pop("created", None) or datetime.now(UTC)
     document = render_report_pdf(predictions, sources[0], context, created=created)
+    kwargs.setdefault("verified", context is not None and context.verification is not None)
     dataset = encapsulate_pdf(document, sources, model=model, created=created, **kwargs)
     logger.info(
         "built PDF report",
@@ -790,6 +810,8 @@ __all__ = [
     "ENCAPSULATED_PDF_STORAGE",
     "NOT_FOR_DIAGNOSIS",
     "UNVERIFIED_STATEMENT",
+    "VERIFIED_STATEMENT",
+    "VERIFIED_TITLE",
     "OverlayThumbnail",
     "ReportContext",
     "build_pdf_report",

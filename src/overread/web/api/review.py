@@ -30,10 +30,22 @@ from overread.web.api.schemas import UID_PATTERN
 from overread.web.context import WebContext
 
 
+class SeenResultIn(BaseModel):
+    """One result as the reader saw it (``GET`` the review for both values)."""
+
+    result_id: int
+    version: str = Field(min_length=1, max_length=64)
+
+
 class ReviewIn(BaseModel):
     """A reader's action on a study's results."""
 
     action: Literal["accept", "edit", "reject"]
+    results: list[SeenResultIn] = Field(
+        min_length=1,
+        description="every result of the study as the reader saw it (result_id and "
+        "version from GET .../review); the action is refused (409) when they changed",
+    )
     findings: dict[str, Literal["positive", "indeterminate", "negative"]] = Field(
         default_factory=dict,
         description="edit: the reader's decision per finding label they change",
@@ -46,6 +58,7 @@ class ReviewResultOut(BaseModel):
     """Where one result of the study is in review."""
 
     result_id: int
+    version: str = Field(description="what the reader sees of the result; a review names it")
     model: str
     state: str = Field(description="unreviewed, pending, accepted, edited, rejected, released")
     report_status: str = Field(description="preliminary, final or amended")
@@ -94,7 +107,7 @@ def desk(ctx: WebContext) -> ReviewDesk:
 def study_review(ctx: WebContext, study_instance_uid: str) -> ReviewOut:
     """Every result of the study with its review state (``unreviewed``: never held,
     sent unverified)."""
-    from overread.service.review import COMPREHENSIVE_SR
+    from overread.service.review import COMPREHENSIVE_SR, result_version
 
     items = []
     for result, review in desk(ctx).results_of(study_instance_uid):
@@ -105,6 +118,7 @@ def study_review(ctx: WebContext, study_instance_uid: str) -> ReviewOut:
         items.append(
             ReviewResultOut(
                 result_id=result.id,
+                version=result_version(result, review),
                 model=f"{result.model_name} {result.model_version}",
                 state="unreviewed" if review is None else review.state,
                 report_status="preliminary" if review is None else review.report_status,
@@ -130,6 +144,7 @@ def apply_review(
     422 for an unknown finding."""
     request = ReviewRequest(
         action=ReviewAction(body.action),
+        seen={r.result_id: r.version for r in body.results},
         decisions={label: Decision(value) for label, value in body.findings.items()},
         note=body.note.strip(),
         reason=body.reason.strip(),
@@ -174,7 +189,10 @@ router = APIRouter(prefix="/api", tags=["review"])
     permission=Permission.VERIFY_RESULTS,
     responses={
         404: {"description": "The study has no stored result"},
-        409: {"description": "The action does not apply (already rejected, already verified)"},
+        409: {
+            "description": "The action does not apply (already rejected, already "
+            "verified), or the study's results changed since the reader saw them"
+        },
         422: {"description": "Unknown finding, or an edit that changes nothing"},
     },
 )
@@ -204,4 +222,4 @@ def get_review(
     return study_review(ctx, study_instance_uid)
 
 
-__all__ = ["ReviewIn", "ReviewOut", "ReviewedOut", "apply_review", "study_review"]
+__all__ = ["ReviewIn", "ReviewOut", "ReviewedOut", "SeenResultIn", "apply_review", "study_review"]

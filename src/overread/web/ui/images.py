@@ -31,7 +31,7 @@ import numpy as np
 from PIL import Image
 from sqlalchemy import select
 
-from overread.errors import OverreadError
+from overread.errors import OverreadError, ServiceError
 from overread.imaging import read_dataset, read_metadata
 from overread.service.db import Instance, Result
 from overread.service.rollout import not_shadow
@@ -64,6 +64,12 @@ def to_png(pixels: np.ndarray) -> bytes:
     buffer = io.BytesIO()
     Image.fromarray(array).save(buffer, format="PNG", compress_level=6)
     return buffer.getvalue()
+
+
+def _version_of(pipeline: Any) -> str:
+    """The model version a pipeline runs (``""`` when it does not say)."""
+    model = getattr(pipeline, "model", None)
+    return str(getattr(model, "version", "") or "")
 
 
 @lru_cache(maxsize=1024)
@@ -154,9 +160,26 @@ class HeatmapImages:
             cached = self._cached(key)
             if cached is not None:
                 return cached
-            computed = self._compute(source, alias, label)
+            computed = self._compute(source, alias, version, label)
             if computed is not None:
                 return self._keep(key, RenderedImage(computed, "computed", label))
+        key = ("image", source.object_key)
+        cached = self._cached(key)
+        if cached is not None:
+            return cached
+        return self._keep(key, RenderedImage(self._plain(source), "image-only", None))
+
+    def plain(self, study_instance_uid: str) -> RenderedImage:
+        """The study's reference image alone (windowed), without any heatmap.
+
+        Raises
+        ------
+        KeyError
+            If the study is not on the worklist or has no stored image.
+        """
+        source, _alias, _version = self._reference(study_instance_uid)
+        if source is None:
+            raise KeyError(f"study {study_instance_uid} has no stored image")
         key = ("image", source.object_key)
         cached = self._cached(key)
         if cached is not None:
@@ -175,6 +198,47 @@ class HeatmapImages:
     def reference(self, study_instance_uid: str) -> tuple[Instance | None, str, str]:
         """The study's reference instance and the alias and version of its newest result."""
         return self._reference(study_instance_uid)
+
+    def model_name(self, study_instance_uid: str) -> str:
+        """The model name recorded with the study's newest result (``""`` without one)."""
+        with self.service.database.session() as session:
+            name = session.scalar(
+                select(Result.model_name)
+                .where(Result.study_instance_uid == study_instance_uid, not_shadow())
+                .order_by(Result.id.desc())
+                .limit(1)
+            )
+        return str(name or "")
+
+    def pipeline(self, alias: str, name: str, version: str) -> Any:
+        """The pipeline of the model version that made a result, never another one.
+
+        The alias's pipeline when the alias still points at ``version``; otherwise
+        ``name@version`` from the registry (the alias may have moved on to a newer
+        version since the study was read).
+
+        Raises
+        ------
+        ServiceError
+            If that version cannot be loaded here any more.
+        """
+        models = self.service.models
+        pipeline = models.get(alias)
+        if not version or _version_of(pipeline) == version:
+            return pipeline
+        if name:
+            try:
+                pinned = models.get(f"{name}@{version}")
+            except Exception as exc:
+                raise ServiceError(
+                    f"model {name} {version}, which read this study, is not available here ({exc})"
+                ) from None
+            if _version_of(pinned) == version:
+                return pinned
+        raise ServiceError(
+            f"model {name or alias} {version}, which read this study, is not available here "
+            f"(the alias {alias} now runs version {_version_of(pipeline)})"
+        )
 
     def _reference(self, study_instance_uid: str) -> tuple[Instance | None, str, str]:
         """The study's reference instance and the alias and version of its newest result."""
@@ -200,13 +264,13 @@ class HeatmapImages:
                 session.expunge(source)
         return source, alias, version
 
-    def _compute(self, source: Instance, alias: str, label: str) -> bytes | None:
+    def _compute(self, source: Instance, alias: str, version: str, label: str) -> bytes | None:
         """Run the model with ``explain`` on the reference image; the overlay's PNG or None."""
         try:
             from overread.service.outputs import build_overlay
 
             path = self.service.store.path(source.object_key)
-            pipeline = self.service.models.get(alias)
+            pipeline = self.pipeline(alias, self.model_name(source.study_instance_uid), version)
             [prediction] = pipeline.predict([path], explain=True)
             if not getattr(prediction, "ok", False) or label not in (
                 getattr(prediction, "heatmaps", None) or {}

@@ -45,6 +45,12 @@ logger = logging.getLogger(__name__)
 LAYER_SIDE = 512
 #: How many computed layers are kept in memory.
 CACHE_SIZE = 32
+#: Longest side of the grid a SEG mask is outlined on.
+MASK_SIDE = 512
+#: Segmentation Storage.
+SEG_STORAGE = "1.2.840.10008.5.1.4.1.1.66.4"
+#: How many SEG instances of a study the viewer outlines.
+SEG_LIMIT = 8
 
 
 @dataclass(frozen=True)
@@ -127,12 +133,130 @@ def region_geometry(
     return contours, box
 
 
+@dataclass(frozen=True)
+class SegSegment:
+    """One segment of a stored DICOM SEG, outlined on the image it was made from."""
+
+    label: str
+    number: int
+    sop_instance_uid: str
+    rows: int
+    columns: int
+    contours: list[list[tuple[float, float]]]
+    description: str
+    seg_sop_instance_uid: str
+
+    def as_json(self) -> dict[str, Any]:
+        """The JSON the viewer reads: the outline in the image's pixel coordinates."""
+        return {
+            "label": self.label,
+            "number": self.number,
+            "sop_instance_uid": self.sop_instance_uid,
+            "rows": self.rows,
+            "columns": self.columns,
+            "contours": [[[x, y] for x, y in line] for line in self.contours],
+            "description": self.description,
+            "seg_sop_instance_uid": self.seg_sop_instance_uid,
+        }
+
+
+def mask_contours(
+    mask: np.ndarray, rows: int, columns: int, side: int = MASK_SIDE
+) -> list[list[tuple[float, float]]]:
+    """The outline of a binary ``mask`` as lines in the image's pixel coordinates.
+
+    A mask longer than ``side`` pixels is first reduced by keeping every pixel a
+    block holds any of (so thin parts are not lost); the outline then follows the
+    block edges, at most ``max(rows, columns) / side`` pixels off the mask's own.
+    """
+    values = np.asarray(mask) > 0
+    if not values.any():
+        return []
+    step = max(1, int(np.ceil(max(values.shape) / side)))
+    if step > 1:
+        h, w = values.shape
+        padded = np.zeros((-(-h // step) * step, -(-w // step) * step), dtype=bool)
+        padded[:h, :w] = values
+        values = np.asarray(
+            padded.reshape(padded.shape[0] // step, step, -1, step).any(axis=(1, 3)), dtype=bool
+        )
+    sy, sx = step * rows / mask.shape[0], step * columns / mask.shape[1]
+    grid = np.pad(values.astype(np.float64), 1, constant_values=0.0)
+    contours: list[list[tuple[float, float]]] = []
+    for line in contourpy.contour_generator(z=grid).lines(0.5):
+        points = np.asarray(line, dtype=np.float64)
+        if points.ndim != 2 or len(points) < 2:
+            continue
+        xs = np.clip((points[:, 0] - 1 + 0.5) * sx, 0, columns)
+        ys = np.clip((points[:, 1] - 1 + 0.5) * sy, 0, rows)
+        contours.append(
+            [(round(float(x), 1), round(float(y), 1)) for x, y in zip(xs, ys, strict=True)]
+        )
+    return contours
+
+
+def _source_of(frame: Any, dataset: Any) -> str:
+    """The SOP Instance UID of the image a SEG frame was derived from."""
+    for derivation in frame.get("DerivationImageSequence", []):
+        for source in derivation.get("SourceImageSequence", []):
+            return str(source.ReferencedSOPInstanceUID)
+    for series in dataset.get("ReferencedSeriesSequence", []):
+        for instance in series.get("ReferencedInstanceSequence", []):
+            return str(instance.ReferencedSOPInstanceUID)
+    return ""
+
+
+def seg_segments(path: Any) -> list[SegSegment]:
+    """Each segment of the SEG stored at ``path``, per source image, as outlines."""
+    dataset = read_dataset(path)
+    labels = {
+        int(item.SegmentNumber): str(
+            item.get("SegmentLabel", "") or f"segment {item.SegmentNumber}"
+        )
+        for item in dataset.get("SegmentSequence", [])
+    }
+    frames = np.asarray(dataset.pixel_array)
+    if frames.ndim == 2:
+        frames = frames[None]
+    rows, columns = int(dataset.Rows), int(dataset.Columns)
+    per_frame = list(dataset.get("PerFrameFunctionalGroupsSequence", []))
+    masks: dict[tuple[int, str], np.ndarray] = {}
+    for index, frame in enumerate(frames):
+        groups = per_frame[index] if index < len(per_frame) else None
+        number = 1
+        source = ""
+        if groups is not None:
+            for ident in groups.get("SegmentIdentificationSequence", []):
+                number = int(ident.ReferencedSegmentNumber)
+            source = _source_of(groups, dataset)
+        else:
+            source = _source_of(dataset, dataset)
+        key = (number, source)
+        masks[key] = masks[key] | (frame > 0) if key in masks else frame > 0
+    return [
+        SegSegment(
+            label=labels.get(number, f"segment {number}"),
+            number=number,
+            sop_instance_uid=source,
+            rows=rows,
+            columns=columns,
+            contours=mask_contours(mask, rows, columns),
+            description=str(dataset.get("SeriesDescription", "") or ""),
+            seg_sop_instance_uid=str(dataset.SOPInstanceUID),
+        )
+        for (number, source), mask in sorted(masks.items())
+        if mask.any()
+    ]
+
+
 class LayerRenderer:
     """Computes (and caches) the AI layers of a study's findings for one gateway."""
 
     def __init__(self, images: HeatmapImages) -> None:
         self.images = images
         self._cache: OrderedDict[tuple[str, ...], FindingLayers | None] = OrderedDict()
+        self._segments: OrderedDict[str, list[SegSegment]] = OrderedDict()
+        self._why: dict[str, str] = {}
         self._lock = threading.Lock()
 
     def layers(self, study_instance_uid: str, finding: str) -> FindingLayers | None:
@@ -153,26 +277,73 @@ class LayerRenderer:
             if key in self._cache:
                 self._cache.move_to_end(key)
                 return self._cache[key]
-        computed = self._compute(source, alias, finding)
+        computed = self._compute(source, alias, version, finding)
         with self._lock:
             self._cache[key] = computed
             while len(self._cache) > CACHE_SIZE:
                 self._cache.popitem(last=False)
         return computed
 
-    def _compute(self, source: Instance, alias: str, finding: str) -> FindingLayers | None:
+    def segments(self, study_instance_uid: str) -> list[SegSegment]:
+        """The outlined segments of the newest stored SEG of the study's results."""
+        from sqlalchemy import select
+
+        from overread.service.db import Result
+        from overread.service.rollout import not_shadow
+
+        with self.images.service.database.session() as session:
+            results = session.scalars(
+                select(Result)
+                .where(Result.study_instance_uid == study_instance_uid, not_shadow())
+                .order_by(Result.id.desc())
+            ).all()
+            keys = [
+                str(artifact.get("key", ""))
+                for result in results
+                for artifact in result.artifacts or []
+                if str(artifact.get("sop_class_uid", "")) == SEG_STORAGE
+            ]
+        found: list[SegSegment] = []
+        for key in keys[:SEG_LIMIT]:
+            with self._lock:
+                cached = self._segments.get(key)
+            if cached is None:
+                try:
+                    cached = seg_segments(self.images.service.store.path(key))
+                except Exception as exc:  # an unreadable SEG is left out, with a log line
+                    logger.warning("viewer SEG %s: not readable (%s)", key, exc)
+                    cached = []
+                with self._lock:
+                    self._segments[key] = cached
+                    while len(self._segments) > CACHE_SIZE:
+                        self._segments.popitem(last=False)
+            found.extend(cached)
+        return found
+
+    def unavailable(self, study_instance_uid: str) -> str:
+        """Why the study has no layers, when its model cannot run here (else ``""``)."""
+        return self._why.get(study_instance_uid, "")
+
+    def _compute(
+        self, source: Instance, alias: str, version: str, finding: str
+    ) -> FindingLayers | None:
         from overread.service.outputs.overlay import heatmap_on_image
         from overread.service.outputs.prediction import model_identity
 
         path = self.images.service.store.path(source.object_key)
+        uid = source.study_instance_uid
         try:
-            pipeline = self.images.service.models.get(alias)
+            # The version that read the study, not whatever the alias runs today.
+            name = self.images.model_name(uid)
+            pipeline = self.images.pipeline(alias, name, version)
             [prediction] = pipeline.predict([path], explain=True)
         except Exception as exc:  # no model here: the viewer shows the image without layers
             logger.warning(
                 "viewer layers %s: no model %s (%s)", source.sop_instance_uid, alias, exc
             )
+            self._why[uid] = str(exc)
             return None
+        self._why.pop(uid, None)
         heatmaps = getattr(prediction, "heatmaps", None) or {}
         if not getattr(prediction, "ok", False) or finding not in heatmaps:
             return None
@@ -202,8 +373,13 @@ class LayerRenderer:
 __all__ = [
     "CACHE_SIZE",
     "LAYER_SIDE",
+    "MASK_SIDE",
+    "SEG_STORAGE",
     "FindingLayers",
     "LayerRenderer",
+    "SegSegment",
     "heatmap_rgba",
+    "mask_contours",
     "region_geometry",
+    "seg_segments",
 ]

@@ -215,6 +215,9 @@ class FindingView(BaseModel):
     positive: bool
     threshold_proximity: float
     critical: bool
+    #: ``positive``, ``indeterminate`` or ``negative``; ``decision_text`` as pages write it.
+    decision: str = "negative"
+    decision_text: str = "negative"
     verdict: str | None = None
     verdict_by: str | None = None
     trust_score: float | None = None
@@ -424,6 +427,8 @@ def study_view(
             positive=f.positive,
             threshold_proximity=f.threshold_proximity or 0.0,
             critical=f.label in critical,
+            decision=f.decision.value,
+            decision_text=decision_text(f.decision),
             verdict=verdicts[f.label].verdict if f.label in verdicts else None,
             verdict_by=verdicts[f.label].reader if f.label in verdicts else None,
             **f.trust_dict(),

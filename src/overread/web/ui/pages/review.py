@@ -39,7 +39,7 @@ def review_panel(ui: UserInterface, study_instance_uid: str) -> dict[str, Any]:
     review: ReviewOut = study_review(ui.ctx, study_instance_uid)
     states = [r.state for r in review.results]
     if not states:
-        return {"state": "", "results": [], "text": "", "can_reject": False}
+        return {"state": "", "results": [], "text": "", "can_reject": False, "seen": ""}
     state = next(
         (s for s in ("pending", "rejected", "released", "unreviewed") if s in states), states[0]
     )
@@ -47,10 +47,24 @@ def review_panel(ui: UserInterface, study_instance_uid: str) -> dict[str, Any]:
         "state": state,
         "text": STATE_TEXT.get(state, state),
         "results": [r.model_dump() for r in review.results],
+        # The results this page shows, sent back with the verdict: a verdict on a study
+        # whose results changed since is refused rather than applied to unseen ones.
+        "seen": ",".join(f"{r.result_id}:{r.version}" for r in review.results),
         "can_accept": state in ("pending", "unreviewed", "released"),
         "can_edit": state != "rejected",
         "can_reject": state == "pending",
     }
+
+
+def _seen(text: str) -> list[dict[str, Any]]:
+    """The results a form names (``"id:version,id:version"``); malformed pairs are
+    left out (and an empty list is refused by :class:`ReviewIn`)."""
+    seen: list[dict[str, Any]] = []
+    for pair in text.split(","):
+        rid, _, version = pair.strip().partition(":")
+        if rid.isdigit() and version:
+            seen.append({"result_id": int(rid), "version": version})
+    return seen
 
 
 @page(router, "POST", "/studies/{study_instance_uid}/review", permission=Permission.VERIFY_RESULTS)
@@ -66,6 +80,7 @@ async def review(
     try:
         body = ReviewIn(
             action=fields.get("action", ""),
+            results=_seen(fields.get("seen", "")),
             findings={finding: decision} if finding and decision else {},
             note=fields.get("note", ""),
             reason=fields.get("reason", ""),
@@ -76,7 +91,8 @@ async def review(
     try:
         done = apply_review(ui.ctx, study_instance_uid, body, viewer.principal)
     except HTTPException as exc:
-        return ui.error_page(request, viewer, exc.status_code, "Review not saved", str(exc.detail))
+        title = "Review not saved" if exc.status_code != 409 else "Review not saved: reload"
+        return ui.error_page(request, viewer, exc.status_code, title, str(exc.detail))
     ui.ctx.service.wake_workers()
     states = ", ".join(sorted({r.state for r in done.results}))
     query = urlencode({"saved": f"review: {states}"})

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
+from typing import Any
 from urllib.parse import quote, urlencode
 
 from fastapi import APIRouter, Depends, Request, Response
@@ -23,6 +25,57 @@ from overread.web.ui.views import study_view
 
 router = APIRouter(include_in_schema=False)
 
+#: The research notice, written under the image (never over it).
+RESEARCH_NOTICE = (
+    "For research use, not for diagnosis: the heatmap shows where the model looked, "
+    "not a segmentation."
+)
+#: What each verdict button says to a screen reader, before the finding's name.
+VERDICT_NAMES = {
+    Verdict.AGREE.value: "Agree with",
+    Verdict.DISAGREE.value: "Disagree with",
+    Verdict.UNCERTAIN.value: "Uncertain about",
+}
+#: Decisions whose heatmap the study page shows without being asked.
+SHOWN_BY_DEFAULT = ("positive", "indeterminate")
+
+
+def default_finding(
+    findings: list[dict[str, Any]],
+    asked: str,
+    stored_overlays: Callable[[str], dict[str, str]] | None = None,
+    study_instance_uid: str = "",
+) -> str:
+    """The finding whose AI layers the study page shows.
+
+    The one ``asked`` for (any finding of the study, negative ones included);
+    otherwise the most probable positive or indeterminate finding, one with a stored
+    overlay first; otherwise none: a study without a positive or indeterminate
+    finding opens on the image alone.
+    """
+    labels = [str(f["label"]) for f in findings]
+    if asked in labels:
+        return asked
+    flagged = [
+        str(f["label"])
+        for f in sorted(findings, key=lambda f: -float(f.get("probability") or 0.0))
+        if f.get("decision") in SHOWN_BY_DEFAULT and f["label"] != "No Finding"
+    ]
+    if not flagged:
+        return ""
+    overlays = stored_overlays(study_instance_uid) if stored_overlays is not None else {}
+    return next((label for label in flagged if label in overlays), flagged[0])
+
+
+def finding_caption(view: dict[str, Any], shown: str) -> str:
+    """The shown finding's caption: ``"Pneumothorax: p = 0.93 (threshold 0.50), positive"``."""
+    found = next((f for f in view["findings"] if f["label"] == shown), None)
+    if found is None:
+        return ""
+    threshold = found.get("threshold")
+    limit = f" (threshold {float(threshold):.2f})" if threshold is not None else ""
+    return f"{shown}: p = {float(found['probability']):.2f}{limit}, {found['decision_text']}"
+
 
 @page(router, "GET", "/studies/{study_instance_uid}", permission=Permission.VIEW_RESULTS)
 def study(
@@ -41,14 +94,10 @@ def study(
         return ui.error_page(
             request, viewer, 404, "Study not found", "This study is not on the worklist."
         )
-    labels = [f["label"] for f in view["findings"]]
-    shown = finding if finding in labels else ""
-    if not shown:
-        ranked = [f["label"] for f in view["findings"] if f["label"] != "No Finding"]
-        overlays = ui.images.stored_overlays(study_instance_uid)
-        shown = next((label for label in ranked if label in overlays), "") or (
-            ranked[0] if ranked else ""
-        )
+    shown = default_finding(
+        view["findings"], finding, ui.images.stored_overlays, study_instance_uid
+    )
+    caption = finding_caption(view, shown)
     ui.ctx.access.record(
         viewer.principal,
         AuditAction.VIEW,
@@ -62,8 +111,11 @@ def study(
         study=view,
         shown_finding=shown,
         image_url=f"/studies/{quote(study_instance_uid)}/image.png"
-        + (f"?finding={quote(shown)}" if shown else ""),
+        + (f"?finding={quote(shown)}" if shown else "?plain=1"),
+        caption=caption,
+        research_notice=RESEARCH_NOTICE,
         verdicts=[v.value for v in (Verdict.AGREE, Verdict.DISAGREE, Verdict.UNCERTAIN)],
+        verdict_names=VERDICT_NAMES,
         message=request.query_params.get("saved", ""),
         review=review_panel(ui, study_instance_uid),
         **viewer_context(ui, study_instance_uid, shown),
@@ -77,12 +129,18 @@ def study(
 def study_image(
     study_instance_uid: str,
     finding: str = "",
+    plain: bool = False,
     ui: UserInterface = Depends(ui_of),
 ) -> Response:
+    """The study's image with the heatmap of ``finding`` (``plain``: the image alone)."""
     if finding and finding not in CHEXPERT_LABELS:
         return Response(status_code=404, headers={"Cache-Control": "no-store"})
     try:
-        image = ui.images.render(study_instance_uid, finding or None)
+        image = (
+            ui.images.plain(study_instance_uid)
+            if plain and not finding
+            else ui.images.render(study_instance_uid, finding or None)
+        )
     except KeyError:
         return Response(status_code=404, headers={"Cache-Control": "no-store"})
     return Response(

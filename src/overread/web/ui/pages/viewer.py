@@ -72,7 +72,15 @@ def viewer_context(ui: UserInterface, study_instance_uid: str, finding: str) -> 
         "viewer_layers_url": (
             f"/studies/{uid}/layers.json?finding={quote(finding, safe='')}" if finding else ""
         ),
+        "viewer_seg_url": f"/studies/{uid}/seg.json",
         "viewer_reference": source.sop_instance_uid if source is not None else "",
+        "viewer_reference_frame": (
+            f"/dicom-web/studies/{quote(source.study_instance_uid, safe='')}"
+            f"/series/{quote(source.series_instance_uid, safe='')}"
+            f"/instances/{quote(source.sop_instance_uid, safe='')}/frames/1"
+            if source is not None
+            else ""
+        ),
         "viewer_presets": json.dumps(window_presets()),
         "viewer_presets_list": window_presets(),
     }
@@ -108,14 +116,27 @@ def layers_json(
     except KeyError:
         return JSONResponse({"detail": "study not found"}, status_code=404, headers=_PRIVATE)
     if layers is None:
+        why = ui.layers.unavailable(study_instance_uid)
         body: dict[str, Any] = {
             "finding": finding,
             "heatmap_url": "",
-            "note": f"No heatmap for {finding or 'this study'}: no model with explanations here.",
+            "note": f"No heatmap for {finding or 'this study'}: "
+            + (why if why else "no model with explanations here."),
         }
         return JSONResponse(body, headers=_PRIVATE)
     url = f"/studies/{quote(study_instance_uid, safe='')}/heatmap-layer.png?finding={quote(finding, safe='')}"
     return JSONResponse(layers.as_json(url), headers=_PRIVATE)
+
+
+@page(router, "GET", "/studies/{study_instance_uid}/seg.json", permission=Permission.VIEW_RESULTS)
+def seg_json(study_instance_uid: str, ui: UserInterface = Depends(ui_of)) -> Response:
+    """The segments of the study's stored DICOM SEG, outlined on their source images."""
+    try:
+        ui.images.reference(study_instance_uid)
+    except KeyError:
+        return JSONResponse({"detail": "study not found"}, status_code=404, headers=_PRIVATE)
+    segments = ui.layers.segments(study_instance_uid)
+    return JSONResponse({"segments": [s.as_json() for s in segments]}, headers=_PRIVATE)
 
 
 @page(

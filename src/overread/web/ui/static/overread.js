@@ -2,6 +2,23 @@
 (function () {
   "use strict";
 
+  // The study viewer's first two requests (the study's metadata and the reference
+  // image's frame), started now rather than once its large script has run; the
+  // viewer takes them from window.overreadPrefetch.
+  (function prefetchViewer() {
+    var root = document.getElementById("viewer");
+    var prefetched = {};
+    window.overreadPrefetch = prefetched;
+    if (!root || !root.dataset.referenceFrame || !window.fetch) { return; }
+    function start(url, accept) {
+      var answer = fetch(url, { credentials: "same-origin", headers: { Accept: accept } });
+      answer.catch(function () { /* reported where it is used */ });
+      prefetched[url] = answer;
+    }
+    start(root.dataset.metadata, "application/dicom+json");
+    start(root.dataset.referenceFrame, 'multipart/related; type="application/octet-stream"');
+  })();
+
   // The selected study, by UID: selection follows the study, never a row index.
   var selectedUid = null;
 
@@ -146,6 +163,80 @@
     window.setTimeout(refresh, seconds * 1000);
   }
 
+  // -- verdicts in place --------------------------------------------------------------
+  // A verdict form is posted exactly as the form says (its fields and the pressed
+  // button), and the finding's row, the review panel and the reading state are taken
+  // from the page the server answers with: no reload, the patient header and the image
+  // stay where they are, and focus stays on the button pressed.
+  function swap(fresh, selector) {
+    var now = document.querySelector(selector);
+    var next = fresh.querySelector(selector);
+    if (now && next) { now.replaceWith(document.importNode(next, true)); }
+  }
+
+  function submitInPlace(event) {
+    var form = event.target;
+    if (!form.matches || !form.matches("form.verdicts")) { return; }
+    if (!window.fetch || !window.DOMParser) { return; }
+    event.preventDefault();
+    var data = new URLSearchParams(new FormData(form));
+    var button = event.submitter || document.activeElement;
+    if (button && button.form === form && button.name) { data.append(button.name, button.value); }
+    var row = form.closest("tr[data-finding]");
+    var finding = row ? row.getAttribute("data-finding") : "";
+    var pressed = button && button.value ? button.value : "";
+    var status = document.getElementById("saved");
+    form.setAttribute("aria-busy", "true");
+    fetch(form.action, { method: "POST", body: data, credentials: "same-origin" })
+      .then(function (response) {
+        return response.text().then(function (html) { return [response, html]; });
+      })
+      .then(function (answer) {
+        var fresh = new DOMParser().parseFromString(answer[1], "text/html");
+        if (!fresh.getElementById("findings")) {
+          if (answer[0].ok) { window.location.href = answer[0].url; return; }
+          var main = fresh.querySelector("main");
+          if (status) {
+            status.hidden = false;
+            status.classList.add("error");
+            status.textContent = "Not saved: " + (main ? main.textContent.trim() : "HTTP " + answer[0].status);
+          }
+          return;
+        }
+        var selector = 'tr[data-finding="' + CSS.escape(finding) + '"]';
+        var old = document.querySelector("#findings " + selector);
+        var next = fresh.querySelector("#findings " + selector);
+        if (old && next) {
+          // The answer shows the voted finding; this page keeps showing its own.
+          var keep = old.classList.contains("selected");
+          var shown = old.classList.contains("shown");
+          old.innerHTML = next.innerHTML;
+          next.classList.toggle("shown", shown);
+          next.classList.toggle("selected", keep);
+          old.className = next.className;
+          var link = old.querySelector("a[aria-current]");
+          if (link && !shown) { link.removeAttribute("aria-current"); }
+          var again = old.querySelector('button[name="verdict"][value="' + CSS.escape(pressed) + '"]');
+          if (again) { again.focus({ preventScroll: true }); }
+        }
+        ["#review", "#read-state"].forEach(function (s) { swap(fresh, s); });
+        var said = fresh.getElementById("saved");
+        if (status && said) {
+          status.classList.remove("error");
+          status.textContent = said.textContent;
+          status.hidden = !said.textContent;
+        }
+      })
+      .catch(function (error) {
+        if (status) {
+          status.hidden = false;
+          status.classList.add("error");
+          status.textContent = "Not saved: " + error.message;
+        }
+      })
+      .then(function () { form.removeAttribute("aria-busy"); });
+  }
+
   // -- keys --------------------------------------------------------------------------
   function verdict(value) {
     var row = selected() || document.querySelector("tbody tr.shown");
@@ -201,6 +292,7 @@
 
   document.addEventListener("DOMContentLoaded", function () {
     document.addEventListener("keydown", onKey);
+    document.addEventListener("submit", submitInPlace);
     document.addEventListener("click", function (event) {
       var row = event.target.closest ? event.target.closest("tbody tr[data-href]") : null;
       if (!row || event.target.closest("a, button, form, input")) { return; }

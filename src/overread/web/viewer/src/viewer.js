@@ -33,6 +33,11 @@ export const SCHEME = "overread";
 const ENGINE_ID = "overread-engine";
 const VIEWPORT_ID = "overread-main";
 const TOOL_GROUP_ID = "overread-tools";
+// Images with more pixels than this show a downsampled level (the gateway's rendered
+// JPEG/PNG, fitted to the viewport) while the full-resolution frame loads.
+export const PREVIEW_PIXELS = 1024 * 1024;
+// SEG segment outlines: the Okabe-Ito colours (colour-blind-safe), one per segment.
+const SEG_COLOURS = ["#E69F00", "#56B4E9", "#009E73", "#F0E442", "#0072B2", "#D55E00", "#CC79A7"];
 
 // -- DICOM JSON headers -------------------------------------------------------------
 function value(header, tag) {
@@ -189,10 +194,20 @@ function dataType(pixels) {
   return pixels.constructor.name;
 }
 
+/** A request the page started before this script ran (overread.js), else a new one. */
+function prefetched(url, init) {
+  const early = window.overreadPrefetch && window.overreadPrefetch[url];
+  if (early) {
+    delete window.overreadPrefetch[url];
+    return early;
+  }
+  return fetch(url, init);
+}
+
 async function loadFrame(imageId) {
   const d = described.get(imageId);
   if (!d) { throw new Error("unknown image " + imageId); }
-  const response = await fetch(d.url + "/frames/1", {
+  const response = await prefetched(d.url + "/frames/1", {
     credentials: "same-origin",
     headers: { Accept: FRAME_ACCEPT },
   });
@@ -254,8 +269,9 @@ class StudyViewer {
     this.index = 0;
     this.layers = null; // the AI layers of the selected finding, once fetched
     this.heatmapPicture = null;
-    this.show = { heatmap: true, contour: true, box: true };
-    this.opacity = { heatmap: 0.5, contour: 1, box: 1 };
+    this.show = { heatmap: true, contour: true, box: true, seg: true };
+    this.opacity = { heatmap: 0.5, contour: 1, box: 1, seg: 1 };
+    this.segments = []; // outlined SEG segments, on whichever image they belong to
     this.measuring = false;
   }
 
@@ -264,7 +280,7 @@ class StudyViewer {
     initTools();
     imageLoader.registerImageLoader(SCHEME, overreadImageLoader);
     metaData.addProvider(provide, 10000);
-    const response = await fetch(this.root.dataset.metadata, {
+    const response = await prefetched(this.root.dataset.metadata, {
       credentials: "same-origin",
       headers: { Accept: "application/dicom+json" },
     });
@@ -287,6 +303,11 @@ class StudyViewer {
       defaultOptions: { background: [0, 0, 0] },
     });
     this.viewport = this.engine.getViewport(VIEWPORT_ID);
+    this.preview = document.createElement("img");
+    this.preview.className = "viewer-preview";
+    this.preview.alt = "";
+    this.preview.hidden = true;
+    this.element.appendChild(this.preview);
     this.setUpTools();
     this.element.addEventListener(Enums.Events.IMAGE_RENDERED, () => this.drawLayers());
     this.element.addEventListener("mousemove", (event) => this.readPixel(event));
@@ -297,6 +318,7 @@ class StudyViewer {
     const at = this.images.findIndex((d) => d.sop === reference);
     await this.open(at >= 0 ? at : 0);
     this.loadLayers();
+    this.loadSegments();
   }
 
   setUpTools() {
@@ -352,8 +374,13 @@ class StudyViewer {
       b.setAttribute("aria-current", b.dataset.index === String(index) ? "true" : "false");
     });
     this.status.textContent = "Loading image " + (index + 1) + " of " + this.images.length + "…";
+    this.showPreview(d);
     await this.viewport.setStack([d.imageId], 0);
     this.viewport.render();
+    if (this.index === index) {
+      this.preview.hidden = true;
+      this.root.dataset.level = "full";
+    }
     const ruler = this.root.querySelector('[data-action="ruler"]');
     ruler.disabled = !d.spacing;
     ruler.title = d.spacing ? "Measure in mm (m)" : "No Pixel Spacing in this image: no mm ruler";
@@ -363,14 +390,79 @@ class StudyViewer {
       (d.spacing ? " · " + d.spacing[1] + " × " + d.spacing[0] + " mm/px" : " · no pixel spacing") +
       (this.layers && d.sop !== this.layers.sop_instance_uid ? " · AI layers are on another image" : "");
     this.root.dataset.shown = d.sop;
+    if (!this.root.dataset.ready && window.performance && performance.mark) {
+      performance.mark("overread:image-shown"); // read by `overread bench worklist`
+    }
     this.root.dataset.ready = "true";
+  }
+
+  /** A large image first shows a downsampled level: the gateway's rendering of it,
+   * fitted to the viewport, until the full-resolution frame is decoded and drawn. */
+  showPreview(d) {
+    if (d.rows * d.columns <= PREVIEW_PIXELS) {
+      this.preview.hidden = true;
+      this.root.dataset.level = "loading";
+      return;
+    }
+    const rect = this.element.getBoundingClientRect();
+    const ratio = Math.min(2, window.devicePixelRatio || 1);
+    const width = Math.max(64, Math.min(d.columns, Math.round(rect.width * ratio)));
+    const height = Math.max(64, Math.min(d.rows, Math.round(rect.height * ratio)));
+    this.preview.onload = () => {
+      if (!this.preview.hidden) { this.root.dataset.level = "preview"; }
+    };
+    this.preview.src = d.url + "/rendered?viewport=" + width + "," + height;
+    this.preview.hidden = false;
+    this.root.dataset.level = "loading";
   }
 
   // -- layers -------------------------------------------------------------------------
   layerControls(enabled) {
-    this.root.querySelectorAll("input[data-layer], input[data-opacity]").forEach((input) => {
+    this.root.querySelectorAll(
+      'input[data-layer]:not([data-layer="seg"]), input[data-opacity]:not([data-opacity="seg"])'
+    ).forEach((input) => {
       input.disabled = !enabled;
     });
+  }
+
+  async loadSegments() {
+    const url = this.root.dataset.seg;
+    if (!url) { return; }
+    try {
+      const response = await fetch(url, { credentials: "same-origin" });
+      if (!response.ok) { throw new Error("HTTP " + response.status); }
+      const body = await response.json();
+      // Past the palette's seven colours, the outlines are dashed.
+      this.segments = (body.segments || []).map((segment, i) => Object.assign(
+        { colour: SEG_COLOURS[i % SEG_COLOURS.length], dashed: i >= SEG_COLOURS.length }, segment));
+    } catch (error) {
+      this.segments = [];
+    }
+    const legend = this.root.querySelector("#seg-legend");
+    legend.textContent = "";
+    const sources = [...new Set(this.segments.map((segment) => segment.description))];
+    if (sources.length) {
+      const title = document.createElement("li");
+      title.className = "seg-source muted";
+      title.textContent = "SEG: " + (sources.filter(Boolean).join("; ") || "segmentation");
+      legend.appendChild(title);
+    }
+    this.segments.forEach((segment) => {
+      const item = document.createElement("li");
+      const swatch = document.createElement("span");
+      swatch.className = "swatch" + (segment.dashed ? " dashed" : "");
+      swatch.style.borderColor = segment.colour;
+      item.appendChild(swatch);
+      item.appendChild(document.createTextNode(" " + segment.label));
+      item.dataset.sop = segment.sop_instance_uid;
+      legend.appendChild(item);
+    });
+    legend.hidden = this.segments.length === 0;
+    this.root.querySelectorAll('input[data-layer="seg"], input[data-opacity="seg"]').forEach((input) => {
+      input.disabled = this.segments.length === 0;
+    });
+    this.root.dataset.segments = String(this.segments.length);
+    this.viewport.render();
   }
 
   async loadLayers() {
@@ -396,6 +488,7 @@ class StudyViewer {
       note.textContent = "AI layers: " + layers.finding + " (" + layers.model + ")";
       this.root.dataset.layers_ready = "true";
       this.root.setAttribute("data-layers-ready", "true");
+      if (window.performance && performance.mark) { performance.mark("overread:layers-shown"); }
       this.viewport.render();
     } catch (error) {
       note.textContent = "AI layers unavailable (" + error.message + ").";
@@ -403,9 +496,11 @@ class StudyViewer {
   }
 
   drawLayers() {
-    const layers = this.layers;
     const d = this.images[this.index];
-    if (!layers || !d || d.sop !== layers.sop_instance_uid) { return; }
+    if (!d) { return; }
+    const layers = this.layers && d.sop === this.layers.sop_instance_uid ? this.layers : null;
+    const segments = this.show.seg ? this.segments.filter((s) => s.sop_instance_uid === d.sop) : [];
+    if (!layers && !segments.length) { return; }
     const canvas = this.viewport.getCanvas();
     const context = canvas.getContext("2d");
     if (!context) { return; }
@@ -421,15 +516,16 @@ class StudyViewer {
       ratio * (down[0] - origin[0]) / d.rows, ratio * (down[1] - origin[1]) / d.rows,
       ratio * origin[0], ratio * origin[1],
     );
-    if (this.show.heatmap && this.heatmapPicture) {
+    const pixel = d.columns / Math.max(1, Math.hypot(across[0] - origin[0], across[1] - origin[1]));
+    if (layers && this.show.heatmap && this.heatmapPicture) {
       context.globalAlpha = this.opacity.heatmap;
       context.imageSmoothingEnabled = true;
       context.drawImage(this.heatmapPicture, 0, 0, d.columns, d.rows);
     }
-    const pixel = d.columns / Math.max(1, Math.hypot(across[0] - origin[0], across[1] - origin[1]));
+    context.globalAlpha = 1;
     context.lineWidth = 2 * pixel;
     context.strokeStyle = "#ffffff";
-    if (this.show.contour && layers.region) {
+    if (layers && this.show.contour && layers.region) {
       context.globalAlpha = this.opacity.contour;
       context.beginPath();
       layers.region.contours.forEach((line) => {
@@ -443,13 +539,29 @@ class StudyViewer {
       context.lineWidth = 2 * pixel;
       context.stroke();
     }
-    if (this.show.box && layers.region && layers.region.box) {
+    if (layers && this.show.box && layers.region && layers.region.box) {
       const [x0, y0, x1, y1] = layers.region.box;
       context.globalAlpha = this.opacity.box;
       context.setLineDash([6 * pixel, 4 * pixel]);
       context.strokeStyle = "#ffd23f";
       context.strokeRect(x0, y0, x1 - x0, y1 - y0);
     }
+    // SEG outlines: each segment in its colour over a dark edge (the mask's outline only,
+    // so the anatomy inside stays visible).
+    segments.forEach((segment) => {
+      context.globalAlpha = this.opacity.seg;
+      context.setLineDash(segment.dashed ? [8 * pixel, 5 * pixel] : []);
+      context.beginPath();
+      segment.contours.forEach((line) => {
+        line.forEach(([x, y], i) => (i ? context.lineTo(x, y) : context.moveTo(x, y)));
+      });
+      context.strokeStyle = "rgba(0, 0, 0, 0.7)";
+      context.lineWidth = 4 * pixel;
+      context.stroke();
+      context.strokeStyle = segment.colour;
+      context.lineWidth = 2 * pixel;
+      context.stroke();
+    });
     context.restore();
   }
 
@@ -578,6 +690,7 @@ class StudyViewer {
       else if (key === "v") { this.setLayer("heatmap", !this.show.heatmap); }
       else if (key === "e") { this.setLayer("contour", !this.show.contour); }
       else if (key === "x") { this.setLayer("box", !this.show.box); }
+      else if (key === "s") { this.setLayer("seg", !this.show.seg); }
       else if (key === "[") { this.setOpacity("heatmap", this.opacity.heatmap - 0.1); }
       else if (key === "]") { this.setOpacity("heatmap", this.opacity.heatmap + 0.1); }
       else { return; }

@@ -1,0 +1,547 @@
+"""The volumetric pipeline: a CT series in, masks, nodules and boxes out.
+
+A package with a ``volume`` section (segmentation or detection task) reads a whole
+series: the slices are assembled into a volume by geometry
+(:func:`overread.imaging.series.assemble_volume`), resampled to the package's
+spacing, and run by sliding windows with overlap and Gaussian blending (MONAI's
+``sliding_window_inference``, windows and the blended output on the CPU). Memory is
+bounded by the *resampled* volume: the network's output exists only at the
+package's spacing, and probabilities come back to the source grid one slice at a
+time (bilinear in-plane, linear across slices), straight into a ``uint8`` label
+map. The ``lung-nodule`` postprocess works on the resampled grid; each nodule is
+then measured on the source grid inside its own box (volume, longest diameter,
+mean HU, solid fraction), so measurements do not lose the source resolution.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import numpy.typing as npt
+import pydicom
+import torch
+import torch.nn.functional as F
+from pydicom.dataset import Dataset
+from scipy import ndimage
+
+from overread.errors import InferenceError, ModelPackageError, OverreadError
+from overread.imaging import ImageMetadata
+from overread.imaging.series import Volume, assemble_volume
+from overread.inference.nodules import categorise, density_of, solid_diameter_mm
+from overread.inference.result import ModelRef, Prediction
+from overread.models.manifest import Task, VolumeSpec
+from overread.models.package import ModelPackage
+from overread.results import Decision, FindingResult, Region
+
+logger = logging.getLogger(__name__)
+
+#: Voxel value of the lung in the label map; nodules are 2, 3, ... in index order.
+LUNG_VALUE = 1
+#: Most nodules one series reports (a ``uint8`` label map); the largest are kept.
+MAX_NODULES = 200
+
+
+def resample(
+    pixels: npt.NDArray[np.float32],
+    spacing: Sequence[float],
+    target: Sequence[float],
+) -> npt.NDArray[np.float32]:
+    """``pixels`` ``(slices, rows, cols)`` at ``spacing`` resampled to ``target`` mm.
+
+    In-plane one slice at a time (bilinear, antialiased when shrinking), then across
+    slices (linear): no full-size float copy beyond the input is made.
+    """
+    d, h, w = pixels.shape
+    shape = tuple(
+        max(1, round(n * s / t)) for n, s, t in zip((d, h, w), spacing, target, strict=True)
+    )
+    nd, nh, nw = int(shape[0]), int(shape[1]), int(shape[2])
+    planes = np.empty((d, nh, nw), dtype=np.float32)
+    for z in range(d):
+        plane = torch.from_numpy(np.ascontiguousarray(pixels[z], dtype=np.float32))[None, None]
+        if (nh, nw) != (h, w):
+            plane = F.interpolate(
+                plane, size=(nh, nw), mode="bilinear", align_corners=False, antialias=nh < h
+            )
+        planes[z] = plane[0, 0].numpy()
+    if nd == d:
+        return planes
+    flat = torch.from_numpy(planes.reshape(d, nh * nw).T.copy())[None]  # (1, hw, d)
+    across = F.interpolate(flat, size=nd, mode="linear", align_corners=False)[0]
+    return np.ascontiguousarray(across.T.numpy().reshape(nd, nh, nw))
+
+
+def upsample_plane(
+    low: npt.NDArray[np.float32], z: int, shape: Sequence[int]
+) -> npt.NDArray[np.float32]:
+    """Slice ``z`` of a ``(C, d, h, w)`` grid brought to the source grid ``(D, H, W)``."""
+    channels, d, _, _ = low.shape
+    depth, rows, cols = int(shape[0]), int(shape[1]), int(shape[2])
+    position = min(max((z + 0.5) * d / depth - 0.5, 0.0), d - 1.0)
+    z0 = int(np.floor(position))
+    z1 = min(z0 + 1, d - 1)
+    weight = np.float32(position - z0)
+    plane = (1.0 - weight) * low[:, z0] + weight * low[:, z1]
+    tensor = torch.from_numpy(np.ascontiguousarray(plane, dtype=np.float32))[None]
+    up = F.interpolate(tensor, size=(rows, cols), mode="bilinear", align_corners=False)
+    return np.asarray(up[0].numpy().reshape(channels, rows, cols))
+
+
+def sliding_window(
+    network: torch.nn.Module, volume: npt.NDArray[np.float32], spec: VolumeSpec
+) -> npt.NDArray[np.float32]:
+    """Network logits ``(C, d, h, w)`` for a resampled volume, by Gaussian-blended windows."""
+    from monai.inferers import sliding_window_inference
+
+    x = torch.from_numpy(np.ascontiguousarray(volume, dtype=np.float32))[None, None]
+    if spec.hu_window is not None:
+        low, high = spec.hu_window
+        x = (x.clamp(low, high) - low) / (high - low) * 2.0 - 1.0
+    roi = tuple(min(p, n) for p, n in zip(spec.patch_size, volume.shape, strict=True))
+    with torch.inference_mode():
+        out = sliding_window_inference(
+            x,
+            roi_size=roi,
+            sw_batch_size=spec.sw_batch_size,
+            predictor=network,
+            overlap=spec.overlap,
+            mode="gaussian",
+            sigma_scale=spec.sigma_scale,
+            padding_mode="replicate",
+            sw_device="cpu",
+            device="cpu",
+        )
+    assert isinstance(out, torch.Tensor)
+    return np.asarray(out[0].numpy(), dtype=np.float32)
+
+
+def _border_labels(labels: npt.NDArray[np.int32]) -> set[int]:
+    """Component labels touching the in-plane sides of the volume (outside air)."""
+    sides = np.concatenate(
+        [
+            labels[:, 0, :].ravel(),
+            labels[:, -1, :].ravel(),
+            labels[:, :, 0].ravel(),
+            labels[:, :, -1].ravel(),
+        ]
+    )
+    return {int(v) for v in np.unique(sides) if v}
+
+
+def lung_and_nodules(
+    probabilities: npt.NDArray[np.float32],
+    thresholds: Sequence[float],
+    lung_index: int,
+    nodule_index: int,
+    spacing: Sequence[float],
+    spec: VolumeSpec,
+) -> tuple[npt.NDArray[np.bool_], npt.NDArray[np.int32], int]:
+    """The ``lung-nodule`` postprocess on the resampled grid.
+
+    Lung: components of the lung mask that do not touch the in-plane sides and hold
+    at least 1% of the largest such component, with their holes filled slice by
+    slice (nodules and vessels lie inside). Nodules: components of the nodule mask
+    inside that filled lung whose box is at most ``max_nodule_mm`` and whose
+    longest box side is at least ``min_nodule_mm``.
+
+    Returns ``(lung, nodule labels, count)``.
+    """
+    lung_raw = probabilities[lung_index] >= thresholds[lung_index]
+    labels, count = ndimage.label(lung_raw)
+    border = _border_labels(labels)
+    sizes = ndimage.sum_labels(lung_raw, labels, index=np.arange(1, count + 1))
+    keep = [i + 1 for i, s in enumerate(sizes) if i + 1 not in border]
+    if keep:
+        largest = max(sizes[k - 1] for k in keep)
+        keep = [k for k in keep if sizes[k - 1] >= 0.01 * largest]
+    lung = np.isin(labels, keep)
+    filled = np.stack([ndimage.binary_fill_holes(plane) for plane in lung]) if lung.any() else lung
+    candidates = (probabilities[nodule_index] >= thresholds[nodule_index]) & filled
+    nodule_labels, _ = ndimage.label(candidates)
+    out = np.zeros_like(nodule_labels)
+    passing: list[tuple[int, int, tuple[slice, ...]]] = []
+    for index, box in enumerate(ndimage.find_objects(nodule_labels), start=1):
+        if box is None:
+            continue
+        extent = [(s.stop - s.start) * step for s, step in zip(box, spacing, strict=True)]
+        if max(extent) > spec.max_nodule_mm or max(extent) < spec.min_nodule_mm:
+            continue
+        passing.append((int((nodule_labels[box] == index).sum()), index, box))
+    # The label map holds at most MAX_NODULES: the largest are kept (the caller warns).
+    passing = sorted(passing, key=lambda item: -item[0])[:MAX_NODULES]
+    for kept, (_, index, box) in enumerate(sorted(passing, key=lambda item: item[1]), start=1):
+        out[box][nodule_labels[box] == index] = kept
+    return filled, out, len(passing)
+
+
+@dataclass
+class VolumeOutput:
+    """What one series gave: the prediction and the label map on the source grid."""
+
+    prediction: Prediction
+    volume: Volume
+    label_map: npt.NDArray[np.uint8] | None
+    labels: dict[int, str]
+    source_paths: list[str] = field(default_factory=list)
+    """The series' files in volume order (the SEG's and SR's source images)."""
+
+    def source_datasets(self) -> list[Dataset]:
+        """The source slices' datasets, in volume order."""
+        return [pydicom.dcmread(path) for path in self.source_paths]
+
+
+def _longest_diameter(points_mm: npt.NDArray[np.float64]) -> float:
+    """Largest distance between two of the points (subsampled to 1500 points)."""
+    if len(points_mm) < 2:
+        return 0.0
+    if len(points_mm) > 1500:
+        step = int(np.ceil(len(points_mm) / 1500))
+        points_mm = points_mm[::step]
+    diff = points_mm[:, None, :] - points_mm[None, :, :]
+    return float(np.sqrt((diff**2).sum(-1)).max())
+
+
+class VolumePipeline:
+    """Series -> volume -> sliding windows -> masks, regions (see the module)."""
+
+    volumetric = True
+
+    def __init__(self, package: ModelPackage, *, threads: int | None = None) -> None:
+        manifest = package.manifest
+        if manifest.volume is None:
+            raise ModelPackageError(f"{package.path}: package has no 'volume' section")
+        if manifest.is_ensemble:
+            raise ModelPackageError(f"{package.path}: volumetric ensembles are not supported")
+        self.package = package
+        self.spec: VolumeSpec = manifest.volume
+        self.task = manifest.task
+        self.labels = package.labels
+        self.network = package.build_network()
+        self.threads = threads
+        self._lock = threading.Lock()
+        self.model = ModelRef(
+            name=package.name,
+            version=package.version,
+            sha256=package.sha256,
+            runtime="torch",
+            precision="fp32",
+            trained=manifest.trained,
+            calibrated=manifest.calibrated,
+        )
+
+    def warmup(self) -> None:
+        """Nothing to warm: the network is built on load."""
+
+    def run_volume(self, volume: Volume, *, path: str | None = None) -> VolumeOutput:
+        """Analyse one assembled volume (pixels in stored units, HU for CT)."""
+        manifest = self.package.manifest
+        prediction = Prediction(path=path, ok=False, model=self.model, task=manifest.task.value)
+        prediction.metadata = volume.metadata
+        prediction.warnings.extend(volume.warnings)
+        started = time.perf_counter()
+        spec = self.spec
+        low = resample(volume.pixels, volume.spacing, spec.spacing_mm)
+        resampled = time.perf_counter()
+        with self._lock:
+            logits = sliding_window(self.network, low, spec)
+        inferred = time.perf_counter()
+        del low
+        probabilities = np.asarray(1.0 / (1.0 + np.exp(-logits)), dtype=np.float32)
+        del logits
+        thresholds = [float(t) for t in self.package.thresholds()]
+        shape = volume.pixels.shape
+        label_values: dict[int, str] = {}
+        if spec.postprocess == "lung-nodule":
+            lung_i = self.labels.index(spec.lung_label)
+            nodule_i = self.labels.index(spec.nodule_label)
+            lung_low, nodules_low, count = lung_and_nodules(
+                probabilities, thresholds, lung_i, nodule_i, spec.spacing_mm, spec
+            )
+            if count == MAX_NODULES:
+                prediction.warnings.append(
+                    f"{MAX_NODULES} or more nodule candidates: only the {MAX_NODULES} "
+                    "largest are reported (is the series a chest CT in HU?)"
+                )
+            label_map, regions = self._to_source(
+                volume, probabilities[nodule_i], thresholds[nodule_i], lung_low, nodules_low, count
+            )
+            label_values = {LUNG_VALUE: spec.lung_label}
+            for region in regions:
+                if region.segment_number is not None:
+                    label_values[region.segment_number] = f"{spec.nodule_label} {region.index}"
+        else:
+            label_map = np.zeros(shape, dtype=np.uint8)
+            for z in range(shape[0]):
+                plane = upsample_plane(probabilities, z, shape)
+                for i, t in enumerate(thresholds):
+                    label_map[z][plane[i] >= t] = i + 1
+            label_values = {i + 1: label for i, label in enumerate(self.labels)}
+            regions = []
+        prediction.regions = regions
+        prediction.findings = self._findings(regions, thresholds, spec)
+        prediction.timings.update(
+            {
+                "resample": resampled - started,
+                "inference": inferred - resampled,
+                "postprocess": time.perf_counter() - inferred,
+            }
+        )
+        prediction.ok = True
+        keep_map = self.task is Task.SEGMENTATION
+        return VolumeOutput(prediction, volume, label_map if keep_map else None, label_values)
+
+    def _findings(
+        self, regions: Sequence[Region], thresholds: Sequence[float], spec: VolumeSpec
+    ) -> list[FindingResult]:
+        """One study-level finding (``nodule``): positive when a nodule was found."""
+        if spec.postprocess != "lung-nodule":
+            return []
+        label = spec.nodule_label
+        threshold = thresholds[self.labels.index(label)]
+        score = max((r.score for r in regions), default=0.0)
+        codes = next(
+            (
+                tuple((c.scheme, c.value, c.meaning) for c in spec_label.codes)
+                for spec_label in self.package.manifest.labels
+                if spec_label.name == label
+            ),
+            (),
+        )
+        positive = bool(regions)
+        return [
+            FindingResult(
+                label=label,
+                probability=score,
+                positive=positive,
+                threshold=threshold,
+                decision=Decision.POSITIVE if positive else Decision.NEGATIVE,
+                operating_point=self.package.manifest.default_operating_point,
+                codes=codes,
+            )
+        ]
+
+    def _to_source(
+        self,
+        volume: Volume,
+        nodule_probability: npt.NDArray[np.float32],
+        threshold: float,
+        lung_low: npt.NDArray[np.bool_],
+        nodules_low: npt.NDArray[np.int32],
+        count: int,
+    ) -> tuple[npt.NDArray[np.uint8], list[Region]]:
+        """The label map on the source grid and each nodule measured there."""
+        shape = volume.pixels.shape
+        channels = np.stack([lung_low.astype(np.float32), nodule_probability.astype(np.float32)])
+        # Each nodule's own low-resolution component, one voxel wider, decides which
+        # nodule a source voxel belongs to (nearest); the probability decides whether.
+        grown = ndimage.grey_dilation(nodules_low, size=(3, 3, 3)) if count else nodules_low
+        label_map = np.zeros(shape, dtype=np.uint8)
+        d, h, w = nodules_low.shape
+        rows = np.minimum((np.arange(shape[1]) + 0.5) * h / shape[1], h - 1).astype(int)
+        cols = np.minimum((np.arange(shape[2]) + 0.5) * w / shape[2], w - 1).astype(int)
+        for z in range(shape[0]):
+            plane = upsample_plane(channels, z, shape)
+            zi = min(int((z + 0.5) * d / shape[0]), d - 1)
+            owner = grown[zi][np.ix_(rows, cols)]
+            values = np.zeros(shape[1:], dtype=np.uint8)
+            values[plane[0] >= 0.5] = LUNG_VALUE
+            nodule = (plane[1] >= threshold) & (owner > 0)
+            values[nodule] = (owner[nodule] + LUNG_VALUE).astype(np.uint8)
+            label_map[z] = values
+        regions: list[Region] = []
+        boxes = ndimage.find_objects(label_map)
+        probability_low = nodule_probability
+        for k in range(1, count + 1):
+            value = k + LUNG_VALUE
+            box = boxes[value - 1] if value - 1 < len(boxes) else None
+            if box is None:
+                continue
+            region = self._measure(volume, label_map, value, box, k, probability_low, nodules_low)
+            if region is not None:
+                regions.append(region)
+        # Renumber so that label values follow the kept regions (1 + index).
+        if len(regions) != count:
+            remap = np.zeros(256, dtype=np.uint8)
+            remap[LUNG_VALUE] = LUNG_VALUE
+            renumbered: list[Region] = []
+            for new, region in enumerate(regions, start=1):
+                assert region.segment_number is not None
+                remap[region.segment_number] = new + LUNG_VALUE
+                renumbered.append(_with_index(region, new, new + LUNG_VALUE))
+            label_map = remap[label_map]
+            regions = renumbered
+        return label_map, regions
+
+    def _measure(
+        self,
+        volume: Volume,
+        label_map: npt.NDArray[np.uint8],
+        value: int,
+        box: tuple[slice, ...],
+        index: int,
+        probability_low: npt.NDArray[np.float32],
+        nodules_low: npt.NDArray[np.int32],
+    ) -> Region | None:
+        spec = self.spec
+        mask = label_map[box] == value
+        voxels = int(mask.sum())
+        if voxels == 0:
+            return None
+        spacing = volume.spacing
+        voxel_mm3 = float(spacing[0] * spacing[1] * spacing[2])
+        hu = volume.pixels[box][mask]
+        # Density from the interior: the boundary layer is partial volume.
+        interior = ndimage.binary_erosion(mask)
+        core = volume.pixels[box][interior] if interior.any() else hu
+        solid_fraction = float(np.mean(core >= spec.solid_hu))
+        # Voxel indices (slice, row, col) -> patient LPS via (col, row, slice, 1).
+        index_zyx = np.argwhere(mask).astype(np.float64) + [s.start for s in box]
+        homogeneous = np.c_[
+            index_zyx[:, 2], index_zyx[:, 1], index_zyx[:, 0], np.ones(len(index_zyx))
+        ]
+        points = (volume.affine @ homogeneous.T).T[:, :3]
+        edge = mask & ~ndimage.binary_erosion(mask)
+        edge_zyx = np.argwhere(edge).astype(np.float64) + [s.start for s in box]
+        edge_h = np.c_[edge_zyx[:, 2], edge_zyx[:, 1], edge_zyx[:, 0], np.ones(len(edge_zyx))]
+        diameter = _longest_diameter((volume.affine @ edge_h.T).T[:, :3])
+        # A voxel is a cube: a one-voxel nodule is one voxel across, not zero.
+        diameter = max(diameter, float(min(spacing)))
+        if diameter < spec.min_nodule_mm or diameter > spec.max_nodule_mm:
+            return None
+        lo = np.array([s.start for s in box], dtype=np.float64) - 0.5
+        hi = np.array([s.stop for s in box], dtype=np.float64) - 0.5
+        corners = np.array(
+            [[c[2], c[1], c[0], 1.0] for c in ((lo[0], lo[1], lo[2]), (hi[0], hi[1], hi[2]))]
+        )
+        ends = (volume.affine @ corners.T).T[:, :3]
+        box_mm = np.concatenate([ends.min(axis=0), ends.max(axis=0)])
+        density = density_of(solid_fraction)
+        volume_mm3 = voxels * voxel_mm3
+        score = float(probability_low[nodules_low == index].mean())
+        return Region(
+            label=spec.nodule_label,
+            index=index,
+            score=score,
+            volume_mm3=volume_mm3,
+            longest_diameter_mm=diameter,
+            mean_hu=float(hu.mean()),
+            solid_fraction=solid_fraction,
+            density=density,
+            category=categorise(density, diameter, solid_diameter_mm(volume_mm3, solid_fraction)),
+            centre_mm=(
+                float(points[:, 0].mean()),
+                float(points[:, 1].mean()),
+                float(points[:, 2].mean()),
+            ),
+            box_mm=(
+                float(box_mm[0]),
+                float(box_mm[1]),
+                float(box_mm[2]),
+                float(box_mm[3]),
+                float(box_mm[4]),
+                float(box_mm[5]),
+            ),
+            box_voxels=(
+                box[0].start,
+                box[1].start,
+                box[2].start,
+                box[0].stop,
+                box[1].stop,
+                box[2].stop,
+            ),
+            segment_number=value,
+        )
+
+    # -- series in --------------------------------------------------------------
+    def predict_series(self, paths: Sequence[str | Path]) -> list[VolumeOutput]:
+        """Read DICOM files, group them by series and analyse each series.
+
+        A series that cannot be read or assembled gives a prediction with ``ok``
+        false and the reason; the others carry on.
+        """
+        from collections import defaultdict
+
+        from overread.imaging.reader import read
+
+        groups: dict[str, list[tuple[str, object]]] = defaultdict(list)
+        outputs: list[VolumeOutput] = []
+        failed: list[VolumeOutput] = []
+        for path in paths:
+            try:
+                image = read(path)
+            except OverreadError as exc:
+                failed.append(self._failed(str(path), str(exc)))
+                continue
+            uid = image.metadata.series_instance_uid or f"(no Series Instance UID) {path}"
+            groups[uid].append((str(path), image))
+        for uid, items in sorted(groups.items()):
+            label = str(Path(items[0][0]).parent)
+            try:
+                volume = assemble_volume([image for _, image in items])  # type: ignore[misc]
+                accepts = self.package.manifest.accepts.modalities
+                modality = (volume.metadata.modality or "").upper()
+                if accepts and modality and modality not in {m.upper() for m in accepts}:
+                    raise InferenceError(
+                        f"modality {modality} is outside the model's intended use "
+                        f"({', '.join(accepts)})"
+                    )
+                if volume.pixels.shape[0] < 2:
+                    raise InferenceError("a single slice is not a volume")
+                output = self.run_volume(volume, path=label)
+                by_uid = {
+                    image.metadata.sop_instance_uid: path  # type: ignore[attr-defined]
+                    for path, image in items
+                }
+                output.source_paths = [by_uid[uid] for uid in volume.sop_instance_uids]
+                outputs.append(output)
+            except OverreadError as exc:
+                failed.append(self._failed(f"series {uid}", str(exc)))
+        return outputs + failed
+
+    def _failed(self, path: str, error: str) -> VolumeOutput:
+        prediction = Prediction(
+            path=path, ok=False, model=self.model, error=error, task=self.task.value
+        )
+        prediction.regions = []
+        empty = Volume(
+            pixels=np.zeros((0, 0, 0), np.float32),
+            affine=np.eye(4),
+            spacing=(1.0, 1.0, 1.0),
+            metadata=ImageMetadata(),
+        )
+        return VolumeOutput(prediction, empty, None, {})
+
+    def predict(
+        self,
+        inputs: Sequence[str | Path],
+        *,
+        explain: bool = False,
+        trust: bool = False,
+        override_gate: bool = False,
+        **_: object,
+    ) -> list[Prediction]:
+        """One prediction per series among ``inputs`` (the service's interface)."""
+        return [output.prediction for output in self.predict_series(inputs)]
+
+
+def _with_index(region: Region, index: int, segment_number: int) -> Region:
+    from dataclasses import replace
+
+    return replace(region, index=index, segment_number=segment_number)
+
+
+__all__ = [
+    "LUNG_VALUE",
+    "VolumeOutput",
+    "VolumePipeline",
+    "lung_and_nodules",
+    "resample",
+    "sliding_window",
+    "upsample_plane",
+]

@@ -1,0 +1,110 @@
+"""The infer job of a volumetric (CT segmentation or detection) model.
+
+The study's routed instances are grouped into series and each series runs through
+the :class:`~overread.inference.volume.VolumePipeline`; each analysed series gives a
+DICOM SEG (segmentation packages) and a TID 1500 SR with the nodules'
+measurements. When the gateway holds an earlier result of the same model for the
+same patient (Patient ID and issuer as stored with the result, an earlier study
+date), each nodule is compared with that latest prior's nodules
+(:func:`overread.inference.nodules.compare_with_prior`).
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from sqlalchemy import select
+from sqlalchemy.orm import Session
+
+from overread.errors import InferenceError
+from overread.inference.nodules import compare_with_prior
+from overread.results import Prediction, Region, ResultSummary, StudyHeader
+from overread.service.db import Instance, Result
+
+logger = logging.getLogger(__name__)
+
+
+def latest_prior_regions(
+    session: Session, model_name: str, study: StudyHeader
+) -> tuple[str, list[Region]] | None:
+    """The nodules of the latest earlier result of ``model_name`` for the same patient.
+
+    ``None`` when there is none (or the patient cannot be identified).
+    """
+    if not study.patient_id:
+        return None
+    rows = session.scalars(
+        select(Result).where(
+            Result.model_name == model_name,
+            Result.study_instance_uid != study.study_instance_uid,
+        )
+    ).all()
+    best: tuple[str, str, Result] | None = None
+    for row in rows:
+        summary = ResultSummary.from_dict(row.summary)
+        other = summary.study
+        if other is None or other.patient_id != study.patient_id:
+            continue
+        if other.issuer_of_patient_id != study.issuer_of_patient_id:
+            continue
+        if study.study_date and other.study_date and other.study_date >= study.study_date:
+            continue
+        key = (other.study_date, row.created_at.isoformat())
+        if best is None or key > (best[0], best[1]):
+            best = (key[0], key[1], row)
+    if best is None:
+        return None
+    summary = ResultSummary.from_dict(best[2].summary)
+    regions = [r for p in summary.instances if p.ok for r in p.regions or []]
+    return best[2].study_instance_uid, regions
+
+
+def run_volume_study(
+    pipeline: Any,
+    items: Sequence[tuple[Path, Instance]],
+    *,
+    session_factory: Any,
+    model_name: str,
+    study: StudyHeader,
+    build: bool,
+) -> tuple[list[Prediction], list[Any]]:
+    """Predictions (one per series) and the DICOM objects to store (SEG, SR).
+
+    ``build`` false (a shadow model) makes no objects.
+    """
+    from overread.service.outputs.volume import build_volume_outputs
+
+    paths = [path for path, _ in items]
+    outputs = pipeline.predict_series(paths)
+    if not any(o.prediction.ok for o in outputs):
+        problems = "; ".join(f"{o.prediction.path}: {o.prediction.error}" for o in outputs)
+        raise InferenceError(f"no series of the study could be analysed: {problems}")
+    with session_factory() as session:
+        prior = latest_prior_regions(session, model_name, study)
+    datasets: list[Any] = []
+    baseline = bool(pipeline.package.manifest.metrics.get("baseline"))
+    for output in outputs:
+        prediction = output.prediction
+        if not prediction.ok:
+            continue
+        if prior is not None and prediction.regions is not None:
+            prediction.regions = compare_with_prior(
+                prediction.regions, prior[1], prior_study=prior[0]
+            )
+        if build:
+            datasets.extend(
+                build_volume_outputs(
+                    prediction,
+                    output.source_datasets(),
+                    output.label_map,
+                    output.labels,
+                    baseline=baseline,
+                )
+            )
+    return [o.prediction for o in outputs], datasets
+
+
+__all__ = ["latest_prior_regions", "run_volume_study"]

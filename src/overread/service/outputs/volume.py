@@ -1,0 +1,384 @@
+"""DICOM outputs of a volumetric (CT) model: a SEG over the series and a TID 1500 SR.
+
+The SEG references every slice of the source series; its segments are the lung and
+one segment per nodule (so that each nodule can be referenced on its own), each
+with the algorithm identification (name, version, family "Artificial
+Intelligence") of the package. The SR (Comprehensive 3D, TID 1500) holds one
+volumetric measurement group per nodule: volume (mm3), longest diameter (mm), mean
+attenuation (HU), the Lung-RADS-style category, density and growth, the nodule's
+box as SCOORD3D points in the patient frame and, when a SEG was made, the
+reference to its segment. As every AI result the project sends, the SR is
+UNVERIFIED and PRELIMINARY, and its summary says it is for research use.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+import highdicom as hd
+import numpy as np
+import numpy.typing as npt
+from pydicom.dataset import Dataset
+from pydicom.sr.codedict import codes
+from pydicom.uid import generate_uid
+
+from overread.errors import ServiceError
+from overread.inference.nodules import growth_text
+from overread.results import ModelRef, Prediction, Region
+from overread.service.outputs import codes as oc
+from overread.service.outputs.sr import (
+    MANUFACTURER,
+    RESEARCH_CAVEAT,
+    contributing_equipment,
+    device_uid,
+)
+
+logger = logging.getLogger(__name__)
+
+#: Where the CT outputs go in the study (the X-ray SR and SEG use 9901 and 9903).
+SEG_SERIES_NUMBER = 9913
+SR_SERIES_NUMBER = 9911
+
+LUNG = codes.SCT.Lung
+NODULE = codes.SCT.Nodule
+_LONGEST_DIAMETER = codes.SCT.Diameter
+_MEAN = codes.SCT.Mean
+_ATTENUATION = hd.sr.CodedConcept("112031", "DCM", "Attenuation Coefficient")
+#: The concept of the box's SCOORD3D item in each nodule's group.
+IMAGE_REGION = hd.sr.CodedConcept("111030", "DCM", "Image Region")
+_PROCEDURE_CT_CHEST = hd.sr.CodedConcept("169069000", "SCT", "CT of chest")
+
+
+def _algorithm(model: ModelRef) -> hd.AlgorithmIdentificationSequence:
+    return hd.AlgorithmIdentificationSequence(
+        name=model.name,
+        family=codes.cid7162.ArtificialIntelligence,
+        version=model.version,
+        parameters={"sha256": model.sha256} if model.sha256 else None,
+    )
+
+
+def build_volume_seg(
+    label_map: npt.NDArray[np.uint8],
+    labels: Mapping[int, str],
+    sources: Sequence[Dataset],
+    model: ModelRef,
+    *,
+    lung_value: int = 1,
+    series_instance_uid: str | None = None,
+    sop_instance_uid: str | None = None,
+    baseline: bool = False,
+) -> hd.seg.Segmentation:
+    """A BINARY SEG of a label map ``(slices, rows, cols)`` over the series' slices.
+
+    ``sources`` are the slice datasets in volume order (one per slice of the map);
+    ``labels`` names each value of the map (``{1: "lung", 2: "nodule 1", ...}``).
+    Empty frames are left out.
+    """
+    if len(sources) != label_map.shape[0]:
+        raise ServiceError(
+            f"label map has {label_map.shape[0]} slices; the series has {len(sources)}"
+        )
+    present = {int(v) for v in np.unique(label_map) if v}
+    values = [v for v in sorted(labels) if v in present]
+    if not values:
+        raise ServiceError("the segmentation is empty: nothing to send as SEG")
+    algorithm = _algorithm(model)
+    descriptions = []
+    remap = np.zeros(256, dtype=np.uint8)
+    for number, value in enumerate(values, start=1):
+        remap[value] = number
+        is_lung = value == lung_value
+        descriptions.append(
+            hd.seg.SegmentDescription(
+                segment_number=number,
+                segment_label=labels[value][:64],
+                segmented_property_category=(
+                    codes.SCT.Organ if is_lung else codes.SCT.MorphologicallyAbnormalStructure
+                ),
+                segmented_property_type=LUNG if is_lung else NODULE,
+                algorithm_type=hd.seg.SegmentAlgorithmTypeValues.AUTOMATIC,
+                algorithm_identification=algorithm,
+                tracking_uid=generate_uid(),
+                tracking_id=f"{model.name} {labels[value]}"[:64],
+            )
+        )
+    description = (
+        "overread CT baseline (HU threshold) - research use"
+        if baseline
+        else "overread AI CT segmentation (research use)"
+    )
+    seg = hd.seg.Segmentation(
+        source_images=list(sources),
+        pixel_array=remap[label_map],
+        segmentation_type=hd.seg.SegmentationTypeValues.BINARY,
+        segment_descriptions=descriptions,
+        series_instance_uid=series_instance_uid or generate_uid(),
+        series_number=SEG_SERIES_NUMBER,
+        sop_instance_uid=sop_instance_uid or generate_uid(),
+        instance_number=1,
+        manufacturer=MANUFACTURER,
+        manufacturer_model_name=model.name[:64],
+        software_versions=model.version[:64],
+        device_serial_number=model.sha256[:64] or "unknown",
+        content_description=description[:64],
+        content_label="OVERREAD",
+        omit_empty_frames=True,
+        contributing_equipment=[contributing_equipment(model)],
+    )
+    seg.SeriesDescription = description[:64]
+    return seg
+
+
+def segment_numbers(seg: Dataset, labels: Mapping[int, str]) -> dict[int, int]:
+    """Label-map value -> SEG segment number (by segment label)."""
+    by_label = {str(item.SegmentLabel): int(item.SegmentNumber) for item in seg.SegmentSequence}
+    return {value: by_label[name[:64]] for value, name in labels.items() if name[:64] in by_label}
+
+
+def _box_points(region: Region) -> npt.NDArray[np.float64]:
+    """The box's two opposite corners (LPS mm), as SCOORD3D MULTIPOINT data."""
+    x0, y0, z0, x1, y1, z1 = region.box_mm
+    return np.array([[x0, y0, z0], [x1, y1, z1]], dtype=np.float64)
+
+
+def _group(
+    region: Region,
+    model: ModelRef,
+    frame_of_reference: str,
+    series_uid: str,
+    seg: Dataset | None,
+    segment_number: int | None,
+) -> hd.sr.VolumetricROIMeasurementsAndQualitativeEvaluations:
+    algorithm = hd.sr.AlgorithmIdentification(name=model.name, version=model.version)
+    measurements = [
+        hd.sr.Measurement(
+            name=codes.SCT.Volume,
+            value=float(region.volume_mm3),
+            unit=codes.UCUM.CubicMillimeter,
+            algorithm_id=algorithm,
+        ),
+        hd.sr.Measurement(
+            name=_LONGEST_DIAMETER,
+            value=float(region.longest_diameter_mm),
+            unit=codes.UCUM.Millimeter,
+            algorithm_id=algorithm,
+        ),
+        hd.sr.Measurement(
+            name=_ATTENUATION,
+            value=float(region.mean_hu),
+            unit=codes.UCUM.HounsfieldUnit,
+            derivation=_MEAN,
+            algorithm_id=algorithm,
+        ),
+        hd.sr.Measurement(
+            name=oc.PROBABILITY.to_dicom(),
+            value=float(region.score),
+            unit=hd.sr.CodedConcept("1", "UCUM", "no units"),
+            algorithm_id=algorithm,
+        ),
+    ]
+    text = (
+        f"{region.density}; Lung-RADS-style category {region.category}; "
+        f"growth: {growth_text(region.growth)}; box (LPS mm) "
+        + ", ".join(f"{v:.1f}" for v in region.box_mm)
+    )
+    kwargs: dict[str, Any] = {}
+    if seg is not None and segment_number is not None:
+        kwargs["referenced_segment"] = hd.sr.ReferencedSegment(
+            sop_class_uid=str(seg.SOPClassUID),
+            sop_instance_uid=str(seg.SOPInstanceUID),
+            segment_number=segment_number,
+            source_series=hd.sr.SourceSeriesForSegmentation(series_uid),
+        )
+    else:
+        # No SEG (a detection model): the nodule is its centre; the box follows.
+        kwargs["referenced_volume_surface"] = hd.sr.VolumeSurface(
+            graphic_type=hd.sr.GraphicTypeValues3D.POINT,
+            graphic_data=np.array([region.centre_mm], dtype=np.float64),
+            frame_of_reference_uid=frame_of_reference,
+            source_series=hd.sr.SourceSeriesForSegmentation(series_uid),
+        )
+    group = hd.sr.VolumetricROIMeasurementsAndQualitativeEvaluations(
+        tracking_identifier=hd.sr.TrackingIdentifier(
+            uid=generate_uid(), identifier=f"{model.name} nodule {region.index}"[:64]
+        ),
+        finding_type=NODULE,
+        algorithm_id=algorithm,
+        measurements=measurements,
+        **kwargs,
+    )
+    # The box: its two opposite corners in the patient frame (SCOORD3D MULTIPOINT).
+    group[0].ContentSequence.append(
+        hd.sr.Scoord3DContentItem(
+            name=IMAGE_REGION,
+            graphic_type=hd.sr.GraphicTypeValues3D.MULTIPOINT,
+            graphic_data=_box_points(region),
+            frame_of_reference_uid=frame_of_reference,
+            relationship_type=hd.sr.RelationshipTypeValues.CONTAINS,
+        )
+    )
+    group[0].ContentSequence.append(
+        hd.sr.TextContentItem(
+            name=oc.SUMMARY.to_dicom(),
+            value=text[:1024],
+            relationship_type=hd.sr.RelationshipTypeValues.CONTAINS,
+        )
+    )
+    return group
+
+
+def volume_summary(prediction: Prediction) -> str:
+    """The report's summary line for a series."""
+    model = prediction.model
+    regions = prediction.regions or []
+    if not regions:
+        found = "no nodule found"
+    else:
+        found = f"{len(regions)} nodule(s): " + "; ".join(
+            f"#{r.index} {r.longest_diameter_mm:.1f} mm {r.density}, category {r.category.split(' ')[0]}"
+            f", {growth_text(r.growth)}"
+            for r in regions
+        )
+    return (
+        f"AI second read ({model.name} {model.version}): {found}. Not verified by a "
+        f"reader. {RESEARCH_CAVEAT}"
+    )[:1024]
+
+
+def build_volume_sr(
+    prediction: Prediction,
+    sources: Sequence[Dataset],
+    *,
+    seg: Dataset | None = None,
+    segments: Mapping[int, int] | None = None,
+    series_instance_uid: str | None = None,
+    sop_instance_uid: str | None = None,
+) -> hd.sr.Comprehensive3DSR:
+    """The TID 1500 SR of a volumetric prediction on a series (``sources`` its slices).
+
+    ``segments`` maps a region's ``segment_number`` (its label-map value) to the SEG's
+    segment number; regions are referenced by their box when there is no SEG.
+    """
+    if not sources:
+        raise ServiceError("an SR needs the source series")
+    model = prediction.model
+    first = sources[0]
+    frame = str(getattr(first, "FrameOfReferenceUID", "") or "")
+    if not frame:
+        raise ServiceError("the source series has no Frame of Reference UID")
+    series_uid = str(first.SeriesInstanceUID)
+    groups = [
+        _group(
+            region,
+            model,
+            frame,
+            series_uid,
+            seg,
+            None
+            if segments is None or region.segment_number is None
+            else segments.get(region.segment_number),
+        )
+        for region in prediction.regions or []
+    ]
+    if not groups:
+        # TID 1500 needs one measurement group: it says the series was read.
+        groups = [
+            hd.sr.MeasurementsAndQualitativeEvaluations(  # type: ignore[list-item]
+                tracking_identifier=hd.sr.TrackingIdentifier(
+                    uid=generate_uid(), identifier=f"{model.name} no nodule"[:64]
+                ),
+                algorithm_id=hd.sr.AlgorithmIdentification(name=model.name, version=model.version),
+                source_images=[
+                    hd.sr.SourceImageForMeasurementGroup.from_source_image(ds) for ds in sources
+                ],
+            )
+        ]
+    observer = hd.sr.ObserverContext(
+        observer_type=codes.DCM.Device,
+        observer_identifying_attributes=hd.sr.DeviceObserverIdentifyingAttributes(
+            uid=device_uid(model),
+            name=model.name,
+            manufacturer_name=MANUFACTURER,
+            model_name=f"{model.name} {model.version}"[:64],
+            serial_number=model.short_hash or None,
+        ),
+    )
+    report = hd.sr.MeasurementReport(
+        observation_context=hd.sr.ObservationContext(observer_device_context=observer),
+        procedure_reported=_PROCEDURE_CT_CHEST,
+        imaging_measurements=groups,
+        referenced_images=None if seg is not None else list(sources),
+    )
+    evaluations = hd.sr.ContainerContentItem(
+        name=oc.QUALITATIVE_EVALUATIONS.to_dicom(),
+        relationship_type=hd.sr.RelationshipTypeValues.CONTAINS,
+    )
+    evaluations.ContentSequence = hd.sr.ContentSequence(
+        [
+            hd.sr.TextContentItem(
+                name=oc.SUMMARY.to_dicom(),
+                value=volume_summary(prediction),
+                relationship_type=hd.sr.RelationshipTypeValues.CONTAINS,
+            )
+        ]
+    )
+    report[0].ContentSequence.append(evaluations)
+    evidence: list[Dataset] = list(sources)
+    if seg is not None:
+        evidence.append(seg)
+    sr = hd.sr.Comprehensive3DSR(
+        evidence=evidence,
+        content=report,
+        series_instance_uid=series_instance_uid or generate_uid(),
+        series_number=SR_SERIES_NUMBER,
+        sop_instance_uid=sop_instance_uid or generate_uid(),
+        instance_number=1,
+        manufacturer=MANUFACTURER,
+        is_complete=True,
+        is_final=False,
+        is_verified=False,
+        contributing_equipment=[contributing_equipment(model)],
+    )
+    sr.SeriesDescription = "overread AI CT nodules (research use)"
+    sr.ManufacturerModelName = model.name[:64]
+    sr.SoftwareVersions = model.version[:64]
+    logger.info(
+        "built CT SR",
+        extra={
+            "sop_instance_uid": str(sr.SOPInstanceUID),
+            "nodules": len(prediction.regions or []),
+        },
+    )
+    return sr
+
+
+def build_volume_outputs(
+    prediction: Prediction,
+    sources: Sequence[Dataset],
+    label_map: npt.NDArray[np.uint8] | None,
+    labels: Mapping[int, str],
+    *,
+    baseline: bool = False,
+) -> list[Dataset]:
+    """SEG (when there is a label map with something in it) and SR of one series."""
+    seg: hd.seg.Segmentation | None = None
+    numbers: dict[int, int] | None = None
+    if label_map is not None and any(int(v) in labels for v in np.unique(label_map) if v):
+        seg = build_volume_seg(label_map, labels, sources, prediction.model, baseline=baseline)
+        numbers = segment_numbers(seg, labels)
+    sr = build_volume_sr(prediction, sources, seg=seg, segments=numbers)
+    return [d for d in (seg, sr) if d is not None]
+
+
+__all__ = [
+    "SEG_SERIES_NUMBER",
+    "SR_SERIES_NUMBER",
+    "build_volume_outputs",
+    "build_volume_seg",
+    "build_volume_sr",
+    "segment_numbers",
+    "volume_summary",
+]
