@@ -319,6 +319,9 @@ class InferenceHandler:
             study=study,
             timings=_stage_timings(predictions, modelled - started, built - modelled),
         ).to_dict()
+        # A volume result is one entry per series: which images it read is kept
+        # beside them, so a complete-again study is not taken for one that grew.
+        summary["read_sop_instance_uids"] = [row.sop_instance_uid for _, row in items]
         exports = self._finish(
             job, payload, None, summary, artifacts, _study_context(items, header), replaces=replaces
         )
@@ -531,14 +534,20 @@ class InferenceHandler:
         sees the study complete again."""
         if state == StudyState.RECEIVING.value:
             return False  # its completion re-queues the job
-        read = set(summary.get("sop_instance_uids") or ())
+        read = _read_uids(summary)
         return any(row.sop_instance_uid not in read for _, row in self._study_paths(job, session))
 
 
 def _images_not_read(result: Result, items: Sequence[tuple[Path, Instance]]) -> list[str]:
     """SOP Instance UIDs of the study's stored images that ``result`` did not read."""
-    read = set((result.summary or {}).get("sop_instance_uids") or ())
+    read = _read_uids(result.summary or {})
     return [row.sop_instance_uid for _, row in items if row.sop_instance_uid not in read]
+
+
+def _read_uids(summary: dict[str, Any]) -> set[str]:
+    """The SOP Instance UIDs a stored summary's result read (a volume result lists
+    them apart from its per-series entries)."""
+    return set(summary.get("read_sop_instance_uids") or summary.get("sop_instance_uids") or ())
 
 
 def _superseded_chain(result: Result) -> list[dict[str, Any]]:
