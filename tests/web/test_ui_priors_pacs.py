@@ -177,3 +177,45 @@ def test_a_technologist_retrieves_a_pacs_prior_into_the_gateway(
     # Once the gateway holds (and has read) it, the prior is no longer listed at the PACS.
     wait_until(lambda: worklist_has(site.gw, site.prior), 180, "the retrieved prior")
     assert _pacs_rows(client.get(f"/studies/{site.current}/priors/pacs").text) == [site.older]
+
+
+def test_in_chromium_the_pacs_priors_join_the_loaded_page(
+    site: SimpleNamespace, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from overread.web.ui.pages import compare
+
+    from .ui_support import CHROMIUM_ARGS, chromium_path
+
+    if chromium_path() is None:
+        pytest.skip("Chromium is not installed")
+    playwright_api = pytest.importorskip("playwright.sync_api")
+    monkeypatch.setattr(compare, "PACS_PRIORS_TIMEOUT", 2.0)
+    with playwright_api.sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=chromium_path(), args=CHROMIUM_ARGS)
+        try:
+            page = browser.new_page(viewport={"width": 1600, "height": 1000})
+            problems: list[str] = []
+            page.on("pageerror", lambda e: problems.append(f"page error: {e}"))
+            page.on(
+                "console",
+                lambda m: problems.append(m.text) if m.type == "error" else None,
+            )
+            page.goto(site.gw.base_url + "/login")
+            page.fill("#username", "tech.tom")
+            page.fill("#password", PASSWORD)
+            page.click("#login")
+            page.wait_for_load_state()
+            page.goto(f"{site.gw.base_url}/studies/{site.current}")
+            # Shown while the PACS is asked, then replaced by its answer.
+            page.wait_for_selector('#priors-pacs tr[data-source="pacs"]', timeout=60_000)
+            rows = page.locator('#priors-pacs tr[data-source="pacs"]')
+            uids = [rows.nth(i).get_attribute("data-prior") for i in range(rows.count())]
+            assert site.older in uids and site.current not in uids
+            assert page.locator("#priors-pacs-asking").count() == 0
+            assert page.locator("#priors-pacs-failed").is_visible()  # the hung PACS
+            older = page.locator(f'#priors-pacs tr[data-prior="{site.older}"]')
+            assert "at PACS" in older.inner_text()
+            assert older.get_by_role("button", name="Retrieve the study of 2023-07-15").count() == 1
+            assert problems == []
+        finally:
+            browser.close()
