@@ -17,8 +17,9 @@ from sqlalchemy import select
 from overread.audit import AuditEvent
 from overread.gateway import Gateway
 from overread.harness import storescu
-from overread.results import ResultSummary
+from overread.results import ModelRef, ResultSummary
 from overread.service.db import Job, Result, ResultReview
+from overread.service.review import ReviewDesk
 from overread.triage.schema import Alert, WorklistItem
 
 from .conftest import Storescp, api_token, bearer, needs_dcmtk, wait_until
@@ -485,8 +486,6 @@ def test_a_reader_who_rejects_while_the_time_out_sweep_runs_wins(
                 .values(state=ReviewState.REJECTED.value)
             )
 
-    from overread.service.review import ReviewDesk
-
     still_pending = ReviewDesk._still_pending
 
     def racing(session: Any, review_id: int, **values: Any) -> bool:
@@ -542,6 +541,8 @@ def test_the_pdf_and_overlays_go_out_verified_and_a_correction_resends_every_kin
     assert document.VerificationFlag == "VERIFIED"
     assert "verified by a radiologist" in text and "Verified by dr.pdf" in text
     assert "not verified" not in text
+    # The verified report keeps the model card block the first report had.
+    assert "Intended use:" in text and "NOT FOR DIAGNOSIS" in text
     assert images == len(first["OT"])
     assert dciodvfy_errors(first["DOC"][0]) == [] and dciodvfy_errors(first["OT"][0]) == []
     labels = []
@@ -572,3 +573,8 @@ def test_the_pdf_and_overlays_go_out_verified_and_a_correction_resends_every_kin
         for p in second["OT"]
     }
     assert label not in shown
+
+    # A package gone from the registry: no card, and the report falls back to
+    # "not for diagnosis" without the intended-use block.
+    desk = ReviewDesk(service.config, service.database, service.store, service.queue)
+    assert desk._card(ModelRef(name="gone-model", version="9.9.9")) is None

@@ -377,3 +377,79 @@ def test_a_worker_skips_a_requeued_job_of_a_rolled_back_candidate(
     assert ran is not None and ran.id == job_id
     assert _state(database, job_id) == "cancelled"
     assert worker.run_once() is None  # nothing else to run: the active job is done
+
+
+def test_a_canary_result_finished_after_the_rollback_is_not_sent_and_its_study_rerouted(
+    database: Database, tmp_path: Path
+) -> None:
+    from overread.config import Settings
+    from overread.service.config import service_config
+    from overread.service.db import Result
+    from overread.service.payloads import export_payload
+    from overread.service.rollout import RolloutRole
+    from overread.service.store import ObjectStore
+    from overread.service.worker import Worker
+
+    store = RolloutStore(database, critical={})
+    queue = JobQueue(database)
+    store.start(
+        "chest",
+        active_ref="m@1",
+        candidate_ref="m@2",
+        state=RolloutState.CANARY,
+        actor="t",
+        canary_share=0.5,
+    )
+    infer_id = _infer(queue, "1.1", "2", "canary")
+    claimed = queue.claim("w0", lease_seconds=30)
+    assert claimed is not None and claimed.id == infer_id
+    # Rolled back while the canary job runs: it is its worker's and finishes.
+    store.end("chest", RolloutState.ROLLED_BACK, actor="monitor", expect=RolloutState.CANARY)
+    assert _state(database, infer_id) == "running" and _active_jobs(database) == {}
+    with database.session() as session:  # the job's outcome: a result and its exports
+        queue.mark_succeeded(session, infer_id, "w0")
+        result = Result(
+            job_id=infer_id, study_instance_uid="1.1", model_name="m", model_version="2"
+        )
+        session.add(result)
+        session.flush()
+        store.mark_result(session, result, alias="chest", role=RolloutRole.CANARY)
+        exports = [
+            queue.enqueue(
+                session,
+                study_instance_uid="1.1",
+                model_name="m",
+                model_version="2",
+                kind=JobKind.EXPORT,
+                destination=name,
+                payload={"fhir_endpoint": name, "result_id": result.id},
+            )[0]
+            for name in ("EHR", "EHR2")
+        ]
+    worker = Worker(
+        service_config(Settings(data_dir=tmp_path / "data")),
+        database,
+        ObjectStore(tmp_path / "objects", fsync=False),
+        queue,
+        _NoModels(),  # type: ignore[arg-type]
+        None,
+        name="w1",
+    )
+    running = [queue.claim("w1", lease_seconds=30) for _ in exports]
+    assert sorted(j.id for j in running if j is not None) == sorted(exports)
+    for job in running:
+        assert job is not None
+        worker.exporters.export(job, export_payload(job.payload))
+    # Nothing sent (an unknown endpoint would have dead-lettered the job), the infer
+    # job keeps its outcome, and the study is queued once for the active version.
+    assert [_state(database, j) for j in exports] == ["cancelled", "cancelled"]
+    assert _state(database, infer_id) == "succeeded"
+    assert _active_jobs(database) == {"1.1": ("queued", 3, "chest-xray")}
+    with database.session() as session:
+        events = session.scalars(
+            select(AuditEvent).where(AuditEvent.action == AuditAction.ROLLOUT_REROUTE.value)
+        ).all()
+    skipped = [e.details["skipped_export_job"] for e in events if "skipped_export_job" in e.details]
+    assert sorted(skipped) == sorted(exports)
+    # An export of a result not on a rolled-back canary is not skipped.
+    assert not store.skip_rolled_back_export(exports[0], 999, "w1")

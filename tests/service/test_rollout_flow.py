@@ -83,7 +83,7 @@ def _settled(service: Gateway, count: int) -> Callable[[], bool]:
     def check() -> bool:
         jobs = _jobs(service)
         return len(jobs) == count and all(
-            j.state in ("succeeded", "dead_lettered", "held") for j in jobs
+            j.state in ("succeeded", "dead_lettered", "held", "cancelled") for j in jobs
         )
 
     return check
@@ -211,23 +211,42 @@ def test_canary_split_is_by_study_uid_and_a_bad_candidate_is_rolled_back(
     # third study leaves the positive-rate bound.
     inside, outside = _uids(True, 4, share), _uids(False, 3, share)
     order = [inside[0], outside[0], inside[1], outside[1], inside[2]]
-    for n, uid in enumerate(order):
+    for n, uid in enumerate(order[:-1]):
         _send(service, dx_factory, uid)
         wait_until(_settled(service, 6 + 2 * (n + 1)))
-    # The worker judges the canary right after the job it finished.
+    # The worker judges the canary right after the job it finished: the study that
+    # tipped it over was read by the candidate, but that result is not sent; the
+    # study is read again by the active version (its infer and export jobs).
+    _send(service, dx_factory, order[-1])
     wait_until(_rolled_back(rollouts))
+    wait_until(_settled(service, 18))
+    last = [j for j in _jobs(service) if j.study_instance_uid == order[-1]]
+    assert [(j.kind, j.model_version, j.state) for j in last] == [
+        ("infer", "1.1.2", "succeeded"),
+        ("export", "1.1.2", "cancelled"),
+        ("infer", "1.1.0", "succeeded"),
+        ("export", "1.1.0", "succeeded"),
+    ]
+    [skipped] = [
+        e for e in _events(service, AuditAction.ROLLOUT_REROUTE) if "skipped_export_job" in e
+    ]
+    assert skipped["candidate"] == BAD and skipped["skipped_export_job"] == last[1].id
     rollout = rollouts.store.current("chest")
     assert rollout is not None and rollout.state is RolloutState.ROLLED_BACK
     assert rollout.reason.startswith("automatic: positive-finding rate 1.00")
     # The split followed the hash of each Study Instance UID.
     with service.database.session() as session:
         versions = {
-            r.study_instance_uid: r.model_version for r in session.scalars(select(Result)).all()
-        }
+            r.study_instance_uid: r.model_version
+            for r in session.scalars(select(Result).order_by(Result.id.desc())).all()
+        }  # each study's first result
     for uid in order:
         assert versions[uid] == ("1.1.2" if in_canary(uid, share) else "1.1.0"), uid
-    # The canary's results went out as the active's do: one SR per study.
+    # The canary's results went out as the active's do, but for the one that finished
+    # after the rollback (the active's went instead): one SR per study.
     assert len(storescp.files()) == 8
+    sent = {str(pydicom.dcmread(p).StudyInstanceUID) for p in storescp.files()}
+    assert sent == {*before, *order}
     [rolled] = _events(service, AuditAction.ROLLOUT_ROLLBACK)
     assert rolled["actor"] == "rollout-monitor"
     assert rolled["evidence"]["automatic"] is True
@@ -235,7 +254,7 @@ def test_canary_split_is_by_study_uid_and_a_bad_candidate_is_rolled_back(
     assert rolled["evidence"]["active"]["positive_rate"] < 0.75
     # After the rollback a study in the canary's share is read by the active version.
     _send(service, dx_factory, inside[3])
-    wait_until(_settled(service, 18))
+    wait_until(_settled(service, 20))
     with service.database.session() as session:
         [late] = session.scalars(select(Result).where(Result.study_instance_uid == inside[3])).all()
     assert late.model_version == "1.1.0"

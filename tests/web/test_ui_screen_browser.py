@@ -229,6 +229,18 @@ def test_study_page_heatmap_caption_layout_and_verdict_in_place(
     assert page.evaluate("window.__sameDocument === true")
     assert page.evaluate("() => window.scrollY") == scrolled
     assert page.locator("#patient-name").is_visible()
+    # Scrolled down past the findings (priors, review), the patient header stays in view.
+    page.evaluate("() => window.scrollTo(0, document.body.scrollHeight)")
+    assert page.evaluate("() => window.scrollY") > 200
+    head = _box(page, "#patient-head")
+    assert head["y"] >= 0 and head["y"] + head["height"] <= HEIGHT / 4, head
+    assert (
+        page.evaluate(
+            "() => { const r = document.getElementById('patient-name').getBoundingClientRect();"
+            " return document.elementFromPoint(r.x + 2, r.y + r.height / 2)?.id; }"
+        )
+        == "patient-name"
+    )  # on top, not covered by the viewer or a table
     assert "disagree" in row.locator(".verdict").inner_text()
     assert row.locator('button[value="disagree"]').get_attribute("aria-pressed") == "true"
     assert page.evaluate("() => document.activeElement.value") == "disagree"
@@ -241,6 +253,34 @@ def test_study_page_heatmap_caption_layout_and_verdict_in_place(
         assert [(v.reader, v.verdict) for v in votes] == [("dr.grey", "disagree")]
     # The viewer kept its state: still the same image, not reloaded.
     assert page.locator("#viewer").get_attribute("data-ready") == "true"
+    assert page.problems == []
+
+
+def test_no_console_error_nor_failed_request_on_any_page(
+    screen: tuple[UiGateway, SimpleNamespace], page: Any
+) -> None:
+    gw, s = screen
+    _login(page, gw)
+    for path in (
+        "/",
+        f"/studies/{s.current}",
+        f"/studies/{s.current}/compare/{s.prior}",
+        "/alerts",
+    ):
+        page.goto(gw.base_url + path, wait_until="networkidle")
+        if path.startswith("/studies/") and "/compare/" not in path:
+            page.wait_for_selector("#viewer[data-ready=true]")
+        assert page.locator("h1").count() >= 1, path
+    # The audit trail and the jobs page, as the administrator sees them.
+    page.context.clear_cookies()
+    page.goto(gw.base_url + "/login")
+    page.fill("#username", "ada.admin")
+    page.fill("#password", PASSWORD)
+    page.click("#login")
+    page.wait_for_load_state()
+    for path in ("/audit", "/admin/jobs"):
+        response = page.goto(gw.base_url + path, wait_until="networkidle")
+        assert response.status == 200, path
     assert page.problems == []
 
 

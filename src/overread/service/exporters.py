@@ -512,6 +512,12 @@ class Exporters:
         logger.warning("job %d: export held, kill switch of %s engaged", job.id, switch)
         return True
 
+    def _rolled_back(self, job: Job, result_id: int) -> bool:
+        """Skip ``job`` (cancelled, audited, nothing sent) when its result is a canary's
+        whose candidate was rolled back while it ran; its study goes to the active
+        version instead (see :meth:`RolloutStore.skip_rolled_back_export`)."""
+        return self.rollouts.skip_rolled_back_export(job.id, result_id, self.services.owner)
+
     def _blocked_by_review(self, job: Job, result_id: int) -> bool:
         """Hold ``job`` while its result waits for review; refuse it for good when the
         result was rejected, or when the result is not of the job's study.
@@ -545,11 +551,14 @@ class Exporters:
     def export(self, job: Job, payload: ExportPayload) -> None:
         """Hand ``job`` to the exporter of its payload's kind (or hold it, when its
         model's kill switch is engaged: see :mod:`overread.service.rollout`, or its
-        result awaits review: :mod:`overread.service.review`)."""
+        result awaits review: :mod:`overread.service.review`), or skip it (its result
+        is a rolled-back canary's)."""
         known = (DicomExportPayload, FhirExportPayload, Hl7ExportPayload, StowExportPayload)
         if not isinstance(payload, known):
             assert_never(payload)  # a payload no exporter knows: refused, never dropped
-        if self._held(job) or self._blocked_by_review(job, payload.result_id):
+        if self._held(job) or self._rolled_back(job, payload.result_id):
+            return
+        if self._blocked_by_review(job, payload.result_id):
             return
         match payload:
             case DicomExportPayload():

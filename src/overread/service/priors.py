@@ -269,9 +269,13 @@ class PacsPriors:
 
     def priors_of(self, study: StudyFacts) -> list[PriorStudy]:
         """The same Patient ID's studies on the peers dated before ``study``."""
+        return self.search(study)[0]
+
+    def search(self, study: StudyFacts) -> tuple[list[PriorStudy], list[str]]:
+        """:meth:`priors_of`, with what each peer that could not be asked said."""
         patient = study.patient
         if not patient.patient_id or patient.issuer != "":
-            return []
+            return [], []
         search = prior_studies(
             patient.patient_id,
             before=study.study_date,
@@ -280,7 +284,8 @@ class PacsPriors:
             exclude_study_uid=study.study_instance_uid,
             timeout=self.timeout,
         )
-        return [self._row(record) for record in search.studies if record.patient_id]
+        found = [self._row(record) for record in search.studies if record.patient_id]
+        return found, [f"{f.peer}: {f.reason}" for f in search.failures]
 
     @staticmethod
     def _row(record: StudyRecord) -> PriorStudy:

@@ -836,6 +836,7 @@ class ReviewDesk:
         report = build_pdf_report(
             readings,
             ReportContext(
+                card=self._card(model),
                 critical=frozenset(self._critical(usable)),
                 thumbnails=thumbnails,
                 verification=verification,
@@ -845,6 +846,34 @@ class ReviewDesk:
         )
         entry = self._store_dataset(report, "DOC")
         return [entry if a is pdf else a for a in kept]
+
+    def _card(self, model: ModelRef) -> Any:
+        """The model card summary of the result's package for the verified report, read
+        from the model registry; ``None`` (the report then says "not for diagnosis", as
+        when the card is unknown) when the package is no longer there or fails to load."""
+        from overread.models.card import ModelCardSummary
+        from overread.models.registry import Registry
+        from overread.service.runtime import read_signing_key
+
+        try:
+            registry = Registry.from_settings()
+            key_file = self.config.model_signing_key_file
+            if key_file is not None:
+                registry = Registry(
+                    registry.root,
+                    include_bundled=registry.include_bundled,
+                    key=read_signing_key(key_file),
+                )
+            package = registry.load(f"{model.name}@{model.version}")
+        except Exception as exc:  # a missing card must not stop the report
+            logger.warning(
+                "model card of %s %s not available for the verified report: %s",
+                model.name,
+                model.version,
+                exc,
+            )
+            return None
+        return ModelCardSummary.from_package(package)
 
     def _critical(self, usable: Sequence[tuple[int, Prediction]]) -> set[str]:
         """The findings at their critical-alert thresholds (the model's probabilities)."""

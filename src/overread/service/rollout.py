@@ -599,13 +599,15 @@ class RolloutStore:
         actor: str,
         role: str = "",
         jobs: Sequence[Job] | None = None,
+        cancel: bool = True,
     ) -> dict[str, list[int]]:
         """Cancel the candidate's infer jobs that have not run (received, queued,
         waiting for a retry; or ``jobs``) in the caller's transaction, and queue the
         active version on each canary study among them and among its dead-lettered
         ones, so no study is left without a result (a shadow's study has the active's
         already; a dead letter stays one). Audited (``rollout-reroute``). Returns the
-        cancelled and the queued job ids."""
+        cancelled and the queued job ids. ``cancel=False``: ``jobs`` ran already (their
+        state is kept); only their canary studies are queued for the active version."""
         from overread.service.jobs import JobQueue
 
         cand_name, cand_version = split_ref(rollout.candidate_ref)
@@ -635,7 +637,7 @@ class RolloutStore:
             alias, side, _ = _rollout_side(job)
             if alias != rollout.alias or side not in (RolloutRole.CANARY, RolloutRole.SHADOW):
                 continue
-            if job.state != JobState.DEAD_LETTERED.value:
+            if cancel and job.state != JobState.DEAD_LETTERED.value:
                 # A dead letter stays one (its failure counts); anything else is cancelled.
                 job.state = JobState.CANCELLED.value
                 job.error = f"cancelled: {rollout.candidate_ref} rolled back on {rollout.alias}"
@@ -729,6 +731,82 @@ class RolloutStore:
                 session, _rollout(row), actor=f"worker:{owner}", role="service", jobs=[job]
             )
             return bool(done["cancelled"])
+
+    def skip_rolled_back_export(self, job_id: int, result_id: int, owner: str) -> bool:
+        """Before an export sends: if ``result_id`` is a canary's whose candidate was
+        rolled back (its infer job was already running at the rollback, so it finished),
+        cancel the export under the caller's lease, audit it, and queue the active
+        version on the study (once: an identical job is not queued twice); whether it
+        was skipped."""
+        with self.database.session() as session:
+            job = session.get(Job, job_id)
+            if job is None or job.lease_owner != owner:
+                return False
+            marked = session.get(RolloutResult, result_id)
+            if marked is None or marked.role != RolloutRole.CANARY.value:
+                return False
+            row = session.get(ModelRollout, marked.alias)
+            result = session.get(Result, result_id)
+            if row is None or result is None or row.state != RolloutState.ROLLED_BACK.value:
+                return False
+            if row.candidate_ref != f"{result.model_name}@{result.model_version}":
+                return False
+            rollout = _rollout(row)
+            now = utcnow()
+            done = session.execute(
+                update(Job)
+                .where(
+                    Job.id == job_id,
+                    Job.lease_owner == owner,
+                    Job.state == JobState.RUNNING.value,
+                )
+                .values(
+                    state=JobState.CANCELLED.value,
+                    error=(
+                        f"cancelled: {rollout.candidate_ref} rolled back on {rollout.alias};"
+                        " its result is not sent"
+                    ),
+                    lease_owner=None,
+                    lease_expires_at=None,
+                    finished_at=now,
+                    updated_at=now,
+                )
+                .execution_options(synchronize_session=False)
+            )
+            if done.rowcount != 1:  # type: ignore[attr-defined]
+                return False
+            record_event(
+                session,
+                actor=f"worker:{owner}",
+                role="service",
+                action=AuditAction.ROLLOUT_REROUTE,
+                object_uids=[rollout.alias, result.study_instance_uid],
+                details={
+                    "alias": rollout.alias,
+                    "candidate": rollout.candidate_ref,
+                    "active": rollout.active_ref,
+                    "skipped_export_job": job_id,
+                    "result_id": result_id,
+                    "destination": job.destination,
+                },
+            )
+            infer = session.get(Job, result.job_id)
+            if infer is not None:
+                self.reroute(
+                    session,
+                    rollout,
+                    actor=f"worker:{owner}",
+                    role="service",
+                    jobs=[infer],
+                    cancel=False,
+                )
+            logger.warning(
+                "job %d: result %d of rolled-back %s not sent",
+                job_id,
+                result_id,
+                rollout.candidate_ref,
+            )
+            return True
 
     # results
     def mark_result(

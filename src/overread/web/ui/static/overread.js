@@ -19,6 +19,40 @@
     start(root.dataset.referenceFrame, 'multipart/related; type="application/octet-stream"');
   })();
 
+  // Priors held at the PACS only: asked for once the page has loaded (the gateway's
+  // own priors are listed already), and given up on after a while so that a slow
+  // PACS never leaves the reader waiting.
+  (function pacsPriors() {
+    var box = document.getElementById("priors-pacs");
+    if (!box || !box.dataset.url || !window.fetch || !window.DOMParser) { return; }
+    var stop = window.AbortController ? new AbortController() : null;
+    var timer = stop ? setTimeout(function () { stop.abort(); }, 15000) : null;
+    function say(text) {
+      box.textContent = "";
+      var p = document.createElement("p");
+      p.className = "notice small";
+      p.id = "priors-pacs-failed";
+      p.textContent = text;
+      box.appendChild(p);
+    }
+    fetch(box.dataset.url, { credentials: "same-origin", signal: stop ? stop.signal : undefined })
+      .then(function (response) {
+        if (!response.ok) { throw new Error("HTTP " + response.status); }
+        return response.text();
+      })
+      .then(function (html) {
+        var fresh = new DOMParser().parseFromString(html, "text/html");
+        box.textContent = "";
+        Array.prototype.slice.call(fresh.body.childNodes).forEach(function (node) {
+          box.appendChild(document.importNode(node, true));
+        });
+      })
+      .catch(function (error) {
+        say("The PACS did not answer in time" + (error && error.name === "AbortError" ? "" : ": " + error.message) + ".");
+      })
+      .then(function () { if (timer) { clearTimeout(timer); } });
+  })();
+
   // The selected study, by UID: selection follows the study, never a row index.
   var selectedUid = null;
 
