@@ -187,6 +187,7 @@ class InferenceHandler:
                 readings,
                 cam_segmentation=cam_segmentation,
                 pdf_report=self._report_context(pipeline, predictions),
+                calibration=calibration,
             )
             for dataset in built_objects:
                 artifacts.append(self._store_dataset(dataset))
