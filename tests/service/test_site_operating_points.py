@@ -5,7 +5,9 @@ critical alerts and priority follow the site-calibrated finding, not the global 
 
 from __future__ import annotations
 
+from io import BytesIO
 from pathlib import Path
+from typing import Any
 
 import pydicom
 import pytest
@@ -109,6 +111,15 @@ def test_the_site_s_threshold_at_the_route_s_operating_point_decides_the_worklis
         assert stored(other)["probability"] == pytest.approx(own.probability, abs=1e-5)
         assert stored(other)["threshold"] == pytest.approx(own.threshold)
 
+        # The SR the service built and sent says which calibration decided it.
+        for uid, expected in (
+            (uids["NGHAE"], "Site calibration applied: site 'Northgate'"),
+            (uids["OTHERAE"], "Global calibration applied to site 'OTHERAE'"),
+        ):
+            [key] = [a["key"] for a in by_study[uid].artifacts if a["modality"] == "SR"]
+            sr = pydicom.dcmread(BytesIO(service.store.read(key)))
+            assert expected in " ".join(_texts(sr))
+
         with service.database.session() as session:
             wait_until(lambda: _on_worklist(service, uids), timeout=60)
             ngh = get_item(session, uids["NGHAE"])
@@ -119,6 +130,15 @@ def test_the_site_s_threshold_at_the_route_s_operating_point_decides_the_worklis
             assert LABEL in (ngh.critical_findings or []) and ngh.has_critical
             assert LABEL not in (unknown.critical_findings or [])
             assert ngh.score > unknown.score
+
+
+def _texts(dataset: Any) -> list[str]:
+    out = []
+    for item in dataset.get("ContentSequence", []):
+        if "TextValue" in item:
+            out.append(str(item.TextValue))
+        out.extend(_texts(item))
+    return out
 
 
 def _on_worklist(service: object, uids: dict[str, str]) -> bool:
