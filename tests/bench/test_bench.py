@@ -92,6 +92,12 @@ def test_bench_ingest_cli_compares_one_and_several_associations(run_cli: RunCli)
         )
     assert result["ratio_1"] == result["cases"][0]["ratio"]
     assert result["machine"]["cores"] >= 1
+    # Each ingest step timed alone, and the receivers' wall time per instance.
+    assert set(result["costs_ms"]) == {
+        "parse", "sha256", "write", "fsync_file", "fsync_dir", "database"
+    }  # fmt: skip
+    assert all(v >= 0 for v in result["costs_ms"].values())
+    assert set(result["wall_ms_per_instance"]) == {"1", "2"}
 
 
 def test_bench_stats_cli_times_bootstrap_and_delong(run_cli: RunCli) -> None:
@@ -131,6 +137,8 @@ def test_bench_e2e_cli_reports_latency_stages_and_ratios(run_cli: RunCli) -> Non
     for key in ("p50_s", "p95_s", "stable_wait_s", "overhead_fraction", "ingest_ratio_vs_dcmtk"):
         assert isinstance(result[key], float) and math.isfinite(result[key]), key
     assert 0 < result["p50_s"] <= result["p95_s"]
+    # From the last image received: shorter than from the storescu start.
+    assert 0 < result["p95_after_receive_s"] < result["p95_s"]
     # The stable-age run waited at least the configured time, and the timed runs did not.
     assert result["stable_wait_s"] >= 0.5
     assert result["latency"][0]["stages"]["mean_s"]["assembly_wait"] < 0.5
@@ -194,3 +202,35 @@ def test_bench_tta_cli_times_each_view_count_against_none(run_cli: RunCli) -> No
     assert rows[3]["cpu_ms_per_study"] > 0 and rows[3]["mean_spread"] > 0
     status, _, err = run_cli("bench", "tta", "--views", "0")
     assert status == 2 and err.startswith("error:")
+
+
+@pytest.mark.slow
+@pytest.mark.service
+@needs_dcmtk
+def test_bench_soak_cli_counts_every_study_and_samples_over_time(
+    run_cli: RunCli, tmp_path: Path
+) -> None:
+    pytest.importorskip("overread.service.outputs")
+    plot = tmp_path / "soak.png"
+    status, out, _ = run_cli(
+        "bench", "soak", "--rate", "4", "--duration", "2", "--size", "128", "--chunk", "4",
+        "--sample", "0.5", "--settle", "120", "--plot", str(plot), "--json",
+    )  # fmt: skip
+    assert status == 0
+    result = json.loads(out)
+    assert result["sent"] == result["acknowledged"] == result["reported"] == 8
+    assert (result["lost"], result["duplicated"]) == (0, 0)
+    assert [c["studies"] for c in result["chunks"]] == ["1-4", "5-8"]
+    assert all(c["reported"] == 4 and c["p50_s"] <= c["p95_s"] for c in result["chunks"])
+    samples = result["samples"]
+    assert len(samples) >= 3 and samples[-1]["reported"] == 8
+    assert samples[-1]["jobs_pending"] == 0
+    assert all(s["rss_mb"] > 0 and s["open_files"] > 0 for s in samples)
+    assert 0 < result["p50_s"] <= result["p95_s"] <= result["max_s"]
+    assert plot.is_file() and plot.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_bench_soak_refuses_a_bad_rate(run_cli: RunCli) -> None:
+    status, _, err = run_cli("bench", "soak", "--rate", "0", "--json")
+    assert status != 0
+    assert "error:" in err and "Traceback" not in err

@@ -67,6 +67,64 @@ def storescp_seconds(root: Path, paths: list[Path], associations: int) -> float:
         pacs.stop()
 
 
+def ingest_costs(root: Path, paths: list[Path]) -> dict[str, float]:
+    """Median milliseconds per instance of each step of overread's ingest, measured one
+    at a time on ``paths`` in ``root`` (the same disk): parsing the header, SHA-256,
+    writing the bytes (page cache), the file fsync, the directory fsync, and the
+    database (the row, the study and the audit event committed: ingest with the store's
+    fsync off, less the steps before). What the network receive costs is the rest of
+    the SCP's time per instance."""
+    import hashlib
+    import os
+
+    from overread.imaging import read_instance
+    from overread.service.ingest import InstanceColumns
+
+    steps: dict[str, list[float]] = {
+        k: [] for k in ("parse", "sha256", "write", "fsync_file", "fsync_dir", "database")
+    }
+    config = loopback_config(Settings(data_dir=root / "db"))
+    database = Database(config.database_url)
+    ingestor = Ingestor(database, ObjectStore(root / "nosync", fsync=False))
+    folder = root / "raw"
+    folder.mkdir(parents=True, exist_ok=True)
+    try:
+        for number, path in enumerate(paths):
+            data = path.read_bytes()
+            t0 = time.perf_counter()
+            InstanceColumns.of(read_instance(data, source=str(path)))
+            t1 = time.perf_counter()
+            hashlib.sha256(data).hexdigest()
+            t2 = time.perf_counter()
+            fd = os.open(folder / f"{number}.dcm", os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
+            try:
+                view = memoryview(data)
+                while view:
+                    view = view[os.write(fd, view) :]
+                t3 = time.perf_counter()
+                os.fsync(fd)
+            finally:
+                os.close(fd)
+            t4 = time.perf_counter()
+            directory = os.open(folder, os.O_RDONLY)
+            try:
+                os.fsync(directory)
+            finally:
+                os.close(directory)
+            t5 = time.perf_counter()
+            ingestor.ingest(data, calling_ae=BENCH_AE_TITLE)
+            t6 = time.perf_counter()
+            steps["parse"].append(t1 - t0)
+            steps["sha256"].append(t2 - t1)
+            steps["write"].append(t3 - t2)
+            steps["fsync_file"].append(t4 - t3)
+            steps["fsync_dir"].append(t5 - t4)
+            steps["database"].append(max(0.0, (t6 - t5) - (t3 - t0)))
+    finally:
+        database.dispose()
+    return {name: median(values) * 1000.0 for name, values in steps.items()}
+
+
 def benchmark_ingest_side_by_side(
     *,
     files: int = 40,
@@ -94,7 +152,8 @@ def benchmark_ingest_side_by_side(
     dict
         ``cases``: one entry per association count with ``storescp`` and
         ``overread_fsync`` (``mb_s``/``instances_s`` best and median) and ``ratio``
-        (best overread / best storescp); ``ratio_1`` and ``ratio_n`` for short.
+        (best overread / best storescp); ``ratio_1`` and ``ratio_n`` for short;
+        ``costs_ms`` (:func:`ingest_costs`) and ``wall_ms_per_instance``.
     """
     if files < 1 or size < 64 or associations < 1 or repeats < 1:
         raise ConfigError(
@@ -142,6 +201,16 @@ def benchmark_ingest_side_by_side(
                 case["overread_fsync"]["mb_s_median"] / case["storescp"]["mb_s_median"]
             )
             cases.append(case)
+        if progress is not None:
+            progress("cost per instance, step by step")
+        costs = ingest_costs(root / "costs", paths)
+        per_instance = {
+            case["associations"]: {
+                name: 1000.0 * min(case[name]["seconds"]) / files
+                for name in ("storescp", "overread_fsync")
+            }
+            for case in cases
+        }
     return {
         "files": files,
         "size": size,
@@ -149,6 +218,10 @@ def benchmark_ingest_side_by_side(
         "cases": cases,
         "ratio_1": cases[0]["ratio"],
         "ratio_n": cases[-1]["ratio"],
+        # Median ms per instance of each ingest step alone, and the best wall ms per
+        # instance of each receiver (per association count) to set them against.
+        "costs_ms": costs,
+        "wall_ms_per_instance": per_instance,
         "machine": machine_info(),
         "seconds": time.monotonic() - started,
     }
@@ -156,6 +229,7 @@ def benchmark_ingest_side_by_side(
 
 __all__ = [
     "benchmark_ingest_side_by_side",
+    "ingest_costs",
     "overread_seconds",
     "storescp_seconds",
     "write_test_radiograph",

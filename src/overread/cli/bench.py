@@ -253,7 +253,8 @@ def _e2e_tables(result: dict[str, Any]) -> list[Table]:
     from overread.bench.e2e import STAGES
 
     latency = Table(title="C-STORE start -> SR complete at the PACS (stable wait excluded)")
-    for column in ("backend", "rate /s", "workers", "done", "p50 ms", "p95 ms", "p99 ms", "max ms"):
+    columns = ("backend", "rate /s", "workers", "done", "p50 ms", "p95 ms", "p99 ms", "max ms")
+    for column in (*columns, "p95 ms from last image"):
         latency.add_column(column, justify="left" if column == "backend" else "right")
     for row in result["latency"]:
         latency.add_row(
@@ -265,6 +266,7 @@ def _e2e_tables(result: dict[str, Any]) -> list[Table]:
             _ms(row["p95_s"]),
             _ms(row["p99_s"]),
             _ms(row["max_s"]),
+            _ms(row.get("stages", {}).get("after_receive_p95_s")),
         )
     saturation = Table(title="Throughput at saturation (all studies sent at once)")
     for column in ("backend", "workers", "done", "studies/s", "studies/day", "p50 ms", "p95 ms"):
@@ -304,6 +306,10 @@ def _e2e_tables(result: dict[str, Any]) -> list[Table]:
     summary.add_row(
         "p50 / p95 at the lowest rate (s)",
         f"{_fmt(result['p50_s'], 3)} / {_fmt(result['p95_s'], 3)}",
+    )
+    summary.add_row(
+        "p95 from the last image received at the gateway (s)",
+        _fmt(result.get("p95_after_receive_s"), 3),
     )
     summary.add_row("stable_wait_s (measured)", _fmt(result.get("stable_wait_s"), 3))
     summary.add_row(
@@ -404,6 +410,108 @@ def bench_e2e(
     )
 
 
+def _soak_tables(result: dict[str, Any], plot: Path | None) -> list[Table]:
+    from rich.table import Table
+
+    summary = Table(
+        title=f"Soak: {result['options']['rate']:g} studies/s offered for "
+        f"{result['sending_s']:.0f} s, {result['image_mb']:g} MB images, "
+        f"{result['options']['workers']} worker(s)"
+    )
+    summary.add_column("")
+    summary.add_column("", justify="right")
+    rows = [
+        (
+            "sent / acknowledged / reported",
+            f"{result['sent']} / {result['acknowledged']} / {result['reported']}",
+        ),
+        ("lost / duplicated", f"{result['lost']} / {result['duplicated']}"),
+        ("offered studies/s", _fmt(result["offered_per_s"], 2)),
+        ("completed studies/s (first send to last report)", _fmt(result["completed_per_s"], 2)),
+        ("sustained", "yes" if result["sustained"] else "no"),
+        (
+            "p50 / p95 / max s",
+            f"{_fmt(result['p50_s'], 3)} / {_fmt(result['p95_s'], 3)} / {_fmt(result['max_s'], 3)}",
+        ),
+        ("RSS growth, last quarter - first (MB)", _fmt(result["rss_growth_mb"], 1)),
+        ("open files growth, last quarter - first", _fmt(result["open_files_growth"], 1)),
+    ]
+    if plot is not None:
+        rows.append(("plot", str(plot)))
+    for name, value in rows:
+        summary.add_row(name, value)
+    chunks = Table(title="Latency per chunk of studies, in sending order")
+    for column in ("studies", "reported", "p50 s", "p95 s"):
+        chunks.add_column(column, justify="left" if column == "studies" else "right")
+    for chunk in result["chunks"]:
+        chunks.add_row(
+            chunk["studies"],
+            str(chunk["reported"]),
+            _fmt(chunk["p50_s"], 3),
+            _fmt(chunk["p95_s"], 3),
+        )
+    over_time = Table(title="Over time")
+    for column in ("t s", "sent", "reported", "jobs pending", "RSS MB", "open files", "threads"):
+        over_time.add_column(column, justify="right")
+    samples = result["samples"]
+    step = max(1, len(samples) // 12)
+    for sample in [*samples[:-1:step], samples[-1]]:
+        over_time.add_row(
+            f"{sample['t_s']:.0f}",
+            str(sample["sent"]),
+            str(sample["reported"]),
+            str(sample["jobs_pending"]),
+            f"{sample['rss_mb']:.0f}",
+            str(sample["open_files"]),
+            str(sample["threads"]),
+        )
+    return [summary, chunks, over_time]
+
+
+@bench_app.command("soak")
+def bench_soak(
+    rate: float = typer.Option(4.0, "--rate", help="Studies per second offered (fixed gaps)."),
+    duration: float = typer.Option(120.0, "--duration", min=1, help="Seconds of sending."),
+    studies: int = typer.Option(100_000, "--studies", min=1, help="Stop sending after these."),
+    size: int = typer.Option(1024, "--size", min=64, max=3000, help="Phantom image side, px."),
+    workers: int = typer.Option(2, "--workers", min=1, max=16, help="Gateway worker threads."),
+    chunk: int = typer.Option(1000, "--chunk", min=1, help="Studies per latency chunk."),
+    sample_seconds: float = typer.Option(5.0, "--sample", min=0.5, help="Seconds between samples."),
+    settle: float = typer.Option(120.0, "--settle", min=1, help="Wait for the last reports, s."),
+    plot: Path | None = typer.Option(None, "--plot", help="Write the plot (PNG) here."),
+    as_json: bool = typer.Option(False, "--json", help="Print the whole result as JSON."),
+    append_docs: bool = typer.Option(False, "--append-docs", help="Append to docs/benchmarks.md."),
+) -> None:
+    """The gateway under a steady rate: throughput, latency, RSS and open files over time."""
+    _check_docs(append_docs)
+    from overread.bench.soak import SoakOptions, benchmark_soak, plot_soak
+
+    options = SoakOptions(
+        rate=rate,
+        duration=duration,
+        studies=studies,
+        size=size,
+        workers=workers,
+        chunk=chunk,
+        sample_seconds=sample_seconds,
+        settle=settle,
+    )
+    options.validate()
+    with _progress(not as_json) as update:
+        result = benchmark_soak(options, progress=update)
+    if plot is not None:
+        result["plot"] = str(plot_soak(result, plot))
+    points = result.pop("latency_points")
+    result["latency_points"] = len(points)
+    _emit(
+        _soak_tables(result, plot),
+        result,
+        as_json=as_json,
+        append=append_docs,
+        title="Gateway soak",
+    )
+
+
 def _ingest_table(result: dict[str, Any]) -> Table:
     from rich.table import Table
 
@@ -455,8 +563,31 @@ def bench_ingest(
             progress=lambda task: update(task, 1, 1),
         )
     _emit(
-        [_ingest_table(result)], result, as_json=as_json, append=append_docs, title="Gateway ingest"
+        [_ingest_table(result), _ingest_costs_table(result)],
+        result,
+        as_json=as_json,
+        append=append_docs,
+        title="Gateway ingest",
     )
+
+
+def _ingest_costs_table(result: dict[str, Any]) -> Table:
+    from rich.table import Table
+
+    table = Table(
+        title=f"Where overread's time per {result['mb_per_file']:.1f} MB instance goes "
+        "(each step alone, median ms; against the receivers' wall ms per instance)"
+    )
+    table.add_column("step")
+    table.add_column("ms", justify="right")
+    costs = result.get("costs_ms", {})
+    for name, value in costs.items():
+        table.add_row(name.replace("_", " "), _fmt(value, 2))
+    table.add_row("sum of the steps", _fmt(sum(costs.values()), 2))
+    for count, walls in result.get("wall_ms_per_instance", {}).items():
+        for name, value in walls.items():
+            table.add_row(f"{name} wall, {count} association(s)", _fmt(value, 2))
+    return table
 
 
 def _trust_table(result: dict[str, Any]) -> Table:

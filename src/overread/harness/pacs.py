@@ -236,16 +236,19 @@ def sr_studies(pacs_dir: Path) -> set[str]:
 class PacsWatcher:
     """Notes when each study's SR is complete in ``storescp``'s output folder."""
 
-    def __init__(self, folder: Path) -> None:
+    def __init__(self, folder: Path, interval: float = 0.002) -> None:
         self.folder = folder
+        self.interval = interval
         self.arrivals: dict[str, float] = {}
+        #: SR files per study (a study with two of one send is a duplicate).
+        self.counts: dict[str, int] = {}
         self._seen: set[str] = set()
         self._stop = threading.Event()
         self._lock = threading.Lock()
         self._thread = threading.Thread(target=self._run, name="pacs-watch", daemon=True)
 
     def start(self) -> None:
-        """Start polling (every 2 ms)."""
+        """Start polling (every ``interval`` s, 2 ms by default)."""
         self._thread.start()
 
     def stop(self) -> None:
@@ -272,7 +275,8 @@ class PacsWatcher:
                 self._seen.add(entry.name)
                 with self._lock:
                     self.arrivals.setdefault(study, seen_at)
-            self._stop.wait(0.002)
+                    self.counts[study] = self.counts.get(study, 0) + 1
+            self._stop.wait(self.interval)
 
     def arrived(self, study: str) -> float | None:
         """Wall-clock time the first SR of ``study`` was complete, or ``None``."""

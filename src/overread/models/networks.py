@@ -217,6 +217,9 @@ def _ct_unet3d(in_channels: int, num_classes: int, **kwargs: Any) -> nn.Module:
         channels=channels,
         strides=tuple([2] * (len(channels) - 1)),
         num_res_units=int(kwargs.pop("num_res_units", 1)),
+        # Batch norm, not MONAI's default instance norm: a per-patch normalisation would
+        # erase the absolute HU level that tells lung from soft tissue.
+        norm=kwargs.pop("norm", "BATCH"),
         **kwargs,
     )
 
@@ -231,7 +234,7 @@ def _ct_segresnet3d(in_channels: int, num_classes: int, **kwargs: Any) -> nn.Mod
         in_channels=in_channels,
         out_channels=num_classes,
         init_filters=int(channels[0]),
-        norm=("GROUP", {"num_groups": min(8, int(channels[0]))}),
+        norm=kwargs.pop("norm", "BATCH"),
         blocks_down=tuple([1] * len(channels)),
         blocks_up=tuple([1] * (len(channels) - 1)),
         **kwargs,

@@ -208,7 +208,26 @@ class StudyAssembler:
 
     def _commit_route(self, study_instance_uid: str, planned: list[dict[str, Any]]) -> list[int]:
         with self.database.session() as session:
-            job_ids = [self.queue.enqueue(session, state=JobState.QUEUED, **p)[0] for p in planned]
+            # The study row first: an infer job finishing now locks it too, so of the
+            # two one sees the other (see InferenceHandler._completed_again).
+            session.execute(
+                update(Study)
+                .where(Study.study_instance_uid == study_instance_uid)
+                .values(state=StudyState.ROUTED.value)
+                .execution_options(synchronize_session=False)
+            )
+            job_ids = []
+            for p in planned:
+                job_id, created = self.queue.enqueue(session, state=JobState.QUEUED, **p)
+                job_ids.append(job_id)
+                # Completed again (more images came after its result): the finished
+                # job runs again, reads the whole study and supersedes its result.
+                if not created and self.queue.requeue_finished(session, job_id):
+                    logger.info(
+                        "study %s completed again: infer job %d queued to read it again",
+                        study_instance_uid,
+                        job_id,
+                    )
             session.execute(
                 delete(Job)
                 .where(
@@ -216,12 +235,6 @@ class StudyAssembler:
                     Job.state == JobState.RECEIVED.value,
                     Job.id.not_in(job_ids or [-1]),
                 )
-                .execution_options(synchronize_session=False)
-            )
-            session.execute(
-                update(Study)
-                .where(Study.study_instance_uid == study_instance_uid)
-                .values(state=StudyState.ROUTED.value)
                 .execution_options(synchronize_session=False)
             )
         return job_ids

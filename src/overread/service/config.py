@@ -527,6 +527,27 @@ class ServiceConfig(BaseModel):
     )
     lease_seconds: float = Field(default=60.0, gt=0)
     poll_seconds: float = Field(default=1.0, gt=0)
+    export_at_once: bool = Field(
+        default=True,
+        description="the worker that stored a result sends its DICOM exports itself, at "
+        "once, instead of leaving them to the next claim (a failed send retries as a job)",
+    )
+    association_idle_seconds: float | None = Field(
+        default=None,
+        ge=0,
+        description="keep an association to a DICOM destination open this long after a "
+        "send for the next one (checked by C-ECHO before reuse); 0: one per send; unset: "
+        "5 s in a single gateway process, 0 with a broker (several worker processes, each "
+        "of which would hold its own: a PACS taking one association at a time would wait)",
+    )
+
+    @property
+    def kept_association_seconds(self) -> float:
+        """``association_idle_seconds``, or its default for this deployment."""
+        if self.association_idle_seconds is not None:
+            return self.association_idle_seconds
+        return 0.0 if self.broker_url else 5.0
+
     explain: bool = False
     trust: bool = Field(
         default=True,

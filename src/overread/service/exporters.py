@@ -37,7 +37,7 @@ from overread.service.payloads import (
     StowExportPayload,
 )
 from overread.service.rollout import RolloutStore
-from overread.service.scu import SendStatus, send_files
+from overread.service.scu import AssociationPool, SendStatus
 
 logger = logging.getLogger(__name__)
 
@@ -105,10 +105,14 @@ _DEIDENTIFIABLE_ROOTS = ("1.2.840.10008.5.1.4.1.1.88.", "1.2.840.10008.5.1.4.1.1
 
 
 class DicomExporter:
-    """C-STOREs a result's stored objects to the payload's DICOM destination."""
+    """C-STOREs a result's stored objects to the payload's DICOM destination, on an
+    association kept open between sends (``association_idle_seconds``)."""
 
-    def __init__(self, services: JobServices) -> None:
+    def __init__(self, services: JobServices, associations: AssociationPool | None = None) -> None:
         self.services = services
+        self.associations = associations or AssociationPool(
+            services.config.kept_association_seconds
+        )
 
     def export(self, job: Job, payload: DicomExportPayload) -> None:
         dest = payload.destination
@@ -203,7 +207,7 @@ class DicomExporter:
         return copies
 
     def _send(self, paths: list[Path], ae_title: str, host: str, port: int) -> list[SendStatus]:
-        return send_files(
+        return self.associations.send(
             paths,
             ae_title=ae_title,
             host=host,
@@ -479,13 +483,22 @@ class StowExporter:
 class Exporters:
     """The exporter of each destination kind, chosen by an export job's typed payload."""
 
-    def __init__(self, services: JobServices) -> None:
+    def __init__(self, services: JobServices, associations: AssociationPool | None = None) -> None:
         self.services = services
-        self.dicom: Exporter[DicomExportPayload] = DicomExporter(services)
+        self.dicom_exporter = DicomExporter(services, associations)
+        self.dicom: Exporter[DicomExportPayload] = self.dicom_exporter
         self.fhir: Exporter[FhirExportPayload] = FhirExporter(services)
         self.hl7: Exporter[Hl7ExportPayload] = Hl7Exporter(services)
         self.stow: Exporter[StowExportPayload] = StowExporter(services)
         self.rollouts = RolloutStore(services.database)
+
+    def close_idle(self) -> None:
+        """Release the DICOM associations idle past ``association_idle_seconds``."""
+        self.dicom_exporter.associations.close_idle()
+
+    def close(self) -> None:
+        """Release every kept DICOM association (the worker stops)."""
+        self.dicom_exporter.associations.close()
 
     def _held(self, job: Job) -> bool:
         """Hold ``job`` (nothing sent) when its model's kill switch is engaged."""

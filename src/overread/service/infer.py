@@ -19,13 +19,14 @@ from typing import TYPE_CHECKING, Any
 
 import pydicom
 from sqlalchemy import select
+from sqlalchemy.orm import Session
 
 from overread.audit import AuditAction
 from overread.errors import ConfigError, InferenceError
 from overread.imaging import ImageMetadata, metadata_from_dataset, read_dataset
 from overread.monitoring import StudyObservation
 from overread.results import Prediction, ResultSummary
-from overread.service.db import Instance, Job, Result, utcnow
+from overread.service.db import Instance, Job, Result, Study, StudyState, utcnow
 from overread.service.handling import JobServices
 from overread.service.metrics import observe_stage_timings
 from overread.service.monitor.store import observe_study, store_observations
@@ -90,15 +91,19 @@ class InferenceHandler:
         except ValueError as exc:
             raise ConfigError(f"invalid [triage] settings: {exc}") from None
 
-    def _study_paths(self, job: Job) -> list[tuple[Path, Instance]]:
-        with self.services.database.session() as session:
-            rows = list(
-                session.scalars(
-                    select(Instance)
-                    .where(Instance.study_instance_uid == job.study_instance_uid)
-                    .order_by(Instance.series_instance_uid, Instance.id)
-                ).all()
-            )
+    def _study_paths(self, job: Job, session: Session | None = None) -> list[tuple[Path, Instance]]:
+        """The study's stored images the job's routes take (all of them when none
+        matches), in series order; read in ``session`` when given."""
+        query = (
+            select(Instance)
+            .where(Instance.study_instance_uid == job.study_instance_uid)
+            .order_by(Instance.series_instance_uid, Instance.id)
+        )
+        if session is not None:
+            rows = list(session.scalars(query).all())
+        else:
+            with self.services.database.session() as own:
+                rows = list(own.scalars(query).all())
         routes = [r for r in self.services.config.routes if r.name in set(job.route.split(","))]
         if routes:
             matched = [
@@ -107,8 +112,12 @@ class InferenceHandler:
             rows = matched or rows
         return [(self.services.store.path(r.object_key), r) for r in rows]
 
-    def run(self, job: Job) -> None:
-        """Run the routed model on the study and store its result (see the module)."""
+    def run(self, job: Job) -> list[int]:
+        """Run the routed model on the study and store its result (see the module).
+
+        Returns the ids of the DICOM export jobs it queued, which the worker sends at
+        once (they are ordinary queued jobs: any worker may take them, and a failed
+        send retries from the queue)."""
         started = time.perf_counter()
         payload = InferPayload.from_dict(job.payload, default_alias=job.model_name)
         alias = payload.alias
@@ -120,23 +129,35 @@ class InferenceHandler:
                     Result.model_version == job.model_version,
                 )
             )
+        items = self._study_paths(job)
         replaces: int | None = None
+        superseded: list[dict[str, Any]] = []
         if existing is not None:
+            late = _images_not_read(existing, items)
             if payload.override_gate and _not_analysed_result(existing):
                 # A reader's "analyse anyway": the not-analysed result is replaced.
                 replaces = existing.id
+            elif late:
+                # More of the study arrived after its result: the study is read again
+                # whole and a new SR supersedes the one sent (Predecessor Documents).
+                replaces = existing.id
+                superseded = _superseded_chain(existing)
+                logger.info(
+                    "job %d: %d image(s) of study %s arrived after result %d; read again",
+                    job.id,
+                    len(late),
+                    job.study_instance_uid,
+                    existing.id,
+                )
             else:
                 logger.info("job %d: result %d already stored; not run again", job.id, existing.id)
-                self._finish(job, payload, existing.id, None, [])
-                return
-        items = self._study_paths(job)
+                return self._finish(job, payload, existing.id, None, [])
         if not items:
             raise InferenceError(f"study {job.study_instance_uid} has no stored instances")
         paths = [p for p, _ in items]
         pipeline = self.models.get(payload.model_ref)
         if getattr(pipeline, "volumetric", False):
-            self._run_volume(job, payload, pipeline, items, replaces, started)
-            return
+            return self._run_volume(job, payload, pipeline, items, replaces, started)
         cam_segmentation = alias in self.services.config.cam_segmentation
         explain = self.services.config.explain or cam_segmentation
         predictions = list(
@@ -183,11 +204,16 @@ class InferenceHandler:
         artifacts: list[dict[str, Any]] = []
         # A shadow's result is never sent: no DICOM objects are built for it.
         if self.artifacts is not None and payload.role is not RolloutRole.SHADOW:
+            options: dict[str, Any] = {}
+            if superseded:
+                options["predecessors"] = [self._sr_header(r, job) for r in superseded]
+            if calibration is not None:
+                options["calibration"] = calibration
             built_objects = self.artifacts.build_study(
                 readings,
                 cam_segmentation=cam_segmentation,
                 pdf_report=self._report_context(pipeline, predictions),
-                calibration=calibration,
+                **options,
             )
             for dataset in built_objects:
                 artifacts.append(self._store_dataset(dataset))
@@ -202,7 +228,9 @@ class InferenceHandler:
             timings=_stage_timings(predictions, modelled - started, built - modelled),
             calibration=calibration,
         ).to_dict()
-        self._finish(
+        if superseded:
+            summary["superseded"] = superseded
+        exports = self._finish(
             job,
             payload,
             None,
@@ -222,6 +250,7 @@ class InferenceHandler:
             len(artifacts),
             time.perf_counter() - started,
         )
+        return exports
 
     def _site_calibration(
         self,
@@ -259,7 +288,7 @@ class InferenceHandler:
         items: list[tuple[Path, Instance]],
         replaces: int | None,
         started: float,
-    ) -> None:
+    ) -> list[int]:
         """A CT segmentation or detection model: per series, SEG and SR (see
         :mod:`overread.service.infer_volume`)."""
         from overread.service.infer_volume import run_volume_study
@@ -292,7 +321,10 @@ class InferenceHandler:
             study=study,
             timings=_stage_timings(predictions, modelled - started, built - modelled),
         ).to_dict()
-        self._finish(
+        # A volume result is one entry per series: which images it read is kept
+        # beside them, so a complete-again study is not taken for one that grew.
+        summary["read_sop_instance_uids"] = [row.sop_instance_uid for _, row in items]
+        exports = self._finish(
             job, payload, None, summary, artifacts, _study_context(items, header), replaces=replaces
         )
         logger.info(
@@ -305,6 +337,7 @@ class InferenceHandler:
             len(artifacts),
             time.perf_counter() - started,
         )
+        return exports
 
     def _report_context(
         self, pipeline: PipelineLike, predictions: Sequence[Prediction]
@@ -326,6 +359,17 @@ class InferenceHandler:
         return ReportContext(
             card=ModelCardSummary.from_package(pipeline.package), critical=frozenset(critical)
         )
+
+    def _sr_header(self, reference: dict[str, Any], job: Job) -> Any:
+        """The stored header of an SR being superseded, or a stand-in with its UIDs."""
+        from overread.service.review import _reference_dataset
+
+        try:
+            return pydicom.dcmread(
+                self.services.store.path(str(reference["key"])), stop_before_pixels=True
+            )
+        except (OSError, KeyError, pydicom.errors.InvalidDicomError):
+            return _reference_dataset(reference, job.study_instance_uid)
 
     def _store_dataset(self, dataset: Any) -> dict[str, Any]:
         buffer = BytesIO()
@@ -349,15 +393,20 @@ class InferenceHandler:
         *,
         replaces: int | None = None,
         observations: Sequence[StudyObservation] = (),
-    ) -> None:
-        """Store the result, audit it, put the study on the worklist and queue exports.
+    ) -> list[int]:
+        """Store the result, audit it, put the study on the worklist and queue exports;
+        return the ids of the new DICOM export jobs.
 
         All of it is one transaction with marking the job done: a worker killed
         half-way leaves nothing behind but a job to run again.
         """
         from overread.triage import triage_result
 
+        dicom_jobs: list[int] = []
         with self.services.database.session() as session:
+            # The study row first, as the study's routing does (see _completed_again):
+            # both lock it before any job row, so neither waits on the other's.
+            study_state = self._lock_study(session, job) if summary is not None else None
             if result_id is None:
                 replaced = None if replaces is None else session.get(Result, replaces)
                 if replaced is not None:
@@ -443,6 +492,7 @@ class InferenceHandler:
                     result=reported,
                     destinations=payload.destinations,
                     analysed=analysed,
+                    dicom_jobs=dicom_jobs,
                 )
             if replaces is not None and reported is not None and not held(session, reported.id):
                 # The replaced result went out already ("not analysed"): its exports,
@@ -453,7 +503,65 @@ class InferenceHandler:
                     model_name=job.model_name,
                     model_version=job.model_version,
                 )
+                dicom_jobs = self.services.queue.queued_dicom_exports(
+                    session,
+                    study_instance_uid=job.study_instance_uid,
+                    model_name=job.model_name,
+                    model_version=job.model_version,
+                )
             self.services.queue.mark_succeeded(session, job.id, self.services.owner)
+            if summary is not None and self._completed_again(session, job, summary, study_state):
+                # Images came while this ran and the study was completed again
+                # meanwhile (whose routing saw the job running): read it again.
+                self.services.queue.requeue_finished(session, job.id)
+        return dicom_jobs
+
+    @staticmethod
+    def _lock_study(session: Session, job: Job) -> str | None:
+        """The study's state, its row locked until the transaction ends (PostgreSQL)."""
+        return session.scalar(
+            select(Study.state)
+            .where(Study.study_instance_uid == job.study_instance_uid)
+            .with_for_update()
+        )
+
+    def _completed_again(
+        self, session: Session, job: Job, summary: dict[str, Any], state: str | None
+    ) -> bool:
+        """Whether the study, complete again, has images this run did not read.
+
+        ``state`` was read with the study row locked at the start of the finishing
+        transaction; the study's routing locks the row before it looks at this job,
+        so either it sees this job finished (and queues it again itself) or this
+        sees the study complete again."""
+        if state == StudyState.RECEIVING.value:
+            return False  # its completion re-queues the job
+        read = _read_uids(summary)
+        return any(row.sop_instance_uid not in read for _, row in self._study_paths(job, session))
+
+
+def _images_not_read(result: Result, items: Sequence[tuple[Path, Instance]]) -> list[str]:
+    """SOP Instance UIDs of the study's stored images that ``result`` did not read."""
+    read = _read_uids(result.summary or {})
+    return [row.sop_instance_uid for _, row in items if row.sop_instance_uid not in read]
+
+
+def _read_uids(summary: dict[str, Any]) -> set[str]:
+    """The SOP Instance UIDs a stored summary's result read (a volume result lists
+    them apart from its per-series entries)."""
+    return set(summary.get("read_sop_instance_uids") or summary.get("sop_instance_uids") or ())
+
+
+def _superseded_chain(result: Result) -> list[dict[str, Any]]:
+    """The SRs a re-read of ``result``'s study supersedes: those it superseded already,
+    then its own SR (the one sent)."""
+    from overread.service.review import _reference, _sr_entry
+
+    chain = [dict(r) for r in (result.summary or {}).get("superseded") or ()]
+    sr = _sr_entry(result.artifacts or [])
+    if sr is not None:
+        chain.append(_reference(sr))
+    return chain
 
 
 def _not_analysed_summary(summary: dict[str, Any]) -> bool:

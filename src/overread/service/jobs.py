@@ -302,6 +302,40 @@ class JobQueue:
                     return job
         return None
 
+    def claim_job(self, job_id: int, owner: str, *, lease_seconds: float) -> Job | None:
+        """Take one named job if it is claimable now, under the same rules as
+        :meth:`claim` (due, not probing a down destination); ``None`` otherwise.
+
+        The worker that finished an infer job uses it to send the exports it just
+        queued without waiting for them to be picked from the queue; another worker
+        that got there first keeps them (the compare-and-set decides).
+        """
+        now = utcnow()
+        condition = and_(_claimable(now, self._retry_since(now)), ~_probing_a_down_destination(now))
+        with self.database.session() as session:
+            claimed = session.execute(
+                update(Job)
+                .where(Job.id == job_id, condition)
+                .values(
+                    state=JobState.RUNNING.value,
+                    lease_owner=owner,
+                    lease_expires_at=now + timedelta(seconds=lease_seconds),
+                    attempts=Job.attempts + 1,
+                    started_at=func.coalesce(Job.started_at, now),
+                    updated_at=now,
+                )
+                .execution_options(synchronize_session=False)
+            )
+            if claimed.rowcount != 1:  # type: ignore[attr-defined]
+                return None
+            job = session.get(Job, job_id)
+            assert job is not None
+            session.expunge(job)
+        logger.info(
+            "%s claimed %s job %d at once (attempt %d)", owner, job.kind, job.id, job.attempts
+        )
+        return job
+
     def _dead_letter_lost(self, now: datetime) -> None:
         """Dead-letter running jobs whose worker died on their last attempt."""
         lost = (
@@ -476,6 +510,46 @@ class JobQueue:
             .execution_options(synchronize_session=False)
         )
         return int(result.rowcount)  # type: ignore[attr-defined]
+
+    def queued_dicom_exports(
+        self, session: Session, *, study_instance_uid: str, model_name: str, model_version: str
+    ) -> list[int]:
+        """Ids of a result's DICOM export jobs waiting in the queue (FHIR, HL7 and
+        STOW-RS destinations carry a prefix with a colon, which DICOM names cannot)."""
+        return list(
+            session.scalars(
+                select(Job.id).where(
+                    Job.kind == JobKind.EXPORT.value,
+                    Job.study_instance_uid == study_instance_uid,
+                    Job.model_name == model_name,
+                    Job.model_version == model_version,
+                    Job.state == JobState.QUEUED.value,
+                    ~Job.destination.contains(":"),
+                )
+            ).all()
+        )
+
+    def requeue_finished(self, session: Session, job_id: int) -> bool:
+        """Queue a succeeded job again (its study got more images), in the caller's
+        transaction, with a fresh retry period; ``False`` if it is not succeeded."""
+        now = utcnow()
+        result = session.execute(
+            update(Job)
+            .where(Job.id == job_id, Job.state == JobState.SUCCEEDED.value)
+            .values(
+                state=JobState.QUEUED.value,
+                attempts=0,
+                next_attempt_at=now,
+                started_at=None,
+                finished_at=None,
+                lease_owner=None,
+                lease_expires_at=None,
+                error=None,
+                updated_at=now,
+            )
+            .execution_options(synchronize_session=False)
+        )
+        return bool(result.rowcount == 1)  # type: ignore[attr-defined]
 
     def requeue(self, job_id: int) -> bool:
         """Put a dead-lettered or failed job back in the queue with fresh attempts."""

@@ -35,6 +35,7 @@ from overread.service.runtime import (
     default_artifact_builder,
 )
 from overread.service.scp import StorageSCP
+from overread.service.scu import AssociationPool
 from overread.service.store import ObjectStore
 from overread.service.wakeups import WakeupPublisher, wake_queue
 from overread.service.worker import Worker, WorkerPool, worker_identity
@@ -120,6 +121,8 @@ class ServiceNode:
         )
         self.with_assembler = with_assembler
         prefix = worker_identity()
+        #: Associations to DICOM destinations kept between sends, for every worker.
+        self.associations = AssociationPool(config.kept_association_seconds)
         self.pool = WorkerPool(
             config.workers,
             lambda i: Worker(
@@ -130,6 +133,7 @@ class ServiceNode:
                 self.models,
                 self.artifacts,
                 name=f"{prefix}/{i}",
+                associations=self.associations,
             ),
         )
         self.publisher: WakeupPublisher | None = (
@@ -240,6 +244,7 @@ class ServiceNode:
         if self.retention is not None:
             self.retention.stop()
         self.pool.stop(timeout)
+        self.associations.close()
         self.metrics.stop()
         if self.checkpointer is not None:
             self.checkpointer.stop()

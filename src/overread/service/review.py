@@ -270,10 +270,12 @@ def queue_exports(
     result: Result,
     destinations: Sequence[Any],
     analysed: bool,
+    dicom_jobs: list[int] | None = None,
 ) -> int:
     """Queue one export job per destination of a result (FHIR and HL7 for an analysed
     study, STOW-RS and DICOM when it has objects to send); return how many are new.
-    Existing export jobs of the result are left as they are."""
+    Existing export jobs of the result are left as they are. ``dicom_jobs``, when
+    given, receives the ids of the new DICOM exports (the worker sends them at once)."""
     has_artifacts = bool(result.artifacts)
     common: dict[str, Any] = {
         "study_instance_uid": job.study_instance_uid,
@@ -309,13 +311,15 @@ def queue_exports(
         )
         created += new
     for dest in destinations if has_artifacts else ():
-        _, new = queue.enqueue(
+        job_id, new = queue.enqueue(
             session,
             destination=dest.name,
             payload=DicomExportPayload(dest, result.id).to_dict(),
             **common,
         )
         created += new
+        if new and dicom_jobs is not None:
+            dicom_jobs.append(job_id)
     return created
 
 

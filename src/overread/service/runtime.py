@@ -88,14 +88,15 @@ class ArtifactBuilder(Protocol):
         *,
         cam_segmentation: bool = False,
         pdf_report: ReportContext | None = None,
-        calibration: Mapping[str, Any] | None = None,
     ) -> list[Any]:
         """pydicom datasets (one SR for the study, overlays, SEG) from ``(prediction,
         source header or dataset)`` pairs, one per image of the study;
         ``cam_segmentation`` adds a SEG of each image's thresholded CAM regions;
         ``pdf_report`` adds the study's PDF report (Encapsulated PDF) with the overlays
-        as thumbnails; ``calibration`` (which calibration the service applied) is
-        stated in the SR and the PDF."""
+        as thumbnails. A builder may also take ``predecessors`` (headers of SRs the new
+        one supersedes, for a study re-read after more of its images arrived) and
+        ``calibration`` (which calibration the service applied, stated in the SR and
+        the PDF)."""
         ...
 
 
@@ -356,9 +357,11 @@ class OutputsArtifactBuilder:
         *,
         cam_segmentation: bool = False,
         pdf_report: ReportContext | None = None,
+        predecessors: Sequence[Any] = (),
         calibration: Mapping[str, Any] | None = None,
     ) -> list[Any]:
         usable = [(p, ds) for p, ds in readings if p.ok]
+        superseding: dict[str, Any] = {"predecessors": list(predecessors)} if predecessors else {}
         refused = [
             (p, ds) for p, ds in readings if not p.ok and p.gate is not None and p.gate.refused
         ]
@@ -366,13 +369,15 @@ class OutputsArtifactBuilder:
             # A study the input gate refused still gets a report saying so.
             if not refused:
                 return []
-            built: list[Any] = [self._outputs.build_not_analysed_sr(refused)]
+            built: list[Any] = [self._outputs.build_not_analysed_sr(refused, **superseding)]
             if pdf_report is not None:
                 built.append(self._outputs.build_pdf_report(refused, pdf_report))
             return built
         left_out = [p for p, _ in refused]
         built = [
-            self._outputs.build_study_sr(usable, not_analysed=left_out, calibration=calibration)
+            self._outputs.build_study_sr(
+                usable, not_analysed=left_out, calibration=calibration, **superseding
+            )
         ]
         thumbnails: list[Any] = []
         for index, (prediction, source) in enumerate(usable):

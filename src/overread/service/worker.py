@@ -39,6 +39,7 @@ from overread.service.jobs import JobQueue, LeaseLostError
 from overread.service.payloads import export_payload
 from overread.service.rollout import RolloutRole, RolloutStore
 from overread.service.runtime import ArtifactBuilder, PipelineProvider
+from overread.service.scu import AssociationPool
 from overread.service.store import ObjectStore
 
 logger = logging.getLogger(__name__)
@@ -98,6 +99,9 @@ class Worker:
         Resolves model aliases to pipelines.
     artifacts
         Builds the DICOM objects to send (``None``: results are stored, nothing is sent).
+    associations
+        The associations to DICOM destinations kept between sends, shared by the
+        process's workers (``None``: a pool of this worker's own).
     """
 
     def __init__(
@@ -110,6 +114,7 @@ class Worker:
         artifacts: ArtifactBuilder | None,
         *,
         name: str | None = None,
+        associations: AssociationPool | None = None,
     ) -> None:
         self.config = config
         self.database = database
@@ -123,21 +128,40 @@ class Worker:
             configure(config)
         services = JobServices(config, database, store, queue, self.name)
         self.inference = InferenceHandler(services, models, artifacts)
-        self.exporters = Exporters(services)
+        self.exporters = Exporters(services, associations)
         self.rollouts = RolloutStore(database, self.inference.triage.alerts.critical)
 
     def run_once(self) -> Job | None:
-        """Claim and run one job; return it (as claimed), or ``None`` if none was ready."""
+        """Claim and run one job; return it (as claimed), or ``None`` if none was ready.
+
+        An infer job's DICOM exports are then claimed by id and sent by this worker
+        at once, on the association it keeps to the destination, instead of waiting
+        in the queue for a poll. They are ordinary export jobs all the same: the
+        review hold and the kill switch are checked when they run, and a failed send
+        is retried from the queue with the usual backoff.
+        """
         job = self.queue.claim(self.name, lease_seconds=self.config.lease_seconds)
         if job is None:
             return None
+        follow_ups = self._run_claimed(job)
+        for job_id in follow_ups:
+            export = self.queue.claim_job(
+                job_id, self.name, lease_seconds=self.config.lease_seconds
+            )
+            if export is not None:
+                self._run_claimed(export)
+        return job
+
+    def _run_claimed(self, job: Job) -> list[int]:
+        """Run a job this worker holds; return the export jobs it queued to send now."""
+        follow_ups: list[int] = []
         rollout_role = job.payload.get("role") if job.kind == JobKind.INFER.value else None
         if rollout_role in (RolloutRole.CANARY, RolloutRole.SHADOW) and self._rolled_back(job):
-            return job
+            return follow_ups
         with _Heartbeat(self.queue, job.id, self.name, self.config.lease_seconds) as beat:
             try:
                 if job.kind == JobKind.INFER.value:
-                    self.inference.run(job)
+                    follow_ups = self.inference.run(job)
                 elif job.kind == JobKind.EXPORT.value:
                     self.exporters.export(job, export_payload(job.payload))
                 else:
@@ -155,7 +179,7 @@ class Worker:
                 logger.warning("job %d: lease was lost while running", job.id)
         if rollout_role == RolloutRole.CANARY:
             self._watch_canary(str(job.payload.get("alias") or job.model_name))
-        return job
+        return follow_ups if self.config.export_at_once else []
 
     def _rolled_back(self, job: Job) -> bool:
         """Whether a claimed canary or shadow job's candidate was rolled back since it
@@ -211,11 +235,13 @@ class Worker:
                 logger.exception("%s: error while claiming a job; backing off", self.name)
                 ran = None
             if ran is None and not stop.is_set():
+                self.exporters.close_idle()
                 if wake is not None:
                     wake.wait(self.config.poll_seconds)
                     wake.clear()
                 else:
                     stop.wait(self.config.poll_seconds)
+        self.exporters.close()
 
 
 class WorkerPool:

@@ -70,11 +70,11 @@ class CtModel(_Section):
 
 class CtOptim(_Section):
     loss: Literal["dice", "dicece", "focal", "tversky"] = "dicece"
-    iterations: int = Field(default=300, ge=1)
+    iterations: int = Field(default=600, ge=1)
     batch_size: int = Field(default=2, ge=1)
     lr: float = Field(default=3e-3, gt=0)
     nodule_fraction: float = Field(default=0.6, ge=0, le=1)
-    heatmap_weight: float = Field(default=1.0, ge=0)
+    heatmap_weight: float = Field(default=0.1, ge=0)
 
 
 class CtInference(_Section):
@@ -398,6 +398,7 @@ def train_ct(
     with_nodules = [c for c in cases if c.nodule_centres]
     net.train()
     running = 0.0
+    seg_run: tuple[float, ...] = (0.0, 0.0)
     for it in range(1, cfg.optim.iterations + 1):
         images, targets = [], []
         for _ in range(cfg.optim.batch_size):
@@ -410,9 +411,11 @@ def train_ct(
         x = torch.from_numpy(np.stack(images))
         y = torch.from_numpy(np.stack(targets))
         logits = net(x)
-        loss = seg_loss(logits[:, :2], y[:, :2])
-        if cfg.optim.heatmap_weight:
-            loss = loss + cfg.optim.heatmap_weight * centre_focal_loss(logits[:, 2:], y[:, 2:])
+        # Channel by channel: with several channels MONAI's DiceCE uses a softmax cross
+        # entropy, which treats overlapping labels (a nodule is also lung) as exclusive.
+        seg = seg_loss(logits[:, 0:1], y[:, 0:1]) + seg_loss(logits[:, 1:2], y[:, 1:2])
+        heat = centre_focal_loss(logits[:, 2:], y[:, 2:])
+        loss = seg + cfg.optim.heatmap_weight * heat if cfg.optim.heatmap_weight else seg
         opt.zero_grad()
         loss.backward()
         torch.nn.utils.clip_grad_norm_(net.parameters(), 5.0)
@@ -420,9 +423,16 @@ def train_ct(
         sched.step()
         value = float(loss.item())
         running = 0.9 * running + 0.1 * value if it > 1 else value
+        parts = (float(seg.item()), float(heat.item()))
+        seg_run = (
+            parts
+            if it == 1
+            else tuple(0.9 * a + 0.1 * b for a, b in zip(seg_run, parts, strict=True))
+        )
         if it % cfg.log_every == 0 or it == cfg.optim.iterations:
             echo(
-                f"iter {it}/{cfg.optim.iterations} loss {running:.4f} ({time.perf_counter() - start:.0f} s)"
+                f"iter {it}/{cfg.optim.iterations} loss {running:.4f} (segmentation "
+                f"{seg_run[0]:.4f}, centre {seg_run[1]:.4f}; {time.perf_counter() - start:.0f} s)"
             )
     checkpoint = out / "checkpoint.pt"
     torch.save(
