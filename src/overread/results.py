@@ -798,6 +798,47 @@ class ResultSummary:
         )
 
 
+#: How each site source reads in a calibration statement.
+_SITE_SOURCES = {
+    "institution": "institution name",
+    "station": "station name",
+    "calling_ae": "calling AE title",
+}
+
+
+def calibration_statement(calibration: Mapping[str, Any] | None) -> str:
+    """One sentence saying which probability calibration a study's findings got, from
+    what the service recorded (``summary["calibration"]``, see
+    :class:`overread.inference.site_calibration.SiteCalibrationApplied`).
+
+    ``""`` when nothing was recorded (the service does not choose calibrations by site,
+    or the result predates it). Written into the SR, the PDF, the FHIR report and the
+    study page, so a reader sees whether a site's thresholds decided the findings.
+    """
+    if not calibration:
+        return ""
+    site = str(calibration.get("site") or "")
+    source = str(calibration.get("source") or "")
+    origin = _SITE_SOURCES.get(source, source)
+    named = f"site {site!r}" + (f" (from the {origin})" if origin else "") if site else ""
+    if calibration.get("calibration") == "site":
+        package_site = str(calibration.get("package_site") or site)
+        method = str(calibration.get("method") or "")
+        text = f"Site calibration applied: {named or 'site'}"
+        if package_site and package_site != site:
+            text += f", calibrated as {package_site!r}"
+        if method:
+            text += f", {method} scaling" if method == "temperature" else f", {method} map"
+        text += ", with the site's operating-point thresholds."
+        fallback = calibration.get("fallback") or {}
+        if fallback:
+            kept = "; ".join(f"{label}: {reason}" for label, reason in sorted(fallback.items()))
+            text += f" Global calibration kept for {kept}."
+        return text
+    reason = str(calibration.get("reason") or "no site calibration applies")
+    return f"Global calibration applied{f' to {named}' if named else ''}: {reason}."
+
+
 __all__ = [
     "CONFORMAL_SETS",
     "GATE_STATUSES",
@@ -810,4 +851,5 @@ __all__ = [
     "Region",
     "ResultSummary",
     "StudyHeader",
+    "calibration_statement",
 ]

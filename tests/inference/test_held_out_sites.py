@@ -65,6 +65,52 @@ def test_json_reports_every_held_out_site_and_remedy(run_cli, cohort: Path, tmp_
     assert table.read_text().count("remedies-table:start") == 1  # replaced, not appended
 
 
+def test_json_is_one_object_of_the_documented_shape(run_cli, cohort: Path) -> None:  # type: ignore[no-untyped-def]
+    """``{"sites": {SITE: {"auc", "auc_ci", "ece", "sensitivity"}}, "remedies": {NAME:
+    {"auc", "ece", "sensitivity"}}}``; any other key only adds to it."""
+    result = _loso(run_cli, cohort, "--label", "Lung Opacity")
+    assert isinstance(result["sites"], dict) and isinstance(result["remedies"], dict)
+    truth = pd.read_csv(cohort / "truth.csv")
+    assert sorted(result["sites"]) == sorted(set(truth["Site"]))
+    for entry in result["sites"].values():
+        assert isinstance(entry["auc"], float) and 0.0 <= entry["auc"] <= 1.0
+        low, high = entry["auc_ci"]
+        assert low <= entry["auc"] <= high
+        assert 0.0 <= entry["ece"] <= 1.0 and 0.0 <= entry["sensitivity"] <= 1.0
+    # With --model nothing is trained: no harmonisation, the other remedies all there.
+    assert set(result["remedies"]) == {"none", "per_site_calibration", "tta", "all"}
+    for entry in result["remedies"].values():
+        assert 0.0 <= entry["auc"] <= 1.0 and 0.0 <= entry["ece"] <= 1.0
+        assert 0.0 <= entry["sensitivity"] <= 1.0
+
+
+@pytest.fixture(scope="module")
+def one_site(cohort: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The cohort's studies of one site only (truth.csv pointing at its images)."""
+    truth = pd.read_csv(cohort / "truth.csv")
+    kept = truth[truth["Site"] == truth["Site"].iloc[0]].copy()
+    kept["Path"] = [str(cohort / p) for p in kept["Path"]]
+    out = tmp_path_factory.mktemp("one-site")
+    kept.to_csv(out / "truth.csv", index=False)
+    return out
+
+
+def test_a_cohort_of_one_site_or_without_the_site_column_is_one_error_line(  # type: ignore[no-untyped-def]
+    run_cli, cohort: Path, one_site: Path
+) -> None:
+    for data, extra, message in (
+        (one_site, [], "at least two sites"),
+        (cohort, ["--site-column", "Hospital"], "no site column 'Hospital'"),
+    ):
+        status, out, err = run_cli(
+            "evaluate", "--leave-one-site-out", "--model", "cxr-default", "--data", data,
+            "--json", *extra,
+        )  # fmt: skip
+        assert status == 2 and out == ""
+        assert err.startswith("error:") and message in err and "Traceback" not in err
+        assert len(err.strip().splitlines()) == 1
+
+
 def test_a_labelled_site_sample_is_left_out_of_the_figures(run_cli, cohort: Path) -> None:  # type: ignore[no-untyped-def]
     result = _loso(run_cli, cohort, "--site-sample", "2", "--min-site-cases", "4")
     truth = pd.read_csv(cohort / "truth.csv")
@@ -77,6 +123,7 @@ def test_a_labelled_site_sample_is_left_out_of_the_figures(run_cli, cohort: Path
     [
         (["--model", "cxr-default"], "--data"),
         (["--model", "cxr-default", "--train", "x.toml", "--data", "."], "exactly one"),
+        (["--train", "x.toml"], "--data"),
         (["--model", "cxr-default", "--data", ".", "--tta", "1"], "--tta"),
         (["--model", "cxr-default", "--data", "nowhere"], "no such cohort"),
         (["--model", "cxr-default", "--data", ".", "--calibration", "magic"], "--calibration"),

@@ -217,6 +217,9 @@ def test_an_edit_changes_the_decision_in_the_sr(
     assert _decision_codes(sr, label) == {PRESENT}
     texts = [str(i.TextValue) for i in _content_items(sr.ContentSequence) if i.ValueType == "TEXT"]
     assert any("seen on review" in t and "dr.edit" in t for t in texts), texts
+    # The verified SR still says which calibration decided the findings (the test
+    # image names no institution: the global one, with the reason).
+    assert "Global calibration applied: no site found (institution is empty)." in texts
     assert dciodvfy_errors(sr_file) == []
     # The same edit again changes nothing: refused.
     assert _post(service, uid, body, reader).status_code == 409

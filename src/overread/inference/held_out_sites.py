@@ -90,11 +90,22 @@ class _Scored:
 def _cohort_table(cohort: Path, site_column: str) -> pd.DataFrame:
     truth_path = cohort / "truth.csv"
     table = read_csv_table(truth_path, "truth")
-    for column in ("Path", "PatientID", site_column):
+    if site_column not in table.columns:
+        raise EvaluationError(
+            f"{truth_path}: no site column {site_column!r} (--site-column; the columns: "
+            f"{', '.join(map(str, table.columns))})"
+        )
+    for column in ("Path", "PatientID"):
         if column not in table.columns:
             raise EvaluationError(
                 f"{truth_path}: no {column} column; is {cohort} a phantom cohort?"
             )
+    sites = sorted({str(s).strip() for s in table[site_column].dropna()} - {""})
+    if len(sites) < 2:
+        raise EvaluationError(
+            f"{truth_path}: leave-one-site-out needs studies of at least two sites in "
+            f"column {site_column!r}; found {len(sites)}{f' ({sites[0]})' if sites else ''}"
+        )
     return table
 
 

@@ -207,6 +207,8 @@ class InferenceHandler:
             options: dict[str, Any] = {}
             if superseded:
                 options["predecessors"] = [self._sr_header(r, job) for r in superseded]
+            if calibration is not None:
+                options["calibration"] = calibration
             built_objects = self.artifacts.build_study(
                 readings,
                 cam_segmentation=cam_segmentation,

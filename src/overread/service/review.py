@@ -713,6 +713,7 @@ class ReviewDesk:
             readings,
             not_analysed=left_out,
             verification=verification,
+            calibration=summary.calibration,
             predecessors=[
                 self._stored_header(p) or _reference_dataset(p, result.study_instance_uid)
                 for p in predecessors
@@ -840,6 +841,7 @@ class ReviewDesk:
                 critical=frozenset(self._critical(usable)),
                 thumbnails=thumbnails,
                 verification=verification,
+                calibration=summary.calibration,
             ),
             series_instance_uid=None if previous is None else str(previous.SeriesInstanceUID),
             instance_number=1 + (0 if previous is None else int(previous.InstanceNumber or 1)),

@@ -13,7 +13,7 @@ import logging
 import os
 import threading
 import time
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
@@ -94,7 +94,9 @@ class ArtifactBuilder(Protocol):
         ``cam_segmentation`` adds a SEG of each image's thresholded CAM regions;
         ``pdf_report`` adds the study's PDF report (Encapsulated PDF) with the overlays
         as thumbnails. A builder may also take ``predecessors`` (headers of SRs the new
-        one supersedes, for a study re-read after more of its images arrived)."""
+        one supersedes, for a study re-read after more of its images arrived) and
+        ``calibration`` (which calibration the service applied, stated in the SR and
+        the PDF)."""
         ...
 
 
@@ -356,6 +358,7 @@ class OutputsArtifactBuilder:
         cam_segmentation: bool = False,
         pdf_report: ReportContext | None = None,
         predecessors: Sequence[Any] = (),
+        calibration: Mapping[str, Any] | None = None,
     ) -> list[Any]:
         usable = [(p, ds) for p, ds in readings if p.ok]
         superseding: dict[str, Any] = {"predecessors": list(predecessors)} if predecessors else {}
@@ -371,7 +374,11 @@ class OutputsArtifactBuilder:
                 built.append(self._outputs.build_pdf_report(refused, pdf_report))
             return built
         left_out = [p for p, _ in refused]
-        built = [self._outputs.build_study_sr(usable, not_analysed=left_out, **superseding)]
+        built = [
+            self._outputs.build_study_sr(
+                usable, not_analysed=left_out, calibration=calibration, **superseding
+            )
+        ]
         thumbnails: list[Any] = []
         for index, (prediction, source) in enumerate(usable):
             if prediction.heatmaps and "PixelData" in source:
@@ -398,7 +405,11 @@ class OutputsArtifactBuilder:
                         )
                     )
         if pdf_report is not None:
-            context = replace(pdf_report, thumbnails=[*pdf_report.thumbnails, *thumbnails])
+            context = replace(
+                pdf_report,
+                thumbnails=[*pdf_report.thumbnails, *thumbnails],
+                calibration=calibration if calibration is not None else pdf_report.calibration,
+            )
             built.append(self._outputs.build_pdf_report([*usable, *refused], context))
         return built
 

@@ -9,7 +9,7 @@ from overread.results import ModelRef, Prediction
 from overread.service.db import Database, Result
 from overread.service.outputs import summary_text
 from overread.service.outputs.sr import UNCALIBRATED_NOTE
-from overread.web.ui.views import _model_calibrated
+from overread.web.ui.views import _latest_summary, _model_calibrated
 
 from .conftest import make_prediction
 
@@ -57,5 +57,6 @@ def test_study_page_reads_the_mark_from_the_stored_result(tmp_path: Path) -> Non
             item = SimpleNamespace(
                 study_instance_uid="1.2.3", model_name=name, model_version=prediction.model.version
             )
-            assert _model_calibrated(session, item) is (name == "cxr-default")  # type: ignore[arg-type]
+            summary = _latest_summary(session, item)  # type: ignore[arg-type]
+            assert _model_calibrated(summary) is (name == "cxr-default")
     database.dispose()

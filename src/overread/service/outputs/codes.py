@@ -161,6 +161,8 @@ CONFORMAL_SET_VALUES: dict[str, Concept] = {
 INPUT_GATE = Concept("INPUTGATE", LOCAL_SCHEME, "Input gate verdict")
 #: A reader's verification of the AI result: who, when, what they changed, their note.
 READER_REVIEW = Concept("READERREVIEW", LOCAL_SCHEME, "Reader review")
+#: Which probability calibration decided the findings: a site's or the package's global one.
+CALIBRATION_APPLIED = Concept("CALIBAPPLIED", LOCAL_SCHEME, "Probability calibration applied")
 #: The input gate's verdict on a study the model did not read.
 NOT_ANALYSED = Concept("NOTANALYSED", LOCAL_SCHEME, "Not analysed by the model")
 
@@ -217,6 +219,7 @@ FHIR_INDETERMINATE = {
 __all__ = [
     "ABSENT",
     "BODY_SITE_CHEST",
+    "CALIBRATION_APPLIED",
     "CONFORMAL_SET",
     "CONFORMAL_SET_VALUES",
     "DELETION_DROP",

@@ -27,7 +27,7 @@ service knows the DICOM identifiers, not the server's resource ids.
 from __future__ import annotations
 
 import uuid
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
 
@@ -43,6 +43,7 @@ from overread.results import (
     Prediction,
     ResultSummary,
     StudyHeader,
+    calibration_statement,
 )
 from overread.service.outputs import codes as oc
 from overread.service.outputs.prediction import (
@@ -60,6 +61,8 @@ if TYPE_CHECKING:
 DICOM_UID_SYSTEM = "urn:dicom:uid"
 #: Identifier system for a model package's sha256.
 MODEL_SHA256_SYSTEM = "urn:overread:model-package-sha256"
+#: The DiagnosticReport extension saying which probability calibration the service applied.
+CALIBRATION_EXTENSION = "urn:overread:fhir:extension:probability-calibration"
 UCUM_SYSTEM = oc.FHIR_SYSTEMS["UCUM"]
 _INTERPRETATION = {
     Decision.POSITIVE: oc.FHIR_POSITIVE,
@@ -401,7 +404,43 @@ def fhir_report_for_result(result: Any, verification: Verification | None = None
         status=ReportStatus.PRELIMINARY if verification is None else verification.status,
     )
     bundle = _with_gate_note(bundle, gate_text(summary.instances))
+    bundle = _with_calibration(bundle, summary.calibration)
     return bundle if verification is None else _with_gate_note(bundle, verification.statement)
+
+
+def _with_calibration(
+    bundle: dict[str, Any], calibration: Mapping[str, Any] | None
+) -> dict[str, Any]:
+    """Which calibration decided the findings, as an extension of the DiagnosticReport
+    (:data:`CALIBRATION_EXTENSION`): the statement as read by people, then the facts
+    (``calibration`` site or global, the study's site and where it came from, the
+    package's site and method, the reason a global one was kept)."""
+    statement = calibration_statement(calibration)
+    if calibration is None or not statement:
+        return bundle
+    parts: list[dict[str, Any]] = [
+        {"url": "statement", "valueString": statement},
+        {"url": "calibration", "valueCode": str(calibration.get("calibration", ""))},
+    ]
+    for key, url in (
+        ("site", "site"),
+        ("source", "siteSource"),
+        ("package_site", "packageSite"),
+        ("method", "method"),
+        ("reason", "reason"),
+    ):
+        value = calibration.get(key)
+        if value:
+            parts.append({"url": url, "valueString": str(value)})
+    for label, reason in sorted((calibration.get("fallback") or {}).items()):
+        parts.append({"url": "fallback", "valueString": f"{label}: {reason}"})
+    for entry in bundle.get("entry", []):
+        resource = entry.get("resource", {})
+        if resource.get("resourceType") == "DiagnosticReport":
+            resource.setdefault("extension", []).append(
+                {"url": CALIBRATION_EXTENSION, "extension": parts}
+            )
+    return bundle
 
 
 def _with_gate_note(bundle: dict[str, Any], note: str) -> dict[str, Any]:

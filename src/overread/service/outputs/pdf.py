@@ -30,7 +30,7 @@ from __future__ import annotations
 import importlib.util
 import logging
 import math
-from collections.abc import Collection, Sequence
+from collections.abc import Collection, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from io import BytesIO
@@ -47,7 +47,13 @@ from pydicom.valuerep import PersonName
 
 from overread.errors import ServiceError
 from overread.findings import Finding
-from overread.results import Decision, FindingResult, ModelRef, Prediction
+from overread.results import (
+    Decision,
+    FindingResult,
+    ModelRef,
+    Prediction,
+    calibration_statement,
+)
 from overread.service.outputs.prediction import checked_findings, model_identity
 from overread.service.outputs.sr import MANUFACTURER, gate_text, study_prediction, summary_text
 from overread.service.verification import Verification
@@ -132,12 +138,16 @@ class ReportContext:
     verification
         A reader's verification: the report says who verified it and when, states
         the reader's decisions and is flagged ``VERIFIED`` (``None``: unverified).
+    calibration
+        Which calibration the service applied (``summary["calibration"]``): stated
+        under the findings (``None``: not chosen by site, nothing said).
     """
 
     card: ModelCardSummary | None = None
     critical: Collection[str] = frozenset()
     thumbnails: Sequence[OverlayThumbnail] = ()
     verification: Verification | None = None
+    calibration: Mapping[str, Any] | None = None
 
     @property
     def not_for_diagnosis(self) -> bool:
@@ -356,6 +366,9 @@ def render_report_pdf(
         if gate:
             _paragraph(pdf, "Input gate", gate, colour=_AMBER)
         _findings_table(pdf, checked_findings(merged), context.critical)
+        calibration = calibration_statement(context.calibration)
+        if calibration:
+            _paragraph(pdf, "Calibration", calibration)
         _thumbnails(pdf, context.thumbnails)
     else:
         _paragraph(

@@ -25,12 +25,14 @@ Content tree (one measurement group per finding)::
           CODE Conformal prediction set = Present only | ... (when known)
       CONTAINER Qualitative Evaluations
         TEXT Summary = "AI second read: possible pneumothorax (p=0.93) ..."
+        TEXT Probability calibration applied = "Site calibration applied: ..." (when the
+             service chose the calibration by the study's site)
 """
 
 from __future__ import annotations
 
 import logging
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from datetime import UTC
 from typing import Any
 
@@ -41,7 +43,13 @@ from pydicom.uid import generate_uid
 
 from overread.errors import ServiceError
 from overread.findings import Finding
-from overread.results import Decision, FindingResult, ModelRef, Prediction
+from overread.results import (
+    Decision,
+    FindingResult,
+    ModelRef,
+    Prediction,
+    calibration_statement,
+)
 from overread.service.outputs import codes as oc
 from overread.service.outputs.prediction import (
     checked_findings,
@@ -390,6 +398,7 @@ def build_study_sr(
     not_analysed: Sequence[Prediction] = (),
     verification: Verification | None = None,
     predecessors: Sequence[Dataset] = (),
+    calibration: Mapping[str, Any] | None = None,
 ) -> hd.sr.ComprehensiveSR:
     """Build one TID 1500 Comprehensive SR for a model's predictions on a whole study.
 
@@ -420,6 +429,9 @@ def build_study_sr(
     predecessors
         Earlier SRs of the same result that went out (their headers suffice): listed
         in the Predecessor Documents Sequence, which this SR supersedes.
+    calibration
+        Which calibration the service applied (``summary["calibration"]``): stated in
+        a "Probability calibration applied" text item beside the summary.
 
     Returns
     -------
@@ -461,6 +473,7 @@ def build_study_sr(
         series_description=series_description,
         verification=verification,
         predecessors=predecessors,
+        calibration=calibration_statement(calibration),
     )
 
 
@@ -541,6 +554,7 @@ def _assemble(
     gate: str = "",
     verification: Verification | None = None,
     predecessors: Sequence[Dataset] = (),
+    calibration: str = "",
 ) -> hd.sr.ComprehensiveSR:
     """The SR document around measurement groups: observer, library, summary, (when
     there is one) the input gate's statement, and (when verified) the reader's."""
@@ -578,6 +592,14 @@ def _assemble(
             hd.sr.TextContentItem(
                 name=oc.INPUT_GATE.to_dicom(),
                 value=gate[:1024],
+                relationship_type=hd.sr.RelationshipTypeValues.CONTAINS,
+            )
+        )
+    if calibration:
+        evaluations.ContentSequence.append(
+            hd.sr.TextContentItem(
+                name=oc.CALIBRATION_APPLIED.to_dicom(),
+                value=calibration[:1024],
                 relationship_type=hd.sr.RelationshipTypeValues.CONTAINS,
             )
         )

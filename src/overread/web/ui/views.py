@@ -22,7 +22,7 @@ from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from overread.imaging import read_metadata
-from overread.results import Decision, FindingResult
+from overread.results import Decision, FindingResult, calibration_statement
 from overread.security import Permission, Principal, redact_phi
 from overread.service.db import Instance, Job, JobState, Result, Study
 from overread.service.review import study_review_states
@@ -304,6 +304,9 @@ class StudyView(BaseModel):
     accession_number: str = ""
     analysis: str = "analysed"
     gate_note: str = ""
+    #: Which probability calibration decided the findings (a site's or the global one;
+    #: "" when the service does not choose calibrations by site).
+    calibration_note: str = ""
     #: The date the retention policy deleted the images ("" while they are kept).
     images_purged_on: str = ""
 
@@ -376,8 +379,8 @@ def latest_verdicts(session: Session, study_instance_uid: str) -> dict[str, Feed
     return {row.finding: row for row in rows}
 
 
-def _model_calibrated(session: Session, item: WorklistItem) -> bool:
-    """False when the study's latest result came from an uncalibrated onboarded model."""
+def _latest_summary(session: Session, item: WorklistItem) -> dict[str, Any]:
+    """The stored summary of the study's latest result of the worklist's model."""
     summary = session.scalar(
         select(Result.summary)
         .where(
@@ -388,7 +391,12 @@ def _model_calibrated(session: Session, item: WorklistItem) -> bool:
         .order_by(Result.id.desc())
         .limit(1)
     )
-    instances = (summary or {}).get("instances") or []
+    return dict(summary or {})
+
+
+def _model_calibrated(summary: dict[str, Any]) -> bool:
+    """False when the study's latest result came from an uncalibrated onboarded model."""
+    instances = summary.get("instances") or []
     return all(
         (entry.get("model") or {}).get("calibrated", True) is not False
         for entry in instances
@@ -448,6 +456,7 @@ def study_view(
         select(Study.images_purged_at).where(Study.study_instance_uid == item.study_instance_uid)
     )
     gate = study_gates(session, [item]).get(item.study_instance_uid) or StudyGate()
+    summary = _latest_summary(session, item)
     view = StudyView(
         study_instance_uid=item.study_instance_uid,
         score=round(item.score, 1),
@@ -461,7 +470,8 @@ def study_view(
         reader=item.reader,
         model_name=item.model_name,
         model_version=item.model_version,
-        model_calibrated=_model_calibrated(session, item),
+        model_calibrated=_model_calibrated(summary),
+        calibration_note=calibration_statement(summary.get("calibration")),
         findings=findings,
         breakdown=breakdown,
         images=images,
