@@ -379,8 +379,9 @@ def test_a_worker_skips_a_requeued_job_of_a_rolled_back_candidate(
     assert worker.run_once() is None  # nothing else to run: the active job is done
 
 
+@pytest.mark.parametrize("then", ["nothing", "new-canary", "promoted"])
 def test_a_canary_result_finished_after_the_rollback_is_not_sent_and_its_study_rerouted(
-    database: Database, tmp_path: Path
+    database: Database, tmp_path: Path, then: str
 ) -> None:
     from overread.config import Settings
     from overread.service.config import service_config
@@ -426,6 +427,21 @@ def test_a_canary_result_finished_after_the_rollback_is_not_sent_and_its_study_r
             )[0]
             for name in ("EHR", "EHR2")
         ]
+    # The exports wait (retrying, held) while the alias moves on: a new rollout or a
+    # promotion replaces its current row; the rolled-back result is still not sent.
+    active = "1"
+    if then != "nothing":
+        store.start(
+            "chest",
+            active_ref="m@1",
+            candidate_ref="m@3",
+            state=RolloutState.CANARY,
+            actor="t",
+            canary_share=0.5,
+        )
+    if then == "promoted":
+        store.end("chest", RolloutState.PROMOTED, actor="t")
+        active = "3"
     worker = Worker(
         service_config(Settings(data_dir=tmp_path / "data")),
         database,
@@ -444,8 +460,13 @@ def test_a_canary_result_finished_after_the_rollback_is_not_sent_and_its_study_r
     # job keeps its outcome, and the study is queued once for the active version.
     assert [_state(database, j) for j in exports] == ["cancelled", "cancelled"]
     assert _state(database, infer_id) == "succeeded"
-    assert _active_jobs(database) == {"1.1": ("queued", 3, "chest-xray")}
     with database.session() as session:
+        rerouted = session.scalars(
+            select(Job).where(Job.model_version == active, Job.kind == JobKind.INFER.value)
+        ).all()
+        assert [(j.study_instance_uid, j.state, j.priority) for j in rerouted] == [
+            ("1.1", "queued", 3)
+        ]
         events = session.scalars(
             select(AuditEvent).where(AuditEvent.action == AuditAction.ROLLOUT_REROUTE.value)
         ).all()
