@@ -349,13 +349,20 @@ class ReviewDesk:
     # -- looking --------------------------------------------------------------------
     def results_of(self, study_instance_uid: str) -> list[tuple[Result, ResultReview | None]]:
         """The study's results, newest first, each with its review row (if any); a
-        shadow model's results are never reviewed (nor sent) and are left out."""
+        shadow model's results are never reviewed (nor sent) and are left out, and so
+        are a rolled-back canary's (not sent; the study went to the active version)."""
+        from overread.service.rollout import RolloutStore
+
         with self.database.session() as session:
             rows = session.scalars(
                 select(Result)
                 .where(Result.study_instance_uid == study_instance_uid, not_shadow())
                 .order_by(Result.created_at.desc(), Result.id.desc())
             ).all()
+            rolled_back = RolloutStore(self.database, critical={}).rolled_back_result_ids(
+                session, study_instance_uid
+            )
+            rows = [row for row in rows if row.id not in rolled_back]
             reviews = {
                 r.result_id: r
                 for r in session.scalars(
@@ -937,6 +944,15 @@ class ReviewDesk:
                 Job.study_instance_uid == result.study_instance_uid,
                 Job.model_name == result.model_name,
                 Job.model_version == result.model_version,
+                # Only jobs sent or given up on: a running one is its worker's, a held one
+                # waits for its switch, a cancelled one was not to be sent.
+                Job.state.in_(
+                    [
+                        JobState.SUCCEEDED.value,
+                        JobState.FAILED.value,
+                        JobState.DEAD_LETTERED.value,
+                    ]
+                ),
             )
         ).all()
         for job in jobs:

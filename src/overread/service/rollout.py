@@ -873,6 +873,27 @@ class RolloutStore:
                 )
             )
 
+    def rolled_back_result_ids(self, session: Session, study_instance_uid: str) -> set[int]:
+        """Ids of the study's canary results whose candidate was rolled back (never
+        sent; their study went to the active version), in the caller's transaction."""
+        ids: set[int] = set()
+        marks = session.scalars(
+            select(RolloutResult).where(
+                RolloutResult.study_instance_uid == study_instance_uid,
+                RolloutResult.role == RolloutRole.CANARY.value,
+            )
+        ).all()
+        for mark in marks:
+            result = session.get(Result, mark.result_id)
+            if result is None:
+                continue
+            infer = session.get(Job, result.job_id)
+            queued_at = infer.created_at if infer is not None else mark.created_at
+            ref = f"{result.model_name}@{result.model_version}"
+            if self.rolled_back(session, mark.alias, ref, queued_at) is not None:
+                ids.add(result.id)
+        return ids
+
     def shadow_result_ids(self, study_instance_uid: str | None = None) -> set[int]:
         """Ids of shadow results (of one study, or all)."""
         with self.database.session() as session:
