@@ -238,3 +238,32 @@ def test_a_correction_requeues_only_exports_sent_or_given_up_on(desk: Desk) -> N
     sent_again = {JobState.SUCCEEDED, JobState.FAILED, JobState.DEAD_LETTERED}
     assert requeued == len(sent_again)
     assert after == {s: ("queued" if s in sent_again else s.value) for s in states}
+
+
+def test_a_verdict_that_fails_on_one_result_applies_to_none(
+    desk: Desk, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from overread.service.review import ReviewConflictError
+
+    first = _result(desk.database, "cxr", held=True)
+    second = _result(desk.database, "cxr-other", held=True)
+    seen = _seen(desk)
+    reject = desk.desk._reject
+    calls: list[int] = []
+
+    def racing(result: Result, *args: object) -> object:
+        if not calls:  # another reader reviews the other result meanwhile
+            other = second if result.id == first else first
+            with desk.database.session() as session:
+                review = session.scalar(select(ResultReview).where(ResultReview.result_id == other))
+                assert review is not None
+                review.version = 1
+        calls.append(result.id)
+        return reject(result, *args)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(desk.desk, "_reject", racing)
+    with pytest.raises(ReviewConflictError, match="someone else"):
+        desk.desk.review(STUDY, _reject(seen), READER)
+    assert len(calls) == 2
+    # The result rejected before the conflict is not left rejected on its own.
+    assert _states(desk.database) == {first: "pending", second: "pending"}
