@@ -324,6 +324,37 @@ def test_a_dead_lettered_canary_study_goes_to_the_active_version(database: Datab
     assert store.open_rollout("chest") is not None and active > job_id
 
 
+def test_a_canary_job_whose_worker_is_lost_on_its_last_attempt_goes_to_the_active_version(
+    database: Database,
+) -> None:
+    import time
+
+    store = RolloutStore(database, critical={})
+    queue = JobQueue(database, max_attempts=1)
+    store.start(
+        "chest",
+        active_ref="m@1",
+        candidate_ref="m@2",
+        state=RolloutState.CANARY,
+        actor="t",
+        canary_share=0.5,
+    )
+    job_id = _infer(queue, "1.1", "2", "canary")
+    assert queue.claim("doomed", lease_seconds=0.1) is not None
+    time.sleep(0.3)
+    taken = queue.claim("other", lease_seconds=60)  # dead-letters the lost job first
+    assert _state(database, job_id) == "dead_lettered"
+    # The study is not left without a result: the active version reads it.
+    [(state, priority, route)] = _active_jobs(database).values()
+    assert (priority, route) == (3, "chest-xray") and state in ("queued", "running")
+    assert taken is None or taken.model_version == "1"
+    with database.session() as session:
+        events = session.scalars(
+            select(AuditEvent).where(AuditEvent.action == AuditAction.ROLLOUT_REROUTE.value)
+        ).all()
+    assert [e.actor for e in events] == ["worker:doomed"]
+
+
 class _NoModels:
     """A model provider that must not be asked: the job is not to run."""
 

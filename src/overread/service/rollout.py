@@ -702,20 +702,27 @@ class RolloutStore:
         rollout's, open or ended); returns the queued job ids."""
         with self.database.session() as session:
             job = session.get(Job, job_id)
-            if job is None or job.state != JobState.DEAD_LETTERED.value:
+            if job is None:
                 return []
-            alias, side, model = _rollout_side(job)
-            if side is not RolloutRole.CANARY or not model:
-                return []
-            row = session.get(ModelRollout, alias)
-            rollout = (
-                _rollout(row)
-                if row is not None and row.candidate_ref == model
-                else self.rolled_back(session, alias, model, job.created_at)
-            )
-            if rollout is None:
-                return []
-            return self.reroute(session, rollout, actor=actor, role="service", jobs=[job])["queued"]
+            return self.reroute_dead_job(session, job, actor=actor)
+
+    def reroute_dead_job(self, session: Session, job: Job, *, actor: str) -> list[int]:
+        """:meth:`reroute_dead_letter` of a loaded job, in the caller's transaction
+        (the queue's dead-lettering of a job whose worker was lost uses it)."""
+        if job.state != JobState.DEAD_LETTERED.value or job.kind != JobKind.INFER.value:
+            return []
+        alias, side, model = _rollout_side(job)
+        if side is not RolloutRole.CANARY or not model:
+            return []
+        row = session.get(ModelRollout, alias)
+        rollout = (
+            _rollout(row)
+            if row is not None and row.candidate_ref == model
+            else self.rolled_back(session, alias, model, job.created_at)
+        )
+        if rollout is None:
+            return []
+        return self.reroute(session, rollout, actor=actor, role="service", jobs=[job])["queued"]
 
     def rolled_back(
         self, session: Session, alias: str, candidate_ref: str, queued_at: datetime
