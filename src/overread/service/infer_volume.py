@@ -32,14 +32,19 @@ def latest_prior_regions(
 ) -> tuple[str, list[Region]] | None:
     """The nodules of the latest earlier result of ``model_name`` for the same patient.
 
-    ``None`` when there is none (or the patient cannot be identified).
+    ``None`` when there is none, or the patient cannot be identified, or this study
+    has no date (a prior must be dated before it: a later or undated study never
+    counts). Shadow results are never priors.
     """
-    if not study.patient_id:
-        return None
+    if not study.patient_id or not study.study_date:
+        return None  # no patient, or no date to say which study came first
+    from overread.service.rollout import not_shadow
+
     rows = session.scalars(
         select(Result).where(
             Result.model_name == model_name,
             Result.study_instance_uid != study.study_instance_uid,
+            not_shadow(),
         )
     ).all()
     best: tuple[str, str, Result] | None = None
@@ -50,8 +55,8 @@ def latest_prior_regions(
             continue
         if other.issuer_of_patient_id != study.issuer_of_patient_id:
             continue
-        if study.study_date and other.study_date and other.study_date >= study.study_date:
-            continue
+        if not other.study_date or other.study_date >= study.study_date:
+            continue  # only a study dated before this one is a prior
         key = (other.study_date, row.created_at.isoformat())
         if best is None or key > (best[0], best[1]):
             best = (key[0], key[1], row)
