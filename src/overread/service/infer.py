@@ -305,6 +305,14 @@ class InferenceHandler:
             build=payload.role is not RolloutRole.SHADOW,
         )
         modelled = time.perf_counter()
+        if (
+            not_analysed(predictions)
+            and self.artifacts is not None
+            and payload.role is not RolloutRole.SHADOW
+        ):
+            # No series could be read as a volume: the report says why, once per series.
+            readings = _refused_readings(predictions, [items[0][0]] * len(predictions))
+            datasets = list(self.artifacts.build_study(readings))
         artifacts = [self._store_dataset(dataset) for dataset in datasets]
         built = time.perf_counter()
         uids = {row.series_instance_uid: row.sop_instance_uid for _, row in items}
