@@ -127,3 +127,23 @@ def test_a_study_with_ct_and_a_radiograph_gets_both_models(
         for ref in series.ReferencedSOPSequence
     }
     assert str(pydicom.dcmread(film).SOPInstanceUID) not in sources
+
+
+def test_a_study_no_series_of_which_is_a_volume_is_not_analysed_not_retried(
+    make_service: Callable[..., Any], storescp: Storescp, tmp_path: Path
+) -> None:
+    service = make_service(destinations=[f"PACS=PACSAE@127.0.0.1:{storescp.port}"])
+    # One CT slice: routed to the CT model, which cannot read it as a volume.
+    [single, *_] = _study(tmp_path / "one", 4.0, "20260101")
+    storescu(service.dicom_port, [single], called="OVERREAD", calling="CTSCANNER", timeout=60)
+    # The infer job succeeds (with its report's export), it is not retried.
+    wait_until(
+        lambda: bool(job_states(service)) and set(job_states(service)) == {"succeeded"},
+        timeout=120,
+    )
+    with service.database.session() as session:
+        [result] = session.scalars(select(Result)).all()
+        assert result.model_name == "ct-threshold-baseline"
+        [instance] = result.summary["instances"]
+        assert not instance["ok"] and instance["gate"]["status"] == "refuse"
+        assert "a single slice is not a volume" in " ".join(instance["gate"]["reasons"])

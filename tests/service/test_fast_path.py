@@ -22,7 +22,7 @@ from pydicom.uid import generate_uid
 from sqlalchemy import select
 
 from overread.harness import storescu
-from overread.service.db import Job, JobKind, Result
+from overread.service.db import Instance, Job, JobKind, Result
 from overread.service.scu import AssociationPool
 
 from .conftest import Storescp, job_states, make_dx, needs_dcmtk, wait_until
@@ -272,3 +272,30 @@ def test_associations_are_kept_only_where_one_process_sends(tmp_path: Path) -> N
         settings, broker_url="amqp://guest:guest@127.0.0.1:5672//", association_idle_seconds=20
     )
     assert chosen.kept_association_seconds == 20.0
+
+
+def test_the_gateways_own_objects_coming_back_are_not_late_images() -> None:
+    """A PACS that forwards the gateway's SR (or any report, SEG or PDF) back into the
+    study must not make the study be read again: only a missed image does."""
+    from overread.service.infer import _images_not_read
+
+    image, sr, seg, pdf, echoed_overlay = (generate_uid() for _ in range(5))
+    result = Result(
+        summary={"sop_instance_uids": [image]},
+        artifacts=[
+            {"sop_instance_uid": echoed_overlay, "sop_class_uid": "1.2.840.10008.5.1.4.1.1.7"}
+        ],
+    )
+    missed = generate_uid()
+    rows = [
+        (Path("a"), Instance(sop_instance_uid=image, sop_class_uid="1.2.840.10008.5.1.4.1.1.1.1")),
+        (Path("b"), Instance(sop_instance_uid=sr, sop_class_uid="1.2.840.10008.5.1.4.1.1.88.33")),
+        (Path("c"), Instance(sop_instance_uid=seg, sop_class_uid="1.2.840.10008.5.1.4.1.1.66.4")),
+        (Path("d"), Instance(sop_instance_uid=pdf, sop_class_uid="1.2.840.10008.5.1.4.1.1.104.1")),
+        (
+            Path("e"),
+            Instance(sop_instance_uid=echoed_overlay, sop_class_uid="1.2.840.10008.5.1.4.1.1.7"),
+        ),
+        (Path("f"), Instance(sop_instance_uid=missed, sop_class_uid="1.2.840.10008.5.1.4.1.1.1.1")),
+    ]
+    assert _images_not_read(result, rows) == [missed]

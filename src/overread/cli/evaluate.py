@@ -159,6 +159,19 @@ def evaluate_command(
             raise EvaluationError("--model and --data go together")
         if predictions is not None or labels is not None:
             raise EvaluationError("use either --model/--data or --predictions/--labels, not both")
+        from overread.evaluation.ct_package import (
+            evaluate_ct_package,
+            is_ct_cohort,
+            write_ct_report,
+        )
+
+        if is_ct_cohort(data):
+            ct_metrics = evaluate_ct_package(model, data, resamples=resamples, seed=seed)
+            ct_paths = write_ct_report(ct_metrics, out)
+            if as_json:
+                typer.echo(json.dumps(ct_metrics, indent=2))
+            typer.echo(f"wrote {ct_paths[1]} and {ct_paths[0]}")
+            return
         inputs = cohort_inputs(model, data, tta_views=tta, mc_dropout=mc_dropout)
     elif predictions is not None and labels is not None:
         inputs = read_prediction_files(

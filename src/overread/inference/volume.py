@@ -51,11 +51,15 @@ def resample(
     pixels: npt.NDArray[np.float32],
     spacing: Sequence[float],
     target: Sequence[float],
+    *,
+    antialias: bool = True,
 ) -> npt.NDArray[np.float32]:
     """``pixels`` ``(slices, rows, cols)`` at ``spacing`` resampled to ``target`` mm.
 
-    In-plane one slice at a time (bilinear, antialiased when shrinking), then across
-    slices (linear): no full-size float copy beyond the input is made.
+    In-plane one slice at a time (bilinear, antialiased when shrinking unless
+    ``antialias`` is false), then across slices (linear): no full-size float copy
+    beyond the input is made. Without antialiasing this is trilinear interpolation
+    (half-pixel centres), done axis by axis.
     """
     d, h, w = pixels.shape
     shape = tuple(
@@ -67,7 +71,11 @@ def resample(
         plane = torch.from_numpy(np.ascontiguousarray(pixels[z], dtype=np.float32))[None, None]
         if (nh, nw) != (h, w):
             plane = F.interpolate(
-                plane, size=(nh, nw), mode="bilinear", align_corners=False, antialias=nh < h
+                plane,
+                size=(nh, nw),
+                mode="bilinear",
+                align_corners=False,
+                antialias=antialias and nh < h,
             )
         planes[z] = plane[0, 0].numpy()
     if nd == d:
@@ -246,7 +254,12 @@ class VolumePipeline:
         prediction.warnings.extend(volume.warnings)
         started = time.perf_counter()
         spec = self.spec
-        low = resample(volume.pixels, volume.spacing, spec.spacing_mm)
+        low = resample(
+            volume.pixels,
+            volume.spacing,
+            spec.spacing_mm,
+            antialias=spec.resample == "antialias",
+        )
         resampled = time.perf_counter()
         with self._lock:
             logits = sliding_window(self.network, low, spec)

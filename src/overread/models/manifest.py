@@ -151,7 +151,10 @@ class VolumeSpec(_Strict):
     longest diameter. ``solid_hu`` is the attenuation a nodule voxel must reach to
     count as solid (density category). ``hu_window`` ``(low, high)``, when set, clips
     HU to it and maps it linearly to ``[-1, 1]`` before the network (``None``: the
-    network reads HU).
+    network reads HU). ``resample`` names the interpolation to ``spacing_mm``:
+    ``antialias`` (bilinear in-plane, antialiased when shrinking, then linear across
+    slices) or ``trilinear`` (plain trilinear, no antialiasing: what
+    ``overread train --preset ct-phantom`` trained with).
     """
 
     spacing_mm: tuple[float, float, float] = (2.0, 2.0, 2.0)
@@ -166,6 +169,7 @@ class VolumeSpec(_Strict):
     max_nodule_mm: float = Field(default=40.0, gt=0.0)
     solid_hu: float = -300.0
     hu_window: tuple[float, float] | None = None
+    resample: Literal["antialias", "trilinear"] = "antialias"
 
     @field_validator("hu_window")
     @classmethod
@@ -513,6 +517,10 @@ class Manifest(_Strict):
         for key in OPTIONAL_SECTIONS:
             if data.get(key) is None:
                 data.pop(key, None)
+        volume = data.get("volume")
+        if isinstance(volume, dict) and volume.get("resample") == "antialias":
+            # Added later with this default: manifests signed before keep their hash.
+            volume.pop("resample")
         return data
 
     def canonical_bytes(self) -> bytes:

@@ -305,6 +305,14 @@ class InferenceHandler:
             build=payload.role is not RolloutRole.SHADOW,
         )
         modelled = time.perf_counter()
+        if (
+            not_analysed(predictions)
+            and self.artifacts is not None
+            and payload.role is not RolloutRole.SHADOW
+        ):
+            # No series could be read as a volume: the report says why, once per series.
+            readings = _refused_readings(predictions, [items[0][0]] * len(predictions))
+            datasets = list(self.artifacts.build_study(readings))
         artifacts = [self._store_dataset(dataset) for dataset in datasets]
         built = time.perf_counter()
         uids = {row.series_instance_uid: row.sop_instance_uid for _, row in items}
@@ -537,13 +545,35 @@ class InferenceHandler:
         if state == StudyState.RECEIVING.value:
             return False  # its completion re-queues the job
         read = _read_uids(summary)
-        return any(row.sop_instance_uid not in read for _, row in self._study_paths(job, session))
+        return any(
+            row.sop_instance_uid not in read and not _derived_object(row.sop_class_uid)
+            for _, row in self._study_paths(job, session)
+        )
 
 
 def _images_not_read(result: Result, items: Sequence[tuple[Path, Instance]]) -> list[str]:
     """SOP Instance UIDs of the study's stored images that ``result`` did not read."""
     read = _read_uids(result.summary or {})
-    return [row.sop_instance_uid for _, row in items if row.sop_instance_uid not in read]
+    ours = {str(a.get("sop_instance_uid") or "") for a in result.artifacts or []}
+    return [
+        row.sop_instance_uid
+        for _, row in items
+        if row.sop_instance_uid not in read | ours and not _derived_object(row.sop_class_uid)
+    ]
+
+
+#: SOP classes of reports and derived objects (SR, SEG, encapsulated PDF): such an
+#: object arriving after a result (the PACS forwarding the gateway's own SR back into
+#: the study, say) is not an image the model missed and never triggers a re-read.
+_DERIVED_PREFIXES = (
+    "1.2.840.10008.5.1.4.1.1.88.",  # structured reports, key object selection
+    "1.2.840.10008.5.1.4.1.1.66.",  # segmentation, registration, fiducials
+    "1.2.840.10008.5.1.4.1.1.104.",  # encapsulated documents
+)
+
+
+def _derived_object(sop_class_uid: str | None) -> bool:
+    return (sop_class_uid or "").startswith(_DERIVED_PREFIXES)
 
 
 def _read_uids(summary: dict[str, Any]) -> set[str]:

@@ -21,7 +21,7 @@ from sqlalchemy.orm import Session
 
 from overread.errors import InferenceError
 from overread.inference.nodules import compare_with_prior
-from overread.results import Prediction, Region, ResultSummary, StudyHeader
+from overread.results import GateVerdict, Prediction, Region, ResultSummary, StudyHeader
 from overread.service.db import Instance, Result
 
 logger = logging.getLogger(__name__)
@@ -32,14 +32,19 @@ def latest_prior_regions(
 ) -> tuple[str, list[Region]] | None:
     """The nodules of the latest earlier result of ``model_name`` for the same patient.
 
-    ``None`` when there is none (or the patient cannot be identified).
+    ``None`` when there is none, or the patient cannot be identified, or this study
+    has no date (a prior must be dated before it: a later or undated study never
+    counts). Shadow results are never priors.
     """
-    if not study.patient_id:
-        return None
+    if not study.patient_id or not study.study_date:
+        return None  # no patient, or no date to say which study came first
+    from overread.service.rollout import not_shadow
+
     rows = session.scalars(
         select(Result).where(
             Result.model_name == model_name,
             Result.study_instance_uid != study.study_instance_uid,
+            not_shadow(),
         )
     ).all()
     best: tuple[str, str, Result] | None = None
@@ -50,8 +55,8 @@ def latest_prior_regions(
             continue
         if other.issuer_of_patient_id != study.issuer_of_patient_id:
             continue
-        if study.study_date and other.study_date and other.study_date >= study.study_date:
-            continue
+        if not other.study_date or other.study_date >= study.study_date:
+            continue  # only a study dated before this one is a prior
         key = (other.study_date, row.created_at.isoformat())
         if best is None or key > (best[0], best[1]):
             best = (key[0], key[1], row)
@@ -73,15 +78,28 @@ def run_volume_study(
 ) -> tuple[list[Prediction], list[Any]]:
     """Predictions (one per series) and the DICOM objects to store (SEG, SR).
 
-    ``build`` false (a shadow model) makes no objects.
+    ``build`` false (a shadow model) makes no objects. When no series of the study
+    can be analysed (not CT, a single slice, slices that do not make a volume), each
+    series' prediction is marked refused with its reason and no object is made: the
+    study is "not analysed" (:func:`overread.service.runtime.not_analysed`), since
+    running it again would fail the same way.
     """
     from overread.service.outputs.volume import build_volume_outputs
 
     paths = [path for path, _ in items]
     outputs = pipeline.predict_series(paths)
+    if not outputs:
+        raise InferenceError("the volumetric pipeline returned no predictions")
     if not any(o.prediction.ok for o in outputs):
-        problems = "; ".join(f"{o.prediction.path}: {o.prediction.error}" for o in outputs)
-        raise InferenceError(f"no series of the study could be analysed: {problems}")
+        for output in outputs:
+            prediction = output.prediction
+            reason = f"{prediction.path}: {prediction.error or 'not analysed'}"
+            prediction.gate = GateVerdict(status="refuse", reasons=(reason,))
+        logger.info(
+            "no series of the study could be analysed: %s",
+            "; ".join(str(o.prediction.gate.reason) for o in outputs if o.prediction.gate),
+        )
+        return [o.prediction for o in outputs], []
     with session_factory() as session:
         prior = latest_prior_regions(session, model_name, study)
     datasets: list[Any] = []

@@ -37,6 +37,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from scipy import ndimage
 
 from overread.errors import ConfigError
+from overread.models.manifest import InputSpec, Task, VolumeSpec
 
 HU_WINDOW = (-1000.0, 400.0)
 CHANNELS = ("lung", "nodule", "nodule-centre")
@@ -482,6 +483,30 @@ def ct_inference_settings(cfg: CtTrainConfig) -> dict[str, Any]:
     }
 
 
+def ct_volume_spec(cfg: CtTrainConfig) -> VolumeSpec:
+    """The manifest's ``volume`` section: the volumetric pipeline reads as training did.
+
+    Same spacing, patch, overlap and Gaussian blending as :func:`predict_ct`, the HU
+    window mapped to [-1, 1] (:func:`normalise_hu`) and plain trilinear resampling
+    (:func:`resize`, no antialiasing).
+    """
+    from overread.models.manifest import VolumeSpec
+
+    spacing = float(cfg.model.target_spacing)
+    patch = cfg.model.patch
+    return VolumeSpec(
+        spacing_mm=(spacing, spacing, spacing),
+        patch_size=(int(patch[0]), int(patch[1]), int(patch[2])),
+        overlap=cfg.inference.overlap,
+        sw_batch_size=2,
+        postprocess="lung-nodule",
+        lung_label=CHANNELS[0],
+        nodule_label=CHANNELS[1],
+        hu_window=HU_WINDOW,
+        resample="trilinear",
+    )
+
+
 def write_ct_package(
     net: Any,
     cfg: CtTrainConfig,
@@ -492,7 +517,6 @@ def write_ct_package(
     overwrite: bool = True,
 ) -> Path:
     """Write the trained network as a model package (task ``segmentation``, no ONNX)."""
-    from overread.models.manifest import InputSpec, Task
     from overread.models.package import write_package
 
     settings = ct_inference_settings(cfg)
@@ -524,6 +548,7 @@ def write_ct_package(
         accepts={"modalities": ["CT"], "body_parts": ["CHEST"]},
         task=Task.SEGMENTATION,
         training={"ct": settings, "config": json.loads(cfg.model_dump_json())},
+        volume=ct_volume_spec(cfg),
         metrics=metrics or {},
         export_onnx=False,
         overwrite=overwrite,

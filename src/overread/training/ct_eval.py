@@ -4,7 +4,7 @@ Each case's DICOM series is read through :func:`overread.imaging.series.load_ser
 (as the pipeline reads it); a case with a missing slice is compared on the slices
 it has, each matched to its row of the truth grid by position. Figures:
 
-* lung Dice and HD95 (mm) per case;
+* lung Dice, HD95 (mm) and normalised surface Dice at ``NSD_TOLERANCE_MM`` per case;
 * nodule Dice and HD95 per true nodule >= 6 mm, within the nodule's box widened by
   its radius (other predictions elsewhere are the detector's false positives);
 * FROC: a detection hits a nodule when its centre lies within the nodule's
@@ -26,7 +26,7 @@ import numpy.typing as npt
 
 from overread.errors import ConfigError, EvaluationError
 from overread.evaluation.froc import Mark, cpm_score, froc_curve
-from overread.evaluation.segmentation import dice, hausdorff_distance
+from overread.evaluation.segmentation import dice, hausdorff_distance, normalized_surface_dice
 from overread.training.ct import (
     SIZE_BINS,
     CtPrediction,
@@ -39,6 +39,9 @@ from overread.training.ct import (
     write_ct_package,
 )
 
+#: Tolerance of the lung's normalised surface Dice (about one voxel of the 2.5 mm grid).
+NSD_TOLERANCE_MM = 2.5
+
 Predictor = Callable[[npt.NDArray[np.float32], tuple[float, float, float]], CtPrediction]
 
 
@@ -46,6 +49,7 @@ Predictor = Callable[[npt.NDArray[np.float32], tuple[float, float, float]], CtPr
 class _CaseResult:
     lung_dice: float
     lung_hd95: float
+    lung_nsd: float
     nodule_dice: list[tuple[dict[str, Any], float, float | None]]
     marks: list[tuple[float, int | None]]
     labels: list[int]
@@ -78,6 +82,11 @@ def evaluate_case(folder: Path, predictor: Predictor) -> _CaseResult:
     pred = predictor(volume.pixels, spacing)
     lung_d = dice(pred.lung, lung_truth > 0)
     lung_hd = hausdorff_distance(pred.lung, lung_truth > 0, spacing) if pred.lung.any() else np.inf
+    lung_nsd = (
+        normalized_surface_dice(pred.lung, lung_truth > 0, NSD_TOLERANCE_MM, spacing)
+        if pred.lung.any()
+        else 0.0
+    )
     nodules = json.loads((folder / "nodules.json").read_text())
     per_nodule: list[tuple[dict[str, Any], float, float | None]] = []
     for nod in nodules:
@@ -107,7 +116,7 @@ def evaluate_case(folder: Path, predictor: Predictor) -> _CaseResult:
                 hit, best = int(nod["label"]), d
         marks.append((det.score, hit))
     return _CaseResult(
-        lung_d, float(lung_hd), per_nodule, marks, [int(n["label"]) for n in nodules]
+        lung_d, float(lung_hd), lung_nsd, per_nodule, marks, [int(n["label"]) for n in nodules]
     )
 
 
@@ -138,6 +147,10 @@ def _froc(
         "sensitivity_at_1fp": round(curve.sensitivity_at(1.0), 4),
         "cpm": round(cpm, 4),
         "max_sensitivity": round(float(curve.sensitivity.max()), 4),
+        "curve": {
+            "fp_per_scan": [round(float(v), 4) for v in curve.fp_per_image],
+            "sensitivity": [round(float(v), 4) for v in curve.sensitivity],
+        },
     }
 
 
@@ -178,11 +191,23 @@ def evaluate_cohort(
         "lung_dice": _mean([r.lung_dice for r in results]),
         "lung_dice_min": round(min(r.lung_dice for r in results), 4),
         "lung_hd95_mm": _mean([r.lung_hd95 for r in results]),
+        "lung_nsd": _mean([r.lung_nsd for r in results]),
+        "nsd_tolerance_mm": NSD_TOLERANCE_MM,
         "nodule_dice_ge6mm": _mean([d for _, d, _ in per_nod]),
         "nodule_hd95_ge6mm_mm": _mean([h for _, _, h in per_nod if h is not None]),
         "nodules_ge6mm": len(per_nod),
         "nodules_ge6mm_missed": sum(1 for _, _, h in per_nod if h is None),
         "detection": _froc(results, nodules, lambda n: True),
+        "per_case": [
+            {
+                "case": row["case"],
+                "lung_dice": round(r.lung_dice, 4),
+                "lung_hd95_mm": round(r.lung_hd95, 4) if np.isfinite(r.lung_hd95) else None,
+                "lung_nsd": round(r.lung_nsd, 4),
+                "nodule_dice_ge6mm": [round(d, 4) for _, d, _ in r.nodule_dice],
+            }
+            for row, r in zip(rows, results, strict=True)
+        ],
         "by_size": {},
         "by_density": {},
     }
@@ -211,6 +236,7 @@ def markdown_table(model: dict[str, Any], baseline: dict[str, Any]) -> str:
         ("Lung Dice (mean over cases)", "lung_dice"),
         ("Lung Dice (worst case)", "lung_dice_min"),
         ("Lung HD95 (mm)", "lung_hd95_mm"),
+        ("Lung NSD (2.5 mm)", "lung_nsd"),
         ("Nodule Dice, nodules >= 6 mm", "nodule_dice_ge6mm"),
         ("Nodule HD95 (mm), >= 6 mm found", "nodule_hd95_ge6mm_mm"),
     ]
