@@ -14,7 +14,16 @@ from sqlalchemy import select
 
 from overread.config import Settings
 from overread.service.config import service_config
-from overread.service.db import Database, Job, Result, ResultReview, ReviewState, utcnow
+from overread.service.db import (
+    Database,
+    Job,
+    JobKind,
+    JobState,
+    Result,
+    ResultReview,
+    ReviewState,
+    utcnow,
+)
 from overread.service.jobs import JobQueue
 from overread.service.review import (
     Reader,
@@ -25,7 +34,7 @@ from overread.service.review import (
     ReviewStaleError,
     result_version,
 )
-from overread.service.rollout import RolloutResult, RolloutRole
+from overread.service.rollout import RolloutResult, RolloutRole, RolloutState, RolloutStore
 from overread.service.store import ObjectStore
 
 STUDY = "1.2.826.0.1.3680043.8.498.19001"
@@ -47,7 +56,9 @@ def desk(tmp_path: Path) -> Iterator[Desk]:
     database.dispose()
 
 
-def _result(database: Database, model: str, *, held: bool, shadow: bool = False) -> int:
+def _result(
+    database: Database, model: str, *, held: bool, shadow: bool = False, canary: bool = False
+) -> int:
     now = utcnow()
     with database.session() as session:
         job = Job(
@@ -82,12 +93,12 @@ def _result(database: Database, model: str, *, held: bool, shadow: bool = False)
                     updated_at=now,
                 )
             )
-        if shadow:
+        if shadow or canary:
             session.add(
                 RolloutResult(
                     result_id=result.id,
                     alias="cxr-default",
-                    role=RolloutRole.SHADOW.value,
+                    role=(RolloutRole.SHADOW if shadow else RolloutRole.CANARY).value,
                     study_instance_uid=STUDY,
                 )
             )
@@ -167,3 +178,92 @@ def test_a_shadow_result_is_not_reviewed(desk: Desk) -> None:
     [outcome] = desk.desk.review(STUDY, _reject(seen), READER)
     assert outcome.result_id == first
     assert _states(desk.database) == {first: "rejected", shadow: "pending"}
+
+
+def test_a_rolled_back_canary_result_is_not_reviewed(desk: Desk) -> None:
+    rollouts = RolloutStore(desk.database, critical={})
+    rollouts.start(
+        "cxr-default",
+        active_ref="cxr@1.0",
+        candidate_ref="cxr-candidate@1.0",
+        state=RolloutState.CANARY,
+        actor="t",
+        canary_share=0.5,
+    )
+    canary = _result(desk.database, "cxr-candidate", held=True, canary=True)
+    assert [r.id for r, _ in desk.desk.results_of(STUDY)] == [canary]  # still open
+    rollouts.end("cxr-default", RolloutState.ROLLED_BACK, actor="t")
+    active = _result(desk.database, "cxr", held=True)  # the study re-routed
+    # Left out even after a later rollout replaces the alias's current row.
+    rollouts.start(
+        "cxr-default",
+        active_ref="cxr@1.0",
+        candidate_ref="cxr-next@1.0",
+        state=RolloutState.CANARY,
+        actor="t",
+        canary_share=0.5,
+    )
+    assert [r.id for r, _ in desk.desk.results_of(STUDY)] == [active]
+    seen = _seen(desk)
+    assert canary not in seen
+    [outcome] = desk.desk.review(STUDY, _reject(seen), READER)
+    assert outcome.result_id == active
+    assert _states(desk.database) == {active: "rejected", canary: "pending"}
+
+
+def test_a_correction_requeues_only_exports_sent_or_given_up_on(desk: Desk) -> None:
+    first = _result(desk.database, "cxr", held=False)
+    states = [s for s in JobState if s is not JobState.QUEUED and s is not JobState.RECEIVED]
+    with desk.database.session() as session:
+        jobs = {}
+        for state in states:
+            job = Job(
+                study_instance_uid=STUDY,
+                model_name="cxr",
+                model_version="1.0",
+                kind=JobKind.EXPORT.value,
+                route="chest-xray",
+                destination=f"D-{state.value}",
+                state=state.value,
+                payload={"fhir_endpoint": "EHR", "result_id": first},
+            )
+            session.add(job)
+            session.flush()
+            jobs[state] = job.id
+        result = session.get(Result, first)
+        assert result is not None
+        requeued = desk.desk._requeue_corrections(session, result, None)
+    with desk.database.session() as session:
+        after = {s: session.get(Job, i).state for s, i in jobs.items()}  # type: ignore[union-attr]
+    sent_again = {JobState.SUCCEEDED, JobState.FAILED, JobState.DEAD_LETTERED}
+    assert requeued == len(sent_again)
+    assert after == {s: ("queued" if s in sent_again else s.value) for s in states}
+
+
+def test_a_verdict_that_fails_on_one_result_applies_to_none(
+    desk: Desk, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from overread.service.review import ReviewConflictError
+
+    first = _result(desk.database, "cxr", held=True)
+    second = _result(desk.database, "cxr-other", held=True)
+    seen = _seen(desk)
+    reject = desk.desk._reject
+    calls: list[int] = []
+
+    def racing(result: Result, *args: object) -> object:
+        if not calls:  # another reader reviews the other result meanwhile
+            other = second if result.id == first else first
+            with desk.database.session() as session:
+                review = session.scalar(select(ResultReview).where(ResultReview.result_id == other))
+                assert review is not None
+                review.version = 1
+        calls.append(result.id)
+        return reject(result, *args)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(desk.desk, "_reject", racing)
+    with pytest.raises(ReviewConflictError, match="someone else"):
+        desk.desk.review(STUDY, _reject(seen), READER)
+    assert len(calls) == 2
+    # The result rejected before the conflict is not left rejected on its own.
+    assert _states(desk.database) == {first: "pending", second: "pending"}

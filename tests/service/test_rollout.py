@@ -324,6 +324,37 @@ def test_a_dead_lettered_canary_study_goes_to_the_active_version(database: Datab
     assert store.open_rollout("chest") is not None and active > job_id
 
 
+def test_a_canary_job_whose_worker_is_lost_on_its_last_attempt_goes_to_the_active_version(
+    database: Database,
+) -> None:
+    import time
+
+    store = RolloutStore(database, critical={})
+    queue = JobQueue(database, max_attempts=1)
+    store.start(
+        "chest",
+        active_ref="m@1",
+        candidate_ref="m@2",
+        state=RolloutState.CANARY,
+        actor="t",
+        canary_share=0.5,
+    )
+    job_id = _infer(queue, "1.1", "2", "canary")
+    assert queue.claim("doomed", lease_seconds=0.1) is not None
+    time.sleep(0.3)
+    taken = queue.claim("other", lease_seconds=60)  # dead-letters the lost job first
+    assert _state(database, job_id) == "dead_lettered"
+    # The study is not left without a result: the active version reads it.
+    [(state, priority, route)] = _active_jobs(database).values()
+    assert (priority, route) == (3, "chest-xray") and state in ("queued", "running")
+    assert taken is None or taken.model_version == "1"
+    with database.session() as session:
+        events = session.scalars(
+            select(AuditEvent).where(AuditEvent.action == AuditAction.ROLLOUT_REROUTE.value)
+        ).all()
+    assert [e.actor for e in events] == ["worker:doomed"]
+
+
 class _NoModels:
     """A model provider that must not be asked: the job is not to run."""
 
@@ -379,8 +410,9 @@ def test_a_worker_skips_a_requeued_job_of_a_rolled_back_candidate(
     assert worker.run_once() is None  # nothing else to run: the active job is done
 
 
+@pytest.mark.parametrize("then", ["nothing", "new-canary", "promoted"])
 def test_a_canary_result_finished_after_the_rollback_is_not_sent_and_its_study_rerouted(
-    database: Database, tmp_path: Path
+    database: Database, tmp_path: Path, then: str
 ) -> None:
     from overread.config import Settings
     from overread.service.config import service_config
@@ -426,6 +458,21 @@ def test_a_canary_result_finished_after_the_rollback_is_not_sent_and_its_study_r
             )[0]
             for name in ("EHR", "EHR2")
         ]
+    # The exports wait (retrying, held) while the alias moves on: a new rollout or a
+    # promotion replaces its current row; the rolled-back result is still not sent.
+    active = "1"
+    if then != "nothing":
+        store.start(
+            "chest",
+            active_ref="m@1",
+            candidate_ref="m@3",
+            state=RolloutState.CANARY,
+            actor="t",
+            canary_share=0.5,
+        )
+    if then == "promoted":
+        store.end("chest", RolloutState.PROMOTED, actor="t")
+        active = "3"
     worker = Worker(
         service_config(Settings(data_dir=tmp_path / "data")),
         database,
@@ -444,8 +491,13 @@ def test_a_canary_result_finished_after_the_rollback_is_not_sent_and_its_study_r
     # job keeps its outcome, and the study is queued once for the active version.
     assert [_state(database, j) for j in exports] == ["cancelled", "cancelled"]
     assert _state(database, infer_id) == "succeeded"
-    assert _active_jobs(database) == {"1.1": ("queued", 3, "chest-xray")}
     with database.session() as session:
+        rerouted = session.scalars(
+            select(Job).where(Job.model_version == active, Job.kind == JobKind.INFER.value)
+        ).all()
+        assert [(j.study_instance_uid, j.state, j.priority) for j in rerouted] == [
+            ("1.1", "queued", 3)
+        ]
         events = session.scalars(
             select(AuditEvent).where(AuditEvent.action == AuditAction.ROLLOUT_REROUTE.value)
         ).all()

@@ -346,7 +346,10 @@ class JobQueue:
         with self.database.session() as session:
             if session.scalar(select(Job.id).where(*lost).limit(1)) is None:
                 return  # the common case: a read, no write lock taken
+        from overread.service.rollout import RolloutStore
+
         error = "worker lost on the last attempt (lease expired)"
+        rollouts = RolloutStore(self.database, critical={})
         with self.database.session() as session:
             jobs = session.scalars(select(Job).where(*lost).with_for_update()).all()
             for job in jobs:
@@ -356,7 +359,10 @@ class JobQueue:
                 job.error = error
                 job.finished_at = now
                 job.updated_at = now
-                _audit_dead_letter(session, job, f"worker:{owner}" if owner else "service", error)
+                actor = f"worker:{owner}" if owner else "service"
+                _audit_dead_letter(session, job, actor, error)
+                # A canary's study goes to the active version, as after a failure.
+                rollouts.reroute_dead_job(session, job, actor=actor)
             if jobs:
                 logger.error("dead-lettered %d job(s) whose worker was lost", len(jobs))
 

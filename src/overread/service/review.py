@@ -349,13 +349,20 @@ class ReviewDesk:
     # -- looking --------------------------------------------------------------------
     def results_of(self, study_instance_uid: str) -> list[tuple[Result, ResultReview | None]]:
         """The study's results, newest first, each with its review row (if any); a
-        shadow model's results are never reviewed (nor sent) and are left out."""
+        shadow model's results are never reviewed (nor sent) and are left out, and so
+        are a rolled-back canary's (not sent; the study went to the active version)."""
+        from overread.service.rollout import RolloutStore
+
         with self.database.session() as session:
             rows = session.scalars(
                 select(Result)
                 .where(Result.study_instance_uid == study_instance_uid, not_shadow())
                 .order_by(Result.created_at.desc(), Result.id.desc())
             ).all()
+            rolled_back = RolloutStore(self.database, critical={}).rolled_back_result_ids(
+                session, study_instance_uid
+            )
+            rows = [row for row in rows if row.id not in rolled_back]
             reviews = {
                 r.result_id: r
                 for r in session.scalars(
@@ -422,57 +429,65 @@ class ReviewDesk:
                 f"study {study_instance_uid}: its results were rejected; nothing to review"
             )
         outcomes: list[ReviewOutcome] = []
-        for result, review in targets:
-            if request.action is ReviewAction.REJECT:
-                if review is None or review.state != ReviewState.PENDING.value:
-                    raise ReviewConflictError(
-                        f"study {study_instance_uid}: result {result.id} already went out; "
-                        "edit it to send a correction instead"
+        # One transaction for every target: a result that cannot take the verdict (a
+        # conflict, a stale read) leaves the others as they were, as the error says.
+        with self.database.session() as session:
+            for result, review in targets:
+                if request.action is ReviewAction.REJECT:
+                    if review is None or review.state != ReviewState.PENDING.value:
+                        raise ReviewConflictError(
+                            f"study {study_instance_uid}: result {result.id} already went "
+                            "out; edit it to send a correction instead"
+                        )
+                    outcomes.append(self._reject(result, review, request, reader, session))
+                else:
+                    waiting = review is not None and review.state == ReviewState.PENDING.value
+                    outcomes.append(
+                        self._verify(
+                            result, review, request, reader, session, correction=not waiting
+                        )
                     )
-                outcomes.append(self._reject(result, review, request, reader))
-            elif review is not None and review.state == ReviewState.PENDING.value:
-                outcomes.append(self._verify(result, review, request, reader, correction=False))
-            else:
-                outcomes.append(self._verify(result, review, request, reader, correction=True))
         return outcomes
 
     def _reject(
-        self, result: Result, review: ResultReview, request: ReviewRequest, reader: Reader
+        self,
+        result: Result,
+        review: ResultReview,
+        request: ReviewRequest,
+        reader: Reader,
+        session: Session,
     ) -> ReviewOutcome:
         now = utcnow()
-        with self.database.session() as session:
-            changed = session.execute(
-                update(ResultReview)
-                .where(
-                    ResultReview.id == review.id,
-                    ResultReview.state == ReviewState.PENDING.value,
-                    ResultReview.version == review.version,
-                )
-                .values(
-                    state=ReviewState.REJECTED.value,
-                    reviewer=reader.username,
-                    reviewer_role=reader.role,
-                    reviewed_at=now,
-                    reason=request.reason or request.note,
-                    updated_at=now,
-                )
-                .execution_options(synchronize_session=False)
+        changed = session.execute(
+            update(ResultReview)
+            .where(
+                ResultReview.id == review.id,
+                ResultReview.state == ReviewState.PENDING.value,
+                ResultReview.version == review.version,
             )
-            if changed.rowcount != 1:  # type: ignore[attr-defined]
-                raise ReviewConflictError(
-                    f"result {result.id} was reviewed by someone else meanwhile"
-                )
-            record_event(
-                session,
-                actor=reader.username,
-                role=reader.role,
-                action=AuditAction.REVIEW_REJECT,
-                object_uids=[result.study_instance_uid],
-                details={
-                    "result_id": result.id,
-                    "reason": (request.reason or request.note)[:1000],
-                },
+            .values(
+                state=ReviewState.REJECTED.value,
+                reviewer=reader.username,
+                reviewer_role=reader.role,
+                reviewed_at=now,
+                reason=request.reason or request.note,
+                updated_at=now,
             )
+            .execution_options(synchronize_session=False)
+        )
+        if changed.rowcount != 1:  # type: ignore[attr-defined]
+            raise ReviewConflictError(f"result {result.id} was reviewed by someone else meanwhile")
+        record_event(
+            session,
+            actor=reader.username,
+            role=reader.role,
+            action=AuditAction.REVIEW_REJECT,
+            object_uids=[result.study_instance_uid],
+            details={
+                "result_id": result.id,
+                "reason": (request.reason or request.note)[:1000],
+            },
+        )
         logger.info(
             "study %s: result %d rejected by %s",
             result.study_instance_uid,
@@ -495,10 +510,12 @@ class ReviewDesk:
         review: ResultReview | None,
         request: ReviewRequest,
         reader: Reader,
+        session: Session,
         *,
         correction: bool,
     ) -> ReviewOutcome:
-        """Accept or edit one result: rebuild its SR verified, release or correct."""
+        """Accept or edit one result: rebuild its SR verified, release or correct (in
+        the caller's transaction)."""
         now = utcnow()
         summary = ResultSummary.from_dict(result.summary or {})
         labels = {f.label for _, p in summary.usable() for f in p.findings}
@@ -575,73 +592,70 @@ class ReviewDesk:
                 superseded.append(_reference(old_sr))
         # The PDF report and the overlays state the verification too (rebuilt, new UIDs).
         artifacts = self._verified_documents(result, summary, headers, verification, artifacts)
-        with self.database.session() as session:
-            row = session.get(Result, result.id)
-            if row is None:
-                raise ReviewError(f"result {result.id} no longer exists")
-            if row.created_at != result.created_at or row.job_id != result.job_id:
-                raise ReviewStaleError(
-                    f"result {result.id} was read again meanwhile; nothing was applied; "
-                    "reload the study and review again"
-                )
-            # Locked (PostgreSQL): a second reader acting at once waits, then sees this one.
-            current = session.scalar(
-                select(ResultReview).where(ResultReview.result_id == result.id).with_for_update()
+        row = session.get(Result, result.id)
+        if row is None:
+            raise ReviewError(f"result {result.id} no longer exists")
+        if row.created_at != result.created_at or row.job_id != result.job_id:
+            raise ReviewStaleError(
+                f"result {result.id} was read again meanwhile; nothing was applied; "
+                "reload the study and review again"
             )
-            expected = None if review is None else review.state
-            if (None if current is None else current.state) != expected or (
-                current is not None and review is not None and current.version != review.version
-            ):
-                raise ReviewConflictError(
-                    f"result {result.id} was reviewed by someone else meanwhile"
-                )
-            if current is None:
-                current = ResultReview(
-                    result_id=result.id,
-                    study_instance_uid=result.study_instance_uid,
-                    held=False,
-                    created_at=now,
-                    released_at=result.created_at,
-                )
-                session.add(current)
-            current.state = state.value
-            current.report_status = status.value
-            current.reviewer = reader.username
-            current.reviewer_role = reader.role
-            current.organization = organization[:64]
-            current.reviewed_at = now
-            current.decisions = {k: v.value for k, v in decisions.items()}
-            current.note = request.note
-            current.superseded = superseded
-            current.version = (current.version or 0) + 1
-            current.updated_at = now
-            row.artifacts = artifacts
-            if correction:
-                exports = self._requeue_corrections(session, row, new_sr)
-            else:
-                current.released_at = now
-                exports = self._release(session, row)
-            session.flush()
-            record_event(
-                session,
-                actor=reader.username,
-                role=reader.role,
-                action=AuditAction.REVIEW_EDIT if edited else AuditAction.REVIEW_ACCEPT,
-                object_uids=[
-                    result.study_instance_uid,
-                    *([new_sr["sop_instance_uid"]] if new_sr else []),
-                ],
-                details={
-                    "result_id": result.id,
-                    "report_status": status.value,
-                    "correction": correction,
-                    "decisions": {k: v.value for k, v in request.decisions.items()},
-                    "note": request.note[:1000],
-                    "sr": None if new_sr is None else new_sr["sop_instance_uid"],
-                    "superseded": [s["sop_instance_uid"] for s in superseded],
-                    "exports": exports,
-                },
+        # Locked (PostgreSQL): a second reader acting at once waits, then sees this one.
+        current = session.scalar(
+            select(ResultReview).where(ResultReview.result_id == result.id).with_for_update()
+        )
+        expected = None if review is None else review.state
+        if (None if current is None else current.state) != expected or (
+            current is not None and review is not None and current.version != review.version
+        ):
+            raise ReviewConflictError(f"result {result.id} was reviewed by someone else meanwhile")
+        if current is None:
+            current = ResultReview(
+                result_id=result.id,
+                study_instance_uid=result.study_instance_uid,
+                held=False,
+                created_at=now,
+                released_at=result.created_at,
             )
+            session.add(current)
+        current.state = state.value
+        current.report_status = status.value
+        current.reviewer = reader.username
+        current.reviewer_role = reader.role
+        current.organization = organization[:64]
+        current.reviewed_at = now
+        current.decisions = {k: v.value for k, v in decisions.items()}
+        current.note = request.note
+        current.superseded = superseded
+        current.version = (current.version or 0) + 1
+        current.updated_at = now
+        row.artifacts = artifacts
+        if correction:
+            exports = self._requeue_corrections(session, row, new_sr)
+        else:
+            current.released_at = now
+            exports = self._release(session, row)
+        session.flush()
+        record_event(
+            session,
+            actor=reader.username,
+            role=reader.role,
+            action=AuditAction.REVIEW_EDIT if edited else AuditAction.REVIEW_ACCEPT,
+            object_uids=[
+                result.study_instance_uid,
+                *([new_sr["sop_instance_uid"]] if new_sr else []),
+            ],
+            details={
+                "result_id": result.id,
+                "report_status": status.value,
+                "correction": correction,
+                "decisions": {k: v.value for k, v in request.decisions.items()},
+                "note": request.note[:1000],
+                "sr": None if new_sr is None else new_sr["sop_instance_uid"],
+                "superseded": [s["sop_instance_uid"] for s in superseded],
+                "exports": exports,
+            },
+        )
         logger.info(
             "study %s: result %d %s by %s (%s), %d export(s)",
             result.study_instance_uid,
@@ -937,6 +951,15 @@ class ReviewDesk:
                 Job.study_instance_uid == result.study_instance_uid,
                 Job.model_name == result.model_name,
                 Job.model_version == result.model_version,
+                # Only jobs sent or given up on: a running one is its worker's, a held one
+                # waits for its switch, a cancelled one was not to be sent.
+                Job.state.in_(
+                    [
+                        JobState.SUCCEEDED.value,
+                        JobState.FAILED.value,
+                        JobState.DEAD_LETTERED.value,
+                    ]
+                ),
             )
         ).all()
         for job in jobs:

@@ -34,14 +34,14 @@ import logging
 import statistics
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import asdict, dataclass, field
-from datetime import datetime, timedelta
+from datetime import UTC, datetime, timedelta
 from typing import TYPE_CHECKING, Any
 
 from sqlalchemy import Integer, String, Text, select, update
 from sqlalchemy.orm import Mapped, Session, mapped_column
 from sqlalchemy.sql.elements import ColumnElement
 
-from overread.audit import AuditAction, record_event
+from overread.audit import AuditAction, AuditEvent, record_event
 from overread.db import Base, Database, utcnow
 from overread.errors import ConfigError
 from overread.results import ResultSummary
@@ -216,6 +216,11 @@ def _rollout(row: ModelRollout) -> Rollout:
         started_at=row.started_at,
         updated_at=row.updated_at,
     )
+
+
+def _aware(moment: datetime) -> datetime:
+    """``moment`` as timezone-aware UTC (a naive one is taken as UTC)."""
+    return moment if moment.tzinfo is not None else moment.replace(tzinfo=UTC)
 
 
 def canary_bucket(study_instance_uid: str) -> int:
@@ -697,17 +702,67 @@ class RolloutStore:
         rollout's, open or ended); returns the queued job ids."""
         with self.database.session() as session:
             job = session.get(Job, job_id)
-            if job is None or job.state != JobState.DEAD_LETTERED.value:
+            if job is None:
                 return []
-            alias, side, model = _rollout_side(job)
-            if side is not RolloutRole.CANARY or not model:
-                return []
+            return self.reroute_dead_job(session, job, actor=actor)
+
+    def reroute_dead_job(self, session: Session, job: Job, *, actor: str) -> list[int]:
+        """:meth:`reroute_dead_letter` of a loaded job, in the caller's transaction
+        (the queue's dead-lettering of a job whose worker was lost uses it)."""
+        if job.state != JobState.DEAD_LETTERED.value or job.kind != JobKind.INFER.value:
+            return []
+        alias, side, model = _rollout_side(job)
+        if side is not RolloutRole.CANARY or not model:
+            return []
+        row = session.get(ModelRollout, alias)
+        rollout = (
+            _rollout(row)
+            if row is not None and row.candidate_ref == model
+            else self.rolled_back(session, alias, model, job.created_at)
+        )
+        if rollout is None:
+            return []
+        return self.reroute(session, rollout, actor=actor, role="service", jobs=[job])["queued"]
+
+    def rolled_back(
+        self, session: Session, alias: str, candidate_ref: str, queued_at: datetime
+    ) -> Rollout | None:
+        """The rolled-back rollout of ``candidate_ref`` on ``alias`` that a job queued
+        at ``queued_at`` belonged to, or None. Read from the audited rollbacks (a
+        durable history: a later start or promotion replaces the alias's current row),
+        with the alias's current active version to send its studies to."""
+        events = session.scalars(
+            select(AuditEvent).where(AuditEvent.action == AuditAction.ROLLOUT_ROLLBACK.value)
+        ).all()
+        for event in reversed(events):
+            data = event.details or {}
+            if data.get("alias") != alias or data.get("candidate") != candidate_ref:
+                continue
+            started = _aware(datetime.fromisoformat(str(data["started_at"])))
+            ended = _aware(datetime.fromisoformat(str(data["updated_at"])))
+            if not started <= _aware(queued_at) <= ended:
+                continue
             row = session.get(ModelRollout, alias)
-            if row is None or row.candidate_ref != model:
-                return []
-            return self.reroute(session, _rollout(row), actor=actor, role="service", jobs=[job])[
-                "queued"
-            ]
+            active = str(data.get("active") or "")
+            if row is not None:
+                active = (
+                    row.candidate_ref
+                    if row.state == RolloutState.PROMOTED.value
+                    else row.active_ref
+                )
+            return Rollout(
+                alias=alias,
+                state=RolloutState.ROLLED_BACK,
+                active_ref=active,
+                candidate_ref=candidate_ref,
+                canary_share=float(data.get("canary_share") or 0.0),
+                bounds=CanaryBounds.from_dict(dict(data.get("bounds") or {})),
+                reason=str(data.get("reason") or ""),
+                actor=str(data.get("actor") or ""),
+                started_at=started,
+                updated_at=ended,
+            )
+        return None
 
     def skip_rolled_back(self, job_id: int, owner: str) -> bool:
         """Before a claimed rollout job runs: if its candidate was rolled back since it
@@ -720,15 +775,11 @@ class RolloutStore:
             alias, side, model = _rollout_side(job)
             if side not in (RolloutRole.CANARY, RolloutRole.SHADOW) or not model:
                 return False
-            row = session.get(ModelRollout, alias)
-            if (
-                row is None
-                or row.state != RolloutState.ROLLED_BACK.value
-                or row.candidate_ref != model
-            ):
+            rolled = self.rolled_back(session, alias, model, job.created_at)
+            if rolled is None:
                 return False
             done = self.reroute(
-                session, _rollout(row), actor=f"worker:{owner}", role="service", jobs=[job]
+                session, rolled, actor=f"worker:{owner}", role="service", jobs=[job]
             )
             return bool(done["cancelled"])
 
@@ -745,13 +796,19 @@ class RolloutStore:
             marked = session.get(RolloutResult, result_id)
             if marked is None or marked.role != RolloutRole.CANARY.value:
                 return False
-            row = session.get(ModelRollout, marked.alias)
             result = session.get(Result, result_id)
-            if row is None or result is None or row.state != RolloutState.ROLLED_BACK.value:
+            if result is None:
                 return False
-            if row.candidate_ref != f"{result.model_name}@{result.model_version}":
+            infer = session.get(Job, result.job_id)
+            rolled = self.rolled_back(
+                session,
+                marked.alias,
+                f"{result.model_name}@{result.model_version}",
+                infer.created_at if infer is not None else marked.created_at,
+            )
+            if rolled is None:
                 return False
-            rollout = _rollout(row)
+            rollout = rolled
             now = utcnow()
             done = session.execute(
                 update(Job)
@@ -790,7 +847,6 @@ class RolloutStore:
                     "destination": job.destination,
                 },
             )
-            infer = session.get(Job, result.job_id)
             if infer is not None:
                 self.reroute(
                     session,
@@ -823,6 +879,27 @@ class RolloutStore:
                     created_at=utcnow(),
                 )
             )
+
+    def rolled_back_result_ids(self, session: Session, study_instance_uid: str) -> set[int]:
+        """Ids of the study's canary results whose candidate was rolled back (never
+        sent; their study went to the active version), in the caller's transaction."""
+        ids: set[int] = set()
+        marks = session.scalars(
+            select(RolloutResult).where(
+                RolloutResult.study_instance_uid == study_instance_uid,
+                RolloutResult.role == RolloutRole.CANARY.value,
+            )
+        ).all()
+        for mark in marks:
+            result = session.get(Result, mark.result_id)
+            if result is None:
+                continue
+            infer = session.get(Job, result.job_id)
+            queued_at = infer.created_at if infer is not None else mark.created_at
+            ref = f"{result.model_name}@{result.model_version}"
+            if self.rolled_back(session, mark.alias, ref, queued_at) is not None:
+                ids.add(result.id)
+        return ids
 
     def shadow_result_ids(self, study_instance_uid: str | None = None) -> set[int]:
         """Ids of shadow results (of one study, or all)."""
