@@ -14,6 +14,7 @@ from overread.audit import AuditAction, AuditEvent
 from overread.errors import ConfigError
 from overread.service.db import Database, Job, JobKind, JobState
 from overread.service.jobs import JobQueue
+from overread.service.node import reroute_lost_canary
 from overread.service.rollout import (
     CanaryBounds,
     RolloutState,
@@ -330,7 +331,7 @@ def test_a_canary_job_whose_worker_is_lost_on_its_last_attempt_goes_to_the_activ
     import time
 
     store = RolloutStore(database, critical={})
-    queue = JobQueue(database, max_attempts=1)
+    queue = JobQueue(database, max_attempts=1, on_lost=reroute_lost_canary(database))
     store.start(
         "chest",
         active_ref="m@1",

@@ -159,7 +159,7 @@ def evaluate_command(
             raise EvaluationError("--model and --data go together")
         if predictions is not None or labels is not None:
             raise EvaluationError("use either --model/--data or --predictions/--labels, not both")
-        from overread.evaluation.ct_package import (
+        from overread.inference.ct_evaluation import (
             evaluate_ct_package,
             is_ct_cohort,
             write_ct_report,

@@ -22,7 +22,7 @@ from __future__ import annotations
 
 import logging
 import random
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -144,8 +144,14 @@ class JobQueue:
         *,
         retry: RetryPolicy | None = None,
         max_attempts: int | None = None,
+        on_lost: Callable[[Session, Job, str], None] | None = None,
     ) -> None:
         self.database = database
+        #: Called in the dead-lettering transaction for each job whose worker was lost
+        #: on its last attempt (job, actor): the service re-routes a canary's study
+        #: there (:func:`overread.service.node.open_queue`). Kept as a hook so the
+        #: queue does not depend on the rollout module, which depends on it.
+        self.on_lost = on_lost
         self.retry = retry or RetryPolicy()
         self.max_attempts = NO_ATTEMPT_LIMIT if max_attempts is None else max_attempts
         self._rng = random.Random()
@@ -346,10 +352,7 @@ class JobQueue:
         with self.database.session() as session:
             if session.scalar(select(Job.id).where(*lost).limit(1)) is None:
                 return  # the common case: a read, no write lock taken
-        from overread.service.rollout import RolloutStore
-
         error = "worker lost on the last attempt (lease expired)"
-        rollouts = RolloutStore(self.database, critical={})
         with self.database.session() as session:
             jobs = session.scalars(select(Job).where(*lost).with_for_update()).all()
             for job in jobs:
@@ -361,8 +364,9 @@ class JobQueue:
                 job.updated_at = now
                 actor = f"worker:{owner}" if owner else "service"
                 _audit_dead_letter(session, job, actor, error)
-                # A canary's study goes to the active version, as after a failure.
-                rollouts.reroute_dead_job(session, job, actor=actor)
+                if self.on_lost is not None:
+                    # A canary's study goes to the active version, as after a failure.
+                    self.on_lost(session, job, actor)
             if jobs:
                 logger.error("dead-lettered %d job(s) whose worker was lost", len(jobs))
 

@@ -14,13 +14,14 @@ from __future__ import annotations
 
 import logging
 import threading
+from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 from overread.audit import AutoCheckpointer
 from overread.service.assembly import StudyAssembler
 from overread.service.config import ServiceConfig
-from overread.service.db import Database
+from overread.service.db import Database, Job
 from overread.service.diskspace import DiskCollector, DiskGuard
 from overread.service.hl7.intake import OrderIntake
 from overread.service.hl7.mllp import MllpListener
@@ -28,6 +29,7 @@ from overread.service.ingest import Ingestor, IngestOutcome
 from overread.service.jobs import JobQueue, RetryPolicy
 from overread.service.metrics import ServiceMetrics
 from overread.service.retention import RetentionSweeper
+from overread.service.rollout import RolloutStore
 from overread.service.runtime import (
     ArtifactBuilder,
     PipelineProvider,
@@ -41,6 +43,8 @@ from overread.service.wakeups import WakeupPublisher, wake_queue
 from overread.service.worker import Worker, WorkerPool, worker_identity
 
 if TYPE_CHECKING:
+    from sqlalchemy.orm import Session
+
     from overread.models.registry import Registry
 
 logger = logging.getLogger(__name__)
@@ -58,8 +62,20 @@ def open_queue(config: ServiceConfig) -> tuple[Database, ObjectStore, JobQueue]:
             retry_for_seconds=config.retry_for_seconds,
         ),
         max_attempts=config.max_attempts,
+        on_lost=reroute_lost_canary(database),
     )
     return database, store, queue
+
+
+def reroute_lost_canary(database: Database) -> Callable[[Session, Job, str], None]:
+    """The queue's hook for a job dead-lettered because its worker was lost: a canary
+    job's study goes to the active version, as after any canary failure."""
+    rollouts = RolloutStore(database, critical={})
+
+    def hook(session: Session, job: Job, actor: str) -> None:
+        rollouts.reroute_dead_job(session, job, actor=actor)
+
+    return hook
 
 
 class ServiceNode:
