@@ -55,14 +55,14 @@ def test_metrics_count_ingest_jobs_stages_destinations_and_models(
     models = {
         labels: value for (name, labels), value in samples.items() if name == "overread_model_info"
     }
-    [model_labels] = list(models)
-    model = dict(model_labels)
-    assert (model["route"], model["alias"], model["name"]) == (
-        "chest-xray",
-        "cxr-default",
-        "cxr-default",
-    )
+    # One series per route: the chest X-ray model and the CT model of the default routes.
+    routes = {dict(labels)["route"]: dict(labels) for labels in models}
+    assert set(routes) == {"chest-xray", "chest-ct"}
+    model = routes["chest-xray"]
+    assert (model["alias"], model["name"]) == ("cxr-default", "cxr-default")
     assert model["version"] and model["version"] != "unresolved"
+    assert routes["chest-ct"]["name"] == "ct-threshold-baseline"
+    assert routes["chest-ct"]["version"] != "unresolved"
     # No patient data in it.
     for phi in ("PatientName", str(image.name)):
         assert phi not in reply.text
