@@ -278,34 +278,17 @@ class JobQueue:
                 .limit(8)
             ).all()
         for job_id in candidates:
-            with self.database.session() as session:
-                claimed = session.execute(
-                    update(Job)
-                    .where(Job.id == job_id, condition)
-                    .values(
-                        state=JobState.RUNNING.value,
-                        lease_owner=owner,
-                        lease_expires_at=now + timedelta(seconds=lease_seconds),
-                        attempts=Job.attempts + 1,
-                        # The first attempt's start: retrying is bounded from here.
-                        started_at=func.coalesce(Job.started_at, now),
-                        updated_at=now,
-                    )
-                    .execution_options(synchronize_session=False)
+            job = self._take(job_id, condition, owner, now, lease_seconds)
+            if job is not None:
+                logger.info(
+                    "%s claimed %s job %d (attempt %d%s)",
+                    owner,
+                    job.kind,
+                    job.id,
+                    job.attempts,
+                    f"/{job.max_attempts}" if job.max_attempts else "",
                 )
-                if claimed.rowcount == 1:  # type: ignore[attr-defined]
-                    job = session.get(Job, job_id)
-                    assert job is not None
-                    session.expunge(job)
-                    logger.info(
-                        "%s claimed %s job %d (attempt %d%s)",
-                        owner,
-                        job.kind,
-                        job.id,
-                        job.attempts,
-                        f"/{job.max_attempts}" if job.max_attempts else "",
-                    )
-                    return job
+                return job
         return None
 
     def claim_job(self, job_id: int, owner: str, *, lease_seconds: float) -> Job | None:
@@ -318,6 +301,19 @@ class JobQueue:
         """
         now = utcnow()
         condition = and_(_claimable(now, self._retry_since(now)), ~_probing_a_down_destination(now))
+        job = self._take(job_id, condition, owner, now, lease_seconds)
+        if job is None:
+            return None
+        logger.info(
+            "%s claimed %s job %d at once (attempt %d)", owner, job.kind, job.id, job.attempts
+        )
+        return job
+
+    def _take(
+        self, job_id: int, condition: Any, owner: str, now: datetime, lease_seconds: float
+    ) -> Job | None:
+        """Compare-and-set ``job_id`` to running under ``owner`` if ``condition`` still
+        holds; the job as taken (detached), or ``None`` when another got it first."""
         with self.database.session() as session:
             claimed = session.execute(
                 update(Job)
@@ -327,6 +323,7 @@ class JobQueue:
                     lease_owner=owner,
                     lease_expires_at=now + timedelta(seconds=lease_seconds),
                     attempts=Job.attempts + 1,
+                    # The first attempt's start: retrying is bounded from here.
                     started_at=func.coalesce(Job.started_at, now),
                     updated_at=now,
                 )
@@ -337,10 +334,7 @@ class JobQueue:
             job = session.get(Job, job_id)
             assert job is not None
             session.expunge(job)
-        logger.info(
-            "%s claimed %s job %d at once (attempt %d)", owner, job.kind, job.id, job.attempts
-        )
-        return job
+            return job
 
     def _dead_letter_lost(self, now: datetime) -> None:
         """Dead-letter running jobs whose worker died on their last attempt."""
