@@ -218,8 +218,15 @@ def test_movescu_moves_a_stored_study_to_a_known_destination(
             return {str(dcmread(p).SOPInstanceUID) for p in pacs.out.glob("*")}
 
         wait_until(lambda: expected <= received(), timeout=30)
-        (exported,) = _audited(service.database, AuditAction.EXPORT)
-        assert exported.details["destination"] == "PACSAE"
+        # the gateway's own results are exported (and audited) too: pick the C-MOVE
+        moves = [
+            e
+            for e in _audited(service.database, AuditAction.EXPORT)
+            if e.details.get("via") == "C-MOVE"
+        ]
+        assert len(moves) == 1, [e.details for e in moves]
+        assert moves[0].details["destination"] == "PACSAE"
+        assert moves[0].details["instances"] == len(files)
 
         unknown = subprocess.run(
             [
