@@ -76,7 +76,9 @@ def test_predict_honours_device_cpu_for_a_ct_series(
 ) -> None:
     monkeypatch.setenv("OVERREAD_MODEL_REGISTRY", str(tmp_path / "registry"))
     clear_pipeline_cache()
-    status, stdout, stderr = run_cli("predict", series, "--model", NAME, "--device", "cpu", "--json")
+    status, stdout, stderr = run_cli(
+        "predict", series, "--model", NAME, "--device", "cpu", "--json"
+    )
     assert status == 0, stderr
     [record] = [json.loads(line) for line in stdout.splitlines()]
     assert record["task"] == "segmentation" and len(record["regions"]) == 2

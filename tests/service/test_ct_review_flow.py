@@ -179,7 +179,7 @@ def test_an_edit_of_a_sent_ct_result_sends_a_superseding_verified_sr_and_the_seg
     files = _series(tmp_path / "ct")
     _send(service, files)
     wait_until(lambda: [s for _, s in _states(service)] == ["succeeded"] * 2, timeout=240)
-    [(first_path, first)] = _received(storescp, COMPREHENSIVE_3D_SR)
+    [(_, first)] = _received(storescp, COMPREHENSIVE_3D_SR)
     assert first.VerificationFlag == "UNVERIFIED"
     [(seg_path, seg)] = _received(storescp, SEGMENTATION_STORAGE)
     seg_path.unlink()  # to see it sent again

@@ -272,12 +272,30 @@ class InferenceHandler:
         institution = first.institution or (
             str(header.get("InstitutionName", "") or "") if header is not None else ""
         )
-        site = settings.site_of(
-            institution=institution, station=station, calling_ae=first.calling_ae
+        match = settings.match(
+            institution=institution, station=station, calling_ae=first.calling_ae or ""
         )
-        applied = apply_site_calibration(
-            predictions, pipeline.package, site, source=settings.source.value
-        )
+        source = settings.source.value
+        if match.unmapped:
+            # Never taken as a site name as it is: the global calibration, said loudly.
+            from overread.inference.site_calibration import unmapped_site
+            from overread.service.metrics import observe_unmapped_site
+
+            applied = unmapped_site(match.value, source, pipeline.package)
+            if pipeline.package.manifest.site_calibration is not None:
+                logger.warning(
+                    "site calibration: %s %r is not in [service.site_calibration] sites; "
+                    "the study gets the global calibration of %s %s",
+                    source,
+                    match.value,
+                    pipeline.package.name,
+                    pipeline.package.version,
+                )
+                observe_unmapped_site(source)
+        else:
+            applied = apply_site_calibration(
+                predictions, pipeline.package, match.site or "", source=source
+            )
         return applied.to_dict()
 
     def _run_volume(

@@ -256,9 +256,7 @@ def volume_summary(prediction: Prediction, *, verified: bool = False) -> str:
             for r in regions
         )
     review = (
-        "Reviewed by a reader (see Reader review)."
-        if verified
-        else "Not verified by a reader."
+        "Reviewed by a reader (see Reader review)." if verified else "Not verified by a reader."
     )
     return (f"AI second read ({model.name} {model.version}): {found}. {review} {RESEARCH_CAVEAT}")[
         :1024
@@ -435,9 +433,7 @@ def build_volume_outputs(
     if label_map is not None and any(int(v) in labels for v in np.unique(label_map) if v):
         seg = build_volume_seg(label_map, labels, sources, prediction.model, baseline=baseline)
         numbers = segment_numbers(seg, labels)
-    sr = build_volume_sr(
-        prediction, sources, seg=seg, segments=numbers, predecessors=predecessors
-    )
+    sr = build_volume_sr(prediction, sources, seg=seg, segments=numbers, predecessors=predecessors)
     return [d for d in (seg, sr) if d is not None]
 
 
