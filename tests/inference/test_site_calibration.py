@@ -157,12 +157,100 @@ def test_an_ambiguous_conformal_set_stays_indeterminate(sited: ModelPackage) -> 
     assert {f.decision for f in study[0].findings} == {Decision.INDETERMINATE}
 
 
-def test_the_service_names_the_site_from_its_configured_source() -> None:
+def test_the_service_names_the_site_from_its_configured_source_through_the_mapping() -> None:
     facts = {"institution": "Riverside Medical Centre", "station": "RMC-CR02", "calling_ae": "CR02"}
-    assert SiteCalibrationSettings().site_of(**facts) == "Riverside Medical Centre"
-    assert SiteCalibrationSettings(source="station").site_of(**facts) == "RMC-CR02"  # type: ignore[arg-type]
-    mapped = SiteCalibrationSettings(source="calling_ae", sites={"cr02": "RIVER-CR02"})  # type: ignore[arg-type]
-    assert mapped.site_of(**facts) == "RIVER-CR02"
+    sites = {"riverside  medical centre": "River", "RMC-CR02": "River CR", "cr02": "RIVER-CR02"}
+    by_institution = SiteCalibrationSettings(sites=sites).match(**facts)
+    assert (by_institution.value, by_institution.site) == ("Riverside Medical Centre", "River")
+    by_station = SiteCalibrationSettings(source="station", sites=sites).match(**facts)  # type: ignore[arg-type]
+    assert by_station.site == "River CR"
+    by_ae = SiteCalibrationSettings(source="calling_ae", sites=sites).match(**facts)  # type: ignore[arg-type]
+    assert by_ae.site == "RIVER-CR02"
+    # Only the configured source counts: another fact that the mapping names does not.
+    other = SiteCalibrationSettings(source="station", sites={"CR02": "RIVER-CR02"})  # type: ignore[arg-type]
+    assert other.match(**facts).site is None and other.match(**facts).unmapped
+
+
+def test_a_value_the_mapping_does_not_name_is_never_taken_as_the_site_name() -> None:
+    # The institution is spelled as the package's site, but the mapping does not name it.
+    unmapped = SiteCalibrationSettings().match(institution="North General")
+    assert unmapped.site is None and unmapped.unmapped and unmapped.value == "North General"
+    assert not SiteCalibrationSettings().match(institution="  ").unmapped  # no value at all
+
+
+def test_an_unmapped_study_gets_the_global_calibration_and_says_so(sited: ModelPackage) -> None:
+    from overread.inference.site_calibration import unmapped_site
+
+    applied = unmapped_site("North General", "institution", sited).to_dict()
+    assert applied["calibration"] == "global" and applied["unmapped"] is True
+    assert "not in the [service.site_calibration] sites mapping" in applied["reason"]
+    assert "unmapped" not in apply_site_calibration([], sited, "North General").to_dict()
+
+
+def test_an_unmapped_study_is_counted_in_the_metrics() -> None:
+    from unittest.mock import MagicMock
+
+    from overread.service.metrics import ServiceMetrics, observe_unmapped_site
+
+    metrics = ServiceMetrics(MagicMock(), MagicMock(routes=[]))
+    metrics.start()
+    try:
+        observe_unmapped_site("station")
+        observe_unmapped_site("station")
+    finally:
+        metrics.stop()
+    value = metrics.registry.get_sample_value(
+        "overread_site_calibration_unmapped_total", {"source": "station"}
+    )
+    assert value == 2.0
+
+
+def _station_cohort(root: Path, stations: list[str]) -> Path:
+    root.mkdir(parents=True)
+    rows = ["Path,Station,Pneumothorax"] + [
+        f"img{i}.dcm,{station},0" for i, station in enumerate(stations)
+    ]
+    (root / "truth.csv").write_text("\n".join(rows) + "\n")
+    return root
+
+
+def test_the_fit_refuses_cohort_values_the_mapping_does_not_name(tmp_path: Path) -> None:
+    package = load_package(tiny_package(tmp_path / "t"))
+    cohort = _station_cohort(tmp_path / "c", ["NGH-DX01", "RMC-CR02", "LKC-DX04", "NGH-DX01"])
+    mapping = {"ngh-dx01": "Northgate"}
+    with pytest.raises(
+        EvaluationError, match=r"2 station value\(s\) not in .*'LKC-DX04', 'RMC-CR02'"
+    ):
+        calibrate_sites(
+            package, cohort, tmp_path / "o", sites=["Northgate"], version="2",
+            site_source="station", site_map=mapping,
+        )  # fmt: skip
+    # A site the mapping cannot give would never be chosen by the service: refused.
+    with pytest.raises(EvaluationError, match="'Riverside' not among the sites of"):
+        calibrate_sites(
+            package, cohort, tmp_path / "o", sites=["Riverside"], version="2",
+            site_source="station", site_map=mapping,
+        )  # fmt: skip
+    assert not (tmp_path / "o").exists()
+
+
+def test_the_command_refuses_unmapped_cohort_values_in_one_line(
+    run_cli: Run, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    config = tmp_path / "overread.toml"
+    config.write_text(
+        '[service.site_calibration]\nsource = "station"\nsites = {"NGH-DX01" = "Northgate"}\n'
+    )
+    monkeypatch.setenv("OVERREAD_CONFIG", str(config))
+    cohort = _station_cohort(tmp_path / "c", ["NGH-DX01", "RMC-CR02"])
+    status, _, err = run_cli(
+        "models", "calibrate", "--model", "cxr-default", "--data", cohort,
+        "--out", tmp_path / "o", "--site", "Northgate",
+    )  # fmt: skip
+    assert status != 0 and "Traceback" not in err
+    [error] = [line for line in err.splitlines() if line.startswith("error:")]
+    assert "station value(s) not in [service.site_calibration] sites" in error
+    assert "'RMC-CR02'" in error
 
 
 def test_a_verified_package_is_never_edited(sited: ModelPackage, tmp_path: Path) -> None:
@@ -192,6 +280,13 @@ def test_calibrate_site_writes_a_new_version_and_leaves_the_source_alone(
     run_cli: Run, two_sites: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     monkeypatch.setenv("OVERREAD_MODEL_REGISTRY", str(tmp_path / "registry"))
+    # The images of a site are those the service would take for it: by station here.
+    config = tmp_path / "overread.toml"
+    config.write_text(
+        '[service.site_calibration]\nsource = "station"\n'
+        'sites = {"NGH-DX01" = "Northgate General Hospital", "RMC-CR02" = "RMC-CR02"}\n'
+    )
+    monkeypatch.setenv("OVERREAD_CONFIG", str(config))
     source = bundled_dir() / "cxr-default"
     before = _tree_hashes(source)
     out = tmp_path / "sited"
@@ -237,7 +332,7 @@ def test_calibrate_site_writes_a_new_version_and_leaves_the_source_alone(
         "models", "calibrate", "--model", out, "--data", two_sites, "--out", tmp_path / "x",
         "--site", "Lakeside Clinic",
     )  # fmt: skip
-    assert status != 0 and "no images of site 'Lakeside Clinic'" in err
+    assert status != 0 and "'Lakeside Clinic' not among the sites of" in err
     assert "Traceback" not in err
 
 

@@ -145,8 +145,10 @@ def test_each_study_gets_its_own_site_s_calibration(
         site = expected_site[code]
         if site is None:
             assert calibration["calibration"] == "global"
+            # Its station is not in the mapping: never taken as a site name as it is.
             assert calibration["site"] == "LKC-DX04" and calibration["source"] == "station"
-            assert "not calibrated" in calibration["reason"]
+            assert calibration["unmapped"] is True
+            assert "not in the [service.site_calibration] sites" in calibration["reason"]
         else:
             assert calibration == {
                 "site": site,
@@ -181,3 +183,6 @@ def test_each_study_gets_its_own_site_s_calibration(
             if "calibration" in (e.details or {})
         ]
     assert sorted(d["calibration"]["calibration"] for d in audited) == ["global", "site", "site"]
+    assert [d["calibration"].get("unmapped") for d in audited].count(True) == 1
+    log = (tmp_path / "serve.log").read_text()
+    assert "station 'LKC-DX04' is not in [service.site_calibration] sites" in log

@@ -920,12 +920,17 @@ def _calibrate_sites(
     as_json: bool,
 ) -> None:
     """``models calibrate --site``: per-site calibration into a new package version."""
+    from overread.cli.options import service_settings
     from overread.inference.site_calibration import calibrate_sites
 
     registry = _registry()
     new_version = version or f"{source.version}+sites"
+    # The images of a site are matched as the service will match its studies.
+    rule = service_settings(None, None).site_calibration
     typer.echo(
-        f"calibrating {source.name} {source.version} for {', '.join(sites)} on {data} ...",
+        f"calibrating {source.name} {source.version} for {', '.join(sites)} on {data} "
+        f"(images matched by {rule.source.value} through [service.site_calibration] sites, "
+        f"{len(rule.sites)} value(s)) ...",
         err=True,
     )
     package, summary = calibrate_sites(
@@ -939,7 +944,11 @@ def _calibrate_sites(
         whole_cohort=whole_cohort,
         seed=seed,
         key=registry.key,
+        site_source=rule.source.value,
+        site_map=rule.sites,
     )
+    for warning in summary.get("warnings", []):
+        typer.echo(f"warning: {warning}", err=True)
     if as_json:
         typer.echo(
             json.dumps(

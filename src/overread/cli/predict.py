@@ -147,7 +147,7 @@ def predict_command(
             device=device,
         )
         if not isinstance(opened, Pipeline):
-            records, failed = run_volume_model(alias, members, out, as_json=as_json)
+            records, failed = run_volume_model(alias, members, out, as_json=as_json, device=device)
             results.extend(records)
             failures += failed
             continue

@@ -76,16 +76,17 @@ def route_inputs(files: list[Path]) -> RoutedInputs:
 
 
 def run_volume_model(
-    alias: str, files: list[Path], out: Path | None, *, as_json: bool
+    alias: str, files: list[Path], out: Path | None, *, as_json: bool, device: str | None = None
 ) -> tuple[list[dict[str, Any]], int]:
-    """Run a volumetric package on its series; write SEG and SR under ``out``.
+    """Run a volumetric package on its series (on ``device``: auto, cpu, cuda or
+    cuda:N; default the ``[inference]`` setting); write SEG and SR under ``out``.
 
     Returns the result records and the number of series that failed.
     """
     from overread.inference import open_pipeline
     from overread.service.outputs.volume import build_volume_outputs
 
-    pipeline: Any = open_pipeline(alias)
+    pipeline: Any = open_pipeline(alias, device=device)
     records: list[dict[str, Any]] = []
     failures = 0
     baseline = bool(pipeline.package.manifest.metrics.get("baseline"))

@@ -37,6 +37,7 @@ import numpy as np
 from numpy.typing import ArrayLike
 from scipy.special import expit, logit
 
+from overread.data.sites import site_key as _site_key
 from overread.errors import EvaluationError
 from overread.evaluation.calibration import (
     IsotonicCalibration,
@@ -72,8 +73,9 @@ _EPS = 1e-7
 
 
 def site_key(name: str) -> str:
-    """How site names are compared: case and runs of spaces ignored (DICOM pads)."""
-    return " ".join(str(name).split()).casefold()
+    """How site names are compared: case and runs of spaces ignored (DICOM pads); the
+    rule :mod:`overread.data.sites` matches studies by."""
+    return _site_key(name)
 
 
 def minimum_images(method: str) -> int:

@@ -761,7 +761,7 @@ class Pipeline:
 _TRUST_CHUNK = 8
 
 
-_VOLUME_CACHE: dict[tuple[str, str, int | None], VolumePipeline] = {}
+_VOLUME_CACHE: dict[tuple[str, str, int | None, str], VolumePipeline] = {}
 
 
 def open_pipeline(
@@ -773,7 +773,10 @@ def open_pipeline(
 ) -> Pipeline | VolumePipeline:
     """The pipeline for a model, dispatched on its package: a :class:`Pipeline` for a
     classifier, a :class:`~overread.inference.volume.VolumePipeline` for a package
-    with a ``volume`` section (segmentation, detection). Both are cached."""
+    with a ``volume`` section (segmentation, detection). Both are cached.
+
+    A volumetric pipeline takes only the ``device`` option (default: the
+    ``[inference]`` setting): the other options are a classifier's."""
     from overread.inference.volume import VolumePipeline
 
     if registry is None:
@@ -785,11 +788,12 @@ def open_pipeline(
     package = registry.load(name or "")
     if not package.manifest.is_volumetric:  # a classifier (or a package that says why not)
         return Pipeline.from_name(name, registry=registry, threads=threads, **options)  # type: ignore[arg-type]
-    key = (str(package.path), package.sha256, threads)
+    device = str(options.get("device") or configured_inference().device)
+    key = (str(package.path), package.sha256, threads, device)
     with _CACHE_LOCK:
         cached = _VOLUME_CACHE.get(key)
         if cached is None:
-            cached = _VOLUME_CACHE[key] = VolumePipeline(package, threads=threads)
+            cached = _VOLUME_CACHE[key] = VolumePipeline(package, threads=threads, device=device)
     return cached
 
 

@@ -2,8 +2,11 @@
 into a new package version, and applied to each study by the site it came from.
 
 ``overread models calibrate --site S --data COHORT`` runs the package on the cohort's
-images of site ``S`` (matched on the cohort's Site or Station column or the images'
-Institution Name or Station Name), fits the site's temperature or isotonic map and
+images of site ``S`` - matched by the rule the service uses
+(:mod:`overread.data.sites`): the configured source value of each image (its
+Institution Name or Station Name, from the cohort's Institution or Station column
+or its header; a CallingAE column for ``calling_ae``) looked up in the ``sites``
+mapping; a cohort with values the mapping does not name is refused - fits the site's temperature or isotonic map and
 operating points (:func:`overread.evaluation.site_calibration.fit_site`) and writes
 them, with the sites an earlier version carried, into a NEW package version: the
 source package is copied, never edited.
@@ -25,7 +28,7 @@ from __future__ import annotations
 import csv
 import hashlib
 import logging
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -33,6 +36,13 @@ from typing import Any
 import numpy as np
 import pydicom
 
+from overread.data.sites import (
+    SiteMatch,
+    mapped_sites,
+    match_site,
+    site_key,
+    unmapped_values,
+)
 from overread.errors import EvaluationError, ModelPackageError
 from overread.evaluation.site_calibration import (
     MIN_PER_CLASS,
@@ -41,7 +51,6 @@ from overread.evaluation.site_calibration import (
     map_probabilities,
     merge_sites,
     minimum_images,
-    site_key,
 )
 from overread.explain.uncertainty import binary_entropy
 from overread.inference.cohort import cohort_inputs
@@ -73,6 +82,9 @@ class SiteCalibrationApplied:
         Labels kept on the global calibration, each with the reason.
     reason
         Why the whole study kept the global calibration (empty when it did not).
+    unmapped
+        The study's site value is not in the service's ``sites`` mapping (so it got
+        the global calibration: a value is never taken for a site name as it is).
     """
 
     site: str
@@ -82,6 +94,7 @@ class SiteCalibrationApplied:
     method: str | None = None
     fallback: dict[str, str] = field(default_factory=dict)
     reason: str = ""
+    unmapped: bool = False
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-able form (``summary["calibration"]``)."""
@@ -97,7 +110,23 @@ class SiteCalibrationApplied:
             data["fallback"] = dict(self.fallback)
         if self.reason:
             data["reason"] = self.reason
+        if self.unmapped:
+            data["unmapped"] = True
         return data
+
+
+def unmapped_site(value: str, source: str, package: ModelPackage) -> SiteCalibrationApplied:
+    """What a study whose site value ``value`` (from ``source``) the service's ``sites``
+    mapping does not name gets: the package's global calibration, with the reason."""
+    if package.manifest.site_calibration is None:
+        reason = f"{package.name} {package.version} has no per-site calibration"
+    else:
+        reason = (
+            f"{source} {value!r} is not in the [service.site_calibration] sites mapping "
+            "(a value is never taken for a site name as it is)"
+        )
+    logger.info("global calibration: %s", reason)
+    return SiteCalibrationApplied(value, source, "global", reason=reason, unmapped=True)
 
 
 def _recalibrated(
@@ -201,22 +230,41 @@ def _header_names(path: str) -> tuple[str, str]:
     return str(ds.get("InstitutionName", "") or ""), str(ds.get("StationName", "") or "")
 
 
-def cohort_site_names(cohort: Path, ids: Sequence[str]) -> list[set[str]]:
-    """For each image (``ids``: truth.csv Paths) the names it could be known by:
-    the cohort's Site and Station columns and its header's Institution and Station Name
-    (compare them with :func:`~overread.evaluation.site_calibration.site_key`)."""
-    columns: dict[str, dict[str, str]] = {}
+#: The truth.csv column that gives each site source's value (before the header).
+_SOURCE_COLUMNS = {"institution": "Institution", "station": "Station", "calling_ae": "CallingAE"}
+
+
+def cohort_site_matches(
+    cohort: Path, ids: Sequence[str], source: str, sites: Mapping[str, str]
+) -> list[SiteMatch]:
+    """For each image (``ids``: truth.csv Paths) its site under the service's rule
+    (:func:`overread.data.sites.match_site`): its ``source`` value - the cohort's
+    Institution, Station or CallingAE column, else its header's Institution or Station
+    Name (a header names no calling AE) - looked up in ``sites``."""
+    column = _SOURCE_COLUMNS[source]
+    values: dict[str, str] = {}
     with (cohort / "truth.csv").open(newline="", encoding="utf-8") as handle:
         for row in csv.DictReader(handle):
-            columns[row.get("Path", "")] = {
-                k: row.get(k, "") or "" for k in ("Site", "Station", "Institution")
-            }
-    names = []
+            values[row.get("Path", "")] = row.get(column, "") or ""
+    matches = []
     for image in ids:
-        found = set(columns.get(image, {}).values())
-        found.update(_header_names(str(cohort / image)))
-        names.append({" ".join(n.split()) for n in found if n.strip()})
-    return names
+        value = values.get(image, "")
+        if not value.strip() and source != "calling_ae":
+            institution, station = _header_names(str(cohort / image))
+            value = institution if source == "institution" else station
+        matches.append(match_site(source, sites, **{source: value}))
+    return matches
+
+
+def _cohort_paths(cohort: Path) -> list[str]:
+    """The images truth.csv lists (its Path column), in its order."""
+    with (cohort / "truth.csv").open(newline="", encoding="utf-8") as handle:
+        return [row.get("Path", "") or "" for row in csv.DictReader(handle)]
+
+
+def _listed(names: Sequence[str], limit: int = 8) -> str:
+    shown = ", ".join(repr(n) for n in names[:limit])
+    return shown + (f" and {len(names) - limit} more" if len(names) > limit else "")
 
 
 def calibrate_sites(
@@ -231,20 +279,28 @@ def calibrate_sites(
     whole_cohort: bool = False,
     seed: int = 0,
     key: bytes | None = None,
+    site_source: str = "institution",
+    site_map: Mapping[str, str] | None = None,
 ) -> tuple[ModelPackage, dict[str, Any]]:
     """Fit each site's calibration on its images of ``cohort``; write version ``version``.
 
+    An image is a site's when its ``site_source`` value maps to the site in
+    ``site_map`` - the service's ``[service.site_calibration]`` ``source`` and
+    ``sites``, so that a study is given the calibration fitted on its like.
     ``whole_cohort``: every image of the cohort is from the (one) site, e.g. when
-    the site is a calling AE title no header names. Returns the new package and a
+    the site is a calling AE title no header names (a site the mapping cannot give
+    is then written with a warning in the summary). Returns the new package and a
     summary ``{"sites": {site: {"images", "method", "labels": {label: {...}},
-    "fallback": {label: reason}}}}``.
+    "fallback": {label: reason}}}, "warnings": [...]}``.
 
     Raises
     ------
     ModelPackageError
         If ``out`` exists or ``version`` is the source's (a version is never edited).
     EvaluationError
-        If the cohort has no images of a site, or unreadable images.
+        If the cohort has no images of a site, or unreadable images; if a site is not
+        one the mapping gives, or the cohort has source values the mapping does not
+        name (each listed: a value is never taken for a site name as it is).
     """
     if out.exists():
         raise ModelPackageError(f"{out}: already exists; a package version is never overwritten")
@@ -256,6 +312,37 @@ def calibrate_sites(
         raise EvaluationError("name at least one site")
     if whole_cohort and len(sites) != 1:
         raise EvaluationError("a whole cohort is the sample of one site; name one")
+    mapping = dict(site_map or {})
+    known = {site_key(s) for s in mapped_sites(mapping)}
+    outside = [s for s in sites if site_key(s) not in known]
+    warnings: list[str] = []
+    rule = f"[service.site_calibration] sites (source {site_source})"
+    if outside and whole_cohort:
+        warnings.append(
+            f"site {outside[0]!r} is not a site of {rule}: the service will not choose its "
+            "calibration until the mapping names it"
+        )
+    elif outside:
+        raise EvaluationError(
+            f"site(s) {_listed(outside)} not among the sites of {rule}: "
+            f"{_listed(mapped_sites(mapping)) or 'none (the mapping is empty)'}; map the "
+            "cohort's values to them, or use --whole-cohort for a cohort of one site"
+        )
+    # Every image's site, before the model runs on any: a value the mapping does not
+    # name stops the fit at once.
+    by_path: dict[str, SiteMatch] = {}
+    if not whole_cohort:
+        paths = _cohort_paths(cohort)
+        by_path = dict(
+            zip(paths, cohort_site_matches(cohort, paths, site_source, mapping), strict=True)
+        )
+    unmapped = unmapped_values(by_path.values())
+    if unmapped:
+        raise EvaluationError(
+            f"{cohort}: {len(unmapped)} {site_source} value(s) not in {rule}: "
+            f"{_listed(unmapped)}; map each to its site (a value is never taken for a "
+            "site name as it is)"
+        )
     inputs = cohort_inputs(str(source.path), cohort)
     if inputs.failed:
         raise EvaluationError(
@@ -263,20 +350,25 @@ def calibrate_sites(
             f"({inputs.warnings[0] if inputs.warnings else ''})"
         )
     labels = inputs.labels
-    known_as = cohort_site_names(cohort, inputs.ids)
+    matches = [
+        by_path.get(image) or cohort_site_matches(cohort, [image], site_source, mapping)[0]
+        for image in ([] if whole_cohort else inputs.ids)
+    ]
     truth_sha = hashlib.sha256((cohort / "truth.csv").read_bytes()).hexdigest()
     floor = minimum_images(method) if min_images is None else min_images
     entries: dict[str, SiteCalibrationEntry] = {}
     for site in sites:
         rows = np.array(
-            [whole_cohort or site_key(site) in {site_key(n) for n in names} for names in known_as],
+            [whole_cohort] * len(inputs.ids)
+            if whole_cohort
+            else [m.site is not None and site_key(m.site) == site_key(site) for m in matches],
             dtype=bool,
         )
         if not rows.any():
-            present = sorted({n for names in known_as for n in names})
+            present = sorted({m.site for m in matches if m.site})
             raise EvaluationError(
-                f"{cohort}: no images of site {site!r} (the cohort names: "
-                f"{', '.join(present) or 'none'}; --whole-cohort takes every image)"
+                f"{cohort}: no images of site {site!r} (by {site_source}, the cohort's sites "
+                f"are: {', '.join(present) or 'none'}; --whole-cohort takes every image)"
             )
         entries[site] = fit_site(
             inputs.truth[rows],
@@ -288,7 +380,7 @@ def calibrate_sites(
             cohort={
                 "cohort": cohort.name,
                 "images": int(rows.sum()),
-                "matched": "whole cohort" if whole_cohort else "site, station or institution",
+                "matched": "whole cohort" if whole_cohort else f"{site_source} via sites",
                 "truth_sha256": truth_sha,
                 "seed": seed,
             },
@@ -321,6 +413,8 @@ def calibrate_sites(
         "min_images": floor,
         "min_per_class": MIN_PER_CLASS,
         "sites_in_package": sorted(section.sites),
+        "site_source": site_source,
+        "warnings": warnings,
     }
     return package, summary
 
@@ -329,5 +423,6 @@ __all__ = [
     "SiteCalibrationApplied",
     "apply_site_calibration",
     "calibrate_sites",
-    "cohort_site_names",
+    "cohort_site_matches",
+    "unmapped_site",
 ]

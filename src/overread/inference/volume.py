@@ -4,7 +4,9 @@ A package with a ``volume`` section (segmentation or detection task) reads a who
 series: the slices are assembled into a volume by geometry
 (:func:`overread.imaging.series.assemble_volume`), resampled to the package's
 spacing, and run by sliding windows with overlap and Gaussian blending (MONAI's
-``sliding_window_inference``, windows and the blended output on the CPU). Memory is
+``sliding_window_inference``: the windows run on the pipeline's device - ``cpu``,
+``cuda``, ``cuda:N`` or ``auto``, as for the chest X-ray models - and are blended
+into an output on the CPU). Memory is
 bounded by the *resampled* volume: the network's output exists only at the
 package's spacing, and probabilities come back to the source grid one slice at a
 time (bilinear in-plane, linear across slices), straight into a ``uint8`` label
@@ -35,6 +37,7 @@ from overread.imaging import ImageMetadata
 from overread.imaging.series import Volume, assemble_volume
 from overread.inference.nodules import categorise, density_of, solid_diameter_mm
 from overread.inference.result import ModelRef, Prediction
+from overread.inference.runtimes import torch_device
 from overread.models.manifest import Task, VolumeSpec
 from overread.models.package import ModelPackage
 from overread.results import Decision, FindingResult, Region
@@ -102,9 +105,15 @@ def upsample_plane(
 
 
 def sliding_window(
-    network: torch.nn.Module, volume: npt.NDArray[np.float32], spec: VolumeSpec
+    network: torch.nn.Module,
+    volume: npt.NDArray[np.float32],
+    spec: VolumeSpec,
+    device: torch.device | None = None,
 ) -> npt.NDArray[np.float32]:
-    """Network logits ``(C, d, h, w)`` for a resampled volume, by Gaussian-blended windows."""
+    """Network logits ``(C, d, h, w)`` for a resampled volume, by Gaussian-blended windows.
+
+    Each window runs on ``device`` (where ``network`` is; default the CPU); the blended
+    output is kept on the CPU, so a GPU holds only a batch of windows at a time."""
     from monai.inferers import sliding_window_inference
 
     x = torch.from_numpy(np.ascontiguousarray(volume, dtype=np.float32))[None, None]
@@ -122,7 +131,7 @@ def sliding_window(
             mode="gaussian",
             sigma_scale=spec.sigma_scale,
             padding_mode="replicate",
-            sw_device="cpu",
+            sw_device=device or torch.device("cpu"),
             device="cpu",
         )
     assert isinstance(out, torch.Tensor)
@@ -220,7 +229,9 @@ class VolumePipeline:
 
     volumetric = True
 
-    def __init__(self, package: ModelPackage, *, threads: int | None = None) -> None:
+    def __init__(
+        self, package: ModelPackage, *, threads: int | None = None, device: str = "cpu"
+    ) -> None:
         manifest = package.manifest
         if manifest.volume is None:
             raise ModelPackageError(f"{package.path}: package has no 'volume' section")
@@ -230,7 +241,9 @@ class VolumePipeline:
         self.spec: VolumeSpec = manifest.volume
         self.task = manifest.task
         self.labels = package.labels
-        self.network = package.build_network()
+        # An unknown or unavailable device is an InferenceError naming it (one line).
+        self.device = torch_device(device)
+        self.network = package.build_network().to(self.device)
         self.threads = threads
         self._lock = threading.Lock()
         self.model = ModelRef(
@@ -262,7 +275,7 @@ class VolumePipeline:
         )
         resampled = time.perf_counter()
         with self._lock:
-            logits = sliding_window(self.network, low, spec)
+            logits = sliding_window(self.network, low, spec, self.device)
         inferred = time.perf_counter()
         del low
         probabilities = np.asarray(1.0 / (1.0 + np.exp(-logits)), dtype=np.float32)

@@ -157,7 +157,7 @@ class InferenceHandler:
         paths = [p for p, _ in items]
         pipeline = self.models.get(payload.model_ref)
         if getattr(pipeline, "volumetric", False):
-            return self._run_volume(job, payload, pipeline, items, replaces, started)
+            return self._run_volume(job, payload, pipeline, items, replaces, superseded, started)
         cam_segmentation = alias in self.services.config.cam_segmentation
         explain = self.services.config.explain or cam_segmentation
         predictions = list(
@@ -272,12 +272,30 @@ class InferenceHandler:
         institution = first.institution or (
             str(header.get("InstitutionName", "") or "") if header is not None else ""
         )
-        site = settings.site_of(
-            institution=institution, station=station, calling_ae=first.calling_ae
+        match = settings.match(
+            institution=institution, station=station, calling_ae=first.calling_ae or ""
         )
-        applied = apply_site_calibration(
-            predictions, pipeline.package, site, source=settings.source.value
-        )
+        source = settings.source.value
+        if match.unmapped:
+            # Never taken as a site name as it is: the global calibration, said loudly.
+            from overread.inference.site_calibration import unmapped_site
+            from overread.service.metrics import observe_unmapped_site
+
+            applied = unmapped_site(match.value, source, pipeline.package)
+            if pipeline.package.manifest.site_calibration is not None:
+                logger.warning(
+                    "site calibration: %s %r is not in [service.site_calibration] sites; "
+                    "the study gets the global calibration of %s %s",
+                    source,
+                    match.value,
+                    pipeline.package.name,
+                    pipeline.package.version,
+                )
+                observe_unmapped_site(source)
+        else:
+            applied = apply_site_calibration(
+                predictions, pipeline.package, match.site or "", source=source
+            )
         return applied.to_dict()
 
     def _run_volume(
@@ -287,10 +305,12 @@ class InferenceHandler:
         pipeline: Any,
         items: list[tuple[Path, Instance]],
         replaces: int | None,
+        superseded: list[dict[str, Any]],
         started: float,
     ) -> list[int]:
         """A CT segmentation or detection model: per series, SEG and SR (see
-        :mod:`overread.service.infer_volume`)."""
+        :mod:`overread.service.infer_volume`); a re-read's SRs supersede those sent
+        before (``superseded``), as the X-ray path's SR does."""
         from overread.service.infer_volume import run_volume_study
         from overread.service.outputs.fhir import study_header
 
@@ -303,6 +323,7 @@ class InferenceHandler:
             model_name=job.model_name,
             study=study,
             build=payload.role is not RolloutRole.SHADOW,
+            predecessors=[self._sr_header(r, job) for r in superseded],
         )
         modelled = time.perf_counter()
         if (
@@ -332,6 +353,8 @@ class InferenceHandler:
         # A volume result is one entry per series: which images it read is kept
         # beside them, so a complete-again study is not taken for one that grew.
         summary["read_sop_instance_uids"] = [row.sop_instance_uid for _, row in items]
+        if superseded:
+            summary["superseded"] = superseded
         exports = self._finish(
             job, payload, None, summary, artifacts, _study_context(items, header), replaces=replaces
         )
@@ -387,6 +410,7 @@ class InferenceHandler:
             "key": stored.key,
             "sop_class_uid": str(dataset.SOPClassUID),
             "sop_instance_uid": str(dataset.SOPInstanceUID),
+            "series_instance_uid": str(dataset.get("SeriesInstanceUID", "")),
             "modality": str(dataset.get("Modality", "")),
         }
 
@@ -585,12 +609,11 @@ def _read_uids(summary: dict[str, Any]) -> set[str]:
 def _superseded_chain(result: Result) -> list[dict[str, Any]]:
     """The SRs a re-read of ``result``'s study supersedes: those it superseded already,
     then its own SR (the one sent)."""
-    from overread.service.review import _reference, _sr_entry
+    from overread.service.review import _reference, _sr_entries
 
     chain = [dict(r) for r in (result.summary or {}).get("superseded") or ()]
-    sr = _sr_entry(result.artifacts or [])
-    if sr is not None:
-        chain.append(_reference(sr))
+    # A CT result has one SR per series: each is superseded.
+    chain.extend(_reference(sr) for sr in _sr_entries(result.artifacts or []))
     return chain
 
 

@@ -75,16 +75,20 @@ def run_volume_study(
     model_name: str,
     study: StudyHeader,
     build: bool,
+    predecessors: Sequence[Any] = (),
 ) -> tuple[list[Prediction], list[Any]]:
     """Predictions (one per series) and the DICOM objects to store (SEG, SR).
 
-    ``build`` false (a shadow model) makes no objects. When no series of the study
+    ``build`` false (a shadow model) makes no objects. ``predecessors``: the SRs an
+    earlier read of the study sent (their headers), when the study is read again
+    because more of it arrived: each series' new SR supersedes those of the same
+    series (a stand-in header that names no series: every new SR supersedes it). When no series of the study
     can be analysed (not CT, a single slice, slices that do not make a volume), each
     series' prediction is marked refused with its reason and no object is made: the
     study is "not analysed" (:func:`overread.service.runtime.not_analysed`), since
     running it again would fail the same way.
     """
-    from overread.service.outputs.volume import build_volume_outputs
+    from overread.service.outputs.volume import build_volume_outputs, source_series
 
     paths = [path for path, _ in items]
     outputs = pipeline.predict_series(paths)
@@ -113,13 +117,18 @@ def run_volume_study(
                 prediction.regions, prior[1], prior_study=prior[0]
             )
         if build:
+            sources = output.source_datasets()
+            series = {str(ds.SeriesInstanceUID) for ds in sources[:1]}
             datasets.extend(
                 build_volume_outputs(
                     prediction,
-                    output.source_datasets(),
+                    sources,
                     output.label_map,
                     output.labels,
                     baseline=baseline,
+                    predecessors=[
+                        p for p in predecessors if not source_series(p) or source_series(p) & series
+                    ],
                 )
             )
     return [o.prediction for o in outputs], datasets

@@ -182,6 +182,13 @@ class ServiceMetrics:
             buckets=_BUCKETS,
             registry=self.registry,
         )
+        self.unmapped_sites = Counter(
+            "overread_site_calibration_unmapped",
+            "Studies whose site value [service.site_calibration] sites does not map "
+            "(given the global calibration)",
+            ["source"],
+            registry=self.registry,
+        )
         self.registry.register(_StateCollector(queue, config, models))
 
     def observe_ingest(self, outcome: IngestOutcome) -> None:
@@ -214,6 +221,14 @@ class ServiceMetrics:
             _LIVE.discard(self)
 
 
+def observe_unmapped_site(source: str) -> None:
+    """A worker counts a study whose site value the ``sites`` mapping does not name."""
+    with _LIVE_LOCK:
+        live = list(_LIVE)
+    for metrics in live:
+        metrics.unmapped_sites.labels(source=source).inc()
+
+
 def observe_stage_timings(timings: Mapping[str, float]) -> None:
     """A worker reports one image's stage timings to this process's gateways."""
     with _LIVE_LOCK:
@@ -222,4 +237,4 @@ def observe_stage_timings(timings: Mapping[str, float]) -> None:
         metrics.observe_timings(timings)
 
 
-__all__ = ["STAGES", "ServiceMetrics", "observe_stage_timings"]
+__all__ = ["STAGES", "ServiceMetrics", "observe_stage_timings", "observe_unmapped_site"]

@@ -80,8 +80,12 @@ logger = logging.getLogger(__name__)
 FHIR_DESTINATION_PREFIX = "fhir:"
 HL7_DESTINATION_PREFIX = "hl7:"
 STOW_DESTINATION_PREFIX = "stow:"
-#: SOP Class UID of the Comprehensive SR each result carries.
+#: SOP Class UID of the Comprehensive SR each X-ray result carries.
 COMPREHENSIVE_SR = "1.2.840.10008.5.1.4.1.1.88.33"
+#: SOP Class UID of the Comprehensive 3D SR (TID 1500, nodules) of each CT series.
+COMPREHENSIVE_3D_SR = "1.2.840.10008.5.1.4.1.1.88.34"
+#: The SR classes a result's findings go out in (all reviewed, verified, superseded).
+RESULT_SR_CLASSES = frozenset({COMPREHENSIVE_SR, COMPREHENSIVE_3D_SR})
 #: SOP Class UID of the Secondary Captures the overlays are.
 SECONDARY_CAPTURE = "1.2.840.10008.5.1.4.1.1.7"
 #: The actor of what the gateway does by itself (time-outs).
@@ -323,8 +327,13 @@ def queue_exports(
     return created
 
 
+def _sr_entries(artifacts: Sequence[Any]) -> list[dict[str, Any]]:
+    """A result's SRs: the X-ray's one, or one Comprehensive 3D SR per CT series."""
+    return [a for a in artifacts if a.get("sop_class_uid") in RESULT_SR_CLASSES]
+
+
 def _sr_entry(artifacts: Sequence[Any]) -> dict[str, Any] | None:
-    return next((a for a in artifacts if a.get("sop_class_uid") == COMPREHENSIVE_SR), None)
+    return next(iter(_sr_entries(artifacts)), None)
 
 
 class ReviewDesk:
@@ -584,12 +593,24 @@ class ReviewDesk:
         )
         superseded = list(review.superseded or []) if review is not None else []
         new_sr: dict[str, Any] | None = None
-        if old_sr is not None:
+        if old_sr is not None and old_sr.get("sop_class_uid") == COMPREHENSIVE_SR:
             predecessors = [*superseded, old_sr] if correction else list(superseded)
             new_sr = self._verified_sr(result, summary, headers, verification, old_sr, predecessors)
             artifacts = [new_sr if a is old_sr else a for a in artifacts]
             if correction:
                 superseded.append(_reference(old_sr))
+        new_srs = [] if new_sr is None else [new_sr]
+        # A CT result: each series' Comprehensive 3D SR rebuilt verified (its SEG kept).
+        volume_srs = [a for a in artifacts if a.get("sop_class_uid") == COMPREHENSIVE_3D_SR]
+        for old in volume_srs:
+            rebuilt = self._verified_volume_sr(
+                result, summary, verification, old, artifacts, correction=correction
+            )
+            artifacts = [rebuilt if a is old else a for a in artifacts]
+            new_srs.append(rebuilt)
+            if correction:
+                superseded.append(_reference(old))
+        new_sr = next(iter(new_srs), None)
         # The PDF report and the overlays state the verification too (rebuilt, new UIDs).
         artifacts = self._verified_documents(result, summary, headers, verification, artifacts)
         row = session.get(Result, result.id)
@@ -643,7 +664,7 @@ class ReviewDesk:
             action=AuditAction.REVIEW_EDIT if edited else AuditAction.REVIEW_ACCEPT,
             object_uids=[
                 result.study_instance_uid,
-                *([new_sr["sop_instance_uid"]] if new_sr else []),
+                *(str(sr["sop_instance_uid"]) for sr in new_srs),
             ],
             details={
                 "result_id": result.id,
@@ -652,6 +673,7 @@ class ReviewDesk:
                 "decisions": {k: v.value for k, v in request.decisions.items()},
                 "note": request.note[:1000],
                 "sr": None if new_sr is None else new_sr["sop_instance_uid"],
+                "srs": [str(sr["sop_instance_uid"]) for sr in new_srs],
                 "superseded": [s["sop_instance_uid"] for s in superseded],
                 "exports": exports,
             },
@@ -745,6 +767,105 @@ class ReviewDesk:
             "series_instance_uid": str(sr.SeriesInstanceUID),
             "modality": "SR",
         }
+
+    def _verified_volume_sr(
+        self,
+        result: Result,
+        summary: ResultSummary,
+        verification: Verification,
+        old_sr: Mapping[str, Any],
+        artifacts: Sequence[Mapping[str, Any]],
+        *,
+        correction: bool,
+    ) -> dict[str, Any]:
+        """Build, store and describe one CT series' Comprehensive 3D SR as the reader
+        verified it: the same nodules and measurements, the same source slices and SEG
+        segments as the SR it replaces (read from the stored objects), in that SR's
+        series with the next Instance Number. The new SR supersedes what the old one
+        superseded (Predecessor Documents Sequence) and, as a correction, the old one."""
+        from overread.imaging import read_dataset
+        from overread.service.outputs.volume import (
+            SEGMENTATION,
+            build_volume_sr,
+            evidence_of,
+            region_segments,
+            source_series,
+        )
+
+        previous = self._stored_header(old_sr)
+        if previous is None:
+            raise ReviewError(
+                f"result {result.id}: its SR {old_sr.get('sop_instance_uid')} cannot be read"
+            )
+        evidence = evidence_of(previous)
+        series = source_series(previous)
+        slices = [uid for _, cls, uid in evidence if cls != SEGMENTATION]
+        seg_uids = {uid for _, cls, uid in evidence if cls == SEGMENTATION}
+        with self.database.session() as session:
+            rows = session.scalars(
+                select(Instance).where(Instance.study_instance_uid == result.study_instance_uid)
+            ).all()
+            keys = {r.sop_instance_uid: r.object_key for r in rows}
+            series_of = {r.sop_instance_uid: r.series_instance_uid for r in rows}
+        missing = [uid for uid in slices if uid not in keys]
+        if missing or not slices:
+            raise ReviewError(
+                f"result {result.id}: {len(missing) or 'the'} source slice(s) of its CT SR "
+                "are no longer stored"
+            )
+        try:
+            sources = [read_dataset(self.store.path(keys[uid]), pixels=False) for uid in slices]
+        except Exception as exc:  # a lost slice cannot be referenced; say so
+            raise ReviewError(f"result {result.id}: a source slice cannot be read: {exc}") from exc
+        prediction = next(
+            (
+                p
+                for i, p in summary.usable()
+                if series_of.get(summary.sop_instance_uid(i)) in series
+            ),
+            None,
+        )
+        if prediction is None:
+            raise ReviewError(f"result {result.id}: no stored reading of series {sorted(series)}")
+        model = ModelRef(name=str(result.model_name), version=str(result.model_version))
+        own = prediction.model
+        prediction.model = ModelRef(
+            name=own.name or model.name,
+            version=own.version or model.version,
+            sha256=own.sha256 or model.sha256,
+        )
+        seg_entry = next((a for a in artifacts if a.get("sop_instance_uid") in seg_uids), None)
+        seg = None if seg_entry is None else self._stored_header(seg_entry)
+        if seg_uids and seg is None:
+            raise ReviewError(f"result {result.id}: the SEG its CT SR references cannot be read")
+        # What the SR it replaces superseded (an earlier read's SR, an earlier
+        # correction's), and that SR itself when it went out.
+        predecessors = [
+            _reference_dataset(
+                {
+                    "sop_class_uid": ref.ReferencedSOPClassUID,
+                    "sop_instance_uid": ref.ReferencedSOPInstanceUID,
+                    "series_instance_uid": item.SeriesInstanceUID,
+                },
+                str(study.StudyInstanceUID),
+            )
+            for study in previous.get("PredecessorDocumentsSequence", [])
+            for item in study.get("ReferencedSeriesSequence", [])
+            for ref in item.get("ReferencedSOPSequence", [])
+        ]
+        if correction:
+            predecessors.append(previous)
+        sr = build_volume_sr(
+            prediction,
+            sources,
+            seg=seg,
+            segments=None if seg is None else region_segments(seg, prediction.regions or []),
+            series_instance_uid=str(previous.SeriesInstanceUID),
+            instance_number=1 + int(previous.get("InstanceNumber") or 1),
+            verification=verification,
+            predecessors=predecessors,
+        )
+        return self._store_dataset(sr, "SR")
 
     def _store_dataset(self, dataset: Dataset, modality: str) -> dict[str, Any]:
         buffer = BytesIO()
@@ -1120,6 +1241,9 @@ def _reference_dataset(reference: Mapping[str, Any], study_uid: str = "") -> Dat
 
 
 __all__ = [
+    "COMPREHENSIVE_3D_SR",
+    "COMPREHENSIVE_SR",
+    "RESULT_SR_CLASSES",
     "REVIEW_ACTOR",
     "UNREVIEWED",
     "Reader",

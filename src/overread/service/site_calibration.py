@@ -9,17 +9,25 @@ Example ``overread.toml``::
     sites = {"CR01" = "Riverside Medical Centre"}   # raw value -> the package's site name
 
 The study's site is its first image's Institution Name (``institution``), Station
-Name (``station``) or the calling AE title that sent it (``calling_ae``); ``sites``
-maps a raw value to the name the package's calibration carries (several stations of
-one hospital to one site, say). A value ``sites`` does not map is used as it is;
-names are compared ignoring case and runs of spaces.
+Name (``station``) or the calling AE title that sent it (``calling_ae``), looked up
+in ``sites``, which maps a raw value to the name the package's calibration carries
+(several stations of one hospital to one site, say); names are compared ignoring
+case and runs of spaces. A value ``sites`` does not map is *unmapped*, never used
+as it is: the study gets the global calibration, with a warning, a count
+(``overread_site_calibration_unmapped_total``) and the reason in its result and
+audit record. ``overread models calibrate --site`` matches a cohort's images by the
+same rule (:mod:`overread.data.sites`).
 """
 
 from __future__ import annotations
 
 import enum
+from typing import TYPE_CHECKING
 
 from pydantic import BaseModel, ConfigDict, Field
+
+if TYPE_CHECKING:
+    from overread.data.sites import SiteMatch
 
 
 class CalibrationSiteSource(enum.StrEnum):
@@ -47,21 +55,23 @@ class SiteCalibrationSettings(BaseModel):
     )
     sites: dict[str, str] = Field(
         default_factory=dict,
-        description="raw institution, station or AE title -> the package's site name",
+        description="raw institution, station or AE title -> the package's site name; "
+        "a value not listed is unmapped (the global calibration), never used as it is",
     )
 
-    def site_of(self, *, institution: str, station: str, calling_ae: str) -> str:
-        """The study's site name (``""`` when its source is empty)."""
-        raw = {
-            CalibrationSiteSource.INSTITUTION: institution,
-            CalibrationSiteSource.STATION: station,
-            CalibrationSiteSource.CALLING_AE: calling_ae,
-        }[self.source].strip()
-        wanted = " ".join(raw.split()).casefold()
-        for value, site in self.sites.items():
-            if " ".join(value.split()).casefold() == wanted:
-                return site
-        return raw
+    def match(self, *, institution: str = "", station: str = "", calling_ae: str = "") -> SiteMatch:
+        """The study's site under the shared rule (:func:`overread.data.sites.match_site`)."""
+        # Imported here: the data package loads pandas, which reading the settings
+        # must not wait for.
+        from overread.data.sites import match_site
+
+        return match_site(
+            self.source.value,
+            self.sites,
+            institution=institution,
+            station=station,
+            calling_ae=calling_ae,
+        )
 
 
 __all__ = ["CalibrationSiteSource", "SiteCalibrationSettings"]

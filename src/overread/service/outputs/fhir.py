@@ -312,6 +312,8 @@ class ResultNotFoundError(ServiceError, LookupError):
 
 #: SOP Class UID of the Comprehensive SR the gateway sends with each result.
 _COMPREHENSIVE_SR = "1.2.840.10008.5.1.4.1.1.88.33"
+#: A CT result's SR (one per series; the report names the first).
+_COMPREHENSIVE_3D_SR = "1.2.840.10008.5.1.4.1.1.88.34"
 
 
 def study_header(header: ImageMetadata) -> StudyHeader:
@@ -389,7 +391,7 @@ def fhir_report_for_result(result: Any, verification: Verification | None = None
         (
             str(a["sop_instance_uid"])
             for a in result.artifacts or []
-            if a.get("sop_class_uid") == _COMPREHENSIVE_SR
+            if a.get("sop_class_uid") in (_COMPREHENSIVE_SR, _COMPREHENSIVE_3D_SR)
         ),
         None,
     )

@@ -537,6 +537,38 @@ def build_sr(
     )
 
 
+def verification_options(verification: Verification | None) -> dict[str, Any]:
+    """The flags of an SR document (highdicom's keyword arguments): ``UNVERIFIED`` and
+    ``PRELIMINARY`` without a reader's verification, else ``VERIFIED`` and ``FINAL``
+    with the reader as the Verifying Observer and their organisation."""
+    if verification is None:
+        return {"is_final": False, "is_verified": False}
+    return {
+        "is_final": True,
+        "is_verified": True,
+        "verifying_observer_name": verification.observer_name,
+        "verifying_organization": verification.organization[:64] or MANUFACTURER,
+    }
+
+
+def stamp_verification(sr: Dataset, verification: Verification | None) -> None:
+    """Date the Verifying Observer item when the reader verified, not when the document
+    was built (highdicom's default, in local time)."""
+    if verification is None:
+        return
+    moment = verification.verified_at.astimezone(UTC)
+    sr.VerifyingObserverSequence[0].VerificationDateTime = moment.strftime("%Y%m%d%H%M%S.%f+0000")
+
+
+def reader_review_item(verification: Verification) -> hd.sr.TextContentItem:
+    """The "Reader review" text of a verified SR: who verified, what they changed."""
+    return hd.sr.TextContentItem(
+        name=oc.READER_REVIEW.to_dicom(),
+        value=verification.statement[:1024],
+        relationship_type=hd.sr.RelationshipTypeValues.CONTAINS,
+    )
+
+
 def _assemble(
     prediction: Prediction,
     model: ModelRef,
@@ -604,23 +636,9 @@ def _assemble(
             )
         )
     if verification is not None:
-        evaluations.ContentSequence.append(
-            hd.sr.TextContentItem(
-                name=oc.READER_REVIEW.to_dicom(),
-                value=verification.statement[:1024],
-                relationship_type=hd.sr.RelationshipTypeValues.CONTAINS,
-            )
-        )
+        evaluations.ContentSequence.append(reader_review_item(verification))
     report[0].ContentSequence.append(evaluations)
 
-    verified: dict[str, Any] = {"is_final": False, "is_verified": False}
-    if verification is not None:
-        verified = {
-            "is_final": True,
-            "is_verified": True,
-            "verifying_observer_name": verification.observer_name,
-            "verifying_organization": verification.organization[:64] or MANUFACTURER,
-        }
     sr = _comprehensive_sr(
         sources,
         report,
@@ -634,14 +652,9 @@ def _assemble(
         institutional_department_name=institutional_department_name,
         previous_versions=list(predecessors) or None,
         contributing_equipment=[contributing_equipment(model)],
-        **verified,
+        **verification_options(verification),
     )
-    if verification is not None:
-        # When the reader verified it, not when the document was built (local time).
-        moment = verification.verified_at.astimezone(UTC)
-        sr.VerifyingObserverSequence[0].VerificationDateTime = moment.strftime(
-            "%Y%m%d%H%M%S.%f+0000"
-        )
+    stamp_verification(sr, verification)
     sr.SeriesDescription = series_description[:64]
     sr.ManufacturerModelName = f"{model.name}"[:64]
     sr.SoftwareVersions = model.version[:64]
@@ -673,6 +686,9 @@ __all__ = [
     "device_uid",
     "gate_text",
     "image_label",
+    "reader_review_item",
+    "stamp_verification",
     "study_prediction",
     "summary_text",
+    "verification_options",
 ]

@@ -9,6 +9,12 @@ attenuation (HU), the Lung-RADS-style category, density and growth, the nodule's
 box as SCOORD3D points in the patient frame and, when a SEG was made, the
 reference to its segment. As every AI result the project sends, the SR is
 UNVERIFIED and PRELIMINARY, and its summary says it is for research use.
+
+Once a reader has reviewed the result, the SR is built again from the stored result
+(:func:`build_volume_sr` with a ``verification``): ``VERIFIED`` and ``FINAL``, the
+reader as Verifying Observer, a "Reader review" text saying who changed what, and
+the SR it replaces in the Predecessor Documents Sequence; the SEG is the same object
+as before and is referenced as it was.
 """
 
 from __future__ import annotations
@@ -33,10 +39,17 @@ from overread.service.outputs.sr import (
     RESEARCH_CAVEAT,
     contributing_equipment,
     device_uid,
+    reader_review_item,
+    stamp_verification,
+    verification_options,
 )
+from overread.service.verification import Verification
 
 logger = logging.getLogger(__name__)
 
+#: SOP Class UIDs of the CT outputs.
+SEGMENTATION = "1.2.840.10008.5.1.4.1.1.66.4"
+COMPREHENSIVE_3D_SR = "1.2.840.10008.5.1.4.1.1.88.34"
 #: Where the CT outputs go in the study (the X-ray SR and SEG use 9901 and 9903).
 SEG_SERIES_NUMBER = 9913
 SR_SERIES_NUMBER = 9911
@@ -230,8 +243,8 @@ def _group(
     return group
 
 
-def volume_summary(prediction: Prediction) -> str:
-    """The report's summary line for a series."""
+def volume_summary(prediction: Prediction, *, verified: bool = False) -> str:
+    """The report's summary line for a series (``verified``: a reader reviewed it)."""
     model = prediction.model
     regions = prediction.regions or []
     if not regions:
@@ -242,10 +255,12 @@ def volume_summary(prediction: Prediction) -> str:
             f", {growth_text(r.growth)}"
             for r in regions
         )
-    return (
-        f"AI second read ({model.name} {model.version}): {found}. Not verified by a "
-        f"reader. {RESEARCH_CAVEAT}"
-    )[:1024]
+    review = (
+        "Reviewed by a reader (see Reader review)." if verified else "Not verified by a reader."
+    )
+    return (f"AI second read ({model.name} {model.version}): {found}. {review} {RESEARCH_CAVEAT}")[
+        :1024
+    ]
 
 
 def build_volume_sr(
@@ -256,14 +271,23 @@ def build_volume_sr(
     segments: Mapping[int, int] | None = None,
     series_instance_uid: str | None = None,
     sop_instance_uid: str | None = None,
+    instance_number: int = 1,
+    verification: Verification | None = None,
+    predecessors: Sequence[Dataset] = (),
 ) -> hd.sr.Comprehensive3DSR:
     """The TID 1500 SR of a volumetric prediction on a series (``sources`` its slices).
 
     ``segments`` maps a region's ``segment_number`` (its label-map value) to the SEG's
     segment number; regions are referenced by their box when there is no SEG.
+    ``verification``: a reader's, which makes the SR ``VERIFIED`` and ``FINAL`` (the
+    reader's decisions replace the model's, a "Reader review" text says who and
+    what); ``predecessors``: the SRs it supersedes (their headers suffice), listed in
+    the Predecessor Documents Sequence.
     """
     if not sources:
         raise ServiceError("an SR needs the source series")
+    if verification is not None:
+        prediction = verification.apply(prediction)
     model = prediction.model
     first = sources[0]
     frame = str(getattr(first, "FrameOfReferenceUID", "") or "")
@@ -320,11 +344,13 @@ def build_volume_sr(
         [
             hd.sr.TextContentItem(
                 name=oc.SUMMARY.to_dicom(),
-                value=volume_summary(prediction),
+                value=volume_summary(prediction, verified=verification is not None),
                 relationship_type=hd.sr.RelationshipTypeValues.CONTAINS,
             )
         ]
     )
+    if verification is not None:
+        evaluations.ContentSequence.append(reader_review_item(verification))
     report[0].ContentSequence.append(evaluations)
     evidence: list[Dataset] = list(sources)
     if seg is not None:
@@ -335,13 +361,16 @@ def build_volume_sr(
         series_instance_uid=series_instance_uid or generate_uid(),
         series_number=SR_SERIES_NUMBER,
         sop_instance_uid=sop_instance_uid or generate_uid(),
-        instance_number=1,
+        instance_number=instance_number,
         manufacturer=MANUFACTURER,
         is_complete=True,
-        is_final=False,
-        is_verified=False,
+        previous_versions=list(predecessors) or None,
         contributing_equipment=[contributing_equipment(model)],
+        **verification_options(verification),
     )
+    stamp_verification(sr, verification)
+    if verification is not None:
+        oc.declare_local_scheme(sr)  # the "Reader review" concept is a local one
     sr.SeriesDescription = "overread AI CT nodules (research use)"
     sr.ManufacturerModelName = model.name[:64]
     sr.SoftwareVersions = model.version[:64]
@@ -350,9 +379,42 @@ def build_volume_sr(
         extra={
             "sop_instance_uid": str(sr.SOPInstanceUID),
             "nodules": len(prediction.regions or []),
+            "verified": verification is not None,
         },
     )
     return sr
+
+
+def evidence_of(sr: Dataset) -> list[tuple[str, str, str]]:
+    """The objects an SR was built on, ``(series UID, SOP Class UID, SOP Instance UID)``
+    in the order of its Current Requested Procedure Evidence Sequence."""
+    return [
+        (
+            str(series.SeriesInstanceUID),
+            str(ref.ReferencedSOPClassUID),
+            str(ref.ReferencedSOPInstanceUID),
+        )
+        for study in sr.get("CurrentRequestedProcedureEvidenceSequence", [])
+        for series in study.get("ReferencedSeriesSequence", [])
+        for ref in series.get("ReferencedSOPSequence", [])
+    ]
+
+
+def source_series(sr: Dataset) -> set[str]:
+    """The image series a CT SR reports on (its evidence other than the SEG)."""
+    return {series for series, sop_class, _ in evidence_of(sr) if sop_class != SEGMENTATION}
+
+
+def region_segments(seg: Dataset, regions: Sequence[Region]) -> dict[int, int]:
+    """Region ``segment_number`` (label-map value) -> the SEG's segment number, by the
+    segment labels :func:`build_volume_seg` wrote (``"<label> <index>"``)."""
+    by_label = {str(item.SegmentLabel): int(item.SegmentNumber) for item in seg.SegmentSequence}
+    found: dict[int, int] = {}
+    for region in regions:
+        number = by_label.get(f"{region.label} {region.index}"[:64])
+        if region.segment_number is not None and number is not None:
+            found[region.segment_number] = number
+    return found
 
 
 def build_volume_outputs(
@@ -362,23 +424,30 @@ def build_volume_outputs(
     labels: Mapping[int, str],
     *,
     baseline: bool = False,
+    predecessors: Sequence[Dataset] = (),
 ) -> list[Dataset]:
-    """SEG (when there is a label map with something in it) and SR of one series."""
+    """SEG (when there is a label map with something in it) and SR of one series;
+    ``predecessors``: the SRs of an earlier read of the series that the SR supersedes."""
     seg: hd.seg.Segmentation | None = None
     numbers: dict[int, int] | None = None
     if label_map is not None and any(int(v) in labels for v in np.unique(label_map) if v):
         seg = build_volume_seg(label_map, labels, sources, prediction.model, baseline=baseline)
         numbers = segment_numbers(seg, labels)
-    sr = build_volume_sr(prediction, sources, seg=seg, segments=numbers)
+    sr = build_volume_sr(prediction, sources, seg=seg, segments=numbers, predecessors=predecessors)
     return [d for d in (seg, sr) if d is not None]
 
 
 __all__ = [
+    "COMPREHENSIVE_3D_SR",
+    "SEGMENTATION",
     "SEG_SERIES_NUMBER",
     "SR_SERIES_NUMBER",
     "build_volume_outputs",
     "build_volume_seg",
     "build_volume_sr",
+    "evidence_of",
+    "region_segments",
     "segment_numbers",
+    "source_series",
     "volume_summary",
 ]

@@ -107,12 +107,12 @@ def desk(ctx: WebContext) -> ReviewDesk:
 def study_review(ctx: WebContext, study_instance_uid: str) -> ReviewOut:
     """Every result of the study with its review state (``unreviewed``: never held,
     sent unverified)."""
-    from overread.service.review import COMPREHENSIVE_SR, result_version
+    from overread.service.review import RESULT_SR_CLASSES, result_version
 
     items = []
     for result, review in desk(ctx).results_of(study_instance_uid):
         sr = next(
-            (a for a in result.artifacts or [] if a.get("sop_class_uid") == COMPREHENSIVE_SR),
+            (a for a in result.artifacts or [] if a.get("sop_class_uid") in RESULT_SR_CLASSES),
             None,
         )
         items.append(
