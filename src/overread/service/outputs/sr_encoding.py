@@ -97,7 +97,11 @@ class Encoder:
 
     def __init__(self, character_set: str | Sequence[str] | None) -> None:
         self.character_set = character_set
-        self._encodings = convert_encodings(character_set)
+        self._encodings = convert_encodings(
+            character_set
+            if character_set is None or isinstance(character_set, str)
+            else list(character_set)
+        )
 
     def text(self, value: str) -> bytes:
         """``value`` in the document's character set."""
