@@ -259,3 +259,17 @@ def test_text_outside_ascii_in_the_sources_character_set(
     )
     texts = [str(i.TextValue) for i in _items(new) if "TextValue" in i]
     assert "modèle-thorax Épanchement" in texts
+
+
+def test_encoded_in_implicit_vr_as_an_association_may_ask(dx_chest_header: Dataset) -> None:
+    """A peer that accepts only Implicit VR Little Endian gets the same content: the raw
+    tree is parsed and encoded again, as for a document read from a file."""
+    from pynetdicom.dsutils import decode, encode
+
+    sr = outputs.build_study_sr([(make_prediction(False), dx_chest_header)])
+    implicit = encode(sr, True, True)
+    explicit = encode(sr, False, True)
+    assert implicit is not None and explicit is not None and implicit != explicit
+    back = decode(BytesIO(implicit), True, True)
+    assert _differences(decode(BytesIO(explicit), False, True), back) == []
+    assert len(_items(back)) > 200
