@@ -34,11 +34,15 @@ from __future__ import annotations
 import logging
 from collections.abc import Mapping, Sequence
 from datetime import UTC
+from functools import lru_cache
 from typing import Any
 
 import highdicom as hd
+from highdicom.sr.templates import DEFAULT_LANGUAGE
+from pydicom.dataelem import RawDataElement
 from pydicom.dataset import Dataset
 from pydicom.sr.codedict import codes
+from pydicom.tag import Tag
 from pydicom.uid import generate_uid
 
 from overread.errors import ServiceError
@@ -56,9 +60,16 @@ from overread.service.outputs.prediction import (
     concept_of,
     model_identity,
 )
+from overread.service.outputs.sr_encoding import (
+    CONTENT_SEQUENCE,
+    Encoder,
+    memoize_highdicom_iod_lookups,
+)
 from overread.service.verification import Verification
 
 logger = logging.getLogger(__name__)
+
+memoize_highdicom_iod_lookups()
 
 #: Manufacturer written into every object overread creates.
 MANUFACTURER = "overread"
@@ -154,66 +165,107 @@ _EVALUATION = {
 }
 
 
+# Concepts of TID 1501 and TID 4019 that highdicom's templates write.
+_TRACKING_IDENTIFIER = oc.Concept("112039", "DCM", "Tracking Identifier")
+_TRACKING_UID = oc.Concept("112040", "DCM", "Tracking Unique Identifier")
+_FINDING = oc.Concept("121071", "DCM", "Finding")
+_ALGORITHM_NAME = oc.Concept("111001", "DCM", "Algorithm Name")
+_ALGORITHM_VERSION = oc.Concept("111003", "DCM", "Algorithm Version")
+_ALGORITHM_PARAMETERS = oc.Concept("111002", "DCM", "Algorithm Parameters")
+_MEASUREMENT_GROUP = oc.Concept("125007", "DCM", "Measurement Group")
+_IMAGING_MEASUREMENTS = oc.Concept("126010", "DCM", "Imaging Measurements")
+_HAS_OBS_CONTEXT = "HAS OBS CONTEXT"
+_HAS_CONCEPT_MOD = "HAS CONCEPT MOD"
+_CONTAINS = "CONTAINS"
+
+
 def _measurement_group(
+    encoder: Encoder,
     finding: FindingResult,
     model: ModelRef,
-    sources: Sequence[Dataset],
+    source_items: Sequence[bytes],
     image_label: str = "",
-) -> hd.sr.MeasurementsAndQualitativeEvaluations:
-    concept = concept_of(finding).to_dicom()
-    ratio = oc.UNIT_RATIO.to_dicom()
+) -> bytes:
+    """One TID 1501 measurement group (a CONTAINER item), encoded: what highdicom's
+    ``MeasurementsAndQualitativeEvaluations`` makes of the same finding."""
+    concept = concept_of(finding)
     parameters = [f"threshold={float(finding.threshold):.6g}"]
     if model.sha256:
         parameters.append(f"sha256={model.sha256}")
     if not model.calibrated:
         parameters.append("calibrated=false")
-    algorithm = hd.sr.AlgorithmIdentification(
-        name=model.name, version=model.version, parameters=parameters
-    )
-    measurements = [
-        hd.sr.Measurement(
-            name=oc.PROBABILITY.to_dicom(),
-            value=float(finding.probability),
-            unit=ratio,
-        ),
-        hd.sr.Measurement(
-            name=oc.OPERATING_THRESHOLD.to_dicom(), value=float(finding.threshold), unit=ratio
-        ),
+    ratio = oc.UNIT_RATIO
+    measurements: list[tuple[oc.Concept, float, oc.Concept]] = [
+        (oc.PROBABILITY, float(finding.probability), ratio),
+        (oc.OPERATING_THRESHOLD, float(finding.threshold), ratio),
     ]
     if finding.threshold_proximity is not None:
-        measurements.append(
-            hd.sr.Measurement(
-                name=oc.THRESHOLD_PROXIMITY.to_dicom(),
-                value=float(finding.threshold_proximity),
-                unit=ratio,
-            )
-        )
+        measurements.append((oc.THRESHOLD_PROXIMITY, float(finding.threshold_proximity), ratio))
     measurements.extend(_evidence_measurements(finding))
-    decision = _EVALUATION[finding.decision]
-    evaluations = [hd.sr.QualitativeEvaluation(name=concept, value=decision.to_dicom())]
+    evaluations = [(concept, _EVALUATION[finding.decision])]
     if finding.conformal_set is not None:
-        evaluations.append(
-            hd.sr.QualitativeEvaluation(
-                name=oc.CONFORMAL_SET.to_dicom(),
-                value=oc.CONFORMAL_SET_VALUES[finding.conformal_set].to_dicom(),
-            )
-        )
-    return hd.sr.MeasurementsAndQualitativeEvaluations(
-        tracking_identifier=hd.sr.TrackingIdentifier(
-            uid=generate_uid(),
-            identifier=" ".join(p for p in (model.name, finding.label, image_label) if p)[:64],
-        ),
-        finding_type=concept,
-        algorithm_id=algorithm,
-        measurements=measurements,
-        qualitative_evaluations=evaluations,
-        source_images=[
-            hd.sr.SourceImageForMeasurementGroup.from_source_image(ds) for ds in sources
-        ],
+        evaluations.append((oc.CONFORMAL_SET, oc.CONFORMAL_SET_VALUES[finding.conformal_set]))
+    identifier = " ".join(p for p in (model.name, finding.label, image_label) if p)[:64]
+    return _group(
+        encoder,
+        identifier,
+        concept,
+        model,
+        parameters,
+        [encoder.num_item(_CONTAINS, name, value, unit) for name, value, unit in measurements],
+        evaluations,
+        source_items,
     )
 
 
-def _evidence_measurements(finding: FindingResult) -> list[hd.sr.Measurement]:
+def _group(
+    encoder: Encoder,
+    identifier: str,
+    finding_type: oc.Concept | None,
+    model: ModelRef,
+    parameters: Sequence[str],
+    measurements: Sequence[bytes],
+    evaluations: Sequence[tuple[oc.Concept, oc.Concept]],
+    source_items: Sequence[bytes],
+) -> bytes:
+    children = [
+        encoder.text_item(_HAS_OBS_CONTEXT, _TRACKING_IDENTIFIER, identifier),
+        encoder.uid_item(_HAS_OBS_CONTEXT, _TRACKING_UID, str(generate_uid())),
+    ]
+    if finding_type is not None:
+        children.append(encoder.code_content_item(_CONTAINS, _FINDING, finding_type))
+    children.append(_algorithm(encoder, model))
+    children.extend(
+        encoder.text_item(_HAS_CONCEPT_MOD, _ALGORITHM_PARAMETERS, p) for p in parameters
+    )
+    children.extend(measurements)
+    children.extend(
+        encoder.code_content_item(_CONTAINS, name, value) for name, value in evaluations
+    )
+    children.extend(source_items)
+    return encoder.container_item(_CONTAINS, _MEASUREMENT_GROUP, children, template_id="1501")
+
+
+def _algorithm(encoder: Encoder, model: ModelRef) -> bytes:
+    """TID 4019's name and version items (constant per model, so encoded once)."""
+    return _algorithm_items(model.name, model.version, _hashable(encoder.character_set))
+
+
+@lru_cache(maxsize=64)
+def _algorithm_items(name: str, version: str, character_set: Any) -> bytes:
+    encoder = Encoder(character_set)
+    return encoder.text_item(_HAS_CONCEPT_MOD, _ALGORITHM_NAME, name) + encoder.text_item(
+        _HAS_CONCEPT_MOD, _ALGORITHM_VERSION, version
+    )
+
+
+def _hashable(character_set: Any) -> Any:
+    if character_set is None or isinstance(character_set, str):
+        return character_set
+    return tuple(character_set)
+
+
+def _evidence_measurements(finding: FindingResult) -> list[tuple[oc.Concept, float, oc.Concept]]:
     """The finding's explanation trust and uncertainty, each that is known."""
     known = [
         (oc.TRUST_SCORE, finding.trust_score, oc.UNIT_RATIO),
@@ -222,11 +274,7 @@ def _evidence_measurements(finding: FindingResult) -> list[hd.sr.Measurement]:
         (oc.PREDICTIVE_ENTROPY, finding.entropy, oc.UNIT_BIT),
         (oc.MUTUAL_INFORMATION, finding.mutual_information, oc.UNIT_BIT),
     ]
-    return [
-        hd.sr.Measurement(name=name.to_dicom(), value=float(value), unit=unit.to_dicom())
-        for name, value, unit in known
-        if value is not None
-    ]
+    return [(name, float(value), unit) for name, value, unit in known if value is not None]
 
 
 def _check_sources(source_datasets: Sequence[Dataset]) -> list[Dataset]:
@@ -321,21 +369,20 @@ def build_not_analysed_sr(
         f"{reason} {RESEARCH_CAVEAT}"
     )
     # TID 1500 needs one measurement group: it records the verdict on the images.
-    group = hd.sr.MeasurementsAndQualitativeEvaluations(
-        tracking_identifier=hd.sr.TrackingIdentifier(
-            uid=generate_uid(), identifier=f"{model.name} not analysed"[:64]
-        ),
-        algorithm_id=hd.sr.AlgorithmIdentification(name=model.name, version=model.version),
-        qualitative_evaluations=[
-            hd.sr.QualitativeEvaluation(
-                name=oc.INPUT_GATE.to_dicom(), value=oc.NOT_ANALYSED.to_dicom()
-            )
-        ],
-        source_images=[
-            hd.sr.SourceImageForMeasurementGroup.from_source_image(ds) for ds in sources
-        ],
+    encoder = _encoder(sources)
+    group = _group(
+        encoder,
+        f"{model.name} not analysed"[:64],
+        None,
+        model,
+        (),
+        (),
+        [(oc.INPUT_GATE, oc.NOT_ANALYSED)],
+        _source_items(encoder, sources),
     )
-    return _assemble(stand_in, model, [group], sources, summary=summary, **_sr_identity(kwargs))
+    return _assemble(
+        stand_in, model, [group], sources, encoder, summary=summary, **_sr_identity(kwargs)
+    )
 
 
 def _sr_identity(kwargs: dict[str, Any]) -> dict[str, Any]:
@@ -362,26 +409,53 @@ def image_label(source: Dataset, index: int, count: int) -> str:
     return view or f"image {index + 1}"
 
 
-def _comprehensive_sr(
-    evidence: Sequence[Dataset],
-    report: hd.sr.MeasurementReport,
-    **kwargs: Any,
-) -> hd.sr.ComprehensiveSR:
-    """A :class:`highdicom.sr.ComprehensiveSR` holding ``report`` without copying it.
+class _EncodedSR(hd.sr.ComprehensiveSR):
+    """A :class:`highdicom.sr.ComprehensiveSR` whose Content Sequence is kept encoded.
 
-    highdicom's constructor deep-copies the content tree, parses the copy back and
-    searches it three times (for evidence references and unsupported value types):
-    for a 14-finding report that is about 0.3 s of pure Python, most of a chest X-ray's
-    time in the gateway. The tree built here from highdicom's templates holds no
-    SCOORD3D items and references only ``evidence`` (by construction), so the document
-    is built around the root container alone and the finished tree put in place.
+    ``pydicom.dcmwrite`` copies the encoded tree as is; reading ``ContentSequence``
+    parses it, and :attr:`content` gives highdicom's view of it (parsed from a copy
+    the first time it is asked for), as for a document read from a file.
     """
-    root = report[0]
-    shell = hd.sr.ContainerContentItem(name=root.name, template_id="1500")
+
+    @property
+    def content(self) -> hd.sr.ContentSequence:
+        parsed = self.__dict__.get("_parsed_content")
+        if parsed is None:
+            parsed = hd.sr.ComprehensiveSR.from_dataset(self, copy=True).content
+            self.__dict__["_parsed_content"] = parsed
+        return parsed
+
+
+def _encoder(sources: Sequence[Dataset]) -> Encoder:
+    """The encoder of the SR's text: the SR takes its character set from its first source."""
+    return Encoder(sources[0].get("SpecificCharacterSet"))
+
+
+def _source_items(encoder: Encoder, sources: Sequence[Dataset]) -> list[bytes]:
+    """The Source image items of a measurement group (one per referenced image)."""
+    return encoder.datasets(
+        hd.sr.SourceImageForMeasurementGroup.from_source_image(ds) for ds in sources
+    )
+
+
+def _comprehensive_sr(
+    evidence: Sequence[Dataset], content: bytes, **kwargs: Any
+) -> hd.sr.ComprehensiveSR:
+    """A Comprehensive SR document holding the encoded root ``content`` items.
+
+    highdicom builds the document around an empty TID 1500 root container (patient,
+    study, evidence, equipment, flags: a few elements); the content is put in place as
+    a raw element, and the document marked as encoded in Explicit VR Little Endian
+    with its own character set, so that ``pydicom.dcmwrite`` writes the raw element
+    as it is instead of parsing it to encode it again.
+    """
+    shell = hd.sr.ContainerContentItem(name=codes.DCM.ImagingMeasurementReport, template_id="1500")
     shell.ContentSequence = hd.sr.ContentSequence([])
     sr = hd.sr.ComprehensiveSR(evidence=evidence, content=shell, **kwargs)
-    sr.ContentSequence = root.ContentSequence
-    sr._content = report  # what ComprehensiveSR.from_dataset gives a TID 1500 document
+    sr[CONTENT_SEQUENCE] = RawDataElement(
+        Tag(CONTENT_SEQUENCE), "SQ", len(content), content, 0, False, True, True, False
+    )
+    sr.__class__ = _EncodedSR
     return sr
 
 
@@ -452,17 +526,21 @@ def build_study_sr(
     sources = _check_sources([source for _, source in readings])
     merged = study_prediction([prediction for prediction, _ in readings])
     model = model_identity(merged)
-    groups: list[hd.sr.MeasurementsAndQualitativeEvaluations] = []
+    encoder = _encoder(sources)
+    groups: list[bytes] = []
     for index, (prediction, source) in enumerate(readings):
         label = image_label(source, index, len(readings))
+        source_items = _source_items(encoder, [source])
         groups.extend(
-            _measurement_group(f, model, [source], label) for f in checked_findings(prediction)
+            _measurement_group(encoder, f, model, source_items, label)
+            for f in checked_findings(prediction)
         )
     return _assemble(
         merged,
         model,
         groups,
         sources,
+        encoder,
         gate=gate_text([*(prediction for prediction, _ in readings), *not_analysed]),
         series_number=series_number,
         instance_number=instance_number,
@@ -521,12 +599,15 @@ def build_sr(
     sources = _check_sources(source_datasets)
     model = model_identity(prediction)
     findings = checked_findings(prediction)
-    groups = [_measurement_group(f, model, sources) for f in findings]
+    encoder = _encoder(sources)
+    source_items = _source_items(encoder, sources)
+    groups = [_measurement_group(encoder, f, model, source_items) for f in findings]
     return _assemble(
         prediction,
         model,
         groups,
         sources,
+        encoder,
         series_number=series_number,
         instance_number=instance_number,
         series_instance_uid=series_instance_uid,
@@ -569,11 +650,39 @@ def reader_review_item(verification: Verification) -> hd.sr.TextContentItem:
     )
 
 
+@lru_cache(maxsize=64)
+def _preamble(model: ModelRef, character_set: Any) -> bytes:
+    """The root items before the image library: language, the device observer (the
+    model), the procedure reported. The same for every study a model package reads,
+    so built with highdicom and encoded once per package and character set."""
+    observer = hd.sr.ObserverContext(
+        observer_type=codes.DCM.Device,
+        observer_identifying_attributes=hd.sr.DeviceObserverIdentifyingAttributes(
+            uid=device_uid(model),
+            name=model.name,
+            manufacturer_name=MANUFACTURER,
+            model_name=f"{model.name} {model.version}"[:64],
+            serial_number=model.short_hash or None,
+        ),
+    )
+    items: list[Dataset] = [
+        *hd.sr.LanguageOfContentItemAndDescendants(DEFAULT_LANGUAGE),
+        *hd.sr.ObservationContext(observer_device_context=observer),
+        hd.sr.CodeContentItem(
+            name=codes.DCM.ProcedureReported,
+            value=oc.PROCEDURE_CHEST_XRAY.to_dicom(),
+            relationship_type=hd.sr.RelationshipTypeValues.HAS_CONCEPT_MOD,
+        ),
+    ]
+    return b"".join(Encoder(character_set).datasets(items))
+
+
 def _assemble(
     prediction: Prediction,
     model: ModelRef,
-    groups: Sequence[hd.sr.MeasurementsAndQualitativeEvaluations],
+    groups: Sequence[bytes],
     sources: Sequence[Dataset],
+    encoder: Encoder,
     *,
     series_number: int,
     instance_number: int,
@@ -589,59 +698,33 @@ def _assemble(
     calibration: str = "",
 ) -> hd.sr.ComprehensiveSR:
     """The SR document around measurement groups: observer, library, summary, (when
-    there is one) the input gate's statement, and (when verified) the reader's."""
-    observer = hd.sr.ObserverContext(
-        observer_type=codes.DCM.Device,
-        observer_identifying_attributes=hd.sr.DeviceObserverIdentifyingAttributes(
-            uid=device_uid(model),
-            name=model.name,
-            manufacturer_name=MANUFACTURER,
-            model_name=f"{model.name} {model.version}"[:64],
-            serial_number=model.short_hash or None,
-        ),
-    )
-    report = hd.sr.MeasurementReport(
-        observation_context=hd.sr.ObservationContext(observer_device_context=observer),
-        procedure_reported=oc.PROCEDURE_CHEST_XRAY.to_dicom(),
-        imaging_measurements=list(groups),
-        referenced_images=sources,
-    )
-    evaluations = hd.sr.ContainerContentItem(
-        name=oc.QUALITATIVE_EVALUATIONS.to_dicom(),
-        relationship_type=hd.sr.RelationshipTypeValues.CONTAINS,
-    )
-    evaluations.ContentSequence = hd.sr.ContentSequence(
+    there is one) the input gate's statement, and (when verified) the reader's.
+
+    The content tree is the one highdicom's ``MeasurementReport`` makes (TID 1500),
+    encoded directly (see :mod:`overread.service.outputs.sr_encoding`)."""
+    texts = [(oc.SUMMARY, summary or summary_text(prediction))]
+    if gate:
+        texts.append((oc.INPUT_GATE, gate[:1024]))
+    if calibration:
+        texts.append((oc.CALIBRATION_APPLIED, calibration[:1024]))
+    if verification is not None:
+        texts.append((oc.READER_REVIEW, verification.statement[:1024]))
+    content = b"".join(
         [
-            hd.sr.TextContentItem(
-                name=oc.SUMMARY.to_dicom(),
-                value=summary or summary_text(prediction),
-                relationship_type=hd.sr.RelationshipTypeValues.CONTAINS,
-            )
+            _preamble(model, _hashable(encoder.character_set)),
+            *encoder.datasets(hd.sr.ImageLibrary(sources)),
+            encoder.container_item(_CONTAINS, _IMAGING_MEASUREMENTS, groups),
+            encoder.container_item(
+                _CONTAINS,
+                oc.QUALITATIVE_EVALUATIONS,
+                [encoder.text_item(_CONTAINS, name, value) for name, value in texts],
+            ),
         ]
     )
-    if gate:
-        evaluations.ContentSequence.append(
-            hd.sr.TextContentItem(
-                name=oc.INPUT_GATE.to_dicom(),
-                value=gate[:1024],
-                relationship_type=hd.sr.RelationshipTypeValues.CONTAINS,
-            )
-        )
-    if calibration:
-        evaluations.ContentSequence.append(
-            hd.sr.TextContentItem(
-                name=oc.CALIBRATION_APPLIED.to_dicom(),
-                value=calibration[:1024],
-                relationship_type=hd.sr.RelationshipTypeValues.CONTAINS,
-            )
-        )
-    if verification is not None:
-        evaluations.ContentSequence.append(reader_review_item(verification))
-    report[0].ContentSequence.append(evaluations)
 
     sr = _comprehensive_sr(
         sources,
-        report,
+        content,
         series_instance_uid=series_instance_uid or generate_uid(),
         series_number=series_number,
         sop_instance_uid=sop_instance_uid or generate_uid(),
@@ -662,6 +745,8 @@ def _assemble(
         sr.DeviceSerialNumber = model.short_hash
     # The threshold concept is always local, so the scheme is always declared.
     oc.declare_local_scheme(sr)
+    # Encoded as it will be written: dcmwrite copies the raw content tree as is.
+    sr.set_original_encoding(False, True, sr._character_set)
     logger.info(
         "built SR",
         extra={
