@@ -104,6 +104,7 @@ def run_volume_study(
         prior = latest_prior_regions(session, model_name, study)
     datasets: list[Any] = []
     baseline = bool(pipeline.package.manifest.metrics.get("baseline"))
+    planar = bool(getattr(pipeline, "planar", False))
     for output in outputs:
         prediction = output.prediction
         if not prediction.ok:
@@ -120,6 +121,7 @@ def run_volume_study(
                     output.label_map,
                     output.labels,
                     baseline=baseline,
+                    planar=planar,
                 )
             )
     return [o.prediction for o in outputs], datasets
