@@ -47,9 +47,7 @@ def _train_ct(config: Path | None, preset: str | None, values: dict[str, Any], s
     return True
 
 
-def _train_seg(
-    config: Path | None, preset: str | None, values: dict[str, Any], show: bool
-) -> bool:
+def _train_seg(config: Path | None, preset: str | None, values: dict[str, Any], show: bool) -> bool:
     """Run a ``kind = "cxr-segmentation"`` config (2-D lung fields); False for other configs."""
     from overread.training.cxr_seg import parse_seg_config, seg_toml
 

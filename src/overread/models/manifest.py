@@ -503,7 +503,9 @@ class Manifest(_Strict):
             if rule == "lung-field" and not planar:
                 raise ValueError("postprocess 'lung-field' is for planar packages")
             if rule == "lung-field" and self.volume.lung_label not in names:
-                raise ValueError(f"postprocess 'lung-field' needs a label {self.volume.lung_label!r}")
+                raise ValueError(
+                    f"postprocess 'lung-field' needs a label {self.volume.lung_label!r}"
+                )
             if planar and not self.input.chain:
                 raise ValueError("a planar package needs the preprocessing chain (input.chain)")
         for path in self.files:

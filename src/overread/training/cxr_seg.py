@@ -134,9 +134,7 @@ def seg_chain(size: int) -> list[dict[str, Any]]:
     return cxr_chain(size).to_spec()
 
 
-def mask_to_model(
-    mask: npt.NDArray[Any], size: int, box: Any
-) -> npt.NDArray[np.float32]:
+def mask_to_model(mask: npt.NDArray[Any], size: int, box: Any) -> npt.NDArray[np.float32]:
     """A source-grid mask letterboxed as the chain letterboxes the image (area, then 0.5)."""
     import torch
     import torch.nn.functional as F
@@ -216,6 +214,7 @@ def ensure_seg_phantoms(folder: Path, n: int, seed: int, size: int, echo: Echo) 
     echo(f"writing {n} phantom studies (seed {seed}, {size} px) to {folder}")
     generate_cohort(folder, n=n, seed=seed, rows=size, cols=size, workers=1)
     return folder
+
 
 # ---- training --------------------------------------------------------------------------------------
 
@@ -362,7 +361,10 @@ def write_seg_package(
         out,
         network=net,
         architecture=ARCHITECTURE,
-        arch_kwargs={"channels": list(cfg.model.channels), "num_res_units": cfg.model.num_res_units},
+        arch_kwargs={
+            "channels": list(cfg.model.channels),
+            "num_res_units": cfg.model.num_res_units,
+        },
         labels=[LabelSpec(name=LABEL, codes=[LUNG_CODE])],
         input_spec=InputSpec(
             size=size,
