@@ -64,7 +64,7 @@ def test_the_preset_trains_end_to_end_and_the_package_verifies(trained: Any, run
     assert manifest.accepts.modalities == ["CR", "DX"]
     assert manifest.input.size == 64 and manifest.input.chain[-1]["name"] == "resize"
     assert [c.value for c in manifest.labels[0].codes] == ["39607008"]
-    status, out, err = run_cli("models", "verify", trained.package)
+    status, _, err = run_cli("models", "verify", trained.package)
     assert status == 0, err
     assert isinstance(open_pipeline(str(trained.package)), PlanarPipeline)
 
