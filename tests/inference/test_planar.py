@@ -199,3 +199,51 @@ def test_a_route_sends_radiographs_to_the_classifier_and_the_lung_fields() -> No
     plan = Router(routes).plan([InstanceFacts(modality="DX", body_part="CHEST")])
     assert [p.model for p in plan] == ["cxr-default", "cxr-lung-seg"]
     assert Router(routes).plan([InstanceFacts(modality="CT", body_part="CHEST")]) == []
+
+
+def test_the_bundled_package_segments_lung_fields_of_other_phantoms(tmp_path: Path) -> None:
+    from PIL import Image as PILImage
+
+    from overread.evaluation.segmentation import dice
+
+    generate_cohort(tmp_path, n=3, seed=31, rows=320, cols=288, workers=1)
+    pipeline = open_pipeline("cxr-lung-seg")
+    assert isinstance(pipeline, PlanarPipeline) and pipeline.model.trained
+    records = json.loads((tmp_path / "ground_truth.json").read_text())["images"]
+    for record in records:
+        [output] = pipeline.predict_series([tmp_path / record["path"]])
+        truth = np.asarray(PILImage.open(tmp_path / record["lung_field"])) > 127
+        assert output.label_map is not None and output.label_map.shape == (1, 320, 288)
+        assert dice(output.label_map[0] == 1, truth) > 0.9, record["path"]
+
+
+def test_predict_routes_a_radiograph_to_the_classifier_and_the_lung_fields(
+    run_cli: Any, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    source = _phantom(tmp_path / "cohort", 256, 256, seed=41)
+    (tmp_path / "overread.toml").write_text(
+        """
+[[service.routes]]
+name = "chest-xray"
+modality = ["CR", "DX"]
+body_part = ["CHEST"]
+models = ["cxr-default"]
+
+[[service.routes]]
+name = "chest-xray-lung-fields"
+modality = ["CR", "DX"]
+body_part = ["CHEST"]
+models = ["cxr-lung-seg"]
+"""
+    )
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.delenv("OVERREAD_CONFIG", raising=False)
+    status, out, err = run_cli("predict", source, "--out", tmp_path / "out", "--no-trust")
+    assert status == 0, err
+    results = json.loads((tmp_path / "out" / "results.json").read_text())
+    assert sorted(r["model"]["name"] for r in results) == ["cxr-default", "cxr-lung-seg"]
+    [seg_path] = (tmp_path / "out").rglob("cxr-lung-seg-SEG.dcm")
+    seg = hd.seg.segread(seg_path)
+    image = pydicom.dcmread(source)
+    assert seg.get_source_image_uids()[0][2] == image.SOPInstanceUID
+    assert "lung-field:" in out
