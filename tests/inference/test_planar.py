@@ -247,3 +247,33 @@ models = ["cxr-lung-seg"]
     image = pydicom.dcmread(source)
     assert seg.get_source_image_uids()[0][2] == image.SOPInstanceUID
     assert "lung-field:" in out
+
+
+def test_train_cli_lists_and_resolves_the_preset(run_cli: Any, tmp_path: Path) -> None:
+    status, out, _ = run_cli("train", "--list-presets")
+    assert status == 0 and "cxr-lung-seg" in out.split()
+    status, out, _ = run_cli(
+        "train", "--preset", "cxr-lung-seg", "--set", "optim.epochs=2",
+        "-o", tmp_path / "o", "--show-config",
+    )  # fmt: skip
+    assert status == 0
+    shown = json.loads(out)
+    assert shown["kind"] == "cxr-segmentation" and shown["optim"]["epochs"] == 2
+    assert shown["model"]["size"] == 128 and Path(shown["output"]) == tmp_path / "o"
+    status, _, err = run_cli(
+        "train", "--preset", "cxr-lung-seg", "--set", "optim.loss=focal", "--show-config"
+    )
+    assert status != 0 and "optim.loss" in err and "Traceback" not in err
+
+
+def test_evaluate_refuses_a_cohort_without_lung_fields(run_cli: Any, tmp_path: Path) -> None:
+    generate_cohort(tmp_path / "c", n=1, seed=61, rows=96, cols=96, workers=1)
+    truth = tmp_path / "c" / "ground_truth.json"
+    data = json.loads(truth.read_text())
+    for record in data["images"]:
+        record.pop("lung_field")
+    truth.write_text(json.dumps(data))
+    status, _, err = run_cli(
+        "evaluate", "--model", "cxr-lung-seg", "--data", tmp_path / "c", "--out", tmp_path / "e"
+    )
+    assert status != 0 and "no lung-field masks" in err and "Traceback" not in err
