@@ -172,6 +172,26 @@ def evaluate_command(
                 typer.echo(json.dumps(ct_metrics, indent=2))
             typer.echo(f"wrote {ct_paths[1]} and {ct_paths[0]}")
             return
+        from overread.inference.planar_evaluation import (
+            evaluate_planar_package,
+            is_cxr_cohort,
+            is_planar_package,
+            write_planar_report,
+        )
+
+        if is_cxr_cohort(data) and is_planar_package(model):
+            seg_metrics = evaluate_planar_package(model, data, resamples=resamples, seed=seed)
+            seg_paths = write_planar_report(seg_metrics, out)
+            if as_json:
+                typer.echo(json.dumps(seg_metrics, indent=2))
+            ci = seg_metrics["ci95"]
+            typer.echo(
+                f"{seg_metrics['images']} images, {seg_metrics['patients']} patients: "
+                f"Dice {seg_metrics['dice']} {ci['dice']}, HD95 {seg_metrics['hd95_mm']} mm "
+                f"{ci['hd95_mm']}, NSD {seg_metrics['nsd']} {ci['nsd']}"
+            )
+            typer.echo(f"wrote {seg_paths[1]} and {seg_paths[0]}")
+            return
         inputs = cohort_inputs(model, data, tta_views=tta, mc_dropout=mc_dropout)
     elif predictions is not None and labels is not None:
         inputs = read_prediction_files(

@@ -90,6 +90,7 @@ def run_volume_model(
     records: list[dict[str, Any]] = []
     failures = 0
     baseline = bool(pipeline.package.manifest.metrics.get("baseline"))
+    planar = bool(getattr(pipeline, "planar", False))
     for output in pipeline.predict_series(files):
         prediction = output.prediction
         record = prediction.to_dict()
@@ -101,6 +102,8 @@ def run_volume_model(
         written: list[str] = []
         if out is not None:
             folder = out / _series_folder(prediction)
+            if planar:  # a radiograph series may hold several images: one folder each
+                folder = folder / str(getattr(prediction.metadata, "sop_instance_uid", "image"))
             folder.mkdir(parents=True, exist_ok=True)
             for dataset in build_volume_outputs(
                 prediction,
@@ -108,6 +111,7 @@ def run_volume_model(
                 output.label_map,
                 output.labels,
                 baseline=baseline,
+                planar=planar,
             ):
                 target = folder / f"{pipeline.model.name}-{dataset.Modality}.dcm"
                 dataset.save_as(target, enforce_file_format=True)
@@ -117,7 +121,7 @@ def run_volume_model(
         if as_json:
             typer.echo(json.dumps(record, ensure_ascii=False))
         else:
-            print_volume(prediction, written)
+            print_volume(prediction, written, label_map=output.label_map if planar else None)
     return records, failures
 
 
@@ -126,8 +130,8 @@ def _series_folder(prediction: Any) -> str:
     return str(uid or "series")
 
 
-def print_volume(prediction: Any, written: list[str]) -> None:
-    """The text form of one series' result."""
+def print_volume(prediction: Any, written: list[str], *, label_map: Any = None) -> None:
+    """The text form of one series' result (``label_map``: a radiograph's mask)."""
     from overread.inference.nodules import growth_text
 
     model = prediction.model
@@ -135,6 +139,13 @@ def print_volume(prediction: Any, written: list[str]) -> None:
     typer.echo(f"{prediction.path}  [{model.name} {model.version} {prediction.task}]")
     for warning in prediction.warnings:
         typer.echo(f"  warning: {warning}")
+    if label_map is not None:
+        for value, finding in enumerate(prediction.findings, start=1):
+            share = float((label_map == value).mean())
+            typer.echo(f"  {finding.label}: {100 * share:.1f}% of the image")
+        for path in written:
+            typer.echo(f"  wrote: {path}")
+        return
     typer.echo(f"  nodules: {len(regions) or 'none'}")
     for r in regions:
         x0, y0, z0, x1, y1, z1 = r.box_mm

@@ -47,6 +47,25 @@ def _train_ct(config: Path | None, preset: str | None, values: dict[str, Any], s
     return True
 
 
+def _train_seg(config: Path | None, preset: str | None, values: dict[str, Any], show: bool) -> bool:
+    """Run a ``kind = "cxr-segmentation"`` config (2-D lung fields); False for other configs."""
+    from overread.training.cxr_seg import parse_seg_config, seg_toml
+
+    data = seg_toml(config, preset)
+    if data is None:
+        return False
+    values = {k: v for k, v in values.items() if k != "device"}
+    cfg = parse_seg_config(data, values)
+    if show:
+        typer.echo(cfg.model_dump_json(indent=2))
+        return True
+    from overread.training.cxr_seg import run_seg_training
+
+    result = run_seg_training(cfg, echo=typer.echo)
+    typer.echo(f"package: {result.package}")
+    return True
+
+
 @app.command("train")
 def train(
     config: Path | None = typer.Argument(None, help="Training config (TOML)."),
@@ -87,6 +106,8 @@ def train(
     if device is not None:
         values["device"] = device
     if _train_ct(config, preset, values, show_config):
+        return
+    if _train_seg(config, preset, values, show_config):
         return
     cfg = load_config(config, preset=preset, overrides=values)
     if show_config:

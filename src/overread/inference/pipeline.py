@@ -58,6 +58,7 @@ from overread.models.registry import Registry
 from overread.results import Decision, GateVerdict
 
 if TYPE_CHECKING:
+    from overread.inference.planar import PlanarPipeline
     from overread.inference.volume import VolumePipeline
 
 logger = logging.getLogger(__name__)
@@ -761,7 +762,7 @@ class Pipeline:
 _TRUST_CHUNK = 8
 
 
-_VOLUME_CACHE: dict[tuple[str, str, int | None, str], VolumePipeline] = {}
+_VOLUME_CACHE: dict[tuple[str, str, int | None, str], VolumePipeline | PlanarPipeline] = {}
 
 
 def open_pipeline(
@@ -770,13 +771,17 @@ def open_pipeline(
     registry: Registry | None = None,
     threads: int | None = None,
     **options: object,
-) -> Pipeline | VolumePipeline:
+) -> Pipeline | VolumePipeline | PlanarPipeline:
     """The pipeline for a model, dispatched on its package: a :class:`Pipeline` for a
     classifier, a :class:`~overread.inference.volume.VolumePipeline` for a package
-    with a ``volume`` section (segmentation, detection). Both are cached.
+    with a ``volume`` section (segmentation, detection), and a
+    :class:`~overread.inference.planar.PlanarPipeline` when that section is planar
+    (2-D segmentation of radiographs). All are cached.
 
     A volumetric pipeline takes only the ``device`` option (default: the
-    ``[inference]`` setting): the other options are a classifier's."""
+    ``[inference]`` setting; a planar one runs on the CPU): the other options are a
+    classifier's."""
+    from overread.inference.planar import PlanarPipeline
     from overread.inference.volume import VolumePipeline
 
     if registry is None:
@@ -793,7 +798,12 @@ def open_pipeline(
     with _CACHE_LOCK:
         cached = _VOLUME_CACHE.get(key)
         if cached is None:
-            cached = _VOLUME_CACHE[key] = VolumePipeline(package, threads=threads, device=device)
+            planar = package.manifest.volume is not None and package.manifest.volume.planar
+            cached = _VOLUME_CACHE[key] = (
+                PlanarPipeline(package, threads=threads)
+                if planar
+                else VolumePipeline(package, threads=threads, device=device)
+            )
     return cached
 
 

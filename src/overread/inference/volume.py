@@ -237,6 +237,10 @@ class VolumePipeline:
             raise ModelPackageError(f"{package.path}: package has no 'volume' section")
         if manifest.is_ensemble:
             raise ModelPackageError(f"{package.path}: volumetric ensembles are not supported")
+        if manifest.volume.planar:
+            raise ModelPackageError(
+                f"{package.path}: a planar package (overread.inference.planar reads it)"
+            )
         self.package = package
         self.spec: VolumeSpec = manifest.volume
         self.task = manifest.task

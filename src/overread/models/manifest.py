@@ -155,14 +155,23 @@ class VolumeSpec(_Strict):
     ``antialias`` (bilinear in-plane, antialiased when shrinking, then linear across
     slices) or ``trilinear`` (plain trilinear, no antialiasing: what
     ``overread train --preset ct-phantom`` trained with).
+
+    ``planar`` true makes it a 2-D package for projection radiographs (CR, DX): each
+    image is read through the manifest's ``input.chain`` (to ``input.size`` pixels a
+    side), the network maps ``(N, 1, H, W)`` to one logit per label and pixel, and
+    the masks come back to the source image's grid through the chain's letterbox;
+    ``spacing_mm``, ``patch_size`` and the windows are not used. Its ``postprocess``
+    is ``none`` or ``lung-field`` (the label named by ``lung_label``: its two largest
+    components, holes filled).
     """
 
+    planar: bool = False
     spacing_mm: tuple[float, float, float] = (2.0, 2.0, 2.0)
     patch_size: tuple[int, int, int] = (64, 96, 96)
     overlap: float = Field(default=0.25, ge=0.0, lt=1.0)
     sigma_scale: float = Field(default=0.125, gt=0.0, le=1.0)
     sw_batch_size: int = Field(default=1, ge=1, le=64)
-    postprocess: Literal["none", "lung-nodule"] = "lung-nodule"
+    postprocess: Literal["none", "lung-nodule", "lung-field"] = "lung-nodule"
     lung_label: str = "lung"
     nodule_label: str = "nodule"
     min_nodule_mm: float = Field(default=3.0, ge=0.0)
@@ -487,6 +496,18 @@ class Manifest(_Strict):
             for needed in (self.volume.lung_label, self.volume.nodule_label):
                 if needed not in names:
                     raise ValueError(f"postprocess 'lung-nodule' needs a label {needed!r}")
+        if self.volume is not None:
+            planar, rule = self.volume.planar, self.volume.postprocess
+            if planar and rule == "lung-nodule":
+                raise ValueError("a planar package's postprocess is 'none' or 'lung-field'")
+            if rule == "lung-field" and not planar:
+                raise ValueError("postprocess 'lung-field' is for planar packages")
+            if rule == "lung-field" and self.volume.lung_label not in names:
+                raise ValueError(
+                    f"postprocess 'lung-field' needs a label {self.volume.lung_label!r}"
+                )
+            if planar and not self.input.chain:
+                raise ValueError("a planar package needs the preprocessing chain (input.chain)")
         for path in self.files:
             if path.startswith(("/", "\\")) or ".." in path.split("/") or path == MANIFEST_NAME:
                 raise ValueError(f"file entry {path!r} is not a plain relative path")
@@ -521,6 +542,8 @@ class Manifest(_Strict):
         if isinstance(volume, dict) and volume.get("resample") == "antialias":
             # Added later with this default: manifests signed before keep their hash.
             volume.pop("resample")
+        if isinstance(volume, dict) and volume.get("planar") is False:
+            volume.pop("planar")  # likewise: 3-D manifests keep their hash
         return data
 
     def canonical_bytes(self) -> bytes:

@@ -224,6 +224,23 @@ def _ct_unet3d(in_channels: int, num_classes: int, **kwargs: Any) -> nn.Module:
     )
 
 
+def _cxr_unet2d(in_channels: int, num_classes: int, **kwargs: Any) -> nn.Module:
+    """A 2-D MONAI UNet (``(N, C, H, W)`` -> per-pixel logits): chest X-ray lung fields."""
+    from monai.networks.nets import UNet
+
+    channels = tuple(kwargs.pop("channels", (8, 16, 32, 64, 128)))
+    return UNet(  # type: ignore[no-any-return]
+        spatial_dims=2,
+        in_channels=in_channels,
+        out_channels=num_classes,
+        channels=channels,
+        strides=tuple([2] * (len(channels) - 1)),
+        num_res_units=int(kwargs.pop("num_res_units", 1)),
+        norm=kwargs.pop("norm", "BATCH"),
+        **kwargs,
+    )
+
+
 def _ct_segresnet3d(in_channels: int, num_classes: int, **kwargs: Any) -> nn.Module:
     """A 3-D MONAI SegResNet with as many levels as ``channels`` (its first is the width)."""
     from monai.networks.nets import SegResNet
@@ -259,6 +276,8 @@ ARCHITECTURES: dict[str, Callable[..., nn.Module]] = {
     # 3-D segmentation nets (voxel logits, not a classifier): the CT lung/nodule model.
     "ct-unet3d": _ct_unet3d,
     "ct-segresnet3d": _ct_segresnet3d,
+    # 2-D segmentation net (pixel logits): the chest X-ray lung-field model.
+    "cxr-unet2d": _cxr_unet2d,
 }
 
 

@@ -4,6 +4,7 @@ Layout (the contract other areas read)::
 
     DIR/images/patientNNNNN/studyK/view1_frontal.dcm
     DIR/masks/patientNNNNN/studyK/<label>.png      (0/255, stored-image size)
+    DIR/masks/patientNNNNN/studyK/lung_field.png   (0/255: the visible lung fields)
     DIR/labels.csv         CheXpert-style report labels (uncertain, noisy, blanks)
     DIR/truth.csv          exact 0/1 truth
     DIR/ground_truth.json  boxes, severities, mask paths per image
@@ -76,6 +77,9 @@ TRUTH_COLUMNS: tuple[str, ...] = (
     "CTR",
     "Drifted",
 )
+
+#: File name of each study's lung-field mask (beside its finding masks).
+LUNG_FIELD_MASK = "lung_field.png"
 
 MAX_SIZE = 3000
 MIN_SIZE = 64
@@ -244,9 +248,13 @@ def _render_one(job: tuple[StudyPlan, CohortOptions, str]) -> dict[str, Any]:
     write_dicom(out_dir / plan.path, header, pixels)
     findings = []
     mask_dir = Path("masks") / plan.patient.patient_id / f"study{plan.study_number}"
+    (out_dir / mask_dir).mkdir(parents=True, exist_ok=True)
+    lung_field = mask_dir / LUNG_FIELD_MASK
+    Image.fromarray(truth.lungs.astype(np.uint8) * 255, mode="L").save(
+        out_dir / lung_field, compress_level=1
+    )
     for ft in truth.findings:
         mask_path = mask_dir / f"{_slug(ft.label)}.png"
-        (out_dir / mask_dir).mkdir(parents=True, exist_ok=True)
         Image.fromarray(ft.mask.astype(np.uint8) * 255, mode="L").save(
             out_dir / mask_path, compress_level=1
         )
@@ -266,6 +274,7 @@ def _render_one(job: tuple[StudyPlan, CohortOptions, str]) -> dict[str, Any]:
         "accession": accession,
         "labels": truth.labels,
         "ctr": truth.ctr,
+        "lung_field": lung_field.as_posix(),
         "findings": findings,
         "window": [truth.window_center, truth.window_width],
     }
@@ -327,6 +336,7 @@ def _write_outputs(
                 "sop_instance_uid": rec["uids"]["sop"],
                 "patient_id": plan.patient.patient_id,
                 "ctr": rec["ctr"],
+                "lung_field": rec["lung_field"],
                 "findings": rec["findings"],
             }
         )

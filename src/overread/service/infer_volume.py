@@ -108,6 +108,7 @@ def run_volume_study(
         prior = latest_prior_regions(session, model_name, study)
     datasets: list[Any] = []
     baseline = bool(pipeline.package.manifest.metrics.get("baseline"))
+    planar = bool(getattr(pipeline, "planar", False))
     for output in outputs:
         prediction = output.prediction
         if not prediction.ok:
@@ -129,6 +130,7 @@ def run_volume_study(
                     predecessors=[
                         p for p in predecessors if not source_series(p) or source_series(p) & series
                     ],
+                    planar=planar,
                 )
             )
     return [o.prediction for o in outputs], datasets

@@ -53,6 +53,8 @@ COMPREHENSIVE_3D_SR = "1.2.840.10008.5.1.4.1.1.88.34"
 #: Where the CT outputs go in the study (the X-ray SR and SEG use 9901 and 9903).
 SEG_SERIES_NUMBER = 9913
 SR_SERIES_NUMBER = 9911
+#: The SEG of a planar (radiograph) segmentation package.
+PLANAR_SEG_SERIES_NUMBER = 9914
 
 LUNG = codes.SCT.Lung
 NODULE = codes.SCT.Nodule
@@ -83,12 +85,14 @@ def build_volume_seg(
     series_instance_uid: str | None = None,
     sop_instance_uid: str | None = None,
     baseline: bool = False,
+    planar: bool = False,
 ) -> hd.seg.Segmentation:
     """A BINARY SEG of a label map ``(slices, rows, cols)`` over the series' slices.
 
     ``sources`` are the slice datasets in volume order (one per slice of the map);
     ``labels`` names each value of the map (``{1: "lung", 2: "nodule 1", ...}``).
-    Empty frames are left out.
+    Empty frames are left out. ``planar``: the map is one radiograph's (one frame,
+    series 9914, described as an X-ray segmentation).
     """
     if len(sources) != label_map.shape[0]:
         raise ServiceError(
@@ -121,6 +125,8 @@ def build_volume_seg(
     description = (
         "overread CT baseline (HU threshold) - research use"
         if baseline
+        else "overread AI X-ray segmentation (research use)"
+        if planar
         else "overread AI CT segmentation (research use)"
     )
     seg = hd.seg.Segmentation(
@@ -129,7 +135,7 @@ def build_volume_seg(
         segmentation_type=hd.seg.SegmentationTypeValues.BINARY,
         segment_descriptions=descriptions,
         series_instance_uid=series_instance_uid or generate_uid(),
-        series_number=SEG_SERIES_NUMBER,
+        series_number=PLANAR_SEG_SERIES_NUMBER if planar else SEG_SERIES_NUMBER,
         sop_instance_uid=sop_instance_uid or generate_uid(),
         instance_number=1,
         manufacturer=MANUFACTURER,
@@ -142,6 +148,15 @@ def build_volume_seg(
         contributing_equipment=[contributing_equipment(model)],
     )
     seg.SeriesDescription = description[:64]
+    if planar and "ImageOrientationPatient" not in sources[0]:
+        # General Image: Type 2C without a patient frame; the source's own (or empty).
+        seg.PatientOrientation = sources[0].get("PatientOrientation", "")
+        # Pixel Measures is conditional on a patient frame (not a projection's), and
+        # without Slice Thickness (which a projection has none of) readers such as
+        # highdicom refuse it: left out. The SEG has the source's rows and columns.
+        shared = seg.SharedFunctionalGroupsSequence[0]
+        if "PixelMeasuresSequence" in shared:
+            del shared.PixelMeasuresSequence
     return seg
 
 
@@ -425,20 +440,32 @@ def build_volume_outputs(
     *,
     baseline: bool = False,
     predecessors: Sequence[Dataset] = (),
+    planar: bool = False,
 ) -> list[Dataset]:
     """SEG (when there is a label map with something in it) and SR of one series;
-    ``predecessors``: the SRs of an earlier read of the series that the SR supersedes."""
+    ``predecessors``: the SRs of an earlier read of the series that the SR supersedes.
+
+    ``planar`` (a radiograph's mask): the SEG only; a radiograph has no patient frame
+    of reference for the SR's 3-D coordinates, and there is nothing to measure.
+    """
     seg: hd.seg.Segmentation | None = None
     numbers: dict[int, int] | None = None
     if label_map is not None and any(int(v) in labels for v in np.unique(label_map) if v):
-        seg = build_volume_seg(label_map, labels, sources, prediction.model, baseline=baseline)
+        seg = build_volume_seg(
+            label_map, labels, sources, prediction.model, baseline=baseline, planar=planar
+        )
+        if planar:
+            return [seg]
         numbers = segment_numbers(seg, labels)
+    if planar:
+        return []
     sr = build_volume_sr(prediction, sources, seg=seg, segments=numbers, predecessors=predecessors)
     return [d for d in (seg, sr) if d is not None]
 
 
 __all__ = [
     "COMPREHENSIVE_3D_SR",
+    "PLANAR_SEG_SERIES_NUMBER",
     "SEGMENTATION",
     "SEG_SERIES_NUMBER",
     "SR_SERIES_NUMBER",
