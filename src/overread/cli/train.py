@@ -33,7 +33,7 @@ def _train_ct(config: Path | None, preset: str | None, values: dict[str, Any], s
 
     data = ct_toml(config, preset)
     if data is None:
-        return False
+        return _train_ct_detection(config, preset, values, show)
     cfg = parse_ct_config(data, values)
     if show:
         typer.echo(cfg.model_dump_json(indent=2))
@@ -63,6 +63,28 @@ def _train_seg(config: Path | None, preset: str | None, values: dict[str, Any], 
 
     result = run_seg_training(cfg, echo=typer.echo)
     typer.echo(f"package: {result.package}")
+    return True
+
+
+def _train_ct_detection(
+    config: Path | None, preset: str | None, values: dict[str, Any], show: bool
+) -> bool:
+    """Run a ``kind = "ct-detection"`` config (3-D nodule detector); False for other configs."""
+    from overread.training.ct_detect import detection_toml, parse_detection_config
+
+    data = detection_toml(config, preset)
+    if data is None:
+        return False
+    cfg = parse_detection_config(data, values)
+    if show:
+        typer.echo(cfg.model_dump_json(indent=2))
+        return True
+    from overread.training.ct_detect import run_detection_training
+
+    result = run_detection_training(cfg, echo=typer.echo)
+    typer.echo(f"checkpoint: {result.checkpoint}")
+    if result.package is not None:
+        typer.echo(f"package: {result.package}")
     return True
 
 

@@ -3,7 +3,7 @@
 Each case's series runs through the package's
 :class:`~overread.inference.volume.VolumePipeline` (as ``overread predict`` runs
 it); lung and nodule masks come from its label map and detections from its
-nodules (centre and box, score = mean nodule probability). The figures are those
+nodules (centre and box, score = mean nodule probability; a ``centre-heatmap`` detector's peak score). The figures are those
 of :func:`overread.training.ct_eval.evaluate_cohort`, with case-level (each phantom
 case is one patient) bootstrap 95% intervals on the lung and nodule Dice.
 """
@@ -98,7 +98,32 @@ def evaluate_ct_package(
             seed,
         ),
     }
+    volume = package.manifest.volume
+    if volume is not None and volume.postprocess == "centre-heatmap":
+        _drop_mask_figures(metrics)
     return metrics
+
+
+def _drop_mask_figures(metrics: dict[str, Any]) -> None:
+    """A pure detector draws no masks: its lung and nodule overlap figures are absent."""
+    for key in (
+        "lung_dice",
+        "lung_dice_min",
+        "lung_hd95_mm",
+        "lung_nsd",
+        "nodule_dice_ge6mm",
+        "nodule_hd95_ge6mm_mm",
+        "nodules_ge6mm_missed",
+    ):
+        metrics[key] = None
+    metrics["masks"] = False
+    metrics["ci95"] = dict.fromkeys(metrics["ci95"])
+    for case in metrics["per_case"]:
+        case.update(lung_dice=None, lung_hd95_mm=None, lung_nsd=None, nodule_dice_ge6mm=[])
+    for block in metrics["by_size"].values():
+        block["nodule_dice"] = None
+    for block in metrics["by_density"].values():
+        block["nodule_dice_ge6mm"] = None
 
 
 def froc_svg(curve: dict[str, list[float]], *, max_fp: float = 8.0) -> str:

@@ -305,6 +305,9 @@ class VolumePipeline:
             for region in regions:
                 if region.segment_number is not None:
                     label_values[region.segment_number] = f"{spec.nodule_label} {region.index}"
+        elif spec.postprocess == "centre-heatmap":
+            label_map = None
+            regions = self._detections(volume, probabilities, thresholds)
         else:
             label_map = np.zeros(shape, dtype=np.uint8)
             for z in range(shape[0]):
@@ -323,23 +326,58 @@ class VolumePipeline:
             }
         )
         prediction.ok = True
-        keep_map = self.task is Task.SEGMENTATION
+        keep_map = self.task is Task.SEGMENTATION and label_map is not None
         return VolumeOutput(prediction, volume, label_map if keep_map else None, label_values)
+
+    def _detections(
+        self,
+        volume: Volume,
+        probabilities: npt.NDArray[np.float32],
+        thresholds: Sequence[float],
+    ) -> list[Region]:
+        """``centre-heatmap``: peaks and sizes on the network's grid, measured on the source grid."""
+        from overread.models.centre_heatmap import decode_peaks
+
+        spec = self.spec
+        assert spec.centre_label is not None and spec.size_labels is not None
+        centre_i = self.labels.index(spec.centre_label)
+        size_i = [self.labels.index(name) for name in spec.size_labels]
+        peaks = decode_peaks(
+            probabilities[centre_i],
+            probabilities[size_i],
+            spec.spacing_mm,
+            floor=thresholds[centre_i],
+            max_detections=spec.max_detections,
+            max_size_mm=spec.max_nodule_mm,
+            min_size_mm=spec.min_nodule_mm,
+        )
+        low = np.asarray(probabilities.shape[1:], dtype=np.float64)
+        shape = np.asarray(volume.pixels.shape, dtype=np.float64)
+        regions: list[Region] = []
+        for index, peak in enumerate(peaks, start=1):
+            centre = (np.asarray(peak.centre) + 0.5) * shape / low - 0.5
+            half = np.asarray(peak.size_mm) / 2 / np.asarray(volume.spacing, dtype=np.float64)
+            regions.append(measure_detection(volume, centre, half, peak.score, index, spec))
+        return regions
 
     def _findings(
         self, regions: Sequence[Region], thresholds: Sequence[float], spec: VolumeSpec
     ) -> list[FindingResult]:
         """One study-level finding (``nodule``): positive when a nodule was found."""
-        if spec.postprocess != "lung-nodule":
+        if spec.postprocess == "centre-heatmap" and spec.centre_label is not None:
+            source = spec.centre_label  # its threshold is the peak floor, its codes the finding's
+        elif spec.postprocess == "lung-nodule":
+            source = spec.nodule_label
+        else:
             return []
         label = spec.nodule_label
-        threshold = thresholds[self.labels.index(label)]
+        threshold = thresholds[self.labels.index(source)]
         score = max((r.score for r in regions), default=0.0)
         codes = next(
             (
                 tuple((c.scheme, c.value, c.meaning) for c in spec_label.codes)
                 for spec_label in self.package.manifest.labels
-                if spec_label.name == label
+                if spec_label.name == source
             ),
             (),
         )
@@ -560,6 +598,90 @@ class VolumePipeline:
         return [output.prediction for output in self.predict_series(inputs)]
 
 
+#: HU a voxel must reach to belong to a detected nodule's measured mask (aerated lung is
+#: about -850 HU, ground-glass nodules about -600 HU).
+DETECTION_MASK_HU = -720.0
+
+
+def measure_detection(
+    volume: Volume,
+    centre: npt.NDArray[np.float64],
+    half: npt.NDArray[np.float64],
+    score: float,
+    index: int,
+    spec: VolumeSpec,
+) -> Region:
+    """A detected nodule measured on the source grid.
+
+    ``centre`` (slice, row, column voxels) and ``half`` (half the box size in voxels)
+    come from the detector. The nodule's mask is, inside the ellipsoid inscribed in
+    the box, the voxels reaching :data:`DETECTION_MASK_HU` connected to the one
+    nearest the centre (else the largest such component; else the whole ellipsoid):
+    its volume, longest diameter, mean HU and solid fraction are the measurements.
+    The centre and the box reported are the detector's.
+    """
+    shape = np.asarray(volume.pixels.shape)
+    half = np.maximum(half, 0.5)
+    lo = np.clip(np.floor(centre - half + 0.5), 0, shape - 1).astype(int)
+    hi = np.clip(np.ceil(centre + half + 0.5), lo + 1, shape).astype(int)
+    box = tuple(slice(int(a), int(b)) for a, b in zip(lo, hi, strict=True))
+    pixels = volume.pixels[box]
+    grid = np.meshgrid(*[np.arange(a, b) for a, b in zip(lo, hi, strict=True)], indexing="ij")
+    inside = sum(((g - c) / h) ** 2 for g, c, h in zip(grid, centre, half, strict=True)) <= 1.0
+    if not inside.any():
+        inside = np.ones(pixels.shape, dtype=bool)
+    dense = inside & (pixels >= DETECTION_MASK_HU)
+    mask = inside
+    if dense.any():
+        labels, count = ndimage.label(dense)
+        nearest = tuple(
+            int(np.clip(round(c) - a, 0, n - 1))
+            for c, a, n in zip(centre, lo, pixels.shape, strict=True)
+        )
+        pick = int(labels[nearest])
+        if pick == 0:
+            sizes = ndimage.sum_labels(dense, labels, index=np.arange(1, count + 1))
+            pick = int(np.argmax(sizes)) + 1
+        mask = labels == pick
+    spacing = volume.spacing
+    voxel_mm3 = float(spacing[0] * spacing[1] * spacing[2])
+    hu = pixels[mask]
+    interior = ndimage.binary_erosion(mask)
+    core = pixels[interior] if interior.any() else hu
+    solid_fraction = float(np.mean(core >= spec.solid_hu))
+    edge = mask & ~ndimage.binary_erosion(mask)
+    edge_zyx = np.argwhere(edge).astype(np.float64) + lo
+    edge_h = np.c_[edge_zyx[:, 2], edge_zyx[:, 1], edge_zyx[:, 0], np.ones(len(edge_zyx))]
+    diameter = max(_longest_diameter((volume.affine @ edge_h.T).T[:, :3]), float(min(spacing)))
+    volume_mm3 = float(mask.sum()) * voxel_mm3
+    density = density_of(solid_fraction)
+    point = volume.affine @ np.array([centre[2], centre[1], centre[0], 1.0])
+    a, b = centre - half, centre + half
+    ends = (volume.affine @ np.array([[a[2], a[1], a[0], 1.0], [b[2], b[1], b[0], 1.0]]).T).T[:, :3]
+    box_mm = np.concatenate([ends.min(axis=0), ends.max(axis=0)])
+    return Region(
+        label=spec.nodule_label,
+        index=index,
+        score=float(score),
+        volume_mm3=volume_mm3,
+        longest_diameter_mm=diameter,
+        mean_hu=float(hu.mean()),
+        solid_fraction=solid_fraction,
+        density=density,
+        category=categorise(density, diameter, solid_diameter_mm(volume_mm3, solid_fraction)),
+        centre_mm=(float(point[0]), float(point[1]), float(point[2])),
+        box_mm=(
+            float(box_mm[0]),
+            float(box_mm[1]),
+            float(box_mm[2]),
+            float(box_mm[3]),
+            float(box_mm[4]),
+            float(box_mm[5]),
+        ),
+        box_voxels=(int(lo[0]), int(lo[1]), int(lo[2]), int(hi[0]), int(hi[1]), int(hi[2])),
+    )
+
+
 def _with_index(region: Region, index: int, segment_number: int) -> Region:
     from dataclasses import replace
 
@@ -571,6 +693,7 @@ __all__ = [
     "VolumeOutput",
     "VolumePipeline",
     "lung_and_nodules",
+    "measure_detection",
     "resample",
     "sliding_window",
     "upsample_plane",

@@ -163,6 +163,12 @@ class VolumeSpec(_Strict):
     ``spacing_mm``, ``patch_size`` and the windows are not used. Its ``postprocess``
     is ``none`` or ``lung-field`` (the label named by ``lung_label``: its two largest
     components, holes filled).
+
+    ``centre-heatmap`` (a detector): ``centre_label`` names the nodule-centre
+    heatmap channel and ``size_labels`` the box-size channels (slice, row, column;
+    size in mm = probability x ``max_nodule_mm``); its local maxima (3x3x3) reaching
+    the centre label's threshold, at most ``max_detections``, are the nodules
+    (:mod:`overread.models.centre_heatmap`).
     """
 
     planar: bool = False
@@ -171,9 +177,12 @@ class VolumeSpec(_Strict):
     overlap: float = Field(default=0.25, ge=0.0, lt=1.0)
     sigma_scale: float = Field(default=0.125, gt=0.0, le=1.0)
     sw_batch_size: int = Field(default=1, ge=1, le=64)
-    postprocess: Literal["none", "lung-nodule", "lung-field"] = "lung-nodule"
+    postprocess: Literal["none", "lung-nodule", "lung-field", "centre-heatmap"] = "lung-nodule"
     lung_label: str = "lung"
     nodule_label: str = "nodule"
+    centre_label: str | None = None
+    size_labels: tuple[str, str, str] | None = None
+    max_detections: int = Field(default=20, ge=1, le=200)
     min_nodule_mm: float = Field(default=3.0, ge=0.0)
     max_nodule_mm: float = Field(default=40.0, gt=0.0)
     solid_hu: float = -300.0
@@ -498,7 +507,7 @@ class Manifest(_Strict):
                     raise ValueError(f"postprocess 'lung-nodule' needs a label {needed!r}")
         if self.volume is not None:
             planar, rule = self.volume.planar, self.volume.postprocess
-            if planar and rule == "lung-nodule":
+            if planar and rule in ("lung-nodule", "centre-heatmap"):
                 raise ValueError("a planar package's postprocess is 'none' or 'lung-field'")
             if rule == "lung-field" and not planar:
                 raise ValueError("postprocess 'lung-field' is for planar packages")
@@ -508,6 +517,12 @@ class Manifest(_Strict):
                 )
             if planar and not self.input.chain:
                 raise ValueError("a planar package needs the preprocessing chain (input.chain)")
+        if self.volume is not None and self.volume.postprocess == "centre-heatmap":
+            if self.volume.centre_label is None or self.volume.size_labels is None:
+                raise ValueError("postprocess 'centre-heatmap' needs centre_label and size_labels")
+            for needed in (self.volume.centre_label, *self.volume.size_labels):
+                if needed not in names:
+                    raise ValueError(f"postprocess 'centre-heatmap' needs a label {needed!r}")
         for path in self.files:
             if path.startswith(("/", "\\")) or ".." in path.split("/") or path == MANIFEST_NAME:
                 raise ValueError(f"file entry {path!r} is not a plain relative path")
@@ -544,6 +559,10 @@ class Manifest(_Strict):
             volume.pop("resample")
         if isinstance(volume, dict) and volume.get("planar") is False:
             volume.pop("planar")  # likewise: 3-D manifests keep their hash
+        if isinstance(volume, dict) and volume.get("postprocess") != "centre-heatmap":
+            # Detector-only fields, added later: other manifests keep their hash.
+            for key in ("centre_label", "size_labels", "max_detections"):
+                volume.pop(key, None)
         return data
 
     def canonical_bytes(self) -> bytes:
