@@ -55,6 +55,7 @@ from pydicom import Dataset
 from pynetdicom import AE, ALL_TRANSFER_SYNTAXES, AllStoragePresentationContexts, evt
 from pynetdicom.dimse_messages import C_STORE_RQ
 from pynetdicom.dsutils import create_file_meta, encode_file_meta
+from pynetdicom.transport import ThreadedAssociationServer
 
 from overread.audit import AuditAction
 from overread.errors import InvalidDicomError, InvalidUidError, ServiceError
@@ -101,6 +102,16 @@ def _recv_exact(association_socket: Any, nr_bytes: int) -> bytearray:
     finally:
         view.release()
     return buffer
+
+
+class _SharedPortServer(ThreadedAssociationServer):
+    """pynetdicom's threaded server, its socket bound with ``SO_REUSEPORT``: several
+    receiving processes listen on one port and the kernel spreads the connections."""
+
+    def server_bind(self) -> None:
+        if self.socket is not None:
+            self.socket.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+        super().server_bind()
 
 
 class _StreamedDataSet(BytesIO):
@@ -153,6 +164,9 @@ class StorageSCP:
         releases it normally (the study assembler completes chest X-rays on this).
     rejected_dir
         Where refused payloads are kept (``None``: not kept).
+    shared_port
+        Bind with ``SO_REUSEPORT`` so that other receiving processes (see
+        :mod:`overread.service.receivers`) can listen on the same port.
     """
 
     def __init__(
@@ -162,9 +176,11 @@ class StorageSCP:
         *,
         on_released: Callable[[set[str]], None] | None = None,
         rejected_dir: Path | None = None,
+        shared_port: bool = False,
     ) -> None:
         self.config = config
         self.ingestor = ingestor
+        self.shared_port = shared_port
         self.on_released = on_released
         self.rejected_dir = rejected_dir
         self._studies: dict[int, set[str]] = {}
@@ -224,11 +240,7 @@ class StorageSCP:
             (evt.EVT_ABORTED, self._on_aborted),
         ]
         try:
-            self._server = self.ae.start_server(
-                (self.config.dicom_host, self.config.dicom_port),
-                block=False,
-                evt_handlers=handlers,
-            )
+            self._server = self._listen(handlers)
         except OSError as exc:
             raise ServiceError(
                 f"cannot listen for DICOM on {self.config.dicom_host}:{self.config.dicom_port}: {exc}"
@@ -254,6 +266,17 @@ class StorageSCP:
             logger.error("object store %s is not writable: %s", self.ingestor.store.root, exc)
         logger.info("DICOM SCP %s listening on port %d", self.config.ae_title, port)
         return port
+
+    def _listen(self, handlers: list[Any]) -> Any:
+        address = (self.config.dicom_host, self.config.dicom_port)
+        if not self.shared_port:
+            return self.ae.start_server(address, block=False, evt_handlers=handlers)
+        # What AE.start_server(block=False) does, with the SO_REUSEPORT server.
+        server = self.ae.make_server(address, evt_handlers=handlers, server_class=_SharedPortServer)
+        thread = threading.Thread(target=server.serve_forever, name="dicom-acceptor", daemon=True)
+        thread.start()
+        self.ae._servers.append(server)
+        return server
 
     def _tls_context(self) -> ssl.SSLContext:
         """The server side of DICOM TLS (BCP 195: TLS 1.2 or later)."""
