@@ -11,6 +11,7 @@ import errno
 import hashlib
 import os
 import subprocess
+import threading
 import time
 from collections.abc import Iterator
 from io import BytesIO
@@ -302,3 +303,29 @@ def test_objects_left_by_a_dead_process_are_removed_when_the_store_opens(
     mine.write_bytes(b"in progress")
     ObjectStore(root).prepare()
     assert not stale.exists() and mine.exists()
+
+
+def test_the_file_is_fsynced_by_the_writer_once_the_last_chunk_is_in(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    store = ObjectStore(tmp_path / "objects")
+    store.prepare()
+    synced: list[tuple[int, str]] = []
+    real_fsync = os.fsync
+
+    def recording(fd: int) -> None:
+        synced.append((fd, threading.current_thread().name))
+        real_fsync(fd)
+
+    monkeypatch.setattr(store_module.os, "fsync", recording)
+    incoming = store.receive()
+    incoming.write(b"x" * 100_000)
+    incoming.end()  # what the SCP calls when the last PDU of the data set arrived
+    deadline = time.monotonic() + 10
+    while not synced and time.monotonic() < deadline:
+        time.sleep(0.01)
+    assert [name for _, name in synced] == ["store-incoming"]  # before anyone asked
+    stored = store.adopt(incoming)  # no second file fsync, then the directory's
+    incoming.discard()
+    assert len(synced) == 2 and synced[1][1] != "store-incoming"
+    assert store.read(stored.key) == b"x" * 100_000

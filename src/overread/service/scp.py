@@ -390,8 +390,14 @@ class StorageSCP:
         decoded and its data set is still to come, the data set goes to the store as
         it arrives (see :class:`_StreamedDataSet`). Runs in the association's DUL
         thread, PDU by PDU."""
+        before = assoc.dimse.message
+        streamed = getattr(before, "data_set", None)
         receive(primitive)
         message = assoc.dimse.message
+        if isinstance(streamed, _StreamedDataSet):
+            if message is not before:  # the last fragment came: the fsync can start
+                streamed.incoming.end()
+            return
         if type(message) is not C_STORE_RQ or isinstance(message.data_set, _StreamedDataSet):
             return
         incoming = self._start_incoming(assoc, message)

@@ -99,7 +99,7 @@ class IncomingObject:
         when a write failed (disk full): the object must then not be acknowledged.
     """
 
-    def __init__(self, path: Path) -> None:
+    def __init__(self, path: Path, *, sync: bool = False) -> None:
         self.path = path
         self._fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o644)
         self._hash = hashlib.sha256()
@@ -108,6 +108,14 @@ class IncomingObject:
         self._digest: str | None = None
         self._adopted = False
         self._closed = False
+        # With ``sync`` the writer fsyncs the file as soon as the last chunk is
+        # written, while the owner checks the header and looks for a duplicate.
+        self._sync_early = sync
+        self._synced = False
+        self._sync_error: OSError | None = None
+        self._ended = False
+        self._end_lock = threading.Lock()
+        self._written = threading.Event()
         self._chunks: queue.SimpleQueue[bytes | None] = queue.SimpleQueue()
         self._thread = threading.Thread(target=self._drain, name="store-incoming", daemon=True)
         self._thread.start()
@@ -117,11 +125,19 @@ class IncomingObject:
         if chunk:
             self._chunks.put(chunk)
 
+    def end(self) -> None:
+        """No more chunks will come (the last one arrived): once it is written the
+        writer starts the fsync, if asked to. Safe to call more than once."""
+        with self._end_lock:
+            if not self._ended:
+                self._ended = True
+                self._chunks.put(None)
+
     def _drain(self) -> None:
         while True:
             chunk = self._chunks.get()
             if chunk is None:
-                return
+                break
             if self._error is not None:
                 continue  # a failed write: the rest is dropped, finish() raises
             try:
@@ -133,14 +149,21 @@ class IncomingObject:
                 continue
             self._hash.update(chunk)
             self._size += len(chunk)
+        self._written.set()
+        if self._sync_early and self._error is None:
+            try:
+                os.fsync(self._fd)
+                self._synced = True
+            except OSError as exc:
+                self._sync_error = exc
 
     def _stop(self) -> None:
-        if self._thread.is_alive():
-            self._chunks.put(None)
-            self._thread.join()
+        self.end()
+        self._thread.join()
 
     def finish(self) -> tuple[str, int]:
-        """Wait for every chunk written so far; return ``(sha256, size)``.
+        """Wait for every chunk written so far; return ``(sha256, size)``. (No chunk
+        may be written after this.)
 
         Raises
         ------
@@ -149,7 +172,8 @@ class IncomingObject:
         """
         if self._closed:
             raise OSError(f"incoming object {self.path.name} was discarded")
-        self._stop()
+        self.end()
+        self._written.wait()
         if self._error is not None:
             raise self._error
         if self._digest is None:
@@ -175,8 +199,12 @@ class IncomingObject:
             view.close()
 
     def sync(self) -> None:
-        """fsync the file (its data and size)."""
-        os.fsync(self._fd)
+        """fsync the file (its data and size): wait for the writer's fsync, or do it."""
+        self._stop()
+        if self._sync_error is not None:
+            raise self._sync_error
+        if not self._synced:
+            os.fsync(self._fd)
 
     def keep_as(self, target: Path) -> None:
         """Move (or, across file systems, copy) what arrived to ``target``."""
@@ -265,7 +293,7 @@ class ObjectStore:
         if not self._prepared:
             self.prepare()
         name = f".tmp-{os.getpid()}-{threading.get_ident()}-{next(self._names)}"
-        return IncomingObject(self.root / INCOMING_DIR / name)
+        return IncomingObject(self.root / INCOMING_DIR / name, sync=self.fsync)
 
     def adopt(self, incoming: IncomingObject) -> StoredObject:
         """Store a finished :class:`IncomingObject` durably under its content address.
