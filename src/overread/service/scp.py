@@ -398,7 +398,11 @@ class StorageSCP:
             if message is not before:  # the last fragment came: the fsync can start
                 streamed.incoming.end()
             return
-        if type(message) is not C_STORE_RQ or isinstance(message.data_set, _StreamedDataSet):
+        if (
+            type(message) is not C_STORE_RQ
+            or isinstance(message.data_set, _StreamedDataSet)
+            or getattr(message, "_data_set_file", None) is not None  # pynetdicom's own
+        ):
             return
         incoming = self._start_incoming(assoc, message)
         if incoming is None:  # the data set is collected in memory, as pynetdicom does
