@@ -4,7 +4,9 @@ Both receivers get the same files from DCMTK ``storescu`` on loopback, in altern
 (storescp, overread, storescp, overread, ...) so that load from other processes hits
 both alike. ``storescp`` writes without fsync (its default); overread fsyncs every
 file and its directory and commits the instance's row before it answers. With several
-associations ``storescp --fork`` takes each in its own process, overread in threads.
+associations ``storescp --fork`` takes each in its own process; overread takes them
+in as many receiving processes on the one port (``serve --receivers``, SO_REUSEPORT)
+as there are associations unless told otherwise.
 """
 
 from __future__ import annotations
@@ -24,6 +26,7 @@ from overread.harness import StorescpPacs, send_parallel, write_chest_dx
 from overread.harness.gateway import loopback_config
 from overread.service.db import Database
 from overread.service.ingest import Ingestor
+from overread.service.receivers import ReceiverProcesses
 from overread.service.scp import StorageSCP
 from overread.service.store import ObjectStore
 
@@ -44,15 +47,27 @@ def write_test_radiograph(path: Path, *, size: int, study_uid: str, seed: int) -
     )
 
 
-def overread_seconds(root: Path, paths: list[Path], associations: int) -> float:
-    """Seconds overread's SCP (alone, fsync'd, its database in ``root``) takes to receive ``paths``."""
+def overread_seconds(root: Path, paths: list[Path], associations: int, receivers: int = 1) -> float:
+    """Seconds overread's SCP (alone, fsync'd, its database in ``root``) takes to receive
+    ``paths``; with ``receivers`` > 1 that many processes receive on the port (their
+    start is not timed)."""
     config = loopback_config(Settings(data_dir=root))
     database = Database(config.database_url)
-    scp = StorageSCP(config, Ingestor(database, ObjectStore(root / "objects")))
+    scp = StorageSCP(
+        config, Ingestor(database, ObjectStore(root / "objects")), shared_port=receivers > 1
+    )
     port = scp.start()
+    children: ReceiverProcesses | None = None
     try:
+        if receivers > 1:
+            children = ReceiverProcesses(
+                config, receivers - 1, on_released=lambda _s: None, on_stored=lambda _o: None
+            )
+            children.start(port)
         return send_parallel(port, paths, associations, config.ae_title, BENCH_AE_TITLE)
     finally:
+        if children is not None:
+            children.stop()
         scp.stop()
         database.dispose()
 
@@ -132,6 +147,7 @@ def benchmark_ingest_side_by_side(
     associations: int = 4,
     repeats: int = 3,
     max_seconds: float = 300.0,
+    receivers: int = 0,
     progress: Callable[[str], None] | None = None,
 ) -> dict[str, Any]:
     """MB/s and instances/s of ``storescp`` and overread's fsync'd SCP, side by side.
@@ -146,6 +162,9 @@ def benchmark_ingest_side_by_side(
         Alternating runs per receiver and case; the best and the median are reported.
     max_seconds
         Stop repeating once this much time has passed (at least one run each).
+    receivers
+        overread's receiving processes in the concurrent case (0: one per
+        association); one association is received by one process.
 
     Returns
     -------
@@ -155,9 +174,10 @@ def benchmark_ingest_side_by_side(
         (best overread / best storescp); ``ratio_1`` and ``ratio_n`` for short;
         ``costs_ms`` (:func:`ingest_costs`) and ``wall_ms_per_instance``.
     """
-    if files < 1 or size < 64 or associations < 1 or repeats < 1:
+    if files < 1 or size < 64 or associations < 1 or repeats < 1 or receivers < 0:
         raise ConfigError(
-            "bench ingest: --files, --associations and --repeats must be >= 1, --size >= 64"
+            "bench ingest: --files, --associations and --repeats must be >= 1, --size >= 64, "
+            "--receivers >= 0"
         )
     require_dcmtk()
     started = time.monotonic()
@@ -174,6 +194,7 @@ def benchmark_ingest_side_by_side(
         counts = sorted({1, associations})
         run = 0
         for count in counts:
+            processes = 1 if count == 1 else (receivers or count)
             times: dict[str, list[float]] = {"storescp": [], "overread_fsync": []}
             for repeat in range(repeats):
                 if repeat and time.monotonic() - started > max_seconds:
@@ -185,8 +206,16 @@ def benchmark_ingest_side_by_side(
                     run += 1
                     if progress is not None:
                         progress(f"{name}, {count} association(s), run {repeat + 1}")
-                    times[name].append(runner(root / f"run{run}", paths, count))
-            case: dict[str, Any] = {"associations": count, "runs": len(times["storescp"])}
+                    if runner is overread_seconds:
+                        elapsed = overread_seconds(root / f"run{run}", paths, count, processes)
+                    else:
+                        elapsed = runner(root / f"run{run}", paths, count)
+                    times[name].append(elapsed)
+            case: dict[str, Any] = {
+                "associations": count,
+                "receivers": processes,
+                "runs": len(times["storescp"]),
+            }
             for name, seconds in times.items():
                 best, typical = min(seconds), median(seconds)
                 case[name] = {

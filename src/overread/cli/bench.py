@@ -527,6 +527,9 @@ def _ingest_table(result: dict[str, Any]) -> Table:
             ("overread_fsync", "overread SCP (fsync + commit)"),
         ):
             row = case[name]
+            processes = int(case.get("receivers", 1))
+            if name == "overread_fsync" and processes > 1:
+                label = f"{label}, {processes} processes"
             table.add_row(
                 label,
                 str(case["associations"]),
@@ -546,6 +549,12 @@ def bench_ingest(
     associations: int = typer.Option(4, "--associations", min=1, help="The concurrent case."),
     repeats: int = typer.Option(3, "--repeats", min=1, help="Alternating runs per receiver."),
     max_seconds: float = typer.Option(300.0, "--max-seconds", min=1, help="Stop repeating after."),
+    receivers: int = typer.Option(
+        0,
+        "--receivers",
+        min=0,
+        help="overread's receiving processes in the concurrent case (0: one per association).",
+    ),
     as_json: bool = typer.Option(False, "--json", help="Print the whole result as JSON."),
     append_docs: bool = typer.Option(False, "--append-docs", help="Append to docs/benchmarks.md."),
 ) -> None:
@@ -560,6 +569,7 @@ def bench_ingest(
             associations=associations,
             repeats=repeats,
             max_seconds=max_seconds,
+            receivers=receivers,
             progress=lambda task: update(task, 1, 1),
         )
     _emit(

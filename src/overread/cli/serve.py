@@ -95,6 +95,13 @@ def serve(
         None, "--stable-seconds", help="A study is complete after this long without new instances."
     ),
     workers: int | None = typer.Option(None, "--workers", help="Worker threads."),
+    receivers: int | None = typer.Option(
+        None,
+        "--receivers",
+        min=1,
+        max=64,
+        help="Processes receiving on the DICOM port (SO_REUSEPORT; default 1).",
+    ),
     retry_for: str | None = typer.Option(
         None,
         "--retry-for",
@@ -164,6 +171,7 @@ def serve(
         allow_query_ae=allow_query_ae,
         stable_seconds=stable_seconds,
         workers=workers,
+        dicom_receivers=receivers,
         max_attempts=max_attempts,
         retry_for_seconds=None if retry_for is None else parse_duration(retry_for),
         lease_seconds=lease_seconds,

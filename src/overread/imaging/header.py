@@ -18,13 +18,14 @@ from __future__ import annotations
 
 import functools
 import logging
+import mmap
 import threading
 import warnings
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from io import BytesIO
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any, BinaryIO, TypeVar, cast
 
 import pydicom
 from pydicom.dataelem import DataElement
@@ -390,7 +391,7 @@ def read_dataset(path: Path | str, *, pixels: bool = True) -> Dataset:
 _REQUIRED_UIDS = ("SOPInstanceUID", "SOPClassUID", "StudyInstanceUID", "SeriesInstanceUID")
 
 
-def read_instance(data: bytes, *, source: str = "payload") -> ImageMetadata:
+def read_instance(data: bytes | mmap.mmap, *, source: str = "payload") -> ImageMetadata:
     """Check a received DICOM Part 10 byte string and return its typed header.
 
     This is what ingest calls for every instance before storing it (C-STORE,
@@ -406,6 +407,9 @@ def read_instance(data: bytes, *, source: str = "payload") -> ImageMetadata:
     and well-formed UIDs in the returned header (:func:`~overread.imaging.uids.uid_problem`):
     the gateway keys rows, object keys, routes and outgoing SRs on them.
 
+    ``data`` may also be a file mapped read-only (an instance written to disk as it
+    arrived): it is then read in place, not copied.
+
     Raises
     ------
     InvalidUidError
@@ -414,7 +418,11 @@ def read_instance(data: bytes, *, source: str = "payload") -> ImageMetadata:
         If the bytes are not a readable DICOM data set or lack a required UID.
     """
     try:
-        stream = BytesIO(data)
+        if isinstance(data, mmap.mmap):
+            data.seek(0)
+            stream = cast(BinaryIO, data)  # read in place, not copied
+        else:
+            stream = BytesIO(data)
         ds = pydicom.dcmread(stream, stop_before_pixels=True)
         for element in ds.iterall():  # force every element to decode
             _ = element.value
@@ -470,7 +478,7 @@ def _pixel_bytes_expected(ds: Dataset) -> int:
     ) // 8
 
 
-def _pixel_shortfall_in_place(ds: Dataset, data: bytes, offset: int) -> int | None:
+def _pixel_shortfall_in_place(ds: Dataset, data: bytes | mmap.mmap, offset: int) -> int | None:
     """Missing Pixel Data bytes, read from the element header at ``offset`` of ``data``.
 
     ``offset`` is where a ``stop_before_pixels`` parse stopped. Returns ``0`` when

@@ -459,6 +459,14 @@ class ServiceConfig(BaseModel):
         description="associations at once; a connection that has not yet sent its "
         "A-ASSOCIATE-RQ does not count",
     )
+    dicom_receivers: int = Field(
+        default=1,
+        ge=1,
+        le=64,
+        description="processes receiving on the DICOM port (SO_REUSEPORT); more than one "
+        "lets concurrent associations use more than one core (max_associations is per "
+        "process)",
+    )
     audit_checkpoint_events: int = Field(
         default=100,
         ge=0,

@@ -26,7 +26,7 @@ from overread.audit import AuditAction, record_event
 from overread.imaging import ImageMetadata, read_instance
 from overread.service.db import Database, Instance, Study, StudyState, utcnow
 from overread.service.diskspace import DiskGuard
-from overread.service.store import ObjectStore
+from overread.service.store import IncomingObject, ObjectStore, StoredObject
 
 logger = logging.getLogger(__name__)
 
@@ -216,60 +216,115 @@ class Ingestor:
         header = InstanceColumns.of(read_instance(data, source=source))
         existing = self._find(header.sop_instance_uid)
         if existing is not None:
-            if hashlib.sha256(data).hexdigest() != existing.sha256:
-                logger.warning(
-                    "instance %s from %s differs from the copy already stored; "
-                    "the first copy is kept (SOP Instance UIDs must be unique)",
-                    header.sop_instance_uid,
-                    calling_ae,
-                )
-            else:
-                logger.info(
-                    "duplicate instance %s from %s: already stored",
-                    header.sop_instance_uid,
-                    calling_ae,
-                )
-            return IngestOutcome(
-                header.sop_instance_uid,
-                existing.study_instance_uid,
-                existing.object_key,
-                True,
-                existing.sop_class_uid,
-            )
+            return self._duplicate(header, existing, hashlib.sha256(data).hexdigest(), calling_ae)
         if self.disk is not None:
             self.disk.check()
         # The object is held against retention's removal until its row is committed:
         # identical bytes share one file, which a clean-up may be about to remove.
         with self.store.referencing(data) as stored:
-            for attempt in range(3):
-                try:
-                    self._commits.commit(
-                        _PendingRow(
-                            header, stored.key, stored.sha256, stored.size, calling_ae, peer_host
-                        )
+            duplicate = self._commit(header, stored, calling_ae, peer_host)
+        return self._stored(header, stored, calling_ae, duplicate)
+
+    def ingest_incoming(
+        self,
+        incoming: IncomingObject,
+        *,
+        calling_ae: str,
+        peer_host: str = "",
+        source: str = "payload",
+    ) -> IngestOutcome:
+        """Persist an object that was written to the store while it arrived.
+
+        The same checks and the same promise as :meth:`ingest` (the header is read
+        from the file, mapped, without a copy), but the bytes are already in the page
+        cache and hashed, so what is left is the file's fsync, its rename into place,
+        the directory's fsync and the row. The caller discards ``incoming``
+        afterwards (:meth:`IncomingObject.discard`), whatever happened.
+
+        Raises
+        ------
+        As :meth:`ingest`; ``OSError`` also when writing the arriving bytes failed.
+        """
+        sha256, _ = incoming.finish()
+        with incoming.mapped() as view:
+            header = InstanceColumns.of(read_instance(view, source=source))
+        existing = self._find(header.sop_instance_uid)
+        if existing is not None:
+            return self._duplicate(header, existing, sha256, calling_ae)
+        if self.disk is not None:
+            self.disk.check()
+        with self.store.referencing_incoming(incoming) as stored:
+            duplicate = self._commit(header, stored, calling_ae, peer_host)
+        return self._stored(header, stored, calling_ae, duplicate)
+
+    @staticmethod
+    def _duplicate(
+        header: InstanceColumns, existing: _StoredRow, sha256: str, calling_ae: str
+    ) -> IngestOutcome:
+        if sha256 != existing.sha256:
+            logger.warning(
+                "instance %s from %s differs from the copy already stored; "
+                "the first copy is kept (SOP Instance UIDs must be unique)",
+                header.sop_instance_uid,
+                calling_ae,
+            )
+        else:
+            logger.info(
+                "duplicate instance %s from %s: already stored", header.sop_instance_uid, calling_ae
+            )
+        return IngestOutcome(
+            header.sop_instance_uid,
+            existing.study_instance_uid,
+            existing.object_key,
+            True,
+            existing.sop_class_uid,
+        )
+
+    def _commit(
+        self, header: InstanceColumns, stored: StoredObject, calling_ae: str, peer_host: str
+    ) -> _StoredRow | None:
+        """Commit the row of a durably stored object; the row already there if the
+        same instance arrived concurrently (a duplicate), else None."""
+        for attempt in range(3):
+            try:
+                self._commits.commit(
+                    _PendingRow(
+                        header, stored.key, stored.sha256, stored.size, calling_ae, peer_host
                     )
-                    break
-                except IntegrityError:
-                    # Either the same instance arrived concurrently (a duplicate), or two
-                    # associations created the same study at once (retry the upsert).
-                    existing = self._find(header.sop_instance_uid)
-                    if existing is not None:
-                        return IngestOutcome(
-                            header.sop_instance_uid,
-                            existing.study_instance_uid,
-                            existing.object_key,
-                            True,
-                            existing.sop_class_uid,
-                        )
-                    if attempt == 2:
-                        raise
+                )
+                return None
+            except IntegrityError:
+                # Either the same instance arrived concurrently (a duplicate), or two
+                # associations created the same study at once (retry the upsert).
+                existing = self._find(header.sop_instance_uid)
+                if existing is not None:
+                    return existing
+                if attempt == 2:
+                    raise
+        return None  # not reached
+
+    def _stored(
+        self,
+        header: InstanceColumns,
+        stored: StoredObject,
+        calling_ae: str,
+        duplicate: _StoredRow | None,
+    ) -> IngestOutcome:
+        if duplicate is not None:
+            return IngestOutcome(
+                header.sop_instance_uid,
+                duplicate.study_instance_uid,
+                duplicate.object_key,
+                True,
+                duplicate.sop_class_uid,
+            )
         outcome = IngestOutcome(
             header.sop_instance_uid,
             header.study_instance_uid,
             stored.key,
             False,
             header.sop_class_uid,
-            size=len(data),
+            size=stored.size,
             via=_VIA.get(calling_ae.strip(), "c-store"),
         )
         logger.info(

@@ -28,6 +28,7 @@ from overread.service.hl7.mllp import MllpListener
 from overread.service.ingest import Ingestor, IngestOutcome
 from overread.service.jobs import JobQueue, RetryPolicy
 from overread.service.metrics import ServiceMetrics
+from overread.service.receivers import ReceiverProcesses
 from overread.service.retention import RetentionSweeper
 from overread.service.rollout import RolloutStore
 from overread.service.runtime import (
@@ -131,8 +132,19 @@ class ServiceNode:
                 self.ingestor,
                 on_released=self._on_released,
                 rejected_dir=Path(config.data_dir) / "rejected",
+                shared_port=config.dicom_receivers > 1,
             )
             if with_scp
+            else None
+        )
+        self.receivers: ReceiverProcesses | None = (
+            ReceiverProcesses(
+                config,
+                config.dicom_receivers - 1,
+                on_released=self._on_released,
+                on_stored=self._on_stored,
+            )
+            if with_scp and config.dicom_receivers > 1
             else None
         )
         self.with_assembler = with_assembler
@@ -240,6 +252,8 @@ class ServiceNode:
             self.retention.start()
         if self.scp is not None:
             self.dicom_port = self.scp.start()
+            if self.receivers is not None:
+                self.receivers.start(self.dicom_port)
         if self.hl7_listener is not None:
             self.hl7_port = self.hl7_listener.start()
             logger.info("HL7 orders (MLLP) on port %d", self.hl7_port)
@@ -252,6 +266,8 @@ class ServiceNode:
         self._stop.set()
         if self.scp is not None:
             self.scp.stop()
+        if self.receivers is not None:
+            self.receivers.stop()
         if self.hl7_listener is not None:
             self.hl7_listener.stop()
         self.assembler.wake()

@@ -47,19 +47,24 @@ import ssl
 import threading
 import time
 from collections.abc import Callable
+from io import BytesIO
 from pathlib import Path
 from typing import Any
 
 from pydicom import Dataset
 from pynetdicom import AE, ALL_TRANSFER_SYNTAXES, AllStoragePresentationContexts, evt
+from pynetdicom.dimse_messages import C_STORE_RQ
+from pynetdicom.dsutils import create_file_meta, encode_file_meta
+from pynetdicom.transport import ThreadedAssociationServer
 
 from overread.audit import AuditAction
 from overread.errors import InvalidDicomError, InvalidUidError, ServiceError
 from overread.service.admission import ConnectionGate
 from overread.service.config import AllowedPeer, ServiceConfig
 from overread.service.diskspace import InsufficientStorageError
-from overread.service.ingest import Ingestor, record_refusal
+from overread.service.ingest import Ingestor, IngestOutcome, record_refusal
 from overread.service.qr_scp import FIND_SOP_CLASSES, MOVE_SOP_CLASSES, QueryRetrieveSCP
+from overread.service.store import IncomingObject
 
 logger = logging.getLogger(__name__)
 
@@ -99,6 +104,35 @@ def _recv_exact(association_socket: Any, nr_bytes: int) -> bytearray:
     return buffer
 
 
+class _SharedPortServer(ThreadedAssociationServer):
+    """pynetdicom's threaded server, its socket bound with ``SO_REUSEPORT``: several
+    receiving processes listen on one port and the kernel spreads the connections."""
+
+    def server_bind(self) -> None:
+        if self.socket is not None:
+            self.socket.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+        super().server_bind()
+
+
+class _StreamedDataSet(BytesIO):
+    """Stands in for the in-memory buffer pynetdicom collects a C-STORE data set in.
+
+    pynetdicom writes each data set fragment to ``DIMSEMessage.data_set`` as its
+    P-DATA PDU is decoded; this object passes each one on to an
+    :class:`~overread.service.store.IncomingObject` instead, which writes and hashes
+    it in a thread of its own while the next PDUs arrive. It holds nothing itself.
+    """
+
+    def __init__(self, incoming: IncomingObject) -> None:
+        super().__init__()
+        self.incoming = incoming
+
+    def write(self, data: Any) -> int:
+        chunk = data if isinstance(data, bytes) else bytes(data)
+        self.incoming.write(chunk)
+        return len(chunk)
+
+
 def _only_query_retrieve(primitive: Any) -> bool:
     """Whether an A-ASSOCIATE-RQ proposes query/retrieve (and verification) only."""
     proposed = {
@@ -130,6 +164,9 @@ class StorageSCP:
         releases it normally (the study assembler completes chest X-rays on this).
     rejected_dir
         Where refused payloads are kept (``None``: not kept).
+    shared_port
+        Bind with ``SO_REUSEPORT`` so that other receiving processes (see
+        :mod:`overread.service.receivers`) can listen on the same port.
     """
 
     def __init__(
@@ -139,13 +176,18 @@ class StorageSCP:
         *,
         on_released: Callable[[set[str]], None] | None = None,
         rejected_dir: Path | None = None,
+        shared_port: bool = False,
     ) -> None:
         self.config = config
         self.ingestor = ingestor
+        self.shared_port = shared_port
         self.on_released = on_released
         self.rejected_dir = rejected_dir
         self._studies: dict[int, set[str]] = {}
         self._requested: set[int] = set()
+        # Objects being received per association whose C-STORE handler has not yet
+        # taken them: discarded if the connection closes first.
+        self._arriving: dict[int, list[IncomingObject]] = {}
         self._lock = threading.Lock()
         # TLS handshakes at once; past it a new one is closed (a flood cannot pile up
         # threads); each has one deadline for the whole handshake.
@@ -198,11 +240,7 @@ class StorageSCP:
             (evt.EVT_ABORTED, self._on_aborted),
         ]
         try:
-            self._server = self.ae.start_server(
-                (self.config.dicom_host, self.config.dicom_port),
-                block=False,
-                evt_handlers=handlers,
-            )
+            self._server = self._listen(handlers)
         except OSError as exc:
             raise ServiceError(
                 f"cannot listen for DICOM on {self.config.dicom_host}:{self.config.dicom_port}: {exc}"
@@ -228,6 +266,17 @@ class StorageSCP:
             logger.error("object store %s is not writable: %s", self.ingestor.store.root, exc)
         logger.info("DICOM SCP %s listening on port %d", self.config.ae_title, port)
         return port
+
+    def _listen(self, handlers: list[Any]) -> Any:
+        address = (self.config.dicom_host, self.config.dicom_port)
+        if not self.shared_port:
+            return self.ae.start_server(address, block=False, evt_handlers=handlers)
+        # What AE.start_server(block=False) does, with the SO_REUSEPORT server.
+        server = self.ae.make_server(address, evt_handlers=handlers, server_class=_SharedPortServer)
+        thread = threading.Thread(target=server.serve_forever, name="dicom-acceptor", daemon=True)
+        thread.start()
+        self.ae._servers.append(server)
+        return server
 
     def _tls_context(self) -> ssl.SSLContext:
         """The server side of DICOM TLS (BCP 195: TLS 1.2 or later)."""
@@ -318,6 +367,14 @@ class StorageSCP:
         """Time a new connection out if it stays silent; tune its receive path."""
         # The ARTIM timer runs from the connection until the A-ASSOCIATE-RQ arrives.
         event.assoc.dul.artim_timer.timeout = self.config.association_request_seconds
+        dimse = getattr(event.assoc, "dimse", None)
+        receive = getattr(dimse, "receive_primitive", None)
+        if receive is not None:
+            setattr(  # noqa: B010
+                dimse,
+                "receive_primitive",
+                functools.partial(self._receive_primitive, event.assoc, receive),
+            )
         association_socket = getattr(event.assoc.dul, "socket", None)
         raw = getattr(association_socket, "socket", None)
         if association_socket is None or not isinstance(raw, socket.socket):
@@ -326,9 +383,79 @@ class StorageSCP:
             raw.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         setattr(association_socket, "recv", functools.partial(_recv_exact, association_socket))  # noqa: B010
 
+    def _receive_primitive(
+        self, assoc: Any, receive: Callable[[Any], None], primitive: Any
+    ) -> None:
+        """pynetdicom's P-DATA receive, then: once a C-STORE request's command set is
+        decoded and its data set is still to come, the data set goes to the store as
+        it arrives (see :class:`_StreamedDataSet`). Runs in the association's DUL
+        thread, PDU by PDU."""
+        before = assoc.dimse.message
+        streamed = getattr(before, "data_set", None)
+        receive(primitive)
+        message = assoc.dimse.message
+        if isinstance(streamed, _StreamedDataSet):
+            if message is not before:  # the last fragment came: the fsync can start
+                streamed.incoming.end()
+            return
+        if (
+            type(message) is not C_STORE_RQ
+            or isinstance(message.data_set, _StreamedDataSet)
+            or getattr(message, "_data_set_file", None) is not None  # pynetdicom's own
+        ):
+            return
+        incoming = self._start_incoming(assoc, message)
+        if incoming is None:  # the data set is collected in memory, as pynetdicom does
+            return
+        already = message.data_set.getvalue() if message.data_set is not None else b""
+        message.data_set = _StreamedDataSet(incoming)
+        incoming.write(already)
+
+    def _start_incoming(self, assoc: Any, message: Any) -> IncomingObject | None:
+        """A store object for the data set ``message`` announces, its Part 10 preamble
+        and File Meta Information written first (the bytes of
+        ``event.encoded_dataset()``); None to leave the data set to pynetdicom (a
+        context or command pynetdicom will refuse, a disk under the refuse watermark,
+        an unwritable store: the handler then answers as it always did)."""
+        try:
+            command = message.command_set
+            context = assoc._accepted_cx[message.context_id]
+            meta = encode_file_meta(
+                create_file_meta(
+                    sop_class_uid=command.AffectedSOPClassUID,
+                    sop_instance_uid=command.AffectedSOPInstanceUID,
+                    transfer_syntax=context.transfer_syntax[0],
+                )
+            )
+        except Exception:
+            return None
+        if self.ingestor.disk is not None:
+            try:
+                self.ingestor.disk.check()
+            except InsufficientStorageError:
+                return None
+        try:
+            incoming = self.ingestor.store.receive()
+        except OSError as exc:
+            logger.warning("cannot write an arriving instance to the store: %s", exc)
+            return None
+        incoming.write(b"\x00" * 128 + b"DICM" + meta)
+        with self._lock:
+            self._arriving.setdefault(id(assoc), []).append(incoming)
+        return incoming
+
+    def _take_incoming(self, assoc: Any, incoming: IncomingObject) -> None:
+        with self._lock:
+            arriving = self._arriving.get(id(assoc), [])
+            if incoming in arriving:
+                arriving.remove(incoming)
+
     def _on_connection_closed(self, event: evt.Event) -> None:
         with self._lock:
             self._requested.discard(id(event.assoc))
+            arriving = self._arriving.pop(id(event.assoc), [])
+        for incoming in arriving:  # cut off mid-transfer, or never handled
+            incoming.discard()
 
     def _on_requested(self, event: evt.Event) -> None:
         assoc = event.assoc
@@ -406,6 +533,23 @@ class StorageSCP:
     def _on_c_store(self, event: evt.Event) -> int | Dataset:
         calling = str(event.assoc.requestor.ae_title).strip()
         host = str(event.assoc.requestor.address)
+        source = f"C-STORE from {calling}@{host}"
+        streamed = getattr(event.request, "DataSet", None)
+        if isinstance(streamed, _StreamedDataSet):
+            incoming = streamed.incoming
+            self._take_incoming(event.assoc, incoming)
+            try:
+                return self._persist(
+                    event,
+                    calling,
+                    host,
+                    lambda: self.ingestor.ingest_incoming(
+                        incoming, calling_ae=calling, peer_host=host, source=source
+                    ),
+                    lambda: self._keep_rejected_incoming(incoming, calling),
+                )
+            finally:
+                incoming.discard()
         try:
             data = event.encoded_dataset()
         except Exception as exc:  # malformed request: nothing to store
@@ -413,19 +557,34 @@ class StorageSCP:
             return self._refuse_instance(
                 calling, host, STATUS_CANNOT_UNDERSTAND, "unreadable request"
             )
+        return self._persist(
+            event,
+            calling,
+            host,
+            lambda: self.ingestor.ingest(data, calling_ae=calling, peer_host=host, source=source),
+            lambda: self._keep_rejected(data, calling),
+        )
+
+    def _persist(
+        self,
+        event: evt.Event,
+        calling: str,
+        host: str,
+        ingest: Callable[[], IngestOutcome],
+        keep_rejected: Callable[[], None],
+    ) -> int | Dataset:
+        """Run ``ingest`` and map its outcome to the C-STORE status."""
         try:
-            outcome = self.ingestor.ingest(
-                data, calling_ae=calling, peer_host=host, source=f"C-STORE from {calling}@{host}"
-            )
+            outcome = ingest()
         except InvalidUidError as exc:
             logger.error("C-STORE refused: %s", exc)
-            self._keep_rejected(data, calling)
+            keep_rejected()
             return self._refuse_instance(
                 calling, host, STATUS_CANNOT_UNDERSTAND, exc.comment, (exc.sop_instance_uid,)
             )
         except InvalidDicomError as exc:
             logger.error("%s", exc)
-            self._keep_rejected(data, calling)
+            keep_rejected()
             return self._refuse_instance(
                 calling, host, STATUS_CANNOT_UNDERSTAND, "not a readable DICOM data set"
             )
@@ -454,14 +613,27 @@ class StorageSCP:
         with self._lock:
             self._studies.pop(id(event.assoc), None)
 
-    def _keep_rejected(self, data: bytes, calling: str) -> None:
+    def _rejected_path(self, calling: str) -> Path | None:
         if self.rejected_dir is None:
-            return
+            return None
+        self.rejected_dir.mkdir(parents=True, exist_ok=True)
+        peer = "".join(c if c.isalnum() else "_" for c in calling) or "UNKNOWN"
+        name = f"{time.strftime('%Y%m%dT%H%M%S')}-{time.monotonic_ns()}-{peer}.bin"
+        return self.rejected_dir / name
+
+    def _keep_rejected(self, data: bytes, calling: str) -> None:
         try:
-            self.rejected_dir.mkdir(parents=True, exist_ok=True)
-            peer = "".join(c if c.isalnum() else "_" for c in calling) or "UNKNOWN"
-            name = f"{time.strftime('%Y%m%dT%H%M%S')}-{time.monotonic_ns()}-{peer}.bin"
-            (self.rejected_dir / name).write_bytes(data)
+            path = self._rejected_path(calling)
+            if path is not None:
+                path.write_bytes(data)
+        except OSError as exc:
+            logger.warning("could not keep the rejected payload: %s", exc)
+
+    def _keep_rejected_incoming(self, incoming: IncomingObject, calling: str) -> None:
+        try:
+            path = self._rejected_path(calling)
+            if path is not None:
+                incoming.keep_as(path)
         except OSError as exc:
             logger.warning("could not keep the rejected payload: %s", exc)
 

@@ -30,7 +30,10 @@ import contextlib
 import fcntl
 import hashlib
 import itertools
+import mmap
 import os
+import queue
+import shutil
 import threading
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
@@ -50,6 +53,10 @@ class StoredObject:
     created: bool
 
 
+#: Objects still arriving are written under this folder of the store (same file
+#: system, so they are renamed into place, never copied).
+INCOMING_DIR = ".incoming"
+
 #: The store's lock files (one per key prefix) are in a folder beside it: its name
 #: and this suffix.
 LOCK_DIR_SUFFIX = ".locks"
@@ -61,6 +68,162 @@ def _fsync_dir(path: Path) -> None:
         os.fsync(fd)
     finally:
         os.close(fd)
+
+
+def _process_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except OSError:  # exists, owned by someone else
+        return True
+    return True
+
+
+class IncomingObject:
+    """An object written into the store's incoming folder while its bytes arrive.
+
+    :meth:`write` hands each chunk to a thread of this object's own, which writes it
+    (unbuffered) and feeds it to the SHA-256, so the copy into the page cache and the
+    hash run while the network delivers the next chunks (both release the interpreter
+    lock); :meth:`finish` waits for the last chunk and gives the digest and size. The
+    file is only a candidate: :meth:`ObjectStore.adopt` fsyncs it and renames it into
+    place under its content address. :meth:`discard` removes whatever is left, and the
+    owner calls it in a ``finally`` whatever happened (a refused instance, a failed
+    write, an aborted association), so nothing partial stays behind.
+
+    Raises
+    ------
+    OSError
+        From the constructor when the file cannot be created; from :meth:`finish`
+        when a write failed (disk full): the object must then not be acknowledged.
+    """
+
+    def __init__(self, path: Path, *, sync: bool = False) -> None:
+        self.path = path
+        self._fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o644)
+        self._hash = hashlib.sha256()
+        self._size = 0
+        self._error: OSError | None = None
+        self._digest: str | None = None
+        self._adopted = False
+        self._closed = False
+        # With ``sync`` the writer fsyncs the file as soon as the last chunk is
+        # written, while the owner checks the header and looks for a duplicate.
+        self._sync_early = sync
+        self._synced = False
+        self._sync_error: OSError | None = None
+        self._ended = False
+        self._end_lock = threading.Lock()
+        self._written = threading.Event()
+        self._chunks: queue.SimpleQueue[bytes | None] = queue.SimpleQueue()
+        self._thread = threading.Thread(target=self._drain, name="store-incoming", daemon=True)
+        self._thread.start()
+
+    def write(self, chunk: bytes) -> None:
+        """Queue ``chunk`` (not copied: the caller must not change it) for writing."""
+        if chunk:
+            self._chunks.put(chunk)
+
+    def end(self) -> None:
+        """No more chunks will come (the last one arrived): once it is written the
+        writer starts the fsync, if asked to. Safe to call more than once."""
+        with self._end_lock:
+            if not self._ended:
+                self._ended = True
+                self._chunks.put(None)
+
+    def _drain(self) -> None:
+        while True:
+            chunk = self._chunks.get()
+            if chunk is None:
+                break
+            if self._error is not None:
+                continue  # a failed write: the rest is dropped, finish() raises
+            try:
+                view = memoryview(chunk)
+                while view:
+                    view = view[os.write(self._fd, view) :]
+            except OSError as exc:
+                self._error = exc
+                continue
+            self._hash.update(chunk)
+            self._size += len(chunk)
+        self._written.set()
+        if self._sync_early and self._error is None:
+            try:
+                os.fsync(self._fd)
+                self._synced = True
+            except OSError as exc:
+                self._sync_error = exc
+
+    def _stop(self) -> None:
+        self.end()
+        self._thread.join()
+
+    def finish(self) -> tuple[str, int]:
+        """Wait for every chunk written so far; return ``(sha256, size)``. (No chunk
+        may be written after this.)
+
+        Raises
+        ------
+        OSError
+            If a write failed or the object was discarded.
+        """
+        if self._closed:
+            raise OSError(f"incoming object {self.path.name} was discarded")
+        self.end()
+        self._written.wait()
+        if self._error is not None:
+            raise self._error
+        if self._digest is None:
+            self._digest = self._hash.hexdigest()
+        return self._digest, self._size
+
+    @property
+    def finished(self) -> bool:
+        """Whether :meth:`finish` succeeded."""
+        return self._digest is not None
+
+    @contextlib.contextmanager
+    def mapped(self) -> Iterator[mmap.mmap | bytes]:
+        """The finished object's bytes, mapped read-only (no copy); ``b""`` if empty."""
+        _, size = self.finish()
+        if size == 0:
+            yield b""
+            return
+        view = mmap.mmap(self._fd, size, access=mmap.ACCESS_READ)
+        try:
+            yield view
+        finally:
+            view.close()
+
+    def sync(self) -> None:
+        """fsync the file (its data and size): wait for the writer's fsync, or do it."""
+        self._stop()
+        if self._sync_error is not None:
+            raise self._sync_error
+        if not self._synced:
+            os.fsync(self._fd)
+
+    def keep_as(self, target: Path) -> None:
+        """Move (or, across file systems, copy) what arrived to ``target``."""
+        self._stop()
+        try:
+            os.replace(self.path, target)
+        except OSError:
+            shutil.copyfile(self.path, target)
+
+    def discard(self) -> None:
+        """Stop the writer, close the file and remove it unless it was adopted."""
+        self._stop()
+        if not self._closed:
+            self._closed = True
+            with contextlib.suppress(OSError):
+                os.close(self._fd)
+        if not self._adopted:
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(self.path)
 
 
 class ObjectStore:
@@ -105,7 +268,67 @@ class ObjectStore:
                     created = True
             if created and self.fsync:
                 _fsync_dir(self.root)
+            incoming = self.root / INCOMING_DIR
+            incoming.mkdir(exist_ok=True)
+            self._remove_stale_incoming(incoming)
             self._prepared = True
+
+    @staticmethod
+    def _remove_stale_incoming(incoming: Path) -> None:
+        """Remove objects left half-received by a process that no longer runs."""
+        for entry in os.scandir(incoming):
+            parts = entry.name.split("-")
+            if len(parts) >= 2 and parts[1].isdigit() and not _process_alive(int(parts[1])):
+                with contextlib.suppress(OSError):
+                    os.unlink(entry.path)
+
+    def receive(self) -> IncomingObject:
+        """A new :class:`IncomingObject` to write an arriving object into.
+
+        Raises
+        ------
+        OSError
+            If the store is not writable.
+        """
+        if not self._prepared:
+            self.prepare()
+        name = f".tmp-{os.getpid()}-{threading.get_ident()}-{next(self._names)}"
+        return IncomingObject(self.root / INCOMING_DIR / name, sync=self.fsync)
+
+    def adopt(self, incoming: IncomingObject) -> StoredObject:
+        """Store a finished :class:`IncomingObject` durably under its content address.
+
+        As :meth:`put`: the file is fsync'd, renamed into place and its directory
+        fsync'd before this returns; identical bytes already stored are kept and the
+        incoming copy is left for :meth:`IncomingObject.discard`.
+
+        Raises
+        ------
+        OSError
+            If a write failed, or the disk is full or unwritable.
+        """
+        digest, size = incoming.finish()
+        key = self.key_for(digest)
+        final = self.root / key
+        with contextlib.suppress(OSError):
+            if os.stat(final).st_size == size:
+                return StoredObject(key, digest, size, final, created=False)
+        if not self._prepared:
+            self.prepare()
+        if self.fsync:
+            incoming.sync()
+        os.replace(incoming.path, final)
+        incoming._adopted = True
+        if self.fsync:
+            _fsync_dir(final.parent)
+        return StoredObject(key, digest, size, final, created=True)
+
+    @contextlib.contextmanager
+    def referencing_incoming(self, incoming: IncomingObject) -> Iterator[StoredObject]:
+        """:meth:`referencing` for an object that arrived as an :class:`IncomingObject`."""
+        digest, _ = incoming.finish()
+        with self._prefix_lock(digest[:2], exclusive=False):
+            yield self.adopt(incoming)
 
     @contextlib.contextmanager
     def _prefix_lock(self, prefix: str, *, exclusive: bool) -> Iterator[None]:
@@ -213,4 +436,4 @@ class ObjectStore:
         return StoredObject(key, digest, len(data), final, created=True)
 
 
-__all__ = ["ObjectStore", "StoredObject"]
+__all__ = ["INCOMING_DIR", "IncomingObject", "ObjectStore", "StoredObject"]

@@ -1,0 +1,208 @@
+"""More processes receiving on the gateway's DICOM port (``serve --receivers N``).
+
+One Python process receives every association under one interpreter lock; with
+several modalities sending at once that lock, not the disk, is the limit. With
+``dicom_receivers`` N > 1 the gateway's own :class:`~overread.service.scp.StorageSCP`
+and N - 1 child processes each run a Storage SCP bound to the same port with
+``SO_REUSEPORT`` (the kernel spreads the connections among them), all writing into
+the same object store and database: the store's writes are per file and its
+clean-up lock is a file lock, the database serialises commits (SQLite in WAL mode,
+or PostgreSQL), and the audit chain takes its lock in the database, so nothing in
+the receive path depends on being in one process.
+
+What does depend on it is what happens after a commit: the study assembler and
+the workers run in the gateway process only. A child therefore sends each event the
+gateway reacts to (an instance stored; an association released, with its studies)
+over a queue to the gateway, which handles it exactly as if its own SCP had raised
+it (study completion on release, the assembler's wake-up, the ingest metrics). The
+rows are committed before the event is sent, so the gateway never sees a study
+before its instances. If a child dies, its connections end, the gateway's other
+receivers keep the port, and a study whose release event was lost still completes by
+the stable-age rule (the assembler's sweep). A child whose gateway has gone stops
+listening within a second.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import multiprocessing
+import os
+import queue
+import threading
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from overread.errors import ServiceError
+from overread.service.config import ServiceConfig
+from overread.service.db import Database
+from overread.service.diskspace import DiskGuard
+from overread.service.ingest import Ingestor, IngestOutcome
+from overread.service.scp import StorageSCP
+from overread.service.store import ObjectStore
+
+logger = logging.getLogger(__name__)
+
+
+def _receive(config: ServiceConfig, events: Any, stop: Any, parent: int) -> None:
+    """A child receiver: one Storage SCP on the shared port until told to stop."""
+    logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+    database = Database(config.database_url)
+    store = ObjectStore(Path(config.data_dir) / "objects", fsync=config.fsync)
+    ingestor = Ingestor(
+        database,
+        store,
+        on_stored=lambda outcome: events.put(("stored", outcome)),
+        disk=DiskGuard.from_settings(Path(config.data_dir), config.retention),
+    )
+    scp = StorageSCP(
+        config,
+        ingestor,
+        on_released=lambda studies: events.put(("released", sorted(studies))),
+        rejected_dir=Path(config.data_dir) / "rejected",
+        shared_port=True,
+    )
+    try:
+        scp.start()
+    except ServiceError as exc:
+        events.put(("failed", str(exc)))
+        database.dispose()
+        return
+    events.put(("ready", os.getpid()))
+    try:
+        while not stop.wait(1.0):
+            if os.getppid() != parent:  # the gateway is gone: stop taking instances
+                break
+    finally:
+        scp.stop()
+        database.dispose()
+
+
+class ReceiverProcesses:
+    """``count`` child processes receiving on the gateway's DICOM port.
+
+    Parameters
+    ----------
+    config
+        The gateway's configuration (each child gets it with the bound port).
+    count
+        How many children (the gateway's own SCP is not counted).
+    on_released, on_stored
+        What the gateway's own SCP and ingestor call; called here, in a thread of
+        the gateway, for the children's events.
+    """
+
+    def __init__(
+        self,
+        config: ServiceConfig,
+        count: int,
+        *,
+        on_released: Callable[[set[str]], None],
+        on_stored: Callable[[IngestOutcome], None],
+    ) -> None:
+        self.config = config
+        self.count = count
+        self.on_released = on_released
+        self.on_stored = on_stored
+        self._context = multiprocessing.get_context("spawn")
+        self._events: Any = None
+        self._stop: Any = None
+        self._processes: list[Any] = []
+        self._forwarder: threading.Thread | None = None
+        self._closing = threading.Event()
+
+    @property
+    def pids(self) -> list[int]:
+        """The children's process ids."""
+        return [p.pid for p in self._processes if p.pid is not None]
+
+    def start(self, port: int, *, timeout: float = 120.0) -> None:
+        """Start the children on ``port`` (already bound with ``SO_REUSEPORT``) and
+        return once each listens.
+
+        Raises
+        ------
+        ServiceError
+            If a child cannot listen or does not start within ``timeout`` seconds.
+        """
+        config = self.config.model_copy(update={"dicom_port": port})
+        self._events = self._context.Queue()
+        self._stop = self._context.Event()
+        for number in range(self.count):
+            process = self._context.Process(
+                target=_receive,
+                args=(config, self._events, self._stop, os.getpid()),
+                name=f"overread-receiver-{number + 1}",
+                daemon=True,
+            )
+            process.start()
+            self._processes.append(process)
+        ready = 0
+        while ready < self.count:
+            try:
+                kind, value = self._events.get(timeout=timeout)
+            except queue.Empty:
+                self.stop()
+                raise ServiceError(
+                    f"a DICOM receiver process did not start in {timeout:.0f} s"
+                ) from None
+            if kind == "failed":
+                self.stop()
+                raise ServiceError(f"a DICOM receiver process cannot listen: {value}")
+            if kind == "ready":
+                ready += 1
+            else:  # an instance already arrived at a child that is ready
+                self._dispatch(kind, value)
+        self._forwarder = threading.Thread(
+            target=self._forward, name="overread-receiver-events", daemon=True
+        )
+        self._forwarder.start()
+        logger.info("%d more DICOM receiver processes on port %d", self.count, port)
+
+    def _dispatch(self, kind: str, value: Any) -> None:
+        try:
+            if kind == "released":
+                self.on_released(set(value))
+            elif kind == "stored":
+                self.on_stored(value)
+        except Exception:
+            logger.exception("handling a receiver process's %s event failed", kind)
+
+    def _forward(self) -> None:
+        while not self._closing.is_set():
+            try:
+                kind, value = self._events.get(timeout=0.5)
+            except queue.Empty:
+                continue
+            except (EOFError, OSError):
+                return
+            self._dispatch(kind, value)
+
+    def stop(self, timeout: float = 10.0) -> None:
+        """Stop the children (each finishes the instance it is receiving)."""
+        if self._stop is not None:
+            self._stop.set()
+        for process in self._processes:
+            process.join(timeout)
+            if process.is_alive():
+                process.terminate()
+                process.join(5)
+        # The children are gone: forward what they sent before they stopped.
+        self._closing.set()
+        if self._forwarder is not None:
+            self._forwarder.join(5)
+            self._forwarder = None
+        if self._events is not None:
+            while True:
+                try:
+                    kind, value = self._events.get(timeout=0.1)
+                except (queue.Empty, EOFError, OSError):
+                    break
+                self._dispatch(kind, value)
+            with contextlib.suppress(Exception):
+                self._events.close()
+        self._processes = []
+
+
+__all__ = ["ReceiverProcesses"]

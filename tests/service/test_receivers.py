@@ -1,0 +1,134 @@
+"""Several processes receiving on one DICOM port (``serve --receivers N``)."""
+
+from __future__ import annotations
+
+import os
+import threading
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import pytest
+from pydicom.uid import generate_uid
+from sqlalchemy import select
+
+from overread.config import Settings
+from overread.harness import storescu
+from overread.service.config import service_config
+from overread.service.db import Database, Instance, Study
+from overread.service.ingest import Ingestor, IngestOutcome
+from overread.service.receivers import ReceiverProcesses
+from overread.service.scp import StorageSCP
+from overread.service.store import INCOMING_DIR, ObjectStore
+
+from .conftest import Storescp, job_states, make_dx, needs_dcmtk, wait_until
+
+pytestmark = [pytest.mark.service, needs_dcmtk]
+
+
+def _send_studies(port: int, studies: list[list[Path]]) -> None:
+    """Each study on its own association, all at once (DCMTK storescu)."""
+    failures: list[BaseException] = []
+
+    def run(paths: list[Path]) -> None:
+        try:
+            storescu(port, paths, "OVERREAD", "MODALITY", timeout=120)
+        except BaseException as exc:
+            failures.append(exc)
+
+    threads = [threading.Thread(target=run, args=(paths,)) for paths in studies]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert not failures, failures
+
+
+def _studies(tmp_path: Path, count: int, per_study: int) -> tuple[list[str], list[list[Path]]]:
+    uids = [generate_uid() for _ in range(count)]
+    files = [
+        [
+            make_dx(tmp_path / "dicom" / f"s{s}-{i}.dcm", seed=s * 10 + i, study_uid=uid, size=256)
+            for i in range(per_study)
+        ]
+        for s, uid in enumerate(uids)
+    ]
+    return uids, files
+
+
+def test_associations_spread_over_receiver_processes_each_land_once(tmp_path: Path) -> None:
+    config = service_config(
+        Settings(data_dir=tmp_path / "data"), dicom_port=0, dicom_host="127.0.0.1"
+    )
+    database = Database(config.database_url)
+    store = ObjectStore(tmp_path / "data" / "objects")
+    lock = threading.Lock()
+    here: list[IngestOutcome] = []
+    there: list[IngestOutcome] = []
+    released: list[set[str]] = []
+
+    def on_stored_here(outcome: IngestOutcome) -> None:
+        with lock:
+            here.append(outcome)
+
+    def on_stored_there(outcome: IngestOutcome) -> None:
+        with lock:
+            there.append(outcome)
+
+    def on_released(studies: set[str]) -> None:
+        with lock:
+            released.append(studies)
+
+    scp = StorageSCP(
+        config,
+        Ingestor(database, store, on_stored=on_stored_here),
+        on_released=on_released,
+        shared_port=True,
+    )
+    port = scp.start()
+    children = ReceiverProcesses(config, 3, on_released=on_released, on_stored=on_stored_there)
+    children.start(port)
+    try:
+        assert len(children.pids) == 3 and os.getpid() not in children.pids
+        uids, files = _studies(tmp_path, 12, 2)
+        _send_studies(port, files)
+        wait_until(lambda: sum(len(s) for s in released) == len(uids), timeout=30)
+    finally:
+        children.stop()
+        scp.stop()
+    with database.session() as session:
+        rows = session.scalars(select(Instance)).all()
+        counts = dict(session.execute(select(Study.study_instance_uid, Study.instance_count)).all())
+    database.dispose()
+    # Every instance once, in the one database and store, whichever process took it.
+    assert len(rows) == 24 and len({r.sop_instance_uid for r in rows}) == 24
+    assert counts == {uid: 2 for uid in uids}
+    objects = [p for p in store.root.rglob("*") if p.is_file() and INCOMING_DIR not in p.parts]
+    assert sorted(store.path(r.object_key) for r in rows) == sorted(objects)
+    # The children's events reached this process: the kernel gave them associations.
+    assert len(here) + len(there) == 24 and there
+    assert sorted(u for s in released for u in s) == sorted(uids)
+
+
+@pytest.mark.slow
+def test_studies_received_by_child_processes_complete_on_release(
+    make_service: Callable[..., Any], storescp: Storescp, tmp_path: Path
+) -> None:
+    pytest.importorskip("overread.inference", reason="the inference pipeline is not importable")
+    service = make_service(
+        dicom_receivers=3,
+        stable_seconds=600,  # only the release can complete a study within the test
+        destinations=[f"PACS=PACSAE@127.0.0.1:{storescp.port}"],
+    )
+    assert service.receivers is not None and len(service.receivers.pids) == 2
+    uids, files = _studies(tmp_path, 4, 2)
+    _send_studies(service.dicom_port, files)
+    # One infer job and one export per study, all done: each study was completed on
+    # its association's release, in whichever process received it.
+    wait_until(lambda: job_states(service) == ["succeeded"] * 8, timeout=180)
+    with service.database.session() as session:
+        rows = session.scalars(select(Instance)).all()
+        states = dict(session.execute(select(Study.study_instance_uid, Study.state)).all())
+    assert len(rows) == 8 and len({r.sop_instance_uid for r in rows}) == 8
+    assert set(states) == set(uids)
+    assert len(storescp.files()) == 4
