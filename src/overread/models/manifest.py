@@ -154,7 +154,14 @@ class VolumeSpec(_Strict):
     network reads HU). ``resample`` names the interpolation to ``spacing_mm``:
     ``antialias`` (bilinear in-plane, antialiased when shrinking, then linear across
     slices) or ``trilinear`` (plain trilinear, no antialiasing: what
-    ``overread train --preset ct-phantom`` trained with).
+    ``overread train --preset ct-phantom`` trained with). ``nodule_score`` is a
+    nodule's score (the FROC candidate score): the ``mean`` or the ``max`` nodule
+    probability of its component on the network's grid. ``lung_output`` is what comes
+    back to the source grid as the lung: the ``filled-mask`` (kept components, holes
+    filled slice by slice) or the network's lung ``probability`` inside the kept
+    components grown by one voxel, unfilled (for a network that calls vessels and
+    nodules lung itself: slice-wise filling would also fill the diaphragm's dome),
+    thresholded there.
     """
 
     spacing_mm: tuple[float, float, float] = (2.0, 2.0, 2.0)
@@ -170,6 +177,8 @@ class VolumeSpec(_Strict):
     solid_hu: float = -300.0
     hu_window: tuple[float, float] | None = None
     resample: Literal["antialias", "trilinear"] = "antialias"
+    nodule_score: Literal["mean", "max"] = "mean"
+    lung_output: Literal["filled-mask", "probability"] = "filled-mask"
 
     @field_validator("hu_window")
     @classmethod
@@ -518,9 +527,15 @@ class Manifest(_Strict):
             if data.get(key) is None:
                 data.pop(key, None)
         volume = data.get("volume")
-        if isinstance(volume, dict) and volume.get("resample") == "antialias":
-            # Added later with this default: manifests signed before keep their hash.
-            volume.pop("resample")
+        if isinstance(volume, dict):
+            # Added later with these defaults: manifests signed before keep their hash.
+            for key, default in (
+                ("resample", "antialias"),
+                ("nodule_score", "mean"),
+                ("lung_output", "filled-mask"),
+            ):
+                if volume.get(key) == default:
+                    volume.pop(key)
         return data
 
     def canonical_bytes(self) -> bytes:
