@@ -94,6 +94,10 @@ class CtInference(_Section):
     peak_floor: float = Field(default=0.05, gt=0, lt=1)
     max_detections: int = Field(default=20, ge=1)
     default_box_mm: float = Field(default=6.0, gt=0)
+    # The written package's pipeline: nodule mask threshold (operating point) and the
+    # nodule score (FROC candidate score) rule.
+    nodule_threshold: float = Field(default=0.5, gt=0, lt=1)
+    nodule_score: Literal["mean", "max"] = "mean"
 
 
 class CtTrainConfig(_Section):
@@ -543,6 +547,9 @@ def ct_volume_spec(cfg: CtTrainConfig) -> VolumeSpec:
         nodule_label=CHANNELS[1],
         hu_window=HU_WINDOW,
         resample="trilinear",
+        nodule_score=cfg.inference.nodule_score,
+        # The network calls vessels and nodules lung itself: no slice-wise filling.
+        lung_output="probability",
     )
 
 
@@ -581,7 +588,7 @@ def write_ct_package(
         ),
         operating_points={
             "lung": {"balanced": 0.5},
-            "nodule": {"balanced": 0.5},
+            "nodule": {"balanced": cfg.inference.nodule_threshold},
             "nodule-centre": {"balanced": cfg.inference.peak_floor},
         },
         accepts={"modalities": ["CT"], "body_parts": ["CHEST"]},
