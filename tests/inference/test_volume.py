@@ -413,6 +413,41 @@ def test_a_monai_unet_package_runs_through_the_same_pipeline(ct_dir: Path, tmp_p
     assert [str(d.Modality) for d in objects][-1] == "SR"
 
 
+def test_nodule_score_is_the_mean_or_the_max_and_the_default_keeps_the_hash() -> None:
+    from overread.inference.volume import nodule_score
+
+    probs = np.array([0.5, 0.6, 0.9], np.float32)
+    assert nodule_score(probs, "mean") == pytest.approx(2.0 / 3.0)
+    assert nodule_score(probs, "max") == pytest.approx(0.9)
+    assert nodule_score(np.zeros(0, np.float32), "max") == 0.0
+    bundled = Registry("unused-registry-root").load(NAME).manifest
+    assert bundled.volume is not None and bundled.volume.nodule_score == "mean"
+    assert bundled.signature is not None
+    assert bundled.content_sha256() == bundled.signature.manifest_sha256  # hash unchanged
+    as_max = bundled.model_copy(
+        update={"volume": bundled.volume.model_copy(update={"nodule_score": "max"})}
+    )
+    assert b'"nodule_score":"max"' in as_max.canonical_bytes()
+    assert b"nodule_score" not in bundled.canonical_bytes()
+
+
+def test_the_probability_lung_output_does_not_fill_the_diaphragm_dome() -> None:
+    from overread.inference.volume import lung_and_nodules, lung_output
+
+    probabilities = np.zeros((2, 12, 40, 40), np.float32)
+    probabilities[0, 2:10, 8:32, 8:32] = 0.9  # the lung
+    probabilities[0, 2:5, 14:26, 14:26] = 0.1  # the dome: soft tissue ringed by lung
+    probabilities[0, 2:10, 8:32, 8] = 0.6  # a soft edge
+    filled, _, _ = lung_and_nodules(probabilities, [0.5, 0.5], 0, 1, (2.0, 2.0, 2.0), VolumeSpec())
+    assert filled[3, 20, 20]  # slice-wise filling calls the dome lung
+    mask, level = lung_output(probabilities[0], 0.5, filled, "filled-mask")
+    assert level == 0.5 and mask[3, 20, 20] == 1.0
+    prob, level = lung_output(probabilities[0], 0.5, filled, "probability")
+    assert level == 0.5 and prob[3, 20, 20] < level  # not lung once brought back
+    assert prob[3, 10, 10] == pytest.approx(0.9) and prob[3, 10, 8] == pytest.approx(0.6)
+    assert prob[3, 10, 7] == 0.0 and prob[0, 10, 10] == 0.0  # kept components, one voxel wider
+
+
 def test_too_many_candidates_keep_the_largest() -> None:
     from overread.inference.volume import MAX_NODULES, lung_and_nodules
 

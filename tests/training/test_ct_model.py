@@ -70,7 +70,7 @@ def test_show_config_prints_the_resolved_ct_config(capsys: pytest.CaptureFixture
     assert shown["kind"] == "ct-segmentation" and shown["optim"]["iterations"] == 7
 
 
-@pytest.mark.parametrize("loss", ["dice", "dicece", "focal", "tversky"])
+@pytest.mark.parametrize("loss", ["dice", "dicece", "focal", "tversky", "dicefocal"])
 def test_every_loss_gives_a_finite_gradient(loss: str) -> None:
     fn = segmentation_loss(loss)
     logits = torch.zeros(2, 2, 8, 8, 8, requires_grad=True)
@@ -82,6 +82,35 @@ def test_every_loss_gives_a_finite_gradient(loss: str) -> None:
     # A perfect prediction scores better than an uninformed one.
     perfect = (target * 20 - 10).requires_grad_(False)
     assert float(fn(perfect, target)) < float(value.detach())
+
+
+def test_flips_move_the_image_and_every_target_channel_together() -> None:
+    from overread.training.ct import _flip
+
+    rng = np.random.default_rng(0)
+    image = rng.normal(size=(6, 7, 8)).astype(np.float32)
+    target = np.stack([image > 0, image > 1, image > -1]).astype(np.float32)
+    candidates = {
+        (f0, f2): np.flip(image, [a for a, f in ((0, f0), (2, f2)) if f]) if f0 or f2 else image
+        for f0 in (False, True)
+        for f2 in (False, True)
+    }
+    seen = set()
+    for _ in range(40):
+        img, tgt = _flip(image, target, [0, 2], rng)
+        assert img.flags["C_CONTIGUOUS"] and tgt.flags["C_CONTIGUOUS"]
+        np.testing.assert_array_equal(tgt, np.stack([img > 0, img > 1, img > -1]))
+        [flips] = [k for k, v in candidates.items() if np.array_equal(v, img)]
+        seen.add(flips)
+    assert seen == {(False, False), (True, False), (False, True), (True, True)}
+
+
+def test_flip_axes_and_nodule_loss_are_validated() -> None:
+    data = dict(ct_toml(None, "ct-phantom") or {})
+    with pytest.raises(ConfigError, match=r"flip_axes"):
+        parse_ct_config(json.loads(json.dumps(data)), {"optim.flip_axes": [3]})
+    with pytest.raises(ConfigError, match=r"nodule_loss"):
+        parse_ct_config(json.loads(json.dumps(data)), {"optim.nodule_loss": "l2"})
 
 
 def test_heatmap_has_one_exact_peak_per_nodule_and_focal_loss_rewards_it() -> None:
@@ -115,10 +144,12 @@ def test_network_maps_a_patch_to_three_channels(architecture: str) -> None:
 
 
 def test_tiny_training_checkpoint_package_and_prediction(tmp_path: Path) -> None:
-    cfg = tiny_config(tmp_path)
+    cfg = tiny_config(tmp_path, nodule_loss="tversky", flip_axes=[2])
+    cfg.checkpoint_every = 2
     lines: list[str] = []
     net, result = train_ct(cfg, echo=lines.append)
     assert result.checkpoint.is_file() and any("iter 3/3" in line for line in lines)
+    assert (result.output / "checkpoint-latest.pt").is_file()  # written at step 2 of 3
     loaded, loaded_cfg = load_ct_network(result.checkpoint)
     assert loaded_cfg == cfg
     for a, b in zip(net.state_dict().values(), loaded.state_dict().values(), strict=True):

@@ -75,6 +75,7 @@ def test_the_package_carries_the_volume_section_training_used(
     assert volume["overlap"] == 0.25
     assert volume["hu_window"] == list(HU_WINDOW)
     assert volume["resample"] == "trilinear"
+    assert volume["lung_output"] == "probability" and "nodule_score" not in volume  # mean
     assert (volume["lung_label"], volume["nodule_label"]) == ("lung", "nodule")
 
 

@@ -138,6 +138,32 @@ def sliding_window(
     return np.asarray(out[0].numpy(), dtype=np.float32)
 
 
+def nodule_score(probabilities: npt.NDArray[np.float32], rule: str) -> float:
+    """A nodule's score from its component's probabilities: their ``mean`` or ``max``."""
+    if probabilities.size == 0:
+        return 0.0
+    return float(probabilities.max() if rule == "max" else probabilities.mean())
+
+
+def lung_output(
+    probability: npt.NDArray[np.float32],
+    threshold: float,
+    lung: npt.NDArray[np.bool_],
+    rule: str,
+) -> tuple[npt.NDArray[np.float32], float]:
+    """The lung channel brought back to the source grid, and the level that is lung there.
+
+    ``filled-mask``: the postprocessed (filled) lung as 0/1, lung from 0.5. ``probability``:
+    the network's probability inside the kept components (``lung`` where the probability
+    reaches ``threshold``, i.e. without the filled holes) grown by one voxel, lung from
+    ``threshold``: the boundary comes from the probability, not from a binary mask.
+    """
+    if rule == "probability":
+        kept = ndimage.binary_dilation(lung & (probability >= threshold))
+        return np.where(kept, probability, 0.0).astype(np.float32), float(threshold)
+    return lung.astype(np.float32), 0.5
+
+
 def _border_labels(labels: npt.NDArray[np.int32]) -> set[int]:
     """Component labels touching the in-plane sides of the volume (outside air)."""
     sides = np.concatenate(
@@ -298,8 +324,16 @@ class VolumePipeline:
                     f"{MAX_NODULES} or more nodule candidates: only the {MAX_NODULES} "
                     "largest are reported (is the series a chest CT in HU?)"
                 )
+            lung_channel, lung_threshold = lung_output(
+                probabilities[lung_i], thresholds[lung_i], lung_low, spec.lung_output
+            )
             label_map, regions = self._to_source(
-                volume, probabilities[nodule_i], thresholds[nodule_i], lung_low, nodules_low, count
+                volume,
+                probabilities[nodule_i],
+                thresholds[nodule_i],
+                (lung_channel, lung_threshold),
+                nodules_low,
+                count,
             )
             label_values = {LUNG_VALUE: spec.lung_label}
             for region in regions:
@@ -399,13 +433,18 @@ class VolumePipeline:
         volume: Volume,
         nodule_probability: npt.NDArray[np.float32],
         threshold: float,
-        lung_low: npt.NDArray[np.bool_],
+        lung: tuple[npt.NDArray[np.float32], float],
         nodules_low: npt.NDArray[np.int32],
         count: int,
     ) -> tuple[npt.NDArray[np.uint8], list[Region]]:
-        """The label map on the source grid and each nodule measured there."""
+        """The label map on the source grid and each nodule measured there.
+
+        ``lung`` is the lung channel on the network's grid and the value at or above
+        which a source voxel is lung once brought back.
+        """
         shape = volume.pixels.shape
-        channels = np.stack([lung_low.astype(np.float32), nodule_probability.astype(np.float32)])
+        lung_low, lung_threshold = lung
+        channels = np.stack([lung_low, nodule_probability.astype(np.float32)])
         # Each nodule's own low-resolution component, one voxel wider, decides which
         # nodule a source voxel belongs to (nearest); the probability decides whether.
         grown = ndimage.grey_dilation(nodules_low, size=(3, 3, 3)) if count else nodules_low
@@ -418,7 +457,7 @@ class VolumePipeline:
             zi = min(int((z + 0.5) * d / shape[0]), d - 1)
             owner = grown[zi][np.ix_(rows, cols)]
             values = np.zeros(shape[1:], dtype=np.uint8)
-            values[plane[0] >= 0.5] = LUNG_VALUE
+            values[plane[0] >= lung_threshold] = LUNG_VALUE
             nodule = (plane[1] >= threshold) & (owner > 0)
             values[nodule] = (owner[nodule] + LUNG_VALUE).astype(np.uint8)
             label_map[z] = values
@@ -491,7 +530,7 @@ class VolumePipeline:
         box_mm = np.concatenate([ends.min(axis=0), ends.max(axis=0)])
         density = density_of(solid_fraction)
         volume_mm3 = voxels * voxel_mm3
-        score = float(probability_low[nodules_low == index].mean())
+        score = nodule_score(probability_low[nodules_low == index], spec.nodule_score)
         return Region(
             label=spec.nodule_label,
             index=index,
@@ -693,7 +732,9 @@ __all__ = [
     "VolumeOutput",
     "VolumePipeline",
     "lung_and_nodules",
+    "lung_output",
     "measure_detection",
+    "nodule_score",
     "resample",
     "sliding_window",
     "upsample_plane",

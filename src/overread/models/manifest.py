@@ -154,7 +154,14 @@ class VolumeSpec(_Strict):
     network reads HU). ``resample`` names the interpolation to ``spacing_mm``:
     ``antialias`` (bilinear in-plane, antialiased when shrinking, then linear across
     slices) or ``trilinear`` (plain trilinear, no antialiasing: what
-    ``overread train --preset ct-phantom`` trained with).
+    ``overread train --preset ct-phantom`` trained with). ``nodule_score`` is a
+    nodule's score (the FROC candidate score): the ``mean`` or the ``max`` nodule
+    probability of its component on the network's grid. ``lung_output`` is what comes
+    back to the source grid as the lung: the ``filled-mask`` (kept components, holes
+    filled slice by slice) or the network's lung ``probability`` inside the kept
+    components grown by one voxel, unfilled (for a network that calls vessels and
+    nodules lung itself: slice-wise filling would also fill the diaphragm's dome),
+    thresholded there.
 
     ``planar`` true makes it a 2-D package for projection radiographs (CR, DX): each
     image is read through the manifest's ``input.chain`` (to ``input.size`` pixels a
@@ -188,6 +195,8 @@ class VolumeSpec(_Strict):
     solid_hu: float = -300.0
     hu_window: tuple[float, float] | None = None
     resample: Literal["antialias", "trilinear"] = "antialias"
+    nodule_score: Literal["mean", "max"] = "mean"
+    lung_output: Literal["filled-mask", "probability"] = "filled-mask"
 
     @field_validator("hu_window")
     @classmethod
@@ -554,15 +563,20 @@ class Manifest(_Strict):
             if data.get(key) is None:
                 data.pop(key, None)
         volume = data.get("volume")
-        if isinstance(volume, dict) and volume.get("resample") == "antialias":
-            # Added later with this default: manifests signed before keep their hash.
-            volume.pop("resample")
-        if isinstance(volume, dict) and volume.get("planar") is False:
-            volume.pop("planar")  # likewise: 3-D manifests keep their hash
-        if isinstance(volume, dict) and volume.get("postprocess") != "centre-heatmap":
-            # Detector-only fields, added later: other manifests keep their hash.
-            for key in ("centre_label", "size_labels", "max_detections"):
-                volume.pop(key, None)
+        if isinstance(volume, dict):
+            # Added later with these defaults: manifests signed before keep their hash.
+            for key, default in (
+                ("resample", "antialias"),
+                ("nodule_score", "mean"),
+                ("lung_output", "filled-mask"),
+                ("planar", False),
+            ):
+                if volume.get(key) == default:
+                    volume.pop(key)
+            if volume.get("postprocess") != "centre-heatmap":
+                # Detector-only fields, added later: other manifests keep their hash.
+                for key in ("centre_label", "size_labels", "max_detections"):
+                    volume.pop(key, None)
         return data
 
     def canonical_bytes(self) -> bytes:

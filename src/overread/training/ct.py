@@ -33,7 +33,7 @@ from typing import Any, Literal
 
 import numpy as np
 import numpy.typing as npt
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 from scipy import ndimage
 
 from overread.errors import ConfigError
@@ -70,12 +70,23 @@ class CtModel(_Section):
 
 
 class CtOptim(_Section):
-    loss: Literal["dice", "dicece", "focal", "tversky"] = "dicece"
+    loss: Literal["dice", "dicece", "focal", "tversky", "dicefocal"] = "dicece"
+    # The nodule channel's own loss (None: ``loss``); Tversky weighs misses over false alarms.
+    nodule_loss: Literal["dice", "dicece", "focal", "tversky", "dicefocal"] | None = None
+    # Axes (0 slice, 1 row, 2 column) a training patch is flipped along, each with p = 0.5.
+    flip_axes: list[int] = Field(default_factory=list)
     iterations: int = Field(default=600, ge=1)
     batch_size: int = Field(default=2, ge=1)
     lr: float = Field(default=3e-3, gt=0)
     nodule_fraction: float = Field(default=0.6, ge=0, le=1)
     heatmap_weight: float = Field(default=0.1, ge=0)
+
+    @field_validator("flip_axes")
+    @classmethod
+    def _axes(cls, value: list[int]) -> list[int]:
+        if any(a not in (0, 1, 2) for a in value) or len(set(value)) != len(value):
+            raise ValueError("flip_axes must name distinct axes among 0, 1, 2")
+        return value
 
 
 class CtInference(_Section):
@@ -83,6 +94,10 @@ class CtInference(_Section):
     peak_floor: float = Field(default=0.05, gt=0, lt=1)
     max_detections: int = Field(default=20, ge=1)
     default_box_mm: float = Field(default=6.0, gt=0)
+    # The written package's pipeline: nodule mask threshold (operating point) and the
+    # nodule score (FROC candidate score) rule.
+    nodule_threshold: float = Field(default=0.5, gt=0, lt=1)
+    nodule_score: Literal["mean", "max"] = "mean"
 
 
 class CtTrainConfig(_Section):
@@ -92,6 +107,8 @@ class CtTrainConfig(_Section):
     seed: int = 0
     threads: int = Field(default=2, ge=1)
     log_every: int = Field(default=25, ge=1)
+    # Every so many steps the weights so far go to checkpoint-latest.pt (0: never).
+    checkpoint_every: int = Field(default=0, ge=0)
     data: CtData = Field(default_factory=CtData)
     model: CtModel = Field(default_factory=CtModel)
     optim: CtOptim = Field(default_factory=CtOptim)
@@ -301,7 +318,7 @@ def _network(model: CtModel) -> Any:
 
 def segmentation_loss(name: str) -> Callable[[Any, Any], Any]:
     """A MONAI loss on sigmoid outputs (batch-wise Dice so empty patches are well defined)."""
-    from monai.losses import DiceCELoss, DiceLoss, FocalLoss, TverskyLoss
+    from monai.losses import DiceCELoss, DiceFocalLoss, DiceLoss, FocalLoss, TverskyLoss
 
     if name == "dice":
         return DiceLoss(sigmoid=True, batch=True)  # type: ignore[no-any-return]
@@ -311,7 +328,9 @@ def segmentation_loss(name: str) -> Callable[[Any, Any], Any]:
         return FocalLoss(gamma=2.0, use_softmax=False)  # type: ignore[no-any-return]
     if name == "tversky":
         return TverskyLoss(sigmoid=True, alpha=0.3, beta=0.7, batch=True)  # type: ignore[no-any-return]
-    raise ConfigError(f"unknown loss {name!r}: use dice, dicece, focal or tversky")
+    if name == "dicefocal":
+        return DiceFocalLoss(sigmoid=True, batch=True, gamma=2.0)  # type: ignore[no-any-return]
+    raise ConfigError(f"unknown loss {name!r}: use dice, dicece, focal, tversky or dicefocal")
 
 
 def centre_focal_loss(logits: Any, target: Any) -> Any:
@@ -359,6 +378,20 @@ def _crop(
     return image[sl], target[(slice(None), *sl)]
 
 
+def _flip(
+    image: npt.NDArray[np.float32],
+    target: npt.NDArray[np.float32],
+    axes: Sequence[int],
+    rng: np.random.Generator,
+) -> tuple[npt.NDArray[np.float32], npt.NDArray[np.float32]]:
+    """Flip a patch and its targets along each of ``axes`` with probability 0.5."""
+    for axis in axes:
+        if rng.uniform() < 0.5:
+            image = np.flip(image, axis)
+            target = np.flip(target, axis + 1)
+    return np.ascontiguousarray(image), np.ascontiguousarray(target)
+
+
 @dataclass
 class CtTrainResult:
     output: Path
@@ -392,6 +425,7 @@ def train_ct(
         ]
     net = build_ct_network(cfg.model)
     seg_loss = segmentation_loss(cfg.optim.loss)
+    nodule_loss = segmentation_loss(cfg.optim.nodule_loss or cfg.optim.loss)
     opt = torch.optim.AdamW(net.parameters(), lr=cfg.optim.lr, weight_decay=1e-4)
     sched = torch.optim.lr_scheduler.OneCycleLR(
         opt, max_lr=cfg.optim.lr, total_steps=cfg.optim.iterations, pct_start=0.1
@@ -407,6 +441,8 @@ def train_ct(
             pool = with_nodules if on_nodule else cases
             case = pool[int(rng.integers(len(pool)))]
             img, tgt = _crop(case, cfg.model.patch, rng, on_nodule)
+            if cfg.optim.flip_axes:
+                img, tgt = _flip(img, tgt, cfg.optim.flip_axes, rng)
             images.append(img[None])
             targets.append(tgt)
         x = torch.from_numpy(np.stack(images))
@@ -414,7 +450,7 @@ def train_ct(
         logits = net(x)
         # Channel by channel: with several channels MONAI's DiceCE uses a softmax cross
         # entropy, which treats overlapping labels (a nodule is also lung) as exclusive.
-        seg = seg_loss(logits[:, 0:1], y[:, 0:1]) + seg_loss(logits[:, 1:2], y[:, 1:2])
+        seg = seg_loss(logits[:, 0:1], y[:, 0:1]) + nodule_loss(logits[:, 1:2], y[:, 1:2])
         heat = centre_focal_loss(logits[:, 2:], y[:, 2:])
         loss = seg + cfg.optim.heatmap_weight * heat if cfg.optim.heatmap_weight else seg
         opt.zero_grad()
@@ -430,17 +466,24 @@ def train_ct(
             if it == 1
             else tuple(0.9 * a + 0.1 * b for a, b in zip(seg_run, parts, strict=True))
         )
+        every = cfg.checkpoint_every
+        if every and it % every == 0 and it < cfg.optim.iterations:
+            _save(net, cfg, out / "checkpoint-latest.pt")
         if it % cfg.log_every == 0 or it == cfg.optim.iterations:
             echo(
                 f"iter {it}/{cfg.optim.iterations} loss {running:.4f} (segmentation "
                 f"{seg_run[0]:.4f}, centre {seg_run[1]:.4f}; {time.perf_counter() - start:.0f} s)"
             )
-    checkpoint = out / "checkpoint.pt"
-    torch.save(
-        {"state_dict": net.state_dict(), "config": json.loads(cfg.model_dump_json())}, checkpoint
-    )
+    checkpoint = _save(net, cfg, out / "checkpoint.pt")
     net.eval()
     return net, CtTrainResult(out, checkpoint, time.perf_counter() - start, running)
+
+
+def _save(net: Any, cfg: CtTrainConfig, path: Path) -> Path:
+    import torch
+
+    torch.save({"state_dict": net.state_dict(), "config": json.loads(cfg.model_dump_json())}, path)
+    return path
 
 
 def load_ct_network(checkpoint: str | Path) -> tuple[Any, CtTrainConfig]:
@@ -504,6 +547,9 @@ def ct_volume_spec(cfg: CtTrainConfig) -> VolumeSpec:
         nodule_label=CHANNELS[1],
         hu_window=HU_WINDOW,
         resample="trilinear",
+        nodule_score=cfg.inference.nodule_score,
+        # The network calls vessels and nodules lung itself: no slice-wise filling.
+        lung_output="probability",
     )
 
 
@@ -542,7 +588,7 @@ def write_ct_package(
         ),
         operating_points={
             "lung": {"balanced": 0.5},
-            "nodule": {"balanced": 0.5},
+            "nodule": {"balanced": cfg.inference.nodule_threshold},
             "nodule-centre": {"balanced": cfg.inference.peak_floor},
         },
         accepts={"modalities": ["CT"], "body_parts": ["CHEST"]},
