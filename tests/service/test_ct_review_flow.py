@@ -25,6 +25,7 @@ from tests.inference.ct_series import SHAPE, SPACING, Nodule, chest_volume, writ
 
 from overread.audit import AuditEvent
 from overread.gateway import Gateway
+from overread.results import ResultSummary
 from overread.service.db import Job, Result, ResultReview
 
 from .conftest import Storescp, api_token, bearer, needs_dcmtk, storescu, wait_until
@@ -170,7 +171,16 @@ def test_a_held_ct_result_goes_out_only_as_a_verified_sr_with_its_seg(
     assert str(sr.SOPInstanceUID) in accept.object_uids
 
 
-def test_an_edit_of_a_sent_ct_result_sends_a_superseding_verified_sr_and_the_seg(
+def _summary(sr: Dataset) -> str:
+    """The SR's summary line (the one that names the AI second read)."""
+    return next(t for t in _texts(sr) if t.startswith("AI second read"))
+
+
+def _nodule_groups(path: Path) -> list[Any]:
+    return list(hd.sr.srread(path).content.get_volumetric_roi_measurement_groups())
+
+
+def test_an_edit_of_a_sent_ct_result_sends_a_superseding_verified_sr(
     make_service: Callable[..., Gateway], storescp: Storescp, tmp_path: Path
 ) -> None:
     service = make_service(
@@ -182,7 +192,7 @@ def test_an_edit_of_a_sent_ct_result_sends_a_superseding_verified_sr_and_the_seg
     [(_, first)] = _received(storescp, COMPREHENSIVE_3D_SR)
     assert first.VerificationFlag == "UNVERIFIED"
     [(seg_path, seg)] = _received(storescp, SEGMENTATION_STORAGE)
-    seg_path.unlink()  # to see it sent again
+    seg_path.unlink()  # to see whether it is sent again
     uid = str(first.StudyInstanceUID)
 
     reader = api_token(service, "radiologist", username="dr.second")
@@ -193,7 +203,7 @@ def test_an_edit_of_a_sent_ct_result_sends_a_superseding_verified_sr_and_the_seg
     assert outcome["state"] == "edited" and outcome["report_status"] == "amended"
     assert outcome["superseded"] == [str(first.SOPInstanceUID)]
     wait_until(lambda: len(_received(storescp, COMPREHENSIVE_3D_SR)) == 2, timeout=120)
-    wait_until(lambda: len(_received(storescp, SEGMENTATION_STORAGE)) == 1, timeout=60)
+    wait_until(lambda: [s for _, s in _states(service)] == ["succeeded"] * 2, timeout=60)
     [(second_path, second)] = [
         (p, ds)
         for p, ds in _received(storescp, COMPREHENSIVE_3D_SR)
@@ -207,22 +217,69 @@ def test_an_edit_of_a_sent_ct_result_sends_a_superseding_verified_sr_and_the_seg
     assert _predecessors(second) == [str(first.SOPInstanceUID)]
     texts = _texts(pydicom.dcmread(second_path))
     assert any("nodule: negative" in t and "vessel, not nodule" in t for t in texts), texts
-    [(_, resent)] = _received(storescp, SEGMENTATION_STORAGE)
-    assert resent.SOPInstanceUID == seg.SOPInstanceUID
+    # "No nodule": the verified SR gives none of the model's nodule measurements, its
+    # summary states the reader's decision, and the SEG showing the nodule is not sent
+    # again (nor referenced).
+    assert _nodule_groups(second_path) == []
+    summary = _summary(pydicom.dcmread(second_path))
+    assert "no nodule, by the reader's decision" in summary, summary
+    assert "nodule(s)" not in summary, summary
+    assert str(seg.SOPInstanceUID) not in _referenced(pydicom.dcmread(second_path))
+    assert _received(storescp, SEGMENTATION_STORAGE) == []
+    with service.database.session() as session:
+        [result] = session.scalars(select(Result)).all()
+        assert SEGMENTATION_STORAGE not in {a["sop_class_uid"] for a in result.artifacts}
     assert dciodvfy_errors(second_path) == []
     # A second edit supersedes the verified SR, and through it the first.
     body = {"action": "edit", "findings": {"nodule": "positive"}, "note": "nodule after all"}
     answer = _review_post(service, uid, body, reader)
     assert answer.status_code == 200, answer.text
     wait_until(lambda: len(_received(storescp, COMPREHENSIVE_3D_SR)) == 3, timeout=120)
-    [third] = [
-        ds
-        for _, ds in _received(storescp, COMPREHENSIVE_3D_SR)
+    [(third_path, third)] = [
+        (p, ds)
+        for p, ds in _received(storescp, COMPREHENSIVE_3D_SR)
         if ds.SOPInstanceUID not in (first.SOPInstanceUID, second.SOPInstanceUID)
     ]
     assert sorted(_predecessors(third)) == sorted(
         [str(first.SOPInstanceUID), str(second.SOPInstanceUID)]
     )
+    # The nodule is back, with the model's measurements (by its position: the SEG
+    # was withdrawn).
+    [group] = _nodule_groups(third_path)
+    assert {m.name.meaning for m in group.get_measurements()} >= {"Volume", "Diameter"}
+    assert "1 nodule(s)" in _summary(third)
+    assert dciodvfy_errors(third_path) == []
+
+
+def test_a_reader_positive_where_the_model_found_no_nodule_is_stated_as_the_readers(
+    make_service: Callable[..., Gateway], storescp: Storescp, tmp_path: Path
+) -> None:
+    service = make_service(
+        routes=[_ct_route(review=True)],
+        destinations=[f"PACS=PACSAE@127.0.0.1:{storescp.port}"],
+    )
+    volume = chest_volume(SHAPE, SPACING, [])  # no nodule in it
+    files = write_series(tmp_path / "ct", volume, SPACING, study_uid=generate_uid())
+    _send(service, files)
+    wait_until(lambda: _states(service) == [("infer", "succeeded")], timeout=240)
+    with service.database.session() as session:
+        [result] = session.scalars(select(Result)).all()
+        [prediction] = ResultSummary.from_dict(result.summary).instances
+    assert prediction.ok and not prediction.regions  # the model found nothing
+    uid = str(pydicom.dcmread(files[0], stop_before_pixels=True).StudyInstanceUID)
+    reader = api_token(service, "radiologist", username="dr.lung")
+    body = {"action": "edit", "findings": {"nodule": "positive"}, "note": "RUL nodule"}
+    answer = _review_post(service, uid, body, reader)
+    assert answer.status_code == 200, answer.text
+    wait_until(lambda: len(_received(storescp, COMPREHENSIVE_3D_SR)) == 1, timeout=120)
+    [(path, sr)] = _received(storescp, COMPREHENSIVE_3D_SR)
+    assert sr.VerificationFlag == "VERIFIED"
+    summary = _summary(sr)
+    assert "no nodule found" not in summary, summary
+    assert "nodule present, by the reader's decision" in summary, summary
+    assert _nodule_groups(path) == []  # no measurement to give
+    assert not any("no nodule" in t for t in _texts(sr)), _texts(sr)
+    assert dciodvfy_errors(path) == []
 
 
 def test_a_ct_study_that_grows_after_its_result_is_read_again_and_superseded(

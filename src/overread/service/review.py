@@ -603,10 +603,15 @@ class ReviewDesk:
         # A CT result: each series' Comprehensive 3D SR rebuilt verified (its SEG kept).
         volume_srs = [a for a in artifacts if a.get("sop_class_uid") == COMPREHENSIVE_3D_SR]
         for old in volume_srs:
-            rebuilt = self._verified_volume_sr(
+            rebuilt, withheld = self._verified_volume_sr(
                 result, summary, verification, old, artifacts, correction=correction
             )
-            artifacts = [rebuilt if a is old else a for a in artifacts]
+            # A SEG showing nodules the reader decided negative is not sent (again).
+            artifacts = [
+                rebuilt if a is old else a
+                for a in artifacts
+                if a.get("sop_instance_uid") not in withheld
+            ]
             new_srs.append(rebuilt)
             if correction:
                 superseded.append(_reference(old))
@@ -777,17 +782,22 @@ class ReviewDesk:
         artifacts: Sequence[Mapping[str, Any]],
         *,
         correction: bool,
-    ) -> dict[str, Any]:
+    ) -> tuple[dict[str, Any], set[str]]:
         """Build, store and describe one CT series' Comprehensive 3D SR as the reader
         verified it: the same nodules and measurements, the same source slices and SEG
         segments as the SR it replaces (read from the stored objects), in that SR's
         series with the next Instance Number. The new SR supersedes what the old one
-        superseded (Predecessor Documents Sequence) and, as a correction, the old one."""
+        superseded (Predecessor Documents Sequence) and, as a correction, the old one.
+
+        Nodules of a label the reader decided negative are left out of it, and so is
+        the SEG that shows them: its SOP Instance UID is returned with the SR (the SEG
+        is then not sent, nor sent again)."""
         from overread.imaging import read_dataset
         from overread.service.outputs.volume import (
             SEGMENTATION,
             build_volume_sr,
             evidence_of,
+            reader_withdrawn,
             region_segments,
             source_series,
         )
@@ -834,6 +844,10 @@ class ReviewDesk:
             version=own.version or model.version,
             sha256=own.sha256 or model.sha256,
         )
+        withdrawn = reader_withdrawn(verification.decisions)
+        withheld: set[str] = set()
+        if any(r.label in withdrawn for r in prediction.regions or []):
+            withheld, seg_uids = seg_uids, set()
         seg_entry = next((a for a in artifacts if a.get("sop_instance_uid") in seg_uids), None)
         seg = None if seg_entry is None else self._stored_header(seg_entry)
         if seg_uids and seg is None:
@@ -865,7 +879,7 @@ class ReviewDesk:
             verification=verification,
             predecessors=predecessors,
         )
-        return self._store_dataset(sr, "SR")
+        return self._store_dataset(sr, "SR"), withheld
 
     def _store_dataset(self, dataset: Dataset, modality: str) -> dict[str, Any]:
         buffer = BytesIO()
