@@ -64,10 +64,19 @@ def test_open_pipeline_keeps_one_volume_pipeline_per_device(
     on_cpu = open_pipeline(name, registry=registry, device="cpu")
     assert isinstance(on_cpu, VolumePipeline) and on_cpu.device.type == "cpu"
     assert open_pipeline(name, registry=registry, device="cpu") is on_cpu
-    # No device named: the [inference] setting (auto: the GPU when torch sees one).
+    # No device named: the [inference] setting (auto: the GPU when torch sees one),
+    # not the cached cpu pipeline nor VolumePipeline's own default.
+    monkeypatch.setenv("OVERREAD_INFERENCE__DEVICE", "cuda")
+    if NO_CUDA:
+        with pytest.raises(InferenceError, match="device 'cuda' asked for"):
+            open_pipeline(name, registry=registry)
+    else:
+        on_gpu = open_pipeline(name, registry=registry)
+        assert isinstance(on_gpu, VolumePipeline) and on_gpu.device.type == "cuda"
     monkeypatch.setenv("OVERREAD_INFERENCE__DEVICE", "cpu")
     default = open_pipeline(name, registry=registry)
     assert isinstance(default, VolumePipeline) and default.device.type == "cpu"
+    assert default is on_cpu  # the same device, the same cached pipeline
     clear_pipeline_cache()
 
 

@@ -25,6 +25,7 @@ from tests.inference.ct_series import SHAPE, SPACING, Nodule, chest_volume, writ
 
 from overread.audit import AuditEvent
 from overread.gateway import Gateway
+from overread.results import ResultSummary
 from overread.service.db import Job, Result, ResultReview
 
 from .conftest import Storescp, api_token, bearer, needs_dcmtk, storescu, wait_until
@@ -170,7 +171,27 @@ def test_a_held_ct_result_goes_out_only_as_a_verified_sr_with_its_seg(
     assert str(sr.SOPInstanceUID) in accept.object_uids
 
 
-def test_an_edit_of_a_sent_ct_result_sends_a_superseding_verified_sr_and_the_seg(
+def _summary(sr: Dataset) -> str:
+    """The SR's summary line (the one that names the AI second read)."""
+    return next(t for t in _texts(sr) if t.startswith("AI second read"))
+
+
+def _nodule_groups(path: Path) -> list[Any]:
+    """The SR's nodule measurement groups (read once the PACS has written it whole)."""
+    found: list[Any] = []
+
+    def read() -> bool:
+        try:
+            found[:] = hd.sr.srread(path).content.get_volumetric_roi_measurement_groups()
+        except Exception:  # still being written
+            return False
+        return True
+
+    wait_until(read, timeout=30)
+    return found
+
+
+def test_an_edit_of_a_sent_ct_result_sends_a_superseding_verified_sr(
     make_service: Callable[..., Gateway], storescp: Storescp, tmp_path: Path
 ) -> None:
     service = make_service(
@@ -182,7 +203,7 @@ def test_an_edit_of_a_sent_ct_result_sends_a_superseding_verified_sr_and_the_seg
     [(_, first)] = _received(storescp, COMPREHENSIVE_3D_SR)
     assert first.VerificationFlag == "UNVERIFIED"
     [(seg_path, seg)] = _received(storescp, SEGMENTATION_STORAGE)
-    seg_path.unlink()  # to see it sent again
+    seg_path.unlink()  # to see whether it is sent again
     uid = str(first.StudyInstanceUID)
 
     reader = api_token(service, "radiologist", username="dr.second")
@@ -193,7 +214,7 @@ def test_an_edit_of_a_sent_ct_result_sends_a_superseding_verified_sr_and_the_seg
     assert outcome["state"] == "edited" and outcome["report_status"] == "amended"
     assert outcome["superseded"] == [str(first.SOPInstanceUID)]
     wait_until(lambda: len(_received(storescp, COMPREHENSIVE_3D_SR)) == 2, timeout=120)
-    wait_until(lambda: len(_received(storescp, SEGMENTATION_STORAGE)) == 1, timeout=60)
+    wait_until(lambda: [s for _, s in _states(service)] == ["succeeded"] * 2, timeout=60)
     [(second_path, second)] = [
         (p, ds)
         for p, ds in _received(storescp, COMPREHENSIVE_3D_SR)
@@ -207,22 +228,70 @@ def test_an_edit_of_a_sent_ct_result_sends_a_superseding_verified_sr_and_the_seg
     assert _predecessors(second) == [str(first.SOPInstanceUID)]
     texts = _texts(pydicom.dcmread(second_path))
     assert any("nodule: negative" in t and "vessel, not nodule" in t for t in texts), texts
-    [(_, resent)] = _received(storescp, SEGMENTATION_STORAGE)
-    assert resent.SOPInstanceUID == seg.SOPInstanceUID
+    # "No nodule": the verified SR gives none of the model's nodule measurements, its
+    # summary states the reader's decision, and the SEG showing the nodule is not sent
+    # again (nor referenced).
+    assert _nodule_groups(second_path) == []
+    summary = _summary(pydicom.dcmread(second_path))
+    assert "no nodule, by the reader's decision" in summary, summary
+    assert "nodule(s)" not in summary, summary
+    assert str(seg.SOPInstanceUID) not in _referenced(pydicom.dcmread(second_path))
+    assert _received(storescp, SEGMENTATION_STORAGE) == []
+    with service.database.session() as session:
+        [result] = session.scalars(select(Result)).all()
+        assert SEGMENTATION_STORAGE not in {a["sop_class_uid"] for a in result.artifacts}
     assert dciodvfy_errors(second_path) == []
     # A second edit supersedes the verified SR, and through it the first.
     body = {"action": "edit", "findings": {"nodule": "positive"}, "note": "nodule after all"}
     answer = _review_post(service, uid, body, reader)
     assert answer.status_code == 200, answer.text
     wait_until(lambda: len(_received(storescp, COMPREHENSIVE_3D_SR)) == 3, timeout=120)
-    [third] = [
-        ds
-        for _, ds in _received(storescp, COMPREHENSIVE_3D_SR)
+    [(third_path, third)] = [
+        (p, ds)
+        for p, ds in _received(storescp, COMPREHENSIVE_3D_SR)
         if ds.SOPInstanceUID not in (first.SOPInstanceUID, second.SOPInstanceUID)
     ]
     assert sorted(_predecessors(third)) == sorted(
         [str(first.SOPInstanceUID), str(second.SOPInstanceUID)]
     )
+    # The nodule is back, with the model's measurements (by its position: the SEG
+    # was withdrawn).
+    [group] = _nodule_groups(third_path)
+    assert {m.name.meaning for m in group.get_measurements()} >= {"Volume", "Diameter"}
+    assert "1 nodule(s)" in _summary(pydicom.dcmread(third_path))
+    assert dciodvfy_errors(third_path) == []
+
+
+def test_a_reader_positive_where_the_model_found_no_nodule_is_stated_as_the_readers(
+    make_service: Callable[..., Gateway], storescp: Storescp, tmp_path: Path
+) -> None:
+    service = make_service(
+        routes=[_ct_route(review=True)],
+        destinations=[f"PACS=PACSAE@127.0.0.1:{storescp.port}"],
+    )
+    volume = chest_volume(SHAPE, SPACING, [])  # no nodule in it
+    files = write_series(tmp_path / "ct", volume, SPACING, study_uid=generate_uid())
+    _send(service, files)
+    wait_until(lambda: _states(service) == [("infer", "succeeded")], timeout=240)
+    with service.database.session() as session:
+        [result] = session.scalars(select(Result)).all()
+        [prediction] = ResultSummary.from_dict(result.summary).instances
+    assert prediction.ok and not prediction.regions  # the model found nothing
+    uid = str(pydicom.dcmread(files[0], stop_before_pixels=True).StudyInstanceUID)
+    reader = api_token(service, "radiologist", username="dr.lung")
+    body = {"action": "edit", "findings": {"nodule": "positive"}, "note": "RUL nodule"}
+    answer = _review_post(service, uid, body, reader)
+    assert answer.status_code == 200, answer.text
+    wait_until(lambda: len(_received(storescp, COMPREHENSIVE_3D_SR)) == 1, timeout=120)
+    [(path, _)] = _received(storescp, COMPREHENSIVE_3D_SR)
+    assert _nodule_groups(path) == []  # no measurement to give
+    sr = pydicom.dcmread(path)
+    assert sr.VerificationFlag == "VERIFIED"
+    summary = _summary(sr)
+    assert "no nodule found" not in summary, summary
+    assert "nodule present, by the reader's decision" in summary, summary
+    assert not any("no nodule" in t for t in _texts(sr)), _texts(sr)
+    assert dciodvfy_errors(path) == []
 
 
 def test_a_ct_study_that_grows_after_its_result_is_read_again_and_superseded(
@@ -251,3 +320,104 @@ def test_a_ct_study_that_grows_after_its_result_is_read_again_and_superseded(
             str(old.SOPInstanceUID)
         ]
         assert len(result.summary["read_sop_instance_uids"]) == len(files)
+
+
+def test_a_verified_ct_study_that_grows_is_read_again_unverified_and_can_be_accepted(
+    make_service: Callable[..., Gateway], storescp: Storescp, tmp_path: Path
+) -> None:
+    service = make_service(
+        routes=[_ct_route()], destinations=[f"PACS=PACSAE@127.0.0.1:{storescp.port}"]
+    )
+    files = _series(tmp_path / "ct")
+    _send(service, files[:30])
+    wait_until(lambda: [s for _, s in _states(service)] == ["succeeded"] * 2, timeout=240)
+    [(_, first)] = _received(storescp, COMPREHENSIVE_3D_SR)
+    uid = str(first.StudyInstanceUID)
+    reader = api_token(service, "radiologist", username="dr.first")
+    answer = _review_post(service, uid, {"action": "accept"}, reader)
+    assert answer.status_code == 200, answer.text
+    second = answer.json()["results"][0]["sr_sop_instance_uid"]
+    wait_until(lambda: len(_received(storescp, COMPREHENSIVE_3D_SR)) == 2, timeout=120)
+
+    _send(service, files[30:])  # the rest of the series, after it was verified
+    wait_until(lambda: len(_received(storescp, COMPREHENSIVE_3D_SR)) == 3, timeout=240)
+    [(third_path, _)] = [
+        (p, ds)
+        for p, ds in _received(storescp, COMPREHENSIVE_3D_SR)
+        if ds.SOPInstanceUID not in (first.SOPInstanceUID, second)
+    ]
+    _nodule_groups(third_path)  # written whole
+    third = pydicom.dcmread(third_path)
+    assert third.VerificationFlag == "UNVERIFIED" and third.PreliminaryFlag == "PRELIMINARY"
+    assert "VerifyingObserverSequence" not in third
+    assert not any("dr.first" in t for t in _texts(third))
+    assert set(_predecessors(third)) == {str(first.SOPInstanceUID), second}
+    with service.database.session() as session:
+        assert session.scalar(select(ResultReview)) is None  # unreviewed
+        reopened = [
+            e for e in session.scalars(select(AuditEvent)).all() if e.action == "review-reopen"
+        ]
+    assert [e.details["previous_state"] for e in reopened] == ["accepted"]
+
+    answer = _review_post(service, uid, {"action": "accept"}, reader)
+    assert answer.status_code == 200, answer.text  # not "verified already"
+    [outcome] = answer.json()["results"]
+    assert outcome["report_status"] == "final"
+    wait_until(lambda: len(_received(storescp, COMPREHENSIVE_3D_SR)) == 4, timeout=120)
+    [(fourth_path, _)] = [
+        (p, ds)
+        for p, ds in _received(storescp, COMPREHENSIVE_3D_SR)
+        if ds.SOPInstanceUID == outcome["sr_sop_instance_uid"]
+    ]
+    _nodule_groups(fourth_path)
+    fourth = pydicom.dcmread(fourth_path)
+    assert fourth.VerificationFlag == "VERIFIED"
+    assert set(_predecessors(fourth)) == {
+        str(first.SOPInstanceUID),
+        second,
+        str(third.SOPInstanceUID),
+    }
+
+
+def test_a_held_ct_read_that_is_read_again_is_never_named_as_a_predecessor(
+    make_service: Callable[..., Gateway], storescp: Storescp, tmp_path: Path
+) -> None:
+    service = make_service(
+        routes=[_ct_route(review=True)], destinations=[f"PACS=PACSAE@127.0.0.1:{storescp.port}"]
+    )
+    files = _series(tmp_path / "ct")
+    _send(service, files[:30])
+    wait_until(lambda: _states(service) == [("infer", "succeeded")], timeout=240)
+    with service.database.session() as session:
+        [result] = session.scalars(select(Result)).all()
+        [never_sent] = [
+            a["sop_instance_uid"]
+            for a in result.artifacts
+            if a["sop_class_uid"] == COMPREHENSIVE_3D_SR
+        ]
+    _send(service, files[30:])  # the study grows while its first read waits for a reader
+
+    def read_again() -> bool:
+        with service.database.session() as session:
+            [row] = session.scalars(select(Result)).all()
+            return len(row.summary["read_sop_instance_uids"]) == len(files)
+
+    wait_until(read_again, timeout=240)
+    wait_until(lambda: _states(service) == [("infer", "succeeded")], timeout=60)
+    with service.database.session() as session:
+        [result] = session.scalars(select(Result)).all()
+        assert "superseded" not in result.summary  # nothing went out to supersede
+        review = session.scalar(select(ResultReview))
+        assert review is not None and review.state == "pending"
+    assert storescp.files() == []
+    uid = str(pydicom.dcmread(files[0], stop_before_pixels=True).StudyInstanceUID)
+    reader = api_token(service, "radiologist", username="dr.lung")
+    answer = _review_post(service, uid, {"action": "accept"}, reader)
+    assert answer.status_code == 200, answer.text
+    wait_until(lambda: len(_received(storescp, COMPREHENSIVE_3D_SR)) == 1, timeout=120)
+    [(path, _)] = _received(storescp, COMPREHENSIVE_3D_SR)
+    _nodule_groups(path)
+    sr = pydicom.dcmread(path)
+    assert sr.VerificationFlag == "VERIFIED"
+    assert never_sent not in _predecessors(sr)
+    assert "PredecessorDocumentsSequence" not in sr

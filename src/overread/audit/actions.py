@@ -48,6 +48,9 @@ class AuditAction(enum.StrEnum):
     REVIEW_OVERDUE = "review-overdue"
     #: A held result was released unverified after its time-out (a route setting).
     REVIEW_RELEASE = "review-release"
+    #: A reviewed or released result was read again (its study grew): the new read
+    #: starts unreviewed (held again where its route requires review).
+    REVIEW_REOPEN = "review-reopen"
     USER_CHANGE = "user-change"
     AUDIT_EXPORT = "audit-export"
     AUDIT_CHECKPOINT = "audit-checkpoint"

@@ -26,7 +26,7 @@ from overread.errors import ConfigError, InferenceError
 from overread.imaging import ImageMetadata, metadata_from_dataset, read_dataset
 from overread.monitoring import StudyObservation
 from overread.results import Prediction, ResultSummary
-from overread.service.db import Instance, Job, Result, Study, StudyState, utcnow
+from overread.service.db import Instance, Job, Result, ResultReview, Study, StudyState, utcnow
 from overread.service.handling import JobServices
 from overread.service.metrics import observe_stage_timings
 from overread.service.monitor.store import observe_study, store_observations
@@ -38,7 +38,9 @@ from overread.service.review import (
     held,
     hold_result,
     queue_exports,
+    reopen_review,
     reviewing_routes,
+    sent_predecessors,
 )
 from overread.service.rollout import RolloutRole, RolloutStore
 from overread.service.routing import InstanceFacts, route_matches
@@ -129,6 +131,13 @@ class InferenceHandler:
                     Result.model_version == job.model_version,
                 )
             )
+            existing_review = (
+                None
+                if existing is None
+                else session.scalar(
+                    select(ResultReview).where(ResultReview.result_id == existing.id)
+                )
+            )
         items = self._study_paths(job)
         replaces: int | None = None
         superseded: list[dict[str, Any]] = []
@@ -141,7 +150,8 @@ class InferenceHandler:
                 # More of the study arrived after its result: the study is read again
                 # whole and a new SR supersedes the one sent (Predecessor Documents).
                 replaces = existing.id
-                superseded = _superseded_chain(existing)
+                # Only the SRs that went out: a held or rejected read's never did.
+                superseded = sent_predecessors(existing, existing_review)
                 logger.info(
                     "job %d: %d image(s) of study %s arrived after result %d; read again",
                     job.id,
@@ -442,6 +452,15 @@ class InferenceHandler:
             if result_id is None:
                 replaced = None if replaces is None else session.get(Result, replaces)
                 if replaced is not None:
+                    # A reader's verification (or a time-out's release) was of the read
+                    # replaced: the new read starts unreviewed (held again below where
+                    # the route requires review), and its SR goes out UNVERIFIED.
+                    reopen_review(
+                        session,
+                        replaced,
+                        now=utcnow(),
+                        actor=f"worker:{self.services.owner}",
+                    )
                     result = replaced
                     result.summary = summary or {}
                     result.artifacts = artifacts
@@ -604,17 +623,6 @@ def _read_uids(summary: dict[str, Any]) -> set[str]:
     """The SOP Instance UIDs a stored summary's result read (a volume result lists
     them apart from its per-series entries)."""
     return set(summary.get("read_sop_instance_uids") or summary.get("sop_instance_uids") or ())
-
-
-def _superseded_chain(result: Result) -> list[dict[str, Any]]:
-    """The SRs a re-read of ``result``'s study supersedes: those it superseded already,
-    then its own SR (the one sent)."""
-    from overread.service.review import _reference, _sr_entries
-
-    chain = [dict(r) for r in (result.summary or {}).get("superseded") or ()]
-    # A CT result has one SR per series: each is superseded.
-    chain.extend(_reference(sr) for sr in _sr_entries(result.artifacts or []))
-    return chain
 
 
 def _not_analysed_summary(summary: dict[str, Any]) -> bool:

@@ -228,6 +228,75 @@ def hold_result(
     return review
 
 
+#: Review states of a result whose objects went out (or were queued to): verified by a
+#: reader, or released unverified after its time-out. A result without a review row
+#: went out unverified as soon as it was stored.
+SENT_STATES = frozenset(
+    {ReviewState.ACCEPTED.value, ReviewState.EDITED.value, ReviewState.RELEASED.value}
+)
+
+
+def went_out(review: ResultReview | None) -> bool:
+    """Whether a result's SRs went out: no review row (never held), or a review that
+    verified or released it; a pending or rejected result's SR never did."""
+    return review is None or review.state in SENT_STATES
+
+
+def sent_predecessors(
+    result: Result, review: ResultReview | None, *, current: bool = True
+) -> list[dict[str, Any]]:
+    """The SRs that a new SR of ``result`` supersedes: those that went out before it,
+    oldest first, each once.
+
+    They are the SRs of earlier reads of the study that went out (the result's
+    ``superseded``, kept by the re-read that made it), the SRs earlier corrections
+    superseded (its review's ``superseded``) and, with ``current``, the result's own
+    SRs when they went out (:func:`went_out`). An SR that was held or rejected never
+    reached anyone and is never named. Both the X-ray and the CT outputs take their
+    Predecessor Documents from here."""
+    chain: list[dict[str, Any]] = [dict(r) for r in (result.summary or {}).get("superseded") or ()]
+    if review is not None:
+        chain.extend(dict(r) for r in review.superseded or ())
+    if current and went_out(review):
+        chain.extend(_reference(sr) for sr in _sr_entries(result.artifacts or []))
+    seen: set[str] = set()
+    unique: list[dict[str, Any]] = []
+    for reference in chain:
+        uid = str(reference.get("sop_instance_uid") or "")
+        if uid and uid not in seen:
+            seen.add(uid)
+            unique.append(reference)
+    return unique
+
+
+def reopen_review(session: Session, result: Result, *, now: datetime, actor: str) -> bool:
+    """Before a re-read replaces ``result`` in place: a review that verified or released
+    it no longer speaks for the new read, which starts unreviewed (preliminary, no
+    reader decisions, an UNVERIFIED SR; a route that requires review holds it again).
+    The review row is removed and the step audited; returns whether there was one.
+    A pending or rejected review is left to the hold that follows."""
+    review = session.scalar(select(ResultReview).where(ResultReview.result_id == result.id))
+    if review is None or review.state not in SENT_STATES:
+        return False
+    record_event(
+        session,
+        actor=actor,
+        role="service",
+        action=AuditAction.REVIEW_REOPEN,
+        object_uids=[result.study_instance_uid],
+        details={
+            "result_id": result.id,
+            "previous_state": review.state,
+            "previous_reviewer": review.reviewer or "",
+            "previous_report_status": review.report_status,
+            "at": now.isoformat(),
+        },
+    )
+    session.delete(review)
+    session.flush()
+    return True
+
+
 def held(session: Session, result_id: int) -> bool:
     """Whether a result's exports are held (pending review, or rejected)."""
     state = session.scalar(select(ResultReview.state).where(ResultReview.result_id == result_id))
@@ -592,9 +661,11 @@ class ReviewDesk:
             note=request.note,
         )
         superseded = list(review.superseded or []) if review is not None else []
+        # What went out before: what a correction or a reviewed re-read supersedes.
+        earlier = sent_predecessors(result, review, current=False)
         new_sr: dict[str, Any] | None = None
         if old_sr is not None and old_sr.get("sop_class_uid") == COMPREHENSIVE_SR:
-            predecessors = [*superseded, old_sr] if correction else list(superseded)
+            predecessors = [*earlier, _reference(old_sr)] if correction else earlier
             new_sr = self._verified_sr(result, summary, headers, verification, old_sr, predecessors)
             artifacts = [new_sr if a is old_sr else a for a in artifacts]
             if correction:
@@ -603,10 +674,20 @@ class ReviewDesk:
         # A CT result: each series' Comprehensive 3D SR rebuilt verified (its SEG kept).
         volume_srs = [a for a in artifacts if a.get("sop_class_uid") == COMPREHENSIVE_3D_SR]
         for old in volume_srs:
-            rebuilt = self._verified_volume_sr(
-                result, summary, verification, old, artifacts, correction=correction
+            rebuilt, withheld = self._verified_volume_sr(
+                result,
+                summary,
+                verification,
+                old,
+                artifacts,
+                [*earlier, _reference(old)] if correction else earlier,
             )
-            artifacts = [rebuilt if a is old else a for a in artifacts]
+            # A SEG showing nodules the reader decided negative is not sent (again).
+            artifacts = [
+                rebuilt if a is old else a
+                for a in artifacts
+                if a.get("sop_instance_uid") not in withheld
+            ]
             new_srs.append(rebuilt)
             if correction:
                 superseded.append(_reference(old))
@@ -775,19 +856,24 @@ class ReviewDesk:
         verification: Verification,
         old_sr: Mapping[str, Any],
         artifacts: Sequence[Mapping[str, Any]],
-        *,
-        correction: bool,
-    ) -> dict[str, Any]:
+        superseding: Sequence[Mapping[str, Any]],
+    ) -> tuple[dict[str, Any], set[str]]:
         """Build, store and describe one CT series' Comprehensive 3D SR as the reader
         verified it: the same nodules and measurements, the same source slices and SEG
         segments as the SR it replaces (read from the stored objects), in that SR's
-        series with the next Instance Number. The new SR supersedes what the old one
-        superseded (Predecessor Documents Sequence) and, as a correction, the old one."""
+        series with the next Instance Number. The new SR supersedes ``superseding``
+        (Predecessor Documents Sequence: the SRs that went out, see
+        :func:`sent_predecessors`).
+
+        Nodules of a label the reader decided negative are left out of it, and so is
+        the SEG that shows them: its SOP Instance UID is returned with the SR (the SEG
+        is then not sent, nor sent again)."""
         from overread.imaging import read_dataset
         from overread.service.outputs.volume import (
             SEGMENTATION,
             build_volume_sr,
             evidence_of,
+            reader_withdrawn,
             region_segments,
             source_series,
         )
@@ -834,27 +920,25 @@ class ReviewDesk:
             version=own.version or model.version,
             sha256=own.sha256 or model.sha256,
         )
+        withdrawn = reader_withdrawn(verification.decisions)
+        withheld: set[str] = set()
+        if any(r.label in withdrawn for r in prediction.regions or []):
+            withheld, seg_uids = seg_uids, set()
         seg_entry = next((a for a in artifacts if a.get("sop_instance_uid") in seg_uids), None)
         seg = None if seg_entry is None else self._stored_header(seg_entry)
         if seg_uids and seg is None:
             raise ReviewError(f"result {result.id}: the SEG its CT SR references cannot be read")
-        # What the SR it replaces superseded (an earlier read's SR, an earlier
-        # correction's), and that SR itself when it went out.
-        predecessors = [
-            _reference_dataset(
-                {
-                    "sop_class_uid": ref.ReferencedSOPClassUID,
-                    "sop_instance_uid": ref.ReferencedSOPInstanceUID,
-                    "series_instance_uid": item.SeriesInstanceUID,
-                },
-                str(study.StudyInstanceUID),
-            )
-            for study in previous.get("PredecessorDocumentsSequence", [])
-            for item in study.get("ReferencedSeriesSequence", [])
-            for ref in item.get("ReferencedSOPSequence", [])
-        ]
-        if correction:
-            predecessors.append(previous)
+        # The SRs that went out before (an earlier read's, an earlier correction's, the
+        # one it replaces when that went out) of this series.
+        predecessors = []
+        for reference in superseding:
+            if reference.get("sop_instance_uid") == old_sr.get("sop_instance_uid"):
+                predecessors.append(previous)
+                continue
+            header = self._stored_header(reference) if reference.get("key") else None
+            if header is not None and source_series(header) and not source_series(header) & series:
+                continue  # another series' SR
+            predecessors.append(header or _reference_dataset(reference, result.study_instance_uid))
         sr = build_volume_sr(
             prediction,
             sources,
@@ -865,7 +949,7 @@ class ReviewDesk:
             verification=verification,
             predecessors=predecessors,
         )
-        return self._store_dataset(sr, "SR")
+        return self._store_dataset(sr, "SR"), withheld
 
     def _store_dataset(self, dataset: Dataset, modality: str) -> dict[str, Any]:
         buffer = BytesIO()
@@ -1257,7 +1341,9 @@ __all__ = [
     "held",
     "hold_result",
     "queue_exports",
+    "reopen_review",
     "result_version",
     "reviewing_routes",
+    "sent_predecessors",
     "study_review_states",
 ]

@@ -14,11 +14,15 @@ Once a reader has reviewed the result, the SR is built again from the stored res
 (:func:`build_volume_sr` with a ``verification``): ``VERIFIED`` and ``FINAL``, the
 reader as Verifying Observer, a "Reader review" text saying who changed what, and
 the SR it replaces in the Predecessor Documents Sequence; the SEG is the same object
-as before and is referenced as it was.
+as before and is referenced as it was. A label the reader decides negative takes its
+nodules out of the verified SR (no measurement group, no SEG reference: the summary
+states the reader's decision); a label the reader decides positive where the model
+found nothing is stated as the reader's decision, with no measurement to give.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 from collections.abc import Mapping, Sequence
 from typing import Any
@@ -32,7 +36,7 @@ from pydicom.uid import generate_uid
 
 from overread.errors import ServiceError
 from overread.inference.nodules import growth_text
-from overread.results import ModelRef, Prediction, Region
+from overread.results import Decision, ModelRef, Prediction, Region
 from overread.service.outputs import codes as oc
 from overread.service.outputs.sr import (
     MANUFACTURER,
@@ -258,11 +262,36 @@ def _group(
     return group
 
 
-def volume_summary(prediction: Prediction, *, verified: bool = False) -> str:
-    """The report's summary line for a series (``verified``: a reader reviewed it)."""
+def reader_withdrawn(decisions: Mapping[str, Decision]) -> set[str]:
+    """The labels whose nodules a reader's decisions take out of the report."""
+    return {label for label, decision in decisions.items() if decision is Decision.NEGATIVE}
+
+
+def volume_summary(
+    prediction: Prediction,
+    *,
+    verified: bool = False,
+    decisions: Mapping[str, Decision] | None = None,
+) -> str:
+    """The report's summary line for a series (``verified``: a reader reviewed it;
+    ``decisions``: the reader's, where they differ from the model's). The regions are
+    those the report gives (a label the reader decided negative has none left)."""
     model = prediction.model
     regions = prediction.regions or []
-    if not regions:
+    decisions = decisions or {}
+    positive = sorted(label for label, d in decisions.items() if d is Decision.POSITIVE)
+    negative = sorted(reader_withdrawn(decisions))
+    if not regions and negative:
+        found = (
+            f"no {' or '.join(negative)}, by the reader's decision "
+            "(the AI candidates were set aside)"
+        )
+    elif not regions and positive:
+        found = (
+            f"{' and '.join(positive)} present, by the reader's decision "
+            "(the AI gave no measurement of it)"
+        )
+    elif not regions:
         found = "no nodule found"
     else:
         found = f"{len(regions)} nodule(s): " + "; ".join(
@@ -303,6 +332,12 @@ def build_volume_sr(
         raise ServiceError("an SR needs the source series")
     if verification is not None:
         prediction = verification.apply(prediction)
+        withdrawn = reader_withdrawn(verification.decisions)
+        if withdrawn and prediction.regions:
+            # The reader says there is no such nodule: none of its measurements is given.
+            prediction = dataclasses.replace(
+                prediction, regions=[r for r in prediction.regions if r.label not in withdrawn]
+            )
     model = prediction.model
     first = sources[0]
     frame = str(getattr(first, "FrameOfReferenceUID", "") or "")
@@ -323,11 +358,17 @@ def build_volume_sr(
         for region in prediction.regions or []
     ]
     if not groups:
-        # TID 1500 needs one measurement group: it says the series was read.
+        # TID 1500 needs one measurement group: it says the series was read (and, where
+        # the reader decided a nodule present that the model did not find, that there
+        # is no measurement of it).
+        reader_positive = verification is not None and any(
+            d is Decision.POSITIVE for d in verification.decisions.values()
+        )
+        what = "no measurement" if reader_positive else "no nodule"
         groups = [
             hd.sr.MeasurementsAndQualitativeEvaluations(  # type: ignore[list-item]
                 tracking_identifier=hd.sr.TrackingIdentifier(
-                    uid=generate_uid(), identifier=f"{model.name} no nodule"[:64]
+                    uid=generate_uid(), identifier=f"{model.name} {what}"[:64]
                 ),
                 algorithm_id=hd.sr.AlgorithmIdentification(name=model.name, version=model.version),
                 source_images=[
@@ -359,7 +400,11 @@ def build_volume_sr(
         [
             hd.sr.TextContentItem(
                 name=oc.SUMMARY.to_dicom(),
-                value=volume_summary(prediction, verified=verification is not None),
+                value=volume_summary(
+                    prediction,
+                    verified=verification is not None,
+                    decisions=None if verification is None else verification.decisions,
+                ),
                 relationship_type=hd.sr.RelationshipTypeValues.CONTAINS,
             )
         ]
@@ -473,6 +518,7 @@ __all__ = [
     "build_volume_seg",
     "build_volume_sr",
     "evidence_of",
+    "reader_withdrawn",
     "region_segments",
     "segment_numbers",
     "source_series",
