@@ -102,11 +102,17 @@ def model_card(config: TrainConfig, labels: list[str], record: dict[str, Any]) -
             "unless validated locally (`overread evaluate`) and cleared for that use.",
             "",
         ]
+    origin = (
+        "trained from scratch (no pre-trained weights)"
+        if config.model.init is None
+        else f"initialised from the weights in `{config.model.init.name}` "
+        f"(`{config.model.init.parent.name}`), then trained on the data below"
+    )
     lines += [
         "## Model",
         "",
         f"- Architecture: `{config.model.architecture}` (built by "
-        "`overread.models.build_network`), trained from scratch (no pre-trained weights).",
+        f"`overread.models.build_network`), {origin}.",
         f"- Input: {config.data.channels} channel(s), {config.data.size} x {config.data.size}, "
         "through the standard chest X-ray chain (`cxr_chain`, recorded in the manifest), "
         "values in [0, 1].",
