@@ -96,3 +96,21 @@ def test_the_256_preset_continues_a_cxr_phantom_run(
     repo = Path(__file__).resolve().parents[2]
     shipped = repo / "src" / "overread" / "training" / "presets" / "cxr-phantom-256.toml"
     assert (repo / "configs" / "cxr-phantom-256.toml").read_text() == shipped.read_text()
+
+
+def test_the_model_card_says_where_the_weights_started(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from overread.training.card import model_card
+
+    monkeypatch.chdir(tmp_path)
+    record = {"metrics": {}}
+
+    def model_line(preset: str) -> str:
+        card = model_card(load_config(preset=preset), ["Edema"], record)
+        return next(line for line in card.splitlines() if line.startswith("- Architecture"))
+
+    assert "trained from scratch" in model_line("cxr-phantom")
+    continued = model_line("cxr-phantom-256")
+    assert "trained from scratch" not in continued
+    assert "initialised from the best checkpoint of run `cxr-phantom`" in continued

@@ -102,12 +102,13 @@ def model_card(config: TrainConfig, labels: list[str], record: dict[str, Any]) -
             "unless validated locally (`overread evaluate`) and cleared for that use.",
             "",
         ]
-    origin = (
-        "trained from scratch (no pre-trained weights)"
-        if config.model.init is None
-        else f"initialised from the weights in `{config.model.init.name}` "
-        f"(`{config.model.init.parent.name}`), then trained on the data below"
-    )
+    init = config.model.init
+    if init is None:
+        origin = "trained from scratch (no pre-trained weights)"
+    elif init.suffix:  # a checkpoint or state-dict file
+        origin = f"initialised from `{init.parent.name}/{init.name}`, then trained further"
+    else:  # a run folder: its best checkpoint
+        origin = f"initialised from the best checkpoint of run `{init.name}`, then trained further"
     lines += [
         "## Model",
         "",
