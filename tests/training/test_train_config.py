@@ -77,3 +77,40 @@ def test_unreadable_and_malformed_files(tmp_path: Path) -> None:
         load_config(preset="nope")
     with pytest.raises(ConfigError, match="exactly one"):
         load_config()
+
+
+def test_the_256_preset_continues_a_cxr_phantom_run(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.chdir(tmp_path)
+    assert "cxr-phantom-256" in preset_names()
+    cfg = load_config(preset="cxr-phantom-256")
+    base = load_config(preset="cxr-phantom")
+    assert cfg.data.size == 256 and cfg.model.kwargs == base.model.kwargs
+    assert cfg.model.init == tmp_path / "runs" / "cxr-phantom"
+    # The same training cohort and split as the run it continues.
+    assert cfg.data.phantom is not None and base.data.phantom is not None
+    assert cfg.data.phantom.out == tmp_path / "runs" / "phantoms" / "cxr-phantom-n3500-s0"
+    assert (cfg.data.phantom.n, cfg.data.phantom.seed) == (base.data.phantom.n, 0)
+    assert (cfg.data.split, cfg.data.split_seed) == (base.data.split, base.data.split_seed)
+    repo = Path(__file__).resolve().parents[2]
+    shipped = repo / "src" / "overread" / "training" / "presets" / "cxr-phantom-256.toml"
+    assert (repo / "configs" / "cxr-phantom-256.toml").read_text() == shipped.read_text()
+
+
+def test_the_model_card_says_where_the_weights_started(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from overread.training.card import model_card
+
+    monkeypatch.chdir(tmp_path)
+    record = {"metrics": {}}
+
+    def model_line(preset: str) -> str:
+        card = model_card(load_config(preset=preset), ["Edema"], record)
+        return next(line for line in card.splitlines() if line.startswith("- Architecture"))
+
+    assert "trained from scratch" in model_line("cxr-phantom")
+    continued = model_line("cxr-phantom-256")
+    assert "trained from scratch" not in continued
+    assert "initialised from the best checkpoint of run `cxr-phantom`" in continued

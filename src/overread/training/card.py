@@ -102,11 +102,18 @@ def model_card(config: TrainConfig, labels: list[str], record: dict[str, Any]) -
             "unless validated locally (`overread evaluate`) and cleared for that use.",
             "",
         ]
+    init = config.model.init
+    if init is None:
+        origin = "trained from scratch (no pre-trained weights)"
+    elif init.suffix:  # a checkpoint or state-dict file
+        origin = f"initialised from `{init.parent.name}/{init.name}`, then trained further"
+    else:  # a run folder: its best checkpoint
+        origin = f"initialised from the best checkpoint of run `{init.name}`, then trained further"
     lines += [
         "## Model",
         "",
         f"- Architecture: `{config.model.architecture}` (built by "
-        "`overread.models.build_network`), trained from scratch (no pre-trained weights).",
+        f"`overread.models.build_network`), {origin}.",
         f"- Input: {config.data.channels} channel(s), {config.data.size} x {config.data.size}, "
         "through the standard chest X-ray chain (`cxr_chain`, recorded in the manifest), "
         "values in [0, 1].",
