@@ -329,3 +329,65 @@ def test_the_file_is_fsynced_by_the_writer_once_the_last_chunk_is_in(
     incoming.discard()
     assert len(synced) == 2 and synced[1][1] != "store-incoming"
     assert store.read(stored.key) == b"x" * 100_000
+
+
+def _record_syncs(monkeypatch: pytest.MonkeyPatch) -> tuple[list[int], list[Path]]:
+    """Record the inode of each file fsync'd and each directory fsync'd."""
+    files: list[int] = []
+    directories: list[Path] = []
+    real_fsync = os.fsync
+    real_fsync_dir = store_module._fsync_dir
+
+    def fsync(fd: int) -> None:
+        files.append(os.fstat(fd).st_ino)
+        real_fsync(fd)
+
+    def fsync_dir(path: Path) -> None:
+        directories.append(Path(path))
+        real_fsync_dir(path)
+
+    monkeypatch.setattr(store_module.os, "fsync", fsync)
+    monkeypatch.setattr(store_module, "_fsync_dir", fsync_dir)
+    return files, directories
+
+
+def test_put_of_bytes_already_stored_makes_the_existing_file_durable_first(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Another writer may have renamed the file into place and not yet fsync'd its
+    # directory: finding it there must not return before it is durable.
+    store = ObjectStore(tmp_path / "objects")
+    first = store.put(b"same bytes")
+    files, directories = _record_syncs(monkeypatch)
+    again = store.put(b"same bytes")
+    assert not again.created
+    assert os.stat(first.path).st_ino in files
+    assert first.path.parent in directories
+
+
+def test_adopt_of_bytes_already_stored_makes_the_existing_file_durable_first(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    store = ObjectStore(tmp_path / "objects")
+    first = store.put(b"same bytes")
+    incoming = store.receive()
+    incoming.write(b"same bytes")
+    incoming.finish()
+    files, directories = _record_syncs(monkeypatch)
+    try:
+        again = store.adopt(incoming)
+    finally:
+        incoming.discard()
+    assert not again.created
+    assert os.stat(first.path).st_ino in files
+    assert first.path.parent in directories
+
+
+def test_without_fsync_a_duplicate_is_not_synced(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    store = ObjectStore(tmp_path / "objects", fsync=False)
+    store.put(b"same bytes")
+    files, directories = _record_syncs(monkeypatch)
+    assert not store.put(b"same bytes").created
+    assert files == [] and directories == []

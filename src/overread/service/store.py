@@ -4,7 +4,9 @@ Each object is stored once under ``root/ab/cdef...`` where ``abcdef...`` is the
 SHA-256 of its bytes. A write goes to a temporary file in the same directory, is
 fsync'd, renamed into place (atomic on POSIX), and then the directory itself is
 fsync'd so the new name survives a crash too. Only after :meth:`ObjectStore.put`
-returns may anyone be told the object is safe. Identical bytes are stored once.
+returns may anyone be told the object is safe. Identical bytes are stored once; a
+writer that finds its object already stored fsyncs that file and its directory
+before returning (the writer that renamed it there may not have yet).
 
 The 256 two-hex-digit directories are created (and the root fsync'd) once when the
 store opens, so a write costs one file fsync and one directory fsync, never a third
@@ -68,6 +70,25 @@ def _fsync_dir(path: Path) -> None:
         os.fsync(fd)
     finally:
         os.close(fd)
+
+
+def _sync_existing(path: Path) -> bool:
+    """fsync an object already stored under its final name, and its directory.
+
+    Another writer may have renamed it into place and not yet fsync'd the directory:
+    whoever finds it there must not report it safe before it is. Returns False when
+    the file is gone (removed meanwhile): the caller then writes it anew.
+    """
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+    except FileNotFoundError:
+        return False
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+    _fsync_dir(path.parent)
+    return True
 
 
 def _process_alive(pid: int) -> bool:
@@ -311,7 +332,7 @@ class ObjectStore:
         key = self.key_for(digest)
         final = self.root / key
         with contextlib.suppress(OSError):
-            if os.stat(final).st_size == size:
+            if os.stat(final).st_size == size and (not self.fsync or _sync_existing(final)):
                 return StoredObject(key, digest, size, final, created=False)
         if not self._prepared:
             self.prepare()
@@ -410,7 +431,7 @@ class ObjectStore:
         key = self.key_for(digest)
         final = self.root / key
         with contextlib.suppress(OSError):
-            if os.stat(final).st_size == len(data):
+            if os.stat(final).st_size == len(data) and (not self.fsync or _sync_existing(final)):
                 return StoredObject(key, digest, len(data), final, created=False)
         if not self._prepared:
             self.prepare()
