@@ -290,19 +290,43 @@ def test_incoming_object_hashes_what_it_writes_and_discard_removes_it(tmp_path: 
     assert os.listdir(store.root / INCOMING_DIR) == []
 
 
-def test_objects_left_by_a_dead_process_are_removed_when_the_store_opens(
+def _age(path: Path, seconds: float) -> None:
+    then = time.time() - seconds
+    os.utime(path, (then, then))
+
+
+def test_objects_abandoned_in_incoming_are_removed_when_a_receiver_starts(
     tmp_path: Path,
 ) -> None:
     root = tmp_path / "objects"
-    ObjectStore(root).prepare()
+    store = ObjectStore(root)
+    store.prepare()
     child = subprocess.Popen(["true"])
     child.wait()
-    stale = root / INCOMING_DIR / f".tmp-{child.pid}-1-0"
-    stale.write_bytes(b"half")
-    mine = root / INCOMING_DIR / f".tmp-{os.getpid()}-1-0"
-    mine.write_bytes(b"in progress")
-    ObjectStore(root).prepare()
-    assert not stale.exists() and mine.exists()
+    # A writer elsewhere (another host or PID namespace: its pid means nothing
+    # here) still receiving: it holds the file's lock.
+    held = IncomingObject(root / INCOMING_DIR / f".tmp-{child.pid}-1-0")
+    try:
+        held.write(b"in progress")
+        held.finish()
+        _age(held.path, 7200)
+        abandoned = root / INCOMING_DIR / f".tmp-{os.getpid()}-2-0"
+        abandoned.write_bytes(b"half")
+        _age(abandoned, 7200)
+        recent = root / INCOMING_DIR / f".tmp-{child.pid}-3-0"
+        recent.write_bytes(b"half")
+        # A writer storing an object does not clean up.
+        ObjectStore(root).put(b"another object")
+        assert abandoned.exists()
+        receiver = Receiver(tmp_path)  # its SCP's start cleans up
+        try:
+            assert held.path.exists() and recent.exists() and not abandoned.exists()
+        finally:
+            receiver.scp.stop()
+            receiver.database.dispose()
+    finally:
+        held.discard()
+    assert not held.path.exists()
 
 
 def test_the_file_is_fsynced_by_the_writer_once_the_last_chunk_is_in(

@@ -262,6 +262,7 @@ class StorageSCP:
         port = int(self._server.server_address[1])
         try:
             self.ingestor.store.prepare()
+            self.ingestor.store.remove_stale_incoming()
         except OSError as exc:  # every C-STORE will answer 0xA700 until this is fixed
             logger.error("object store %s is not writable: %s", self.ingestor.store.root, exc)
         logger.info("DICOM SCP %s listening on port %d", self.config.ae_title, port)

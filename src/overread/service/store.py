@@ -37,6 +37,7 @@ import os
 import queue
 import shutil
 import threading
+import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -91,14 +92,10 @@ def _sync_existing(path: Path) -> bool:
     return True
 
 
-def _process_alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except OSError:  # exists, owned by someone else
-        return True
-    return True
+#: An incoming file whose lock is free is removed as abandoned only once it has not
+#: changed for this long (a second guard, beside the lock, for file systems whose
+#: locks are not shared between hosts).
+STALE_INCOMING_SECONDS = 3600.0
 
 
 class IncomingObject:
@@ -123,6 +120,14 @@ class IncomingObject:
     def __init__(self, path: Path, *, sync: bool = False) -> None:
         self.path = path
         self._fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o644)
+        # Held until the file is closed: the mark, seen by every process and host
+        # sharing the store, that it is still being received.
+        # (Blocking: a clean-up looking at it holds the lock for an instant.)
+        try:
+            fcntl.flock(self._fd, fcntl.LOCK_EX)
+        except OSError:
+            os.close(self._fd)
+            raise
         self._hash = hashlib.sha256()
         self._size = 0
         self._error: OSError | None = None
@@ -289,19 +294,37 @@ class ObjectStore:
                     created = True
             if created and self.fsync:
                 _fsync_dir(self.root)
-            incoming = self.root / INCOMING_DIR
-            incoming.mkdir(exist_ok=True)
-            self._remove_stale_incoming(incoming)
+            (self.root / INCOMING_DIR).mkdir(exist_ok=True)
             self._prepared = True
 
-    @staticmethod
-    def _remove_stale_incoming(incoming: Path) -> None:
-        """Remove objects left half-received by a process that no longer runs."""
-        for entry in os.scandir(incoming):
-            parts = entry.name.split("-")
-            if len(parts) >= 2 and parts[1].isdigit() and not _process_alive(int(parts[1])):
-                with contextlib.suppress(OSError):
-                    os.unlink(entry.path)
+    def remove_stale_incoming(self, *, older_than: float = STALE_INCOMING_SECONDS) -> int:
+        """Remove objects left half-received by a writer that is gone; return how many.
+
+        A file is abandoned when nobody holds its lock (every
+        :class:`IncomingObject` holds it until closed, whichever process or host
+        wrote it) and it has not changed for ``older_than`` seconds. A receiver
+        calls this when it starts, never a writer on each object.
+        """
+        self.prepare()
+        removed = 0
+        now = time.time()
+        for entry in os.scandir(self.root / INCOMING_DIR):
+            if not entry.name.startswith(".tmp-"):
+                continue
+            try:
+                fd = os.open(entry.path, os.O_RDONLY | os.O_CLOEXEC)
+            except OSError:
+                continue
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                if now - os.fstat(fd).st_mtime > older_than:
+                    os.unlink(entry.path)  # under the lock: no writer can hold it
+                    removed += 1
+            except OSError:
+                continue  # locked: still being received
+            finally:
+                os.close(fd)
+        return removed
 
     def receive(self) -> IncomingObject:
         """A new :class:`IncomingObject` to write an arriving object into.
