@@ -415,3 +415,52 @@ def test_without_fsync_a_duplicate_is_not_synced(
     files, directories = _record_syncs(monkeypatch)
     assert not store.put(b"same bytes").created
     assert files == [] and directories == []
+
+
+def test_an_unexpected_error_in_the_writer_fails_finish_instead_of_hanging(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    store = ObjectStore(tmp_path / "objects")
+
+    def broken(fd: int, data: object) -> int:
+        raise ValueError("not an OSError")
+
+    monkeypatch.setattr(store_module.os, "write", broken)
+    incoming = store.receive()
+    incoming.write(b"some bytes")
+    outcome: list[BaseException | tuple[str, int]] = []
+
+    def finish() -> None:
+        try:
+            outcome.append(incoming.finish())
+        except BaseException as exc:
+            outcome.append(exc)
+
+    waiter = threading.Thread(target=finish, daemon=True)
+    waiter.start()
+    waiter.join(10)
+    assert not waiter.is_alive(), "finish() waits forever"
+    [error] = outcome
+    assert isinstance(error, OSError) and "not an OSError" in str(error)
+    incoming.discard()
+    assert os.listdir(store.root / INCOMING_DIR) == []
+
+
+def test_an_unexpected_error_in_the_writer_answers_out_of_resources(
+    receiver: Receiver, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    real_write = os.write
+    calls = {"n": 0}
+
+    def failing(fd: int, data: object) -> int:
+        calls["n"] += 1
+        if calls["n"] > 1:
+            raise ValueError("not an OSError")
+        return real_write(fd, data)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(store_module.os, "write", failing)
+    path = make_dx(tmp_path / "dx.dcm", seed=3, size=256)
+    assert _send(receiver.port, [path]) == [0xA700]
+    monkeypatch.setattr(store_module.os, "write", real_write)
+    assert receiver.rows() == [] and receiver.objects() == [] and receiver.incoming() == []
+    assert _send(receiver.port, [path]) == [0x0000]

@@ -160,22 +160,30 @@ class IncomingObject:
                 self._chunks.put(None)
 
     def _drain(self) -> None:
-        while True:
-            chunk = self._chunks.get()
-            if chunk is None:
-                break
-            if self._error is not None:
-                continue  # a failed write: the rest is dropped, finish() raises
-            try:
-                view = memoryview(chunk)
-                while view:
-                    view = view[os.write(self._fd, view) :]
-            except OSError as exc:
-                self._error = exc
-                continue
-            self._hash.update(chunk)
-            self._size += len(chunk)
-        self._written.set()
+        try:
+            while True:
+                chunk = self._chunks.get()
+                if chunk is None:
+                    break
+                if self._error is not None:
+                    continue  # a failed write: the rest is dropped, finish() raises
+                try:
+                    view = memoryview(chunk)
+                    while view:
+                        view = view[os.write(self._fd, view) :]
+                    self._hash.update(chunk)
+                except OSError as exc:
+                    self._error = exc
+                    continue
+                except BaseException as exc:
+                    self._error = OSError(f"writing incoming object {self.path.name}: {exc!r}")
+                    continue
+                self._size += len(chunk)
+        except BaseException as exc:
+            if self._error is None:
+                self._error = OSError(f"writing incoming object {self.path.name}: {exc!r}")
+        finally:
+            self._written.set()
         if self._sync_early and self._error is None:
             try:
                 os.fsync(self._fd)
