@@ -3,8 +3,10 @@
 One Python process receives every association under one interpreter lock; with
 several modalities sending at once that lock, not the disk, is the limit. With
 ``dicom_receivers`` N > 1 the gateway's own :class:`~overread.service.scp.StorageSCP`
-and N - 1 child processes each run a Storage SCP bound to the same port with
-``SO_REUSEPORT`` (the kernel spreads the connections among them), all writing into
+binds the port (once: a second gateway on it fails with "address in use") and N - 1
+child processes each run a Storage SCP accepting on that same listening socket, handed
+to them when they start (whichever process is free takes the next connection), all
+writing into
 the same object store and database: the store's writes are per file and its
 clean-up lock is a file lock, the database serialises commits (SQLite in WAL mode,
 or PostgreSQL), and the audit chain takes its lock in the database, so nothing in
@@ -29,6 +31,7 @@ import logging
 import multiprocessing
 import os
 import queue
+import socket
 import threading
 from collections.abc import Callable
 from pathlib import Path
@@ -45,8 +48,10 @@ from overread.service.store import ObjectStore
 logger = logging.getLogger(__name__)
 
 
-def _receive(config: ServiceConfig, events: Any, stop: Any, parent: int) -> None:
-    """A child receiver: one Storage SCP on the shared port until told to stop."""
+def _receive(
+    config: ServiceConfig, listening: socket.socket, events: Any, stop: Any, parent: int
+) -> None:
+    """A child receiver: one Storage SCP on the gateway's socket until told to stop."""
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
     database = Database(config.database_url)
     store = ObjectStore(Path(config.data_dir) / "objects", fsync=config.fsync)
@@ -61,7 +66,7 @@ def _receive(config: ServiceConfig, events: Any, stop: Any, parent: int) -> None
         ingestor,
         on_released=lambda studies: events.put(("released", sorted(studies))),
         rejected_dir=Path(config.data_dir) / "rejected",
-        shared_port=True,
+        listening_socket=listening,
     )
     try:
         scp.start()
@@ -117,22 +122,23 @@ class ReceiverProcesses:
         """The children's process ids."""
         return [p.pid for p in self._processes if p.pid is not None]
 
-    def start(self, port: int, *, timeout: float = 120.0) -> None:
-        """Start the children on ``port`` (already bound with ``SO_REUSEPORT``) and
-        return once each listens.
+    def start(self, listening: socket.socket, *, timeout: float = 120.0) -> None:
+        """Start the children accepting on ``listening`` (the gateway SCP's bound,
+        listening socket) and return once each listens.
 
         Raises
         ------
         ServiceError
             If a child cannot listen or does not start within ``timeout`` seconds.
         """
+        port = int(listening.getsockname()[1])
         config = self.config.model_copy(update={"dicom_port": port})
         self._events = self._context.Queue()
         self._stop = self._context.Event()
         for number in range(self.count):
             process = self._context.Process(
                 target=_receive,
-                args=(config, self._events, self._stop, os.getpid()),
+                args=(config, listening, self._events, self._stop, os.getpid()),
                 name=f"overread-receiver-{number + 1}",
                 daemon=True,
             )
