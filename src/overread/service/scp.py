@@ -125,8 +125,9 @@ class _SharedPortServer(ThreadedAssociationServer):
             if self.socket is not None:
                 self.socket.close()
             self.socket = self.inherited
-            self.server_address = self.socket.getsockname()
-        self.socket.settimeout(0)
+            self.server_address = self.inherited.getsockname()
+        if self.socket is not None:
+            self.socket.settimeout(0)
 
     def server_activate(self) -> None:
         if self.inherited is None:
