@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import signal
 import threading
 from collections.abc import Callable
 from pathlib import Path
@@ -156,3 +157,48 @@ def test_a_second_gateway_cannot_take_a_share_of_the_port(tmp_path: Path) -> Non
         first.stop()
         first_db.dispose()
         second_db.dispose()
+
+
+def test_a_child_that_dies_before_it_listens_fails_the_start_at_once(tmp_path: Path) -> None:
+    gateway, database = _gateway(tmp_path / "data", 0)
+    gateway.start()
+    # The child cannot open this database: it exits without a word.
+    broken = gateway.config.model_copy(update={"database_url": "nosuchdriver://nowhere"})
+    children = ReceiverProcesses(broken, 1, on_released=lambda _s: None, on_stored=lambda _o: None)
+    try:
+        with pytest.raises(ServiceError, match=r"exited \(code 1\) before it listened"):
+            children.start(gateway.listening_socket, timeout=60)
+        assert children.pids == []
+    finally:
+        children.stop()
+        gateway.stop()
+        database.dispose()
+
+
+def test_a_child_that_crashes_is_reaped_logged_and_replaced(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    gateway, database = _gateway(tmp_path / "data", 0)
+    port = gateway.start()
+    children = ReceiverProcesses(
+        gateway.config, 2, on_released=lambda _s: None, on_stored=lambda _o: None
+    )
+    children.start(gateway.listening_socket)
+    try:
+        crashed = children.pids[0]
+        os.kill(crashed, signal.SIGKILL)
+        wait_until(
+            lambda: (
+                crashed not in children.pids
+                and len(children.pids) == 2
+                and all(p.is_alive() for p in children._processes)
+            ),
+            timeout=60,
+        )
+        assert not Path(f"/proc/{crashed}").exists()  # reaped, not a zombie
+        assert f"DICOM receiver process {crashed} exited" in caplog.text
+        _send_studies(port, _studies(tmp_path, 1, 1)[1])  # the port still takes instances
+    finally:
+        children.stop()
+        gateway.stop()
+        database.dispose()

@@ -33,6 +33,7 @@ import os
 import queue
 import socket
 import threading
+import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -46,6 +47,11 @@ from overread.service.scp import StorageSCP
 from overread.service.store import ObjectStore
 
 logger = logging.getLogger(__name__)
+
+#: How often the gateway looks for a child that exited.
+_WATCH_SECONDS = 0.25
+#: A child that exited is started again at most this often (per child).
+_RESTART_SECONDS = 5.0
 
 
 def _receive(
@@ -76,7 +82,10 @@ def _receive(
         return
     events.put(("ready", os.getpid()))
     try:
-        while not stop.wait(1.0):
+        # A flag in shared memory, not a multiprocessing Event: a child killed while
+        # waiting on an Event would leave the gateway's set() waiting forever.
+        while not stop.value:
+            time.sleep(0.5)
             if os.getppid() != parent:  # the gateway is gone: stop taking instances
                 break
     finally:
@@ -116,6 +125,12 @@ class ReceiverProcesses:
         self._processes: list[Any] = []
         self._forwarder: threading.Thread | None = None
         self._closing = threading.Event()
+        self._processes_lock = threading.Lock()
+        self._stopping = False
+        self._started: dict[int, float] = {}
+        self._reported: set[int] = set()
+        self._config = config
+        self._listening: socket.socket | None = None
 
     @property
     def pids(self) -> list[int]:
@@ -129,46 +144,104 @@ class ReceiverProcesses:
         Raises
         ------
         ServiceError
-            If a child cannot listen or does not start within ``timeout`` seconds.
+            If a child cannot listen, exits before it listens, or does not start
+            within ``timeout`` seconds.
         """
         port = int(listening.getsockname()[1])
-        config = self.config.model_copy(update={"dicom_port": port})
+        self._config = self.config.model_copy(update={"dicom_port": port})
+        self._listening = listening
+        self._stopping = False
         self._events = self._context.Queue()
-        self._stop = self._context.Event()
+        self._stop = self._context.RawValue("b", 0)
         for number in range(self.count):
-            process = self._context.Process(
-                target=_receive,
-                args=(config, listening, self._events, self._stop, os.getpid()),
-                name=f"overread-receiver-{number + 1}",
-                daemon=True,
-            )
-            process.start()
-            self._processes.append(process)
+            self._processes.append(self._spawn(number))
         ready = 0
+        deadline = time.monotonic() + timeout
         while ready < self.count:
             try:
-                kind, value = self._events.get(timeout=timeout)
+                kind, value = self._events.get(timeout=_WATCH_SECONDS)
             except queue.Empty:
-                self.stop()
-                raise ServiceError(
-                    f"a DICOM receiver process did not start in {timeout:.0f} s"
-                ) from None
+                kind, value = "", None
             if kind == "failed":
                 self.stop()
                 raise ServiceError(f"a DICOM receiver process cannot listen: {value}")
             if kind == "ready":
                 ready += 1
-            else:  # an instance already arrived at a child that is ready
+                continue
+            if kind:  # an instance already arrived at a child that is ready
                 self._dispatch(kind, value)
+            dead = [p.exitcode for p in self._processes if p.exitcode is not None]
+            if dead:
+                reason = self._failure(timeout=1.0)
+                self.stop()
+                raise ServiceError(
+                    f"a DICOM receiver process cannot listen: {reason}"
+                    if reason is not None
+                    else f"a DICOM receiver process exited (code {dead[0]}) before it listened"
+                )
+            if time.monotonic() > deadline:
+                self.stop()
+                raise ServiceError(f"a DICOM receiver process did not start in {timeout:.0f} s")
         self._forwarder = threading.Thread(
             target=self._forward, name="overread-receiver-events", daemon=True
         )
         self._forwarder.start()
         logger.info("%d more DICOM receiver processes on port %d", self.count, port)
 
+    def _failure(self, timeout: float) -> str | None:
+        """The reason a child sent before it exited, if one is still on its way."""
+        end = time.monotonic() + timeout
+        while (left := end - time.monotonic()) > 0:
+            try:
+                kind, value = self._events.get(timeout=left)
+            except (queue.Empty, EOFError, OSError):
+                return None
+            if kind == "failed":
+                return str(value)
+            if kind != "ready":
+                self._dispatch(kind, value)
+        return None
+
+    def _spawn(self, number: int) -> Any:
+        process = self._context.Process(
+            target=_receive,
+            args=(self._config, self._listening, self._events, self._stop, os.getpid()),
+            name=f"overread-receiver-{number + 1}",
+            daemon=True,
+        )
+        process.start()
+        self._started[number] = time.monotonic()
+        return process
+
+    def _watch(self) -> None:
+        """Reap a child that exited, log it and start another in its place (at most
+        once per :data:`_RESTART_SECONDS` each, so one that cannot run does not spin)."""
+        with self._processes_lock:
+            if self._stopping or self._stop is None or self._stop.value:
+                return
+            for number, process in enumerate(self._processes):
+                if process.exitcode is None:
+                    continue
+                if process.pid is not None and number not in self._reported:
+                    logger.error(
+                        "DICOM receiver process %d exited (code %s); starting another",
+                        process.pid,
+                        process.exitcode,
+                    )
+                    self._reported.add(number)
+                process.join()
+                if time.monotonic() - self._started.get(number, 0.0) < _RESTART_SECONDS:
+                    continue
+                self._reported.discard(number)
+                with contextlib.suppress(ValueError):
+                    process.close()
+                self._processes[number] = self._spawn(number)
+
     def _dispatch(self, kind: str, value: Any) -> None:
         try:
-            if kind == "released":
+            if kind == "failed":
+                logger.error("a DICOM receiver process cannot listen: %s", value)
+            elif kind == "released":
                 self.on_released(set(value))
             elif kind == "stored":
                 self.on_stored(value)
@@ -178,18 +251,23 @@ class ReceiverProcesses:
     def _forward(self) -> None:
         while not self._closing.is_set():
             try:
-                kind, value = self._events.get(timeout=0.5)
+                kind, value = self._events.get(timeout=_WATCH_SECONDS)
             except queue.Empty:
+                self._watch()
                 continue
             except (EOFError, OSError):
                 return
             self._dispatch(kind, value)
+            self._watch()
 
     def stop(self, timeout: float = 10.0) -> None:
         """Stop the children (each finishes the instance it is receiving)."""
-        if self._stop is not None:
-            self._stop.set()
-        for process in self._processes:
+        with self._processes_lock:
+            self._stopping = True
+            if self._stop is not None:
+                self._stop.value = 1
+            processes = list(self._processes)
+        for process in processes:
             process.join(timeout)
             if process.is_alive():
                 process.terminate()
@@ -208,6 +286,7 @@ class ReceiverProcesses:
                 self._dispatch(kind, value)
             with contextlib.suppress(Exception):
                 self._events.close()
+            self._events = None
         self._processes = []
 
 
