@@ -20,8 +20,9 @@ it (study completion on release, the assembler's wake-up, the ingest metrics). T
 rows are committed before the event is sent, so the gateway never sees a study
 before its instances. If a child dies, its connections end, the gateway's other
 receivers keep the port, and a study whose release event was lost still completes by
-the stable-age rule (the assembler's sweep). A child whose gateway has gone stops
-listening within a second.
+the stable-age rule (the assembler's sweep); the gateway reaps the child, logs it and
+starts another in its place (a child that exits before it listens fails the start at
+once). A child whose gateway has gone stops listening within a second.
 """
 
 from __future__ import annotations
