@@ -79,7 +79,7 @@ def test_bench_ingest_cli_compares_one_and_several_associations(run_cli: RunCli)
     assert status == 0
     result = json.loads(out)
     assert [c["associations"] for c in result["cases"]] == [1, 2]
-    # One receiving process per association by default (SO_REUSEPORT).
+    # One receiving process per association by default (one shared listening socket).
     assert [c["receivers"] for c in result["cases"]] == [1, 2]
     for case in result["cases"]:
         assert case["runs"] == 1

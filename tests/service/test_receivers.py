@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import signal
 import threading
 from collections.abc import Callable
 from pathlib import Path
@@ -13,6 +14,7 @@ from pydicom.uid import generate_uid
 from sqlalchemy import select
 
 from overread.config import Settings
+from overread.errors import ServiceError
 from overread.harness import storescu
 from overread.service.config import service_config
 from overread.service.db import Database, Instance, Study
@@ -87,7 +89,7 @@ def test_associations_spread_over_receiver_processes_each_land_once(tmp_path: Pa
     )
     port = scp.start()
     children = ReceiverProcesses(config, 3, on_released=on_released, on_stored=on_stored_there)
-    children.start(port)
+    children.start(scp.listening_socket)
     try:
         assert len(children.pids) == 3 and os.getpid() not in children.pids
         uids, files = _studies(tmp_path, 12, 2)
@@ -132,3 +134,71 @@ def test_studies_received_by_child_processes_complete_on_release(
     assert len(rows) == 8 and len({r.sop_instance_uid for r in rows}) == 8
     assert set(states) == set(uids)
     assert len(storescp.files()) == 4
+
+
+def _gateway(root: Path, port: int) -> tuple[StorageSCP, Database]:
+    config = service_config(Settings(data_dir=root), dicom_port=port, dicom_host="127.0.0.1")
+    database = Database(config.database_url)
+    scp = StorageSCP(config, Ingestor(database, ObjectStore(root / "objects")), shared_port=True)
+    return scp, database
+
+
+def test_a_second_gateway_cannot_take_a_share_of_the_port(tmp_path: Path) -> None:
+    # Both would receive with more processes: the second, with its own data
+    # directory, must fail to start rather than take some of the associations.
+    first, first_db = _gateway(tmp_path / "first", 0)
+    port = first.start()
+    second, second_db = _gateway(tmp_path / "second", port)
+    try:
+        with pytest.raises(ServiceError, match=f"cannot listen for DICOM on 127.0.0.1:{port}"):
+            second.start()
+    finally:
+        second.stop()
+        first.stop()
+        first_db.dispose()
+        second_db.dispose()
+
+
+def test_a_child_that_dies_before_it_listens_fails_the_start_at_once(tmp_path: Path) -> None:
+    gateway, database = _gateway(tmp_path / "data", 0)
+    gateway.start()
+    # The child cannot open this database: it exits without a word.
+    broken = gateway.config.model_copy(update={"database_url": "nosuchdriver://nowhere"})
+    children = ReceiverProcesses(broken, 1, on_released=lambda _s: None, on_stored=lambda _o: None)
+    try:
+        with pytest.raises(ServiceError, match=r"exited \(code 1\) before it listened"):
+            children.start(gateway.listening_socket, timeout=60)
+        assert children.pids == []
+    finally:
+        children.stop()
+        gateway.stop()
+        database.dispose()
+
+
+def test_a_child_that_crashes_is_reaped_logged_and_replaced(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    gateway, database = _gateway(tmp_path / "data", 0)
+    port = gateway.start()
+    children = ReceiverProcesses(
+        gateway.config, 2, on_released=lambda _s: None, on_stored=lambda _o: None
+    )
+    children.start(gateway.listening_socket)
+    try:
+        crashed = children.pids[0]
+        os.kill(crashed, signal.SIGKILL)
+        wait_until(
+            lambda: (
+                crashed not in children.pids
+                and len(children.pids) == 2
+                and all(p.is_alive() for p in children._processes)
+            ),
+            timeout=60,
+        )
+        assert not Path(f"/proc/{crashed}").exists()  # reaped, not a zombie
+        assert f"DICOM receiver process {crashed} exited" in caplog.text
+        _send_studies(port, _studies(tmp_path, 1, 1)[1])  # the port still takes instances
+    finally:
+        children.stop()
+        gateway.stop()
+        database.dispose()

@@ -290,19 +290,43 @@ def test_incoming_object_hashes_what_it_writes_and_discard_removes_it(tmp_path: 
     assert os.listdir(store.root / INCOMING_DIR) == []
 
 
-def test_objects_left_by_a_dead_process_are_removed_when_the_store_opens(
+def _age(path: Path, seconds: float) -> None:
+    then = time.time() - seconds
+    os.utime(path, (then, then))
+
+
+def test_objects_abandoned_in_incoming_are_removed_when_a_receiver_starts(
     tmp_path: Path,
 ) -> None:
     root = tmp_path / "objects"
-    ObjectStore(root).prepare()
+    store = ObjectStore(root)
+    store.prepare()
     child = subprocess.Popen(["true"])
     child.wait()
-    stale = root / INCOMING_DIR / f".tmp-{child.pid}-1-0"
-    stale.write_bytes(b"half")
-    mine = root / INCOMING_DIR / f".tmp-{os.getpid()}-1-0"
-    mine.write_bytes(b"in progress")
-    ObjectStore(root).prepare()
-    assert not stale.exists() and mine.exists()
+    # A writer elsewhere (another host or PID namespace: its pid means nothing
+    # here) still receiving: it holds the file's lock.
+    held = IncomingObject(root / INCOMING_DIR / f".tmp-{child.pid}-1-0")
+    try:
+        held.write(b"in progress")
+        held.finish()
+        _age(held.path, 7200)
+        abandoned = root / INCOMING_DIR / f".tmp-{os.getpid()}-2-0"
+        abandoned.write_bytes(b"half")
+        _age(abandoned, 7200)
+        recent = root / INCOMING_DIR / f".tmp-{child.pid}-3-0"
+        recent.write_bytes(b"half")
+        # A writer storing an object does not clean up.
+        ObjectStore(root).put(b"another object")
+        assert abandoned.exists()
+        receiver = Receiver(tmp_path)  # its SCP's start cleans up
+        try:
+            assert held.path.exists() and recent.exists() and not abandoned.exists()
+        finally:
+            receiver.scp.stop()
+            receiver.database.dispose()
+    finally:
+        held.discard()
+    assert not held.path.exists()
 
 
 def test_the_file_is_fsynced_by_the_writer_once_the_last_chunk_is_in(
@@ -329,3 +353,114 @@ def test_the_file_is_fsynced_by_the_writer_once_the_last_chunk_is_in(
     incoming.discard()
     assert len(synced) == 2 and synced[1][1] != "store-incoming"
     assert store.read(stored.key) == b"x" * 100_000
+
+
+def _record_syncs(monkeypatch: pytest.MonkeyPatch) -> tuple[list[int], list[Path]]:
+    """Record the inode of each file fsync'd and each directory fsync'd."""
+    files: list[int] = []
+    directories: list[Path] = []
+    real_fsync = os.fsync
+    real_fsync_dir = store_module._fsync_dir
+
+    def fsync(fd: int) -> None:
+        files.append(os.fstat(fd).st_ino)
+        real_fsync(fd)
+
+    def fsync_dir(path: Path) -> None:
+        directories.append(Path(path))
+        real_fsync_dir(path)
+
+    monkeypatch.setattr(store_module.os, "fsync", fsync)
+    monkeypatch.setattr(store_module, "_fsync_dir", fsync_dir)
+    return files, directories
+
+
+def test_put_of_bytes_already_stored_makes_the_existing_file_durable_first(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Another writer may have renamed the file into place and not yet fsync'd its
+    # directory: finding it there must not return before it is durable.
+    store = ObjectStore(tmp_path / "objects")
+    first = store.put(b"same bytes")
+    files, directories = _record_syncs(monkeypatch)
+    again = store.put(b"same bytes")
+    assert not again.created
+    assert os.stat(first.path).st_ino in files
+    assert first.path.parent in directories
+
+
+def test_adopt_of_bytes_already_stored_makes_the_existing_file_durable_first(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    store = ObjectStore(tmp_path / "objects")
+    first = store.put(b"same bytes")
+    incoming = store.receive()
+    incoming.write(b"same bytes")
+    incoming.finish()
+    files, directories = _record_syncs(monkeypatch)
+    try:
+        again = store.adopt(incoming)
+    finally:
+        incoming.discard()
+    assert not again.created
+    assert os.stat(first.path).st_ino in files
+    assert first.path.parent in directories
+
+
+def test_without_fsync_a_duplicate_is_not_synced(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    store = ObjectStore(tmp_path / "objects", fsync=False)
+    store.put(b"same bytes")
+    files, directories = _record_syncs(monkeypatch)
+    assert not store.put(b"same bytes").created
+    assert files == [] and directories == []
+
+
+def test_an_unexpected_error_in_the_writer_fails_finish_instead_of_hanging(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    store = ObjectStore(tmp_path / "objects")
+
+    def broken(fd: int, data: object) -> int:
+        raise ValueError("not an OSError")
+
+    monkeypatch.setattr(store_module.os, "write", broken)
+    incoming = store.receive()
+    incoming.write(b"some bytes")
+    outcome: list[BaseException | tuple[str, int]] = []
+
+    def finish() -> None:
+        try:
+            outcome.append(incoming.finish())
+        except BaseException as exc:
+            outcome.append(exc)
+
+    waiter = threading.Thread(target=finish, daemon=True)
+    waiter.start()
+    waiter.join(10)
+    assert not waiter.is_alive(), "finish() waits forever"
+    [error] = outcome
+    assert isinstance(error, OSError) and "not an OSError" in str(error)
+    incoming.discard()
+    assert os.listdir(store.root / INCOMING_DIR) == []
+
+
+def test_an_unexpected_error_in_the_writer_answers_out_of_resources(
+    receiver: Receiver, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    real_write = os.write
+    calls = {"n": 0}
+
+    def failing(fd: int, data: object) -> int:
+        calls["n"] += 1
+        if calls["n"] > 1:
+            raise ValueError("not an OSError")
+        return real_write(fd, data)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(store_module.os, "write", failing)
+    path = make_dx(tmp_path / "dx.dcm", seed=3, size=256)
+    assert _send(receiver.port, [path]) == [0xA700]
+    monkeypatch.setattr(store_module.os, "write", real_write)
+    assert receiver.rows() == [] and receiver.objects() == [] and receiver.incoming() == []
+    assert _send(receiver.port, [path]) == [0x0000]

@@ -5,7 +5,7 @@ Both receivers get the same files from DCMTK ``storescu`` on loopback, in altern
 both alike. ``storescp`` writes without fsync (its default); overread fsyncs every
 file and its directory and commits the instance's row before it answers. With several
 associations ``storescp --fork`` takes each in its own process; overread takes them
-in as many receiving processes on the one port (``serve --receivers``, SO_REUSEPORT)
+in as many receiving processes on the one port (``serve --receivers``, one listening socket)
 as there are associations unless told otherwise.
 """
 
@@ -63,7 +63,7 @@ def overread_seconds(root: Path, paths: list[Path], associations: int, receivers
             children = ReceiverProcesses(
                 config, receivers - 1, on_released=lambda _s: None, on_stored=lambda _o: None
             )
-            children.start(port)
+            children.start(scp.listening_socket)
         return send_parallel(port, paths, associations, config.ae_title, BENCH_AE_TITLE)
     finally:
         if children is not None:

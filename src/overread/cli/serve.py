@@ -100,7 +100,7 @@ def serve(
         "--receivers",
         min=1,
         max=64,
-        help="Processes receiving on the DICOM port (SO_REUSEPORT; default 1).",
+        help="Processes receiving on the DICOM port (sharing one listening socket; default 1).",
     ),
     retry_for: str | None = typer.Option(
         None,

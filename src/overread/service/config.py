@@ -463,9 +463,9 @@ class ServiceConfig(BaseModel):
         default=1,
         ge=1,
         le=64,
-        description="processes receiving on the DICOM port (SO_REUSEPORT); more than one "
-        "lets concurrent associations use more than one core (max_associations is per "
-        "process)",
+        description="processes receiving on the DICOM port (sharing one listening socket); "
+        "more than one lets concurrent associations use more than one core "
+        "(max_associations is per process)",
     )
     audit_checkpoint_events: int = Field(
         default=100,

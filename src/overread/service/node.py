@@ -253,7 +253,7 @@ class ServiceNode:
         if self.scp is not None:
             self.dicom_port = self.scp.start()
             if self.receivers is not None:
-                self.receivers.start(self.dicom_port)
+                self.receivers.start(self.scp.listening_socket)
         if self.hl7_listener is not None:
             self.hl7_port = self.hl7_listener.start()
             logger.info("HL7 orders (MLLP) on port %d", self.hl7_port)

@@ -3,8 +3,10 @@
 One Python process receives every association under one interpreter lock; with
 several modalities sending at once that lock, not the disk, is the limit. With
 ``dicom_receivers`` N > 1 the gateway's own :class:`~overread.service.scp.StorageSCP`
-and N - 1 child processes each run a Storage SCP bound to the same port with
-``SO_REUSEPORT`` (the kernel spreads the connections among them), all writing into
+binds the port (once: a second gateway on it fails with "address in use") and N - 1
+child processes each run a Storage SCP accepting on that same listening socket, handed
+to them when they start (whichever process is free takes the next connection), all
+writing into
 the same object store and database: the store's writes are per file and its
 clean-up lock is a file lock, the database serialises commits (SQLite in WAL mode,
 or PostgreSQL), and the audit chain takes its lock in the database, so nothing in
@@ -18,8 +20,9 @@ it (study completion on release, the assembler's wake-up, the ingest metrics). T
 rows are committed before the event is sent, so the gateway never sees a study
 before its instances. If a child dies, its connections end, the gateway's other
 receivers keep the port, and a study whose release event was lost still completes by
-the stable-age rule (the assembler's sweep). A child whose gateway has gone stops
-listening within a second.
+the stable-age rule (the assembler's sweep); the gateway reaps the child, logs it and
+starts another in its place (a child that exits before it listens fails the start at
+once). A child whose gateway has gone stops listening within a second.
 """
 
 from __future__ import annotations
@@ -29,7 +32,9 @@ import logging
 import multiprocessing
 import os
 import queue
+import socket
 import threading
+import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -44,9 +49,16 @@ from overread.service.store import ObjectStore
 
 logger = logging.getLogger(__name__)
 
+#: How often the gateway looks for a child that exited.
+_WATCH_SECONDS = 0.25
+#: A child that exited is started again at most this often (per child).
+_RESTART_SECONDS = 5.0
 
-def _receive(config: ServiceConfig, events: Any, stop: Any, parent: int) -> None:
-    """A child receiver: one Storage SCP on the shared port until told to stop."""
+
+def _receive(
+    config: ServiceConfig, listening: socket.socket, events: Any, stop: Any, parent: int
+) -> None:
+    """A child receiver: one Storage SCP on the gateway's socket until told to stop."""
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
     database = Database(config.database_url)
     store = ObjectStore(Path(config.data_dir) / "objects", fsync=config.fsync)
@@ -61,7 +73,7 @@ def _receive(config: ServiceConfig, events: Any, stop: Any, parent: int) -> None
         ingestor,
         on_released=lambda studies: events.put(("released", sorted(studies))),
         rejected_dir=Path(config.data_dir) / "rejected",
-        shared_port=True,
+        listening_socket=listening,
     )
     try:
         scp.start()
@@ -71,7 +83,10 @@ def _receive(config: ServiceConfig, events: Any, stop: Any, parent: int) -> None
         return
     events.put(("ready", os.getpid()))
     try:
-        while not stop.wait(1.0):
+        # A flag in shared memory, not a multiprocessing Event: a child killed while
+        # waiting on an Event would leave the gateway's set() waiting forever.
+        while not stop.value:
+            time.sleep(0.5)
             if os.getppid() != parent:  # the gateway is gone: stop taking instances
                 break
     finally:
@@ -111,58 +126,123 @@ class ReceiverProcesses:
         self._processes: list[Any] = []
         self._forwarder: threading.Thread | None = None
         self._closing = threading.Event()
+        self._processes_lock = threading.Lock()
+        self._stopping = False
+        self._started: dict[int, float] = {}
+        self._reported: set[int] = set()
+        self._config = config
+        self._listening: socket.socket | None = None
 
     @property
     def pids(self) -> list[int]:
         """The children's process ids."""
         return [p.pid for p in self._processes if p.pid is not None]
 
-    def start(self, port: int, *, timeout: float = 120.0) -> None:
-        """Start the children on ``port`` (already bound with ``SO_REUSEPORT``) and
-        return once each listens.
+    def start(self, listening: socket.socket, *, timeout: float = 120.0) -> None:
+        """Start the children accepting on ``listening`` (the gateway SCP's bound,
+        listening socket) and return once each listens.
 
         Raises
         ------
         ServiceError
-            If a child cannot listen or does not start within ``timeout`` seconds.
+            If a child cannot listen, exits before it listens, or does not start
+            within ``timeout`` seconds.
         """
-        config = self.config.model_copy(update={"dicom_port": port})
+        port = int(listening.getsockname()[1])
+        self._config = self.config.model_copy(update={"dicom_port": port})
+        self._listening = listening
+        self._stopping = False
         self._events = self._context.Queue()
-        self._stop = self._context.Event()
+        self._stop = self._context.RawValue("b", 0)
         for number in range(self.count):
-            process = self._context.Process(
-                target=_receive,
-                args=(config, self._events, self._stop, os.getpid()),
-                name=f"overread-receiver-{number + 1}",
-                daemon=True,
-            )
-            process.start()
-            self._processes.append(process)
+            self._processes.append(self._spawn(number))
         ready = 0
+        deadline = time.monotonic() + timeout
         while ready < self.count:
             try:
-                kind, value = self._events.get(timeout=timeout)
+                kind, value = self._events.get(timeout=_WATCH_SECONDS)
             except queue.Empty:
-                self.stop()
-                raise ServiceError(
-                    f"a DICOM receiver process did not start in {timeout:.0f} s"
-                ) from None
+                kind, value = "", None
             if kind == "failed":
                 self.stop()
                 raise ServiceError(f"a DICOM receiver process cannot listen: {value}")
             if kind == "ready":
                 ready += 1
-            else:  # an instance already arrived at a child that is ready
+                continue
+            if kind:  # an instance already arrived at a child that is ready
                 self._dispatch(kind, value)
+            dead = [p.exitcode for p in self._processes if p.exitcode is not None]
+            if dead:
+                reason = self._failure(timeout=1.0)
+                self.stop()
+                raise ServiceError(
+                    f"a DICOM receiver process cannot listen: {reason}"
+                    if reason is not None
+                    else f"a DICOM receiver process exited (code {dead[0]}) before it listened"
+                )
+            if time.monotonic() > deadline:
+                self.stop()
+                raise ServiceError(f"a DICOM receiver process did not start in {timeout:.0f} s")
         self._forwarder = threading.Thread(
             target=self._forward, name="overread-receiver-events", daemon=True
         )
         self._forwarder.start()
         logger.info("%d more DICOM receiver processes on port %d", self.count, port)
 
+    def _failure(self, timeout: float) -> str | None:
+        """The reason a child sent before it exited, if one is still on its way."""
+        end = time.monotonic() + timeout
+        while (left := end - time.monotonic()) > 0:
+            try:
+                kind, value = self._events.get(timeout=left)
+            except (queue.Empty, EOFError, OSError):
+                return None
+            if kind == "failed":
+                return str(value)
+            if kind != "ready":
+                self._dispatch(kind, value)
+        return None
+
+    def _spawn(self, number: int) -> Any:
+        process = self._context.Process(
+            target=_receive,
+            args=(self._config, self._listening, self._events, self._stop, os.getpid()),
+            name=f"overread-receiver-{number + 1}",
+            daemon=True,
+        )
+        process.start()
+        self._started[number] = time.monotonic()
+        return process
+
+    def _watch(self) -> None:
+        """Reap a child that exited, log it and start another in its place (at most
+        once per :data:`_RESTART_SECONDS` each, so one that cannot run does not spin)."""
+        with self._processes_lock:
+            if self._stopping or self._stop is None or self._stop.value:
+                return
+            for number, process in enumerate(self._processes):
+                if process.exitcode is None:
+                    continue
+                if process.pid is not None and number not in self._reported:
+                    logger.error(
+                        "DICOM receiver process %d exited (code %s); starting another",
+                        process.pid,
+                        process.exitcode,
+                    )
+                    self._reported.add(number)
+                process.join()
+                if time.monotonic() - self._started.get(number, 0.0) < _RESTART_SECONDS:
+                    continue
+                self._reported.discard(number)
+                with contextlib.suppress(ValueError):
+                    process.close()
+                self._processes[number] = self._spawn(number)
+
     def _dispatch(self, kind: str, value: Any) -> None:
         try:
-            if kind == "released":
+            if kind == "failed":
+                logger.error("a DICOM receiver process cannot listen: %s", value)
+            elif kind == "released":
                 self.on_released(set(value))
             elif kind == "stored":
                 self.on_stored(value)
@@ -172,18 +252,23 @@ class ReceiverProcesses:
     def _forward(self) -> None:
         while not self._closing.is_set():
             try:
-                kind, value = self._events.get(timeout=0.5)
+                kind, value = self._events.get(timeout=_WATCH_SECONDS)
             except queue.Empty:
+                self._watch()
                 continue
             except (EOFError, OSError):
                 return
             self._dispatch(kind, value)
+            self._watch()
 
     def stop(self, timeout: float = 10.0) -> None:
         """Stop the children (each finishes the instance it is receiving)."""
-        if self._stop is not None:
-            self._stop.set()
-        for process in self._processes:
+        with self._processes_lock:
+            self._stopping = True
+            if self._stop is not None:
+                self._stop.value = 1
+            processes = list(self._processes)
+        for process in processes:
             process.join(timeout)
             if process.is_alive():
                 process.terminate()
@@ -202,6 +287,7 @@ class ReceiverProcesses:
                 self._dispatch(kind, value)
             with contextlib.suppress(Exception):
                 self._events.close()
+            self._events = None
         self._processes = []
 
 

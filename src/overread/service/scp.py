@@ -105,13 +105,33 @@ def _recv_exact(association_socket: Any, nr_bytes: int) -> bytearray:
 
 
 class _SharedPortServer(ThreadedAssociationServer):
-    """pynetdicom's threaded server, its socket bound with ``SO_REUSEPORT``: several
-    receiving processes listen on one port and the kernel spreads the connections."""
+    """pynetdicom's threaded server on a listening socket shared by several processes.
+
+    The gateway binds the port once, as any server does (no ``SO_REUSEPORT``: a
+    second gateway on the same port fails with "address in use" rather than silently
+    taking a share of the associations), and hands the listening socket to its
+    receiver processes, whose servers use it instead of binding (``inherited``).
+    Every process accepts without waiting: when another one took the connection
+    first, the accept fails at once and the loop goes back to waiting, instead of
+    blocking in ``accept`` (and in :meth:`shutdown`) until the next one arrives.
+    """
+
+    inherited: socket.socket | None = None
 
     def server_bind(self) -> None:
+        if self.inherited is None:
+            super().server_bind()
+        else:
+            if self.socket is not None:
+                self.socket.close()
+            self.socket = self.inherited
+            self.server_address = self.inherited.getsockname()
         if self.socket is not None:
-            self.socket.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
-        super().server_bind()
+            self.socket.settimeout(0)
+
+    def server_activate(self) -> None:
+        if self.inherited is None:
+            super().server_activate()
 
 
 class _StreamedDataSet(BytesIO):
@@ -165,8 +185,11 @@ class StorageSCP:
     rejected_dir
         Where refused payloads are kept (``None``: not kept).
     shared_port
-        Bind with ``SO_REUSEPORT`` so that other receiving processes (see
-        :mod:`overread.service.receivers`) can listen on the same port.
+        Other receiving processes (see :mod:`overread.service.receivers`) accept on
+        this SCP's listening socket (:attr:`listening_socket`) too.
+    listening_socket
+        In such a receiving process: the gateway's listening socket, used instead of
+        binding the port.
     """
 
     def __init__(
@@ -177,10 +200,12 @@ class StorageSCP:
         on_released: Callable[[set[str]], None] | None = None,
         rejected_dir: Path | None = None,
         shared_port: bool = False,
+        listening_socket: socket.socket | None = None,
     ) -> None:
         self.config = config
         self.ingestor = ingestor
-        self.shared_port = shared_port
+        self.shared_port = shared_port or listening_socket is not None
+        self._inherited = listening_socket
         self.on_released = on_released
         self.rejected_dir = rejected_dir
         self._studies: dict[int, set[str]] = {}
@@ -262,6 +287,7 @@ class StorageSCP:
         port = int(self._server.server_address[1])
         try:
             self.ingestor.store.prepare()
+            self.ingestor.store.remove_stale_incoming()
         except OSError as exc:  # every C-STORE will answer 0xA700 until this is fixed
             logger.error("object store %s is not writable: %s", self.ingestor.store.root, exc)
         logger.info("DICOM SCP %s listening on port %d", self.config.ae_title, port)
@@ -271,8 +297,11 @@ class StorageSCP:
         address = (self.config.dicom_host, self.config.dicom_port)
         if not self.shared_port:
             return self.ae.start_server(address, block=False, evt_handlers=handlers)
-        # What AE.start_server(block=False) does, with the SO_REUSEPORT server.
-        server = self.ae.make_server(address, evt_handlers=handlers, server_class=_SharedPortServer)
+        # What AE.start_server(block=False) does, with the shared socket's server.
+        server_class = type(
+            "_SharedPortServer", (_SharedPortServer,), {"inherited": self._inherited}
+        )
+        server = self.ae.make_server(address, evt_handlers=handlers, server_class=server_class)
         thread = threading.Thread(target=server.serve_forever, name="dicom-acceptor", daemon=True)
         thread.start()
         self.ae._servers.append(server)
@@ -337,6 +366,15 @@ class StorageSCP:
         if self._server is None:
             raise ServiceError("the SCP is not started")
         return int(self._server.server_address[1])
+
+    @property
+    def listening_socket(self) -> socket.socket:
+        """The bound, listening socket (after :meth:`start`): what receiver processes
+        accept on."""
+        if self._server is None or self._server.socket is None:
+            raise ServiceError("the DICOM SCP is not listening")
+        sock: socket.socket = self._server.socket
+        return sock
 
     def stop(self) -> None:
         """Stop accepting associations and close the listening socket."""

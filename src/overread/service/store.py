@@ -4,7 +4,9 @@ Each object is stored once under ``root/ab/cdef...`` where ``abcdef...`` is the
 SHA-256 of its bytes. A write goes to a temporary file in the same directory, is
 fsync'd, renamed into place (atomic on POSIX), and then the directory itself is
 fsync'd so the new name survives a crash too. Only after :meth:`ObjectStore.put`
-returns may anyone be told the object is safe. Identical bytes are stored once.
+returns may anyone be told the object is safe. Identical bytes are stored once; a
+writer that finds its object already stored fsyncs that file and its directory
+before returning (the writer that renamed it there may not have yet).
 
 The 256 two-hex-digit directories are created (and the root fsync'd) once when the
 store opens, so a write costs one file fsync and one directory fsync, never a third
@@ -35,6 +37,7 @@ import os
 import queue
 import shutil
 import threading
+import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -70,14 +73,29 @@ def _fsync_dir(path: Path) -> None:
         os.close(fd)
 
 
-def _process_alive(pid: int) -> bool:
+def _sync_existing(path: Path) -> bool:
+    """fsync an object already stored under its final name, and its directory.
+
+    Another writer may have renamed it into place and not yet fsync'd the directory:
+    whoever finds it there must not report it safe before it is. Returns False when
+    the file is gone (removed meanwhile): the caller then writes it anew.
+    """
     try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
+        fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+    except FileNotFoundError:
         return False
-    except OSError:  # exists, owned by someone else
-        return True
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+    _fsync_dir(path.parent)
     return True
+
+
+#: An incoming file whose lock is free is removed as abandoned only once it has not
+#: changed for this long (a second guard, beside the lock, for file systems whose
+#: locks are not shared between hosts).
+STALE_INCOMING_SECONDS = 3600.0
 
 
 class IncomingObject:
@@ -102,6 +120,14 @@ class IncomingObject:
     def __init__(self, path: Path, *, sync: bool = False) -> None:
         self.path = path
         self._fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o644)
+        # Held until the file is closed: the mark, seen by every process and host
+        # sharing the store, that it is still being received.
+        # (Blocking: a clean-up looking at it holds the lock for an instant.)
+        try:
+            fcntl.flock(self._fd, fcntl.LOCK_EX)
+        except OSError:
+            os.close(self._fd)
+            raise
         self._hash = hashlib.sha256()
         self._size = 0
         self._error: OSError | None = None
@@ -134,22 +160,30 @@ class IncomingObject:
                 self._chunks.put(None)
 
     def _drain(self) -> None:
-        while True:
-            chunk = self._chunks.get()
-            if chunk is None:
-                break
-            if self._error is not None:
-                continue  # a failed write: the rest is dropped, finish() raises
-            try:
-                view = memoryview(chunk)
-                while view:
-                    view = view[os.write(self._fd, view) :]
-            except OSError as exc:
-                self._error = exc
-                continue
-            self._hash.update(chunk)
-            self._size += len(chunk)
-        self._written.set()
+        try:
+            while True:
+                chunk = self._chunks.get()
+                if chunk is None:
+                    break
+                if self._error is not None:
+                    continue  # a failed write: the rest is dropped, finish() raises
+                try:
+                    view = memoryview(chunk)
+                    while view:
+                        view = view[os.write(self._fd, view) :]
+                    self._hash.update(chunk)
+                except OSError as exc:
+                    self._error = exc
+                    continue
+                except BaseException as exc:
+                    self._error = OSError(f"writing incoming object {self.path.name}: {exc!r}")
+                    continue
+                self._size += len(chunk)
+        except BaseException as exc:
+            if self._error is None:
+                self._error = OSError(f"writing incoming object {self.path.name}: {exc!r}")
+        finally:
+            self._written.set()
         if self._sync_early and self._error is None:
             try:
                 os.fsync(self._fd)
@@ -268,19 +302,37 @@ class ObjectStore:
                     created = True
             if created and self.fsync:
                 _fsync_dir(self.root)
-            incoming = self.root / INCOMING_DIR
-            incoming.mkdir(exist_ok=True)
-            self._remove_stale_incoming(incoming)
+            (self.root / INCOMING_DIR).mkdir(exist_ok=True)
             self._prepared = True
 
-    @staticmethod
-    def _remove_stale_incoming(incoming: Path) -> None:
-        """Remove objects left half-received by a process that no longer runs."""
-        for entry in os.scandir(incoming):
-            parts = entry.name.split("-")
-            if len(parts) >= 2 and parts[1].isdigit() and not _process_alive(int(parts[1])):
-                with contextlib.suppress(OSError):
-                    os.unlink(entry.path)
+    def remove_stale_incoming(self, *, older_than: float = STALE_INCOMING_SECONDS) -> int:
+        """Remove objects left half-received by a writer that is gone; return how many.
+
+        A file is abandoned when nobody holds its lock (every
+        :class:`IncomingObject` holds it until closed, whichever process or host
+        wrote it) and it has not changed for ``older_than`` seconds. A receiver
+        calls this when it starts, never a writer on each object.
+        """
+        self.prepare()
+        removed = 0
+        now = time.time()
+        for entry in os.scandir(self.root / INCOMING_DIR):
+            if not entry.name.startswith(".tmp-"):
+                continue
+            try:
+                fd = os.open(entry.path, os.O_RDONLY | os.O_CLOEXEC)
+            except OSError:
+                continue
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                if now - os.fstat(fd).st_mtime > older_than:
+                    os.unlink(entry.path)  # under the lock: no writer can hold it
+                    removed += 1
+            except OSError:
+                continue  # locked: still being received
+            finally:
+                os.close(fd)
+        return removed
 
     def receive(self) -> IncomingObject:
         """A new :class:`IncomingObject` to write an arriving object into.
@@ -311,7 +363,7 @@ class ObjectStore:
         key = self.key_for(digest)
         final = self.root / key
         with contextlib.suppress(OSError):
-            if os.stat(final).st_size == size:
+            if os.stat(final).st_size == size and (not self.fsync or _sync_existing(final)):
                 return StoredObject(key, digest, size, final, created=False)
         if not self._prepared:
             self.prepare()
@@ -410,7 +462,7 @@ class ObjectStore:
         key = self.key_for(digest)
         final = self.root / key
         with contextlib.suppress(OSError):
-            if os.stat(final).st_size == len(data):
+            if os.stat(final).st_size == len(data) and (not self.fsync or _sync_existing(final)):
                 return StoredObject(key, digest, len(data), final, created=False)
         if not self._prepared:
             self.prepare()
