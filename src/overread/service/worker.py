@@ -256,9 +256,14 @@ def freeze_long_lived() -> int:
     loaded) stopped every thread, a study's ingest and inference included. Later
     collections see only the objects made since. Objects frozen here are still freed
     by reference counting when released.
+
+    Done once per process: the first worker's warm-up loads the models the others
+    share, and a process that starts gateways one after another (the tests) neither
+    pays for a full collection per gateway nor freezes each one's objects.
     """
-    gc.collect()
-    gc.freeze()
+    if gc.get_freeze_count() == 0:
+        gc.collect()
+        gc.freeze()
     return gc.get_freeze_count()
 
 
