@@ -153,6 +153,17 @@ def test_bench_e2e_cli_reports_latency_stages_and_ratios(run_cli: RunCli) -> Non
     assert sum(stages["mean_s"].values()) == pytest.approx(stages["mean_total_s"], rel=0.05)
     assert all(v >= 0 for v in stages["mean_s"].values())
     assert stages["mean_s"]["model_forward"] > 0
+    # Each slowest study with its stages, slowest first, adding up to its total.
+    slowest = stages["slowest"]
+    assert len(slowest) == 2
+    assert slowest[0]["total_s"] >= slowest[1]["total_s"] > 0
+    for row in slowest:
+        parts = sum(row[f"{name}_s"] for name in stages["mean_s"])
+        assert parts == pytest.approx(row["total_s"], rel=0.05)
+        assert row["image_mb"] > 0 and row["storescu_s"] > 0
+    # Garbage-collector pauses during the timed run, per generation.
+    for summary in latency["gc_pauses"].values():
+        assert summary["count"] >= 1 and 0 <= summary["max_s"] <= summary["total_s"]
     [saturation] = result["saturation"]
     assert saturation["workers"] == 1 and saturation["completed"] == 2
     assert saturation["studies_per_s"] > 0

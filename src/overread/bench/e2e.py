@@ -23,6 +23,7 @@ worker stores with each result; the rest is computed from times noted here.
 from __future__ import annotations
 
 import contextlib
+import gc
 import math
 import shutil
 import subprocess
@@ -72,6 +73,9 @@ STAGES = (
     "infer_other",
     "export",
 )
+
+#: How many of the slowest studies ``stage_breakdown`` lists with their stages.
+SLOWEST = 5
 
 
 @dataclass(frozen=True)
@@ -421,6 +425,7 @@ def stage_breakdown(database: Any, items: list[Sent]) -> dict[str, Any]:
     extra: dict[str, list[float]] = {}
     totals: list[float] = []
     after_receive: list[float] = []
+    per_study: list[dict[str, Any]] = []
     for item in done:
         got, complete = _ts(received.get(item.study)), _ts(completed.get(item.study))
         job, times = infer.get(item.study), timings.get(item.study, {})
@@ -461,6 +466,18 @@ def stage_breakdown(database: Any, items: list[Sent]) -> dict[str, Any]:
         last = _ts(last_received.get(item.study))
         if last is not None:
             after_receive.append(item.arrived_wall - last)
+        per_study.append(
+            {
+                "study": item.study,
+                "image_mb": round(item.path.stat().st_size / 1e6, 1)
+                if item.path.exists()
+                else None,
+                "sent_at_s": item.due,
+                "total_s": item.arrived_wall - item.start_wall,
+                "storescu_s": item.sent_wall - item.start_wall,
+                **{f"{k}_s": v for k, v in values.items()},
+            }
+        )
     if not totals:
         return {"studies": 0, "mean_s": {}, "share": {}}
     mean_total = sum(totals) / len(totals)
@@ -474,7 +491,41 @@ def stage_breakdown(database: Any, items: list[Sent]) -> dict[str, Any]:
         # From the last image committed at the gateway to the SR complete at the PACS.
         "after_receive_p50_s": percentile(after_receive, 50),
         "after_receive_p95_s": percentile(after_receive, 95),
+        # The slowest studies, each with its stages (what makes the tail).
+        "slowest": sorted(per_study, key=lambda row: -float(row["total_s"]))[:SLOWEST],
     }
+
+
+class GcPauses:
+    """Python's garbage-collector pauses in this process (the gateway's threads are in
+    it) while in the ``with`` block: count and longest pause per generation."""
+
+    def __init__(self) -> None:
+        self._start = 0.0
+        self.pauses: dict[int, list[float]] = {}
+
+    def _callback(self, phase: str, info: dict[str, Any]) -> None:
+        if phase == "start":
+            self._start = time.perf_counter()
+        else:
+            self.pauses.setdefault(int(info["generation"]), []).append(
+                time.perf_counter() - self._start
+            )
+
+    def __enter__(self) -> GcPauses:
+        gc.callbacks.append(self._callback)
+        return self
+
+    def __exit__(self, *_exc: object) -> None:
+        with contextlib.suppress(ValueError):
+            gc.callbacks.remove(self._callback)
+
+    def summary(self) -> dict[str, Any]:
+        """Per generation: collections, total and longest pause (seconds)."""
+        return {
+            f"gen{gen}": {"count": len(v), "total_s": sum(v), "max_s": max(v)}
+            for gen, v in sorted(self.pauses.items())
+        }
 
 
 def _latency_summary(items: list[Sent]) -> dict[str, Any]:
@@ -580,12 +631,13 @@ def benchmark_e2e(options: E2EOptions, *, progress: Progress | None = None) -> d
                     ]
                     task = f"{backend}: {rate:g} studies/s"
                     report(task, 0, len(items))
-                    run_schedule(
-                        gateway,
-                        items,
-                        deadline=deadline,
-                        progress=_progress_for(report, task, len(items)),
-                    )
+                    with GcPauses() as pauses:
+                        run_schedule(
+                            gateway,
+                            items,
+                            deadline=deadline,
+                            progress=_progress_for(report, task, len(items)),
+                        )
                     summary = _latency_summary(items)
                     stages = stage_breakdown(gateway.service.database, items)
                     result["latency"].append(
@@ -595,6 +647,7 @@ def benchmark_e2e(options: E2EOptions, *, progress: Progress | None = None) -> d
                             "workers": options.latency_workers,
                             **summary,
                             "stages": stages,
+                            "gc_pauses": pauses.summary(),
                         }
                     )
                     if backend == options.backends[0] and not lowest_items:

@@ -17,6 +17,7 @@ one database.
 
 from __future__ import annotations
 
+import gc
 import logging
 import os
 import socket
@@ -223,6 +224,7 @@ class Worker:
                 builder_warmup()
         except Exception:
             logger.exception("%s: warm-up failed; models and builders load on first use", self.name)
+        freeze_long_lived()
 
     def run(self, stop: threading.Event, wake: threading.Event | None = None) -> None:
         """Warm the models up, then work until ``stop`` is set, sleeping
@@ -242,6 +244,27 @@ class Worker:
                 else:
                     stop.wait(self.config.poll_seconds)
         self.exporters.close()
+
+
+def freeze_long_lived() -> int:
+    """Collect once, then move every object alive now (imported modules, loaded models,
+    the result builders' tables, warmed-up runtime sessions) out of the garbage
+    collector's reach (:func:`gc.freeze`); return how many objects are frozen.
+
+    Called after the warm-up: these objects live as long as the process, yet a full
+    collection walks them all, and that pause (0.4 s measured with the default model
+    loaded) stopped every thread, a study's ingest and inference included. Later
+    collections see only the objects made since. Objects frozen here are still freed
+    by reference counting when released.
+
+    Done once per process: the first worker's warm-up loads the models the others
+    share, and a process that starts gateways one after another (the tests) neither
+    pays for a full collection per gateway nor freezes each one's objects.
+    """
+    if gc.get_freeze_count() == 0:
+        gc.collect()
+        gc.freeze()
+    return gc.get_freeze_count()
 
 
 class WorkerPool:
@@ -291,5 +314,6 @@ __all__ = [
     "PermanentExportError",
     "Worker",
     "WorkerPool",
+    "freeze_long_lived",
     "worker_identity",
 ]
