@@ -79,11 +79,12 @@ def test_freeze_collects_garbage_first(unfrozen: None) -> None:
         frozen = freeze_long_lived()
     finally:
         gc.enable()
-    assert frozen == gc.get_freeze_count() > 0
+    # (frozen objects freed by reference counting since leave the count, so at most)
+    assert 0 < gc.get_freeze_count() <= frozen
     # Collected, not frozen: frozen garbage would never be freed.
     assert gone() is None
     # Once per process: a second worker's warm-up freezes nothing more.
     later: list[object] = []
     later.append(later)
-    assert freeze_long_lived() == frozen
+    assert freeze_long_lived() <= frozen
     assert id(later) in {id(o) for o in gc.get_objects()}

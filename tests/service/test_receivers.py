@@ -202,3 +202,27 @@ def test_a_child_that_crashes_is_reaped_logged_and_replaced(
         children.stop()
         gateway.stop()
         database.dispose()
+
+
+def test_one_receiver_stopping_leaves_the_port_listening_for_the_others(
+    tmp_path: Path,
+) -> None:
+    # A receiver process holds its own descriptor of the gateway's listening socket;
+    # stopping it must close that descriptor only, never shut the shared socket down.
+    gateway, database = _gateway(tmp_path / "data", 0)
+    port = gateway.start()
+    config = gateway.config
+    sharer = StorageSCP(
+        config,
+        Ingestor(database, ObjectStore(tmp_path / "data" / "objects")),
+        listening_socket=gateway.listening_socket.dup(),
+    )
+    try:
+        sharer.start()
+        sharer.stop()
+        _send_studies(port, _studies(tmp_path, 1, 1)[1])  # the gateway still takes it
+        with database.session() as session:
+            assert len(session.scalars(select(Instance)).all()) == 1
+    finally:
+        gateway.stop()
+        database.dispose()

@@ -51,8 +51,10 @@ logger = logging.getLogger(__name__)
 
 #: How often the gateway looks for a child that exited.
 _WATCH_SECONDS = 0.25
-#: A child that exited is started again at most this often (per child).
+#: A child that exited is started again after this long, doubled for each exit in a
+#: row (a child that cannot run does not spin), up to :data:`_RESTART_MAX_SECONDS`.
 _RESTART_SECONDS = 5.0
+_RESTART_MAX_SECONDS = 300.0
 
 
 def _receive(
@@ -129,6 +131,7 @@ class ReceiverProcesses:
         self._processes_lock = threading.Lock()
         self._stopping = False
         self._started: dict[int, float] = {}
+        self._failures: dict[int, int] = {}
         self._reported: set[int] = set()
         self._config = config
         self._listening: socket.socket | None = None
@@ -215,8 +218,9 @@ class ReceiverProcesses:
         return process
 
     def _watch(self) -> None:
-        """Reap a child that exited, log it and start another in its place (at most
-        once per :data:`_RESTART_SECONDS` each, so one that cannot run does not spin)."""
+        """Reap a child that exited, log it and start another in its place, after
+        :data:`_RESTART_SECONDS` doubled for each exit in a row (up to
+        :data:`_RESTART_MAX_SECONDS`), so one that cannot run does not spin."""
         with self._processes_lock:
             if self._stopping or self._stop is None or self._stop.value:
                 return
@@ -231,12 +235,23 @@ class ReceiverProcesses:
                     )
                     self._reported.add(number)
                 process.join()
-                if time.monotonic() - self._started.get(number, 0.0) < _RESTART_SECONDS:
+                failures = self._failures.get(number, 0)
+                wait = min(_RESTART_SECONDS * 2**failures, _RESTART_MAX_SECONDS)
+                if time.monotonic() - self._started.get(number, 0.0) < wait:
+                    continue
+                # A child that ran a good while before it exited starts the back-off anew.
+                ran = time.monotonic() - self._started.get(number, 0.0)
+                self._failures[number] = 0 if ran > 2 * _RESTART_MAX_SECONDS else failures + 1
+                try:
+                    replacement = self._spawn(number)
+                except Exception as exc:  # out of descriptors or memory: try again later
+                    self._started[number] = time.monotonic()
+                    logger.error("DICOM receiver process cannot be started again: %s", exc)
                     continue
                 self._reported.discard(number)
                 with contextlib.suppress(ValueError):
                     process.close()
-                self._processes[number] = self._spawn(number)
+                self._processes[number] = replacement
 
     def _dispatch(self, kind: str, value: Any) -> None:
         try:
@@ -269,10 +284,13 @@ class ReceiverProcesses:
                 self._stop.value = 1
             processes = list(self._processes)
         for process in processes:
-            process.join(timeout)
-            if process.is_alive():
-                process.terminate()
-                process.join(5)
+            try:
+                process.join(timeout)
+                if process.is_alive():
+                    process.terminate()
+                    process.join(5)
+            except ValueError:  # closed already
+                continue
         # The children are gone: forward what they sent before they stopped.
         self._closing.set()
         if self._forwarder is not None:

@@ -64,7 +64,7 @@ from overread.service.config import AllowedPeer, ServiceConfig
 from overread.service.diskspace import InsufficientStorageError
 from overread.service.ingest import Ingestor, IngestOutcome, record_refusal
 from overread.service.qr_scp import FIND_SOP_CLASSES, MOVE_SOP_CLASSES, QueryRetrieveSCP
-from overread.service.store import IncomingObject
+from overread.service.store import STALE_INCOMING_SECONDS, IncomingObject
 
 logger = logging.getLogger(__name__)
 
@@ -132,6 +132,22 @@ class _SharedPortServer(ThreadedAssociationServer):
     def server_activate(self) -> None:
         if self.inherited is None:
             super().server_activate()
+
+    def get_request(self) -> tuple[socket.socket, Any]:
+        # Where accepted sockets inherit the listener's O_NONBLOCK (BSD, macOS),
+        # pynetdicom's blocking reads would fail: make each one blocking.
+        if self.socket is None:
+            raise OSError("the DICOM server socket is closed")
+        connection, address = self.socket.accept()
+        connection.setblocking(True)
+        return connection, address
+
+    def server_close(self) -> None:
+        # Close this process's descriptor only. pynetdicom's server_close() first
+        # shuts the socket down, and a shutdown of a listening socket that other
+        # processes share stops it listening for all of them.
+        if self.socket is not None:
+            self.socket.close()
 
 
 class _StreamedDataSet(BytesIO):
@@ -206,6 +222,7 @@ class StorageSCP:
         self.ingestor = ingestor
         self.shared_port = shared_port or listening_socket is not None
         self._inherited = listening_socket
+        self._sweeping = threading.Event()
         self.on_released = on_released
         self.rejected_dir = rejected_dir
         self._studies: dict[int, set[str]] = {}
@@ -290,8 +307,24 @@ class StorageSCP:
             self.ingestor.store.remove_stale_incoming()
         except OSError as exc:  # every C-STORE will answer 0xA700 until this is fixed
             logger.error("object store %s is not writable: %s", self.ingestor.store.root, exc)
+        if self._inherited is None:  # the gateway's own SCP sweeps for the store
+            self._sweeping.clear()
+            sweeper = threading.Thread(target=self._sweep, name="incoming-sweep", daemon=True)
+            sweeper.start()
         logger.info("DICOM SCP %s listening on port %d", self.config.ae_title, port)
         return port
+
+    def _sweep(self) -> None:
+        """Remove half-received objects of writers that are gone, now and then, not
+        only at start (a receiver killed mid-object leaves its file behind)."""
+        while not self._sweeping.wait(STALE_INCOMING_SECONDS / 4):
+            try:
+                removed = self.ingestor.store.remove_stale_incoming()
+            except OSError as exc:
+                logger.warning("sweeping half-received objects failed: %s", exc)
+                continue
+            if removed:
+                logger.info("removed %d half-received object(s) left by a writer", removed)
 
     def _listen(self, handlers: list[Any]) -> Any:
         address = (self.config.dicom_host, self.config.dicom_port)
@@ -378,6 +411,7 @@ class StorageSCP:
 
     def stop(self) -> None:
         """Stop accepting associations and close the listening socket."""
+        self._sweeping.set()
         if self._server is not None:
             self._server.shutdown()
             self._server = None

@@ -320,7 +320,9 @@ class ObjectStore:
             if not entry.name.startswith(".tmp-"):
                 continue
             try:
-                fd = os.open(entry.path, os.O_RDONLY | os.O_CLOEXEC)
+                # Read-write: where flock is emulated by POSIX locks (NFS), an
+                # exclusive lock needs a descriptor open for writing.
+                fd = os.open(entry.path, os.O_RDWR | os.O_CLOEXEC)
             except OSError:
                 continue
             try:

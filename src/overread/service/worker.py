@@ -261,10 +261,14 @@ def freeze_long_lived() -> int:
     share, and a process that starts gateways one after another (the tests) neither
     pays for a full collection per gateway nor freezes each one's objects.
     """
-    if gc.get_freeze_count() == 0:
-        gc.collect()
-        gc.freeze()
+    with _FREEZE_LOCK:  # two workers ending their warm-up together freeze once
+        if gc.get_freeze_count() == 0:
+            gc.collect()
+            gc.freeze()
     return gc.get_freeze_count()
+
+
+_FREEZE_LOCK = threading.Lock()
 
 
 class WorkerPool:
