@@ -30,11 +30,10 @@ import torch.nn.functional as F
 from scipy import ndimage
 
 from overread.errors import InferenceError, ModelPackageError, OverreadError
-from overread.imaging import ImageMetadata
 from overread.imaging.series import Volume
 from overread.imaging.transforms import Letterbox, Resize, build_chain
 from overread.inference.result import ModelRef, Prediction
-from overread.inference.volume import VolumeOutput
+from overread.inference.volume import VolumeOutput, failed_output
 from overread.models.manifest import VolumeSpec
 from overread.models.package import ModelPackage
 from overread.results import Decision, FindingResult
@@ -202,17 +201,7 @@ class PlanarPipeline:
         return outputs
 
     def _failed(self, path: str, error: str) -> VolumeOutput:
-        prediction = Prediction(
-            path=path, ok=False, model=self.model, error=error, task=self.task.value
-        )
-        prediction.regions = []
-        empty = Volume(
-            pixels=np.zeros((0, 0, 0), np.float32),
-            affine=np.eye(4),
-            spacing=(1.0, 1.0, 1.0),
-            metadata=ImageMetadata(),
-        )
-        return VolumeOutput(prediction, empty, None, {})
+        return failed_output(path, error, self.model, self.task.value)
 
     def predict(
         self,

@@ -250,6 +250,20 @@ def _longest_diameter(points_mm: npt.NDArray[np.float64]) -> float:
     return float(np.sqrt((diff**2).sum(-1)).max())
 
 
+def failed_output(path: str, error: str, model: ModelRef, task: str) -> VolumeOutput:
+    """The output of an input that could not be read or run: a failed prediction
+    (no regions) on an empty volume."""
+    prediction = Prediction(path=path, ok=False, model=model, error=error, task=task)
+    prediction.regions = []
+    empty = Volume(
+        pixels=np.zeros((0, 0, 0), np.float32),
+        affine=np.eye(4),
+        spacing=(1.0, 1.0, 1.0),
+        metadata=ImageMetadata(),
+    )
+    return VolumeOutput(prediction, empty, None, {})
+
+
 class VolumePipeline:
     """Series -> volume -> sliding windows -> masks, regions (see the module)."""
 
@@ -612,17 +626,7 @@ class VolumePipeline:
         return outputs + failed
 
     def _failed(self, path: str, error: str) -> VolumeOutput:
-        prediction = Prediction(
-            path=path, ok=False, model=self.model, error=error, task=self.task.value
-        )
-        prediction.regions = []
-        empty = Volume(
-            pixels=np.zeros((0, 0, 0), np.float32),
-            affine=np.eye(4),
-            spacing=(1.0, 1.0, 1.0),
-            metadata=ImageMetadata(),
-        )
-        return VolumeOutput(prediction, empty, None, {})
+        return failed_output(path, error, self.model, self.task.value)
 
     def predict(
         self,
@@ -731,6 +735,7 @@ __all__ = [
     "LUNG_VALUE",
     "VolumeOutput",
     "VolumePipeline",
+    "failed_output",
     "lung_and_nodules",
     "lung_output",
     "measure_detection",

@@ -39,6 +39,7 @@ from overread.models.manifest import Code, InputSpec, LabelSpec, Task, VolumeSpe
 from overread.training.ct import (
     HU_WINDOW,
     CtPrediction,
+    CtTrainResult,
     Detection,
     centre_focal_loss,
     from_resampled_index,
@@ -290,14 +291,8 @@ def detection_loss(logits: Any, target: Any, size_weight: float) -> tuple[Any, A
     return heat, size_weight * l1
 
 
-@dataclass
-class DetTrainResult:
-    output: Path
-    checkpoint: Path
-    seconds: float
-    final_loss: float
-    metrics: dict[str, Any] | None = None
-    package: Path | None = None
+#: What a detector training run leaves (the same as a segmentation run).
+DetTrainResult = CtTrainResult
 
 
 def train_detector(
