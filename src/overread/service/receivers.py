@@ -15,14 +15,29 @@ the receive path depends on being in one process.
 What does depend on it is what happens after a commit: the study assembler and
 the workers run in the gateway process only. A child therefore sends each event the
 gateway reacts to (an instance stored; an association released, with its studies)
-over a queue to the gateway, which handles it exactly as if its own SCP had raised
-it (study completion on release, the assembler's wake-up, the ingest metrics). The
-rows are committed before the event is sent, so the gateway never sees a study
-before its instances. If a child dies, its connections end, the gateway's other
-receivers keep the port, and a study whose release event was lost still completes by
-the stable-age rule (the assembler's sweep); the gateway reaps the child, logs it and
-starts another in its place (a child that exits before it listens fails the start at
-once). A child whose gateway has gone stops listening within a second.
+to the gateway, which handles it exactly as if its own SCP had raised it (study
+completion on release, the assembler's wake-up, the ingest metrics). The rows are
+committed before the event is sent, so the gateway never sees a study before its
+instances.
+
+Each child has a channel of its own (a Unix socket pair, one end in the child, one
+read by the gateway), never a queue shared by all: nothing is locked across
+processes, so a child killed (SIGKILL, out of memory) in the middle of sending an
+event cannot wedge the gateway or the other children. Its channel just reaches its
+end; what it sent whole before is still delivered, and a message it left half-sent
+(length-prefixed frames: the bytes after the last whole frame) is logged and
+dropped. Nothing is lost with it: the event only tells the gateway sooner what the
+database already holds. An instance's row is committed, and its study marked
+``receiving`` with a new ``last_instance_at``, before the event is sent, and the
+assembler's sweep (every half second, woken or not) completes every study that has
+been stable for ``stable_seconds``; a lost release event only delays a study that
+would have completed on release until that rule; a lost "stored" event leaves one
+instance out of the gateway's ingest metrics, nothing else.
+
+If a child dies, its connections end, the gateway's other receivers keep the port,
+and the gateway reaps the child, logs it and starts another in its place (a child
+that exits before it listens fails the start at once). A child whose gateway has
+gone stops listening within a second.
 """
 
 from __future__ import annotations
@@ -31,8 +46,12 @@ import contextlib
 import logging
 import multiprocessing
 import os
+import pickle
 import queue
+import selectors
+import signal
 import socket
+import struct
 import threading
 import time
 from collections.abc import Callable
@@ -56,34 +75,206 @@ _WATCH_SECONDS = 0.25
 _RESTART_SECONDS = 5.0
 _RESTART_MAX_SECONDS = 300.0
 
+#: Each event is a frame: its length (4 bytes, big-endian) and then its pickle.
+_HEADER = struct.Struct("!I")
+#: A frame longer than this is not an event: the channel is corrupt and is dropped.
+_MAX_FRAME = 64 * 1024 * 1024
+
+#: Tests only: the path of a file; the child that removes it first sends half of its
+#: next event and kills itself (SIGKILL), as a child killed mid-send would.
+TEAR_ENV = "OVERREAD_TEST_RECEIVER_TEAR_FILE"
+
+
+def encode_event(kind: str, value: Any) -> bytes:
+    """One event as the frame a child writes on its channel."""
+    payload = pickle.dumps((kind, value), protocol=pickle.HIGHEST_PROTOCOL)
+    return _HEADER.pack(len(payload)) + payload
+
+
+class EventSender:
+    """A child's end of its channel: whole frames, one thread at a time.
+
+    Sending never raises: once the gateway is gone (broken channel) events are dropped,
+    and the child stops by itself when it notices its parent changed.
+    """
+
+    def __init__(self, channel: socket.socket) -> None:
+        self._channel = channel
+        self._lock = threading.Lock()
+        self._broken = False
+        self._tear = os.environ.get(TEAR_ENV) or None
+
+    def send(self, kind: str, value: Any) -> None:
+        frame = encode_event(kind, value)
+        with self._lock:
+            if self._broken:
+                return
+            try:
+                if self._tear is not None and kind == "stored" and self._claim_tear():
+                    self._channel.sendall(frame[: len(frame) // 2])
+                    os.kill(os.getpid(), signal.SIGKILL)
+                self._channel.sendall(frame)
+            except OSError as exc:
+                self._broken = True
+                logger.warning("the gateway no longer reads this receiver's events: %s", exc)
+
+    def _claim_tear(self) -> bool:
+        assert self._tear is not None
+        try:
+            os.unlink(self._tear)
+        except FileNotFoundError:
+            return False
+        return True
+
+
+class EventReader:
+    """The gateway's ends of the children's channels, read by one thread.
+
+    Whole frames are decoded and handed to ``deliver`` in the order each channel sent
+    them; a channel that ends (its child exited or was killed) is closed, and the
+    bytes of a frame it left unfinished are logged and dropped.
+    """
+
+    def __init__(self, deliver: Callable[[str, Any], None]) -> None:
+        self._deliver = deliver
+        self._selector = selectors.DefaultSelector()
+        self._pending: list[socket.socket] = []
+        self._lock = threading.Lock()
+        self._buffers: dict[socket.socket, bytearray] = {}
+        self._closing = False
+        self._thread: threading.Thread | None = None
+
+    def add(self, channel: socket.socket) -> None:
+        """Read ``channel`` too (from the next turn of the reading thread)."""
+        channel.setblocking(False)
+        with self._lock:
+            self._pending.append(channel)
+
+    @property
+    def open_channels(self) -> int:
+        with self._lock:
+            return len(self._buffers) + len(self._pending)
+
+    def start(self) -> None:
+        self._thread = threading.Thread(
+            target=self._run, name="overread-receiver-channels", daemon=True
+        )
+        self._thread.start()
+
+    def _run(self) -> None:
+        while True:
+            with self._lock:
+                for channel in self._pending:
+                    self._buffers[channel] = bytearray()
+                    self._selector.register(channel, selectors.EVENT_READ)
+                self._pending.clear()
+                closing = self._closing
+                left = len(self._buffers)
+            if closing and not left:
+                break
+            if not left:
+                time.sleep(_WATCH_SECONDS / 5)
+                continue
+            for key, _ in self._selector.select(timeout=_WATCH_SECONDS / 5):
+                self.read(key.fileobj)  # type: ignore[arg-type]
+        self._selector.close()
+
+    def read(self, channel: socket.socket) -> None:
+        """Read what ``channel`` has now; deliver each whole frame; close it at its end."""
+        buffer = self._buffers[channel]
+        try:
+            data = channel.recv(1 << 20)
+        except (BlockingIOError, InterruptedError):
+            return
+        except OSError as exc:  # reset: as an end
+            logger.warning("a DICOM receiver process's channel failed: %s", exc)
+            data = b""
+        if not data:
+            if buffer:
+                logger.warning(
+                    "a DICOM receiver process ended in the middle of sending an event "
+                    "(%d byte(s) of it arrived); it is dropped, the database holds "
+                    "what it would have said",
+                    len(buffer),
+                )
+            self._drop(channel)
+            return
+        buffer += data
+        while len(buffer) >= _HEADER.size:
+            (size,) = _HEADER.unpack_from(buffer)
+            if size > _MAX_FRAME:
+                logger.error("a DICOM receiver process's channel is corrupt; closed")
+                self._drop(channel)
+                return
+            end = _HEADER.size + size
+            if len(buffer) < end:
+                break
+            payload = bytes(buffer[_HEADER.size : end])
+            del buffer[:end]
+            try:
+                kind, value = pickle.loads(payload)
+            except Exception:
+                logger.exception("an event of a DICOM receiver process cannot be read")
+                continue
+            self._deliver(str(kind), value)
+
+    def _drop(self, channel: socket.socket) -> None:
+        with self._lock:
+            self._buffers.pop(channel, None)
+            with contextlib.suppress(KeyError, ValueError):
+                self._selector.unregister(channel)
+        channel.close()
+
+    def close(self, timeout: float) -> None:
+        """Read every channel to its end (the children are gone), then stop; a channel
+        still open after ``timeout`` seconds is closed unread."""
+        with self._lock:
+            self._closing = True
+        if self._thread is not None:
+            self._thread.join(timeout)
+            if self._thread.is_alive():  # a child's channel held open elsewhere
+                with self._lock:
+                    stuck = [*self._buffers, *self._pending]
+                for channel in stuck:
+                    with contextlib.suppress(OSError):
+                        channel.shutdown(socket.SHUT_RDWR)
+                self._thread.join(timeout)
+            self._thread = None
+        else:
+            with self._lock:
+                for channel in self._pending:
+                    channel.close()
+                self._pending.clear()
+
 
 def _receive(
-    config: ServiceConfig, listening: socket.socket, events: Any, stop: Any, parent: int
+    config: ServiceConfig, listening: socket.socket, channel: socket.socket, stop: Any, parent: int
 ) -> None:
     """A child receiver: one Storage SCP on the gateway's socket until told to stop."""
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+    events = EventSender(channel)
     database = Database(config.database_url)
     store = ObjectStore(Path(config.data_dir) / "objects", fsync=config.fsync)
     ingestor = Ingestor(
         database,
         store,
-        on_stored=lambda outcome: events.put(("stored", outcome)),
+        on_stored=lambda outcome: events.send("stored", outcome),
         disk=DiskGuard.from_settings(Path(config.data_dir), config.retention),
     )
     scp = StorageSCP(
         config,
         ingestor,
-        on_released=lambda studies: events.put(("released", sorted(studies))),
+        on_released=lambda studies: events.send("released", sorted(studies)),
         rejected_dir=Path(config.data_dir) / "rejected",
         listening_socket=listening,
     )
     try:
         scp.start()
     except ServiceError as exc:
-        events.put(("failed", str(exc)))
+        events.send("failed", str(exc))
         database.dispose()
         return
-    events.put(("ready", os.getpid()))
+    events.send("ready", os.getpid())
     try:
         # A flag in shared memory, not a multiprocessing Event: a child killed while
         # waiting on an Event would leave the gateway's set() waiting forever.
@@ -94,6 +285,7 @@ def _receive(
     finally:
         scp.stop()
         database.dispose()
+        channel.close()
 
 
 class ReceiverProcesses:
@@ -123,7 +315,10 @@ class ReceiverProcesses:
         self.on_released = on_released
         self.on_stored = on_stored
         self._context = multiprocessing.get_context("spawn")
-        self._events: Any = None
+        # Events read from the channels, handled in the forwarding thread (a slow
+        # handler never keeps a channel unread).
+        self._inbox: queue.SimpleQueue[tuple[str, Any]] = queue.SimpleQueue()
+        self._reader: EventReader | None = None
         self._stop: Any = None
         self._processes: list[Any] = []
         self._forwarder: threading.Thread | None = None
@@ -141,6 +336,12 @@ class ReceiverProcesses:
         """The children's process ids."""
         return [p.pid for p in self._processes if p.pid is not None]
 
+    def _next(self, timeout: float) -> tuple[str, Any]:
+        try:
+            return self._inbox.get(timeout=timeout)
+        except queue.Empty:
+            return "", None
+
     def start(self, listening: socket.socket, *, timeout: float = 120.0) -> None:
         """Start the children accepting on ``listening`` (the gateway SCP's bound,
         listening socket) and return once each listens.
@@ -155,17 +356,16 @@ class ReceiverProcesses:
         self._config = self.config.model_copy(update={"dicom_port": port})
         self._listening = listening
         self._stopping = False
-        self._events = self._context.Queue()
+        self._closing.clear()
         self._stop = self._context.RawValue("b", 0)
+        self._reader = EventReader(lambda kind, value: self._inbox.put((kind, value)))
+        self._reader.start()
         for number in range(self.count):
             self._processes.append(self._spawn(number))
         ready = 0
         deadline = time.monotonic() + timeout
         while ready < self.count:
-            try:
-                kind, value = self._events.get(timeout=_WATCH_SECONDS)
-            except queue.Empty:
-                kind, value = "", None
+            kind, value = self._next(_WATCH_SECONDS)
             if kind == "failed":
                 self.stop()
                 raise ServiceError(f"a DICOM receiver process cannot listen: {value}")
@@ -196,24 +396,32 @@ class ReceiverProcesses:
         """The reason a child sent before it exited, if one is still on its way."""
         end = time.monotonic() + timeout
         while (left := end - time.monotonic()) > 0:
-            try:
-                kind, value = self._events.get(timeout=left)
-            except (queue.Empty, EOFError, OSError):
-                return None
+            kind, value = self._next(left)
             if kind == "failed":
                 return str(value)
-            if kind != "ready":
+            if kind and kind != "ready":
                 self._dispatch(kind, value)
         return None
 
     def _spawn(self, number: int) -> Any:
-        process = self._context.Process(
-            target=_receive,
-            args=(self._config, self._listening, self._events, self._stop, os.getpid()),
-            name=f"overread-receiver-{number + 1}",
-            daemon=True,
-        )
-        process.start()
+        assert self._reader is not None
+        ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
+        try:
+            process = self._context.Process(
+                target=_receive,
+                args=(self._config, self._listening, theirs, self._stop, os.getpid()),
+                name=f"overread-receiver-{number + 1}",
+                daemon=True,
+            )
+            process.start()
+        except BaseException:
+            ours.close()
+            raise
+        finally:
+            # The child has its own copy: once it is gone, nothing holds the channel
+            # open and the gateway's end reads its end.
+            theirs.close()
+        self._reader.add(ours)
         self._started[number] = time.monotonic()
         return process
 
@@ -266,14 +474,9 @@ class ReceiverProcesses:
 
     def _forward(self) -> None:
         while not self._closing.is_set():
-            try:
-                kind, value = self._events.get(timeout=_WATCH_SECONDS)
-            except queue.Empty:
-                self._watch()
-                continue
-            except (EOFError, OSError):
-                return
-            self._dispatch(kind, value)
+            kind, value = self._next(_WATCH_SECONDS)
+            if kind:
+                self._dispatch(kind, value)
             self._watch()
 
     def stop(self, timeout: float = 10.0) -> None:
@@ -292,21 +495,19 @@ class ReceiverProcesses:
             except ValueError:  # closed already
                 continue
         # The children are gone: forward what they sent before they stopped.
+        if self._reader is not None:
+            self._reader.close(5)
+            self._reader = None
         self._closing.set()
         if self._forwarder is not None:
             self._forwarder.join(5)
             self._forwarder = None
-        if self._events is not None:
-            while True:
-                try:
-                    kind, value = self._events.get(timeout=0.1)
-                except (queue.Empty, EOFError, OSError):
-                    break
-                self._dispatch(kind, value)
-            with contextlib.suppress(Exception):
-                self._events.close()
-            self._events = None
+        while True:
+            kind, value = self._next(0)
+            if not kind:
+                break
+            self._dispatch(kind, value)
         self._processes = []
 
 
-__all__ = ["ReceiverProcesses"]
+__all__ = ["TEAR_ENV", "EventReader", "EventSender", "ReceiverProcesses", "encode_event"]

@@ -64,7 +64,11 @@ from overread.service.config import AllowedPeer, ServiceConfig
 from overread.service.diskspace import InsufficientStorageError
 from overread.service.ingest import Ingestor, IngestOutcome, record_refusal
 from overread.service.qr_scp import FIND_SOP_CLASSES, MOVE_SOP_CLASSES, QueryRetrieveSCP
-from overread.service.store import STALE_INCOMING_SECONDS, IncomingObject
+from overread.service.store import (
+    STALE_INCOMING_SECONDS,
+    STALE_UNVERIFIED_INCOMING_SECONDS,
+    IncomingObject,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -308,6 +312,16 @@ class StorageSCP:
         except OSError as exc:  # every C-STORE will answer 0xA700 until this is fixed
             logger.error("object store %s is not writable: %s", self.ingestor.store.root, exc)
         if self._inherited is None:  # the gateway's own SCP sweeps for the store
+            store = self.ingestor.store
+            if store.network_filesystem:
+                logger.warning(
+                    "object store %s is on a network file system (%s) whose locks may not "
+                    "be shared: a half-received object is removed only once its writer is "
+                    "gone from this host, or after %.0f h unchanged",
+                    store.root,
+                    store.filesystem,
+                    STALE_UNVERIFIED_INCOMING_SECONDS / 3600,
+                )
             self._sweeping.clear()
             sweeper = threading.Thread(target=self._sweep, name="incoming-sweep", daemon=True)
             sweeper.start()

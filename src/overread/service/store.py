@@ -35,7 +35,9 @@ import itertools
 import mmap
 import os
 import queue
+import re
 import shutil
+import socket
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -96,6 +98,76 @@ def _sync_existing(path: Path) -> bool:
 #: changed for this long (a second guard, beside the lock, for file systems whose
 #: locks are not shared between hosts).
 STALE_INCOMING_SECONDS = 3600.0
+
+#: Where the lock cannot be trusted to show a writer at work (a network file system,
+#: whose ``flock`` may be local to each host or emulated) and its writer cannot be
+#: shown gone either (written on another host, or by a process id alive here, which
+#: may have been reused), an incoming file is removed only once it has not changed
+#: for this long: a writer at work changes its file at least every network timeout.
+STALE_UNVERIFIED_INCOMING_SECONDS = 86400.0
+
+#: File system types whose locks may not be shared between the hosts (or even the
+#: processes) using them: ``flock`` is a no-op, local to one client, or emulated.
+NETWORK_FILESYSTEMS = frozenset({"nfs", "nfs4", "cifs", "smb3", "smbfs", "9p", "fuse", "fuseblk"})
+
+
+def _unescape_mount(field: str) -> str:
+    """A field of the mounts table, its octal escapes (``\\040`` for a space) decoded."""
+    return re.sub(r"\\([0-7]{3})", lambda m: chr(int(m.group(1), 8)), field)
+
+
+def filesystem_type(path: Path, mounts: str | None = None) -> str:
+    """The type of the file system ``path`` is on, as the mounts table names it
+    (``ext4``, ``nfs4``, ``fuse.sshfs``...); ``""`` if the table cannot be read.
+
+    ``mounts`` is the text of ``/proc/self/mounts`` (read when not given): the mount
+    whose point is the longest prefix of ``path`` (resolved) wins.
+    """
+    if mounts is None:
+        try:
+            mounts = Path("/proc/self/mounts").read_text(encoding="utf-8", errors="replace")
+        except OSError:
+            return ""
+    target = os.path.realpath(path)
+    best, kind = -1, ""
+    for line in mounts.splitlines():
+        fields = line.split()
+        if len(fields) < 3:
+            continue
+        point = _unescape_mount(fields[1]).rstrip("/") or "/"
+        inside = target == point or target.startswith(point.rstrip("/") + "/")
+        if inside and len(point) > best:
+            best, kind = len(point), fields[2]
+    return kind
+
+
+def is_network_filesystem(kind: str) -> bool:
+    """Whether file locks on a file system of type ``kind`` may not be shared."""
+    return kind in NETWORK_FILESYSTEMS or kind.startswith("fuse.")
+
+
+def _writer_tag() -> str:
+    """Who writes an incoming file, in its name: the host and PID namespace (a
+    process id is only meaningful within both)."""
+    host = re.sub(r"[^A-Za-z0-9.-]", "_", socket.gethostname()) or "host"
+    try:
+        namespace = os.stat("/proc/self/ns/pid").st_ino
+    except OSError:
+        namespace = 0
+    return f"{host}+{namespace}"
+
+
+_OWNER = re.compile(r"^\.tmp-(\d+)-\d+-\d+@(.+)$")
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except OSError:  # not ours to signal: it exists
+        return True
+    return True
 
 
 class IncomingObject:
@@ -276,6 +348,10 @@ class ObjectStore:
         self.root = Path(root)
         self.fsync = fsync
         self.root.mkdir(parents=True, exist_ok=True)
+        #: The file system the store is on, and whether its locks may not be shared.
+        self.filesystem = filesystem_type(self.root)
+        self.network_filesystem = is_network_filesystem(self.filesystem)
+        self._writer = _writer_tag()
         self._names = itertools.count()
         self._prepared = False
         self._lock = threading.Lock()
@@ -305,13 +381,22 @@ class ObjectStore:
             (self.root / INCOMING_DIR).mkdir(exist_ok=True)
             self._prepared = True
 
-    def remove_stale_incoming(self, *, older_than: float = STALE_INCOMING_SECONDS) -> int:
+    def remove_stale_incoming(
+        self,
+        *,
+        older_than: float = STALE_INCOMING_SECONDS,
+        unverified_older_than: float = STALE_UNVERIFIED_INCOMING_SECONDS,
+    ) -> int:
         """Remove objects left half-received by a writer that is gone; return how many.
 
         A file is abandoned when nobody holds its lock (every
         :class:`IncomingObject` holds it until closed, whichever process or host
-        wrote it) and it has not changed for ``older_than`` seconds. A receiver
-        calls this when it starts, never a writer on each object.
+        wrote it) and it has not changed for ``older_than`` seconds. Its name says
+        which process on which host wrote it: a writer still running here, or, on a
+        network file system (whose lock may not show a writer on another host, see
+        :data:`NETWORK_FILESYSTEMS`), a writer that cannot be shown gone, has its
+        file removed only once unchanged for ``unverified_older_than`` seconds. A
+        receiver calls this when it starts, never a writer on each object.
         """
         self.prepare()
         removed = 0
@@ -319,6 +404,16 @@ class ObjectStore:
         for entry in os.scandir(self.root / INCOMING_DIR):
             if not entry.name.startswith(".tmp-"):
                 continue
+            owner = _OWNER.match(entry.name)
+            here = owner is not None and owner.group(2) == self._writer
+            # Shown gone: written here by a process that is no more, or anywhere when
+            # the lock is to be trusted (a local file system: nobody else writes).
+            gone = (
+                not _pid_alive(int(owner.group(1)))
+                if here and owner is not None
+                else not self.network_filesystem
+            )
+            bound = older_than if gone else max(older_than, unverified_older_than)
             try:
                 # Read-write: where flock is emulated by POSIX locks (NFS), an
                 # exclusive lock needs a descriptor open for writing.
@@ -327,7 +422,7 @@ class ObjectStore:
                 continue
             try:
                 fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-                if now - os.fstat(fd).st_mtime > older_than:
+                if now - os.fstat(fd).st_mtime > bound:
                     os.unlink(entry.path)  # under the lock: no writer can hold it
                     removed += 1
             except OSError:
@@ -346,7 +441,7 @@ class ObjectStore:
         """
         if not self._prepared:
             self.prepare()
-        name = f".tmp-{os.getpid()}-{threading.get_ident()}-{next(self._names)}"
+        name = f".tmp-{os.getpid()}-{threading.get_ident()}-{next(self._names)}@{self._writer}"
         return IncomingObject(self.root / INCOMING_DIR / name, sync=self.fsync)
 
     def adopt(self, incoming: IncomingObject) -> StoredObject:
@@ -490,4 +585,11 @@ class ObjectStore:
         return StoredObject(key, digest, len(data), final, created=True)
 
 
-__all__ = ["INCOMING_DIR", "IncomingObject", "ObjectStore", "StoredObject"]
+__all__ = [
+    "INCOMING_DIR",
+    "IncomingObject",
+    "ObjectStore",
+    "StoredObject",
+    "filesystem_type",
+    "is_network_filesystem",
+]
