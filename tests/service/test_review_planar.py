@@ -107,6 +107,24 @@ def test_a_positive_lung_field_decision_releases_the_held_seg(
     wait_until(lambda: len(_received(storescp, SEGMENTATION_STORAGE)) == 1, timeout=120)
 
 
+def test_a_rejected_study_read_by_both_models_sends_nothing(
+    make_service: Callable[..., Gateway], storescp: Storescp, tmp_path: Path
+) -> None:
+    service = make_service(
+        routes=[_held(r) for r in ROUTES],
+        destinations=[f"PACS=PACSAE@127.0.0.1:{storescp.port}"],
+    )
+    uid = _send(service, _film(tmp_path))
+    wait_until(lambda: _states(service) == [("infer", "succeeded")] * 2, timeout=240)
+    reader = api_token(service, "radiologist", username="dr.no")
+    answer = _review_post(service, uid, {"action": "reject", "reason": "wrong patient"}, reader)
+    assert answer.status_code == 200, answer.text
+    assert [o["state"] for o in answer.json()["results"]] == ["rejected", "rejected"]
+    assert [o["exports"] for o in answer.json()["results"]] == [0, 0]
+    assert _states(service) == [("infer", "succeeded")] * 2
+    assert storescp.files() == []
+
+
 def test_a_study_level_edit_applies_each_decision_to_the_result_with_its_label(
     make_service: Callable[..., Gateway], storescp: Storescp, tmp_path: Path
 ) -> None:
