@@ -51,6 +51,9 @@ class AuditAction(enum.StrEnum):
     #: A reviewed or released result was read again (its study grew): the new read
     #: starts unreviewed (held again where its route requires review).
     REVIEW_REOPEN = "review-reopen"
+    #: A reader's correction withdrew a SEG that had been sent: a rejection note (KOS,
+    #: IHE IOCM "Rejected for Quality Reasons") listing it goes to the same destinations.
+    REVIEW_WITHDRAW = "review-withdraw"
     USER_CHANGE = "user-change"
     AUDIT_EXPORT = "audit-export"
     AUDIT_CHECKPOINT = "audit-checkpoint"

@@ -29,7 +29,7 @@ from __future__ import annotations
 import hashlib
 import logging
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import datetime, timedelta
 from enum import StrEnum
 from io import BytesIO
@@ -506,24 +506,26 @@ class ReviewDesk:
             raise ReviewConflictError(
                 f"study {study_instance_uid}: its results were rejected; nothing to review"
             )
+        # A study-level edit: each decision goes to the results that have its label.
+        per_result = _split_decisions(study_instance_uid, targets, request)
         outcomes: list[ReviewOutcome] = []
         # One transaction for every target: a result that cannot take the verdict (a
         # conflict, a stale read) leaves the others as they were, as the error says.
         with self.database.session() as session:
-            for result, review in targets:
-                if request.action is ReviewAction.REJECT:
+            for (result, review), own in zip(targets, per_result, strict=True):
+                if own is None:
+                    continue  # verified already, and the edit is about other findings
+                if own.action is ReviewAction.REJECT:
                     if review is None or review.state != ReviewState.PENDING.value:
                         raise ReviewConflictError(
                             f"study {study_instance_uid}: result {result.id} already went "
                             "out; edit it to send a correction instead"
                         )
-                    outcomes.append(self._reject(result, review, request, reader, session))
+                    outcomes.append(self._reject(result, review, own, reader, session))
                 else:
                     waiting = review is not None and review.state == ReviewState.PENDING.value
                     outcomes.append(
-                        self._verify(
-                            result, review, request, reader, session, correction=not waiting
-                        )
+                        self._verify(result, review, own, reader, session, correction=not waiting)
                     )
         return outcomes
 
@@ -694,6 +696,15 @@ class ReviewDesk:
         new_sr = next(iter(new_srs), None)
         # The PDF report and the overlays state the verification too (rebuilt, new UIDs).
         artifacts = self._verified_documents(result, summary, headers, verification, artifacts)
+        # A radiograph's SEG (a planar package's, with no SR of its own) of a finding the
+        # reader decided negative is not sent (again) either; a SEG that went out and is
+        # withdrawn now is rejected at the destinations by a KOS sent after it.
+        artifacts = self._withdraw_planar_segs(verification, artifacts)
+        rejection = (
+            self._rejection_note(result, reader, verification, artifacts) if correction else None
+        )
+        if rejection is not None:
+            artifacts.append(rejection[0])
         row = session.get(Result, result.id)
         if row is None:
             raise ReviewError(f"result {result.id} no longer exists")
@@ -759,6 +770,22 @@ class ReviewDesk:
                 "exports": exports,
             },
         )
+        if rejection is not None:
+            note, rejected = rejection
+            record_event(
+                session,
+                actor=reader.username,
+                role=reader.role,
+                action=AuditAction.REVIEW_WITHDRAW,
+                object_uids=[result.study_instance_uid, str(note["sop_instance_uid"]), *rejected],
+                details={
+                    "result_id": result.id,
+                    "rejection_note": note["sop_instance_uid"],
+                    "title": "113001 Rejected for Quality Reasons",
+                    "rejected": rejected,
+                    "exports": exports,
+                },
+            )
         logger.info(
             "study %s: result %d %s by %s (%s), %d export(s)",
             result.study_instance_uid,
@@ -950,6 +977,66 @@ class ReviewDesk:
             predecessors=predecessors,
         )
         return self._store_dataset(sr, "SR"), withheld
+
+    def _withdraw_planar_segs(
+        self, verification: Verification, artifacts: Sequence[dict[str, Any]]
+    ) -> list[dict[str, Any]]:
+        """``artifacts`` less each SEG of a planar (radiograph) package that shows a
+        finding the reader decided negative (one of its segments is labelled so). A CT
+        result's SEGs are its SRs' (see :meth:`_verified_volume_sr`) and left as they are."""
+        from overread.service.outputs.volume import SEGMENTATION, reader_withdrawn
+
+        withdrawn = reader_withdrawn(verification.decisions)
+        if not withdrawn or any(a.get("sop_class_uid") == COMPREHENSIVE_3D_SR for a in artifacts):
+            return list(artifacts)
+        kept: list[dict[str, Any]] = []
+        for artifact in artifacts:
+            if artifact.get("sop_class_uid") == SEGMENTATION:
+                header = self._stored_header(artifact)
+                if header is None:
+                    raise ReviewError(
+                        f"the SEG {artifact.get('sop_instance_uid')} cannot be read to withdraw it"
+                    )
+                labels = {str(s.get("SegmentLabel", "")) for s in header.get("SegmentSequence", [])}
+                if any(
+                    label in withdrawn or label.rsplit(" ", 1)[0] in withdrawn for label in labels
+                ):
+                    continue
+            kept.append(artifact)
+        return kept
+
+    def _rejection_note(
+        self,
+        result: Result,
+        reader: Reader,
+        verification: Verification,
+        artifacts: Sequence[Mapping[str, Any]],
+    ) -> tuple[dict[str, Any], list[str]] | None:
+        """For a result that went out: a KOS "Rejected for Quality Reasons" (IHE IOCM)
+        listing its SEGs that the reader's decisions withdrew (in the result before,
+        not in ``artifacts``), stored; with their SOP Instance UIDs. ``None`` when none
+        was withdrawn."""
+        from overread.service.outputs.rejection import build_rejection_note
+        from overread.service.outputs.volume import SEGMENTATION, reader_withdrawn
+
+        now = {a.get("sop_instance_uid") for a in artifacts}
+        gone = [
+            a
+            for a in result.artifacts or []
+            if a.get("sop_class_uid") == SEGMENTATION and a.get("sop_instance_uid") not in now
+        ]
+        if not gone:
+            return None
+        headers = [self._stored_header(a) for a in gone]
+        found = [h for h in headers if h is not None]
+        if len(found) != len(gone):
+            raise ReviewError(f"result {result.id}: a SEG it sent cannot be read to reject it")
+        negative = ", ".join(sorted(reader_withdrawn(verification.decisions)))
+        reason = f"withdrawn: the reader decided {negative or 'the finding'} negative"
+        if verification.note:
+            reason += f" ({verification.note})"
+        note = build_rejection_note(found, reader=verification.observer_name, reason=reason)
+        return self._store_dataset(note, "KO"), [str(a["sop_instance_uid"]) for a in gone]
 
     def _store_dataset(self, dataset: Dataset, modality: str) -> dict[str, Any]:
         buffer = BytesIO()
@@ -1290,6 +1377,45 @@ def _stale(results: Sequence[tuple[Result, ResultReview | None]], seen: Mapping[
             + " read again or reviewed by someone else since"
         )
     return "; ".join(why)
+
+
+def _split_decisions(
+    study_instance_uid: str,
+    targets: Sequence[tuple[Result, ResultReview | None]],
+    request: ReviewRequest,
+) -> list[ReviewRequest | None]:
+    """What a study-level request asks of each of its results (``None``: nothing).
+
+    An edit's decisions go each to the results that have a finding of that label (a
+    study read by the classifier and a segmentation package has its labels split
+    between two results); a label that no result of the study has is refused. A held
+    result the edit does not concern is accepted as it is (with the reader's note); a
+    result already verified that it does not concern is left as it is, and one sent
+    unverified is too (a correction of one model's finding does not verify another's).
+    """
+    if not request.decisions:
+        return [request] * len(targets)
+    labels = [
+        {f.label for _, p in ResultSummary.from_dict(r.summary or {}).usable() for f in p.findings}
+        for r, _ in targets
+    ]
+    known = set().union(*labels)
+    unknown = sorted(set(request.decisions) - known)
+    if unknown:
+        raise ReviewError(
+            f"study {study_instance_uid} has no finding {', '.join(map(repr, unknown))} "
+            f"(its results have: {', '.join(sorted(known)) or 'none'})"
+        )
+    split: list[ReviewRequest | None] = []
+    for (_, review), own_labels in zip(targets, labels, strict=True):
+        own = {k: v for k, v in request.decisions.items() if k in own_labels}
+        if own:
+            split.append(replace(request, decisions=own))
+        elif review is not None and review.state == ReviewState.PENDING.value:
+            split.append(replace(request, action=ReviewAction.ACCEPT, decisions={}))
+        else:
+            split.append(None)
+    return split
 
 
 def _study_decisions(summary: ResultSummary) -> dict[str, Decision]:
