@@ -57,6 +57,7 @@ from overread.harness.gateway import Gateway as RunningGateway
 from overread.harness.gateway import loopback_config
 from overread.harness.gateway import running_gateway as running_loopback_gateway
 from overread.imaging import read_dataset
+from overread.service.config import ServiceConfig
 
 Progress = Callable[[str, int, int], None]
 
@@ -77,6 +78,9 @@ STAGES = (
 #: How many of the slowest studies ``stage_breakdown`` lists with their stages.
 SLOWEST = 5
 
+#: Worker threads of the latency runs: the service's default.
+DEFAULT_WORKERS: int = ServiceConfig.model_fields["workers"].default
+
 
 @dataclass(frozen=True)
 class E2EOptions:
@@ -94,7 +98,9 @@ class E2EOptions:
         ``embedded`` (SQLite, worker threads) and/or ``celery`` (PostgreSQL, worker
         processes woken over RabbitMQ).
     latency_workers
-        Workers during the latency runs (1: one CXR at a time).
+        Workers during the latency runs: the service's default (two worker threads),
+        so a study arriving while another is read is taken at once; 1 times one
+        CXR at a time (the setting of the runs before 2026-12-05 11:00 UTC).
     arrival
         ``poisson`` (exponential gaps) or ``fixed`` (even gaps).
     sizes
@@ -111,7 +117,7 @@ class E2EOptions:
     rates: tuple[float, ...] = (0.5, 1.0, 2.0)
     workers: tuple[int, ...] = (1, 2, 4)
     backends: tuple[str, ...] = ("embedded",)
-    latency_workers: int = 1
+    latency_workers: int = DEFAULT_WORKERS
     arrival: str = "poisson"
     sizes: tuple[int, ...] = (2000, 2500, 3000)
     stable_wait_s: float = 2.0
@@ -132,6 +138,8 @@ class E2EOptions:
             raise ConfigError("bench e2e: --rates must be positive studies per second")
         if not self.workers or min(self.workers) < 1 or max(self.workers) > 16:
             raise ConfigError("bench e2e: --workers must be between 1 and 16")
+        if not 1 <= self.latency_workers <= 16:
+            raise ConfigError("bench e2e: --latency-workers must be between 1 and 16")
         for backend in self.backends:
             if backend not in ("embedded", "celery"):
                 raise ConfigError(f"bench e2e: --backend {backend!r} is not embedded or celery")
