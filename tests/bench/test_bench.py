@@ -150,7 +150,7 @@ def test_bench_e2e_cli_reports_latency_stages_and_ratios(run_cli: RunCli) -> Non
     assert result["ingest_ratio_vs_dcmtk"] > 0
     latency = result["latency"][0]
     assert latency["completed"] == latency["sent"] == 2 and latency["failed"] == 0
-    assert latency["workers"] == 2  # the service's default worker threads
+    assert latency["workers"] == 1  # one study at a time unless --latency-workers says more
     stages = latency["stages"]
     assert stages["studies"] == 2
     assert sum(stages["mean_s"].values()) == pytest.approx(stages["mean_total_s"], rel=0.05)

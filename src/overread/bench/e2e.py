@@ -57,7 +57,6 @@ from overread.harness.gateway import Gateway as RunningGateway
 from overread.harness.gateway import loopback_config
 from overread.harness.gateway import running_gateway as running_loopback_gateway
 from overread.imaging import read_dataset
-from overread.service.config import ServiceConfig
 
 Progress = Callable[[str, int, int], None]
 
@@ -78,9 +77,6 @@ STAGES = (
 #: How many of the slowest studies ``stage_breakdown`` lists with their stages.
 SLOWEST = 5
 
-#: Worker threads of the latency runs: the service's default.
-DEFAULT_WORKERS: int = ServiceConfig.model_fields["workers"].default
-
 
 @dataclass(frozen=True)
 class E2EOptions:
@@ -98,9 +94,8 @@ class E2EOptions:
         ``embedded`` (SQLite, worker threads) and/or ``celery`` (PostgreSQL, worker
         processes woken over RabbitMQ).
     latency_workers
-        Workers during the latency runs: the service's default (two worker threads),
-        so a study arriving while another is read is taken at once; 1 times one
-        CXR at a time (the setting of the runs before 2026-12-05 11:00 UTC).
+        Workers during the latency runs (1: one CXR at a time; the service's default
+        is 2).
     arrival
         ``poisson`` (exponential gaps) or ``fixed`` (even gaps).
     sizes
@@ -117,7 +112,7 @@ class E2EOptions:
     rates: tuple[float, ...] = (0.5, 1.0, 2.0)
     workers: tuple[int, ...] = (1, 2, 4)
     backends: tuple[str, ...] = ("embedded",)
-    latency_workers: int = DEFAULT_WORKERS
+    latency_workers: int = 1
     arrival: str = "poisson"
     sizes: tuple[int, ...] = (2000, 2500, 3000)
     stable_wait_s: float = 2.0

@@ -372,11 +372,11 @@ def bench_e2e(
     rates: str = typer.Option("0.5,1,2", "--rates", help="Arrival rates, studies/s (comma list)."),
     workers: str = typer.Option("1,2,4", "--workers", help="Worker counts at saturation."),
     latency_workers: int = typer.Option(
-        2,
+        1,
         "--latency-workers",
         min=1,
         max=16,
-        help="Workers in the latency runs (the service's default 2).",
+        help="Workers in the latency runs (1: one study at a time; the service's default is 2).",
     ),
     backend: str = typer.Option(
         "embedded", "--backend", help="embedded (SQLite), celery (PostgreSQL+RabbitMQ), or both."
