@@ -122,6 +122,8 @@ def test_bench_cli_refuses_bad_lists(run_cli: RunCli) -> None:
     assert status == 2 and "--sizes" in err
     status, _, err = run_cli("bench", "e2e", "--rates", "0", "--json")
     assert status == 2 and "--rates" in err
+    status, _, err = run_cli("bench", "e2e", "--latency-workers", "0", "--json")
+    assert status == 2 and "--latency-workers" in err
 
 
 @pytest.mark.slow
@@ -148,6 +150,7 @@ def test_bench_e2e_cli_reports_latency_stages_and_ratios(run_cli: RunCli) -> Non
     assert result["ingest_ratio_vs_dcmtk"] > 0
     latency = result["latency"][0]
     assert latency["completed"] == latency["sent"] == 2 and latency["failed"] == 0
+    assert latency["workers"] == 1  # one study at a time unless --latency-workers says more
     stages = latency["stages"]
     assert stages["studies"] == 2
     assert sum(stages["mean_s"].values()) == pytest.approx(stages["mean_total_s"], rel=0.05)

@@ -98,3 +98,33 @@ def test_models_cli(
     assert status == 0
     status, _, err = run_cli("models", "show", "nothing-like-this")
     assert status == 2 and "no model package" in err
+
+
+def test_manifests_are_parsed_again_only_when_they_change(
+    make_package: Callable[..., Path], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import os
+
+    from overread.models import registry as registry_module
+
+    root = tmp_path / "registry"
+    registry = Registry(root, include_bundled=False)
+    registry.import_package(make_package("v1", version="1.0.0"))
+    parsed: list[Path] = []
+    real = registry_module._parse_manifest
+
+    def counting(path: Path) -> object:
+        parsed.append(path)
+        return real(path)
+
+    monkeypatch.setattr(registry_module, "_parse_manifest", counting)
+    first = registry.load("tiny-cxr")
+    second = registry.load("tiny-cxr")
+    assert second is first and second.sha256 == first.manifest.content_sha256()
+    assert len(parsed) <= 1  # at most the first look; the second is served from the cache
+    count = len(parsed)
+    manifest = root / "tiny-cxr" / "1.0.0" / "manifest.json"
+    stamp = manifest.stat().st_mtime_ns
+    os.utime(manifest, ns=(stamp + 10**9, stamp + 10**9))  # rewritten: read again
+    assert registry.load("tiny-cxr").version == "1.0.0"
+    assert len(parsed) > count and parsed[-1] == manifest.parent

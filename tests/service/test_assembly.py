@@ -103,3 +103,55 @@ def test_a_study_completed_but_never_routed_is_recovered(
     assert _states(queue) == ["queued"]
     with assembler.database.session() as session:
         assert session.scalar(select(Job.route)) == "chest-xray"
+
+
+def test_completion_marks_complete_queues_and_routes_in_one_transaction(
+    parts: tuple[StudyAssembler, Ingestor, JobQueue],
+    dx_factory: Callable[..., Path],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    assembler, ingestor, queue = parts
+    study = generate_uid()
+    ingestor.ingest_file(dx_factory(study_uid=study))
+    opened = 0
+    session = assembler.database.session
+
+    def counting() -> object:
+        nonlocal opened
+        opened += 1
+        return session()
+
+    monkeypatch.setattr(assembler.database, "session", counting)
+    planned = assembler._plan_jobs(study)  # reads only
+    reads = opened
+    [job_id] = assembler.complete_study(study, reason="association-released")
+    # The same reads to plan, then one transaction marks, queues and routes.
+    assert opened == reads + reads + 1
+    monkeypatch.undo()
+    assert planned and _states(queue) == ["queued"]
+    with assembler.database.session() as session_:
+        row = session_.scalars(select(Study)).one()
+        assert row.state == StudyState.ROUTED.value
+        assert row.complete_reason == "association-released" and row.completed_at is not None
+    assert assembler.complete_study(study) == []  # routed already: nothing is written
+    assert [j.id for j in queue.list()] == [job_id]
+
+
+def test_a_study_completed_elsewhere_meanwhile_is_not_routed_twice(
+    parts: tuple[StudyAssembler, Ingestor, JobQueue], dx_factory: Callable[..., Path]
+) -> None:
+    assembler, ingestor, queue = parts
+    study = generate_uid()
+    ingestor.ingest_file(dx_factory(study_uid=study))
+    plan = assembler._plan_jobs
+
+    def racing(uid: str) -> list[dict[str, object]]:
+        planned = plan(uid)
+        # The stable-age sweep completes the study while this completion plans.
+        with assembler.database.session() as session:
+            session.execute(update(Study).values(state=StudyState.ROUTED.value))
+        return planned
+
+    assembler._plan_jobs = racing  # type: ignore[method-assign]
+    assert assembler.complete_study(study) == []
+    assert queue.list() == []

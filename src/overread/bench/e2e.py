@@ -94,7 +94,8 @@ class E2EOptions:
         ``embedded`` (SQLite, worker threads) and/or ``celery`` (PostgreSQL, worker
         processes woken over RabbitMQ).
     latency_workers
-        Workers during the latency runs (1: one CXR at a time).
+        Workers during the latency runs (1: one CXR at a time; the service's default
+        is 2).
     arrival
         ``poisson`` (exponential gaps) or ``fixed`` (even gaps).
     sizes
@@ -132,6 +133,8 @@ class E2EOptions:
             raise ConfigError("bench e2e: --rates must be positive studies per second")
         if not self.workers or min(self.workers) < 1 or max(self.workers) > 16:
             raise ConfigError("bench e2e: --workers must be between 1 and 16")
+        if not 1 <= self.latency_workers <= 16:
+            raise ConfigError("bench e2e: --latency-workers must be between 1 and 16")
         for backend in self.backends:
             if backend not in ("embedded", "celery"):
                 raise ConfigError(f"bench e2e: --backend {backend!r} is not embedded or celery")

@@ -371,6 +371,13 @@ def bench_e2e(
     studies: int = typer.Option(30, "--studies", min=1, help="Timed studies per rate and per run."),
     rates: str = typer.Option("0.5,1,2", "--rates", help="Arrival rates, studies/s (comma list)."),
     workers: str = typer.Option("1,2,4", "--workers", help="Worker counts at saturation."),
+    latency_workers: int = typer.Option(
+        1,
+        "--latency-workers",
+        min=1,
+        max=16,
+        help="Workers in the latency runs (1: one study at a time; the service's default is 2).",
+    ),
     backend: str = typer.Option(
         "embedded", "--backend", help="embedded (SQLite), celery (PostgreSQL+RabbitMQ), or both."
     ),
@@ -393,6 +400,7 @@ def bench_e2e(
         studies=studies,
         rates=_floats(rates, "--rates"),
         workers=_ints(workers, "--workers"),
+        latency_workers=latency_workers,
         backends=backends,
         arrival=arrival,
         sizes=_ints(sizes, "--sizes"),

@@ -792,7 +792,8 @@ def open_pipeline(
         name = name or settings.default_model
     package = registry.load(name or "")
     if not package.manifest.is_volumetric:  # a classifier (or a package that says why not)
-        return Pipeline.from_name(name, registry=registry, threads=threads, **options)  # type: ignore[arg-type]
+        # By the package's path: the reference is resolved once per call, not twice.
+        return Pipeline.from_name(str(package.path), registry=registry, threads=threads, **options)  # type: ignore[arg-type]
     device = str(options.get("device") or configured_inference().device)
     key = (str(package.path), package.sha256, threads, device)
     with _CACHE_LOCK:

@@ -9,6 +9,7 @@ byte for byte what is served; any mismatch refuses the package with the reason.
 from __future__ import annotations
 
 import atexit
+import functools
 import hashlib
 import json
 import logging
@@ -90,9 +91,10 @@ class ModelPackage:
         """The model's version string."""
         return self.manifest.version
 
-    @property
+    @functools.cached_property
     def sha256(self) -> str:
-        """The hash of the canonical manifest, which covers every file's hash."""
+        """The hash of the canonical manifest, which covers every file's hash (computed
+        once: the manifest is immutable)."""
         return self.manifest.content_sha256()
 
     @property

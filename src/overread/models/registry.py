@@ -98,6 +98,7 @@ class Registry:
         self._aliases: dict[str, str] = {}
         self._history: dict[str, list[str]] = {}
         self._loaded: dict[tuple[Path, str], ModelPackage] = {}
+        self._manifests: dict[Path, tuple[int, Manifest]] = {}
 
     @classmethod
     def from_settings(cls, settings: Settings | None = None) -> Registry:
@@ -125,7 +126,7 @@ class Registry:
                 if any(part.startswith(".") for part in manifest_path.relative_to(base).parts):
                     continue  # a package being written or imported right now
                 try:
-                    manifest = _parse_manifest(manifest_path.parent)
+                    manifest = self._manifest(manifest_path)
                 except ModelPackageError as exc:
                     logger.warning("skipping %s", exc)
                     continue
@@ -140,6 +141,24 @@ class Registry:
                     )
                 )
         return found
+
+    def _manifest(self, manifest_path: Path) -> Manifest:
+        """The parsed manifest at ``manifest_path``, parsed again only when the file's
+        modification time changes (a worker resolves its model once per study)."""
+        try:
+            stamp = manifest_path.stat().st_mtime_ns
+        except OSError:
+            stamp = None
+        if stamp is not None:
+            with self._lock:
+                cached = self._manifests.get(manifest_path)
+            if cached is not None and cached[0] == stamp:
+                return cached[1]
+        manifest = _parse_manifest(manifest_path.parent)
+        if stamp is not None:
+            with self._lock:
+                self._manifests[manifest_path] = (stamp, manifest)
+        return manifest
 
     def _find(self, name: str, version: str | None) -> PackageEntry:
         candidates = [e for e in self.entries() if e.name == name]

@@ -18,7 +18,7 @@ from __future__ import annotations
 import logging
 import threading
 from collections.abc import Callable, Iterable
-from datetime import timedelta
+from datetime import datetime, timedelta
 from typing import Any
 
 from sqlalchemy import delete, select, update
@@ -100,21 +100,18 @@ class StudyAssembler:
         """Mark a receiving study complete and queue its jobs; return the job ids.
 
         A study that is not receiving (unknown, or already completed) returns ``[]``.
+        Marking it complete, queueing its jobs and marking it routed are one
+        transaction (one write lock and one commit on the path from the last image
+        to the job); the jobs are planned before it, outside any transaction.
         """
-        now = utcnow()
-        with self.database.session() as session:
-            won = session.execute(
-                update(Study)
-                .where(
-                    Study.study_instance_uid == study_instance_uid,
-                    Study.state == StudyState.RECEIVING.value,
-                )
-                .values(state=StudyState.COMPLETE.value, completed_at=now, complete_reason=reason)
-                .execution_options(synchronize_session=False)
-            )
-            if won.rowcount != 1:  # type: ignore[attr-defined]
-                return []
-        return self._route(study_instance_uid, reason)
+        planned = self._plan_jobs(study_instance_uid)
+        job_ids = self._commit_with_retries(
+            study_instance_uid, planned, completing=(utcnow(), reason)
+        )
+        if job_ids is None:
+            return []
+        self._log_routed(study_instance_uid, reason, planned, job_ids)
+        return job_ids
 
     def _plan_jobs(self, study_instance_uid: str) -> list[dict[str, Any]]:
         """The infer jobs the study's instances call for, as ``enqueue`` arguments.
@@ -184,15 +181,30 @@ class StudyAssembler:
         ``queued``; announced jobs the complete study no longer matches are dropped.
         """
         planned = self._plan_jobs(study_instance_uid)
+        job_ids = self._commit_with_retries(study_instance_uid, planned) or []
+        self._log_routed(study_instance_uid, reason, planned, job_ids)
+        return job_ids
+
+    def _commit_with_retries(
+        self,
+        study_instance_uid: str,
+        planned: list[dict[str, Any]],
+        completing: tuple[datetime, str] | None = None,
+    ) -> list[int] | None:
         for attempt in range(3):
             try:
-                job_ids = self._commit_route(study_instance_uid, planned)
-                break
+                return self._commit_route(study_instance_uid, planned, completing)
             except IntegrityError:
                 # The sweep announced the same jobs concurrently: they exist now and
                 # the next attempt promotes them.
                 if attempt == 2:
                     raise
+        raise AssertionError("unreachable")  # pragma: no cover
+
+    @staticmethod
+    def _log_routed(
+        study_instance_uid: str, reason: str, planned: list[dict[str, Any]], job_ids: list[int]
+    ) -> None:
         models = [str(p["payload"].get("model") or p["payload"]["alias"]) for p in planned]
         if models:
             logger.info(
@@ -204,18 +216,43 @@ class StudyAssembler:
             )
         else:
             logger.info("study %s complete (%s): no route matches", study_instance_uid, reason)
-        return job_ids
 
-    def _commit_route(self, study_instance_uid: str, planned: list[dict[str, Any]]) -> list[int]:
+    def _commit_route(
+        self,
+        study_instance_uid: str,
+        planned: list[dict[str, Any]],
+        completing: tuple[datetime, str] | None = None,
+    ) -> list[int] | None:
+        """Mark the study routed and queue ``planned``; with ``completing`` (when and
+        why), only a study still receiving, which is marked complete in the same
+        statement (``None``: it was not receiving, nothing was written)."""
         with self.database.session() as session:
             # The study row first: an infer job finishing now locks it too, so of the
             # two one sees the other (see InferenceHandler._completed_again).
-            session.execute(
-                update(Study)
-                .where(Study.study_instance_uid == study_instance_uid)
-                .values(state=StudyState.ROUTED.value)
-                .execution_options(synchronize_session=False)
-            )
+            if completing is None:
+                session.execute(
+                    update(Study)
+                    .where(Study.study_instance_uid == study_instance_uid)
+                    .values(state=StudyState.ROUTED.value)
+                    .execution_options(synchronize_session=False)
+                )
+            else:
+                completed_at, reason = completing
+                won = session.execute(
+                    update(Study)
+                    .where(
+                        Study.study_instance_uid == study_instance_uid,
+                        Study.state == StudyState.RECEIVING.value,
+                    )
+                    .values(
+                        state=StudyState.ROUTED.value,
+                        completed_at=completed_at,
+                        complete_reason=reason,
+                    )
+                    .execution_options(synchronize_session=False)
+                )
+                if won.rowcount != 1:  # type: ignore[attr-defined]
+                    return None
             job_ids = []
             for p in planned:
                 job_id, created = self.queue.enqueue(session, state=JobState.QUEUED, **p)
