@@ -88,7 +88,9 @@ def test_a_failed_first_send_is_retried_from_the_queue(
     def export_failed() -> bool:
         with service.database.session() as session:
             job = session.scalar(select(Job).where(Job.kind == JobKind.EXPORT.value))
-            return job is not None and job.attempts >= 1 and job.state in ("failed", "running")
+            # An attempt that failed records its error; "running" alone may be a first
+            # attempt that has not connected yet, and would find the late PACS up.
+            return job is not None and job.attempts >= 1 and job.error is not None
 
     wait_until(export_failed, timeout=60)
     pacs = Storescp(tmp_path / "late-pacs", port=port)
