@@ -152,9 +152,73 @@ def test_a_ct_image_is_outside_the_planar_packages_use(trained: Any, tmp_path: P
     ds.Modality = "CT"
     ds.save_as(source)
     [output] = PlanarPipeline(load_package(trained.package)).predict_series([source])
-    assert not output.prediction.ok and "outside the model's intended use" in str(
-        output.prediction.error
+    prediction = output.prediction
+    assert not prediction.ok and output.label_map is None
+    assert prediction.error == "not analysed: modality CT is not accepted (accepts CR, DX)"
+    assert prediction.gate is not None and prediction.gate.refused
+
+
+def _with_header(source: Path, **values: str) -> Path:
+    ds = pydicom.dcmread(source)
+    for keyword, value in values.items():
+        if value:
+            setattr(ds, keyword, value)
+        elif keyword in ds:
+            delattr(ds, keyword)
+    ds.save_as(source)
+    return source
+
+
+def test_the_input_gate_refuses_a_body_part_outside_intended_use(tmp_path: Path) -> None:
+    """The classifiers' header rules, not only the modality: a DX of a hand is not
+    analysed (no mask, no finding), with the gate's reason, as for the classifier."""
+    source = _with_header(
+        _phantom(tmp_path / "cohort", 96, 96, seed=23), Modality="DX", BodyPartExamined="HAND"
     )
+    pipeline = open_pipeline("cxr-lung-seg")
+    assert isinstance(pipeline, PlanarPipeline)
+    [output] = pipeline.predict_series([source])
+    prediction = output.prediction
+    assert not prediction.ok and output.label_map is None and prediction.findings == []
+    assert prediction.error == "not analysed: body part HAND is not accepted (accepts CHEST)"
+    assert prediction.gate is not None and prediction.gate.refused
+    assert prediction.gate.reasons == ("body part HAND is not accepted (accepts CHEST)",)
+    # Its header is kept: the result says which image was refused.
+    assert prediction.metadata is not None
+    assert prediction.metadata.sop_instance_uid == pydicom.dcmread(source).SOPInstanceUID
+    # The service's interface says the same.
+    [same] = pipeline.predict([source])
+    assert same.error == prediction.error and same.gate == prediction.gate
+
+    # A reader's "analyse anyway": analysed, marked outside the intended use.
+    [forced] = pipeline.predict_series([source], override_gate=True)
+    assert forced.prediction.ok and forced.label_map is not None
+    assert forced.prediction.outside_intended_use
+    assert forced.prediction.gate is not None and forced.prediction.gate.overridden
+    assert not forced.prediction.gate.refused
+
+
+def test_a_header_without_modality_or_body_part_is_flagged_not_passed(tmp_path: Path) -> None:
+    """A missing value the package checks is not taken as accepted: with no pixel
+    check to decide it, the image is analysed and flagged with the reason."""
+    source = _with_header(
+        _phantom(tmp_path / "cohort", 96, 96, seed=24), Modality="", BodyPartExamined=""
+    )
+    [output] = open_pipeline("cxr-lung-seg").predict_series([source])
+    prediction = output.prediction
+    assert prediction.ok and output.label_map is not None
+    assert prediction.gate is not None and prediction.gate.status == "flag"
+    assert "modality, body part not in the header" in prediction.gate.reason
+    assert any("not in the header" in w for w in prediction.warnings)
+
+
+def test_a_chest_radiograph_passes_the_gate(tmp_path: Path) -> None:
+    source = _with_header(
+        _phantom(tmp_path / "cohort", 96, 96, seed=25), Modality="DX", BodyPartExamined="CHEST"
+    )
+    [output] = open_pipeline("cxr-lung-seg").predict_series([source])
+    assert output.prediction.ok and output.prediction.gate is not None
+    assert output.prediction.gate.status == "pass" and output.prediction.gate.reasons == ()
 
 
 def test_evaluate_reports_dice_hd95_nsd_with_patient_level_intervals(

@@ -88,6 +88,23 @@ def match_site(
     return SiteMatch(source=chosen, value=value, site=site)
 
 
+def ambiguous_values(sites: Mapping[str, str]) -> str | None:
+    """Why ``sites`` cannot be used, in one line, or ``None``: two of its source values
+    that compare equal (:func:`site_key`) but name different sites, which the lookup
+    could only settle by order."""
+    seen: dict[str, tuple[str, str]] = {}
+    for value, site in sites.items():
+        key = site_key(value)
+        if key in seen and site_key(seen[key][1]) != site_key(site):
+            first, other = seen[key]
+            return (
+                f"sites {first!r} and {value!r} are the same value (case and spaces are "
+                f"ignored) but name different sites, {other!r} and {site!r}; keep one"
+            )
+        seen.setdefault(key, (value, site))
+    return None
+
+
 def mapped_sites(sites: Mapping[str, str]) -> list[str]:
     """The site names a mapping can give, sorted (each once)."""
     found: dict[str, str] = {}
@@ -108,6 +125,7 @@ def unmapped_values(matches: Iterable[SiteMatch]) -> list[str]:
 __all__ = [
     "SiteMatch",
     "SiteSource",
+    "ambiguous_values",
     "mapped_sites",
     "match_site",
     "site_key",

@@ -30,13 +30,15 @@ import torch.nn.functional as F
 from scipy import ndimage
 
 from overread.errors import InferenceError, ModelPackageError, OverreadError
+from overread.imaging import ImageMetadata
 from overread.imaging.series import Volume
 from overread.imaging.transforms import Letterbox, Resize, build_chain
+from overread.inference.gate import REFUSE, InputGate, check_header
 from overread.inference.result import ModelRef, Prediction
 from overread.inference.volume import VolumeOutput, failed_output
 from overread.models.manifest import VolumeSpec
 from overread.models.package import ModelPackage
-from overread.results import Decision, FindingResult
+from overread.results import Decision, FindingResult, GateVerdict
 
 
 def lung_field(mask: npt.NDArray[np.bool_]) -> npt.NDArray[np.bool_]:
@@ -82,6 +84,9 @@ class PlanarPipeline:
         self._resize = next((t for t in self.chain if isinstance(t, Resize)), None)
         self.network = package.build_network()
         self.network.eval()
+        # The classifiers' input gate: the manifest's header rules (modality, body
+        # part, view, SOP class, age) and its pixel check where the package has one.
+        self.gate = InputGate.of(package)
         self.threads = threads
         self._lock = threading.Lock()
         self.model = ModelRef(
@@ -105,8 +110,14 @@ class PlanarPipeline:
             logits = self.network(tensor)[0].numpy()
         return np.asarray(1.0 / (1.0 + np.exp(-logits)), dtype=np.float32)
 
-    def run_image(self, path: str | Path) -> VolumeOutput:
-        """Analyse one image file (see the module)."""
+    def run_image(self, path: str | Path, *, override_gate: bool = False) -> VolumeOutput:
+        """Analyse one image file (see the module).
+
+        The input gate decides first, as for the classifiers
+        (:meth:`overread.inference.pipeline.Pipeline.admit`): its verdict is kept in
+        ``prediction.gate``; an image it refuses is not analysed (``ok`` false, the
+        error ``not analysed: REASON``, no mask) unless ``override_gate``, when it is
+        analysed and marked outside the intended use."""
         manifest = self.package.manifest
         prediction = Prediction(
             path=str(path), ok=False, model=self.model, task=manifest.task.value
@@ -116,18 +127,35 @@ class PlanarPipeline:
         meta = run.source
         prediction.metadata = meta
         prediction.warnings.extend(run.processed.warnings)
-        accepts = manifest.accepts.modalities
-        modality = (meta.modality or "").upper()
-        if accepts and modality and modality not in {m.upper() for m in accepts}:
-            raise InferenceError(
-                f"modality {modality} is outside the model's intended use ({', '.join(accepts)})"
-            )
         x = np.asarray(run.processed.pixels, dtype=np.float32)
         size = manifest.input.size
         if x.shape != (size, size):
             raise InferenceError(
                 f"preprocessing gave pixels of shape {x.shape}, the model needs ({size}, {size})"
             )
+        rows, cols = run.source_shape
+        box = (
+            self._resize.geometry(rows, cols)
+            if self._resize is not None
+            else Letterbox(size / rows, size / cols, size, size, 0, 0)
+        )
+        gated = time.perf_counter()
+        header = check_header(meta, self.gate.accepts, self.gate.spec)
+        channels = manifest.input.channels
+        [verdict] = self.gate.verdicts([header], np.repeat(x[None, None], channels, axis=1), [box])
+        prediction.timings["gate"] = time.perf_counter() - gated
+        if header.missing and verdict.status != REFUSE:
+            prediction.warnings.append(
+                f"{', '.join(header.missing)} not in the header: decided by the image"
+            )
+        if verdict.status == REFUSE:
+            if not override_gate:
+                prediction.gate = verdict
+                prediction.error = f"not analysed: {verdict.reason}"
+                return self._refused(prediction)
+            verdict = GateVerdict(verdict.status, verdict.reasons, verdict.ood_score, True)
+            prediction.outside_intended_use = True
+        prediction.gate = verdict
         read = time.perf_counter()
         probabilities = self._probabilities(x)
         inferred = time.perf_counter()
@@ -139,12 +167,6 @@ class PlanarPipeline:
             holes = kept & (probabilities[index] < thresholds[index])
             probabilities[index] = np.where(near, probabilities[index], 0.0)
             probabilities[index][holes] = 1.0
-        rows, cols = run.source_shape
-        box = (
-            self._resize.geometry(rows, cols)
-            if self._resize is not None
-            else Letterbox(size / rows, size / cols, size, size, 0, 0)
-        )
         source = to_source_grid(probabilities, box, (rows, cols))
         label_map = np.zeros((1, rows, cols), dtype=np.uint8)
         findings = []
@@ -189,19 +211,40 @@ class PlanarPipeline:
         labels = {i + 1: label for i, label in enumerate(self.labels)}
         return VolumeOutput(prediction, volume, label_map, labels, source_paths=[str(path)])
 
-    def predict_series(self, paths: Sequence[str | Path]) -> list[VolumeOutput]:
+    def predict_series(
+        self, paths: Sequence[str | Path], *, override_gate: bool = False
+    ) -> list[VolumeOutput]:
         """One output per image (a projection series is a set of images, each its own
-        plane); an image that cannot be read or is refused gives ``ok`` false and why."""
+        plane); an image that cannot be read or is refused gives ``ok`` false and why,
+        and the input gate's refusal (as the classifiers' unreadable images get)."""
         outputs = []
         for path in paths:
             try:
-                outputs.append(self.run_image(path))
+                outputs.append(self.run_image(path, override_gate=override_gate))
             except OverreadError as exc:
-                outputs.append(self._failed(str(path), str(exc)))
+                failed = self._failed(str(path), str(exc))
+                problem = str(exc).removeprefix(f"{path}: ")
+                failed.prediction.gate = GateVerdict(
+                    REFUSE, (f"{path}: cannot be read: {problem}",)
+                )
+                outputs.append(failed)
         return outputs
 
     def _failed(self, path: str, error: str) -> VolumeOutput:
         return failed_output(path, error, self.model, self.task.value)
+
+    def _refused(self, prediction: Prediction) -> VolumeOutput:
+        """The output of an image the gate refused: its header kept, no mask."""
+        meta = prediction.metadata or ImageMetadata()
+        prediction.regions = []
+        volume = Volume(
+            pixels=np.zeros((0, 0, 0), dtype=np.float32),
+            affine=np.eye(4),
+            spacing=(1.0, 1.0, 1.0),
+            metadata=meta,
+            sop_instance_uids=[meta.sop_instance_uid or ""],
+        )
+        return VolumeOutput(prediction, volume, None, {}, source_paths=[str(prediction.path)])
 
     def predict(
         self,
@@ -213,7 +256,9 @@ class PlanarPipeline:
         **_: object,
     ) -> list[Prediction]:
         """One prediction per image among ``inputs`` (the service's interface)."""
-        return [output.prediction for output in self.predict_series(inputs)]
+        return [
+            output.prediction for output in self.predict_series(inputs, override_gate=override_gate)
+        ]
 
 
 __all__ = ["PlanarPipeline", "lung_field", "to_source_grid"]

@@ -22,7 +22,7 @@ from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from overread.audit import AuditAction
-from overread.errors import ConfigError, InferenceError
+from overread.errors import ConfigError, InferenceError, ServiceError
 from overread.imaging import ImageMetadata, metadata_from_dataset, read_dataset
 from overread.monitoring import StudyObservation
 from overread.results import Prediction, ResultSummary
@@ -39,6 +39,7 @@ from overread.service.review import (
     hold_result,
     queue_exports,
     reopen_review,
+    result_version,
     reviewing_routes,
     sent_predecessors,
 )
@@ -61,6 +62,13 @@ logger = logging.getLogger(__name__)
 # The ``destination`` prefixes of FHIR, HL7 v2 (ORU^R01) and STOW-RS export jobs
 # (DICOM destination names cannot contain a colon, so they never collide) are
 # defined with the export queueing in :mod:`overread.service.review`.
+
+
+class ReviewChangedError(ServiceError):
+    """The result a re-read replaces was verified, released or otherwise reviewed
+    while the re-read ran: what the re-read built (its SR's Predecessor Documents
+    above all) was computed from the state before. Nothing is stored; the job fails
+    retryably and runs again from the review as it is now."""
 
 
 class InferenceHandler:
@@ -138,6 +146,8 @@ class InferenceHandler:
                     select(ResultReview).where(ResultReview.result_id == existing.id)
                 )
             )
+            # What this read starts from: the result it may replace, as reviewed now.
+            seen = None if existing is None else result_version(existing, existing_review)
         items = self._study_paths(job)
         replaces: int | None = None
         superseded: list[dict[str, Any]] = []
@@ -167,7 +177,9 @@ class InferenceHandler:
         paths = [p for p, _ in items]
         pipeline = self.models.get(payload.model_ref)
         if getattr(pipeline, "volumetric", False):
-            return self._run_volume(job, payload, pipeline, items, replaces, superseded, started)
+            return self._run_volume(
+                job, payload, pipeline, items, replaces, superseded, started, seen=seen
+            )
         cam_segmentation = alias in self.services.config.cam_segmentation
         explain = self.services.config.explain or cam_segmentation
         predictions = list(
@@ -202,7 +214,7 @@ class InferenceHandler:
             if refused:
                 readings += _refused_readings([p for p, _ in refused], [q for _, q in refused])
         first = items[0][1]
-        calibration = self._site_calibration(pipeline, predictions, readings, first)
+        calibration = self._site_calibration(pipeline, predictions, readings, items)
         observations = observe_study(
             readings,
             calling_ae=first.calling_ae,
@@ -249,6 +261,7 @@ class InferenceHandler:
             context,
             replaces=replaces,
             observations=observations,
+            seen=seen,
         )
         logger.info(
             "job %d: %s %s on study %s: %d prediction(s), %d object(s) to send in %.3f s",
@@ -267,23 +280,26 @@ class InferenceHandler:
         pipeline: PipelineLike,
         predictions: Sequence[Prediction],
         readings: Sequence[tuple[Prediction, Any]],
-        first: Instance,
+        items: Sequence[tuple[Path, Instance]],
     ) -> dict[str, Any] | None:
         """Apply the package's calibration for the study's site to its findings (in
         place) and say which was applied; ``None`` when nothing was analysed or the
-        service does not choose calibrations by site."""
+        service does not choose calibrations by site.
+
+        Institution Name, Station Name and calling AE are all of one image
+        (:func:`_site_image`), never a mix of two."""
         settings = self.services.config.site_calibration
         if not settings.enabled or not any(p.ok for p in predictions):
             return None
         from overread.inference.site_calibration import apply_site_calibration
 
-        header = readings[0][1] if readings else None
+        row, header = _site_image(readings, items)
         station = str(header.get("StationName", "") or "") if header is not None else ""
-        institution = first.institution or (
+        institution = row.institution or (
             str(header.get("InstitutionName", "") or "") if header is not None else ""
         )
         match = settings.match(
-            institution=institution, station=station, calling_ae=first.calling_ae or ""
+            institution=institution, station=station, calling_ae=row.calling_ae or ""
         )
         source = settings.source.value
         if match.unmapped:
@@ -317,15 +333,20 @@ class InferenceHandler:
         replaces: int | None,
         superseded: list[dict[str, Any]],
         started: float,
+        *,
+        seen: str | None = None,
     ) -> list[int]:
         """A CT segmentation or detection model: per series, SEG and SR (see
         :mod:`overread.service.infer_volume`); a re-read's SRs supersede those sent
-        before (``superseded``), as the X-ray path's SR does."""
+        before (``superseded``), as the X-ray path's SR does. Only the SRs a new SR
+        names are recorded as superseded (a series no longer read has no new SR)."""
         from overread.service.infer_volume import run_volume_study
         from overread.service.outputs.fhir import study_header
 
         header = metadata_from_dataset(read_dataset(items[0][0], pixels=False))
         study = study_header(header)
+        planar = bool(getattr(pipeline, "planar", False))
+        predecessors = [self._sr_header(r, job) for r in superseded]
         predictions, datasets = run_volume_study(
             pipeline,
             items,
@@ -333,40 +354,53 @@ class InferenceHandler:
             model_name=job.model_name,
             study=study,
             build=payload.role is not RolloutRole.SHADOW,
-            predecessors=[self._sr_header(r, job) for r in superseded],
+            predecessors=predecessors,
+            override_gate=payload.override_gate,
         )
         modelled = time.perf_counter()
+        by_path = {str(path): path for path, _ in items}
         if (
             not_analysed(predictions)
             and self.artifacts is not None
             and payload.role is not RolloutRole.SHADOW
         ):
-            # No series could be read as a volume: the report says why, once per series.
-            readings = _refused_readings(predictions, [items[0][0]] * len(predictions))
-            datasets = list(self.artifacts.build_study(readings))
+            # Nothing could be analysed: the report says why, once per series (a planar
+            # package: per image, each with its own header), and supersedes what a
+            # read before it sent, as the X-ray path's does.
+            readings = _refused_readings(
+                predictions,
+                [
+                    by_path.get(str(p.path), items[0][0]) if planar else items[0][0]
+                    for p in predictions
+                ],
+            )
+            options: dict[str, Any] = {"predecessors": predecessors} if predecessors else {}
+            datasets = list(self.artifacts.build_study(readings, **options))
         artifacts = [self._store_dataset(dataset) for dataset in datasets]
         built = time.perf_counter()
-        uids = {row.series_instance_uid: row.sop_instance_uid for _, row in items}
         summary = ResultSummary(
             alias=payload.alias,
             instances=tuple(predictions),
-            sop_instance_uids=tuple(
-                uids.get(
-                    str(getattr(getattr(p, "metadata", None), "series_instance_uid", "") or ""),
-                    "",
-                )
-                for p in predictions
-            ),
+            sop_instance_uids=_volume_sop_instance_uids(predictions, items, planar=planar),
             study=study,
             timings=_stage_timings(predictions, modelled - started, built - modelled),
         ).to_dict()
         # A volume result is one entry per series: which images it read is kept
         # beside them, so a complete-again study is not taken for one that grew.
         summary["read_sop_instance_uids"] = [row.sop_instance_uid for _, row in items]
+        named = _named_predecessors(datasets)
+        superseded = [r for r in superseded if str(r.get("sop_instance_uid") or "") in named]
         if superseded:
             summary["superseded"] = superseded
         exports = self._finish(
-            job, payload, None, summary, artifacts, _study_context(items, header), replaces=replaces
+            job,
+            payload,
+            None,
+            summary,
+            artifacts,
+            _study_context(items, header),
+            replaces=replaces,
+            seen=seen,
         )
         logger.info(
             "job %d: %s %s on study %s: %d series, %d object(s) to send in %.3f s",
@@ -435,12 +469,15 @@ class InferenceHandler:
         *,
         replaces: int | None = None,
         observations: Sequence[StudyObservation] = (),
+        seen: str | None = None,
     ) -> list[int]:
         """Store the result, audit it, put the study on the worklist and queue exports;
         return the ids of the new DICOM export jobs.
 
         All of it is one transaction with marking the job done: a worker killed
-        half-way leaves nothing behind but a job to run again.
+        half-way leaves nothing behind but a job to run again. ``seen``: the replaced
+        result's :func:`~overread.service.review.result_version` when the job read it;
+        if a reader or a time-out changed it since, :class:`ReviewChangedError`.
         """
         from overread.triage import triage_result
 
@@ -450,7 +487,16 @@ class InferenceHandler:
             # both lock it before any job row, so neither waits on the other's.
             study_state = self._lock_study(session, job) if summary is not None else None
             if result_id is None:
-                replaced = None if replaces is None else session.get(Result, replaces)
+                replaced = None if replaces is None else self._lock_replaced(session, replaces)
+                if replaced is not None and seen is not None:
+                    review = session.scalar(
+                        select(ResultReview).where(ResultReview.result_id == replaced.id)
+                    )
+                    if result_version(replaced, review) != seen:
+                        raise ReviewChangedError(
+                            f"study {job.study_instance_uid}: result {replaced.id} was "
+                            "reviewed or released while it was read again; read again"
+                        )
                 if replaced is not None:
                     # A reader's verification (or a time-out's release) was of the read
                     # replaced: the new read starts unreviewed (held again below where
@@ -568,6 +614,16 @@ class InferenceHandler:
         return dicom_jobs
 
     @staticmethod
+    def _lock_replaced(session: Session, result_id: int) -> Result | None:
+        """The result a re-read replaces, its review row then its own locked until the
+        transaction ends (PostgreSQL), in the order a reader's verdict locks them: a
+        verdict is either seen by the re-read or waits for it and finds it stale."""
+        session.scalar(
+            select(ResultReview.id).where(ResultReview.result_id == result_id).with_for_update()
+        )
+        return session.scalar(select(Result).where(Result.id == result_id).with_for_update())
+
+    @staticmethod
     def _lock_study(session: Session, job: Job) -> str | None:
         """The study's state, its row locked until the transaction ends (PostgreSQL)."""
         return session.scalar(
@@ -592,6 +648,61 @@ class InferenceHandler:
             row.sop_instance_uid not in read and not _derived_object(row.sop_class_uid)
             for _, row in self._study_paths(job, session)
         )
+
+
+def _site_image(
+    readings: Sequence[tuple[Prediction, Any]], items: Sequence[tuple[Path, Instance]]
+) -> tuple[Instance, Any | None]:
+    """The one image whose facts name the study's site, and its header: the first
+    image read for the report (its stored row: Institution Name and calling AE), else
+    the study's first image (its header read here; ``None`` when unreadable)."""
+    if readings:
+        header = readings[0][1]
+        uid = str(header.get("SOPInstanceUID", "") or "")
+        row = next((r for _, r in items if r.sop_instance_uid == uid), None)
+        if row is not None:
+            return row, header
+    path, row = items[0]
+    uid = row.sop_instance_uid
+    header = next((h for _, h in readings if str(h.get("SOPInstanceUID", "") or "") == uid), None)
+    if header is None:
+        try:
+            header = read_dataset(path, pixels=False)
+        except Exception as exc:  # no header: the row's facts only
+            logger.info("%s: no header for the study's site: %s", path, exc)
+    return row, header
+
+
+def _volume_sop_instance_uids(
+    predictions: Sequence[Prediction], items: Sequence[tuple[Path, Instance]], *, planar: bool
+) -> tuple[str, ...]:
+    """The SOP Instance UID each prediction of a volume or planar result speaks for.
+
+    A planar package's prediction is of one image: its own UID (else that of the
+    file it read); a CT prediction is of a series: one image of it (``""`` unknown)."""
+    by_series = {row.series_instance_uid: row.sop_instance_uid for _, row in items}
+    by_path = {str(path): row.sop_instance_uid for path, row in items}
+    uids = []
+    for prediction in predictions:
+        meta = getattr(prediction, "metadata", None)
+        if planar:
+            own = str(getattr(meta, "sop_instance_uid", "") or "")
+            uids.append(own or by_path.get(str(prediction.path), ""))
+        else:
+            series = str(getattr(meta, "series_instance_uid", "") or "")
+            uids.append(by_series.get(series, ""))
+    return tuple(uids)
+
+
+def _named_predecessors(datasets: Sequence[Any]) -> set[str]:
+    """SOP Instance UIDs the Predecessor Documents of ``datasets`` name."""
+    return {
+        str(ref.ReferencedSOPInstanceUID)
+        for dataset in datasets
+        for study in dataset.get("PredecessorDocumentsSequence", None) or []
+        for series in study.get("ReferencedSeriesSequence", None) or []
+        for ref in series.get("ReferencedSOPSequence", None) or []
+    }
 
 
 def _images_not_read(result: Result, items: Sequence[tuple[Path, Instance]]) -> list[str]:
@@ -688,6 +799,7 @@ __all__ = [
     "HL7_DESTINATION_PREFIX",
     "STOW_DESTINATION_PREFIX",
     "InferenceHandler",
+    "ReviewChangedError",
     "request_gate_override",
 ]
 

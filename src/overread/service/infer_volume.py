@@ -76,6 +76,7 @@ def run_volume_study(
     study: StudyHeader,
     build: bool,
     predecessors: Sequence[Any] = (),
+    override_gate: bool = False,
 ) -> tuple[list[Prediction], list[Any]]:
     """Predictions (one per series) and the DICOM objects to store (SEG, SR).
 
@@ -86,17 +87,26 @@ def run_volume_study(
     can be analysed (not CT, a single slice, slices that do not make a volume), each
     series' prediction is marked refused with its reason and no object is made: the
     study is "not analysed" (:func:`overread.service.runtime.not_analysed`), since
-    running it again would fail the same way.
+    running it again would fail the same way. A planar package's images pass its
+    input gate first (``override_gate``: a reader's "analyse anyway"), and a refused
+    image keeps the gate's verdict.
     """
     from overread.service.outputs.volume import build_volume_outputs, source_series
 
     paths = [path for path, _ in items]
-    outputs = pipeline.predict_series(paths)
+    planar = bool(getattr(pipeline, "planar", False))
+    outputs = (
+        pipeline.predict_series(paths, override_gate=override_gate)
+        if planar
+        else pipeline.predict_series(paths)
+    )
     if not outputs:
         raise InferenceError("the volumetric pipeline returned no predictions")
     if not any(o.prediction.ok for o in outputs):
         for output in outputs:
             prediction = output.prediction
+            if prediction.gate is not None and prediction.gate.refused:
+                continue  # the input gate's own verdict, reasons and all
             reason = f"{prediction.path}: {prediction.error or 'not analysed'}"
             prediction.gate = GateVerdict(status="refuse", reasons=(reason,))
         logger.info(
@@ -108,7 +118,6 @@ def run_volume_study(
         prior = latest_prior_regions(session, model_name, study)
     datasets: list[Any] = []
     baseline = bool(pipeline.package.manifest.metrics.get("baseline"))
-    planar = bool(getattr(pipeline, "planar", False))
     for output in outputs:
         prediction = output.prediction
         if not prediction.ok:

@@ -24,7 +24,7 @@ from __future__ import annotations
 import enum
 from typing import TYPE_CHECKING
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 if TYPE_CHECKING:
     from overread.data.sites import SiteMatch
@@ -58,6 +58,18 @@ class SiteCalibrationSettings(BaseModel):
         description="raw institution, station or AE title -> the package's site name; "
         "a value not listed is unmapped (the global calibration), never used as it is",
     )
+
+    @field_validator("sites")
+    @classmethod
+    def _unambiguous(cls, sites: dict[str, str]) -> dict[str, str]:
+        if not sites:
+            return sites
+        from overread.data.sites import ambiguous_values
+
+        problem = ambiguous_values(sites)
+        if problem is not None:
+            raise ValueError(problem)
+        return sites
 
     def match(self, *, institution: str = "", station: str = "", calling_ae: str = "") -> SiteMatch:
         """The study's site under the shared rule (:func:`overread.data.sites.match_site`)."""

@@ -41,6 +41,24 @@ def test_a_not_analysed_study_gets_a_valid_sr_saying_why(
     assert "p=" not in text  # no finding is reported
 
 
+def test_a_not_analysed_re_read_supersedes_the_sr_sent_before(
+    dx_chest_header: Dataset, tmp_path: Path
+) -> None:
+    """A re-read that analyses nothing (a grown study the gate now refuses whole)
+    replaces the SR that went out: its report names it in Predecessor Documents."""
+    refused = Prediction(path=None, ok=False, model=MODEL, gate=REFUSED)
+    earlier = build_not_analysed_sr([(refused, dx_chest_header)])
+    sr = build_not_analysed_sr([(refused, dx_chest_header)], predecessors=[earlier])
+    path = tmp_path / "sr.dcm"
+    sr.save_as(path, enforce_file_format=True)
+    assert dciodvfy_errors(path) == []
+    [study] = pydicom.dcmread(path).PredecessorDocumentsSequence
+    [series] = study.ReferencedSeriesSequence
+    assert [str(r.ReferencedSOPInstanceUID) for r in series.ReferencedSOPSequence] == [
+        str(earlier.SOPInstanceUID)
+    ]
+
+
 def test_an_overridden_or_flagged_result_says_so_beside_its_findings(
     dx_chest_header: Dataset, tmp_path: Path
 ) -> None:

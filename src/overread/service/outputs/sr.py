@@ -394,6 +394,8 @@ def _sr_identity(kwargs: dict[str, Any]) -> dict[str, Any]:
         "institution_name": None,
         "institutional_department_name": None,
         "series_description": "overread AI second read (research use)",
+        # A re-read that analyses nothing still supersedes the SRs sent before it.
+        "predecessors": (),
     }
     unknown = set(kwargs) - set(defaults)
     if unknown:
