@@ -72,7 +72,7 @@ def test_the_site_s_threshold_at_the_route_s_operating_point_decides_the_worklis
         model_registry=data / "models",
         service={"site_calibration": {"source": "calling_ae", "sites": {"NGHAE": "Northgate"}}},
     )
-    config = loopback_config(settings, http_port=None, **{**QUICK_TIMINGS, "stable_seconds": 2})
+    config = loopback_config(settings, **{**QUICK_TIMINGS, "stable_seconds": 2})
     package = registry.load("cxr-default")
     assert package.version == "1.1.0+hs"
     files = {
@@ -85,7 +85,7 @@ def test_the_site_s_threshold_at_the_route_s_operating_point_decides_the_worklis
     assert own.probability < 0.5 and not own.positive
     assert own.operating_point == "high sensitivity"
 
-    with running_gateway(config, stop_timeout=10, registry=registry) as service:
+    with running_gateway(config, stop_timeout=10, registry=registry, with_http=False) as service:
         for calling, path in files.items():
             storescu(service.dicom_port, [path], calling=calling, timeout=60)
 
