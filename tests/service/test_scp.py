@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import hashlib
 import logging
 import shutil
@@ -18,6 +19,7 @@ import pynetdicom
 import pytest
 from pydicom.uid import generate_uid
 from pynetdicom import AE
+from pynetdicom.presentation import PresentationContext
 from sqlalchemy import select
 
 from overread.audit import AuditAction
@@ -338,6 +340,31 @@ def test_only_configured_sop_classes_and_transfer_syntaxes_are_accepted(
     assert _storescu(gw.port, dx_factory()).returncode == 0
     [row] = _instances(gw.database)
     assert row.transfer_syntax_uid == "1.2.840.10008.1.2.1"
+
+
+def _contexts_seen(contexts: list[PresentationContext]) -> list[tuple[object, ...]]:
+    return [
+        (c.abstract_syntax, list(c.transfer_syntax), c.result, c.scu_role, c.scp_role)
+        for c in contexts
+    ]
+
+
+def test_each_association_negotiates_on_its_own_copy_of_the_supported_contexts(
+    make_gateway: Callable[..., Gateway], dx_factory: Callable[..., Path]
+) -> None:
+    gw = make_gateway()
+    server = gw.scp._server
+    before = _contexts_seen(server.contexts)
+    assert before == _contexts_seen(gw.scp.ae.supported_contexts)
+    copied = copy.deepcopy(server.contexts)
+    assert all(a is not b for a, b in zip(copied, server.contexts, strict=True))
+    copied[0].transfer_syntax = ["1.2.840.10008.1.2"]
+    copied[0].result = 0x03
+    assert _contexts_seen(server.contexts) == before
+    assert _storescu(gw.port, dx_factory()).returncode == 0
+    assert _storescu(gw.port, dx_factory(), dx_factory()).returncode == 0
+    assert _contexts_seen(server.contexts) == before
+    assert len(_instances(gw.database)) == 3
 
 
 def test_a_different_instance_reusing_a_sop_instance_uid_keeps_the_first(

@@ -5,8 +5,11 @@ Both receivers get the same files from DCMTK ``storescu`` on loopback, in altern
 both alike. ``storescp`` writes without fsync (its default); overread fsyncs every
 file and its directory and commits the instance's row before it answers. With several
 associations ``storescp --fork`` takes each in its own process; overread takes them
-in as many receiving processes on the one port (``serve --receivers``, one listening socket)
-as there are associations unless told otherwise.
+as ``overread serve`` does unless told otherwise: in one receiving process (the
+``dicom_receivers`` default), or in ``--receivers`` processes on the one port (one
+listening socket). On two cores one process measured faster than one per association
+(docs/benchmarks.md: the processes compete for the cores with the senders, and only
+one process groups the commits of concurrent instances).
 """
 
 from __future__ import annotations
@@ -24,11 +27,15 @@ from overread.config import Settings
 from overread.errors import ConfigError
 from overread.harness import StorescpPacs, send_parallel, write_chest_dx
 from overread.harness.gateway import loopback_config
+from overread.service.config import ServiceConfig
 from overread.service.db import Database
 from overread.service.ingest import Ingestor
 from overread.service.receivers import ReceiverProcesses
 from overread.service.scp import StorageSCP
 from overread.service.store import ObjectStore
+
+#: What ``overread serve`` runs unless ``--receivers`` says otherwise.
+_DEFAULT_RECEIVERS = int(ServiceConfig.model_fields["dicom_receivers"].default)
 
 
 def write_test_radiograph(path: Path, *, size: int, study_uid: str, seed: int) -> Path:
@@ -163,8 +170,8 @@ def benchmark_ingest_side_by_side(
     max_seconds
         Stop repeating once this much time has passed (at least one run each).
     receivers
-        overread's receiving processes in the concurrent case (0: one per
-        association); one association is received by one process.
+        overread's receiving processes in the concurrent case (0: as many as
+        ``overread serve`` runs by default); one association is received by one process.
 
     Returns
     -------
@@ -194,7 +201,7 @@ def benchmark_ingest_side_by_side(
         counts = sorted({1, associations})
         run = 0
         for count in counts:
-            processes = 1 if count == 1 else (receivers or count)
+            processes = 1 if count == 1 else (receivers or _DEFAULT_RECEIVERS)
             times: dict[str, list[float]] = {"storescp": [], "overread_fsync": []}
             for repeat in range(repeats):
                 if repeat and time.monotonic() - started > max_seconds:

@@ -561,7 +561,7 @@ def bench_ingest(
         0,
         "--receivers",
         min=0,
-        help="overread's receiving processes in the concurrent case (0: one per association).",
+        help="overread's receiving processes in the concurrent case (0: as `serve` runs, one).",
     ),
     as_json: bool = typer.Option(False, "--json", help="Print the whole result as JSON."),
     append_docs: bool = typer.Option(False, "--append-docs", help="Append to docs/benchmarks.md."),
