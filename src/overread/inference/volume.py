@@ -193,15 +193,15 @@ def lung_and_nodules(
     inside that filled lung whose box is at most ``max_nodule_mm`` and whose
     longest box side is at least ``min_nodule_mm``.
 
-    With ``spec.clean_components``: 26-connected components, the lung's holding at
-    least ``lung_keep_fraction`` of the largest; nodules inside the filled lung grown
-    by ``nodule_lung_margin_mm`` (an ellipsoid of that radius in voxels of
+    With ``spec.clean_components``: 26-connected lung components holding at least
+    ``lung_keep_fraction`` of the largest; face-connected nodules inside the filled
+    lung grown by ``nodule_lung_margin_mm`` (an ellipsoid of that radius in voxels of
     ``spacing``) and of at least ``nodule_min_volume_mm3``.
 
     Returns ``(lung, nodule labels, count)``.
     """
     clean = spec.clean_components
-    # 26-connected components (3-D) when cleaning, face-connected otherwise (as before).
+    # 26-connected lung components (3-D) when cleaning, face-connected otherwise.
     structure = np.ones((3, 3, 3), dtype=bool) if clean else None
     lung_raw = probabilities[lung_index] >= thresholds[lung_index]
     labels, count = ndimage.label(lung_raw, structure=structure)
@@ -223,7 +223,8 @@ def lung_and_nodules(
         ball = (zz / radius[0]) ** 2 + (yy / radius[1]) ** 2 + (xx / radius[2]) ** 2 <= 1.0
         within = ndimage.binary_dilation(filled, structure=ball)
     candidates = (probabilities[nodule_index] >= thresholds[nodule_index]) & within
-    nodule_labels, _ = ndimage.label(candidates, structure=structure)
+    # Nodules stay face-connected: 26-connectivity joins them to touching vessels.
+    nodule_labels, _ = ndimage.label(candidates)
     voxel_mm3 = float(np.prod(spacing))
     min_voxels = spec.nodule_min_volume_mm3 / voxel_mm3 if clean else 0.0
     out = np.zeros_like(nodule_labels)

@@ -164,12 +164,13 @@ class VolumeSpec(_Strict):
     thresholded there.
 
     ``clean_components`` (``lung-nodule``; off by default, so older packages read as
-    before) cleans both masks on the network's grid with 26-connected (3-D)
-    components: the lung keeps the components that do not touch the in-plane sides
-    and hold at least ``lung_keep_fraction`` of the largest such one (stray voxels far
-    from the lungs go), holes filled slice by slice; a nodule is a component of the
-    nodule mask inside that lung grown by ``nodule_lung_margin_mm`` (a nodule on the
-    pleura is not cut at the lung's edge) that holds at least ``nodule_min_volume_mm3``.
+    before) cleans both masks on the network's grid by 3-D components: the lung keeps
+    the 26-connected components that do not touch the in-plane sides and hold at least
+    ``lung_keep_fraction`` of the largest such one (stray voxels far from the lungs
+    go), holes filled slice by slice; a nodule is a face-connected component (26
+    would join nodules to the vessels they touch) of the nodule mask inside that lung
+    grown by ``nodule_lung_margin_mm`` (a nodule on the pleura is not cut at the
+    lung's edge) that holds at least ``nodule_min_volume_mm3``.
 
     ``planar`` true makes it a 2-D package for projection radiographs (CR, DX): each
     image is read through the manifest's ``input.chain`` (to ``input.size`` pixels a
