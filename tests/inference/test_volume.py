@@ -467,14 +467,17 @@ def test_clean_components_drops_stray_lung_and_nodules_outside_the_lungs() -> No
     probabilities[1, 10:14, 20:24, 52:55] = 0.9  # outside the left lung, 1-3 voxels off
     probabilities[1, 4:8, 2:6, 2:6] = 0.9  # far outside the lungs
     probabilities[1, 20, 30, 20] = 0.9  # a one-voxel speck in the lung (8 mm^3)
+    probabilities[1, 18:22, 30:34, 36:40] = 0.9  # a nodule in the left lung ...
+    probabilities[1, 22, 34:50, 40] = 0.9  # ... that a long vessel meets at an edge
     spacing = (2.0, 2.0, 2.0)
     old_lung, old_nodules, old_count = lung_and_nodules(
-        probabilities, [0.5, 0.5], 0, 1, spacing, VolumeSpec(min_nodule_mm=0.0)
+        probabilities, [0.5, 0.5], 0, 1, spacing, VolumeSpec(min_nodule_mm=0.0, max_nodule_mm=30.0)
     )
     assert old_lung[13, 53, 29]  # before: the stray component is lung (>= 1% of the largest)
     assert not old_lung[20, 9, 28]  # and the edge-joined piece a component of its own (< 1%)
     spec = VolumeSpec(
         min_nodule_mm=0.0,
+        max_nodule_mm=30.0,
         clean_components=True,
         lung_keep_fraction=0.1,
         nodule_min_volume_mm3=20.0,
@@ -488,7 +491,9 @@ def test_clean_components_drops_stray_lung_and_nodules_outside_the_lungs() -> No
     assert kept == {True}  # inside, and on the pleura whole (not cut at the lung's edge)
     assert nodules[12, 22, 53] > 0 and nodules[12, 22, 54] == 0  # cut at the 4 mm margin
     assert nodules[6, 4, 4] == 0 and nodules[20, 30, 20] == 0  # far outside; too small
-    assert count == 3 and old_count == 2  # before: the one inside and the speck
+    # Face-connected nodules: the vessel (32 mm, too long) does not take the nodule along.
+    assert nodules[20, 32, 38] > 0 and nodules[22, 40, 40] == 0
+    assert count == 4 and old_count == 3  # before: the two inside and the speck
     assert old_nodules[12, 22, 29] == 0  # before: the pleural nodule was cut away
 
 
