@@ -429,6 +429,12 @@ def test_nodule_score_is_the_mean_or_the_max_and_the_default_keeps_the_hash() ->
     )
     assert b'"nodule_score":"max"' in as_max.canonical_bytes()
     assert b"nodule_score" not in bundled.canonical_bytes()
+    assert b"clean_components" not in bundled.canonical_bytes()  # off: hash unchanged
+    cleaned = bundled.model_copy(
+        update={"volume": bundled.volume.model_copy(update={"clean_components": True})}
+    )
+    assert b'"clean_components":true' in cleaned.canonical_bytes()
+    assert b'"lung_keep_fraction":0.1' in cleaned.canonical_bytes()
 
 
 def test_the_probability_lung_output_does_not_fill_the_diaphragm_dome() -> None:
@@ -446,6 +452,49 @@ def test_the_probability_lung_output_does_not_fill_the_diaphragm_dome() -> None:
     assert level == 0.5 and prob[3, 20, 20] < level  # not lung once brought back
     assert prob[3, 10, 10] == pytest.approx(0.9) and prob[3, 10, 8] == pytest.approx(0.6)
     assert prob[3, 10, 7] == 0.0 and prob[0, 10, 10] == 0.0  # kept components, one voxel wider
+
+
+def test_clean_components_drops_stray_lung_and_nodules_outside_the_lungs() -> None:
+    from overread.inference.volume import lung_and_nodules
+
+    probabilities = np.zeros((2, 30, 60, 60), np.float32)
+    probabilities[0, 4:26, 10:50, 8:28] = 0.9  # right lung (8,800 voxels)
+    probabilities[0, 4:26, 10:50, 32:52] = 0.9  # left lung
+    probabilities[0, 12:18, 52:58, 27:33] = 0.9  # stray "lung" below them (216 voxels)
+    probabilities[0, 20:22, 8:10, 28:30] = 0.9  # meets the right lung at an edge only
+    probabilities[1, 10:14, 20:24, 14:18] = 0.9  # a nodule inside the lung (64 voxels)
+    probabilities[1, 10:14, 20:24, 28:31] = 0.9  # on the pleura, just outside the lung
+    probabilities[1, 10:14, 20:24, 52:55] = 0.9  # outside the left lung, 1-3 voxels off
+    probabilities[1, 4:8, 2:6, 2:6] = 0.9  # far outside the lungs
+    probabilities[1, 20, 30, 20] = 0.9  # a one-voxel speck in the lung (8 mm^3)
+    probabilities[1, 18:22, 30:34, 36:40] = 0.9  # a nodule in the left lung ...
+    probabilities[1, 22, 34:50, 40] = 0.9  # ... that a long vessel meets at an edge
+    spacing = (2.0, 2.0, 2.0)
+    old_lung, old_nodules, old_count = lung_and_nodules(
+        probabilities, [0.5, 0.5], 0, 1, spacing, VolumeSpec(min_nodule_mm=0.0, max_nodule_mm=30.0)
+    )
+    assert old_lung[13, 53, 29]  # before: the stray component is lung (>= 1% of the largest)
+    assert not old_lung[20, 9, 28]  # and the edge-joined piece a component of its own (< 1%)
+    spec = VolumeSpec(
+        min_nodule_mm=0.0,
+        max_nodule_mm=30.0,
+        clean_components=True,
+        lung_keep_fraction=0.1,
+        nodule_min_volume_mm3=20.0,
+        nodule_lung_margin_mm=4.0,
+    )
+    lung, nodules, count = lung_and_nodules(probabilities, [0.5, 0.5], 0, 1, spacing, spec)
+    assert not lung[13, 53, 29]  # dropped: 216 voxels < 10% of a lung
+    assert lung[10, 30, 20] and lung[10, 30, 40]  # both lungs kept
+    assert lung[20, 9, 28]  # joined to the lung by an edge (26-connectivity)
+    kept = {int(nodules[12, 22, x]) > 0 for x in (15, 28, 29, 30)}
+    assert kept == {True}  # inside, and on the pleura whole (not cut at the lung's edge)
+    assert nodules[12, 22, 53] > 0 and nodules[12, 22, 54] == 0  # cut at the 4 mm margin
+    assert nodules[6, 4, 4] == 0 and nodules[20, 30, 20] == 0  # far outside; too small
+    # Face-connected nodules: the vessel (32 mm, too long) does not take the nodule along.
+    assert nodules[20, 32, 38] > 0 and nodules[22, 40, 40] == 0
+    assert count == 4 and old_count == 3  # before: the two inside and the speck
+    assert old_nodules[12, 22, 29] == 0  # before: the pleural nodule was cut away
 
 
 def test_too_many_candidates_keep_the_largest() -> None:

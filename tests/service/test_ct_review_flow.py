@@ -254,12 +254,79 @@ def test_an_edit_of_a_sent_ct_result_sends_a_superseding_verified_sr(
     assert sorted(_predecessors(third)) == sorted(
         [str(first.SOPInstanceUID), str(second.SOPInstanceUID)]
     )
-    # The nodule is back, with the model's measurements (by its position: the SEG
-    # was withdrawn).
+    # The nodule is back, with the model's measurements (and its SEG, issued again).
     [group] = _nodule_groups(third_path)
     assert {m.name.meaning for m in group.get_measurements()} >= {"Volume", "Diameter"}
     assert "1 nodule(s)" in _summary(pydicom.dcmread(third_path))
     assert dciodvfy_errors(third_path) == []
+
+
+def test_a_seg_withdrawn_by_a_negative_edit_is_sent_again_after_a_positive_one(
+    make_service: Callable[..., Gateway], storescp: Storescp, tmp_path: Path
+) -> None:
+    service = make_service(
+        routes=[_ct_route()], destinations=[f"PACS=PACSAE@127.0.0.1:{storescp.port}"]
+    )
+    _send(service, _series(tmp_path / "ct"))
+    wait_until(lambda: [s for _, s in _states(service)] == ["succeeded"] * 2, timeout=240)
+    [(_, first)] = _received(storescp, COMPREHENSIVE_3D_SR)
+    [(seg_path, seg)] = _received(storescp, SEGMENTATION_STORAGE)
+    original = pydicom.dcmread(seg_path)
+    seg_path.unlink()
+    uid = str(first.StudyInstanceUID)
+    reader = api_token(service, "radiologist", username="dr.second")
+
+    negative = {"action": "edit", "findings": {"nodule": "negative"}, "note": "vessel"}
+    assert _review_post(service, uid, negative, reader).status_code == 200
+    wait_until(lambda: len(_received(storescp, COMPREHENSIVE_3D_SR)) == 2, timeout=120)
+    wait_until(lambda: [s for _, s in _states(service)] == ["succeeded"] * 2, timeout=60)
+    assert _received(storescp, SEGMENTATION_STORAGE) == []
+
+    positive = {"action": "edit", "findings": {"nodule": "positive"}, "note": "nodule after all"}
+    answer = _review_post(service, uid, positive, reader)
+    assert answer.status_code == 200, answer.text
+    [outcome] = answer.json()["results"]
+    wait_until(lambda: len(_received(storescp, COMPREHENSIVE_3D_SR)) == 3, timeout=120)
+    wait_until(lambda: len(_received(storescp, SEGMENTATION_STORAGE)) == 1, timeout=120)
+    [(again_path, again)] = _received(storescp, SEGMENTATION_STORAGE)
+    [(third_path, third)] = [
+        (p, ds)
+        for p, ds in _received(storescp, COMPREHENSIVE_3D_SR)
+        if str(ds.SOPInstanceUID) == outcome["sr_sop_instance_uid"]
+    ]
+    # A new instance of the same segmentation, in the SEG's series, referenced by the
+    # verified SR's nodule group; the withdrawn one is named nowhere.
+    assert again.SOPInstanceUID != seg.SOPInstanceUID
+    assert again.SeriesInstanceUID == seg.SeriesInstanceUID
+    assert int(again.InstanceNumber) == int(seg.InstanceNumber) + 1
+    full = pydicom.dcmread(again_path)
+    assert full.PixelData == original.PixelData
+    assert len(full.SegmentSequence) == len(original.SegmentSequence)
+    referenced = _referenced(pydicom.dcmread(third_path))
+    assert str(again.SOPInstanceUID) in referenced
+    assert str(seg.SOPInstanceUID) not in referenced
+    [group] = _nodule_groups(third_path)
+    assert group.referenced_segment.referenced_segment_numbers == [2]
+    assert group.referenced_segment.referenced_sop_instance_uid == str(again.SOPInstanceUID)
+    assert third.VerificationFlag == "VERIFIED"
+    assert dciodvfy_errors(third_path) == []
+    with service.database.session() as session:
+        [result] = session.scalars(select(Result)).all()
+        segs = [a for a in result.artifacts if a["sop_class_uid"] == SEGMENTATION_STORAGE]
+        assert [a["sop_instance_uid"] for a in segs] == [str(again.SOPInstanceUID)]
+        assert "withheld" not in (result.summary or {})
+
+    # Negative once more: the re-issued SEG is withdrawn in turn (not sent again).
+    again_path.unlink()
+    assert _review_post(service, uid, negative, reader).status_code == 200
+    wait_until(lambda: len(_received(storescp, COMPREHENSIVE_3D_SR)) == 4, timeout=120)
+    wait_until(lambda: [s for _, s in _states(service)] == ["succeeded"] * 2, timeout=60)
+    assert _received(storescp, SEGMENTATION_STORAGE) == []
+    with service.database.session() as session:
+        [result] = session.scalars(select(Result)).all()
+        assert SEGMENTATION_STORAGE not in {a["sop_class_uid"] for a in result.artifacts}
+        [kept] = result.summary["withheld"]
+        assert kept["sop_instance_uid"] == str(again.SOPInstanceUID)
 
 
 def test_a_reader_positive_where_the_model_found_no_nodule_is_stated_as_the_readers(

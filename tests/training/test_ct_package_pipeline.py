@@ -77,6 +77,7 @@ def test_the_package_carries_the_volume_section_training_used(
     assert volume["resample"] == "trilinear"
     assert volume["lung_output"] == "probability" and "nodule_score" not in volume  # mean
     assert (volume["lung_label"], volume["nodule_label"]) == ("lung", "nodule")
+    assert volume["clean_components"] is True  # new packages clean their masks
 
 
 def test_pipeline_reads_the_series_as_predict_ct_does(trained: tuple[Path, Path]) -> None:

@@ -193,20 +193,40 @@ def lung_and_nodules(
     inside that filled lung whose box is at most ``max_nodule_mm`` and whose
     longest box side is at least ``min_nodule_mm``.
 
+    With ``spec.clean_components``: 26-connected lung components holding at least
+    ``lung_keep_fraction`` of the largest; face-connected nodules inside the filled
+    lung grown by ``nodule_lung_margin_mm`` (an ellipsoid of that radius in voxels of
+    ``spacing``) and of at least ``nodule_min_volume_mm3``.
+
     Returns ``(lung, nodule labels, count)``.
     """
+    clean = spec.clean_components
+    # 26-connected lung components (3-D) when cleaning, face-connected otherwise.
+    structure = np.ones((3, 3, 3), dtype=bool) if clean else None
     lung_raw = probabilities[lung_index] >= thresholds[lung_index]
-    labels, count = ndimage.label(lung_raw)
+    labels, count = ndimage.label(lung_raw, structure=structure)
     border = _border_labels(labels)
     sizes = ndimage.sum_labels(lung_raw, labels, index=np.arange(1, count + 1))
     keep = [i + 1 for i, s in enumerate(sizes) if i + 1 not in border]
     if keep:
+        fraction = spec.lung_keep_fraction if clean else 0.01
         largest = max(sizes[k - 1] for k in keep)
-        keep = [k for k in keep if sizes[k - 1] >= 0.01 * largest]
+        keep = [k for k in keep if sizes[k - 1] >= fraction * largest]
     lung = np.isin(labels, keep)
     filled = np.stack([ndimage.binary_fill_holes(plane) for plane in lung]) if lung.any() else lung
-    candidates = (probabilities[nodule_index] >= thresholds[nodule_index]) & filled
+    within = filled
+    if clean and spec.nodule_lung_margin_mm > 0 and filled.any():
+        radius = [max(1, round(spec.nodule_lung_margin_mm / step)) for step in spacing]
+        zz, yy, xx = np.ogrid[
+            -radius[0] : radius[0] + 1, -radius[1] : radius[1] + 1, -radius[2] : radius[2] + 1
+        ]
+        ball = (zz / radius[0]) ** 2 + (yy / radius[1]) ** 2 + (xx / radius[2]) ** 2 <= 1.0
+        within = ndimage.binary_dilation(filled, structure=ball)
+    candidates = (probabilities[nodule_index] >= thresholds[nodule_index]) & within
+    # Nodules stay face-connected: 26-connectivity joins them to touching vessels.
     nodule_labels, _ = ndimage.label(candidates)
+    voxel_mm3 = float(np.prod(spacing))
+    min_voxels = spec.nodule_min_volume_mm3 / voxel_mm3 if clean else 0.0
     out = np.zeros_like(nodule_labels)
     passing: list[tuple[int, int, tuple[slice, ...]]] = []
     for index, box in enumerate(ndimage.find_objects(nodule_labels), start=1):
@@ -215,7 +235,10 @@ def lung_and_nodules(
         extent = [(s.stop - s.start) * step for s, step in zip(box, spacing, strict=True)]
         if max(extent) > spec.max_nodule_mm or max(extent) < spec.min_nodule_mm:
             continue
-        passing.append((int((nodule_labels[box] == index).sum()), index, box))
+        voxels = int((nodule_labels[box] == index).sum())
+        if voxels < min_voxels:
+            continue
+        passing.append((voxels, index, box))
     # The label map holds at most MAX_NODULES: the largest are kept (the caller warns).
     passing = sorted(passing, key=lambda item: -item[0])[:MAX_NODULES]
     for kept, (_, index, box) in enumerate(sorted(passing, key=lambda item: item[1]), start=1):

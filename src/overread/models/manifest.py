@@ -163,6 +163,15 @@ class VolumeSpec(_Strict):
     nodules lung itself: slice-wise filling would also fill the diaphragm's dome),
     thresholded there.
 
+    ``clean_components`` (``lung-nodule``; off by default, so older packages read as
+    before) cleans both masks on the network's grid by 3-D components: the lung keeps
+    the 26-connected components that do not touch the in-plane sides and hold at least
+    ``lung_keep_fraction`` of the largest such one (stray voxels far from the lungs
+    go), holes filled slice by slice; a nodule is a face-connected component (26
+    would join nodules to the vessels they touch) of the nodule mask inside that lung
+    grown by ``nodule_lung_margin_mm`` (a nodule on the pleura is not cut at the
+    lung's edge) that holds at least ``nodule_min_volume_mm3``.
+
     ``planar`` true makes it a 2-D package for projection radiographs (CR, DX): each
     image is read through the manifest's ``input.chain`` (to ``input.size`` pixels a
     side), the network maps ``(N, 1, H, W)`` to one logit per label and pixel, and
@@ -197,6 +206,10 @@ class VolumeSpec(_Strict):
     resample: Literal["antialias", "trilinear"] = "antialias"
     nodule_score: Literal["mean", "max"] = "mean"
     lung_output: Literal["filled-mask", "probability"] = "filled-mask"
+    clean_components: bool = False
+    lung_keep_fraction: float = Field(default=0.1, gt=0.0, le=1.0)
+    nodule_min_volume_mm3: float = Field(default=0.0, ge=0.0)
+    nodule_lung_margin_mm: float = Field(default=5.0, ge=0.0)
 
     @field_validator("hu_window")
     @classmethod
@@ -573,6 +586,15 @@ class Manifest(_Strict):
             ):
                 if volume.get(key) == default:
                     volume.pop(key)
+            if not volume.get("clean_components"):
+                # Component clean-up, added later (off): other manifests keep their hash.
+                for key in (
+                    "clean_components",
+                    "lung_keep_fraction",
+                    "nodule_min_volume_mm3",
+                    "nodule_lung_margin_mm",
+                ):
+                    volume.pop(key, None)
             if volume.get("postprocess") != "centre-heatmap":
                 # Detector-only fields, added later: other manifests keep their hash.
                 for key in ("centre_label", "size_labels", "max_detections"):

@@ -84,6 +84,9 @@ STOW_DESTINATION_PREFIX = "stow:"
 COMPREHENSIVE_SR = "1.2.840.10008.5.1.4.1.1.88.33"
 #: SOP Class UID of the Comprehensive 3D SR (TID 1500, nodules) of each CT series.
 COMPREHENSIVE_3D_SR = "1.2.840.10008.5.1.4.1.1.88.34"
+#: Key of a result's summary listing the SEGs a reader's negative decision withdrew
+#: (not sent; a later positive decision issues them again as new instances).
+WITHHELD_KEY = "withheld"
 #: The SR classes a result's findings go out in (all reviewed, verified, superseded).
 RESULT_SR_CLASSES = frozenset({COMPREHENSIVE_SR, COMPREHENSIVE_3D_SR})
 #: SOP Class UID of the Secondary Captures the overlays are.
@@ -675,21 +678,36 @@ class ReviewDesk:
         new_srs = [] if new_sr is None else [new_sr]
         # A CT result: each series' Comprehensive 3D SR rebuilt verified (its SEG kept).
         volume_srs = [a for a in artifacts if a.get("sop_class_uid") == COMPREHENSIVE_3D_SR]
+        # SEGs withdrawn by an earlier negative decision, kept (not sent) for a later
+        # positive one to issue again.
+        held_back = [dict(w) for w in (result.summary or {}).get(WITHHELD_KEY) or ()]
+        before = [w.get("sop_instance_uid") for w in held_back]
         for old in volume_srs:
-            rebuilt, withheld = self._verified_volume_sr(
+            rebuilt, withheld, restored = self._verified_volume_sr(
                 result,
                 summary,
                 verification,
                 old,
                 artifacts,
                 [*earlier, _reference(old)] if correction else earlier,
+                held_back,
             )
             # A SEG showing nodules the reader decided negative is not sent (again).
+            for a in artifacts:
+                if a.get("sop_instance_uid") in withheld:
+                    held_back.append(
+                        {**_reference(a), "source_series": withheld[a["sop_instance_uid"]]}
+                    )
             artifacts = [
                 rebuilt if a is old else a
                 for a in artifacts
                 if a.get("sop_instance_uid") not in withheld
             ]
+            if restored is not None:
+                # Positive again: the SEG goes out again as a new instance.
+                seg_entry, replaced = restored
+                held_back = [w for w in held_back if w.get("sop_instance_uid") != replaced]
+                artifacts.append(seg_entry)
             new_srs.append(rebuilt)
             if correction:
                 superseded.append(_reference(old))
@@ -743,6 +761,9 @@ class ReviewDesk:
         current.version = (current.version or 0) + 1
         current.updated_at = now
         row.artifacts = artifacts
+        if [w.get("sop_instance_uid") for w in held_back] != before:
+            kept = {k: v for k, v in (row.summary or {}).items() if k != WITHHELD_KEY}
+            row.summary = {**kept, WITHHELD_KEY: held_back} if held_back else kept
         if correction:
             exports = self._requeue_corrections(session, row, new_sr)
         else:
@@ -884,7 +905,8 @@ class ReviewDesk:
         old_sr: Mapping[str, Any],
         artifacts: Sequence[Mapping[str, Any]],
         superseding: Sequence[Mapping[str, Any]],
-    ) -> tuple[dict[str, Any], set[str]]:
+        held_back: Sequence[Mapping[str, Any]] = (),
+    ) -> tuple[dict[str, Any], dict[str, list[str]], tuple[dict[str, Any], str] | None]:
         """Build, store and describe one CT series' Comprehensive 3D SR as the reader
         verified it: the same nodules and measurements, the same source slices and SEG
         segments as the SR it replaces (read from the stored objects), in that SR's
@@ -893,8 +915,12 @@ class ReviewDesk:
         :func:`sent_predecessors`).
 
         Nodules of a label the reader decided negative are left out of it, and so is
-        the SEG that shows them: its SOP Instance UID is returned with the SR (the SEG
-        is then not sent, nor sent again)."""
+        the SEG that shows them: its SOP Instance UID is returned with the SR, mapped to
+        the SR's source series (the SEG is then not sent, nor sent again, but kept).
+        When the reader calls them positive again and the SR it replaces has no SEG,
+        the SEG withdrawn before for this series (``held_back``) is issued again as a
+        new instance (new SOP Instance UID, next Instance Number) and referenced by the
+        new SR: returned as (its artifact, the SOP Instance UID it replaces)."""
         from overread.imaging import read_dataset
         from overread.service.outputs.volume import (
             SEGMENTATION,
@@ -948,13 +974,26 @@ class ReviewDesk:
             sha256=own.sha256 or model.sha256,
         )
         withdrawn = reader_withdrawn(verification.decisions)
-        withheld: set[str] = set()
+        withheld: dict[str, list[str]] = {}
+        restored: tuple[dict[str, Any], str] | None = None
         if any(r.label in withdrawn for r in prediction.regions or []):
-            withheld, seg_uids = seg_uids, set()
-        seg_entry = next((a for a in artifacts if a.get("sop_instance_uid") in seg_uids), None)
-        seg = None if seg_entry is None else self._stored_header(seg_entry)
-        if seg_uids and seg is None:
-            raise ReviewError(f"result {result.id}: the SEG its CT SR references cannot be read")
+            withheld = {uid: sorted(series) for uid in seg_uids}
+            seg_uids = set()
+            seg = None
+        elif not seg_uids and prediction.regions:
+            seg = None
+            earlier_seg = next(
+                (w for w in held_back if set(w.get("source_series") or ()) & series), None
+            )
+            if earlier_seg is not None:
+                seg, restored = self._reissued_seg(result, earlier_seg)
+        else:
+            seg_entry = next((a for a in artifacts if a.get("sop_instance_uid") in seg_uids), None)
+            seg = None if seg_entry is None else self._stored_header(seg_entry)
+            if seg_uids and seg is None:
+                raise ReviewError(
+                    f"result {result.id}: the SEG its CT SR references cannot be read"
+                )
         # The SRs that went out before (an earlier read's, an earlier correction's, the
         # one it replaces when that went out) of this series.
         predecessors = []
@@ -976,7 +1015,29 @@ class ReviewDesk:
             verification=verification,
             predecessors=predecessors,
         )
-        return self._store_dataset(sr, "SR"), withheld
+        return self._store_dataset(sr, "SR"), withheld, restored
+
+    def _reissued_seg(
+        self, result: Result, withdrawn: Mapping[str, Any]
+    ) -> tuple[Dataset, tuple[dict[str, Any], str]]:
+        """A withdrawn SEG issued again: the same segments and frames, in the same series,
+        with a new SOP Instance UID and the next Instance Number; stored. Returns it and
+        (its artifact, the SOP Instance UID of the SEG it replaces)."""
+        try:
+            seg = pydicom.dcmread(self.store.path(str(withdrawn["key"])))
+        except (KeyError, OSError, pydicom.errors.InvalidDicomError) as exc:
+            raise ReviewError(
+                f"result {result.id}: the SEG withdrawn before cannot be read: {exc}"
+            ) from exc
+        uid = generate_uid()
+        seg.SOPInstanceUID = uid
+        seg.file_meta.MediaStorageSOPInstanceUID = uid
+        seg.InstanceNumber = 1 + int(seg.get("InstanceNumber") or 1)
+        stamp = utcnow()
+        seg.ContentDate = stamp.strftime("%Y%m%d")
+        seg.ContentTime = stamp.strftime("%H%M%S")
+        entry = self._store_dataset(seg, "SEG")
+        return seg, (entry, str(withdrawn.get("sop_instance_uid") or ""))
 
     def _withdraw_planar_segs(
         self, verification: Verification, artifacts: Sequence[dict[str, Any]]

@@ -98,6 +98,10 @@ class CtInference(_Section):
     # nodule score (FROC candidate score) rule.
     nodule_threshold: float = Field(default=0.5, gt=0, lt=1)
     nodule_score: Literal["mean", "max"] = "mean"
+    # The written package cleans its masks by 3-D components (the volume section's
+    # ``clean_components``): stray lung voxels and nodule specks outside the lungs go.
+    clean_components: bool = True
+    nodule_min_volume_mm3: float = Field(default=0.0, ge=0)
 
 
 class CtTrainConfig(_Section):
@@ -550,6 +554,8 @@ def ct_volume_spec(cfg: CtTrainConfig) -> VolumeSpec:
         nodule_score=cfg.inference.nodule_score,
         # The network calls vessels and nodules lung itself: no slice-wise filling.
         lung_output="probability",
+        clean_components=cfg.inference.clean_components,
+        nodule_min_volume_mm3=cfg.inference.nodule_min_volume_mm3,
     )
 
 
