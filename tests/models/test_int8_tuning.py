@@ -20,6 +20,7 @@ from overread.models.int8_tuning import (
     int8_sensitivity,
     probability_drift,
     quantize_tuned,
+    runtime_guard,
 )
 
 TINY = {"widths": [8, 16, 32], "blocks": [1, 1, 1], "stem_width": 8}
@@ -109,6 +110,39 @@ def test_choose_exclusions_keeps_the_culprit_in_fp32(
     assert producers.get(kept.input[1]) != "DequantizeLinear"
     quantised = convs["/features/features.2/conv1/conv1.0/Conv"]
     assert producers.get(quantised.input[1]) == "DequantizeLinear"
+
+
+def test_the_guard_refuses_groups_that_hurt_other_images(
+    drifting: tuple[Path, np.ndarray], tmp_path: Path
+) -> None:
+    fp32, images = drifting
+    guard = runtime_guard(64)
+    plain, _ = quantize_tuned(fp32, tmp_path / "plain.onnx", images, target=None)
+    guarded = choose_exclusions(fp32, images, target=0.0, max_nodes=3, guard=guard)
+    assert guarded.options.exclude[:2] == (BLOCK, NEIGHBOUR)  # it helps both image sets
+    out, _ = quantize_tuned(fp32, tmp_path / "g.onnx", images, options=guarded.options, target=None)
+    assert probability_drift(fp32, out, guard) <= probability_drift(fp32, plain, guard) + 1e-9
+
+
+def test_a_group_that_raises_the_guard_drift_is_not_kept(
+    drifting: tuple[Path, np.ndarray], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from overread.models import int8_tuning
+
+    fp32, images = drifting
+    measured = int8_tuning._Quantiser.drift
+    calls: list[int] = []
+
+    def worse_on_the_guard(self, options, chosen, *, reference=True, **extra):  # type: ignore[no-untyped-def]
+        if reference:
+            return measured(self, options, chosen, **extra)
+        calls.append(1)
+        return float(len(calls))  # every trial looks worse on the guard than the last
+
+    monkeypatch.setattr(int8_tuning._Quantiser, "drift", worse_on_the_guard)
+    blocked = choose_exclusions(fp32, images, target=0.0, max_nodes=2, guard=runtime_guard(64))
+    assert blocked.options.exclude == () and blocked.drift == blocked.baseline_drift
+    assert len(calls) >= 2  # the baseline and at least one refused trial
 
 
 def test_a_model_within_target_is_left_alone(tmp_path: Path) -> None:

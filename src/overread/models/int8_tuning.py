@@ -194,7 +194,10 @@ class _Quantiser:
             self._reference = _Session(self.fp32_path).probabilities(images)
         return self._reference
 
-    def drift(self, options: Int8Options, images: np.ndarray, **extra: Any) -> float:
+    def drift(
+        self, options: Int8Options, images: np.ndarray, *, reference: bool = True, **extra: Any
+    ) -> float:
+        """Drift on ``images``; ``reference=False``: images other than the cached set."""
         self._count += 1
         out = self.workdir / f"int8-{self._count}.onnx"
         cache = self._caches.setdefault(options.method, self.workdir / f"ranges-{options.method}")
@@ -208,7 +211,10 @@ class _Quantiser:
         )
         got = _Session(out).probabilities(images)
         out.unlink(missing_ok=True)
-        return float(np.max(np.abs(got - self.reference(images))))
+        expected = (
+            self.reference(images) if reference else _Session(self.fp32_path).probabilities(images)
+        )
+        return float(np.max(np.abs(got - expected)))
 
 
 def int8_sensitivity(
@@ -295,6 +301,7 @@ def choose_exclusions(
     target: float = DEFAULT_TARGET,
     max_nodes: int = 3,
     rank: Literal["exclude", "only"] = "only",
+    guard: np.ndarray | None = None,
 ) -> ExclusionChoice:
     """Keep the most drift-sensitive nodes in FP32 until the drift is within ``target``.
 
@@ -302,7 +309,10 @@ def choose_exclusions(
     nodes by :func:`int8_sensitivity` (``rank`` mode) and adds them to the FP32 set
     in that order, each with its output (:func:`fp32_group`), re-measuring after
     each, until the drift is within ``target`` or ``max_nodes`` groups were kept. A node that does not lower the drift is not kept; at most
-    ``2 * max_nodes`` nodes are tried.
+    ``2 * max_nodes`` nodes are tried. With ``guard`` (other images, e.g. those the
+    runtime checks INT8 with), a group is kept only if it does not raise the drift on
+    them either: the search is in-sample, and a group that helps the calibration images
+    can hurt images unlike them.
     """
     fp32 = Path(fp32_path)
     opts = options or Int8Options()
@@ -314,6 +324,7 @@ def choose_exclusions(
             return ExclusionChoice(opts, baseline, baseline, [], None)
         report = int8_sensitivity(fp32, calibration, evaluation, options=opts, mode=rank)
         chosen, drift = opts, baseline
+        guard_drift = None if guard is None else quantiser.drift(opts, guard, reference=False)
         steps: list[tuple[str, float]] = []
         for row in report.nodes[: 2 * max_nodes]:
             if len(steps) >= max_nodes or drift <= target:
@@ -323,9 +334,15 @@ def choose_exclusions(
                 continue
             trial = replace(chosen, exclude=(*chosen.exclude, *extra))
             trial_drift = quantiser.drift(trial, evaluation)
-            if trial_drift < drift:
-                chosen, drift = trial, trial_drift
-                steps.append((row.node, trial_drift))
+            if trial_drift >= drift:
+                continue
+            if guard is not None and guard_drift is not None:
+                trial_guard = quantiser.drift(trial, guard, reference=False)
+                if trial_guard > guard_drift:
+                    continue
+                guard_drift = trial_guard
+            chosen, drift = trial, trial_drift
+            steps.append((row.node, trial_drift))
     return ExclusionChoice(chosen, drift, baseline, steps, report)
 
 
@@ -338,12 +355,15 @@ def quantize_tuned(
     target: float | None = DEFAULT_TARGET,
     max_nodes: int = 3,
     origin: str = "",
+    guard: np.ndarray | None = None,
 ) -> tuple[Path, Int8Section]:
     """Quantise ``fp32_path`` to ``int8_path``; with a ``target``, search exclusions first.
 
     The export default: the settings of ``options`` (default :class:`Int8Options`),
     plus the nodes :func:`choose_exclusions` keeps in FP32 when the drift on the
-    calibration images exceeds ``target`` (``None``: no search). Returns the INT8
+    calibration images exceeds ``target`` (``None``: no search), each group kept only
+    if it does not raise the drift on ``guard`` (see :func:`choose_exclusions`;
+    :func:`runtime_guard` gives the images the runtime checks with). Returns the INT8
     path and the manifest section recording what was done and measured.
     """
     opts = options or Int8Options()
@@ -356,7 +376,7 @@ def quantize_tuned(
     baseline: float | None = None
     if target is not None:
         choice = choose_exclusions(
-            fp32_path, calibration, options=opts, target=target, max_nodes=max_nodes
+            fp32_path, calibration, options=opts, target=target, max_nodes=max_nodes, guard=guard
         )
         opts, baseline = choice.options, choice.baseline_drift
     out = quantize_int8(fp32_path, int8_path, calibration, **opts.kwargs())
@@ -374,6 +394,14 @@ def quantize_tuned(
         baseline_max_prob_diff=baseline,
     )
     return out, section
+
+
+def runtime_guard(size: int, channels: int = 1) -> np.ndarray:
+    """Synthetic chests like those :func:`overread.inference.runtimes.int8_disagreement`
+    checks an INT8 model on (eight, the first two the same as its two)."""
+    from overread.models.calibration import synthetic_batch
+
+    return synthetic_batch(8, size, channels, seed=0)
 
 
 def options_from_section(section: Int8Section) -> Int8Options:
@@ -410,5 +438,6 @@ __all__ = [
     "options_from_section",
     "probability_drift",
     "quantize_tuned",
+    "runtime_guard",
     "supports_calibration_cache",
 ]
