@@ -95,9 +95,9 @@ def export_command(
     from overread.models.export import export_onnx
     from overread.models.int8_tuning import (
         Int8Options,
+        export_guard,
         int8_sensitivity,
         quantize_tuned,
-        runtime_guard,
     )
     from overread.models.package import (
         ONNX_FP32_NAME,
@@ -145,7 +145,7 @@ def export_command(
             options=options,
             target=None if no_search else int8_target,
             origin=origin,
-            guard=runtime_guard(spec.size, spec.channels),
+            guard=export_guard(spec.size, spec.chain, spec.channels),
         )
         int8_section = section.model_dump(mode="json")
         runtime["onnx_int8"] = ONNX_INT8_NAME

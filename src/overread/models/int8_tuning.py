@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import inspect
 import tempfile
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Literal
@@ -355,7 +355,7 @@ def quantize_tuned(
     target: float | None = DEFAULT_TARGET,
     max_nodes: int = 3,
     origin: str = "",
-    guard: np.ndarray | None = None,
+    guard: np.ndarray | Callable[[], np.ndarray] | None = None,
 ) -> tuple[Path, Int8Section]:
     """Quantise ``fp32_path`` to ``int8_path``; with a ``target``, search exclusions first.
 
@@ -363,7 +363,8 @@ def quantize_tuned(
     plus the nodes :func:`choose_exclusions` keeps in FP32 when the drift on the
     calibration images exceeds ``target`` (``None``: no search), each group kept only
     if it does not raise the drift on ``guard`` (see :func:`choose_exclusions`;
-    :func:`runtime_guard` gives the images the runtime checks with). Returns the INT8
+    :func:`export_guard` gives the exports' guard, made only when a search runs).
+    Returns the INT8
     path and the manifest section recording what was done and measured.
     """
     opts = options or Int8Options()
@@ -376,7 +377,12 @@ def quantize_tuned(
     baseline: float | None = None
     if target is not None:
         choice = choose_exclusions(
-            fp32_path, calibration, options=opts, target=target, max_nodes=max_nodes, guard=guard
+            fp32_path,
+            calibration,
+            options=opts,
+            target=target,
+            max_nodes=max_nodes,
+            guard=guard() if callable(guard) else guard,
         )
         opts, baseline = choice.options, choice.baseline_drift
     out = quantize_int8(fp32_path, int8_path, calibration, **opts.kwargs())
@@ -402,6 +408,21 @@ def runtime_guard(size: int, channels: int = 1) -> np.ndarray:
     from overread.models.calibration import synthetic_batch
 
     return synthetic_batch(8, size, channels, seed=0)
+
+
+def export_guard(
+    size: int, chain: Sequence[dict[str, Any]], channels: int = 1
+) -> Callable[[], np.ndarray]:
+    """The images an export's search must not make worse: the runtime check's synthetic
+    chests and 16 phantoms (seed 1) outside the calibration set (seed 0)."""
+
+    def make() -> np.ndarray:
+        from overread.models.calibration import calibration_images
+
+        held_out, _ = calibration_images(16, size, chain, channels, seed=1)
+        return np.concatenate([runtime_guard(size, channels), held_out.astype(np.float32)])
+
+    return make
 
 
 def options_from_section(section: Int8Section) -> Int8Options:
@@ -433,6 +454,7 @@ __all__ = [
     "SensitivityReport",
     "candidate_nodes",
     "choose_exclusions",
+    "export_guard",
     "fp32_group",
     "int8_sensitivity",
     "options_from_section",

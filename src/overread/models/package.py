@@ -320,7 +320,7 @@ def write_package(
         The package directory.
     """
     from overread.models.export import export_onnx as _export_onnx
-    from overread.models.int8_tuning import quantize_tuned, runtime_guard
+    from overread.models.int8_tuning import export_guard, quantize_tuned
 
     out = Path(out_dir)
     if out.exists() and not overwrite:
@@ -358,7 +358,7 @@ def write_package(
                     staging / ONNX_INT8_NAME,
                     int8_calibration,
                     target=int8_target,
-                    guard=runtime_guard(spec.size, spec.channels),
+                    guard=export_guard(spec.size, spec.chain, spec.channels),
                 )
                 runtime["onnx_int8"] = ONNX_INT8_NAME
         files = {
