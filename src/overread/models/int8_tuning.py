@@ -301,7 +301,7 @@ def choose_exclusions(
     target: float = DEFAULT_TARGET,
     max_nodes: int = 3,
     rank: Literal["exclude", "only"] = "only",
-    guard: np.ndarray | None = None,
+    guard: np.ndarray | Sequence[np.ndarray] | None = None,
 ) -> ExclusionChoice:
     """Keep the most drift-sensitive nodes in FP32 until the drift is within ``target``.
 
@@ -309,10 +309,10 @@ def choose_exclusions(
     nodes by :func:`int8_sensitivity` (``rank`` mode) and adds them to the FP32 set
     in that order, each with its output (:func:`fp32_group`), re-measuring after
     each, until the drift is within ``target`` or ``max_nodes`` groups were kept. A node that does not lower the drift is not kept; at most
-    ``2 * max_nodes`` nodes are tried. With ``guard`` (other images, e.g. those the
+    ``2 * max_nodes`` nodes are tried. With ``guard`` (other image sets, e.g. those the
     runtime checks INT8 with), a group is kept only if it does not raise the drift on
-    them either: the search is in-sample, and a group that helps the calibration images
-    can hurt images unlike them.
+    any of them (each set on its own, so one set's maximum cannot hide another's): the
+    search is in-sample, and a group that helps the calibration images can hurt others.
     """
     fp32 = Path(fp32_path)
     opts = options or Int8Options()
@@ -324,7 +324,8 @@ def choose_exclusions(
             return ExclusionChoice(opts, baseline, baseline, [], None)
         report = int8_sensitivity(fp32, calibration, evaluation, options=opts, mode=rank)
         chosen, drift = opts, baseline
-        guard_drift = None if guard is None else quantiser.drift(opts, guard, reference=False)
+        guards = [] if guard is None else [guard] if isinstance(guard, np.ndarray) else list(guard)
+        guard_drift = [quantiser.drift(opts, images, reference=False) for images in guards]
         steps: list[tuple[str, float]] = []
         for row in report.nodes[: 2 * max_nodes]:
             if len(steps) >= max_nodes or drift <= target:
@@ -336,11 +337,16 @@ def choose_exclusions(
             trial_drift = quantiser.drift(trial, evaluation)
             if trial_drift >= drift:
                 continue
-            if guard is not None and guard_drift is not None:
-                trial_guard = quantiser.drift(trial, guard, reference=False)
-                if trial_guard > guard_drift:
-                    continue
-                guard_drift = trial_guard
+            trial_guard = []
+            for images, before in zip(guards, guard_drift, strict=True):
+                trial_guard.append(quantiser.drift(trial, images, reference=False))
+                if trial_guard[-1] > before:
+                    break
+            if len(trial_guard) < len(guards) or any(
+                after > before for after, before in zip(trial_guard, guard_drift, strict=True)
+            ):
+                continue
+            guard_drift = trial_guard
             chosen, drift = trial, trial_drift
             steps.append((row.node, trial_drift))
     return ExclusionChoice(chosen, drift, baseline, steps, report)
@@ -355,7 +361,10 @@ def quantize_tuned(
     target: float | None = DEFAULT_TARGET,
     max_nodes: int = 3,
     origin: str = "",
-    guard: np.ndarray | Callable[[], np.ndarray] | None = None,
+    guard: np.ndarray
+    | Sequence[np.ndarray]
+    | Callable[[], np.ndarray | Sequence[np.ndarray]]
+    | None = None,
 ) -> tuple[Path, Int8Section]:
     """Quantise ``fp32_path`` to ``int8_path``; with a ``target``, search exclusions first.
 
@@ -412,15 +421,15 @@ def runtime_guard(size: int, channels: int = 1) -> np.ndarray:
 
 def export_guard(
     size: int, chain: Sequence[dict[str, Any]], channels: int = 1
-) -> Callable[[], np.ndarray]:
+) -> Callable[[], list[np.ndarray]]:
     """The images an export's search must not make worse: the runtime check's synthetic
-    chests and 16 phantoms (seed 1) outside the calibration set (seed 0)."""
+    chests and 64 phantoms (seed 1) outside the calibration set (seed 0)."""
 
-    def make() -> np.ndarray:
+    def make() -> list[np.ndarray]:
         from overread.models.calibration import calibration_images
 
-        held_out, _ = calibration_images(16, size, chain, channels, seed=1)
-        return np.concatenate([runtime_guard(size, channels), held_out.astype(np.float32)])
+        held_out, _ = calibration_images(64, size, chain, channels, seed=1)
+        return [runtime_guard(size, channels), held_out.astype(np.float32)]
 
     return make
 
