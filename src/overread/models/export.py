@@ -30,11 +30,12 @@ from __future__ import annotations
 
 import contextlib
 import copy
+import inspect
 import io
 import itertools
 import logging
 import warnings
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -250,6 +251,9 @@ def quantize_int8(
     quant_format: str = "qdq",
     reduce_range: bool = True,
     float_input_layer: bool = True,
+    exclude_nodes: Sequence[str] = (),
+    nodes_to_quantize: Sequence[str] | None = None,
+    calibration_cache: Path | str | None = None,
 ) -> Path:
     """Static INT8 quantisation of an FP32 ONNX model, calibrated on ``calibration``.
 
@@ -266,6 +270,14 @@ def quantize_int8(
         ``False`` gives the full 8-bit weights of earlier builds (for comparison).
     float_input_layer
         Keep the convolutions that read the input image in FP32 (default).
+    exclude_nodes
+        Further node names to keep in FP32 (see
+        :func:`overread.models.int8_tuning.choose_exclusions`).
+    nodes_to_quantize
+        Quantise only these nodes (for per-node sensitivity sweeps).
+    calibration_cache
+        A file where ONNX Runtime keeps the calibrated ranges, reused by later calls
+        with the same model, images and method (ignored where unsupported).
     """
     from onnxruntime.quantization import (
         CalibrationDataReader,
@@ -287,6 +299,12 @@ def quantize_int8(
     formats = {"qdq": QuantFormat.QDQ, "qoperator": QuantFormat.QOperator}
 
     excluded = _input_convolutions(Path(fp32_path)) if float_input_layer else []
+    excluded += [name for name in exclude_nodes if name not in excluded]
+    cache: dict[str, str] = {}
+    if calibration_cache is not None and "calibration_cache_path" in (
+        inspect.signature(quantize_static).parameters
+    ):
+        cache["calibration_cache_path"] = str(calibration_cache)
 
     class Reader(CalibrationDataReader):  # type: ignore[misc]
         def __init__(self) -> None:
@@ -313,6 +331,8 @@ def quantize_int8(
                 calibrate_method=methods[method],
                 reduce_range=reduce_range,
                 nodes_to_exclude=excluded,
+                nodes_to_quantize=list(nodes_to_quantize) if nodes_to_quantize else None,
+                **cache,
             )
     finally:
         logging.getLogger().removeFilter(quiet)

@@ -252,6 +252,30 @@ class RuntimeFiles(_Strict):
     onnx_int8: str | None = None
 
 
+class Int8Section(_Strict):
+    """How the package's INT8 model was quantised, and how far it drifted from FP32.
+
+    Written by exports since the per-node sensitivity search
+    (:mod:`overread.models.int8_tuning`); packages without it were quantised with the
+    fixed settings of :func:`overread.models.export.quantize_int8` (the same as
+    ``exclude == []`` here). ``exclude`` lists the nodes kept in FP32 beyond the
+    input convolutions; ``max_prob_diff`` is the largest sigmoid-probability difference
+    INT8 vs FP32 measured on the calibration images, ``target`` the drift the search
+    aimed for (``None``: no search).
+    """
+
+    quant_format: Literal["qdq", "qoperator"] = "qdq"
+    per_channel: bool = True
+    reduce_range: bool = True
+    method: Literal["minmax", "entropy", "percentile"] = "minmax"
+    float_input_layer: bool = True
+    exclude: list[str] = Field(default_factory=list)
+    target: float | None = Field(default=None, ge=0.0, le=1.0)
+    calibration: str = ""
+    max_prob_diff: float | None = Field(default=None, ge=0.0)
+    baseline_max_prob_diff: float | None = Field(default=None, ge=0.0)
+
+
 class FileEntry(_Strict):
     """A file's size and SHA-256, checked on every load."""
 
@@ -437,6 +461,7 @@ OPTIONAL_SECTIONS = (
     "onboarded",
     "site_calibration",
     "volume",
+    "int8",
 )
 
 #: The ``architecture`` of an ensemble package (it has no network of its own).
@@ -474,6 +499,7 @@ class Manifest(_Strict):
     onboarded: OnboardedSection | None = None
     site_calibration: SiteCalibrationSection | None = None
     volume: VolumeSpec | None = None
+    int8: Int8Section | None = None
     signature: Signature | None = None
 
     @field_validator("operating_points")
@@ -642,6 +668,7 @@ __all__ = [
     "FileEntry",
     "GateSpec",
     "InputSpec",
+    "Int8Section",
     "LabelSpec",
     "Manifest",
     "OnboardedSection",

@@ -30,6 +30,7 @@ from torch import nn
 
 from overread.errors import ModelPackageError
 from overread.findings import FINDING_CODES
+from overread.models.int8_tuning import DEFAULT_TARGET
 from overread.models.manifest import (
     ENSEMBLE_ARCHITECTURE,
     MANIFEST_NAME,
@@ -40,6 +41,7 @@ from overread.models.manifest import (
     EnsembleSection,
     FileEntry,
     InputSpec,
+    Int8Section,
     LabelSpec,
     Manifest,
     OnboardedSection,
@@ -296,6 +298,7 @@ def write_package(
     refer_uncertainty: float = 0.8,
     export_onnx: bool = True,
     int8_calibration: np.ndarray | None = None,
+    int8_target: float | None = DEFAULT_TARGET,
     key: bytes | None = None,
     overwrite: bool = False,
     onboarded: OnboardedSection | None = None,
@@ -307,7 +310,10 @@ def write_package(
     The state dict is always written; with ``export_onnx`` an FP32 ONNX model with a
     class-activation-map output is exported (and checked against torch), and with
     ``int8_calibration`` (float32 ``(N, C, H, W)`` preprocessed images) a static INT8
-    model is added. The package is assembled in a temporary directory and renamed into
+    model is added: quantised with :func:`~overread.models.int8_tuning.quantize_tuned`
+    (nodes whose quantisation moves probabilities most stay FP32 until the drift on the
+    calibration images is within ``int8_target``; ``None``: no search), recorded in the
+    manifest's ``int8`` section. The package is assembled in a temporary directory and renamed into
     place, so a reader never sees a half-written package.
 
     Returns
@@ -316,7 +322,7 @@ def write_package(
         The package directory.
     """
     from overread.models.export import export_onnx as _export_onnx
-    from overread.models.export import quantize_int8
+    from overread.models.int8_tuning import export_guard, quantize_tuned
 
     out = Path(out_dir)
     if out.exists() and not overwrite:
@@ -336,6 +342,7 @@ def write_package(
         for label in names
     }
     staging = Path(tempfile.mkdtemp(prefix=f".{out.name}-", dir=out.parent))
+    int8_section: Int8Section | None = None
     try:
         network = network.eval()
         torch.save(network.state_dict(), staging / STATE_DICT_NAME)
@@ -348,7 +355,13 @@ def write_package(
             cam = "onnx-output" if report.has_cam else "none"
             logger.info("exported %s: max |onnx - torch| = %.2e", name, report.max_abs_diff)
             if int8_calibration is not None:
-                quantize_int8(staging / ONNX_FP32_NAME, staging / ONNX_INT8_NAME, int8_calibration)
+                _, int8_section = quantize_tuned(
+                    staging / ONNX_FP32_NAME,
+                    staging / ONNX_INT8_NAME,
+                    int8_calibration,
+                    target=int8_target,
+                    guard=export_guard(spec.size, spec.chain, spec.channels),
+                )
                 runtime["onnx_int8"] = ONNX_INT8_NAME
         files = {
             p.relative_to(staging).as_posix(): FileEntry(
@@ -391,6 +404,7 @@ def write_package(
                 else dict(uncertainty)
             ),
             volume=volume,
+            int8=int8_section,
         ).signed(key)
         (staging / MANIFEST_NAME).write_text(manifest.to_json(), encoding="utf-8")
         staging.chmod(0o755)
