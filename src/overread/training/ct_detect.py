@@ -25,14 +25,14 @@ import math
 import time
 import tomllib
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from importlib import resources
 from pathlib import Path
 from typing import Any, Literal
 
 import numpy as np
 import numpy.typing as npt
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from overread.errors import ConfigError
 from overread.models.manifest import Code, InputSpec, LabelSpec, Task, VolumeSpec
@@ -81,6 +81,19 @@ class DetOptim(_Section):
     nodule_fraction: float = Field(default=0.6, ge=0, le=1)
     size_weight: float = Field(default=5.0, ge=0)
     flips: bool = True
+    # Share of patches centred on a vessel-like voxel (lung, at least VESSEL_HU, away from
+    # any nodule): hard negatives for the bright branchings the heatmap mistakes for nodules.
+    hard_negative_fraction: float = Field(default=0.0, ge=0, le=1)
+    # Share of the steps the one-cycle learning rate spends warming up.
+    warmup: float = Field(default=0.1, gt=0, lt=1)
+    # Start from a trained detector: a checkpoint.pt, a run folder holding one, or a package.
+    init: Path | None = None
+
+    @model_validator(mode="after")
+    def _shares(self) -> DetOptim:
+        if self.nodule_fraction + self.hard_negative_fraction > 1 + 1e-9:
+            raise ValueError("nodule_fraction + hard_negative_fraction must be at most 1")
+        return self
 
 
 class DetInference(_Section):
@@ -153,6 +166,33 @@ class DetectionCase:
     heat: npt.NDArray[np.float32]
     size: npt.NDArray[np.float32]
     centres: list[tuple[int, int, int]]
+    negatives: list[tuple[int, int, int]] = field(default_factory=list)
+
+
+#: HU from which a lung voxel away from the nodules is a hard-negative centre (vessels).
+VESSEL_HU = -400.0
+#: Heatmap value under which a voxel counts as away from every nodule.
+AWAY_FROM_NODULES = 0.01
+
+
+def hard_negative_centres(
+    image: npt.NDArray[np.float32],
+    lung: npt.NDArray[np.bool_],
+    heat: npt.NDArray[np.float32],
+    *,
+    limit: int = 512,
+    seed: int = 0,
+) -> list[tuple[int, int, int]]:
+    """Vessel-like voxels: inside the lung, at least ``VESSEL_HU``, where the heatmap is ~0.
+
+    ``image`` is normalised HU (:func:`normalise_hu`); at most ``limit`` of them, drawn
+    with ``seed``.
+    """
+    bright = normalise_hu(np.array(VESSEL_HU))
+    where = np.argwhere(lung & (image >= bright) & (heat < AWAY_FROM_NODULES))
+    if len(where) > limit:
+        where = where[np.random.default_rng(seed).choice(len(where), limit, replace=False)]
+    return [(int(z), int(y), int(x)) for z, y, x in where]
 
 
 def detection_targets(
@@ -208,7 +248,9 @@ def phantom_detection_case(seed: int, index: int, size: int, model: DetModel) ->
     fractions = [min(1.0, n["diameter_mm"] / model.max_size_mm) for n in truth]
     heat, sizes = detection_targets(new, zyx, diam_vox, fractions)
     centres = [tuple(int(np.clip(round(c[a]), 0, new[a] - 1)) for a in range(3)) for c in zyx]
-    return DetectionCase(image, heat, sizes, centres)  # type: ignore[arg-type]
+    lung = resize(case.lung.astype(np.float32), new) >= 0.5
+    negatives = hard_negative_centres(image, lung, heat, seed=seed * 100_003 + index)
+    return DetectionCase(image, heat, sizes, centres, negatives)  # type: ignore[arg-type]
 
 
 # ---- network and training -----------------------------------------------------------------------
@@ -236,9 +278,17 @@ def build_detection_network(model: DetModel) -> Any:
 
 
 def _crop(
-    case: DetectionCase, patch: Sequence[int], rng: np.random.Generator, on_nodule: bool
+    case: DetectionCase,
+    patch: Sequence[int],
+    rng: np.random.Generator,
+    on_nodule: bool,
+    around: Sequence[tuple[int, int, int]] | None = None,
 ) -> tuple[npt.NDArray[np.float32], npt.NDArray[np.float32]]:
-    """A patch of image and targets (4 channels: heat, 3 sizes), padded when the case is small."""
+    """A patch of image and targets (4 channels: heat, 3 sizes), padded when the case is small.
+
+    ``on_nodule``: centred (with a random shift of up to a third of the patch) near one of
+    ``around`` (default: the case's nodule centres).
+    """
     stacked = np.concatenate([case.image[None], case.heat[None], case.size])
     shape = stacked.shape[1:]
     pad = [max(0, patch[a] - shape[a]) for a in range(3)]
@@ -248,8 +298,9 @@ def _crop(
         rest = np.pad(stacked[1:], [(0, 0), *width])
         stacked = np.concatenate([image[None], rest])
         shape = stacked.shape[1:]
-    if on_nodule and case.centres:
-        c = case.centres[int(rng.integers(len(case.centres)))]
+    anchors = case.centres if around is None else around
+    if on_nodule and anchors:
+        c = anchors[int(rng.integers(len(anchors)))]
         start = [
             int(
                 np.clip(
@@ -310,6 +361,7 @@ def train_detector(
     out = Path(cfg.output)
     out.mkdir(parents=True, exist_ok=True)
     start = time.perf_counter()
+    initial = _initial_weights(cfg.optim.init) if cfg.optim.init is not None else None
     if cases is None:
         echo(f"rendering {cfg.data.train_n} training phantoms (seed {cfg.data.train_seed})")
         cases = [
@@ -317,20 +369,40 @@ def train_detector(
             for i in range(cfg.data.train_n)
         ]
     net = build_detection_network(cfg.model)
+    if initial is not None:
+        try:
+            net.load_state_dict(initial)
+        except RuntimeError:
+            raise ConfigError(
+                f"optim.init: {cfg.optim.init}: weights do not fit model.channels"
+            ) from None
+        echo(f"starting from {cfg.optim.init}")
     opt = torch.optim.AdamW(net.parameters(), lr=cfg.optim.lr, weight_decay=1e-4)
     sched = torch.optim.lr_scheduler.OneCycleLR(
-        opt, max_lr=cfg.optim.lr, total_steps=cfg.optim.iterations, pct_start=0.1
+        opt, max_lr=cfg.optim.lr, total_steps=cfg.optim.iterations, pct_start=cfg.optim.warmup
     )
     with_nodules = [c for c in cases if c.centres]
+    hard_share = cfg.optim.hard_negative_fraction
+    with_negatives = [c for c in cases if c.negatives] if hard_share > 0 else []
     net.train()
     running = (0.0, 0.0)
     for it in range(1, cfg.optim.iterations + 1):
         images, targets = [], []
         for _ in range(cfg.optim.batch_size):
-            on_nodule = bool(with_nodules) and rng.uniform() < cfg.optim.nodule_fraction
-            pool = with_nodules if on_nodule else cases
+            draw = rng.uniform() if with_nodules or with_negatives else 1.0
+            on_nodule = bool(with_nodules) and draw < cfg.optim.nodule_fraction
+            hard = (
+                not on_nodule
+                and bool(with_negatives)
+                and draw >= cfg.optim.nodule_fraction
+                and draw < cfg.optim.nodule_fraction + hard_share
+            )
+            pool = with_nodules if on_nodule else with_negatives if hard else cases
             case = pool[int(rng.integers(len(pool)))]
-            img, tgt = _crop(case, cfg.model.patch, rng, on_nodule)
+            if hard:
+                img, tgt = _crop(case, cfg.model.patch, rng, True, case.negatives)
+            else:
+                img, tgt = _crop(case, cfg.model.patch, rng, on_nodule)
             if cfg.optim.flips:
                 img, tgt = _flip(img, tgt, rng)
             images.append(img[None])
@@ -361,6 +433,25 @@ def train_detector(
     _save(net, cfg, checkpoint)
     net.eval()
     return net, DetTrainResult(out, checkpoint, time.perf_counter() - start, sum(running))
+
+
+def _initial_weights(path: Path) -> dict[str, Any]:
+    """The state dict of a checkpoint.pt, a run folder holding one, or a package's model.pt."""
+    import torch
+
+    path = Path(path)
+    candidates = [path] if path.is_file() else [path / "checkpoint.pt", path / "model.pt"]
+    found = next((p for p in candidates if p.is_file()), None)
+    if found is None:
+        raise ConfigError(f"optim.init: {path}: no checkpoint.pt or model.pt there")
+    try:
+        blob = torch.load(str(found), map_location="cpu", weights_only=True)
+    except Exception as exc:  # any unreadable file is the same user error
+        raise ConfigError(f"optim.init: {found}: not a detector checkpoint ({exc})") from None
+    state = blob.get("state_dict", blob) if isinstance(blob, dict) else None
+    if not isinstance(state, dict):
+        raise ConfigError(f"optim.init: {found}: not a detector checkpoint")
+    return state
 
 
 def _save(net: Any, cfg: CtDetectConfig, path: Path) -> None:
