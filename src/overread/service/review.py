@@ -1392,7 +1392,17 @@ def _split_decisions(
     result the edit does not concern is accepted as it is (with the reader's note); a
     result already verified that it does not concern is left as it is, and one sent
     unverified is too (a correction of one model's finding does not verify another's).
+
+    Only an edit carries decisions: an accept or a reject applies to every result it
+    names as it is, and one that carries decisions is refused (it is not split, so a
+    reject never becomes another result's accept).
     """
+    if request.action is not ReviewAction.EDIT:
+        if request.decisions:
+            raise ReviewError(
+                f"a finding's decision goes only with an edit, not with {request.action.value}"
+            )
+        return [request] * len(targets)
     if not request.decisions:
         return [request] * len(targets)
     labels = [

@@ -149,6 +149,8 @@ def apply_review(
         note=body.note.strip(),
         reason=body.reason.strip(),
     )
+    if request.action is not ReviewAction.EDIT and request.decisions:
+        raise invalid("`findings` only go with `edit`")
     if request.action is ReviewAction.EDIT and not (request.decisions or request.note):
         raise invalid("an edit changes at least one finding's decision or adds a note")
     try:
