@@ -48,7 +48,8 @@ class ReviewIn(BaseModel):
     )
     findings: dict[str, Literal["positive", "indeterminate", "negative"]] = Field(
         default_factory=dict,
-        description="edit: the reader's decision per finding label they change",
+        description="edit only: the reader's decision per finding label they change (with "
+        "accept or reject: refused, 422)",
     )
     note: str = Field(default="", max_length=2000)
     reason: str = Field(default="", max_length=2000, description="reject: why")
