@@ -128,3 +128,28 @@ def test_manifests_are_parsed_again_only_when_they_change(
     os.utime(manifest, ns=(stamp + 10**9, stamp + 10**9))  # rewritten: read again
     assert registry.load("tiny-cxr").version == "1.0.0"
     assert len(parsed) > count and parsed[-1] == manifest.parent
+
+
+def test_a_package_swapped_by_rename_with_the_same_manifest_mtime_is_read_anew(
+    make_package: Callable[..., Path], tmp_path: Path
+) -> None:
+    import os
+    import shutil
+
+    root = tmp_path / "registry"
+    registry = Registry(root, include_bundled=False)
+    registry.import_package(make_package("v1", version="1.0.0"))
+    old = registry.load("tiny-cxr")
+    # Another build of the same name and version, copied in beside it keeping times
+    # (as cp -a, rsync -a or tar -x would), then swapped in by two renames.
+    installed = root / "tiny-cxr" / "1.0.0"
+    staged = tmp_path / "staged"
+    shutil.copytree(make_package("v1-other", version="1.0.0", seed=5), staged)
+    stat = (installed / "manifest.json").stat()
+    os.utime(staged / "manifest.json", ns=(stat.st_atime_ns, stat.st_mtime_ns))
+    assert (staged / "manifest.json").stat().st_mtime_ns == stat.st_mtime_ns
+    installed.rename(tmp_path / "retired")
+    staged.rename(installed)
+    new = registry.load("tiny-cxr")
+    assert new is not old and new.sha256 != old.sha256
+    assert registry.load("tiny-cxr@1.0.0").sha256 == new.sha256

@@ -125,8 +125,9 @@ def test_completion_marks_complete_queues_and_routes_in_one_transaction(
     planned = assembler._plan_jobs(study)  # reads only
     reads = opened
     [job_id] = assembler.complete_study(study, reason="association-released")
-    # The same reads to plan, then one transaction marks, queues and routes.
-    assert opened == reads + reads + 1
+    # One read of the study's arrivals, the same reads to plan, then one transaction
+    # marks, queues and routes.
+    assert opened == 1 + reads + reads + 1
     monkeypatch.undo()
     assert planned and _states(queue) == ["queued"]
     with assembler.database.session() as session_:
@@ -155,3 +156,55 @@ def test_a_study_completed_elsewhere_meanwhile_is_not_routed_twice(
     assembler._plan_jobs = racing  # type: ignore[method-assign]
     assert assembler.complete_study(study) == []
     assert queue.list() == []
+
+
+def test_an_instance_arriving_while_the_study_is_planned_is_routed(
+    parts: tuple[StudyAssembler, Ingestor, JobQueue], dx_factory: Callable[..., Path]
+) -> None:
+    assembler, ingestor, queue = parts
+    study = generate_uid()
+    ingestor.ingest_file(dx_factory(study_uid=study, body_part="HAND"))  # matches no route
+    plan = assembler._plan_jobs
+    plans: list[int] = []
+
+    def racing(uid: str) -> list[dict[str, object]]:
+        planned = plan(uid)
+        plans.append(len(planned))
+        if len(plans) == 1:  # a chest DX arrives while the hand alone is planned
+            ingestor.ingest_file(dx_factory(study_uid=study))
+        return planned
+
+    assembler._plan_jobs = racing  # type: ignore[method-assign]
+    job_ids = assembler.complete_study(study, reason="association-released")
+    # The stale plan (no job) was not applied: the study was planned again with both.
+    assert plans == [0, 1]
+    assert [j.id for j in queue.list()] == job_ids and len(job_ids) == 1
+    assert [j.model_name for j in queue.list()] == ["cxr-default"]
+    with assembler.database.session() as session:
+        row = session.scalars(select(Study)).one()
+        assert (row.state, row.instance_count) == (StudyState.ROUTED.value, 2)
+
+
+def test_a_study_that_keeps_receiving_while_planned_is_left_to_the_sweep(
+    parts: tuple[StudyAssembler, Ingestor, JobQueue], dx_factory: Callable[..., Path]
+) -> None:
+    assembler, ingestor, queue = parts
+    study = generate_uid()
+    ingestor.ingest_file(dx_factory(study_uid=study, body_part="HAND"))
+    plan = assembler._plan_jobs
+
+    def racing(uid: str) -> list[dict[str, object]]:
+        planned = plan(uid)
+        ingestor.ingest_file(dx_factory(study_uid=study))  # every plan is stale
+        return planned
+
+    assembler._plan_jobs = racing  # type: ignore[method-assign]
+    assert assembler.complete_study(study) == []
+    with assembler.database.session() as session:
+        assert session.scalar(select(Study.state)) == StudyState.RECEIVING.value
+    assembler._plan_jobs = plan  # type: ignore[method-assign]
+    assembler.config.stable_seconds = 0
+    [job_id] = assembler.sweep()
+    assert [(j.id, j.state, j.model_name) for j in queue.list()] == [
+        (job_id, "queued", "cxr-default")
+    ]

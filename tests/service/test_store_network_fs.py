@@ -24,6 +24,14 @@ nas:/export/pacs /srv/overread nfs4 rw,relatime,vers=4.2 0 0
 /dev/sdb1 /srv/overread/local xfs rw 0 0
 sshfs#me@host: /mnt/with\\040space fuse.sshfs rw 0 0
 tmpfs /srv/overreadx tmpfs rw 0 0
+auto.home /home/pacs autofs rw,fd=7,direct 0 0
+nas:/export/home /home/pacs nfs4 rw,relatime 0 0
+/dev/sdc1 /data/over tmpfs rw 0 0
+/dev/sdc1 /data/over ext4 rw 0 0
+10.0.0.1@tcp:/scratch /lustre/pacs lustre rw 0 0
+10.0.0.2:6789:/ /ceph/pacs ceph rw,name=overread 0 0
+gfs1:/vol /gluster/pacs glusterfs rw 0 0
+pacsfs /gpfs/pacs gpfs rw 0 0
 """
 
 
@@ -37,6 +45,13 @@ tmpfs /srv/overreadx tmpfs rw 0 0
         ("/mnt/with space/objects", "fuse.sshfs", True),
         ("/srv/overreadx/objects", "tmpfs", False),  # a prefix of a name is not a parent
         ("/var/lib/overread", "ext4", False),
+        # Two mounts on one point: the last listed is the one in use.
+        ("/home/pacs/objects", "nfs4", True),
+        ("/data/over/objects", "ext4", False),
+        ("/lustre/pacs/objects", "lustre", True),
+        ("/ceph/pacs/objects", "ceph", True),
+        ("/gluster/pacs/objects", "glusterfs", True),
+        ("/gpfs/pacs/objects", "gpfs", True),
     ],
 )
 def test_the_file_system_of_a_path_is_that_of_its_deepest_mount(

@@ -157,6 +157,10 @@ def test_reject_from_the_page_needs_a_reason_holder_and_the_permission(
             "action": "reject",
             "reason": "motion artefact",
             "seen": _seen(reader, uid),
+            # A finding and a decision belong to the edit form; with a reject they are
+            # ignored (never split into a per-finding verdict).
+            "finding": "Effusion",
+            "decision": "negative",
         },
     )
     assert done.status_code == 303

@@ -62,6 +62,22 @@ def _version_key(version: str) -> tuple[tuple[int, int | str], ...]:
     return tuple((0, int(p)) if p.isdigit() else (1, p) for p in re.split(r"[.+-]", version))
 
 
+#: What says a file is still the one read: device, inode, size, modification and
+#: change times. A package directory swapped by a rename keeps neither the inode nor
+#: the change time, even where its manifest keeps the old modification time (as
+#: ``cp -a``, ``rsync -a`` and ``tar -x`` leave it).
+FileStamp = tuple[int, int, int, int, int]
+
+
+def file_stamp(path: Path) -> FileStamp | None:
+    """``path``'s :data:`FileStamp` (``None`` when it cannot be read)."""
+    try:
+        st = path.stat()
+    except OSError:
+        return None
+    return (st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns)
+
+
 @dataclass(frozen=True)
 class PackageEntry:
     """A package found in the registry (not yet verified)."""
@@ -97,8 +113,8 @@ class Registry:
         self._aliases_stamp: tuple[int, int, int] | None = None
         self._aliases: dict[str, str] = {}
         self._history: dict[str, list[str]] = {}
-        self._loaded: dict[tuple[Path, str], ModelPackage] = {}
-        self._manifests: dict[Path, tuple[int, Manifest]] = {}
+        self._loaded: dict[tuple[Path, FileStamp], ModelPackage] = {}
+        self._manifests: dict[Path, tuple[FileStamp, Manifest]] = {}
 
     @classmethod
     def from_settings(cls, settings: Settings | None = None) -> Registry:
@@ -143,12 +159,9 @@ class Registry:
         return found
 
     def _manifest(self, manifest_path: Path) -> Manifest:
-        """The parsed manifest at ``manifest_path``, parsed again only when the file's
-        modification time changes (a worker resolves its model once per study)."""
-        try:
-            stamp = manifest_path.stat().st_mtime_ns
-        except OSError:
-            stamp = None
+        """The parsed manifest at ``manifest_path``, parsed again only when the file
+        changes (its :func:`file_stamp`; a worker resolves its model once per study)."""
+        stamp = file_stamp(manifest_path)
         if stamp is not None:
             with self._lock:
                 cached = self._manifests.get(manifest_path)
@@ -187,14 +200,14 @@ class Registry:
     def load(self, ref: str) -> ModelPackage:
         """Resolve and load (verify) a package; verified packages are cached per manifest."""
         path = self.resolve(ref)
-        stamp = ""
         stamped = path / MANIFEST_NAME if path.is_dir() else path  # a .zip: the archive itself
-        if stamped.is_file():
-            stamp = str(stamped.stat().st_mtime_ns)
+        stamp = file_stamp(stamped) if stamped.is_file() else None
+        if stamp is None:
+            return load_package(path, key=self.key)
         cache_key = (path.resolve(), stamp)
         with self._lock:
             cached = self._loaded.get(cache_key)
-        if cached is not None and stamp:
+        if cached is not None:
             return cached
         package = load_package(path, key=self.key)
         with self._lock:
@@ -368,4 +381,13 @@ def manifest_of(path: Path) -> Manifest:
     return _parse_manifest(path)
 
 
-__all__ = ["ALIASES_NAME", "PackageEntry", "Registry", "bundled_dir", "manifest_of", "signing_key"]
+__all__ = [
+    "ALIASES_NAME",
+    "FileStamp",
+    "PackageEntry",
+    "Registry",
+    "bundled_dir",
+    "file_stamp",
+    "manifest_of",
+    "signing_key",
+]

@@ -103,15 +103,42 @@ class StudyAssembler:
         Marking it complete, queueing its jobs and marking it routed are one
         transaction (one write lock and one commit on the path from the last image
         to the job); the jobs are planned before it, outside any transaction.
+
+        The study's instance count and last arrival are noted before planning and the
+        completion applies only while they are unchanged: an image that arrives while
+        the jobs are planned makes the plan stale, and the study is planned again (up
+        to three times here, then by a later sweep, as it is still receiving).
         """
-        planned = self._plan_jobs(study_instance_uid)
-        job_ids = self._commit_with_retries(
-            study_instance_uid, planned, completing=(utcnow(), reason)
-        )
-        if job_ids is None:
-            return []
-        self._log_routed(study_instance_uid, reason, planned, job_ids)
-        return job_ids
+        for _ in range(3):
+            seen = self._arrivals(study_instance_uid)
+            if seen is None:
+                return []
+            planned = self._plan_jobs(study_instance_uid)
+            job_ids = self._commit_with_retries(
+                study_instance_uid, planned, completing=(utcnow(), reason), seen=seen
+            )
+            if job_ids is not None:
+                self._log_routed(study_instance_uid, reason, planned, job_ids)
+                return job_ids
+            if self._arrivals(study_instance_uid) is None:
+                return []  # completed by another process, or gone
+            logger.info(
+                "study %s received images while its jobs were planned; planning again",
+                study_instance_uid,
+            )
+        return []
+
+    def _arrivals(self, study_instance_uid: str) -> tuple[int, datetime] | None:
+        """The instance count and last arrival of a study still receiving (``None``:
+        unknown, or not receiving)."""
+        with self.database.session() as session:
+            row = session.execute(
+                select(Study.instance_count, Study.last_instance_at).where(
+                    Study.study_instance_uid == study_instance_uid,
+                    Study.state == StudyState.RECEIVING.value,
+                )
+            ).first()
+        return None if row is None else (int(row[0]), row[1])
 
     def _plan_jobs(self, study_instance_uid: str) -> list[dict[str, Any]]:
         """The infer jobs the study's instances call for, as ``enqueue`` arguments.
@@ -190,10 +217,11 @@ class StudyAssembler:
         study_instance_uid: str,
         planned: list[dict[str, Any]],
         completing: tuple[datetime, str] | None = None,
+        seen: tuple[int, datetime] | None = None,
     ) -> list[int] | None:
         for attempt in range(3):
             try:
-                return self._commit_route(study_instance_uid, planned, completing)
+                return self._commit_route(study_instance_uid, planned, completing, seen)
             except IntegrityError:
                 # The sweep announced the same jobs concurrently: they exist now and
                 # the next attempt promotes them.
@@ -222,10 +250,13 @@ class StudyAssembler:
         study_instance_uid: str,
         planned: list[dict[str, Any]],
         completing: tuple[datetime, str] | None = None,
+        seen: tuple[int, datetime] | None = None,
     ) -> list[int] | None:
         """Mark the study routed and queue ``planned``; with ``completing`` (when and
         why), only a study still receiving, which is marked complete in the same
-        statement (``None``: it was not receiving, nothing was written)."""
+        statement, and with ``seen`` only while its instance count and last arrival
+        are still those ``planned`` was made from (``None``: it was not receiving or
+        received more meanwhile; nothing was written)."""
         with self.database.session() as session:
             # The study row first: an infer job finishing now locks it too, so of the
             # two one sees the other (see InferenceHandler._completed_again).
@@ -238,11 +269,17 @@ class StudyAssembler:
                 )
             else:
                 completed_at, reason = completing
+                unchanged = (
+                    []
+                    if seen is None
+                    else [Study.instance_count == seen[0], Study.last_instance_at == seen[1]]
+                )
                 won = session.execute(
                     update(Study)
                     .where(
                         Study.study_instance_uid == study_instance_uid,
                         Study.state == StudyState.RECEIVING.value,
+                        *unchanged,
                     )
                     .values(
                         state=StudyState.ROUTED.value,

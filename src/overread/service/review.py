@@ -1042,12 +1042,22 @@ class ReviewDesk:
     def _withdraw_planar_segs(
         self, verification: Verification, artifacts: Sequence[dict[str, Any]]
     ) -> list[dict[str, Any]]:
-        """``artifacts`` less each SEG of a planar (radiograph) package that shows a
-        finding the reader decided negative (one of its segments is labelled so). A CT
-        result's SEGs are its SRs' (see :meth:`_verified_volume_sr`) and left as they are."""
-        from overread.service.outputs.volume import SEGMENTATION, reader_withdrawn
+        """``artifacts`` less each SEG of a planar (radiograph) segmentation package
+        whose segments the reader all decided negative.
 
-        withdrawn = reader_withdrawn(verification.decisions)
+        Only a segmentation package's SEG (series 9914) is withdrawn, and only when
+        every one of its segments is labelled exactly with a finding decided negative
+        (the finding's name, as the SEG was built with it): a SEG still showing a
+        finding kept is sent. A classifier's SEG (its CAM regions, an explanation of its
+        SR's positive findings) is left as it is, and so is a CT result's SEG (its SRs'
+        own, see :meth:`_verified_volume_sr`)."""
+        from overread.service.outputs.volume import (
+            PLANAR_SEG_SERIES_NUMBER,
+            SEGMENTATION,
+            reader_withdrawn,
+        )
+
+        withdrawn = {label[:64] for label in reader_withdrawn(verification.decisions)}
         if not withdrawn or any(a.get("sop_class_uid") == COMPREHENSIVE_3D_SR for a in artifacts):
             return list(artifacts)
         kept: list[dict[str, Any]] = []
@@ -1058,10 +1068,9 @@ class ReviewDesk:
                     raise ReviewError(
                         f"the SEG {artifact.get('sop_instance_uid')} cannot be read to withdraw it"
                     )
+                package_seg = int(header.get("SeriesNumber") or 0) == PLANAR_SEG_SERIES_NUMBER
                 labels = {str(s.get("SegmentLabel", "")) for s in header.get("SegmentSequence", [])}
-                if any(
-                    label in withdrawn or label.rsplit(" ", 1)[0] in withdrawn for label in labels
-                ):
+                if package_seg and labels and labels <= withdrawn:
                     continue
             kept.append(artifact)
         return kept
@@ -1453,7 +1462,17 @@ def _split_decisions(
     result the edit does not concern is accepted as it is (with the reader's note); a
     result already verified that it does not concern is left as it is, and one sent
     unverified is too (a correction of one model's finding does not verify another's).
+
+    Only an edit carries decisions: an accept or a reject applies to every result it
+    names as it is, and one that carries decisions is refused (it is not split, so a
+    reject never becomes another result's accept).
     """
+    if request.action is not ReviewAction.EDIT:
+        if request.decisions:
+            raise ReviewError(
+                f"a finding's decision goes only with an edit, not with {request.action.value}"
+            )
+        return [request] * len(targets)
     if not request.decisions:
         return [request] * len(targets)
     labels = [

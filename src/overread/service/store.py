@@ -108,7 +108,22 @@ STALE_UNVERIFIED_INCOMING_SECONDS = 86400.0
 
 #: File system types whose locks may not be shared between the hosts (or even the
 #: processes) using them: ``flock`` is a no-op, local to one client, or emulated.
-NETWORK_FILESYSTEMS = frozenset({"nfs", "nfs4", "cifs", "smb3", "smbfs", "9p", "fuse", "fuseblk"})
+NETWORK_FILESYSTEMS = frozenset(
+    {
+        "nfs",
+        "nfs4",
+        "cifs",
+        "smb3",
+        "smbfs",
+        "9p",
+        "fuse",
+        "fuseblk",
+        "lustre",
+        "ceph",
+        "glusterfs",
+        "gpfs",
+    }
+)
 
 
 def _unescape_mount(field: str) -> str:
@@ -121,7 +136,9 @@ def filesystem_type(path: Path, mounts: str | None = None) -> str:
     (``ext4``, ``nfs4``, ``fuse.sshfs``...); ``""`` if the table cannot be read.
 
     ``mounts`` is the text of ``/proc/self/mounts`` (read when not given): the mount
-    whose point is the longest prefix of ``path`` (resolved) wins.
+    whose point is the longest prefix of ``path`` (resolved) wins; of mounts on the
+    same point the last listed, which is the one in use (an NFS share mounted by
+    ``autofs`` shows as ``autofs`` then ``nfs4``).
     """
     if mounts is None:
         try:
@@ -136,7 +153,7 @@ def filesystem_type(path: Path, mounts: str | None = None) -> str:
             continue
         point = _unescape_mount(fields[1]).rstrip("/") or "/"
         inside = target == point or target.startswith(point.rstrip("/") + "/")
-        if inside and len(point) > best:
+        if inside and len(point) >= best:
             best, kind = len(point), fields[2]
     return kind
 

@@ -48,7 +48,8 @@ class ReviewIn(BaseModel):
     )
     findings: dict[str, Literal["positive", "indeterminate", "negative"]] = Field(
         default_factory=dict,
-        description="edit: the reader's decision per finding label they change",
+        description="edit only: the reader's decision per finding label they change (with "
+        "accept or reject: refused, 422)",
     )
     note: str = Field(default="", max_length=2000)
     reason: str = Field(default="", max_length=2000, description="reject: why")
@@ -149,6 +150,8 @@ def apply_review(
         note=body.note.strip(),
         reason=body.reason.strip(),
     )
+    if request.action is not ReviewAction.EDIT and request.decisions:
+        raise invalid("`findings` only go with `edit`")
     if request.action is ReviewAction.EDIT and not (request.decisions or request.note):
         raise invalid("an edit changes at least one finding's decision or adds a note")
     try:

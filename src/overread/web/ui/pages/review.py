@@ -77,6 +77,10 @@ async def review(
     """Accept, edit or reject the study's results from the study page."""
     fields = await ui.guard.form(request, viewer)
     finding, decision = fields.get("finding", ""), fields.get("decision", "")
+    if fields.get("action", "") != "edit":
+        # Only the edit form has a finding and a decision; an accept or a reject is
+        # about every result as it is (a stray field is ignored, never split on).
+        finding = decision = ""
     try:
         body = ReviewIn(
             action=fields.get("action", ""),
