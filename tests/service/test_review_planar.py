@@ -199,3 +199,29 @@ def test_a_sent_lung_field_seg_corrected_negative_is_rejected_at_the_pacs(
     assert event.details["rejected"] == [str(seg.SOPInstanceUID)]
     assert event.details["rejection_note"] == str(note.SOPInstanceUID)
     assert event.actor == "dr.late"
+
+
+def test_a_lung_field_seg_withdrawn_goes_out_again_after_a_positive_edit(
+    make_service: Callable[..., Gateway], storescp: Storescp, tmp_path: Path
+) -> None:
+    service = make_service(
+        routes=[ROUTES[1]], destinations=[f"PACS=PACSAE@127.0.0.1:{storescp.port}"]
+    )
+    uid = _send(service, _film(tmp_path))
+    wait_until(_settled(service, 2), timeout=240)
+    [(seg_path, seg)] = _received(storescp, SEGMENTATION_STORAGE)
+    seg_path.unlink()
+    reader = api_token(service, "radiologist", username="dr.late")
+    negative = {"action": "edit", "findings": {"lung-field": "negative"}, "note": "artefact"}
+    assert _review_post(service, uid, negative, reader).status_code == 200
+    wait_until(lambda: len(_received(storescp, KEY_OBJECT_SELECTION)) == 1, timeout=120)
+    wait_until(_settled(service, 2), timeout=60)
+    assert _received(storescp, SEGMENTATION_STORAGE) == []
+    positive = {"action": "edit", "findings": {"lung-field": "positive"}, "note": "real"}
+    answer = _review_post(service, uid, positive, reader)
+    assert answer.status_code == 200, answer.text
+    wait_until(lambda: len(_received(storescp, SEGMENTATION_STORAGE)) == 1, timeout=120)
+    [(_, again)] = _received(storescp, SEGMENTATION_STORAGE)
+    assert again.SOPInstanceUID != seg.SOPInstanceUID
+    assert again.SeriesInstanceUID == seg.SeriesInstanceUID
+    assert again.StudyInstanceUID == seg.StudyInstanceUID and again.PatientID == seg.PatientID

@@ -17,7 +17,7 @@ from overread.config import Settings
 from overread.harness import write_chest_dx
 from overread.results import Decision, ModelRef
 from overread.service.config import service_config
-from overread.service.db import Database, utcnow
+from overread.service.db import Database, Result, utcnow
 from overread.service.jobs import JobQueue
 from overread.service.outputs.seg import CAM_REGION_DESCRIPTION, build_seg
 from overread.service.outputs.volume import build_volume_seg
@@ -26,6 +26,7 @@ from overread.service.store import ObjectStore
 from overread.service.verification import ReportStatus, Verification
 
 MODEL = ModelRef("seeded", "1.0")
+RESULT = Result(id=1, study_instance_uid="1.2.3", model_name="seeded", model_version="1.0")
 
 
 @pytest.fixture
@@ -74,7 +75,7 @@ def _negative(*labels: str) -> Verification:
 
 
 def _kept(desk: ReviewDesk, artifacts: list[dict[str, Any]], *negative: str) -> list[str]:
-    left = desk._withdraw_planar_segs(_negative(*negative), artifacts)
+    left, _ = desk._withdraw_planar_segs(RESULT, _negative(*negative), artifacts)
     return [a["sop_instance_uid"] for a in left]
 
 
@@ -103,3 +104,27 @@ def test_a_classifier_cam_seg_is_left_as_it_is(desk: ReviewDesk, source: pydicom
     assert _kept(desk, [cam], "Effusion", "Nodule") == [cam["sop_instance_uid"]]
     seg = _planar(desk, source, ["lung-field"])
     assert _kept(desk, [cam, seg], "Effusion", "lung-field") == [cam["sop_instance_uid"]]
+
+
+def test_a_withdrawn_planar_seg_is_held_then_issued_again_when_kept(
+    desk: ReviewDesk, source: pydicom.Dataset
+) -> None:
+    seg = _planar(desk, source, ["lung-field"])
+    left, held = desk._withdraw_planar_segs(RESULT, _negative("lung-field"), [seg])
+    assert left == []
+    assert [w["sop_instance_uid"] for w in held] == [seg["sop_instance_uid"]]
+    # Still negative: still held, nothing issued.
+    left, again = desk._withdraw_planar_segs(RESULT, _negative("lung-field"), [], held)
+    assert left == [] and again == held
+    # Decided positive (no finding negative): issued again as a new instance.
+    left, still = desk._withdraw_planar_segs(RESULT, _negative(), [], held)
+    assert still == []
+    [issued] = left
+    assert issued["sop_instance_uid"] != seg["sop_instance_uid"]
+    old = pydicom.dcmread(desk.store.path(seg["key"]))
+    new = pydicom.dcmread(desk.store.path(issued["key"]))
+    assert new.SOPInstanceUID == issued["sop_instance_uid"]
+    assert new.SeriesInstanceUID == old.SeriesInstanceUID
+    assert int(new.InstanceNumber) == int(old.InstanceNumber) + 1
+    assert [s.SegmentLabel for s in new.SegmentSequence] == ["lung-field"]
+    assert np.array_equal(new.pixel_array, old.pixel_array)

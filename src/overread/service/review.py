@@ -717,7 +717,9 @@ class ReviewDesk:
         # A radiograph's SEG (a planar package's, with no SR of its own) of a finding the
         # reader decided negative is not sent (again) either; a SEG that went out and is
         # withdrawn now is rejected at the destinations by a KOS sent after it.
-        artifacts = self._withdraw_planar_segs(verification, artifacts)
+        artifacts, held_back = self._withdraw_planar_segs(
+            result, verification, artifacts, held_back
+        )
         rejection = (
             self._rejection_note(result, reader, verification, artifacts) if correction else None
         )
@@ -1040,29 +1042,38 @@ class ReviewDesk:
         return seg, (entry, str(withdrawn.get("sop_instance_uid") or ""))
 
     def _withdraw_planar_segs(
-        self, verification: Verification, artifacts: Sequence[dict[str, Any]]
-    ) -> list[dict[str, Any]]:
+        self,
+        result: Result,
+        verification: Verification,
+        artifacts: Sequence[dict[str, Any]],
+        held_back: Sequence[dict[str, Any]] = (),
+    ) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
         """``artifacts`` less each SEG of a planar (radiograph) segmentation package
-        whose segments the reader all decided negative.
+        whose segments the reader all decided negative, and the SEGs withheld after
+        this decision (``held_back`` with those added, less those issued again).
 
         Only a segmentation package's SEG (series 9914) is withdrawn, and only when
         every one of its segments is labelled exactly with a finding decided negative
         (the finding's name, as the SEG was built with it): a SEG still showing a
         finding kept is sent. A classifier's SEG (its CAM regions, an explanation of its
         SR's positive findings) is left as it is, and so is a CT result's SEG (its SRs'
-        own, see :meth:`_verified_volume_sr`)."""
+        own, see :meth:`_verified_volume_sr`). A planar SEG withdrawn by an earlier
+        decision whose findings are no longer all decided negative is issued again
+        (a new instance, :meth:`_reissued_seg`) and goes out with the result."""
         from overread.service.outputs.volume import (
             PLANAR_SEG_SERIES_NUMBER,
             SEGMENTATION,
             reader_withdrawn,
         )
 
+        held = [dict(w) for w in held_back]
+        if any(a.get("sop_class_uid") == COMPREHENSIVE_3D_SR for a in artifacts):
+            return list(artifacts), held
         withdrawn = {label[:64] for label in reader_withdrawn(verification.decisions)}
-        if not withdrawn or any(a.get("sop_class_uid") == COMPREHENSIVE_3D_SR for a in artifacts):
-            return list(artifacts)
         kept: list[dict[str, Any]] = []
+        newly: list[dict[str, Any]] = []
         for artifact in artifacts:
-            if artifact.get("sop_class_uid") == SEGMENTATION:
+            if withdrawn and artifact.get("sop_class_uid") == SEGMENTATION:
                 header = self._stored_header(artifact)
                 if header is None:
                     raise ReviewError(
@@ -1071,9 +1082,18 @@ class ReviewDesk:
                 package_seg = int(header.get("SeriesNumber") or 0) == PLANAR_SEG_SERIES_NUMBER
                 labels = {str(s.get("SegmentLabel", "")) for s in header.get("SegmentSequence", [])}
                 if package_seg and labels and labels <= withdrawn:
+                    newly.append({**_reference(artifact), "segment_labels": sorted(labels)})
                     continue
             kept.append(artifact)
-        return kept
+        still: list[dict[str, Any]] = []
+        for entry in held:
+            labels = set(entry.get("segment_labels") or ())
+            if labels and not labels <= withdrawn:
+                _, (seg_entry, _replaced) = self._reissued_seg(result, entry)
+                kept.append(seg_entry)
+            else:
+                still.append(entry)
+        return kept, [*still, *newly]
 
     def _rejection_note(
         self,
