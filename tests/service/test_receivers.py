@@ -4,13 +4,16 @@ from __future__ import annotations
 
 import os
 import signal
+import socket
 import threading
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+import pydicom
 import pytest
 from pydicom.uid import generate_uid
+from pynetdicom import AE
 from sqlalchemy import select
 
 from overread.config import Settings
@@ -19,7 +22,7 @@ from overread.harness import storescu
 from overread.service.config import service_config
 from overread.service.db import Database, Instance, Study
 from overread.service.ingest import Ingestor, IngestOutcome
-from overread.service.receivers import ReceiverProcesses
+from overread.service.receivers import SLOW_STORE_ENV, ReceiverProcesses, association_shares
 from overread.service.scp import StorageSCP
 from overread.service.store import INCOMING_DIR, ObjectStore
 
@@ -226,3 +229,109 @@ def test_one_receiver_stopping_leaves_the_port_listening_for_the_others(
     finally:
         gateway.stop()
         database.dispose()
+
+
+def _listening() -> socket.socket:
+    """A bound, listening socket only receiver processes accept on."""
+    listening = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    listening.bind(("127.0.0.1", 0))
+    listening.listen(16)
+    return listening
+
+
+def _association(port: int, paths: list[Path]) -> Any:
+    ae = AE(ae_title="MODALITY")
+    for path in paths:
+        ds = pydicom.dcmread(path, stop_before_pixels=True)
+        ae.add_requested_context(ds.SOPClassUID, ds.file_meta.TransferSyntaxUID)
+    return ae.associate("127.0.0.1", port, ae_title="OVERREAD")
+
+
+def test_a_child_stopped_mid_instance_stores_it_with_its_row_or_refuses_it(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Each object waits 1.5 s in place before its row is committed: the child is
+    # told to stop in that window, while its sender has more instances to send.
+    monkeypatch.setenv(SLOW_STORE_ENV, "1.5")
+    config = service_config(
+        Settings(data_dir=tmp_path / "data"), dicom_port=0, dicom_host="127.0.0.1"
+    )
+    database = Database(config.database_url)
+    store = ObjectStore(tmp_path / "data" / "objects")
+    listening = _listening()
+    children = ReceiverProcesses(config, 1, on_released=lambda _s: None, on_stored=lambda _o: None)
+    children.start(listening)
+    paths = [make_dx(tmp_path / f"dx{i}.dcm", seed=i, size=256) for i in range(8)]
+    statuses: list[int | None] = []
+    try:
+        assoc = _association(listening.getsockname()[1], paths[:1])
+        assert assoc.is_established
+
+        def send() -> None:
+            for path in paths:
+                if not assoc.is_established:
+                    break
+                try:
+                    status = assoc.send_c_store(path)
+                except RuntimeError:  # aborted meanwhile
+                    break
+                if "Status" not in status:  # aborted: no answer
+                    statuses.append(None)
+                    break
+                statuses.append(int(status.Status))
+            if assoc.is_established:
+                assoc.release()
+
+        sender = threading.Thread(target=send)
+        sender.start()
+        # The first object is in place, its row not yet committed: stop now.
+        wait_until(lambda: any(store.root.glob("[0-9a-f][0-9a-f]/*")), timeout=30)
+        children.stop(timeout=6)  # lets the child drain for 4 s, then terminates it
+        sender.join(30)
+        assert not sender.is_alive()
+    finally:
+        children.stop()
+        listening.close()
+    with database.session() as session:
+        rows = session.scalars(select(Instance)).all()
+    database.dispose()
+    # The instance in flight was stored whole, with its row, and acknowledged; none
+    # sent once the child was stopping was taken (refused, or the association ended).
+    assert statuses[0] == 0x0000
+    assert len(rows) == 1
+    assert all(status != 0x0000 for status in statuses[1:])
+    placed = [p for p in store.root.rglob("*") if p.is_file() and INCOMING_DIR not in p.parts]
+    assert sorted(store.path(r.object_key) for r in rows) == sorted(placed)
+    assert os.listdir(store.root / INCOMING_DIR) == []
+
+
+def test_max_associations_is_shared_out_over_the_receiving_processes(tmp_path: Path) -> None:
+    assert association_shares(32, 1) == [32]
+    assert association_shares(32, 3) == [11, 11, 10]
+    assert sum(association_shares(7, 4)) == 7
+    assert association_shares(2, 4) == [1, 1, 1, 1]  # each process admits one at least
+    # Gateway and one child with a limit of 2: the child admits one association.
+    config = service_config(
+        Settings(data_dir=tmp_path / "data"),
+        dicom_port=0,
+        dicom_host="127.0.0.1",
+        max_associations=2,
+    )
+    listening = _listening()
+    children = ReceiverProcesses(config, 1, on_released=lambda _s: None, on_stored=lambda _o: None)
+    children.start(listening)
+    path = make_dx(tmp_path / "dx.dcm", seed=1, size=64)
+    held: list[Any] = []
+    try:
+        first = _association(listening.getsockname()[1], [path])
+        held.append(first)
+        assert first.is_established
+        second = _association(listening.getsockname()[1], [path])
+        held.append(second)
+        assert second.is_rejected
+    finally:
+        for assoc in held:
+            if assoc.is_established:
+                assoc.release()
+        children.stop()
+        listening.close()

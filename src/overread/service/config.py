@@ -465,7 +465,7 @@ class ServiceConfig(BaseModel):
         le=64,
         description="processes receiving on the DICOM port (sharing one listening socket); "
         "more than one lets concurrent associations use more than one core "
-        "(max_associations is per process)",
+        "(max_associations is shared out over them: together they admit that many)",
     )
     audit_checkpoint_events: int = Field(
         default=100,

@@ -342,6 +342,14 @@ class Ingestor:
         """Persist a DICOM file from disk (the ``files / CLI`` ingest path)."""
         return self.ingest(Path(path).read_bytes(), calling_ae=calling_ae, source=str(path))
 
+    def references(self, object_key: str) -> bool:
+        """Whether an instance row references the stored object ``object_key``."""
+        with self.database.session() as session:
+            found = session.execute(
+                select(Instance.sop_instance_uid).where(Instance.object_key == object_key).limit(1)
+            ).first()
+        return found is not None
+
     def _find(self, sop_instance_uid: str) -> _StoredRow | None:
         with self.database.session() as session:
             row = session.execute(

@@ -28,7 +28,7 @@ from overread.service.hl7.mllp import MllpListener
 from overread.service.ingest import Ingestor, IngestOutcome
 from overread.service.jobs import JobQueue, RetryPolicy
 from overread.service.metrics import ServiceMetrics
-from overread.service.receivers import ReceiverProcesses
+from overread.service.receivers import ReceiverProcesses, association_shares
 from overread.service.retention import RetentionSweeper
 from overread.service.rollout import RolloutStore
 from overread.service.runtime import (
@@ -49,6 +49,10 @@ if TYPE_CHECKING:
     from overread.models.registry import Registry
 
 logger = logging.getLogger(__name__)
+
+#: How long the stopping gateway lets the instances in flight on its DICOM port be
+#: stored (see StorageSCP.stop) before it stops without them.
+_DRAIN_SECONDS = 10.0
 
 
 def open_queue(config: ServiceConfig) -> tuple[Database, ObjectStore, JobQueue]:
@@ -128,7 +132,15 @@ class ServiceNode:
         )
         self.scp: StorageSCP | None = (
             StorageSCP(
-                config,
+                # With receiver processes the gateway admits its share of
+                # max_associations (each child its own; together the setting).
+                config.model_copy(
+                    update={
+                        "max_associations": association_shares(
+                            config.max_associations, config.dicom_receivers
+                        )[0]
+                    }
+                ),
                 self.ingestor,
                 on_released=self._on_released,
                 rejected_dir=Path(config.data_dir) / "rejected",
@@ -265,7 +277,7 @@ class ServiceNode:
         """Stop listening, let running jobs finish (up to ``timeout``), close the database."""
         self._stop.set()
         if self.scp is not None:
-            self.scp.stop()
+            self.scp.stop(drain_seconds=_DRAIN_SECONDS)
         if self.receivers is not None:
             self.receivers.stop()
         if self.hl7_listener is not None:

@@ -83,6 +83,33 @@ _MAX_FRAME = 64 * 1024 * 1024
 #: Tests only: the path of a file; the child that removes it first sends half of its
 #: next event and kills itself (SIGKILL), as a child killed mid-send would.
 TEAR_ENV = "OVERREAD_TEST_RECEIVER_TEAR_FILE"
+#: Tests only: seconds a child waits after placing each object in the store, before
+#: its row is committed (a slow transfer's last step, stretched).
+SLOW_STORE_ENV = "OVERREAD_TEST_RECEIVER_SLOW_STORE"
+
+#: A stopping child waits this much less than the gateway's stop timeout for its
+#: instances in flight, so that it exits by itself before it is terminated.
+_DRAIN_MARGIN_SECONDS = 2.0
+
+
+def association_shares(limit: int, processes: int) -> list[int]:
+    """``max_associations`` split over the receiving processes (the gateway's first):
+    ``limit // processes`` each and one more for the first ``limit % processes``, so
+    that together they admit exactly ``limit``; each at least 1 (with fewer
+    associations than processes allowed, the total is ``processes``)."""
+    base, extra = divmod(limit, processes)
+    return [max(1, base + (1 if number < extra else 0)) for number in range(processes)]
+
+
+def _slow_store(store: ObjectStore, seconds: float) -> None:
+    adopt = store.adopt
+
+    def slowly(incoming: Any) -> Any:
+        stored = adopt(incoming)
+        time.sleep(seconds)
+        return stored
+
+    setattr(store, "adopt", slowly)  # noqa: B010
 
 
 def encode_event(kind: str, value: Any) -> bytes:
@@ -248,13 +275,22 @@ class EventReader:
 
 
 def _receive(
-    config: ServiceConfig, listening: socket.socket, channel: socket.socket, stop: Any, parent: int
+    config: ServiceConfig,
+    listening: socket.socket,
+    channel: socket.socket,
+    stop: Any,
+    parent: int,
+    drain: Any = None,
 ) -> None:
-    """A child receiver: one Storage SCP on the gateway's socket until told to stop."""
+    """A child receiver: one Storage SCP on the gateway's socket until told to stop;
+    then it stops accepting, lets the instances in flight be stored (``drain``
+    seconds at most, set by the gateway with ``stop``) and exits."""
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
     events = EventSender(channel)
     database = Database(config.database_url)
     store = ObjectStore(Path(config.data_dir) / "objects", fsync=config.fsync)
+    if os.environ.get(SLOW_STORE_ENV):
+        _slow_store(store, float(os.environ[SLOW_STORE_ENV]))
     ingestor = Ingestor(
         database,
         store,
@@ -275,15 +311,18 @@ def _receive(
         database.dispose()
         return
     events.send("ready", os.getpid())
+    seconds = 0.0
     try:
         # A flag in shared memory, not a multiprocessing Event: a child killed while
         # waiting on an Event would leave the gateway's set() waiting forever.
         while not stop.value:
-            time.sleep(0.5)
+            time.sleep(0.1)
             if os.getppid() != parent:  # the gateway is gone: stop taking instances
                 break
+        # Stopped, or the gateway is gone: let the instances in flight be stored.
+        seconds = float(drain.value) if drain is not None and drain.value > 0 else 8.0
     finally:
-        scp.stop()
+        scp.stop(drain_seconds=seconds)
         database.dispose()
         channel.close()
 
@@ -320,6 +359,7 @@ class ReceiverProcesses:
         self._inbox: queue.SimpleQueue[tuple[str, Any]] = queue.SimpleQueue()
         self._reader: EventReader | None = None
         self._stop: Any = None
+        self._drain: Any = None
         self._processes: list[Any] = []
         self._forwarder: threading.Thread | None = None
         self._closing = threading.Event()
@@ -358,6 +398,7 @@ class ReceiverProcesses:
         self._stopping = False
         self._closing.clear()
         self._stop = self._context.RawValue("b", 0)
+        self._drain = self._context.RawValue("d", 0.0)
         self._reader = EventReader(lambda kind, value: self._inbox.put((kind, value)))
         self._reader.start()
         for number in range(self.count):
@@ -406,10 +447,14 @@ class ReceiverProcesses:
     def _spawn(self, number: int) -> Any:
         assert self._reader is not None
         ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
+        # The gateway's SCP admits the first share of max_associations, child
+        # ``number`` the next ones: together what the configuration says.
+        shares = association_shares(self.config.max_associations, self.count + 1)
+        config = self._config.model_copy(update={"max_associations": shares[number + 1]})
         try:
             process = self._context.Process(
                 target=_receive,
-                args=(self._config, self._listening, theirs, self._stop, os.getpid()),
+                args=(config, self._listening, theirs, self._stop, os.getpid(), self._drain),
                 name=f"overread-receiver-{number + 1}",
                 daemon=True,
             )
@@ -480,9 +525,14 @@ class ReceiverProcesses:
             self._watch()
 
     def stop(self, timeout: float = 10.0) -> None:
-        """Stop the children (each finishes the instance it is receiving)."""
+        """Stop the children: each stops accepting, stores the instances in flight
+        (for ``timeout`` less a margin at most; a C-STORE that had not started is
+        refused with 0xA700) and exits; one still running after ``timeout`` is
+        terminated."""
         with self._processes_lock:
             self._stopping = True
+            if self._drain is not None:
+                self._drain.value = max(0.0, timeout - _DRAIN_MARGIN_SECONDS)
             if self._stop is not None:
                 self._stop.value = 1
             processes = list(self._processes)
@@ -510,4 +560,12 @@ class ReceiverProcesses:
         self._processes = []
 
 
-__all__ = ["TEAR_ENV", "EventReader", "EventSender", "ReceiverProcesses", "encode_event"]
+__all__ = [
+    "SLOW_STORE_ENV",
+    "TEAR_ENV",
+    "EventReader",
+    "EventSender",
+    "ReceiverProcesses",
+    "association_shares",
+    "encode_event",
+]

@@ -265,6 +265,10 @@ class StorageSCP:
         # Objects being received per association whose C-STORE handler has not yet
         # taken them: discarded if the connection closes first.
         self._arriving: dict[int, list[IncomingObject]] = {}
+        # Stopping: no new instance is taken (see stop()); C-STORE handlers at work.
+        self._stopping = False
+        self._closed = False
+        self._storing = 0
         self._lock = threading.Lock()
         # TLS handshakes at once; past it a new one is closed (a flood cannot pile up
         # threads); each has one deadline for the whole handshake.
@@ -339,7 +343,7 @@ class StorageSCP:
         port = int(self._server.server_address[1])
         try:
             self.ingestor.store.prepare()
-            self.ingestor.store.remove_stale_incoming()
+            self._remove_stale_incoming()
         except OSError as exc:  # every C-STORE will answer 0xA700 until this is fixed
             logger.error("object store %s is not writable: %s", self.ingestor.store.root, exc)
         if self._inherited is None:  # the gateway's own SCP sweeps for the store
@@ -364,12 +368,18 @@ class StorageSCP:
         only at start (a receiver killed mid-object leaves its file behind)."""
         while not self._sweeping.wait(STALE_INCOMING_SECONDS / 4):
             try:
-                removed = self.ingestor.store.remove_stale_incoming()
+                removed = self._remove_stale_incoming()
             except OSError as exc:
                 logger.warning("sweeping half-received objects failed: %s", exc)
                 continue
             if removed:
                 logger.info("removed %d half-received object(s) left by a writer", removed)
+
+    def _remove_stale_incoming(self) -> int:
+        """The store's sweep of its incoming folder; the gateway's own SCP (the one
+        process per data directory) also reports an object stored without its row."""
+        recorded = self.ingestor.references if self._inherited is None else None
+        return self.ingestor.store.remove_stale_incoming(recorded=recorded)
 
     def _listen(self, handlers: list[Any]) -> Any:
         server = self._serve(handlers)
@@ -459,15 +469,54 @@ class StorageSCP:
         sock: socket.socket = self._server.socket
         return sock
 
-    def stop(self) -> None:
-        """Stop accepting associations and close the listening socket."""
+    def stop(self, drain_seconds: float = 0.0) -> None:
+        """Stop accepting associations and close the listening socket.
+
+        With ``drain_seconds``, then wait (that long at most) for the instances in
+        flight to be stored: each one whose data set had started to arrive, or whose
+        C-STORE handler was at work, is stored with its row and acknowledged; any
+        other C-STORE on an association still open is refused (``0xA700``, the
+        sender keeps it and sends it again). After this returns no instance is
+        taken any more, and the associations still open are aborted, so the process
+        may exit without leaving an object in the store without its row (one at work
+        past the wait is the exception, which the gateway's sweep reports).
+        """
+        with self._lock:
+            self._stopping = True
         self._sweeping.set()
+        server = self._server
         if self._server is not None:
             self._server.shutdown()
             self._server = None
         if self._gate is not None:
             self._gate.stop()
             self._gate = None
+        deadline = time.monotonic() + max(0.0, drain_seconds)
+        while True:
+            with self._lock:
+                busy = self._storing + sum(len(a) for a in self._arriving.values())
+                if not busy or time.monotonic() >= deadline:
+                    self._closed = True
+                    break
+            time.sleep(0.02)
+        if busy:
+            logger.warning(
+                "%d instance(s) still arriving or being stored after %.0f s; "
+                "the receiver stops without them",
+                busy,
+                drain_seconds,
+            )
+        if drain_seconds > 0 and server is not None:
+            # Their DUL threads would otherwise keep the process until they end.
+            for assoc in list(server.active_associations):
+                with contextlib.suppress(Exception):
+                    assoc.abort()
+
+    @property
+    def in_flight(self) -> int:
+        """Instances whose data set is arriving or whose C-STORE handler is at work."""
+        with self._lock:
+            return self._storing + sum(len(a) for a in self._arriving.values())
 
     # -- handlers ---------------------------------------------------------------------
     def _admitted(self, ae_title: str, host: str) -> bool:
@@ -550,6 +599,8 @@ class StorageSCP:
                 )
             )
         except Exception:
+            return None
+        if self._stopping:  # refused by the handler: nothing written
             return None
         if self.ingestor.disk is not None:
             try:
@@ -655,8 +706,31 @@ class StorageSCP:
     def _on_c_store(self, event: evt.Event) -> int | Dataset:
         calling = str(event.assoc.requestor.ae_title).strip()
         host = str(event.assoc.requestor.address)
-        source = f"C-STORE from {calling}@{host}"
         streamed = getattr(event.request, "DataSet", None)
+        with self._lock:
+            # Once stopping, only an instance that had started to arrive is taken;
+            # once stopped, none.
+            taken = not self._closed and (
+                not self._stopping or isinstance(streamed, _StreamedDataSet)
+            )
+            if taken:
+                self._storing += 1
+        if not taken:
+            if isinstance(streamed, _StreamedDataSet):
+                self._take_incoming(event.assoc, streamed.incoming)
+                streamed.incoming.discard()
+            logger.warning("C-STORE from %s refused: the receiver is stopping", calling)
+            return self._refuse_instance(
+                calling, host, STATUS_OUT_OF_RESOURCES, "the receiver is stopping"
+            )
+        try:
+            return self._store(event, calling, host, streamed)
+        finally:
+            with self._lock:
+                self._storing -= 1
+
+    def _store(self, event: evt.Event, calling: str, host: str, streamed: Any) -> int | Dataset:
+        source = f"C-STORE from {calling}@{host}"
         if isinstance(streamed, _StreamedDataSet):
             incoming = streamed.incoming
             self._take_incoming(event.assoc, incoming)
@@ -756,8 +830,8 @@ class StorageSCP:
             path = self._rejected_path(calling)
             if path is not None:
                 incoming.keep_as(path)
-        except OSError as exc:
-            logger.warning("could not keep the rejected payload: %s", exc)
+        except OSError as exc:  # a failed write included: kept as *.incomplete
+            logger.warning("the rejected payload is not kept whole: %s", exc)
 
 
 __all__ = [

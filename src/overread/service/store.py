@@ -32,6 +32,7 @@ import contextlib
 import fcntl
 import hashlib
 import itertools
+import logging
 import mmap
 import os
 import queue
@@ -45,6 +46,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from overread.errors import ServiceError
+
+logger = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -329,24 +332,47 @@ class IncomingObject:
         if not self._synced:
             os.fsync(self._fd)
 
-    def keep_as(self, target: Path) -> None:
-        """Move (or, across file systems, copy) what arrived to ``target``."""
+    def keep_as(self, target: Path) -> Path:
+        """Move (or, across file systems, copy) what arrived to ``target``; return
+        where it went.
+
+        Raises
+        ------
+        OSError
+            If it cannot be kept, or if writing what arrived failed (disk full): the
+            truncated copy is then kept as ``target`` with ``.incomplete`` appended,
+            never under the name of a whole payload, and the error names it.
+        """
         self._stop()
+        error = self._error
+        if error is not None:
+            target = target.with_name(target.name + ".incomplete")
         try:
             os.replace(self.path, target)
         except OSError:
             shutil.copyfile(self.path, target)
+        if error is not None:
+            raise OSError(
+                f"writing the payload failed ({error}); what was written is kept as {target.name}"
+            ) from error
+        return target
 
     def discard(self) -> None:
-        """Stop the writer, close the file and remove it unless it was adopted."""
+        """Stop the writer, remove the file (an adopted one is only unlinked from the
+        incoming folder: it stays under its content address) and close it.
+
+        The file is removed while its lock is still held: an incoming file that is
+        also in place under its key (:meth:`ObjectStore.adopt` links it there) with
+        its lock free was left by a writer that stopped between the two, see
+        :meth:`ObjectStore.remove_stale_incoming`.
+        """
         self._stop()
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(self.path)
         if not self._closed:
             self._closed = True
             with contextlib.suppress(OSError):
                 os.close(self._fd)
-        if not self._adopted:
-            with contextlib.suppress(FileNotFoundError):
-                os.unlink(self.path)
 
 
 class ObjectStore:
@@ -403,6 +429,7 @@ class ObjectStore:
         *,
         older_than: float = STALE_INCOMING_SECONDS,
         unverified_older_than: float = STALE_UNVERIFIED_INCOMING_SECONDS,
+        recorded: Callable[[str], bool] | None = None,
     ) -> int:
         """Remove objects left half-received by a writer that is gone; return how many.
 
@@ -414,6 +441,17 @@ class ObjectStore:
         :data:`NETWORK_FILESYSTEMS`), a writer that cannot be shown gone, has its
         file removed only once unchanged for ``unverified_older_than`` seconds. A
         receiver calls this when it starts, never a writer on each object.
+
+        An incoming file that is also in place under its content address (two links:
+        :meth:`adopt` links it there, and its owner unlinks the incoming name only
+        once the row is committed) whose writer is shown gone was left between the
+        two: the object is stored, its row may not be. With ``recorded`` (whether a
+        row references a key; the process that owns the database passes it) such a
+        file is looked at whatever its age: a row references it, or the object is
+        reported as stored without a row (logged as an error with its key; the
+        sender was never acknowledged and sends it again, which records it). Its
+        incoming name is removed either way; the object stays. Without
+        ``recorded`` these files are left alone.
         """
         self.prepare()
         removed = 0
@@ -439,7 +477,13 @@ class ObjectStore:
                 continue
             try:
                 fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-                if now - os.fstat(fd).st_mtime > bound:
+                status = os.fstat(fd)
+                if status.st_nlink > 1:  # in place under its key: see above
+                    if recorded is not None and (gone or now - status.st_mtime > bound):
+                        self._check_recorded(fd, entry.path, recorded)
+                        os.unlink(entry.path)
+                        removed += 1
+                elif now - status.st_mtime > bound:
                     os.unlink(entry.path)  # under the lock: no writer can hold it
                     removed += 1
             except OSError:
@@ -447,6 +491,22 @@ class ObjectStore:
             finally:
                 os.close(fd)
         return removed
+
+    def _check_recorded(self, fd: int, path: str, recorded: Callable[[str], bool]) -> None:
+        """Report the object ``fd`` (an incoming file left in place) if no row
+        references it."""
+        digest = hashlib.sha256()
+        with open(os.dup(fd), "rb") as stream:
+            for block in iter(lambda: stream.read(1 << 20), b""):
+                digest.update(block)
+        key = self.key_for(digest.hexdigest())
+        if not recorded(key):
+            logger.error(
+                "object %s is stored but no instance row references it: its receiver "
+                "stopped before recording it (the sender was not acknowledged and "
+                "sends it again, which records it); the file is kept in the store",
+                key,
+            )
 
     def receive(self) -> IncomingObject:
         """A new :class:`IncomingObject` to write an arriving object into.
@@ -483,7 +543,17 @@ class ObjectStore:
             self.prepare()
         if self.fsync:
             incoming.sync()
-        os.replace(incoming.path, final)
+        # Linked, not renamed: until its owner discards it (after the row is
+        # committed) the incoming name stays too, the mark of an object in place
+        # whose row may not exist yet (see remove_stale_incoming).
+        try:
+            os.link(incoming.path, final)
+        except FileExistsError:  # identical bytes placed meanwhile by another writer
+            if not self.fsync or _sync_existing(final):
+                return StoredObject(key, digest, size, final, created=False)
+            os.replace(incoming.path, final)
+        except OSError:  # no hard links here (some network file systems)
+            os.replace(incoming.path, final)
         incoming._adopted = True
         if self.fsync:
             _fsync_dir(final.parent)
