@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+import shutil
 from pathlib import Path
 
 import numpy as np
@@ -173,3 +175,23 @@ def test_a_bad_warm_start_is_a_one_line_error(tmp_path: Path, run_cli) -> None: 
     )
     assert status != 0
     assert "error:" in (out + err) and "Traceback" not in (out + err)
+
+
+def test_a_warm_start_from_another_grid_or_box_scale_is_refused(tmp_path: Path) -> None:
+    from overread.training.ct_detect import DetModel, _initial_weights
+
+    package = Path(__file__).parent / "assets" / "ct-nodule-detection"
+    assert _initial_weights(package, DetModel())  # the committed package: 3 mm, 40 mm
+    with pytest.raises(ConfigError, match=r"model\.target_spacing = 3, this run has 2"):
+        _initial_weights(package, DetModel(target_spacing=2.0))
+    with pytest.raises(ConfigError, match=r"model\.max_size_mm = 40, this run has 30"):
+        _initial_weights(package, DetModel(max_size_mm=30.0))
+    # A segmentation package (not a centre-heatmap detector) is refused by name.
+    seg = tmp_path / "seg"
+    seg.mkdir()
+    shutil.copy(package / "model.pt", seg / "model.pt")
+    manifest = json.loads((package / "manifest.json").read_text())
+    manifest["volume"]["postprocess"] = "lung-nodule"
+    (seg / "manifest.json").write_text(json.dumps(manifest))
+    with pytest.raises(ConfigError, match="not a detection package"):
+        _initial_weights(seg, DetModel())

@@ -39,6 +39,7 @@ def trained(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
             "data": {"train_n": 1, "test_n": 1, "size": 64},
             "model": {"channels": [4, 8, 16], "patch": [32, 32, 32], "target_spacing": 5.0},
             "optim": {"iterations": 2, "batch_size": 1},
+            "inference": {"clean_components": True},
         }
     )
     net, _ = train_ct(cfg, echo=lambda _line: None)
@@ -77,7 +78,7 @@ def test_the_package_carries_the_volume_section_training_used(
     assert volume["resample"] == "trilinear"
     assert volume["lung_output"] == "probability" and "nodule_score" not in volume  # mean
     assert (volume["lung_label"], volume["nodule_label"]) == ("lung", "nodule")
-    assert volume["clean_components"] is True  # new packages clean their masks
+    assert volume["clean_components"] is True  # as the config (and the preset) asks
 
 
 def test_pipeline_reads_the_series_as_predict_ct_does(trained: tuple[Path, Path]) -> None:

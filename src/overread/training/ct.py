@@ -100,7 +100,9 @@ class CtInference(_Section):
     nodule_score: Literal["mean", "max"] = "mean"
     # The written package cleans its masks by 3-D components (the volume section's
     # ``clean_components``): stray lung voxels and nodule specks outside the lungs go.
-    clean_components: bool = True
+    # Off unless the config asks (the ct-phantom preset does), so a config written
+    # before the option trains the same package as before.
+    clean_components: bool = False
     nodule_min_volume_mm3: float = Field(default=0.0, ge=0)
 
 

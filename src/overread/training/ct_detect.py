@@ -361,7 +361,7 @@ def train_detector(
     out = Path(cfg.output)
     out.mkdir(parents=True, exist_ok=True)
     start = time.perf_counter()
-    initial = _initial_weights(cfg.optim.init) if cfg.optim.init is not None else None
+    initial = _initial_weights(cfg.optim.init, cfg.model) if cfg.optim.init is not None else None
     if cases is None:
         echo(f"rendering {cfg.data.train_n} training phantoms (seed {cfg.data.train_seed})")
         cases = [
@@ -435,8 +435,11 @@ def train_detector(
     return net, DetTrainResult(out, checkpoint, time.perf_counter() - start, sum(running))
 
 
-def _initial_weights(path: Path) -> dict[str, Any]:
-    """The state dict of a checkpoint.pt, a run folder holding one, or a package's model.pt."""
+def _initial_weights(path: Path, model: DetModel) -> dict[str, Any]:
+    """The state dict of a checkpoint.pt, a run folder holding one, or a detection
+    package's model.pt, refused (one line naming the setting) when it was trained for
+    another grid or box scale than ``model``: the weights would load, but the heatmap
+    and the size head would mean something else."""
     import torch
 
     path = Path(path)
@@ -451,7 +454,46 @@ def _initial_weights(path: Path) -> dict[str, Any]:
     state = blob.get("state_dict", blob) if isinstance(blob, dict) else None
     if not isinstance(state, dict):
         raise ConfigError(f"optim.init: {found}: not a detector checkpoint")
+    trained = _trained_for(found, blob)
+    wanted = {
+        "target_spacing": float(model.target_spacing),
+        "max_size_mm": float(model.max_size_mm),
+    }
+    for key, value in wanted.items():
+        if key in trained and abs(float(trained[key]) - value) > 1e-6:
+            raise ConfigError(
+                f"optim.init: {found}: trained with model.{key} = {trained[key]:g}, "
+                f"this run has {value:g}"
+            )
     return state
+
+
+def _trained_for(found: Path, blob: Any) -> dict[str, float]:
+    """The grid and box scale a checkpoint (its saved config) or a package (its
+    manifest's volume section) was trained for; refuses a package that is not a
+    centre-heatmap detector."""
+    if isinstance(blob, dict) and isinstance(blob.get("config"), dict):
+        model = blob["config"].get("model") or {}
+        return {k: float(model[k]) for k in ("target_spacing", "max_size_mm") if k in model}
+    manifest = found.parent / "manifest.json"
+    if not manifest.is_file():
+        return {}
+    try:
+        volume = json.loads(manifest.read_text()).get("volume") or {}
+    except (OSError, ValueError):
+        raise ConfigError(f"optim.init: {manifest}: unreadable manifest") from None
+    if volume.get("postprocess") != "centre-heatmap":
+        raise ConfigError(
+            f"optim.init: {found.parent}: not a detection package "
+            f"(postprocess {volume.get('postprocess')!r}, not 'centre-heatmap')"
+        )
+    found_for: dict[str, float] = {}
+    spacing = volume.get("spacing_mm") or []
+    if spacing:
+        found_for["target_spacing"] = float(spacing[0])
+    if "max_nodule_mm" in volume:
+        found_for["max_size_mm"] = float(volume["max_nodule_mm"])
+    return found_for
 
 
 def _save(net: Any, cfg: CtDetectConfig, path: Path) -> None:
