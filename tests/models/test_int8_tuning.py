@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 from pathlib import Path
 
 import numpy as np
@@ -247,3 +248,22 @@ def test_export_cli_keeps_named_nodes_in_fp32(run_cli, tmp_path: Path) -> None: 
     assert "Traceback" not in stderr
     status, _, stderr = run_cli("export", source, "--onnx", "--int8-sensitivity", "sideways")
     assert status == 2 and "sideways" in stderr
+
+
+def test_the_runtime_check_s_drift_is_recorded_and_warned_about(
+    drifting: tuple[Path, np.ndarray], tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    from overread.models.int8_tuning import INT8_TOLERANCE
+
+    fp32, images = drifting
+    with caplog.at_level(logging.WARNING, logger="overread.models.int8_tuning"):
+        out, plain = quantize_tuned(fp32, tmp_path / "plain.onnx", images, target=None)
+    seen = probability_drift(fp32, out, runtime_guard(64)[:2])
+    assert plain.runtime_check_max_prob_diff == pytest.approx(seen, abs=1e-6)
+    warned = [r for r in caplog.records if "runtime check" in r.getMessage()]
+    assert bool(warned) == (seen > INT8_TOLERANCE)
+    caplog.clear()
+    with caplog.at_level(logging.WARNING, logger="overread.models.int8_tuning"):
+        out, tuned = quantize_tuned(fp32, tmp_path / "t.onnx", images, target=0.03, max_nodes=2)
+    assert tuned.runtime_check_max_prob_diff is not None
+    assert tuned.runtime_check_max_prob_diff < plain.runtime_check_max_prob_diff

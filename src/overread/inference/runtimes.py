@@ -21,6 +21,7 @@ import torch
 
 from overread.errors import InferenceError, ModelPackageError
 from overread.models.export import CAM_NAME, INPUT_NAME, LOGITS_NAME, CamClassifier, cam_parts
+from overread.models.int8_tuning import INT8_TOLERANCE as _INT8_TOLERANCE
 from overread.models.package import ModelPackage
 
 logger = logging.getLogger(__name__)
@@ -409,12 +410,8 @@ def open_runtime(
     return fp32
 
 
-#: Largest calibrated-probability difference between a package's INT8 and FP32 models,
-#: on :func:`int8_disagreement`'s fixed batch, that ``precision="auto"`` accepts. On an
-#: AVX2 CPU without VNNI, cxr-default 1.1.0's INT8 differs there by 0.047 with 7-bit
-#: weights and by 0.090 with the earlier 8-bit weights, whose int16 sums saturate
-#: (0.98 on phantoms); see docs/benchmarks.md.
-INT8_TOLERANCE = 0.06
+#: The runtime check's tolerance (defined beside the export that records the same figure).
+INT8_TOLERANCE = _INT8_TOLERANCE
 
 _INT8_CHECKS: dict[tuple[str, str], float] = {}
 

@@ -274,6 +274,8 @@ class Int8Section(_Strict):
     calibration: str = ""
     max_prob_diff: float | None = Field(default=None, ge=0.0)
     baseline_max_prob_diff: float | None = Field(default=None, ge=0.0)
+    #: The same on the runtime check's two synthetic chests, before calibration.
+    runtime_check_max_prob_diff: float | None = Field(default=None, ge=0.0)
 
 
 class FileEntry(_Strict):
