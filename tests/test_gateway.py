@@ -23,7 +23,7 @@ def test_stop_closes_the_dicom_listener_before_waiting_for_the_triage_sweep(
     gateway = Gateway(config, artifacts=False)
     events: list[str] = []
     assert gateway.scp is not None
-    monkeypatch.setattr(gateway.scp, "stop", lambda: events.append("dicom"))
+    monkeypatch.setattr(gateway.scp, "stop", lambda **_: events.append("dicom"))
 
     class Sweep:
         def join(self, timeout: float | None = None) -> None:
