@@ -6,11 +6,12 @@ Deliveries go to a real HTTP server on loopback; the clock is injected.
 from __future__ import annotations
 
 import sqlite3
+from collections.abc import Iterator
 from datetime import timedelta
 from typing import Any
 
 import pytest
-from sqlalchemy import func, select
+from sqlalchemy import event, func, select
 
 from overread.audit import AuditEvent, verify_chain
 from overread.errors import ConfigError
@@ -368,3 +369,43 @@ def test_a_verdict_on_the_study_closes_its_alert(db: Database, webhook: WebhookR
         assert delivery.state == "cancelled"
     assert webhook.received == []
     assert [e["event"] for e in _alert_events(db)] == ["raised", "closed"]
+
+
+@pytest.fixture
+def alert_loads() -> Iterator[list[int]]:
+    """The ids of the alerts loaded from the database while the test runs."""
+    loaded: list[int] = []
+
+    def on_load(target: Alert, _context: Any) -> None:
+        loaded.append(target.id)
+
+    event.listen(Alert, "load", on_load)
+    yield loaded
+    event.remove(Alert, "load", on_load)
+
+
+def test_escalation_loads_only_alerts_that_can_move(db: Database, alert_loads: list[int]) -> None:
+    # No channel at all (the soak's set-up): open alerts pile up unacknowledged, and
+    # the periodic sweep must not load every one of them on each pass.
+    config = TriageConfig()
+    for index in range(30):
+        _triage(db, config, f"9.{index}", [F("Pneumothorax", 0.9)], NOW)
+    alert_loads.clear()
+    with db.session() as session:
+        assert sweep(session, config, now=NOW + timedelta(hours=2)).escalated == []
+        assert session.scalar(select(func.count(Alert.id)).where(Alert.state == "open")) == 30
+    assert alert_loads == []
+
+
+def test_escalation_still_moves_alerts_with_a_next_level(
+    db: Database, webhook: WebhookReceiver, alert_loads: list[int]
+) -> None:
+    config = _config(webhook, escalate_after_minutes=15)
+    ids = [_triage(db, config, f"9.{i}", [F("Pneumothorax", 0.9)], NOW)[0] for i in range(3)]
+    with db.session() as session:
+        assert sorted(sweep(session, config, now=NOW + timedelta(minutes=15)).escalated) == ids
+    alert_loads.clear()
+    with db.session() as session:
+        # At the top level now (no level 2 channel): the next sweep loads none of them.
+        assert sweep(session, config, now=NOW + timedelta(hours=2)).escalated == []
+    assert alert_loads == []

@@ -605,16 +605,21 @@ def escalate_due(
     levels = {c.level for c in settings.channels}
     cutoff = now - timedelta(minutes=settings.escalate_after_minutes)
     escalated: list[Alert] = []
+    # Only alerts with channels at their next level can move: the others are not
+    # loaded (an open alert nobody acknowledges must not cost every sweep a row).
+    below = sorted(level - 1 for level in levels)
     open_alerts = (
         session.execute(
-            select(Alert).where(Alert.state == AlertState.OPEN.value).order_by(Alert.id)
+            select(Alert)
+            .where(Alert.state == AlertState.OPEN.value, Alert.level.in_(below))
+            .order_by(Alert.id)
         )
         .scalars()
         .all()
+        if below
+        else []
     )
     for alert in open_alerts:
-        if (alert.level + 1) not in levels:
-            continue
         since = alert.escalated_at or alert.raised_at
         if since > cutoff and not _level_failed(session, alert):
             continue
