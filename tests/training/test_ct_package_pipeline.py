@@ -10,6 +10,7 @@ import pydicom
 import pytest
 
 from overread.cli import main
+from overread.errors import ConfigError
 from overread.imaging.reader import read
 from overread.imaging.series import assemble_volume
 from overread.inference.volume import VolumePipeline, resample, sliding_window
@@ -108,3 +109,12 @@ def test_predict_writes_seg_and_sr_with_the_trained_package(
     assert main(["predict", str(series), "--model", str(package), "--out", str(out)]) == 0
     kinds = sorted(str(pydicom.dcmread(p).SOPClassUID) for p in out.rglob("*.dcm"))
     assert kinds == sorted([SEGMENTATION_STORAGE, COMPREHENSIVE_3D_SR])
+
+
+def test_a_nodule_volume_floor_without_clean_up_is_refused() -> None:
+    base = {"kind": "ct-segmentation", "inference": {"nodule_min_volume_mm3": 20.0}}
+    with pytest.raises(ConfigError, match="nodule_min_volume_mm3 applies only with"):
+        parse_ct_config(base)
+    both = {"kind": "ct-segmentation", "inference": {"nodule_min_volume_mm3": 20.0}}
+    both["inference"]["clean_components"] = True
+    assert parse_ct_config(both).inference.nodule_min_volume_mm3 == 20.0

@@ -29,13 +29,11 @@ from overread.errors import ModelPackageError
 from overread.models.export import INPUT_NAME, LOGITS_NAME, quantize_int8
 from overread.models.manifest import Int8Section
 
-#: Op types the sweep considers: those the ONNX Runtime quantiser quantises in models
-#: exported by :func:`overread.models.export.export_onnx`.
+logger = logging.getLogger(__name__)
+
 #: Largest INT8-vs-FP32 probability difference on the calibration images that an
 #: export accepts before it searches for nodes to keep in FP32. The package tests allow
 #: 0.05 on the same images; the margin covers images outside the calibration set.
-logger = logging.getLogger(__name__)
-
 DEFAULT_TARGET = 0.03
 #: Largest calibrated-probability difference between a package's INT8 and FP32 models,
 #: on the runtime check's two fixed synthetic chests, that ``precision="auto"``
@@ -45,6 +43,8 @@ DEFAULT_TARGET = 0.03
 #: phantoms); see docs/benchmarks.md.
 INT8_TOLERANCE = 0.06
 
+#: Op types the sweep considers: those the ONNX Runtime quantiser quantises in models
+#: exported by :func:`overread.models.export.export_onnx`.
 SWEEP_OP_TYPES = ("Conv", "Add", "MatMul", "Gemm", "Concat", "ReduceMean", "GlobalAveragePool")
 
 
@@ -412,8 +412,9 @@ def quantize_tuned(
     runtime_drift = probability_drift(fp32_path, out, runtime_guard(size, channels)[:2])
     if runtime_drift > INT8_TOLERANCE:
         logger.warning(
-            "%s: INT8 differs from FP32 by %.3f on the runtime check's images (tolerance "
-            "%.2f): precision 'auto' will serve the FP32 model",
+            "%s: INT8 differs from FP32 by %.3f on the runtime check's images before "
+            "calibration (the check's tolerance %.2f, on calibrated probabilities): "
+            "precision 'auto' will likely serve the FP32 model",
             Path(int8_path).name,
             runtime_drift,
             INT8_TOLERANCE,

@@ -33,7 +33,14 @@ from typing import Any, Literal
 
 import numpy as np
 import numpy.typing as npt
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 from scipy import ndimage
 
 from overread.errors import ConfigError
@@ -104,6 +111,14 @@ class CtInference(_Section):
     # before the option trains the same package as before.
     clean_components: bool = False
     nodule_min_volume_mm3: float = Field(default=0.0, ge=0)
+
+    @model_validator(mode="after")
+    def _clean_up_settings_need_clean_up(self) -> CtInference:
+        if self.nodule_min_volume_mm3 > 0 and not self.clean_components:
+            raise ValueError(
+                "nodule_min_volume_mm3 applies only with clean_components = true; set both"
+            )
+        return self
 
 
 class CtTrainConfig(_Section):
