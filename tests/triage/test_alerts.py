@@ -409,3 +409,35 @@ def test_escalation_still_moves_alerts_with_a_next_level(
         # At the top level now (no level 2 channel): the next sweep loads none of them.
         assert sweep(session, config, now=NOW + timedelta(hours=2)).escalated == []
     assert alert_loads == []
+
+
+def test_escalation_skips_a_level_with_no_channel(db: Database, webhook: WebhookReceiver) -> None:
+    # Channels at levels 0 and 2 only: an unacknowledged alert must not stay at level 0
+    # for want of a level-1 channel (a critical finding would be buried).
+    base = webhook.url.rsplit("/", 1)[0]
+    config = triage_config(
+        {
+            "alerts": {
+                "channels": [
+                    {"name": "reading-room", "kind": "webhook", "url": f"{base}/room"},
+                    {"name": "head", "kind": "webhook", "url": f"{base}/head", "level": 2},
+                ],
+                "escalate_after_minutes": 15,
+            }
+        }
+    )
+    [alert_id] = _triage(db, config, "9.9", [F("Pneumothorax", 0.9)], NOW)
+    with db.session() as session:
+        alert = session.get(Alert, alert_id)
+        assert alert is not None
+        assert next_escalation_at(alert, config.alerts) == NOW + timedelta(minutes=15)
+        sweep(session, config, now=NOW)
+        report = sweep(session, config, now=NOW + timedelta(minutes=15))
+        assert report.escalated == [alert_id]
+        assert session.get(Alert, alert_id).level == 2  # type: ignore[union-attr]
+    assert [m["path"] for m in webhook.received] == ["/room", "/head"]
+    assert webhook.received[1]["level"] == 2
+    with db.session() as session:
+        assert sweep(session, config, now=NOW + timedelta(hours=2)).escalated == []
+        alert = session.get(Alert, alert_id)
+        assert alert is not None and next_escalation_at(alert, config.alerts) is None

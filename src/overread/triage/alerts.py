@@ -74,6 +74,13 @@ def alert_notes(session: Session, alert: Alert) -> list[AlertNote]:
     )
 
 
+def next_level(level: int, levels: set[int]) -> int | None:
+    """The escalation level after ``level``: the lowest configured one above it (levels
+    need not be consecutive: with channels at 0 and 2 an alert goes from 0 to 2), or
+    ``None`` at the top."""
+    return min((other for other in levels if other > level), default=None)
+
+
 def next_escalation_at(alert: Alert, settings: AlertSettings) -> datetime | None:
     """When an open alert escalates next, ``None`` if it cannot (closed, or no next level).
 
@@ -82,7 +89,7 @@ def next_escalation_at(alert: Alert, settings: AlertSettings) -> datetime | None
     """
     if alert.state != AlertState.OPEN.value:
         return None
-    if (alert.level + 1) not in {c.level for c in settings.channels}:
+    if next_level(alert.level, {c.level for c in settings.channels}) is None:
         return None
     since = alert.escalated_at or alert.raised_at
     return since + timedelta(minutes=settings.escalate_after_minutes)
@@ -596,7 +603,7 @@ def escalate_due(
 ) -> list[Alert]:
     """Escalate each open alert unacknowledged for ``escalate_after_minutes`` at its level.
 
-    An alert moves one level per period while channels exist at the next level, and
+    An alert moves to the next configured level per period while there is one, and
     at once when every delivery at its level has failed for good (nobody was told);
     the next level's deliveries are queued immediately.
     """
@@ -605,25 +612,27 @@ def escalate_due(
     levels = {c.level for c in settings.channels}
     cutoff = now - timedelta(minutes=settings.escalate_after_minutes)
     escalated: list[Alert] = []
-    # Only alerts with channels at their next level can move: the others are not
-    # loaded (an open alert nobody acknowledges must not cost every sweep a row).
-    below = sorted(level - 1 for level in levels)
+    # Only alerts below the top configured level can move: the others are not loaded
+    # (an open alert nobody acknowledges must not cost every sweep a row).
     open_alerts = (
         session.execute(
             select(Alert)
-            .where(Alert.state == AlertState.OPEN.value, Alert.level.in_(below))
+            .where(Alert.state == AlertState.OPEN.value, Alert.level < max(levels))
             .order_by(Alert.id)
         )
         .scalars()
         .all()
-        if below
+        if levels
         else []
     )
     for alert in open_alerts:
+        target = next_level(alert.level, levels)
+        if target is None:
+            continue
         since = alert.escalated_at or alert.raised_at
         if since > cutoff and not _level_failed(session, alert):
             continue
-        alert.level += 1
+        alert.level = target
         alert.escalated_at = now
         session.flush()
         channels = _queue_deliveries(session, alert, settings, now)
@@ -861,6 +870,7 @@ __all__ = [
     "deliver_due",
     "escalate_due",
     "next_escalation_at",
+    "next_level",
     "raise_alerts",
     "raise_notice_alert",
     "raise_review_overdue",
