@@ -40,7 +40,7 @@ from torch import nn
 from overread.imaging import Image, ImageMetadata
 from overread.imaging.transforms import Letterbox
 from overread.models.manifest import Accepts, GateSpec, StatisticSpec, SubspaceSpec
-from overread.results import GateVerdict
+from overread.results import GateVerdict, Prediction
 
 if TYPE_CHECKING:
     from overread.models.package import ModelPackage
@@ -364,6 +364,30 @@ def check_header(meta: ImageMetadata, accepts: Accepts, spec: GateSpec | None) -
     return HeaderCheck(tuple(refuse), tuple(flag), tuple(missing))
 
 
+def record_verdict(
+    prediction: Prediction,
+    header: HeaderCheck | None,
+    verdict: GateVerdict,
+    override_gate: bool,
+) -> bool:
+    """Record the gate's ``verdict`` on ``prediction`` as every pipeline does: a warning
+    for header values the image decided, a refusal overridden by a reader marking the
+    result outside intended use, else a refusal as the prediction's error. True when
+    the image is refused (nothing for the model to analyse)."""
+    if header is not None and header.missing and verdict.status != REFUSE:
+        prediction.warnings.append(
+            f"{', '.join(header.missing)} not in the header: decided by the image"
+        )
+    refused = verdict.status == REFUSE and not override_gate
+    if verdict.status == REFUSE and override_gate:
+        verdict = GateVerdict(verdict.status, verdict.reasons, verdict.ood_score, True)
+        prediction.outside_intended_use = True
+    elif refused:
+        prediction.error = f"not analysed: {verdict.reason}"
+    prediction.gate = verdict
+    return refused
+
+
 class InputGate:
     """Header rules and the fitted pixel check of one model package.
 
@@ -667,5 +691,6 @@ __all__ = [
     "measure",
     "measure_files",
     "patient_age_years",
+    "record_verdict",
     "thumbnail",
 ]

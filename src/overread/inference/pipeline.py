@@ -47,7 +47,13 @@ from overread.explain.uncertainty import binary_entropy, mutual_information
 from overread.imaging import Image
 from overread.imaging.transforms import ChainRun, Compose, Letterbox, Resize, build_chain
 from overread.inference.evidence import attach_trust, attach_trust_from_cam
-from overread.inference.gate import REFUSE, HeaderCheck, InputGate, check_header
+from overread.inference.gate import (
+    REFUSE,
+    HeaderCheck,
+    InputGate,
+    check_header,
+    record_verdict,
+)
 from overread.inference.postprocess import calibrate, decide
 from overread.inference.result import FindingResult, ModelRef, Prediction
 from overread.inference.runtimes import OnnxRuntime, TorchRuntime, open_runtime, padded_size
@@ -632,19 +638,9 @@ class Pipeline:
                 )
                 out.append((prediction, None))
                 continue
-            if header is not None and header.missing and verdict.status != REFUSE:
-                prediction.warnings.append(
-                    f"{', '.join(header.missing)} not in the header: decided by the image"
-                )
-            if verdict.status == REFUSE:
-                if override_gate:
-                    verdict = GateVerdict(verdict.status, verdict.reasons, verdict.ood_score, True)
-                    prediction.outside_intended_use = True
-                else:
-                    prediction.ok = False
-                    prediction.error = f"not analysed: {verdict.reason}"
-                    x = None
-            prediction.gate = verdict
+            if record_verdict(prediction, header, verdict, override_gate):
+                prediction.ok = False
+                x = None
             if x is None:
                 prediction.model_input = None
                 prediction.letterbox = None

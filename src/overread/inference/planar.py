@@ -33,7 +33,7 @@ from overread.errors import InferenceError, ModelPackageError, OverreadError
 from overread.imaging import ImageMetadata
 from overread.imaging.series import Volume
 from overread.imaging.transforms import Letterbox, Resize, build_chain
-from overread.inference.gate import REFUSE, InputGate, check_header
+from overread.inference.gate import REFUSE, InputGate, check_header, record_verdict
 from overread.inference.result import ModelRef, Prediction
 from overread.inference.volume import VolumeOutput, failed_output
 from overread.models.manifest import VolumeSpec
@@ -144,18 +144,8 @@ class PlanarPipeline:
         channels = manifest.input.channels
         [verdict] = self.gate.verdicts([header], np.repeat(x[None, None], channels, axis=1), [box])
         prediction.timings["gate"] = time.perf_counter() - gated
-        if header.missing and verdict.status != REFUSE:
-            prediction.warnings.append(
-                f"{', '.join(header.missing)} not in the header: decided by the image"
-            )
-        if verdict.status == REFUSE:
-            if not override_gate:
-                prediction.gate = verdict
-                prediction.error = f"not analysed: {verdict.reason}"
-                return self._refused(prediction)
-            verdict = GateVerdict(verdict.status, verdict.reasons, verdict.ood_score, True)
-            prediction.outside_intended_use = True
-        prediction.gate = verdict
+        if record_verdict(prediction, header, verdict, override_gate):
+            return self._refused(prediction)
         read = time.perf_counter()
         probabilities = self._probabilities(x)
         inferred = time.perf_counter()
