@@ -364,7 +364,6 @@ class ReceiverProcesses:
         self._forwarder: threading.Thread | None = None
         self._closing = threading.Event()
         self._processes_lock = threading.Lock()
-        self._stopping = False
         self._started: dict[int, float] = {}
         self._failures: dict[int, int] = {}
         self._reported: set[int] = set()
@@ -395,7 +394,6 @@ class ReceiverProcesses:
         port = int(listening.getsockname()[1])
         self._config = self.config.model_copy(update={"dicom_port": port})
         self._listening = listening
-        self._stopping = False
         self._closing.clear()
         self._stop = self._context.RawValue("b", 0)
         self._drain = self._context.RawValue("d", 0.0)
@@ -475,7 +473,7 @@ class ReceiverProcesses:
         :data:`_RESTART_SECONDS` doubled for each exit in a row (up to
         :data:`_RESTART_MAX_SECONDS`), so one that cannot run does not spin."""
         with self._processes_lock:
-            if self._stopping or self._stop is None or self._stop.value:
+            if self._stop is None or self._stop.value:
                 return
             for number, process in enumerate(self._processes):
                 if process.exitcode is None:
@@ -530,7 +528,6 @@ class ReceiverProcesses:
         refused with 0xA700) and exits; one still running after ``timeout`` is
         terminated."""
         with self._processes_lock:
-            self._stopping = True
             if self._drain is not None:
                 self._drain.value = max(0.0, timeout - _DRAIN_MARGIN_SECONDS)
             if self._stop is not None:

@@ -512,12 +512,6 @@ class StorageSCP:
                 with contextlib.suppress(Exception):
                     assoc.abort()
 
-    @property
-    def in_flight(self) -> int:
-        """Instances whose data set is arriving or whose C-STORE handler is at work."""
-        with self._lock:
-            return self._storing + sum(len(a) for a in self._arriving.values())
-
     # -- handlers ---------------------------------------------------------------------
     def _admitted(self, ae_title: str, host: str) -> bool:
         peers: list[AllowedPeer] = self.config.allow_ae

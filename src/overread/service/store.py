@@ -224,7 +224,6 @@ class IncomingObject:
         self._size = 0
         self._error: OSError | None = None
         self._digest: str | None = None
-        self._adopted = False
         self._closed = False
         # With ``sync`` the writer fsyncs the file as soon as the last chunk is
         # written, while the owner checks the header and looks for a duplicate.
@@ -554,7 +553,6 @@ class ObjectStore:
             os.replace(incoming.path, final)
         except OSError:  # no hard links here (some network file systems)
             os.replace(incoming.path, final)
-        incoming._adopted = True
         if self.fsync:
             _fsync_dir(final.parent)
         return StoredObject(key, digest, size, final, created=True)
