@@ -391,18 +391,12 @@ def train_detector(
         for _ in range(cfg.optim.batch_size):
             draw = rng.uniform() if with_nodules or with_negatives else 1.0
             on_nodule = bool(with_nodules) and draw < cfg.optim.nodule_fraction
-            hard = (
-                not on_nodule
-                and bool(with_negatives)
-                and draw >= cfg.optim.nodule_fraction
-                and draw < cfg.optim.nodule_fraction + hard_share
-            )
+            nf = cfg.optim.nodule_fraction
+            hard = bool(with_negatives) and nf <= draw < nf + hard_share  # never on_nodule
             pool = with_nodules if on_nodule else with_negatives if hard else cases
             case = pool[int(rng.integers(len(pool)))]
-            if hard:
-                img, tgt = _crop(case, cfg.model.patch, rng, True, case.negatives)
-            else:
-                img, tgt = _crop(case, cfg.model.patch, rng, on_nodule)
+            around = case.negatives if hard else None
+            img, tgt = _crop(case, cfg.model.patch, rng, on_nodule or hard, around)
             if cfg.optim.flips:
                 img, tgt = _flip(img, tgt, rng)
             images.append(img[None])
