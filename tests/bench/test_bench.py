@@ -124,6 +124,8 @@ def test_bench_cli_refuses_bad_lists(run_cli: RunCli) -> None:
     assert status == 2 and "--rates" in err
     status, _, err = run_cli("bench", "e2e", "--latency-workers", "0", "--json")
     assert status == 2 and "--latency-workers" in err
+    status, _, err = run_cli("bench", "e2e", "--celery-worker-processes", "1,0", "--json")
+    assert status == 2 and "--celery-worker-processes" in err
 
 
 @pytest.mark.slow
@@ -186,7 +188,8 @@ def test_bench_e2e_on_celery_and_postgresql(run_cli: RunCli) -> None:
     status, out, _ = run_cli(
         "bench", "e2e", "--backend", "celery", "--studies", "2", "--rates", "4",
         "--workers", "1", "--sizes", "256", "--stable-studies", "0",
-        "--ingest-files", "2", "--max-seconds", "240", "--json",
+        "--ingest-files", "2", "--max-seconds", "240", "--celery-worker-processes", "1,2",
+        "--json",
     )  # fmt: skip
     assert status == 0
     result = json.loads(out)
@@ -194,6 +197,37 @@ def test_bench_e2e_on_celery_and_postgresql(run_cli: RunCli) -> None:
     assert result["latency"][0]["completed"] == 2
     assert result["saturation"][0]["completed"] == 2
     assert 0 < result["p50_s"] <= result["p95_s"]
+    # One and then two worker processes, the same studies, and the ratio of their rates.
+    scaling = result["celery_scaling"]
+    assert [row["worker_processes"] for row in scaling["runs"]] == [1, 2]
+    assert all(row["completed"] == row["studies"] == 2 for row in scaling["runs"])
+    one, two = (row["studies_per_s"] for row in scaling["runs"])
+    assert one > 0 and two > 0
+    assert scaling["runs"][0]["ratio_to_first"] == 1.0
+    assert result["celery_scaling_ratio"] == scaling["ratio"] == pytest.approx(two / one)
+    assert result["options"]["celery_worker_processes"] == [1, 2]
+
+
+def test_bench_e2e_tables_show_the_celery_scaling() -> None:
+    from overread.cli.bench import _e2e_tables, _markdown
+
+    def run(processes: int, rate: float) -> dict[str, object]:
+        return {
+            "worker_processes": processes, "studies": 30, "completed": 30,
+            "studies_per_s": rate, "ratio_to_first": rate / 1.5, "p50_s": 1.0, "p95_s": 2.0,
+        }  # fmt: skip
+
+    result: dict[str, object] = {
+        "latency": [], "saturation": [], "skipped": [], "image_mb": [2.0],
+        "p50_s": 0.5, "p95_s": 1.0, "overhead_fraction": 0.9, "ingest_ratio_vs_dcmtk": 1.2,
+        "celery_scaling": {"studies": 30, "runs": [run(1, 1.5), run(2, 2.7)], "ratio": 1.8},
+        "celery_scaling_ratio": 1.8,
+    }  # fmt: skip
+    text = "\n".join(_markdown(t) for t in _e2e_tables(result))
+    assert "Celery worker processes at saturation" in text
+    assert "| 1 | 30/30 | 1.50 | 1.00x | 1000 | 2000 |" in text
+    assert "| 2 | 30/30 | 2.70 | 1.80x | 1000 | 2000 |" in text
+    assert "celery_scaling_ratio" in text and "1.80" in text
 
 
 def test_bench_trust_cli_times_both_pipelines_with_and_without(run_cli: RunCli) -> None:

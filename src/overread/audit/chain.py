@@ -24,7 +24,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from sqlalchemy import Connection, Engine, insert, select, update
+from sqlalchemy import Connection, Engine, func, insert, select, update
 from sqlalchemy.exc import OperationalError, ProgrammingError
 from sqlalchemy.orm import Session
 
@@ -269,7 +269,9 @@ class VerifyResult:
     """The outcome of :func:`verify_chain`.
 
     ``broken_seq`` names the first record at fault (for truncation: the first
-    missing one) and ``reason`` is one of :class:`BreakReason`.
+    missing one) and ``reason`` is one of :class:`BreakReason`. ``since`` names the
+    signed checkpoint an incremental check started from (``None``: the whole chain
+    was recomputed) and ``records_read`` how many records the check read.
     """
 
     ok: bool
@@ -282,6 +284,8 @@ class VerifyResult:
     message: str = ""
     first_timestamp: str | None = None
     last_timestamp: str | None = None
+    since: str | None = None
+    records_read: int = 0
 
     def as_dict(self) -> dict[str, Any]:
         """All fields, for JSON output to monitoring."""
@@ -300,6 +304,12 @@ class VerifyResult:
 
     def summary(self) -> str:
         """One line for humans and logs."""
+        if self.ok and self.since is not None:
+            return (
+                f"OK: {self.count} audit records, the {self.records_read} from signed "
+                f"checkpoint {self.since} on recomputed, head seq {self.head_seq} "
+                f"hash {self.head_hash[:16]}"
+            )
         if self.ok:
             span = f" from {self.first_timestamp} to {self.last_timestamp}" if self.count else ""
             return (
@@ -318,8 +328,9 @@ def verify_chain(
     source: Session | Connection | Engine,
     *,
     checkpoints: Sequence[Checkpoint] = (),
+    since: Checkpoint | None = None,
 ) -> VerifyResult:
-    """Recompute the whole chain and name the first broken record.
+    """Recompute the chain (the whole of it by default) and name the first broken record.
 
     Checks, record by record in seq order: seq is contiguous from 1 (else a record
     was deleted), ``prev_hash`` is the previous record's hash (else records were
@@ -336,21 +347,32 @@ def verify_chain(
     checkpoints
         Signed checkpoints (already signature-checked, see
         :func:`~overread.audit.checkpoint.load_checkpoints`).
+    since
+        A signed, signature-checked checkpoint to start from (incremental check):
+        the record at its head seq must still match its fields' hash and the
+        checkpoint's hash, then only the records after it are read. Records before
+        it are **not** re-read, so an edit there that leaves the checkpointed record
+        untouched shows only in a full check (the checkpointed hash still commits
+        to the original records). Checkpoints in ``checkpoints`` below it are
+        ignored.
     """
     if isinstance(source, Engine):
         with source.connect() as connection:
-            return verify_chain(connection, checkpoints=checkpoints)
+            return verify_chain(connection, checkpoints=checkpoints, since=since)
     conn = source
     head_row = conn.execute(
         select(AuditChainHead.seq, AuditChainHead.hash).where(AuditChainHead.id == HEAD_ID)
     ).first()
+    start = 0 if since is None else since.head_seq
     by_seq: dict[int, list[Checkpoint]] = {}
     for checkpoint in checkpoints:
-        by_seq.setdefault(checkpoint.head_seq, []).append(checkpoint)
+        if checkpoint.head_seq > start:
+            by_seq.setdefault(checkpoint.head_seq, []).append(checkpoint)
 
-    expected_seq = 1
-    prev_hash = GENESIS_HASH
-    count = 0
+    expected_seq = start + 1
+    prev_hash = GENESIS_HASH if since is None else since.head_hash
+    count = start
+    read = 0
     first_ts: str | None = None
     last_ts: str | None = None
     matched = 0
@@ -367,9 +389,19 @@ def verify_chain(
             message=message,
             first_timestamp=first_ts,
             last_timestamp=last_ts,
+            since=None if since is None else since.name,
+            records_read=read,
         )
 
-    for record in iter_records(conn):
+    if since is not None:
+        anchor = _check_anchor(conn, since)
+        read += since.head_seq > 0  # the checkpointed record itself
+        if anchor is not None:
+            return broken(*anchor)
+        matched += 1
+
+    for record in iter_records(conn, after_seq=start):
+        read += 1
         if record.seq != expected_seq:
             missing = (
                 f"record {expected_seq} is missing"
@@ -416,7 +448,7 @@ def verify_chain(
         count += 1
 
     last_seq = expected_seq - 1
-    beyond = [c for c in checkpoints if c.head_seq > last_seq]
+    beyond = [c for c in [*checkpoints, *([since] if since else [])] if c.head_seq > last_seq]
     if beyond:
         newest = max(beyond, key=lambda c: c.head_seq)
         return broken(
@@ -450,7 +482,52 @@ def verify_chain(
         checkpoints_checked=matched,
         first_timestamp=first_ts,
         last_timestamp=last_ts,
+        since=None if since is None else since.name,
+        records_read=read,
     )
+
+
+def _check_anchor(conn: Session | Connection, since: Checkpoint) -> tuple[int, str, str] | None:
+    """Why the record a checkpoint anchors no longer matches it (``None``: it does)."""
+    if since.head_seq == 0:
+        if since.head_hash == GENESIS_HASH:
+            return None
+        return (
+            since.head_seq,
+            BreakReason.CHECKPOINT_MISMATCH,
+            f"signed checkpoint {since.name} of an empty chain has a hash",
+        )
+    row = conn.execute(select(AuditEvent.__table__).where(AuditEvent.seq == since.head_seq)).first()
+    if row is None:
+        newest = conn.scalar(select(func.max(AuditEvent.seq)))
+        if newest is None or int(newest) < since.head_seq:
+            return (
+                int(newest or 0) + 1,
+                BreakReason.TRUNCATED,
+                f"the chain ends at record {newest or 0} but signed checkpoint {since.name} "
+                f"covers records up to {since.head_seq}: the newest records were deleted",
+            )
+        return (
+            since.head_seq,
+            BreakReason.SEQ_GAP,
+            f"gap in seq: record {since.head_seq} (signed checkpoint {since.name}) is missing",
+        )
+    record = _row_record(row)
+    if event_hash(record.as_dict()) != record.hash:
+        return (
+            since.head_seq,
+            BreakReason.HASH_MISMATCH,
+            f"record {record.seq} ({record.action} by {record.actor} at "
+            f"{record.timestamp}) does not match its hash: it was edited",
+        )
+    if record.hash != since.head_hash:
+        return (
+            since.head_seq,
+            BreakReason.CHECKPOINT_MISMATCH,
+            f"record {record.seq} differs from signed checkpoint {since.name}: "
+            "the chain was rewritten up to here",
+        )
+    return None
 
 
 __all__ = [

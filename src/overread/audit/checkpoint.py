@@ -90,6 +90,7 @@ def write_checkpoint(
     key: bytes | CheckpointSigner,
     *,
     retired: Sequence[CheckpointSigner] = (),
+    incremental: bool = False,
 ) -> Checkpoint:
     """Verify the chain, then write a signed checkpoint of its head into ``directory``.
 
@@ -98,7 +99,13 @@ def write_checkpoint(
     ``retired`` are keys that signed earlier checkpoints.
 
     The chain is verified against the existing checkpoints first: signing a chain
-    that is already broken would launder the tampering.
+    that is already broken would launder the tampering. By default the whole chain
+    is recomputed against every checkpoint; with ``incremental`` only the newest
+    checkpoint is read (its signature checked), its record checked against it, and
+    the records after it recomputed (:func:`~overread.audit.chain.verify_chain`'s
+    ``since``). That cannot launder an edit before the newest checkpoint either:
+    the new head's hash still commits, through the checkpointed record, to the
+    records as they were signed, so a full verify names the edit.
 
     Raises
     ------
@@ -108,8 +115,12 @@ def write_checkpoint(
     signer = _as_signer(key)
     if not signer.can_sign:
         raise AuditError("cannot write a checkpoint: only the public key is available")
-    previous = load_checkpoints(directory, [signer, *retired])
-    result = verify_chain(source, checkpoints=previous)
+    ring = [signer, *retired]
+    if incremental:
+        newest = latest_checkpoint(directory, ring)
+        result = verify_chain(source, checkpoints=[], since=newest)
+    else:
+        result = verify_chain(source, checkpoints=load_checkpoints(directory, ring))
     if not result.ok:
         raise AuditError(f"not writing a checkpoint over a broken chain: {result.summary()}")
     body: dict[str, object] = {
@@ -186,6 +197,23 @@ def load_checkpoints(directory: Path, key: CheckpointKeys) -> list[Checkpoint]:
     return sorted(found, key=lambda c: (c.head_seq, c.created_at))
 
 
+def latest_checkpoint(directory: Path, key: CheckpointKeys) -> Checkpoint | None:
+    """The newest checkpoint in ``directory`` (highest head seq), signature-checked.
+
+    Only that one file is read, whatever the number of older ones: file names start
+    with the zero-padded head seq, so the last name is the newest head.
+
+    Raises
+    ------
+    AuditError
+        If that file is unreadable or its signature fails.
+    """
+    if not directory.is_dir():
+        return None
+    names = sorted(directory.glob("checkpoint-*.json"))
+    return read_checkpoint(names[-1], key) if names else None
+
+
 def missing_checkpoints(
     source: Session | Connection | Engine, directory: Path
 ) -> list[tuple[int, str]]:
@@ -215,12 +243,15 @@ def missing_checkpoints(
     return missing
 
 
-def checkpoint_now(engine: Engine, data_dir: Path, *, actor: str) -> Checkpoint:
+def checkpoint_now(
+    engine: Engine, data_dir: Path, *, actor: str, incremental: bool = False
+) -> Checkpoint:
     """Write a signed checkpoint of the chain in ``data_dir`` and record it in the chain.
 
     The key is the one configured for ``data_dir`` (created on first use, see
     :func:`~overread.audit.signing.load_checkpoint_signer`); the ``audit-checkpoint``
-    event names the file, so deleting it later shows.
+    event names the file, so deleting it later shows. ``incremental``: verify only
+    from the newest checkpoint on (see :func:`write_checkpoint`).
 
     Raises
     ------
@@ -229,7 +260,11 @@ def checkpoint_now(engine: Engine, data_dir: Path, *, actor: str) -> Checkpoint:
     """
     signer = load_checkpoint_signer(data_dir, create=True)
     written = write_checkpoint(
-        engine, checkpoint_dir(data_dir), signer, retired=load_verification_ring(data_dir)
+        engine,
+        checkpoint_dir(data_dir),
+        signer,
+        retired=load_verification_ring(data_dir),
+        incremental=incremental,
     )
     with Session(engine) as session, session.begin():
         record_event(
@@ -254,9 +289,13 @@ class AutoCheckpointer:
     ``audit-checkpoint`` events themselves do not count). Either bound may be 0 to
     switch it off. A chain that no longer verifies is not signed over: the failure is
     logged as an error, then not tried again for ``retry_seconds`` (``every_seconds``,
-    or 5 minutes when that bound is off), and the gateway carries on. Each checkpoint
-    verifies the whole chain, so its cost grows with the trail (a full verify reads
-    every event once).
+    or 5 minutes when that bound is off), and the gateway carries on.
+
+    The first checkpoint this object writes verifies the whole chain against every
+    checkpoint (a full verify reads every event once); later ones verify from the
+    newest checkpoint on (``incremental`` in :func:`write_checkpoint`), so their cost
+    is the events since the last checkpoint, not the length of the trail. After a
+    refusal the next try is a full verify again.
     """
 
     def __init__(
@@ -282,6 +321,8 @@ class AutoCheckpointer:
         self._backoff = 0.0
         self.retry_seconds = every_seconds if every_seconds > 0 else 300.0
         self.written: list[Checkpoint] = []
+        # Whether a full verify has passed since start: later checks go incremental.
+        self._verified_whole = False
 
     @property
     def enabled(self) -> bool:
@@ -345,9 +386,12 @@ class AutoCheckpointer:
         try:
             if not self.due(self.pending(), now):
                 return None
-            written = checkpoint_now(self.engine, self.data_dir, actor=self.actor)
+            written = checkpoint_now(
+                self.engine, self.data_dir, actor=self.actor, incremental=self._verified_whole
+            )
         except AuditError as exc:  # a broken chain stays broken: wait the interval
             logger.error("audit checkpoint not written: %s", exc)
+            self._verified_whole = False
             self._failed_at, self._backoff = time.monotonic(), self.retry_seconds
             return None
         except Exception:  # e.g. the database briefly away: try again soon
@@ -355,6 +399,7 @@ class AutoCheckpointer:
             self._failed_at, self._backoff = time.monotonic(), _SHORT_BACKOFF
             return None
         self._failed_at = None
+        self._verified_whole = True
         self._last_at = time.monotonic()
         self.written.append(written)
         logger.info("audit checkpoint at record %d: %s", written.head_seq, written.name)
@@ -370,6 +415,7 @@ __all__ = [
     "checkpoint_dir",
     "checkpoint_now",
     "key_id",
+    "latest_checkpoint",
     "load_checkpoint_key",
     "load_checkpoints",
     "missing_checkpoints",

@@ -106,6 +106,10 @@ class E2EOptions:
         The short ingest run against ``storescp`` inside e2e.
     max_seconds
         Bound on the whole benchmark; runs that would start later are skipped.
+    celery_worker_processes
+        Celery worker process counts (e.g. ``(1, 2)``): one more saturation run per
+        count on the ``celery`` backend, every run sent the same study files, and
+        the studies/s of each against the first count's (empty: none).
     """
 
     studies: int = 30
@@ -124,6 +128,7 @@ class E2EOptions:
     postgres_url: str = DEFAULT_POSTGRES
     broker_url: str = DEFAULT_BROKER
     model: str | None = None
+    celery_worker_processes: tuple[int, ...] = ()
 
     def validate(self) -> None:
         """Raise :class:`ConfigError` naming the first invalid option."""
@@ -142,6 +147,10 @@ class E2EOptions:
             raise ConfigError(f"bench e2e: --arrival {self.arrival!r} is not poisson or fixed")
         if not self.sizes or min(self.sizes) < 64 or max(self.sizes) > 3000:
             raise ConfigError("bench e2e: --sizes must be between 64 and 3000 pixels")
+        if self.celery_worker_processes and (
+            min(self.celery_worker_processes) < 1 or max(self.celery_worker_processes) > 16
+        ):
+            raise ConfigError("bench e2e: --celery-worker-processes must be between 1 and 16")
 
 
 # -- phantom studies -------------------------------------------------------------------
@@ -563,6 +572,74 @@ def _warm_up(gateway: Gateway, factory: StudyFactory, folder: Path, deadline: fl
         )
 
 
+def _saturation(
+    gateway: Gateway,
+    items: list[Sent],
+    *,
+    deadline: float,
+    report: Progress,
+    task: str,
+) -> dict[str, Any]:
+    """Send ``items`` (due a few ms apart) and measure the rate the SRs reach the PACS."""
+    report(task, 0, len(items))
+    run_schedule(
+        gateway, items, deadline=deadline, progress=_progress_for(report, task, len(items))
+    )
+    arrived = [i.arrived_wall for i in items if i.arrived_wall is not None]
+    first = min(i.start_wall for i in items if i.start_wall)
+    span = (max(arrived) - first) if arrived else float("nan")
+    rate_s = len(arrived) / span if arrived and span > 0 else float("nan")
+    return {
+        "studies": len(items),
+        "completed": len(arrived),
+        "seconds": span,
+        "studies_per_s": rate_s,
+        "studies_per_day": rate_s * 86400 if math.isfinite(rate_s) else rate_s,
+        **{k: v for k, v in _latency_summary(items).items() if k.endswith("_s")},
+        "stages": stage_breakdown(gateway.service.database, items),
+    }
+
+
+def _celery_scaling(
+    options: E2EOptions,
+    factory: StudyFactory,
+    root: Path,
+    *,
+    deadline: float,
+    report: Progress,
+    skipped: list[str],
+) -> dict[str, Any]:
+    """Saturation on the Celery backend with each worker process count, the same studies."""
+    paths = [factory.make(root / "studies") for _ in range(options.studies)]
+    runs: list[dict[str, Any]] = []
+    for index, count in enumerate(options.celery_worker_processes):
+        if time.monotonic() > deadline:
+            skipped.append(f"celery scaling x{count} process(es): --max-seconds reached")
+            continue
+        with running_gateway(
+            root / f"x{count}-{index}", backend="celery", workers=count, options=options
+        ) as gateway:
+            _warm_up(gateway, factory, root / f"x{count}-{index}" / "warm", deadline)
+            items = [Sent(study, path, due=i * 0.05) for i, (path, study) in enumerate(paths)]
+            measured = _saturation(
+                gateway,
+                items,
+                deadline=deadline,
+                report=report,
+                task=f"celery: {count} worker process(es), the same studies",
+            )
+        runs.append({"worker_processes": count, **measured})
+    base = runs[0]["studies_per_s"] if runs else float("nan")
+    for row in runs:
+        ok = math.isfinite(base) and base > 0 and math.isfinite(row["studies_per_s"])
+        row["ratio_to_first"] = row["studies_per_s"] / base if ok else float("nan")
+    return {
+        "studies": options.studies,
+        "runs": runs,
+        "ratio": runs[-1]["ratio_to_first"] if len(runs) > 1 else float("nan"),
+    }
+
+
 def benchmark_e2e(options: E2EOptions, *, progress: Progress | None = None) -> dict[str, Any]:
     """Run the end-to-end benchmark described by ``options`` and return its figures.
 
@@ -576,7 +653,9 @@ def benchmark_e2e(options: E2EOptions, *, progress: Progress | None = None) -> d
         time not spent in the model's forward pass), ``ingest_ratio_vs_dcmtk``,
         ``latency`` (per backend and rate), ``saturation`` (per backend and worker
         count: studies/s and studies/day), ``stages`` (mean seconds and shares) and
-        ``machine``.
+        ``machine``; with ``celery_worker_processes``, ``celery_scaling`` (per process
+        count: the saturation figures and ``ratio_to_first``; ``ratio``: the last
+        count's studies/s over the first's) and ``celery_scaling_ratio`` (that ratio).
     """
     options.validate()
     require_dcmtk()
@@ -674,34 +753,27 @@ def benchmark_e2e(options: E2EOptions, *, progress: Progress | None = None) -> d
                             for _ in range(options.studies)
                         )
                     ]
-                    task = f"{backend}: saturation, {count} worker(s)"
-                    report(task, 0, len(items))
-                    run_schedule(
+                    measured = _saturation(
                         gateway,
                         items,
                         deadline=deadline,
-                        progress=_progress_for(report, task, len(items)),
+                        report=report,
+                        task=f"{backend}: saturation, {count} worker(s)",
                     )
-                    arrived = [i.arrived_wall for i in items if i.arrived_wall is not None]
-                    first = min(i.start_wall for i in items if i.start_wall)
-                    span = (max(arrived) - first) if arrived else float("nan")
-                    rate_s = len(arrived) / span if arrived and span > 0 else float("nan")
-                    stages = stage_breakdown(gateway.service.database, items)
-                    result["saturation"].append(
-                        {
-                            "backend": backend,
-                            "workers": count,
-                            "studies": len(items),
-                            "completed": len(arrived),
-                            "seconds": span,
-                            "studies_per_s": rate_s,
-                            "studies_per_day": rate_s * 86400 if math.isfinite(rate_s) else rate_s,
-                            **{
-                                k: v for k, v in _latency_summary(items).items() if k.endswith("_s")
-                            },
-                            "stages": stages,
-                        }
-                    )
+                    result["saturation"].append({"backend": backend, "workers": count, **measured})
+        # Celery worker processes, one and then more, on the same studies.
+        if options.celery_worker_processes:
+            run += 1
+            scaling = _celery_scaling(
+                options,
+                factory,
+                root / f"run{run}",
+                deadline=deadline,
+                report=report,
+                skipped=result["skipped"],
+            )
+            result["celery_scaling"] = scaling
+            result["celery_scaling_ratio"] = scaling["ratio"]
         # The stable-age rule: its own run, the wait reported on its own.
         first_backend = options.backends[0]
         if time.monotonic() < deadline and options.stable_studies > 0:

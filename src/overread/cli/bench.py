@@ -281,6 +281,21 @@ def _e2e_tables(result: dict[str, Any]) -> list[Table]:
             _ms(row.get("p50_s")),
             _ms(row.get("p95_s")),
         )
+    tables = [latency, saturation]
+    if "celery_scaling" in result:
+        scaling = Table(title="Celery worker processes at saturation (the same studies each time)")
+        for column in ("worker processes", "done", "studies/s", "vs first", "p50 ms", "p95 ms"):
+            scaling.add_column(column, justify="right")
+        for row in result["celery_scaling"]["runs"]:
+            scaling.add_row(
+                str(row["worker_processes"]),
+                f"{row['completed']}/{row['studies']}",
+                _fmt(row["studies_per_s"]),
+                f"{row['ratio_to_first']:.2f}x" if math.isfinite(row["ratio_to_first"]) else "n/a",
+                _ms(row.get("p50_s")),
+                _ms(row.get("p95_s")),
+            )
+        tables.append(scaling)
     stages = Table(title="Mean time per stage, ms (share of end to end)")
     stages.add_column("stage")
     runs = [(f"{r['backend']} {r['rate_per_s']:g}/s", r["stages"]) for r in result["latency"]] + [
@@ -319,9 +334,14 @@ def _e2e_tables(result: dict[str, Any]) -> list[Table]:
     summary.add_row(
         "phantom image sizes (MB of pixels)", ", ".join(f"{x:g}" for x in result["image_mb"])
     )
+    if "celery_scaling_ratio" in result:
+        summary.add_row(
+            "celery_scaling_ratio (last process count's studies/s over the first's)",
+            _fmt(result["celery_scaling_ratio"]),
+        )
     if result["skipped"]:
         summary.add_row("skipped", "; ".join(result["skipped"]))
-    return [latency, saturation, stages, summary]
+    return [*tables, stages, summary]
 
 
 def _markdown(table: Table) -> str:
@@ -388,6 +408,12 @@ def bench_e2e(
     ingest_files: int = typer.Option(12, "--ingest-files", min=1, help="Files in the ingest run."),
     max_seconds: float = typer.Option(1200.0, "--max-seconds", min=10, help="Bound on the run."),
     model: str | None = typer.Option(None, "--model", "-m", help="Model alias (default route's)."),
+    celery_worker_processes: str | None = typer.Option(
+        None,
+        "--celery-worker-processes",
+        help="Also saturate the celery backend with each count of worker processes "
+        "(e.g. 1,2), the same studies each time, and report the scaling.",
+    ),
     as_json: bool = typer.Option(False, "--json", help="Print the whole result as JSON."),
     append_docs: bool = typer.Option(False, "--append-docs", help="Append to docs/benchmarks.md."),
 ) -> None:
@@ -409,6 +435,11 @@ def bench_e2e(
         ingest_files=ingest_files,
         max_seconds=max_seconds,
         model=model,
+        celery_worker_processes=(
+            _ints(celery_worker_processes, "--celery-worker-processes")
+            if celery_worker_processes is not None
+            else ()
+        ),
     )
     options.validate()
     with _progress(not as_json) as update:
