@@ -26,13 +26,18 @@ QUICK_TIMINGS: dict[str, Any] = {
 
 
 def loopback_config(settings: Settings, **overrides: Any) -> ServiceConfig:
-    """The service configuration of ``settings``, its DICOM listener on a free loopback port.
+    """The service configuration of ``settings``, its DICOM and HTTP listeners on free
+    loopback ports (two runs at once, or a run beside a service on the default port,
+    never collide).
 
     ``overrides`` are :func:`overread.service.config.service_config`'s (``None``
-    means "not given"); ``dicom_port`` and ``dicom_host`` may be overridden too.
+    means "not given"); ``dicom_port``, ``dicom_host`` and ``http_port`` may be
+    overridden too (``http_port=None`` keeps the free port).
     """
     values: dict[str, Any] = {"dicom_port": 0, "dicom_host": "127.0.0.1"}
     values.update(overrides)
+    if values.get("http_port") is None:
+        values["http_port"] = 0
     return service_config(settings, **values)
 
 
