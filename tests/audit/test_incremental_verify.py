@@ -262,3 +262,42 @@ def test_after_a_refusal_the_auto_checkpointer_verifies_the_whole_chain_again(
     reads.count = 0
     assert auto.check() is not None
     assert reads.count == 7  # the whole chain, not only since the checkpoint
+
+
+def test_an_older_checkpoint_renamed_to_pose_as_the_newest_is_refused(
+    database: Database, tmp_path: Path
+) -> None:
+    directory = tmp_path / "checkpoints"
+    _append(database, 3)
+    older = write_checkpoint(database.engine, directory, KEY)
+    _append(database, 3)
+    write_checkpoint(database.engine, directory, KEY)
+    older.path.rename(directory / "checkpoint-999999999999-x.json")
+    with pytest.raises(AuditError, match="name says head seq 999999999999"):
+        latest_checkpoint(directory, KEY)
+    with pytest.raises(AuditError):
+        write_checkpoint(database.engine, directory, KEY, incremental=True)
+
+
+def test_the_auto_checkpointer_checks_the_whole_chain_again_after_a_day(
+    database: Database, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    reads = _Reads(monkeypatch)
+    clock = [1000.0]
+    monkeypatch.setattr(checkpoint_module.time, "monotonic", lambda: clock[0])
+    auto = AutoCheckpointer(database.engine, tmp_path, every_events=3, every_seconds=0)
+    _append(database, 3)
+    assert auto.check() is not None  # the first: full
+    _append(database, 3)
+    reads.count = 0
+    assert auto.check() is not None
+    assert reads.count < 7  # incremental within the day
+    _append(database, 3)
+    clock[0] += 86_400.0
+    reads.count = 0
+    assert auto.check() is not None
+    assert reads.count >= 10  # a day after the full check: the whole chain again
+    _append(database, 3)
+    reads.count = 0
+    assert auto.check() is not None
+    assert reads.count < 7  # and incremental again after it

@@ -126,6 +126,8 @@ def test_bench_cli_refuses_bad_lists(run_cli: RunCli) -> None:
     assert status == 2 and "--latency-workers" in err
     status, _, err = run_cli("bench", "e2e", "--celery-worker-processes", "1,0", "--json")
     assert status == 2 and "--celery-worker-processes" in err
+    status, _, err = run_cli("bench", "e2e", "--celery-worker-processes", "nan", "--json")
+    assert status == 2 and "--celery-worker-processes" in err and "Traceback" not in err
 
 
 @pytest.mark.slow

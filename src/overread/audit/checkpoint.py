@@ -19,6 +19,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import re
 import threading
 import time
 from collections.abc import Sequence
@@ -197,11 +198,15 @@ def load_checkpoints(directory: Path, key: CheckpointKeys) -> list[Checkpoint]:
     return sorted(found, key=lambda c: (c.head_seq, c.created_at))
 
 
+_NAME = re.compile(r"checkpoint-(\d{12})-[^/]*\.json")
+
+
 def latest_checkpoint(directory: Path, key: CheckpointKeys) -> Checkpoint | None:
     """The newest checkpoint in ``directory`` (highest head seq), signature-checked.
 
     Only that one file is read, whatever the number of older ones: file names start
-    with the zero-padded head seq, so the last name is the newest head.
+    with the zero-padded head seq, so the last name is the newest head; a file whose
+    name does not match the head seq it signs is refused (a renamed older checkpoint).
 
     Raises
     ------
@@ -210,8 +215,19 @@ def latest_checkpoint(directory: Path, key: CheckpointKeys) -> Checkpoint | None
     """
     if not directory.is_dir():
         return None
-    names = sorted(directory.glob("checkpoint-*.json"))
-    return read_checkpoint(names[-1], key) if names else None
+    named = sorted(
+        (int(match.group(1)), path)
+        for path in directory.glob("checkpoint-*.json")
+        if (match := _NAME.fullmatch(path.name))
+    )
+    if not named:
+        return None
+    seq, path = named[-1]
+    found = read_checkpoint(path, key)
+    if seq != found.head_seq:
+        # A renamed older file would otherwise become the anchor of every later check.
+        raise AuditError(f"{path}: its name says head seq {seq}, the signed file {found.head_seq}")
+    return found
 
 
 def missing_checkpoints(
@@ -307,6 +323,7 @@ class AutoCheckpointer:
         every_seconds: float = 300.0,
         poll_seconds: float = 2.0,
         actor: str = "service:audit",
+        full_every_seconds: float = 86_400.0,
     ) -> None:
         self.engine = engine
         self.data_dir = Path(data_dir)
@@ -321,8 +338,12 @@ class AutoCheckpointer:
         self._backoff = 0.0
         self.retry_seconds = every_seconds if every_seconds > 0 else 300.0
         self.written: list[Checkpoint] = []
-        # Whether a full verify has passed since start: later checks go incremental.
+        # Whether a full verify has passed since start: later checks go incremental,
+        # until ``full_every_seconds`` after that full one (then one full check again, so
+        # an edit before the newest checkpoint is reported by the gateway itself too).
         self._verified_whole = False
+        self.full_every_seconds = full_every_seconds
+        self._full_at = 0.0
 
     @property
     def enabled(self) -> bool:
@@ -386,8 +407,11 @@ class AutoCheckpointer:
         try:
             if not self.due(self.pending(), now):
                 return None
+            incremental = self._verified_whole and (
+                self.full_every_seconds <= 0 or now - self._full_at < self.full_every_seconds
+            )
             written = checkpoint_now(
-                self.engine, self.data_dir, actor=self.actor, incremental=self._verified_whole
+                self.engine, self.data_dir, actor=self.actor, incremental=incremental
             )
         except AuditError as exc:  # a broken chain stays broken: wait the interval
             logger.error("audit checkpoint not written: %s", exc)
@@ -399,6 +423,8 @@ class AutoCheckpointer:
             self._failed_at, self._backoff = time.monotonic(), _SHORT_BACKOFF
             return None
         self._failed_at = None
+        if not incremental:
+            self._full_at = now
         self._verified_whole = True
         self._last_at = time.monotonic()
         self.written.append(written)

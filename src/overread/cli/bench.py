@@ -194,6 +194,8 @@ def _floats(text: str, option: str) -> tuple[float, ...]:
         raise ConfigError(f"{option} {text!r}: expected comma-separated numbers") from None
     if not values:
         raise ConfigError(f"{option} is empty")
+    if not all(math.isfinite(v) for v in values):
+        raise ConfigError(f"{option} {text!r}: expected finite numbers")
     return values
 
 
