@@ -92,6 +92,8 @@ def test_bench_ingest_cli_compares_one_and_several_associations(run_cli: RunCli)
         assert case["ratio"] == pytest.approx(
             case["overread_fsync"]["mb_s"] / case["storescp"]["mb_s"]
         )
+        # The receiving process's CPU per MB received (one receiving process here).
+        assert case["overread_cpu_ms_per_mb"] > 0
     assert result["ratio_1"] == result["cases"][0]["ratio"]
     assert result["machine"]["cores"] >= 1
     # Each ingest step timed alone, and the receivers' wall time per instance.

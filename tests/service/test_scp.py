@@ -648,6 +648,35 @@ def test_a_modality_with_a_hospital_certificate_stores_over_tls(
         silent.close()
 
 
+def test_a_large_instance_over_tls_in_small_pdus_is_stored_whole(
+    make_gateway: Callable[..., Gateway], dx_factory: Callable[..., Path], pki: Path
+) -> None:
+    # The data set's PDUs come through the TLS layer (whose buffered bytes select()
+    # does not see) past pynetdicom's PDU decoding (service.pdata).
+    gw = make_gateway(
+        dicom_tls_cert_file=pki / "gateway.crt",
+        dicom_tls_key_file=pki / "gateway.key",
+        dicom_tls_ca_file=pki / "hospital-ca.crt",
+    )
+    path = dx_factory(size=1200)  # 2.9 MB: about 180 PDUs of 16 KiB
+    sent = subprocess.run(
+        [
+            "storescu", "-aet", "MODALITY", "-aec", "OVERREAD", "--max-send-pdu", "16384",
+            "+tls", str(pki / "modality.key"), str(pki / "modality.crt"),
+            "+cf", str(pki / "hospital-ca.crt"), "127.0.0.1", str(gw.port), str(path),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )  # fmt: skip
+    assert sent.returncode == 0, sent.stderr
+    [row] = _instances(gw.database)
+    stored = gw.store.path(row.object_key).read_bytes()
+    original = path.read_bytes()
+    assert len(stored) > 2_800_000 and stored[-1_000_000:] == original[-1_000_000:]
+    assert row.sha256 == hashlib.sha256(stored).hexdigest() and row.size == len(stored)
+
+
 def test_tls_settings_are_checked_up_front(tmp_path: Path, pki: Path) -> None:
     settings = Settings(data_dir=tmp_path)
     with pytest.raises(ConfigError, match="go together"):

@@ -14,6 +14,7 @@ one process groups the commits of concurrent instances).
 
 from __future__ import annotations
 
+import resource
 import tempfile
 import time
 from collections.abc import Callable
@@ -54,10 +55,23 @@ def write_test_radiograph(path: Path, *, size: int, study_uid: str, seed: int) -
     )
 
 
-def overread_seconds(root: Path, paths: list[Path], associations: int, receivers: int = 1) -> float:
+def _cpu_seconds(who: int) -> float:
+    usage = resource.getrusage(who)
+    return usage.ru_utime + usage.ru_stime
+
+
+def overread_seconds(
+    root: Path,
+    paths: list[Path],
+    associations: int,
+    receivers: int = 1,
+    cpu: list[float] | None = None,
+) -> float:
     """Seconds overread's SCP (alone, fsync'd, its database in ``root``) takes to receive
     ``paths``; with ``receivers`` > 1 that many processes receive on the port (their
-    start is not timed)."""
+    start is not timed). With one receiver, ``cpu`` (if given) gets the CPU seconds
+    this process (the receiver: the senders are other processes) spent during the
+    transfer."""
     config = loopback_config(Settings(data_dir=root))
     database = Database(config.database_url)
     scp = StorageSCP(
@@ -71,7 +85,11 @@ def overread_seconds(root: Path, paths: list[Path], associations: int, receivers
                 config, receivers - 1, on_released=lambda _s: None, on_stored=lambda _o: None
             )
             children.start(scp.listening_socket)
-        return send_parallel(port, paths, associations, config.ae_title, BENCH_AE_TITLE)
+        before = _cpu_seconds(resource.RUSAGE_SELF)
+        seconds = send_parallel(port, paths, associations, config.ae_title, BENCH_AE_TITLE)
+        if cpu is not None and receivers == 1:
+            cpu.append(_cpu_seconds(resource.RUSAGE_SELF) - before)
+        return seconds
     finally:
         if children is not None:
             children.stop()
@@ -179,7 +197,9 @@ def benchmark_ingest_side_by_side(
         ``cases``: one entry per association count with ``storescp`` and
         ``overread_fsync`` (``mb_s``/``instances_s`` best and median) and ``ratio``
         (best overread / best storescp); ``ratio_1`` and ``ratio_n`` for short;
-        ``costs_ms`` (:func:`ingest_costs`) and ``wall_ms_per_instance``.
+        ``costs_ms`` (:func:`ingest_costs`) and ``wall_ms_per_instance``; per case
+        also ``overread_cpu_ms_per_mb`` (median CPU milliseconds of the receiving
+        process per MB received, None with several receiving processes).
     """
     if files < 1 or size < 64 or associations < 1 or repeats < 1 or receivers < 0:
         raise ConfigError(
@@ -203,6 +223,7 @@ def benchmark_ingest_side_by_side(
         for count in counts:
             processes = 1 if count == 1 else (receivers or _DEFAULT_RECEIVERS)
             times: dict[str, list[float]] = {"storescp": [], "overread_fsync": []}
+            cpu: list[float] = []
             for repeat in range(repeats):
                 if repeat and time.monotonic() - started > max_seconds:
                     break
@@ -214,7 +235,7 @@ def benchmark_ingest_side_by_side(
                     if progress is not None:
                         progress(f"{name}, {count} association(s), run {repeat + 1}")
                     if runner is overread_seconds:
-                        elapsed = overread_seconds(root / f"run{run}", paths, count, processes)
+                        elapsed = overread_seconds(root / f"run{run}", paths, count, processes, cpu)
                     else:
                         elapsed = runner(root / f"run{run}", paths, count)
                     times[name].append(elapsed)
@@ -232,6 +253,9 @@ def benchmark_ingest_side_by_side(
                     "instances_s_median": files / typical,
                     "seconds": seconds,
                 }
+            # CPU of the receiving process per MB received (one receiving process only),
+            # the median of the runs: steadier than wall time on a loaded machine.
+            case["overread_cpu_ms_per_mb"] = median(cpu) * 1000.0 / (total / 1e6) if cpu else None
             case["ratio"] = case["overread_fsync"]["mb_s"] / case["storescp"]["mb_s"]
             case["ratio_median"] = (
                 case["overread_fsync"]["mb_s_median"] / case["storescp"]["mb_s_median"]

@@ -638,6 +638,12 @@ def _ingest_costs_table(result: dict[str, Any]) -> Table:
     for count, walls in result.get("wall_ms_per_instance", {}).items():
         for name, value in walls.items():
             table.add_row(f"{name} wall, {count} association(s)", _fmt(value, 2))
+    for case in result.get("cases", []):
+        if case.get("overread_cpu_ms_per_mb") is not None:
+            table.add_row(
+                f"overread CPU ms per MB, {case['associations']} association(s)",
+                _fmt(case["overread_cpu_ms_per_mb"], 2),
+            )
     return table
 
 

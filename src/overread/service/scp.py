@@ -48,7 +48,6 @@ import ssl
 import threading
 import time
 from collections.abc import Callable
-from io import BytesIO
 from pathlib import Path
 from typing import Any
 
@@ -65,6 +64,8 @@ from overread.service.admission import ConnectionGate
 from overread.service.config import AllowedPeer, ServiceConfig
 from overread.service.diskspace import InsufficientStorageError
 from overread.service.ingest import Ingestor, IngestOutcome, record_refusal
+from overread.service.pdata import StreamedDataSet as _StreamedDataSet
+from overread.service.pdata import install as _install_fast_pdata
 from overread.service.qr_scp import FIND_SOP_CLASSES, MOVE_SOP_CLASSES, QueryRetrieveSCP
 from overread.service.store import (
     STALE_INCOMING_SECONDS,
@@ -183,25 +184,6 @@ def _cheaply_copied(contexts: list[PresentationContext]) -> list[PresentationCon
         item.__dict__.update(copy.deepcopy(context).__dict__)
         items.append(item)
     return items
-
-
-class _StreamedDataSet(BytesIO):
-    """Stands in for the in-memory buffer pynetdicom collects a C-STORE data set in.
-
-    pynetdicom writes each data set fragment to ``DIMSEMessage.data_set`` as its
-    P-DATA PDU is decoded; this object passes each one on to an
-    :class:`~overread.service.store.IncomingObject` instead, which writes and hashes
-    it in a thread of its own while the next PDUs arrive. It holds nothing itself.
-    """
-
-    def __init__(self, incoming: IncomingObject) -> None:
-        super().__init__()
-        self.incoming = incoming
-
-    def write(self, data: Any) -> int:
-        chunk = data if isinstance(data, bytes) else bytes(data)
-        self.incoming.write(chunk)
-        return len(chunk)
 
 
 def _only_query_retrieve(primitive: Any) -> bool:
@@ -540,6 +522,8 @@ class StorageSCP:
                 "receive_primitive",
                 functools.partial(self._receive_primitive, event.assoc, receive),
             )
+        # Data set fragments of a streamed C-STORE skip pynetdicom's PDU decoding.
+        _install_fast_pdata(event.assoc.dul)
         association_socket = getattr(event.assoc.dul, "socket", None)
         raw = getattr(association_socket, "socket", None)
         if association_socket is None or not isinstance(raw, socket.socket):

@@ -233,11 +233,11 @@ class IncomingObject:
         self._ended = False
         self._end_lock = threading.Lock()
         self._written = threading.Event()
-        self._chunks: queue.SimpleQueue[bytes | None] = queue.SimpleQueue()
+        self._chunks: queue.SimpleQueue[bytes | memoryview | None] = queue.SimpleQueue()
         self._thread = threading.Thread(target=self._drain, name="store-incoming", daemon=True)
         self._thread.start()
 
-    def write(self, chunk: bytes) -> None:
+    def write(self, chunk: bytes | memoryview) -> None:
         """Queue ``chunk`` (not copied: the caller must not change it) for writing."""
         if chunk:
             self._chunks.put(chunk)
