@@ -224,3 +224,49 @@ def test_a_malformed_fragment_aborts_the_association_and_stores_nothing(
         time.sleep(0.02)
     assert assoc.is_aborted
     assert receiver.incoming() == [] and receiver.rows() == [] and receiver.objects() == []
+
+
+def test_a_long_transfer_without_pauses_is_not_aborted_as_idle(
+    receiver: Receiver, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """PDUs that keep arriving for longer than the network time-out: each one restarts
+    the idle timer, as pynetdicom's own reader does."""
+    receiver.scp.ae.network_timeout = 0.3
+    original = pdata.StreamedDataSet.write
+
+    def slow(self: pdata.StreamedDataSet, data: object) -> int:
+        time.sleep(0.002)  # every PDU is already waiting: the reader never pauses
+        return original(self, data)
+
+    monkeypatch.setattr(pdata.StreamedDataSet, "write", slow)
+    path = make_dx(tmp_path / "dx.dcm", seed=9, size=512)
+    ds = pydicom.dcmread(path, stop_before_pixels=True)
+    ae = AE(ae_title="MODALITY")
+    ae.add_requested_context(ds.SOPClassUID, ds.file_meta.TransferSyntaxUID)
+    assoc = ae.associate("127.0.0.1", receiver.port, ae_title="OVERREAD")
+    assert assoc.is_established
+    context_id = assoc.accepted_contexts[0].context_id
+    message, data_set = _request(path)
+    assoc._reactor_checkpoint.clear()
+    while not assoc._is_paused:
+        time.sleep(0.001)
+    try:
+        [command] = list(message.encode_msg(context_id, 0))[:1]
+        command_pdu = P_DATA_TF()
+        command_pdu.from_primitive(command)
+        pieces = [data_set[i : i + 1000] for i in range(0, len(data_set), 1000)]
+        assert len(pieces) > 300  # > 0.6 s of writes at 2 ms each: twice the time-out
+        stream = bytearray(command_pdu.encode())  # in order, in one send
+        for index, piece in enumerate(pieces):
+            control = 0x02 if index == len(pieces) - 1 else 0x00
+            items = (len(piece) + 2).to_bytes(4, "big") + bytes([context_id, control]) + piece
+            stream += b"\x04\x00" + len(items).to_bytes(4, "big") + items
+        assoc.dul.socket.socket.sendall(bytes(stream))
+        _, response = assoc.dimse.get_msg(block=True)
+        assert response is not None and int(response.Status) == 0x0000
+    finally:
+        assoc._reactor_checkpoint.set()
+        if assoc.is_established:
+            assoc.release()
+    [row] = receiver.rows()
+    assert receiver.store.path(row.object_key).read_bytes() == _part10(path)

@@ -33,6 +33,7 @@ import logging
 import select
 import ssl
 import struct
+import time
 from io import BytesIO
 from typing import Any
 
@@ -49,6 +50,7 @@ SUPPORTED_PYNETDICOM = ("3.0",)
 #: How long the reader waits for the next PDU before it returns to pynetdicom's
 #: reactor, which would otherwise sleep this long (its ``_run_loop_delay``).
 _NEXT_PDU_WAIT_S = 0.001
+_LOOP_S = 0.05
 
 _PDU_TYPES = frozenset(range(0x01, 0x08))
 _P_DATA_TF = 0x04
@@ -100,6 +102,8 @@ def read_pdu(dul: Any) -> None:
     not decode, and the PDU's own event otherwise.
     """
     sock = dul.socket
+    # The reactor gets its turn at least this often even while PDUs keep arriving.
+    until = time.monotonic() + _LOOP_S
     while True:
         try:
             header = sock.recv(6)
@@ -128,7 +132,10 @@ def read_pdu(dul: Any) -> None:
         if pdu_type != _P_DATA_TF or not _take_fragments(dul, body):
             _decode(dul, header, body)
             return
-        if not _next_pdu_waiting(dul):
+        # pynetdicom restarts the idle timer once per PDU it reads; so must this loop,
+        # or a long transfer with no pause would be aborted as idle.
+        dul._idle_timer.restart()
+        if time.monotonic() >= until or not _next_pdu_waiting(dul):
             return
 
 
@@ -168,8 +175,14 @@ def _take_fragments(dul: Any, body: bytearray) -> bool:
         if end - offset < 6:
             return False
         (item_length,) = _UINT4.unpack_from(body, offset)
-        # Message Control Header (PS3.8 E.2): xxxxxx00, a data set fragment, not the last.
-        if item_length < 2 or offset + 4 + item_length > end or body[offset + 5] & 0x03:
+        # Message Control Header (PS3.8 E.2): xxxxxx00, a data set fragment, not the
+        # last, on the presentation context of the message it continues.
+        if (
+            item_length < 2
+            or offset + 4 + item_length > end
+            or body[offset + 5] & 0x03
+            or body[offset + 4] != message.context_id
+        ):
             return False
         fragments.append(view[offset + 6 : offset + 4 + item_length])
         offset += 4 + item_length
