@@ -556,6 +556,13 @@ class ServiceConfig(BaseModel):
             return self.association_idle_seconds
         return 0.0 if self.broker_url else 5.0
 
+    malloc_trim_seconds: float = Field(
+        default=60.0,
+        ge=0,
+        description="give the memory the allocator keeps after worker threads free it back "
+        "to the system (glibc malloc_trim) this often; 0: never; nothing where the C "
+        "library has no malloc_trim",
+    )
     explain: bool = False
     trust: bool = Field(
         default=True,
