@@ -66,3 +66,42 @@ def test_glibc_malloc_trim_is_found_and_callable() -> None:
     if trim is None:
         pytest.skip("this C library has no malloc_trim")
     assert trim() in (0, 1)
+
+
+class _StopError(Exception):
+    pass
+
+
+def test_serve_caps_the_arenas_before_the_gateway_unless_the_environment_did(
+    tmp_path: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import overread.gateway
+    import overread.service.memory
+    from overread.cli.serve import _run_until_signalled
+    from overread.config import Settings
+    from overread.service.config import service_config
+
+    calls: list[int] = []
+
+    def arena_max(arenas: int, libc: Any = None) -> bool:
+        calls.append(arenas)
+        return True
+
+    def gateway(*args: Any, **kwargs: Any) -> Any:
+        raise _StopError  # the capping came before, or not at all
+
+    monkeypatch.setattr(overread.service.memory, "set_arena_max", arena_max)
+    monkeypatch.setattr(overread.gateway, "Gateway", gateway)
+    monkeypatch.delenv("MALLOC_ARENA_MAX", raising=False)
+    config = service_config(Settings(data_dir=tmp_path), malloc_arena_max=2)
+    with pytest.raises(_StopError):
+        _run_until_signalled(config, worker_only=True)
+    assert calls == [2]
+    monkeypatch.setenv("MALLOC_ARENA_MAX", "4")
+    with pytest.raises(_StopError):
+        _run_until_signalled(config, worker_only=True)
+    unset = service_config(Settings(data_dir=tmp_path))
+    monkeypatch.delenv("MALLOC_ARENA_MAX")
+    with pytest.raises(_StopError):
+        _run_until_signalled(unset, worker_only=True)
+    assert calls == [2]

@@ -563,6 +563,14 @@ class ServiceConfig(BaseModel):
         "to the system (glibc malloc_trim) this often; 0: never; nothing where the C "
         "library has no malloc_trim",
     )
+    malloc_arena_max: int | None = Field(
+        default=None,
+        ge=1,
+        le=64,
+        description="cap glibc's malloc arenas (mallopt M_ARENA_MAX) when `overread serve` or "
+        "`overread worker` starts, before its threads do; None: the C library's default "
+        "(8 per core); a MALLOC_ARENA_MAX environment variable wins",
+    )
     explain: bool = False
     trust: bool = Field(
         default=True,
