@@ -86,6 +86,7 @@ class Gateway(ServiceNode):
         except ValueError as exc:
             raise ConfigError(f"invalid [triage] settings: {exc}") from None
         self.triage_interval = triage_interval
+        self._rescored_all = False
         super().__init__(
             config,
             models=models,
@@ -133,7 +134,8 @@ class Gateway(ServiceNode):
 
     def run_triage(self, now: datetime | None = None) -> TriageRun:
         """One triage pass: alert held results past their review time-out, escalate
-        and deliver alerts, then rescore unread studies.
+        and deliver alerts, then rescore the unread studies whose score changed (all of
+        them on the first pass).
 
         The sweep sends with no transaction open (:func:`overread.triage.run_sweep`);
         rescoring is one short transaction. ``now`` defaults to the current time.
@@ -145,7 +147,10 @@ class Gateway(ServiceNode):
         )
         report = run_sweep(self.database, self.triage, now=moment)
         with self.database.session() as session:
-            rescored = refresh_scores(session, self.triage, now=moment)
+            # The first pass rescores every unread study (the weights may have changed
+            # since the rows were scored); later ones only those whose wait crossed a step.
+            rescored = refresh_scores(session, self.triage, now=moment, full=not self._rescored_all)
+        self._rescored_all = True
         return TriageRun(sweep=report, rescored=rescored)
 
     def run_monitoring(self, day: date | None = None) -> MonitoringRun:

@@ -142,6 +142,7 @@ def make_gateway(data_dir: Path, database_url: str, **overrides: object) -> Gate
     return Gateway(
         service_config(settings, **values),
         with_scp=False,
+        with_http=False,
         registry=Registry(data_dir / "models"),
         triage_interval=None,
     )

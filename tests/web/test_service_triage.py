@@ -116,4 +116,7 @@ def test_run_triage_once_without_channels_only_rescores(tmp_path: Path) -> None:
     with service.database.session() as session:
         item = session.scalar(select(WorklistItem))
         assert item is not None and item.scored_at == later
+    # Later passes rescore only the studies whose wait crossed a step since.
+    assert service.run_triage(now=later + timedelta(seconds=1)).rescored == 0
+    assert service.run_triage(now=later + timedelta(minutes=5)).rescored == 1
     service.database.dispose()

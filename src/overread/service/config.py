@@ -556,6 +556,21 @@ class ServiceConfig(BaseModel):
             return self.association_idle_seconds
         return 0.0 if self.broker_url else 5.0
 
+    malloc_trim_seconds: float = Field(
+        default=60.0,
+        ge=0,
+        description="give the memory the allocator keeps after worker threads free it back "
+        "to the system (glibc malloc_trim) this often; 0: never; nothing where the C "
+        "library has no malloc_trim",
+    )
+    malloc_arena_max: int | None = Field(
+        default=None,
+        ge=1,
+        le=64,
+        description="cap glibc's malloc arenas (mallopt M_ARENA_MAX) when `overread serve` or "
+        "`overread worker` starts, before its threads do; None: the C library's default "
+        "(8 per core); a MALLOC_ARENA_MAX environment variable wins",
+    )
     explain: bool = False
     trust: bool = Field(
         default=True,

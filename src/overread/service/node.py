@@ -27,6 +27,7 @@ from overread.service.hl7.intake import OrderIntake
 from overread.service.hl7.mllp import MllpListener
 from overread.service.ingest import Ingestor, IngestOutcome
 from overread.service.jobs import JobQueue, RetryPolicy
+from overread.service.memory import MemoryTrimmer
 from overread.service.metrics import ServiceMetrics
 from overread.service.receivers import ReceiverProcesses, association_shares
 from overread.service.retention import RetentionSweeper
@@ -201,6 +202,8 @@ class ServiceNode:
             if with_assembler
             else None
         )
+        # Freed memory back to the system, in every process (gateway and worker).
+        self.trimmer = MemoryTrimmer(config.malloc_trim_seconds)
         self._stop = threading.Event()
         self._assembler_thread: threading.Thread | None = None
         self.dicom_port: int | None = None
@@ -257,6 +260,7 @@ class ServiceNode:
             )
             self._assembler_thread.start()
         self.metrics.start()
+        self.trimmer.start()
         self.pool.start()
         if self.checkpointer is not None:
             self.checkpointer.start()
@@ -290,6 +294,7 @@ class ServiceNode:
         self.pool.stop(timeout)
         self.associations.close()
         self.metrics.stop()
+        self.trimmer.stop()
         if self.checkpointer is not None:
             self.checkpointer.stop()
         close = getattr(self.models, "close", None)

@@ -66,6 +66,10 @@ class ScoreWeights(BaseModel):
     points_per_waiting_hour, max_waiting_points
         Waiting time adds points linearly up to a cap, so no study waits forever
         yet waiting alone never outranks a likely critical finding.
+    waiting_step_minutes
+        Waiting time counts in whole steps of this many minutes (0: continuously), so
+        a study's score changes only when its wait crosses a step and the periodic
+        rescoring rewrites only the studies that crossed one.
     """
 
     model_config = {"extra": "forbid"}
@@ -81,6 +85,7 @@ class ScoreWeights(BaseModel):
     paediatric_points: float = Field(default=10.0, ge=0)
     points_per_waiting_hour: float = Field(default=2.0, ge=0)
     max_waiting_points: float = Field(default=24.0, ge=0)
+    waiting_step_minutes: float = Field(default=5.0, ge=0)
 
     @model_validator(mode="after")
     def _check(self) -> ScoreWeights:

@@ -165,6 +165,9 @@ class WorklistItem(Base):
     priority: Mapped[int] = mapped_column(Integer, default=int(Priority.ROUTINE))
     #: Who set the band (:class:`PrioritySource`).
     priority_source: Mapped[str] = mapped_column(String(16), default="")
+    #: When the score next changes with waiting time (``None``: never, the wait is
+    #: capped); the periodic rescoring reads only the rows due by then.
+    rescore_at: Mapped[datetime | None] = mapped_column(default=None, index=True)
 
 
 class Alert(Base):

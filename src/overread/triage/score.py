@@ -8,6 +8,9 @@ study sits where it does::
           + age points (elderly or paediatric)
           + min(points_per_waiting_hour * hours waited, max_waiting_points)
 
+Hours waited count in whole steps of ``waiting_step_minutes`` (5 by default), so a
+score changes only at a step; :func:`score_changes_at` says when the next one is.
+
 Every weight is non-negative, so a more severe or more probable finding, a more
 urgent department or a longer wait never lowers the score. The functions here are
 pure: the clock is an argument.
@@ -18,7 +21,7 @@ from __future__ import annotations
 import math
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from overread.results import FindingResult
@@ -138,12 +141,57 @@ def context_terms(context: StudyContext, weights: ScoreWeights, now: datetime) -
                     "age", weights.paediatric_points, f"age {age:g} < {weights.paediatric_age:g}"
                 )
             )
-    if context.received_at is not None:
-        hours = max((_aware(now) - _aware(context.received_at)).total_seconds() / 3600.0, 0.0)
-        points = min(weights.points_per_waiting_hour * hours, weights.max_waiting_points)
-        if points > 0:
-            terms.append(ScoreTerm("waiting", points, f"waited {hours:.2f} h"))
+    waiting = _waiting(context, weights, now)
+    if waiting is not None and waiting.points > 0:
+        terms.append(ScoreTerm("waiting", waiting.points, waiting.detail))
     return terms
+
+
+@dataclass(frozen=True)
+class _Waiting:
+    """The waiting term at one moment, and when it next changes (``None``: never)."""
+
+    points: float
+    detail: str
+    changes_at: datetime | None
+
+
+def _waiting(context: StudyContext, weights: ScoreWeights, now: datetime) -> _Waiting | None:
+    """Waiting time counted in whole steps of ``waiting_step_minutes`` (0: continuously).
+
+    ``changes_at`` is the first moment after ``now`` at which the term differs, the
+    score's other terms not depending on the clock: the next step, or ``now`` itself
+    when counted continuously, or ``None`` once the cap is reached (or waiting earns
+    nothing). The detail names the cap once reached, so it stops changing too.
+    """
+    if context.received_at is None:
+        return None
+    received = _aware(context.received_at)
+    waited = _aware(now) - received
+    rate, cap = weights.points_per_waiting_hour, weights.max_waiting_points
+    changes_at: datetime | None
+    if weights.waiting_step_minutes > 0:
+        step = timedelta(minutes=weights.waiting_step_minutes)
+        steps = max(waited // step, 0)  # exact: timedelta arithmetic in microseconds
+        hours = (step * steps).total_seconds() / 3600.0
+        changes_at = received + step * (steps + 1)
+    else:
+        hours = max(waited.total_seconds() / 3600.0, 0.0)
+        changes_at = _aware(now)
+    if rate <= 0 or rate * hours >= cap:
+        # Capped (or nothing to earn): more waiting changes nothing.
+        detail = f"waited {cap / rate:.2f} h or more" if rate > 0 else f"waited {hours:.2f} h"
+        return _Waiting(min(rate * hours, cap), detail, None)
+    return _Waiting(rate * hours, f"waited {hours:.2f} h", changes_at)
+
+
+def score_changes_at(
+    context: StudyContext, weights: ScoreWeights, now: datetime
+) -> datetime | None:
+    """When a study scored at ``now`` next scores differently, its findings and context
+    unchanged (``None``: never). Only waiting time depends on the clock."""
+    waiting = _waiting(context, weights, now)
+    return waiting.changes_at if waiting is not None else None
 
 
 def score_study(
@@ -179,5 +227,6 @@ __all__ = [
     "StudyContext",
     "context_terms",
     "finding_terms",
+    "score_changes_at",
     "score_study",
 ]

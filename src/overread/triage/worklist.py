@@ -1,7 +1,7 @@
 """The worklist: one scored row per study, and the queries a reading room needs.
 
 A study's row is written when its result arrives (:func:`triage_study`), rescored as
-it waits (:func:`refresh_scores`), and moved through unread -> in-progress -> read by
+it waits (:func:`refresh_scores`, only the rows whose score changed), and moved through unread -> in-progress -> read by
 readers (:func:`set_read_state`). The stored breakdown is what the UI shows next to
 the score; the stored findings are what feedback and rescoring read back.
 """
@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import TYPE_CHECKING, Any
 
-from sqlalchemy import func, select, update
+from sqlalchemy import func, or_, select, update
 from sqlalchemy.dialects.postgresql import insert as postgresql_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.orm import Session
@@ -24,7 +24,7 @@ from overread.errors import ConfigError, ServiceError
 from overread.results import FindingResult
 from overread.triage.config import AlertSettings, TriageConfig
 from overread.triage.schema import Priority, PrioritySource, ReadState, WorklistItem
-from overread.triage.score import StudyContext, score_study
+from overread.triage.score import StudyContext, score_changes_at, score_study
 
 if TYPE_CHECKING:
     from overread.inference.result import Prediction
@@ -213,6 +213,7 @@ def upsert_study(
     item.model_name = model_name
     item.model_version = model_version
     item.scored_at = now
+    item.rescore_at = score_changes_at(context, config.weights, now)
     item.updated_at = now
     session.flush()
     logger.info(
@@ -225,17 +226,30 @@ def upsert_study(
     return item
 
 
-def refresh_scores(session: Session, config: TriageConfig, *, now: datetime) -> int:
-    """Rescore every study not yet read (waiting time grows); return how many."""
-    items = session.execute(
-        select(WorklistItem).where(WorklistItem.state != ReadState.READ.value)
-    ).scalars()
+def refresh_scores(
+    session: Session, config: TriageConfig, *, now: datetime, full: bool = False
+) -> int:
+    """Rescore the studies not yet read whose score has changed by ``now``; return how many.
+
+    Only the clock changes a stored score between two writes of its row (waiting time
+    grows, in steps), and each row keeps when that next happens (``rescore_at``, set
+    whenever it is scored; empty once waiting is capped). So only rows due by ``now``
+    are read and written, found by their index; a clock that went back (``now``
+    before a row's ``scored_at``) rescores that row too. The rows left alone hold
+    what rescoring them would write. ``full`` rescores every row not yet read: after
+    the score weights changed (a gateway does so on its first pass).
+    """
+    query = select(WorklistItem).where(WorklistItem.state != ReadState.READ.value)
+    if not full:
+        query = query.where(or_(WorklistItem.rescore_at <= now, WorklistItem.scored_at > now))
     count = 0
-    for item in items:
-        score = score_study(stored_findings(item), _context(item), config.weights, now=now)
+    for item in session.execute(query).scalars():
+        context = _context(item)
+        score = score_study(stored_findings(item), context, config.weights, now=now)
         item.score = score.total
         item.breakdown = score.breakdown()
         item.scored_at = now
+        item.rescore_at = score_changes_at(context, config.weights, now)
         count += 1
     session.flush()
     return count
