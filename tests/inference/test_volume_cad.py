@@ -167,3 +167,27 @@ def test_blob_cad_needs_one_weight_per_feature_and_keeps_other_hashes(tmp_path: 
     data["volume"]["postprocess"] = "lung-nodule"
     plain = Manifest.model_validate(data)
     assert "cad_weights" not in json.loads(plain.canonical_bytes())["volume"]
+
+
+def test_a_part_solid_nodule_is_masked_with_its_ground_glass_rim() -> None:
+    spacing = (2.0, 1.0, 1.0)
+    shape = (24, 48, 48)
+    z, y, x = np.meshgrid(
+        *[np.arange(n) * s for n, s in zip(shape, spacing, strict=True)], indexing="ij"
+    )
+    dist = np.sqrt((z - 24) ** 2 + (y - 24) ** 2 + (x - 24) ** 2)
+    rng = np.random.default_rng(2)
+    hu = np.full(shape, -850.0) + rng.normal(0, 15, shape)
+    whole = dist <= 7.0
+    hu[whole] = -600.0 + rng.normal(0, 15, int(whole.sum()))
+    hu[dist <= 3.0] = 30.0
+    hu = hu.astype(np.float32)
+    candidates = find_candidates(hu, spacing, np.ones(shape, dtype=bool))
+    candidate = min(
+        candidates,
+        key=lambda c: np.linalg.norm((np.asarray(c.centre) - [12, 24, 24]) * spacing),
+    )
+    box, mask = fwhm_mask(hu, spacing, candidate)
+    truth = whole[box]
+    dice = 2 * (mask & truth).sum() / (mask.sum() + truth.sum())
+    assert dice > 0.7

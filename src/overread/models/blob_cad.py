@@ -20,7 +20,9 @@ The classic computer-aided detection scheme of lung-nodule systems, on the sourc
    :func:`fit_weights`) is the candidate's score.
 3. **Masks (FWHM).** Inside a box around the candidate, the voxels brighter than half
    way between its core HU and the lung background, connected to the centre, are the
-   nodule: size, volume and density come from that mask.
+   nodule (for a dense core with a much larger ground-glass region around it, a
+   part-solid nodule, the half-way level of ground glass): size, volume and density
+   come from that mask.
 """
 
 from __future__ import annotations
@@ -270,22 +272,53 @@ def fit_weights(
     return tuple(round(float(v), 6) for v in w)
 
 
+def _region(
+    sub: FloatArray,
+    dist: FloatArray,
+    radius_mm: float,
+    near_mm: float,
+    level: float,
+    local: tuple[int, ...],
+) -> npt.NDArray[np.bool_]:
+    """Voxels at or above ``level`` within ``radius_mm``, face-connected to ``local``
+    (else to the largest such part within ``near_mm``), holes filled."""
+    inside = dist <= radius_mm
+    dense = inside & (sub >= level)
+    labels, _ = ndimage.label(dense)
+    pick = int(labels[local])
+    if pick == 0:
+        values = labels[(dist <= near_mm) & dense]
+        pick = int(np.bincount(values).argmax()) if values.size else 0
+    if pick == 0:
+        return np.zeros(sub.shape, dtype=bool)
+    return np.asarray(ndimage.binary_fill_holes(labels == pick), dtype=bool)
+
+
 def fwhm_mask(
     hu: FloatArray,
     spacing: Sequence[float],
     candidate: Candidate,
     *,
     max_radius_mm: float = 20.0,
+    rim_hu: float = -600.0,
+    rim_ratio: float = 4.0,
 ) -> tuple[tuple[slice, slice, slice], npt.NDArray[np.bool_]]:
     """The nodule's mask in a box around the candidate: the half-maximum region.
 
     Voxels at or above half way between the core HU and the lung background, face-
     connected to the centre (or to the brightest core voxel), inside a sphere of twice
     the fitted radius (at most ``max_radius_mm``): vessels leaving the nodule are cut
-    there.
+    there. A dense core (over ``rim_hu + 100``) may be the solid part of a part-solid
+    nodule: when the region at half way between ``rim_hu`` (ground glass) and the
+    background, within three fitted radii, holds at least ``rim_ratio`` times the
+    half-maximum region, that wider region is the mask (a solid nodule's partial-volume
+    shell adds less than that).
     """
+    near = max(candidate.radius_mm, max(spacing))
     r = min(2.0 * candidate.radius_mm + max(spacing), max_radius_mm)
-    reach = [math.ceil(r / s) for s in spacing]
+    wide = candidate.core_hu > rim_hu + 100.0
+    r_outer = min(3.0 * candidate.radius_mm + max(spacing), max_radius_mm) if wide else r
+    reach = [math.ceil(r_outer / s) for s in spacing]
     c = candidate.centre
     lo = [max(0, ci - q) for ci, q in zip(c, reach, strict=True)]
     hi = [min(n, ci + q + 1) for ci, n, q in zip(c, hu.shape, reach, strict=True)]
@@ -295,21 +328,15 @@ def fwhm_mask(
         *[(np.arange(a, b) - ci) * s for a, b, ci, s in zip(lo, hi, c, spacing, strict=True)],
         indexing="ij",
     )
-    inside = np.sqrt(sum(g * g for g in grid)) <= r
-    level = 0.5 * (candidate.core_hu + candidate.background_hu)
-    dense = inside & (sub >= level)
-    labels, _ = ndimage.label(dense)
+    dist = np.sqrt(sum(g * g for g in grid)).astype(np.float32)
     local = tuple(ci - a for ci, a in zip(c, lo, strict=True))
-    pick = int(labels[local])
-    if pick == 0:
-        near = inside & (
-            np.sqrt(sum(g * g for g in grid)) <= max(candidate.radius_mm, max(spacing))
-        )
-        values = labels[near & dense]
-        pick = int(np.bincount(values).argmax()) if values.size else 0
-    mask = labels == pick if pick else np.zeros(sub.shape, dtype=bool)
-    if pick:
-        mask = ndimage.binary_fill_holes(mask)
+    level = 0.5 * (candidate.core_hu + candidate.background_hu)
+    mask = _region(sub, dist, r, near, level, local)
+    if wide and mask.any():
+        rim_level = 0.5 * (rim_hu + candidate.background_hu)
+        rim = _region(sub, dist, r_outer, near, rim_level, local)
+        if int(rim.sum()) >= rim_ratio * int(mask.sum()):
+            mask = rim
     return box, mask
 
 
