@@ -191,3 +191,14 @@ def test_a_part_solid_nodule_is_masked_with_its_ground_glass_rim() -> None:
     truth = whole[box]
     dice = 2 * (mask & truth).sum() / (mask.sum() + truth.sum())
     assert dice > 0.7
+
+
+def test_the_bundled_cad_package_verifies_and_carries_the_fitted_weights() -> None:
+    from overread.models import Registry
+
+    package = Registry("unused-registry-root").load(NAME)
+    volume = package.manifest.volume
+    assert volume is not None and volume.postprocess == "blob-cad"
+    assert package.manifest.task.value == "segmentation"
+    assert volume.cad_weights == tuple(DEFAULT_WEIGHTS)
+    assert (package.path / "MODEL_CARD.md").read_text().startswith(f"# {NAME}")

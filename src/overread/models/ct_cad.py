@@ -107,7 +107,9 @@ Two-stage pulmonary nodule CAD for chest CT, fitted on synthetic phantoms only.
 - Score: logistic in {", ".join(FEATURES)}; the 20 best scoring at least
   {SCORE_FLOOR} are reported.
 - Mask: voxels above half way between the candidate's core HU and the lung around it,
-  connected to its centre, within twice its fitted radius.
+  connected to its centre, within twice its fitted radius; a dense core inside a
+  ground-glass region at least 4 times its size (a part-solid nodule) takes the level
+  half way between ground glass (-600 HU) and the lung, within three radii.
 - Output: a SEG (lung and one segment per nodule) and per-nodule measurements
   (volume, longest diameter, mean HU, density, category) in the SR.
 
