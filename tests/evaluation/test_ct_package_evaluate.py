@@ -71,3 +71,24 @@ def test_evaluate_a_classifier_on_a_ct_cohort_is_one_error_line(
     assert status not in (0, None)
     err = capsys.readouterr().err.strip().splitlines()
     assert err[-1].startswith("error:") and "not a volumetric package" in err[-1]
+
+
+def test_evaluate_the_nodule_cad_masks_and_finds_nodules(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("OVERREAD_MODEL_REGISTRY", str(tmp_path / "registry"))
+    cohort = tmp_path / "cohort"
+    argv = ["phantom", "ct", "--n", "3", "--seed", "5", "--size", "96", "--out", str(cohort)]
+    assert main([*argv, "-q"]) == 0
+    figures = {}
+    for model in ("ct-nodule-cad", "ct-threshold-baseline"):
+        out = tmp_path / model
+        args = ["--data", str(cohort), "--out", str(out), "--resamples", "200"]
+        assert main(["evaluate", "--model", model, *args]) in (0, None)
+        figures[model] = json.loads((out / "metrics.json").read_text())
+    capsys.readouterr()
+    cad, base = figures["ct-nodule-cad"], figures["ct-threshold-baseline"]
+    assert cad["model"]["task"] == "segmentation" and cad["nodules_ge6mm"] > 0
+    # Masks (SEG) and marks both: nodule Dice and CPM above the threshold package's.
+    assert cad["nodule_dice_ge6mm"] > max(0.3, base["nodule_dice_ge6mm"] + 0.2)
+    assert cad["detection"]["cpm"] > base["detection"]["cpm"]

@@ -379,6 +379,23 @@ class VolumePipeline:
         elif spec.postprocess == "centre-heatmap":
             label_map = None
             regions = self._detections(volume, probabilities, thresholds)
+        elif spec.postprocess == "blob-cad":
+            lung_i = self.labels.index(spec.lung_label)
+            nodule_i = self.labels.index(spec.nodule_label)
+            lung_low, _, _ = lung_and_nodules(
+                probabilities, thresholds, lung_i, nodule_i, spec.spacing_mm, spec
+            )
+            lung_channel, lung_threshold = lung_output(
+                probabilities[lung_i], thresholds[lung_i], lung_low, spec.lung_output
+            )
+            del probabilities
+            label_map, regions = self._cad(
+                volume, lung_channel, lung_threshold, thresholds[nodule_i]
+            )
+            label_values = {LUNG_VALUE: spec.lung_label}
+            for region in regions:
+                if region.segment_number is not None:
+                    label_values[region.segment_number] = f"{spec.nodule_label} {region.index}"
         else:
             label_map = np.zeros(shape, dtype=np.uint8)
             for z in range(shape[0]):
@@ -437,7 +454,7 @@ class VolumePipeline:
         """One study-level finding (``nodule``): positive when a nodule was found."""
         if spec.postprocess == "centre-heatmap" and spec.centre_label is not None:
             source = spec.centre_label  # its threshold is the peak floor, its codes the finding's
-        elif spec.postprocess == "lung-nodule":
+        elif spec.postprocess in ("lung-nodule", "blob-cad"):
             source = spec.nodule_label
         else:
             return []
@@ -464,6 +481,69 @@ class VolumePipeline:
                 codes=codes,
             )
         ]
+
+    def _cad(
+        self,
+        volume: Volume,
+        lung_low: npt.NDArray[np.float32],
+        lung_threshold: float,
+        threshold: float,
+    ) -> tuple[npt.NDArray[np.uint8], list[Region]]:
+        """``blob-cad``: the lung brought back to the source grid, then candidates, scores
+        and FWHM masks there (:mod:`overread.models.blob_cad`).
+
+        The ``max_detections`` best candidates scoring at least ``threshold`` are the
+        nodules, strongest first; a nodule's voxels are not taken by a weaker one. The
+        centre reported is the candidate's (the blob filter's peak), the rest is
+        measured on the nodule's mask.
+        """
+        from dataclasses import replace
+
+        from overread.models.blob_cad import find_candidates, fwhm_mask, score
+
+        spec = self.spec
+        shape = volume.pixels.shape
+        label_map = np.zeros(shape, dtype=np.uint8)
+        for z in range(shape[0]):
+            plane = upsample_plane(lung_low[None], z, shape)
+            label_map[z][plane[0] >= lung_threshold] = LUNG_VALUE
+        hu = np.asarray(volume.pixels, dtype=np.float32)
+        spacing = tuple(float(s) for s in volume.spacing)
+        lung = label_map == LUNG_VALUE
+        candidates = find_candidates(
+            hu, spacing, lung, scales_mm=spec.cad_scales_mm, floor=spec.cad_floor
+        )
+        scored = sorted(
+            ((score(c, spec.cad_weights), c) for c in candidates), key=lambda item: -item[0]
+        )
+        regions: list[Region] = []
+        for value_score, candidate in scored:
+            if value_score < threshold or len(regions) >= spec.max_detections:
+                break
+            box, mask = fwhm_mask(hu, spacing, candidate, max_radius_mm=spec.max_nodule_mm / 2)
+            mask &= label_map[box] <= LUNG_VALUE
+            if not mask.any():
+                continue
+            index = len(regions) + 1
+            value = LUNG_VALUE + index
+            previous = label_map[box][mask]
+            label_map[box][mask] = value
+            found = ndimage.find_objects(mask.astype(np.uint8))[0]
+            assert found is not None
+            tight = tuple(
+                slice(outer.start + inner.start, outer.start + inner.stop)
+                for outer, inner in zip(box, found, strict=True)
+            )
+            region = self._measure(volume, label_map, value, tight, index, score=value_score)
+            if region is None:
+                label_map[box][mask] = previous
+                continue
+            z, y, x = candidate.centre
+            point = volume.affine @ np.array([x, y, z, 1.0])
+            regions.append(
+                replace(region, centre_mm=(float(point[0]), float(point[1]), float(point[2])))
+            )
+        return label_map, regions
 
     def _to_source(
         self,
@@ -529,8 +609,10 @@ class VolumePipeline:
         value: int,
         box: tuple[slice, ...],
         index: int,
-        probability_low: npt.NDArray[np.float32],
-        nodules_low: npt.NDArray[np.int32],
+        probability_low: npt.NDArray[np.float32] | None = None,
+        nodules_low: npt.NDArray[np.int32] | None = None,
+        *,
+        score: float | None = None,
     ) -> Region | None:
         spec = self.spec
         mask = label_map[box] == value
@@ -567,7 +649,9 @@ class VolumePipeline:
         box_mm = np.concatenate([ends.min(axis=0), ends.max(axis=0)])
         density = density_of(solid_fraction)
         volume_mm3 = voxels * voxel_mm3
-        score = nodule_score(probability_low[nodules_low == index], spec.nodule_score)
+        if score is None:
+            assert probability_low is not None and nodules_low is not None
+            score = nodule_score(probability_low[nodules_low == index], spec.nodule_score)
         return Region(
             label=spec.nodule_label,
             index=index,

@@ -185,6 +185,14 @@ class VolumeSpec(_Strict):
     size in mm = probability x ``max_nodule_mm``); its local maxima (3x3x3) reaching
     the centre label's threshold, at most ``max_detections``, are the nodules
     (:mod:`overread.models.centre_heatmap`).
+
+    ``blob-cad`` (two-stage nodule CAD, :mod:`overread.models.blob_cad`): the lung as
+    ``lung-nodule`` makes it; inside it, on the source grid, the local maxima of the
+    multi-scale blob filter over ``cad_scales_mm`` reaching ``cad_floor`` (HU) are the
+    candidates; each is scored by the logistic ``cad_weights`` (intercept, then one
+    weight per feature of :data:`overread.models.blob_cad.FEATURES`); the
+    ``max_detections`` best scoring at least the nodule label's threshold are the
+    nodules, each masked at half maximum (FWHM) and measured there.
     """
 
     planar: bool = False
@@ -193,7 +201,9 @@ class VolumeSpec(_Strict):
     overlap: float = Field(default=0.25, ge=0.0, lt=1.0)
     sigma_scale: float = Field(default=0.125, gt=0.0, le=1.0)
     sw_batch_size: int = Field(default=1, ge=1, le=64)
-    postprocess: Literal["none", "lung-nodule", "lung-field", "centre-heatmap"] = "lung-nodule"
+    postprocess: Literal["none", "lung-nodule", "lung-field", "centre-heatmap", "blob-cad"] = (
+        "lung-nodule"
+    )
     lung_label: str = "lung"
     nodule_label: str = "nodule"
     centre_label: str | None = None
@@ -210,6 +220,9 @@ class VolumeSpec(_Strict):
     lung_keep_fraction: float = Field(default=0.1, gt=0.0, le=1.0)
     nodule_min_volume_mm3: float = Field(default=0.0, ge=0.0)
     nodule_lung_margin_mm: float = Field(default=5.0, ge=0.0)
+    cad_scales_mm: tuple[float, ...] = (1.2, 1.7, 2.4, 3.4, 4.8, 6.8, 8.5)
+    cad_floor: float = Field(default=60.0, ge=0.0)
+    cad_weights: tuple[float, ...] = ()
 
     @field_validator("hu_window")
     @classmethod
@@ -557,7 +570,7 @@ class Manifest(_Strict):
                     raise ValueError(f"postprocess 'lung-nodule' needs a label {needed!r}")
         if self.volume is not None:
             planar, rule = self.volume.planar, self.volume.postprocess
-            if planar and rule in ("lung-nodule", "centre-heatmap"):
+            if planar and rule in ("lung-nodule", "centre-heatmap", "blob-cad"):
                 raise ValueError("a planar package's postprocess is 'none' or 'lung-field'")
             if rule == "lung-field" and not planar:
                 raise ValueError("postprocess 'lung-field' is for planar packages")
@@ -573,6 +586,19 @@ class Manifest(_Strict):
             for needed in (self.volume.centre_label, *self.volume.size_labels):
                 if needed not in names:
                     raise ValueError(f"postprocess 'centre-heatmap' needs a label {needed!r}")
+        if self.volume is not None and self.volume.postprocess == "blob-cad":
+            from overread.models.blob_cad import FEATURES
+
+            for needed in (self.volume.lung_label, self.volume.nodule_label):
+                if needed not in names:
+                    raise ValueError(f"postprocess 'blob-cad' needs a label {needed!r}")
+            if len(self.volume.cad_weights) != len(FEATURES) + 1:
+                raise ValueError(
+                    f"postprocess 'blob-cad' needs {len(FEATURES) + 1} cad_weights "
+                    "(intercept, then one per feature)"
+                )
+            if not self.volume.cad_scales_mm or min(self.volume.cad_scales_mm) <= 0:
+                raise ValueError("cad_scales_mm must be positive scales")
         for path in self.files:
             if path.startswith(("/", "\\")) or ".." in path.split("/") or path == MANIFEST_NAME:
                 raise ValueError(f"file entry {path!r} is not a plain relative path")
@@ -625,7 +651,13 @@ class Manifest(_Strict):
                     volume.pop(key, None)
             if volume.get("postprocess") != "centre-heatmap":
                 # Detector-only fields, added later: other manifests keep their hash.
-                for key in ("centre_label", "size_labels", "max_detections"):
+                for key in ("centre_label", "size_labels"):
+                    volume.pop(key, None)
+            if volume.get("postprocess") not in ("centre-heatmap", "blob-cad"):
+                volume.pop("max_detections", None)
+            if volume.get("postprocess") != "blob-cad":
+                # Two-stage CAD fields, added later: other manifests keep their hash.
+                for key in ("cad_scales_mm", "cad_floor", "cad_weights"):
                     volume.pop(key, None)
         return data
 

@@ -1,0 +1,124 @@
+"""``ct-nodule-cad``: the two-stage nodule CAD as a volumetric package.
+
+The lung comes from the HU-threshold network of :mod:`overread.models.ct_baseline`
+(2 mm sliding windows, components cleaned); the nodules from the ``blob-cad``
+postprocess (:mod:`overread.models.blob_cad`): multi-scale blob candidates inside the
+lung on the source grid, a logistic score from their features (weights fitted on
+training phantoms and kept in the manifest, so they are in its hash and signature),
+and a half-maximum mask per nodule. A segmentation package: a SEG with the lung and
+one segment per nodule, and the TID 1500 measurements of each nodule.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from pathlib import Path
+
+from overread.models.blob_cad import DEFAULT_SCALES_MM, DEFAULT_WEIGHTS, FEATURES
+from overread.models.ct_baseline import ARCHITECTURE, LABELS
+from overread.models.hu_threshold import HuThreshold
+from overread.models.manifest import Task, VolumeSpec
+
+NAME = "ct-nodule-cad"
+VERSION = "1.0.0"
+#: The nodule label's threshold: the lowest candidate score reported (FROC needs the
+#: weaker marks too; the strongest carry the high scores).
+SCORE_FLOOR = 0.02
+INTENDED_USE = (
+    "Research: pulmonary nodule detection and segmentation on chest CT by a blob "
+    "filter, a logistic candidate score and half-maximum masks, fitted on synthetic "
+    "phantoms only. Not for diagnosis."
+)
+
+
+def cad_volume_spec(weights: Sequence[float] = DEFAULT_WEIGHTS) -> VolumeSpec:
+    """The package's volume section with these candidate weights."""
+    return VolumeSpec(
+        postprocess="blob-cad",
+        clean_components=True,
+        min_nodule_mm=2.0,
+        max_nodule_mm=40.0,
+        max_detections=20,
+        cad_scales_mm=DEFAULT_SCALES_MM,
+        cad_weights=tuple(float(w) for w in weights),
+    )
+
+
+def write_cad_package(
+    out: Path | str,
+    *,
+    weights: Sequence[float] = DEFAULT_WEIGHTS,
+    training: dict[str, object] | None = None,
+    key: bytes | None = None,
+    overwrite: bool = False,
+) -> Path:
+    """Write the CAD as a verified segmentation package with candidate ``weights``."""
+    from overread.models.package import resign_package, write_package
+
+    path = write_package(
+        out,
+        network=HuThreshold(),
+        architecture=ARCHITECTURE,
+        labels=list(LABELS),
+        input_spec={
+            "size": 96,
+            "channels": 1,
+            "chain": [],
+            "window": "none: the network reads HU",
+            "normalisation": "none (HU)",
+        },
+        name=NAME,
+        version=VERSION,
+        intended_use=INTENDED_USE,
+        task=Task.SEGMENTATION,
+        trained=True,
+        accepts={"modalities": ["CT"]},
+        operating_points={"lung": {"balanced": 0.5}, "nodule": {"balanced": SCORE_FLOOR}},
+        training=training or {"kind": "blob-cad", "features": list(FEATURES)},
+        metrics={},
+        export_onnx=False,
+        key=key,
+        overwrite=overwrite,
+        volume=cad_volume_spec(weights),
+    )
+    (path / "MODEL_CARD.md").write_text(model_card(), encoding="utf-8")
+    resign_package(path, key=key)
+    return path
+
+
+def model_card() -> str:
+    """The package's card."""
+    return f"""# {NAME} {VERSION}
+
+Two-stage pulmonary nodule CAD for chest CT, fitted on synthetic phantoms only.
+
+## Intended use
+
+{INTENDED_USE}
+
+## How it works
+
+- Lung: HU <= -700 on a 2 mm grid by sliding windows, 3-D components away from the
+  field of view's sides, holes filled slice by slice, brought back to the source grid.
+- Candidates: on the source grid inside the lung, the local maxima of the largest
+  scale-normalised Laplacian of Gaussian over scales of {", ".join(f"{s:g}" for s in DEFAULT_SCALES_MM)} mm
+  (spheres of about 4 to 30 mm across), with the Hessian's blobness and sphericity
+  at that scale (a sphere has three negative eigenvalues, a vessel two).
+- Score: logistic in {", ".join(FEATURES)}; the 20 best scoring at least
+  {SCORE_FLOOR} are reported.
+- Mask: voxels above half way between the candidate's core HU and the lung around it,
+  connected to its centre, within twice its fitted radius; a dense core inside a
+  ground-glass region at least 4 times its size (a part-solid nodule) takes the level
+  half way between ground glass (-600 HU) and the lung, within three radii.
+- Output: a SEG (lung and one segment per nodule) and per-nodule measurements
+  (volume, longest diameter, mean HU, density, category) in the SR.
+
+## Limits
+
+Fitted and measured on phantoms (spheres, tubes): real nodules are not spheres, real
+vessels branch and curve. A nodule fused with the pleura over a wide contact, or
+under about 4 mm, may get no candidate.
+"""
+
+
+__all__ = ["NAME", "SCORE_FLOOR", "VERSION", "cad_volume_spec", "model_card", "write_cad_package"]
