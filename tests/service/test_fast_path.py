@@ -301,3 +301,54 @@ def test_the_gateways_own_objects_coming_back_are_not_late_images() -> None:
         (Path("f"), Instance(sop_instance_uid=missed, sop_class_uid="1.2.840.10008.5.1.4.1.1.1.1")),
     ]
     assert _images_not_read(result, rows) == [missed]
+
+
+def test_the_next_study_is_read_while_the_last_ones_sr_is_being_sent(
+    make_service: Callable[..., Any], dx_factory: Callable[..., Path]
+) -> None:
+    """The worker hands its exports to the export lane and claims the next job at once:
+    with a PACS that holds the first SR's answer until the second study's job has
+    started, that job starts (one worker) while the first send is still waiting."""
+    import threading
+
+    from pynetdicom import AE, AllStoragePresentationContexts, evt
+    from pynetdicom.sop_class import Verification  # type: ignore[attr-defined]
+
+    from overread.netutil import free_port
+
+    started_second = threading.Event()
+    held: list[bool] = []
+
+    def on_store(event: Any) -> int:
+        if not held:  # the first SR: answered once the next study is being read
+            held.append(started_second.wait(30))
+        return 0x0000
+
+    ae = AE(ae_title="PACSAE")
+    ae.supported_contexts = AllStoragePresentationContexts
+    ae.add_supported_context(Verification)
+    port = free_port()
+    server = ae.start_server(
+        ("127.0.0.1", port), block=False, evt_handlers=[(evt.EVT_C_STORE, on_store)]
+    )
+    try:
+        service = make_service(destinations=[f"PACS=PACSAE@127.0.0.1:{port}"], **NO_POLL)
+        assert len(service.pool.workers) == 1
+        _send(service, dx_factory(size=256))
+        wait_until(lambda: len(job_states(service)) == 2, timeout=30)  # infer + export
+        _send(service, dx_factory(size=256))
+
+        def second_started() -> bool:
+            with service.database.session() as session:
+                infers = session.scalars(
+                    select(Job).where(Job.kind == JobKind.INFER.value).order_by(Job.id)
+                ).all()
+            return len(infers) == 2 and infers[1].started_at is not None
+
+        wait_until(second_started, timeout=25)
+        started_second.set()
+        wait_until(lambda: job_states(service) == ["succeeded"] * 4, timeout=30)
+        assert held == [True]
+    finally:
+        started_second.set()
+        server.shutdown()
