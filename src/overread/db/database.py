@@ -74,7 +74,10 @@ class Database:
             raise ConfigError(f"invalid database URL {url!r}: {exc}") from None
         self.url = url
         self.dialect = parsed.get_backend_name()
-        kwargs: dict[str, Any] = {"pool_pre_ping": True}
+        # A server's connection can drop while pooled (a restart, an idle time-out): it is
+        # checked before use. A SQLite connection is a file handle that cannot, and the
+        # check was a statement (and a wait for the interpreter) per session.
+        kwargs: dict[str, Any] = {"pool_pre_ping": self.dialect != "sqlite"}
         if self.dialect == "sqlite":
             database = parsed.database
             if database and database != ":memory:":
