@@ -352,3 +352,50 @@ def test_the_next_study_is_read_while_the_last_ones_sr_is_being_sent(
     finally:
         started_second.set()
         server.shutdown()
+
+
+def test_a_worker_sends_itself_while_the_export_lane_is_busy(
+    make_service: Callable[..., Any], dx_factory: Callable[..., Path]
+) -> None:
+    """The lane takes a result's exports only when it is free: while it waits for a
+    slow answer, the next result's SR is sent by its worker (no queue behind the lane)."""
+    import threading
+
+    from pynetdicom import AE, AllStoragePresentationContexts, evt
+    from pynetdicom.sop_class import Verification  # type: ignore[attr-defined]
+
+    from overread.netutil import free_port
+
+    lock = threading.Lock()
+    stored: list[str] = []
+    second = threading.Event()
+    held: list[bool] = []
+
+    def on_store(event: Any) -> int:
+        with lock:
+            first = not stored
+            stored.append(str(event.request.AffectedSOPInstanceUID))
+            if len(stored) >= 2:
+                second.set()
+        if first:  # the first SR: answered once the second has been stored
+            held.append(second.wait(30))
+        return 0x0000
+
+    ae = AE(ae_title="PACSAE")
+    ae.supported_contexts = AllStoragePresentationContexts
+    ae.add_supported_context(Verification)
+    port = free_port()
+    server = ae.start_server(
+        ("127.0.0.1", port), block=False, evt_handlers=[(evt.EVT_C_STORE, on_store)]
+    )
+    try:
+        service = make_service(destinations=[f"PACS=PACSAE@127.0.0.1:{port}"], **NO_POLL)
+        assert len(service.pool.workers) == 1
+        _send(service, dx_factory(size=256))
+        wait_until(lambda: len(stored) == 1, timeout=30)  # the lane waits for its answer
+        _send(service, dx_factory(size=256))
+        wait_until(lambda: job_states(service) == ["succeeded"] * 4, timeout=60)
+        assert held == [True]
+    finally:
+        second.set()
+        server.shutdown()

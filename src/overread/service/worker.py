@@ -132,9 +132,10 @@ class Worker:
         self.inference = InferenceHandler(services, models, artifacts)
         self.exporters = Exporters(services, associations)
         self.rollouts = RolloutStore(database, self.inference.triage.alerts.critical)
-        #: Where an infer job's DICOM exports go to be sent at once (``None``: this
-        #: worker sends them itself before its next claim); see :class:`ExportLane`.
-        self.send_at_once: Callable[[list[int]], None] | None = None
+        #: Where an infer job's DICOM exports go to be sent at once when it is free
+        #: (``None``: this worker sends them itself before its next claim); see
+        #: :class:`ExportLane`.
+        self.export_lane: ExportLane | None = None
         #: Whether the last :meth:`run_once` handed exports to the lane.
         self.handed_off = False
 
@@ -152,10 +153,9 @@ class Worker:
         if job is None:
             return None
         follow_ups = self._run_claimed(job)
-        if follow_ups and self.send_at_once is not None:
+        if follow_ups and self.export_lane is not None and self.export_lane.take(follow_ups):
             # The process's export lane sends them while this worker takes the next
             # study: a study that arrived with this one does not wait for its send.
-            self.send_at_once(follow_ups)
             self.handed_off = True
         else:
             self.send_now(follow_ups)
@@ -298,8 +298,9 @@ _FREEZE_LOCK = threading.Lock()
 class ExportLane:
     """One thread that sends the DICOM exports the process's workers hand it.
 
-    A worker that stored a result hands over the export jobs it queued and claims its
-    next job at once, so a study that arrived together with another is read while the
+    A worker that stored a result hands over the export jobs it queued, when the lane
+    is free (otherwise it sends them itself, as without a lane), and claims its next
+    job at once, so a study that arrived together with another is read while the
     other's SR is on its way, instead of after its send (the send is mostly waiting
     for the destination's answer). The jobs are the same queued export jobs either way:
     the lane claims each by id (a worker that polled it first keeps it), the review
@@ -312,12 +313,22 @@ class ExportLane:
         self.worker = worker
         self.idle_seconds = idle_seconds
         self._ids: queue.SimpleQueue[list[int]] = queue.SimpleQueue()
+        self._lock = threading.Lock()
+        self._busy = False
         self._stop = threading.Event()
         self.thread = threading.Thread(target=self._run, name="overread-export-lane", daemon=True)
 
-    def hand(self, job_ids: list[int]) -> None:
-        """Send these export jobs (in order) as soon as the lane is free."""
+    def take(self, job_ids: list[int]) -> bool:
+        """Send these export jobs (in order) if the lane is free; ``False`` (nothing
+        taken: the caller sends them) while it is sending or has sends waiting, so
+        that with many results at once the workers keep sending side by side and the
+        lane never holds a queue of them."""
+        with self._lock:
+            if self._busy:
+                return False
+            self._busy = True
         self._ids.put(list(job_ids))
+        return True
 
     def _run(self) -> None:
         while not self._stop.is_set():
@@ -332,6 +343,9 @@ class ExportLane:
                 self.worker.send_now(job_ids)
             except Exception:
                 logger.exception("export lane: sending jobs %s failed; they stay queued", job_ids)
+            finally:
+                with self._lock:
+                    self._busy = False
 
     def start(self) -> None:
         """Start the thread."""
@@ -370,7 +384,7 @@ class WorkerPool:
         for index in range(self.size):
             worker = self.make_worker(index)
             if self.lane is not None:
-                worker.send_at_once = self.lane.hand
+                worker.export_lane = self.lane
             thread = threading.Thread(
                 target=worker.run,
                 args=(self.stop_event, self.wake_event),
