@@ -15,6 +15,7 @@ from overread.service.config import service_config
 from overread.service.db import Database, Job, Study, StudyState
 from overread.service.ingest import Ingestor
 from overread.service.jobs import JobQueue
+from overread.service.routing import InstanceFacts
 from overread.service.runtime import RegistryPipelineProvider
 from overread.service.store import ObjectStore
 
@@ -122,12 +123,13 @@ def test_completion_marks_complete_queues_and_routes_in_one_transaction(
         return session()
 
     monkeypatch.setattr(assembler.database, "session", counting)
-    planned = assembler._plan_jobs(study)  # reads only
+    planned = assembler._plan_jobs(study)  # reads only: the instances, then the rollouts
     reads = opened
-    [job_id] = assembler.complete_study(study, reason="association-released")
-    # One read of the study's arrivals, the same reads to plan, then one transaction
-    # marks, queues and routes.
-    assert opened == 1 + reads + reads + 1
+    [job_id] = assembler.association_released([study])
+    # One read of the study's arrivals and instances (which both the release rule and
+    # the plan take), the plan's other reads, then one transaction marks, queues and
+    # routes.
+    assert opened - reads == 1 + (reads - 1) + 1
     monkeypatch.undo()
     assert planned and _states(queue) == ["queued"]
     with assembler.database.session() as session_:
@@ -146,8 +148,8 @@ def test_a_study_completed_elsewhere_meanwhile_is_not_routed_twice(
     ingestor.ingest_file(dx_factory(study_uid=study))
     plan = assembler._plan_jobs
 
-    def racing(uid: str) -> list[dict[str, object]]:
-        planned = plan(uid)
+    def racing(uid: str, facts: list[InstanceFacts] | None = None) -> list[dict[str, object]]:
+        planned = plan(uid, facts)
         # The stable-age sweep completes the study while this completion plans.
         with assembler.database.session() as session:
             session.execute(update(Study).values(state=StudyState.ROUTED.value))
@@ -167,8 +169,8 @@ def test_an_instance_arriving_while_the_study_is_planned_is_routed(
     plan = assembler._plan_jobs
     plans: list[int] = []
 
-    def racing(uid: str) -> list[dict[str, object]]:
-        planned = plan(uid)
+    def racing(uid: str, facts: list[InstanceFacts] | None = None) -> list[dict[str, object]]:
+        planned = plan(uid, facts)
         plans.append(len(planned))
         if len(plans) == 1:  # a chest DX arrives while the hand alone is planned
             ingestor.ingest_file(dx_factory(study_uid=study))
@@ -193,8 +195,8 @@ def test_a_study_that_keeps_receiving_while_planned_is_left_to_the_sweep(
     ingestor.ingest_file(dx_factory(study_uid=study, body_part="HAND"))
     plan = assembler._plan_jobs
 
-    def racing(uid: str) -> list[dict[str, object]]:
-        planned = plan(uid)
+    def racing(uid: str, facts: list[InstanceFacts] | None = None) -> list[dict[str, object]]:
+        planned = plan(uid, facts)
         ingestor.ingest_file(dx_factory(study_uid=study))  # every plan is stale
         return planned
 

@@ -301,3 +301,101 @@ def test_the_gateways_own_objects_coming_back_are_not_late_images() -> None:
         (Path("f"), Instance(sop_instance_uid=missed, sop_class_uid="1.2.840.10008.5.1.4.1.1.1.1")),
     ]
     assert _images_not_read(result, rows) == [missed]
+
+
+def test_the_next_study_is_read_while_the_last_ones_sr_is_being_sent(
+    make_service: Callable[..., Any], dx_factory: Callable[..., Path]
+) -> None:
+    """The worker hands its exports to the export lane and claims the next job at once:
+    with a PACS that holds the first SR's answer until the second study's job has
+    started, that job starts (one worker) while the first send is still waiting."""
+    import threading
+
+    from pynetdicom import AE, AllStoragePresentationContexts, evt
+    from pynetdicom.sop_class import Verification  # type: ignore[attr-defined]
+
+    from overread.netutil import free_port
+
+    started_second = threading.Event()
+    held: list[bool] = []
+
+    def on_store(event: Any) -> int:
+        if not held:  # the first SR: answered once the next study is being read
+            held.append(started_second.wait(30))
+        return 0x0000
+
+    ae = AE(ae_title="PACSAE")
+    ae.supported_contexts = AllStoragePresentationContexts
+    ae.add_supported_context(Verification)
+    port = free_port()
+    server = ae.start_server(
+        ("127.0.0.1", port), block=False, evt_handlers=[(evt.EVT_C_STORE, on_store)]
+    )
+    try:
+        service = make_service(destinations=[f"PACS=PACSAE@127.0.0.1:{port}"], **NO_POLL)
+        assert len(service.pool.workers) == 1
+        _send(service, dx_factory(size=256))
+        wait_until(lambda: len(job_states(service)) == 2, timeout=30)  # infer + export
+        _send(service, dx_factory(size=256))
+
+        def second_started() -> bool:
+            with service.database.session() as session:
+                infers = session.scalars(
+                    select(Job).where(Job.kind == JobKind.INFER.value).order_by(Job.id)
+                ).all()
+            return len(infers) == 2 and infers[1].started_at is not None
+
+        wait_until(second_started, timeout=25)
+        started_second.set()
+        wait_until(lambda: job_states(service) == ["succeeded"] * 4, timeout=30)
+        assert held == [True]
+    finally:
+        started_second.set()
+        server.shutdown()
+
+
+def test_a_worker_sends_itself_while_the_export_lane_is_busy(
+    make_service: Callable[..., Any], dx_factory: Callable[..., Path]
+) -> None:
+    """The lane takes a result's exports only when it is free: while it waits for a
+    slow answer, the next result's SR is sent by its worker (no queue behind the lane)."""
+    import threading
+
+    from pynetdicom import AE, AllStoragePresentationContexts, evt
+    from pynetdicom.sop_class import Verification  # type: ignore[attr-defined]
+
+    from overread.netutil import free_port
+
+    lock = threading.Lock()
+    stored: list[str] = []
+    second = threading.Event()
+    held: list[bool] = []
+
+    def on_store(event: Any) -> int:
+        with lock:
+            first = not stored
+            stored.append(str(event.request.AffectedSOPInstanceUID))
+            if len(stored) >= 2:
+                second.set()
+        if first:  # the first SR: answered once the second has been stored
+            held.append(second.wait(30))
+        return 0x0000
+
+    ae = AE(ae_title="PACSAE")
+    ae.supported_contexts = AllStoragePresentationContexts
+    ae.add_supported_context(Verification)
+    port = free_port()
+    server = ae.start_server(
+        ("127.0.0.1", port), block=False, evt_handlers=[(evt.EVT_C_STORE, on_store)]
+    )
+    try:
+        service = make_service(destinations=[f"PACS=PACSAE@127.0.0.1:{port}"], **NO_POLL)
+        assert len(service.pool.workers) == 1
+        _send(service, dx_factory(size=256))
+        wait_until(lambda: len(stored) == 1, timeout=30)  # the lane waits for its answer
+        _send(service, dx_factory(size=256))
+        wait_until(lambda: job_states(service) == ["succeeded"] * 4, timeout=60)
+        assert held == [True]
+    finally:
+        second.set()
+        server.shutdown()

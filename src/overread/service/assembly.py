@@ -96,7 +96,13 @@ class StudyAssembler:
             logger.error("model %r cannot be resolved (%s); job keyed on the alias", alias, exc)
             return ModelIdentity(alias, "unresolved")
 
-    def complete_study(self, study_instance_uid: str, reason: str = "explicit") -> list[int]:
+    def complete_study(
+        self,
+        study_instance_uid: str,
+        reason: str = "explicit",
+        *,
+        when: Callable[[list[InstanceFacts]], bool] | None = None,
+    ) -> list[int]:
         """Mark a receiving study complete and queue its jobs; return the job ids.
 
         A study that is not receiving (unknown, or already completed) returns ``[]``.
@@ -108,12 +114,18 @@ class StudyAssembler:
         completion applies only while they are unchanged: an image that arrives while
         the jobs are planned makes the plan stale, and the study is planned again (up
         to three times here, then by a later sweep, as it is still receiving).
+
+        With ``when``, only a study whose instances it accepts is completed. The
+        count, last arrival and instances are read in one read transaction.
         """
         for _ in range(3):
-            seen = self._arrivals(study_instance_uid)
-            if seen is None:
+            receiving = self._receiving(study_instance_uid)
+            if receiving is None:
                 return []
-            planned = self._plan_jobs(study_instance_uid)
+            seen, facts = receiving
+            if when is not None and not when(facts):
+                return []
+            planned = self._plan_jobs(study_instance_uid, facts)
             job_ids = self._commit_with_retries(
                 study_instance_uid, planned, completing=(utcnow(), reason), seen=seen
             )
@@ -140,14 +152,38 @@ class StudyAssembler:
             ).first()
         return None if row is None else (int(row[0]), row[1])
 
-    def _plan_jobs(self, study_instance_uid: str) -> list[dict[str, Any]]:
-        """The infer jobs the study's instances call for, as ``enqueue`` arguments.
+    def _receiving(
+        self, study_instance_uid: str
+    ) -> tuple[tuple[int, datetime], list[InstanceFacts]] | None:
+        """:meth:`_arrivals` and the study's instances, read together (``None``: the
+        study is unknown or not receiving)."""
+        with self.database.session() as session:
+            row = session.execute(
+                select(Study.instance_count, Study.last_instance_at).where(
+                    Study.study_instance_uid == study_instance_uid,
+                    Study.state == StudyState.RECEIVING.value,
+                )
+            ).first()
+            if row is None:
+                return None
+            rows = session.scalars(
+                select(Instance).where(Instance.study_instance_uid == study_instance_uid)
+            ).all()
+            return (int(row[0]), row[1]), [InstanceFacts.of(r) for r in rows]
+
+    def _plan_jobs(
+        self, study_instance_uid: str, facts: list[InstanceFacts] | None = None
+    ) -> list[dict[str, Any]]:
+        """The infer jobs the study's instances (``facts``, read when not given) call
+        for, as ``enqueue`` arguments.
 
         Computed outside any transaction: resolving a model may load it, which must
         not hold the database's write lock (the SCP would wait).
         """
         jobs: list[dict[str, Any]] = []
-        for planned in self.router.plan(self._facts(study_instance_uid)):
+        if facts is None:
+            facts = self._facts(study_instance_uid)
+        for planned in self.router.plan(facts):
             names = (
                 [d.name for d in self.config.destinations]
                 if planned.destinations is None
@@ -345,8 +381,11 @@ class StudyAssembler:
         """Complete the studies an association brought whose route asks for it."""
         job_ids: list[int] = []
         for uid in set(study_instance_uids):
-            if self.router.completes_on_release(self._facts(uid)):
-                job_ids.extend(self.complete_study(uid, reason="association-released"))
+            job_ids.extend(
+                self.complete_study(
+                    uid, reason="association-released", when=self.router.completes_on_release
+                )
+            )
         return job_ids
 
     def sweep(self) -> list[int]:

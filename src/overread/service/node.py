@@ -176,6 +176,7 @@ class ServiceNode:
                 name=f"{prefix}/{i}",
                 associations=self.associations,
             ),
+            export_lane=config.export_at_once,
         )
         self.publisher: WakeupPublisher | None = (
             WakeupPublisher(config.broker_url, wake_queue(config.database_url))

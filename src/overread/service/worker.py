@@ -20,6 +20,7 @@ from __future__ import annotations
 import gc
 import logging
 import os
+import queue
 import socket
 import threading
 import uuid
@@ -131,8 +132,14 @@ class Worker:
         self.inference = InferenceHandler(services, models, artifacts)
         self.exporters = Exporters(services, associations)
         self.rollouts = RolloutStore(database, self.inference.triage.alerts.critical)
+        #: Where an infer job's DICOM exports go to be sent at once when it is free
+        #: (``None``: this worker sends them itself before its next claim); see
+        #: :class:`ExportLane`.
+        self.export_lane: ExportLane | None = None
+        #: Whether the last :meth:`run_once` handed exports to the lane.
+        self.handed_off = False
 
-    def run_once(self) -> Job | None:
+    def run_once(self, kinds: list[JobKind] | None = None) -> Job | None:
         """Claim and run one job; return it (as claimed), or ``None`` if none was ready.
 
         An infer job's DICOM exports are then claimed by id and sent by this worker
@@ -141,17 +148,28 @@ class Worker:
         review hold and the kill switch are checked when they run, and a failed send
         is retried from the queue with the usual backoff.
         """
-        job = self.queue.claim(self.name, lease_seconds=self.config.lease_seconds)
+        self.handed_off = False
+        job = self.queue.claim(self.name, lease_seconds=self.config.lease_seconds, kinds=kinds)
         if job is None:
             return None
         follow_ups = self._run_claimed(job)
-        for job_id in follow_ups:
+        if follow_ups and self.export_lane is not None and self.export_lane.take(follow_ups):
+            # The process's export lane sends them while this worker takes the next
+            # study: a study that arrived with this one does not wait for its send.
+            self.handed_off = True
+        else:
+            self.send_now(follow_ups)
+        return job
+
+    def send_now(self, job_ids: list[int]) -> None:
+        """Claim the named export jobs by id and run them here, in order; one that
+        another worker took (or that is not claimable now) is left alone."""
+        for job_id in job_ids:
             export = self.queue.claim_job(
                 job_id, self.name, lease_seconds=self.config.lease_seconds
             )
             if export is not None:
                 self._run_claimed(export)
-        return job
 
     def _run_claimed(self, job: Job) -> list[int]:
         """Run a job this worker holds; return the export jobs it queued to send now."""
@@ -232,7 +250,10 @@ class Worker:
         self.warmup()
         while not stop.is_set():
             try:
-                ran = self.run_once()
+                # Right after a hand-off, only a job that is not an export: the exports
+                # just handed over are queued too, and taking one here would make the
+                # next study wait for its send again (the lane, or a later poll, has it).
+                ran = self.run_once(kinds=_NOT_EXPORTS if self.handed_off else None)
             except Exception:
                 logger.exception("%s: error while claiming a job; backing off", self.name)
                 ran = None
@@ -244,6 +265,9 @@ class Worker:
                 else:
                     stop.wait(self.config.poll_seconds)
         self.exporters.close()
+
+
+_NOT_EXPORTS: list[JobKind] = [kind for kind in JobKind if kind is not JobKind.EXPORT]
 
 
 def freeze_long_lived() -> int:
@@ -271,21 +295,96 @@ def freeze_long_lived() -> int:
 _FREEZE_LOCK = threading.Lock()
 
 
-class WorkerPool:
-    """``size`` worker threads sharing one wake-up event."""
+class ExportLane:
+    """One thread that sends the DICOM exports the process's workers hand it.
 
-    def __init__(self, size: int, make_worker: Callable[[int], Worker]) -> None:
+    A worker that stored a result hands over the export jobs it queued, when the lane
+    is free (otherwise it sends them itself, as without a lane), and claims its next
+    job at once, so a study that arrived together with another is read while the
+    other's SR is on its way, instead of after its send (the send is mostly waiting
+    for the destination's answer). The jobs are the same queued export jobs either way:
+    the lane claims each by id (a worker that polled it first keeps it), the review
+    hold and the kill switch are checked when it runs, a failed send retries from the
+    queue, and ids the lane had not reached when the process stops are still queued
+    for any worker to claim.
+    """
+
+    def __init__(self, worker: Worker, idle_seconds: float) -> None:
+        self.worker = worker
+        self.idle_seconds = idle_seconds
+        self._ids: queue.SimpleQueue[list[int]] = queue.SimpleQueue()
+        self._lock = threading.Lock()
+        self._busy = False
+        self._stop = threading.Event()
+        self.thread = threading.Thread(target=self._run, name="overread-export-lane", daemon=True)
+
+    def take(self, job_ids: list[int]) -> bool:
+        """Send these export jobs (in order) if the lane is free; ``False`` (nothing
+        taken: the caller sends them) while it is sending or has sends waiting, so
+        that with many results at once the workers keep sending side by side and the
+        lane never holds a queue of them."""
+        with self._lock:
+            if self._busy:
+                return False
+            self._busy = True
+        self._ids.put(list(job_ids))
+        return True
+
+    def _run(self) -> None:
+        while not self._stop.is_set():
+            try:
+                job_ids = self._ids.get(timeout=self.idle_seconds)
+            except queue.Empty:
+                self.worker.exporters.close_idle()
+                continue
+            if self._stop.is_set():
+                break  # still queued: a worker claims them
+            try:
+                self.worker.send_now(job_ids)
+            except Exception:
+                logger.exception("export lane: sending jobs %s failed; they stay queued", job_ids)
+            finally:
+                with self._lock:
+                    self._busy = False
+
+    def start(self) -> None:
+        """Start the thread."""
+        self.thread.start()
+
+    def stop(self, timeout: float) -> None:
+        """Stop after the send in progress (if any)."""
+        self._stop.set()
+        self._ids.put([])
+        self.thread.join(timeout)
+        self.worker.exporters.close()
+
+
+class WorkerPool:
+    """``size`` worker threads sharing one wake-up event, and with ``export_lane`` an
+    :class:`ExportLane` the workers hand their results' DICOM exports to."""
+
+    def __init__(
+        self, size: int, make_worker: Callable[[int], Worker], *, export_lane: bool = False
+    ) -> None:
         self.size = size
         self.make_worker = make_worker
         self.stop_event = threading.Event()
         self.wake_event = threading.Event()
         self.threads: list[threading.Thread] = []
         self.workers: list[Worker] = []
+        self.export_lane = export_lane
+        self.lane: ExportLane | None = None
 
     def start(self) -> None:
         """Start the threads."""
+        if self.export_lane and self.size > 0:
+            lane_worker = self.make_worker(self.size)
+            self.lane = ExportLane(lane_worker, lane_worker.config.poll_seconds)
+            self.lane.start()
         for index in range(self.size):
             worker = self.make_worker(index)
+            if self.lane is not None:
+                worker.export_lane = self.lane
             thread = threading.Thread(
                 target=worker.run,
                 args=(self.stop_event, self.wake_event),
@@ -307,6 +406,8 @@ class WorkerPool:
         self.wake_event.set()
         for thread in self.threads:
             thread.join(timeout)
+        if self.lane is not None:
+            self.lane.stop(timeout)
         alive = [t.name for t in self.threads if t.is_alive()]
         if alive:
             logger.warning("worker(s) %s still busy at shutdown; their leases will expire", alive)
@@ -315,6 +416,7 @@ class WorkerPool:
 __all__ = [
     "FHIR_DESTINATION_PREFIX",
     "PERMANENT_ERRORS",
+    "ExportLane",
     "PermanentExportError",
     "Worker",
     "WorkerPool",
