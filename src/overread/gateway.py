@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import logging
 import threading
+import time
 from dataclasses import dataclass
 from datetime import date, datetime
 from typing import TYPE_CHECKING
@@ -42,6 +43,8 @@ logger = logging.getLogger(__name__)
 
 #: Seconds between two triage sweeps when none is configured.
 DEFAULT_TRIAGE_INTERVAL = 15.0
+#: Seconds between two full rescorings of the worklist (see :meth:`Gateway.run_triage`).
+_FULL_RESCORE_S = 3600.0
 
 
 @dataclass(frozen=True)
@@ -86,7 +89,7 @@ class Gateway(ServiceNode):
         except ValueError as exc:
             raise ConfigError(f"invalid [triage] settings: {exc}") from None
         self.triage_interval = triage_interval
-        self._rescored_all = False
+        self._rescored_all: float | None = None  # when the last full rescoring ran
         super().__init__(
             config,
             models=models,
@@ -146,11 +149,16 @@ class Gateway(ServiceNode):
             self.triage, now=moment
         )
         report = run_sweep(self.database, self.triage, now=moment)
+        # The first pass rescores every unread study (the weights may have changed since
+        # the rows were scored), and again hourly (a worker process scores with its own
+        # settings); the others only those whose wait crossed a step.
+        full = (
+            self._rescored_all is None or time.monotonic() - self._rescored_all >= _FULL_RESCORE_S
+        )
         with self.database.session() as session:
-            # The first pass rescores every unread study (the weights may have changed
-            # since the rows were scored); later ones only those whose wait crossed a step.
-            rescored = refresh_scores(session, self.triage, now=moment, full=not self._rescored_all)
-        self._rescored_all = True
+            rescored = refresh_scores(session, self.triage, now=moment, full=full)
+        if full:
+            self._rescored_all = time.monotonic()
         return TriageRun(sweep=report, rescored=rescored)
 
     def run_monitoring(self, day: date | None = None) -> MonitoringRun:

@@ -166,3 +166,26 @@ def test_capped_waiting_is_never_rescored_and_says_so() -> None:
     # Continuous counting changes at every moment until the cap.
     continuous = _config(0.0, 2.0, 24.0).weights
     assert score_changes_at(context, continuous, NOW) == NOW
+
+
+def test_a_study_given_no_arrival_time_waits_from_the_time_stored_for_it(db: Database) -> None:
+    config = _config(5.0, 2.0, 24.0)
+    with db.session() as session:
+        upsert_study(
+            session, "3.1", [F("Edema", 0.6)], StudyContext("ED", 60, None), config, now=NOW
+        )
+        item = session.execute(select(WorklistItem)).scalar_one()
+        assert item.received_at == NOW and item.rescore_at == NOW + timedelta(minutes=5)
+    later = NOW + timedelta(hours=1)
+    with db.session() as session:
+        assert refresh_scores(session, config, now=later) == 1
+        incremental = session.execute(select(WorklistItem)).scalar_one().score
+    with db.session() as session:
+        refresh_scores(session, config, now=later, full=True)
+        assert session.execute(select(WorklistItem)).scalar_one().score == incremental
+
+
+@pytest.mark.parametrize("step", [1e-9, 0.001, 1441.0, 1e12])
+def test_a_waiting_step_outside_one_second_to_a_day_is_refused(step: float) -> None:
+    with pytest.raises(ValueError, match="waiting_step_minutes"):
+        _config(step, 2.0, 24.0)

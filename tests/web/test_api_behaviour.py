@@ -25,6 +25,22 @@ def _events(gateway: ApiGateway, action: AuditAction) -> list[AuditEvent]:
         )
 
 
+def test_the_api_worklist_puts_the_band_before_the_score(gateway: ApiGateway) -> None:
+    """A study a reader (or the RIS) marked urgent comes before a routine one with a
+    higher score."""
+    from overread.service.db import utcnow
+    from overread.triage.schema import Priority, PrioritySource
+    from overread.triage.worklist import set_priority
+
+    calm, _, _ = seed_study(gateway.service, critical=False)
+    with gateway.service.database.session() as session:
+        for uid, band in ((calm, Priority.URGENT), (gateway.study_uid, Priority.ROUTINE)):
+            set_priority(session, uid, band, source=PrioritySource.READER, who="dr.r", now=utcnow())
+    page = gateway.client.get("/api/worklist", headers=gateway.headers(Role.RADIOLOGIST)).json()
+    first, second = page["items"]
+    assert first["study_instance_uid"] == calm and first["score"] < second["score"]
+
+
 def test_worklist_is_prioritised_filtered_and_phi_follows_the_role(
     gateway_any_db: ApiGateway,
 ) -> None:

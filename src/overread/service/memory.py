@@ -27,7 +27,7 @@ def _libc() -> Any | None:
     """The process's C library (``None`` where it cannot be loaded)."""
     try:
         return ctypes.CDLL(ctypes.util.find_library("c") or None)
-    except OSError:
+    except (OSError, TypeError):  # no C library by that name (TypeError: Windows)
         return None
 
 

@@ -85,7 +85,7 @@ class ScoreWeights(BaseModel):
     paediatric_points: float = Field(default=10.0, ge=0)
     points_per_waiting_hour: float = Field(default=2.0, ge=0)
     max_waiting_points: float = Field(default=24.0, ge=0)
-    waiting_step_minutes: float = Field(default=5.0, ge=0)
+    waiting_step_minutes: float = Field(default=5.0, ge=0, le=1440)
 
     @model_validator(mode="after")
     def _check(self) -> ScoreWeights:
@@ -98,6 +98,11 @@ class ScoreWeights(BaseModel):
             if points < 0:
                 raise ValueError(f"department points of {name!r} must be >= 0, got {points}")
         self.departments = {k.strip().lower(): v for k, v in self.departments.items()}
+        if 0 < self.waiting_step_minutes < 1 / 60:
+            raise ValueError(
+                f"waiting_step_minutes must be 0 (continuous) or at least one second "
+                f"(1/60), got {self.waiting_step_minutes}"
+            )
         return self
 
 

@@ -190,8 +190,6 @@ def upsert_study(
     if not study_instance_uid:
         raise ConfigError("a worklist entry needs a Study Instance UID")
     stored = list(findings)
-    score = score_study(stored, context, config.weights, now=now)
-    critical = critical_findings(stored, config.alerts)
     item = _lock_or_create(session, study_instance_uid)
     item.sop_instance_uid = sop_instance_uid or item.sop_instance_uid or ""
     item.path = path or item.path or ""
@@ -199,6 +197,11 @@ def upsert_study(
     item.department = context.department
     item.patient_age = context.patient_age
     item.received_at = context.received_at or item.received_at or now
+    # Scored from what the row keeps, as every later rescoring is (a study given no
+    # arrival time waits from the time stored for it, not from nowhere).
+    context = _context(item)
+    score = score_study(stored, context, config.weights, now=now)
+    critical = critical_findings(stored, config.alerts)
     item.score = score.total
     item.breakdown = score.breakdown()
     item.findings = [f.to_worklist_dict() for f in stored]
@@ -234,12 +237,19 @@ def refresh_scores(
     Only the clock changes a stored score between two writes of its row (waiting time
     grows, in steps), and each row keeps when that next happens (``rescore_at``, set
     whenever it is scored; empty once waiting is capped). So only rows due by ``now``
-    are read and written, found by their index; a clock that went back (``now``
-    before a row's ``scored_at``) rescores that row too. The rows left alone hold
-    what rescoring them would write. ``full`` rescores every row not yet read: after
-    the score weights changed (a gateway does so on its first pass).
+    are written; a clock that went back (``now`` before a row's ``scored_at``)
+    rescores that row too. The rows left alone hold what rescoring them would write.
+    ``full`` rescores every row not yet read: after the score weights changed (a
+    gateway does so on its first pass and then hourly, since worker processes score
+    with their own settings). The rows are locked while rescored (on PostgreSQL; rows
+    another transaction holds are skipped), so a result stored meanwhile is not
+    overwritten with a score from the findings before it.
     """
-    query = select(WorklistItem).where(WorklistItem.state != ReadState.READ.value)
+    query = (
+        select(WorklistItem)
+        .where(WorklistItem.state != ReadState.READ.value)
+        .with_for_update(skip_locked=True)
+    )
     if not full:
         query = query.where(or_(WorklistItem.rescore_at <= now, WorklistItem.scored_at > now))
     count = 0

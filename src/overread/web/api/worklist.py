@@ -28,6 +28,7 @@ from overread.triage.worklist import (
     set_priority,
     set_read_state,
     stored_findings,
+    worklist_order,
 )
 from overread.web.api.guards import caller, context, invalid, not_found, page_params, route
 from overread.web.api.schemas import (
@@ -114,7 +115,7 @@ def list_worklist(
     ctx: WebContext = Depends(context),
     who: Principal = Depends(caller),
 ) -> JSONResponse:
-    """The worklist, highest priority first (ties: longest waiting first)."""
+    """The worklist as readers see it: band first, then score, then longest waiting."""
     limit, offset = page
     conditions: list[Any] = []
     if state:
@@ -137,11 +138,7 @@ def list_worklist(
         rows = session.scalars(
             select(WorklistItem)
             .where(*conditions)
-            .order_by(
-                WorklistItem.score.desc(),
-                WorklistItem.received_at.asc(),
-                WorklistItem.id.asc(),
-            )
+            .order_by(*worklist_order())
             .limit(limit)
             .offset(offset)
         ).all()
