@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import logging
 import sqlite3
-import threading
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -54,89 +53,6 @@ def _switch_to_wal(cursor: Any, attempts: int = 100) -> None:
             time.sleep(0.1)
 
 
-_WRITES = ("INSERT", "UPDATE", "DELETE", "REPLACE")
-
-#: How long a write waits for its turn in this process before it goes on without one
-#: (SQLite's own busy wait then decides, as for a writer in another process).
-TURN_WAIT_SECONDS = 30.0
-
-_TURNS: dict[str, threading.Lock] = {}
-_TURNS_LOCK = threading.Lock()
-
-
-class _TurnCursor(sqlite3.Cursor):
-    """A cursor whose first write statement waits for its connection's turn."""
-
-    def execute(self, sql: str, parameters: Any = (), /) -> Any:
-        self.connection._take_turn(sql)  # type: ignore[attr-defined]
-        return super().execute(sql, parameters)
-
-    def executemany(self, sql: str, parameters: Any, /) -> Any:
-        self.connection._take_turn(sql)  # type: ignore[attr-defined]
-        return super().executemany(sql, parameters)
-
-
-class _TurnConnection(sqlite3.Connection):
-    """A SQLite connection that writes only in its turn among the process's connections
-    to the same file.
-
-    SQLite lets one connection write at a time; another one that tries meanwhile is
-    answered "busy" and its busy handler sleeps and tries again, in steps that grow to
-    25 ms and more, whether the lock was freed after one millisecond or not. Between
-    threads of one process (the receivers' commits, study completion, the workers'
-    claims and results) that wait is a lock here instead: a writer that has to wait is
-    woken as soon as the writer before it has committed. The turn is taken with the
-    first write statement of a transaction and given back when it commits or rolls
-    back, so reads never wait; the database's own locking is unchanged underneath
-    (writers in other processes still meet SQLite's busy handler).
-    """
-
-    _turns: threading.Lock
-
-    def __init__(self, *args: Any, **kwargs: Any) -> None:
-        super().__init__(*args, **kwargs)
-        self._has_turn = False
-
-    def cursor(self, factory: Any = _TurnCursor) -> Any:
-        return super().cursor(factory)
-
-    def _take_turn(self, sql: str) -> None:
-        if self._has_turn or not sql.lstrip()[:7].upper().startswith(_WRITES):
-            return
-        self._has_turn = self._turns.acquire(timeout=TURN_WAIT_SECONDS)
-
-    def _give_turn(self) -> None:
-        if self._has_turn:
-            self._has_turn = False
-            self._turns.release()
-
-    def commit(self) -> None:
-        try:
-            super().commit()
-        finally:
-            self._give_turn()
-
-    def rollback(self) -> None:
-        try:
-            super().rollback()
-        finally:
-            self._give_turn()
-
-    def close(self) -> None:
-        try:
-            super().close()
-        finally:
-            self._give_turn()
-
-
-def _turn_connection(database: str) -> type[_TurnConnection]:
-    """The connection class whose connections to ``database`` share one turn."""
-    key = str(Path(database).resolve())
-    with _TURNS_LOCK:
-        turns = _TURNS.setdefault(key, threading.Lock())
-    return type("TurnConnection", (_TurnConnection,), {"_turns": turns})
-
-
 class Database:
     """An engine plus a session factory for one database URL.
 
@@ -167,8 +83,6 @@ class Database:
             if database and database != ":memory:":
                 Path(database).parent.mkdir(parents=True, exist_ok=True)
             kwargs["connect_args"] = {"check_same_thread": False, "timeout": 30}
-            if database and database != ":memory:":
-                kwargs["connect_args"]["factory"] = _turn_connection(database)
         self.engine: Engine = create_engine(url, **kwargs)
         if self.dialect == "sqlite":
             event.listen(self.engine, "connect", _sqlite_pragmas)
