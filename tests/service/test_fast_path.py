@@ -399,3 +399,13 @@ def test_a_worker_sends_itself_while_the_export_lane_is_busy(
     finally:
         second.set()
         server.shutdown()
+
+
+def test_a_lane_whose_thread_is_gone_takes_nothing() -> None:
+    """Its worker then sends the exports itself instead of handing them to no one."""
+    from types import SimpleNamespace
+
+    from overread.service.worker import ExportLane
+
+    lane = ExportLane(SimpleNamespace(), idle_seconds=1.0)  # type: ignore[arg-type]
+    assert lane.take([1, 2]) is False  # never started (or died)

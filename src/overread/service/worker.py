@@ -324,7 +324,7 @@ class ExportLane:
         that with many results at once the workers keep sending side by side and the
         lane never holds a queue of them."""
         with self._lock:
-            if self._busy:
+            if self._busy or self._stop.is_set() or not self.thread.is_alive():
                 return False
             self._busy = True
         self._ids.put(list(job_ids))
@@ -335,7 +335,10 @@ class ExportLane:
             try:
                 job_ids = self._ids.get(timeout=self.idle_seconds)
             except queue.Empty:
-                self.worker.exporters.close_idle()
+                try:
+                    self.worker.exporters.close_idle()
+                except Exception:  # the lane must outlive one failed clean-up
+                    logger.exception("export lane: closing idle associations failed")
                 continue
             if self._stop.is_set():
                 break  # still queued: a worker claims them
