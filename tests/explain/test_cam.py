@@ -14,7 +14,7 @@ from overread.explain import (
 )
 from overread.models import CamClassifier, build_network
 
-from .conftest import SIZE, SQUARE, square_batch
+from .conftest import SIZE, SQUARE, square_batch, square_masks
 
 
 def _peaks_in_square(maps: np.ndarray, corners: np.ndarray, margin: int = 3) -> float:
@@ -79,3 +79,43 @@ def test_normalise_and_overlay() -> None:
     assert colours[0, 1, 0] > colours[0, 1, 2]  # high = red
     rgb = blend_overlay(np.full((4, 4), 0.5), np.zeros((4, 4)))
     assert rgb.shape == (4, 4, 3) and (rgb == 127).all()  # no evidence: image unchanged
+
+
+@pytest.fixture(scope="module")
+def lse_square_net() -> torch.nn.Module:
+    """The square detector with a log-sum-exp pool of its class map (r = 5)."""
+    torch.manual_seed(0)
+    rng = np.random.default_rng(0)
+    net = build_network(
+        "cxr-convnet", num_classes=1, widths=[8, 16], blocks=[1, 1], stem_width=8, pool="lse"
+    )
+    optimiser = torch.optim.Adam(net.parameters(), lr=1e-2)
+    loss_fn = torch.nn.BCEWithLogitsLoss()
+    net.train()
+    for _ in range(40):
+        x, y, _ = square_batch(24, rng)
+        optimiser.zero_grad()
+        loss_fn(net(x), y).backward()
+        optimiser.step()
+    return net.eval()
+
+
+def test_lse_cam_is_exact_and_finds_the_square(lse_square_net: torch.nn.Module) -> None:
+    from overread.explain import explain_maps
+
+    x, y, corners = square_batch(32, np.random.default_rng(2))
+    with torch.no_grad():
+        logits, cam = CamClassifier(lse_square_net)(x)
+        assert torch.allclose(logits, lse_square_net(x), atol=1e-5)
+    assert ((logits > 0).float() == y).float().mean() > 0.9
+    # The logit is the LSE pool of the map the explanation shows, not its mean.
+    pooled = torch.log(torch.exp(5.0 * cam.double()).mean(dim=(2, 3))) / 5.0
+    assert torch.allclose(logits.double(), pooled, atol=1e-5)
+    assert not torch.allclose(logits, cam.mean(dim=(2, 3)), atol=1e-2)
+    maps = explain_maps(lse_square_net, x, "cam")
+    assert np.allclose(maps, cam_to_heatmaps(cam.numpy(), (SIZE, SIZE)), atol=1e-6)
+    # Localisation: on every image with a square the map is on average more than twice
+    # as hot inside it as outside (its single peak can sit on the square's border cell).
+    masks = square_masks(corners)
+    for i in np.flatnonzero(corners[:, 0] >= 0):
+        assert maps[i, 0][masks[i]].mean() > 2 * maps[i, 0][~masks[i]].mean()

@@ -82,3 +82,81 @@ def test_int8_export_stays_close_to_fp32(tmp_path: Path) -> None:
     b = 1 / (1 + np.exp(-int8.run(["logits"], {"image": test})[0]))
     assert np.abs(a - b).max() < 0.05
     assert int8.run(["cam"], {"image": test})[0].shape == (4, 5, 4, 4)
+
+
+LSE = {**TINY, "pool": "lse", "pool_r": 5.0}
+
+
+def test_lse_pool_logits_are_the_smooth_max_of_the_exact_cam() -> None:
+    torch.manual_seed(0)
+    net = _perturbed_batchnorm(build_network("cxr-convnet", num_classes=4, **LSE))
+    x = torch.rand(3, 1, 64, 64)
+    with torch.no_grad():
+        logits, cam = CamClassifier(net)(x)
+        assert torch.allclose(logits, net(x), atol=1e-5)
+        # The CAM is the classifier at every position of the feature map, the logit
+        # (1/r) log mean exp(r * cam): between the map's mean and its maximum.
+        feature_map = net.features(x)
+        direct = torch.einsum("nkhw,lk->nlhw", feature_map, net.classifier.weight)
+        assert torch.allclose(cam, direct + net.classifier.bias[None, :, None, None], atol=1e-5)
+        expected = torch.log(torch.exp(5.0 * cam.double()).mean(dim=(2, 3))) / 5.0
+        assert torch.allclose(logits.double(), expected, atol=1e-5)
+        assert (logits > cam.mean(dim=(2, 3)) + 1e-3).all()
+        assert (logits < cam.amax(dim=(2, 3))).all()
+
+
+def test_lse_pool_does_not_overflow_on_large_maps() -> None:
+    from overread.models.networks import pool_class_map
+
+    cam = torch.full((1, 2, 4, 4), 40.0)
+    cam[0, 1, 0, 0] = 100.0  # exp(5 * 100) overflows float32 without the max shift
+    logits = pool_class_map(cam, "lse", 5.0)
+    assert torch.isfinite(logits).all()
+    assert logits[0, 0].item() == pytest.approx(40.0, abs=1e-4)
+    assert 40.0 < logits[0, 1].item() < 100.0
+
+
+def test_lse_pool_is_checked() -> None:
+    from overread.errors import ModelPackageError
+
+    with pytest.raises(ModelPackageError, match="pool must be one of avg, lse"):
+        build_network("cxr-convnet", num_classes=2, **{**TINY, "pool": "max"})
+    with pytest.raises(ModelPackageError, match="pool_r"):
+        build_network("cxr-convnet", num_classes=2, **{**TINY, "pool": "lse", "pool_r": 0})
+
+
+def test_lse_pool_exports_and_quantises_with_exact_cam(tmp_path: Path) -> None:
+    import onnx
+
+    from overread.models.export import pool_tail_nodes
+
+    torch.manual_seed(0)
+    net = _perturbed_batchnorm(build_network("cxr-convnet", num_classes=5, **LSE))
+    images = synthetic_batch(16, 64, seed=1)
+    report = export_onnx(net, tmp_path / "fp32.onnx", torch.from_numpy(images[:1]))
+    assert report.has_cam and report.max_abs_diff < 1e-4
+    tail = pool_tail_nodes(tmp_path / "fp32.onnx")
+    ops = {n.name: n.op_type for n in onnx.load(str(tmp_path / "fp32.onnx")).graph.node}
+    assert {"Exp", "Log", "ReduceMax"} <= {ops[name] for name in tail}
+    quantize_int8(tmp_path / "fp32.onnx", tmp_path / "int8.onnx", images)
+    fp32 = ort.InferenceSession(str(tmp_path / "fp32.onnx"), providers=["CPUExecutionProvider"])
+    int8 = ort.InferenceSession(str(tmp_path / "int8.onnx"), providers=["CPUExecutionProvider"])
+    test = synthetic_batch(4, 64, seed=9)
+    # Dynamic batch, and the FP32 graph's logits are the LSE pool of its own cam output.
+    logits, cam = fp32.run(["logits", "cam"], {"image": test})
+    with torch.no_grad():
+        assert np.abs(logits - net(torch.from_numpy(test)).numpy()).max() < 1e-4
+    expected = np.log(np.exp(5.0 * cam.astype(np.float64)).mean(axis=(2, 3))) / 5.0
+    assert np.abs(logits - expected).max() < 1e-4
+    # INT8: the pool runs in FP32 on the (quantised) map, so the logits are still exactly
+    # the pool of the cam output the runtime explains with.
+    quantised = onnx.load(str(tmp_path / "int8.onnx"))
+    for node in quantised.graph.node:
+        if node.op_type in ("Exp", "Log"):
+            producers = {n.output[0]: n.op_type for n in quantised.graph.node if n.output}
+            assert all(producers.get(i) != "DequantizeLinear" for i in node.input)
+    logits8, cam8 = int8.run(["logits", "cam"], {"image": test})
+    expected8 = np.log(np.exp(5.0 * cam8.astype(np.float64)).mean(axis=(2, 3))) / 5.0
+    assert np.abs(logits8 - expected8).max() < 1e-4
+    a, b = 1 / (1 + np.exp(-logits)), 1 / (1 + np.exp(-logits8))
+    assert np.abs(a - b).max() < 0.05

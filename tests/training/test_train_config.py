@@ -98,6 +98,29 @@ def test_the_256_preset_continues_a_cxr_phantom_run(
     assert (repo / "configs" / "cxr-phantom-256.toml").read_text() == shipped.read_text()
 
 
+def test_the_lse_preset_is_the_256_preset_with_a_log_sum_exp_pool(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from overread.models import build_network
+
+    monkeypatch.chdir(tmp_path)
+    assert "cxr-phantom-lse" in preset_names()
+    cfg = load_config(preset="cxr-phantom-lse")
+    continued = load_config(preset="cxr-phantom-256")
+    assert cfg.model.kwargs == {**continued.model.kwargs, "pool": "lse", "pool_r": 5.0}
+    assert cfg.model.init == continued.model.init
+    assert (cfg.data, cfg.loss, cfg.augment) == (continued.data, continued.loss, continued.augment)
+    assert cfg.package.name == "cxr-default" and cfg.package.version == "1.3.0"
+    # The pool has no parameters: the 1.1.0 weights load into the new head unchanged.
+    base = load_config(preset="cxr-phantom")
+    old = build_network(base.model.architecture, num_classes=14, **base.model.kwargs)
+    new = build_network(cfg.model.architecture, num_classes=14, **cfg.model.kwargs)
+    new.load_state_dict(old.state_dict())
+    repo = Path(__file__).resolve().parents[2]
+    shipped = repo / "src" / "overread" / "training" / "presets" / "cxr-phantom-lse.toml"
+    assert (repo / "configs" / "cxr-phantom-lse.toml").read_text() == shipped.read_text()
+
+
 def test_the_model_card_says_where_the_weights_started(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -114,3 +137,6 @@ def test_the_model_card_says_where_the_weights_started(
     continued = model_line("cxr-phantom-256")
     assert "trained from scratch" not in continued
     assert "initialised from the best checkpoint of run `cxr-phantom`" in continued
+    lse = model_card(load_config(preset="cxr-phantom-lse"), ["Edema"], record)
+    assert "- Pooling: log-sum-exp of the class map" in lse and "r = 5" in lse
+    assert "Pooling" not in model_card(load_config(preset="cxr-phantom"), ["Edema"], record)

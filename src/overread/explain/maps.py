@@ -5,8 +5,9 @@ Methods (``method`` argument):
 ``cam``
     Class activation map (Zhou et al., CVPR 2016): the classifier applied at every
     position of the last feature map. Exact for networks whose features reach the
-    classifier through a global average pool only (CxrConvNet, MONAI DenseNets);
-    under ONNX Runtime it is the model's second output, so it costs nothing extra.
+    classifier through a global average pool only (CxrConvNet, MONAI DenseNets), and
+    for ``CxrConvNet(pool="lse")``, whose logit is a log-sum-exp pool of that same
+    map; under ONNX Runtime it is the model's second output, so it costs nothing extra.
 ``gradcam``, ``gradcam++``
     Gradient-weighted maps on a target layer (:class:`~overread.explain.cam.GradCam`).
 ``scorecam``

@@ -6,7 +6,11 @@ logit of label ``c`` equals the spatial mean of ``sum_k w_ck F_k + b_c``. Applyi
 the classifier as a 1x1 convolution to the feature map therefore gives the class
 activation maps (Zhou et al., CVPR 2016) *and*, by averaging them, the logits: one
 forward pass, no gradients, no second path, and the runtime cost of a 1x1
-convolution on a 7x7 map.
+convolution on a 7x7 map. A ``CxrConvNet(pool="lse")`` pools the same map by
+log-sum-exp instead of the mean (``logit = (1/r) log mean exp(r * cam)``): the CAM is
+still the exact per-location logit, and the pool's few element-wise nodes stay FP32
+in the INT8 model (:func:`pool_tail_nodes`), so its logits are exactly the pool of its
+own ``cam`` output.
 
 Why these quantisation settings: batch norm is folded into the preceding
 convolution before export (so the quantiser sees one conv per unit), activations are
@@ -76,8 +80,11 @@ def cam_parts(network: nn.Module) -> tuple[nn.Module, nn.Linear] | None:
 
 
 class CamClassifier(nn.Module):
-    """``x -> (logits, cam)`` with ``logits == cam.mean((2, 3))``.
+    """``x -> (logits, cam)`` with ``logits`` the network's pool of ``cam``.
 
+    ``cam.mean((2, 3))`` for a global-average-pool network, the log-sum-exp pool of
+    :func:`~overread.models.networks.pool_class_map` for a ``CxrConvNet(pool="lse")``:
+    either way the logits are a function of the CAM alone, which is exact.
     Wraps a network that :func:`cam_parts` can split; shares its parameters, so it
     can be used for training as well as for export.
     """
@@ -90,12 +97,17 @@ class CamClassifier(nn.Module):
                 f"{type(network).__name__} has no global-average-pool classifier; CAM needs one"
             )
         self.features, self.classifier = parts
+        from overread.models.networks import cam_pool
+
+        self.pool_mode, self.pool_r = cam_pool(network)
 
     def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        from overread.models.networks import pool_class_map
+
         feature_map = self.features(x)
         weight = self.classifier.weight[:, :, None, None]
         cam = nn.functional.conv2d(feature_map, weight, self.classifier.bias)
-        logits = cam.mean(dim=(2, 3))
+        logits = pool_class_map(cam, self.pool_mode, self.pool_r)
         return logits, cam
 
 
@@ -241,6 +253,26 @@ def _input_convolutions(path: Path) -> list[str]:
     ]
 
 
+def pool_tail_nodes(path: Path) -> list[str]:
+    """Names of the nodes that pool the ``cam`` output into the logits.
+
+    One ``ReduceMean`` for an average-pool network; for a log-sum-exp pool the max,
+    subtraction, scale, exponential, mean, logarithm and addition that follow the map.
+    They cost nothing next to the convolutions and stay FP32: an exponential of an
+    8-bit input, or a logit rounded to 8 bits, would move probabilities for no gain.
+    """
+    import onnx
+
+    model = onnx.load(str(path), load_external_data=False)
+    reached = {CAM_NAME}
+    tail: list[str] = []
+    for node in model.graph.node:  # topologically sorted, as ONNX requires
+        if any(name in reached for name in node.input):
+            tail.append(node.name)
+            reached.update(node.output)
+    return tail
+
+
 def quantize_int8(
     fp32_path: Path | str,
     int8_path: Path | str,
@@ -299,6 +331,7 @@ def quantize_int8(
     formats = {"qdq": QuantFormat.QDQ, "qoperator": QuantFormat.QOperator}
 
     excluded = _input_convolutions(Path(fp32_path)) if float_input_layer else []
+    excluded += [name for name in pool_tail_nodes(Path(fp32_path)) if name not in excluded]
     excluded += [name for name in exclude_nodes if name not in excluded]
     cache: dict[str, str] = {}
     if calibration_cache is not None and "calibration_cache_path" in (
@@ -349,5 +382,6 @@ __all__ = [
     "export_onnx",
     "fold_batchnorm",
     "onnx_torch_max_abs_diff",
+    "pool_tail_nodes",
     "quantize_int8",
 ]

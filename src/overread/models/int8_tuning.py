@@ -108,15 +108,17 @@ def candidate_nodes(
     """``(name, op_type)`` of the nodes a sweep varies, in graph order.
 
     Nodes already kept in FP32 by ``options`` (its ``exclude`` list and, with
-    ``float_input_layer``, the convolutions reading the input) are left out.
+    ``float_input_layer``, the convolutions reading the input) are left out, and so
+    are the nodes that pool the ``cam`` output into logits, which always stay FP32
+    (:func:`~overread.models.export.pool_tail_nodes`).
     """
     import onnx
 
-    from overread.models.export import _input_convolutions
+    from overread.models.export import _input_convolutions, pool_tail_nodes
 
     opts = options or Int8Options()
     model = onnx.load(str(fp32_path), load_external_data=False)
-    skipped = set(opts.exclude)
+    skipped = set(opts.exclude) | set(pool_tail_nodes(Path(fp32_path)))
     if opts.float_input_layer:
         skipped.update(_input_convolutions(Path(fp32_path)))
     return [

@@ -135,6 +135,13 @@ class CxrConvNet(nn.Module):
     average pool only, so class activation maps are exact (Zhou et al., 2016).
 
     ``features(x)`` gives that map; ``classifier`` is the linear layer.
+
+    ``pool="lse"`` replaces the average by a log-sum-exp pool of the class map:
+    ``logit_c = (1/r) log mean_xy exp(r * cam_c(x, y))`` with ``cam_c`` the classifier
+    applied at every position (:func:`pool_class_map`). The CAM is still the exact
+    per-location logit and the score a smooth maximum of it (the mean as ``r -> 0``,
+    the maximum as ``r -> inf``), so a finding that covers one cell of the map is not
+    diluted by the other cells. The weights are the same as with ``pool="avg"``.
     """
 
     def __init__(
@@ -146,10 +153,18 @@ class CxrConvNet(nn.Module):
         stem_width: int = 24,
         dropout_prob: float = 0.0,
         stem: str = "conv",
+        pool: str = "avg",
+        pool_r: float = 5.0,
     ) -> None:
         super().__init__()
         if len(widths) != len(blocks):
             raise TypeError("widths and blocks must have the same length")
+        if pool not in POOLS:
+            raise TypeError(f"pool must be one of {', '.join(POOLS)}, not {pool!r}")
+        if not (isinstance(pool_r, (int, float)) and 0.0 < float(pool_r) <= 100.0):
+            raise TypeError(f"pool_r must be a number in (0, 100], not {pool_r!r}")
+        self.pool_mode = pool
+        self.pool_r = float(pool_r)
         if stem not in ("conv", "patch"):
             raise TypeError(f"stem must be 'conv' or 'patch', not {stem!r}")
         layers: list[nn.Module] = [
@@ -187,9 +202,42 @@ class CxrConvNet(nn.Module):
                 nn.init.zeros_(module.bias)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.pool_mode == "lse":
+            feature_map = self.dropout(self.features(x))
+            cam = nn.functional.conv2d(
+                feature_map, self.classifier.weight[:, :, None, None], self.classifier.bias
+            )
+            return pool_class_map(cam, "lse", self.pool_r)
         pooled = torch.flatten(self.pool(self.features(x)), 1)
         logits: torch.Tensor = self.classifier(self.dropout(pooled))
         return logits
+
+
+#: The ways :class:`CxrConvNet` pools its class map into logits.
+POOLS = ("avg", "lse")
+
+
+def pool_class_map(cam: torch.Tensor, pool: str = "avg", r: float = 5.0) -> torch.Tensor:
+    """Logits ``(N, L)`` from a class activation map ``(N, L, h, w)``.
+
+    ``avg``: the spatial mean. ``lse``: ``(1/r) log mean exp(r * cam)``, computed as
+    ``m + (1/r) log mean exp(r * (cam - m))`` with ``m`` the map's maximum, so it
+    cannot overflow (in torch or in the exported graph). Lies between the mean and
+    the maximum of the map.
+    """
+    if pool == "avg":
+        return cam.mean(dim=(2, 3))
+    if pool != "lse":
+        raise ValueError(f"unknown pool {pool!r}; known: {', '.join(POOLS)}")
+    peak = cam.amax(dim=(2, 3), keepdim=True)
+    spread = torch.exp((cam - peak) * r).mean(dim=(2, 3))
+    return peak.flatten(1) + torch.log(spread) / r
+
+
+def cam_pool(network: nn.Module) -> tuple[str, float]:
+    """How ``network`` pools its class map: ``("avg", 1.0)`` unless it says otherwise."""
+    mode = getattr(network, "pool_mode", "avg")
+    return (str(mode), float(getattr(network, "pool_r", 1.0))) if mode == "lse" else ("avg", 1.0)
 
 
 def _cxr_convnet(in_channels: int, num_classes: int, **kwargs: Any) -> nn.Module:

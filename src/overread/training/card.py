@@ -74,6 +74,18 @@ def _focus(block: dict[str, Any]) -> str:
     return f"; over {', '.join(focus)}: **{_fmt(block.get('focus_mean_auc'))}**"
 
 
+def _pool_lines(kwargs: dict[str, Any]) -> list[str]:
+    """A line on the pooling head when it is not the global average pool."""
+    if kwargs.get("pool") != "lse":
+        return []
+    r = float(kwargs.get("pool_r", 5.0))
+    return [
+        f"- Pooling: log-sum-exp of the class map, logit = (1/r) log mean exp(r * cam), "
+        f"r = {r:g}: the CAM is the exact per-location logit and the score a smooth "
+        "maximum of it (a global average pool would dilute one-cell findings)."
+    ]
+
+
 def model_card(config: TrainConfig, labels: list[str], record: dict[str, Any]) -> str:
     """Markdown model card from a finished run's record."""
     metrics = record["metrics"]
@@ -114,6 +126,7 @@ def model_card(config: TrainConfig, labels: list[str], record: dict[str, Any]) -
         "",
         f"- Architecture: `{config.model.architecture}` (built by "
         f"`overread.models.build_network`), {origin}.",
+        *_pool_lines(config.model.kwargs),
         f"- Input: {config.data.channels} channel(s), {config.data.size} x {config.data.size}, "
         "through the standard chest X-ray chain (`cxr_chain`, recorded in the manifest), "
         "values in [0, 1].",
