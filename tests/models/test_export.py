@@ -121,8 +121,14 @@ def test_lse_pool_is_checked() -> None:
 
     with pytest.raises(ModelPackageError, match="pool must be one of avg, lse"):
         build_network("cxr-convnet", num_classes=2, **{**TINY, "pool": "max"})
-    with pytest.raises(ModelPackageError, match="pool_r"):
-        build_network("cxr-convnet", num_classes=2, **{**TINY, "pool": "lse", "pool_r": 0})
+    for bad in (0, -1.0, float("nan"), float("inf"), True, "5"):
+        with pytest.raises(ModelPackageError, match="pool_r"):
+            build_network("cxr-convnet", num_classes=2, **{**TINY, "pool": "lse", "pool_r": bad})
+    from overread.models.networks import pool_class_map
+
+    for r in (0.0, float("nan")):
+        with pytest.raises(ValueError, match="r in"):
+            pool_class_map(torch.zeros(1, 1, 2, 2), "lse", r)
 
 
 def test_lse_pool_exports_and_quantises_with_exact_cam(tmp_path: Path) -> None:

@@ -164,6 +164,28 @@ def test_unknown_nodes_are_refused(drifting: tuple[Path, np.ndarray], tmp_path: 
         int8_sensitivity(fp32, images, nodes=["/nope"])
 
 
+def test_the_pooling_tail_is_never_in_a_group_and_may_be_named(
+    drifting: tuple[Path, np.ndarray], tmp_path: Path
+) -> None:
+    """A group recorded by the search can be replayed as an exclusion list even when
+    the class-map convolution's reader is the (always FP32) pooling tail."""
+    from overread.models.export import pool_tail_nodes
+    from overread.models.int8_tuning import candidate_nodes, fp32_group
+
+    fp32, images = drifting
+    tail = pool_tail_nodes(fp32)
+    assert tail
+    for name, _ in candidate_nodes(fp32):
+        assert not set(fp32_group(fp32, name)) & set(tail)
+    quantize_tuned(
+        fp32,
+        tmp_path / "int8.onnx",
+        images,
+        options=Int8Options(exclude=(tail[0],)),
+        target=None,
+    )
+
+
 def _write(out: Path, net: torch.nn.Module, images: np.ndarray, **kwargs: object) -> Path:
     from overread.imaging.transforms import cxr_chain
     from overread.models import write_package

@@ -143,7 +143,10 @@ def fp32_group(fp32_path: Path | str, node: str) -> list[str]:
     """
     import onnx
 
+    from overread.models.export import pool_tail_nodes
+
     model = onnx.load(str(fp32_path), load_external_data=False)
+    tail = set(pool_tail_nodes(Path(fp32_path)))  # FP32 always: not part of a group
     readers: dict[str, list[onnx.NodeProto]] = {}
     for item in model.graph.node:
         for name in item.input:
@@ -157,7 +160,11 @@ def fp32_group(fp32_path: Path | str, node: str) -> list[str]:
         for reader in readers.get(pending.pop(), []):
             if reader.op_type in PASS_THROUGH_OPS:
                 pending.extend(reader.output)
-            elif reader.op_type in SWEEP_OP_TYPES and reader.name not in group:
+            elif (
+                reader.op_type in SWEEP_OP_TYPES
+                and reader.name not in group
+                and reader.name not in tail
+            ):
                 group.append(reader.name)
     return group
 
@@ -388,8 +395,13 @@ def quantize_tuned(
     Returns the INT8
     path and the manifest section recording what was done and measured.
     """
+    from overread.models.export import pool_tail_nodes
+
     opts = options or Int8Options()
     names = {name for name, _ in candidate_nodes(fp32_path, replace(opts, exclude=()))}
+    # The pooling tail is FP32 anyway: an exclusion list naming it (as recorded by
+    # earlier exports) is still accepted.
+    names.update(pool_tail_nodes(Path(fp32_path)))
     unknown = [name for name in opts.exclude if name not in names]
     if unknown:
         raise ModelPackageError(

@@ -161,7 +161,9 @@ class CxrConvNet(nn.Module):
             raise TypeError("widths and blocks must have the same length")
         if pool not in POOLS:
             raise TypeError(f"pool must be one of {', '.join(POOLS)}, not {pool!r}")
-        if not (isinstance(pool_r, (int, float)) and 0.0 < float(pool_r) <= 100.0):
+        if isinstance(pool_r, bool) or not (
+            isinstance(pool_r, (int, float)) and 0.0 < float(pool_r) <= 100.0
+        ):
             raise TypeError(f"pool_r must be a number in (0, 100], not {pool_r!r}")
         self.pool_mode = pool
         self.pool_r = float(pool_r)
@@ -229,6 +231,8 @@ def pool_class_map(cam: torch.Tensor, pool: str = "avg", r: float = 5.0) -> torc
         return cam.mean(dim=(2, 3))
     if pool != "lse":
         raise ValueError(f"unknown pool {pool!r}; known: {', '.join(POOLS)}")
+    if not 0.0 < r <= 100.0:  # also refuses NaN
+        raise ValueError(f"the log-sum-exp pool needs r in (0, 100], not {r!r}")
     peak = cam.amax(dim=(2, 3), keepdim=True)
     spread = torch.exp((cam - peak) * r).mean(dim=(2, 3))
     return peak.flatten(1) + torch.log(spread) / r
