@@ -19,10 +19,17 @@ The classic computer-aided detection scheme of lung-nodule systems, on the sourc
    (weights in :data:`DEFAULT_WEIGHTS`, fitted on training phantoms, see
    :func:`fit_weights`) is the candidate's score.
 3. **Masks (FWHM).** Inside a box around the candidate, the voxels brighter than half
-   way between its core HU and the lung background, connected to the centre, are the
-   nodule (for a dense core with a much larger ground-glass region around it, a
-   part-solid nodule, the half-way level of ground glass): size, volume and density
+   way between its core HU and the lung background, inside the lung closed by a ball
+   (a nodule on the pleura is in, the chest wall is not), opened by a ball of half the
+   fitted radius (a vessel crossing the nodule is cut off), connected to the centre,
+   are the nodule (for a dense core with a much larger ground-glass region around it,
+   a part-solid nodule, the half-way level of ground glass): size, volume and density
    come from that mask.
+
+The filters run in slabs of slices (each read with the slices its kernels reach), so
+the memory is bounded by a slab whatever the series' length, and the second-derivative
+kernels sum to zero (sampled under half a voxel they do not, and the Hessian would
+respond to the absolute HU on thick slices).
 """
 
 from __future__ import annotations
