@@ -23,6 +23,7 @@ import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TypeVar
 
 import numpy as np
 import numpy.typing as npt
@@ -262,7 +263,10 @@ class VolumeOutput:
         return [pydicom.dcmread(path) for path in self.source_paths]
 
 
-def _or(value: float | None, default: float) -> float:
+_T = TypeVar("_T")
+
+
+def _or(value: _T | None, default: _T) -> _T:
     """``value``, or ``default`` where the manifest leaves it unset."""
     return default if value is None else value
 
@@ -517,7 +521,7 @@ class VolumePipeline:
         hu = np.asarray(volume.pixels, dtype=np.float32)
         spacing = tuple(float(s) for s in volume.spacing)
         lung = label_map == LUNG_VALUE
-        max_candidates = spec.cad_max_candidates or blob_cad.MAX_CANDIDATES
+        max_candidates = _or(spec.cad_max_candidates, blob_cad.MAX_CANDIDATES)
         found = blob_cad.search_candidates(
             hu,
             spacing,

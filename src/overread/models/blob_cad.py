@@ -38,6 +38,7 @@ import logging
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import cast
 
 import numpy as np
 import numpy.typing as npt
@@ -79,9 +80,24 @@ DEFAULT_WEIGHTS: tuple[float, ...] = (
 #: Defaults of the candidate search and the part-solid mask rule (the package keeps
 #: them in its manifest).
 MIN_BLOBNESS = 15.0
+#: The ``-LoG`` (HU, scale-normalised) a candidate's peak must reach.
+FLOOR = 60.0
 MAX_CANDIDATES = 600
 RIM_HU = -600.0
 RIM_RATIO = 4.0
+
+#: The mask's limits (:func:`fwhm_mask`).
+#: Radius of the ball closing the lung, in fitted radii (a nodule on the pleura is in).
+CLOSING_RADII = 1.5
+#: The largest closing radius (mm), whatever the fitted radius.
+MAX_CLOSING_MM = 15.0
+#: Radius of the ball opening the region, in fitted radii (vessels cut off).
+OPENING_RADII = 0.5
+#: A core this far (HU) over ``rim_hu`` is dense: it may be a part-solid nodule's.
+DENSE_CORE_MARGIN_HU = 100.0
+
+#: Gaussian kernels are truncated at this many sigmas.
+_TRUNCATE = 4.0
 
 
 @dataclass(frozen=True)
@@ -106,6 +122,11 @@ class Candidate:
         return self.core_hu - self.background_hu
 
 
+def _radius(sigma: float) -> int:
+    """The kernel's radius (samples) at ``sigma`` (samples): truncated at ``_TRUNCATE``."""
+    return int(_TRUNCATE * sigma + 0.5)
+
+
 def _kernel(sigma: float, order: int) -> npt.NDArray[np.float64]:
     """The sampled Gaussian (``order`` 0) or its derivative (1, 2), truncated at 4 sigma.
 
@@ -114,7 +135,7 @@ def _kernel(sigma: float, order: int) -> npt.NDArray[np.float64]:
     does not, and the Hessian would respond to the absolute HU (flat lung at -850 HU
     read as a curvature of hundreds of HU on thick slices).
     """
-    radius = int(4.0 * sigma + 0.5)
+    radius = _radius(sigma)
     x = np.arange(-radius, radius + 1, dtype=np.float64)
     phi = np.exp(-0.5 * x * x / (sigma * sigma))
     phi /= phi.sum()
@@ -123,7 +144,8 @@ def _kernel(sigma: float, order: int) -> npt.NDArray[np.float64]:
     if order == 1:
         return -x / (sigma * sigma) * phi
     k = (x * x / (sigma * sigma) - 1.0) / (sigma * sigma) * phi
-    return np.asarray(k - k.sum() * phi, dtype=np.float64)
+    k -= k.sum() * phi
+    return k
 
 
 #: The Hessian's six unique components: ``(i, j)`` and the derivative order per axis
@@ -144,7 +166,7 @@ def _sigmas(spacing: Sequence[float], scale_mm: float) -> list[float]:
 
 def _halo(spacing: Sequence[float], scale_mm: float) -> int:
     """Slices the scale's kernels reach across (their radius along the slices)."""
-    return int(4.0 * _sigmas(spacing, scale_mm)[0] + 0.5)
+    return _radius(_sigmas(spacing, scale_mm)[0])
 
 
 def _hessian6(
@@ -158,7 +180,6 @@ def _hessian6(
     first_order = -1
     for i, j, order in _COMPONENTS:
         if order[0] != first_order:
-            first = None
             along = ndimage.convolve1d(sub, _kernel(sigma[0], order[0]), axis=0, mode="nearest")
             first = np.ascontiguousarray(along[keep])
             del along
@@ -276,7 +297,7 @@ def search_candidates(
     lung: npt.NDArray[np.bool_],
     *,
     scales_mm: Sequence[float] = DEFAULT_SCALES_MM,
-    floor: float = 60.0,
+    floor: float = FLOOR,
     min_blobness: float = MIN_BLOBNESS,
     max_candidates: int = MAX_CANDIDATES,
     slab_slices: int = 8,
@@ -294,19 +315,21 @@ def search_candidates(
     (a few float arrays of it) whatever the number of slices.
     """
     # The lung's bounding box from its projections (no volume-sized copy).
-    found = []
+    extent = []
     for axis in range(3):
         others = tuple(a for a in range(3) if a != axis)
         hit = np.flatnonzero(lung.any(axis=others))
         if not hit.size:
             return CandidateSearch([], 0, 0)
-        found.append(slice(int(hit[0]), int(hit[-1]) + 1))
+        extent.append(slice(int(hit[0]), int(hit[-1]) + 1))
     pad = [math.ceil(3 * max(scales_mm) / s) for s in spacing]
-    box3 = tuple(
-        slice(max(0, sl.start - p), min(n, sl.stop + p))
-        for sl, p, n in zip(found, pad, hu.shape, strict=True)
+    box = cast(
+        tuple[slice, slice, slice],
+        tuple(
+            slice(max(0, sl.start - p), min(n, sl.stop + p))
+            for sl, p, n in zip(extent, pad, hu.shape, strict=True)
+        ),
     )
-    box = (box3[0], box3[1], box3[2])
     step = max(1, int(slab_slices))
     parts = [
         _slab_peaks(
@@ -369,7 +392,7 @@ def find_candidates(
     lung: npt.NDArray[np.bool_],
     *,
     scales_mm: Sequence[float] = DEFAULT_SCALES_MM,
-    floor: float = 60.0,
+    floor: float = FLOOR,
     min_blobness: float = MIN_BLOBNESS,
     max_candidates: int = MAX_CANDIDATES,
     slab_slices: int = 8,
@@ -540,7 +563,7 @@ def fwhm_mask(
     """
     near = max(candidate.radius_mm, max(spacing))
     r = min(2.0 * candidate.radius_mm + max(spacing), max_radius_mm)
-    wide = candidate.core_hu > rim_hu + 100.0
+    wide = candidate.core_hu > rim_hu + DENSE_CORE_MARGIN_HU
     r_outer = min(3.0 * candidate.radius_mm + max(spacing), max_radius_mm) if wide else r
     reach = [math.ceil(r_outer / s) for s in spacing]
     c = candidate.centre
@@ -557,10 +580,9 @@ def fwhm_mask(
     if lung is None:
         allowed = np.ones(sub.shape, dtype=bool)
     else:
-        allowed = closed_lung(
-            lung, spacing, box, min(1.5 * candidate.radius_mm + max(spacing), 15.0)
-        )
-    rho = 0.5 * candidate.radius_mm
+        closing = CLOSING_RADII * candidate.radius_mm + max(spacing)
+        allowed = closed_lung(lung, spacing, box, min(closing, MAX_CLOSING_MM))
+    rho = OPENING_RADII * candidate.radius_mm
     level = 0.5 * (candidate.core_hu + candidate.background_hu)
     mask = _region(sub, dist, r, near, level, local, allowed, spacing, rho)
     if wide and mask.any():
@@ -572,11 +594,16 @@ def fwhm_mask(
 
 
 __all__ = [
+    "CLOSING_RADII",
     "DEFAULT_SCALES_MM",
     "DEFAULT_WEIGHTS",
+    "DENSE_CORE_MARGIN_HU",
     "FEATURES",
+    "FLOOR",
     "MAX_CANDIDATES",
+    "MAX_CLOSING_MM",
     "MIN_BLOBNESS",
+    "OPENING_RADII",
     "RIM_HU",
     "RIM_RATIO",
     "Candidate",

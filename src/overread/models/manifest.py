@@ -17,6 +17,8 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
+from overread.models.blob_cad import DEFAULT_SCALES_MM, FEATURES, FLOOR
+
 MANIFEST_NAME = "manifest.json"
 FORMAT_VERSION = 1
 
@@ -237,8 +239,8 @@ class VolumeSpec(_Strict):
     lung_keep_fraction: float = Field(default=0.1, gt=0.0, le=1.0)
     nodule_min_volume_mm3: float = Field(default=0.0, ge=0.0)
     nodule_lung_margin_mm: float = Field(default=5.0, ge=0.0)
-    cad_scales_mm: tuple[float, ...] = (1.2, 1.7, 2.4, 3.4, 4.8, 6.8, 8.5)
-    cad_floor: float = Field(default=60.0, ge=0.0)
+    cad_scales_mm: tuple[float, ...] = DEFAULT_SCALES_MM
+    cad_floor: float = Field(default=FLOOR, ge=0.0)
     cad_weights: tuple[float, ...] = ()
     cad_revision: Literal[2] | None = None
     cad_min_blobness: float | None = Field(default=None, ge=0.0)
@@ -609,8 +611,6 @@ class Manifest(_Strict):
                 if needed not in names:
                     raise ValueError(f"postprocess 'centre-heatmap' needs a label {needed!r}")
         if self.volume is not None and self.volume.postprocess == "blob-cad":
-            from overread.models.blob_cad import FEATURES
-
             for needed in (self.volume.lung_label, self.volume.nodule_label):
                 if needed not in names:
                     raise ValueError(f"postprocess 'blob-cad' needs a label {needed!r}")
