@@ -202,3 +202,18 @@ def test_the_bundled_cad_package_verifies_and_carries_the_fitted_weights() -> No
     assert package.manifest.task.value == "segmentation"
     assert volume.cad_weights == tuple(DEFAULT_WEIGHTS)
     assert (package.path / "MODEL_CARD.md").read_text().startswith(f"# {NAME}")
+
+
+def test_a_prediction_warns_when_max_candidates_leaves_peaks_unscored(
+    chest: np.ndarray, tmp_path: Path
+) -> None:
+    paths = write_series(tmp_path / "series", chest, SPACING)
+    pipeline = VolumePipeline(load_package(write_cad_package(tmp_path / "pkg")))
+    assert pipeline.spec.cad_max_candidates == 600
+    [full] = pipeline.predict_series(paths)
+    assert not any("blob peaks" in w for w in full.prediction.warnings)
+    pipeline.spec = pipeline.spec.model_copy(update={"cad_max_candidates": 1})
+    [cut] = pipeline.predict_series(paths)
+    [warning] = [w for w in cut.prediction.warnings if "blob peaks" in w]
+    assert warning.startswith("1 nodule candidates kept from the strongest 1 of ")
+    assert len(cut.prediction.regions) <= 1

@@ -23,6 +23,7 @@ import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TypeVar
 
 import numpy as np
 import numpy.typing as npt
@@ -262,6 +263,14 @@ class VolumeOutput:
         return [pydicom.dcmread(path) for path in self.source_paths]
 
 
+_T = TypeVar("_T")
+
+
+def _or(value: _T | None, default: _T) -> _T:
+    """``value``, or ``default`` where the manifest leaves it unset."""
+    return default if value is None else value
+
+
 def _longest_diameter(points_mm: npt.NDArray[np.float64]) -> float:
     """Largest distance between two of the points (subsampled to 1500 points)."""
     if len(points_mm) < 2:
@@ -390,7 +399,7 @@ class VolumePipeline:
             )
             del probabilities
             label_map, regions = self._cad(
-                volume, lung_channel, lung_threshold, thresholds[nodule_i]
+                volume, lung_channel, lung_threshold, thresholds[nodule_i], prediction.warnings
             )
             label_values = {LUNG_VALUE: spec.lung_label}
             for region in regions:
@@ -488,6 +497,7 @@ class VolumePipeline:
         lung_low: npt.NDArray[np.float32],
         lung_threshold: float,
         threshold: float,
+        warnings: list[str],
     ) -> tuple[npt.NDArray[np.uint8], list[Region]]:
         """``blob-cad``: the lung brought back to the source grid, then candidates, scores
         and FWHM masks there (:mod:`overread.models.blob_cad`).
@@ -495,11 +505,12 @@ class VolumePipeline:
         The ``max_detections`` best candidates scoring at least ``threshold`` are the
         nodules, strongest first; a nodule's voxels are not taken by a weaker one. The
         centre reported is the candidate's (the blob filter's peak), the rest is
-        measured on the nodule's mask.
+        measured on the nodule's mask. A warning goes to ``warnings`` when more blob
+        peaks were found than the candidates scored.
         """
         from dataclasses import replace
 
-        from overread.models.blob_cad import find_candidates, fwhm_mask, score
+        from overread.models import blob_cad
 
         spec = self.spec
         shape = volume.pixels.shape
@@ -510,17 +521,36 @@ class VolumePipeline:
         hu = np.asarray(volume.pixels, dtype=np.float32)
         spacing = tuple(float(s) for s in volume.spacing)
         lung = label_map == LUNG_VALUE
-        candidates = find_candidates(
-            hu, spacing, lung, scales_mm=spec.cad_scales_mm, floor=spec.cad_floor
+        max_candidates = _or(spec.cad_max_candidates, blob_cad.MAX_CANDIDATES)
+        found = blob_cad.search_candidates(
+            hu,
+            spacing,
+            lung,
+            scales_mm=spec.cad_scales_mm,
+            floor=spec.cad_floor,
+            min_blobness=_or(spec.cad_min_blobness, blob_cad.MIN_BLOBNESS),
+            max_candidates=max_candidates,
         )
+        if found.truncated:
+            warnings.append(blob_cad.truncation_warning(found, max_candidates))
         scored = sorted(
-            ((score(c, spec.cad_weights), c) for c in candidates), key=lambda item: -item[0]
+            ((blob_cad.score(c, spec.cad_weights), c) for c in found.candidates),
+            key=lambda item: -item[0],
         )
         regions: list[Region] = []
         for value_score, candidate in scored:
             if value_score < threshold or len(regions) >= spec.max_detections:
                 break
-            box, mask = fwhm_mask(hu, spacing, candidate, max_radius_mm=spec.max_nodule_mm / 2)
+            box, mask = blob_cad.fwhm_mask(
+                hu,
+                spacing,
+                candidate,
+                lung=lung,
+                max_radius_mm=spec.max_nodule_mm / 2,
+                rim_hu=_or(spec.cad_rim_hu, blob_cad.RIM_HU),
+                rim_ratio=_or(spec.cad_rim_ratio, blob_cad.RIM_RATIO),
+            )
+            # Not a voxel a stronger nodule took.
             mask &= label_map[box] <= LUNG_VALUE
             if not mask.any():
                 continue

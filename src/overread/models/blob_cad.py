@@ -19,23 +19,34 @@ The classic computer-aided detection scheme of lung-nodule systems, on the sourc
    (weights in :data:`DEFAULT_WEIGHTS`, fitted on training phantoms, see
    :func:`fit_weights`) is the candidate's score.
 3. **Masks (FWHM).** Inside a box around the candidate, the voxels brighter than half
-   way between its core HU and the lung background, connected to the centre, are the
-   nodule (for a dense core with a much larger ground-glass region around it, a
-   part-solid nodule, the half-way level of ground glass): size, volume and density
+   way between its core HU and the lung background, inside the lung closed by a ball
+   (a nodule on the pleura is in, the chest wall is not), opened by a ball of half the
+   fitted radius (a vessel crossing the nodule is cut off), connected to the centre,
+   are the nodule (for a dense core with a much larger ground-glass region around it,
+   a part-solid nodule, the half-way level of ground glass): size, volume and density
    come from that mask.
+
+The filters run in slabs of slices (each read with the slices its kernels reach), so
+the memory is bounded by a slab whatever the series' length, and the second-derivative
+kernels sum to zero (sampled under half a voxel they do not, and the Hessian would
+respond to the absolute HU on thick slices).
 """
 
 from __future__ import annotations
 
+import logging
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import cast
 
 import numpy as np
 import numpy.typing as npt
 from scipy import ndimage
 
 FloatArray = npt.NDArray[np.float32]
+
+logger = logging.getLogger(__name__)
 
 #: Blob scales (mm): spheres of about 4 to 30 mm across (``d = 2 * sqrt(3) * s``).
 DEFAULT_SCALES_MM: tuple[float, ...] = (1.2, 1.7, 2.4, 3.4, 4.8, 6.8, 8.5)
@@ -52,18 +63,41 @@ FEATURES: tuple[str, ...] = (
 )
 
 #: Logistic weights: intercept then one per feature, fitted on 16 training phantoms of
-#: seed 0 (``overread.training.ct_cad.fit_cad(DIR, l2=1.0)``; 6329 candidates, 31 on a
+#: seed 0 (``overread.training.ct_cad.fit_cad(DIR, l2=1.0)``; 9124 candidates, 42 on a
 #: nodule, every one of the 30 nodules with a candidate).
 DEFAULT_WEIGHTS: tuple[float, ...] = (
-    -16.164537,
-    -0.992337,
-    3.162326,
-    -0.032195,
-    -1.791148,
-    4.102886,
-    2.147168,
-    0.982035,
+    -11.241142,
+    -1.03755,
+    2.403193,
+    -0.247584,
+    -1.106234,
+    3.580833,
+    2.437687,
+    0.810917,
 )
+
+
+#: Defaults of the candidate search and the part-solid mask rule (the package keeps
+#: them in its manifest).
+MIN_BLOBNESS = 15.0
+#: The ``-LoG`` (HU, scale-normalised) a candidate's peak must reach.
+FLOOR = 60.0
+MAX_CANDIDATES = 600
+RIM_HU = -600.0
+RIM_RATIO = 4.0
+
+#: The mask's limits (:func:`fwhm_mask`).
+#: Radius of the ball closing the lung, in fitted radii (a nodule on the pleura is in).
+CLOSING_RADII = 1.5
+#: The largest closing radius (mm), whatever the fitted radius.
+MAX_CLOSING_MM = 15.0
+#: Radius of the ball opening the region, in fitted radii (vessels cut off).
+OPENING_RADII = 0.5
+#: A core this far (HU) over ``rim_hu`` is dense: it may be a part-solid nodule's.
+DENSE_CORE_MARGIN_HU = 100.0
+
+#: Gaussian kernels are truncated at this many sigmas.
+_TRUNCATE = 4.0
 
 
 @dataclass(frozen=True)
@@ -88,70 +122,74 @@ class Candidate:
         return self.core_hu - self.background_hu
 
 
-def _hessian(hu: FloatArray, spacing: Sequence[float], scale_mm: float) -> FloatArray:
-    """The scale-normalised Hessian ``(..., 3, 3)`` in HU of ``hu`` smoothed at ``scale_mm``."""
-    sigma = [scale_mm / s for s in spacing]
-    orders = {
-        (0, 0): (2, 0, 0),
-        (1, 1): (0, 2, 0),
-        (2, 2): (0, 0, 2),
-        (0, 1): (1, 1, 0),
-        (0, 2): (1, 0, 1),
-        (1, 2): (0, 1, 1),
-    }
-    h = np.empty((*hu.shape, 3, 3), dtype=np.float32)
-    for (i, j), order in orders.items():
-        d = ndimage.gaussian_filter(hu, sigma, order=order, mode="nearest")
-        d *= scale_mm * scale_mm / (spacing[i] * spacing[j])
-        h[..., i, j] = d
-        h[..., j, i] = d
-    return h
+def _radius(sigma: float) -> int:
+    """The kernel's radius (samples) at ``sigma`` (samples): truncated at ``_TRUNCATE``."""
+    return int(_TRUNCATE * sigma + 0.5)
 
 
-def blobness(
-    hu: FloatArray,
-    spacing: Sequence[float],
-    scales_mm: Sequence[float] = DEFAULT_SCALES_MM,
-    *,
-    region: npt.NDArray[np.bool_] | None = None,
-    min_log: float = 0.0,
-) -> tuple[FloatArray, FloatArray, FloatArray, FloatArray]:
-    """Per voxel: the largest scale-normalised ``-LoG`` over ``scales_mm``, the scale
-    giving it, and the blobness ``-l3`` and sphericity ``l3 / l1`` at that scale.
+def _kernel(sigma: float, order: int) -> npt.NDArray[np.float64]:
+    """The sampled Gaussian (``order`` 0) or its derivative (1, 2), truncated at 4 sigma.
 
-    ``region`` limits the work to its bounding box (values outside are 0); blobness
-    and sphericity are left at 0 where ``-LoG`` stays under ``min_log``.
+    The second derivative is made to sum to zero (a multiple of the Gaussian, which
+    sums to one, is taken off): sampled at under about half a voxel the plain kernel
+    does not, and the Hessian would respond to the absolute HU (flat lung at -850 HU
+    read as a curvature of hundreds of HU on thick slices).
     """
-    shape = hu.shape
-    log = np.zeros(shape, dtype=np.float32)
-    blob = np.zeros(shape, dtype=np.float32)
-    scale = np.zeros(shape, dtype=np.float32)
-    spher = np.zeros(shape, dtype=np.float32)
-    box: tuple[slice, ...] = tuple(slice(0, n) for n in shape)
-    if region is not None:
-        if not region.any():
-            return log, scale, blob, spher
-        found = ndimage.find_objects(region.astype(np.uint8))[0]
-        assert found is not None
-        pad = [math.ceil(3 * max(scales_mm) / s) for s in spacing]
-        box = tuple(
-            slice(max(0, sl.start - p), min(n, sl.stop + p))
-            for sl, p, n in zip(found, pad, shape, strict=True)
-        )
-    sub = np.asarray(hu[box], dtype=np.float32)
-    for s in scales_mm:
-        h = _hessian(sub, spacing, s)
-        value = np.maximum(-(h[..., 0, 0] + h[..., 1, 1] + h[..., 2, 2]), 0.0)
-        better = value > log[box]
-        log[box][better] = value[better]
-        scale[box][better] = s
-        # Eigenvalues only where this scale wins and counts (the slow part).
-        strong = better & (value >= min_log)
-        ev = np.linalg.eigvalsh(h[strong])
-        l1, l3 = ev[:, 0], ev[:, 2]
-        blob[box][strong] = np.maximum(-l3, 0.0)
-        spher[box][strong] = np.where(l1 < 0, l3 / np.minimum(l1, -1e-6), 0.0)
-    return log, scale, blob, spher
+    radius = _radius(sigma)
+    x = np.arange(-radius, radius + 1, dtype=np.float64)
+    phi = np.exp(-0.5 * x * x / (sigma * sigma))
+    phi /= phi.sum()
+    if order == 0:
+        return phi
+    if order == 1:
+        return -x / (sigma * sigma) * phi
+    k = (x * x / (sigma * sigma) - 1.0) / (sigma * sigma) * phi
+    k -= k.sum() * phi
+    return k
+
+
+#: The Hessian's six unique components: ``(i, j)`` and the derivative order per axis
+#: (those sharing the order along the slices together: one first pass alive at a time).
+_COMPONENTS: tuple[tuple[int, int, tuple[int, int, int]], ...] = (
+    (0, 0, (2, 0, 0)),
+    (0, 1, (1, 1, 0)),
+    (0, 2, (1, 0, 1)),
+    (1, 1, (0, 2, 0)),
+    (2, 2, (0, 0, 2)),
+    (1, 2, (0, 1, 1)),
+)
+
+
+def _sigmas(spacing: Sequence[float], scale_mm: float) -> list[float]:
+    return [scale_mm / s for s in spacing]
+
+
+def _halo(spacing: Sequence[float], scale_mm: float) -> int:
+    """Slices the scale's kernels reach across (their radius along the slices)."""
+    return _radius(_sigmas(spacing, scale_mm)[0])
+
+
+def _hessian6(
+    sub: FloatArray, spacing: Sequence[float], scale_mm: float, keep: slice
+) -> list[FloatArray]:
+    """The six unique components (order of ``_COMPONENTS``) of the scale-normalised
+    Hessian of ``sub`` (edges: nearest) smoothed at ``scale_mm``, on the slices ``keep``."""
+    sigma = _sigmas(spacing, scale_mm)
+    out: list[FloatArray] = []
+    first: FloatArray | None = None
+    first_order = -1
+    for i, j, order in _COMPONENTS:
+        if order[0] != first_order:
+            along = ndimage.convolve1d(sub, _kernel(sigma[0], order[0]), axis=0, mode="nearest")
+            first = np.ascontiguousarray(along[keep])
+            del along
+            first_order = order[0]
+        assert first is not None
+        d = ndimage.convolve1d(first, _kernel(sigma[1], order[1]), axis=1, mode="nearest")
+        d = ndimage.convolve1d(d, _kernel(sigma[2], order[2]), axis=2, mode="nearest")
+        d *= scale_mm * scale_mm / (spacing[i] * spacing[j])
+        out.append(d)
+    return out
 
 
 def _ring_means(
@@ -174,35 +212,156 @@ def _ring_means(
     return core_hu, background
 
 
-def find_candidates(
+@dataclass(frozen=True)
+class CandidateSearch:
+    """The candidates kept, the blob peaks found and whether ``max_candidates`` cut them."""
+
+    candidates: list[Candidate]
+    peaks: int
+    examined: int
+
+    @property
+    def truncated(self) -> bool:
+        """True when peaks were left unexamined (``max_candidates`` kept before)."""
+        return self.examined < self.peaks
+
+
+@dataclass
+class _Peaks:
+    """Blob peaks of one slab: voxel indices and the values there."""
+
+    idx: npt.NDArray[np.intp]
+    blob: FloatArray
+    log: FloatArray
+    scale: FloatArray
+    spher: FloatArray
+
+
+def _slab_peaks(
+    hu: FloatArray,
+    spacing: Sequence[float],
+    lung: npt.NDArray[np.bool_],
+    box: tuple[slice, slice, slice],
+    core: tuple[int, int],
+    scales_mm: Sequence[float],
+    floor: float,
+    min_blobness: float,
+) -> _Peaks:
+    """The blob peaks on the slices ``core`` (in ``box``), computed on them plus one
+    slice each side (for the 3 x 3 x 3 maximum) and each scale's kernel radius of
+    slices more (clipped to ``box``, where the edge is repeated): exactly what the
+    whole box gives on those slices."""
+    zb = box[0]
+    e0, e1 = max(zb.start, core[0] - 1), min(zb.stop, core[1] + 1)
+    shape = (e1 - e0, box[1].stop - box[1].start, box[2].stop - box[2].start)
+    log = np.zeros(shape, dtype=np.float32)
+    blob = np.zeros(shape, dtype=np.float32)
+    scale = np.zeros(shape, dtype=np.float32)
+    spher = np.zeros(shape, dtype=np.float32)
+    for s in scales_mm:
+        halo = _halo(spacing, s)
+        i0, i1 = max(zb.start, e0 - halo), min(zb.stop, e1 + halo)
+        sub = np.asarray(hu[i0:i1, box[1], box[2]], dtype=np.float32)
+        h = _hessian6(sub, spacing, s, slice(e0 - i0, e1 - i0))
+        del sub
+        value = np.maximum(-(h[0] + h[3] + h[4]), 0.0)  # the trace: -LoG
+        better = value > log
+        log[better] = value[better]
+        scale[better] = s
+        # Eigenvalues only where this scale wins and counts (the slow part).
+        strong = better & (value >= floor)
+        n = int(strong.sum())
+        if n:
+            m = np.empty((n, 3, 3), dtype=np.float32)
+            for (i, j, _), comp in zip(_COMPONENTS, h, strict=True):
+                m[:, i, j] = m[:, j, i] = comp[strong]
+            ev = np.linalg.eigvalsh(m)
+            l1, l3 = ev[:, 0], ev[:, 2]
+            blob[strong] = np.maximum(-l3, 0.0)
+            spher[strong] = np.where(l1 < 0, l3 / np.minimum(l1, -1e-6), 0.0)
+        del h, value, better, strong
+    # Blobness >= 0 everywhere (and 0 outside the box): a constant 0 edge is the
+    # whole volume's maximum filter.
+    top = ndimage.maximum_filter(blob, size=3, mode="constant", cval=0.0)
+    peaks = (blob == top) & (blob >= min_blobness) & lung[e0:e1, box[1], box[2]]
+    peaks[: core[0] - e0] = False
+    peaks[core[1] - e0 :] = False
+    idx = np.argwhere(peaks)
+    idx += np.array([e0, box[1].start, box[2].start], dtype=np.intp)
+    return _Peaks(idx, blob[peaks], log[peaks], scale[peaks], spher[peaks])
+
+
+def search_candidates(
     hu: FloatArray,
     spacing: Sequence[float],
     lung: npt.NDArray[np.bool_],
     *,
     scales_mm: Sequence[float] = DEFAULT_SCALES_MM,
-    floor: float = 60.0,
-    min_blobness: float = 15.0,
-    max_candidates: int = 600,
-) -> list[Candidate]:
+    floor: float = FLOOR,
+    min_blobness: float = MIN_BLOBNESS,
+    max_candidates: int = MAX_CANDIDATES,
+    slab_slices: int = 8,
+) -> CandidateSearch:
     """Blob candidates whose centre lies in ``lung``, highest blobness first.
 
     A candidate is a local maximum (3 x 3 x 3) of the blobness reaching
     ``min_blobness`` where the ``-LoG`` reaches ``floor`` (both HU, scale-normalised);
-    one per blob (a weaker peak within the fitted radius of a kept one is dropped).
+    one per blob (a weaker peak within the fitted radius of a kept one is dropped);
+    at most ``max_candidates`` are kept (the strongest).
+
+    The filters run over the lung's bounding box (padded by three of the largest
+    scale) in slabs of ``slab_slices`` slices, each read with the slices its kernels
+    reach: the peaks are those of the whole box, and the memory is bounded by the slab
+    (a few float arrays of it) whatever the number of slices.
     """
-    best, scale, blob, spher = blobness(hu, spacing, scales_mm, region=lung, min_log=floor)
-    # Peaks of the blobness (near 0 along a vessel), not of the LoG: a vessel crossing
-    # a faint ground-glass nodule outshines it in LoG but not in blobness.
-    peaks = (blob == ndimage.maximum_filter(blob, size=3)) & (blob >= min_blobness) & lung
-    idx = np.argwhere(peaks)
-    order = np.argsort(-blob[peaks], kind="stable")
+    # The lung's bounding box from its projections (no volume-sized copy).
+    extent = []
+    for axis in range(3):
+        others = tuple(a for a in range(3) if a != axis)
+        hit = np.flatnonzero(lung.any(axis=others))
+        if not hit.size:
+            return CandidateSearch([], 0, 0)
+        extent.append(slice(int(hit[0]), int(hit[-1]) + 1))
+    pad = [math.ceil(3 * max(scales_mm) / s) for s in spacing]
+    box = cast(
+        tuple[slice, slice, slice],
+        tuple(
+            slice(max(0, sl.start - p), min(n, sl.stop + p))
+            for sl, p, n in zip(extent, pad, hu.shape, strict=True)
+        ),
+    )
+    step = max(1, int(slab_slices))
+    parts = [
+        _slab_peaks(
+            hu,
+            spacing,
+            lung,
+            box,
+            (z, min(z + step, box[0].stop)),
+            scales_mm,
+            floor,
+            min_blobness,
+        )
+        for z in range(box[0].start, box[0].stop, step)
+    ]
+    idx = np.concatenate([p.idx for p in parts])
+    blob = np.concatenate([p.blob for p in parts])
+    log = np.concatenate([p.log for p in parts])
+    scale = np.concatenate([p.scale for p in parts])
+    spher = np.concatenate([p.spher for p in parts])
+    # Slabs in slice order, C order inside: the whole volume's order of peaks.
+    order = np.argsort(-blob, kind="stable")
     kept: list[Candidate] = []
     points: list[npt.NDArray[np.float64]] = []
     radii: list[float] = []
     sp = np.asarray(spacing, dtype=np.float64)
+    examined = 0
     for i in order:
+        if len(kept) >= max_candidates:
+            break
+        examined += 1
         z, y, x = (int(v) for v in idx[i])
-        s = float(scale[z, y, x])
+        s = float(scale[i])
         r = math.sqrt(3.0) * s
         p = np.array([z, y, x], dtype=np.float64) * sp
         # Non-maximum suppression: one candidate per blob.
@@ -215,18 +374,52 @@ def find_candidates(
             Candidate(
                 (z, y, x),
                 s,
-                float(best[z, y, x]),
-                float(blob[z, y, x]),
-                float(spher[z, y, x]),
+                float(log[i]),
+                float(blob[i]),
+                float(spher[i]),
                 core_hu,
                 background,
             )
         )
         points.append(p)
         radii.append(r)
-        if len(kept) >= max_candidates:
-            break
-    return kept
+    return CandidateSearch(kept, len(order), examined)
+
+
+def find_candidates(
+    hu: FloatArray,
+    spacing: Sequence[float],
+    lung: npt.NDArray[np.bool_],
+    *,
+    scales_mm: Sequence[float] = DEFAULT_SCALES_MM,
+    floor: float = FLOOR,
+    min_blobness: float = MIN_BLOBNESS,
+    max_candidates: int = MAX_CANDIDATES,
+    slab_slices: int = 8,
+) -> list[Candidate]:
+    """The candidates of :func:`search_candidates` (a warning is logged when
+    ``max_candidates`` left blob peaks unexamined)."""
+    found = search_candidates(
+        hu,
+        spacing,
+        lung,
+        scales_mm=scales_mm,
+        floor=floor,
+        min_blobness=min_blobness,
+        max_candidates=max_candidates,
+        slab_slices=slab_slices,
+    )
+    if found.truncated:
+        logger.warning(truncation_warning(found, max_candidates))
+    return found.candidates
+
+
+def truncation_warning(found: CandidateSearch, max_candidates: int) -> str:
+    """The one line saying how many blob peaks ``max_candidates`` left unscored."""
+    return (
+        f"{max_candidates} nodule candidates kept from the strongest {found.examined} of "
+        f"{found.peaks} blob peaks: the {found.peaks - found.examined} weaker were not scored"
+    )
 
 
 def candidate_features(candidate: Candidate) -> npt.NDArray[np.float64]:
@@ -272,6 +465,29 @@ def fit_weights(
     return tuple(round(float(v), 6) for v in w)
 
 
+def _opened(
+    region: npt.NDArray[np.bool_], spacing: Sequence[float], rho: float
+) -> npt.NDArray[np.bool_]:
+    """``region`` opened by a ball of ``rho`` mm (distance transforms, voxel sizes as
+    they are), then grown back by one voxel in-plane inside ``region``: tubes thinner
+    than the ball go, balls wider than it stay. A region the ball does not fit in is
+    kept as it is."""
+    if rho <= 0 or not region.any():
+        return region
+    eroded = np.asarray(ndimage.distance_transform_edt(region, sampling=spacing)) > rho
+    if not eroded.any():
+        return region
+    grown = np.asarray(ndimage.distance_transform_edt(~eroded, sampling=spacing)) <= rho
+    opened = grown & region
+    # The surface the ball's voxels shave off, back in-plane (one voxel: a vessel
+    # keeps a stub under a millimetre wide).
+    plane = np.zeros((3, 3, 3), dtype=bool)
+    plane[1] = ndimage.generate_binary_structure(2, 1)
+    return np.asarray(
+        opened | (ndimage.binary_dilation(opened, structure=plane) & region), dtype=bool
+    )
+
+
 def _region(
     sub: FloatArray,
     dist: FloatArray,
@@ -279,11 +495,15 @@ def _region(
     near_mm: float,
     level: float,
     local: tuple[int, ...],
+    allowed: npt.NDArray[np.bool_],
+    spacing: Sequence[float],
+    rho: float,
 ) -> npt.NDArray[np.bool_]:
-    """Voxels at or above ``level`` within ``radius_mm``, face-connected to ``local``
-    (else to the largest such part within ``near_mm``), holes filled."""
-    inside = dist <= radius_mm
-    dense = inside & (sub >= level)
+    """Voxels at or above ``level`` within ``radius_mm`` and ``allowed``, opened by a
+    ball of ``rho`` mm (vessels cut off), face-connected to ``local`` (else to the
+    largest such part within ``near_mm``), holes filled."""
+    dense = (dist <= radius_mm) & (sub >= level) & allowed
+    dense = _opened(dense, spacing, rho)
     labels, _ = ndimage.label(dense)
     pick = int(labels[local])
     if pick == 0:
@@ -294,29 +514,56 @@ def _region(
     return np.asarray(ndimage.binary_fill_holes(labels == pick), dtype=bool)
 
 
+def closed_lung(
+    lung: npt.NDArray[np.bool_],
+    spacing: Sequence[float],
+    box: tuple[slice, slice, slice],
+    radius_mm: float,
+) -> npt.NDArray[np.bool_]:
+    """``lung`` in ``box`` closed by a ball of ``radius_mm`` (distance transforms on the
+    box grown by twice the radius): bays of the lung up to that size (a nodule on the
+    pleura) are in it, the chest wall is not."""
+    grow = [math.ceil(2 * radius_mm / s) + 1 for s in spacing]
+    lo = [max(0, b.start - g) for b, g in zip(box, grow, strict=True)]
+    hi = [min(n, b.stop + g) for b, g, n in zip(box, grow, lung.shape, strict=True)]
+    big = lung[lo[0] : hi[0], lo[1] : hi[1], lo[2] : hi[2]]
+    inner = tuple(slice(b.start - a, b.stop - a) for b, a in zip(box, lo, strict=True))
+    if big.all() or not big.any():
+        return np.array(big[inner], dtype=bool)
+    dilated = np.asarray(ndimage.distance_transform_edt(~big, sampling=spacing)) <= radius_mm
+    if dilated.all():
+        return np.ones(big[inner].shape, dtype=bool)
+    closed = np.asarray(ndimage.distance_transform_edt(dilated, sampling=spacing)) > radius_mm
+    return np.asarray(closed[inner] | big[inner], dtype=bool)
+
+
 def fwhm_mask(
     hu: FloatArray,
     spacing: Sequence[float],
     candidate: Candidate,
     *,
+    lung: npt.NDArray[np.bool_] | None = None,
     max_radius_mm: float = 20.0,
-    rim_hu: float = -600.0,
-    rim_ratio: float = 4.0,
+    rim_hu: float = RIM_HU,
+    rim_ratio: float = RIM_RATIO,
 ) -> tuple[tuple[slice, slice, slice], npt.NDArray[np.bool_]]:
     """The nodule's mask in a box around the candidate: the half-maximum region.
 
-    Voxels at or above half way between the core HU and the lung background, face-
-    connected to the centre (or to the brightest core voxel), inside a sphere of twice
-    the fitted radius (at most ``max_radius_mm``): vessels leaving the nodule are cut
-    there. A dense core (over ``rim_hu + 100``) may be the solid part of a part-solid
-    nodule: when the region at half way between ``rim_hu`` (ground glass) and the
-    background, within three fitted radii, holds at least ``rim_ratio`` times the
-    half-maximum region, that wider region is the mask (a solid nodule's partial-volume
-    shell adds less than that).
+    Voxels at or above half way between the core HU and the lung background inside a
+    sphere of twice the fitted radius (at most ``max_radius_mm``) and inside the
+    ``lung`` closed by a ball of 1.5 fitted radii (a nodule on the pleura is in it,
+    the chest wall is not; no limit when ``lung`` is None), opened by a ball of half
+    the fitted radius (a vessel crossing or leaving the nodule is cut off), face-
+    connected to the centre (or to the largest part near it). A dense core (over
+    ``rim_hu + 100``) may be the solid part of a part-solid nodule: when the region at
+    half way between ``rim_hu`` (ground glass) and the background, within three fitted
+    radii, under the same limits, holds at least ``rim_ratio`` times the half-maximum
+    region, that wider region is the mask (a solid nodule's partial-volume shell adds
+    less than that).
     """
     near = max(candidate.radius_mm, max(spacing))
     r = min(2.0 * candidate.radius_mm + max(spacing), max_radius_mm)
-    wide = candidate.core_hu > rim_hu + 100.0
+    wide = candidate.core_hu > rim_hu + DENSE_CORE_MARGIN_HU
     r_outer = min(3.0 * candidate.radius_mm + max(spacing), max_radius_mm) if wide else r
     reach = [math.ceil(r_outer / s) for s in spacing]
     c = candidate.centre
@@ -330,25 +577,43 @@ def fwhm_mask(
     )
     dist = np.sqrt(sum(g * g for g in grid)).astype(np.float32)
     local = tuple(ci - a for ci, a in zip(c, lo, strict=True))
+    if lung is None:
+        allowed = np.ones(sub.shape, dtype=bool)
+    else:
+        closing = CLOSING_RADII * candidate.radius_mm + max(spacing)
+        allowed = closed_lung(lung, spacing, box, min(closing, MAX_CLOSING_MM))
+    rho = OPENING_RADII * candidate.radius_mm
     level = 0.5 * (candidate.core_hu + candidate.background_hu)
-    mask = _region(sub, dist, r, near, level, local)
+    mask = _region(sub, dist, r, near, level, local, allowed, spacing, rho)
     if wide and mask.any():
         rim_level = 0.5 * (rim_hu + candidate.background_hu)
-        rim = _region(sub, dist, r_outer, near, rim_level, local)
+        rim = _region(sub, dist, r_outer, near, rim_level, local, allowed, spacing, rho)
         if int(rim.sum()) >= rim_ratio * int(mask.sum()):
             mask = rim
     return box, mask
 
 
 __all__ = [
+    "CLOSING_RADII",
     "DEFAULT_SCALES_MM",
     "DEFAULT_WEIGHTS",
+    "DENSE_CORE_MARGIN_HU",
     "FEATURES",
+    "FLOOR",
+    "MAX_CANDIDATES",
+    "MAX_CLOSING_MM",
+    "MIN_BLOBNESS",
+    "OPENING_RADII",
+    "RIM_HU",
+    "RIM_RATIO",
     "Candidate",
-    "blobness",
+    "CandidateSearch",
     "candidate_features",
+    "closed_lung",
     "find_candidates",
     "fit_weights",
     "fwhm_mask",
     "score",
+    "search_candidates",
+    "truncation_warning",
 ]

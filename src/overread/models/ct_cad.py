@@ -14,7 +14,16 @@ from __future__ import annotations
 from collections.abc import Sequence
 from pathlib import Path
 
-from overread.models.blob_cad import DEFAULT_SCALES_MM, DEFAULT_WEIGHTS, FEATURES
+from overread.models.blob_cad import (
+    CLOSING_RADII,
+    DEFAULT_SCALES_MM,
+    DEFAULT_WEIGHTS,
+    FEATURES,
+    MAX_CANDIDATES,
+    MIN_BLOBNESS,
+    RIM_HU,
+    RIM_RATIO,
+)
 from overread.models.ct_baseline import ARCHITECTURE, LABELS
 from overread.models.hu_threshold import HuThreshold
 from overread.models.manifest import Task, VolumeSpec
@@ -24,6 +33,8 @@ VERSION = "1.0.0"
 #: The nodule label's threshold: the lowest candidate score reported (FROC needs the
 #: weaker marks too; the strongest carry the high scores).
 SCORE_FLOOR = 0.02
+#: The most nodules reported per series.
+MAX_DETECTIONS = 20
 INTENDED_USE = (
     "Research: pulmonary nodule detection and segmentation on chest CT by a blob "
     "filter, a logistic candidate score and half-maximum masks, fitted on synthetic "
@@ -38,9 +49,14 @@ def cad_volume_spec(weights: Sequence[float] = DEFAULT_WEIGHTS) -> VolumeSpec:
         clean_components=True,
         min_nodule_mm=2.0,
         max_nodule_mm=40.0,
-        max_detections=20,
+        max_detections=MAX_DETECTIONS,
         cad_scales_mm=DEFAULT_SCALES_MM,
         cad_weights=tuple(float(w) for w in weights),
+        cad_revision=2,
+        cad_min_blobness=MIN_BLOBNESS,
+        cad_max_candidates=MAX_CANDIDATES,
+        cad_rim_hu=RIM_HU,
+        cad_rim_ratio=RIM_RATIO,
     )
 
 
@@ -103,13 +119,18 @@ Two-stage pulmonary nodule CAD for chest CT, fitted on synthetic phantoms only.
 - Candidates: on the source grid inside the lung, the local maxima of the largest
   scale-normalised Laplacian of Gaussian over scales of {", ".join(f"{s:g}" for s in DEFAULT_SCALES_MM)} mm
   (spheres of about 4 to 30 mm across), with the Hessian's blobness and sphericity
-  at that scale (a sphere has three negative eigenvalues, a vessel two).
-- Score: logistic in {", ".join(FEATURES)}; the 20 best scoring at least
+  at that scale (a sphere has three negative eigenvalues, a vessel two); the second
+  derivative kernels sum to zero (thick slices: no response to the lung's HU), and the
+  filters run in slabs of slices (memory bounded whatever the series' length). At
+  most the {MAX_CANDIDATES} strongest blob peaks are scored (a warning says when more).
+- Score: logistic in {", ".join(FEATURES)}; the {MAX_DETECTIONS} best scoring at least
   {SCORE_FLOOR} are reported.
 - Mask: voxels above half way between the candidate's core HU and the lung around it,
-  connected to its centre, within twice its fitted radius; a dense core inside a
-  ground-glass region at least 4 times its size (a part-solid nodule) takes the level
-  half way between ground glass (-600 HU) and the lung, within three radii.
+  within twice its fitted radius and inside the lung closed by a ball of {CLOSING_RADII:g} radii
+  (a nodule on the pleura is in, the chest wall is not), opened by a ball of half
+  its radius (vessels cut off), connected to its centre; a dense core inside a
+  ground-glass region at least {RIM_RATIO:g} times its size (a part-solid nodule) takes the level
+  half way between ground glass ({RIM_HU:g} HU) and the lung, within three radii.
 - Output: a SEG (lung and one segment per nodule) and per-nodule measurements
   (volume, longest diameter, mean HU, density, category) in the SR.
 

@@ -17,6 +17,8 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
+from overread.models.blob_cad import DEFAULT_SCALES_MM, FEATURES, FLOOR
+
 MANIFEST_NAME = "manifest.json"
 FORMAT_VERSION = 1
 
@@ -136,6 +138,16 @@ class InputSpec(_Strict):
     normalisation: str = "[0, 1], bone bright"
 
 
+#: The ``blob-cad`` settings added after its first manifests (in the hash once set).
+CAD_SETTINGS: tuple[str, ...] = (
+    "cad_revision",
+    "cad_min_blobness",
+    "cad_max_candidates",
+    "cad_rim_hu",
+    "cad_rim_ratio",
+)
+
+
 class VolumeSpec(_Strict):
     """How a 3-D (CT) package reads a series, for segmentation and detection tasks.
 
@@ -193,6 +205,13 @@ class VolumeSpec(_Strict):
     weight per feature of :data:`overread.models.blob_cad.FEATURES`); the
     ``max_detections`` best scoring at least the nodule label's threshold are the
     nodules, each masked at half maximum (FWHM) and measured there.
+    ``cad_min_blobness``, ``cad_max_candidates`` (the strongest peaks scored; more
+    are reported as a warning), ``cad_rim_hu`` and ``cad_rim_ratio`` (the part-solid
+    rule) default to the values of :mod:`overread.models.blob_cad` when unset; set,
+    they are in the hash. ``cad_revision`` 2 names the filters and masks as they are
+    now (zero-sum second-derivative kernels; masks inside the closed lung with
+    vessels opened off); unset, the same code runs (manifests written before keep
+    their hash).
     """
 
     planar: bool = False
@@ -220,9 +239,14 @@ class VolumeSpec(_Strict):
     lung_keep_fraction: float = Field(default=0.1, gt=0.0, le=1.0)
     nodule_min_volume_mm3: float = Field(default=0.0, ge=0.0)
     nodule_lung_margin_mm: float = Field(default=5.0, ge=0.0)
-    cad_scales_mm: tuple[float, ...] = (1.2, 1.7, 2.4, 3.4, 4.8, 6.8, 8.5)
-    cad_floor: float = Field(default=60.0, ge=0.0)
+    cad_scales_mm: tuple[float, ...] = DEFAULT_SCALES_MM
+    cad_floor: float = Field(default=FLOOR, ge=0.0)
     cad_weights: tuple[float, ...] = ()
+    cad_revision: Literal[2] | None = None
+    cad_min_blobness: float | None = Field(default=None, ge=0.0)
+    cad_max_candidates: int | None = Field(default=None, ge=1)
+    cad_rim_hu: float | None = None
+    cad_rim_ratio: float | None = Field(default=None, gt=0.0)
 
     @field_validator("hu_window")
     @classmethod
@@ -587,8 +611,6 @@ class Manifest(_Strict):
                 if needed not in names:
                     raise ValueError(f"postprocess 'centre-heatmap' needs a label {needed!r}")
         if self.volume is not None and self.volume.postprocess == "blob-cad":
-            from overread.models.blob_cad import FEATURES
-
             for needed in (self.volume.lung_label, self.volume.nodule_label):
                 if needed not in names:
                     raise ValueError(f"postprocess 'blob-cad' needs a label {needed!r}")
@@ -657,8 +679,13 @@ class Manifest(_Strict):
                 volume.pop("max_detections", None)
             if volume.get("postprocess") != "blob-cad":
                 # Two-stage CAD fields, added later: other manifests keep their hash.
-                for key in ("cad_scales_mm", "cad_floor", "cad_weights"):
+                for key in ("cad_scales_mm", "cad_floor", "cad_weights", *CAD_SETTINGS):
                     volume.pop(key, None)
+            else:
+                # Added later, unset: manifests written before keep their hash.
+                for key in CAD_SETTINGS:
+                    if volume.get(key) is None:
+                        volume.pop(key, None)
         return data
 
     def canonical_bytes(self) -> bytes:

@@ -27,8 +27,6 @@ from scipy import ndimage
 from overread.errors import ConfigError
 from overread.models.blob_cad import candidate_features, find_candidates, fit_weights
 
-LungRule = Callable[[npt.NDArray[np.float32]], npt.NDArray[np.bool_]]
-
 
 def source_lung(
     hu: npt.NDArray[np.float32], *, lung_max_hu: float = -700.0
@@ -69,7 +67,6 @@ class CandidateSet:
 def cohort_candidates(
     root: str | Path,
     *,
-    lung: LungRule = source_lung,
     echo: Callable[[str], None] | None = None,
 ) -> CandidateSet:
     """Every case's candidates in ``root``, labelled by its truth."""
@@ -92,7 +89,7 @@ def cohort_candidates(
         index = [round((p - z0) / step) for p in volume.positions]
         spacing = (float(step), float(volume.spacing[1]), float(volume.spacing[2]))
         hu = np.asarray(volume.pixels, dtype=np.float32)
-        candidates = find_candidates(hu, spacing, lung(hu))
+        candidates = find_candidates(hu, spacing, source_lung(hu))
         centres = []
         for nod in nodules:
             col, r, k = nod["centre_voxel"]
@@ -119,7 +116,7 @@ def cohort_candidates(
 
 
 def fit_cad(
-    root: str | Path, *, l2: float = 1e-2, echo: Callable[[str], None] | None = None
+    root: str | Path, *, l2: float = 1.0, echo: Callable[[str], None] | None = None
 ) -> tuple[tuple[float, ...], CandidateSet]:
     """Logistic candidate weights fitted on the cohort ``root`` (see the module)."""
     data = cohort_candidates(root, echo=echo)
