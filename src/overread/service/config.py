@@ -537,8 +537,9 @@ class ServiceConfig(BaseModel):
     poll_seconds: float = Field(default=1.0, gt=0)
     export_at_once: bool = Field(
         default=True,
-        description="the worker that stored a result sends its DICOM exports itself, at "
-        "once, instead of leaving them to the next claim (a failed send retries as a job)",
+        description="a result's DICOM exports are sent at once, by the process's export "
+        "lane when it is free or else by the worker that stored it, instead of leaving "
+        "them to the next claim (a failed send retries as a job)",
     )
     association_idle_seconds: float | None = Field(
         default=None,
