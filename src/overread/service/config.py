@@ -550,13 +550,6 @@ class ServiceConfig(BaseModel):
         "of which would hold its own: a PACS taking one association at a time would wait)",
     )
 
-    @property
-    def kept_association_seconds(self) -> float:
-        """``association_idle_seconds``, or its default for this deployment."""
-        if self.association_idle_seconds is not None:
-            return self.association_idle_seconds
-        return 0.0 if self.broker_url else 5.0
-
     malloc_trim_seconds: float = Field(
         default=60.0,
         ge=0,
@@ -754,6 +747,13 @@ class ServiceConfig(BaseModel):
             return Path(self.deid_salt_file).read_text(encoding="utf-8").strip()
         except (OSError, UnicodeDecodeError) as exc:
             raise ConfigError(f"{self.deid_salt_file}: cannot read the salt ({exc})") from None
+
+    @property
+    def kept_association_seconds(self) -> float:
+        """``association_idle_seconds``, or its default for this deployment."""
+        if self.association_idle_seconds is not None:
+            return self.association_idle_seconds
+        return 0.0 if self.broker_url else 5.0
 
     @property
     def dicom_tls(self) -> bool:
