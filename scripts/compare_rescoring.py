@@ -3,8 +3,8 @@
 
 For each size, two SQLite worklists of N unread studies (the 14 CheXpert findings
 each, received 3 a second as in ``overread bench soak``) are scored, then rescored
-every 15 s of simulated time (the gateway's triage interval), alternating: one with
-``full=True`` (every unread row, as before), one incrementally (only the rows whose
+every 15 s of simulated time (the gateway's triage interval), alternating: one by
+the ``full=True`` pass (every unread row), one incrementally (only the rows whose
 wait crossed a step). Prints one JSON object: per size, the median and the maximum
 ms of a pass and the median rows rewritten, each way, and the load average.
 

@@ -138,7 +138,7 @@ class Gateway(ServiceNode):
     def run_triage(self, now: datetime | None = None) -> TriageRun:
         """One triage pass: alert held results past their review time-out, escalate
         and deliver alerts, then rescore the unread studies whose score changed (all of
-        them on the first pass).
+        them on the first pass and once an hour).
 
         The sweep sends with no transaction open (:func:`overread.triage.run_sweep`);
         rescoring is one short transaction. ``now`` defaults to the current time.

@@ -105,3 +105,26 @@ def test_serve_caps_the_arenas_before_the_gateway_unless_the_environment_did(
     with pytest.raises(_StopError):
         _run_until_signalled(unset, worker_only=True)
     assert calls == [2]
+
+
+def test_serve_warns_when_the_arena_cap_is_not_applied(
+    tmp_path: Any, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    import overread.gateway
+    import overread.service.memory
+    from overread.cli.serve import _run_until_signalled
+    from overread.config import Settings
+    from overread.service.config import service_config
+
+    def gateway(*args: Any, **kwargs: Any) -> Any:
+        raise _StopError
+
+    monkeypatch.setattr(overread.service.memory, "set_arena_max", lambda arenas: False)
+    monkeypatch.setattr(overread.gateway, "Gateway", gateway)
+    monkeypatch.delenv("MALLOC_ARENA_MAX", raising=False)
+    config = service_config(Settings(data_dir=tmp_path), malloc_arena_max=3)
+    with caplog.at_level("WARNING", logger="overread.cli.serve"), pytest.raises(_StopError):
+        _run_until_signalled(config, worker_only=True)
+    assert [r.getMessage() for r in caplog.records if r.levelname == "WARNING"] == [
+        "malloc_arena_max = 3 not applied: the C library has no mallopt or refused it"
+    ]

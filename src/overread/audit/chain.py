@@ -448,7 +448,7 @@ def verify_chain(
         count += 1
 
     last_seq = expected_seq - 1
-    beyond = [c for c in [*checkpoints, *([since] if since else [])] if c.head_seq > last_seq]
+    beyond = [c for c in checkpoints if c.head_seq > last_seq]
     if beyond:
         newest = max(beyond, key=lambda c: c.head_seq)
         return broken(

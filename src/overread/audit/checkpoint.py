@@ -119,7 +119,7 @@ def write_checkpoint(
     ring = [signer, *retired]
     if incremental:
         newest = latest_checkpoint(directory, ring)
-        result = verify_chain(source, checkpoints=[], since=newest)
+        result = verify_chain(source, since=newest)
     else:
         result = verify_chain(source, checkpoints=load_checkpoints(directory, ring))
     if not result.ok:
@@ -311,7 +311,9 @@ class AutoCheckpointer:
     checkpoint (a full verify reads every event once); later ones verify from the
     newest checkpoint on (``incremental`` in :func:`write_checkpoint`), so their cost
     is the events since the last checkpoint, not the length of the trail. After a
-    refusal the next try is a full verify again.
+    refusal the next try is a full verify again, and so is the first checkpoint due
+    ``full_every_seconds`` (86,400 s by default) after the last full one; 0 or less:
+    only the first check is full.
     """
 
     def __init__(

@@ -271,8 +271,6 @@ def running_gateway(
         data_dir = root / "gateway"
         config = loopback_config(
             Settings(data_dir=data_dir),
-            # A free port: two benchmark runs on one machine must not collide on 8042.
-            http_port=0,
             workers=0 if backend == "celery" else workers,
             database_url=database_url,
             broker_url=options.broker_url if backend == "celery" else None,

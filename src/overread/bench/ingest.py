@@ -55,8 +55,8 @@ def write_test_radiograph(path: Path, *, size: int, study_uid: str, seed: int) -
     )
 
 
-def _cpu_seconds(who: int) -> float:
-    usage = resource.getrusage(who)
+def _cpu_seconds() -> float:
+    usage = resource.getrusage(resource.RUSAGE_SELF)
     return usage.ru_utime + usage.ru_stime
 
 
@@ -85,10 +85,10 @@ def overread_seconds(
                 config, receivers - 1, on_released=lambda _s: None, on_stored=lambda _o: None
             )
             children.start(scp.listening_socket)
-        before = _cpu_seconds(resource.RUSAGE_SELF)
+        before = _cpu_seconds()
         seconds = send_parallel(port, paths, associations, config.ae_title, BENCH_AE_TITLE)
         if cpu is not None and receivers == 1:
-            cpu.append(_cpu_seconds(resource.RUSAGE_SELF) - before)
+            cpu.append(_cpu_seconds() - before)
         return seconds
     finally:
         if children is not None:

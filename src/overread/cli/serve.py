@@ -28,8 +28,15 @@ def _run_until_signalled(
 
     # Before any of the service's threads allocates (a thread's first malloc picks
     # its arena); the environment variable, read when the process started, wins.
-    if config.malloc_arena_max and "MALLOC_ARENA_MAX" not in os.environ:
-        set_arena_max(config.malloc_arena_max)
+    if (
+        config.malloc_arena_max
+        and "MALLOC_ARENA_MAX" not in os.environ
+        and not set_arena_max(config.malloc_arena_max)
+    ):
+        logger.warning(
+            "malloc_arena_max = %d not applied: the C library has no mallopt or refused it",
+            config.malloc_arena_max,
+        )
     service = Gateway(
         config,
         with_scp=not worker_only,

@@ -76,7 +76,7 @@ class Database:
         self.dialect = parsed.get_backend_name()
         # A server's connection can drop while pooled (a restart, an idle time-out): it is
         # checked before use. A SQLite connection is a file handle that cannot, and the
-        # check was a statement (and a wait for the interpreter) per session.
+        # check was a statement (and a wait for the GIL) per session.
         kwargs: dict[str, Any] = {"pool_pre_ping": self.dialect != "sqlite"}
         if self.dialect == "sqlite":
             database = parsed.database

@@ -537,8 +537,9 @@ class ServiceConfig(BaseModel):
     poll_seconds: float = Field(default=1.0, gt=0)
     export_at_once: bool = Field(
         default=True,
-        description="the worker that stored a result sends its DICOM exports itself, at "
-        "once, instead of leaving them to the next claim (a failed send retries as a job)",
+        description="a result's DICOM exports are sent at once, by the process's export "
+        "lane when it is free or else by the worker that stored it, instead of leaving "
+        "them to the next claim (a failed send retries as a job)",
     )
     association_idle_seconds: float | None = Field(
         default=None,
@@ -548,13 +549,6 @@ class ServiceConfig(BaseModel):
         "5 s in a single gateway process, 0 with a broker (several worker processes, each "
         "of which would hold its own: a PACS taking one association at a time would wait)",
     )
-
-    @property
-    def kept_association_seconds(self) -> float:
-        """``association_idle_seconds``, or its default for this deployment."""
-        if self.association_idle_seconds is not None:
-            return self.association_idle_seconds
-        return 0.0 if self.broker_url else 5.0
 
     malloc_trim_seconds: float = Field(
         default=60.0,
@@ -753,6 +747,13 @@ class ServiceConfig(BaseModel):
             return Path(self.deid_salt_file).read_text(encoding="utf-8").strip()
         except (OSError, UnicodeDecodeError) as exc:
             raise ConfigError(f"{self.deid_salt_file}: cannot read the salt ({exc})") from None
+
+    @property
+    def kept_association_seconds(self) -> float:
+        """``association_idle_seconds``, or its default for this deployment."""
+        if self.association_idle_seconds is not None:
+            return self.association_idle_seconds
+        return 0.0 if self.broker_url else 5.0
 
     @property
     def dicom_tls(self) -> bool:

@@ -1,4 +1,4 @@
-"""Giving freed memory back to the system: a periodic ``malloc_trim``.
+"""Giving freed memory back to the system: a periodic ``malloc_trim``, fewer arenas.
 
 glibc's allocator keeps memory that worker threads freed (large image buffers) in
 its arenas for reuse, so a long-running gateway's resident size creeps up although
@@ -6,6 +6,10 @@ the memory it uses does not. ``malloc_trim(0)`` returns the free pages of every
 arena to the system. :class:`MemoryTrimmer` calls it every
 ``malloc_trim_seconds`` (``[service]``; 0: never) from a thread of its own. Where
 the C library has no ``malloc_trim`` (musl, macOS, Windows) it does nothing.
+
+:func:`set_arena_max` caps the number of arenas (``mallopt(M_ARENA_MAX, n)``, the
+``malloc_arena_max`` setting of ``[service]``), so fewer arenas hold freed memory;
+it must run before the service's threads first allocate.
 """
 
 from __future__ import annotations

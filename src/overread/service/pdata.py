@@ -50,6 +50,7 @@ SUPPORTED_PYNETDICOM = ("3.0",)
 #: How long the reader waits for the next PDU before it returns to pynetdicom's
 #: reactor, which would otherwise sleep this long (its ``_run_loop_delay``).
 _NEXT_PDU_WAIT_S = 0.001
+#: The longest the reader keeps reading PDUs before the reactor gets its turn.
 _LOOP_S = 0.05
 
 _PDU_TYPES = frozenset(range(0x01, 0x08))
@@ -117,7 +118,7 @@ def read_pdu(dul: Any) -> None:
                 return
             (length,) = _UINT4.unpack_from(header, 2)
             body = sock.recv(length)
-        except (OSError, TimeoutError) as exc:
+        except OSError as exc:  # TimeoutError included
             logger.error("Connection closed before the entire PDU was received: %s", exc)
             dul.event_queue.put("Evt17")
             return

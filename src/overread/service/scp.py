@@ -64,7 +64,7 @@ from overread.service.admission import ConnectionGate
 from overread.service.config import AllowedPeer, ServiceConfig
 from overread.service.diskspace import InsufficientStorageError
 from overread.service.ingest import Ingestor, IngestOutcome, record_refusal
-from overread.service.pdata import StreamedDataSet as _StreamedDataSet
+from overread.service.pdata import StreamedDataSet
 from overread.service.pdata import install as _install_fast_pdata
 from overread.service.qr_scp import FIND_SOP_CLASSES, MOVE_SOP_CLASSES, QueryRetrieveSCP
 from overread.service.store import (
@@ -541,19 +541,19 @@ class StorageSCP:
     ) -> None:
         """pynetdicom's P-DATA receive, then: once a C-STORE request's command set is
         decoded and its data set is still to come, the data set goes to the store as
-        it arrives (see :class:`_StreamedDataSet`). Runs in the association's DUL
+        it arrives (see :class:`StreamedDataSet`). Runs in the association's DUL
         thread, PDU by PDU."""
         before = assoc.dimse.message
         streamed = getattr(before, "data_set", None)
         receive(primitive)
         message = assoc.dimse.message
-        if isinstance(streamed, _StreamedDataSet):
+        if isinstance(streamed, StreamedDataSet):
             if message is not before:  # the last fragment came: the fsync can start
                 streamed.incoming.end()
             return
         if (
             type(message) is not C_STORE_RQ
-            or isinstance(message.data_set, _StreamedDataSet)
+            or isinstance(message.data_set, StreamedDataSet)
             or getattr(message, "_data_set_file", None) is not None  # pynetdicom's own
         ):
             return
@@ -561,7 +561,7 @@ class StorageSCP:
         if incoming is None:  # the data set is collected in memory, as pynetdicom does
             return
         already = message.data_set.getvalue() if message.data_set is not None else b""
-        message.data_set = _StreamedDataSet(incoming)
+        message.data_set = StreamedDataSet(incoming)
         incoming.write(already)
 
     def _start_incoming(self, assoc: Any, message: Any) -> IncomingObject | None:
@@ -693,12 +693,12 @@ class StorageSCP:
             # Once stopping, only an instance that had started to arrive is taken;
             # once stopped, none.
             taken = not self._closed and (
-                not self._stopping or isinstance(streamed, _StreamedDataSet)
+                not self._stopping or isinstance(streamed, StreamedDataSet)
             )
             if taken:
                 self._storing += 1
         if not taken:
-            if isinstance(streamed, _StreamedDataSet):
+            if isinstance(streamed, StreamedDataSet):
                 self._take_incoming(event.assoc, streamed.incoming)
                 streamed.incoming.discard()
             logger.warning("C-STORE from %s refused: the receiver is stopping", calling)
@@ -713,7 +713,7 @@ class StorageSCP:
 
     def _store(self, event: evt.Event, calling: str, host: str, streamed: Any) -> int | Dataset:
         source = f"C-STORE from {calling}@{host}"
-        if isinstance(streamed, _StreamedDataSet):
+        if isinstance(streamed, StreamedDataSet):
             incoming = streamed.incoming
             self._take_incoming(event.assoc, incoming)
             try:

@@ -142,11 +142,12 @@ class Worker:
     def run_once(self, kinds: list[JobKind] | None = None) -> Job | None:
         """Claim and run one job; return it (as claimed), or ``None`` if none was ready.
 
-        An infer job's DICOM exports are then claimed by id and sent by this worker
-        at once, on the association it keeps to the destination, instead of waiting
-        in the queue for a poll. They are ordinary export jobs all the same: the
-        review hold and the kill switch are checked when they run, and a failed send
-        is retried from the queue with the usual backoff.
+        An infer job's DICOM exports are then claimed by id and sent at once instead
+        of waiting in the queue for a poll: by the process's export lane when it is
+        free (this worker then takes the next study), otherwise by this worker, on the
+        association it keeps to the destination. They are ordinary export jobs all the
+        same: the review hold and the kill switch are checked when they run, and a
+        failed send is retried from the queue with the usual backoff.
         """
         self.handed_off = False
         job = self.queue.claim(self.name, lease_seconds=self.config.lease_seconds, kinds=kinds)

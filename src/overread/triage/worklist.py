@@ -1,8 +1,8 @@
 """The worklist: one scored row per study, and the queries a reading room needs.
 
 A study's row is written when its result arrives (:func:`triage_study`), rescored as
-it waits (:func:`refresh_scores`, only the rows whose score changed), and moved through unread -> in-progress -> read by
-readers (:func:`set_read_state`). The stored breakdown is what the UI shows next to
+it waits (:func:`refresh_scores`, only the rows whose score changed), and moved
+through unread -> in-progress -> read by readers (:func:`set_read_state`). The stored breakdown is what the UI shows next to
 the score; the stored findings are what feedback and rescoring read back.
 """
 
