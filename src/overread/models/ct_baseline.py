@@ -38,6 +38,16 @@ INTENDED_USE = (
 )
 
 
+#: The input spec of the HU packages: the network reads Hounsfield units as they are.
+HU_INPUT_SPEC: dict[str, object] = {
+    "size": 96,
+    "channels": 1,
+    "chain": [],
+    "window": "none: the network reads HU",
+    "normalisation": "none (HU)",
+}
+
+
 def write_baseline_package(
     out: Path | str,
     *,
@@ -63,13 +73,7 @@ def write_baseline_package(
         network=HuThreshold(),
         architecture=ARCHITECTURE,
         labels=list(LABELS),
-        input_spec={
-            "size": 96,
-            "channels": 1,
-            "chain": [],
-            "window": "none: the network reads HU",
-            "normalisation": "none (HU)",
-        },
+        input_spec=dict(HU_INPUT_SPEC),
         name=name,
         version=VERSION,
         intended_use=INTENDED_USE,
@@ -131,6 +135,7 @@ without training, and as the reference a trained lung/nodule model must beat.
 
 __all__ = [
     "ARCHITECTURE",
+    "HU_INPUT_SPEC",
     "LABELS",
     "NAME",
     "VERSION",

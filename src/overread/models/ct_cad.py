@@ -24,7 +24,7 @@ from overread.models.blob_cad import (
     RIM_HU,
     RIM_RATIO,
 )
-from overread.models.ct_baseline import ARCHITECTURE, LABELS
+from overread.models.ct_baseline import ARCHITECTURE, HU_INPUT_SPEC, LABELS
 from overread.models.hu_threshold import HuThreshold
 from overread.models.manifest import Task, VolumeSpec
 
@@ -76,13 +76,7 @@ def write_cad_package(
         network=HuThreshold(),
         architecture=ARCHITECTURE,
         labels=list(LABELS),
-        input_spec={
-            "size": 96,
-            "channels": 1,
-            "chain": [],
-            "window": "none: the network reads HU",
-            "normalisation": "none (HU)",
-        },
+        input_spec=dict(HU_INPUT_SPEC),
         name=NAME,
         version=VERSION,
         intended_use=INTENDED_USE,
