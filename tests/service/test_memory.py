@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import time
 from collections.abc import Callable
 from typing import Any
@@ -123,8 +124,62 @@ def test_serve_warns_when_the_arena_cap_is_not_applied(
     monkeypatch.setattr(overread.gateway, "Gateway", gateway)
     monkeypatch.delenv("MALLOC_ARENA_MAX", raising=False)
     config = service_config(Settings(data_dir=tmp_path), malloc_arena_max=3)
-    with caplog.at_level("WARNING", logger="overread.cli.serve"), pytest.raises(_StopError):
+    with caplog.at_level("WARNING", logger="overread.service.memory"), pytest.raises(_StopError):
         _run_until_signalled(config, worker_only=True)
     assert [r.getMessage() for r in caplog.records if r.levelname == "WARNING"] == [
         "malloc_arena_max = 3 not applied: the C library has no mallopt or refused it"
     ]
+
+
+def test_a_receiver_process_caps_its_arenas_and_trims_until_it_stops(
+    tmp_path: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A spawned receiver starts with the C library's defaults: the settings must be
+    applied in it, not only in the gateway (run here in a thread of this process)."""
+    import socket
+    import threading
+    from types import SimpleNamespace
+
+    import overread.service.memory
+    import overread.service.receivers as receivers
+    from overread.config import Settings
+    from overread.service.config import service_config
+
+    arenas: list[int] = []
+    monkeypatch.setattr(
+        overread.service.memory, "set_arena_max", lambda n: arenas.append(n) or True
+    )
+    monkeypatch.delenv("MALLOC_ARENA_MAX", raising=False)
+    trims: list[float] = []
+    made: list[MemoryTrimmer] = []
+
+    def trimmer(interval: float) -> MemoryTrimmer:
+        made.append(MemoryTrimmer(interval, trim=lambda: trims.append(time.monotonic()) or 1))
+        return made[-1]
+
+    monkeypatch.setattr(receivers, "MemoryTrimmer", trimmer)
+    config = service_config(
+        Settings(data_dir=tmp_path), dicom_port=0, malloc_trim_seconds=0.02, malloc_arena_max=2
+    )
+    listening = socket.create_server(("127.0.0.1", 0))
+    ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
+    stop = SimpleNamespace(value=0)
+    child = threading.Thread(
+        target=receivers._receive,
+        args=(config, listening, theirs, stop, os.getppid()),
+        kwargs={"drain": SimpleNamespace(value=0.1)},
+    )
+    child.start()
+    try:
+        wait_until(lambda: len(trims) >= 3, timeout=20)
+    finally:
+        stop.value = 1
+        child.join(30)
+        ours.close()
+        listening.close()
+    assert not child.is_alive()
+    assert arenas == [2]
+    assert [t.interval for t in made] == [0.02]
+    count = len(trims)
+    time.sleep(0.1)
+    assert len(trims) == count  # stopped with the receiver

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import logging
-import os
 import signal
 from pathlib import Path
 from types import FrameType
@@ -24,19 +23,11 @@ def _run_until_signalled(
     config: ServiceConfig, *, worker_only: bool, triage_interval: float | None = None
 ) -> None:
     from overread.gateway import DEFAULT_TRIAGE_INTERVAL, Gateway
-    from overread.service.memory import set_arena_max
+    from overread.service.memory import apply_arena_max
 
     # Before any of the service's threads allocates (a thread's first malloc picks
-    # its arena); the environment variable, read when the process started, wins.
-    if (
-        config.malloc_arena_max
-        and "MALLOC_ARENA_MAX" not in os.environ
-        and not set_arena_max(config.malloc_arena_max)
-    ):
-        logger.warning(
-            "malloc_arena_max = %d not applied: the C library has no mallopt or refused it",
-            config.malloc_arena_max,
-        )
+    # its arena).
+    apply_arena_max(config.malloc_arena_max)
     service = Gateway(
         config,
         with_scp=not worker_only,

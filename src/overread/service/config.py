@@ -562,7 +562,7 @@ class ServiceConfig(BaseModel):
         ge=1,
         le=64,
         description="cap glibc's malloc arenas (mallopt M_ARENA_MAX) when `overread serve` or "
-        "`overread worker` starts, before its threads do; None: the C library's default "
+        "`overread worker` starts, before its threads do (and in each receiver process); None: the C library's default "
         "(8 per core); a MALLOC_ARENA_MAX environment variable wins",
     )
     explain: bool = False

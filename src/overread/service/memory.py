@@ -17,6 +17,7 @@ from __future__ import annotations
 import ctypes
 import ctypes.util
 import logging
+import os
 import threading
 from collections.abc import Callable
 from typing import Any
@@ -60,6 +61,18 @@ def set_arena_max(arenas: int, libc: Any | None = None) -> bool:
     function.argtypes = [ctypes.c_int, ctypes.c_int]
     function.restype = ctypes.c_int
     return bool(function(M_ARENA_MAX, int(arenas)))
+
+
+def apply_arena_max(arenas: int | None) -> None:
+    """Cap the arenas at ``arenas`` (the ``malloc_arena_max`` setting) unless it is unset
+    or a ``MALLOC_ARENA_MAX`` environment variable, read when the process started,
+    already did; a warning where the C library cannot. Call first thing in a process
+    (``overread serve``, ``overread worker``, each receiver process)."""
+    if not arenas or "MALLOC_ARENA_MAX" in os.environ or set_arena_max(arenas):
+        return
+    logger.warning(
+        "malloc_arena_max = %d not applied: the C library has no mallopt or refused it", arenas
+    )
 
 
 class MemoryTrimmer:
@@ -110,4 +123,10 @@ class MemoryTrimmer:
             self._thread = None
 
 
-__all__ = ["M_ARENA_MAX", "MemoryTrimmer", "find_malloc_trim", "set_arena_max"]
+__all__ = [
+    "M_ARENA_MAX",
+    "MemoryTrimmer",
+    "apply_arena_max",
+    "find_malloc_trim",
+    "set_arena_max",
+]

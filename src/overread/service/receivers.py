@@ -37,7 +37,8 @@ instance out of the gateway's ingest metrics, nothing else.
 If a child dies, its connections end, the gateway's other receivers keep the port,
 and the gateway reaps the child, logs it and starts another in its place (a child
 that exits before it listens fails the start at once). A child whose gateway has
-gone stops listening within a second.
+gone stops listening within a second. Each child caps its malloc arenas and gives
+freed memory back as the gateway does (``malloc_arena_max``, ``malloc_trim_seconds``).
 """
 
 from __future__ import annotations
@@ -63,6 +64,7 @@ from overread.service.config import ServiceConfig
 from overread.service.db import Database
 from overread.service.diskspace import DiskGuard
 from overread.service.ingest import Ingestor, IngestOutcome
+from overread.service.memory import MemoryTrimmer, apply_arena_max
 from overread.service.scp import StorageSCP
 from overread.service.store import ObjectStore
 
@@ -285,7 +287,10 @@ def _receive(
     """A child receiver: one Storage SCP on the gateway's socket until told to stop;
     then it stops accepting, lets the instances in flight be stored (``drain``
     seconds at most, set by the gateway with ``stop``) and exits."""
+    # A spawned process: the arena cap and the periodic trim of the gateway are its own.
+    apply_arena_max(config.malloc_arena_max)
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+    trimmer = MemoryTrimmer(config.malloc_trim_seconds)
     events = EventSender(channel)
     database = Database(config.database_url)
     store = ObjectStore(Path(config.data_dir) / "objects", fsync=config.fsync)
@@ -310,6 +315,7 @@ def _receive(
         events.send("failed", str(exc))
         database.dispose()
         return
+    trimmer.start()
     events.send("ready", os.getpid())
     seconds = 0.0
     try:
@@ -323,6 +329,7 @@ def _receive(
         seconds = float(drain.value) if drain is not None and drain.value > 0 else 8.0
     finally:
         scp.stop(drain_seconds=seconds)
+        trimmer.stop()
         database.dispose()
         channel.close()
 
