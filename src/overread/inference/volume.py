@@ -557,7 +557,11 @@ class VolumePipeline:
         label_map = np.zeros(shape, dtype=np.uint8)
         lung_channels = _lung_channels(lung_low, airway)
         for z in range(shape[0]):
-            label_map[z][self._lung_plane(volume, lung_channels, lung_threshold, z)] = LUNG_VALUE
+            plane = upsample_plane(lung_channels, z, shape)
+            airway_plane = plane[1] if len(plane) > 1 else None
+            label_map[z][self._lung_plane(volume, plane[0], airway_plane, lung_threshold, z)] = (
+                LUNG_VALUE
+            )
         del lung_channels
         hu = np.asarray(volume.pixels, dtype=np.float32)
         spacing = tuple(float(s) for s in volume.spacing)
@@ -634,13 +638,17 @@ class VolumePipeline:
         """
         shape = volume.pixels.shape
         lung_low, lung_threshold = lung
-        channels = np.stack([lung_low, nodule_probability.astype(np.float32)])
+        refine = self.spec.lung_refine == "classical"
+        # The lung, the nodule probability and (refining the lung) the large airways,
+        # brought back together: one interpolation per source slice.
+        layers = [lung_low, nodule_probability.astype(np.float32)]
+        if refine and airway is not None:
+            layers.append(airway.astype(np.float32))
+        channels = np.stack(layers)
+        del layers
         # Each nodule's own low-resolution component, one voxel wider, decides which
         # nodule a source voxel belongs to (nearest); the probability decides whether.
         grown = ndimage.grey_dilation(nodules_low, size=(3, 3, 3)) if count else nodules_low
-        lung_channels = (
-            _lung_channels(lung_low, airway) if self.spec.lung_refine == "classical" else None
-        )
         label_map = np.zeros(shape, dtype=np.uint8)
         d, h, w = nodules_low.shape
         rows = np.minimum((np.arange(shape[1]) + 0.5) * h / shape[1], h - 1).astype(int)
@@ -650,8 +658,11 @@ class VolumePipeline:
             zi = min(int((z + 0.5) * d / shape[0]), d - 1)
             owner = grown[zi][np.ix_(rows, cols)]
             values = np.zeros(shape[1:], dtype=np.uint8)
-            if lung_channels is not None:
-                values[self._lung_plane(volume, lung_channels, lung_threshold, z)] = LUNG_VALUE
+            if refine:
+                airway_plane = plane[2] if len(plane) > 2 else None
+                values[self._lung_plane(volume, plane[0], airway_plane, lung_threshold, z)] = (
+                    LUNG_VALUE
+                )
             else:
                 values[plane[0] >= lung_threshold] = LUNG_VALUE
             nodule = (plane[1] >= threshold) & (owner > 0)
@@ -682,18 +693,23 @@ class VolumePipeline:
         return label_map, regions
 
     def _lung_plane(
-        self, volume: Volume, channels: npt.NDArray[np.float32], level: float, z: int
+        self,
+        volume: Volume,
+        lung: npt.NDArray[np.float32],
+        airway: npt.NDArray[np.float32] | None,
+        level: float,
+        z: int,
     ) -> npt.NDArray[np.bool_]:
-        """Source slice ``z`` of the lung from ``channels`` (:func:`_lung_channels`): the
-        lung channel brought back at ``level``, refined on the source HU with
-        ``lung_refine`` ``classical`` (:func:`overread.inference.lung_mask.source_lung_plane`)."""
-        plane = upsample_plane(channels, z, volume.pixels.shape)
+        """Source slice ``z`` of the lung from the lung channel brought back to it (lung
+        from ``level``) and the large airways brought back (or None), refined on the
+        slice's HU with ``lung_refine`` ``classical``
+        (:func:`overread.inference.lung_mask.source_lung_plane`)."""
         if self.spec.lung_refine != "classical":
-            return np.asarray(plane[0] >= level)
+            return np.asarray(lung >= level)
         return source_lung_plane(
-            plane[0],
+            lung,
             level,
-            plane[1] if len(plane) > 1 else None,
+            airway,
             np.asarray(volume.pixels[z], dtype=np.float32),
             self.spec.lung_source_hu,
         )
