@@ -79,7 +79,8 @@ def test_lung_nodule_postprocess_needs_its_labels() -> None:
 def test_the_bundled_baseline_is_a_segmentation_package_that_says_it_is_a_baseline() -> None:
     package = Registry("unused-registry-root").load(NAME)
     manifest = package.manifest
-    assert manifest.task is Task.SEGMENTATION and manifest.volume == VolumeSpec()
+    assert manifest.task is Task.SEGMENTATION
+    assert manifest.volume == VolumeSpec(lung_refine="classical")
     assert manifest.labels[0].name == "lung" and manifest.labels[1].name == "nodule"
     assert manifest.accepts.modalities == ["CT"]
     assert "baseline" in (package.path / "MODEL_CARD.md").read_text().lower()

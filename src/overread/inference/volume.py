@@ -36,6 +36,7 @@ from scipy import ndimage
 from overread.errors import InferenceError, ModelPackageError, OverreadError
 from overread.imaging import ImageMetadata
 from overread.imaging.series import Volume, assemble_volume
+from overread.inference.lung_mask import fill_lung_holes, large_airways, source_lung_plane
 from overread.inference.nodules import categorise, density_of, solid_diameter_mm
 from overread.inference.result import ModelRef, Prediction
 from overread.inference.runtimes import torch_device
@@ -185,6 +186,8 @@ def lung_and_nodules(
     nodule_index: int,
     spacing: Sequence[float],
     spec: VolumeSpec,
+    *,
+    airway: npt.NDArray[np.bool_] | None = None,
 ) -> tuple[npt.NDArray[np.bool_], npt.NDArray[np.int32], int]:
     """The ``lung-nodule`` postprocess on the resampled grid.
 
@@ -199,12 +202,20 @@ def lung_and_nodules(
     lung grown by ``nodule_lung_margin_mm`` (an ellipsoid of that radius in voxels of
     ``spacing``) and of at least ``nodule_min_volume_mm3``.
 
+    With ``spec.lung_refine`` ``classical``: ``airway`` (the large airways,
+    :func:`overread.inference.lung_mask.large_airways`) is not lung, and the holes are
+    filled by :func:`overread.inference.lung_mask.fill_lung_holes` (in 3-D, and slice
+    by slice where narrow) instead of slice by slice.
+
     Returns ``(lung, nodule labels, count)``.
     """
     clean = spec.clean_components
+    classical = spec.lung_refine == "classical"
     # 26-connected lung components (3-D) when cleaning, face-connected otherwise.
     structure = np.ones((3, 3, 3), dtype=bool) if clean else None
     lung_raw = probabilities[lung_index] >= thresholds[lung_index]
+    if classical and airway is not None:
+        lung_raw &= ~airway
     labels, count = ndimage.label(lung_raw, structure=structure)
     border = _border_labels(labels)
     sizes = ndimage.sum_labels(lung_raw, labels, index=np.arange(1, count + 1))
@@ -214,7 +225,19 @@ def lung_and_nodules(
         largest = max(sizes[k - 1] for k in keep)
         keep = [k for k in keep if sizes[k - 1] >= fraction * largest]
     lung = np.isin(labels, keep)
-    filled = np.stack([ndimage.binary_fill_holes(plane) for plane in lung]) if lung.any() else lung
+    del labels
+    if classical:
+        filled = fill_lung_holes(
+            lung,
+            spacing,
+            max_hole_mm2=spec.lung_hole_max_mm2,
+            open_mm=spec.lung_hole_open_mm,
+            airway=airway,
+        )
+    elif lung.any():
+        filled = np.stack([ndimage.binary_fill_holes(plane) for plane in lung])
+    else:
+        filled = lung
     within = filled
     if clean and spec.nodule_lung_margin_mm > 0 and filled.any():
         radius = [max(1, round(spec.nodule_lung_margin_mm / step)) for step in spacing]
@@ -353,6 +376,16 @@ class VolumePipeline:
         with self._lock:
             logits = sliding_window(self.network, low, spec, self.device)
         inferred = time.perf_counter()
+        airway = (
+            large_airways(
+                low,
+                spec.spacing_mm,
+                airway_hu=spec.airway_hu,
+                min_radius_mm=spec.airway_min_radius_mm,
+            )
+            if spec.lung_refine == "classical" and spec.postprocess in ("lung-nodule", "blob-cad")
+            else None
+        )
         del low
         probabilities = np.asarray(1.0 / (1.0 + np.exp(-logits)), dtype=np.float32)
         del logits
@@ -363,7 +396,7 @@ class VolumePipeline:
             lung_i = self.labels.index(spec.lung_label)
             nodule_i = self.labels.index(spec.nodule_label)
             lung_low, nodules_low, count = lung_and_nodules(
-                probabilities, thresholds, lung_i, nodule_i, spec.spacing_mm, spec
+                probabilities, thresholds, lung_i, nodule_i, spec.spacing_mm, spec, airway=airway
             )
             if count == MAX_NODULES:
                 prediction.warnings.append(
@@ -380,6 +413,7 @@ class VolumePipeline:
                 (lung_channel, lung_threshold),
                 nodules_low,
                 count,
+                airway,
             )
             label_values = {LUNG_VALUE: spec.lung_label}
             for region in regions:
@@ -392,14 +426,19 @@ class VolumePipeline:
             lung_i = self.labels.index(spec.lung_label)
             nodule_i = self.labels.index(spec.nodule_label)
             lung_low, _, _ = lung_and_nodules(
-                probabilities, thresholds, lung_i, nodule_i, spec.spacing_mm, spec
+                probabilities, thresholds, lung_i, nodule_i, spec.spacing_mm, spec, airway=airway
             )
             lung_channel, lung_threshold = lung_output(
                 probabilities[lung_i], thresholds[lung_i], lung_low, spec.lung_output
             )
             del probabilities
             label_map, regions = self._cad(
-                volume, lung_channel, lung_threshold, thresholds[nodule_i], prediction.warnings
+                volume,
+                lung_channel,
+                lung_threshold,
+                thresholds[nodule_i],
+                prediction.warnings,
+                airway,
             )
             label_values = {LUNG_VALUE: spec.lung_label}
             for region in regions:
@@ -498,6 +537,7 @@ class VolumePipeline:
         lung_threshold: float,
         threshold: float,
         warnings: list[str],
+        airway: npt.NDArray[np.bool_] | None = None,
     ) -> tuple[npt.NDArray[np.uint8], list[Region]]:
         """``blob-cad``: the lung brought back to the source grid, then candidates, scores
         and FWHM masks there (:mod:`overread.models.blob_cad`).
@@ -515,9 +555,14 @@ class VolumePipeline:
         spec = self.spec
         shape = volume.pixels.shape
         label_map = np.zeros(shape, dtype=np.uint8)
+        lung_channels = _lung_channels(lung_low, airway)
         for z in range(shape[0]):
-            plane = upsample_plane(lung_low[None], z, shape)
-            label_map[z][plane[0] >= lung_threshold] = LUNG_VALUE
+            plane = upsample_plane(lung_channels, z, shape)
+            airway_plane = plane[1] if len(plane) > 1 else None
+            label_map[z][self._lung_plane(volume, plane[0], airway_plane, lung_threshold, z)] = (
+                LUNG_VALUE
+            )
+        del lung_channels
         hu = np.asarray(volume.pixels, dtype=np.float32)
         spacing = tuple(float(s) for s in volume.spacing)
         lung = label_map == LUNG_VALUE
@@ -583,15 +628,24 @@ class VolumePipeline:
         lung: tuple[npt.NDArray[np.float32], float],
         nodules_low: npt.NDArray[np.int32],
         count: int,
+        airway: npt.NDArray[np.bool_] | None = None,
     ) -> tuple[npt.NDArray[np.uint8], list[Region]]:
         """The label map on the source grid and each nodule measured there.
 
         ``lung`` is the lung channel on the network's grid and the value at or above
-        which a source voxel is lung once brought back.
+        which a source voxel is lung once brought back (refined on the source grid by
+        :meth:`_lung_plane`).
         """
         shape = volume.pixels.shape
         lung_low, lung_threshold = lung
-        channels = np.stack([lung_low, nodule_probability.astype(np.float32)])
+        refine = self.spec.lung_refine == "classical"
+        # The lung, the nodule probability and (refining the lung) the large airways,
+        # brought back together: one interpolation per source slice.
+        layers = [lung_low, nodule_probability.astype(np.float32)]
+        if refine and airway is not None:
+            layers.append(airway.astype(np.float32))
+        channels = np.stack(layers)
+        del layers
         # Each nodule's own low-resolution component, one voxel wider, decides which
         # nodule a source voxel belongs to (nearest); the probability decides whether.
         grown = ndimage.grey_dilation(nodules_low, size=(3, 3, 3)) if count else nodules_low
@@ -604,7 +658,13 @@ class VolumePipeline:
             zi = min(int((z + 0.5) * d / shape[0]), d - 1)
             owner = grown[zi][np.ix_(rows, cols)]
             values = np.zeros(shape[1:], dtype=np.uint8)
-            values[plane[0] >= lung_threshold] = LUNG_VALUE
+            if refine:
+                airway_plane = plane[2] if len(plane) > 2 else None
+                values[self._lung_plane(volume, plane[0], airway_plane, lung_threshold, z)] = (
+                    LUNG_VALUE
+                )
+            else:
+                values[plane[0] >= lung_threshold] = LUNG_VALUE
             nodule = (plane[1] >= threshold) & (owner > 0)
             values[nodule] = (owner[nodule] + LUNG_VALUE).astype(np.uint8)
             label_map[z] = values
@@ -631,6 +691,28 @@ class VolumePipeline:
             label_map = remap[label_map]
             regions = renumbered
         return label_map, regions
+
+    def _lung_plane(
+        self,
+        volume: Volume,
+        lung: npt.NDArray[np.float32],
+        airway: npt.NDArray[np.float32] | None,
+        level: float,
+        z: int,
+    ) -> npt.NDArray[np.bool_]:
+        """Source slice ``z`` of the lung from the lung channel brought back to it (lung
+        from ``level``) and the large airways brought back (or None), refined on the
+        slice's HU with ``lung_refine`` ``classical``
+        (:func:`overread.inference.lung_mask.source_lung_plane`)."""
+        if self.spec.lung_refine != "classical":
+            return np.asarray(lung >= level)
+        return source_lung_plane(
+            lung,
+            level,
+            airway,
+            np.asarray(volume.pixels[z], dtype=np.float32),
+            self.spec.lung_source_hu,
+        )
 
     def _measure(
         self,
@@ -860,6 +942,15 @@ def measure_detection(
         ),
         box_voxels=(int(lo[0]), int(lo[1]), int(lo[2]), int(hi[0]), int(hi[1]), int(hi[2])),
     )
+
+
+def _lung_channels(
+    lung: npt.NDArray[np.float32], airway: npt.NDArray[np.bool_] | None
+) -> npt.NDArray[np.float32]:
+    """The lung channel, and the large airways (0/1) when given, as ``(C, d, h, w)``."""
+    if airway is None:
+        return np.asarray(lung[None], dtype=np.float32)
+    return np.stack([lung.astype(np.float32), airway.astype(np.float32)])
 
 
 def _with_index(region: Region, index: int, segment_number: int) -> Region:

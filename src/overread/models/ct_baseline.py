@@ -48,6 +48,13 @@ HU_INPUT_SPEC: dict[str, object] = {
 }
 
 
+def baseline_volume_spec() -> VolumeSpec:
+    """The baseline's volume section: the ``lung-nodule`` rule with the ``classical`` lung
+    (airways out, holes filled in 3-D and slice by slice but for the diaphragm's dome,
+    the boundary from the source grid's HU; :mod:`overread.inference.lung_mask`)."""
+    return VolumeSpec(lung_refine="classical")
+
+
 def write_baseline_package(
     out: Path | str,
     *,
@@ -60,7 +67,8 @@ def write_baseline_package(
 
     The two variants share the network; ``detection`` reports each nodule component
     as a box with a score, ``segmentation`` as a mask with measurements (both get
-    the measurements and the boxes in the SR).
+    the measurements and the boxes in the SR). ``volume`` defaults to
+    :func:`baseline_volume_spec`.
     """
     from overread.models.package import resign_package, write_package
 
@@ -87,7 +95,7 @@ def write_baseline_package(
         export_onnx=False,
         key=key,
         overwrite=overwrite,
-        volume=volume or VolumeSpec(),
+        volume=volume or baseline_volume_spec(),
     )
     (path / "MODEL_CARD.md").write_text(model_card(name, chosen), encoding="utf-8")
     resign_package(path, key=key)
@@ -117,8 +125,13 @@ without training, and as the reference a trained lung/nodule model must beat.
 - Input: a CT series (modality CT), assembled into a volume in HU and resampled to
   2 mm voxels; sliding windows of 64 x 96 x 96 voxels, overlap 0.25, Gaussian
   blending.
-- Lung: HU <= -700, components not touching the sides of the field of view, holes
-  filled slice by slice. Nodule: HU >= -650 inside the lungs, 3 to 40 mm across.
+- Lung: HU <= -700 on the 2 mm grid without the trachea and main bronchi (air at or
+  below -950 HU, opened by a 2.5 mm ball, reaching the first or last slice),
+  components not touching the sides of the field of view, holes filled in 3-D and
+  slice by slice (vessels and nodules inside the lung) but for the dome of the
+  diaphragm; back on the source grid its edge grows to the voxels at or below
+  -400 HU within 2 mm (the partial-volume boundary at the source resolution).
+  Nodule: HU >= -650 inside the lungs, 3 to 40 mm across.
 - Output ({task.value}): {output}. Each nodule's volume, longest diameter, mean HU,
   density (solid, part-solid, ground-glass) and Lung-RADS-style category are
   measured on the source grid.
@@ -140,5 +153,6 @@ __all__ = [
     "NAME",
     "VERSION",
     "HuThreshold",
+    "baseline_volume_spec",
     "write_baseline_package",
 ]

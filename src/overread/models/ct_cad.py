@@ -1,7 +1,8 @@
 """``ct-nodule-cad``: the two-stage nodule CAD as a volumetric package.
 
 The lung comes from the HU-threshold network of :mod:`overread.models.ct_baseline`
-(2 mm sliding windows, components cleaned); the nodules from the ``blob-cad``
+(2 mm sliding windows, components cleaned, the ``classical`` lung of
+:mod:`overread.inference.lung_mask`); the nodules from the ``blob-cad``
 postprocess (:mod:`overread.models.blob_cad`): multi-scale blob candidates inside the
 lung on the source grid, a logistic score from their features (weights fitted on
 training phantoms and kept in the manifest, so they are in its hash and signature),
@@ -47,6 +48,7 @@ def cad_volume_spec(weights: Sequence[float] = DEFAULT_WEIGHTS) -> VolumeSpec:
     return VolumeSpec(
         postprocess="blob-cad",
         clean_components=True,
+        lung_refine="classical",
         min_nodule_mm=2.0,
         max_nodule_mm=40.0,
         max_detections=MAX_DETECTIONS,
@@ -108,8 +110,10 @@ Two-stage pulmonary nodule CAD for chest CT, fitted on synthetic phantoms only.
 
 ## How it works
 
-- Lung: HU <= -700 on a 2 mm grid by sliding windows, 3-D components away from the
-  field of view's sides, holes filled slice by slice, brought back to the source grid.
+- Lung: HU <= -700 on a 2 mm grid by sliding windows without the trachea and main
+  bronchi, 3-D components away from the field of view's sides, holes filled in 3-D
+  and slice by slice but for the dome of the diaphragm, brought back to the source
+  grid with its edge grown to the voxels at or below -400 HU within 2 mm.
 - Candidates: on the source grid inside the lung, the local maxima of the largest
   scale-normalised Laplacian of Gaussian over scales of {", ".join(f"{s:g}" for s in DEFAULT_SCALES_MM)} mm
   (spheres of about 4 to 30 mm across), with the Hessian's blobness and sphericity

@@ -139,6 +139,15 @@ class InputSpec(_Strict):
 
 
 #: The ``blob-cad`` settings added after its first manifests (in the hash once set).
+#: The ``classical`` lung mask's settings (``volume.lung_refine``): out of the hash when off.
+LUNG_REFINE_SETTINGS: tuple[str, ...] = (
+    "lung_refine",
+    "lung_source_hu",
+    "airway_hu",
+    "airway_min_radius_mm",
+    "lung_hole_max_mm2",
+    "lung_hole_open_mm",
+)
 CAD_SETTINGS: tuple[str, ...] = (
     "cad_revision",
     "cad_min_blobness",
@@ -183,6 +192,19 @@ class VolumeSpec(_Strict):
     would join nodules to the vessels they touch) of the nodule mask inside that lung
     grown by ``nodule_lung_margin_mm`` (a nodule on the pleura is not cut at the
     lung's edge) that holds at least ``nodule_min_volume_mm3``.
+
+    ``lung_refine`` (``lung-nodule`` and ``blob-cad``; ``none`` by default, so older
+    packages read and hash as before) ``classical`` makes the lung as clinical CAD
+    pipelines do (:mod:`overread.inference.lung_mask`): on the network's grid the
+    large airways (resampled HU at or below ``airway_hu``, opened by a ball of
+    ``airway_min_radius_mm``, the components reaching the first or last slice) are
+    taken out before the lung's components are kept, and the kept lung's holes are
+    filled in 3-D and slice by slice, but for the wide part (opened by a ball of
+    ``lung_hole_open_mm``) of slice-wise holes wider than ``lung_hole_max_mm2`` in a
+    slice (the diaphragm's dome);
+    on the source grid, slice by slice, the lung brought back grows by the voxels at
+    or below ``lung_source_hu`` within one voxel of the network's grid around it
+    (the partial-volume boundary at the source resolution), not into the airways.
 
     ``planar`` true makes it a 2-D package for projection radiographs (CR, DX): each
     image is read through the manifest's ``input.chain`` (to ``input.size`` pixels a
@@ -239,6 +261,12 @@ class VolumeSpec(_Strict):
     lung_keep_fraction: float = Field(default=0.1, gt=0.0, le=1.0)
     nodule_min_volume_mm3: float = Field(default=0.0, ge=0.0)
     nodule_lung_margin_mm: float = Field(default=5.0, ge=0.0)
+    lung_refine: Literal["none", "classical"] = "none"
+    lung_source_hu: float = -400.0
+    airway_hu: float = -950.0
+    airway_min_radius_mm: float = Field(default=2.5, gt=0.0)
+    lung_hole_max_mm2: float = Field(default=1600.0, ge=0.0)
+    lung_hole_open_mm: float = Field(default=5.0, gt=0.0)
     cad_scales_mm: tuple[float, ...] = DEFAULT_SCALES_MM
     cad_floor: float = Field(default=FLOOR, ge=0.0)
     cad_weights: tuple[float, ...] = ()
@@ -670,6 +698,10 @@ class Manifest(_Strict):
                     "nodule_min_volume_mm3",
                     "nodule_lung_margin_mm",
                 ):
+                    volume.pop(key, None)
+            if volume.get("lung_refine", "none") == "none":
+                # The classical lung mask, added later (off): other manifests keep their hash.
+                for key in LUNG_REFINE_SETTINGS:
                     volume.pop(key, None)
             if volume.get("postprocess") != "centre-heatmap":
                 # Detector-only fields, added later: other manifests keep their hash.
