@@ -166,3 +166,52 @@ def test_lse_pool_exports_and_quantises_with_exact_cam(tmp_path: Path) -> None:
     assert np.abs(logits8 - expected8).max() < 1e-4
     a, b = 1 / (1 + np.exp(-logits)), 1 / (1 + np.exp(-logits8))
     assert np.abs(a - b).max() < 0.05
+
+
+FINE = {**LSE, "last_stride": 1}
+
+
+def test_last_stride_one_doubles_the_class_map_and_keeps_the_weights() -> None:
+    torch.manual_seed(0)
+    coarse = _perturbed_batchnorm(build_network("cxr-convnet", num_classes=4, **LSE))
+    fine = build_network("cxr-convnet", num_classes=4, **FINE).eval()
+    # Same parameter shapes: a stride-2 network's weights load into the stride-1 one.
+    fine.load_state_dict(coarse.state_dict())
+    x = torch.rand(2, 1, 64, 64)
+    with torch.no_grad():
+        _, cam_coarse = CamClassifier(coarse)(x)
+        logits, cam = CamClassifier(fine)(x)
+        assert cam_coarse.shape == (2, 4, 4, 4)
+        assert cam.shape == (2, 4, 8, 8)  # the last stage no longer halves the map
+        assert torch.allclose(logits, fine(x), atol=1e-5)
+        direct = torch.einsum("nkhw,lk->nlhw", fine.features(x), fine.classifier.weight)
+        assert torch.allclose(cam, direct + fine.classifier.bias[None, :, None, None], atol=1e-5)
+        expected = torch.log(torch.exp(5.0 * cam.double()).mean(dim=(2, 3))) / 5.0
+        assert torch.allclose(logits.double(), expected, atol=1e-5)
+    patch = build_network("cxr-convnet", num_classes=3, **{**FINE, "stem": "patch"}).eval()
+    with torch.no_grad():
+        assert patch.features(torch.rand(1, 1, 64, 64)).shape[-2:] == (8, 8)
+
+
+def test_last_stride_is_checked() -> None:
+    from overread.errors import ModelPackageError
+
+    for bad in (0, 3, 2.0, True, "1", None):
+        with pytest.raises(ModelPackageError, match="last_stride must be 1 or 2"):
+            build_network("cxr-convnet", num_classes=2, **{**TINY, "last_stride": bad})
+
+
+def test_last_stride_one_exports_and_quantises_with_exact_cam(tmp_path: Path) -> None:
+    torch.manual_seed(0)
+    net = _perturbed_batchnorm(build_network("cxr-convnet", num_classes=5, **FINE))
+    images = synthetic_batch(16, 64, seed=1)
+    report = export_onnx(net, tmp_path / "fp32.onnx", torch.from_numpy(images[:1]))
+    assert report.has_cam and report.max_abs_diff < 1e-4
+    quantize_int8(tmp_path / "fp32.onnx", tmp_path / "int8.onnx", images)
+    test = synthetic_batch(3, 64, seed=9)
+    for name in ("fp32.onnx", "int8.onnx"):
+        session = ort.InferenceSession(str(tmp_path / name), providers=["CPUExecutionProvider"])
+        logits, cam = session.run(["logits", "cam"], {"image": test})
+        assert cam.shape == (3, 5, 8, 8)
+        expected = np.log(np.exp(5.0 * cam.astype(np.float64)).mean(axis=(2, 3))) / 5.0
+        assert np.abs(logits - expected).max() < 1e-4

@@ -3,6 +3,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
+import torch
 
 from overread.errors import ConfigError
 from overread.training import load_config, parse_config, preset_names
@@ -121,6 +122,50 @@ def test_the_lse_preset_is_the_256_preset_with_a_log_sum_exp_pool(
     assert (repo / "configs" / "cxr-phantom-lse.toml").read_text() == shipped.read_text()
 
 
+def test_the_fine_preset_is_the_lse_preset_with_a_16_by_16_class_map(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from overread.models import build_network
+
+    monkeypatch.chdir(tmp_path)
+    assert "cxr-phantom-fine" in preset_names()
+    cfg = load_config(preset="cxr-phantom-fine")
+    lse = load_config(preset="cxr-phantom-lse")
+    assert cfg.model.kwargs == {**lse.model.kwargs, "last_stride": 1}
+    assert cfg.model.init == lse.model.init
+    assert (cfg.data, cfg.loss, cfg.augment) == (lse.data, lse.loss, lse.augment)
+    assert cfg.optim.epochs == 3 and cfg.optim.lr == lse.optim.lr
+    assert cfg.package.name == "cxr-default" and cfg.package.version == "1.4.0"
+    # Same parameter shapes: the 1.1.0 weights load unchanged; the map is 16 x 16 at 256 px.
+    base = load_config(preset="cxr-phantom")
+    old = build_network(base.model.architecture, num_classes=14, **base.model.kwargs)
+    new = build_network(cfg.model.architecture, num_classes=14, **cfg.model.kwargs)
+    new.load_state_dict(old.state_dict())
+    with torch.no_grad():
+        assert new.eval().features(torch.zeros(1, 1, 256, 256)).shape == (1, 192, 16, 16)
+    repo = Path(__file__).resolve().parents[2]
+    shipped = repo / "src" / "overread" / "training" / "presets" / "cxr-phantom-fine.toml"
+    assert (repo / "configs" / "cxr-phantom-fine.toml").read_text() == shipped.read_text()
+
+
+def test_model_init_reads_a_model_package_folder(tmp_path: Path) -> None:
+    from overread.models import build_network
+    from overread.training.run import _weights_at
+
+    net = build_network("cxr-convnet", num_classes=3, widths=[8, 16], blocks=[1, 1])
+    package = tmp_path / "pkg"
+    package.mkdir()
+    (package / "manifest.json").write_text('{"name": "m", "version": "1.0.0"}')
+    torch.save(net.state_dict(), package / "model.pt")
+    weights = _weights_at(package)
+    assert weights.keys() == net.state_dict().keys()
+    assert all(torch.equal(weights[k], v) for k, v in net.state_dict().items())
+    # A folder with neither a run's checkpoint nor a package's manifest is refused.
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(ConfigError, match="no checkpoint found"):
+        _weights_at(tmp_path / "empty")
+
+
 def test_the_model_card_says_where_the_weights_started(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -140,3 +185,15 @@ def test_the_model_card_says_where_the_weights_started(
     lse = model_card(load_config(preset="cxr-phantom-lse"), ["Edema"], record)
     assert "- Pooling: log-sum-exp of the class map" in lse and "r = 5" in lse
     assert "Pooling" not in model_card(load_config(preset="cxr-phantom"), ["Edema"], record)
+    assert "Class map" not in lse
+    fine = model_card(load_config(preset="cxr-phantom-fine"), ["Edema"], record)
+    assert "- Class map: the last stage does not downsample" in fine and "16 x 16" in fine
+    package = tmp_path / "cxr-default-1.1.0"
+    package.mkdir()
+    (package / "manifest.json").write_text('{"name": "cxr-default", "version": "1.1.0"}')
+    from_package = model_card(
+        load_config(preset="cxr-phantom-fine", overrides={"model.init": str(package)}),
+        ["Edema"],
+        record,
+    )
+    assert "initialised from the weights of model package `cxr-default 1.1.0`" in from_package

@@ -7,6 +7,8 @@ known failure modes, in plain words next to the weights they describe.
 
 from __future__ import annotations
 
+import json
+from pathlib import Path
 from typing import Any
 
 from overread.training.config import TrainConfig
@@ -74,16 +76,31 @@ def _focus(block: dict[str, Any]) -> str:
     return f"; over {', '.join(focus)}: **{_fmt(block.get('focus_mean_auc'))}**"
 
 
+def _package_id(folder: Path) -> str:
+    """``name version`` of the package in ``folder`` (its folder name when unreadable)."""
+    try:
+        info = json.loads((folder / "manifest.json").read_text(encoding="utf-8"))
+        return f"{info['name']} {info['version']}"
+    except (OSError, ValueError, KeyError, TypeError):
+        return folder.name
+
+
 def _pool_lines(kwargs: dict[str, Any]) -> list[str]:
-    """A line on the pooling head when it is not the global average pool."""
-    if kwargs.get("pool") != "lse":
-        return []
-    r = float(kwargs.get("pool_r", 5.0))
-    return [
-        f"- Pooling: log-sum-exp of the class map, logit = (1/r) log mean exp(r * cam), "
-        f"r = {r:g}: the CAM is the exact per-location logit and the score a smooth "
-        "maximum of it (a global average pool would dilute one-cell findings)."
-    ]
+    """Lines on the pooling head and the class map when they are not the defaults."""
+    lines: list[str] = []
+    if kwargs.get("pool") == "lse":
+        r = float(kwargs.get("pool_r", 5.0))
+        lines.append(
+            f"- Pooling: log-sum-exp of the class map, logit = (1/r) log mean exp(r * cam), "
+            f"r = {r:g}: the CAM is the exact per-location logit and the score a smooth "
+            "maximum of it (a global average pool would dilute one-cell findings)."
+        )
+    if kwargs.get("last_stride") == 1:
+        lines.append(
+            "- Class map: the last stage does not downsample (`last_stride = 1`), so the map "
+            "(and the CAM) has twice the resolution in each direction (16 x 16 at 256 px)."
+        )
+    return lines
 
 
 def model_card(config: TrainConfig, labels: list[str], record: dict[str, Any]) -> str:
@@ -117,6 +134,8 @@ def model_card(config: TrainConfig, labels: list[str], record: dict[str, Any]) -
     init = config.model.init
     if init is None:
         origin = "trained from scratch (no pre-trained weights)"
+    elif (init / "manifest.json").is_file() and not (init / "checkpoints").is_dir():
+        origin = f"initialised from the weights of model package `{_package_id(init)}`, then trained further"
     elif init.suffix:  # a checkpoint or state-dict file
         origin = f"initialised from `{init.parent.name}/{init.name}`, then trained further"
     else:  # a run folder: its best checkpoint

@@ -395,8 +395,13 @@ def build_model(config: TrainConfig, num_classes: int) -> nn.Module:
 
 
 def _weights_at(path: Path) -> dict[str, torch.Tensor]:
-    """Weights from a checkpoint file or a run folder (its best checkpoint)."""
-    file = path / "checkpoints" / "best.pt" if path.is_dir() else path
+    """Weights from a checkpoint file, a run folder (its best checkpoint) or a model
+    package folder (its ``model.pt``, e.g. a copy of the bundled ``cxr-default``)."""
+    file = path
+    if path.is_dir():
+        file = path / "checkpoints" / "best.pt"
+        if not file.is_file() and (path / "manifest.json").is_file():
+            file = path / "model.pt"
     if not file.is_file():
         raise ConfigError(f"{path}: no checkpoint found to initialise from")
     payload = torch.load(file, map_location="cpu", weights_only=False)
