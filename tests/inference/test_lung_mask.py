@@ -332,3 +332,25 @@ def test_the_bundled_packages_find_a_nodule_resting_on_the_dome(name: str) -> No
     ]
     assert len(found) == 1 and 12.0 <= found[0].longest_diameter_mm <= 20.0
     assert output.label_map is not None and output.label_map[16, 36, 36] > LUNG_VALUE
+
+
+def test_a_bulla_joined_to_the_trachea_is_warned_about() -> None:
+    lung = _dome_chest(nodule=False)
+    hu = np.full((36, 72, 72), -1000.0, np.float32)
+    hu[:, 2:70, 2:70] = 40.0
+    hu[:, 4:68, 4:68][lung] = -850.0
+    hu[26:, 34:40, 34:40] = -1000.0  # the trachea
+    volume = Volume(
+        pixels=hu.copy(),
+        affine=np.diag([2.0, 2.0, 2.0, 1.0]),
+        spacing=(2.0, 2.0, 2.0),
+        metadata=ImageMetadata(),
+    )
+    pipeline = VolumePipeline(load_package(BUNDLED / "ct-threshold-baseline"))
+    assert not any("large airways" in w for w in pipeline.run_volume(volume).prediction.warnings)
+    hu[16:30, 14:58, 14:58] = -1000.0  # a wide bulla the trachea opens into
+    volume = Volume(
+        pixels=hu, affine=volume.affine, spacing=volume.spacing, metadata=ImageMetadata()
+    )
+    warnings = pipeline.run_volume(volume).prediction.warnings
+    assert any("large airways" in w and "emphysema" in w for w in warnings), warnings
