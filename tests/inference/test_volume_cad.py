@@ -155,7 +155,7 @@ def test_seg_and_sr_carry_the_cad_nodules(output: object, tmp_path: Path) -> Non
 
 
 def test_blob_cad_needs_one_weight_per_feature_and_keeps_other_hashes(tmp_path: Path) -> None:
-    package = load_package(write_cad_package(tmp_path / "pkg"))
+    package = load_package(write_cad_package(tmp_path / "pkg", revision=2))
     assert package.manifest.volume is not None
     assert package.manifest.volume.cad_weights == tuple(DEFAULT_WEIGHTS)
     data = json.loads(package.manifest.to_json())
@@ -200,7 +200,7 @@ def test_the_bundled_cad_package_verifies_and_carries_the_fitted_weights() -> No
     volume = package.manifest.volume
     assert volume is not None and volume.postprocess == "blob-cad"
     assert package.manifest.task.value == "segmentation"
-    assert volume.cad_weights == tuple(DEFAULT_WEIGHTS)
+    assert volume.cad_revision == 3 and volume.cad_trees and volume.cad_weights == ()
     assert (package.path / "MODEL_CARD.md").read_text().startswith(f"# {NAME}")
 
 
@@ -209,7 +209,7 @@ def test_a_prediction_warns_when_max_candidates_leaves_peaks_unscored(
 ) -> None:
     paths = write_series(tmp_path / "series", chest, SPACING)
     pipeline = VolumePipeline(load_package(write_cad_package(tmp_path / "pkg")))
-    assert pipeline.spec.cad_max_candidates == 600
+    assert pipeline.spec.cad_max_candidates == 1000
     [full] = pipeline.predict_series(paths)
     assert not any("blob peaks" in w for w in full.prediction.warnings)
     pipeline.spec = pipeline.spec.model_copy(update={"cad_max_candidates": 1})

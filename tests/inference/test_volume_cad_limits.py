@@ -167,7 +167,7 @@ def test_max_candidates_is_a_warning_and_the_cad_settings_are_hashed(
         [one] = find_candidates(hu, (2.0, 0.8, 0.8), lung, max_candidates=1)
     assert one == every.candidates[0]
     assert any("1 nodule candidates kept" in r.message for r in caplog.records)
-    package = load_package(write_cad_package(tmp_path / "pkg"))
+    package = load_package(write_cad_package(tmp_path / "pkg", revision=2))
     data = json.loads(package.manifest.to_json())
     data.pop("signature")
     volume = data["volume"]

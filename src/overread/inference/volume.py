@@ -582,13 +582,18 @@ class VolumePipeline:
             floor=spec.cad_floor,
             min_blobness=_or(spec.cad_min_blobness, blob_cad.MIN_BLOBNESS),
             max_candidates=max_candidates,
+            closing_mm=_or(spec.cad_candidate_closing_mm, 0.0),
         )
         if found.truncated:
             warnings.append(blob_cad.truncation_warning(found, max_candidates))
-        scored = sorted(
-            ((blob_cad.score(c, spec.cad_weights), c) for c in found.candidates),
-            key=lambda item: -item[0],
-        )
+        if spec.cad_trees:
+            features = np.array(
+                [blob_cad.candidate_features_v3(hu, spacing, c) for c in found.candidates]
+            ).reshape(len(found.candidates), len(blob_cad.FEATURES_V3))
+            values = [float(v) for v in blob_cad.tree_scores(spec.cad_trees, features)]
+        else:
+            values = [blob_cad.score(c, spec.cad_weights) for c in found.candidates]
+        scored = sorted(zip(values, found.candidates, strict=True), key=lambda item: -item[0])
         regions: list[Region] = []
         for value_score, candidate in scored:
             if value_score < threshold or len(regions) >= spec.max_detections:
@@ -601,6 +606,7 @@ class VolumePipeline:
                 max_radius_mm=spec.max_nodule_mm / 2,
                 rim_hu=_or(spec.cad_rim_hu, blob_cad.RIM_HU),
                 rim_ratio=_or(spec.cad_rim_ratio, blob_cad.RIM_RATIO),
+                far_background=spec.cad_revision == 3,
             )
             # Not a voxel a stronger nodule took.
             mask &= label_map[box] <= LUNG_VALUE

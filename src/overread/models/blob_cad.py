@@ -85,6 +85,14 @@ FLOOR = 60.0
 MAX_CANDIDATES = 600
 RIM_HU = -600.0
 RIM_RATIO = 4.0
+#: Revision 3: candidates inside the lung closed by a ball of this radius (mm).
+CANDIDATE_CLOSING_MM = 10.0
+#: Revision 3: the most candidates scored (ground-glass nodules' blobness is low: on
+#: design cohorts they ranked up to 440th of the blob peaks).
+MAX_CANDIDATES_V3 = 1000
+#: Revision 3: the part-solid rule's ratio (with the far background, 4 left cores of
+#: 12 mm part-solid nodules alone).
+RIM_RATIO_V3 = 3.0
 
 #: The mask's limits (:func:`fwhm_mask`).
 #: Radius of the ball closing the lung, in fitted radii (a nodule on the pleura is in).
@@ -212,6 +220,57 @@ def _ring_means(
     return core_hu, background
 
 
+#: The shells (in fitted radii) of :func:`shell_features`.
+SHELLS: tuple[tuple[float, float], ...] = ((0.0, 0.7), (0.8, 1.3), (1.3, 1.8), (1.8, 2.6))
+#: The shell (fitted radii) whose median HU is the far background.
+FAR_SHELL: tuple[float, float] = (3.0, 4.0)
+
+
+def shell_features(
+    hu: FloatArray, spacing: Sequence[float], candidate: Candidate
+) -> npt.NDArray[np.float64]:
+    """Around the candidate, per shell of :data:`SHELLS` (fitted radii): the fraction of
+    voxels at or above half way between its core HU and the lung background, then the
+    largest such fraction over the six half-spaces (+-slice, +-row, +-column) of the
+    outer two shells, then the background HU (1.5-2.5 radii) and the median HU of the
+    shell at :data:`FAR_SHELL` radii, both over 1000 (the solid core of a part-solid
+    nodule has ground glass around it and lung beyond).
+
+    A sphere is bright inside and dark all round; a vessel crossing or a branch point
+    stays bright along the vessels (in some directions of the shells), a blob of
+    noise is bright only in part of its core.
+    """
+    r = max(candidate.radius_mm, 0.75 * max(spacing))
+    outer = FAR_SHELL[1] * r
+    reach = [math.ceil(outer / s) + 1 for s in spacing]
+    c = candidate.centre
+    lo = [max(0, ci - q) for ci, q in zip(c, reach, strict=True)]
+    hi = [min(n, ci + q + 1) for ci, n, q in zip(c, hu.shape, reach, strict=True)]
+    sub = hu[lo[0] : hi[0], lo[1] : hi[1], lo[2] : hi[2]]
+    axes = [(np.arange(a, b) - ci) * s for a, b, ci, s in zip(lo, hi, c, spacing, strict=True)]
+    grid = np.meshgrid(*axes, indexing="ij")
+    dist = np.sqrt(sum(g * g for g in grid)) / r
+    level = 0.5 * (candidate.core_hu + candidate.background_hu)
+    bright = sub >= level
+    out: list[float] = []
+    for a, b in SHELLS:
+        shell = (dist >= a) & (dist <= b) if a > 0 else dist <= b
+        out.append(float(bright[shell].mean()) if shell.any() else 1.0)
+    for a, b in SHELLS[-2:]:
+        shell = (dist >= a) & (dist <= b)
+        best = 0.0
+        for g in grid:
+            for side in (g > 0.3 * r, g < -0.3 * r):
+                part = shell & side
+                if part.any():
+                    best = max(best, float(bright[part].mean()))
+        out.append(best)
+    far = sub[(dist >= FAR_SHELL[0]) & (dist <= FAR_SHELL[1])]
+    out.append(candidate.background_hu / 1000.0)
+    out.append((float(np.median(far)) if far.size else candidate.background_hu) / 1000.0)
+    return np.asarray(out, dtype=np.float64)
+
+
 @dataclass(frozen=True)
 class CandidateSearch:
     """The candidates kept, the blob peaks found and whether ``max_candidates`` cut them."""
@@ -246,6 +305,7 @@ def _slab_peaks(
     scales_mm: Sequence[float],
     floor: float,
     min_blobness: float,
+    closing_mm: float = 0.0,
 ) -> _Peaks:
     """The blob peaks on the slices ``core`` (in ``box``), computed on them plus one
     slice each side (for the 3 x 3 x 3 maximum) and each scale's kernel radius of
@@ -283,7 +343,11 @@ def _slab_peaks(
     # Blobness >= 0 everywhere (and 0 outside the box): a constant 0 edge is the
     # whole volume's maximum filter.
     top = ndimage.maximum_filter(blob, size=3, mode="constant", cval=0.0)
-    peaks = (blob == top) & (blob >= min_blobness) & lung[e0:e1, box[1], box[2]]
+    if closing_mm > 0:
+        region = closed_lung(lung, spacing, (slice(e0, e1), box[1], box[2]), closing_mm)
+    else:
+        region = lung[e0:e1, box[1], box[2]]
+    peaks = (blob == top) & (blob >= min_blobness) & region
     peaks[: core[0] - e0] = False
     peaks[core[1] - e0 :] = False
     idx = np.argwhere(peaks)
@@ -301,11 +365,15 @@ def search_candidates(
     min_blobness: float = MIN_BLOBNESS,
     max_candidates: int = MAX_CANDIDATES,
     slab_slices: int = 8,
+    closing_mm: float = 0.0,
 ) -> CandidateSearch:
     """Blob candidates whose centre lies in ``lung``, highest blobness first.
 
     A candidate is a local maximum (3 x 3 x 3) of the blobness reaching
-    ``min_blobness`` where the ``-LoG`` reaches ``floor`` (both HU, scale-normalised);
+    ``min_blobness`` where the ``-LoG`` reaches ``floor`` (both HU, scale-normalised),
+    inside ``lung`` closed by a ball of ``closing_mm`` (0: the lung as it is; a solid
+    nodule joined to the mediastinum by a vessel is not a hole of a lung threshold,
+    the closed lung holds it);
     one per blob (a weaker peak within the fitted radius of a kept one is dropped);
     at most ``max_candidates`` are kept (the strongest).
 
@@ -341,6 +409,7 @@ def search_candidates(
             scales_mm,
             floor,
             min_blobness,
+            closing_mm,
         )
         for z in range(box[0].start, box[0].stop, step)
     ]
@@ -396,6 +465,7 @@ def find_candidates(
     min_blobness: float = MIN_BLOBNESS,
     max_candidates: int = MAX_CANDIDATES,
     slab_slices: int = 8,
+    closing_mm: float = 0.0,
 ) -> list[Candidate]:
     """The candidates of :func:`search_candidates` (a warning is logged when
     ``max_candidates`` left blob peaks unexamined)."""
@@ -408,6 +478,7 @@ def find_candidates(
         min_blobness=min_blobness,
         max_candidates=max_candidates,
         slab_slices=slab_slices,
+        closing_mm=closing_mm,
     )
     if found.truncated:
         logger.warning(truncation_warning(found, max_candidates))
@@ -443,6 +514,57 @@ def score(candidate: Candidate, weights: Sequence[float] = DEFAULT_WEIGHTS) -> f
     w = np.asarray(weights, dtype=np.float64)
     z = float(w[0] + candidate_features(candidate) @ w[1:])
     return 1.0 / (1.0 + math.exp(-max(min(z, 50.0), -50.0)))
+
+
+#: The features of revision 3 (:func:`candidate_features_v3`): those of revision 2,
+#: then :func:`shell_features`.
+SHELL_FEATURES: tuple[str, ...] = (
+    "core_fill",
+    "shell_1",
+    "shell_1_5",
+    "shell_2",
+    "shell_1_5_max_side",
+    "shell_2_max_side",
+    "background_hu",
+    "far_hu",
+)
+FEATURES_V3: tuple[str, ...] = FEATURES + SHELL_FEATURES
+
+
+def candidate_features_v3(
+    hu: FloatArray, spacing: Sequence[float], candidate: Candidate
+) -> npt.NDArray[np.float64]:
+    """The candidate's features of revision 3, in the order of :data:`FEATURES_V3`."""
+    return np.concatenate([candidate_features(candidate), shell_features(hu, spacing, candidate)])
+
+
+def tree_scores(
+    trees: Sequence[Sequence[float]], features: npt.NDArray[np.float64]
+) -> npt.NDArray[np.float64]:
+    """The probabilities of an additive tree ensemble on ``features`` (one row each).
+
+    Each tree is a flat run of nodes, four numbers each: ``feature, threshold, left,
+    right`` (node indices) for a split (``feature <= threshold`` goes left) and
+    ``-1, value, -1, -1`` for a leaf; the probability is the logistic of the sum of the
+    leaves reached (a one-leaf tree carries the intercept).
+    """
+    x = np.atleast_2d(np.asarray(features, dtype=np.float64))
+    total = np.zeros(len(x), dtype=np.float64)
+    rows = np.arange(len(x))
+    for tree in trees:
+        t = np.asarray(tree, dtype=np.float64).reshape(-1, 4)
+        feature = t[:, 0].astype(np.intp)
+        node = np.zeros(len(x), dtype=np.intp)
+        for _ in range(len(t)):
+            inner = feature[node] >= 0
+            if not inner.any():
+                break
+            f = np.where(inner, feature[node], 0)
+            left = x[rows, f] <= t[node, 1]
+            step = np.where(left, t[node, 2], t[node, 3]).astype(np.intp)
+            node = np.where(inner, step, node)
+        total += t[node, 1]
+    return np.asarray(1.0 / (1.0 + np.exp(-np.clip(total, -50.0, 50.0))), dtype=np.float64)
 
 
 def fit_weights(
@@ -546,6 +668,7 @@ def fwhm_mask(
     max_radius_mm: float = 20.0,
     rim_hu: float = RIM_HU,
     rim_ratio: float = RIM_RATIO,
+    far_background: bool = False,
 ) -> tuple[tuple[slice, slice, slice], npt.NDArray[np.bool_]]:
     """The nodule's mask in a box around the candidate: the half-maximum region.
 
@@ -559,7 +682,9 @@ def fwhm_mask(
     half way between ``rim_hu`` (ground glass) and the background, within three fitted
     radii, under the same limits, holds at least ``rim_ratio`` times the half-maximum
     region, that wider region is the mask (a solid nodule's partial-volume shell adds
-    less than that).
+    less than that). With ``far_background`` (revision 3) the rim's level takes the
+    lower of the background and the median HU beyond 2.5 fitted radii in the box: a
+    core whose near background is ground glass gets the lung beyond as its own.
     """
     near = max(candidate.radius_mm, max(spacing))
     r = min(2.0 * candidate.radius_mm + max(spacing), max_radius_mm)
@@ -586,7 +711,12 @@ def fwhm_mask(
     level = 0.5 * (candidate.core_hu + candidate.background_hu)
     mask = _region(sub, dist, r, near, level, local, allowed, spacing, rho)
     if wide and mask.any():
-        rim_level = 0.5 * (rim_hu + candidate.background_hu)
+        lung_hu = candidate.background_hu
+        if far_background:
+            far = sub[(dist >= 2.5 * candidate.radius_mm) & allowed]
+            if far.size:
+                lung_hu = min(lung_hu, float(np.median(far)))
+        rim_level = 0.5 * (rim_hu + lung_hu)
         rim = _region(sub, dist, r_outer, near, rim_level, local, allowed, spacing, rho)
         if int(rim.sum()) >= rim_ratio * int(mask.sum()):
             mask = rim
@@ -594,26 +724,36 @@ def fwhm_mask(
 
 
 __all__ = [
+    "CANDIDATE_CLOSING_MM",
     "CLOSING_RADII",
     "DEFAULT_SCALES_MM",
     "DEFAULT_WEIGHTS",
     "DENSE_CORE_MARGIN_HU",
+    "FAR_SHELL",
     "FEATURES",
+    "FEATURES_V3",
     "FLOOR",
     "MAX_CANDIDATES",
+    "MAX_CANDIDATES_V3",
     "MAX_CLOSING_MM",
     "MIN_BLOBNESS",
     "OPENING_RADII",
     "RIM_HU",
     "RIM_RATIO",
+    "RIM_RATIO_V3",
+    "SHELLS",
+    "SHELL_FEATURES",
     "Candidate",
     "CandidateSearch",
     "candidate_features",
+    "candidate_features_v3",
     "closed_lung",
     "find_candidates",
     "fit_weights",
     "fwhm_mask",
     "score",
     "search_candidates",
+    "shell_features",
+    "tree_scores",
     "truncation_warning",
 ]

@@ -12,18 +12,23 @@ one segment per nodule, and the TID 1500 measurements of each nodule.
 
 from __future__ import annotations
 
+import json
 from collections.abc import Sequence
 from pathlib import Path
 
 from overread.models.blob_cad import (
+    CANDIDATE_CLOSING_MM,
     CLOSING_RADII,
     DEFAULT_SCALES_MM,
     DEFAULT_WEIGHTS,
     FEATURES,
+    FEATURES_V3,
     MAX_CANDIDATES,
+    MAX_CANDIDATES_V3,
     MIN_BLOBNESS,
     RIM_HU,
     RIM_RATIO,
+    RIM_RATIO_V3,
 )
 from overread.models.ct_baseline import ARCHITECTURE, HU_INPUT_SPEC, LABELS
 from overread.models.hu_threshold import HuThreshold
@@ -43,8 +48,42 @@ INTENDED_USE = (
 )
 
 
-def cad_volume_spec(weights: Sequence[float] = DEFAULT_WEIGHTS) -> VolumeSpec:
-    """The package's volume section with these candidate weights."""
+#: The bundled revision-3 tree ensemble (plain numbers; see :func:`default_trees`).
+TREES_FILE = Path(__file__).resolve().parent / "ct_cad_trees.json"
+
+
+def default_trees() -> tuple[tuple[float, ...], ...]:
+    """The tree ensemble the bundled package scores with (``ct_cad_trees.json``, written
+    by :func:`overread.training.ct_cad.fit_cad_trees` on training phantoms)."""
+    data = json.loads(TREES_FILE.read_text(encoding="utf-8"))
+    return tuple(tuple(float(v) for v in tree) for tree in data["trees"])
+
+
+def cad_volume_spec(
+    weights: Sequence[float] = DEFAULT_WEIGHTS,
+    *,
+    trees: Sequence[Sequence[float]] | None = None,
+) -> VolumeSpec:
+    """The package's volume section: revision 3 with a tree ensemble (``trees``), or
+    revision 2 with logistic candidate ``weights`` when ``trees`` is None."""
+    if trees is not None:
+        return VolumeSpec(
+            postprocess="blob-cad",
+            clean_components=True,
+            lung_refine="classical",
+            min_nodule_mm=2.0,
+            max_nodule_mm=40.0,
+            max_detections=MAX_DETECTIONS,
+            cad_scales_mm=DEFAULT_SCALES_MM,
+            cad_weights=(),
+            cad_trees=tuple(tuple(float(v) for v in tree) for tree in trees),
+            cad_revision=3,
+            cad_min_blobness=MIN_BLOBNESS,
+            cad_max_candidates=MAX_CANDIDATES_V3,
+            cad_rim_hu=RIM_HU,
+            cad_rim_ratio=RIM_RATIO_V3,
+            cad_candidate_closing_mm=CANDIDATE_CLOSING_MM,
+        )
     return VolumeSpec(
         postprocess="blob-cad",
         clean_components=True,
@@ -66,13 +105,21 @@ def write_cad_package(
     out: Path | str,
     *,
     weights: Sequence[float] = DEFAULT_WEIGHTS,
+    trees: Sequence[Sequence[float]] | None = None,
+    revision: int = 3,
     training: dict[str, object] | None = None,
     key: bytes | None = None,
     overwrite: bool = False,
 ) -> Path:
-    """Write the CAD as a verified segmentation package with candidate ``weights``."""
+    """Write the CAD as a verified segmentation package: revision 3 scores candidates by
+    ``trees`` (default: :func:`default_trees`), revision 2 by the logistic ``weights``."""
     from overread.models.package import resign_package, write_package
 
+    if revision == 3 and trees is None:
+        trees = default_trees()
+    elif revision == 2:
+        trees = None
+    features = FEATURES_V3 if trees is not None else FEATURES
     path = write_package(
         out,
         network=HuThreshold(),
@@ -86,20 +133,39 @@ def write_cad_package(
         trained=True,
         accepts={"modalities": ["CT"]},
         operating_points={"lung": {"balanced": 0.5}, "nodule": {"balanced": SCORE_FLOOR}},
-        training=training or {"kind": "blob-cad", "features": list(FEATURES)},
+        training=training or {"kind": "blob-cad", "features": list(features)},
         metrics={},
         export_onnx=False,
         key=key,
         overwrite=overwrite,
-        volume=cad_volume_spec(weights),
+        volume=cad_volume_spec(weights, trees=trees),
     )
-    (path / "MODEL_CARD.md").write_text(model_card(), encoding="utf-8")
+    (path / "MODEL_CARD.md").write_text(model_card(revision=3 if trees else 2), encoding="utf-8")
     resign_package(path, key=key)
     return path
 
 
-def model_card() -> str:
+def model_card(revision: int = 3) -> str:
     """The package's card."""
+    if revision >= 3:
+        candidates = (
+            f"inside the lung closed by a ball of {CANDIDATE_CLOSING_MM:g} mm (a nodule joined "
+            f"to the mediastinum by a vessel is not a hole of the threshold lung); at most the "
+            f"{MAX_CANDIDATES_V3} strongest blob peaks are scored (a warning says when more)."
+        )
+        scoring = (
+            f"a gradient-boosted tree ensemble (plain numbers in the manifest) over "
+            f"{', '.join(FEATURES_V3)}: those of revision 2, the fraction of bright voxels "
+            "in shells around the candidate (a sphere is dark all round, a vessel junction is "
+            "not) and the HU of the background near it and farther out"
+        )
+        ratio = RIM_RATIO_V3
+        lung_around = "the lower of the lung around it and the median beyond 2.5 radii"
+    else:
+        candidates = f"at most the {MAX_CANDIDATES} strongest blob peaks are scored (a warning says when more)."
+        scoring = f"logistic in {', '.join(FEATURES)}"
+        ratio = RIM_RATIO
+        lung_around = "the lung"
     return f"""# {NAME} {VERSION}
 
 Two-stage pulmonary nodule CAD for chest CT, fitted on synthetic phantoms only.
@@ -119,16 +185,16 @@ Two-stage pulmonary nodule CAD for chest CT, fitted on synthetic phantoms only.
   (spheres of about 4 to 30 mm across), with the Hessian's blobness and sphericity
   at that scale (a sphere has three negative eigenvalues, a vessel two); the second
   derivative kernels sum to zero (thick slices: no response to the lung's HU), and the
-  filters run in slabs of slices (memory bounded whatever the series' length). At
-  most the {MAX_CANDIDATES} strongest blob peaks are scored (a warning says when more).
-- Score: logistic in {", ".join(FEATURES)}; the {MAX_DETECTIONS} best scoring at least
+  filters run in slabs of slices (memory bounded whatever the series' length);
+  {candidates}
+- Score: {scoring}; the {MAX_DETECTIONS} best scoring at least
   {SCORE_FLOOR} are reported.
 - Mask: voxels above half way between the candidate's core HU and the lung around it,
   within twice its fitted radius and inside the lung closed by a ball of {CLOSING_RADII:g} radii
   (a nodule on the pleura is in, the chest wall is not), opened by a ball of half
   its radius (vessels cut off), connected to its centre; a dense core inside a
-  ground-glass region at least {RIM_RATIO:g} times its size (a part-solid nodule) takes the level
-  half way between ground glass ({RIM_HU:g} HU) and the lung, within three radii.
+  ground-glass region at least {ratio:g} times its size (a part-solid nodule) takes the level
+  half way between ground glass ({RIM_HU:g} HU) and {lung_around}, within three radii.
 - Output: a SEG (lung and one segment per nodule) and per-nodule measurements
   (volume, longest diameter, mean HU, density, category) in the SR.
 
@@ -140,4 +206,13 @@ under about 4 mm, may get no candidate.
 """
 
 
-__all__ = ["NAME", "SCORE_FLOOR", "VERSION", "cad_volume_spec", "model_card", "write_cad_package"]
+__all__ = [
+    "NAME",
+    "SCORE_FLOOR",
+    "TREES_FILE",
+    "VERSION",
+    "cad_volume_spec",
+    "default_trees",
+    "model_card",
+    "write_cad_package",
+]

@@ -17,7 +17,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
-from overread.models.blob_cad import DEFAULT_SCALES_MM, FEATURES, FLOOR
+from overread.models.blob_cad import DEFAULT_SCALES_MM, FEATURES, FEATURES_V3, FLOOR
 
 MANIFEST_NAME = "manifest.json"
 FORMAT_VERSION = 1
@@ -154,6 +154,7 @@ CAD_SETTINGS: tuple[str, ...] = (
     "cad_max_candidates",
     "cad_rim_hu",
     "cad_rim_ratio",
+    "cad_candidate_closing_mm",
 )
 
 
@@ -239,7 +240,12 @@ class VolumeSpec(_Strict):
     they are in the hash. ``cad_revision`` 2 names the filters and masks as they are
     now (zero-sum second-derivative kernels; masks inside the closed lung with
     vessels opened off); unset, the same code runs (manifests written before keep
-    their hash).
+    their hash). ``cad_revision`` 3 scores the candidates by the tree ensemble
+    ``cad_trees`` (:func:`overread.models.blob_cad.tree_scores`) over the features of
+    :data:`overread.models.blob_cad.FEATURES_V3` instead of ``cad_weights`` (then
+    empty), looks for candidates inside the lung closed by a ball of
+    ``cad_candidate_closing_mm``, and sets the part-solid rim's level against the
+    lower of the near and the far background (``blob_cad.fwhm_mask``).
     """
 
     planar: bool = False
@@ -279,7 +285,9 @@ class VolumeSpec(_Strict):
     cad_scales_mm: tuple[float, ...] = DEFAULT_SCALES_MM
     cad_floor: float = Field(default=FLOOR, ge=0.0)
     cad_weights: tuple[float, ...] = ()
-    cad_revision: Literal[2] | None = None
+    cad_revision: Literal[2, 3] | None = None
+    cad_trees: tuple[tuple[float, ...], ...] = ()
+    cad_candidate_closing_mm: float | None = Field(default=None, ge=0.0)
     cad_min_blobness: float | None = Field(default=None, ge=0.0)
     cad_max_candidates: int | None = Field(default=None, ge=1)
     cad_rim_hu: float | None = None
@@ -663,7 +671,22 @@ class Manifest(_Strict):
             for needed in (self.volume.lung_label, self.volume.nodule_label):
                 if needed not in names:
                     raise ValueError(f"postprocess 'blob-cad' needs a label {needed!r}")
-            if len(self.volume.cad_weights) != len(FEATURES) + 1:
+            if self.volume.cad_revision == 3 or self.volume.cad_trees:
+                if self.volume.cad_revision != 3 or not self.volume.cad_trees:
+                    raise ValueError("cad_trees go with cad_revision 3 (and it needs them)")
+                for tree in self.volume.cad_trees:
+                    if not tree or len(tree) % 4:
+                        raise ValueError("each of cad_trees is a run of 4 numbers per node")
+                    nodes = len(tree) // 4
+                    for k in range(nodes):
+                        f, _, left, right = tree[4 * k : 4 * k + 4]
+                        if f < 0:
+                            continue
+                        if int(f) != f or f >= len(FEATURES_V3):
+                            raise ValueError(f"cad_trees: feature {f} is not one of FEATURES_V3")
+                        if not (k < left < nodes and k < right < nodes):
+                            raise ValueError("cad_trees: a split's children must follow it")
+            elif len(self.volume.cad_weights) != len(FEATURES) + 1:
                 raise ValueError(
                     f"postprocess 'blob-cad' needs {len(FEATURES) + 1} cad_weights "
                     "(intercept, then one per feature)"
@@ -732,13 +755,21 @@ class Manifest(_Strict):
                 volume.pop("max_detections", None)
             if volume.get("postprocess") != "blob-cad":
                 # Two-stage CAD fields, added later: other manifests keep their hash.
-                for key in ("cad_scales_mm", "cad_floor", "cad_weights", *CAD_SETTINGS):
+                for key in (
+                    "cad_scales_mm",
+                    "cad_floor",
+                    "cad_weights",
+                    "cad_trees",
+                    *CAD_SETTINGS,
+                ):
                     volume.pop(key, None)
             else:
                 # Added later, unset: manifests written before keep their hash.
                 for key in CAD_SETTINGS:
                     if volume.get(key) is None:
                         volume.pop(key, None)
+                if not volume.get("cad_trees"):
+                    volume.pop("cad_trees", None)
         return data
 
     def canonical_bytes(self) -> bytes:

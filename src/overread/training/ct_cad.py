@@ -25,7 +25,15 @@ import numpy.typing as npt
 from scipy import ndimage
 
 from overread.errors import ConfigError
-from overread.models.blob_cad import candidate_features, find_candidates, fit_weights
+from overread.models.blob_cad import (
+    CANDIDATE_CLOSING_MM,
+    MAX_CANDIDATES,
+    MAX_CANDIDATES_V3,
+    candidate_features,
+    candidate_features_v3,
+    find_candidates,
+    fit_weights,
+)
 
 
 def source_lung(
@@ -67,9 +75,13 @@ class CandidateSet:
 def cohort_candidates(
     root: str | Path,
     *,
+    revision: int = 2,
     echo: Callable[[str], None] | None = None,
 ) -> CandidateSet:
-    """Every case's candidates in ``root``, labelled by its truth."""
+    """Every case's candidates in ``root``, labelled by its truth: the features of
+    revision 2 (:data:`~overread.models.blob_cad.FEATURES`, candidates in the lung) or
+    of revision 3 (:data:`~overread.models.blob_cad.FEATURES_V3`, candidates in the
+    lung closed by :data:`~overread.models.blob_cad.CANDIDATE_CLOSING_MM`)."""
     from overread.imaging.series import load_series
 
     root = Path(root)
@@ -89,7 +101,11 @@ def cohort_candidates(
         index = [round((p - z0) / step) for p in volume.positions]
         spacing = (float(step), float(volume.spacing[1]), float(volume.spacing[2]))
         hu = np.asarray(volume.pixels, dtype=np.float32)
-        candidates = find_candidates(hu, spacing, source_lung(hu))
+        closing = CANDIDATE_CLOSING_MM if revision >= 3 else 0.0
+        cap = MAX_CANDIDATES_V3 if revision >= 3 else MAX_CANDIDATES
+        candidates = find_candidates(
+            hu, spacing, source_lung(hu), closing_mm=closing, max_candidates=cap
+        )
         centres = []
         for nod in nodules:
             col, r, k = nod["centre_voxel"]
@@ -103,7 +119,9 @@ def cohort_candidates(
                 for i, (centre, radius) in enumerate(centres)
                 if np.linalg.norm((point - centre) * spacing) <= radius
             ]
-            rows.append(candidate_features(c))
+            rows.append(
+                candidate_features_v3(hu, spacing, c) if revision >= 3 else candidate_features(c)
+            )
             labels.append(1 if hit else 0)
             hit_nodules.update(hit)
         total += len(nodules)
@@ -125,4 +143,73 @@ def fit_cad(
     return fit_weights(data.features, data.labels, l2=l2), data
 
 
-__all__ = ["CandidateSet", "cohort_candidates", "fit_cad", "source_lung"]
+#: The tree ensemble of revision 3 (scikit-learn's gradient boosting, log loss).
+TREE_SETTINGS: dict[str, float | int] = {
+    "n_estimators": 300,
+    "max_depth": 3,
+    "learning_rate": 0.03,
+    "min_samples_leaf": 100,
+    "subsample": 0.5,
+}
+
+
+def fit_trees(
+    features: npt.NDArray[np.float64],
+    labels: npt.NDArray[np.int_],
+    *,
+    seed: int = 0,
+    settings: dict[str, float | int] | None = None,
+) -> tuple[tuple[float, ...], ...]:
+    """A gradient-boosted tree ensemble on the candidates, as plain numbers.
+
+    The format of :func:`overread.models.blob_cad.tree_scores`: a one-leaf tree with
+    the initial log-odds, then each fitted tree's nodes (the learning rate folded into
+    the leaves), so a package scores without scikit-learn and without pickles.
+    """
+    from sklearn.ensemble import GradientBoostingClassifier
+
+    params = dict(TREE_SETTINGS if settings is None else settings)
+    model = GradientBoostingClassifier(
+        n_estimators=int(params["n_estimators"]),
+        max_depth=int(params["max_depth"]),
+        learning_rate=float(params["learning_rate"]),
+        min_samples_leaf=int(params["min_samples_leaf"]),
+        subsample=float(params["subsample"]),
+        random_state=seed,
+    )
+    model.fit(features, labels)
+    y = float(np.mean(labels))
+    trees: list[tuple[float, ...]] = [(-1.0, round(float(np.log(y / (1.0 - y))), 6), -1.0, -1.0)]
+    rate = float(params["learning_rate"])
+    for estimator in model.estimators_[:, 0]:
+        tree = estimator.tree_
+        flat: list[float] = []
+        for i in range(int(tree.node_count)):
+            left, right = int(tree.children_left[i]), int(tree.children_right[i])
+            if left < 0:
+                flat += [-1.0, round(rate * float(tree.value[i, 0, 0]), 6), -1.0, -1.0]
+            else:
+                flat += [float(tree.feature[i]), round(float(tree.threshold[i]), 6), left, right]
+        trees.append(tuple(float(v) for v in flat))
+    return tuple(trees)
+
+
+def fit_cad_trees(
+    root: str | Path, *, seed: int = 0, echo: Callable[[str], None] | None = None
+) -> tuple[tuple[tuple[float, ...], ...], CandidateSet]:
+    """Revision 3: the tree ensemble fitted on the cohort ``root`` (see :func:`fit_trees`)."""
+    data = cohort_candidates(root, revision=3, echo=echo)
+    if data.labels.sum() == 0 or data.labels.sum() == len(data.labels):
+        raise ConfigError(f"{root}: the candidates need both nodules and non-nodules to fit")
+    return fit_trees(data.features, data.labels, seed=seed), data
+
+
+__all__ = [
+    "TREE_SETTINGS",
+    "CandidateSet",
+    "cohort_candidates",
+    "fit_cad",
+    "fit_cad_trees",
+    "fit_trees",
+    "source_lung",
+]
