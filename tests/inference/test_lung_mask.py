@@ -4,17 +4,26 @@ boundary at the source resolution; old manifests keep their mask and their hash.
 from __future__ import annotations
 
 import json
+import shutil
 from pathlib import Path
 
 import numpy as np
 import pytest
+from pydantic import ValidationError
 from scipy import ndimage
 
+from overread.cli import main
 from overread.evaluation.segmentation import dice
 from overread.imaging import ImageMetadata
 from overread.imaging.series import Volume
-from overread.inference.lung_mask import fill_lung_holes, large_airways, source_lung_plane
-from overread.inference.volume import LUNG_VALUE, VolumePipeline
+from overread.inference.lung_mask import (
+    _ball,
+    airway_warning,
+    fill_lung_holes,
+    large_airways,
+    source_lung_plane,
+)
+from overread.inference.volume import LUNG_VALUE, VolumePipeline, lung_and_nodules
 from overread.models.ct_baseline import write_baseline_package
 from overread.models.manifest import Manifest, VolumeSpec
 from overread.models.package import load_package
@@ -36,12 +45,51 @@ def _chest(shape: tuple[int, int, int] = (30, 48, 48)) -> np.ndarray:
 
 def test_large_airways_are_the_trachea_not_the_air_outside_nor_small_bronchi() -> None:
     hu = _chest()
-    hu[8:14, 20:22, 12:14] = -1000.0  # a small bronchus inside the right lung (4 mm)
+    hu[20:22, 22:24, 13:21] = -1000.0  # a small bronchus (4 mm) off the trachea's side
     airway = large_airways(hu, (2.0, 2.0, 2.0), airway_hu=-950.0, min_radius_mm=2.5)
     assert airway[25, 23, 24] and airway[19, 22, 23]  # the trachea
     assert not airway[:, :4].any() and not airway[:, :, :4].any()  # not the air outside
-    assert not airway[10, 21, 13]  # the small bronchus stays lung
+    assert not airway[20:22, 22:24, 13:18].any()  # the small bronchus stays lung
     assert not airway[10, 20, 15]  # nor the lung
+
+
+def _bronchi(hu: np.ndarray) -> None:
+    """Main bronchi (8 mm by 16 mm across) below the trachea of :func:`_chest`, the
+    lumen broken for one slice at the carina (slice 17)."""
+    hu[12:17, 21:25, 14:22] = -1000.0
+    hu[12:17, 21:25, 26:34] = -1000.0
+    hu[12:17, 21:25, 22:26] = 40.0
+
+
+def test_main_bronchi_past_a_break_at_the_carina_are_airway() -> None:
+    hu = _chest()
+    _bronchi(hu)
+    airway = large_airways(hu, (2.0, 2.0, 2.0), airway_hu=-950.0, min_radius_mm=2.5)
+    assert airway[19, 22, 23]  # the trachea
+    assert airway[14, 22:24, 16:20].all() and airway[14, 22:24, 28:32].all()
+
+
+def test_emphysema_beside_a_bronchus_stays_lung() -> None:
+    hu = _chest()
+    _bronchi(hu)
+    hu[11:17, 27:33, 14:20] = -1000.0  # 12 mm of air 4 mm from the right main bronchus
+    hu[20:26, 20:26, 13:19] = -1000.0  # and 12 mm of air 4 mm beside the trachea
+    airway = large_airways(hu, (2.0, 2.0, 2.0), airway_hu=-950.0, min_radius_mm=2.5)
+    assert airway[14, 22:24, 16:20].all() and airway[22, 22:24, 22:25].all()
+    assert not airway[11:17, 27:33, 14:20].any()  # the emphysema
+    assert not airway[20:26, 20:26, 13:18].any()
+
+
+def test_an_implausible_airway_volume_is_warned_about() -> None:
+    lung = np.zeros((10, 20, 20), bool)
+    lung[:, 2:18, 2:18] = True
+    airway = np.zeros_like(lung)
+    airway[:, 9:11, 9:11] = True  # a trachea: 1.6% of the lung
+    assert airway_warning(airway, lung) is None
+    assert airway_warning(None, lung) is None
+    airway[:, 4:16, 4:10] = True  # air joined to it: 29% of lung and airways
+    message = airway_warning(airway, lung)
+    assert message is not None and "29%" in message
 
 
 def test_no_airway_reaching_the_ends_is_no_airway() -> None:
@@ -146,21 +194,75 @@ def test_the_classical_lung_matches_the_phantom_truth_where_the_threshold_did_no
     assert vessels.sum() > 500 and after[vessels].mean() >= max(0.8, before[vessels].mean())
 
 
+#: The bundled baseline's manifest before the classical lung (version 1.0.0).
+OLD_MANIFEST = Path(__file__).parent / "data" / "ct-threshold-baseline-1.0.0-manifest.json"
+
+
 def test_old_manifests_keep_their_mask_settings_and_hash() -> None:
-    data = json.loads((BUNDLED / "ct-threshold-baseline" / "manifest.json").read_text())
-    data["volume"].pop("lung_refine", None)
-    for key in ("lung_source_hu", "airway_hu", "airway_min_radius_mm", "lung_hole_max_mm2"):
-        data["volume"].pop(key, None)
-    manifest = Manifest.model_validate(data)
+    manifest = Manifest.model_validate(json.loads(OLD_MANIFEST.read_text()))
+    assert manifest.signature is not None
+    assert manifest.content_sha256() == manifest.signature.manifest_sha256
     assert manifest.volume is not None and manifest.volume.lung_refine == "none"
     assert b"lung_refine" not in manifest.canonical_bytes()
     assert b"airway_hu" not in manifest.canonical_bytes()
-    classical = manifest.model_copy(
-        update={"volume": manifest.volume.model_copy(update={"lung_refine": "classical"})}
+    # Its mask: holes filled slice by slice (the dome called lung), no airway taken out.
+    lung = _dome_chest(nodule=False)
+    probabilities = np.stack([lung, np.zeros_like(lung)]).astype(np.float32)
+    airway = np.zeros_like(lung)
+    airway[20:, 30:34, 30:34] = True
+    old, _, _ = lung_and_nodules(
+        probabilities, [0.5, 0.5], 0, 1, (2.0, 2.0, 2.0), manifest.volume, airway=airway
     )
-    assert b'"lung_refine":"classical"' in classical.canonical_bytes()
-    assert b'"lung_source_hu":-400.0' in classical.canonical_bytes()
-    assert classical.content_sha256() != manifest.content_sha256()
+    slicewise = np.stack([ndimage.binary_fill_holes(p) for p in lung])
+    slicewise[:, :1] = slicewise[:, -1:] = False
+    assert np.array_equal(old, slicewise) and old[6, 32, 32] and old[25, 32, 32]
+    classical = manifest.volume.model_copy(update={"lung_refine": "classical"})
+    new, _, _ = lung_and_nodules(
+        probabilities, [0.5, 0.5], 0, 1, (2.0, 2.0, 2.0), classical, airway=airway
+    )
+    assert not new[6, 32, 32] and not new[25, 32, 32]
+    with_classical = manifest.model_copy(update={"volume": classical})
+    assert b'"lung_refine":"classical"' in with_classical.canonical_bytes()
+    assert b'"lung_source_hu":-400.0' in with_classical.canonical_bytes()
+    assert with_classical.content_sha256() != manifest.content_sha256()
+
+
+@pytest.mark.parametrize(
+    ("key", "value", "message"),
+    [
+        ("airway_min_radius_mm", 1e9, "volume.airway_min_radius_mm"),
+        ("lung_hole_open_mm", 0.0, "volume.lung_hole_open_mm"),
+        ("airway_hu", -500.0, "volume.airway_hu"),
+        ("lung_source_hu", float("nan"), "volume.lung_source_hu"),
+        ("lung_hole_max_mm2", float("inf"), "volume.lung_hole_max_mm2"),
+        ("postprocess", "centre-heatmap", "lung_refine 'classical' needs postprocess"),
+        ("lung_output", "probability", "needs lung_output 'filled-mask'"),
+    ],
+)
+def test_a_bad_classical_lung_setting_is_one_error_line(
+    key: str, value: object, message: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    package = tmp_path / "bad"
+    shutil.copytree(BUNDLED / "ct-threshold-baseline", package)
+    path = package / "manifest.json"
+    data = json.loads(path.read_text())
+    data["volume"][key] = value
+    path.write_text(json.dumps(data))
+    assert main(["models", "show", str(package)]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("error:") and message in err[0], err
+
+
+def test_the_classical_lung_only_where_it_does_something() -> None:
+    VolumeSpec(lung_refine="classical", postprocess="blob-cad")
+    VolumeSpec(lung_refine="none", postprocess="lung-field", lung_output="probability")
+    for bad in (
+        {"postprocess": "lung-field"},
+        {"postprocess": "none"},
+        {"lung_output": "probability"},
+    ):
+        with pytest.raises(ValidationError, match="lung_refine 'classical' needs"):
+            VolumeSpec.model_validate({"lung_refine": "classical", **bad})
 
 
 @pytest.mark.parametrize("name", ["ct-threshold-baseline", "ct-nodule-cad"])
@@ -168,3 +270,87 @@ def test_the_bundled_ct_packages_use_the_classical_lung(name: str) -> None:
     package = load_package(BUNDLED / name)
     assert package.manifest.volume is not None
     assert package.manifest.volume.lung_refine == "classical"
+
+
+def _dome_chest(nodule: bool) -> np.ndarray:
+    """Lung (True) in slices 4-33 of a 2 mm grid with a dome of the diaphragm rising
+    from below to slice 12 (a half-ellipsoid 30 mm high, 72 mm wide at its base) and,
+    with ``nodule``, a 16 mm nodule resting on its apex."""
+    zz, yy, xx = np.mgrid[0:36, 0:64, 0:64].astype(float)
+    lung = np.zeros((36, 64, 64), bool)
+    lung[4:34, 4:60, 4:60] = True
+    dome = ((yy - 32) / 18) ** 2 + ((xx - 32) / 18) ** 2 + ((zz - 3) / 9.5) ** 2 <= 1.0
+    lung &= ~dome
+    if nodule:
+        lung &= ((zz - 16.5) ** 2 + (yy - 32) ** 2 + (xx - 32) ** 2) > 16.0
+    return lung
+
+
+def test_a_nodule_resting_on_the_dome_stays_lung() -> None:
+    lung = _dome_chest(nodule=True)
+    sphere = _dome_chest(nodule=False) & ~lung
+    dome = ~_dome_chest(nodule=False) & (np.arange(36)[:, None, None] >= 4)
+    dome[:, :4] = dome[:, 60:] = dome[:, :, :4] = dome[:, :, 60:] = False
+    filled = fill_lung_holes(lung, (2.0, 2.0, 2.0), max_hole_mm2=1600.0, open_mm=5.0)
+    # The nodule's slices above the apex are lung (holes filled), the dome is not.
+    assert filled[15:21, 32, 32].all()
+    assert filled[sphere].mean() > 0.8
+    assert filled[dome & (np.arange(36)[:, None, None] <= 8)].mean() < 0.15  # the opening's rim
+
+
+def test_the_balls_are_metric() -> None:
+    # 2.5 mm at 2 mm: the centre and its 6 face neighbours (2 mm away), not 2.83 mm.
+    assert _ball(2.5, (2.0, 2.0, 2.0)).sum() == 7
+    # 5 mm at 2 mm reaches 4 mm along an axis and (4, 2) mm = 4.47 mm, not (4, 4) mm.
+    ball = _ball(5.0, (2.0, 2.0, 2.0))
+    assert ball.shape == (5, 5, 5) and ball[4, 3, 2] and not ball[4, 4, 2]
+    # 2.5 mm with 5 mm slices: a disc in one slice.
+    assert _ball(2.5, (5.0, 1.0, 1.0)).shape == (1, 5, 5)
+
+
+@pytest.mark.parametrize("name", ["ct-threshold-baseline", "ct-nodule-cad"])
+def test_the_bundled_packages_find_a_nodule_resting_on_the_dome(name: str) -> None:
+    lung = _dome_chest(nodule=True)
+    hu = np.full((36, 72, 72), -1000.0, np.float32)
+    hu[:, 2:70, 2:70] = 40.0
+    hu[:, 4:68, 4:68][lung] = -850.0
+    hu[26:, 34:40, 34:40] = -1000.0  # the trachea
+    volume = Volume(
+        pixels=hu,
+        affine=np.diag([2.0, 2.0, 2.0, 1.0]),
+        spacing=(2.0, 2.0, 2.0),
+        metadata=ImageMetadata(),
+    )
+    output = VolumePipeline(load_package(BUNDLED / name)).run_volume(volume)
+    # The 16 mm nodule centred at voxel (16.5, 36, 36): one region holding it.
+    found = [
+        r
+        for r in output.prediction.regions
+        if r.box_voxels[0] <= 16 < r.box_voxels[3]
+        and r.box_voxels[1] <= 36 < r.box_voxels[4]
+        and r.box_voxels[2] <= 36 < r.box_voxels[5]
+    ]
+    assert len(found) == 1 and 12.0 <= found[0].longest_diameter_mm <= 20.0
+    assert output.label_map is not None and output.label_map[16, 36, 36] > LUNG_VALUE
+
+
+def test_a_bulla_joined_to_the_trachea_is_warned_about() -> None:
+    lung = _dome_chest(nodule=False)
+    hu = np.full((36, 72, 72), -1000.0, np.float32)
+    hu[:, 2:70, 2:70] = 40.0
+    hu[:, 4:68, 4:68][lung] = -850.0
+    hu[26:, 34:40, 34:40] = -1000.0  # the trachea
+    volume = Volume(
+        pixels=hu.copy(),
+        affine=np.diag([2.0, 2.0, 2.0, 1.0]),
+        spacing=(2.0, 2.0, 2.0),
+        metadata=ImageMetadata(),
+    )
+    pipeline = VolumePipeline(load_package(BUNDLED / "ct-threshold-baseline"))
+    assert not any("large airways" in w for w in pipeline.run_volume(volume).prediction.warnings)
+    hu[16:30, 14:58, 14:58] = -1000.0  # a wide bulla the trachea opens into
+    volume = Volume(
+        pixels=hu, affine=volume.affine, spacing=volume.spacing, metadata=ImageMetadata()
+    )
+    warnings = pipeline.run_volume(volume).prediction.warnings
+    assert any("large airways" in w and "emphysema" in w for w in warnings), warnings

@@ -6,13 +6,15 @@ steps that keep memory bounded by the network's grid and one source slice:
 * on the network's grid (``spacing_mm``, from the resampled HU): the **large
   airways** (:func:`large_airways`: air darker than ``airway_hu``, opened by a ball of
   ``airway_min_radius_mm`` so that only the trachea and the main bronchi are left,
-  the components reaching the first or last slice) are taken out of the lung before
-  its components are kept; the kept lung's **holes are filled**
-  (:func:`fill_lung_holes`): in 3-D (vessels and nodules inside the lung), and slice
-  by slice (vessels at the hilum, which touch the mediastinum through the bronchial
-  wall in 3-D) but for the wide part (opened by a ball of ``lung_hole_open_mm``) of
-  slice-wise holes wider than ``lung_hole_max_mm2`` in a slice: the dome of the
-  diaphragm, soft tissue ringed by lung in the lowest slices but open below;
+  the components reaching the first or last slice, and the main bronchi past a
+  break at the carina) are taken out of the lung before its components are kept
+  (:func:`airway_warning` when they are an implausible share of it); the kept lung's
+  **holes are filled** (:func:`fill_lung_holes`): in 3-D (vessels and nodules inside
+  the lung), and slice by slice (vessels at the hilum, which touch the mediastinum
+  through the bronchial wall in 3-D) but for the wide part (opened by a ball of
+  ``lung_hole_open_mm``) of the dome of the diaphragm, soft tissue ringed by lung in
+  the lowest slices but open below, decided per 2-D hole (:func:`_dome`) so that a
+  nodule resting on the dome stays lung;
 * on the source grid, one slice at a time (:func:`source_lung_plane`): the lung
   brought back is grown, within one voxel of the network's grid around it, by the
   voxels of the source slice at or below ``lung_source_hu`` (about half way between
@@ -33,14 +35,21 @@ BoolArray = npt.NDArray[np.bool_]
 #: Gap (voxels of the network's grid) across which a large airway's lumen joins the trachea.
 BRIDGE_VOXELS = 3
 
+#: Large airways holding more than this fraction of lung plus airways are implausible
+#: (the trachea and main bronchi are a few per cent of it): the series is warned about.
+AIRWAY_MAX_FRACTION = 0.1
+
 
 def _ball(radius_mm: float, spacing: Sequence[float]) -> BoolArray:
-    """An ellipsoid of ``radius_mm`` in voxels of ``spacing`` (at least one voxel a side)."""
-    radius = [max(1, round(radius_mm / float(step))) for step in spacing]
+    """The voxels of ``spacing`` whose centres lie within ``radius_mm`` mm of the
+    centre (a metric ellipsoid: ``(z sz)^2 + (y sy)^2 + (x sx)^2 <= r^2``); the centre
+    voxel alone when ``radius_mm`` is below every step."""
+    extent = [int(np.floor(radius_mm / float(step) + 1e-9)) for step in spacing]
     zz, yy, xx = np.ogrid[
-        -radius[0] : radius[0] + 1, -radius[1] : radius[1] + 1, -radius[2] : radius[2] + 1
+        -extent[0] : extent[0] + 1, -extent[1] : extent[1] + 1, -extent[2] : extent[2] + 1
     ]
-    ball = (zz / radius[0]) ** 2 + (yy / radius[1]) ** 2 + (xx / radius[2]) ** 2 <= 1.0
+    sz, sy, sx = (float(step) for step in spacing)
+    ball = (zz * sz) ** 2 + (yy * sy) ** 2 + (xx * sx) ** 2 <= radius_mm**2 + 1e-9
     return np.asarray(ball, dtype=bool)
 
 
@@ -56,8 +65,9 @@ def large_airways(
     Air at or below ``airway_hu`` not connected to the in-plane sides (the air around
     the patient), opened by an ellipsoid of ``min_radius_mm`` (smaller bronchi, which
     the lung holds, go), its components reaching the first or the last slice (the
-    trachea leaves the scan at the top) and those within :data:`BRIDGE_VOXELS` of
-    them (the main bronchi past the carina), grown by one voxel (the lumen's edge, which
+    trachea leaves the scan at the top) and those within :data:`BRIDGE_VOXELS`
+    slices of them along z (one voxel in-plane) and no wider in a slice than they are
+    (the main bronchi past a break at the carina), grown by one voxel (the lumen's edge, which
     the opening rounds off and partial volume greys, and the wall).
     """
     air = hu <= airway_hu
@@ -86,9 +96,22 @@ def large_airways(
         return np.zeros_like(core)
     trunk = np.isin(labels, ends)
     # The main bronchi leave the trachea at the carina, where partial volume can break
-    # the lumen for a slice or two: components within BRIDGE_VOXELS of it join it.
-    near = np.unique(labels[ndimage.binary_dilation(trunk, iterations=BRIDGE_VOXELS)])
-    trunk = np.isin(labels, near[near > 0])
+    # the lumen for a slice or two: a component within BRIDGE_VOXELS slices of the
+    # trunk along z and one voxel in-plane (below or above it, not beside it) joins it
+    # when it is a tube no wider in any slice than the trunk's widest slice: air a few
+    # millimetres beside a bronchus (emphysema, a bulla) stays lung.
+    along_z = np.zeros((3, 1, 1), dtype=bool)
+    along_z[:, 0, 0] = True
+    reach = ndimage.binary_dilation(trunk, structure=np.ones((3, 3, 3), dtype=bool))
+    if BRIDGE_VOXELS > 1:
+        reach = ndimage.binary_dilation(reach, structure=along_z, iterations=BRIDGE_VOXELS - 1)
+    near = np.unique(labels[reach & ~trunk])
+    near = near[near > 0]
+    if near.size:
+        widest_trunk = int(trunk.sum(axis=(1, 2)).max())
+        join = [int(k) for k in near if int((labels == k).sum(axis=(1, 2)).max()) <= widest_trunk]
+        if join:
+            trunk |= np.isin(labels, join)
     return np.asarray(ndimage.binary_dilation(trunk), dtype=bool)
 
 
@@ -105,9 +128,10 @@ def fill_lung_holes(
     A voxel in a hole of its slice that is not in a hole in 3-D (a vessel at the
     hilum, which reaches the mediastinum through the bronchial wall) is filled unless
     it lies in the wide part of such holes (their opening by an ellipsoid of
-    ``open_mm``) whose 3-D component is wider than ``max_hole_mm2`` in some slice:
-    the dome of the diaphragm, soft tissue ringed by lung in the lowest slices but
-    open below; the vessels touching it are thin, so they are still filled.
+    ``open_mm``) that :func:`_dome` calls the dome (per 2-D hole: wider than
+    ``max_hole_mm2``, or narrowing away from such a hole): soft tissue ringed by lung
+    in the lowest slices but open below; the vessels touching it are thin, and a
+    nodule resting on it widens away from it, so they are still filled.
     ``airway`` (the large airways) is never filled.
     """
     if not lung.any():
@@ -123,18 +147,60 @@ def fill_lung_holes(
         holes &= ~airway
     if not holes.any():
         return filled
-    wide = ndimage.binary_opening(holes, structure=_ball(open_mm, spacing))
-    labels, count = ndimage.label(wide)
-    del wide
-    widest = np.zeros(count + 1, dtype=np.int64)
-    for plane in labels:
-        np.maximum(widest, np.bincount(plane.ravel(), minlength=count + 1), out=widest)
+    wide = np.asarray(ndimage.binary_opening(holes, structure=_ball(open_mm, spacing)), bool)
     pixel_mm2 = float(spacing[1]) * float(spacing[2])
-    reject = np.flatnonzero(widest * pixel_mm2 > max_hole_mm2)
-    reject = reject[reject > 0]
-    if reject.size:
-        holes &= ~np.isin(labels, reject)
+    holes &= ~_dome(wide, max_hole_mm2 / pixel_mm2)
+    del wide
     return filled | holes
+
+
+def _dome(wide: BoolArray, max_pixels: float) -> BoolArray:
+    """The dome in ``wide`` (the opened slice-wise holes), decided per 2-D hole.
+
+    A hole of a slice wider than ``max_pixels`` is the dome; so is a hole overlapping
+    a dome hole of the next slice up or down that is no wider than it (the dome
+    narrows away from its base). A nodule resting on the dome widens away from it, so
+    its slices stay holes (and lung) though the opening joins it to the dome in 3-D.
+    """
+    planes = [ndimage.label(plane) for plane in wide]
+    areas = [np.bincount(labels.ravel(), minlength=n + 1) for labels, n in planes]
+    # Per slice, the area of the dome hole each pixel lies in (0: not the dome).
+    dome = [
+        np.where(labels > 0, area[labels], 0) * (area[labels] > max_pixels)
+        for (labels, _), area in zip(planes, areas, strict=True)
+    ]
+    for order in (range(1, len(planes)), range(len(planes) - 2, -1, -1)):
+        for z in order:
+            labels, n = planes[z]
+            if n == 0:
+                continue
+            prev = z - 1 if order.step == 1 else z + 1
+            below = dome[prev]
+            if not below.any():
+                continue
+            reach = np.zeros(n + 1, dtype=np.int64)
+            np.maximum.at(reach, labels.ravel(), below.ravel())
+            grow = (reach > 0) & (areas[z] <= reach) & (np.arange(n + 1) > 0)
+            if grow.any():
+                dome[z] = np.maximum(dome[z], np.where(grow[labels], areas[z][labels], 0))
+    return np.stack([plane > 0 for plane in dome])
+
+
+def airway_warning(airway: BoolArray | None, lung: BoolArray) -> str | None:
+    """A warning when ``airway`` (the large airways) is an implausible share of
+    ``lung`` plus it (over :data:`AIRWAY_MAX_FRACTION`: air the opening joined to the
+    trachea, e.g. emphysema or a wide bulla); None otherwise."""
+    if airway is None:
+        return None
+    volume = int(airway.sum())
+    total = volume + int((lung & ~airway).sum())
+    if volume == 0 or volume <= AIRWAY_MAX_FRACTION * total:
+        return None
+    return (
+        f"the large airways found are {100.0 * volume / total:.0f}% of the lung and airways "
+        f"(expected under {100.0 * AIRWAY_MAX_FRACTION:.0f}%): emphysema or a bulla joined to "
+        "the trachea may have been left out of the lung"
+    )
 
 
 def source_lung_plane(
@@ -157,4 +223,11 @@ def source_lung_plane(
     return np.asarray(out | grow, dtype=bool)
 
 
-__all__ = ["fill_lung_holes", "large_airways", "source_lung_plane"]
+__all__ = [
+    "AIRWAY_MAX_FRACTION",
+    "BRIDGE_VOXELS",
+    "airway_warning",
+    "fill_lung_holes",
+    "large_airways",
+    "source_lung_plane",
+]

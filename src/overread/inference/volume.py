@@ -36,7 +36,12 @@ from scipy import ndimage
 from overread.errors import InferenceError, ModelPackageError, OverreadError
 from overread.imaging import ImageMetadata
 from overread.imaging.series import Volume, assemble_volume
-from overread.inference.lung_mask import fill_lung_holes, large_airways, source_lung_plane
+from overread.inference.lung_mask import (
+    airway_warning,
+    fill_lung_holes,
+    large_airways,
+    source_lung_plane,
+)
 from overread.inference.nodules import categorise, density_of, solid_diameter_mm
 from overread.inference.result import ModelRef, Prediction
 from overread.inference.runtimes import torch_device
@@ -398,6 +403,7 @@ class VolumePipeline:
             lung_low, nodules_low, count = lung_and_nodules(
                 probabilities, thresholds, lung_i, nodule_i, spec.spacing_mm, spec, airway=airway
             )
+            _warn_airway(airway, lung_low, prediction.warnings)
             if count == MAX_NODULES:
                 prediction.warnings.append(
                     f"{MAX_NODULES} or more nodule candidates: only the {MAX_NODULES} "
@@ -428,6 +434,7 @@ class VolumePipeline:
             lung_low, _, _ = lung_and_nodules(
                 probabilities, thresholds, lung_i, nodule_i, spec.spacing_mm, spec, airway=airway
             )
+            _warn_airway(airway, lung_low, prediction.warnings)
             lung_channel, lung_threshold = lung_output(
                 probabilities[lung_i], thresholds[lung_i], lung_low, spec.lung_output
             )
@@ -948,6 +955,17 @@ def measure_detection(
         ),
         box_voxels=(int(lo[0]), int(lo[1]), int(lo[2]), int(hi[0]), int(hi[1]), int(hi[2])),
     )
+
+
+def _warn_airway(
+    airway: npt.NDArray[np.bool_] | None, lung: npt.NDArray[np.bool_], warnings: list[str]
+) -> None:
+    """Log and report an implausible airway volume
+    (:func:`overread.inference.lung_mask.airway_warning`)."""
+    message = airway_warning(airway, lung)
+    if message is not None:
+        logger.warning("%s", message)
+        warnings.append(message)
 
 
 def _lung_channels(

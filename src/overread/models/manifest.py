@@ -138,7 +138,6 @@ class InputSpec(_Strict):
     normalisation: str = "[0, 1], bone bright"
 
 
-#: The ``blob-cad`` settings added after its first manifests (in the hash once set).
 #: The ``classical`` lung mask's settings (``volume.lung_refine``): out of the hash when off.
 LUNG_REFINE_SETTINGS: tuple[str, ...] = (
     "lung_refine",
@@ -148,6 +147,7 @@ LUNG_REFINE_SETTINGS: tuple[str, ...] = (
     "lung_hole_max_mm2",
     "lung_hole_open_mm",
 )
+#: The ``blob-cad`` settings added after its first manifests (in the hash once set).
 CAD_SETTINGS: tuple[str, ...] = (
     "cad_revision",
     "cad_min_blobness",
@@ -202,10 +202,16 @@ class VolumeSpec(_Strict):
     taken out before the lung's components are kept, and the kept lung's holes are
     filled in 3-D and slice by slice, but for the wide part (opened by a ball of
     ``lung_hole_open_mm``) of slice-wise holes wider than ``lung_hole_max_mm2`` in a
-    slice (the diaphragm's dome);
+    slice, and of the holes narrowing away from those (the diaphragm's dome);
     on the source grid, slice by slice, the lung brought back grows by the voxels at
     or below ``lung_source_hu`` within one voxel of the network's grid around it
     (the partial-volume boundary at the source resolution), not into the airways.
+    It is refused with another postprocess (it would do nothing) and with
+    ``lung_output`` ``probability`` (it refines the filled mask). Its settings are
+    finite and bounded: ``lung_source_hu`` in [-900, 0], ``airway_hu`` in [-1100,
+    -900] (darker than aerated lung, or the whole lung would be airway), the radii
+    ``airway_min_radius_mm`` and ``lung_hole_open_mm`` in (0, 20] mm,
+    ``lung_hole_max_mm2`` in [0, 100000] mm².
 
     ``planar`` true makes it a 2-D package for projection radiographs (CR, DX): each
     image is read through the manifest's ``input.chain`` (to ``input.size`` pixels a
@@ -268,11 +274,14 @@ class VolumeSpec(_Strict):
     nodule_min_volume_mm3: float = Field(default=0.0, ge=0.0)
     nodule_lung_margin_mm: float = Field(default=5.0, ge=0.0)
     lung_refine: Literal["none", "classical"] = "none"
-    lung_source_hu: float = -400.0
-    airway_hu: float = -950.0
-    airway_min_radius_mm: float = Field(default=2.5, gt=0.0)
-    lung_hole_max_mm2: float = Field(default=1600.0, ge=0.0)
-    lung_hole_open_mm: float = Field(default=5.0, gt=0.0)
+    # The classical lung's bounds: the source edge between aerated lung and soft
+    # tissue, airways darker than any aerated lung, radii a few voxels (the balls are
+    # built in memory), holes no wider than a chest slice.
+    lung_source_hu: float = Field(default=-400.0, ge=-900.0, le=0.0, allow_inf_nan=False)
+    airway_hu: float = Field(default=-950.0, ge=-1100.0, le=-900.0, allow_inf_nan=False)
+    airway_min_radius_mm: float = Field(default=2.5, gt=0.0, le=20.0, allow_inf_nan=False)
+    lung_hole_max_mm2: float = Field(default=1600.0, ge=0.0, le=100000.0, allow_inf_nan=False)
+    lung_hole_open_mm: float = Field(default=5.0, gt=0.0, le=20.0, allow_inf_nan=False)
     cad_scales_mm: tuple[float, ...] = DEFAULT_SCALES_MM
     cad_floor: float = Field(default=FLOOR, ge=0.0)
     cad_weights: tuple[float, ...] = ()
@@ -297,6 +306,18 @@ class VolumeSpec(_Strict):
         if any(v <= 0 for v in value):
             raise ValueError("spacing_mm must be positive")
         return value
+
+    @model_validator(mode="after")
+    def _classical_lung_applies(self) -> VolumeSpec:
+        if self.lung_refine == "classical":
+            if self.postprocess not in ("lung-nodule", "blob-cad"):
+                raise ValueError(
+                    "lung_refine 'classical' needs postprocess 'lung-nodule' or 'blob-cad' "
+                    f"(a volumetric lung), not {self.postprocess!r}"
+                )
+            if self.lung_output != "filled-mask":
+                raise ValueError("lung_refine 'classical' needs lung_output 'filled-mask'")
+        return self
 
     @field_validator("patch_size")
     @classmethod
