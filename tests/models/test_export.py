@@ -201,6 +201,20 @@ def test_last_stride_is_checked() -> None:
             build_network("cxr-convnet", num_classes=2, **{**TINY, "last_stride": bad})
 
 
+def test_last_stride_one_is_refused_where_it_would_change_or_do_nothing() -> None:
+    from overread.errors import ModelPackageError
+
+    # One stage: there is no last-stage downsampling to drop.
+    with pytest.raises(ModelPackageError, match="at least two stages"):
+        build_network("cxr-convnet", num_classes=2, widths=[8], blocks=[1], last_stride=1)
+    # Equal last two widths: the stride-2 block's 1x1 shortcut would disappear, so the
+    # stride-2 weights would not load.
+    equal = {"widths": [8, 16, 16], "blocks": [1, 1, 1], "stem_width": 8}
+    with pytest.raises(ModelPackageError, match="last two widths differ"):
+        build_network("cxr-convnet", num_classes=2, **equal, last_stride=1)
+    build_network("cxr-convnet", num_classes=2, **equal)  # stride 2 stays allowed
+
+
 def test_last_stride_one_exports_and_quantises_with_exact_cam(tmp_path: Path) -> None:
     torch.manual_seed(0)
     net = _perturbed_batchnorm(build_network("cxr-convnet", num_classes=5, **FINE))

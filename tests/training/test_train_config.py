@@ -1,12 +1,14 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import pytest
 import torch
 
 from overread.errors import ConfigError
 from overread.training import load_config, parse_config, preset_names
+from overread.training.config import TrainConfig
 
 
 def test_shipped_preset_loads_and_resolves_paths(
@@ -148,22 +150,159 @@ def test_the_fine_preset_is_the_lse_preset_with_a_16_by_16_class_map(
     assert (repo / "configs" / "cxr-phantom-fine.toml").read_text() == shipped.read_text()
 
 
-def test_model_init_reads_a_model_package_folder(tmp_path: Path) -> None:
-    from overread.models import build_network
-    from overread.training.run import _weights_at
+SMALL = {"widths": [8, 16], "blocks": [1, 1], "stem_width": 8}
+THREE = ["Edema", "Fracture", "Pneumothorax"]
 
-    net = build_network("cxr-convnet", num_classes=3, widths=[8, 16], blocks=[1, 1])
-    package = tmp_path / "pkg"
-    package.mkdir()
-    (package / "manifest.json").write_text('{"name": "m", "version": "1.0.0"}')
-    torch.save(net.state_dict(), package / "model.pt")
-    weights = _weights_at(package)
-    assert weights.keys() == net.state_dict().keys()
-    assert all(torch.equal(weights[k], v) for k, v in net.state_dict().items())
+
+def _write_package(folder: Path, *, labels: list[str] = THREE, channels: int = 1) -> Path:
+    """A signed, verified package of a small cxr-convnet (the project's writer)."""
+    from overread.imaging.transforms import cxr_chain
+    from overread.models import build_network, write_package
+
+    torch.manual_seed(1)
+    net = build_network("cxr-convnet", in_channels=channels, num_classes=len(labels), **SMALL)
+    return write_package(
+        folder,
+        network=net,
+        architecture="cxr-convnet",
+        arch_kwargs=SMALL,
+        labels=labels,
+        input_spec={"size": 32, "channels": channels, "chain": cxr_chain(32).to_spec()},
+        name="tiny",
+        version="1.0.0",
+        intended_use="tests",
+        export_onnx=False,
+    )
+
+
+def _config(init: Path, **model: Any) -> TrainConfig:
+    cfg = load_config(preset="cxr-phantom")
+    cfg.model.kwargs = dict(SMALL)
+    cfg.model.init = init
+    for key, value in model.items():
+        if key == "channels":
+            cfg.data.channels = value
+        else:
+            setattr(cfg.model, key, value)
+    return cfg
+
+
+def _one_line(exc: pytest.ExceptionInfo[BaseException]) -> str:
+    message = str(exc.value)
+    assert "\n" not in message
+    return message
+
+
+def test_model_init_warm_starts_from_a_verified_package(tmp_path: Path) -> None:
+    import shutil
+
+    from overread.models import load_package
+    from overread.training.run import build_model, warm_start
+    from overread.training.warmstart import init_kind
+
+    package = _write_package(tmp_path / "pkg")
+    expected = torch.load(package / "model.pt", weights_only=True)
+    # pool, pool_r and last_stride change no weight's shape: they may differ.
+    cfg = _config(package, kwargs={**SMALL, "pool": "lse", "last_stride": 1})
+    net = build_model(cfg, THREE)
+    assert all(torch.equal(net.state_dict()[k], v) for k, v in expected.items())
+    start = warm_start(cfg, THREE)
+    assert start is not None
+    assert start.record() == {
+        "kind": "package",
+        "path": str(package),
+        "name": "tiny",
+        "version": "1.0.0",
+        "sha256": load_package(package).sha256,
+    }
+    # The same package as a .zip (one shared rule says what is a package).
+    archive = Path(shutil.make_archive(str(tmp_path / "tiny"), "zip", tmp_path, "pkg"))
+    assert init_kind(archive) == init_kind(package) == "package"
+    assert init_kind(package / "model.pt") == "file"  # a torch file is a zip, not a package
+    net = build_model(_config(archive), THREE)
+    assert all(torch.equal(net.state_dict()[k], v) for k, v in expected.items())
     # A folder with neither a run's checkpoint nor a package's manifest is refused.
     (tmp_path / "empty").mkdir()
     with pytest.raises(ConfigError, match="no checkpoint found"):
-        _weights_at(tmp_path / "empty")
+        build_model(_config(tmp_path / "empty"), THREE)
+
+
+def test_model_init_refuses_a_tampered_package(tmp_path: Path) -> None:
+    from overread.errors import ModelPackageError
+    from overread.training.run import build_model
+
+    package = _write_package(tmp_path / "pkg")
+    state = torch.load(package / "model.pt", weights_only=True)
+    state["classifier.bias"] = state["classifier.bias"] + 1.0
+    torch.save(state, package / "model.pt")
+    with pytest.raises(ModelPackageError, match="package refused") as exc:
+        build_model(_config(package), THREE)
+    assert "model.pt" in _one_line(exc)
+
+
+class _Planted:
+    """Unpickling this touches a file: code run by ``torch.load``."""
+
+    def __init__(self, marker: Path) -> None:
+        self.marker = marker
+
+    def __reduce__(self) -> tuple[object, tuple[Path]]:
+        return Path.touch, (self.marker,)
+
+
+def test_model_init_never_runs_a_pickle_in_a_package(tmp_path: Path) -> None:
+    from overread.models import resign_package
+    from overread.training.run import build_model
+
+    package = _write_package(tmp_path / "pkg")
+    marker = tmp_path / "ran"
+    torch.save({"classifier.bias": _Planted(marker)}, package / "model.pt")
+    resign_package(package)  # even a correctly re-signed package must not run code
+    with pytest.raises(ConfigError, match="cannot read these weights safely") as exc:
+        build_model(_config(package), THREE)
+    _one_line(exc)
+    assert not marker.exists()
+
+
+def test_model_init_checks_the_package_against_the_config(tmp_path: Path) -> None:
+    from overread.training.run import build_model
+
+    package = _write_package(tmp_path / "pkg")
+    cases = [
+        (_config(package, architecture="densenet-tiny", kwargs={}), THREE, "'cxr-convnet'"),
+        (_config(package, channels=3), THREE, "1 input channel"),
+        (_config(package, kwargs={**SMALL, "widths": [8, 32]}), THREE, "model.kwargs.widths"),
+        (_config(package), [*THREE, "Cardiomegaly"], "classifier head would not match"),
+        # The same labels in another order would map the head to the wrong findings.
+        (_config(package), list(reversed(THREE)), "in another order"),
+    ]
+    for cfg, labels, message in cases:
+        with pytest.raises(ConfigError, match=message) as exc:
+            build_model(cfg, labels)
+        _one_line(exc)
+
+
+def test_weights_that_do_not_fit_are_one_config_error_line(tmp_path: Path) -> None:
+    from overread.models import build_network
+    from overread.training.run import build_model
+
+    other = build_network("cxr-convnet", num_classes=3, widths=[8, 32], blocks=[1, 1])
+    torch.save(other.state_dict(), tmp_path / "other.pt")
+    with pytest.raises(ConfigError, match="do not fit the configured network") as exc:
+        build_model(_config(tmp_path / "other.pt"), THREE)
+    _one_line(exc)
+
+
+def test_the_bundled_default_package_initialises_the_fine_preset() -> None:
+    from overread.models import load_package
+    from overread.training.run import build_model
+
+    bundled = Path(__file__).resolve().parents[2] / "src/overread/models/bundled/cxr-default"
+    package = load_package(bundled)
+    cfg = load_config(preset="cxr-phantom-fine", overrides={"model.init": str(bundled)})
+    net = build_model(cfg, package.labels)
+    expected = torch.load(bundled / "model.pt", weights_only=True)
+    assert all(torch.equal(net.state_dict()[k], v) for k, v in expected.items())
 
 
 def test_the_model_card_says_where_the_weights_started(
@@ -187,13 +326,19 @@ def test_the_model_card_says_where_the_weights_started(
     assert "Pooling" not in model_card(load_config(preset="cxr-phantom"), ["Edema"], record)
     assert "Class map" not in lse
     fine = model_card(load_config(preset="cxr-phantom-fine"), ["Edema"], record)
-    assert "- Class map: the last stage does not downsample" in fine and "16 x 16" in fine
-    package = tmp_path / "cxr-default-1.1.0"
-    package.mkdir()
-    (package / "manifest.json").write_text('{"name": "cxr-default", "version": "1.1.0"}')
+    assert "- Class map: the last stage does not downsample" in fine
+    assert "16 x 16 at 256 px instead of 8 x 8" in fine
+    # The grid follows the input size and the network's stride, not a fixed figure.
+    at_224 = load_config(preset="cxr-phantom-fine", overrides={"data.size": 224})
+    assert "14 x 14 at 224 px instead of 7 x 7" in model_card(at_224, ["Edema"], record)
+    package = _write_package(tmp_path / "cxr-default-1.1.0")
+    started = {"kind": "package", "name": "cxr-default", "version": "1.1.0", "sha256": "ab12"}
     from_package = model_card(
         load_config(preset="cxr-phantom-fine", overrides={"model.init": str(package)}),
         ["Edema"],
-        record,
+        {**record, "init": started},
     )
-    assert "initialised from the weights of model package `cxr-default 1.1.0`" in from_package
+    assert (
+        "initialised from the weights of model package `cxr-default 1.1.0` "
+        "(verified; sha256 `ab12`)" in from_package
+    )

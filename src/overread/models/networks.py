@@ -146,7 +146,10 @@ class CxrConvNet(nn.Module):
     ``last_stride=1`` keeps the last stage at the resolution of the one before it
     (no downsampling): the class map is twice as fine in each direction (16 x 16 at
     256 px instead of 8 x 8) for about four times the last stage's cost. The weights
-    have the same shapes, so a ``last_stride=2`` network's weights load unchanged.
+    keep their shapes as long as the last stage's first block keeps its 1x1 shortcut,
+    i.e. while it changes the width; so ``last_stride=1`` needs at least two stages and
+    the last two widths to differ (otherwise it is refused), and then a
+    ``last_stride=2`` network's weights load into it.
     """
 
     def __init__(
@@ -173,6 +176,11 @@ class CxrConvNet(nn.Module):
             raise TypeError(f"pool_r must be a number in (0, 100], not {pool_r!r}")
         if type(last_stride) is not int or last_stride not in (1, 2):
             raise TypeError(f"last_stride must be 1 or 2, not {last_stride!r}")
+        if last_stride == 1 and (len(widths) < 2 or widths[-1] == widths[-2]):
+            raise TypeError(
+                "last_stride=1 needs at least two stages whose last two widths differ "
+                f"(widths {list(widths)}): otherwise it does nothing or drops a weight"
+            )
         self.pool_mode = pool
         self.pool_r = float(pool_r)
         if stem not in ("conv", "patch"):

@@ -7,11 +7,14 @@ known failure modes, in plain words next to the weights they describe.
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import Any
 
+import torch
+
+from overread.errors import ConfigError
 from overread.training.config import TrainConfig
+from overread.training.warmstart import init_kind
 
 #: Mean AUC the default model should reach on phantoms of another seed.
 TARGET_MEAN_AUC = 0.90
@@ -76,17 +79,34 @@ def _focus(block: dict[str, Any]) -> str:
     return f"; over {', '.join(focus)}: **{_fmt(block.get('focus_mean_auc'))}**"
 
 
-def _package_id(folder: Path) -> str:
-    """``name version`` of the package in ``folder`` (its folder name when unreadable)."""
-    try:
-        info = json.loads((folder / "manifest.json").read_text(encoding="utf-8"))
-        return f"{info['name']} {info['version']}"
-    except (OSError, ValueError, KeyError, TypeError):
-        return folder.name
+def _package_id(init: dict[str, Any] | None, folder: Path) -> str:
+    """`name version` and content hash of the verified package the run started from, as
+    recorded in run.json; the folder name when the record does not say."""
+    if init and init.get("kind") == "package" and init.get("name"):
+        return f"`{init['name']} {init['version']}` (verified; sha256 `{init.get('sha256')}`)"
+    return f"`{folder.name}`"
 
 
-def _pool_lines(kwargs: dict[str, Any]) -> list[str]:
+def _class_map_grid(config: TrainConfig, last_stride: int) -> int:
+    """Side of the network's final feature map (the class map) at ``config.data.size``."""
+    from overread.models import build_network
+
+    kwargs = {**config.model.kwargs, "last_stride": last_stride}
+    net = build_network(
+        config.model.architecture, in_channels=config.data.channels, num_classes=1, **kwargs
+    )
+    features = getattr(net, "features", None)
+    if not isinstance(features, torch.nn.Module):
+        raise ConfigError(f"{config.model.architecture}: no feature map to measure")
+    size = config.data.size
+    with torch.no_grad():
+        shape = features.eval()(torch.zeros(1, config.data.channels, size, size)).shape
+    return int(shape[-1])
+
+
+def _pool_lines(config: TrainConfig) -> list[str]:
     """Lines on the pooling head and the class map when they are not the defaults."""
+    kwargs = config.model.kwargs
     lines: list[str] = []
     if kwargs.get("pool") == "lse":
         r = float(kwargs.get("pool_r", 5.0))
@@ -96,9 +116,11 @@ def _pool_lines(kwargs: dict[str, Any]) -> list[str]:
             "maximum of it (a global average pool would dilute one-cell findings)."
         )
     if kwargs.get("last_stride") == 1:
+        fine, coarse = _class_map_grid(config, 1), _class_map_grid(config, 2)
+        size = config.data.size
         lines.append(
             "- Class map: the last stage does not downsample (`last_stride = 1`), so the map "
-            "(and the CAM) has twice the resolution in each direction (16 x 16 at 256 px)."
+            f"(and the CAM) is {fine} x {fine} at {size} px instead of {coarse} x {coarse}."
         )
     return lines
 
@@ -134,9 +156,10 @@ def model_card(config: TrainConfig, labels: list[str], record: dict[str, Any]) -
     init = config.model.init
     if init is None:
         origin = "trained from scratch (no pre-trained weights)"
-    elif (init / "manifest.json").is_file() and not (init / "checkpoints").is_dir():
-        origin = f"initialised from the weights of model package `{_package_id(init)}`, then trained further"
-    elif init.suffix:  # a checkpoint or state-dict file
+    elif (kind := init_kind(init)) == "package":
+        package = _package_id(record.get("init"), init)
+        origin = f"initialised from the weights of model package {package}, then trained further"
+    elif kind == "file":  # a checkpoint or state-dict file
         origin = f"initialised from `{init.parent.name}/{init.name}`, then trained further"
     else:  # a run folder: its best checkpoint
         origin = f"initialised from the best checkpoint of run `{init.name}`, then trained further"
@@ -145,7 +168,7 @@ def model_card(config: TrainConfig, labels: list[str], record: dict[str, Any]) -
         "",
         f"- Architecture: `{config.model.architecture}` (built by "
         f"`overread.models.build_network`), {origin}.",
-        *_pool_lines(config.model.kwargs),
+        *_pool_lines(config),
         f"- Input: {config.data.channels} channel(s), {config.data.size} x {config.data.size}, "
         "through the standard chest X-ray chain (`cxr_chain`, recorded in the manifest), "
         "values in [0, 1].",

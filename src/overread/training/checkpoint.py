@@ -11,7 +11,9 @@ a torn one.
 from __future__ import annotations
 
 import os
+import pickle
 import random
+import re
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -71,10 +73,42 @@ def save_checkpoint(path: Path, payload: dict[str, Any]) -> None:
     os.replace(tmp, path)
 
 
+#: The non-tensor types a checkpoint holds besides plain data (numpy's RNG state is an
+#: array): allowed when reading one, so no other pickled object can run code.
+_CHECKPOINT_GLOBALS: list[Any] = [
+    np.ndarray,
+    np.dtype,
+    type(np.dtype(np.uint32)),
+    np._core.multiarray._reconstruct,  # type: ignore[attr-defined]
+]
+
+
+def read_torch_file(path: Path) -> Any:
+    """``torch.load`` with ``weights_only=True`` (tensors, plain data and the numpy
+    arrays of :func:`rng_states` only): a file that pickles anything else is refused
+    instead of run.
+
+    Raises
+    ------
+    ConfigError
+        One line, when the file pickles another object (never unpickled).
+    """
+    try:
+        with torch.serialization.safe_globals(_CHECKPOINT_GLOBALS):
+            return torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as exc:
+        found = re.search(r"Unsupported global: GLOBAL (\S+)", str(exc))
+        what = found.group(1) if found else "an object that is not a tensor"
+        raise ConfigError(
+            f"{path}: cannot read these weights safely: the file pickles {what}, "
+            "which is refused rather than run"
+        ) from None
+
+
 def load_checkpoint(path: Path) -> dict[str, Any]:
     """Read a checkpoint written by :func:`save_checkpoint`."""
     try:
-        payload: dict[str, Any] = torch.load(path, map_location="cpu", weights_only=False)
+        payload: dict[str, Any] = read_torch_file(path)
     except (OSError, RuntimeError, EOFError) as exc:
         raise ConfigError(f"{path}: cannot read checkpoint: {exc}") from None
     if "model" not in payload or "loop" not in payload:
@@ -99,6 +133,7 @@ __all__ = [
     "load_checkpoint",
     "loop_from_dict",
     "loop_to_dict",
+    "read_torch_file",
     "rng_states",
     "save_checkpoint",
     "set_rng_states",

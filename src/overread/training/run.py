@@ -19,7 +19,7 @@ import os
 import platform
 import subprocess
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -48,6 +48,7 @@ from overread.training.operating import (
 )
 from overread.training.report import write_report
 from overread.training.trainer import DistributedContext, Trainer, init_distributed
+from overread.training.warmstart import WarmStart, load_weights, weights_at
 
 log = logging.getLogger(__name__)
 
@@ -376,39 +377,43 @@ def input_transform(channels: int) -> Callable[[torch.Tensor], torch.Tensor]:
     return transform
 
 
-def build_model(config: TrainConfig, num_classes: int) -> nn.Module:
-    """The configured network, optionally initialised from a checkpoint or run folder."""
+def build_model(
+    config: TrainConfig, labels: Sequence[str], *, start: WarmStart | None = None
+) -> nn.Module:
+    """The configured network, optionally initialised from ``model.init`` (a checkpoint,
+    a run folder or a verified model package; see :mod:`overread.training.warmstart`).
+
+    ``start`` is that init, already read by :func:`warm_start`; None reads it here.
+    """
     from overread.models import build_network
 
     torch.manual_seed(config.seed)
     net = build_network(
         config.model.architecture,
         in_channels=config.data.channels,
-        num_classes=num_classes,
+        num_classes=len(labels),
         **config.model.kwargs,
     )
-    if config.model.init is not None:
-        net.load_state_dict(_weights_at(config.model.init))
+    if start is None and config.model.init is not None:
+        start = warm_start(config, labels)
+    if start is not None:
+        load_weights(net, start)
     if config.model.sync_batchnorm and int(os.environ.get("WORLD_SIZE", "1")) > 1:
         net = nn.SyncBatchNorm.convert_sync_batchnorm(net)  # type: ignore[no-untyped-call]
     return net
 
 
-def _weights_at(path: Path) -> dict[str, torch.Tensor]:
-    """Weights from a checkpoint file, a run folder (its best checkpoint) or a model
-    package folder (its ``model.pt``, e.g. a copy of the bundled ``cxr-default``)."""
-    file = path
-    if path.is_dir():
-        file = path / "checkpoints" / "best.pt"
-        if not file.is_file() and (path / "manifest.json").is_file():
-            file = path / "model.pt"
-    if not file.is_file():
-        raise ConfigError(f"{path}: no checkpoint found to initialise from")
-    payload = torch.load(file, map_location="cpu", weights_only=False)
-    state = payload.get("model", payload) if isinstance(payload, dict) else payload
-    if not isinstance(state, dict):
-        raise ConfigError(f"{file}: not a state dict or training checkpoint")
-    return state
+def warm_start(config: TrainConfig, labels: Sequence[str]) -> WarmStart | None:
+    """The verified weights ``model.init`` names (None without one)."""
+    if config.model.init is None:
+        return None
+    return weights_at(
+        config.model.init,
+        architecture=config.model.architecture,
+        channels=config.data.channels,
+        kwargs=dict(config.model.kwargs),
+        labels=labels,
+    )
 
 
 def load_teacher(path: Path, channels: int, num_classes: int) -> nn.Module:
@@ -423,7 +428,10 @@ def load_teacher(path: Path, channels: int, num_classes: int) -> nn.Module:
     net = build_network(
         model["architecture"], in_channels=channels, num_classes=num_classes, **model["kwargs"]
     )
-    net.load_state_dict(_weights_at(path))
+    start = weights_at(
+        path, architecture=model["architecture"], channels=channels, kwargs=model["kwargs"]
+    )
+    load_weights(net, start)
     return net.eval()
 
 
@@ -547,7 +555,8 @@ def run_training(
     chain_spec = splits.chain_spec
     prep_seconds = time.time() - t0
     labels = splits.labels
-    net = build_model(config, len(labels))
+    start = warm_start(config, labels)
+    net = build_model(config, labels, start=start)
     teacher = None
     if config.distill is not None:
         teacher = load_teacher(config.distill.teacher, config.data.channels, len(labels))
@@ -701,6 +710,8 @@ def run_training(
         "metrics": metrics,
         "compression": [c.to_dict() for c in costs],
         "input_spec": {"size": config.data.size, "channels": config.data.channels},
+        # Where the starting weights came from; for a package its verified content hash.
+        "init": None if start is None else start.record(),
     }
     result.metrics = metrics
     record_path = out / "run.json"
@@ -771,7 +782,16 @@ def write_model_package(
         )
     training = {
         key: record[key]
-        for key in ("name", "git", "seed", "data_hashes", "counts", "timings_seconds", "versions")
+        for key in (
+            "name",
+            "git",
+            "seed",
+            "data_hashes",
+            "counts",
+            "timings_seconds",
+            "versions",
+            "init",
+        )
     }
     training["config"] = record["config"]
     training["label_policy"] = config.data.policy
@@ -818,5 +838,6 @@ __all__ = [
     "load_teacher",
     "phantom_dir",
     "run_training",
+    "warm_start",
     "write_model_package",
 ]
