@@ -131,9 +131,15 @@ def test_revision_2_has_no_closing_and_still_loads(tmp_path: Path) -> None:
     old = load_package(write_cad_package(tmp_path / "old", revision=2))
     data = json.loads(old.manifest.to_json())
     data.pop("signature")
-    data["volume"]["cad_candidate_closing_mm"] = 10.0
+    Manifest.model_validate(data)  # as written
+    closing = json.loads(json.dumps(data))
+    closing["volume"]["cad_candidate_closing_mm"] = 10.0
     with pytest.raises(ValueError, match="cad_candidate_closing_mm"):
-        Manifest.model_validate(data)
+        Manifest.model_validate(closing)
+    weights = json.loads(json.dumps(data))
+    weights["volume"]["cad_weights"][1] = INF
+    with pytest.raises(ValueError, match="finite"):
+        Manifest.model_validate(weights)
 
 
 def _ball_lung() -> tuple[np.ndarray, tuple[float, float, float]]:

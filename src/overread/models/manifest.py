@@ -12,6 +12,7 @@ from __future__ import annotations
 import hashlib
 import hmac
 import json
+import math
 from enum import StrEnum
 from typing import Any, Literal
 
@@ -670,6 +671,8 @@ class Manifest(_Strict):
                     f"postprocess 'blob-cad' needs {len(FEATURES) + 1} cad_weights "
                     "(intercept, then one per feature)"
                 )
+            elif not all(math.isfinite(w) for w in self.volume.cad_weights):
+                raise ValueError("cad_weights: every weight must be a finite number")
             if not self.volume.cad_scales_mm or min(self.volume.cad_scales_mm) <= 0:
                 raise ValueError("cad_scales_mm must be positive scales")
         for path in self.files:
