@@ -183,7 +183,7 @@ def test_revision_3_manifests_carry_the_trees_in_their_hash(tmp_path: Path) -> N
         Manifest.model_validate(bad)
     bad = json.loads(json.dumps(data))
     bad["volume"]["cad_trees"] = [[float(len(FEATURES_V3)), 0.0, 1.0, 2.0] + [-1, 0, -1, -1] * 2]
-    with pytest.raises(ValueError, match="FEATURES_V3"):
+    with pytest.raises(ValueError, match="feature 15 is not"):
         Manifest.model_validate(bad)
     # Revision 2 packages are still written and read with their logistic weights.
     old = load_package(write_cad_package(tmp_path / "old", revision=2))

@@ -590,9 +590,18 @@ class VolumePipeline:
             features = np.array(
                 [blob_cad.candidate_features_v3(hu, spacing, c) for c in found.candidates]
             ).reshape(len(found.candidates), len(blob_cad.FEATURES_V3))
-            values = [float(v) for v in blob_cad.tree_scores(spec.cad_trees, features)]
+            try:
+                values = [float(v) for v in blob_cad.tree_scores(spec.cad_trees, features)]
+            except ValueError as err:
+                raise ModelPackageError(f"{self.package.path}: {err}") from None
         else:
             values = [blob_cad.score(c, spec.cad_weights) for c in found.candidates]
+        if not all(np.isfinite(values)):
+            # NaN < threshold is False: such a candidate would be reported as a nodule.
+            raise ModelPackageError(
+                f"{self.package.path}: the CAD gave a score that is not a number "
+                "(its trees or weights are not finite)"
+            )
         scored = sorted(zip(values, found.candidates, strict=True), key=lambda item: -item[0])
         regions: list[Region] = []
         for value_score, candidate in scored:

@@ -34,6 +34,7 @@ respond to the absolute HU on thick slices).
 
 from __future__ import annotations
 
+import functools
 import logging
 import math
 from collections.abc import Sequence
@@ -226,6 +227,24 @@ SHELLS: tuple[tuple[float, float], ...] = ((0.0, 0.7), (0.8, 1.3), (1.3, 1.8), (
 FAR_SHELL: tuple[float, float] = (3.0, 4.0)
 
 
+@functools.lru_cache(maxsize=32)
+def _shell_flags(spacing: tuple[float, ...], r: float) -> npt.NDArray[np.uint8]:
+    """Per voxel of the box of :data:`FAR_SHELL` radii around a centre: bit ``j`` set
+    when the voxel is in shell ``j`` of :data:`SHELLS`, bit 4 for the far shell (computed
+    once per scale and spacing; the distances are those a candidate's box gives)."""
+    reach = [math.ceil(FAR_SHELL[1] * r / s) + 1 for s in spacing]
+    axes = [np.arange(-q, q + 1) * s for q, s in zip(reach, spacing, strict=True)]
+    grid = np.meshgrid(*axes, indexing="ij")
+    dist = np.sqrt(sum(g * g for g in grid)) / r
+    del grid
+    flags = np.zeros(dist.shape, dtype=np.uint8)
+    for bit, (a, b) in enumerate((*SHELLS, FAR_SHELL)):
+        inside = (dist >= a) & (dist <= b) if a > 0 else dist <= b
+        flags[inside] |= np.uint8(1 << bit)
+    flags.flags.writeable = False
+    return flags
+
+
 def shell_features(
     hu: FloatArray, spacing: Sequence[float], candidate: Candidate
 ) -> npt.NDArray[np.float64]:
@@ -247,25 +266,32 @@ def shell_features(
     lo = [max(0, ci - q) for ci, q in zip(c, reach, strict=True)]
     hi = [min(n, ci + q + 1) for ci, n, q in zip(c, hu.shape, reach, strict=True)]
     sub = hu[lo[0] : hi[0], lo[1] : hi[1], lo[2] : hi[2]]
-    axes = [(np.arange(a, b) - ci) * s for a, b, ci, s in zip(lo, hi, c, spacing, strict=True)]
-    grid = np.meshgrid(*axes, indexing="ij")
-    dist = np.sqrt(sum(g * g for g in grid)) / r
+    flags = _shell_flags(tuple(float(s) for s in spacing), float(r))[
+        tuple(slice(a - ci + q, b - ci + q) for a, b, ci, q in zip(lo, hi, c, reach, strict=True))
+    ]
     level = 0.5 * (candidate.core_hu + candidate.background_hu)
     bright = sub >= level
     out: list[float] = []
-    for a, b in SHELLS:
-        shell = (dist >= a) & (dist <= b) if a > 0 else dist <= b
-        out.append(float(bright[shell].mean()) if shell.any() else 1.0)
-    for a, b in SHELLS[-2:]:
-        shell = (dist >= a) & (dist <= b)
+    shells = [(flags & np.uint8(1 << bit)) != 0 for bit in range(len(SHELLS))]
+    for shell in shells:
+        n = int(shell.sum())
+        out.append(int(np.count_nonzero(bright & shell)) / n if n else 1.0)
+    # The half-spaces, from each axis alone (broadcast, no grid).
+    sides = []
+    for axis, (a, b, ci, s) in enumerate(zip(lo, hi, c, spacing, strict=True)):
+        g = (np.arange(a, b) - ci) * s
+        view = [1, 1, 1]
+        view[axis] = len(g)
+        sides += [(g > 0.3 * r).reshape(view), (g < -0.3 * r).reshape(view)]
+    for shell in shells[-2:]:
         best = 0.0
-        for g in grid:
-            for side in (g > 0.3 * r, g < -0.3 * r):
-                part = shell & side
-                if part.any():
-                    best = max(best, float(bright[part].mean()))
+        for side in sides:
+            part = shell & side
+            n = int(part.sum())
+            if n:
+                best = max(best, int(np.count_nonzero(bright & part)) / n)
         out.append(best)
-    far = sub[(dist >= FAR_SHELL[0]) & (dist <= FAR_SHELL[1])]
+    far = sub[(flags & np.uint8(1 << len(SHELLS))) != 0]
     out.append(candidate.background_hu / 1000.0)
     out.append((float(np.median(far)) if far.size else candidate.background_hu) / 1000.0)
     return np.asarray(out, dtype=np.float64)
@@ -296,6 +322,52 @@ class _Peaks:
     spher: FloatArray
 
 
+#: The grid (mm) the candidates' lung is closed on (:func:`coarse_closed_lung`).
+CLOSING_GRID_MM = 2.0
+
+
+@dataclass(frozen=True)
+class _CoarseLung:
+    """A mask on a grid of blocks of ``factors`` source voxels."""
+
+    mask: npt.NDArray[np.bool_]
+    factors: tuple[int, int, int]
+
+    def on(self, box: tuple[slice, slice, slice]) -> npt.NDArray[np.bool_]:
+        """The mask brought to the source voxels of ``box`` (each takes its block's)."""
+        index = [np.arange(b.start, b.stop) // f for b, f in zip(box, self.factors, strict=True)]
+        return np.asarray(self.mask[np.ix_(*index)], dtype=bool)
+
+
+def coarse_closed_lung(
+    lung: npt.NDArray[np.bool_],
+    spacing: Sequence[float],
+    radius_mm: float,
+    grid_mm: float = CLOSING_GRID_MM,
+) -> _CoarseLung:
+    """``lung`` closed by a ball of ``radius_mm`` once for the whole series, on blocks
+    of about ``grid_mm`` (a block is lung when at least half its voxels are): the
+    distance transforms run on a grid some 27 times smaller than the source at 0.7 mm,
+    in tens of megabytes whatever the slab. The candidates' region is the source lung
+    or'ed with it (:func:`search_candidates`)."""
+    factors = cast(tuple[int, int, int], tuple(max(1, round(grid_mm / float(s))) for s in spacing))
+    shape = tuple(-(-n // f) for n, f in zip(lung.shape, factors, strict=True))
+    counts = np.zeros(shape, dtype=np.int32)
+    sizes = np.zeros(shape, dtype=np.int32)
+    for dz in range(factors[0]):
+        for dy in range(factors[1]):
+            for dx in range(factors[2]):
+                part = lung[dz :: factors[0], dy :: factors[1], dx :: factors[2]]
+                a, b, c = part.shape
+                counts[:a, :b, :c] += part
+                sizes[:a, :b, :c] += 1
+    coarse = 2 * counts >= sizes
+    del counts, sizes
+    step = [float(s) * f for s, f in zip(spacing, factors, strict=True)]
+    whole = cast(tuple[slice, slice, slice], tuple(slice(0, n) for n in shape))
+    return _CoarseLung(closed_lung(coarse, step, whole, radius_mm), factors)
+
+
 def _slab_peaks(
     hu: FloatArray,
     spacing: Sequence[float],
@@ -305,7 +377,7 @@ def _slab_peaks(
     scales_mm: Sequence[float],
     floor: float,
     min_blobness: float,
-    closing_mm: float = 0.0,
+    closed: _CoarseLung | None = None,
 ) -> _Peaks:
     """The blob peaks on the slices ``core`` (in ``box``), computed on them plus one
     slice each side (for the 3 x 3 x 3 maximum) and each scale's kernel radius of
@@ -343,10 +415,9 @@ def _slab_peaks(
     # Blobness >= 0 everywhere (and 0 outside the box): a constant 0 edge is the
     # whole volume's maximum filter.
     top = ndimage.maximum_filter(blob, size=3, mode="constant", cval=0.0)
-    if closing_mm > 0:
-        region = closed_lung(lung, spacing, (slice(e0, e1), box[1], box[2]), closing_mm)
-    else:
-        region = lung[e0:e1, box[1], box[2]]
+    region = lung[e0:e1, box[1], box[2]]
+    if closed is not None:
+        region = region | closed.on((slice(e0, e1), box[1], box[2]))
     peaks = (blob == top) & (blob >= min_blobness) & region
     peaks[: core[0] - e0] = False
     peaks[core[1] - e0 :] = False
@@ -373,7 +444,8 @@ def search_candidates(
     ``min_blobness`` where the ``-LoG`` reaches ``floor`` (both HU, scale-normalised),
     inside ``lung`` closed by a ball of ``closing_mm`` (0: the lung as it is; a solid
     nodule joined to the mediastinum by a vessel is not a hole of a lung threshold,
-    the closed lung holds it);
+    the closed lung holds it; closed once for the series on a grid of about
+    :data:`CLOSING_GRID_MM`, see :func:`coarse_closed_lung`);
     one per blob (a weaker peak within the fitted radius of a kept one is dropped);
     at most ``max_candidates`` are kept (the strongest).
 
@@ -399,6 +471,8 @@ def search_candidates(
         ),
     )
     step = max(1, int(slab_slices))
+    # The closed lung once for the series, on a coarse grid (not per slab).
+    closed = coarse_closed_lung(lung, spacing, closing_mm) if closing_mm > 0 else None
     parts = [
         _slab_peaks(
             hu,
@@ -409,7 +483,7 @@ def search_candidates(
             scales_mm,
             floor,
             min_blobness,
-            closing_mm,
+            closed,
         )
         for z in range(box[0].start, box[0].stop, step)
     ]
@@ -538,17 +612,54 @@ def candidate_features_v3(
     return np.concatenate([candidate_features(candidate), shell_features(hu, spacing, candidate)])
 
 
+def check_trees(trees: Sequence[Sequence[float]], n_features: int) -> None:
+    """Raise ``ValueError`` unless ``trees`` is a tree ensemble :func:`tree_scores` reads
+    as written: every number finite; per node ``feature, threshold, left, right`` with
+    ``feature`` exactly -1 (a leaf: ``-1, value, -1, -1``) or a whole number from 0 to
+    ``n_features - 1``, and a split's children whole node numbers after it."""
+    if not trees:
+        raise ValueError("cad_trees: no trees")
+    for number, tree in enumerate(trees):
+        if not tree or len(tree) % 4:
+            raise ValueError("each of cad_trees is a run of 4 numbers per node")
+        values = [float(v) for v in tree]
+        if not all(math.isfinite(v) for v in values):
+            raise ValueError(f"cad_trees: tree {number} holds a number that is not finite")
+        nodes = len(values) // 4
+        for k in range(nodes):
+            f, _, left, right = values[4 * k : 4 * k + 4]
+            if f == -1:
+                if left != -1 or right != -1:
+                    raise ValueError(
+                        f"cad_trees: tree {number} node {k}: a leaf is -1, value, -1, -1"
+                    )
+                continue
+            if f != int(f) or not 0 <= f < n_features:
+                raise ValueError(
+                    f"cad_trees: tree {number} node {k}: feature {f:g} is not -1 "
+                    f"or one of 0..{n_features - 1}"
+                )
+            for child in (left, right):
+                if child != int(child) or not k < child < nodes:
+                    raise ValueError(
+                        f"cad_trees: tree {number} node {k}: child {child:g} is not a node after it"
+                    )
+
+
 def tree_scores(
     trees: Sequence[Sequence[float]], features: npt.NDArray[np.float64]
 ) -> npt.NDArray[np.float64]:
     """The probabilities of an additive tree ensemble on ``features`` (one row each).
 
     Each tree is a flat run of nodes, four numbers each: ``feature, threshold, left,
-    right`` (node indices) for a split (``feature <= threshold`` goes left) and
-    ``-1, value, -1, -1`` for a leaf; the probability is the logistic of the sum of the
-    leaves reached (a one-leaf tree carries the intercept).
+    right`` (node indices) for a split (``feature <= threshold`` goes left, the feature
+    taken as float32 as scikit-learn does) and ``-1, value, -1, -1`` for a leaf; the
+    probability is the logistic of the sum of the leaves reached (a one-leaf tree
+    carries the intercept). The trees are checked first (:func:`check_trees`,
+    ``ValueError``).
     """
-    x = np.atleast_2d(np.asarray(features, dtype=np.float64))
+    x = np.atleast_2d(np.asarray(features, dtype=np.float32)).astype(np.float64)
+    check_trees(trees, x.shape[1])
     total = np.zeros(len(x), dtype=np.float64)
     rows = np.arange(len(x))
     for tree in trees:
@@ -725,6 +836,7 @@ def fwhm_mask(
 
 __all__ = [
     "CANDIDATE_CLOSING_MM",
+    "CLOSING_GRID_MM",
     "CLOSING_RADII",
     "DEFAULT_SCALES_MM",
     "DEFAULT_WEIGHTS",
@@ -747,7 +859,9 @@ __all__ = [
     "CandidateSearch",
     "candidate_features",
     "candidate_features_v3",
+    "check_trees",
     "closed_lung",
+    "coarse_closed_lung",
     "find_candidates",
     "fit_weights",
     "fwhm_mask",

@@ -16,6 +16,7 @@ import json
 from collections.abc import Sequence
 from pathlib import Path
 
+from overread.errors import ConfigError
 from overread.models.blob_cad import (
     CANDIDATE_CLOSING_MM,
     CLOSING_RADII,
@@ -112,13 +113,16 @@ def write_cad_package(
     overwrite: bool = False,
 ) -> Path:
     """Write the CAD as a verified segmentation package: revision 3 scores candidates by
-    ``trees`` (default: :func:`default_trees`), revision 2 by the logistic ``weights``."""
+    ``trees`` (default: :func:`default_trees`), revision 2 by the logistic ``weights``.
+    Another revision, or trees with revision 2, is a ``ConfigError``."""
     from overread.models.package import resign_package, write_package
 
+    if revision not in (2, 3):
+        raise ConfigError(f"the CAD has revisions 2 and 3, not {revision}")
+    if revision == 2 and trees is not None:
+        raise ConfigError("revision 2 scores by weights: trees are for revision 3")
     if revision == 3 and trees is None:
         trees = default_trees()
-    elif revision == 2:
-        trees = None
     features = FEATURES_V3 if trees is not None else FEATURES
     path = write_package(
         out,

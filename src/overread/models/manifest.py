@@ -12,12 +12,19 @@ from __future__ import annotations
 import hashlib
 import hmac
 import json
+import math
 from enum import StrEnum
 from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
-from overread.models.blob_cad import DEFAULT_SCALES_MM, FEATURES, FEATURES_V3, FLOOR
+from overread.models.blob_cad import (
+    DEFAULT_SCALES_MM,
+    FEATURES,
+    FEATURES_V3,
+    FLOOR,
+    check_trees,
+)
 
 MANIFEST_NAME = "manifest.json"
 FORMAT_VERSION = 1
@@ -674,23 +681,19 @@ class Manifest(_Strict):
             if self.volume.cad_revision == 3 or self.volume.cad_trees:
                 if self.volume.cad_revision != 3 or not self.volume.cad_trees:
                     raise ValueError("cad_trees go with cad_revision 3 (and it needs them)")
-                for tree in self.volume.cad_trees:
-                    if not tree or len(tree) % 4:
-                        raise ValueError("each of cad_trees is a run of 4 numbers per node")
-                    nodes = len(tree) // 4
-                    for k in range(nodes):
-                        f, _, left, right = tree[4 * k : 4 * k + 4]
-                        if f < 0:
-                            continue
-                        if int(f) != f or f >= len(FEATURES_V3):
-                            raise ValueError(f"cad_trees: feature {f} is not one of FEATURES_V3")
-                        if not (k < left < nodes and k < right < nodes):
-                            raise ValueError("cad_trees: a split's children must follow it")
+                check_trees(self.volume.cad_trees, len(FEATURES_V3))
+                for key in ("cad_candidate_closing_mm", "cad_max_candidates", "cad_rim_ratio"):
+                    if getattr(self.volume, key) is None:
+                        raise ValueError(f"cad_revision 3 needs {key}")
+            elif self.volume.cad_candidate_closing_mm is not None:
+                raise ValueError("cad_candidate_closing_mm is for cad_revision 3")
             elif len(self.volume.cad_weights) != len(FEATURES) + 1:
                 raise ValueError(
                     f"postprocess 'blob-cad' needs {len(FEATURES) + 1} cad_weights "
                     "(intercept, then one per feature)"
                 )
+            elif not all(math.isfinite(w) for w in self.volume.cad_weights):
+                raise ValueError("cad_weights: every weight must be a finite number")
             if not self.volume.cad_scales_mm or min(self.volume.cad_scales_mm) <= 0:
                 raise ValueError("cad_scales_mm must be positive scales")
         for path in self.files:

@@ -164,7 +164,8 @@ def fit_trees(
 
     The format of :func:`overread.models.blob_cad.tree_scores`: a one-leaf tree with
     the initial log-odds, then each fitted tree's nodes (the learning rate folded into
-    the leaves), so a package scores without scikit-learn and without pickles.
+    the leaves), so a package scores without scikit-learn and without pickles. The
+    numbers are kept as fitted (not rounded): the scores are scikit-learn's.
     """
     from sklearn.ensemble import GradientBoostingClassifier
 
@@ -179,7 +180,7 @@ def fit_trees(
     )
     model.fit(features, labels)
     y = float(np.mean(labels))
-    trees: list[tuple[float, ...]] = [(-1.0, round(float(np.log(y / (1.0 - y))), 6), -1.0, -1.0)]
+    trees: list[tuple[float, ...]] = [(-1.0, float(np.log(y / (1.0 - y))), -1.0, -1.0)]
     rate = float(params["learning_rate"])
     for estimator in model.estimators_[:, 0]:
         tree = estimator.tree_
@@ -187,9 +188,11 @@ def fit_trees(
         for i in range(int(tree.node_count)):
             left, right = int(tree.children_left[i]), int(tree.children_right[i])
             if left < 0:
-                flat += [-1.0, round(rate * float(tree.value[i, 0, 0]), 6), -1.0, -1.0]
+                flat += [-1.0, rate * float(tree.value[i, 0, 0]), -1.0, -1.0]
             else:
-                flat += [float(tree.feature[i]), round(float(tree.threshold[i]), 6), left, right]
+                # The threshold as scikit-learn holds it (not rounded): it compares
+                # the feature as float32 with it, and so does tree_scores.
+                flat += [float(tree.feature[i]), float(tree.threshold[i]), left, right]
         trees.append(tuple(float(v) for v in flat))
     return tuple(trees)
 
