@@ -354,3 +354,22 @@ def test_a_bulla_joined_to_the_trachea_is_warned_about() -> None:
     )
     warnings = pipeline.run_volume(volume).prediction.warnings
     assert any("large airways" in w and "emphysema" in w for w in warnings), warnings
+
+
+def test_a_piece_below_the_trachea_wider_than_it_stays_lung() -> None:
+    hu = _chest()
+    # 24 mm by 36 mm of air two slices below the trachea, straight under it: within
+    # reach of the bridge, but wider than the trachea in its slices (a bulla).
+    hu[13:16, 17:29, 15:33] = -1000.0
+    airway = large_airways(hu, (2.0, 2.0, 2.0), airway_hu=-950.0, min_radius_mm=2.5)
+    assert airway[22, 22:24, 22:25].all()  # the trachea
+    assert not airway[13:16, 19:27, 17:31].any()
+
+
+def test_a_dome_narrower_at_its_base_than_above_stays_out() -> None:
+    lung = np.zeros((30, 60, 60), bool)
+    lung[4:26, 8:52, 8:52] = True
+    lung[4:6, 24:36, 24:36] = False  # the dome's base: 24 mm across (under the hole limit)
+    lung[6:12, 16:44, 16:44] = False  # and 56 mm across above it; open below (slice 3)
+    filled = fill_lung_holes(lung, (2.0, 2.0, 2.0), max_hole_mm2=1600.0, open_mm=5.0)
+    assert not filled[4:12, 30, 30].any()
