@@ -87,9 +87,9 @@ def test_an_implausible_airway_volume_is_warned_about() -> None:
     airway[:, 9:11, 9:11] = True  # a trachea: 1.6% of the lung
     assert airway_warning(airway, lung) is None
     assert airway_warning(None, lung) is None
-    airway[:, 4:16, 4:10] = True  # air joined to it: 29% of lung and airways
+    airway[:, 4:16, 4:10] = True  # air joined to it: 28.9% of lung and airways
     message = airway_warning(airway, lung)
-    assert message is not None and "29%" in message
+    assert message is not None and "28.9%" in message and "under 10.0%" in message
 
 
 def test_no_airway_reaching_the_ends_is_no_airway() -> None:
@@ -373,3 +373,32 @@ def test_a_dome_narrower_at_its_base_than_above_stays_out() -> None:
     lung[6:12, 16:44, 16:44] = False  # and 56 mm across above it; open below (slice 3)
     filled = fill_lung_holes(lung, (2.0, 2.0, 2.0), max_hole_mm2=1600.0, open_mm=5.0)
     assert not filled[4:12, 30, 30].any()
+
+
+def test_gas_below_the_lung_is_not_airway_and_a_bulla_above_it_stays_lung() -> None:
+    hu = _chest()
+    hu[0:3, 12:36, 10:38] = -1000.0  # stomach gas below the lung, reaching the last slice
+    hu[4:8, 14:22, 10:18] = -1000.0  # a basal bulla 2 mm above it (16 mm across)
+    airway = large_airways(hu, (2.0, 2.0, 2.0), airway_hu=-950.0, min_radius_mm=2.5)
+    assert airway[22, 22:24, 22:25].all()  # the trachea
+    assert not airway[0:3].any()
+    assert not airway[4:8, 15:21, 11:17].any()
+
+
+def test_gas_outside_the_lung_does_not_count_in_the_airway_warning() -> None:
+    lung = np.zeros((14, 20, 20), bool)
+    lung[4:14, 2:18, 2:18] = True
+    airway = np.zeros_like(lung)
+    airway[4:, 9:11, 9:11] = True  # a trachea: 1.6% of the lung
+    airway[0:3, 1:19, 1:19] = True  # gas below the lung
+    assert airway_warning(airway & ~lung, lung & ~airway) is None
+
+
+def test_an_oblique_main_bronchus_a_little_wider_than_the_trachea_is_airway() -> None:
+    hu = _chest()
+    hu[17, 20:26, 21:27] = 40.0  # the carina's break, one slice
+    for i, z in enumerate(range(16, 12, -1)):  # a bronchus running down and out, cut
+        hu[z, 21:26, 17 - i : 27 - i] = -1000.0  # obliquely: 50 pixels a slice
+    airway = large_airways(hu, (2.0, 2.0, 2.0), airway_hu=-950.0, min_radius_mm=2.5)
+    assert airway[20, 22:24, 22:25].all()  # the trachea (36 pixels a slice)
+    assert airway[14, 22:25, 17:24].all()
