@@ -272,17 +272,18 @@ def test_the_bundled_ct_packages_use_the_classical_lung(name: str) -> None:
     assert package.manifest.volume.lung_refine == "classical"
 
 
-def _dome_chest(nodule: bool) -> np.ndarray:
+def _dome_chest(nodule: bool, at: tuple[float, float] = (16.5, 32.0)) -> np.ndarray:
     """Lung (True) in slices 4-33 of a 2 mm grid with a dome of the diaphragm rising
     from below to slice 12 (a half-ellipsoid 30 mm high, 72 mm wide at its base) and,
-    with ``nodule``, a 16 mm nodule resting on its apex."""
+    with ``nodule``, a 16 mm nodule centred at ``at`` (slice, column; its apex by
+    default)."""
     zz, yy, xx = np.mgrid[0:36, 0:64, 0:64].astype(float)
     lung = np.zeros((36, 64, 64), bool)
     lung[4:34, 4:60, 4:60] = True
     dome = ((yy - 32) / 18) ** 2 + ((xx - 32) / 18) ** 2 + ((zz - 3) / 9.5) ** 2 <= 1.0
     lung &= ~dome
     if nodule:
-        lung &= ((zz - 16.5) ** 2 + (yy - 32) ** 2 + (xx - 32) ** 2) > 16.0
+        lung &= ((zz - at[0]) ** 2 + (yy - 32) ** 2 + (xx - at[1]) ** 2) > 16.0
     return lung
 
 
@@ -369,7 +370,7 @@ def test_a_piece_below_the_trachea_wider_than_it_stays_lung() -> None:
 def test_a_dome_narrower_at_its_base_than_above_stays_out() -> None:
     lung = np.zeros((30, 60, 60), bool)
     lung[4:26, 8:52, 8:52] = True
-    lung[4:6, 24:36, 24:36] = False  # the dome's base: 24 mm across (under the hole limit)
+    lung[4:6, 21:39, 21:39] = False  # the dome's base: 36 mm across (under the hole limit)
     lung[6:12, 16:44, 16:44] = False  # and 56 mm across above it; open below (slice 3)
     filled = fill_lung_holes(lung, (2.0, 2.0, 2.0), max_hole_mm2=1600.0, open_mm=5.0)
     assert not filled[4:12, 30, 30].any()
@@ -402,3 +403,16 @@ def test_an_oblique_main_bronchus_a_little_wider_than_the_trachea_is_airway() ->
     airway = large_airways(hu, (2.0, 2.0, 2.0), airway_hu=-950.0, min_radius_mm=2.5)
     assert airway[20, 22:24, 22:25].all()  # the trachea (36 pixels a slice)
     assert airway[14, 22:25, 17:24].all()
+
+
+@pytest.mark.parametrize("at", [(9.0, 47.0), (13.0, 40.0)], ids=["side", "shoulder"])
+def test_a_nodule_on_the_side_or_shoulder_of_the_dome_stays_lung(
+    at: tuple[float, float],
+) -> None:
+    lung = _dome_chest(nodule=True, at=at)
+    sphere = _dome_chest(nodule=False) & ~lung
+    dome = ~_dome_chest(nodule=False) & (np.arange(36)[:, None, None] >= 4)
+    dome[:, :4] = dome[:, 60:] = dome[:, :, :4] = dome[:, :, 60:] = False
+    filled = fill_lung_holes(lung, (2.0, 2.0, 2.0), max_hole_mm2=1600.0, open_mm=5.0)
+    assert filled[sphere].mean() > 0.8
+    assert filled[dome & (np.arange(36)[:, None, None] <= 8)].mean() < 0.15

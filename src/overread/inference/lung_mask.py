@@ -13,8 +13,10 @@ steps that keep memory bounded by the network's grid and one source slice:
   the lung), and slice by slice (vessels at the hilum, which touch the mediastinum
   through the bronchial wall in 3-D) but for the wide part (opened by a ball of
   ``lung_hole_open_mm``) of the dome of the diaphragm, soft tissue ringed by lung in
-  the lowest slices but open below, decided per 2-D hole (:func:`_dome`) so that a
-  nodule resting on the dome stays lung;
+  the lowest slices but open below, decided per 2-D hole (:func:`_dome`) and kept
+  to where a ball of :data:`DOME_BALL_MM` rolling inside the holes from below
+  reaches (:func:`_rolled`), so that a nodule resting on the dome (its apex, side or
+  shoulder) stays lung;
 * on the source grid, one slice at a time (:func:`source_lung_plane`): the lung
   brought back is grown, within one voxel of the network's grid around it, by the
   voxels of the source slice at or below ``lung_source_hu`` (about half way between
@@ -42,6 +44,11 @@ BRIDGE_WIDTH_TOLERANCE = 2.0
 #: A piece of air leaving the scan at its bottom slice is the trachea only when no
 #: slice of it is wider (mm²) than this: a 30 mm tube (gas of the stomach or colon is wider).
 TRUNK_MAX_MM2 = 710.0
+
+#: Radius (mm) of the ball that rolls inside the dome of the diaphragm from below: the
+#: dome is the part of the wide slice-wise holes it reaches, so a nodule resting on the
+#: dome (narrower than the ball) stays lung.
+DOME_BALL_MM = 12.0
 
 #: Large airways holding more than this fraction of lung plus airways are implausible
 #: (the trachea and main bronchi are a few per cent of it): the series is warned about.
@@ -155,9 +162,11 @@ def fill_lung_holes(
     hilum, which reaches the mediastinum through the bronchial wall) is filled unless
     it lies in the wide part of such holes (their opening by an ellipsoid of
     ``open_mm``) that :func:`_dome` calls the dome (per 2-D hole: wider than
-    ``max_hole_mm2``, or narrowing away from such a hole): soft tissue ringed by lung
-    in the lowest slices but open below; the vessels touching it are thin, and a
-    nodule resting on it widens away from it, so they are still filled.
+    ``max_hole_mm2``, or narrowing away from such a hole) and a ball of
+    :data:`DOME_BALL_MM` rolling inside them from below reaches (:func:`_rolled`):
+    soft tissue ringed by lung in the lowest slices but open below; the vessels
+    touching it are thin, and a nodule resting on it is narrower than the ball, so
+    they are still filled.
     ``airway`` (the large airways) is never filled.
     """
     if not lung.any():
@@ -175,9 +184,31 @@ def fill_lung_holes(
         return filled
     wide = np.asarray(ndimage.binary_opening(holes, structure=_ball(open_mm, spacing)), bool)
     pixel_mm2 = float(spacing[1]) * float(spacing[2])
-    holes &= ~_dome(wide, max_hole_mm2 / pixel_mm2)
+    dome = _dome(wide, max_hole_mm2 / pixel_mm2)
     del wide
+    if dome.any():
+        dome &= _rolled(holes, lung, spacing)
+    holes &= ~dome
     return filled | holes
+
+
+def _rolled(holes: BoolArray, lung: BoolArray, spacing: Sequence[float]) -> BoolArray:
+    """The voxels of ``holes`` that a ball of :data:`DOME_BALL_MM` reaches rolling
+    inside them from below (the opening of the holes, extended down through the soft
+    tissue under them, by the ball): the dome's broad curve, not a nodule on its
+    apex, side or shoulder, which is narrower than the ball (metric, through
+    Euclidean distance transforms)."""
+    solid = holes.copy()
+    for z in range(len(solid) - 2, -1, -1):
+        solid[z] |= solid[z + 1] & ~lung[z]
+    pad = int(np.ceil(DOME_BALL_MM / float(spacing[0]))) + 1
+    solid = np.concatenate([np.repeat(solid[:1], pad, axis=0), solid])
+    sampling = [float(step) for step in spacing]
+    core = np.asarray(ndimage.distance_transform_edt(solid, sampling=sampling)) > DOME_BALL_MM
+    if not core.any():
+        return np.zeros_like(holes)
+    opened = np.asarray(ndimage.distance_transform_edt(~core, sampling=sampling)) <= DOME_BALL_MM
+    return np.asarray(opened[pad:] & holes, dtype=bool)
 
 
 def _dome(wide: BoolArray, max_pixels: float) -> BoolArray:
@@ -260,6 +291,7 @@ __all__ = [
     "AIRWAY_MAX_FRACTION",
     "BRIDGE_VOXELS",
     "BRIDGE_WIDTH_TOLERANCE",
+    "DOME_BALL_MM",
     "TRUNK_MAX_MM2",
     "airway_warning",
     "fill_lung_holes",
