@@ -16,7 +16,7 @@ steps that keep memory bounded by the network's grid and one source slice:
   the lowest slices but open below, decided per 2-D hole (:func:`_dome`) and kept
   to where a ball of :data:`DOME_BALL_MM` rolling inside the holes from below
   reaches (:func:`_rolled`), so that a nodule resting on the dome (its apex, side or
-  shoulder) stays lung;
+  shoulder; thick enough to hold a ball of :data:`NODULE_BALL_MM`) stays lung;
 * on the source grid, one slice at a time (:func:`source_lung_plane`): the lung
   brought back is grown, within one voxel of the network's grid around it, by the
   voxels of the source slice at or below ``lung_source_hu`` (about half way between
@@ -49,6 +49,10 @@ TRUNK_MAX_MM2 = 710.0
 #: dome is the part of the wide slice-wise holes it reaches, so a nodule resting on the
 #: dome (narrower than the ball) stays lung.
 DOME_BALL_MM = 12.0
+
+#: Radius (mm) of a ball that the part of the dome the rolling ball misses must hold to
+#: stay lung (a nodule on the dome), not the dome's thin rim or tip.
+NODULE_BALL_MM = 2.5
 
 #: Large airways holding more than this fraction of lung plus airways are implausible
 #: (the trachea and main bronchi are a few per cent of it): the series is warned about.
@@ -187,9 +191,23 @@ def fill_lung_holes(
     dome = _dome(wide, max_hole_mm2 / pixel_mm2)
     del wide
     if dome.any():
-        dome &= _rolled(holes, lung, spacing)
+        # What the ball does not reach is lung only where it is thick (a nodule on the
+        # dome), not the thin rim or tip of the dome the ball cannot fit into.
+        off = dome & ~_rolled(holes, lung, spacing)
+        dome &= ~_opened(off, NODULE_BALL_MM, spacing)
     holes &= ~dome
     return filled | holes
+
+
+def _opened(mask: BoolArray, radius_mm: float, spacing: Sequence[float]) -> BoolArray:
+    """``mask`` opened by a ball of ``radius_mm`` (metric, through Euclidean distance
+    transforms; the volume's sides do not erode it)."""
+    sampling = [float(step) for step in spacing]
+    core = np.asarray(ndimage.distance_transform_edt(mask, sampling=sampling)) > radius_mm
+    if not core.any():
+        return np.zeros_like(mask)
+    near = np.asarray(ndimage.distance_transform_edt(~core, sampling=sampling)) <= radius_mm
+    return np.asarray(near & mask, dtype=bool)
 
 
 def _rolled(holes: BoolArray, lung: BoolArray, spacing: Sequence[float]) -> BoolArray:
@@ -203,12 +221,7 @@ def _rolled(holes: BoolArray, lung: BoolArray, spacing: Sequence[float]) -> Bool
         solid[z] |= solid[z + 1] & ~lung[z]
     pad = int(np.ceil(DOME_BALL_MM / float(spacing[0]))) + 1
     solid = np.concatenate([np.repeat(solid[:1], pad, axis=0), solid])
-    sampling = [float(step) for step in spacing]
-    core = np.asarray(ndimage.distance_transform_edt(solid, sampling=sampling)) > DOME_BALL_MM
-    if not core.any():
-        return np.zeros_like(holes)
-    opened = np.asarray(ndimage.distance_transform_edt(~core, sampling=sampling)) <= DOME_BALL_MM
-    return np.asarray(opened[pad:] & holes, dtype=bool)
+    return np.asarray(_opened(solid, DOME_BALL_MM, spacing)[pad:] & holes, dtype=bool)
 
 
 def _dome(wide: BoolArray, max_pixels: float) -> BoolArray:
@@ -292,6 +305,7 @@ __all__ = [
     "BRIDGE_VOXELS",
     "BRIDGE_WIDTH_TOLERANCE",
     "DOME_BALL_MM",
+    "NODULE_BALL_MM",
     "TRUNK_MAX_MM2",
     "airway_warning",
     "fill_lung_holes",
