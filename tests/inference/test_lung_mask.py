@@ -237,6 +237,8 @@ def test_old_manifests_keep_their_mask_settings_and_hash() -> None:
         ("lung_hole_max_mm2", float("inf"), "volume.lung_hole_max_mm2"),
         ("postprocess", "centre-heatmap", "lung_refine 'classical' needs postprocess"),
         ("lung_output", "probability", "needs lung_output 'filled-mask'"),
+        ("airway_min_radius_mm", 1.5, "airway_min_radius_mm 1.5 mm is below the grid step"),
+        ("lung_hole_open_mm", 15.0, "lung_hole_open_mm 15 mm is over 6 steps"),
     ],
 )
 def test_a_bad_classical_lung_setting_is_one_error_line(
