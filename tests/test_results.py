@@ -267,3 +267,17 @@ def test_unknown_gate_status_and_conformal_set() -> None:
     assert FindingResult.from_dict(stored).conformal_set is None
     assert GateVerdict("refuse", ("a", "b")).refused
     assert GateVerdict("refuse", ("a", "b")).reason == "a; b"
+
+
+def test_prediction_warnings_are_kept_in_the_stored_summary() -> None:
+    prediction = _prediction()
+    prediction.warnings.append("the large airways found are 28.9% of the lung and airways")
+    data = json.loads(json.dumps(prediction.to_summary_dict()))
+    assert data["warnings"] == ["the large airways found are 28.9% of the lung and airways"]
+    assert Prediction.from_summary_dict(data).warnings == prediction.warnings
+    summary = ResultSummary.from_dict({"instances": [data]})
+    assert summary.to_dict()["instances"][0]["warnings"] == prediction.warnings
+    # A summary stored before (no key) still reads, without warnings.
+    del data["warnings"]
+    assert Prediction.from_summary_dict(data).warnings == []
+    assert "warnings" not in _prediction().to_summary_dict()

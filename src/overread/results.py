@@ -659,7 +659,8 @@ class Prediction:
 
     def to_summary_dict(self) -> dict[str, Any]:
         """The form stored with a result, one per image (``summary["instances"]``);
-        ``gate`` and ``outside_intended_use`` only when there is something to say."""
+        ``gate``, ``outside_intended_use`` and ``warnings`` only when there is something
+        to say."""
         data: dict[str, Any] = {
             "path": str(self.path),
             "ok": self.ok,
@@ -672,6 +673,8 @@ class Prediction:
             data["gate"] = self.gate.to_dict()
         if self.outside_intended_use:
             data["outside_intended_use"] = True
+        if self.warnings:
+            data["warnings"] = [str(w) for w in self.warnings]
         data.update(self._volume_dict())
         return data
 
@@ -694,6 +697,7 @@ class Prediction:
             },
             gate=None if not data.get("gate") else GateVerdict.from_dict(data["gate"]),
             outside_intended_use=bool(data.get("outside_intended_use", False)),
+            warnings=[str(w) for w in data.get("warnings") or []],
             regions=None
             if data.get("regions") is None
             else [Region.from_dict(r) for r in data["regions"]],

@@ -87,9 +87,9 @@ def test_an_implausible_airway_volume_is_warned_about() -> None:
     airway[:, 9:11, 9:11] = True  # a trachea: 1.6% of the lung
     assert airway_warning(airway, lung) is None
     assert airway_warning(None, lung) is None
-    airway[:, 4:16, 4:10] = True  # air joined to it: 29% of lung and airways
+    airway[:, 4:16, 4:10] = True  # air joined to it: 28.9% of lung and airways
     message = airway_warning(airway, lung)
-    assert message is not None and "29%" in message
+    assert message is not None and "28.9%" in message and "under 10.0%" in message
 
 
 def test_no_airway_reaching_the_ends_is_no_airway() -> None:
@@ -237,6 +237,8 @@ def test_old_manifests_keep_their_mask_settings_and_hash() -> None:
         ("lung_hole_max_mm2", float("inf"), "volume.lung_hole_max_mm2"),
         ("postprocess", "centre-heatmap", "lung_refine 'classical' needs postprocess"),
         ("lung_output", "probability", "needs lung_output 'filled-mask'"),
+        ("airway_min_radius_mm", 1.5, "airway_min_radius_mm 1.5 mm is below the grid step"),
+        ("lung_hole_open_mm", 15.0, "lung_hole_open_mm 15 mm is over 6 steps"),
     ],
 )
 def test_a_bad_classical_lung_setting_is_one_error_line(
@@ -272,17 +274,18 @@ def test_the_bundled_ct_packages_use_the_classical_lung(name: str) -> None:
     assert package.manifest.volume.lung_refine == "classical"
 
 
-def _dome_chest(nodule: bool) -> np.ndarray:
+def _dome_chest(nodule: bool, at: tuple[float, float] = (16.5, 32.0)) -> np.ndarray:
     """Lung (True) in slices 4-33 of a 2 mm grid with a dome of the diaphragm rising
     from below to slice 12 (a half-ellipsoid 30 mm high, 72 mm wide at its base) and,
-    with ``nodule``, a 16 mm nodule resting on its apex."""
+    with ``nodule``, a 16 mm nodule centred at ``at`` (slice, column; its apex by
+    default)."""
     zz, yy, xx = np.mgrid[0:36, 0:64, 0:64].astype(float)
     lung = np.zeros((36, 64, 64), bool)
     lung[4:34, 4:60, 4:60] = True
     dome = ((yy - 32) / 18) ** 2 + ((xx - 32) / 18) ** 2 + ((zz - 3) / 9.5) ** 2 <= 1.0
     lung &= ~dome
     if nodule:
-        lung &= ((zz - 16.5) ** 2 + (yy - 32) ** 2 + (xx - 32) ** 2) > 16.0
+        lung &= ((zz - at[0]) ** 2 + (yy - 32) ** 2 + (xx - at[1]) ** 2) > 16.0
     return lung
 
 
@@ -354,3 +357,64 @@ def test_a_bulla_joined_to_the_trachea_is_warned_about() -> None:
     )
     warnings = pipeline.run_volume(volume).prediction.warnings
     assert any("large airways" in w and "emphysema" in w for w in warnings), warnings
+
+
+def test_a_piece_below_the_trachea_wider_than_it_stays_lung() -> None:
+    hu = _chest()
+    # 24 mm by 36 mm of air two slices below the trachea, straight under it: within
+    # reach of the bridge, but wider than the trachea in its slices (a bulla).
+    hu[13:16, 17:29, 15:33] = -1000.0
+    airway = large_airways(hu, (2.0, 2.0, 2.0), airway_hu=-950.0, min_radius_mm=2.5)
+    assert airway[22, 22:24, 22:25].all()  # the trachea
+    assert not airway[13:16, 19:27, 17:31].any()
+
+
+def test_a_dome_narrower_at_its_base_than_above_stays_out() -> None:
+    lung = np.zeros((30, 60, 60), bool)
+    lung[4:26, 8:52, 8:52] = True
+    lung[4:6, 21:39, 21:39] = False  # the dome's base: 36 mm across (under the hole limit)
+    lung[6:12, 16:44, 16:44] = False  # and 56 mm across above it; open below (slice 3)
+    filled = fill_lung_holes(lung, (2.0, 2.0, 2.0), max_hole_mm2=1600.0, open_mm=5.0)
+    assert not filled[4:12, 30, 30].any()
+
+
+def test_gas_below_the_lung_is_not_airway_and_a_bulla_above_it_stays_lung() -> None:
+    hu = _chest()
+    hu[0:3, 12:36, 10:38] = -1000.0  # stomach gas below the lung, reaching the last slice
+    hu[4:8, 14:22, 10:18] = -1000.0  # a basal bulla 2 mm above it (16 mm across)
+    airway = large_airways(hu, (2.0, 2.0, 2.0), airway_hu=-950.0, min_radius_mm=2.5)
+    assert airway[22, 22:24, 22:25].all()  # the trachea
+    assert not airway[0:3].any()
+    assert not airway[4:8, 15:21, 11:17].any()
+
+
+def test_gas_outside_the_lung_does_not_count_in_the_airway_warning() -> None:
+    lung = np.zeros((14, 20, 20), bool)
+    lung[4:14, 2:18, 2:18] = True
+    airway = np.zeros_like(lung)
+    airway[4:, 9:11, 9:11] = True  # a trachea: 1.6% of the lung
+    airway[0:3, 1:19, 1:19] = True  # gas below the lung
+    assert airway_warning(airway & ~lung, lung & ~airway) is None
+
+
+def test_an_oblique_main_bronchus_a_little_wider_than_the_trachea_is_airway() -> None:
+    hu = _chest()
+    hu[17, 20:26, 21:27] = 40.0  # the carina's break, one slice
+    for i, z in enumerate(range(16, 12, -1)):  # a bronchus running down and out, cut
+        hu[z, 21:26, 17 - i : 27 - i] = -1000.0  # obliquely: 50 pixels a slice
+    airway = large_airways(hu, (2.0, 2.0, 2.0), airway_hu=-950.0, min_radius_mm=2.5)
+    assert airway[20, 22:24, 22:25].all()  # the trachea (36 pixels a slice)
+    assert airway[14, 22:25, 17:24].all()
+
+
+@pytest.mark.parametrize("at", [(9.0, 47.0), (13.0, 40.0)], ids=["side", "shoulder"])
+def test_a_nodule_on_the_side_or_shoulder_of_the_dome_stays_lung(
+    at: tuple[float, float],
+) -> None:
+    lung = _dome_chest(nodule=True, at=at)
+    sphere = _dome_chest(nodule=False) & ~lung
+    dome = ~_dome_chest(nodule=False) & (np.arange(36)[:, None, None] >= 4)
+    dome[:, :4] = dome[:, 60:] = dome[:, :, :4] = dome[:, :, 60:] = False
+    filled = fill_lung_holes(lung, (2.0, 2.0, 2.0), max_hole_mm2=1600.0, open_mm=5.0)
+    assert filled[sphere].mean() > 0.8
+    assert filled[dome & (np.arange(36)[:, None, None] <= 8)].mean() < 0.15

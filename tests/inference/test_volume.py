@@ -562,3 +562,34 @@ def test_predict_on_the_phantom_ct_folder_exits_0_and_writes_seg_and_sr(
             assert seg.SegmentSequence[0].SegmentLabel == "lung"
         else:
             assert hd.sr.srread(path).VerificationFlag == "UNVERIFIED"
+
+
+def test_prediction_warnings_reach_the_sr(analysed: object, tmp_path: Path) -> None:
+    import dataclasses
+
+    warning = "the large airways found are 28.9% of the lung and airways (expected under 10.0%)"
+    prediction = dataclasses.replace(
+        analysed.prediction,  # type: ignore[attr-defined]
+        warnings=[warning, "too many candidates: the 200 largest kept"],
+    )
+    objects = build_volume_outputs(
+        prediction,
+        _sources(analysed),
+        analysed.label_map,  # type: ignore[attr-defined]
+        analysed.labels,  # type: ignore[attr-defined]
+    )
+    path = tmp_path / "sr.dcm"
+    objects[-1].save_as(path, enforce_file_format=True)
+    report = hd.sr.srread(path)
+    comments = [
+        str(item.TextValue)
+        for item in report.ContentSequence[-1].ContentSequence
+        if item.ValueType == "TEXT" and item.ConceptNameCodeSequence[0].CodeValue == "121106"
+    ]
+    assert comments == [f"Warning: {w}" for w in prediction.warnings]
+    if shutil.which("dciodvfy") is not None:
+        done = subprocess.run(["dciodvfy", str(path)], capture_output=True, text=True)
+        errors = [
+            line for line in (done.stdout + done.stderr).splitlines() if line.startswith("Error")
+        ]
+        assert errors == []

@@ -6,15 +6,17 @@ steps that keep memory bounded by the network's grid and one source slice:
 * on the network's grid (``spacing_mm``, from the resampled HU): the **large
   airways** (:func:`large_airways`: air darker than ``airway_hu``, opened by a ball of
   ``airway_min_radius_mm`` so that only the trachea and the main bronchi are left,
-  the components reaching the first or last slice, and the main bronchi past a
-  break at the carina) are taken out of the lung before its components are kept
+  the components reaching the top slice or tubes reaching the bottom one, and the
+  main bronchi past a break at the carina) are taken out of the lung before its components are kept
   (:func:`airway_warning` when they are an implausible share of it); the kept lung's
   **holes are filled** (:func:`fill_lung_holes`): in 3-D (vessels and nodules inside
   the lung), and slice by slice (vessels at the hilum, which touch the mediastinum
   through the bronchial wall in 3-D) but for the wide part (opened by a ball of
   ``lung_hole_open_mm``) of the dome of the diaphragm, soft tissue ringed by lung in
-  the lowest slices but open below, decided per 2-D hole (:func:`_dome`) so that a
-  nodule resting on the dome stays lung;
+  the lowest slices but open below, decided per 2-D hole (:func:`_dome`) and kept
+  to where a ball of :data:`DOME_BALL_MM` rolling inside the holes from below
+  reaches (:func:`_rolled`), so that a nodule resting on the dome (its apex, side or
+  shoulder; thick enough to hold a ball of :data:`NODULE_BALL_MM`) stays lung;
 * on the source grid, one slice at a time (:func:`source_lung_plane`): the lung
   brought back is grown, within one voxel of the network's grid around it, by the
   voxels of the source slice at or below ``lung_source_hu`` (about half way between
@@ -34,6 +36,23 @@ BoolArray = npt.NDArray[np.bool_]
 
 #: Gap (voxels of the network's grid) across which a large airway's lumen joins the trachea.
 BRIDGE_VOXELS = 3
+
+#: A bridged piece may be this many times as wide in a slice as the trunk piece it
+#: touches (an oblique main bronchus, cut along its length, is wider than the trachea).
+BRIDGE_WIDTH_TOLERANCE = 2.0
+
+#: A piece of air leaving the scan at its bottom slice is the trachea only when no
+#: slice of it is wider (mm²) than this: a 30 mm tube (gas of the stomach or colon is wider).
+TRUNK_MAX_MM2 = 710.0
+
+#: Radius (mm) of the ball that rolls inside the dome of the diaphragm from below: the
+#: dome is the part of the wide slice-wise holes it reaches, so a nodule resting on the
+#: dome (narrower than the ball) stays lung.
+DOME_BALL_MM = 12.0
+
+#: Radius (mm) of a ball that the part of the dome the rolling ball misses must hold to
+#: stay lung (a nodule on the dome), not the dome's thin rim or tip.
+NODULE_BALL_MM = 2.5
 
 #: Large airways holding more than this fraction of lung plus airways are implausible
 #: (the trachea and main bronchi are a few per cent of it): the series is warned about.
@@ -64,10 +83,12 @@ def large_airways(
 
     Air at or below ``airway_hu`` not connected to the in-plane sides (the air around
     the patient), opened by an ellipsoid of ``min_radius_mm`` (smaller bronchi, which
-    the lung holds, go), its components reaching the first or the last slice (the
-    trachea leaves the scan at the top) and those within :data:`BRIDGE_VOXELS`
-    slices of them along z (one voxel in-plane) and no wider in a slice than they are
-    (the main bronchi past a break at the carina), grown by one voxel (the lumen's edge, which
+    the lung holds, go), its components reaching the top (last) slice (the trachea
+    enters from the neck) or reaching the bottom slice no wider than
+    :data:`TRUNK_MAX_MM2` in any slice, and those within :data:`BRIDGE_VOXELS`
+    slices of them along z (one voxel in-plane) and no wider in a slice than
+    :data:`BRIDGE_WIDTH_TOLERANCE` times the piece they touch (the main bronchi past a
+    break at the carina), grown by one voxel (the lumen's edge, which
     the opening rounds off and partial volume greys, and the wall).
     """
     air = hu <= airway_hu
@@ -89,29 +110,45 @@ def large_airways(
     core = np.asarray(ndimage.binary_opening(air, structure=_ball(min_radius_mm, spacing)), bool)
     if not core.any():
         return core
-    labels, _ = ndimage.label(core)
-    ends = np.unique(np.concatenate([labels[0].ravel(), labels[-1].ravel()]))
-    ends = ends[ends > 0]
-    if ends.size == 0:
+    labels, count = ndimage.label(core)
+    index = np.arange(1, count + 1)
+    # Per component, its widest slice (pixels) and whether it reaches an end slice.
+    widest = np.zeros(count + 1, dtype=np.int64)
+    for plane in labels:
+        np.maximum(widest, np.bincount(plane.ravel(), minlength=count + 1), out=widest)
+    widest[0] = 0
+    # The trachea enters from the neck at the top (last) slice; a piece leaving the
+    # scan at the bottom (first) slice is the trachea only when it is a tube, no wider
+    # than TRUNK_MAX_MM2 in any slice (gas of the stomach or colon is wider).
+    pixel_mm2 = float(spacing[1]) * float(spacing[2])
+    ends = np.zeros(count + 1, dtype=bool)
+    ends[np.unique(labels[0])] = True
+    ends &= widest * pixel_mm2 <= TRUNK_MAX_MM2
+    ends[np.unique(labels[-1])] = True
+    ends[0] = False
+    if not ends.any():
         return np.zeros_like(core)
-    trunk = np.isin(labels, ends)
+    trunk = ends[labels]
     # The main bronchi leave the trachea at the carina, where partial volume can break
-    # the lumen for a slice or two: a component within BRIDGE_VOXELS slices of the
-    # trunk along z and one voxel in-plane (below or above it, not beside it) joins it
-    # when it is a tube no wider in any slice than the trunk's widest slice: air a few
-    # millimetres beside a bronchus (emphysema, a bulla) stays lung.
+    # the lumen for a slice or two: a component within BRIDGE_VOXELS slices of a trunk
+    # piece along z and one voxel in-plane (below or above it, not beside it) joins it
+    # when it is a tube no wider in any slice than BRIDGE_WIDTH_TOLERANCE times the
+    # widest slice of the trunk piece it touches (an oblique bronchus is cut longer
+    # than the trachea): air a few millimetres beside a bronchus (emphysema, a bulla)
+    # stays lung.
     along_z = np.zeros((3, 1, 1), dtype=bool)
     along_z[:, 0, 0] = True
-    reach = ndimage.binary_dilation(trunk, structure=np.ones((3, 3, 3), dtype=bool))
-    if BRIDGE_VOXELS > 1:
-        reach = ndimage.binary_dilation(reach, structure=along_z, iterations=BRIDGE_VOXELS - 1)
-    near = np.unique(labels[reach & ~trunk])
-    near = near[near > 0]
-    if near.size:
-        widest_trunk = int(trunk.sum(axis=(1, 2)).max())
-        join = [int(k) for k in near if int((labels == k).sum(axis=(1, 2)).max()) <= widest_trunk]
-        if join:
-            trunk |= np.isin(labels, join)
+    width = np.where(trunk, widest[labels], 0)
+    reach = ndimage.grey_dilation(width, footprint=np.ones((3, 3, 3), dtype=bool))
+    for _ in range(BRIDGE_VOXELS - 1):
+        reach = ndimage.grey_dilation(reach, footprint=along_z)
+    reach[trunk] = 0
+    allowed = np.zeros(count + 1, dtype=np.int64)
+    allowed[index] = np.asarray(ndimage.maximum(reach, labels, index), dtype=np.int64)
+    join = ~ends & (allowed > 0) & (widest <= BRIDGE_WIDTH_TOLERANCE * allowed)
+    join[0] = False
+    if join.any():
+        trunk |= join[labels]
     return np.asarray(ndimage.binary_dilation(trunk), dtype=bool)
 
 
@@ -129,9 +166,11 @@ def fill_lung_holes(
     hilum, which reaches the mediastinum through the bronchial wall) is filled unless
     it lies in the wide part of such holes (their opening by an ellipsoid of
     ``open_mm``) that :func:`_dome` calls the dome (per 2-D hole: wider than
-    ``max_hole_mm2``, or narrowing away from such a hole): soft tissue ringed by lung
-    in the lowest slices but open below; the vessels touching it are thin, and a
-    nodule resting on it widens away from it, so they are still filled.
+    ``max_hole_mm2``, or narrowing away from such a hole) and a ball of
+    :data:`DOME_BALL_MM` rolling inside them from below reaches (:func:`_rolled`):
+    soft tissue ringed by lung in the lowest slices but open below; the vessels
+    touching it are thin, and a nodule resting on it is narrower than the ball, so
+    they are still filled.
     ``airway`` (the large airways) is never filled.
     """
     if not lung.any():
@@ -149,9 +188,40 @@ def fill_lung_holes(
         return filled
     wide = np.asarray(ndimage.binary_opening(holes, structure=_ball(open_mm, spacing)), bool)
     pixel_mm2 = float(spacing[1]) * float(spacing[2])
-    holes &= ~_dome(wide, max_hole_mm2 / pixel_mm2)
+    dome = _dome(wide, max_hole_mm2 / pixel_mm2)
     del wide
+    if dome.any():
+        # What the ball does not reach is lung only where it is thick (a nodule on the
+        # dome), not the thin rim or tip of the dome the ball cannot fit into.
+        off = dome & ~_rolled(holes, lung, spacing)
+        dome &= ~_opened(off, NODULE_BALL_MM, spacing)
+    holes &= ~dome
     return filled | holes
+
+
+def _opened(mask: BoolArray, radius_mm: float, spacing: Sequence[float]) -> BoolArray:
+    """``mask`` opened by a ball of ``radius_mm`` (metric, through Euclidean distance
+    transforms; the volume's sides do not erode it)."""
+    sampling = [float(step) for step in spacing]
+    core = np.asarray(ndimage.distance_transform_edt(mask, sampling=sampling)) > radius_mm
+    if not core.any():
+        return np.zeros_like(mask)
+    near = np.asarray(ndimage.distance_transform_edt(~core, sampling=sampling)) <= radius_mm
+    return np.asarray(near & mask, dtype=bool)
+
+
+def _rolled(holes: BoolArray, lung: BoolArray, spacing: Sequence[float]) -> BoolArray:
+    """The voxels of ``holes`` that a ball of :data:`DOME_BALL_MM` reaches rolling
+    inside them from below (the opening of the holes, extended down through the soft
+    tissue under them, by the ball): the dome's broad curve, not a nodule on its
+    apex, side or shoulder, which is narrower than the ball (metric, through
+    Euclidean distance transforms)."""
+    solid = holes.copy()
+    for z in range(len(solid) - 2, -1, -1):
+        solid[z] |= solid[z + 1] & ~lung[z]
+    pad = int(np.ceil(DOME_BALL_MM / float(spacing[0]))) + 1
+    solid = np.concatenate([np.repeat(solid[:1], pad, axis=0), solid])
+    return np.asarray(_opened(solid, DOME_BALL_MM, spacing)[pad:] & holes, dtype=bool)
 
 
 def _dome(wide: BoolArray, max_pixels: float) -> BoolArray:
@@ -189,16 +259,23 @@ def _dome(wide: BoolArray, max_pixels: float) -> BoolArray:
 def airway_warning(airway: BoolArray | None, lung: BoolArray) -> str | None:
     """A warning when ``airway`` (the large airways) is an implausible share of
     ``lung`` plus it (over :data:`AIRWAY_MAX_FRACTION`: air the opening joined to the
-    trachea, e.g. emphysema or a wide bulla); None otherwise."""
+    trachea, e.g. emphysema or a wide bulla); None otherwise. Only the airway within
+    the lung's in-plane bounding box of each slice counts (not gas below the lung)."""
     if airway is None:
         return None
-    volume = int(airway.sum())
+    inside = np.zeros_like(airway)
+    for z, plane in enumerate(lung):
+        rows, cols = np.flatnonzero(plane.any(axis=1)), np.flatnonzero(plane.any(axis=0))
+        if rows.size:
+            box = (z, slice(rows[0], rows[-1] + 1), slice(cols[0], cols[-1] + 1))
+            inside[box] = airway[box]
+    volume = int(inside.sum())
     total = volume + int((lung & ~airway).sum())
     if volume == 0 or volume <= AIRWAY_MAX_FRACTION * total:
         return None
     return (
-        f"the large airways found are {100.0 * volume / total:.0f}% of the lung and airways "
-        f"(expected under {100.0 * AIRWAY_MAX_FRACTION:.0f}%): emphysema or a bulla joined to "
+        f"the large airways found are {100.0 * volume / total:.1f}% of the lung and airways "
+        f"(expected under {100.0 * AIRWAY_MAX_FRACTION:.1f}%): emphysema or a bulla joined to "
         "the trachea may have been left out of the lung"
     )
 
@@ -226,6 +303,10 @@ def source_lung_plane(
 __all__ = [
     "AIRWAY_MAX_FRACTION",
     "BRIDGE_VOXELS",
+    "BRIDGE_WIDTH_TOLERANCE",
+    "DOME_BALL_MM",
+    "NODULE_BALL_MM",
+    "TRUNK_MAX_MM2",
     "airway_warning",
     "fill_lung_holes",
     "large_airways",

@@ -154,6 +154,10 @@ LUNG_REFINE_SETTINGS: tuple[str, ...] = (
     "lung_hole_max_mm2",
     "lung_hole_open_mm",
 )
+#: The most grid steps the ``classical`` lung mask's ball radii may span (the opening's
+#: time grows with the ball's volume).
+MAX_BALL_VOXELS = 6
+
 #: The ``blob-cad`` settings added after its first manifests (in the hash once set).
 CAD_SETTINGS: tuple[str, ...] = (
     "cad_revision",
@@ -217,7 +221,8 @@ class VolumeSpec(_Strict):
     ``lung_output`` ``probability`` (it refines the filled mask). Its settings are
     finite and bounded: ``lung_source_hu`` in [-900, 0], ``airway_hu`` in [-1100,
     -900] (darker than aerated lung, or the whole lung would be airway), the radii
-    ``airway_min_radius_mm`` and ``lung_hole_open_mm`` in (0, 20] mm,
+    ``airway_min_radius_mm`` and ``lung_hole_open_mm`` in (0, 20] mm, at least the
+    largest step of ``spacing_mm`` and at most :data:`MAX_BALL_VOXELS` of its smallest,
     ``lung_hole_max_mm2`` in [0, 100000] mm².
 
     ``planar`` true makes it a 2-D package for projection radiographs (CR, DX): each
@@ -324,6 +329,20 @@ class VolumeSpec(_Strict):
                 )
             if self.lung_output != "filled-mask":
                 raise ValueError("lung_refine 'classical' needs lung_output 'filled-mask'")
+            # A ball below the grid step is one voxel (the opening does nothing); one
+            # over MAX_BALL_VOXELS steps makes the opening slow.
+            for name in ("airway_min_radius_mm", "lung_hole_open_mm"):
+                radius = float(getattr(self, name))
+                if radius < max(self.spacing_mm):
+                    raise ValueError(
+                        f"{name} {radius:g} mm is below the grid step of spacing_mm "
+                        f"{max(self.spacing_mm):g} mm (the ball would be one voxel)"
+                    )
+                if radius > MAX_BALL_VOXELS * min(self.spacing_mm):
+                    raise ValueError(
+                        f"{name} {radius:g} mm is over {MAX_BALL_VOXELS} steps of spacing_mm "
+                        f"({MAX_BALL_VOXELS * min(self.spacing_mm):g} mm)"
+                    )
         return self
 
     @field_validator("patch_size")
@@ -806,6 +825,7 @@ __all__ = [
     "ENSEMBLE_ARCHITECTURE",
     "FORMAT_VERSION",
     "MANIFEST_NAME",
+    "MAX_BALL_VOXELS",
     "OPTIONAL_SECTIONS",
     "Accepts",
     "Calibration",

@@ -132,6 +132,8 @@ UNDETERMINED = Concept("373068000", "SCT", "Undetermined")
 QUALITATIVE_EVALUATIONS = Concept("C0034375", "UMLS", "Qualitative Evaluations")
 #: DCM 121111 "Summary": the plain-language summary text item.
 SUMMARY = _from_pydicom(codes.DCM.Summary)
+#: DCM 121106 "Comment": a warning of the model's run (one text item each).
+COMMENT = _from_pydicom(codes.DCM.Comment)
 #: Local: the probability threshold of the operating point the decision used.
 OPERATING_THRESHOLD = Concept("OPTHRESHOLD", LOCAL_SCHEME, "Operating point threshold")
 #: Local: how close the probability lies to the threshold (1 at it, 0 far from it).
@@ -220,6 +222,7 @@ __all__ = [
     "ABSENT",
     "BODY_SITE_CHEST",
     "CALIBRATION_APPLIED",
+    "COMMENT",
     "CONFORMAL_SET",
     "CONFORMAL_SET_VALUES",
     "DELETION_DROP",

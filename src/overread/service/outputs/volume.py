@@ -409,6 +409,16 @@ def build_volume_sr(
             )
         ]
     )
+    for warning in prediction.warnings:
+        # The run's warnings (an implausible airway share, a candidate cap): the
+        # reader sees what the log says.
+        evaluations.ContentSequence.append(
+            hd.sr.TextContentItem(
+                name=oc.COMMENT.to_dicom(),
+                value=f"Warning: {warning}",
+                relationship_type=hd.sr.RelationshipTypeValues.CONTAINS,
+            )
+        )
     if verification is not None:
         evaluations.ContentSequence.append(reader_review_item(verification))
     report[0].ContentSequence.append(evaluations)

@@ -309,6 +309,8 @@ class StudyView(BaseModel):
     calibration_note: str = ""
     #: The date the retention policy deleted the images ("" while they are kept).
     images_purged_on: str = ""
+    #: The warnings of the model's run (an implausible airway share, a candidate cap).
+    model_warnings: list[str] = []
 
 
 def _findings_summary(item: WorklistItem) -> str:
@@ -404,6 +406,17 @@ def _model_calibrated(summary: dict[str, Any]) -> bool:
     )
 
 
+def _model_warnings(summary: dict[str, Any]) -> list[str]:
+    """The warnings of the study's latest result (each once, in their order)."""
+    found: list[str] = []
+    for entry in summary.get("instances") or []:
+        if isinstance(entry, dict):
+            for warning in entry.get("warnings") or []:
+                if str(warning) not in found:
+                    found.append(str(warning))
+    return found
+
+
 def study_view(
     session: Session,
     store: ObjectStore,
@@ -488,6 +501,7 @@ def study_view(
         analysis=gate.analysis,
         gate_note=gate.note,
         images_purged_on=purged.date().isoformat() if purged is not None else "",
+        model_warnings=_model_warnings(summary),
     )
     return redact_phi(view, viewer)
 
