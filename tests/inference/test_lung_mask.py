@@ -20,6 +20,7 @@ from overread.inference.lung_mask import (
     _ball,
     airway_warning,
     fill_lung_holes,
+    head_last,
     large_airways,
     source_lung_plane,
 )
@@ -418,3 +419,57 @@ def test_a_nodule_on_the_side_or_shoulder_of_the_dome_stays_lung(
     filled = fill_lung_holes(lung, (2.0, 2.0, 2.0), max_hole_mm2=1600.0, open_mm=5.0)
     assert filled[sphere].mean() > 0.8
     assert filled[dome & (np.arange(36)[:, None, None] <= 8)].mean() < 0.15
+
+
+def _flipped(affine: np.ndarray, slices: int) -> np.ndarray:
+    """The affine of the same volume with its slices in reverse order."""
+    out = np.array(affine, dtype=np.float64)
+    out[:3, 3] = (affine @ np.array([0.0, 0.0, slices - 1.0, 1.0]))[:3]
+    out[:3, 2] = -affine[:3, 2]
+    return out
+
+
+def test_head_last_reads_the_slice_direction_from_the_affine() -> None:
+    assert head_last(np.diag([2.0, 2.0, 2.0, 1.0])) is True
+    assert head_last(_flipped(np.diag([2.0, 2.0, 2.0, 1.0]), 10)) is False
+    sagittal = np.zeros((4, 4))
+    sagittal[:3, 0], sagittal[:3, 1], sagittal[:3, 2] = (0, 1, 0), (0, 0, -1), (2, 0, 0)
+    assert head_last(sagittal) is None
+
+
+def test_a_chest_running_from_head_to_feet_gives_the_same_lung_flipped(
+    phantom: CtCase, tmp_path: Path
+) -> None:
+    pipeline = VolumePipeline(
+        load_package(
+            write_baseline_package(tmp_path / "new", volume=VolumeSpec(lung_refine="classical"))
+        )
+    )
+    geo = phantom.geometry
+    spacing = (geo.slice_thickness, geo.pixel_spacing, geo.pixel_spacing)
+    hu = phantom.hu.astype(np.float32)
+    outputs = [
+        pipeline.run_volume(
+            Volume(pixels=pixels, affine=affine, spacing=spacing, metadata=ImageMetadata())
+        )
+        for pixels, affine in (
+            (hu, geo.affine),
+            (np.ascontiguousarray(hu[::-1]), _flipped(geo.affine, len(hu))),
+        )
+    ]
+    maps = [output.label_map for output in outputs]
+    assert maps[0] is not None and maps[1] is not None
+    feet_first, head_first = maps[0] >= LUNG_VALUE, maps[1] >= LUNG_VALUE
+    assert feet_first.any()
+    assert np.array_equal(head_first[::-1], feet_first)
+    assert outputs[0].prediction.warnings == outputs[1].prediction.warnings
+
+
+def test_a_series_that_is_not_axial_keeps_the_old_lung_with_a_warning(tmp_path: Path) -> None:
+    hu = _chest()
+    affine = np.zeros((4, 4))
+    affine[:3, 0], affine[:3, 1], affine[:3, 2], affine[3, 3] = (0, 1, 0), (0, 0, -1), (2, 0, 0), 1
+    volume = Volume(pixels=hu, affine=affine, spacing=(2.0, 1.0, 1.0), metadata=ImageMetadata())
+    package = write_baseline_package(tmp_path / "new", volume=VolumeSpec(lung_refine="classical"))
+    warnings = VolumePipeline(load_package(package)).run_volume(volume).prediction.warnings
+    assert any("not axial" in w for w in warnings), warnings

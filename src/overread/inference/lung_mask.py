@@ -59,6 +59,27 @@ NODULE_BALL_MM = 2.5
 AIRWAY_MAX_FRACTION = 0.1
 
 
+#: The slice direction is axial when its z component (LPS, head-wards) is at least this
+#: share of its length (45 degrees from the body's long axis).
+AXIAL_MIN_COSINE = 0.5**0.5
+
+
+def head_last(affine: npt.NDArray[np.float64]) -> bool | None:
+    """Whether the slices of a volume with ``affine`` (``affine @ (col, row, slice, 1)``
+    in LPS mm) run from the feet to the head (True: the order :func:`large_airways` and
+    :func:`fill_lung_holes` assume), from the head to the feet (False: flip the slices
+    before them and the results back), or None when the series is not axial (its slice
+    direction is not mostly along the body's long axis: the rules do not apply)."""
+    direction = np.asarray(affine, dtype=np.float64)[:3, 2]
+    length = float(np.linalg.norm(direction))
+    if not np.isfinite(length) or length == 0.0:
+        return None
+    cosine = float(direction[2]) / length
+    if abs(cosine) < AXIAL_MIN_COSINE:
+        return None
+    return cosine > 0.0
+
+
 def _ball(radius_mm: float, spacing: Sequence[float]) -> BoolArray:
     """The voxels of ``spacing`` whose centres lie within ``radius_mm`` mm of the
     centre (a metric ellipsoid: ``(z sz)^2 + (y sy)^2 + (x sx)^2 <= r^2``); the centre
@@ -302,6 +323,7 @@ def source_lung_plane(
 
 __all__ = [
     "AIRWAY_MAX_FRACTION",
+    "AXIAL_MIN_COSINE",
     "BRIDGE_VOXELS",
     "BRIDGE_WIDTH_TOLERANCE",
     "DOME_BALL_MM",
@@ -309,6 +331,7 @@ __all__ = [
     "TRUNK_MAX_MM2",
     "airway_warning",
     "fill_lung_holes",
+    "head_last",
     "large_airways",
     "source_lung_plane",
 ]
