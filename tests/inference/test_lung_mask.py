@@ -17,7 +17,11 @@ from overread.evaluation.segmentation import dice
 from overread.imaging import ImageMetadata
 from overread.imaging.series import Volume
 from overread.inference.lung_mask import (
+    DOME_BALL_MM,
+    NODULE_BALL_MM,
     _ball,
+    _opened,
+    _rolled,
     airway_warning,
     fill_lung_holes,
     head_last,
@@ -473,3 +477,38 @@ def test_a_series_that_is_not_axial_keeps_the_old_lung_with_a_warning(tmp_path: 
     package = write_baseline_package(tmp_path / "new", volume=VolumeSpec(lung_refine="classical"))
     warnings = VolumePipeline(load_package(package)).run_volume(volume).prediction.warnings
     assert any("not axial" in w for w in warnings), warnings
+
+
+def _opened_whole(mask: np.ndarray, radius_mm: float, spacing: tuple[float, ...]) -> np.ndarray:
+    """The opening on the whole grid (the uncropped reference)."""
+    core = ndimage.distance_transform_edt(mask, sampling=spacing) > radius_mm
+    if not core.any():
+        return np.zeros_like(mask)
+    return (ndimage.distance_transform_edt(~core, sampling=spacing) <= radius_mm) & mask
+
+
+def _rolled_whole(holes: np.ndarray, lung: np.ndarray, spacing: tuple[float, ...]) -> np.ndarray:
+    solid = holes.copy()
+    for z in range(len(solid) - 2, -1, -1):
+        solid[z] |= solid[z + 1] & ~lung[z]
+    pad = int(np.ceil(DOME_BALL_MM / spacing[0])) + 1
+    solid = np.concatenate([np.repeat(solid[:1], pad, axis=0), solid])
+    return _opened_whole(solid, DOME_BALL_MM, spacing)[pad:] & holes
+
+
+@pytest.mark.parametrize("spacing", [(2.0, 2.0, 2.0), (5.0, 1.5, 1.5)])
+def test_the_cropped_balls_give_the_whole_grid_result(spacing: tuple[float, ...]) -> None:
+    cases = [_dome_chest(nodule=True), _dome_chest(nodule=True, at=(9.0, 47.0))]
+    cases.append(_dome_chest(nodule=False)[:, :40, 20:])  # holes touching the array's sides
+    for lung in cases:
+        holes = np.zeros_like(lung)
+        for z, plane in enumerate(lung):
+            holes[z] = ndimage.binary_fill_holes(plane)
+        holes &= ~ndimage.binary_fill_holes(lung)
+        holes[:, 30:34, 30:34] |= True  # reaching the top slice
+        assert holes.any()
+        assert np.array_equal(_rolled(holes, lung, spacing), _rolled_whole(holes, lung, spacing))
+        for radius in (NODULE_BALL_MM, DOME_BALL_MM):
+            assert np.array_equal(
+                _opened(holes, radius, spacing), _opened_whole(holes, radius, spacing)
+            )
