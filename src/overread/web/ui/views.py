@@ -17,7 +17,7 @@ from datetime import datetime
 from functools import lru_cache
 from typing import Any
 
-from pydantic import BaseModel, computed_field
+from pydantic import BaseModel, Field, computed_field
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
@@ -310,7 +310,8 @@ class StudyView(BaseModel):
     #: The date the retention policy deleted the images ("" while they are kept).
     images_purged_on: str = ""
     #: The warnings of the model's run (an implausible airway share, a candidate cap).
-    model_warnings: list[str] = []
+    #: PHI: they include the DICOM reader's messages, which can echo header values.
+    model_warnings: list[str] = Field(default_factory=list, json_schema_extra={"phi": True})
 
 
 def _findings_summary(item: WorklistItem) -> str:
