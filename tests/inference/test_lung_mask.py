@@ -260,6 +260,15 @@ def test_a_bad_classical_lung_setting_is_one_error_line(
     assert len(err) == 1 and err[0].startswith("error:") and message in err[0], err
 
 
+def test_an_anisotropic_grid_takes_radii_from_its_smallest_step() -> None:
+    # 2.5 mm airway ball on a 5 mm slice grid: a disc of 1 mm pixels.
+    spec = VolumeSpec(lung_refine="classical", spacing_mm=(5.0, 1.0, 1.0))
+    assert spec.airway_min_radius_mm < max(spec.spacing_mm)
+    assert _ball(spec.airway_min_radius_mm, spec.spacing_mm).shape[0] == 1
+    with pytest.raises(ValidationError, match="below the grid step"):
+        VolumeSpec(lung_refine="classical", spacing_mm=(5.0, 3.0, 3.0))
+
+
 def test_the_classical_lung_only_where_it_does_something() -> None:
     VolumeSpec(lung_refine="classical", postprocess="blob-cad")
     VolumeSpec(lung_refine="none", postprocess="lung-field", lung_output="probability")
