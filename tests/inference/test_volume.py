@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import json
 import shutil
 import subprocess
@@ -593,3 +594,31 @@ def test_prediction_warnings_reach_the_sr(analysed: object, tmp_path: Path) -> N
             line for line in (done.stdout + done.stderr).splitlines() if line.startswith("Error")
         ]
         assert errors == []
+
+
+@pytest.mark.skipif(shutil.which("dciodvfy") is None, reason="dciodvfy not installed")
+def test_a_warning_beyond_ascii_is_folded_in_the_sr(analysed: object, tmp_path: Path) -> None:
+    prediction = copy.deepcopy(analysed.prediction)  # type: ignore[attr-defined]
+    prediction.warnings = ["Poumon émphysémateux ≥ 10 mm² — bulle"]
+    sources = _sources(analysed)
+    assert "SpecificCharacterSet" not in sources[0]
+    [_, sr] = build_volume_outputs(
+        prediction,
+        sources,
+        analysed.label_map,  # type: ignore[attr-defined]
+        analysed.labels,  # type: ignore[attr-defined]
+    )
+    path = tmp_path / "sr.dcm"
+    sr.save_as(path, enforce_file_format=True)
+    done = subprocess.run(["dciodvfy", str(path)], capture_output=True, text=True)
+    errors = [line for line in (done.stdout + done.stderr).splitlines() if line.startswith("Error")]
+    assert errors == []
+    report = pydicom.dcmread(path).ContentSequence
+    texts = [
+        str(item.TextValue)
+        for group in report
+        if group.ValueType == "CONTAINER" and "ContentSequence" in group
+        for item in group.ContentSequence
+        if item.ValueType == "TEXT"
+    ]
+    assert "Warning: Poumon emphysemateux ? 10 mm2 ? bulle" in texts, texts

@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import dataclasses
 import logging
+import unicodedata
 from collections.abc import Mapping, Sequence
 from typing import Any
 
@@ -267,6 +268,15 @@ def reader_withdrawn(decisions: Mapping[str, Decision]) -> set[str]:
     return {label for label, decision in decisions.items() if decision is Decision.NEGATIVE}
 
 
+def ascii_text(text: str) -> str:
+    """``text`` folded to ASCII (accents dropped, compatibility forms such as ``²``
+    unfolded, anything else ``?``): an SR written without a Specific Character Set is
+    ASCII, and a warning can carry any character (a reader message, a path)."""
+    decomposed = unicodedata.normalize("NFKD", text)
+    kept = "".join(c for c in decomposed if not unicodedata.combining(c))
+    return kept.encode("ascii", "replace").decode("ascii")
+
+
 def volume_summary(
     prediction: Prediction,
     *,
@@ -415,7 +425,7 @@ def build_volume_sr(
         evaluations.ContentSequence.append(
             hd.sr.TextContentItem(
                 name=oc.COMMENT.to_dicom(),
-                value=f"Warning: {warning}",
+                value=f"Warning: {ascii_text(warning)}",
                 relationship_type=hd.sr.RelationshipTypeValues.CONTAINS,
             )
         )
@@ -524,6 +534,7 @@ __all__ = [
     "SEGMENTATION",
     "SEG_SERIES_NUMBER",
     "SR_SERIES_NUMBER",
+    "ascii_text",
     "build_volume_outputs",
     "build_volume_seg",
     "build_volume_sr",
