@@ -268,6 +268,32 @@ def reader_withdrawn(decisions: Mapping[str, Decision]) -> set[str]:
     return {label for label, decision in decisions.items() if decision is Decision.NEGATIVE}
 
 
+_N = r"-?[0-9][0-9.]*(?:e[-+]?[0-9]+)?"
+#: The warnings the pipeline generates, as the SR's TEXT items hold them (regular
+#: expressions of the whole text): numbers and fixed words, no header value. A
+#: de-identified export keeps these and replaces any other warning (a DICOM reader's
+#: message can echo a header value, a UID holding a name).
+GENERATED_WARNINGS: tuple[str, ...] = tuple(
+    "Warning: " + pattern
+    for pattern in (
+        rf"the large airways found are {_N}% of the lung and airways \(expected under {_N}%\): "
+        r"emphysema or a bulla joined to the trachea may have been left out of the lung",
+        rf"{_N} or more nodule candidates: only the {_N} largest are reported "
+        r"\(is the series a chest CT in HU\?\)",
+        rf"{_N} nodule candidates kept from the strongest {_N} of {_N} blob peaks: "
+        rf"the {_N} weaker were not scored",
+        r"the series is not axial \(its slices do not run along the body's long axis\): "
+        r"the classical lung mask's airway and dome rules were not applied",
+        rf"gap of {_N} mm between slices at {_N} and {_N} mm \(typical step {_N} mm\): "
+        rf"about {_N} missing slice\(s\)",
+        rf"uneven slice spacing: steps from {_N} to {_N} mm",
+        r"slice positions drift in-plane \(gantry tilt or sheared stack\): the affine "
+        r"uses the mean step",
+        rf"single slice: slice step taken as {_N} mm",
+    )
+)
+
+
 def ascii_text(text: str) -> str:
     """``text`` folded to ASCII (accents dropped, compatibility forms such as ``²``
     unfolded, anything else ``?``): an SR written without a Specific Character Set is
@@ -530,6 +556,7 @@ def build_volume_outputs(
 
 __all__ = [
     "COMPREHENSIVE_3D_SR",
+    "GENERATED_WARNINGS",
     "PLANAR_SEG_SERIES_NUMBER",
     "SEGMENTATION",
     "SEG_SERIES_NUMBER",
