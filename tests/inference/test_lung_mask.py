@@ -378,8 +378,13 @@ def test_a_piece_below_the_trachea_wider_than_it_stays_lung() -> None:
     # 24 mm by 36 mm of air two slices below the trachea, straight under it: within
     # reach of the bridge, but wider than the trachea in its slices (a bulla).
     hu[13:16, 17:29, 15:33] = -1000.0
+    # A wide tube of air leaving the scan at the top, apart from the trachea: wider in
+    # its slices than the bulla, so the bulla is measured against the trachea it
+    # touches, not the widest trunk slice.
+    hu[25:, 30:40, 10:30] = -1000.0
     airway = large_airways(hu, (2.0, 2.0, 2.0), airway_hu=-950.0, min_radius_mm=2.5)
     assert airway[22, 22:24, 22:25].all()  # the trachea
+    assert airway[27, 32:38, 12:28].all()  # the wide tube
     assert not airway[13:16, 19:27, 17:31].any()
 
 
@@ -388,8 +393,10 @@ def test_a_dome_narrower_at_its_base_than_above_stays_out() -> None:
     lung[4:26, 8:52, 8:52] = True
     lung[4:6, 21:39, 21:39] = False  # the dome's base: 36 mm across (under the hole limit)
     lung[6:12, 16:44, 16:44] = False  # and 56 mm across above it; open below (slice 3)
+    lung[12:18, 26:34, 26:34] = False  # a 16 mm nodule resting on the dome's top
     filled = fill_lung_holes(lung, (2.0, 2.0, 2.0), max_hole_mm2=1600.0, open_mm=5.0)
-    assert not filled[4:12, 30, 30].any()
+    assert not filled[4:12, 30, 30].any()  # the dome's base needs the backward pass
+    assert filled[13:17, 28:32, 28:32].mean() > 0.8  # the nodule is lung
 
 
 def test_gas_below_the_lung_is_not_airway_and_a_bulla_above_it_stays_lung() -> None:
