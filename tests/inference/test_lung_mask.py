@@ -483,6 +483,20 @@ def test_a_chest_running_from_head_to_feet_gives_the_same_lung_flipped(
     assert feet_first.any()
     assert np.array_equal(head_first[::-1], feet_first)
     assert outputs[0].prediction.warnings == outputs[1].prediction.warnings
+    # Both directions were read as axial and refined (not the old lung).
+    assert not any("not axial" in w for w in outputs[1].prediction.warnings)
+    old = VolumePipeline(
+        load_package(write_baseline_package(tmp_path / "old", volume=VolumeSpec()))
+    ).run_volume(
+        Volume(
+            pixels=np.ascontiguousarray(hu[::-1]),
+            affine=_flipped(geo.affine, len(hu)),
+            spacing=spacing,
+            metadata=ImageMetadata(),
+        )
+    )
+    assert old.label_map is not None
+    assert not np.array_equal(old.label_map >= LUNG_VALUE, head_first)
 
 
 def test_a_series_that_is_not_axial_keeps_the_old_lung_with_a_warning(tmp_path: Path) -> None:
@@ -491,8 +505,15 @@ def test_a_series_that_is_not_axial_keeps_the_old_lung_with_a_warning(tmp_path: 
     affine[:3, 0], affine[:3, 1], affine[:3, 2], affine[3, 3] = (0, 1, 0), (0, 0, -1), (2, 0, 0), 1
     volume = Volume(pixels=hu, affine=affine, spacing=(2.0, 1.0, 1.0), metadata=ImageMetadata())
     package = write_baseline_package(tmp_path / "new", volume=VolumeSpec(lung_refine="classical"))
-    warnings = VolumePipeline(load_package(package)).run_volume(volume).prediction.warnings
-    assert any("not axial" in w for w in warnings), warnings
+    output = VolumePipeline(load_package(package)).run_volume(volume)
+    assert any("not axial" in w for w in output.prediction.warnings), output.prediction.warnings
+    old = VolumePipeline(
+        load_package(
+            write_baseline_package(tmp_path / "old", volume=VolumeSpec(lung_refine="none"))
+        )
+    ).run_volume(volume)
+    assert output.label_map is not None and old.label_map is not None
+    assert np.array_equal(output.label_map, old.label_map)
 
 
 def _opened_whole(mask: np.ndarray, radius_mm: float, spacing: tuple[float, ...]) -> np.ndarray:

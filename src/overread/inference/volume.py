@@ -452,6 +452,7 @@ class VolumePipeline:
                 nodules_low,
                 count,
                 airway,
+                refine=spec.lung_refine == "classical",
             )
             label_values = {LUNG_VALUE: spec.lung_label}
             for region in regions:
@@ -485,6 +486,7 @@ class VolumePipeline:
                 thresholds[nodule_i],
                 prediction.warnings,
                 airway,
+                refine=spec.lung_refine == "classical",
             )
             label_values = {LUNG_VALUE: spec.lung_label}
             for region in regions:
@@ -584,6 +586,8 @@ class VolumePipeline:
         threshold: float,
         warnings: list[str],
         airway: npt.NDArray[np.bool_] | None = None,
+        *,
+        refine: bool,
     ) -> tuple[npt.NDArray[np.uint8], list[Region]]:
         """``blob-cad``: the lung brought back to the source grid, then candidates, scores
         and FWHM masks there (:mod:`overread.models.blob_cad`).
@@ -592,7 +596,8 @@ class VolumePipeline:
         nodules, strongest first; a nodule's voxels are not taken by a weaker one. The
         centre reported is the candidate's (the blob filter's peak), the rest is
         measured on the nodule's mask. A warning goes to ``warnings`` when more blob
-        peaks were found than the candidates scored.
+        peaks were found than the candidates scored. ``refine``: the lung is refined
+        on the source grid (:meth:`_lung_plane`).
         """
         from dataclasses import replace
 
@@ -605,9 +610,9 @@ class VolumePipeline:
         for z in range(shape[0]):
             plane = upsample_plane(lung_channels, z, shape)
             airway_plane = plane[1] if len(plane) > 1 else None
-            label_map[z][self._lung_plane(volume, plane[0], airway_plane, lung_threshold, z)] = (
-                LUNG_VALUE
-            )
+            label_map[z][
+                self._lung_plane(volume, plane[0], airway_plane, lung_threshold, z, refine=refine)
+            ] = LUNG_VALUE
         del lung_channels
         hu = np.asarray(volume.pixels, dtype=np.float32)
         spacing = tuple(float(s) for s in volume.spacing)
@@ -690,16 +695,18 @@ class VolumePipeline:
         nodules_low: npt.NDArray[np.int32],
         count: int,
         airway: npt.NDArray[np.bool_] | None = None,
+        *,
+        refine: bool,
     ) -> tuple[npt.NDArray[np.uint8], list[Region]]:
         """The label map on the source grid and each nodule measured there.
 
         ``lung`` is the lung channel on the network's grid and the value at or above
         which a source voxel is lung once brought back (refined on the source grid by
-        :meth:`_lung_plane`).
+        :meth:`_lung_plane`) when ``refine`` (``lung_refine`` ``classical`` on an
+        axial series).
         """
         shape = volume.pixels.shape
         lung_low, lung_threshold = lung
-        refine = self.spec.lung_refine == "classical"
         # The lung, the nodule probability and (refining the lung) the large airways,
         # brought back together: one interpolation per source slice.
         layers = [lung_low, nodule_probability.astype(np.float32)]
@@ -721,9 +728,9 @@ class VolumePipeline:
             values = np.zeros(shape[1:], dtype=np.uint8)
             if refine:
                 airway_plane = plane[2] if len(plane) > 2 else None
-                values[self._lung_plane(volume, plane[0], airway_plane, lung_threshold, z)] = (
-                    LUNG_VALUE
-                )
+                values[
+                    self._lung_plane(volume, plane[0], airway_plane, lung_threshold, z, refine=True)
+                ] = LUNG_VALUE
             else:
                 values[plane[0] >= lung_threshold] = LUNG_VALUE
             nodule = (plane[1] >= threshold) & (owner > 0)
@@ -760,12 +767,14 @@ class VolumePipeline:
         airway: npt.NDArray[np.float32] | None,
         level: float,
         z: int,
+        *,
+        refine: bool,
     ) -> npt.NDArray[np.bool_]:
         """Source slice ``z`` of the lung from the lung channel brought back to it (lung
         from ``level``) and the large airways brought back (or None), refined on the
-        slice's HU with ``lung_refine`` ``classical``
-        (:func:`overread.inference.lung_mask.source_lung_plane`)."""
-        if self.spec.lung_refine != "classical":
+        slice's HU when ``refine`` (``lung_refine`` ``classical`` on an axial series;
+        :func:`overread.inference.lung_mask.source_lung_plane`)."""
+        if not refine:
             return np.asarray(lung >= level)
         return source_lung_plane(
             lung,
