@@ -242,7 +242,11 @@ def test_old_manifests_keep_their_mask_settings_and_hash() -> None:
         ("lung_hole_max_mm2", float("inf"), "volume.lung_hole_max_mm2"),
         ("postprocess", "centre-heatmap", "lung_refine 'classical' needs postprocess"),
         ("lung_output", "probability", "needs lung_output 'filled-mask'"),
-        ("airway_min_radius_mm", 1.5, "airway_min_radius_mm 1.5 mm is below the grid step"),
+        (
+            "airway_min_radius_mm",
+            1.5,
+            "airway_min_radius_mm 1.5 mm is below the in-plane grid step",
+        ),
         ("lung_hole_open_mm", 15.0, "lung_hole_open_mm 15 mm is over 6 steps"),
     ],
 )
@@ -260,13 +264,19 @@ def test_a_bad_classical_lung_setting_is_one_error_line(
     assert len(err) == 1 and err[0].startswith("error:") and message in err[0], err
 
 
-def test_an_anisotropic_grid_takes_radii_from_its_smallest_step() -> None:
-    # 2.5 mm airway ball on a 5 mm slice grid: a disc of 1 mm pixels.
+def test_an_anisotropic_grid_takes_radii_from_its_in_plane_steps() -> None:
+    # 2.5 mm airway ball on a 5 mm slice grid: a disc of 1 mm pixels (accepted).
     spec = VolumeSpec(lung_refine="classical", spacing_mm=(5.0, 1.0, 1.0))
     assert spec.airway_min_radius_mm < max(spec.spacing_mm)
     assert _ball(spec.airway_min_radius_mm, spec.spacing_mm).shape[0] == 1
-    with pytest.raises(ValidationError, match="below the grid step"):
+    with pytest.raises(ValidationError, match="below the in-plane grid step"):
         VolumeSpec(lung_refine="classical", spacing_mm=(5.0, 3.0, 3.0))
+    # Slices finer than the pixels: the ball would be a line along the slices.
+    assert _ball(2.5, (1.0, 3.0, 3.0)).shape[1:] == (1, 1)
+    with pytest.raises(ValidationError, match="below the in-plane grid step"):
+        VolumeSpec(lung_refine="classical", spacing_mm=(1.0, 3.0, 3.0))
+    with pytest.raises(ValidationError, match="below the in-plane grid step"):
+        VolumeSpec(lung_refine="classical", spacing_mm=(1.0, 1.0, 3.0))
 
 
 def test_the_classical_lung_only_where_it_does_something() -> None:
