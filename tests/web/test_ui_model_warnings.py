@@ -81,3 +81,20 @@ def test_a_viewer_without_phi_rights_does_not_see_the_warnings(gateway: UiGatewa
     page = admin.get(f"/studies/{uid}")
     assert page.status_code == 200 and uid in page.text
     assert "JOHNDOE" not in page.text and 'class="model-warnings"' not in page.text
+
+
+def test_a_viewer_without_phi_rights_sees_the_generated_warnings_only(
+    gateway: UiGateway,
+) -> None:
+    generated = "single slice: slice step taken as 2.5 mm"
+    echo = "Invalid value for VR UI: '1.2.3.JOHNDOE.19610304'"
+    uid = _seed(gateway, [generated, echo])
+    admin = TestClient(gateway.app, follow_redirects=False)
+    _login(admin, "ada.admin")
+    page = html.unescape(admin.get(f"/studies/{uid}").text)
+    assert 'class="model-warnings"' in page and generated in page
+    assert "JOHNDOE" not in page
+    radiologist = TestClient(gateway.app, follow_redirects=False)
+    _login(radiologist)
+    page = html.unescape(radiologist.get(f"/studies/{uid}").text)
+    assert generated in page and "JOHNDOE" in page

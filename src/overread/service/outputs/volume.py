@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import dataclasses
 import logging
+import re
 import unicodedata
 from collections.abc import Mapping, Sequence
 from typing import Any
@@ -268,7 +269,7 @@ def reader_withdrawn(decisions: Mapping[str, Decision]) -> set[str]:
     return {label for label, decision in decisions.items() if decision is Decision.NEGATIVE}
 
 
-_N = r"-?[0-9][0-9.]*(?:e[-+]?[0-9]+)?"
+_N = r"-?[0-9]+(?:\.[0-9]+)?(?:e[-+]?[0-9]+)?"
 #: The warnings the pipeline generates, as the SR's TEXT items hold them (regular
 #: expressions of the whole text): numbers and fixed words, no header value. A
 #: de-identified export keeps these and replaces any other warning (a DICOM reader's
@@ -292,6 +293,12 @@ GENERATED_WARNINGS: tuple[str, ...] = tuple(
         rf"single slice: slice step taken as {_N} mm",
     )
 )
+
+
+def is_generated_warning(text: str) -> bool:
+    """Whether a prediction's warning ``text`` is one the pipeline generates
+    (:data:`GENERATED_WARNINGS`: numbers and fixed words, no header value)."""
+    return any(re.fullmatch(pattern, "Warning: " + text) for pattern in GENERATED_WARNINGS)
 
 
 def ascii_text(text: str) -> str:
@@ -566,6 +573,7 @@ __all__ = [
     "build_volume_seg",
     "build_volume_sr",
     "evidence_of",
+    "is_generated_warning",
     "reader_withdrawn",
     "region_segments",
     "segment_numbers",
