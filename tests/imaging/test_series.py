@@ -183,3 +183,13 @@ def test_load_series_walks_directories(write_dicom, tmp_path):
     assert all(p.parent == tmp_path for p in paths)
     result = load_series([tmp_path])
     assert result.errors == [] and result.volumes[0].pixels.shape[0] == 3
+
+
+def test_the_series_warnings_are_known_generated_warnings(write_dicom):
+    from overread.service.outputs.volume import is_generated_warning
+
+    for z in ([0.0, 2.5, 5.0, 12.5, 15.0], [0.0, 2.5, 5.2, 7.5, 10.0], [0.0]):
+        warnings = load_series(write_ct_series(write_dicom, z)).volumes[0].warnings
+        assert warnings
+        for warning in warnings:
+            assert is_generated_warning(warning), warning

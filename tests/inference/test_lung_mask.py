@@ -17,9 +17,14 @@ from overread.evaluation.segmentation import dice
 from overread.imaging import ImageMetadata
 from overread.imaging.series import Volume
 from overread.inference.lung_mask import (
+    DOME_BALL_MM,
+    NODULE_BALL_MM,
     _ball,
+    _opened,
+    _rolled,
     airway_warning,
     fill_lung_holes,
+    head_last,
     large_airways,
     source_lung_plane,
 )
@@ -237,7 +242,11 @@ def test_old_manifests_keep_their_mask_settings_and_hash() -> None:
         ("lung_hole_max_mm2", float("inf"), "volume.lung_hole_max_mm2"),
         ("postprocess", "centre-heatmap", "lung_refine 'classical' needs postprocess"),
         ("lung_output", "probability", "needs lung_output 'filled-mask'"),
-        ("airway_min_radius_mm", 1.5, "airway_min_radius_mm 1.5 mm is below the grid step"),
+        (
+            "airway_min_radius_mm",
+            1.5,
+            "airway_min_radius_mm 1.5 mm is below the in-plane grid step",
+        ),
         ("lung_hole_open_mm", 15.0, "lung_hole_open_mm 15 mm is over 6 steps"),
     ],
 )
@@ -253,6 +262,21 @@ def test_a_bad_classical_lung_setting_is_one_error_line(
     assert main(["models", "show", str(package)]) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and err[0].startswith("error:") and message in err[0], err
+
+
+def test_an_anisotropic_grid_takes_radii_from_its_in_plane_steps() -> None:
+    # 2.5 mm airway ball on a 5 mm slice grid: a disc of 1 mm pixels (accepted).
+    spec = VolumeSpec(lung_refine="classical", spacing_mm=(5.0, 1.0, 1.0))
+    assert spec.airway_min_radius_mm < max(spec.spacing_mm)
+    assert _ball(spec.airway_min_radius_mm, spec.spacing_mm).shape[0] == 1
+    with pytest.raises(ValidationError, match="below the in-plane grid step"):
+        VolumeSpec(lung_refine="classical", spacing_mm=(5.0, 3.0, 3.0))
+    # Slices finer than the pixels: the ball would be a line along the slices.
+    assert _ball(2.5, (1.0, 3.0, 3.0)).shape[1:] == (1, 1)
+    with pytest.raises(ValidationError, match="below the in-plane grid step"):
+        VolumeSpec(lung_refine="classical", spacing_mm=(1.0, 3.0, 3.0))
+    with pytest.raises(ValidationError, match="below the in-plane grid step"):
+        VolumeSpec(lung_refine="classical", spacing_mm=(1.0, 1.0, 3.0))
 
 
 def test_the_classical_lung_only_where_it_does_something() -> None:
@@ -364,8 +388,13 @@ def test_a_piece_below_the_trachea_wider_than_it_stays_lung() -> None:
     # 24 mm by 36 mm of air two slices below the trachea, straight under it: within
     # reach of the bridge, but wider than the trachea in its slices (a bulla).
     hu[13:16, 17:29, 15:33] = -1000.0
+    # A wide tube of air leaving the scan at the top, apart from the trachea: wider in
+    # its slices than the bulla, so the bulla is measured against the trachea it
+    # touches, not the widest trunk slice.
+    hu[25:, 30:40, 10:30] = -1000.0
     airway = large_airways(hu, (2.0, 2.0, 2.0), airway_hu=-950.0, min_radius_mm=2.5)
     assert airway[22, 22:24, 22:25].all()  # the trachea
+    assert airway[27, 32:38, 12:28].all()  # the wide tube
     assert not airway[13:16, 19:27, 17:31].any()
 
 
@@ -374,8 +403,10 @@ def test_a_dome_narrower_at_its_base_than_above_stays_out() -> None:
     lung[4:26, 8:52, 8:52] = True
     lung[4:6, 21:39, 21:39] = False  # the dome's base: 36 mm across (under the hole limit)
     lung[6:12, 16:44, 16:44] = False  # and 56 mm across above it; open below (slice 3)
+    lung[12:18, 26:34, 26:34] = False  # a 16 mm nodule resting on the dome's top
     filled = fill_lung_holes(lung, (2.0, 2.0, 2.0), max_hole_mm2=1600.0, open_mm=5.0)
-    assert not filled[4:12, 30, 30].any()
+    assert not filled[4:12, 30, 30].any()  # the dome's base needs the backward pass
+    assert filled[13:17, 28:32, 28:32].mean() > 0.8  # the nodule is lung
 
 
 def test_gas_below_the_lung_is_not_airway_and_a_bulla_above_it_stays_lung() -> None:
@@ -418,3 +449,113 @@ def test_a_nodule_on_the_side_or_shoulder_of_the_dome_stays_lung(
     filled = fill_lung_holes(lung, (2.0, 2.0, 2.0), max_hole_mm2=1600.0, open_mm=5.0)
     assert filled[sphere].mean() > 0.8
     assert filled[dome & (np.arange(36)[:, None, None] <= 8)].mean() < 0.15
+
+
+def _flipped(affine: np.ndarray, slices: int) -> np.ndarray:
+    """The affine of the same volume with its slices in reverse order."""
+    out = np.array(affine, dtype=np.float64)
+    out[:3, 3] = (affine @ np.array([0.0, 0.0, slices - 1.0, 1.0]))[:3]
+    out[:3, 2] = -affine[:3, 2]
+    return out
+
+
+def test_head_last_reads_the_slice_direction_from_the_affine() -> None:
+    assert head_last(np.diag([2.0, 2.0, 2.0, 1.0])) is True
+    assert head_last(_flipped(np.diag([2.0, 2.0, 2.0, 1.0]), 10)) is False
+    sagittal = np.zeros((4, 4))
+    sagittal[:3, 0], sagittal[:3, 1], sagittal[:3, 2] = (0, 1, 0), (0, 0, -1), (2, 0, 0)
+    assert head_last(sagittal) is None
+
+
+def test_a_chest_running_from_head_to_feet_gives_the_same_lung_flipped(
+    phantom: CtCase, tmp_path: Path
+) -> None:
+    pipeline = VolumePipeline(
+        load_package(
+            write_baseline_package(tmp_path / "new", volume=VolumeSpec(lung_refine="classical"))
+        )
+    )
+    geo = phantom.geometry
+    spacing = (geo.slice_thickness, geo.pixel_spacing, geo.pixel_spacing)
+    hu = phantom.hu.astype(np.float32)
+    outputs = [
+        pipeline.run_volume(
+            Volume(pixels=pixels, affine=affine, spacing=spacing, metadata=ImageMetadata())
+        )
+        for pixels, affine in (
+            (hu, geo.affine),
+            (np.ascontiguousarray(hu[::-1]), _flipped(geo.affine, len(hu))),
+        )
+    ]
+    maps = [output.label_map for output in outputs]
+    assert maps[0] is not None and maps[1] is not None
+    feet_first, head_first = maps[0] >= LUNG_VALUE, maps[1] >= LUNG_VALUE
+    assert feet_first.any()
+    assert np.array_equal(head_first[::-1], feet_first)
+    assert outputs[0].prediction.warnings == outputs[1].prediction.warnings
+    # Both directions were read as axial and refined (not the old lung).
+    assert not any("not axial" in w for w in outputs[1].prediction.warnings)
+    old = VolumePipeline(
+        load_package(write_baseline_package(tmp_path / "old", volume=VolumeSpec()))
+    ).run_volume(
+        Volume(
+            pixels=np.ascontiguousarray(hu[::-1]),
+            affine=_flipped(geo.affine, len(hu)),
+            spacing=spacing,
+            metadata=ImageMetadata(),
+        )
+    )
+    assert old.label_map is not None
+    assert not np.array_equal(old.label_map >= LUNG_VALUE, head_first)
+
+
+def test_a_series_that_is_not_axial_keeps_the_old_lung_with_a_warning(tmp_path: Path) -> None:
+    hu = _chest()
+    affine = np.zeros((4, 4))
+    affine[:3, 0], affine[:3, 1], affine[:3, 2], affine[3, 3] = (0, 1, 0), (0, 0, -1), (2, 0, 0), 1
+    volume = Volume(pixels=hu, affine=affine, spacing=(2.0, 1.0, 1.0), metadata=ImageMetadata())
+    package = write_baseline_package(tmp_path / "new", volume=VolumeSpec(lung_refine="classical"))
+    output = VolumePipeline(load_package(package)).run_volume(volume)
+    assert any("not axial" in w for w in output.prediction.warnings), output.prediction.warnings
+    old = VolumePipeline(
+        load_package(
+            write_baseline_package(tmp_path / "old", volume=VolumeSpec(lung_refine="none"))
+        )
+    ).run_volume(volume)
+    assert output.label_map is not None and old.label_map is not None
+    assert np.array_equal(output.label_map, old.label_map)
+
+
+def _opened_whole(mask: np.ndarray, radius_mm: float, spacing: tuple[float, ...]) -> np.ndarray:
+    """The opening on the whole grid (the uncropped reference)."""
+    core = ndimage.distance_transform_edt(mask, sampling=spacing) > radius_mm
+    if not core.any():
+        return np.zeros_like(mask)
+    return (ndimage.distance_transform_edt(~core, sampling=spacing) <= radius_mm) & mask
+
+
+def _rolled_whole(holes: np.ndarray, lung: np.ndarray, spacing: tuple[float, ...]) -> np.ndarray:
+    solid = holes.copy()
+    for z in range(len(solid) - 2, -1, -1):
+        solid[z] |= solid[z + 1] & ~lung[z]
+    pad = int(np.ceil(DOME_BALL_MM / spacing[0])) + 1
+    solid = np.concatenate([np.repeat(solid[:1], pad, axis=0), solid])
+    return _opened_whole(solid, DOME_BALL_MM, spacing)[pad:] & holes
+
+
+@pytest.mark.parametrize("spacing", [(2.0, 2.0, 2.0), (5.0, 1.5, 1.5)])
+def test_the_cropped_balls_give_the_whole_grid_result(spacing: tuple[float, ...]) -> None:
+    cases = [_dome_chest(nodule=True), _dome_chest(nodule=True, at=(9.0, 47.0))]
+    cases.append(_dome_chest(nodule=False)[:, :40, 20:])  # holes touching the array's sides
+    for lung in cases:
+        holes = np.zeros_like(lung)
+        for z, plane in enumerate(lung):
+            holes[z] = ndimage.binary_fill_holes(plane)
+        holes &= ~ndimage.binary_fill_holes(lung)
+        holes[:, 30:34, 30:34] |= True  # reaching the top slice
+        assert holes.any()
+        assert np.array_equal(_rolled(holes, lung, spacing), _rolled_whole(holes, lung, spacing))
+        for radius in (NODULE_BALL_MM, DOME_BALL_MM):
+            assert np.array_equal(
+                _opened(holes, radius, spacing), _opened_whole(holes, radius, spacing)
+            )

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import json
 import shutil
 import subprocess
@@ -593,3 +594,41 @@ def test_prediction_warnings_reach_the_sr(analysed: object, tmp_path: Path) -> N
             line for line in (done.stdout + done.stderr).splitlines() if line.startswith("Error")
         ]
         assert errors == []
+
+
+def test_ascii_text_folds_accents_and_compatibility_forms() -> None:
+    from overread.service.outputs.volume import ascii_text
+
+    assert ascii_text("Poumon émphysémateux ≥ 10 mm² — bulle") == (
+        "Poumon emphysemateux ? 10 mm2 ? bulle"
+    )
+    assert ascii_text("plain 2.5 mm") == "plain 2.5 mm"
+    assert ascii_text("Zürich ﬁle") == "Zurich file"
+
+
+def test_a_warning_beyond_ascii_is_folded_in_the_sr(analysed: object, tmp_path: Path) -> None:
+    prediction = copy.deepcopy(analysed.prediction)  # type: ignore[attr-defined]
+    prediction.warnings = ["Poumon émphysémateux ≥ 10 mm² — bulle"]
+    sources = _sources(analysed)
+    assert "SpecificCharacterSet" not in sources[0]
+    [_, sr] = build_volume_outputs(
+        prediction,
+        sources,
+        analysed.label_map,  # type: ignore[attr-defined]
+        analysed.labels,  # type: ignore[attr-defined]
+    )
+    path = tmp_path / "sr.dcm"
+    sr.save_as(path, enforce_file_format=True)
+    if shutil.which("dciodvfy") is not None:
+        done = subprocess.run(["dciodvfy", str(path)], capture_output=True, text=True)
+        output = (done.stdout + done.stderr).splitlines()
+        assert [line for line in output if line.startswith("Error")] == []
+    report = pydicom.dcmread(path).ContentSequence
+    texts = [
+        str(item.TextValue)
+        for group in report
+        if group.ValueType == "CONTAINER" and "ContentSequence" in group
+        for item in group.ContentSequence
+        if item.ValueType == "TEXT"
+    ]
+    assert "Warning: Poumon emphysemateux ? 10 mm2 ? bulle" in texts, texts

@@ -58,3 +58,43 @@ def test_the_study_page_shows_the_model_warnings(gateway: UiGateway) -> None:
     page = html.unescape(client.get(f"/studies/{warned}").text)
     assert 'class="model-warnings"' in page and WARNING in page
     assert 'class="model-warnings"' not in client.get(f"/studies/{plain}").text
+
+
+def test_the_warnings_are_escaped(gateway: UiGateway) -> None:
+    uid = _seed(gateway, ["<script>alert(1)</script>"])
+    client = TestClient(gateway.app, follow_redirects=False)
+    _login(client)
+    page = client.get(f"/studies/{uid}").text
+    assert "&lt;script&gt;alert(1)&lt;/script&gt;" in page
+    assert "<script>alert(1)" not in page
+
+
+def test_a_viewer_without_phi_rights_does_not_see_the_warnings(gateway: UiGateway) -> None:
+    # A reader's message can echo a header value (here a UID holding a name).
+    echo = "Invalid value for VR UI: '1.2.3.JOHNDOE.19610304'"
+    uid = _seed(gateway, [echo])
+    radiologist = TestClient(gateway.app, follow_redirects=False)
+    _login(radiologist)
+    assert "JOHNDOE" in radiologist.get(f"/studies/{uid}").text
+    admin = TestClient(gateway.app, follow_redirects=False)
+    _login(admin, "ada.admin")
+    page = admin.get(f"/studies/{uid}")
+    assert page.status_code == 200 and uid in page.text
+    assert "JOHNDOE" not in page.text and 'class="model-warnings"' not in page.text
+
+
+def test_a_viewer_without_phi_rights_sees_the_generated_warnings_only(
+    gateway: UiGateway,
+) -> None:
+    generated = "single slice: slice step taken as 2.5 mm"
+    echo = "Invalid value for VR UI: '1.2.3.JOHNDOE.19610304'"
+    uid = _seed(gateway, [generated, echo])
+    admin = TestClient(gateway.app, follow_redirects=False)
+    _login(admin, "ada.admin")
+    page = html.unescape(admin.get(f"/studies/{uid}").text)
+    assert 'class="model-warnings"' in page and generated in page
+    assert "JOHNDOE" not in page
+    radiologist = TestClient(gateway.app, follow_redirects=False)
+    _login(radiologist)
+    page = html.unescape(radiologist.get(f"/studies/{uid}").text)
+    assert generated in page and "JOHNDOE" in page

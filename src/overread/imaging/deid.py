@@ -25,6 +25,7 @@ import copy
 import datetime as dt
 import hashlib
 import hmac
+import re
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from enum import StrEnum
@@ -417,6 +418,10 @@ class Deidentifier:
     keep_text_concepts
         ``(coding scheme, code value)`` of TEXT items kept as they are under
         ``clean_structured_content``.
+    keep_text_values
+        ``((coding scheme, code value), pattern)``: a TEXT item of that concept is
+        kept as it is when its whole text matches the regular expression (generated
+        text of a known form); otherwise it is replaced like any free text.
     pixel_regions
         The Clean Pixel Data Option: an image whose Burned In Annotation is ``YES`` has
         the boxes of the first matching rule blanked, and is then marked ``NO``; one
@@ -435,6 +440,7 @@ class Deidentifier:
         pixel_regions: Iterable[PixelRegionRule] | None = None,
         clean_structured_content: bool = False,
         keep_text_concepts: Iterable[tuple[str, str]] = (),
+        keep_text_values: Iterable[tuple[tuple[str, str], str]] = (),
     ) -> None:
         if not salt:
             raise ConfigError("de-identification needs a non-empty salt (a site secret)")
@@ -446,6 +452,9 @@ class Deidentifier:
         self.retain_device_identity = retain_device_identity
         self.clean_structured_content = clean_structured_content
         self.keep_text_concepts = frozenset((c.upper(), v) for c, v in keep_text_concepts)
+        self.keep_text_values = tuple(
+            ((c.upper(), v), re.compile(pattern)) for (c, v), pattern in keep_text_values
+        )
         self.pixel_regions = None if pixel_regions is None else tuple(pixel_regions)
 
     def _digest(self, kind: str, value: str) -> bytes:
@@ -549,6 +558,9 @@ class Deidentifier:
             if concept:
                 key = (str(concept[0].CodingSchemeDesignator).upper(), str(concept[0].CodeValue))
                 if key in self.keep_text_concepts:
+                    return Action.KEEP
+                text = str(elem.value)
+                if any(k == key and p.fullmatch(text) for k, p in self.keep_text_values):
                     return Action.KEEP
             return Action.DUMMY  # free text may name anyone
         if tag.group in range(0x6000, 0x6020, 2) and tag.element in (0x3000, 0x4000):
@@ -702,6 +714,7 @@ def build_deidentifier(
     date_shift_days: int | None = None,
     pixel_regions: Iterable[PixelRegionRule] | None = None,
     keep_text_concepts: Iterable[tuple[str, str]] = (),
+    keep_text_values: Iterable[tuple[tuple[str, str], str]] = (),
 ) -> Deidentifier:
     """The :class:`Deidentifier` for a profile with options (:func:`profile_options`).
 
@@ -732,6 +745,7 @@ def build_deidentifier(
         pixel_regions=regions,
         clean_structured_content="clean-structured-content" in chosen,
         keep_text_concepts=keep_text_concepts,
+        keep_text_values=keep_text_values,
     )
 
 

@@ -59,6 +59,27 @@ NODULE_BALL_MM = 2.5
 AIRWAY_MAX_FRACTION = 0.1
 
 
+#: The slice direction is axial when its z component (LPS, head-wards) is at least this
+#: share of its length (45 degrees from the body's long axis).
+AXIAL_MIN_COSINE = 0.5**0.5
+
+
+def head_last(affine: npt.NDArray[np.float64]) -> bool | None:
+    """Whether the slices of a volume with ``affine`` (``affine @ (col, row, slice, 1)``
+    in LPS mm) run from the feet to the head (True: the order :func:`large_airways` and
+    :func:`fill_lung_holes` assume), from the head to the feet (False: flip the slices
+    before them and the results back), or None when the series is not axial (its slice
+    direction is not mostly along the body's long axis: the rules do not apply)."""
+    direction = np.asarray(affine, dtype=np.float64)[:3, 2]
+    length = float(np.linalg.norm(direction))
+    if not np.isfinite(length) or length == 0.0:
+        return None
+    cosine = float(direction[2]) / length
+    if abs(cosine) < AXIAL_MIN_COSINE:
+        return None
+    return cosine > 0.0
+
+
 def _ball(radius_mm: float, spacing: Sequence[float]) -> BoolArray:
     """The voxels of ``spacing`` whose centres lie within ``radius_mm`` mm of the
     centre (a metric ellipsoid: ``(z sz)^2 + (y sy)^2 + (x sx)^2 <= r^2``); the centre
@@ -199,15 +220,38 @@ def fill_lung_holes(
     return filled | holes
 
 
+def _box(mask: BoolArray, margin: Sequence[int]) -> tuple[slice, ...]:
+    """The bounding box of ``mask`` grown by ``margin`` voxels per axis, within the array."""
+    box = []
+    for axis, (size, extra) in enumerate(zip(mask.shape, margin, strict=True)):
+        other = tuple(a for a in range(mask.ndim) if a != axis)
+        where = np.flatnonzero(mask.any(axis=other))
+        box.append(slice(max(0, int(where[0]) - extra), min(size, int(where[-1]) + 1 + extra)))
+    return tuple(box)
+
+
+def _margin(radius_mm: float, spacing: Sequence[float]) -> list[int]:
+    """A ball of ``radius_mm`` in voxels of ``spacing`` per axis, plus one."""
+    return [int(np.ceil(radius_mm / float(step))) + 1 for step in spacing]
+
+
 def _opened(mask: BoolArray, radius_mm: float, spacing: Sequence[float]) -> BoolArray:
     """``mask`` opened by a ball of ``radius_mm`` (metric, through Euclidean distance
-    transforms; the volume's sides do not erode it)."""
+    transforms; the volume's sides do not erode it), computed in the bounding box of
+    ``mask`` grown by the ball (within the array: the same result, at a fraction of
+    the memory and time of the whole grid)."""
+    out = np.zeros_like(mask)
+    if not mask.any():
+        return out
+    box = _box(mask, _margin(radius_mm, spacing))
+    part = mask[box]
     sampling = [float(step) for step in spacing]
-    core = np.asarray(ndimage.distance_transform_edt(mask, sampling=sampling)) > radius_mm
+    core = np.asarray(ndimage.distance_transform_edt(part, sampling=sampling)) > radius_mm
     if not core.any():
-        return np.zeros_like(mask)
+        return out
     near = np.asarray(ndimage.distance_transform_edt(~core, sampling=sampling)) <= radius_mm
-    return np.asarray(near & mask, dtype=bool)
+    out[box] = near & part
+    return out
 
 
 def _rolled(holes: BoolArray, lung: BoolArray, spacing: Sequence[float]) -> BoolArray:
@@ -215,13 +259,24 @@ def _rolled(holes: BoolArray, lung: BoolArray, spacing: Sequence[float]) -> Bool
     inside them from below (the opening of the holes, extended down through the soft
     tissue under them, by the ball): the dome's broad curve, not a nodule on its
     apex, side or shoulder, which is narrower than the ball (metric, through
-    Euclidean distance transforms)."""
-    solid = holes.copy()
+    Euclidean distance transforms; in the holes' in-plane bounding box grown by the
+    ball, which holds the extended holes)."""
+    out = np.zeros_like(holes)
+    if not holes.any():
+        return out
+    margin = _margin(DOME_BALL_MM, spacing)
+    rows, cols = _box(holes, [0, margin[1], margin[2]])[1:]
+    top = min(len(holes), int(np.flatnonzero(holes.any(axis=(1, 2)))[-1]) + 1 + margin[0])
+    box = (slice(0, top), rows, cols)
+    part = holes[box]
+    solid = part.copy()
+    wall = lung[box]
     for z in range(len(solid) - 2, -1, -1):
-        solid[z] |= solid[z + 1] & ~lung[z]
-    pad = int(np.ceil(DOME_BALL_MM / float(spacing[0]))) + 1
+        solid[z] |= solid[z + 1] & ~wall[z]
+    pad = margin[0]
     solid = np.concatenate([np.repeat(solid[:1], pad, axis=0), solid])
-    return np.asarray(_opened(solid, DOME_BALL_MM, spacing)[pad:] & holes, dtype=bool)
+    out[box] = _opened(solid, DOME_BALL_MM, spacing)[pad:] & part
+    return out
 
 
 def _dome(wide: BoolArray, max_pixels: float) -> BoolArray:
@@ -302,6 +357,7 @@ def source_lung_plane(
 
 __all__ = [
     "AIRWAY_MAX_FRACTION",
+    "AXIAL_MIN_COSINE",
     "BRIDGE_VOXELS",
     "BRIDGE_WIDTH_TOLERANCE",
     "DOME_BALL_MM",
@@ -309,6 +365,7 @@ __all__ = [
     "TRUNK_MAX_MM2",
     "airway_warning",
     "fill_lung_holes",
+    "head_last",
     "large_airways",
     "source_lung_plane",
 ]

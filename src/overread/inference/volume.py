@@ -39,6 +39,7 @@ from overread.imaging.series import Volume, assemble_volume
 from overread.inference.lung_mask import (
     airway_warning,
     fill_lung_holes,
+    head_last,
     large_airways,
     source_lung_plane,
 )
@@ -193,6 +194,7 @@ def lung_and_nodules(
     spec: VolumeSpec,
     *,
     airway: npt.NDArray[np.bool_] | None = None,
+    feet_first: bool = True,
 ) -> tuple[npt.NDArray[np.bool_], npt.NDArray[np.int32], int]:
     """The ``lung-nodule`` postprocess on the resampled grid.
 
@@ -210,7 +212,8 @@ def lung_and_nodules(
     With ``spec.lung_refine`` ``classical``: ``airway`` (the large airways,
     :func:`overread.inference.lung_mask.large_airways`) is not lung, and the holes are
     filled by :func:`overread.inference.lung_mask.fill_lung_holes` (in 3-D, and slice
-    by slice where narrow) instead of slice by slice.
+    by slice where narrow) instead of slice by slice; ``feet_first`` False (the slices
+    run from the head to the feet) flips the slices for it and its result back.
 
     Returns ``(lung, nodule labels, count)``.
     """
@@ -232,12 +235,16 @@ def lung_and_nodules(
     lung = np.isin(labels, keep)
     del labels
     if classical:
-        filled = fill_lung_holes(
-            lung,
-            spacing,
-            max_hole_mm2=spec.lung_hole_max_mm2,
-            open_mm=spec.lung_hole_open_mm,
-            airway=airway,
+        # The dome rule rolls its ball from the feet: slice 0 must be the feet end.
+        order = slice(None) if feet_first else slice(None, None, -1)
+        filled = np.ascontiguousarray(
+            fill_lung_holes(
+                lung[order],
+                spacing,
+                max_hole_mm2=spec.lung_hole_max_mm2,
+                open_mm=spec.lung_hole_open_mm,
+                airway=None if airway is None else airway[order],
+            )[order]
         )
     elif lung.any():
         filled = np.stack([ndimage.binary_fill_holes(plane) for plane in lung])
@@ -371,6 +378,20 @@ class VolumePipeline:
         prediction.warnings.extend(volume.warnings)
         started = time.perf_counter()
         spec = self.spec
+        classical = spec.lung_refine == "classical" and spec.postprocess in (
+            "lung-nodule",
+            "blob-cad",
+        )
+        feet_first = head_last(volume.affine)
+        if classical and feet_first is None:
+            # The airway and dome rules need the body's long axis along the slices.
+            prediction.warnings.append(
+                "the series is not axial (its slices do not run along the body's long "
+                "axis): the classical lung mask's airway and dome rules were not applied"
+            )
+            classical = False
+            spec = spec.model_copy(update={"lung_refine": "none"})
+        order = slice(None) if feet_first is not False else slice(None, None, -1)
         low = resample(
             volume.pixels,
             volume.spacing,
@@ -381,14 +402,18 @@ class VolumePipeline:
         with self._lock:
             logits = sliding_window(self.network, low, spec, self.device)
         inferred = time.perf_counter()
+        # The airway rule finds the trachea entering at the head (last) slice: a
+        # series running from the head to the feet is flipped for it and back.
         airway = (
-            large_airways(
-                low,
-                spec.spacing_mm,
-                airway_hu=spec.airway_hu,
-                min_radius_mm=spec.airway_min_radius_mm,
+            np.ascontiguousarray(
+                large_airways(
+                    low[order],
+                    spec.spacing_mm,
+                    airway_hu=spec.airway_hu,
+                    min_radius_mm=spec.airway_min_radius_mm,
+                )[order]
             )
-            if spec.lung_refine == "classical" and spec.postprocess in ("lung-nodule", "blob-cad")
+            if classical
             else None
         )
         del low
@@ -401,7 +426,14 @@ class VolumePipeline:
             lung_i = self.labels.index(spec.lung_label)
             nodule_i = self.labels.index(spec.nodule_label)
             lung_low, nodules_low, count = lung_and_nodules(
-                probabilities, thresholds, lung_i, nodule_i, spec.spacing_mm, spec, airway=airway
+                probabilities,
+                thresholds,
+                lung_i,
+                nodule_i,
+                spec.spacing_mm,
+                spec,
+                airway=airway,
+                feet_first=feet_first is not False,
             )
             _warn_airway(airway, lung_low, prediction.warnings)
             if count == MAX_NODULES:
@@ -420,6 +452,7 @@ class VolumePipeline:
                 nodules_low,
                 count,
                 airway,
+                refine=spec.lung_refine == "classical",
             )
             label_values = {LUNG_VALUE: spec.lung_label}
             for region in regions:
@@ -432,7 +465,14 @@ class VolumePipeline:
             lung_i = self.labels.index(spec.lung_label)
             nodule_i = self.labels.index(spec.nodule_label)
             lung_low, _, _ = lung_and_nodules(
-                probabilities, thresholds, lung_i, nodule_i, spec.spacing_mm, spec, airway=airway
+                probabilities,
+                thresholds,
+                lung_i,
+                nodule_i,
+                spec.spacing_mm,
+                spec,
+                airway=airway,
+                feet_first=feet_first is not False,
             )
             _warn_airway(airway, lung_low, prediction.warnings)
             lung_channel, lung_threshold = lung_output(
@@ -446,6 +486,7 @@ class VolumePipeline:
                 thresholds[nodule_i],
                 prediction.warnings,
                 airway,
+                refine=spec.lung_refine == "classical",
             )
             label_values = {LUNG_VALUE: spec.lung_label}
             for region in regions:
@@ -545,6 +586,8 @@ class VolumePipeline:
         threshold: float,
         warnings: list[str],
         airway: npt.NDArray[np.bool_] | None = None,
+        *,
+        refine: bool,
     ) -> tuple[npt.NDArray[np.uint8], list[Region]]:
         """``blob-cad``: the lung brought back to the source grid, then candidates, scores
         and FWHM masks there (:mod:`overread.models.blob_cad`).
@@ -553,7 +596,8 @@ class VolumePipeline:
         nodules, strongest first; a nodule's voxels are not taken by a weaker one. The
         centre reported is the candidate's (the blob filter's peak), the rest is
         measured on the nodule's mask. A warning goes to ``warnings`` when more blob
-        peaks were found than the candidates scored.
+        peaks were found than the candidates scored. ``refine``: the lung is refined
+        on the source grid (:meth:`_lung_plane`).
         """
         from dataclasses import replace
 
@@ -566,9 +610,9 @@ class VolumePipeline:
         for z in range(shape[0]):
             plane = upsample_plane(lung_channels, z, shape)
             airway_plane = plane[1] if len(plane) > 1 else None
-            label_map[z][self._lung_plane(volume, plane[0], airway_plane, lung_threshold, z)] = (
-                LUNG_VALUE
-            )
+            label_map[z][
+                self._lung_plane(volume, plane[0], airway_plane, lung_threshold, z, refine=refine)
+            ] = LUNG_VALUE
         del lung_channels
         hu = np.asarray(volume.pixels, dtype=np.float32)
         spacing = tuple(float(s) for s in volume.spacing)
@@ -651,16 +695,18 @@ class VolumePipeline:
         nodules_low: npt.NDArray[np.int32],
         count: int,
         airway: npt.NDArray[np.bool_] | None = None,
+        *,
+        refine: bool,
     ) -> tuple[npt.NDArray[np.uint8], list[Region]]:
         """The label map on the source grid and each nodule measured there.
 
         ``lung`` is the lung channel on the network's grid and the value at or above
         which a source voxel is lung once brought back (refined on the source grid by
-        :meth:`_lung_plane`).
+        :meth:`_lung_plane`) when ``refine`` (``lung_refine`` ``classical`` on an
+        axial series).
         """
         shape = volume.pixels.shape
         lung_low, lung_threshold = lung
-        refine = self.spec.lung_refine == "classical"
         # The lung, the nodule probability and (refining the lung) the large airways,
         # brought back together: one interpolation per source slice.
         layers = [lung_low, nodule_probability.astype(np.float32)]
@@ -682,9 +728,9 @@ class VolumePipeline:
             values = np.zeros(shape[1:], dtype=np.uint8)
             if refine:
                 airway_plane = plane[2] if len(plane) > 2 else None
-                values[self._lung_plane(volume, plane[0], airway_plane, lung_threshold, z)] = (
-                    LUNG_VALUE
-                )
+                values[
+                    self._lung_plane(volume, plane[0], airway_plane, lung_threshold, z, refine=True)
+                ] = LUNG_VALUE
             else:
                 values[plane[0] >= lung_threshold] = LUNG_VALUE
             nodule = (plane[1] >= threshold) & (owner > 0)
@@ -721,12 +767,14 @@ class VolumePipeline:
         airway: npt.NDArray[np.float32] | None,
         level: float,
         z: int,
+        *,
+        refine: bool,
     ) -> npt.NDArray[np.bool_]:
         """Source slice ``z`` of the lung from the lung channel brought back to it (lung
         from ``level``) and the large airways brought back (or None), refined on the
-        slice's HU with ``lung_refine`` ``classical``
-        (:func:`overread.inference.lung_mask.source_lung_plane`)."""
-        if self.spec.lung_refine != "classical":
+        slice's HU when ``refine`` (``lung_refine`` ``classical`` on an axial series;
+        :func:`overread.inference.lung_mask.source_lung_plane`)."""
+        if not refine:
             return np.asarray(lung >= level)
         return source_lung_plane(
             lung,

@@ -222,7 +222,8 @@ class VolumeSpec(_Strict):
     finite and bounded: ``lung_source_hu`` in [-900, 0], ``airway_hu`` in [-1100,
     -900] (darker than aerated lung, or the whole lung would be airway), the radii
     ``airway_min_radius_mm`` and ``lung_hole_open_mm`` in (0, 20] mm, at least the
-    largest step of ``spacing_mm`` and at most :data:`MAX_BALL_VOXELS` of its smallest,
+    larger in-plane step of ``spacing_mm`` (a disc across a coarser slice step) and at
+    most :data:`MAX_BALL_VOXELS` of its smallest,
     ``lung_hole_max_mm2`` in [0, 100000] mm².
 
     ``planar`` true makes it a 2-D package for projection radiographs (CR, DX): each
@@ -329,14 +330,17 @@ class VolumeSpec(_Strict):
                 )
             if self.lung_output != "filled-mask":
                 raise ValueError("lung_refine 'classical' needs lung_output 'filled-mask'")
-            # A ball below the grid step is one voxel (the opening does nothing); one
-            # over MAX_BALL_VOXELS steps makes the opening slow.
+            # A ball below an in-plane step is a line or one voxel (the opening does
+            # nothing across the slice); with a coarse slice step it is a disc, which
+            # is accepted. One over MAX_BALL_VOXELS of the smallest steps makes the
+            # opening slow.
+            in_plane = max(self.spacing_mm[1:])
             for name in ("airway_min_radius_mm", "lung_hole_open_mm"):
                 radius = float(getattr(self, name))
-                if radius < max(self.spacing_mm):
+                if radius < in_plane:
                     raise ValueError(
-                        f"{name} {radius:g} mm is below the grid step of spacing_mm "
-                        f"{max(self.spacing_mm):g} mm (the ball would be one voxel)"
+                        f"{name} {radius:g} mm is below the in-plane grid step of spacing_mm "
+                        f"{in_plane:g} mm (the ball would be a line or one voxel)"
                     )
                 if radius > MAX_BALL_VOXELS * min(self.spacing_mm):
                     raise ValueError(

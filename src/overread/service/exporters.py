@@ -20,13 +20,16 @@ import logging
 import tempfile
 import time
 from pathlib import Path
-from typing import Any, Protocol, TypeVar, assert_never
+from typing import TYPE_CHECKING, Any, Protocol, TypeVar, assert_never
 
 from sqlalchemy import select
 
 from overread.audit import AuditAction
 from overread.errors import InferenceError, ServiceError
 from overread.service.config import FhirEndpoint, Hl7Endpoint, StowEndpoint
+
+if TYPE_CHECKING:
+    from overread.imaging.deid import Deidentifier
 from overread.service.db import Job, Result, ResultReview, ReviewState
 from overread.service.handling import JobServices, PermanentExportError
 from overread.service.payloads import (
@@ -190,15 +193,9 @@ class DicomExporter:
         self, paths: list[Path], options: tuple[str, ...], folder: Path
     ) -> list[Path]:
         """De-identified copies of ``paths`` in ``folder`` (the stored objects stay)."""
-        from overread.imaging.deid import build_deidentifier, deidentify_file
-        from overread.service.outputs import codes as oc
+        from overread.imaging.deid import deidentify_file
 
-        # The SR's generated summary and gate statement carry no identity; any other
-        # text (a reader's note, who verified it) is replaced.
-        generated = [(c.scheme, c.value) for c in (oc.SUMMARY, oc.INPUT_GATE)]
-        deidentifier = build_deidentifier(
-            self.services.config.deid_salt(), options, keep_text_concepts=generated
-        )
+        deidentifier = export_deidentifier(self.services.config.deid_salt(), options)
         copies = []
         for number, path in enumerate(paths):
             copy = folder / f"{number}.dcm"
@@ -214,6 +211,28 @@ class DicomExporter:
             port=port,
             calling_ae=self.services.config.ae_title,
         )
+
+
+def export_deidentifier(salt: str, options: tuple[str, ...]) -> Deidentifier:
+    """The de-identifier of an export to a destination that de-identifies.
+
+    The SR's generated summary and gate statement carry no identity, nor do the
+    warnings the pipeline words itself (of known forms,
+    :data:`overread.service.outputs.volume.GENERATED_WARNINGS`); any other text (a
+    reader's note, who verified it, a DICOM reader's message that can echo a header
+    value) is replaced."""
+    from overread.imaging.deid import build_deidentifier
+    from overread.service.outputs import codes as oc
+    from overread.service.outputs.volume import GENERATED_WARNINGS
+
+    generated = [(c.scheme, c.value) for c in (oc.SUMMARY, oc.INPUT_GATE)]
+    comment = (oc.COMMENT.scheme, oc.COMMENT.value)
+    return build_deidentifier(
+        salt,
+        options,
+        keep_text_concepts=generated,
+        keep_text_values=[(comment, pattern) for pattern in GENERATED_WARNINGS],
+    )
 
 
 class FhirExporter:
@@ -580,4 +599,5 @@ __all__ = [
     "FhirExporter",
     "Hl7Exporter",
     "StowExporter",
+    "export_deidentifier",
 ]

@@ -24,6 +24,8 @@ from __future__ import annotations
 
 import dataclasses
 import logging
+import re
+import unicodedata
 from collections.abc import Mapping, Sequence
 from typing import Any
 
@@ -267,6 +269,47 @@ def reader_withdrawn(decisions: Mapping[str, Decision]) -> set[str]:
     return {label for label, decision in decisions.items() if decision is Decision.NEGATIVE}
 
 
+_N = r"-?[0-9]+(?:\.[0-9]+)?(?:e[-+]?[0-9]+)?"
+#: The warnings the pipeline generates, as the SR's TEXT items hold them (regular
+#: expressions of the whole text): numbers and fixed words, no header value. A
+#: de-identified export keeps these and replaces any other warning (a DICOM reader's
+#: message can echo a header value, a UID holding a name).
+GENERATED_WARNINGS: tuple[str, ...] = tuple(
+    "Warning: " + pattern
+    for pattern in (
+        rf"the large airways found are {_N}% of the lung and airways \(expected under {_N}%\): "
+        r"emphysema or a bulla joined to the trachea may have been left out of the lung",
+        rf"{_N} or more nodule candidates: only the {_N} largest are reported "
+        r"\(is the series a chest CT in HU\?\)",
+        rf"{_N} nodule candidates kept from the strongest {_N} of {_N} blob peaks: "
+        rf"the {_N} weaker were not scored",
+        r"the series is not axial \(its slices do not run along the body's long axis\): "
+        r"the classical lung mask's airway and dome rules were not applied",
+        rf"gap of {_N} mm between slices at {_N} and {_N} mm \(typical step {_N} mm\): "
+        rf"about {_N} missing slice\(s\)",
+        rf"uneven slice spacing: steps from {_N} to {_N} mm",
+        r"slice positions drift in-plane \(gantry tilt or sheared stack\): the affine "
+        r"uses the mean step",
+        rf"single slice: slice step taken as {_N} mm",
+    )
+)
+
+
+def is_generated_warning(text: str) -> bool:
+    """Whether a prediction's warning ``text`` is one the pipeline generates
+    (:data:`GENERATED_WARNINGS`: numbers and fixed words, no header value)."""
+    return any(re.fullmatch(pattern, "Warning: " + text) for pattern in GENERATED_WARNINGS)
+
+
+def ascii_text(text: str) -> str:
+    """``text`` folded to ASCII (accents dropped, compatibility forms such as ``²``
+    unfolded, anything else ``?``): an SR written without a Specific Character Set is
+    ASCII, and a warning can carry any character (a reader message, a path)."""
+    decomposed = unicodedata.normalize("NFKD", text)
+    kept = "".join(c for c in decomposed if not unicodedata.combining(c))
+    return kept.encode("ascii", "replace").decode("ascii")
+
+
 def volume_summary(
     prediction: Prediction,
     *,
@@ -415,7 +458,7 @@ def build_volume_sr(
         evaluations.ContentSequence.append(
             hd.sr.TextContentItem(
                 name=oc.COMMENT.to_dicom(),
-                value=f"Warning: {warning}",
+                value=f"Warning: {ascii_text(warning)}",
                 relationship_type=hd.sr.RelationshipTypeValues.CONTAINS,
             )
         )
@@ -520,14 +563,17 @@ def build_volume_outputs(
 
 __all__ = [
     "COMPREHENSIVE_3D_SR",
+    "GENERATED_WARNINGS",
     "PLANAR_SEG_SERIES_NUMBER",
     "SEGMENTATION",
     "SEG_SERIES_NUMBER",
     "SR_SERIES_NUMBER",
+    "ascii_text",
     "build_volume_outputs",
     "build_volume_seg",
     "build_volume_sr",
     "evidence_of",
+    "is_generated_warning",
     "reader_withdrawn",
     "region_segments",
     "segment_numbers",

@@ -11,6 +11,7 @@ from fastapi.responses import JSONResponse, Response
 from prometheus_client import CONTENT_TYPE_LATEST
 
 from overread import __version__
+from overread.security import redact_phi
 from overread.service.config import ServiceConfig
 from overread.web.api.guards import PUBLIC, context, route
 from overread.web.api.schemas import DestinationHealth, Health
@@ -29,10 +30,10 @@ def health(request: Request, ctx: WebContext = Depends(context)) -> JSONResponse
     service = ctx.service
     try:
         counts = service.queue.counts()
-        signed_in = ctx.access.identify(request) is not None
+        who = ctx.access.identify(request)
         destinations = (
             service.queue.destination_health([d.name for d in service.config.destinations])
-            if signed_in
+            if who is not None
             else None
         )
     except Exception as exc:
@@ -49,7 +50,10 @@ def health(request: Request, ctx: WebContext = Depends(context)) -> JSONResponse
         if destinations is None
         else [DestinationHealth.model_validate(d) for d in destinations],
     )
-    return JSONResponse(answer.model_dump(exclude_none=destinations is None, mode="json"))
+    if who is None:
+        return JSONResponse(answer.model_dump(exclude_none=True, mode="json"))
+    # A destination's last error can quote a header value: PHI.
+    return JSONResponse(redact_phi(answer, who))
 
 
 @route(router, "GET", "/metrics", permission=PUBLIC)

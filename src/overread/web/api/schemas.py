@@ -37,7 +37,8 @@ class DestinationHealth(BaseModel):
     down_since: str | None
     queued: int
     dead_lettered: int
-    last_error: str | None
+    #: PHI: a destination's rejection can quote a header value.
+    last_error: str | None = Field(default=None, json_schema_extra={"phi": True})
 
 
 class Health(BaseModel):
@@ -153,8 +154,11 @@ class WorklistItemOut(BaseModel):
         description="analysed, not analysed (the input gate refused it) or outside intended use",
     )
     gate_status: str = Field(default="", description="The input gate: pass, flag or refuse")
-    gate_reasons: list[str] = Field(default_factory=list)
-    gate_note: str = Field(default="", description='e.g. "not analysed: REASON"')
+    #: PHI: a gate reason can quote a header value (a reader's message).
+    gate_reasons: list[str] = Field(default_factory=list, json_schema_extra={"phi": True})
+    gate_note: str = Field(
+        default="", description='e.g. "not analysed: REASON"', json_schema_extra={"phi": True}
+    )
 
 
 class ClaimRequest(BaseModel):
@@ -241,7 +245,8 @@ class InstanceFindingsOut(BaseModel):
 
     sop_instance_uid: str
     ok: bool
-    error: str | None = None
+    #: PHI: the reader's or model's message can quote a header value.
+    error: str | None = Field(default=None, json_schema_extra={"phi": True})
     findings: list[FindingOut]
 
 

@@ -12,6 +12,7 @@ from __future__ import annotations
 from typing import Any
 
 from fastapi import APIRouter, Depends, HTTPException, Path, Query
+from fastapi.responses import JSONResponse
 from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 from starlette.concurrency import run_in_threadpool
@@ -19,7 +20,7 @@ from starlette.concurrency import run_in_threadpool
 from overread.audit import AuditAction
 from overread.errors import OverreadError
 from overread.results import FindingResult, Prediction, ResultSummary
-from overread.security import Permission, Principal
+from overread.security import Permission, Principal, redact_phi
 from overread.service.db import Instance, Result, Study, StudyState
 from overread.service.infer import request_gate_override
 from overread.service.rollout import not_shadow
@@ -244,7 +245,7 @@ def study_results(
     model: str | None = Query(default=None, max_length=128, description="Model name"),
     ctx: WebContext = Depends(context),
     who: Principal = Depends(caller),
-) -> list[ResultOut]:
+) -> JSONResponse:
     """The model results stored for a study, oldest first (404 for an unknown study)."""
     access = ctx.access
     with ctx.database.session() as session:
@@ -256,7 +257,7 @@ def study_results(
         object_uids=[study_instance_uid],
         details={"view": "results", "count": len(results)},
     )
-    return results
+    return JSONResponse([redact_phi(r, who) for r in results])
 
 
 @route(

@@ -17,7 +17,7 @@ from datetime import datetime
 from functools import lru_cache
 from typing import Any
 
-from pydantic import BaseModel, computed_field
+from pydantic import BaseModel, Field, computed_field
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
@@ -25,6 +25,7 @@ from overread.imaging import read_metadata
 from overread.results import Decision, FindingResult, calibration_statement
 from overread.security import Permission, Principal, redact_phi
 from overread.service.db import Instance, Job, JobState, Result, Study
+from overread.service.outputs.volume import is_generated_warning
 from overread.service.review import study_review_states
 from overread.service.store import ObjectStore
 from overread.triage import (
@@ -309,8 +310,13 @@ class StudyView(BaseModel):
     calibration_note: str = ""
     #: The date the retention policy deleted the images ("" while they are kept).
     images_purged_on: str = ""
-    #: The warnings of the model's run (an implausible airway share, a candidate cap).
-    model_warnings: list[str] = []
+    #: The warnings the pipeline generates (an implausible airway share, a candidate
+    #: cap: :func:`overread.service.outputs.volume.is_generated_warning`): numbers and
+    #: fixed words, shown to every role.
+    model_warnings: list[str] = Field(default_factory=list)
+    #: The run's other warnings. PHI: they include the DICOM reader's messages, which
+    #: can echo header values.
+    other_warnings: list[str] = Field(default_factory=list, json_schema_extra={"phi": True})
 
 
 def _findings_summary(item: WorklistItem) -> str:
@@ -470,6 +476,7 @@ def study_view(
     )
     gate = study_gates(session, [item]).get(item.study_instance_uid) or StudyGate()
     summary = _latest_summary(session, item)
+    warnings = _model_warnings(summary)
     view = StudyView(
         study_instance_uid=item.study_instance_uid,
         score=round(item.score, 1),
@@ -501,7 +508,8 @@ def study_view(
         analysis=gate.analysis,
         gate_note=gate.note,
         images_purged_on=purged.date().isoformat() if purged is not None else "",
-        model_warnings=_model_warnings(summary),
+        model_warnings=[w for w in warnings if is_generated_warning(w)],
+        other_warnings=[w for w in warnings if not is_generated_warning(w)],
     )
     return redact_phi(view, viewer)
 
