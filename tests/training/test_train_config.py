@@ -342,3 +342,15 @@ def test_the_model_card_says_where_the_weights_started(
         "initialised from the weights of model package `cxr-default 1.1.0` "
         "(verified; sha256 `ab12`)" in from_package
     )
+
+
+@pytest.mark.parametrize("content", [b"not torch at all\n", bytes(range(256)) * 4])
+def test_a_file_that_is_not_torch_is_one_line_error(tmp_path: Path, content: bytes) -> None:
+    from overread.training.checkpoint import load_checkpoint, read_torch_file
+
+    path = tmp_path / "weights.pt"
+    path.write_bytes(content)
+    for read in (read_torch_file, load_checkpoint):
+        with pytest.raises(ConfigError, match="not a readable torch file") as exc:
+            read(path)
+        assert "\n" not in str(exc.value)

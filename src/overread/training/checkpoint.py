@@ -91,27 +91,33 @@ def read_torch_file(path: Path) -> Any:
     Raises
     ------
     ConfigError
-        One line, when the file pickles another object (never unpickled).
+        One line: the file pickles another object (never unpickled), or it is not a
+        readable torch file.
     """
     try:
         with torch.serialization.safe_globals(_CHECKPOINT_GLOBALS):
             return torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as exc:
         found = re.search(r"Unsupported global: GLOBAL (\S+)", str(exc))
-        what = found.group(1) if found else "an object that is not a tensor"
+        if found is None:
+            raise ConfigError(f"{path}: not a readable torch file: {_first_line(exc)}") from None
         raise ConfigError(
-            f"{path}: cannot read these weights safely: the file pickles {what}, "
+            f"{path}: cannot read these weights safely: the file pickles {found.group(1)}, "
             "which is refused rather than run"
         ) from None
+    except (OSError, RuntimeError, EOFError, KeyError, ValueError) as exc:
+        raise ConfigError(f"{path}: not a readable torch file: {_first_line(exc)}") from None
+
+
+def _first_line(exc: BaseException) -> str:
+    lines = str(exc).strip().splitlines()
+    return lines[0] if lines else type(exc).__name__
 
 
 def load_checkpoint(path: Path) -> dict[str, Any]:
     """Read a checkpoint written by :func:`save_checkpoint`."""
-    try:
-        payload: dict[str, Any] = read_torch_file(path)
-    except (OSError, RuntimeError, EOFError) as exc:
-        raise ConfigError(f"{path}: cannot read checkpoint: {exc}") from None
-    if "model" not in payload or "loop" not in payload:
+    payload = read_torch_file(path)
+    if not isinstance(payload, dict) or "model" not in payload or "loop" not in payload:
         raise ConfigError(f"{path}: not a training checkpoint (no model or loop state)")
     return payload
 
