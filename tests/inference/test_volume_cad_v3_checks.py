@@ -275,3 +275,26 @@ def test_trees_decide_near_their_thresholds_as_scikit_learn_does() -> None:
     near = np.asarray(rows)
     expected = model.predict_proba(near)[:, 1]
     assert np.allclose(tree_scores(trees, near), expected, rtol=0, atol=1e-12)
+
+
+@pytest.mark.parametrize(
+    "field",
+    ["cad_candidate_closing_mm", "cad_min_blobness", "cad_rim_hu", "cad_rim_ratio", "cad_floor"],
+)
+def test_cad_settings_refuse_infinity_and_nan(field: str) -> None:
+    from pydantic import ValidationError
+
+    from overread.models.manifest import VolumeSpec
+
+    for bad in (float("inf"), float("nan")):
+        with pytest.raises(ValidationError):
+            VolumeSpec(postprocess="blob-cad", **{field: bad})
+
+
+def test_a_closing_radius_beyond_30_mm_is_refused() -> None:
+    from pydantic import ValidationError
+
+    from overread.models.manifest import VolumeSpec
+
+    with pytest.raises(ValidationError):
+        VolumeSpec(postprocess="blob-cad", cad_candidate_closing_mm=31.0)

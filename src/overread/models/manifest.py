@@ -296,15 +296,17 @@ class VolumeSpec(_Strict):
     lung_hole_max_mm2: float = Field(default=1600.0, ge=0.0, le=100000.0, allow_inf_nan=False)
     lung_hole_open_mm: float = Field(default=5.0, gt=0.0, le=20.0, allow_inf_nan=False)
     cad_scales_mm: tuple[float, ...] = DEFAULT_SCALES_MM
-    cad_floor: float = Field(default=FLOOR, ge=0.0)
+    cad_floor: float = Field(default=FLOOR, ge=0.0, allow_inf_nan=False)
     cad_weights: tuple[float, ...] = ()
     cad_revision: Literal[2, 3] | None = None
     cad_trees: tuple[tuple[float, ...], ...] = ()
-    cad_candidate_closing_mm: float | None = Field(default=None, ge=0.0)
-    cad_min_blobness: float | None = Field(default=None, ge=0.0)
+    cad_candidate_closing_mm: float | None = Field(
+        default=None, ge=0.0, le=30.0, allow_inf_nan=False
+    )
+    cad_min_blobness: float | None = Field(default=None, ge=0.0, allow_inf_nan=False)
     cad_max_candidates: int | None = Field(default=None, ge=1)
-    cad_rim_hu: float | None = None
-    cad_rim_ratio: float | None = Field(default=None, gt=0.0)
+    cad_rim_hu: float | None = Field(default=None, allow_inf_nan=False)
+    cad_rim_ratio: float | None = Field(default=None, gt=0.0, allow_inf_nan=False)
 
     @field_validator("hu_window")
     @classmethod
