@@ -414,7 +414,7 @@ class Deidentifier:
         every UID, person name and listed attribute in it handled as anywhere else,
         instead of removed. Free text (TEXT items) is replaced by a dummy unless its
         concept is one of ``keep_text_concepts`` (generated text known to carry no
-        identity); dates and times in items are shifted or replaced like the header's.
+        identity) or its whole text matches a ``keep_text_values`` pattern; dates and times in items are shifted or replaced like the header's.
     keep_text_concepts
         ``(coding scheme, code value)`` of TEXT items kept as they are under
         ``clean_structured_content``.

@@ -287,9 +287,9 @@ def _receive(
     """A child receiver: one Storage SCP on the gateway's socket until told to stop;
     then it stops accepting, lets the instances in flight be stored (``drain``
     seconds at most, set by the gateway with ``stop``) and exits."""
+    logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
     # A spawned process: the arena cap and the periodic trim of the gateway are its own.
     apply_arena_max(config.malloc_arena_max)
-    logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
     trimmer = MemoryTrimmer(config.malloc_trim_seconds)
     events = EventSender(channel)
     database = Database(config.database_url)
