@@ -44,3 +44,10 @@ def test_a_result_error_reaches_only_roles_with_phi_rights(gateway: ApiGateway) 
     assert hidden.status_code == 200 and len(hidden.json()) == len(shown)
     assert "JOHNDOE" not in hidden.text
     assert all("error" not in i for r in hidden.json() for i in r["instances"])
+
+
+def test_the_screens_gate_notes_are_phi_as_in_the_api() -> None:
+    from overread.web.ui.views import StudyView, WorklistRow
+
+    assert "gate_note" in phi_fields(WorklistRow)
+    assert "gate_note" in phi_fields(StudyView)

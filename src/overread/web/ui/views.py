@@ -269,7 +269,9 @@ class WorklistRow(BaseModel):
     patient_name: str = ""
     patient_id: str = ""
     analysis: str = "analysed"
-    gate_note: str = ""
+    #: Why the input gate did not analyse the study: free text that can quote a header
+    #: value, so PHI (as in the API).
+    gate_note: str = Field(default="", json_schema_extra={"phi": True})
     review: str = ""
 
 
@@ -304,7 +306,7 @@ class StudyView(BaseModel):
     patient_sex: str = ""
     accession_number: str = ""
     analysis: str = "analysed"
-    gate_note: str = ""
+    gate_note: str = Field(default="", json_schema_extra={"phi": True})
     #: Which probability calibration decided the findings (a site's or the global one;
     #: "" when the service does not choose calibrations by site).
     calibration_note: str = ""
@@ -359,7 +361,9 @@ def worklist_rows(
             verified_by=readers.get(item.study_instance_uid, ""),
             has_critical=item.has_critical,
             critical_findings=[str(c) for c in item.critical_findings or []],
-            summary=gate.note if gate.analysis == "not analysed" else _findings_summary(item),
+            summary=(gate.note if with_phi else gate.analysis)
+            if gate.analysis == "not analysed"
+            else _findings_summary(item),
             department=item.department,
             patient_age=item.patient_age,
             waiting=waiting_text(item.received_at, now),
