@@ -16,8 +16,9 @@ The classic computer-aided detection scheme of lung-nodule systems, on the sourc
 2. **Scoring (false-positive reduction).** Each candidate gets features measured on
    the source HU: blobness, the contrast of its core over the lung around it, its
    core HU, its sphericity ``l3 / l1`` and its scale; a logistic model of those
-   (weights in :data:`DEFAULT_WEIGHTS`, fitted on training phantoms, see
-   :func:`fit_weights`) is the candidate's score.
+   (revision 2: weights in :data:`DEFAULT_WEIGHTS`, fitted on training phantoms, see
+   :func:`fit_weights`) or, in revision 3, a gradient-boosted tree ensemble over them
+   and the shell and background features (:func:`tree_scores`) is the candidate's score.
 3. **Masks (FWHM).** Inside a box around the candidate, the voxels brighter than half
    way between its core HU and the lung background, inside the lung closed by a ball
    (a nodule on the pleura is in, the chest wall is not), opened by a ball of half the

@@ -3,14 +3,17 @@
 For each case of a cohort ``overread phantom ct`` wrote, the blob candidates of
 :func:`overread.models.blob_cad.find_candidates` inside the lung are labelled by the
 truth (a candidate is a nodule when its centre lies in a nodule's sphere, as the
-FROC counts a hit) and a ridge-penalised logistic regression of their features gives
-the weights the ``blob-cad`` postprocess scores with
+FROC counts a hit); revision 2 fits a ridge-penalised logistic regression of their
+features (:func:`fit_cad`), revision 3 a gradient-boosted tree ensemble exported as
+plain numbers (:func:`fit_cad_trees`); the ``blob-cad`` postprocess scores with them
 (:func:`overread.models.ct_cad.write_cad_package`).
 
-The lung here is the package's rule on the source grid: HU <= -700, the components
-not touching the in-plane sides holding at least 10% of the largest, holes filled
-slice by slice (the package computes it on a 2 mm grid, so the candidate sets differ
-slightly at the lung's edge).
+The lung here is a threshold rule on the source grid: HU <= -700, the components not
+touching the in-plane sides holding at least 10% of the largest, holes filled slice by
+slice. The package's lung is the classical mask on a 2 mm grid (airways out, the dome
+out, the edge grown; revision 3 closes it by a ball before taking candidates), so the
+candidate sets differ somewhat at the lung's edge and the hilum: the bundled trees were
+fitted on this rule's candidates.
 """
 
 from __future__ import annotations
