@@ -15,6 +15,7 @@ from __future__ import annotations
 import json
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 from overread.errors import ConfigError
 from overread.models.blob_cad import (
@@ -67,37 +68,32 @@ def cad_volume_spec(
 ) -> VolumeSpec:
     """The package's volume section: revision 3 with a tree ensemble (``trees``), or
     revision 2 with logistic candidate ``weights`` when ``trees`` is None."""
+    common: dict[str, Any] = {
+        "postprocess": "blob-cad",
+        "clean_components": True,
+        "lung_refine": "classical",
+        "min_nodule_mm": 2.0,
+        "max_nodule_mm": 40.0,
+        "max_detections": MAX_DETECTIONS,
+        "cad_scales_mm": DEFAULT_SCALES_MM,
+        "cad_min_blobness": MIN_BLOBNESS,
+        "cad_rim_hu": RIM_HU,
+    }
     if trees is not None:
         return VolumeSpec(
-            postprocess="blob-cad",
-            clean_components=True,
-            lung_refine="classical",
-            min_nodule_mm=2.0,
-            max_nodule_mm=40.0,
-            max_detections=MAX_DETECTIONS,
-            cad_scales_mm=DEFAULT_SCALES_MM,
+            **common,
             cad_weights=(),
             cad_trees=tuple(tuple(float(v) for v in tree) for tree in trees),
             cad_revision=3,
-            cad_min_blobness=MIN_BLOBNESS,
             cad_max_candidates=MAX_CANDIDATES_V3,
-            cad_rim_hu=RIM_HU,
             cad_rim_ratio=RIM_RATIO_V3,
             cad_candidate_closing_mm=CANDIDATE_CLOSING_MM,
         )
     return VolumeSpec(
-        postprocess="blob-cad",
-        clean_components=True,
-        lung_refine="classical",
-        min_nodule_mm=2.0,
-        max_nodule_mm=40.0,
-        max_detections=MAX_DETECTIONS,
-        cad_scales_mm=DEFAULT_SCALES_MM,
+        **common,
         cad_weights=tuple(float(w) for w in weights),
         cad_revision=2,
-        cad_min_blobness=MIN_BLOBNESS,
         cad_max_candidates=MAX_CANDIDATES,
-        cad_rim_hu=RIM_HU,
         cad_rim_ratio=RIM_RATIO,
     )
 
