@@ -422,7 +422,7 @@ class VolumePipeline:
         thresholds = [float(t) for t in self.package.thresholds()]
         shape = volume.pixels.shape
         label_values: dict[int, str] = {}
-        if spec.postprocess == "lung-nodule":
+        if spec.postprocess in ("lung-nodule", "blob-cad"):
             lung_i = self.labels.index(spec.lung_label)
             nodule_i = self.labels.index(spec.nodule_label)
             lung_low, nodules_low, count = lung_and_nodules(
@@ -436,14 +436,15 @@ class VolumePipeline:
                 feet_first=feet_first is not False,
             )
             _warn_airway(airway, lung_low, prediction.warnings)
+            lung_channel, lung_threshold = lung_output(
+                probabilities[lung_i], thresholds[lung_i], lung_low, spec.lung_output
+            )
+        if spec.postprocess == "lung-nodule":
             if count == MAX_NODULES:
                 prediction.warnings.append(
                     f"{MAX_NODULES} or more nodule candidates: only the {MAX_NODULES} "
                     "largest are reported (is the series a chest CT in HU?)"
                 )
-            lung_channel, lung_threshold = lung_output(
-                probabilities[lung_i], thresholds[lung_i], lung_low, spec.lung_output
-            )
             label_map, regions = self._to_source(
                 volume,
                 probabilities[nodule_i],
@@ -462,22 +463,6 @@ class VolumePipeline:
             label_map = None
             regions = self._detections(volume, probabilities, thresholds)
         elif spec.postprocess == "blob-cad":
-            lung_i = self.labels.index(spec.lung_label)
-            nodule_i = self.labels.index(spec.nodule_label)
-            lung_low, _, _ = lung_and_nodules(
-                probabilities,
-                thresholds,
-                lung_i,
-                nodule_i,
-                spec.spacing_mm,
-                spec,
-                airway=airway,
-                feet_first=feet_first is not False,
-            )
-            _warn_airway(airway, lung_low, prediction.warnings)
-            lung_channel, lung_threshold = lung_output(
-                probabilities[lung_i], thresholds[lung_i], lung_low, spec.lung_output
-            )
             del probabilities
             label_map, regions = self._cad(
                 volume,
