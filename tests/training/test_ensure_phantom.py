@@ -45,3 +45,39 @@ def test_ensure_phantom_writes_what_phantom_cxr_writes(run_cli, tmp_path: Path) 
     said.clear()
     assert ensure_phantom(source, folder, said.append) == folder
     assert said == [f"reusing phantom cohort {folder}"]
+
+
+@pytest.mark.skipif(not HAS_PHANTOM, reason="phantom generator not installed")
+def test_an_enriched_training_cohort_is_generated_and_reused_only_as_asked(tmp_path: Path) -> None:
+    import json
+
+    from overread.errors import ConfigError
+    from overread.training.config import PhantomSource
+    from overread.training.run import ensure_phantom
+
+    enriched = PhantomSource(n=4, seed=5, size=64, workers=1, prevalence={"Fracture": 0.5})
+    folder = ensure_phantom(enriched, tmp_path / "train", lambda _: None)
+    recorded = json.loads((folder / "cohort.json").read_text())["parameters"]["prevalence"]
+    assert recorded == {"Fracture": 0.5}
+    said: list[str] = []
+    assert ensure_phantom(enriched, folder, said.append) == folder
+    assert said == [f"reusing phantom cohort {folder}"]
+    # The same n and seed at the default prevalence is another cohort: never reused.
+    with pytest.raises(ConfigError, match="other parameters"):
+        ensure_phantom(PhantomSource(n=4, seed=5, size=64, workers=1), folder, said.append)
+    default = ensure_phantom(
+        PhantomSource(n=4, seed=5, size=64, workers=1), tmp_path / "d", said.append
+    )
+    with pytest.raises(ConfigError, match="other parameters"):
+        ensure_phantom(enriched, default, said.append)
+
+
+def test_an_enrichment_names_known_labels_and_fractions() -> None:
+    from pydantic import ValidationError
+
+    from overread.training.config import PhantomSource
+
+    with pytest.raises(ValidationError, match="unknown label 'Fractur'"):
+        PhantomSource(prevalence={"Fractur": 0.1})
+    with pytest.raises(ValidationError, match=r"Fracture = 1.2 is outside 0..0.95"):
+        PhantomSource(prevalence={"Fracture": 1.2})

@@ -177,6 +177,69 @@ def bench_inference(
         console.print(study)
 
 
+@bench_app.command("gpu")
+def bench_gpu(
+    model: str | None = typer.Option(None, "--model", "-m", help="Alias, name@version or path."),
+    device: str = typer.Option(
+        "cuda", "--device", help="cuda or cuda:N (auto: a GPU where present; cpu: for comparison)."
+    ),
+    repeats: int = typer.Option(50, "--repeats", min=5, help="Timed batch-1 calls per row."),
+    batch: int = typer.Option(32, "--batch", min=2, max=512, help="Batch size for throughput."),
+    densenet121: bool = typer.Option(
+        True, "--densenet121/--no-densenet121", help="Also time a DenseNet-121 at 320 px."
+    ),
+    as_json: bool = typer.Option(False, "--json", help="Print the whole result as JSON."),
+) -> None:
+    """Batch-1 latency and batch-32 throughput on a GPU: torch FP32, bf16, ONNX Runtime CUDA."""
+    from rich.console import Console
+    from rich.table import Table
+
+    from overread.config import load_settings
+    from overread.inference.bench import gpu_benchmark
+    from overread.models.registry import Registry
+
+    settings = load_settings()
+    package = Registry.from_settings(settings).load(model or settings.default_model)
+    result = gpu_benchmark(
+        package, device=device, repeats=repeats, batch=batch, densenet121=densenet121
+    )
+    if as_json:
+        typer.echo(json.dumps(result, indent=2))
+        return
+    console = Console()
+    gpu = result["gpu"]
+    where = gpu.get("name") or result["machine"]["cpu"]
+    for network in result["networks"]:
+        table = Table(title=f"{network['network']}, {network['input']}, on {where}")
+        columns = (
+            "runtime",
+            "batch 1 p50 ms",
+            "batch 1 min ms",
+            f"batch {batch} p50 ms",
+            f"batch {batch} images/s",
+            "max |dp| vs fp32",
+        )
+        for column in columns:
+            table.add_column(column, justify="left" if column == "runtime" else "right")
+        for row in network["rows"]:
+            table.add_row(
+                row["runtime"],
+                _fmt(row["batch1_p50_ms"]),
+                _fmt(row["batch1_min_ms"]),
+                _fmt(row[f"batch{batch}_p50_ms"]),
+                _fmt(row[f"batch{batch}_images_per_s"], 0),
+                _fmt(row["max_prob_diff_vs_fp32"], 4),
+            )
+        console.print(table)
+        train = network["training"]
+        console.print(
+            f"training (forward, backward, AdamW; {train['precision']}, batch {train['batch']}): "
+            f"{train['images_per_s']:.0f} images/s"
+        )
+    for reason in result["skipped"]:
+        console.print(f"not timed: {reason}")
+
+
 # -- gateway benchmarks: e2e, ingest, stats -------------------------------------------------
 DOCS_PATH = Path("docs/benchmarks.md")
 

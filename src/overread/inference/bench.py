@@ -438,7 +438,7 @@ class _GpuRuns:
 
 def _gpu_runs(package: ModelPackage, device: str) -> _GpuRuns:
     """The GPU runtimes ``device`` asks for and this machine has (none for ``cpu``)."""
-    from overread.inference.runtimes import check_device, onnx_providers, torch_device
+    from overread.inference.runtimes import check_device, torch_device
 
     found = _GpuRuns()
     if check_device(device) == "cpu":
@@ -447,8 +447,16 @@ def _gpu_runs(package: ModelPackage, device: str) -> _GpuRuns:
         found.runs[f"torch {device} fp32"] = _logits_of(TorchRuntime(package, device=device))
     else:
         found.skipped.append("torch: no CUDA GPU")
+    _add_onnx_cuda(package, device, found)
+    return found
+
+
+def _add_onnx_cuda(package: ModelPackage, device: str, found: _GpuRuns) -> None:
+    """The package's FP32 ONNX model under ONNX Runtime's CUDA provider, or why not."""
+    from overread.inference.runtimes import onnx_providers
+
     path = package.runtime_file("fp32")
-    first = onnx_providers(device)[0]
+    first = onnx_providers("auto")[0]  # whether this build has the provider at all
     if path is None:
         found.skipped.append("onnxruntime: the package has no FP32 ONNX model")
     elif first == "CPUExecutionProvider":
@@ -459,7 +467,185 @@ def _gpu_runs(package: ModelPackage, device: str) -> _GpuRuns:
             found.skipped.append("onnxruntime: the CUDA session fell back to the CPU")
         else:
             found.runs["onnxruntime cuda fp32"] = _logits_of(runtime)
-    return found
+
+
+def _torch_gpu_calls(
+    network: torch.nn.Module, device: torch.device
+) -> dict[str, Callable[[np.ndarray], np.ndarray]]:
+    """``network`` on ``device`` in channels-last memory format, FP32 and bf16 autocast.
+
+    Each call takes a host array and returns host logits (FP32), as served: the
+    copies both ways are in the time, and reading the result back synchronises.
+    """
+    on_device = network.eval().to(device).to(memory_format=torch.channels_last)  # type: ignore[call-overload]
+
+    def call(x: np.ndarray, dtype: torch.dtype | None) -> np.ndarray:
+        tensor = torch.from_numpy(np.ascontiguousarray(x, dtype=np.float32)).to(device)
+        tensor = tensor.contiguous(memory_format=torch.channels_last)
+        with torch.inference_mode():
+            if dtype is None:
+                out = on_device(tensor)
+            else:
+                with torch.autocast(device_type=device.type, dtype=dtype):
+                    out = on_device(tensor)
+        result: np.ndarray = out.float().cpu().numpy()
+        return result
+
+    return {
+        "torch fp32": partial(call, dtype=None),
+        "torch bf16": partial(call, dtype=torch.bfloat16),
+    }
+
+
+def _batch_rows(
+    runs: dict[str, Callable[[np.ndarray], np.ndarray]],
+    batch: np.ndarray,
+    repeats: int,
+) -> list[dict[str, Any]]:
+    """Batch 1 latency and batch-N throughput per run, timed in alternation.
+
+    ``max_prob_diff_vs_fp32``: the largest probability difference on the batch
+    against the first run (FP32).
+    """
+    one = batch[:1].copy()
+    single = _interleaved({n: partial(r, one) for n, r in runs.items()}, repeats)
+    many = _interleaved({n: partial(r, batch) for n, r in runs.items()}, max(5, repeats // 2), 3)
+    reference = sigmoid(next(iter(runs.values()))(batch))
+    return [
+        {
+            "runtime": name,
+            "batch1_p50_ms": float(np.median(single[name])),
+            "batch1_min_ms": float(np.min(single[name])),
+            f"batch{len(batch)}_p50_ms": float(np.median(many[name])),
+            f"batch{len(batch)}_images_per_s": float(len(batch) / (np.median(many[name]) / 1e3)),
+            "max_prob_diff_vs_fp32": float(np.abs(sigmoid(run(batch)) - reference).max()),
+        }
+        for name, run in runs.items()
+    ]
+
+
+def training_throughput(
+    network: torch.nn.Module,
+    device: torch.device,
+    batch: np.ndarray,
+    *,
+    steps: int = 20,
+    warmup: int = 5,
+    amp: torch.dtype | None = torch.bfloat16,
+) -> dict[str, Any]:
+    """Training images per second: forward, BCE loss, backward and an AdamW step.
+
+    As the trainer runs on a GPU (channels-last, bf16 autocast; ``amp`` None for
+    FP32), on one fixed batch already on the device, so the figure is the
+    network's and not the data loader's. The network's own weights are trained
+    (pass a copy to keep them).
+    """
+    network = network.train().to(device).to(memory_format=torch.channels_last)  # type: ignore[call-overload]
+    optimiser = torch.optim.AdamW(network.parameters(), lr=1e-4)
+    x = torch.from_numpy(batch).to(device).contiguous(memory_format=torch.channels_last)
+    loss_fn = torch.nn.BCEWithLogitsLoss()
+    with torch.no_grad():
+        shape = network(x[:1]).shape[1:]
+    rng = torch.Generator().manual_seed(0)
+    target = (torch.rand((len(batch), *shape), generator=rng) > 0.8).float().to(device)
+
+    def step() -> None:
+        optimiser.zero_grad(set_to_none=True)
+        dtype = amp or torch.float32
+        with torch.autocast(device_type=device.type, dtype=dtype, enabled=amp is not None):
+            loss = loss_fn(network(x).float(), target)
+        loss.backward()
+        optimiser.step()
+
+    for _ in range(warmup):
+        step()
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+    started = time.perf_counter()
+    for _ in range(steps):
+        step()
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+    seconds = time.perf_counter() - started
+    network.eval()
+    return {
+        "batch": len(batch),
+        "steps": steps,
+        "precision": "bf16 autocast" if amp is not None else "fp32",
+        "images_per_s": float(steps * len(batch) / seconds),
+    }
+
+
+def gpu_benchmark(
+    package: ModelPackage,
+    *,
+    device: str = "cuda",
+    repeats: int = 50,
+    batch: int = 32,
+    densenet121: bool = True,
+    densenet_size: int = 320,
+    train_batch: int = 16,
+) -> dict[str, Any]:
+    """Batch-1 latency and batch-``batch`` throughput on ``device``, per network and precision.
+
+    The package's network, and (``densenet121``) a DenseNet-121 at the CheXpert
+    recipe's input (1 x ``densenet_size``^2, 14 labels, random weights: time does
+    not depend on the weights), each in torch FP32 and bf16 autocast (channels-last)
+    and, where the ``onnxruntime-gpu`` build is installed, the package's FP32 ONNX
+    model under ONNX Runtime's CUDA execution provider. ``device`` ``cpu`` times the
+    same rows on the CPU, for comparison. ``training``: training images per second
+    (:func:`training_throughput`) at ``batch`` for the package's network and at
+    ``train_batch`` (the CheXpert recipe's 16) for the DenseNet-121.
+    """
+    from overread.inference.runtimes import check_device, torch_device
+    from overread.models.networks import build_network
+
+    chosen = torch_device(check_device(device))
+    spec = package.manifest.input
+    networks: list[dict[str, Any]] = []
+    data = synthetic_batch(batch, spec.size, spec.channels, seed=7)
+    runs = _torch_gpu_calls(package.build_network(), chosen)
+    onnx = _GpuRuns()
+    if chosen.type == "cuda":
+        _add_onnx_cuda(package, device, onnx)
+        runs.update(onnx.runs)
+    networks.append(
+        {
+            "network": f"{package.name} {package.version} ({package.manifest.architecture})",
+            "input": f"{spec.channels}x{spec.size}x{spec.size}",
+            "rows": _batch_rows(runs, data, repeats),
+            "training": training_throughput(package.build_network(), chosen, data),
+        }
+    )
+    if densenet121:
+        torch.manual_seed(0)
+        dense = build_network("densenet121", in_channels=1, num_classes=14)
+        data = synthetic_batch(batch, densenet_size, 1, seed=8)
+        networks.append(
+            {
+                "network": "densenet121 (MONAI DenseNet121, random weights)",
+                "input": f"1x{densenet_size}x{densenet_size}",
+                "rows": _batch_rows(_torch_gpu_calls(dense, chosen), data, repeats),
+                "training": training_throughput(dense, chosen, data[:train_batch]),
+            }
+        )
+    gpu: dict[str, Any] = {"device": str(chosen)}
+    if chosen.type == "cuda":
+        props = torch.cuda.get_device_properties(chosen)
+        gpu.update(
+            name=props.name,
+            memory_gib=round(props.total_memory / 2**30, 1),
+            cuda=torch.version.cuda,
+            max_memory_allocated_mib=round(torch.cuda.max_memory_allocated(chosen) / 2**20, 1),
+        )
+    return {
+        "machine": machine_description(),
+        "gpu": gpu,
+        "repeats": repeats,
+        "batch": batch,
+        "networks": networks,
+        "skipped": onnx.skipped,
+    }
 
 
 def benchmark_inference(
@@ -550,10 +736,12 @@ def benchmark_inference(
 __all__ = [
     "benchmark_inference",
     "densenet121_runtimes",
+    "gpu_benchmark",
     "machine_description",
     "network_runtimes",
     "phantom_auc",
     "preprocessing_cost",
     "quantisation_study",
+    "training_throughput",
     "write_large_cr",
 ]

@@ -12,7 +12,7 @@ from importlib import resources
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from overread.errors import ConfigError
 
@@ -29,6 +29,17 @@ class PhantomSource(_Section):
     size: int = Field(default=1024, ge=64, le=3000)  # stored image rows/columns
     workers: int = Field(default=2, ge=1)
     out: Path | None = None  # default: <output>/../phantoms/<name>-n<n>-s<seed>
+    # Marginal prevalence overrides ("Fracture" = 0.12), as `phantom cxr --prevalence`:
+    # enriches a training cohort in a rare finding; every other label keeps its default.
+    prevalence: dict[str, float] = Field(default_factory=dict)
+
+    @field_validator("prevalence")
+    @classmethod
+    def _known_labels(cls, value: dict[str, float]) -> dict[str, float]:
+        from overread.phantom.sampling import validate_prevalence
+
+        validate_prevalence(value)  # one-line error naming an unknown label or a bad value
+        return value
 
 
 class DataConfig(_Section):

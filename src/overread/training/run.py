@@ -100,7 +100,12 @@ def ensure_phantom(source: PhantomSource, folder: Path, echo: Echo) -> Path:
     # What ``overread phantom cxr --n N --out FOLDER --seed S --size Z --workers W`` writes:
     # every other option at its default.
     options = CohortOptions(
-        n=source.n, seed=source.seed, rows=source.size, cols=source.size, workers=source.workers
+        n=source.n,
+        seed=source.seed,
+        rows=source.size,
+        cols=source.size,
+        workers=source.workers,
+        prevalence=dict(source.prevalence),
     )
     summary = write_cohort(folder, options)
     if not (folder / "labels.csv").is_file():
@@ -123,10 +128,12 @@ def _matches(info: dict[str, Any], source: PhantomSource) -> bool:
         return None
 
     seed, n, rows = find("seed"), find("n"), find("rows")
+    prevalence = find("prevalence") or {}
     return (
         (seed is None or int(seed) == source.seed)
         and (n is None or int(n) == source.n)
         and (rows is None or int(rows) == source.size)
+        and {k: float(v) for k, v in prevalence.items()} == dict(source.prevalence)
     )
 
 
