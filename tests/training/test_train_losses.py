@@ -93,3 +93,45 @@ def test_distillation_pulls_student_to_teacher() -> None:
 def test_build_loss_rejects_unknown() -> None:
     with pytest.raises(ValueError, match="unknown loss"):
         build_loss("hinge")
+
+
+@pytest.mark.parametrize("kind", ["bce", "focal"])
+def test_a_label_weight_scales_that_label_term_alone(kind: str) -> None:
+    torch.manual_seed(0)
+    logits = torch.randn(6, 3)
+    targets = (torch.rand(6, 3) > 0.5).float()
+    mask = torch.ones(6, 3)
+    mask[0, 1] = 0.0
+    pos_weight = torch.tensor([2.0, 3.0, 0.5])
+    plain = build_loss(kind, pos_weight=pos_weight)
+    weighted = build_loss(kind, pos_weight=pos_weight, label_weight=torch.tensor([1.0, 4.0, 1.0]))
+    per_label = []
+    for j in range(3):  # one label at a time: the others masked out
+        only = torch.zeros_like(mask)
+        only[:, j] = mask[:, j]
+        per_label.append((plain(logits, targets, only), weighted(logits, targets, only)))
+    assert per_label[0][1] == pytest.approx(float(per_label[0][0]))
+    assert per_label[1][1] == pytest.approx(4 * float(per_label[1][0]))
+    assert per_label[2][1] == pytest.approx(float(per_label[2][0]))
+    total = sum(float(p) for p, _ in per_label) + 3 * float(per_label[1][0])
+    assert float(weighted(logits, targets, mask)) == pytest.approx(total, rel=1e-5)
+
+
+def test_label_weights_follow_the_run_labels_and_refuse_unknown_names() -> None:
+    from overread.errors import ConfigError
+    from overread.training.trainer import label_weights
+
+    assert label_weights({}, ["A", "B"]) is None
+    assert label_weights({"B": 3.0}, ["A", "B", "C"]).tolist() == [1.0, 3.0, 1.0]
+    with pytest.raises(ConfigError, match=r"loss.label_weights: 'Fractur' is not a label"):
+        label_weights({"Fractur": 2.0}, ["Fracture"])
+
+
+@pytest.mark.parametrize("weight", [0.0, -1.0, float("inf"), float("nan"), 1000.0])
+def test_a_label_weight_is_a_positive_finite_number(weight: float) -> None:
+    from pydantic import ValidationError
+
+    from overread.training.config import LossConfig
+
+    with pytest.raises(ValidationError, match="outside"):
+        LossConfig(label_weights={"Fracture": weight})

@@ -7,6 +7,7 @@ so that a model can be reproduced from its package alone.
 
 from __future__ import annotations
 
+import math
 import tomllib
 from importlib import resources
 from pathlib import Path
@@ -140,6 +141,17 @@ class LossConfig(_Section):
     pos_weight_max: float = Field(default=50.0, gt=0)
     focal_gamma: float = Field(default=2.0, ge=0)
     sampler: Literal["shuffle", "class-balanced"] = "shuffle"
+    # Per-label loss weight ("Fracture" = 3.0): scales that label's whole loss term;
+    # labels not named keep 1. Names are checked against the run's labels.
+    label_weights: dict[str, float] = Field(default_factory=dict)
+
+    @field_validator("label_weights")
+    @classmethod
+    def _positive_weights(cls, value: dict[str, float]) -> dict[str, float]:
+        for label, weight in value.items():
+            if not math.isfinite(weight) or not 0 < weight <= 100:
+                raise ValueError(f"{label} = {weight} is outside (0, 100]")
+        return value
 
 
 class AugmentConfig(_Section):

@@ -41,12 +41,20 @@ def _reduce(elementwise: torch.Tensor, mask: torch.Tensor | None) -> torch.Tenso
 
 
 class MaskedBCEWithLogits(nn.Module):
-    """BCE-with-logits with an optional per-class ``pos_weight`` and an ignore mask."""
+    """BCE-with-logits with an optional per-class ``pos_weight`` and an ignore mask.
 
-    def __init__(self, pos_weight: torch.Tensor | None = None) -> None:
+    ``label_weight`` (per class, default 1) scales each label's whole term, positives
+    and negatives alike: more of the gradient for a label that is hard to learn.
+    """
+
+    def __init__(
+        self, pos_weight: torch.Tensor | None = None, label_weight: torch.Tensor | None = None
+    ) -> None:
         super().__init__()
         self.pos_weight: torch.Tensor | None
+        self.label_weight: torch.Tensor | None
         self.register_buffer("pos_weight", pos_weight)
+        self.register_buffer("label_weight", label_weight)
 
     def forward(
         self, logits: torch.Tensor, targets: torch.Tensor, mask: torch.Tensor | None = None
@@ -55,6 +63,8 @@ class MaskedBCEWithLogits(nn.Module):
         loss = F.binary_cross_entropy_with_logits(
             logits.float(), targets.float(), pos_weight=pw, reduction="none"
         )
+        if self.label_weight is not None:
+            loss = loss * self.label_weight
         return _reduce(loss, mask)
 
 
@@ -62,14 +72,22 @@ class FocalLoss(nn.Module):
     """Focal loss (Lin et al., ICCV 2017): down-weights easy examples by ``(1 - p_t)^gamma``.
 
     ``pos_weight`` (if given) plays the role of the paper's alpha, per class.
-    With ``gamma = 0`` and no ``pos_weight`` this is exactly BCE.
+    With ``gamma = 0`` and no ``pos_weight`` this is exactly BCE. ``label_weight`` as
+    in :class:`MaskedBCEWithLogits`.
     """
 
-    def __init__(self, gamma: float = 2.0, pos_weight: torch.Tensor | None = None) -> None:
+    def __init__(
+        self,
+        gamma: float = 2.0,
+        pos_weight: torch.Tensor | None = None,
+        label_weight: torch.Tensor | None = None,
+    ) -> None:
         super().__init__()
         self.gamma = gamma
         self.pos_weight: torch.Tensor | None
+        self.label_weight: torch.Tensor | None
         self.register_buffer("pos_weight", pos_weight)
+        self.register_buffer("label_weight", label_weight)
 
     def forward(
         self, logits: torch.Tensor, targets: torch.Tensor, mask: torch.Tensor | None = None
@@ -82,6 +100,8 @@ class FocalLoss(nn.Module):
         loss = (1 - p_t).pow(self.gamma) * bce
         if self.pos_weight is not None:
             loss = loss * (targets * self.pos_weight + (1 - targets))
+        if self.label_weight is not None:
+            loss = loss * self.label_weight
         return _reduce(loss, mask)
 
 
@@ -115,13 +135,17 @@ class DistillationLoss(nn.Module):
 
 
 def build_loss(
-    kind: str, *, pos_weight: torch.Tensor | None = None, focal_gamma: float = 2.0
+    kind: str,
+    *,
+    pos_weight: torch.Tensor | None = None,
+    focal_gamma: float = 2.0,
+    label_weight: torch.Tensor | None = None,
 ) -> nn.Module:
     """The loss named in the configuration."""
     if kind == "bce":
-        return MaskedBCEWithLogits(pos_weight)
+        return MaskedBCEWithLogits(pos_weight, label_weight)
     if kind == "focal":
-        return FocalLoss(focal_gamma, pos_weight)
+        return FocalLoss(focal_gamma, pos_weight, label_weight)
     raise ValueError(f"unknown loss {kind!r}")
 
 

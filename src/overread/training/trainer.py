@@ -138,6 +138,19 @@ def amp_dtype(mode: str, device: torch.device) -> torch.dtype | None:
     return torch.bfloat16
 
 
+def label_weights(weights: dict[str, float], labels: list[str]) -> torch.Tensor | None:
+    """Per-label loss weights in ``labels`` order (1 where not named), or None when none are."""
+    if not weights:
+        return None
+    unknown = sorted(set(weights) - set(labels))
+    if unknown:
+        raise ConfigError(
+            f"loss.label_weights: {', '.join(map(repr, unknown))} is not a label of this run "
+            f"({', '.join(labels)})"
+        )
+    return torch.tensor([float(weights.get(label, 1.0)) for label in labels])
+
+
 def dataset_labels(dataset: Dataset[Any]) -> tuple[np.ndarray, np.ndarray]:
     """``(targets, mask)`` of a dataset: its ``targets``/``mask`` attributes, else by iterating."""
     targets = getattr(dataset, "targets", None)
@@ -253,7 +266,10 @@ class Trainer:
         )
         self.pos_weight = pos_weight
         criterion = build_loss(
-            self.loss_cfg.kind, pos_weight=pos_weight, focal_gamma=self.loss_cfg.focal_gamma
+            self.loss_cfg.kind,
+            pos_weight=pos_weight,
+            focal_gamma=self.loss_cfg.focal_gamma,
+            label_weight=label_weights(self.loss_cfg.label_weights, self.labels),
         ).to(self.device)
         self.hard_loss = criterion
         self.teacher = teacher.to(self.device).eval() if teacher is not None else None
@@ -625,5 +641,6 @@ __all__ = [
     "amp_dtype",
     "dataset_labels",
     "init_distributed",
+    "label_weights",
     "resolve_device",
 ]
