@@ -92,3 +92,10 @@ def test_evaluate_the_nodule_cad_masks_and_finds_nodules(
     # Masks (SEG) and marks both: nodule Dice and CPM above the threshold package's.
     assert cad["nodule_dice_ge6mm"] > max(0.3, base["nodule_dice_ge6mm"] + 0.2)
     assert cad["detection"]["cpm"] > base["detection"]["cpm"]
+    # The CAD runs at its score floor (the whole FROC); each named point is read off it.
+    assert cad["run_at"] == "all candidates" and "operating_points" not in base
+    points = cad["operating_points"]
+    assert list(points) == ["balanced", "high sensitivity", "all candidates"]
+    fp = [points[name]["fp_per_scan"] for name in points]
+    assert fp == sorted(fp) and points["all candidates"]["sensitivity"] > 0
+    assert points["all candidates"]["fp_per_scan"] == cad["detection"]["curve"]["fp_per_scan"][-1]

@@ -46,8 +46,9 @@ def test_default_route_sends_chest_cr_and_dx_to_cxr_default(tmp_path: Path) -> N
     assert [p.model for p in router.plan([InstanceFacts(modality="cr", body_part="chest")])] == [
         "cxr-default"
     ]
+    # CT goes to the nodule CAD (at its balanced operating point), not the HU threshold.
     assert [p.model for p in router.plan([InstanceFacts(modality="CT", body_part="CHEST")])] == [
-        "ct-threshold-baseline"
+        "ct-nodule-cad"
     ]
     assert router.plan([InstanceFacts(modality="DX", body_part="HAND")]) == []
     assert router.completes_on_release([chest])

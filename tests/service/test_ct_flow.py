@@ -1,6 +1,6 @@
 """A CT series through the gateway: storescu -> serve -> SEG and SR at a storescp PACS.
 
-The default routes send CT to the bundled ``ct-threshold-baseline``; the SEG must
+The default routes send CT to the bundled ``ct-nodule-cad``; the SEG must
 read back with highdicom and the SR carry each nodule's measurements. A second
 study of the same patient, a year later with the nodule grown, is compared with
 the first.
@@ -30,8 +30,11 @@ SEGMENTATION_STORAGE = "1.2.840.10008.5.1.4.1.1.66.4"
 COMPREHENSIVE_3D_SR = "1.2.840.10008.5.1.4.1.1.88.34"
 
 
+NODULE_MM = (24.0, 38.0, 50.0)
+
+
 def _study(folder: Path, radius: float, study_date: str) -> list[Path]:
-    volume = chest_volume(SHAPE, SPACING, [Nodule((24.0, 38.0, 50.0), radius, 30.0)])
+    volume = chest_volume(SHAPE, SPACING, [Nodule(NODULE_MM, radius, 30.0)])
     paths = write_series(folder, volume, SPACING, study_uid=generate_uid())
     for path in paths:
         ds = pydicom.dcmread(path)
@@ -59,6 +62,26 @@ def _measurements(path: Path) -> list[dict[str, Any]]:
     return rows
 
 
+def _at_nodule(service: Any, study_uid: str, rows: list[dict[str, Any]]) -> dict[str, Any]:
+    """The SR row of the region nearest the phantom's nodule (picked by where it is:
+    the CAD may also report a weaker candidate beside it)."""
+    with service.database.session() as session:
+        [result] = session.scalars(
+            select(Result).where(Result.study_instance_uid == study_uid)
+        ).all()
+        [instance] = result.summary["instances"]
+    regions = instance["regions"]
+    nearest = min(
+        regions,
+        key=lambda r: sum((a - b) ** 2 for a, b in zip(r["centre_mm"], NODULE_MM, strict=True)),
+    )
+    assert sum((a - b) ** 2 for a, b in zip(nearest["centre_mm"], NODULE_MM, strict=True)) < 9.0
+    [row] = [
+        r for r in rows if r["segment"].referenced_segment_numbers == [nearest["segment_number"]]
+    ]
+    return row
+
+
 def test_ct_series_comes_back_as_seg_and_sr_with_nodule_measurements(
     make_service: Callable[..., Any], storescp: Storescp, tmp_path: Path
 ) -> None:
@@ -83,7 +106,7 @@ def test_ct_series_comes_back_as_seg_and_sr_with_nodule_measurements(
     assert "no prior" in nodule["text"]
     with service.database.session() as session:
         [result] = session.scalars(select(Result)).all()
-        assert result.model_name == "ct-threshold-baseline"
+        assert result.model_name == "ct-nodule-cad"
         [instance] = result.summary["instances"]
         assert instance["task"] == "segmentation" and len(instance["regions"]) == 1
 
@@ -91,8 +114,9 @@ def test_ct_series_comes_back_as_seg_and_sr_with_nodule_measurements(
     later = _study(tmp_path / "2026", 6.0, "20260101")
     storescu(service.dicom_port, later, called="OVERREAD", calling="CTSCANNER", timeout=60)
     wait_until(lambda: job_states(service) == ["succeeded"] * 4, timeout=180)
-    received = _received(storescp, str(pydicom.dcmread(later[0]).StudyInstanceUID))
-    [grown] = _measurements(received[COMPREHENSIVE_3D_SR])
+    later_uid = str(pydicom.dcmread(later[0]).StudyInstanceUID)
+    received = _received(storescp, later_uid)
+    grown = _at_nodule(service, later_uid, _measurements(received[COMPREHENSIVE_3D_SR]))
     assert grown["Diameter"] > nodule["Diameter"] + 1.5
     assert "growing" in grown["text"]
 
@@ -111,7 +135,7 @@ def test_a_study_with_ct_and_a_radiograph_gets_both_models(
     wait_until(lambda: job_states(service) == ["succeeded"] * 4, timeout=180)
     with service.database.session() as session:
         models = sorted(r.model_name for r in session.scalars(select(Result)).all())
-    assert models == ["ct-threshold-baseline", "cxr-default"]
+    assert models == ["ct-nodule-cad", "cxr-default"]
     received = _received(storescp, study)
     # The X-ray SR (Comprehensive), and the CT's SEG and 3D SR.
     assert set(received) == {
@@ -143,7 +167,7 @@ def test_a_study_no_series_of_which_is_a_volume_is_not_analysed_not_retried(
     )
     with service.database.session() as session:
         [result] = session.scalars(select(Result)).all()
-        assert result.model_name == "ct-threshold-baseline"
+        assert result.model_name == "ct-nodule-cad"
         [instance] = result.summary["instances"]
         assert not instance["ok"] and instance["gate"]["status"] == "refuse"
         assert "a single slice is not a volume" in " ".join(instance["gate"]["reasons"])

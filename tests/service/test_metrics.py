@@ -61,7 +61,7 @@ def test_metrics_count_ingest_jobs_stages_destinations_and_models(
     model = routes["chest-xray"]
     assert (model["alias"], model["name"]) == ("cxr-default", "cxr-default")
     assert model["version"] and model["version"] != "unresolved"
-    assert routes["chest-ct"]["name"] == "ct-threshold-baseline"
+    assert routes["chest-ct"]["name"] == "ct-nodule-cad"
     assert routes["chest-ct"]["version"] != "unresolved"
     # No patient data in it.
     for phi in ("PatientName", str(image.name)):

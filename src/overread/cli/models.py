@@ -159,6 +159,60 @@ def verify_model(
     )
 
 
+@models_app.command("ct-operating-points")
+def ct_operating_points_command(
+    data: Path = typer.Option(
+        ..., "--data", help="A TRAINING phantom CT cohort (overread phantom ct), never a test one."
+    ),
+    model: str = typer.Option("ct-nodule-cad", "--model", help="A blob-cad package."),
+    write: Path | None = typer.Option(
+        None, "--write", help="Package directory to set them in (hashed and signed again)."
+    ),
+    cohort: str = typer.Option(
+        "", "--cohort", help="How the cohort was made, recorded in the manifest and card."
+    ),
+    as_json: bool = typer.Option(False, "--json", help="Print JSON."),
+) -> None:
+    """Choose a nodule CAD's operating points on a training cohort's FROC: the lowest
+    score with at most 1 false positive per scan (balanced) and 4 (high sensitivity)."""
+    from overread.inference.ct_evaluation import fit_operating_points, is_ct_cohort
+    from overread.training.ct_cad import write_operating_points
+    from overread.training.ct_eval import figures_at
+
+    if not is_ct_cohort(data):
+        from overread.errors import ConfigError
+
+        raise ConfigError(f"--data {data}: not a phantom CT cohort (no cases.json)")
+    points, metrics = fit_operating_points(model, data)
+    figures = {name: figures_at(metrics["detection"], t) for name, t in points.items()}
+    if write is not None:
+        write_operating_points(
+            write,
+            points,
+            cohort=cohort or f"{metrics['cases']} cases of {data.name}",
+            metrics=metrics,
+        )
+    if as_json:
+        typer.echo(
+            json.dumps(
+                {
+                    "cases": metrics["cases"],
+                    "nodules": metrics["nodules"],
+                    "operating_points": figures,
+                },
+                indent=2,
+            )
+        )
+        return
+    for name, f in figures.items():
+        typer.echo(
+            f"{name}: score >= {f['threshold']:.4f}  sensitivity {f['sensitivity']:.3f}  "
+            f"{f['fp_per_scan']:.2f} FP/scan  ({metrics['cases']} cases, {metrics['nodules']} nodules)"
+        )
+    if write is not None:
+        typer.echo(f"wrote them to {write}/manifest.json (signed again)")
+
+
 @models_app.command("import")
 def import_model(source: Path = typer.Argument(..., help="Package directory or .zip.")) -> None:
     """Verify a package and copy it into the registry as <name>/<version>."""

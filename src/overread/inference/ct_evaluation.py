@@ -5,7 +5,10 @@ Each case's series runs through the package's
 it); lung and nodule masks come from its label map and detections from its
 nodules (centre and box, score = mean nodule probability; a ``centre-heatmap`` detector's peak score). The figures are those
 of :func:`overread.training.ct_eval.evaluate_cohort`, with case-level (each phantom
-case is one patient) bootstrap 95% intervals on the lung and nodule Dice.
+case is one patient) bootstrap 95% intervals on the lung and nodule Dice. A ``blob-cad``
+package runs at its lowest nodule operating point (the score floor: the whole FROC)
+and ``operating_points`` gives the sensitivity and false positives per scan at each of
+its named points.
 """
 
 from __future__ import annotations
@@ -26,7 +29,7 @@ def is_ct_cohort(data: str | Path) -> bool:
     return (Path(data) / "cases.json").is_file()
 
 
-def _predictor(pipeline: Any) -> Any:
+def _predictor(pipeline: Any, operating_point: str | None = None) -> Any:
     from overread.imaging import ImageMetadata
     from overread.imaging.series import Volume
     from overread.inference.volume import LUNG_VALUE
@@ -35,7 +38,7 @@ def _predictor(pipeline: Any) -> Any:
     def predict(pixels: npt.NDArray[np.float32], spacing: tuple[float, float, float]) -> Any:
         affine = np.diag([spacing[2], spacing[1], spacing[0], 1.0])
         volume = Volume(pixels=pixels, affine=affine, spacing=spacing, metadata=ImageMetadata())
-        output = pipeline.run_volume(volume)
+        output = pipeline.run_volume(volume, operating_point=operating_point)
         labels = output.label_map
         if labels is None:
             labels = np.zeros(pixels.shape, dtype=np.uint8)
@@ -58,6 +61,18 @@ def _predictor(pipeline: Any) -> Any:
     return predict
 
 
+def _nodule_points(package: Any) -> dict[str, float]:
+    """A ``blob-cad`` package's nodule operating points (a nodule is reported at or above
+    one): ``{name: threshold}``; empty for other packages."""
+    volume = package.manifest.volume
+    if volume is None or volume.postprocess != "blob-cad":
+        return {}
+    return {
+        name: float(t)
+        for name, t in package.manifest.operating_points.get(volume.nodule_label, {}).items()
+    }
+
+
 def _bootstrap(values: list[float], resamples: int, seed: int) -> list[float] | None:
     v = np.array([x for x in values if np.isfinite(x)], dtype=float)
     if len(v) < 2:
@@ -72,13 +87,23 @@ def evaluate_ct_package(
 ) -> dict[str, Any]:
     """The CT figures of ``model`` on the phantom CT cohort ``data``."""
     from overread.inference import open_pipeline
-    from overread.training.ct_eval import evaluate_cohort
+    from overread.training.ct_eval import evaluate_cohort, figures_at
 
     pipeline: Any = open_pipeline(model)
     if not getattr(pipeline, "volumetric", False):
         raise EvaluationError(f"{model}: not a volumetric package; {data} is a CT cohort")
     package = pipeline.package
-    metrics = evaluate_cohort(data, _predictor(pipeline))
+    points = _nodule_points(package)
+    # A CAD runs at its lowest nodule point (its score floor): the FROC is the whole
+    # curve, and each named point's figures are read off it.
+    floor = min(points, key=lambda name: points[name]) if points else None
+    metrics = evaluate_cohort(data, _predictor(pipeline, floor))
+    if points and metrics["detection"].get("curve"):
+        metrics["run_at"] = floor
+        metrics["operating_points"] = {
+            name: figures_at(metrics["detection"], threshold)
+            for name, threshold in sorted(points.items(), key=lambda item: -item[1])
+        }
     cases = metrics["per_case"]
     metrics["model"] = {
         "name": package.name,
@@ -102,6 +127,24 @@ def evaluate_ct_package(
     if volume is not None and volume.postprocess == "centre-heatmap":
         _drop_mask_figures(metrics)
     return metrics
+
+
+def fit_operating_points(
+    model: str,
+    root: str | Path,
+    *,
+    rates: dict[str, float] | None = None,
+    resamples: int = 200,
+) -> tuple[dict[str, float], dict[str, Any]]:
+    """The CAD package ``model`` run on the TRAINING cohort ``root`` at its score floor
+    (:func:`evaluate_ct_package`), and the nodule operating points chosen on its FROC
+    (:func:`overread.training.ct_cad.nodule_operating_points`)."""
+    from overread.training.ct_cad import nodule_operating_points
+
+    metrics = evaluate_ct_package(model, root, resamples=resamples)
+    if "operating_points" not in metrics:
+        raise EvaluationError(f"{model}: not a blob-cad package with nodule operating points")
+    return nodule_operating_points(metrics, rates=rates), metrics
 
 
 def _drop_mask_figures(metrics: dict[str, Any]) -> None:
@@ -189,4 +232,4 @@ def write_ct_report(metrics: dict[str, Any], out: str | Path) -> tuple[Path, Pat
     return metrics_path, report_path
 
 
-__all__ = ["evaluate_ct_package", "is_ct_cohort", "write_ct_report"]
+__all__ = ["evaluate_ct_package", "fit_operating_points", "is_ct_cohort", "write_ct_report"]

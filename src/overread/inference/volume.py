@@ -370,9 +370,13 @@ class VolumePipeline:
     def warmup(self) -> None:
         """Nothing to warm: the network is built on load."""
 
-    def run_volume(self, volume: Volume, *, path: str | None = None) -> VolumeOutput:
-        """Analyse one assembled volume (pixels in stored units, HU for CT)."""
+    def run_volume(
+        self, volume: Volume, *, path: str | None = None, operating_point: str | None = None
+    ) -> VolumeOutput:
+        """Analyse one assembled volume (pixels in stored units, HU for CT), at the
+        package's default operating point or at ``operating_point``."""
         manifest = self.package.manifest
+        point = operating_point or manifest.default_operating_point
         prediction = Prediction(path=path, ok=False, model=self.model, task=manifest.task.value)
         prediction.metadata = volume.metadata
         prediction.warnings.extend(volume.warnings)
@@ -419,9 +423,10 @@ class VolumePipeline:
         del low
         probabilities = np.asarray(1.0 / (1.0 + np.exp(-logits)), dtype=np.float32)
         del logits
-        thresholds = [float(t) for t in self.package.thresholds()]
+        thresholds = [float(t) for t in self.package.thresholds(operating_point)]
         shape = volume.pixels.shape
         label_values: dict[int, str] = {}
+        best = 0.0  # the best score below the operating point (blob-cad)
         if spec.postprocess in ("lung-nodule", "blob-cad"):
             lung_i = self.labels.index(spec.lung_label)
             nodule_i = self.labels.index(spec.nodule_label)
@@ -464,7 +469,7 @@ class VolumePipeline:
             regions = self._detections(volume, probabilities, thresholds)
         elif spec.postprocess == "blob-cad":
             del probabilities
-            label_map, regions = self._cad(
+            label_map, regions, best = self._cad(
                 volume,
                 lung_channel,
                 lung_threshold,
@@ -486,7 +491,7 @@ class VolumePipeline:
             label_values = {i + 1: label for i, label in enumerate(self.labels)}
             regions = []
         prediction.regions = regions
-        prediction.findings = self._findings(regions, thresholds, spec)
+        prediction.findings = self._findings(regions, thresholds, spec, point, best)
         prediction.timings.update(
             {
                 "resample": resampled - started,
@@ -530,9 +535,16 @@ class VolumePipeline:
         return regions
 
     def _findings(
-        self, regions: Sequence[Region], thresholds: Sequence[float], spec: VolumeSpec
+        self,
+        regions: Sequence[Region],
+        thresholds: Sequence[float],
+        spec: VolumeSpec,
+        point: str,
+        best: float = 0.0,
     ) -> list[FindingResult]:
-        """One study-level finding (``nodule``): positive when a nodule was found."""
+        """One study-level finding (``nodule``): positive when a nodule was found; its
+        probability is the best score, that of a candidate below the operating point
+        (``best``, not reported as a nodule) included."""
         if spec.postprocess == "centre-heatmap" and spec.centre_label is not None:
             source = spec.centre_label  # its threshold is the peak floor, its codes the finding's
         elif spec.postprocess in ("lung-nodule", "blob-cad"):
@@ -541,7 +553,7 @@ class VolumePipeline:
             return []
         label = spec.nodule_label
         threshold = thresholds[self.labels.index(source)]
-        score = max((r.score for r in regions), default=0.0)
+        score = max((r.score for r in regions), default=best)
         codes = next(
             (
                 tuple((c.scheme, c.value, c.meaning) for c in spec_label.codes)
@@ -558,7 +570,7 @@ class VolumePipeline:
                 positive=positive,
                 threshold=threshold,
                 decision=Decision.POSITIVE if positive else Decision.NEGATIVE,
-                operating_point=self.package.manifest.default_operating_point,
+                operating_point=point,
                 codes=codes,
             )
         ]
@@ -573,9 +585,10 @@ class VolumePipeline:
         airway: npt.NDArray[np.bool_] | None = None,
         *,
         refine: bool,
-    ) -> tuple[npt.NDArray[np.uint8], list[Region]]:
+    ) -> tuple[npt.NDArray[np.uint8], list[Region], float]:
         """``blob-cad``: the lung brought back to the source grid, then candidates, scores
-        and FWHM masks there (:mod:`overread.models.blob_cad`).
+        and FWHM masks there (:mod:`overread.models.blob_cad`); with them the best score
+        below ``threshold`` (0 when none), which the study's finding carries.
 
         The ``max_detections`` best candidates scoring at least ``threshold`` are the
         nodules, strongest first; a nodule's voxels are not taken by a weaker one. The
@@ -632,6 +645,7 @@ class VolumePipeline:
                 "(its trees or weights are not finite)"
             )
         scored = sorted(zip(values, found.candidates, strict=True), key=lambda item: -item[0])
+        below = max((v for v in values if v < threshold), default=0.0)
         regions: list[Region] = []
         for value_score, candidate in scored:
             if value_score < threshold or len(regions) >= spec.max_detections:
@@ -669,7 +683,7 @@ class VolumePipeline:
             regions.append(
                 replace(region, centre_mm=(float(point[0]), float(point[1]), float(point[2])))
             )
-        return label_map, regions
+        return label_map, regions, below
 
     def _to_source(
         self,

@@ -187,8 +187,8 @@ Two-stage pulmonary nodule CAD for chest CT, fitted on synthetic phantoms only.
   derivative kernels sum to zero (thick slices: no response to the lung's HU), and the
   filters run in slabs of slices (memory bounded whatever the series' length);
   {candidates}
-- Score: {scoring}; the {MAX_DETECTIONS} best scoring at least
-  {SCORE_FLOOR} are reported.
+- Score: {scoring}; the {MAX_DETECTIONS} best scoring at least the nodule operating
+  point are reported (never under the score floor, {SCORE_FLOOR}).
 - Mask: voxels above half way between the candidate's core HU and the lung around it,
   within twice its fitted radius and inside the lung closed by a ball of {CLOSING_RADII:g} radii
   (a nodule on the pleura is in, the chest wall is not), opened by a ball of half

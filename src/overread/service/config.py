@@ -399,12 +399,13 @@ DEFAULT_ROUTES: tuple[Route, ...] = (
         models=["cxr-default"],
         complete_on_release=True,
     ),
-    # CT series go to the CT package (the HU-threshold baseline until a trained one
-    # is aliased in its place); a study with both CT and radiographs gets both.
+    # CT series go to the two-stage nodule CAD at its balanced operating point (the
+    # HU-threshold baseline stays available by name); a study with both CT and
+    # radiographs gets both.
     Route(
         name="chest-ct",
         modality=["CT"],
-        models=["ct-threshold-baseline"],
+        models=["ct-nodule-cad"],
         complete_on_release=True,
     ),
 )

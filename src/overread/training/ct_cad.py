@@ -22,6 +22,7 @@ import json
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import numpy.typing as npt
@@ -37,6 +38,7 @@ from overread.models.blob_cad import (
     find_candidates,
     fit_weights,
 )
+from overread.models.manifest import Manifest
 
 
 def source_lung(
@@ -210,12 +212,98 @@ def fit_cad_trees(
     return fit_trees(data.features, data.labels, seed=seed), data
 
 
+#: A CAD package's nodule operating points: the false positives per scan each allows
+#: on training phantoms (the lowest score whose FROC point is at most the rate).
+NODULE_FP_RATES: dict[str, float] = {"balanced": 1.0, "high sensitivity": 4.0}
+
+#: The nodule point at the score floor (every candidate the CAD keeps).
+FLOOR_POINT = "all candidates"
+
+
+def nodule_operating_points(
+    metrics: dict[str, Any], *, rates: dict[str, float] | None = None
+) -> dict[str, float]:
+    """``{name: threshold}`` for each rate of ``rates`` (default :data:`NODULE_FP_RATES`)
+    on the FROC of ``metrics`` (:func:`overread.training.ct_eval.evaluate_cohort`'s, run
+    at the score floor)."""
+    from overread.training.ct_eval import threshold_for_fp
+
+    out: dict[str, float] = {}
+    for name, rate in (NODULE_FP_RATES if rates is None else rates).items():
+        threshold = threshold_for_fp(metrics["detection"], rate)
+        if threshold is None:
+            raise ConfigError(f"no score keeps the false positives at or below {rate:g} per scan")
+        out[name] = threshold
+    return out
+
+
+def write_operating_points(
+    package_dir: str | Path,
+    points: dict[str, float],
+    *,
+    cohort: str,
+    metrics: dict[str, Any],
+) -> Manifest:
+    """Set the nodule operating points ``points`` of the CAD package at ``package_dir``
+    (the floor, :data:`FLOOR_POINT`, kept at the package's lowest nodule threshold; the
+    lung's threshold under every name), record ``cohort`` and the figures at each point
+    in the manifest's ``training``, and hash and sign it again."""
+    from overread.models.package import _parse_manifest, resign_package
+    from overread.training.ct_eval import figures_at
+
+    manifest = _parse_manifest(Path(package_dir))
+    spec = manifest.volume
+    if spec is None or spec.postprocess != "blob-cad":
+        raise ConfigError(f"{package_dir}: not a blob-cad package")
+    current = manifest.operating_points
+    floor = min(current.get(spec.nodule_label, {}).values(), default=0.0)
+    if any(t < floor for t in points.values()):
+        raise ConfigError(f"an operating point below the score floor {floor}")
+    nodule = {**points, FLOOR_POINT: floor}
+    lung = current.get(spec.lung_label, {}).get(manifest.default_operating_point, 0.5)
+    figures = {name: figures_at(metrics["detection"], t) for name, t in points.items()}
+    training = dict(manifest.training)
+    training["operating_points"] = {
+        "cohort": cohort,
+        "rule": "the lowest nodule score with at most "
+        + ", ".join(f"{rate:g} FP/scan ({name})" for name, rate in NODULE_FP_RATES.items())
+        + " on the cohort's FROC",
+        "figures": figures,
+    }
+    card = Path(package_dir) / "MODEL_CARD.md"
+    if card.is_file():
+        text = card.read_text(encoding="utf-8").split("\n## Operating points\n")[0].rstrip()
+        rows = "\n".join(
+            f"| {name} | {f['threshold']:.4f} | {f['sensitivity']:.3f} | {f['fp_per_scan']:.2f} |"
+            for name, f in figures.items()
+        )
+        card.write_text(
+            f"{text}\n\n## Operating points\n\nA nodule is reported when its score reaches "
+            f"the operating point (default `{manifest.default_operating_point}`); the study's "
+            "finding carries the best score below it. Chosen on the FROC of "
+            f"{cohort} ({training['operating_points']['rule']}); "
+            f"`{FLOOR_POINT}` is the score floor, {floor:g}.\n\n"
+            "| Point | Score at least | Sensitivity | FP/scan |\n|---|---|---|---|\n"
+            f"{rows}\n",
+            encoding="utf-8",
+        )
+    return resign_package(
+        package_dir,
+        operating_points={spec.lung_label: dict.fromkeys(nodule, lung), spec.nodule_label: nodule},
+        training=training,
+    )
+
+
 __all__ = [
+    "FLOOR_POINT",
+    "NODULE_FP_RATES",
     "TREE_SETTINGS",
     "CandidateSet",
     "cohort_candidates",
     "fit_cad",
     "fit_cad_trees",
     "fit_trees",
+    "nodule_operating_points",
     "source_lung",
+    "write_operating_points",
 ]

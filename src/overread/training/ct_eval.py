@@ -150,8 +150,37 @@ def _froc(
         "curve": {
             "fp_per_scan": [round(float(v), 4) for v in curve.fp_per_image],
             "sensitivity": [round(float(v), 4) for v in curve.sensitivity],
+            # The lowest score counted at each point (none at the first: no mark).
+            "score": [None, *(float(v) for v in curve.thresholds[1:])],
         },
     }
+
+
+def figures_at(detection: dict[str, Any], threshold: float) -> dict[str, float]:
+    """Sensitivity and false positives per scan of the marks scoring at least ``threshold``
+    (read off a FROC block of :func:`evaluate_cohort`, e.g. its ``detection``)."""
+    curve = detection["curve"]
+    index = 0
+    for i, score in enumerate(curve["score"]):
+        if score is not None and score >= threshold:
+            index = i
+    return {
+        "threshold": float(threshold),
+        "sensitivity": float(curve["sensitivity"][index]),
+        "fp_per_scan": float(curve["fp_per_scan"][index]),
+    }
+
+
+def threshold_for_fp(detection: dict[str, Any], fp_per_scan: float) -> float | None:
+    """The lowest mark score whose false positives per scan are at most ``fp_per_scan``
+    (the FROC point closest to the rate, not above it); ``None`` when even the best
+    scoring mark is past it."""
+    curve = detection["curve"]
+    best: float | None = None
+    for score, fp in zip(curve["score"], curve["fp_per_scan"], strict=True):
+        if score is not None and fp <= fp_per_scan:
+            best = float(score)
+    return best
 
 
 def _size_filter(lo: float, hi: float) -> Callable[[dict[str, Any]], bool]:
@@ -299,4 +328,11 @@ def run_ct_training(cfg: CtTrainConfig, *, echo: Callable[[str], None] = print) 
     return result
 
 
-__all__ = ["evaluate_case", "evaluate_cohort", "markdown_table", "run_ct_training"]
+__all__ = [
+    "evaluate_case",
+    "evaluate_cohort",
+    "figures_at",
+    "markdown_table",
+    "run_ct_training",
+    "threshold_for_fp",
+]
