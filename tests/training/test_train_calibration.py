@@ -64,3 +64,51 @@ def test_thresholds_chosen_on_calibrated_probabilities_work_as_served() -> None:
     wrong = operating_points(val_p, val_y, mask, ["x"])
     stale = operating_point_performance(served, test_y, np.ones_like(test_y), wrong, ["x"])
     assert stale["x"]["balanced"]["sensitivity"] < 0.3  # type: ignore[operator]
+
+
+def test_a_prior_shift_moves_probabilities_but_keeps_every_call() -> None:
+    from overread.training.operating import (
+        apply_platt,
+        operating_points,
+        platt_calibration,
+        prior_shift,
+    )
+
+    rng = np.random.default_rng(0)
+    labels = ["Fracture", "Edema"]
+    targets = (rng.random((400, 2)) < [0.12, 0.3]).astype(np.float32)
+    probs = np.clip(0.25 * targets + rng.random((400, 2)) * 0.75, 0.01, 0.99)
+    mask = np.ones_like(targets)
+    calibration = platt_calibration(probs, targets, mask, labels)
+    points = operating_points(apply_platt(probs, calibration, labels), targets, mask, labels)
+    shifted, moved = prior_shift(calibration, points, {"Fracture": (0.12, 0.05)})
+    before, after = apply_platt(probs, calibration, labels), apply_platt(probs, shifted, labels)
+    # Fewer positives in the population: the enriched label's probabilities fall ...
+    assert after[:, 0].mean() < before[:, 0].mean() - 0.02
+    assert np.array_equal(after[:, 1], before[:, 1]) and moved["Edema"] == points["Edema"]
+    # ... by the ratio of prior odds on the logit scale ...
+    logit = lambda p: np.log(p / (1 - p))  # noqa: E731
+    delta = logit(0.05) - logit(0.12)
+    assert np.allclose(logit(after[:, 0]) - logit(before[:, 0]), delta, atol=1e-6)
+    # ... and every image gets the same call at every operating point (thresholds are
+    # validation scores, so the image that defines one is left out: a tie at float precision).
+    for name, threshold in points["Fracture"].items():
+        assert moved["Fracture"][name] < threshold
+        clear = np.abs(before[:, 0] - threshold) > 1e-9
+        assert clear.sum() >= len(clear) - 2
+        assert np.array_equal(
+            (before[:, 0] >= threshold)[clear], (after[:, 0] >= moved["Fracture"][name])[clear]
+        )
+    with pytest.raises(ValueError, match="must lie in"):
+        prior_shift(calibration, points, {"Fracture": (0.0, 0.05)})
+
+
+def test_an_enriched_phantom_cohort_shifts_only_its_enriched_labels() -> None:
+    from overread.training.config import load_config
+    from overread.training.run import enrichment_shifts
+
+    labels = ["Fracture", "Edema", "Lung Lesion"]
+    enriched = load_config(preset="cxr-phantom-xl")
+    assert enrichment_shifts(enriched, labels) == {"Fracture": (0.12, 0.05)}
+    assert enrichment_shifts(enriched, ["Edema"]) == {}
+    assert enrichment_shifts(load_config(preset="cxr-phantom-fine"), labels) == {}

@@ -181,11 +181,21 @@ def model_card(config: TrainConfig, labels: list[str], record: dict[str, Any]) -
     ]
     data = config.data
     if data.phantom is not None:
+        enriched = "".join(
+            f" --prevalence {label}={value:g}" for label, value in data.phantom.prevalence.items()
+        )
         lines.append(
             f"- Phantom cohort: `overread phantom cxr --n {data.phantom.n} --seed "
-            f"{data.phantom.seed}`; labels as a report labeller would give them (uncertain, "
-            f"noisy), label policy `{data.policy}`."
+            f"{data.phantom.seed}{enriched}`; labels as a report labeller would give them "
+            f"(uncertain, noisy), label policy `{data.policy}`."
         )
+        if enriched:
+            lines.append(
+                "- Enriched labels: the validation split is enriched too, so their calibration "
+                "and thresholds are moved to the phantom's default prevalence (prior shift: "
+                "the logit moves by logit(default) - logit(enriched); every call at each "
+                "operating point is unchanged)."
+            )
     elif data.labels_csv is not None:
         valid = f", validation labels `{data.valid_csv.name}`" if data.valid_csv else ""
         lines.append(

@@ -17,6 +17,7 @@ calibrated probability and give a sensitivity of 0.
 
 from __future__ import annotations
 
+import copy
 import math
 from typing import Any
 
@@ -90,6 +91,35 @@ def apply_platt(probs: np.ndarray, calibration: dict[str, Any], labels: list[str
     return out
 
 
+def prior_shift(
+    calibration: dict[str, Any],
+    points: dict[str, dict[str, float]],
+    prevalences: dict[str, tuple[float, float]],
+) -> tuple[dict[str, Any], dict[str, dict[str, float]]]:
+    """Platt calibration and thresholds moved from a training prevalence to another.
+
+    ``prevalences`` maps a label to ``(fitted at, served at)``: a label enriched in
+    the cohort the calibration was fitted on (a phantom cohort generated with
+    ``Fracture`` at 12 % when the population has 5 %) over-states its probability
+    by the ratio of prior odds. The standard prior-shift correction (Saerens et al.,
+    Neural Computation 2002) adds ``logit(served) - logit(fitted)`` to the label's
+    calibrated logit, so ``b`` moves by that much; each threshold moves the same way
+    on the logit scale, so every image gets the same call at each operating point.
+    """
+    params = copy.deepcopy(calibration.get("parameters", {}))
+    moved = copy.deepcopy(points)
+    for label, (fitted, served) in prevalences.items():
+        if not (0.0 < fitted < 1.0 and 0.0 < served < 1.0):
+            raise ValueError(f"{label}: prevalences {fitted}, {served} must lie in (0, 1)")
+        delta = math.log(served / (1 - served)) - math.log(fitted / (1 - fitted))
+        ab = params.setdefault(label, {"a": 1.0, "b": 0.0})
+        ab["b"] = float(ab["b"] + delta)
+        for name, threshold in moved.get(label, {}).items():
+            z = float(_logit(np.array([threshold]))[0]) + delta
+            moved[label][name] = 1.0 / (1.0 + math.exp(-z))
+    return {**calibration, "method": "platt", "parameters": params}, moved
+
+
 def operating_point_performance(
     probs: np.ndarray,
     targets: np.ndarray,
@@ -118,4 +148,10 @@ def operating_point_performance(
     return out
 
 
-__all__ = ["apply_platt", "operating_point_performance", "operating_points", "platt_calibration"]
+__all__ = [
+    "apply_platt",
+    "operating_point_performance",
+    "operating_points",
+    "platt_calibration",
+    "prior_shift",
+]

@@ -45,6 +45,7 @@ from overread.training.operating import (
     operating_point_performance,
     operating_points,
     platt_calibration,
+    prior_shift,
 )
 from overread.training.report import write_report
 from overread.training.trainer import DistributedContext, Trainer, init_distributed
@@ -116,6 +117,20 @@ def ensure_phantom(source: PhantomSource, folder: Path, echo: Echo) -> Path:
     )
     echo("sites: " + json.dumps(summary.per_site, sort_keys=True))
     return folder
+
+
+def enrichment_shifts(config: TrainConfig, labels: list[str]) -> dict[str, tuple[float, float]]:
+    """``{label: (cohort prevalence, default prevalence)}`` for labels the phantom cohort enriches."""
+    source = config.data.phantom
+    if config.data.format != "phantom" or source is None or not source.prevalence:
+        return {}
+    from overread.phantom.sampling import DEFAULT_PREVALENCE
+
+    return {
+        label: (float(value), float(DEFAULT_PREVALENCE[label]))
+        for label, value in source.prevalence.items()
+        if label in labels and value != DEFAULT_PREVALENCE[label]
+    }
 
 
 def _matches(info: dict[str, Any], source: PhantomSource) -> bool:
@@ -644,6 +659,9 @@ def run_training(
     # pipeline compares calibrated probabilities with the thresholds.
     calibration = platt_calibration(val_probs, val_t, val_m, labels)
     points = operating_points(apply_platt(val_probs, calibration, labels), val_t, val_m, labels)
+    shifts = enrichment_shifts(config, labels)
+    if shifts:  # the validation split is as enriched as the cohort: serve at the population's
+        calibration, points = prior_shift(calibration, points, shifts)
     for name, ds in (("test", splits.test), ("external", splits.external)):
         if name in evaluations and ds is not None:
             evaluations[name].update(calibration_report(trainer, ds, labels, calibration, points))
