@@ -28,7 +28,8 @@ def test_cpu_rows_time_fp32_and_bf16_side_by_side(package: Any) -> None:
     result = gpu_benchmark(package, device="cpu", repeats=5, batch=4, densenet121=False)
     assert result["gpu"] == {"device": "cpu"} and result["skipped"] == []
     (network,) = result["networks"]
-    assert network["input"] == "1x224x224" and "cxr-default" in network["network"]
+    size = package.manifest.input.size
+    assert network["input"] == f"1x{size}x{size}" and "cxr-default" in network["network"]
     rows = {row["runtime"]: row for row in network["rows"]}
     assert list(rows) == ["torch fp32", "torch bf16"]
     for row in rows.values():
