@@ -279,11 +279,20 @@ class FindingResult:
         """The stored forms keep only the evidence that was computed."""
         return {k: v for k, v in self.trust_dict().items() if v is not None}
 
+    def _stored_probability(self) -> float:
+        """The probability to 6 decimals, unrounded where rounding would carry it across
+        the threshold (a negative just below it stored at or above it, or the reverse)."""
+        rounded = round(self.probability, 6)
+        threshold = self.known_threshold
+        if threshold is not None and (rounded >= threshold) != (self.probability >= threshold):
+            return float(self.probability)
+        return rounded
+
     def to_dict(self) -> dict[str, Any]:
         """JSON-able form, as ``predict --json`` writes it (every key always present)."""
         return {
             "label": self.label,
-            "probability": round(self.probability, 6),
+            "probability": self._stored_probability(),
             "positive": self.positive,
             "threshold_proximity": _rounded(self.threshold_proximity),
             "threshold": self.known_threshold,

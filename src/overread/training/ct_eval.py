@@ -171,16 +171,28 @@ def figures_at(detection: dict[str, Any], threshold: float) -> dict[str, float]:
     }
 
 
-def threshold_for_fp(detection: dict[str, Any], fp_per_scan: float) -> float | None:
-    """The lowest mark score whose false positives per scan are at most ``fp_per_scan``
-    (the FROC point closest to the rate, not above it); ``None`` when even the best
-    scoring mark is past it."""
+def threshold_for_fp(
+    detection: dict[str, Any], fp_per_scan: float, *, floor: float = 0.0
+) -> float | None:
+    """A threshold keeping the marks of the lowest score whose false positives per scan
+    are at most ``fp_per_scan`` (the FROC point closest to the rate, not above it):
+    half way between that score and the next lower one (or ``floor``, the score the
+    marks were cut at, below the lowest), so that no mark sits on the boundary and a
+    float rounding cannot keep or drop one. ``None`` when even the best scoring mark is
+    past the rate."""
     curve = detection["curve"]
-    best: float | None = None
-    for score, fp in zip(curve["score"], curve["fp_per_scan"], strict=True):
-        if score is not None and fp <= fp_per_scan:
-            best = float(score)
-    return best
+    scores = [float(s) for s in curve["score"] if s is not None]
+    fps = [
+        float(f) for s, f in zip(curve["score"], curve["fp_per_scan"], strict=True) if s is not None
+    ]
+    kept = [i for i, fp in enumerate(fps) if fp <= fp_per_scan]
+    if not kept:
+        return None
+    last = kept[-1]
+    lower = scores[last + 1] if last + 1 < len(scores) else floor
+    if lower >= scores[last]:
+        return scores[last]
+    return (scores[last] + lower) / 2
 
 
 def _size_filter(lo: float, hi: float) -> Callable[[dict[str, Any]], bool]:
@@ -196,15 +208,53 @@ def _mean(values: Sequence[float]) -> float | None:
     return round(float(np.mean(v)), 4) if v else None
 
 
+def read_cases(root: str | Path) -> list[dict[str, Any]]:
+    """The rows of a phantom CT cohort's ``cases.json`` (each names its case's folder),
+    checked: a ``ConfigError`` when it is missing, not JSON, not a list of cases, empty,
+    or names a case without its folder."""
+    root = Path(root)
+    cases_file = root / "cases.json"
+    if not cases_file.is_file():
+        raise ConfigError(f"{root}: not a phantom CT cohort (no cases.json)")
+    try:
+        rows = json.loads(cases_file.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise ConfigError(f"{cases_file}: not readable JSON: {exc}") from None
+    if not isinstance(rows, list) or not all(
+        isinstance(row, dict) and isinstance(row.get("case"), str) and row["case"] for row in rows
+    ):
+        raise ConfigError(f"{cases_file}: not a list of cases (objects with a 'case' folder)")
+    if not rows:
+        raise ConfigError(f"{cases_file}: no cases")
+    for row in rows:
+        if not (root / row["case"] / "nodules.json").is_file():
+            raise ConfigError(f"{root / row['case']}: not a phantom CT case (no nodules.json)")
+    return rows
+
+
+def cohort_nodules(root: str | Path) -> int:
+    """How many nodules the cohort at ``root`` holds (its cases checked first,
+    :func:`read_cases`)."""
+    root = Path(root)
+    total = 0
+    for row in read_cases(root):
+        path = root / row["case"] / "nodules.json"
+        try:
+            nodules = json.loads(path.read_text(encoding="utf-8"))
+        except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+            raise ConfigError(f"{path}: not readable JSON: {exc}") from None
+        if not isinstance(nodules, list):
+            raise ConfigError(f"{path}: not a list of nodules")
+        total += len(nodules)
+    return total
+
+
 def evaluate_cohort(
     root: str | Path, predictor: Predictor, *, echo: Callable[[str], None] | None = None
 ) -> dict[str, Any]:
     """All figures of the module docstring for the cohort written under ``root``."""
     root = Path(root)
-    cases_file = root / "cases.json"
-    if not cases_file.is_file():
-        raise ConfigError(f"{root}: not a phantom CT cohort (no cases.json)")
-    rows = json.loads(cases_file.read_text())
+    rows = read_cases(root)
     results: list[_CaseResult] = []
     nodules: list[list[dict[str, Any]]] = []
     for row in rows:
@@ -329,10 +379,12 @@ def run_ct_training(cfg: CtTrainConfig, *, echo: Callable[[str], None] = print) 
 
 
 __all__ = [
+    "cohort_nodules",
     "evaluate_case",
     "evaluate_cohort",
     "figures_at",
     "markdown_table",
+    "read_cases",
     "run_ct_training",
     "threshold_for_fp",
 ]
