@@ -105,6 +105,11 @@ def test_the_bundled_cad_reports_at_a_fitted_point_above_its_floor() -> None:
     assert recorded["figures"]["balanced"]["fp_per_scan"] <= 1.0
     assert recorded["figures"]["high sensitivity"]["fp_per_scan"] <= 4.0
     assert recorded["figures"]["balanced"]["threshold"] == nodule["balanced"]
+    # Measured once on a held-out seed at the same points.
+    held = recorded["held_out"]
+    assert "seed 5" in held["cohort"] and set(held["figures"]) == {"balanced", "high sensitivity"}
+    for name in held["figures"]:
+        assert held["figures"][name]["threshold"] == nodule[name]
 
 
 def test_the_default_ct_route_names_the_cad() -> None:
