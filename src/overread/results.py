@@ -553,7 +553,9 @@ class Region:
         return {
             "label": self.label,
             "index": self.index,
-            "score": round(self.score, 6),
+            # Unrounded: a region does not carry its threshold, and a score rounded
+            # to 6 decimals could land across it (a reported nodule stored below it).
+            "score": float(self.score),
             "volume_mm3": round(self.volume_mm3, 3),
             "longest_diameter_mm": round(self.longest_diameter_mm, 3),
             "mean_hu": round(self.mean_hu, 2),
