@@ -155,6 +155,13 @@ def print_volume(prediction: Any, written: list[str], *, label_map: Any = None) 
             typer.echo(f"  wrote: {path}")
         return
     typer.echo(f"  nodules: {len(regions) or 'none'}")
+    for finding in prediction.findings:
+        # The study-level finding's decision: "none" above can be an unmeasured
+        # candidate at or above the operating point (INDETERMINATE, a reader must look).
+        typer.echo(
+            f"  {finding.label}: {finding.decision.value} "
+            f"(score {finding.probability:.3f}, operating point {finding.operating_point})"
+        )
     for r in regions:
         x0, y0, z0, x1, y1, z1 = r.box_mm
         typer.echo(

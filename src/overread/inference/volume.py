@@ -700,11 +700,7 @@ class VolumePipeline:
                 replace(region, centre_mm=(float(point[0]), float(point[1]), float(point[2])))
             )
         if unmeasured:
-            warnings.append(
-                f"{len(unmeasured)} candidate(s) scoring at or above the operating point "
-                f"(best {max(unmeasured):.3f}) could not be measured (no mask, or a diameter "
-                "outside the measured range): not reported as nodules; a reader must look"
-            )
+            warnings.append(unmeasured_warning(len(unmeasured), max(unmeasured)))
         return label_map, regions, below, max(unmeasured, default=0.0)
 
     def _to_source(
@@ -1047,6 +1043,17 @@ def measure_detection(
     )
 
 
+def unmeasured_warning(count: int, best: float) -> str:
+    """The warning of ``count`` candidates at or above the operating point (the best
+    scoring ``best``) that could not be measured: fixed words and numbers only (a
+    de-identified export keeps it)."""
+    return (
+        f"{count} candidate(s) scoring at or above the operating point "
+        f"(best {best:.3f}) could not be measured (no mask, or a diameter "
+        "outside the measured range): not reported as nodules; a reader must look"
+    )
+
+
 def _warn_airway(
     airway: npt.NDArray[np.bool_] | None, lung: npt.NDArray[np.bool_], warnings: list[str]
 ) -> None:
@@ -1084,5 +1091,6 @@ __all__ = [
     "nodule_score",
     "resample",
     "sliding_window",
+    "unmeasured_warning",
     "upsample_plane",
 ]
