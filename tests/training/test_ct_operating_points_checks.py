@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 from pathlib import Path
 from typing import Any
@@ -231,6 +232,9 @@ def _cohort(root: Path, cases: Any, nodules: Any = ()) -> Path:
             if isinstance(row, dict) and "case" in row:
                 (root / row["case"]).mkdir()
                 (root / row["case"] / "nodules.json").write_text(json.dumps(list(nodules)))
+                (root / row["case"] / "series").mkdir()
+                for name in ("case.json", "lung.nii.gz", "nodules.nii.gz"):
+                    (root / row["case"] / name).write_bytes(b"")
     return root
 
 
@@ -260,6 +264,51 @@ def test_a_bad_cohort_is_one_error_line(
     _one_error(capsys, ["models", "ct-operating-points", "--data", str(data)], needle)
 
 
+_GOOD = {"label": 1, "centre_mm": [1.0, 2.0, 3.0], "diameter_mm": 8.0, "density": "solid"}
+
+
+@pytest.mark.usefixtures("no_evaluation")
+@pytest.mark.parametrize(
+    ("nodule", "needle"),
+    [
+        ({k: v for k, v in _GOOD.items() if k != "diameter_mm"}, "no 'diameter_mm'"),
+        ({k: v for k, v in _GOOD.items() if k != "density"}, "no 'density'"),
+        ({**_GOOD, "diameter_mm": "8"}, "'diameter_mm' is not a positive number"),
+        ({**_GOOD, "diameter_mm": -1}, "'diameter_mm' is not a positive number"),
+        ({**_GOOD, "centre_mm": [1, 2]}, "'centre_mm' is not three numbers"),
+        ({**_GOOD, "label": "one"}, "'label' is not an integer"),
+        ({**_GOOD, "density": 3}, "'density' is not a text"),
+        ("a nodule", "not an object"),
+    ],
+)
+def test_a_bad_nodule_entry_is_one_error_line_before_any_evaluation(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], nodule: Any, needle: str
+) -> None:
+    data = _cohort(tmp_path / "cohort", [{"case": "ct0000"}], [_GOOD, nodule])
+    _one_error(capsys, ["models", "ct-operating-points", "--data", str(data)], needle)
+
+    # evaluate_cohort checks them too, before any case is read.
+    def never(*_: Any) -> Any:
+        raise AssertionError("a case was evaluated")
+
+    with pytest.raises(ConfigError, match=re.escape(needle)):
+        evaluate_cohort(data, never)
+
+
+@pytest.mark.usefixtures("no_evaluation")
+@pytest.mark.parametrize("missing", ["series", "case.json", "lung.nii.gz", "nodules.nii.gz"])
+def test_a_case_missing_a_file_is_one_error_line(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], missing: str
+) -> None:
+    data = _cohort(tmp_path / "cohort", [{"case": "ct0000"}], [_GOOD])
+    target = data / "ct0000" / missing
+    if target.is_dir():
+        target.rmdir()
+    else:
+        target.unlink()
+    _one_error(capsys, ["models", "ct-operating-points", "--data", str(data)], f"no {missing}")
+
+
 @pytest.mark.usefixtures("no_evaluation")
 def test_evaluate_refuses_an_empty_cohort(
     tmp_path: Path, capsys: pytest.CaptureFixture[str]
@@ -275,7 +324,7 @@ def test_evaluate_refuses_an_empty_cohort(
 def test_the_command_refuses_a_package_that_is_not_a_cad_or_not_the_model(
     tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    data = _cohort(tmp_path / "cohort", [{"case": "ct0000"}], [{"label": 1}])
+    data = _cohort(tmp_path / "cohort", [{"case": "ct0000"}], [_GOOD])
     argv = ["models", "ct-operating-points", "--data", str(data)]
     _one_error(capsys, [*argv, "--model", "ct-threshold-baseline"], "not a blob-cad package")
     other = _copy_with(tmp_path, "other", balanced=0.5)
