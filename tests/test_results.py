@@ -281,3 +281,28 @@ def test_prediction_warnings_are_kept_in_the_stored_summary() -> None:
     del data["warnings"]
     assert Prediction.from_summary_dict(data).warnings == []
     assert "warnings" not in _prediction().to_summary_dict()
+
+
+def test_a_region_score_just_above_its_threshold_is_not_stored_below_it() -> None:
+    from overread.results import Region
+
+    threshold = 0.49999925  # a threshold half way between two scores
+    # At or above it (a reported nodule) yet 0.499999 to 6 decimals; below it yet 0.5.
+    for value in (0.4999993, 0.4999996 - 0.0000004, 0.4999997, 0.123456789):
+        region = Region(
+            label="nodule",
+            index=1,
+            score=value,
+            volume_mm3=1.0,
+            longest_diameter_mm=5.0,
+            mean_hu=20.0,
+            solid_fraction=1.0,
+            density="solid",
+            category="2",
+            centre_mm=(0.0, 0.0, 0.0),
+            box_mm=(0.0, 0.0, 0.0, 1.0, 1.0, 1.0),
+            box_voxels=(0, 0, 0, 1, 1, 1),
+        )
+        stored = json.loads(json.dumps(region.to_dict()))["score"]
+        assert (stored >= threshold) == (value >= threshold), value
+        assert Region.from_dict(region.to_dict()).score == value

@@ -279,11 +279,20 @@ class FindingResult:
         """The stored forms keep only the evidence that was computed."""
         return {k: v for k, v in self.trust_dict().items() if v is not None}
 
+    def _stored_probability(self) -> float:
+        """The probability to 6 decimals, unrounded where rounding would carry it across
+        the threshold (a negative just below it stored at or above it, or the reverse)."""
+        rounded = round(self.probability, 6)
+        threshold = self.known_threshold
+        if threshold is not None and (rounded >= threshold) != (self.probability >= threshold):
+            return float(self.probability)
+        return rounded
+
     def to_dict(self) -> dict[str, Any]:
         """JSON-able form, as ``predict --json`` writes it (every key always present)."""
         return {
             "label": self.label,
-            "probability": round(self.probability, 6),
+            "probability": self._stored_probability(),
             "positive": self.positive,
             "threshold_proximity": _rounded(self.threshold_proximity),
             "threshold": self.known_threshold,
@@ -544,7 +553,9 @@ class Region:
         return {
             "label": self.label,
             "index": self.index,
-            "score": round(self.score, 6),
+            # Unrounded: a region does not carry its threshold, and a score rounded
+            # to 6 decimals could land across it (a reported nodule stored below it).
+            "score": float(self.score),
             "volume_mm3": round(self.volume_mm3, 3),
             "longest_diameter_mm": round(self.longest_diameter_mm, 3),
             "mean_hu": round(self.mean_hu, 2),

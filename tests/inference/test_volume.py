@@ -19,7 +19,7 @@ from overread.errors import ModelPackageError
 from overread.inference.nodules import categorise, compare_with_prior, density_of
 from overread.inference.pipeline import Pipeline, open_pipeline
 from overread.inference.volume import VolumePipeline, resample, sliding_window, upsample_plane
-from overread.models import Registry
+from overread.models import Registry, ct_cad
 from overread.models.ct_baseline import NAME, write_baseline_package
 from overread.models.manifest import Manifest, Task, VolumeSpec
 from overread.models.package import load_package
@@ -325,9 +325,11 @@ def test_predict_routes_a_ct_folder_and_writes_seg_and_sr(
     out = tmp_path / "out"
     status, stdout, stderr = run_cli("predict", ct_dir.parent, "--out", out)
     assert status == 0, stderr
-    assert f"{NAME} 1.0.0 segmentation" in stdout and "nodules: 2" in stdout
+    # The default CT route names the nodule CAD.
+    cad = f"{ct_cad.NAME} {ct_cad.VERSION} segmentation"
+    assert cad in stdout and "nodules: 2" in stdout
     written = sorted(out.rglob("*.dcm"))
-    assert [p.name for p in written] == [f"{NAME}-SEG.dcm", f"{NAME}-SR.dcm"]
+    assert [p.name for p in written] == [f"{ct_cad.NAME}-SEG.dcm", f"{ct_cad.NAME}-SR.dcm"]
     kinds = {str(pydicom.dcmread(p).SOPClassUID) for p in written}
     assert kinds == {SEGMENTATION_STORAGE, COMPREHENSIVE_3D_SR}
     [record] = json.loads((out / "results.json").read_text())
@@ -554,7 +556,7 @@ def test_predict_on_the_phantom_ct_folder_exits_0_and_writes_seg_and_sr(
     out = tmp_path / "out"
     status, stdout, stderr = run_cli("predict", cases, "--out", out)
     assert status == 0, stderr
-    assert stdout.count(f"[{NAME} 1.0.0 segmentation]") == 2
+    assert stdout.count(f"[{ct_cad.NAME} {ct_cad.VERSION} segmentation]") == 2
     written = sorted(out.rglob("*.dcm"))
     assert len(written) == 4
     for path in written:

@@ -173,17 +173,36 @@ def ct_operating_points_command(
     ),
     as_json: bool = typer.Option(False, "--json", help="Print JSON."),
 ) -> None:
-    """Choose a nodule CAD's operating points on a training cohort's FROC: the lowest
-    score with at most 1 false positive per scan (balanced) and 4 (high sensitivity)."""
-    from overread.inference.ct_evaluation import fit_operating_points, is_ct_cohort
-    from overread.training.ct_cad import write_operating_points
-    from overread.training.ct_eval import figures_at
+    """Choose a nodule CAD's operating points on a tuning cohort's FROC: half way between
+    the lowest score with at most 1 false positive per scan (balanced), 4 (high
+    sensitivity), and the next lower score."""
+    from overread.errors import ConfigError
+    from overread.inference.ct_evaluation import _nodule_points, fit_operating_points
+    from overread.training.ct_cad import check_cad_target, write_operating_points
+    from overread.training.ct_eval import cohort_nodules, figures_at
 
-    if not is_ct_cohort(data):
-        from overread.errors import ConfigError
-
-        raise ConfigError(f"--data {data}: not a phantom CT cohort (no cases.json)")
-    points, metrics = fit_operating_points(model, data)
+    # Everything checked before the minutes of evaluation.
+    if cohort_nodules(data) == 0:
+        raise ConfigError(f"--data {data}: the cohort has no nodules; its FROC chooses no point")
+    registry = _registry()
+    package = registry.load(model)
+    if not _nodule_points(package):
+        raise ConfigError(
+            f"--model {model}: {package.name} {package.version} is not a blob-cad package "
+            "(no nodule operating points to choose)"
+        )
+    if write is not None:
+        target = check_cad_target(write)
+        if (target.name, target.version, target.content_sha256()) != (
+            package.name,
+            package.version,
+            package.sha256,
+        ):
+            raise ConfigError(
+                f"--write {write}: holds {target.name} {target.version}, not the evaluated "
+                f"--model {model} ({package.name} {package.version} at {package.path})"
+            )
+    points, metrics = fit_operating_points(str(package.path), data)
     figures = {name: figures_at(metrics["detection"], t) for name, t in points.items()}
     if write is not None:
         write_operating_points(
@@ -191,6 +210,7 @@ def ct_operating_points_command(
             points,
             cohort=cohort or f"{metrics['cases']} cases of {data.name}",
             metrics=metrics,
+            key=registry.key,
         )
     if as_json:
         typer.echo(
@@ -198,6 +218,7 @@ def ct_operating_points_command(
                 {
                     "cases": metrics["cases"],
                     "nodules": metrics["nodules"],
+                    "score_floor": metrics.get("score_floor"),
                     "operating_points": figures,
                 },
                 indent=2,

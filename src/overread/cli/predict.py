@@ -135,19 +135,35 @@ def predict_command(
     failures = 0
     results: list[dict[str, object]] = []
     classified: tuple[Pipeline, list[Prediction]] | None = None
-    for alias, members in groups.items():
-        if not members:
-            continue
-        opened = open_pipeline(
+    pipelines = [
+        (
             alias,
-            runtime=runtime,
-            precision=precision,
-            tta_views=tta,
-            mc_dropout=mc_dropout,
-            device=device,
+            members,
+            open_pipeline(
+                alias,
+                runtime=runtime,
+                precision=precision,
+                tta_views=tta,
+                mc_dropout=mc_dropout,
+                device=device,
+            ),
         )
+        for alias, members in groups.items()
+        if members
+    ]
+    if operating_point is not None:
+        for _, _, opened in pipelines:  # an unknown point: refused before any work
+            opened.package.thresholds(operating_point)
+    for alias, members, opened in pipelines:
         if not isinstance(opened, Pipeline):
-            records, failed = run_volume_model(alias, members, out, as_json=as_json, device=device)
+            records, failed = run_volume_model(
+                alias,
+                members,
+                out,
+                as_json=as_json,
+                device=device,
+                operating_point=operating_point,
+            )
             results.extend(records)
             failures += failed
             continue

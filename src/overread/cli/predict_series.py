@@ -76,10 +76,18 @@ def route_inputs(files: list[Path]) -> RoutedInputs:
 
 
 def run_volume_model(
-    alias: str, files: list[Path], out: Path | None, *, as_json: bool, device: str | None = None
+    alias: str,
+    files: list[Path],
+    out: Path | None,
+    *,
+    as_json: bool,
+    device: str | None = None,
+    operating_point: str | None = None,
 ) -> tuple[list[dict[str, Any]], int]:
     """Run a volumetric package on its series (on ``device``: auto, cpu, cuda or
-    cuda:N; default the ``[inference]`` setting); write SEG and SR under ``out``.
+    cuda:N; default the ``[inference]`` setting) at its default operating point or at
+    ``operating_point`` (an unknown one is refused before any series is read); write SEG
+    and SR under ``out``.
 
     Returns the result records and the number of series that failed.
     """
@@ -91,7 +99,7 @@ def run_volume_model(
     failures = 0
     baseline = bool(pipeline.package.manifest.metrics.get("baseline"))
     planar = bool(getattr(pipeline, "planar", False))
-    for output in pipeline.predict_series(files):
+    for output in pipeline.predict_series(files, operating_point=operating_point):
         prediction = output.prediction
         record = prediction.to_dict()
         if not prediction.ok:
@@ -147,6 +155,13 @@ def print_volume(prediction: Any, written: list[str], *, label_map: Any = None) 
             typer.echo(f"  wrote: {path}")
         return
     typer.echo(f"  nodules: {len(regions) or 'none'}")
+    for finding in prediction.findings:
+        # The study-level finding's decision: "none" above can be an unmeasured
+        # candidate at or above the operating point (INDETERMINATE, a reader must look).
+        typer.echo(
+            f"  {finding.label}: {finding.decision.value} "
+            f"(score {finding.probability:.3f}, operating point {finding.operating_point})"
+        )
     for r in regions:
         x0, y0, z0, x1, y1, z1 = r.box_mm
         typer.echo(

@@ -100,6 +100,7 @@ def evaluate_ct_package(
     metrics = evaluate_cohort(data, _predictor(pipeline, floor))
     if points and metrics["detection"].get("curve"):
         metrics["run_at"] = floor
+        metrics["score_floor"] = points[floor] if floor is not None else 0.0
         metrics["operating_points"] = {
             name: figures_at(metrics["detection"], threshold)
             for name, threshold in sorted(points.items(), key=lambda item: -item[1])
@@ -142,6 +143,8 @@ def fit_operating_points(
     from overread.training.ct_cad import nodule_operating_points
 
     metrics = evaluate_ct_package(model, root, resamples=resamples)
+    if not metrics["detection"].get("curve"):
+        raise EvaluationError(f"{root}: the cohort has no nodules; its FROC chooses no point")
     if "operating_points" not in metrics:
         raise EvaluationError(f"{model}: not a blob-cad package with nodule operating points")
     return nodule_operating_points(metrics, rates=rates), metrics

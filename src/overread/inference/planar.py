@@ -110,7 +110,13 @@ class PlanarPipeline:
             logits = self.network(tensor)[0].numpy()
         return np.asarray(1.0 / (1.0 + np.exp(-logits)), dtype=np.float32)
 
-    def run_image(self, path: str | Path, *, override_gate: bool = False) -> VolumeOutput:
+    def run_image(
+        self,
+        path: str | Path,
+        *,
+        override_gate: bool = False,
+        operating_point: str | None = None,
+    ) -> VolumeOutput:
         """Analyse one image file (see the module).
 
         The input gate decides first, as for the classifiers
@@ -149,7 +155,7 @@ class PlanarPipeline:
         read = time.perf_counter()
         probabilities = self._probabilities(x)
         inferred = time.perf_counter()
-        thresholds = [float(t) for t in self.package.thresholds()]
+        thresholds = [float(t) for t in self.package.thresholds(operating_point)]
         if self.spec.postprocess == "lung-field":
             index = self.labels.index(self.spec.lung_label)
             kept = lung_field(probabilities[index] >= thresholds[index])
@@ -176,7 +182,7 @@ class PlanarPipeline:
                     positive=positive,
                     threshold=thresholds[i],
                     decision=Decision.POSITIVE if positive else Decision.NEGATIVE,
-                    operating_point=manifest.default_operating_point,
+                    operating_point=operating_point or manifest.default_operating_point,
                     codes=codes[label],
                 )
             )
@@ -202,15 +208,26 @@ class PlanarPipeline:
         return VolumeOutput(prediction, volume, label_map, labels, source_paths=[str(path)])
 
     def predict_series(
-        self, paths: Sequence[str | Path], *, override_gate: bool = False
+        self,
+        paths: Sequence[str | Path],
+        *,
+        override_gate: bool = False,
+        operating_point: str | None = None,
     ) -> list[VolumeOutput]:
         """One output per image (a projection series is a set of images, each its own
         plane); an image that cannot be read or is refused gives ``ok`` false and why,
-        and the input gate's refusal (as the classifiers' unreadable images get)."""
+        and the input gate's refusal (as the classifiers' unreadable images get). An
+        unknown ``operating_point`` is refused before any image is read."""
+        if operating_point is not None:
+            self.package.thresholds(operating_point)
         outputs = []
         for path in paths:
             try:
-                outputs.append(self.run_image(path, override_gate=override_gate))
+                outputs.append(
+                    self.run_image(
+                        path, override_gate=override_gate, operating_point=operating_point
+                    )
+                )
             except OverreadError as exc:
                 failed = self._failed(str(path), str(exc))
                 problem = str(exc).removeprefix(f"{path}: ")
@@ -243,11 +260,15 @@ class PlanarPipeline:
         explain: bool = False,
         trust: bool = False,
         override_gate: bool = False,
+        operating_point: str | None = None,
         **_: object,
     ) -> list[Prediction]:
         """One prediction per image among ``inputs`` (the service's interface)."""
         return [
-            output.prediction for output in self.predict_series(inputs, override_gate=override_gate)
+            output.prediction
+            for output in self.predict_series(
+                inputs, override_gate=override_gate, operating_point=operating_point
+            )
         ]
 
 

@@ -423,10 +423,13 @@ class VolumePipeline:
         del low
         probabilities = np.asarray(1.0 / (1.0 + np.exp(-logits)), dtype=np.float32)
         del logits
-        thresholds = [float(t) for t in self.package.thresholds(operating_point)]
+        # float64: the manifest's numbers exactly, as the float64 candidate scores and the
+        # FROC the points were read off compare them.
+        thresholds = [float(t) for t in self.package.thresholds(operating_point, dtype=np.float64)]
         shape = volume.pixels.shape
         label_values: dict[int, str] = {}
         best = 0.0  # the best score below the operating point (blob-cad)
+        lost = 0.0  # the best score at or above it of a candidate that could not be measured
         if spec.postprocess in ("lung-nodule", "blob-cad"):
             lung_i = self.labels.index(spec.lung_label)
             nodule_i = self.labels.index(spec.nodule_label)
@@ -469,7 +472,7 @@ class VolumePipeline:
             regions = self._detections(volume, probabilities, thresholds)
         elif spec.postprocess == "blob-cad":
             del probabilities
-            label_map, regions, best = self._cad(
+            label_map, regions, best, lost = self._cad(
                 volume,
                 lung_channel,
                 lung_threshold,
@@ -491,7 +494,7 @@ class VolumePipeline:
             label_values = {i + 1: label for i, label in enumerate(self.labels)}
             regions = []
         prediction.regions = regions
-        prediction.findings = self._findings(regions, thresholds, spec, point, best)
+        prediction.findings = self._findings(regions, thresholds, spec, point, best, lost)
         prediction.timings.update(
             {
                 "resample": resampled - started,
@@ -541,10 +544,13 @@ class VolumePipeline:
         spec: VolumeSpec,
         point: str,
         best: float = 0.0,
+        lost: float = 0.0,
     ) -> list[FindingResult]:
         """One study-level finding (``nodule``): positive when a nodule was found; its
         probability is the best score, that of a candidate below the operating point
-        (``best``, not reported as a nodule) included."""
+        (``best``, not reported as a nodule) included. A candidate at or above the point
+        that could not be measured (``lost``, its score; 0 when none) and no nodule
+        reported: INDETERMINATE, never NEGATIVE (a reader must look)."""
         if spec.postprocess == "centre-heatmap" and spec.centre_label is not None:
             source = spec.centre_label  # its threshold is the peak floor, its codes the finding's
         elif spec.postprocess in ("lung-nodule", "blob-cad"):
@@ -563,13 +569,16 @@ class VolumePipeline:
             (),
         )
         positive = bool(regions)
+        decision = Decision.POSITIVE if positive else Decision.NEGATIVE
+        if not regions and lost > 0:
+            score, positive, decision = lost, True, Decision.INDETERMINATE
         return [
             FindingResult(
                 label=label,
                 probability=score,
                 positive=positive,
                 threshold=threshold,
-                decision=Decision.POSITIVE if positive else Decision.NEGATIVE,
+                decision=decision,
                 operating_point=point,
                 codes=codes,
             )
@@ -585,10 +594,12 @@ class VolumePipeline:
         airway: npt.NDArray[np.bool_] | None = None,
         *,
         refine: bool,
-    ) -> tuple[npt.NDArray[np.uint8], list[Region], float]:
+    ) -> tuple[npt.NDArray[np.uint8], list[Region], float, float]:
         """``blob-cad``: the lung brought back to the source grid, then candidates, scores
         and FWHM masks there (:mod:`overread.models.blob_cad`); with them the best score
-        below ``threshold`` (0 when none), which the study's finding carries.
+        below ``threshold`` (0 when none), which the study's finding carries, and the best
+        score at or above it of a candidate that could not be measured (its mask empty,
+        or its size outside what is measured; 0 when none), which a warning names.
 
         The ``max_detections`` best candidates scoring at least ``threshold`` are the
         nodules, strongest first; a nodule's voxels are not taken by a weaker one. The
@@ -647,6 +658,7 @@ class VolumePipeline:
         scored = sorted(zip(values, found.candidates, strict=True), key=lambda item: -item[0])
         below = max((v for v in values if v < threshold), default=0.0)
         regions: list[Region] = []
+        unmeasured: list[float] = []
         for value_score, candidate in scored:
             if value_score < threshold or len(regions) >= spec.max_detections:
                 break
@@ -660,7 +672,10 @@ class VolumePipeline:
                 rim_ratio=_or(spec.cad_rim_ratio, blob_cad.RIM_RATIO),
                 far_background=spec.cad_revision == 3,
             )
-            # Not a voxel a stronger nodule took.
+            if not mask.any():
+                unmeasured.append(value_score)
+                continue
+            # Not a voxel a stronger nodule took (all taken: that nodule, reported).
             mask &= label_map[box] <= LUNG_VALUE
             if not mask.any():
                 continue
@@ -677,13 +692,16 @@ class VolumePipeline:
             region = self._measure(volume, label_map, value, tight, index, score=value_score)
             if region is None:
                 label_map[box][mask] = previous
+                unmeasured.append(value_score)
                 continue
             z, y, x = candidate.centre
             point = volume.affine @ np.array([x, y, z, 1.0])
             regions.append(
                 replace(region, centre_mm=(float(point[0]), float(point[1]), float(point[2])))
             )
-        return label_map, regions, below
+        if unmeasured:
+            warnings.append(unmeasured_warning(len(unmeasured), max(unmeasured)))
+        return label_map, regions, below, max(unmeasured, default=0.0)
 
     def _to_source(
         self,
@@ -868,15 +886,22 @@ class VolumePipeline:
         )
 
     # -- series in --------------------------------------------------------------
-    def predict_series(self, paths: Sequence[str | Path]) -> list[VolumeOutput]:
-        """Read DICOM files, group them by series and analyse each series.
+    def predict_series(
+        self, paths: Sequence[str | Path], *, operating_point: str | None = None
+    ) -> list[VolumeOutput]:
+        """Read DICOM files, group them by series and analyse each series (at the
+        package's default operating point or at ``operating_point``).
 
         A series that cannot be read or assembled gives a prediction with ``ok``
-        false and the reason; the others carry on.
+        false and the reason; the others carry on. An unknown ``operating_point`` is
+        refused before any file is read.
         """
         from collections import defaultdict
 
         from overread.imaging.reader import read
+
+        if operating_point is not None:
+            self.package.thresholds(operating_point)  # unknown operating point: refuse up front
 
         groups: dict[str, list[tuple[str, object]]] = defaultdict(list)
         outputs: list[VolumeOutput] = []
@@ -902,7 +927,7 @@ class VolumePipeline:
                     )
                 if volume.pixels.shape[0] < 2:
                     raise InferenceError("a single slice is not a volume")
-                output = self.run_volume(volume, path=label)
+                output = self.run_volume(volume, path=label, operating_point=operating_point)
                 by_uid = {
                     image.metadata.sop_instance_uid: path  # type: ignore[attr-defined]
                     for path, image in items
@@ -923,10 +948,15 @@ class VolumePipeline:
         explain: bool = False,
         trust: bool = False,
         override_gate: bool = False,
+        operating_point: str | None = None,
         **_: object,
     ) -> list[Prediction]:
-        """One prediction per series among ``inputs`` (the service's interface)."""
-        return [output.prediction for output in self.predict_series(inputs)]
+        """One prediction per series among ``inputs`` (the service's interface), at the
+        package's default operating point or at ``operating_point``."""
+        return [
+            output.prediction
+            for output in self.predict_series(inputs, operating_point=operating_point)
+        ]
 
 
 #: HU a voxel must reach to belong to a detected nodule's measured mask (aerated lung is
@@ -1013,6 +1043,17 @@ def measure_detection(
     )
 
 
+def unmeasured_warning(count: int, best: float) -> str:
+    """The warning of ``count`` candidates at or above the operating point (the best
+    scoring ``best``) that could not be measured: fixed words and numbers only (a
+    de-identified export keeps it)."""
+    return (
+        f"{count} candidate(s) scoring at or above the operating point "
+        f"(best {best:.3f}) could not be measured (no mask, or a diameter "
+        "outside the measured range): not reported as nodules; a reader must look"
+    )
+
+
 def _warn_airway(
     airway: npt.NDArray[np.bool_] | None, lung: npt.NDArray[np.bool_], warnings: list[str]
 ) -> None:
@@ -1050,5 +1091,6 @@ __all__ = [
     "nodule_score",
     "resample",
     "sliding_window",
+    "unmeasured_warning",
     "upsample_plane",
 ]

@@ -37,7 +37,7 @@ from overread.models.hu_threshold import HuThreshold
 from overread.models.manifest import Task, VolumeSpec
 
 NAME = "ct-nodule-cad"
-VERSION = "1.0.0"
+VERSION = "1.1.0"
 #: The nodule label's threshold: the lowest candidate score reported (FROC needs the
 #: weaker marks too; the strongest carry the high scores).
 SCORE_FLOOR = 0.02
@@ -52,6 +52,49 @@ INTENDED_USE = (
 
 #: The bundled revision-3 tree ensemble (plain numbers; see :func:`default_trees`).
 TREES_FILE = Path(__file__).resolve().parent / "ct_cad_trees.json"
+
+#: The nodule operating points of the bundled trees and how they were chosen (``nodule``:
+#: ``{name: threshold}``; ``record``: the manifest's ``training.operating_points``),
+#: written by ``overread models ct-operating-points`` on a tuning cohort.
+POINTS_FILE = Path(__file__).resolve().parent / "ct_cad_points.json"
+
+#: The nodule point at the score floor (every candidate the CAD keeps).
+FLOOR_POINT = "all candidates"
+
+
+def default_points() -> tuple[dict[str, float], dict[str, Any]]:
+    """The bundled trees' nodule operating points (``{name: threshold}``, the floor
+    point included) and their record (:data:`POINTS_FILE`)."""
+    data = json.loads(POINTS_FILE.read_text(encoding="utf-8"))
+    nodule = {str(k): float(v) for k, v in data["nodule"].items()}
+    return {**nodule, FLOOR_POINT: SCORE_FLOOR}, dict(data["record"])
+
+
+def operating_points_section(record: dict[str, Any], *, default: str, floor: float) -> str:
+    """The card's ``## Operating points`` section for a points ``record`` (cohort, rule,
+    figures at each point, and the held-out figures when measured)."""
+    held = record.get("held_out") or {}
+    held_figures = held.get("figures", {})
+    head = "| Point | Score at least | Sensitivity | FP/scan |"
+    rule = "|---|---|---|---|"
+    if held_figures:
+        head += " Held-out sensitivity | Held-out FP/scan |"
+        rule += "---|---|"
+    rows = []
+    for name, f in record["figures"].items():
+        row = f"| {name} | {f['threshold']:.4f} | {f['sensitivity']:.3f} | {f['fp_per_scan']:.2f} |"
+        if held_figures:
+            h = held_figures.get(name)
+            row += f" {h['sensitivity']:.3f} | {h['fp_per_scan']:.2f} |" if h else " - | - |"
+        rows.append(row)
+    held_text = f" Held out: {held['cohort']}." if held_figures else ""
+    return (
+        "## Operating points\n\n"
+        "A nodule is reported when its score reaches the operating point (default "
+        f"`{default}`); the study's finding carries the best score below it. Chosen on "
+        f"the FROC of {record['cohort']} ({record['rule']}); `{FLOOR_POINT}` is the "
+        f"score floor, {floor:g}.{held_text}\n\n" + "\n".join([head, rule, *rows]) + "\n"
+    )
 
 
 def default_trees() -> tuple[tuple[float, ...], ...]:
@@ -120,6 +163,14 @@ def write_cad_package(
     if revision == 3 and trees is None:
         trees = default_trees()
     features = FEATURES_V3 if trees is not None else FEATURES
+    record = dict(training or {"kind": "blob-cad", "features": list(features)})
+    points: dict[str, Any] | None = None
+    if trees is not None and tuple(tuple(float(v) for v in t) for t in trees) == default_trees():
+        # The bundled trees: their fitted points (other scores: the floor alone).
+        nodule, points = default_points()
+        record["operating_points"] = points
+    else:
+        nodule = {"balanced": SCORE_FLOOR}
     path = write_package(
         out,
         network=HuThreshold(),
@@ -132,15 +183,22 @@ def write_cad_package(
         task=Task.SEGMENTATION,
         trained=True,
         accepts={"modalities": ["CT"]},
-        operating_points={"lung": {"balanced": 0.5}, "nodule": {"balanced": SCORE_FLOOR}},
-        training=training or {"kind": "blob-cad", "features": list(features)},
+        operating_points={"lung": dict.fromkeys(nodule, 0.5), "nodule": nodule},
+        training=record,
         metrics={},
         export_onnx=False,
         key=key,
         overwrite=overwrite,
         volume=cad_volume_spec(weights, trees=trees),
     )
-    (path / "MODEL_CARD.md").write_text(model_card(revision=3 if trees else 2), encoding="utf-8")
+    card = model_card(revision=3 if trees else 2)
+    if points is not None:
+        card = (
+            card.rstrip("\n")
+            + "\n\n"
+            + operating_points_section(points, default="balanced", floor=SCORE_FLOOR)
+        )
+    (path / "MODEL_CARD.md").write_text(card, encoding="utf-8")
     resign_package(path, key=key)
     return path
 
@@ -207,12 +265,16 @@ under about 4 mm, may get no candidate.
 
 
 __all__ = [
+    "FLOOR_POINT",
     "NAME",
+    "POINTS_FILE",
     "SCORE_FLOOR",
     "TREES_FILE",
     "VERSION",
     "cad_volume_spec",
+    "default_points",
     "default_trees",
     "model_card",
+    "operating_points_section",
     "write_cad_package",
 ]

@@ -24,6 +24,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import numpy.typing as npt
 import torch
 from pydantic import ValidationError
 from torch import nn
@@ -144,8 +145,11 @@ class ModelPackage:
             ) from None
         return net.eval()
 
-    def thresholds(self, operating_point: str | None = None) -> np.ndarray:
-        """Per-label decision thresholds at an operating point (0.5 where none is set)."""
+    def thresholds(
+        self, operating_point: str | None = None, *, dtype: npt.DTypeLike = np.float32
+    ) -> np.ndarray:
+        """Per-label decision thresholds at an operating point (0.5 where none is set), as
+        ``dtype`` (``np.float64``: exactly the manifest's numbers, for float64 scores)."""
         point = operating_point or self.manifest.default_operating_point
         values = []
         for label in self.labels:
@@ -156,7 +160,7 @@ class ModelPackage:
                     f" (has: {', '.join(sorted(points))})"
                 )
             values.append(points.get(point, 0.5))
-        return np.asarray(values, dtype=np.float32)
+        return np.asarray(values, dtype=dtype)
 
 
 def _parse_manifest(path: Path) -> Manifest:

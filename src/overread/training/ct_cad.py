@@ -38,6 +38,7 @@ from overread.models.blob_cad import (
     find_candidates,
     fit_weights,
 )
+from overread.models.ct_cad import FLOOR_POINT
 from overread.models.manifest import Manifest
 
 
@@ -216,25 +217,49 @@ def fit_cad_trees(
 #: on training phantoms (the lowest score whose FROC point is at most the rate).
 NODULE_FP_RATES: dict[str, float] = {"balanced": 1.0, "high sensitivity": 4.0}
 
-#: The nodule point at the score floor (every candidate the CAD keeps).
-FLOOR_POINT = "all candidates"
-
 
 def nodule_operating_points(
     metrics: dict[str, Any], *, rates: dict[str, float] | None = None
 ) -> dict[str, float]:
     """``{name: threshold}`` for each rate of ``rates`` (default :data:`NODULE_FP_RATES`)
     on the FROC of ``metrics`` (:func:`overread.training.ct_eval.evaluate_cohort`'s, run
-    at the score floor)."""
+    at the score floor, ``metrics["score_floor"]``): each half way between the lowest
+    score kept and the next lower one (:func:`overread.training.ct_eval.threshold_for_fp`)."""
     from overread.training.ct_eval import threshold_for_fp
 
+    floor = float(metrics.get("score_floor", 0.0))
     out: dict[str, float] = {}
     for name, rate in (NODULE_FP_RATES if rates is None else rates).items():
-        threshold = threshold_for_fp(metrics["detection"], rate)
+        threshold = threshold_for_fp(metrics["detection"], rate, floor=floor)
         if threshold is None:
             raise ConfigError(f"no score keeps the false positives at or below {rate:g} per scan")
         out[name] = threshold
     return out
+
+
+#: How the points are chosen, as the manifest and card record it.
+POINTS_RULE = (
+    "half way between the lowest nodule score with at most "
+    + ", ".join(f"{rate:g} FP/scan ({name})" for name, rate in NODULE_FP_RATES.items())
+    + " on the cohort's FROC and the next lower score"
+)
+
+
+def check_cad_target(package_dir: str | Path) -> Manifest:
+    """The manifest of the ``blob-cad`` package at ``package_dir``, refused (a
+    ``ConfigError``) when it is not one or cannot be written."""
+    import os
+
+    from overread.models.package import _parse_manifest
+
+    root = Path(package_dir)
+    manifest = _parse_manifest(root)
+    spec = manifest.volume
+    if spec is None or spec.postprocess != "blob-cad":
+        raise ConfigError(f"{package_dir}: not a blob-cad package")
+    if not os.access(root, os.W_OK) or not os.access(root / "manifest.json", os.W_OK):
+        raise ConfigError(f"{package_dir}: cannot be written (read-only)")
+    return manifest
 
 
 def write_operating_points(
@@ -243,67 +268,103 @@ def write_operating_points(
     *,
     cohort: str,
     metrics: dict[str, Any],
+    held_out: dict[str, Any] | None = None,
+    key: bytes | None = None,
 ) -> Manifest:
     """Set the nodule operating points ``points`` of the CAD package at ``package_dir``
     (the floor, :data:`FLOOR_POINT`, kept at the package's lowest nodule threshold; the
     lung's threshold under every name), record ``cohort`` and the figures at each point
-    in the manifest's ``training``, and hash and sign it again."""
-    from overread.models.package import _parse_manifest, resign_package
+    (and ``held_out``: ``{"cohort": ..., "figures": {name: figures}}`` measured on
+    another cohort, when given) in the manifest's ``training`` and its card's
+    ``## Operating points`` section, and hash and sign it again with ``key``. A failure
+    to write is a ``ConfigError`` and leaves the package as it was."""
+    from overread.models.ct_cad import operating_points_section
+    from overread.models.package import resign_package
     from overread.training.ct_eval import figures_at
 
-    manifest = _parse_manifest(Path(package_dir))
+    manifest = check_cad_target(package_dir)
     spec = manifest.volume
-    if spec is None or spec.postprocess != "blob-cad":
-        raise ConfigError(f"{package_dir}: not a blob-cad package")
+    assert spec is not None
     current = manifest.operating_points
     floor = min(current.get(spec.nodule_label, {}).values(), default=0.0)
     if any(t < floor for t in points.values()):
         raise ConfigError(f"an operating point below the score floor {floor}")
     nodule = {**points, FLOOR_POINT: floor}
     lung = current.get(spec.lung_label, {}).get(manifest.default_operating_point, 0.5)
-    figures = {name: figures_at(metrics["detection"], t) for name, t in points.items()}
-    training = dict(manifest.training)
-    training["operating_points"] = {
+    record: dict[str, Any] = {
         "cohort": cohort,
-        "rule": "the lowest nodule score with at most "
-        + ", ".join(f"{rate:g} FP/scan ({name})" for name, rate in NODULE_FP_RATES.items())
-        + " on the cohort's FROC",
-        "figures": figures,
+        "rule": POINTS_RULE,
+        "figures": {name: figures_at(metrics["detection"], t) for name, t in points.items()},
     }
+    if held_out is not None:
+        record["held_out"] = held_out
+    training = dict(manifest.training)
+    training["operating_points"] = record
     card = Path(package_dir) / "MODEL_CARD.md"
-    if card.is_file():
-        text = card.read_text(encoding="utf-8").split("\n## Operating points\n")[0].rstrip()
-        rows = "\n".join(
-            f"| {name} | {f['threshold']:.4f} | {f['sensitivity']:.3f} | {f['fp_per_scan']:.2f} |"
-            for name, f in figures.items()
-        )
-        card.write_text(
-            f"{text}\n\n## Operating points\n\nA nodule is reported when its score reaches "
-            f"the operating point (default `{manifest.default_operating_point}`); the study's "
-            "finding carries the best score below it. Chosen on the FROC of "
-            f"{cohort} ({training['operating_points']['rule']}); "
-            f"`{FLOOR_POINT}` is the score floor, {floor:g}.\n\n"
-            "| Point | Score at least | Sensitivity | FP/scan |\n|---|---|---|---|\n"
-            f"{rows}\n",
-            encoding="utf-8",
-        )
-    return resign_package(
-        package_dir,
-        operating_points={spec.lung_label: dict.fromkeys(nodule, lung), spec.nodule_label: nodule},
-        training=training,
-    )
+    old = card.read_text(encoding="utf-8") if card.is_file() else None
+    try:
+        if old is not None:
+            section = operating_points_section(
+                record, default=manifest.default_operating_point, floor=floor
+            )
+            _write_atomic(card, replace_section(old, "## Operating points", section))
+        try:
+            return resign_package(
+                package_dir,
+                key=key,
+                operating_points={
+                    spec.lung_label: dict.fromkeys(nodule, lung),
+                    spec.nodule_label: nodule,
+                },
+                training=training,
+            )
+        except BaseException:
+            if old is not None:
+                _write_atomic(card, old)  # the card the hashes still name
+            raise
+    except OSError as exc:
+        raise ConfigError(f"{package_dir}: cannot write the operating points: {exc}") from None
+
+
+def _write_atomic(path: Path, text: str) -> None:
+    import os
+
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_text(text, encoding="utf-8")
+    os.replace(tmp, path)
+
+
+def replace_section(text: str, heading: str, section: str) -> str:
+    """``text`` with its ``heading`` section (to the next heading of the same level or
+    the end) replaced by ``section`` (which starts with ``heading``), or ``section``
+    appended when it has none; the text after that section is kept."""
+    level = heading.split(" ", 1)[0] + " "
+    lines = text.rstrip("\n").split("\n")
+    try:
+        start = lines.index(heading)
+    except ValueError:
+        return "\n".join(lines) + "\n\n" + section.rstrip("\n") + "\n"
+    end = next((i for i in range(start + 1, len(lines)) if lines[i].startswith(level)), len(lines))
+    after = lines[end:]
+    out = lines[:start] + section.rstrip("\n").split("\n")
+    if after:
+        out += ["", *after]
+    return "\n".join(out) + "\n"
 
 
 __all__ = [
     "FLOOR_POINT",
     "NODULE_FP_RATES",
+    "POINTS_RULE",
     "TREE_SETTINGS",
     "CandidateSet",
+    "check_cad_target",
     "cohort_candidates",
     "fit_cad",
     "fit_cad_trees",
     "fit_trees",
     "nodule_operating_points",
+    "replace_section",
     "source_lung",
     "write_operating_points",
 ]

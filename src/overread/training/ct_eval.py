@@ -87,7 +87,7 @@ def evaluate_case(folder: Path, predictor: Predictor) -> _CaseResult:
         if pred.lung.any()
         else 0.0
     )
-    nodules = json.loads((folder / "nodules.json").read_text())
+    nodules = read_nodules(folder / "nodules.json")
     per_nodule: list[tuple[dict[str, Any], float, float | None]] = []
     for nod in nodules:
         if nod["diameter_mm"] < 6.0:
@@ -171,16 +171,28 @@ def figures_at(detection: dict[str, Any], threshold: float) -> dict[str, float]:
     }
 
 
-def threshold_for_fp(detection: dict[str, Any], fp_per_scan: float) -> float | None:
-    """The lowest mark score whose false positives per scan are at most ``fp_per_scan``
-    (the FROC point closest to the rate, not above it); ``None`` when even the best
-    scoring mark is past it."""
+def threshold_for_fp(
+    detection: dict[str, Any], fp_per_scan: float, *, floor: float = 0.0
+) -> float | None:
+    """A threshold keeping the marks of the lowest score whose false positives per scan
+    are at most ``fp_per_scan`` (the FROC point closest to the rate, not above it):
+    half way between that score and the next lower one (or ``floor``, the score the
+    marks were cut at, below the lowest), so that no mark sits on the boundary and a
+    float rounding cannot keep or drop one. ``None`` when even the best scoring mark is
+    past the rate."""
     curve = detection["curve"]
-    best: float | None = None
-    for score, fp in zip(curve["score"], curve["fp_per_scan"], strict=True):
-        if score is not None and fp <= fp_per_scan:
-            best = float(score)
-    return best
+    scores = [float(s) for s in curve["score"] if s is not None]
+    fps = [
+        float(f) for s, f in zip(curve["score"], curve["fp_per_scan"], strict=True) if s is not None
+    ]
+    kept = [i for i, fp in enumerate(fps) if fp <= fp_per_scan]
+    if not kept:
+        return None
+    last = kept[-1]
+    lower = scores[last + 1] if last + 1 < len(scores) else floor
+    if lower >= scores[last]:
+        return scores[last]
+    return (scores[last] + lower) / 2
 
 
 def _size_filter(lo: float, hi: float) -> Callable[[dict[str, Any]], bool]:
@@ -196,21 +208,95 @@ def _mean(values: Sequence[float]) -> float | None:
     return round(float(np.mean(v)), 4) if v else None
 
 
+def read_cases(root: str | Path) -> list[dict[str, Any]]:
+    """The rows of a phantom CT cohort's ``cases.json`` (each names its case's folder),
+    checked before any work: a ``ConfigError`` when it is missing, not JSON, not a list
+    of cases, empty, or names a case without its files (:data:`CASE_FILES`) or with a
+    bad ``nodules.json`` (:func:`read_nodules`)."""
+    root = Path(root)
+    cases_file = root / "cases.json"
+    if not cases_file.is_file():
+        raise ConfigError(f"{root}: not a phantom CT cohort (no cases.json)")
+    try:
+        rows = json.loads(cases_file.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise ConfigError(f"{cases_file}: not readable JSON: {exc}") from None
+    if not isinstance(rows, list) or not all(
+        isinstance(row, dict) and isinstance(row.get("case"), str) and row["case"] for row in rows
+    ):
+        raise ConfigError(f"{cases_file}: not a list of cases (objects with a 'case' folder)")
+    if not rows:
+        raise ConfigError(f"{cases_file}: no cases")
+    for row in rows:
+        folder = root / row["case"]
+        if not (folder / "nodules.json").is_file():
+            raise ConfigError(f"{folder}: not a phantom CT case (no nodules.json)")
+        for name in CASE_FILES:
+            present = (folder / name).is_dir() if name == "series" else (folder / name).is_file()
+            if not present:
+                raise ConfigError(f"{folder}: not a phantom CT case (no {name})")
+        read_nodules(folder / "nodules.json")
+    return rows
+
+
+#: What a phantom CT case holds besides ``nodules.json`` (what the evaluation reads).
+CASE_FILES = ("series", "case.json", "lung.nii.gz", "nodules.nii.gz")
+
+
+def _number(value: object) -> bool:
+    return (
+        isinstance(value, int | float) and not isinstance(value, bool) and bool(np.isfinite(value))
+    )
+
+
+def read_nodules(path: Path) -> list[dict[str, Any]]:
+    """A case's ``nodules.json``, checked: a ``ConfigError`` when it is not a list of
+    nodules each with an integer ``label``, a ``centre_mm`` of three numbers, a positive
+    ``diameter_mm`` and a ``density`` (what the evaluation reads)."""
+    try:
+        nodules = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise ConfigError(f"{path}: not readable JSON: {exc}") from None
+    if not isinstance(nodules, list):
+        raise ConfigError(f"{path}: not a list of nodules")
+    for i, nod in enumerate(nodules):
+        where = f"{path}: nodule {i + 1}"
+        if not isinstance(nod, dict):
+            raise ConfigError(f"{where}: not an object")
+        for key in ("label", "centre_mm", "diameter_mm", "density"):
+            if key not in nod:
+                raise ConfigError(f"{where}: no {key!r}")
+        label, centre, diameter = nod["label"], nod["centre_mm"], nod["diameter_mm"]
+        if not isinstance(label, int) or isinstance(label, bool):
+            raise ConfigError(f"{where}: 'label' is not an integer")
+        if not (isinstance(centre, list) and len(centre) == 3 and all(map(_number, centre))):
+            raise ConfigError(f"{where}: 'centre_mm' is not three numbers")
+        if not (_number(diameter) and diameter > 0):
+            raise ConfigError(f"{where}: 'diameter_mm' is not a positive number")
+        if not isinstance(nod["density"], str):
+            raise ConfigError(f"{where}: 'density' is not a text")
+    return nodules
+
+
+def cohort_nodules(root: str | Path) -> int:
+    """How many nodules the cohort at ``root`` holds (its cases and their nodules
+    checked first, :func:`read_cases`)."""
+    root = Path(root)
+    return sum(len(read_nodules(root / row["case"] / "nodules.json")) for row in read_cases(root))
+
+
 def evaluate_cohort(
     root: str | Path, predictor: Predictor, *, echo: Callable[[str], None] | None = None
 ) -> dict[str, Any]:
     """All figures of the module docstring for the cohort written under ``root``."""
     root = Path(root)
-    cases_file = root / "cases.json"
-    if not cases_file.is_file():
-        raise ConfigError(f"{root}: not a phantom CT cohort (no cases.json)")
-    rows = json.loads(cases_file.read_text())
+    rows = read_cases(root)
     results: list[_CaseResult] = []
     nodules: list[list[dict[str, Any]]] = []
     for row in rows:
         folder = root / row["case"]
         results.append(evaluate_case(folder, predictor))
-        nodules.append(json.loads((folder / "nodules.json").read_text()))
+        nodules.append(read_nodules(folder / "nodules.json"))
         if echo is not None:
             echo(f"  {row['case']}: lung Dice {results[-1].lung_dice:.3f}")
     per_nod = [x for r in results for x in r.nodule_dice]
@@ -329,10 +415,14 @@ def run_ct_training(cfg: CtTrainConfig, *, echo: Callable[[str], None] = print) 
 
 
 __all__ = [
+    "CASE_FILES",
+    "cohort_nodules",
     "evaluate_case",
     "evaluate_cohort",
     "figures_at",
     "markdown_table",
+    "read_cases",
+    "read_nodules",
     "run_ct_training",
     "threshold_for_fp",
 ]

@@ -291,6 +291,9 @@ GENERATED_WARNINGS: tuple[str, ...] = tuple(
         r"slice positions drift in-plane \(gantry tilt or sheared stack\): the affine "
         r"uses the mean step",
         rf"single slice: slice step taken as {_N} mm",
+        rf"{_N} candidate\(s\) scoring at or above the operating point \(best {_N}\) could not "
+        r"be measured \(no mask, or a diameter outside the measured range\): not reported as "
+        r"nodules; a reader must look",
     )
 )
 
@@ -308,6 +311,23 @@ def ascii_text(text: str) -> str:
     decomposed = unicodedata.normalize("NFKD", text)
     kept = "".join(c for c in decomposed if not unicodedata.combining(c))
     return kept.encode("ascii", "replace").decode("ascii")
+
+
+#: What the report says when a candidate at or above the operating point was found but
+#: could not be measured (the finding is INDETERMINATE): never "no nodule found".
+UNMEASURED_SUMMARY = (
+    "a candidate at or above the operating point could not be measured: "
+    "indeterminate, review the series"
+)
+
+
+def unmeasured_candidate(prediction: Prediction) -> bool:
+    """Whether the model found a nodule it gave no measurement of: a finding that is
+    positive or INDETERMINATE (an unmeasured candidate at or above the operating point)
+    with no region reported."""
+    return not prediction.regions and any(
+        f.positive or f.decision is not Decision.NEGATIVE for f in prediction.findings
+    )
 
 
 def volume_summary(
@@ -334,6 +354,8 @@ def volume_summary(
             f"{' and '.join(positive)} present, by the reader's decision "
             "(the AI gave no measurement of it)"
         )
+    elif not regions and unmeasured_candidate(prediction):
+        found = UNMEASURED_SUMMARY
     elif not regions:
         found = "no nodule found"
     else:
@@ -407,7 +429,12 @@ def build_volume_sr(
         reader_positive = verification is not None and any(
             d is Decision.POSITIVE for d in verification.decisions.values()
         )
-        what = "no measurement" if reader_positive else "no nodule"
+        if reader_positive:
+            what = "no measurement"
+        elif unmeasured_candidate(prediction):
+            what = "unmeasured candidate, indeterminate"
+        else:
+            what = "no nodule"
         groups = [
             hd.sr.MeasurementsAndQualitativeEvaluations(  # type: ignore[list-item]
                 tracking_identifier=hd.sr.TrackingIdentifier(
@@ -568,6 +595,7 @@ __all__ = [
     "SEGMENTATION",
     "SEG_SERIES_NUMBER",
     "SR_SERIES_NUMBER",
+    "UNMEASURED_SUMMARY",
     "ascii_text",
     "build_volume_outputs",
     "build_volume_seg",
@@ -578,5 +606,6 @@ __all__ = [
     "region_segments",
     "segment_numbers",
     "source_series",
+    "unmeasured_candidate",
     "volume_summary",
 ]
