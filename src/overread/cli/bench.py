@@ -186,7 +186,9 @@ def bench_int8(
         help="Alias, name@version or path (repeat; the first is the reference).",
     ),
     repeats: int = typer.Option(300, "--repeats", min=20, help="Timed calls per package."),
-    threads: int | None = typer.Option(None, "--threads", help="Intra-op threads (default 2)."),
+    threads: int | None = typer.Option(
+        None, "--threads", min=1, max=256, help="Intra-op threads (default 2)."
+    ),
     as_json: bool = typer.Option(False, "--json", help="Print the whole result as JSON."),
 ) -> None:
     """INT8 batch-1 latency of several packages, alternated in one process, as ratios."""
