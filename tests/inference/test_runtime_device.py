@@ -117,9 +117,13 @@ def test_torch_device_selection(monkeypatch: pytest.MonkeyPatch, package: Any) -
         with pytest.raises(InferenceError, match="torch sees no CUDA GPU"):
             TorchRuntime(package, device="cuda:0")
     monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 2)
     assert torch_device("auto") == torch.device("cuda", 0)
     assert torch_device("cuda:1") == torch.device("cuda", 1)
     assert torch_device("cpu") == torch.device("cpu")
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 1)  # one GPU: cuda:1 is not there
+    with pytest.raises(InferenceError, match=r"'cuda:1' asked for, but torch sees 1 CUDA GPU"):
+        torch_device("cuda:1")
 
 
 def test_torch_runtime_on_the_cpu_matches_onnx(package: Any) -> None:

@@ -81,3 +81,16 @@ def test_an_enrichment_names_known_labels_and_fractions() -> None:
         PhantomSource(prevalence={"Fractur": 0.1})
     with pytest.raises(ValidationError, match=r"Fracture = 1.2 is outside 0..0.95"):
         PhantomSource(prevalence={"Fracture": 1.2})
+
+
+def test_an_explicit_default_prevalence_is_the_default_cohort(tmp_path: Path) -> None:
+    from overread.phantom.sampling import DEFAULT_PREVALENCE
+    from overread.training.config import PhantomSource
+    from overread.training.run import _matches
+
+    recorded = {"parameters": {"n": 4, "seed": 5, "rows": 64, "prevalence": {}}}
+    explicit = {"Fracture": DEFAULT_PREVALENCE["Fracture"]}
+    assert _matches(recorded, PhantomSource(n=4, seed=5, size=64, prevalence=explicit))
+    assert not _matches(recorded, PhantomSource(n=4, seed=5, size=64, prevalence={"Fracture": 0.2}))
+    older = {"parameters": {"n": 4, "seed": 5, "rows": 64}}  # written before the option existed
+    assert _matches(older, PhantomSource(n=4, seed=5, size=64))

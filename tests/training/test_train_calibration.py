@@ -112,3 +112,79 @@ def test_an_enriched_phantom_cohort_shifts_only_its_enriched_labels() -> None:
     assert enrichment_shifts(enriched, labels) == {"Fracture": (0.12, 0.05)}
     assert enrichment_shifts(enriched, ["Edema"]) == {}
     assert enrichment_shifts(load_config(preset="cxr-phantom-fine"), labels) == {}
+
+
+def test_the_served_decisions_keep_their_side_of_each_threshold_after_a_shift() -> None:
+    from overread.inference.postprocess import decide
+    from overread.training.operating import apply_platt, prior_shift
+
+    rng = np.random.default_rng(1)
+    calibration = {"method": "platt", "parameters": {"Fracture": {"a": 1.2, "b": -1.0}}}
+    points = {"Fracture": {"balanced": 0.2}}
+    shifted, moved = prior_shift(calibration, points, {"Fracture": (0.12, 0.05)})
+    raw = rng.random((500, 1))
+    before = apply_platt(raw, calibration, ["Fracture"])
+    after = apply_platt(raw, shifted, ["Fracture"])
+    clear = np.abs(before[:, 0] - 0.2) > 1e-9
+    pos_before, _, _ = decide(before, np.array([0.2]), 0.8)
+    pos_after, _, _ = decide(after, np.array([moved["Fracture"]["balanced"]]), 0.8)
+    assert np.array_equal(pos_before[clear], pos_after[clear])
+
+
+def test_a_prior_shift_needs_platt_calibration() -> None:
+    from overread.training.operating import prior_shift
+
+    with pytest.raises(ValueError, match="needs Platt calibration"):
+        prior_shift({"method": "temperature", "parameters": {}}, {}, {"Edema": (0.2, 0.1)})
+
+
+def test_a_label_generated_absent_is_not_shifted() -> None:
+    from overread.training.config import load_config
+    from overread.training.run import enrichment_shifts
+
+    absent = load_config(
+        preset="cxr-phantom-xl", overrides={"data.phantom.prevalence": {"Fracture": 0.0}}
+    )
+    assert enrichment_shifts(absent, ["Fracture"]) == {}
+
+
+def test_prior_shift_command_writes_a_new_version(run_cli, tmp_path) -> None:  # type: ignore[no-untyped-def]
+    import json
+    import math
+
+    from overread.models import load_package
+    from overread.models.registry import bundled_dir
+
+    source = load_package(bundled_dir() / "cxr-default")
+    out = tmp_path / "shifted"
+    status, stdout, err = run_cli(
+        "models", "prior-shift", "--model", str(source.path), "--prevalence",
+        "Fracture=0.05:0.12", "--out", str(out), "--version", "9.9.9", "--json",
+    )  # fmt: skip
+    assert status == 0, err
+    assert json.loads(stdout)["version"] == "9.9.9"
+    shifted = load_package(out)  # verifies
+    delta = math.log(0.12 / 0.88) - math.log(0.05 / 0.95)
+    b0 = source.manifest.calibration.parameters["Fracture"]["b"]
+    assert shifted.manifest.calibration.parameters["Fracture"]["b"] == pytest.approx(b0 + delta)
+    assert (
+        shifted.manifest.calibration.parameters["Edema"]
+        == (source.manifest.calibration.parameters["Edema"])
+    )
+    t0 = source.manifest.operating_points["Fracture"]["balanced"]
+    t1 = shifted.manifest.operating_points["Fracture"]["balanced"]
+    assert math.log(t1 / (1 - t1)) - math.log(t0 / (1 - t0)) == pytest.approx(delta)
+    assert shifted.manifest.training["prior_shift"]["Fracture"]["served"] == 0.12
+    assert "## Prior shift" in (out / "MODEL_CARD.md").read_text()
+    for bad, says in (
+        ("Fracture=0.12", "expected LABEL=FITTED:SERVED"),
+        ("Fractur=0.12:0.05", "'Fractur' is not a label"),
+        ("Fracture=0.12:1.5", "must lie in (0, 1)"),
+    ):
+        status, _, err = run_cli(
+            "models", "prior-shift", "--model", str(source.path), "--prevalence", bad,
+            "--out", str(tmp_path / "bad"), "--version", "9.9.8",
+        )  # fmt: skip
+        assert status != 0 and err.strip().startswith("error:") and says in err, err
+        assert len(err.strip().splitlines()) == 1
+        assert not (tmp_path / "bad").exists()

@@ -177,6 +177,54 @@ def bench_inference(
         console.print(study)
 
 
+@bench_app.command("int8")
+def bench_int8(
+    models: list[str] = typer.Option(
+        ...,
+        "--model",
+        "-m",
+        help="Alias, name@version or path (repeat; the first is the reference).",
+    ),
+    repeats: int = typer.Option(300, "--repeats", min=20, help="Timed calls per package."),
+    threads: int | None = typer.Option(
+        None, "--threads", min=1, max=256, help="Intra-op threads (default 2)."
+    ),
+    as_json: bool = typer.Option(False, "--json", help="Print the whole result as JSON."),
+) -> None:
+    """INT8 batch-1 latency of several packages, alternated in one process, as ratios."""
+    from rich.console import Console
+    from rich.table import Table
+
+    from overread.config import load_settings
+    from overread.inference.bench import int8_side_by_side
+    from overread.models.registry import Registry
+
+    settings = load_settings()
+    registry = Registry.from_settings(settings)
+    packages = [registry.load(name) for name in models]
+    result = int8_side_by_side(packages, repeats=repeats, threads=threads)
+    if as_json:
+        typer.echo(json.dumps(result, indent=2))
+        return
+    machine = result["machine"]
+    table = Table(
+        title=f"batch 1, {result['threads']} threads, {result['repeats']} alternated calls, "
+        f"{machine['cpu']}, load average {machine['load_average_1min']}"
+    )
+    for column in ("package", "min ms", "p10 ms", "p50 ms", "ratio (min)", "ratio (p50)"):
+        table.add_column(column, justify="left" if column == "package" else "right")
+    for row in result["packages"]:
+        table.add_row(
+            row["package"],
+            _fmt(row["min_ms"]),
+            _fmt(row["p10_ms"]),
+            _fmt(row["p50_ms"]),
+            _fmt(row["ratio_min"]) + "x",
+            _fmt(row["ratio_p50"]) + "x",
+        )
+    Console().print(table)
+
+
 @bench_app.command("gpu")
 def bench_gpu(
     model: str | None = typer.Option(None, "--model", "-m", help="Alias, name@version or path."),

@@ -589,6 +589,72 @@ def conformal_model(
         )
 
 
+def _prevalence_pairs(items: list[str]) -> dict[str, tuple[float, float]]:
+    from overread.errors import ConfigError
+
+    pairs: dict[str, tuple[float, float]] = {}
+    for item in items:
+        label, sep, values = item.partition("=")
+        fitted, colon, served = values.partition(":")
+        try:
+            if not (sep and colon and label.strip()):
+                raise ValueError
+            pairs[label.strip()] = (float(fitted), float(served))
+        except ValueError:
+            raise ConfigError(
+                f"--prevalence {item!r}: expected LABEL=FITTED:SERVED, e.g. Fracture=0.12:0.05"
+            ) from None
+    if not pairs:
+        raise ConfigError("--prevalence: name at least one label")
+    return pairs
+
+
+@models_app.command("prior-shift")
+def prior_shift_model(
+    model: str = typer.Option(..., "--model", help="Package (alias, name or path)."),
+    prevalence: list[str] = typer.Option(
+        ...,
+        "--prevalence",
+        help="LABEL=FITTED:SERVED: the prevalence its calibration was fitted at and the one "
+        "it will serve (repeatable), e.g. Fracture=0.12:0.05.",
+    ),
+    out: Path = typer.Option(..., "--out", help="Directory for the new package version."),
+    version: str | None = typer.Option(
+        None, "--version", help="New version (default: the source's with '+shifted')."
+    ),
+    as_json: bool = typer.Option(False, "--json", help="Print one JSON object."),
+) -> None:
+    """Move labels' calibration and thresholds to another prevalence (a new package version)."""
+    from overread.errors import ModelPackageError
+    from overread.training.operating import write_prior_shift_package
+
+    pairs = _prevalence_pairs(prevalence)
+    registry = _registry()
+    source = registry.load(model)
+    new_version = version or f"{source.version}+shifted"
+    if out.exists():
+        raise ModelPackageError(f"{out}: already exists; a package version is never overwritten")
+    package = write_prior_shift_package(
+        source, out, version=new_version, prevalences=pairs, key=registry.key
+    )
+    if as_json:
+        typer.echo(
+            json.dumps(
+                {
+                    "name": package.name,
+                    "version": package.version,
+                    "sha256": package.sha256,
+                    "path": str(package.path),
+                    "prior_shift": {k: {"fitted": a, "served": b} for k, (a, b) in pairs.items()},
+                }
+            )
+        )
+        return
+    typer.echo(
+        f"wrote {package.name} {package.version} -> {package.path} (sha256 {package.sha256})"
+    )
+
+
 @models_app.command("ensemble")
 def ensemble_model(
     members: list[str] = typer.Argument(..., help="Member packages (two or more)."),

@@ -21,6 +21,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from overread.errors import InferenceError
 from overread.inference.postprocess import sigmoid
 from overread.inference.runtimes import OnnxRuntime, Runtime, TorchRuntime, default_threads
 from overread.models.calibration import PHANTOM_SIZE, synthetic_batch, synthetic_chest
@@ -469,6 +470,52 @@ def _add_onnx_cuda(package: ModelPackage, device: str, found: _GpuRuns) -> None:
             found.runs["onnxruntime cuda fp32"] = _logits_of(runtime)
 
 
+def int8_side_by_side(
+    packages: Sequence[ModelPackage], *, repeats: int = 300, threads: int | None = None
+) -> dict[str, Any]:
+    """Batch-1 latency of several packages' INT8 models, timed in alternation in one process.
+
+    Each package runs its own INT8 ONNX model (FP32 where it has none) on one
+    synthetic chest at its own input size; alternating the calls lets a burst of load
+    from other processes hit every package alike, so the ratios against the first
+    package are the figures to compare (a 2x budget against the current default).
+    """
+    threads = threads or default_threads()
+    runs: dict[str, Callable[[], object]] = {}
+    names: list[str] = []
+    for package in packages:
+        spec = package.manifest.input
+        precision = "int8" if package.runtime_file("int8") is not None else "fp32"
+        path = package.runtime_file(precision)
+        if path is None:
+            raise InferenceError(f"{package.name} {package.version}: no ONNX model to time")
+        x = synthetic_batch(1, spec.size, spec.channels, seed=7)
+        name = f"{package.name} {package.version} ({precision}, {spec.size} px)"
+        if name in runs:
+            raise InferenceError(f"{name} is named twice")
+        runtime = OnnxRuntime(path, precision=precision, threads=threads)
+        runs[name] = partial(runtime.run, x)
+        names.append(name)
+    times = _interleaved(runs, repeats, warmup=20)
+    first = times[names[0]]
+    return {
+        "machine": machine_description(),
+        "threads": threads,
+        "repeats": repeats,
+        "packages": [
+            {
+                "package": name,
+                "min_ms": float(times[name].min()),
+                "p10_ms": float(np.percentile(times[name], 10)),
+                "p50_ms": float(np.median(times[name])),
+                "ratio_min": float(times[name].min() / first.min()),
+                "ratio_p50": float(np.median(times[name]) / np.median(first)),
+            }
+            for name in names
+        ],
+    }
+
+
 def _torch_gpu_calls(
     network: torch.nn.Module, device: torch.device
 ) -> dict[str, Callable[[np.ndarray], np.ndarray]]:
@@ -737,6 +784,7 @@ __all__ = [
     "benchmark_inference",
     "densenet121_runtimes",
     "gpu_benchmark",
+    "int8_side_by_side",
     "machine_description",
     "network_runtimes",
     "phantom_auc",

@@ -117,6 +117,10 @@ def torch_device(device: str) -> torch.device:
             f"device {device!r} asked for, but torch sees no CUDA GPU "
             "(a CPU build of torch, or no driver); use device 'auto' or 'cpu'"
         )
+    if chosen.type == "cuda" and (chosen.index or 0) >= torch.cuda.device_count():
+        raise InferenceError(
+            f"device {device!r} asked for, but torch sees {torch.cuda.device_count()} CUDA GPU(s)"
+        )
     return chosen
 
 

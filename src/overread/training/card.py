@@ -193,8 +193,10 @@ def model_card(config: TrainConfig, labels: list[str], record: dict[str, Any]) -
             lines.append(
                 "- Enriched labels: the validation split is enriched too, so their calibration "
                 "and thresholds are moved to the phantom's default prevalence (prior shift: "
-                "the logit moves by logit(default) - logit(enriched); every call at each "
-                "operating point is unchanged)."
+                "the logit moves by logit(default) - logit(enriched); every image stays on "
+                "the same side of each threshold, the indeterminate band moves with the "
+                "probabilities). The held-out split of the training cohort is scored with "
+                "the calibration as fitted, the separate cohort with the shifted one."
             )
     elif data.labels_csv is not None:
         valid = f", validation labels `{data.valid_csv.name}`" if data.valid_csv else ""

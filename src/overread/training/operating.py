@@ -19,11 +19,17 @@ from __future__ import annotations
 
 import copy
 import math
-from typing import Any
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 from sklearn.linear_model import LogisticRegression
 from sklearn.metrics import roc_curve
+
+from overread.errors import ConfigError
+
+if TYPE_CHECKING:
+    from overread.models.package import ModelPackage
 
 
 def _logit(p: np.ndarray) -> np.ndarray:
@@ -104,8 +110,13 @@ def prior_shift(
     by the ratio of prior odds. The standard prior-shift correction (Saerens et al.,
     Neural Computation 2002) adds ``logit(served) - logit(fitted)`` to the label's
     calibrated logit, so ``b`` moves by that much; each threshold moves the same way
-    on the logit scale, so every image gets the same call at each operating point.
+    on the logit scale, so every image is on the same side of each threshold
+    (positive or not). Threshold proximity, which decides *indeterminate*, is measured
+    on the probability scale, so the band of indeterminate findings around a threshold
+    moves with it. Only Platt calibration can be shifted (a ValueError otherwise).
     """
+    if calibration.get("method", "platt") != "platt":
+        raise ValueError(f"a prior shift needs Platt calibration, not {calibration['method']!r}")
     params = copy.deepcopy(calibration.get("parameters", {}))
     moved = copy.deepcopy(points)
     for label, (fitted, served) in prevalences.items():
@@ -118,6 +129,74 @@ def prior_shift(
             z = float(_logit(np.array([threshold]))[0]) + delta
             moved[label][name] = 1.0 / (1.0 + math.exp(-z))
     return {**calibration, "method": "platt", "parameters": params}, moved
+
+
+def write_prior_shift_package(
+    source: ModelPackage,
+    out: Path,
+    *,
+    version: str,
+    prevalences: dict[str, tuple[float, float]],
+    key: bytes | None = None,
+) -> ModelPackage:
+    """A new version of ``source`` with :func:`prior_shift` applied to the named labels.
+
+    The manifest's training record keeps what was shifted (``prior_shift``), and the
+    model card gets a section saying so: its evaluation figures were computed before
+    the shift (sensitivity and specificity at each operating point hold; calibration
+    errors and the indeterminate band do not).
+    """
+    from overread.models.package import derive_package
+
+    manifest = source.manifest
+    unknown = sorted(set(prevalences) - set(source.labels))
+    if unknown:
+        raise ConfigError(
+            f"prior shift: {', '.join(map(repr, unknown))} is not a label of {source.name}"
+        )
+    try:
+        calibration, points = prior_shift(
+            manifest.calibration.model_dump(mode="python"),
+            {label: dict(p) for label, p in manifest.operating_points.items()},
+            prevalences,
+        )
+    except ValueError as exc:
+        raise ConfigError(f"prior shift: {exc}") from None
+    training = dict(manifest.training)
+    done = dict(training.get("prior_shift") or {})
+    for label, (fitted, served) in prevalences.items():
+        done[label] = {"fitted": fitted, "served": served, "version": version}
+    training["prior_shift"] = done
+
+    def note(staging: Path) -> None:
+        card = staging / "MODEL_CARD.md"
+        if not card.is_file():
+            return
+        lines = [f"\n## Prior shift ({source.version} -> {version})\n"]
+        for label, (fitted, served) in prevalences.items():
+            delta = math.log(served / (1 - served)) - math.log(fitted / (1 - fitted))
+            lines.append(
+                f"- {label}: calibration and thresholds moved from a prevalence of {fitted:g} "
+                f"to {served:g} (logit {delta:+.3f})."
+            )
+        lines.append(
+            "- The evaluation figures above were computed before the shift: sensitivity and "
+            "specificity at each operating point hold (every image stays on the same side "
+            "of each threshold); calibration errors and the indeterminate band do not."
+        )
+        text = card.read_text(encoding="utf-8").rstrip("\n") + "\n" + "\n".join(lines) + "\n"
+        card.write_text(text, encoding="utf-8")
+
+    return derive_package(
+        source,
+        out,
+        version=version,
+        key=key,
+        contents=note,
+        calibration=calibration,
+        operating_points=points,
+        training=training,
+    )
 
 
 def operating_point_performance(
@@ -154,4 +233,5 @@ __all__ = [
     "operating_points",
     "platt_calibration",
     "prior_shift",
+    "write_prior_shift_package",
 ]

@@ -88,7 +88,8 @@ def ensure_phantom(source: PhantomSource, folder: Path, echo: Echo) -> Path:
             return folder
         raise ConfigError(
             f"{folder}: holds a phantom cohort with other parameters than n={source.n}, "
-            f"seed={source.seed}; remove it or choose another folder"
+            f"seed={source.seed}, prevalence {dict(source.prevalence) or 'default'}; "
+            "remove it or choose another folder"
         )
     try:
         from overread.phantom import CohortOptions, write_cohort
@@ -126,10 +127,10 @@ def enrichment_shifts(config: TrainConfig, labels: list[str]) -> dict[str, tuple
         return {}
     from overread.phantom.sampling import DEFAULT_PREVALENCE
 
-    return {
+    return {  # a label generated absent (0) has nothing to calibrate: it is left alone
         label: (float(value), float(DEFAULT_PREVALENCE[label]))
         for label, value in source.prevalence.items()
-        if label in labels and value != DEFAULT_PREVALENCE[label]
+        if label in labels and 0.0 < value < 1.0 and value != DEFAULT_PREVALENCE[label]
     }
 
 
@@ -142,13 +143,15 @@ def _matches(info: dict[str, Any], source: PhantomSource) -> bool:
                 return value[key]
         return None
 
+    from overread.phantom.sampling import validate_prevalence
+
     seed, n, rows = find("seed"), find("n"), find("rows")
     prevalence = find("prevalence") or {}
     return (
         (seed is None or int(seed) == source.seed)
         and (n is None or int(n) == source.n)
         and (rows is None or int(rows) == source.size)
-        and {k: float(v) for k, v in prevalence.items()} == dict(source.prevalence)
+        and validate_prevalence(prevalence) == validate_prevalence(source.prevalence)
     )
 
 
@@ -659,12 +662,18 @@ def run_training(
     # pipeline compares calibrated probabilities with the thresholds.
     calibration = platt_calibration(val_probs, val_t, val_m, labels)
     points = operating_points(apply_platt(val_probs, calibration, labels), val_t, val_m, labels)
+    # The validation split is as enriched as the cohort: the package serves at the
+    # population's prevalence. The held-out split of the (enriched) training cohort is
+    # scored with the calibration as fitted, the separate cohort (default prevalence)
+    # with the shifted one.
+    fitted = (calibration, points)
     shifts = enrichment_shifts(config, labels)
-    if shifts:  # the validation split is as enriched as the cohort: serve at the population's
+    if shifts:
         calibration, points = prior_shift(calibration, points, shifts)
     for name, ds in (("test", splits.test), ("external", splits.external)):
         if name in evaluations and ds is not None:
-            evaluations[name].update(calibration_report(trainer, ds, labels, calibration, points))
+            cal, pts = fitted if name == "test" else (calibration, points)
+            evaluations[name].update(calibration_report(trainer, ds, labels, cal, pts))
 
     shape = (config.data.channels, config.data.size, config.data.size)
     primary = evaluations.get("external") or evaluations.get("test")
