@@ -8,6 +8,7 @@ import pytest
 from PIL import Image as PilImage
 
 from overread.models import Registry
+from overread.models.int8_tuning import INT8_TOLERANCE
 
 
 def _bundled_manifest():  # type: ignore[no-untyped-def]
@@ -94,13 +95,15 @@ def test_export_rebuilds_onnx_and_int8(run_cli, tmp_path: Path) -> None:  # type
         "--out",
         out,
         "--calibration-images",
-        "8",
+        "16",
         "--json",
     )
     assert status == 0, stderr
     report = json.loads(stdout)
     assert report["fp32_vs_torch_max_abs_diff"] < 1e-4
-    assert report["int8_vs_fp32_max_prob_diff"] < 0.05
+    # Within the drift the runtime accepts before it serves an INT8 model (1.5.2: 0.049 on
+    # 16 calibration phantoms; 8 are too few for its 16 x 16 map: 0.066).
+    assert report["int8_vs_fp32_max_prob_diff"] < INT8_TOLERANCE
     assert report["cam_output"] is True
     status, stdout, _ = run_cli("models", "verify", out)
     assert status == 0

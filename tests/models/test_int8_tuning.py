@@ -235,7 +235,7 @@ def test_packages_without_the_section_keep_their_identity() -> None:
     from overread.models import load_package
     from overread.models.registry import bundled_dir
 
-    package = load_package(bundled_dir() / "cxr-default")
+    package = load_package(bundled_dir() / "cxr-lung-seg")  # written without an int8 section
     assert package.manifest.int8 is None
     stored = json.loads((package.path / "manifest.json").read_text(encoding="utf-8"))
     assert "int8" not in stored
