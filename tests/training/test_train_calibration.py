@@ -176,6 +176,12 @@ def test_prior_shift_command_writes_a_new_version(run_cli, tmp_path) -> None:  #
     assert math.log(t1 / (1 - t1)) - math.log(t0 / (1 - t0)) == pytest.approx(delta)
     assert shifted.manifest.training["prior_shift"]["Fracture"]["served"] == 0.12
     assert "## Prior shift" in (out / "MODEL_CARD.md").read_text()
+    status, _, err = run_cli(
+        "models", "prior-shift", "--model", str(out), "--prevalence", "Fracture=0.12:0.05",
+        "--out", str(tmp_path / "twice"), "--version", "9.9.10",
+    )  # fmt: skip
+    assert status != 0 and "'Fracture' is already shifted" in err
+    assert len(err.strip().splitlines()) == 1 and not (tmp_path / "twice").exists()
     for bad, says in (
         ("Fracture=0.12", "expected LABEL=FITTED:SERVED"),
         ("Fractur=0.12:0.05", "'Fractur' is not a label"),

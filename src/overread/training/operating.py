@@ -149,6 +149,12 @@ def write_prior_shift_package(
     from overread.models.package import derive_package
 
     manifest = source.manifest
+    already = sorted(set(prevalences) & set(manifest.training.get("prior_shift") or {}))
+    if already:
+        raise ConfigError(
+            f"prior shift: {', '.join(map(repr, already))} is already shifted in {source.name} "
+            f"{source.version} (its training record); shifting again would double it"
+        )
     unknown = sorted(set(prevalences) - set(source.labels))
     if unknown:
         raise ConfigError(

@@ -832,6 +832,12 @@ def write_model_package(
     training["device"] = record["device"]
     training["world_size"] = record["world_size"]
     training["harmonisation"] = config.harmonisation.model_dump()
+    shifted = enrichment_shifts(config, labels)
+    if shifted:  # what the calibration was moved by: `models prior-shift` will not repeat it
+        training["prior_shift"] = {
+            label: {"fitted": fitted, "served": served, "version": config.package.version}
+            for label, (fitted, served) in shifted.items()
+        }
     path: Path = write_package(
         config.output / "package",
         network=net,
