@@ -155,37 +155,45 @@ def test_prior_shift_command_writes_a_new_version(run_cli, tmp_path) -> None:  #
     from overread.models import load_package
     from overread.models.registry import bundled_dir
 
+    # The bundled default already records a Fracture shift from its training run,
+    # so this shifts another label.
     source = load_package(bundled_dir() / "cxr-default")
+    assert "Edema" not in (source.manifest.training or {}).get("prior_shift", {})
     out = tmp_path / "shifted"
     status, stdout, err = run_cli(
         "models", "prior-shift", "--model", str(source.path), "--prevalence",
-        "Fracture=0.05:0.12", "--out", str(out), "--version", "9.9.9", "--json",
+        "Edema=0.05:0.12", "--out", str(out), "--version", "9.9.9", "--json",
     )  # fmt: skip
     assert status == 0, err
     assert json.loads(stdout)["version"] == "9.9.9"
     shifted = load_package(out)  # verifies
     delta = math.log(0.12 / 0.88) - math.log(0.05 / 0.95)
-    b0 = source.manifest.calibration.parameters["Fracture"]["b"]
-    assert shifted.manifest.calibration.parameters["Fracture"]["b"] == pytest.approx(b0 + delta)
+    b0 = source.manifest.calibration.parameters["Edema"]["b"]
+    assert shifted.manifest.calibration.parameters["Edema"]["b"] == pytest.approx(b0 + delta)
     assert (
-        shifted.manifest.calibration.parameters["Edema"]
-        == (source.manifest.calibration.parameters["Edema"])
+        shifted.manifest.calibration.parameters["Fracture"]
+        == (source.manifest.calibration.parameters["Fracture"])
     )
-    t0 = source.manifest.operating_points["Fracture"]["balanced"]
-    t1 = shifted.manifest.operating_points["Fracture"]["balanced"]
+    t0 = source.manifest.operating_points["Edema"]["balanced"]
+    t1 = shifted.manifest.operating_points["Edema"]["balanced"]
     assert math.log(t1 / (1 - t1)) - math.log(t0 / (1 - t0)) == pytest.approx(delta)
-    assert shifted.manifest.training["prior_shift"]["Fracture"]["served"] == 0.12
+    assert shifted.manifest.training["prior_shift"]["Edema"]["served"] == 0.12
+    assert (
+        shifted.manifest.training["prior_shift"]["Fracture"]
+        == (source.manifest.training["prior_shift"]["Fracture"])
+    )
     assert "## Prior shift" in (out / "MODEL_CARD.md").read_text()
     status, _, err = run_cli(
-        "models", "prior-shift", "--model", str(out), "--prevalence", "Fracture=0.12:0.05",
+        "models", "prior-shift", "--model", str(out), "--prevalence", "Edema=0.12:0.05",
         "--out", str(tmp_path / "twice"), "--version", "9.9.10",
     )  # fmt: skip
-    assert status != 0 and "'Fracture' is already shifted" in err
+    assert status != 0 and "'Edema' is already shifted" in err
     assert len(err.strip().splitlines()) == 1 and not (tmp_path / "twice").exists()
     for bad, says in (
-        ("Fracture=0.12", "expected LABEL=FITTED:SERVED"),
-        ("Fractur=0.12:0.05", "'Fractur' is not a label"),
-        ("Fracture=0.12:1.5", "must lie in (0, 1)"),
+        ("Edema=0.12", "expected LABEL=FITTED:SERVED"),
+        ("Edem=0.12:0.05", "'Edem' is not a label"),
+        ("Edema=0.12:1.5", "must lie in (0, 1)"),
+        ("Fracture=0.12:0.05", "'Fracture' is already shifted"),
     ):
         status, _, err = run_cli(
             "models", "prior-shift", "--model", str(source.path), "--prevalence", bad,
