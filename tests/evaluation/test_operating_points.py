@@ -82,3 +82,46 @@ def test_no_positives_gives_nan_sensitivity() -> None:
     op = operating_point([0, 0, 0], [0.1, 0.6, 0.9], 0.5)
     assert np.isnan(op.sensitivity.value) and np.isnan(op.sensitivity.ci[0])
     assert op.specificity.value == pytest.approx(1 / 3)
+
+
+def _rates(y: np.ndarray, s: np.ndarray, t: float) -> tuple[float, float]:
+    pos = s >= t
+    return float(pos[y == 1].mean()), float((~pos[y == 0]).mean())
+
+
+def test_named_points_keep_their_order_on_a_strong_label() -> None:
+    from overread.evaluation.operating_points import standard_points
+
+    # Well separated: balanced already keeps 90 % sensitivity and specificity, so the
+    # highest threshold keeping 90 % sensitivity lies above balanced (unordered).
+    rng = np.random.default_rng(3)
+    y = (rng.random(600) < 0.3).astype(int)
+    s = 1 / (1 + np.exp(-(rng.normal(size=600) + 5.0 * (y - 0.5))))
+    raw_hs = threshold_for_sensitivity(y, s, 0.9)
+    raw_hsp = threshold_for_specificity(y, s, 0.9)
+    balanced = youden_threshold(y, s)
+    assert raw_hs > balanced > raw_hsp  # the disorder the rule removes
+    points = standard_points(y, s)
+    assert points["balanced"] == pytest.approx(balanced)
+    assert points["high sensitivity"] <= points["balanced"] <= points["high specificity"]
+    sens_hs, _ = _rates(y, s, points["high sensitivity"])
+    _, spec_hsp = _rates(y, s, points["high specificity"])
+    assert sens_hs >= 0.9 and spec_hsp >= 0.9
+    # Never less sensitive than balanced at "high sensitivity" (the old point was).
+    assert _rates(y, s, raw_hs)[0] < _rates(y, s, balanced)[0] == sens_hs
+
+
+def test_named_points_of_a_weak_label_are_the_target_thresholds() -> None:
+    from overread.evaluation.operating_points import order_points, standard_points
+
+    y, s = _data(1)
+    s = np.clip((s + 3) / 8, 0, 1)
+    points = standard_points(y, s)
+    assert points["high sensitivity"] == pytest.approx(threshold_for_sensitivity(y, s, 0.9))
+    assert points["high specificity"] == pytest.approx(threshold_for_specificity(y, s, 0.9))
+    assert points["high sensitivity"] < points["balanced"] < points["high specificity"]
+    assert order_points(points) == points
+    # Other named points are left alone; no balanced point, nothing to order against.
+    odd = {"balanced": 0.5, "high sensitivity": 0.7, "screening": 0.9}
+    assert order_points(odd) == {"balanced": 0.5, "high sensitivity": 0.5, "screening": 0.9}
+    assert order_points({"high sensitivity": 0.7}) == {"high sensitivity": 0.7}

@@ -296,7 +296,7 @@ def test_calibrate_site_writes_a_new_version_and_leaves_the_source_alone(
     )  # fmt: skip
     assert status == 0, err
     summary = json.loads(stdout)
-    assert summary["version"] == "1.5.2+sites"
+    assert summary["version"] == "1.5.3+sites"
     assert summary["sites_in_package"] == ["Northgate General Hospital", "RMC-CR02"]
     truth = (two_sites / "truth.csv").read_text().splitlines()
     assert summary["sites"]["RMC-CR02"]["images"] == sum(",RMC," in r for r in truth)

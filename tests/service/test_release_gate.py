@@ -23,7 +23,7 @@ pytestmark = [pytest.mark.slow]
 
 pytest.importorskip("overread.inference", reason="the inference pipeline is not importable")
 
-ACTIVE = "cxr-default@1.5.2"
+ACTIVE = "cxr-default@1.5.3"
 
 
 def _audit(database: Database, action: AuditAction) -> list[dict[str, Any]]:
@@ -40,14 +40,14 @@ def test_release_gate_cohorts_and_rollout_commands(
     monkeypatch.setenv("OVERREAD_MODEL_REGISTRY", str(root))
     registry = Registry(root)
     bundled = registry.load(ACTIVE)
-    good = derive_package(bundled, tmp_path / "packages" / "good", version="1.5.3")
+    good = derive_package(bundled, tmp_path / "packages" / "good", version="1.5.4")
     # Its calibration's slopes negated: every score ranks the other way round.
     calibration = bundled.manifest.calibration.model_dump(mode="python")
     calibration["parameters"] = {
         label: {"a": -p["a"], "b": p["b"]} for label, p in calibration["parameters"].items()
     }
     inverted = derive_package(
-        bundled, tmp_path / "packages" / "inverted", version="1.5.5", calibration=calibration
+        bundled, tmp_path / "packages" / "inverted", version="1.5.6", calibration=calibration
     )
     for package in (good, inverted):
         assert run_cli("models", "import", package.path)[0] == 0
@@ -73,7 +73,7 @@ def test_release_gate_cohorts_and_rollout_commands(
     assert listed["t1"]["files"] == 61 and listed["fit"]["purpose"] == "operating-points"
 
     # The inverted candidate fails its AUCs and calibration; the alias stays.
-    status, out, err = run_cli("models", "alias", "chest", "cxr-default@1.5.5", "--json")
+    status, out, err = run_cli("models", "alias", "chest", "cxr-default@1.5.6", "--json")
     assert status == 1
     refused = json.loads(out.splitlines()[0])
     assert refused["promoted"] is False and refused["gate"]["passed"] is False
@@ -86,9 +86,9 @@ def test_release_gate_cohorts_and_rollout_commands(
     database = Database(f"sqlite:///{(data / 'overread.db').resolve()}")
     criteria = GateCriteria(max_time_ratio=100.0, critical_labels=())
     decision, judged = release_gate(
-        registry, database, "cxr-default@1.5.3", ACTIVE, actor="tests", criteria=criteria
+        registry, database, "cxr-default@1.5.4", ACTIVE, actor="tests", criteria=criteria
     )
-    assert judged == "cxr-default@1.5.3+op.fit"
+    assert judged == "cxr-default@1.5.4+op.fit"
     assert decision.passed, [c for c in decision.checks if not c.passed]
     assert {c.check for c in decision.checks} >= {"calibration", "subgroup gaps", "speed"}
     fitted = registry.load(judged).manifest
@@ -101,22 +101,22 @@ def test_release_gate_cohorts_and_rollout_commands(
     # A cohort file changed since registration: the gate refuses to run.
     truth = tmp_path / "test" / "truth.csv"
     truth.write_text(truth.read_text() + "\n", encoding="utf-8")
-    status, _, err = run_cli("models", "alias", "chest", "cxr-default@1.5.3")
+    status, _, err = run_cli("models", "alias", "chest", "cxr-default@1.5.4")
     assert status != 0 and "changed since it was registered" in err
     assert registry.aliases()["chest"] == ACTIVE
 
     # Shadow, kill switch, rollback by command; each audited; then the report.
-    status, out, err = run_cli("models", "alias", "chest", "cxr-default@1.5.3", "--shadow")
+    status, out, err = run_cli("models", "alias", "chest", "cxr-default@1.5.4", "--shadow")
     assert status == 0 and out.strip() == (
-        "chest: cxr-default@1.5.3 in shadow beside cxr-default@1.5.2"
+        "chest: cxr-default@1.5.4 in shadow beside cxr-default@1.5.3"
     ), err
     status, out, _ = run_cli("models", "rollouts", "--json")
     [rollout] = json.loads(out)["rollouts"]
     assert (rollout["alias"], rollout["state"]) == ("chest", "shadow")
-    assert run_cli("models", "kill", "cxr-default@1.5.3", "--reason", "recall")[0] == 0
-    status, out, _ = run_cli("models", "kill", "cxr-default@1.5.3", "--release")
+    assert run_cli("models", "kill", "cxr-default@1.5.4", "--reason", "recall")[0] == 0
+    status, out, _ = run_cli("models", "kill", "cxr-default@1.5.4", "--release")
     assert status == 0 and "0 held export(s) queued" in out
-    status, _, err = run_cli("models", "kill", "cxr-default@1.5.3", "--release")
+    status, _, err = run_cli("models", "kill", "cxr-default@1.5.4", "--release")
     assert status != 0 and "no kill switch engaged" in err
     status, out, _ = run_cli("models", "rollback", "chest", "--reason", "not needed")
     assert status == 0 and out.strip() == f"chest -> {ACTIVE}"
@@ -127,9 +127,9 @@ def test_release_gate_cohorts_and_rollout_commands(
     assert status == 0, err
     assert "kill switch events 2" in out
     html = report.read_text(encoding="utf-8")
-    assert "release gate of cxr-default@1.5.5" in html and "FAILED" in html
-    assert "cxr-default@1.5.3 in shadow beside cxr-default@1.5.2" in html
-    assert "rolled back cxr-default@1.5.3: not needed" in html
+    assert "release gate of cxr-default@1.5.6" in html and "FAILED" in html
+    assert "cxr-default@1.5.4 in shadow beside cxr-default@1.5.3" in html
+    assert "rolled back cxr-default@1.5.4: not needed" in html
     assert "recall" in html and "<script" not in html
     # The period can leave everything out.
     status, out, _ = run_cli(

@@ -37,25 +37,25 @@ pytestmark = [pytest.mark.service, pytest.mark.slow, needs_dcmtk]
 pytest.importorskip("overread.inference", reason="the inference pipeline is not importable")
 pytest.importorskip("overread.service.outputs", reason="the result builders are not importable")
 
-ACTIVE = "cxr-default@1.5.2"
-GOOD = "cxr-default@1.5.3"
-BAD = "cxr-default@1.5.4"
+ACTIVE = "cxr-default@1.5.3"
+GOOD = "cxr-default@1.5.4"
+BAD = "cxr-default@1.5.5"
 ROUTES = [{"name": "chest", "modality": ["DX"], "models": ["chest"], "complete_on_release": True}]
 
 
 @pytest.fixture
 def registry(tmp_path: Path) -> Iterator[Registry]:
     """A registry with the bundled version active behind alias ``chest``, a faithful
-    copy (1.5.3) and a bad one (1.5.4) whose thresholds call every finding positive."""
+    copy (1.5.4) and a bad one (1.5.5) whose thresholds call every finding positive."""
     registry = Registry(tmp_path / "registry")
-    bundled = registry.load("cxr-default@1.5.2")
-    good = derive_package(bundled, tmp_path / "packages" / "good", version="1.5.3")
+    bundled = registry.load("cxr-default@1.5.3")
+    good = derive_package(bundled, tmp_path / "packages" / "good", version="1.5.4")
     everything = {
         label: dict.fromkeys(points, 0.0)
         for label, points in bundled.manifest.operating_points.items()
     }
     bad = derive_package(
-        bundled, tmp_path / "packages" / "bad", version="1.5.4", operating_points=everything
+        bundled, tmp_path / "packages" / "bad", version="1.5.5", operating_points=everything
     )
     registry.import_package(good.path)
     registry.import_package(bad.path)
@@ -137,7 +137,7 @@ def test_shadow_results_are_stored_never_sent_nor_listed(
     jobs = _jobs(service)
     assert all(j.state == "succeeded" for j in jobs)
     assert sorted((j.kind, j.model_version) for j in jobs) == sorted(
-        [("infer", "1.5.2"), ("export", "1.5.2"), ("infer", "1.5.3")] * 2
+        [("infer", "1.5.3"), ("export", "1.5.3"), ("infer", "1.5.4")] * 2
     )
     # Only the active's SRs reached the PACS.
     sent = [pydicom.dcmread(f) for f in storescp.files()]
@@ -150,17 +150,17 @@ def test_shadow_results_are_stored_never_sent_nor_listed(
         assert sorted(roles.values()) == ["active", "active", "shadow", "shadow"]
         for result_id, role in roles.items():
             version = results[result_id].model_version
-            assert version == ("1.5.3" if role == "shadow" else "1.5.2")
+            assert version == ("1.5.4" if role == "shadow" else "1.5.3")
             if role == "shadow":
                 assert results[result_id].artifacts == []
         # The worklist shows the active's reading of each study, never the shadow's.
         assert sorted(w.study_instance_uid for w in worklist) == sorted(studies)
-        assert {w.model_version for w in worklist} == {"1.5.2"}
+        assert {w.model_version for w in worklist} == {"1.5.3"}
     # Nor does the REST API show a study's shadow reading.
     auth = bearer(api_token(service, "radiologist"))
     base = f"http://127.0.0.1:{service.http_port}/api/studies/{studies[0]}"
     listed = httpx.get(f"{base}/results", headers=auth, timeout=10).json()
-    assert [(r["model_name"], r["model_version"]) for r in listed] == [("cxr-default", "1.5.2")]
+    assert [(r["model_name"], r["model_version"]) for r in listed] == [("cxr-default", "1.5.3")]
     inference = _events(service, AuditAction.INFERENCE)
     assert sorted(d.get("rollout", "") for d in inference) == [
         "active",
@@ -184,7 +184,7 @@ def test_shadow_results_are_stored_never_sent_nor_listed(
     assert rollouts.rollback("chest", actor="tests") == ACTIVE
     _send(service, dx_factory, generate_uid())
     wait_until(_settled(service, 8))
-    assert [j.model_version for j in _jobs(service)[6:]] == ["1.5.2", "1.5.2"]
+    assert [j.model_version for j in _jobs(service)[6:]] == ["1.5.3", "1.5.3"]
     [ended] = _events(service, AuditAction.ROLLOUT_ROLLBACK)
     assert ended["state"] == "rolled-back" and ended["actor"] == "tests"
 
@@ -222,10 +222,10 @@ def test_canary_split_is_by_study_uid_and_a_bad_candidate_is_rolled_back(
     wait_until(_settled(service, 18))
     last = [j for j in _jobs(service) if j.study_instance_uid == order[-1]]
     assert [(j.kind, j.model_version, j.state) for j in last] == [
-        ("infer", "1.5.4", "succeeded"),
-        ("export", "1.5.4", "cancelled"),
-        ("infer", "1.5.2", "succeeded"),
-        ("export", "1.5.2", "succeeded"),
+        ("infer", "1.5.5", "succeeded"),
+        ("export", "1.5.5", "cancelled"),
+        ("infer", "1.5.3", "succeeded"),
+        ("export", "1.5.3", "succeeded"),
     ]
     [skipped] = [
         e for e in _events(service, AuditAction.ROLLOUT_REROUTE) if "skipped_export_job" in e
@@ -241,7 +241,7 @@ def test_canary_split_is_by_study_uid_and_a_bad_candidate_is_rolled_back(
             for r in session.scalars(select(Result).order_by(Result.id.desc())).all()
         }  # each study's first result
     for uid in order:
-        assert versions[uid] == ("1.5.4" if in_canary(uid, share) else "1.5.2"), uid
+        assert versions[uid] == ("1.5.5" if in_canary(uid, share) else "1.5.3"), uid
     # The canary's results went out as the active's do, but for the one that finished
     # after the rollback (the active's went instead): one SR per study.
     assert len(storescp.files()) == 8
@@ -257,7 +257,7 @@ def test_canary_split_is_by_study_uid_and_a_bad_candidate_is_rolled_back(
     wait_until(_settled(service, 20))
     with service.database.session() as session:
         [late] = session.scalars(select(Result).where(Result.study_instance_uid == inside[3])).all()
-    assert late.model_version == "1.5.2"
+    assert late.model_version == "1.5.3"
     # The registry's alias never moved.
     assert registry.aliases()["chest"] == ACTIVE
 
@@ -295,7 +295,7 @@ def test_rollouts_and_kill_switches_over_rest_need_the_admin_role(
         bearer(api_token(service, "admin")),
         bearer(api_token(service, "radiologist")),
     )
-    switch = f"{base}/kill-switches/cxr-default@1.5.2"
+    switch = f"{base}/kill-switches/cxr-default@1.5.3"
     assert httpx.put(switch, json={"reason": "x"}, timeout=10).status_code == 401
     assert (
         httpx.put(switch, json={"reason": "x"}, headers=radiologist, timeout=10).status_code == 403
@@ -303,7 +303,7 @@ def test_rollouts_and_kill_switches_over_rest_need_the_admin_role(
     engaged = httpx.put(switch, json={"reason": "recall"}, headers=admin, timeout=10)
     assert engaged.status_code == 200 and engaged.json()["changed"] is True
     listed = httpx.get(f"{base}/kill-switches", headers=radiologist, timeout=10).json()
-    assert [k["model"] for k in listed["kill_switches"]] == ["cxr-default@1.5.2"]
+    assert [k["model"] for k in listed["kill_switches"]] == ["cxr-default@1.5.3"]
     released = httpx.delete(switch, headers=admin, timeout=10)
     assert released.status_code == 200 and released.json()["released_exports"] == 0
     assert httpx.delete(switch, headers=admin, timeout=10).status_code == 404
@@ -353,7 +353,7 @@ def test_a_canary_that_fails_is_rolled_back_on_its_failure_rate(
     registry: Registry,
 ) -> None:
     service = _start(make_service, registry, storescp)
-    # Started through another registry object: the gateway's has not loaded 1.5.3.
+    # Started through another registry object: the gateway's has not loaded 1.5.4.
     rollouts = ModelRollouts(Registry(registry.root), service.database)
     bounds = CanaryBounds(min_studies=2)
     rollouts.start(
@@ -361,7 +361,7 @@ def test_a_canary_that_fails_is_rolled_back_on_its_failure_rate(
     )
     # Then its weights are damaged on disk: it no longer verifies, every job fails.
     for name in ("model.onnx", "model.int8.onnx", "model.pt"):
-        weights = registry.root / "cxr-default" / "1.5.3" / name
+        weights = registry.root / "cxr-default" / "1.5.4" / name
         data = bytearray(weights.read_bytes())
         data[-1] ^= 0xFF
         weights.write_bytes(bytes(data))
@@ -374,9 +374,9 @@ def test_a_canary_that_fails_is_rolled_back_on_its_failure_rate(
     jobs = [(j.study_instance_uid, j.kind, j.model_version, j.state) for j in _jobs(service)]
     for uid in inside[:2]:
         assert sorted(j[1:] for j in jobs if j[0] == uid) == [
-            ("export", "1.5.2", "succeeded"),
-            ("infer", "1.5.2", "succeeded"),
-            ("infer", "1.5.3", "dead_lettered"),
+            ("export", "1.5.3", "succeeded"),
+            ("infer", "1.5.3", "succeeded"),
+            ("infer", "1.5.4", "dead_lettered"),
         ]
     wait_until(_rolled_back(rollouts))
     rollout = rollouts.store.current("chest")
@@ -386,7 +386,7 @@ def test_a_canary_that_fails_is_rolled_back_on_its_failure_rate(
     _send(service, dx_factory, inside[2])
     wait_until(_settled(service, 8))
     assert [(j.kind, j.model_version, j.state) for j in _jobs(service)[6:]] == [
-        ("infer", "1.5.2", "succeeded"),
-        ("export", "1.5.2", "succeeded"),
+        ("infer", "1.5.3", "succeeded"),
+        ("export", "1.5.3", "succeeded"),
     ]
     assert len(storescp.files()) == 3

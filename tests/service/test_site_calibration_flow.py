@@ -62,7 +62,7 @@ def _package(out: Path) -> ModelPackage:
         for site, (temperature, threshold) in SITES.items()
     }
     section = SiteCalibrationSection(min_images=30, min_per_class=5, sites=entries)
-    return derive_package(source, out, version="1.5.2+sites", site_calibration=section)
+    return derive_package(source, out, version="1.5.3+sites", site_calibration=section)
 
 
 def _studies(out: Path) -> dict[str, list[Path]]:
@@ -126,7 +126,7 @@ def test_each_study_gets_its_own_site_s_calibration(
     results = {r.study_instance_uid: r for r in _results(db)}
     assert len(results) == 3, "three studies, three results"
 
-    package = load_package(data / "models" / "cxr-default" / "1.5.2+sites")
+    package = load_package(data / "models" / "cxr-default" / "1.5.3+sites")
     pipeline = Pipeline(package)  # the package's own (global) probabilities, as served
     global_points = package.thresholds("balanced")
     expected_site = {"NGH": "Northgate", "RMC": "Riverside", "LKC": None}
@@ -135,7 +135,7 @@ def test_each_study_gets_its_own_site_s_calibration(
         result = results[str(headers[0].StudyInstanceUID)]
         with db.session() as session:
             job = session.get(Job, result.job_id)
-            assert job is not None and job.model_version == "1.5.2+sites"
+            assert job is not None and job.model_version == "1.5.3+sites"
         summary = result.summary
         calibration = summary["calibration"]
         local = {

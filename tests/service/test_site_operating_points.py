@@ -51,7 +51,7 @@ def _package(out: Path) -> ModelPackage:
     return derive_package(
         source,
         out,
-        version="1.5.2+hs",
+        version="1.5.3+hs",
         default_operating_point="high sensitivity",
         site_calibration=SiteCalibrationSection(
             min_images=30, min_per_class=5, sites={"Northgate": entry}
@@ -74,7 +74,7 @@ def test_the_site_s_threshold_at_the_route_s_operating_point_decides_the_worklis
     )
     config = loopback_config(settings, **{**QUICK_TIMINGS, "stable_seconds": 2})
     package = registry.load("cxr-default")
-    assert package.version == "1.5.2+hs"
+    assert package.version == "1.5.3+hs"
     files = {
         "NGHAE": make_dx(tmp_path / "ngh.dcm", size=256, seed=1, study_uid=generate_uid()),
         "OTHERAE": make_dx(tmp_path / "other.dcm", size=256, seed=1, study_uid=generate_uid()),

@@ -202,3 +202,133 @@ def test_prior_shift_command_writes_a_new_version(run_cli, tmp_path) -> None:  #
         assert status != 0 and err.strip().startswith("error:") and says in err, err
         assert len(err.strip().splitlines()) == 1
         assert not (tmp_path / "bad").exists()
+
+
+def test_the_bundled_default_has_ordered_named_points() -> None:
+    from overread.models import load_package
+    from overread.models.registry import bundled_dir
+
+    package = load_package(bundled_dir() / "cxr-default")
+    for label, points in package.manifest.operating_points.items():
+        assert points["high sensitivity"] <= points["balanced"] <= points["high specificity"], label
+
+
+def test_training_points_are_ordered_on_a_strong_label() -> None:
+    from overread.training.operating import operating_points
+
+    rng = np.random.default_rng(0)
+    y = (rng.random((500, 2)) < 0.3).astype(np.float32)
+    # Label 0 strong (balanced already keeps 90 % of both), label 1 weak.
+    strength = np.array([6.0, 1.0])
+    probs = 1 / (1 + np.exp(-(rng.normal(size=(500, 2)) + strength * (y - 0.5))))
+    points = operating_points(probs, y, np.ones_like(y), ["strong", "weak"])
+    for label in ("strong", "weak"):
+        p = points[label]
+        assert p["high sensitivity"] <= p["balanced"] <= p["high specificity"], label
+    assert points["strong"]["high sensitivity"] == points["strong"]["balanced"]
+    assert points["weak"]["high sensitivity"] < points["weak"]["balanced"]
+
+
+def test_order_points_command_writes_a_new_version(run_cli, tmp_path) -> None:  # type: ignore[no-untyped-def]
+    import json
+
+    from overread.models import load_package
+    from overread.models.package import derive_package
+    from overread.models.registry import bundled_dir
+
+    bundled = load_package(bundled_dir() / "cxr-default")
+    status, _, err = run_cli(
+        "models", "order-points", "--model", str(bundled.path), "--out", str(tmp_path / "same"),
+    )  # fmt: skip
+    assert status != 0 and err.startswith("error:") and "already ordered" in err
+    assert len(err.strip().splitlines()) == 1 and not (tmp_path / "same").exists()
+
+    points = {k: dict(v) for k, v in bundled.manifest.operating_points.items()}
+    balanced = points["Edema"]["balanced"]
+    points["Edema"]["high sensitivity"] = balanced + 0.1  # above balanced: unordered
+    points["Edema"]["high specificity"] = balanced - 0.1  # below balanced: unordered
+    metrics = json.loads(json.dumps(bundled.manifest.metrics))
+    test_points = metrics["evaluations"]["test"]["operating_points"]["Edema"]
+    test_points["high sensitivity"] = {"threshold": balanced + 0.1, "sensitivity": 0.0}
+    source = derive_package(
+        bundled, tmp_path / "unordered", version="0.0.1", operating_points=points, metrics=metrics
+    )
+    out = tmp_path / "ordered"
+    status, stdout, err = run_cli(
+        "models", "order-points", "--model", str(source.path), "--out", str(out),
+        "--version", "0.0.2", "--json",
+    )  # fmt: skip
+    assert status == 0, err
+    summary = json.loads(stdout)
+    assert summary["version"] == "0.0.2"
+    assert set(summary["moved"]) == {"Edema"}
+    assert summary["moved"]["Edema"]["high sensitivity"] == {"from": balanced + 0.1, "to": balanced}
+    ordered = load_package(out)  # verifies
+    assert ordered.manifest.operating_points["Edema"] == dict.fromkeys(
+        ("balanced", "high sensitivity", "high specificity"), balanced
+    )
+    for label in set(points) - {"Edema"}:
+        assert ordered.manifest.operating_points[label] == points[label]
+    assert ordered.manifest.calibration == source.manifest.calibration
+    assert ordered.manifest.training["points_ordered"]["moved"] == summary["moved"]
+    recorded = ordered.manifest.metrics["evaluations"]["test"]["operating_points"]["Edema"]
+    assert recorded["high sensitivity"] == recorded["balanced"] == recorded["high specificity"]
+    assert (
+        "## Named operating points ordered (0.0.1 -> 0.0.2)" in (out / "MODEL_CARD.md").read_text()
+    )
+    status, _, err = run_cli(
+        "models", "order-points", "--model", str(source.path), "--out", str(out),
+    )  # fmt: skip
+    assert status != 0 and "already exists" in err and len(err.strip().splitlines()) == 1
+
+
+def test_order_points_orders_a_site_recalibration_too(run_cli, tmp_path) -> None:  # type: ignore[no-untyped-def]
+    import json
+
+    from overread.models import load_package
+    from overread.models.manifest import (
+        SiteCalibrationEntry,
+        SiteCalibrationSection,
+        SiteLabelMap,
+    )
+    from overread.models.package import derive_package
+    from overread.models.registry import bundled_dir
+
+    bundled = load_package(bundled_dir() / "cxr-default")
+    site_points = {"balanced": 0.4, "high sensitivity": 0.6, "high specificity": 0.7}
+    section = SiteCalibrationSection(
+        min_images=30,
+        min_per_class=5,
+        sites={
+            "NORTH": SiteCalibrationEntry(
+                method="temperature",
+                labels={
+                    "Edema": SiteLabelMap(
+                        temperature=1.2, operating_points=site_points, n=40, n_positive=10
+                    )
+                },
+                n=40,
+            )
+        },
+    )
+    source = derive_package(bundled, tmp_path / "site", version="0.0.3", site_calibration=section)
+    out = tmp_path / "ordered"
+    status, stdout, err = run_cli(
+        "models", "order-points", "--model", str(source.path), "--out", str(out), "--json",
+    )  # fmt: skip
+    assert status == 0, err
+    summary = json.loads(stdout)
+    assert summary["version"] == "0.0.3+ordered" and summary["moved"] == {}
+    assert summary["moved_sites"] == {
+        "NORTH": {"Edema": {"high sensitivity": {"from": 0.6, "to": 0.4}}}
+    }
+    ordered = load_package(out)
+    assert ordered.manifest.site_calibration is not None
+    edema = ordered.manifest.site_calibration.sites["NORTH"].labels["Edema"]
+    assert edema.operating_points == {**site_points, "high sensitivity": 0.4}
+    assert edema.temperature == 1.2
+    assert ordered.manifest.operating_points == bundled.manifest.operating_points
+    assert (
+        "| Edema (site NORTH) | high sensitivity | 0.6000 | 0.4000 |"
+        in (out / "MODEL_CARD.md").read_text()
+    )

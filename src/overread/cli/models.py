@@ -655,6 +655,52 @@ def prior_shift_model(
     )
 
 
+@models_app.command("order-points")
+def order_points_model(
+    model: str = typer.Option(..., "--model", help="Package (alias, name or path)."),
+    out: Path = typer.Option(..., "--out", help="Directory for the new package version."),
+    version: str | None = typer.Option(
+        None, "--version", help="New version (default: the source's with '+ordered')."
+    ),
+    as_json: bool = typer.Option(False, "--json", help="Print one JSON object."),
+) -> None:
+    """Order each label's named points, high sensitivity <= balanced <= high specificity
+    (a new package version)."""
+    from overread.errors import ModelPackageError
+    from overread.training.operating import write_ordered_points_package
+
+    registry = _registry()
+    source = registry.load(model)
+    new_version = version or f"{source.version}+ordered"
+    if out.exists():
+        raise ModelPackageError(f"{out}: already exists; a package version is never overwritten")
+    package, record = write_ordered_points_package(
+        source, out, version=new_version, key=registry.key
+    )
+    moved, moved_sites = record["moved"], record.get("moved_sites", {})
+    if as_json:
+        typer.echo(
+            json.dumps(
+                {
+                    "name": package.name,
+                    "version": package.version,
+                    "sha256": package.sha256,
+                    "path": str(package.path),
+                    "moved": moved,
+                    "moved_sites": moved_sites,
+                }
+            )
+        )
+        return
+    count = sum(len(names) for names in moved.values())
+    at_sites = sum(len(n) for labels in moved_sites.values() for n in labels.values())
+    typer.echo(
+        f"wrote {package.name} {package.version} -> {package.path} (sha256 {package.sha256}); "
+        f"{count} point(s) of {len(moved)} label(s) moved to balanced"
+        + (f", and {at_sites} of {len(moved_sites)} site(s)" if moved_sites else "")
+    )
+
+
 @models_app.command("ensemble")
 def ensemble_model(
     members: list[str] = typer.Argument(..., help="Member packages (two or more)."),

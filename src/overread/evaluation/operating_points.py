@@ -8,6 +8,7 @@ when score >= threshold".
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass
 from enum import StrEnum
 
@@ -79,6 +80,49 @@ def youden_threshold(y_true: ArrayLike, y_score: ArrayLike) -> float:
     curve = roc_curve(y_true, y_score)
     j = curve.tpr - curve.fpr
     return float(curve.thresholds[int(np.argmax(j))])
+
+
+STANDARD_POINTS = ("balanced", "high sensitivity", "high specificity")
+"""The named operating points every classifier package carries per label."""
+
+STANDARD_TARGET = 0.9
+"""The sensitivity (``high sensitivity``) and specificity (``high specificity``) kept."""
+
+
+def order_points(points: Mapping[str, float]) -> dict[str, float]:
+    """Named points ordered ``high sensitivity <= balanced <= high specificity``.
+
+    ``high sensitivity`` is the highest threshold that keeps sensitivity at the
+    target. When the balanced point already exceeds that sensitivity, that threshold
+    lies *above* balanced, and a reader who picks "high sensitivity" would be shown
+    fewer positives than at "balanced"; likewise ``high specificity`` below balanced.
+    Moving such a point to ``balanced`` keeps its target (sensitivity only rises as the
+    threshold falls, specificity only as it rises) and restores the meaning of its
+    name. Points other than the three named ones are left as they are.
+    """
+    out = {name: float(t) for name, t in points.items()}
+    balanced = out.get("balanced")
+    if balanced is None:
+        return out
+    if "high sensitivity" in out:
+        out["high sensitivity"] = min(out["high sensitivity"], balanced)
+    if "high specificity" in out:
+        out["high specificity"] = max(out["high specificity"], balanced)
+    return out
+
+
+def standard_points(
+    y_true: ArrayLike, y_score: ArrayLike, target: float = STANDARD_TARGET
+) -> dict[str, float]:
+    """``balanced`` (Youden's J), ``high sensitivity`` and ``high specificity`` (each
+    keeping ``target``) chosen on validation data, clipped to [0, 1] and ordered by
+    :func:`order_points`."""
+    found = {
+        "balanced": youden_threshold(y_true, y_score),
+        "high sensitivity": threshold_for_sensitivity(y_true, y_score, target),
+        "high specificity": threshold_for_specificity(y_true, y_score, target),
+    }
+    return order_points({name: float(np.clip(t, 0.0, 1.0)) for name, t in found.items()})
 
 
 def choose_threshold(

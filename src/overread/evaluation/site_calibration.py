@@ -44,12 +44,11 @@ from overread.evaluation.calibration import (
     TemperatureScaling,
     calibration_error,
 )
-from overread.evaluation.operating_points import (
-    threshold_for_sensitivity,
-    threshold_for_specificity,
-    youden_threshold,
-)
+from overread.evaluation.operating_points import STANDARD_POINTS, standard_points
 from overread.models.manifest import SiteCalibrationEntry, SiteCalibrationSection, SiteLabelMap
+
+# The operating points fitted per site (STANDARD_POINTS) are chosen as the package's
+# own are in training: Youden's J, sensitivity >= 0.9, specificity >= 0.9, ordered.
 
 #: Fewest labelled images of a site for temperature scaling.
 MIN_SITE_IMAGES = 30
@@ -59,10 +58,6 @@ MIN_ISOTONIC_IMAGES = 100
 
 #: Fewest positives, and fewest negatives, of a label at a site.
 MIN_PER_CLASS = 5
-
-#: The operating points fitted per site, and how: Youden's J, sensitivity >= 0.9,
-#: specificity >= 0.9 (as the package's own are chosen in training).
-STANDARD_POINTS = ("balanced", "high sensitivity", "high specificity")
 
 #: Bins of the expected calibration error on a site's (small) sample.
 ECE_BINS = 10
@@ -157,15 +152,6 @@ def _log_loss(y: np.ndarray, p: np.ndarray) -> float:
     return float(-np.mean(y * np.log(q) + (1 - y) * np.log(1 - q)))
 
 
-def _points(y: np.ndarray, q: np.ndarray) -> dict[str, float]:
-    found = {
-        "balanced": youden_threshold(y, q),
-        "high sensitivity": threshold_for_sensitivity(y, q, 0.9),
-        "high specificity": threshold_for_specificity(y, q, 0.9),
-    }
-    return {name: float(np.clip(t, 0.0, 1.0)) for name, t in found.items()}
-
-
 def fit_site(
     y_true: ArrayLike,
     y_prob: ArrayLike,
@@ -252,7 +238,7 @@ def fit_site(
             continue
         label_map = _fit_map(kind, yy, pp)
         q = map_probabilities(pp, label_map)
-        points = _points(yy, q)
+        points = standard_points(yy, q)
         for name, threshold in (global_points or {}).get(label, {}).items():
             if name not in points:
                 points[name] = float(np.clip(map_probabilities(threshold, label_map), 0.0, 1.0))

@@ -280,26 +280,18 @@ def fit_operating_points(
 ) -> dict[str, dict[str, float]]:
     """The package's operating points fitted on ``cohort`` (labels the cohort lacks
     both classes of keep the package's own)."""
-    from overread.evaluation.operating_points import ThresholdRule, choose_threshold
+    from overread.evaluation.operating_points import standard_points
 
     verify_cohort(cohort)
     reading = read_cohort(package, cohort, registry)
     truth, _ = _truth(cohort, reading.labels)
     fitted = {k: dict(v) for k, v in package.manifest.operating_points.items()}
-    rules = {
-        "balanced": (ThresholdRule.YOUDEN, 0.0),
-        "high sensitivity": (ThresholdRule.SENSITIVITY, 0.9),
-        "high specificity": (ThresholdRule.SPECIFICITY, 0.9),
-    }
     for j, label in enumerate(reading.labels):
         keep = ~np.isnan(truth[:, j]) & ~np.isnan(reading.probabilities[:, j])
         y, p = truth[keep, j], reading.probabilities[keep, j]
         if y.sum() < 2 or (1 - y).sum() < 2:
             continue
-        fitted[label] = {
-            name: float(np.clip(choose_threshold(y, p, rule, target), 0.0, 1.0))
-            for name, (rule, target) in rules.items()
-        }
+        fitted[label] = {**fitted.get(label, {}), **standard_points(y, p)}
     return fitted
 
 

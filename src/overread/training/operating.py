@@ -3,8 +3,9 @@
 Thresholds are chosen on validation data, never on the test set, so the test
 numbers in the model card are honest. Three operating points per label:
 ``balanced`` (Youden's J, max sensitivity + specificity), ``high sensitivity``
-(the highest threshold keeping sensitivity >= 0.9, for triage/rule-out) and
-``high specificity`` (the lowest keeping specificity >= 0.9, for alerts).
+(the highest threshold keeping sensitivity >= 0.9, for triage/rule-out, and never
+above balanced) and ``high specificity`` (the lowest keeping specificity >= 0.9, for
+alerts, and never below balanced).
 Calibration is Platt scaling per label (a logistic fit on the logit), which
 corrects the over-confidence that ``pos_weight`` deliberately introduces.
 
@@ -24,9 +25,9 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 from sklearn.linear_model import LogisticRegression
-from sklearn.metrics import roc_curve
 
 from overread.errors import ConfigError
+from overread.evaluation.operating_points import order_points, standard_points
 
 if TYPE_CHECKING:
     from overread.models.package import ModelPackage
@@ -42,7 +43,10 @@ def operating_points(
 ) -> dict[str, dict[str, float]]:
     """``{label: {"balanced": t, "high sensitivity": t, "high specificity": t}}``.
 
-    A label without both classes in validation gets 0.5 everywhere.
+    A label without both classes in validation gets 0.5 everywhere. The points are
+    ordered (:func:`~overread.evaluation.operating_points.order_points`): a strong
+    label whose balanced point already keeps 90 % sensitivity has its ``high
+    sensitivity`` point at balanced, never above it.
     """
     out: dict[str, dict[str, float]] = {}
     for c, label in enumerate(labels):
@@ -51,16 +55,7 @@ def operating_points(
         if y.all() or not y.any():
             out[label] = {"balanced": 0.5, "high sensitivity": 0.5, "high specificity": 0.5}
             continue
-        fpr, tpr, thr = roc_curve(y, probs[keep, c])
-        thr = np.clip(thr, 0.0, 1.0)
-        balanced = float(thr[int(np.argmax(tpr - fpr))])
-        sens_ok = np.flatnonzero(tpr >= 0.9)
-        spec_ok = np.flatnonzero(1 - fpr >= 0.9)
-        out[label] = {
-            "balanced": balanced,
-            "high sensitivity": float(thr[sens_ok[0]]) if len(sens_ok) else balanced,
-            "high specificity": float(thr[spec_ok[-1]]) if len(spec_ok) else balanced,
-        }
+        out[label] = standard_points(y, probs[keep, c])
     return out
 
 
@@ -203,6 +198,118 @@ def write_prior_shift_package(
         operating_points=points,
         training=training,
     )
+
+
+def write_ordered_points_package(
+    source: ModelPackage, out: Path, *, version: str, key: bytes | None = None
+) -> tuple[ModelPackage, dict[str, Any]]:
+    """A new version of ``source`` with every label's named points ordered
+    (:func:`~overread.evaluation.operating_points.order_points`), and the record of
+    what moved (``{"from_version", "version", "moved", "moved_sites"?}``).
+
+    A site recalibration's own points (``site_calibration``) are ordered too.
+    Calibration, weights and every image's probability are unchanged; only a
+    ``high sensitivity`` point above ``balanced`` (or a ``high specificity`` point
+    below it) moves to ``balanced``, which still keeps its target. The manifest's
+    training record keeps what moved (``points_ordered``) and the model card gets a
+    section saying so. Nothing to move is refused (a ConfigError), so a version is
+    never issued that changes nothing.
+    """
+    from overread.models.package import derive_package
+
+    points: dict[str, dict[str, float]] = {}
+    moved: dict[str, dict[str, dict[str, float]]] = {}
+    for label, named in source.manifest.operating_points.items():
+        points[label] = order_points(named)
+        for name, threshold in named.items():
+            if points[label][name] != float(threshold):
+                moved.setdefault(label, {})[name] = {
+                    "from": float(threshold),
+                    "to": points[label][name],
+                }
+    # A site's recalibration carries its own named points: ordered the same way.
+    sites = source.manifest.site_calibration
+    moved_sites: dict[str, dict[str, dict[str, dict[str, float]]]] = {}
+    if sites is not None:
+        entries = {}
+        for site, entry in sites.sites.items():
+            maps = {}
+            for label, label_map in entry.labels.items():
+                ordered = order_points(label_map.operating_points)
+                for name, threshold in label_map.operating_points.items():
+                    if ordered[name] != float(threshold):
+                        moved_sites.setdefault(site, {}).setdefault(label, {})[name] = {
+                            "from": float(threshold),
+                            "to": ordered[name],
+                        }
+                maps[label] = label_map.model_copy(update={"operating_points": ordered})
+            entries[site] = entry.model_copy(update={"labels": maps})
+        sites = sites.model_copy(update={"sites": entries})
+    if not moved and not moved_sites:
+        raise ConfigError(
+            f"order points: every label's named points of {source.name} {source.version} "
+            "are already ordered (high sensitivity <= balanced <= high specificity)"
+        )
+    training = dict(source.manifest.training)
+    training["points_ordered"] = {
+        "from_version": source.version,
+        "version": version,
+        "moved": moved,
+        **({"moved_sites": moved_sites} if moved_sites else {}),
+    }
+    # A moved point's threshold is now balanced's, so its recorded sensitivity and
+    # specificity on every evaluated split are balanced's too.
+    metrics = copy.deepcopy(dict(source.manifest.metrics))
+    for evaluation in (metrics.get("evaluations") or {}).values():
+        recorded = evaluation.get("operating_points") if isinstance(evaluation, dict) else None
+        for label, names in moved.items():
+            figures = (recorded or {}).get(label) or {}
+            if "balanced" in figures:
+                for name in names:
+                    figures[name] = copy.deepcopy(figures["balanced"])
+
+    def note(staging: Path) -> None:
+        card = staging / "MODEL_CARD.md"
+        if not card.is_file():
+            return
+        lines = [
+            f"\n## Named operating points ordered ({source.version} -> {version})\n",
+            "Weights, calibration and probabilities are unchanged. Where a label's balanced "
+            "point already kept 90 % sensitivity, its `high sensitivity` threshold lay above "
+            "`balanced` (and `high specificity` below it where balanced already kept 90 % "
+            "specificity), so picking that point flagged fewer (or more) findings than its "
+            "name says. Each such point is now `balanced`, which still keeps its target; its "
+            "sensitivity and specificity are now balanced's (the tables above show the old "
+            "points; the manifest's evaluation figures are updated):",
+            "",
+            "| Label | Point | Was | Now |",
+            "|---|---|---|---|",
+        ]
+        for label, names in moved.items():
+            for name, change in names.items():
+                lines.append(f"| {label} | {name} | {change['from']:.4f} | {change['to']:.4f} |")
+        for site, labels in moved_sites.items():
+            for label, names in labels.items():
+                for name, change in names.items():
+                    lines.append(
+                        f"| {label} (site {site}) | {name} | {change['from']:.4f} "
+                        f"| {change['to']:.4f} |"
+                    )
+        text = card.read_text(encoding="utf-8").rstrip("\n") + "\n" + "\n".join(lines) + "\n"
+        card.write_text(text, encoding="utf-8")
+
+    package = derive_package(
+        source,
+        out,
+        version=version,
+        key=key,
+        contents=note,
+        operating_points=points,
+        training=training,
+        metrics=metrics,
+        **({"site_calibration": sites} if moved_sites else {}),
+    )
+    return package, training["points_ordered"]
 
 
 def operating_point_performance(
