@@ -115,12 +115,44 @@ def test_named_points_of_a_weak_label_are_the_target_thresholds() -> None:
     from overread.evaluation.operating_points import order_points, standard_points
 
     y, s = _data(1)
-    s = np.clip((s + 3) / 8, 0, 1)
+    s = np.clip((s + 3) / 8, 0, 1)  # rounded: many ties, and runs of one class
     points = standard_points(y, s)
-    assert points["high sensitivity"] == pytest.approx(threshold_for_sensitivity(y, s, 0.9))
-    assert points["high specificity"] == pytest.approx(threshold_for_specificity(y, s, 0.9))
     assert points["high sensitivity"] < points["balanced"] < points["high specificity"]
     assert order_points(points) == points
+    # At the ROC corner: at least the target, and never worse than the first
+    # threshold that meets it (same specificity, at least its sensitivity).
+    hs, hsp = threshold_for_sensitivity(y, s, 0.9), threshold_for_specificity(y, s, 0.9)
+    sens, spec = _rates(y, s, points["high sensitivity"])
+    assert sens >= 0.9 and spec == _rates(y, s, hs)[1] and sens >= _rates(y, s, hs)[0]
+    sens, spec = _rates(y, s, points["high specificity"])
+    assert spec >= 0.9 and sens == _rates(y, s, hsp)[0] and spec >= _rates(y, s, hsp)[1]
+
+
+def test_named_points_are_the_corners_scikit_learn_keeps() -> None:
+    from overread.evaluation.operating_points import standard_points
+
+    # Continuous scores: the corner rule equals choosing on scikit-learn's curve,
+    # which drops the points between corners (the training rule before ordering).
+    for seed in range(20):
+        rng = np.random.default_rng(seed)
+        y = (rng.random(300) < 0.3).astype(int)
+        s = 1 / (1 + np.exp(-(rng.normal(size=300) + 1.2 * y)))
+        fpr, tpr, thr = roc_curve(y, s)
+        thr = np.clip(thr, 0.0, 1.0)
+        points = standard_points(y, s)
+        assert points["balanced"] == pytest.approx(float(thr[np.argmax(tpr - fpr)]))
+        old_hs = float(thr[np.flatnonzero(tpr >= 0.9)[0]])
+        old_hsp = float(thr[np.flatnonzero(1 - fpr >= 0.9)[-1]])
+        assert points["high sensitivity"] == pytest.approx(min(old_hs, points["balanced"]))
+        assert points["high specificity"] == pytest.approx(max(old_hsp, points["balanced"]))
+        sens, _ = _rates(y, s, points["high sensitivity"])
+        _, spec = _rates(y, s, points["high specificity"])
+        assert sens >= 0.9 and spec >= 0.9
+
+
+def test_order_points_leaves_other_points_alone() -> None:
+    from overread.evaluation.operating_points import order_points
+
     # Other named points are left alone; no balanced point, nothing to order against.
     odd = {"balanced": 0.5, "high sensitivity": 0.7, "screening": 0.9}
     assert order_points(odd) == {"balanced": 0.5, "high sensitivity": 0.5, "screening": 0.9}

@@ -174,3 +174,20 @@ def test_cross_validation_keeps_a_patient_s_images_together() -> None:
     assert grouped.labels["Effusion"].temperature == plain.labels["Effusion"].temperature
     with pytest.raises(EvaluationError, match="one group per image"):
         fit_site(y, p, LABELS, groups=patients[:10])
+
+
+def test_a_strong_label_gets_ordered_site_points() -> None:
+    from overread.evaluation import threshold_for_sensitivity, threshold_for_specificity
+
+    # Outcomes nearly decided by z, reported under-confident and shifted: the site's
+    # balanced point already keeps 90 % sensitivity and specificity.
+    rng = np.random.default_rng(1)
+    z = rng.normal(-0.5, 1.2, size=(300, len(LABELS)))
+    y = (rng.random(z.shape) < expit(6 * z)).astype(np.float64)
+    p = expit(0.8 * z + 1.0)
+    entry = fit_site(y, p, LABELS)
+    q = site_probabilities(p, entry, LABELS)[:, 0]
+    points = entry.labels["Effusion"].operating_points
+    assert threshold_for_sensitivity(y[:, 0], q, 0.9) > points["balanced"]  # unordered
+    assert threshold_for_specificity(y[:, 0], q, 0.9) < points["balanced"]
+    assert points["high sensitivity"] == points["balanced"] == points["high specificity"]

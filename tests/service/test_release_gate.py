@@ -40,7 +40,11 @@ def test_release_gate_cohorts_and_rollout_commands(
     monkeypatch.setenv("OVERREAD_MODEL_REGISTRY", str(root))
     registry = Registry(root)
     bundled = registry.load(ACTIVE)
-    good = derive_package(bundled, tmp_path / "packages" / "good", version="1.5.4")
+    # A faithful copy that also names a point of its own ("screening").
+    own = {k: {**v, "screening": 0.123} for k, v in bundled.manifest.operating_points.items()}
+    good = derive_package(
+        bundled, tmp_path / "packages" / "good", version="1.5.4", operating_points=own
+    )
     # Its calibration's slopes negated: every score ranks the other way round.
     calibration = bundled.manifest.calibration.model_dump(mode="python")
     calibration["parameters"] = {
@@ -92,7 +96,11 @@ def test_release_gate_cohorts_and_rollout_commands(
     assert decision.passed, [c for c in decision.checks if not c.passed]
     assert {c.check for c in decision.checks} >= {"calibration", "subgroup gaps", "speed"}
     fitted = registry.load(judged).manifest
-    assert fitted.operating_points != bundled.manifest.operating_points
+    assert fitted.operating_points != own
+    for label, points in fitted.operating_points.items():
+        # Fitted points are ordered; the package's own point is kept as it was.
+        assert points["high sensitivity"] <= points["balanced"] <= points["high specificity"]
+        assert points["screening"] == 0.123, label
     assert fitted.training["operating_points_fitted_on"]["cohort"] == "fit"
     gates = _audit(database, AuditAction.RELEASE_GATE)
     assert [g["passed"] for g in gates] == [False, True]

@@ -183,6 +183,7 @@ def test_prior_shift_command_writes_a_new_version(run_cli, tmp_path) -> None:  #
         == (source.manifest.training["prior_shift"]["Fracture"])
     )
     assert "## Prior shift" in (out / "MODEL_CARD.md").read_text()
+    assert (out / "MODEL_CARD.md").read_text().startswith("# Model card: cxr-default 9.9.9\n")
     status, _, err = run_cli(
         "models", "prior-shift", "--model", str(out), "--prevalence", "Edema=0.12:0.05",
         "--out", str(tmp_path / "twice"), "--version", "9.9.10",
@@ -222,6 +223,9 @@ def test_training_points_are_ordered_on_a_strong_label() -> None:
     strength = np.array([6.0, 1.0])
     probs = 1 / (1 + np.exp(-(rng.normal(size=(500, 2)) + strength * (y - 0.5))))
     points = operating_points(probs, y, np.ones_like(y), ["strong", "weak"])
+    from overread.evaluation import threshold_for_sensitivity
+
+    assert threshold_for_sensitivity(y[:, 0], probs[:, 0], 0.9) > points["strong"]["balanced"]
     for label in ("strong", "weak"):
         p = points[label]
         assert p["high sensitivity"] <= p["balanced"] <= p["high specificity"], label
@@ -242,14 +246,33 @@ def test_order_points_command_writes_a_new_version(run_cli, tmp_path) -> None:  
     )  # fmt: skip
     assert status != 0 and err.startswith("error:") and "already ordered" in err
     assert len(err.strip().splitlines()) == 1 and not (tmp_path / "same").exists()
+    only_balanced = derive_package(
+        bundled,
+        tmp_path / "balanced-only",
+        version="0.0.9",
+        operating_points={
+            k: {"balanced": v["balanced"]} for k, v in bundled.manifest.operating_points.items()
+        },
+    )
+    status, _, err = run_cli(
+        "models", "order-points", "--model", str(only_balanced.path), "--out", str(tmp_path / "x"),
+    )  # fmt: skip
+    assert status != 0 and "has no balanced point with a high sensitivity" in err, err
 
     points = {k: dict(v) for k, v in bundled.manifest.operating_points.items()}
     balanced = points["Edema"]["balanced"]
     points["Edema"]["high sensitivity"] = balanced + 0.1  # above balanced: unordered
     points["Edema"]["high specificity"] = balanced - 0.1  # below balanced: unordered
     metrics = json.loads(json.dumps(bundled.manifest.metrics))
-    test_points = metrics["evaluations"]["test"]["operating_points"]["Edema"]
-    test_points["high sensitivity"] = {"threshold": balanced + 0.1, "sensitivity": 0.0}
+    for split in ("test", "external"):
+        recorded = metrics["evaluations"][split]["operating_points"]["Edema"]
+        for name, shift in (("high sensitivity", 0.1), ("high specificity", -0.1)):
+            recorded[name] = {"threshold": balanced + shift, "sensitivity": 0.0}
+    # The test split's figures for high sensitivity, measured at some other threshold.
+    metrics["evaluations"]["test"]["operating_points"]["Edema"]["high sensitivity"] = {
+        "threshold": 0.9,
+        "sensitivity": 0.0,
+    }
     source = derive_package(
         bundled, tmp_path / "unordered", version="0.0.1", operating_points=points, metrics=metrics
     )
@@ -270,9 +293,18 @@ def test_order_points_command_writes_a_new_version(run_cli, tmp_path) -> None:  
     for label in set(points) - {"Edema"}:
         assert ordered.manifest.operating_points[label] == points[label]
     assert ordered.manifest.calibration == source.manifest.calibration
-    assert ordered.manifest.training["points_ordered"]["moved"] == summary["moved"]
+    record = ordered.manifest.training["points_ordered"]
+    assert set(record) == {"1.5.3", "0.0.2"}  # the bundled reissue's record is kept
+    assert record["0.0.2"] == {"from_version": "0.0.1", "moved": summary["moved"]}
+    # Measured at this package's thresholds: the moved point's figures are balanced's.
+    external = ordered.manifest.metrics["evaluations"]["external"]["operating_points"]["Edema"]
+    assert external["high sensitivity"] == external["balanced"] == external["high specificity"]
+    # The test split's "high sensitivity" figures were measured at another threshold
+    # (set above): dropped rather than shown as balanced's.
     recorded = ordered.manifest.metrics["evaluations"]["test"]["operating_points"]["Edema"]
-    assert recorded["high sensitivity"] == recorded["balanced"] == recorded["high specificity"]
+    assert "high sensitivity" not in recorded
+    assert recorded["high specificity"] == recorded["balanced"]
+    assert (out / "MODEL_CARD.md").read_text().startswith("# Model card: cxr-default 0.0.2\n")
     assert (
         "## Named operating points ordered (0.0.1 -> 0.0.2)" in (out / "MODEL_CARD.md").read_text()
     )

@@ -115,12 +115,26 @@ def standard_points(
     y_true: ArrayLike, y_score: ArrayLike, target: float = STANDARD_TARGET
 ) -> dict[str, float]:
     """``balanced`` (Youden's J), ``high sensitivity`` and ``high specificity`` (each
-    keeping ``target``) chosen on validation data, clipped to [0, 1] and ordered by
-    :func:`order_points`."""
+    keeping ``target``) chosen on validation probabilities, clipped to [0, 1] and
+    ordered by :func:`order_points`.
+
+    Each target point is taken at a corner of the empirical ROC curve: where the
+    target is first met partway along a run of positives only (the false-positive
+    rate unchanged), ``high sensitivity`` goes to the run's end, which keeps every one
+    of those positives at no cost in specificity; likewise ``high specificity`` goes
+    to the start of a run of negatives only. (scikit-learn's ``roc_curve`` keeps only
+    such corners, as the training rule did before this function.)
+    """
+    curve = roc_curve(y_true, y_score)
+    tpr, fpr, thresholds = curve.tpr, curve.fpr, curve.thresholds
+    i = int(np.nonzero(tpr >= target - 1e-12)[0][0])
+    i = int(np.nonzero(fpr == fpr[i])[0][-1])  # the end of a vertical run
+    k = int(np.nonzero((1.0 - fpr) >= target - 1e-12)[0][-1])
+    k = int(np.nonzero(tpr == tpr[k])[0][0])  # the start of a horizontal run
     found = {
         "balanced": youden_threshold(y_true, y_score),
-        "high sensitivity": threshold_for_sensitivity(y_true, y_score, target),
-        "high specificity": threshold_for_specificity(y_true, y_score, target),
+        "high sensitivity": float(thresholds[i]),
+        "high specificity": float(thresholds[k]),
     }
     return order_points({name: float(np.clip(t, 0.0, 1.0)) for name, t in found.items()})
 

@@ -447,10 +447,28 @@ def resign_package(path: Path | str, *, key: bytes | None = None, **updates: Any
 def _stage_copy(source: Path, out: Path) -> Path:
     if out.exists():
         raise ModelPackageError(f"{out}: already exists; a package version is never overwritten")
-    out.parent.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(prefix=f".{out.name}-", dir=out.parent))
-    shutil.copytree(source, staging, dirs_exist_ok=True)
+    try:
+        out.parent.mkdir(parents=True, exist_ok=True)
+        staging = Path(tempfile.mkdtemp(prefix=f".{out.name}-", dir=out.parent))
+    except OSError as exc:
+        raise ModelPackageError(f"{out}: cannot write there ({exc.strerror or exc})") from None
+    try:
+        shutil.copytree(source, staging, dirs_exist_ok=True)
+    except OSError as exc:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise ModelPackageError(f"{out}: cannot copy the package there ({exc})") from None
     return staging
+
+
+def _retitle_card(card: Path, old: str, new: str) -> None:
+    """Rename the version in a model card's title ("# Model card: NAME OLD") to ``new``,
+    so a derived package's card names its own version; any other card is left alone."""
+    if not card.is_file():
+        return
+    text = card.read_text(encoding="utf-8")
+    first, sep, rest = text.partition("\n")
+    if first.startswith("# ") and first.endswith(f" {old}"):
+        card.write_text(first[: -len(old)] + new + sep + rest, encoding="utf-8")
 
 
 def derive_package(
@@ -465,7 +483,8 @@ def derive_package(
     """Write a new version of a verified package with some manifest fields replaced.
 
     ``contents``, when given, is called with the staging directory to add files
-    (an evaluation report) before they are hashed into the new manifest.
+    (an evaluation report) before they are hashed into the new manifest. A model
+    card titled with the source's version is retitled with the new one.
 
     The source package is never touched: its files are copied to ``out_dir``, the
     manifest gets ``version``, ``updates`` (e.g. ``conformal=...``) and a new
@@ -486,6 +505,7 @@ def derive_package(
     try:
         if contents is not None:
             contents(staging)
+        _retitle_card(staging / "MODEL_CARD.md", source.version, version)
         manifest = _parse_manifest(staging)
         data = manifest.model_dump(mode="python", exclude={"signature"})
         data.update(updates)

@@ -278,14 +278,19 @@ def _truth(cohort: Cohort, labels: Sequence[str]) -> tuple[np.ndarray, dict[str,
 def fit_operating_points(
     package: ModelPackage, cohort: Cohort, registry: Registry
 ) -> dict[str, dict[str, float]]:
-    """The package's operating points fitted on ``cohort`` (labels the cohort lacks
-    both classes of keep the package's own)."""
-    from overread.evaluation.operating_points import standard_points
+    """The package's operating points fitted on ``cohort``.
+
+    The three named points of each label are chosen by
+    :func:`~overread.evaluation.operating_points.standard_points` (ordered); any
+    other point the package names keeps its own threshold (on the same
+    probabilities). Labels the cohort lacks two of each class for keep the
+    package's own points, ordered the same way."""
+    from overread.evaluation.operating_points import order_points, standard_points
 
     verify_cohort(cohort)
     reading = read_cohort(package, cohort, registry)
     truth, _ = _truth(cohort, reading.labels)
-    fitted = {k: dict(v) for k, v in package.manifest.operating_points.items()}
+    fitted = {k: order_points(v) for k, v in package.manifest.operating_points.items()}
     for j, label in enumerate(reading.labels):
         keep = ~np.isnan(truth[:, j]) & ~np.isnan(reading.probabilities[:, j])
         y, p = truth[keep, j], reading.probabilities[keep, j]

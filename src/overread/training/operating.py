@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import copy
 import math
+from collections.abc import Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -200,19 +201,23 @@ def write_prior_shift_package(
     )
 
 
+def _same(a: Any, b: float) -> bool:
+    return isinstance(a, int | float) and math.isclose(float(a), b, rel_tol=1e-9, abs_tol=1e-12)
+
+
 def write_ordered_points_package(
     source: ModelPackage, out: Path, *, version: str, key: bytes | None = None
 ) -> tuple[ModelPackage, dict[str, Any]]:
     """A new version of ``source`` with every label's named points ordered
     (:func:`~overread.evaluation.operating_points.order_points`), and the record of
-    what moved (``{"from_version", "version", "moved", "moved_sites"?}``).
+    what moved (``{"version", "from_version", "moved", "moved_sites"?}``).
 
     A site recalibration's own points (``site_calibration``) are ordered too.
     Calibration, weights and every image's probability are unchanged; only a
     ``high sensitivity`` point above ``balanced`` (or a ``high specificity`` point
     below it) moves to ``balanced``, which still keeps its target. The manifest's
-    training record keeps what moved (``points_ordered``) and the model card gets a
-    section saying so. Nothing to move is refused (a ConfigError), so a version is
+    training record keeps what moved (``points_ordered``, keyed by version) and the
+    model card gets a section saying so. Nothing to move is refused (a ConfigError), so a version is
     never issued that changes nothing.
     """
     from overread.models.package import derive_package
@@ -246,27 +251,48 @@ def write_ordered_points_package(
             entries[site] = entry.model_copy(update={"labels": maps})
         sites = sites.model_copy(update={"sites": entries})
     if not moved and not moved_sites:
+        every_point_set: list[Mapping[str, float]] = list(source.manifest.operating_points.values())
+        if sites is not None:
+            every_point_set += [
+                m.operating_points for e in sites.sites.values() for m in e.labels.values()
+            ]
+        orderable = any(
+            "balanced" in p and {"high sensitivity", "high specificity"} & set(p)
+            for p in every_point_set
+        )
         raise ConfigError(
             f"order points: every label's named points of {source.name} {source.version} "
             "are already ordered (high sensitivity <= balanced <= high specificity)"
+            if orderable
+            else f"order points: {source.name} {source.version} has no balanced point with "
+            "a high sensitivity or high specificity point to order"
         )
+    record: dict[str, Any] = {"from_version": source.version, "moved": moved}
+    if moved_sites:
+        record["moved_sites"] = moved_sites
     training = dict(source.manifest.training)
-    training["points_ordered"] = {
-        "from_version": source.version,
-        "version": version,
-        "moved": moved,
-        **({"moved_sites": moved_sites} if moved_sites else {}),
-    }
+    # Kept per version, so a later reissue adds to the history rather than replacing it.
+    training["points_ordered"] = {**(training.get("points_ordered") or {}), version: record}
     # A moved point's threshold is now balanced's, so its recorded sensitivity and
-    # specificity on every evaluated split are balanced's too.
+    # specificity on an evaluated split are balanced's, where the split was measured
+    # at this package's own thresholds. Figures measured at other thresholds (before
+    # a prior shift, or by another package) would be stale: they are dropped.
     metrics = copy.deepcopy(dict(source.manifest.metrics))
     for evaluation in (metrics.get("evaluations") or {}).values():
         recorded = evaluation.get("operating_points") if isinstance(evaluation, dict) else None
+        if not isinstance(recorded, dict):
+            continue
         for label, names in moved.items():
-            figures = (recorded or {}).get(label) or {}
-            if "balanced" in figures:
-                for name in names:
-                    figures[name] = copy.deepcopy(figures["balanced"])
+            figures = recorded.get(label)
+            if not isinstance(figures, dict):
+                continue
+            balanced = figures.get("balanced") or {}
+            own = _same(balanced.get("threshold"), points[label]["balanced"])
+            for name, change in names.items():
+                if own and _same((figures.get(name) or {}).get("threshold"), change["from"]):
+                    figures[name] = copy.deepcopy(balanced)
+                else:
+                    figures.pop(name, None)
 
     def note(staging: Path) -> None:
         card = staging / "MODEL_CARD.md"
@@ -309,7 +335,7 @@ def write_ordered_points_package(
         metrics=metrics,
         **({"site_calibration": sites} if moved_sites else {}),
     )
-    return package, training["points_ordered"]
+    return package, {"version": version, **record}
 
 
 def operating_point_performance(
@@ -346,5 +372,6 @@ __all__ = [
     "operating_points",
     "platt_calibration",
     "prior_shift",
+    "write_ordered_points_package",
     "write_prior_shift_package",
 ]
