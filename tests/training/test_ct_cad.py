@@ -40,3 +40,51 @@ def test_source_lung_keeps_the_lungs_not_the_outside_air() -> None:
     lung = source_lung(hu)
     assert lung[4, 20, 12] and lung[4, 10, 25]
     assert not lung[0, 0, 0] and not lung[4, 20, 20]
+
+
+def test_a_bad_case_is_one_config_error_before_any_candidate_search(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import json
+
+    import overread.training.ct_cad as ct_cad
+
+    root = tmp_path / "cohort"
+    write_ct_cohort(root, 2, 0, size=64)
+    cases = [row["case"] for row in json.loads((root / "cases.json").read_text())]
+    last = root / cases[-1]
+
+    def no_search(*args: object, **kwargs: object) -> object:
+        raise AssertionError("candidates searched before the cohort was checked")
+
+    monkeypatch.setattr(ct_cad, "find_candidates", no_search)
+    nodules_file = last / "nodules.json"
+    nodules = json.loads(nodules_file.read_text())
+    assert nodules, "the phantom case has nodules"
+    good_nodules, good_case = nodules_file.read_text(), (last / "case.json").read_text()
+    for bad in ("missing", [1, 2], [1, "x", 3], [1, 2, float("nan")]):
+        if bad == "missing":
+            nodules[0].pop("centre_voxel", None)
+        else:
+            nodules[0]["centre_voxel"] = bad
+        nodules_file.write_text(json.dumps(nodules))
+        with pytest.raises(ConfigError, match="nodule 1: 'centre_voxel' is not three numbers"):
+            cohort_candidates(root)
+    nodules_file.write_text(good_nodules)
+    info = json.loads(good_case)
+    for affine, says in (
+        (None, "no 'affine_lps'"),
+        ([[1, 0], [0, 1]], "not a 4 x 4 affine"),
+        ("x", "no 'affine_lps'"),
+    ):
+        if affine is None:
+            (last / "case.json").write_text(
+                json.dumps({k: v for k, v in info.items() if k != "affine_lps"})
+            )
+        else:
+            (last / "case.json").write_text(json.dumps({**info, "affine_lps": affine}))
+        with pytest.raises(ConfigError, match=says):
+            cohort_candidates(root)
+    (last / "case.json").write_text("{not json")
+    with pytest.raises(ConfigError, match="not readable JSON"):
+        cohort_candidates(root)

@@ -40,6 +40,7 @@ from overread.models.blob_cad import (
 )
 from overread.models.ct_cad import FLOOR_POINT
 from overread.models.manifest import Manifest
+from overread.training.ct_eval import read_cases, read_nodules
 
 
 def source_lung(
@@ -78,6 +79,36 @@ class CandidateSet:
     nodules_with_candidate: int
 
 
+def _case_truth(folder: Path) -> tuple[npt.NDArray[np.float64], list[dict[str, Any]]]:
+    """A case's affine (``case.json``) and nodules, each with a ``centre_voxel`` of
+    three numbers (what labelling candidates reads): a ConfigError otherwise."""
+    path = folder / "case.json"
+    try:
+        info = json.loads(path.read_text(encoding="utf-8"))
+        affine = np.array(info["affine_lps"], dtype=np.float64)
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise ConfigError(f"{path}: not readable JSON: {exc}") from None
+    except (KeyError, TypeError, ValueError):
+        raise ConfigError(f"{path}: no 'affine_lps' of 4 x 4 numbers") from None
+    if affine.shape != (4, 4) or not np.isfinite(affine).all() or affine[2, 2] == 0:
+        raise ConfigError(f"{path}: 'affine_lps' is not a 4 x 4 affine with a slice step")
+    nodules = read_nodules(folder / "nodules.json")
+    for i, nod in enumerate(nodules):
+        voxel = nod.get("centre_voxel")
+        if not (
+            isinstance(voxel, list)
+            and len(voxel) == 3
+            and all(
+                isinstance(v, int | float) and not isinstance(v, bool) and np.isfinite(v)
+                for v in voxel
+            )
+        ):
+            raise ConfigError(
+                f"{folder / 'nodules.json'}: nodule {i + 1}: 'centre_voxel' is not three numbers"
+            )
+    return affine, nodules
+
+
 def cohort_candidates(
     root: str | Path,
     *,
@@ -91,18 +122,16 @@ def cohort_candidates(
     from overread.imaging.series import load_series
 
     root = Path(root)
-    cases_file = root / "cases.json"
-    if not cases_file.is_file():
-        raise ConfigError(f"{root}: not a phantom CT cohort (no cases.json)")
+    # Every case and its truth checked before any candidate is searched for (minutes
+    # per case): a bad cohort is one ConfigError, not a traceback an hour in.
+    cases = read_cases(root)
+    truths = [_case_truth(root / row["case"]) for row in cases]
     rows: list[npt.NDArray[np.float64]] = []
     labels: list[int] = []
     total = found = 0
-    for row in json.loads(cases_file.read_text()):
+    for row, (affine, nodules) in zip(cases, truths, strict=True):
         folder = root / row["case"]
         volume = load_series([folder / "series"]).volumes[0]
-        info = json.loads((folder / "case.json").read_text())
-        nodules = json.loads((folder / "nodules.json").read_text())
-        affine = np.array(info["affine_lps"])
         z0, step = affine[2, 3], affine[2, 2]
         index = [round((p - z0) / step) for p in volume.positions]
         spacing = (float(step), float(volume.spacing[1]), float(volume.spacing[2]))
