@@ -209,6 +209,51 @@ def test_some_inputs_failing_is_still_exit_1(tmp_path: Path, run_cli) -> None:
     assert err.startswith(str(tmp_path / "broken.dcm") + ": ")
 
 
+# Bad paths: a file where a folder is wanted and the reverse, a path through a file,
+# bytes that are not text. Each is one line naming the path, exit 2, never a traceback.
+# FILE is a regular file, DIR an existing folder, BYTES a file of non-UTF-8 bytes.
+BAD_PATHS: list[tuple[str, ...]] = [
+    ("phantom", "cxr", "--n", "1", "--size", "64", "--quiet", "--out", "FILE"),
+    ("phantom", "ct", "--n", "1", "--size", "64", "--quiet", "--out", "FILE/x"),
+    ("phantom", "previews", "--size", "64", "--out", "FILE"),
+    ("phantom", "lateral", "--n", "1", "--size", "64", "--out", "FILE/x"),
+    ("evaluate", "--predictions", "DIR", "--labels", "DIR", "--out", "OUT"),
+    ("evaluate", "--predictions", "DIR", "--labels", "DIR", "--out", "FILE"),
+    ("evaluate", "--predictions", "DIR", "--labels", "DIR", "--out", "OUT", "--rule", "nope"),
+    ("stats", "auc", "--csv", "DIR", "--truth", "y", "--score", "a"),
+    ("stats", "kappa", "--csv", "CSV", "--raters", "a,b", "--weights", "nope"),
+    ("train", "BYTES", "--show-config"),
+    ("worklist", "sweep", "--triage-config", "BYTES", "--data-dir", "DATA"),
+    ("worklist", "export-feedback", "DIR", "--data-dir", "DATA"),
+    ("audit", "export", "--from", "2020-01-01", "--to", "2030-01-01", "--out", "DIR"),
+    ("db", "current", "--data-dir", "FILE"),
+    ("users", "list", "--data-dir", "FILE/x"),
+    ("models", "governance-report", "--out", "DIR"),
+    ("deid", "FILE", "FILE/x", "--salt-file", "FILE"),
+    ("deid", "FILE", "OUT", "--salt-file", "FILE", "--report", "DIR"),
+    ("export", "cxr-default", "--onnx", "--out", "FILE/x"),
+    ("models", "gate-report", "--model", "cxr-default", "--data", "BYTES"),
+]
+
+
+@pytest.mark.parametrize("args", BAD_PATHS, ids=lambda a: " ".join(a[:2]))
+def test_bad_path_is_one_line(
+    args: tuple[str, ...], tmp_path: Path, monkeypatch: pytest.MonkeyPatch, run_cli
+) -> None:
+    monkeypatch.setenv("OVERREAD_DATA_DIR", str(tmp_path / "data"))
+    (tmp_path / "FILE").write_text("salt\n", encoding="utf-8")
+    (tmp_path / "DIR").mkdir()
+    (tmp_path / "BYTES").write_bytes(bytes(range(128, 256)) * 8)
+    (tmp_path / "CSV").write_text("y,a,b\n1,1,0\n0,0,0\n1,1,1\n", encoding="utf-8")
+    named = {"FILE", "FILE/x", "DIR", "BYTES", "CSV", "OUT", "DATA"}
+    status, _, err = run_cli(*(tmp_path / a if a in named else a for a in args))
+    assert "Traceback" not in err
+    assert status == 2, err
+    errors = [line for line in err.splitlines() if line.startswith("error: ")]
+    assert len(errors) == 1 and err.endswith(errors[0] + "\n"), err  # progress may precede
+    assert str(tmp_path) in errors[0] or "nope" in errors[0]
+
+
 def test_unknown_command_in_a_real_process(tmp_path: Path) -> None:
     proc = subprocess.run(
         [sys.executable, "-m", "overread", "frobnicate"],

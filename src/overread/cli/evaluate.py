@@ -14,6 +14,7 @@ from pathlib import Path
 import typer
 
 from overread.cli.app import app
+from overread.cli.options import output_folder
 from overread.errors import EvaluationError
 
 
@@ -43,7 +44,7 @@ def evaluate_command(
         "", "--subgroups", help="Comma-separated subgroup columns, e.g. sex,age,site."
     ),
     resamples: int = typer.Option(
-        2000, "--resamples", help="Patient-level bootstrap resamples for AUC CIs."
+        2000, "--resamples", min=1, help="Patient-level bootstrap resamples for AUC CIs."
     ),
     subgroup_resamples: int = typer.Option(
         200, "--subgroup-resamples", help="Bootstrap resamples for fairness gaps."
@@ -126,6 +127,7 @@ def evaluate_command(
     ),
 ) -> None:
     """Evaluate a model or a predictions file: AUC with CIs, operating points, calibration, subgroups."""
+    from overread.evaluation.operating_points import threshold_rule
     from overread.evaluation.report import json_safe, write_report
     from overread.evaluation.study import compare_models, evaluate, read_prediction_files
     from overread.inference.cohort import cohort_inputs
@@ -153,6 +155,8 @@ def evaluate_command(
         return
     if out is None:
         raise EvaluationError("--out is required")
+    threshold_rule(rule)  # an unknown rule or an unwritable --out: refused before any work
+    output_folder(out)
 
     if model is not None or data is not None:
         if model is None or data is None:
@@ -202,9 +206,11 @@ def evaluate_command(
     if thresholds is not None:
         try:
             given = json.loads(thresholds.read_text())
-        except (OSError, json.JSONDecodeError) as exc:
+        except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
             raise EvaluationError(f"{thresholds}: cannot read thresholds JSON ({exc})") from None
-        if not isinstance(given, dict):
+        if not isinstance(given, dict) or not all(
+            isinstance(v, int | float) and not isinstance(v, bool) for v in given.values()
+        ):
             raise EvaluationError(f'{thresholds}: expected {{"label": threshold, ...}}')
         inputs.thresholds.update({str(k): float(v) for k, v in given.items()})
     names = [s.strip() for s in subgroups.split(",") if s.strip()]

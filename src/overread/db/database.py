@@ -81,9 +81,21 @@ class Database:
         if self.dialect == "sqlite":
             database = parsed.database
             if database and database != ":memory:":
-                Path(database).parent.mkdir(parents=True, exist_ok=True)
+                folder = Path(database).parent
+                try:
+                    folder.mkdir(parents=True, exist_ok=True)
+                except (FileExistsError, NotADirectoryError):
+                    raise ConfigError(f"{folder}: not a folder, cannot hold the database") from None
+                except OSError as exc:
+                    raise ConfigError(
+                        f"{folder}: cannot create the database's folder ({exc.strerror or exc})"
+                    ) from None
             kwargs["connect_args"] = {"check_same_thread": False, "timeout": 30}
-        self.engine: Engine = create_engine(url, **kwargs)
+        try:
+            self.engine: Engine = create_engine(url, **kwargs)
+        except ArgumentError as exc:  # an unknown dialect or driver
+            shown = parsed.render_as_string(hide_password=True)
+            raise ConfigError(f"invalid database URL {shown!r}: {exc}") from None
         if self.dialect == "sqlite":
             event.listen(self.engine, "connect", _sqlite_pragmas)
         self._sessions = sessionmaker(self.engine, expire_on_commit=False)
