@@ -254,6 +254,40 @@ def test_bad_path_is_one_line(
     assert str(tmp_path) in errors[0] or "nope" in errors[0]
 
 
+REFUSED_BEFORE_WORK: list[tuple[tuple[str, ...], str]] = [
+    (("evaluate", "--predictions", "NONE", "--labels", "NONE", "--out", "OUT"), "no such file"),
+    (("evaluate", "--model", "cxr-default", "--out", "OUT"), "--model and --data go together"),
+    (("evaluate", "--predictions", "CSV", "--out", "OUT"), "give --model and --data"),
+    (
+        ("evaluate", "--predictions", "CSV", "--labels", "CSV", "--resamples", "0", "--out", "OUT"),
+        "--resamples: at least 1",
+    ),
+    (("deid", "FILE", "OUT", "--salt-file", "FILE", "--report", "DIR"), "a folder, not a file"),
+]
+
+
+@pytest.mark.parametrize(("args", "says"), REFUSED_BEFORE_WORK, ids=lambda a: str(a)[:40])
+def test_a_refused_run_creates_no_output(
+    args: tuple[str, ...], says: str, tmp_path: Path, run_cli
+) -> None:
+    (tmp_path / "FILE").write_text("salt\n", encoding="utf-8")
+    (tmp_path / "DIR").mkdir()
+    (tmp_path / "CSV").write_text("id,y\n1,1\n", encoding="utf-8")
+    named = {"FILE", "DIR", "CSV", "OUT", "NONE"}
+    status, _, err = run_cli(*(tmp_path / a if a in named else a for a in args))
+    assert status == 2 and err.startswith("error: ") and says in err, err
+    assert len(err.strip().splitlines()) == 1
+    assert not (tmp_path / "OUT").exists()
+
+
+def test_a_bad_database_url_is_said_without_its_password(run_cli) -> None:
+    for url in ("bob:s3cret@host/db", "postgresql://bob:s3cret@host:notaport/db"):
+        status, _, err = run_cli("db", "current", "--database-url", url)
+        assert status == 2 and err.startswith("error: invalid database URL"), err
+        assert "s3cret" not in err and "bob:***@host" in err
+        assert len(err.strip().splitlines()) == 1
+
+
 def test_unknown_command_in_a_real_process(tmp_path: Path) -> None:
     proc = subprocess.run(
         [sys.executable, "-m", "overread", "frobnicate"],

@@ -113,9 +113,9 @@ def deid(
     )
     if out.exists() and not out.is_dir():
         raise ConfigError(f"{out}: the output must be a folder")
-    output_folder(out, "output")
     if report is not None:
         output_file(report, "--report")
+    output_folder(out, "output")
     resolved_out = out.resolve()
 
     files: list[dict[str, Any]] = []

@@ -44,7 +44,11 @@ def evaluate_command(
         "", "--subgroups", help="Comma-separated subgroup columns, e.g. sex,age,site."
     ),
     resamples: int = typer.Option(
-        2000, "--resamples", min=1, help="Patient-level bootstrap resamples for AUC CIs."
+        2000,
+        "--resamples",
+        min=0,
+        help="Patient-level bootstrap resamples for AUC CIs (at least 1; 0 only with "
+        "--leave-one-site-out, for DeLong intervals).",
     ),
     subgroup_resamples: int = typer.Option(
         200, "--subgroup-resamples", help="Bootstrap resamples for fairness gaps."
@@ -155,14 +159,25 @@ def evaluate_command(
         return
     if out is None:
         raise EvaluationError("--out is required")
-    threshold_rule(rule)  # an unknown rule or an unwritable --out: refused before any work
-    output_folder(out)
-
+    if resamples < 1:
+        raise EvaluationError("--resamples: at least 1 (0 only with --leave-one-site-out)")
+    # Bad options, missing inputs and an unwritable --out are refused before any work,
+    # and the output folder is made only once the inputs are known to be there.
+    threshold_rule(rule)
     if model is not None or data is not None:
         if model is None or data is None:
             raise EvaluationError("--model and --data go together")
         if predictions is not None or labels is not None:
             raise EvaluationError("use either --model/--data or --predictions/--labels, not both")
+    elif predictions is None or labels is None:
+        raise EvaluationError("give --model and --data, or --predictions and --labels")
+    for given in (data, predictions, labels, groups, thresholds):
+        if given is not None and not given.exists():
+            raise EvaluationError(f"{given}: no such file or folder")
+    output_folder(out)
+
+    if model is not None or data is not None:
+        assert model is not None and data is not None
         from overread.inference.ct_evaluation import (
             evaluate_ct_package,
             is_ct_cohort,

@@ -8,6 +8,7 @@ committed row survives power loss; PostgreSQL is reached as
 from __future__ import annotations
 
 import logging
+import re
 import sqlite3
 import time
 from collections.abc import Iterator
@@ -70,8 +71,14 @@ class Database:
     def __init__(self, url: str, *, create: bool = True) -> None:
         try:
             parsed = make_url(url)
-        except ArgumentError as exc:
-            raise ConfigError(f"invalid database URL {url!r}: {exc}") from None
+        except (ArgumentError, ValueError):
+            # Said without the URL's password (user:password@host).
+            shown = re.sub(r"(://[^:/@]*:)[^@]*@", r"\1***@", url)
+            shown = re.sub(r"^([^:/@]*:)[^@/]*@", r"\1***@", shown)
+            raise ConfigError(
+                f"invalid database URL {shown!r} (expected e.g. sqlite:///path/overread.db or "
+                "postgresql+psycopg://user@host:5432/db)"
+            ) from None
         self.url = url
         self.dialect = parsed.get_backend_name()
         # A server's connection can drop while pooled (a restart, an idle time-out): it is

@@ -171,8 +171,6 @@ def _parse_manifest(path: Path) -> Manifest:
         data = json.loads(manifest_path.read_text(encoding="utf-8"))
     except (UnicodeDecodeError, json.JSONDecodeError) as exc:
         raise ModelPackageError(f"{manifest_path}: not valid JSON: {exc}") from None
-    except OSError as exc:
-        raise ModelPackageError(f"{manifest_path}: cannot read ({exc.strerror or exc})") from None
     try:
         return Manifest.model_validate(data)
     except ValidationError as exc:
