@@ -387,3 +387,15 @@ def test_help_imports_neither_settings_nor_database(tmp_path: Path) -> None:
     assert "overread.cli" in modules
     unneeded = ("pydantic_settings", "sqlalchemy", "alembic", "pydicom", "numpy", "fastapi")
     assert sorted(m for m in modules if m.split(".")[0] in unneeded) == []
+
+
+def test_an_unwritable_registry_is_one_line_on_import(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, run_cli
+) -> None:
+    from overread.models.registry import bundled_dir
+
+    (tmp_path / "FILE").write_text("x\n", encoding="utf-8")
+    monkeypatch.setenv("OVERREAD_MODEL_REGISTRY", str(tmp_path / "FILE" / "registry"))
+    status, _, err = run_cli("models", "import", bundled_dir() / "cxr-default")
+    assert status == 2 and err.startswith("error: ") and "a file is in the way" in err, err
+    assert len(err.strip().splitlines()) == 1

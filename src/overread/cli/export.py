@@ -100,6 +100,7 @@ def export_command(
         try:
             shutil.copytree(source.path, out)
         except OSError as exc:
+            shutil.rmtree(out, ignore_errors=True)  # a part-copy would block every retry
             raise ModelPackageError(f"{out}: cannot write there ({exc.strerror or exc})") from None
         target = out
     else:
