@@ -209,6 +209,85 @@ def test_some_inputs_failing_is_still_exit_1(tmp_path: Path, run_cli) -> None:
     assert err.startswith(str(tmp_path / "broken.dcm") + ": ")
 
 
+# Bad paths: a file where a folder is wanted and the reverse, a path through a file,
+# bytes that are not text. Each is one line naming the path, exit 2, never a traceback.
+# FILE is a regular file, DIR an existing folder, BYTES a file of non-UTF-8 bytes.
+BAD_PATHS: list[tuple[str, ...]] = [
+    ("phantom", "cxr", "--n", "1", "--size", "64", "--quiet", "--out", "FILE"),
+    ("phantom", "ct", "--n", "1", "--size", "64", "--quiet", "--out", "FILE/x"),
+    ("phantom", "previews", "--size", "64", "--out", "FILE"),
+    ("phantom", "lateral", "--n", "1", "--size", "64", "--out", "FILE/x"),
+    ("evaluate", "--predictions", "DIR", "--labels", "DIR", "--out", "OUT"),
+    ("evaluate", "--predictions", "DIR", "--labels", "DIR", "--out", "FILE"),
+    ("evaluate", "--predictions", "DIR", "--labels", "DIR", "--out", "OUT", "--rule", "nope"),
+    ("stats", "auc", "--csv", "DIR", "--truth", "y", "--score", "a"),
+    ("stats", "kappa", "--csv", "CSV", "--raters", "a,b", "--weights", "nope"),
+    ("train", "BYTES", "--show-config"),
+    ("worklist", "sweep", "--triage-config", "BYTES", "--data-dir", "DATA"),
+    ("worklist", "export-feedback", "DIR", "--data-dir", "DATA"),
+    ("audit", "export", "--from", "2020-01-01", "--to", "2030-01-01", "--out", "DIR"),
+    ("db", "current", "--data-dir", "FILE"),
+    ("users", "list", "--data-dir", "FILE/x"),
+    ("models", "governance-report", "--out", "DIR"),
+    ("deid", "FILE", "FILE/x", "--salt-file", "FILE"),
+    ("deid", "FILE", "OUT", "--salt-file", "FILE", "--report", "DIR"),
+    ("export", "cxr-default", "--onnx", "--out", "FILE/x"),
+    ("models", "gate-report", "--model", "cxr-default", "--data", "BYTES"),
+]
+
+
+@pytest.mark.parametrize("args", BAD_PATHS, ids=lambda a: " ".join(a[:2]))
+def test_bad_path_is_one_line(
+    args: tuple[str, ...], tmp_path: Path, monkeypatch: pytest.MonkeyPatch, run_cli
+) -> None:
+    monkeypatch.setenv("OVERREAD_DATA_DIR", str(tmp_path / "data"))
+    (tmp_path / "FILE").write_text("salt\n", encoding="utf-8")
+    (tmp_path / "DIR").mkdir()
+    (tmp_path / "BYTES").write_bytes(bytes(range(128, 256)) * 8)
+    (tmp_path / "CSV").write_text("y,a,b\n1,1,0\n0,0,0\n1,1,1\n", encoding="utf-8")
+    named = {"FILE", "FILE/x", "DIR", "BYTES", "CSV", "OUT", "DATA"}
+    status, _, err = run_cli(*(tmp_path / a if a in named else a for a in args))
+    assert "Traceback" not in err
+    assert status == 2, err
+    errors = [line for line in err.splitlines() if line.startswith("error: ")]
+    assert len(errors) == 1 and err.endswith(errors[0] + "\n"), err  # progress may precede
+    assert str(tmp_path) in errors[0] or "nope" in errors[0]
+
+
+REFUSED_BEFORE_WORK: list[tuple[tuple[str, ...], str]] = [
+    (("evaluate", "--predictions", "NONE", "--labels", "NONE", "--out", "OUT"), "no such file"),
+    (("evaluate", "--model", "cxr-default", "--out", "OUT"), "--model and --data go together"),
+    (("evaluate", "--predictions", "CSV", "--out", "OUT"), "give --model and --data"),
+    (
+        ("evaluate", "--predictions", "CSV", "--labels", "CSV", "--resamples", "0", "--out", "OUT"),
+        "--resamples: at least 1",
+    ),
+    (("deid", "FILE", "OUT", "--salt-file", "FILE", "--report", "DIR"), "a folder, not a file"),
+]
+
+
+@pytest.mark.parametrize(("args", "says"), REFUSED_BEFORE_WORK, ids=lambda a: str(a)[:40])
+def test_a_refused_run_creates_no_output(
+    args: tuple[str, ...], says: str, tmp_path: Path, run_cli
+) -> None:
+    (tmp_path / "FILE").write_text("salt\n", encoding="utf-8")
+    (tmp_path / "DIR").mkdir()
+    (tmp_path / "CSV").write_text("id,y\n1,1\n", encoding="utf-8")
+    named = {"FILE", "DIR", "CSV", "OUT", "NONE"}
+    status, _, err = run_cli(*(tmp_path / a if a in named else a for a in args))
+    assert status == 2 and err.startswith("error: ") and says in err, err
+    assert len(err.strip().splitlines()) == 1
+    assert not (tmp_path / "OUT").exists()
+
+
+def test_a_bad_database_url_is_said_without_its_password(run_cli) -> None:
+    for url in ("bob:s3cret@host/db", "postgresql://bob:s3cret@host:notaport/db"):
+        status, _, err = run_cli("db", "current", "--database-url", url)
+        assert status == 2 and err.startswith("error: invalid database URL"), err
+        assert "s3cret" not in err and "bob:***@host" in err
+        assert len(err.strip().splitlines()) == 1
+
+
 def test_unknown_command_in_a_real_process(tmp_path: Path) -> None:
     proc = subprocess.run(
         [sys.executable, "-m", "overread", "frobnicate"],
@@ -308,3 +387,15 @@ def test_help_imports_neither_settings_nor_database(tmp_path: Path) -> None:
     assert "overread.cli" in modules
     unneeded = ("pydantic_settings", "sqlalchemy", "alembic", "pydicom", "numpy", "fastapi")
     assert sorted(m for m in modules if m.split(".")[0] in unneeded) == []
+
+
+def test_an_unwritable_registry_is_one_line_on_import(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, run_cli
+) -> None:
+    from overread.models.registry import bundled_dir
+
+    (tmp_path / "FILE").write_text("x\n", encoding="utf-8")
+    monkeypatch.setenv("OVERREAD_MODEL_REGISTRY", str(tmp_path / "FILE" / "registry"))
+    status, _, err = run_cli("models", "import", bundled_dir() / "cxr-default")
+    assert status == 2 and err.startswith("error: ") and "a file is in the way" in err, err
+    assert len(err.strip().splitlines()) == 1

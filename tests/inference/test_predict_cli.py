@@ -77,6 +77,21 @@ def test_predict_json_and_bad_files(
     ]
 
 
+@pytest.mark.parametrize("where", ["file", "file/out"])
+def test_predict_out_that_cannot_be_a_folder_is_one_line(
+    run_cli,
+    cxr_dicom: Callable[..., Path],
+    tmp_path: Path,
+    where: str,  # type: ignore[no-untyped-def]
+) -> None:
+    (tmp_path / "file").write_text("not a folder\n")
+    status, stdout, stderr = run_cli("predict", cxr_dicom("chest.dcm"), "--out", tmp_path / where)
+    assert status == 2
+    assert stdout == ""  # refused before any image is read
+    assert stderr.startswith(f"error: --out {tmp_path / where}: ") and stderr.count("\n") == 1
+    assert (tmp_path / "file").read_text() == "not a folder\n"
+
+
 def test_predict_with_an_unknown_model_is_a_clear_error(
     run_cli, cxr_dicom: Callable[..., Path]
 ) -> None:  # type: ignore[no-untyped-def]

@@ -160,3 +160,18 @@ def test_ensemble_cli_writes_and_shows_members(
         "models", "ensemble", sources[0], "--name", "e", "--version", "1", "--out", tmp_path / "one"
     )
     assert status == 2 and err.startswith("error: ") and "at least two" in err
+
+
+def test_ensemble_cli_bad_out_and_repeated_member_are_one_line(
+    run_cli, sources: list[Path], tmp_path: Path
+) -> None:  # type: ignore[no-untyped-def]
+    (tmp_path / "file").write_text("")
+    named = ("--name", "e", "--version", "1.0.0")
+    status, _, err = run_cli("models", "ensemble", *sources, *named, "--out", tmp_path / "file/x")
+    assert status == 2 and err.count("\n") == 1, err
+    assert err.startswith(f"error: {tmp_path / 'file/x'}: cannot write there")
+    twice = (sources[0], sources[0])
+    status, _, err = run_cli("models", "ensemble", *twice, *named, "--out", tmp_path / "e")
+    assert status == 2 and err.count("\n") == 1, err
+    assert err.startswith("error: ") and "the same member twice" in err
+    assert not (tmp_path / "e").exists()

@@ -12,6 +12,7 @@ from typing import TYPE_CHECKING, TextIO
 import typer
 
 from overread.cli.app import app
+from overread.cli.options import output_file
 from overread.errors import AuditError
 
 if TYPE_CHECKING:
@@ -130,14 +131,17 @@ def export(
     from overread.audit import export_events, parse_time
 
     start_at, end_at = parse_time(start), parse_time(end)
+    if out is not None:
+        output_file(out)
     _, database = _open(data_dir, database_url)
     try:
         with ExitStack() as stack:
-            handle: TextIO = (
-                stack.enter_context(out.open("w", encoding="utf-8", newline=""))
-                if out is not None
-                else sys.stdout
-            )
+            handle: TextIO = sys.stdout
+            if out is not None:
+                try:
+                    handle = stack.enter_context(out.open("w", encoding="utf-8", newline=""))
+                except OSError as exc:
+                    raise AuditError(f"--out {out}: cannot write ({exc.strerror or exc})") from None
             with database.session() as session:
                 count = export_events(
                     session,

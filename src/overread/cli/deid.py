@@ -11,6 +11,7 @@ from typing import Any
 import typer
 
 from overread.cli.app import app
+from overread.cli.options import output_file, output_folder, write_output
 from overread.errors import ConfigError
 
 SALT_ENV = "OVERREAD_DEID_SALT"
@@ -112,7 +113,9 @@ def deid(
     )
     if out.exists() and not out.is_dir():
         raise ConfigError(f"{out}: the output must be a folder")
-    out.mkdir(parents=True, exist_ok=True)
+    if report is not None:
+        output_file(report, "--report")
+    output_folder(out, "output")
     resolved_out = out.resolve()
 
     files: list[dict[str, Any]] = []
@@ -158,8 +161,7 @@ def deid(
         "files": files,
     }
     if report is not None:
-        report.parent.mkdir(parents=True, exist_ok=True)
-        report.write_text(json.dumps(summary, indent=2) + "\n", encoding="utf-8")
+        write_output(report, json.dumps(summary, indent=2) + "\n", "--report")
     if as_json:
         typer.echo(json.dumps(summary, indent=2))
     else:

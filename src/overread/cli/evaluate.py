@@ -14,6 +14,7 @@ from pathlib import Path
 import typer
 
 from overread.cli.app import app
+from overread.cli.options import output_folder
 from overread.errors import EvaluationError
 
 
@@ -43,7 +44,11 @@ def evaluate_command(
         "", "--subgroups", help="Comma-separated subgroup columns, e.g. sex,age,site."
     ),
     resamples: int = typer.Option(
-        2000, "--resamples", help="Patient-level bootstrap resamples for AUC CIs."
+        2000,
+        "--resamples",
+        min=0,
+        help="Patient-level bootstrap resamples for AUC CIs (at least 1; 0 only with "
+        "--leave-one-site-out, for DeLong intervals).",
     ),
     subgroup_resamples: int = typer.Option(
         200, "--subgroup-resamples", help="Bootstrap resamples for fairness gaps."
@@ -126,6 +131,7 @@ def evaluate_command(
     ),
 ) -> None:
     """Evaluate a model or a predictions file: AUC with CIs, operating points, calibration, subgroups."""
+    from overread.evaluation.operating_points import threshold_rule
     from overread.evaluation.report import json_safe, write_report
     from overread.evaluation.study import compare_models, evaluate, read_prediction_files
     from overread.inference.cohort import cohort_inputs
@@ -153,12 +159,25 @@ def evaluate_command(
         return
     if out is None:
         raise EvaluationError("--out is required")
-
+    if resamples < 1:
+        raise EvaluationError("--resamples: at least 1 (0 only with --leave-one-site-out)")
+    # Bad options, missing inputs and an unwritable --out are refused before any work,
+    # and the output folder is made only once the inputs are known to be there.
+    threshold_rule(rule)
     if model is not None or data is not None:
         if model is None or data is None:
             raise EvaluationError("--model and --data go together")
         if predictions is not None or labels is not None:
             raise EvaluationError("use either --model/--data or --predictions/--labels, not both")
+    elif predictions is None or labels is None:
+        raise EvaluationError("give --model and --data, or --predictions and --labels")
+    for given in (data, predictions, labels, groups, thresholds):
+        if given is not None and not given.exists():
+            raise EvaluationError(f"{given}: no such file or folder")
+    output_folder(out)
+
+    if model is not None or data is not None:
+        assert model is not None and data is not None
         from overread.inference.ct_evaluation import (
             evaluate_ct_package,
             is_ct_cohort,
@@ -202,9 +221,11 @@ def evaluate_command(
     if thresholds is not None:
         try:
             given = json.loads(thresholds.read_text())
-        except (OSError, json.JSONDecodeError) as exc:
+        except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
             raise EvaluationError(f"{thresholds}: cannot read thresholds JSON ({exc})") from None
-        if not isinstance(given, dict):
+        if not isinstance(given, dict) or not all(
+            isinstance(v, int | float) and not isinstance(v, bool) for v in given.values()
+        ):
             raise EvaluationError(f'{thresholds}: expected {{"label": threshold, ...}}')
         inputs.thresholds.update({str(k): float(v) for k, v in given.items()})
     names = [s.strip() for s in subgroups.split(",") if s.strip()]

@@ -9,6 +9,7 @@ from pathlib import Path
 import typer
 
 from overread.cli.app import app
+from overread.cli.options import output_folder
 
 #: The method names (``overread.explain.EXPLAIN_METHODS``, named here so that
 #: checking the option does not load torch).
@@ -76,6 +77,8 @@ def explain_command(
             pipeline.network.get_submodule(target_layer)
         except AttributeError:
             raise EvaluationError(f"{pipeline.model.name} has no layer {target_layer!r}") from None
+    if out is not None:
+        output_folder(out)
     started = time.perf_counter()
     study = run_explanation_study(
         pipeline,

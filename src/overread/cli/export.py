@@ -97,7 +97,11 @@ def export_command(
     if out is not None:
         if out.exists():
             raise ModelPackageError(f"{out}: already exists")
-        shutil.copytree(source.path, out)
+        try:
+            shutil.copytree(source.path, out)
+        except OSError as exc:
+            shutil.rmtree(out, ignore_errors=True)  # a part-copy would block every retry
+            raise ModelPackageError(f"{out}: cannot write there ({exc.strerror or exc})") from None
         target = out
     else:
         if bundled_dir() in source.path.parents:

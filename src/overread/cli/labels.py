@@ -16,6 +16,7 @@ from typing import Any
 import typer
 
 from overread.cli.app import app
+from overread.cli.options import output_folder
 
 labels_app = typer.Typer(help="Inspect dataset label files.", no_args_is_help=True)
 app.add_typer(labels_app, name="labels")
@@ -138,7 +139,7 @@ def split_command(
         parts["external"] = external
     for name, part in zip(names, patient_split(table, shares, seed=seed), strict=True):
         parts[name] = part
-    out.mkdir(parents=True, exist_ok=True)
+    output_folder(out)
     for name, part in parts.items():
         part.frame.to_csv(out / f"{name}.csv", index=False)
         typer.echo(

@@ -9,6 +9,7 @@ from typing import TYPE_CHECKING, Any
 import typer
 
 from overread.cli.app import app
+from overread.cli.options import output_file, write_output
 
 if TYPE_CHECKING:
     from overread.models.registry import Registry
@@ -506,9 +507,9 @@ def governance_report_command(
 
     end = parse_time(until) if until else utcnow()
     start = parse_time(since) if since else end - timedelta(days=30)
+    output_file(out)
     text, summary = governance_report(_database(), GovernancePeriod(start, end))
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(text, encoding="utf-8")
+    write_output(out, text)
     counts = ", ".join(f"{k.replace('_', ' ')} {v}" for k, v in summary.to_dict().items())
     typer.echo(f"wrote {out}: {counts}")
 

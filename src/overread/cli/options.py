@@ -1,4 +1,4 @@
-"""Options the gateway's commands share: the service settings and durations."""
+"""Options commands share: the service settings, durations and output paths."""
 
 from __future__ import annotations
 
@@ -52,4 +52,68 @@ def parse_duration(text: str) -> float:
     return seconds
 
 
-__all__ = ["parse_duration", "service_settings"]
+def output_folder(path: Path, option: str = "--out") -> Path:
+    """Make sure the output folder ``path`` exists, before a command does any work.
+
+    Raises
+    ------
+    ConfigError
+        If ``path`` is a file, or the folder cannot be created (a parent that is a
+        file, a read-only or missing location).
+    """
+    if path.exists() and not path.is_dir():
+        raise ConfigError(f"{option} {path}: not a folder")
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+    except (FileExistsError, NotADirectoryError):
+        raise ConfigError(
+            f"{option} {path}: cannot create the folder (a file is in the way)"
+        ) from None
+    except OSError as exc:
+        raise ConfigError(
+            f"{option} {path}: cannot create the folder ({exc.strerror or exc})"
+        ) from None
+    return path
+
+
+def output_file(path: Path, option: str = "--out") -> Path:
+    """Make sure the output file ``path`` can be written: not a folder, its folder made.
+
+    Raises
+    ------
+    ConfigError
+        If ``path`` is a folder, or its folder cannot be created.
+    """
+    if path.is_dir():
+        raise ConfigError(f"{option} {path}: a folder, not a file")
+    if path.parent.exists() and not path.parent.is_dir():
+        raise ConfigError(f"{option} {path}: {path.parent} is not a folder")
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+    except (FileExistsError, NotADirectoryError):
+        raise ConfigError(
+            f"{option} {path}: cannot create its folder (a file is in the way)"
+        ) from None
+    except OSError as exc:
+        raise ConfigError(
+            f"{option} {path}: cannot create its folder ({exc.strerror or exc})"
+        ) from None
+    return path
+
+
+def write_output(path: Path, text: str, option: str = "--out") -> None:
+    """Write ``text`` (UTF-8) to the output file ``path``.
+
+    Raises
+    ------
+    ConfigError
+        If the file or its folder cannot be written.
+    """
+    output_file(path, option)
+    try:
+        path.write_text(text, encoding="utf-8")
+    except OSError as exc:
+        raise ConfigError(f"{option} {path}: cannot write ({exc.strerror or exc})") from None
+
+
+__all__ = ["output_file", "output_folder", "parse_duration", "service_settings", "write_output"]

@@ -8,6 +8,7 @@ from pathlib import Path
 import typer
 
 from overread.cli.app import app
+from overread.cli.options import output_folder
 from overread.errors import ConfigError
 
 phantom_app = typer.Typer(
@@ -95,6 +96,7 @@ def phantom_cxr(
         severity_scale=severity_scale,
     )
     plans = plan_cohort(options)  # validates every option before anything is written
+    output_folder(Path(out))
     with Progress(
         TextColumn("phantom cxr"),
         BarColumn(),
@@ -123,6 +125,7 @@ def phantom_previews(
     seed: int = typer.Option(3, "--seed", help="Patient seed."),
 ) -> None:
     """Write PNG previews of every finding (with its mask outlined) and of each site."""
+    output_folder(Path(out))
     from overread.phantom.previews import write_previews
 
     for path in write_previews(out, size=size, seed=seed):
@@ -174,6 +177,7 @@ def phantom_lateral(
 
     if n < 1 or not 64 <= size <= 3000:
         raise ConfigError("phantom lateral needs --n >= 1 and --size 64..3000")
+    output_folder(Path(out))
     written = write_lateral_cohort(out, n, seed, size=size)
     typer.echo(f"wrote {len(written)} lateral images to {out}")
 
@@ -220,6 +224,7 @@ def phantom_ct(
         raise ConfigError(f"phantom ct needs --n >= 1 and --size {MIN_SIZE}..{MAX_SIZE}")
     if thickness is not None and not 0.5 <= thickness <= 10.0:
         raise ConfigError("phantom ct needs --thickness 0.5..10 mm")
+    output_folder(Path(out))
     with Progress(
         TextColumn("phantom ct"),
         BarColumn(),

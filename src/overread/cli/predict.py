@@ -10,6 +10,7 @@ from typing import TYPE_CHECKING
 import typer
 
 from overread.cli.app import app
+from overread.cli.options import output_folder, write_output
 from overread.errors import OverreadError
 
 if TYPE_CHECKING:
@@ -154,6 +155,8 @@ def predict_command(
     if operating_point is not None:
         for _, _, opened in pipelines:  # an unknown point: refused before any work
             opened.package.thresholds(operating_point)
+    if out is not None:  # a folder that cannot be written: refused before any work
+        output_folder(out)
     for alias, members, opened in pipelines:
         if not isinstance(opened, Pipeline):
             records, failed = run_volume_model(
@@ -183,8 +186,7 @@ def predict_command(
         results.extend(records)
         failures += failed
     if out is not None:
-        out.mkdir(parents=True, exist_ok=True)
-        (out / "results.json").write_text(json.dumps(results, indent=2, ensure_ascii=False) + "\n")
+        write_output(out / "results.json", json.dumps(results, indent=2, ensure_ascii=False) + "\n")
     if pdf is not None:
         try:
             if classified is None:

@@ -39,6 +39,8 @@ def _frame(csv: Path, columns: list[str]) -> pd.DataFrame:
         raise EvaluationError(f"{csv}: file not found") from None
     except (pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError) as exc:
         raise EvaluationError(f"{csv}: cannot read CSV ({exc})") from None
+    except OSError as exc:  # a folder, or a path through a file
+        raise EvaluationError(f"{csv}: cannot read CSV ({exc.strerror or exc})") from None
     missing = [c for c in columns if c not in frame.columns]
     if missing:
         raise EvaluationError(

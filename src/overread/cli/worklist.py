@@ -12,6 +12,7 @@ from typing import TYPE_CHECKING, Any
 import typer
 
 from overread.cli.app import app
+from overread.cli.options import output_file
 
 if TYPE_CHECKING:
     from overread.service.db import Database
@@ -225,8 +226,13 @@ def export_feedback_cmd(
     database_url: str | None = DATABASE_URL,
 ) -> None:
     """Write readers' labels as a CheXpert-format CSV, most uncertain cases first."""
+    from overread.errors import ConfigError
     from overread.triage import export_feedback
 
+    output_file(out, "OUT")
     with _database(data_dir, database_url) as database, database.session() as session:
-        count = export_feedback(session, out, order=order)
+        try:
+            count = export_feedback(session, out, order=order)
+        except OSError as exc:
+            raise ConfigError(f"{out}: cannot write ({exc.strerror or exc})") from None
     typer.echo(f"wrote feedback on {count} studies to {out}")

@@ -8,6 +8,7 @@ committed row survives power loss; PostgreSQL is reached as
 from __future__ import annotations
 
 import logging
+import re
 import sqlite3
 import time
 from collections.abc import Iterator
@@ -70,8 +71,14 @@ class Database:
     def __init__(self, url: str, *, create: bool = True) -> None:
         try:
             parsed = make_url(url)
-        except ArgumentError as exc:
-            raise ConfigError(f"invalid database URL {url!r}: {exc}") from None
+        except (ArgumentError, ValueError):
+            # Said without the URL's password (user:password@host).
+            shown = re.sub(r"(://[^:/@]*:)[^@]*@", r"\1***@", url)
+            shown = re.sub(r"^([^:/@]*:)[^@/]*@", r"\1***@", shown)
+            raise ConfigError(
+                f"invalid database URL {shown!r} (expected e.g. sqlite:///path/overread.db or "
+                "postgresql+psycopg://user@host:5432/db)"
+            ) from None
         self.url = url
         self.dialect = parsed.get_backend_name()
         # A server's connection can drop while pooled (a restart, an idle time-out): it is
@@ -81,9 +88,21 @@ class Database:
         if self.dialect == "sqlite":
             database = parsed.database
             if database and database != ":memory:":
-                Path(database).parent.mkdir(parents=True, exist_ok=True)
+                folder = Path(database).parent
+                try:
+                    folder.mkdir(parents=True, exist_ok=True)
+                except (FileExistsError, NotADirectoryError):
+                    raise ConfigError(f"{folder}: not a folder, cannot hold the database") from None
+                except OSError as exc:
+                    raise ConfigError(
+                        f"{folder}: cannot create the database's folder ({exc.strerror or exc})"
+                    ) from None
             kwargs["connect_args"] = {"check_same_thread": False, "timeout": 30}
-        self.engine: Engine = create_engine(url, **kwargs)
+        try:
+            self.engine: Engine = create_engine(url, **kwargs)
+        except ArgumentError as exc:  # an unknown dialect or driver
+            shown = parsed.render_as_string(hide_password=True)
+            raise ConfigError(f"invalid database URL {shown!r}: {exc}") from None
         if self.dialect == "sqlite":
             event.listen(self.engine, "connect", _sqlite_pragmas)
         self._sessions = sessionmaker(self.engine, expire_on_commit=False)

@@ -111,7 +111,11 @@ class KappaResult:
 
 def agreement_weights(k: int, weights: KappaWeights | str) -> FloatArray:
     """Agreement weights w_ij (1 on the diagonal) for k ordered categories."""
-    weights = KappaWeights(weights)
+    try:
+        weights = KappaWeights(weights)
+    except ValueError:
+        known = ", ".join(w.value for w in KappaWeights)
+        raise EvaluationError(f"unknown kappa weights {weights!r} (known: {known})") from None
     i, j = np.indices((k, k))
     if weights is KappaWeights.NONE or k == 1:
         return np.asarray(i == j, dtype=np.float64)

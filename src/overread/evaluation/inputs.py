@@ -55,6 +55,8 @@ def read_csv_table(path: Path, what: str) -> pd.DataFrame:
         raise EvaluationError(f"{path}: {what} file not found") from None
     except (pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError) as exc:
         raise EvaluationError(f"{path}: cannot read {what} CSV ({exc})") from None
+    except OSError as exc:  # a folder, or a path through a file
+        raise EvaluationError(f"{path}: cannot read {what} CSV ({exc.strerror or exc})") from None
 
 
 def read_prediction_files(

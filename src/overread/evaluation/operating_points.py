@@ -29,6 +29,21 @@ class ThresholdRule(StrEnum):
     YOUDEN = "youden"
 
 
+def threshold_rule(rule: ThresholdRule | str) -> ThresholdRule:
+    """``rule`` as a :class:`ThresholdRule`.
+
+    Raises
+    ------
+    EvaluationError
+        If ``rule`` names no rule.
+    """
+    try:
+        return ThresholdRule(rule)
+    except ValueError:
+        known = ", ".join(r.value for r in ThresholdRule)
+        raise EvaluationError(f"unknown threshold rule {rule!r} (known: {known})") from None
+
+
 def threshold_proximity(probabilities: np.ndarray, thresholds: np.ndarray) -> np.ndarray:
     """1 at the threshold, falling linearly to 0 at probability 0 or 1.
 
@@ -143,7 +158,7 @@ def choose_threshold(
     y_true: ArrayLike, y_score: ArrayLike, rule: ThresholdRule | str, target: float = 0.9
 ) -> float:
     """Choose a threshold on validation data by ``rule`` (target ignored for Youden)."""
-    rule = ThresholdRule(rule)
+    rule = threshold_rule(rule)
     if rule is ThresholdRule.SPECIFICITY:
         return threshold_for_specificity(y_true, y_score, target)
     if rule is ThresholdRule.SENSITIVITY:
@@ -256,6 +271,7 @@ __all__ = [
     "threshold_for_sensitivity",
     "threshold_for_specificity",
     "threshold_proximity",
+    "threshold_rule",
     "wilson_interval",
     "youden_threshold",
 ]

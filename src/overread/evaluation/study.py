@@ -27,7 +27,12 @@ from overread.evaluation.inputs import (
     subgroup_column,
 )
 from overread.evaluation.multiplicity import Correction, adjust_p_values
-from overread.evaluation.operating_points import ThresholdRule, choose_threshold, operating_point
+from overread.evaluation.operating_points import (
+    ThresholdRule,
+    choose_threshold,
+    operating_point,
+    threshold_rule,
+)
 from overread.evaluation.roc import average_precision, micro_auc
 from overread.evaluation.subgroups import fairness_report
 
@@ -58,7 +63,7 @@ def evaluate(
     metrics and fairness gaps. A label that cannot be scored gets NaN (null in
     JSON) and a ``reason``, never a made-up number.
     """
-    rule = ThresholdRule(rule)
+    rule = threshold_rule(rule)
     boot = bootstrap_auc(
         inputs.truth, inputs.scores, inputs.patient_ids, n_resamples=n_resamples, seed=seed
     )

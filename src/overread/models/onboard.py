@@ -29,7 +29,6 @@ import logging
 import os
 import re
 import shutil
-import tempfile
 import tomllib
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
@@ -70,6 +69,7 @@ from overread.models.package import (
     _label_specs,
     file_sha256,
     load_package,
+    staging_dir,
     write_package,
 )
 
@@ -838,8 +838,7 @@ def _write_external_package(
     key: bytes | None,
 ) -> Path:
     assert spec.labels is not None and spec.name and spec.version and spec.size
-    out.parent.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(prefix=f".{out.name}-", dir=out.parent))
+    staging = staging_dir(out)
     try:
         fp32 = staging / ONNX_FP32_NAME
         cam: Literal["onnx-output", "none"] = "none"

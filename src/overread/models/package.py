@@ -331,7 +331,6 @@ def write_package(
     out = Path(out_dir)
     if out.exists() and not overwrite:
         raise ModelPackageError(f"{out}: already exists (pass overwrite=True to replace it)")
-    out.parent.mkdir(parents=True, exist_ok=True)
     spec = (
         input_spec
         if isinstance(input_spec, InputSpec)
@@ -345,7 +344,7 @@ def write_package(
         else {default_operating_point: 0.5}
         for label in names
     }
-    staging = Path(tempfile.mkdtemp(prefix=f".{out.name}-", dir=out.parent))
+    staging = staging_dir(out)
     int8_section: Int8Section | None = None
     try:
         network = network.eval()
@@ -444,14 +443,27 @@ def resign_package(path: Path | str, *, key: bytes | None = None, **updates: Any
     return new
 
 
+def staging_dir(out: Path) -> Path:
+    """A new, empty folder beside ``out`` to assemble a package in (renamed into place).
+
+    Raises
+    ------
+    ModelPackageError
+        If ``out``'s folder cannot be created or written.
+    """
+    try:
+        out.parent.mkdir(parents=True, exist_ok=True)
+        return Path(tempfile.mkdtemp(prefix=f".{out.name}-", dir=out.parent))
+    except (FileExistsError, NotADirectoryError):
+        raise ModelPackageError(f"{out}: cannot write there (a file is in the way)") from None
+    except OSError as exc:
+        raise ModelPackageError(f"{out}: cannot write there ({exc.strerror or exc})") from None
+
+
 def _stage_copy(source: Path, out: Path) -> Path:
     if out.exists():
         raise ModelPackageError(f"{out}: already exists; a package version is never overwritten")
-    try:
-        out.parent.mkdir(parents=True, exist_ok=True)
-        staging = Path(tempfile.mkdtemp(prefix=f".{out.name}-", dir=out.parent))
-    except OSError as exc:
-        raise ModelPackageError(f"{out}: cannot write there ({exc.strerror or exc})") from None
+    staging = staging_dir(out)
     try:
         shutil.copytree(source, staging, dirs_exist_ok=True)
     except OSError as exc:
@@ -591,31 +603,35 @@ def write_ensemble_package(
     out = Path(out_dir)
     if out.exists():
         raise ModelPackageError(f"{out}: already exists; a package version is never overwritten")
-    out.parent.mkdir(parents=True, exist_ok=True)
-    manifest = Manifest(
-        name=name,
-        version=version,
-        task=first.task,
-        trained=all(m.manifest.trained for m in members),
-        architecture=ENSEMBLE_ARCHITECTURE,
-        accepts=first.accepts,
-        input=first.input,
-        labels=first.labels,
-        operating_points=points,
-        default_operating_point=first.default_operating_point,
-        refer_uncertainty=first.refer_uncertainty,
-        cam=first.cam if all(m.manifest.cam == first.cam for m in members) else "none",
-        intended_use=intended_use or first.intended_use,
-        metrics=dict(metrics or {}),
-        training={"ensemble_of": [f"{m.name}@{m.version}" for m in members]},
-        ensemble=EnsembleSection(
-            members=[
-                EnsembleMember(name=m.name, version=m.version, sha256=m.sha256) for m in members
-            ]
-        ),
-        created=datetime.now(UTC).isoformat(timespec="seconds"),
-    ).signed(key)
-    staging = Path(tempfile.mkdtemp(prefix=f".{out.name}-", dir=out.parent))
+    try:
+        manifest = Manifest(
+            name=name,
+            version=version,
+            task=first.task,
+            trained=all(m.manifest.trained for m in members),
+            architecture=ENSEMBLE_ARCHITECTURE,
+            accepts=first.accepts,
+            input=first.input,
+            labels=first.labels,
+            operating_points=points,
+            default_operating_point=first.default_operating_point,
+            refer_uncertainty=first.refer_uncertainty,
+            cam=first.cam if all(m.manifest.cam == first.cam for m in members) else "none",
+            intended_use=intended_use or first.intended_use,
+            metrics=dict(metrics or {}),
+            training={"ensemble_of": [f"{m.name}@{m.version}" for m in members]},
+            ensemble=EnsembleSection(
+                members=[
+                    EnsembleMember(name=m.name, version=m.version, sha256=m.sha256) for m in members
+                ]
+            ),
+            created=datetime.now(UTC).isoformat(timespec="seconds"),
+        ).signed(key)
+    except ValidationError as exc:
+        error = exc.errors()[0]
+        where = ".".join(str(p) for p in error["loc"]) or "manifest"
+        raise ModelPackageError(f"ensemble manifest is invalid: {where}: {error['msg']}") from None
+    staging = staging_dir(out)
     try:
         (staging / MANIFEST_NAME).write_text(manifest.to_json(), encoding="utf-8")
         staging.chmod(0o755)
@@ -635,6 +651,7 @@ __all__ = [
     "file_sha256",
     "load_package",
     "resign_package",
+    "staging_dir",
     "verify_package",
     "write_ensemble_package",
     "write_package",

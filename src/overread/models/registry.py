@@ -29,7 +29,7 @@ from typing import TYPE_CHECKING
 
 from overread.errors import ModelPackageError
 from overread.models.manifest import MANIFEST_NAME, Manifest
-from overread.models.package import ModelPackage, _parse_manifest, load_package
+from overread.models.package import ModelPackage, _parse_manifest, load_package, staging_dir
 
 if TYPE_CHECKING:
     from overread.config import Settings
@@ -282,8 +282,7 @@ class Registry:
             raise ModelPackageError(
                 f"{target}: a different package {package.name} {package.version} is already imported"
             )
-        target.parent.mkdir(parents=True, exist_ok=True)
-        staging = Path(tempfile.mkdtemp(prefix=".import-", dir=target.parent))
+        staging = staging_dir(target)  # an unwritable registry: one ModelPackageError
         try:
             shutil.copytree(package.path, staging, dirs_exist_ok=True)
             os.replace(staging, target)

@@ -113,6 +113,10 @@ def write_chexpert_layout(
         raise DatasetError(f"{cohort}: too few patients ({len(patients)}) to split off valid")
     valid_patients = set(rng.choice(patients, size=n_valid, replace=False).tolist())
     base = Path(out) / folder
+    try:
+        base.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise DatasetError(f"{out}: cannot write there ({exc.strerror or exc})") from None
     rows: dict[str, list[list[str]]] = {"train": [], "valid": []}
     for record in raw.to_dict("records"):
         split = "valid" if record["PatientID"] in valid_patients else "train"

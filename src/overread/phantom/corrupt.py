@@ -17,6 +17,8 @@ import numpy as np
 from pydicom.dataset import Dataset
 from pydicom.uid import generate_uid
 
+from overread.errors import InvalidDicomError
+
 
 def _pixels(ds: Dataset) -> np.ndarray:
     return np.asarray(ds.pixel_array, dtype=np.float64)
@@ -108,10 +110,14 @@ CORRUPTIONS: dict[str, Callable[[Dataset], Dataset]] = {
 def write_corrupted(sources: list[Path], out: Path) -> dict[str, list[Path]]:
     """Every :data:`CORRUPTIONS` of every source file, written under ``out/KIND/``."""
     import pydicom
+    import pydicom.errors
 
     written: dict[str, list[Path]] = {kind: [] for kind in CORRUPTIONS}
     for index, source in enumerate(sources):
-        ds = pydicom.dcmread(source)
+        try:
+            ds = pydicom.dcmread(source)
+        except (OSError, pydicom.errors.InvalidDicomError) as exc:
+            raise InvalidDicomError(f"{source}: not a DICOM file to spoil ({exc})") from None
         for kind, spoil in CORRUPTIONS.items():
             target = out / kind.replace(" ", "_") / f"{index:04d}.dcm"
             target.parent.mkdir(parents=True, exist_ok=True)

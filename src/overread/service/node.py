@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from overread.audit import AutoCheckpointer
+from overread.errors import ConfigError
 from overread.service.assembly import StudyAssembler
 from overread.service.config import ServiceConfig
 from overread.service.db import Database, Job
@@ -117,7 +118,16 @@ class ServiceNode:
     ) -> None:
         self.config = config
         self._registry = registry
-        Path(config.data_dir).mkdir(parents=True, exist_ok=True)
+        try:
+            Path(config.data_dir).mkdir(parents=True, exist_ok=True)
+        except (FileExistsError, NotADirectoryError):
+            raise ConfigError(
+                f"{config.data_dir}: not a folder, cannot be the data folder"
+            ) from None
+        except OSError as exc:
+            raise ConfigError(
+                f"{config.data_dir}: cannot create the data folder ({exc.strerror or exc})"
+            ) from None
         self.database, self.store, self.queue = open_queue(config)
         self.models: PipelineProvider = models or RegistryPipelineProvider.from_config(config)
         if artifacts is True:

@@ -312,6 +312,8 @@ def load_config(
             text = file.read_text(encoding="utf-8")
         except OSError as exc:
             raise ConfigError(f"{file}: cannot read config: {exc.strerror}") from None
+        except UnicodeDecodeError as exc:
+            raise ConfigError(f"{file}: cannot read config: not UTF-8 text ({exc})") from None
         source, base = str(file), file.resolve().parent
     else:
         assert preset is not None

@@ -153,7 +153,7 @@ def ct_toml(path: str | Path | None, preset: str | None) -> dict[str, Any] | Non
             data = tomllib.loads(Path(path).read_text(encoding="utf-8"))
         else:
             return None
-    except (OSError, tomllib.TOMLDecodeError):
+    except (OSError, UnicodeDecodeError, tomllib.TOMLDecodeError):
         return None  # the classifier loader reports unreadable files
     return data if is_ct_config(data) else None
 

@@ -128,7 +128,7 @@ def detection_toml(path: str | Path | None, preset: str | None) -> dict[str, Any
             data = tomllib.loads(Path(path).read_text(encoding="utf-8"))
         else:
             return None
-    except (OSError, tomllib.TOMLDecodeError):
+    except (OSError, UnicodeDecodeError, tomllib.TOMLDecodeError):
         return None
     return data if data.get("kind") == KIND else None
 

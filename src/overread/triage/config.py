@@ -270,7 +270,7 @@ def load_triage_config(path: str | Path | None = None) -> TriageConfig:
         return TriageConfig()
     try:
         document = tomllib.loads(toml_path.read_text(encoding="utf-8"))
-    except (OSError, tomllib.TOMLDecodeError) as exc:
+    except (OSError, UnicodeDecodeError, tomllib.TOMLDecodeError) as exc:
         raise ConfigError(f"{toml_path}: cannot read configuration: {exc}") from None
     table = document.get("triage", {})
     if not isinstance(table, dict):
