@@ -399,3 +399,27 @@ def test_an_unwritable_registry_is_one_line_on_import(
     status, _, err = run_cli("models", "import", bundled_dir() / "cxr-default")
     assert status == 2 and err.startswith("error: ") and "a file is in the way" in err, err
     assert len(err.strip().splitlines()) == 1
+
+
+@pytest.mark.parametrize("command", [("db", "current"), ("users", "list"), ("jobs", "list")])
+def test_an_unreachable_database_is_one_line(command: tuple[str, ...], run_cli) -> None:
+    pytest.importorskip("psycopg")
+    # Port 1 on the loopback: nothing listens there, the connection is refused at once.
+    url = "postgresql+psycopg://reader:s3cret@127.0.0.1:1/overread"
+    status, _, err = run_cli(*command, "--database-url", url)
+    assert status == 2 and err.startswith("error: the database cannot be used: "), err
+    assert "Connection refused" in err and "s3cret" not in err
+    assert len(err.strip().splitlines()) == 1
+
+
+def test_only_a_database_error_is_turned_into_a_line() -> None:
+    import sqlalchemy.exc
+
+    from overread.cli import _database_unreachable
+
+    assert _database_unreachable(ValueError("a bug")) is None
+    assert _database_unreachable(sqlalchemy.exc.IntegrityError("x", {}, Exception())) is None
+    said = _database_unreachable(
+        sqlalchemy.exc.OperationalError("x", {}, Exception("database is locked"))
+    )
+    assert said == "the database cannot be used: database is locked"

@@ -16,6 +16,7 @@ command that uses it, so ``overread --help``, ``version``, ``config`` and
 from __future__ import annotations
 
 import importlib
+import re
 import sys
 
 import typer
@@ -98,7 +99,26 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         typer.echo("interrupted", err=True)
         return 130
+    except Exception as exc:
+        unreachable = _database_unreachable(exc)
+        if unreachable is None or state.debug:
+            raise
+        typer.echo(f"error: {unreachable}", err=True)
+        return 2
     return int(result) if isinstance(result, int) else 0
+
+
+def _database_unreachable(exc: BaseException) -> str | None:
+    """One line for a database that cannot be reached or used (SQLAlchemy's
+    ``OperationalError``: refused, unknown host, bad credentials, a locked or
+    unwritable SQLite file); ``None`` for any other exception, which stays a bug with
+    its traceback. The driver's own first line is kept, never a URL's password."""
+    errors = sys.modules.get("sqlalchemy.exc")
+    if errors is None or not isinstance(exc, errors.OperationalError):
+        return None
+    detail = str(getattr(exc, "orig", None) or exc).strip().splitlines()
+    first = re.sub(r"(://[^:/@\s]*:)[^@\s]*@", r"\1***@", detail[0] if detail else "")
+    return f"the database cannot be used: {first or type(exc).__name__}"
 
 
 def run() -> None:
