@@ -12,6 +12,7 @@ from overread.cli.app import app
 from overread.cli.options import output_file, write_output
 
 if TYPE_CHECKING:
+    from overread.models.package import ModelPackage
     from overread.models.registry import Registry
     from overread.service.db import Database
     from overread.service.rollout import ModelRollouts
@@ -567,21 +568,9 @@ def conformal_model(
         key=registry.key,
     )
     if as_json:
-        typer.echo(
-            json.dumps(
-                {
-                    "name": package.name,
-                    "version": package.version,
-                    "sha256": package.sha256,
-                    "path": str(package.path),
-                    "conformal": section,
-                }
-            )
-        )
+        typer.echo(_package_json(package, conformal=section))
         return
-    typer.echo(
-        f"wrote {package.name} {package.version} -> {package.path} (sha256 {package.sha256})"
-    )
+    typer.echo(_wrote(package))
     typer.echo(f"  alpha {alpha}, {method}, {section['n']} images")
     for label, q in section["quantiles"].items():
         typer.echo(
@@ -608,6 +597,24 @@ def _prevalence_pairs(items: list[str]) -> dict[str, tuple[float, float]]:
     if not pairs:
         raise ConfigError("--prevalence: name at least one label")
     return pairs
+
+
+def _wrote(package: ModelPackage) -> str:
+    """The line a command that wrote a package version prints."""
+    return f"wrote {package.name} {package.version} -> {package.path} (sha256 {package.sha256})"
+
+
+def _package_json(package: ModelPackage, **extra: Any) -> str:
+    """The ``--json`` object of a command that wrote a package version."""
+    return json.dumps(
+        {
+            "name": package.name,
+            "version": package.version,
+            "sha256": package.sha256,
+            "path": str(package.path),
+            **extra,
+        }
+    )
 
 
 @models_app.command("prior-shift")
@@ -640,20 +647,12 @@ def prior_shift_model(
     )
     if as_json:
         typer.echo(
-            json.dumps(
-                {
-                    "name": package.name,
-                    "version": package.version,
-                    "sha256": package.sha256,
-                    "path": str(package.path),
-                    "prior_shift": {k: {"fitted": a, "served": b} for k, (a, b) in pairs.items()},
-                }
+            _package_json(
+                package, prior_shift={k: {"fitted": a, "served": b} for k, (a, b) in pairs.items()}
             )
         )
         return
-    typer.echo(
-        f"wrote {package.name} {package.version} -> {package.path} (sha256 {package.sha256})"
-    )
+    typer.echo(_wrote(package))
 
 
 @models_app.command("order-points")
@@ -680,24 +679,12 @@ def order_points_model(
     )
     moved, moved_sites = record["moved"], record.get("moved_sites", {})
     if as_json:
-        typer.echo(
-            json.dumps(
-                {
-                    "name": package.name,
-                    "version": package.version,
-                    "sha256": package.sha256,
-                    "path": str(package.path),
-                    "moved": moved,
-                    "moved_sites": moved_sites,
-                }
-            )
-        )
+        typer.echo(_package_json(package, moved=moved, moved_sites=moved_sites))
         return
     count = sum(len(names) for names in moved.values())
     at_sites = sum(len(n) for labels in moved_sites.values() for n in labels.values())
     typer.echo(
-        f"wrote {package.name} {package.version} -> {package.path} (sha256 {package.sha256}); "
-        f"{count} point(s) of {len(moved)} label(s) moved to balanced"
+        f"{_wrote(package)}; {count} point(s) of {len(moved)} label(s) moved to balanced"
         + (f", and {at_sites} of {len(moved_sites)} site(s)" if moved_sites else "")
     )
 
@@ -987,9 +974,7 @@ def package_model_command(
         typer.echo(json.dumps(summary))
         return
     how = "inferred" if onboarded.outputs_inferred else "given"
-    typer.echo(
-        f"wrote {package.name} {package.version} -> {package.path} (sha256 {package.sha256})"
-    )
+    typer.echo(_wrote(package))
     typer.echo(
         f"  {len(package.labels)} labels, {manifest.input.size}px, outputs "
         f"{onboarded.outputs.value} ({how}), runtimes "
@@ -1078,9 +1063,7 @@ def calibrate_model_command(
         return
     cohort = summary["cohort"]
     mean_auc = summary["mean_auc"]
-    typer.echo(
-        f"wrote {package.name} {package.version} -> {package.path} (sha256 {package.sha256})"
-    )
+    typer.echo(_wrote(package))
     typer.echo(
         f"  fitted on {cohort['fit_images']} images, checked on {cohort['held_out_images']} "
         f"held out: mean AUC "
@@ -1150,9 +1133,7 @@ def _calibrate_sites(
             )
         )
         return
-    typer.echo(
-        f"wrote {package.name} {package.version} -> {package.path} (sha256 {package.sha256})"
-    )
+    typer.echo(_wrote(package))
     typer.echo(
         f"  minimum sample: {summary['min_images']} images, {summary['min_per_class']} of each "
         f"class per label; sites in the package: {', '.join(summary['sites_in_package'])}"
