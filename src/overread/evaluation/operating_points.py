@@ -147,7 +147,7 @@ def standard_points(
     k = int(np.nonzero((1.0 - fpr) >= target - 1e-12)[0][-1])
     k = int(np.nonzero(tpr == tpr[k])[0][0])  # the start of a horizontal run
     found = {
-        "balanced": youden_threshold(y_true, y_score),
+        "balanced": float(thresholds[int(np.argmax(tpr - fpr))]),  # Youden's J
         "high sensitivity": float(thresholds[i]),
         "high specificity": float(thresholds[k]),
     }
